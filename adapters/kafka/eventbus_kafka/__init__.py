@@ -1,0 +1,1 @@
+"""Kafka adapter for eventbus (placeholder while the adapter is written)."""

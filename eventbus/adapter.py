@@ -1,0 +1,226 @@
+"""The adapter contract: what every broker adapter implements.
+
+An adapter moves :class:`~eventbus.envelope.Envelope` objects; it knows nothing
+of event classes, handlers or middleware. The bus and the conformance suite in
+:mod:`eventbus.testing` rely on exactly this interface, so a third-party
+adapter that implements it and passes the suite works with everything else.
+"""
+
+from __future__ import annotations
+
+import abc
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import ClassVar, Literal
+
+from eventbus.envelope import Envelope
+from eventbus.errors import DeliveryAlreadySettledError
+
+Ordering = Literal["none", "per_key"]
+StartFrom = Literal["earliest", "latest"]
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """What a broker really offers, stated honestly; the conformance suite gates on it.
+
+    - ``persistent``: published messages survive a consumer being away.
+    - ``consumer_groups``: competing consumers within a group, fan-out across groups.
+    - ``fanout``: every group receives every message of a topic.
+    - ``ordering``: ``"per_key"`` keeps the order of messages sharing a partition key.
+    - ``redelivery``: a nacked or unacknowledged message comes back.
+    - ``native_delay``: ``nack(delay)`` is honoured by the broker, not by sleeping.
+    - ``native_dead_letter``: ``reject()`` moves the message to a broker dead-letter queue.
+    - ``replay``: a new group can start from the earliest retained message.
+    - ``headers``: attributes travel as headers (CloudEvents binary mode).
+    - ``max_message_bytes``: the largest message the adapter accepts.
+    - ``dedupe_window``: seconds within which the broker drops duplicate ids, or ``None``.
+    - ``reconnect``: the adapter recovers by itself after its connection drops.
+    """
+
+    persistent: bool
+    consumer_groups: bool
+    fanout: bool
+    ordering: Ordering
+    redelivery: bool
+    native_delay: bool
+    native_dead_letter: bool
+    replay: bool
+    headers: bool
+    max_message_bytes: int
+    dedupe_window: float | None = None
+    reconnect: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class SubscribeOptions:
+    """How a subscription consumes a topic.
+
+    ``prefetch`` bounds the deliveries handed out and not yet settled; adapters
+    never give a subscription more than that at once.
+    """
+
+    group: str
+    prefetch: int = 16
+    start_from: StartFrom = "latest"
+    auto_ack: bool = False
+
+
+class Delivery(abc.ABC):
+    """One message handed to a subscriber, with the transport facts beside it.
+
+    ``envelope`` is ``None`` when the bytes could not be decoded; ``raw`` and
+    ``decode_error`` then say what arrived and why it is unreadable.
+    ``ack``, ``nack`` and ``reject`` are idempotent and mutually exclusive:
+    repeating the same one is a no-op, mixing them raises.
+    """
+
+    __slots__ = ("_settled", "attempt", "decode_error", "envelope", "group", "message_id",
+                 "raw", "received_at", "topic")
+
+    def __init__(
+        self,
+        *,
+        topic: str,
+        group: str,
+        envelope: Envelope | None,
+        attempt: int = 1,
+        message_id: str = "",
+        raw: bytes | None = None,
+        decode_error: str | None = None,
+    ) -> None:
+        self.topic = topic
+        self.group = group
+        self.envelope = envelope
+        self.attempt = attempt
+        self.message_id = message_id
+        self.raw = raw
+        self.decode_error = decode_error
+        self.received_at = time.time()
+        self._settled: str | None = None
+
+    @property
+    def settled(self) -> str | None:
+        """``"ack"``, ``"nack"``, ``"reject"`` or ``None`` while unsettled."""
+        return self._settled
+
+    def _settle(self, how: str) -> bool:
+        if self._settled == how:
+            return False
+        if self._settled is not None:
+            raise DeliveryAlreadySettledError(
+                f"delivery {self.message_id or '?'} on topic {self.topic!r} group "
+                f"{self.group!r} was already {self._settled}ed; it cannot also be {how}ed"
+            )
+        self._settled = how
+        return True
+
+    async def ack(self) -> None:
+        """Tell the broker the message is done; it will not come back."""
+        if self._settle("ack"):
+            await self._ack()
+
+    async def nack(self, delay: float = 0.0) -> None:
+        """Ask for redelivery after ``delay`` seconds (native where the broker can)."""
+        if self._settle("nack"):
+            await self._nack(max(0.0, delay))
+
+    async def reject(self) -> None:
+        """Give up on the message: the broker's dead-letter queue if it has one, else drop."""
+        if self._settle("reject"):
+            await self._reject()
+
+    @abc.abstractmethod
+    async def _ack(self) -> None: ...
+
+    @abc.abstractmethod
+    async def _nack(self, delay: float) -> None: ...
+
+    @abc.abstractmethod
+    async def _reject(self) -> None: ...
+
+
+class Subscription(abc.ABC):
+    """An open subscription: iterate it for deliveries, close it to stop fetching.
+
+    Iteration raises :class:`~eventbus.errors.ConnectionLostError` when the
+    connection drops and the adapter cannot recover by itself; the bus then
+    subscribes again.
+    """
+
+    @abc.abstractmethod
+    def __aiter__(self) -> AsyncIterator[Delivery]: ...
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Stop fetching. Unsettled deliveries go back to the broker for redelivery."""
+
+
+@dataclass(slots=True)
+class HealthReport:
+    """Result of :meth:`Adapter.health`."""
+
+    ok: bool
+    detail: str = ""
+    info: dict[str, str] = field(default_factory=dict)
+
+
+class Adapter(abc.ABC):
+    """Base class of every broker adapter.
+
+    Subclasses set ``schemes`` and ``capabilities`` and implement the abstract
+    methods. ``publish`` returns only once the broker has confirmed every message;
+    when only some of a batch were confirmed it raises
+    :class:`~eventbus.errors.BatchPublishError` naming the failed indexes.
+    A message larger than ``capabilities.max_message_bytes`` raises
+    :class:`~eventbus.errors.MessageTooLargeError` before anything is sent.
+    """
+
+    schemes: ClassVar[tuple[str, ...]] = ()
+    capabilities: Capabilities
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    @abc.abstractmethod
+    async def connect(self) -> None:
+        """Open connections; fail fast with BrokerConnectionError naming the masked URL."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Flush pending publishes, close subscriptions and connections."""
+
+    @abc.abstractmethod
+    async def publish(self, topic: str, envelopes: Sequence[Envelope]) -> None:
+        """Publish ``envelopes`` to ``topic`` and wait for the broker's confirmation."""
+
+    @abc.abstractmethod
+    async def subscribe(self, topic: str, options: SubscribeOptions) -> Subscription:
+        """Start consuming ``topic`` as ``options.group``; the group is created if new."""
+
+    async def health(self) -> HealthReport:
+        """Whether the broker answers now."""
+        return HealthReport(ok=True)
+
+    async def publish_raw(self, topic: str, payload: bytes) -> None:
+        """Put arbitrary bytes on ``topic``, bypassing the codec.
+
+        Only for tests of poison-message handling; adapters that can't do it
+        leave this raising so the conformance case is skipped with the reason.
+        """
+        from eventbus.errors import UnsupportedOperationError
+
+        raise UnsupportedOperationError(f"{type(self).__name__} cannot publish raw bytes")
+
+    def check_size(self, topic: str, envelope: Envelope, size: int) -> None:
+        """Raise MessageTooLargeError if ``size`` bytes exceed the broker maximum."""
+        from eventbus.errors import MessageTooLargeError
+
+        limit = self.capabilities.max_message_bytes
+        if size > limit:
+            raise MessageTooLargeError(
+                f"event {envelope.id} ({envelope.type}) is {size} bytes, over the "
+                f"{limit}-byte limit of {type(self).__name__} on topic {topic!r}; nothing "
+                "was sent. Keep events small: reference large data by id or URL."
+            )

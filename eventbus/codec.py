@@ -1,0 +1,127 @@
+"""CloudEvents codecs: binary mode (headers + body) and structured mode (one JSON document).
+
+Adapters pick the mode their broker suits (DESIGN: binary where there are headers,
+structured where there are none or too few) and call these functions, so every
+adapter reads and writes the same CloudEvents as the official SDKs.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from eventbus.envelope import Envelope
+from eventbus.errors import DecodeError
+
+STRUCTURED_CONTENT_TYPE = "application/cloudevents+json"
+KAFKA_PREFIX = "ce_"
+
+
+def is_json_content_type(content_type: str | None) -> bool:
+    """True for ``application/json``, ``text/json`` and ``+json`` suffixed types (or none)."""
+    if content_type is None:
+        return True
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media in ("application/json", "text/json") or media.endswith("+json")
+
+
+def encode_structured(envelope: Envelope) -> bytes:
+    """One JSON document holding the attributes and the data (``data`` or ``data_base64``)."""
+    doc: dict[str, Any] = dict(envelope.attributes())
+    if envelope.data:
+        if is_json_content_type(envelope.datacontenttype):
+            try:
+                doc["data"] = json.loads(envelope.data)
+            except ValueError:
+                doc["data_base64"] = base64.b64encode(envelope.data).decode("ascii")
+        elif (envelope.datacontenttype or "").startswith("text/"):
+            try:
+                doc["data"] = envelope.data.decode("utf-8")
+            except UnicodeDecodeError:
+                doc["data_base64"] = base64.b64encode(envelope.data).decode("ascii")
+        else:
+            doc["data_base64"] = base64.b64encode(envelope.data).decode("ascii")
+    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def decode_structured(payload: bytes | str) -> Envelope:
+    """Parse a structured-mode CloudEvent; raise :class:`DecodeError` saying what is wrong."""
+    try:
+        doc = json.loads(payload)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise DecodeError(f"not a structured CloudEvent: body is not JSON ({exc})") from exc
+    if not isinstance(doc, dict):
+        raise DecodeError("not a structured CloudEvent: body is JSON but not an object")
+    data = b""
+    if "data_base64" in doc:
+        try:
+            data = base64.b64decode(doc.pop("data_base64"), validate=True)
+        except (ValueError, TypeError) as exc:
+            raise DecodeError(f"structured CloudEvent has invalid data_base64 ({exc})") from exc
+    elif "data" in doc:
+        value = doc.pop("data")
+        if isinstance(value, str) and not is_json_content_type(doc.get("datacontenttype")):
+            data = value.encode("utf-8")
+        else:
+            data = json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return _build(doc, data)
+
+
+def encode_binary(envelope: Envelope, prefix: str = KAFKA_PREFIX) -> tuple[dict[str, str], bytes]:
+    """Headers (attributes as ``prefix + name``, ``content-type``) and the body bytes."""
+    headers: dict[str, str] = {}
+    for name, value in envelope.attributes().items():
+        if name == "datacontenttype":
+            headers["content-type"] = value
+        else:
+            headers[prefix + name] = value
+    return headers, envelope.data
+
+
+def decode_binary(
+    headers: Mapping[str, str | bytes] | Iterable[tuple[str, str | bytes]],
+    body: bytes | None,
+    prefix: str = KAFKA_PREFIX,
+) -> Envelope:
+    """Rebuild an envelope from binary-mode headers and body.
+
+    A message whose ``content-type`` is ``application/cloudevents+json`` is read
+    as structured mode, as the CloudEvents protocol bindings require.
+    """
+    items = headers.items() if isinstance(headers, Mapping) else headers
+    attrs: dict[str, str] = {}
+    content_type: str | None = None
+    for key, raw in items:
+        value = raw.decode("utf-8") if isinstance(raw, bytes | bytearray) else str(raw)
+        lowered = key.lower()
+        if lowered == "content-type":
+            content_type = value
+        elif lowered.startswith(prefix.lower()):
+            attrs[lowered[len(prefix) :]] = value
+    if content_type and content_type.lower().startswith(STRUCTURED_CONTENT_TYPE):
+        return decode_structured(body or b"")
+    if "specversion" not in attrs:
+        raise DecodeError(
+            f"not a binary-mode CloudEvent: no {prefix}specversion header "
+            f"(headers: {sorted(k for k, _ in _pairs(headers))})"
+        )
+    if content_type is not None:
+        attrs["datacontenttype"] = content_type
+    return _build(attrs, body or b"")
+
+
+def _pairs(
+    headers: Mapping[str, str | bytes] | Iterable[tuple[str, str | bytes]],
+) -> Iterable[tuple[str, str | bytes]]:
+    return headers.items() if isinstance(headers, Mapping) else headers
+
+
+def _build(attrs: dict[str, Any], data: bytes) -> Envelope:
+    try:
+        return Envelope.from_attributes(attrs, data)
+    except KeyError as exc:
+        raise DecodeError(f"CloudEvent lacks the required attribute {exc.args[0]!r}") from exc
+    except (ValueError, TypeError) as exc:
+        raise DecodeError(f"CloudEvent has an unreadable attribute ({exc})") from exc

@@ -1,0 +1,196 @@
+"""The immutable message envelope, CloudEvents 1.0 compatible.
+
+Transport facts (topic, attempt, broker message id) never live here; they sit
+beside the envelope on the :class:`~eventbus.adapter.Delivery`.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any
+
+SPEC_VERSION = "1.0"
+JSON = "application/json"
+
+# Attributes the envelope models as fields. Anything else a CloudEvent carries is
+# an extension and is kept, untouched, in ``Envelope.extensions``.
+CORE_ATTRIBUTES = (
+    "id",
+    "source",
+    "specversion",
+    "type",
+    "datacontenttype",
+    "dataschema",
+    "subject",
+    "time",
+)
+EVENTBUS_EXTENSIONS = (
+    "dataversion",
+    "correlationid",
+    "causationid",
+    "partitionkey",
+    "traceparent",
+    "tracestate",
+)
+_EXTENSION_NAME = re.compile(r"^[a-z0-9]{1,20}$")
+
+
+def new_id() -> str:
+    """A new random event id (uuid4, as text)."""
+    return str(uuid.uuid4())
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware UTC."""
+    return datetime.now(UTC)
+
+
+def format_time(value: datetime) -> str:
+    """RFC 3339 text for ``value`` (UTC, ``Z`` suffix)."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    text = value.astimezone(UTC).isoformat()
+    return text.replace("+00:00", "Z")
+
+
+def parse_time(text: str) -> datetime:
+    """Parse RFC 3339 text into an aware datetime."""
+    value = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """One event or command as it travels: CloudEvents attributes plus our extensions.
+
+    ``data`` is the encoded payload (bytes); ``datacontenttype`` says how to read it.
+    Build one with :meth:`create`, which fills in the id and the time::
+
+        env = Envelope.create(type="OrderPlaced", source="orders", data=b'{"id": 1}')
+    """
+
+    id: str
+    type: str
+    source: str
+    time: datetime
+    data: bytes = b""
+    datacontenttype: str | None = JSON
+    dataschema: str | None = None
+    subject: str | None = None
+    specversion: str = SPEC_VERSION
+    dataversion: int = 1
+    correlationid: str | None = None
+    causationid: str | None = None
+    partitionkey: str | None = None
+    traceparent: str | None = None
+    tracestate: str | None = None
+    extensions: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def create(
+        cls,
+        *,
+        type: str,  # noqa: A002 - the CloudEvents attribute is called "type"
+        source: str,
+        data: bytes = b"",
+        id: str | None = None,  # noqa: A002
+        time: datetime | None = None,
+        **attributes: Any,
+    ) -> Envelope:
+        """Build an envelope, generating ``id`` and ``time`` when they are absent."""
+        extensions = dict(attributes.pop("extensions", None) or {})
+        for name in list(attributes):
+            if name not in Envelope.__dataclass_fields__:
+                extensions[name] = str(attributes.pop(name))
+        for name in extensions:
+            validate_extension_name(name)
+        return cls(
+            id=id or new_id(),
+            type=type,
+            source=source,
+            time=time or utcnow(),
+            data=data,
+            extensions=extensions,
+            **attributes,
+        )
+
+    def evolve(self, **changes: Any) -> Envelope:
+        """A copy with ``changes`` applied (the envelope itself never changes)."""
+        return replace(self, **changes)
+
+    def attributes(self) -> dict[str, str]:
+        """Every attribute except ``data`` as CloudEvents text values, absent ones left out."""
+        out: dict[str, str] = {
+            "specversion": self.specversion,
+            "id": self.id,
+            "source": self.source,
+            "type": self.type,
+            "time": format_time(self.time),
+        }
+        for name in ("datacontenttype", "dataschema", "subject"):
+            value = getattr(self, name)
+            if value is not None:
+                out[name] = value
+        out["dataversion"] = str(self.dataversion)
+        for name in EVENTBUS_EXTENSIONS[1:]:
+            value = getattr(self, name)
+            if value is not None:
+                out[name] = value
+        out.update(self.extensions)
+        return out
+
+    @classmethod
+    def from_attributes(cls, attributes: Mapping[str, Any], data: bytes) -> Envelope:
+        """Rebuild an envelope from CloudEvents attributes (text values) and data bytes.
+
+        Raises :class:`KeyError` naming a missing required attribute and
+        :class:`ValueError` for an unreadable one; codecs turn both into ``DecodeError``.
+        """
+        attrs = dict(attributes)
+        for required in ("id", "source", "type"):
+            if not attrs.get(required):
+                raise KeyError(required)
+        specversion = str(attrs.pop("specversion", SPEC_VERSION))
+        time_value = attrs.pop("time", None)
+        time = (
+            time_value
+            if isinstance(time_value, datetime)
+            else parse_time(str(time_value))
+            if time_value
+            else utcnow()
+        )
+        known: dict[str, Any] = {}
+        for name in ("datacontenttype", "dataschema", "subject", *EVENTBUS_EXTENSIONS[1:]):
+            if name in attrs and attrs[name] is not None:
+                known[name] = str(attrs.pop(name))
+        version = attrs.pop("dataversion", 1)
+        return cls(
+            id=str(attrs.pop("id")),
+            source=str(attrs.pop("source")),
+            type=str(attrs.pop("type")),
+            specversion=specversion,
+            time=time,
+            data=data,
+            dataversion=int(version),
+            datacontenttype=known.pop("datacontenttype", None),
+            extensions={k: str(v) for k, v in attrs.items() if v is not None},
+            **known,
+        )
+
+    @property
+    def size(self) -> int:
+        """Approximate wire size in bytes: data plus attribute names and values."""
+        return len(self.data) + sum(len(k) + len(v) for k, v in self.attributes().items())
+
+
+def validate_extension_name(name: str) -> None:
+    """CloudEvents extension names are 1-20 lowercase letters or digits."""
+    if not _EXTENSION_NAME.match(name):
+        raise ValueError(
+            f"extension attribute {name!r} is not a valid CloudEvents name: "
+            "use 1-20 lowercase ASCII letters or digits"
+        )

@@ -1,0 +1,173 @@
+"""Typed events and commands, and the registry that maps (type, version) to a class.
+
+::
+
+    class OrderPlaced(Event, type="order.placed", topic="orders", version=2):
+        order_id: str
+
+    @registry.upcaster("order.placed", from_version=1)
+    def _v1_to_v2(data: dict) -> dict:
+        return {**data, "order_id": data.pop("id")}
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from eventbus.envelope import Envelope
+from eventbus.errors import ConfigurationError, SchemaError
+
+Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+class Message(BaseModel):
+    """Common base of :class:`Event` and :class:`Command`: immutable pydantic models.
+
+    Class keywords: ``type`` (stable name stored with every message; defaults to
+    the class name, so give one explicitly before you rename classes), ``topic``
+    (where it is published by default) and ``version`` (the data version).
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    __event_type__: ClassVar[str] = ""
+    __topic__: ClassVar[str] = ""
+    __version__: ClassVar[int] = 1
+    __kind__: ClassVar[str] = "message"
+
+    def __init_subclass__(
+        cls,
+        *,
+        type: str | None = None,  # noqa: A002 - mirrors the CloudEvents attribute
+        topic: str | None = None,
+        version: int = 1,
+        register: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.__name__ in ("Event", "Command") and cls.__module__ == __name__:
+            return
+        cls.__event_type__ = type or cls.__name__
+        cls.__topic__ = topic or cls.__dict__.get("__topic__", "") or cls.__event_type__
+        cls.__version__ = version
+        if register:
+            registry.register(cls)
+
+    @classmethod
+    def event_type(cls) -> str:
+        """The stable type name written to ``Envelope.type``."""
+        return cls.__event_type__
+
+    @classmethod
+    def default_topic(cls) -> str:
+        """The topic this message is published to unless told otherwise."""
+        return cls.__topic__
+
+    @classmethod
+    def data_version(cls) -> int:
+        """The data version written to ``Envelope.dataversion``."""
+        return cls.__version__
+
+    def to_bytes(self) -> bytes:
+        """The JSON encoding of the model's data."""
+        return self.__pydantic_serializer__.to_json(self)
+
+
+class Event(Message):
+    """Something that happened (past tense). Every subscribing group receives it."""
+
+    __kind__: ClassVar[str] = "event"
+
+
+class Command(Message):
+    """A request to do something (imperative). Exactly one handler group receives it."""
+
+    __kind__: ClassVar[str] = "command"
+
+
+class Registry:
+    """Maps (type, version) to a message class and holds upcasters for old versions."""
+
+    def __init__(self) -> None:
+        self._classes: dict[str, type[Message]] = {}
+        self._upcasters: dict[tuple[str, int], Upcaster] = {}
+
+    def register(self, cls: type[Message]) -> None:
+        """Make ``cls`` the current class of its type; a clash with another class raises."""
+        name = cls.event_type()
+        existing = self._classes.get(name)
+        if (
+            existing is not None
+            and existing is not cls
+            and existing.__qualname__ != cls.__qualname__
+        ):
+            raise ConfigurationError(
+                f"event type {name!r} is claimed by both {existing.__module__}."
+                f"{existing.__qualname__} and {cls.__module__}.{cls.__qualname__}; "
+                "give one of them an explicit type=..."
+            )
+        self._classes[name] = cls
+
+    def upcaster(self, type_name: str, *, from_version: int) -> Callable[[Upcaster], Upcaster]:
+        """Decorator: turn data of ``from_version`` into ``from_version + 1``."""
+
+        def decorate(fn: Upcaster) -> Upcaster:
+            self._upcasters[(type_name, from_version)] = fn
+            return fn
+
+        return decorate
+
+    def get(self, type_name: str) -> type[Message] | None:
+        """The class registered for ``type_name``, or ``None``."""
+        return self._classes.get(type_name)
+
+    def decode(self, envelope: Envelope, cls: type[Message] | None = None) -> Message:
+        """Turn an envelope into its typed message, upcasting old versions.
+
+        Raises :class:`SchemaError` (a poison message) for an unknown type, a
+        version with no upcaster path, undecodable JSON or data that fails validation.
+        """
+        cls = cls or self._classes.get(envelope.type)
+        if cls is None:
+            raise SchemaError(
+                f"unknown event type {envelope.type!r} (event {envelope.id}): no class is "
+                "registered for it; import the module that defines it"
+            )
+        try:
+            data = json.loads(envelope.data) if envelope.data else {}
+        except ValueError as exc:
+            raise SchemaError(
+                f"event {envelope.id} ({envelope.type}) data is not JSON: {exc}"
+            ) from exc
+        version, target = envelope.dataversion, cls.data_version()
+        if version > target:
+            raise SchemaError(
+                f"event {envelope.id} has {envelope.type!r} version {version}, newer than "
+                f"this service knows ({target}); deploy the newer event class"
+            )
+        while version < target:
+            upcast = self._upcasters.get((envelope.type, version))
+            if upcast is None:
+                raise SchemaError(
+                    f"event {envelope.id} has {envelope.type!r} version {version} and no "
+                    f"upcaster from version {version}; register one with "
+                    f"@registry.upcaster({envelope.type!r}, from_version={version})"
+                )
+            data = upcast(data)
+            version += 1
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise SchemaError(
+                f"event {envelope.id} ({envelope.type} v{envelope.dataversion}) failed "
+                f"validation: {exc.error_count()} error(s): {exc.errors()[0]['msg']} at "
+                f"{'.'.join(str(p) for p in exc.errors()[0]['loc'])}"
+            ) from exc
+
+
+registry = Registry()
+"""The process-wide registry every Event and Command subclass registers in."""

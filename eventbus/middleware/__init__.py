@@ -1,0 +1,34 @@
+"""Built-in middleware. See :mod:`eventbus.middleware.base` for the order they run in."""
+
+from eventbus.middleware.base import Middleware, Next, RedeliveryRequested, compose
+from eventbus.middleware.correlation import correlation
+from eventbus.middleware.deadletter import DeadLetter, dead_letter_envelope, dlq_topic
+from eventbus.middleware.idempotency import (
+    Claim,
+    Idempotency,
+    IdempotencyStore,
+    MemoryIdempotencyStore,
+)
+from eventbus.middleware.retry import NO_RETRY, Retry, RetryPolicy
+from eventbus.middleware.sqlite_store import SQLiteIdempotencyStore
+from eventbus.middleware.timeout import Timeout
+
+__all__ = [
+    "NO_RETRY",
+    "Claim",
+    "DeadLetter",
+    "Idempotency",
+    "IdempotencyStore",
+    "MemoryIdempotencyStore",
+    "Middleware",
+    "Next",
+    "RedeliveryRequested",
+    "Retry",
+    "RetryPolicy",
+    "SQLiteIdempotencyStore",
+    "Timeout",
+    "compose",
+    "correlation",
+    "dead_letter_envelope",
+    "dlq_topic",
+]

@@ -1,0 +1,105 @@
+"""Retry with exponential backoff and jitter: in process first, then broker redelivery."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from dataclasses import dataclass
+
+from eventbus.context import Context
+from eventbus.errors import PoisonMessageError
+from eventbus.middleware.base import Next, RedeliveryRequested
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How often and how patiently a failing handler is tried again.
+
+    ``max_attempts`` counts every run of the handler, across redeliveries. Each
+    delivery gets up to ``in_process_attempts`` runs, separated by backoff sleeps;
+    when they are spent the message goes back to the broker with a delay
+    (``nack(delay)``, native where the broker has it), and once ``max_attempts``
+    is reached the failure goes on to the dead-letter step. Delays grow as
+    ``initial_delay * multiplier ** (attempt - 1)``, capped at ``max_delay``, with
+    up to ``jitter`` (a fraction) of random spread so retries don't stampede.
+
+    ``retry_on`` limits which exceptions are retried; ``give_up_on`` ones are
+    dead-lettered at once. Poison messages (undecodable, unknown type, invalid
+    data) are never retried.
+
+    ::
+
+        RetryPolicy(max_attempts=5, in_process_attempts=2, initial_delay=0.5,
+                    give_up_on=(ValueError,))
+    """
+
+    max_attempts: int = 5
+    in_process_attempts: int = 3
+    initial_delay: float = 0.2
+    multiplier: float = 2.0
+    max_delay: float = 30.0
+    jitter: float = 0.1
+    retry_on: tuple[type[BaseException], ...] = (Exception,)
+    give_up_on: tuple[type[BaseException], ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1 or self.in_process_attempts < 1:
+            raise ValueError("max_attempts and in_process_attempts must be at least 1")
+
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
+        base = min(self.max_delay, self.initial_delay * self.multiplier ** (attempt - 1))
+        return base * (1 + random.uniform(-self.jitter, self.jitter))
+
+    def should_retry(self, exc: BaseException) -> bool:
+        """Whether ``exc`` may be retried at all."""
+        if isinstance(exc, PoisonMessageError | RedeliveryRequested):
+            return False
+        if self.give_up_on and isinstance(exc, self.give_up_on):
+            return False
+        return isinstance(exc, self.retry_on)
+
+
+NO_RETRY = RetryPolicy(max_attempts=1, in_process_attempts=1)
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    """Middleware applying a :class:`RetryPolicy`.
+
+    ``broker_redelivery`` is False for at-most-once subscriptions and brokers
+    without redelivery: then every attempt happens in process.
+    """
+
+    policy: RetryPolicy
+    broker_redelivery: bool = True
+
+    async def __call__(self, ctx: Context, call_next: Next) -> None:
+        policy = self.policy
+        per_delivery = policy.in_process_attempts if self.broker_redelivery else policy.max_attempts
+        # Runs already spent on earlier deliveries of this message.
+        attempt = (ctx.delivery.attempt - 1) * per_delivery
+        local = 0
+        while True:
+            attempt += 1
+            local += 1
+            ctx.attempt = attempt
+            try:
+                await call_next(ctx)
+                return
+            except Exception as exc:
+                if not policy.should_retry(exc) or attempt >= policy.max_attempts:
+                    ctx.items["attempts"] = attempt
+                    raise
+                delay = policy.delay(attempt)
+                if local >= per_delivery:
+                    ctx.logger.warning(
+                        "attempt %d failed (%s: %s); broker redelivery in %.2fs",
+                        attempt, type(exc).__name__, exc, delay,
+                    )
+                    raise RedeliveryRequested(delay, f"attempt {attempt} failed") from exc
+                ctx.logger.info(
+                    "attempt %d failed (%s: %s); retrying in %.2fs",
+                    attempt, type(exc).__name__, exc, delay,
+                )
+                await asyncio.sleep(delay)
