@@ -94,10 +94,10 @@ class Envelope:
     def create(
         cls,
         *,
-        type: str,  # noqa: A002 - the CloudEvents attribute is called "type"
+        type: str,
         source: str,
         data: bytes = b"",
-        id: str | None = None,  # noqa: A002
+        id: str | None = None,
         time: datetime | None = None,
         **attributes: Any,
     ) -> Envelope:

@@ -42,7 +42,7 @@ class Message(BaseModel):
     def __init_subclass__(
         cls,
         *,
-        type: str | None = None,  # noqa: A002 - mirrors the CloudEvents attribute
+        type: str | None = None,
         topic: str | None = None,
         version: int = 1,
         register: bool = True,

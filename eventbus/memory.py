@@ -252,7 +252,7 @@ class _MemorySubscription(Subscription):
             self.group.requeue(item, 0.0)
         self.inflight.clear()
 
-    async def __aiter__(self) -> AsyncIterator[Delivery]:  # type: ignore[override]
+    async def __aiter__(self) -> AsyncIterator[Delivery]:
         loop = asyncio.get_running_loop()
         timer: asyncio.TimerHandle | None = None
         while not self.closed:

@@ -24,7 +24,7 @@ Next = Callable[[Context], Awaitable[None]]
 Middleware = Callable[[Context, Next], Awaitable[None]]
 
 
-class RedeliveryRequested(Exception):  # noqa: N818 - a signal, not an error
+class RedeliveryRequested(Exception):
     """Raised inside the chain to have the broker redeliver the message after ``delay``."""
 
     def __init__(self, delay: float, reason: str = "") -> None:

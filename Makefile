@@ -1,0 +1,47 @@
+# The two commands a newcomer needs: `make demo` and `make test`.
+# Both need only python3 (3.11+) and make: they build their own environments.
+PYTHON ?= python3
+UV_VERSION := 0.13.9
+TOOLS := .tools
+UV := $(TOOLS)/bin/uv
+VENV := .venv
+export UV_PYTHON_DOWNLOADS := never
+export UV_PROJECT_ENVIRONMENT := $(VENV)
+
+.PHONY: demo test lint typecheck bench bench-kafka setup clean docs
+
+$(UV):
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install --quiet "uv==$(UV_VERSION)"
+
+setup: $(UV)
+	$(UV) sync --frozen --all-groups --python $(PYTHON)
+
+## Run the order saga demo on the in-memory broker (or $$EVENTBUS_URL).
+demo: $(UV)
+	$(UV) sync --frozen --inexact --no-default-groups --python $(PYTHON)
+	$(VENV)/bin/python -m examples.order_saga.demo
+
+lint: setup
+	$(VENV)/bin/ruff check eventbus adapters tests integration_tests examples bench
+
+typecheck: setup
+	$(VENV)/bin/mypy eventbus adapters/kafka/eventbus_kafka
+
+## Lint, type-check, unit tests, conformance on memory and on every real broker.
+test: lint typecheck
+	$(VENV)/bin/python -m pytest -q -ra --cov=eventbus --cov-report=term --cov-fail-under=85 \
+		--junitxml=.reports/junit.xml
+
+## Regenerate docs/semantics.md capabilities and docs/conformance.md from the last test run.
+docs: setup
+	$(VENV)/bin/python scripts/gen_docs.py
+
+bench: setup
+	$(VENV)/bin/python bench/bench_memory.py
+
+bench-kafka: setup
+	$(VENV)/bin/python bench/bench_kafka.py
+
+clean:
+	rm -rf $(VENV) $(TOOLS) .pytest_cache .mypy_cache .ruff_cache .coverage
