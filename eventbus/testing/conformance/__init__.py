@@ -1,0 +1,63 @@
+"""The conformance suite: one set of cases every adapter must pass.
+
+Subclass :class:`ConformanceSuite` in a test module and provide a ``target``
+fixture returning a :class:`~eventbus.testing.BrokerTarget`::
+
+    import pytest
+    from eventbus.testing import BrokerTarget, ConformanceSuite
+
+    @pytest.fixture
+    def target() -> BrokerTarget:
+        return BrokerTarget(name="mybroker", url="mybroker://localhost:1234")
+
+    class TestMyBroker(ConformanceSuite):
+        pass
+
+Each case is gated by the adapter's :class:`~eventbus.adapter.Capabilities` and
+skipped, saying why, when the broker lacks what it needs; cases named in
+``target.limits`` are skipped with the reason given there.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from eventbus.testing.conformance._support import Case, Inbox, Ping, Pong, Recorder, on_topic
+from eventbus.testing.conformance.basics import BasicsCases
+from eventbus.testing.conformance.cloudevents import CloudEventsCases
+from eventbus.testing.conformance.failures import FailureCases
+from eventbus.testing.conformance.groups import GroupCases
+from eventbus.testing.conformance.guarantees import GuaranteeCases
+from eventbus.testing.conformance.lifecycle import LifecycleCases
+from eventbus.testing.conformance.ordering import OrderingCases
+
+
+@pytest.mark.conformance
+class ConformanceSuite(
+    BasicsCases,
+    CloudEventsCases,
+    GroupCases,
+    OrderingCases,
+    FailureCases,
+    GuaranteeCases,
+    LifecycleCases,
+):
+    """Every conformance case; subclass it (as ``Test...``) next to a ``target`` fixture."""
+
+
+__all__ = [
+    "BasicsCases",
+    "Case",
+    "CloudEventsCases",
+    "ConformanceSuite",
+    "FailureCases",
+    "GroupCases",
+    "GuaranteeCases",
+    "Inbox",
+    "LifecycleCases",
+    "OrderingCases",
+    "Ping",
+    "Pong",
+    "Recorder",
+    "on_topic",
+]

@@ -1,0 +1,386 @@
+"""Shared machinery of the conformance cases: the case decorator, the per-case
+resources (:class:`Case`), event classes, and event-driven waiting (:class:`Inbox`).
+
+Every case is a plain synchronous pytest test that runs its async body with
+``asyncio.run`` under an overall timeout, so the suite needs no async plugin and
+each case gets a fresh event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+import types
+import uuid
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar, cast
+
+import pytest
+
+from eventbus.adapter import Adapter, Capabilities, Delivery, SubscribeOptions, Subscription
+from eventbus.bus import EventBus
+from eventbus.context import Context
+from eventbus.envelope import Envelope
+from eventbus.events import Event, Message
+from eventbus.middleware.base import Next, RedeliveryRequested
+from eventbus.middleware.deadletter import dlq_topic
+from eventbus.middleware.retry import RetryPolicy
+from eventbus.registry_adapters import adapter_from_url
+from eventbus.testing.target import BrokerTarget
+
+log = logging.getLogger("eventbus.testing")
+T = TypeVar("T")
+M = TypeVar("M", bound=Message)
+S = TypeVar("S")
+
+CaseBody = Callable[[S, "Case"], Coroutine[Any, Any, None]]
+CaseTest = Callable[[S, BrokerTarget], None]
+
+# Small delays everywhere so retries and redeliveries finish quickly in tests.
+FAST_RETRY = RetryPolicy(
+    max_attempts=3, in_process_attempts=1, initial_delay=0.02, max_delay=0.2, jitter=0.0
+)
+PATIENCE = float(os.environ.get("EVENTBUS_CONFORMANCE_PATIENCE", "1") or 1)
+"""Multiplies every wait and case timeout, for slow brokers or CI machines."""
+WAIT = 15.0 * PATIENCE
+"""Default seconds to wait for something that should happen."""
+QUIET = 0.3
+"""Seconds to watch for something that must NOT happen (bounded, documented per case)."""
+
+
+# -- events ------------------------------------------------------------------------------
+
+
+class Ping(Event, type="eventbus.conformance.ping", topic="eventbus.conformance"):
+    """The workhorse event of the suite."""
+
+    seq: int = 0
+    key: str = ""
+    note: str = ""
+
+
+class Pong(Event, type="eventbus.conformance.pong", topic="eventbus.conformance"):
+    """A second type, for dispatch-by-type cases."""
+
+    seq: int = 0
+
+
+class Reply(Event, type="eventbus.conformance.reply", topic="eventbus.conformance"):
+    """Published from inside a handler, for correlation cases."""
+
+    seq: int = 0
+
+
+def on_topic(cls: type[M], topic: str) -> type[M]:
+    """A subclass of ``cls`` (same type name and version) whose default topic is ``topic``.
+
+    Subscribing by class uses the class's topic, so each case makes private
+    variants to get unique topics; they are not registered, so the registry keeps
+    the base classes.
+    """
+    keywords = {
+        "topic": topic,
+        "type": cls.event_type(),
+        "version": cls.data_version(),
+        "register": False,
+    }
+    return cast("type[M]", types.new_class(cls.__name__, (cls,), keywords))
+
+
+# -- waiting -----------------------------------------------------------------------------
+
+
+class Inbox(Generic[T]):
+    """Items recorded as they happen; ``wait`` blocks until a condition holds or fails."""
+
+    def __init__(self, name: str = "inbox") -> None:
+        self.name = name
+        self.items: list[T] = []
+        self._changed = asyncio.Event()
+
+    def add(self, item: T) -> None:
+        self.items.append(item)
+        self._changed.set()
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    async def wait(
+        self,
+        condition: Callable[[list[T]], bool],
+        what: str,
+        timeout: float = WAIT,
+    ) -> list[T]:
+        """Return the items once ``condition(items)`` holds; fail after ``timeout`` seconds."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not condition(self.items):
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise AssertionError(
+                    f"{self.name}: timed out after {timeout:.1f}s waiting for {what}; "
+                    f"got {len(self.items)} item(s): {_preview(self.items)}"
+                )
+            self._changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), remaining)
+        return list(self.items)
+
+    async def wait_count(self, count: int, timeout: float = WAIT) -> list[T]:
+        """Return the items once there are at least ``count``."""
+        return await self.wait(lambda items: len(items) >= count, f"{count} item(s)", timeout)
+
+
+def record_events(inbox: Inbox[Ping]) -> Callable[[Ping], Awaitable[None]]:
+    """A handler adding each event to ``inbox`` (one per loop iteration, no late binding)."""
+
+    async def handle(event: Ping) -> None:
+        inbox.add(event)
+
+    return handle
+
+
+def record_seqs(inbox: Inbox[int]) -> Callable[[Ping], Awaitable[None]]:
+    """A handler adding each event's ``seq`` to ``inbox``."""
+
+    async def handle(event: Ping) -> None:
+        inbox.add(event.seq)
+
+    return handle
+
+
+def _preview(items: Sequence[object]) -> str:
+    text = repr(list(items[:10]))
+    return text + (f" ... and {len(items) - 10} more" if len(items) > 10 else "")
+
+
+@dataclass(frozen=True, slots=True)
+class Seen:
+    """One run of the chain, as recorded by :class:`Recorder`."""
+
+    id: str
+    type: str
+    attempt: int
+    outcome: str
+
+
+class Recorder:
+    """Bus-wide middleware that records every delivery entering the chain and how it left.
+
+    It sits outside dead-letter, idempotency and retry, so it sees duplicates that
+    are skipped and messages that are dead-lettered (outcome ``"ok"``: settled by ack)
+    as well as redelivery requests (outcome ``"redeliver"``).
+    """
+
+    def __init__(self) -> None:
+        self.seen: Inbox[Seen] = Inbox("recorder")
+
+    async def __call__(self, ctx: Context, call_next: Next) -> None:
+        outcome = "ok"
+        try:
+            await call_next(ctx)
+        except BaseException as exc:
+            outcome = "redeliver" if isinstance(exc, RedeliveryRequested) else "error"
+            raise
+        finally:
+            self.seen.add(Seen(ctx.envelope.id, ctx.envelope.type, ctx.delivery.attempt, outcome))
+
+    def settled(self, event_id: str) -> int:
+        """How many deliveries of ``event_id`` left the chain to be acked."""
+        return sum(1 for s in self.seen.items if s.id == event_id and s.outcome == "ok")
+
+
+class Collector:
+    """Pumps an adapter subscription into an inbox, for adapter-level cases."""
+
+    def __init__(self, subscription: Subscription, name: str = "deliveries") -> None:
+        self.subscription = subscription
+        self.inbox: Inbox[Delivery] = Inbox(name)
+        self.task = asyncio.create_task(self._pump())
+
+    async def _pump(self) -> None:
+        async for delivery in self.subscription:
+            self.inbox.add(delivery)
+
+    async def close(self) -> None:
+        await self.subscription.close()
+        try:
+            await asyncio.wait_for(asyncio.shield(self.task), 5.0)
+        except TimeoutError:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+
+
+# -- per-case resources ------------------------------------------------------------------
+
+
+class Case:
+    """What a case body works with: the target, its capabilities, and factories for
+    buses, adapters and unique names, all closed when the case ends."""
+
+    def __init__(self, target: BrokerTarget, capabilities: Capabilities, name: str) -> None:
+        self.target = target
+        self.caps = capabilities
+        self.name = name
+        self.run_id = uuid.uuid4().hex[:8]
+        self._buses: list[EventBus] = []
+        self._adapters: list[Adapter] = []
+        self._collectors: list[Collector] = []
+        self._counter = 0
+
+    def unique(self, kind: str) -> str:
+        """A short name no other case or run uses, of letters, digits and hyphens only,
+        so every broker accepts it as a topic, queue, stream or group name."""
+        self._counter += 1
+        short = self.name.removeprefix("test_")[:16].replace("_", "-").strip("-")
+        return f"cf-{short}-{kind}{self._counter}-{self.run_id}"
+
+    def topic(self) -> str:
+        return self.unique("t")
+
+    def group(self) -> str:
+        return self.unique("g")
+
+    def count(self, n: int, minimum: int = 5) -> int:
+        return self.target.count(n, minimum)
+
+    def bus(self, url: str | None = None, **options: Any) -> EventBus:
+        """A bus on the target (or ``url``) with fast retries; stopped at the end."""
+        options.setdefault("source", self.unique("svc"))
+        options.setdefault("retry", FAST_RETRY)
+        options.setdefault("shutdown_timeout", 5.0)
+        options.setdefault("publish_timeout", 20.0)
+        bus = EventBus.from_url(url or self.target.url, **options)
+        self._buses.append(bus)
+        return bus
+
+    async def publisher(self, url: str | None = None, **options: Any) -> EventBus:
+        """A started bus with no subscriptions, for publishing."""
+        bus = self.bus(url, **options)
+        await bus.start()
+        return bus
+
+    def adapter(self, url: str | None = None) -> Adapter:
+        """A fresh, unconnected adapter on the target; closed at the end."""
+        adapter = adapter_from_url(url or self.target.url)
+        self._adapters.append(adapter)
+        return adapter
+
+    async def connected_adapter(self, url: str | None = None) -> Adapter:
+        adapter = self.adapter(url)
+        await adapter.connect()
+        return adapter
+
+    async def collect(
+        self, adapter: Adapter, topic: str, group: str, **options: Any
+    ) -> Collector:
+        """Subscribe ``adapter`` to ``topic`` as ``group`` and collect deliveries."""
+        subscription = await adapter.subscribe(topic, SubscribeOptions(group=group, **options))
+        collector = Collector(subscription, f"{topic}/{group}")
+        self._collectors.append(collector)
+        return collector
+
+    async def dead_letters(self, topic: str, group: str) -> Inbox[Envelope]:
+        """Start listening on the DLQ of ``topic``/``group``; returns what lands there."""
+        inbox: Inbox[Envelope] = Inbox(f"DLQ {dlq_topic(topic, group)}")
+        listener = self.bus(dead_letter=False)
+
+        @listener.subscribe(dlq_topic(topic, group), group=self.group())
+        async def keep(envelope: Envelope) -> None:
+            inbox.add(envelope)
+
+        await listener.start()
+        return inbox
+
+    async def aclose(self) -> None:
+        errors: list[BaseException] = []
+        for collector in self._collectors:
+            await _quietly(collector.close(), errors)
+        for bus in self._buses:
+            await _quietly(bus.stop(timeout=2.0), errors)
+        for adapter in self._adapters:
+            await _quietly(adapter.close(), errors)
+        if errors:
+            raise errors[0]
+
+
+async def _quietly(step: Awaitable[None], errors: list[BaseException]) -> None:
+    try:
+        await asyncio.wait_for(step, 10.0)
+    except Exception as exc:
+        errors.append(exc)
+
+
+# -- the case decorator --------------------------------------------------------------------
+
+
+def check_need(target: BrokerTarget, caps: Capabilities, need: str) -> bool:
+    """Whether ``need`` holds: a capability name (truthy), ``name=value``, or ``faults``."""
+    if need == "faults":
+        return target.faults is not None and target.faulty_url is not None
+    name, _, wanted = need.partition("=")
+    value = getattr(caps, name)
+    return str(value) == wanted if wanted else bool(value)
+
+
+def case(
+    needs: dict[str, str] | None = None, timeout: float = 45.0
+) -> Callable[[CaseBody[S]], CaseTest[S]]:
+    """Turn an async case body into a synchronous pytest test taking ``target``.
+
+    ``needs`` maps a capability (``"redelivery"``, ``"ordering=per_key"``, or
+    ``"faults"`` for the fault hooks) to why the case needs it; a target without
+    it skips the case saying so. A case named in ``target.limits`` is skipped
+    with the reason given there.
+    """
+    requirements = dict(needs or {})
+
+    def decorate(body: CaseBody[S]) -> CaseTest[S]:
+        name = body.__name__
+
+        def test(self: S, target: BrokerTarget) -> None:
+            if name in target.limits:
+                pytest.skip(f"{target.name}: {target.limits[name]}")
+            caps = adapter_from_url(target.url).capabilities
+            for need, why in requirements.items():
+                if not check_need(target, caps, need):
+                    what = "fault hooks (target.faults/faulty_url)" if need == "faults" else need
+                    pytest.skip(f"{target.name} lacks {what}: {why}")
+            asyncio.run(_run(body, self, Case(target, caps, name), timeout * PATIENCE))
+
+        test.__name__ = name
+        test.__qualname__ = body.__qualname__
+        test.__doc__ = body.__doc__
+        test.__module__ = body.__module__
+        return test
+
+    return decorate
+
+
+async def _run(body: CaseBody[S], suite: S, run: Case, timeout: float) -> None:
+    started = time.monotonic()
+    try:
+        await asyncio.wait_for(body(suite, run), timeout)
+    except TimeoutError as exc:
+        await _close_after_failure(run)
+        raise AssertionError(
+            f"{run.name} did not finish within {timeout:.0f}s "
+            f"(ran {time.monotonic() - started:.1f}s)"
+        ) from exc
+    except BaseException:
+        await _close_after_failure(run)
+        raise
+    await run.aclose()
+
+
+async def _close_after_failure(run: Case) -> None:
+    """Clean up without hiding the case's own failure behind a cleanup error."""
+    try:
+        await run.aclose()
+    except Exception:
+        log.exception("cleaning up after the failed case %s also failed", run.name)

@@ -1,0 +1,146 @@
+"""Consumer groups: fan-out across groups, competition within one, dispatch by type."""
+
+from __future__ import annotations
+
+import asyncio
+
+from eventbus.testing.conformance._support import (
+    QUIET,
+    Case,
+    Inbox,
+    Ping,
+    Pong,
+    case,
+    on_topic,
+    record_seqs,
+)
+
+GROUPS = "competing consumers within a group and fan-out across groups"
+
+
+class GroupCases:
+    """Each group gets every event; within a group each event is handled once."""
+
+    @case(needs={"fanout": "every group must receive every message"})
+    async def test_consumer_groups_fan_out(self, run: Case) -> None:
+        """Two groups subscribed to one topic each receive every message."""
+        event_cls = on_topic(Ping, run.topic())
+        inboxes: list[Inbox[int]] = [Inbox("group A"), Inbox("group B")]
+        for inbox in inboxes:
+            bus = run.bus()
+            bus.subscribe(event_cls, group=run.group())(record_seqs(inbox))
+            await bus.start()
+        count = run.count(20)
+        await (await run.publisher()).publish_many([event_cls(seq=i) for i in range(count)])
+        for inbox in inboxes:
+            await inbox.wait_count(count)
+            assert sorted(inbox.items) == list(range(count))
+
+    @case(needs={"consumer_groups": GROUPS})
+    async def test_competing_consumers_split_exactly_once(self, run: Case) -> None:
+        """Two consumers in the same group together handle each message exactly once
+        (in the happy path: no failures, no restarts)."""
+        event_cls = on_topic(Ping, run.topic())
+        group = run.group()
+        got: Inbox[int] = Inbox("both consumers")
+        for _ in (1, 2):
+            bus = run.bus()
+            bus.subscribe(event_cls, group=group)(record_seqs(got))
+            await bus.start()
+        count = run.count(40)
+        await (await run.publisher()).publish_many([event_cls(seq=i) for i in range(count)])
+        await got.wait_count(count)
+        await asyncio.sleep(QUIET)  # a duplicate would show up here
+        seqs = sorted(got.items)
+        assert seqs == list(range(count)), "messages lost or duplicated within one group"
+
+    @case(needs={"fanout": "two groups on one topic must both receive it"})
+    async def test_multiple_handlers_by_type_and_group(self, run: Case) -> None:
+        """Several types on one topic are dispatched to their own handler by type, and
+        another group with a handler for only one type gets only that type."""
+        topic = run.topic()
+        ping_cls, pong_cls = on_topic(Ping, topic), on_topic(Pong, topic)
+        pings: Inbox[int] = Inbox("group G pings")
+        pongs: Inbox[int] = Inbox("group G pongs")
+        other: Inbox[int] = Inbox("group H pings")
+        bus_g, bus_h = run.bus(), run.bus()
+        group_g = run.group()
+
+        @bus_g.subscribe(ping_cls, group=group_g)
+        async def on_ping(event: Ping) -> None:
+            pings.add(event.seq)
+
+        @bus_g.subscribe(pong_cls, group=group_g)
+        async def on_pong(event: Pong) -> None:
+            pongs.add(event.seq)
+
+        @bus_h.subscribe(ping_cls, group=run.group())
+        async def on_ping_h(event: Ping) -> None:
+            other.add(event.seq)
+
+        await bus_g.start()
+        await bus_h.start()
+        publisher = await run.publisher()
+        await publisher.publish(ping_cls(seq=1))
+        await publisher.publish(pong_cls(seq=2))
+        await publisher.publish(ping_cls(seq=3))
+        await pings.wait_count(2)
+        await pongs.wait_count(1)
+        await other.wait_count(2)
+        await asyncio.sleep(QUIET)
+        assert sorted(pings.items) == [1, 3]
+        assert pongs.items == [2]
+        assert sorted(other.items) == [1, 3]
+
+    @case(needs={"fanout": "two groups must each receive the messages"})
+    async def test_stopping_one_subscriber_leaves_others(self, run: Case) -> None:
+        """Stopping one service's bus does not disturb another group on the same topic."""
+        event_cls = on_topic(Ping, run.topic())
+        first: Inbox[int] = Inbox("stopped group")
+        second: Inbox[int] = Inbox("running group")
+        bus_a, bus_b = run.bus(), run.bus()
+
+        @bus_a.subscribe(event_cls, group=run.group())
+        async def on_a(event: Ping) -> None:
+            first.add(event.seq)
+
+        @bus_b.subscribe(event_cls, group=run.group())
+        async def on_b(event: Ping) -> None:
+            second.add(event.seq)
+
+        await bus_a.start()
+        await bus_b.start()
+        publisher = await run.publisher()
+        await publisher.publish(event_cls(seq=1))
+        await first.wait_count(1)
+        await second.wait_count(1)
+        await bus_a.stop()
+        count = run.count(10)
+        await publisher.publish_many([event_cls(seq=i) for i in range(2, count + 2)])
+        await second.wait_count(count + 1)
+        assert sorted(second.items) == list(range(1, count + 2))
+        assert first.items == [1]
+
+    @case(needs={"consumer_groups": GROUPS,
+                 "persistent": "messages must wait while the group has no consumer"})
+    async def test_continue_after_subscriber_close(self, run: Case) -> None:
+        """When a group's consumer stops, messages published meanwhile go to the next
+        consumer of the group: none lost, and none it had already handled repeated."""
+        event_cls = on_topic(Ping, run.topic())
+        group = run.group()
+        count = run.count(10)
+        inboxes: list[Inbox[int]] = [Inbox("first consumer"), Inbox("second consumer")]
+        buses = []
+        for inbox in inboxes:
+            bus = run.bus()
+            bus.subscribe(event_cls, group=group)(record_seqs(inbox))
+            buses.append(bus)
+        publisher = await run.publisher()
+        await buses[0].start()
+        await publisher.publish_many([event_cls(seq=i) for i in range(count)])
+        await inboxes[0].wait_count(count)
+        await buses[0].stop()
+        await publisher.publish_many([event_cls(seq=i) for i in range(count, 2 * count)])
+        await buses[1].start()
+        await inboxes[1].wait_count(count)
+        assert sorted(inboxes[1].items) == list(range(count, 2 * count))

@@ -1,0 +1,194 @@
+"""Starting, stopping and surviving: cancellation, shutdown without loss, reconnects."""
+
+from __future__ import annotations
+
+import asyncio
+
+from eventbus.adapter import Delivery, SubscribeOptions, Subscription
+from eventbus.testing.conformance._support import Case, Inbox, Ping, case, on_topic
+
+GROUPS = "competing consumers within a group and fan-out across groups"
+PERSISTENT = "unhandled messages must wait for the group's next consumer"
+
+
+class LifecycleCases:
+    """Nothing is lost when consumers come and go or the connection breaks."""
+
+    @case()
+    async def test_subscribe_cancellation_clean(self, run: Case) -> None:
+        """Adapter level: closing a subscription that is waiting for messages ends its
+        iteration cleanly, cancelling the waiting task is clean too, and the group
+        still receives messages on a new subscription afterwards."""
+        adapter = await run.connected_adapter()
+        topic, group = run.topic(), run.group()
+        closing = await adapter.subscribe(topic, SubscribeOptions(group=group))
+        waiting = asyncio.create_task(_first(closing))
+        abandoned = await adapter.subscribe(topic, SubscribeOptions(group=group))
+        cancelled = asyncio.create_task(_first(abandoned))
+        await asyncio.sleep(0.05)  # let both tasks block waiting for a message
+        await closing.close()
+        assert await asyncio.wait_for(waiting, 5.0) is None, "closed subscription yielded"
+        cancelled.cancel()
+        done, _ = await asyncio.wait([cancelled], timeout=5.0)
+        assert done and cancelled.cancelled(), "a waiting subscription ignored cancellation"
+        await abandoned.close()
+        collector = await run.collect(adapter, topic, group)
+        publisher = await run.publisher()
+        await publisher.publish(on_topic(Ping, topic)(seq=1))
+        delivery, = await collector.inbox.wait_count(1)
+        assert delivery.envelope is not None
+        await delivery.ack()
+
+    @case(needs={"consumer_groups": GROUPS, "persistent": PERSISTENT})
+    async def test_concurrent_close_no_loss(self, run: Case) -> None:
+        """Many consumers of one group stopped at the same moment, mid-stream, stop
+        without error; a new consumer then handles everything they did not."""
+        event_cls = on_topic(Ping, run.topic())
+        group = run.group()
+        handled: Inbox[int] = Inbox("handled")
+        buses = []
+        for _ in range(run.count(6, minimum=3)):
+            bus = run.bus()
+
+            @bus.subscribe(event_cls, group=group)
+            async def handle(event: Ping) -> None:
+                await asyncio.sleep(0.005)
+                handled.add(event.seq)
+
+            buses.append(bus)
+        await asyncio.gather(*(bus.start() for bus in buses))
+        count = run.count(150, minimum=30)
+        await (await run.publisher()).publish_many([event_cls(seq=i) for i in range(count)])
+        await handled.wait_count(count // 4)
+        await asyncio.gather(*(bus.stop(timeout=2.0) for bus in buses))
+        successor = run.bus()
+
+        @successor.subscribe(event_cls, group=group)
+        async def finish(event: Ping) -> None:
+            handled.add(event.seq)
+
+        await successor.start()
+        await handled.wait(lambda items: set(items) >= set(range(count)), "every message")
+
+    @case(needs={"consumer_groups": GROUPS, "persistent": PERSISTENT})
+    async def test_graceful_shutdown_finishes_in_flight(self, run: Case) -> None:
+        """``bus.stop(timeout)`` lets handlers already running finish and acks them; a
+        new consumer of the group handles the rest, and nothing finished is repeated."""
+        event_cls = on_topic(Ping, run.topic())
+        group = run.group()
+        started: Inbox[int] = Inbox("started")
+        first_done: Inbox[int] = Inbox("finished before stop")
+        later_done: Inbox[int] = Inbox("finished after restart")
+        first, second = run.bus(), run.bus()
+
+        @first.subscribe(event_cls, group=group, concurrency=2)
+        async def slow(event: Ping) -> None:
+            started.add(event.seq)
+            await asyncio.sleep(0.15)
+            first_done.add(event.seq)
+
+        @second.subscribe(event_cls, group=group)
+        async def fast(event: Ping) -> None:
+            later_done.add(event.seq)
+
+        await first.start()
+        count = run.count(10)
+        await (await run.publisher()).publish_many([event_cls(seq=i) for i in range(count)])
+        await started.wait_count(2)
+        await first.stop(timeout=10.0)
+        assert set(started.items) == set(first_done.items), "an in-flight handler was cut off"
+        await second.start()
+        rest = set(range(count)) - set(first_done.items)
+        await later_done.wait(lambda items: set(items) >= rest, f"the other {len(rest)}")
+        assert not set(first_done.items) & set(later_done.items), "finished work was repeated"
+
+    @case(needs={"consumer_groups": GROUPS, "persistent": PERSISTENT,
+                 "redelivery": "unfinished messages must go back to the broker"})
+    async def test_shutdown_timeout_returns_unfinished(self, run: Case) -> None:
+        """Handlers still running when the stop timeout expires are cancelled and their
+        messages go back to the broker: the next consumer handles every one of them."""
+        event_cls = on_topic(Ping, run.topic())
+        group = run.group()
+        started: Inbox[int] = Inbox("started")
+        finished: Inbox[int] = Inbox("finished")
+        slow = True
+        first, second = run.bus(), run.bus()
+
+        @first.subscribe(event_cls, group=group, concurrency=2)
+        async def stuck(event: Ping) -> None:
+            started.add(event.seq)
+            if slow:
+                await asyncio.sleep(30)
+            finished.add(event.seq)
+
+        @second.subscribe(event_cls, group=group)
+        async def fast(event: Ping) -> None:
+            finished.add(event.seq)
+
+        await first.start()
+        count = run.count(6)
+        await (await run.publisher()).publish_many([event_cls(seq=i) for i in range(count)])
+        await started.wait_count(2)
+        await first.stop(timeout=0.2)
+        slow = False
+        assert finished.items == []
+        await second.start()
+        await finished.wait(lambda items: set(items) >= set(range(count)), "every message")
+
+    @case(needs={"faults": "the case drops the broker connections"})
+    async def test_reconnect_after_connection_drop(self, run: Case) -> None:
+        """After every connection drops, subscribers and publishers reconnect by
+        themselves: everything published before and after arrives (duplicates are
+        allowed, at-least-once; loss is not)."""
+        assert run.target.faults is not None and run.target.faulty_url is not None
+        event_cls = on_topic(Ping, run.topic())
+        got: Inbox[int] = Inbox("handler")
+        consumer = run.bus(run.target.faulty_url)
+
+        @consumer.subscribe(event_cls, group=run.group())
+        async def handle(event: Ping) -> None:
+            got.add(event.seq)
+
+        await consumer.start()
+        publisher = await run.publisher(run.target.faulty_url)
+        count = run.count(10)
+        await publisher.publish_many([event_cls(seq=i) for i in range(count)])
+        await got.wait(lambda items: set(items) >= set(range(count)), "the first batch")
+        await run.target.faults.drop_connections()
+        for seq in range(count, 2 * count):
+            await publisher.publish(event_cls(seq=seq))
+        await got.wait(lambda items: set(items) >= set(range(2 * count)), "both batches",
+                       timeout=30.0)
+
+    @case(needs={"faults": "the case makes the broker refuse connections"})
+    async def test_publish_retries_while_refused(self, run: Case) -> None:
+        """While the broker refuses connections, publishes retry instead of failing
+        and subscribers resubscribe; once it accepts again everything arrives."""
+        assert run.target.faults is not None and run.target.faulty_url is not None
+        event_cls = on_topic(Ping, run.topic())
+        got: Inbox[int] = Inbox("handler")
+        consumer = run.bus(run.target.faulty_url)
+
+        @consumer.subscribe(event_cls, group=run.group())
+        async def handle(event: Ping) -> None:
+            got.add(event.seq)
+
+        await consumer.start()
+        publisher = await run.publisher(run.target.faulty_url)
+        count = run.count(5)
+        await publisher.publish_many([event_cls(seq=i) for i in range(count)])
+        await got.wait(lambda items: set(items) >= set(range(count)), "the first batch")
+        refusal = asyncio.create_task(run.target.faults.refuse_connections(1.0))
+        await asyncio.sleep(0.1)  # let the refusal begin before publishing into it
+        for seq in range(count, 2 * count):
+            await publisher.publish(event_cls(seq=seq))
+        await refusal
+        await got.wait(lambda items: set(items) >= set(range(2 * count)), "both batches",
+                       timeout=30.0)
+
+
+async def _first(subscription: Subscription) -> Delivery | None:
+    """The first delivery of ``subscription``, or ``None`` if iteration just ends."""
+    async for delivery in subscription:
+        return delivery
+    return None

@@ -1,0 +1,134 @@
+"""Per-key order and the concurrency limit."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Callable
+
+from eventbus.testing.conformance._support import QUIET, Case, Inbox, Ping, case, on_topic
+
+
+def _contains(seq: int) -> Callable[[list[int]], bool]:
+    return lambda items: seq in items
+
+
+class OrderingCases:
+    """Parallel where allowed, ordered where promised."""
+
+    @case(needs={"ordering=per_key": "the case checks that one key's messages keep order"})
+    async def test_in_order_per_key(self, run: Case) -> None:
+        """With several workers, the messages of each partition key are handled in the
+        order they were published while keys run in parallel."""
+        event_cls = on_topic(Ping, run.topic())
+        keys = [f"key-{k}" for k in range(run.count(6, minimum=3))]
+        per_key = run.count(25)
+        got: Inbox[tuple[str, int]] = Inbox("handler")
+        bus = run.bus()
+
+        @bus.subscribe(event_cls, group=run.group(), concurrency=4, ordered=True)
+        async def handle(event: Ping) -> None:
+            await asyncio.sleep(random.uniform(0, 0.003))  # shuffle timing across keys
+            got.add((event.key, event.seq))
+
+        await bus.start()
+        publisher = await run.publisher()
+
+        async def publish_key(key: str) -> None:
+            for seq in range(per_key):
+                await publisher.publish(event_cls(key=key, seq=seq), key=key)
+
+        await asyncio.gather(*(publish_key(key) for key in keys))
+        await got.wait_count(len(keys) * per_key)
+        for key in keys:
+            seqs = [seq for k, seq in got.items if k == key]
+            assert seqs == list(range(per_key)), f"{key} out of order: {seqs}"
+
+    @case(needs={"ordering=per_key": "later messages of a key must wait for earlier ones"})
+    async def test_unfinished_key_holds_later_same_key(self, run: Case) -> None:
+        """While a message of key K is still being handled, later K messages wait
+        (watched for a bounded grace period) and other keys keep flowing; once it
+        finishes, K continues in order."""
+        event_cls = on_topic(Ping, run.topic())
+        release = asyncio.Event()
+        started: Inbox[tuple[str, int]] = Inbox("started")
+        finished: Inbox[tuple[str, int]] = Inbox("finished")
+        bus = run.bus()
+
+        @bus.subscribe(event_cls, group=run.group(), concurrency=4, ordered=True)
+        async def handle(event: Ping) -> None:
+            started.add((event.key, event.seq))
+            if (event.key, event.seq) == ("held", 0):
+                await release.wait()
+            finished.add((event.key, event.seq))
+
+        await bus.start()
+        publisher = await run.publisher()
+        await publisher.publish(event_cls(key="held", seq=0), key="held")
+        await publisher.publish(event_cls(key="held", seq=1), key="held")
+        others = [f"other-{i}" for i in range(12)]
+        for key in others:
+            await publisher.publish(event_cls(key=key, seq=0), key=key)
+        await started.wait(lambda items: ("held", 0) in items, "the held message to start")
+        await finished.wait(lambda items: len(items) >= 1, "another key to finish")
+        await asyncio.sleep(QUIET)  # give the later K message the chance to jump the queue
+        assert ("held", 1) not in started.items, "a later message of key K ran before K#0 ended"
+        release.set()
+        await finished.wait_count(2 + len(others))
+        held = [seq for key, seq in finished.items if key == "held"]
+        assert held == [0, 1]
+
+    @case()
+    async def test_idle_worker_takes_next_message(self, run: Case) -> None:
+        """With two workers, a message without a key that arrives while one handler is
+        stuck runs at once on the idle worker instead of queueing behind the stuck one."""
+        event_cls = on_topic(Ping, run.topic())
+        release = asyncio.Event()
+        started: Inbox[int] = Inbox("started")
+        finished: Inbox[int] = Inbox("finished")
+        bus = run.bus()
+
+        @bus.subscribe(event_cls, group=run.group(), concurrency=2)
+        async def handle(event: Ping) -> None:
+            started.add(event.seq)
+            if event.seq == 0:
+                await release.wait()
+            finished.add(event.seq)
+
+        await bus.start()
+        publisher = await run.publisher()
+        await publisher.publish(event_cls(seq=0))
+        await started.wait_count(1)
+        for seq in (1, 2):
+            await publisher.publish(event_cls(seq=seq))
+            await finished.wait(_contains(seq), f"message {seq} to finish on the idle "
+                                "worker while message 0 is stuck")
+        release.set()
+        await finished.wait_count(3)
+
+    @case()
+    async def test_concurrency_limit_honoured(self, run: Case) -> None:
+        """No more than ``concurrency`` handlers of a subscription run at once, and
+        more than one does when messages are waiting."""
+        event_cls = on_topic(Ping, run.topic())
+        limit = 3
+        active = 0
+        peak: list[int] = []
+        done: Inbox[int] = Inbox("handler")
+        bus = run.bus()
+
+        @bus.subscribe(event_cls, group=run.group(), concurrency=limit)
+        async def handle(event: Ping) -> None:
+            nonlocal active
+            active += 1
+            peak.append(active)
+            await asyncio.sleep(0.02)
+            active -= 1
+            done.add(event.seq)
+
+        await bus.start()
+        count = run.count(30, minimum=10)
+        await (await run.publisher()).publish_many([event_cls(seq=i) for i in range(count)])
+        await done.wait_count(count)
+        assert max(peak) <= limit, f"{max(peak)} handlers ran at once, limit {limit}"
+        assert max(peak) > 1, "handlers never ran in parallel although messages waited"

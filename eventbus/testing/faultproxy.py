@@ -1,0 +1,325 @@
+"""A TCP proxy that breaks the path to a broker on demand, for reconnect tests.
+
+Clients connect to the proxy instead of the broker; the proxy forwards bytes
+both ways and, when asked, drops every connection, refuses new ones for a
+while, or delays every forwarded chunk. The broker itself is never touched.
+
+The proxy runs its own event loop in a background thread, because tests
+typically call ``asyncio.run`` once per case and a proxy bound to one of those
+loops would die with it. Its async methods can be awaited from any loop::
+
+    proxy = FaultProxy("127.0.0.1", 6379)
+    proxy.start()                      # returns once listening
+    url = f"redis://127.0.0.1:{proxy.port}/0"
+    ...
+    await proxy.drop_connections()     # clients see their sockets reset
+    await proxy.refuse_connections(2)  # returns at once; refusal lasts 2 s
+    await proxy.set_latency(0.05)      # 50 ms on every forwarded chunk
+    proxy.stop()
+
+It implements :class:`eventbus.testing.target.FaultInjector`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+from collections.abc import Coroutine
+from types import TracebackType
+from typing import Any, TypeVar
+
+__all__ = ["FaultProxy"]
+
+_T = TypeVar("_T")
+
+_CHUNK = 64 * 1024
+
+
+class _Link:
+    """One client connection and its upstream connection to the broker."""
+
+    def __init__(self, client: asyncio.StreamWriter) -> None:
+        self.client = client
+        self.upstream: asyncio.StreamWriter | None = None
+        self.tasks: list[asyncio.Task[None]] = []
+
+    def abort(self) -> None:
+        # abort() rather than close(): a dropped link must look like a network
+        # failure (RST, unflushed data lost), not a polite shutdown.
+        for writer in (self.client, self.upstream):
+            if writer is not None:
+                writer.transport.abort()
+        for task in self.tasks:
+            task.cancel()
+
+
+class FaultProxy:
+    """A thread-backed TCP proxy in front of ``target_host:target_port``.
+
+    ``listen_port=0`` picks a free port; read :attr:`port` after :meth:`start`.
+    A stopped proxy cannot be started again.
+    """
+
+    def __init__(
+        self,
+        target_host: str,
+        target_port: int,
+        listen_host: str = "127.0.0.1",
+        listen_port: int = 0,
+    ) -> None:
+        self.target_host = target_host
+        self.target_port = target_port
+        self.listen_host = listen_host
+        self._listen_port = listen_port
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._server: asyncio.Server | None = None
+        self._links: set[_Link] = set()
+        self._latency = 0.0
+        self._refuse_until = 0.0
+        self._reopen_handle: asyncio.TimerHandle | None = None
+        self._stopped = False
+        self._background: set[asyncio.Task[None]] = set()
+
+    # -- lifecycle ---------------------------------------------------------
+
+    @property
+    def port(self) -> int:
+        """The port clients connect to (known once :meth:`start` has returned)."""
+        if self._listen_port == 0:
+            raise RuntimeError("FaultProxy.port is known only after start()")
+        return self._listen_port
+
+    @property
+    def open_connections(self) -> int:
+        """How many client connections are currently being forwarded."""
+        return len(self._links)
+
+    def start(self) -> FaultProxy:
+        """Start the proxy thread; returns once the proxy is listening."""
+        if self._thread is not None:
+            raise RuntimeError("FaultProxy already started")
+        ready = threading.Event()
+        failure: list[BaseException] = []
+
+        def run() -> None:
+            loop = asyncio.new_event_loop()
+            self._loop = loop
+            try:
+                loop.run_until_complete(self._listen())
+            except BaseException as exc:  # reported to start()'s caller below
+                failure.append(exc)
+                ready.set()
+                loop.close()
+                return
+            ready.set()
+            try:
+                loop.run_forever()
+            finally:
+                loop.run_until_complete(loop.shutdown_asyncgens())
+                loop.close()
+
+        self._thread = threading.Thread(
+            target=run, name=f"FaultProxy->{self.target_host}:{self.target_port}", daemon=True
+        )
+        self._thread.start()
+        ready.wait()
+        if failure:
+            raise failure[0]
+        return self
+
+    def stop(self) -> None:
+        """Close the listener and every connection, then end the proxy thread."""
+        if self._stopped or self._thread is None or self._loop is None:
+            self._stopped = True
+            return
+        self._stopped = True
+        loop = self._loop
+        if loop.is_running():
+            with contextlib.suppress(RuntimeError):
+                asyncio.run_coroutine_threadsafe(self._shutdown(), loop).result(timeout=10)
+            loop.call_soon_threadsafe(loop.stop)
+        self._thread.join(timeout=10)
+
+    def __enter__(self) -> FaultProxy:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # -- faults (awaitable from any event loop) -----------------------------
+
+    async def drop_connections(self) -> None:
+        """Reset every open client connection; new connections are still accepted."""
+        await self._call(self._drop())
+
+    async def refuse_connections(self, seconds: float) -> None:
+        """Drop every connection and refuse new ones for ``seconds``.
+
+        Returns as soon as the refusal has begun; it does not wait for the
+        window to end. During the window the listening socket is closed, so
+        connecting fails with "connection refused", as with a broker that is
+        down. Overlapping calls extend the window to the latest end.
+        """
+        await self._call(self._refuse(seconds))
+
+    async def set_latency(self, seconds: float) -> None:
+        """Delay every forwarded chunk, in both directions, by ``seconds`` (0 to stop)."""
+        await self._call(self._set_latency(seconds))
+
+    # Sync twins for code that has no event loop (fixtures, teardown).
+
+    def drop_connections_sync(self) -> None:
+        """Blocking form of :meth:`drop_connections`."""
+        self._call_sync(self._drop())
+
+    def refuse_connections_sync(self, seconds: float) -> None:
+        """Blocking form of :meth:`refuse_connections` (also returns at once)."""
+        self._call_sync(self._refuse(seconds))
+
+    def set_latency_sync(self, seconds: float) -> None:
+        """Blocking form of :meth:`set_latency`."""
+        self._call_sync(self._set_latency(seconds))
+
+    # -- internals (run on the proxy's loop) ---------------------------------
+
+    def _require_loop(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None or self._stopped or not self._loop.is_running():
+            raise RuntimeError("FaultProxy is not running; call start() first")
+        return self._loop
+
+    async def _call(self, coro: Coroutine[Any, Any, _T]) -> _T:
+        loop = self._require_loop()
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            return await coro
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, loop))
+
+    def _call_sync(self, coro: Coroutine[Any, Any, _T]) -> _T:
+        loop = self._require_loop()
+        if threading.current_thread() is self._thread:
+            coro.close()
+            raise RuntimeError("sync FaultProxy methods cannot run on the proxy's own thread")
+        return asyncio.run_coroutine_threadsafe(coro, loop).result(timeout=30)
+
+    async def _listen(self) -> None:
+        self._server = await asyncio.start_server(
+            self._accept, self.listen_host, self._listen_port, reuse_address=True
+        )
+        if self._listen_port == 0:
+            self._listen_port = int(self._server.sockets[0].getsockname()[1])
+
+    async def _shutdown(self) -> None:
+        if self._reopen_handle is not None:
+            self._reopen_handle.cancel()
+        await self._close_listener()
+        await self._drop()
+
+    async def _close_listener(self) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
+            # wait_closed() also waits for handler tasks in newer Pythons;
+            # the links are aborted separately, so don't block on it.
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(server.wait_closed(), 1)
+
+    async def _drop(self) -> None:
+        links = list(self._links)
+        self._links.clear()
+        for link in links:
+            link.abort()
+        # Let the cancelled pumps unwind so callers observe a settled state.
+        tasks = [t for link in links for t in link.tasks]
+        if tasks:
+            await asyncio.wait(tasks, timeout=1)
+
+    async def _refuse(self, seconds: float) -> None:
+        loop = asyncio.get_running_loop()
+        until = max(self._refuse_until, time.monotonic() + max(0.0, seconds))
+        self._refuse_until = until
+        if self._reopen_handle is not None:
+            self._reopen_handle.cancel()
+        await self._close_listener()
+        await self._drop()
+        self._reopen_handle = loop.call_later(until - time.monotonic(), self._schedule_reopen)
+
+    def _schedule_reopen(self) -> None:
+        task = asyncio.get_running_loop().create_task(self._reopen())
+        # The loop holds tasks weakly; keep a reference until it is done.
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _reopen(self) -> None:
+        self._reopen_handle = None
+        if self._stopped or self._server is not None:
+            return
+        # The port was ours a moment ago; retry briefly in case the kernel
+        # still holds it, rather than failing the whole test run.
+        for _ in range(50):
+            try:
+                await self._listen()
+                return
+            except OSError:
+                await asyncio.sleep(0.1)
+        await self._listen()
+
+    async def _set_latency(self, seconds: float) -> None:
+        self._latency = max(0.0, seconds)
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._server is None or self._stopped:
+            writer.transport.abort()
+            return
+        link = _Link(writer)
+        self._links.add(link)
+        try:
+            up_reader, up_writer = await asyncio.open_connection(self.target_host, self.target_port)
+        except OSError:
+            # Broker unreachable: the client sees its connection reset, just
+            # as it would without the proxy.
+            self._links.discard(link)
+            writer.transport.abort()
+            return
+        if link not in self._links:  # dropped while connecting upstream
+            up_writer.transport.abort()
+            writer.transport.abort()
+            return
+        link.upstream = up_writer
+        link.tasks = [
+            asyncio.create_task(self._pump(reader, up_writer)),
+            asyncio.create_task(self._pump(up_reader, writer)),
+        ]
+        try:
+            await asyncio.gather(*link.tasks, return_exceptions=True)
+        finally:
+            if link in self._links:
+                self._links.discard(link)
+                for w in (writer, up_writer):
+                    w.close()
+
+    async def _pump(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                chunk = await src.read(_CHUNK)
+                if not chunk:
+                    break
+                if self._latency > 0:
+                    await asyncio.sleep(self._latency)
+                dst.write(chunk)
+                await dst.drain()
+            if dst.can_write_eof():
+                dst.write_eof()
+        except (ConnectionError, OSError):
+            # Either peer went away; the other pump ends at its EOF or error.
+            dst.transport.abort()

@@ -1,0 +1,205 @@
+"""FaultProxy against a tiny local echo server: no brokers, no network beyond loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from eventbus.testing.faultproxy import FaultProxy
+from eventbus.testing.target import FaultInjector
+
+
+class EchoServer:
+    """A blocking echo server in a thread, so it outlives each test's event loop."""
+
+    def __init__(self) -> None:
+        self._sock = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self._sock.getsockname()[1]
+        self._closing = False
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._closing:
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._echo, args=(conn,), daemon=True).start()
+
+    @staticmethod
+    def _echo(conn: socket.socket) -> None:
+        with conn:
+            try:
+                while data := conn.recv(65536):
+                    conn.sendall(data)
+            except OSError:
+                return
+
+    def close(self) -> None:
+        self._closing = True
+        self._sock.close()
+
+
+@pytest.fixture
+def echo() -> Iterator[EchoServer]:
+    server = EchoServer()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def proxy(echo: EchoServer) -> Iterator[FaultProxy]:
+    with FaultProxy("127.0.0.1", echo.port) as p:
+        yield p
+
+
+async def roundtrip(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, payload: bytes
+) -> bytes:
+    writer.write(payload)
+    await writer.drain()
+    return await asyncio.wait_for(reader.readexactly(len(payload)), 5)
+
+
+async def wait_until_closed(reader: asyncio.StreamReader) -> None:
+    """A dropped connection shows up as EOF or a reset, within the timeout."""
+    try:
+        data = await asyncio.wait_for(reader.read(1), 5)
+    except (ConnectionError, OSError):
+        return
+    assert data == b""
+
+
+async def wait_for(predicate: object, timeout: float = 5) -> None:
+    assert callable(predicate)
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
+
+
+def test_implements_fault_injector(proxy: FaultProxy) -> None:
+    assert isinstance(proxy, FaultInjector)
+    assert proxy.port > 0
+
+
+def test_forwards_both_ways(proxy: FaultProxy) -> None:
+    async def case() -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+        assert await roundtrip(reader, writer, b"hello") == b"hello"
+        big = bytes(range(256)) * 2048  # 512 KiB: several chunks each way
+        assert await roundtrip(reader, writer, big) == big
+        writer.close()
+
+    asyncio.run(case())
+
+
+def test_survives_event_loops_of_callers(proxy: FaultProxy) -> None:
+    # Each asyncio.run is a new loop, as in the conformance cases.
+    for n in range(3):
+
+        async def case(n: int = n) -> None:
+            reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+            assert await roundtrip(reader, writer, b"x%d" % n) == b"x%d" % n
+            await proxy.set_latency(0)
+            writer.close()
+
+        asyncio.run(case())
+
+
+def test_drop_closes_client_connections_and_accepts_new_ones(proxy: FaultProxy) -> None:
+    async def case() -> None:
+        conns = [await asyncio.open_connection("127.0.0.1", proxy.port) for _ in range(3)]
+        for reader, writer in conns:
+            assert await roundtrip(reader, writer, b"ping") == b"ping"
+        assert proxy.open_connections == 3
+
+        await proxy.drop_connections()
+
+        for reader, _ in conns:
+            await wait_until_closed(reader)
+        assert proxy.open_connections == 0
+        reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+        assert await roundtrip(reader, writer, b"again") == b"again"
+        writer.close()
+
+    asyncio.run(case())
+
+
+def test_refuse_rejects_during_window_then_accepts(proxy: FaultProxy) -> None:
+    async def case() -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+        assert await roundtrip(reader, writer, b"before") == b"before"
+
+        started = time.monotonic()
+        await proxy.refuse_connections(1.0)
+        assert time.monotonic() - started < 0.5, "refuse_connections must not block"
+
+        await wait_until_closed(reader)
+        with pytest.raises(OSError):
+            await asyncio.open_connection("127.0.0.1", proxy.port)
+
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "proxy never accepted again"
+                await asyncio.sleep(0.05)
+        assert time.monotonic() - started >= 0.9
+        assert await roundtrip(reader, writer, b"after") == b"after"
+        writer.close()
+
+    asyncio.run(case())
+
+
+def test_latency_delays_forwarding(proxy: FaultProxy) -> None:
+    async def case() -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+        await proxy.set_latency(0.2)
+        started = time.monotonic()
+        assert await roundtrip(reader, writer, b"slow") == b"slow"
+        # Delayed once on the way in and once on the way out.
+        assert time.monotonic() - started >= 0.35
+        await proxy.set_latency(0)
+        writer.close()
+
+    asyncio.run(case())
+
+
+def test_sync_twins_and_stop(echo: EchoServer) -> None:
+    proxy = FaultProxy("127.0.0.1", echo.port).start()
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as s:
+        s.sendall(b"hi")
+        assert s.recv(2) == b"hi"
+        proxy.drop_connections_sync()
+        s.settimeout(5)
+        with contextlib.suppress(ConnectionResetError):  # RST is as good as EOF here
+            assert s.recv(1) == b""
+    proxy.set_latency_sync(0.01)
+    proxy.refuse_connections_sync(0.01)
+    proxy.stop()
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", proxy.port), timeout=1).close()
+    proxy.stop()  # idempotent
+
+
+def test_unreachable_target_resets_client() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead_port = s.getsockname()[1]
+    with FaultProxy("127.0.0.1", dead_port) as proxy:
+
+        async def case() -> None:
+            reader, _ = await asyncio.open_connection("127.0.0.1", proxy.port)
+            await wait_until_closed(reader)
+
+        asyncio.run(case())
