@@ -104,6 +104,10 @@ class Runner:
         self.spec = spec
         self.chain: Next = compose(bus.chain_for(spec), self._invoke)
         self._lanes: list[asyncio.Queue[Delivery | None]] = []
+        # Deliveries routed to each lane and not yet finished (queued + running): a
+        # lane's queue is empty while its worker is busy, so qsize alone would send
+        # unkeyed messages behind a slow handler while another worker sits idle.
+        self._load: list[int] = []
         self._lane_tasks: list[asyncio.Task[None]] = []
         self._fetch_task: asyncio.Task[None] | None = None
         self._subscription: Subscription | None = None
@@ -113,10 +117,11 @@ class Runner:
     async def start(self) -> None:
         """Subscribe (failing fast if the broker refuses) and start fetching."""
         self._subscription = await self._subscribe()
-        for _ in range(max(1, self.spec.concurrency)):
+        for index in range(max(1, self.spec.concurrency)):
             queue: asyncio.Queue[Delivery | None] = asyncio.Queue()
             self._lanes.append(queue)
-            self._lane_tasks.append(asyncio.create_task(self._lane(queue)))
+            self._load.append(0)
+            self._lane_tasks.append(asyncio.create_task(self._lane(index, queue)))
         self._fetch_task = asyncio.create_task(self._fetch())
 
     async def _subscribe(self) -> Subscription:
@@ -152,19 +157,23 @@ class Runner:
         lanes = self._lanes
         key = delivery.envelope.partitionkey if delivery.envelope is not None else None
         if len(lanes) == 1:
-            lanes[0].put_nowait(delivery)
+            index = 0
         elif key is not None and self.spec.ordered:
-            lanes[zlib.crc32(key.encode()) % len(lanes)].put_nowait(delivery)
+            index = zlib.crc32(key.encode()) % len(lanes)
         else:
-            lane = min(lanes, key=asyncio.Queue.qsize)
-            lane.put_nowait(delivery)
+            index = min(range(len(lanes)), key=self._load.__getitem__)
+        self._load[index] += 1
+        lanes[index].put_nowait(delivery)
 
-    async def _lane(self, queue: asyncio.Queue[Delivery | None]) -> None:
+    async def _lane(self, index: int, queue: asyncio.Queue[Delivery | None]) -> None:
         while True:
             delivery = await queue.get()
             if delivery is None:
                 return
-            await self.handle(delivery)
+            try:
+                await self.handle(delivery)
+            finally:
+                self._load[index] -= 1
 
     async def handle(self, delivery: Delivery) -> None:
         """Run one delivery through the chain and settle it."""
