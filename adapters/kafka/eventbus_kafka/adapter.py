@@ -1,0 +1,267 @@
+"""The Kafka adapter: aiokafka producer and consumers behind the eventbus contract.
+
+Example::
+
+    adapter = KafkaAdapter("kafka://localhost:9092?partitions=6")
+    await adapter.connect()
+    await adapter.publish("orders", [envelope])
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import (
+    KafkaConnectionError,
+    KafkaTimeoutError,
+    MessageSizeTooLargeError,
+    NodeNotReadyError,
+    RequestTimedOutError,
+)
+from aiokafka.helpers import create_ssl_context
+
+from eventbus.adapter import Adapter, Capabilities, HealthReport, SubscribeOptions, Subscription
+from eventbus.envelope import Envelope
+from eventbus.errors import (
+    BatchPublishError,
+    BrokerConnectionError,
+    MessageTooLargeError,
+    PublishError,
+)
+
+from .codec import Headers, encode
+from .consumer import KafkaSubscription, retry_topic
+from .provision import TopicProvisioner
+from .settings import KafkaSettings
+
+log = logging.getLogger("eventbus.kafka")
+
+_CONNECTION_ERRORS = (
+    KafkaConnectionError,
+    KafkaTimeoutError,
+    NodeNotReadyError,
+    RequestTimedOutError,
+    TimeoutError,
+    OSError,
+)
+
+
+class KafkaAdapter(Adapter):
+    """Kafka through aiokafka: ``kafka://host:port[,host:port][?options]``.
+
+    See ``docs/adapters/kafka.md`` for every option and the delivery guarantees.
+    """
+
+    schemes = ("kafka",)
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.settings = KafkaSettings.from_url(url)
+        self.capabilities = Capabilities(
+            persistent=True,
+            consumer_groups=True,
+            fanout=True,
+            ordering="per_key",
+            redelivery=True,
+            # nack(delay) goes through a retry topic, but the waiting is done by the
+            # client (pause + timer), not by the broker: not native.
+            native_delay=False,
+            native_dead_letter=False,
+            replay=True,
+            headers=True,
+            max_message_bytes=self.settings.max_message_bytes,
+            dedupe_window=None,
+            reconnect=True,
+        )
+        self._producer: AIOKafkaProducer | None = None
+        self._provisioner = TopicProvisioner(self.settings, self.client_options())
+        self._subscriptions: set[KafkaSubscription] = set()
+        self._connect_lock = asyncio.Lock()
+
+    def client_options(self) -> dict[str, Any]:
+        """Options shared by the producer, the consumers and the admin client."""
+        s = self.settings
+        options: dict[str, Any] = {
+            "bootstrap_servers": list(s.bootstrap_servers),
+            "client_id": s.client_id,
+            "request_timeout_ms": s.request_timeout_ms,
+            "security_protocol": s.security_protocol,
+        }
+        if s.security_protocol in ("SSL", "SASL_SSL"):
+            options["ssl_context"] = create_ssl_context(
+                cafile=s.ssl_cafile, certfile=s.ssl_certfile, keyfile=s.ssl_keyfile
+            )
+        if s.security_protocol.startswith("SASL"):
+            options["sasl_mechanism"] = s.sasl_mechanism or "PLAIN"
+            options["sasl_plain_username"] = s.sasl_username
+            options["sasl_plain_password"] = s.sasl_password
+        return options
+
+    # -- connection --------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        """Start the producer; fail within ``connect_timeout`` if no broker answers."""
+        await self._ready_producer()
+
+    async def _ready_producer(self) -> AIOKafkaProducer:
+        if self._producer is not None:
+            return self._producer
+        async with self._connect_lock:
+            if self._producer is not None:
+                return self._producer
+            s = self.settings
+            producer = AIOKafkaProducer(
+                **self.client_options(),
+                acks="all",
+                enable_idempotence=False,  # Tansu has no idempotent producer (InitProducerId)
+                linger_ms=s.linger_ms,
+                max_request_size=max(1024 * 1024, s.max_message_bytes + 64 * 1024),
+            )
+            try:
+                await asyncio.wait_for(producer.start(), s.connect_timeout)
+            except Exception as exc:
+                with contextlib.suppress(Exception):
+                    await producer.stop()
+                raise BrokerConnectionError(
+                    f"cannot connect to Kafka at {s.masked_url} within {s.connect_timeout:g}s "
+                    f"({type(exc).__name__}: {exc or 'timed out'}); check that the bootstrap "
+                    "servers are reachable and the credentials are right"
+                ) from exc
+            self._producer = producer
+            return producer
+
+    async def close(self) -> None:
+        """Close every subscription (committing what is done), flush and stop the producer."""
+        for subscription in list(self._subscriptions):
+            await subscription.close()
+        self._subscriptions.clear()
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            try:
+                await producer.stop()  # flushes pending batches first
+            except Exception as exc:
+                log.warning("stopping the Kafka producer failed: %s", exc)
+        await self._provisioner.close()
+
+    async def health(self) -> HealthReport:
+        """Ask the cluster for its metadata (one round trip)."""
+        try:
+            await self._ready_producer()
+            topics = await asyncio.wait_for(
+                self._provisioner.describe(), self.settings.connect_timeout
+            )
+        except Exception as exc:
+            return HealthReport(ok=False, detail=f"{type(exc).__name__}: {exc}")
+        return HealthReport(
+            ok=True,
+            detail=f"Kafka at {self.settings.masked_url} answered",
+            info={
+                "topics": str(len(topics)),
+                "bootstrap": ",".join(self.settings.bootstrap_servers),
+            },
+        )
+
+    # -- publishing --------------------------------------------------------------------
+
+    async def publish(self, topic: str, envelopes: Sequence[Envelope]) -> None:
+        """Send every envelope concurrently (batched by linger) and wait for acks=all."""
+        records = [encode(envelope) for envelope in envelopes]
+        for envelope, record in zip(envelopes, records, strict=True):
+            self.check_size(topic, envelope, record.size)
+        if not records:
+            return
+        producer = await self._ready_producer()
+        await self._provisioner.ensure([topic])
+        futures: list[Any] = []
+        for record in records:
+            try:
+                futures.append(
+                    await producer.send(topic, record.value, key=record.key, headers=record.headers)
+                )
+            except Exception as exc:  # could not even be queued
+                futures.append(_failed(exc))
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        failures = {i: r for i, r in enumerate(results) if isinstance(r, BaseException)}
+        if not failures:
+            return
+        if len(failures) == len(records) and all(
+            isinstance(exc, _CONNECTION_ERRORS) for exc in failures.values()
+        ):
+            first = next(iter(failures.values()))
+            raise BrokerConnectionError(
+                f"Kafka at {self.settings.masked_url} did not confirm any of {len(records)} "
+                f"message(s) to {topic!r}: {type(first).__name__}: {first}"
+            ) from first
+        errors = {i: self._publish_error(topic, envelopes[i], exc) for i, exc in failures.items()}
+        raise BatchPublishError(
+            f"{len(errors)} of {len(records)} messages to Kafka topic {topic!r} were not "
+            f"confirmed (indexes {sorted(errors)}); see .failures",
+            errors,
+            len(records),
+        )
+
+    def _publish_error(self, topic: str, envelope: Envelope, exc: BaseException) -> Exception:
+        text = f"event {envelope.id} ({envelope.type}) to {topic!r}: {type(exc).__name__}: {exc}"
+        error: Exception
+        if isinstance(exc, MessageSizeTooLargeError):
+            error = MessageTooLargeError(f"the broker refused {text}; nothing was sent")
+        elif isinstance(exc, _CONNECTION_ERRORS):
+            error = BrokerConnectionError(f"Kafka at {self.settings.masked_url} lost {text}")
+        else:
+            error = PublishError(f"Kafka did not confirm {text}")
+        error.__cause__ = exc
+        return error
+
+    async def publish_raw(self, topic: str, payload: bytes) -> None:
+        """Send ``payload`` with no key and no CloudEvents headers (poison-message tests)."""
+        await self.send_record(topic, None, payload, [])
+
+    async def send_record(
+        self, topic: str, key: bytes | None, value: bytes | None, headers: Headers
+    ) -> None:
+        """Send one record as it is and wait for the broker's acknowledgement."""
+        producer = await self._ready_producer()
+        await self._provisioner.ensure([topic])
+        try:
+            await producer.send_and_wait(topic, value, key=key, headers=headers)
+        except Exception as exc:
+            if isinstance(exc, _CONNECTION_ERRORS):
+                raise BrokerConnectionError(
+                    f"Kafka at {self.settings.masked_url} did not confirm a record to {topic!r}: "
+                    f"{type(exc).__name__}: {exc}"
+                ) from exc
+            raise PublishError(
+                f"Kafka did not confirm a record to {topic!r}: {type(exc).__name__}: {exc}"
+            ) from exc
+
+    # -- subscribing ---------------------------------------------------------------------
+
+    async def subscribe(self, topic: str, options: SubscribeOptions) -> Subscription:
+        """Join ``options.group`` on ``topic`` and its retry topic.
+
+        Returns once the group has assigned this member its partitions and their
+        start offsets are fixed, so anything published afterwards is received.
+        """
+        await self._ready_producer()  # nack re-publishes through it
+        await self._provisioner.ensure([topic, retry_topic(topic, options.group)])
+        subscription = KafkaSubscription(self, topic, options)
+        s = self.settings
+        join_timeout = max(30.0, 3 * (s.session_timeout_ms + s.rebalance_timeout_ms) / 1000)
+        await subscription.start(join_timeout)
+        self._subscriptions.add(subscription)
+        return subscription
+
+    def forget(self, subscription: KafkaSubscription) -> None:
+        """Called by a subscription when it closes."""
+        self._subscriptions.discard(subscription)
+
+
+def _failed(exc: BaseException) -> asyncio.Future[None]:
+    future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    future.set_exception(exc)
+    return future

@@ -1,0 +1,371 @@
+"""A subscription: one Kafka consumer in the group, reading the topic and its retry topic.
+
+- Offsets are committed manually, only ever the contiguous prefix of settled
+  records per partition (:mod:`eventbus_kafka.offsets`), in batches every
+  ``commit_interval_ms`` and always on revoke and close.
+- ``nack(delay)`` re-publishes the record to ``<topic>.<group>.retry`` with a
+  not-before time and marks the original done, so its partition is not blocked.
+  A retry record that is not due yet is held and its retry partition paused
+  until then; other partitions keep flowing.
+- The first assignment of a partition with no committed offset commits the
+  position it starts from, so "latest" means "as of subscribe" even if the
+  partition later moves to another member before anything was consumed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import ConsumerStoppedError, KafkaError
+from aiokafka.structs import OffsetAndMetadata
+
+from eventbus.adapter import Delivery, SubscribeOptions, Subscription
+from eventbus.errors import BrokerConnectionError, ConnectionLostError
+
+from .codec import decode, retry_headers
+from .offsets import Entry, PartitionLog
+
+if TYPE_CHECKING:
+    from .adapter import KafkaAdapter
+
+log = logging.getLogger("eventbus.kafka")
+
+COMMIT_TIMEOUT = 5.0
+
+
+def retry_topic(topic: str, group: str) -> str:
+    """The per-group retry topic of ``topic``."""
+    return f"{topic}.{group}.retry"
+
+
+class KafkaDelivery(Delivery):
+    """A consumed record; settling it marks its offset done (and nack re-publishes)."""
+
+    __slots__ = ("_entry", "_log", "_owner", "_record")
+
+    def __init__(self, owner: KafkaSubscription, record: Any, log_: PartitionLog,
+                 entry: Entry) -> None:
+        decoded = decode(record.key, record.value, record.headers or ())
+        super().__init__(
+            topic=decoded.origin_topic or owner.topic,
+            group=owner.options.group,
+            envelope=decoded.envelope,
+            attempt=decoded.attempt,
+            message_id=f"{record.topic}/{record.partition}/{record.offset}",
+            raw=None if decoded.envelope is not None else (record.value or b""),
+            decode_error=decoded.error,
+        )
+        self._owner = owner
+        self._record = record
+        self._log = log_
+        self._entry = entry
+
+    async def _ack(self) -> None:
+        self._owner.settle(self._log, self._entry)
+
+    async def _reject(self) -> None:
+        # Kafka has no dead-letter queue; the bus's dead-letter middleware has
+        # already published to <topic>.<group>.dlq, so the record is simply done.
+        self._owner.settle(self._log, self._entry)
+
+    async def _nack(self, delay: float) -> None:
+        record = self._record
+        if self._log.revoked:
+            # The partition moved to another member, which reads this record again
+            # from the last commit; re-publishing it too would double it.
+            self._owner.release_slot()
+            return
+        headers = retry_headers(
+            record.headers or (),
+            attempt=self.attempt + 1,
+            not_before_ms=int((time.time() + delay) * 1000),
+            origin=self.topic,
+        )
+        try:
+            await self._owner.adapter.send_record(
+                self._owner.retry_topic, record.key, record.value, headers
+            )
+        except BaseException:
+            # Not re-published: the offset stays unsettled, so the record comes
+            # back when the partition is next assigned (restart or rebalance).
+            self._owner.release_slot()
+            raise
+        self._owner.settle(self._log, self._entry)
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, owner: KafkaSubscription) -> None:
+        self.owner = owner
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        await self.owner.on_revoked(set(revoked))
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        self.owner.on_assigned(set(assigned))
+
+
+class KafkaSubscription(Subscription):
+    """One group member consuming ``topic`` and its retry topic."""
+
+    def __init__(self, adapter: KafkaAdapter, topic: str, options: SubscribeOptions) -> None:
+        self.adapter = adapter
+        self.topic = topic
+        self.options = options
+        self.retry_topic = retry_topic(topic, options.group)
+        settings = adapter.settings
+        self.start_from = "earliest" if "earliest" in (
+            options.start_from, settings.start_from) else "latest"
+        self.consumer = AIOKafkaConsumer(
+            **adapter.client_options(),
+            group_id=options.group,
+            enable_auto_commit=False,
+            auto_offset_reset=self.start_from,
+            session_timeout_ms=settings.session_timeout_ms,
+            heartbeat_interval_ms=settings.heartbeat_interval_ms,
+            rebalance_timeout_ms=settings.rebalance_timeout_ms,
+            max_partition_fetch_bytes=max(1024 * 1024, settings.max_message_bytes + 4096),
+        )
+        self._logs: dict[TopicPartition, PartitionLog] = {}
+        self._ready: deque[tuple[Any, PartitionLog, Entry]] = deque()
+        self._held: dict[TopicPartition, deque[tuple[Any, PartitionLog, Entry, int]]] = {}
+        self._to_pin: set[TopicPartition] = set()
+        self._outstanding = 0
+        self._closed = False
+        self._wake = asyncio.Event()
+        self._dirty = asyncio.Event()
+        self._assigned = asyncio.Event()
+        self._commit_lock = asyncio.Lock()
+        self._housekeeper: asyncio.Task[None] | None = None
+
+    # -- lifecycle -------------------------------------------------------------
+
+    async def start(self, timeout: float) -> None:
+        """Join the group; return once the first assignment's start offsets are pinned."""
+        masked = self.adapter.settings.masked_url
+        self.consumer.subscribe([self.topic, self.retry_topic], listener=_Listener(self))
+        self._housekeeper = asyncio.create_task(self._housekeeping())
+        try:
+            # start() bootstraps and joins the group (waiting for the first assignment);
+            # then the housekeeper pins the start offsets of what was assigned.
+            await asyncio.wait_for(self.consumer.start(), timeout)
+            await asyncio.wait_for(self._assigned.wait(), timeout)
+        except (KafkaError, OSError) as exc:
+            await self.close()
+            raise BrokerConnectionError(
+                f"cannot subscribe to {self.topic!r} as group {self.options.group!r} on Kafka "
+                f"at {masked}: {type(exc).__name__}: {exc}"
+            ) from exc
+        except TimeoutError as exc:
+            await self.close()
+            raise BrokerConnectionError(
+                f"group {self.options.group!r} on Kafka at {masked} got no partition "
+                f"assignment for {self.topic!r} within {timeout:.0f}s"
+            ) from exc
+
+    async def close(self) -> None:
+        """Stop fetching, commit the settled prefix, leave the group."""
+        if self._closed:
+            return
+        self._closed = True
+        self._wake.set()
+        if self._housekeeper is not None:
+            self._housekeeper.cancel()
+            await asyncio.gather(self._housekeeper, return_exceptions=True)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.commit(), COMMIT_TIMEOUT)
+        await self._stop_consumer()
+        self.adapter.forget(self)
+
+    async def _stop_consumer(self) -> None:
+        try:
+            await self.consumer.stop()
+        except Exception as exc:  # leaving the group is best effort; the session expires
+            log.debug("stopping the consumer of %s failed: %s", self.topic, exc)
+
+    # -- settling and committing ------------------------------------------------
+
+    def settle(self, log_: PartitionLog, entry: Entry) -> None:
+        self.release_slot()
+        if log_.settle(entry):
+            self._dirty.set()
+
+    def release_slot(self) -> None:
+        self._outstanding -= 1
+        self._wake.set()
+
+    async def commit(self, only: set[TopicPartition] | None = None) -> None:
+        """Commit the settled prefix of every owned partition (or of ``only``)."""
+        async with self._commit_lock:
+            owned = self.consumer.assignment()
+            offsets: dict[TopicPartition, OffsetAndMetadata] = {}
+            for tp, log_ in self._logs.items():
+                offset = log_.to_commit()
+                if offset is not None and tp in owned and (only is None or tp in only):
+                    offsets[tp] = OffsetAndMetadata(offset, "")
+            if not offsets:
+                return
+            try:
+                await self.consumer.commit(offsets)
+            except (KafkaError, ConsumerStoppedError) as exc:
+                log.debug("commit for group %s deferred: %s", self.options.group, exc)
+                self._dirty.set()
+                return
+            for tp, meta in offsets.items():
+                self._logs[tp].committed = meta.offset
+
+    async def _housekeeping(self) -> None:
+        interval = self.adapter.settings.commit_interval_ms / 1000
+        while True:
+            if self._to_pin:
+                await self._pin_new_partitions()
+            await self._dirty.wait()
+            await asyncio.sleep(interval)  # let acks accumulate into one commit
+            self._dirty.clear()
+            await self.commit()
+
+    async def _pin_new_partitions(self) -> None:
+        pins: dict[TopicPartition, OffsetAndMetadata] = {}
+        for tp in list(self._to_pin):
+            self._to_pin.discard(tp)
+            try:
+                if await self.consumer.committed(tp) is None:
+                    pins[tp] = OffsetAndMetadata(await self.consumer.position(tp), "")
+            except (KafkaError, ConsumerStoppedError) as exc:  # revoked meanwhile, or down
+                log.debug("could not pin the start of %s: %s", tp, exc)
+        owned = self.consumer.assignment()
+        pins = {tp: meta for tp, meta in pins.items() if tp in owned}
+        if pins:
+            async with self._commit_lock:
+                try:
+                    await self.consumer.commit(pins)
+                except (KafkaError, ConsumerStoppedError) as exc:
+                    log.info("could not pin start offsets %s: %s", pins, exc)
+        self._assigned.set()
+
+    # -- rebalance ---------------------------------------------------------------
+
+    def on_assigned(self, assigned: set[TopicPartition]) -> None:
+        for tp in assigned:
+            self._logs[tp] = PartitionLog()
+        self._to_pin |= assigned
+        self._dirty.set()  # wake the housekeeper to pin them
+        if not assigned:
+            self._assigned.set()
+
+    async def on_revoked(self, revoked: set[TopicPartition]) -> None:
+        # Give in-flight work of the revoked partitions a moment to finish, so its
+        # offsets are committed before another member takes over (fewer repeats).
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.adapter.settings.rebalance_grace_ms / 1000
+        while not self._closed and loop.time() < deadline and any(
+            self._logs[tp].in_flight for tp in revoked if tp in self._logs
+        ):
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), deadline - loop.time())
+        await self.commit(only=revoked)
+        for tp in revoked:
+            log_ = self._logs.pop(tp, None)
+            if log_ is not None:
+                log_.revoked = True
+            self._held.pop(tp, None)
+        self._ready = deque(item for item in self._ready if not item[1].revoked)
+
+    # -- iteration -----------------------------------------------------------------
+
+    async def __aiter__(self) -> AsyncIterator[Delivery]:
+        prefetch = max(1, self.options.prefetch)
+        while not self._closed:
+            self._release_due()
+            if self._ready and self._outstanding < prefetch:
+                record, log_, entry = self._ready.popleft()
+                if log_.revoked:
+                    continue
+                yield self._hand_out(record, log_, entry)
+                continue
+            wait = self._next_due()
+            if self._outstanding >= prefetch or self._ready:
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), wait)
+                continue
+            try:
+                batch = await self.consumer.getmany(
+                    timeout_ms=int(min(wait, 1.0) * 1000),
+                    max_records=prefetch - self._outstanding,
+                )
+            except ConsumerStoppedError:
+                return
+            except KafkaError as exc:
+                raise ConnectionLostError(
+                    f"consumer of {self.topic!r} group {self.options.group!r} on Kafka at "
+                    f"{self.adapter.settings.masked_url} failed: {type(exc).__name__}: {exc}"
+                ) from exc
+            if not self._closed:
+                self._accept(batch)
+
+    def _hand_out(self, record: Any, log_: PartitionLog, entry: Entry) -> Delivery:
+        delivery = KafkaDelivery(self, record, log_, entry)
+        entry.handed_out = True
+        self._outstanding += 1
+        if self.options.auto_ack:
+            delivery._settled = "ack"
+            self.settle(log_, entry)
+        return delivery
+
+    def _accept(self, batch: dict[TopicPartition, list[Any]]) -> None:
+        owned = self.consumer.assignment()
+        now_ms = int(time.time() * 1000)
+        for tp, records in batch.items():
+            if tp not in owned:
+                continue  # revoked while fetched: the next owner reads them
+            log_ = self._logs.setdefault(tp, PartitionLog())
+            held = self._held.get(tp)
+            for record in records:
+                entry = log_.add(record.offset)
+                due = _not_before(record) if tp.topic == self.retry_topic else 0
+                if held is not None:
+                    held.append((record, log_, entry, due))
+                elif due > now_ms:
+                    held = self._held[tp] = deque([(record, log_, entry, due)])
+                    self.consumer.pause(tp)  # nothing more from it until this one is due
+                else:
+                    self._ready.append((record, log_, entry))
+
+    def _release_due(self) -> None:
+        if not self._held:
+            return
+        now_ms = int(time.time() * 1000)
+        for tp in list(self._held):
+            held = self._held[tp]
+            while held and held[0][3] <= now_ms:
+                record, log_, entry, _ = held.popleft()
+                self._ready.append((record, log_, entry))
+            if not held:
+                del self._held[tp]
+                if tp in self.consumer.assignment():
+                    self.consumer.resume(tp)
+
+    def _next_due(self) -> float:
+        """Seconds until the next held retry record is due (at most one second)."""
+        if not self._held:
+            return 1.0
+        first = min(held[0][3] for held in self._held.values() if held)
+        return max(0.0, min(1.0, first / 1000 - time.time()))
+
+
+def _not_before(record: Any) -> int:
+    for name, value in record.headers or ():
+        if name == "eventbus_not_before":
+            try:
+                return int(value)
+            except (TypeError, ValueError):
+                return 0
+    return 0

@@ -1,0 +1,237 @@
+"""``kafka://`` URL -> :class:`KafkaSettings`, with clear errors for anything unknown.
+
+Shape::
+
+    kafka://[user:password@]host:port[,host:port...][?option=value&...]
+
+Credentials in the userinfo part are the SASL username and password (the same as
+``sasl_username``/``sasl_password``). Every error message masks the password.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+from eventbus.errors import InvalidURLError, mask_url
+
+DEFAULT_PORT = 9092
+DEFAULT_MAX_MESSAGE_BYTES = 1024 * 1024
+SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+
+_QUERY_PASSWORD = re.compile(r"((?:^|[?&])sasl_password=)[^&#]*")
+
+StartFrom = Literal["earliest", "latest"]
+
+
+@dataclass(frozen=True, slots=True)
+class KafkaSettings:
+    """Everything the Kafka adapter reads from its URL.
+
+    Example::
+
+        KafkaSettings.from_url("kafka://k1:9092,k2:9092?partitions=6&replication=3")
+    """
+
+    url: str = field(repr=False)
+    bootstrap_servers: tuple[str, ...]
+    partitions: int = 3
+    replication: int = 1
+    create_topics: bool = True
+    client_id: str = "eventbus"
+    security_protocol: str = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: str | None = field(default=None, repr=False)
+    ssl_cafile: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+    linger_ms: int = 5
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    max_message_bytes_set: bool = False
+    start_from: StartFrom | None = None
+    connect_timeout: float = 5.0
+    request_timeout_ms: int = 30_000
+    session_timeout_ms: int = 10_000
+    heartbeat_interval_ms: int = 3_000
+    rebalance_timeout_ms: int = 10_000
+    commit_interval_ms: int = 100
+    rebalance_grace_ms: int = 2_000
+
+    @property
+    def masked_url(self) -> str:
+        """The URL with any password (userinfo or ``sasl_password``) replaced by ``***``."""
+        return masked(self.url)
+
+    @classmethod
+    def from_url(cls, url: str) -> KafkaSettings:
+        """Parse ``url``; raise :class:`InvalidURLError` naming what is wrong."""
+        masked_ = masked(url)
+        try:
+            parts = urlsplit(url)
+        except ValueError as exc:
+            raise InvalidURLError(f"cannot parse Kafka URL {masked_!r}: {exc}") from exc
+        if parts.scheme != "kafka":
+            raise InvalidURLError(
+                f"the Kafka adapter got {masked_!r}; use kafka://host:port[,host:port]"
+            )
+        netloc = parts.netloc
+        username = password = None
+        if "@" in netloc:
+            userinfo, netloc = netloc.rsplit("@", 1)
+            name, _, secret = userinfo.partition(":")
+            username = unquote(name) or None
+            password = unquote(secret) or None
+        servers = _servers(netloc, masked_)
+        values: dict[str, Any] = {"url": url, "bootstrap_servers": servers}
+        if username is not None:
+            values["sasl_username"] = username
+        if password is not None:
+            values["sasl_password"] = password
+        seen: set[str] = set()
+        for name, raw in parse_qsl(parts.query, keep_blank_values=True):
+            parser = _OPTIONS.get(name)
+            if parser is None:
+                raise InvalidURLError(
+                    f"unknown option {name!r} in Kafka URL {masked_!r}; the Kafka adapter "
+                    f"accepts: {', '.join(sorted(_OPTIONS))}"
+                )
+            if name in seen:
+                raise InvalidURLError(f"option {name!r} is given twice in {masked_!r}")
+            seen.add(name)
+            try:
+                values[name] = parser(raw)
+            except ValueError as exc:
+                shown = "***" if name == "sasl_password" else repr(raw)
+                raise InvalidURLError(
+                    f"option {name}={shown} in Kafka URL {masked_!r} is invalid: {exc}"
+                ) from exc
+        if "max_message_bytes" in values:
+            values["max_message_bytes_set"] = True
+        if values.get("sasl_mechanism") and values.get("security_protocol", "PLAINTEXT") in (
+            "PLAINTEXT",
+            "SSL",
+        ):
+            raise InvalidURLError(
+                f"sasl_mechanism is set in {masked_!r} but security_protocol is not "
+                "SASL_PLAINTEXT or SASL_SSL; set security_protocol too"
+            )
+        if values.get("heartbeat_interval_ms", 3_000) >= values.get("session_timeout_ms", 10_000):
+            raise InvalidURLError(
+                f"heartbeat_interval_ms must be below session_timeout_ms in {masked_!r}"
+            )
+        return cls(**values)
+
+
+def masked(url: str) -> str:
+    """``url`` safe to show: :func:`eventbus.errors.mask_url` plus the query password."""
+    return _QUERY_PASSWORD.sub(r"\1***", mask_url(url))
+
+
+def _servers(netloc: str, shown: str) -> tuple[str, ...]:
+    servers: list[str] = []
+    for item in netloc.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        if item.startswith("["):  # IPv6 literal: [::1]:9092
+            host, _, rest = item[1:].partition("]")
+            port_text = rest[1:] if rest.startswith(":") else ""
+        else:
+            host, _, port_text = item.rpartition(":") if ":" in item else (item, "", "")
+        if not host:
+            raise InvalidURLError(f"Kafka URL {shown!r} has an empty host in {item!r}")
+        port = DEFAULT_PORT
+        if port_text:
+            if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+                raise InvalidURLError(f"Kafka URL {shown!r} has an invalid port in {item!r}")
+            port = int(port_text)
+        servers.append(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+    if not servers:
+        raise InvalidURLError(
+            f"Kafka URL {shown!r} names no broker; use kafka://host:port[,host:port]"
+        )
+    return tuple(servers)
+
+
+def _positive_int(raw: str) -> int:
+    value = int(raw)
+    if value < 1:
+        raise ValueError("must be a positive integer")
+    return value
+
+
+def _non_negative_int(raw: str) -> int:
+    value = int(raw)
+    if value < 0:
+        raise ValueError("must be zero or more")
+    return value
+
+
+def _positive_float(raw: str) -> float:
+    value = float(raw)
+    if not value > 0:
+        raise ValueError("must be a positive number of seconds")
+    return value
+
+
+def _text(raw: str) -> str:
+    if not raw:
+        raise ValueError("must not be empty")
+    return raw
+
+
+def _choice(*allowed: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        value = raw.upper()
+        if value not in allowed:
+            raise ValueError(f"use one of {', '.join(allowed)}")
+        return value
+
+    return parse
+
+
+def _start_from(raw: str) -> StartFrom:
+    if raw == "earliest":
+        return "earliest"
+    if raw == "latest":
+        return "latest"
+    raise ValueError("use earliest or latest")
+
+
+def _bool(raw: str) -> bool:
+    lowered = raw.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("use true or false")
+
+
+_OPTIONS: dict[str, Callable[[str], Any]] = {
+    "partitions": _positive_int,
+    "replication": _positive_int,
+    "create_topics": _bool,
+    "client_id": _text,
+    "security_protocol": _choice(*SECURITY_PROTOCOLS),
+    "sasl_mechanism": _choice(*SASL_MECHANISMS),
+    "sasl_username": _text,
+    "sasl_password": _text,
+    "ssl_cafile": _text,
+    "ssl_certfile": _text,
+    "ssl_keyfile": _text,
+    "linger_ms": _non_negative_int,
+    "max_message_bytes": _positive_int,
+    "start_from": _start_from,
+    "connect_timeout": _positive_float,
+    "request_timeout_ms": _positive_int,
+    "session_timeout_ms": _positive_int,
+    "heartbeat_interval_ms": _positive_int,
+    "rebalance_timeout_ms": _positive_int,
+    "commit_interval_ms": _positive_int,
+    "rebalance_grace_ms": _non_negative_int,
+}

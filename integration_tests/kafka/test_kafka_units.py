@@ -1,0 +1,201 @@
+"""Kafka adapter units that need no broker: URL settings, the record codec, capabilities."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+from eventbus_kafka import KafkaAdapter, KafkaSettings
+from eventbus_kafka.codec import (
+    ATTEMPT_HEADER,
+    NOT_BEFORE_HEADER,
+    ORIGIN_HEADER,
+    decode,
+    encode,
+    retry_headers,
+)
+from eventbus_kafka.offsets import PartitionLog
+
+from eventbus.envelope import Envelope
+from eventbus.errors import InvalidURLError
+from eventbus.registry_adapters import adapter_from_url
+
+# -- settings ---------------------------------------------------------------------------
+
+
+def test_defaults() -> None:
+    s = KafkaSettings.from_url("kafka://broker")
+    assert s.bootstrap_servers == ("broker:9092",)
+    assert (s.partitions, s.replication, s.max_message_bytes) == (3, 1, 1024 * 1024)
+    assert s.security_protocol == "PLAINTEXT" and s.start_from is None
+    assert s.create_topics is True
+
+
+def test_several_hosts_ipv6_and_every_option() -> None:
+    s = KafkaSettings.from_url(
+        "kafka://a:9093,b,[::1]:9094?partitions=6&replication=3&client_id=orders"
+        "&security_protocol=sasl_ssl&sasl_mechanism=SCRAM-SHA-512&sasl_username=u"
+        "&sasl_password=p&ssl_cafile=/ca.pem&linger_ms=0&max_message_bytes=2048"
+        "&start_from=earliest&connect_timeout=1.5&create_topics=false"
+        "&session_timeout_ms=6000&heartbeat_interval_ms=1000&commit_interval_ms=50"
+    )
+    assert s.bootstrap_servers == ("a:9093", "b:9092", "[::1]:9094")
+    assert (s.partitions, s.replication, s.client_id) == (6, 3, "orders")
+    assert (s.security_protocol, s.sasl_mechanism) == ("SASL_SSL", "SCRAM-SHA-512")
+    assert (s.sasl_username, s.sasl_password, s.ssl_cafile) == ("u", "p", "/ca.pem")
+    assert (s.linger_ms, s.max_message_bytes, s.start_from) == (0, 2048, "earliest")
+    assert (s.connect_timeout, s.create_topics, s.commit_interval_ms) == (1.5, False, 50)
+    assert "sasl_password=***" in s.masked_url and "sasl_password=p" not in repr(s)
+
+
+def test_userinfo_is_the_sasl_login() -> None:
+    s = KafkaSettings.from_url("kafka://svc:pa%40ss@k:9092?security_protocol=SASL_PLAINTEXT")
+    assert (s.sasl_username, s.sasl_password) == ("svc", "pa@ss")
+    assert "pa%40ss" not in s.masked_url and "***" in s.masked_url
+
+
+def test_unknown_option_names_it_and_the_allowed_ones() -> None:
+    with pytest.raises(InvalidURLError) as raised:
+        KafkaSettings.from_url("kafka://u:topsecret@k:9092?partitons=3")
+    message = str(raised.value)
+    assert "'partitons'" in message and "partitions" in message and "linger_ms" in message
+    assert "topsecret" not in message
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "kafka://",
+        "kafka://:9092",
+        "kafka://u:topsecret@?partitions=1",
+        "kafka://k:notaport",
+        "kafka://k:9092?partitions=0",
+        "kafka://k:9092?partitions=x",
+        "kafka://k:9092?start_from=middle",
+        "kafka://k:9092?security_protocol=TLS",
+        "kafka://k:9092?sasl_mechanism=PLAIN",  # without a SASL security_protocol
+        "kafka://k:9092?linger_ms=1&linger_ms=2",
+        "kafka://k:9092?session_timeout_ms=1000&heartbeat_interval_ms=1000",
+        "amqp://k:9092",
+    ],
+)
+def test_bad_urls_raise_invalid_url_error(url: str) -> None:
+    with pytest.raises(InvalidURLError) as raised:
+        KafkaSettings.from_url(url)
+    assert "topsecret" not in str(raised.value)
+
+
+def test_bad_password_option_value_is_masked() -> None:
+    with pytest.raises(InvalidURLError) as raised:
+        KafkaSettings.from_url("kafka://k?sasl_password=")
+    assert "sasl_password=***" in str(raised.value)
+
+
+def test_adapter_is_found_by_scheme_with_honest_capabilities() -> None:
+    adapter = adapter_from_url("kafka://localhost:9092?max_message_bytes=5000")
+    assert isinstance(adapter, KafkaAdapter)
+    caps = adapter.capabilities
+    assert (caps.persistent, caps.consumer_groups, caps.fanout, caps.ordering) == (
+        True, True, True, "per_key")
+    assert (caps.redelivery, caps.native_delay, caps.native_dead_letter) == (True, False, False)
+    assert (caps.replay, caps.headers, caps.max_message_bytes) == (True, True, 5000)
+    assert caps.dedupe_window is None and caps.reconnect is True
+
+
+# -- codec ------------------------------------------------------------------------------
+
+
+def full_envelope() -> Envelope:
+    return Envelope.create(
+        type="com.example.order.placed", source="https://example.com/orders",
+        time=datetime(2024, 5, 6, 7, 8, 9, 123456, tzinfo=UTC), data=b'{"a":1}',
+        subject="order/A-1", dataschema="https://s/2", dataversion=2, correlationid="c",
+        causationid="x", partitionkey="order-A-1", traceparent="00-ab-cd-01",
+        extensions={"tenant": "acme"},
+    )
+
+
+def test_encode_is_cloudevents_kafka_binary_mode() -> None:
+    env = full_envelope()
+    record = encode(env)
+    headers = dict(record.headers)
+    assert record.key == b"order-A-1" and record.value == b'{"a":1}'
+    assert headers["content-type"] == b"application/json"
+    assert headers["ce_specversion"] == b"1.0" and headers["ce_id"] == env.id.encode()
+    assert headers["ce_tenant"] == b"acme" and headers["ce_dataversion"] == b"2"
+    assert "ce_partitionkey" not in headers, "partitionkey travels as the record key only"
+    assert all(isinstance(v, bytes) for v in headers.values())
+    assert record.size > len(record.value) + sum(len(k) + len(v) for k, v in headers.items())
+
+
+def test_decode_round_trip_and_transport_headers() -> None:
+    env = full_envelope()
+    record = encode(env)
+    decoded = decode(record.key, record.value, record.headers)
+    assert decoded.envelope == env and decoded.error is None and decoded.attempt == 1
+    again = retry_headers([*record.headers, (ATTEMPT_HEADER, b"2")], attempt=3,
+                          not_before_ms=123, origin="orders")
+    names = [n for n, _ in again]
+    assert names.count(ATTEMPT_HEADER) == 1
+    retried = decode(record.key, record.value, again)
+    assert retried.envelope == env
+    assert (retried.attempt, retried.not_before_ms, retried.origin_topic) == (3, 123, "orders")
+    assert {NOT_BEFORE_HEADER, ORIGIN_HEADER} <= set(names)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "headers"),
+    [
+        (None, b"\xff\xfe garbage", []),
+        (None, b"{}", [("ce_specversion", b"1.0")]),  # no id/source/type
+        (None, b"x", [("ce_specversion", b"\xff"), ("ce_id", b"1")]),  # not UTF-8
+        (b"\xff", b"x", [("ce_specversion", b"1.0"), ("ce_id", b"1"), ("ce_source", b"s"),
+                         ("ce_type", b"t")]),  # key not UTF-8
+        (None, None, [("content-type", b"application/cloudevents+json")]),
+    ],
+)
+def test_undecodable_records_never_raise(
+    key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]]
+) -> None:
+    decoded = decode(key, value, headers)
+    assert decoded.envelope is None and decoded.error
+
+
+def test_official_sdk_reads_ours_and_we_read_theirs() -> None:
+    from cloudevents.v1 import kafka
+    from cloudevents.v1.http import CloudEvent
+
+    env = full_envelope()
+    record = encode(env)
+    message = kafka.KafkaMessage(headers=dict(record.headers), key=record.key,
+                                 value=record.value)
+    event = kafka.from_binary(message, data_unmarshaller=lambda b: b)
+    # The SDK hands the record key back as it got it (bytes).
+    assert event["id"] == env.id and event["partitionkey"] in ("order-A-1", b"order-A-1")
+    assert event["tenant"] == "acme" and event.data == b'{"a":1}'
+
+    theirs = CloudEvent({"type": "t", "source": "s", "partitionkey": "k1",
+                         "datacontenttype": "application/json"}, {"b": 2})
+    out = kafka.to_binary(theirs)
+    decoded = decode(out.key, out.value, list(out.headers.items()))
+    assert decoded.envelope is not None, decoded.error
+    assert decoded.envelope.partitionkey == "k1" and decoded.envelope.type == "t"
+
+
+# -- offsets ----------------------------------------------------------------------------
+
+
+def test_commit_point_is_the_settled_prefix() -> None:
+    log = PartitionLog()
+    entries = [log.add(offset) for offset in (10, 11, 13, 14)]  # a gap at 12
+    log.settle(entries[2])
+    log.settle(entries[3])
+    assert log.to_commit() is None
+    assert log.settle(entries[0]) and log.to_commit() == 11
+    log.settle(entries[1])
+    assert log.to_commit() == 15
+    log.committed = 15
+    assert log.to_commit() is None
+    log.revoked = True
+    late = log.add(15)
+    assert not log.settle(late) and log.to_commit() is None
