@@ -12,7 +12,7 @@ from typing import Any, Literal, TypeVar
 
 from eventbus.adapter import Adapter
 from eventbus.context import current_envelope
-from eventbus.envelope import Envelope
+from eventbus.envelope import Envelope, new_id, utcnow, validate_extension_name
 from eventbus.errors import (
     BatchPublishError,
     BrokerConnectionError,
@@ -182,23 +182,32 @@ class EventBus:
     ) -> Envelope:
         """The envelope ``publish`` would send for ``message``."""
         parent = parent if parent is not None else current_envelope.get()
-        envelope = Envelope.create(
+        event_id = new_id()
+        if extensions:
+            for name in extensions:
+                validate_extension_name(name)
+        if parent is not None:
+            correlation = correlation_id or parent.correlationid or parent.id
+            causation: str | None = parent.id
+            traceparent, tracestate = parent.traceparent, parent.tracestate
+        else:
+            correlation, causation = correlation_id or event_id, None
+            traceparent = tracestate = None
+        return Envelope(
+            id=event_id,
             type=message.event_type(),
             source=self.source,
+            time=utcnow(),
             data=message.to_bytes(),
             dataversion=message.data_version(),
             partitionkey=key,
             subject=subject,
-            extensions=extensions or {},
+            correlationid=correlation,
+            causationid=causation,
+            traceparent=traceparent,
+            tracestate=tracestate,
+            extensions=dict(extensions) if extensions else {},
         )
-        if parent is not None:
-            return envelope.evolve(
-                correlationid=correlation_id or parent.correlationid or parent.id,
-                causationid=parent.id,
-                traceparent=parent.traceparent,
-                tracestate=parent.tracestate,
-            )
-        return envelope.evolve(correlationid=correlation_id or envelope.id)
 
     async def publish(
         self, message: Message, *, topic: str | None = None, **options: Any

@@ -32,9 +32,10 @@ def encode_structured(envelope: Envelope) -> bytes:
     doc: dict[str, Any] = dict(envelope.attributes())
     if envelope.data:
         if is_json_content_type(envelope.datacontenttype):
-            try:
-                doc["data"] = json.loads(envelope.data)
-            except ValueError:
+            value, exact = _inline_json(envelope.data)
+            if exact:
+                doc["data"] = value
+            else:
                 doc["data_base64"] = base64.b64encode(envelope.data).decode("ascii")
         elif (envelope.datacontenttype or "").startswith("text/"):
             try:
@@ -44,6 +45,24 @@ def encode_structured(envelope: Envelope) -> bytes:
         else:
             doc["data_base64"] = base64.b64encode(envelope.data).decode("ascii")
     return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def _compact_json(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def _inline_json(data: bytes) -> tuple[Any, bool]:
+    """The parsed JSON of ``data`` and whether embedding it as ``data`` is lossless.
+
+    The reader re-serialises inline JSON compactly, so only data already in that
+    form comes back byte for byte; anything else (whitespace, escapes, invalid
+    JSON) travels as ``data_base64`` so the envelope's bytes survive exactly.
+    """
+    try:
+        value = json.loads(data)
+    except ValueError:
+        return None, False
+    return value, _compact_json(value) == data
 
 
 def decode_structured(payload: bytes | str) -> Envelope:
@@ -65,7 +84,7 @@ def decode_structured(payload: bytes | str) -> Envelope:
         if isinstance(value, str) and not is_json_content_type(doc.get("datacontenttype")):
             data = value.encode("utf-8")
         else:
-            data = json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+            data = _compact_json(value)
     return _build(doc, data)
 
 
@@ -84,13 +103,34 @@ def decode_binary(
     headers: Mapping[str, str | bytes] | Iterable[tuple[str, str | bytes]],
     body: bytes | None,
     prefix: str = KAFKA_PREFIX,
+    *,
+    key: str | bytes | None = None,
 ) -> Envelope:
     """Rebuild an envelope from binary-mode headers and body.
 
     A message whose ``content-type`` is ``application/cloudevents+json`` is read
-    as structured mode, as the CloudEvents protocol bindings require.
+    as structured mode, as the CloudEvents protocol bindings require. ``key`` is
+    the broker's message key (the Kafka record key): the CloudEvents Kafka binding
+    maps ``partitionkey`` to it, and the official SDKs send it only there, so when
+    given it becomes the envelope's ``partitionkey``.
     """
-    items = headers.items() if isinstance(headers, Mapping) else headers
+    envelope = _decode_binary(headers, body, prefix)
+    if key is not None:
+        try:
+            text = key.decode("utf-8") if isinstance(key, bytes | bytearray) else str(key)
+        except UnicodeDecodeError as exc:
+            raise DecodeError(f"message key is not UTF-8 text ({exc})") from exc
+        envelope = envelope.evolve(partitionkey=text)
+    return envelope
+
+
+def _decode_binary(
+    headers: Mapping[str, str | bytes] | Iterable[tuple[str, str | bytes]],
+    body: bytes | None,
+    prefix: str,
+) -> Envelope:
+    # A list, so the error below can still name the headers of a one-shot iterable.
+    items = list(headers.items() if isinstance(headers, Mapping) else headers)
     attrs: dict[str, str] = {}
     content_type: str | None = None
     for key, raw in items:
@@ -105,17 +145,11 @@ def decode_binary(
     if "specversion" not in attrs:
         raise DecodeError(
             f"not a binary-mode CloudEvent: no {prefix}specversion header "
-            f"(headers: {sorted(k for k, _ in _pairs(headers))})"
+            f"(headers: {sorted(k for k, _ in items)})"
         )
     if content_type is not None:
         attrs["datacontenttype"] = content_type
     return _build(attrs, body or b"")
-
-
-def _pairs(
-    headers: Mapping[str, str | bytes] | Iterable[tuple[str, str | bytes]],
-) -> Iterable[tuple[str, str | bytes]]:
-    return headers.items() if isinstance(headers, Mapping) else headers
 
 
 def _build(attrs: dict[str, Any], data: bytes) -> Envelope:

@@ -105,7 +105,7 @@ class Envelope:
         extensions = dict(attributes.pop("extensions", None) or {})
         for name in list(attributes):
             if name not in Envelope.__dataclass_fields__:
-                extensions[name] = str(attributes.pop(name))
+                extensions[name] = _text(attributes.pop(name))
         for name in extensions:
             validate_extension_name(name)
         return cls(
@@ -177,14 +177,33 @@ class Envelope:
             data=data,
             dataversion=int(version),
             datacontenttype=known.pop("datacontenttype", None),
-            extensions={k: str(v) for k, v in attrs.items() if v is not None},
+            extensions={k: _text(v) for k, v in attrs.items() if v is not None},
             **known,
         )
+
+    def size_hint(self, limit: int) -> int:
+        """``size`` where it matters: exact near ``limit``, a cheap upper bound below it."""
+        # 400 bytes bound the fixed-size attributes and all attribute names.
+        estimate = len(self.data) + 400
+        for value in (self.type, self.source, self.subject, self.dataschema,
+                      self.datacontenttype, self.partitionkey, self.tracestate):
+            if value:
+                estimate += len(value)
+        for name, value in self.extensions.items():
+            estimate += len(name) + len(value)
+        return estimate if estimate < limit else self.size
 
     @property
     def size(self) -> int:
         """Approximate wire size in bytes: data plus attribute names and values."""
         return len(self.data) + sum(len(k) + len(v) for k, v in self.attributes().items())
+
+
+def _text(value: Any) -> str:
+    """CloudEvents canonical text of an attribute value read from JSON (``true``, not ``True``)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
 
 
 def validate_extension_name(name: str) -> None:

@@ -100,10 +100,10 @@ class Registry:
         """Make ``cls`` the current class of its type; a clash with another class raises."""
         name = cls.event_type()
         existing = self._classes.get(name)
-        if (
-            existing is not None
-            and existing is not cls
-            and existing.__qualname__ != cls.__qualname__
+        # The same module and name again is a re-import (or a reloaded module), not a clash.
+        if existing is not None and (existing.__module__, existing.__qualname__) != (
+            cls.__module__,
+            cls.__qualname__,
         ):
             raise ConfigurationError(
                 f"event type {name!r} is claimed by both {existing.__module__}."
@@ -137,13 +137,19 @@ class Registry:
                 f"unknown event type {envelope.type!r} (event {envelope.id}): no class is "
                 "registered for it; import the module that defines it"
             )
+        version, target = envelope.dataversion, cls.data_version()
+        if version == target and envelope.data:
+            # The common case: pydantic-core parses and validates in one pass.
+            try:
+                return cls.model_validate_json(envelope.data)
+            except ValidationError as exc:
+                raise _invalid(envelope, exc) from exc
         try:
             data = json.loads(envelope.data) if envelope.data else {}
         except ValueError as exc:
             raise SchemaError(
                 f"event {envelope.id} ({envelope.type}) data is not JSON: {exc}"
             ) from exc
-        version, target = envelope.dataversion, cls.data_version()
         if version > target:
             raise SchemaError(
                 f"event {envelope.id} has {envelope.type!r} version {version}, newer than "
@@ -162,11 +168,20 @@ class Registry:
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
-            raise SchemaError(
-                f"event {envelope.id} ({envelope.type} v{envelope.dataversion}) failed "
-                f"validation: {exc.error_count()} error(s): {exc.errors()[0]['msg']} at "
-                f"{'.'.join(str(p) for p in exc.errors()[0]['loc'])}"
-            ) from exc
+            raise _invalid(envelope, exc) from exc
+
+
+def _invalid(envelope: Envelope, exc: ValidationError) -> SchemaError:
+    first = exc.errors()[0]
+    if first["type"] == "json_invalid":
+        return SchemaError(
+            f"event {envelope.id} ({envelope.type}) data is not JSON: {first['msg']}"
+        )
+    where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    return SchemaError(
+        f"event {envelope.id} ({envelope.type} v{envelope.dataversion}) failed validation: "
+        f"{exc.error_count()} error(s): {first['msg']} at {where}"
+    )
 
 
 registry = Registry()

@@ -53,6 +53,7 @@ class _Group:
     pending: deque[_Pending] = field(default_factory=deque)
     inflight_keys: set[str] = field(default_factory=set)
     consumers: list[_MemorySubscription] = field(default_factory=list)
+    delayed: int = 0  # pending items requeued with a delay; 0 lets next_due skip its scan
 
     def notify(self) -> None:
         for consumer in self.consumers:
@@ -83,13 +84,18 @@ class _Group:
         return None
 
     def _hand_out(self, item: _Pending) -> _Pending:
+        if item.available_at:
+            self.delayed -= 1
         key = item.entry.key
         if key is not None:
             self.inflight_keys.add(key)
         return item
 
     def next_due(self) -> float | None:
-        due = [p.available_at for p in self.pending if p.available_at > time.monotonic()]
+        if not self.delayed:
+            return None
+        now = time.monotonic()
+        due = [p.available_at for p in self.pending if p.available_at > now]
         return min(due) if due else None
 
     def settle(self, item: _Pending) -> None:
@@ -102,7 +108,13 @@ class _Group:
         key = item.entry.key
         if key is not None:
             self.inflight_keys.discard(key)
-        item.available_at = time.monotonic() + delay
+        if delay > 0:
+            if not item.available_at:
+                self.delayed += 1
+            item.available_at = time.monotonic() + delay
+        elif item.available_at:
+            self.delayed -= 1
+            item.available_at = 0.0
         # Back at the front, so it stays ahead of later messages with its key.
         self.pending.appendleft(item)
         self.notify()
@@ -128,6 +140,11 @@ class MemoryBroker:
         self.generation = 0
         self.refuse_until = 0.0
         self._offsets = itertools.count()
+
+    @classmethod
+    def discard(cls, name: str) -> None:
+        """Forget the broker called ``name`` and every message it kept (for tests)."""
+        cls._brokers.pop(name, None)
 
     @classmethod
     def named(cls, name: str) -> MemoryBroker:
@@ -261,7 +278,8 @@ class _MemorySubscription(Subscription):
                     f"memory broker connection dropped (topic {self.topic!r}, "
                     f"group {self.group.name!r})"
                 )
-            item = self.group.take() if len(self.inflight) < self.options.prefetch else None
+            room = len(self.inflight) < self.options.prefetch
+            item = self.group.take() if room else None
             if item is not None:
                 delivery = _MemoryDelivery(self, item, self.topic)
                 if self.options.auto_ack:
@@ -272,7 +290,9 @@ class _MemorySubscription(Subscription):
                 yield delivery
                 continue
             self._wake.clear()
-            due = self.group.next_due()
+            # With prefetch full, the next settle wakes us; only an empty hand-out
+            # may be waiting on a delayed message.
+            due = self.group.next_due() if room else None
             if due is not None:
                 if timer is not None:
                     timer.cancel()
@@ -342,8 +362,9 @@ class MemoryAdapter(Adapter):
 
     async def publish(self, topic: str, envelopes: Sequence[Envelope]) -> None:
         self.broker.check_reachable(self.url)
+        limit = self.capabilities.max_message_bytes
         for envelope in envelopes:
-            self.check_size(topic, envelope, envelope.size)
+            self.check_size(topic, envelope, envelope.size_hint(limit))
         for envelope in envelopes:
             self.broker.append(topic, envelope, None)
 

@@ -41,20 +41,27 @@ class IdempotencyStore(Protocol):
 
 
 class MemoryIdempotencyStore:
-    """Per-process store; right for tests and single-instance services."""
+    """Per-process store; right for tests and single-instance services.
 
-    def __init__(self) -> None:
+    It remembers at most ``max_entries`` ids: past that the oldest are forgotten
+    first (a very late duplicate of a forgotten id would run again), so memory
+    stays bounded whatever the TTL.
+    """
+
+    def __init__(self, max_entries: int = 1_000_000) -> None:
+        self.max_entries = max_entries
+        # Insertion-ordered: the first entries are the oldest.
         self._entries: dict[str, tuple[bool, float]] = {}
-        self._lock = asyncio.Lock()
 
     async def claim(self, key: str, lease: float) -> Claim:
         now = time.monotonic()
         entry = self._entries.get(key)
         if entry is not None and entry[1] > now:
             return Claim.DONE if entry[0] else Claim.IN_PROGRESS
+        self._entries.pop(key, None)
         self._entries[key] = (False, now + lease)
-        if len(self._entries) > 10_000 and len(self._entries) % 1000 == 0:
-            self._purge(now)
+        while len(self._entries) > self.max_entries:
+            del self._entries[next(iter(self._entries))]
         return Claim.CLAIMED
 
     async def complete(self, key: str, ttl: float) -> None:
@@ -62,10 +69,6 @@ class MemoryIdempotencyStore:
 
     async def release(self, key: str) -> None:
         self._entries.pop(key, None)
-
-    def _purge(self, now: float) -> None:
-        for key in [k for k, (_, expires) in self._entries.items() if expires <= now]:
-            del self._entries[key]
 
 
 @dataclass(frozen=True, slots=True)

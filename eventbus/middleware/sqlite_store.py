@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 
 import aiosqlite
@@ -34,10 +35,25 @@ class SQLiteIdempotencyStore:
 
     async def _conn(self) -> aiosqlite.Connection:
         if self._db is None:
-            db = await aiosqlite.connect(self.path, timeout=30)
-            await db.execute("PRAGMA journal_mode=WAL")
-            await db.execute(_SCHEMA)
-            await db.commit()
+            # Autocommit: every claim is one atomic statement, so no transaction is
+            # ever held open between statements, and the busy timeout covers the
+            # moments another process is writing (including its first set-up).
+            db = await aiosqlite.connect(self.path, timeout=30, isolation_level=None)
+            await db.execute_fetchall("PRAGMA busy_timeout = 30000")
+            # Switching to WAL takes an exclusive lock and SQLite reports "locked" at
+            # once, without its busy handler, when another process is setting up too.
+            for attempt in range(50):
+                try:
+                    # execute_fetchall also closes the cursor: an unfinished PRAGMA
+                    # statement would hold a shared lock and block other processes.
+                    await db.execute_fetchall("PRAGMA journal_mode=WAL")
+                    await db.execute_fetchall(_SCHEMA)
+                    break
+                except sqlite3.OperationalError as exc:
+                    if "locked" not in str(exc) or attempt == 49:
+                        await db.close()
+                        raise
+                    await asyncio.sleep(0.02 * (attempt + 1))
             self._db = db
         return self._db
 
@@ -46,14 +62,13 @@ class SQLiteIdempotencyStore:
         now = time.time()
         async with self._lock:
             db = await self._conn()
-            cursor = await db.execute(
+            async with db.execute(
                 "INSERT INTO eventbus_idempotency (key, done, expires_at) VALUES (?, 0, ?) "
                 "ON CONFLICT(key) DO UPDATE SET done = 0, expires_at = excluded.expires_at "
                 "WHERE eventbus_idempotency.expires_at <= ?",
                 (key, now + lease, now),
-            )
-            claimed = cursor.rowcount == 1
-            await db.commit()
+            ) as cursor:
+                claimed = cursor.rowcount == 1
             if claimed:
                 return Claim.CLAIMED
             async with db.execute(
@@ -65,17 +80,17 @@ class SQLiteIdempotencyStore:
     async def complete(self, key: str, ttl: float) -> None:
         async with self._lock:
             db = await self._conn()
-            await db.execute(
+            await db.execute_fetchall(
                 "UPDATE eventbus_idempotency SET done = 1, expires_at = ? WHERE key = ?",
                 (time.time() + ttl, key),
             )
-            await db.commit()
 
     async def release(self, key: str) -> None:
         async with self._lock:
             db = await self._conn()
-            await db.execute("DELETE FROM eventbus_idempotency WHERE key = ? AND done = 0", (key,))
-            await db.commit()
+            await db.execute_fetchall(
+                "DELETE FROM eventbus_idempotency WHERE key = ? AND done = 0", (key,)
+            )
 
     async def close(self) -> None:
         """Close the database connection."""
