@@ -1,0 +1,87 @@
+"""Payment service: charges for placed orders, refunds when the saga compensates.
+
+- on ``OrderPlaced``: charges the customer, publishes ``PaymentCharged``
+- on ``InventoryReservationFailed``: refunds the charge, publishes ``PaymentRefunded``
+
+Run it alone: ``eventbus run examples.order_saga.payment_service:create_bus``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+
+from eventbus import Context, EventBus, MemoryIdempotencyStore
+from examples.order_saga.events import (
+    InventoryReservationFailed,
+    OrderPlaced,
+    PaymentCharged,
+    PaymentRefunded,
+)
+
+SERVICE = "payment-service"
+
+
+@dataclass
+class Charge:
+    """Money taken for one order."""
+
+    payment_id: str
+    amount_cents: int
+    refunded: bool = False
+
+
+@dataclass
+class Ledger:
+    """The service's own state: charges by order id."""
+
+    charges: dict[str, Charge] = field(default_factory=dict)
+
+
+def register(bus: EventBus, ledger: Ledger | None = None) -> Ledger:
+    """Subscribe the payment service's handlers on ``bus``; returns its state."""
+    ledger = ledger if ledger is not None else Ledger()
+
+    @bus.subscribe(OrderPlaced, group=SERVICE, start_from="earliest")
+    async def charge(event: OrderPlaced, ctx: Context) -> None:
+        # A redelivered OrderPlaced must not charge twice: reuse the first charge.
+        existing = ledger.charges.get(event.order_id)
+        if existing is None:
+            existing = ledger.charges[event.order_id] = Charge(
+                payment_id=f"pay-{uuid.uuid4().hex[:8]}", amount_cents=event.total_cents
+            )
+        await ctx.publish(
+            PaymentCharged(
+                order_id=event.order_id,
+                payment_id=existing.payment_id,
+                amount_cents=existing.amount_cents,
+                lines=event.lines,
+            ),
+            key=event.order_id,
+        )
+
+    @bus.subscribe(InventoryReservationFailed, group=SERVICE, start_from="earliest")
+    async def refund(event: InventoryReservationFailed, ctx: Context) -> None:
+        charged = ledger.charges.get(event.order_id)
+        if charged is None:
+            ctx.logger.warning("no charge for order %s; nothing to refund", event.order_id)
+            return
+        charged.refunded = True
+        await ctx.publish(
+            PaymentRefunded(
+                order_id=event.order_id,
+                payment_id=charged.payment_id,
+                amount_cents=charged.amount_cents,
+                reason=event.reason,
+            ),
+            key=event.order_id,
+        )
+
+    return ledger
+
+
+def create_bus() -> EventBus:
+    """The service as its own process, on ``$EVENTBUS_URL``."""
+    bus = EventBus.from_env(source=SERVICE, idempotency=MemoryIdempotencyStore())
+    register(bus)
+    return bus

@@ -1,0 +1,104 @@
+"""The order saga example runs end to end on the memory broker, with both outcomes,
+and every flow carries one correlation id and a causation chain."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import sys
+import uuid
+from pathlib import Path
+
+# The examples live beside the package, not in it: make `examples` importable.
+_ROOT = str(Path(__file__).resolve().parents[1])
+if _ROOT not in sys.path:
+    sys.path.insert(0, _ROOT)
+
+from eventbus import Envelope  # noqa: E402
+from examples.order_saga.demo import (  # noqa: E402
+    EXPECTED_CHAIN,
+    OrderRequest,
+    SagaRun,
+    default_orders,
+    run_saga,
+)
+from examples.order_saga.events import OrderLine  # noqa: E402
+
+
+def _run(requests: list[OrderRequest]) -> tuple[SagaRun, list[str]]:
+    lines: list[str] = []
+    run = asyncio.run(
+        run_saga(f"memory://{uuid.uuid4()}", requests=requests, timeout=5.0, echo=lines.append)
+    )
+    return run, lines
+
+
+def _assert_chain(events: list[Envelope], correlation_id: str, chain_types: list[str]) -> None:
+    assert sorted(e.type for e in events) == sorted(chain_types)
+    by_type = {e.type: e for e in events}
+    assert all(e.correlationid == correlation_id for e in events)
+    root = by_type[chain_types[0]]
+    assert root.causationid is None
+    for cause, effect in itertools.pairwise(chain_types):
+        assert by_type[effect].causationid == by_type[cause].id, f"{effect} not caused by {cause}"
+
+
+def test_paid_and_reserved_order_completes() -> None:
+    request = OrderRequest(
+        order_id=f"ord-{uuid.uuid4().hex[:6]}",
+        customer_id="cust-1",
+        lines=(OrderLine(sku="book", quantity=3, unit_price_cents=1000),),
+        expected="completed",
+    )
+    run, printed = _run([request])
+
+    [flow] = run.flows
+    assert flow.outcome == "completed"
+    assert run.orders.status[request.order_id] == "completed"
+    assert run.ledger is not None and run.stock is not None
+    assert run.ledger.charges[request.order_id].amount_cents == 3000
+    assert not run.ledger.charges[request.order_id].refunded
+    assert request.order_id in run.stock.reservations
+    chain = [cls.event_type() for cls in EXPECTED_CHAIN["completed"]]
+    _assert_chain(flow.events, flow.correlation_id, chain)
+    assert len(printed) == len(chain)
+    assert all(line.startswith(f"[corr {flow.correlation_id[:8]}]") for line in printed)
+
+
+def test_out_of_stock_order_is_refunded_and_cancelled() -> None:
+    request = OrderRequest(
+        order_id=f"ord-{uuid.uuid4().hex[:6]}",
+        customer_id="cust-2",
+        lines=(
+            OrderLine(sku="mug", quantity=2, unit_price_cents=900),
+            OrderLine(sku="lamp", quantity=1, unit_price_cents=4500),
+        ),
+        expected="cancelled",
+    )
+    run, _ = _run([request])
+
+    [flow] = run.flows
+    assert flow.outcome == "cancelled"
+    assert run.orders.status[request.order_id] == "cancelled"
+    assert run.ledger is not None and run.stock is not None
+    assert run.ledger.charges[request.order_id].refunded
+    # All or nothing: the mugs that were in stock were not kept back either.
+    assert request.order_id not in run.stock.reservations
+    assert run.stock.on_hand["mug"] == 500
+    _assert_chain(
+        flow.events,
+        flow.correlation_id,
+        [cls.event_type() for cls in EXPECTED_CHAIN["cancelled"]],
+    )
+
+
+def test_concurrent_flows_keep_their_own_correlation() -> None:
+    run, _ = _run(default_orders())
+
+    assert [flow.outcome for flow in run.flows] == ["completed", "cancelled"]
+    first, second = run.flows
+    assert first.correlation_id != second.correlation_id
+    for flow in run.flows:
+        assert flow.outcome is not None
+        chain = [cls.event_type() for cls in EXPECTED_CHAIN[flow.outcome]]
+        _assert_chain(flow.events, flow.correlation_id, chain)
