@@ -120,6 +120,7 @@ class KafkaAdapter(Adapter):
                 acks="all",
                 enable_idempotence=False,  # Tansu has no idempotent producer (InitProducerId)
                 linger_ms=s.linger_ms,
+                max_batch_size=s.batch_bytes,
                 max_request_size=max(1024 * 1024, s.max_message_bytes + 64 * 1024),
             )
             try:

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from eventbus.codec import KAFKA_PREFIX, decode_binary, encode_binary
+from eventbus.codec import KAFKA_PREFIX, binary_headers, decode_binary
 from eventbus.envelope import Envelope
 
 Headers = list[tuple[str, bytes]]
@@ -71,14 +71,12 @@ def encode(envelope: Envelope) -> KafkaRecord:
     ``partitionkey`` goes only into the record key, as the CloudEvents Kafka
     binding says; :func:`decode` puts it back.
     """
-    headers, body = encode_binary(envelope, KAFKA_PREFIX)
     key = envelope.partitionkey.encode("utf-8") if envelope.partitionkey is not None else None
-    if key is not None:
-        headers.pop(KAFKA_PREFIX + "partitionkey", None)
+    omit = ("partitionkey",) if key is not None else ()
     return KafkaRecord(
         key=key,
-        value=body,
-        headers=[(name, value.encode("utf-8")) for name, value in headers.items()],
+        value=envelope.data,
+        headers=binary_headers(envelope, KAFKA_PREFIX, omit=omit),
     )
 
 

@@ -51,6 +51,9 @@ class KafkaSettings:
     ssl_certfile: str | None = None
     ssl_keyfile: str | None = None
     linger_ms: int = 5
+    # CloudEvents headers make records ~5x larger than a bare payload; aiokafka's
+    # 16 KiB default batch would then stall publishers on many small produce requests.
+    batch_bytes: int = 512 * 1024
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     max_message_bytes_set: bool = False
     start_from: StartFrom | None = None
@@ -225,6 +228,7 @@ _OPTIONS: dict[str, Callable[[str], Any]] = {
     "ssl_certfile": _text,
     "ssl_keyfile": _text,
     "linger_ms": _non_negative_int,
+    "batch_bytes": _positive_int,
     "max_message_bytes": _positive_int,
     "start_from": _start_from,
     "connect_timeout": _positive_float,
