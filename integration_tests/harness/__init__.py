@@ -33,12 +33,12 @@ def client_url(endpoint: Endpoint) -> str:
 
 
 __all__ = [
-    "TANSU_FAST_GROUPS",
-    "client_url",
     "BROKERS",
+    "TANSU_FAST_GROUPS",
     "BrokerUnavailable",
     "Endpoint",
     "FaultProxy",
+    "client_url",
     "get_endpoint",
     "get_faulty_endpoint",
     "require",

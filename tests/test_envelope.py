@@ -1,0 +1,185 @@
+"""The envelope: creation defaults, immutability, CloudEvents attributes and time text."""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+
+from eventbus import Envelope
+from eventbus.envelope import SPEC_VERSION, format_time, parse_time, validate_extension_name
+
+
+def test_create_fills_id_time_and_defaults() -> None:
+    before = datetime.now(UTC)
+    env = Envelope.create(type="OrderPlaced", source="orders")
+    after = datetime.now(UTC)
+    assert uuid.UUID(env.id).version == 4
+    assert before <= env.time <= after
+    assert env.time.tzinfo is not None
+    assert env.specversion == SPEC_VERSION == "1.0"
+    assert env.datacontenttype == "application/json"
+    assert env.dataversion == 1
+    assert env.data == b""
+    assert env.extensions == {}
+    for name in ("correlationid", "causationid", "partitionkey", "traceparent", "tracestate",
+                 "subject", "dataschema"):
+        assert getattr(env, name) is None
+
+
+def test_create_ids_are_unique() -> None:
+    ids = {Envelope.create(type="t", source="s").id for _ in range(200)}
+    assert len(ids) == 200
+
+
+def test_create_keeps_given_id_and_time_and_known_attributes() -> None:
+    when = datetime(2024, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
+    env = Envelope.create(
+        type="t", source="s", id="fixed", time=when, data=b"{}", partitionkey="k",
+        correlationid="c", dataversion=3, subject="sub",
+    )
+    assert (env.id, env.time, env.partitionkey, env.correlationid, env.dataversion,
+            env.subject) == ("fixed", when, "k", "c", 3, "sub")
+
+
+def test_create_turns_unknown_keywords_into_text_extensions() -> None:
+    env = Envelope.create(type="t", source="s", tenant="acme", priority=5, urgent=True,
+                          extensions={"region": "eu1"})
+    assert env.extensions == {"region": "eu1", "tenant": "acme", "priority": "5",
+                              "urgent": "true"}
+
+
+@pytest.mark.parametrize("name", ["Tenant", "has-dash", "under_score", "", "x" * 21, "ümlaut"])
+def test_create_rejects_invalid_extension_names(name: str) -> None:
+    with pytest.raises(ValueError, match="not a valid CloudEvents name"):
+        Envelope.create(type="t", source="s", extensions={name: "v"})
+
+
+def test_valid_extension_names_pass() -> None:
+    for name in ("a", "tenant", "x" * 20, "abc123"):
+        validate_extension_name(name)
+
+
+def test_envelope_is_immutable_and_evolve_copies() -> None:
+    env = Envelope.create(type="t", source="s", data=b"1")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        env.type = "other"  # type: ignore[misc]
+    changed = env.evolve(subject="x", data=b"2")
+    assert (changed.subject, changed.data, changed.id) == ("x", b"2", env.id)
+    assert (env.subject, env.data) == (None, b"1")
+
+
+def test_attributes_are_cloudevents_text_and_leave_out_absent_ones() -> None:
+    when = datetime(2024, 5, 6, 7, 8, 9, 123456, tzinfo=UTC)
+    env = Envelope.create(type="t", source="s", id="i", time=when, data=b"ignored")
+    assert env.attributes() == {
+        "specversion": "1.0",
+        "id": "i",
+        "source": "s",
+        "type": "t",
+        "time": "2024-05-06T07:08:09.123456Z",
+        "datacontenttype": "application/json",
+        "dataversion": "1",
+    }
+    full = env.evolve(
+        dataschema="https://x/s", subject="sub", correlationid="c", causationid="p",
+        partitionkey="k", traceparent="tp", tracestate="ts", dataversion=4,
+        datacontenttype=None, extensions={"tenant": "acme"},
+    )
+    attrs = full.attributes()
+    assert "datacontenttype" not in attrs and "data" not in attrs
+    assert {k: attrs[k] for k in ("dataschema", "subject", "correlationid", "causationid",
+                                  "partitionkey", "traceparent", "tracestate", "dataversion",
+                                  "tenant")} == {
+        "dataschema": "https://x/s", "subject": "sub", "correlationid": "c",
+        "causationid": "p", "partitionkey": "k", "traceparent": "tp", "tracestate": "ts",
+        "dataversion": "4", "tenant": "acme",
+    }
+
+
+def test_from_attributes_round_trips_attributes() -> None:
+    env = Envelope.create(
+        type="t", source="s", data=b'{"a":1}', subject="sub", dataschema="d",
+        correlationid="c", causationid="p", partitionkey="k", traceparent="tp",
+        tracestate="ts", dataversion=7, extensions={"tenant": "acme"},
+        time=datetime(2024, 5, 6, 7, 8, 9, 1, tzinfo=UTC),
+    )
+    assert Envelope.from_attributes(env.attributes(), env.data) == env
+
+
+def test_from_attributes_requires_id_source_type() -> None:
+    base = {"id": "i", "source": "s", "type": "t", "specversion": "1.0"}
+    for missing in ("id", "source", "type"):
+        attrs = {k: v for k, v in base.items() if k != missing}
+        with pytest.raises(KeyError) as info:
+            Envelope.from_attributes(attrs, b"")
+        assert info.value.args[0] == missing
+
+
+def test_from_attributes_defaults_and_reads_datetime_and_bad_version() -> None:
+    when = datetime(2023, 1, 1, tzinfo=UTC)
+    env = Envelope.from_attributes({"id": "i", "source": "s", "type": "t", "time": when}, b"")
+    assert env.time == when
+    assert env.specversion == "1.0" and env.dataversion == 1
+    assert env.datacontenttype is None  # absent on the wire stays absent
+    no_time = Envelope.from_attributes({"id": "i", "source": "s", "type": "t"}, b"")
+    assert abs(no_time.time - datetime.now(UTC)) < timedelta(seconds=5)
+    with pytest.raises(ValueError):
+        Envelope.from_attributes({"id": "i", "source": "s", "type": "t",
+                                  "dataversion": "two"}, b"")
+    with pytest.raises(ValueError):
+        Envelope.from_attributes({"id": "i", "source": "s", "type": "t",
+                                  "time": "yesterday"}, b"")
+
+
+def test_from_attributes_extension_values_become_canonical_text() -> None:
+    env = Envelope.from_attributes(
+        {"id": "i", "source": "s", "type": "t", "flag": True, "off": False, "n": 5,
+         "gone": None}, b"")
+    assert env.extensions == {"flag": "true", "off": "false", "n": "5"}
+
+
+def test_format_time_is_utc_with_z_and_keeps_microseconds() -> None:
+    assert format_time(datetime(2024, 1, 1, 12, 0, 0, tzinfo=UTC)) == "2024-01-01T12:00:00Z"
+    plus_two = timezone(timedelta(hours=2))
+    assert format_time(datetime(2024, 1, 1, 14, 0, 0, 5, tzinfo=plus_two)) == (
+        "2024-01-01T12:00:00.000005Z"
+    )
+    assert format_time(datetime(2024, 1, 1, 12, 0)) == "2024-01-01T12:00:00Z"  # naive is UTC
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("2024-05-06T07:08:09Z", datetime(2024, 5, 6, 7, 8, 9, tzinfo=UTC)),
+        ("2024-05-06t07:08:09z", datetime(2024, 5, 6, 7, 8, 9, tzinfo=UTC)),
+        ("2024-05-06T07:08:09.5Z", datetime(2024, 5, 6, 7, 8, 9, 500000, tzinfo=UTC)),
+        ("2024-05-06T09:08:09+02:00", datetime(2024, 5, 6, 7, 8, 9, tzinfo=UTC)),
+        ("2024-05-06T07:08:09", datetime(2024, 5, 6, 7, 8, 9, tzinfo=UTC)),
+    ],
+)
+def test_parse_time_reads_rfc3339(text: str, expected: datetime) -> None:
+    parsed = parse_time(text)
+    assert parsed == expected
+    assert parsed.tzinfo is not None
+
+
+def test_parse_and_format_round_trip() -> None:
+    when = datetime(2024, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)
+    assert parse_time(format_time(when)) == when
+
+
+def test_size_counts_data_and_attributes() -> None:
+    small = Envelope.create(type="t", source="s", data=b"")
+    big = small.evolve(data=b"x" * 1000)
+    assert big.size == small.size + 1000
+    assert small.size == sum(len(k) + len(v) for k, v in small.attributes().items())
+
+
+def test_from_attributes_turns_non_text_attribute_values_into_text() -> None:
+    env = Envelope.from_attributes(
+        {"id": "i", "source": "s", "type": "t", "subject": 5, "correlationid": 7,
+         "dataversion": 3}, b"")
+    assert (env.subject, env.correlationid, env.dataversion) == ("5", "7", 3)
