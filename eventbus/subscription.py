@@ -111,7 +111,6 @@ class Runner:
         self._lane_tasks: list[asyncio.Task[None]] = []
         self._fetch_task: asyncio.Task[None] | None = None
         self._subscription: Subscription | None = None
-        self._ready = asyncio.Event()
         self._next_lane = 0
 
     async def start(self) -> None:
