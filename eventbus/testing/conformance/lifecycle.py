@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from eventbus.adapter import Delivery, SubscribeOptions, Subscription
+from eventbus.bus import EventBus
 from eventbus.testing.conformance._support import Case, Inbox, Ping, case, on_topic
 
 GROUPS = "competing consumers within a group and fan-out across groups"
@@ -140,20 +141,9 @@ class LifecycleCases:
         """After every connection drops, subscribers and publishers reconnect by
         themselves: everything published before and after arrives (duplicates are
         allowed, at-least-once; loss is not)."""
-        assert run.target.faults is not None and run.target.faulty_url is not None
-        event_cls = on_topic(Ping, run.topic())
-        got: Inbox[int] = Inbox("handler")
-        consumer = run.bus(run.target.faulty_url)
-
-        @consumer.subscribe(event_cls, group=run.group())
-        async def handle(event: Ping) -> None:
-            got.add(event.seq)
-
-        await consumer.start()
-        publisher = await run.publisher(run.target.faulty_url)
+        assert run.target.faults is not None
         count = run.count(10)
-        await publisher.publish_many([event_cls(seq=i) for i in range(count)])
-        await got.wait(lambda items: set(items) >= set(range(count)), "the first batch")
+        event_cls, got, publisher = await _flowing_through_faults(run, count)
         await run.target.faults.drop_connections()
         for seq in range(count, 2 * count):
             await publisher.publish(event_cls(seq=seq))
@@ -164,20 +154,9 @@ class LifecycleCases:
     async def test_publish_retries_while_refused(self, run: Case) -> None:
         """While the broker refuses connections, publishes retry instead of failing
         and subscribers resubscribe; once it accepts again everything arrives."""
-        assert run.target.faults is not None and run.target.faulty_url is not None
-        event_cls = on_topic(Ping, run.topic())
-        got: Inbox[int] = Inbox("handler")
-        consumer = run.bus(run.target.faulty_url)
-
-        @consumer.subscribe(event_cls, group=run.group())
-        async def handle(event: Ping) -> None:
-            got.add(event.seq)
-
-        await consumer.start()
-        publisher = await run.publisher(run.target.faulty_url)
+        assert run.target.faults is not None
         count = run.count(5)
-        await publisher.publish_many([event_cls(seq=i) for i in range(count)])
-        await got.wait(lambda items: set(items) >= set(range(count)), "the first batch")
+        event_cls, got, publisher = await _flowing_through_faults(run, count)
         refusal = asyncio.create_task(run.target.faults.refuse_connections(1.0))
         await asyncio.sleep(0.1)  # let the refusal begin before publishing into it
         for seq in range(count, 2 * count):
@@ -185,6 +164,27 @@ class LifecycleCases:
         await refusal
         await got.wait(lambda items: set(items) >= set(range(2 * count)), "both batches",
                        timeout=30.0)
+
+
+async def _flowing_through_faults(
+    run: Case, count: int
+) -> tuple[type[Ping], Inbox[int], EventBus]:
+    """A consumer and a publisher on the faulty URL, with ``count`` events already
+    through: the reconnect cases break the path only once it is proven to work."""
+    assert run.target.faulty_url is not None
+    event_cls = on_topic(Ping, run.topic())
+    got: Inbox[int] = Inbox("handler")
+    consumer = run.bus(run.target.faulty_url)
+
+    @consumer.subscribe(event_cls, group=run.group())
+    async def handle(event: Ping) -> None:
+        got.add(event.seq)
+
+    await consumer.start()
+    publisher = await run.publisher(run.target.faulty_url)
+    await publisher.publish_many([event_cls(seq=i) for i in range(count)])
+    await got.wait(lambda items: set(items) >= set(range(count)), "the first batch")
+    return event_cls, got, publisher
 
 
 async def _first(subscription: Subscription) -> Delivery | None:
