@@ -238,11 +238,27 @@ class Runner:
         else:
             await handler.fn(arg)
 
+    async def _stop_fetching(self, task: asyncio.Task[None]) -> None:
+        # A broker client may swallow a cancellation that lands in the middle of its
+        # own work (aiokafka's getmany during a rebalance was seen doing so), which
+        # would leave stop() waiting forever: cancel again, and as a last resort
+        # close the subscription, which ends every adapter's iteration.
+        for _ in range(4):
+            task.cancel()
+            done, _ = await asyncio.wait({task}, timeout=0.5)
+            if done:
+                return
+        log.warning("%s/%s: fetching did not stop when cancelled; closing the subscription",
+                    self.spec.topic, self.spec.group)
+        subscription, self._subscription = self._subscription, None
+        if subscription is not None:
+            await subscription.close()
+        await asyncio.gather(task, return_exceptions=True)
+
     async def stop(self, timeout: float) -> None:
         """Stop fetching, finish what was fetched within ``timeout``, then close."""
         if self._fetch_task is not None:
-            self._fetch_task.cancel()
-            await asyncio.gather(self._fetch_task, return_exceptions=True)
+            await self._stop_fetching(self._fetch_task)
         for queue in self._lanes:
             queue.put_nowait(None)
         if self._lane_tasks:
