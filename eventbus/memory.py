@@ -7,8 +7,16 @@ order; nack redelivers after its delay; messages over the size limit are
 refused. ``memory://`` is the process-wide broker, ``memory://name`` a separate
 one, so several buses in one process talk to each other like services would.
 
+Every message is encoded on publish and decoded on delivery with the same
+CloudEvents codec a real broker's adapter uses (binary mode: headers plus body;
+``?mode=structured``: one JSON document), so a codec bug or an envelope that does
+not survive the wire fails here first, and size limits apply to the encoded
+bytes. ``?encode=false`` passes envelope objects through untouched, for
+benchmarks only.
+
 It obeys the same conformance suite as the real adapters, including the
-reconnect cases through :meth:`MemoryBroker.drop_connections`.
+reconnect cases through :meth:`MemoryBroker.drop_connections`, and its
+:meth:`MemoryAdapter.health` reflects the connection and the fault hooks.
 """
 
 from __future__ import annotations
@@ -20,24 +28,56 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
+from typing import Literal, cast
 from urllib.parse import parse_qs, urlsplit
 
-from eventbus.adapter import Adapter, Capabilities, Delivery, SubscribeOptions, Subscription
+from eventbus import codec
+from eventbus.adapter import (
+    Adapter,
+    Capabilities,
+    Delivery,
+    HealthReport,
+    SubscribeOptions,
+    Subscription,
+)
 from eventbus.envelope import Envelope
-from eventbus.errors import BrokerConnectionError, ConnectionLostError, InvalidURLError
+from eventbus.errors import (
+    BrokerConnectionError,
+    ConnectionLostError,
+    DecodeError,
+    InvalidURLError,
+)
 
 DEFAULT_MAX_MESSAGE_BYTES = 1024 * 1024
+HEADER_PREFIX = "ce_"
+"""Prefix of the CloudEvents attribute headers in binary mode."""
+Mode = Literal["binary", "structured"]
+_OPTIONS = ("max_message_bytes", "mode", "encode")
 
 
 @dataclass(slots=True)
 class _Entry:
-    offset: int
-    envelope: Envelope | None
-    raw: bytes | None = None
+    """One stored message as a broker keeps it: headers and body bytes, plus the key
+    the broker routes by (a real broker's record key). ``envelope`` is set only when
+    encoding is off; ``headers`` is ``None`` in structured mode and for raw bytes."""
 
-    @property
-    def key(self) -> str | None:
-        return self.envelope.partitionkey if self.envelope is not None else None
+    offset: int
+    key: str | None
+    body: bytes
+    headers: dict[str, str] | None = None
+    envelope: Envelope | None = None
+    structured: bool = False
+
+    def decode(self) -> tuple[Envelope | None, str | None]:
+        """A fresh envelope read from the stored bytes, or ``None`` and why not."""
+        if self.envelope is not None:
+            return self.envelope, None
+        try:
+            if self.structured:
+                return codec.decode_structured(self.body), None
+            return codec.decode_binary(self.headers or {}, self.body, HEADER_PREFIX), None
+        except DecodeError as exc:
+            return None, f"{type(exc).__name__}: {exc}"
 
 
 @dataclass(slots=True)
@@ -166,9 +206,13 @@ class MemoryBroker:
                 f"memory broker {url!r} is refusing connections (fault injected); retry later"
             )
 
-    def append(self, topic_name: str, envelope: Envelope | None, raw: bytes | None) -> None:
+    def refusing_for(self) -> float:
+        """Seconds the injected refusal still lasts (0 when connections are accepted)."""
+        return max(0.0, self.refuse_until - time.monotonic())
+
+    def append(self, topic_name: str, entry: _Entry) -> None:
         topic = self.topic(topic_name)
-        entry = _Entry(next(self._offsets), envelope, raw)
+        entry.offset = next(self._offsets)
         topic.log.append(entry)
         for group in topic.groups.values():
             group.pending.append(_Pending(entry))
@@ -202,14 +246,15 @@ class _MemoryDelivery(Delivery):
 
     def __init__(self, owner: _MemorySubscription, item: _Pending, topic: str) -> None:
         entry = item.entry
+        envelope, error = entry.decode()
         super().__init__(
             topic=topic,
             group=owner.group.name,
-            envelope=entry.envelope,
+            envelope=envelope,
             attempt=item.attempt,
             message_id=str(entry.offset),
-            raw=entry.raw,
-            decode_error=None if entry.envelope is not None else "payload is not a CloudEvent",
+            raw=entry.body if envelope is None else None,
+            decode_error=error,
         )
         self._owner = owner
         self._item = item
@@ -282,11 +327,7 @@ class _MemorySubscription(Subscription):
             item = self.group.take() if room else None
             if item is not None:
                 delivery = _MemoryDelivery(self, item, self.topic)
-                if self.options.auto_ack:
-                    delivery._settled = "ack"
-                    self.group.settle(item)
-                else:
-                    self.inflight[id(item)] = item
+                self.inflight[id(item)] = item
                 yield delivery
                 continue
             self._wake.clear()
@@ -306,33 +347,55 @@ class _MemorySubscription(Subscription):
             self.wake()
 
 
-def _parse(url: str) -> tuple[str, int]:
+@dataclass(frozen=True, slots=True)
+class _Settings:
+    name: str
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    mode: Mode = "binary"
+    encode: bool = True
+
+
+def _parse(url: str) -> _Settings:
     parts = urlsplit(url)
     if parts.scheme != "memory":
         raise InvalidURLError(f"memory adapter got {url!r}; use memory:// or memory://name")
-    options = parse_qs(parts.query)
-    unknown = set(options) - {"max_message_bytes"}
+    options = {name: values[-1] for name, values in parse_qs(parts.query).items()}
+    unknown = set(options) - set(_OPTIONS)
     if unknown:
         raise InvalidURLError(
             f"unknown option(s) {sorted(unknown)} in {url!r}; the memory adapter "
-            "accepts only max_message_bytes"
+            f"accepts only {', '.join(_OPTIONS)}"
         )
     try:
-        limit = int(options.get("max_message_bytes", [DEFAULT_MAX_MESSAGE_BYTES])[0])
+        limit = int(options.get("max_message_bytes", DEFAULT_MAX_MESSAGE_BYTES))
     except ValueError as exc:
         raise InvalidURLError(f"max_message_bytes in {url!r} must be an integer") from exc
-    return parts.netloc or "default", limit
+    mode = options.get("mode", "binary")
+    if mode not in ("binary", "structured"):
+        raise InvalidURLError(f"mode in {url!r} must be 'binary' or 'structured', not {mode!r}")
+    encode = options.get("encode", "true").lower()
+    if encode not in ("true", "false"):
+        raise InvalidURLError(f"encode in {url!r} must be 'true' or 'false', not {encode!r}")
+    return _Settings(parts.netloc or "default", limit, cast(Mode, mode), encode == "true")
 
 
 class MemoryAdapter(Adapter):
-    """In-process broker adapter for ``memory://[name][?max_message_bytes=N]``."""
+    """In-process broker adapter for ``memory://[name][?option=value&...]``.
+
+    Options: ``max_message_bytes`` (default 1 MiB, checked against the encoded
+    message), ``mode`` (``binary``, the default: attributes as headers and data as
+    the body; ``structured``: one JSON document, as a broker without headers
+    carries it) and ``encode`` (``true``, the default; ``false`` skips the codec
+    and hands out the published envelope objects, for benchmarks only: it hides
+    every codec bug).
+    """
 
     schemes = ("memory",)
 
     def __init__(self, url: str = "memory://") -> None:
         super().__init__(url)
-        name, limit = _parse(url)
-        self.broker = MemoryBroker.named(name)
+        self.settings = _parse(url)
+        self.broker = MemoryBroker.named(self.settings.name)
         self.capabilities = Capabilities(
             persistent=True,
             consumer_groups=True,
@@ -342,10 +405,11 @@ class MemoryAdapter(Adapter):
             native_delay=True,
             native_dead_letter=False,
             replay=True,
-            headers=True,
-            max_message_bytes=limit,
+            headers=self.settings.mode == "binary",
+            max_message_bytes=self.settings.max_message_bytes,
         )
         self._subscriptions: list[_MemorySubscription] = []
+        self._state: Literal["new", "connected", "closed"] = "new"
 
     @property
     def faults(self) -> MemoryBroker:
@@ -354,23 +418,62 @@ class MemoryAdapter(Adapter):
 
     async def connect(self) -> None:
         self.broker.check_reachable(self.url)
+        self._state = "connected"
 
     async def close(self) -> None:
         for subscription in self._subscriptions:
             await subscription.close()
         self._subscriptions.clear()
+        if self._state == "connected":
+            self._state = "closed"
+
+    async def health(self) -> HealthReport:
+        """Ok only while connected and the broker accepts connections (fault hooks)."""
+        info = {"broker": self.broker.name, "mode": self._mode_name()}
+        if self._state != "connected":
+            what = "was closed" if self._state == "closed" else "was never connected"
+            return HealthReport(False, f"memory adapter for {self.url!r} {what}; call "
+                                "connect() (or start the bus) first", info)
+        refusing = self.broker.refusing_for()
+        if refusing > 0:
+            return HealthReport(False, f"memory broker {self.broker.name!r} refuses "
+                                f"connections for another {refusing:.1f}s (fault injected)",
+                                info)
+        return HealthReport(True, f"memory broker {self.broker.name!r} accepts connections",
+                            info)
+
+    def _mode_name(self) -> str:
+        return self.settings.mode if self.settings.encode else "unencoded"
+
+    def encode(self, envelope: Envelope) -> tuple[_Entry, int]:
+        """The stored form of ``envelope`` and its size in bytes, as on a real broker."""
+        key = envelope.partitionkey
+        if not self.settings.encode:
+            limit = self.settings.max_message_bytes
+            return _Entry(0, key, b"", envelope=envelope), envelope.size_hint(limit)
+        if self.settings.mode == "structured":
+            body = codec.encode_structured(envelope)
+            return _Entry(0, key, body, structured=True), len(body)
+        headers, body = codec.encode_binary(envelope, HEADER_PREFIX)
+        size = len(body) + sum(len(k.encode()) + len(v.encode()) for k, v in headers.items())
+        return _Entry(0, key, body, headers=headers), size
 
     async def publish(self, topic: str, envelopes: Sequence[Envelope]) -> None:
         self.broker.check_reachable(self.url)
-        limit = self.capabilities.max_message_bytes
+        entries = []
         for envelope in envelopes:
-            self.check_size(topic, envelope, envelope.size_hint(limit))
-        for envelope in envelopes:
-            self.broker.append(topic, envelope, None)
+            entry, size = self.encode(envelope)
+            self.check_size(topic, envelope, size)
+            entries.append(entry)
+        for entry in entries:
+            self.broker.append(topic, entry)
 
     async def publish_raw(self, topic: str, payload: bytes) -> None:
+        """Store ``payload`` as the body of a message without headers: in binary mode it
+        never decodes; in structured mode it decodes if it is a structured CloudEvent."""
         self.broker.check_reachable(self.url)
-        self.broker.append(topic, None, payload)
+        self.broker.append(topic, _Entry(0, None, payload,
+                                         structured=self.settings.mode == "structured"))
 
     async def subscribe(self, topic: str, options: SubscribeOptions) -> Subscription:
         self.broker.check_reachable(self.url)
