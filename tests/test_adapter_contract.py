@@ -7,7 +7,13 @@ from collections.abc import Sequence
 
 import pytest
 
-from eventbus.adapter import Adapter, SubscribeOptions, Subscription, map_exceptions
+from eventbus.adapter import (
+    Adapter,
+    ExceptionMap,
+    SubscribeOptions,
+    Subscription,
+    map_exceptions,
+)
 from eventbus.envelope import Envelope
 from eventbus.errors import (
     BrokerConnectionError,
@@ -24,7 +30,7 @@ class ClientConnectionError(ClientError):
     """A broker client's connection error."""
 
 
-MAPPING = {ClientConnectionError: BrokerConnectionError, ClientError: PublishError}
+MAPPING: ExceptionMap = {ClientConnectionError: BrokerConnectionError, ClientError: PublishError}
 
 
 def test_health_must_be_implemented() -> None:
