@@ -26,3 +26,15 @@ def target(request: pytest.FixtureRequest) -> BrokerTarget:
 
 class TestMemoryConformance(ConformanceSuite):
     """Everything the real adapters must do, the memory adapter does too."""
+
+
+def test_a_missing_capability_skips_with_its_reason() -> None:
+    """The typed requirements gate cases: a target without fault hooks skips the
+    reconnect cases naming what is missing and why the case needs it."""
+    bare = BrokerTarget(name="bare", url="memory://")
+    with pytest.raises(pytest.skip.Exception) as skipped:
+        TestMemoryConformance().test_reconnect_after_connection_drop(bare)
+    assert str(skipped.value) == (
+        "bare lacks fault hooks (target.faults/faulty_url): the case drops the broker "
+        "connections"
+    )

@@ -12,12 +12,14 @@ from eventbus.events import Message
 from eventbus.registry_adapters import ENTRY_POINT_GROUP, adapter_from_url
 from eventbus.testing.conformance._support import (
     QUIET,
+    Capability,
     Case,
     Inbox,
     Ping,
     case,
     on_topic,
     record_events,
+    requires,
 )
 
 
@@ -139,7 +141,8 @@ class BasicsCases:
         await got.wait_count(count)
         assert _seqs(got.items) == list(range(count))
 
-    @case(needs={"replay": "a new group must be able to start from the earliest message"})
+    @case(requires(Capability.replay,
+                   "a new group must be able to start from the earliest message"))
     async def test_new_subscriber_receives_history(self, run: Case) -> None:
         """A group created after messages were published, with ``start_from="earliest"``,
         receives them all."""

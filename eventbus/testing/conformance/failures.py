@@ -15,12 +15,14 @@ from eventbus.middleware.deadletter import UNDECODABLE_TYPE
 from eventbus.middleware.retry import RetryPolicy
 from eventbus.testing.conformance._support import (
     QUIET,
+    Capability,
     Case,
     Inbox,
     Ping,
     Recorder,
     case,
     on_topic,
+    requires,
 )
 
 
@@ -33,7 +35,7 @@ def _ping(seq: int, **attributes: Any) -> Envelope:
 class FailureCases:
     """A failing handler never loses a message and never loops forever."""
 
-    @case(needs={"redelivery": "a nacked message must come back"})
+    @case(requires(Capability.redelivery, "a nacked message must come back"))
     async def test_resend_on_nack(self, run: Case) -> None:
         """Adapter level: a nacked delivery comes back with the same envelope and the
         attempt number incremented; once acked it does not come back."""
@@ -203,7 +205,7 @@ class FailureCases:
         assert dead.extensions["dlqattempts"] == "1"
         assert (dead.extensions["dlqtopic"], dead.extensions["dlqgroup"]) == (topic, group)
 
-    @case(needs={"redelivery": "the retry goes back through the broker with a delay"})
+    @case(requires(Capability.redelivery, "the retry goes back through the broker with a delay"))
     async def test_delayed_redelivery_honoured(self, run: Case) -> None:
         """With one in-process attempt and ``initial_delay=d``, the second attempt comes
         from the broker no sooner than ``d`` after the first failed."""

@@ -6,7 +6,15 @@ import asyncio
 
 from eventbus.adapter import Delivery, SubscribeOptions, Subscription
 from eventbus.bus import EventBus
-from eventbus.testing.conformance._support import Case, Inbox, Ping, case, on_topic
+from eventbus.testing.conformance._support import (
+    Capability,
+    Case,
+    Inbox,
+    Ping,
+    case,
+    on_topic,
+    requires,
+)
 
 GROUPS = "competing consumers within a group and fan-out across groups"
 PERSISTENT = "unhandled messages must wait for the group's next consumer"
@@ -40,7 +48,7 @@ class LifecycleCases:
         assert delivery.envelope is not None
         await delivery.ack()
 
-    @case(needs={"consumer_groups": GROUPS, "persistent": PERSISTENT})
+    @case(requires(Capability.consumer_groups, GROUPS), requires(Capability.persistent, PERSISTENT))
     async def test_concurrent_close_no_loss(self, run: Case) -> None:
         """Many consumers of one group stopped at the same moment, mid-stream, stop
         without error; a new consumer then handles everything they did not."""
@@ -71,7 +79,7 @@ class LifecycleCases:
         await successor.start()
         await handled.wait(lambda items: set(items) >= set(range(count)), "every message")
 
-    @case(needs={"consumer_groups": GROUPS, "persistent": PERSISTENT})
+    @case(requires(Capability.consumer_groups, GROUPS), requires(Capability.persistent, PERSISTENT))
     async def test_graceful_shutdown_finishes_in_flight(self, run: Case) -> None:
         """``bus.stop(timeout)`` lets handlers already running finish and acks them; a
         new consumer of the group handles the rest, and nothing finished is repeated."""
@@ -103,8 +111,11 @@ class LifecycleCases:
         await later_done.wait(lambda items: set(items) >= rest, f"the other {len(rest)}")
         assert not set(first_done.items) & set(later_done.items), "finished work was repeated"
 
-    @case(needs={"consumer_groups": GROUPS, "persistent": PERSISTENT,
-                 "redelivery": "unfinished messages must go back to the broker"})
+    @case(
+        requires(Capability.consumer_groups, GROUPS),
+        requires(Capability.persistent, PERSISTENT),
+        requires(Capability.redelivery, "unfinished messages must go back to the broker"),
+    )
     async def test_shutdown_timeout_returns_unfinished(self, run: Case) -> None:
         """Handlers still running when the stop timeout expires are cancelled and their
         messages go back to the broker: the next consumer handles every one of them."""
@@ -136,7 +147,7 @@ class LifecycleCases:
         await second.start()
         await finished.wait(lambda items: set(items) >= set(range(count)), "every message")
 
-    @case(needs={"faults": "the case drops the broker connections"})
+    @case(requires(Capability.fault_hooks, "the case drops the broker connections"))
     async def test_reconnect_after_connection_drop(self, run: Case) -> None:
         """After every connection drops, subscribers and publishers reconnect by
         themselves: everything published before and after arrives (duplicates are
@@ -150,7 +161,7 @@ class LifecycleCases:
         await got.wait(lambda items: set(items) >= set(range(2 * count)), "both batches",
                        timeout=30.0)
 
-    @case(needs={"faults": "the case makes the broker refuse connections"})
+    @case(requires(Capability.fault_hooks, "the case makes the broker refuse connections"))
     async def test_publish_retries_while_refused(self, run: Case) -> None:
         """While the broker refuses connections, publishes retry instead of failing
         and subscribers resubscribe; once it accepts again everything arrives."""

@@ -6,7 +6,16 @@ import asyncio
 import random
 from collections.abc import Callable
 
-from eventbus.testing.conformance._support import QUIET, Case, Inbox, Ping, case, on_topic
+from eventbus.testing.conformance._support import (
+    QUIET,
+    Capability,
+    Case,
+    Inbox,
+    Ping,
+    case,
+    on_topic,
+    requires,
+)
 
 
 def _contains(seq: int) -> Callable[[list[int]], bool]:
@@ -16,7 +25,8 @@ def _contains(seq: int) -> Callable[[list[int]], bool]:
 class OrderingCases:
     """Parallel where allowed, ordered where promised."""
 
-    @case(needs={"ordering=per_key": "the case checks that one key's messages keep order"})
+    @case(requires(Capability.per_key_ordering,
+                   "the case checks that one key's messages keep order"))
     async def test_in_order_per_key(self, run: Case) -> None:
         """With several workers, the messages of each partition key are handled in the
         order they were published while keys run in parallel."""
@@ -44,7 +54,8 @@ class OrderingCases:
             seqs = [seq for k, seq in got.items if k == key]
             assert seqs == list(range(per_key)), f"{key} out of order: {seqs}"
 
-    @case(needs={"ordering=per_key": "later messages of a key must wait for earlier ones"})
+    @case(requires(Capability.per_key_ordering,
+                   "later messages of a key must wait for earlier ones"))
     async def test_unfinished_key_holds_later_same_key(self, run: Case) -> None:
         """While a message of key K is still being handled, later K messages wait
         (watched for a bounded grace period) and other keys keep flowing; once it
