@@ -52,7 +52,7 @@ DEFAULT_MAX_MESSAGE_BYTES = 1024 * 1024
 HEADER_PREFIX = "ce_"
 """Prefix of the CloudEvents attribute headers in binary mode."""
 Mode = Literal["binary", "structured"]
-_OPTIONS = ("max_message_bytes", "mode", "encode")
+_OPTIONS = ("max_message_bytes", "mode", "encode", "hold_keys")
 
 
 @dataclass(slots=True)
@@ -99,19 +99,24 @@ class _Group:
         for consumer in self.consumers:
             consumer.wake()
 
-    def take(self) -> _Pending | None:
-        """The first pending message that may go out now, keeping per-key order."""
+    def take(self, hold_keys: bool = True) -> _Pending | None:
+        """The first pending message that may go out now, keeping per-key order.
+
+        ``hold_keys``: a key's next message waits until the one handed out before it
+        is settled. Without it messages go out in order as soon as they are due, as
+        from a partitioned log (Kafka), and only the consumer keeps a key in order.
+        """
         if not self.pending:
             return None
         now = time.monotonic()
         head = self.pending[0]
-        key = head.entry.key
+        key = head.entry.key if hold_keys else None
         if head.available_at <= now and (key is None or key not in self.inflight_keys):
             self.pending.popleft()
-            return self._hand_out(head)
+            return self._hand_out(head, hold_keys)
         blocked: set[str] = set()
         for index, item in enumerate(self.pending):
-            key = item.entry.key
+            key = item.entry.key if hold_keys else None
             if key is not None and (key in self.inflight_keys or key in blocked):
                 blocked.add(key)
                 continue
@@ -120,14 +125,14 @@ class _Group:
                     blocked.add(key)
                 continue
             del self.pending[index]
-            return self._hand_out(item)
+            return self._hand_out(item, hold_keys)
         return None
 
-    def _hand_out(self, item: _Pending) -> _Pending:
+    def _hand_out(self, item: _Pending, hold_keys: bool) -> _Pending:
         if item.available_at:
             self.delayed -= 1
         key = item.entry.key
-        if key is not None:
+        if key is not None and hold_keys:
             self.inflight_keys.add(key)
         return item
 
@@ -273,9 +278,15 @@ class _MemoryDelivery(Delivery):
 
 class _MemorySubscription(Subscription):
     def __init__(
-        self, broker: MemoryBroker, topic: str, group: _Group, options: SubscribeOptions
+        self,
+        broker: MemoryBroker,
+        topic: str,
+        group: _Group,
+        options: SubscribeOptions,
+        hold_keys: bool = True,
     ) -> None:
         self.broker = broker
+        self.hold_keys = hold_keys
         self.topic = topic
         self.group = group
         self.options = options
@@ -324,7 +335,7 @@ class _MemorySubscription(Subscription):
                     f"group {self.group.name!r})"
                 )
             room = len(self.inflight) < self.options.prefetch
-            item = self.group.take() if room else None
+            item = self.group.take(self.hold_keys) if room else None
             if item is not None:
                 delivery = _MemoryDelivery(self, item, self.topic)
                 self.inflight[id(item)] = item
@@ -353,6 +364,14 @@ class _Settings:
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     mode: Mode = "binary"
     encode: bool = True
+    hold_keys: bool = True
+
+
+def _flag(url: str, options: dict[str, str], name: str) -> bool:
+    value = options.get(name, "true").lower()
+    if value not in ("true", "false"):
+        raise InvalidURLError(f"{name} in {url!r} must be 'true' or 'false', not {value!r}")
+    return value == "true"
 
 
 def _parse(url: str) -> _Settings:
@@ -373,10 +392,8 @@ def _parse(url: str) -> _Settings:
     mode = options.get("mode", "binary")
     if mode not in ("binary", "structured"):
         raise InvalidURLError(f"mode in {url!r} must be 'binary' or 'structured', not {mode!r}")
-    encode = options.get("encode", "true").lower()
-    if encode not in ("true", "false"):
-        raise InvalidURLError(f"encode in {url!r} must be 'true' or 'false', not {encode!r}")
-    return _Settings(parts.netloc or "default", limit, cast(Mode, mode), encode == "true")
+    return _Settings(parts.netloc or "default", limit, cast(Mode, mode),
+                     _flag(url, options, "encode"), _flag(url, options, "hold_keys"))
 
 
 class MemoryAdapter(Adapter):
@@ -387,7 +404,10 @@ class MemoryAdapter(Adapter):
     the body; ``structured``: one JSON document, as a broker without headers
     carries it) and ``encode`` (``true``, the default; ``false`` skips the codec
     and hands out the published envelope objects, for benchmarks only: it hides
-    every codec bug).
+    every codec bug) and ``hold_keys`` (``true``, the default: a key's next message
+    is handed out only once the previous one is settled; ``false``: in order but at
+    once, as from a partitioned log such as Kafka, so only the consumer's key lanes
+    keep a key in order, which the conformance suite uses to test them).
     """
 
     schemes = ("memory",)
@@ -478,7 +498,8 @@ class MemoryAdapter(Adapter):
     async def subscribe(self, topic: str, options: SubscribeOptions) -> Subscription:
         self.broker.check_reachable(self.url)
         group = self.broker.group(topic, options)
-        subscription = _MemorySubscription(self.broker, topic, group, options)
+        subscription = _MemorySubscription(self.broker, topic, group, options,
+                                           self.settings.hold_keys)
         self._subscriptions = [s for s in self._subscriptions if not s.closed]
         self._subscriptions.append(subscription)
         return subscription

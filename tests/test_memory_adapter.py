@@ -158,6 +158,21 @@ def test_an_unacked_key_blocks_later_messages_with_that_key_only() -> None:
     run(scenario)
 
 
+def test_hold_keys_false_hands_out_a_key_in_order_without_waiting() -> None:
+    """Like a partitioned log: the second message of a key goes out while the first
+    is unsettled, so only the consumer can keep the key in order."""
+
+    async def scenario() -> None:
+        adapter = MemoryAdapter(f"memory://{uuid.uuid4()}?hold_keys=false")
+        topic = f"topic-{uuid.uuid4()}"
+        consumer = await reader(adapter, topic, "g", prefetch=10)
+        await adapter.publish(topic, [env("a1", "a"), env("a2", "a"), env("b1", "b")])
+        assert subjects(await consumer.take(3)) == ["a1", "a2", "b1"]
+        await adapter.close()
+
+    run(scenario)
+
+
 def test_nack_redelivers_after_the_delay_ahead_of_later_same_key_messages() -> None:
     async def scenario() -> None:
         adapter, topic = fresh()
@@ -295,6 +310,7 @@ def test_max_message_bytes_from_the_url() -> None:
         ("memory://x?colour=blue&max_message_bytes=1", "accepts only max_message_bytes"),
         ("memory://x?mode=json", "must be 'binary' or 'structured'"),
         ("memory://x?encode=no", "must be 'true' or 'false'"),
+        ("memory://x?hold_keys=1", "must be 'true' or 'false'"),
         ("kafka://localhost:9092", "use memory://"),
     ],
 )
