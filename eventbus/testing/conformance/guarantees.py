@@ -11,7 +11,7 @@ from eventbus.context import Context
 from eventbus.envelope import Envelope
 from eventbus.errors import BatchPublishError, MessageTooLargeError
 from eventbus.events import Message
-from eventbus.middleware.idempotency import Claim, MemoryIdempotencyStore
+from eventbus.middleware.idempotency import MemoryIdempotencyStore
 from eventbus.middleware.retry import RetryPolicy
 from eventbus.testing.conformance._support import (
     QUIET,
@@ -38,7 +38,7 @@ class _FlakyStore(MemoryIdempotencyStore):
         self.failures = failures
         self.failed = 0
 
-    async def claim(self, *args: Any, **kwargs: Any) -> Claim:
+    async def claim(self, *args: Any, **kwargs: Any) -> Any:
         if self.failed < self.failures:
             self.failed += 1
             raise ConnectionError("idempotency store unreachable (injected outage)")
@@ -52,7 +52,7 @@ class _ShortLeaseStore(MemoryIdempotencyStore):
         super().__init__()
         self.lease = lease
 
-    async def claim(self, key: str, lease: float, *args: Any, **kwargs: Any) -> Claim:
+    async def claim(self, key: str, lease: float, *args: Any, **kwargs: Any) -> Any:
         return await super().claim(key, self.lease, *args, **kwargs)
 
 
