@@ -83,6 +83,24 @@ class HandlerTimeoutError(EventBusError):
     """A handler ran longer than its subscription's timeout."""
 
 
+class InfrastructureError(EventBusError):
+    """Something the bus relies on failed, not the handler: the message is redelivered.
+
+    The dead-letter step never dead-letters these: a message whose handler did
+    not fail goes back to the broker (``nack`` with backoff) and is tried again
+    once the store or broker answers. Handlers should raise their own errors,
+    which count against the retry budget, rather than these.
+    """
+
+
+class IdempotencyStoreError(InfrastructureError):
+    """The idempotency store could not claim an event id; the handler did not run."""
+
+
+class DeadLetterPublishError(InfrastructureError):
+    """A failed message could not be published to its dead-letter topic; it is redelivered."""
+
+
 class DeliveryAlreadySettledError(EventBusError):
     """A delivery was acked and then nacked/rejected (or the reverse)."""
 
