@@ -22,6 +22,7 @@ from eventbus.errors import (
 )
 from eventbus.middleware import (
     NO_RETRY,
+    Claim,
     ClaimResult,
     DeadLetter,
     Idempotency,
@@ -259,6 +260,16 @@ def test_idempotency_turns_a_claim_failure_into_an_infrastructure_error() -> Non
     assert isinstance(info.value, InfrastructureError)
     assert ctx.envelope.id in str(info.value) and "'orders'" in str(info.value)
 
+
+def test_idempotency_refuses_a_claim_without_an_owner_token() -> None:
+    class Ownerless(MemoryIdempotencyStore):
+        async def claim(self, key: str, lease: float) -> ClaimResult:
+            return ClaimResult(Claim.CLAIMED)
+
+    handler = Flaky(failures=0)
+    with pytest.raises(IdempotencyStoreError, match="without an owner token"):
+        asyncio.run(Idempotency(Ownerless())(make_ctx(), handler))
+    assert handler.attempts == []
 
 def test_idempotency_keeps_the_handler_error_when_the_release_fails(
     caplog: pytest.LogCaptureFixture,

@@ -168,9 +168,15 @@ class Idempotency:
         if claim.status is Claim.DONE:
             ctx.logger.info("duplicate of an event already handled; skipped")
             return
-        if claim.status is Claim.IN_PROGRESS or claim.owner is None:
+        if claim.status is Claim.IN_PROGRESS:
             raise RedeliveryRequested(self.retry_delay, "a duplicate is being handled now")
         owner = claim.owner
+        if owner is None:
+            raise IdempotencyStoreError(
+                f"idempotency store {type(self.store).__name__} claimed event "
+                f"{ctx.envelope.id} on topic {ctx.topic!r} group {ctx.group!r} without an "
+                "owner token; fix the store: ClaimResult(Claim.CLAIMED, owner) is required"
+            )
         try:
             await call_next(ctx)
         except BaseException:
