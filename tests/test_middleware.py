@@ -302,12 +302,12 @@ def test_idempotency_warns_when_a_handler_outlived_its_lease(
         first = make_ctx()
         task = asyncio.create_task(middleware(first, slow))
         await asyncio.wait_for(started.wait(), WAIT)
-        await middleware(Context(first.bus, first.delivery, first.envelope), fast)
+        await middleware(make_ctx(envelope=first.envelope), fast)
         finish.set()
         await asyncio.wait_for(task, WAIT)
         assert runs == ["slow", "fast"]
         # Done now, whichever run finished first.
-        await middleware(Context(first.bus, first.delivery, first.envelope), fast)
+        await middleware(make_ctx(envelope=first.envelope), fast)
         assert runs == ["slow", "fast"]
 
     with caplog.at_level(logging.WARNING):
