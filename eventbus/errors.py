@@ -68,21 +68,6 @@ class DecodeError(EventBusError):
     """Bytes from the broker are not a CloudEvent eventbus can read."""
 
 
-class PoisonMessageError(EventBusError):
-    """A message can never be handled (undecodable, unknown type or version, invalid data).
-
-    Poison messages are dead-lettered at once, never retried.
-    """
-
-
-class SchemaError(PoisonMessageError):
-    """An event's type or version is unknown, or its data fails validation."""
-
-
-class HandlerTimeoutError(EventBusError):
-    """A handler ran longer than its subscription's timeout."""
-
-
 class InfrastructureError(EventBusError):
     """Something the bus relies on failed, not the handler: the message is redelivered.
 
@@ -99,6 +84,21 @@ class IdempotencyStoreError(InfrastructureError):
 
 class DeadLetterPublishError(InfrastructureError):
     """A failed message could not be published to its dead-letter topic; it is redelivered."""
+
+
+class PoisonMessageError(EventBusError):
+    """A message can never be handled (undecodable, unknown type or version, invalid data).
+
+    Poison messages are dead-lettered at once, never retried.
+    """
+
+
+class SchemaError(PoisonMessageError):
+    """An event's type or version is unknown, or its data fails validation."""
+
+
+class HandlerTimeoutError(EventBusError):
+    """A handler ran longer than its subscription's timeout."""
 
 
 class DeliveryAlreadySettledError(EventBusError):
