@@ -152,9 +152,10 @@ async def publish_dead_letter(
                 dead.id, limit, target, change,
             )
         return candidate
+    detail = f" ({refused})" if refused is not None else ""
     raise DeadLetterPublishError(
         f"dead letter of event {dead.id} ({dead.type}) does not fit the {limit}-byte limit "
-        f"of {target!r} even reduced to a reference ({refused}); the message will be "
+        f"of {target!r} even reduced to a reference{detail}; the message will be "
         "redelivered. Raise the broker's message size limit or shorten the event's attributes"
     )
 
