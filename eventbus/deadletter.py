@@ -161,6 +161,8 @@ async def publish_dead_letter(
 
 
 def _publish_failed(dead: Envelope, target: str, exc: Exception) -> DeadLetterPublishError:
+    if isinstance(exc, BatchPublishError) and exc.failures:
+        exc = next(iter(exc.failures.values()))  # a batch of one: its own error says why
     return DeadLetterPublishError(
         f"could not publish the dead letter of event {dead.id} ({dead.type}) to {target!r} "
         f"({type(exc).__name__}: {exc}); the message will be redelivered and dead-lettered "

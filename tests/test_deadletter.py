@@ -23,9 +23,12 @@ from eventbus.deadletter import (
 )
 from eventbus.envelope import parse_time, utcnow
 from eventbus.errors import (
+    BatchPublishError,
     BrokerConnectionError,
     DeadLetterPublishError,
     InfrastructureError,
+    MessageTooLargeError,
+    PublishError,
 )
 
 WAIT = 5.0
@@ -239,6 +242,40 @@ def test_a_failed_dlq_publish_is_an_infrastructure_error_naming_the_event() -> N
     run(scenario)
 
 
+
+
+class BrokerRefusesBigLetters(MemoryAdapter):
+    """Accepts by its own size check, but the broker refuses anything with a traceback
+    (as Kafka does when the topic's max.message.bytes is below the client's limit)."""
+
+    async def publish(self, topic: str, envelopes: Sequence[Envelope]) -> None:
+        if any("dlqtraceback" in e.extensions for e in envelopes):
+            raise BatchPublishError("refused", {0: MessageTooLargeError("too big")}, 1)
+        await super().publish(topic, envelopes)
+
+
+def test_a_broker_side_size_refusal_also_shrinks_the_dead_letter() -> None:
+    async def scenario() -> None:
+        url = memory_url()
+        sent = await publish_dead_letter(BrokerRefusesBigLetters(url), _dead(),
+                                         topic="orders", group="billing")
+        assert sent.extensions["dlqdropped"] == "traceback"
+        assert (await read_dlq(url, "orders", "billing")) == [sent]
+
+    run(scenario)
+
+
+def test_a_partial_batch_failure_of_another_kind_is_an_infrastructure_error() -> None:
+    class Flaky(MemoryAdapter):
+        async def publish(self, topic: str, envelopes: Sequence[Envelope]) -> None:
+            raise BatchPublishError("lost", {0: PublishError("leader moved")}, 1)
+
+    async def scenario() -> None:
+        with pytest.raises(DeadLetterPublishError, match="leader moved"):
+            await publish_dead_letter(Flaky(memory_url()), _dead(), topic="orders",
+                                      group="billing")
+
+    run(scenario)
 def test_the_record_reads_every_dead_letter_attribute() -> None:
     dead = _dead(tenant="acme")
     record = DeadLetterRecord.from_envelope(dead)
