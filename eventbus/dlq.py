@@ -12,49 +12,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from dataclasses import dataclass
 
 from eventbus.adapter import Adapter, Delivery, SubscribeOptions, Subscription
-from eventbus.envelope import Envelope
-from eventbus.middleware.deadletter import DLQ_EXTENSIONS, UNDECODABLE_TYPE, dlq_topic
+from eventbus.deadletter import UNDECODABLE_TYPE, DeadLetterRecord, dlq_topic
 
 REPLAY_GROUP = "eventbus-dlq-replay"
-
-
-@dataclass(frozen=True, slots=True)
-class DeadLetterRecord:
-    """One dead letter and why it is there."""
-
-    envelope: Envelope
-    reason: str
-    exception: str
-    message: str
-    attempts: int
-    topic: str
-    group: str
-    failed_at: str
-    traceback: str
-
-    @classmethod
-    def from_envelope(cls, envelope: Envelope) -> DeadLetterRecord:
-        ext = envelope.extensions
-        return cls(
-            envelope=envelope,
-            reason=ext.get("dlqreason", ""),
-            exception=ext.get("dlqexception", ""),
-            message=ext.get("dlqmessage", ""),
-            attempts=int(ext.get("dlqattempts", "0") or 0),
-            topic=ext.get("dlqtopic", ""),
-            group=ext.get("dlqgroup", ""),
-            failed_at=ext.get("dlqfailedat", ""),
-            traceback=ext.get("dlqtraceback", ""),
-        )
-
-    @property
-    def original(self) -> Envelope:
-        """The envelope as first published, without the dead-letter attributes."""
-        ext = {k: v for k, v in self.envelope.extensions.items() if k not in DLQ_EXTENSIONS}
-        return self.envelope.evolve(extensions=ext)
 
 
 class DeadLetters:
