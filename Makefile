@@ -28,12 +28,14 @@ lint: setup
 typecheck: setup
 	$(VENV)/bin/mypy eventbus adapters/kafka/eventbus_kafka
 
-## Lint, type-check, unit tests, conformance on memory and on every real broker.
+## Lint, type-check, unit tests, conformance on memory and on every real broker, mutants.
 test: lint typecheck
 	@# coverage run, not pytest --cov: our pytest plugin imports eventbus before pytest-cov starts.
 	$(VENV)/bin/python -m coverage run --source=eventbus -m pytest -q -ra \
 		--junitxml=.reports/junit.xml
 	$(VENV)/bin/python -m coverage report --fail-under=85
+	@# Deliberate bugs in the core that the conformance suite must catch (fails if one survives).
+	$(VENV)/bin/python scripts/mutants.py
 
 ## Regenerate docs/semantics.md capabilities and docs/conformance.md from the last test run.
 docs: setup

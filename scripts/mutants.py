@@ -106,8 +106,8 @@ def drop_release_on_failure() -> None:
     """The idempotency stores' ``release`` does nothing: a failed claim stays held."""
     from eventbus.middleware import idempotency, sqlite_store
 
-    async def release(self: Any, *args: Any, **kwargs: Any) -> None:
-        return None
+    async def release(self: Any, *args: Any, **kwargs: Any) -> Any:
+        return False  # "did not hold the claim": nothing released
 
     idempotency.MemoryIdempotencyStore.release = release  # type: ignore[method-assign]
     sqlite_store.SQLiteIdempotencyStore.release = release  # type: ignore[method-assign]
