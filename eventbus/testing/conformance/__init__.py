@@ -32,6 +32,7 @@ from eventbus.testing.conformance._support import (
     Pong,
     Recorder,
     Requirement,
+    case,
     on_topic,
     requires,
 )
@@ -74,6 +75,7 @@ __all__ = [
     "Pong",
     "Recorder",
     "Requirement",
+    "case",
     "on_topic",
     "requires",
 ]
