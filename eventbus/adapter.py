@@ -9,14 +9,13 @@ adapter that implements it and passes the suite works with everything else.
 from __future__ import annotations
 
 import abc
-import contextlib
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
 from eventbus.envelope import Envelope
-from eventbus.errors import DeliveryAlreadySettledError, EventBusError
+from eventbus.errors import DeliveryAlreadySettledError
 
 Ordering = Literal["none", "per_key"]
 StartFrom = Literal["earliest", "latest"]
@@ -228,39 +227,3 @@ class Adapter(abc.ABC):
                 f"{limit}-byte limit of {type(self).__name__} on topic {topic!r}; nothing "
                 "was sent. Keep events small: reference large data by id or URL."
             )
-
-
-ExceptionMap = Mapping[type[BaseException], type[EventBusError]]
-
-
-@contextlib.contextmanager
-def map_exceptions(mapping: ExceptionMap, *, what: str, hint: str = "") -> Iterator[None]:
-    """Re-raise a broker client's exceptions as eventbus errors saying what failed.
-
-    The first entry of ``mapping`` (in order) whose class matches the exception
-    wins, so list specific classes before their bases. The new error's message is
-    ``"<what> failed: <ClientError>: <text>"`` plus ``hint`` (what to do), and the
-    client's exception is its ``__cause__``. Eventbus errors, exceptions the
-    mapping does not name and anything not an ``Exception`` (``CancelledError``,
-    ``KeyboardInterrupt``) pass through unchanged.
-    Every mapped class must take a single message argument.
-
-    ::
-
-        with map_exceptions(
-            {KafkaConnectionError: BrokerConnectionError, KafkaError: PublishError},
-            what=f"publish to topic {topic!r} on {masked_url}",
-            hint="check that the broker is reachable",
-        ):
-            await producer.send_and_wait(topic, value)
-    """
-    try:
-        yield
-    except EventBusError:
-        raise
-    except Exception as exc:
-        for client_error, ours in mapping.items():
-            if isinstance(exc, client_error):
-                message = f"{what} failed: {type(exc).__name__}: {exc}"
-                raise ours(f"{message}; {hint}" if hint else message) from exc
-        raise

@@ -7,13 +7,8 @@ from collections.abc import Sequence
 
 import pytest
 
-from eventbus.adapter import (
-    Adapter,
-    ExceptionMap,
-    SubscribeOptions,
-    Subscription,
-    map_exceptions,
-)
+from eventbus.adapter import Adapter, SubscribeOptions, Subscription
+from eventbus.adapters_util import ExceptionMap, map_exceptions
 from eventbus.envelope import Envelope
 from eventbus.errors import (
     BrokerConnectionError,
