@@ -30,6 +30,7 @@ from eventbus.testing.conformance.groups import GroupCases
 from eventbus.testing.conformance.guarantees import GuaranteeCases
 from eventbus.testing.conformance.lifecycle import LifecycleCases
 from eventbus.testing.conformance.ordering import OrderingCases
+from eventbus.testing.conformance.restart import RestartCases
 
 
 @pytest.mark.conformance
@@ -41,6 +42,7 @@ class ConformanceSuite(
     FailureCases,
     GuaranteeCases,
     LifecycleCases,
+    RestartCases,
 ):
     """Every conformance case; subclass it (as ``Test...``) next to a ``target`` fixture."""
 
@@ -59,5 +61,6 @@ __all__ = [
     "Ping",
     "Pong",
     "Recorder",
+    "RestartCases",
     "on_topic",
 ]

@@ -320,9 +320,12 @@ async def _quietly(step: Awaitable[None], errors: list[BaseException]) -> None:
 
 
 def check_need(target: BrokerTarget, caps: Capabilities, need: str) -> bool:
-    """Whether ``need`` holds: a capability name (truthy), ``name=value``, or ``faults``."""
+    """Whether ``need`` holds: a capability name (truthy), ``name=value``, ``faults``
+    or ``restart`` (the target's hooks)."""
     if need == "faults":
         return target.faults is not None and target.faulty_url is not None
+    if need == "restart":
+        return target.restart is not None
     name, _, wanted = need.partition("=")
     value = getattr(caps, name)
     return str(value) == wanted if wanted else bool(value)
@@ -349,7 +352,10 @@ def case(
             caps = adapter_from_url(target.url).capabilities
             for need, why in requirements.items():
                 if not check_need(target, caps, need):
-                    what = "fault hooks (target.faults/faulty_url)" if need == "faults" else need
+                    what = {
+                        "faults": "fault hooks (target.faults/faulty_url)",
+                        "restart": "a restart hook (target.restart)",
+                    }.get(need, need)
                     pytest.skip(f"{target.name} lacks {what}: {why}")
             asyncio.run(_run(body, self, Case(target, caps, name), timeout * PATIENCE))
 
