@@ -13,6 +13,8 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
+from eventbus.errors import InvalidExtensionNameError
+
 SPEC_VERSION = "1.0"
 JSON = "application/json"
 
@@ -37,6 +39,10 @@ EVENTBUS_EXTENSIONS = (
     "tracestate",
 )
 _FIELDS = frozenset((*CORE_ATTRIBUTES, *EVENTBUS_EXTENSIONS))
+# Names no extension may take: an extension called ``source`` would replace the real
+# source in structured mode and travel as a second ``ce_source`` header in binary
+# mode; ``data`` would replace the payload of a structured event.
+RESERVED_NAMES = _FIELDS | {"data"}
 _EXTENSION_NAME = re.compile(r"^[a-z0-9]{1,20}$")
 
 
@@ -101,6 +107,12 @@ class Envelope:
     traceparent: str | None = None
     tracestate: str | None = None
     extensions: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # Cheap enough for the hot path, and the one place every construction passes
+        # (create, evolve, decoding), so no extension can shadow an attribute.
+        if self.extensions and not RESERVED_NAMES.isdisjoint(self.extensions):
+            validate_extension_name(min(RESERVED_NAMES.intersection(self.extensions)))
 
     @classmethod
     def create(
@@ -212,9 +224,20 @@ def _text(value: Any) -> str:
 
 
 def validate_extension_name(name: str) -> None:
-    """CloudEvents extension names are 1-20 lowercase letters or digits."""
+    """Raise ``InvalidExtensionNameError`` unless ``name`` may name an extension.
+
+    CloudEvents extension names are 1-20 lowercase letters or digits, and none may
+    repeat an attribute name (``id``, ``source``, ``correlationid``, ``data``...).
+    """
     if not _EXTENSION_NAME.match(name):
-        raise ValueError(
+        raise InvalidExtensionNameError(
             f"extension attribute {name!r} is not a valid CloudEvents name: "
             "use 1-20 lowercase ASCII letters or digits"
+        )
+    if name in RESERVED_NAMES:
+        raise InvalidExtensionNameError(
+            f"extension attribute name {name!r} is reserved: it is a CloudEvents or "
+            "eventbus attribute, and an extension with that name would replace or "
+            "duplicate it on the wire; set the attribute itself (e.g. publish(key=..., "
+            "correlation_id=..., subject=...)) or pick another extension name"
         )

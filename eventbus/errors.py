@@ -91,6 +91,19 @@ class DuplicateSubscriptionError(ConfigurationError):
     """A command got a second handler group, or a type two handlers in one group."""
 
 
+class InvalidExtensionNameError(EventBusError, ValueError):
+    """An extension attribute name is not a valid CloudEvents name or is reserved.
+
+    Reserved names are the CloudEvents attributes and the ones the envelope models
+    as fields (``correlationid``, ``partitionkey``...): an extension with such a
+    name would replace or duplicate the real attribute on the wire.
+    """
+
+
+class TopicNotFoundError(EventBusError):
+    """A topic that was only to be read does not exist on the broker (nothing was created)."""
+
+
 def mask_url(url: str) -> str:
     """Return ``url`` with any password replaced by ``***`` so it can be logged."""
     try:

@@ -243,3 +243,11 @@ def test_binary_headers_with_another_prefix_and_no_content_type() -> None:
     pairs = binary_headers(sent, "cloudEvents:")
     assert "content-type" not in dict(pairs) and "cloudEvents:subject" not in dict(pairs)
     assert_same(decode_binary(pairs, sent.data, prefix="cloudEvents:"), sent)
+
+
+def test_foreign_message_with_a_reserved_extension_is_a_decode_error() -> None:
+    """A ``ce_data`` header from another writer would overwrite ``data`` when re-encoded."""
+    headers = {"ce_specversion": "1.0", "ce_id": "1", "ce_source": "s", "ce_type": "t",
+               "ce_data": "forged"}
+    with pytest.raises(DecodeError, match="'data' is reserved"):
+        decode_binary(headers, b"{}", "ce_")

@@ -10,6 +10,7 @@ import pytest
 
 from eventbus import Envelope
 from eventbus.envelope import SPEC_VERSION, format_time, parse_time, validate_extension_name
+from eventbus.errors import InvalidExtensionNameError
 
 
 def test_create_fills_id_time_and_defaults() -> None:
@@ -183,3 +184,43 @@ def test_from_attributes_turns_non_text_attribute_values_into_text() -> None:
         {"id": "i", "source": "s", "type": "t", "subject": 5, "correlationid": 7,
          "dataversion": 3}, b"")
     assert (env.subject, env.correlationid, env.dataversion) == ("5", "7", 3)
+
+
+# -- reserved extension names ------------------------------------------------------------
+
+RESERVED = ("id", "source", "specversion", "type", "datacontenttype", "dataschema", "subject",
+            "time", "data", "dataversion", "correlationid", "causationid", "partitionkey",
+            "traceparent", "tracestate")
+
+
+@pytest.mark.parametrize("name", RESERVED)
+def test_extensions_cannot_shadow_attributes(name: str) -> None:
+    """An extension named like an attribute would replace or duplicate it on the wire."""
+    with pytest.raises(InvalidExtensionNameError, match=f"{name!r} is reserved"):
+        Envelope.create(type="t", source="s", extensions={name: "forged"})
+    with pytest.raises(InvalidExtensionNameError, match="reserved"):
+        validate_extension_name(name)
+    env = Envelope.create(type="t", source="s")
+    with pytest.raises(InvalidExtensionNameError, match="reserved"):
+        env.evolve(extensions={name: "forged"})
+    with pytest.raises(InvalidExtensionNameError, match="reserved"):
+        Envelope(id="i", type="t", source="s", time=env.time, extensions={name: "forged"})
+
+
+def test_bus_refuses_extensions_that_shadow_attributes() -> None:
+    from eventbus import Event, EventBus
+
+    class Shadowed(Event, type="test.envelope.shadowed", topic="shadowed"):
+        n: int
+
+    bus = EventBus(f"memory://{uuid.uuid4().hex}", source="billing")
+    with pytest.raises(InvalidExtensionNameError, match="'source' is reserved"):
+        bus.envelope_for(Shadowed(n=1), extensions={"source": "attacker"})
+    with pytest.raises(ValueError, match="'correlationid' is reserved"):
+        bus.envelope_for(Shadowed(n=1), extensions={"correlationid": "forged"})
+
+
+def test_ordinary_and_dead_letter_extensions_stay_allowed() -> None:
+    env = Envelope.create(type="t", source="s", extensions={"tenant": "a", "dlqreason": "r",
+                                                            "identity": "x", "sourcery": "y"})
+    assert env.extensions["identity"] == "x"
