@@ -88,7 +88,8 @@ class ListedDeadLetter(DeadLetterRecord):
     replayed: bool = False
 
 
-Letters = list[ListedDeadLetter]
+# Inside DeadLetters the method ``list`` shadows the builtin in annotations.
+_Letters = list[ListedDeadLetter]
 _Deliveries = list[Delivery]
 
 
@@ -110,7 +111,7 @@ class DeadLetters:
 
     async def list(
         self, topic: str, group: str, *, limit: int | None = 100, include_replayed: bool = True
-    ) -> Letters:
+    ) -> _Letters:
         """Dead letters of ``topic``/``group``, oldest first, without consuming them.
 
         ``include_replayed=False`` leaves out letters already replayed. Raises
@@ -156,7 +157,7 @@ class DeadLetters:
 
     # -- browsing (brokers that can read without consuming) -----------------------------
 
-    async def _browse(self, topic: str, group: str, limit: int | None) -> Letters:
+    async def _browse(self, topic: str, group: str, limit: int | None) -> _Letters:
         name = dlq_topic(topic, group)
         try:
             records = await self.adapter.read(name, limit=limit)
@@ -212,7 +213,7 @@ class DeadLetters:
 
     async def _list_by_consuming(
         self, topic: str, group: str, limit: int | None
-    ) -> Letters:
+    ) -> _Letters:
         subscription, deliveries = await self._collect(topic, group, limit)
         try:
             return [
