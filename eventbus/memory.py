@@ -22,9 +22,21 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, urlsplit
 
-from eventbus.adapter import Adapter, Capabilities, Delivery, SubscribeOptions, Subscription
+from eventbus.adapter import (
+    Adapter,
+    Capabilities,
+    Delivery,
+    ReadRecord,
+    SubscribeOptions,
+    Subscription,
+)
 from eventbus.envelope import Envelope
-from eventbus.errors import BrokerConnectionError, ConnectionLostError, InvalidURLError
+from eventbus.errors import (
+    BrokerConnectionError,
+    ConnectionLostError,
+    InvalidURLError,
+    TopicNotFoundError,
+)
 
 DEFAULT_MAX_MESSAGE_BYTES = 1024 * 1024
 
@@ -379,3 +391,26 @@ class MemoryAdapter(Adapter):
         self._subscriptions = [s for s in self._subscriptions if not s.closed]
         self._subscriptions.append(subscription)
         return subscription
+
+    async def read(self, topic: str, *, limit: int | None = None) -> list[ReadRecord]:
+        """The retained messages of ``topic``, oldest first, straight from its log.
+
+        No group is created or touched; a topic nobody ever published to or
+        subscribed raises :class:`~eventbus.errors.TopicNotFoundError`.
+        """
+        self.broker.check_reachable(self.url)
+        stored = self.broker.topics.get(topic)  # .topic() would create it
+        if stored is None:
+            raise TopicNotFoundError(
+                f"topic {topic!r} does not exist on memory broker {self.broker.name!r}: "
+                "nothing was ever published to it; check the name"
+            )
+        entries = stored.log if limit is None else stored.log[: max(0, limit)]
+        return [_read_record(topic, entry) for entry in entries]
+
+
+def _read_record(topic: str, entry: _Entry) -> ReadRecord:
+    """What a reader sees of one stored entry."""
+    if entry.envelope is None:
+        return ReadRecord(topic, str(entry.offset), None, entry.raw, "payload is not a CloudEvent")
+    return ReadRecord(topic, str(entry.offset), entry.envelope)

@@ -26,15 +26,24 @@ from aiokafka.errors import (
 )
 from aiokafka.helpers import create_ssl_context
 
-from eventbus.adapter import Adapter, Capabilities, HealthReport, SubscribeOptions, Subscription
+from eventbus.adapter import (
+    Adapter,
+    Capabilities,
+    HealthReport,
+    ReadRecord,
+    SubscribeOptions,
+    Subscription,
+)
 from eventbus.envelope import Envelope
 from eventbus.errors import (
     BatchPublishError,
     BrokerConnectionError,
     MessageTooLargeError,
     PublishError,
+    TopicNotFoundError,
 )
 
+from .browse import read_topic
 from .codec import Headers, encode
 from .consumer import KafkaSubscription, retry_topic
 from .provision import TopicProvisioner
@@ -298,6 +307,22 @@ class KafkaAdapter(Adapter):
         await subscription.start(join_timeout)
         self._subscriptions.add(subscription)
         return subscription
+
+    # -- browsing -----------------------------------------------------------------------
+
+    async def read(self, topic: str, *, limit: int | None = None) -> list[ReadRecord]:
+        """Read ``topic`` from the earliest retained record to its end as of now.
+
+        No consumer group, no commit, no topic creation: a missing topic raises
+        :class:`~eventbus.errors.TopicNotFoundError`.
+        """
+        partitions = await self._provisioner.partitions(topic)
+        if partitions is None:
+            raise TopicNotFoundError(
+                f"topic {topic!r} does not exist on Kafka at {self.settings.masked_url}: "
+                "check the name (reading creates no topic)"
+            )
+        return await read_topic(self, topic, partitions, limit)
 
     def forget(self, subscription: KafkaSubscription) -> None:
         """Called by a subscription when it closes."""
