@@ -25,49 +25,13 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from eventbus.adapter import Adapter, Delivery, ReadRecord, SubscribeOptions, Subscription
+from eventbus.deadletter import DeadLetterRecord, dlq_topic
 from eventbus.envelope import Envelope
 from eventbus.errors import TopicNotFoundError, UnsupportedOperationError
-from eventbus.middleware.deadletter import DLQ_EXTENSIONS, UNDECODABLE_TYPE, dlq_topic
 
 REPLAY_GROUP = "eventbus-dlq-replay"
 REPLAYED_TYPE = "eventbus.dlq.replayed"
 """Type of the marker ``replay`` publishes for each letter it republished."""
-
-
-@dataclass(frozen=True, slots=True)
-class DeadLetterRecord:
-    """One dead letter and why it is there."""
-
-    envelope: Envelope
-    reason: str
-    exception: str
-    message: str
-    attempts: int
-    topic: str
-    group: str
-    failed_at: str
-    traceback: str
-
-    @classmethod
-    def from_envelope(cls, envelope: Envelope) -> DeadLetterRecord:
-        ext = envelope.extensions
-        return cls(
-            envelope=envelope,
-            reason=ext.get("dlqreason", ""),
-            exception=ext.get("dlqexception", ""),
-            message=ext.get("dlqmessage", ""),
-            attempts=int(ext.get("dlqattempts", "0") or 0),
-            topic=ext.get("dlqtopic", ""),
-            group=ext.get("dlqgroup", ""),
-            failed_at=ext.get("dlqfailedat", ""),
-            traceback=ext.get("dlqtraceback", ""),
-        )
-
-    @property
-    def original(self) -> Envelope:
-        """The envelope as first published, without the dead-letter attributes."""
-        ext = {k: v for k, v in self.envelope.extensions.items() if k not in DLQ_EXTENSIONS}
-        return self.envelope.evolve(extensions=ext)
 
 
 def replayed_topic(topic: str, group: str) -> str:
@@ -143,8 +107,8 @@ class DeadLetters:
         for letter in letters:
             if limit is not None and replayed >= limit:
                 break
-            if letter.replayed or letter.envelope.type == UNDECODABLE_TYPE:
-                continue
+            if letter.replayed or not letter.replayable:
+                continue  # raw bytes or a reference whose data did not fit: not an event
             destination = to_topic or letter.topic or topic
             await self.adapter.publish(destination, [letter.original])
             # After the republish: a crash in between replays the letter again, which
@@ -235,11 +199,12 @@ class DeadLetters:
         try:
             for delivery in deliveries:
                 envelope = delivery.envelope
-                if envelope is None or envelope.type == UNDECODABLE_TYPE:
-                    # Bytes that never were an event cannot be replayed as one; keep them.
+                record = None if envelope is None else DeadLetterRecord.from_envelope(envelope)
+                if record is None or not record.replayable:
+                    # Bytes that never were an event, or a reference whose data did not
+                    # fit the DLQ, cannot be replayed as the event; keep them.
                     await delivery.nack(0)
                     continue
-                record = DeadLetterRecord.from_envelope(envelope)
                 await self.adapter.publish(to_topic or record.topic or topic, [record.original])
                 await delivery.ack()
                 replayed += 1

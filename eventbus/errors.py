@@ -69,6 +69,24 @@ class DecodeError(EventBusError):
     """Bytes from the broker are not a CloudEvent eventbus can read."""
 
 
+class InfrastructureError(EventBusError):
+    """Something the bus relies on failed, not the handler: the message is redelivered.
+
+    The dead-letter step never dead-letters these: a message whose handler did
+    not fail goes back to the broker (``nack`` with backoff) and is tried again
+    once the store or broker answers. Handlers should raise their own errors,
+    which count against the retry budget, rather than these.
+    """
+
+
+class IdempotencyStoreError(InfrastructureError):
+    """The idempotency store could not claim an event id; the handler did not run."""
+
+
+class DeadLetterPublishError(InfrastructureError):
+    """A failed message could not be published to its dead-letter topic; it is redelivered."""
+
+
 class PoisonMessageError(EventBusError):
     """A message can never be handled (undecodable, unknown type or version, invalid data).
 

@@ -347,3 +347,29 @@ def test_adapters_that_cannot_browse_say_so() -> None:
 
     with pytest.raises(UnsupportedOperationError, match="cannot browse topic 'orders'"):
         asyncio.run(Minimal("x://").read("orders"))
+
+
+def test_a_reference_only_letter_is_listed_but_never_replayed_as_the_event() -> None:
+    """A dead letter shrunk to a reference (its data dropped to fit the broker) says so,
+    and replay leaves it alone instead of publishing an empty event."""
+
+    async def scenario() -> None:
+        adapter = MemoryAdapter(f"memory://{uuid.uuid4().hex}")
+        await adapter.connect()
+        topic = f"orders-{uuid.uuid4().hex[:8]}"
+        full = letter(topic, "billing")
+        shrunk = full.evolve(
+            data=b"", datacontenttype=None,
+            extensions={**full.extensions, "dlqdropped": "traceback,message,data"},
+        )
+        await adapter.publish(dlq_topic(topic, "billing"), [shrunk, letter(topic, "billing")])
+        dead = DeadLetters(adapter)
+        records = await wait_for_letters(dead, topic, "billing", 2)
+        assert [r.replayable for r in records] == [False, True]
+        assert records[0].dropped == ("traceback", "message", "data")
+        assert await dead.replay(topic, "billing") == 1
+        after = await dead.list(topic, "billing")
+        assert [r.replayed for r in after] == [False, True]
+        await adapter.close()
+
+    asyncio.run(scenario())

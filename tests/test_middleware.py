@@ -3,35 +3,38 @@
 from __future__ import annotations
 
 import asyncio
-import threading
+import logging
 import uuid
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 
 import pytest
 
 from eventbus import EventBus, MemoryAdapter, PoisonMessageError, SchemaError
 from eventbus.adapter import Delivery, SubscribeOptions
 from eventbus.context import Context, current_envelope
-from eventbus.envelope import Envelope, parse_time, utcnow
-from eventbus.errors import HandlerTimeoutError
+from eventbus.envelope import Envelope
+from eventbus.errors import (
+    BrokerConnectionError,
+    DeadLetterPublishError,
+    HandlerTimeoutError,
+    IdempotencyStoreError,
+    InfrastructureError,
+)
 from eventbus.middleware import (
     NO_RETRY,
     Claim,
+    ClaimResult,
     DeadLetter,
     Idempotency,
     MemoryIdempotencyStore,
     RedeliveryRequested,
     Retry,
     RetryPolicy,
-    SQLiteIdempotencyStore,
     Timeout,
     compose,
     correlation,
-    dead_letter_envelope,
-    dlq_topic,
 )
-from eventbus.middleware.deadletter import DLQ_EXTENSIONS, UNDECODABLE_TYPE, dead_letter_undecodable
+from eventbus.middleware.deadletter import UNDECODABLE_TYPE, dead_letter_undecodable
 
 WAIT = 5.0
 
@@ -185,125 +188,6 @@ def test_retry_passes_redelivery_requests_through() -> None:
 # -- Idempotency -------------------------------------------------------------------------
 
 
-def test_memory_store_claim_complete_release() -> None:
-    async def scenario() -> None:
-        store = MemoryIdempotencyStore()
-        assert await store.claim("a", lease=60) is Claim.CLAIMED
-        assert await store.claim("a", lease=60) is Claim.IN_PROGRESS
-        await store.release("a")
-        assert await store.claim("a", lease=60) is Claim.CLAIMED
-        await store.complete("a", ttl=60)
-        assert await store.claim("a", lease=60) is Claim.DONE
-        assert await store.claim("b", lease=0) is Claim.CLAIMED
-        assert await store.claim("b", lease=60) is Claim.CLAIMED  # expired lease is free
-        await store.complete("c", ttl=0)
-        assert await store.claim("c", lease=60) is Claim.CLAIMED  # forgotten after ttl
-
-    asyncio.run(scenario())
-
-
-def test_memory_store_forgets_the_oldest_ids_past_max_entries() -> None:
-    async def scenario() -> None:
-        store = MemoryIdempotencyStore(max_entries=3)
-        for key in ("a", "b", "c"):
-            assert await store.claim(key, lease=60) is Claim.CLAIMED
-            await store.complete(key, ttl=60)
-        assert await store.claim("d", lease=60) is Claim.CLAIMED  # "a" is forgotten
-        assert await store.claim("a", lease=60) is Claim.CLAIMED
-        assert await store.claim("c", lease=60) is Claim.DONE
-
-    asyncio.run(scenario())
-
-
-def test_sqlite_store_claim_complete_release(tmp_path: Path) -> None:
-    async def scenario() -> None:
-        store = SQLiteIdempotencyStore(str(tmp_path / "idem.db"))
-        try:
-            assert await store.claim("a", lease=60) is Claim.CLAIMED
-            assert await store.claim("a", lease=60) is Claim.IN_PROGRESS
-            await store.release("a")
-            assert await store.claim("a", lease=60) is Claim.CLAIMED
-            await store.complete("a", ttl=60)
-            assert await store.claim("a", lease=60) is Claim.DONE
-            await store.release("a")  # a done id is never released
-            assert await store.claim("a", lease=60) is Claim.DONE
-            assert await store.claim("b", lease=-1) is Claim.CLAIMED
-            assert await store.claim("b", lease=60) is Claim.CLAIMED  # expired lease
-        finally:
-            await store.close()
-            await store.close()  # closing twice is harmless
-
-    asyncio.run(scenario())
-
-
-def test_sqlite_store_is_shared_through_the_file(tmp_path: Path) -> None:
-    path = str(tmp_path / "shared.db")
-
-    async def scenario() -> None:
-        first, second = SQLiteIdempotencyStore(path), SQLiteIdempotencyStore(path)
-        try:
-            assert await first.claim("x", lease=60) is Claim.CLAIMED
-            assert await second.claim("x", lease=60) is Claim.IN_PROGRESS
-            await first.complete("x", ttl=60)
-            assert await second.claim("x", lease=60) is Claim.DONE
-        finally:
-            await first.close()
-            await second.close()
-
-    asyncio.run(scenario())
-
-
-def test_sqlite_concurrent_claims_from_two_stores_claim_each_id_once(tmp_path: Path) -> None:
-    path = str(tmp_path / "race.db")
-    keys = [f"group:{uuid.uuid4()}" for _ in range(60)]
-
-    async def scenario() -> list[tuple[str, Claim]]:
-        stores = [SQLiteIdempotencyStore(path), SQLiteIdempotencyStore(path)]
-        try:
-            await asyncio.gather(*(s.claim("warmup", 60) for s in stores))
-            results = await asyncio.gather(
-                *(store.claim(key, 60) for key in keys for store in stores)
-            )
-            return list(zip([k for k in keys for _ in stores], results, strict=True))
-        finally:
-            for store in stores:
-                await store.close()
-
-    outcomes = asyncio.run(scenario())
-    for key in keys:
-        claims = [claim for k, claim in outcomes if k == key]
-        assert sorted(c.value for c in claims) == ["claimed", "in_progress"], key
-
-
-def test_sqlite_concurrent_claims_from_two_event_loops_claim_each_id_once(
-    tmp_path: Path,
-) -> None:
-    """Two stores in two threads with their own loops, like two processes on one host."""
-    path = str(tmp_path / "threads.db")
-    keys = [f"g:{i}" for i in range(80)]
-    results: dict[int, list[Claim]] = {}
-    start = threading.Barrier(2)
-
-    async def worker(index: int) -> None:
-        store = SQLiteIdempotencyStore(path)
-        try:
-            await store.claim(f"warmup-{index}", 60)
-            start.wait(timeout=WAIT)
-            results[index] = [await store.claim(key, 60) for key in keys]
-        finally:
-            await store.close()
-
-    threads = [threading.Thread(target=asyncio.run, args=(worker(i),)) for i in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=30)
-    assert set(results) == {0, 1}
-    for position, key in enumerate(keys):
-        pair = sorted(results[i][position].value for i in range(2))
-        assert pair == ["claimed", "in_progress"], key
-
-
 def test_idempotency_runs_once_and_skips_done_duplicates() -> None:
     async def scenario() -> None:
         store = MemoryIdempotencyStore()
@@ -363,6 +247,74 @@ def test_idempotency_releases_the_claim_when_the_handler_fails() -> None:
     asyncio.run(scenario())
 
 
+def test_idempotency_turns_a_claim_failure_into_an_infrastructure_error() -> None:
+    class Down(MemoryIdempotencyStore):
+        async def claim(self, key: str, lease: float) -> ClaimResult:
+            raise ConnectionError("refused")
+
+    handler = Flaky(failures=0)
+    ctx = make_ctx()
+    with pytest.raises(IdempotencyStoreError) as info:
+        asyncio.run(Idempotency(Down())(ctx, handler))
+    assert handler.attempts == []
+    assert isinstance(info.value, InfrastructureError)
+    assert ctx.envelope.id in str(info.value) and "'orders'" in str(info.value)
+
+
+def test_idempotency_refuses_a_claim_without_an_owner_token() -> None:
+    class Ownerless(MemoryIdempotencyStore):
+        async def claim(self, key: str, lease: float) -> ClaimResult:
+            return ClaimResult(Claim.CLAIMED)
+
+    handler = Flaky(failures=0)
+    with pytest.raises(IdempotencyStoreError, match="without an owner token"):
+        asyncio.run(Idempotency(Ownerless())(make_ctx(), handler))
+    assert handler.attempts == []
+
+def test_idempotency_keeps_the_handler_error_when_the_release_fails(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    class NoRelease(MemoryIdempotencyStore):
+        async def release(self, key: str, owner: str) -> bool:
+            raise ConnectionError("refused")
+
+    with caplog.at_level(logging.ERROR), pytest.raises(RuntimeError, match="failure 1"):
+        asyncio.run(Idempotency(NoRelease())(make_ctx(), Flaky(failures=1)))
+    assert any("could not release" in r.getMessage() for r in caplog.records)
+
+
+def test_idempotency_warns_when_a_handler_outlived_its_lease(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def scenario() -> None:
+        middleware = Idempotency(MemoryIdempotencyStore(), lease=-1)  # expires at once
+        started, finish = asyncio.Event(), asyncio.Event()
+        runs: list[str] = []
+
+        async def slow(ctx: Context) -> None:
+            runs.append("slow")
+            started.set()
+            await finish.wait()
+
+        async def fast(ctx: Context) -> None:
+            runs.append("fast")
+
+        first = make_ctx()
+        task = asyncio.create_task(middleware(first, slow))
+        await asyncio.wait_for(started.wait(), WAIT)
+        await middleware(make_ctx(envelope=first.envelope), fast)
+        finish.set()
+        await asyncio.wait_for(task, WAIT)
+        assert runs == ["slow", "fast"]
+        # Done now, whichever run finished first.
+        await middleware(make_ctx(envelope=first.envelope), fast)
+        assert runs == ["slow", "fast"]
+
+    with caplog.at_level(logging.WARNING):
+        asyncio.run(scenario())
+    assert sum("outlived its" in r.getMessage() for r in caplog.records) == 1
+
+
 # -- Timeout -----------------------------------------------------------------------------
 
 
@@ -389,6 +341,15 @@ def test_timeout_lets_a_fast_handler_finish() -> None:
     handler = Flaky(failures=0)
     asyncio.run(Timeout(5)(make_ctx(), handler))
     assert handler.attempts == [1]
+
+
+def test_timeout_lets_the_handlers_own_timeout_error_through() -> None:
+    async def own(ctx: Context) -> None:
+        raise TimeoutError("the payment API did not answer")
+
+    with pytest.raises(TimeoutError, match="payment API") as info:
+        asyncio.run(Timeout(5)(make_ctx(), own))
+    assert not isinstance(info.value, HandlerTimeoutError)
 
 
 def test_timeout_error_is_retried_by_default() -> None:
@@ -464,59 +425,6 @@ def test_redelivery_requested_has_a_default_reason() -> None:
 # -- dead letters ------------------------------------------------------------------------
 
 
-def test_dlq_topic_name() -> None:
-    assert dlq_topic("orders", "billing") == "orders.billing.dlq"
-
-
-def _raise_and_catch() -> ValueError:
-    try:
-        raise ValueError("card declined for order A-1")
-    except ValueError as exc:
-        return exc
-
-
-def test_dead_letter_envelope_keeps_the_event_and_says_why() -> None:
-    original = Envelope.create(type="OrderPlaced", source="orders", data=b'{"id":1}',
-                               correlationid="corr-1", partitionkey="k",
-                               extensions={"tenant": "acme"})
-    exc = _raise_and_catch()
-    before = utcnow()
-    dead = dead_letter_envelope(original, reason="ValueError: card declined", topic="orders",
-                                group="billing", attempts=3, exc=exc)
-    for name in ("id", "type", "source", "time", "data", "correlationid", "partitionkey",
-                 "dataversion"):
-        assert getattr(dead, name) == getattr(original, name), name
-    ext = dead.extensions
-    assert ext["tenant"] == "acme"
-    assert ext["dlqreason"] == "ValueError: card declined"
-    assert ext["dlqattempts"] == "3"
-    assert ext["dlqtopic"] == "orders" and ext["dlqgroup"] == "billing"
-    assert ext["dlqexception"] == "builtins.ValueError"
-    assert ext["dlqmessage"] == "card declined for order A-1"
-    assert "Traceback" in ext["dlqtraceback"] and "_raise_and_catch" in ext["dlqtraceback"]
-    assert before <= parse_time(ext["dlqfailedat"]) <= utcnow()
-    assert set(ext) <= {"tenant", *DLQ_EXTENSIONS}
-
-
-def test_dead_letter_envelope_without_exception_and_when_dead_lettered_again() -> None:
-    first = dead_letter_envelope(
-        Envelope.create(type="t", source="s"), reason="r1", topic="a", group="g",
-        attempts=1, exc=_raise_and_catch(),
-    )
-    again = dead_letter_envelope(first, reason="r2", topic="b", group="h", attempts=2)
-    assert again.extensions["dlqreason"] == "r2" and again.extensions["dlqtopic"] == "b"
-    assert "dlqexception" not in again.extensions and "dlqtraceback" not in again.extensions
-    assert again.id == first.id
-
-
-def test_dead_letter_envelope_truncates_long_text() -> None:
-    huge = RuntimeError("x" * 5000)
-    dead = dead_letter_envelope(Envelope.create(type="t", source="s"), reason="r",
-                                topic="a", group="g", attempts=1, exc=huge)
-    assert len(dead.extensions["dlqmessage"]) == 1000
-    assert len(dead.extensions["dlqtraceback"]) <= 4000
-
-
 async def _read_one(adapter: MemoryAdapter, topic: str) -> Envelope:
     subscription = await adapter.subscribe(
         topic, SubscribeOptions(group="reader", start_from="earliest"))
@@ -567,6 +475,37 @@ def test_dead_letter_middleware_lets_redelivery_and_success_through() -> None:
         await DeadLetter(adapter)(make_ctx(adapter=url), handler)
         assert handler.attempts == [1]
         assert "orders.billing.dlq" not in adapter.broker.topics
+
+    asyncio.run(scenario())
+
+
+def test_dead_letter_middleware_passes_infrastructure_errors_through() -> None:
+    async def scenario() -> None:
+        url = f"memory://{uuid.uuid4()}"
+        adapter = MemoryAdapter(url)
+
+        async def store_down(ctx: Context) -> None:
+            raise IdempotencyStoreError("store down")
+
+        with pytest.raises(IdempotencyStoreError):
+            await DeadLetter(adapter)(make_ctx(adapter=url), store_down)
+        assert "orders.billing.dlq" not in adapter.broker.topics
+
+    asyncio.run(scenario())
+
+
+def test_dead_letter_middleware_raises_an_infrastructure_error_when_the_dlq_is_down() -> None:
+    async def scenario() -> None:
+        url = f"memory://{uuid.uuid4()}"
+        adapter = MemoryAdapter(url)
+
+        async def fails(ctx: Context) -> None:
+            raise KeyError("missing")
+
+        await adapter.faults.refuse_connections(60)  # a broker of this test's own
+        with pytest.raises(DeadLetterPublishError) as info:
+            await DeadLetter(adapter)(make_ctx(adapter=url), fails)
+        assert isinstance(info.value.__cause__, BrokerConnectionError)
 
     asyncio.run(scenario())
 

@@ -5,9 +5,11 @@ from eventbus.middleware.correlation import correlation
 from eventbus.middleware.deadletter import DeadLetter, dead_letter_envelope, dlq_topic
 from eventbus.middleware.idempotency import (
     Claim,
+    ClaimResult,
     Idempotency,
     IdempotencyStore,
     MemoryIdempotencyStore,
+    idempotency_key,
 )
 from eventbus.middleware.retry import NO_RETRY, Retry, RetryPolicy
 from eventbus.middleware.sqlite_store import SQLiteIdempotencyStore
@@ -16,6 +18,7 @@ from eventbus.middleware.timeout import Timeout
 __all__ = [
     "NO_RETRY",
     "Claim",
+    "ClaimResult",
     "DeadLetter",
     "Idempotency",
     "IdempotencyStore",
@@ -31,4 +34,5 @@ __all__ = [
     "correlation",
     "dead_letter_envelope",
     "dlq_topic",
+    "idempotency_key",
 ]

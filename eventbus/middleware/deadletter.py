@@ -1,71 +1,48 @@
-"""Dead letters: a message that failed for good is kept, with why, on a DLQ topic.
+"""The dead-letter step: a message whose handling failed for good goes to the DLQ.
 
-The DLQ topic is ``<topic>.<group>.dlq`` on the same broker. The dead letter is
-the original envelope (same id, type, data, correlation) plus extension
-attributes saying what happened; :mod:`eventbus.dlq` lists and replays them.
+Only failures of the message are dead-lettered: what the handler raised (retries
+spent), a poison message, a handler timeout. Failures of the infrastructure
+(:class:`~eventbus.errors.InfrastructureError`: the idempotency store is down, the
+DLQ publish failed) and redelivery requests pass through, so the runner nacks
+the message and it is tried again later. What a dead letter is and where it goes
+lives in :mod:`eventbus.deadletter`.
 """
 
 from __future__ import annotations
 
-import traceback
 from dataclasses import dataclass
 
-from eventbus.adapter import Adapter, Delivery
+from eventbus.adapter import Adapter
 from eventbus.context import Context
-from eventbus.envelope import Envelope, format_time, utcnow
+from eventbus.deadletter import (
+    DLQ_EXTENSIONS,
+    UNDECODABLE_TYPE,
+    dead_letter,
+    dead_letter_envelope,
+    dead_letter_undecodable,
+    dlq_topic,
+)
+from eventbus.errors import InfrastructureError
 from eventbus.middleware.base import Next, RedeliveryRequested
 
-UNDECODABLE_TYPE = "eventbus.undecodable"
-DLQ_EXTENSIONS = (
-    "dlqreason",
-    "dlqexception",
-    "dlqmessage",
-    "dlqtraceback",
-    "dlqattempts",
-    "dlqtopic",
-    "dlqgroup",
-    "dlqfailedat",
-)
-_MAX_TRACEBACK = 4000
-
-
-def dlq_topic(topic: str, group: str) -> str:
-    """The dead-letter topic of ``topic`` for ``group``."""
-    return f"{topic}.{group}.dlq"
-
-
-def dead_letter_envelope(
-    envelope: Envelope,
-    *,
-    reason: str,
-    topic: str,
-    group: str,
-    attempts: int,
-    exc: BaseException | None = None,
-) -> Envelope:
-    """``envelope`` annotated with why and where it failed."""
-    extensions = {k: v for k, v in envelope.extensions.items() if k not in DLQ_EXTENSIONS}
-    extensions.update(
-        dlqreason=reason,
-        dlqattempts=str(attempts),
-        dlqtopic=topic,
-        dlqgroup=group,
-        dlqfailedat=format_time(utcnow()),
-    )
-    if exc is not None:
-        extensions["dlqexception"] = f"{type(exc).__module__}.{type(exc).__qualname__}"
-        extensions["dlqmessage"] = str(exc)[:1000]
-        text = "".join(traceback.format_exception(exc))
-        extensions["dlqtraceback"] = text[-_MAX_TRACEBACK:]
-    return envelope.evolve(extensions=extensions)
+__all__ = [
+    "DLQ_EXTENSIONS",
+    "UNDECODABLE_TYPE",
+    "DeadLetter",
+    "dead_letter_envelope",
+    "dead_letter_undecodable",
+    "dlq_topic",
+]
 
 
 @dataclass(frozen=True, slots=True)
 class DeadLetter:
     """Middleware: on a final failure, publish the dead letter and let the message be acked.
 
-    If publishing the dead letter fails too, the error propagates and the
-    dispatcher nacks the message, so nothing is lost.
+    Infrastructure errors and redelivery requests are re-raised for the runner to
+    nack. If publishing the dead letter fails, a
+    :class:`~eventbus.errors.DeadLetterPublishError` is raised and the message is
+    redelivered, so nothing is lost.
     """
 
     adapter: Adapter
@@ -73,39 +50,22 @@ class DeadLetter:
     async def __call__(self, ctx: Context, call_next: Next) -> None:
         try:
             await call_next(ctx)
-        except RedeliveryRequested:
+        except (RedeliveryRequested, InfrastructureError):
             raise
         except Exception as exc:
             attempts = int(ctx.items.get("attempts", ctx.attempt))
-            dead = dead_letter_envelope(
+            target = dlq_topic(ctx.topic, ctx.group)
+            await dead_letter(
+                self.adapter,
                 ctx.envelope,
-                reason=f"{type(exc).__name__}: {exc}"[:500],
+                reason=f"{type(exc).__name__}: {exc}",
                 topic=ctx.topic,
                 group=ctx.group,
                 attempts=attempts,
                 exc=exc,
+                logger=ctx.logger,
             )
-            await self.adapter.publish(dlq_topic(ctx.topic, ctx.group), [dead])
             ctx.logger.error(
                 "dead-lettered after %d attempt(s) to %s: %s: %s",
-                attempts, dlq_topic(ctx.topic, ctx.group), type(exc).__name__, exc,
+                attempts, target, type(exc).__name__, exc,
             )
-
-
-async def dead_letter_undecodable(adapter: Adapter, delivery: Delivery) -> Envelope:
-    """Keep bytes that are not a CloudEvent on the DLQ, wrapped in an envelope that says so."""
-    wrapper = Envelope.create(
-        type=UNDECODABLE_TYPE,
-        source="eventbus",
-        data=delivery.raw or b"",
-        datacontenttype="application/octet-stream",
-    )
-    dead = dead_letter_envelope(
-        wrapper,
-        reason=f"undecodable: {delivery.decode_error}"[:500],
-        topic=delivery.topic,
-        group=delivery.group,
-        attempts=delivery.attempt,
-    )
-    await adapter.publish(dlq_topic(delivery.topic, delivery.group), [dead])
-    return dead

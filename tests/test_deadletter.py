@@ -1,0 +1,356 @@
+"""Dead letters: the envelope, shrinking it to the broker's size limit, publishing it,
+reading it back; and a failing message whose dead letter is too big, end to end."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+
+import pytest
+
+from eventbus import Envelope, Event, EventBus, MemoryAdapter, RetryPolicy
+from eventbus.adapter import SubscribeOptions
+from eventbus.deadletter import (
+    DLQ_EXTENSIONS,
+    UNDECODABLE_TYPE,
+    DeadLetterRecord,
+    dead_letter,
+    dead_letter_envelope,
+    dlq_topic,
+    publish_dead_letter,
+)
+from eventbus.envelope import parse_time, utcnow
+from eventbus.errors import (
+    BatchPublishError,
+    BrokerConnectionError,
+    DeadLetterPublishError,
+    InfrastructureError,
+    MessageTooLargeError,
+    PublishError,
+)
+
+WAIT = 5.0
+
+
+def run(scenario: Callable[[], Awaitable[None]]) -> None:
+    asyncio.run(asyncio.wait_for(scenario(), 20))
+
+
+def memory_url(limit: int | None = None) -> str:
+    query = "" if limit is None else f"?max_message_bytes={limit}"
+    return f"memory://{uuid.uuid4()}{query}"
+
+
+async def read_dlq(url: str, topic: str, group: str, count: int = 1) -> list[Envelope]:
+    subscription = await MemoryAdapter(url).subscribe(
+        dlq_topic(topic, group), SubscribeOptions(group=f"reader-{uuid.uuid4()}",
+                                                  start_from="earliest"))
+    found: list[Envelope] = []
+
+    async def collect() -> None:
+        async for delivery in subscription:
+            assert delivery.envelope is not None
+            found.append(delivery.envelope)
+            await delivery.ack()
+            if len(found) == count:
+                return
+
+    try:
+        await asyncio.wait_for(collect(), WAIT)
+    finally:
+        await subscription.close()
+    return found
+
+
+def test_dlq_topic_name() -> None:
+    assert dlq_topic("orders", "billing") == "orders.billing.dlq"
+
+
+def _raise_and_catch() -> ValueError:
+    try:
+        raise ValueError("card declined for order A-1")
+    except ValueError as exc:
+        return exc
+
+
+def test_dead_letter_envelope_keeps_the_event_and_says_why() -> None:
+    original = Envelope.create(type="OrderPlaced", source="orders", data=b'{"id":1}',
+                               correlationid="corr-1", partitionkey="k",
+                               extensions={"tenant": "acme"})
+    exc = _raise_and_catch()
+    before = utcnow()
+    dead = dead_letter_envelope(original, reason="ValueError: card declined", topic="orders",
+                                group="billing", attempts=3, exc=exc)
+    for name in ("id", "type", "source", "time", "data", "correlationid", "partitionkey",
+                 "dataversion"):
+        assert getattr(dead, name) == getattr(original, name), name
+    ext = dead.extensions
+    assert ext["tenant"] == "acme"
+    assert ext["dlqreason"] == "ValueError: card declined"
+    assert ext["dlqattempts"] == "3"
+    assert ext["dlqtopic"] == "orders" and ext["dlqgroup"] == "billing"
+    assert ext["dlqexception"] == "builtins.ValueError"
+    assert ext["dlqmessage"] == "card declined for order A-1"
+    assert "Traceback" in ext["dlqtraceback"] and "_raise_and_catch" in ext["dlqtraceback"]
+    assert before <= parse_time(ext["dlqfailedat"]) <= utcnow()
+    assert set(ext) <= {"tenant", *DLQ_EXTENSIONS}
+
+
+def test_dead_letter_envelope_without_exception_and_when_dead_lettered_again() -> None:
+    first = dead_letter_envelope(
+        Envelope.create(type="t", source="s"), reason="r1", topic="a", group="g",
+        attempts=1, exc=_raise_and_catch(),
+    )
+    again = dead_letter_envelope(first, reason="r2", topic="b", group="h", attempts=2)
+    assert again.extensions["dlqreason"] == "r2" and again.extensions["dlqtopic"] == "b"
+    assert "dlqexception" not in again.extensions and "dlqtraceback" not in again.extensions
+    assert again.id == first.id
+
+
+def test_dead_letter_envelope_truncates_long_text() -> None:
+    huge = RuntimeError("x" * 5000)
+    dead = dead_letter_envelope(Envelope.create(type="t", source="s"), reason="r",
+                                topic="a", group="g", attempts=1, exc=huge)
+    assert len(dead.extensions["dlqmessage"]) == 1000
+    assert len(dead.extensions["dlqtraceback"]) <= 4000
+
+
+
+def _deep_failure(depth: int = 40) -> BaseException:
+    """An exception with a long traceback, as a failure deep in a library has."""
+    cause: BaseException | None = None
+    for step in range(depth):
+        try:
+            raise RuntimeError(f"layer {step} gave up") from cause
+        except RuntimeError as exc:
+            cause = exc
+    try:
+        raise RuntimeError("downstream said no") from cause
+    except RuntimeError as exc:
+        return exc
+
+
+def _dead(data: bytes = b'{"id": 1}', **ext: str) -> Envelope:
+    original = Envelope.create(type="t.order", source="orders", data=data,
+                               correlationid="corr", extensions=ext)
+    return dead_letter_envelope(original, reason="RuntimeError: downstream said no",
+                                topic="orders", group="billing", attempts=3,
+                                exc=_deep_failure())
+
+
+async def _publish_with_limit(dead: Envelope, limit: int) -> tuple[Envelope, Envelope]:
+    url = memory_url(limit)
+    sent = await publish_dead_letter(MemoryAdapter(url), dead, topic="orders", group="billing")
+    (stored,) = await read_dlq(url, "orders", "billing")
+    return sent, stored
+
+
+def test_a_dead_letter_that_fits_is_published_whole() -> None:
+    async def scenario() -> None:
+        dead = _dead()
+        sent, stored = await _publish_with_limit(dead, 1024 * 1024)
+        assert sent == dead == stored
+
+    run(scenario)
+
+
+def test_a_dead_letter_over_the_limit_first_loses_the_head_of_its_traceback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def scenario() -> None:
+        dead = _dead()
+        tb = dead.extensions["dlqtraceback"]
+        bare = dead.evolve(extensions={k: v for k, v in dead.extensions.items()
+                                       if k != "dlqtraceback"})
+        sent, stored = await _publish_with_limit(dead, bare.size + 1500)
+        kept = stored.extensions["dlqtraceback"]
+        assert stored == sent
+        assert "truncated" in kept and len(kept) < len(tb)
+        assert tb.endswith(kept.split("\n", 1)[1])  # the tail, where the error is
+        assert "RuntimeError: downstream said no" in kept
+        assert stored.data == dead.data and stored.extensions["dlqmessage"]
+        assert "dlqdropped" not in stored.extensions
+
+    with caplog.at_level(logging.WARNING):
+        run(scenario)
+    assert any("traceback truncated" in r.getMessage() for r in caplog.records)
+
+
+def test_then_drops_the_traceback() -> None:
+    async def scenario() -> None:
+        dead = _dead()
+        bare = dead.evolve(extensions={k: v for k, v in dead.extensions.items()
+                                       if k != "dlqtraceback"})
+        _, stored = await _publish_with_limit(dead, bare.size + 100)
+        assert "dlqtraceback" not in stored.extensions
+        assert stored.extensions["dlqdropped"] == "traceback"
+        assert stored.data == dead.data
+        assert stored.extensions["dlqmessage"] == "downstream said no"
+
+    run(scenario)
+
+
+def test_then_keeps_only_the_reason_and_a_reference_to_the_event() -> None:
+    async def scenario() -> None:
+        dead = _dead(data=b"x" * 3000, tenant="acme")
+        _, stored = await _publish_with_limit(dead, 3000)
+        for name in ("id", "type", "source", "time", "correlationid"):
+            assert getattr(stored, name) == getattr(dead, name), name
+        assert stored.data == b"" and stored.datacontenttype is None
+        ext = stored.extensions
+        assert ext["dlqreason"] == "RuntimeError: downstream said no"
+        assert (ext["dlqtopic"], ext["dlqgroup"], ext["dlqattempts"]) == ("orders", "billing", "3")
+        assert ext["dlqdropped"] == "traceback,message,data,extensions"
+        assert "tenant" not in ext and "dlqmessage" not in ext
+        record = DeadLetterRecord.from_envelope(stored)
+        assert record.dropped == ("traceback", "message", "data", "extensions")
+        assert not record.replayable
+
+    run(scenario)
+
+
+def test_a_dead_letter_that_cannot_fit_at_all_is_an_infrastructure_error() -> None:
+    async def scenario() -> None:
+        adapter = MemoryAdapter(memory_url(200))
+        with pytest.raises(DeadLetterPublishError, match="does not fit the 200-byte limit"):
+            await publish_dead_letter(adapter, _dead(), topic="orders", group="billing")
+
+    run(scenario)
+
+
+class BrokenDLQ(MemoryAdapter):
+    """Publishes fine, except to dead-letter topics: the broker went away meanwhile."""
+
+    async def publish(self, topic: str, envelopes: Sequence[Envelope]) -> None:
+        if topic.endswith(".dlq"):
+            raise BrokerConnectionError("memory broker unreachable")
+        await super().publish(topic, envelopes)
+
+
+def test_a_failed_dlq_publish_is_an_infrastructure_error_naming_the_event() -> None:
+    async def scenario() -> None:
+        dead = _dead()
+        with pytest.raises(DeadLetterPublishError) as info:
+            await dead_letter(BrokenDLQ(memory_url()), dead, reason="r", topic="orders",
+                              group="billing", attempts=1)
+        assert isinstance(info.value, InfrastructureError)
+        assert isinstance(info.value.__cause__, BrokerConnectionError)
+        assert dead.id in str(info.value) and "orders.billing.dlq" in str(info.value)
+
+    run(scenario)
+
+
+
+
+class RefusesTracebacks(MemoryAdapter):
+    """Passes the envelope size check, but its encoding of anything with a traceback is
+    too big: refused by the adapter's own check (``batch=False``) or by the broker, as
+    Kafka does when the topic's max.message.bytes is below the client's limit."""
+
+    batch = False
+
+    async def publish(self, topic: str, envelopes: Sequence[Envelope]) -> None:
+        if any("dlqtraceback" in e.extensions for e in envelopes):
+            if self.batch:
+                raise BatchPublishError("refused", {0: MessageTooLargeError("too big")}, 1)
+            raise MessageTooLargeError("too big once encoded")
+        await super().publish(topic, envelopes)
+
+
+@pytest.mark.parametrize("by_broker", [False, True])
+def test_a_size_refusal_after_encoding_also_shrinks_the_dead_letter(by_broker: bool) -> None:
+    async def scenario() -> None:
+        url = memory_url()
+        adapter = RefusesTracebacks(url)
+        adapter.batch = by_broker
+        sent = await publish_dead_letter(adapter, _dead(), topic="orders", group="billing")
+        assert sent.extensions["dlqdropped"] == "traceback"
+        assert (await read_dlq(url, "orders", "billing")) == [sent]
+
+    run(scenario)
+
+
+def test_a_partial_batch_failure_of_another_kind_is_an_infrastructure_error() -> None:
+    class Flaky(MemoryAdapter):
+        async def publish(self, topic: str, envelopes: Sequence[Envelope]) -> None:
+            raise BatchPublishError("lost", {0: PublishError("leader moved")}, 1)
+
+    async def scenario() -> None:
+        with pytest.raises(DeadLetterPublishError, match="leader moved"):
+            await publish_dead_letter(Flaky(memory_url()), _dead(), topic="orders",
+                                      group="billing")
+
+    run(scenario)
+def test_the_record_reads_every_dead_letter_attribute() -> None:
+    dead = _dead(tenant="acme")
+    record = DeadLetterRecord.from_envelope(dead)
+    assert (record.reason, record.attempts, record.topic, record.group) == (
+        "RuntimeError: downstream said no", 3, "orders", "billing")
+    assert record.exception == "builtins.RuntimeError" and "Traceback" in record.traceback
+    assert record.dropped == () and record.replayable
+    assert record.original.extensions == {"tenant": "acme"}
+    raw = DeadLetterRecord.from_envelope(Envelope.create(type=UNDECODABLE_TYPE, source="x"))
+    assert not raw.replayable
+
+
+def test_the_record_is_the_same_class_where_dlq_browsing_imports_it() -> None:
+    from eventbus import deadletter, dlq
+    from eventbus.middleware import deadletter as middleware_deadletter
+
+    assert dlq.DeadLetterRecord is deadletter.DeadLetterRecord
+    assert middleware_deadletter.dead_letter_undecodable is deadletter.dead_letter_undecodable
+    assert middleware_deadletter.dlq_topic is deadletter.dlq_topic
+
+
+# -- end to end on the memory broker -----------------------------------------------------
+
+LIMIT = 4096
+
+
+class Blob(Event, type="test.deadletter.blob", topic="test-deadletter-blobs"):
+    payload: str
+
+
+def test_a_failing_message_near_the_size_limit_reaches_the_dlq_once() -> None:
+    """Its full dead letter (data plus reason and traceback) would exceed the limit."""
+
+    async def scenario() -> None:
+        url = memory_url(LIMIT)
+        bus = EventBus(url, retry=RetryPolicy(max_attempts=1))
+        runs: list[int] = []
+
+        @bus.subscribe(Blob, group="g")
+        async def handle(event: Blob) -> None:
+            runs.append(1)
+            raise ValueError("downstream said no")
+
+        async with bus:
+            sent = await bus.publish(Blob(payload="x" * (LIMIT - 400)))
+            (dead,) = await read_dlq(url, Blob.default_topic(), "g")
+        assert runs == [1]
+        assert dead.id == sent.id and dead.type == sent.type
+        assert dead.extensions["dlqreason"] == "ValueError: downstream said no"
+        assert "data" in dead.extensions["dlqdropped"].split(",")
+
+    run(scenario)
+
+
+def test_oversize_undecodable_bytes_reach_the_dlq_as_a_reference() -> None:
+    async def scenario() -> None:
+        url, topic = memory_url(LIMIT), f"raw-{uuid.uuid4()}"
+        bus = EventBus(url)
+
+        @bus.subscribe(topic, group="g")
+        async def handle(envelope: Envelope) -> None:
+            raise AssertionError("never called for undecodable bytes")
+
+        async with bus:
+            await MemoryAdapter(url).publish_raw(topic, b"\x00" * (LIMIT - 100))
+            (dead,) = await read_dlq(url, topic, "g")
+        assert dead.type == UNDECODABLE_TYPE and dead.data == b""
+        assert dead.extensions["dlqreason"].startswith("undecodable")
+        assert "data" in dead.extensions["dlqdropped"].split(",")
+
+    run(scenario)
