@@ -3,7 +3,8 @@ hand-written pipelined aiokafka loop and against FastStream's KafkaBroker.
 
 ::
 
-    python bench/bench_kafka.py                      # starts a private Tansu
+    python bench/bench_kafka.py                      # starts a private Apache Kafka
+    python bench/bench_kafka.py --broker tansu       # ... or a private Tansu
     python bench/bench_kafka.py --url kafka://127.0.0.1:9092 --events 20000 --repeat 3
 
 Every contender does the same work in the same process, on the same broker, on
@@ -37,6 +38,7 @@ from urllib.parse import urlsplit
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from eventbus_kafka import KafkaAdapter
 
 from eventbus import Event, EventBus
 
@@ -133,6 +135,9 @@ class Broker:
     url: str
     partitions: int
     timeout: float
+    # The raw loop gets the same producer guarantees as eventbus: idempotent where
+    # the broker grants it (Apache Kafka), not where it refuses (Tansu).
+    idempotent: bool = False
 
     @property
     def bootstrap(self) -> str:
@@ -210,7 +215,8 @@ async def raw_case(broker: Broker, events: Sequence[Tick]) -> Timing:
     group = f"bench-raw-{uuid.uuid4().hex[:12]}"
     counter = Counter(len(events))
     producer = AIOKafkaProducer(
-        bootstrap_servers=broker.bootstrap, acks="all", enable_idempotence=False, linger_ms=5
+        bootstrap_servers=broker.bootstrap, acks="all", enable_idempotence=broker.idempotent,
+        linger_ms=5,
     )
     # Topics in the constructor: start() returns once the group has its assignment.
     consumer = AIOKafkaConsumer(
@@ -348,12 +354,15 @@ FASTSTREAM = "faststream (defaults)"
 FASTSTREAM_QUIET = "faststream (logger=None)"
 
 
-def resolve_url(arg: str | None) -> str:
-    """--url, else $EVENTBUS_BENCH_KAFKA_URL, else the test harness's broker (a Tansu)."""
+def resolve_url(arg: str | None, flavour: str) -> str:
+    """--url, else $EVENTBUS_BENCH_KAFKA_URL, else a private broker the test harness
+    starts: Apache Kafka (``--broker apache``, the default) or Tansu."""
     url = arg or os.environ.get("EVENTBUS_BENCH_KAFKA_URL", "").strip()
     if url:
         return url
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    os.environ["EVENTBUS_TEST_KAFKA"] = flavour
+    os.environ["EVENTBUS_TEST_METHODS"] = "process"
     from integration_tests.harness import get_endpoint  # stops what it started at exit
 
     client_log = logging.getLogger("aiokafka")
@@ -363,12 +372,24 @@ def resolve_url(arg: str | None) -> str:
         endpoint = get_endpoint("kafka")
     finally:
         client_log.setLevel(level)
-    print(f"broker: {endpoint.url} ({endpoint.how})", file=sys.stderr)
+    print(f"broker: {endpoint.url} ({endpoint.how}, {endpoint.flavour})", file=sys.stderr)
     return endpoint.url
 
 
+async def producer_is_idempotent(url: str) -> bool:
+    """Whether eventbus's Kafka adapter got the idempotent producer on this broker."""
+    adapter = KafkaAdapter(url)
+    try:
+        await adapter.connect()
+        return bool(adapter.idempotent)
+    finally:
+        await adapter.close()
+
+
 async def main_async(args: argparse.Namespace) -> int:
-    broker = Broker(resolve_url(args.url), args.partitions, args.timeout)
+    url = resolve_url(args.url, args.broker)
+    broker = Broker(url, args.partitions, args.timeout, await producer_is_idempotent(url))
+    print(f"idempotent producer: {broker.idempotent}", file=sys.stderr)
     events = make_events(args.events)
     cases: dict[str, Case] = {
         EVENTBUS: lambda ev: eventbus_case(
@@ -453,7 +474,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--url",
         default=None,
-        help="kafka://host:port (default: $EVENTBUS_BENCH_KAFKA_URL, else start a Tansu)",
+        help="kafka://host:port (default: $EVENTBUS_BENCH_KAFKA_URL, else start --broker)",
+    )
+    parser.add_argument(
+        "--broker",
+        choices=("apache", "tansu"),
+        default="apache",
+        help="which private broker to start when no URL is given (default: apache)",
     )
     parser.add_argument("--events", type=int, default=5_000, help="events per run")
     parser.add_argument("--repeat", type=int, default=3, help="timed runs per contender")

@@ -156,6 +156,22 @@ class Subscription(abc.ABC):
         """Stop fetching. Unsettled deliveries go back to the broker for redelivery."""
 
 
+@dataclass(frozen=True, slots=True)
+class ReadRecord:
+    """One message as :meth:`Adapter.read` found it on a topic, without consuming it.
+
+    ``message_id`` is the message's stable position on the broker (the memory
+    offset, Kafka's ``topic/partition/offset``); ``envelope`` is ``None`` when the
+    bytes are not a CloudEvent, and ``raw`` and ``decode_error`` then say why.
+    """
+
+    topic: str
+    message_id: str
+    envelope: Envelope | None
+    raw: bytes | None = None
+    decode_error: str | None = None
+
+
 @dataclass(slots=True)
 class HealthReport:
     """Result of :meth:`Adapter.health`."""
@@ -205,6 +221,23 @@ class Adapter(abc.ABC):
         Abstract on purpose: a default "ok" would let an adapter pass the health
         case without ever looking at its connection.
         """
+
+    async def read(self, topic: str, *, limit: int | None = None) -> list[ReadRecord]:
+        """Browse ``topic``: its retained messages, oldest first, without consuming them.
+
+        Reads from the earliest retained message up to the end of the topic as it
+        was when the call started (then returns at once, no idle wait), at most
+        ``limit`` messages. Browsing leaves no trace on the broker: it joins no
+        consumer group, commits nothing and creates nothing; a topic that does not
+        exist raises :class:`~eventbus.errors.TopicNotFoundError` rather than being
+        created. Brokers that cannot read without consuming (plain queues) leave
+        this raising :class:`~eventbus.errors.UnsupportedOperationError`.
+        """
+        from eventbus.errors import UnsupportedOperationError
+
+        raise UnsupportedOperationError(
+            f"{type(self).__name__} cannot browse topic {topic!r} without consuming it"
+        )
 
     async def publish_raw(self, topic: str, payload: bytes) -> None:
         """Put arbitrary bytes on ``topic``, bypassing the codec.

@@ -140,7 +140,7 @@ def dlq_list(
             {
                 "id": r.envelope.id, "type": r.envelope.type, "reason": r.reason,
                 "exception": r.exception, "attempts": r.attempts, "failed_at": r.failed_at,
-                "correlationid": r.envelope.correlationid,
+                "correlationid": r.envelope.correlationid, "replayed": r.replayed,
             }
             for r in records
         ]
@@ -151,8 +151,10 @@ def dlq_list(
             typer.echo(json.dumps(row))
         else:
             typer.echo(f"{row['id']}  {row['type']}  attempts={row['attempts']}  "
-                       f"{row['failed_at']}  {row['reason']}")
-    typer.echo(f"{len(rows)} dead letter(s) on {topic}/{group}", err=True)
+                       f"{row['failed_at']}  {'[replayed]  ' if row['replayed'] else ''}"
+                       f"{row['reason']}")
+    replayed = sum(1 for row in rows if row["replayed"])
+    typer.echo(f"{len(rows)} dead letter(s) on {topic}/{group} ({replayed} replayed)", err=True)
 
 
 @dlq_app.command("replay")

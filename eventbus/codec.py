@@ -16,7 +16,15 @@ from eventbus.envelope import Envelope, format_time
 from eventbus.errors import DecodeError
 
 STRUCTURED_CONTENT_TYPE = "application/cloudevents+json"
+HTTP_PREFIX = "ce-"
+"""Attribute header prefix of the CloudEvents HTTP binding."""
 KAFKA_PREFIX = "ce_"
+"""Attribute header prefix of the CloudEvents Kafka binding (the Kafka adapter passes it)."""
+AMQP_PREFIX = "cloudEvents:"
+"""Attribute property prefix of the CloudEvents AMQP binding."""
+DEFAULT_PREFIX = HTTP_PREFIX
+"""The generic prefix used when an adapter names none; each adapter should pass its
+binding's prefix explicitly."""
 
 
 def is_json_content_type(content_type: str | None) -> bool:
@@ -89,7 +97,7 @@ def decode_structured(payload: bytes | str) -> Envelope:
 
 
 def binary_headers(
-    envelope: Envelope, prefix: str = KAFKA_PREFIX, *, omit: tuple[str, ...] = ()
+    envelope: Envelope, prefix: str = DEFAULT_PREFIX, *, omit: tuple[str, ...] = ()
 ) -> list[tuple[str, bytes]]:
     """Binary-mode headers as ``(name, utf-8 bytes)`` pairs, built in one pass.
 
@@ -130,7 +138,9 @@ def _header_names(prefix: str) -> dict[str, str]:
     return names
 
 
-def encode_binary(envelope: Envelope, prefix: str = KAFKA_PREFIX) -> tuple[dict[str, str], bytes]:
+def encode_binary(
+    envelope: Envelope, prefix: str = DEFAULT_PREFIX
+) -> tuple[dict[str, str], bytes]:
     """Headers (attributes as ``prefix + name``, ``content-type``) and the body bytes."""
     headers: dict[str, str] = {}
     for name, value in envelope.attributes().items():
@@ -144,7 +154,7 @@ def encode_binary(envelope: Envelope, prefix: str = KAFKA_PREFIX) -> tuple[dict[
 def decode_binary(
     headers: Mapping[str, str | bytes] | Iterable[tuple[str, str | bytes]],
     body: bytes | None,
-    prefix: str = KAFKA_PREFIX,
+    prefix: str = DEFAULT_PREFIX,
     *,
     key: str | bytes | None = None,
 ) -> Envelope:

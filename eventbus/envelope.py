@@ -13,6 +13,8 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
+from eventbus.errors import InvalidExtensionNameError
+
 SPEC_VERSION = "1.0"
 JSON = "application/json"
 
@@ -37,6 +39,10 @@ EVENTBUS_EXTENSIONS = (
     "tracestate",
 )
 _FIELDS = frozenset((*CORE_ATTRIBUTES, *EVENTBUS_EXTENSIONS))
+# Names no extension may take: an extension called ``source`` would replace the real
+# source in structured mode and travel as a second ``ce_source`` header in binary
+# mode; ``data`` would replace the payload of a structured event.
+RESERVED_NAMES = _FIELDS | {"data"}
 _EXTENSION_NAME = re.compile(r"^[a-z0-9]{1,20}$")
 
 
@@ -101,6 +107,12 @@ class Envelope:
     traceparent: str | None = None
     tracestate: str | None = None
     extensions: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # Cheap enough for the hot path, and the one place every construction passes
+        # (create, evolve, decoding), so no extension can shadow an attribute.
+        if self.extensions and not RESERVED_NAMES.isdisjoint(self.extensions):
+            validate_extension_name(min(RESERVED_NAMES.intersection(self.extensions)))
 
     @classmethod
     def create(
@@ -187,21 +199,69 @@ class Envelope:
         return cls(data=data, extensions=extensions, **known)
 
     def size_hint(self, limit: int) -> int:
-        """``size`` where it matters: exact near ``limit``, a cheap upper bound below it."""
-        # 400 bytes bound the fixed-size attributes and all attribute names.
-        estimate = len(self.data) + 400
-        for value in (self.type, self.source, self.subject, self.dataschema,
-                      self.datacontenttype, self.partitionkey, self.tracestate):
-            if value:
-                estimate += len(value)
+        """An upper bound of :attr:`size`: cheap far below ``limit``, exact near or above it.
+
+        Every attribute counts (id, correlation, traceparent, extensions...), each at
+        the most its text can take in any encoding, so an envelope whose hint is within
+        the broker's limit fits in binary and in structured mode.
+        """
+        estimate = _FIXED_BOUND + len(str(self.dataversion))
+        estimate += _data_bound(self.data, self.datacontenttype)
+        for value in (self.id, self.type, self.source, self.specversion, self.datacontenttype,
+                      self.dataschema, self.subject, self.correlationid, self.causationid,
+                      self.partitionkey, self.traceparent, self.tracestate):
+            if value is not None:
+                estimate += _text_bound(value)
         for name, value in self.extensions.items():
-            estimate += len(name) + len(value)
+            estimate += len(name) + _PER_ATTRIBUTE + _text_bound(value)
         return estimate if estimate < limit else self.size
 
     @property
     def size(self) -> int:
-        """Approximate wire size in bytes: data plus attribute names and values."""
-        return len(self.data) + sum(len(k) + len(v) for k, v in self.attributes().items())
+        """Bytes of the largest encoding eventbus uses for this envelope.
+
+        The larger of structured mode (one JSON document) and binary mode (body plus
+        every header name and value, with the longest prefix a binding uses), so a
+        broker limit checked against it holds whichever mode an adapter picks.
+        """
+        from eventbus.codec import encode_structured  # the codec imports this module
+
+        binary = len(self.data)
+        for name, value in self.attributes().items():
+            header = "content-type" if name == "datacontenttype" else name
+            binary += _LONGEST_PREFIX + len(header) + len(value.encode("utf-8"))
+        return max(binary, len(encode_structured(self)))
+
+
+# Binary mode prefixes each attribute header ("cloudEvents:" is the AMQP binding's);
+# structured mode spends quotes, a colon and a comma on each member. Either way an
+# attribute takes at most its name plus this many bytes beyond its value's text.
+_LONGEST_PREFIX = len("cloudEvents:")
+_PER_ATTRIBUTE = max(_LONGEST_PREFIX, len('"":"",'))
+# Every attribute name the envelope may send as a field, the braces, the time text
+# (RFC 3339, UTC, microseconds: at most 27 bytes) and the ``"data_base64":`` member.
+_FIXED_BOUND = (
+    sum(len(name) + _PER_ATTRIBUTE for name in _FIELDS) + len("{}") + 32 + len('"data_base64":')
+)
+
+
+def _text_bound(value: str) -> int:
+    """Most bytes ``value`` takes as a UTF-8 header value or as a JSON string's contents."""
+    if value.isascii() and value.isprintable():
+        # json.dumps escapes only quotes and backslashes among printable ASCII.
+        return len(value) + value.count('"') + value.count("\\")
+    # A control character becomes a 6-byte \u00XX escape; UTF-8 needs at most 4 bytes.
+    return 6 * len(value)
+
+
+def _data_bound(data: bytes, content_type: str | None) -> int:
+    """Most bytes ``data`` takes: raw in binary mode, inline, text or base64 in structured."""
+    if not data:
+        return 0
+    base64_size = (len(data) + 2) // 3 * 4 + 2
+    if content_type is not None and content_type.startswith("text/"):
+        return max(base64_size, 6 * len(data) + 2)  # decoded text, JSON-escaped
+    return base64_size  # inline JSON is only used when it is the exact bytes: smaller
 
 
 def _text(value: Any) -> str:
@@ -212,9 +272,20 @@ def _text(value: Any) -> str:
 
 
 def validate_extension_name(name: str) -> None:
-    """CloudEvents extension names are 1-20 lowercase letters or digits."""
+    """Raise ``InvalidExtensionNameError`` unless ``name`` may name an extension.
+
+    CloudEvents extension names are 1-20 lowercase letters or digits, and none may
+    repeat an attribute name (``id``, ``source``, ``correlationid``, ``data``...).
+    """
     if not _EXTENSION_NAME.match(name):
-        raise ValueError(
+        raise InvalidExtensionNameError(
             f"extension attribute {name!r} is not a valid CloudEvents name: "
             "use 1-20 lowercase ASCII letters or digits"
+        )
+    if name in RESERVED_NAMES:
+        raise InvalidExtensionNameError(
+            f"extension attribute name {name!r} is reserved: it is a CloudEvents or "
+            "eventbus attribute, and an extension with that name would replace or "
+            "duplicate it on the wire; set the attribute itself (e.g. publish(key=..., "
+            "correlation_id=..., subject=...)) or pick another extension name"
         )

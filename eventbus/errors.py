@@ -6,8 +6,9 @@ password masked) and what to do about it.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 
 class EventBusError(Exception):
@@ -109,14 +110,49 @@ class DuplicateSubscriptionError(ConfigurationError):
     """A command got a second handler group, or a type two handlers in one group."""
 
 
+class InvalidExtensionNameError(EventBusError, ValueError):
+    """An extension attribute name is not a valid CloudEvents name or is reserved.
+
+    Reserved names are the CloudEvents attributes and the ones the envelope models
+    as fields (``correlationid``, ``partitionkey``...): an extension with such a
+    name would replace or duplicate the real attribute on the wire.
+    """
+
+
+class TopicNotFoundError(EventBusError):
+    """A topic that was only to be read does not exist on the broker (nothing was created)."""
+
+
 def mask_url(url: str) -> str:
-    """Return ``url`` with any password replaced by ``***`` so it can be logged."""
+    """Return ``url`` with any password or secret replaced by ``***`` so it can be logged.
+
+    Masking works on the raw text, before any URL parsing, because a password may
+    hold the very characters a parser splits on (``#``, ``/``, ``?``, ``@``):
+    everything between ``scheme://`` and the last ``@`` is the user info, and only
+    the user name before its first ``:`` is kept. Query parameters whose name says
+    secret (``password``, ``secret``, ``token``, ``key``...) are masked too. Text
+    without ``://`` is not a URL one can mask a part of: all but its first
+    characters are hidden (``//host`` counts as a URL without a scheme).
+    """
+    if "://" not in url and not url.startswith("//"):
+        return url[: min(4, len(url) // 4)] + "***" if url else ""
+    masked = _USERINFO.sub(_mask_userinfo, url, count=1)
+    masked = _QUERY_SECRET.sub(r"\1***", masked)
     try:
-        parts = urlsplit(url)
+        urlsplit(masked)
     except ValueError:
         return "<unparseable url>"
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+    return masked
+
+
+# Greedy up to the LAST "@": an unencoded "@" in a password must not end the user info.
+_USERINFO = re.compile(r"^(?P<scheme>(?:[^:/?#@]*:)?//)(?P<userinfo>.*)@", re.DOTALL)
+_QUERY_SECRET = re.compile(
+    r"([?&;][^=&#]*(?:pass|pwd|secret|token|credential|key|auth|signature)[^=&#]*=)[^&]*",
+    re.IGNORECASE,
+)
+
+
+def _mask_userinfo(match: re.Match[str]) -> str:
+    user, colon, _password = match["userinfo"].partition(":")
+    return f"{match['scheme']}{user}{colon and ':***'}@"

@@ -37,6 +37,7 @@ from eventbus.adapter import (
     Capabilities,
     Delivery,
     HealthReport,
+    ReadRecord,
     SubscribeOptions,
     Subscription,
 )
@@ -46,6 +47,7 @@ from eventbus.errors import (
     ConnectionLostError,
     DecodeError,
     InvalidURLError,
+    TopicNotFoundError,
 )
 
 DEFAULT_MAX_MESSAGE_BYTES = 1024 * 1024
@@ -503,3 +505,27 @@ class MemoryAdapter(Adapter):
         self._subscriptions = [s for s in self._subscriptions if not s.closed]
         self._subscriptions.append(subscription)
         return subscription
+
+    async def read(self, topic: str, *, limit: int | None = None) -> list[ReadRecord]:
+        """The retained messages of ``topic``, oldest first, straight from its log.
+
+        No group is created or touched; a topic nobody ever published to or
+        subscribed raises :class:`~eventbus.errors.TopicNotFoundError`.
+        """
+        self.broker.check_reachable(self.url)
+        stored = self.broker.topics.get(topic)  # .topic() would create it
+        if stored is None:
+            raise TopicNotFoundError(
+                f"topic {topic!r} does not exist on memory broker {self.broker.name!r}: "
+                "nothing was ever published to it; check the name"
+            )
+        entries = stored.log if limit is None else stored.log[: max(0, limit)]
+        return [_read_record(topic, entry) for entry in entries]
+
+
+def _read_record(topic: str, entry: _Entry) -> ReadRecord:
+    """What a reader sees of one stored entry: decoded from its bytes, as a delivery is."""
+    envelope, error = entry.decode()
+    if envelope is None:
+        return ReadRecord(topic, str(entry.offset), None, entry.body, error)
+    return ReadRecord(topic, str(entry.offset), envelope)

@@ -54,7 +54,9 @@ def adapter_from_url(url: str) -> Adapter:
         scheme = urlsplit(url).scheme
     except ValueError as exc:
         raise InvalidURLError(f"cannot parse broker URL {mask_url(url)!r}: {exc}") from exc
-    if not scheme:
+    # "amqp//user:pass@host" parses as a path and "user:pass@host" as scheme "user":
+    # without "://" it is no broker URL, whatever urlsplit makes of it.
+    if not scheme or "://" not in url:
         raise InvalidURLError(
             f"broker URL {mask_url(url)!r} has no scheme; expected e.g. memory://, "
             "kafka://host:9092, amqp://user:pass@host/, redis://host:6379, nats://host:4222"

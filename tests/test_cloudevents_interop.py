@@ -23,6 +23,7 @@ from cloudevents.core.v1.event import CloudEvent as CoreCloudEvent
 
 from eventbus import Envelope
 from eventbus.codec import (
+    KAFKA_PREFIX,
     binary_headers,
     decode_binary,
     decode_structured,
@@ -126,7 +127,7 @@ def our_envelope(data: bytes, datacontenttype: str | None = "application/json") 
 
 def to_kafka_message(envelope: Envelope, message_cls: Any) -> Any:
     """What the Kafka adapter writes: ``ce_`` headers as bytes, partitionkey as the key."""
-    headers, body = encode_binary(envelope)
+    headers, body = encode_binary(envelope, KAFKA_PREFIX)
     key = envelope.partitionkey.encode("utf-8") if envelope.partitionkey else None
     return message_cls(
         headers={k: v.encode("utf-8") for k, v in headers.items()}, key=key, value=body
@@ -227,31 +228,31 @@ def test_sdk_kafka_binary_json_is_read_with_every_attribute() -> None:
     assert all(isinstance(v, bytes) for v in message.headers.values())
     assert "ce_partitionkey" not in message.headers  # the SDK sends it only as the key
     assert message.key == "order-A-1"
-    got = decode_binary(message.headers, body_of(message), key=message.key)
+    got = decode_binary(message.headers, body_of(message), KAFKA_PREFIX, key=message.key)
     assert_envelope(got, expected_envelope(json.dumps(DATA).encode()), json_data=True)
 
 
 def test_sdk_kafka_binary_data_is_read_byte_for_byte() -> None:
     event = sdk_event(BINARY, datacontenttype="application/octet-stream")
     message = sdk_kafka.to_binary(event, data_marshaller=lambda data: data)
-    got = decode_binary(message.headers, body_of(message), key=message.key)
+    got = decode_binary(message.headers, body_of(message), KAFKA_PREFIX, key=message.key)
     assert_envelope(got, expected_envelope(BINARY, "application/octet-stream"), json_data=False)
 
 
 def test_core_sdk_kafka_binary_is_read_with_every_attribute() -> None:
     message = core_kafka.to_binary(core_event(DATA), JSONFormat())
-    got = decode_binary(message.headers, body_of(message), key=message.key)
+    got = decode_binary(message.headers, body_of(message), KAFKA_PREFIX, key=message.key)
     assert_envelope(got, expected_envelope(json.dumps(DATA).encode()), json_data=True)
     event = core_event(BINARY, datacontenttype="application/octet-stream")
     message = core_kafka.to_binary(event, JSONFormat())
-    got = decode_binary(message.headers, body_of(message), key=message.key)
+    got = decode_binary(message.headers, body_of(message), KAFKA_PREFIX, key=message.key)
     assert_envelope(got, expected_envelope(BINARY, "application/octet-stream"), json_data=False)
 
 
 def test_core_sdk_kafka_structured_is_read_by_decode_binary() -> None:
     message = core_kafka.to_structured(core_event(DATA), JSONFormat())
     assert message.headers == {"content-type": b"application/cloudevents+json"}
-    got = decode_binary(message.headers, body_of(message), key=message.key)
+    got = decode_binary(message.headers, body_of(message), KAFKA_PREFIX, key=message.key)
     assert_envelope(got, expected_envelope(json.dumps(DATA).encode()), json_data=True)
 
 
@@ -299,7 +300,7 @@ def test_our_kafka_binary_is_read_by_core_sdk(
 def test_kafka_adapter_header_list_is_read_by_both_sdks() -> None:
     """The Kafka adapter's own path: header pairs without partitionkey, which is the key."""
     envelope = our_envelope(json.dumps(DATA).encode())
-    headers = dict(binary_headers(envelope, omit=("partitionkey",)))
+    headers = dict(binary_headers(envelope, KAFKA_PREFIX, omit=("partitionkey",)))
     key = envelope.partitionkey
     assert key is not None
     legacy = sdk_kafka.from_binary(sdk_kafka.KafkaMessage(headers, key.encode(), envelope.data))
@@ -320,7 +321,8 @@ def test_kafka_binary_round_trip_through_sdk_and_back_is_lossless() -> None:
     event = sdk_kafka.from_binary(to_kafka_message(envelope, sdk_kafka.KafkaMessage),
                                   data_unmarshaller=lambda body: body)
     message = sdk_kafka.to_binary(event, data_marshaller=lambda data: data)
-    assert decode_binary(message.headers, body_of(message), key=message.key) == envelope
+    got = decode_binary(message.headers, body_of(message), KAFKA_PREFIX, key=message.key)
+    assert got == envelope
 
 
 def body_of(message: Any) -> bytes:

@@ -10,6 +10,8 @@ import pytest
 
 from eventbus import DecodeError, Envelope
 from eventbus.codec import (
+    DEFAULT_PREFIX,
+    KAFKA_PREFIX,
     STRUCTURED_CONTENT_TYPE,
     binary_headers,
     decode_binary,
@@ -160,7 +162,7 @@ def test_structured_decode_errors_say_what_is_wrong(payload: bytes, message: str
 
 def test_binary_headers_are_prefixed_attributes_and_content_type() -> None:
     sent = full_envelope()
-    headers, body = encode_binary(sent)
+    headers, body = encode_binary(sent, KAFKA_PREFIX)
     assert body == sent.data
     assert headers["content-type"] == "application/json"
     assert "ce_datacontenttype" not in headers
@@ -212,13 +214,13 @@ def test_binary_with_structured_content_type_is_read_as_structured() -> None:
 def test_binary_without_specversion_names_the_headers() -> None:
     headers = iter([("ce_id", b"1"), ("ce_type", b"t"), ("other", b"x")])
     with pytest.raises(DecodeError, match="no ce_specversion header") as info:
-        decode_binary(headers, b"{}")
+        decode_binary(headers, b"{}", KAFKA_PREFIX)
     assert "ce_id" in str(info.value) and "other" in str(info.value)
 
 
 def test_binary_missing_required_attribute() -> None:
     with pytest.raises(DecodeError, match="required attribute 'source'"):
-        decode_binary({"ce_specversion": "1.0", "ce_id": "1", "ce_type": "t"}, b"")
+        decode_binary({"ce_specversion": "1.0", "ce_id": "1", "ce_type": "t"}, b"", KAFKA_PREFIX)
 
 
 def test_binary_headers_match_encode_binary_and_decode_back() -> None:
@@ -233,7 +235,7 @@ def test_binary_headers_match_encode_binary_and_decode_back() -> None:
 def test_binary_headers_omit_partitionkey_for_the_record_key() -> None:
     sent = full_envelope()
     pairs = binary_headers(sent, omit=("partitionkey",))
-    assert "ce_partitionkey" not in dict(pairs)
+    assert "ce-partitionkey" not in dict(pairs)
     assert decode_binary(pairs, sent.data).partitionkey is None
     assert_same(decode_binary(pairs, sent.data, key=b"order-A-1"), sent)
 
@@ -243,3 +245,25 @@ def test_binary_headers_with_another_prefix_and_no_content_type() -> None:
     pairs = binary_headers(sent, "cloudEvents:")
     assert "content-type" not in dict(pairs) and "cloudEvents:subject" not in dict(pairs)
     assert_same(decode_binary(pairs, sent.data, prefix="cloudEvents:"), sent)
+
+
+def test_foreign_message_with_a_reserved_extension_is_a_decode_error() -> None:
+    """A ``ce_data`` header from another writer would overwrite ``data`` when re-encoded."""
+    headers = {"ce_specversion": "1.0", "ce_id": "1", "ce_source": "s", "ce_type": "t",
+               "ce_data": "forged"}
+    with pytest.raises(DecodeError, match="'data' is reserved"):
+        decode_binary(headers, b"{}", "ce_")
+
+
+def test_default_binary_prefix_is_the_generic_one_not_kafkas() -> None:
+    """``ce-`` (HTTP binding) by default; only the Kafka adapter asks for ``ce_``."""
+    assert DEFAULT_PREFIX == "ce-"
+    sent = full_envelope()
+    headers, body = encode_binary(sent)
+    assert all(k == "content-type" or k.startswith("ce-") for k in headers)
+    assert headers["ce-id"] == "evt-1"
+    assert all(k == "content-type" or k.startswith("ce-") for k, _ in binary_headers(sent))
+    assert_same(decode_binary(headers, body), sent)
+    kafka_style, _ = encode_binary(sent, KAFKA_PREFIX)
+    with pytest.raises(DecodeError, match="no ce-specversion header"):
+        decode_binary(kafka_style, body)

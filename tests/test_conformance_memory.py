@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from eventbus.memory import MemoryAdapter
@@ -23,11 +25,20 @@ def target(request: pytest.FixtureRequest) -> BrokerTarget:
     structured) and as a log that does not hold keys back; its fault hooks drop and
     refuse connections."""
     url = MODES[request.param]
+    faults = MemoryAdapter("memory://").faults
+
+    async def restart() -> None:
+        # The in-process broker's data lives as long as the process: a restart is
+        # every connection lost and new ones refused for a moment, then back.
+        await faults.refuse_connections(0.3)
+        await asyncio.sleep(0.3)
+
     return BrokerTarget(
         name=request.param,
         url=url,
-        faults=MemoryAdapter("memory://").faults,
+        faults=faults,
         faulty_url=url,
+        restart=restart,
     )
 
 

@@ -244,21 +244,28 @@ def test_a_failed_dlq_publish_is_an_infrastructure_error_naming_the_event() -> N
 
 
 
-class BrokerRefusesBigLetters(MemoryAdapter):
-    """Accepts by its own size check, but the broker refuses anything with a traceback
-    (as Kafka does when the topic's max.message.bytes is below the client's limit)."""
+class RefusesTracebacks(MemoryAdapter):
+    """Passes the envelope size check, but its encoding of anything with a traceback is
+    too big: refused by the adapter's own check (``batch=False``) or by the broker, as
+    Kafka does when the topic's max.message.bytes is below the client's limit."""
+
+    batch = False
 
     async def publish(self, topic: str, envelopes: Sequence[Envelope]) -> None:
         if any("dlqtraceback" in e.extensions for e in envelopes):
-            raise BatchPublishError("refused", {0: MessageTooLargeError("too big")}, 1)
+            if self.batch:
+                raise BatchPublishError("refused", {0: MessageTooLargeError("too big")}, 1)
+            raise MessageTooLargeError("too big once encoded")
         await super().publish(topic, envelopes)
 
 
-def test_a_broker_side_size_refusal_also_shrinks_the_dead_letter() -> None:
+@pytest.mark.parametrize("by_broker", [False, True])
+def test_a_size_refusal_after_encoding_also_shrinks_the_dead_letter(by_broker: bool) -> None:
     async def scenario() -> None:
         url = memory_url()
-        sent = await publish_dead_letter(BrokerRefusesBigLetters(url), _dead(),
-                                         topic="orders", group="billing")
+        adapter = RefusesTracebacks(url)
+        adapter.batch = by_broker
+        sent = await publish_dead_letter(adapter, _dead(), topic="orders", group="billing")
         assert sent.extensions["dlqdropped"] == "traceback"
         assert (await read_dlq(url, "orders", "billing")) == [sent]
 

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import json
+import random
 import uuid
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from eventbus import Envelope
+from eventbus import Envelope, codec
 from eventbus.envelope import SPEC_VERSION, format_time, parse_time, validate_extension_name
+from eventbus.errors import InvalidExtensionNameError
 
 
 def test_create_fills_id_time_and_defaults() -> None:
@@ -172,10 +176,99 @@ def test_parse_and_format_round_trip() -> None:
 
 
 def test_size_counts_data_and_attributes() -> None:
-    small = Envelope.create(type="t", source="s", data=b"")
-    big = small.evolve(data=b"x" * 1000)
-    assert big.size == small.size + 1000
-    assert small.size == sum(len(k) + len(v) for k, v in small.attributes().items())
+    small = Envelope.create(type="t", source="s", data=b"", datacontenttype="x/y")
+    big = small.evolve(data=b"x" * 999)
+    assert big.size == len(codec.encode_structured(big))  # base64: the largest encoding
+    assert big.size > small.size + 999
+    assert small.size >= sum(len(k) + len(v) for k, v in small.attributes().items())
+
+
+# -- size_hint is an upper bound of every encoding ------------------------------------------
+
+_ALPHABETS = (
+    "abcdefghijklmnopqrstuvwxyz0123456789-",
+    'quote"back\\slash',
+    "\x00\x01\x1f\t\n\x7f control",
+    "é€漢字🙂ü",
+    "\u2028\u2029\ufeff",
+)
+
+
+def _text(rng: random.Random, longest: int) -> str:
+    alphabet = rng.choice(_ALPHABETS)
+    return "".join(rng.choice(alphabet) for _ in range(rng.randint(1, longest)))
+
+
+def _random_envelope(rng: random.Random) -> Envelope:
+    longest = rng.choice((8, 200, 3000))
+    optional = {
+        name: _text(rng, longest) if rng.random() < 0.7 else None
+        for name in ("dataschema", "subject", "correlationid", "causationid", "partitionkey",
+                     "traceparent", "tracestate")
+    }
+    content_type = rng.choice((None, "application/json", "text/plain", "application/x-bin",
+                               "application/cloudevents+json"))
+    kind = rng.choice(("empty", "json", "spaced-json", "bytes", "text"))
+    data = {
+        "empty": b"",
+        "json": json.dumps({"k": _text(rng, longest)}, separators=(",", ":"),
+                           ensure_ascii=False).encode(),
+        "spaced-json": json.dumps({"k": _text(rng, longest)}, indent=2).encode(),
+        "bytes": rng.randbytes(rng.randint(0, 5000)),
+        "text": _text(rng, longest).encode("utf-8"),
+    }[kind]
+    extensions = {f"x{i}": _text(rng, longest) for i in range(rng.randint(0, 4))}
+    return Envelope(
+        id=_text(rng, longest), type=_text(rng, longest), source=_text(rng, longest),
+        time=datetime(rng.randint(1, 9999), 1, 1, tzinfo=UTC)
+        + timedelta(microseconds=rng.randint(0, 10**12)),
+        data=data, datacontenttype=content_type, dataversion=rng.choice((1, 2**70)),
+        extensions=extensions, **optional,
+    )
+
+
+def _encoded_sizes(env: Envelope) -> dict[str, int]:
+    sizes = {"structured": len(codec.encode_structured(env))}
+    for prefix in ("ce_", "ce-", "cloudEvents:", "cloudEvents_"):
+        pairs = codec.binary_headers(env, prefix)
+        sizes[f"binary {prefix}"] = len(env.data) + sum(len(k.encode()) + len(v) for k, v in pairs)
+        headers, body = codec.encode_binary(env, prefix)
+        sizes[f"encode_binary {prefix}"] = len(body) + sum(
+            len(k.encode()) + len(v.encode()) for k, v in headers.items())
+    return sizes
+
+
+def test_size_hint_bounds_every_encoding_of_random_envelopes() -> None:
+    """A message that passes the size check fits the broker in every encoding we use."""
+    rng = random.Random(20261127)
+    for _ in range(400):
+        env = _random_envelope(rng)
+        sizes = _encoded_sizes(env)
+        largest = max(sizes.values())
+        assert env.size >= largest, (env, sizes)
+        for limit in (1, largest - 1, largest, largest + 1, 10**12):
+            assert env.size_hint(limit) >= largest, (limit, env, sizes)
+
+
+def test_size_hint_counts_id_correlation_causation_and_traceparent() -> None:
+    env = Envelope.create(type="t", source="s")
+    for name in ("id", "correlationid", "causationid", "traceparent"):
+        grown = env.evolve(**{name: "c" * 6000})
+        assert grown.size_hint(4096) > 6000, name
+
+
+def test_publish_refuses_an_event_whose_correlation_makes_it_too_large() -> None:
+    from eventbus import Event, EventBus, MessageTooLargeError
+
+    class Small(Event, type="test.envelope.small", topic="small"):
+        n: int
+
+    async def scenario() -> None:
+        async with EventBus(f"memory://{uuid.uuid4().hex}?max_message_bytes=4096") as bus:
+            with pytest.raises(MessageTooLargeError, match="over the 4096-byte limit"):
+                await bus.publish(Small(n=1), correlation_id="c" * 6000)
+
+    asyncio.run(scenario())
 
 
 def test_from_attributes_turns_non_text_attribute_values_into_text() -> None:
@@ -183,3 +276,43 @@ def test_from_attributes_turns_non_text_attribute_values_into_text() -> None:
         {"id": "i", "source": "s", "type": "t", "subject": 5, "correlationid": 7,
          "dataversion": 3}, b"")
     assert (env.subject, env.correlationid, env.dataversion) == ("5", "7", 3)
+
+
+# -- reserved extension names ------------------------------------------------------------
+
+RESERVED = ("id", "source", "specversion", "type", "datacontenttype", "dataschema", "subject",
+            "time", "data", "dataversion", "correlationid", "causationid", "partitionkey",
+            "traceparent", "tracestate")
+
+
+@pytest.mark.parametrize("name", RESERVED)
+def test_extensions_cannot_shadow_attributes(name: str) -> None:
+    """An extension named like an attribute would replace or duplicate it on the wire."""
+    with pytest.raises(InvalidExtensionNameError, match=f"{name!r} is reserved"):
+        Envelope.create(type="t", source="s", extensions={name: "forged"})
+    with pytest.raises(InvalidExtensionNameError, match="reserved"):
+        validate_extension_name(name)
+    env = Envelope.create(type="t", source="s")
+    with pytest.raises(InvalidExtensionNameError, match="reserved"):
+        env.evolve(extensions={name: "forged"})
+    with pytest.raises(InvalidExtensionNameError, match="reserved"):
+        Envelope(id="i", type="t", source="s", time=env.time, extensions={name: "forged"})
+
+
+def test_bus_refuses_extensions_that_shadow_attributes() -> None:
+    from eventbus import Event, EventBus
+
+    class Shadowed(Event, type="test.envelope.shadowed", topic="shadowed"):
+        n: int
+
+    bus = EventBus(f"memory://{uuid.uuid4().hex}", source="billing")
+    with pytest.raises(InvalidExtensionNameError, match="'source' is reserved"):
+        bus.envelope_for(Shadowed(n=1), extensions={"source": "attacker"})
+    with pytest.raises(ValueError, match="'correlationid' is reserved"):
+        bus.envelope_for(Shadowed(n=1), extensions={"correlationid": "forged"})
+
+
+def test_ordinary_and_dead_letter_extensions_stay_allowed() -> None:
+    env = Envelope.create(type="t", source="s", extensions={"tenant": "a", "dlqreason": "r",
+                                                            "identity": "x", "sourcery": "y"})
+    assert env.extensions["identity"] == "x"

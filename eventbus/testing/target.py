@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -34,6 +34,9 @@ class BrokerTarget:
     - ``limits``: case name -> reason, for cases this particular broker cannot
       pass although the adapter's capabilities claim them (e.g. an emulator's gap).
       Each one is skipped with its reason and must be documented.
+    - ``restart``: stops the broker and starts it again on the same data (a plain
+      function is run in a thread, a coroutine function in the case's loop);
+      ``None`` skips the restart case with the reason.
     """
 
     name: str
@@ -42,7 +45,7 @@ class BrokerTarget:
     faulty_url: str | None = None
     scale: float = 1.0
     limits: Mapping[str, str] = field(default_factory=dict)
-    restart: Callable[[], None] | None = None
+    restart: Callable[[], None] | Callable[[], Awaitable[None]] | None = None
 
     def count(self, n: int, minimum: int = 5) -> int:
         """``n`` scaled for this broker, never below ``minimum``."""

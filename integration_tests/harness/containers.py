@@ -21,7 +21,7 @@ ENGINE_TIMEOUT = 3.0
 READY_TIMEOUT = 120.0
 
 IMAGES = {
-    "kafka": "apache/kafka:3.8.0",
+    "kafka": "apache/kafka:4.1.1",
     "rabbitmq": "rabbitmq:3.13-management",
     "redis": "redis:7",
     "nats": "nats:2.10",

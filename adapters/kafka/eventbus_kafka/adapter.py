@@ -18,6 +18,7 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import (
     KafkaConnectionError,
+    KafkaError,
     KafkaTimeoutError,
     MessageSizeTooLargeError,
     NodeNotReadyError,
@@ -25,15 +26,24 @@ from aiokafka.errors import (
 )
 from aiokafka.helpers import create_ssl_context
 
-from eventbus.adapter import Adapter, Capabilities, HealthReport, SubscribeOptions, Subscription
+from eventbus.adapter import (
+    Adapter,
+    Capabilities,
+    HealthReport,
+    ReadRecord,
+    SubscribeOptions,
+    Subscription,
+)
 from eventbus.envelope import Envelope
 from eventbus.errors import (
     BatchPublishError,
     BrokerConnectionError,
     MessageTooLargeError,
     PublishError,
+    TopicNotFoundError,
 )
 
+from .browse import read_topic
 from .codec import Headers, encode
 from .consumer import KafkaSubscription, retry_topic
 from .provision import TopicProvisioner
@@ -82,6 +92,8 @@ class KafkaAdapter(Adapter):
         self._provisioner = TopicProvisioner(self.settings, self.client_options())
         self._subscriptions: set[KafkaSubscription] = set()
         self._connect_lock = asyncio.Lock()
+        # Whether the running producer is idempotent (known once connected).
+        self.idempotent: bool | None = None
 
     def client_options(self) -> dict[str, Any]:
         """Options shared by the producer, the consumers and the admin client."""
@@ -115,26 +127,64 @@ class KafkaAdapter(Adapter):
             if self._producer is not None:
                 return self._producer
             s = self.settings
-            producer = AIOKafkaProducer(
-                **self.client_options(),
-                acks="all",
-                enable_idempotence=False,  # Tansu has no idempotent producer (InitProducerId)
-                linger_ms=s.linger_ms,
-                max_batch_size=s.batch_bytes,
-                max_request_size=max(1024 * 1024, s.max_message_bytes + 64 * 1024),
-            )
+            idempotent = s.enable_idempotence != "false"
             try:
-                await asyncio.wait_for(producer.start(), s.connect_timeout)
+                producer = await self._start_producer(idempotent)
+            except KafkaError as exc:
+                if isinstance(exc, _CONNECTION_ERRORS) or s.enable_idempotence == "false":
+                    raise self._connect_error(exc) from exc
+                if s.enable_idempotence == "true":
+                    raise BrokerConnectionError(
+                        f"Kafka at {s.masked_url} refused the idempotent producer "
+                        f"(InitProducerId: {type(exc).__name__}: {exc}); this broker lacks "
+                        "it: use enable_idempotence=auto (falls back with a warning) or false"
+                    ) from exc
+                # The broker answered but refused InitProducerId: a Kafka-protocol
+                # broker without the idempotent producer (Tansu, for one).
+                log.warning(
+                    "Kafka at %s has no idempotent producer (%s: %s); publishing without "
+                    "it, so a produce request retried after a lost reply may write a "
+                    "record twice. Set enable_idempotence=false to silence this.",
+                    s.masked_url, type(exc).__name__, exc,
+                )
+                idempotent = False
+                try:
+                    producer = await self._start_producer(idempotent)
+                except Exception as again:
+                    raise self._connect_error(again) from again
             except Exception as exc:
-                with contextlib.suppress(Exception):
-                    await producer.stop()
-                raise BrokerConnectionError(
-                    f"cannot connect to Kafka at {s.masked_url} within {s.connect_timeout:g}s "
-                    f"({type(exc).__name__}: {exc or 'timed out'}); check that the bootstrap "
-                    "servers are reachable and the credentials are right"
-                ) from exc
+                raise self._connect_error(exc) from exc
+            self.idempotent = idempotent
             self._producer = producer
             return producer
+
+    async def _start_producer(self, idempotent: bool) -> AIOKafkaProducer:
+        s = self.settings
+        producer = AIOKafkaProducer(
+            **self.client_options(),
+            acks="all",
+            enable_idempotence=idempotent,
+            linger_ms=s.linger_ms,
+            max_batch_size=s.batch_bytes,
+            max_request_size=max(1024 * 1024, s.max_message_bytes + 64 * 1024),
+        )
+        try:
+            # With idempotence, start() also obtains the producer id (InitProducerId),
+            # so a broker without it is found here, not mid-publish.
+            await asyncio.wait_for(producer.start(), s.connect_timeout)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await producer.stop()
+            raise
+        return producer
+
+    def _connect_error(self, exc: BaseException) -> BrokerConnectionError:
+        s = self.settings
+        return BrokerConnectionError(
+            f"cannot connect to Kafka at {s.masked_url} within {s.connect_timeout:g}s "
+            f"({type(exc).__name__}: {exc or 'timed out'}); check that the bootstrap "
+            "servers are reachable and the credentials are right"
+        )
 
     async def close(self) -> None:
         """Close every subscription (committing what is done), flush and stop the producer."""
@@ -164,6 +214,7 @@ class KafkaAdapter(Adapter):
             info={
                 "topics": str(len(topics)),
                 "bootstrap": ",".join(self.settings.bootstrap_servers),
+                "idempotent_producer": str(self.idempotent).lower(),
             },
         )
 
@@ -256,6 +307,22 @@ class KafkaAdapter(Adapter):
         await subscription.start(join_timeout)
         self._subscriptions.add(subscription)
         return subscription
+
+    # -- browsing -----------------------------------------------------------------------
+
+    async def read(self, topic: str, *, limit: int | None = None) -> list[ReadRecord]:
+        """Read ``topic`` from the earliest retained record to its end as of now.
+
+        No consumer group, no commit, no topic creation: a missing topic raises
+        :class:`~eventbus.errors.TopicNotFoundError`.
+        """
+        partitions = await self._provisioner.partitions(topic)
+        if partitions is None:
+            raise TopicNotFoundError(
+                f"topic {topic!r} does not exist on Kafka at {self.settings.masked_url}: "
+                "check the name (reading creates no topic)"
+            )
+        return await read_topic(self, topic, partitions, limit)
 
     def forget(self, subscription: KafkaSubscription) -> None:
         """Called by a subscription when it closes."""

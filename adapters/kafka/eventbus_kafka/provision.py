@@ -101,6 +101,26 @@ class TopicProvisioner:
         admin = await self._admin_client()
         return list(await admin.list_topics())
 
+    async def partitions(self, topic: str) -> list[int] | None:
+        """Partition ids of ``topic`` as the cluster reports them; ``None`` if it is absent.
+
+        Asks for the metadata of every topic, never of ``topic`` alone: a metadata
+        request naming a missing topic makes brokers with auto-creation create it.
+        """
+        admin = await self._admin_client()
+        try:
+            topics = await asyncio.wait_for(admin.describe_topics(None),
+                                            self.settings.request_timeout_ms / 1000)
+        except Exception as exc:
+            raise BrokerConnectionError(
+                f"could not read the topic metadata of Kafka at {self.settings.masked_url}: "
+                f"{type(exc).__name__}: {exc or 'timed out'}"
+            ) from exc
+        for item in topics:
+            if item["topic"] == topic and item["error_code"] == 0:
+                return sorted(int(p["partition"]) for p in item["partitions"])
+        return None
+
     async def close(self) -> None:
         """Close the admin client."""
         admin, self._admin = self._admin, None

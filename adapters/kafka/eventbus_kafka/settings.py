@@ -26,6 +26,7 @@ SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 _QUERY_PASSWORD = re.compile(r"((?:^|[?&])sasl_password=)[^&#]*")
 
 StartFrom = Literal["earliest", "latest"]
+Idempotence = Literal["auto", "true", "false"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +51,10 @@ class KafkaSettings:
     ssl_cafile: str | None = None
     ssl_certfile: str | None = None
     ssl_keyfile: str | None = None
+    # "auto": the idempotent producer (no duplicate records when a produce request
+    # is retried), unless the broker lacks it (InitProducerId fails): then off,
+    # with a warning. "true" makes that an error; "false" turns it off.
+    enable_idempotence: Idempotence = "auto"
     linger_ms: int = 5
     # CloudEvents headers make records ~5x larger than a bare payload; aiokafka's
     # 16 KiB default batch would then stall publishers on many small produce requests.
@@ -206,6 +211,17 @@ def _start_from(raw: str) -> StartFrom:
     raise ValueError("use earliest or latest")
 
 
+def _idempotence(raw: str) -> Idempotence:
+    lowered = raw.lower()
+    if lowered == "auto":
+        return "auto"
+    if lowered in ("1", "true", "yes", "on"):
+        return "true"
+    if lowered in ("0", "false", "no", "off"):
+        return "false"
+    raise ValueError("use auto, true or false")
+
+
 def _bool(raw: str) -> bool:
     lowered = raw.lower()
     if lowered in ("1", "true", "yes", "on"):
@@ -227,6 +243,7 @@ _OPTIONS: dict[str, Callable[[str], Any]] = {
     "ssl_cafile": _text,
     "ssl_certfile": _text,
     "ssl_keyfile": _text,
+    "enable_idempotence": _idempotence,
     "linger_ms": _non_negative_int,
     "batch_bytes": _positive_int,
     "max_message_bytes": _positive_int,

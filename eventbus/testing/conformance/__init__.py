@@ -43,6 +43,7 @@ from eventbus.testing.conformance.groups import GroupCases
 from eventbus.testing.conformance.guarantees import GuaranteeCases
 from eventbus.testing.conformance.lifecycle import LifecycleCases
 from eventbus.testing.conformance.ordering import OrderingCases
+from eventbus.testing.conformance.restart import RestartCases
 
 
 @pytest.mark.conformance
@@ -54,6 +55,7 @@ class ConformanceSuite(
     FailureCases,
     GuaranteeCases,
     LifecycleCases,
+    RestartCases,
 ):
     """Every conformance case; subclass it (as ``Test...``) next to a ``target`` fixture."""
 
@@ -75,6 +77,7 @@ __all__ = [
     "Pong",
     "Recorder",
     "Requirement",
+    "RestartCases",
     "case",
     "on_topic",
     "requires",

@@ -342,6 +342,8 @@ class Capability:
         "fault hooks (target.faults/faulty_url)",
         lambda target, _: target.faults is not None and target.faulty_url is not None,
     )
+    restart_hook = Requirement("a restart hook (target.restart)",
+                               lambda target, _: target.restart is not None)
 
 
 @dataclass(frozen=True, slots=True)

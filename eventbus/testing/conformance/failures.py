@@ -173,6 +173,12 @@ class FailureCases:
         await (await run.publisher()).publish_envelopes(topic, [*poison.values(), good])
         await handled.wait_count(1)
         dead = {e.id: e for e in await dlq.wait_count(len(poison))}
+        # A consumer may fetch the dead letter before the DLQ publish's confirmation
+        # reaches the publisher, i.e. before the chain returns to the recorder.
+        await recorder.seen.wait(
+            lambda seen: {s.id for s in seen} >= {e.id for e in poison.values()},
+            "the chain to return for every poison message",
+        )
         assert handled.items == [1], "the handler ran for a poison message"
         for what, envelope in poison.items():
             assert envelope.id in dead, f"{what} message was not dead-lettered"
