@@ -148,6 +148,14 @@ MUTANTS = {
 }
 
 
+# A control that changes nothing: it must be reported as surviving (tests use it to
+# prove that a survivor fails this script); never run by default.
+CONTROLS = {
+    m.name: m
+    for m in (Mutant("no change", lambda: None, ("test_health_ok[memory]",)),)
+}
+
+
 # -- running -------------------------------------------------------------------------------
 
 
@@ -192,15 +200,16 @@ def main(argv: list[str]) -> int:
 
             @staticmethod
             def pytest_configure(config: pytest.Config) -> None:
-                MUTANTS[argv[1]].apply()
+                {**MUTANTS, **CONTROLS}[argv[1]].apply()
 
         return int(pytest.main(argv[3:], plugins=[ApplyMutant()]))
+    known = {**MUTANTS, **CONTROLS}
     names = argv or list(MUTANTS)
-    unknown = [n for n in names if n not in MUTANTS]
+    unknown = [n for n in names if n not in known]
     if unknown:
-        print(f"unknown mutant(s) {unknown}; known: {list(MUTANTS)}", file=sys.stderr)
+        print(f"unknown mutant(s) {unknown}; known: {list(known)}", file=sys.stderr)
         return 2
-    results = [run_one(MUTANTS[name]) for name in names]
+    results = [run_one(known[name]) for name in names]
     width = max(len(r.mutant.name) for r in results)
     print(f"{'mutant':<{width}}  result    time  killed by")
     survivors = []
