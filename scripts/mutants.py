@@ -113,6 +113,20 @@ def drop_release_on_failure() -> None:
     sqlite_store.SQLiteIdempotencyStore.release = release  # type: ignore[method-assign]
 
 
+def codec_loses_subject() -> None:
+    """Binary-mode encoding forgets the ``subject`` attribute (a codec bug that only a
+    broker that really encodes, memory included, can show)."""
+    from eventbus import codec
+
+    original = codec.encode_binary
+
+    def encode_binary(envelope: Any, *args: Any, **kwargs: Any) -> Any:
+        headers, body = original(envelope, *args, **kwargs)
+        return {k: v for k, v in headers.items() if not k.endswith("subject")}, body
+
+    codec.encode_binary = encode_binary
+
+
 @dataclass(frozen=True)
 class Mutant:
     name: str
@@ -143,6 +157,10 @@ MUTANTS = {
         )),
         Mutant("drop release on failure", drop_release_on_failure, (
             "test_idempotent_release_on_failure[memory]",
+        )),
+        Mutant("codec loses subject", codec_loses_subject, (
+            "test_cloudevents_attributes_round_trip[memory]",
+            "test_publish_subscribe_metadata_intact[memory]",
         )),
     )
 }
