@@ -77,10 +77,11 @@ def print_latencies(title: str, rows: Sequence[Latency], reference: str | None =
     for row in rows:
         print(row.row())
     by_name = {r.name: r for r in rows}
-    if reference in by_name:
-        ref = by_name[reference]  # type: ignore[index]
+    if reference is not None and reference in by_name:
+        ref = by_name[reference]
         for row in rows:
-            if row.name != reference and row.name.startswith("eventbus"):
+            same_broker = reference.split()[0] == "raw" and "memory" not in row.name
+            if row.name != reference and row.name.startswith("eventbus") and same_broker:
                 p99 = percentile(row.samples, 0.99) / percentile(ref.samples, 0.99)
                 p50 = percentile(row.samples, 0.5) / percentile(ref.samples, 0.5)
                 print(f"{row.name} / {reference}: p50 {p50:.2f}x, p99 {p99:.2f}x")
