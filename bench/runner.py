@@ -19,10 +19,11 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from eventbus import Event
 
+T = TypeVar("T")
 PROBE_SEQ = -1
 """``seq`` of the one event a run may send before its clock starts (to warm a consumer)."""
 
@@ -47,7 +48,7 @@ def make_events(n: int, start: int = 0) -> list[Tick]:
 PROBE = Tick(seq=PROBE_SEQ, order_id="probe", amount_cents=0, tags=[])
 
 
-def chunks(events: Sequence[Tick], size: int) -> list[Sequence[Tick]]:
+def chunks(events: Sequence[T], size: int) -> list[Sequence[T]]:
     """``events`` cut into publish batches of ``size``."""
     return [events[i : i + size] for i in range(0, len(events), size)]
 
