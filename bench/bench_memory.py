@@ -84,7 +84,8 @@ async def stage_table(args: argparse.Namespace, payload: dict[str, Any]) -> None
     finally:
         for used in urls:
             memory.forget(used)
-    stages.print_table(f"per-stage cost, us per event (N={args.events}, best of {args.repeat})",
+    stages.print_table(f"per-stage cost, CPU us per event in this process (N={args.events}, "
+                       f"best of {args.repeat})",
                        args.events, {"memory": table})
     payload["stages"] = {"memory": stages.as_dict(args.events, table)}
 

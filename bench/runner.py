@@ -142,6 +142,7 @@ class Result:
     ours: bool = False
     seconds: list[float] = field(default_factory=list)
     publish_seconds: list[float] = field(default_factory=list)
+    cpu_seconds: list[float] = field(default_factory=list)
 
     @property
     def best(self) -> float:
@@ -162,11 +163,17 @@ class Result:
         best = self.seconds.index(self.best)
         return self.publish_seconds[best] / self.best
 
+    @property
+    def cpu_per_event(self) -> float:
+        """CPU seconds per event this process spent in the best run (0 if not measured)."""
+        return self.cpu_seconds[self.seconds.index(self.best)] / self.events
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "name": self.name, "events": self.events, "eventbus": self.ours,
             "seconds": self.seconds, "publish_seconds": self.publish_seconds,
-            "best_rate": self.rate, "median_rate": self.median_rate,
+            "cpu_seconds": self.cpu_seconds, "best_rate": self.rate,
+            "median_rate": self.median_rate, "cpu_us_per_event": self.cpu_per_event * 1e6,
         }
 
 
@@ -190,6 +197,7 @@ async def run(
             timing = await contender.run(events)
             result.seconds.append(timing.total)
             result.publish_seconds.append(timing.publish)
+            result.cpu_seconds.append(timing.cpu)
             print(
                 f"run {index + 1}/{repeat}: {contender.name}: {timing.total:.3f}s "
                 f"({len(events) / timing.total:,.0f}/s; publishes done at {timing.publish:.3f}s)",
@@ -210,11 +218,12 @@ def report(
     print(f"\n{header}")
     width = max(28, *(len(r.name) for r in results)) if results else 28
     print(f"{'contender':<{width}} {'best s':>8} {'events/s':>10} {'median/s':>10} "
-          f"{'published at':>13}")
+          f"{'published at':>13} {'CPU us/event':>13}")
     for result in results:
         print(
             f"{result.name:<{width}} {result.best:>8.3f} {result.rate:>10,.0f} "
-            f"{result.median_rate:>10,.0f} {result.publish_share:>13.0%}"
+            f"{result.median_rate:>10,.0f} {result.publish_share:>13.0%} "
+            f"{result.cpu_per_event * 1e6:>13.1f}"
         )
     by_name = {r.name: r for r in results}
     goals = dict(targets)
