@@ -88,7 +88,8 @@ async def stage_table(
 
     try:
         on_memory = await stages.measure(
-            memory_url, memory_topic, events, memory_e2e, wire=None, chunk=args.chunk,
+            memory_url, memory_topic, events, memory_e2e, wire=memory.wire_for(memory_url()),
+            chunk=args.chunk,
             repeat=args.repeat, subscribe_first=True)
     finally:
         for used in memory_urls:

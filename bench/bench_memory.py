@@ -79,8 +79,8 @@ async def stage_table(args: argparse.Namespace, payload: dict[str, Any]) -> None
         return urls[-1]
 
     try:
-        table = await stages.measure(url, topic, events, e2e, wire=None, chunk=args.chunk,
-                                     repeat=args.repeat, subscribe_first=True)
+        table = await stages.measure(url, topic, events, e2e, wire=memory.wire_for(url()),
+                                     chunk=args.chunk, repeat=args.repeat, subscribe_first=True)
     finally:
         for used in urls:
             memory.forget(used)

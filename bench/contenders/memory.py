@@ -4,12 +4,16 @@ and FastStream's in-memory test broker (``TestKafkaBroker``) doing the same work
 from __future__ import annotations
 
 import asyncio
+import os
 import uuid
 from collections.abc import Callable, Sequence
+from typing import Any
+from urllib.parse import urlsplit
 
 from runner import Contender, Counter, Tick, Timing, chunks
 
-from eventbus import EventBus, MemoryIdempotencyStore
+import eventbus.memory
+from eventbus import Envelope, EventBus, MemoryIdempotencyStore, codec
 from eventbus.memory import MemoryBroker
 
 EVENTBUS = "eventbus (corr+dlq+retry)"
@@ -18,13 +22,50 @@ FASTSTREAM = "faststream TestKafkaBroker"
 
 
 def memory_url() -> str:
-    """A private ``memory://<name>`` broker, so runs do not see each other's messages."""
-    return f"memory://bench-{uuid.uuid4().hex}"
+    """A private ``memory://<name>`` broker, so runs do not see each other's messages.
+
+    Options from ``$EVENTBUS_BENCH_MEMORY_OPTIONS`` (e.g. ``mode=structured``) are appended.
+    """
+    options = os.environ.get("EVENTBUS_BENCH_MEMORY_OPTIONS", "").strip().lstrip("?")
+    return f"memory://bench-{uuid.uuid4().hex}" + (f"?{options}" if options else "")
 
 
 def forget(url: str) -> None:
     """Drop a ``memory://<name>`` broker and the log it retains (else later runs pay its GC)."""
-    MemoryBroker.discard(url.removeprefix("memory://"))
+    discard = getattr(MemoryBroker, "discard", None)
+    if discard is not None:
+        discard(urlsplit(url).netloc)
+
+
+class MemoryWire:
+    """The CloudEvents codec the memory adapter applies when it encodes what it stores
+    (binary mode by default, structured with ``?mode=structured``), for the stage table."""
+
+    def __init__(self, mode: str, prefix: str) -> None:
+        self.mode = mode
+        self.prefix = prefix
+        self.name = f"memory {mode}"
+
+    def encode(self, envelope: Envelope) -> Any:
+        if self.mode == "structured":
+            return codec.encode_structured(envelope)
+        return codec.encode_binary(envelope, self.prefix)
+
+    def decode(self, record: Any) -> Envelope:
+        if self.mode == "structured":
+            return codec.decode_structured(record)
+        headers, body = record
+        return codec.decode_binary(headers, body, self.prefix)
+
+
+def wire_for(url: str) -> MemoryWire | None:
+    """The memory adapter's codec if it encodes messages at ``url``, else ``None`` (it
+    then hands the published ``Envelope`` objects over as they are)."""
+    settings = getattr(EventBus(url).adapter, "settings", None)
+    if settings is None or not getattr(settings, "encode", False):
+        return None
+    prefix = getattr(eventbus.memory, "HEADER_PREFIX", codec.DEFAULT_PREFIX)
+    return MemoryWire(str(getattr(settings, "mode", "binary")), prefix)
 
 
 async def eventbus_case(
