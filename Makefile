@@ -8,7 +8,7 @@ VENV := .venv
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: demo test lint typecheck bench bench-kafka setup clean docs
+.PHONY: demo test lint typecheck bench bench-kafka bench-profile setup clean docs
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)
@@ -46,6 +46,11 @@ bench: setup
 
 bench-kafka: setup
 	$(VENV)/bin/python bench/bench_kafka.py
+
+## Per-stage costs and lone-publish latency (memory and Kafka), then RSS over 1M events on memory.
+bench-profile: setup
+	$(VENV)/bin/python bench/bench_kafka.py --events 20000 --repeat 2 --stages --latency
+	$(VENV)/bin/python bench/bench_memory.py --rss
 
 clean:
 	rm -rf $(VENV) $(TOOLS) .pytest_cache .mypy_cache .ruff_cache .coverage
