@@ -1,6 +1,15 @@
 """Built-in middleware. See :mod:`eventbus.middleware.base` for the order they run in."""
 
-from eventbus.middleware.base import Middleware, Next, RedeliveryRequested, compose
+from eventbus.middleware.base import (
+    Middleware,
+    Next,
+    PublishMiddleware,
+    PublishNext,
+    RedeliveryRequested,
+    compose,
+    compose_publish,
+)
+from eventbus.middleware.chain import ChainDefaults, build_chain
 from eventbus.middleware.correlation import correlation
 from eventbus.middleware.deadletter import DeadLetter, dead_letter_envelope, dlq_topic
 from eventbus.middleware.idempotency import (
@@ -15,6 +24,7 @@ from eventbus.middleware.timeout import Timeout
 
 __all__ = [
     "NO_RETRY",
+    "ChainDefaults",
     "Claim",
     "DeadLetter",
     "Idempotency",
@@ -22,12 +32,16 @@ __all__ = [
     "MemoryIdempotencyStore",
     "Middleware",
     "Next",
+    "PublishMiddleware",
+    "PublishNext",
     "RedeliveryRequested",
     "Retry",
     "RetryPolicy",
     "SQLiteIdempotencyStore",
     "Timeout",
+    "build_chain",
     "compose",
+    "compose_publish",
     "correlation",
     "dead_letter_envelope",
     "dlq_topic",
