@@ -65,7 +65,9 @@ class Runner:
     consumed) when the failure is a :class:`~eventbus.errors.ConfigurationError`, or
     when any other error that is not a :class:`~eventbus.errors.BrokerConnectionError`
     (an untranslated client error, an iterator that ends by itself) repeats
-    ``max_failures`` times in a row without a delivery in between. Connection
+    ``max_failures`` times in a row without a delivery being handled in between
+    (a subscription that hands out a message and breaks every time is not
+    making progress: its work goes back to the broker each time). Connection
     errors are retried for as long as the runner runs (state ``reconnecting``).
     """
 
@@ -100,6 +102,7 @@ class Runner:
         # it out; after that subscription is lost the broker has taken it back, so
         # a lane drops it instead of running it a second time.
         self._generation = 0
+        self._progressed = False  # a delivery of this generation reached handle()
         self._lanes: list[asyncio.Queue[tuple[int, Delivery] | None]] = []
         # Deliveries routed to each lane and not yet finished (queued + running): a
         # lane's queue is empty while its worker is busy, so qsize alone would send
@@ -144,8 +147,6 @@ class Runner:
                     self._subscription = await self._subscribe()
                 self.state, self.error = "running", None
                 async for delivery in self._subscription:
-                    if failures or self.error is not None:
-                        failures, delays, self.error = 0, iter(self.reconnect), None
                     self._route(delivery)
                 if self._stopping:
                     return
@@ -159,9 +160,13 @@ class Runner:
                 error = exc
             if self._stopping:
                 return
+            if self._progressed:
+                # This subscription got work done before failing: a new series.
+                failures, delays = 0, iter(self.reconnect)
             connection = isinstance(error, BrokerConnectionError)
             failures += 0 if connection else 1
             self._generation += 1
+            self._progressed = False
             await self._drop_subscription()
             if isinstance(error, ConfigurationError) or failures >= self.max_failures:
                 self._die(error, failures)
@@ -224,6 +229,7 @@ class Runner:
                     log.debug("dropped %s from a lost subscription of %s/%s",
                               delivery.message_id, delivery.topic, delivery.group)
                     continue
+                self._progressed = True
                 await self.handle(delivery)
             except asyncio.CancelledError:
                 if _cancelling():
