@@ -28,7 +28,7 @@ from eventbus.errors import (
 from eventbus.events import Registry
 from eventbus.middleware.base import Middleware, Next, RedeliveryRequested, compose
 from eventbus.middleware.deadletter import dead_letter_undecodable
-from eventbus.runs import RunCounter
+from eventbus.runs import counter_for
 from eventbus.spec import SubscriptionSpec
 
 log = logging.getLogger("eventbus.runner")
@@ -97,7 +97,7 @@ class Runner:
         self.chain: Next = compose(middleware, self._invoke)
         self.state: SubscriptionState = "starting"
         self.error: BaseException | None = None
-        self.runs = RunCounter()
+        self.runs = counter_for(adapter.url, spec.topic, spec.group)
         # Work queued in lanes carries the generation of the subscription that handed
         # it out; after that subscription is lost the broker has taken it back, so
         # a lane drops it instead of running it a second time.

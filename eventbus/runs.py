@@ -3,9 +3,11 @@
 The broker's delivery count says how often a message was handed out, not how
 often its handler ran: an idempotency "in progress" bounce, work cancelled at
 shutdown or dropped after a reconnect are deliveries without a run. The runner
-counts runs itself, per event id, in a bounded map; for deliveries it never saw
-(made to another process, or before a restart) it assumes one run each, so a
-message that crashes every process it reaches still uses up its budget.
+counts runs itself, per event id, in a bounded map shared by every runner of
+the same (broker URL, topic, group) in this process (so a bus restarted in the
+same process keeps the count); for deliveries it never saw (made to another
+process) it assumes one run each, so a message that crashes every process it
+reaches still uses up its budget.
 """
 
 from __future__ import annotations
@@ -64,3 +66,20 @@ class RunCounter:
         entry = self._entries.get(event_id)
         if entry is not None:
             entry[0] = 0
+
+
+_counters: OrderedDict[tuple[str, str, str], RunCounter] = OrderedDict()
+_MAX_COUNTERS = 1000
+
+
+def counter_for(url: str, topic: str, group: str) -> RunCounter:
+    """The process-wide run counter of (broker ``url``, ``topic``, ``group``)."""
+    key = (url, topic, group)
+    counter = _counters.get(key)
+    if counter is None:
+        counter = _counters[key] = RunCounter()
+        while len(_counters) > _MAX_COUNTERS:
+            _counters.popitem(last=False)
+    else:
+        _counters.move_to_end(key)
+    return counter
