@@ -26,7 +26,7 @@ from eventbus.errors import (
 from eventbus.events import Command, Message, Registry, registry
 from eventbus.middleware.base import Middleware, PublishMiddleware, compose_publish
 from eventbus.middleware.chain import ChainDefaults, build_chain, check_middleware
-from eventbus.middleware.idempotency import IdempotencyStore
+from eventbus.middleware.idempotency import Idempotency, IdempotencyStore
 from eventbus.middleware.retry import RetryPolicy
 from eventbus.registry_adapters import adapter_from_url
 from eventbus.runner import Runner, SubscriptionHealth
@@ -70,7 +70,7 @@ class EventBus:
         middleware: Sequence[Middleware] = (),
         publish_middleware: Sequence[PublishMiddleware] = (),
         retry: RetryPolicy | None = None,
-        idempotency: IdempotencyStore | None = None,
+        idempotency: IdempotencyStore | Idempotency | None = None,
         dead_letter: bool = True,
         shutdown_timeout: float = 10.0,
         publish_timeout: float = 30.0,
@@ -120,7 +120,7 @@ class EventBus:
         retry: RetryPolicy | None = None,
         timeout: float | None = None,
         middleware: Sequence[Middleware] = (),
-        idempotency: IdempotencyStore | None = None,
+        idempotency: IdempotencyStore | Idempotency | None = None,
     ) -> Callable[[F], F]:
         """Decorator: call the function for each message of the given classes or topics.
 
@@ -131,8 +131,10 @@ class EventBus:
           when ``ordered``.
         - ``delivery``: ``"at_least_once"`` (ack after success, retries, dead letters)
           or ``"at_most_once"`` (ack on receipt; no broker redelivery).
-        - ``idempotency``: a store deduplicating this subscription's messages by
-          event id (instead of the bus's); it runs inside the dead-letter step.
+        - ``idempotency``: a store (or a configured ``Idempotency(store, lease=...)``)
+          deduplicating this subscription's messages by event id instead of the
+          bus's; it runs inside the dead-letter step. The bus closes the store on
+          ``stop()``.
 
         Subscribe before ``start()``. Several handlers may share a (topic, group)
         when they give it the same options; different ones raise ConfigurationError.
@@ -176,7 +178,9 @@ class EventBus:
                     middleware=list(middleware),
                     idempotency=idempotency,
                 )
-                spec = self._specs.setdefault((topic, chosen), wanted)
+                spec = self._specs.get((topic, chosen))
+                if spec is None:
+                    spec = self._specs[(topic, chosen)] = wanted
                 _check_same_options(spec, wanted, fn)
                 spec.add(Handler.wrap(fn, cls))
             return fn
@@ -376,6 +380,8 @@ class EventBus:
     async def _close_stores(self) -> None:
         stores: list[object] = []
         for store in (self.idempotency, *(s.idempotency for s in self._specs.values())):
+            if isinstance(store, Idempotency):
+                store = store.store
             if store is not None and not any(store is seen for seen in stores):
                 stores.append(store)
         for given in stores:

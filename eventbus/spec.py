@@ -11,7 +11,7 @@ from eventbus.envelope import Envelope
 from eventbus.errors import DuplicateSubscriptionError
 from eventbus.events import Message
 from eventbus.middleware.base import Middleware
-from eventbus.middleware.idempotency import IdempotencyStore
+from eventbus.middleware.idempotency import Idempotency, IdempotencyStore
 from eventbus.middleware.retry import RetryPolicy
 
 DeliveryMode = Literal["at_most_once", "at_least_once"]
@@ -54,7 +54,7 @@ class SubscriptionSpec:
     retry: RetryPolicy | None = None
     timeout: float | None = None
     middleware: list[Middleware] = field(default_factory=list)
-    idempotency: IdempotencyStore | None = None
+    idempotency: IdempotencyStore | Idempotency | None = None
     handlers: dict[str, Handler] = field(default_factory=dict)
     catch_all: Handler | None = None
 

@@ -5,7 +5,8 @@ Outermost first:
 1. ``correlation`` (makes the handled envelope current for publishes made inside)
 2. the bus-wide ``middleware=[...]``, then the subscription's ``middleware=[...]``
 3. ``DeadLetter`` (when the bus has ``dead_letter=True``)
-4. ``Idempotency`` (the subscription's ``idempotency=`` store, else the bus's):
+4. ``Idempotency`` (the subscription's ``idempotency=`` store or configured
+   ``Idempotency``, else the bus's):
    inside dead-letter, so a dead-lettered message is not remembered as handled
    and its replay runs
 5. ``Retry`` (the subscription's policy, else the bus's)
@@ -38,7 +39,7 @@ class ChainDefaults:
 
     middleware: Sequence[Middleware] = ()
     retry: RetryPolicy = field(default_factory=RetryPolicy)
-    idempotency: IdempotencyStore | None = None
+    idempotency: IdempotencyStore | Idempotency | None = None
     dead_letter: bool = True
 
 
@@ -49,8 +50,8 @@ def check_middleware(middleware: Sequence[Middleware], where: str) -> None:
             raise ConfigurationError(
                 f"Idempotency in {where} middleware=[...] would run outside the dead-letter "
                 "step, so a dead-lettered message would count as handled and its replay be "
-                "skipped; pass the store instead: subscribe(..., idempotency=store) or "
-                "EventBus(idempotency=store)"
+                "skipped; pass it (or just its store) as subscribe(..., idempotency=...) "
+                "or EventBus(idempotency=...)"
             )
 
 
@@ -63,7 +64,7 @@ def build_chain(
         chain.append(DeadLetter(adapter))
     store = spec.idempotency if spec.idempotency is not None else defaults.idempotency
     if store is not None:
-        chain.append(Idempotency(store))
+        chain.append(store if isinstance(store, Idempotency) else Idempotency(store))
     policy = spec.retry or defaults.retry
     at_most_once = spec.mode == "at_most_once"
     redelivery = adapter.capabilities.redelivery and not at_most_once
