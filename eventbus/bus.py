@@ -7,20 +7,16 @@ import inspect
 import logging
 import os
 import signal
-from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
 from eventbus.adapter import Adapter, HealthReport
-from eventbus.context import INHERIT, ParentOption, current_envelope
-from eventbus.envelope import Envelope, new_id, utcnow, validate_extension_name
+from eventbus.context import INHERIT, ParentOption
+from eventbus.envelope import Envelope
 from eventbus.errors import (
-    BatchPublishError,
-    BrokerConnectionError,
     ConfigurationError,
     DuplicateSubscriptionError,
-    PublishError,
     SubscriptionFailedError,
 )
 from eventbus.events import Command, Message, Registry, registry
@@ -28,6 +24,7 @@ from eventbus.middleware.base import Middleware, PublishMiddleware, compose_publ
 from eventbus.middleware.chain import ChainDefaults, build_chain, check_middleware
 from eventbus.middleware.idempotency import Idempotency, IdempotencyStore
 from eventbus.middleware.retry import RetryPolicy
+from eventbus.publishing import build_envelope, publish_batch, publish_with_retry
 from eventbus.registry_adapters import adapter_from_url
 from eventbus.runner import Runner, SubscriptionHealth
 from eventbus.spec import DeliveryMode, Handler, HandlerFn, SubscriptionSpec
@@ -141,7 +138,7 @@ class EventBus:
         """
         if self._started:
             raise ConfigurationError(
-                f"subscribe({', '.join(_name(t) for t in targets)}) after start(): the "
+                f"subscribe({', '.join(map(_name, targets))}) after start(): the "
                 "bus is already running and would never start it; subscribe before "
                 "start() (or `async with bus`)"
             )
@@ -181,7 +178,7 @@ class EventBus:
                 spec = self._specs.get((topic, chosen))
                 if spec is None:
                     spec = self._specs[(topic, chosen)] = wanted
-                _check_same_options(spec, wanted, fn)
+                spec.check_same_options(wanted, fn)
                 spec.add(Handler.wrap(fn, cls))
             return fn
 
@@ -209,33 +206,9 @@ class EventBus:
         ``parent`` defaults to the envelope being handled (when called from a
         handler); ``parent=None`` starts a new flow.
         """
-        if parent is INHERIT:
-            parent = current_envelope.get()
-        event_id = new_id()
-        if extensions:
-            for name in extensions:
-                validate_extension_name(name)
-        if parent is not None:
-            correlation = correlation_id or parent.correlationid or parent.id
-            causation: str | None = parent.id
-            traceparent, tracestate = parent.traceparent, parent.tracestate
-        else:
-            correlation, causation = correlation_id or event_id, None
-            traceparent = tracestate = None
-        return Envelope(
-            id=event_id,
-            type=message.event_type(),
-            source=self.source,
-            time=utcnow(),
-            data=message.to_bytes(),
-            dataversion=message.data_version(),
-            partitionkey=key,
-            subject=subject,
-            correlationid=correlation,
-            causationid=causation,
-            traceparent=traceparent,
-            tracestate=tracestate,
-            extensions=dict(extensions) if extensions else {},
+        return build_envelope(
+            message, self.source, key=key, parent=parent, correlation_id=correlation_id,
+            subject=subject, extensions=extensions,
         )
 
     async def publish(
@@ -245,8 +218,8 @@ class EventBus:
 
         Options: ``key`` (partition key: same key, same order), ``parent`` (the
         envelope that caused it; defaults to the one being handled, ``None`` starts
-        a new flow),
-        ``correlation_id``, ``subject``, ``extensions``.
+        a new flow), ``correlation_id``, ``subject``, ``extensions``. The bus's
+        ``publish_middleware`` runs around it.
         """
         envelope = self.envelope_for(message, **options)
         (sent,) = await self.publish_envelopes(topic or message.default_topic(), [envelope])
@@ -265,37 +238,12 @@ class EventBus:
     ) -> list[Envelope]:
         """Publish a batch (one broker round trip per topic).
 
-        On partial failure raises :class:`BatchPublishError` whose ``failures`` are
-        indexes into ``messages``.
+        On partial failure (also when one topic of several failed after others went
+        out) raises :class:`BatchPublishError`: ``failures`` and ``succeeded`` are
+        indexes into ``messages``, ``envelopes`` what to republish with the same ids.
         """
         envelopes = [self.envelope_for(m, **options) for m in messages]
-        by_topic: dict[str, list[int]] = defaultdict(list)
-        for index, message in enumerate(messages):
-            by_topic[topic or message.default_topic()].append(index)
-        failures: dict[int, Exception] = {}
-        for name, indexes in by_topic.items():
-            try:
-                sent = await self.publish_envelopes(name, [envelopes[i] for i in indexes])
-                for i, envelope in zip(indexes, sent, strict=True):
-                    envelopes[i] = envelope
-            except BatchPublishError as exc:
-                failures.update({indexes[i]: err for i, err in exc.failures.items()})
-            except (PublishError, BrokerConnectionError) as exc:
-                # Other topics of the batch may have gone out already: report what
-                # did, so a retry republishes only the rest, under the same ids.
-                failures.update({i: exc for i in indexes})
-        if failures:
-            failed_ids = [envelopes[i].id for i in sorted(failures)]
-            raise BatchPublishError(
-                f"{len(failures)} of {len(messages)} messages were not published "
-                f"(ids {', '.join(failed_ids[:5])}{' ...' if len(failed_ids) > 5 else ''}); "
-                "see .failures for each index and its error, .succeeded for those sent, "
-                "and republish the failed .envelopes with publish_envelopes to keep their ids",
-                failures,
-                len(messages),
-                envelopes,
-            )
-        return envelopes
+        return await publish_batch(self.publish_envelopes, messages, envelopes, topic)
 
     async def publish_envelopes(self, topic: str, envelopes: Sequence[Envelope]) -> list[Envelope]:
         """Publish ready envelopes through the publish middleware; returns them as sent.
@@ -307,27 +255,12 @@ class EventBus:
         sent: list[Envelope] = list(envelopes)
 
         async def to_broker(target: str, final: Sequence[Envelope]) -> None:
-            await self._publish_with_retry(target, final)
+            await publish_with_retry(self.adapter, target, final, self.publish_timeout)
             if len(final) == len(sent):
                 sent[:] = final
 
         await compose_publish(self.publish_middleware, to_broker)(topic, list(envelopes))
         return sent
-
-    async def _publish_with_retry(self, topic: str, envelopes: Sequence[Envelope]) -> None:
-        """Publish, retrying while the connection is down (bounded by publish_timeout)."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.publish_timeout
-        delay = 0.05
-        while True:
-            try:
-                await self.adapter.publish(topic, envelopes)
-                return
-            except BrokerConnectionError:
-                if loop.time() + delay > deadline:
-                    raise
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 1.0)
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -461,19 +394,3 @@ class EventBus:
 
 def _name(target: type[Message] | str) -> str:
     return target.__name__ if isinstance(target, type) else repr(target)
-
-
-def _check_same_options(spec: SubscriptionSpec, wanted: SubscriptionSpec, fn: HandlerFn) -> None:
-    """A (topic, group) runs with one set of options: refuse a second, different set."""
-    if spec is wanted:
-        return
-    have, want = spec.options(), wanted.options()
-    differing = [f"{name}={want[name]!r} (was {have[name]!r})"
-                 for name in have if have[name] != want[name]]
-    if differing:
-        raise ConfigurationError(
-            f"subscribe() of {fn.__qualname__} to topic {spec.topic!r} group {spec.group!r} "
-            f"gives different options from the handlers already there: {', '.join(differing)}; "
-            "one (topic, group) runs with one set of options: give the same ones, or use "
-            "another group"
-        )

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from eventbus.envelope import Envelope
-from eventbus.errors import DuplicateSubscriptionError
+from eventbus.errors import ConfigurationError, DuplicateSubscriptionError
 from eventbus.events import Message
 from eventbus.middleware.base import Middleware
 from eventbus.middleware.idempotency import Idempotency, IdempotencyStore
@@ -89,3 +89,18 @@ class SubscriptionSpec:
             "middleware": self.middleware,
             "idempotency": self.idempotency,
         }
+
+    def check_same_options(self, wanted: SubscriptionSpec, fn: HandlerFn) -> None:
+        """A (topic, group) runs with one set of options: refuse a second, different set."""
+        if wanted is self:
+            return
+        have, want = self.options(), wanted.options()
+        differing = [f"{name}={want[name]!r} (was {have[name]!r})"
+                     for name in have if have[name] != want[name]]
+        if differing:
+            raise ConfigurationError(
+                f"subscribe() of {fn.__qualname__} to topic {self.topic!r} group "
+                f"{self.group!r} gives different options from the handlers already there: "
+                f"{', '.join(differing)}; one (topic, group) runs with one set of options: "
+                "give the same ones, or use another group"
+            )
