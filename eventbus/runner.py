@@ -33,6 +33,9 @@ from eventbus.spec import SubscriptionSpec
 
 log = logging.getLogger("eventbus.runner")
 
+REDELIVERY_BACKOFF = Backoff(initial=1.0, max_delay=30.0)
+"""Delays of redeliveries after failures outside the handler, by delivery count."""
+
 SubscriptionState = Literal["starting", "running", "reconnecting", "dead", "stopped"]
 
 
@@ -261,13 +264,18 @@ class Runner:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
+            # Reaches here: a failure outside the handler (idempotency store, the
+            # dead-letter publish, the broker) or a final failure with dead letters
+            # off. Redeliver, backing off with the broker's delivery count so an
+            # outage is not hammered.
+            delay = REDELIVERY_BACKOFF.delay(delivery.attempt)
             log.exception(
-                "message %s on %s/%s could not be handled or dead-lettered (%s); "
-                "asking the broker to redeliver",
+                "message %s on %s/%s could not be handled or dead-lettered (%s: %s); "
+                "asking the broker to redeliver it in %.1fs",
                 envelope.id if envelope else delivery.message_id,
-                delivery.topic, delivery.group, exc,
+                delivery.topic, delivery.group, type(exc).__name__, exc, delay,
             )
-            await self._nack(delivery, 1.0)
+            await self._nack(delivery, delay)
             return
         self.runs.finished(envelope.id)
         await self._ack(delivery)

@@ -36,7 +36,10 @@ from eventbus import (
     Subscription,
     memory,
 )
+from eventbus import runner as runner_module
+from eventbus.backoff import Backoff
 from eventbus.errors import ConnectionLostError, SubscriptionFailedError
+from eventbus.middleware import Next
 
 
 class Job(Event, type="test.runner.job", topic="test-runner-jobs"):
@@ -358,5 +361,41 @@ def test_work_queued_from_a_lost_subscription_is_dropped_not_run_twice() -> None
         # was lost with the connection); the seven queued ones run once.
         assert sum(runs.values()) == 9, dict(runs)
         assert runs[0] == 2
+
+    run(scenario)
+
+
+def test_failures_outside_the_handler_are_redelivered_with_growing_delays(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A step outside the handler failing (a store outage) must not hammer the broker."""
+    monkeypatch.setattr(runner_module, "REDELIVERY_BACKOFF",
+                        Backoff(initial=0.01, multiplier=2.0, max_delay=0.04, jitter=0.0))
+    delays: list[float] = []
+    original = memory._MemoryDelivery._nack
+
+    async def recording_nack(self: memory._MemoryDelivery, delay: float) -> None:
+        delays.append(delay)
+        await original(self, delay)
+
+    monkeypatch.setattr(memory._MemoryDelivery, "_nack", recording_nack)
+
+    async def scenario() -> None:
+        async def store_down(ctx: Context, call_next: Next) -> None:
+            if ctx.delivery.attempt <= 4:
+                raise OSError("idempotency store unreachable")
+            await call_next(ctx)
+
+        bus = EventBus(memory_url(), middleware=[store_down])
+        handled: Inbox[int] = Inbox()
+
+        @bus.subscribe(Job, group="g")
+        async def handle(event: Job, ctx: Context) -> None:
+            handled.add(ctx.delivery.attempt)
+
+        async with bus:
+            await bus.publish(Job(n=1))
+            assert await handled.wait_count(1) == [5]
+        assert delays == [0.01, 0.02, 0.04, 0.04]
 
     run(scenario)
