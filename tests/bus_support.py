@@ -86,10 +86,14 @@ async def until(predicate: Callable[[], bool], timeout: float = WAIT) -> None:
 
 
 async def dead_letters(url: str, topic: str, group: str, count: int) -> list[Envelope]:
+    return await read_topic(url, dlq_topic(topic, group), count)
+
+
+async def read_topic(url: str, topic: str, count: int) -> list[Envelope]:
+    """The first ``count`` envelopes on ``topic`` of the memory broker at ``url``."""
     adapter = MemoryAdapter(url)
     subscription = await adapter.subscribe(
-        dlq_topic(topic, group), SubscribeOptions(group=f"reader-{uuid.uuid4()}",
-                                                  start_from="earliest"))
+        topic, SubscribeOptions(group=f"reader-{uuid.uuid4()}", start_from="earliest"))
     found: list[Envelope] = []
 
     async def collect() -> None:
