@@ -37,6 +37,7 @@ from eventbus import (
     memory,
 )
 from eventbus import runner as runner_module
+from eventbus.adapter import HealthReport
 from eventbus.backoff import Backoff
 from eventbus.errors import ConnectionLostError, SubscriptionFailedError
 from eventbus.middleware import Next
@@ -404,5 +405,53 @@ def test_failures_outside_the_handler_are_redelivered_with_growing_delays(
             await bus.publish(Job(n=1))
             assert await handled.wait_count(1) == [5]
         assert delays == [0.01, 0.02, 0.04, 0.04]
+
+    run(scenario)
+
+
+def test_a_cancelled_error_from_middleware_does_not_kill_the_lane() -> None:
+    async def scenario() -> None:
+        cancelled_once = False
+
+        async def flaky_tracing(ctx: Context, call_next: Next) -> None:
+            nonlocal cancelled_once
+            if not cancelled_once:
+                cancelled_once = True
+                other = asyncio.create_task(asyncio.sleep(10))
+                other.cancel()
+                await other  # escapes the chain: not the handler's failure
+            await call_next(ctx)
+
+        bus = EventBus(memory_url(), middleware=[flaky_tracing])
+        handled: Inbox[tuple[int, int]] = Inbox()
+
+        @bus.subscribe(Job, group="g")
+        async def handle(event: Job, ctx: Context) -> None:
+            handled.add((event.n, ctx.delivery.attempt))
+
+        with Records("eventbus") as logs:
+            async with bus:
+                await bus.publish(Job(n=0))
+                await bus.publish(Job(n=1))
+                got = await handled.wait_count(2)
+        assert sorted(got) == [(0, 2), (1, 1)]  # n=0 redelivered, the lane lived on
+        assert any("CancelledError escaped" in m for m in logs.messages(logging.ERROR))
+
+    run(scenario)
+
+
+def test_health_before_start_and_when_the_adapter_check_raises() -> None:
+    class Unhealthy(MemoryAdapter):
+        async def health(self) -> HealthReport:
+            raise OSError("health endpoint unreachable")
+
+    async def scenario() -> None:
+        bus = EventBus(Unhealthy(memory_url()))
+        before = await bus.health()
+        assert not before.ok and "not started" in before.detail
+        async with bus:
+            during = await bus.health()
+        assert not during.ok and not during.adapter.ok
+        assert "health endpoint unreachable" in during.detail
 
     run(scenario)
