@@ -8,6 +8,7 @@ import ast
 from pathlib import Path
 from typing import Any
 
+import pytest
 from bus_support import Inbox, memory_url, new_topic, run
 
 from eventbus import (
@@ -131,3 +132,10 @@ def test_backoff_grows_caps_and_never_overflows() -> None:
     assert all(0.5 <= spread.delay(3) <= 1.5 for _ in range(50))
     assert RetryPolicy(max_attempts=10**6, initial_delay=0.001, max_delay=0.001,
                        jitter=0.0).delay(5000) == 0.001
+
+
+def test_a_retry_policy_with_impossible_delays_is_refused_when_built() -> None:
+    with pytest.raises(ValueError, match="jitter"):
+        RetryPolicy(jitter=2.0)
+    with pytest.raises(ValueError, match="initial"):
+        RetryPolicy(initial_delay=-1.0)

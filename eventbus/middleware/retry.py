@@ -55,6 +55,7 @@ class RetryPolicy:
     def __post_init__(self) -> None:
         if self.max_attempts < 1 or self.in_process_attempts < 1:
             raise ValueError("max_attempts and in_process_attempts must be at least 1")
+        self.backoff  # noqa: B018 - checks the delay settings now, not at the first failure
 
     def delay(self, attempt: int) -> float:
         """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
