@@ -136,12 +136,7 @@ class EventBus:
         Subscribe before ``start()``. Several handlers may share a (topic, group)
         when they give it the same options; different ones raise ConfigurationError.
         """
-        if self._started:
-            raise ConfigurationError(
-                f"subscribe({', '.join(map(_name, targets))}) after start(): the "
-                "bus is already running and would never start it; subscribe before "
-                "start() (or `async with bus`)"
-            )
+        self._refuse_when_started(targets)
         check_middleware(middleware, "subscribe(...)")
         if not targets:
             raise ConfigurationError("subscribe() needs at least one event class or topic")
@@ -151,8 +146,10 @@ class EventBus:
             )
 
         def decorate(fn: F) -> F:
+            self._refuse_when_started(targets)
             for target in targets:
                 cls = target if isinstance(target, type) else None
+                handler = Handler.wrap(fn, cls)  # a bad handler registers nothing
                 topic = cls.default_topic() if cls is not None else str(target)
                 is_command = cls is not None and issubclass(cls, Command)
                 chosen = group or (topic if is_command else self.source)
@@ -179,10 +176,18 @@ class EventBus:
                 if spec is None:
                     spec = self._specs[(topic, chosen)] = wanted
                 spec.check_same_options(wanted, fn)
-                spec.add(Handler.wrap(fn, cls))
+                spec.add(handler)
             return fn
 
         return decorate
+
+    def _refuse_when_started(self, targets: Sequence[type[Message] | str]) -> None:
+        if self._started:
+            raise ConfigurationError(
+                f"subscribe({', '.join(map(_name, targets))}) after start(): the "
+                "bus is already running and would never start it; subscribe before "
+                "start() (or `async with bus`)"
+            )
 
     def chain_for(self, spec: SubscriptionSpec) -> list[Middleware]:
         """The middleware around ``spec``'s handlers, outermost first (see middleware.chain)."""

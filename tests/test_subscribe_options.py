@@ -111,7 +111,27 @@ def test_subscribing_after_start_is_refused() -> None:
                 @bus.subscribe(Job, group="g")
                 async def late(event: Job) -> None: ...
 
+        # A decorator made before start() and applied after it is refused too.
+        bus = EventBus(memory_url())
+        decorator = bus.subscribe(Job, group="g")
+        async with bus:
+            async def late_too(event: Job) -> None: ...
+
+            with pytest.raises(ConfigurationError, match="after start"):
+                decorator(late_too)
+        assert bus.subscriptions == []
+
     run(scenario)
+
+
+def test_a_refused_handler_leaves_no_subscription_behind() -> None:
+    bus = EventBus(memory_url())
+
+    def not_async(event: Job) -> None: ...
+
+    with pytest.raises(TypeError, match="async"):
+        bus.subscribe(Job, group="g")(not_async)  # type: ignore[arg-type]
+    assert bus.subscriptions == []
 
 
 def test_stop_closes_the_idempotency_stores_the_bus_was_given() -> None:
