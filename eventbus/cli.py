@@ -16,7 +16,7 @@ import typer
 from eventbus.bus import EventBus
 from eventbus.dlq import DeadLetters
 from eventbus.envelope import Envelope
-from eventbus.errors import EventBusError, mask_url
+from eventbus.errors import EventBusError, SubscriptionFailedError, mask_url
 from eventbus.registry_adapters import adapter_from_url
 
 app = typer.Typer(help="eventbus: broker-agnostic event messaging.", no_args_is_help=True)
@@ -77,13 +77,23 @@ def run(
     target: Annotated[str, typer.Argument(help="module:attribute of the EventBus, e.g. app:bus")],
     log_level: Annotated[str, typer.Option(help="Logging level")] = "INFO",
 ) -> None:
-    """Run a service's subscriptions until SIGTERM/SIGINT, then shut down gracefully."""
+    """Run a service's subscriptions until SIGTERM/SIGINT, then shut down gracefully.
+
+    Exits 0 after a signal, 1 when a subscription died for good (so a supervisor
+    restarts the service instead of it sitting idle), 2 on a configuration error.
+    """
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
     bus = load_bus(target)
     typer.echo(f"running {target} on {mask_url(bus.adapter.url)}", err=True)
-    _run(bus.run)
+    try:
+        asyncio.run(bus.run())
+    except SubscriptionFailedError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=1) from exc
+    except EventBusError as exc:
+        _fail(str(exc))
 
 
 @app.command()
