@@ -1,8 +1,13 @@
-"""pytest plugin (entry point ``pytest11: eventbus``): the ``conformance`` marker,
-an ``--eventbus-url`` option and an ``eventbus_target`` fixture built from it.
+"""pytest plugin (entry point ``pytest11: eventbus``).
 
-Nothing here runs unless asked: with no URL configured the fixture skips the
-tests that use it, and other test suites are unaffected.
+For your service's tests: the ``eventbus_memory_url`` fixture, a private
+``memory://`` broker per test, also set as ``$EVENTBUS_URL`` so a
+``create_bus()`` built on ``EventBus.from_env()`` uses it (forgotten after the
+test). For adapters: the ``conformance`` marker, an ``--eventbus-url`` option and
+an ``eventbus_target`` fixture built from it.
+
+Nothing here runs unless asked: with no URL configured the target fixture skips
+the tests that use it, and other test suites are unaffected.
 
 ::
 
@@ -15,9 +20,12 @@ tests that use it, and other test suites are unaffected.
 from __future__ import annotations
 
 import os
+import uuid
+from collections.abc import Iterator
 
 import pytest
 
+from eventbus.memory import MemoryBroker
 from eventbus.testing.target import BrokerTarget
 
 URL_OPTION = "--eventbus-url"
@@ -47,3 +55,14 @@ def eventbus_target(request: pytest.FixtureRequest) -> BrokerTarget:
     if not url:
         pytest.skip(f"no broker configured: pass {URL_OPTION} or set ${URL_VARIABLE}")
     return BrokerTarget(name=str(url).split(":", 1)[0], url=str(url))
+
+
+@pytest.fixture
+def eventbus_memory_url(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A ``memory://`` broker of this test's own, also set as ``$EVENTBUS_URL``; its
+    messages are forgotten when the test ends, so nothing leaks into the next one."""
+    name = f"eventbus-test-{uuid.uuid4()}"
+    url = f"memory://{name}"
+    monkeypatch.setenv("EVENTBUS_URL", url)
+    yield url
+    MemoryBroker.discard(name)
