@@ -11,38 +11,65 @@
 
     @bus.subscribe(OrderPlaced, group="billing")
     async def charge(event: OrderPlaced, ctx: Context) -> None: ...
+
+What a service author needs is importable from here: the bus, messages, the
+context, retry and idempotency settings, dead-letter operations and every error
+a service may catch. Types for adapter authors live in :mod:`eventbus.adapter`
+(a few are re-exported here too); test tools in :mod:`eventbus.testing`.
+``SQLiteIdempotencyStore`` is loaded on first use, so importing eventbus does not
+import aiosqlite.
 """
+
+from typing import TYPE_CHECKING, Any
 
 from eventbus.adapter import Adapter, Capabilities, Delivery, SubscribeOptions, Subscription
 from eventbus.backoff import Backoff
 from eventbus.bus import BusHealth, EventBus
-from eventbus.context import INHERIT, Context, Publisher
+from eventbus.context import INHERIT, Context, Publisher, PublishOptions
+from eventbus.deadletter import DeadLetterRecord
+from eventbus.dlq import DeadLetters, ListedDeadLetter
 from eventbus.envelope import Envelope
 from eventbus.errors import (
     BatchPublishError,
     BrokerConnectionError,
     ConfigurationError,
+    ConnectionLostError,
+    DeadLetterPublishError,
     DecodeError,
+    DeliveryAlreadySettledError,
+    DuplicateSubscriptionError,
     EventBusError,
+    HandlerCancelledError,
+    HandlerTimeoutError,
+    IdempotencyStoreError,
+    InfrastructureError,
+    InvalidExtensionNameError,
     InvalidURLError,
     MessageTooLargeError,
     PoisonMessageError,
     PublishError,
     SchemaError,
     SubscriptionFailedError,
+    TopicNotFoundError,
     UnknownSchemeError,
+    UnsupportedOperationError,
 )
 from eventbus.events import Command, Event, Message, Registry, registry
 from eventbus.memory import MemoryAdapter
 from eventbus.middleware import (
     Idempotency,
+    IdempotencyStore,
     MemoryIdempotencyStore,
+    Middleware,
+    Next,
     PublishMiddleware,
     PublishNext,
     RetryPolicy,
-    SQLiteIdempotencyStore,
 )
 from eventbus.runner import SubscriptionHealth
+
+if TYPE_CHECKING:
+    from eventbus.middleware.sqlite_store import SQLiteIdempotencyStore
 
 __all__ = [
     "INHERIT",
@@ -54,23 +81,39 @@ __all__ = [
     "Capabilities",
     "Command",
     "ConfigurationError",
+    "ConnectionLostError",
     "Context",
+    "DeadLetterPublishError",
+    "DeadLetterRecord",
+    "DeadLetters",
     "DecodeError",
     "Delivery",
+    "DeliveryAlreadySettledError",
+    "DuplicateSubscriptionError",
     "Envelope",
     "Event",
     "EventBus",
     "EventBusError",
+    "HandlerCancelledError",
+    "HandlerTimeoutError",
     "Idempotency",
+    "IdempotencyStore",
+    "IdempotencyStoreError",
+    "InfrastructureError",
+    "InvalidExtensionNameError",
     "InvalidURLError",
+    "ListedDeadLetter",
     "MemoryAdapter",
     "MemoryIdempotencyStore",
     "Message",
     "MessageTooLargeError",
+    "Middleware",
+    "Next",
     "PoisonMessageError",
     "PublishError",
     "PublishMiddleware",
     "PublishNext",
+    "PublishOptions",
     "Publisher",
     "Registry",
     "RetryPolicy",
@@ -80,7 +123,18 @@ __all__ = [
     "Subscription",
     "SubscriptionFailedError",
     "SubscriptionHealth",
+    "TopicNotFoundError",
     "UnknownSchemeError",
+    "UnsupportedOperationError",
     "registry",
 ]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    # Loaded on first use, so importing eventbus does not import aiosqlite.
+    if name == "SQLiteIdempotencyStore":
+        from eventbus.middleware.sqlite_store import SQLiteIdempotencyStore
+
+        return SQLiteIdempotencyStore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -9,10 +9,10 @@ import os
 import signal
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, Unpack
 
 from eventbus.adapter import Adapter, HealthReport
-from eventbus.context import INHERIT, ParentOption
+from eventbus.context import INHERIT, ParentOption, PublishOptions
 from eventbus.envelope import Envelope
 from eventbus.errors import (
     ConfigurationError,
@@ -217,7 +217,7 @@ class EventBus:
         )
 
     async def publish(
-        self, message: Message, *, topic: str | None = None, **options: Any
+        self, message: Message, *, topic: str | None = None, **options: Unpack[PublishOptions]
     ) -> Envelope:
         """Publish ``message``; returns its envelope once the broker has confirmed it.
 
@@ -230,7 +230,7 @@ class EventBus:
         (sent,) = await self.publish_envelopes(topic or message.default_topic(), [envelope])
         return sent
 
-    async def send(self, command: Command, **options: Any) -> Envelope:
+    async def send(self, command: Command, **options: Unpack[PublishOptions]) -> Envelope:
         """Send a command to the one group that handles it."""
         if not isinstance(command, Command):
             raise ConfigurationError(
@@ -239,7 +239,8 @@ class EventBus:
         return await self.publish(command, **options)
 
     async def publish_many(
-        self, messages: Sequence[Message], *, topic: str | None = None, **options: Any
+        self, messages: Sequence[Message], *, topic: str | None = None,
+        **options: Unpack[PublishOptions],
     ) -> list[Envelope]:
         """Publish a batch (one broker round trip per topic).
 

@@ -6,7 +6,7 @@ import logging
 from collections.abc import MutableMapping
 from contextvars import ContextVar
 from enum import Enum
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol, TypedDict, Unpack
 
 from eventbus.adapter import Delivery
 from eventbus.envelope import Envelope
@@ -31,14 +31,33 @@ start a new flow (own correlation id, no causation) from inside a handler."""
 ParentOption = Envelope | None | _Inherit
 
 
+class PublishOptions(TypedDict, total=False):
+    """The options of ``publish``, ``send`` and ``publish_many`` (and their ``ctx``
+    forms), typed so a checker catches a misspelled one.
+
+    - ``key``: partition key; messages with the same key stay in order.
+    - ``parent``: the envelope that caused this one (default: the one being
+      handled); ``None`` starts a new flow.
+    - ``correlation_id``: the flow's id, when not inherited from ``parent``.
+    - ``subject``: the CloudEvents ``subject``.
+    - ``extensions``: extra CloudEvents attributes (lower-case names).
+    """
+
+    key: str | None
+    parent: ParentOption
+    correlation_id: str | None
+    subject: str | None
+    extensions: dict[str, str] | None
+
+
 class Publisher(Protocol):
     """The narrow interface a :class:`Context` replies on (the bus implements it)."""
 
     async def publish(self, message: Message, *, topic: str | None = None,
-                      **options: Any) -> Envelope:
+                      **options: Unpack[PublishOptions]) -> Envelope:
         """Publish ``message``; returns its envelope once the broker confirmed it."""
 
-    async def send(self, command: Command, **options: Any) -> Envelope:
+    async def send(self, command: Command, **options: Unpack[PublishOptions]) -> Envelope:
         """Send ``command`` to the one group that handles it."""
 
 
@@ -112,13 +131,14 @@ class Context:
             self._logger = _ContextLogger(self)
         return self._logger
 
-    async def publish(self, event: Message, **options: Any) -> Envelope:
-        """Publish ``event`` as caused by the message being handled (``parent=None``
-        starts a new flow instead)."""
+    async def publish(self, event: Message, *, topic: str | None = None,
+                      **options: Unpack[PublishOptions]) -> Envelope:
+        """Publish ``event`` (to ``topic``, default its class's) as caused by the
+        message being handled (``parent=None`` starts a new flow instead)."""
         options.setdefault("parent", self.envelope)
-        return await self.publisher.publish(event, **options)
+        return await self.publisher.publish(event, topic=topic, **options)
 
-    async def send(self, command: Command, **options: Any) -> Envelope:
+    async def send(self, command: Command, **options: Unpack[PublishOptions]) -> Envelope:
         """Send ``command`` to its one handler group, caused by the message being handled."""
         options.setdefault("parent", self.envelope)
         return await self.publisher.send(command, **options)

@@ -1,5 +1,7 @@
 """Built-in middleware. See :mod:`eventbus.middleware.base` for the order they run in."""
 
+from typing import TYPE_CHECKING, Any
+
 from eventbus.middleware.base import (
     Middleware,
     Next,
@@ -21,8 +23,10 @@ from eventbus.middleware.idempotency import (
     idempotency_key,
 )
 from eventbus.middleware.retry import NO_RETRY, Retry, RetryPolicy
-from eventbus.middleware.sqlite_store import SQLiteIdempotencyStore
 from eventbus.middleware.timeout import Timeout
+
+if TYPE_CHECKING:
+    from eventbus.middleware.sqlite_store import SQLiteIdempotencyStore
 
 __all__ = [
     "NO_RETRY",
@@ -50,3 +54,12 @@ __all__ = [
     "dlq_topic",
     "idempotency_key",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # Loaded on first use, so importing eventbus does not import aiosqlite.
+    if name == "SQLiteIdempotencyStore":
+        from eventbus.middleware.sqlite_store import SQLiteIdempotencyStore
+
+        return SQLiteIdempotencyStore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

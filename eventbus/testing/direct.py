@@ -9,10 +9,10 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Unpack
 
 from eventbus.adapter import Delivery
-from eventbus.context import Context, current_envelope
+from eventbus.context import Context, PublishOptions, current_envelope
 from eventbus.envelope import Envelope
 from eventbus.errors import ConfigurationError
 from eventbus.events import Command, Message
@@ -48,7 +48,7 @@ class TestPublisher:
         self.topics: list[str] = []
 
     async def publish(self, message: Message, *, topic: str | None = None,
-                      **options: Any) -> Envelope:
+                      **options: Unpack[PublishOptions]) -> Envelope:
         """Record ``message`` and return the envelope publishing it would send."""
         envelope = build_envelope(message, self.source, **options)
         self.messages.append(message)
@@ -56,7 +56,7 @@ class TestPublisher:
         self.topics.append(topic or message.default_topic())
         return envelope
 
-    async def send(self, command: Command, **options: Any) -> Envelope:
+    async def send(self, command: Command, **options: Unpack[PublishOptions]) -> Envelope:
         """Record ``command`` (refusing an event, as the bus does)."""
         if not isinstance(command, Command):
             raise ConfigurationError(
