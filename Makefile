@@ -8,7 +8,7 @@ VENV := .venv
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: demo test lint typecheck bench bench-kafka bench-profile setup clean docs
+.PHONY: demo test lint typecheck docs-check bench bench-kafka bench-profile setup clean docs
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)
@@ -27,9 +27,15 @@ lint: setup
 
 typecheck: setup
 	$(VENV)/bin/mypy eventbus adapters/kafka/eventbus_kafka
+	@# The guide's example service and its tests, as a user would type-check them.
+	MYPYPATH=examples/testing $(VENV)/bin/mypy -m shop -m test_shop_service
+
+## The docs build with no warning (a broken link or a page missing from the nav fails).
+docs-check: setup
+	$(VENV)/bin/mkdocs build --strict --site-dir .reports/site
 
 ## Lint, type-check, unit tests, conformance on memory and on every real broker, mutants.
-test: lint typecheck
+test: lint typecheck docs-check
 	@# coverage run, not pytest --cov: our pytest plugin imports eventbus before pytest-cov starts.
 	$(VENV)/bin/python -m coverage run --source=eventbus -m pytest -q -ra \
 		--junitxml=.reports/junit.xml
