@@ -1,9 +1,9 @@
 """Tests of the shop service with eventbus.testing (run with pytest and pytest-asyncio)."""
 
 import pytest
+from shop import OrderPlaced, PaymentCharged, bus, charge, gateway
 
 from eventbus.testing import TestBus, call_handler
-from shop import OrderPlaced, PaymentCharged, bus, charge, gateway
 
 
 @pytest.fixture(autouse=True)
