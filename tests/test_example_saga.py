@@ -25,10 +25,12 @@ from examples.order_saga.demo import (  # noqa: E402
 from examples.order_saga.events import OrderLine  # noqa: E402
 
 
-def _run(requests: list[OrderRequest]) -> tuple[SagaRun, list[str]]:
+def _run(requests: list[OrderRequest], show_middleware: bool = False
+         ) -> tuple[SagaRun, list[str]]:
     lines: list[str] = []
     run = asyncio.run(
-        run_saga(f"memory://{uuid.uuid4()}", requests=requests, timeout=5.0, echo=lines.append)
+        run_saga(f"memory://{uuid.uuid4()}", requests=requests, timeout=5.0, echo=lines.append,
+                 show_middleware=show_middleware)
     )
     return run, lines
 
@@ -102,3 +104,24 @@ def test_concurrent_flows_keep_their_own_correlation() -> None:
         assert flow.outcome is not None
         chain = [cls.event_type() for cls in EXPECTED_CHAIN[flow.outcome]]
         _assert_chain(flow.events, flow.correlation_id, chain)
+
+
+def test_the_story_shows_a_retry_a_skipped_duplicate_and_a_dead_letter() -> None:
+    run, printed = _run(default_orders(), show_middleware=True)
+
+    assert [flow.outcome for flow in run.flows] == ["completed", "cancelled"]
+    first = run.flows[0]
+    story = "\n".join(printed)
+    # The gateway timed out once for the first order, and the retry charged it once.
+    assert f"timed out on attempt 1 for order={first.request.order_id}" in story
+    assert run.ledger is not None and run.ledger.gateway.attempts[first.request.order_id] == 2
+    assert not run.ledger.charges[first.request.order_id].refunded
+    # Its OrderPlaced, delivered again, was skipped: still one charge, no new events.
+    placed = next(e for e in first.events if e.type == "example.order.placed")
+    assert f"duplicate delivery of OrderPlaced (id {placed.id[:8]}) skipped by idempotency" in story
+    assert len(first.events) == len(EXPECTED_CHAIN["completed"])
+    # The poison message is on the payment service's dead-letter queue, with the reason.
+    assert "poison OrderPlaced" in story and "SchemaError: Field required" in story
+    assert "orders.payment-service.dlq" in story
+    chain = [cls.event_type() for cls in EXPECTED_CHAIN["completed"]]
+    _assert_chain(first.events, first.correlation_id, chain)

@@ -1,5 +1,8 @@
 """Run the order saga: three services on one broker, one order that completes and
-one that is out of stock and gets compensated.
+one that is out of stock and gets compensated. On the way the middleware shows
+what it does: the payment gateway times out once and the retry succeeds, a
+duplicate delivery is skipped by idempotency, a poison message lands on the
+dead-letter queue.
 
 ::
 
@@ -19,7 +22,7 @@ import itertools
 import sys
 import uuid
 from collections.abc import Callable, Sequence
-from contextlib import AsyncExitStack
+from contextlib import AsyncExitStack, ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -28,7 +31,7 @@ if not __package__:  # run as a file: make the `examples` package importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from eventbus import Envelope, EventBus, MemoryIdempotencyStore, Message, registry
-from examples.order_saga import inventory_service, order_service, payment_service
+from examples.order_saga import inventory_service, order_service, payment_service, stories
 from examples.order_saga.events import (
     InventoryReservationFailed,
     InventoryReserved,
@@ -138,6 +141,8 @@ class FlowMonitor:
         flow = self.flows.get(envelope.correlationid or "")
         if flow is None:
             return  # another run's flow (a real broker keeps history)
+        if any(seen.id == envelope.id for seen in flow.events):
+            return  # a duplicate delivery (the demo makes one); the flow already has it
         flow.events.append(envelope)
         self.echo(describe(envelope))
         if envelope.type in OUTCOME_OF and not flow.ended.done():
@@ -176,12 +181,16 @@ async def run_saga(
     with_services: bool = True,
     timeout: float = 10.0,
     echo: Echo = print,
+    show_middleware: bool = True,
 ) -> SagaRun:
     """Place ``requests`` (default: :func:`default_orders`) and wait for each saga to end.
 
     ``url`` defaults to ``$EVENTBUS_URL`` (else ``memory://``). With ``with_services``
     the three services run here, each on its own bus; without, they are expected
-    to run elsewhere on the same broker (``eventbus run ...``). Raises
+    to run elsewhere on the same broker (``eventbus run ...``). With
+    ``show_middleware`` (and the services here) the first order's payment gateway
+    times out once, and once the sagas ended a duplicate and a poison message
+    are delivered, each step printed. Raises
     :class:`SagaTimeout` naming the flows still running after ``timeout`` seconds.
     """
     requests = list(requests) if requests is not None else default_orders()
@@ -201,10 +210,24 @@ async def run_saga(
         order_service.register(order_bus, run.orders)
         payment_bus = _bus(url, payment_service.SERVICE)
         run.ledger = payment_service.register(payment_bus)
+        if show_middleware and run.flows:
+            run.ledger.gateway.flaky.add(run.flows[0].request.order_id)
+            run.ledger.gateway.echo = echo
         inventory_bus = _bus(url, inventory_service.SERVICE)
         run.stock = inventory_service.register(inventory_bus)
         buses += [payment_bus, inventory_bus]
 
+    show_middleware = show_middleware and with_services
+    with ExitStack() as logs:
+        watch = logs.enter_context(stories.LogWatch())
+        show = (watch, echo) if show_middleware and run.flows else None
+        await _run_flows(run, buses, order_bus, timeout, with_services, show)
+    return run
+
+
+async def _run_flows(run: SagaRun, buses: list[EventBus], order_bus: EventBus,
+                     timeout: float, with_services: bool,
+                     show: tuple[stories.LogWatch, Echo] | None) -> None:
     async with AsyncExitStack() as stack:
         for bus in buses:
             await stack.enter_async_context(bus)
@@ -227,7 +250,13 @@ async def run_saga(
                 )
                 + ("" if with_services else " — are the three services running on this broker?")
             )
-    return run
+        if show is not None:
+            # After the sagas: the first order's OrderPlaced delivered again, and a poison one.
+            watch, echo = show
+            placed = next(e for e in run.flows[0].events if e.type == OrderPlaced.event_type())
+            echo("")
+            await stories.duplicate_skipped(watch, order_bus, placed, echo, timeout)
+            await stories.poison_dead_lettered(watch, order_bus, echo, timeout)
 
 
 def problems(flow: Flow) -> list[str]:
