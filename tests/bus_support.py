@@ -8,12 +8,24 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
-from eventbus import Envelope, MemoryAdapter
+from eventbus import Command, Envelope, Event, MemoryAdapter
 from eventbus.adapter import SubscribeOptions
 from eventbus.middleware import dlq_topic
 
 WAIT = 5.0
 T = TypeVar("T")
+
+
+class OrderPlaced(Event, type="test.bus.order-placed", topic="test-bus-orders"):
+    order_id: str
+
+
+class PaymentTaken(Event, type="test.bus.payment-taken", topic="test-bus-payments"):
+    order_id: str
+
+
+class ChargeCard(Command, type="test.bus.charge-card", topic="test-bus-charges"):
+    order_id: str
 
 
 class Inbox(Generic[T]):

@@ -1,0 +1,119 @@
+"""Choosing the broker by URL: $EVENTBUS_URL, unknown schemes, masked passwords, and
+adapters found through entry points."""
+
+from __future__ import annotations
+
+import pytest
+from bus_support import (
+    memory_url,
+)
+
+from eventbus import (
+    ConfigurationError,
+    EventBus,
+    InvalidURLError,
+    MemoryAdapter,
+    UnknownSchemeError,
+    registry_adapters,
+)
+from eventbus.errors import EventBusError, mask_url
+from eventbus.registry_adapters import PROVIDERS, adapter_class, adapter_from_url
+
+
+def test_from_env_uses_eventbus_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    url = memory_url()
+    monkeypatch.setenv("EVENTBUS_URL", url)
+    bus = EventBus.from_env(source="svc")
+    assert isinstance(bus.adapter, MemoryAdapter) and bus.adapter.url == url
+    assert bus.source == "svc"
+    monkeypatch.delenv("EVENTBUS_URL")
+    assert EventBus.from_env().adapter.url == "memory://"
+    monkeypatch.setenv("EVENTBUS_URL", "")
+    assert EventBus.from_env().adapter.url == "memory://"
+
+
+def test_from_env_reports_a_bad_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EVENTBUS_URL", "nats://localhost:4222")
+    with pytest.raises(UnknownSchemeError):
+        EventBus.from_env()
+
+
+def test_unknown_scheme_names_the_package_to_install() -> None:
+    # eventbus-kafka is installed in this workspace, so use a scheme that is not.
+    assert PROVIDERS["nats"] == "eventbus-nats"
+    with pytest.raises(UnknownSchemeError, match="pip install eventbus-nats") as info:
+        EventBus.from_url("nats://user:s3cret@localhost:4222")
+    assert "'nats'" in str(info.value) and "s3cret" not in str(info.value)
+
+
+def test_totally_unknown_scheme_says_how_to_register_an_adapter() -> None:
+    with pytest.raises(UnknownSchemeError, match="no known package provides it") as info:
+        EventBus("carrierpigeon://coop/1")
+    assert "eventbus.adapters" in str(info.value)
+    assert isinstance(info.value, ConfigurationError | EventBusError)
+
+
+def test_url_without_scheme_is_invalid_and_the_password_is_masked() -> None:
+    with pytest.raises(InvalidURLError, match="has no scheme") as info:
+        adapter_from_url("//admin:hunter2@broker:5672/")
+    assert "hunter2" not in str(info.value)
+    assert "admin:***@broker:5672" in str(info.value)
+    with pytest.raises(InvalidURLError, match="no scheme"):
+        EventBus("localhost")
+
+
+def test_unparseable_url_is_invalid() -> None:
+    with pytest.raises(InvalidURLError, match="cannot parse"):
+        adapter_from_url("memory://[::1")
+
+
+def test_memory_scheme_resolves_to_the_memory_adapter() -> None:
+    assert adapter_class("memory") is MemoryAdapter
+
+
+@pytest.mark.parametrize(
+    ("url", "masked"),
+    [
+        ("amqp://guest:guest@rabbit:5672/vhost", "amqp://guest:***@rabbit:5672/vhost"),
+        ("redis://:pw@cache:6379/0", "redis://:***@cache:6379/0"),
+        ("kafka://broker:9092", "kafka://broker:9092"),
+        ("nats://user@host", "nats://user@host"),
+        ("sqs://id:p%40ss@host?region=eu", "sqs://id:***@host?region=eu"),
+        ("http://[::1", "<unparseable url>"),
+    ],
+)
+def test_mask_url(url: str, masked: str) -> None:
+    assert mask_url(url) == masked
+
+
+def test_memory_adapter_bad_option_is_an_invalid_url() -> None:
+    with pytest.raises(InvalidURLError, match="unknown option"):
+        EventBus("memory://x?colour=blue")
+
+
+class _EntryPoint:
+    def __init__(self, name: str, loaded: object) -> None:
+        self.name, self.value, self._loaded = name, f"fake:{name}", loaded
+
+    def load(self) -> object:
+        return self._loaded
+
+
+def test_entry_point_that_is_not_an_adapter_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(registry_adapters, "entry_points",
+                        lambda group: [_EntryPoint("fake", object())])
+    with pytest.raises(UnknownSchemeError, match="is not an Adapter"):
+        adapter_class("fake")
+
+
+def test_entry_points_pick_the_adapter_and_memory_works_without_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(registry_adapters, "entry_points",
+                        lambda group: [_EntryPoint("fake", _FakeAdapter)])
+    assert adapter_class("fake") is _FakeAdapter
+    assert adapter_class("memory") is MemoryAdapter  # not installed as a dist: still there
+
+
+class _FakeAdapter(MemoryAdapter):
+    """An adapter class an entry point can name."""
