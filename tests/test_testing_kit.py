@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 
-from eventbus import Context, Event, EventBus, MemoryAdapter, RetryPolicy
+from eventbus import Context, Event, EventBus, MemoryAdapter, MessageTooLargeError, RetryPolicy
 from eventbus.dlq import DeadLetters
 from eventbus.errors import ConfigurationError
 from eventbus.testing import (
@@ -227,3 +227,44 @@ async def test_the_kit_runs_under_anyio(anyio_backend: str) -> None:
         await tb.bus.publish(KitOrderPlaced(order_id="any"))
         await tb.drain()
         assert tb.published(KitReceiptSent) == [KitReceiptSent(order_id="any")]
+
+
+@pytest.mark.asyncio
+async def test_drain_waits_for_a_duplicate_published_before_the_first_was_handled() -> None:
+    bus = EventBus(source="dupes")
+
+    @bus.subscribe(KitOrderPlaced, group="counter")
+    async def count(event: KitOrderPlaced) -> None:
+        await asyncio.sleep(0)
+
+    async with TestBus(bus) as tb:
+        sent = await bus.publish(KitOrderPlaced(order_id="twice"))
+        await bus.publish_envelopes(KitOrderPlaced.default_topic(), [sent])  # same id
+        await tb.drain()
+        assert tb.received(count) == [KitOrderPlaced(order_id="twice")] * 2
+
+
+@pytest.mark.asyncio
+async def test_a_refused_publish_is_not_owed_and_a_history_reader_is() -> None:
+    bus = EventBus("memory://?max_message_bytes=300", source="sizes")
+
+    @bus.subscribe(KitOrderPlaced, group="history", start_from="earliest")
+    async def read(event: KitOrderPlaced) -> None:
+        return None
+
+    async with TestBus(bus) as tb:
+        with pytest.raises(MessageTooLargeError):
+            await bus.publish(KitOrderPlaced(order_id="x" * 500))
+        await tb.drain(timeout=1.0)  # nothing was sent, so nothing is owed
+        assert tb.published() == []
+        await bus.publish(KitOrderPlaced(order_id="small"))
+        await tb.drain()
+        assert tb.received(read) == [KitOrderPlaced(order_id="small")]
+
+
+def test_test_publisher_refuses_an_event_sent_as_a_command() -> None:
+    async def scenario() -> None:
+        with pytest.raises(ConfigurationError, match="is an event"):
+            await TestPublisher().send(KitOrderPlaced(order_id="1"))  # type: ignore[arg-type]
+
+    asyncio.run(scenario())

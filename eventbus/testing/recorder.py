@@ -34,6 +34,7 @@ class Pending:
     envelope: Envelope
     deliveries: int = 0
     last: str = "not delivered yet"
+    owed: int = 1  # the same envelope published again (a duplicate) is owed twice
 
     def describe(self) -> str:
         return (f"topic {self.topic!r} group {self.group!r}: event {self.envelope.id} "
@@ -58,16 +59,31 @@ class Recorder:
             else:
                 self.published.append((topic, envelope))
             for group in self.groups.get(topic, ()):
-                self.pending[(topic, group, envelope.id)] = Pending(topic, group, envelope)
+                self._owe(topic, group, envelope)
         self.changed.set()
 
+    def _owe(self, topic: str, group: str, envelope: Envelope) -> None:
+        item = self.pending.get((topic, group, envelope.id))
+        if item is None:
+            self.pending[(topic, group, envelope.id)] = Pending(topic, group, envelope)
+        else:
+            item.owed += 1
+
+    def _settle(self, key: tuple[str, str, str]) -> None:
+        item = self.pending.get(key)
+        if item is not None:
+            item.owed -= 1
+            if item.owed <= 0:
+                del self.pending[key]
+
     def on_publish_failed(self, topic: str, envelopes: Sequence[Envelope]) -> None:
-        ids = {envelope.id for envelope in envelopes}
-        self.published = [(t, e) for t, e in self.published if t != topic or e.id not in ids]
-        self.dead_letters = [(t, e) for t, e in self.dead_letters
-                             if t != topic or e.id not in ids]
-        for key in [k for k in self.pending if k[0] == topic and k[2] in ids]:
-            del self.pending[key]
+        for envelope in envelopes:
+            for records in (self.published, self.dead_letters):
+                if (topic, envelope) in records:
+                    # The last record of it is the one this publish added.
+                    del records[len(records) - 1 - records[::-1].index((topic, envelope))]
+            for group in self.groups.get(topic, ()):
+                self._settle((topic, group, envelope.id))
         self.changed.set()
 
     def on_subscribe(self, topic: str, options: SubscribeOptions) -> None:
@@ -79,8 +95,7 @@ class Recorder:
             # A new group reading history owes everything already on the topic.
             for name, envelope in [*self.published, *self.dead_letters]:
                 if name == topic:
-                    key = (topic, options.group, envelope.id)
-                    self.pending[key] = Pending(topic, options.group, envelope)
+                    self._owe(topic, options.group, envelope)
 
     def on_delivered(self, delivery: Delivery) -> None:
         item = self._item(delivery)
@@ -97,7 +112,7 @@ class Recorder:
             if item is not None:
                 item.last = "nacked, waiting for its redelivery"
         else:
-            self.pending.pop(key, None)
+            self._settle(key)
         self.changed.set()
 
     def _key(self, delivery: Delivery) -> tuple[str, str, str] | None:
