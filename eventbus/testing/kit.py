@@ -163,18 +163,22 @@ class TestBus:
     def _recording(self, handler: Handler) -> Handler:
         fn, wants_context, calls = handler.fn, handler.wants_context, self._calls
 
-        async def record(arg: Any, ctx: Context) -> None:
+        def note(arg: Any, ctx: Any, error: BaseException | None) -> None:
+            # A batch handler gets a list of events and a list of contexts: one call each.
+            pairs = zip(arg, ctx, strict=True) if isinstance(ctx, list) else [(arg, ctx)]
+            calls.extend(HandlerCall(fn, event, c.envelope, c.topic, c.group, c.attempt, error)
+                         for event, c in pairs)
+
+        async def record(arg: Any, ctx: Any) -> None:
             try:
                 if wants_context:
                     await fn(arg, ctx)
                 else:
                     await fn(arg)
             except BaseException as exc:
-                calls.append(HandlerCall(fn, arg, ctx.envelope, ctx.topic, ctx.group,
-                                         ctx.attempt, exc))
+                note(arg, ctx, exc)
                 raise
-            calls.append(HandlerCall(fn, arg, ctx.envelope, ctx.topic, ctx.group,
-                                     ctx.attempt, None))
+            note(arg, ctx, None)
 
         setattr(record, _ORIGINAL, fn)
         return dataclasses.replace(handler, fn=record, wants_context=True)
