@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from collections.abc import Sequence
 
 import pytest
 from typer.testing import CliRunner
@@ -14,7 +15,7 @@ from eventbus import Envelope, MemoryAdapter
 from eventbus.adapter import ReadRecord
 from eventbus.cli import _common as cli
 from eventbus.cli import app
-from eventbus.dlq import DeadLetters, replayed_topic
+from eventbus.dlq import DeadLetters, ListedDeadLetter, replayed_topic
 from eventbus.errors import UnsupportedOperationError
 from eventbus.middleware.deadletter import dead_letter_envelope, dlq_topic
 
@@ -45,8 +46,8 @@ async def broker(*letters: Envelope, cls: type[MemoryAdapter] = MemoryAdapter) -
     return adapter
 
 
-def ids(letters: list[object]) -> list[str]:
-    return [x.envelope.id for x in letters]  # type: ignore[attr-defined]
+def ids(letters: Sequence[ReadRecord | ListedDeadLetter]) -> list[str]:
+    return [x.envelope.id for x in letters if x.envelope is not None]
 
 
 # -- the API --------------------------------------------------------------------------------

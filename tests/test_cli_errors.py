@@ -9,8 +9,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from click.testing import Result
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from eventbus import registry_adapters
 from eventbus.cli import _common as cli

@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from eventbus.bus import EventBus
-from eventbus.cli._common import UrlOption, load_bus, run_async
+from eventbus.cli._common import EXIT_USAGE, UrlOption, fail, load_bus, run_async
 from eventbus.errors import mask_url
 
 log = logging.getLogger("eventbus.cli")
@@ -80,8 +80,7 @@ def run(
     """
     level = log_level.lower()
     if level not in LOG_LEVELS:
-        raise typer.BadParameter(f"{log_level!r} is not one of {', '.join(LOG_LEVELS)}",
-                                 param_hint="--log-level")
+        fail(f"--log-level {log_level!r} is not one of {', '.join(LOG_LEVELS)}", EXIT_USAGE)
     configure_logging(level)
     bus = load_bus(target, url)
     typer.echo(f"running {target} on {mask_url(bus.adapter.url)}", err=True)
