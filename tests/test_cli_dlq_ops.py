@@ -158,8 +158,8 @@ def test_show_prints_one_letter_in_full() -> None:
     adapter = asyncio.run(broker(first, second))
     code, output = invoke(adapter, "show", second.id)
     assert code == 0, output
-    assert f"id:             {second.id}" in output and first.id not in output
-    assert "reason:         ValueError: card declined" in output
+    assert f"id:              {second.id}" in output and first.id not in output
+    assert "reason:          ValueError: card declined" in output
     assert '{"order_id":"A1"}' in output and "raise ValueError" in output
     code, output = invoke(adapter, "show", second.id, "--json")
     assert code == 0 and json.loads(output)["id"] == second.id

@@ -142,3 +142,15 @@ def test_bad_log_level_is_a_usage_error(service: Start) -> None:
     svc = service("--log-level", "chatty")
     assert svc.proc.wait(timeout=20) == 2
     assert "'chatty' is not one of debug, info, warning, error" in svc.rest()
+
+
+def test_url_a_service_ignores_is_pointed_out(service: Start) -> None:
+    """SERVICE builds its bus on memory://svc whatever --url says: run says so."""
+    svc = service("--url", "memory://elsewhere")
+    line = svc.wait_for("is built on memory://svc, not on --url memory://elsewhere")
+    assert "EventBus.from_env()" in line
+    svc.wait_for("handling ping")  # serving: the signal handlers are in place
+    svc.proc.send_signal(signal.SIGTERM)
+    svc.wait_for("SIGTERM received")
+    svc.proc.send_signal(signal.SIGTERM)
+    assert svc.proc.wait(timeout=20) == 128 + signal.SIGTERM

@@ -105,10 +105,14 @@ def refuse_in_process(url: str, command: str) -> None:
     )
 
 
-def run_async(make: Callable[[], Awaitable[T]]) -> T:
+def run_async(
+    make: Callable[[], Awaitable[T]],
+    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None,
+) -> T:
     """Run ``make()`` to completion; eventbus errors become one-line errors."""
     try:
-        return asyncio.run(_wrap(make))
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            return runner.run(_wrap(make))
     except EventBusError as exc:
         fail(str(exc), exit_code(exc))
     except KeyboardInterrupt:

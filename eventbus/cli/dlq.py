@@ -131,7 +131,7 @@ def dlq_show(
             continue
         traceback, data = doc.pop("traceback"), doc.pop("data")
         for name, value in doc.items():
-            typer.echo(f"{name + ':':16}{value}")
+            typer.echo(f"{name + ':':17}{value}")
         typer.echo(f"data:\n{data}\ntraceback:\n{traceback or '(none kept)'}")
 
 

@@ -4,14 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
+from collections.abc import Callable
 from typing import Annotated
 
 import typer
 
 from eventbus.bus import EventBus
-from eventbus.cli._common import EXIT_USAGE, UrlOption, fail, load_bus, run_async
+from eventbus.cli._common import (
+    EXIT_USAGE,
+    UrlOption,
+    fail,
+    load_bus,
+    resolve_url,
+    run_async,
+)
 from eventbus.errors import mask_url
 
 log = logging.getLogger("eventbus.cli")
@@ -83,61 +92,106 @@ def run(
         fail(f"--log-level {log_level!r} is not one of {', '.join(LOG_LEVELS)}", EXIT_USAGE)
     configure_logging(level)
     bus = load_bus(target, url)
+    if url is not None and bus.adapter.url != resolve_url(url):
+        log.warning("%s is built on %s, not on --url %s: make it with EventBus.from_env() "
+                    "to take --url", target, mask_url(bus.adapter.url), mask_url(url))
     typer.echo(f"running {target} on {mask_url(bus.adapter.url)}", err=True)
-    forced = run_async(lambda: serve(bus))
+    forced = run_async(lambda: serve(bus), loop_factory=SignalLoop)
     if forced:
         raise typer.Exit(code=128 + forced)
+
+
+SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class SignalLoop(asyncio.SelectorEventLoop):
+    """An event loop on which ``eventbus run`` sees SIGTERM/SIGINT before the bus does.
+
+    ``bus.run()`` installs its own handlers and removes them as it stops, which would
+    hand a second signal to the default action (killed, clients left open). Here the
+    bus's handler is kept aside and called by :attr:`on_signal`'s owner, and the
+    signal stays with the CLI until the loop closes.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.on_signal: Callable[[int, Callable[[], object] | None], None] | None = None
+        self._inner: dict[int, Callable[[], object]] = {}
+        self._closing = False
+
+    def add_signal_handler(self, sig: int, callback: Callable[..., object],
+                           *args: object) -> None:
+        if sig in SIGNALS and not self._closing:
+            self._inner[sig] = functools.partial(callback, *args)
+            super().add_signal_handler(sig, self._dispatch, sig)
+        else:
+            super().add_signal_handler(sig, callback, *args)
+
+    def remove_signal_handler(self, sig: int) -> bool:
+        if sig in SIGNALS and not self._closing:
+            return self._inner.pop(sig, None) is not None  # the CLI keeps the signal
+        return super().remove_signal_handler(sig)
+
+    def own_signals(self, on_signal: Callable[[int, Callable[[], object] | None], None]) -> None:
+        """Call ``on_signal(signum, inner)`` for each signal; ``inner`` is the handler
+        someone else installed for it (the bus's), or ``None``."""
+        self.on_signal = on_signal
+        for sig in SIGNALS:
+            super().add_signal_handler(sig, self._dispatch, sig)
+
+    def _dispatch(self, sig: int) -> None:
+        if self.on_signal is not None:
+            self.on_signal(sig, self._inner.get(sig))
+        elif sig in self._inner:
+            self._inner[sig]()
+
+    def close(self) -> None:
+        self._closing = True
+        super().close()
 
 
 async def serve(bus: EventBus) -> int:
     """Run ``bus`` until a signal; returns 0, or the number of the signal that forced the exit.
 
     ``bus.run()`` owns the lifecycle (start, graceful stop, failing when a
-    subscription dies); this only takes over its signals so that the first one
-    says how long the stop may take and a second one cuts it short.
+    subscription dies); the CLI sees its signals first, so that the first one says
+    how long the stop may take and a second one cuts it short.
     """
     loop = asyncio.get_running_loop()
-    task = asyncio.ensure_future(bus.run())
-    await asyncio.sleep(0)  # bus.run() installs its signal handlers before its first await
     received: list[int] = []
     second = asyncio.Event()
+    task = asyncio.ensure_future(bus.run())
 
-    def on_signal(signum: int) -> None:
+    def on_signal(signum: int, inner: Callable[[], object] | None) -> None:
         received.append(signum)
         name = signal.Signals(signum).name
         if len(received) == 1:
             log.warning("%s received: stopping; waiting up to %g s (shutdown_timeout) for "
                         "in-flight handlers; send the signal again (Ctrl-C) to force", name,
                         bus.shutdown_timeout)
-            task.cancel()  # bus.run() stops gracefully on cancellation
-            # bus.run() removes the signal handlers as it stops: take them back.
-            loop.call_soon(install)
+            if inner is not None:
+                inner()  # the bus's own handler: its graceful stop
+            else:
+                task.cancel()  # bus.run() also stops gracefully on cancellation
         elif not second.is_set():
             log.warning("%s received again: forcing the exit; closing broker connections", name)
             second.set()
 
-    def install() -> None:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, on_signal, sig)
-
-    install()
+    if isinstance(loop, SignalLoop):
+        loop.own_signals(on_signal)
+    forcing = asyncio.ensure_future(second.wait())
     try:
-        forcing = asyncio.ensure_future(second.wait())
-        try:
-            await asyncio.wait([task, forcing], return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            forcing.cancel()
-        if second.is_set() and not task.done():
-            await _force(bus, task)
-            return received[-1]
-        with contextlib.suppress(asyncio.CancelledError):
-            await task  # a subscription that died raises here; a signal's cancel does not
-        if received:
-            log.info("stopped")
-        return 0
+        await asyncio.wait([task, forcing], return_when=asyncio.FIRST_COMPLETED)
     finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(sig)
+        forcing.cancel()
+    if second.is_set() and not task.done():
+        await _force(bus, task)
+        return received[-1]
+    with contextlib.suppress(asyncio.CancelledError):
+        await task  # a subscription that died raises here
+    if received:
+        log.info("stopped")
+    return 0
 
 
 async def _force(bus: EventBus, task: asyncio.Future[None]) -> None:
