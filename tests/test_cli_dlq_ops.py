@@ -211,3 +211,17 @@ def test_purge_asks_counts_and_hides_the_letters() -> None:
     assert code == 0 and "purged 2 dead letter(s)" in output
     code, output = invoke(adapter, "purge", "--yes")
     assert code == 0 and "nothing to purge" in output
+
+
+@pytest.mark.usefixtures("in_process")
+def test_replay_of_many_letters_shows_progress_on_a_terminal(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("TTY_COMPATIBLE", "1")  # rich: draw live displays as on a terminal
+    monkeypatch.setenv("TTY_INTERACTIVE", "1")
+    adapter = asyncio.run(broker(*[letter() for _ in range(12)]))
+    code, output = invoke(adapter, "replay", "--yes")
+    assert code == 0 and "replaying" in output and "12/12" in output, output
+    few = asyncio.run(broker(letter()))
+    code, output = invoke(few, "replay", "--yes")
+    assert code == 0 and "replaying" not in output, output  # one letter needs no bar
