@@ -205,7 +205,8 @@ def _import(module_name: str) -> Any:
 
 _LIBRARY_DIRS = tuple(
     os.path.join(str(Path(p).resolve()), "")  # trailing separator: a prefix of dirs only
-    for p in {*sysconfig.get_paths().values(), str(Path(eventbus.__file__).parent)}
+    for p in {*(sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")),
+              str(Path(eventbus.__file__).parent)}
     if p
 )
 
