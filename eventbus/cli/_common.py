@@ -90,10 +90,11 @@ def resolve_url(url: str | None) -> str:
 
 def refuse_in_process(url: str, command: str) -> None:
     """Exit with an explanation when ``url`` names a broker that lives in this process."""
-    with contextlib.suppress(ValueError):
-        if urlsplit(url).scheme not in IN_PROCESS_SCHEMES:
-            return
-    if "://" not in url:
+    try:
+        scheme = urlsplit(url).scheme
+    except ValueError:
+        return  # not a URL at all: building the adapter reports it
+    if scheme not in IN_PROCESS_SCHEMES or "://" not in url:
         return
     fail(
         f"`eventbus {command}` cannot use {url}: the in-memory broker lives inside one "
@@ -132,14 +133,6 @@ async def connected(url: str) -> AsyncIterator[Adapter]:
         yield adapter
     finally:
         await adapter.close()
-
-
-def build_adapter(url: str) -> Adapter:
-    """The adapter for ``url`` (not connected); URL errors become one-line errors."""
-    try:
-        return adapter_from_url(url)
-    except EventBusError as exc:
-        fail(str(exc), exit_code(exc))
 
 
 # -- loading the user's bus -------------------------------------------------------------
