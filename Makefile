@@ -8,7 +8,7 @@ VENV := .venv
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: demo test lint typecheck bench bench-kafka setup clean docs
+.PHONY: demo test lint typecheck bench bench-kafka bench-profile setup clean docs
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)
@@ -28,12 +28,14 @@ lint: setup
 typecheck: setup
 	$(VENV)/bin/mypy eventbus adapters/kafka/eventbus_kafka
 
-## Lint, type-check, unit tests, conformance on memory and on every real broker.
+## Lint, type-check, unit tests, conformance on memory and on every real broker, mutants.
 test: lint typecheck
 	@# coverage run, not pytest --cov: our pytest plugin imports eventbus before pytest-cov starts.
 	$(VENV)/bin/python -m coverage run --source=eventbus -m pytest -q -ra \
 		--junitxml=.reports/junit.xml
 	$(VENV)/bin/python -m coverage report --fail-under=85
+	@# Deliberate bugs in the core that the conformance suite must catch (fails if one survives).
+	$(VENV)/bin/python scripts/mutants.py
 
 ## Regenerate docs/semantics.md capabilities and docs/conformance.md from the last test run.
 docs: setup
@@ -44,6 +46,11 @@ bench: setup
 
 bench-kafka: setup
 	$(VENV)/bin/python bench/bench_kafka.py
+
+## Per-stage costs and lone-publish latency (memory and Kafka), then RSS over 1M events on memory.
+bench-profile: setup
+	$(VENV)/bin/python bench/bench_kafka.py --events 20000 --repeat 2 --stages --latency
+	$(VENV)/bin/python bench/bench_memory.py --rss
 
 clean:
 	rm -rf $(VENV) $(TOOLS) .pytest_cache .mypy_cache .ruff_cache .coverage

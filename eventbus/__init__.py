@@ -14,8 +14,9 @@
 """
 
 from eventbus.adapter import Adapter, Capabilities, Delivery, SubscribeOptions, Subscription
-from eventbus.bus import EventBus
-from eventbus.context import Context
+from eventbus.backoff import Backoff
+from eventbus.bus import BusHealth, EventBus
+from eventbus.context import INHERIT, Context, Publisher
 from eventbus.envelope import Envelope
 from eventbus.errors import (
     BatchPublishError,
@@ -28,6 +29,7 @@ from eventbus.errors import (
     PoisonMessageError,
     PublishError,
     SchemaError,
+    SubscriptionFailedError,
     UnknownSchemeError,
 )
 from eventbus.events import Command, Event, Message, Registry, registry
@@ -35,14 +37,20 @@ from eventbus.memory import MemoryAdapter
 from eventbus.middleware import (
     Idempotency,
     MemoryIdempotencyStore,
+    PublishMiddleware,
+    PublishNext,
     RetryPolicy,
     SQLiteIdempotencyStore,
 )
+from eventbus.runner import SubscriptionHealth
 
 __all__ = [
+    "INHERIT",
     "Adapter",
+    "Backoff",
     "BatchPublishError",
     "BrokerConnectionError",
+    "BusHealth",
     "Capabilities",
     "Command",
     "ConfigurationError",
@@ -61,12 +69,17 @@ __all__ = [
     "MessageTooLargeError",
     "PoisonMessageError",
     "PublishError",
+    "PublishMiddleware",
+    "PublishNext",
+    "Publisher",
     "Registry",
     "RetryPolicy",
     "SQLiteIdempotencyStore",
     "SchemaError",
     "SubscribeOptions",
     "Subscription",
+    "SubscriptionFailedError",
+    "SubscriptionHealth",
     "UnknownSchemeError",
     "registry",
 ]

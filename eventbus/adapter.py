@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import abc
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
@@ -64,7 +64,6 @@ class SubscribeOptions:
     group: str
     prefetch: int = 16
     start_from: StartFrom = "latest"
-    auto_ack: bool = False
 
 
 class Delivery(abc.ABC):
@@ -117,19 +116,32 @@ class Delivery(abc.ABC):
         return True
 
     async def ack(self) -> None:
-        """Tell the broker the message is done; it will not come back."""
+        """Tell the broker the message is done; it will not come back.
+
+        If the broker call fails the delivery stays unsettled (it may then be
+        nacked), so a failed settle is never recorded as done.
+        """
         if self._settle("ack"):
-            await self._ack()
+            await self._settle_with(self._ack())
 
     async def nack(self, delay: float = 0.0) -> None:
         """Ask for redelivery after ``delay`` seconds (native where the broker can)."""
         if self._settle("nack"):
-            await self._nack(max(0.0, delay))
+            await self._settle_with(self._nack(max(0.0, delay)))
 
     async def reject(self) -> None:
         """Give up on the message: the broker's dead-letter queue if it has one, else drop."""
         if self._settle("reject"):
-            await self._reject()
+            await self._settle_with(self._reject())
+
+    async def _settle_with(self, call: Awaitable[None]) -> None:
+        # The state is taken before the call so a concurrent settle sees it, and
+        # given back if the broker did not confirm.
+        try:
+            await call
+        except BaseException:
+            self._settled = None
+            raise
 
     @abc.abstractmethod
     async def _ack(self) -> None: ...
@@ -215,9 +227,13 @@ class Adapter(abc.ABC):
     async def subscribe(self, topic: str, options: SubscribeOptions) -> Subscription:
         """Start consuming ``topic`` as ``options.group``; the group is created if new."""
 
+    @abc.abstractmethod
     async def health(self) -> HealthReport:
-        """Whether the broker answers now."""
-        return HealthReport(ok=True)
+        """Whether the broker answers now, and if not why (never raises).
+
+        Abstract on purpose: a default "ok" would let an adapter pass the health
+        case without ever looking at its connection.
+        """
 
     async def read(self, topic: str, *, limit: int | None = None) -> list[ReadRecord]:
         """Browse ``topic``: its retained messages, oldest first, without consuming them.

@@ -3,35 +3,45 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import os
 import signal
-from collections import defaultdict
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
-from eventbus.adapter import Adapter
-from eventbus.context import current_envelope
-from eventbus.envelope import Envelope, new_id, utcnow, validate_extension_name
+from eventbus.adapter import Adapter, HealthReport
+from eventbus.context import INHERIT, ParentOption
+from eventbus.envelope import Envelope
 from eventbus.errors import (
-    BatchPublishError,
-    BrokerConnectionError,
     ConfigurationError,
     DuplicateSubscriptionError,
-    PublishError,
+    SubscriptionFailedError,
 )
 from eventbus.events import Command, Message, Registry, registry
-from eventbus.middleware.base import Middleware
-from eventbus.middleware.correlation import correlation
-from eventbus.middleware.deadletter import DeadLetter
+from eventbus.middleware.base import Middleware, PublishMiddleware, compose_publish
+from eventbus.middleware.chain import ChainDefaults, build_chain, check_middleware
 from eventbus.middleware.idempotency import Idempotency, IdempotencyStore
-from eventbus.middleware.retry import NO_RETRY, Retry, RetryPolicy
-from eventbus.middleware.timeout import Timeout
+from eventbus.middleware.retry import RetryPolicy
+from eventbus.publishing import build_envelope, publish_batch, publish_with_retry
 from eventbus.registry_adapters import adapter_from_url
-from eventbus.subscription import DeliveryMode, Handler, HandlerFn, Runner, SubscriptionSpec
+from eventbus.runner import Runner, SubscriptionHealth
+from eventbus.spec import DeliveryMode, Handler, HandlerFn, SubscriptionSpec
 
 log = logging.getLogger("eventbus")
 F = TypeVar("F", bound=HandlerFn)
+
+
+@dataclass(slots=True)
+class BusHealth:
+    """Result of :meth:`EventBus.health`: ``ok`` when the bus is started, the adapter
+    is healthy and every subscription is running."""
+
+    ok: bool
+    adapter: HealthReport
+    subscriptions: list[SubscriptionHealth] = field(default_factory=list)
+    detail: str = ""
 
 
 class EventBus:
@@ -55,8 +65,9 @@ class EventBus:
         *,
         source: str = "eventbus",
         middleware: Sequence[Middleware] = (),
+        publish_middleware: Sequence[PublishMiddleware] = (),
         retry: RetryPolicy | None = None,
-        idempotency: IdempotencyStore | None = None,
+        idempotency: IdempotencyStore | Idempotency | None = None,
         dead_letter: bool = True,
         shutdown_timeout: float = 10.0,
         publish_timeout: float = 30.0,
@@ -65,7 +76,9 @@ class EventBus:
     ) -> None:
         self.adapter = adapter_from_url(adapter) if isinstance(adapter, str) else adapter
         self.source = source
+        check_middleware(middleware, "EventBus(...)")
         self.middleware = list(middleware)
+        self.publish_middleware = list(publish_middleware)
         self.retry = retry or RetryPolicy()
         self.idempotency = idempotency
         self.dead_letter = dead_letter
@@ -76,6 +89,8 @@ class EventBus:
         self._specs: dict[tuple[str, str], SubscriptionSpec] = {}
         self._command_groups: dict[str, str] = {}
         self._runners: list[Runner] = []
+        self._dead: list[Runner] = []
+        self._failed = asyncio.Event()
         self._started = False
         self._stopped = asyncio.Event()
 
@@ -102,6 +117,7 @@ class EventBus:
         retry: RetryPolicy | None = None,
         timeout: float | None = None,
         middleware: Sequence[Middleware] = (),
+        idempotency: IdempotencyStore | Idempotency | None = None,
     ) -> Callable[[F], F]:
         """Decorator: call the function for each message of the given classes or topics.
 
@@ -112,7 +128,16 @@ class EventBus:
           when ``ordered``.
         - ``delivery``: ``"at_least_once"`` (ack after success, retries, dead letters)
           or ``"at_most_once"`` (ack on receipt; no broker redelivery).
+        - ``idempotency``: a store (or a configured ``Idempotency(store, lease=...)``)
+          deduplicating this subscription's messages by event id instead of the
+          bus's; it runs inside the dead-letter step. The bus closes the store on
+          ``stop()``.
+
+        Subscribe before ``start()``. Several handlers may share a (topic, group)
+        when they give it the same options; different ones raise ConfigurationError.
         """
+        self._refuse_when_started(targets)
+        check_middleware(middleware, "subscribe(...)")
         if not targets:
             raise ConfigurationError("subscribe() needs at least one event class or topic")
         if delivery not in ("at_least_once", "at_most_once"):
@@ -121,8 +146,10 @@ class EventBus:
             )
 
         def decorate(fn: F) -> F:
+            self._refuse_when_started(targets)
             for target in targets:
                 cls = target if isinstance(target, type) else None
+                handler = Handler.wrap(fn, cls)  # a bad handler registers nothing
                 topic = cls.default_topic() if cls is not None else str(target)
                 is_command = cls is not None and issubclass(cls, Command)
                 chosen = group or (topic if is_command else self.source)
@@ -133,40 +160,39 @@ class EventBus:
                             f"command {cls.event_type()!r} already has handler group "
                             f"{owner!r}; a command goes to exactly one group"
                         )
+                wanted = SubscriptionSpec(
+                    topic=topic,
+                    group=chosen,
+                    concurrency=concurrency,
+                    ordered=ordered,
+                    mode=delivery,
+                    start_from=start_from,
+                    retry=retry,
+                    timeout=timeout,
+                    middleware=list(middleware),
+                    idempotency=idempotency,
+                )
                 spec = self._specs.get((topic, chosen))
                 if spec is None:
-                    spec = self._specs[(topic, chosen)] = SubscriptionSpec(
-                        topic=topic,
-                        group=chosen,
-                        concurrency=concurrency,
-                        ordered=ordered,
-                        mode=delivery,
-                        start_from=start_from,
-                        retry=retry,
-                        timeout=timeout,
-                        middleware=list(middleware),
-                    )
-                spec.add(Handler.wrap(fn, cls))
+                    spec = self._specs[(topic, chosen)] = wanted
+                spec.check_same_options(wanted, fn)
+                spec.add(handler)
             return fn
 
         return decorate
 
+    def _refuse_when_started(self, targets: Sequence[type[Message] | str]) -> None:
+        if self._started:
+            raise ConfigurationError(
+                f"subscribe({', '.join(map(_name, targets))}) after start(): the "
+                "bus is already running and would never start it; subscribe before "
+                "start() (or `async with bus`)"
+            )
+
     def chain_for(self, spec: SubscriptionSpec) -> list[Middleware]:
-        """The middleware around ``spec``'s handlers, outermost first (see middleware.base)."""
-        chain: list[Middleware] = [correlation, *self.middleware, *spec.middleware]
-        if self.dead_letter:
-            chain.append(DeadLetter(self.adapter))
-        if self.idempotency is not None:
-            chain.append(Idempotency(self.idempotency))
-        policy = spec.retry or self.retry
-        at_most_once = spec.mode == "at_most_once"
-        redelivery = self.adapter.capabilities.redelivery and not at_most_once
-        if at_most_once:
-            policy = NO_RETRY if spec.retry is None else policy
-        chain.append(Retry(policy, broker_redelivery=redelivery))
-        if spec.timeout is not None:
-            chain.append(Timeout(spec.timeout))
-        return chain
+        """The middleware around ``spec``'s handlers, outermost first (see middleware.chain)."""
+        defaults = ChainDefaults(self.middleware, self.retry, self.idempotency, self.dead_letter)
+        return build_chain(spec, self.adapter, defaults)
 
     # -- publishing ------------------------------------------------------------------
 
@@ -175,38 +201,19 @@ class EventBus:
         message: Message,
         *,
         key: str | None = None,
-        parent: Envelope | None = None,
+        parent: ParentOption = INHERIT,
         correlation_id: str | None = None,
         subject: str | None = None,
         extensions: dict[str, str] | None = None,
     ) -> Envelope:
-        """The envelope ``publish`` would send for ``message``."""
-        parent = parent if parent is not None else current_envelope.get()
-        event_id = new_id()
-        if extensions:
-            for name in extensions:
-                validate_extension_name(name)
-        if parent is not None:
-            correlation = correlation_id or parent.correlationid or parent.id
-            causation: str | None = parent.id
-            traceparent, tracestate = parent.traceparent, parent.tracestate
-        else:
-            correlation, causation = correlation_id or event_id, None
-            traceparent = tracestate = None
-        return Envelope(
-            id=event_id,
-            type=message.event_type(),
-            source=self.source,
-            time=utcnow(),
-            data=message.to_bytes(),
-            dataversion=message.data_version(),
-            partitionkey=key,
-            subject=subject,
-            correlationid=correlation,
-            causationid=causation,
-            traceparent=traceparent,
-            tracestate=tracestate,
-            extensions=dict(extensions) if extensions else {},
+        """The envelope ``publish`` would send for ``message``.
+
+        ``parent`` defaults to the envelope being handled (when called from a
+        handler); ``parent=None`` starts a new flow.
+        """
+        return build_envelope(
+            message, self.source, key=key, parent=parent, correlation_id=correlation_id,
+            subject=subject, extensions=extensions,
         )
 
     async def publish(
@@ -215,12 +222,13 @@ class EventBus:
         """Publish ``message``; returns its envelope once the broker has confirmed it.
 
         Options: ``key`` (partition key: same key, same order), ``parent`` (the
-        envelope that caused it; defaults to the one being handled),
-        ``correlation_id``, ``subject``, ``extensions``.
+        envelope that caused it; defaults to the one being handled, ``None`` starts
+        a new flow), ``correlation_id``, ``subject``, ``extensions``. The bus's
+        ``publish_middleware`` runs around it.
         """
         envelope = self.envelope_for(message, **options)
-        await self.publish_envelopes(topic or message.default_topic(), [envelope])
-        return envelope
+        (sent,) = await self.publish_envelopes(topic or message.default_topic(), [envelope])
+        return sent
 
     async def send(self, command: Command, **options: Any) -> Envelope:
         """Send a command to the one group that handles it."""
@@ -235,44 +243,29 @@ class EventBus:
     ) -> list[Envelope]:
         """Publish a batch (one broker round trip per topic).
 
-        On partial failure raises :class:`BatchPublishError` whose ``failures`` are
-        indexes into ``messages``.
+        On partial failure (also when one topic of several failed after others went
+        out) raises :class:`BatchPublishError`: ``failures`` and ``succeeded`` are
+        indexes into ``messages``, ``envelopes`` what to republish with the same ids.
         """
         envelopes = [self.envelope_for(m, **options) for m in messages]
-        by_topic: dict[str, list[int]] = defaultdict(list)
-        for index, message in enumerate(messages):
-            by_topic[topic or message.default_topic()].append(index)
-        failures: dict[int, Exception] = {}
-        for name, indexes in by_topic.items():
-            try:
-                await self.publish_envelopes(name, [envelopes[i] for i in indexes])
-            except BatchPublishError as exc:
-                failures.update({indexes[i]: err for i, err in exc.failures.items()})
-            except PublishError as exc:
-                failures.update({i: exc for i in indexes})
-        if failures:
-            raise BatchPublishError(
-                f"{len(failures)} of {len(messages)} messages were not published; "
-                "see .failures for each index and its error",
-                failures,
-                len(messages),
-            )
-        return envelopes
+        return await publish_batch(self.publish_envelopes, messages, envelopes, topic)
 
-    async def publish_envelopes(self, topic: str, envelopes: Sequence[Envelope]) -> None:
-        """Publish ready envelopes, retrying while the connection is down (bounded)."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.publish_timeout
-        delay = 0.05
-        while True:
-            try:
-                await self.adapter.publish(topic, envelopes)
-                return
-            except BrokerConnectionError:
-                if loop.time() + delay > deadline:
-                    raise
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 1.0)
+    async def publish_envelopes(self, topic: str, envelopes: Sequence[Envelope]) -> list[Envelope]:
+        """Publish ready envelopes through the publish middleware; returns them as sent.
+
+        A middleware may replace envelopes (tracing headers): when the broker got as
+        many as were given, those are returned; otherwise (an outbox kept them) the
+        envelopes given are.
+        """
+        sent: list[Envelope] = list(envelopes)
+
+        async def to_broker(target: str, final: Sequence[Envelope]) -> None:
+            await publish_with_retry(self.adapter, target, final, self.publish_timeout)
+            if len(final) == len(sent):
+                sent[:] = final
+
+        await compose_publish(self.publish_middleware, to_broker)(topic, list(envelopes))
+        return sent
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -283,28 +276,87 @@ class EventBus:
         await self.adapter.connect()
         self._started = True
         self._stopped = asyncio.Event()
+        self._failed = asyncio.Event()
+        self._dead = []
         try:
             for spec in self._specs.values():
-                runner = Runner(self, spec)
+                runner = Runner(
+                    self.adapter,
+                    spec,
+                    middleware=self.chain_for(spec),
+                    registry=self.registry,
+                    publisher=self,
+                    prefetch=self.prefetch_per_worker,
+                    dead_letter=self.dead_letter,
+                    on_dead=self._on_dead,
+                )
                 await runner.start()
                 self._runners.append(runner)
         except BaseException:
             await self.stop()
             raise
 
+    def _on_dead(self, runner: Runner) -> None:
+        self._dead.append(runner)
+        self._failed.set()
+
     async def stop(self, timeout: float | None = None) -> None:
-        """Stop fetching, let in-flight handlers finish (up to ``timeout``), close."""
+        """Stop fetching, let in-flight handlers finish (up to ``timeout``), close the
+        adapter and the idempotency stores the bus was given (their ``close()``)."""
         if not self._started:
             return
         self._started = False
         timeout = self.shutdown_timeout if timeout is None else timeout
-        await asyncio.gather(*(r.stop(timeout) for r in self._runners))
-        self._runners.clear()
-        await self.adapter.close()
-        self._stopped.set()
+        try:
+            await asyncio.gather(*(r.stop(timeout) for r in self._runners))
+            self._runners.clear()
+            await self.adapter.close()
+        finally:
+            await self._close_stores()
+            self._stopped.set()
+
+    async def _close_stores(self) -> None:
+        stores: list[object] = []
+        for store in (self.idempotency, *(s.idempotency for s in self._specs.values())):
+            if isinstance(store, Idempotency):
+                store = store.store
+            if store is not None and not any(store is seen for seen in stores):
+                stores.append(store)
+        for given in stores:
+            close = getattr(given, "close", None)
+            if close is None:
+                continue
+            try:
+                result = close()
+                if inspect.isawaitable(result):
+                    await result
+            except Exception as exc:
+                log.warning("closing idempotency store %r failed: %s: %s",
+                            given, type(exc).__name__, exc)
+
+    async def health(self) -> BusHealth:
+        """The adapter's health and each subscription's state (running, reconnecting,
+        dead with its error, stopped)."""
+        try:
+            adapter = await self.adapter.health()
+        except Exception as exc:
+            adapter = HealthReport(ok=False, detail=f"{type(exc).__name__}: {exc}")
+        subscriptions = [runner.health() for runner in self._runners]
+        problems = [f"{s.topic}/{s.group} is {s.state}: {s.error}"
+                    for s in subscriptions if s.state != "running"]
+        if not self._started:
+            problems.insert(0, "the bus is not started")
+        if not adapter.ok:
+            problems.insert(0, f"adapter: {adapter.detail or 'not ok'}")
+        return BusHealth(not problems, adapter, subscriptions, "; ".join(problems))
 
     async def run(self) -> None:
-        """Run until SIGTERM or SIGINT, then shut down gracefully."""
+        """Run until SIGTERM or SIGINT, then shut down gracefully.
+
+        Raises :class:`~eventbus.errors.SubscriptionFailedError` (after shutting
+        down) when a subscription died for good, so the process exits non-zero
+        instead of sitting idle.
+        """
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -313,7 +365,19 @@ class EventBus:
             await self.start()
             log.info("eventbus running on %s with %d subscription(s)",
                      type(self.adapter).__name__, len(self._specs))
-            await stop.wait()
+            waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._failed.wait())]
+            try:
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for waiter in waits:
+                    waiter.cancel()
+            dead = [r.health() for r in self._dead]
+            if dead:
+                raise SubscriptionFailedError(
+                    "subscription(s) died for good: "
+                    + "; ".join(f"{h.topic}/{h.group}: {h.error}" for h in dead)
+                    + "; fix the cause and restart the service"
+                )
             log.info("signal received; shutting down")
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT):
@@ -331,3 +395,7 @@ class EventBus:
     def subscriptions(self) -> list[SubscriptionSpec]:
         """What has been subscribed, one entry per (topic, group)."""
         return list(self._specs.values())
+
+
+def _name(target: type[Message] | str) -> str:
+    return target.__name__ if isinstance(target, type) else repr(target)

@@ -1,22 +1,68 @@
-"""What a handler sees besides its event: the envelope, the attempt, and a bus to reply on."""
+"""What a handler sees besides its event: the envelope, the attempt, and a way to reply."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import MutableMapping
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any
+from enum import Enum
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from eventbus.adapter import Delivery
 from eventbus.envelope import Envelope
 
 if TYPE_CHECKING:
-    from eventbus.bus import EventBus
     from eventbus.events import Command, Message
 
 current_envelope: ContextVar[Envelope | None] = ContextVar("eventbus_current", default=None)
 """The envelope being handled in this task; publishes made inside inherit its correlation."""
 
 _logger = logging.getLogger("eventbus.handler")
+
+
+class _Inherit(Enum):
+    INHERIT = "inherit"
+
+
+INHERIT: Final = _Inherit.INHERIT
+"""``parent=`` default: the envelope being handled, if any. Pass ``parent=None`` to
+start a new flow (own correlation id, no causation) from inside a handler."""
+
+ParentOption = Envelope | None | _Inherit
+
+
+class Publisher(Protocol):
+    """The narrow interface a :class:`Context` replies on (the bus implements it)."""
+
+    async def publish(self, message: Message, *, topic: str | None = None,
+                      **options: Any) -> Envelope:
+        """Publish ``message``; returns its envelope once the broker confirmed it."""
+
+    async def send(self, command: Command, **options: Any) -> Envelope:
+        """Send ``command`` to the one group that handles it."""
+
+
+class _ContextLogger(logging.LoggerAdapter[logging.Logger]):
+    """Reads the attempt number at each record: retries change it after creation."""
+
+    def __init__(self, ctx: Context) -> None:
+        super().__init__(_logger, {})
+        self._ctx = ctx
+
+    def process(
+        self, msg: Any, kwargs: MutableMapping[str, Any]
+    ) -> tuple[Any, MutableMapping[str, Any]]:
+        ctx = self._ctx
+        extra = {
+            "event_id": ctx.envelope.id,
+            "event_type": ctx.envelope.type,
+            "correlation_id": ctx.correlation_id,
+            "topic": ctx.topic,
+            "group": ctx.group,
+            "attempt": ctx.attempt,
+        }
+        kwargs["extra"] = {**extra, **kwargs.get("extra", {})}
+        return msg, kwargs
 
 
 class Context:
@@ -29,21 +75,29 @@ class Context:
         async def charge(event: OrderPlaced, ctx: Context) -> None:
             ctx.logger.info("charging")
             await ctx.publish(PaymentCharged(order_id=event.order_id))
+
+    ``attempt`` is the number of this run of the handler for this message, counted
+    across redeliveries (see :class:`~eventbus.middleware.retry.RetryPolicy`);
+    ``previous_attempts`` is how many runs came before this delivery.
     """
 
-    __slots__ = ("_logger", "attempt", "bus", "delivery", "envelope", "event", "group",
-                 "items", "topic")
+    __slots__ = ("_logger", "attempt", "delivery", "envelope", "event", "group", "items",
+                 "previous_attempts", "publisher", "topic")
 
-    def __init__(self, bus: EventBus, delivery: Delivery, envelope: Envelope) -> None:
-        self.bus = bus
+    def __init__(self, publisher: Publisher, delivery: Delivery, envelope: Envelope,
+                 *, previous_attempts: int | None = None) -> None:
+        self.publisher = publisher
         self.delivery = delivery
         self.envelope = envelope
         self.topic = delivery.topic
         self.group = delivery.group
-        self.attempt = delivery.attempt
+        self.previous_attempts = (
+            max(0, delivery.attempt - 1) if previous_attempts is None else previous_attempts
+        )
+        self.attempt = self.previous_attempts + 1
         self.event: Message | None = None
         self.items: dict[str, Any] = {}
-        self._logger: logging.LoggerAdapter[logging.Logger] | None = None
+        self._logger: _ContextLogger | None = None
 
     @property
     def correlation_id(self) -> str:
@@ -52,25 +106,19 @@ class Context:
 
     @property
     def logger(self) -> logging.LoggerAdapter[logging.Logger]:
-        """A logger whose records carry event id, type, correlation id, topic and group."""
+        """A logger whose records carry event id, type, correlation id, topic, group and
+        the current attempt."""
         if self._logger is None:
-            self._logger = logging.LoggerAdapter(
-                _logger,
-                {
-                    "event_id": self.envelope.id,
-                    "event_type": self.envelope.type,
-                    "correlation_id": self.correlation_id,
-                    "topic": self.topic,
-                    "group": self.group,
-                    "attempt": self.attempt,
-                },
-            )
+            self._logger = _ContextLogger(self)
         return self._logger
 
     async def publish(self, event: Message, **options: Any) -> Envelope:
-        """Publish ``event`` as caused by the message being handled."""
-        return await self.bus.publish(event, parent=self.envelope, **options)
+        """Publish ``event`` as caused by the message being handled (``parent=None``
+        starts a new flow instead)."""
+        options.setdefault("parent", self.envelope)
+        return await self.publisher.publish(event, **options)
 
     async def send(self, command: Command, **options: Any) -> Envelope:
         """Send ``command`` to its one handler group, caused by the message being handled."""
-        return await self.bus.send(command, parent=self.envelope, **options)
+        options.setdefault("parent", self.envelope)
+        return await self.publisher.send(command, **options)

@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
+
+if TYPE_CHECKING:
+    from eventbus.envelope import Envelope
 
 
 class EventBusError(Exception):
@@ -47,13 +51,17 @@ class BatchPublishError(PublishError):
     """Some messages of a batch were not confirmed.
 
     ``failures`` maps the index of each failed message in the batch to its error;
-    every index not named there was confirmed by the broker.
+    every index not named there was confirmed by the broker. ``envelopes`` (when
+    the bus raises it) are the batch's envelopes by index: republish the failed
+    ones as they are (same ids) so idempotency can absorb a double delivery.
     """
 
-    def __init__(self, message: str, failures: dict[int, Exception], total: int) -> None:
+    def __init__(self, message: str, failures: dict[int, Exception], total: int,
+                 envelopes: Sequence[Envelope] = ()) -> None:
         super().__init__(message)
         self.failures = failures
         self.total = total
+        self.envelopes = list(envelopes)
 
     @property
     def succeeded(self) -> Sequence[int]:
@@ -100,6 +108,16 @@ class SchemaError(PoisonMessageError):
 
 class HandlerTimeoutError(EventBusError):
     """A handler ran longer than its subscription's timeout."""
+
+
+class HandlerCancelledError(EventBusError):
+    """A handler raised CancelledError without being cancelled itself (it awaited a task
+    someone else cancelled); it counts as a failure of the handler and is retried."""
+
+
+class SubscriptionFailedError(EventBusError):
+    """A subscription gave up for good (see ``EventBus.health()``); the service
+    consumes nothing more from it and should be restarted once the cause is fixed."""
 
 
 class DeliveryAlreadySettledError(EventBusError):

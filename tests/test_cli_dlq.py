@@ -17,7 +17,7 @@ import pytest
 from typer.testing import CliRunner
 
 from eventbus import Context, Envelope, Event, EventBus, MemoryAdapter, RetryPolicy
-from eventbus.adapter import Adapter, ReadRecord, SubscribeOptions, Subscription
+from eventbus.adapter import Adapter, HealthReport, ReadRecord, SubscribeOptions, Subscription
 from eventbus.cli import _common as cli_common
 from eventbus.cli import app
 from eventbus.dlq import DeadLetters, ListedDeadLetter
@@ -365,6 +365,8 @@ def test_adapters_that_cannot_browse_say_so() -> None:
         async def publish(self, topic: str, envelopes: object) -> None: ...  # type: ignore[override]
         async def subscribe(self, topic: str, options: SubscribeOptions) -> Subscription:
             raise NotImplementedError
+        async def health(self) -> HealthReport:
+            return HealthReport(ok=True)
 
     with pytest.raises(UnsupportedOperationError, match="cannot browse topic 'orders'"):
         asyncio.run(Minimal("x://").read("orders"))

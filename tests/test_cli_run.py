@@ -1,6 +1,6 @@
 """`eventbus run`: log lines carry the handler's context, client chatter stays quiet, the
 first signal says how long the stop may take and a second one forces it, still closing
-the broker clients."""
+the broker clients; a subscription that died for good exits 1."""
 
 from __future__ import annotations
 
@@ -17,6 +17,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+
+import eventbus
 
 SERVICE = """
     import asyncio, logging, sys
@@ -154,3 +156,51 @@ def test_url_a_service_ignores_is_pointed_out(service: Start) -> None:
     svc.wait_for("SIGTERM received")
     svc.proc.send_signal(signal.SIGTERM)
     assert svc.proc.wait(timeout=20) == 128 + signal.SIGTERM
+
+
+# -- a subscription that died for good (the hardening work) ------------------------------
+
+DEAD_SERVICE = """
+    from eventbus import ConfigurationError, EventBus, MemoryAdapter, Subscription
+
+    class Broken(Subscription):
+        def __aiter__(self):
+            return self
+
+        async def __anext__(self):
+            raise OSError("client library hiccup (not translated)")
+
+        async def close(self):
+            pass
+
+    class Adapter(MemoryAdapter):
+        subscribes = 0
+
+        async def subscribe(self, topic, options):
+            Adapter.subscribes += 1
+            if Adapter.subscribes > 1:
+                raise ConfigurationError(f"topic {topic!r} no longer exists")
+            return Broken()
+
+    bus = EventBus(Adapter("memory://svc"), source="svc")
+
+    @bus.subscribe("pings", group="svc")
+    async def on_ping(envelope) -> None:
+        pass
+"""
+
+
+def test_cli_run_exits_non_zero_when_a_subscription_dies_for_good(tmp_path: Path) -> None:
+    (tmp_path / "deadsvc.py").write_text(textwrap.dedent(DEAD_SERVICE))
+    package_root = Path(eventbus.__file__).resolve().parent.parent  # the eventbus under test
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(package_root)])}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "eventbus.cli", "run", "deadsvc:bus"],
+        cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        _, err = proc.communicate(timeout=20)
+    finally:
+        proc.kill()
+    assert proc.returncode == 1, err
+    assert "pings/svc" in err and "no longer exists" in err

@@ -9,10 +9,22 @@ import pytest
 from eventbus.memory import MemoryAdapter
 from eventbus.testing import BrokerTarget, ConformanceSuite
 
+# The test id is the broker column of the generated conformance matrix.
+# memory-log hands a key's messages out without waiting for the previous one to be
+# settled, like Kafka: only there do the ordering cases test the bus's key lanes.
+MODES = {
+    "memory": "memory://",
+    "memory-structured": "memory://?mode=structured",
+    "memory-log": "memory://?hold_keys=false",
+}
 
-@pytest.fixture
-def target() -> BrokerTarget:
-    """The process-wide memory broker; its fault hooks drop and refuse connections."""
+
+@pytest.fixture(params=list(MODES))
+def target(request: pytest.FixtureRequest) -> BrokerTarget:
+    """The process-wide memory broker in each encoding mode (binary, the default, and
+    structured) and as a log that does not hold keys back; its fault hooks drop and
+    refuse connections."""
+    url = MODES[request.param]
     faults = MemoryAdapter("memory://").faults
 
     async def restart() -> None:
@@ -22,13 +34,25 @@ def target() -> BrokerTarget:
         await asyncio.sleep(0.3)
 
     return BrokerTarget(
-        name="memory",
-        url="memory://",
+        name=request.param,
+        url=url,
         faults=faults,
-        faulty_url="memory://",
+        faulty_url=url,
         restart=restart,
     )
 
 
 class TestMemoryConformance(ConformanceSuite):
     """Everything the real adapters must do, the memory adapter does too."""
+
+
+def test_a_missing_capability_skips_with_its_reason() -> None:
+    """The typed requirements gate cases: a target without fault hooks skips the
+    reconnect cases naming what is missing and why the case needs it."""
+    bare = BrokerTarget(name="bare", url="memory://")
+    with pytest.raises(pytest.skip.Exception) as skipped:
+        TestMemoryConformance().test_reconnect_after_connection_drop(bare)
+    assert str(skipped.value) == (
+        "bare lacks fault hooks (target.faults/faulty_url): the case drops the broker "
+        "connections"
+    )

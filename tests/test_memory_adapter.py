@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
-from eventbus import Envelope, InvalidURLError, MemoryAdapter, MessageTooLargeError
+from eventbus import Envelope, InvalidURLError, MemoryAdapter, MessageTooLargeError, codec
 from eventbus.adapter import Delivery, SubscribeOptions, Subscription
 from eventbus.errors import (
     BrokerConnectionError,
@@ -158,6 +158,21 @@ def test_an_unacked_key_blocks_later_messages_with_that_key_only() -> None:
     run(scenario)
 
 
+def test_hold_keys_false_hands_out_a_key_in_order_without_waiting() -> None:
+    """Like a partitioned log: the second message of a key goes out while the first
+    is unsettled, so only the consumer can keep the key in order."""
+
+    async def scenario() -> None:
+        adapter = MemoryAdapter(f"memory://{uuid.uuid4()}?hold_keys=false")
+        topic = f"topic-{uuid.uuid4()}"
+        consumer = await reader(adapter, topic, "g", prefetch=10)
+        await adapter.publish(topic, [env("a1", "a"), env("a2", "a"), env("b1", "b")])
+        assert subjects(await consumer.take(3)) == ["a1", "a2", "b1"]
+        await adapter.close()
+
+    run(scenario)
+
+
 def test_nack_redelivers_after_the_delay_ahead_of_later_same_key_messages() -> None:
     async def scenario() -> None:
         adapter, topic = fresh()
@@ -233,18 +248,6 @@ def test_settling_is_idempotent_and_exclusive() -> None:
     run(scenario)
 
 
-def test_auto_ack_settles_on_receipt() -> None:
-    async def scenario() -> None:
-        adapter, topic = fresh()
-        consumer = await reader(adapter, topic, "g", auto_ack=True, prefetch=1)
-        await adapter.publish(topic, [env(1, "k"), env(2, "k")])
-        got = await consumer.take(2)  # prefetch and key order don't hold them back
-        assert [d.settled for d in got] == ["ack", "ack"]
-        await adapter.close()
-
-    run(scenario)
-
-
 def test_start_from_earliest_replays_and_latest_does_not() -> None:
     async def scenario() -> None:
         adapter, topic = fresh()
@@ -305,6 +308,9 @@ def test_max_message_bytes_from_the_url() -> None:
         ("memory://x?max_message_bytes=big", "must be an integer"),
         ("memory://x?colour=blue", r"unknown option\(s\) \['colour'\]"),
         ("memory://x?colour=blue&max_message_bytes=1", "accepts only max_message_bytes"),
+        ("memory://x?mode=json", "must be 'binary' or 'structured'"),
+        ("memory://x?encode=no", "must be 'true' or 'false'"),
+        ("memory://x?hold_keys=1", "must be 'true' or 'false'"),
         ("kafka://localhost:9092", "use memory://"),
     ],
 )
@@ -395,5 +401,180 @@ def test_refuse_connections_refuses_until_it_expires() -> None:
         await adapter.publish(topic, [env("after")])
         assert subjects([await back.next()]) == ["after"]
         await adapter.close()
+
+    run(scenario)
+
+
+# -- encoding: the memory broker carries bytes, as a real one does ---------------------
+
+
+def rich_env() -> Envelope:
+    return Envelope.create(
+        type="t", source="s", data=b'{"a":1}', subject="sub", partitionkey="k",
+        correlationid="c-1", extensions={"tenant": "acme"},
+    )
+
+
+@pytest.mark.parametrize("mode", ["binary", "structured"])
+def test_messages_travel_encoded_and_arrive_as_equal_copies(mode: str) -> None:
+    """A delivered envelope is decoded from bytes: equal to the published one, never
+    the same object (the adapter used to hand out the published object itself)."""
+
+    async def scenario() -> None:
+        adapter = MemoryAdapter(f"memory://{uuid.uuid4()}?mode={mode}")
+        topic = f"topic-{uuid.uuid4()}"
+        consumer = await reader(adapter, topic, "g")
+        sent = rich_env()
+        await adapter.publish(topic, [sent])
+        got = (await consumer.next()).envelope
+        assert got == sent and got is not sent
+        assert adapter.capabilities.headers is (mode == "binary")
+        await adapter.close()
+
+    run(scenario)
+
+
+def test_a_codec_bug_fails_on_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Binary mode goes through ``codec.encode_binary``: an encoder that loses an
+    attribute loses it on memory too, instead of being hidden until a real broker."""
+    real = codec.encode_binary
+
+    def lossy(envelope: Envelope, prefix: str = "ce_") -> tuple[dict[str, str], bytes]:
+        headers, body = real(envelope, prefix)
+        headers.pop(prefix + "subject", None)
+        return headers, body
+
+    monkeypatch.setattr(codec, "encode_binary", lossy)
+
+    async def scenario() -> None:
+        adapter, topic = fresh()
+        consumer = await reader(adapter, topic, "g")
+        await adapter.publish(topic, [rich_env()])
+        got = (await consumer.next()).envelope
+        assert got is not None and got.subject is None
+        await adapter.close()
+
+    run(scenario)
+
+
+def test_structured_mode_uses_the_structured_codec(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[str] = []
+    real = codec.encode_structured
+
+    def spy(envelope: Envelope) -> bytes:
+        calls.append(envelope.id)
+        return real(envelope)
+
+    monkeypatch.setattr(codec, "encode_structured", spy)
+
+    async def scenario() -> None:
+        adapter = MemoryAdapter(f"memory://{uuid.uuid4()}?mode=structured")
+        topic = f"topic-{uuid.uuid4()}"
+        consumer = await reader(adapter, topic, "g")
+        sent = rich_env()
+        await adapter.publish(topic, [sent])
+        assert (await consumer.next()).envelope == sent
+        assert calls == [sent.id]
+        await adapter.close()
+
+    run(scenario)
+
+
+def test_encode_false_passes_envelope_objects_through() -> None:
+    """The benchmark switch: no codec, the very object published is handed out."""
+
+    async def scenario() -> None:
+        adapter = MemoryAdapter(f"memory://{uuid.uuid4()}?encode=false")
+        topic = f"topic-{uuid.uuid4()}"
+        consumer = await reader(adapter, topic, "g")
+        sent = rich_env()
+        await adapter.publish(topic, [sent])
+        assert (await consumer.next()).envelope is sent
+        await adapter.close()
+
+    run(scenario)
+
+
+def test_size_limit_applies_to_the_encoded_message() -> None:
+    """Attributes count: a long correlation id pushes the encoded message over the
+    limit although data and the envelope's own estimate are under it."""
+
+    async def scenario() -> None:
+        adapter = MemoryAdapter(f"memory://{uuid.uuid4()}?max_message_bytes=512")
+        topic = f"topic-{uuid.uuid4()}"
+        consumer = await reader(adapter, topic, "g")
+        big = Envelope.create(type="t", source="s", data=b"x" * 50, correlationid="c" * 500)
+        with pytest.raises(MessageTooLargeError, match="512-byte limit"):
+            await adapter.publish(topic, [big])
+        assert await consumer.nothing_more()
+        await adapter.close()
+
+    run(scenario)
+
+
+def test_structured_size_counts_the_base64_of_binary_data() -> None:
+    """300 binary bytes fit 512 as a binary-mode body but not as base64 in JSON."""
+
+    async def scenario() -> None:
+        data = bytes(range(150)) * 2
+        sent = Envelope.create(type="t", source="s", data=data,
+                               datacontenttype="application/octet-stream")
+        for mode, fits in (("binary", True), ("structured", False)):
+            adapter = MemoryAdapter(
+                f"memory://{uuid.uuid4()}?max_message_bytes=512&mode={mode}")
+            topic = f"topic-{uuid.uuid4()}"
+            if fits:
+                await adapter.publish(topic, [sent])
+            else:
+                with pytest.raises(MessageTooLargeError):
+                    await adapter.publish(topic, [sent])
+
+    run(scenario)
+
+
+def test_raw_structured_cloudevent_decodes_in_structured_mode_only() -> None:
+    """Raw bytes carry no headers: binary mode cannot read them, structured mode reads
+    a structured CloudEvent document (as a headerless broker would)."""
+
+    async def scenario() -> None:
+        sent = rich_env()
+        payload = codec.encode_structured(sent)
+        for mode, readable in (("binary", False), ("structured", True)):
+            adapter = MemoryAdapter(f"memory://{uuid.uuid4()}?mode={mode}")
+            topic = f"topic-{uuid.uuid4()}"
+            consumer = await reader(adapter, topic, "g")
+            await adapter.publish_raw(topic, payload)
+            delivery = await consumer.next()
+            if readable:
+                assert delivery.envelope == sent and delivery.decode_error is None
+            else:
+                assert delivery.envelope is None and delivery.raw == payload
+                assert delivery.decode_error and "specversion" in delivery.decode_error
+            await adapter.close()
+
+    run(scenario)
+
+
+# -- health ------------------------------------------------------------------------------
+
+
+def test_health_reflects_the_connection_and_the_fault_hooks() -> None:
+    """Not ok before connect, ok when connected, not ok while the broker refuses
+    connections (saying so), ok again after, not ok once closed."""
+
+    async def scenario() -> None:
+        adapter, _ = fresh()
+        report = await adapter.health()
+        assert not report.ok and "never connected" in report.detail
+        await adapter.connect()
+        assert (await adapter.health()).ok
+        await adapter.faults.refuse_connections(0.3)
+        report = await adapter.health()
+        assert not report.ok and "refuses connections" in report.detail
+        await asyncio.sleep(adapter.faults.refusing_for())  # the refusal's own end
+        assert (await adapter.health()).ok
+        await adapter.close()
+        report = await adapter.health()
+        assert not report.ok and "closed" in report.detail
 
     run(scenario)

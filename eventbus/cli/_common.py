@@ -25,6 +25,7 @@ from eventbus.errors import (
     BrokerConnectionError,
     ConfigurationError,
     EventBusError,
+    SubscriptionFailedError,
     TopicNotFoundError,
     UnknownSchemeError,
     mask_url,
@@ -34,6 +35,7 @@ from eventbus.registry_adapters import adapter_from_url
 T = TypeVar("T")
 
 # Exit codes, one per kind of expected failure (documented in docs/guide.md).
+EXIT_SUBSCRIPTION_DIED = 1  # `run`: a subscription died for good; a supervisor restarts it
 EXIT_USAGE = 2  # a wrong option or argument, or memory:// where it would go nowhere
 EXIT_UNKNOWN_SCHEME = 3  # no adapter installed for the URL's scheme
 EXIT_CONFIG = 4  # a malformed URL or incomplete settings (e.g. SASL)
@@ -71,6 +73,7 @@ def exit_code(exc: EventBusError) -> int:
 
 
 _CODES: tuple[tuple[type[EventBusError], int], ...] = (
+    (SubscriptionFailedError, EXIT_SUBSCRIPTION_DIED),
     (UnknownSchemeError, EXIT_UNKNOWN_SCHEME),
     (ConfigurationError, EXIT_CONFIG),
     (BrokerConnectionError, EXIT_CONNECTION),

@@ -86,6 +86,8 @@ def run(
 
     The first signal lets in-flight handlers finish (up to the bus's
     shutdown_timeout); a second one forces the exit, still closing the broker clients.
+    Exits 0 after a signal, 1 when a subscription died for good (so a supervisor
+    restarts the service instead of it sitting idle), 128 + N when forced by signal N.
     """
     level = log_level.lower()
     if level not in LOG_LEVELS:

@@ -1,6 +1,15 @@
 """Built-in middleware. See :mod:`eventbus.middleware.base` for the order they run in."""
 
-from eventbus.middleware.base import Middleware, Next, RedeliveryRequested, compose
+from eventbus.middleware.base import (
+    Middleware,
+    Next,
+    PublishMiddleware,
+    PublishNext,
+    RedeliveryRequested,
+    compose,
+    compose_publish,
+)
+from eventbus.middleware.chain import ChainDefaults, build_chain
 from eventbus.middleware.correlation import correlation
 from eventbus.middleware.deadletter import DeadLetter, dead_letter_envelope, dlq_topic
 from eventbus.middleware.idempotency import (
@@ -17,6 +26,7 @@ from eventbus.middleware.timeout import Timeout
 
 __all__ = [
     "NO_RETRY",
+    "ChainDefaults",
     "Claim",
     "ClaimResult",
     "DeadLetter",
@@ -25,12 +35,16 @@ __all__ = [
     "MemoryIdempotencyStore",
     "Middleware",
     "Next",
+    "PublishMiddleware",
+    "PublishNext",
     "RedeliveryRequested",
     "Retry",
     "RetryPolicy",
     "SQLiteIdempotencyStore",
     "Timeout",
+    "build_chain",
     "compose",
+    "compose_publish",
     "correlation",
     "dead_letter_envelope",
     "dlq_topic",

@@ -11,7 +11,15 @@
 
 Order, outermost first, for every subscription: correlation, then the bus-wide
 middleware, then the subscription's own, then dead-letter, idempotency, retry,
-timeout, and finally the handler.
+timeout, and finally the handler (assembled by :func:`eventbus.middleware.chain.build_chain`).
+
+Publish middleware wraps every publish instead (``bus.publish``, ``publish_many``,
+``send`` and their ``ctx`` forms); it may change the envelopes (tracing headers)
+or keep them somewhere else instead of calling on (an outbox)::
+
+    async def stamp(topic: str, envelopes: Sequence[Envelope], call_next: PublishNext) -> None:
+        await call_next(topic, [e.evolve(extensions={**e.extensions, "tenant": "a"})
+                                for e in envelopes])
 """
 
 from __future__ import annotations
@@ -19,9 +27,12 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 
 from eventbus.context import Context
+from eventbus.envelope import Envelope
 
 Next = Callable[[Context], Awaitable[None]]
 Middleware = Callable[[Context, Next], Awaitable[None]]
+PublishNext = Callable[[str, Sequence[Envelope]], Awaitable[None]]
+PublishMiddleware = Callable[[str, Sequence[Envelope], PublishNext], Awaitable[None]]
 
 
 class RedeliveryRequested(Exception):
@@ -43,5 +54,20 @@ def compose(middleware: Sequence[Middleware], handler: Next) -> Next:
 def _bind(layer: Middleware, inner: Next) -> Next:
     async def step(ctx: Context) -> None:
         await layer(ctx, inner)
+
+    return step
+
+
+def compose_publish(middleware: Sequence[PublishMiddleware], publish: PublishNext) -> PublishNext:
+    """Wrap ``publish`` in publish ``middleware``, the first element outermost."""
+    step = publish
+    for layer in reversed(middleware):
+        step = _bind_publish(layer, step)
+    return step
+
+
+def _bind_publish(layer: PublishMiddleware, inner: PublishNext) -> PublishNext:
+    async def step(topic: str, envelopes: Sequence[Envelope]) -> None:
+        await layer(topic, envelopes, inner)
 
     return step

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import random
 from dataclasses import dataclass
 
+from eventbus.backoff import Backoff
 from eventbus.context import Context
 from eventbus.errors import PoisonMessageError
 from eventbus.middleware.base import Next, RedeliveryRequested
@@ -21,7 +21,17 @@ class RetryPolicy:
     (``nack(delay)``, native where the broker has it), and once ``max_attempts``
     is reached the failure goes on to the dead-letter step. Delays grow as
     ``initial_delay * multiplier ** (attempt - 1)``, capped at ``max_delay``, with
-    up to ``jitter`` (a fraction) of random spread so retries don't stampede.
+    up to ``jitter`` (a fraction) of random spread so retries don't stampede (the
+    power is capped before it is computed, so any attempt number is safe).
+
+    Counting: an attempt is a real run of the handler. The runner tells the chain
+    how many runs this message already had (``Context.previous_attempts``): runs it
+    counted itself in this process for the same (topic, group, event id), plus one
+    for each earlier broker delivery it never saw (another process, a restart),
+    since that delivery may have run and crashed. The broker's delivery count is
+    only that upper bound: deliveries that never reached the handler (an
+    idempotency "in progress" bounce, work cancelled at shutdown, work dropped
+    after a reconnect) do not count.
 
     ``retry_on`` limits which exceptions are retried; ``give_up_on`` ones are
     dead-lettered at once. Poison messages (undecodable, unknown type, invalid
@@ -45,11 +55,16 @@ class RetryPolicy:
     def __post_init__(self) -> None:
         if self.max_attempts < 1 or self.in_process_attempts < 1:
             raise ValueError("max_attempts and in_process_attempts must be at least 1")
+        self.backoff  # noqa: B018 - checks the delay settings now, not at the first failure
 
     def delay(self, attempt: int) -> float:
         """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
-        base = min(self.max_delay, self.initial_delay * self.multiplier ** (attempt - 1))
-        return base * (1 + random.uniform(-self.jitter, self.jitter))
+        return self.backoff.delay(attempt)
+
+    @property
+    def backoff(self) -> Backoff:
+        """The delay schedule of this policy."""
+        return Backoff(self.initial_delay, self.multiplier, self.max_delay, self.jitter)
 
     def should_retry(self, exc: BaseException) -> bool:
         """Whether ``exc`` may be retried at all."""
@@ -77,8 +92,8 @@ class Retry:
     async def __call__(self, ctx: Context, call_next: Next) -> None:
         policy = self.policy
         per_delivery = policy.in_process_attempts if self.broker_redelivery else policy.max_attempts
-        # Runs already spent on earlier deliveries of this message.
-        attempt = (ctx.delivery.attempt - 1) * per_delivery
+        # Real runs spent on earlier deliveries of this message, as the runner counted them.
+        attempt = ctx.previous_attempts
         local = 0
         while True:
             attempt += 1
@@ -89,7 +104,6 @@ class Retry:
                 return
             except Exception as exc:
                 if not policy.should_retry(exc) or attempt >= policy.max_attempts:
-                    ctx.items["attempts"] = attempt
                     raise
                 delay = policy.delay(attempt)
                 if local >= per_delivery:

@@ -315,9 +315,6 @@ class KafkaSubscription(Subscription):
         delivery = KafkaDelivery(self, record, log_, entry)
         entry.handed_out = True
         self._outstanding += 1
-        if self.options.auto_ack:
-            delivery._settled = "ack"
-            self.settle(log_, entry)
         return delivery
 
     def _accept(self, batch: dict[TopicPartition, list[Any]]) -> None:

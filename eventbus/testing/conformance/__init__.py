@@ -13,8 +13,9 @@ fixture returning a :class:`~eventbus.testing.BrokerTarget`::
     class TestMyBroker(ConformanceSuite):
         pass
 
-Each case is gated by the adapter's :class:`~eventbus.adapter.Capabilities` and
-skipped, saying why, when the broker lacks what it needs; cases named in
+Each case is gated by typed requirements (``@case(requires(Capability.redelivery,
+"why"))``) over the adapter's :class:`~eventbus.adapter.Capabilities` and the
+target's fault hooks, and skipped, saying why, when the broker lacks what it needs; cases named in
 ``target.limits`` are skipped with the reason given there.
 """
 
@@ -22,7 +23,19 @@ from __future__ import annotations
 
 import pytest
 
-from eventbus.testing.conformance._support import Case, Inbox, Ping, Pong, Recorder, on_topic
+from eventbus.testing.conformance._support import (
+    Capability,
+    Case,
+    Inbox,
+    Need,
+    Ping,
+    Pong,
+    Recorder,
+    Requirement,
+    case,
+    on_topic,
+    requires,
+)
 from eventbus.testing.conformance.basics import BasicsCases
 from eventbus.testing.conformance.cloudevents import CloudEventsCases
 from eventbus.testing.conformance.failures import FailureCases
@@ -49,6 +62,7 @@ class ConformanceSuite(
 
 __all__ = [
     "BasicsCases",
+    "Capability",
     "Case",
     "CloudEventsCases",
     "ConformanceSuite",
@@ -57,10 +71,14 @@ __all__ = [
     "GuaranteeCases",
     "Inbox",
     "LifecycleCases",
+    "Need",
     "OrderingCases",
     "Ping",
     "Pong",
     "Recorder",
+    "Requirement",
     "RestartCases",
+    "case",
     "on_topic",
+    "requires",
 ]

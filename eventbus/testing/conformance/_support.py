@@ -319,29 +319,53 @@ async def _quietly(step: Awaitable[None], errors: list[BaseException]) -> None:
 # -- the case decorator --------------------------------------------------------------------
 
 
-def check_need(target: BrokerTarget, caps: Capabilities, need: str) -> bool:
-    """Whether ``need`` holds: a capability name (truthy), ``name=value``, ``faults``
-    or ``restart`` (the target's hooks)."""
-    if need == "faults":
-        return target.faults is not None and target.faulty_url is not None
-    if need == "restart":
-        return target.restart is not None
-    name, _, wanted = need.partition("=")
-    value = getattr(caps, name)
-    return str(value) == wanted if wanted else bool(value)
+@dataclass(frozen=True, slots=True)
+class Requirement:
+    """Something a target must offer for a case to run: a name for the skip message
+    and a predicate over the target and its adapter's capabilities."""
+
+    name: str
+    holds: Callable[[BrokerTarget, Capabilities], bool]
 
 
-def case(
-    needs: dict[str, str] | None = None, timeout: float = 45.0
-) -> Callable[[CaseBody[S]], CaseTest[S]]:
+class Capability:
+    """The requirements conformance cases gate on (see :class:`~eventbus.adapter.Capabilities`)."""
+
+    persistent = Requirement("persistent", lambda _, caps: caps.persistent)
+    consumer_groups = Requirement("consumer_groups", lambda _, caps: caps.consumer_groups)
+    fanout = Requirement("fanout", lambda _, caps: caps.fanout)
+    per_key_ordering = Requirement("ordering=per_key",
+                                   lambda _, caps: caps.ordering == "per_key")
+    redelivery = Requirement("redelivery", lambda _, caps: caps.redelivery)
+    replay = Requirement("replay", lambda _, caps: caps.replay)
+    fault_hooks = Requirement(
+        "fault hooks (target.faults/faulty_url)",
+        lambda target, _: target.faults is not None and target.faulty_url is not None,
+    )
+    restart_hook = Requirement("a restart hook (target.restart)",
+                               lambda target, _: target.restart is not None)
+
+
+@dataclass(frozen=True, slots=True)
+class Need:
+    """A :class:`Requirement` and why the case needs it."""
+
+    requirement: Requirement
+    why: str
+
+
+def requires(requirement: Requirement, why: str) -> Need:
+    """``@case(requires(Capability.redelivery, "a nacked message must come back"))``."""
+    return Need(requirement, why)
+
+
+def case(*needs: Need, timeout: float = 45.0) -> Callable[[CaseBody[S]], CaseTest[S]]:
     """Turn an async case body into a synchronous pytest test taking ``target``.
 
-    ``needs`` maps a capability (``"redelivery"``, ``"ordering=per_key"``, or
-    ``"faults"`` for the fault hooks) to why the case needs it; a target without
-    it skips the case saying so. A case named in ``target.limits`` is skipped
-    with the reason given there.
+    Each of ``needs`` (built with :func:`requires`) names a :class:`Capability` and
+    why the case needs it; a target without it skips the case saying so. A case
+    named in ``target.limits`` is skipped with the reason given there.
     """
-    requirements = dict(needs or {})
 
     def decorate(body: CaseBody[S]) -> CaseTest[S]:
         name = body.__name__
@@ -350,13 +374,9 @@ def case(
             if name in target.limits:
                 pytest.skip(f"{target.name}: {target.limits[name]}")
             caps = adapter_from_url(target.url).capabilities
-            for need, why in requirements.items():
-                if not check_need(target, caps, need):
-                    what = {
-                        "faults": "fault hooks (target.faults/faulty_url)",
-                        "restart": "a restart hook (target.restart)",
-                    }.get(need, need)
-                    pytest.skip(f"{target.name} lacks {what}: {why}")
+            for need in needs:
+                if not need.requirement.holds(target, caps):
+                    pytest.skip(f"{target.name} lacks {need.requirement.name}: {need.why}")
             asyncio.run(_run(body, self, Case(target, caps, name), timeout * PATIENCE))
 
         test.__name__ = name

@@ -11,14 +11,21 @@ from eventbus.errors import InvalidURLError, UnknownSchemeError
 from eventbus.events import Message
 from eventbus.registry_adapters import ENTRY_POINT_GROUP, adapter_from_url
 from eventbus.testing.conformance._support import (
+    PATIENCE,
     QUIET,
+    WAIT,
+    Capability,
     Case,
     Inbox,
     Ping,
     case,
     on_topic,
     record_events,
+    requires,
 )
+
+REFUSAL = 1.5
+"""Seconds the health case keeps the broker refusing connections."""
 
 
 def _seqs(items: list[Ping]) -> list[int]:
@@ -139,7 +146,8 @@ class BasicsCases:
         await got.wait_count(count)
         assert _seqs(got.items) == list(range(count))
 
-    @case(needs={"replay": "a new group must be able to start from the earliest message"})
+    @case(requires(Capability.replay,
+                   "a new group must be able to start from the earliest message"))
     async def test_new_subscriber_receives_history(self, run: Case) -> None:
         """A group created after messages were published, with ``start_from="earliest"``,
         receives them all."""
@@ -163,6 +171,29 @@ class BasicsCases:
         adapter = await run.connected_adapter()
         report = await adapter.health()
         assert report.ok, f"health() says not ok: {report.detail}"
+
+    @case(requires(Capability.fault_hooks, "the case makes the broker refuse connections"))
+    async def test_health_follows_the_connection(self, run: Case) -> None:
+        """Health is ok when connected, not ok (with a reason) while the broker refuses
+        connections, and ok again once it accepts them."""
+        assert run.target.faults is not None and run.target.faulty_url is not None
+        adapter = await run.connected_adapter(run.target.faulty_url)
+        assert (await adapter.health()).ok, "not healthy before the fault"
+        refusal = REFUSAL * PATIENCE
+        loop = asyncio.get_running_loop()
+        ends = loop.time() + refusal
+        await run.target.faults.refuse_connections(refusal)
+        report = await adapter.health()
+        assert loop.time() < ends, "health() took longer than the refusal; nothing was shown"
+        assert not report.ok, "health() says ok while the broker refuses connections"
+        assert report.detail, "a failed health report must say why"
+        await asyncio.sleep(max(0.0, ends - loop.time()))  # the refusal's own end
+        for _ in range(int(WAIT / 0.1)):
+            report = await adapter.health()
+            if report.ok:
+                break
+            await asyncio.sleep(0.1)  # the client may back off before reconnecting
+        assert report.ok, f"still not healthy after the refusal ended: {report.detail}"
 
     @case()
     async def test_unknown_scheme_names_package(self, run: Case) -> None:

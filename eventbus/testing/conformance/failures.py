@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -15,13 +16,19 @@ from eventbus.middleware.deadletter import UNDECODABLE_TYPE
 from eventbus.middleware.retry import RetryPolicy
 from eventbus.testing.conformance._support import (
     QUIET,
+    Capability,
     Case,
     Inbox,
     Ping,
     Recorder,
     case,
     on_topic,
+    requires,
 )
+
+
+def _has(seq: int) -> Callable[[list[int]], bool]:
+    return lambda items: seq in items
 
 
 def _ping(seq: int, **attributes: Any) -> Envelope:
@@ -33,7 +40,7 @@ def _ping(seq: int, **attributes: Any) -> Envelope:
 class FailureCases:
     """A failing handler never loses a message and never loops forever."""
 
-    @case(needs={"redelivery": "a nacked message must come back"})
+    @case(requires(Capability.redelivery, "a nacked message must come back"))
     async def test_resend_on_nack(self, run: Case) -> None:
         """Adapter level: a nacked delivery comes back with the same envelope and the
         attempt number incremented; once acked it does not come back."""
@@ -209,7 +216,7 @@ class FailureCases:
         assert dead.extensions["dlqattempts"] == "1"
         assert (dead.extensions["dlqtopic"], dead.extensions["dlqgroup"]) == (topic, group)
 
-    @case(needs={"redelivery": "the retry goes back through the broker with a delay"})
+    @case(requires(Capability.redelivery, "the retry goes back through the broker with a delay"))
     async def test_delayed_redelivery_honoured(self, run: Case) -> None:
         """With one in-process attempt and ``initial_delay=d``, the second attempt comes
         from the broker no sooner than ``d`` after the first failed."""
@@ -277,6 +284,40 @@ class FailureCases:
         await runs.wait(lambda items: {s for s, _ in items} >= {0, 1, 2}, "all three")
         await asyncio.sleep(QUIET + 0.5)  # a redelivery would come within this window
         assert sorted(runs.items) == [(0, 1), (1, 1), (2, 1)]
+
+    @case(
+        requires(Capability.consumer_groups, "a second consumer of the group takes over"),
+        requires(Capability.persistent, "the message must wait for the group's next consumer"),
+    )
+    async def test_at_most_once_consumer_stopped_mid_handler(self, run: Case) -> None:
+        """A consumer stopped while an at-most-once handler is still running (cut off by
+        the stop timeout) does not hand the message back: the group's next consumer
+        never sees it, but sees the next message. At-least-once would redeliver it."""
+        event_cls = on_topic(Ping, run.topic())
+        group = run.group()
+        started: Inbox[int] = Inbox("started")
+        later: Inbox[int] = Inbox("next consumer")
+        first, second = run.bus(), run.bus()
+
+        @first.subscribe(event_cls, group=group, delivery="at_most_once")
+        async def stuck(event: Ping) -> None:
+            started.add(event.seq)
+            await asyncio.Event().wait()  # never finishes: the stop cuts it off
+
+        @second.subscribe(event_cls, group=group, delivery="at_most_once")
+        async def handle(event: Ping) -> None:
+            later.add(event.seq)
+
+        await first.start()
+        publisher = await run.publisher()
+        await publisher.publish(event_cls(seq=0))
+        await started.wait_count(1)
+        await first.stop(timeout=0.1)
+        await second.start()
+        await publisher.publish(event_cls(seq=1))
+        await later.wait(_has(1), "the message published after the stop")
+        await asyncio.sleep(QUIET)  # a redelivery of message 0 would show up here
+        assert later.items == [1], f"at-most-once message was redelivered: {later.items}"
 
     @case()
     async def test_oversize_rejected_nothing_sent(self, run: Case) -> None:

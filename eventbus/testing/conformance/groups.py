@@ -6,6 +6,7 @@ import asyncio
 
 from eventbus.testing.conformance._support import (
     QUIET,
+    Capability,
     Case,
     Inbox,
     Ping,
@@ -13,6 +14,7 @@ from eventbus.testing.conformance._support import (
     case,
     on_topic,
     record_seqs,
+    requires,
 )
 
 GROUPS = "competing consumers within a group and fan-out across groups"
@@ -21,7 +23,7 @@ GROUPS = "competing consumers within a group and fan-out across groups"
 class GroupCases:
     """Each group gets every event; within a group each event is handled once."""
 
-    @case(needs={"fanout": "every group must receive every message"})
+    @case(requires(Capability.fanout, "every group must receive every message"))
     async def test_consumer_groups_fan_out(self, run: Case) -> None:
         """Two groups subscribed to one topic each receive every message."""
         event_cls = on_topic(Ping, run.topic())
@@ -36,7 +38,7 @@ class GroupCases:
             await inbox.wait_count(count)
             assert sorted(inbox.items) == list(range(count))
 
-    @case(needs={"consumer_groups": GROUPS})
+    @case(requires(Capability.consumer_groups, GROUPS))
     async def test_competing_consumers_split_exactly_once(self, run: Case) -> None:
         """Two consumers in the same group together handle each message exactly once
         (in the happy path: no failures, no restarts)."""
@@ -54,7 +56,7 @@ class GroupCases:
         seqs = sorted(got.items)
         assert seqs == list(range(count)), "messages lost or duplicated within one group"
 
-    @case(needs={"fanout": "two groups on one topic must both receive it"})
+    @case(requires(Capability.fanout, "two groups on one topic must both receive it"))
     async def test_multiple_handlers_by_type_and_group(self, run: Case) -> None:
         """Several types on one topic are dispatched to their own handler by type, and
         another group with a handler for only one type gets only that type."""
@@ -92,7 +94,7 @@ class GroupCases:
         assert pongs.items == [2]
         assert sorted(other.items) == [1, 3]
 
-    @case(needs={"fanout": "two groups must each receive the messages"})
+    @case(requires(Capability.fanout, "two groups must each receive the messages"))
     async def test_stopping_one_subscriber_leaves_others(self, run: Case) -> None:
         """Stopping one service's bus does not disturb another group on the same topic."""
         event_cls = on_topic(Ping, run.topic())
@@ -121,8 +123,10 @@ class GroupCases:
         assert sorted(second.items) == list(range(1, count + 2))
         assert first.items == [1]
 
-    @case(needs={"consumer_groups": GROUPS,
-                 "persistent": "messages must wait while the group has no consumer"})
+    @case(
+        requires(Capability.consumer_groups, GROUPS),
+        requires(Capability.persistent, "messages must wait while the group has no consumer"),
+    )
     async def test_continue_after_subscriber_close(self, run: Case) -> None:
         """When a group's consumer stops, messages published meanwhile go to the next
         consumer of the group: none lost, and none it had already handled repeated."""

@@ -3,21 +3,57 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 
+from eventbus.context import Context
+from eventbus.envelope import Envelope
 from eventbus.errors import BatchPublishError, MessageTooLargeError
 from eventbus.events import Message
 from eventbus.middleware.idempotency import MemoryIdempotencyStore
+from eventbus.middleware.retry import RetryPolicy
 from eventbus.testing.conformance._support import (
     QUIET,
+    Capability,
     Case,
     Inbox,
     Ping,
     Recorder,
     case,
     on_topic,
+    requires,
 )
+
+
+def _reasons(dlq: Inbox[Envelope]) -> list[str]:
+    return [e.extensions.get("dlqreason", "?") for e in dlq.items]
+
+
+class _FlakyStore(MemoryIdempotencyStore):
+    """A store whose first ``failures`` claims fail as if its server were down."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self.failures = failures
+        self.failed = 0
+
+    async def claim(self, *args: Any, **kwargs: Any) -> Any:
+        if self.failed < self.failures:
+            self.failed += 1
+            raise ConnectionError("idempotency store unreachable (injected outage)")
+        return await super().claim(*args, **kwargs)
+
+
+class _ShortLeaseStore(MemoryIdempotencyStore):
+    """A store granting every claim a short lease, whatever the middleware asks for."""
+
+    def __init__(self, lease: float) -> None:
+        super().__init__()
+        self.lease = lease
+
+    async def claim(self, key: str, lease: float, *args: Any, **kwargs: Any) -> Any:
+        return await super().claim(key, self.lease, *args, **kwargs)
 
 
 class GuaranteeCases:
@@ -26,14 +62,16 @@ class GuaranteeCases:
     @case()
     async def test_idempotent_duplicate_ids(self, run: Case) -> None:
         """The same envelope published twice reaches the group twice, but with an
-        idempotency store the handler runs once and both deliveries are acked."""
+        idempotency store the handler runs once, both deliveries are acked and the
+        duplicate is not dead-lettered (a skipped duplicate is a success)."""
         event_cls = on_topic(Ping, run.topic())
-        topic = event_cls.default_topic()
+        topic, group = event_cls.default_topic(), run.group()
+        dlq = await run.dead_letters(topic, group)
         recorder = Recorder()
         runs: Inbox[str] = Inbox("handler")
         bus = run.bus(idempotency=MemoryIdempotencyStore(), middleware=[recorder])
 
-        @bus.subscribe(event_cls, group=run.group())
+        @bus.subscribe(event_cls, group=group)
         async def handle(event: Ping) -> None:
             runs.add(event.note)
 
@@ -41,23 +79,28 @@ class GuaranteeCases:
         publisher = await run.publisher()
         envelope = publisher.envelope_for(event_cls(seq=1, note="once"))
         await publisher.publish_envelopes(topic, [envelope])
+        await runs.wait_count(1)
         await publisher.publish_envelopes(topic, [envelope])
         await recorder.seen.wait(
             lambda _: recorder.settled(envelope.id) >= 2, "both copies to be acked"
         )
+        await asyncio.sleep(QUIET)  # a dead letter would arrive within this window
         assert runs.items == ["once"], f"handler ran {len(runs)} times for one event id"
+        assert not dlq.items, f"a duplicate was dead-lettered: {_reasons(dlq)}"
 
     @case()
     async def test_idempotent_concurrent_duplicates(self, run: Case) -> None:
         """Duplicates arriving at the same time on parallel workers still run the
-        handler once (claim before run); the copies are acked eventually."""
+        handler once (claim before run); the copies are acked eventually and none
+        is dead-lettered."""
         event_cls = on_topic(Ping, run.topic())
-        topic = event_cls.default_topic()
+        topic, group = event_cls.default_topic(), run.group()
+        dlq = await run.dead_letters(topic, group)
         recorder = Recorder()
         runs: Inbox[str] = Inbox("handler")
         bus = run.bus(idempotency=MemoryIdempotencyStore(), middleware=[recorder])
 
-        @bus.subscribe(event_cls, group=run.group(), concurrency=4)
+        @bus.subscribe(event_cls, group=group, concurrency=4)
         async def handle(event: Ping) -> None:
             runs.add(event.note)
             await asyncio.sleep(0.3)  # keep the claim held while the copies arrive
@@ -70,9 +113,99 @@ class GuaranteeCases:
         await recorder.seen.wait(
             lambda _: recorder.settled(envelope.id) >= copies, f"all {copies} copies acked"
         )
+        await asyncio.sleep(QUIET)  # a dead letter would arrive within this window
         assert runs.items == ["once"], f"handler ran {len(runs)} times for one event id"
+        assert not dlq.items, f"a duplicate was dead-lettered: {_reasons(dlq)}"
         overlapped = [s for s in recorder.seen.items if s.outcome == "redeliver"]
         assert overlapped, "the copies never overlapped, so concurrency was not exercised"
+
+    @case()
+    async def test_idempotent_release_on_failure(self, run: Case) -> None:
+        """A handler failing while it holds the claim releases it: the retry (in
+        process, then a redelivery) claims again and succeeds; exactly one run
+        succeeds, nothing is dead-lettered, and a later duplicate is skipped."""
+        event_cls = on_topic(Ping, run.topic())
+        topic, group = event_cls.default_topic(), run.group()
+        dlq = await run.dead_letters(topic, group)
+        policy = RetryPolicy(max_attempts=3, in_process_attempts=1, initial_delay=0.02,
+                             jitter=0.0)
+        attempts: Inbox[int] = Inbox("attempts")
+        succeeded: Inbox[int] = Inbox("successes")
+        bus = run.bus(idempotency=MemoryIdempotencyStore())
+
+        @bus.subscribe(event_cls, group=group, retry=policy)
+        async def handle(event: Ping, ctx: Context) -> None:
+            attempts.add(ctx.attempt)
+            if ctx.attempt == 1:
+                raise RuntimeError("the first run fails and must release its claim")
+            succeeded.add(ctx.attempt)
+
+        await bus.start()
+        publisher = await run.publisher()
+        envelope = publisher.envelope_for(event_cls(seq=1))
+        await publisher.publish_envelopes(topic, [envelope])
+        await succeeded.wait_count(1)
+        await publisher.publish_envelopes(topic, [envelope])  # now a duplicate of done work
+        await asyncio.sleep(QUIET)
+        assert attempts.items == [1, 2], f"handler runs: {attempts.items}"
+        assert succeeded.items == [2]
+        assert not dlq.items, f"dead-lettered: {_reasons(dlq)}"
+
+    @case(requires(Capability.redelivery, "the message must come back after the outage"))
+    async def test_idempotency_store_outage_redelivers(self, run: Case) -> None:
+        """An idempotency store failing during ``claim`` is an infrastructure failure,
+        not a handler failure: the message is redelivered (never dead-lettered) and
+        handled exactly once when the store answers again."""
+        event_cls = on_topic(Ping, run.topic())
+        topic, group = event_cls.default_topic(), run.group()
+        dlq = await run.dead_letters(topic, group)
+        store = _FlakyStore(failures=2)
+        runs: Inbox[int] = Inbox("handler")
+        bus = run.bus(idempotency=store)
+
+        @bus.subscribe(event_cls, group=group)
+        async def handle(event: Ping) -> None:
+            runs.add(event.seq)
+
+        await bus.start()
+        await (await run.publisher()).publish(event_cls(seq=7))
+        await runs.wait_count(1)
+        await asyncio.sleep(QUIET)
+        assert store.failed == 2, "the store outage was not exercised"
+        assert runs.items == [7], f"handler runs: {runs.items}"
+        assert not dlq.items, f"dead-lettered during a store outage: {_reasons(dlq)}"
+
+    @case(requires(Capability.redelivery, "the held copy comes back to find the lease expired"))
+    async def test_idempotency_expired_lease_can_be_taken(self, run: Case) -> None:
+        """A claim whose lease has expired (its handler is stuck) no longer blocks a
+        redelivery: the copy that comes back after the lease claims and runs while
+        the first run is still stuck, and nothing is dead-lettered."""
+        event_cls = on_topic(Ping, run.topic())
+        topic, group = event_cls.default_topic(), run.group()
+        dlq = await run.dead_letters(topic, group)
+        unstick = asyncio.Event()
+        started: Inbox[int] = Inbox("started")
+        finished: Inbox[int] = Inbox("finished")
+        bus = run.bus(idempotency=_ShortLeaseStore(lease=0.3))
+
+        @bus.subscribe(event_cls, group=group, concurrency=2)
+        async def handle(event: Ping) -> None:
+            number = len(started) + 1
+            started.add(number)
+            if number == 1:
+                await unstick.wait()  # the first run outlives its lease
+            finished.add(number)
+
+        await bus.start()
+        publisher = await run.publisher()
+        envelope = publisher.envelope_for(event_cls(seq=1))
+        await publisher.publish_envelopes(topic, [envelope, envelope])
+        await started.wait_count(2)  # the second copy claimed after the lease expired
+        assert 1 not in finished.items, "the first run ended before the second claimed"
+        unstick.set()
+        await finished.wait(lambda items: sorted(items) == [1, 2], "both runs to end")
+        await asyncio.sleep(QUIET)
+        assert not dlq.items, f"dead-lettered: {_reasons(dlq)}"
 
     @case()
     async def test_batch_partial_failure_reported(self, run: Case) -> None:

@@ -6,7 +6,16 @@ import asyncio
 
 from eventbus.adapter import Delivery, SubscribeOptions, Subscription
 from eventbus.bus import EventBus
-from eventbus.testing.conformance._support import Case, Inbox, Ping, case, on_topic
+from eventbus.testing.conformance._support import (
+    QUIET,
+    Capability,
+    Case,
+    Inbox,
+    Ping,
+    case,
+    on_topic,
+    requires,
+)
 
 GROUPS = "competing consumers within a group and fan-out across groups"
 PERSISTENT = "unhandled messages must wait for the group's next consumer"
@@ -23,10 +32,16 @@ class LifecycleCases:
         adapter = await run.connected_adapter()
         topic, group = run.topic(), run.group()
         closing = await adapter.subscribe(topic, SubscribeOptions(group=group))
-        waiting = asyncio.create_task(_first(closing))
+        closing_waits = asyncio.Event()
+        waiting = asyncio.create_task(_first(closing, closing_waits))
         abandoned = await adapter.subscribe(topic, SubscribeOptions(group=group))
-        cancelled = asyncio.create_task(_first(abandoned))
-        await asyncio.sleep(0.05)  # let both tasks block waiting for a message
+        abandoned_waits = asyncio.Event()
+        cancelled = asyncio.create_task(_first(abandoned, abandoned_waits))
+        # Each task sets its event right before iterating and keeps running until the
+        # iteration suspends, so once both events are seen both tasks are blocked.
+        await asyncio.wait_for(closing_waits.wait(), 5.0)
+        await asyncio.wait_for(abandoned_waits.wait(), 5.0)
+        assert not waiting.done() and not cancelled.done(), "iteration ended with no message"
         await closing.close()
         assert await asyncio.wait_for(waiting, 5.0) is None, "closed subscription yielded"
         cancelled.cancel()
@@ -40,7 +55,7 @@ class LifecycleCases:
         assert delivery.envelope is not None
         await delivery.ack()
 
-    @case(needs={"consumer_groups": GROUPS, "persistent": PERSISTENT})
+    @case(requires(Capability.consumer_groups, GROUPS), requires(Capability.persistent, PERSISTENT))
     async def test_concurrent_close_no_loss(self, run: Case) -> None:
         """Many consumers of one group stopped at the same moment, mid-stream, stop
         without error; a new consumer then handles everything they did not."""
@@ -71,21 +86,24 @@ class LifecycleCases:
         await successor.start()
         await handled.wait(lambda items: set(items) >= set(range(count)), "every message")
 
-    @case(needs={"consumer_groups": GROUPS, "persistent": PERSISTENT})
+    @case(requires(Capability.consumer_groups, GROUPS), requires(Capability.persistent, PERSISTENT))
     async def test_graceful_shutdown_finishes_in_flight(self, run: Case) -> None:
         """``bus.stop(timeout)`` lets handlers already running finish and acks them; a
-        new consumer of the group handles the rest, and nothing finished is repeated."""
+        new consumer of the group handles the rest, and nothing finished is repeated.
+        The first consumer may hold only two messages (prefetch), so the rest are left
+        for the second one."""
         event_cls = on_topic(Ping, run.topic())
         group = run.group()
         started: Inbox[int] = Inbox("started")
         first_done: Inbox[int] = Inbox("finished before stop")
         later_done: Inbox[int] = Inbox("finished after restart")
-        first, second = run.bus(), run.bus()
+        release = asyncio.Event()
+        first, second = run.bus(prefetch_per_worker=1), run.bus()
 
         @first.subscribe(event_cls, group=group, concurrency=2)
         async def slow(event: Ping) -> None:
             started.add(event.seq)
-            await asyncio.sleep(0.15)
+            await release.wait()
             first_done.add(event.seq)
 
         @second.subscribe(event_cls, group=group)
@@ -96,15 +114,23 @@ class LifecycleCases:
         count = run.count(10)
         await (await run.publisher()).publish_many([event_cls(seq=i) for i in range(count)])
         await started.wait_count(2)
-        await first.stop(timeout=10.0)
+        stopping = asyncio.create_task(first.stop(timeout=10.0))
+        await asyncio.sleep(QUIET)  # the stop must wait for the running handlers
+        assert not stopping.done(), "stop() returned while handlers were still running"
+        release.set()
+        await stopping
         assert set(started.items) == set(first_done.items), "an in-flight handler was cut off"
-        await second.start()
         rest = set(range(count)) - set(first_done.items)
+        assert rest, "the first consumer took every message: the second was never exercised"
+        await second.start()
         await later_done.wait(lambda items: set(items) >= rest, f"the other {len(rest)}")
         assert not set(first_done.items) & set(later_done.items), "finished work was repeated"
 
-    @case(needs={"consumer_groups": GROUPS, "persistent": PERSISTENT,
-                 "redelivery": "unfinished messages must go back to the broker"})
+    @case(
+        requires(Capability.consumer_groups, GROUPS),
+        requires(Capability.persistent, PERSISTENT),
+        requires(Capability.redelivery, "unfinished messages must go back to the broker"),
+    )
     async def test_shutdown_timeout_returns_unfinished(self, run: Case) -> None:
         """Handlers still running when the stop timeout expires are cancelled and their
         messages go back to the broker: the next consumer handles every one of them."""
@@ -136,7 +162,7 @@ class LifecycleCases:
         await second.start()
         await finished.wait(lambda items: set(items) >= set(range(count)), "every message")
 
-    @case(needs={"faults": "the case drops the broker connections"})
+    @case(requires(Capability.fault_hooks, "the case drops the broker connections"))
     async def test_reconnect_after_connection_drop(self, run: Case) -> None:
         """After every connection drops, subscribers and publishers reconnect by
         themselves: everything published before and after arrives (duplicates are
@@ -150,7 +176,7 @@ class LifecycleCases:
         await got.wait(lambda items: set(items) >= set(range(2 * count)), "both batches",
                        timeout=30.0)
 
-    @case(needs={"faults": "the case makes the broker refuse connections"})
+    @case(requires(Capability.fault_hooks, "the case makes the broker refuse connections"))
     async def test_publish_retries_while_refused(self, run: Case) -> None:
         """While the broker refuses connections, publishes retry instead of failing
         and subscribers resubscribe; once it accepts again everything arrives."""
@@ -187,8 +213,10 @@ async def _flowing_through_faults(
     return event_cls, got, publisher
 
 
-async def _first(subscription: Subscription) -> Delivery | None:
-    """The first delivery of ``subscription``, or ``None`` if iteration just ends."""
+async def _first(subscription: Subscription, iterating: asyncio.Event) -> Delivery | None:
+    """The first delivery of ``subscription``, or ``None`` if iteration just ends;
+    sets ``iterating`` as it starts waiting."""
+    iterating.set()
     async for delivery in subscription:
         return delivery
     return None

@@ -6,45 +6,91 @@ import asyncio
 import random
 from collections.abc import Callable
 
-from eventbus.testing.conformance._support import QUIET, Case, Inbox, Ping, case, on_topic
+from eventbus.context import Context
+from eventbus.middleware.retry import RetryPolicy
+from eventbus.testing.conformance._support import (
+    QUIET,
+    Capability,
+    Case,
+    Inbox,
+    Ping,
+    case,
+    on_topic,
+    requires,
+)
 
 
 def _contains(seq: int) -> Callable[[list[int]], bool]:
     return lambda items: seq in items
 
 
+async def _ordered_run(run: Case, retry: RetryPolicy | None) -> None:
+    """Many keys, four workers, handlers awaiting a random short delay (and failing
+    their first attempt on every third message when ``retry`` is given): each key's
+    messages must be handled in order and never two at once, and different keys must
+    have run at the same time (or the case proved nothing about parallelism)."""
+    event_cls = on_topic(Ping, run.topic())
+    keys = [f"key-{k}" for k in range(run.count(8, minimum=4))]
+    per_key = run.count(20)
+    got: Inbox[tuple[str, int]] = Inbox("handler")
+    running: dict[str, int] = {}
+    overlaps: list[str] = []
+    peak = 0
+    bus = run.bus()
+
+    @bus.subscribe(event_cls, group=run.group(), concurrency=4, ordered=True, retry=retry)
+    async def handle(event: Ping, ctx: Context) -> None:
+        nonlocal peak
+        if running.get(event.key):
+            overlaps.append(f"{event.key}#{event.seq}")
+        running[event.key] = running.get(event.key, 0) + 1
+        peak = max(peak, sum(1 for n in running.values() if n))
+        try:
+            await asyncio.sleep(random.uniform(0, 0.004))  # shuffle timing across keys
+            if retry is not None and event.seq % 3 == 1 and ctx.attempt == 1:
+                raise RuntimeError(f"{event.key}#{event.seq} fails its first attempt")
+            got.add((event.key, event.seq))
+        finally:
+            running[event.key] -= 1
+
+    await bus.start()
+    publisher = await run.publisher()
+
+    async def publish_key(key: str) -> None:
+        for seq in range(per_key):
+            await publisher.publish(event_cls(key=key, seq=seq), key=key)
+
+    await asyncio.gather(*(publish_key(key) for key in keys))
+    await got.wait_count(len(keys) * per_key)
+    for key in keys:
+        seqs = [seq for k, seq in got.items if k == key]
+        assert seqs == list(range(per_key)), f"{key} out of order: {seqs}"
+    assert not overlaps, f"messages of one key ran at the same time: {overlaps[:5]}"
+    assert peak > 1, "different keys never ran at the same time: nothing was tested"
+
+
 class OrderingCases:
     """Parallel where allowed, ordered where promised."""
 
-    @case(needs={"ordering=per_key": "the case checks that one key's messages keep order"})
+    @case(requires(Capability.per_key_ordering,
+                   "the case checks that one key's messages keep order"))
     async def test_in_order_per_key(self, run: Case) -> None:
         """With several workers, the messages of each partition key are handled in the
-        order they were published while keys run in parallel."""
-        event_cls = on_topic(Ping, run.topic())
-        keys = [f"key-{k}" for k in range(run.count(6, minimum=3))]
-        per_key = run.count(25)
-        got: Inbox[tuple[str, int]] = Inbox("handler")
-        bus = run.bus()
+        order they were published, one at a time, while different keys overlap."""
+        await _ordered_run(run, retry=None)
 
-        @bus.subscribe(event_cls, group=run.group(), concurrency=4, ordered=True)
-        async def handle(event: Ping) -> None:
-            await asyncio.sleep(random.uniform(0, 0.003))  # shuffle timing across keys
-            got.add((event.key, event.seq))
+    @case(requires(Capability.per_key_ordering,
+                   "the case checks that retries keep one key's messages in order"))
+    async def test_in_order_per_key_under_retries(self, run: Case) -> None:
+        """Handlers failing on every third message and succeeding on the in-process
+        retry keep each key's order: a retrying message holds its key, not its worker's
+        other keys (different keys still overlap)."""
+        policy = RetryPolicy(max_attempts=3, in_process_attempts=3, initial_delay=0.005,
+                             jitter=0.0)
+        await _ordered_run(run, retry=policy)
 
-        await bus.start()
-        publisher = await run.publisher()
-
-        async def publish_key(key: str) -> None:
-            for seq in range(per_key):
-                await publisher.publish(event_cls(key=key, seq=seq), key=key)
-
-        await asyncio.gather(*(publish_key(key) for key in keys))
-        await got.wait_count(len(keys) * per_key)
-        for key in keys:
-            seqs = [seq for k, seq in got.items if k == key]
-            assert seqs == list(range(per_key)), f"{key} out of order: {seqs}"
-
-    @case(needs={"ordering=per_key": "later messages of a key must wait for earlier ones"})
+    @case(requires(Capability.per_key_ordering,
+                   "later messages of a key must wait for earlier ones"))
     async def test_unfinished_key_holds_later_same_key(self, run: Case) -> None:
         """While a message of key K is still being handled, later K messages wait
         (watched for a bounded grace period) and other keys keep flowing; once it

@@ -7,7 +7,15 @@ import contextlib
 import inspect
 
 from eventbus.errors import EventBusError
-from eventbus.testing.conformance._support import Case, Inbox, Ping, case, on_topic
+from eventbus.testing.conformance._support import (
+    Capability,
+    Case,
+    Inbox,
+    Ping,
+    case,
+    on_topic,
+    requires,
+)
 
 PERSISTENT = "only a persistent broker keeps confirmed messages across a restart"
 
@@ -16,7 +24,8 @@ class RestartCases:
     """The broker process goes down mid-stream and comes back on the same data."""
 
     @case(
-        needs={"restart": "the case restarts the broker", "persistent": PERSISTENT},
+        requires(Capability.restart_hook, "the case restarts the broker"),
+        requires(Capability.persistent, PERSISTENT),
         timeout=150.0,
     )
     async def test_broker_restart_loses_nothing_acknowledged(self, run: Case) -> None:

@@ -1,0 +1,326 @@
+"""The in-process broker behind ``memory://``: topic logs, groups, consumers.
+
+Internal to :mod:`eventbus.memory`: the adapter encodes envelopes into
+:class:`Entry` bytes and hands deliveries out of :class:`MemorySubscription`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import time
+from collections import deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from eventbus import codec
+from eventbus.adapter import Delivery, SubscribeOptions, Subscription
+from eventbus.envelope import Envelope
+from eventbus.errors import BrokerConnectionError, ConnectionLostError, DecodeError
+
+HEADER_PREFIX = "ce_"
+"""Prefix of the CloudEvents attribute headers in binary mode."""
+
+
+@dataclass(slots=True)
+class Entry:
+    """One stored message as a broker keeps it: headers and body bytes, plus the key
+    the broker routes by (a real broker's record key). ``envelope`` is set only when
+    encoding is off; ``headers`` is ``None`` in structured mode and for raw bytes."""
+
+    offset: int
+    key: str | None
+    body: bytes
+    headers: dict[str, str] | None = None
+    envelope: Envelope | None = None
+    structured: bool = False
+
+    def decode(self) -> tuple[Envelope | None, str | None]:
+        """A fresh envelope read from the stored bytes, or ``None`` and why not."""
+        if self.envelope is not None:
+            return self.envelope, None
+        try:
+            if self.structured:
+                return codec.decode_structured(self.body), None
+            return codec.decode_binary(self.headers or {}, self.body, HEADER_PREFIX), None
+        except DecodeError as exc:
+            return None, f"{type(exc).__name__}: {exc}"
+
+
+@dataclass(slots=True)
+class Pending:
+    entry: Entry
+    attempt: int = 1
+    available_at: float = 0.0
+
+
+@dataclass
+class Group:
+    name: str
+    pending: deque[Pending] = field(default_factory=deque)
+    inflight_keys: set[str] = field(default_factory=set)
+    consumers: list[MemorySubscription] = field(default_factory=list)
+    delayed: int = 0  # pending items requeued with a delay; 0 lets next_due skip its scan
+
+    def notify(self) -> None:
+        for consumer in self.consumers:
+            consumer.wake()
+
+    def take(self, hold_keys: bool = True) -> Pending | None:
+        """The first pending message that may go out now, keeping per-key order.
+
+        ``hold_keys``: a key's next message waits until the one handed out before it
+        is settled. Without it messages go out in order as soon as they are due, as
+        from a partitioned log (Kafka), and only the consumer keeps a key in order.
+        """
+        if not self.pending:
+            return None
+        now = time.monotonic()
+        head = self.pending[0]
+        key = head.entry.key if hold_keys else None
+        if head.available_at <= now and (key is None or key not in self.inflight_keys):
+            self.pending.popleft()
+            return self._hand_out(head, hold_keys)
+        blocked: set[str] = set()
+        for index, item in enumerate(self.pending):
+            key = item.entry.key if hold_keys else None
+            if key is not None and (key in self.inflight_keys or key in blocked):
+                blocked.add(key)
+                continue
+            if item.available_at > now:
+                if key is not None:
+                    blocked.add(key)
+                continue
+            del self.pending[index]
+            return self._hand_out(item, hold_keys)
+        return None
+
+    def _hand_out(self, item: Pending, hold_keys: bool) -> Pending:
+        if item.available_at:
+            self.delayed -= 1
+        key = item.entry.key
+        if key is not None and hold_keys:
+            self.inflight_keys.add(key)
+        return item
+
+    def next_due(self) -> float | None:
+        if not self.delayed:
+            return None
+        now = time.monotonic()
+        due = [p.available_at for p in self.pending if p.available_at > now]
+        return min(due) if due else None
+
+    def settle(self, item: Pending) -> None:
+        key = item.entry.key
+        if key is not None:
+            self.inflight_keys.discard(key)
+        self.notify()
+
+    def requeue(self, item: Pending, delay: float) -> None:
+        key = item.entry.key
+        if key is not None:
+            self.inflight_keys.discard(key)
+        if delay > 0:
+            if not item.available_at:
+                self.delayed += 1
+            item.available_at = time.monotonic() + delay
+        elif item.available_at:
+            self.delayed -= 1
+            item.available_at = 0.0
+        # Back at the front, so it stays ahead of later messages with its key.
+        self.pending.appendleft(item)
+        self.notify()
+        if delay > 0:
+            with contextlib.suppress(RuntimeError):
+                asyncio.get_running_loop().call_later(delay, self.notify)
+
+
+@dataclass
+class Topic:
+    log: list[Entry] = field(default_factory=list)
+    groups: dict[str, Group] = field(default_factory=dict)
+
+
+class MemoryBroker:
+    """One in-process broker; adapters built from the same ``memory://name`` share it."""
+
+    _brokers: dict[str, MemoryBroker] = {}
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.topics: dict[str, Topic] = {}
+        self.generation = 0
+        self.refuse_until = 0.0
+        self._offsets = itertools.count()
+
+    @classmethod
+    def discard(cls, name: str) -> None:
+        """Forget the broker called ``name`` and every message it kept (for tests)."""
+        cls._brokers.pop(name, None)
+
+    @classmethod
+    def named(cls, name: str) -> MemoryBroker:
+        """The broker called ``name`` in this process, created on first use."""
+        broker = cls._brokers.get(name)
+        if broker is None:
+            broker = cls._brokers[name] = cls(name)
+        return broker
+
+    def topic(self, name: str) -> Topic:
+        topic = self.topics.get(name)
+        if topic is None:
+            topic = self.topics[name] = Topic()
+        return topic
+
+    def check_reachable(self, url: str) -> None:
+        if time.monotonic() < self.refuse_until:
+            raise BrokerConnectionError(
+                f"memory broker {url!r} is refusing connections (fault injected); retry later"
+            )
+
+    def refusing_for(self) -> float:
+        """Seconds the injected refusal still lasts (0 when connections are accepted)."""
+        return max(0.0, self.refuse_until - time.monotonic())
+
+    def append(self, topic_name: str, entry: Entry) -> None:
+        topic = self.topic(topic_name)
+        entry.offset = next(self._offsets)
+        topic.log.append(entry)
+        for group in topic.groups.values():
+            group.pending.append(Pending(entry))
+            group.notify()
+
+    def group(self, topic_name: str, options: SubscribeOptions) -> Group:
+        topic = self.topic(topic_name)
+        group = topic.groups.get(options.group)
+        if group is None:
+            group = topic.groups[options.group] = Group(options.group)
+            if options.start_from == "earliest":
+                group.pending.extend(Pending(entry) for entry in topic.log)
+        return group
+
+    async def drop_connections(self) -> None:
+        """Fault hook: every open subscription loses its connection at once."""
+        self.generation += 1
+        for topic in self.topics.values():
+            for group in topic.groups.values():
+                for consumer in list(group.consumers):
+                    consumer.lose_connection()
+
+    async def refuse_connections(self, seconds: float) -> None:
+        """Fault hook: drop connections and refuse new ones for ``seconds``."""
+        self.refuse_until = time.monotonic() + seconds
+        await self.drop_connections()
+
+
+class MemoryDelivery(Delivery):
+    __slots__ = ("_item", "_owner")
+
+    def __init__(self, owner: MemorySubscription, item: Pending, topic: str) -> None:
+        entry = item.entry
+        envelope, error = entry.decode()
+        super().__init__(
+            topic=topic,
+            group=owner.group.name,
+            envelope=envelope,
+            attempt=item.attempt,
+            message_id=str(entry.offset),
+            raw=entry.body if envelope is None else None,
+            decode_error=error,
+        )
+        self._owner = owner
+        self._item = item
+
+    async def _ack(self) -> None:
+        self._owner.finish(self._item, None)
+
+    async def _nack(self, delay: float) -> None:
+        self._owner.finish(self._item, delay)
+
+    async def _reject(self) -> None:
+        # No native dead-letter queue here: the bus's dead-letter middleware keeps
+        # the message, so reject only drops it.
+        self._owner.finish(self._item, None)
+
+
+class MemorySubscription(Subscription):
+    def __init__(
+        self,
+        broker: MemoryBroker,
+        topic: str,
+        group: Group,
+        options: SubscribeOptions,
+        hold_keys: bool = True,
+    ) -> None:
+        self.broker = broker
+        self.hold_keys = hold_keys
+        self.topic = topic
+        self.group = group
+        self.options = options
+        self.generation = broker.generation
+        self.inflight: dict[int, Pending] = {}
+        self.closed = False
+        self.lost = False
+        self._wake = asyncio.Event()
+        group.consumers.append(self)
+
+    def wake(self) -> None:
+        with contextlib.suppress(RuntimeError):
+            self._wake.set()
+
+    def lose_connection(self) -> None:
+        self.lost = True
+        self._detach()
+        self.wake()
+
+    def finish(self, item: Pending, requeue_delay: float | None) -> None:
+        if self.inflight.pop(id(item), None) is None:
+            return  # settled after the connection dropped: it was already requeued
+        if requeue_delay is None:
+            self.group.settle(item)
+        else:
+            item.attempt += 1
+            self.group.requeue(item, requeue_delay)
+        self.wake()
+
+    def _detach(self) -> None:
+        with contextlib.suppress(ValueError):
+            self.group.consumers.remove(self)
+        # Unsettled deliveries go back to the group, in their original order.
+        for item in sorted(self.inflight.values(), key=lambda p: p.entry.offset, reverse=True):
+            item.attempt += 1
+            self.group.requeue(item, 0.0)
+        self.inflight.clear()
+
+    async def __aiter__(self) -> AsyncIterator[Delivery]:
+        loop = asyncio.get_running_loop()
+        timer: asyncio.TimerHandle | None = None
+        while not self.closed:
+            if self.lost:
+                raise ConnectionLostError(
+                    f"memory broker connection dropped (topic {self.topic!r}, "
+                    f"group {self.group.name!r})"
+                )
+            room = len(self.inflight) < self.options.prefetch
+            item = self.group.take(self.hold_keys) if room else None
+            if item is not None:
+                delivery = MemoryDelivery(self, item, self.topic)
+                self.inflight[id(item)] = item
+                yield delivery
+                continue
+            self._wake.clear()
+            # With prefetch full, the next settle wakes us; only an empty hand-out
+            # may be waiting on a delayed message.
+            due = self.group.next_due() if room else None
+            if due is not None:
+                if timer is not None:
+                    timer.cancel()
+                timer = loop.call_later(max(0.0, due - time.monotonic()), self.wake)
+            await self._wake.wait()
+
+    async def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self._detach()
+            self.wake()

@@ -1,0 +1,76 @@
+"""Chain assembly: the ordered middleware around one subscription's handlers.
+
+Outermost first:
+
+1. ``correlation`` (makes the handled envelope current for publishes made inside)
+2. the bus-wide ``middleware=[...]``, then the subscription's ``middleware=[...]``
+3. ``DeadLetter`` (when the bus has ``dead_letter=True``)
+4. ``Idempotency`` (the subscription's ``idempotency=`` store or configured
+   ``Idempotency``, else the bus's):
+   inside dead-letter, so a dead-lettered message is not remembered as handled
+   and its replay runs
+5. ``Retry`` (the subscription's policy, else the bus's)
+6. ``Timeout`` (when the subscription has ``timeout=``)
+7. the handler
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from eventbus.adapter import Adapter
+from eventbus.errors import ConfigurationError
+from eventbus.middleware.base import Middleware
+from eventbus.middleware.correlation import correlation
+from eventbus.middleware.deadletter import DeadLetter
+from eventbus.middleware.idempotency import Idempotency, IdempotencyStore
+from eventbus.middleware.retry import NO_RETRY, Retry, RetryPolicy
+from eventbus.middleware.timeout import Timeout
+
+if TYPE_CHECKING:
+    from eventbus.spec import SubscriptionSpec
+
+
+@dataclass(frozen=True, slots=True)
+class ChainDefaults:
+    """The bus-wide settings a subscription's chain falls back on."""
+
+    middleware: Sequence[Middleware] = ()
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    idempotency: IdempotencyStore | Idempotency | None = None
+    dead_letter: bool = True
+
+
+def check_middleware(middleware: Sequence[Middleware], where: str) -> None:
+    """Refuse built-in steps whose place in the chain is fixed, with the right option."""
+    for layer in middleware:
+        if isinstance(layer, Idempotency):
+            raise ConfigurationError(
+                f"Idempotency in {where} middleware=[...] would run outside the dead-letter "
+                "step, so a dead-lettered message would count as handled and its replay be "
+                "skipped; pass it (or just its store) as subscribe(..., idempotency=...) "
+                "or EventBus(idempotency=...)"
+            )
+
+
+def build_chain(
+    spec: SubscriptionSpec, adapter: Adapter, defaults: ChainDefaults
+) -> list[Middleware]:
+    """The middleware around ``spec``'s handlers, outermost first (see the module doc)."""
+    chain: list[Middleware] = [correlation, *defaults.middleware, *spec.middleware]
+    if defaults.dead_letter:
+        chain.append(DeadLetter(adapter))
+    store = spec.idempotency if spec.idempotency is not None else defaults.idempotency
+    if store is not None:
+        chain.append(store if isinstance(store, Idempotency) else Idempotency(store))
+    policy = spec.retry or defaults.retry
+    at_most_once = spec.mode == "at_most_once"
+    redelivery = adapter.capabilities.redelivery and not at_most_once
+    if at_most_once and spec.retry is None:
+        policy = NO_RETRY
+    chain.append(Retry(policy, broker_redelivery=redelivery))
+    if spec.timeout is not None:
+        chain.append(Timeout(spec.timeout))
+    return chain

@@ -1,0 +1,114 @@
+"""The publishing side of the bus: building envelopes, batches over several topics,
+and the bounded retry while the broker connection is down."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Sequence
+
+from eventbus.adapter import Adapter
+from eventbus.backoff import Backoff
+from eventbus.context import INHERIT, ParentOption, current_envelope
+from eventbus.envelope import Envelope, new_id, utcnow, validate_extension_name
+from eventbus.errors import BatchPublishError, BrokerConnectionError, PublishError
+from eventbus.events import Message
+
+PUBLISH_BACKOFF = Backoff(initial=0.05, max_delay=1.0)
+
+
+def build_envelope(
+    message: Message,
+    source: str,
+    *,
+    key: str | None = None,
+    parent: ParentOption = INHERIT,
+    correlation_id: str | None = None,
+    subject: str | None = None,
+    extensions: dict[str, str] | None = None,
+) -> Envelope:
+    """The envelope for ``message`` from ``source`` (see ``EventBus.envelope_for``)."""
+    if parent is INHERIT:
+        parent = current_envelope.get()
+    event_id = new_id()
+    if extensions:
+        for name in extensions:
+            validate_extension_name(name)
+    if parent is not None:
+        correlation = correlation_id or parent.correlationid or parent.id
+        causation: str | None = parent.id
+        traceparent, tracestate = parent.traceparent, parent.tracestate
+    else:
+        correlation, causation = correlation_id or event_id, None
+        traceparent = tracestate = None
+    return Envelope(
+        id=event_id,
+        type=message.event_type(),
+        source=source,
+        time=utcnow(),
+        data=message.to_bytes(),
+        dataversion=message.data_version(),
+        partitionkey=key,
+        subject=subject,
+        correlationid=correlation,
+        causationid=causation,
+        traceparent=traceparent,
+        tracestate=tracestate,
+        extensions=dict(extensions) if extensions else {},
+    )
+
+
+async def publish_batch(
+    publish: Callable[[str, Sequence[Envelope]], Awaitable[list[Envelope]]],
+    messages: Sequence[Message],
+    envelopes: list[Envelope],
+    topic: str | None,
+) -> list[Envelope]:
+    """Publish ``envelopes`` (one per message) with one ``publish`` call per topic.
+
+    Raises :class:`BatchPublishError` naming the failed indexes, the sent ones and
+    the envelopes (same ids) when any topic failed, also when others went out.
+    """
+    by_topic: dict[str, list[int]] = defaultdict(list)
+    for index, message in enumerate(messages):
+        by_topic[topic or message.default_topic()].append(index)
+    failures: dict[int, Exception] = {}
+    for name, indexes in by_topic.items():
+        try:
+            sent = await publish(name, [envelopes[i] for i in indexes])
+            for i, envelope in zip(indexes, sent, strict=True):
+                envelopes[i] = envelope
+        except BatchPublishError as exc:
+            failures.update({indexes[i]: err for i, err in exc.failures.items()})
+        except (PublishError, BrokerConnectionError) as exc:
+            # Other topics of the batch may have gone out already: report what
+            # did, so a retry republishes only the rest, under the same ids.
+            failures.update({i: exc for i in indexes})
+    if failures:
+        failed_ids = [envelopes[i].id for i in sorted(failures)]
+        raise BatchPublishError(
+            f"{len(failures)} of {len(messages)} messages were not published "
+            f"(ids {', '.join(failed_ids[:5])}{' ...' if len(failed_ids) > 5 else ''}); "
+            "see .failures for each index and its error, .succeeded for those sent, "
+            "and republish the failed .envelopes with publish_envelopes to keep their ids",
+            failures,
+            len(messages),
+            envelopes,
+        )
+    return envelopes
+
+
+async def publish_with_retry(
+    adapter: Adapter, topic: str, envelopes: Sequence[Envelope], timeout: float
+) -> None:
+    """Publish, retrying with backoff while the connection is down, for up to ``timeout``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    for delay in PUBLISH_BACKOFF:
+        try:
+            await adapter.publish(topic, envelopes)
+            return
+        except BrokerConnectionError:
+            if loop.time() + delay > deadline:
+                raise
+            await asyncio.sleep(delay)

@@ -1,0 +1,410 @@
+"""One consumer of a (topic, group): fetch, dispatch by type to handlers, settle.
+
+Deliveries are spread over ``concurrency`` lanes; messages sharing a partition
+key always take the same lane, so per-key order holds while unrelated keys run
+in parallel. The runner re-subscribes with backoff when its subscription fails
+and reports its state (:class:`SubscriptionHealth`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from eventbus.adapter import Adapter, Delivery, SubscribeOptions, Subscription
+from eventbus.backoff import Backoff
+from eventbus.context import Context, Publisher
+from eventbus.errors import (
+    BrokerConnectionError,
+    ConfigurationError,
+    EventBusError,
+    HandlerCancelledError,
+    SchemaError,
+)
+from eventbus.events import Registry
+from eventbus.middleware.base import Middleware, Next, RedeliveryRequested, compose
+from eventbus.middleware.deadletter import dead_letter_undecodable
+from eventbus.runs import counter_for
+from eventbus.spec import SubscriptionSpec
+
+log = logging.getLogger("eventbus.runner")
+
+REDELIVERY_BACKOFF = Backoff(initial=1.0, max_delay=30.0)
+"""Delays of redeliveries after failures outside the handler, by delivery count."""
+
+SubscriptionState = Literal["starting", "running", "reconnecting", "dead", "stopped"]
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionHealth:
+    """The state of one (topic, group) subscription.
+
+    ``running``: fetching; ``reconnecting``: its subscription failed and it is
+    subscribing again with backoff (``error`` says why); ``dead``: it gave up for
+    good (``error`` says why) and consumes nothing any more; ``stopped``: the bus
+    stopped it.
+    """
+
+    topic: str
+    group: str
+    state: SubscriptionState
+    error: str | None = None
+
+
+class Runner:
+    """Runs one :class:`SubscriptionSpec` on ``adapter``: fetch, route to lanes, run the
+    ``middleware`` chain around the handler, settle.
+
+    ``publisher`` is what handlers reply on (``ctx.publish``/``ctx.send``);
+    ``prefetch`` is per lane; ``dead_letter`` says whether undecodable messages are
+    kept on the DLQ (else they are rejected and logged), as for every other failure.
+
+    When the subscription fails it subscribes again after a ``reconnect`` backoff,
+    logging each time. It is *dead for good* (``on_dead`` is called, nothing more is
+    consumed) when the failure is a :class:`~eventbus.errors.ConfigurationError`, or
+    when any other error that is not a :class:`~eventbus.errors.BrokerConnectionError`
+    (an untranslated client error, an iterator that ends by itself) repeats
+    ``max_failures`` times in a row without a delivery being handled in between
+    (a subscription that hands out a message and breaks every time is not
+    making progress: its work goes back to the broker each time). Connection
+    errors are retried for as long as the runner runs (state ``reconnecting``).
+    """
+
+    def __init__(
+        self,
+        adapter: Adapter,
+        spec: SubscriptionSpec,
+        *,
+        middleware: Sequence[Middleware],
+        registry: Registry,
+        publisher: Publisher,
+        prefetch: int = 8,
+        dead_letter: bool = True,
+        reconnect: Backoff | None = None,
+        max_failures: int = 5,
+        on_dead: Callable[[Runner], None] | None = None,
+    ) -> None:
+        self.adapter = adapter
+        self.spec = spec
+        self.registry = registry
+        self.publisher = publisher
+        self.prefetch = prefetch
+        self.dead_letter = dead_letter
+        self.reconnect = reconnect or Backoff(initial=0.05, max_delay=2.0)
+        self.max_failures = max_failures
+        self.on_dead = on_dead
+        self.chain: Next = compose(middleware, self._invoke)
+        self.state: SubscriptionState = "starting"
+        self.error: BaseException | None = None
+        self.runs = counter_for(adapter.url, spec.topic, spec.group)
+        # Work queued in lanes carries the generation of the subscription that handed
+        # it out; after that subscription is lost the broker has taken it back, so
+        # a lane drops it instead of running it a second time.
+        self._generation = 0
+        self._progressed = False  # a delivery of this generation reached handle()
+        self._lanes: list[asyncio.Queue[tuple[int, Delivery] | None]] = []
+        # Deliveries routed to each lane and not yet finished (queued + running): a
+        # lane's queue is empty while its worker is busy, so qsize alone would send
+        # unkeyed messages behind a slow handler while another worker sits idle.
+        self._load: list[int] = []
+        self._lane_tasks: list[asyncio.Task[None]] = []
+        self._fetch_task: asyncio.Task[None] | None = None
+        self._subscription: Subscription | None = None
+        self._stopping = False
+
+    def health(self) -> SubscriptionHealth:
+        """This subscription's state and, unless running, the last error."""
+        error = None if self.error is None else f"{type(self.error).__name__}: {self.error}"
+        return SubscriptionHealth(self.spec.topic, self.spec.group, self.state, error)
+
+    async def start(self) -> None:
+        """Subscribe (failing fast if the broker refuses) and start fetching."""
+        self._subscription = await self._subscribe()
+        for index in range(max(1, self.spec.concurrency)):
+            queue: asyncio.Queue[tuple[int, Delivery] | None] = asyncio.Queue()
+            self._lanes.append(queue)
+            self._load.append(0)
+            self._lane_tasks.append(asyncio.create_task(self._lane(index, queue)))
+        self.state = "running"
+        self._fetch_task = asyncio.create_task(self._fetch())
+
+    async def _subscribe(self) -> Subscription:
+        options = SubscribeOptions(
+            group=self.spec.group,
+            prefetch=max(1, self.spec.concurrency) * self.prefetch,
+            start_from=self.spec.start_from,
+        )
+        return await self.adapter.subscribe(self.spec.topic, options)
+
+    async def _fetch(self) -> None:
+        delays = iter(self.reconnect)
+        failures = 0  # consecutive failures other than connection errors
+        while True:
+            error: Exception
+            try:
+                if self._subscription is None:
+                    self._subscription = await self._subscribe()
+                self.state, self.error = "running", None
+                async for delivery in self._subscription:
+                    self._route(delivery)
+                if self._stopping:
+                    return
+                error = EventBusError(
+                    f"the subscription to {self.spec.topic!r} as group {self.spec.group!r} "
+                    "ended by itself (its adapter's iterator returned while it was open)"
+                )
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                error = exc
+            if self._stopping:
+                return
+            if self._progressed:
+                # This subscription got work done before failing: a new series.
+                failures, delays = 0, iter(self.reconnect)
+            connection = isinstance(error, BrokerConnectionError)
+            failures += 0 if connection else 1
+            self._generation += 1
+            self._progressed = False
+            await self._drop_subscription()
+            if isinstance(error, ConfigurationError) or failures >= self.max_failures:
+                self._die(error, failures)
+                return
+            delay = next(delays)
+            self.state, self.error = "reconnecting", error
+            log.log(
+                logging.WARNING if connection else logging.ERROR,
+                "subscription %s/%s failed (%s: %s); re-subscribing in %.2fs",
+                self.spec.topic, self.spec.group, type(error).__name__, error, delay,
+                exc_info=None if connection else error,
+            )
+            await asyncio.sleep(delay)
+
+    def _die(self, error: Exception, failures: int) -> None:
+        self.state, self.error = "dead", error
+        log.error(
+            "subscription %s/%s is dead for good after %d failure(s) in a row: %s: %s; "
+            "nothing more is consumed until the service restarts",
+            self.spec.topic, self.spec.group, max(1, failures), type(error).__name__, error,
+        )
+        if self.on_dead is not None:
+            self.on_dead(self)
+
+    async def _drop_subscription(self) -> None:
+        subscription, self._subscription = self._subscription, None
+        if subscription is None:
+            return
+        try:
+            await subscription.close()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("closing the failed subscription %s/%s raised %s: %s",
+                        self.spec.topic, self.spec.group, type(exc).__name__, exc)
+
+    def _route(self, delivery: Delivery) -> None:
+        lanes = self._lanes
+        key = delivery.envelope.partitionkey if delivery.envelope is not None else None
+        if len(lanes) == 1:
+            index = 0
+        elif key is not None and self.spec.ordered:
+            index = zlib.crc32(key.encode()) % len(lanes)
+        else:
+            index = min(range(len(lanes)), key=self._load.__getitem__)
+        self._load[index] += 1
+        lanes[index].put_nowait((self._generation, delivery))
+
+    async def _lane(self, index: int, queue: asyncio.Queue[tuple[int, Delivery] | None]) -> None:
+        while True:
+            item = await queue.get()
+            if item is None:
+                return
+            generation, delivery = item
+            try:
+                if generation != self._generation:
+                    # Handed out by a subscription since lost: the broker already
+                    # took it back and will deliver it again.
+                    self.runs.seen(delivery)
+                    log.debug("dropped %s from a lost subscription of %s/%s",
+                              delivery.message_id, delivery.topic, delivery.group)
+                    continue
+                self._progressed = True
+                await self.handle(delivery)
+            except asyncio.CancelledError:
+                if _cancelling():
+                    raise
+                # Something in the chain outside the handler let a CancelledError
+                # out without this lane being cancelled: keep the lane alive.
+                log.error("message %s on %s/%s: CancelledError escaped the middleware; "
+                          "asking the broker to redeliver", delivery.message_id,
+                          delivery.topic, delivery.group)
+                await self._nack(delivery, 1.0)
+            finally:
+                self._load[index] -= 1
+
+    async def handle(self, delivery: Delivery) -> None:
+        """Run one delivery through the chain and settle it."""
+        envelope = delivery.envelope
+        try:
+            if envelope is None:
+                await self._undecodable(delivery)
+                return
+            previous = self.runs.seen(delivery)
+            if self.spec.mode == "at_most_once":
+                await delivery.ack()
+            ctx = Context(self.publisher, delivery, envelope, previous_attempts=previous)
+            await self.chain(ctx)
+        except RedeliveryRequested as request:
+            await self._nack(delivery, request.delay)
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # Reaches here: a failure outside the handler (idempotency store, the
+            # dead-letter publish, the broker) or a final failure with dead letters
+            # off. Redeliver, backing off with the broker's delivery count so an
+            # outage is not hammered.
+            delay = REDELIVERY_BACKOFF.delay(delivery.attempt)
+            log.exception(
+                "message %s on %s/%s could not be handled or dead-lettered (%s: %s); "
+                "asking the broker to redeliver it in %.1fs",
+                envelope.id if envelope else delivery.message_id,
+                delivery.topic, delivery.group, type(exc).__name__, exc, delay,
+            )
+            await self._nack(delivery, delay)
+            return
+        self.runs.finished(envelope.id)
+        await self._ack(delivery)
+
+    async def _undecodable(self, delivery: Delivery) -> None:
+        if not self.dead_letter:
+            # Dead letters are off for this bus: give the message up visibly rather
+            # than loop on it (the broker's own DLQ takes it where it has one).
+            log.error(
+                "undecodable message %s on %s/%s rejected (dead letters are off): %s",
+                delivery.message_id or "?", delivery.topic, delivery.group,
+                delivery.decode_error,
+            )
+            await delivery.reject()
+            return
+        await dead_letter_undecodable(self.adapter, delivery)
+        log.error(
+            "undecodable message on %s/%s dead-lettered: %s",
+            delivery.topic, delivery.group, delivery.decode_error,
+        )
+        await self._ack(delivery)
+
+    async def _ack(self, delivery: Delivery) -> None:
+        if delivery.settled is not None:
+            return
+        try:
+            await delivery.ack()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # The broker did not record the ack: as if the connection were lost for
+            # this delivery. Hand it back so it comes again (a duplicate, which
+            # idempotency absorbs) instead of holding its key and prefetch slot.
+            log.warning(
+                "ack of message %s on %s/%s failed (%s: %s); it will be redelivered",
+                delivery.message_id or "?", delivery.topic, delivery.group,
+                type(exc).__name__, exc,
+            )
+            await self._nack(delivery, 0.0)
+
+    async def _nack(self, delivery: Delivery, delay: float) -> None:
+        if delivery.settled is not None:
+            return  # at-most-once: already acked, the failure is final by design
+        try:
+            await delivery.nack(delay)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("nack of message %s on %s/%s failed (%s: %s); the broker redelivers "
+                        "it once the connection is back", delivery.message_id or "?",
+                        delivery.topic, delivery.group, type(exc).__name__, exc)
+
+    async def _invoke(self, ctx: Context) -> None:
+        """The innermost step: pick the handler by type, decode, call."""
+        envelope = ctx.envelope
+        handler = self.spec.handlers.get(envelope.type) or self.spec.catch_all
+        if handler is None:
+            if self.registry.get(envelope.type) is None:
+                raise SchemaError(
+                    f"unknown event type {envelope.type!r} (event {envelope.id}) on topic "
+                    f"{ctx.topic!r}: no class is registered and group {ctx.group!r} has no "
+                    "handler for it"
+                )
+            log.debug("no handler in %s for %s; acked", ctx.group, envelope.type)
+            return
+        arg: Any
+        if handler.wants_envelope:
+            arg = envelope
+        else:
+            event = self.registry.decode(envelope, handler.message_class)
+            ctx.event = event
+            arg = event
+        self.runs.ran(envelope.id)
+        try:
+            if handler.wants_context:
+                await handler.fn(arg, ctx)
+            else:
+                await handler.fn(arg)
+        except asyncio.CancelledError as exc:
+            if _cancelling():
+                if self._stopping:
+                    self.runs.not_ran(envelope.id)  # cut short by shutdown: not a failure
+                raise
+            raise HandlerCancelledError(
+                f"handler {handler.fn.__qualname__} for event {envelope.id} "
+                f"({envelope.type}) on topic {ctx.topic!r} group {ctx.group!r} raised "
+                "CancelledError although it was not cancelled (did it await a task that "
+                "someone else cancelled?); treated as a failure of the handler"
+            ) from exc
+
+    async def _stop_fetching(self, task: asyncio.Task[None]) -> None:
+        # A broker client may swallow a cancellation that lands in the middle of its
+        # own work (aiokafka's getmany during a rebalance was seen doing so), which
+        # would leave stop() waiting forever: cancel again, and as a last resort
+        # close the subscription, which ends every adapter's iteration.
+        for _ in range(4):
+            task.cancel()
+            done, _ = await asyncio.wait({task}, timeout=0.5)
+            if done:
+                return
+        log.warning("%s/%s: fetching did not stop when cancelled; closing the subscription",
+                    self.spec.topic, self.spec.group)
+        await self._drop_subscription()
+        await asyncio.gather(task, return_exceptions=True)
+
+    async def stop(self, timeout: float) -> None:
+        """Stop fetching, finish what was fetched within ``timeout``, then close."""
+        self._stopping = True
+        if self._fetch_task is not None:
+            await self._stop_fetching(self._fetch_task)
+        for queue in self._lanes:
+            queue.put_nowait(None)
+        if self._lane_tasks:
+            _, pending = await asyncio.wait(self._lane_tasks, timeout=timeout)
+            for task in pending:
+                task.cancel()
+            if pending:
+                log.warning(
+                    "%s/%s: %d worker(s) still busy after %.1fs; their messages go back "
+                    "to the broker", self.spec.topic, self.spec.group, len(pending), timeout,
+                )
+                await asyncio.gather(*pending, return_exceptions=True)
+        await self._drop_subscription()
+        if self.state != "dead":
+            self.state = "stopped"
+
+
+def _cancelling() -> bool:
+    """Whether the current task itself is being cancelled (not just seeing a
+    CancelledError from something it awaited)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0

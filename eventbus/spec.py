@@ -1,0 +1,106 @@
+"""What ``bus.subscribe`` records: the handlers of one (topic, group) and its options."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from eventbus.envelope import Envelope
+from eventbus.errors import ConfigurationError, DuplicateSubscriptionError
+from eventbus.events import Message
+from eventbus.middleware.base import Middleware
+from eventbus.middleware.idempotency import Idempotency, IdempotencyStore
+from eventbus.middleware.retry import RetryPolicy
+
+DeliveryMode = Literal["at_most_once", "at_least_once"]
+HandlerFn = Callable[..., Awaitable[None]]
+
+@dataclass
+class Handler:
+    """A user function and how to call it."""
+
+    fn: HandlerFn
+    message_class: type[Message] | None
+    wants_context: bool
+    wants_envelope: bool
+
+    @classmethod
+    def wrap(cls, fn: HandlerFn, message_class: type[Message] | None) -> Handler:
+        if not inspect.iscoroutinefunction(fn):
+            raise TypeError(f"handler {fn.__qualname__} must be an async function")
+        params = list(inspect.signature(fn).parameters.values())
+        if not 1 <= len(params) <= 2:
+            raise TypeError(
+                f"handler {fn.__qualname__} must take (event) or (event, ctx), "
+                f"not {len(params)} parameters"
+            )
+        annotation = params[0].annotation
+        wants_envelope = annotation is Envelope or annotation == "Envelope"
+        return cls(fn, message_class, len(params) == 2, wants_envelope)
+
+
+@dataclass
+class SubscriptionSpec:
+    """Everything ``bus.subscribe`` was told about one (topic, group)."""
+
+    topic: str
+    group: str
+    concurrency: int = 1
+    ordered: bool = True
+    mode: DeliveryMode = "at_least_once"
+    start_from: Literal["earliest", "latest"] = "latest"
+    retry: RetryPolicy | None = None
+    timeout: float | None = None
+    middleware: list[Middleware] = field(default_factory=list)
+    idempotency: IdempotencyStore | Idempotency | None = None
+    handlers: dict[str, Handler] = field(default_factory=dict)
+    catch_all: Handler | None = None
+
+    def add(self, handler: Handler) -> None:
+        if handler.message_class is None:
+            if self.catch_all is not None:
+                raise DuplicateSubscriptionError(
+                    f"topic {self.topic!r} group {self.group!r} already has a handler for "
+                    f"all types ({self.catch_all.fn.__qualname__})"
+                )
+            self.catch_all = handler
+            return
+        name = handler.message_class.event_type()
+        if name in self.handlers:
+            raise DuplicateSubscriptionError(
+                f"{name!r} on topic {self.topic!r} already has a handler in group "
+                f"{self.group!r} ({self.handlers[name].fn.__qualname__}); one handler per "
+                "type and group — use another group to fan out"
+            )
+        self.handlers[name] = handler
+
+
+    def options(self) -> dict[str, Any]:
+        """The options that shape how this subscription runs (compared on re-subscribe)."""
+        return {
+            "concurrency": self.concurrency,
+            "ordered": self.ordered,
+            "delivery": self.mode,
+            "start_from": self.start_from,
+            "retry": self.retry,
+            "timeout": self.timeout,
+            "middleware": self.middleware,
+            "idempotency": self.idempotency,
+        }
+
+    def check_same_options(self, wanted: SubscriptionSpec, fn: HandlerFn) -> None:
+        """A (topic, group) runs with one set of options: refuse a second, different set."""
+        if wanted is self:
+            return
+        have, want = self.options(), wanted.options()
+        differing = [f"{name}={want[name]!r} (was {have[name]!r})"
+                     for name in have if have[name] != want[name]]
+        if differing:
+            raise ConfigurationError(
+                f"subscribe() of {fn.__qualname__} to topic {self.topic!r} group "
+                f"{self.group!r} gives different options from the handlers already there: "
+                f"{', '.join(differing)}; one (topic, group) runs with one set of options: "
+                "give the same ones, or use another group"
+            )

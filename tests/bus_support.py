@@ -1,0 +1,117 @@
+"""Shared helpers of the bus tests: a per-test memory broker, waiting inboxes, DLQ reads."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Generic, TypeVar
+
+from eventbus import Envelope, MemoryAdapter
+from eventbus.adapter import SubscribeOptions
+from eventbus.middleware import dlq_topic
+
+WAIT = 5.0
+T = TypeVar("T")
+
+
+class Inbox(Generic[T]):
+    """Collects what handlers saw; waits for a count with a timeout."""
+
+    def __init__(self) -> None:
+        self.items: list[T] = []
+        self._changed = asyncio.Event()
+
+    def add(self, item: T) -> None:
+        self.items.append(item)
+        self._changed.set()
+
+    async def wait_count(self, count: int, timeout: float = WAIT) -> list[T]:
+        async def until() -> None:
+            while len(self.items) < count:
+                self._changed.clear()
+                await self._changed.wait()
+
+        await asyncio.wait_for(until(), timeout)
+        return list(self.items)
+
+
+class Records(logging.Handler):
+    """Keeps the log records of one logger while a test runs."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+        self.logger = logging.getLogger(name)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def __enter__(self) -> Records:
+        self.logger.addHandler(self)
+        self._level = self.logger.level
+        self.logger.setLevel(logging.DEBUG)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.logger.removeHandler(self)
+        self.logger.setLevel(self._level)
+
+    def messages(self, level: int = logging.DEBUG) -> list[str]:
+        return [r.getMessage() for r in self.records if r.levelno >= level]
+
+
+def memory_url() -> str:
+    """A broker of its own for each test, so runs never see each other's messages."""
+    return f"memory://{uuid.uuid4()}"
+
+
+def new_topic() -> str:
+    return f"topic-{uuid.uuid4()}"
+
+
+def run(scenario: Callable[[], Awaitable[None]], timeout: float = 20) -> None:
+    asyncio.run(asyncio.wait_for(scenario(), timeout))  # type: ignore[arg-type]
+
+
+async def until(predicate: Callable[[], bool], timeout: float = WAIT) -> None:
+    """Wait until ``predicate()`` holds, for states that signal no event (log records,
+    broker state); bounded by ``timeout``."""
+    async def poll() -> None:
+        while not predicate():  # noqa: ASYNC110 - nothing to wait on but the state itself
+            await asyncio.sleep(0.01)
+
+    await asyncio.wait_for(poll(), timeout)
+
+
+async def dead_letters(url: str, topic: str, group: str, count: int) -> list[Envelope]:
+    return await read_topic(url, dlq_topic(topic, group), count)
+
+
+async def read_topic(url: str, topic: str, count: int) -> list[Envelope]:
+    """The first ``count`` envelopes on ``topic`` of the memory broker at ``url``."""
+    adapter = MemoryAdapter(url)
+    subscription = await adapter.subscribe(
+        topic, SubscribeOptions(group=f"reader-{uuid.uuid4()}", start_from="earliest"))
+    found: list[Envelope] = []
+
+    async def collect() -> None:
+        async for delivery in subscription:
+            assert delivery.envelope is not None
+            found.append(delivery.envelope)
+            await delivery.ack()
+            if len(found) == count:
+                return
+
+    try:
+        await asyncio.wait_for(collect(), WAIT)
+    finally:
+        await subscription.close()
+    return found
+
+
+def dlq_size(url: str, topic: str, group: str) -> int:
+    """How many dead letters the memory broker at ``url`` holds for (topic, group)."""
+    log = MemoryAdapter(url).broker.topics.get(dlq_topic(topic, group))
+    return 0 if log is None else len(log.log)

@@ -1,0 +1,143 @@
+"""Publishing: publish middleware around every publish, partial multi-topic batches,
+and the parent of what a handler publishes (inherit, new flow, explicit)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+from bus_support import Inbox, memory_url, read_topic, run
+
+from eventbus import (
+    BatchPublishError,
+    BrokerConnectionError,
+    Command,
+    Context,
+    Envelope,
+    Event,
+    EventBus,
+    MemoryAdapter,
+)
+
+
+class Pinged(Event, type="test.publishing.pinged", topic="test-publishing-pings"):
+    n: int
+
+
+class Ponged(Event, type="test.publishing.ponged", topic="test-publishing-pongs"):
+    n: int
+
+
+class Ring(Command, type="test.publishing.ring", topic="test-publishing-rings"):
+    n: int
+
+
+def test_publish_middleware_runs_around_every_publish_and_may_change_envelopes() -> None:
+    async def scenario() -> None:
+        calls: list[tuple[str, int]] = []
+
+        async def stamp(topic: str, envelopes: Sequence[Envelope], call_next: Any) -> None:
+            calls.append((topic, len(envelopes)))
+            await call_next(topic, [e.evolve(extensions={**e.extensions, "tenant": "a"})
+                                    for e in envelopes])
+
+        bus = EventBus(memory_url(), publish_middleware=[stamp])
+        received: Inbox[Envelope] = Inbox()
+
+        @bus.subscribe(Pinged, group="g")
+        async def reply(event: Pinged, ctx: Context) -> None:
+            await ctx.publish(Ponged(n=event.n))
+            await ctx.send(Ring(n=event.n))
+
+        @bus.subscribe(Ponged, Ring, group="g2")
+        async def collect(event: Event, ctx: Context) -> None:
+            received.add(ctx.envelope)
+
+        async with bus:
+            first = await bus.publish(Pinged(n=1))
+            many = await bus.publish_many([Ponged(n=2), Ring(n=3)])
+            await bus.send(Ring(n=4))
+            await received.wait_count(5)
+        assert first.extensions == {"tenant": "a"}
+        assert [e.extensions for e in many] == [{"tenant": "a"}, {"tenant": "a"}]
+        assert {e.extensions["tenant"] for e in received.items} == {"a"}
+        pings, pongs, rings = (f"test-publishing-{name}" for name in ("pings", "pongs", "rings"))
+        # bus.publish, publish_many (one call per topic), send, then ctx.publish and ctx.send
+        assert sorted(calls) == sorted([(pings, 1), (pongs, 1), (rings, 1), (rings, 1),
+                                        (pongs, 1), (rings, 1)])
+
+    run(scenario)
+
+
+def test_publish_middleware_may_keep_messages_instead_of_sending_them() -> None:
+    async def scenario() -> None:
+        outbox: list[Envelope] = []
+
+        async def keep(topic: str, envelopes: Sequence[Envelope], call_next: Any) -> None:
+            outbox.extend(envelopes)
+
+        url = memory_url()
+        bus = EventBus(url, publish_middleware=[keep])
+        async with bus:
+            sent = await bus.publish(Pinged(n=1))
+        assert outbox == [sent]
+        assert "test-publishing-pings" not in MemoryAdapter(url).broker.topics
+
+    run(scenario)
+
+
+class HalfDown(MemoryAdapter):
+    """Publishing to the pongs topic fails as if its partition leader were unreachable."""
+
+    async def publish(self, topic: str, envelopes: Sequence[Envelope]) -> None:
+        if topic == "test-publishing-pongs":
+            raise BrokerConnectionError("connection to the pongs partition leader refused")
+        await super().publish(topic, envelopes)
+
+
+def test_publish_many_reports_a_partial_multi_topic_batch_as_a_batch_error() -> None:
+    async def scenario() -> None:
+        url = memory_url()
+        bus = EventBus(HalfDown(url), publish_timeout=0.1)
+        async with bus:
+            with pytest.raises(BatchPublishError) as info:
+                await bus.publish_many([Pinged(n=1), Ponged(n=2), Pinged(n=3)])
+        error = info.value
+        assert sorted(error.failures) == [1]
+        assert isinstance(error.failures[1], BrokerConnectionError)
+        assert list(error.succeeded) == [0, 2]
+        on_pings = await read_topic(url, "test-publishing-pings", 2)
+        assert [e.id for e in on_pings] == [error.envelopes[0].id, error.envelopes[2].id]
+        assert error.envelopes[1].id in str(error)  # the failed id is named
+
+    run(scenario)
+
+
+def test_publish_with_parent_none_inside_a_handler_starts_a_new_flow() -> None:
+    async def scenario() -> None:
+        bus = EventBus(memory_url())
+        published: Inbox[tuple[str, Envelope]] = Inbox()
+
+        @bus.subscribe(Pinged, group="g")
+        async def handle(event: Pinged, ctx: Context) -> None:
+            published.add(("bus, inherited", await bus.publish(Ponged(n=1))))
+            published.add(("bus, new flow", await bus.publish(Ponged(n=2), parent=None)))
+            published.add(("ctx, new flow", await ctx.publish(Ponged(n=3), parent=None)))
+            other = Envelope.create(type="x", source="s", correlationid="other-flow")
+            published.add(("ctx, explicit", await ctx.publish(Ponged(n=4), parent=other)))
+            published.add(("ctx send, new flow", await ctx.send(Ring(n=5), parent=None)))
+
+        async with bus:
+            cause = await bus.publish(Pinged(n=0))
+            got = dict(await published.wait_count(5))
+        inherited = got["bus, inherited"]
+        assert inherited.causationid == cause.id and inherited.correlationid == cause.id
+        for name in ("bus, new flow", "ctx, new flow", "ctx send, new flow"):
+            fresh = got[name]
+            assert fresh.causationid is None, name
+            assert fresh.correlationid == fresh.id, name
+        explicit = got["ctx, explicit"]
+        assert explicit.correlationid == "other-flow" and explicit.causationid != cause.id
+
+    run(scenario)
