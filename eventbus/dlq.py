@@ -1,4 +1,4 @@
-"""List and replay dead letters.
+"""List, show, replay and purge dead letters.
 
 Dead letters of ``topic`` for ``group`` live on ``<topic>.<group>.dlq``. Listing
 browses that topic with :meth:`Adapter.read`, which leaves nothing behind on the
@@ -10,10 +10,15 @@ can say which letters were replayed. The original topic fans out to every group:
 groups that already handled the event see it again, which idempotency turns into
 a no-op.
 
+A log broker (Kafka, memory) cannot delete one message from a topic, so
+``purge`` records a "purged" marker for each letter on the same marker topic;
+``list`` hides purged letters and ``replay`` skips them. The letters themselves
+stay on the DLQ topic until its retention removes them.
+
 Brokers that cannot browse without consuming (plain queues) fall back to reading
 the DLQ queue as the ``eventbus-dlq-replay`` group: ``list`` hands every message
-back, ``replay`` acknowledges what it republished, so the queue itself holds only
-letters not yet replayed.
+back, ``replay`` and ``purge`` acknowledge what they republished or dropped, so
+the queue itself holds only letters not yet replayed or purged.
 """
 
 from __future__ import annotations
@@ -21,8 +26,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, Literal
 
 from eventbus.adapter import Adapter, Delivery, ReadRecord, SubscribeOptions, Subscription
 from eventbus.deadletter import DeadLetterRecord, dlq_topic
@@ -32,10 +38,17 @@ from eventbus.errors import TopicNotFoundError, UnsupportedOperationError
 REPLAY_GROUP = "eventbus-dlq-replay"
 REPLAYED_TYPE = "eventbus.dlq.replayed"
 """Type of the marker ``replay`` publishes for each letter it republished."""
+PURGED_TYPE = "eventbus.dlq.purged"
+"""Type of the marker ``purge`` publishes for each letter it purged (log brokers)."""
+
+State = Literal["pending", "replayed", "purged"]
+Progress = Callable[[int, int], None]
+"""Called as ``progress(done, total)`` after each letter a replay or purge handled."""
 
 
 def replayed_topic(topic: str, group: str) -> str:
-    """Where ``replay`` records which dead letters of ``topic``/``group`` it republished."""
+    """Where ``replay`` and ``purge`` record which dead letters of ``topic``/``group``
+    they republished or purged."""
     return f"{dlq_topic(topic, group)}.replayed"
 
 
@@ -44,29 +57,45 @@ class ListedDeadLetter(DeadLetterRecord):
     """A dead letter as :meth:`DeadLetters.list` shows it.
 
     ``message_id`` is the letter's position on the DLQ topic; ``replayed`` says
-    whether :meth:`DeadLetters.replay` already republished it (dead letters stay on
-    a log broker's DLQ topic after a replay; this tells them apart).
+    whether :meth:`DeadLetters.replay` already republished it and ``purged``
+    whether :meth:`DeadLetters.purge` marked it purged (dead letters stay on a
+    log broker's DLQ topic after either; this tells them apart).
     """
 
     message_id: str = ""
     replayed: bool = False
+    purged: bool = False
+
+    @property
+    def state(self) -> State:
+        """``"purged"``, ``"replayed"`` or ``"pending"`` (neither yet)."""
+        return "purged" if self.purged else "replayed" if self.replayed else "pending"
+
+    def matches(self, letter_id: str) -> bool:
+        """Whether ``letter_id`` names this letter: its event id or its DLQ position."""
+        return letter_id in (self.envelope.id, self.message_id)
 
 
 # Inside DeadLetters the method ``list`` shadows the builtin in annotations.
 _Letters = list[ListedDeadLetter]
 _Deliveries = list[Delivery]
+_Marks = dict[tuple[str, str], set[str]]
 
 
 class DeadLetters:
-    """Browse and replay the dead letters of one (topic, group)::
+    """Browse, replay and purge the dead letters of one (topic, group)::
 
         async with bus:
-            for record in await DeadLetters(bus.adapter).list("orders", "billing"):
-                print(record.envelope.id, record.reason, record.replayed)
-            await DeadLetters(bus.adapter).replay("orders", "billing")
+            dead = DeadLetters(bus.adapter)
+            for record in await dead.list("orders", "billing"):
+                print(record.envelope.id, record.reason, record.state)
+            await dead.replay("orders", "billing")            # every pending letter
+            await dead.replay("orders", "billing", ids=[id])  # just one
+            await dead.purge("orders", "billing", ids=[id])   # give up on one
 
     ``idle`` is how long the queue fallback waits for one more message; browsing
-    a log broker needs no wait, it stops at the end of the topic.
+    a log broker needs no wait, it stops at the end of the topic. A letter is named
+    by its event id or by its position on the DLQ topic (``message_id``).
     """
 
     def __init__(self, adapter: Adapter, *, idle: float = 1.0) -> None:
@@ -74,50 +103,117 @@ class DeadLetters:
         self.idle = idle
 
     async def list(
-        self, topic: str, group: str, *, limit: int | None = 100, include_replayed: bool = True
+        self,
+        topic: str,
+        group: str,
+        *,
+        limit: int | None = 100,
+        include_replayed: bool = True,
+        include_purged: bool = False,
     ) -> _Letters:
         """Dead letters of ``topic``/``group``, oldest first, without consuming them.
 
-        ``include_replayed=False`` leaves out letters already replayed. Raises
+        ``include_replayed=False`` leaves out letters already replayed; purged
+        letters are left out unless ``include_purged``. Raises
         :class:`~eventbus.errors.TopicNotFoundError` when there is no such
         dead-letter topic (a typo in the topic or group, or nothing ever failed).
         """
+        everything = include_replayed and include_purged
         try:
-            letters = await self._browse(topic, group, limit if include_replayed else None)
+            letters = await self._browse(topic, group, limit if everything else None)
         except UnsupportedOperationError:
             return await self._list_by_consuming(topic, group, limit)
-        if not include_replayed:
-            letters = [letter for letter in letters if not letter.replayed]
+        letters = [
+            letter for letter in letters
+            if (include_replayed or not letter.replayed) and (include_purged or not letter.purged)
+        ]
         return letters if limit is None else letters[:limit]
 
+    async def show(self, topic: str, group: str, letter_id: str) -> _Letters:
+        """Every letter of ``topic``/``group`` named ``letter_id`` (event id or position),
+        replayed and purged ones included; several when the same event failed again
+        after a replay. Raises :class:`~eventbus.errors.TopicNotFoundError` for no such
+        dead-letter topic."""
+        letters = await self.list(topic, group, limit=None, include_purged=True)
+        return [letter for letter in letters if letter.matches(letter_id)]
+
     async def replay(
-        self, topic: str, group: str, *, limit: int | None = None, to_topic: str | None = None
+        self,
+        topic: str,
+        group: str,
+        *,
+        limit: int | None = None,
+        to_topic: str | None = None,
+        ids: Collection[str] | None = None,
+        progress: Progress | None = None,
     ) -> int:
         """Publish dead letters back to their topic (or ``to_topic``); returns how many.
 
-        Letters already replayed and undecodable ones (bytes that never were an
-        event) are skipped. Raises :class:`~eventbus.errors.TopicNotFoundError`
-        when there is no such dead-letter topic.
+        ``ids`` restricts the replay to the letters with those event ids or
+        positions. Letters already replayed or purged and undecodable ones (bytes
+        that never were an event) are skipped. Raises
+        :class:`~eventbus.errors.TopicNotFoundError` when there is no such
+        dead-letter topic.
         """
         try:
             letters = await self._browse(topic, group, None)
         except UnsupportedOperationError:
-            return await self._replay_by_consuming(topic, group, limit, to_topic)
-        replayed = 0
-        for letter in letters:
-            if limit is not None and replayed >= limit:
-                break
-            if letter.replayed or not letter.replayable:
-                continue  # raw bytes or a reference whose data did not fit: not an event
+            return await self._settle_by_consuming(
+                topic, group, limit, ids, progress, to_topic=to_topic, purge=False
+            )
+        todo = [
+            letter for letter in letters
+            if letter.state == "pending" and letter.replayable  # raw bytes/references: not events
+            and (ids is None or any(letter.matches(i) for i in ids))
+        ][:limit]
+        for done, letter in enumerate(todo, 1):
             destination = to_topic or letter.topic or topic
             await self.adapter.publish(destination, [letter.original])
             # After the republish: a crash in between replays the letter again, which
             # idempotency absorbs; the other order could lose it.
             await self.adapter.publish(
-                replayed_topic(topic, group), [_marker(letter, destination)]
+                replayed_topic(topic, group), [_marker(REPLAYED_TYPE, letter, destination)]
             )
-            replayed += 1
-        return replayed
+            if progress is not None:
+                progress(done, len(todo))
+        return len(todo)
+
+    async def purge(
+        self,
+        topic: str,
+        group: str,
+        *,
+        limit: int | None = None,
+        ids: Collection[str] | None = None,
+        progress: Progress | None = None,
+    ) -> int:
+        """Give up on dead letters (all, or those named by ``ids``); returns how many.
+
+        On a log broker the letters stay on the DLQ topic, marked purged: ``list``
+        hides them and ``replay`` skips them. On a queue broker they are consumed.
+        Raises :class:`~eventbus.errors.TopicNotFoundError` for no such dead-letter
+        topic.
+        """
+        try:
+            letters = await self._browse(topic, group, None)
+        except UnsupportedOperationError:
+            return await self._settle_by_consuming(
+                topic, group, limit, ids, progress, to_topic=None, purge=True
+            )
+        todo = [
+            letter for letter in letters
+            if not letter.purged and (ids is None or any(letter.matches(i) for i in ids))
+        ][:limit]
+        # Markers go out in batches: one publish per letter is slow on a remote broker,
+        # one publish of thousands may exceed its batch limit.
+        for start in range(0, len(todo), _MARKER_BATCH):
+            batch = todo[start:start + _MARKER_BATCH]
+            await self.adapter.publish(
+                replayed_topic(topic, group), [_marker(PURGED_TYPE, letter) for letter in batch]
+            )
+            if progress is not None:
+                progress(start + len(batch), len(todo))
+        return len(todo)
 
     # -- browsing (brokers that can read without consuming) -----------------------------
 
@@ -131,29 +227,30 @@ class DeadLetters:
                 f"topic {topic!r} group {group!r} on this broker; check the topic and group "
                 "names (nothing was created)"
             ) from exc
-        done = await self._replayed(topic, group)
+        marks = await self._marks(topic, group)
         return [
-            _listed(record, record.envelope, (record.message_id, record.envelope.id) in done)
+            _listed(record, record.envelope, marks.get((record.message_id, record.envelope.id)))
             for record in records
             if record.envelope is not None  # the dead-letter step wraps undecodable bytes
         ]
 
-    async def _replayed(self, topic: str, group: str) -> set[tuple[str, str]]:
-        """(position, event id) of every letter a replay republished."""
+    async def _marks(self, topic: str, group: str) -> _Marks:
+        """(position, event id) of every letter replayed or purged, with its marker types."""
         try:
             markers = await self.adapter.read(replayed_topic(topic, group))
         except TopicNotFoundError:
-            return set()
-        done: set[tuple[str, str]] = set()
+            return {}
+        marks: _Marks = {}
         for marker in markers:
-            if marker.envelope is None or marker.envelope.type != REPLAYED_TYPE:
+            if marker.envelope is None or marker.envelope.type not in _MARKER_TYPES:
                 continue
             try:
                 doc = json.loads(marker.envelope.data)
-                done.add((str(doc["position"]), str(doc["id"])))
+                key = (str(doc["position"]), str(doc["id"]))
             except (ValueError, KeyError, TypeError):
                 continue  # not ours; a marker we cannot read marks nothing
-        return done
+            marks.setdefault(key, set()).add(marker.envelope.type)
+        return marks
 
     # -- queue fallback (brokers that cannot browse) ------------------------------------
 
@@ -181,7 +278,7 @@ class DeadLetters:
         subscription, deliveries = await self._collect(topic, group, limit)
         try:
             return [
-                _listed(ReadRecord(d.topic, d.message_id, d.envelope), d.envelope, False)
+                _listed(ReadRecord(d.topic, d.message_id, d.envelope), d.envelope, None)
                 for d in deliveries
                 if d.envelope is not None
             ]
@@ -191,43 +288,68 @@ class DeadLetters:
                     await delivery.nack(0)
             await subscription.close()
 
-    async def _replay_by_consuming(
-        self, topic: str, group: str, limit: int | None, to_topic: str | None
+    async def _settle_by_consuming(
+        self,
+        topic: str,
+        group: str,
+        limit: int | None,
+        ids: Collection[str] | None,
+        progress: Progress | None,
+        *,
+        to_topic: str | None,
+        purge: bool,
     ) -> int:
-        subscription, deliveries = await self._collect(topic, group, limit)
-        replayed = 0
+        """Replay (republish, then ack) or purge (ack) letters read from the queue."""
+        # With ids, the wanted letters may sit behind others: read them all.
+        subscription, deliveries = await self._collect(topic, group, None if ids else limit)
+        wanted: list[tuple[Delivery, DeadLetterRecord]] = []
+        for delivery in deliveries:
+            envelope = delivery.envelope
+            record = None if envelope is None else DeadLetterRecord.from_envelope(envelope)
+            if record is None or (not purge and not record.replayable):
+                continue  # bytes or a reference cannot be replayed as the event; keep them
+            if ids is not None and not {record.envelope.id, delivery.message_id} & set(ids):
+                continue
+            wanted.append((delivery, record))
+        wanted = wanted[:limit]
         try:
-            for delivery in deliveries:
-                envelope = delivery.envelope
-                record = None if envelope is None else DeadLetterRecord.from_envelope(envelope)
-                if record is None or not record.replayable:
-                    # Bytes that never were an event, or a reference whose data did not
-                    # fit the DLQ, cannot be replayed as the event; keep them.
-                    await delivery.nack(0)
-                    continue
-                await self.adapter.publish(to_topic or record.topic or topic, [record.original])
+            for done, (delivery, record) in enumerate(wanted, 1):
+                if not purge:
+                    await self.adapter.publish(
+                        to_topic or record.topic or topic, [record.original]
+                    )
                 await delivery.ack()
-                replayed += 1
+                if progress is not None:
+                    progress(done, len(wanted))
         finally:
             for delivery in deliveries:
                 if delivery.settled is None:
                     with contextlib.suppress(Exception):
                         await delivery.nack(0)
             await subscription.close()
-        return replayed
+        return sum(1 for delivery, _ in wanted if delivery.settled == "ack")
 
 
-def _listed(record: ReadRecord, envelope: Envelope, replayed: bool) -> ListedDeadLetter:
+_MARKER_TYPES = (REPLAYED_TYPE, PURGED_TYPE)
+_MARKER_BATCH = 100
+
+
+def _listed(record: ReadRecord, envelope: Envelope, marks: set[str] | None) -> ListedDeadLetter:
     base = DeadLetterRecord.from_envelope(envelope)
     values: dict[str, Any] = {f.name: getattr(base, f.name) for f in fields(DeadLetterRecord)}
-    return ListedDeadLetter(**values, message_id=record.message_id, replayed=replayed)
+    marks = marks or set()
+    return ListedDeadLetter(**values, message_id=record.message_id,
+                            replayed=REPLAYED_TYPE in marks, purged=PURGED_TYPE in marks)
 
 
-def _marker(letter: ListedDeadLetter, destination: str) -> Envelope:
-    """The record that ``letter`` (its position and id) was republished to ``destination``."""
-    data = {"position": letter.message_id, "id": letter.envelope.id, "to": destination}
+def _marker(kind: str, letter: ListedDeadLetter, destination: str | None = None) -> Envelope:
+    """The record that ``letter`` (its position and id) was replayed to ``destination``
+    or purged."""
+    data: dict[str, str] = {"position": letter.message_id, "id": letter.envelope.id}
+    if destination is not None:
+        data["to"] = destination
     return Envelope.create(
-        type=REPLAYED_TYPE,
+        type=kind,
         source="eventbus.dlq",
         subject=letter.envelope.id,
         correlationid=letter.envelope.correlationid,

@@ -10,22 +10,25 @@ from eventbus.errors import InvalidURLError, UnknownSchemeError, mask_url
 
 ENTRY_POINT_GROUP = "eventbus.adapters"
 
-# Which distribution provides each scheme we know of, so the error can say what to install.
-PROVIDERS = {
-    "memory": "eventbus",
-    "kafka": "eventbus-kafka",
-    "amqp": "eventbus-rabbitmq",
-    "amqps": "eventbus-rabbitmq",
-    "sqs": "eventbus-sqs",
-    "redis": "eventbus-redis",
-    "rediss": "eventbus-redis",
-    "redis+streams": "eventbus-redis",
-    "nats": "eventbus-nats",
-}
+# Adapters that ship in the eventbus repository (scheme -> directory under adapters/).
+# Only these may be recommended for installation, and only from the repository: a
+# package name that is not published on an index would invite dependency confusion
+# (anyone could publish it with malicious code).
+REPOSITORY_ADAPTERS = {"kafka": "kafka"}
+
+
+def installed_schemes() -> list[str]:
+    """The URL schemes an adapter is installed for (``memory`` always is)."""
+    return sorted({entry.name for entry in entry_points(group=ENTRY_POINT_GROUP)} | {"memory"})
 
 
 def adapter_class(scheme: str) -> type[Adapter]:
-    """The adapter class registered for ``scheme``."""
+    """The adapter class registered for ``scheme``.
+
+    Raises :class:`~eventbus.errors.UnknownSchemeError` naming the installed
+    schemes and, for an adapter that ships in the eventbus repository, how to
+    install it from there.
+    """
     for entry in entry_points(group=ENTRY_POINT_GROUP):
         if entry.name == scheme:
             loaded = entry.load()
@@ -38,14 +41,24 @@ def adapter_class(scheme: str) -> type[Adapter]:
         from eventbus.memory import MemoryAdapter
 
         return MemoryAdapter
-    provider = PROVIDERS.get(scheme)
-    hint = (
-        f"install it with: pip install {provider}"
-        if provider
-        else "no known package provides it; register an adapter under the entry point "
-        f"group {ENTRY_POINT_GROUP!r}"
+    directory = REPOSITORY_ADAPTERS.get(scheme)
+    if directory:
+        hint = (
+            f"install the {directory} adapter from the eventbus repository: "
+            f"pip install ./adapters/{directory} (in a checkout), or "
+            f'pip install "eventbus-{directory} @ git+<eventbus repository URL>'
+            f'#subdirectory=adapters/{directory}"'
+        )
+    else:
+        hint = (
+            f"no adapter for {scheme!r} ships with eventbus (the repository has: "
+            f"{', '.join(sorted(REPOSITORY_ADAPTERS))}); write one and register it under "
+            f"the entry point group {ENTRY_POINT_GROUP!r} (docs/adapters/writing.md)"
+        )
+    raise UnknownSchemeError(
+        f"no eventbus adapter is installed for scheme {scheme!r} (installed: "
+        f"{', '.join(installed_schemes())}); {hint}"
     )
-    raise UnknownSchemeError(f"no eventbus adapter is installed for scheme {scheme!r}: {hint}")
 
 
 def adapter_from_url(url: str) -> Adapter:

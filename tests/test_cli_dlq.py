@@ -18,12 +18,19 @@ from typer.testing import CliRunner
 
 from eventbus import Context, Envelope, Event, EventBus, MemoryAdapter, RetryPolicy
 from eventbus.adapter import Adapter, HealthReport, ReadRecord, SubscribeOptions, Subscription
+from eventbus.cli import _common as cli_common
 from eventbus.cli import app
 from eventbus.dlq import DeadLetters, ListedDeadLetter
 from eventbus.errors import TopicNotFoundError, UnsupportedOperationError
 from eventbus.middleware.deadletter import dead_letter_envelope, dlq_topic
 
 runner = CliRunner()
+
+
+@pytest.fixture
+def in_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Let the CLI use memory:// : the test runs it in the process that holds the broker."""
+    monkeypatch.setattr(cli_common, "IN_PROCESS_SCHEMES", frozenset())
 
 
 class InvoiceIssued(Event, type="test.cli.invoice_issued"):
@@ -99,34 +106,41 @@ def test_dead_letters_are_listed_with_reason_and_replayed_once() -> None:
     asyncio.run(scenario())
 
 
+@pytest.mark.usefixtures("in_process")
 def test_cli_publish_prints_the_event_id() -> None:
+    url = f"memory://{uuid.uuid4().hex}"
     result = runner.invoke(app, ["publish", "cli-topic", "--type", "x.y", "--data", '{"a": 1}',
-                                 "--url", "memory://cli"])
+                                 "--url", url])
     assert result.exit_code == 0, result.output
-    assert len(result.stdout.strip()) == 36
+    [record] = asyncio.run(MemoryAdapter(url).read("cli-topic"))
+    assert record.envelope is not None and record.envelope.id == result.stdout.strip()
+    assert json.loads(record.envelope.data) == {"a": 1}
 
 
+@pytest.mark.usefixtures("in_process")
 def test_cli_publish_rejects_bad_json_and_bad_urls() -> None:
     bad_json = runner.invoke(app, ["publish", "t", "--type", "x", "--data", "{nope"])
     assert bad_json.exit_code == 2
     assert "--data is not valid JSON" in bad_json.output
     bad_url = runner.invoke(app, ["publish", "t", "--type", "x", "--url", "nats9://h:1"])
-    assert bad_url.exit_code == 2
+    assert bad_url.exit_code == cli_common.EXIT_UNKNOWN_SCHEME
     assert "no eventbus adapter is installed for scheme 'nats9'" in bad_url.output
 
 
+@pytest.mark.usefixtures("in_process")
 def test_cli_dlq_list_and_replay_of_a_group_without_dead_letters_say_so() -> None:
     """A typo in the group must not look like an empty queue, nor create one."""
     url = f"memory://{uuid.uuid4().hex}"
     listed = runner.invoke(app, ["dlq", "list", "orders", "biling", "--json", "--url", url])
-    assert listed.exit_code == 2, listed.output
+    assert listed.exit_code == cli_common.EXIT_NOT_FOUND, listed.output
     assert "no such dead-letter topic 'orders.biling.dlq'" in listed.output
     replayed = runner.invoke(app, ["dlq", "replay", "orders", "biling", "--url", url])
-    assert replayed.exit_code == 2, replayed.output
+    assert replayed.exit_code == cli_common.EXIT_NOT_FOUND, replayed.output
     assert "no such dead-letter topic" in replayed.output
     assert "orders.biling.dlq" not in MemoryAdapter(url).broker.topics
 
 
+@pytest.mark.usefixtures("in_process")
 def test_cli_dlq_list_shows_which_letters_were_replayed() -> None:
     async def scenario() -> tuple[str, str]:
         url = f"memory://{uuid.uuid4().hex}"
@@ -138,12 +152,19 @@ def test_cli_dlq_list_shows_which_letters_were_replayed() -> None:
         return url, first.id
 
     url, first_id = asyncio.run(scenario())
-    listed = runner.invoke(app, ["dlq", "list", "orders", "billing", "--json", "--url", url])
+    listed = runner.invoke(app, ["dlq", "list", "orders", "billing", "--all", "--json",
+                                 "--url", url])
     assert listed.exit_code == 0, listed.output
     rows = [json.loads(line) for line in listed.stdout.splitlines()]
-    assert [(row["id"] == first_id, row["replayed"]) for row in rows] == [(True, True),
-                                                                          (False, False)]
-    assert "2 dead letter(s) on orders/billing (1 replayed)" in listed.output
+    assert [(row["id"] == first_id, row["replayed"], row["state"]) for row in rows] == [
+        (True, True, "replayed"), (False, False, "pending")]
+    assert "2 of 2 dead letter(s) on orders/billing shown (1 pending, 1 replayed" in listed.output
+    # By default only the letters still waiting for a decision are listed.
+    pending = runner.invoke(app, ["dlq", "list", "orders", "billing", "--json", "--url", url])
+    assert pending.exit_code == 0, pending.output
+    assert [json.loads(line)["id"] == first_id for line in pending.stdout.splitlines()] == [
+        False]
+    assert "--all shows them" in pending.output
 
 
 def test_cli_run_rejects_a_target_that_is_not_a_bus() -> None:

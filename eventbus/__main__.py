@@ -1,0 +1,5 @@
+"""``python -m eventbus``: the same as the ``eventbus`` command."""
+
+from eventbus.cli import main
+
+main()

@@ -1,0 +1,52 @@
+"""The ``eventbus`` command: run a service, publish an event, inspect and replay dead letters.
+
+Also ``python -m eventbus``. Every expected failure prints one ``error: ...`` line
+and exits with its own code (see ``eventbus.cli._common``).
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as dist_version
+from typing import Annotated
+
+import typer
+
+import eventbus
+from eventbus.cli._common import load_bus
+from eventbus.cli.dlq import dlq_app
+from eventbus.cli.publish import publish
+from eventbus.cli.run import run
+
+__all__ = ["app", "load_bus", "main"]
+
+app = typer.Typer(help="eventbus: broker-agnostic event messaging.", no_args_is_help=True,
+                  pretty_exceptions_enable=False)
+app.command()(run)
+app.command()(publish)
+app.add_typer(dlq_app, name="dlq")
+
+
+def _version(value: bool) -> None:
+    if value:
+        try:
+            installed = dist_version("eventbus")
+        except PackageNotFoundError:  # running from a source tree
+            installed = eventbus.__version__
+        typer.echo(f"eventbus {installed}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True,
+                           help="Print the version and exit")
+    ] = False,
+) -> None:
+    """eventbus: broker-agnostic event messaging."""
+
+
+def main() -> None:
+    """Console entry point."""
+    app(prog_name="eventbus")
