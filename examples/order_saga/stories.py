@@ -86,5 +86,5 @@ async def poison_dead_lettered(watch: LogWatch, bus: EventBus, echo: Echo,
     echo(f"[corr {(poison.correlationid or poison.id)[:8]}] {group:<18} poison OrderPlaced "
          f"(id {poison.id[:8]}) dead-lettered after {letter.attempts} attempt: "
          f"{letter.exception.rsplit('.', 1)[-1]}: {letter.reason.rsplit(': ', 1)[-1][:70]}")
-    echo(f"{'':16}dead-letter queue {OrderPlaced.default_topic()}.{group}.dlq now holds it: "
-         f"eventbus dlq list {OrderPlaced.default_topic()} {group}")
+    echo(f"{'':16}dead-letter queue {OrderPlaced.default_topic()}.{group}.dlq now holds it "
+         f"(on a real broker: eventbus dlq list {OrderPlaced.default_topic()} {group})")
