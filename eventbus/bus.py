@@ -9,10 +9,10 @@ import os
 import signal
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar, Unpack
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, Unpack
 
 from eventbus.adapter import Adapter, HealthReport
-from eventbus.context import INHERIT, ParentOption, PublishOptions
+from eventbus.context import INHERIT, ParentOption
 from eventbus.envelope import Envelope
 from eventbus.errors import (
     ConfigurationError,
@@ -28,6 +28,9 @@ from eventbus.publishing import build_envelope, publish_batch, publish_with_retr
 from eventbus.registry_adapters import adapter_from_url
 from eventbus.runner import Runner, SubscriptionHealth
 from eventbus.spec import DeliveryMode, Handler, HandlerFn, SubscriptionSpec
+
+if TYPE_CHECKING:
+    from eventbus.context import PublishOptions
 
 log = logging.getLogger("eventbus")
 F = TypeVar("F", bound=HandlerFn)
