@@ -22,6 +22,7 @@ LINK = re.compile(r"(?<!!)\[[^\]]*\]\(([^)\s]+)\)")
 
 def run_blocks(page: Path) -> str:
     env = {k: v for k, v in os.environ.items() if k != "EVENTBUS_URL"}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])  # this checkout
     done = subprocess.run([sys.executable, str(ROOT / "tests" / "doc_blocks.py"), str(page)],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-4000:]
