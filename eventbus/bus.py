@@ -24,7 +24,12 @@ from eventbus.middleware.base import Middleware, PublishMiddleware, compose_publ
 from eventbus.middleware.chain import ChainDefaults, build_chain, check_middleware
 from eventbus.middleware.idempotency import Idempotency, IdempotencyStore
 from eventbus.middleware.retry import RetryPolicy
-from eventbus.publishing import build_envelope, publish_batch, publish_with_retry
+from eventbus.publishing import (
+    build_envelope,
+    build_envelopes,
+    publish_batch,
+    publish_with_retry,
+)
 from eventbus.registry_adapters import adapter_from_url
 from eventbus.runner import Runner, SubscriptionHealth
 from eventbus.spec import DeliveryMode, Handler, HandlerFn, SubscriptionSpec
@@ -247,7 +252,7 @@ class EventBus:
         out) raises :class:`BatchPublishError`: ``failures`` and ``succeeded`` are
         indexes into ``messages``, ``envelopes`` what to republish with the same ids.
         """
-        envelopes = [self.envelope_for(m, **options) for m in messages]
+        envelopes = build_envelopes(messages, self.source, **options)
         return await publish_batch(self.publish_envelopes, messages, envelopes, topic)
 
     async def publish_envelopes(self, topic: str, envelopes: Sequence[Envelope]) -> list[Envelope]:

@@ -62,6 +62,22 @@ def new_id() -> str:
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
+_VARIANT = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
+
+
+def new_ids(count: int) -> list[str]:
+    """``count`` new random event ids (uuid4 text, as :func:`new_id`), drawn at once:
+    one call for the random bits of a whole ``publish_many`` batch."""
+    if count <= 0:
+        return []
+    h = f"{random.getrandbits(128 * count):0{32 * count}x}"
+    return [
+        f"{h[i:i + 8]}-{h[i + 8:i + 12]}-4{h[i + 13:i + 16]}-{_VARIANT[h[i + 16]]}"
+        f"{h[i + 17:i + 20]}-{h[i + 20:i + 32]}"
+        for i in range(0, 32 * count, 32)
+    ]
+
+
 def utcnow() -> datetime:
     """The current time, timezone-aware UTC."""
     return datetime.now(UTC)
@@ -69,16 +85,38 @@ def utcnow() -> datetime:
 
 def format_time(value: datetime) -> str:
     """RFC 3339 text for ``value`` (UTC, ``Z`` suffix)."""
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    text = value.astimezone(UTC).isoformat()
-    return text.replace("+00:00", "Z")
+    global _formatted
+    cached = _formatted
+    if value is cached[0]:
+        return cached[1]
+    if value.tzinfo is UTC:
+        text = value.isoformat()[:-6] + "Z"  # isoformat ends with "+00:00"
+    else:
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        text = value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    _formatted = (value, text)
+    return text
 
 
 def parse_time(text: str) -> datetime:
     """Parse RFC 3339 text into an aware datetime."""
+    global _parsed
+    cached = _parsed
+    if text == cached[0]:
+        return cached[1]
     value = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
+    value = value if value.tzinfo else value.replace(tzinfo=UTC)
+    _parsed = (text, value)
+    return value
+
+
+# The last time formatted and parsed: a batch published in one call shares one
+# time, so its messages format (and, received, parse) it once. Replaced whole,
+# never mutated, so a reader sees a consistent pair.
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_formatted: tuple[datetime, str] = (_EPOCH, "1970-01-01T00:00:00Z")
+_parsed: tuple[str, datetime] = ("1970-01-01T00:00:00Z", _EPOCH)
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,6 +236,46 @@ class Envelope:
         known.setdefault("datacontenttype", None)
         return cls(data=data, extensions=extensions, **known)
 
+    @classmethod
+    def from_text_attributes(cls, attributes: dict[str, str], data: bytes) -> Envelope:
+        """:meth:`from_attributes` for text values in a dict the caller gives away
+        (a codec's own): the same result and errors, without the generic conversions.
+
+        The codecs call this once per received message, so it reads each field
+        once and builds the envelope without keyword parsing.
+        """
+        pop = attributes.pop
+        id_, source, type_ = pop("id", None), pop("source", None), pop("type", None)
+        if not id_:
+            raise KeyError("id")
+        if not source:
+            raise KeyError("source")
+        if not type_:
+            raise KeyError("type")
+        time_text = pop("time", None)
+        version = pop("dataversion", None)
+        envelope = _new(cls)
+        _set_id(envelope, id_)
+        _set_type(envelope, type_)
+        _set_source(envelope, source)
+        _set_time(envelope, parse_time(time_text) if time_text else utcnow())
+        _set_data(envelope, data)
+        _set_datacontenttype(envelope, pop("datacontenttype", None))
+        _set_dataschema(envelope, pop("dataschema", None))
+        _set_subject(envelope, pop("subject", None))
+        _set_specversion(envelope, pop("specversion", SPEC_VERSION))
+        _set_dataversion(envelope, 1 if version is None else int(version))
+        _set_correlationid(envelope, pop("correlationid", None))
+        _set_causationid(envelope, pop("causationid", None))
+        _set_partitionkey(envelope, pop("partitionkey", None))
+        _set_traceparent(envelope, pop("traceparent", None))
+        _set_tracestate(envelope, pop("tracestate", None))
+        # What is left is extensions; of the reserved names only "data" can remain.
+        if "data" in attributes:
+            validate_extension_name("data")
+        _set_extensions(envelope, attributes)
+        return envelope
+
     def size_hint(self, limit: int) -> int:
         """An upper bound of :attr:`size`: cheap far below ``limit``, exact near or above it.
 
@@ -231,6 +309,22 @@ class Envelope:
             header = "content-type" if name == "datacontenttype" else name
             binary += _LONGEST_PREFIX + len(header) + len(value.encode("utf-8"))
         return max(binary, len(encode_structured(self)))
+
+
+# Direct slot setters: the codecs and the publish path build an envelope per
+# message, and setting the slots without the frozen dataclass's keyword
+# __init__ costs about half as much. Every other construction goes through
+# __init__ (and __post_init__'s extension check); these callers check themselves.
+_new = object.__new__
+(_set_id, _set_type, _set_source, _set_time, _set_data, _set_datacontenttype,
+ _set_dataschema, _set_subject, _set_specversion, _set_dataversion, _set_correlationid,
+ _set_causationid, _set_partitionkey, _set_traceparent, _set_tracestate,
+ _set_extensions) = (
+    Envelope.__dict__[name].__set__
+    for name in ("id", "type", "source", "time", "data", "datacontenttype", "dataschema",
+                 "subject", "specversion", "dataversion", "correlationid", "causationid",
+                 "partitionkey", "traceparent", "tracestate", "extensions")
+)
 
 
 # Binary mode prefixes each attribute header ("cloudEvents:" is the AMQP binding's);
@@ -289,3 +383,40 @@ def validate_extension_name(name: str) -> None:
             "duplicate it on the wire; set the attribute itself (e.g. publish(key=..., "
             "correlation_id=..., subject=...)) or pick another extension name"
         )
+
+
+def build(
+    id: str,
+    type: str,
+    source: str,
+    time: datetime,
+    data: bytes,
+    dataversion: int,
+    partitionkey: str | None,
+    subject: str | None,
+    correlationid: str | None,
+    causationid: str | None,
+    traceparent: str | None,
+    tracestate: str | None,
+    extensions: Mapping[str, str],
+) -> Envelope:
+    """An application/json envelope from values the caller has checked (extension
+    names valid), without the keyword ``__init__``: the publish path's constructor."""
+    envelope = _new(Envelope)
+    _set_id(envelope, id)
+    _set_type(envelope, type)
+    _set_source(envelope, source)
+    _set_time(envelope, time)
+    _set_data(envelope, data)
+    _set_datacontenttype(envelope, JSON)
+    _set_dataschema(envelope, None)
+    _set_subject(envelope, subject)
+    _set_specversion(envelope, SPEC_VERSION)
+    _set_dataversion(envelope, dataversion)
+    _set_correlationid(envelope, correlationid)
+    _set_causationid(envelope, causationid)
+    _set_partitionkey(envelope, partitionkey)
+    _set_traceparent(envelope, traceparent)
+    _set_tracestate(envelope, tracestate)
+    _set_extensions(envelope, extensions)
+    return envelope

@@ -163,8 +163,7 @@ class MemoryAdapter(Adapter):
             body = codec.encode_structured(envelope)
             return Entry(0, key, body, structured=True), len(body)
         headers, body = codec.encode_binary(envelope, HEADER_PREFIX)
-        size = len(body) + sum(len(k.encode()) + len(v.encode()) for k, v in headers.items())
-        return Entry(0, key, body, headers=headers), size
+        return Entry(0, key, body, headers=headers), codec.binary_size(headers, body)
 
     async def publish(self, topic: str, envelopes: Sequence[Envelope]) -> None:
         self.broker.check_reachable(self.url)
