@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from eventbus.adapter import Adapter, Delivery, SubscribeOptions, Subscription
 from eventbus.backoff import Backoff
-from eventbus.context import Context, Publisher
+from eventbus.context import Context, Publisher, current_envelope
 from eventbus.errors import (
     BrokerConnectionError,
     ConfigurationError,
@@ -27,6 +27,7 @@ from eventbus.errors import (
 )
 from eventbus.events import Registry
 from eventbus.middleware.base import Middleware, Next, RedeliveryRequested, compose
+from eventbus.middleware.correlation import correlation
 from eventbus.middleware.deadletter import dead_letter_undecodable
 from eventbus.runs import counter_for
 from eventbus.spec import SubscriptionSpec
@@ -97,7 +98,15 @@ class Runner:
         self.reconnect = reconnect or Backoff(initial=0.05, max_delay=2.0)
         self.max_failures = max_failures
         self.on_dead = on_dead
-        self.chain: Next = compose(middleware, self._invoke)
+        # Correlation, when it is the outermost step (the built chain's order), is
+        # done by handle() itself: one coroutine less per message.
+        self._correlate = bool(middleware) and middleware[0] is correlation
+        self.chain: Next = compose(middleware[1:] if self._correlate else middleware,
+                                   self._invoke)
+        # One lane without key routing to do: the fetch loop runs each delivery
+        # itself (no queue, no task switch), finishing it before taking the next.
+        self._inline = max(1, spec.concurrency) == 1
+        self._busy = False
         self.state: SubscriptionState = "starting"
         self.error: BaseException | None = None
         self.runs = counter_for(adapter.url, spec.topic, spec.group)
@@ -124,7 +133,7 @@ class Runner:
     async def start(self) -> None:
         """Subscribe (failing fast if the broker refuses) and start fetching."""
         self._subscription = await self._subscribe()
-        for index in range(max(1, self.spec.concurrency)):
+        for index in range(0 if self._inline else max(1, self.spec.concurrency)):
             queue: asyncio.Queue[tuple[int, Delivery] | None] = asyncio.Queue()
             self._lanes.append(queue)
             self._load.append(0)
@@ -149,8 +158,14 @@ class Runner:
                 if self._subscription is None:
                     self._subscription = await self._subscribe()
                 self.state, self.error = "running", None
-                async for delivery in self._subscription:
-                    self._route(delivery)
+                if self._inline:
+                    async for delivery in self._subscription:
+                        await self._run_inline(delivery)
+                        if self._stopping:
+                            return
+                else:
+                    async for delivery in self._subscription:
+                        self._route(delivery)
                 if self._stopping:
                     return
                 error = EventBusError(
@@ -218,6 +233,21 @@ class Runner:
         self._load[index] += 1
         lanes[index].put_nowait((self._generation, delivery))
 
+    async def _run_inline(self, delivery: Delivery) -> None:
+        """Handle one delivery in the fetch loop (concurrency 1), as a lane would."""
+        self._busy = self._progressed = True
+        try:
+            await self.handle(delivery)
+        except asyncio.CancelledError:
+            if _cancelling():
+                raise
+            log.error("message %s on %s/%s: CancelledError escaped the middleware; "
+                      "asking the broker to redeliver", delivery.message_id,
+                      delivery.topic, delivery.group)
+            await self._nack(delivery, 1.0)
+        finally:
+            self._busy = False
+
     async def _lane(self, index: int, queue: asyncio.Queue[tuple[int, Delivery] | None]) -> None:
         while True:
             item = await queue.get()
@@ -257,7 +287,14 @@ class Runner:
             if self.spec.mode == "at_most_once":
                 await delivery.ack()
             ctx = Context(self.publisher, delivery, envelope, previous_attempts=previous)
-            await self.chain(ctx)
+            if self._correlate:
+                token = current_envelope.set(envelope)
+                try:
+                    await self.chain(ctx)
+                finally:
+                    current_envelope.reset(token)
+            else:
+                await self.chain(ctx)
         except RedeliveryRequested as request:
             await self._nack(delivery, request.delay)
             return
@@ -385,6 +422,15 @@ class Runner:
         """Stop fetching, finish what was fetched within ``timeout``, then close."""
         self._stopping = True
         if self._fetch_task is not None:
+            if self._busy:
+                # Inline: the fetch loop is running a handler; it returns once that
+                # is done. Past the timeout, cancelling it cuts the handler short
+                # and its message goes back to the broker, as a lane's would.
+                _, pending = await asyncio.wait({self._fetch_task}, timeout=timeout)
+                if pending:
+                    log.warning("%s/%s: the handler is still busy after %.1fs; its "
+                                "message goes back to the broker", self.spec.topic,
+                                self.spec.group, timeout)
             await self._stop_fetching(self._fetch_task)
         for queue in self._lanes:
             queue.put_nowait(None)
