@@ -15,6 +15,7 @@
 
 from eventbus.adapter import Adapter, Capabilities, Delivery, SubscribeOptions, Subscription
 from eventbus.backoff import Backoff
+from eventbus.batching import BatchItemFailed
 from eventbus.bus import BusHealth, EventBus
 from eventbus.context import INHERIT, Context, Publisher
 from eventbus.envelope import Envelope
@@ -48,6 +49,7 @@ __all__ = [
     "INHERIT",
     "Adapter",
     "Backoff",
+    "BatchItemFailed",
     "BatchPublishError",
     "BrokerConnectionError",
     "BusHealth",

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
 from eventbus.adapter import Adapter, HealthReport
+from eventbus.batching import check_batch
 from eventbus.context import INHERIT, ParentOption
 from eventbus.envelope import Envelope
 from eventbus.errors import (
@@ -123,6 +124,8 @@ class EventBus:
         timeout: float | None = None,
         middleware: Sequence[Middleware] = (),
         idempotency: IdempotencyStore | Idempotency | None = None,
+        batch: int | None = None,
+        batch_timeout: float | None = None,
     ) -> Callable[[F], F]:
         """Decorator: call the function for each message of the given classes or topics.
 
@@ -137,6 +140,13 @@ class EventBus:
           deduplicating this subscription's messages by event id instead of the
           bus's; it runs inside the dead-letter step. The bus closes the store on
           ``stop()``.
+        - ``batch``: the handler takes ``list[Event]`` (and, with a second parameter,
+          ``list[Context]``): up to ``batch`` events at a time, or what arrived within
+          ``batch_timeout`` seconds (default 0.05) of the first, acked together. A
+          handler raising ``BatchItemFailed(indexes)`` has only those retried and
+          dead-lettered, one by one; any other exception has every event of the
+          batch retried on its own (see :mod:`eventbus.batching`). Needs one event
+          class, at-least-once delivery, and no idempotency.
 
         Subscribe before ``start()``. Several handlers may share a (topic, group)
         when they give it the same options; different ones raise ConfigurationError.
@@ -149,12 +159,13 @@ class EventBus:
             raise ConfigurationError(
                 f"delivery must be 'at_least_once' or 'at_most_once', not {delivery!r}"
             )
+        check_batch(targets, batch, batch_timeout, delivery, idempotency)
 
         def decorate(fn: F) -> F:
             self._refuse_when_started(targets)
             for target in targets:
                 cls = target if isinstance(target, type) else None
-                handler = Handler.wrap(fn, cls)  # a bad handler registers nothing
+                handler = Handler.wrap(fn, cls, batch is not None)  # a bad one registers nothing
                 topic = cls.default_topic() if cls is not None else str(target)
                 is_command = cls is not None and issubclass(cls, Command)
                 chosen = group or (topic if is_command else self.source)
@@ -176,6 +187,8 @@ class EventBus:
                     timeout=timeout,
                     middleware=list(middleware),
                     idempotency=idempotency,
+                    batch=batch,
+                    batch_timeout=batch_timeout if batch is not None else None,
                 )
                 spec = self._specs.get((topic, chosen))
                 if spec is None:

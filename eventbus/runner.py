@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 from eventbus.adapter import Adapter, Delivery, SubscribeOptions, Subscription
 from eventbus.backoff import Backoff
+from eventbus.batching import DEFAULT_BATCH_TIMEOUT, run_alone, run_batch
 from eventbus.context import Context, Publisher, current_envelope
 from eventbus.errors import (
     BrokerConnectionError,
@@ -29,6 +30,7 @@ from eventbus.events import Registry
 from eventbus.middleware.base import Middleware, Next, RedeliveryRequested, compose
 from eventbus.middleware.correlation import correlation
 from eventbus.middleware.deadletter import dead_letter_undecodable
+from eventbus.middleware.idempotency import Idempotency
 from eventbus.runs import counter_for
 from eventbus.spec import SubscriptionSpec
 
@@ -105,8 +107,17 @@ class Runner:
                                    self._invoke)
         # One lane without key routing to do: the fetch loop runs each delivery
         # itself (no queue, no task switch), finishing it before taking the next.
-        self._inline = max(1, spec.concurrency) == 1
+        self._inline = max(1, spec.concurrency) == 1 and spec.batch is None
         self._busy = False
+        # batch=N: deliveries wait here until the batch is full or its time is up.
+        self._batch: list[Delivery] = []
+        self._batch_timer: asyncio.TimerHandle | None = None
+        if spec.batch is not None and any(isinstance(m, Idempotency) for m in middleware):
+            raise ConfigurationError(
+                f"{spec.topic}/{spec.group} has batch={spec.batch} and the bus's "
+                "idempotency: a batch call is not deduplicated per event; give this "
+                "subscription its own bus without idempotency, or drop batch="
+            )
         self.state: SubscriptionState = "starting"
         self.error: BaseException | None = None
         self.runs = counter_for(adapter.url, spec.topic, spec.group)
@@ -115,7 +126,7 @@ class Runner:
         # a lane drops it instead of running it a second time.
         self._generation = 0
         self._progressed = False  # a delivery of this generation reached handle()
-        self._lanes: list[asyncio.Queue[tuple[int, Delivery] | None]] = []
+        self._lanes: list[asyncio.Queue[tuple[int, Delivery | list[Delivery]] | None]] = []
         # Deliveries routed to each lane and not yet finished (queued + running): a
         # lane's queue is empty while its worker is busy, so qsize alone would send
         # unkeyed messages behind a slow handler while another worker sits idle.
@@ -134,7 +145,7 @@ class Runner:
         """Subscribe (failing fast if the broker refuses) and start fetching."""
         self._subscription = await self._subscribe()
         for index in range(0 if self._inline else max(1, self.spec.concurrency)):
-            queue: asyncio.Queue[tuple[int, Delivery] | None] = asyncio.Queue()
+            queue: asyncio.Queue[tuple[int, Delivery | list[Delivery]] | None] = asyncio.Queue()
             self._lanes.append(queue)
             self._load.append(0)
             self._lane_tasks.append(asyncio.create_task(self._lane(index, queue)))
@@ -142,9 +153,14 @@ class Runner:
         self._fetch_task = asyncio.create_task(self._fetch())
 
     async def _subscribe(self) -> Subscription:
+        lanes = max(1, self.spec.concurrency)
+        prefetch = lanes * self.prefetch
+        if self.spec.batch is not None:
+            # Room for a full batch per lane plus the one being collected.
+            prefetch = max(prefetch, self.spec.batch * (lanes + 1))
         options = SubscribeOptions(
             group=self.spec.group,
-            prefetch=max(1, self.spec.concurrency) * self.prefetch,
+            prefetch=prefetch,
             start_from=self.spec.start_from,
         )
         return await self.adapter.subscribe(self.spec.topic, options)
@@ -163,6 +179,9 @@ class Runner:
                         await self._run_inline(delivery)
                         if self._stopping:
                             return
+                elif self.spec.batch is not None:
+                    async for delivery in self._subscription:
+                        self._collect(delivery)
                 else:
                     async for delivery in self._subscription:
                         self._route(delivery)
@@ -183,6 +202,7 @@ class Runner:
                 failures, delays = 0, iter(self.reconnect)
             connection = isinstance(error, BrokerConnectionError)
             failures += 0 if connection else 1
+            self._discard_batch()  # the broker takes a lost subscription's work back
             self._generation += 1
             self._progressed = False
             await self._drop_subscription()
@@ -248,12 +268,67 @@ class Runner:
         finally:
             self._busy = False
 
-    async def _lane(self, index: int, queue: asyncio.Queue[tuple[int, Delivery] | None]) -> None:
+    def _collect(self, delivery: Delivery) -> None:
+        batch = self._batch
+        batch.append(delivery)
+        size = self.spec.batch or 1
+        if len(batch) >= size:
+            self._flush_batch()
+        elif len(batch) == 1:
+            wait = self.spec.batch_timeout or DEFAULT_BATCH_TIMEOUT
+            self._batch_timer = asyncio.get_running_loop().call_later(wait, self._flush_batch)
+
+    def _flush_batch(self) -> None:
+        """Queue the collected deliveries: to one lane, or split by key lane when ordered."""
+        if self._batch_timer is not None:
+            self._batch_timer.cancel()
+            self._batch_timer = None
+        batch, self._batch = self._batch, []
+        if not batch:
+            return
+        lanes = self._lanes
+        parts: dict[int, list[Delivery]] = {}
+        for delivery in batch:
+            envelope = delivery.envelope
+            key = envelope.partitionkey if envelope is not None else None
+            if key is not None and self.spec.ordered and len(lanes) > 1:
+                parts.setdefault(zlib.crc32(key.encode()) % len(lanes), []).append(delivery)
+            else:
+                parts.setdefault(-1, []).append(delivery)
+        for index, part in parts.items():
+            if index < 0:
+                index = min(range(len(lanes)), key=self._load.__getitem__)
+            self._load[index] += 1
+            lanes[index].put_nowait((self._generation, part))
+
+    def _discard_batch(self) -> None:
+        if self._batch_timer is not None:
+            self._batch_timer.cancel()
+            self._batch_timer = None
+        for delivery in self._batch:
+            self.runs.seen(delivery)
+        self._batch = []
+
+    @property
+    def stopping(self) -> bool:
+        """Whether stop() was called (work cut short now is not the handler's failure)."""
+        return self._stopping
+
+    async def ack(self, delivery: Delivery) -> None:
+        """Ack ``delivery``; a failed ack hands it back for redelivery (see handle())."""
+        await self._ack(delivery)
+
+    async def _lane(self, index: int,
+                    queue: asyncio.Queue[tuple[int, Delivery | list[Delivery]] | None]) -> None:
         while True:
             item = await queue.get()
             if item is None:
                 return
-            generation, delivery = item
+            generation, work = item
+            if isinstance(work, list):
+                await self._lane_batch(index, generation, work)
+                continue
+            delivery = work
             try:
                 if generation != self._generation:
                     # Handed out by a subscription since lost: the broker already
@@ -275,6 +350,24 @@ class Runner:
                 await self._nack(delivery, 1.0)
             finally:
                 self._load[index] -= 1
+
+    async def _lane_batch(self, index: int, generation: int, batch: list[Delivery]) -> None:
+        try:
+            if generation != self._generation:
+                for delivery in batch:
+                    self.runs.seen(delivery)  # lost with its subscription, as above
+                return
+            self._progressed = True
+            await run_batch(self, batch)
+        except asyncio.CancelledError:
+            if _cancelling():
+                raise
+            log.error("a batch on %s/%s: CancelledError escaped; asking the broker to "
+                      "redeliver it", self.spec.topic, self.spec.group)
+            for delivery in batch:
+                await self._nack(delivery, 1.0)
+        finally:
+            self._load[index] -= 1
 
     async def handle(self, delivery: Delivery) -> None:
         """Run one delivery through the chain and settle it."""
@@ -387,7 +480,9 @@ class Runner:
             arg = event
         self.runs.ran(envelope.id)
         try:
-            if handler.wants_context:
+            if handler.batch:  # an event of a batch subscription, handled on its own
+                await run_alone(handler, arg, ctx)
+            elif handler.wants_context:
                 await handler.fn(arg, ctx)
             else:
                 await handler.fn(arg)
@@ -432,6 +527,7 @@ class Runner:
                                 "message goes back to the broker", self.spec.topic,
                                 self.spec.group, timeout)
             await self._stop_fetching(self._fetch_task)
+        self._flush_batch()  # what was collected is handled within the timeout too
         for queue in self._lanes:
             queue.put_nowait(None)
         if self._lane_tasks:
