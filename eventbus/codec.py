@@ -182,6 +182,42 @@ def binary_size(headers: Mapping[str, str], body: bytes) -> int:
     return len(body) + (len(text) if text.isascii() else len(text.encode("utf-8")))
 
 
+_ATTRIBUTE_NAMES = ("specversion", "id", "source", "type", "time", "dataversion", *_OPTIONAL)
+
+
+def _decode_own_dict(
+    headers: dict[str, Any], body: bytes | None, prefix: str, key: str | None
+) -> Envelope | None:
+    """The common case read by lookups: text values under the exact prefix, no
+    extensions and no structured content type. ``None`` when the headers are
+    anything else; the general reader then takes them."""
+    names = _header_names(prefix)
+    attrs: dict[str, str] = {}
+    for name in _ATTRIBUTE_NAMES:
+        value = headers.get(names[name])
+        if value is not None:
+            if type(value) is not str:
+                return None
+            attrs[name] = value
+    content_type = headers.get("content-type")
+    found = len(attrs) + (content_type is not None)
+    if found != len(headers) or "specversion" not in attrs:
+        return None  # other headers (extensions, other casing), or not a CloudEvent
+    if content_type is not None:
+        if type(content_type) is not str or content_type.lower().startswith(
+                STRUCTURED_CONTENT_TYPE):
+            return None
+        attrs["datacontenttype"] = content_type
+    if key is not None:
+        attrs["partitionkey"] = key
+    try:
+        return Envelope.from_text_attributes(attrs, body or b"")
+    except KeyError as exc:
+        raise DecodeError(f"CloudEvent lacks the required attribute {exc.args[0]!r}") from exc
+    except (ValueError, TypeError) as exc:
+        raise DecodeError(f"CloudEvent has an unreadable attribute ({exc})") from exc
+
+
 def decode_binary(
     headers: Mapping[str, str | bytes] | Iterable[tuple[str, str | bytes]],
     body: bytes | None,
@@ -212,6 +248,10 @@ def _decode_binary(
     prefix: str,
     key: str | None,
 ) -> Envelope:
+    if type(headers) is dict:
+        envelope = _decode_own_dict(headers, body, prefix, key)
+        if envelope is not None:
+            return envelope
     # A dict is read in place; any other iterable becomes a list, so the error
     # below can still name the headers of a one-shot iterable.
     if isinstance(headers, dict):
