@@ -12,7 +12,7 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from eventbus.envelope import Envelope, format_time
+from eventbus.envelope import Envelope, assemble, format_time, parse_time, utcnow
 from eventbus.errors import DecodeError
 
 STRUCTURED_CONTENT_TYPE = "application/cloudevents+json"
@@ -190,32 +190,36 @@ def _decode_own_dict(
 ) -> Envelope | None:
     """The common case read by lookups: text values under the exact prefix, no
     extensions and no structured content type. ``None`` when the headers are
-    anything else; the general reader then takes them."""
-    names = _header_names(prefix)
-    attrs: dict[str, str] = {}
-    for name in _ATTRIBUTE_NAMES:
-        value = headers.get(names[name])
-        if value is not None:
-            if type(value) is not str:
-                return None
-            attrs[name] = value
-    content_type = headers.get("content-type")
-    found = len(attrs) + (content_type is not None)
-    if found != len(headers) or "specversion" not in attrs:
-        return None  # other headers (extensions, other casing), or not a CloudEvent
-    if content_type is not None:
-        if type(content_type) is not str or content_type.lower().startswith(
-                STRUCTURED_CONTENT_TYPE):
-            return None
-        attrs["datacontenttype"] = content_type
-    if key is not None:
-        attrs["partitionkey"] = key
+    anything else; the general reader then takes them (and its errors apply)."""
     try:
-        return Envelope.from_text_attributes(attrs, body or b"")
-    except KeyError as exc:
-        raise DecodeError(f"CloudEvent lacks the required attribute {exc.args[0]!r}") from exc
+        "".join(headers.values())  # raises unless every value is text
+    except TypeError:
+        return None
+    n = _header_names(prefix)
+    get = headers.get
+    specversion, id_, source, type_ = (get(n["specversion"]), get(n["id"]),
+                                       get(n["source"]), get(n["type"]))
+    time_text, version, content_type = get(n["time"]), get(n["dataversion"]), \
+        get("content-type")
+    schema, subject, correlation, causation, partition, traceparent, tracestate = (
+        get(n["dataschema"]), get(n["subject"]), get(n["correlationid"]),
+        get(n["causationid"]), get(n["partitionkey"]), get(n["traceparent"]),
+        get(n["tracestate"]))
+    values = (specversion, id_, source, type_, time_text, version, content_type, schema,
+              subject, correlation, causation, partition, traceparent, tracestate)
+    if specversion is None or 14 - values.count(None) != len(headers) or not (
+            id_ and source and type_):
+        return None  # extensions, other casing, not a CloudEvent, or an error to report
+    if content_type is not None and content_type.lower().startswith(STRUCTURED_CONTENT_TYPE):
+        return None
+    try:
+        when = parse_time(time_text) if time_text else utcnow()
+        dataversion = 1 if version is None else int(version)
     except (ValueError, TypeError) as exc:
         raise DecodeError(f"CloudEvent has an unreadable attribute ({exc})") from exc
+    return assemble(id_, type_, source, when, body or b"", content_type, schema, subject,
+                    specversion, dataversion, correlation, causation,
+                    partition if key is None else key, traceparent, tracestate, {})
 
 
 def decode_binary(
