@@ -189,9 +189,12 @@ class MemoryAdapter(Adapter):
     async def publish(self, topic: str, envelopes: Sequence[Envelope]) -> None:
         self.broker.check_reachable(self.url)
         entries = []
+        limit = self.capabilities.max_message_bytes
+        encode = self.encode
         for envelope in envelopes:
-            entry, size = self.encode(envelope)
-            self.check_size(topic, envelope, size)
+            entry, size = encode(envelope)
+            if size > limit:
+                self.check_size(topic, envelope, size)  # raises, naming the event
             entries.append(entry)
         self.broker.append_many(topic, entries)
 
