@@ -285,11 +285,16 @@ class Envelope:
         """
         estimate = _FIXED_BOUND + len(str(self.dataversion))
         estimate += _data_bound(self.data, self.datacontenttype)
-        for value in (self.id, self.type, self.source, self.specversion, self.datacontenttype,
-                      self.dataschema, self.subject, self.correlationid, self.causationid,
-                      self.partitionkey, self.traceparent, self.tracestate):
-            if value is not None:
-                estimate += _text_bound(value)
+        values = [value for value in (
+            self.id, self.type, self.source, self.specversion, self.datacontenttype,
+            self.dataschema, self.subject, self.correlationid, self.causationid,
+            self.partitionkey, self.traceparent, self.tracestate) if value is not None]
+        text = "".join(values)
+        if text.isascii() and text.isprintable():
+            # Every value is printable ASCII, so the sum of their bounds is this.
+            estimate += len(text) + text.count('"') + text.count("\\")
+        else:
+            estimate += sum(_text_bound(value) for value in values)
         for name, value in self.extensions.items():
             estimate += len(name) + _PER_ATTRIBUTE + _text_bound(value)
         return estimate if estimate < limit else self.size
