@@ -27,12 +27,25 @@ def build_envelope(
     subject: str | None = None,
     extensions: dict[str, str] | None = None,
 ) -> Envelope:
-    """The envelope for ``message`` from ``source`` (see ``EventBus.envelope_for``)."""
-    (envelope,) = build_envelopes(
-        (message,), source, key=key, parent=parent, correlation_id=correlation_id,
-        subject=subject, extensions=extensions,
-    )
-    return envelope
+    """The envelope for ``message`` from ``source`` (see ``EventBus.envelope_for``).
+
+    The one-message case of :func:`build_envelopes`, written out: it is every
+    ``publish``'s first step."""
+    if parent is INHERIT:
+        parent = current_envelope.get()
+    if extensions:
+        for name in extensions:
+            validate_extension_name(name)
+    event_id = new_id()
+    if parent is None:
+        return build(event_id, message.event_type(), source, utcnow(), message.to_bytes(),
+                     message.data_version(), key, subject, correlation_id or event_id, None,
+                     None, None, dict(extensions) if extensions else {})
+    return build(event_id, message.event_type(), source, utcnow(), message.to_bytes(),
+                 message.data_version(), key, subject,
+                 correlation_id or parent.correlationid or parent.id, parent.id,
+                 parent.traceparent, parent.tracestate,
+                 dict(extensions) if extensions else {})
 
 
 def build_envelopes(
