@@ -21,6 +21,8 @@ from eventbus.errors import BrokerConnectionError, ConnectionLostError, DecodeEr
 
 HEADER_PREFIX = "ce_"
 """Prefix of the CloudEvents attribute headers in binary mode."""
+_FAIR_SHARE = 64
+"""Deliveries a subscription hands out in a row before yielding to the event loop."""
 
 
 @dataclass(slots=True)
@@ -322,6 +324,7 @@ class MemorySubscription(Subscription):
     async def __aiter__(self) -> AsyncIterator[Delivery]:
         loop = asyncio.get_running_loop()
         timer: asyncio.TimerHandle | None = None
+        handed = 0
         while not self.closed:
             if self.lost:
                 raise ConnectionLostError(
@@ -334,6 +337,12 @@ class MemorySubscription(Subscription):
                 delivery = MemoryDelivery(self, item, self.topic)
                 self.inflight[id(item)] = item
                 yield delivery
+                handed += 1
+                if handed % _FAIR_SHARE == 0:
+                    # A consumer that handles each delivery inline never waits while
+                    # messages are pending: let other tasks (publishers, other
+                    # subscriptions) run now and then, as a real broker's I/O would.
+                    await asyncio.sleep(0)
                 continue
             self._wake.clear()
             # With prefetch full, the next settle wakes us; only an empty hand-out
