@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from eventbus.adapter import Delivery
@@ -38,9 +38,12 @@ from eventbus.errors import (
     HandlerCancelledError,
     HandlerTimeoutError,
 )
+from eventbus.middleware.base import Middleware
+from eventbus.middleware.idempotency import Idempotency
 
 if TYPE_CHECKING:
     from eventbus.runner import Runner
+    from eventbus.spec import SubscriptionSpec
 
 log = logging.getLogger("eventbus.runner")
 
@@ -97,6 +100,46 @@ def check_batch(targets: Sequence[object], batch: int | None, batch_timeout: flo
             "batch=N does not support idempotency= yet: a batch call is not deduplicated "
             "per event; deduplicate inside the handler (e.g. an upsert keyed by event id)"
         )
+
+
+class BatchCollector:
+    """Gathers a batch subscription's deliveries and hands each batch to ``queue`` once
+    it holds ``spec.batch`` or ``spec.batch_timeout`` has passed since its first."""
+
+    def __init__(self, spec: SubscriptionSpec, middleware: Sequence[Middleware],
+                 queue: Callable[[list[Delivery]], None]) -> None:
+        if spec.batch is not None and any(isinstance(m, Idempotency) for m in middleware):
+            raise ConfigurationError(
+                f"{spec.topic}/{spec.group} has batch={spec.batch} and the bus's "
+                "idempotency: a batch call is not deduplicated per event; give this "
+                "subscription its own bus without idempotency, or drop batch="
+            )
+        self.size = spec.batch or 1
+        self.timeout = spec.batch_timeout or DEFAULT_BATCH_TIMEOUT
+        self.queue = queue
+        self._batch: list[Delivery] = []
+        self._timer: asyncio.TimerHandle | None = None
+
+    def add(self, delivery: Delivery) -> None:
+        self._batch.append(delivery)
+        if len(self._batch) >= self.size:
+            self.flush()
+        elif len(self._batch) == 1:
+            self._timer = asyncio.get_running_loop().call_later(self.timeout, self.flush)
+
+    def flush(self) -> None:
+        """Hand what was collected on now (nothing if empty)."""
+        batch = self.discard()
+        if batch:
+            self.queue(batch)
+
+    def discard(self) -> list[Delivery]:
+        """Take what was collected back without handing it on."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        batch, self._batch = self._batch, []
+        return batch
 
 
 async def run_batch(runner: Runner, deliveries: list[Delivery]) -> None:

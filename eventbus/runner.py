@@ -13,24 +13,21 @@ import logging
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 from eventbus.adapter import Adapter, Delivery, SubscribeOptions, Subscription
 from eventbus.backoff import Backoff
-from eventbus.batching import DEFAULT_BATCH_TIMEOUT, run_alone, run_batch
+from eventbus.batching import BatchCollector, run_batch
 from eventbus.context import Context, Publisher, current_envelope
 from eventbus.errors import (
     BrokerConnectionError,
     ConfigurationError,
     EventBusError,
-    HandlerCancelledError,
-    SchemaError,
 )
 from eventbus.events import Registry
+from eventbus.handling import Handling, _cancelling
 from eventbus.middleware.base import Middleware, Next, RedeliveryRequested, compose
 from eventbus.middleware.correlation import correlation
-from eventbus.middleware.deadletter import dead_letter_undecodable
-from eventbus.middleware.idempotency import Idempotency
 from eventbus.runs import counter_for
 from eventbus.spec import SubscriptionSpec
 
@@ -58,7 +55,7 @@ class SubscriptionHealth:
     error: str | None = None
 
 
-class Runner:
+class Runner(Handling):
     """Runs one :class:`SubscriptionSpec` on ``adapter``: fetch, route to lanes, run the
     ``middleware`` chain around the handler, settle.
 
@@ -110,14 +107,7 @@ class Runner:
         self._inline = max(1, spec.concurrency) == 1 and spec.batch is None
         self._busy = False
         # batch=N: deliveries wait here until the batch is full or its time is up.
-        self._batch: list[Delivery] = []
-        self._batch_timer: asyncio.TimerHandle | None = None
-        if spec.batch is not None and any(isinstance(m, Idempotency) for m in middleware):
-            raise ConfigurationError(
-                f"{spec.topic}/{spec.group} has batch={spec.batch} and the bus's "
-                "idempotency: a batch call is not deduplicated per event; give this "
-                "subscription its own bus without idempotency, or drop batch="
-            )
+        self._batches = BatchCollector(spec, middleware, self._queue_batch)
         self.state: SubscriptionState = "starting"
         self.error: BaseException | None = None
         self.runs = counter_for(adapter.url, spec.topic, spec.group)
@@ -181,7 +171,7 @@ class Runner:
                             return
                 elif self.spec.batch is not None:
                     async for delivery in self._subscription:
-                        self._collect(delivery)
+                        self._batches.add(delivery)
                 else:
                     async for delivery in self._subscription:
                         self._route(delivery)
@@ -202,7 +192,8 @@ class Runner:
                 failures, delays = 0, iter(self.reconnect)
             connection = isinstance(error, BrokerConnectionError)
             failures += 0 if connection else 1
-            self._discard_batch()  # the broker takes a lost subscription's work back
+            for lost in self._batches.discard():  # the broker takes them back
+                self.runs.seen(lost)
             self._generation += 1
             self._progressed = False
             await self._drop_subscription()
@@ -268,24 +259,8 @@ class Runner:
         finally:
             self._busy = False
 
-    def _collect(self, delivery: Delivery) -> None:
-        batch = self._batch
-        batch.append(delivery)
-        size = self.spec.batch or 1
-        if len(batch) >= size:
-            self._flush_batch()
-        elif len(batch) == 1:
-            wait = self.spec.batch_timeout or DEFAULT_BATCH_TIMEOUT
-            self._batch_timer = asyncio.get_running_loop().call_later(wait, self._flush_batch)
-
-    def _flush_batch(self) -> None:
-        """Queue the collected deliveries: to one lane, or split by key lane when ordered."""
-        if self._batch_timer is not None:
-            self._batch_timer.cancel()
-            self._batch_timer = None
-        batch, self._batch = self._batch, []
-        if not batch:
-            return
+    def _queue_batch(self, batch: list[Delivery]) -> None:
+        """Queue a collected batch: to one lane, or split by key lane when ordered."""
         lanes = self._lanes
         parts: dict[int, list[Delivery]] = {}
         for delivery in batch:
@@ -300,23 +275,6 @@ class Runner:
                 index = min(range(len(lanes)), key=self._load.__getitem__)
             self._load[index] += 1
             lanes[index].put_nowait((self._generation, part))
-
-    def _discard_batch(self) -> None:
-        if self._batch_timer is not None:
-            self._batch_timer.cancel()
-            self._batch_timer = None
-        for delivery in self._batch:
-            self.runs.seen(delivery)
-        self._batch = []
-
-    @property
-    def stopping(self) -> bool:
-        """Whether stop() was called (work cut short now is not the handler's failure)."""
-        return self._stopping
-
-    async def ack(self, delivery: Delivery) -> None:
-        """Ack ``delivery``; a failed ack hands it back for redelivery (see handle())."""
-        await self._ack(delivery)
 
     async def _lane(self, index: int,
                     queue: asyncio.Queue[tuple[int, Delivery | list[Delivery]] | None]) -> None:
@@ -410,94 +368,6 @@ class Runner:
         self.runs.finished(envelope.id)
         await self._ack(delivery)
 
-    async def _undecodable(self, delivery: Delivery) -> None:
-        if not self.dead_letter:
-            # Dead letters are off for this bus: give the message up visibly rather
-            # than loop on it (the broker's own DLQ takes it where it has one).
-            log.error(
-                "undecodable message %s on %s/%s rejected (dead letters are off): %s",
-                delivery.message_id or "?", delivery.topic, delivery.group,
-                delivery.decode_error,
-            )
-            await delivery.reject()
-            return
-        await dead_letter_undecodable(self.adapter, delivery)
-        log.error(
-            "undecodable message on %s/%s dead-lettered: %s",
-            delivery.topic, delivery.group, delivery.decode_error,
-        )
-        await self._ack(delivery)
-
-    async def _ack(self, delivery: Delivery) -> None:
-        if delivery.settled is not None:
-            return
-        try:
-            await delivery.ack()
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            # The broker did not record the ack: as if the connection were lost for
-            # this delivery. Hand it back so it comes again (a duplicate, which
-            # idempotency absorbs) instead of holding its key and prefetch slot.
-            log.warning(
-                "ack of message %s on %s/%s failed (%s: %s); it will be redelivered",
-                delivery.message_id or "?", delivery.topic, delivery.group,
-                type(exc).__name__, exc,
-            )
-            await self._nack(delivery, 0.0)
-
-    async def _nack(self, delivery: Delivery, delay: float) -> None:
-        if delivery.settled is not None:
-            return  # at-most-once: already acked, the failure is final by design
-        try:
-            await delivery.nack(delay)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            log.warning("nack of message %s on %s/%s failed (%s: %s); the broker redelivers "
-                        "it once the connection is back", delivery.message_id or "?",
-                        delivery.topic, delivery.group, type(exc).__name__, exc)
-
-    async def _invoke(self, ctx: Context) -> None:
-        """The innermost step: pick the handler by type, decode, call."""
-        envelope = ctx.envelope
-        handler = self.spec.handlers.get(envelope.type) or self.spec.catch_all
-        if handler is None:
-            if self.registry.get(envelope.type) is None:
-                raise SchemaError(
-                    f"unknown event type {envelope.type!r} (event {envelope.id}) on topic "
-                    f"{ctx.topic!r}: no class is registered and group {ctx.group!r} has no "
-                    "handler for it"
-                )
-            log.debug("no handler in %s for %s; acked", ctx.group, envelope.type)
-            return
-        arg: Any
-        if handler.wants_envelope:
-            arg = envelope
-        else:
-            event = self.registry.decode(envelope, handler.message_class)
-            ctx.event = event
-            arg = event
-        self.runs.ran(envelope.id)
-        try:
-            if handler.batch:  # an event of a batch subscription, handled on its own
-                await run_alone(handler, arg, ctx)
-            elif handler.wants_context:
-                await handler.fn(arg, ctx)
-            else:
-                await handler.fn(arg)
-        except asyncio.CancelledError as exc:
-            if _cancelling():
-                if self._stopping:
-                    self.runs.not_ran(envelope.id)  # cut short by shutdown: not a failure
-                raise
-            raise HandlerCancelledError(
-                f"handler {handler.fn.__qualname__} for event {envelope.id} "
-                f"({envelope.type}) on topic {ctx.topic!r} group {ctx.group!r} raised "
-                "CancelledError although it was not cancelled (did it await a task that "
-                "someone else cancelled?); treated as a failure of the handler"
-            ) from exc
-
     async def _stop_fetching(self, task: asyncio.Task[None]) -> None:
         # A broker client may swallow a cancellation that lands in the middle of its
         # own work (aiokafka's getmany during a rebalance was seen doing so), which
@@ -527,7 +397,7 @@ class Runner:
                                 "message goes back to the broker", self.spec.topic,
                                 self.spec.group, timeout)
             await self._stop_fetching(self._fetch_task)
-        self._flush_batch()  # what was collected is handled within the timeout too
+        self._batches.flush()  # what was collected is handled within the timeout too
         for queue in self._lanes:
             queue.put_nowait(None)
         if self._lane_tasks:
@@ -543,10 +413,3 @@ class Runner:
         await self._drop_subscription()
         if self.state != "dead":
             self.state = "stopped"
-
-
-def _cancelling() -> bool:
-    """Whether the current task itself is being cancelled (not just seeing a
-    CancelledError from something it awaited)."""
-    task = asyncio.current_task()
-    return task is not None and task.cancelling() > 0
