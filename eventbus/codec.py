@@ -147,33 +147,58 @@ def encode_binary(
     the same order, as ``envelope.attributes()`` would give): this runs once per
     published message on every broker that encodes, the memory broker included.
     """
-    names = _header_names(prefix)
+    names = _ENCODE_NAMES.get(prefix) or _encode_names(prefix)
+    (n_spec, n_id, n_source, n_type, n_time, n_version, n_schema, n_subject, n_corr,
+     n_cause, n_key, n_parent, n_state) = names
     headers = {
-        names["specversion"]: envelope.specversion,
-        names["id"]: envelope.id,
-        names["source"]: envelope.source,
-        names["type"]: envelope.type,
-        names["time"]: format_time(envelope.time),
+        n_spec: envelope.specversion,
+        n_id: envelope.id,
+        n_source: envelope.source,
+        n_type: envelope.type,
+        n_time: format_time(envelope.time),
     }
-    if envelope.datacontenttype is not None:
-        headers["content-type"] = envelope.datacontenttype
-    if envelope.dataschema is not None:
-        headers[names["dataschema"]] = envelope.dataschema
-    if envelope.subject is not None:
-        headers[names["subject"]] = envelope.subject
-    headers[names["dataversion"]] = str(envelope.dataversion)
-    for name in _EXTENSION_FIELDS:
-        value = getattr(envelope, name)
-        if value is not None:
-            headers[names[name]] = value
+    value = envelope.datacontenttype
+    if value is not None:
+        headers["content-type"] = value
+    value = envelope.dataschema
+    if value is not None:
+        headers[n_schema] = value
+    value = envelope.subject
+    if value is not None:
+        headers[n_subject] = value
+    version = envelope.dataversion
+    headers[n_version] = "1" if version == 1 else str(version)
+    value = envelope.correlationid
+    if value is not None:
+        headers[n_corr] = value
+    value = envelope.causationid
+    if value is not None:
+        headers[n_cause] = value
+    value = envelope.partitionkey
+    if value is not None:
+        headers[n_key] = value
+    value = envelope.traceparent
+    if value is not None:
+        headers[n_parent] = value
+    value = envelope.tracestate
+    if value is not None:
+        headers[n_state] = value
     if envelope.extensions:
-        for name, value in envelope.extensions.items():
-            headers[prefix + name] = value
+        for name, text in envelope.extensions.items():
+            headers[prefix + name] = text
     return headers, envelope.data
 
 
-_EXTENSION_FIELDS = ("correlationid", "causationid", "partitionkey", "traceparent",
-                     "tracestate")
+_ENCODE_NAMES: dict[str, tuple[str, ...]] = {}
+
+
+def _encode_names(prefix: str) -> tuple[str, ...]:
+    table = _header_names(prefix)
+    names = _ENCODE_NAMES[prefix] = tuple(
+        table[name] for name in ("specversion", "id", "source", "type", "time", "dataversion",
+                                 "dataschema", "subject", "correlationid", "causationid",
+                                 "partitionkey", "traceparent", "tracestate"))
+    return names
 
 
 def binary_size(headers: Mapping[str, str], body: bytes) -> int:
