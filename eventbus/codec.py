@@ -220,16 +220,11 @@ def _decode_own_dict(
         "".join(headers.values())  # raises unless every value is text
     except TypeError:
         return None
-    n = _header_names(prefix)
     get = headers.get
-    specversion, id_, source, type_ = (get(n["specversion"]), get(n["id"]),
-                                       get(n["source"]), get(n["type"]))
-    time_text, version, content_type = get(n["time"]), get(n["dataversion"]), \
-        get("content-type")
-    schema, subject, correlation, causation, partition, traceparent, tracestate = (
-        get(n["dataschema"]), get(n["subject"]), get(n["correlationid"]),
-        get(n["causationid"]), get(n["partitionkey"]), get(n["traceparent"]),
-        get(n["tracestate"]))
+    (specversion, id_, source, type_, time_text, version, schema, subject, correlation,
+     causation, partition, traceparent, tracestate) = map(
+        get, _ENCODE_NAMES.get(prefix) or _encode_names(prefix))
+    content_type = get("content-type")
     values = (specversion, id_, source, type_, time_text, version, content_type, schema,
               subject, correlation, causation, partition, traceparent, tracestate)
     if specversion is None or 14 - values.count(None) != len(headers) or not (
