@@ -79,11 +79,16 @@ def build_envelopes(
         correlation, causation = correlation_id, None
         traceparent = tracestate = None
     out = []
+    kind: type[Message] | None = None
+    event_type, version = "", 1
     for message, event_id in zip(messages, ids, strict=True):
+        if type(message) is not kind:  # a batch is mostly one class: look it up once
+            kind = type(message)
+            event_type, version = message.event_type(), message.data_version()
         out.append(build(
-            event_id, message.event_type(), source, now, message.to_bytes(),
-            message.data_version(), key, subject, correlation or event_id, causation,
-            traceparent, tracestate, dict(extensions) if extensions else {},
+            event_id, event_type, source, now, message.to_bytes(), version, key, subject,
+            correlation or event_id, causation, traceparent, tracestate,
+            dict(extensions) if extensions else {},
         ))
     return out
 
