@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from eventbus.adapter import Adapter, Capabilities, Delivery, SubscribeOptions, Subscription
 from eventbus.backoff import Backoff
+from eventbus.batching import BatchItemFailed
 from eventbus.bus import BusHealth, EventBus
 from eventbus.context import INHERIT, Context, Publisher, PublishOptions
 from eventbus.deadletter import DeadLetterRecord
@@ -75,6 +76,7 @@ __all__ = [
     "INHERIT",
     "Adapter",
     "Backoff",
+    "BatchItemFailed",
     "BatchPublishError",
     "BrokerConnectionError",
     "BusHealth",

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, Unpack
 
 from eventbus.adapter import Adapter, HealthReport
+from eventbus.batching import check_batch
 from eventbus.context import INHERIT, ParentOption
 from eventbus.envelope import Envelope
 from eventbus.errors import (
@@ -24,7 +25,12 @@ from eventbus.middleware.base import Middleware, PublishMiddleware, compose_publ
 from eventbus.middleware.chain import ChainDefaults, build_chain, check_middleware
 from eventbus.middleware.idempotency import Idempotency, IdempotencyStore
 from eventbus.middleware.retry import RetryPolicy
-from eventbus.publishing import build_envelope, publish_batch, publish_with_retry
+from eventbus.publishing import (
+    build_envelope,
+    build_envelopes,
+    publish_batch,
+    publish_with_retry,
+)
 from eventbus.registry_adapters import adapter_from_url
 from eventbus.runner import Runner, SubscriptionHealth
 from eventbus.spec import DeliveryMode, Handler, HandlerFn, SubscriptionSpec
@@ -121,6 +127,8 @@ class EventBus:
         timeout: float | None = None,
         middleware: Sequence[Middleware] = (),
         idempotency: IdempotencyStore | Idempotency | None = None,
+        batch: int | None = None,
+        batch_timeout: float | None = None,
     ) -> Callable[[F], F]:
         """Decorator: call the function for each message of the given classes or topics.
 
@@ -135,6 +143,13 @@ class EventBus:
           deduplicating this subscription's messages by event id instead of the
           bus's; it runs inside the dead-letter step. The bus closes the store on
           ``stop()``.
+        - ``batch``: the handler takes ``list[Event]`` (and, with a second parameter,
+          ``list[Context]``): up to ``batch`` events at a time, or what arrived within
+          ``batch_timeout`` seconds (default 0.05) of the first, acked together. A
+          handler raising ``BatchItemFailed(indexes)`` has only those retried and
+          dead-lettered, one by one; any other exception has every event of the
+          batch retried on its own (see :mod:`eventbus.batching`). Needs one event
+          class, at-least-once delivery, and no idempotency.
 
         Subscribe before ``start()``. Several handlers may share a (topic, group)
         when they give it the same options; different ones raise ConfigurationError.
@@ -147,12 +162,13 @@ class EventBus:
             raise ConfigurationError(
                 f"delivery must be 'at_least_once' or 'at_most_once', not {delivery!r}"
             )
+        check_batch(targets, batch, batch_timeout, delivery, idempotency)
 
         def decorate(fn: F) -> F:
             self._refuse_when_started(targets)
             for target in targets:
                 cls = target if isinstance(target, type) else None
-                handler = Handler.wrap(fn, cls)  # a bad handler registers nothing
+                handler = Handler.wrap(fn, cls, batch is not None)  # a bad one registers nothing
                 topic = cls.default_topic() if cls is not None else str(target)
                 is_command = cls is not None and issubclass(cls, Command)
                 chosen = group or (topic if is_command else self.source)
@@ -174,6 +190,8 @@ class EventBus:
                     timeout=timeout,
                     middleware=list(middleware),
                     idempotency=idempotency,
+                    batch=batch,
+                    batch_timeout=batch_timeout if batch is not None else None,
                 )
                 spec = self._specs.get((topic, chosen))
                 if spec is None:
@@ -251,7 +269,7 @@ class EventBus:
         out) raises :class:`BatchPublishError`: ``failures`` and ``succeeded`` are
         indexes into ``messages``, ``envelopes`` what to republish with the same ids.
         """
-        envelopes = [self.envelope_for(m, **options) for m in messages]
+        envelopes = build_envelopes(messages, self.source, **options)
         return await publish_batch(self.publish_envelopes, messages, envelopes, topic)
 
     async def publish_envelopes(self, topic: str, envelopes: Sequence[Envelope]) -> list[Envelope]:

@@ -12,7 +12,7 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from eventbus.envelope import Envelope, format_time
+from eventbus.envelope import Envelope, assemble, format_time, parse_time, utcnow
 from eventbus.errors import DecodeError
 
 STRUCTURED_CONTENT_TYPE = "application/cloudevents+json"
@@ -141,14 +141,105 @@ def _header_names(prefix: str) -> dict[str, str]:
 def encode_binary(
     envelope: Envelope, prefix: str = DEFAULT_PREFIX
 ) -> tuple[dict[str, str], bytes]:
-    """Headers (attributes as ``prefix + name``, ``content-type``) and the body bytes."""
-    headers: dict[str, str] = {}
-    for name, value in envelope.attributes().items():
-        if name == "datacontenttype":
-            headers["content-type"] = value
-        else:
-            headers[prefix + name] = value
+    """Headers (attributes as ``prefix + name``, ``content-type``) and the body bytes.
+
+    Built straight from the envelope's fields in one pass (the same headers, in
+    the same order, as ``envelope.attributes()`` would give): this runs once per
+    published message on every broker that encodes, the memory broker included.
+    """
+    names = _ENCODE_NAMES.get(prefix) or _encode_names(prefix)
+    (n_spec, n_id, n_source, n_type, n_time, n_version, n_schema, n_subject, n_corr,
+     n_cause, n_key, n_parent, n_state) = names
+    headers = {
+        n_spec: envelope.specversion,
+        n_id: envelope.id,
+        n_source: envelope.source,
+        n_type: envelope.type,
+        n_time: format_time(envelope.time),
+    }
+    value = envelope.datacontenttype
+    if value is not None:
+        headers["content-type"] = value
+    value = envelope.dataschema
+    if value is not None:
+        headers[n_schema] = value
+    value = envelope.subject
+    if value is not None:
+        headers[n_subject] = value
+    version = envelope.dataversion
+    headers[n_version] = "1" if version == 1 else str(version)
+    value = envelope.correlationid
+    if value is not None:
+        headers[n_corr] = value
+    value = envelope.causationid
+    if value is not None:
+        headers[n_cause] = value
+    value = envelope.partitionkey
+    if value is not None:
+        headers[n_key] = value
+    value = envelope.traceparent
+    if value is not None:
+        headers[n_parent] = value
+    value = envelope.tracestate
+    if value is not None:
+        headers[n_state] = value
+    if envelope.extensions:
+        for name, text in envelope.extensions.items():
+            headers[prefix + name] = text
     return headers, envelope.data
+
+
+_ENCODE_NAMES: dict[str, tuple[str, ...]] = {}
+
+
+def _encode_names(prefix: str) -> tuple[str, ...]:
+    table = _header_names(prefix)
+    names = _ENCODE_NAMES[prefix] = tuple(
+        table[name] for name in ("specversion", "id", "source", "type", "time", "dataversion",
+                                 "dataschema", "subject", "correlationid", "causationid",
+                                 "partitionkey", "traceparent", "tracestate"))
+    return names
+
+
+def binary_size(headers: Mapping[str, str], body: bytes) -> int:
+    """Bytes of a binary-mode message: the body plus every header name and value (UTF-8)."""
+    text = "".join(headers) + "".join(headers.values())
+    return len(body) + (len(text) if text.isascii() else len(text.encode("utf-8")))
+
+
+_ATTRIBUTE_NAMES = ("specversion", "id", "source", "type", "time", "dataversion", *_OPTIONAL)
+
+
+def _decode_own_dict(
+    headers: dict[str, Any], body: bytes | None, prefix: str, key: str | None
+) -> Envelope | None:
+    """The common case read by lookups: text values under the exact prefix, no
+    extensions and no structured content type. ``None`` when the headers are
+    anything else; the general reader then takes them (and its errors apply)."""
+    try:
+        "".join(headers.values())  # raises unless every value is text
+    except TypeError:
+        return None
+    get = headers.get
+    (specversion, id_, source, type_, time_text, version, schema, subject, correlation,
+     causation, partition, traceparent, tracestate) = map(
+        get, _ENCODE_NAMES.get(prefix) or _encode_names(prefix))
+    content_type = get("content-type")
+    values = (specversion, id_, source, type_, time_text, version, content_type, schema,
+              subject, correlation, causation, partition, traceparent, tracestate)
+    if specversion is None or 14 - values.count(None) != len(headers) or not (
+            id_ and source and type_):
+        return None  # extensions, other casing, not a CloudEvent, or an error to report
+    if content_type is not None and content_type.lower().startswith(STRUCTURED_CONTENT_TYPE):
+        return None
+    try:
+        when = parse_time(time_text) if time_text else utcnow()
+        dataversion = 1 if version is None else int(version)
+    except (ValueError, TypeError) as exc:
+        raise DecodeError(f"CloudEvent has an unreadable attribute ({exc})") from exc
+    return assemble(id_, type_, source, when, body or b"", content_type, schema, subject,
+                    specversion, dataversion, correlation, causation,
+                    partition if key is None else key, traceparent, tracestate, {})
 
 
 def decode_binary(
@@ -181,14 +272,28 @@ def _decode_binary(
     prefix: str,
     key: str | None,
 ) -> Envelope:
-    # A list, so the error below can still name the headers of a one-shot iterable.
-    items = list(headers.items() if isinstance(headers, Mapping) else headers)
+    if type(headers) is dict:
+        envelope = _decode_own_dict(headers, body, prefix, key)
+        if envelope is not None:
+            return envelope
+    # A dict is read in place; any other iterable becomes a list, so the error
+    # below can still name the headers of a one-shot iterable.
+    if isinstance(headers, dict):
+        items: Iterable[tuple[str, str | bytes]] = headers.items()
+    elif isinstance(headers, Mapping):
+        items = list(headers.items())
+    else:
+        items = list(headers)
     attrs: dict[str, str] = {}
     content_type: str | None = None
     lprefix, skip = prefix.lower(), len(prefix)
     for name, raw in items:
-        value = raw.decode("utf-8") if isinstance(raw, bytes | bytearray) else str(raw)
-        lowered = name if name.startswith(lprefix) else name.lower()
+        value = raw if type(raw) is str else (
+            raw.decode("utf-8") if isinstance(raw, bytes | bytearray) else str(raw))
+        if name.startswith(lprefix):
+            attrs[name[skip:]] = value
+            continue
+        lowered = name.lower()
         if lowered.startswith(lprefix):
             attrs[lowered[skip:]] = value
         elif lowered == "content-type":
@@ -204,7 +309,12 @@ def _decode_binary(
         attrs["datacontenttype"] = content_type
     if key is not None:
         attrs["partitionkey"] = key
-    return _build(attrs, body or b"")
+    try:
+        return Envelope.from_text_attributes(attrs, body or b"")
+    except KeyError as exc:
+        raise DecodeError(f"CloudEvent lacks the required attribute {exc.args[0]!r}") from exc
+    except (ValueError, TypeError) as exc:
+        raise DecodeError(f"CloudEvent has an unreadable attribute ({exc})") from exc
 
 
 def _build(attrs: dict[str, Any], data: bytes) -> Envelope:

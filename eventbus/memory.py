@@ -1,7 +1,8 @@
 """The in-memory adapter: a real in-process broker, not a mock.
 
-It keeps every message for the life of the process, so a group created later
-can replay from the earliest; competing consumers share a group, groups fan
+It keeps the newest messages of each topic (``max_messages``, default 100,000)
+for the life of the process, so a group created later can replay from the
+earliest retained one; competing consumers share a group, groups fan
 out; messages with the same partition key are handed out one at a time in
 order; nack redelivers after its delay; messages over the size limit are
 refused. ``memory://`` is the process-wide broker, ``memory://name`` a separate
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import islice
 from typing import Literal, cast
 from urllib.parse import parse_qs, urlsplit
 
@@ -43,7 +45,7 @@ __all__ = ["DEFAULT_MAX_MESSAGE_BYTES", "HEADER_PREFIX", "MemoryAdapter", "Memor
 
 DEFAULT_MAX_MESSAGE_BYTES = 1024 * 1024
 Mode = Literal["binary", "structured"]
-_OPTIONS = ("max_message_bytes", "mode", "encode", "hold_keys")
+_OPTIONS = ("max_message_bytes", "max_messages", "mode", "encode", "hold_keys")
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +55,7 @@ class _Settings:
     mode: Mode = "binary"
     encode: bool = True
     hold_keys: bool = True
+    max_messages: int | None = None
 
 
 def _flag(url: str, options: dict[str, str], name: str) -> bool:
@@ -77,11 +80,23 @@ def _parse(url: str) -> _Settings:
         limit = int(options.get("max_message_bytes", DEFAULT_MAX_MESSAGE_BYTES))
     except ValueError as exc:
         raise InvalidURLError(f"max_message_bytes in {url!r} must be an integer") from exc
+    max_messages: int | None = None
+    if "max_messages" in options:
+        try:
+            max_messages = int(options["max_messages"])
+        except ValueError:
+            max_messages = 0
+        if max_messages < 1:
+            raise InvalidURLError(
+                f"max_messages in {url!r} must be a positive integer (messages each "
+                f"topic retains), not {options['max_messages']!r}"
+            )
     mode = options.get("mode", "binary")
     if mode not in ("binary", "structured"):
         raise InvalidURLError(f"mode in {url!r} must be 'binary' or 'structured', not {mode!r}")
     return _Settings(parts.netloc or "default", limit, cast(Mode, mode),
-                     _flag(url, options, "encode"), _flag(url, options, "hold_keys"))
+                     _flag(url, options, "encode"), _flag(url, options, "hold_keys"),
+                     max_messages)
 
 
 class MemoryAdapter(Adapter):
@@ -95,7 +110,11 @@ class MemoryAdapter(Adapter):
     every codec bug) and ``hold_keys`` (``true``, the default: a key's next message
     is handed out only once the previous one is settled; ``false``: in order but at
     once, as from a partitioned log such as Kafka, so only the consumer's key lanes
-    keep a key in order, which the conformance suite uses to test them).
+    keep a key in order, which the conformance suite uses to test them) and
+    ``max_messages`` (default 100,000: how many messages each topic's log retains,
+    newest kept, for replay and :meth:`read`; see
+    :meth:`~eventbus.memory_broker.MemoryBroker.append_many`. It applies to the
+    broker the URL names, so the last adapter that sets it for a name decides).
     """
 
     schemes = ("memory",)
@@ -104,6 +123,8 @@ class MemoryAdapter(Adapter):
         super().__init__(url)
         self.settings = _parse(url)
         self.broker = MemoryBroker.named(self.settings.name)
+        if self.settings.max_messages is not None:
+            self.broker.max_messages = self.settings.max_messages
         self.capabilities = Capabilities(
             persistent=True,
             consumer_groups=True,
@@ -163,18 +184,19 @@ class MemoryAdapter(Adapter):
             body = codec.encode_structured(envelope)
             return Entry(0, key, body, structured=True), len(body)
         headers, body = codec.encode_binary(envelope, HEADER_PREFIX)
-        size = len(body) + sum(len(k.encode()) + len(v.encode()) for k, v in headers.items())
-        return Entry(0, key, body, headers=headers), size
+        return Entry(0, key, body, headers=headers), codec.binary_size(headers, body)
 
     async def publish(self, topic: str, envelopes: Sequence[Envelope]) -> None:
         self.broker.check_reachable(self.url)
         entries = []
+        limit = self.capabilities.max_message_bytes
+        encode = self.encode
         for envelope in envelopes:
-            entry, size = self.encode(envelope)
-            self.check_size(topic, envelope, size)
+            entry, size = encode(envelope)
+            if size > limit:
+                self.check_size(topic, envelope, size)  # raises, naming the event
             entries.append(entry)
-        for entry in entries:
-            self.broker.append(topic, entry)
+        self.broker.append_many(topic, entries)
 
     async def publish_raw(self, topic: str, payload: bytes) -> None:
         """Store ``payload`` as the body of a message without headers: in binary mode it
@@ -205,7 +227,7 @@ class MemoryAdapter(Adapter):
                 f"topic {topic!r} does not exist on memory broker {self.broker.name!r}: "
                 "nothing was ever published to it; check the name"
             )
-        entries = stored.log if limit is None else stored.log[: max(0, limit)]
+        entries = stored.log if limit is None else islice(stored.log, max(0, limit))
         return [_read_record(topic, entry) for entry in entries]
 
 

@@ -11,7 +11,7 @@ import contextlib
 import itertools
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 
 from eventbus import codec
@@ -21,6 +21,8 @@ from eventbus.errors import BrokerConnectionError, ConnectionLostError, DecodeEr
 
 HEADER_PREFIX = "ce_"
 """Prefix of the CloudEvents attribute headers in binary mode."""
+_FAIR_SHARE = 64
+"""Deliveries a subscription hands out in a row before yielding to the event loop."""
 
 
 @dataclass(slots=True)
@@ -113,9 +115,11 @@ class Group:
 
     def settle(self, item: Pending) -> None:
         key = item.entry.key
-        if key is not None:
+        # Only a held key can have kept another consumer waiting; the settling
+        # consumer's own prefetch room is its own wake-up (MemorySubscription.finish).
+        if key is not None and key in self.inflight_keys:
             self.inflight_keys.discard(key)
-        self.notify()
+            self.notify()
 
     def requeue(self, item: Pending, delay: float) -> None:
         key = item.entry.key
@@ -138,8 +142,12 @@ class Group:
 
 @dataclass
 class Topic:
-    log: list[Entry] = field(default_factory=list)
+    log: deque[Entry] = field(default_factory=deque)
     groups: dict[str, Group] = field(default_factory=dict)
+
+
+DEFAULT_MAX_MESSAGES = 100_000
+"""Messages each topic's log retains for replay and reading, newest kept."""
 
 
 class MemoryBroker:
@@ -147,8 +155,9 @@ class MemoryBroker:
 
     _brokers: dict[str, MemoryBroker] = {}
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, max_messages: int = DEFAULT_MAX_MESSAGES) -> None:
         self.name = name
+        self.max_messages = max_messages
         self.topics: dict[str, Topic] = {}
         self.generation = 0
         self.refuse_until = 0.0
@@ -184,11 +193,28 @@ class MemoryBroker:
         return max(0.0, self.refuse_until - time.monotonic())
 
     def append(self, topic_name: str, entry: Entry) -> None:
+        self.append_many(topic_name, (entry,))
+
+    def append_many(self, topic_name: str, entries: Iterable[Entry]) -> None:
+        """Store ``entries`` in order, queue them for every group, wake consumers once.
+
+        The log keeps the newest ``max_messages`` per topic (a retention window, as
+        a real broker's): an older entry leaves the log, so a group created later
+        with ``start_from="earliest"`` or a ``read()`` no longer sees it, while the
+        groups that existed when it was published still get it (it stays in their
+        pending queue until settled).
+        """
         topic = self.topic(topic_name)
-        entry.offset = next(self._offsets)
-        topic.log.append(entry)
-        for group in topic.groups.values():
-            group.pending.append(Pending(entry))
+        log, offsets, groups = topic.log, self._offsets, list(topic.groups.values())
+        for entry in entries:
+            entry.offset = next(offsets)
+            log.append(entry)
+            for group in groups:
+                group.pending.append(Pending(entry))
+        excess = len(log) - self.max_messages
+        for _ in range(excess):
+            log.popleft()
+        for group in groups:
             group.notify()
 
     def group(self, topic_name: str, options: SubscribeOptions) -> Group:
@@ -266,8 +292,10 @@ class MemorySubscription(Subscription):
         group.consumers.append(self)
 
     def wake(self) -> None:
-        with contextlib.suppress(RuntimeError):
-            self._wake.set()
+        wake = self._wake
+        if not wake.is_set():
+            with contextlib.suppress(RuntimeError):  # its loop is closed: nobody waits
+                wake.set()
 
     def lose_connection(self) -> None:
         self.lost = True
@@ -296,6 +324,7 @@ class MemorySubscription(Subscription):
     async def __aiter__(self) -> AsyncIterator[Delivery]:
         loop = asyncio.get_running_loop()
         timer: asyncio.TimerHandle | None = None
+        handed = 0
         while not self.closed:
             if self.lost:
                 raise ConnectionLostError(
@@ -308,6 +337,12 @@ class MemorySubscription(Subscription):
                 delivery = MemoryDelivery(self, item, self.topic)
                 self.inflight[id(item)] = item
                 yield delivery
+                handed += 1
+                if handed % _FAIR_SHARE == 0:
+                    # A consumer that handles each delivery inline never waits while
+                    # messages are pending: let other tasks (publishers, other
+                    # subscriptions) run now and then, as a real broker's I/O would.
+                    await asyncio.sleep(0)
                 continue
             self._wake.clear()
             # With prefetch full, the next settle wakes us; only an empty hand-out

@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from eventbus.adapter import Adapter
 from eventbus.backoff import Backoff
 from eventbus.context import INHERIT, ParentOption, current_envelope
-from eventbus.envelope import Envelope, new_id, utcnow, validate_extension_name
+from eventbus.envelope import Envelope, build, new_id, new_ids, utcnow, validate_extension_name
 from eventbus.errors import BatchPublishError, BrokerConnectionError, PublishError
 from eventbus.events import Message
 
@@ -27,35 +27,70 @@ def build_envelope(
     subject: str | None = None,
     extensions: dict[str, str] | None = None,
 ) -> Envelope:
-    """The envelope for ``message`` from ``source`` (see ``EventBus.envelope_for``)."""
+    """The envelope for ``message`` from ``source`` (see ``EventBus.envelope_for``).
+
+    The one-message case of :func:`build_envelopes`, written out: it is every
+    ``publish``'s first step."""
     if parent is INHERIT:
         parent = current_envelope.get()
-    event_id = new_id()
     if extensions:
         for name in extensions:
             validate_extension_name(name)
+    event_id = new_id()
+    if parent is None:
+        return build(event_id, message.event_type(), source, utcnow(), message.to_bytes(),
+                     message.data_version(), key, subject, correlation_id or event_id, None,
+                     None, None, dict(extensions) if extensions else {})
+    return build(event_id, message.event_type(), source, utcnow(), message.to_bytes(),
+                 message.data_version(), key, subject,
+                 correlation_id or parent.correlationid or parent.id, parent.id,
+                 parent.traceparent, parent.tracestate,
+                 dict(extensions) if extensions else {})
+
+
+def build_envelopes(
+    messages: Sequence[Message],
+    source: str,
+    *,
+    key: str | None = None,
+    parent: ParentOption = INHERIT,
+    correlation_id: str | None = None,
+    subject: str | None = None,
+    extensions: dict[str, str] | None = None,
+) -> list[Envelope]:
+    """One envelope per message, as :func:`build_envelope` builds each.
+
+    What the batch shares is worked out once: the parent, the extension names,
+    the time (one publish call, one time) and the random bits of the ids.
+    """
+    if parent is INHERIT:
+        parent = current_envelope.get()
+    if extensions:
+        for name in extensions:
+            validate_extension_name(name)
+    ids = new_ids(len(messages)) if len(messages) != 1 else [new_id()]
+    now = utcnow()
+    correlation: str | None
     if parent is not None:
         correlation = correlation_id or parent.correlationid or parent.id
         causation: str | None = parent.id
         traceparent, tracestate = parent.traceparent, parent.tracestate
     else:
-        correlation, causation = correlation_id or event_id, None
+        correlation, causation = correlation_id, None
         traceparent = tracestate = None
-    return Envelope(
-        id=event_id,
-        type=message.event_type(),
-        source=source,
-        time=utcnow(),
-        data=message.to_bytes(),
-        dataversion=message.data_version(),
-        partitionkey=key,
-        subject=subject,
-        correlationid=correlation,
-        causationid=causation,
-        traceparent=traceparent,
-        tracestate=tracestate,
-        extensions=dict(extensions) if extensions else {},
-    )
+    out = []
+    kind: type[Message] | None = None
+    event_type, version = "", 1
+    for message, event_id in zip(messages, ids, strict=True):
+        if type(message) is not kind:  # a batch is mostly one class: look it up once
+            kind = type(message)
+            event_type, version = message.event_type(), message.data_version()
+        out.append(build(
+            event_id, event_type, source, now, message.to_bytes(), version, key, subject,
+            correlation or event_id, causation, traceparent, tracestate,
+            dict(extensions) if extensions else {},
+        ))
+    return out
 
 
 async def publish_batch(

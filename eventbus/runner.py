@@ -13,21 +13,21 @@ import logging
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 from eventbus.adapter import Adapter, Delivery, SubscribeOptions, Subscription
 from eventbus.backoff import Backoff
-from eventbus.context import Context, Publisher
+from eventbus.batching import BatchCollector, run_batch
+from eventbus.context import Context, Publisher, current_envelope
 from eventbus.errors import (
     BrokerConnectionError,
     ConfigurationError,
     EventBusError,
-    HandlerCancelledError,
-    SchemaError,
 )
 from eventbus.events import Registry
+from eventbus.handling import Handling, _cancelling
 from eventbus.middleware.base import Middleware, Next, RedeliveryRequested, compose
-from eventbus.middleware.deadletter import dead_letter_undecodable
+from eventbus.middleware.correlation import correlation
 from eventbus.runs import counter_for
 from eventbus.spec import SubscriptionSpec
 
@@ -55,7 +55,7 @@ class SubscriptionHealth:
     error: str | None = None
 
 
-class Runner:
+class Runner(Handling):
     """Runs one :class:`SubscriptionSpec` on ``adapter``: fetch, route to lanes, run the
     ``middleware`` chain around the handler, settle.
 
@@ -97,7 +97,17 @@ class Runner:
         self.reconnect = reconnect or Backoff(initial=0.05, max_delay=2.0)
         self.max_failures = max_failures
         self.on_dead = on_dead
-        self.chain: Next = compose(middleware, self._invoke)
+        # Correlation, when it is the outermost step (the built chain's order), is
+        # done by handle() itself: one coroutine less per message.
+        self._correlate = bool(middleware) and middleware[0] is correlation
+        self.chain: Next = compose(middleware[1:] if self._correlate else middleware,
+                                   self._invoke)
+        # One lane without key routing to do: the fetch loop runs each delivery
+        # itself (no queue, no task switch), finishing it before taking the next.
+        self._inline = max(1, spec.concurrency) == 1 and spec.batch is None
+        self._busy = False
+        # batch=N: deliveries wait here until the batch is full or its time is up.
+        self._batches = BatchCollector(spec, middleware, self._queue_batch)
         self.state: SubscriptionState = "starting"
         self.error: BaseException | None = None
         self.runs = counter_for(adapter.url, spec.topic, spec.group)
@@ -106,7 +116,7 @@ class Runner:
         # a lane drops it instead of running it a second time.
         self._generation = 0
         self._progressed = False  # a delivery of this generation reached handle()
-        self._lanes: list[asyncio.Queue[tuple[int, Delivery] | None]] = []
+        self._lanes: list[asyncio.Queue[tuple[int, Delivery | list[Delivery]] | None]] = []
         # Deliveries routed to each lane and not yet finished (queued + running): a
         # lane's queue is empty while its worker is busy, so qsize alone would send
         # unkeyed messages behind a slow handler while another worker sits idle.
@@ -124,8 +134,8 @@ class Runner:
     async def start(self) -> None:
         """Subscribe (failing fast if the broker refuses) and start fetching."""
         self._subscription = await self._subscribe()
-        for index in range(max(1, self.spec.concurrency)):
-            queue: asyncio.Queue[tuple[int, Delivery] | None] = asyncio.Queue()
+        for index in range(0 if self._inline else max(1, self.spec.concurrency)):
+            queue: asyncio.Queue[tuple[int, Delivery | list[Delivery]] | None] = asyncio.Queue()
             self._lanes.append(queue)
             self._load.append(0)
             self._lane_tasks.append(asyncio.create_task(self._lane(index, queue)))
@@ -133,9 +143,14 @@ class Runner:
         self._fetch_task = asyncio.create_task(self._fetch())
 
     async def _subscribe(self) -> Subscription:
+        lanes = max(1, self.spec.concurrency)
+        prefetch = lanes * self.prefetch
+        if self.spec.batch is not None:
+            # Room for a full batch per lane plus the one being collected.
+            prefetch = max(prefetch, self.spec.batch * (lanes + 1))
         options = SubscribeOptions(
             group=self.spec.group,
-            prefetch=max(1, self.spec.concurrency) * self.prefetch,
+            prefetch=prefetch,
             start_from=self.spec.start_from,
         )
         return await self.adapter.subscribe(self.spec.topic, options)
@@ -149,8 +164,17 @@ class Runner:
                 if self._subscription is None:
                     self._subscription = await self._subscribe()
                 self.state, self.error = "running", None
-                async for delivery in self._subscription:
-                    self._route(delivery)
+                if self._inline:
+                    async for delivery in self._subscription:
+                        await self._run_inline(delivery)
+                        if self._stopping:
+                            return
+                elif self.spec.batch is not None:
+                    async for delivery in self._subscription:
+                        self._batches.add(delivery)
+                else:
+                    async for delivery in self._subscription:
+                        self._route(delivery)
                 if self._stopping:
                     return
                 error = EventBusError(
@@ -168,6 +192,8 @@ class Runner:
                 failures, delays = 0, iter(self.reconnect)
             connection = isinstance(error, BrokerConnectionError)
             failures += 0 if connection else 1
+            for lost in self._batches.discard():  # the broker takes them back
+                self.runs.seen(lost)
             self._generation += 1
             self._progressed = False
             await self._drop_subscription()
@@ -218,12 +244,49 @@ class Runner:
         self._load[index] += 1
         lanes[index].put_nowait((self._generation, delivery))
 
-    async def _lane(self, index: int, queue: asyncio.Queue[tuple[int, Delivery] | None]) -> None:
+    async def _run_inline(self, delivery: Delivery) -> None:
+        """Handle one delivery in the fetch loop (concurrency 1), as a lane would."""
+        self._busy = self._progressed = True
+        try:
+            await self.handle(delivery)
+        except asyncio.CancelledError:
+            if _cancelling():
+                raise
+            log.error("message %s on %s/%s: CancelledError escaped the middleware; "
+                      "asking the broker to redeliver", delivery.message_id,
+                      delivery.topic, delivery.group)
+            await self._nack(delivery, 1.0)
+        finally:
+            self._busy = False
+
+    def _queue_batch(self, batch: list[Delivery]) -> None:
+        """Queue a collected batch: to one lane, or split by key lane when ordered."""
+        lanes = self._lanes
+        parts: dict[int, list[Delivery]] = {}
+        for delivery in batch:
+            envelope = delivery.envelope
+            key = envelope.partitionkey if envelope is not None else None
+            if key is not None and self.spec.ordered and len(lanes) > 1:
+                parts.setdefault(zlib.crc32(key.encode()) % len(lanes), []).append(delivery)
+            else:
+                parts.setdefault(-1, []).append(delivery)
+        for index, part in parts.items():
+            if index < 0:
+                index = min(range(len(lanes)), key=self._load.__getitem__)
+            self._load[index] += 1
+            lanes[index].put_nowait((self._generation, part))
+
+    async def _lane(self, index: int,
+                    queue: asyncio.Queue[tuple[int, Delivery | list[Delivery]] | None]) -> None:
         while True:
             item = await queue.get()
             if item is None:
                 return
-            generation, delivery = item
+            generation, work = item
+            if isinstance(work, list):
+                await self._lane_batch(index, generation, work)
+                continue
+            delivery = work
             try:
                 if generation != self._generation:
                     # Handed out by a subscription since lost: the broker already
@@ -246,6 +309,24 @@ class Runner:
             finally:
                 self._load[index] -= 1
 
+    async def _lane_batch(self, index: int, generation: int, batch: list[Delivery]) -> None:
+        try:
+            if generation != self._generation:
+                for delivery in batch:
+                    self.runs.seen(delivery)  # lost with its subscription, as above
+                return
+            self._progressed = True
+            await run_batch(self, batch)
+        except asyncio.CancelledError:
+            if _cancelling():
+                raise
+            log.error("a batch on %s/%s: CancelledError escaped; asking the broker to "
+                      "redeliver it", self.spec.topic, self.spec.group)
+            for delivery in batch:
+                await self._nack(delivery, 1.0)
+        finally:
+            self._load[index] -= 1
+
     async def handle(self, delivery: Delivery) -> None:
         """Run one delivery through the chain and settle it."""
         envelope = delivery.envelope
@@ -257,7 +338,14 @@ class Runner:
             if self.spec.mode == "at_most_once":
                 await delivery.ack()
             ctx = Context(self.publisher, delivery, envelope, previous_attempts=previous)
-            await self.chain(ctx)
+            if self._correlate:
+                token = current_envelope.set(envelope)
+                try:
+                    await self.chain(ctx)
+                finally:
+                    current_envelope.reset(token)
+            else:
+                await self.chain(ctx)
         except RedeliveryRequested as request:
             await self._nack(delivery, request.delay)
             return
@@ -280,92 +368,6 @@ class Runner:
         self.runs.finished(envelope.id)
         await self._ack(delivery)
 
-    async def _undecodable(self, delivery: Delivery) -> None:
-        if not self.dead_letter:
-            # Dead letters are off for this bus: give the message up visibly rather
-            # than loop on it (the broker's own DLQ takes it where it has one).
-            log.error(
-                "undecodable message %s on %s/%s rejected (dead letters are off): %s",
-                delivery.message_id or "?", delivery.topic, delivery.group,
-                delivery.decode_error,
-            )
-            await delivery.reject()
-            return
-        await dead_letter_undecodable(self.adapter, delivery)
-        log.error(
-            "undecodable message on %s/%s dead-lettered: %s",
-            delivery.topic, delivery.group, delivery.decode_error,
-        )
-        await self._ack(delivery)
-
-    async def _ack(self, delivery: Delivery) -> None:
-        if delivery.settled is not None:
-            return
-        try:
-            await delivery.ack()
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            # The broker did not record the ack: as if the connection were lost for
-            # this delivery. Hand it back so it comes again (a duplicate, which
-            # idempotency absorbs) instead of holding its key and prefetch slot.
-            log.warning(
-                "ack of message %s on %s/%s failed (%s: %s); it will be redelivered",
-                delivery.message_id or "?", delivery.topic, delivery.group,
-                type(exc).__name__, exc,
-            )
-            await self._nack(delivery, 0.0)
-
-    async def _nack(self, delivery: Delivery, delay: float) -> None:
-        if delivery.settled is not None:
-            return  # at-most-once: already acked, the failure is final by design
-        try:
-            await delivery.nack(delay)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            log.warning("nack of message %s on %s/%s failed (%s: %s); the broker redelivers "
-                        "it once the connection is back", delivery.message_id or "?",
-                        delivery.topic, delivery.group, type(exc).__name__, exc)
-
-    async def _invoke(self, ctx: Context) -> None:
-        """The innermost step: pick the handler by type, decode, call."""
-        envelope = ctx.envelope
-        handler = self.spec.handlers.get(envelope.type) or self.spec.catch_all
-        if handler is None:
-            if self.registry.get(envelope.type) is None:
-                raise SchemaError(
-                    f"unknown event type {envelope.type!r} (event {envelope.id}) on topic "
-                    f"{ctx.topic!r}: no class is registered and group {ctx.group!r} has no "
-                    "handler for it"
-                )
-            log.debug("no handler in %s for %s; acked", ctx.group, envelope.type)
-            return
-        arg: Any
-        if handler.wants_envelope:
-            arg = envelope
-        else:
-            event = self.registry.decode(envelope, handler.message_class)
-            ctx.event = event
-            arg = event
-        self.runs.ran(envelope.id)
-        try:
-            if handler.wants_context:
-                await handler.fn(arg, ctx)
-            else:
-                await handler.fn(arg)
-        except asyncio.CancelledError as exc:
-            if _cancelling():
-                if self._stopping:
-                    self.runs.not_ran(envelope.id)  # cut short by shutdown: not a failure
-                raise
-            raise HandlerCancelledError(
-                f"handler {handler.fn.__qualname__} for event {envelope.id} "
-                f"({envelope.type}) on topic {ctx.topic!r} group {ctx.group!r} raised "
-                "CancelledError although it was not cancelled (did it await a task that "
-                "someone else cancelled?); treated as a failure of the handler"
-            ) from exc
-
     async def _stop_fetching(self, task: asyncio.Task[None]) -> None:
         # A broker client may swallow a cancellation that lands in the middle of its
         # own work (aiokafka's getmany during a rebalance was seen doing so), which
@@ -385,7 +387,17 @@ class Runner:
         """Stop fetching, finish what was fetched within ``timeout``, then close."""
         self._stopping = True
         if self._fetch_task is not None:
+            if self._busy:
+                # Inline: the fetch loop is running a handler; it returns once that
+                # is done. Past the timeout, cancelling it cuts the handler short
+                # and its message goes back to the broker, as a lane's would.
+                _, pending = await asyncio.wait({self._fetch_task}, timeout=timeout)
+                if pending:
+                    log.warning("%s/%s: the handler is still busy after %.1fs; its "
+                                "message goes back to the broker", self.spec.topic,
+                                self.spec.group, timeout)
             await self._stop_fetching(self._fetch_task)
+        self._batches.flush()  # what was collected is handled within the timeout too
         for queue in self._lanes:
             queue.put_nowait(None)
         if self._lane_tasks:
@@ -401,10 +413,3 @@ class Runner:
         await self._drop_subscription()
         if self.state != "dead":
             self.state = "stopped"
-
-
-def _cancelling() -> bool:
-    """Whether the current task itself is being cancelled (not just seeing a
-    CancelledError from something it awaited)."""
-    task = asyncio.current_task()
-    return task is not None and task.cancelling() > 0

@@ -25,9 +25,11 @@ class Handler:
     message_class: type[Message] | None
     wants_context: bool
     wants_envelope: bool
+    batch: bool = False  # takes a list of events (and a list of contexts)
 
     @classmethod
-    def wrap(cls, fn: HandlerFn, message_class: type[Message] | None) -> Handler:
+    def wrap(cls, fn: HandlerFn, message_class: type[Message] | None,
+             batch: bool = False) -> Handler:
         if not inspect.iscoroutinefunction(fn):
             raise TypeError(f"handler {fn.__qualname__} must be an async function")
         params = list(inspect.signature(fn).parameters.values())
@@ -38,6 +40,8 @@ class Handler:
             )
         annotation = params[0].annotation
         wants_envelope = annotation is Envelope or annotation == "Envelope"
+        if batch:
+            return cls(fn, message_class, len(params) == 2, False, True)
         return cls(fn, message_class, len(params) == 2, wants_envelope)
 
 
@@ -57,6 +61,15 @@ class SubscriptionSpec:
     idempotency: IdempotencyStore | Idempotency | None = None
     handlers: dict[str, Handler] = field(default_factory=dict)
     catch_all: Handler | None = None
+    batch: int | None = None
+    batch_timeout: float | None = None
+
+    @property
+    def batch_handler(self) -> Handler | None:
+        """The one handler of a batch subscription (``batch=N``), else ``None``."""
+        if self.batch is None or len(self.handlers) != 1:
+            return None
+        return next(iter(self.handlers.values()))
 
     def add(self, handler: Handler) -> None:
         if handler.message_class is None:
@@ -68,6 +81,13 @@ class SubscriptionSpec:
             self.catch_all = handler
             return
         name = handler.message_class.event_type()
+        if self.batch is not None and self.handlers:
+            raise DuplicateSubscriptionError(
+                f"topic {self.topic!r} group {self.group!r} is a batch subscription "
+                f"(batch={self.batch}) and already has its handler "
+                f"({next(iter(self.handlers.values())).fn.__qualname__}); a batch "
+                "subscription has exactly one handler: use another group"
+            )
         if name in self.handlers:
             raise DuplicateSubscriptionError(
                 f"{name!r} on topic {self.topic!r} already has a handler in group "
@@ -88,6 +108,8 @@ class SubscriptionSpec:
             "timeout": self.timeout,
             "middleware": self.middleware,
             "idempotency": self.idempotency,
+            "batch": self.batch,
+            "batch_timeout": self.batch_timeout,
         }
 
     def check_same_options(self, wanted: SubscriptionSpec, fn: HandlerFn) -> None:

@@ -341,7 +341,47 @@ def test_health_reports_reconnecting_while_the_broker_refuses() -> None:
 
 def test_work_queued_from_a_lost_subscription_is_dropped_not_run_twice() -> None:
     async def scenario() -> None:
-        adapter = FlakyAdapter(memory_url())  # no faults scripted: counts subscribes
+        # Work queues only in lanes: concurrency 1 runs each delivery in the fetch loop.
+        # Two lanes, one key, handed out at once (hold_keys=false): every job queues
+        # in the same lane, FIFO, behind the one that blocks.
+        adapter = FlakyAdapter(memory_url() + "?hold_keys=false")  # counts subscribes
+        bus = EventBus(adapter)
+        runs: collections.Counter[int] = collections.Counter()
+        started, release = asyncio.Event(), asyncio.Event()
+        handled: Inbox[int] = Inbox()
+
+        @bus.subscribe(Job, group="g", concurrency=2)
+        async def handle(event: Job) -> None:
+            runs[event.n] += 1
+            if event.n == 0 and not started.is_set():
+                started.set()
+                await release.wait()
+            handled.add(event.n)
+
+        async with bus:
+            await bus.publish_many([Job(n=i) for i in range(8)], key="k")
+            await asyncio.wait_for(started.wait(), WAIT)  # first running, 7 queued
+            await adapter.faults.drop_connections()
+            await until(lambda: adapter.subscribes >= 2)  # the runner has re-subscribed
+            release.set()
+            # One lane, FIFO: a marker published now is handled after every redelivery.
+            await bus.publish(Job(n=99), key="k")
+            await until(lambda: 99 in handled.items)
+        del runs[99]
+        # Only the message running when the connection dropped runs twice (its ack
+        # was lost with the connection); the seven queued ones run once.
+        assert sum(runs.values()) == 9, dict(runs)
+        assert runs[0] == 2
+
+    run(scenario)
+
+
+def test_one_lane_runs_in_the_fetch_loop_and_a_lost_subscription_runs_nothing_twice() -> None:
+    """Concurrency 1 handles each delivery in the fetch loop: nothing is fetched ahead,
+    so a connection lost while the handler runs costs only that message's rerun."""
+
+    async def scenario() -> None:
+        adapter = FlakyAdapter(memory_url())
         bus = EventBus(adapter)
         runs: collections.Counter[int] = collections.Counter()
         started, release = asyncio.Event(), asyncio.Event()
@@ -357,18 +397,14 @@ def test_work_queued_from_a_lost_subscription_is_dropped_not_run_twice() -> None
 
         async with bus:
             await bus.publish_many([Job(n=i) for i in range(8)])
-            await asyncio.wait_for(started.wait(), WAIT)  # first running, 7 queued
+            await asyncio.wait_for(started.wait(), WAIT)
             await adapter.faults.drop_connections()
-            await until(lambda: adapter.subscribes >= 2)  # the runner has re-subscribed
             release.set()
-            # One lane, FIFO: a marker published now is handled after every redelivery.
+            await until(lambda: adapter.subscribes >= 2)
             await bus.publish(Job(n=99))
             await until(lambda: 99 in handled.items)
         del runs[99]
-        # Only the message running when the connection dropped runs twice (its ack
-        # was lost with the connection); the seven queued ones run once.
-        assert sum(runs.values()) == 9, dict(runs)
-        assert runs[0] == 2
+        assert runs[0] == 2 and sum(runs.values()) == 9, dict(runs)
 
     run(scenario)
 

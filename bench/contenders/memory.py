@@ -18,6 +18,7 @@ from eventbus.memory import MemoryBroker
 
 EVENTBUS = "eventbus (corr+dlq+retry)"
 EVENTBUS_IDEMPOTENT = "eventbus (+idempotency)"
+EVENTBUS_BATCH = "eventbus (batch=100)"
 FASTSTREAM = "faststream TestKafkaBroker"
 
 
@@ -70,11 +71,12 @@ def wire_for(url: str) -> MemoryWire | None:
 
 async def eventbus_case(
     events: Sequence[Tick], *, chunk: int, idempotency: bool, timeout: float = 120.0,
-    bus_factory: Callable[[str], EventBus] | None = None,
+    bus_factory: Callable[[str], EventBus] | None = None, batch: int | None = None,
 ) -> Timing:
     """Default chain (correlation, dead-letter, retry), optionally + idempotency.
 
-    ``bus_factory`` builds the bus from the URL instead (the stage table's empty chain).
+    ``bus_factory`` builds the bus from the URL instead (the stage table's empty chain);
+    ``batch``: a batch handler (``subscribe(..., batch=N)``) taking lists of ``Tick``.
     """
     url = memory_url()
     if bus_factory is not None:
@@ -85,9 +87,15 @@ async def eventbus_case(
         )
     counter = Counter(len(events))
 
-    @bus.subscribe(Tick, group="bench")
-    async def handle(event: Tick) -> None:
-        counter.see(event)
+    if batch is None:
+        @bus.subscribe(Tick, group="bench")
+        async def handle(event: Tick) -> None:
+            counter.see(event)
+    else:
+        @bus.subscribe(Tick, group="bench", batch=batch)
+        async def handle_batch(events: list[Tick]) -> None:
+            for event in events:
+                counter.see(event)
 
     try:
         async with bus:
@@ -132,6 +140,10 @@ def contenders(*, chunk: int) -> list[Contender]:
         Contender(EVENTBUS, lambda ev: eventbus_case(ev, chunk=chunk, idempotency=False), True),
         Contender(
             EVENTBUS_IDEMPOTENT, lambda ev: eventbus_case(ev, chunk=chunk, idempotency=True), True
+        ),
+        Contender(
+            EVENTBUS_BATCH,
+            lambda ev: eventbus_case(ev, chunk=chunk, idempotency=False, batch=100), True,
         ),
         Contender(FASTSTREAM, lambda ev: faststream_case(ev, chunk=chunk)),
     ]

@@ -44,18 +44,29 @@ class RedeliveryRequested(Exception):
 
 
 def compose(middleware: Sequence[Middleware], handler: Next) -> Next:
-    """Wrap ``handler`` in ``middleware``, the first element outermost."""
+    """Wrap ``handler`` in ``middleware``, the first element outermost.
+
+    Composed once per subscription: each step hands the context to its layer
+    and returns the layer's coroutine, so a message costs one coroutine per
+    layer and no closure.
+    """
     step = handler
     for layer in reversed(middleware):
-        step = _bind(layer, step)
+        step = _Step(layer, step)
     return step
 
 
-def _bind(layer: Middleware, inner: Next) -> Next:
-    async def step(ctx: Context) -> None:
-        await layer(ctx, inner)
+class _Step:
+    """One layer bound to the rest of the chain (a plain call, not a coroutine)."""
 
-    return step
+    __slots__ = ("inner", "layer")
+
+    def __init__(self, layer: Middleware, inner: Next) -> None:
+        self.layer = layer
+        self.inner = inner
+
+    def __call__(self, ctx: Context) -> Awaitable[None]:
+        return self.layer(ctx, self.inner)
 
 
 def compose_publish(middleware: Sequence[PublishMiddleware], publish: PublishNext) -> PublishNext:

@@ -37,6 +37,7 @@ from eventbus.testing.conformance._support import (
     requires,
 )
 from eventbus.testing.conformance.basics import BasicsCases
+from eventbus.testing.conformance.batches import BatchCases
 from eventbus.testing.conformance.cloudevents import CloudEventsCases
 from eventbus.testing.conformance.failures import FailureCases
 from eventbus.testing.conformance.groups import GroupCases
@@ -51,6 +52,7 @@ class ConformanceSuite(
     BasicsCases,
     CloudEventsCases,
     GroupCases,
+    BatchCases,
     OrderingCases,
     FailureCases,
     GuaranteeCases,
@@ -62,6 +64,7 @@ class ConformanceSuite(
 
 __all__ = [
     "BasicsCases",
+    "BatchCases",
     "Capability",
     "Case",
     "CloudEventsCases",

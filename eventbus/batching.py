@@ -1,0 +1,258 @@
+"""Batch handlers: ``@bus.subscribe(Event, batch=N)`` receives ``list[Event]``.
+
+The runner collects up to ``batch`` deliveries (or what arrived within
+``batch_timeout`` seconds of the first one) and calls the handler once with their
+events, in delivery order. What happens next:
+
+- the handler returns: every event of the batch is acked together;
+- it raises :class:`BatchItemFailed` naming indexes: the others are acked, and
+  each named event is handled again **on its own** (the handler gets a list of
+  one) through the subscription's usual per-event chain: retry policy, then
+  dead-letter, so only the failing events are retried and dead-lettered;
+- it raises anything else: the whole batch failed, and every one of its events is
+  handled again on its own in the same way (events that succeed alone are acked,
+  those that keep failing end on the DLQ one by one, each with its own reason).
+
+The batch run counts as each event's first attempt for the retry budget
+(``RetryPolicy.max_attempts``). Deliveries that do not join a batch are handled
+on their own at once: undecodable ones, another type, data that fails
+validation (poison is dead-lettered), and redeliveries (a message that already
+failed is retried alone, so it cannot fail a batch twice). The per-event chain
+(bus-wide middleware, dead-letter, retry, timeout) wraps only those single-event
+runs; the batch call itself runs with the subscription's ``timeout`` and no
+other middleware.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from eventbus.adapter import Delivery
+from eventbus.context import Context
+from eventbus.errors import (
+    ConfigurationError,
+    EventBusError,
+    HandlerCancelledError,
+    HandlerTimeoutError,
+)
+from eventbus.middleware.base import Middleware
+from eventbus.middleware.idempotency import Idempotency
+
+if TYPE_CHECKING:
+    from eventbus.runner import Runner
+    from eventbus.spec import SubscriptionSpec
+
+log = logging.getLogger("eventbus.runner")
+
+DEFAULT_BATCH_TIMEOUT = 0.05
+"""Seconds a partial batch waits for more deliveries before it runs anyway."""
+
+
+class BatchItemFailed(EventBusError):
+    """Raised by a batch handler that handled some events and failed others.
+
+    ``indexes`` are positions in the list the handler got; those events are retried
+    (and dead-lettered) one by one, the rest are acked. ``cause`` is what went wrong,
+    kept as this exception's ``__cause__`` when given::
+
+        @bus.subscribe(Order, batch=100)
+        async def store(orders: list[Order]) -> None:
+            failed = await db.insert_many(orders)   # positions that were refused
+            if failed:
+                raise BatchItemFailed(failed)
+    """
+
+    def __init__(self, indexes: Sequence[int], cause: BaseException | None = None) -> None:
+        self.indexes = sorted(set(indexes))
+        super().__init__(
+            f"{len(self.indexes)} event(s) of the batch failed (indexes "
+            f"{self.indexes[:10]}{' ...' if len(self.indexes) > 10 else ''})"
+            + (f": {type(cause).__name__}: {cause}" if cause is not None else "")
+        )
+        self.__cause__ = cause
+
+
+def check_batch(targets: Sequence[object], batch: int | None, batch_timeout: float | None,
+                delivery: str, idempotency: object) -> None:
+    """Refuse ``subscribe(batch=...)`` options that batches cannot honour, saying why."""
+    if batch is None:
+        if batch_timeout is not None:
+            raise ConfigurationError("batch_timeout= only applies with batch=N")
+        return
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise ConfigurationError(f"batch must be a positive integer, not {batch!r}")
+    if batch_timeout is not None and not batch_timeout > 0:
+        raise ConfigurationError(f"batch_timeout must be > 0 seconds, not {batch_timeout!r}")
+    if len(targets) != 1 or not isinstance(targets[0], type):
+        raise ConfigurationError(
+            "subscribe(..., batch=N) takes exactly one event class (the handler gets a "
+            "list of that class), not topic names or several classes"
+        )
+    if delivery != "at_least_once":
+        raise ConfigurationError(
+            "batch=N needs delivery='at_least_once': a batch is acked after its handler ran"
+        )
+    if idempotency is not None:
+        raise ConfigurationError(
+            "batch=N does not support idempotency= yet: a batch call is not deduplicated "
+            "per event; deduplicate inside the handler (e.g. an upsert keyed by event id)"
+        )
+
+
+class BatchCollector:
+    """Gathers a batch subscription's deliveries and hands each batch to ``queue`` once
+    it holds ``spec.batch`` or ``spec.batch_timeout`` has passed since its first."""
+
+    def __init__(self, spec: SubscriptionSpec, middleware: Sequence[Middleware],
+                 queue: Callable[[list[Delivery]], None]) -> None:
+        if spec.batch is not None and any(isinstance(m, Idempotency) for m in middleware):
+            raise ConfigurationError(
+                f"{spec.topic}/{spec.group} has batch={spec.batch} and the bus's "
+                "idempotency: a batch call is not deduplicated per event; give this "
+                "subscription its own bus without idempotency, or drop batch="
+            )
+        self.size = spec.batch or 1
+        self.timeout = spec.batch_timeout or DEFAULT_BATCH_TIMEOUT
+        self.queue = queue
+        self._batch: list[Delivery] = []
+        self._timer: asyncio.TimerHandle | None = None
+
+    def add(self, delivery: Delivery) -> None:
+        self._batch.append(delivery)
+        if len(self._batch) >= self.size:
+            self.flush()
+        elif len(self._batch) == 1:
+            self._timer = asyncio.get_running_loop().call_later(self.timeout, self.flush)
+
+    def flush(self) -> None:
+        """Hand what was collected on now (nothing if empty)."""
+        batch = self.discard()
+        if batch:
+            self.queue(batch)
+
+    def discard(self) -> list[Delivery]:
+        """Take what was collected back without handing it on."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        batch, self._batch = self._batch, []
+        return batch
+
+
+async def run_batch(runner: Runner, deliveries: list[Delivery]) -> None:
+    """Run one batch of deliveries (see the module doc), settling each of them."""
+    spec = runner.spec
+    handler = spec.batch_handler
+    assert handler is not None and handler.message_class is not None
+    ready: list[Delivery] = []
+    events: list[Any] = []
+    for delivery in deliveries:
+        envelope = delivery.envelope
+        if (envelope is None or delivery.attempt > 1
+                or envelope.type != handler.message_class.event_type()):
+            # Poison, another type, or a redelivery (it failed before): on its own.
+            await runner.handle(delivery)
+            continue
+        try:
+            event = runner.registry.decode(envelope, handler.message_class)
+        except Exception:
+            await runner.handle(delivery)  # fails again there, and is dead-lettered
+            continue
+        ready.append(delivery)
+        events.append(event)
+    if not ready:
+        return
+    contexts = []
+    for delivery in ready:
+        assert delivery.envelope is not None
+        previous = runner.runs.seen(delivery)
+        runner.runs.ran(delivery.envelope.id)
+        contexts.append(Context(runner.publisher, delivery, delivery.envelope,
+                                previous_attempts=previous))
+    failed = await _call(runner, handler, events, contexts)
+    for index, delivery in enumerate(ready):
+        if index in failed:
+            continue
+        assert delivery.envelope is not None
+        runner.runs.finished(delivery.envelope.id)
+        await runner.ack(delivery)
+    for index in sorted(failed):
+        await runner.handle(ready[index])
+
+
+async def _call(runner: Runner, handler: Any, events: list[Any],
+                contexts: list[Context]) -> set[int]:
+    """Call the batch handler; the indexes of the events that failed."""
+    spec = runner.spec
+    try:
+        if spec.timeout is None:
+            await _invoke(handler, events, contexts)
+        else:
+            deadline = asyncio.timeout(spec.timeout)
+            try:
+                async with deadline:
+                    await _invoke(handler, events, contexts)
+            except TimeoutError as exc:
+                if not deadline.expired():
+                    raise
+                raise HandlerTimeoutError(
+                    f"batch handler {handler.fn.__qualname__} for {len(events)} event(s) on "
+                    f"topic {spec.topic!r} group {spec.group!r} took longer than "
+                    f"{spec.timeout}s"
+                ) from exc
+        return set()
+    except BatchItemFailed as exc:
+        wrong = [i for i in exc.indexes if not 0 <= i < len(events)]
+        if wrong:
+            log.error("batch handler %s named indexes %s outside its batch of %d on %s/%s; "
+                      "treating the whole batch as failed", handler.fn.__qualname__, wrong,
+                      len(events), spec.topic, spec.group)
+            return set(range(len(events)))
+        log.info("batch of %d on %s/%s: %d event(s) failed (%s); each is retried on its own",
+                 len(events), spec.topic, spec.group, len(exc.indexes), exc)
+        return set(exc.indexes)
+    except asyncio.CancelledError as exc:
+        if _cancelling():
+            if runner.stopping:
+                for ctx in contexts:
+                    runner.runs.not_ran(ctx.envelope.id)
+            raise
+        failure: Exception = HandlerCancelledError(
+            f"batch handler {handler.fn.__qualname__} raised CancelledError although it "
+            "was not cancelled")
+        failure.__cause__ = exc
+    except Exception as exc:
+        failure = exc
+    log.warning("batch of %d on %s/%s failed (%s: %s); each event is retried on its own",
+                len(events), spec.topic, spec.group, type(failure).__name__, failure)
+    return set(range(len(events)))
+
+
+async def run_alone(handler: Any, event: Any, ctx: Context) -> None:
+    """Call a batch handler with one event (a retry): ``BatchItemFailed`` naming it is
+    its failure, and what caused it (when given) is what the dead letter records."""
+    try:
+        await _invoke(handler, [event], [ctx])
+    except BatchItemFailed as exc:
+        if 0 not in exc.indexes:
+            return  # it names no event of this one-event batch: handled
+        cause = exc.__cause__
+        if isinstance(cause, Exception):
+            exc.__cause__ = None  # cause gets exc as its context: no cycle
+            raise cause  # noqa: B904 - the context chain keeps exc
+        raise
+
+
+async def _invoke(handler: Any, events: list[Any], contexts: list[Context]) -> None:
+    if handler.wants_context:
+        await handler.fn(events, contexts)
+    else:
+        await handler.fn(events)
+
+
+def _cancelling() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
