@@ -32,6 +32,8 @@ SCALE = {"kafka": 0.25, "tansu": 0.25}
 TARGETS: dict[str, tuple[str, str | None]] = {
     "kafka": ("kafka", None),
     "tansu": ("kafka", "tansu"),
+    "rabbitmq": ("rabbitmq", None),
+    "rabbitmq-quorum": ("rabbitmq", "quorum"),
 }
 
 
@@ -40,6 +42,8 @@ def _target(name: str) -> BrokerTarget:
     # sit in front of a broker the harness starts with the proxy as its advertised
     # listener: the suite then uses that broker for every case.
     broker, flavour = TARGETS[name]
+    if broker == "rabbitmq":
+        return _rabbitmq_target(name, flavour)
     endpoint, proxy = harness.require_faulty(broker, flavour)
     url = harness.client_url(endpoint)
     return BrokerTarget(
@@ -51,6 +55,17 @@ def _target(name: str) -> BrokerTarget:
         limits=TANSU_LIMITS if endpoint.flavour == "tansu" else {},
         restart=endpoint.restart,
     )
+
+
+def _rabbitmq_target(name: str, queue_type: str | None) -> BrokerTarget:
+    # The proxy fronts the same RabbitMQ transparently: every case goes through it,
+    # so the reconnect cases break the very connections the adapter uses.
+    endpoint, proxy = harness.require_faulty("rabbitmq")
+    url = endpoint.url
+    if queue_type is not None:
+        url += ("&" if "?" in url else "?") + f"queue_type={queue_type}"
+    return BrokerTarget(name=name, url=url, faults=proxy, faulty_url=url,
+                        scale=SCALE.get(name, 1.0), restart=endpoint.restart)
 
 
 @pytest.fixture(scope="module", params=list(TARGETS))
