@@ -19,14 +19,22 @@ from typing import Any
 import aio_pika
 from aio_pika import DeliveryMode, Message
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnection
-from aiormq.exceptions import DeliveryError
+from aiormq.exceptions import (
+    AMQPConnectionError,
+    ChannelInvalidStateError,
+    ChannelPreconditionFailed,
+    ConnectionClosed,
+    DeliveryError,
+)
 from aiormq.exceptions import PublishError as ReturnedError
 
 from eventbus.adapter import Adapter, Capabilities, HealthReport, SubscribeOptions, Subscription
+from eventbus.backoff import Backoff
 from eventbus.envelope import Envelope
 from eventbus.errors import (
     BatchPublishError,
     BrokerConnectionError,
+    ConfigurationError,
     MessageTooLargeError,
     PublishError,
 )
@@ -40,6 +48,9 @@ log = logging.getLogger("eventbus.rabbitmq")
 
 CLOSE_TIMEOUT = 5.0
 HEALTH_TIMEOUT = 1.0
+SUBSCRIBE_ATTEMPTS = 4
+_TRANSIENT = (AMQPConnectionError, ConnectionClosed, ChannelInvalidStateError, RuntimeError,
+              TimeoutError, OSError)
 
 
 class RabbitMQAdapter(Adapter):
@@ -290,17 +301,34 @@ class RabbitMQAdapter(Adapter):
         ``start_from`` has no effect beyond the first subscribe: a new group's queue
         receives what is published from then on (RabbitMQ queues do not replay).
         """
-        subscription = RabbitMQSubscription(self, topic, options)
-        try:
-            await subscription.start()
-        except Exception as exc:
-            await subscription.close()
-            if isinstance(exc, BrokerConnectionError):
-                raise
-            raise BrokerConnectionError(
-                f"cannot subscribe to {topic!r} as group {options.group!r} on RabbitMQ at "
-                f"{self.settings.masked_url}: {type(exc).__name__}: {exc}"
-            ) from exc
+        delays = iter(Backoff(initial=0.1, max_delay=1.0))
+        for attempt in range(1, SUBSCRIBE_ATTEMPTS + 1):
+            subscription = RabbitMQSubscription(self, topic, options)
+            try:
+                await subscription.start()
+                break
+            except Exception as exc:
+                await subscription.close()
+                if isinstance(exc, ChannelPreconditionFailed):
+                    raise ConfigurationError(
+                        f"RabbitMQ refused the queue of group {options.group!r} on {topic!r}: "
+                        f"{exc}; it exists with other arguments (queue_type, "
+                        "single_active_consumer): use the same options or delete the queue"
+                    ) from exc
+                if attempt < SUBSCRIBE_ATTEMPTS and isinstance(exc, _TRANSIENT):
+                    # A quorum queue declared a moment ago may not have its replica
+                    # running yet: the broker then closes the connection with
+                    # INTERNAL_ERROR on basic.consume; the robust connection comes back.
+                    log.info("subscribing to %s as %s failed (%s: %s); trying again",
+                             topic, options.group, type(exc).__name__, exc)
+                    await asyncio.sleep(next(delays))
+                    continue
+                if isinstance(exc, BrokerConnectionError):
+                    raise
+                raise BrokerConnectionError(
+                    f"cannot subscribe to {topic!r} as group {options.group!r} on RabbitMQ "
+                    f"at {self.settings.masked_url}: {type(exc).__name__}: {exc}"
+                ) from exc
         self._subscriptions.add(subscription)
         return subscription
 
