@@ -12,6 +12,7 @@ import pytest
 
 from eventbus.testing import BrokerTarget, ConformanceSuite
 from integration_tests import harness
+from integration_tests.rabbitmq.node import conformance_node
 
 # Cases a particular broker build can't pass although the adapter claims the
 # capability, with the reason. Each is documented in docs/adapters/<broker>.md.
@@ -58,14 +59,15 @@ def _target(name: str) -> BrokerTarget:
 
 
 def _rabbitmq_target(name: str, queue_type: str | None) -> BrokerTarget:
-    # The proxy fronts the same RabbitMQ transparently: every case goes through it,
-    # so the reconnect cases break the very connections the adapter uses.
-    endpoint, proxy = harness.require_faulty("rabbitmq")
-    url = endpoint.url
+    # A private node (restartable) behind a proxy; every case goes through the
+    # proxy, so the reconnect cases break the very connections the adapter uses.
+    harness.require("rabbitmq")  # a missing broker fails under EVENTBUS_REQUIRE_BROKERS
+    node = conformance_node()
+    url = node.url
     if queue_type is not None:
         url += ("&" if "?" in url else "?") + f"queue_type={queue_type}"
-    return BrokerTarget(name=name, url=url, faults=proxy, faulty_url=url,
-                        scale=SCALE.get(name, 1.0), restart=endpoint.restart)
+    return BrokerTarget(name=name, url=url, faults=node.proxy, faulty_url=url,
+                        scale=SCALE.get(name, 1.0), restart=node.restart)
 
 
 @pytest.fixture(scope="module", params=list(TARGETS))
