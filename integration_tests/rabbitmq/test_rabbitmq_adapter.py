@@ -7,6 +7,7 @@ aio-pika client for the other side of interop) and observe the broker.
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 import uuid
 from collections.abc import Callable, Coroutine
@@ -19,7 +20,7 @@ from eventbus_rabbitmq import RabbitMQAdapter
 from eventbus import Event, EventBus
 from eventbus.adapter import Delivery, SubscribeOptions, Subscription
 from eventbus.envelope import Envelope
-from eventbus.errors import PublishError
+from eventbus.errors import BrokerConnectionError, ConfigurationError, PublishError
 from integration_tests import harness
 
 pytestmark = [pytest.mark.broker("rabbitmq"), pytest.mark.timeout(120)]
@@ -249,5 +250,63 @@ def test_close_reaches_the_end_while_the_broker_is_unreachable(url: str) -> None
         assert took < 3.5, f"close() took {took:.1f}s"
         # The proxy is shared by the session: let the refusal end before the next test.
         await asyncio.sleep(4.0 - took)
+
+    run(scenario)
+
+
+def test_connect_fails_fast_naming_the_masked_url() -> None:
+    async def scenario() -> None:
+        with socket.socket() as sock:  # a port nobody listens on
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        adapter = RabbitMQAdapter(f"amqp://app:topsecret@127.0.0.1:{port}/?connect_timeout=2")
+        started = time.monotonic()
+        with pytest.raises(BrokerConnectionError) as info:
+            await adapter.connect()
+        assert time.monotonic() - started < 5
+        assert f"127.0.0.1:{port}" in str(info.value) and "topsecret" not in str(info.value)
+        await adapter.close()
+
+    run(scenario)
+
+
+def test_single_active_consumer_gives_the_group_one_consumer_at_a_time(url: str) -> None:
+    async def scenario() -> None:
+        adapter = RabbitMQAdapter(with_options(url, single_active_consumer="true"))
+        topic, group = unique("sac"), unique("g")
+        try:
+            first = await adapter.subscribe(topic, SubscribeOptions(group=group))
+            second = await adapter.subscribe(topic, SubscribeOptions(group=group))
+            await adapter.publish(topic, [ping(n) for n in range(6)])
+            got = [await next_delivery(first) for _ in range(6)]
+            assert [d.envelope.data for d in got if d.envelope] == [
+                b'{"n":%d}' % n for n in range(6)]
+            for delivery in got:
+                await delivery.ack()
+            with pytest.raises(TimeoutError):  # the standby consumer got nothing
+                await next_delivery(second, timeout=0.5)
+            await first.close()  # the standby takes over
+            await adapter.publish(topic, [ping(9)])
+            taken = await next_delivery(second)
+            assert taken.envelope is not None and taken.envelope.data == b'{"n":9}'
+            await taken.ack()
+        finally:
+            await adapter.close()
+
+    run(scenario)
+
+
+def test_changing_a_group_queue_type_is_a_configuration_error(url: str) -> None:
+    async def scenario() -> None:
+        topic, group = unique("mismatch"), unique("g")
+        classic = RabbitMQAdapter(url)
+        quorum = RabbitMQAdapter(with_options(url, queue_type="quorum"))
+        try:
+            await classic.subscribe(topic, SubscribeOptions(group=group))
+            with pytest.raises(ConfigurationError, match="other arguments"):
+                await quorum.subscribe(topic, SubscribeOptions(group=group))
+        finally:
+            await classic.close()
+            await quorum.close()
 
     run(scenario)
