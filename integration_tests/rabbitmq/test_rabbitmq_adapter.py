@@ -19,6 +19,7 @@ from eventbus_rabbitmq import RabbitMQAdapter
 
 from eventbus import Event, EventBus
 from eventbus.adapter import Delivery, SubscribeOptions, Subscription
+from eventbus.dlq import DeadLetters
 from eventbus.envelope import Envelope
 from eventbus.errors import BrokerConnectionError, ConfigurationError, PublishError
 from integration_tests import harness
@@ -173,7 +174,8 @@ def test_reject_moves_the_message_to_the_group_dead_letter_queue(url: str) -> No
             delivery = await next_delivery(subscription)
             await delivery.reject()
             channel = await connection.channel()
-            parked = await channel.declare_queue(f"{topic}.{group}.dlq", passive=True)
+            parked = await channel.declare_queue(f"{topic}.{group}.dlq/eventbus-dlq-replay",
+                                                 passive=True)
             raw = await _get(parked)
             assert raw.headers["ce-id"] == sent.id
         finally:
@@ -308,5 +310,30 @@ def test_changing_a_group_queue_type_is_a_configuration_error(url: str) -> None:
         finally:
             await classic.close()
             await quorum.close()
+
+    run(scenario)
+
+
+def test_dead_letter_tooling_lists_and_replays_letters_nobody_listened_to(url: str) -> None:
+    """Dead letters wait in the DLQ tooling's own queue from the group's first
+    subscribe, so ``DeadLetters`` finds letters published before it ever ran."""
+
+    async def scenario() -> None:
+        topic, group = unique("dlqtool"), unique("g")
+        adapter = RabbitMQAdapter(url)
+        try:
+            subscription = await adapter.subscribe(topic, SubscribeOptions(group=group))
+            sent = ping(11)
+            await adapter.publish(topic, [sent])
+            await (await next_delivery(subscription)).reject()
+            dead = DeadLetters(adapter, idle=1.0)
+            letters = await dead.list(topic, group)
+            assert [letter.envelope.id for letter in letters] == [sent.id]
+            await dead.replay(topic, group)
+            back = await next_delivery(subscription)
+            assert back.envelope is not None and back.envelope.id == sent.id
+            await back.ack()
+        finally:
+            await adapter.close()
 
     run(scenario)

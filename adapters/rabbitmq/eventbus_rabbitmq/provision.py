@@ -6,8 +6,9 @@
   out; the consumers of one group compete on its queue). Its dead-letter exchange
   is ``T.G.dlq``, so ``reject()`` moves a message there natively.
 - dead letters of ``G`` -> exchange ``T.G.dlq`` (the bus's DLQ topic) and the
-  durable queue ``T.G.dlq`` bound to it, which keeps every dead letter even when
-  nobody listens to the DLQ topic.
+  queue ``T.G.dlq/eventbus-dlq-replay`` bound to it: the queue of the group the
+  DLQ tooling (:class:`eventbus.dlq.DeadLetters`) reads, declared with the
+  group's own, so every dead letter is kept for it even when nobody listens.
 - delay tier ``n`` ms of ``G`` -> queue ``T/G/delay-<n>ms`` with ``x-message-ttl=n``
   dead-lettering (through the default exchange) back to ``T/G``: a parked message
   expires into its work queue. One TTL per queue, so a long delay never blocks a
@@ -24,6 +25,7 @@ from typing import Any
 from aio_pika import ExchangeType
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractQueue
 
+from eventbus.dlq import REPLAY_GROUP
 from eventbus.middleware.deadletter import dlq_topic
 
 from .settings import RabbitMQSettings
@@ -71,7 +73,8 @@ async def declare_group(
     dead = dlq_topic(topic, group)
     dead_exchange = await declare_exchange(channel, dead)
     parked = await channel.declare_queue(
-        dead, durable=True, arguments={"x-queue-type": settings.queue_type}
+        work_queue(dead, REPLAY_GROUP), durable=True,
+        arguments=queue_arguments(settings, dead, REPLAY_GROUP),
     )
     await parked.bind(dead_exchange, "#")
     queue = await channel.declare_queue(
