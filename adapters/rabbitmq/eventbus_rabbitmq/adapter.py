@@ -242,10 +242,10 @@ class RabbitMQAdapter(Adapter):
         )
 
     async def _send(self, exchange: AbstractExchange, message: Message, key: str) -> None:
-        await asyncio.wait_for(
-            exchange.publish(message, routing_key=key, mandatory=self.settings.mandatory),
-            self.settings.publish_timeout,
-        )
+        # asyncio.timeout, not wait_for: no extra task per message (3.11's wait_for
+        # wraps the coroutine in one), which is a sizeable share of a publish's CPU.
+        async with asyncio.timeout(self.settings.publish_timeout):
+            await exchange.publish(message, routing_key=key, mandatory=self.settings.mandatory)
 
     async def _guarded(self, topic: str, step: Any) -> Any:
         try:
