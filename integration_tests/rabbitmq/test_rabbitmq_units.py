@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from eventbus_rabbitmq import RabbitMQAdapter, RabbitMQSettings
-from eventbus_rabbitmq.codec import ATTEMPT_HEADER, decode, encode, retry_headers
+from eventbus_rabbitmq.codec import ATTEMPT_HEADER, decode, encode, message_size, retry_headers
 from eventbus_rabbitmq.provision import pick_tier
 
 from eventbus.envelope import Envelope
@@ -112,3 +112,11 @@ def test_delay_tiers_never_shorten_a_delay() -> None:
     tiers = (50, 1000, 60_000)
     assert [pick_tier(tiers, d) for d in (1, 50, 51, 1000, 59_999, 10**8)] == [
         50, 50, 1000, 1000, 60_000, 60_000]
+
+
+def test_a_message_accepted_by_publish_still_fits_when_parked_for_a_retry() -> None:
+    """The size check of nack's re-publish must not refuse what publish accepted
+    (the retry headers live inside the fixed overhead)."""
+    message = encode(full_envelope())
+    parked = retry_headers(message.headers, attempt=12345, not_before_ms=10**13)
+    assert message_size(parked, message.content_type, message.body) == message.size

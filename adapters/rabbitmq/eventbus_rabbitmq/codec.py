@@ -24,8 +24,11 @@ CE_PREFIX = "ce-"
 """Attribute header prefix of the CloudEvents RabbitMQ binding."""
 ATTEMPT_HEADER = "x-eventbus-attempt"
 NOT_BEFORE_HEADER = "x-eventbus-not-before"
+_TRANSPORT_HEADERS = (ATTEMPT_HEADER, NOT_BEFORE_HEADER)
 # Basic properties and frame overhead around a message: generous, so a message we
-# accept is never refused by the broker for its size.
+# accept is never refused by the broker for its size. It also covers the transport
+# headers a retry adds (not counted below), so a message accepted by publish() is
+# never refused for its size when nack() parks it.
 MESSAGE_OVERHEAD = 256
 PER_HEADER_OVERHEAD = 8
 
@@ -58,6 +61,8 @@ def message_size(headers: Mapping[str, Any], content_type: str | None, body: byt
     """Bytes the message takes: body, header names and values, content type, overhead."""
     size = MESSAGE_OVERHEAD + len(body) + len((content_type or "").encode())
     for name, value in headers.items():
+        if name in _TRANSPORT_HEADERS:
+            continue  # inside MESSAGE_OVERHEAD
         size += PER_HEADER_OVERHEAD + len(name.encode())
         size += len(value) if isinstance(value, bytes) else len(str(value).encode())
     return size
