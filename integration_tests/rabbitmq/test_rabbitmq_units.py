@@ -41,6 +41,8 @@ def test_url_parts_and_vhost_from_the_path() -> None:
         ("amqp://h/?delay_tiers_ms=0,10", "delay_tiers_ms"),
         ("amqp://h/?cafile=/ca.pem", "cafile"),  # TLS files on a plain URL: ignored = error
         ("amqp://h/?verify=false", "verify"),
+        ("amqp://h/?auth_mechanism=GSSAPI", "auth_mechanism"),
+        ("amqps://h/?auth_mechanism=EXTERNAL", "auth_mechanism"),  # needs a client cert
         ("http://h/", "amqp"),
     ],
 )

@@ -120,6 +120,7 @@ class RabbitMQAdapter(Adapter):
                         virtualhost=s.vhost, ssl=s.tls, ssl_context=self._ssl_context(),
                         timeout=s.connect_timeout, heartbeat=s.heartbeat,
                         reconnect_interval=s.reconnect_interval,
+                        auth=s.auth_mechanism.lower(),
                         client_properties={"connection_name": s.client_name},
                     ),
                     s.connect_timeout,

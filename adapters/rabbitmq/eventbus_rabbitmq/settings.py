@@ -54,6 +54,7 @@ class RabbitMQSettings:
     reconnect_interval: float = 1.0
     delay_tiers_ms: tuple[int, ...] = DEFAULT_DELAY_TIERS_MS
     client_name: str = "eventbus"
+    auth_mechanism: str = "PLAIN"
     cafile: str | None = None
     certfile: str | None = None
     keyfile: str | None = None
@@ -104,6 +105,11 @@ class RabbitMQSettings:
             raise InvalidURLError(
                 f"cafile/certfile/keyfile in {masked!r} need TLS: use amqps:// (with amqp:// "
                 "they would be ignored)"
+            )
+        if values.get("auth_mechanism") == "EXTERNAL" and not (tls and values.get("certfile")):
+            raise InvalidURLError(
+                f"auth_mechanism=EXTERNAL in {masked!r} authenticates with the TLS client "
+                "certificate: use amqps:// with certfile (and keyfile)"
             )
         if "verify" in options and not tls:
             raise InvalidURLError(f"verify in {masked!r} applies only to amqps:// URLs")
@@ -182,6 +188,7 @@ _OPTIONS: dict[str, Callable[[str, str, str], Any]] = {
     "reconnect_interval": _seconds,
     "delay_tiers_ms": _tiers,
     "client_name": _text,
+    "auth_mechanism": _choice("PLAIN", "EXTERNAL"),
     "cafile": _text,
     "certfile": _text,
     "keyfile": _text,
