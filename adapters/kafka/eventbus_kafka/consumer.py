@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import logging
 import time
 from collections import deque
@@ -51,13 +52,13 @@ class KafkaDelivery(Delivery):
     __slots__ = ("_entry", "_log", "_owner", "_record")
 
     def __init__(self, owner: KafkaSubscription, record: Any, log_: PartitionLog,
-                 entry: Entry) -> None:
+                 entry: Entry, attempt: int | None = None) -> None:
         decoded = decode(record.key, record.value, record.headers or ())
         super().__init__(
             topic=decoded.origin_topic or owner.topic,
             group=owner.options.group,
             envelope=decoded.envelope,
-            attempt=decoded.attempt,
+            attempt=attempt or decoded.attempt,
             message_id=f"{record.topic}/{record.partition}/{record.offset}",
             raw=None if decoded.envelope is not None else (record.value or b""),
             decode_error=decoded.error,
@@ -92,10 +93,14 @@ class KafkaDelivery(Delivery):
             await self._owner.adapter.send_record(
                 self._owner.retry_topic, record.key, record.value, headers
             )
+        except Exception as exc:
+            # Not re-published (leader change, timeout): keep the record ourselves
+            # and hand it out again after the delay. Its offset stays unsettled, so
+            # the commit cannot pass it, and it still has an owner.
+            self._owner.redeliver_locally(self, delay, exc)
+            return
         except BaseException:
-            # Not re-published: the offset stays unsettled, so the record comes
-            # back when the partition is next assigned (restart or rebalance).
-            self._owner.release_slot()
+            self._owner.redeliver_locally(self, delay, None)
             raise
         self._owner.settle(self._log, self._entry)
 
@@ -133,10 +138,15 @@ class KafkaSubscription(Subscription):
             max_partition_fetch_bytes=max(1024 * 1024, settings.max_message_bytes + 4096),
         )
         self._logs: dict[TopicPartition, PartitionLog] = {}
-        self._ready: deque[tuple[Any, PartitionLog, Entry]] = deque()
+        # Fetched records waiting for a prefetch slot: (record, log, entry, attempt),
+        # attempt set only for a local redelivery (otherwise read from the headers).
+        self._ready: deque[tuple[Any, PartitionLog, Entry, int | None]] = deque()
+        # Local redeliveries after a failed nack re-publish, by due time (ms).
+        self._local: list[tuple[int, int, Any, PartitionLog, Entry, int]] = []
         self._held: dict[TopicPartition, deque[tuple[Any, PartitionLog, Entry, int]]] = {}
         self._to_pin: set[TopicPartition] = set()
         self._outstanding = 0
+        self._sequence = 0
         self._closed = False
         self._wake = asyncio.Event()
         self._dirty = asyncio.Event()
@@ -195,6 +205,26 @@ class KafkaSubscription(Subscription):
         self.release_slot()
         if log_.settle(entry):
             self._dirty.set()
+
+    def redeliver_locally(self, delivery: KafkaDelivery, delay: float,
+                          error: BaseException | None) -> None:
+        """Keep a delivery whose nack could not be re-published; hand it out after ``delay``."""
+        log_, entry = delivery._log, delivery._entry
+        entry.handed_out = False
+        self.release_slot()
+        if log_.revoked:
+            return  # the partition's new owner reads it again from the last commit
+        log.warning(
+            "could not re-publish message %s of %r (group %r) to retry topic %r (%s); "
+            "it stays uncommitted and this consumer will redeliver it in %.1fs",
+            delivery.message_id, self.topic, self.options.group, self.retry_topic,
+            f"{type(error).__name__}: {error}" if error else "cancelled", delay,
+        )
+        due = int((time.time() + delay) * 1000)
+        self._sequence += 1
+        heapq.heappush(self._local, (due, self._sequence, delivery._record, log_, entry,
+                                     delivery.attempt + 1))
+        self._wake.set()
 
     def release_slot(self) -> None:
         self._outstanding -= 1
@@ -285,10 +315,10 @@ class KafkaSubscription(Subscription):
         while not self._closed:
             self._release_due()
             if self._ready and self._outstanding < prefetch:
-                record, log_, entry = self._ready.popleft()
+                record, log_, entry, attempt = self._ready.popleft()
                 if log_.revoked:
                     continue
-                yield self._hand_out(record, log_, entry)
+                yield self._hand_out(record, log_, entry, attempt)
                 continue
             wait = self._next_due()
             if self._outstanding >= prefetch or self._ready:
@@ -311,8 +341,9 @@ class KafkaSubscription(Subscription):
             if not self._closed:
                 self._accept(batch)
 
-    def _hand_out(self, record: Any, log_: PartitionLog, entry: Entry) -> Delivery:
-        delivery = KafkaDelivery(self, record, log_, entry)
+    def _hand_out(self, record: Any, log_: PartitionLog, entry: Entry,
+                  attempt: int | None = None) -> Delivery:
+        delivery = KafkaDelivery(self, record, log_, entry, attempt)
         entry.handed_out = True
         self._outstanding += 1
         return delivery
@@ -334,17 +365,21 @@ class KafkaSubscription(Subscription):
                     held = self._held[tp] = deque([(record, log_, entry, due)])
                     self.consumer.pause(tp)  # nothing more from it until this one is due
                 else:
-                    self._ready.append((record, log_, entry))
+                    self._ready.append((record, log_, entry, None))
 
     def _release_due(self) -> None:
+        now_ms = int(time.time() * 1000)
+        while self._local and self._local[0][0] <= now_ms:
+            _, _, record, log_, entry, attempt = heapq.heappop(self._local)
+            if not log_.revoked:  # else the partition's new owner reads it again
+                self._ready.append((record, log_, entry, attempt))
         if not self._held:
             return
-        now_ms = int(time.time() * 1000)
         for tp in list(self._held):
             held = self._held[tp]
             while held and held[0][3] <= now_ms:
                 record, log_, entry, _ = held.popleft()
-                self._ready.append((record, log_, entry))
+                self._ready.append((record, log_, entry, None))
             if not held:
                 del self._held[tp]
                 if tp in self.consumer.assignment():
@@ -352,10 +387,12 @@ class KafkaSubscription(Subscription):
 
     def _next_due(self) -> float:
         """Seconds until the next held retry record is due (at most one second)."""
-        if not self._held:
+        dues = [held[0][3] for held in self._held.values() if held]
+        if self._local:
+            dues.append(self._local[0][0])
+        if not dues:
             return 1.0
-        first = min(held[0][3] for held in self._held.values() if held)
-        return max(0.0, min(1.0, first / 1000 - time.time()))
+        return max(0.0, min(1.0, min(dues) / 1000 - time.time()))
 
 
 def _not_before(record: Any) -> int:

@@ -1,0 +1,106 @@
+"""The Kafka adapter on failure paths: failed nacks, shutdown during an outage.
+
+Each test drives the adapter against a real broker (through the fault proxy where
+the broker must go away) and observes what a user relies on: the message comes
+back, the group's committed position moves on, shutdown finishes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import pytest
+from eventbus_kafka import KafkaAdapter
+
+from eventbus.adapter import Delivery, SubscribeOptions
+from eventbus.errors import BrokerConnectionError
+from integration_tests import harness
+from integration_tests.kafka.test_kafka_adapter import (
+    Collector,
+    number,
+    ping,
+    run,
+    unique,
+    with_options,
+)
+
+pytestmark = [pytest.mark.broker("kafka"), pytest.mark.timeout(120)]
+
+
+def test_failed_nack_publish_falls_back_to_local_redelivery(
+    kafka_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The retry-topic publish of a nack fails once (leader change, timeout): the record
+    still comes back after its delay, and once acked the group's position moves past
+    it (a new member of the group gets nothing old)."""
+
+    async def scenario() -> None:
+        adapter = KafkaAdapter(with_options(kafka_url, partitions=1))
+        topic, group = unique("nackfail"), unique("g")
+        subscription = await adapter.subscribe(topic, SubscribeOptions(group=group, prefetch=8))
+        real_send = adapter.send_record
+        failures = [BrokerConnectionError("simulated: NotLeaderForPartition")]
+
+        async def flaky_send(*args: Any, **kwargs: Any) -> None:
+            if failures:
+                raise failures.pop()
+            await real_send(*args, **kwargs)
+
+        monkeypatch.setattr(adapter, "send_record", flaky_send)
+
+        async def settle(delivery: Delivery) -> None:
+            if number(delivery) == 0 and delivery.attempt == 1:
+                await delivery.nack(0.2)
+            else:
+                await delivery.ack()
+
+        collector = Collector(subscription, settle)
+        await adapter.publish(topic, [ping(i, "one-key") for i in range(5)])
+        await collector.wait(
+            lambda items: any(number(d) == 0 and d.attempt == 2 for d in items),
+            "the record whose nack could not be re-published", timeout=20,
+        )
+        assert not failures, "the retry publish was never attempted"
+        assert "redeliver" in caplog.text, "the fallback was not logged"
+        await collector.close()
+
+        await adapter.publish(topic, [ping(99, "one-key")])
+        after = Collector(await adapter.subscribe(topic, SubscribeOptions(group=group)))
+        (first,) = (await after.wait_count(1))[:1]
+        assert number(first) == 99, "the committed offset froze at the failed nack"
+        await after.close()
+        await adapter.close()
+
+    caplog.set_level(logging.WARNING, "eventbus.kafka")
+    run(scenario)
+
+
+def test_close_while_broker_unreachable_still_stops_everything() -> None:
+    """aiokafka raises CancelledError from inside its own tasks when it stops with the
+    broker gone; close() must still close every subscription and stop the producer."""
+    endpoint, proxy = harness.require_faulty("kafka")
+    url = with_options(harness.client_url(endpoint), request_timeout_ms=3000)
+
+    async def scenario() -> None:
+        adapter = KafkaAdapter(url)
+        await adapter.connect()
+        topics = [unique("down"), unique("down")]
+        collectors = [
+            Collector(await adapter.subscribe(t, SubscribeOptions(group=unique("g"))))
+            for t in topics
+        ]
+        await adapter.publish(topics[0], [ping(1)])
+        (delivery,) = await collectors[0].wait_count(1)
+        await delivery.ack()
+        # Private on purpose: nothing public tells whether the client was stopped.
+        producer = adapter._producer
+        consumers = [c.subscription.consumer for c in collectors]  # type: ignore[attr-defined]
+        await proxy.refuse_connections(25)
+        await asyncio.sleep(0.5)
+        await asyncio.wait_for(adapter.close(), 20)  # raised CancelledError before
+        assert producer is not None and producer._closed, "the producer was never stopped"
+        assert all(c._closed for c in consumers), "a consumer was left running"
+
+    run(scenario, timeout=60)
