@@ -45,7 +45,7 @@ from eventbus.errors import (
 
 from .browse import read_topic
 from .codec import Headers, encode
-from .consumer import KafkaSubscription, retry_topic
+from .consumer import KafkaSubscription, best_effort, retry_topic
 from .provision import TopicProvisioner
 from .settings import KafkaSettings
 
@@ -187,17 +187,29 @@ class KafkaAdapter(Adapter):
         )
 
     async def close(self) -> None:
-        """Close every subscription (committing what is done), flush and stop the producer."""
-        for subscription in list(self._subscriptions):
-            await subscription.close()
+        """Close every subscription (committing what is done), flush and stop the producer.
+
+        Always reaches the end, even with the broker unreachable: a failing step is
+        logged and the next one runs; a cancellation of the caller is re-raised once
+        everything was tried.
+        """
+        subscriptions = list(self._subscriptions)
         self._subscriptions.clear()
+        try:
+            closes = await asyncio.gather(
+                *(best_effort("closing a subscription", s.close()) for s in subscriptions),
+                return_exceptions=True,
+            )
+        except asyncio.CancelledError:  # the children finished their steps anyway
+            closes = [True]
+        cancelled = any(c is True or isinstance(c, BaseException) for c in closes)
         producer, self._producer = self._producer, None
         if producer is not None:
-            try:
-                await producer.stop()  # flushes pending batches first
-            except Exception as exc:
-                log.warning("stopping the Kafka producer failed: %s", exc)
-        await self._provisioner.close()
+            # stop() flushes pending batches first.
+            cancelled |= await best_effort("stopping the Kafka producer", producer.stop())
+        cancelled |= await best_effort("closing the admin client", self._provisioner.close())
+        if cancelled:
+            raise asyncio.CancelledError
 
     async def health(self) -> HealthReport:
         """Ask the cluster for its metadata (one round trip)."""

@@ -20,7 +20,7 @@ import heapq
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from typing import TYPE_CHECKING, Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
@@ -44,6 +44,25 @@ COMMIT_TIMEOUT = 5.0
 def retry_topic(topic: str, group: str) -> str:
     """The per-group retry topic of ``topic``."""
     return f"{topic}.{group}.retry"
+
+
+async def best_effort(what: str, step: Awaitable[Any]) -> bool:
+    """Await one shutdown step, logging its failure; True if the caller was cancelled.
+
+    A ``CancelledError`` that is not aimed at the current task (aiokafka lets one
+    out of ``Fetcher.close()`` when the broker is unreachable) is a failure of the
+    step like any other, so shutdown goes on to the next step.
+    """
+    try:
+        await step
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            return True
+        log.warning("%s: the Kafka client was interrupted (CancelledError); going on", what)
+    except Exception as exc:  # best effort: the session expires, the broker may be down
+        log.warning("%s failed (%s: %s); going on", what, type(exc).__name__, exc)
+    return False
 
 
 class KafkaDelivery(Delivery):
@@ -180,24 +199,28 @@ class KafkaSubscription(Subscription):
             ) from exc
 
     async def close(self) -> None:
-        """Stop fetching, commit the settled prefix, leave the group."""
+        """Stop fetching, commit the settled prefix, leave the group.
+
+        Every step runs even when an earlier one fails or the broker is gone (aiokafka
+        then raises ``CancelledError`` from its own tasks); a cancellation of the
+        caller is re-raised once everything was tried.
+        """
         if self._closed:
             return
         self._closed = True
         self._wake.set()
+        what = f"closing the consumer of {self.topic!r} (group {self.options.group!r})"
+        cancelled = False
         if self._housekeeper is not None:
             self._housekeeper.cancel()
-            await asyncio.gather(self._housekeeper, return_exceptions=True)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.commit(), COMMIT_TIMEOUT)
-        await self._stop_consumer()
+            cancelled |= await best_effort(what, asyncio.gather(
+                self._housekeeper, return_exceptions=True))
+        cancelled |= await best_effort(f"{what}: final commit",
+                                       asyncio.wait_for(self.commit(), COMMIT_TIMEOUT))
+        cancelled |= await best_effort(f"{what}: leaving the group", self.consumer.stop())
         self.adapter.forget(self)
-
-    async def _stop_consumer(self) -> None:
-        try:
-            await self.consumer.stop()
-        except Exception as exc:  # leaving the group is best effort; the session expires
-            log.debug("stopping the consumer of %s failed: %s", self.topic, exc)
+        if cancelled:
+            raise asyncio.CancelledError
 
     # -- settling and committing ------------------------------------------------
 
