@@ -104,3 +104,57 @@ def test_close_while_broker_unreachable_still_stops_everything() -> None:
         assert all(c._closed for c in consumers), "a consumer was left running"
 
     run(scenario, timeout=60)
+
+
+def test_rebalance_drops_unstarted_work_of_lost_partitions_and_keeps_returning_ones(
+    kafka_url: str,
+) -> None:
+    """A holds unstarted deliveries of both partitions when B joins (an eager rebalance
+    revokes everything). Those of the partition that moved to B are stale (dropped
+    unstarted, B reads them); those of the partition that came back to A are still
+    A's: not stale, and not handed out to A a second time."""
+
+    async def scenario() -> None:
+        adapter = KafkaAdapter(with_options(kafka_url, partitions=2, rebalance_grace_ms=200))
+        topic, group = unique("rebal"), unique("g")
+        options = SubscribeOptions(group=group, prefetch=50)
+        first = Collector(await adapter.subscribe(topic, options))
+        count = 20
+        await adapter.publish(topic, [ping(i, f"key-{i}") for i in range(count)])
+        await first.wait_count(count)
+        second = Collector(await adapter.subscribe(topic, options))  # rebalance
+
+        def partition(d: Delivery) -> str:
+            return d.message_id.rsplit("/", 2)[1]
+
+        # Once B got its share, the lanes of A "reach" its queued deliveries.
+        await second.wait_count(1)
+        handled: list[int] = []
+        for delivery in list(first.items):
+            if not delivery.stale:
+                handled.append(number(delivery))
+                await delivery.ack()
+        kept = {partition(d) for d in first.items[:count] if not d.stale}
+        moved = {partition(d) for d in first.items[:count] if d.stale}
+        assert kept and moved and not kept & moved, (kept, moved)
+
+        async def everything_once() -> None:
+            await second.wait(lambda _: len(handled) + len(second.items) >= count,
+                              "every message between both members")
+
+        await everything_once()
+        for delivery in second.items:
+            handled.append(number(delivery))
+            await delivery.ack()
+        # Give A a chance to (wrongly) get its kept partition's records again.
+        await adapter.publish(topic, [ping(100 + i, f"key-{i}") for i in range(count)])
+        await first.wait(lambda items: len(items) + len(second.items) >= 2 * count,
+                         "the second batch")
+        again = [d for d in first.items[count:] if number(d) < count]
+        assert not again, f"A got its kept records again: {[number(d) for d in again]}"
+        assert sorted(handled) == list(range(count)), "lost or doubled across the rebalance"
+        await first.close()
+        await second.close()
+        await adapter.close()
+
+    run(scenario)

@@ -68,7 +68,7 @@ async def best_effort(what: str, step: Awaitable[Any]) -> bool:
 class KafkaDelivery(Delivery):
     """A consumed record; settling it marks its offset done (and nack re-publishes)."""
 
-    __slots__ = ("_entry", "_log", "_owner", "_record")
+    __slots__ = ("_dropped", "_entry", "_log", "_owner", "_record")
 
     def __init__(self, owner: KafkaSubscription, record: Any, log_: PartitionLog,
                  entry: Entry, attempt: int | None = None) -> None:
@@ -86,17 +86,46 @@ class KafkaDelivery(Delivery):
         self._record = record
         self._log = log_
         self._entry = entry
+        self._dropped = False
+
+    @property
+    def stale(self) -> bool:
+        """True once its partition was revoked before it started; asking gives it up.
+
+        The bus asks right before running it. A stale delivery is dropped unrun and
+        settling it does nothing: the partition's next owner reads the record again,
+        or, if the partition comes back to this member, this subscription hands the
+        record out anew.
+        """
+        if self._dropped:
+            return True
+        log_, entry = self._log, self._entry
+        if not (log_.revoked or log_.suspended):
+            if self._settled is None:
+                entry.started = True
+            return False
+        if entry.started or self._settled is not None:
+            return log_.revoked
+        self._dropped = True
+        entry.handed_out = False
+        entry.dropped = log_.suspended
+        self._owner.release_slot()
+        return True
 
     async def _ack(self) -> None:
-        self._owner.settle(self._log, self._entry)
+        if not self._dropped:
+            self._owner.settle(self._log, self._entry)
 
     async def _reject(self) -> None:
         # Kafka has no dead-letter queue; the bus's dead-letter middleware has
         # already published to <topic>.<group>.dlq, so the record is simply done.
-        self._owner.settle(self._log, self._entry)
+        if not self._dropped:
+            self._owner.settle(self._log, self._entry)
 
     async def _nack(self, delay: float) -> None:
         record = self._record
+        if self._dropped:
+            return
         if self._log.revoked:
             # The partition moved to another member, which reads this record again
             # from the last commit; re-publishing it too would double it.
@@ -164,6 +193,9 @@ class KafkaSubscription(Subscription):
         self._local: list[tuple[int, int, Any, PartitionLog, Entry, int]] = []
         self._held: dict[TopicPartition, deque[tuple[Any, PartitionLog, Entry, int]]] = {}
         self._to_pin: set[TopicPartition] = set()
+        # Partitions revoked and not (yet) assigned again: kept until the next
+        # assignment says whether they came back to this member.
+        self._suspended: dict[TopicPartition, PartitionLog] = {}
         self._outstanding = 0
         self._sequence = 0
         self._closed = False
@@ -305,31 +337,65 @@ class KafkaSubscription(Subscription):
     # -- rebalance ---------------------------------------------------------------
 
     def on_assigned(self, assigned: set[TopicPartition]) -> None:
+        new: set[TopicPartition] = set()
         for tp in assigned:
-            self._logs[tp] = PartitionLog()
-        self._to_pin |= assigned
+            log_ = self._suspended.pop(tp, None)
+            if log_ is None:
+                self._logs[tp] = PartitionLog()
+                new.add(tp)
+            else:
+                self._restore(tp, log_)
+        # What did not come back belongs to another member now.
+        for tp, log_ in self._suspended.items():
+            log_.revoked = True
+            log_.stash.clear()
+            self._held.pop(tp, None)
+        self._suspended.clear()
+        self._ready = deque(item for item in self._ready if not item[1].revoked)
+        self._to_pin |= new
         self._dirty.set()  # wake the housekeeper to pin them
-        if not assigned:
+        if not new:
             self._assigned.set()
+        self._wake.set()
+
+    def _restore(self, tp: TopicPartition, log_: PartitionLog) -> None:
+        """A partition came straight back: keep its fetched records, read on after them."""
+        log_.suspended = False
+        self._logs[tp] = log_
+        if log_.next_offset is not None:
+            # The group would restart it at the last commit, re-reading records
+            # this member has handled or still holds.
+            self.consumer.seek(tp, log_.next_offset)
+        items: list[tuple[Any, PartitionLog, Entry, int | None]] = []
+        for entry in log_.entries:
+            if entry.dropped:  # given up unstarted while suspended: hand it out anew
+                entry.dropped = False
+                items.append((entry.record, log_, entry, entry.attempt))
+        items += log_.stash
+        log_.stash = []
+        self._ready.extendleft(reversed(items))
+        if tp in self._held:
+            self.consumer.pause(tp)
 
     async def on_revoked(self, revoked: set[TopicPartition]) -> None:
-        # Give in-flight work of the revoked partitions a moment to finish, so its
-        # offsets are committed before another member takes over (fewer repeats).
+        # No delivery of a revoked partition may start from now on (the bus asks
+        # ``stale``); give the started ones a moment to finish, so their offsets are
+        # committed before another member takes over (fewer repeats).
+        logs = {tp: self._logs[tp] for tp in revoked if tp in self._logs}
+        for log_ in logs.values():
+            log_.suspended = True
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.adapter.settings.rebalance_grace_ms / 1000
         while not self._closed and loop.time() < deadline and any(
-            self._logs[tp].in_flight for tp in revoked if tp in self._logs
+            log_.in_flight for log_ in logs.values()
         ):
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), deadline - loop.time())
         await self.commit(only=revoked)
-        for tp in revoked:
-            log_ = self._logs.pop(tp, None)
-            if log_ is not None:
-                log_.revoked = True
-            self._held.pop(tp, None)
-        self._ready = deque(item for item in self._ready if not item[1].revoked)
+        for tp, log_ in logs.items():
+            del self._logs[tp]
+            self._suspended[tp] = log_
 
     # -- iteration -----------------------------------------------------------------
 
@@ -338,8 +404,12 @@ class KafkaSubscription(Subscription):
         while not self._closed:
             self._release_due()
             if self._ready and self._outstanding < prefetch:
-                record, log_, entry, attempt = self._ready.popleft()
+                item = self._ready.popleft()
+                record, log_, entry, attempt = item
                 if log_.revoked:
+                    continue
+                if log_.suspended:  # wait for the assignment to say whose it is
+                    log_.stash.append(item)
                     continue
                 yield self._hand_out(record, log_, entry, attempt)
                 continue
@@ -368,6 +438,8 @@ class KafkaSubscription(Subscription):
                   attempt: int | None = None) -> Delivery:
         delivery = KafkaDelivery(self, record, log_, entry, attempt)
         entry.handed_out = True
+        entry.started = False
+        entry.attempt = attempt
         self._outstanding += 1
         return delivery
 
@@ -380,7 +452,7 @@ class KafkaSubscription(Subscription):
             log_ = self._logs.setdefault(tp, PartitionLog())
             held = self._held.get(tp)
             for record in records:
-                entry = log_.add(record.offset)
+                entry = log_.add(record.offset, record)
                 due = _not_before(record) if tp.topic == self.retry_topic else 0
                 if held is not None:
                     held.append((record, log_, entry, due))
