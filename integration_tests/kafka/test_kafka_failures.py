@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 import pytest
@@ -155,6 +156,65 @@ def test_rebalance_drops_unstarted_work_of_lost_partitions_and_keeps_returning_o
         assert sorted(handled) == list(range(count)), "lost or doubled across the rebalance"
         await first.close()
         await second.close()
+        await adapter.close()
+
+    run(scenario)
+
+
+def test_subscriptions_of_one_group_to_other_topics_do_not_rebalance_each_other(
+    kafka_url: str,
+) -> None:
+    """A service subscribes to several topics under one group (the bus's default group
+    is its source): subscribing to the second topic must not revoke the first one's
+    partitions (which would wait for its in-flight handler and re-run work)."""
+
+    async def scenario() -> None:
+        adapter = KafkaAdapter(with_options(kafka_url, rebalance_grace_ms=8000))
+        group, first_topic, second_topic = unique("svc"), unique("a"), unique("b")
+        first = Collector(await adapter.subscribe(first_topic, SubscribeOptions(group=group)))
+        await adapter.publish(first_topic, [ping(1)])
+        (held,) = await first.wait_count(1)
+        assert not held.stale  # started by its handler, which has not finished
+        started = time.monotonic()
+        second = Collector(await adapter.subscribe(second_topic, SubscribeOptions(group=group)))
+        took = time.monotonic() - started
+        assert took < 5, f"subscribing to {second_topic} waited {took:.1f}s on {first_topic}"
+        assert not held.stale, "the sibling subscription lost its partition"
+        await held.ack()
+        await adapter.publish(second_topic, [ping(2)])
+        assert [number(d) for d in await second.wait_count(1)] == [2]
+        await first.close()
+        await second.close()
+        await adapter.close()
+
+    run(scenario)
+
+
+def test_a_group_continues_where_its_former_shared_kafka_group_stopped(kafka_url: str) -> None:
+    """Older versions used the eventbus group as the Kafka group id; a subscription of
+    that group starts at what it committed there instead of skipping the backlog."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka.structs import OffsetAndMetadata
+    from eventbus_kafka import KafkaSettings
+
+    async def scenario() -> None:
+        adapter = KafkaAdapter(with_options(kafka_url, partitions=1))
+        topic, group = unique("legacy"), unique("svc")
+        await adapter.publish(topic, [ping(i, "k") for i in range(4)])
+        former = AIOKafkaConsumer(
+            bootstrap_servers=list(KafkaSettings.from_url(kafka_url).bootstrap_servers),
+            group_id=group, enable_auto_commit=False,
+        )
+        await former.start()
+        try:
+            former.assign([TopicPartition(topic, 0)])
+            await former.commit({TopicPartition(topic, 0): OffsetAndMetadata(2, "")})
+        finally:
+            await former.stop()
+        collector = Collector(await adapter.subscribe(topic, SubscribeOptions(group=group)))
+        got = await collector.wait_count(2)
+        assert [number(d) for d in got] == [2, 3]
+        await collector.close()
         await adapter.close()
 
     run(scenario)

@@ -25,6 +25,7 @@ from aiokafka.errors import (
     RequestTimedOutError,
 )
 from aiokafka.helpers import create_ssl_context
+from aiokafka.structs import OffsetAndMetadata, TopicPartition
 
 from eventbus.adapter import (
     Adapter,
@@ -335,6 +336,12 @@ class KafkaAdapter(Adapter):
                 "check the name (reading creates no topic)"
             )
         return await read_topic(self, topic, partitions, limit)
+
+    async def group_offsets(
+        self, group: str, partitions: list[TopicPartition]
+    ) -> dict[TopicPartition, OffsetAndMetadata]:
+        """What the Kafka group ``group`` committed for ``partitions`` (admin request)."""
+        return await self._provisioner.group_offsets(group, partitions)
 
     def forget(self, subscription: KafkaSubscription) -> None:
         """Called by a subscription when it closes."""

@@ -41,6 +41,17 @@ log = logging.getLogger("eventbus.kafka")
 COMMIT_TIMEOUT = 5.0
 
 
+def kafka_group_id(group: str, topic: str) -> str:
+    """The Kafka ``group.id`` of eventbus group ``group`` on ``topic``.
+
+    One Kafka group per (group, topic): a service subscribes to several topics under
+    one group (the bus's default group is its source), each subscription with its own
+    consumer, and a shared Kafka group would make every subscribe revoke and rebalance
+    all its siblings.
+    """
+    return f"{group}.{topic}"
+
+
 def retry_topic(topic: str, group: str) -> str:
     """The per-group retry topic of ``topic``."""
     return f"{topic}.{group}.retry"
@@ -177,7 +188,7 @@ class KafkaSubscription(Subscription):
             options.start_from, settings.start_from) else "latest"
         self.consumer = AIOKafkaConsumer(
             **adapter.client_options(),
-            group_id=options.group,
+            group_id=kafka_group_id(options.group, topic),
             enable_auto_commit=False,
             auto_offset_reset=self.start_from,
             session_timeout_ms=settings.session_timeout_ms,
@@ -316,13 +327,26 @@ class KafkaSubscription(Subscription):
             await self.commit()
 
     async def _pin_new_partitions(self) -> None:
-        pins: dict[TopicPartition, OffsetAndMetadata] = {}
+        unpinned: list[TopicPartition] = []
         for tp in list(self._to_pin):
             self._to_pin.discard(tp)
             try:
                 if await self.consumer.committed(tp) is None:
-                    pins[tp] = OffsetAndMetadata(await self.consumer.position(tp), "")
+                    unpinned.append(tp)
             except (KafkaError, ConsumerStoppedError) as exc:  # revoked meanwhile, or down
+                log.debug("could not pin the start of %s: %s", tp, exc)
+        # On the first start only (nothing fetched yet), continue where the group's
+        # Kafka group of older versions (group.id = the eventbus group) stopped.
+        legacy = {} if self._assigned.is_set() else await self._legacy_offsets(unpinned)
+        pins: dict[TopicPartition, OffsetAndMetadata] = {}
+        for tp in unpinned:
+            try:
+                if tp in legacy:
+                    self.consumer.seek(tp, legacy[tp])
+                    pins[tp] = OffsetAndMetadata(legacy[tp], "")
+                else:
+                    pins[tp] = OffsetAndMetadata(await self.consumer.position(tp), "")
+            except (KafkaError, ConsumerStoppedError) as exc:
                 log.debug("could not pin the start of %s: %s", tp, exc)
         owned = self.consumer.assignment()
         pins = {tp: meta for tp, meta in pins.items() if tp in owned}
@@ -333,6 +357,24 @@ class KafkaSubscription(Subscription):
                 except (KafkaError, ConsumerStoppedError) as exc:
                     log.info("could not pin start offsets %s: %s", pins, exc)
         self._assigned.set()
+
+    async def _legacy_offsets(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
+        if not partitions:
+            return {}
+        group = self.options.group
+        try:
+            found = await asyncio.wait_for(
+                self.adapter.group_offsets(group, partitions), COMMIT_TIMEOUT)
+        except Exception as exc:  # no such group, or no admin rights: start as configured
+            log.debug("no offsets of the former Kafka group %r: %s", group, exc)
+            return {}
+        offsets = {tp: meta.offset for tp, meta in found.items()
+                   if tp in partitions and meta is not None and meta.offset >= 0}
+        if offsets:
+            log.info("group %r on %r starts where the former Kafka group %r stopped: %s",
+                     group, self.topic, group,
+                     {f"{tp.topic}/{tp.partition}": o for tp, o in offsets.items()})
+        return offsets
 
     # -- rebalance ---------------------------------------------------------------
 
