@@ -123,7 +123,8 @@ def test_encode_is_cloudevents_kafka_binary_mode() -> None:
     assert headers["content-type"] == b"application/json"
     assert headers["ce_specversion"] == b"1.0" and headers["ce_id"] == env.id.encode()
     assert headers["ce_tenant"] == b"acme" and headers["ce_dataversion"] == b"2"
-    assert "ce_partitionkey" not in headers, "partitionkey travels as the record key only"
+    # CloudEvents Kafka binding 3.1: the key carries it, the extension stays too.
+    assert headers["ce_partitionkey"] == b"order-A-1"
     assert all(isinstance(v, bytes) for v in headers.values())
     assert record.size > len(record.value) + sum(len(k) + len(v) for k, v in headers.items())
 
@@ -149,8 +150,6 @@ def test_decode_round_trip_and_transport_headers() -> None:
         (None, b"\xff\xfe garbage", []),
         (None, b"{}", [("ce_specversion", b"1.0")]),  # no id/source/type
         (None, b"x", [("ce_specversion", b"\xff"), ("ce_id", b"1")]),  # not UTF-8
-        (b"\xff", b"x", [("ce_specversion", b"1.0"), ("ce_id", b"1"), ("ce_source", b"s"),
-                         ("ce_type", b"t")]),  # key not UTF-8
         (None, None, [("content-type", b"application/cloudevents+json")]),
     ],
 )
@@ -159,6 +158,29 @@ def test_undecodable_records_never_raise(
 ) -> None:
     decoded = decode(key, value, headers)
     assert decoded.envelope is None and decoded.error
+
+
+MINIMAL = [("ce_specversion", b"1.0"), ("ce_id", b"1"), ("ce_source", b"s"), ("ce_type", b"t")]
+
+
+@pytest.mark.parametrize("key", [(42).to_bytes(8, "big"), bytes.fromhex("ffd8" * 8)])
+def test_a_binary_record_key_is_not_poison(key: bytes) -> None:
+    """Java's LongSerializer or UUID bytes as the key: the CloudEvent is kept, with no
+    partitionkey (the key is not text)."""
+    decoded = decode(key, b"x", MINIMAL)
+    assert decoded.envelope is not None, decoded.error
+    assert decoded.envelope.partitionkey is None and decoded.envelope.id == "1"
+
+
+def test_partitionkey_extension_wins_over_the_record_key() -> None:
+    """Binding 3.1: the record key becomes partitionkey only when the extension is absent."""
+    with_extension = decode(b"\x00\x01", b"x", [*MINIMAL, ("ce_partitionkey", b"tenant-7")])
+    assert with_extension.envelope is not None, with_extension.error
+    assert with_extension.envelope.partitionkey == "tenant-7"
+    other_key = decode(b"some-key", b"x", [*MINIMAL, ("ce_partitionkey", b"tenant-7")])
+    assert other_key.envelope is not None and other_key.envelope.partitionkey == "tenant-7"
+    from_key = decode(b"some-key", b"x", MINIMAL)
+    assert from_key.envelope is not None and from_key.envelope.partitionkey == "some-key"
 
 
 def test_official_sdk_reads_ours_and_we_read_theirs() -> None:
