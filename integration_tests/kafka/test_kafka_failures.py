@@ -218,3 +218,61 @@ def test_a_group_continues_where_its_former_shared_kafka_group_stopped(kafka_url
         await adapter.close()
 
     run(scenario)
+
+
+def test_a_long_nack_delay_does_not_hold_up_short_ones(kafka_url: str) -> None:
+    """One nack(30) and then a nack(0.5) on a single-partition setup: the short retry
+    comes back after about its own delay, not after the long one's."""
+
+    async def scenario() -> None:
+        adapter = KafkaAdapter(with_options(kafka_url, partitions=1))
+        topic, group = unique("tiers"), unique("g")
+        nacked_at: dict[int, float] = {}
+
+        async def settle(delivery: Delivery) -> None:
+            if delivery.attempt == 1:
+                nacked_at[number(delivery)] = time.monotonic()
+                await delivery.nack(30.0 if number(delivery) == 0 else 0.5)
+            else:
+                await delivery.ack()
+
+        collector = Collector(await adapter.subscribe(topic, SubscribeOptions(group=group)),
+                              settle)
+        await adapter.publish(topic, [ping(0, "k"), ping(1, "k")])
+        got = await collector.wait(
+            lambda items: any(number(d) == 1 and d.attempt == 2 for d in items),
+            "the short retry", timeout=10,
+        )
+        retried = next(d for d in got if d.attempt == 2)
+        assert number(retried) == 1
+        assert time.monotonic() - nacked_at[1] >= 0.45
+        assert not any(number(d) == 0 and d.attempt == 2 for d in got)
+        await collector.close()
+        await adapter.close()
+
+    run(scenario)
+
+
+def test_a_delay_beyond_the_longest_tier_is_still_honoured(kafka_url: str) -> None:
+    async def scenario() -> None:
+        adapter = KafkaAdapter(with_options(kafka_url, partitions=1, retry_tiers="1,2"))
+        topic, group = unique("hop"), unique("g")
+        nacked_at: list[float] = []
+
+        async def settle(delivery: Delivery) -> None:
+            if delivery.attempt == 1:
+                nacked_at.append(time.monotonic())
+                await delivery.nack(3.5)
+            else:
+                await delivery.ack()
+
+        collector = Collector(await adapter.subscribe(topic, SubscribeOptions(group=group)),
+                              settle)
+        await adapter.publish(topic, [ping(0)])
+        got = await collector.wait_count(2, timeout=15)
+        assert [(number(d), d.attempt) for d in got] == [(0, 1), (0, 2)]
+        assert time.monotonic() - nacked_at[0] >= 3.4, "redelivered before its delay"
+        await collector.close()
+        await adapter.close()
+
+    run(scenario)

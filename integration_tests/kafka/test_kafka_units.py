@@ -15,6 +15,7 @@ from eventbus_kafka.codec import (
     retry_headers,
 )
 from eventbus_kafka.offsets import PartitionLog
+from eventbus_kafka.retry import tier_for
 
 from eventbus.envelope import Envelope
 from eventbus.errors import InvalidURLError
@@ -76,6 +77,9 @@ def test_unknown_option_names_it_and_the_allowed_ones() -> None:
         "kafka://k:9092?sasl_mechanism=PLAIN",  # without a SASL security_protocol
         "kafka://k:9092?linger_ms=1&linger_ms=2",
         "kafka://k:9092?session_timeout_ms=1000&heartbeat_interval_ms=1000",
+        "kafka://k:9092?retry_tiers=10,1",
+        "kafka://k:9092?retry_tiers=0,5",
+        "kafka://k:9092?retry_tiers=1,x",
         "amqp://k:9092",
     ],
 )
@@ -83,6 +87,13 @@ def test_bad_urls_raise_invalid_url_error(url: str) -> None:
     with pytest.raises(InvalidURLError) as raised:
         KafkaSettings.from_url(url)
     assert "topsecret" not in str(raised.value)
+
+
+def test_retry_delay_tiers() -> None:
+    assert KafkaSettings.from_url("kafka://k").retry_tiers == (1, 10, 60, 600, 3600)
+    assert KafkaSettings.from_url("kafka://k?retry_tiers=5,30").retry_tiers == (5, 30)
+    assert [tier_for(d, (1, 10, 60)) for d in (0, 1, 1.5, 10, 59, 3600)] == [
+        1, 1, 10, 10, 60, 60]
 
 
 def test_bad_password_option_value_is_masked() -> None:

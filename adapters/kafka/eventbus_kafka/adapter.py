@@ -46,8 +46,9 @@ from eventbus.errors import (
 
 from .browse import read_topic
 from .codec import Headers, encode
-from .consumer import KafkaSubscription, best_effort, retry_topic
+from .consumer import KafkaSubscription, best_effort
 from .provision import TopicProvisioner
+from .retry import retry_topics
 from .settings import KafkaSettings
 
 log = logging.getLogger("eventbus.kafka")
@@ -313,7 +314,9 @@ class KafkaAdapter(Adapter):
         start offsets are fixed, so anything published afterwards is received.
         """
         await self._ready_producer()  # nack re-publishes through it
-        await self._provisioner.ensure([topic, retry_topic(topic, options.group)])
+        await self._provisioner.ensure(
+            [topic, *retry_topics(topic, options.group, self.settings.retry_tiers)]
+        )
         subscription = KafkaSubscription(self, topic, options)
         s = self.settings
         join_timeout = max(30.0, 3 * (s.session_timeout_ms + s.rebalance_timeout_ms) / 1000)

@@ -3,10 +3,11 @@
 - Offsets are committed manually, only ever the contiguous prefix of settled
   records per partition (:mod:`eventbus_kafka.offsets`), in batches every
   ``commit_interval_ms`` and always on revoke and close.
-- ``nack(delay)`` re-publishes the record to ``<topic>.<group>.retry`` with a
-  not-before time and marks the original done, so its partition is not blocked.
-  A retry record that is not due yet is held and its retry partition paused
-  until then; other partitions keep flowing.
+- ``nack(delay)`` re-publishes the record to the retry topic of its delay tier
+  (:mod:`eventbus_kafka.retry`) with a not-before time and marks the original
+  done, so its partition is not blocked. A retry record that is not due yet is
+  held and its retry partition paused until then (at most the tier's delay);
+  other partitions and tiers keep flowing.
 - The first assignment of a partition with no committed offset commits the
   position it starts from, so "latest" means "as of subscribe" even if the
   partition later moves to another member before anything was consumed.
@@ -30,8 +31,9 @@ from aiokafka.structs import OffsetAndMetadata
 from eventbus.adapter import Delivery, SubscribeOptions, Subscription
 from eventbus.errors import BrokerConnectionError, ConnectionLostError
 
-from .codec import decode, retry_headers
+from .codec import NOT_BEFORE_HEADER, decode, retry_headers
 from .offsets import Entry, PartitionLog
+from .retry import FORWARD_SLACK_MS, not_before, release_at, retry_topic, retry_topics, tier_for
 
 if TYPE_CHECKING:
     from .adapter import KafkaAdapter
@@ -50,11 +52,6 @@ def kafka_group_id(group: str, topic: str) -> str:
     all its siblings.
     """
     return f"{group}.{topic}"
-
-
-def retry_topic(topic: str, group: str) -> str:
-    """The per-group retry topic of ``topic``."""
-    return f"{topic}.{group}.retry"
 
 
 async def best_effort(what: str, step: Awaitable[Any]) -> bool:
@@ -150,7 +147,7 @@ class KafkaDelivery(Delivery):
         )
         try:
             await self._owner.adapter.send_record(
-                self._owner.retry_topic, record.key, record.value, headers
+                self._owner.retry_topic_for(delay), record.key, record.value, headers
             )
         except Exception as exc:
             # Not re-published (leader change, timeout): keep the record ourselves
@@ -182,7 +179,8 @@ class KafkaSubscription(Subscription):
         self.adapter = adapter
         self.topic = topic
         self.options = options
-        self.retry_topic = retry_topic(topic, options.group)
+        # Retry topic -> its delay tier (seconds).
+        self.retry_tiers = retry_topics(topic, options.group, adapter.settings.retry_tiers)
         settings = adapter.settings
         self.start_from = "earliest" if "earliest" in (
             options.start_from, settings.start_from) else "latest"
@@ -221,7 +219,7 @@ class KafkaSubscription(Subscription):
     async def start(self, timeout: float) -> None:
         """Join the group; return once the first assignment's start offsets are pinned."""
         masked = self.adapter.settings.masked_url
-        self.consumer.subscribe([self.topic, self.retry_topic], listener=_Listener(self))
+        self.consumer.subscribe([self.topic, *self.retry_tiers], listener=_Listener(self))
         self._housekeeper = asyncio.create_task(self._housekeeping())
         try:
             # start() bootstraps and joins the group (waiting for the first assignment);
@@ -281,16 +279,41 @@ class KafkaSubscription(Subscription):
         if log_.revoked:
             return  # the partition's new owner reads it again from the last commit
         log.warning(
-            "could not re-publish message %s of %r (group %r) to retry topic %r (%s); "
+            "could not re-publish message %s of %r (group %r) to its retry topic (%s); "
             "it stays uncommitted and this consumer will redeliver it in %.1fs",
-            delivery.message_id, self.topic, self.options.group, self.retry_topic,
+            delivery.message_id, self.topic, self.options.group,
             f"{type(error).__name__}: {error}" if error else "cancelled", delay,
         )
-        due = int((time.time() + delay) * 1000)
+        self._hold_locally(delivery._record, log_, entry, int((time.time() + delay) * 1000),
+                           delivery.attempt + 1)
+
+    def _hold_locally(self, record: Any, log_: PartitionLog, entry: Entry, due_ms: int,
+                      attempt: int) -> None:
         self._sequence += 1
-        heapq.heappush(self._local, (due, self._sequence, delivery._record, log_, entry,
-                                     delivery.attempt + 1))
+        heapq.heappush(self._local, (due_ms, self._sequence, record, log_, entry, attempt))
         self._wake.set()
+
+    def retry_topic_for(self, delay: float) -> str:
+        """The retry topic of the delay tier for ``delay`` seconds."""
+        tiers = self.adapter.settings.retry_tiers
+        return retry_topic(self.topic, self.options.group, tier_for(delay, tiers))
+
+    async def _forward(self, record: Any, log_: PartitionLog, entry: Entry,
+                       not_before_ms: int) -> None:
+        """Pass a record its tier released early (a delay beyond the longest tier) on."""
+        remaining = (not_before_ms - time.time() * 1000) / 1000
+        try:
+            await self.adapter.send_record(self.retry_topic_for(remaining), record.key,
+                                           record.value, list(record.headers or ()))
+        except Exception as exc:
+            attempt = decode(record.key, record.value, record.headers or ()).attempt
+            log.warning("could not forward retry record %s/%s/%s (%s: %s); this consumer "
+                        "will redeliver it in %.1fs", record.topic, record.partition,
+                        record.offset, type(exc).__name__, exc, remaining)
+            self._hold_locally(record, log_, entry, not_before_ms, attempt)
+            return
+        if log_.settle(entry):
+            self._dirty.set()
 
     def release_slot(self) -> None:
         self._outstanding -= 1
@@ -453,6 +476,11 @@ class KafkaSubscription(Subscription):
                 if log_.suspended:  # wait for the assignment to say whose it is
                     log_.stash.append(item)
                     continue
+                if attempt is None and record.topic in self.retry_tiers:
+                    not_before_ms = not_before(record, NOT_BEFORE_HEADER)
+                    if not_before_ms > time.time() * 1000 + FORWARD_SLACK_MS:
+                        await self._forward(record, log_, entry, not_before_ms)
+                        continue
                 yield self._hand_out(record, log_, entry, attempt)
                 continue
             wait = self._next_due()
@@ -495,7 +523,9 @@ class KafkaSubscription(Subscription):
             held = self._held.get(tp)
             for record in records:
                 entry = log_.add(record.offset, record)
-                due = _not_before(record) if tp.topic == self.retry_topic else 0
+                tier = self.retry_tiers.get(tp.topic)
+                due = 0 if tier is None else release_at(
+                    record, not_before(record, NOT_BEFORE_HEADER), tier, now_ms)
                 if held is not None:
                     held.append((record, log_, entry, due))
                 elif due > now_ms:
@@ -530,13 +560,3 @@ class KafkaSubscription(Subscription):
         if not dues:
             return 1.0
         return max(0.0, min(1.0, min(dues) / 1000 - time.time()))
-
-
-def _not_before(record: Any) -> int:
-    for name, value in record.headers or ():
-        if name == "eventbus_not_before":
-            try:
-                return int(value)
-            except (TypeError, ValueError):
-                return 0
-    return 0

@@ -18,6 +18,8 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 from eventbus.errors import InvalidURLError, mask_url
 
+from .retry import DEFAULT_TIERS
+
 DEFAULT_PORT = 9092
 DEFAULT_MAX_MESSAGE_BYTES = 1024 * 1024
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
@@ -69,6 +71,8 @@ class KafkaSettings:
     rebalance_timeout_ms: int = 10_000
     commit_interval_ms: int = 100
     rebalance_grace_ms: int = 2_000
+    # Delay tiers in seconds, ascending: one retry topic each (see eventbus_kafka.retry).
+    retry_tiers: tuple[int, ...] = DEFAULT_TIERS
 
     @property
     def masked_url(self) -> str:
@@ -222,6 +226,16 @@ def _idempotence(raw: str) -> Idempotence:
     raise ValueError("use auto, true or false")
 
 
+def _tiers(raw: str) -> tuple[int, ...]:
+    try:
+        tiers = tuple(int(part) for part in raw.split(","))
+    except ValueError:
+        raise ValueError("use ascending whole seconds separated by commas, e.g. 1,10,60") from None
+    if not 1 <= len(tiers) <= 10 or tiers[0] < 1 or list(tiers) != sorted(set(tiers)):
+        raise ValueError("use 1 to 10 ascending whole seconds (at least 1), e.g. 1,10,60")
+    return tiers
+
+
 def _bool(raw: str) -> bool:
     lowered = raw.lower()
     if lowered in ("1", "true", "yes", "on"):
@@ -255,4 +269,5 @@ _OPTIONS: dict[str, Callable[[str], Any]] = {
     "rebalance_timeout_ms": _positive_int,
     "commit_interval_ms": _positive_int,
     "rebalance_grace_ms": _non_negative_int,
+    "retry_tiers": _tiers,
 }
