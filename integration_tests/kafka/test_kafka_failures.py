@@ -276,3 +276,42 @@ def test_a_delay_beyond_the_longest_tier_is_still_honoured(kafka_url: str) -> No
         await adapter.close()
 
     run(scenario)
+
+
+def test_a_handler_slower_than_max_poll_interval_keeps_its_partition(kafka_url: str) -> None:
+    """Every prefetch slot busy for longer than max_poll_interval_ms: the consumer keeps
+    polling (with its partitions paused), so it stays in the group and the other
+    member does not get the record a second time; later records flow afterwards."""
+
+    async def scenario() -> None:
+        adapter = KafkaAdapter(with_options(
+            kafka_url, partitions=1, max_poll_interval_ms=2000, rebalance_grace_ms=0))
+        topic, group = unique("slow"), unique("g")
+        options = SubscribeOptions(group=group, prefetch=1)
+        seen: list[tuple[int, int]] = []
+        handlers: set[asyncio.Task[None]] = set()
+
+        async def handle(delivery: Delivery) -> None:
+            seen.append((number(delivery), delivery.attempt))
+            if number(delivery) == 0:
+                await asyncio.sleep(5)  # well past max_poll_interval_ms
+            await delivery.ack()
+
+        async def slow(delivery: Delivery) -> None:
+            # As the bus does: the handler runs beside the iteration, not inside it.
+            task = asyncio.create_task(handle(delivery))
+            handlers.add(task)
+            task.add_done_callback(handlers.discard)
+
+        # Two members; whichever owns the single partition gets the slow record.
+        members = [Collector(await adapter.subscribe(topic, options), slow) for _ in range(2)]
+        await adapter.publish(topic, [ping(0, "k"), ping(1, "k")])
+        await members[0].wait(lambda _: (1, 1) in seen, "the second record", timeout=30)
+        await adapter.publish(topic, [ping(2, "k")])
+        await members[0].wait(lambda _: (2, 1) in seen, "a record after the slow one")
+        assert [n for n, _ in seen] == [0, 1, 2], f"handled twice: {seen}"
+        for member in members:
+            await member.close()
+        await adapter.close()
+
+    run(scenario)

@@ -192,6 +192,7 @@ class KafkaSubscription(Subscription):
             session_timeout_ms=settings.session_timeout_ms,
             heartbeat_interval_ms=settings.heartbeat_interval_ms,
             rebalance_timeout_ms=settings.rebalance_timeout_ms,
+            max_poll_interval_ms=settings.max_poll_interval_ms,
             max_partition_fetch_bytes=max(1024 * 1024, settings.max_message_bytes + 4096),
         )
         self._logs: dict[TopicPartition, PartitionLog] = {}
@@ -207,6 +208,7 @@ class KafkaSubscription(Subscription):
         self._suspended: dict[TopicPartition, PartitionLog] = {}
         self._outstanding = 0
         self._sequence = 0
+        self._paused_while_busy = False
         self._closed = False
         self._wake = asyncio.Event()
         self._dirty = asyncio.Event()
@@ -486,9 +488,13 @@ class KafkaSubscription(Subscription):
             wait = self._next_due()
             if self._outstanding >= prefetch or self._ready:
                 self._wake.clear()
-                with contextlib.suppress(TimeoutError):
+                try:
                     await asyncio.wait_for(self._wake.wait(), wait)
+                except TimeoutError:
+                    if self._outstanding >= prefetch:
+                        await self._poll_while_busy()
                 continue
+            self._resume_fetching()
             try:
                 batch = await self.consumer.getmany(
                     timeout_ms=int(min(wait, 1.0) * 1000),
@@ -503,6 +509,31 @@ class KafkaSubscription(Subscription):
                 ) from exc
             if not self._closed:
                 self._accept(batch)
+
+    async def _poll_while_busy(self) -> None:
+        """Poll with every partition paused while all prefetch slots are busy.
+
+        aiokafka makes a member leave its group when it has not polled for
+        ``max_poll_interval_ms``; a slow handler would then lose its partition and
+        its record would be handled again elsewhere. Paused, a poll fetches nothing.
+        """
+        self._paused_while_busy = True
+        self.consumer.pause(*self.consumer.assignment())
+        try:
+            batch = await self.consumer.getmany(timeout_ms=0)
+        except ConsumerStoppedError:
+            return
+        except KafkaError as exc:
+            log.debug("poll of %r while busy failed: %s", self.topic, exc)
+            return
+        if not self._closed:
+            self._accept(batch)  # fetched just before the pause
+
+    def _resume_fetching(self) -> None:
+        if self._paused_while_busy:
+            self._paused_while_busy = False
+            self.consumer.resume(
+                *(tp for tp in self.consumer.assignment() if tp not in self._held))
 
     def _hand_out(self, record: Any, log_: PartitionLog, entry: Entry,
                   attempt: int | None = None) -> Delivery:

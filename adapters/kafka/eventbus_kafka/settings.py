@@ -69,6 +69,9 @@ class KafkaSettings:
     session_timeout_ms: int = 10_000
     heartbeat_interval_ms: int = 3_000
     rebalance_timeout_ms: int = 10_000
+    # A member that does not poll for this long leaves its group; the subscription
+    # keeps polling (partitions paused) while its handlers are busy.
+    max_poll_interval_ms: int = 300_000
     commit_interval_ms: int = 100
     rebalance_grace_ms: int = 2_000
     # Delay tiers in seconds, ascending: one retry topic each (see eventbus_kafka.retry).
@@ -267,6 +270,7 @@ _OPTIONS: dict[str, Callable[[str], Any]] = {
     "session_timeout_ms": _positive_int,
     "heartbeat_interval_ms": _positive_int,
     "rebalance_timeout_ms": _positive_int,
+    "max_poll_interval_ms": _positive_int,
     "commit_interval_ms": _positive_int,
     "rebalance_grace_ms": _non_negative_int,
     "retry_tiers": _tiers,
