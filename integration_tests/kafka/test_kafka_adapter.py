@@ -265,7 +265,7 @@ def test_unreachable_bootstrap_fails_fast_with_masked_url() -> None:
         port = sock.getsockname()[1]  # closed when the block ends: nothing listens there
 
     async def scenario() -> None:
-        url = f"kafka://svc:s3cr3t-pw@127.0.0.1:{port}?connect_timeout=2"
+        url = f"kafka://svc:s3cr3t-pw@127.0.0.1:{port}?security_protocol=SASL_PLAINTEXT&connect_timeout=2"
         adapter = KafkaAdapter(url)
         started = time.monotonic()
         with pytest.raises(BrokerConnectionError) as raised:

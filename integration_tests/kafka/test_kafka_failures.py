@@ -20,6 +20,7 @@ from eventbus.errors import BrokerConnectionError
 from integration_tests import harness
 from integration_tests.kafka.test_kafka_adapter import (
     Collector,
+    ack_all,
     number,
     ping,
     run,
@@ -310,6 +311,83 @@ def test_a_handler_slower_than_max_poll_interval_keeps_its_partition(kafka_url: 
         await adapter.publish(topic, [ping(2, "k")])
         await members[0].wait(lambda _: (2, 1) in seen, "a record after the slow one")
         assert [n for n, _ in seen] == [0, 1, 2], f"handled twice: {seen}"
+        for member in members:
+            await member.close()
+        await adapter.close()
+
+    run(scenario)
+
+
+def test_start_from_latest_in_the_url_wins(kafka_url: str) -> None:
+    """``start_from`` in the URL is a deployment-wide switch, in both directions."""
+
+    async def scenario() -> None:
+        adapter = KafkaAdapter(with_options(kafka_url, start_from="latest"))
+        topic = unique("latest")
+        await adapter.publish(topic, [ping(1)])
+        options = SubscribeOptions(group=unique("g"), start_from="earliest")
+        collector = Collector(await adapter.subscribe(topic, options))
+        await adapter.publish(topic, [ping(2)])
+        assert [number(d) for d in await collector.wait_count(1)] == [2]
+        await collector.close()
+        await adapter.close()
+
+    run(scenario)
+
+
+def test_a_committed_offset_out_of_range_restarts_at_the_earliest_record(
+    kafka_url: str,
+) -> None:
+    """An existing group whose committed offset is no longer in the log (retention
+    deleted it) reads the backlog from the earliest retained record, even when new
+    groups start from the latest: it never silently skips it."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka.structs import OffsetAndMetadata
+    from eventbus_kafka import KafkaSettings
+    from eventbus_kafka.consumer import kafka_group_id
+
+    async def scenario() -> None:
+        adapter = KafkaAdapter(with_options(kafka_url, partitions=1))
+        topic, group = unique("reset"), unique("g")
+        await adapter.publish(topic, [ping(i, "k") for i in range(3)])
+        other = AIOKafkaConsumer(
+            bootstrap_servers=list(KafkaSettings.from_url(kafka_url).bootstrap_servers),
+            group_id=kafka_group_id(group, topic), enable_auto_commit=False,
+        )
+        await other.start()
+        try:
+            other.assign([TopicPartition(topic, 0)])
+            # An offset the log does not have (as after retention deleted it).
+            await other.commit({TopicPartition(topic, 0): OffsetAndMetadata(1000, "")})
+        finally:
+            await other.stop()
+        collector = Collector(await adapter.subscribe(topic, SubscribeOptions(group=group)))
+        got = await collector.wait_count(3)
+        assert [number(d) for d in got] == [0, 1, 2]
+        await collector.close()
+        await adapter.close()
+
+    run(scenario)
+
+
+def test_static_membership_compression_and_isolation(kafka_url: str) -> None:
+    """The client settings reach the broker: two members of one group with static
+    membership (distinct instance ids), gzip-compressed records, read_committed."""
+
+    async def scenario() -> None:
+        adapter = KafkaAdapter(with_options(
+            kafka_url, group_instance_id="billing-1", compression_type="gzip",
+            isolation_level="read_committed"))
+        topic, group = unique("static"), unique("g")
+        options = SubscribeOptions(group=group)
+        members = [Collector(await adapter.subscribe(topic, options), ack_all)
+                   for _ in range(2)]
+        count = 30
+        await adapter.publish(topic, [ping(i, f"key-{i}") for i in range(count)])
+        await members[0].wait(lambda _: sum(len(m.items) for m in members) >= count,
+                              "every record between both members")
+        seen = sorted(number(d) for m in members for d in m.items)
+        assert seen == list(range(count))
         for member in members:
             await member.close()
         await adapter.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime
 
 import pytest
@@ -94,6 +95,91 @@ def test_retry_delay_tiers() -> None:
     assert KafkaSettings.from_url("kafka://k?retry_tiers=5,30").retry_tiers == (5, 30)
     assert [tier_for(d, (1, 10, 60)) for d in (0, 1, 1.5, 10, 59, 3600)] == [
         1, 1, 10, 10, 60, 60]
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "kafka://svc:topsecret@k:9092",  # credentials but no SASL protocol: sent nowhere
+        "kafka://k:9092?sasl_username=svc&sasl_password=topsecret",
+        "kafka://svc:topsecret@k:9092?security_protocol=SSL",
+        "kafka://k:9092?security_protocol=SASL_SSL",  # SASL without a login
+        "kafka://svc@k:9092?security_protocol=SASL_PLAINTEXT",  # no password
+        "kafka://k:9092?security_protocol=SASL_SSL&sasl_password=topsecret",  # no user
+    ],
+)
+def test_credentials_and_sasl_settings_must_agree(url: str) -> None:
+    """Credentials that would be silently dropped, or a SASL protocol without them:
+    a one-line error naming the options, never the password."""
+    with pytest.raises(InvalidURLError) as raised:
+        KafkaSettings.from_url(url)
+    message = str(raised.value)
+    assert "topsecret" not in message and "\n" not in message
+    assert "security_protocol" in message or "sasl_" in message
+
+
+def test_plus_in_a_query_password_is_kept() -> None:
+    s = KafkaSettings.from_url(
+        "kafka://k?security_protocol=SASL_SSL&sasl_username=u&sasl_password=a+b%2Bc")
+    assert s.sasl_password == "a+b+c"
+
+
+def test_client_settings_are_validated() -> None:
+    s = KafkaSettings.from_url(
+        "kafka://k?compression_type=gzip&isolation_level=read_committed"
+        "&group_instance_id=billing-1&max_poll_interval_ms=600000")
+    assert (s.compression_type, s.isolation_level) == ("gzip", "read_committed")
+    assert (s.group_instance_id, s.max_poll_interval_ms) == ("billing-1", 600_000)
+    defaults = KafkaSettings.from_url("kafka://k")
+    assert (defaults.compression_type, defaults.isolation_level) == (None, "read_uncommitted")
+    for bad in ("compression_type=brotli", "isolation_level=dirty", "max_poll_interval_ms=0",
+                "group_instance_id="):
+        with pytest.raises(InvalidURLError) as raised:
+            KafkaSettings.from_url(f"kafka://k?{bad}")
+        assert bad.split("=")[0] in str(raised.value) and "\n" not in str(raised.value)
+
+
+def test_compression_without_its_library_is_a_clear_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import aiokafka.codec
+
+    monkeypatch.setattr(aiokafka.codec, "has_zstd", lambda: False)
+    with pytest.raises(InvalidURLError) as raised:
+        KafkaSettings.from_url("kafka://k?compression_type=zstd")
+    assert "zstandard" in str(raised.value)
+
+
+def test_a_failed_commit_is_a_warning(caplog: pytest.LogCaptureFixture,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A commit the broker refused means duplicates after a restart: say so at WARNING."""
+    import asyncio
+
+    from aiokafka import TopicPartition
+    from aiokafka.errors import CommitFailedError
+    from eventbus_kafka.consumer import KafkaSubscription
+
+    from eventbus.adapter import SubscribeOptions
+
+    async def scenario() -> None:
+        adapter = KafkaAdapter("kafka://127.0.0.1:1")
+        subscription = KafkaSubscription(adapter, "orders", SubscribeOptions(group="billing"))
+        tp = TopicPartition("orders", 0)
+
+        async def refuse(*_: object) -> None:
+            raise CommitFailedError("simulated: the group rebalanced")
+
+        monkeypatch.setattr(subscription.consumer, "assignment", lambda: {tp})
+        monkeypatch.setattr(subscription.consumer, "commit", refuse)
+        log = PartitionLog()
+        log.settle(log.add(0))
+        subscription._logs[tp] = log  # a settled record waiting for its commit
+        await subscription.commit()
+
+    caplog.set_level(logging.DEBUG, "eventbus.kafka")
+    asyncio.run(scenario())
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings and "billing" in warnings[0].getMessage()
 
 
 def test_bad_password_option_value_is_masked() -> None:

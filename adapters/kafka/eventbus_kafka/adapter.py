@@ -94,6 +94,8 @@ class KafkaAdapter(Adapter):
         self._provisioner = TopicProvisioner(self.settings, self.client_options())
         self._subscriptions: set[KafkaSubscription] = set()
         self._connect_lock = asyncio.Lock()
+        # Static-membership indexes in use, per (group, topic).
+        self._instance_ids: dict[tuple[str, str], set[int]] = {}
         # Whether the running producer is idempotent (known once connected).
         self.idempotent: bool | None = None
 
@@ -167,6 +169,7 @@ class KafkaAdapter(Adapter):
             acks="all",
             enable_idempotence=idempotent,
             linger_ms=s.linger_ms,
+            compression_type=s.compression_type,
             max_batch_size=s.batch_bytes,
             max_request_size=max(1024 * 1024, s.max_message_bytes + 64 * 1024),
         )
@@ -346,9 +349,29 @@ class KafkaAdapter(Adapter):
         """What the Kafka group ``group`` committed for ``partitions`` (admin request)."""
         return await self._provisioner.group_offsets(group, partitions)
 
+    def instance_id(self, subscription: KafkaSubscription) -> str | None:
+        """The static-membership id of a new subscription (None without ``group_instance_id``).
+
+        Unique per Kafka group: the first subscription of a (group, topic) gets the
+        configured id, further ones in this process ``<id>-2``, ``<id>-3``..., the
+        lowest free, so a resubscription after a reconnect gets the same id back.
+        """
+        base = self.settings.group_instance_id
+        if base is None:
+            return None
+        key = (subscription.options.group, subscription.topic)
+        taken = self._instance_ids.setdefault(key, set())
+        index = next(i for i in range(1, len(taken) + 2) if i not in taken)
+        taken.add(index)
+        subscription.instance_index = index
+        return base if index == 1 else f"{base}-{index}"
+
     def forget(self, subscription: KafkaSubscription) -> None:
         """Called by a subscription when it closes."""
         self._subscriptions.discard(subscription)
+        taken = self._instance_ids.get((subscription.options.group, subscription.topic))
+        if taken is not None:
+            taken.discard(subscription.instance_index)
 
 
 def _failed(exc: BaseException) -> asyncio.Future[None]:

@@ -181,14 +181,20 @@ class KafkaSubscription(Subscription):
         self.options = options
         # Retry topic -> its delay tier (seconds).
         self.retry_tiers = retry_topics(topic, options.group, adapter.settings.retry_tiers)
+        self.instance_index = 0  # set by adapter.instance_id with static membership
         settings = adapter.settings
-        self.start_from = "earliest" if "earliest" in (
-            options.start_from, settings.start_from) else "latest"
+        # The URL's start_from is deployment-wide and wins over the subscription's.
+        self.start_from = settings.start_from or options.start_from
         self.consumer = AIOKafkaConsumer(
             **adapter.client_options(),
             group_id=kafka_group_id(options.group, topic),
             enable_auto_commit=False,
-            auto_offset_reset=self.start_from,
+            # Only reached for a committed offset that is out of range (retention
+            # deleted it): read the backlog rather than skip it. Where a new group
+            # starts is decided when its partitions are pinned (_pin_new_partitions).
+            auto_offset_reset="earliest",
+            isolation_level=settings.isolation_level,
+            group_instance_id=adapter.instance_id(self),
             session_timeout_ms=settings.session_timeout_ms,
             heartbeat_interval_ms=settings.heartbeat_interval_ms,
             rebalance_timeout_ms=settings.rebalance_timeout_ms,
@@ -335,7 +341,12 @@ class KafkaSubscription(Subscription):
             try:
                 await self.consumer.commit(offsets)
             except (KafkaError, ConsumerStoppedError) as exc:
-                log.debug("commit for group %s deferred: %s", self.options.group, exc)
+                log.warning(
+                    "could not commit offsets of group %r on %r (%s: %s); retrying, and "
+                    "until a commit succeeds a restart or rebalance redelivers what was "
+                    "handled since the last one", self.options.group, self.topic,
+                    type(exc).__name__, str(exc).strip().splitlines()[0] if str(exc) else "",
+                )
                 self._dirty.set()
                 return
             for tp, meta in offsets.items():
@@ -364,15 +375,23 @@ class KafkaSubscription(Subscription):
         # Kafka group of older versions (group.id = the eventbus group) stopped.
         legacy = {} if self._assigned.is_set() else await self._legacy_offsets(unpinned)
         pins: dict[TopicPartition, OffsetAndMetadata] = {}
-        for tp in unpinned:
-            try:
-                if tp in legacy:
-                    self.consumer.seek(tp, legacy[tp])
-                    pins[tp] = OffsetAndMetadata(legacy[tp], "")
-                else:
-                    pins[tp] = OffsetAndMetadata(await self.consumer.position(tp), "")
+        fresh = [tp for tp in unpinned if tp not in legacy]
+        starts: dict[TopicPartition, int] = dict(legacy)
+        if fresh:
+            try:  # one ListOffsets request for all of them
+                starts.update(await (self.consumer.end_offsets(fresh)
+                                     if self.start_from == "latest"
+                                     else self.consumer.beginning_offsets(fresh)))
             except (KafkaError, ConsumerStoppedError) as exc:
+                log.debug("could not find the start of %s: %s", fresh, exc)
+        for tp, start in starts.items():
+            try:
+                self.consumer.seek(tp, start)
+            except (KafkaError, ConsumerStoppedError) as exc:  # revoked meanwhile
                 log.debug("could not pin the start of %s: %s", tp, exc)
+                continue
+            self._forget_fetched(tp)
+            pins[tp] = OffsetAndMetadata(start, "")
         owned = self.consumer.assignment()
         pins = {tp: meta for tp, meta in pins.items() if tp in owned}
         if pins:
@@ -380,8 +399,17 @@ class KafkaSubscription(Subscription):
                 try:
                     await self.consumer.commit(pins)
                 except (KafkaError, ConsumerStoppedError) as exc:
-                    log.info("could not pin start offsets %s: %s", pins, exc)
+                    log.warning("could not commit the start offsets of group %r on %r "
+                                "(%s); a new group falls back to the earliest record",
+                                self.options.group, self.topic, type(exc).__name__)
         self._assigned.set()
+
+    def _forget_fetched(self, tp: TopicPartition) -> None:
+        """Drop what was fetched of ``tp`` before its start was fixed (a race on rebalance)."""
+        log_ = self._logs.get(tp)
+        if log_ is not None and log_.entries:
+            log_.revoked = True  # unstarted deliveries of it are stale
+            self._logs[tp] = PartitionLog()
 
     async def _legacy_offsets(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
         if not partitions:
