@@ -393,3 +393,42 @@ def test_static_membership_compression_and_isolation(kafka_url: str) -> None:
         await adapter.close()
 
     run(scenario)
+
+
+def test_a_retry_record_over_the_size_limit_is_not_sent_but_redelivered(
+    kafka_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The retry headers make a record that just fit the limit too large: the retry
+    publish is refused before sending (not looped through the broker), and the record
+    is redelivered locally."""
+    from eventbus_kafka.codec import encode
+
+    from eventbus.envelope import Envelope
+
+    async def scenario() -> None:
+        limit = 4096
+        adapter = KafkaAdapter(with_options(kafka_url, max_message_bytes=limit))
+        topic, group = unique("grown"), unique("g")
+        probe = Envelope.create(type="big", source="s", data=b"")
+        padding = limit - encode(probe).size - 8
+        big = Envelope.create(type="big", source="s", data=b"x" * padding)
+        assert limit - 20 < encode(big).size <= limit
+
+        async def settle(delivery: Delivery) -> None:
+            if delivery.attempt == 1:
+                await delivery.nack(0.1)
+            else:
+                await delivery.ack()
+
+        collector = Collector(await adapter.subscribe(topic, SubscribeOptions(group=group)),
+                              settle)
+        await adapter.publish(topic, [big])
+        got = await collector.wait_count(2, timeout=15)
+        assert [d.attempt for d in got] == [1, 2]
+        assert got[1].envelope == big
+        assert "MessageTooLargeError" in caplog.text
+        await collector.close()
+        await adapter.close()
+
+    caplog.set_level(logging.WARNING, "eventbus.kafka")
+    run(scenario)

@@ -45,7 +45,7 @@ from eventbus.errors import (
 )
 
 from .browse import read_topic
-from .codec import Headers, encode
+from .codec import Headers, encode, record_size
 from .consumer import KafkaSubscription, best_effort
 from .provision import TopicProvisioner
 from .retry import retry_topics
@@ -293,7 +293,17 @@ class KafkaAdapter(Adapter):
     async def send_record(
         self, topic: str, key: bytes | None, value: bytes | None, headers: Headers
     ) -> None:
-        """Send one record as it is and wait for the broker's acknowledgement."""
+        """Send one record as it is and wait for the broker's acknowledgement.
+
+        Size-checked like ``publish``: a retry record carries more headers than the
+        original, so one that just fit may not fit any more.
+        """
+        size = record_size(key, value, headers)
+        if size > self.settings.max_message_bytes:
+            raise MessageTooLargeError(
+                f"a record for {topic!r} is {size} bytes, over the "
+                f"{self.settings.max_message_bytes}-byte limit; nothing was sent"
+            )
         producer = await self._ready_producer()
         await self._provisioner.ensure([topic])
         try:
