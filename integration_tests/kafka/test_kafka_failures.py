@@ -344,7 +344,7 @@ def test_a_committed_offset_out_of_range_restarts_at_the_earliest_record(
     from aiokafka import AIOKafkaConsumer, TopicPartition
     from aiokafka.structs import OffsetAndMetadata
     from eventbus_kafka import KafkaSettings
-    from eventbus_kafka.consumer import kafka_group_id
+    from eventbus_kafka.rebalance import kafka_group_id
 
     async def scenario() -> None:
         adapter = KafkaAdapter(with_options(kafka_url, partitions=1))

@@ -46,7 +46,8 @@ from eventbus.errors import (
 
 from .browse import read_topic
 from .codec import Headers, encode, record_size
-from .consumer import KafkaSubscription, best_effort
+from .consumer import KafkaSubscription
+from .delivery import best_effort
 from .provision import TopicProvisioner
 from .retry import retry_topics
 from .settings import KafkaSettings

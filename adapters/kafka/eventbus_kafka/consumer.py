@@ -1,4 +1,4 @@
-"""A subscription: one Kafka consumer in the group, reading the topic and its retry topic.
+"""A subscription: one Kafka consumer in its group, reading the topic and its retry topics.
 
 - Offsets are committed manually, only ever the contiguous prefix of settled
   records per partition (:mod:`eventbus_kafka.offsets`), in batches every
@@ -11,28 +11,34 @@
 - The first assignment of a partition with no committed offset commits the
   position it starts from, so "latest" means "as of subscribe" even if the
   partition later moves to another member before anything was consumed.
+- While every prefetch slot is busy the consumer keeps polling with its
+  partitions paused, so a slow handler does not cost it its group membership.
+
+Group membership and rebalances live in :mod:`eventbus_kafka.rebalance`, the
+delivery in :mod:`eventbus_kafka.delivery`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import heapq
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
-from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import ConsumerStoppedError, KafkaError
 from aiokafka.structs import OffsetAndMetadata
 
 from eventbus.adapter import Delivery, SubscribeOptions, Subscription
 from eventbus.errors import BrokerConnectionError, ConnectionLostError
 
-from .codec import NOT_BEFORE_HEADER, decode, retry_headers
+from .codec import NOT_BEFORE_HEADER, decode
+from .delivery import KafkaDelivery, best_effort
 from .offsets import Entry, PartitionLog
+from .rebalance import COMMIT_TIMEOUT, GroupMember, Listener, kafka_group_id
 from .retry import FORWARD_SLACK_MS, not_before, release_at, retry_topic, retry_topics, tier_for
 
 if TYPE_CHECKING:
@@ -40,139 +46,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("eventbus.kafka")
 
-COMMIT_TIMEOUT = 5.0
 
-
-def kafka_group_id(group: str, topic: str) -> str:
-    """The Kafka ``group.id`` of eventbus group ``group`` on ``topic``.
-
-    One Kafka group per (group, topic): a service subscribes to several topics under
-    one group (the bus's default group is its source), each subscription with its own
-    consumer, and a shared Kafka group would make every subscribe revoke and rebalance
-    all its siblings.
-    """
-    return f"{group}.{topic}"
-
-
-async def best_effort(what: str, step: Awaitable[Any]) -> bool:
-    """Await one shutdown step, logging its failure; True if the caller was cancelled.
-
-    A ``CancelledError`` that is not aimed at the current task (aiokafka lets one
-    out of ``Fetcher.close()`` when the broker is unreachable) is a failure of the
-    step like any other, so shutdown goes on to the next step.
-    """
-    try:
-        await step
-    except asyncio.CancelledError:
-        task = asyncio.current_task()
-        if task is not None and task.cancelling():
-            return True
-        log.warning("%s: the Kafka client was interrupted (CancelledError); going on", what)
-    except Exception as exc:  # best effort: the session expires, the broker may be down
-        log.warning("%s failed (%s: %s); going on", what, type(exc).__name__, exc)
-    return False
-
-
-class KafkaDelivery(Delivery):
-    """A consumed record; settling it marks its offset done (and nack re-publishes)."""
-
-    __slots__ = ("_dropped", "_entry", "_log", "_owner", "_record")
-
-    def __init__(self, owner: KafkaSubscription, record: Any, log_: PartitionLog,
-                 entry: Entry, attempt: int | None = None) -> None:
-        decoded = decode(record.key, record.value, record.headers or ())
-        super().__init__(
-            topic=decoded.origin_topic or owner.topic,
-            group=owner.options.group,
-            envelope=decoded.envelope,
-            attempt=attempt or decoded.attempt,
-            message_id=f"{record.topic}/{record.partition}/{record.offset}",
-            raw=None if decoded.envelope is not None else (record.value or b""),
-            decode_error=decoded.error,
-        )
-        self._owner = owner
-        self._record = record
-        self._log = log_
-        self._entry = entry
-        self._dropped = False
-
-    @property
-    def stale(self) -> bool:
-        """True once its partition was revoked before it started; asking gives it up.
-
-        The bus asks right before running it. A stale delivery is dropped unrun and
-        settling it does nothing: the partition's next owner reads the record again,
-        or, if the partition comes back to this member, this subscription hands the
-        record out anew.
-        """
-        if self._dropped:
-            return True
-        log_, entry = self._log, self._entry
-        if not (log_.revoked or log_.suspended):
-            if self._settled is None:
-                entry.started = True
-            return False
-        if entry.started or self._settled is not None:
-            return log_.revoked
-        self._dropped = True
-        entry.handed_out = False
-        entry.dropped = log_.suspended
-        self._owner.release_slot()
-        return True
-
-    async def _ack(self) -> None:
-        if not self._dropped:
-            self._owner.settle(self._log, self._entry)
-
-    async def _reject(self) -> None:
-        # Kafka has no dead-letter queue; the bus's dead-letter middleware has
-        # already published to <topic>.<group>.dlq, so the record is simply done.
-        if not self._dropped:
-            self._owner.settle(self._log, self._entry)
-
-    async def _nack(self, delay: float) -> None:
-        record = self._record
-        if self._dropped:
-            return
-        if self._log.revoked:
-            # The partition moved to another member, which reads this record again
-            # from the last commit; re-publishing it too would double it.
-            self._owner.release_slot()
-            return
-        headers = retry_headers(
-            record.headers or (),
-            attempt=self.attempt + 1,
-            not_before_ms=int((time.time() + delay) * 1000),
-            origin=self.topic,
-        )
-        try:
-            await self._owner.adapter.send_record(
-                self._owner.retry_topic_for(delay), record.key, record.value, headers
-            )
-        except Exception as exc:
-            # Not re-published (leader change, timeout): keep the record ourselves
-            # and hand it out again after the delay. Its offset stays unsettled, so
-            # the commit cannot pass it, and it still has an owner.
-            self._owner.redeliver_locally(self, delay, exc)
-            return
-        except BaseException:
-            self._owner.redeliver_locally(self, delay, None)
-            raise
-        self._owner.settle(self._log, self._entry)
-
-
-class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
-    def __init__(self, owner: KafkaSubscription) -> None:
-        self.owner = owner
-
-    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        await self.owner.on_revoked(set(revoked))
-
-    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        self.owner.on_assigned(set(assigned))
-
-
-class KafkaSubscription(Subscription):
+class KafkaSubscription(GroupMember, Subscription):
     """One group member consuming ``topic`` and its retry topic."""
 
     def __init__(self, adapter: KafkaAdapter, topic: str, options: SubscribeOptions) -> None:
@@ -227,7 +102,7 @@ class KafkaSubscription(Subscription):
     async def start(self, timeout: float) -> None:
         """Join the group; return once the first assignment's start offsets are pinned."""
         masked = self.adapter.settings.masked_url
-        self.consumer.subscribe([self.topic, *self.retry_tiers], listener=_Listener(self))
+        self.consumer.subscribe([self.topic, *self.retry_tiers], listener=Listener(self))
         self._housekeeper = asyncio.create_task(self._housekeeping())
         try:
             # start() bootstraps and joins the group (waiting for the first assignment);
@@ -361,136 +236,6 @@ class KafkaSubscription(Subscription):
             await asyncio.sleep(interval)  # let acks accumulate into one commit
             self._dirty.clear()
             await self.commit()
-
-    async def _pin_new_partitions(self) -> None:
-        unpinned: list[TopicPartition] = []
-        for tp in list(self._to_pin):
-            self._to_pin.discard(tp)
-            try:
-                if await self.consumer.committed(tp) is None:
-                    unpinned.append(tp)
-            except (KafkaError, ConsumerStoppedError) as exc:  # revoked meanwhile, or down
-                log.debug("could not pin the start of %s: %s", tp, exc)
-        # On the first start only (nothing fetched yet), continue where the group's
-        # Kafka group of older versions (group.id = the eventbus group) stopped.
-        legacy = {} if self._assigned.is_set() else await self._legacy_offsets(unpinned)
-        pins: dict[TopicPartition, OffsetAndMetadata] = {}
-        fresh = [tp for tp in unpinned if tp not in legacy]
-        starts: dict[TopicPartition, int] = dict(legacy)
-        if fresh:
-            try:  # one ListOffsets request for all of them
-                starts.update(await (self.consumer.end_offsets(fresh)
-                                     if self.start_from == "latest"
-                                     else self.consumer.beginning_offsets(fresh)))
-            except (KafkaError, ConsumerStoppedError) as exc:
-                log.debug("could not find the start of %s: %s", fresh, exc)
-        for tp, start in starts.items():
-            try:
-                self.consumer.seek(tp, start)
-            except (KafkaError, ConsumerStoppedError) as exc:  # revoked meanwhile
-                log.debug("could not pin the start of %s: %s", tp, exc)
-                continue
-            self._forget_fetched(tp)
-            pins[tp] = OffsetAndMetadata(start, "")
-        owned = self.consumer.assignment()
-        pins = {tp: meta for tp, meta in pins.items() if tp in owned}
-        if pins:
-            async with self._commit_lock:
-                try:
-                    await self.consumer.commit(pins)
-                except (KafkaError, ConsumerStoppedError) as exc:
-                    log.warning("could not commit the start offsets of group %r on %r "
-                                "(%s); a new group falls back to the earliest record",
-                                self.options.group, self.topic, type(exc).__name__)
-        self._assigned.set()
-
-    def _forget_fetched(self, tp: TopicPartition) -> None:
-        """Drop what was fetched of ``tp`` before its start was fixed (a race on rebalance)."""
-        log_ = self._logs.get(tp)
-        if log_ is not None and log_.entries:
-            log_.revoked = True  # unstarted deliveries of it are stale
-            self._logs[tp] = PartitionLog()
-
-    async def _legacy_offsets(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
-        if not partitions:
-            return {}
-        group = self.options.group
-        try:
-            found = await asyncio.wait_for(
-                self.adapter.group_offsets(group, partitions), COMMIT_TIMEOUT)
-        except Exception as exc:  # no such group, or no admin rights: start as configured
-            log.debug("no offsets of the former Kafka group %r: %s", group, exc)
-            return {}
-        offsets = {tp: meta.offset for tp, meta in found.items()
-                   if tp in partitions and meta is not None and meta.offset >= 0}
-        if offsets:
-            log.info("group %r on %r starts where the former Kafka group %r stopped: %s",
-                     group, self.topic, group,
-                     {f"{tp.topic}/{tp.partition}": o for tp, o in offsets.items()})
-        return offsets
-
-    # -- rebalance ---------------------------------------------------------------
-
-    def on_assigned(self, assigned: set[TopicPartition]) -> None:
-        new: set[TopicPartition] = set()
-        for tp in assigned:
-            log_ = self._suspended.pop(tp, None)
-            if log_ is None:
-                self._logs[tp] = PartitionLog()
-                new.add(tp)
-            else:
-                self._restore(tp, log_)
-        # What did not come back belongs to another member now.
-        for tp, log_ in self._suspended.items():
-            log_.revoked = True
-            log_.stash.clear()
-            self._held.pop(tp, None)
-        self._suspended.clear()
-        self._ready = deque(item for item in self._ready if not item[1].revoked)
-        self._to_pin |= new
-        self._dirty.set()  # wake the housekeeper to pin them
-        if not new:
-            self._assigned.set()
-        self._wake.set()
-
-    def _restore(self, tp: TopicPartition, log_: PartitionLog) -> None:
-        """A partition came straight back: keep its fetched records, read on after them."""
-        log_.suspended = False
-        self._logs[tp] = log_
-        if log_.next_offset is not None:
-            # The group would restart it at the last commit, re-reading records
-            # this member has handled or still holds.
-            self.consumer.seek(tp, log_.next_offset)
-        items: list[tuple[Any, PartitionLog, Entry, int | None]] = []
-        for entry in log_.entries:
-            if entry.dropped:  # given up unstarted while suspended: hand it out anew
-                entry.dropped = False
-                items.append((entry.record, log_, entry, entry.attempt))
-        items += log_.stash
-        log_.stash = []
-        self._ready.extendleft(reversed(items))
-        if tp in self._held:
-            self.consumer.pause(tp)
-
-    async def on_revoked(self, revoked: set[TopicPartition]) -> None:
-        # No delivery of a revoked partition may start from now on (the bus asks
-        # ``stale``); give the started ones a moment to finish, so their offsets are
-        # committed before another member takes over (fewer repeats).
-        logs = {tp: self._logs[tp] for tp in revoked if tp in self._logs}
-        for log_ in logs.values():
-            log_.suspended = True
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.adapter.settings.rebalance_grace_ms / 1000
-        while not self._closed and loop.time() < deadline and any(
-            log_.in_flight for log_ in logs.values()
-        ):
-            self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), deadline - loop.time())
-        await self.commit(only=revoked)
-        for tp, log_ in logs.items():
-            del self._logs[tp]
-            self._suspended[tp] = log_
 
     # -- iteration -----------------------------------------------------------------
 
