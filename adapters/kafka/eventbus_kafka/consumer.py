@@ -142,6 +142,11 @@ class KafkaSubscription(GroupMember, Subscription):
         cancelled |= await best_effort(f"{what}: final commit",
                                        asyncio.wait_for(self.commit(), COMMIT_TIMEOUT))
         cancelled |= await best_effort(f"{what}: leaving the group", self.consumer.stop())
+        # When stop() was interrupted (by aiokafka's own CancelledError) it skipped
+        # closing the client's connections; close them, or their sockets leak.
+        client = getattr(self.consumer, "_client", None)
+        if client is not None:
+            cancelled |= await best_effort(f"{what}: closing connections", client.close())
         self.adapter.forget(self)
         if cancelled:
             raise asyncio.CancelledError
