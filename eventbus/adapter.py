@@ -100,6 +100,16 @@ class Delivery(abc.ABC):
         self._settled: str | None = None
 
     @property
+    def stale(self) -> bool:
+        """True when the adapter no longer owns this message (its partition was revoked).
+
+        The bus checks it right before running a queued delivery and drops a stale one
+        unrun: the broker hands it to its new owner. Adapters without such a notion
+        leave it ``False``.
+        """
+        return False
+
+    @property
     def settled(self) -> str | None:
         """``"ack"``, ``"nack"``, ``"reject"`` or ``None`` while unsettled."""
         return self._settled

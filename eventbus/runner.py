@@ -288,9 +288,10 @@ class Runner(Handling):
                 continue
             delivery = work
             try:
-                if generation != self._generation:
-                    # Handed out by a subscription since lost: the broker already
-                    # took it back and will deliver it again.
+                if generation != self._generation or delivery.stale:
+                    # Handed out by a subscription since lost, or stale (its Kafka
+                    # partition was revoked meanwhile): the broker already took it
+                    # back and will deliver it again.
                     self.runs.seen(delivery)
                     log.debug("dropped %s from a lost subscription of %s/%s",
                               delivery.message_id, delivery.topic, delivery.group)
