@@ -246,6 +246,13 @@ class Runner(Handling):
 
     async def _run_inline(self, delivery: Delivery) -> None:
         """Handle one delivery in the fetch loop (concurrency 1), as a lane would."""
+        if delivery.stale:
+            # Taken back by the broker before it was fetched from the adapter (a
+            # Kafka partition revoked meanwhile): its new owner handles it.
+            self.runs.seen(delivery)
+            log.debug("dropped stale %s of %s/%s", delivery.message_id,
+                      delivery.topic, delivery.group)
+            return
         self._busy = self._progressed = True
         try:
             await self.handle(delivery)
@@ -316,8 +323,14 @@ class Runner(Handling):
                 for delivery in batch:
                     self.runs.seen(delivery)  # lost with its subscription, as above
                 return
+            live = [delivery for delivery in batch if not delivery.stale]
+            for delivery in batch:
+                if delivery.stale:
+                    self.runs.seen(delivery)  # taken back by a rebalance, as above
+            if not live:
+                return
             self._progressed = True
-            await run_batch(self, batch)
+            await run_batch(self, live)
         except asyncio.CancelledError:
             if _cancelling():
                 raise

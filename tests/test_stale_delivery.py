@@ -16,7 +16,10 @@ from eventbus import Envelope, EventBus
 from eventbus.adapter import Delivery
 
 
-def test_a_stale_delivery_is_dropped_unrun(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("concurrency", [1, 3], ids=["in-the-fetch-loop", "in-lanes"])
+def test_a_stale_delivery_is_dropped_unrun(
+    monkeypatch: pytest.MonkeyPatch, concurrency: int
+) -> None:
     def stale(delivery: Delivery) -> bool:
         return delivery.envelope is not None and delivery.envelope.data == b'"stale"'
 
@@ -28,7 +31,7 @@ def test_a_stale_delivery_is_dropped_unrun(monkeypatch: pytest.MonkeyPatch) -> N
         ran: list[bytes] = []
         done = asyncio.Event()
 
-        @bus.subscribe(topic, group="g")
+        @bus.subscribe(topic, group="g", concurrency=concurrency)
         async def handle(envelope: Envelope) -> None:
             ran.append(envelope.data)
             if envelope.data == b'"last"':
