@@ -226,6 +226,7 @@ def test_broker_side_channel_close_resumes_consumption(url: str) -> None:
             await first.ack()  # its channel is gone: a no-op, the broker redelivers it
             again = await next_delivery(subscription, timeout=20)
             assert again.envelope == first.envelope and again.attempt == 2
+            assert first.stale and not again.stale  # the bus drops stale ones unrun
             await again.ack()
             await adapter.publish(topic, [ping(6)])
             later = await next_delivery(subscription)
@@ -333,6 +334,35 @@ def test_dead_letter_tooling_lists_and_replays_letters_nobody_listened_to(url: s
             back = await next_delivery(subscription)
             assert back.envelope is not None and back.envelope.id == sent.id
             await back.ack()
+        finally:
+            await adapter.close()
+
+    run(scenario)
+
+
+def test_publish_to_group_reaches_that_group_alone(url: str) -> None:
+    async def scenario() -> None:
+        adapter = RabbitMQAdapter(url)
+        topic, chosen, other = unique("togroup"), unique("g"), unique("g")
+        try:
+            mine = await adapter.subscribe(topic, SubscribeOptions(group=chosen))
+            theirs = await adapter.subscribe(topic, SubscribeOptions(group=other))
+            sent = ping(21)
+            await adapter.publish_to_group(topic, chosen, [sent])
+            got = await next_delivery(mine)
+            assert got.envelope is not None and got.envelope.id == sent.id
+            await got.ack()
+            await adapter.publish(topic, [ping(22)])  # the other group sees only this
+            seen = await next_delivery(theirs)
+            assert seen.envelope is not None and seen.envelope.data == b'{"n":22}'
+            await seen.ack()
+            # A group that does not exist yet is declared, and keeps the message.
+            later = unique("g")
+            await adapter.publish_to_group(topic, later, [ping(23)])
+            newcomer = await adapter.subscribe(topic, SubscribeOptions(group=later))
+            kept = await next_delivery(newcomer)
+            assert kept.envelope is not None and kept.envelope.data == b'{"n":23}'
+            await kept.ack()
         finally:
             await adapter.close()
 

@@ -41,7 +41,7 @@ from eventbus.errors import (
 
 from .codec import encode, message_size
 from .consumer import RabbitMQSubscription
-from .provision import declare_exchange
+from .provision import declare_exchange, declare_group, work_queue
 from .settings import RabbitMQSettings
 
 log = logging.getLogger("eventbus.rabbitmq")
@@ -210,6 +210,27 @@ class RabbitMQAdapter(Adapter):
 
     async def publish(self, topic: str, envelopes: Sequence[Envelope]) -> None:
         """Publish every envelope at once (persistent, mandatory) and await each confirm."""
+        messages = self._encode_all(topic, envelopes)
+        if not messages:
+            return
+        exchange = await self._guarded(topic, self._exchange(topic))
+        await self._send_all(topic, envelopes, messages, exchange, None)
+
+    async def publish_to_group(
+        self, topic: str, group: str, envelopes: Sequence[Envelope]
+    ) -> None:
+        """Deliver ``envelopes`` to ``group``'s queue alone (through the default
+        exchange), so no other group of ``topic`` sees them; the group is declared
+        if new. Same confirms and size rules as :meth:`publish`."""
+        messages = self._encode_all(topic, envelopes)
+        if not messages:
+            return
+        channel = await self._guarded(topic, self._ready_channel())
+        await self._guarded(topic, declare_group(channel, self.settings, topic, group))
+        await self._send_all(topic, envelopes, messages, channel.default_exchange,
+                             work_queue(topic, group))
+
+    def _encode_all(self, topic: str, envelopes: Sequence[Envelope]) -> list[Message]:
         messages: list[Message] = []
         for envelope in envelopes:
             encoded = encode(envelope)
@@ -219,11 +240,14 @@ class RabbitMQAdapter(Adapter):
                 delivery_mode=DeliveryMode.PERSISTENT, message_id=envelope.id,
                 type=envelope.type,
             ))
-        if not messages:
-            return
-        exchange = await self._guarded(topic, self._exchange(topic))
+        return messages
+
+    async def _send_all(self, topic: str, envelopes: Sequence[Envelope],
+                        messages: list[Message], exchange: AbstractExchange,
+                        routing_key: str | None) -> None:
         results = await asyncio.gather(
-            *(self._send(exchange, message, message.type or topic) for message in messages),
+            *(self._send(exchange, message, routing_key or message.type or topic)
+              for message in messages),
             return_exceptions=True,
         )
         failures = {i: r for i, r in enumerate(results) if isinstance(r, BaseException)}

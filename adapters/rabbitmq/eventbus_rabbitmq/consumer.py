@@ -59,8 +59,14 @@ class RabbitMQDelivery(Delivery):
         self._message = message
         self._generation = generation
 
+    @property
+    def stale(self) -> bool:
+        """True once the channel this came on has closed: the broker owns it again
+        (and redelivers it), so the bus drops it unrun."""
+        return self._generation != self._owner.generation
+
     def _stale(self, what: str) -> bool:
-        if self._generation == self._owner.generation:
+        if not self.stale:
             return False
         # The channel this came on is gone: the broker has already requeued it.
         log.info("%s of %s skipped: its channel closed, the broker redelivers it",
