@@ -30,23 +30,27 @@ log = logging.getLogger("eventbus.redis")
 class PubSubDelivery(Delivery):
     """A received Pub/Sub message; ack, nack and reject only free its prefetch slot."""
 
-    __slots__ = ("_owner",)
+    __slots__ = ("_owner", "_payload")
 
-    def __init__(self, owner: PubSubSubscription, payload: bytes, number: int) -> None:
+    def __init__(self, owner: PubSubSubscription, payload: bytes, number: int,
+                 attempt: int = 1) -> None:
         envelope, error = decode_message(payload)
         super().__init__(topic=owner.topic, group=owner.options.group, envelope=envelope,
-                         attempt=1, message_id=f"{owner.topic}/{owner.instance}/{number}",
+                         attempt=attempt, message_id=f"{owner.topic}/{owner.instance}/{number}",
                          raw=None if envelope is not None else payload, decode_error=error)
         self._owner = owner
+        self._payload = payload
 
     async def _ack(self) -> None:
         self._owner.release()
 
     async def _nack(self, delay: float) -> None:
-        # Pub/Sub keeps nothing to redeliver; the capabilities say so, and the bus
-        # therefore retries in process and never asks for a redelivery.
-        log.debug("nack of %s on Redis Pub/Sub: nothing to redeliver", self.message_id)
+        # Redis keeps nothing to redeliver, so this subscription hands the message
+        # out again itself after the delay (the bus asks for it when, say, an
+        # idempotency claim is held by a duplicate). It is lost if the process
+        # stops first: Pub/Sub is at most once.
         self._owner.release()
+        self._owner.redeliver_later(self._payload, self.message_id, self.attempt + 1, delay)
 
     async def _reject(self) -> None:
         self._owner.release()
@@ -66,6 +70,8 @@ class PubSubSubscription(Subscription):
         self._outstanding = 0
         self._slot_free = asyncio.Event()
         self._number = 0
+        self._again: list[PubSubDelivery] = []
+        self._timers: set[asyncio.TimerHandle] = set()
 
     async def start(self) -> None:
         """Subscribe and wait for Redis's confirmation, so later publishes arrive."""
@@ -97,6 +103,20 @@ class PubSubSubscription(Subscription):
         self._outstanding -= 1
         self._slot_free.set()
 
+    def redeliver_later(self, payload: bytes, message_id: str, attempt: int, delay: float
+                        ) -> None:
+        """Hand ``payload`` out again after ``delay`` seconds (local redelivery)."""
+        number = int(message_id.rsplit("/", 1)[-1])
+
+        def due() -> None:
+            self._timers.discard(timer)
+            if not self._closed:
+                self._again.append(PubSubDelivery(self, payload, number, attempt))
+                self._slot_free.set()
+
+        timer = asyncio.get_running_loop().call_later(delay, due)
+        self._timers.add(timer)
+
     async def __aiter__(self) -> AsyncIterator[Delivery]:
         prefetch = max(1, self.options.prefetch)
         kinds = ("smessage",) if self.adapter.settings.sharded else ("message",)
@@ -106,8 +126,12 @@ class PubSubSubscription(Subscription):
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._slot_free.wait(), 1.0)
                 continue
+            if self._again:
+                self._outstanding += 1
+                yield self._again.pop(0)
+                continue
             try:
-                message = await self._pubsub.get_message(timeout=1.0)
+                message = await self._pubsub.get_message(timeout=0.05 if self._timers else 1.0)
             except (RedisError, OSError, AttributeError) as exc:
                 if self._closed:  # closed under our feet: the iteration just ends
                     return
@@ -127,6 +151,10 @@ class PubSubSubscription(Subscription):
         if self._closed:
             return
         self._closed = True
+        for timer in self._timers:
+            timer.cancel()
+        self._timers.clear()
+        self._again.clear()
         pubsub, self._pubsub = self._pubsub, None
         self.adapter.forget(self)
         if pubsub is None:
