@@ -25,7 +25,11 @@ from .settings import RedisSettings
 # (the handler's effect happened).
 COMPLETE = """
 local held = redis.call('GET', KEYS[1]) == 'claimed:' .. ARGV[1]
-redis.call('SET', KEYS[1], 'done:' .. ARGV[1], 'PX', ARGV[2])
+if tonumber(ARGV[2]) > 0 then
+  redis.call('SET', KEYS[1], 'done:' .. ARGV[1], 'PX', ARGV[2])
+else
+  redis.call('DEL', KEYS[1])  -- remembered for no time at all
+end
 if held then return 1 else return 0 end
 """
 RELEASE = """
@@ -64,6 +68,11 @@ class RedisIdempotencyStore:
         """Claim ``key`` for ``lease`` seconds unless it is held or done."""
         owner = new_owner()
         name = self.prefix + key
+        if lease <= 0:  # a claim that has already expired: nothing to store
+            value = await self.client.get(name)
+            if value is None:
+                return ClaimResult(Claim.CLAIMED, owner)
+            return ClaimResult(Claim.DONE if value.startswith(b"done:") else Claim.IN_PROGRESS)
         if await self.client.set(name, f"claimed:{owner}", nx=True, px=_ms(lease)):
             return ClaimResult(Claim.CLAIMED, owner)
         value = await self.client.get(name)
@@ -76,7 +85,8 @@ class RedisIdempotencyStore:
 
     async def complete(self, key: str, owner: str, ttl: float) -> bool:
         """Mark ``key`` done for ``ttl`` seconds; whether ``owner`` still held it."""
-        return bool(await self._complete(keys=[self.prefix + key], args=[owner, _ms(ttl)]))
+        ttl_ms = int(ttl * 1000) if ttl > 0 else 0
+        return bool(await self._complete(keys=[self.prefix + key], args=[owner, ttl_ms]))
 
     async def release(self, key: str, owner: str) -> bool:
         """Drop ``owner``'s claim on ``key``; ``False`` if not held by it (or done)."""
