@@ -11,9 +11,9 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
+from eventbus_redis import RedisIdempotencyStore
 
 from eventbus.middleware import Claim, IdempotencyStore
-from eventbus_redis import RedisIdempotencyStore
 from tests import test_idempotency as core
 
 SCENARIOS: list[Callable[[str, Path], None]] = [
