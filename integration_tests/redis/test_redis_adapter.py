@@ -5,6 +5,7 @@ positions), Pub/Sub's limits, and close() with Redis unreachable."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import time
 import uuid
@@ -294,6 +295,95 @@ def test_pubsub_gives_every_subscription_every_message_even_in_one_group(
             for subscription in (one, two):
                 delivery = await next_delivery(subscription)
                 assert delivery.envelope is not None and delivery.envelope.data == b"0"
+        finally:
+            await adapter.close()
+
+    run(scenario)
+
+
+def test_pubsub_subscribers_come_back_after_the_connection_drops(redis_url: str) -> None:
+    """Pub/Sub loses what is published while it reconnects (so the conformance
+    reconnect cases are limits for it), but the subscription itself comes back."""
+
+    async def scenario() -> None:
+        from eventbus import EventBus
+        from eventbus.testing.conformance import Ping, on_topic
+
+        port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
+        proxy = FaultProxy("127.0.0.1", port).start()
+        url = f"redis://127.0.0.1:{proxy.port}/0"
+        event_cls = on_topic(Ping, name("back"))
+        got: asyncio.Queue[int] = asyncio.Queue()
+        consumer = EventBus.from_url(url, source="tests")
+
+        @consumer.subscribe(event_cls, group="g")
+        async def handle(event: Ping) -> None:
+            got.put_nowait(event.seq)
+
+        publisher = EventBus.from_url(url, source="tests")
+        try:
+            await consumer.start()
+            await publisher.start()
+            await publisher.publish(event_cls(seq=0))
+            assert await asyncio.wait_for(got.get(), 10) == 0
+            await proxy.drop_connections()
+            for seq in range(1, 200):  # until the resubscribed consumer hears one
+                await publisher.publish(event_cls(seq=seq))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(got.get(), 0.1)
+                    return
+            raise AssertionError("the Pub/Sub subscriber never came back after the drop")
+        finally:
+            await consumer.stop()
+            await publisher.stop()
+            proxy.stop()
+
+    run(scenario)
+
+
+def test_concurrent_publishes_share_one_round_trip() -> None:
+    from eventbus_redis.pipeline import Batcher
+
+    class Pipe:
+        def __init__(self) -> None:
+            self.commands: list[str] = []
+
+        def echo(self, value: str) -> None:
+            self.commands.append(value)
+
+        async def execute(self, raise_on_error: bool = True) -> list[Any]:
+            pipes.append(self)
+            return list(self.commands)
+
+    class Client:
+        def pipeline(self, transaction: bool = True) -> Pipe:
+            return Pipe()
+
+    pipes: list[Pipe] = []
+
+    async def scenario() -> None:
+        batcher = Batcher(Client())  # type: ignore[arg-type]
+        replies = await asyncio.gather(*(
+            batcher.run([lambda p, i=i: p.echo(f"a{i}"), lambda p, i=i: p.echo(f"b{i}")])
+            for i in range(5)))
+        assert replies == [[f"a{i}", f"b{i}"] for i in range(5)]
+        assert len(pipes) == 1
+
+    run(scenario)
+
+
+def test_sharded_pubsub_publishes_and_receives(redis_url: str) -> None:
+    """``?sharded=true`` uses SPUBLISH/SSUBSCRIBE (Redis 7+, needed on a cluster)."""
+
+    async def scenario() -> None:
+        adapter = RedisPubSubAdapter(f"{redis_url}?sharded=true")
+        await adapter.connect()
+        topic = name("sharded")
+        try:
+            subscription = await adapter.subscribe(topic, SubscribeOptions(group="g"))
+            await adapter.publish(topic, [envelope(7)])
+            delivery = await next_delivery(subscription)
+            assert delivery.envelope is not None and delivery.envelope.data == b"7"
         finally:
             await adapter.close()
 
