@@ -57,7 +57,7 @@ def delay_key(topic: str, group: str) -> str:
 class StreamDelivery(Delivery):
     """One stream entry handed to this consumer."""
 
-    __slots__ = ("_entry_id", "_owner", "handed_out")
+    __slots__ = ("_entry_id", "_owner")
 
     def __init__(self, owner: StreamSubscription, entry_id: bytes,
                  fields: dict[bytes, bytes], attempt: int) -> None:
@@ -67,7 +67,6 @@ class StreamDelivery(Delivery):
                          raw=None if envelope is not None else body, decode_error=error)
         self._owner = owner
         self._entry_id = entry_id
-        self.handed_out = False
 
     async def _ack(self) -> None:
         await self._owner.acknowledge(self._entry_id)
@@ -148,7 +147,9 @@ class StreamSubscription(Subscription):
                          self.topic, self.group, exc)
                 self._ack_task.cancel()
         self._buffer.clear()
-        ids = list(self._unsettled | set(self._waiting))
+        # Entries waiting out a nack delay stay in the delay set: whoever takes them
+        # when due claims them, so handing them back now would cut the delay short.
+        ids = list(self._unsettled)
         if ids:
             try:
                 await asyncio.wait_for(self._client.xclaim(
@@ -215,7 +216,6 @@ class StreamSubscription(Subscription):
             if self._buffer and self._handed_out < self.prefetch:
                 delivery = self._buffer.popleft()
                 self._handed_out += 1
-                delivery.handed_out = True
                 yield delivery
                 continue
             self._changed.clear()
