@@ -388,3 +388,94 @@ def test_sharded_pubsub_publishes_and_receives(redis_url: str) -> None:
             await adapter.close()
 
     run(scenario)
+
+
+# -- settling, handing back, transport details, interop -------------------------------------
+
+
+def test_acks_are_confirmed_by_close_and_unsettled_entries_come_back_at_once(
+    streams_url: str, redis_url: str
+) -> None:
+    async def scenario() -> None:
+        topic = name("handback")
+        raw = Redis.from_url(redis_url)
+        first = RedisStreamsAdapter(streams_url)  # claim_idle_ms 30 s: no early reclaim
+        second = RedisStreamsAdapter(streams_url)
+        await first.connect()
+        await second.connect()
+        try:
+            subscription = await first.subscribe(topic, SubscribeOptions(group="g"))
+            await first.publish(topic, [envelope(0), envelope(1)])
+            done, unsettled = await next_delivery(subscription), await next_delivery(subscription)
+            await done.ack()
+            await subscription.close()
+            pending = await raw.xpending_range(topic, "g", "-", "+", 10)
+            assert [p["message_id"].decode() for p in pending] == [
+                unsettled.message_id.split("/", 1)[1]]
+            started = time.monotonic()
+            taker = await second.subscribe(topic, SubscribeOptions(group="g"))
+            again = await next_delivery(taker)
+            assert again.envelope is not None and unsettled.envelope is not None
+            assert again.envelope.id == unsettled.envelope.id and again.attempt == 2
+            assert time.monotonic() - started < 5, "waited for claim_idle_ms instead"
+        finally:
+            await raw.delete(topic)
+            await raw.aclose()
+            await first.close()
+            await second.close()
+
+    run(scenario)
+
+
+def test_an_unknown_or_non_utf8_field_does_not_make_a_valid_event_poison(
+    streams_url: str, redis_url: str
+) -> None:
+    async def scenario() -> None:
+        from eventbus_redis.codec import encode_fields
+
+        topic = name("extra-field")
+        raw = Redis.from_url(redis_url)
+        adapter = RedisStreamsAdapter(streams_url)
+        await adapter.connect()
+        try:
+            subscription = await adapter.subscribe(topic, SubscribeOptions(group="g"))
+            sent = envelope(5)
+            fields: dict[Any, Any] = dict(encode_fields(sent)[0])
+            fields[b"\xff\xfe-trace"] = b"\x00\x01"
+            fields["x-unknown"] = "whatever"
+            await raw.xadd(topic, fields)
+            delivery = await next_delivery(subscription)
+            assert delivery.decode_error is None
+            assert delivery.envelope is not None and delivery.envelope.id == sent.id
+        finally:
+            await raw.delete(topic)
+            await raw.aclose()
+            await adapter.close()
+
+    run(scenario)
+
+
+def test_pubsub_reads_a_structured_event_written_by_the_cloudevents_sdk(redis_url: str) -> None:
+    from cloudevents.core.formats.json import JSONFormat
+    from cloudevents.core.v1.event import CloudEvent
+
+    async def scenario() -> None:
+        adapter = RedisPubSubAdapter(redis_url)
+        await adapter.connect()
+        topic = name("sdk")
+        event = CloudEvent(attributes={
+            "id": "sdk-1", "type": "com.example.sdk", "source": "/sdk", "specversion": "1.0",
+            "datacontenttype": "application/json", "subject": "s1",
+            "time": datetime.datetime.now(datetime.UTC)}, data={"a": 1})
+        try:
+            subscription = await adapter.subscribe(topic, SubscribeOptions(group="g"))
+            await adapter.publish_raw(topic, JSONFormat().write(event))
+            delivery = await next_delivery(subscription)
+            assert delivery.envelope is not None, delivery.decode_error
+            assert (delivery.envelope.id, delivery.envelope.type, delivery.envelope.subject) == (
+                "sdk-1", "com.example.sdk", "s1")
+            assert delivery.envelope.data == b'{"a":1}'
+        finally:
+            await adapter.close()
+
+    run(scenario)
