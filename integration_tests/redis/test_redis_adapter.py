@@ -479,3 +479,18 @@ def test_pubsub_reads_a_structured_event_written_by_the_cloudevents_sdk(redis_ur
             await adapter.close()
 
     run(scenario)
+
+
+@pytest.mark.parametrize("args", [
+    ("XADD", "t", "MAXLEN", "~", 1000, "*", "ce_id", "é", "body", b"\x00\xff"),
+    ("XGROUP CREATE", "t", "g", "$", "MKSTREAM"),
+    (b"CLIENT SETNAME", "eventbus"),
+    ("ZADD", "k", 1.5, "m"),  # a float: redis-py's own packer
+    ("SET", "k", memoryview(b"v")),
+])
+def test_the_fast_packer_writes_what_redis_py_writes(args: tuple[Any, ...]) -> None:
+    from eventbus_redis.adapter import _FastConnection
+    from redis.asyncio.connection import Connection
+
+    assert b"".join(_FastConnection().pack_command(*args)) == b"".join(
+        Connection().pack_command(*args))
