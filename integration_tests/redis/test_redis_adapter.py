@@ -494,3 +494,24 @@ def test_the_fast_packer_writes_what_redis_py_writes(args: tuple[Any, ...]) -> N
 
     assert b"".join(_FastConnection().pack_command(*args)) == b"".join(
         Connection().pack_command(*args))
+
+
+def test_deliveries_of_a_closed_subscription_are_stale(streams_url: str) -> None:
+    """Its entries went back to the group at close, so a delivery not yet started must
+    not run here (the bus checks ``Delivery.stale`` before running one)."""
+
+    async def scenario() -> None:
+        adapter = RedisStreamsAdapter(streams_url)
+        await adapter.connect()
+        topic = name("stale")
+        try:
+            subscription = await adapter.subscribe(topic, SubscribeOptions(group="g"))
+            await adapter.publish(topic, [envelope(0)])
+            delivery = await next_delivery(subscription)
+            assert not getattr(delivery, "stale", False)
+            await subscription.close()
+            assert getattr(delivery, "stale", False)
+        finally:
+            await adapter.close()
+
+    run(scenario)

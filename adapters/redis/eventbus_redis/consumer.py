@@ -68,6 +68,12 @@ class StreamDelivery(Delivery):
         self._owner = owner
         self._entry_id = entry_id
 
+    @property
+    def stale(self) -> bool:
+        """True once its subscription closed: the entry was handed back to the group,
+        so the bus must not start it here (another consumer reclaims it)."""
+        return self._owner.closed
+
     async def _ack(self) -> None:
         await self._owner.acknowledge(self._entry_id)
 
@@ -205,6 +211,11 @@ class StreamSubscription(Subscription):
         self._changed.set()
 
     # -- iteration -----------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._closed
 
     def _room(self) -> int:
         # The reader and the claimer each fetch up to this, so up to twice the
