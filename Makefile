@@ -39,7 +39,7 @@ test: lint typecheck docs-check
 	@# coverage run, not pytest --cov: our pytest plugin imports eventbus before pytest-cov starts.
 	$(VENV)/bin/python -m coverage run --source=eventbus -m pytest -q -ra \
 		--junitxml=.reports/junit.xml
-	$(VENV)/bin/python -m coverage report --fail-under=85
+	$(VENV)/bin/python -m coverage report --fail-under=90
 	@# Deliberate bugs in the core that the conformance suite must catch (fails if one survives).
 	$(VENV)/bin/python scripts/mutants.py
 
