@@ -26,7 +26,8 @@ lint: setup
 	$(VENV)/bin/ruff check eventbus adapters tests integration_tests examples bench
 
 typecheck: setup
-	$(VENV)/bin/mypy eventbus adapters/kafka/eventbus_kafka adapters/rabbitmq/eventbus_rabbitmq
+	$(VENV)/bin/mypy eventbus adapters/kafka/eventbus_kafka adapters/rabbitmq/eventbus_rabbitmq \
+		adapters/redis/eventbus_redis
 	@# The guide's example service and its tests, as a user would type-check them.
 	MYPYPATH=examples/testing $(VENV)/bin/mypy -m shop -m test_shop_service
 

@@ -14,7 +14,11 @@ ENTRY_POINT_GROUP = "eventbus.adapters"
 # Only these may be recommended for installation, and only from the repository: a
 # package name that is not published on an index would invite dependency confusion
 # (anyone could publish it with malicious code).
-REPOSITORY_ADAPTERS = {"kafka": "kafka", "amqp": "rabbitmq", "amqps": "rabbitmq"}
+REPOSITORY_ADAPTERS = {
+    "kafka": "kafka",
+    "amqp": "rabbitmq", "amqps": "rabbitmq",
+    "redis": "redis", "rediss": "redis", "redis+streams": "redis", "rediss+streams": "redis",
+}
 
 
 def installed_schemes() -> list[str]:

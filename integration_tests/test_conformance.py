@@ -13,6 +13,7 @@ import pytest
 from eventbus.testing import BrokerTarget, ConformanceSuite
 from integration_tests import harness
 from integration_tests.rabbitmq.node import conformance_node
+from integration_tests.redis.target import redis_target
 
 # Cases a particular broker build can't pass although the adapter claims the
 # capability, with the reason. Each is documented in docs/adapters/<broker>.md.
@@ -35,6 +36,8 @@ TARGETS: dict[str, tuple[str, str | None]] = {
     "tansu": ("kafka", "tansu"),
     "rabbitmq": ("rabbitmq", None),
     "rabbitmq-quorum": ("rabbitmq", "quorum"),
+    "redis-streams": ("redis", None),
+    "redis-pubsub": ("redis", None),
 }
 
 
@@ -45,6 +48,8 @@ def _target(name: str) -> BrokerTarget:
     broker, flavour = TARGETS[name]
     if broker == "rabbitmq":
         return _rabbitmq_target(name, flavour)
+    if broker == "redis":  # a private restartable server (integration_tests/redis/target.py)
+        return redis_target(name, SCALE.get(name, 1.0))
     endpoint, proxy = harness.require_faulty(broker, flavour)
     url = harness.client_url(endpoint)
     return BrokerTarget(

@@ -1,0 +1,168 @@
+"""A Redis Pub/Sub subscription: one SUBSCRIBE (or SSUBSCRIBE) connection per subscription.
+
+At most once: a message is handed out as it arrives and settling it does
+nothing on Redis (there is nothing to acknowledge). A dropped connection ends
+the iteration with ConnectionLostError; the bus then subscribes again, and what
+was published in between is lost, as Pub/Sub promises.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+from redis.exceptions import RedisError
+
+from eventbus.adapter import Delivery, SubscribeOptions, Subscription
+from eventbus.errors import BrokerConnectionError, ConnectionLostError
+
+from .codec import decode_message
+
+if TYPE_CHECKING:
+    from .adapter import RedisPubSubAdapter
+
+log = logging.getLogger("eventbus.redis")
+
+
+class PubSubDelivery(Delivery):
+    """A received Pub/Sub message; ack, nack and reject only free its prefetch slot."""
+
+    __slots__ = ("_owner", "_payload")
+
+    def __init__(self, owner: PubSubSubscription, payload: bytes, number: int,
+                 attempt: int = 1) -> None:
+        envelope, error = decode_message(payload)
+        super().__init__(topic=owner.topic, group=owner.options.group, envelope=envelope,
+                         attempt=attempt, message_id=f"{owner.topic}/{owner.instance}/{number}",
+                         raw=None if envelope is not None else payload, decode_error=error)
+        self._owner = owner
+        self._payload = payload
+
+    async def _ack(self) -> None:
+        self._owner.release()
+
+    async def _nack(self, delay: float) -> None:
+        # Redis keeps nothing to redeliver, so this subscription hands the message
+        # out again itself after the delay (the bus asks for it when, say, an
+        # idempotency claim is held by a duplicate). It is lost if the process
+        # stops first: Pub/Sub is at most once.
+        self._owner.release()
+        self._owner.redeliver_later(self._payload, self.message_id, self.attempt + 1, delay)
+
+    async def _reject(self) -> None:
+        self._owner.release()
+
+
+class PubSubSubscription(Subscription):
+    """Iterates the messages of one channel."""
+
+    def __init__(self, adapter: RedisPubSubAdapter, topic: str, options: SubscribeOptions
+                 ) -> None:
+        self.adapter = adapter
+        self.topic = topic
+        self.options = options
+        self.instance = adapter.instance
+        self._pubsub: Any = None
+        self._closed = False
+        self._outstanding = 0
+        self._slot_free = asyncio.Event()
+        self._number = 0
+        self._again: list[PubSubDelivery] = []
+        self._timers: set[asyncio.TimerHandle] = set()
+
+    async def start(self) -> None:
+        """Subscribe and wait for Redis's confirmation, so later publishes arrive."""
+        s = self.adapter.settings
+        self._pubsub = self.adapter.client.pubsub()
+        try:
+            if s.sharded:
+                await self._pubsub.ssubscribe(self.topic)
+            else:
+                await self._pubsub.subscribe(self.topic)
+            kind = "ssubscribe" if s.sharded else "subscribe"
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + s.connect_timeout
+            while True:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    raise TimeoutError("no subscribe confirmation")
+                message = await self._pubsub.get_message(timeout=remaining)
+                if message is not None and message["type"] == kind:
+                    break
+        except (RedisError, OSError, TimeoutError) as exc:
+            await self.close()
+            raise BrokerConnectionError(
+                f"cannot subscribe to channel {self.topic!r} on Redis at {s.masked_url}: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+
+    def release(self) -> None:
+        self._outstanding -= 1
+        self._slot_free.set()
+
+    def redeliver_later(self, payload: bytes, message_id: str, attempt: int, delay: float
+                        ) -> None:
+        """Hand ``payload`` out again after ``delay`` seconds (local redelivery)."""
+        number = int(message_id.rsplit("/", 1)[-1])
+
+        def due() -> None:
+            self._timers.discard(timer)
+            if not self._closed:
+                self._again.append(PubSubDelivery(self, payload, number, attempt))
+                self._slot_free.set()
+
+        timer = asyncio.get_running_loop().call_later(delay, due)
+        self._timers.add(timer)
+
+    async def __aiter__(self) -> AsyncIterator[Delivery]:
+        prefetch = max(1, self.options.prefetch)
+        kinds = ("smessage",) if self.adapter.settings.sharded else ("message",)
+        while not self._closed:
+            if self._outstanding >= prefetch:
+                self._slot_free.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._slot_free.wait(), 1.0)
+                continue
+            if self._again:
+                self._outstanding += 1
+                yield self._again.pop(0)
+                continue
+            try:
+                message = await self._pubsub.get_message(timeout=0.05 if self._timers else 1.0)
+            except (RedisError, OSError, AttributeError) as exc:
+                if self._closed:  # closed under our feet: the iteration just ends
+                    return
+                raise ConnectionLostError(
+                    f"the Pub/Sub connection of channel {self.topic!r} on Redis at "
+                    f"{self.adapter.settings.masked_url} dropped: {type(exc).__name__}: {exc}; "
+                    "messages published until it is back are lost (Pub/Sub keeps nothing)"
+                ) from exc
+            if message is None or message["type"] not in kinds or self._closed:
+                continue
+            self._number += 1
+            self._outstanding += 1
+            yield PubSubDelivery(self, message["data"], self._number)
+
+    async def close(self) -> None:
+        """Unsubscribe and close the connection (bounded: Redis may be unreachable)."""
+        if self._closed:
+            return
+        self._closed = True
+        for timer in self._timers:
+            timer.cancel()
+        self._timers.clear()
+        self._again.clear()
+        pubsub, self._pubsub = self._pubsub, None
+        self.adapter.forget(self)
+        if pubsub is None:
+            return
+        try:
+            await asyncio.wait_for(pubsub.aclose(), 5.0)
+        except BaseException as exc:
+            task = asyncio.current_task()
+            if isinstance(exc, asyncio.CancelledError) and task and task.cancelling():
+                raise
+            log.debug("closing the Pub/Sub connection of %s failed: %r", self.topic, exc)
