@@ -12,6 +12,7 @@ import pytest
 
 from eventbus.testing import BrokerTarget, ConformanceSuite
 from integration_tests import harness
+from integration_tests.nats.targets import nats_target
 
 # Cases a particular broker build can't pass although the adapter claims the
 # capability, with the reason. Each is documented in docs/adapters/<broker>.md.
@@ -32,6 +33,8 @@ SCALE = {"kafka": 0.25, "tansu": 0.25}
 TARGETS: dict[str, tuple[str, str | None]] = {
     "kafka": ("kafka", None),
     "tansu": ("kafka", "tansu"),
+    "nats": ("nats", None),
+    "nats-core": ("nats", None),
 }
 
 
@@ -40,6 +43,8 @@ def _target(name: str) -> BrokerTarget:
     # sit in front of a broker the harness starts with the proxy as its advertised
     # listener: the suite then uses that broker for every case.
     broker, flavour = TARGETS[name]
+    if broker == "nats":
+        return nats_target(name)
     endpoint, proxy = harness.require_faulty(broker, flavour)
     url = harness.client_url(endpoint)
     return BrokerTarget(
