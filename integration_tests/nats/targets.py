@@ -30,7 +30,14 @@ JETSTREAM_LIMITS: dict[str, str] = {
         "test_idempotency_expired_lease_can_be_taken",
     )
 }
-CORE_LIMITS: dict[str, str] = {}
+CORE_LIMITS: dict[str, str] = {
+    "test_reconnect_after_connection_drop": (
+        "core NATS stores nothing (persistent=False): a message the publisher sends after "
+        "its own reconnect but before the subscriber has re-subscribed reaches nobody, so "
+        "'everything published after the drop arrives' holds only by luck of timing; "
+        "JetStream (nats://) passes this case"
+    ),
+}
 
 _lock = threading.Lock()
 _private: tuple[str, harness.FaultProxy, processes.LocalProcess] | None = None

@@ -197,9 +197,8 @@ class NatsAdapter(Adapter):
         failures = {i: r for i, r in enumerate(results) if isinstance(r, BaseException)}
         if not failures:
             return
-        for exc in failures.values():
-            if isinstance(exc, NotFoundError | NoRespondersError):
-                self._provisioner.forget()  # the stream may be gone: check it next time
+        if any(isinstance(e, NotFoundError | NoRespondersError) for e in failures.values()):
+            self._provisioner.forget()  # the stream may be gone: check it next time
         if len(failures) == len(messages) and all(
                 isinstance(exc, _CONNECTION_ERRORS) for exc in failures.values()):
             first = next(iter(failures.values()))

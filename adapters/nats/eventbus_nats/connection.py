@@ -13,7 +13,6 @@ import ssl
 from collections.abc import Mapping
 from typing import Any
 
-import nats
 from nats.aio.client import Client
 
 from eventbus import codec
@@ -103,7 +102,7 @@ async def open_connection(settings: NatsSettings, what: str) -> Client:
     context = tls_context(settings)
     if context is not None:
         options["tls"] = context
-    client = nats.NATS()
+    client = Client()
     try:
         # Without retry_on_failed_connect nats-py gives up on the initial connect
         # after one pass over the servers; the timeout bounds a hanging handshake.

@@ -94,6 +94,7 @@ class JetStreamSubscription(Subscription):
         self._requests: deque[list[float]] = deque()  # [deadline, messages still due]
         self._changed = asyncio.Event()
         self._arrived = asyncio.Event()
+        self._answered = asyncio.Event()
         self._closed = False
         self._failed: BaseException | None = None
         self._inbox_sub: NatsSub | None = None
@@ -111,9 +112,10 @@ class JetStreamSubscription(Subscription):
     # -- arrivals --------------------------------------------------------------------
 
     async def _on_msg(self, msg: Msg) -> None:
+        self._answered.set()
         headers = msg.headers
         status = headers.get(_STATUS) if headers and not msg.data else None
-        if status is not None:
+        if headers and status is not None:
             if status == _HEARTBEAT:
                 return
             # 408 (request expired), 409 (max waiting, leadership change, deleted
@@ -160,16 +162,15 @@ class JetStreamSubscription(Subscription):
             self._changed.clear()
             credit = self._credit()
             room = self.prefetch - len(self._held) - len(self._ready) - credit
-            if room >= low_water or (room > 0 and credit == 0):
-                if nc.is_connected:
-                    request = {"batch": room, "expires": int(expires * 1e9)}
-                    try:
-                        await nc.publish(self._next_subject, json.dumps(request).encode(),
-                                         reply=self._inbox)
-                        self._requests.append([time.monotonic() + expires, room])
-                        continue
-                    except Exception as exc:  # reconnecting: ask again shortly
-                        log.debug("pull request for %s failed: %s", self.topic, exc)
+            if (room >= low_water or (room > 0 and credit == 0)) and nc.is_connected:
+                request = {"batch": room, "expires": int(expires * 1e9)}
+                try:
+                    await nc.publish(self._next_subject, json.dumps(request).encode(),
+                                     reply=self._inbox)
+                    self._requests.append([time.monotonic() + expires, room])
+                    continue
+                except Exception as exc:  # reconnecting: ask again shortly
+                    log.debug("pull request for %s failed: %s", self.topic, exc)
             wait = expires
             if self._requests:
                 wait = max(0.01, self._requests[0][0] + _GRACE - time.monotonic())
@@ -238,7 +239,10 @@ class JetStreamSubscription(Subscription):
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.adapter.settings.fetch_timeout + _GRACE
         while self._credit() and loop.time() < deadline and self.adapter.client.is_connected:
-            await asyncio.sleep(0.02)
+            # Each arrival (message or expiry status) sets _answered.
+            self._answered.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._answered.wait(), 0.05)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
 
@@ -38,28 +39,34 @@ from .settings import NatsSettings
 log = logging.getLogger("eventbus.nats")
 
 
+def _whole(seconds: float) -> int:
+    """nats-py's flush() takes whole seconds."""
+    return max(1, math.ceil(seconds))
+
+
 class CoreDelivery(Delivery):
     """A core NATS message: there is nothing to tell the server when it is settled."""
 
-    __slots__ = ("_owner",)
+    __slots__ = ("_msg", "_owner")
 
-    def __init__(self, owner: CoreSubscription, msg: Msg, number: int) -> None:
+    def __init__(self, owner: CoreSubscription, msg: Msg, number: int, attempt: int) -> None:
         envelope, error = decode(msg.headers, msg.data)
         super().__init__(topic=owner.topic, group=owner.options.group, envelope=envelope,
-                         attempt=1, message_id=f"{owner.topic}/{number}",
+                         attempt=attempt, message_id=f"{owner.topic}/{number}",
                          raw=None if envelope is not None else msg.data, decode_error=error)
         self._owner = owner
+        self._msg = msg
 
     async def _ack(self) -> None:
         self._owner.release()
 
     async def _nack(self, delay: float) -> None:
-        # Core NATS cannot redeliver (capabilities.redelivery is False, so the bus
-        # retries in process and dead-letters instead of nacking).
-        log.warning("core NATS cannot redeliver message %s of %r (at-most-once); it is "
-                    "dropped. Use nats:// (JetStream) for redelivery", self.message_id,
-                    self.topic)
+        # The server cannot redeliver (capabilities.redelivery is False, so the bus
+        # retries in process and dead-letters rather than nacking). A nack that still
+        # comes (a duplicate held back by the idempotency store) is redelivered by
+        # this subscription after ``delay``: kept in memory, lost if the process ends.
         self._owner.release()
+        self._owner.redeliver_later(self._msg, self.attempt + 1, delay)
 
     async def _reject(self) -> None:
         self._owner.release()
@@ -73,7 +80,8 @@ class CoreSubscription(Subscription):
         self.topic = topic
         self.options = options
         self.prefetch = max(1, options.prefetch)
-        self._ready: deque[Msg] = deque()
+        self._ready: deque[tuple[Msg, int]] = deque()
+        self._timers: set[asyncio.TimerHandle] = set()
         self._unsettled = 0
         self._count = 0
         self._wake = asyncio.Event()
@@ -84,12 +92,23 @@ class CoreSubscription(Subscription):
         client = self.adapter.client
         self._sub = await client.subscribe(self.topic, queue=self.options.group, cb=self._on_msg)
         # The server knows of the subscription once it answered a PING sent after it.
-        await client.flush(self.adapter.settings.request_timeout)
+        await client.flush(_whole(self.adapter.settings.request_timeout))
 
     async def _on_msg(self, msg: Msg) -> None:
         if not self._closed:
-            self._ready.append(msg)
+            self._ready.append((msg, 1))
             self._wake.set()
+
+    def redeliver_later(self, msg: Msg, attempt: int, delay: float) -> None:
+        """Hand ``msg`` out again after ``delay`` seconds (local, in-memory redelivery)."""
+        def due() -> None:
+            self._timers.discard(handle)
+            if not self._closed:
+                self._ready.append((msg, attempt))
+                self._wake.set()
+
+        handle = asyncio.get_running_loop().call_later(delay, due)
+        self._timers.add(handle)
 
     def release(self) -> None:
         self._unsettled -= 1
@@ -100,7 +119,8 @@ class CoreSubscription(Subscription):
             if self._ready and self._unsettled < self.prefetch:
                 self._count += 1
                 self._unsettled += 1
-                yield CoreDelivery(self, self._ready.popleft(), self._count)
+                msg, attempt = self._ready.popleft()
+                yield CoreDelivery(self, msg, self._count, attempt)
                 continue
             if self.adapter.client.is_closed:
                 raise ConnectionLostError(
@@ -116,6 +136,13 @@ class CoreSubscription(Subscription):
             return
         self._closed = True
         self._wake.set()
+        for handle in self._timers:
+            handle.cancel()
+        if self._timers:
+            log.info("core NATS subscription to %r closed with %d nacked message(s) waiting "
+                     "for local redelivery; they are dropped (at-most-once)", self.topic,
+                     len(self._timers))
+        self._timers.clear()
         if self._sub is not None:
             with contextlib.suppress(Exception):
                 await self._sub.unsubscribe()
@@ -192,7 +219,7 @@ class NatsCoreAdapter(Adapter):
             if not client.is_connected:
                 return HealthReport(False, f"NATS at {s.masked_url} is not connected "
                                     "(reconnecting)")
-            await client.flush(s.request_timeout)
+            await client.flush(_whole(s.request_timeout))
         except Exception as exc:
             return HealthReport(False, f"NATS at {s.masked_url}: {type(exc).__name__}: {exc}")
         return HealthReport(True, f"NATS at {s.masked_url} answered a PING",
@@ -219,11 +246,11 @@ class NatsCoreAdapter(Adapter):
         await self._send(client, topic, messages)
 
     async def _send(self, client: Client, topic: str,
-                    messages: list[tuple[dict[str, str] | None, bytes]]) -> None:
+                    messages: Sequence[tuple[dict[str, str] | None, bytes]]) -> None:
         try:
             for headers, body in messages:
                 await client.publish(topic, body, headers=headers)
-            await client.flush(self.settings.publish_timeout)
+            await client.flush(_whole(self.settings.publish_timeout))
         except Exception as exc:
             raise BrokerConnectionError(
                 f"NATS at {self.settings.masked_url} did not confirm {len(messages)} "
