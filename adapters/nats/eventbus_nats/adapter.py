@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
-from typing import Any
 
 from nats.aio.client import Client
 from nats.errors import ConnectionClosedError, NoRespondersError, OutboundBufferLimitError
@@ -185,15 +184,13 @@ class NatsAdapter(Adapter):
         js = await self._ready()
         await self._ensure_stream(js, topic)
         timeout = self.settings.publish_timeout
-        futures: list[Any] = []
-        for headers, body in messages:
-            try:
-                futures.append(await js.publish_async(topic, body, wait_stall=timeout,
-                                                      headers=headers))
-            except Exception as exc:  # could not even be queued
-                futures.append(_failed(exc))
-        results = await asyncio.gather(*(asyncio.wait_for(f, timeout) for f in futures),
-                                       return_exceptions=True)
+        # Every publish is a request in flight at once on the one connection (its
+        # PubAck awaited together), not a round trip each. js.publish_async is not
+        # used: nats-py drops a PubAck error there (the future never completes).
+        results = await asyncio.gather(
+            *(js.publish(topic, body, timeout=timeout, headers=headers)
+              for headers, body in messages),
+            return_exceptions=True)
         failures = {i: r for i, r in enumerate(results) if isinstance(r, BaseException)}
         if not failures:
             return
@@ -217,7 +214,7 @@ class NatsAdapter(Adapter):
     def _publish_error(self, topic: str, envelope: Envelope, exc: BaseException) -> Exception:
         text = f"event {envelope.id} ({envelope.type}) to {topic!r}: {type(exc).__name__}: {exc}"
         error: Exception
-        if isinstance(exc, APIError) and "size" in str(exc).lower():
+        if isinstance(exc, APIError) and exc.err_code == 10054:  # over max_msg_size
             error = MessageTooLargeError(f"the server refused {text}")
         elif isinstance(exc, _CONNECTION_ERRORS):
             error = BrokerConnectionError(f"NATS at {self.settings.masked_url} lost {text}")
@@ -321,8 +318,3 @@ class NatsAdapter(Adapter):
             seq += 1
         return records
 
-
-def _failed(exc: BaseException) -> asyncio.Future[None]:
-    future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-    future.set_exception(exc)
-    return future

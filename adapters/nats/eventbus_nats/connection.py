@@ -104,10 +104,10 @@ async def open_connection(settings: NatsSettings, what: str) -> Client:
         options["tls"] = context
     client = Client()
     try:
-        # Without retry_on_failed_connect nats-py gives up on the initial connect
-        # after one pass over the servers; the timeout bounds a hanging handshake.
+        # nats-py keeps trying refused servers (allow_reconnect); connect_timeout
+        # per server bounds the whole initial connect, so it fails fast.
         await asyncio.wait_for(client.connect(**options),
-                               settings.connect_timeout * (len(settings.servers) + 1))
+                               settings.connect_timeout * len(settings.servers) + 0.5)
     except Exception as exc:
         await close_quietly(client)
         raise BrokerConnectionError(
