@@ -23,8 +23,8 @@ import json
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
+from collections.abc import AsyncIterator, Coroutine
+from typing import TYPE_CHECKING, Any
 
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription as NatsSub
@@ -66,15 +66,25 @@ class JetStreamDelivery(Delivery):
         self.handed_at = time.monotonic()
 
     async def _ack(self) -> None:
-        await self._msg.ack()
-        self._owner.release(self)
+        await self._answer(self._msg.ack(), "ack")
 
     async def _nack(self, delay: float) -> None:
-        await self._msg.nak(delay=delay if delay > 0 else None)
-        self._owner.release(self)
+        await self._answer(self._msg.nak(delay=delay if delay > 0 else None), "nak")
 
     async def _reject(self) -> None:
-        await self._msg.term()
+        await self._answer(self._msg.term(), "term")
+
+    async def _answer(self, call: Coroutine[Any, Any, None], what: str) -> None:
+        try:
+            await call
+        except Exception as exc:
+            # Never left without an owner: the subscription stops keeping it alive,
+            # so the server redelivers it after ack_wait.
+            log.warning("%s of message %s on %r group %r failed (%s: %s); the server "
+                        "redelivers it after ack_wait", what, self.message_id, self.topic,
+                        self.group, type(exc).__name__, exc)
+            self._owner.release(self)
+            raise
         self._owner.release(self)
 
 
@@ -89,7 +99,7 @@ class JetStreamSubscription(Subscription):
         self.consumer = consumer
         self.options = options
         self.prefetch = max(1, options.prefetch)
-        self._ready: deque[tuple[Msg, float]] = deque()
+        self._ready: deque[list[Any]] = deque()  # [msg, last kept alive]
         self._held: set[JetStreamDelivery] = set()
         self._requests: deque[list[float]] = deque()  # [deadline, messages still due]
         self._changed = asyncio.Event()
@@ -134,7 +144,7 @@ class JetStreamSubscription(Subscription):
         if self._closed:
             await self._give_back(msg)
             return
-        self._ready.append((msg, time.monotonic()))
+        self._ready.append([msg, time.monotonic()])
         self._arrived.set()
         self._changed.set()
 
@@ -183,15 +193,18 @@ class JetStreamSubscription(Subscription):
         every = self.adapter.settings.ack_wait / 3
         while not self._closed:
             await asyncio.sleep(every)
-            due = time.monotonic() - every
-            msgs = [m for m, at in self._ready if at <= due]
-            msgs += [d._msg for d in self._held if d.handed_at <= due]
-            for msg in msgs:
-                try:
+            now = time.monotonic()
+            waiting = [entry for entry in self._ready if entry[1] <= now - every]
+            msgs = [entry[0] for entry in waiting]
+            msgs += [d._msg for d in self._held if d.handed_at <= now - every]
+            try:
+                for msg in msgs:
                     await msg.in_progress()
-                except Exception as exc:  # reconnecting: the next round tries again
-                    log.debug("in_progress for %s failed: %s", self.topic, exc)
-                    break
+            except Exception as exc:  # reconnecting: the next round tries again
+                log.debug("in_progress for %s failed: %s", self.topic, exc)
+                continue
+            for entry in waiting:
+                entry[1] = now
 
     # -- handing out ----------------------------------------------------------------
 
@@ -205,7 +218,12 @@ class JetStreamSubscription(Subscription):
                     f"at {self.adapter.settings.masked_url} failed: {self._failed}"
                 ) from self._failed
             if self._ready and len(self._held) < self.prefetch:
-                msg, _ = self._ready.popleft()
+                msg, kept = self._ready.popleft()
+                if time.monotonic() - kept > self.adapter.settings.ack_wait:
+                    # Not kept alive for a whole ack_wait (the connection was down):
+                    # its lease is gone and the server has handed it out again.
+                    log.debug("dropping a message of %s whose ack_wait expired", self.topic)
+                    continue
                 delivery = JetStreamDelivery(self, msg)
                 self._held.add(delivery)
                 self._changed.set()
