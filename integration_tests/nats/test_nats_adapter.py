@@ -246,3 +246,24 @@ def test_cloudevents_sdk_interop(nats_url: str) -> None:
         await adapter.close()
 
     run(scenario())
+
+
+def test_fetched_message_waiting_to_be_handed_out_is_kept_alive(nats_url: str) -> None:
+    """A message fetched but not yet taken from the subscription (its handler is
+    busy elsewhere) gets in_progress too: taken 2.5x ack_wait later it is still the
+    first delivery and does not come back after being acked."""
+
+    async def scenario() -> None:
+        topic = unique("waiting")
+        adapter = NatsAdapter(nats_url + "?ack_wait=1")
+        await adapter.connect()
+        subscription = await adapter.subscribe(topic, SubscribeOptions(group="g", prefetch=4))
+        await adapter.publish(topic, [ping(1)])
+        await asyncio.sleep(2.5)  # nobody iterates meanwhile: the message waits locally
+        delivery = await first(subscription)
+        assert delivery.attempt == 1, f"redelivered while waiting: attempt {delivery.attempt}"
+        await delivery.ack()
+        await nothing_within(subscription, 1.5)
+        await adapter.close()
+
+    run(scenario())
