@@ -44,6 +44,19 @@ _HEARTBEAT = "100"
 _GRACE = 0.25  # seconds after a request's expiry for its last messages to arrive
 
 
+def _ack_facts(msg: Msg) -> tuple[int, str]:
+    """The delivery count and stream sequence from the ack subject, read directly
+    (``$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>...``, or with domain and
+    account hash first): nats-py's full metadata parse costs more than the rest."""
+    tokens = (msg.reply or "").split(".")
+    if len(tokens) == 9:
+        return int(tokens[4]) or 1, tokens[5]
+    if len(tokens) >= 11:
+        return int(tokens[6]) or 1, tokens[7]
+    meta = msg.metadata
+    return meta.num_delivered or 1, str(meta.sequence.stream)
+
+
 class JetStreamDelivery(Delivery):
     """A message from a pull consumer; settling it answers the server at once."""
 
@@ -51,13 +64,13 @@ class JetStreamDelivery(Delivery):
 
     def __init__(self, owner: JetStreamSubscription, msg: Msg) -> None:
         envelope, error = decode(msg.headers, msg.data)
-        meta = msg.metadata
+        delivered, sequence = _ack_facts(msg)
         super().__init__(
             topic=owner.topic,
             group=owner.options.group,
             envelope=envelope,
-            attempt=meta.num_delivered or 1,
-            message_id=f"{meta.stream}/{meta.sequence.stream}",
+            attempt=delivered,
+            message_id=f"{owner.stream}/{sequence}",
             raw=None if envelope is not None else msg.data,
             decode_error=error,
         )
