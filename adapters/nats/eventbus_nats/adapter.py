@@ -144,14 +144,17 @@ class NatsAdapter(Adapter):
             await close_quietly(client)
 
     async def health(self) -> HealthReport:
-        """Ask JetStream for the account info (one round trip)."""
+        """Ask JetStream for the account info (one round trip, at most a second)."""
         s = self.settings
         try:
             js = await self._ready()
             if not self.client.is_connected:
                 return HealthReport(False, f"NATS at {s.masked_url} is not connected "
                                     "(reconnecting)")
-            info = await asyncio.wait_for(js.account_info(), s.request_timeout)
+            # Bounded well below request_timeout: a health probe must answer while
+            # the client has not yet noticed a dropped connection (the request would
+            # otherwise wait in the reconnect buffer).
+            info = await asyncio.wait_for(js.account_info(), min(1.0, s.request_timeout))
         except Exception as exc:
             return HealthReport(False, f"NATS JetStream at {s.masked_url}: "
                                 f"{type(exc).__name__}: {exc}")

@@ -219,7 +219,7 @@ class NatsCoreAdapter(Adapter):
             if not client.is_connected:
                 return HealthReport(False, f"NATS at {s.masked_url} is not connected "
                                     "(reconnecting)")
-            await client.flush(_whole(s.request_timeout))
+            await client.flush(1)  # a PING answered within a second
         except Exception as exc:
             return HealthReport(False, f"NATS at {s.masked_url}: {type(exc).__name__}: {exc}")
         return HealthReport(True, f"NATS at {s.masked_url} answered a PING",
