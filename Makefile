@@ -8,7 +8,7 @@ VENV := .venv
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: demo test lint typecheck docs-check bench bench-kafka bench-profile setup clean docs
+.PHONY: demo test lint typecheck docs-check bench bench-kafka bench-nats bench-profile setup clean docs
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)
@@ -52,6 +52,9 @@ bench: setup
 
 bench-kafka: setup
 	$(VENV)/bin/python bench/bench_kafka.py
+
+bench-nats: setup
+	$(VENV)/bin/python bench/bench_nats.py
 
 ## Per-stage costs and lone-publish latency (memory and Kafka), then RSS over 1M events on memory.
 bench-profile: setup
