@@ -84,6 +84,7 @@ class NatsAdapter(Adapter):
         self._provisioner = Provisioner(s)
         self._subscriptions: set[JetStreamSubscription] = set()
         self._connect_lock = asyncio.Lock()
+        self._background: set[asyncio.Task[None]] = set()
 
     @property
     def client(self) -> Client:
@@ -132,13 +133,17 @@ class NatsAdapter(Adapter):
 
     async def close(self) -> None:
         """Close every subscription (giving back what it holds), then the connection."""
-        for subscription in list(self._subscriptions):
-            try:
-                await subscription.close()
-            except Exception as exc:
+        # Together: each waits up to fetch_timeout for its open pull requests.
+        subscriptions = list(self._subscriptions)
+        results = await asyncio.gather(*(sub.close() for sub in subscriptions),
+                                       return_exceptions=True)
+        for subscription, result in zip(subscriptions, results, strict=True):
+            if isinstance(result, Exception):
                 log.warning("closing a NATS subscription of %s failed: %s",
-                            subscription.topic, exc)
+                            subscription.topic, result)
         self._subscriptions.clear()
+        for task in self._background:
+            task.cancel()
         client, self._client, self._js = self._client, None, None
         if client is not None:
             await close_quietly(client)
@@ -273,7 +278,9 @@ class NatsAdapter(Adapter):
     def consumer_trouble(self, subscription: JetStreamSubscription) -> None:
         """A pull consumer answered with an error status: make sure it (and its
         stream) still exist, re-creating them as the group started."""
-        asyncio.get_running_loop().create_task(self._recreate(subscription))
+        task = asyncio.get_running_loop().create_task(self._recreate(subscription))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def _recreate(self, subscription: JetStreamSubscription) -> None:
         self._provisioner.forget()
