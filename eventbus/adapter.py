@@ -100,6 +100,16 @@ class Delivery(abc.ABC):
         self._settled: str | None = None
 
     @property
+    def stale(self) -> bool:
+        """True when the adapter no longer owns this message (its partition was revoked).
+
+        The bus checks it right before running a queued delivery and drops a stale one
+        unrun: the broker hands it to its new owner. Adapters without such a notion
+        leave it ``False``.
+        """
+        return False
+
+    @property
     def settled(self) -> str | None:
         """``"ack"``, ``"nack"``, ``"reject"`` or ``None`` while unsettled."""
         return self._settled
@@ -250,6 +260,24 @@ class Adapter(abc.ABC):
 
         raise UnsupportedOperationError(
             f"{type(self).__name__} cannot browse topic {topic!r} without consuming it"
+        )
+
+    async def publish_to_group(
+        self, topic: str, group: str, envelopes: Sequence[Envelope]
+    ) -> None:
+        """Deliver ``envelopes`` on ``topic`` to consumer group ``group`` only.
+
+        The other groups of the topic never see them: this is how a dead letter is
+        replayed to the group that failed it without re-running every other group's
+        handlers. Same confirmation and size rules as :meth:`publish`. Brokers with
+        no per-group route leave this raising
+        :class:`~eventbus.errors.UnsupportedOperationError`; replay then falls back
+        to the whole topic.
+        """
+        from eventbus.errors import UnsupportedOperationError
+
+        raise UnsupportedOperationError(
+            f"{type(self).__name__} cannot deliver to one group of topic {topic!r}"
         )
 
     async def publish_raw(self, topic: str, payload: bytes) -> None:

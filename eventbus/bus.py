@@ -82,6 +82,7 @@ class EventBus:
         publish_timeout: float = 30.0,
         prefetch_per_worker: int = 8,
         registry: Registry = registry,
+        warn_after: float | None = 30.0,
     ) -> None:
         self.adapter = adapter_from_url(adapter) if isinstance(adapter, str) else adapter
         self.source = source
@@ -95,6 +96,11 @@ class EventBus:
         self.publish_timeout = publish_timeout
         self.prefetch_per_worker = prefetch_per_worker
         self.registry = registry
+        if warn_after is not None and not warn_after > 0:
+            raise ConfigurationError(
+                f"warn_after must be a positive number of seconds or None, not {warn_after!r}"
+            )
+        self.warn_after = warn_after
         self._specs: dict[tuple[str, str], SubscriptionSpec] = {}
         self._command_groups: dict[str, str] = {}
         self._runners: list[Runner] = []
@@ -311,6 +317,7 @@ class EventBus:
                     prefetch=self.prefetch_per_worker,
                     dead_letter=self.dead_letter,
                     on_dead=self._on_dead,
+                    warn_after=self.warn_after,
                 )
                 await runner.start()
                 self._runners.append(runner)

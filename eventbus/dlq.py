@@ -146,6 +146,7 @@ class DeadLetters:
         to_topic: str | None = None,
         ids: Collection[str] | None = None,
         progress: Progress | None = None,
+        to_group: bool | None = None,
     ) -> int:
         """Publish dead letters back to their topic (or ``to_topic``); returns how many.
 
@@ -154,6 +155,14 @@ class DeadLetters:
         that never were an event) are skipped. Raises
         :class:`~eventbus.errors.TopicNotFoundError` when there is no such
         dead-letter topic.
+
+        ``to_group``: ``None`` (default) replays to the failed group alone where the
+        broker can route to one group (:meth:`Adapter.publish_to_group`: memory,
+        Kafka through that group's retry topic), else to the whole topic, whose
+        other groups then see the event again (idempotency makes that a no-op);
+        ``True`` insists on the group (raising UnsupportedOperationError where the
+        broker can't), ``False`` always uses the whole topic. ``to_topic`` implies
+        the whole of that topic.
         """
         try:
             letters = await self._browse(topic, group, None)
@@ -166,9 +175,22 @@ class DeadLetters:
             if letter.state == "pending" and letter.replayable  # raw bytes/references: not events
             and (ids is None or any(letter.matches(i) for i in ids))
         ][:limit]
+        group_route = to_group is not False and to_topic is None
         for done, letter in enumerate(todo, 1):
             destination = to_topic or letter.topic or topic
-            await self.adapter.publish(destination, [letter.original])
+            target_group = letter.group or group
+            if group_route:
+                try:
+                    await self.adapter.publish_to_group(
+                        destination, target_group, [letter.original]
+                    )
+                    destination = f"{destination} (group {target_group})"
+                except UnsupportedOperationError:
+                    if to_group:
+                        raise
+                    group_route = False  # the whole topic, for this and the rest
+            if not group_route:
+                await self.adapter.publish(destination, [letter.original])
             # After the republish: a crash in between replays the letter again, which
             # idempotency absorbs; the other order could lose it.
             await self.adapter.publish(

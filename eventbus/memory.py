@@ -198,6 +198,21 @@ class MemoryAdapter(Adapter):
             entries.append(entry)
         self.broker.append_many(topic, entries)
 
+    async def publish_to_group(
+        self, topic: str, group: str, envelopes: Sequence[Envelope]
+    ) -> None:
+        """Queue ``envelopes`` for ``group`` alone (not in the topic's log, so other
+        groups and readers never see them); the group is created if new."""
+        self.broker.check_reachable(self.url)
+        entries = []
+        limit = self.capabilities.max_message_bytes
+        for envelope in envelopes:
+            entry, size = self.encode(envelope)
+            if size > limit:
+                self.check_size(topic, envelope, size)
+            entries.append(entry)
+        self.broker.append_to_group(topic, group, entries)
+
     async def publish_raw(self, topic: str, payload: bytes) -> None:
         """Store ``payload`` as the body of a message without headers: in binary mode it
         never decodes; in structured mode it decodes if it is a structured CloudEvent."""

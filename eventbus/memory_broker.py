@@ -217,6 +217,17 @@ class MemoryBroker:
         for group in groups:
             group.notify()
 
+    def append_to_group(self, topic_name: str, group_name: str, entries: Iterable[Entry]) -> None:
+        """Queue ``entries`` for one group only: they never enter the topic's log."""
+        topic = self.topic(topic_name)
+        group = topic.groups.get(group_name)
+        if group is None:
+            group = topic.groups[group_name] = Group(group_name)
+        for entry in entries:
+            entry.offset = next(self._offsets)
+            group.pending.append(Pending(entry))
+        group.notify()
+
     def group(self, topic_name: str, options: SubscribeOptions) -> Group:
         topic = self.topic(topic_name)
         group = topic.groups.get(options.group)

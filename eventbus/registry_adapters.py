@@ -14,7 +14,7 @@ ENTRY_POINT_GROUP = "eventbus.adapters"
 # Only these may be recommended for installation, and only from the repository: a
 # package name that is not published on an index would invite dependency confusion
 # (anyone could publish it with malicious code).
-REPOSITORY_ADAPTERS = {"kafka": "kafka"}
+REPOSITORY_ADAPTERS = {"kafka": "kafka", "amqp": "rabbitmq", "amqps": "rabbitmq"}
 
 
 def installed_schemes() -> list[str]:

@@ -30,6 +30,7 @@ from eventbus.middleware.base import Middleware, Next, RedeliveryRequested, comp
 from eventbus.middleware.correlation import correlation
 from eventbus.runs import counter_for
 from eventbus.spec import SubscriptionSpec
+from eventbus.watchdog import SlowHandlerWatch
 
 log = logging.getLogger("eventbus.runner")
 
@@ -87,6 +88,7 @@ class Runner(Handling):
         reconnect: Backoff | None = None,
         max_failures: int = 5,
         on_dead: Callable[[Runner], None] | None = None,
+        warn_after: float | None = None,
     ) -> None:
         self.adapter = adapter
         self.spec = spec
@@ -97,6 +99,9 @@ class Runner(Handling):
         self.reconnect = reconnect or Backoff(initial=0.05, max_delay=2.0)
         self.max_failures = max_failures
         self.on_dead = on_dead
+        # A handler still running after warn_after seconds is reported (a hang made
+        # visible); None turns the watch off.
+        self._watch = SlowHandlerWatch(warn_after) if warn_after else None
         # Correlation, when it is the outermost step (the built chain's order), is
         # done by handle() itself: one coroutine less per message.
         self._correlate = bool(middleware) and middleware[0] is correlation
@@ -140,6 +145,8 @@ class Runner(Handling):
             self._load.append(0)
             self._lane_tasks.append(asyncio.create_task(self._lane(index, queue)))
         self.state = "running"
+        if self._watch is not None:
+            self._watch.start()
         self._fetch_task = asyncio.create_task(self._fetch())
 
     async def _subscribe(self) -> Subscription:
@@ -246,6 +253,13 @@ class Runner(Handling):
 
     async def _run_inline(self, delivery: Delivery) -> None:
         """Handle one delivery in the fetch loop (concurrency 1), as a lane would."""
+        if delivery.stale:
+            # Taken back by the broker before it was fetched from the adapter (a
+            # Kafka partition revoked meanwhile): its new owner handles it.
+            self.runs.seen(delivery)
+            log.debug("dropped stale %s of %s/%s", delivery.message_id,
+                      delivery.topic, delivery.group)
+            return
         self._busy = self._progressed = True
         try:
             await self.handle(delivery)
@@ -288,9 +302,10 @@ class Runner(Handling):
                 continue
             delivery = work
             try:
-                if generation != self._generation:
-                    # Handed out by a subscription since lost: the broker already
-                    # took it back and will deliver it again.
+                if generation != self._generation or delivery.stale:
+                    # Handed out by a subscription since lost, or stale (its Kafka
+                    # partition was revoked meanwhile): the broker already took it
+                    # back and will deliver it again.
                     self.runs.seen(delivery)
                     log.debug("dropped %s from a lost subscription of %s/%s",
                               delivery.message_id, delivery.topic, delivery.group)
@@ -315,8 +330,14 @@ class Runner(Handling):
                 for delivery in batch:
                     self.runs.seen(delivery)  # lost with its subscription, as above
                 return
+            live = [delivery for delivery in batch if not delivery.stale]
+            for delivery in batch:
+                if delivery.stale:
+                    self.runs.seen(delivery)  # taken back by a rebalance, as above
+            if not live:
+                return
             self._progressed = True
-            await run_batch(self, batch)
+            await run_batch(self, live)
         except asyncio.CancelledError:
             if _cancelling():
                 raise
@@ -338,14 +359,21 @@ class Runner(Handling):
             if self.spec.mode == "at_most_once":
                 await delivery.ack()
             ctx = Context(self.publisher, delivery, envelope, previous_attempts=previous)
-            if self._correlate:
-                token = current_envelope.set(envelope)
-                try:
+            watch = self._watch
+            if watch is not None:
+                watch.begin(delivery)
+            try:
+                if self._correlate:
+                    token = current_envelope.set(envelope)
+                    try:
+                        await self.chain(ctx)
+                    finally:
+                        current_envelope.reset(token)
+                else:
                     await self.chain(ctx)
-                finally:
-                    current_envelope.reset(token)
-            else:
-                await self.chain(ctx)
+            finally:
+                if watch is not None:
+                    watch.end(delivery)
         except RedeliveryRequested as request:
             await self._nack(delivery, request.delay)
             return
@@ -411,5 +439,7 @@ class Runner(Handling):
                 )
                 await asyncio.gather(*pending, return_exceptions=True)
         await self._drop_subscription()
+        if self._watch is not None:
+            await self._watch.stop()
         if self.state != "dead":
             self.state = "stopped"

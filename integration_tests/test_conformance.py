@@ -13,6 +13,7 @@ import pytest
 from eventbus.testing import BrokerTarget, ConformanceSuite
 from integration_tests import harness
 from integration_tests.nats.targets import nats_target
+from integration_tests.rabbitmq.node import conformance_node
 
 # Cases a particular broker build can't pass although the adapter claims the
 # capability, with the reason. Each is documented in docs/adapters/<broker>.md.
@@ -33,6 +34,8 @@ SCALE = {"kafka": 0.25, "tansu": 0.25}
 TARGETS: dict[str, tuple[str, str | None]] = {
     "kafka": ("kafka", None),
     "tansu": ("kafka", "tansu"),
+    "rabbitmq": ("rabbitmq", None),
+    "rabbitmq-quorum": ("rabbitmq", "quorum"),
     "nats": ("nats", None),
     "nats-core": ("nats", None),
 }
@@ -43,6 +46,8 @@ def _target(name: str) -> BrokerTarget:
     # sit in front of a broker the harness starts with the proxy as its advertised
     # listener: the suite then uses that broker for every case.
     broker, flavour = TARGETS[name]
+    if broker == "rabbitmq":
+        return _rabbitmq_target(name, flavour)
     if broker == "nats":
         return nats_target(name)
     endpoint, proxy = harness.require_faulty(broker, flavour)
@@ -56,6 +61,18 @@ def _target(name: str) -> BrokerTarget:
         limits=TANSU_LIMITS if endpoint.flavour == "tansu" else {},
         restart=endpoint.restart,
     )
+
+
+def _rabbitmq_target(name: str, queue_type: str | None) -> BrokerTarget:
+    # A private node (restartable) behind a proxy; every case goes through the
+    # proxy, so the reconnect cases break the very connections the adapter uses.
+    harness.require("rabbitmq")  # a missing broker fails under EVENTBUS_REQUIRE_BROKERS
+    node = conformance_node()
+    url = node.url
+    if queue_type is not None:
+        url += ("&" if "?" in url else "?") + f"queue_type={queue_type}"
+    return BrokerTarget(name=name, url=url, faults=node.proxy, faulty_url=url,
+                        scale=SCALE.get(name, 1.0), restart=node.restart)
 
 
 @pytest.fixture(scope="module", params=list(TARGETS))

@@ -21,6 +21,7 @@ from eventbus.registry_adapters import adapter_class
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_URLS = {"memory": "memory://", "kafka": "kafka://127.0.0.1:9092",
+               "amqp": "amqp://guest:guest@127.0.0.1:5672/",
                "nats": "nats://127.0.0.1:4222", "nats+core": "nats+core://127.0.0.1:4222"}
 BEGIN, END = "<!-- capabilities:begin -->", "<!-- capabilities:end -->"
 

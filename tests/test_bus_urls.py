@@ -17,7 +17,7 @@ from eventbus import (
     registry_adapters,
 )
 from eventbus.errors import EventBusError, mask_url
-from eventbus.registry_adapters import adapter_class, adapter_from_url, installed_schemes
+from eventbus.registry_adapters import adapter_class, adapter_from_url
 
 
 def test_from_env_uses_eventbus_url(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -44,9 +44,9 @@ def test_unknown_scheme_lists_installed_schemes_and_recommends_no_unpublished_pa
         EventBus.from_url("nats9://user:s3cret@localhost:4222")
     message = str(info.value)
     assert "'nats9'" in message and "s3cret" not in message
-    assert f"installed: {', '.join(installed_schemes())}" in message
-    assert "kafka" in installed_schemes() and "memory" in installed_schemes()
-    assert "pip install eventbus-nats9" not in message and "eventbus.adapters" in message
+    installed = message.split("(installed: ", 1)[1].split(")", 1)[0].split(", ")
+    assert {"kafka", "memory"} <= set(installed)
+    assert "pip install eventbus-nats" not in message and "eventbus.adapters" in message
 
 
 def test_totally_unknown_scheme_says_how_to_register_an_adapter() -> None:

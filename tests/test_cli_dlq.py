@@ -276,7 +276,7 @@ def test_replay_marks_letters_replayed_and_a_new_failure_is_a_new_letter() -> No
         await adapter.publish(name, [first, letter("orders", "billing")])
         dead = DeadLetters(adapter)
         assert [r.replayed for r in await dead.list("orders", "billing")] == [False, False]
-        assert await dead.replay("orders", "billing", limit=1) == 1
+        assert await dead.replay("orders", "billing", limit=1, to_group=False) == 1
         listed = await dead.list("orders", "billing")
         assert [(r.envelope.id, r.replayed) for r in listed] == [(first.id, True),
                                                                  (listed[1].envelope.id, False)]
@@ -288,8 +288,8 @@ def test_replay_marks_letters_replayed_and_a_new_failure_is_a_new_letter() -> No
         assert [r.envelope.id for r in await dead.list(
             "orders", "billing", include_replayed=False)] == [listed[1].envelope.id, first.id]
         assert len(await dead.list("orders", "billing", limit=2)) == 2
-        assert await dead.replay("orders", "billing") == 2
-        assert await dead.replay("orders", "billing") == 0
+        assert await dead.replay("orders", "billing", to_group=False) == 2
+        assert await dead.replay("orders", "billing", to_group=False) == 0
         assert all(r.replayed for r in await dead.list("orders", "billing"))
         # Each replay republished the original, without the dead-letter attributes.
         originals = await adapter.read("orders")

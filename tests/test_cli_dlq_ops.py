@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from eventbus import Envelope, MemoryAdapter
-from eventbus.adapter import ReadRecord
+from eventbus.adapter import ReadRecord, SubscribeOptions
 from eventbus.cli import _common as cli
 from eventbus.cli import app
 from eventbus.dlq import DeadLetters, ListedDeadLetter, replayed_topic
@@ -71,14 +71,15 @@ def test_replay_by_id_replays_only_that_letter_and_reports_progress() -> None:
         adapter = await broker(*letters)
         dead = DeadLetters(adapter)
         calls: list[tuple[int, int]] = []
-        assert await dead.replay(TOPIC, GROUP, ids=[letters[1].id],
+        assert await dead.replay(TOPIC, GROUP, ids=[letters[1].id], to_group=False,
                                  progress=lambda done, total: calls.append((done, total))) == 1
         assert calls == [(1, 1)]
         assert ids(await adapter.read(TOPIC)) == [letters[1].id]
         assert [x.state for x in await dead.list(TOPIC, GROUP)] == [
             "pending", "replayed", "pending"]
         calls.clear()
-        assert await dead.replay(TOPIC, GROUP, progress=lambda d, t: calls.append((d, t))) == 2
+        assert await dead.replay(TOPIC, GROUP, to_group=False,
+                                 progress=lambda d, t: calls.append((d, t))) == 2
         assert calls == [(1, 2), (2, 2)]
 
     asyncio.run(scenario())
@@ -96,7 +97,7 @@ def test_purge_on_a_log_broker_marks_letters_so_list_hides_them_and_replay_skips
         # The letters stay on the DLQ topic; the markers say which were purged.
         assert len(await adapter.read(dlq_topic(TOPIC, GROUP))) == 3
         assert len(await adapter.read(replayed_topic(TOPIC, GROUP))) == 1
-        assert await dead.replay(TOPIC, GROUP) == 2
+        assert await dead.replay(TOPIC, GROUP, to_group=False) == 2
         assert ids(await adapter.read(TOPIC)) == [letters[1].id, letters[2].id]
         # Replayed letters can be purged too; purging twice purges nothing more.
         assert await dead.purge(TOPIC, GROUP) == 2
@@ -172,11 +173,11 @@ def test_show_prints_one_letter_in_full() -> None:
 def test_replay_one_letter_asks_first_and_prints_the_count() -> None:
     first, second = letter(), letter()
     adapter = asyncio.run(broker(first, second))
-    code, output = invoke(adapter, "replay", "--id", second.id, stdin="n\n")
+    code, output = invoke(adapter, "replay", "--id", second.id, "--whole-topic", stdin="n\n")
     assert code == 1 and "Replay 1 dead letter(s) of orders/billing to orders?" in output
     with pytest.raises(Exception, match="does not exist"):  # nothing was replayed
         asyncio.run(adapter.read(TOPIC))
-    code, output = invoke(adapter, "replay", "--id", second.id, stdin="y\n")
+    code, output = invoke(adapter, "replay", "--id", second.id, "--whole-topic", stdin="y\n")
     assert code == 0 and "replayed 1 dead letter(s) from orders/billing" in output
     assert ids(asyncio.run(adapter.read(TOPIC))) == [second.id]
     code, output = invoke(adapter, "replay", "--id", second.id, "--yes")
@@ -189,9 +190,29 @@ def test_replay_one_letter_asks_first_and_prints_the_count() -> None:
 def test_replay_of_many_letters_completes_with_a_count() -> None:
     letters = [letter() for _ in range(25)]
     adapter = asyncio.run(broker(*letters))
-    code, output = invoke(adapter, "replay", "--yes")
+    code, output = invoke(adapter, "replay", "--yes", "--whole-topic")
     assert code == 0 and "replayed 25 dead letter(s)" in output, output
     assert ids(asyncio.run(adapter.read(TOPIC))) == [x.id for x in letters]
+
+
+@pytest.mark.usefixtures("in_process")
+def test_replay_goes_to_the_failed_group_by_default_where_the_broker_can() -> None:
+    first = letter()
+    adapter = asyncio.run(broker(first))
+    code, output = invoke(adapter, "replay", stdin="y\n")
+    assert code == 0 and "to group billing of orders?" in output, output
+    assert ids(asyncio.run(adapter.read(TOPIC))) == []  # not on the topic's log
+
+    async def billing_gets_it() -> str:
+        subscription = await adapter.subscribe(TOPIC, SubscribeOptions(group="billing"))
+        async for delivery in subscription:
+            await delivery.ack()
+            await subscription.close()
+            assert delivery.envelope is not None
+            return delivery.envelope.id
+        raise AssertionError("nothing delivered")
+
+    assert asyncio.run(asyncio.wait_for(billing_gets_it(), 5)) == first.id
 
 
 @pytest.mark.usefixtures("in_process")

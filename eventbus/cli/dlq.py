@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from eventbus.adapter import Adapter
 from eventbus.cli._common import (
     EXIT_NOT_FOUND,
     UrlOption,
@@ -178,10 +179,16 @@ def dlq_replay(
     ids: Ids = None,
     limit: Annotated[int | None, typer.Option(help="At most this many")] = None,
     to_topic: Annotated[str | None, typer.Option(help="Publish here instead")] = None,
+    whole_topic: Annotated[bool, typer.Option(
+        "--whole-topic",
+        help="Publish to the topic (every group sees it again), even where the broker "
+             "could deliver to the failed group alone")] = False,
     yes: Yes = False,
     url: UrlOption = None,
 ) -> None:
-    """Publish dead letters (all pending, or --id ones) back to their topic, once each."""
+    """Publish dead letters (all pending, or --id ones) back, once each: to the group
+    that failed them where the broker can route to one group (memory, Kafka), else to
+    their whole topic."""
     broker = _broker(url, "replay")
 
     async def go() -> int:
@@ -195,13 +202,16 @@ def dlq_replay(
                               if skipped else ""), err=True)
                 return 0
             where = to_topic or todo[0].topic or topic
+            if not whole_topic and to_topic is None and _routes_to_groups(adapter):
+                where = f"group {todo[0].group or group} of {where}"
             await asyncio.to_thread(
                 _confirm, f"Replay {len(todo)} dead letter(s) of {topic}/{group} to {where}?", yes
             )
             return await _with_progress(
                 len(todo), "replaying",
                 lambda progress: DeadLetters(adapter).replay(
-                    topic, group, limit=limit, to_topic=to_topic, ids=ids, progress=progress),
+                    topic, group, limit=limit, to_topic=to_topic, ids=ids, progress=progress,
+                    to_group=False if whole_topic else None),
             )
 
     count = run_async(go)
@@ -243,3 +253,8 @@ def dlq_purge(
 
     count = run_async(go)
     typer.echo(f"purged {count} dead letter(s) from {topic}/{group}")
+
+
+def _routes_to_groups(adapter: Adapter) -> bool:
+    """Whether the adapter can deliver to one consumer group (replay to the failed one)."""
+    return type(adapter).publish_to_group is not Adapter.publish_to_group

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime
 
 import pytest
@@ -15,6 +16,7 @@ from eventbus_kafka.codec import (
     retry_headers,
 )
 from eventbus_kafka.offsets import PartitionLog
+from eventbus_kafka.retry import tier_for
 
 from eventbus.envelope import Envelope
 from eventbus.errors import InvalidURLError
@@ -76,6 +78,9 @@ def test_unknown_option_names_it_and_the_allowed_ones() -> None:
         "kafka://k:9092?sasl_mechanism=PLAIN",  # without a SASL security_protocol
         "kafka://k:9092?linger_ms=1&linger_ms=2",
         "kafka://k:9092?session_timeout_ms=1000&heartbeat_interval_ms=1000",
+        "kafka://k:9092?retry_tiers=10,1",
+        "kafka://k:9092?retry_tiers=0,5",
+        "kafka://k:9092?retry_tiers=1,x",
         "amqp://k:9092",
     ],
 )
@@ -83,6 +88,98 @@ def test_bad_urls_raise_invalid_url_error(url: str) -> None:
     with pytest.raises(InvalidURLError) as raised:
         KafkaSettings.from_url(url)
     assert "topsecret" not in str(raised.value)
+
+
+def test_retry_delay_tiers() -> None:
+    assert KafkaSettings.from_url("kafka://k").retry_tiers == (1, 10, 60, 600, 3600)
+    assert KafkaSettings.from_url("kafka://k?retry_tiers=5,30").retry_tiers == (5, 30)
+    assert [tier_for(d, (1, 10, 60)) for d in (0, 1, 1.5, 10, 59, 3600)] == [
+        1, 1, 10, 10, 60, 60]
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "kafka://svc:topsecret@k:9092",  # credentials but no SASL protocol: sent nowhere
+        "kafka://k:9092?sasl_username=svc&sasl_password=topsecret",
+        "kafka://svc:topsecret@k:9092?security_protocol=SSL",
+        "kafka://k:9092?security_protocol=SASL_SSL",  # SASL without a login
+        "kafka://svc@k:9092?security_protocol=SASL_PLAINTEXT",  # no password
+        "kafka://k:9092?security_protocol=SASL_SSL&sasl_password=topsecret",  # no user
+    ],
+)
+def test_credentials_and_sasl_settings_must_agree(url: str) -> None:
+    """Credentials that would be silently dropped, or a SASL protocol without them:
+    a one-line error naming the options, never the password."""
+    with pytest.raises(InvalidURLError) as raised:
+        KafkaSettings.from_url(url)
+    message = str(raised.value)
+    assert "topsecret" not in message and "\n" not in message
+    assert "security_protocol" in message or "sasl_" in message
+
+
+def test_plus_in_a_query_password_is_kept() -> None:
+    s = KafkaSettings.from_url(
+        "kafka://k?security_protocol=SASL_SSL&sasl_username=u&sasl_password=a+b%2Bc")
+    assert s.sasl_password == "a+b+c"
+
+
+def test_client_settings_are_validated() -> None:
+    s = KafkaSettings.from_url(
+        "kafka://k?compression_type=gzip&isolation_level=read_committed"
+        "&group_instance_id=billing-1&max_poll_interval_ms=600000")
+    assert (s.compression_type, s.isolation_level) == ("gzip", "read_committed")
+    assert (s.group_instance_id, s.max_poll_interval_ms) == ("billing-1", 600_000)
+    defaults = KafkaSettings.from_url("kafka://k")
+    assert (defaults.compression_type, defaults.isolation_level) == (None, "read_uncommitted")
+    for bad in ("compression_type=brotli", "isolation_level=dirty", "max_poll_interval_ms=0",
+                "group_instance_id="):
+        with pytest.raises(InvalidURLError) as raised:
+            KafkaSettings.from_url(f"kafka://k?{bad}")
+        assert bad.split("=")[0] in str(raised.value) and "\n" not in str(raised.value)
+
+
+def test_compression_without_its_library_is_a_clear_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import aiokafka.codec
+
+    monkeypatch.setattr(aiokafka.codec, "has_zstd", lambda: False)
+    with pytest.raises(InvalidURLError) as raised:
+        KafkaSettings.from_url("kafka://k?compression_type=zstd")
+    assert "zstandard" in str(raised.value)
+
+
+def test_a_failed_commit_is_a_warning(caplog: pytest.LogCaptureFixture,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A commit the broker refused means duplicates after a restart: say so at WARNING."""
+    import asyncio
+
+    from aiokafka import TopicPartition
+    from aiokafka.errors import CommitFailedError
+    from eventbus_kafka.consumer import KafkaSubscription
+
+    from eventbus.adapter import SubscribeOptions
+
+    async def scenario() -> None:
+        adapter = KafkaAdapter("kafka://127.0.0.1:1")
+        subscription = KafkaSubscription(adapter, "orders", SubscribeOptions(group="billing"))
+        tp = TopicPartition("orders", 0)
+
+        async def refuse(*_: object) -> None:
+            raise CommitFailedError("simulated: the group rebalanced")
+
+        monkeypatch.setattr(subscription.consumer, "assignment", lambda: {tp})
+        monkeypatch.setattr(subscription.consumer, "commit", refuse)
+        log = PartitionLog()
+        log.settle(log.add(0))
+        subscription._logs[tp] = log  # a settled record waiting for its commit
+        await subscription.commit()
+
+    caplog.set_level(logging.DEBUG, "eventbus.kafka")
+    asyncio.run(scenario())
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings and "billing" in warnings[0].getMessage()
 
 
 def test_bad_password_option_value_is_masked() -> None:
@@ -123,7 +220,8 @@ def test_encode_is_cloudevents_kafka_binary_mode() -> None:
     assert headers["content-type"] == b"application/json"
     assert headers["ce_specversion"] == b"1.0" and headers["ce_id"] == env.id.encode()
     assert headers["ce_tenant"] == b"acme" and headers["ce_dataversion"] == b"2"
-    assert "ce_partitionkey" not in headers, "partitionkey travels as the record key only"
+    # CloudEvents Kafka binding 3.1: the key carries it, the extension stays too.
+    assert headers["ce_partitionkey"] == b"order-A-1"
     assert all(isinstance(v, bytes) for v in headers.values())
     assert record.size > len(record.value) + sum(len(k) + len(v) for k, v in headers.items())
 
@@ -149,8 +247,6 @@ def test_decode_round_trip_and_transport_headers() -> None:
         (None, b"\xff\xfe garbage", []),
         (None, b"{}", [("ce_specversion", b"1.0")]),  # no id/source/type
         (None, b"x", [("ce_specversion", b"\xff"), ("ce_id", b"1")]),  # not UTF-8
-        (b"\xff", b"x", [("ce_specversion", b"1.0"), ("ce_id", b"1"), ("ce_source", b"s"),
-                         ("ce_type", b"t")]),  # key not UTF-8
         (None, None, [("content-type", b"application/cloudevents+json")]),
     ],
 )
@@ -159,6 +255,29 @@ def test_undecodable_records_never_raise(
 ) -> None:
     decoded = decode(key, value, headers)
     assert decoded.envelope is None and decoded.error
+
+
+MINIMAL = [("ce_specversion", b"1.0"), ("ce_id", b"1"), ("ce_source", b"s"), ("ce_type", b"t")]
+
+
+@pytest.mark.parametrize("key", [(42).to_bytes(8, "big"), bytes.fromhex("ffd8" * 8)])
+def test_a_binary_record_key_is_not_poison(key: bytes) -> None:
+    """Java's LongSerializer or UUID bytes as the key: the CloudEvent is kept, with no
+    partitionkey (the key is not text)."""
+    decoded = decode(key, b"x", MINIMAL)
+    assert decoded.envelope is not None, decoded.error
+    assert decoded.envelope.partitionkey is None and decoded.envelope.id == "1"
+
+
+def test_partitionkey_extension_wins_over_the_record_key() -> None:
+    """Binding 3.1: the record key becomes partitionkey only when the extension is absent."""
+    with_extension = decode(b"\x00\x01", b"x", [*MINIMAL, ("ce_partitionkey", b"tenant-7")])
+    assert with_extension.envelope is not None, with_extension.error
+    assert with_extension.envelope.partitionkey == "tenant-7"
+    other_key = decode(b"some-key", b"x", [*MINIMAL, ("ce_partitionkey", b"tenant-7")])
+    assert other_key.envelope is not None and other_key.envelope.partitionkey == "tenant-7"
+    from_key = decode(b"some-key", b"x", MINIMAL)
+    assert from_key.envelope is not None and from_key.envelope.partitionkey == "some-key"
 
 
 def test_official_sdk_reads_ours_and_we_read_theirs() -> None:

@@ -25,6 +25,7 @@ from aiokafka.errors import (
     RequestTimedOutError,
 )
 from aiokafka.helpers import create_ssl_context
+from aiokafka.structs import OffsetAndMetadata, TopicPartition
 
 from eventbus.adapter import (
     Adapter,
@@ -44,9 +45,11 @@ from eventbus.errors import (
 )
 
 from .browse import read_topic
-from .codec import Headers, encode
-from .consumer import KafkaSubscription, retry_topic
+from .codec import Headers, encode, record_size
+from .consumer import KafkaSubscription
+from .delivery import best_effort
 from .provision import TopicProvisioner
+from .retry import retry_topics
 from .settings import KafkaSettings
 
 log = logging.getLogger("eventbus.kafka")
@@ -92,6 +95,8 @@ class KafkaAdapter(Adapter):
         self._provisioner = TopicProvisioner(self.settings, self.client_options())
         self._subscriptions: set[KafkaSubscription] = set()
         self._connect_lock = asyncio.Lock()
+        # Static-membership indexes in use, per (group, topic).
+        self._instance_ids: dict[tuple[str, str], set[int]] = {}
         # Whether the running producer is idempotent (known once connected).
         self.idempotent: bool | None = None
 
@@ -165,6 +170,7 @@ class KafkaAdapter(Adapter):
             acks="all",
             enable_idempotence=idempotent,
             linger_ms=s.linger_ms,
+            compression_type=s.compression_type,
             max_batch_size=s.batch_bytes,
             max_request_size=max(1024 * 1024, s.max_message_bytes + 64 * 1024),
         )
@@ -187,17 +193,29 @@ class KafkaAdapter(Adapter):
         )
 
     async def close(self) -> None:
-        """Close every subscription (committing what is done), flush and stop the producer."""
-        for subscription in list(self._subscriptions):
-            await subscription.close()
+        """Close every subscription (committing what is done), flush and stop the producer.
+
+        Always reaches the end, even with the broker unreachable: a failing step is
+        logged and the next one runs; a cancellation of the caller is re-raised once
+        everything was tried.
+        """
+        subscriptions = list(self._subscriptions)
         self._subscriptions.clear()
+        try:
+            closes = await asyncio.gather(
+                *(best_effort("closing a subscription", s.close()) for s in subscriptions),
+                return_exceptions=True,
+            )
+        except asyncio.CancelledError:  # the children finished their steps anyway
+            closes = [True]
+        cancelled = any(c is True or isinstance(c, BaseException) for c in closes)
         producer, self._producer = self._producer, None
         if producer is not None:
-            try:
-                await producer.stop()  # flushes pending batches first
-            except Exception as exc:
-                log.warning("stopping the Kafka producer failed: %s", exc)
-        await self._provisioner.close()
+            # stop() flushes pending batches first.
+            cancelled |= await best_effort("stopping the Kafka producer", producer.stop())
+        cancelled |= await best_effort("closing the admin client", self._provisioner.close())
+        if cancelled:
+            raise asyncio.CancelledError
 
     async def health(self) -> HealthReport:
         """Ask the cluster for its metadata (one round trip)."""
@@ -276,7 +294,17 @@ class KafkaAdapter(Adapter):
     async def send_record(
         self, topic: str, key: bytes | None, value: bytes | None, headers: Headers
     ) -> None:
-        """Send one record as it is and wait for the broker's acknowledgement."""
+        """Send one record as it is and wait for the broker's acknowledgement.
+
+        Size-checked like ``publish``: a retry record carries more headers than the
+        original, so one that just fit may not fit any more.
+        """
+        size = record_size(key, value, headers)
+        if size > self.settings.max_message_bytes:
+            raise MessageTooLargeError(
+                f"a record for {topic!r} is {size} bytes, over the "
+                f"{self.settings.max_message_bytes}-byte limit; nothing was sent"
+            )
         producer = await self._ready_producer()
         await self._provisioner.ensure([topic])
         try:
@@ -300,7 +328,9 @@ class KafkaAdapter(Adapter):
         start offsets are fixed, so anything published afterwards is received.
         """
         await self._ready_producer()  # nack re-publishes through it
-        await self._provisioner.ensure([topic, retry_topic(topic, options.group)])
+        await self._provisioner.ensure(
+            [topic, *retry_topics(topic, options.group, self.settings.retry_tiers)]
+        )
         subscription = KafkaSubscription(self, topic, options)
         s = self.settings
         join_timeout = max(30.0, 3 * (s.session_timeout_ms + s.rebalance_timeout_ms) / 1000)
@@ -324,9 +354,35 @@ class KafkaAdapter(Adapter):
             )
         return await read_topic(self, topic, partitions, limit)
 
+    async def group_offsets(
+        self, group: str, partitions: list[TopicPartition]
+    ) -> dict[TopicPartition, OffsetAndMetadata]:
+        """What the Kafka group ``group`` committed for ``partitions`` (admin request)."""
+        return await self._provisioner.group_offsets(group, partitions)
+
+    def instance_id(self, subscription: KafkaSubscription) -> str | None:
+        """The static-membership id of a new subscription (None without ``group_instance_id``).
+
+        Unique per Kafka group: the first subscription of a (group, topic) gets the
+        configured id, further ones in this process ``<id>-2``, ``<id>-3``..., the
+        lowest free, so a resubscription after a reconnect gets the same id back.
+        """
+        base = self.settings.group_instance_id
+        if base is None:
+            return None
+        key = (subscription.options.group, subscription.topic)
+        taken = self._instance_ids.setdefault(key, set())
+        index = next(i for i in range(1, len(taken) + 2) if i not in taken)
+        taken.add(index)
+        subscription.instance_index = index
+        return base if index == 1 else f"{base}-{index}"
+
     def forget(self, subscription: KafkaSubscription) -> None:
         """Called by a subscription when it closes."""
         self._subscriptions.discard(subscription)
+        taken = self._instance_ids.get((subscription.options.group, subscription.topic))
+        if taken is not None:
+            taken.discard(subscription.instance_index)
 
 
 def _failed(exc: BaseException) -> asyncio.Future[None]:

@@ -1,9 +1,11 @@
 """Envelope <-> Kafka record, in CloudEvents Kafka binary mode.
 
 Attributes travel as ``ce_<name>`` headers (bytes), ``datacontenttype`` as the
-``content-type`` header, ``partitionkey`` as the record key, ``data`` as the
-value. The adapter's own transport facts (retry attempt, not-before time,
-original topic) use ``eventbus_*`` headers, which CloudEvents readers ignore.
+``content-type`` header, ``data`` as the value. ``partitionkey`` is the record key
+and stays a ``ce_partitionkey`` header too (binding section 3.1); a consumed record
+key becomes ``partitionkey`` only when that header is absent and the key is text.
+The adapter's own transport facts (retry attempt, not-before time, original topic)
+use ``eventbus_*`` headers, which CloudEvents readers ignore.
 
 Decoding never raises: an unreadable record becomes a :class:`Decoded` with
 ``envelope=None`` and the reason, so one bad record cannot kill a consumer.
@@ -23,6 +25,7 @@ ATTEMPT_HEADER = "eventbus_attempt"
 NOT_BEFORE_HEADER = "eventbus_not_before"
 ORIGIN_HEADER = "eventbus_topic"
 _TRANSPORT_HEADERS = (ATTEMPT_HEADER, NOT_BEFORE_HEADER, ORIGIN_HEADER)
+_PARTITIONKEY_HEADER = KAFKA_PREFIX + "partitionkey"
 
 # What Kafka adds around a record in a v2 batch (batch header 61 bytes plus the
 # per-record varints): generous, so a record we accept is never refused for size.
@@ -68,15 +71,15 @@ def record_size(
 def encode(envelope: Envelope) -> KafkaRecord:
     """The binary-mode record for ``envelope``.
 
-    ``partitionkey`` goes only into the record key, as the CloudEvents Kafka
-    binding says; :func:`decode` puts it back.
+    ``partitionkey`` is the record key (so a key always lands on one partition) and
+    also stays in the ``ce_partitionkey`` header, as the CloudEvents Kafka binding
+    (section 3.1) asks of the extension when the key is set.
     """
     key = envelope.partitionkey.encode("utf-8") if envelope.partitionkey is not None else None
-    omit = ("partitionkey",) if key is not None else ()
     return KafkaRecord(
         key=key,
         value=envelope.data,
-        headers=binary_headers(envelope, KAFKA_PREFIX, omit=omit),
+        headers=binary_headers(envelope, KAFKA_PREFIX),
     )
 
 
@@ -86,6 +89,7 @@ def decode(
     """Read a consumed record; never raises."""
     cloud: list[tuple[str, bytes]] = []
     attempt, not_before, origin = 1, 0, None
+    has_partitionkey = False
     for name, header_value in headers:
         raw = header_value or b""
         if name == ATTEMPT_HEADER:
@@ -95,9 +99,11 @@ def decode(
         elif name == ORIGIN_HEADER:
             origin = raw.decode("utf-8", "replace")
         else:
+            has_partitionkey |= name.lower() == _PARTITIONKEY_HEADER
             cloud.append((name, raw))
     try:
-        envelope: Envelope | None = decode_binary(cloud, value, KAFKA_PREFIX, key=key)
+        text_key = None if has_partitionkey else _text_key(key)
+        envelope: Envelope | None = decode_binary(cloud, value, KAFKA_PREFIX, key=text_key)
         error = None
     except Exception as exc:  # any unreadable record is poison, never a consumer crash
         envelope, error = None, f"{type(exc).__name__}: {exc}"
@@ -113,6 +119,18 @@ def retry_headers(
     kept.append((NOT_BEFORE_HEADER, str(not_before_ms).encode()))
     kept.append((ORIGIN_HEADER, origin.encode("utf-8")))
     return kept
+
+
+def _text_key(key: bytes | str | None) -> str | None:
+    """The record key as ``partitionkey`` if it is text; a binary key (Java's
+    LongSerializer, UUID bytes) is a transport detail, not a reason to reject the event."""
+    if key is None:
+        return None
+    try:
+        text = key if isinstance(key, str) else bytes(key).decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    return text if text.isprintable() else None
 
 
 def _int(raw: bytes, default: int) -> int:

@@ -1,142 +1,95 @@
-"""A subscription: one Kafka consumer in the group, reading the topic and its retry topic.
+"""A subscription: one Kafka consumer in its group, reading the topic and its retry topics.
 
 - Offsets are committed manually, only ever the contiguous prefix of settled
   records per partition (:mod:`eventbus_kafka.offsets`), in batches every
   ``commit_interval_ms`` and always on revoke and close.
-- ``nack(delay)`` re-publishes the record to ``<topic>.<group>.retry`` with a
-  not-before time and marks the original done, so its partition is not blocked.
-  A retry record that is not due yet is held and its retry partition paused
-  until then; other partitions keep flowing.
+- ``nack(delay)`` re-publishes the record to the retry topic of its delay tier
+  (:mod:`eventbus_kafka.retry`) with a not-before time and marks the original
+  done, so its partition is not blocked. A retry record that is not due yet is
+  held and its retry partition paused until then (at most the tier's delay);
+  other partitions and tiers keep flowing.
 - The first assignment of a partition with no committed offset commits the
   position it starts from, so "latest" means "as of subscribe" even if the
   partition later moves to another member before anything was consumed.
+- While every prefetch slot is busy the consumer keeps polling with its
+  partitions paused, so a slow handler does not cost it its group membership.
+
+Group membership and rebalances live in :mod:`eventbus_kafka.rebalance`, the
+delivery in :mod:`eventbus_kafka.delivery`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import heapq
 import logging
 import time
 from collections import deque
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
-from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import ConsumerStoppedError, KafkaError
 from aiokafka.structs import OffsetAndMetadata
 
 from eventbus.adapter import Delivery, SubscribeOptions, Subscription
 from eventbus.errors import BrokerConnectionError, ConnectionLostError
 
-from .codec import decode, retry_headers
+from .codec import NOT_BEFORE_HEADER, decode
+from .delivery import KafkaDelivery, best_effort
 from .offsets import Entry, PartitionLog
+from .rebalance import COMMIT_TIMEOUT, GroupMember, Listener, kafka_group_id
+from .retry import FORWARD_SLACK_MS, not_before, release_at, retry_topic, retry_topics, tier_for
 
 if TYPE_CHECKING:
     from .adapter import KafkaAdapter
 
 log = logging.getLogger("eventbus.kafka")
 
-COMMIT_TIMEOUT = 5.0
 
-
-def retry_topic(topic: str, group: str) -> str:
-    """The per-group retry topic of ``topic``."""
-    return f"{topic}.{group}.retry"
-
-
-class KafkaDelivery(Delivery):
-    """A consumed record; settling it marks its offset done (and nack re-publishes)."""
-
-    __slots__ = ("_entry", "_log", "_owner", "_record")
-
-    def __init__(self, owner: KafkaSubscription, record: Any, log_: PartitionLog,
-                 entry: Entry) -> None:
-        decoded = decode(record.key, record.value, record.headers or ())
-        super().__init__(
-            topic=decoded.origin_topic or owner.topic,
-            group=owner.options.group,
-            envelope=decoded.envelope,
-            attempt=decoded.attempt,
-            message_id=f"{record.topic}/{record.partition}/{record.offset}",
-            raw=None if decoded.envelope is not None else (record.value or b""),
-            decode_error=decoded.error,
-        )
-        self._owner = owner
-        self._record = record
-        self._log = log_
-        self._entry = entry
-
-    async def _ack(self) -> None:
-        self._owner.settle(self._log, self._entry)
-
-    async def _reject(self) -> None:
-        # Kafka has no dead-letter queue; the bus's dead-letter middleware has
-        # already published to <topic>.<group>.dlq, so the record is simply done.
-        self._owner.settle(self._log, self._entry)
-
-    async def _nack(self, delay: float) -> None:
-        record = self._record
-        if self._log.revoked:
-            # The partition moved to another member, which reads this record again
-            # from the last commit; re-publishing it too would double it.
-            self._owner.release_slot()
-            return
-        headers = retry_headers(
-            record.headers or (),
-            attempt=self.attempt + 1,
-            not_before_ms=int((time.time() + delay) * 1000),
-            origin=self.topic,
-        )
-        try:
-            await self._owner.adapter.send_record(
-                self._owner.retry_topic, record.key, record.value, headers
-            )
-        except BaseException:
-            # Not re-published: the offset stays unsettled, so the record comes
-            # back when the partition is next assigned (restart or rebalance).
-            self._owner.release_slot()
-            raise
-        self._owner.settle(self._log, self._entry)
-
-
-class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
-    def __init__(self, owner: KafkaSubscription) -> None:
-        self.owner = owner
-
-    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        await self.owner.on_revoked(set(revoked))
-
-    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        self.owner.on_assigned(set(assigned))
-
-
-class KafkaSubscription(Subscription):
+class KafkaSubscription(GroupMember, Subscription):
     """One group member consuming ``topic`` and its retry topic."""
 
     def __init__(self, adapter: KafkaAdapter, topic: str, options: SubscribeOptions) -> None:
         self.adapter = adapter
         self.topic = topic
         self.options = options
-        self.retry_topic = retry_topic(topic, options.group)
+        # Retry topic -> its delay tier (seconds).
+        self.retry_tiers = retry_topics(topic, options.group, adapter.settings.retry_tiers)
+        self.instance_index = 0  # set by adapter.instance_id with static membership
         settings = adapter.settings
-        self.start_from = "earliest" if "earliest" in (
-            options.start_from, settings.start_from) else "latest"
+        # The URL's start_from is deployment-wide and wins over the subscription's.
+        self.start_from = settings.start_from or options.start_from
         self.consumer = AIOKafkaConsumer(
             **adapter.client_options(),
-            group_id=options.group,
+            group_id=kafka_group_id(options.group, topic),
             enable_auto_commit=False,
-            auto_offset_reset=self.start_from,
+            # Only reached for a committed offset that is out of range (retention
+            # deleted it): read the backlog rather than skip it. Where a new group
+            # starts is decided when its partitions are pinned (_pin_new_partitions).
+            auto_offset_reset="earliest",
+            isolation_level=settings.isolation_level,
+            group_instance_id=adapter.instance_id(self),
             session_timeout_ms=settings.session_timeout_ms,
             heartbeat_interval_ms=settings.heartbeat_interval_ms,
             rebalance_timeout_ms=settings.rebalance_timeout_ms,
+            max_poll_interval_ms=settings.max_poll_interval_ms,
             max_partition_fetch_bytes=max(1024 * 1024, settings.max_message_bytes + 4096),
         )
         self._logs: dict[TopicPartition, PartitionLog] = {}
-        self._ready: deque[tuple[Any, PartitionLog, Entry]] = deque()
+        # Fetched records waiting for a prefetch slot: (record, log, entry, attempt),
+        # attempt set only for a local redelivery (otherwise read from the headers).
+        self._ready: deque[tuple[Any, PartitionLog, Entry, int | None]] = deque()
+        # Local redeliveries after a failed nack re-publish, by due time (ms).
+        self._local: list[tuple[int, int, Any, PartitionLog, Entry, int]] = []
         self._held: dict[TopicPartition, deque[tuple[Any, PartitionLog, Entry, int]]] = {}
         self._to_pin: set[TopicPartition] = set()
+        # Partitions revoked and not (yet) assigned again: kept until the next
+        # assignment says whether they came back to this member.
+        self._suspended: dict[TopicPartition, PartitionLog] = {}
         self._outstanding = 0
+        self._sequence = 0
+        self._paused_while_busy = False
         self._closed = False
         self._wake = asyncio.Event()
         self._dirty = asyncio.Event()
@@ -149,7 +102,7 @@ class KafkaSubscription(Subscription):
     async def start(self, timeout: float) -> None:
         """Join the group; return once the first assignment's start offsets are pinned."""
         masked = self.adapter.settings.masked_url
-        self.consumer.subscribe([self.topic, self.retry_topic], listener=_Listener(self))
+        self.consumer.subscribe([self.topic, *self.retry_tiers], listener=Listener(self))
         self._housekeeper = asyncio.create_task(self._housekeeping())
         try:
             # start() bootstraps and joins the group (waiting for the first assignment);
@@ -170,29 +123,83 @@ class KafkaSubscription(Subscription):
             ) from exc
 
     async def close(self) -> None:
-        """Stop fetching, commit the settled prefix, leave the group."""
+        """Stop fetching, commit the settled prefix, leave the group.
+
+        Every step runs even when an earlier one fails or the broker is gone (aiokafka
+        then raises ``CancelledError`` from its own tasks); a cancellation of the
+        caller is re-raised once everything was tried.
+        """
         if self._closed:
             return
         self._closed = True
         self._wake.set()
+        what = f"closing the consumer of {self.topic!r} (group {self.options.group!r})"
+        cancelled = False
         if self._housekeeper is not None:
             self._housekeeper.cancel()
-            await asyncio.gather(self._housekeeper, return_exceptions=True)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.commit(), COMMIT_TIMEOUT)
-        await self._stop_consumer()
+            cancelled |= await best_effort(what, asyncio.gather(
+                self._housekeeper, return_exceptions=True))
+        cancelled |= await best_effort(f"{what}: final commit",
+                                       asyncio.wait_for(self.commit(), COMMIT_TIMEOUT))
+        cancelled |= await best_effort(f"{what}: leaving the group", self.consumer.stop())
+        # When stop() was interrupted (by aiokafka's own CancelledError) it skipped
+        # closing the client's connections; close them, or their sockets leak.
+        client = getattr(self.consumer, "_client", None)
+        if client is not None:
+            cancelled |= await best_effort(f"{what}: closing connections", client.close())
         self.adapter.forget(self)
-
-    async def _stop_consumer(self) -> None:
-        try:
-            await self.consumer.stop()
-        except Exception as exc:  # leaving the group is best effort; the session expires
-            log.debug("stopping the consumer of %s failed: %s", self.topic, exc)
+        if cancelled:
+            raise asyncio.CancelledError
 
     # -- settling and committing ------------------------------------------------
 
     def settle(self, log_: PartitionLog, entry: Entry) -> None:
         self.release_slot()
+        if log_.settle(entry):
+            self._dirty.set()
+
+    def redeliver_locally(self, delivery: KafkaDelivery, delay: float,
+                          error: BaseException | None) -> None:
+        """Keep a delivery whose nack could not be re-published; hand it out after ``delay``."""
+        log_, entry = delivery._log, delivery._entry
+        entry.handed_out = False
+        self.release_slot()
+        if log_.revoked:
+            return  # the partition's new owner reads it again from the last commit
+        log.warning(
+            "could not re-publish message %s of %r (group %r) to its retry topic (%s); "
+            "it stays uncommitted and this consumer will redeliver it in %.1fs",
+            delivery.message_id, self.topic, self.options.group,
+            f"{type(error).__name__}: {error}" if error else "cancelled", delay,
+        )
+        self._hold_locally(delivery._record, log_, entry, int((time.time() + delay) * 1000),
+                           delivery.attempt + 1)
+
+    def _hold_locally(self, record: Any, log_: PartitionLog, entry: Entry, due_ms: int,
+                      attempt: int) -> None:
+        self._sequence += 1
+        heapq.heappush(self._local, (due_ms, self._sequence, record, log_, entry, attempt))
+        self._wake.set()
+
+    def retry_topic_for(self, delay: float) -> str:
+        """The retry topic of the delay tier for ``delay`` seconds."""
+        tiers = self.adapter.settings.retry_tiers
+        return retry_topic(self.topic, self.options.group, tier_for(delay, tiers))
+
+    async def _forward(self, record: Any, log_: PartitionLog, entry: Entry,
+                       not_before_ms: int) -> None:
+        """Pass a record its tier released early (a delay beyond the longest tier) on."""
+        remaining = (not_before_ms - time.time() * 1000) / 1000
+        try:
+            await self.adapter.send_record(self.retry_topic_for(remaining), record.key,
+                                           record.value, list(record.headers or ()))
+        except Exception as exc:
+            attempt = decode(record.key, record.value, record.headers or ()).attempt
+            log.warning("could not forward retry record %s/%s/%s (%s: %s); this consumer "
+                        "will redeliver it in %.1fs", record.topic, record.partition,
+                        record.offset, type(exc).__name__, exc, remaining)
+            self._hold_locally(record, log_, entry, not_before_ms, attempt)
+            return
         if log_.settle(entry):
             self._dirty.set()
 
@@ -214,7 +221,12 @@ class KafkaSubscription(Subscription):
             try:
                 await self.consumer.commit(offsets)
             except (KafkaError, ConsumerStoppedError) as exc:
-                log.debug("commit for group %s deferred: %s", self.options.group, exc)
+                log.warning(
+                    "could not commit offsets of group %r on %r (%s: %s); retrying, and "
+                    "until a commit succeeds a restart or rebalance redelivers what was "
+                    "handled since the last one", self.options.group, self.topic,
+                    type(exc).__name__, str(exc).strip().splitlines()[0] if str(exc) else "",
+                )
                 self._dirty.set()
                 return
             for tp, meta in offsets.items():
@@ -230,54 +242,6 @@ class KafkaSubscription(Subscription):
             self._dirty.clear()
             await self.commit()
 
-    async def _pin_new_partitions(self) -> None:
-        pins: dict[TopicPartition, OffsetAndMetadata] = {}
-        for tp in list(self._to_pin):
-            self._to_pin.discard(tp)
-            try:
-                if await self.consumer.committed(tp) is None:
-                    pins[tp] = OffsetAndMetadata(await self.consumer.position(tp), "")
-            except (KafkaError, ConsumerStoppedError) as exc:  # revoked meanwhile, or down
-                log.debug("could not pin the start of %s: %s", tp, exc)
-        owned = self.consumer.assignment()
-        pins = {tp: meta for tp, meta in pins.items() if tp in owned}
-        if pins:
-            async with self._commit_lock:
-                try:
-                    await self.consumer.commit(pins)
-                except (KafkaError, ConsumerStoppedError) as exc:
-                    log.info("could not pin start offsets %s: %s", pins, exc)
-        self._assigned.set()
-
-    # -- rebalance ---------------------------------------------------------------
-
-    def on_assigned(self, assigned: set[TopicPartition]) -> None:
-        for tp in assigned:
-            self._logs[tp] = PartitionLog()
-        self._to_pin |= assigned
-        self._dirty.set()  # wake the housekeeper to pin them
-        if not assigned:
-            self._assigned.set()
-
-    async def on_revoked(self, revoked: set[TopicPartition]) -> None:
-        # Give in-flight work of the revoked partitions a moment to finish, so its
-        # offsets are committed before another member takes over (fewer repeats).
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.adapter.settings.rebalance_grace_ms / 1000
-        while not self._closed and loop.time() < deadline and any(
-            self._logs[tp].in_flight for tp in revoked if tp in self._logs
-        ):
-            self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), deadline - loop.time())
-        await self.commit(only=revoked)
-        for tp in revoked:
-            log_ = self._logs.pop(tp, None)
-            if log_ is not None:
-                log_.revoked = True
-            self._held.pop(tp, None)
-        self._ready = deque(item for item in self._ready if not item[1].revoked)
-
     # -- iteration -----------------------------------------------------------------
 
     async def __aiter__(self) -> AsyncIterator[Delivery]:
@@ -285,17 +249,30 @@ class KafkaSubscription(Subscription):
         while not self._closed:
             self._release_due()
             if self._ready and self._outstanding < prefetch:
-                record, log_, entry = self._ready.popleft()
+                item = self._ready.popleft()
+                record, log_, entry, attempt = item
                 if log_.revoked:
                     continue
-                yield self._hand_out(record, log_, entry)
+                if log_.suspended:  # wait for the assignment to say whose it is
+                    log_.stash.append(item)
+                    continue
+                if attempt is None and record.topic in self.retry_tiers:
+                    not_before_ms = not_before(record, NOT_BEFORE_HEADER)
+                    if not_before_ms > time.time() * 1000 + FORWARD_SLACK_MS:
+                        await self._forward(record, log_, entry, not_before_ms)
+                        continue
+                yield self._hand_out(record, log_, entry, attempt)
                 continue
             wait = self._next_due()
             if self._outstanding >= prefetch or self._ready:
                 self._wake.clear()
-                with contextlib.suppress(TimeoutError):
+                try:
                     await asyncio.wait_for(self._wake.wait(), wait)
+                except TimeoutError:
+                    if self._outstanding >= prefetch:
+                        await self._poll_while_busy()
                 continue
+            self._resume_fetching()
             try:
                 batch = await self.consumer.getmany(
                     timeout_ms=int(min(wait, 1.0) * 1000),
@@ -311,9 +288,37 @@ class KafkaSubscription(Subscription):
             if not self._closed:
                 self._accept(batch)
 
-    def _hand_out(self, record: Any, log_: PartitionLog, entry: Entry) -> Delivery:
-        delivery = KafkaDelivery(self, record, log_, entry)
+    async def _poll_while_busy(self) -> None:
+        """Poll with every partition paused while all prefetch slots are busy.
+
+        aiokafka makes a member leave its group when it has not polled for
+        ``max_poll_interval_ms``; a slow handler would then lose its partition and
+        its record would be handled again elsewhere. Paused, a poll fetches nothing.
+        """
+        self._paused_while_busy = True
+        self.consumer.pause(*self.consumer.assignment())
+        try:
+            batch = await self.consumer.getmany(timeout_ms=0)
+        except ConsumerStoppedError:
+            return
+        except KafkaError as exc:
+            log.debug("poll of %r while busy failed: %s", self.topic, exc)
+            return
+        if not self._closed:
+            self._accept(batch)  # fetched just before the pause
+
+    def _resume_fetching(self) -> None:
+        if self._paused_while_busy:
+            self._paused_while_busy = False
+            self.consumer.resume(
+                *(tp for tp in self.consumer.assignment() if tp not in self._held))
+
+    def _hand_out(self, record: Any, log_: PartitionLog, entry: Entry,
+                  attempt: int | None = None) -> Delivery:
+        delivery = KafkaDelivery(self, record, log_, entry, attempt)
         entry.handed_out = True
+        entry.started = False
+        entry.attempt = attempt
         self._outstanding += 1
         return delivery
 
@@ -326,25 +331,31 @@ class KafkaSubscription(Subscription):
             log_ = self._logs.setdefault(tp, PartitionLog())
             held = self._held.get(tp)
             for record in records:
-                entry = log_.add(record.offset)
-                due = _not_before(record) if tp.topic == self.retry_topic else 0
+                entry = log_.add(record.offset, record)
+                tier = self.retry_tiers.get(tp.topic)
+                due = 0 if tier is None else release_at(
+                    record, not_before(record, NOT_BEFORE_HEADER), tier, now_ms)
                 if held is not None:
                     held.append((record, log_, entry, due))
                 elif due > now_ms:
                     held = self._held[tp] = deque([(record, log_, entry, due)])
                     self.consumer.pause(tp)  # nothing more from it until this one is due
                 else:
-                    self._ready.append((record, log_, entry))
+                    self._ready.append((record, log_, entry, None))
 
     def _release_due(self) -> None:
+        now_ms = int(time.time() * 1000)
+        while self._local and self._local[0][0] <= now_ms:
+            _, _, record, log_, entry, attempt = heapq.heappop(self._local)
+            if not log_.revoked:  # else the partition's new owner reads it again
+                self._ready.append((record, log_, entry, attempt))
         if not self._held:
             return
-        now_ms = int(time.time() * 1000)
         for tp in list(self._held):
             held = self._held[tp]
             while held and held[0][3] <= now_ms:
                 record, log_, entry, _ = held.popleft()
-                self._ready.append((record, log_, entry))
+                self._ready.append((record, log_, entry, None))
             if not held:
                 del self._held[tp]
                 if tp in self.consumer.assignment():
@@ -352,17 +363,9 @@ class KafkaSubscription(Subscription):
 
     def _next_due(self) -> float:
         """Seconds until the next held retry record is due (at most one second)."""
-        if not self._held:
+        dues = [held[0][3] for held in self._held.values() if held]
+        if self._local:
+            dues.append(self._local[0][0])
+        if not dues:
             return 1.0
-        first = min(held[0][3] for held in self._held.values() if held)
-        return max(0.0, min(1.0, first / 1000 - time.time()))
-
-
-def _not_before(record: Any) -> int:
-    for name, value in record.headers or ():
-        if name == "eventbus_not_before":
-            try:
-                return int(value)
-            except (TypeError, ValueError):
-                return 0
-    return 0
+        return max(0.0, min(1.0, min(dues) / 1000 - time.time()))

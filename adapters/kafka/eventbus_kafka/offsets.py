@@ -11,15 +11,25 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(eq=False, slots=True)
 class Entry:
-    """One fetched record of a partition; ``done`` once settled."""
+    """One fetched record of a partition; ``done`` once settled.
+
+    ``started`` once the subscriber began handling it (it checked ``stale``);
+    ``dropped`` when its delivery was given up unstarted during a rebalance and the
+    record must be handed out again if the partition comes back.
+    """
 
     offset: int
+    record: Any = None
+    attempt: int | None = None
     done: bool = False
     handed_out: bool = False
+    started: bool = False
+    dropped: bool = False
 
 
 @dataclass(eq=False)
@@ -35,11 +45,18 @@ class PartitionLog:
     commit_to: int | None = None
     committed: int | None = None
     revoked: bool = False
+    # Between a revoke and the next assignment: no delivery of it may start, and it
+    # is restored (not re-read) if the partition comes back to this member.
+    suspended: bool = False
+    next_offset: int | None = None
+    # Fetched records that came up for handing out while suspended.
+    stash: list[Any] = field(default_factory=list)
 
-    def add(self, offset: int) -> Entry:
+    def add(self, offset: int, record: Any = None) -> Entry:
         """Track a newly fetched record (records arrive in offset order)."""
-        entry = Entry(offset)
+        entry = Entry(offset, record)
         self.entries.append(entry)
+        self.next_offset = offset + 1
         return entry
 
     def settle(self, entry: Entry) -> bool:

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.structs import OffsetAndMetadata, TopicPartition
 
 from eventbus.errors import BrokerConnectionError, ConfigurationError
 
@@ -120,6 +121,16 @@ class TopicProvisioner:
             if item["topic"] == topic and item["error_code"] == 0:
                 return sorted(int(p["partition"]) for p in item["partitions"])
         return None
+
+    async def group_offsets(
+        self, group: str, partitions: list[TopicPartition]
+    ) -> dict[TopicPartition, OffsetAndMetadata]:
+        """The offsets ``group`` committed for ``partitions`` (absent when none)."""
+        admin = await self._admin_client()
+        found: dict[TopicPartition, OffsetAndMetadata] = await admin.list_consumer_group_offsets(
+            group, partitions=partitions
+        )
+        return found
 
     async def close(self) -> None:
         """Close the admin client."""

@@ -14,14 +14,20 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import unquote, urlsplit
 
 from eventbus.errors import InvalidURLError, mask_url
+
+from .retry import DEFAULT_TIERS
 
 DEFAULT_PORT = 9092
 DEFAULT_MAX_MESSAGE_BYTES = 1024 * 1024
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+COMPRESSION_TYPES = ("gzip", "snappy", "lz4", "zstd")
+ISOLATION_LEVELS = ("read_uncommitted", "read_committed")
+# The Python package aiokafka needs for each compression type (gzip is built in).
+_COMPRESSION_PACKAGES = {"snappy": "python-snappy", "lz4": "lz4", "zstd": "zstandard"}
 
 _QUERY_PASSWORD = re.compile(r"((?:^|[?&])sasl_password=)[^&#]*")
 
@@ -67,8 +73,18 @@ class KafkaSettings:
     session_timeout_ms: int = 10_000
     heartbeat_interval_ms: int = 3_000
     rebalance_timeout_ms: int = 10_000
+    # A member that does not poll for this long leaves its group; the subscription
+    # keeps polling (partitions paused) while its handlers are busy.
+    max_poll_interval_ms: int = 300_000
+    compression_type: str | None = None
+    isolation_level: str = "read_uncommitted"
+    # Static membership: a restarted member with the same id gets its partitions
+    # back without a rebalance (within session_timeout_ms).
+    group_instance_id: str | None = None
     commit_interval_ms: int = 100
     rebalance_grace_ms: int = 2_000
+    # Delay tiers in seconds, ascending: one retry topic each (see eventbus_kafka.retry).
+    retry_tiers: tuple[int, ...] = DEFAULT_TIERS
 
     @property
     def masked_url(self) -> str:
@@ -101,7 +117,7 @@ class KafkaSettings:
         if password is not None:
             values["sasl_password"] = password
         seen: set[str] = set()
-        for name, raw in parse_qsl(parts.query, keep_blank_values=True):
+        for name, raw in _query(parts.query):
             parser = _OPTIONS.get(name)
             if parser is None:
                 raise InvalidURLError(
@@ -120,19 +136,42 @@ class KafkaSettings:
                 ) from exc
         if "max_message_bytes" in values:
             values["max_message_bytes_set"] = True
-        if values.get("sasl_mechanism") and values.get("security_protocol", "PLAINTEXT") in (
-            "PLAINTEXT",
-            "SSL",
-        ):
-            raise InvalidURLError(
-                f"sasl_mechanism is set in {masked_!r} but security_protocol is not "
-                "SASL_PLAINTEXT or SASL_SSL; set security_protocol too"
-            )
+        _check_sasl(values, masked_)
         if values.get("heartbeat_interval_ms", 3_000) >= values.get("session_timeout_ms", 10_000):
             raise InvalidURLError(
                 f"heartbeat_interval_ms must be below session_timeout_ms in {masked_!r}"
             )
         return cls(**values)
+
+
+def _query(query: str) -> list[tuple[str, str]]:
+    """``name=value`` pairs, percent-decoded; unlike ``parse_qsl``, ``+`` stays a plus
+    (a password like ``a+b`` must not become ``a b``)."""
+    pairs: list[tuple[str, str]] = []
+    for item in query.split("&"):
+        if item:
+            name, _, value = item.partition("=")
+            pairs.append((unquote(name), unquote(value)))
+    return pairs
+
+
+def _check_sasl(values: dict[str, Any], shown: str) -> None:
+    """Credentials and the security protocol must agree, or the login is dropped."""
+    protocol = values.get("security_protocol", "PLAINTEXT")
+    sasl = protocol.startswith("SASL")
+    given = [n for n in ("sasl_mechanism", "sasl_username", "sasl_password") if n in values]
+    if given and not sasl:
+        raise InvalidURLError(
+            f"{', '.join(given)} given in {shown!r} but security_protocol is {protocol}, "
+            "which sends no login; set security_protocol=SASL_SSL (or SASL_PLAINTEXT)"
+        )
+    missing = [n for n in ("sasl_username", "sasl_password") if n not in values]
+    if sasl and missing:
+        raise InvalidURLError(
+            f"security_protocol={protocol} in {shown!r} needs a login but "
+            f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} missing; "
+            "give user:password@ in the URL or the sasl_username/sasl_password options"
+        )
 
 
 def masked(url: str) -> str:
@@ -222,6 +261,35 @@ def _idempotence(raw: str) -> Idempotence:
     raise ValueError("use auto, true or false")
 
 
+def _tiers(raw: str) -> tuple[int, ...]:
+    try:
+        tiers = tuple(int(part) for part in raw.split(","))
+    except ValueError:
+        raise ValueError("use ascending whole seconds separated by commas, e.g. 1,10,60") from None
+    if not 1 <= len(tiers) <= 10 or tiers[0] < 1 or list(tiers) != sorted(set(tiers)):
+        raise ValueError("use 1 to 10 ascending whole seconds (at least 1), e.g. 1,10,60")
+    return tiers
+
+
+def _compression(raw: str) -> str:
+    import aiokafka.codec
+
+    value = raw.lower()
+    if value not in COMPRESSION_TYPES:
+        raise ValueError(f"use one of {', '.join(COMPRESSION_TYPES)}")
+    if not getattr(aiokafka.codec, f"has_{value}")():
+        raise ValueError(f"{value} needs the Python package {_COMPRESSION_PACKAGES[value]}; "
+                         "install it or choose another compression")
+    return value
+
+
+def _isolation(raw: str) -> str:
+    value = raw.lower()
+    if value not in ISOLATION_LEVELS:
+        raise ValueError(f"use one of {', '.join(ISOLATION_LEVELS)}")
+    return value
+
+
 def _bool(raw: str) -> bool:
     lowered = raw.lower()
     if lowered in ("1", "true", "yes", "on"):
@@ -253,6 +321,11 @@ _OPTIONS: dict[str, Callable[[str], Any]] = {
     "session_timeout_ms": _positive_int,
     "heartbeat_interval_ms": _positive_int,
     "rebalance_timeout_ms": _positive_int,
+    "max_poll_interval_ms": _positive_int,
+    "compression_type": _compression,
+    "isolation_level": _isolation,
+    "group_instance_id": _text,
     "commit_interval_ms": _positive_int,
     "rebalance_grace_ms": _non_negative_int,
+    "retry_tiers": _tiers,
 }

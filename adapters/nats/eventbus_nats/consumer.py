@@ -78,6 +78,12 @@ class JetStreamDelivery(Delivery):
         self._msg = msg
         self.handed_at = time.monotonic()
 
+    @property
+    def stale(self) -> bool:
+        """True once its subscription closed: the message was given back (naked)
+        and the server hands it to another member."""
+        return self._owner.closed
+
     async def _ack(self) -> None:
         await self._answer(self._msg.ack(), "ack")
 
@@ -248,6 +254,10 @@ class JetStreamSubscription(Subscription):
             self._arrived.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._arrived.wait(), 1.0)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     def release(self, delivery: JetStreamDelivery) -> None:
         self._held.discard(delivery)

@@ -1,0 +1,207 @@
+"""Group membership of a subscription: its Kafka group, start offsets and rebalances.
+
+aiokafka's rebalances are eager: every rebalance revokes every partition of a
+member and assigns them again, often to the same member. A revoked partition is
+therefore *suspended* first (no delivery of it may start: the bus asks
+``Delivery.stale``), and the next assignment decides: a partition that came back is
+restored as it was (nothing is read or run twice), one that went elsewhere is
+retired (its queued deliveries are stale for good).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import ConsumerStoppedError, KafkaError
+from aiokafka.structs import OffsetAndMetadata
+
+from eventbus.adapter import SubscribeOptions
+
+from .offsets import Entry, PartitionLog
+
+if TYPE_CHECKING:
+    from .adapter import KafkaAdapter
+
+log = logging.getLogger("eventbus.kafka")
+
+COMMIT_TIMEOUT = 5.0
+
+
+def kafka_group_id(group: str, topic: str) -> str:
+    """The Kafka ``group.id`` of eventbus group ``group`` on ``topic``.
+
+    One Kafka group per (group, topic): a service subscribes to several topics under
+    one group (the bus's default group is its source), each subscription with its own
+    consumer, and a shared Kafka group would make every subscribe revoke and rebalance
+    all its siblings.
+    """
+    return f"{group}.{topic}"
+
+
+class Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Passes aiokafka's rebalance callbacks to the subscription."""
+
+    def __init__(self, owner: GroupMember) -> None:
+        self.owner = owner
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        await self.owner.on_revoked(set(revoked))
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        self.owner.on_assigned(set(assigned))
+
+
+class GroupMember:
+    """The rebalance and start-offset half of a ``KafkaSubscription``."""
+
+    adapter: KafkaAdapter
+    topic: str
+    options: SubscribeOptions
+    start_from: str
+    consumer: AIOKafkaConsumer
+    _logs: dict[TopicPartition, PartitionLog]
+    _ready: deque[tuple[Any, PartitionLog, Entry, int | None]]
+    _held: dict[TopicPartition, deque[tuple[Any, PartitionLog, Entry, int]]]
+    _to_pin: set[TopicPartition]
+    _suspended: dict[TopicPartition, PartitionLog]
+    _closed: bool
+    _wake: asyncio.Event
+    _dirty: asyncio.Event
+    _assigned: asyncio.Event
+    _commit_lock: asyncio.Lock
+
+    async def commit(self, only: set[TopicPartition] | None = None) -> None:
+        raise NotImplementedError
+
+    async def _pin_new_partitions(self) -> None:
+        unpinned: list[TopicPartition] = []
+        for tp in list(self._to_pin):
+            self._to_pin.discard(tp)
+            try:
+                if await self.consumer.committed(tp) is None:
+                    unpinned.append(tp)
+            except (KafkaError, ConsumerStoppedError) as exc:  # revoked meanwhile, or down
+                log.debug("could not pin the start of %s: %s", tp, exc)
+        # On the first start only (nothing fetched yet), continue where the group's
+        # Kafka group of older versions (group.id = the eventbus group) stopped.
+        legacy = {} if self._assigned.is_set() else await self._legacy_offsets(unpinned)
+        pins: dict[TopicPartition, OffsetAndMetadata] = {}
+        fresh = [tp for tp in unpinned if tp not in legacy]
+        starts: dict[TopicPartition, int] = dict(legacy)
+        if fresh:
+            try:  # one ListOffsets request for all of them
+                starts.update(await (self.consumer.end_offsets(fresh)
+                                     if self.start_from == "latest"
+                                     else self.consumer.beginning_offsets(fresh)))
+            except (KafkaError, ConsumerStoppedError) as exc:
+                log.debug("could not find the start of %s: %s", fresh, exc)
+        for tp, start in starts.items():
+            try:
+                self.consumer.seek(tp, start)
+            except (KafkaError, ConsumerStoppedError) as exc:  # revoked meanwhile
+                log.debug("could not pin the start of %s: %s", tp, exc)
+                continue
+            self._forget_fetched(tp)
+            pins[tp] = OffsetAndMetadata(start, "")
+        owned = self.consumer.assignment()
+        pins = {tp: meta for tp, meta in pins.items() if tp in owned}
+        if pins:
+            async with self._commit_lock:
+                try:
+                    await self.consumer.commit(pins)
+                except (KafkaError, ConsumerStoppedError) as exc:
+                    log.warning("could not commit the start offsets of group %r on %r "
+                                "(%s); a new group falls back to the earliest record",
+                                self.options.group, self.topic, type(exc).__name__)
+        self._assigned.set()
+
+    def _forget_fetched(self, tp: TopicPartition) -> None:
+        """Drop what was fetched of ``tp`` before its start was fixed (a race on rebalance)."""
+        log_ = self._logs.get(tp)
+        if log_ is not None and log_.entries:
+            log_.revoked = True  # unstarted deliveries of it are stale
+            self._logs[tp] = PartitionLog()
+
+    async def _legacy_offsets(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
+        if not partitions:
+            return {}
+        group = self.options.group
+        try:
+            found = await asyncio.wait_for(
+                self.adapter.group_offsets(group, partitions), COMMIT_TIMEOUT)
+        except Exception as exc:  # no such group, or no admin rights: start as configured
+            log.debug("no offsets of the former Kafka group %r: %s", group, exc)
+            return {}
+        offsets = {tp: meta.offset for tp, meta in found.items()
+                   if tp in partitions and meta is not None and meta.offset >= 0}
+        if offsets:
+            log.info("group %r on %r starts where the former Kafka group %r stopped: %s",
+                     group, self.topic, group,
+                     {f"{tp.topic}/{tp.partition}": o for tp, o in offsets.items()})
+        return offsets
+
+    def on_assigned(self, assigned: set[TopicPartition]) -> None:
+        new: set[TopicPartition] = set()
+        for tp in assigned:
+            log_ = self._suspended.pop(tp, None)
+            if log_ is None:
+                self._logs[tp] = PartitionLog()
+                new.add(tp)
+            else:
+                self._restore(tp, log_)
+        # What did not come back belongs to another member now.
+        for tp, log_ in self._suspended.items():
+            log_.revoked = True
+            log_.stash.clear()
+            self._held.pop(tp, None)
+        self._suspended.clear()
+        self._ready = deque(item for item in self._ready if not item[1].revoked)
+        self._to_pin |= new
+        self._dirty.set()  # wake the housekeeper to pin them
+        if not new:
+            self._assigned.set()
+        self._wake.set()
+
+    def _restore(self, tp: TopicPartition, log_: PartitionLog) -> None:
+        """A partition came straight back: keep its fetched records, read on after them."""
+        log_.suspended = False
+        self._logs[tp] = log_
+        if log_.next_offset is not None:
+            # The group would restart it at the last commit, re-reading records
+            # this member has handled or still holds.
+            self.consumer.seek(tp, log_.next_offset)
+        items: list[tuple[Any, PartitionLog, Entry, int | None]] = []
+        for entry in log_.entries:
+            if entry.dropped:  # given up unstarted while suspended: hand it out anew
+                entry.dropped = False
+                items.append((entry.record, log_, entry, entry.attempt))
+        items += log_.stash
+        log_.stash = []
+        self._ready.extendleft(reversed(items))
+        if tp in self._held:
+            self.consumer.pause(tp)
+
+    async def on_revoked(self, revoked: set[TopicPartition]) -> None:
+        # No delivery of a revoked partition may start from now on (the bus asks
+        # ``stale``); give the started ones a moment to finish, so their offsets are
+        # committed before another member takes over (fewer repeats).
+        logs = {tp: self._logs[tp] for tp in revoked if tp in self._logs}
+        for log_ in logs.values():
+            log_.suspended = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.adapter.settings.rebalance_grace_ms / 1000
+        while not self._closed and loop.time() < deadline and any(
+            log_.in_flight for log_ in logs.values()
+        ):
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), deadline - loop.time())
+        await self.commit(only=revoked)
+        for tp, log_ in logs.items():
+            del self._logs[tp]
+            self._suspended[tp] = log_

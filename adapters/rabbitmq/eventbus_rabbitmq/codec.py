@@ -1,0 +1,131 @@
+"""Envelope <-> AMQP 0-9-1 message, in the CloudEvents RabbitMQ binary mode.
+
+The binding the official SDK implements (``cloudevents.core.bindings.rabbitmq``):
+attributes travel as ``ce-<name>`` string headers, ``datacontenttype`` as the
+``content_type`` property and ``data`` as the body. The adapter's own transport
+facts (attempt, not-before time) use ``x-eventbus-*`` headers, which CloudEvents
+readers ignore; the broker's own headers (``x-death``, ``x-delivery-count``) are
+read for the attempt count and never decoded as attributes.
+
+Decoding never raises: an unreadable message becomes a :class:`Decoded` with
+``envelope=None`` and the reason, so one bad message cannot kill a consumer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from eventbus.codec import decode_binary, encode_binary
+from eventbus.envelope import Envelope
+
+CE_PREFIX = "ce-"
+"""Attribute header prefix of the CloudEvents RabbitMQ binding."""
+ATTEMPT_HEADER = "x-eventbus-attempt"
+NOT_BEFORE_HEADER = "x-eventbus-not-before"
+_TRANSPORT_HEADERS = (ATTEMPT_HEADER, NOT_BEFORE_HEADER)
+# Basic properties and frame overhead around a message: generous, so a message we
+# accept is never refused by the broker for its size. It also covers the transport
+# headers a retry adds (not counted below), so a message accepted by publish() is
+# never refused for its size when nack() parks it.
+MESSAGE_OVERHEAD = 256
+PER_HEADER_OVERHEAD = 8
+
+
+@dataclass(frozen=True, slots=True)
+class AmqpMessage:
+    """A message ready for ``aio_pika.Message``: headers, content type and body."""
+
+    headers: dict[str, Any]
+    content_type: str | None
+    body: bytes
+
+    @property
+    def size(self) -> int:
+        """Upper bound of the message's size on the wire, for the max-size check."""
+        return message_size(self.headers, self.content_type, self.body)
+
+
+@dataclass(frozen=True, slots=True)
+class Decoded:
+    """What a consumed message says: the envelope (or why not) and the attempt."""
+
+    envelope: Envelope | None
+    error: str | None
+    attempt: int
+    not_before_ms: int
+
+
+def message_size(headers: Mapping[str, Any], content_type: str | None, body: bytes) -> int:
+    """Bytes the message takes: body, header names and values, content type, overhead."""
+    size = MESSAGE_OVERHEAD + len(body) + len((content_type or "").encode())
+    for name, value in headers.items():
+        if name in _TRANSPORT_HEADERS:
+            continue  # inside MESSAGE_OVERHEAD
+        size += PER_HEADER_OVERHEAD + len(name.encode())
+        size += len(value) if isinstance(value, bytes) else len(str(value).encode())
+    return size
+
+
+def encode(envelope: Envelope) -> AmqpMessage:
+    """The binary-mode message for ``envelope`` (``content-type`` moves to the property)."""
+    headers, body = encode_binary(envelope, CE_PREFIX)
+    content_type = headers.pop("content-type", None)
+    return AmqpMessage(dict(headers), content_type, body)
+
+
+def decode(headers: Mapping[str, Any] | None, content_type: str | None, body: bytes) -> Decoded:
+    """Read a consumed message; never raises.
+
+    Only ``ce-`` headers are decoded: a header the binding does not define (the
+    broker's ``x-death`` table, a producer's binary header) never makes a valid
+    CloudEvent poison.
+    """
+    cloud: dict[str, str] = {}
+    attempt, not_before = 1, 0
+    envelope: Envelope | None = None
+    try:
+        for name, value in (headers or {}).items():
+            if name == ATTEMPT_HEADER:
+                attempt = max(1, _int(value, 1))
+            elif name == NOT_BEFORE_HEADER:
+                not_before = _int(value, 0)
+            elif name.lower().startswith(CE_PREFIX):
+                cloud[name] = _text(value)
+        if content_type is not None:
+            cloud["content-type"] = content_type
+        envelope = decode_binary(cloud, body, CE_PREFIX)
+        error = None
+    except Exception as exc:  # any unreadable message is poison, never a consumer crash
+        error = f"{type(exc).__name__}: {exc}"
+    return Decoded(envelope, error, attempt, not_before)
+
+
+def retry_headers(
+    headers: Mapping[str, Any] | None, *, attempt: int, not_before_ms: int
+) -> dict[str, Any]:
+    """The original headers with fresh transport headers for a parked retry.
+
+    The broker's ``x-death`` history is dropped: it grows by one entry per trip
+    through a delay queue and says nothing the attempt header does not.
+    """
+    kept = {k: v for k, v in (headers or {}).items()
+            if k not in (ATTEMPT_HEADER, NOT_BEFORE_HEADER, "x-death")
+            and not k.startswith("x-first-death") and not k.startswith("x-last-death")}
+    kept[ATTEMPT_HEADER] = attempt
+    kept[NOT_BEFORE_HEADER] = not_before_ms
+    return kept
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bytes | bytearray):
+        return bytes(value).decode("utf-8")  # a ce- header that is not UTF-8 is poison
+    return value if isinstance(value, str) else str(value)
+
+
+def _int(value: Any, default: int) -> int:
+    try:
+        return int(value.decode("ascii") if isinstance(value, bytes | bytearray) else value)
+    except (UnicodeDecodeError, ValueError, TypeError):
+        return default

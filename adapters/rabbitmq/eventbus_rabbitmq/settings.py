@@ -1,0 +1,196 @@
+"""``amqp://`` / ``amqps://`` URL -> :class:`RabbitMQSettings`, with clear errors.
+
+Shape::
+
+    amqp[s]://[user:password@]host[:port][/vhost][?option=value&...]
+
+The virtual host is the URL path, percent-decoded (``/`` is ``%2F``; an empty path
+is the default vhost ``/``). Every error message masks the password.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+from eventbus.errors import InvalidURLError, mask_url
+
+DEFAULT_MAX_MESSAGE_BYTES = 1024 * 1024
+# RabbitMQ 3.13 refuses messages over 128 MiB (max_message_size, 16 MiB on 4.x).
+BROKER_MAX_MESSAGE_BYTES = 128 * 1024 * 1024
+# Delay tiers (milliseconds): nack(delay) parks a message in the smallest tier that
+# is at least the delay, so a delay is never shortened, and each tier queue holds
+# messages of one TTL only, so a long delay never blocks a short one.
+DEFAULT_DELAY_TIERS_MS = (50, 200, 1000, 5000, 30_000, 120_000, 600_000, 3_600_000)
+
+QueueType = Literal["classic", "quorum"]
+
+
+@dataclass(frozen=True, slots=True)
+class RabbitMQSettings:
+    """Everything the RabbitMQ adapter reads from its URL.
+
+    Example::
+
+        RabbitMQSettings.from_url("amqps://app:secret@mq.example.com/orders?queue_type=quorum")
+    """
+
+    url: str = field(repr=False)
+    host: str
+    port: int
+    tls: bool
+    username: str = "guest"
+    password: str = field(default="guest", repr=False)
+    vhost: str = "/"
+    queue_type: QueueType = "classic"
+    single_active_consumer: bool = False
+    mandatory: bool = True
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    connect_timeout: float = 10.0
+    heartbeat: int = 30
+    publish_timeout: float = 30.0
+    reconnect_interval: float = 1.0
+    delay_tiers_ms: tuple[int, ...] = DEFAULT_DELAY_TIERS_MS
+    client_name: str = "eventbus"
+    auth_mechanism: str = "PLAIN"
+    cafile: str | None = None
+    certfile: str | None = None
+    keyfile: str | None = None
+    verify: bool = True
+
+    @property
+    def masked_url(self) -> str:
+        """The URL with its password masked, for messages and logs."""
+        return mask_url(self.url)
+
+    @classmethod
+    def from_url(cls, url: str) -> RabbitMQSettings:
+        """Parse and validate ``url``; raise :class:`InvalidURLError` naming the problem."""
+        masked = mask_url(url)
+        parts = urlsplit(url)
+        if parts.scheme not in ("amqp", "amqps"):
+            raise InvalidURLError(
+                f"RabbitMQ adapter got {masked!r}; use amqp://host:5672/vhost or amqps://..."
+            )
+        if not parts.hostname:
+            raise InvalidURLError(f"{masked!r} names no host; use amqp://host:5672/vhost")
+        tls = parts.scheme == "amqps"
+        try:
+            port = parts.port or (5671 if tls else 5672)
+        except ValueError as exc:
+            raise InvalidURLError(f"{masked!r} has an invalid port: {exc}") from exc
+        path = parts.path[1:] if parts.path.startswith("/") else parts.path
+        values: dict[str, Any] = {
+            "url": url,
+            "host": parts.hostname,
+            "port": port,
+            "tls": tls,
+            "vhost": unquote(path) or "/",
+        }
+        if parts.username is not None:
+            values["username"] = unquote(parts.username)
+            values["password"] = unquote(parts.password or "")
+        options = dict(parse_qsl(parts.query, keep_blank_values=True))
+        unknown = sorted(set(options) - set(_OPTIONS))
+        if unknown:
+            raise InvalidURLError(
+                f"unknown option(s) {unknown} in {masked!r}; the RabbitMQ adapter accepts "
+                f"{', '.join(sorted(_OPTIONS))}"
+            )
+        for name, raw in options.items():
+            values[name] = _OPTIONS[name](name, raw, masked)
+        if not tls and any(values.get(k) for k in ("cafile", "certfile", "keyfile")):
+            raise InvalidURLError(
+                f"cafile/certfile/keyfile in {masked!r} need TLS: use amqps:// (with amqp:// "
+                "they would be ignored)"
+            )
+        if values.get("auth_mechanism") == "EXTERNAL" and not (tls and values.get("certfile")):
+            raise InvalidURLError(
+                f"auth_mechanism=EXTERNAL in {masked!r} authenticates with the TLS client "
+                "certificate: use amqps:// with certfile (and keyfile)"
+            )
+        if "verify" in options and not tls:
+            raise InvalidURLError(f"verify in {masked!r} applies only to amqps:// URLs")
+        return cls(**values)
+
+
+def _int(low: int, high: int) -> Callable[[str, str, str], int]:
+    def parse(name: str, raw: str, masked: str) -> int:
+        try:
+            value = int(raw)
+        except ValueError:
+            value = low - 1
+        if not low <= value <= high:
+            raise InvalidURLError(
+                f"{name} in {masked!r} must be an integer from {low} to {high}, not {raw!r}"
+            )
+        return value
+
+    return parse
+
+
+def _seconds(name: str, raw: str, masked: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise InvalidURLError(f"{name} in {masked!r} must be a positive number of seconds")
+    return value
+
+
+def _bool(name: str, raw: str, masked: str) -> bool:
+    if raw.lower() not in ("true", "false"):
+        raise InvalidURLError(f"{name} in {masked!r} must be 'true' or 'false', not {raw!r}")
+    return raw.lower() == "true"
+
+
+def _choice(*allowed: str) -> Callable[[str, str, str], str]:
+    def parse(name: str, raw: str, masked: str) -> str:
+        if raw not in allowed:
+            raise InvalidURLError(
+                f"{name} in {masked!r} must be one of {', '.join(allowed)}, not {raw!r}"
+            )
+        return raw
+
+    return parse
+
+
+def _text(name: str, raw: str, masked: str) -> str:
+    if not raw:
+        raise InvalidURLError(f"{name} in {masked!r} must not be empty")
+    return raw
+
+
+def _tiers(name: str, raw: str, masked: str) -> tuple[int, ...]:
+    try:
+        tiers = tuple(sorted({int(part) for part in raw.split(",") if part.strip()}))
+    except ValueError:
+        tiers = ()
+    if not tiers or tiers[0] < 1:
+        raise InvalidURLError(
+            f"{name} in {masked!r} must be comma-separated positive milliseconds, "
+            f"e.g. 100,1000,60000; not {raw!r}"
+        )
+    return tiers
+
+
+_OPTIONS: dict[str, Callable[[str, str, str], Any]] = {
+    "queue_type": _choice("classic", "quorum"),
+    "single_active_consumer": _bool,
+    "mandatory": _bool,
+    "max_message_bytes": _int(1, BROKER_MAX_MESSAGE_BYTES),
+    "connect_timeout": _seconds,
+    "heartbeat": _int(0, 3600),
+    "publish_timeout": _seconds,
+    "reconnect_interval": _seconds,
+    "delay_tiers_ms": _tiers,
+    "client_name": _text,
+    "auth_mechanism": _choice("PLAIN", "EXTERNAL"),
+    "cafile": _text,
+    "certfile": _text,
+    "keyfile": _text,
+    "verify": _bool,
+}

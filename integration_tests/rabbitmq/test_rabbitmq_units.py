@@ -1,0 +1,124 @@
+"""The RabbitMQ adapter's settings and codec, without a broker."""
+
+from __future__ import annotations
+
+import pytest
+from eventbus_rabbitmq import RabbitMQAdapter, RabbitMQSettings
+from eventbus_rabbitmq.codec import ATTEMPT_HEADER, decode, encode, message_size, retry_headers
+from eventbus_rabbitmq.provision import pick_tier
+
+from eventbus.envelope import Envelope
+from eventbus.errors import InvalidURLError
+
+
+def full_envelope() -> Envelope:
+    return Envelope.create(
+        type="shop.order.placed", source="/shop", data=b'{"a":1}',
+        datacontenttype="application/json", subject="order-1", partitionkey="order-A-1",
+        correlationid="c-1", extensions={"tenant": "acme"}, dataversion=2,
+    )
+
+
+def test_url_parts_and_vhost_from_the_path() -> None:
+    s = RabbitMQSettings.from_url("amqps://app:s%40cret@mq.example.com/orders%2Fprod"
+                                  "?queue_type=quorum&cafile=/ca.pem")
+    assert (s.host, s.port, s.tls, s.username, s.password) == (
+        "mq.example.com", 5671, True, "app", "s@cret")
+    assert s.vhost == "orders/prod" and s.queue_type == "quorum" and s.cafile == "/ca.pem"
+    assert "s@cret" not in repr(s) and "cret" not in s.masked_url
+    default = RabbitMQSettings.from_url("amqp://localhost")
+    assert (default.port, default.vhost, default.username) == (5672, "/", "guest")
+
+
+@pytest.mark.parametrize(
+    ("url", "names"),
+    [
+        ("amqp://h/?colour=red", "colour"),
+        ("amqp://h/?queue_type=stream", "queue_type"),
+        ("amqp://h/?mandatory=yes", "mandatory"),
+        ("amqp://h/?max_message_bytes=0", "max_message_bytes"),
+        ("amqp://h/?connect_timeout=-1", "connect_timeout"),
+        ("amqp://h/?delay_tiers_ms=0,10", "delay_tiers_ms"),
+        ("amqp://h/?cafile=/ca.pem", "cafile"),  # TLS files on a plain URL: ignored = error
+        ("amqp://h/?verify=false", "verify"),
+        ("amqp://h/?auth_mechanism=GSSAPI", "auth_mechanism"),
+        ("amqps://h/?auth_mechanism=EXTERNAL", "auth_mechanism"),  # needs a client cert
+        ("http://h/", "amqp"),
+    ],
+)
+def test_bad_options_are_one_line_errors_naming_the_option(url: str, names: str) -> None:
+    with pytest.raises(InvalidURLError) as info:
+        RabbitMQAdapter(url)
+    message = str(info.value)
+    assert names in message and "\n" not in message
+
+
+def test_password_never_in_errors() -> None:
+    with pytest.raises(InvalidURLError) as info:
+        RabbitMQSettings.from_url("amqp://u:topsecret@h/?bogus=1")
+    assert "topsecret" not in str(info.value)
+
+
+def test_encode_is_the_rabbitmq_binding_binary_mode() -> None:
+    env = full_envelope()
+    message = encode(env)
+    assert message.content_type == "application/json" and message.body == b'{"a":1}'
+    assert message.headers["ce-specversion"] == "1.0" and message.headers["ce-id"] == env.id
+    assert message.headers["ce-tenant"] == "acme"
+    assert "content-type" not in message.headers, "datacontenttype is the content_type property"
+    assert decode(message.headers, message.content_type, message.body).envelope == env
+
+
+def test_transport_and_unknown_headers_never_poison() -> None:
+    env = full_envelope()
+    message = encode(env)
+    headers = {**message.headers, "x-death": [{"count": 1, "queue": "q"}],
+               "x-binary": b"\xff\xfe", "x-delivery-count": 2}
+    again = retry_headers(headers, attempt=3, not_before_ms=5)
+    assert "x-death" not in again and again[ATTEMPT_HEADER] == 3
+    decoded = decode(headers | again, message.content_type, message.body)
+    assert decoded.envelope == env and decoded.attempt == 3 and decoded.not_before_ms == 5
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [None, {"ce-specversion": b"\xff"}, {"ce-specversion": "1.0", "ce-id": "1"}],
+)
+def test_undecodable_messages_never_raise(headers: dict[str, object] | None) -> None:
+    decoded = decode(headers, None, b"\x00junk")
+    assert decoded.envelope is None and decoded.error
+
+
+def test_official_sdk_binding_reads_ours_and_we_read_theirs() -> None:
+    from cloudevents.core.bindings import rabbitmq
+    from cloudevents.core.v1.event import CloudEvent
+
+    env = full_envelope()
+    ours = encode(env)
+    event = rabbitmq.from_binary_event(
+        rabbitmq.RabbitMQMessage(headers=ours.headers, content_type=ours.content_type,
+                                 body=ours.body))
+    assert event.get_id() == env.id and event.get_type() == env.type
+    assert event.get_extension("tenant") == "acme" and event.get_data() == {"a": 1}
+
+    theirs = rabbitmq.to_binary_event(CloudEvent(
+        attributes={"type": "t", "source": "/s", "datacontenttype": "application/json",
+                    "subject": "x"}, data={"b": 2}))
+    decoded = decode(theirs.headers, theirs.content_type, theirs.body)
+    assert decoded.envelope is not None, decoded.error
+    assert decoded.envelope.type == "t" and decoded.envelope.subject == "x"
+    assert decoded.envelope.data == theirs.body
+
+
+def test_delay_tiers_never_shorten_a_delay() -> None:
+    tiers = (50, 1000, 60_000)
+    assert [pick_tier(tiers, d) for d in (1, 50, 51, 1000, 59_999, 10**8)] == [
+        50, 50, 1000, 1000, 60_000, 60_000]
+
+
+def test_a_message_accepted_by_publish_still_fits_when_parked_for_a_retry() -> None:
+    """The size check of nack's re-publish must not refuse what publish accepted
+    (the retry headers live inside the fixed overhead)."""
+    message = encode(full_envelope())
+    parked = retry_headers(message.headers, attempt=12345, not_before_ms=10**13)
+    assert message_size(parked, message.content_type, message.body) == message.size
