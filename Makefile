@@ -8,7 +8,7 @@ VENV := .venv
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: demo test lint typecheck docs-check bench bench-kafka bench-profile setup clean docs
+.PHONY: demo test lint typecheck docs-check bench bench-kafka bench-nats bench-profile setup clean docs
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)
@@ -27,7 +27,7 @@ lint: setup
 
 typecheck: setup
 	$(VENV)/bin/mypy eventbus adapters/kafka/eventbus_kafka adapters/rabbitmq/eventbus_rabbitmq \
-		adapters/redis/eventbus_redis
+		adapters/redis/eventbus_redis adapters/nats/eventbus_nats
 	@# The guide's example service and its tests, as a user would type-check them.
 	MYPYPATH=examples/testing $(VENV)/bin/mypy -m shop -m test_shop_service
 
@@ -53,6 +53,9 @@ bench: setup
 
 bench-kafka: setup
 	$(VENV)/bin/python bench/bench_kafka.py
+
+bench-nats: setup
+	$(VENV)/bin/python bench/bench_nats.py
 
 ## Per-stage costs and lone-publish latency (memory and Kafka), then RSS over 1M events on memory.
 bench-profile: setup

@@ -18,6 +18,7 @@ REPOSITORY_ADAPTERS = {
     "kafka": "kafka",
     "amqp": "rabbitmq", "amqps": "rabbitmq",
     "redis": "redis", "rediss": "redis", "redis+streams": "redis", "rediss+streams": "redis",
+    "nats": "nats", "nats+core": "nats",
 }
 
 

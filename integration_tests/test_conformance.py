@@ -12,6 +12,7 @@ import pytest
 
 from eventbus.testing import BrokerTarget, ConformanceSuite
 from integration_tests import harness
+from integration_tests.nats.targets import nats_target
 from integration_tests.rabbitmq.node import conformance_node
 from integration_tests.redis.target import redis_target
 
@@ -38,6 +39,8 @@ TARGETS: dict[str, tuple[str, str | None]] = {
     "rabbitmq-quorum": ("rabbitmq", "quorum"),
     "redis-streams": ("redis", None),
     "redis-pubsub": ("redis", None),
+    "nats": ("nats", None),
+    "nats-core": ("nats", None),
 }
 
 
@@ -50,6 +53,8 @@ def _target(name: str) -> BrokerTarget:
         return _rabbitmq_target(name, flavour)
     if broker == "redis":  # a private restartable server (integration_tests/redis/target.py)
         return redis_target(name, SCALE.get(name, 1.0))
+    if broker == "nats":
+        return nats_target(name)
     endpoint, proxy = harness.require_faulty(broker, flavour)
     url = harness.client_url(endpoint)
     return BrokerTarget(

@@ -33,7 +33,7 @@ def test_from_env_uses_eventbus_url(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_from_env_reports_a_bad_url(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("EVENTBUS_URL", "nats://localhost:4222")
+    monkeypatch.setenv("EVENTBUS_URL", "nats9://localhost:4222")
     with pytest.raises(UnknownSchemeError):
         EventBus.from_env()
 
@@ -41,9 +41,9 @@ def test_from_env_reports_a_bad_url(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_unknown_scheme_lists_installed_schemes_and_recommends_no_unpublished_package() -> None:
     # A package name that is not published invites dependency confusion: never name one.
     with pytest.raises(UnknownSchemeError) as info:
-        EventBus.from_url("nats://user:s3cret@localhost:4222")
+        EventBus.from_url("nats9://user:s3cret@localhost:4222")
     message = str(info.value)
-    assert "'nats'" in message and "s3cret" not in message
+    assert "'nats9'" in message and "s3cret" not in message
     installed = message.split("(installed: ", 1)[1].split(")", 1)[0].split(", ")
     assert {"kafka", "memory"} <= set(installed)
     assert "pip install eventbus-nats" not in message and "eventbus.adapters" in message

@@ -39,6 +39,7 @@ from eventbus.testing.conformance._support import (
 from eventbus.testing.conformance.basics import BasicsCases
 from eventbus.testing.conformance.batches import BatchCases
 from eventbus.testing.conformance.cloudevents import CloudEventsCases
+from eventbus.testing.conformance.dedupe import DedupeCases
 from eventbus.testing.conformance.failures import FailureCases
 from eventbus.testing.conformance.groups import GroupCases
 from eventbus.testing.conformance.guarantees import GuaranteeCases
@@ -58,6 +59,7 @@ class ConformanceSuite(
     GuaranteeCases,
     LifecycleCases,
     RestartCases,
+    DedupeCases,
 ):
     """Every conformance case; subclass it (as ``Test...``) next to a ``target`` fixture."""
 
@@ -69,6 +71,7 @@ __all__ = [
     "Case",
     "CloudEventsCases",
     "ConformanceSuite",
+    "DedupeCases",
     "FailureCases",
     "GroupCases",
     "GuaranteeCases",

@@ -338,6 +338,8 @@ class Capability:
                                    lambda _, caps: caps.ordering == "per_key")
     redelivery = Requirement("redelivery", lambda _, caps: caps.redelivery)
     replay = Requirement("replay", lambda _, caps: caps.replay)
+    dedupe_window = Requirement("dedupe_window",
+                                lambda _, caps: caps.dedupe_window is not None)
     fault_hooks = Requirement(
         "fault hooks (target.faults/faulty_url)",
         lambda target, _: target.faults is not None and target.faulty_url is not None,

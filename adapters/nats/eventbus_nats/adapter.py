@@ -1,0 +1,330 @@
+"""The JetStream adapter: ``nats://`` URLs, durable and at-least-once.
+
+Example::
+
+    adapter = NatsAdapter("nats://localhost:4222?ack_wait=60")
+    await adapter.connect()
+    await adapter.publish("orders", [envelope])
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+
+from nats.aio.client import Client
+from nats.errors import ConnectionClosedError, NoRespondersError, OutboundBufferLimitError
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js import JetStreamContext
+from nats.js.errors import APIError, NotFoundError
+
+from eventbus.adapter import (
+    Adapter,
+    Capabilities,
+    HealthReport,
+    ReadRecord,
+    SubscribeOptions,
+    Subscription,
+)
+from eventbus.envelope import Envelope
+from eventbus.errors import (
+    BatchPublishError,
+    BrokerConnectionError,
+    MessageTooLargeError,
+    PublishError,
+    TopicNotFoundError,
+)
+
+from .connection import MSG_ID, close_quietly, decode, encode, open_connection, wire_size
+from .consumer import JetStreamSubscription
+from .provision import Provisioner, check_subject
+from .settings import NatsSettings
+
+log = logging.getLogger("eventbus.nats")
+
+_CONNECTION_ERRORS = (ConnectionClosedError, NatsTimeoutError, NoRespondersError,
+                      OutboundBufferLimitError, TimeoutError, OSError)
+
+
+class NatsAdapter(Adapter):
+    """NATS JetStream through nats-py: ``nats://host:4222[,host:port][?options]``.
+
+    See ``docs/adapters/nats.md`` for every option and the delivery guarantees.
+    """
+
+    schemes = ("nats",)
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.settings = NatsSettings.from_url(url)
+        if not self.settings.jetstream:
+            raise BrokerConnectionError(  # the registry maps nats+core to NatsCoreAdapter
+                f"NatsAdapter is JetStream only; use NatsCoreAdapter for {self.settings.masked_url}"
+            )
+        s = self.settings
+        self.capabilities = Capabilities(
+            persistent=True,
+            consumer_groups=True,
+            fanout=True,
+            # Members of a group pull from one consumer and redeliveries go back into
+            # it: no per-key order.
+            ordering="none",
+            redelivery=True,
+            native_delay=True,  # -NAK {"delay": ...}: the server holds it back
+            native_dead_letter=False,  # no DLQ stream; the bus publishes dead letters
+            replay=True,
+            headers=True,
+            max_message_bytes=s.max_message_bytes,
+            dedupe_window=s.dedupe_window,
+            reconnect=True,
+        )
+        self._client: Client | None = None
+        self._js: JetStreamContext | None = None
+        self._provisioner = Provisioner(s)
+        self._subscriptions: set[JetStreamSubscription] = set()
+        self._connect_lock = asyncio.Lock()
+        self._background: set[asyncio.Task[None]] = set()
+
+    @property
+    def client(self) -> Client:
+        """The connection (after :meth:`connect`)."""
+        if self._client is None:
+            raise BrokerConnectionError(
+                f"the NATS adapter for {self.settings.masked_url} is not connected; call "
+                "connect() (or start the bus) first"
+            )
+        return self._client
+
+    # -- connection --------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        """Connect and check that JetStream answers; fail fast with the masked URL."""
+        await self._ready()
+
+    async def _ready(self) -> JetStreamContext:
+        if self._js is not None:
+            return self._js
+        async with self._connect_lock:
+            if self._js is not None:
+                return self._js
+            s = self.settings
+            client = await open_connection(s, "JetStream adapter")
+            js = client.jetstream(timeout=s.request_timeout)
+            try:
+                await js.account_info()
+            except Exception as exc:
+                await close_quietly(client)
+                raise BrokerConnectionError(
+                    f"NATS at {s.masked_url} answered but JetStream did not "
+                    f"({type(exc).__name__}: {exc}); start nats-server with -js, or use "
+                    "nats+core:// for core NATS (at-most-once)"
+                ) from exc
+            max_payload = client.max_payload
+            if max_payload and s.max_message_bytes > max_payload:
+                await close_quietly(client)
+                raise BrokerConnectionError(
+                    f"max_message_bytes={s.max_message_bytes} in {s.masked_url} is above the "
+                    f"server's max_payload of {max_payload} bytes; lower it or raise "
+                    "max_payload on the server"
+                )
+            self._client, self._js = client, js
+            return js
+
+    async def close(self) -> None:
+        """Close every subscription (giving back what it holds), then the connection."""
+        # Together: each waits up to fetch_timeout for its open pull requests.
+        subscriptions = list(self._subscriptions)
+        results = await asyncio.gather(*(sub.close() for sub in subscriptions),
+                                       return_exceptions=True)
+        for subscription, result in zip(subscriptions, results, strict=True):
+            if isinstance(result, Exception):
+                log.warning("closing a NATS subscription of %s failed: %s",
+                            subscription.topic, result)
+        self._subscriptions.clear()
+        for task in self._background:
+            task.cancel()
+        client, self._client, self._js = self._client, None, None
+        if client is not None:
+            await close_quietly(client)
+
+    async def health(self) -> HealthReport:
+        """Ask JetStream for the account info (one round trip, at most a second)."""
+        s = self.settings
+        try:
+            js = await self._ready()
+            if not self.client.is_connected:
+                return HealthReport(False, f"NATS at {s.masked_url} is not connected "
+                                    "(reconnecting)")
+            # Bounded well below request_timeout: a health probe must answer while
+            # the client has not yet noticed a dropped connection (the request would
+            # otherwise wait in the reconnect buffer).
+            info = await asyncio.wait_for(js.account_info(), min(1.0, s.request_timeout))
+        except Exception as exc:
+            return HealthReport(False, f"NATS JetStream at {s.masked_url}: "
+                                f"{type(exc).__name__}: {exc}")
+        return HealthReport(True, f"NATS JetStream at {s.masked_url} answered", {
+            "server": str(self.client.connected_url.netloc if self.client.connected_url
+                          else ""),
+            "streams": str(info.streams),
+            "consumers": str(info.consumers),
+        })
+
+    # -- publishing --------------------------------------------------------------------
+
+    async def publish(self, topic: str, envelopes: Sequence[Envelope]) -> None:
+        """Publish every envelope pipelined and wait for all PubAcks (gathered).
+
+        ``Nats-Msg-Id`` is the event id, so the stream drops a copy republished
+        within ``dedupe_window`` (a retried publish whose PubAck was lost).
+        """
+        messages = []
+        limit = self.capabilities.max_message_bytes
+        for envelope in envelopes:
+            headers, body = encode(envelope)
+            headers[MSG_ID] = envelope.id
+            size = wire_size(headers, body)
+            if size > limit:
+                self.check_size(topic, envelope, size)
+            messages.append((headers, body))
+        if not messages:
+            return
+        js = await self._ready()
+        await self._ensure_stream(js, topic)
+        timeout = self.settings.publish_timeout
+        # Every publish is a request in flight at once on the one connection (its
+        # PubAck awaited together), not a round trip each. js.publish_async is not
+        # used: nats-py drops a PubAck error there (the future never completes).
+        results = await asyncio.gather(
+            *(js.publish(topic, body, timeout=timeout, headers=headers)
+              for headers, body in messages),
+            return_exceptions=True)
+        failures = {i: r for i, r in enumerate(results) if isinstance(r, BaseException)}
+        if not failures:
+            return
+        if any(isinstance(e, NotFoundError | NoRespondersError) for e in failures.values()):
+            self._provisioner.forget()  # the stream may be gone: check it next time
+        if len(failures) == len(messages) and all(
+                isinstance(exc, _CONNECTION_ERRORS) for exc in failures.values()):
+            first = next(iter(failures.values()))
+            raise BrokerConnectionError(
+                f"NATS at {self.settings.masked_url} did not confirm any of {len(messages)} "
+                f"message(s) to {topic!r} within {timeout:g}s: {type(first).__name__}: {first}"
+            ) from first
+        errors = {i: self._publish_error(topic, envelopes[i], exc) for i, exc in failures.items()}
+        raise BatchPublishError(
+            f"{len(errors)} of {len(messages)} messages to NATS subject {topic!r} were not "
+            f"confirmed (indexes {sorted(errors)}); see .failures",
+            errors,
+            len(messages),
+        )
+
+    def _publish_error(self, topic: str, envelope: Envelope, exc: BaseException) -> Exception:
+        text = f"event {envelope.id} ({envelope.type}) to {topic!r}: {type(exc).__name__}: {exc}"
+        error: Exception
+        if isinstance(exc, APIError) and exc.err_code == 10054:  # over max_msg_size
+            error = MessageTooLargeError(f"the server refused {text}")
+        elif isinstance(exc, _CONNECTION_ERRORS):
+            error = BrokerConnectionError(f"NATS at {self.settings.masked_url} lost {text}")
+        else:
+            error = PublishError(f"JetStream did not confirm {text}")
+        error.__cause__ = exc
+        return error
+
+    async def publish_raw(self, topic: str, payload: bytes) -> None:
+        """Store ``payload`` with no headers (poison-message tests)."""
+        js = await self._ready()
+        await self._ensure_stream(js, topic)
+        try:
+            await js.publish(topic, payload, timeout=self.settings.publish_timeout)
+        except Exception as exc:
+            raise PublishError(f"JetStream did not confirm raw bytes to {topic!r}: "
+                               f"{type(exc).__name__}: {exc}") from exc
+
+    async def _ensure_stream(self, js: JetStreamContext, topic: str) -> str:
+        try:
+            return await self._provisioner.ensure_stream(js, topic)
+        except (APIError, *_CONNECTION_ERRORS) as exc:
+            raise BrokerConnectionError(
+                f"cannot set up the JetStream stream of {topic!r} on NATS at "
+                f"{self.settings.masked_url}: {type(exc).__name__}: {exc}"
+            ) from exc
+
+    # -- subscribing ---------------------------------------------------------------------
+
+    async def subscribe(self, topic: str, options: SubscribeOptions) -> Subscription:
+        """Join ``options.group`` (a durable pull consumer, created from ``start_from``
+        if new) on ``topic``'s stream; returns once the consumer exists."""
+        js = await self._ready()
+        stream = await self._ensure_stream(js, topic)
+        start_from = self.settings.start_from or options.start_from
+        try:
+            consumer = await self._provisioner.ensure_consumer(js, stream, options.group,
+                                                               start_from)
+        except (APIError, *_CONNECTION_ERRORS) as exc:
+            raise BrokerConnectionError(
+                f"cannot create the consumer of group {options.group!r} on stream {stream!r} "
+                f"at {self.settings.masked_url}: {type(exc).__name__}: {exc}"
+            ) from exc
+        subscription = JetStreamSubscription(self, topic, stream, consumer, options)
+        await subscription.start()
+        self._subscriptions.add(subscription)
+        return subscription
+
+    def forget(self, subscription: JetStreamSubscription) -> None:
+        """Called by a subscription when it closes."""
+        self._subscriptions.discard(subscription)
+
+    def consumer_trouble(self, subscription: JetStreamSubscription) -> None:
+        """A pull consumer answered with an error status: make sure it (and its
+        stream) still exist, re-creating them as the group started."""
+        task = asyncio.get_running_loop().create_task(self._recreate(subscription))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _recreate(self, subscription: JetStreamSubscription) -> None:
+        self._provisioner.forget()
+        try:
+            js = await self._ready()
+            stream = await self._provisioner.ensure_stream(js, subscription.topic)
+            await self._provisioner.ensure_consumer(js, stream, subscription.options.group,
+                                                    subscription.options.start_from)
+        except Exception as exc:
+            log.info("could not check the consumer of %s: %s", subscription.topic, exc)
+
+    # -- browsing -----------------------------------------------------------------------
+
+    async def read(self, topic: str, *, limit: int | None = None) -> list[ReadRecord]:
+        """The stored messages of ``topic``'s stream, oldest first, by direct get.
+
+        No consumer is created and nothing is acked; a topic without a stream
+        raises :class:`~eventbus.errors.TopicNotFoundError`.
+        """
+        js = await self._ready()
+        check_subject(topic)
+        name = self._provisioner.stream_name(topic)
+        try:
+            info = await js.stream_info(name)
+        except NotFoundError:
+            raise TopicNotFoundError(
+                f"topic {topic!r} has no JetStream stream ({name!r}) on NATS at "
+                f"{self.settings.masked_url}: check the name (reading creates nothing)"
+            ) from None
+        records: list[ReadRecord] = []
+        first, last = info.state.first_seq, info.state.last_seq
+        seq = first
+        while seq <= last and (limit is None or len(records) < limit) and info.state.messages:
+            try:
+                raw = await js.get_msg(name, seq)
+            except NotFoundError:  # deleted or expired meanwhile
+                seq += 1
+                continue
+            envelope, error = decode(raw.headers, raw.data or b"")
+            message_id = f"{name}/{seq}"
+            if envelope is None:
+                records.append(ReadRecord(topic, message_id, None, raw.data or b"", error))
+            else:
+                records.append(ReadRecord(topic, message_id, envelope))
+            seq += 1
+        return records
+

@@ -1,0 +1,300 @@
+"""A JetStream subscription: one member of a group's durable pull consumer.
+
+- Pull requests (``$JS.API.CONSUMER.MSG.NEXT``) go out pipelined on a private
+  inbox, each asking for at most the free prefetch room and expiring after
+  ``fetch_timeout``; a member never holds more than ``prefetch`` deliveries
+  handed out and unsettled.
+- ``ack`` is ``+ACK``, ``nack(delay)`` is ``-NAK {"delay": ...}`` (the server waits,
+  not the client), ``reject`` is ``+TERM`` (the bus has dead-lettered it already).
+  The attempt number is the server's delivery count from the message metadata.
+- Every ``ack_wait / 3`` seconds each held message (waiting or with a running
+  handler) gets ``+WPI`` (in progress), so a slow handler is not redelivered
+  mid-run while the member lives.
+- ``close()`` stops asking, waits for its open requests to expire (at most
+  ``fetch_timeout``) so no message is left on an inbox nobody reads, then naks
+  everything it holds and not settled: it comes back at once to another member.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Coroutine
+from typing import TYPE_CHECKING, Any
+
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription as NatsSub
+
+from eventbus.adapter import Delivery, SubscribeOptions, Subscription
+from eventbus.errors import ConnectionLostError
+
+from .connection import decode
+
+if TYPE_CHECKING:
+    from .adapter import NatsAdapter
+
+log = logging.getLogger("eventbus.nats")
+
+_STATUS = "Status"
+_HEARTBEAT = "100"
+_GRACE = 0.25  # seconds after a request's expiry for its last messages to arrive
+
+
+def _ack_facts(msg: Msg) -> tuple[int, str]:
+    """The delivery count and stream sequence from the ack subject, read directly
+    (``$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>...``, or with domain and
+    account hash first): nats-py's full metadata parse costs more than the rest."""
+    tokens = (msg.reply or "").split(".")
+    if len(tokens) == 9:
+        return int(tokens[4]) or 1, tokens[5]
+    if len(tokens) >= 11:
+        return int(tokens[6]) or 1, tokens[7]
+    meta = msg.metadata
+    return meta.num_delivered or 1, str(meta.sequence.stream)
+
+
+class JetStreamDelivery(Delivery):
+    """A message from a pull consumer; settling it answers the server at once."""
+
+    __slots__ = ("_msg", "_owner", "handed_at")
+
+    def __init__(self, owner: JetStreamSubscription, msg: Msg) -> None:
+        envelope, error = decode(msg.headers, msg.data)
+        delivered, sequence = _ack_facts(msg)
+        super().__init__(
+            topic=owner.topic,
+            group=owner.options.group,
+            envelope=envelope,
+            attempt=delivered,
+            message_id=f"{owner.stream}/{sequence}",
+            raw=None if envelope is not None else msg.data,
+            decode_error=error,
+        )
+        self._owner = owner
+        self._msg = msg
+        self.handed_at = time.monotonic()
+
+    @property
+    def stale(self) -> bool:
+        """True once its subscription closed: the message was given back (naked)
+        and the server hands it to another member."""
+        return self._owner.closed
+
+    async def _ack(self) -> None:
+        await self._answer(self._msg.ack(), "ack")
+
+    async def _nack(self, delay: float) -> None:
+        await self._answer(self._msg.nak(delay=delay if delay > 0 else None), "nak")
+
+    async def _reject(self) -> None:
+        await self._answer(self._msg.term(), "term")
+
+    async def _answer(self, call: Coroutine[Any, Any, None], what: str) -> None:
+        try:
+            await call
+        except Exception as exc:
+            # Never left without an owner: the subscription stops keeping it alive,
+            # so the server redelivers it after ack_wait.
+            log.warning("%s of message %s on %r group %r failed (%s: %s); the server "
+                        "redelivers it after ack_wait", what, self.message_id, self.topic,
+                        self.group, type(exc).__name__, exc)
+            self._owner.release(self)
+            raise
+        self._owner.release(self)
+
+
+class JetStreamSubscription(Subscription):
+    """One member of ``options.group`` consuming ``topic``'s stream."""
+
+    def __init__(self, adapter: NatsAdapter, topic: str, stream: str, consumer: str,
+                 options: SubscribeOptions) -> None:
+        self.adapter = adapter
+        self.topic = topic
+        self.stream = stream
+        self.consumer = consumer
+        self.options = options
+        self.prefetch = max(1, options.prefetch)
+        self._ready: deque[list[Any]] = deque()  # [msg, last kept alive]
+        self._held: set[JetStreamDelivery] = set()
+        self._requests: deque[list[float]] = deque()  # [deadline, messages still due]
+        self._changed = asyncio.Event()
+        self._arrived = asyncio.Event()
+        self._answered = asyncio.Event()
+        self._closed = False
+        self._failed: BaseException | None = None
+        self._inbox_sub: NatsSub | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._last_problem = 0.0
+
+    async def start(self) -> None:
+        nc = self.adapter.client
+        inbox = nc.new_inbox()
+        self._inbox = inbox
+        self._next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{self.stream}.{self.consumer}"
+        self._inbox_sub = await nc.subscribe(inbox, cb=self._on_msg)
+        self._tasks = [asyncio.create_task(self._pull()), asyncio.create_task(self._keep_alive())]
+
+    # -- arrivals --------------------------------------------------------------------
+
+    async def _on_msg(self, msg: Msg) -> None:
+        self._answered.set()
+        headers = msg.headers
+        status = headers.get(_STATUS) if headers and not msg.data else None
+        if headers and status is not None:
+            if status == _HEARTBEAT:
+                return
+            # 408 (request expired), 409 (max waiting, leadership change, deleted
+            # consumer), 404: that request is over.
+            if self._requests:
+                self._requests.popleft()
+            if status not in ("404", "408"):
+                self._problem(f"status {status} {headers.get('Description', '')}")
+            self._changed.set()
+            return
+        if self._requests:
+            head = self._requests[0]
+            head[1] -= 1
+            if head[1] <= 0:
+                self._requests.popleft()
+        if self._closed:
+            await self._give_back(msg)
+            return
+        self._ready.append([msg, time.monotonic()])
+        self._arrived.set()
+        self._changed.set()
+
+    def _problem(self, what: str) -> None:
+        now = time.monotonic()
+        if now - self._last_problem > 5.0:
+            self._last_problem = now
+            log.info("pull consumer %s/%s of topic %r: %s", self.stream, self.consumer,
+                     self.topic, what)
+            self.adapter.consumer_trouble(self)
+
+    # -- asking for messages ----------------------------------------------------------
+
+    def _credit(self) -> int:
+        now = time.monotonic()
+        while self._requests and self._requests[0][0] + _GRACE < now:
+            self._requests.popleft()
+        return sum(int(r[1]) for r in self._requests)
+
+    async def _pull(self) -> None:
+        nc = self.adapter.client
+        expires = self.adapter.settings.fetch_timeout
+        low_water = max(1, self.prefetch // 4)
+        while not self._closed:
+            self._changed.clear()
+            credit = self._credit()
+            room = self.prefetch - len(self._held) - len(self._ready) - credit
+            if (room >= low_water or (room > 0 and credit == 0)) and nc.is_connected:
+                request = {"batch": room, "expires": int(expires * 1e9)}
+                try:
+                    await nc.publish(self._next_subject, json.dumps(request).encode(),
+                                     reply=self._inbox)
+                    self._requests.append([time.monotonic() + expires, room])
+                    continue
+                except Exception as exc:  # reconnecting: ask again shortly
+                    log.debug("pull request for %s failed: %s", self.topic, exc)
+            wait = expires
+            if self._requests:
+                wait = max(0.01, self._requests[0][0] + _GRACE - time.monotonic())
+            if not nc.is_connected:
+                wait = min(wait, 0.2)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), wait)
+
+    async def _keep_alive(self) -> None:
+        every = self.adapter.settings.ack_wait / 3
+        while not self._closed:
+            await asyncio.sleep(every)
+            now = time.monotonic()
+            waiting = [entry for entry in self._ready if entry[1] <= now - every]
+            msgs = [entry[0] for entry in waiting]
+            msgs += [d._msg for d in self._held if d.handed_at <= now - every]
+            try:
+                for msg in msgs:
+                    await msg.in_progress()
+            except Exception as exc:  # reconnecting: the next round tries again
+                log.debug("in_progress for %s failed: %s", self.topic, exc)
+                continue
+            for entry in waiting:
+                entry[1] = now
+
+    # -- handing out ----------------------------------------------------------------
+
+    async def __aiter__(self) -> AsyncIterator[Delivery]:
+        while True:
+            if self._closed:
+                return
+            if self._failed is not None:
+                raise ConnectionLostError(
+                    f"subscription to {self.topic!r} as group {self.options.group!r} on NATS "
+                    f"at {self.adapter.settings.masked_url} failed: {self._failed}"
+                ) from self._failed
+            if self._ready and len(self._held) < self.prefetch:
+                msg, kept = self._ready.popleft()
+                if time.monotonic() - kept > self.adapter.settings.ack_wait:
+                    # Not kept alive for a whole ack_wait (the connection was down):
+                    # its lease is gone and the server has handed it out again.
+                    log.debug("dropping a message of %s whose ack_wait expired", self.topic)
+                    continue
+                delivery = JetStreamDelivery(self, msg)
+                self._held.add(delivery)
+                self._changed.set()
+                yield delivery
+                continue
+            if self.adapter.client.is_closed and not self._closed:
+                self._failed = ConnectionError("the NATS connection was closed")
+                continue
+            self._arrived.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._arrived.wait(), 1.0)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def release(self, delivery: JetStreamDelivery) -> None:
+        self._held.discard(delivery)
+        self._arrived.set()
+        self._changed.set()
+
+    async def _give_back(self, msg: Msg) -> None:
+        try:
+            await msg.nak()
+        except Exception as exc:  # the server redelivers after ack_wait anyway
+            log.debug("giving back a message of %s failed: %s", self.topic, exc)
+
+    async def close(self) -> None:
+        """Stop asking, let open requests expire, nak everything held and unsettled."""
+        if self._closed:
+            return
+        self._closed = True
+        self._arrived.set()
+        self._changed.set()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.adapter.settings.fetch_timeout + _GRACE
+        while self._credit() and loop.time() < deadline and self.adapter.client.is_connected:
+            # Each arrival (message or expiry status) sets _answered.
+            self._answered.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._answered.wait(), 0.05)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._inbox_sub is not None:
+            with contextlib.suppress(Exception):
+                await self._inbox_sub.unsubscribe()
+        while self._ready:
+            await self._give_back(self._ready.popleft()[0])
+        for delivery in list(self._held):
+            if delivery.settled is None:
+                with contextlib.suppress(Exception):
+                    await delivery.nack()
+        self._held.clear()
+        self.adapter.forget(self)

@@ -1,0 +1,282 @@
+"""The core NATS adapter: ``nats+core://`` URLs, at-most-once, nothing stored.
+
+A topic is a subject; a group is a queue group (its members compete, every
+group gets each message). A message published while no member of a group is
+subscribed is gone for that group, a message whose handler fails is not
+redelivered by the server, and new groups cannot replay: the capabilities say
+so and the conformance suite skips those cases with the reason. Use
+``nats://`` (JetStream) when messages must not be lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+from collections import deque
+from collections.abc import AsyncIterator, Sequence
+
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription as NatsSub
+
+from eventbus.adapter import (
+    Adapter,
+    Capabilities,
+    Delivery,
+    HealthReport,
+    SubscribeOptions,
+    Subscription,
+)
+from eventbus.envelope import Envelope
+from eventbus.errors import BrokerConnectionError, ConnectionLostError
+
+from .connection import close_quietly, decode, encode, open_connection, wire_size
+from .provision import check_subject
+from .settings import NatsSettings
+
+log = logging.getLogger("eventbus.nats")
+
+
+def _whole(seconds: float) -> int:
+    """nats-py's flush() takes whole seconds."""
+    return max(1, math.ceil(seconds))
+
+
+class CoreDelivery(Delivery):
+    """A core NATS message: there is nothing to tell the server when it is settled."""
+
+    __slots__ = ("_msg", "_owner")
+
+    def __init__(self, owner: CoreSubscription, msg: Msg, number: int, attempt: int) -> None:
+        envelope, error = decode(msg.headers, msg.data)
+        super().__init__(topic=owner.topic, group=owner.options.group, envelope=envelope,
+                         attempt=attempt, message_id=f"{owner.topic}/{number}",
+                         raw=None if envelope is not None else msg.data, decode_error=error)
+        self._owner = owner
+        self._msg = msg
+
+    async def _ack(self) -> None:
+        self._owner.release()
+
+    async def _nack(self, delay: float) -> None:
+        # The server cannot redeliver (capabilities.redelivery is False, so the bus
+        # retries in process and dead-letters rather than nacking). A nack that still
+        # comes (a duplicate held back by the idempotency store) is redelivered by
+        # this subscription after ``delay``: kept in memory, lost if the process ends.
+        self._owner.release()
+        self._owner.redeliver_later(self._msg, self.attempt + 1, delay)
+
+    async def _reject(self) -> None:
+        self._owner.release()
+
+
+class CoreSubscription(Subscription):
+    """A queue-group subscription; at most ``prefetch`` deliveries unsettled."""
+
+    def __init__(self, adapter: NatsCoreAdapter, topic: str, options: SubscribeOptions) -> None:
+        self.adapter = adapter
+        self.topic = topic
+        self.options = options
+        self.prefetch = max(1, options.prefetch)
+        self._ready: deque[tuple[Msg, int]] = deque()
+        self._timers: set[asyncio.TimerHandle] = set()
+        self._unsettled = 0
+        self._count = 0
+        self._wake = asyncio.Event()
+        self._closed = False
+        self._sub: NatsSub | None = None
+
+    async def start(self) -> None:
+        client = self.adapter.client
+        self._sub = await client.subscribe(self.topic, queue=self.options.group, cb=self._on_msg)
+        # The server knows of the subscription once it answered a PING sent after it.
+        await client.flush(_whole(self.adapter.settings.request_timeout))
+
+    async def _on_msg(self, msg: Msg) -> None:
+        if not self._closed:
+            self._ready.append((msg, 1))
+            self._wake.set()
+
+    def redeliver_later(self, msg: Msg, attempt: int, delay: float) -> None:
+        """Hand ``msg`` out again after ``delay`` seconds (local, in-memory redelivery)."""
+        def due() -> None:
+            self._timers.discard(handle)
+            if not self._closed:
+                self._ready.append((msg, attempt))
+                self._wake.set()
+
+        handle = asyncio.get_running_loop().call_later(delay, due)
+        self._timers.add(handle)
+
+    def release(self) -> None:
+        self._unsettled -= 1
+        self._wake.set()
+
+    async def __aiter__(self) -> AsyncIterator[Delivery]:
+        while not self._closed:
+            if self._ready and self._unsettled < self.prefetch:
+                self._count += 1
+                self._unsettled += 1
+                msg, attempt = self._ready.popleft()
+                yield CoreDelivery(self, msg, self._count, attempt)
+                continue
+            if self.adapter.client.is_closed:
+                raise ConnectionLostError(
+                    f"core NATS subscription to {self.topic!r} lost its connection to "
+                    f"{self.adapter.settings.masked_url}")
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), 1.0)
+
+    async def close(self) -> None:
+        """Unsubscribe; messages received and not handed out are dropped (at-most-once)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._wake.set()
+        for handle in self._timers:
+            handle.cancel()
+        if self._timers:
+            log.info("core NATS subscription to %r closed with %d nacked message(s) waiting "
+                     "for local redelivery; they are dropped (at-most-once)", self.topic,
+                     len(self._timers))
+        self._timers.clear()
+        if self._sub is not None:
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()
+        if self._ready:
+            log.info("core NATS subscription to %r closed with %d message(s) not handed "
+                     "out; they are dropped (at-most-once)", self.topic, len(self._ready))
+        self._ready.clear()
+        self.adapter.forget(self)
+
+
+class NatsCoreAdapter(Adapter):
+    """Core NATS through nats-py: ``nats+core://host:4222[?options]`` (at-most-once)."""
+
+    schemes = ("nats+core",)
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.settings = NatsSettings.from_url(url)
+        if self.settings.jetstream:
+            raise BrokerConnectionError(
+                f"NatsCoreAdapter is core NATS only; use NatsAdapter for "
+                f"{self.settings.masked_url}")
+        self.capabilities = Capabilities(
+            persistent=False,  # nothing is stored: no subscriber, no message
+            consumer_groups=True,  # queue groups
+            fanout=True,
+            ordering="none",
+            redelivery=False,  # at-most-once: the server never sends a message again
+            native_delay=False,
+            native_dead_letter=False,
+            replay=False,
+            headers=True,
+            max_message_bytes=self.settings.max_message_bytes,
+            dedupe_window=None,
+            reconnect=True,
+        )
+        self._client: Client | None = None
+        self._subscriptions: set[CoreSubscription] = set()
+        self._lock = asyncio.Lock()
+
+    @property
+    def client(self) -> Client:
+        """The connection (after :meth:`connect`)."""
+        if self._client is None:
+            raise BrokerConnectionError(
+                f"the core NATS adapter for {self.settings.masked_url} is not connected; "
+                "call connect() (or start the bus) first")
+        return self._client
+
+    async def connect(self) -> None:
+        """Connect; fail fast with the masked URL."""
+        await self._ready()
+
+    async def _ready(self) -> Client:
+        if self._client is not None:
+            return self._client
+        async with self._lock:
+            if self._client is None:
+                self._client = await open_connection(self.settings, "core adapter")
+            return self._client
+
+    async def close(self) -> None:
+        for subscription in list(self._subscriptions):
+            await subscription.close()
+        self._subscriptions.clear()
+        client, self._client = self._client, None
+        if client is not None:
+            await close_quietly(client)
+
+    async def health(self) -> HealthReport:
+        s = self.settings
+        try:
+            client = await self._ready()
+            if not client.is_connected:
+                return HealthReport(False, f"NATS at {s.masked_url} is not connected "
+                                    "(reconnecting)")
+            await client.flush(1)  # a PING answered within a second
+        except Exception as exc:
+            return HealthReport(False, f"NATS at {s.masked_url}: {type(exc).__name__}: {exc}")
+        return HealthReport(True, f"NATS at {s.masked_url} answered a PING",
+                            {"mode": "core (at-most-once)"})
+
+    async def publish(self, topic: str, envelopes: Sequence[Envelope]) -> None:
+        """Write every message, then one PING/PONG: the server has read them all.
+
+        Core NATS has no per-message acknowledgement: the messages reached the
+        server, which forwards them to whoever is subscribed now.
+        """
+        check_subject(topic)
+        limit = self.capabilities.max_message_bytes
+        messages = []
+        for envelope in envelopes:
+            headers, body = encode(envelope)
+            size = wire_size(headers, body)
+            if size > limit:
+                self.check_size(topic, envelope, size)
+            messages.append((headers, body))
+        if not messages:
+            return
+        client = await self._ready()
+        await self._send(client, topic, messages)
+
+    async def _send(self, client: Client, topic: str,
+                    messages: Sequence[tuple[dict[str, str] | None, bytes]]) -> None:
+        try:
+            for headers, body in messages:
+                await client.publish(topic, body, headers=headers)
+            await client.flush(_whole(self.settings.publish_timeout))
+        except Exception as exc:
+            raise BrokerConnectionError(
+                f"NATS at {self.settings.masked_url} did not confirm {len(messages)} "
+                f"message(s) to {topic!r}: {type(exc).__name__}: {exc}") from exc
+
+    async def publish_raw(self, topic: str, payload: bytes) -> None:
+        """Send ``payload`` without headers (poison-message tests)."""
+        check_subject(topic)
+        await self._send(await self._ready(), topic, [(None, payload)])
+
+    async def subscribe(self, topic: str, options: SubscribeOptions) -> Subscription:
+        """Join queue group ``options.group`` on subject ``topic``; returns once the
+        server has the subscription (a message published afterwards reaches it)."""
+        check_subject(topic)
+        client = await self._ready()
+        subscription = CoreSubscription(self, topic, options)
+        try:
+            await subscription.start()
+        except Exception as exc:
+            await subscription.close()
+            raise BrokerConnectionError(
+                f"cannot subscribe to {topic!r} on NATS at {self.settings.masked_url}: "
+                f"{type(exc).__name__}: {exc}") from exc
+        del client
+        self._subscriptions.add(subscription)
+        return subscription
+
+    def forget(self, subscription: CoreSubscription) -> None:
+        self._subscriptions.discard(subscription)
