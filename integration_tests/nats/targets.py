@@ -18,18 +18,9 @@ from integration_tests import harness
 from integration_tests.harness import processes
 
 # Cases a NATS target can't pass although the adapter claims what they gate on.
-JETSTREAM_LIMITS: dict[str, str] = {
-    name: (
-        "JetStream's duplicate window (dedupe_window, Nats-Msg-Id = event id) drops the "
-        "republished copy of an event id, so the duplicate this case publishes never "
-        "reaches the group; test_dedupe_window_drops_republished_copy covers it instead"
-    )
-    for name in (
-        "test_idempotent_duplicate_ids",
-        "test_idempotent_concurrent_duplicates",
-        "test_idempotency_expired_lease_can_be_taken",
-    )
-}
+# (The idempotency cases that publish one event id twice are gated on
+# Capability.no_dedupe_window: JetStream's duplicate window drops the copy.)
+JETSTREAM_LIMITS: dict[str, str] = {}
 _AT_MOST_ONCE = (
     "core NATS stores nothing (persistent=False): a message the publisher sends after "
     "its own reconnect but before the subscriber has re-subscribed reaches nobody, so "

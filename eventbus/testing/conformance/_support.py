@@ -340,6 +340,11 @@ class Capability:
     replay = Requirement("replay", lambda _, caps: caps.replay)
     dedupe_window = Requirement("dedupe_window",
                                 lambda _, caps: caps.dedupe_window is not None)
+    no_dedupe_window = Requirement(
+        "delivery of a republished event id (it has a dedupe_window that drops the copy; "
+        "test_dedupe_window_drops_republished_copy covers that instead)",
+        lambda _, caps: caps.dedupe_window is None,
+    )
     fault_hooks = Requirement(
         "fault hooks (target.faults/faulty_url)",
         lambda target, _: target.faults is not None and target.faulty_url is not None,

@@ -59,7 +59,7 @@ class _ShortLeaseStore(MemoryIdempotencyStore):
 class GuaranteeCases:
     """Duplicates are absorbed; partial batch failures say exactly what failed."""
 
-    @case()
+    @case(requires(Capability.no_dedupe_window, "the case publishes one event id twice"))
     async def test_idempotent_duplicate_ids(self, run: Case) -> None:
         """The same envelope published twice reaches the group twice, but with an
         idempotency store the handler runs once, both deliveries are acked and the
@@ -88,7 +88,7 @@ class GuaranteeCases:
         assert runs.items == ["once"], f"handler ran {len(runs)} times for one event id"
         assert not dlq.items, f"a duplicate was dead-lettered: {_reasons(dlq)}"
 
-    @case()
+    @case(requires(Capability.no_dedupe_window, "the case publishes one event id twice"))
     async def test_idempotent_concurrent_duplicates(self, run: Case) -> None:
         """Duplicates arriving at the same time on parallel workers still run the
         handler once (claim before run); the copies are acked eventually and none
@@ -175,7 +175,8 @@ class GuaranteeCases:
         assert runs.items == [7], f"handler runs: {runs.items}"
         assert not dlq.items, f"dead-lettered during a store outage: {_reasons(dlq)}"
 
-    @case(requires(Capability.redelivery, "the held copy comes back to find the lease expired"))
+    @case(requires(Capability.redelivery, "the held copy comes back to find the lease expired"),
+          requires(Capability.no_dedupe_window, "the case publishes one event id twice"))
     async def test_idempotency_expired_lease_can_be_taken(self, run: Case) -> None:
         """A claim whose lease has expired (its handler is stuck) no longer blocks a
         redelivery: the copy that comes back after the lease claims and runs while
