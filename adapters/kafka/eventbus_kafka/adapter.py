@@ -45,7 +45,7 @@ from eventbus.errors import (
 )
 
 from .browse import read_topic
-from .codec import Headers, encode, record_size
+from .codec import Headers, encode_parts, record_size
 from .consumer import KafkaSubscription
 from .delivery import best_effort
 from .provision import TopicProvisioner
@@ -92,6 +92,10 @@ class KafkaAdapter(Adapter):
             reconnect=True,
         )
         self._producer: AIOKafkaProducer | None = None
+        self._structured = self.settings.mode == "structured"
+        # publish() calls between queueing their records and their acks: a lone one
+        # does not wait for linger_ms (see _send_now).
+        self._publishing = 0
         self._provisioner = TopicProvisioner(self.settings, self.client_options())
         self._subscriptions: set[KafkaSubscription] = set()
         self._connect_lock = asyncio.Lock()
@@ -240,22 +244,33 @@ class KafkaAdapter(Adapter):
 
     async def publish(self, topic: str, envelopes: Sequence[Envelope]) -> None:
         """Send every envelope concurrently (batched by linger) and wait for acks=all."""
-        records = [encode(envelope) for envelope in envelopes]
-        for envelope, record in zip(envelopes, records, strict=True):
-            self.check_size(topic, envelope, record.size)
+        structured = self._structured
+        limit = self.capabilities.max_message_bytes
+        records = []
+        for envelope in envelopes:
+            record = encode_parts(envelope, structured)
+            if record[3] > limit:
+                self.check_size(topic, envelope, record[3])
+            records.append(record)
         if not records:
             return
         producer = await self._ready_producer()
         await self._provisioner.ensure([topic])
         futures: list[Any] = []
-        for record in records:
-            try:
-                futures.append(
-                    await producer.send(topic, record.value, key=record.key, headers=record.headers)
-                )
-            except Exception as exc:  # could not even be queued
-                futures.append(_failed(exc))
-        results = await asyncio.gather(*futures, return_exceptions=True)
+        send = producer.send
+        self._publishing += 1
+        try:
+            for key, value, headers, _ in records:
+                try:
+                    futures.append(await send(topic, value, key=key, headers=headers))
+                except Exception as exc:  # could not even be queued
+                    futures.append(_failed(exc))
+            if self._publishing == 1:
+                # Nothing else is being published: lingering would only delay this one.
+                _send_now(producer)
+            results = await asyncio.gather(*futures, return_exceptions=True)
+        finally:
+            self._publishing -= 1
         failures = {i: r for i, r in enumerate(results) if isinstance(r, BaseException)}
         if not failures:
             return
@@ -383,6 +398,27 @@ class KafkaAdapter(Adapter):
         taken = self._instance_ids.get((subscription.options.group, subscription.topic))
         if taken is not None:
             taken.discard(subscription.instance_index)
+
+
+def _send_now(producer: AIOKafkaProducer) -> None:
+    """Close the producer's open batches and wake its sender, so they go out now.
+
+    ``linger_ms`` lets concurrent publishes share produce requests; a publish with
+    nothing else in flight would just wait it out. aiokafka has no public "send
+    now" (``flush()`` waits for the linger), so this does what its own
+    ``flush_for_commit`` does without waiting; if the internals ever differ, the
+    records simply linger as configured.
+    """
+    accumulator = getattr(producer, "_message_accumulator", None)
+    try:
+        for batches in accumulator._batches.values():  # type: ignore[union-attr]
+            for batch in batches:
+                batch._builder.close()
+        waiter = accumulator._waiter_future  # type: ignore[union-attr]
+        if not waiter.done():
+            waiter.set_result(None)
+    except AttributeError:
+        log.debug("aiokafka internals differ; a lone publish waits for linger_ms")
 
 
 def _failed(exc: BaseException) -> asyncio.Future[None]:
