@@ -142,7 +142,10 @@ async def eventbus_case(
         )
         counter.mark_published()
         await counter.wait_done(name, broker.timeout)
-    await broker.check_committed(name, topic, group, len(events))
+    # The adapter's Kafka group.id is per (group, topic).
+    from eventbus_kafka.rebalance import kafka_group_id
+
+    await broker.check_committed(name, topic, kafka_group_id(group, topic), len(events))
     return counter.timing()
 
 

@@ -46,11 +46,12 @@ def with_options(url: str, **options: object) -> str:
 
 
 def order(n: int = 1, **attributes: Any) -> Envelope:
+    attributes.setdefault("partitionkey", f"order-A-{n}")
     return Envelope.create(
         type="com.example.order.placed", source="https://example.com/orders",
         data=json.dumps({"order": f"A-{n}", "note": "café"}, separators=(",", ":"),
                         ensure_ascii=False).encode(),
-        subject=f"order/A-{n}", correlationid="corr-1", partitionkey=f"order-A-{n}",
+        subject=f"order/A-{n}", correlationid="corr-1",
         extensions={"tenant": "acme"}, **attributes,
     )
 
@@ -177,6 +178,38 @@ def test_lone_publish_does_not_wait_for_linger(kafka_url: str) -> None:
             assert elapsed < 1.0, f"lone publish took {elapsed:.3f}s with linger_ms=3000"
         # Concurrent publishes still all go through (they may share batches).
         await asyncio.gather(*(adapter.publish(topic, [order(n)]) for n in range(10)))
+        await adapter.close()
+
+    run(scenario)
+
+
+@broker
+@pytest.mark.timeout(120)
+def test_large_publish_keeps_keys_on_their_partition_in_order(kafka_url: str) -> None:
+    """A publish of many records goes out as whole batches (eventbus_kafka.sending):
+    keyed records land where a small, record-by-record publish puts the same key,
+    in order; unkeyed ones are spread over the partitions."""
+    async def scenario() -> None:
+        adapter = KafkaAdapter(with_options(kafka_url, partitions=4))
+        topic = f"batched-{uuid.uuid4().hex[:10]}"
+        keys = [f"key-{k}" for k in range(6)]
+        small = [order(k, partitionkey=key) for k, key in enumerate(keys)]
+        await adapter.publish(topic, small)  # under BATCH_MIN: send() per record
+        big = [order(100 + i, partitionkey=keys[i % len(keys)]) for i in range(300)]
+        unkeyed = [order(1000 + i, partitionkey=None) for i in range(200)]
+        await asyncio.gather(adapter.publish(topic, big), adapter.publish(topic, unkeyed))
+        records = await _raw_records(kafka_url, topic, len(small) + len(big) + len(unkeyed))
+        where: dict[bytes | None, set[int]] = {}
+        for record in records:
+            where.setdefault(record.key, set()).add(record.partition)
+        for key in keys:
+            assert len(where[key.encode()]) == 1, f"{key} spread over {where[key.encode()]}"
+        assert len(where[None]) > 1, "unkeyed records all went to one partition"
+        for key in keys:
+            subjects = [json.loads(r.value)["order"] for r in records if r.key == key.encode()
+                        and int(json.loads(r.value)["order"][2:]) >= 100]
+            numbers = [int(s[2:]) for s in subjects]
+            assert numbers == sorted(numbers), f"{key} out of order: {numbers}"
         await adapter.close()
 
     run(scenario)

@@ -50,6 +50,7 @@ from .consumer import KafkaSubscription
 from .delivery import best_effort
 from .provision import TopicProvisioner
 from .retry import retry_topics
+from .sending import BATCH_MIN, Locks, send_batched, send_each
 from .settings import KafkaSettings
 
 log = logging.getLogger("eventbus.kafka")
@@ -96,6 +97,7 @@ class KafkaAdapter(Adapter):
         # publish() calls between queueing their records and their acks: a lone one
         # does not wait for linger_ms (see _send_now).
         self._publishing = 0
+        self._partition_locks: Locks = {}
         self._provisioner = TopicProvisioner(self.settings, self.client_options())
         self._subscriptions: set[KafkaSubscription] = set()
         self._connect_lock = asyncio.Lock()
@@ -243,7 +245,7 @@ class KafkaAdapter(Adapter):
     # -- publishing --------------------------------------------------------------------
 
     async def publish(self, topic: str, envelopes: Sequence[Envelope]) -> None:
-        """Send every envelope concurrently (batched by linger) and wait for acks=all."""
+        """Send every envelope and wait for acks=all (see :mod:`eventbus_kafka.sending`)."""
         structured = self._structured
         limit = self.capabilities.max_message_bytes
         records = []
@@ -256,22 +258,15 @@ class KafkaAdapter(Adapter):
             return
         producer = await self._ready_producer()
         await self._provisioner.ensure([topic])
-        futures: list[Any] = []
-        send = producer.send
         self._publishing += 1
         try:
-            for key, value, headers, _ in records:
-                try:
-                    futures.append(await send(topic, value, key=key, headers=headers))
-                except Exception as exc:  # could not even be queued
-                    futures.append(_failed(exc))
-            if self._publishing == 1:
-                # Nothing else is being published: lingering would only delay this one.
-                _send_now(producer)
-            results = await asyncio.gather(*futures, return_exceptions=True)
+            if len(records) >= BATCH_MIN:
+                failures = await send_batched(producer, topic, records, self._partition_locks)
+            else:
+                failures = await send_each(producer, topic, records,
+                                           lambda: self._publishing == 1)
         finally:
             self._publishing -= 1
-        failures = {i: r for i, r in enumerate(results) if isinstance(r, BaseException)}
         if not failures:
             return
         if len(failures) == len(records) and all(
@@ -398,30 +393,3 @@ class KafkaAdapter(Adapter):
         taken = self._instance_ids.get((subscription.options.group, subscription.topic))
         if taken is not None:
             taken.discard(subscription.instance_index)
-
-
-def _send_now(producer: AIOKafkaProducer) -> None:
-    """Close the producer's open batches and wake its sender, so they go out now.
-
-    ``linger_ms`` lets concurrent publishes share produce requests; a publish with
-    nothing else in flight would just wait it out. aiokafka has no public "send
-    now" (``flush()`` waits for the linger), so this does what its own
-    ``flush_for_commit`` does without waiting; if the internals ever differ, the
-    records simply linger as configured.
-    """
-    accumulator = getattr(producer, "_message_accumulator", None)
-    try:
-        for batches in accumulator._batches.values():  # type: ignore[union-attr]
-            for batch in batches:
-                batch._builder.close()
-        waiter = accumulator._waiter_future  # type: ignore[union-attr]
-        if not waiter.done():
-            waiter.set_result(None)
-    except AttributeError:
-        log.debug("aiokafka internals differ; a lone publish waits for linger_ms")
-
-
-def _failed(exc: BaseException) -> asyncio.Future[None]:
-    future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-    future.set_exception(exc)
-    return future
