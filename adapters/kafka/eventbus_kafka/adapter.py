@@ -95,7 +95,7 @@ class KafkaAdapter(Adapter):
         self._producer: AIOKafkaProducer | None = None
         self._structured = self.settings.mode == "structured"
         # publish() calls between queueing their records and their acks: a lone one
-        # does not wait for linger_ms (see _send_now).
+        # does not wait for linger_ms (see sending.send_now).
         self._publishing = 0
         self._partition_locks: Locks = {}
         self._provisioner = TopicProvisioner(self.settings, self.client_options())

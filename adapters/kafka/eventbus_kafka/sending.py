@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import MessageSizeTooLargeError
 from aiokafka.partitioner import DefaultPartitioner
 
 log = logging.getLogger("eventbus.kafka")
@@ -73,8 +74,13 @@ async def send_batched(
                 await _submit(producer, topic, partition, builder, in_batch, pending, failures,
                               locks)
                 builder, in_batch = producer.create_batch(), []
-                # An empty batch takes any record, whatever its size.
-                builder.append(key=key, value=value, timestamp=None, headers=headers)
+                # An empty batch takes any record, whatever its size (aiokafka's rule);
+                # should that ever change, the record fails instead of going missing.
+                if builder.append(key=key, value=value, timestamp=None,
+                                  headers=headers) is None:
+                    failures[index] = MessageSizeTooLargeError(
+                        f"a record of {len(value)} bytes does not fit an empty batch")
+                    continue
             in_batch.append(index)
         await _submit(producer, topic, partition, builder, in_batch, pending, failures, locks)
     results = await asyncio.gather(*(f for f, _ in pending), return_exceptions=True)
