@@ -26,6 +26,7 @@ from runner import PROBE, Contender, Counter, Tick, Timing, chunks
 from eventbus import Envelope, EventBus
 
 EVENTBUS = "eventbus"
+EVENTBUS_STRUCTURED = "eventbus (mode=structured)"
 RAW = "raw aiokafka (pipelined)"
 FASTSTREAM = "faststream (defaults)"
 FASTSTREAM_QUIET = "faststream (logger=None)"
@@ -99,6 +100,11 @@ def resolve_url(arg: str | None, flavour: str) -> str:
     return endpoint.url
 
 
+def with_option(url: str, option: str) -> str:
+    """``url`` with one more ``name=value`` query option."""
+    return url + ("&" if "?" in url else "?") + option
+
+
 async def producer_is_idempotent(url: str) -> bool:
     """Whether eventbus's Kafka adapter got the idempotent producer on this broker."""
     bus = EventBus.from_url(url)
@@ -136,7 +142,10 @@ async def eventbus_case(
         )
         counter.mark_published()
         await counter.wait_done(name, broker.timeout)
-    await broker.check_committed(name, topic, group, len(events))
+    # The adapter's Kafka group.id is per (group, topic).
+    from eventbus_kafka.rebalance import kafka_group_id
+
+    await broker.check_committed(name, topic, kafka_group_id(group, topic), len(events))
     return counter.timing()
 
 
@@ -262,6 +271,10 @@ def contenders(broker: Broker, *, chunk: int, concurrency: int) -> list[Contende
     return [
         Contender(EVENTBUS, lambda ev: eventbus_case(
             broker, ev, chunk=chunk, concurrency=concurrency), ours=True),
+        Contender(EVENTBUS_STRUCTURED, lambda ev: eventbus_case(
+            broker, ev, chunk=chunk, concurrency=concurrency, name=EVENTBUS_STRUCTURED,
+            bus_factory=lambda url: EventBus.from_url(with_option(url, "mode=structured"),
+                                                      source="bench")), ours=True),
         Contender(RAW, lambda ev: raw_case(broker, ev)),
         Contender(FASTSTREAM, lambda ev: faststream_case(broker, ev, chunk=chunk,
                                                          access_log=True)),

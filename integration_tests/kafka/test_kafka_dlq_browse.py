@@ -58,6 +58,14 @@ async def broker_state(adapter: KafkaAdapter) -> tuple[set[str], set[str]]:
     return topics, groups
 
 
+async def next_millisecond() -> None:
+    """Return once the wall clock's millisecond (a record timestamp's unit) moved on.
+
+    Not a wait for an event: a pause of two clock ticks of the timestamp's unit.
+    """
+    await asyncio.sleep(0.002)
+
+
 def test_kafka_codec_writes_kafka_binding_headers() -> None:
     """The core codec defaults to ce-; the Kafka adapter asks for the ce_ of its binding."""
     record = encode(event(1, key="k").evolve(subject="s"))
@@ -73,8 +81,11 @@ def test_read_browses_every_partition_to_the_end_and_creates_nothing(kafka_url: 
         try:
             topic = unique("browse")
             sent = [event(n, key=f"key-{n}") for n in range(6)]
-            for envelope in sent:  # one by one: broker timestamps give the order
+            for envelope in sent:  # one by one: record timestamps give the order
                 await adapter.publish(topic, [envelope])
+                # A lone publish is sent at once (no linger) and can come back
+                # within the same millisecond: keep the timestamps distinct.
+                await next_millisecond()
             await adapter.publish_raw(topic, b"not a cloudevent")
             _, groups_before = await broker_state(adapter)
 

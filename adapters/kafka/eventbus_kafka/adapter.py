@@ -45,11 +45,12 @@ from eventbus.errors import (
 )
 
 from .browse import read_topic
-from .codec import Headers, encode, record_size
+from .codec import Headers, encode_parts, record_size
 from .consumer import KafkaSubscription
 from .delivery import best_effort
 from .provision import TopicProvisioner
 from .retry import retry_topics
+from .sending import BATCH_MIN, Locks, send_batched, send_each
 from .settings import KafkaSettings
 
 log = logging.getLogger("eventbus.kafka")
@@ -92,6 +93,11 @@ class KafkaAdapter(Adapter):
             reconnect=True,
         )
         self._producer: AIOKafkaProducer | None = None
+        self._structured = self.settings.mode == "structured"
+        # publish() calls between queueing their records and their acks: a lone one
+        # does not wait for linger_ms (see sending.send_now).
+        self._publishing = 0
+        self._partition_locks: Locks = {}
         self._provisioner = TopicProvisioner(self.settings, self.client_options())
         self._subscriptions: set[KafkaSubscription] = set()
         self._connect_lock = asyncio.Lock()
@@ -239,24 +245,28 @@ class KafkaAdapter(Adapter):
     # -- publishing --------------------------------------------------------------------
 
     async def publish(self, topic: str, envelopes: Sequence[Envelope]) -> None:
-        """Send every envelope concurrently (batched by linger) and wait for acks=all."""
-        records = [encode(envelope) for envelope in envelopes]
-        for envelope, record in zip(envelopes, records, strict=True):
-            self.check_size(topic, envelope, record.size)
+        """Send every envelope and wait for acks=all (see :mod:`eventbus_kafka.sending`)."""
+        structured = self._structured
+        limit = self.capabilities.max_message_bytes
+        records = []
+        for envelope in envelopes:
+            record = encode_parts(envelope, structured)
+            if record[3] > limit:
+                self.check_size(topic, envelope, record[3])
+            records.append(record)
         if not records:
             return
         producer = await self._ready_producer()
         await self._provisioner.ensure([topic])
-        futures: list[Any] = []
-        for record in records:
-            try:
-                futures.append(
-                    await producer.send(topic, record.value, key=record.key, headers=record.headers)
-                )
-            except Exception as exc:  # could not even be queued
-                futures.append(_failed(exc))
-        results = await asyncio.gather(*futures, return_exceptions=True)
-        failures = {i: r for i, r in enumerate(results) if isinstance(r, BaseException)}
+        self._publishing += 1
+        try:
+            if len(records) >= BATCH_MIN:
+                failures = await send_batched(producer, topic, records, self._partition_locks)
+            else:
+                failures = await send_each(producer, topic, records,
+                                           lambda: self._publishing == 1)
+        finally:
+            self._publishing -= 1
         if not failures:
             return
         if len(failures) == len(records) and all(
@@ -383,9 +393,3 @@ class KafkaAdapter(Adapter):
         taken = self._instance_ids.get((subscription.options.group, subscription.topic))
         if taken is not None:
             taken.discard(subscription.instance_index)
-
-
-def _failed(exc: BaseException) -> asyncio.Future[None]:
-    future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-    future.set_exception(exc)
-    return future

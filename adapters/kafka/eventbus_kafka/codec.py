@@ -15,8 +15,17 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
-from eventbus.codec import KAFKA_PREFIX, binary_headers, decode_binary
+from eventbus.codec import (
+    KAFKA_PREFIX,
+    STRUCTURED_CONTENT_TYPE,
+    binary_size,
+    decode_binary,
+    decode_structured,
+    encode_binary,
+    encode_structured,
+)
 from eventbus.envelope import Envelope
 
 Headers = list[tuple[str, bytes]]
@@ -26,6 +35,7 @@ NOT_BEFORE_HEADER = "eventbus_not_before"
 ORIGIN_HEADER = "eventbus_topic"
 _TRANSPORT_HEADERS = (ATTEMPT_HEADER, NOT_BEFORE_HEADER, ORIGIN_HEADER)
 _PARTITIONKEY_HEADER = KAFKA_PREFIX + "partitionkey"
+_SPECVERSION_HEADER = KAFKA_PREFIX + "specversion"
 
 # What Kafka adds around a record in a v2 batch (batch header 61 bytes plus the
 # per-record varints): generous, so a record we accept is never refused for size.
@@ -47,9 +57,12 @@ class KafkaRecord:
         return record_size(self.key, self.value, self.headers)
 
 
-@dataclass(frozen=True, slots=True)
-class Decoded:
-    """What a consumed record says: the envelope (or why not) and transport facts."""
+class Decoded(NamedTuple):
+    """What a consumed record says: the envelope (or why not) and transport facts.
+
+    A named tuple: one is built per consumed record, and a frozen dataclass costs
+    several times more to construct.
+    """
 
     envelope: Envelope | None
     error: str | None
@@ -68,46 +81,98 @@ def record_size(
     return size
 
 
-def encode(envelope: Envelope) -> KafkaRecord:
-    """The binary-mode record for ``envelope``.
+def encode(envelope: Envelope, *, structured: bool = False) -> KafkaRecord:
+    """The record for ``envelope``, in binary mode (or structured mode if asked).
 
     ``partitionkey`` is the record key (so a key always lands on one partition) and
     also stays in the ``ce_partitionkey`` header, as the CloudEvents Kafka binding
     (section 3.1) asks of the extension when the key is set.
     """
-    key = envelope.partitionkey.encode("utf-8") if envelope.partitionkey is not None else None
-    return KafkaRecord(
-        key=key,
-        value=envelope.data,
-        headers=binary_headers(envelope, KAFKA_PREFIX),
-    )
+    key, value, headers, _ = encode_parts(envelope, structured)
+    return KafkaRecord(key=key, value=value, headers=headers)
+
+
+_STRUCTURED_HEADERS: Headers = [("content-type", STRUCTURED_CONTENT_TYPE.encode())]
+_STRUCTURED_HEADER_SIZE = PER_HEADER_OVERHEAD + len("content-type") + len(STRUCTURED_CONTENT_TYPE)
+
+
+def encode_parts(
+    envelope: Envelope, structured: bool = False
+) -> tuple[bytes | None, bytes, Headers, int]:
+    """``(key, value, headers, size)`` of the record for ``envelope``: the publish path.
+
+    Binary mode: the codec's header dict (one pass over the fields), each value as
+    UTF-8 bytes; ``size`` is :func:`record_size` of the result, counted on the
+    joined text rather than header by header. Structured mode (the binding's
+    section 3.3): the whole event as one JSON value and only a ``content-type``
+    header; the key is still the ``partitionkey``.
+    """
+    partitionkey = envelope.partitionkey
+    key = partitionkey.encode() if partitionkey is not None else None
+    base = RECORD_OVERHEAD + (len(key) if key is not None else 0)
+    if structured:
+        value = encode_structured(envelope)
+        # A fresh list per record: aiokafka keeps it with the batch.
+        return key, value, list(_STRUCTURED_HEADERS), base + len(value) + _STRUCTURED_HEADER_SIZE
+    text, value = encode_binary(envelope, KAFKA_PREFIX)
+    headers = [(name, header.encode()) for name, header in text.items()]
+    size = base + PER_HEADER_OVERHEAD * len(headers) + binary_size(text, value)
+    return key, value, headers, size
 
 
 def decode(
     key: bytes | None, value: bytes | None, headers: Iterable[tuple[str, bytes | None]]
 ) -> Decoded:
-    """Read a consumed record; never raises."""
-    cloud: list[tuple[str, bytes]] = []
+    """Read a consumed record; never raises.
+
+    The headers become a dict of text first, so the codec's lookup fast path reads
+    the common record (our own binary mode) without a generic attribute loop.
+    """
     attempt, not_before, origin = 1, 0, None
-    has_partitionkey = False
-    for name, header_value in headers:
-        raw = header_value or b""
-        if name == ATTEMPT_HEADER:
-            attempt = max(1, _int(raw, 1))
-        elif name == NOT_BEFORE_HEADER:
-            not_before = _int(raw, 0)
-        elif name == ORIGIN_HEADER:
-            origin = raw.decode("utf-8", "replace")
-        else:
-            has_partitionkey |= name.lower() == _PARTITIONKEY_HEADER
-            cloud.append((name, raw))
+    raw_headers: list[tuple[str, bytes]] | None = None
     try:
-        text_key = None if has_partitionkey else _text_key(key)
-        envelope: Envelope | None = decode_binary(cloud, value, KAFKA_PREFIX, key=text_key)
+        cloud = {name: raw.decode() if raw else "" for name, raw in headers}
+    except (UnicodeDecodeError, AttributeError):
+        # Not all text: the generic reader reports it (as a poison record).
+        cloud = {}
+        raw_headers = [(name, raw or b"") for name, raw in headers]
+    if ATTEMPT_HEADER in cloud or NOT_BEFORE_HEADER in cloud or ORIGIN_HEADER in cloud:
+        text = cloud.pop(ATTEMPT_HEADER, None)
+        attempt = 1 if text is None else max(1, _int(text, 1))
+        text = cloud.pop(NOT_BEFORE_HEADER, None)
+        not_before = 0 if text is None else _int(text, 0)
+        origin = cloud.pop(ORIGIN_HEADER, None)
+    elif raw_headers is not None:
+        transport = {n: v for n, v in raw_headers if n in _TRANSPORT_HEADERS}
+        raw_headers = [(n, v) for n, v in raw_headers if n not in _TRANSPORT_HEADERS]
+        attempt = max(1, _int(transport.get(ATTEMPT_HEADER, b"1"), 1))
+        not_before = _int(transport.get(NOT_BEFORE_HEADER, b"0"), 0)
+        if ORIGIN_HEADER in transport:
+            origin = transport[ORIGIN_HEADER].decode("utf-8", "replace")
+    try:
+        if raw_headers is not None:
+            envelope: Envelope | None = decode_binary(raw_headers, value, KAFKA_PREFIX)
+        elif _SPECVERSION_HEADER not in cloud and _headerless_structured(cloud, value):
+            # The CloudEvents SDK's Kafka structured mode sets no content-type header.
+            envelope = decode_structured(value or b"")
+        else:
+            text_key = None
+            if key is not None and _PARTITIONKEY_HEADER not in cloud and not any(
+                    n.lower() == _PARTITIONKEY_HEADER for n in cloud):
+                text_key = _text_key(key)
+            envelope = decode_binary(cloud, value, KAFKA_PREFIX, key=text_key)
         error = None
     except Exception as exc:  # any unreadable record is poison, never a consumer crash
         envelope, error = None, f"{type(exc).__name__}: {exc}"
     return Decoded(envelope, error, attempt, not_before, origin)
+
+
+def _headerless_structured(cloud: dict[str, str], value: bytes | None) -> bool:
+    """A JSON CloudEvent with no CloudEvents headers at all: structured mode."""
+    if not value or value[:1] != b"{" or b'"specversion"' not in value:
+        return False
+    return not any(n.lower().startswith(KAFKA_PREFIX) or n.lower() == "content-type"
+                   for n in cloud)
 
 
 def retry_headers(
@@ -133,8 +198,8 @@ def _text_key(key: bytes | str | None) -> str | None:
     return text if text.isprintable() else None
 
 
-def _int(raw: bytes, default: int) -> int:
+def _int(raw: bytes | str, default: int) -> int:
     try:
-        return int(raw.decode("ascii"))
+        return int(raw if isinstance(raw, str) else raw.decode("ascii"))
     except (UnicodeDecodeError, ValueError):
         return default

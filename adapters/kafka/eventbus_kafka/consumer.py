@@ -247,7 +247,8 @@ class KafkaSubscription(GroupMember, Subscription):
     async def __aiter__(self) -> AsyncIterator[Delivery]:
         prefetch = max(1, self.options.prefetch)
         while not self._closed:
-            self._release_due()
+            if self._local or self._held:
+                self._release_due()
             if self._ready and self._outstanding < prefetch:
                 item = self._ready.popleft()
                 record, log_, entry, attempt = item
@@ -330,9 +331,14 @@ class KafkaSubscription(GroupMember, Subscription):
                 continue  # revoked while fetched: the next owner reads them
             log_ = self._logs.setdefault(tp, PartitionLog())
             held = self._held.get(tp)
+            tier = self.retry_tiers.get(tp.topic)
+            if tier is None and held is None:  # the main topic: everything is ready now
+                add, ready = log_.add, self._ready.append
+                for record in records:
+                    ready((record, log_, add(record.offset, record), None))
+                continue
             for record in records:
                 entry = log_.add(record.offset, record)
-                tier = self.retry_tiers.get(tp.topic)
                 due = 0 if tier is None else release_at(
                     record, not_before(record, NOT_BEFORE_HEADER), tier, now_ms)
                 if held is not None:

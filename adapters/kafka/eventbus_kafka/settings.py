@@ -33,6 +33,7 @@ _QUERY_PASSWORD = re.compile(r"((?:^|[?&])sasl_password=)[^&#]*")
 
 StartFrom = Literal["earliest", "latest"]
 Idempotence = Literal["auto", "true", "false"]
+Mode = Literal["binary", "structured"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +63,10 @@ class KafkaSettings:
     # with a warning. "true" makes that an error; "false" turns it off.
     enable_idempotence: Idempotence = "auto"
     linger_ms: int = 5
+    # CloudEvents content mode of published records: "binary" (attributes as ce_
+    # headers, data as the value) or "structured" (one JSON value, a content-type
+    # header only). Consumers read both, whatever this says.
+    mode: Mode = "binary"
     # CloudEvents headers make records ~5x larger than a bare payload; aiokafka's
     # 16 KiB default batch would then stall publishers on many small produce requests.
     batch_bytes: int = 512 * 1024
@@ -290,6 +295,13 @@ def _isolation(raw: str) -> str:
     return value
 
 
+def _mode(raw: str) -> str:
+    value = raw.lower()
+    if value not in ("binary", "structured"):
+        raise ValueError("use binary or structured")
+    return value
+
+
 def _bool(raw: str) -> bool:
     lowered = raw.lower()
     if lowered in ("1", "true", "yes", "on"):
@@ -313,6 +325,7 @@ _OPTIONS: dict[str, Callable[[str], Any]] = {
     "ssl_keyfile": _text,
     "enable_idempotence": _idempotence,
     "linger_ms": _non_negative_int,
+    "mode": _mode,
     "batch_bytes": _positive_int,
     "max_message_bytes": _positive_int,
     "start_from": _start_from,
