@@ -45,11 +45,11 @@ from eventbus.errors import (
 )
 
 from .browse import read_topic
-from .codec import Headers, encode_parts, record_size
+from .codec import Headers, encode_parts, record_size, retry_headers
 from .consumer import KafkaSubscription
 from .delivery import best_effort
 from .provision import TopicProvisioner
-from .retry import retry_topics
+from .retry import retry_topic, retry_topics
 from .sending import BATCH_MIN, Locks, send_batched, send_each
 from .settings import KafkaSettings
 
@@ -347,6 +347,30 @@ class KafkaAdapter(Adapter):
         await subscription.start(join_timeout)
         self._subscriptions.add(subscription)
         return subscription
+
+    async def publish_to_group(
+        self, topic: str, group: str, envelopes: Sequence[Envelope]
+    ) -> None:
+        """Deliver ``envelopes`` to ``group`` alone, through that group's shortest
+        retry topic (``<topic>.<group>.retry.<tier>s``), due at once: only the
+        group's own consumers read it, so the topic's other groups never see them.
+        Each starts again at attempt 1 (a dead letter replayed after a fix)."""
+        structured = self.settings.mode == "structured"
+        destination = retry_topic(topic, group, self.settings.retry_tiers[0])
+        records = []
+        for envelope in envelopes:
+            key, value, headers, size = encode_parts(envelope, structured)
+            if size > self.capabilities.max_message_bytes:
+                self.check_size(topic, envelope, size)
+            due = retry_headers(headers, attempt=1, not_before_ms=0, origin=topic)
+            records.append((key, value, due))
+        # The subscription provisions the topic and all its retry topics; make sure
+        # they exist even when no consumer of the group runs right now.
+        await self._provisioner.ensure(
+            [topic, *retry_topics(topic, group, self.settings.retry_tiers)]
+        )
+        for key, value, headers in records:
+            await self.send_record(destination, key, value, headers)
 
     # -- browsing -----------------------------------------------------------------------
 
