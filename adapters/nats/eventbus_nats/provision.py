@@ -26,7 +26,7 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import NotFoundError
+from nats.js.errors import BadRequestError, NotFoundError
 
 from eventbus.errors import ConfigurationError
 
@@ -89,7 +89,7 @@ class Provisioner:
                         "create_streams=false; create it (subject "
                         f"{subject!r}) or allow the adapter to"
                     ) from None
-                await js.add_stream(StreamConfig(
+                await self._add_stream(js, name, StreamConfig(
                     name=name,
                     subjects=[subject],
                     retention=RetentionPolicy.LIMITS,
@@ -104,6 +104,18 @@ class Provisioner:
                 ))
             self._streams.add(name)
         return name
+
+    async def _add_stream(self, js: JetStreamContext, name: str, config: StreamConfig) -> None:
+        try:
+            await js.add_stream(config)
+        except BadRequestError as refused:
+            # Another process (or connection) created the stream between our lookup and
+            # our create: the server then refuses ours ("subjects overlap with an
+            # existing stream" / "name already in use"). Theirs is the one to use.
+            try:
+                await js.stream_info(name)
+            except NotFoundError:
+                raise refused from None  # no such stream after all: the refusal stands
 
     def consumer_config(self, group: str, start_from: str) -> ConsumerConfig:
         s = self.settings
