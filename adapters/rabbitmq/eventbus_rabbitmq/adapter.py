@@ -48,7 +48,7 @@ log = logging.getLogger("eventbus.rabbitmq")
 
 CLOSE_TIMEOUT = 5.0
 HEALTH_TIMEOUT = 1.0
-SUBSCRIBE_ATTEMPTS = 4
+SUBSCRIBE_ATTEMPTS = 8
 _TRANSIENT = (AMQPConnectionError, ConnectionClosed, ChannelInvalidStateError, RuntimeError,
               TimeoutError, OSError)
 
@@ -326,7 +326,9 @@ class RabbitMQAdapter(Adapter):
         ``start_from`` has no effect beyond the first subscribe: a new group's queue
         receives what is published from then on (RabbitMQ queues do not replay).
         """
-        delays = iter(Backoff(initial=0.1, max_delay=1.0))
+        # Long enough to outlast the robust connection's reconnect_interval (1 s):
+        # retrying only while the connection is still down would not help.
+        delays = iter(Backoff(initial=0.25, max_delay=2.0))
         for attempt in range(1, SUBSCRIBE_ATTEMPTS + 1):
             subscription = RabbitMQSubscription(self, topic, options)
             try:
