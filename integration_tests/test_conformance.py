@@ -46,10 +46,13 @@ TARGETS: dict[str, tuple[str, str | None]] = {
     "sqs-fifo": ("sqs", None),
 }
 
-# Options the SQS targets add to the harness URL. Short long-polls: a closed
-# subscription's poll keeps running on the server until its wait ends and would
-# hide the messages it takes meanwhile for a visibility timeout.
-SQS_OPTIONS = {"sqs": "wait_seconds=1", "sqs-fifo": "wait_seconds=1&fifo=true"}
+# Options the SQS targets add to the harness URL. Short long-polls make closing a
+# subscription quick (it lets its poll finish, see eventbus_sqs.consumer). A
+# receive whose reply is lost when the fault proxy drops connections hides its
+# messages for one visibility timeout, as on AWS; 10 s keeps that recovery
+# within the reconnect cases' 30 s wait (the heartbeat still covers long handlers).
+SQS_BASE = "wait_seconds=1&visibility_timeout=10"
+SQS_OPTIONS = {"sqs": SQS_BASE, "sqs-fifo": f"{SQS_BASE}&fifo=true"}
 
 
 def _target(name: str) -> BrokerTarget:

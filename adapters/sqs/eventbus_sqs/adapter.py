@@ -82,12 +82,12 @@ class SqsAdapter(Adapter):
 
     # -- connection --------------------------------------------------------------------
 
-    def _config(self) -> Config:
+    def _config(self, attempts: int | None = None) -> Config:
         s = self.settings
         return Config(
             connect_timeout=s.connect_timeout,
             read_timeout=s.read_timeout,
-            retries={"max_attempts": s.max_attempts, "mode": "standard"},
+            retries={"max_attempts": attempts or s.max_attempts, "mode": "standard"},
             max_pool_connections=max(20, 4 * s.receivers),
         )
 
@@ -106,10 +106,13 @@ class SqsAdapter(Adapter):
             try:
                 session = aioboto3.Session()
                 clients: dict[str, Any] = {}
-                for service in ("sqs", "sns", "sts"):
-                    clients[service] = await stack.enter_async_context(session.client(
+                # "probe" answers health(): one attempt, so a broker that refuses
+                # connections shows at once rather than after the retries' backoff.
+                for name, service, attempts in (("sqs", "sqs", None), ("sns", "sns", None),
+                                                ("sts", "sts", None), ("probe", "sqs", 1)):
+                    clients[name] = await stack.enter_async_context(session.client(
                         service, region_name=s.region, endpoint_url=s.endpoint_url,
-                        config=self._config()))
+                        config=self._config(attempts)))
                 await asyncio.wait_for(clients["sqs"].list_queues(MaxResults=1),
                                        s.connect_timeout * 2)
             except BaseException as exc:
@@ -165,7 +168,7 @@ class SqsAdapter(Adapter):
                 "topology": s.topology, "fifo": str(s.fifo).lower()}
         try:
             await self._ready()
-            await asyncio.wait_for(self.sqs_client().list_queues(MaxResults=1),
+            await asyncio.wait_for(self._clients["probe"].list_queues(MaxResults=1),
                                    s.connect_timeout)
         except Exception as exc:
             return HealthReport(False, f"SQS at {s.endpoint_url or s.region} did not answer: "
