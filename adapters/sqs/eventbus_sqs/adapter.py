@@ -30,6 +30,7 @@ from eventbus.envelope import Envelope
 from eventbus.errors import (
     BatchPublishError,
     BrokerConnectionError,
+    EventBusError,
     MessageTooLargeError,
     PublishError,
     UnsupportedOperationError,
@@ -228,6 +229,8 @@ class SqsAdapter(Adapter):
             total += size
         try:
             send = await self._sender(topic)
+        except EventBusError:
+            raise
         except Exception as exc:
             raise self._publish_error(topic, exc) from exc
         results = await asyncio.gather(
