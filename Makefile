@@ -26,7 +26,7 @@ lint: setup
 	$(VENV)/bin/ruff check eventbus adapters tests integration_tests examples bench
 
 typecheck: setup
-	$(VENV)/bin/mypy eventbus adapters/kafka/eventbus_kafka
+	$(VENV)/bin/mypy eventbus adapters/kafka/eventbus_kafka adapters/sqs/eventbus_sqs
 	@# The guide's example service and its tests, as a user would type-check them.
 	MYPYPATH=examples/testing $(VENV)/bin/mypy -m shop -m test_shop_service
 

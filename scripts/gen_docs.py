@@ -20,7 +20,8 @@ from eventbus.adapter import Capabilities
 from eventbus.registry_adapters import adapter_class
 
 ROOT = Path(__file__).resolve().parent.parent
-SAMPLE_URLS = {"memory": "memory://", "kafka": "kafka://127.0.0.1:9092"}
+SAMPLE_URLS = {"memory": "memory://", "kafka": "kafka://127.0.0.1:9092",
+               "sqs": "sqs://?region=us-east-1"}
 BEGIN, END = "<!-- capabilities:begin -->", "<!-- capabilities:end -->"
 
 

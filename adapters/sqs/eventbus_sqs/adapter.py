@@ -286,14 +286,10 @@ class SqsAdapter(Adapter):
     def _publish_error(self, topic: str, exc: BaseException) -> Exception:
         where = self.settings.endpoint_url or self.settings.region
         text = f"publishing to {topic!r} on SQS/SNS at {where}: {type(exc).__name__}: {exc}"
-        error: Exception
-        if isinstance(exc, EndpointConnectionError | BotoCoreError | OSError | TimeoutError):
-            error = BrokerConnectionError(text)
-        elif isinstance(exc, ClientError) and exc.response.get("Error", {}).get(
-                "Code") in _TRANSIENT_CODES:
-            error = BrokerConnectionError(text)
-        else:
-            error = PublishError(text)
+        code = exc.response.get("Error", {}).get("Code") if isinstance(exc, ClientError) else None
+        transient = code in _TRANSIENT_CODES or isinstance(
+            exc, EndpointConnectionError | BotoCoreError | OSError | TimeoutError)
+        error = BrokerConnectionError(text) if transient else PublishError(text)
         error.__cause__ = exc
         return error
 
