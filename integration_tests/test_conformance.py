@@ -27,9 +27,22 @@ TANSU_LIMITS: dict[str, str] = {
 # moto_server, the SQS/SNS emulator the harness runs (see docs/adapters/sqs.md).
 MOTO_LIMITS: dict[str, str] = {
     "test_broker_restart_loses_nothing_acknowledged": (
-        "moto_server keeps queues and messages in memory only, so a restart forgets them; "
-        "SQS itself stores messages durably (LocalStack with PERSISTENCE=1 runs this case)"
+        "moto_server keeps queues and messages in memory only, so a restart forgets them "
+        "(SQS itself stores messages durably)"
     ),
+}
+
+# SQS FIFO drops a publish whose event id (MessageDeduplicationId) it saw within
+# five minutes: the adapter declares it (dedupe_window=300), but these cases publish
+# one envelope twice at once and expect both copies to arrive, and the suite has
+# no gate on dedupe_window.
+_FIFO_DEDUPES = (
+    "SQS FIFO drops the second copy of an event id within its 5-minute dedupe window "
+    "(declared: dedupe_window=300), so the copies this case waits for never arrive"
+)
+SQS_FIFO_LIMITS: dict[str, str] = {
+    "test_idempotent_concurrent_duplicates": _FIFO_DEDUPES,
+    "test_idempotency_expired_lease_can_be_taken": _FIFO_DEDUPES,
 }
 
 # Message counts of heavy cases, scaled per broker: slow brokers get fewer
@@ -97,6 +110,6 @@ def _sqs_target(name: str, endpoint: harness.Endpoint, proxy: harness.FaultProxy
         faults=proxy,
         faulty_url=url,
         scale=SCALE.get(name, 1.0),
-        limits=MOTO_LIMITS,
+        limits={**MOTO_LIMITS, **(SQS_FIFO_LIMITS if name == "sqs-fifo" else {})},
         restart=endpoint.restart,
     )
