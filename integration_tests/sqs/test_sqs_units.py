@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 import pytest
+from eventbus_sqs import SqsAdapter
 from eventbus_sqs.codec import body_for_bytes, decode
 from eventbus_sqs.provision import MAX_QUEUE_NAME, physical_name
 from eventbus_sqs.settings import SqsSettings
 
-from eventbus.errors import InvalidURLError
+from eventbus.errors import BrokerConnectionError, InvalidURLError
 
 
 def test_harness_url_is_plain_http_to_the_emulator() -> None:
@@ -62,3 +66,13 @@ def test_bytes_sqs_refuses_travel_base64_and_come_back_exact() -> None:
     envelope, got, error = decode({"Body": body, "MessageAttributes": attributes})
     assert envelope is None and got == raw and error
     assert body_for_bytes(b'{"a": 1}') == ('{"a": 1}', {})
+
+
+def test_connect_fails_fast_naming_the_endpoint(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    url = "sqs://127.0.0.1:1?region=us-east-1&connect_timeout=1&max_attempts=1"
+    started = time.monotonic()
+    with pytest.raises(BrokerConnectionError, match="127.0.0.1:1"):
+        asyncio.run(SqsAdapter(url).connect())
+    assert time.monotonic() - started < 5.0

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -222,7 +223,7 @@ class SqsSubscription(Subscription):
 
     async def release(self, receipt: str, delay: float) -> None:
         """Make the message visible again after ``delay`` seconds (SQS's own timer)."""
-        seconds = round(delay)
+        seconds = math.ceil(delay)  # SQS counts whole seconds; never come back early
         if seconds > MAX_VISIBILITY_SECONDS:
             log.warning("nack delay %.0fs on topic %r group %r is over SQS's 12-hour maximum; "
                         "the message comes back after 12 hours", delay, self.topic,
