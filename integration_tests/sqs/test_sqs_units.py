@@ -73,6 +73,6 @@ def test_connect_fails_fast_naming_the_endpoint(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     url = "sqs://127.0.0.1:1?region=us-east-1&connect_timeout=1&max_attempts=1"
     started = time.monotonic()
-    with pytest.raises(BrokerConnectionError, match="127.0.0.1:1"):
+    with pytest.raises(BrokerConnectionError, match=r"127\.0\.0\.1:1"):
         asyncio.run(SqsAdapter(url).connect())
     assert time.monotonic() - started < 5.0
