@@ -238,3 +238,23 @@ def test_interop_with_the_cloudevents_sdk(sqs_url: str) -> None:
             await adapter.close()
 
     asyncio.run(body())
+
+
+def test_nack_beyond_12_hours_is_capped_and_said(sqs_url: str,
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    async def body() -> None:
+        adapter = SqsAdapter(sqs_url)
+        await adapter.connect()
+        topic = _name("t")
+        try:
+            sub = await adapter.subscribe(topic, SubscribeOptions(group="g"))
+            await adapter.publish(topic, [_event()])
+            delivery = await _next(sub)
+            with caplog.at_level("WARNING", logger="eventbus.sqs"):
+                await delivery.nack(delay=50 * 3600)
+            assert "12-hour maximum" in caplog.text
+            await _nothing(sub, 2.5)  # hidden (for 12 h), not back at once
+        finally:
+            await adapter.close()
+
+    asyncio.run(body())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 import pytest
@@ -76,3 +77,16 @@ def test_connect_fails_fast_naming_the_endpoint(monkeypatch: pytest.MonkeyPatch)
     with pytest.raises(BrokerConnectionError, match=r"127\.0\.0\.1:1"):
         asyncio.run(SqsAdapter(url).connect())
     assert time.monotonic() - started < 5.0
+
+
+def test_an_event_wrapped_by_sns_without_raw_delivery_is_not_poison() -> None:
+    from eventbus_sqs.codec import encode
+
+    from eventbus.envelope import Envelope
+
+    sent = Envelope.create(type="t.wrapped", source="tests", data=b'{"a":1}')
+    wrapped = json.dumps({"Type": "Notification", "MessageId": "m1",
+                          "TopicArn": "arn:aws:sns:us-east-1:123456789012:t",
+                          "Message": encode(sent)})
+    envelope, _, error = decode({"Body": wrapped})
+    assert error is None and envelope is not None and envelope.id == sent.id

@@ -15,6 +15,7 @@ Decoding never raises: an unreadable message becomes envelope ``None`` plus why.
 from __future__ import annotations
 
 import base64
+import json
 import re
 from typing import Any
 
@@ -63,4 +64,27 @@ def decode(message: dict[str, Any]) -> tuple[Envelope | None, bytes, str | None]
     try:
         return decode_structured(raw), raw, None
     except Exception as exc:  # any unreadable body is poison, never a consumer crash
+        unwrapped = _sns_notification(raw)
+        if unwrapped is not None:
+            try:
+                return decode_structured(unwrapped), raw, None
+            except Exception:
+                pass
         return None, raw, f"{type(exc).__name__}: {exc}"
+
+
+def _sns_notification(raw: bytes) -> bytes | None:
+    """The message inside an SNS notification document, or ``None``.
+
+    A queue subscribed without raw delivery (made by hand, with ``provision=false``)
+    gets each event wrapped in SNS's JSON; the event inside is still a valid
+    CloudEvent, so that transport detail must not make it poison.
+    """
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        return None
+    if isinstance(doc, dict) and doc.get("Type") == "Notification" and isinstance(
+            doc.get("Message"), str) and "TopicArn" in doc:
+        return str(doc["Message"]).encode("utf-8")
+    return None
