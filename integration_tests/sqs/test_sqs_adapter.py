@@ -258,3 +258,32 @@ def test_nack_beyond_12_hours_is_capped_and_said(sqs_url: str,
             await adapter.close()
 
     asyncio.run(body())
+
+
+def test_message_whose_visibility_lapsed_unhanded_is_not_run(sqs_url: str) -> None:
+    """Received but not yet handed out when SQS became unreachable past its visibility
+    timeout: the stale copy is dropped; the redelivered one (attempt 2) comes instead."""
+    endpoint, proxy = harness.require_faulty("sqs")
+    url = (f"{endpoint.url}&wait_seconds=1&visibility_timeout=3&connect_timeout=1"
+           "&max_attempts=1")
+
+    async def body() -> None:
+        adapter, publisher = SqsAdapter(url), SqsAdapter(sqs_url)
+        await adapter.connect()
+        await publisher.connect()
+        topic = _name("t")
+        try:
+            sub = await adapter.subscribe(topic, SubscribeOptions(group="g"))
+            await publisher.publish(topic, [_event()])
+            # Nobody iterates yet: the receiver buffers the message (polls are 1 s).
+            await asyncio.sleep(2.5)
+            await proxy.refuse_connections(5.0)  # heartbeats fail past the 3 s timeout
+            await asyncio.sleep(5.5)
+            delivery = await _next(sub, 15.0)
+            assert delivery.attempt == 2, "the copy whose visibility lapsed was handed out"
+            await delivery.ack()
+        finally:
+            await adapter.close()
+            await publisher.close()
+
+    asyncio.run(body())

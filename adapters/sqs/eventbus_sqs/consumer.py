@@ -8,6 +8,8 @@
   the message's visibility to ``delay`` (SQS's own timer, capped at 12 hours);
   if that call fails the message still comes back when its visibility lapses.
 - ``attempt`` is SQS's ``ApproximateReceiveCount``.
+- A received message whose visibility lapsed before it was handed out (the
+  heartbeat could not reach SQS) is dropped, not run: SQS redelivers it.
 - Closing stops the receivers and makes every unsettled message visible again.
 """
 
@@ -136,6 +138,9 @@ class SqsSubscription(Subscription):
         self._ready: deque[dict[str, Any]] = deque()
         self._held = 0  # received (or being received) and not yet settled
         self._unsettled: dict[str, float] = {}  # receipt handle -> last extended (monotonic)
+        # receipt handle -> when its visibility lapses as far as we know it was
+        # extended (monotonic); a message not handed out by then may be someone else's.
+        self._lease: dict[str, float] = {}
         self._room = asyncio.Event()
         self._wake = asyncio.Event()
         self._closed = False
@@ -195,7 +200,9 @@ class SqsSubscription(Subscription):
             self._held -= want - len(messages)
             now = time.monotonic()
             for message in messages:
-                self._unsettled[str(message["ReceiptHandle"])] = now
+                receipt = str(message["ReceiptHandle"])
+                self._unsettled[receipt] = now
+                self._lease[receipt] = now + self.settings.visibility_timeout
                 self._ready.append(message)
             if messages:
                 self._wake.set()
@@ -205,7 +212,17 @@ class SqsSubscription(Subscription):
     async def __aiter__(self) -> AsyncIterator[Delivery]:
         while not self._closed:
             if self._ready:
-                yield SqsDelivery(self, self._ready.popleft())
+                message = self._ready.popleft()
+                receipt = str(message["ReceiptHandle"])
+                if self._lease.get(receipt, 0.0) <= time.monotonic():
+                    # Its visibility lapsed while it waited (the heartbeat could not
+                    # reach SQS): another consumer may have it now, so it is dropped
+                    # here rather than run without a lease; SQS redelivers it.
+                    log.info("dropping a message of topic %r group %r whose visibility "
+                             "lapsed before it was handed out", self.topic, self.options.group)
+                    self._settled(receipt)
+                    continue
+                yield SqsDelivery(self, message)
                 continue
             self._wake.clear()
             await self._wake.wait()
@@ -213,6 +230,7 @@ class SqsSubscription(Subscription):
     # -- settling ---------------------------------------------------------------------
 
     def _settled(self, receipt: str) -> None:
+        self._lease.pop(receipt, None)
         if self._unsettled.pop(receipt, None) is not None:
             self._held -= 1
             self._room.set()
@@ -252,6 +270,9 @@ class SqsSubscription(Subscription):
             results = await asyncio.gather(
                 *(self._visibility.add({"ReceiptHandle": r, "VisibilityTimeout": timeout})
                   for r in due), return_exceptions=True)
+            for receipt, result in zip(due, results, strict=True):
+                if not isinstance(result, BaseException) and receipt in self._lease:
+                    self._lease[receipt] = now + timeout
             failed = [r for r in results if isinstance(r, BaseException)]
             if failed:
                 log.warning("extending the visibility of %d message(s) of topic %r group %r "
@@ -281,6 +302,7 @@ class SqsSubscription(Subscription):
         self._ready.clear()
         receipts = list(self._unsettled)
         self._unsettled.clear()
+        self._lease.clear()
         if receipts:
             # Unsettled messages go back now rather than when their visibility lapses.
             results = await asyncio.gather(
