@@ -275,8 +275,15 @@ def test_message_whose_visibility_lapsed_unhanded_is_not_run(sqs_url: str) -> No
         try:
             sub = await adapter.subscribe(topic, SubscribeOptions(group="g"))
             await publisher.publish(topic, [_event()])
-            # Nobody iterates yet: the receiver buffers the message (polls are 1 s).
-            await asyncio.sleep(2.5)
+            # Nobody iterates yet: the receiver buffers the message; SQS shows it in flight.
+            sqs = publisher.sqs_client()
+            for _ in range(100):
+                reply = await sqs.get_queue_attributes(
+                    QueueUrl=sub.queue_url,
+                    AttributeNames=["ApproximateNumberOfMessagesNotVisible"])
+                if reply["Attributes"]["ApproximateNumberOfMessagesNotVisible"] == "1":
+                    break
+                await asyncio.sleep(0.1)
             await proxy.refuse_connections(5.0)  # heartbeats fail past the 3 s timeout
             await asyncio.sleep(5.5)
             delivery = await _next(sub, 15.0)
@@ -285,5 +292,29 @@ def test_message_whose_visibility_lapsed_unhanded_is_not_run(sqs_url: str) -> No
         finally:
             await adapter.close()
             await publisher.close()
+
+    asyncio.run(body())
+
+
+@pytest.mark.parametrize("fifo", [False, True])
+def test_publish_to_group_reaches_that_group_only(sqs_url: str, fifo: bool) -> None:
+    async def body() -> None:
+        adapter = SqsAdapter(f"{sqs_url}&fifo={str(fifo).lower()}")
+        await adapter.connect()
+        topic = _name("t")
+        try:
+            failed = await adapter.subscribe(topic, SubscribeOptions(group="failed"))
+            other = await adapter.subscribe(topic, SubscribeOptions(group="other"))
+            sent = _event()
+            await adapter.publish(topic, [sent])
+            for sub in (failed, other):
+                await (await _next(sub)).ack()
+            # The replay reuses the event id: FIFO must not drop it as a duplicate.
+            await adapter.publish_to_group(topic, "failed", [sent])
+            replayed = await _next(failed)
+            assert replayed.envelope is not None and replayed.envelope.id == sent.id
+            await _nothing(other, 2.5)
+        finally:
+            await adapter.close()
 
     asyncio.run(body())

@@ -189,9 +189,13 @@ class SqsAdapter(Adapter):
                    for envelope, body in zip(envelopes, bodies, strict=True)]
         await self._ready()
         failures = await self._send(topic, entries, [body_size(b, {}) for b in bodies])
+        self._raise_failures(topic, envelopes, failures)
+
+    def _raise_failures(self, topic: str, envelopes: Sequence[Envelope],
+                        failures: dict[int, Exception]) -> None:
         if not failures:
             return
-        if len(failures) == len(entries) and all(
+        if len(failures) == len(envelopes) and all(
                 isinstance(e, BrokerConnectionError) for e in failures.values()):
             raise next(iter(failures.values()))
         errors: dict[int, Exception] = {}
@@ -201,8 +205,46 @@ class SqsAdapter(Adapter):
             wrapped.__cause__ = error.__cause__ or error
             errors[i] = wrapped
         raise BatchPublishError(
-            f"{len(errors)} of {len(entries)} messages to SQS/SNS topic {topic!r} were not "
-            f"confirmed (indexes {sorted(errors)}); see .failures", errors, len(entries))
+            f"{len(errors)} of {len(envelopes)} messages to SQS/SNS topic {topic!r} were not "
+            f"confirmed (indexes {sorted(errors)}); see .failures", errors, len(envelopes))
+
+    async def publish_to_group(self, topic: str, group: str,
+                               envelopes: Sequence[Envelope]) -> None:
+        """Send straight to ``group``'s queue (SendMessageBatch), bypassing the SNS topic,
+        so no other group sees them: how a dead letter is replayed to the group that
+        failed it. Same size rules and per-index failures as :meth:`publish`.
+
+        In FIFO the deduplication id gets a unique suffix: a replay reuses the event id
+        and would otherwise be dropped within the dedupe window of the original."""
+        bodies = [encode(envelope) for envelope in envelopes]
+        for envelope, body in zip(envelopes, bodies, strict=True):
+            self.check_size(topic, envelope, body_size(body, {}))
+        if not bodies:
+            return
+        entries = [self._entry(body, {}, envelope.partitionkey,
+                               f"{envelope.id}-replay-{uuid.uuid4().hex[:12]}")
+                   for envelope, body in zip(envelopes, bodies, strict=True)]
+        for entry, envelope in zip(entries, envelopes, strict=True):
+            if "MessageGroupId" in entry and envelope.partitionkey is None:
+                entry["MessageGroupId"] = envelope.id[:128]
+        await self._ready()
+        sqs = self._clients["sqs"]
+        try:
+            url = await self._provisioner.queue_url(sqs, topic, group)
+        except EventBusError:
+            raise
+        except Exception as exc:
+            raise self._publish_error(topic, exc) from exc
+
+        async def via_queue(batch: list[tuple[int, dict[str, Any]]]) -> dict[int, Exception]:
+            reply = await sqs.send_message_batch(QueueUrl=url, Entries=[
+                {"Id": str(i), "MessageBody": e["body"],
+                 **{k: v for k, v in e.items() if k != "body"}} for i, e in batch])
+            return self._failed(topic, reply)
+
+        failures = await self._send(topic, entries, [body_size(b, {}) for b in bodies],
+                                    via_queue)
+        self._raise_failures(topic, envelopes, failures)
 
     def _entry(self, body: str, attributes: dict[str, Any], key: str | None,
                event_id: str) -> dict[str, Any]:
@@ -216,7 +258,7 @@ class SqsAdapter(Adapter):
         return entry
 
     async def _send(self, topic: str, entries: list[dict[str, Any]],
-                    sizes: list[int]) -> dict[int, Exception]:
+                    sizes: list[int], send: Any = None) -> dict[int, Exception]:
         """Send ``entries`` in batches; the indexes that failed and why."""
         batches: list[list[int]] = [[]]
         total = 0
@@ -228,7 +270,7 @@ class SqsAdapter(Adapter):
             batch.append(i)
             total += size
         try:
-            send = await self._sender(topic)
+            send = send or await self._sender(topic)
         except EventBusError:
             raise
         except Exception as exc:

@@ -113,6 +113,12 @@ class SqsDelivery(Delivery):
         self._owner = owner
         self._receipt = str(message["ReceiptHandle"])
 
+    @property
+    def stale(self) -> bool:
+        """True once the message's visibility lapsed without the heartbeat renewing it
+        (SQS unreachable): another consumer may have it, so it must not be run."""
+        return self._owner.lease_lapsed(self._receipt)
+
     async def _ack(self) -> None:
         await self._owner.delete(self._receipt)
 
@@ -214,7 +220,7 @@ class SqsSubscription(Subscription):
             if self._ready:
                 message = self._ready.popleft()
                 receipt = str(message["ReceiptHandle"])
-                if self._lease.get(receipt, 0.0) <= time.monotonic():
+                if self.lease_lapsed(receipt):
                     # Its visibility lapsed while it waited (the heartbeat could not
                     # reach SQS): another consumer may have it now, so it is dropped
                     # here rather than run without a lease; SQS redelivers it.
@@ -228,6 +234,10 @@ class SqsSubscription(Subscription):
             await self._wake.wait()
 
     # -- settling ---------------------------------------------------------------------
+
+    def lease_lapsed(self, receipt: str) -> bool:
+        """Whether ``receipt``'s visibility has lapsed as far as this consumer knows."""
+        return self._lease.get(receipt, math.inf) <= time.monotonic()
 
     def _settled(self, receipt: str) -> None:
         self._lease.pop(receipt, None)
@@ -262,7 +272,10 @@ class SqsSubscription(Subscription):
         while not self._closed:
             await asyncio.sleep(min(every, 1.0))
             now = time.monotonic()
-            due = [r for r, at in self._unsettled.items() if now - at >= every]
+            # A lapsed lease is never renewed: SQS may have handed the message to
+            # another consumer meanwhile (moto even accepts the late extension).
+            due = [r for r, at in self._unsettled.items()
+                   if now - at >= every and not self.lease_lapsed(r)]
             if not due:
                 continue
             for receipt in due:
