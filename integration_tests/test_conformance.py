@@ -34,13 +34,14 @@ MOTO_LIMITS: dict[str, str] = {
 
 # SQS FIFO drops a publish whose event id (MessageDeduplicationId) it saw within
 # five minutes: the adapter declares it (dedupe_window=300), but these cases publish
-# one envelope twice at once and expect both copies to arrive, and the suite has
+# one envelope twice and expect both copies to arrive, and the suite has
 # no gate on dedupe_window.
 _FIFO_DEDUPES = (
     "SQS FIFO drops the second copy of an event id within its 5-minute dedupe window "
     "(declared: dedupe_window=300), so the copies this case waits for never arrive"
 )
 SQS_FIFO_LIMITS: dict[str, str] = {
+    "test_idempotent_duplicate_ids": _FIFO_DEDUPES,
     "test_idempotent_concurrent_duplicates": _FIFO_DEDUPES,
     "test_idempotency_expired_lease_can_be_taken": _FIFO_DEDUPES,
 }
