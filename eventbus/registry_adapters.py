@@ -19,6 +19,7 @@ REPOSITORY_ADAPTERS = {
     "amqp": "rabbitmq", "amqps": "rabbitmq",
     "redis": "redis", "rediss": "redis", "redis+streams": "redis", "rediss+streams": "redis",
     "nats": "nats", "nats+core": "nats",
+    "sqs": "sqs",
 }
 
 

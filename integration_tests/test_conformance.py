@@ -8,6 +8,8 @@ adapter passes. A broker that cannot be had is skipped, or fails the run when
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from eventbus.testing import BrokerTarget, ConformanceSuite
@@ -22,6 +24,14 @@ TANSU_LIMITS: dict[str, str] = {
     "test_broker_restart_loses_nothing_acknowledged": (
         "Tansu's memory storage forgets every record and offset when it restarts "
         "(its S3 storage keeps them: EVENTBUS_TEST_KAFKA_STORAGE=s3); Apache Kafka runs this case"
+    ),
+}
+
+# moto_server, the SQS/SNS emulator the harness runs (see docs/adapters/sqs.md).
+MOTO_LIMITS: dict[str, str] = {
+    "test_broker_restart_loses_nothing_acknowledged": (
+        "moto_server keeps queues and messages in memory only, so a restart forgets them "
+        "(SQS itself stores messages durably)"
     ),
 }
 
@@ -41,7 +51,17 @@ TARGETS: dict[str, tuple[str, str | None]] = {
     "redis-pubsub": ("redis", None),
     "nats": ("nats", None),
     "nats-core": ("nats", None),
+    "sqs": ("sqs", None),
+    "sqs-fifo": ("sqs", None),
 }
+
+# Options the SQS targets add to the harness URL. Short long-polls make closing a
+# subscription quick (it lets its poll finish, see eventbus_sqs.consumer). A
+# receive whose reply is lost when the fault proxy drops connections hides its
+# messages for one visibility timeout, as on AWS; 10 s keeps that recovery
+# within the reconnect cases' 30 s wait (the heartbeat still covers long handlers).
+SQS_BASE = "wait_seconds=1&visibility_timeout=10"
+SQS_OPTIONS = {"sqs": SQS_BASE, "sqs-fifo": f"{SQS_BASE}&fifo=true"}
 
 
 def _target(name: str) -> BrokerTarget:
@@ -57,6 +77,8 @@ def _target(name: str) -> BrokerTarget:
         return nats_target(name)
     endpoint, proxy = harness.require_faulty(broker, flavour)
     url = harness.client_url(endpoint)
+    if broker == "sqs":
+        return _sqs_target(name, endpoint, proxy)
     return BrokerTarget(
         name=name,
         url=url,
@@ -88,3 +110,22 @@ def target(request: pytest.FixtureRequest) -> BrokerTarget:
 
 class TestConformance(ConformanceSuite):
     """The shared suite, run per broker."""
+
+
+def _sqs_target(name: str, endpoint: harness.Endpoint, proxy: harness.FaultProxy) -> BrokerTarget:
+    # The adapter takes credentials only from the standard AWS chain; the emulator
+    # accepts any, so the environment gets dummy ones unless real ones are set.
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+    url = f"{endpoint.url}&{SQS_OPTIONS[name]}"
+    return BrokerTarget(
+        name=name,
+        url=url,
+        faults=proxy,
+        faulty_url=url,
+        scale=SCALE.get(name, 1.0),
+        # SQS FIFO's dedupe window (declared: dedupe_window=300) skips the cases that
+        # publish one event id twice through Capability.no_dedupe_window.
+        limits=MOTO_LIMITS,
+        restart=endpoint.restart,
+    )

@@ -1,0 +1,90 @@
+"""Envelope <-> SQS message body, in CloudEvents structured mode.
+
+SQS carries at most 10 message attributes, fewer than a CloudEvent's attributes
+plus extensions, so the whole event travels as one JSON document in the body
+(``application/cloudevents+json``), which the official SDKs read as it is.
+
+A body must be text (SQS refuses some code points, NUL among them). Bytes that are
+not such text (only ever raw bytes sent by :meth:`SqsAdapter.publish_raw`) travel
+base64-encoded, marked by the ``eventbus-body`` message attribute, so a consumer
+sees the original bytes and dead-letters them with the reason.
+
+Decoding never raises: an unreadable message becomes envelope ``None`` plus why.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from typing import Any
+
+from eventbus.codec import decode_structured, encode_structured
+from eventbus.envelope import Envelope
+
+BODY_ATTRIBUTE = "eventbus-body"
+BASE64 = "base64"
+# Characters SQS accepts in a body: #x9 | #xA | #xD | #x20-#xD7FF | #xE000-#xFFFD | #x10000+.
+_REFUSED = re.compile("[^\t\n\r\u0020-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+def encode(envelope: Envelope) -> str:
+    """The structured-mode body of ``envelope`` (JSON text)."""
+    return encode_structured(envelope).decode("utf-8")
+
+
+def body_for_bytes(payload: bytes) -> tuple[str, dict[str, Any]]:
+    """A body SQS accepts for arbitrary ``payload`` and the message attributes it needs."""
+    try:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    if text is not None and not _REFUSED.search(text):
+        return text, {}
+    marker = {BODY_ATTRIBUTE: {"DataType": "String", "StringValue": BASE64}}
+    return base64.b64encode(payload).decode("ascii"), marker
+
+
+def body_size(body: str, attributes: dict[str, Any]) -> int:
+    """Bytes SQS counts against its limit: the body plus attribute names, types and values."""
+    size = len(body.encode("utf-8"))
+    for name, value in attributes.items():
+        size += len(name) + len(value.get("DataType", "")) + len(value.get("StringValue", ""))
+    return size
+
+
+def decode(message: dict[str, Any]) -> tuple[Envelope | None, bytes, str | None]:
+    """``(envelope, raw bytes, error)`` of a received message; never raises."""
+    body = str(message.get("Body", ""))
+    marker = message.get("MessageAttributes", {}).get(BODY_ATTRIBUTE, {}).get("StringValue")
+    try:
+        raw = base64.b64decode(body) if marker == BASE64 else body.encode("utf-8")
+    except ValueError as exc:
+        return None, body.encode("utf-8"), f"DecodeError: body marked base64 is not ({exc})"
+    try:
+        return decode_structured(raw), raw, None
+    except Exception as exc:  # any unreadable body is poison, never a consumer crash
+        unwrapped = _sns_notification(raw)
+        if unwrapped is not None:
+            try:
+                return decode_structured(unwrapped), raw, None
+            except Exception:
+                pass
+        return None, raw, f"{type(exc).__name__}: {exc}"
+
+
+def _sns_notification(raw: bytes) -> bytes | None:
+    """The message inside an SNS notification document, or ``None``.
+
+    A queue subscribed without raw delivery (made by hand, with ``provision=false``)
+    gets each event wrapped in SNS's JSON; the event inside is still a valid
+    CloudEvent, so that transport detail must not make it poison.
+    """
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        return None
+    if isinstance(doc, dict) and doc.get("Type") == "Notification" and isinstance(
+            doc.get("Message"), str) and "TopicArn" in doc:
+        return str(doc["Message"]).encode("utf-8")
+    return None

@@ -1,0 +1,209 @@
+"""``sqs://`` URL -> :class:`SqsSettings`, with one-line errors for anything wrong.
+
+Shape::
+
+    sqs://[HOST[:PORT]][?region=eu-west-1&option=value...]
+
+With no host the adapter talks to AWS itself (the regional SQS and SNS endpoints,
+over HTTPS). A host names an endpoint override: an emulator (moto, LocalStack,
+ElasticMQ) or a VPC endpoint. Loopback hosts default to plain HTTP (the emulators
+speak it), any other host to HTTPS; ``endpoint_scheme`` says it explicitly.
+
+Credentials come only from the standard AWS chain (environment, shared config,
+SSO, container or instance role): the URL carries none, so none can be logged.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+from urllib.parse import parse_qsl, urlsplit
+
+from eventbus.errors import InvalidURLError
+
+Topology = Literal["sns", "queue"]
+StartFrom = Literal["latest"]
+
+MAX_SQS_MESSAGE_BYTES = 256 * 1024
+MAX_VISIBILITY_SECONDS = 12 * 60 * 60
+_LOOPBACK = ("127.0.0.1", "localhost", "::1", "0.0.0.0")
+_REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d+$")
+
+
+@dataclass(frozen=True, slots=True)
+class SqsSettings:
+    """Everything the SQS adapter reads from its URL.
+
+    Example::
+
+        SqsSettings.from_url("sqs://?region=eu-west-1&fifo=true")
+        SqsSettings.from_url("sqs://127.0.0.1:5000?region=us-east-1")  # moto
+    """
+
+    url: str = field(repr=False)
+    region: str | None = None
+    endpoint_url: str | None = None
+    topology: Topology = "sns"
+    fifo: bool = False
+    provision: bool = True
+    prefix: str = ""
+    visibility_timeout: int = 30
+    wait_seconds: int = 5
+    receivers: int = 1
+    max_receive_count: int = 0
+    max_message_bytes: int = MAX_SQS_MESSAGE_BYTES
+    connect_timeout: float = 5.0
+    read_timeout: float = 30.0
+    max_attempts: int = 3
+
+    @property
+    def masked_url(self) -> str:
+        """The URL as given: it holds no secret (credentials come from the AWS chain)."""
+        return self.url
+
+    @classmethod
+    def from_url(cls, url: str) -> SqsSettings:
+        """Parse ``url``; raise :class:`InvalidURLError` naming what is wrong."""
+        try:
+            parts = urlsplit(url)
+            port = parts.port
+        except ValueError as exc:
+            raise InvalidURLError(f"cannot parse SQS URL {url!r}: {exc}") from exc
+        if parts.scheme != "sqs":
+            raise InvalidURLError(
+                f"the SQS adapter got {url!r}; use sqs://[host:port]?region=REGION"
+            )
+        if parts.username or parts.password:
+            raise InvalidURLError(
+                f"SQS URL {_strip_userinfo(url)!r} carries credentials; the SQS adapter takes "
+                "them only from the standard AWS chain (AWS_ACCESS_KEY_ID/AWS_PROFILE, "
+                "instance or container roles): remove them from the URL"
+            )
+        values: dict[str, Any] = {"url": url}
+        seen: set[str] = set()
+        scheme: str | None = None
+        for name, raw in parse_qsl(parts.query, keep_blank_values=True):
+            if name in seen:
+                raise InvalidURLError(f"option {name!r} is given twice in SQS URL {url!r}")
+            seen.add(name)
+            if name == "endpoint_scheme":
+                if raw not in ("http", "https"):
+                    raise InvalidURLError(
+                        f"option endpoint_scheme={raw!r} in SQS URL {url!r} is invalid: "
+                        "use http or https"
+                    )
+                scheme = raw
+                continue
+            parser = _OPTIONS.get(name)
+            if parser is None:
+                raise InvalidURLError(
+                    f"unknown option {name!r} in SQS URL {url!r}; the SQS adapter accepts: "
+                    f"{', '.join(sorted([*_OPTIONS, 'endpoint_scheme']))}"
+                )
+            try:
+                values[name] = parser(raw)
+            except ValueError as exc:
+                raise InvalidURLError(
+                    f"option {name}={raw!r} in SQS URL {url!r} is invalid: {exc}"
+                ) from exc
+        host = parts.hostname
+        if host:
+            if scheme is None:
+                scheme = "http" if host in _LOOPBACK else "https"
+            shown = f"[{host}]" if ":" in host else host
+            values["endpoint_url"] = f"{scheme}://{shown}" + (f":{port}" if port else "")
+        elif scheme is not None:
+            raise InvalidURLError(
+                f"endpoint_scheme is set in SQS URL {url!r} but no host names an endpoint; "
+                "give sqs://host:port or drop endpoint_scheme"
+            )
+        if not values.get("region"):
+            if host is None:
+                raise InvalidURLError(
+                    f"SQS URL {url!r} names no region; add ?region=REGION (e.g. eu-west-1)"
+                )
+            values["region"] = "us-east-1"
+        settings = cls(**values)
+        if settings.max_message_bytes > MAX_SQS_MESSAGE_BYTES:
+            raise InvalidURLError(
+                f"max_message_bytes={settings.max_message_bytes} in SQS URL {url!r} is over "
+                f"SQS's limit of {MAX_SQS_MESSAGE_BYTES} bytes; use at most that"
+            )
+        if settings.read_timeout <= settings.wait_seconds:
+            raise InvalidURLError(
+                f"read_timeout={settings.read_timeout:g} in SQS URL {url!r} must be above "
+                f"wait_seconds={settings.wait_seconds}, or every long poll would time out"
+            )
+        return settings
+
+
+def _strip_userinfo(url: str) -> str:
+    return re.sub(r"//[^@/]*@", "//***@", url)
+
+
+def _region(raw: str) -> str:
+    if not _REGION.match(raw):
+        raise ValueError("use an AWS region name such as us-east-1 or eu-west-1")
+    return raw
+
+
+def _bool(raw: str) -> bool:
+    lowered = raw.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("use true or false")
+
+
+def _int_between(low: int, high: int) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        try:
+            value = int(raw)
+        except ValueError:
+            value = low - 1
+        if not low <= value <= high:
+            raise ValueError(f"use a whole number from {low} to {high}")
+        return value
+
+    return parse
+
+
+def _positive_float(raw: str) -> float:
+    value = float(raw)
+    if not value > 0:
+        raise ValueError("use a positive number of seconds")
+    return value
+
+
+def _topology(raw: str) -> Topology:
+    if raw == "sns":
+        return "sns"
+    if raw == "queue":
+        return "queue"
+    raise ValueError("use sns (topic fan-out to a queue per group) or queue (one queue per topic)")
+
+
+def _prefix(raw: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9_-]{0,40}", raw):
+        raise ValueError("use up to 40 letters, digits, hyphens or underscores")
+    return raw
+
+
+_OPTIONS: dict[str, Callable[[str], Any]] = {
+    "region": _region,
+    "topology": _topology,
+    "fifo": _bool,
+    "provision": _bool,
+    "prefix": _prefix,
+    "visibility_timeout": _int_between(3, MAX_VISIBILITY_SECONDS),
+    "wait_seconds": _int_between(0, 20),
+    "receivers": _int_between(1, 32),
+    "max_receive_count": _int_between(0, 1000),
+    "max_message_bytes": _int_between(1024, MAX_SQS_MESSAGE_BYTES),
+    "connect_timeout": _positive_float,
+    "read_timeout": _positive_float,
+    "max_attempts": _int_between(1, 20),
+}
