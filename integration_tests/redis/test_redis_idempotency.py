@@ -5,6 +5,8 @@ across stores."""
 from __future__ import annotations
 
 import asyncio
+import importlib
+import sys
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -14,7 +16,11 @@ import pytest
 from eventbus_redis import RedisIdempotencyStore
 
 from eventbus.middleware import Claim, IdempotencyStore
-from tests import test_idempotency as core
+
+# The core store scenarios. Under the whole test command pytest has already imported
+# tests/test_idempotency.py as the top-level module "test_idempotency"; importing it
+# again as "tests.test_idempotency" would register its event classes twice.
+core = sys.modules.get("test_idempotency") or importlib.import_module("tests.test_idempotency")
 
 SCENARIOS: list[Callable[[str, Path], None]] = [
     core.test_store_claim_complete_release,
