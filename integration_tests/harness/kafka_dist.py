@@ -155,8 +155,12 @@ def ensure_jars() -> Path:
 
 
 def _cluster_id() -> str:
-    # Kafka's own format: a random UUID, base64url without padding.
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+    # Kafka's own format: a random UUID, base64url without padding. One starting
+    # with "-" would be read by the storage tool's argument parser as an option.
+    while True:
+        cluster = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        if not cluster.startswith("-"):
+            return cluster
 
 
 def server_properties(
