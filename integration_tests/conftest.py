@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import pytest
+import pytest_asyncio
 
 from integration_tests import harness
+from integration_tests.harness import postgres
 
 
 @pytest.fixture(scope="session")
@@ -45,6 +49,18 @@ def sqs_endpoint() -> harness.Endpoint:
 def faulty_kafka() -> tuple[harness.Endpoint, harness.FaultProxy]:
     """A harness Tansu whose every connection goes through a FaultProxy."""
     return harness.require_faulty("kafka")
+
+
+@pytest_asyncio.fixture
+async def postgres_url() -> AsyncIterator[str]:
+    """The URL of a fresh PostgreSQL database, dropped when the test ends."""
+    try:
+        async with postgres.fresh_database() as url:
+            yield url
+    except postgres.PostgresUnavailable as exc:
+        if "postgres" in harness.endpoints.required_brokers():
+            pytest.fail(f"{exc}\n(required by EVENTBUS_REQUIRE_BROKERS)", pytrace=False)
+        pytest.skip(str(exc))
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

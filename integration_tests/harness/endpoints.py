@@ -297,7 +297,7 @@ def get_faulty_endpoint(name: str, flavour: str | None = None) -> tuple[Endpoint
 def required_brokers() -> set[str]:
     raw = os.environ.get("EVENTBUS_REQUIRE_BROKERS", "").strip().lower()
     if raw == "all":
-        return set(BROKERS)
+        return set(BROKERS) | {"postgres"}
     return {n.strip() for n in raw.split(",") if n.strip()}
 
 

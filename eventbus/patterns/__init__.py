@@ -1,0 +1,1 @@
+"""Event-driven patterns on top of the bus: event sourcing, CQRS, sagas, outbox."""
