@@ -32,11 +32,14 @@ from eventbus.publishing import (
     publish_with_retry,
 )
 from eventbus.registry_adapters import adapter_from_url
+from eventbus.requests import Requester, with_replies
 from eventbus.runner import Runner, SubscriptionHealth
 from eventbus.spec import DeliveryMode, Handler, HandlerFn, SubscriptionSpec
 
 if TYPE_CHECKING:
     from eventbus.context import PublishOptions
+
+R = TypeVar("R")
 
 log = logging.getLogger("eventbus")
 F = TypeVar("F", bound=HandlerFn)
@@ -108,6 +111,7 @@ class EventBus:
         self._failed = asyncio.Event()
         self._started = False
         self._stopped = asyncio.Event()
+        self._requester: Requester | None = None
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> EventBus:
@@ -219,7 +223,7 @@ class EventBus:
     def chain_for(self, spec: SubscriptionSpec) -> list[Middleware]:
         """The middleware around ``spec``'s handlers, outermost first (see middleware.chain)."""
         defaults = ChainDefaults(self.middleware, self.retry, self.idempotency, self.dead_letter)
-        return build_chain(spec, self.adapter, defaults)
+        return with_replies(build_chain(spec, self.adapter, defaults), spec, self)
 
     # -- publishing ------------------------------------------------------------------
 
@@ -264,6 +268,30 @@ class EventBus:
                 f"send() takes a Command; {type(command).__name__} is an event — publish it"
             )
         return await self.publish(command, **options)
+
+    async def request(
+        self, command: Command, *, timeout: float = 30.0, reply_type: type[R] | None = None,
+        **options: Unpack[PublishOptions],
+    ) -> Any:
+        """Send ``command`` and wait for its handler's reply (any broker).
+
+        Returns what the handler returned: a Message decoded to its class, any other
+        value as JSON data (validated as ``reply_type`` when given). Raises
+        :class:`~eventbus.requests.RequestFailedError` (with the handler error's type
+        and message) when the handler failed for good, and
+        :class:`~eventbus.requests.RequestTimeoutError` after ``timeout`` seconds.
+        One reply topic and subscription serve every request of this bus (see
+        :mod:`eventbus.requests`). Needs a started bus.
+        """
+        if not self._started:
+            raise ConfigurationError(
+                f"request({type(command).__name__}) before start(): start the bus "
+                "(or `async with bus`) first"
+            )
+        if self._requester is None:
+            self._requester = Requester(self)
+        return await self._requester.request(
+            command, timeout=timeout, reply_type=reply_type, **options)
 
     async def publish_many(
         self, messages: Sequence[Message], *, topic: str | None = None,
@@ -336,7 +364,10 @@ class EventBus:
             return
         self._started = False
         timeout = self.shutdown_timeout if timeout is None else timeout
+        requester, self._requester = self._requester, None
         try:
+            if requester is not None:
+                await requester.close()
             await asyncio.gather(*(r.stop(timeout) for r in self._runners))
             self._runners.clear()
             await self.adapter.close()

@@ -31,6 +31,14 @@ start a new flow (own correlation id, no causation) from inside a handler."""
 ParentOption = Envelope | None | _Inherit
 
 
+class _NoResult(Enum):
+    NO_RESULT = "no result"
+
+
+NO_RESULT: Final = _NoResult.NO_RESULT
+"""``Context.result`` until the handler has returned (also when it never ran)."""
+
+
 class PublishOptions(TypedDict, total=False):
     """The options of ``publish``, ``send`` and ``publish_many`` (and their ``ctx``
     forms), typed so a checker catches a misspelled one.
@@ -97,11 +105,12 @@ class Context:
 
     ``attempt`` is the number of this run of the handler for this message, counted
     across redeliveries (see :class:`~eventbus.middleware.retry.RetryPolicy`);
-    ``previous_attempts`` is how many runs came before this delivery.
+    ``previous_attempts`` is how many runs came before this delivery. ``result``
+    is what the handler returned (``NO_RESULT`` until it has): the reply to a request.
     """
 
     __slots__ = ("_logger", "attempt", "delivery", "envelope", "event", "group", "items",
-                 "previous_attempts", "publisher", "topic")
+                 "previous_attempts", "publisher", "result", "topic")
 
     def __init__(self, publisher: Publisher, delivery: Delivery, envelope: Envelope,
                  *, previous_attempts: int | None = None) -> None:
@@ -116,6 +125,7 @@ class Context:
         self.attempt = self.previous_attempts + 1
         self.event: Message | None = None
         self.items: dict[str, Any] = {}
+        self.result: object = NO_RESULT  # what the handler returned (a request's reply)
         self._logger: _ContextLogger | None = None
 
     @property

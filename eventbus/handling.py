@@ -112,9 +112,9 @@ class Handling:
             if handler.batch:  # an event of a batch subscription, handled on its own
                 await run_alone(handler, arg, ctx)
             elif handler.wants_context:
-                await handler.fn(arg, ctx)
+                ctx.result = await handler.fn(arg, ctx)
             else:
-                await handler.fn(arg)
+                ctx.result = await handler.fn(arg)
         except asyncio.CancelledError as exc:
             if _cancelling():
                 if self._stopping:

@@ -15,7 +15,7 @@ from eventbus.middleware.idempotency import Idempotency, IdempotencyStore
 from eventbus.middleware.retry import RetryPolicy
 
 DeliveryMode = Literal["at_most_once", "at_least_once"]
-HandlerFn = Callable[..., Awaitable[None]]
+HandlerFn = Callable[..., Awaitable[Any]]  # a command handler may return a reply
 
 @dataclass
 class Handler:

@@ -45,6 +45,7 @@ from eventbus.testing.conformance.groups import GroupCases
 from eventbus.testing.conformance.guarantees import GuaranteeCases
 from eventbus.testing.conformance.lifecycle import LifecycleCases
 from eventbus.testing.conformance.ordering import OrderingCases
+from eventbus.testing.conformance.requests import RequestCases
 from eventbus.testing.conformance.restart import RestartCases
 
 
@@ -60,6 +61,7 @@ class ConformanceSuite(
     LifecycleCases,
     RestartCases,
     DedupeCases,
+    RequestCases,
 ):
     """Every conformance case; subclass it (as ``Test...``) next to a ``target`` fixture."""
 
@@ -82,6 +84,7 @@ __all__ = [
     "Ping",
     "Pong",
     "Recorder",
+    "RequestCases",
     "Requirement",
     "RestartCases",
     "case",

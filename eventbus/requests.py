@@ -1,0 +1,321 @@
+"""Request/reply over any broker: ``await bus.request(command, timeout=...)``.
+
+The requesting side (:class:`Requester`, one per bus, created on the first request)
+subscribes once to a private reply topic, named after the bus's source plus a random
+suffix, and keeps one future per request id. Every request carries that topic in the
+``replyto`` CloudEvents extension attribute; a reply names the request it answers in
+its ``causationid``. So a thousand requests cost one topic and one subscription, not a
+thousand; the subscription is closed when the bus stops. A reply arriving after its
+request timed out is dropped and logged.
+
+The handling side (:class:`ReplyStep`, placed in the chain of every subscription that
+handles commands, inside dead-letter and outside idempotency and retry) looks at
+``replyto`` on the incoming envelope, and when it is there publishes to it:
+
+- what the handler returned: an :class:`~eventbus.events.Message` as itself (its type
+  name and version, decoded on the requesting side through the registry), anything
+  else JSON-encoded in an envelope of type ``eventbus.reply``;
+- the handler's error, once retries are spent (type ``eventbus.reply.error``, with the
+  error's class name and message), *and* the message is dead-lettered as usual: the
+  requester learns at once, operators still find the failed command in the DLQ. A
+  retry that is still to come sends nothing, so the requester sees the final outcome.
+
+A handler skipped as a duplicate (idempotency) sends no second reply. A reply that
+cannot be published is logged and does not fail the command (its effect stands; the
+requester times out).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import re
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar, overload
+
+from pydantic import TypeAdapter, ValidationError
+from pydantic_core import to_json
+
+from eventbus.adapter import SubscribeOptions, Subscription
+from eventbus.context import NO_RESULT, Context
+from eventbus.envelope import Envelope
+from eventbus.errors import ConfigurationError, EventBusError, InfrastructureError
+from eventbus.events import Command, Message
+from eventbus.middleware.base import Middleware, Next, RedeliveryRequested
+from eventbus.middleware.idempotency import Idempotency
+from eventbus.middleware.retry import Retry
+
+if TYPE_CHECKING:
+    from eventbus.bus import EventBus
+    from eventbus.spec import SubscriptionSpec
+
+__all__ = [
+    "ERROR_TYPE",
+    "REPLY_TO",
+    "REPLY_TYPE",
+    "ReplyStep",
+    "ReplyTypeError",
+    "RequestError",
+    "RequestFailedError",
+    "RequestTimeoutError",
+    "Requester",
+    "with_replies",
+]
+
+log = logging.getLogger("eventbus.requests")
+R = TypeVar("R")
+
+REPLY_TO = "replyto"
+"""The CloudEvents extension attribute naming the topic a reply goes to."""
+REPLY_TYPE = "eventbus.reply"
+"""Envelope type of a reply whose value is not a Message (JSON data)."""
+ERROR_TYPE = "eventbus.reply.error"
+"""Envelope type of a reply saying the handler failed for good."""
+_LATE_MEMORY = 1024  # timed-out request ids remembered, to tell late replies from strays
+
+
+class RequestError(EventBusError):
+    """Base of the errors :meth:`EventBus.request` raises."""
+
+
+class RequestTimeoutError(RequestError, TimeoutError):
+    """No reply came within the request's timeout."""
+
+
+class ReplyTypeError(RequestError):
+    """The reply is not of the type the caller asked for (``reply_type=``)."""
+
+
+class RequestFailedError(RequestError):
+    """The handler of a request failed for good; carries its error's type and message."""
+
+    def __init__(self, message: str, *, error_type: str, error_message: str,
+                 request_id: str, command_type: str) -> None:
+        super().__init__(message)
+        self.error_type = error_type
+        self.error_message = error_message
+        self.request_id = request_id
+        self.command_type = command_type
+
+
+def _reply_topic(source: str) -> str:
+    # Letters, digits and hyphens only (every broker takes those as a topic, queue,
+    # stream or group name), short enough for SQS's 80 characters.
+    stem = re.sub(r"[^a-z0-9-]+", "-", source.lower()).strip("-")[:32] or "bus"
+    return f"replies-{stem}-{uuid.uuid4().hex[:12]}"
+
+
+class Requester:
+    """The requesting side of one bus: one reply topic and subscription, a future per
+    request id. Made by :meth:`EventBus.request` on first use; closed by ``bus.stop()``."""
+
+    def __init__(self, bus: EventBus, reply_topic: str | None = None) -> None:
+        self._bus = bus
+        self.reply_topic = reply_topic or _reply_topic(bus.source)
+        self.subscriptions_opened = 0
+        self._pending: dict[str, asyncio.Future[Envelope]] = {}
+        self._timed_out: OrderedDict[str, None] = OrderedDict()
+        self._subscription: Subscription | None = None
+        self._pump: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+
+    @property
+    def pending(self) -> int:
+        """Requests waiting for their reply now."""
+        return len(self._pending)
+
+    async def request(self, command: Command, *, timeout: float,
+                      reply_type: type[R] | None = None,
+                      **options: Any) -> Any:
+        """Send ``command`` with a reply address and wait for its reply (see
+        :meth:`EventBus.request`)."""
+        if not isinstance(command, Command):
+            raise ConfigurationError(
+                f"request() takes a Command; {type(command).__name__} is an event, "
+                "and an event may have many handlers: publish it instead"
+            )
+        if not timeout > 0:
+            raise ConfigurationError(f"request() timeout must be positive, not {timeout!r}")
+        extensions = {**(options.pop("extensions", None) or {}), REPLY_TO: self.reply_topic}
+        envelope = self._bus.envelope_for(command, extensions=extensions, **options)
+        future: asyncio.Future[Envelope] = asyncio.get_running_loop().create_future()
+        self._pending[envelope.id] = future
+        # Set up once per bus, outside the timeout: a broker creating the reply topic
+        # and group (seconds on some) must not eat the first request's budget.
+        await self._subscribe()
+        try:
+            async with asyncio.timeout(timeout):
+                await self._bus.publish_envelopes(command.default_topic(), [envelope])
+                reply = await future
+        except TimeoutError as exc:
+            self._remember_timed_out(envelope.id)
+            raise RequestTimeoutError(
+                f"request {envelope.id} ({envelope.type}) to topic "
+                f"{command.default_topic()!r} got no reply within {timeout:g}s; is a "
+                "handler subscribed and running? (a reply arriving later is dropped)"
+            ) from exc
+        finally:
+            self._pending.pop(envelope.id, None)
+        return _read_reply(self._bus, envelope, reply, reply_type)
+
+    async def _subscribe(self) -> None:
+        async with self._lock:
+            if self._subscription is not None:
+                return
+            # A private topic and group: "earliest" loses no reply published while a
+            # broker (Kafka) is still assigning the new group its partitions.
+            self._subscription = await self._bus.adapter.subscribe(
+                self.reply_topic,
+                SubscribeOptions(group=self.reply_topic, prefetch=64, start_from="earliest"),
+            )
+            self.subscriptions_opened += 1
+            self._pump = asyncio.create_task(self._receive(self._subscription),
+                                             name=f"eventbus-replies-{self.reply_topic}")
+
+    async def _receive(self, subscription: Subscription) -> None:
+        try:
+            async for delivery in subscription:
+                envelope = delivery.envelope
+                if envelope is not None:
+                    self._resolve(envelope)
+                else:
+                    log.warning("undecodable reply on %s dropped: %s",
+                                self.reply_topic, delivery.decode_error)
+                with contextlib.suppress(Exception):
+                    await delivery.ack()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # Visible, and not a silently dead task: every waiting request fails now
+            # and the next request subscribes again.
+            log.error("reply subscription on %s failed (%s: %s); %d waiting request(s) "
+                      "failed, the next request subscribes again", self.reply_topic,
+                      type(exc).__name__, exc, len(self._pending))
+            for future in self._pending.values():
+                if not future.done():
+                    future.set_exception(RequestError(
+                        f"the reply subscription on {self.reply_topic!r} failed: "
+                        f"{type(exc).__name__}: {exc}; retry the request"))
+            self._subscription = None
+
+    def _resolve(self, reply: Envelope) -> None:
+        request_id = reply.causationid or ""
+        future = self._pending.get(request_id)
+        if future is not None and not future.done():
+            future.set_result(reply)
+        elif request_id in self._timed_out:
+            log.warning("late reply %s (%s) to request %s dropped: the request had "
+                        "already timed out", reply.id, reply.type, request_id)
+        else:
+            log.debug("reply %s to unknown request %s dropped", reply.id, request_id)
+
+    def _remember_timed_out(self, request_id: str) -> None:
+        self._timed_out[request_id] = None
+        while len(self._timed_out) > _LATE_MEMORY:
+            self._timed_out.popitem(last=False)
+
+    async def close(self) -> None:
+        """Fail waiting requests, close the reply subscription and stop its task."""
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(RequestError("the bus stopped before the reply came"))
+        subscription, pump = self._subscription, self._pump
+        self._subscription = self._pump = None
+        if subscription is not None:
+            with contextlib.suppress(Exception):
+                await subscription.close()
+        if pump is not None:
+            pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await pump
+
+
+@overload
+def _read_reply(bus: EventBus, request: Envelope, reply: Envelope,
+                reply_type: type[R]) -> R: ...
+@overload
+def _read_reply(bus: EventBus, request: Envelope, reply: Envelope,
+                reply_type: None) -> Any: ...
+def _read_reply(bus: EventBus, request: Envelope, reply: Envelope,
+                reply_type: type[R] | None) -> Any:
+    if reply.type == ERROR_TYPE:
+        error = json.loads(reply.data)
+        raise RequestFailedError(
+            f"request {request.id} ({request.type}) failed in its handler: "
+            f"{error['type']}: {error['message']}",
+            error_type=str(error["type"]), error_message=str(error["message"]),
+            request_id=request.id, command_type=request.type,
+        )
+    value: Any
+    value = json.loads(reply.data) if reply.type == REPLY_TYPE else bus.registry.decode(reply)
+    if reply_type is None or isinstance(value, reply_type):
+        return value
+    try:
+        return TypeAdapter(reply_type).validate_python(value)
+    except ValidationError as exc:
+        raise ReplyTypeError(
+            f"the reply to request {request.id} ({request.type}) is a {reply.type!r}, "
+            f"not a {getattr(reply_type, '__name__', reply_type)}: {exc.errors()[0]['msg']}"
+        ) from exc
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyStep:
+    """Middleware of the handling side: publish the handler's result (or its final
+    error) to the request's ``replyto`` topic. See the module doc for the rules."""
+
+    bus: EventBus
+
+    async def __call__(self, ctx: Context, call_next: Next) -> None:
+        reply_to = ctx.envelope.extensions.get(REPLY_TO)
+        if reply_to is None:
+            return await call_next(ctx)
+        try:
+            await call_next(ctx)
+        except (RedeliveryRequested, InfrastructureError):
+            raise  # tried again later: the requester waits for the final outcome
+        except Exception as exc:
+            error = {"type": type(exc).__name__, "message": str(exc)}
+            await self._send(ctx, reply_to, ERROR_TYPE, to_json(error))
+            raise  # and dead-lettered as usual
+        if ctx.result is NO_RESULT:
+            return  # the handler did not run (a duplicate): its first run replied
+        if isinstance(ctx.result, Message):
+            reply = self.bus.envelope_for(ctx.result, parent=ctx.envelope)
+            await self._publish(ctx, reply_to, reply)
+        else:
+            await self._send(ctx, reply_to, REPLY_TYPE, to_json(ctx.result))
+
+    async def _send(self, ctx: Context, reply_to: str, kind: str, data: bytes) -> None:
+        envelope = Envelope.create(
+            type=kind, source=self.bus.source, data=data,
+            correlationid=ctx.correlation_id, causationid=ctx.envelope.id,
+        )
+        await self._publish(ctx, reply_to, envelope)
+
+    async def _publish(self, ctx: Context, reply_to: str, envelope: Envelope) -> None:
+        try:
+            await self.bus.publish_envelopes(reply_to, [envelope])
+        except Exception as exc:
+            ctx.logger.warning("reply to request %s on %s not sent (%s: %s); the requester "
+                               "will time out", ctx.envelope.id, reply_to,
+                               type(exc).__name__, exc)
+
+
+def with_replies(chain: list[Middleware], spec: SubscriptionSpec,
+                 bus: EventBus) -> list[Middleware]:
+    """``chain`` with a :class:`ReplyStep` just outside idempotency and retry, for a
+    subscription that may receive requests (a command handler or a catch-all)."""
+    takes_commands = spec.catch_all is not None or any(
+        h.message_class is not None and issubclass(h.message_class, Command)
+        for h in spec.handlers.values())
+    if not takes_commands or spec.batch is not None:
+        return chain
+    at = next((i for i, step in enumerate(chain) if isinstance(step, Idempotency | Retry)),
+              len(chain))
+    return [*chain[:at], ReplyStep(bus), *chain[at:]]
+
