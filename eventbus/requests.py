@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 from pydantic import TypeAdapter, ValidationError
 from pydantic_core import to_json
 
-from eventbus.adapter import SubscribeOptions, Subscription
+from eventbus.adapter import StartFrom, SubscribeOptions, Subscription
 from eventbus.context import NO_RESULT, Context
 from eventbus.envelope import Envelope
 from eventbus.errors import ConfigurationError, EventBusError, InfrastructureError
@@ -142,11 +142,11 @@ class Requester:
             raise ConfigurationError(f"request() timeout must be positive, not {timeout!r}")
         extensions = {**(options.pop("extensions", None) or {}), REPLY_TO: self.reply_topic}
         envelope = self._bus.envelope_for(command, extensions=extensions, **options)
-        future: asyncio.Future[Envelope] = asyncio.get_running_loop().create_future()
-        self._pending[envelope.id] = future
         # Set up once per bus, outside the timeout: a broker creating the reply topic
         # and group (seconds on some) must not eat the first request's budget.
         await self._subscribe()
+        future: asyncio.Future[Envelope] = asyncio.get_running_loop().create_future()
+        self._pending[envelope.id] = future
         try:
             async with asyncio.timeout(timeout):
                 await self._bus.publish_envelopes(command.default_topic(), [envelope])
@@ -167,10 +167,13 @@ class Requester:
             if self._subscription is not None:
                 return
             # A private topic and group: "earliest" loses no reply published while a
-            # broker (Kafka) is still assigning the new group its partitions.
-            self._subscription = await self._bus.adapter.subscribe(
+            # broker (Kafka) is still assigning the new group its partitions. Brokers
+            # without history (SQS) take "latest": their queue exists once subscribed.
+            adapter = self._bus.adapter
+            start: StartFrom = "earliest" if adapter.capabilities.replay else "latest"
+            self._subscription = await adapter.subscribe(
                 self.reply_topic,
-                SubscribeOptions(group=self.reply_topic, prefetch=64, start_from="earliest"),
+                SubscribeOptions(group=self.reply_topic, prefetch=64, start_from=start),
             )
             self.subscriptions_opened += 1
             self._pump = asyncio.create_task(self._receive(self._subscription),
