@@ -19,6 +19,7 @@ CASES: list[Callable[[str], Awaitable[None]]] = [
     es_cases.check_load_as_of_time,
     es_cases.check_snapshots,
     es_cases.check_upcasting_on_load,
+    es_cases.check_gap_safe_reader,
 ]
 
 

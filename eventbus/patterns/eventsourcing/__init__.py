@@ -6,8 +6,10 @@ See ``docs/patterns/event-sourcing.md``.
 
 from eventbus.patterns.eventsourcing.aggregate import Aggregate, applies
 from eventbus.patterns.eventsourcing.memory import MemoryEventStore
+from eventbus.patterns.eventsourcing.relay import EventRelay, RelayHealth
 from eventbus.patterns.eventsourcing.repository import Repository
 from eventbus.patterns.eventsourcing.snapshots import Snapshot, SnapshotStore
+from eventbus.patterns.eventsourcing.sql_store import SQLEventStore
 from eventbus.patterns.eventsourcing.store import (
     ConcurrencyError,
     DuplicateEventError,
@@ -22,9 +24,12 @@ __all__ = [
     "Aggregate",
     "ConcurrencyError",
     "DuplicateEventError",
+    "EventRelay",
     "EventStore",
     "MemoryEventStore",
+    "RelayHealth",
     "Repository",
+    "SQLEventStore",
     "Snapshot",
     "SnapshotStore",
     "StoredEvent",
