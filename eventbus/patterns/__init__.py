@@ -1,1 +1,3 @@
 """Event-driven patterns on top of the bus: event sourcing, CQRS, sagas, outbox."""
+
+from eventbus.patterns.eventsourcing import *  # noqa: F403  (event sourcing: pat-es)
