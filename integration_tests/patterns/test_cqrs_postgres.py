@@ -28,3 +28,8 @@ async def test_rebuild_from_zero(postgres_url: str) -> None:
 
 async def test_bus_fed_once_per_event_id(postgres_url: str) -> None:
     await cqrs_cases.check_bus_fed_once_per_event_id(postgres_url)
+
+
+async def test_shop_example(postgres_url: str) -> None:
+    """examples/cqrs_shop with its write and read models in PostgreSQL."""
+    await cqrs_cases.check_shop_example(postgres_url)

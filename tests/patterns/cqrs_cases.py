@@ -180,3 +180,33 @@ async def check_bus_fed_once_per_event_id(url: str) -> None:
         assert await totals.handle(crashing) is True
         assert await totals.handle(crashing) is False
         assert (await read(db))["c"] == (7, 1)
+
+
+async def check_shop_example(url: str) -> None:
+    """examples/cqrs_shop: commands over request/reply change the event-sourced
+    orders; the denormalized read model shows each write to its writer at once, a
+    rejected command comes back as RequestFailedError, and a rebuild from zero
+    gives the same read model."""
+    from examples.cqrs_shop.app import open_shop
+    from examples.cqrs_shop.demo import shop_day
+    from examples.cqrs_shop.events import AddItem, PlaceOrder
+
+    async with open_shop(url) as shop:
+        assert await shop_day(shop) == [
+            "read model: OrderSummary(order_id='o-1', customer='ada', status='confirmed', "
+            "items=3, total_cents=1200)",
+            "rejected: OrderRejected: order o-1 is confirmed; no more items",
+            "ada: (1, 1200) (orders, cents)",
+        ]
+        await shop.execute(PlaceOrder(order_id="o-2", customer="bob"))
+        accepted = await shop.execute(AddItem(order_id="o-2", sku="pie", qty=4, price_cents=5))
+        assert accepted.version == 2
+        summary = await shop.summaries.order("o-2")  # read right after the write
+        assert summary is not None and (summary.items, summary.total_cents) == (4, 20)
+        async with shop.summaries.db.transaction() as tx:
+            before = await tx.fetch("SELECT * FROM shop_order_summaries ORDER BY order_id")
+        await shop.summaries.stop()
+        await shop.summaries.rebuild(shop.store)
+        async with shop.summaries.db.transaction() as tx:
+            after = await tx.fetch("SELECT * FROM shop_order_summaries ORDER BY order_id")
+        assert after == before and len(after) == 2

@@ -34,3 +34,7 @@ async def test_rebuild_from_zero(sqlite_url: str) -> None:
 
 async def test_bus_fed_once_per_event_id(sqlite_url: str) -> None:
     await cqrs_cases.check_bus_fed_once_per_event_id(sqlite_url)
+
+
+async def test_shop_example(sqlite_url: str) -> None:
+    await cqrs_cases.check_shop_example(sqlite_url)

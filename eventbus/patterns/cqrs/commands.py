@@ -101,9 +101,10 @@ class CommandBus:
         (``EventBus.request``: raises its error or a timeout)."""
         return await self._bus("request()").request(command, timeout=timeout, **options)
 
-    def serve(self, **options: Any) -> None:
-        """Subscribe every handler on the bus (before it starts), so remote
-        ``send``/``request`` reach them; ``options`` go to ``subscribe``."""
-        bus = self._bus("serve()")
+    def serve(self, bus: EventBus | None = None, **options: Any) -> None:
+        """Subscribe every handler on ``bus`` (default: this command bus's), before it
+        starts, so remote ``send``/``request`` reach them; ``options`` go to
+        ``subscribe``."""
+        bus = bus or self._bus("serve()")
         for command, fn in self._handlers.values():
             bus.subscribe(command, **options)(fn)
