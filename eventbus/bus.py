@@ -9,7 +9,7 @@ import os
 import signal
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, TypeVar, Unpack
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, Unpack, overload
 
 from eventbus.adapter import Adapter, HealthReport
 from eventbus.batching import check_batch
@@ -269,6 +269,16 @@ class EventBus:
             )
         return await self.publish(command, **options)
 
+    @overload
+    async def request(
+        self, command: Command, *, timeout: float = ..., reply_type: type[R],
+        **options: Unpack[PublishOptions],
+    ) -> R: ...
+    @overload
+    async def request(
+        self, command: Command, *, timeout: float = ..., reply_type: None = ...,
+        **options: Unpack[PublishOptions],
+    ) -> Any: ...
     async def request(
         self, command: Command, *, timeout: float = 30.0, reply_type: type[R] | None = None,
         **options: Unpack[PublishOptions],
