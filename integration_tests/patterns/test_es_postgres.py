@@ -20,3 +20,10 @@ async def test_store(case: Callable[[str], Awaitable[None]], postgres_url: str) 
 
 async def test_gap_safe_reader_with_many_writers(postgres_url: str) -> None:
     await es_cases.check_gap_safe_reader(postgres_url, writers=8, appends=15)
+
+
+@pytest.mark.parametrize("killed", ["before", "after"])
+async def test_a_killed_relay_loses_nothing(postgres_url: str, killed: str) -> None:
+    from tests.patterns import test_es_relay
+
+    await test_es_relay.test_a_killed_relay_loses_nothing(postgres_url, killed)
