@@ -67,6 +67,7 @@ from eventbus.middleware import (
     PublishNext,
     RetryPolicy,
 )
+from eventbus.requests import ReplyTypeError, RequestError, RequestFailedError, RequestTimeoutError
 from eventbus.runner import SubscriptionHealth
 
 if TYPE_CHECKING:
@@ -118,6 +119,10 @@ __all__ = [
     "PublishOptions",
     "Publisher",
     "Registry",
+    "ReplyTypeError",
+    "RequestError",
+    "RequestFailedError",
+    "RequestTimeoutError",
     "RetryPolicy",
     "SQLiteIdempotencyStore",
     "SchemaError",
