@@ -133,3 +133,70 @@ async def test_late_reply_is_logged_and_stop_fails_waiting_requests() -> None:
         with pytest.raises(RequestError, match="bus stopped"):
             await waiting
         gate.set()
+
+
+class Flaky(Command, type="cqrs-test.flaky", topic="cqrs-test.flaky"):
+    n: int
+
+
+async def test_a_retried_failure_sends_no_reply_the_final_outcome_does() -> None:
+    """A failure that will be retried (here by broker redelivery) sends nothing: the
+    requester gets the reply of the attempt that succeeded, not the first error."""
+    from eventbus import Context, RetryPolicy
+
+    bus = EventBus("memory://", source=f"flaky-{uuid.uuid4().hex[:6]}",
+                   retry=RetryPolicy(max_attempts=3, in_process_attempts=1,
+                                     initial_delay=0.01, max_delay=0.05, jitter=0.0))
+
+    @bus.subscribe(Flaky)
+    async def flaky(command: Flaky, ctx: Context) -> int:
+        if ctx.attempt == 1:
+            raise ConnectionError("first attempt fails")
+        return command.n * 10
+
+    async with bus:
+        assert await bus.request(Flaky(n=4), timeout=5) == 40
+
+
+async def test_a_duplicate_request_skipped_by_idempotency_sends_no_second_reply() -> None:
+    from collections.abc import Sequence
+
+    from eventbus import Envelope, MemoryIdempotencyStore
+    from eventbus.context import Context
+    from eventbus.middleware.base import Next, PublishNext
+
+    requests_sent: list[Envelope] = []
+    replies: list[Envelope] = []
+    seen = asyncio.Event()
+    runs: list[str] = []
+
+    async def keep_requests(topic: str, envelopes: Sequence[Envelope],
+                            call_next: PublishNext) -> None:
+        requests_sent.extend(envelopes)
+        await call_next(topic, envelopes)
+
+    async def keep_replies(topic: str, envelopes: Sequence[Envelope],
+                           call_next: PublishNext) -> None:
+        replies.extend(envelopes)
+        await call_next(topic, envelopes)
+
+    async def count_deliveries(ctx: Context, call_next: Next) -> None:
+        await call_next(ctx)
+        runs.append(ctx.envelope.id)
+        if len(runs) == 2:
+            seen.set()
+
+    server = EventBus("memory://", source="idem-server", publish_middleware=[keep_replies],
+                      middleware=[count_deliveries], idempotency=MemoryIdempotencyStore())
+
+    @server.subscribe(Flaky)
+    async def once(command: Flaky) -> int:
+        return command.n
+
+    client = EventBus("memory://", source="idem-client", publish_middleware=[keep_requests])
+    async with server, client:
+        assert await client.request(Flaky(n=3), timeout=5) == 3
+        await client.publish_envelopes(Flaky.default_topic(), requests_sent)  # redelivered
+        await asyncio.wait_for(seen.wait(), 5)
+    assert runs == [requests_sent[0].id] * 2
+    assert len(replies) == 1, f"one reply per request, got {len(replies)}"
