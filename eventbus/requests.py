@@ -20,7 +20,8 @@ handles commands, inside dead-letter and outside idempotency and retry) looks at
   requester learns at once, operators still find the failed command in the DLQ. A
   retry that is still to come sends nothing, so the requester sees the final outcome.
 
-A handler skipped as a duplicate (idempotency) sends no second reply. A reply that
+A handler skipped as a duplicate (idempotency) sends no second reply, and a handler
+of dead letters (they keep ``replyto``) sends none at all. A reply that
 cannot be published is logged and does not fail the command (its effect stands; the
 requester times out).
 """
@@ -75,6 +76,7 @@ REPLY_TYPE = "eventbus.reply"
 """Envelope type of a reply whose value is not a Message (JSON data)."""
 ERROR_TYPE = "eventbus.reply.error"
 """Envelope type of a reply saying the handler failed for good."""
+_DEAD_LETTER = "dlqtopic"  # set on every dead letter (eventbus.deadletter)
 _LATE_MEMORY = 1024  # timed-out request ids remembered, to tell late replies from strays
 
 
@@ -274,8 +276,11 @@ class ReplyStep:
     bus: EventBus
 
     async def __call__(self, ctx: Context, call_next: Next) -> None:
-        reply_to = ctx.envelope.extensions.get(REPLY_TO)
-        if reply_to is None:
+        extensions = ctx.envelope.extensions
+        reply_to = extensions.get(REPLY_TO)
+        if reply_to is None or _DEAD_LETTER in extensions:
+            # A dead letter keeps the request's attributes, but its requester was
+            # answered (the error reply) when it was dead-lettered.
             return await call_next(ctx)
         try:
             await call_next(ctx)

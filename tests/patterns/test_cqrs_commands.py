@@ -200,3 +200,45 @@ async def test_a_duplicate_request_skipped_by_idempotency_sends_no_second_reply(
         await asyncio.wait_for(seen.wait(), 5)
     assert runs == [requests_sent[0].id] * 2
     assert len(replies) == 1, f"one reply per request, got {len(replies)}"
+
+
+async def test_a_dead_letter_of_a_request_is_not_answered_again() -> None:
+    """The DLQ keeps the request's replyto; its handlers must not reply to it (the
+    requester already got the error reply)."""
+    from collections.abc import Sequence
+
+    from eventbus import Envelope, RetryPolicy
+    from eventbus.middleware.base import PublishNext
+    from eventbus.middleware.deadletter import dlq_topic
+
+    replies: list[Envelope] = []
+    letters: asyncio.Queue[Envelope] = asyncio.Queue()
+
+    async def keep_replies(topic: str, envelopes: Sequence[Envelope],
+                           call_next: PublishNext) -> None:
+        replies.extend(envelopes)
+        await call_next(topic, envelopes)
+
+    topic = Flaky.default_topic()
+    server = EventBus("memory://", source="dlq-server",
+                      retry=RetryPolicy(give_up_on=(KeyError,)))
+
+    @server.subscribe(Flaky, group="dlq-test")
+    async def fail(command: Flaky) -> int:
+        raise KeyError(command.n)
+
+    listener = EventBus("memory://", source="dlq-listener", publish_middleware=[keep_replies])
+
+    @listener.subscribe(dlq_topic(topic, "dlq-test"), group="dlq-reader")
+    async def read(envelope: Envelope) -> str:
+        await letters.put(envelope)
+        return "read"
+
+    client = EventBus("memory://", source="dlq-client")
+    async with server, listener, client:
+        with pytest.raises(RequestFailedError, match="KeyError"):
+            await client.request(Flaky(n=1), timeout=5)
+        letter = await asyncio.wait_for(letters.get(), 5)
+        await listener.stop()  # lets the handler's chain finish
+    assert "replyto" in letter.extensions
+    assert replies == [], "the dead letter's handler replied to the requester"
