@@ -144,12 +144,15 @@ class Projection:
     async def catch_up(self, store: EventStore) -> int:
         """Apply every stored event after the checkpoint, a batch per transaction
         (read model and checkpoint together); returns how many were applied."""
-        applied = 0
+        applied, after = 0, await self.position()
         while True:
-            page = await store.read_all(await self.position(), self.batch)
+            # The checkpoint is read once: each page re-reads it under lock anyway
+            # (so events another projector applied meanwhile are skipped).
+            page = await store.read_all(after, self.batch)
             if not page:
                 return applied
             applied += await self._apply_page(page)
+            after = page[-1].position
             if len(page) < self.batch:
                 return applied
 
