@@ -24,7 +24,11 @@ position order:
   appender gets the lock only once the previous append is visible to every new
   snapshot, so a reader that sees position ``n`` also sees every position below.
   The cost is that appends to one store are serialised (see the bench); reads
-  never take the lock.
+  never take the lock. It relies on READ COMMITTED (the default isolation), where
+  the ``MAX(position)`` read after the lock sees the previous append's commit.
+
+``integration_tests/patterns/test_es_postgres.py`` shows a naive store (a
+``BIGSERIAL`` position, no lock) skipping a late commit in the same scenario.
 """
 
 from __future__ import annotations
