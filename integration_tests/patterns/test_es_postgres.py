@@ -3,10 +3,16 @@ test); the same bodies as the memory and SQLite runs in tests/patterns."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
+from eventbus.envelope import Envelope
+from eventbus.patterns.eventsourcing import SQLEventStore
+from eventbus.patterns.sql import Database, Transaction
 from tests.patterns import es_cases
 from tests.patterns.test_es_store import CASES
 
@@ -27,3 +33,79 @@ async def test_a_killed_relay_loses_nothing(postgres_url: str, killed: str) -> N
     from tests.patterns import test_es_relay
 
     await test_es_relay.test_a_killed_relay_loses_nothing(postgres_url, killed)
+
+
+class NaiveStore:
+    """What the store must not be: positions from a BIGSERIAL, read with
+    ``position > after`` and no serialisation of appends. Kept here to prove the
+    late-commit scenario below catches it."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def setup(self) -> None:
+        async with self.db.transaction() as tx:
+            await tx.execute("CREATE TABLE naive (position BIGSERIAL PRIMARY KEY, "
+                             "stream_id TEXT NOT NULL, version INT NOT NULL, "
+                             "UNIQUE (stream_id, version))")
+
+    async def append_in(self, tx: Transaction, stream_id: str, events: list[Envelope],
+                        expected_version: int) -> None:
+        for offset, _ in enumerate(events, start=1):
+            await tx.execute("INSERT INTO naive (stream_id, version) VALUES ($1, $2)",
+                             stream_id, expected_version + offset)
+
+    async def append(self, stream_id: str, events: list[Envelope], expected_version: int
+                     ) -> None:
+        async with self.db.transaction() as tx:
+            await self.append_in(tx, stream_id, events, expected_version)
+
+    async def read_all(self, after: int = 0, limit: int = 500) -> list[SimpleNamespace]:
+        async with self.db.transaction() as tx:
+            rows = await tx.fetch("SELECT position FROM naive WHERE position > $1 "
+                                  "ORDER BY position LIMIT $2", after, limit)
+        return [SimpleNamespace(position=row[0]) for row in rows]
+
+
+async def late_commit(store: Any) -> tuple[list[int], list[int]]:
+    """Writer A takes its position first and commits last; B appends meanwhile; a
+    reader reads while A is open and again after. Returns (what the reader saw,
+    what the store holds)."""
+    a_open, release_a = asyncio.Event(), asyncio.Event()
+
+    async def writer_a() -> None:
+        async with store.db.transaction() as tx:
+            await store.append_in(tx, "late", es_cases.envs(1), 0)
+            a_open.set()
+            await release_a.wait()
+
+    a = asyncio.create_task(writer_a())
+    await asyncio.wait_for(a_open.wait(), 5)
+    b = asyncio.create_task(store.append("early", es_cases.envs(1), 0))
+    await asyncio.wait({b}, timeout=0.5)  # naive: B commits now; gap-safe: B waits for A
+    seen = [s.position for s in await store.read_all(0)]
+    release_a.set()
+    await asyncio.wait_for(asyncio.gather(a, b), 5)
+    seen += [s.position for s in await store.read_all(seen[-1] if seen else 0)]
+    return seen, [s.position for s in await store.read_all(0)]
+
+
+async def test_a_late_commit_is_not_skipped(postgres_url: str) -> None:
+    store = await SQLEventStore.connect(postgres_url)
+    await store.setup()
+    try:
+        seen, final = await late_commit(store)
+    finally:
+        await store.close()
+    assert seen == final == [1, 2]
+
+
+async def test_the_late_commit_scenario_catches_a_naive_store(postgres_url: str) -> None:
+    db = await Database.connect(postgres_url)
+    naive = NaiveStore(db)
+    await naive.setup()
+    try:
+        seen, final = await late_commit(naive)
+    finally:
+        await db.close()
+    assert final == [1, 2] and seen == [2]  # position 1 committed late and was skipped

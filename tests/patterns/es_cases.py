@@ -119,8 +119,16 @@ async def check_concurrent_appends_conflict(url: str) -> None:
     """Two writers at the same expected version: exactly one wins, the other is told why."""
     async with open_store(url) as store:
         await store.append("acc", envs(1), 0)
-        results = await asyncio.gather(
-            *(store.append("acc", envs(2), 1) for _ in range(5)), return_exceptions=True)
+        # On SQL stores half the writers have their own connection (another process).
+        own = [open_store(url) for _ in range(2)] if url != "memory://" else []
+        others = [await cm.__aenter__() for cm in own]
+        writers = [store, *others, store, *others][:5] if others else [store] * 5
+        try:
+            results = await asyncio.gather(
+                *(w.append("acc", envs(2), 1) for w in writers), return_exceptions=True)
+        finally:
+            for cm in own:
+                await cm.__aexit__(None, None, None)
         wins = [r for r in results if not isinstance(r, BaseException)]
         losses = [r for r in results if isinstance(r, BaseException)]
         assert len(wins) == 1, results
@@ -330,3 +338,31 @@ async def check_gap_safe_reader(url: str, writers: int = 4, appends: int = 12) -
         assert len(final) >= writers * appends
         missing = sorted(set(final) - set(seen))
         assert seen == final, f"the polling reader skipped positions {missing[:20]}"
+
+
+async def check_append_in_own_transaction(url: str) -> None:
+    """SQL stores: events appended inside the caller's transaction commit or roll back
+    with the caller's other rows."""
+    if url == "memory://":
+        pytest.skip("append_in is the SQL stores' (the memory store has no transactions)")
+    async with open_store(url) as store:
+        db = store.db  # type: ignore[attr-defined]
+        async with db.transaction() as tx:
+            await tx.execute("CREATE TABLE es_side (id TEXT PRIMARY KEY)")
+        with pytest.raises(RuntimeError):
+            async with db.transaction() as tx:
+                await store.append_in(tx, "u", envs(2), 0)  # type: ignore[attr-defined]
+                await tx.execute("INSERT INTO es_side (id) VALUES ('one')")
+                raise RuntimeError("the unit of work failed")
+        assert await store.stream_version("u") == 0 and await store.last_position() == 0
+        async with db.transaction() as tx:
+            await store.append_in(tx, "u", envs(2), 0)  # type: ignore[attr-defined]
+            await tx.execute("INSERT INTO es_side (id) VALUES ('one')")
+        assert await store.stream_version("u") == 2
+        with pytest.raises(ConcurrencyError):
+            async with db.transaction() as tx:
+                await tx.execute("INSERT INTO es_side (id) VALUES ('two')")
+                await store.append_in(tx, "u", envs(1), 0)  # type: ignore[attr-defined]
+        async with db.transaction() as tx:
+            assert await tx.fetch("SELECT id FROM es_side") == [("one",)]
+        assert await store.append("u", [], 2) == []

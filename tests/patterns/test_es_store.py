@@ -20,6 +20,7 @@ CASES: list[Callable[[str], Awaitable[None]]] = [
     es_cases.check_snapshots,
     es_cases.check_upcasting_on_load,
     es_cases.check_gap_safe_reader,
+    es_cases.check_append_in_own_transaction,
 ]
 
 

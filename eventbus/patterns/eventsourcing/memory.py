@@ -38,6 +38,8 @@ class MemoryEventStore:
     ) -> list[StoredEvent]:
         """See :meth:`EventStore.append`."""
         check_append(stream_id, events, expected_version)
+        if not events:
+            return []
         async with self._lock:
             known = [self._by_id[e.id] for e in events if e.id in self._by_id]
             if known:

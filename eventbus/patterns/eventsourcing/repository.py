@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Generic, TypeVar
 
 from eventbus.errors import ConfigurationError, EventBusError, SchemaError
@@ -54,6 +54,8 @@ class Repository(Generic[A]):
         ``SchemaError`` naming the stream when a stored event cannot be decoded
         (an old data version without its upcaster, an unknown type).
         """
+        if at is not None and at.tzinfo is None:
+            at = at.replace(tzinfo=UTC)  # event times are UTC; a naive time is read as UTC
         aggregate = self.aggregate(id)
         after = 0
         if self.snapshot_every and at is None:

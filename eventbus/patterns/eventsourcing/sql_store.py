@@ -24,7 +24,11 @@ position order:
   appender gets the lock only once the previous append is visible to every new
   snapshot, so a reader that sees position ``n`` also sees every position below.
   The cost is that appends to one store are serialised (see the bench); reads
-  never take the lock.
+  never take the lock. It relies on READ COMMITTED (the default isolation), where
+  the ``MAX(position)`` read after the lock sees the previous append's commit.
+
+``integration_tests/patterns/test_es_postgres.py`` shows a naive store (a
+``BIGSERIAL`` position, no lock) skipping a late commit in the same scenario.
 """
 
 from __future__ import annotations
@@ -145,18 +149,22 @@ class SQLEventStore:
         if not events:
             return []
         await self._serialise(tx)
-        known = await self._known(tx, [e.id for e in events])
-        if known:
-            if len(known) == len(events) and all(s.stream_id == stream_id for s in known):
-                order = {e.id: i for i, e in enumerate(events)}
-                return sorted(known, key=lambda s: order[s.id])
-            raise duplicate_error(stream_id, len(known), len(events))
         t = self.table
-        start = expected_version
-        if start is None:
-            start = await tx.fetchval(
-                f"SELECT COALESCE(MAX(version), 0) FROM {t} WHERE stream_id = $1", stream_id)
-        position = await tx.fetchval(f"SELECT COALESCE(MAX(position), 0) FROM {t}")
+        # One round trip for where the rows go: the next position and, with an
+        # expected version, whether that version exists (no hole may be left).
+        if expected_version is None:
+            position, start = await tx.fetchrow(  # type: ignore[misc]
+                f"SELECT (SELECT COALESCE(MAX(position), 0) FROM {t}), "
+                f"(SELECT COALESCE(MAX(version), 0) FROM {t} WHERE stream_id = $1)", stream_id)
+        else:
+            start = expected_version
+            position, found = await tx.fetchrow(  # type: ignore[misc]
+                f"SELECT (SELECT COALESCE(MAX(position), 0) FROM {t}), "
+                f"(SELECT COUNT(*) FROM {t} WHERE stream_id = $1 AND version = $2)",
+                stream_id, start)
+            if start > 0 and not found:
+                raise ConcurrencyError(stream_id, expected_version,
+                                       await self._version_below(tx, stream_id, position))
         stored = [StoredEvent(position + i, stream_id, start + i, envelope)
                   for i, envelope in enumerate(events, start=1)]
         inserted = 0
@@ -166,38 +174,44 @@ class SQLEventStore:
                 "(" + ", ".join(f"${7 * r + c}" for c in range(1, 8)) + ")"
                 for r in range(len(rows)))
             args: list[Any] = []
-            for s in rows:
-                args += [s.position, s.stream_id, s.version, s.envelope.id, s.envelope.type,
-                         _micros(s.envelope.time), encode_structured(s.envelope)]
-            # The unique constraint decides, not a read before: a concurrent append
-            # at the same version leaves these rows out, and the count says so.
+            for row in rows:
+                args += [row.position, row.stream_id, row.version, row.envelope.id,
+                         row.envelope.type, _micros(row.envelope.time),
+                         encode_structured(row.envelope)]
+            # The unique constraints decide, not a read before: a concurrent append
+            # at the same version, or an event id already stored, leaves rows out,
+            # and the count says so.
             inserted += await tx.execute(
                 f"INSERT INTO {t} ({_COLUMNS}) VALUES {marks} ON CONFLICT DO NOTHING", *args)
-        if inserted != len(stored) or not await self._follows(tx, stream_id, start):
-            # The stream's version without this append's rows (they roll back).
-            actual = await tx.fetchval(f"SELECT COALESCE(MAX(version), 0) FROM {t} "
-                                       "WHERE stream_id = $1 AND position <= $2",
-                                       stream_id, position)
-            raise ConcurrencyError(stream_id, expected_version, actual)
-        return stored
+        if inserted == len(stored):
+            return stored
+        known = await self._known(tx, [e.id for e in events], position)
+        if known:
+            if len(known) == len(events) and all(k.stream_id == stream_id for k in known):
+                # A retried append: nothing was inserted (every id conflicted).
+                order = {e.id: i for i, e in enumerate(events)}
+                return sorted(known, key=lambda k: order[k.id])
+            raise duplicate_error(stream_id, len(known), len(events))
+        raise ConcurrencyError(stream_id, expected_version,
+                               await self._version_below(tx, stream_id, position))
 
-    async def _follows(self, tx: Transaction, stream_id: str, start: int) -> bool:
-        """Whether version ``start`` exists (so the new rows leave no hole)."""
-        if start == 0:
-            return True
-        found = await tx.fetchval(
-            f"SELECT 1 FROM {self.table} WHERE stream_id = $1 AND version = $2",
-            stream_id, start)
-        return found is not None
+    async def _version_below(self, tx: Transaction, stream_id: str, position: int) -> int:
+        """The stream's version without rows after ``position`` (this append's, which
+        roll back)."""
+        value = await tx.fetchval(
+            f"SELECT COALESCE(MAX(version), 0) FROM {self.table} "
+            "WHERE stream_id = $1 AND position <= $2", stream_id, position)
+        return int(value)
 
-    async def _known(self, tx: Transaction, ids: list[str]) -> list[StoredEvent]:
+    async def _known(self, tx: Transaction, ids: list[str], below: int) -> list[StoredEvent]:
+        """The events of ``ids`` stored before this append (position <= ``below``)."""
         found: list[StoredEvent] = []
         for chunk in range(0, len(ids), 500):
             part = ids[chunk:chunk + 500]
-            marks = ", ".join(f"${i}" for i in range(1, len(part) + 1))
+            marks = ", ".join(f"${i}" for i in range(2, len(part) + 2))
             found += _rows(await tx.fetch(
                 f"SELECT position, stream_id, version, envelope FROM {self.table} "
-                f"WHERE event_id IN ({marks})", *part))
+                f"WHERE position <= $1 AND event_id IN ({marks})", below, *part))
         return found
 
     # -- reading ---------------------------------------------------------------------
