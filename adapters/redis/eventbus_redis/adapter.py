@@ -44,6 +44,7 @@ from eventbus.errors import (
 )
 
 from .codec import BODY_FIELD, decode_fields, encode_fields
+from .group_route import route_key, subscribe_with_route
 from .pipeline import Batcher
 from .pubsub import PubSubSubscription
 from .settings import RedisSettings
@@ -220,6 +221,8 @@ class RedisPubSubAdapter(RedisAdapter):
     """
 
     schemes = ("redis", "rediss")
+    stronger = ("redis+streams:// (Redis Streams: consumer groups whose members compete, "
+                "XACK and redelivery)")
 
     def __init__(self, url: str) -> None:
         super().__init__(url)
@@ -320,13 +323,25 @@ class RedisStreamsAdapter(RedisAdapter):
         await self.send(topic, [], [self._xadd(topic, {BODY_FIELD: payload})])
 
     async def subscribe(self, topic: str, options: SubscribeOptions) -> Subscription:
-        """Join (creating it if new) the consumer group ``options.group`` of ``topic``."""
-        from .consumer import StreamSubscription
+        """Join (creating it if new) the consumer group ``options.group`` of ``topic``,
+        and of the group's route stream (see :mod:`eventbus_redis.group_route`)."""
+        return await subscribe_with_route(self, topic, options)
 
-        subscription = StreamSubscription(self, topic, options)
-        await subscription.start()
+    def track(self, subscription: Any) -> None:
+        """Remember ``subscription`` so :meth:`close` closes it."""
         self._subscriptions.add(subscription)
-        return subscription
+
+    async def publish_to_group(self, topic: str, group: str,
+                               envelopes: Sequence[Envelope]) -> None:
+        """XADD ``envelopes`` to ``group``'s route stream of ``topic``: that group's
+        consumers alone read it. Same size checks and confirmation as :meth:`publish`."""
+        key = route_key(topic, group)
+        commands = []
+        for envelope in envelopes:
+            fields, size = encode_fields(envelope)
+            self.check_size(topic, envelope, size)
+            commands.append(self._xadd(key, fields))
+        await self.send(topic, envelopes, commands)
 
     async def read(self, topic: str, *, limit: int | None = None) -> list[ReadRecord]:
         """XRANGE from the oldest retained entry; no group is created or touched."""
