@@ -45,6 +45,7 @@ from eventbus.errors import (
 
 from .codec import BODY_FIELD, decode_fields, encode_fields
 from .group_route import route_key, subscribe_with_route
+from .members import member_channel, refuse_second_member
 from .pipeline import Batcher
 from .pubsub import PubSubSubscription
 from .settings import RedisSettings
@@ -228,6 +229,7 @@ class RedisPubSubAdapter(RedisAdapter):
         super().__init__(url)
         if self.settings.mode != "pubsub":
             raise ValueError(f"{self.settings.masked_url} is a Streams URL")
+        self._started_groups: set[tuple[str, str]] = set()
         self.capabilities = Capabilities(
             persistent=False,
             consumer_groups=False,
@@ -262,13 +264,27 @@ class RedisPubSubAdapter(RedisAdapter):
     async def subscribe(self, topic: str, options: SubscribeOptions) -> Subscription:
         """Subscribe to the channel ``topic``; returns once Redis confirmed it.
 
-        ``options.group`` only labels the deliveries: Pub/Sub has no groups, so two
-        subscriptions of one group each receive every message (see the docs).
+        Pub/Sub has no groups: a second live member of ``options.group`` (here or
+        in another process) is refused with GuaranteeUnavailableError, since it
+        would get every message rather than compete (see :mod:`.members`).
         """
         subscription = PubSubSubscription(self, topic, options)
         await subscription.start()
         self._subscriptions.add(subscription)
+        try:
+            await refuse_second_member(self, subscription, self._started_groups)
+        except BaseException:
+            await subscription.close()
+            raise
         return subscription
+
+    def member_channels(self, topic: str, group: str) -> tuple[str, ...]:
+        """The channels a subscription joins besides ``topic`` (see :mod:`.members`)."""
+        return () if self.settings.sharded else (member_channel(topic, group),)
+
+    def live_subscriptions(self) -> list[PubSubSubscription]:
+        """This adapter's open subscriptions."""
+        return [s for s in self._subscriptions if isinstance(s, PubSubSubscription)]
 
 
 class RedisStreamsAdapter(RedisAdapter):

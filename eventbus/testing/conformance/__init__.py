@@ -39,6 +39,7 @@ from eventbus.testing.conformance._support import (
 from eventbus.testing.conformance.basics import BasicsCases
 from eventbus.testing.conformance.batches import BatchCases
 from eventbus.testing.conformance.cloudevents import CloudEventsCases
+from eventbus.testing.conformance.contract import ContractCases
 from eventbus.testing.conformance.dedupe import DedupeCases
 from eventbus.testing.conformance.failures import FailureCases
 from eventbus.testing.conformance.groups import GroupCases
@@ -60,6 +61,7 @@ class ConformanceSuite(
     LifecycleCases,
     RestartCases,
     DedupeCases,
+    ContractCases,
 ):
     """Every conformance case; subclass it (as ``Test...``) next to a ``target`` fixture."""
 
@@ -70,6 +72,7 @@ __all__ = [
     "Capability",
     "Case",
     "CloudEventsCases",
+    "ContractCases",
     "ConformanceSuite",
     "DedupeCases",
     "FailureCases",
