@@ -18,18 +18,18 @@ from collections.abc import AsyncIterator
 
 from eventbus.adapter import Delivery, Subscription
 
-
-def split_prefetch(prefetch: int) -> tuple[int, int]:
-    """``(topic, route)`` prefetch: together no more than ``prefetch`` (at least 1 each)."""
-    return max(1, prefetch - 1), 1
+ROUTE_PREFETCH = 1
+"""Deliveries a route hands out unsettled. Routed messages are rare (replays), so the
+topic keeps its whole prefetch and a routed one may be held beside it."""
 
 
 class WithGroupRoute(Subscription):
     """``main`` (the topic) and ``route`` (what was sent to this group alone), merged.
 
-    Each source is pumped by its own task into one queue, so an idle route never
-    holds up the topic and the reverse. An error of either ends the iteration
-    with that error (the bus then subscribes again); ``close()`` closes both.
+    Each source is pumped by its own task (started by the first iteration, ended
+    by ``close()``) into one queue, so an idle route never holds up the topic and
+    the reverse. An error of either ends the iteration with that error (the bus
+    then subscribes again); ``close()`` closes both.
     """
 
     def __init__(self, main: Subscription, route: Subscription, topic: str) -> None:
@@ -40,6 +40,7 @@ class WithGroupRoute(Subscription):
         self._wake = asyncio.Event()
         self._error: BaseException | None = None
         self._running = 0
+        self._pumps: list[asyncio.Task[None]] = []
 
     async def _pump(self, source: Subscription, relabel: bool) -> None:
         try:
@@ -58,31 +59,30 @@ class WithGroupRoute(Subscription):
             self._wake.set()
 
     async def __aiter__(self) -> AsyncIterator[Delivery]:
-        self._running = 2
-        pumps = [asyncio.create_task(self._pump(self.main, False)),
-                 asyncio.create_task(self._pump(self.route, True))]
-        try:
-            while True:
-                if self._ready:
-                    yield self._ready.popleft()
-                    continue
-                if self._error is not None:
-                    raise self._error
-                if self._running < 2:  # a source ended: the subscription was closed
-                    return
-                self._wake.clear()
-                await self._wake.wait()
-        finally:
-            for pump in pumps:
-                pump.cancel()
-            for pump in pumps:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await pump
+        if not self._pumps:
+            self._running = 2
+            self._pumps = [asyncio.create_task(self._pump(self.main, False)),
+                           asyncio.create_task(self._pump(self.route, True))]
+        while True:
+            if self._ready:
+                yield self._ready.popleft()
+                continue
+            if self._error is not None:
+                raise self._error
+            if self._running < 2:  # a source ended: the subscription was closed
+                return
+            self._wake.clear()
+            await self._wake.wait()
 
     async def close(self) -> None:
-        """Close both sources; each gives back what it holds unsettled."""
+        """Close both sources (each gives back what it holds unsettled), stop pumping."""
         results = await asyncio.gather(self.main.close(), self.route.close(),
                                        return_exceptions=True)
+        for pump in self._pumps:
+            pump.cancel()
+        for pump in self._pumps:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await pump
         self._wake.set()
         for result in results:
             if isinstance(result, BaseException):

@@ -20,7 +20,7 @@ from eventbus import (
     RetryPolicy,
 )
 from eventbus.adapter import Delivery, SubscribeOptions, Subscription
-from eventbus.group_route import WithGroupRoute, split_prefetch
+from eventbus.group_route import WithGroupRoute
 
 
 class NoRedelivery(MemoryAdapter):
@@ -193,9 +193,3 @@ def test_group_route_merges_both_sources_as_the_topic() -> None:
         assert main.closed and route.closed
 
     run(scenario)
-
-
-def test_group_route_prefetch_stays_within_the_subscription() -> None:
-    assert split_prefetch(8) == (7, 1)
-    assert split_prefetch(2) == (1, 1)
-    assert split_prefetch(1) == (1, 1)  # the one case over: documented

@@ -36,7 +36,7 @@ from eventbus.errors import (
     PublishError,
     TopicNotFoundError,
 )
-from eventbus.group_route import WithGroupRoute, split_prefetch
+from eventbus.group_route import ROUTE_PREFETCH, WithGroupRoute
 
 from .connection import MSG_ID, close_quietly, decode, encode, open_connection, wire_size
 from .consumer import JetStreamSubscription
@@ -270,14 +270,12 @@ class NatsAdapter(Adapter):
                 f"cannot create the consumer of group {options.group!r} on stream {stream!r} "
                 f"at {self.settings.masked_url}: {type(exc).__name__}: {exc}"
             ) from exc
-        main_prefetch, route_prefetch = split_prefetch(options.prefetch)
-        subscription = JetStreamSubscription(self, topic, stream, consumer,
-                                             replace(options, prefetch=main_prefetch))
+        subscription = JetStreamSubscription(self, topic, stream, consumer, options)
         await subscription.start()
         self._subscriptions.add(subscription)
         try:
-            route = await self._subscribe_route(js, topic, replace(options,
-                                                                   prefetch=route_prefetch))
+            route = await self._subscribe_route(js, topic,
+                                                replace(options, prefetch=ROUTE_PREFETCH))
         except BaseException:
             await subscription.close()
             raise

@@ -14,7 +14,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from eventbus.adapter import SubscribeOptions, Subscription
-from eventbus.group_route import WithGroupRoute, split_prefetch
+from eventbus.group_route import ROUTE_PREFETCH, WithGroupRoute
 
 if TYPE_CHECKING:
     from .adapter import RedisStreamsAdapter
@@ -30,13 +30,12 @@ async def subscribe_with_route(adapter: RedisStreamsAdapter, topic: str,
     """One consumer of ``options.group`` on ``topic`` and one on the group's route."""
     from .consumer import StreamSubscription
 
-    main_prefetch, route_prefetch = split_prefetch(options.prefetch)
-    main = StreamSubscription(adapter, topic, replace(options, prefetch=main_prefetch))
+    main = StreamSubscription(adapter, topic, options)
     await main.start()
     adapter.track(main)
     # From the route's first entry: what was sent before the group subscribed waits.
     route = StreamSubscription(adapter, route_key(topic, options.group),
-                               replace(options, prefetch=route_prefetch, start_from="earliest"))
+                               replace(options, prefetch=ROUTE_PREFETCH, start_from="earliest"))
     try:
         await route.start()
     except BaseException:
