@@ -278,6 +278,11 @@ class RedisPubSubAdapter(RedisAdapter):
             raise
         return subscription
 
+    async def close(self) -> None:
+        """Close as every Redis adapter does; a later start counts group members again."""
+        self._started_groups.clear()
+        await super().close()
+
     def member_channels(self, topic: str, group: str) -> tuple[str, ...]:
         """The channels a subscription joins besides ``topic`` (see :mod:`.members`)."""
         return () if self.settings.sharded else (member_channel(topic, group),)
