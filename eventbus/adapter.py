@@ -19,6 +19,9 @@ from eventbus.errors import DeliveryAlreadySettledError
 
 Ordering = Literal["none", "per_key"]
 StartFrom = Literal["earliest", "latest"]
+Guarantee = Literal["at_most_once", "at_least_once"]
+"""A delivery guarantee: ``at_least_once`` needs a broker that redelivers
+(``Capabilities.redelivery``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,12 +61,16 @@ class SubscribeOptions:
     """How a subscription consumes a topic.
 
     ``prefetch`` bounds the deliveries handed out and not yet settled; adapters
-    never give a subscription more than that at once.
+    never give a subscription more than that at once. ``delivery`` is the
+    guarantee the subscription asked for explicitly, ``None`` when it takes the
+    broker's strongest (the bus has already refused one the broker cannot give,
+    see :meth:`Adapter.refusal`).
     """
 
     group: str
     prefetch: int = 16
     start_from: StartFrom = "latest"
+    delivery: Guarantee | None = None
 
 
 class Delivery(abc.ABC):
@@ -217,6 +224,9 @@ class Adapter(abc.ABC):
 
     schemes: ClassVar[tuple[str, ...]] = ()
     capabilities: Capabilities
+    stronger: ClassVar[str] = ""
+    """What to use instead when a subscription asks for a guarantee this broker
+    lacks (``"nats:// (JetStream)"`` for core NATS); quoted by the bus's refusal."""
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -244,6 +254,20 @@ class Adapter(abc.ABC):
         Abstract on purpose: a default "ok" would let an adapter pass the health
         case without ever looking at its connection.
         """
+
+    def refusal(self, guarantee: Guarantee) -> str | None:
+        """Why this broker cannot give ``guarantee``, or ``None`` when it can.
+
+        The bus asks at ``subscribe()`` for an explicitly requested guarantee and
+        raises :class:`~eventbus.errors.GuaranteeUnavailableError` with the reason
+        and :attr:`stronger`. The default reads the capabilities: at-least-once
+        needs ``redelivery``.
+        """
+        if guarantee == "at_least_once" and not self.capabilities.redelivery:
+            return ("the broker never redelivers a message (capabilities.redelivery="
+                    "False): one whose handler fails, or that is in flight when the "
+                    "process stops, is gone")
+        return None
 
     async def read(self, topic: str, *, limit: int | None = None) -> list[ReadRecord]:
         """Browse ``topic``: its retained messages, oldest first, without consuming them.

@@ -34,7 +34,13 @@ from eventbus.publishing import (
 from eventbus.registry_adapters import adapter_from_url
 from eventbus.requests import Requester, with_replies
 from eventbus.runner import Runner, SubscriptionHealth
-from eventbus.spec import DeliveryMode, Handler, HandlerFn, SubscriptionSpec
+from eventbus.spec import (
+    DeliveryMode,
+    Handler,
+    HandlerFn,
+    SubscriptionSpec,
+    resolve_delivery,
+)
 
 if TYPE_CHECKING:
     from eventbus.context import PublishOptions
@@ -131,7 +137,7 @@ class EventBus:
         group: str | None = None,
         concurrency: int = 1,
         ordered: bool = True,
-        delivery: DeliveryMode = "at_least_once",
+        delivery: DeliveryMode | None = None,
         start_from: Literal["earliest", "latest"] = "latest",
         retry: RetryPolicy | None = None,
         timeout: float | None = None,
@@ -147,8 +153,15 @@ class EventBus:
           commands, so a command always has exactly one handler group.
         - ``concurrency``: handlers running at once; same-key messages stay in order
           when ``ordered``.
-        - ``delivery``: ``"at_least_once"`` (ack after success, retries, dead letters)
-          or ``"at_most_once"`` (ack on receipt; no broker redelivery).
+        - ``delivery``: ``None`` (default) takes the broker's strongest guarantee:
+          at-least-once where it redelivers, at-most-once elsewhere (core NATS, Redis
+          Pub/Sub: the handler is still retried in process and dead-lettered, but a
+          crash loses what was in flight); the subscription's ``guarantee`` says
+          which. ``"at_least_once"`` insists (ack after success, retries, dead
+          letters, broker redelivery) and raises
+          :class:`~eventbus.errors.GuaranteeUnavailableError` here, before anything
+          is consumed, on a broker that cannot give it. ``"at_most_once"`` acks on
+          receipt: no broker redelivery, no retries unless ``retry`` is given.
         - ``idempotency``: a store (or a configured ``Idempotency(store, lease=...)``)
           deduplicating this subscription's messages by event id instead of the
           bus's; it runs inside the dead-letter step. The bus closes the store on
@@ -168,11 +181,13 @@ class EventBus:
         check_middleware(middleware, "subscribe(...)")
         if not targets:
             raise ConfigurationError("subscribe() needs at least one event class or topic")
-        if delivery not in ("at_least_once", "at_most_once"):
+        if delivery not in (None, "at_least_once", "at_most_once"):
             raise ConfigurationError(
-                f"delivery must be 'at_least_once' or 'at_most_once', not {delivery!r}"
+                f"delivery must be 'at_least_once', 'at_most_once' or None (the broker's "
+                f"strongest), not {delivery!r}"
             )
-        check_batch(targets, batch, batch_timeout, delivery, idempotency)
+        mode: DeliveryMode = delivery or "at_least_once"
+        check_batch(targets, batch, batch_timeout, mode, idempotency)
 
         def decorate(fn: F) -> F:
             self._refuse_when_started(targets)
@@ -182,6 +197,8 @@ class EventBus:
                 topic = cls.default_topic() if cls is not None else str(target)
                 is_command = cls is not None and issubclass(cls, Command)
                 chosen = group or (topic if is_command else self.source)
+                # An explicit guarantee the broker lacks fails here, before start.
+                guarantee = resolve_delivery(delivery, self.adapter, topic, chosen)
                 if cls is not None and is_command:
                     owner = self._command_groups.setdefault(cls.event_type(), chosen)
                     if owner != chosen:
@@ -194,7 +211,9 @@ class EventBus:
                     group=chosen,
                     concurrency=concurrency,
                     ordered=ordered,
-                    mode=delivery,
+                    mode=mode,
+                    delivery=delivery,
+                    guarantee=guarantee,
                     start_from=start_from,
                     retry=retry,
                     timeout=timeout,

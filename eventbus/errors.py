@@ -128,6 +128,24 @@ class DuplicateSubscriptionError(ConfigurationError):
     """A command got a second handler group, or a type two handlers in one group."""
 
 
+class GuaranteeUnavailableError(ConfigurationError):
+    """A subscription explicitly asked for a guarantee its broker cannot give.
+
+    Raised by ``subscribe()`` (or when the subscription starts), before anything is
+    consumed: ``delivery="at_least_once"`` on a broker that never redelivers (core
+    NATS, Redis Pub/Sub), or a second competing member of a group on a broker
+    without consumer groups. ``topic``, ``broker`` (masked URL) and ``instead``
+    (what to use instead) are kept as attributes.
+    """
+
+    def __init__(self, message: str, *, topic: str = "", broker: str = "",
+                 instead: str = "") -> None:
+        super().__init__(message)
+        self.topic = topic
+        self.broker = broker
+        self.instead = instead
+
+
 class InvalidExtensionNameError(EventBusError, ValueError):
     """An extension attribute name is not a valid CloudEvents name or is reserved.
 

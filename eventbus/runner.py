@@ -47,13 +47,15 @@ class SubscriptionHealth:
     ``running``: fetching; ``reconnecting``: its subscription failed and it is
     subscribing again with backoff (``error`` says why); ``dead``: it gave up for
     good (``error`` says why) and consumes nothing any more; ``stopped``: the bus
-    stopped it.
+    stopped it. ``delivery`` is the guarantee it runs with (``at_least_once`` or
+    ``at_most_once``: the broker's strongest unless one was asked for).
     """
 
     topic: str
     group: str
     state: SubscriptionState
     error: str | None = None
+    delivery: str = ""
 
 
 class Runner(Handling):
@@ -134,7 +136,8 @@ class Runner(Handling):
     def health(self) -> SubscriptionHealth:
         """This subscription's state and, unless running, the last error."""
         error = None if self.error is None else f"{type(self.error).__name__}: {self.error}"
-        return SubscriptionHealth(self.spec.topic, self.spec.group, self.state, error)
+        return SubscriptionHealth(self.spec.topic, self.spec.group, self.state, error,
+                                  self.spec.guarantee)
 
     async def start(self) -> None:
         """Subscribe (failing fast if the broker refuses) and start fetching."""
@@ -148,6 +151,9 @@ class Runner(Handling):
         if self._watch is not None:
             self._watch.start()
         self._fetch_task = asyncio.create_task(self._fetch())
+        log.info("subscribed to %s as group %s on %s: delivery %s%s", self.spec.topic,
+                 self.spec.group, type(self.adapter).__name__, self.spec.guarantee,
+                 "" if self.spec.delivery else " (the broker's strongest)")
 
     async def _subscribe(self) -> Subscription:
         lanes = max(1, self.spec.concurrency)
@@ -159,6 +165,7 @@ class Runner(Handling):
             group=self.spec.group,
             prefetch=prefetch,
             start_from=self.spec.start_from,
+            delivery=self.spec.delivery,
         )
         return await self.adapter.subscribe(self.spec.topic, options)
 

@@ -7,15 +7,48 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from eventbus.adapter import Adapter, Guarantee
 from eventbus.envelope import Envelope
-from eventbus.errors import ConfigurationError, DuplicateSubscriptionError
+from eventbus.errors import (
+    ConfigurationError,
+    DuplicateSubscriptionError,
+    GuaranteeUnavailableError,
+    mask_url,
+)
 from eventbus.events import Message
 from eventbus.middleware.base import Middleware
 from eventbus.middleware.idempotency import Idempotency, IdempotencyStore
 from eventbus.middleware.retry import RetryPolicy
 
-DeliveryMode = Literal["at_most_once", "at_least_once"]
+DeliveryMode = Guarantee
 HandlerFn = Callable[..., Awaitable[Any]]  # a command handler may return a reply
+
+
+def resolve_delivery(requested: DeliveryMode | None, adapter: Adapter, topic: str,
+                     group: str) -> DeliveryMode:
+    """The guarantee a subscription of ``topic``/``group`` gets on ``adapter``.
+
+    ``None`` takes the broker's strongest: at-least-once where it redelivers, else
+    at-most-once (the bus still retries a failed handler in process and
+    dead-letters it; a crash loses what was in flight). An explicit request the
+    broker cannot honour raises :class:`~eventbus.errors.GuaranteeUnavailableError`
+    naming the topic, the broker and what to use instead (``adapter.stronger``).
+    """
+    if requested is None:
+        return "at_least_once" if adapter.refusal("at_least_once") is None else "at_most_once"
+    reason = adapter.refusal(requested)
+    if reason is None:
+        return requested
+    broker = mask_url(adapter.url)
+    instead = adapter.stronger or "a broker that offers it"
+    raise GuaranteeUnavailableError(
+        f"the subscription to topic {topic!r} (group {group!r}) asks for "
+        f"delivery={requested!r}, which {type(adapter).__name__} at {broker} cannot "
+        f"give: {reason}. Use {instead} instead, or leave delivery unset to take this "
+        "broker's strongest guarantee",
+        topic=topic, broker=broker, instead=instead,
+    )
+
 
 @dataclass
 class Handler:
@@ -53,7 +86,7 @@ class SubscriptionSpec:
     group: str
     concurrency: int = 1
     ordered: bool = True
-    mode: DeliveryMode = "at_least_once"
+    mode: DeliveryMode = "at_least_once"  # how it settles: after the handler, or on receipt
     start_from: Literal["earliest", "latest"] = "latest"
     retry: RetryPolicy | None = None
     timeout: float | None = None
@@ -63,6 +96,8 @@ class SubscriptionSpec:
     catch_all: Handler | None = None
     batch: int | None = None
     batch_timeout: float | None = None
+    delivery: DeliveryMode | None = None  # as asked; None = the broker's strongest
+    guarantee: DeliveryMode = "at_least_once"  # what the broker and ``mode`` give
 
     @property
     def batch_handler(self) -> Handler | None:
@@ -102,7 +137,7 @@ class SubscriptionSpec:
         return {
             "concurrency": self.concurrency,
             "ordered": self.ordered,
-            "delivery": self.mode,
+            "delivery": self.delivery,
             "start_from": self.start_from,
             "retry": self.retry,
             "timeout": self.timeout,

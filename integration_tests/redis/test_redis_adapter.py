@@ -278,29 +278,6 @@ def test_close_reaches_the_end_when_redis_is_unreachable(mode: str, redis_url: s
 # -- Pub/Sub ----------------------------------------------------------------------------------
 
 
-def test_pubsub_gives_every_subscription_every_message_even_in_one_group(
-    redis_url: str,
-) -> None:
-    """The documented gap: SubscribeOptions says nothing of competing consumers or the
-    delivery mode, so Pub/Sub cannot refuse them; a group is only a label there."""
-
-    async def scenario() -> None:
-        adapter = RedisPubSubAdapter(redis_url)
-        await adapter.connect()
-        topic = name("fanout")
-        try:
-            one = await adapter.subscribe(topic, SubscribeOptions(group="g"))
-            two = await adapter.subscribe(topic, SubscribeOptions(group="g"))
-            await adapter.publish(topic, [envelope(0)])
-            for subscription in (one, two):
-                delivery = await next_delivery(subscription)
-                assert delivery.envelope is not None and delivery.envelope.data == b"0"
-        finally:
-            await adapter.close()
-
-    run(scenario)
-
-
 def test_pubsub_subscribers_come_back_after_the_connection_drops(redis_url: str) -> None:
     """Pub/Sub loses what is published while it reconnects (so the conformance
     reconnect cases are limits for it), but the subscription itself comes back."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
+from dataclasses import replace
 
 from nats.aio.client import Client
 from nats.errors import ConnectionClosedError, NoRespondersError, OutboundBufferLimitError
@@ -35,9 +36,11 @@ from eventbus.errors import (
     PublishError,
     TopicNotFoundError,
 )
+from eventbus.group_route import ROUTE_PREFETCH, WithGroupRoute
 
 from .connection import MSG_ID, close_quietly, decode, encode, open_connection, wire_size
 from .consumer import JetStreamSubscription
+from .group_route import GroupRoutes
 from .provision import Provisioner, check_subject
 from .settings import NatsSettings
 
@@ -82,6 +85,7 @@ class NatsAdapter(Adapter):
         self._client: Client | None = None
         self._js: JetStreamContext | None = None
         self._provisioner = Provisioner(s)
+        self._routes = GroupRoutes(s)
         self._subscriptions: set[JetStreamSubscription] = set()
         self._connect_lock = asyncio.Lock()
         self._background: set[asyncio.Task[None]] = set()
@@ -269,7 +273,70 @@ class NatsAdapter(Adapter):
         subscription = JetStreamSubscription(self, topic, stream, consumer, options)
         await subscription.start()
         self._subscriptions.add(subscription)
-        return subscription
+        try:
+            route = await self._subscribe_route(js, topic,
+                                                replace(options, prefetch=ROUTE_PREFETCH))
+        except BaseException:
+            await subscription.close()
+            raise
+        return WithGroupRoute(subscription, route, topic)
+
+    async def _subscribe_route(self, js: JetStreamContext, topic: str,
+                               options: SubscribeOptions) -> JetStreamSubscription:
+        """The group's member on its route (what :meth:`publish_to_group` sent it)."""
+        try:
+            consumer = await self._routes.ensure_consumer(js, topic, options.group)
+        except (APIError, *_CONNECTION_ERRORS) as exc:
+            raise BrokerConnectionError(
+                f"cannot create the route consumer of group {options.group!r} of topic "
+                f"{topic!r} on stream {self._routes.stream!r} at "
+                f"{self.settings.masked_url}: {type(exc).__name__}: {exc}"
+            ) from exc
+        route = JetStreamSubscription(self, topic, self._routes.stream, consumer, options)
+        await route.start()
+        self._subscriptions.add(route)
+        return route
+
+    async def publish_to_group(self, topic: str, group: str,
+                               envelopes: Sequence[Envelope]) -> None:
+        """Deliver ``envelopes`` to ``group`` of ``topic`` alone, through the route stream
+        (see :mod:`eventbus_nats.group_route`); returns once every PubAck arrived.
+
+        No ``Nats-Msg-Id``: a replayed dead letter keeps its event id, which the
+        topic's duplicate window would otherwise take for a copy.
+        """
+        check_subject(topic)
+        messages = []
+        limit = self.capabilities.max_message_bytes
+        for envelope in envelopes:
+            headers, body = encode(envelope)
+            size = wire_size(headers, body)
+            if size > limit:
+                self.check_size(topic, envelope, size)
+            messages.append((headers, body))
+        if not messages:
+            return
+        js = await self._ready()
+        try:
+            await self._routes.ensure_stream(js)
+        except (APIError, *_CONNECTION_ERRORS) as exc:
+            raise BrokerConnectionError(
+                f"cannot set up the route stream {self._routes.stream!r} on NATS at "
+                f"{self.settings.masked_url}: {type(exc).__name__}: {exc}") from exc
+        subject, timeout = self._routes.subject(topic, group), self.settings.publish_timeout
+        results = await asyncio.gather(
+            *(js.publish(subject, body, timeout=timeout, headers=headers)
+              for headers, body in messages),
+            return_exceptions=True)
+        failures = {i: r for i, r in enumerate(results) if isinstance(r, BaseException)}
+        if not failures:
+            return
+        self._routes.forget()
+        errors = {i: self._publish_error(topic, envelopes[i], exc) for i, exc in failures.items()}
+        raise BatchPublishError(
+            f"{len(errors)} of {len(messages)} messages to group {group!r} of NATS subject "
+            f"{topic!r} were not confirmed (indexes {sorted(errors)}); see .failures",
+            errors, len(messages))
 
     def forget(self, subscription: JetStreamSubscription) -> None:
         """Called by a subscription when it closes."""
@@ -286,6 +353,11 @@ class NatsAdapter(Adapter):
         self._provisioner.forget()
         try:
             js = await self._ready()
+            if subscription.stream == self._routes.stream:  # a group's route member
+                self._routes.forget()
+                await self._routes.ensure_consumer(js, subscription.topic,
+                                                   subscription.options.group)
+                return
             stream = await self._provisioner.ensure_stream(js, subscription.topic)
             await self._provisioner.ensure_consumer(js, stream, subscription.options.group,
                                                     subscription.options.start_from)

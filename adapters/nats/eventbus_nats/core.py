@@ -157,6 +157,8 @@ class NatsCoreAdapter(Adapter):
     """Core NATS through nats-py: ``nats+core://host:4222[?options]`` (at-most-once)."""
 
     schemes = ("nats+core",)
+    stronger = ("nats:// (JetStream: a durable stream per topic, explicit acks and "
+                "redelivery)")
 
     def __init__(self, url: str) -> None:
         super().__init__(url)

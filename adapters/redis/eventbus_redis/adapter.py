@@ -44,6 +44,8 @@ from eventbus.errors import (
 )
 
 from .codec import BODY_FIELD, decode_fields, encode_fields
+from .group_route import route_key, subscribe_with_route
+from .members import member_channel, refuse_second_member
 from .pipeline import Batcher
 from .pubsub import PubSubSubscription
 from .settings import RedisSettings
@@ -220,11 +222,14 @@ class RedisPubSubAdapter(RedisAdapter):
     """
 
     schemes = ("redis", "rediss")
+    stronger = ("redis+streams:// (Redis Streams: consumer groups whose members compete, "
+                "XACK and redelivery)")
 
     def __init__(self, url: str) -> None:
         super().__init__(url)
         if self.settings.mode != "pubsub":
             raise ValueError(f"{self.settings.masked_url} is a Streams URL")
+        self._started_groups: set[tuple[str, str]] = set()
         self.capabilities = Capabilities(
             persistent=False,
             consumer_groups=False,
@@ -259,13 +264,32 @@ class RedisPubSubAdapter(RedisAdapter):
     async def subscribe(self, topic: str, options: SubscribeOptions) -> Subscription:
         """Subscribe to the channel ``topic``; returns once Redis confirmed it.
 
-        ``options.group`` only labels the deliveries: Pub/Sub has no groups, so two
-        subscriptions of one group each receive every message (see the docs).
+        Pub/Sub has no groups: a second live member of ``options.group`` (here or
+        in another process) is refused with GuaranteeUnavailableError, since it
+        would get every message rather than compete (see :mod:`.members`).
         """
         subscription = PubSubSubscription(self, topic, options)
         await subscription.start()
         self._subscriptions.add(subscription)
+        try:
+            await refuse_second_member(self, subscription, self._started_groups)
+        except BaseException:
+            await subscription.close()
+            raise
         return subscription
+
+    async def close(self) -> None:
+        """Close as every Redis adapter does; a later start counts group members again."""
+        self._started_groups.clear()
+        await super().close()
+
+    def member_channels(self, topic: str, group: str) -> tuple[str, ...]:
+        """The channels a subscription joins besides ``topic`` (see :mod:`.members`)."""
+        return () if self.settings.sharded else (member_channel(topic, group),)
+
+    def live_subscriptions(self) -> list[PubSubSubscription]:
+        """This adapter's open subscriptions."""
+        return [s for s in self._subscriptions if isinstance(s, PubSubSubscription)]
 
 
 class RedisStreamsAdapter(RedisAdapter):
@@ -320,13 +344,25 @@ class RedisStreamsAdapter(RedisAdapter):
         await self.send(topic, [], [self._xadd(topic, {BODY_FIELD: payload})])
 
     async def subscribe(self, topic: str, options: SubscribeOptions) -> Subscription:
-        """Join (creating it if new) the consumer group ``options.group`` of ``topic``."""
-        from .consumer import StreamSubscription
+        """Join (creating it if new) the consumer group ``options.group`` of ``topic``,
+        and of the group's route stream (see :mod:`eventbus_redis.group_route`)."""
+        return await subscribe_with_route(self, topic, options)
 
-        subscription = StreamSubscription(self, topic, options)
-        await subscription.start()
+    def track(self, subscription: Any) -> None:
+        """Remember ``subscription`` so :meth:`close` closes it."""
         self._subscriptions.add(subscription)
-        return subscription
+
+    async def publish_to_group(self, topic: str, group: str,
+                               envelopes: Sequence[Envelope]) -> None:
+        """XADD ``envelopes`` to ``group``'s route stream of ``topic``: that group's
+        consumers alone read it. Same size checks and confirmation as :meth:`publish`."""
+        key = route_key(topic, group)
+        commands = []
+        for envelope in envelopes:
+            fields, size = encode_fields(envelope)
+            self.check_size(topic, envelope, size)
+            commands.append(self._xadd(key, fields))
+        await self.send(topic, envelopes, commands)
 
     async def read(self, topic: str, *, limit: int | None = None) -> list[ReadRecord]:
         """XRANGE from the oldest retained entry; no group is created or touched."""

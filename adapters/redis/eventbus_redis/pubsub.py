@@ -78,20 +78,24 @@ class PubSubSubscription(Subscription):
         s = self.adapter.settings
         self._pubsub = self.adapter.client.pubsub()
         try:
+            # The group's member channel too: Redis counts the group's live members.
+            channels = (self.topic, *self.adapter.member_channels(self.topic,
+                                                                  self.options.group))
             if s.sharded:
-                await self._pubsub.ssubscribe(self.topic)
+                await self._pubsub.ssubscribe(*channels)
             else:
-                await self._pubsub.subscribe(self.topic)
+                await self._pubsub.subscribe(*channels)
             kind = "ssubscribe" if s.sharded else "subscribe"
             loop = asyncio.get_running_loop()
             deadline = loop.time() + s.connect_timeout
-            while True:
+            confirmed = 0
+            while confirmed < len(channels):
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     raise TimeoutError("no subscribe confirmation")
                 message = await self._pubsub.get_message(timeout=remaining)
                 if message is not None and message["type"] == kind:
-                    break
+                    confirmed += 1
         except (RedisError, OSError, TimeoutError) as exc:
             await self.close()
             raise BrokerConnectionError(

@@ -39,6 +39,7 @@ from eventbus.testing.conformance._support import (
 from eventbus.testing.conformance.basics import BasicsCases
 from eventbus.testing.conformance.batches import BatchCases
 from eventbus.testing.conformance.cloudevents import CloudEventsCases
+from eventbus.testing.conformance.contract import ContractCases
 from eventbus.testing.conformance.dedupe import DedupeCases
 from eventbus.testing.conformance.failures import FailureCases
 from eventbus.testing.conformance.groups import GroupCases
@@ -62,6 +63,7 @@ class ConformanceSuite(
     RestartCases,
     DedupeCases,
     RequestCases,
+    ContractCases,
 ):
     """Every conformance case; subclass it (as ``Test...``) next to a ``target`` fixture."""
 
@@ -73,6 +75,7 @@ __all__ = [
     "Case",
     "CloudEventsCases",
     "ConformanceSuite",
+    "ContractCases",
     "DedupeCases",
     "FailureCases",
     "GroupCases",

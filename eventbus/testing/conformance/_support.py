@@ -351,6 +351,27 @@ class Capability:
     )
     restart_hook = Requirement("a restart hook (target.restart)",
                                lambda target, _: target.restart is not None)
+    no_redelivery = Requirement(
+        "a refusal to test (it redelivers, so it accepts delivery='at_least_once': "
+        "test_explicit_at_least_once_accepted covers that)",
+        lambda _, caps: not caps.redelivery,
+    )
+    no_consumer_groups = Requirement(
+        "a refusal to test (its group members compete: "
+        "test_competing_consumers_split_exactly_once covers that)",
+        lambda _, caps: not caps.consumer_groups,
+    )
+    group_route = Requirement(
+        "a per-group route (it leaves Adapter.publish_to_group unsupported, so dead "
+        "letters are replayed to the whole topic)",
+        lambda target, _: _routes_to_one_group(target),
+    )
+
+
+def _routes_to_one_group(target: BrokerTarget) -> bool:
+    """Whether the target's adapter implements :meth:`Adapter.publish_to_group` (the
+    same test ``eventbus dlq replay`` makes): the contract method is the declaration."""
+    return type(adapter_from_url(target.url)).publish_to_group is not Adapter.publish_to_group
 
 
 @dataclass(frozen=True, slots=True)
