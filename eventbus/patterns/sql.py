@@ -181,6 +181,9 @@ class _SQLite(Database):
                 if "UNIQUE" in str(exc) or "PRIMARY KEY" in str(exc):
                     raise UniqueViolation(str(exc)) from exc
                 raise DatabaseError(str(exc)) from exc
+            except sqlite3.Error as exc:
+                await conn.execute("ROLLBACK")
+                raise DatabaseError(f"SQLite: {type(exc).__name__}: {exc}") from exc
             except BaseException:
                 await conn.execute("ROLLBACK")
                 raise
@@ -222,12 +225,15 @@ class _Postgres(Database):
 
         if self._pool is None:
             raise DatabaseError("database is closed")
-        async with self._pool.acquire() as conn:
-            try:
-                async with conn.transaction():
-                    yield _PostgresTx(conn)
-            except asyncpg.UniqueViolationError as exc:
-                raise UniqueViolation(str(exc)) from exc
+        try:
+            async with self._pool.acquire() as conn, conn.transaction():
+                yield _PostgresTx(conn)
+        except asyncpg.UniqueViolationError as exc:
+            raise UniqueViolation(str(exc)) from exc
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+            # The driver's own errors become ours, as on SQLite; a caller's own
+            # exception raised inside the block passes through untouched.
+            raise DatabaseError(f"PostgreSQL: {type(exc).__name__}: {exc}") from exc
 
     async def close(self) -> None:
         if self._pool is not None:

@@ -19,3 +19,7 @@ async def test_rollback_and_unique(postgres_url: str) -> None:
 
 async def test_concurrent_transactions(postgres_url: str) -> None:
     await sql_cases.check_concurrent_transactions(postgres_url)
+
+
+async def test_errors_are_ours(postgres_url: str) -> None:
+    await sql_cases.check_errors_are_ours(postgres_url)

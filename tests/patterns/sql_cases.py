@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from eventbus.patterns.sql import Database, UniqueViolation
+from eventbus.patterns.sql import Database, DatabaseError, UniqueViolation
 
 
 async def check_round_trip(url: str) -> None:
@@ -60,3 +60,16 @@ async def check_concurrent_transactions(url: str) -> None:
         await asyncio.gather(*(bump() for _ in range(20)))
         async with db.transaction() as tx:
             assert await tx.fetchval("SELECT n FROM c") == 20
+
+
+async def check_errors_are_ours(url: str) -> None:
+    """A statement the database refuses raises DatabaseError on either database,
+    and a caller's own exception inside the block passes through as itself."""
+    async with await Database.connect(url) as db:
+        with pytest.raises(DatabaseError) as info:
+            async with db.transaction() as tx:
+                await tx.execute("SELECT * FROM no_such_table")
+        assert not isinstance(info.value, UniqueViolation)
+        with pytest.raises(KeyError):
+            async with db.transaction() as tx:
+                raise KeyError("mine")

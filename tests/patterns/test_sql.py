@@ -40,3 +40,8 @@ async def test_in_memory_database() -> None:
 async def test_unknown_scheme_says_what_to_use() -> None:
     with pytest.raises(ConfigurationError, match="postgresql://"):
         await Database.connect("mysql://x/y")
+
+
+@pytest.mark.asyncio
+async def test_errors_are_ours(sqlite_url: str) -> None:
+    await sql_cases.check_errors_are_ours(sqlite_url)
