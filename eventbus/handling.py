@@ -65,15 +65,18 @@ class Handling:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            # The broker did not record the ack: as if the connection were lost for
-            # this delivery. Hand it back so it comes again (a duplicate, which
-            # idempotency absorbs) instead of holding its key and prefetch slot.
-            log.warning(
-                "ack of message %s on %s/%s failed (%s: %s); it will be redelivered",
-                delivery.message_id or "?", delivery.topic, delivery.group,
-                type(exc).__name__, exc,
-            )
-            await self._nack(delivery, 0.0)
+            await self._ack_failed(delivery, exc)
+
+    async def _ack_failed(self, delivery: Delivery, exc: Exception) -> None:
+        # The broker did not record the ack: as if the connection were lost for
+        # this delivery. Hand it back so it comes again (a duplicate, which
+        # idempotency absorbs) instead of holding its key and prefetch slot.
+        log.warning(
+            "ack of message %s on %s/%s failed (%s: %s); it will be redelivered",
+            delivery.message_id or "?", delivery.topic, delivery.group,
+            type(exc).__name__, exc,
+        )
+        await self._nack(delivery, 0.0)
 
     async def _nack(self, delivery: Delivery, delay: float) -> None:
         if delivery.settled is not None:

@@ -406,7 +406,13 @@ class Runner(Handling):
             await self._nack(delivery, delay)
             return
         self.runs.finished(envelope.id)
-        await self._ack(delivery)
+        if delivery.settled is None:  # self._ack(delivery), one coroutine less
+            try:
+                await delivery.ack()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                await self._ack_failed(delivery, exc)
 
     async def _recover(self, ctx: Context, failure: Exception) -> None:
         """The fused chain's failure path: what Retry and then DeadLetter do with an
