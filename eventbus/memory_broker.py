@@ -57,7 +57,7 @@ def decode_entry(entry: Entry) -> tuple[Envelope | None, str | None]:
     try:
         if entry[STRUCTURED]:
             return codec.decode_structured(entry[BODY]), None
-        return codec.decode_binary(entry[HEADERS] or {}, entry[BODY], HEADER_PREFIX), None
+        return codec.decode_binary_dict(entry[HEADERS] or {}, entry[BODY], HEADER_PREFIX), None
     except DecodeError as exc:
         return None, f"{type(exc).__name__}: {exc}"
 

@@ -373,9 +373,15 @@ class Runner(Handling):
                     if self._fused is None:
                         await self.chain(ctx)
                     else:
+                        failure: Exception | None = None
                         try:
-                            await self._invoke(ctx)
-                            failure = None
+                            # self._invoke(ctx) written out: one coroutine less.
+                            call = self._prepare(ctx)
+                            if call is not None:
+                                await call
+                        except asyncio.CancelledError as exc:
+                            failure = self._cancelled(ctx, exc)
+                            failure.__cause__ = exc
                         except Exception as exc:
                             failure = exc
                         if failure is not None:
