@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable
 from typing import Any
 
 from eventbus.adapter import Adapter, Delivery
@@ -65,15 +66,18 @@ class Handling:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            # The broker did not record the ack: as if the connection were lost for
-            # this delivery. Hand it back so it comes again (a duplicate, which
-            # idempotency absorbs) instead of holding its key and prefetch slot.
-            log.warning(
-                "ack of message %s on %s/%s failed (%s: %s); it will be redelivered",
-                delivery.message_id or "?", delivery.topic, delivery.group,
-                type(exc).__name__, exc,
-            )
-            await self._nack(delivery, 0.0)
+            await self._ack_failed(delivery, exc)
+
+    async def _ack_failed(self, delivery: Delivery, exc: Exception) -> None:
+        # The broker did not record the ack: as if the connection were lost for
+        # this delivery. Hand it back so it comes again (a duplicate, which
+        # idempotency absorbs) instead of holding its key and prefetch slot.
+        log.warning(
+            "ack of message %s on %s/%s failed (%s: %s); it will be redelivered",
+            delivery.message_id or "?", delivery.topic, delivery.group,
+            type(exc).__name__, exc,
+        )
+        await self._nack(delivery, 0.0)
 
     async def _nack(self, delivery: Delivery, delay: float) -> None:
         if delivery.settled is not None:
@@ -89,6 +93,17 @@ class Handling:
 
     async def _invoke(self, ctx: Context) -> None:
         """The innermost step: pick the handler by type, decode, call."""
+        call = self._prepare(ctx)
+        if call is None:
+            return
+        try:
+            ctx.result = await call
+        except asyncio.CancelledError as exc:
+            raise self._cancelled(ctx, exc) from exc
+
+    def _prepare(self, ctx: Context) -> Awaitable[Any] | None:
+        """:meth:`_invoke` up to the call: pick the handler by type, decode, count the
+        run; the handler's coroutine, or ``None`` when there is nothing to run."""
         envelope = ctx.envelope
         handler = self.spec.handlers.get(envelope.type) or self.spec.catch_all
         if handler is None:
@@ -99,7 +114,7 @@ class Handling:
                     "handler for it"
                 )
             log.debug("no handler in %s for %s; acked", ctx.group, envelope.type)
-            return
+            return None
         arg: Any
         if handler.wants_envelope:
             arg = envelope
@@ -108,24 +123,28 @@ class Handling:
             ctx.event = event
             arg = event
         self.runs.ran(envelope.id)
-        try:
-            if handler.batch:  # an event of a batch subscription, handled on its own
-                await run_alone(handler, arg, ctx)
-            elif handler.wants_context:
-                ctx.result = await handler.fn(arg, ctx)
-            else:
-                ctx.result = await handler.fn(arg)
-        except asyncio.CancelledError as exc:
-            if _cancelling():
-                if self._stopping:
-                    self.runs.not_ran(envelope.id)  # cut short by shutdown: not a failure
-                raise
-            raise HandlerCancelledError(
-                f"handler {handler.fn.__qualname__} for event {envelope.id} "
-                f"({envelope.type}) on topic {ctx.topic!r} group {ctx.group!r} raised "
-                "CancelledError although it was not cancelled (did it await a task that "
-                "someone else cancelled?); treated as a failure of the handler"
-            ) from exc
+        if handler.batch:  # an event of a batch subscription, handled on its own
+            return run_alone(handler, arg, ctx)
+        if handler.wants_context:
+            return handler.fn(arg, ctx)
+        return handler.fn(arg)
+
+    def _cancelled(self, ctx: Context, exc: asyncio.CancelledError) -> HandlerCancelledError:
+        """The handler raised ``exc``: re-raise it when this task is being cancelled,
+        else the failure to treat it as (it was not cancelled itself)."""
+        envelope = ctx.envelope
+        if _cancelling():
+            if self._stopping:
+                self.runs.not_ran(envelope.id)  # cut short by shutdown: not a failure
+            raise exc
+        handler = self.spec.handlers.get(envelope.type) or self.spec.catch_all
+        name = handler.fn.__qualname__ if handler is not None else "?"
+        return HandlerCancelledError(
+            f"handler {name} for event {envelope.id} "
+            f"({envelope.type}) on topic {ctx.topic!r} group {ctx.group!r} raised "
+            "CancelledError although it was not cancelled (did it await a task that "
+            "someone else cancelled?); treated as a failure of the handler"
+        )
 
 
 def _cancelling() -> bool:

@@ -13,6 +13,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
+from typing import Final
 
 from eventbus import codec
 from eventbus.adapter import Delivery, SubscribeOptions, Subscription
@@ -25,42 +26,80 @@ _FAIR_SHARE = 64
 """Deliveries a subscription hands out in a row before yielding to the event loop."""
 
 
-@dataclass(slots=True)
-class Entry:
-    """One stored message as a broker keeps it: headers and body bytes, plus the key
-    the broker routes by (a real broker's record key). ``envelope`` is set only when
-    encoding is off; ``headers`` is ``None`` in structured mode and for raw bytes."""
+Stored = tuple[str | None, bytes, dict[str, str] | None, "Envelope | None", bool]
+"""What the adapter stores for one message: key, body, headers, envelope, structured.
 
-    offset: int
-    key: str | None
-    body: bytes
-    headers: dict[str, str] | None = None
-    envelope: Envelope | None = None
-    structured: bool = False
+The key is what the broker routes by (a real broker's record key); ``envelope``
+is set only when encoding is off; ``headers`` is ``None`` in structured mode and
+for raw bytes."""
 
-    def decode(self) -> tuple[Envelope | None, str | None]:
-        """A fresh envelope read from the stored bytes, or ``None`` and why not."""
-        if self.envelope is not None:
-            return self.envelope, None
-        try:
-            if self.structured:
-                return codec.decode_structured(self.body), None
-            return codec.decode_binary(self.headers or {}, self.body, HEADER_PREFIX), None
-        except DecodeError as exc:
-            return None, f"{type(exc).__name__}: {exc}"
+Entry = tuple[int, str | None, bytes, dict[str, str] | None, "Envelope | None", bool]
+"""One stored message: its offset, then :data:`Stored`.
+
+A plain tuple, not an object: it holds only text, bytes, numbers and a dict of
+text, so the garbage collector stops tracking it after its first pass. Every
+message of a topic's retention window stays in memory, and as tracked objects
+they made each full collection walk all of them."""
+
+OFFSET: Final = 0
+KEY: Final = 1
+BODY: Final = 2
+HEADERS: Final = 3
+ENVELOPE: Final = 4
+STRUCTURED: Final = 5
 
 
-@dataclass(slots=True)
+def decode_entry(entry: Entry) -> tuple[Envelope | None, str | None]:
+    """A fresh envelope read from the stored bytes, or ``None`` and why not."""
+    envelope = entry[ENVELOPE]
+    if envelope is not None:
+        return envelope, None
+    try:
+        if entry[STRUCTURED]:
+            return codec.decode_structured(entry[BODY]), None
+        return codec.decode_binary_dict(entry[HEADERS] or {}, entry[BODY], HEADER_PREFIX), None
+    except DecodeError as exc:
+        return None, f"{type(exc).__name__}: {exc}"
+
+
 class Pending:
-    entry: Entry
-    attempt: int = 1
-    available_at: float = 0.0
+    """A message handed out before and given back (nacked, or its consumer left):
+    its delivery count and when it may go out again. A message's first delivery
+    is its :data:`Entry` itself, without one of these."""
+
+    __slots__ = ("attempt", "available_at", "entry")
+
+    def __init__(self, entry: Entry, attempt: int = 1, available_at: float = 0.0) -> None:
+        self.entry = entry
+        self.attempt = attempt
+        self.available_at = available_at
+
+
+Item = Entry | Pending
+"""What a group's queue holds: an entry not handed out yet, or a :class:`Pending`."""
+
+
+def _requeued(item: Item) -> Pending:
+    """``item`` as a :class:`Pending` one delivery further on."""
+    if type(item) is tuple:
+        return Pending(item, 2)
+    assert isinstance(item, Pending)
+    item.attempt += 1
+    return item
+
+
+def _entry(item: Item) -> Entry:
+    return item.entry if isinstance(item, Pending) else item
+
+
+def _offset(item: Item) -> int:
+    return _entry(item)[OFFSET]
 
 
 @dataclass
 class Group:
     name: str
-    pending: deque[Pending] = field(default_factory=deque)
+    pending: deque[Item] = field(default_factory=deque)
     inflight_keys: set[str] = field(default_factory=set)
     consumers: list[MemorySubscription] = field(default_factory=list)
     delayed: int = 0  # pending items requeued with a delay; 0 lets next_due skip its scan
@@ -69,52 +108,59 @@ class Group:
         for consumer in self.consumers:
             consumer.wake()
 
-    def take(self, hold_keys: bool = True) -> Pending | None:
+    def take(self, hold_keys: bool = True) -> Item | None:
         """The first pending message that may go out now, keeping per-key order.
 
         ``hold_keys``: a key's next message waits until the one handed out before it
         is settled. Without it messages go out in order as soon as they are due, as
         from a partitioned log (Kafka), and only the consumer keeps a key in order.
         """
-        if not self.pending:
+        pending = self.pending
+        if not pending:
             return None
+        head = pending[0]
+        if type(head) is tuple and not self.delayed:
+            # The common case: a first delivery at the front and nothing delayed.
+            key = head[KEY] if hold_keys else None
+            if key is None:
+                return pending.popleft()
+            if key not in self.inflight_keys:
+                self.inflight_keys.add(key)
+                return pending.popleft()
         now = time.monotonic()
-        head = self.pending[0]
-        key = head.entry.key if hold_keys else None
-        if head.available_at <= now and (key is None or key not in self.inflight_keys):
-            self.pending.popleft()
-            return self._hand_out(head, hold_keys)
         blocked: set[str] = set()
-        for index, item in enumerate(self.pending):
-            key = item.entry.key if hold_keys else None
+        for index, item in enumerate(pending):
+            if type(item) is tuple:
+                entry, available_at = item, 0.0
+            else:
+                assert isinstance(item, Pending)
+                entry, available_at = item.entry, item.available_at
+            key = entry[KEY] if hold_keys else None
             if key is not None and (key in self.inflight_keys or key in blocked):
                 blocked.add(key)
                 continue
-            if item.available_at > now:
+            if available_at > now:
                 if key is not None:
                     blocked.add(key)
                 continue
-            del self.pending[index]
-            return self._hand_out(item, hold_keys)
+            del pending[index]
+            if available_at:
+                self.delayed -= 1
+            if key is not None:
+                self.inflight_keys.add(key)
+            return item
         return None
-
-    def _hand_out(self, item: Pending, hold_keys: bool) -> Pending:
-        if item.available_at:
-            self.delayed -= 1
-        key = item.entry.key
-        if key is not None and hold_keys:
-            self.inflight_keys.add(key)
-        return item
 
     def next_due(self) -> float | None:
         if not self.delayed:
             return None
         now = time.monotonic()
-        due = [p.available_at for p in self.pending if p.available_at > now]
+        due = [p.available_at for p in self.pending
+               if type(p) is Pending and p.available_at > now]
         return min(due) if due else None
 
-    def settle(self, item: Pending) -> None:
-        key = item.entry.key
+    def settle(self, item: Item) -> None:
+        key = _entry(item)[KEY]
         # Only a held key can have kept another consumer waiting; the settling
         # consumer's own prefetch room is its own wake-up (MemorySubscription.finish).
         if key is not None and key in self.inflight_keys:
@@ -122,7 +168,7 @@ class Group:
             self.notify()
 
     def requeue(self, item: Pending, delay: float) -> None:
-        key = item.entry.key
+        key = item.entry[KEY]
         if key is not None:
             self.inflight_keys.discard(key)
         if delay > 0:
@@ -192,10 +238,10 @@ class MemoryBroker:
         """Seconds the injected refusal still lasts (0 when connections are accepted)."""
         return max(0.0, self.refuse_until - time.monotonic())
 
-    def append(self, topic_name: str, entry: Entry) -> None:
-        self.append_many(topic_name, (entry,))
+    def append(self, topic_name: str, stored: Stored) -> None:
+        self.append_many(topic_name, (stored,))
 
-    def append_many(self, topic_name: str, entries: Iterable[Entry]) -> None:
+    def append_many(self, topic_name: str, messages: Iterable[Stored]) -> None:
         """Store ``entries`` in order, queue them for every group, wake consumers once.
 
         The log keeps the newest ``max_messages`` per topic (a retention window, as
@@ -206,26 +252,27 @@ class MemoryBroker:
         """
         topic = self.topic(topic_name)
         log, offsets, groups = topic.log, self._offsets, list(topic.groups.values())
-        for entry in entries:
-            entry.offset = next(offsets)
+        queues = [group.pending for group in groups]
+        for stored in messages:
+            entry: Entry = (next(offsets), *stored)
             log.append(entry)
-            for group in groups:
-                group.pending.append(Pending(entry))
+            for queue in queues:
+                queue.append(entry)
         excess = len(log) - self.max_messages
         for _ in range(excess):
             log.popleft()
         for group in groups:
             group.notify()
 
-    def append_to_group(self, topic_name: str, group_name: str, entries: Iterable[Entry]) -> None:
-        """Queue ``entries`` for one group only: they never enter the topic's log."""
+    def append_to_group(self, topic_name: str, group_name: str,
+                        messages: Iterable[Stored]) -> None:
+        """Queue ``messages`` for one group only: they never enter the topic's log."""
         topic = self.topic(topic_name)
         group = topic.groups.get(group_name)
         if group is None:
             group = topic.groups[group_name] = Group(group_name)
-        for entry in entries:
-            entry.offset = next(self._offsets)
-            group.pending.append(Pending(entry))
+        for stored in messages:
+            group.pending.append((next(self._offsets), *stored))
         group.notify()
 
     def group(self, topic_name: str, options: SubscribeOptions) -> Group:
@@ -234,7 +281,7 @@ class MemoryBroker:
         if group is None:
             group = topic.groups[options.group] = Group(options.group)
             if options.start_from == "earliest":
-                group.pending.extend(Pending(entry) for entry in topic.log)
+                group.pending.extend(topic.log)
         return group
 
     async def drop_connections(self) -> None:
@@ -254,20 +301,35 @@ class MemoryBroker:
 class MemoryDelivery(Delivery):
     __slots__ = ("_item", "_owner")
 
-    def __init__(self, owner: MemorySubscription, item: Pending, topic: str) -> None:
-        entry = item.entry
-        envelope, error = entry.decode()
-        super().__init__(
-            topic=topic,
-            group=owner.group.name,
-            envelope=envelope,
-            attempt=item.attempt,
-            message_id=str(entry.offset),
-            raw=entry.body if envelope is None else None,
-            decode_error=error,
-        )
+    def __init__(self, owner: MemorySubscription, item: Item, topic: str) -> None:
+        # The base class's fields set here directly: its keyword __init__ costs as
+        # much as the rest of a delivery's setup, once per message.
+        if type(item) is tuple:
+            entry, attempt = item, 1
+        else:
+            assert isinstance(item, Pending)
+            entry, attempt = item.entry, item.attempt
+        envelope, error = decode_entry(entry)
+        self.topic = topic
+        self.group = owner.group.name
+        self.envelope = envelope
+        self.attempt = attempt
+        self.message_id = str(entry[OFFSET])
+        self.raw = entry[BODY] if envelope is None else None
+        self.decode_error = error
+        self.received_at = time.time()
+        self._settled = None
         self._owner = owner
         self._item = item
+
+    async def ack(self) -> None:
+        # Delivery.ack without its extra coroutine (_settle_with); same rules.
+        if self._settle("ack"):
+            try:
+                await self._ack()
+            except BaseException:
+                self._settled = None
+                raise
 
     async def _ack(self) -> None:
         self._owner.finish(self._item, None)
@@ -296,7 +358,7 @@ class MemorySubscription(Subscription):
         self.group = group
         self.options = options
         self.generation = broker.generation
-        self.inflight: dict[int, Pending] = {}
+        self.inflight: dict[int, Item] = {}
         self.closed = False
         self.lost = False
         self._wake = asyncio.Event()
@@ -313,23 +375,21 @@ class MemorySubscription(Subscription):
         self._detach()
         self.wake()
 
-    def finish(self, item: Pending, requeue_delay: float | None) -> None:
+    def finish(self, item: Item, requeue_delay: float | None) -> None:
         if self.inflight.pop(id(item), None) is None:
             return  # settled after the connection dropped: it was already requeued
         if requeue_delay is None:
             self.group.settle(item)
         else:
-            item.attempt += 1
-            self.group.requeue(item, requeue_delay)
+            self.group.requeue(_requeued(item), requeue_delay)
         self.wake()
 
     def _detach(self) -> None:
         with contextlib.suppress(ValueError):
             self.group.consumers.remove(self)
         # Unsettled deliveries go back to the group, in their original order.
-        for item in sorted(self.inflight.values(), key=lambda p: p.entry.offset, reverse=True):
-            item.attempt += 1
-            self.group.requeue(item, 0.0)
+        for item in sorted(self.inflight.values(), key=_offset, reverse=True):
+            self.group.requeue(_requeued(item), 0.0)
         self.inflight.clear()
 
     async def __aiter__(self) -> AsyncIterator[Delivery]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
+from typing import NoReturn
 
 from eventbus.adapter import Adapter
 from eventbus.backoff import Backoff
@@ -104,10 +105,23 @@ async def publish_batch(
     Raises :class:`BatchPublishError` naming the failed indexes, the sent ones and
     the envelopes (same ids) when any topic failed, also when others went out.
     """
+    if topic is None and messages:
+        kind = type(messages[0])
+        if all(type(message) is kind for message in messages):
+            topic = messages[0].default_topic()  # one class, one topic
+    if topic is not None:
+        # One topic (the common case): one call, no per-message index lists.
+        try:
+            return list(await publish(topic, envelopes))
+        except BatchPublishError as exc:
+            failures: dict[int, Exception] = dict(exc.failures)
+        except (PublishError, BrokerConnectionError) as exc:
+            failures = dict.fromkeys(range(len(messages)), exc)
+        _raise_failures(messages, envelopes, failures)
     by_topic: dict[str, list[int]] = defaultdict(list)
     for index, message in enumerate(messages):
-        by_topic[topic or message.default_topic()].append(index)
-    failures: dict[int, Exception] = {}
+        by_topic[message.default_topic()].append(index)
+    failures = {}
     for name, indexes in by_topic.items():
         try:
             sent = await publish(name, [envelopes[i] for i in indexes])
@@ -120,17 +134,22 @@ async def publish_batch(
             # did, so a retry republishes only the rest, under the same ids.
             failures.update({i: exc for i in indexes})
     if failures:
-        failed_ids = [envelopes[i].id for i in sorted(failures)]
-        raise BatchPublishError(
-            f"{len(failures)} of {len(messages)} messages were not published "
-            f"(ids {', '.join(failed_ids[:5])}{' ...' if len(failed_ids) > 5 else ''}); "
-            "see .failures for each index and its error, .succeeded for those sent, "
-            "and republish the failed .envelopes with publish_envelopes to keep their ids",
-            failures,
-            len(messages),
-            envelopes,
-        )
+        _raise_failures(messages, envelopes, failures)
     return envelopes
+
+
+def _raise_failures(messages: Sequence[Message], envelopes: list[Envelope],
+                    failures: dict[int, Exception]) -> NoReturn:
+    failed_ids = [envelopes[i].id for i in sorted(failures)]
+    raise BatchPublishError(
+        f"{len(failures)} of {len(messages)} messages were not published "
+        f"(ids {', '.join(failed_ids[:5])}{' ...' if len(failed_ids) > 5 else ''}); "
+        "see .failures for each index and its error, .succeeded for those sent, "
+        "and republish the failed .envelopes with publish_envelopes to keep their ids",
+        failures,
+        len(messages),
+        envelopes,
+    )
 
 
 async def publish_with_retry(

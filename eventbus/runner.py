@@ -28,6 +28,8 @@ from eventbus.events import Registry
 from eventbus.handling import Handling, _cancelling
 from eventbus.middleware.base import Middleware, Next, RedeliveryRequested, compose
 from eventbus.middleware.correlation import correlation
+from eventbus.middleware.deadletter import DeadLetter
+from eventbus.middleware.retry import Retry
 from eventbus.runs import counter_for
 from eventbus.spec import SubscriptionSpec
 from eventbus.watchdog import SlowHandlerWatch
@@ -107,8 +109,13 @@ class Runner(Handling):
         # Correlation, when it is the outermost step (the built chain's order), is
         # done by handle() itself: one coroutine less per message.
         self._correlate = bool(middleware) and middleware[0] is correlation
-        self.chain: Next = compose(middleware[1:] if self._correlate else middleware,
-                                   self._invoke)
+        layers = middleware[1:] if self._correlate else middleware
+        self.chain: Next = compose(layers, self._invoke)
+        # The default chain (dead-letter, retry) does nothing until the handler
+        # fails: handle() then calls the handler itself and hands a failure to the
+        # layers' recover() steps, as their __call__ would (no coroutine per layer).
+        self._fused = _fusable(layers)
+        self._after_retry: Next = compose(layers[1:], self._invoke)
         # One lane without key routing to do: the fetch loop runs each delivery
         # itself (no queue, no task switch), finishing it before taking the next.
         self._inline = max(1, spec.concurrency) == 1 and spec.batch is None
@@ -179,8 +186,28 @@ class Runner(Handling):
                     self._subscription = await self._subscribe()
                 self.state, self.error = "running", None
                 if self._inline:
+                    # Each delivery is handled here, as a lane would (no queue, no task
+                    # switch, no coroutine besides handle()), before taking the next.
                     async for delivery in self._subscription:
-                        await self._run_inline(delivery)
+                        if delivery.stale:
+                            # Taken back by the broker before it was fetched from the
+                            # adapter (a Kafka partition revoked): its new owner has it.
+                            self.runs.seen(delivery)
+                            log.debug("dropped stale %s of %s/%s", delivery.message_id,
+                                      delivery.topic, delivery.group)
+                            continue
+                        self._busy = self._progressed = True
+                        try:
+                            await self.handle(delivery)
+                        except asyncio.CancelledError:
+                            if _cancelling():
+                                raise
+                            log.error("message %s on %s/%s: CancelledError escaped the "
+                                      "middleware; asking the broker to redeliver",
+                                      delivery.message_id, delivery.topic, delivery.group)
+                            await self._nack(delivery, 1.0)
+                        finally:
+                            self._busy = False
                         if self._stopping:
                             return
                 elif self.spec.batch is not None:
@@ -257,28 +284,6 @@ class Runner(Handling):
             index = min(range(len(lanes)), key=self._load.__getitem__)
         self._load[index] += 1
         lanes[index].put_nowait((self._generation, delivery))
-
-    async def _run_inline(self, delivery: Delivery) -> None:
-        """Handle one delivery in the fetch loop (concurrency 1), as a lane would."""
-        if delivery.stale:
-            # Taken back by the broker before it was fetched from the adapter (a
-            # Kafka partition revoked meanwhile): its new owner handles it.
-            self.runs.seen(delivery)
-            log.debug("dropped stale %s of %s/%s", delivery.message_id,
-                      delivery.topic, delivery.group)
-            return
-        self._busy = self._progressed = True
-        try:
-            await self.handle(delivery)
-        except asyncio.CancelledError:
-            if _cancelling():
-                raise
-            log.error("message %s on %s/%s: CancelledError escaped the middleware; "
-                      "asking the broker to redeliver", delivery.message_id,
-                      delivery.topic, delivery.group)
-            await self._nack(delivery, 1.0)
-        finally:
-            self._busy = False
 
     def _queue_batch(self, batch: list[Delivery]) -> None:
         """Queue a collected batch: to one lane, or split by key lane when ordered."""
@@ -370,14 +375,27 @@ class Runner(Handling):
             if watch is not None:
                 watch.begin(delivery)
             try:
-                if self._correlate:
-                    token = current_envelope.set(envelope)
-                    try:
+                token = current_envelope.set(envelope) if self._correlate else None
+                try:
+                    if self._fused is None:
                         await self.chain(ctx)
-                    finally:
+                    else:
+                        failure: Exception | None = None
+                        try:
+                            # self._invoke(ctx) written out: one coroutine less.
+                            call = self._prepare(ctx)
+                            if call is not None:
+                                ctx.result = await call
+                        except asyncio.CancelledError as exc:
+                            failure = self._cancelled(ctx, exc)
+                            failure.__cause__ = exc
+                        except Exception as exc:
+                            failure = exc
+                        if failure is not None:
+                            await self._recover(ctx, failure)
+                finally:
+                    if token is not None:
                         current_envelope.reset(token)
-                else:
-                    await self.chain(ctx)
             finally:
                 if watch is not None:
                     watch.end(delivery)
@@ -401,7 +419,25 @@ class Runner(Handling):
             await self._nack(delivery, delay)
             return
         self.runs.finished(envelope.id)
-        await self._ack(delivery)
+        if delivery.settled is None:  # self._ack(delivery), one coroutine less
+            try:
+                await delivery.ack()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                await self._ack_failed(delivery, exc)
+
+    async def _recover(self, ctx: Context, failure: Exception) -> None:
+        """The fused chain's failure path: what Retry and then DeadLetter do with an
+        exception from the handler's first run (see ``_fused``)."""
+        assert self._fused is not None
+        retry, dead_letter = self._fused
+        try:
+            await retry.recover(ctx, self._invoke, failure)
+        except Exception as exc:
+            if dead_letter is None:
+                raise
+            await dead_letter.recover(ctx, self._after_retry, exc)
 
     async def _stop_fetching(self, task: asyncio.Task[None]) -> None:
         # A broker client may swallow a cancellation that lands in the middle of its
@@ -450,3 +486,15 @@ class Runner(Handling):
             await self._watch.stop()
         if self.state != "dead":
             self.state = "stopped"
+
+
+def _fusable(layers: Sequence[Middleware]) -> tuple[Retry, DeadLetter | None] | None:
+    """(retry, dead-letter) when ``layers`` is the default chain, else ``None``.
+
+    Exact types only: a subclass may do something on the success path.
+    """
+    if len(layers) == 2 and type(layers[0]) is DeadLetter and type(layers[1]) is Retry:
+        return layers[1], layers[0]
+    if len(layers) == 1 and type(layers[0]) is Retry:
+        return layers[0], None
+    return None

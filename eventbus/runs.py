@@ -23,39 +23,47 @@ class RunCounter:
 
     def __init__(self, limit: int = 10_000) -> None:
         self.limit = limit
-        # event id -> [handler runs, deliveries seen]
-        self._entries: OrderedDict[str, list[int]] = OrderedDict()
+        # event id -> (handler runs, deliveries seen). Tuples of two ints, replaced on
+        # each change: the collector stops tracking them, where ``limit`` long-lived
+        # lists made every full collection walk them.
+        self._entries: OrderedDict[str, tuple[int, int]] = OrderedDict()
 
-    def _entry(self, event_id: str) -> list[int]:
-        entry = self._entries.get(event_id)
-        if entry is None:
-            entry = self._entries[event_id] = [0, 0]
-            while len(self._entries) > self.limit:
-                self._entries.popitem(last=False)
-        else:
-            self._entries.move_to_end(event_id)
-        return entry
+    def _add(self, event_id: str, entry: tuple[int, int]) -> None:
+        entries = self._entries
+        entries[event_id] = entry
+        while len(entries) > self.limit:
+            entries.popitem(last=False)
 
     def seen(self, delivery: Delivery) -> int:
         """Record ``delivery``; return the runs its message already had before it."""
-        if delivery.envelope is None:
+        envelope = delivery.envelope
+        if envelope is None:
             return max(0, delivery.attempt - 1)
-        entry = self._entry(delivery.envelope.id)
+        event_id = envelope.id
+        entry = self._entries.get(event_id)
+        if entry is None:
+            self._add(event_id, (0, 1))
+            return max(0, delivery.attempt - 1)
+        self._entries.move_to_end(event_id)
         runs, seen = entry
+        self._entries[event_id] = (runs, seen + 1)
         # Earlier deliveries this process never saw: assume each ran once.
-        unseen = max(0, delivery.attempt - 1 - seen)
-        entry[1] = seen + 1
-        return runs + unseen
+        return runs + max(0, delivery.attempt - 1 - seen)
 
     def ran(self, event_id: str) -> None:
         """The handler is about to run for ``event_id``."""
-        self._entry(event_id)[0] += 1
+        entry = self._entries.get(event_id)
+        if entry is None:
+            self._add(event_id, (1, 0))
+        else:
+            self._entries.move_to_end(event_id)
+            self._entries[event_id] = (entry[0] + 1, entry[1])
 
     def not_ran(self, event_id: str) -> None:
         """Take back a run that shutdown cut short: it says nothing about the handler."""
         entry = self._entries.get(event_id)
         if entry is not None and entry[0] > 0:
-            entry[0] -= 1
+            self._entries[event_id] = (entry[0] - 1, entry[1])
 
     def finished(self, event_id: str) -> None:
         """The message was handled or dead-lettered: a later copy starts a fresh budget.
@@ -64,8 +72,8 @@ class RunCounter:
         this one are not mistaken for unseen runs.
         """
         entry = self._entries.get(event_id)
-        if entry is not None:
-            entry[0] = 0
+        if entry is not None and entry[0]:
+            self._entries[event_id] = (0, entry[1])
 
 
 _counters: OrderedDict[tuple[str, str, str], RunCounter] = OrderedDict()

@@ -19,15 +19,18 @@ from eventbus.memory import MemoryBroker
 EVENTBUS = "eventbus (corr+dlq+retry)"
 EVENTBUS_IDEMPOTENT = "eventbus (+idempotency)"
 EVENTBUS_BATCH = "eventbus (batch=100)"
+EVENTBUS_UNENCODED = "eventbus (encode=false)"
 FASTSTREAM = "faststream TestKafkaBroker"
 
 
-def memory_url() -> str:
+def memory_url(extra: str = "") -> str:
     """A private ``memory://<name>`` broker, so runs do not see each other's messages.
 
-    Options from ``$EVENTBUS_BENCH_MEMORY_OPTIONS`` (e.g. ``mode=structured``) are appended.
+    Options from ``$EVENTBUS_BENCH_MEMORY_OPTIONS`` (e.g. ``mode=structured``) are appended,
+    then ``extra`` (e.g. ``encode=false``).
     """
     options = os.environ.get("EVENTBUS_BENCH_MEMORY_OPTIONS", "").strip().lstrip("?")
+    options = "&".join(part for part in (options, extra) if part)
     return f"memory://bench-{uuid.uuid4().hex}" + (f"?{options}" if options else "")
 
 
@@ -72,13 +75,16 @@ def wire_for(url: str) -> MemoryWire | None:
 async def eventbus_case(
     events: Sequence[Tick], *, chunk: int, idempotency: bool, timeout: float = 120.0,
     bus_factory: Callable[[str], EventBus] | None = None, batch: int | None = None,
+    url_options: str = "",
 ) -> Timing:
     """Default chain (correlation, dead-letter, retry), optionally + idempotency.
 
     ``bus_factory`` builds the bus from the URL instead (the stage table's empty chain);
-    ``batch``: a batch handler (``subscribe(..., batch=N)``) taking lists of ``Tick``.
+    ``batch``: a batch handler (``subscribe(..., batch=N)``) taking lists of ``Tick``;
+    ``url_options``: appended to the ``memory://`` URL (``encode=false``: the core
+    without the wire codec).
     """
-    url = memory_url()
+    url = memory_url(url_options)
     if bus_factory is not None:
         bus = bus_factory(url)
     else:
@@ -140,6 +146,11 @@ def contenders(*, chunk: int) -> list[Contender]:
         Contender(EVENTBUS, lambda ev: eventbus_case(ev, chunk=chunk, idempotency=False), True),
         Contender(
             EVENTBUS_IDEMPOTENT, lambda ev: eventbus_case(ev, chunk=chunk, idempotency=True), True
+        ),
+        Contender(
+            EVENTBUS_UNENCODED,
+            lambda ev: eventbus_case(ev, chunk=chunk, idempotency=False,
+                                     url_options="encode=false"), True,
         ),
         Contender(
             EVENTBUS_BATCH,

@@ -50,22 +50,31 @@ class DeadLetter:
     async def __call__(self, ctx: Context, call_next: Next) -> None:
         try:
             await call_next(ctx)
-        except (RedeliveryRequested, InfrastructureError):
-            raise
         except Exception as exc:
-            attempts = int(ctx.items.get("attempts", ctx.attempt))
-            target = dlq_topic(ctx.topic, ctx.group)
-            await dead_letter(
-                self.adapter,
-                ctx.envelope,
-                reason=f"{type(exc).__name__}: {exc}",
-                topic=ctx.topic,
-                group=ctx.group,
-                attempts=attempts,
-                exc=exc,
-                logger=ctx.logger,
-            )
-            ctx.logger.error(
-                "dead-lettered after %d attempt(s) to %s: %s: %s",
-                attempts, target, type(exc).__name__, exc,
-            )
+            await self.recover(ctx, call_next, exc)
+
+    async def recover(self, ctx: Context, call_next: Next, exc: Exception) -> None:
+        """What this step does once the rest of the chain raised ``exc``: re-raise
+        infrastructure errors and redelivery requests, dead-letter anything else.
+
+        Split from ``__call__`` so the runner can call the handler directly and pay
+        for this step only when it fails (the success path does nothing here).
+        """
+        if isinstance(exc, RedeliveryRequested | InfrastructureError):
+            raise exc
+        attempts = int(ctx.items.get("attempts", ctx.attempt))
+        target = dlq_topic(ctx.topic, ctx.group)
+        await dead_letter(
+            self.adapter,
+            ctx.envelope,
+            reason=f"{type(exc).__name__}: {exc}",
+            topic=ctx.topic,
+            group=ctx.group,
+            attempts=attempts,
+            exc=exc,
+            logger=ctx.logger,
+        )
+        ctx.logger.error(
+            "dead-lettered after %d attempt(s) to %s: %s: %s",
+            attempts, target, type(exc).__name__, exc,
+        )

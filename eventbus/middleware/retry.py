@@ -90,30 +90,48 @@ class Retry:
     broker_redelivery: bool = True
 
     async def __call__(self, ctx: Context, call_next: Next) -> None:
+        # Real runs spent on earlier deliveries of this message, as the runner counted them.
+        ctx.attempt = ctx.previous_attempts + 1
+        try:
+            await call_next(ctx)
+            return
+        except Exception as exc:
+            failure = exc
+        # Outside the except block, as every later attempt runs: an exception raised
+        # by a retry does not carry this one as its context.
+        await self.recover(ctx, call_next, failure)
+
+    async def recover(self, ctx: Context, call_next: Next, exc: Exception) -> None:
+        """Go on after the first run of this delivery raised ``exc``: retry in process,
+        ask for a redelivery, or raise ``exc`` on to the dead-letter step.
+
+        Split from ``__call__`` so the runner can call the handler directly and pay
+        for this step only when it fails (the success path does nothing here).
+        """
         policy = self.policy
         per_delivery = policy.in_process_attempts if self.broker_redelivery else policy.max_attempts
-        # Real runs spent on earlier deliveries of this message, as the runner counted them.
-        attempt = ctx.previous_attempts
-        local = 0
+        attempt = ctx.previous_attempts + 1
+        local = 1
         while True:
+            if not policy.should_retry(exc) or attempt >= policy.max_attempts:
+                raise exc
+            delay = policy.delay(attempt)
+            if local >= per_delivery:
+                ctx.logger.warning(
+                    "attempt %d failed (%s: %s); broker redelivery in %.2fs",
+                    attempt, type(exc).__name__, exc, delay,
+                )
+                raise RedeliveryRequested(delay, f"attempt {attempt} failed") from exc
+            ctx.logger.info(
+                "attempt %d failed (%s: %s); retrying in %.2fs",
+                attempt, type(exc).__name__, exc, delay,
+            )
+            await asyncio.sleep(delay)
             attempt += 1
             local += 1
             ctx.attempt = attempt
             try:
                 await call_next(ctx)
                 return
-            except Exception as exc:
-                if not policy.should_retry(exc) or attempt >= policy.max_attempts:
-                    raise
-                delay = policy.delay(attempt)
-                if local >= per_delivery:
-                    ctx.logger.warning(
-                        "attempt %d failed (%s: %s); broker redelivery in %.2fs",
-                        attempt, type(exc).__name__, exc, delay,
-                    )
-                    raise RedeliveryRequested(delay, f"attempt {attempt} failed") from exc
-                ctx.logger.info(
-                    "attempt %d failed (%s: %s); retrying in %.2fs",
-                    attempt, type(exc).__name__, exc, delay,
-                )
-                await asyncio.sleep(delay)
+            except Exception as again:
+                exc = again
