@@ -21,16 +21,17 @@ Not part of the adapter contract, just a tool for writing adapters.
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Callable, Collection, Iterable, Mapping
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 from urllib.parse import parse_qsl, unquote
 
 from eventbus.errors import InvalidURLError
 
 OptionParser = Callable[[str], Any]
 """Raw option text -> typed value; raises ``ValueError`` saying what is allowed."""
+
+T = TypeVar("T")
 
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
@@ -155,18 +156,10 @@ def integer(
             allowed = f"must be an integer <= {high}"
         else:
             allowed = "must be an integer"
-    message = allowed
-
-    def parse(raw: str) -> int:
-        try:
-            value = int(raw)
-        except ValueError:
-            raise ValueError(message) from None
-        if (low is not None and value < low) or (high is not None and value > high):
-            raise ValueError(message)
-        return value
-
-    return parse
+    return _converted(
+        int, lambda value: (low is None or value >= low) and (high is None or value <= high),
+        allowed,
+    )
 
 
 def seconds(
@@ -183,15 +176,22 @@ def seconds(
             allowed = "must be zero or a positive number of seconds"
         else:
             allowed = f"must be a number of seconds {'>=' if inclusive else '>'} {low:g}"
-    message = allowed
+    # Written so that NaN, which compares false with everything, fails.
+    return _converted(float, lambda value: value > low or (inclusive and value == low), allowed)
 
-    def parse(raw: str) -> float:
+
+def _converted(
+    convert: Callable[[str], T], valid: Callable[[T], bool], allowed: str
+) -> Callable[[str], T]:
+    """A parser: ``convert`` the text, then check it is ``valid``; ``allowed`` if not."""
+
+    def parse(raw: str) -> T:
         try:
-            value = float(raw)
+            value = convert(raw)
         except ValueError:
-            raise ValueError(message) from None
-        if math.isnan(value) or value < low or (value == low and not inclusive):
-            raise ValueError(message)
+            raise ValueError(allowed) from None
+        if not valid(value):
+            raise ValueError(allowed)
         return value
 
     return parse
