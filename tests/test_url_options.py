@@ -8,26 +8,14 @@ from typing import Any
 
 import pytest
 
+from eventbus import url_options
 from eventbus.errors import InvalidURLError
-from eventbus.url_options import (
-    choice,
-    flag,
-    host_ports,
-    integer,
-    mask_query,
-    parse_options,
-    pattern,
-    query_pairs,
-    seconds,
-    strict_flag,
-    text,
-)
 
 URL = "demo://u:***@h?x=1"
 PARSERS: dict[str, Callable[[str], Any]] = {
-    "partitions": integer(1),
-    "mode": choice("binary", "structured"),
-    "password": text,
+    "partitions": url_options.integer(1),
+    "mode": url_options.choice("binary", "structured"),
+    "password": url_options.text,
 }
 
 
@@ -40,7 +28,7 @@ def refusal(parser: Callable[[str], Any], raw: str) -> str:
 
 def error_of(pairs: list[tuple[str, str]], **kwargs: Any) -> str:
     with pytest.raises(InvalidURLError) as raised:
-        parse_options(pairs, PARSERS, name="Demo", shown=URL, **kwargs)
+        url_options.parse_options(pairs, PARSERS, name="Demo", shown=URL, **kwargs)
     message = str(raised.value)
     assert "\n" not in message, f"not one line: {message!r}"
     return message
@@ -50,7 +38,7 @@ def error_of(pairs: list[tuple[str, str]], **kwargs: Any) -> str:
 
 
 def test_options_are_parsed_to_typed_values() -> None:
-    values = parse_options([("partitions", "6"), ("mode", "structured")], PARSERS,
+    values = url_options.parse_options([("partitions", "6"), ("mode", "structured")], PARSERS,
                            name="Demo", shown=URL)
     assert values == {"partitions": 6, "mode": "structured"}
 
@@ -85,7 +73,7 @@ def test_an_option_given_twice_is_an_error_by_default() -> None:
 
 
 def test_repeated_last_keeps_the_last_value_and_never_parses_the_overridden_one() -> None:
-    values = parse_options([("partitions", "x"), ("partitions", "4")], PARSERS,
+    values = url_options.parse_options([("partitions", "x"), ("partitions", "4")], PARSERS,
                            name="Demo", shown=URL, repeated="last")
     assert values == {"partitions": 4}
     assert "partitions='0'" in error_of([("partitions", "4"), ("partitions", "0")],
@@ -96,27 +84,29 @@ def test_repeated_last_keeps_the_last_value_and_never_parses_the_overridden_one(
 
 
 def test_query_pairs_decode_and_keep_order() -> None:
-    assert query_pairs("b=2&a=%2F&c=") == [("b", "2"), ("a", "/"), ("c", "")]
-    assert query_pairs("") == []
+    assert url_options.query_pairs("b=2&a=%2F&c=") == [("b", "2"), ("a", "/"), ("c", "")]
+    assert url_options.query_pairs("") == []
 
 
 def test_plus_is_a_space_unless_told_otherwise() -> None:
-    assert query_pairs("p=a+b%2Bc") == [("p", "a b+c")]
-    assert query_pairs("p=a+b%2Bc&&q", plus_is_space=False) == [("p", "a+b+c"), ("q", "")]
+    assert url_options.query_pairs("p=a+b%2Bc") == [("p", "a b+c")]
+    assert url_options.query_pairs("p=a+b%2Bc&&q", plus_is_space=False) == [
+        ("p", "a+b+c"), ("q", "")]
 
 
 def test_blank_values_can_be_dropped_like_parse_qs() -> None:
     for plus in (True, False):
-        assert query_pairs("a=&b=1&c", keep_blank=False, plus_is_space=plus) == [("b", "1")]
+        pairs = url_options.query_pairs("a=&b=1&c", keep_blank=False, plus_is_space=plus)
+        assert pairs == [("b", "1")]
 
 
 # -- servers and masking ------------------------------------------------------------------
 
 
 def test_host_ports_default_the_port_and_keep_ipv6_bracketed() -> None:
-    assert host_ports("a, b:1,[::1]:3,[::2]", default_port=9, name="X", shown="s") == (
+    assert url_options.host_ports("a, b:1,[::1]:3,[::2]", default_port=9, name="X", shown="s") == (
         "a:9", "b:1", "[::1]:3", "[::2]:9")
-    assert host_ports(" , ", default_port=9, name="X", shown="s") == ()
+    assert url_options.host_ports(" , ", default_port=9, name="X", shown="s") == ()
 
 
 @pytest.mark.parametrize(("netloc", "words"), [
@@ -127,12 +117,13 @@ def test_host_ports_default_the_port_and_keep_ipv6_bracketed() -> None:
 ])
 def test_host_ports_refuse_empty_hosts_and_bad_ports(netloc: str, words: str) -> None:
     with pytest.raises(InvalidURLError) as raised:
-        host_ports(netloc, default_port=9, name="Kafka", shown="kafka://x")
+        url_options.host_ports(netloc, default_port=9, name="Kafka", shown="kafka://x")
     assert str(raised.value) == f"Kafka URL 'kafka://x' {words}"
 
 
 def test_mask_query_hides_only_the_named_options() -> None:
-    assert mask_query("x://h?password=a&mypassword=b&token=c#f", "password", "token") == (
+    url = "x://h?password=a&mypassword=b&token=c#f"
+    assert url_options.mask_query(url, "password", "token") == (
         "x://h?password=***&mypassword=b&token=***#f")
 
 
@@ -140,12 +131,13 @@ def test_mask_query_hides_only_the_named_options() -> None:
 
 
 @pytest.mark.parametrize(("parser", "good", "bad", "words"), [
-    (integer(1), {"1": 1, "+7": 7, " 8 ": 8}, ["0", "-1", "x", "1.5", ""],
+    (url_options.integer(1), {"1": 1, "+7": 7, " 8 ": 8}, ["0", "-1", "x", "1.5", ""],
      "must be an integer >= 1"),
-    (integer(0, 20), {"0": 0, "20": 20}, ["-1", "21", "x"], "must be an integer from 0 to 20"),
-    (integer(high=5), {"-9": -9, "5": 5}, ["6"], "must be an integer <= 5"),
-    (integer(), {"-3": -3}, ["x"], "must be an integer"),
-    (integer(-1, allowed="use -1"), {"-1": -1}, ["-2"], "use -1"),
+    (url_options.integer(0, 20), {"0": 0, "20": 20}, ["-1", "21", "x"],
+     "must be an integer from 0 to 20"),
+    (url_options.integer(high=5), {"-9": -9, "5": 5}, ["6"], "must be an integer <= 5"),
+    (url_options.integer(), {"-3": -3}, ["x"], "must be an integer"),
+    (url_options.integer(-1, allowed="use -1"), {"-1": -1}, ["-2"], "use -1"),
 ])
 def test_integer(parser: Callable[[str], int], good: dict[str, int], bad: list[str],
                  words: str) -> None:
@@ -156,13 +148,13 @@ def test_integer(parser: Callable[[str], int], good: dict[str, int], bad: list[s
 
 
 @pytest.mark.parametrize(("parser", "good", "bad", "words"), [
-    (seconds(), ["0.001", "5", "inf"], ["0", "-1", "nan", "x", ""],
+    (url_options.seconds(), ["0.001", "5", "inf"], ["0", "-1", "nan", "x", ""],
      "must be a positive number of seconds"),
-    (seconds(inclusive=True), ["0", "2.5"], ["-0.5", "nan"],
+    (url_options.seconds(inclusive=True), ["0", "2.5"], ["-0.5", "nan"],
      "must be zero or a positive number of seconds"),
-    (seconds(0.1, inclusive=True), ["0.1", "3"], ["0.09", "nan"],
+    (url_options.seconds(0.1, inclusive=True), ["0.1", "3"], ["0.09", "nan"],
      "must be a number of seconds >= 0.1"),
-    (seconds(1), ["1.5"], ["1", "0.5"], "must be a number of seconds > 1"),
+    (url_options.seconds(1), ["1.5"], ["1", "0.5"], "must be a number of seconds > 1"),
 ])
 def test_seconds(parser: Callable[[str], float], good: list[str], bad: list[str],
                  words: str) -> None:
@@ -174,27 +166,27 @@ def test_seconds(parser: Callable[[str], float], good: list[str], bad: list[str]
 
 
 def test_flags() -> None:
-    assert [flag(raw) for raw in ("1", "TRUE", "yes", "On")] == [True] * 4
-    assert [flag(raw) for raw in ("0", "False", "NO", "off")] == [False] * 4
-    assert (strict_flag("TRUE"), strict_flag("false")) == (True, False)
-    assert refusal(flag, "maybe") == "use true or false"
+    assert [url_options.flag(raw) for raw in ("1", "TRUE", "yes", "On")] == [True] * 4
+    assert [url_options.flag(raw) for raw in ("0", "False", "NO", "off")] == [False] * 4
+    assert (url_options.strict_flag("TRUE"), url_options.strict_flag("false")) == (True, False)
+    assert refusal(url_options.flag, "maybe") == "use true or false"
     for raw in ("yes", "1", ""):
-        assert refusal(strict_flag, raw) == "use 'true' or 'false'"
+        assert refusal(url_options.strict_flag, raw) == "use 'true' or 'false'"
 
 
 def test_choice_folds_and_says_what_is_allowed() -> None:
-    assert choice("SSL", "SASL_SSL", fold=str.upper)("sasl_ssl") == "SASL_SSL"
+    assert url_options.choice("SSL", "SASL_SSL", fold=str.upper)("sasl_ssl") == "SASL_SSL"
     # Without fold the match is exact.
-    assert refusal(choice("earliest", "latest"), "Latest") == "use earliest or latest"
-    assert refusal(choice("a", "b", "c"), "d") == "use one of a, b, c"
-    sns = choice("sns", "queue", words="use sns or a queue")
+    assert refusal(url_options.choice("earliest", "latest"), "Latest") == "use earliest or latest"
+    assert refusal(url_options.choice("a", "b", "c"), "d") == "use one of a, b, c"
+    sns = url_options.choice("sns", "queue", words="use sns or a queue")
     assert refusal(sns, "mesh") == "use sns or a queue"
 
 
 def test_text_and_pattern() -> None:
-    assert text("x") == "x"
-    assert refusal(text, "") == "must not be empty"
-    letters = pattern(r"[a-z]{1,3}", "use 1-3 letters")
+    assert url_options.text("x") == "x"
+    assert refusal(url_options.text, "") == "must not be empty"
+    letters = url_options.pattern(r"[a-z]{1,3}", "use 1-3 letters")
     assert letters("abc") == "abc"
     for raw in ("abcd", "ab1", "", "ab\n"):
         assert refusal(letters, raw) == "use 1-3 letters"
