@@ -30,14 +30,22 @@ import argparse
 import asyncio
 import functools
 import json
-import os
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+
+from es_support import (
+    BATCH,
+    add_work_arguments,
+    fresh_postgres,
+    postgres_env,
+    print_table,
+    rate,
+    sqlite_env,
+    total_events,
+)
 
 from eventbus import Event
 from eventbus.envelope import Envelope
@@ -50,7 +58,6 @@ from eventbus.patterns.eventsourcing import (
     applies,
 )
 
-BATCH = 10
 Row = dict[str, Any]
 
 
@@ -67,10 +74,6 @@ class BenchAccount(Aggregate):
     @applies(BenchDeposited)
     def _deposited(self, event: BenchDeposited) -> None:
         self.balance += event.amount
-
-
-def rate(events: int, seconds: float) -> float:
-    return events / seconds if seconds > 0 else float("inf")
 
 
 # -- eventbus ----------------------------------------------------------------------------
@@ -95,7 +98,7 @@ async def eventbus_store(store: EventStore, streams: int, per_stream: int) -> tu
     for s in range(streams):
         loaded += len(await store.read_stream(f"s-{s}"))
     load = time.perf_counter() - start
-    total = streams * (per_stream // BATCH) * BATCH
+    total = total_events(streams, per_stream)
     assert loaded == total, (loaded, total)
     return rate(total, append), rate(total, load)
 
@@ -116,7 +119,7 @@ async def eventbus_aggregates(store: EventStore, streams: int, per_stream: int
         account = await repo.load(f"a-{s}")
         assert account.version == per_stream // BATCH * BATCH
     load = time.perf_counter() - start
-    total = streams * (per_stream // BATCH) * BATCH
+    total = total_events(streams, per_stream)
     return rate(total, save), rate(total, load)
 
 
@@ -193,37 +196,9 @@ def run_eventsourcing(name: str, env: dict[str, str], streams: int, per_stream: 
             "save": save, "get": get}
 
 
-# -- databases ---------------------------------------------------------------------------
-
-@asynccontextmanager
-async def fresh_postgres(server: str) -> AsyncIterator[str]:
-    import asyncpg
-
-    admin = await asyncpg.connect(server, timeout=5)
-    name = f"bench_es_{uuid.uuid4().hex[:10]}"
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield urlunsplit(urlsplit(server)._replace(path=f"/{name}"))
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
-
-
-def postgres_env(url: str) -> dict[str, str]:
-    parts = urlsplit(url)
-    return {"PERSISTENCE_MODULE": "eventsourcing.postgres",
-            "POSTGRES_DBNAME": parts.path.lstrip("/"), "POSTGRES_HOST": parts.hostname or "",
-            "POSTGRES_PORT": str(parts.port or 5432), "POSTGRES_USER": parts.username or "",
-            "POSTGRES_PASSWORD": parts.password or ""}
-
-
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--streams", type=int, default=200)
-    parser.add_argument("--per-stream", type=int, default=50, help="events per stream (x10)")
-    parser.add_argument("--stores", default="memory,sqlite,postgres")
-    parser.add_argument("--pg-url", default=os.environ.get(
-        "EVENTBUS_TEST_POSTGRES_URL", "postgresql://postgres:postgres@127.0.0.1:5432/test"))
+    add_work_arguments(parser, streams=200, stores="memory,sqlite,postgres")
     args = parser.parse_args()
     stores = args.stores.split(",")
     rows: list[Row] = []
@@ -236,25 +211,21 @@ async def main() -> None:
         with tempfile.TemporaryDirectory() as folder:
             url = f"sqlite:///{folder}/eventbus.db"
             rows.append(await run_eventbus("sqlite", lambda: SQLEventStore.connect(url), *work))
-            rows.append(run_eventsourcing("sqlite", {
-                "PERSISTENCE_MODULE": "eventsourcing.sqlite",
-                "SQLITE_DBNAME": f"{folder}/eventsourcing.db"}, *work))
+            rows.append(run_eventsourcing("sqlite", sqlite_env(f"{folder}/eventsourcing.db"),
+                                          *work))
     if "postgres" in stores:
-        async with fresh_postgres(args.pg_url) as url:
+        async with fresh_postgres(args.pg_url, "bench_es") as url:
             rows.append(await run_eventbus("postgres", lambda: SQLEventStore.connect(url),
                                            *work))
-        async with fresh_postgres(args.pg_url) as url:
+        async with fresh_postgres(args.pg_url, "bench_es") as url:
             rows.append(run_eventsourcing("postgres", postgres_env(url), *work))
-    total = args.streams * (args.per_stream // BATCH) * BATCH
+    total = total_events(args.streams, args.per_stream)
     print(f"\n{total} events per contender: {args.streams} streams x {args.per_stream}, "
           f"{BATCH} events per append/save; events/s (higher is better)\n")
-    print(f"| {'store':<9}| {'contender':<14}| {'store append':>13} | {'store load':>11} "
-          f"| {'aggregate save':>14} | {'aggregate load':>14} |")
-    print(f"|{'-' * 10}|{'-' * 15}|{'-' * 15}|{'-' * 13}|{'-' * 16}|{'-' * 16}|")
-    for row in rows:
-        print(f"| {row['store']:<9}| {row['contender']:<14}| {row['append']:>13,.0f} "
-              f"| {row['load']:>11,.0f} | {row['save']:>14,.0f} | {row['get']:>14,.0f} |")
-
+    print_table(("store", "contender", "store append", "store load", "aggregate save",
+                 "aggregate load"),
+                [(row["store"], row["contender"], row["append"], row["load"], row["save"],
+                  row["get"]) for row in rows])
 
 def _opener(factory: Callable[[], EventStore]) -> Callable[[], Any]:
     async def open_store() -> EventStore:

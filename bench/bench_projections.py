@@ -29,22 +29,25 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
-import os
 import tempfile
 import time
-import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+
+from es_support import (
+    BATCH,
+    add_work_arguments,
+    fresh_postgres,
+    postgres_env,
+    print_table,
+    sqlite_env,
+    total_events,
+)
 
 from eventbus import Event, EventBus
 from eventbus.events import Message
 from eventbus.patterns.cqrs import Projection
 from eventbus.patterns.eventsourcing import SQLEventStore
 from eventbus.patterns.sql import Database, Transaction
-
-BATCH = 10
 
 
 class Counted(Event, type="bench.counted", topic="bench.counts"):
@@ -78,7 +81,7 @@ async def run_eventbus(url: str, streams: int, per_stream: int,
             await store.append(f"s-{s}", [
                 bus.envelope_for(Counted(stream=f"s-{s}", note="x" * 20), parent=None)
                 for _ in range(BATCH)], b * BATCH)
-    total = streams * (per_stream // BATCH) * BATCH
+    total = total_events(streams, per_stream)
     rates = []
     for name, size in (("bench", batch), ("bench-per-event", 1)):
         counts = Counts(db, name=name, batch=size)
@@ -165,44 +168,16 @@ def run_eventsourcing(env: dict[str, str], streams: int, per_stream: int,
             break
         position = page[-1].id
     seconds = time.perf_counter() - start
-    total = streams * (per_stream // BATCH) * BATCH
+    total = total_events(streams, per_stream)
     assert applied == total, (applied, total)
     app.close()
     return total / seconds
 
 
-# -- databases ---------------------------------------------------------------------------
-
-@asynccontextmanager
-async def fresh_postgres(server: str) -> AsyncIterator[str]:
-    import asyncpg
-
-    admin = await asyncpg.connect(server, timeout=5)
-    name = f"bench_proj_{uuid.uuid4().hex[:10]}"
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield urlunsplit(urlsplit(server)._replace(path=f"/{name}"))
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
-
-
-def postgres_env(url: str) -> dict[str, str]:
-    parts = urlsplit(url)
-    return {"PERSISTENCE_MODULE": "eventsourcing.postgres",
-            "POSTGRES_DBNAME": parts.path.lstrip("/"), "POSTGRES_HOST": parts.hostname or "",
-            "POSTGRES_PORT": str(parts.port or 5432), "POSTGRES_USER": parts.username or "",
-            "POSTGRES_PASSWORD": parts.password or ""}
-
-
 async def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
-    parser.add_argument("--streams", type=int, default=100)
-    parser.add_argument("--per-stream", type=int, default=50, help="events per stream (x10)")
+    add_work_arguments(parser, streams=100, stores="sqlite,postgres")
     parser.add_argument("--batch", type=int, default=200, help="events read per page")
-    parser.add_argument("--stores", default="sqlite,postgres")
-    parser.add_argument("--pg-url", default=os.environ.get(
-        "EVENTBUS_TEST_POSTGRES_URL", "postgresql://postgres:postgres@127.0.0.1:5432/test"))
     args = parser.parse_args()
     work = (args.streams, args.per_stream, args.batch)
     rows: list[tuple[str, str, float]] = []
@@ -210,23 +185,19 @@ async def main() -> None:
         with tempfile.TemporaryDirectory() as folder:
             paged, single = await run_eventbus(f"sqlite:///{folder}/eventbus.db", *work)
             rows += [("sqlite", "eventbus", paged), ("sqlite", "eventbus 1/tx", single)]
-            rows.append(("sqlite", "eventsourcing", run_eventsourcing({
-                "PERSISTENCE_MODULE": "eventsourcing.sqlite",
-                "SQLITE_DBNAME": f"{folder}/eventsourcing.db"}, *work)))
+            rows.append(("sqlite", "eventsourcing", run_eventsourcing(
+                sqlite_env(f"{folder}/eventsourcing.db"), *work)))
     if "postgres" in args.stores:
-        async with fresh_postgres(args.pg_url) as url:
+        async with fresh_postgres(args.pg_url, "bench_proj") as url:
             paged, single = await run_eventbus(url, *work)
             rows += [("postgres", "eventbus", paged), ("postgres", "eventbus 1/tx", single)]
-        async with fresh_postgres(args.pg_url) as url:
+        async with fresh_postgres(args.pg_url, "bench_proj") as url:
             rows.append(("postgres", "eventsourcing",
                          run_eventsourcing(postgres_env(url), *work)))
-    total = args.streams * (args.per_stream // BATCH) * BATCH
+    total = total_events(args.streams, args.per_stream)
     print(f"\n{total} events per contender ({args.streams} streams x {args.per_stream}), "
           f"pages of {args.batch}; projection catch-up, events/s (higher is better)\n")
-    print("| store    | contender     | catch-up |")
-    print("|----------|---------------|---------:|")
-    for store, contender, value in rows:
-        print(f"| {store:<9}| {contender:<14}| {value:>8,.0f} |")
+    print_table(("store", "contender", "catch-up"), rows)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
-from eventbus import Command, Envelope, Event, MemoryAdapter
+from eventbus import Command, Envelope, Event, EventBus, MemoryAdapter
 from eventbus.adapter import SubscribeOptions
 from eventbus.middleware import dlq_topic
 
@@ -47,6 +47,20 @@ class Inbox(Generic[T]):
 
         await asyncio.wait_for(until(), timeout)
         return list(self.items)
+
+
+def order_inbox(
+    bus: EventBus, source: str | type[OrderPlaced], group: str = "g"
+) -> Inbox[OrderPlaced]:
+    """Subscribe ``group`` of ``bus`` to ``source`` (a topic, or the event type); the
+    inbox collects each :class:`OrderPlaced` it gets."""
+    inbox: Inbox[OrderPlaced] = Inbox()
+
+    @bus.subscribe(source, group=group)
+    async def collect(event: OrderPlaced) -> None:
+        inbox.add(event)
+
+    return inbox
 
 
 class Records(logging.Handler):

@@ -13,6 +13,7 @@ from bus_support import (
     PaymentTaken,
     memory_url,
     new_topic,
+    order_inbox,
     run,
 )
 
@@ -65,13 +66,8 @@ def test_context_publish_carries_correlation_and_causation() -> None:
 def test_topic_subscription_gets_typed_events_and_acks_unhandled_known_types() -> None:
     async def scenario() -> None:
         url, topic = memory_url(), new_topic()
-        typed: Inbox[OrderPlaced] = Inbox()
         bus = EventBus(url)
-
-        @bus.subscribe(OrderPlaced, group="typed")
-        async def one_type(event: OrderPlaced) -> None:
-            typed.add(event)
-
+        typed = order_inbox(bus, OrderPlaced, group="typed")
         catch_all: Inbox[Event] = Inbox()
 
         @bus.subscribe(topic, group="all")
@@ -118,18 +114,14 @@ def test_concurrent_lanes_keep_per_key_order() -> None:
 def test_subscription_recovers_after_the_connection_drops() -> None:
     async def scenario() -> None:
         url, topic = memory_url(), new_topic()
-        seen: Inbox[str] = Inbox()
         bus = EventBus(url)
-
-        @bus.subscribe(topic, group="g")
-        async def handle(event: OrderPlaced) -> None:
-            seen.add(event.order_id)
-
+        seen = order_inbox(bus, topic)
         async with bus:
             await bus.publish(OrderPlaced(order_id="before"), topic=topic)
             await seen.wait_count(1)
             await MemoryAdapter(url).faults.drop_connections()
             await bus.publish(OrderPlaced(order_id="after"), topic=topic)
-            assert await seen.wait_count(2) == ["before", "after"]
+            seen_ids = [event.order_id for event in await seen.wait_count(2)]
+            assert seen_ids == ["before", "after"]
 
     run(scenario)

@@ -14,6 +14,7 @@ from bus_support import (
     PaymentTaken,
     memory_url,
     new_topic,
+    order_inbox,
     run,
 )
 
@@ -59,13 +60,8 @@ def test_publish_returns_the_confirmed_envelope() -> None:
 def test_publish_to_another_topic_and_explicit_correlation() -> None:
     async def scenario() -> None:
         url, topic = memory_url(), new_topic()
-        inbox: Inbox[OrderPlaced] = Inbox()
         bus = EventBus(url)
-
-        @bus.subscribe(topic, group="g")
-        async def keep(event: OrderPlaced) -> None:
-            inbox.add(event)
-
+        inbox = order_inbox(bus, topic)
         async with bus:
             sent = await bus.publish(OrderPlaced(order_id="o-2"), topic=topic,
                                      correlation_id="flow-9")
@@ -157,17 +153,12 @@ def test_oversize_publish_raises_and_sends_nothing() -> None:
 def test_publish_waits_out_a_short_connection_refusal() -> None:
     async def scenario() -> None:
         url, topic = memory_url(), new_topic()
-        inbox: Inbox[str] = Inbox()
         bus = EventBus(url)
-
-        @bus.subscribe(topic, group="g")
-        async def keep(event: OrderPlaced) -> None:
-            inbox.add(event.order_id)
-
+        inbox = order_inbox(bus, topic)
         async with bus:
             await MemoryAdapter(url).faults.refuse_connections(0.2)
             await bus.publish(OrderPlaced(order_id="after"), topic=topic)
-            assert await inbox.wait_count(1) == ["after"]
+            assert await inbox.wait_count(1) == [OrderPlaced(order_id="after")]
 
     run(scenario)
 

@@ -3,15 +3,14 @@ reading it back; and a failing message whose dead letter is too big, end to end.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 
 import pytest
+from bus_support import dead_letters, run
 
 from eventbus import Envelope, Event, EventBus, MemoryAdapter, RetryPolicy
-from eventbus.adapter import SubscribeOptions
 from eventbus.deadletter import (
     DLQ_EXTENSIONS,
     UNDECODABLE_TYPE,
@@ -31,37 +30,10 @@ from eventbus.errors import (
     PublishError,
 )
 
-WAIT = 5.0
-
-
-def run(scenario: Callable[[], Awaitable[None]]) -> None:
-    asyncio.run(asyncio.wait_for(scenario(), 20))
-
 
 def memory_url(limit: int | None = None) -> str:
     query = "" if limit is None else f"?max_message_bytes={limit}"
     return f"memory://{uuid.uuid4()}{query}"
-
-
-async def read_dlq(url: str, topic: str, group: str, count: int = 1) -> list[Envelope]:
-    subscription = await MemoryAdapter(url).subscribe(
-        dlq_topic(topic, group), SubscribeOptions(group=f"reader-{uuid.uuid4()}",
-                                                  start_from="earliest"))
-    found: list[Envelope] = []
-
-    async def collect() -> None:
-        async for delivery in subscription:
-            assert delivery.envelope is not None
-            found.append(delivery.envelope)
-            await delivery.ack()
-            if len(found) == count:
-                return
-
-    try:
-        await asyncio.wait_for(collect(), WAIT)
-    finally:
-        await subscription.close()
-    return found
 
 
 def test_dlq_topic_name() -> None:
@@ -143,7 +115,7 @@ def _dead(data: bytes = b'{"id": 1}', **ext: str) -> Envelope:
 async def _publish_with_limit(dead: Envelope, limit: int) -> tuple[Envelope, Envelope]:
     url = memory_url(limit)
     sent = await publish_dead_letter(MemoryAdapter(url), dead, topic="orders", group="billing")
-    (stored,) = await read_dlq(url, "orders", "billing")
+    (stored,) = await dead_letters(url, "orders", "billing", 1)
     return sent, stored
 
 
@@ -267,7 +239,7 @@ def test_a_size_refusal_after_encoding_also_shrinks_the_dead_letter(by_broker: b
         adapter.batch = by_broker
         sent = await publish_dead_letter(adapter, _dead(), topic="orders", group="billing")
         assert sent.extensions["dlqdropped"] == "traceback"
-        assert (await read_dlq(url, "orders", "billing")) == [sent]
+        assert (await dead_letters(url, "orders", "billing", 1)) == [sent]
 
     run(scenario)
 
@@ -328,7 +300,7 @@ def test_a_failing_message_near_the_size_limit_reaches_the_dlq_once() -> None:
 
         async with bus:
             sent = await bus.publish(Blob(payload="x" * (LIMIT - 400)))
-            (dead,) = await read_dlq(url, Blob.default_topic(), "g")
+            (dead,) = await dead_letters(url, Blob.default_topic(), "g", 1)
         assert runs == [1]
         assert dead.id == sent.id and dead.type == sent.type
         assert dead.extensions["dlqreason"] == "ValueError: downstream said no"
@@ -348,7 +320,7 @@ def test_oversize_undecodable_bytes_reach_the_dlq_as_a_reference() -> None:
 
         async with bus:
             await MemoryAdapter(url).publish_raw(topic, b"\x00" * (LIMIT - 100))
-            (dead,) = await read_dlq(url, topic, "g")
+            (dead,) = await dead_letters(url, topic, "g", 1)
         assert dead.type == UNDECODABLE_TYPE and dead.data == b""
         assert dead.extensions["dlqreason"].startswith("undecodable")
         assert "data" in dead.extensions["dlqdropped"].split(",")

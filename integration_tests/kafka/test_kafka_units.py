@@ -318,3 +318,13 @@ def test_commit_point_is_the_settled_prefix() -> None:
     log.revoked = True
     late = log.add(15)
     assert not log.settle(late) and log.to_commit() is None
+
+
+def test_a_bad_value_names_the_option_the_value_and_what_is_allowed() -> None:
+    with pytest.raises(InvalidURLError) as raised:
+        KafkaSettings.from_url("kafka://k?partitions=x")
+    assert str(raised.value) == ("option partitions='x' in Kafka URL 'kafka://k?partitions=x' "
+                                 "is invalid: must be an integer >= 1")
+    # Case-folded choices, as before: security_protocol upper, isolation_level lower.
+    s = KafkaSettings.from_url("kafka://k?security_protocol=ssl&isolation_level=READ_COMMITTED")
+    assert (s.security_protocol, s.isolation_level) == ("SSL", "read_committed")

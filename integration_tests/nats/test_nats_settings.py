@@ -70,3 +70,13 @@ def test_secrets_never_shown() -> None:
 def test_tls_files_select_tls() -> None:
     s = NatsSettings.from_url("nats://h?tls_ca=/ca.pem")
     assert s.tls and s.server_urls() == ["tls://h:4222"]
+
+
+def test_bad_values_say_what_is_allowed() -> None:
+    assert error_of("nats://h?replicas=x").endswith(
+        "option replicas='x' in NATS URL 'nats://h?replicas=x' is invalid: "
+        "must be an integer >= 1")
+    assert "max_age='nan'" in error_of("nats://h?max_age=nan")  # NaN is no duration
+    assert NatsSettings.from_url("nats://h?max_age=0").max_age == 0.0
+    assert [NatsSettings.from_url(f"nats://h?max_deliver={n}").max_deliver for n in (-1, 3)] == [
+        -1, 3]

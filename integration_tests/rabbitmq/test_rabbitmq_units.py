@@ -122,3 +122,12 @@ def test_a_message_accepted_by_publish_still_fits_when_parked_for_a_retry() -> N
     message = encode(full_envelope())
     parked = retry_headers(message.headers, attempt=12345, not_before_ms=10**13)
     assert message_size(parked, message.content_type, message.body) == message.size
+
+
+def test_a_repeated_option_means_its_last_value() -> None:
+    """As it always has here: the earlier value is replaced, never even checked."""
+    assert RabbitMQSettings.from_url("amqp://h/?heartbeat=x&heartbeat=5").heartbeat == 5
+    with pytest.raises(InvalidURLError) as info:
+        RabbitMQSettings.from_url("amqp://h/?heartbeat=5&heartbeat=3601")
+    assert str(info.value) == ("option heartbeat='3601' in RabbitMQ URL 'amqp://h/?heartbeat=5"
+                               "&heartbeat=3601' is invalid: must be an integer from 0 to 3600")

@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
-from eventbus_redis import RedisPubSubAdapter, RedisStreamsAdapter
+from eventbus_redis import RedisPubSubAdapter, RedisSettings, RedisStreamsAdapter
 from redis.asyncio import Redis
 
 from eventbus.adapter import Delivery, SubscribeOptions, Subscription
@@ -56,6 +56,7 @@ async def next_delivery(subscription: Subscription, timeout: float = 10.0) -> De
     ("rediss://h/0?ssl_cert_reqs=sometimes", ["ssl_cert_reqs", "required"]),
     ("redis+streams://h/abc", ["database", "number"]),
     ("redis+streams://h/0?start_from=middle", ["start_from", "earliest"]),
+    ("redis://h/0?connect_timeout=nan", ["connect_timeout", ">= 0.1"]),
 ])
 def test_bad_settings_fail_with_one_line_naming_the_option(url: str, words: list[str]) -> None:
     with pytest.raises(InvalidURLError) as caught:
@@ -64,6 +65,11 @@ def test_bad_settings_fail_with_one_line_naming_the_option(url: str, words: list
     assert "\n" not in message
     for word in words:
         assert word in message
+
+
+def test_a_blank_option_is_no_option_and_the_last_value_counts() -> None:
+    settings = RedisSettings.from_url("redis+streams://h/0?maxlen=&block_ms=x&block_ms=50")
+    assert (settings.maxlen, settings.block_ms) == (1_000_000, 50)
 
 
 def test_schemes_pick_the_mode_and_the_password_is_masked() -> None:

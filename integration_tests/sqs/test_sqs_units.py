@@ -90,3 +90,10 @@ def test_an_event_wrapped_by_sns_without_raw_delivery_is_not_poison() -> None:
                           "Message": encode(sent)})
     envelope, _, error = decode({"Body": wrapped})
     assert error is None and envelope is not None and envelope.id == sent.id
+
+
+def test_endpoint_scheme_is_an_option_like_the_others() -> None:
+    s = SqsSettings.from_url("sqs://sqs.internal:8443?region=eu-west-1&endpoint_scheme=http")
+    assert s.endpoint_url == "http://sqs.internal:8443"
+    with pytest.raises(InvalidURLError, match="'endpoint_scheme' is given twice"):
+        SqsSettings.from_url("sqs://h?endpoint_scheme=http&endpoint_scheme=https")

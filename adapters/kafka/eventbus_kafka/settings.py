@@ -10,13 +10,23 @@ Credentials in the userinfo part are the SASL username and password (the same as
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import unquote, urlsplit
 
 from eventbus.errors import InvalidURLError, mask_url
+from eventbus.url_options import (
+    OptionParser,
+    choice,
+    flag,
+    host_ports,
+    integer,
+    mask_query,
+    parse_options,
+    query_pairs,
+    seconds,
+    text,
+)
 
 from .retry import DEFAULT_TIERS
 
@@ -28,8 +38,6 @@ COMPRESSION_TYPES = ("gzip", "snappy", "lz4", "zstd")
 ISOLATION_LEVELS = ("read_uncommitted", "read_committed")
 # The Python package aiokafka needs for each compression type (gzip is built in).
 _COMPRESSION_PACKAGES = {"snappy": "python-snappy", "lz4": "lz4", "zstd": "zstandard"}
-
-_QUERY_PASSWORD = re.compile(r"((?:^|[?&])sasl_password=)[^&#]*")
 
 StartFrom = Literal["earliest", "latest"]
 Idempotence = Literal["auto", "true", "false"]
@@ -121,24 +129,10 @@ class KafkaSettings:
             values["sasl_username"] = username
         if password is not None:
             values["sasl_password"] = password
-        seen: set[str] = set()
-        for name, raw in _query(parts.query):
-            parser = _OPTIONS.get(name)
-            if parser is None:
-                raise InvalidURLError(
-                    f"unknown option {name!r} in Kafka URL {masked_!r}; the Kafka adapter "
-                    f"accepts: {', '.join(sorted(_OPTIONS))}"
-                )
-            if name in seen:
-                raise InvalidURLError(f"option {name!r} is given twice in {masked_!r}")
-            seen.add(name)
-            try:
-                values[name] = parser(raw)
-            except ValueError as exc:
-                shown = "***" if name == "sasl_password" else repr(raw)
-                raise InvalidURLError(
-                    f"option {name}={shown} in Kafka URL {masked_!r} is invalid: {exc}"
-                ) from exc
+        values.update(parse_options(
+            query_pairs(parts.query, plus_is_space=False), _OPTIONS,
+            name="Kafka", shown=masked_, secrets=("sasl_password",),
+        ))
         if "max_message_bytes" in values:
             values["max_message_bytes_set"] = True
         _check_sasl(values, masked_)
@@ -147,17 +141,6 @@ class KafkaSettings:
                 f"heartbeat_interval_ms must be below session_timeout_ms in {masked_!r}"
             )
         return cls(**values)
-
-
-def _query(query: str) -> list[tuple[str, str]]:
-    """``name=value`` pairs, percent-decoded; unlike ``parse_qsl``, ``+`` stays a plus
-    (a password like ``a+b`` must not become ``a b``)."""
-    pairs: list[tuple[str, str]] = []
-    for item in query.split("&"):
-        if item:
-            name, _, value = item.partition("=")
-            pairs.append((unquote(name), unquote(value)))
-    return pairs
 
 
 def _check_sasl(values: dict[str, Any], shown: str) -> None:
@@ -181,89 +164,25 @@ def _check_sasl(values: dict[str, Any], shown: str) -> None:
 
 def masked(url: str) -> str:
     """``url`` safe to show: :func:`eventbus.errors.mask_url` plus the query password."""
-    return _QUERY_PASSWORD.sub(r"\1***", mask_url(url))
+    return mask_query(mask_url(url), "sasl_password")
 
 
 def _servers(netloc: str, shown: str) -> tuple[str, ...]:
-    servers: list[str] = []
-    for item in netloc.split(","):
-        item = item.strip()
-        if not item:
-            continue
-        if item.startswith("["):  # IPv6 literal: [::1]:9092
-            host, _, rest = item[1:].partition("]")
-            port_text = rest[1:] if rest.startswith(":") else ""
-        else:
-            host, _, port_text = item.rpartition(":") if ":" in item else (item, "", "")
-        if not host:
-            raise InvalidURLError(f"Kafka URL {shown!r} has an empty host in {item!r}")
-        port = DEFAULT_PORT
-        if port_text:
-            if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-                raise InvalidURLError(f"Kafka URL {shown!r} has an invalid port in {item!r}")
-            port = int(port_text)
-        servers.append(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+    servers = host_ports(netloc, default_port=DEFAULT_PORT, name="Kafka", shown=shown)
     if not servers:
         raise InvalidURLError(
             f"Kafka URL {shown!r} names no broker; use kafka://host:port[,host:port]"
         )
-    return tuple(servers)
-
-
-def _positive_int(raw: str) -> int:
-    value = int(raw)
-    if value < 1:
-        raise ValueError("must be a positive integer")
-    return value
-
-
-def _non_negative_int(raw: str) -> int:
-    value = int(raw)
-    if value < 0:
-        raise ValueError("must be zero or more")
-    return value
-
-
-def _positive_float(raw: str) -> float:
-    value = float(raw)
-    if not value > 0:
-        raise ValueError("must be a positive number of seconds")
-    return value
-
-
-def _text(raw: str) -> str:
-    if not raw:
-        raise ValueError("must not be empty")
-    return raw
-
-
-def _choice(*allowed: str) -> Callable[[str], str]:
-    def parse(raw: str) -> str:
-        value = raw.upper()
-        if value not in allowed:
-            raise ValueError(f"use one of {', '.join(allowed)}")
-        return value
-
-    return parse
-
-
-def _start_from(raw: str) -> StartFrom:
-    if raw == "earliest":
-        return "earliest"
-    if raw == "latest":
-        return "latest"
-    raise ValueError("use earliest or latest")
+    return servers
 
 
 def _idempotence(raw: str) -> Idempotence:
-    lowered = raw.lower()
-    if lowered == "auto":
+    if raw.lower() == "auto":
         return "auto"
-    if lowered in ("1", "true", "yes", "on"):
-        return "true"
-    if lowered in ("0", "false", "no", "off"):
-        return "false"
-    raise ValueError("use auto, true or false")
+    try:
+        return "true" if flag(raw) else "false"
+    except ValueError:
+        raise ValueError("use auto, true or false") from None
 
 
 def _tiers(raw: str) -> tuple[int, ...]:
@@ -279,66 +198,41 @@ def _tiers(raw: str) -> tuple[int, ...]:
 def _compression(raw: str) -> str:
     import aiokafka.codec
 
-    value = raw.lower()
-    if value not in COMPRESSION_TYPES:
-        raise ValueError(f"use one of {', '.join(COMPRESSION_TYPES)}")
+    value = choice(*COMPRESSION_TYPES, fold=str.lower)(raw)
     if not getattr(aiokafka.codec, f"has_{value}")():
         raise ValueError(f"{value} needs the Python package {_COMPRESSION_PACKAGES[value]}; "
                          "install it or choose another compression")
     return value
 
 
-def _isolation(raw: str) -> str:
-    value = raw.lower()
-    if value not in ISOLATION_LEVELS:
-        raise ValueError(f"use one of {', '.join(ISOLATION_LEVELS)}")
-    return value
-
-
-def _mode(raw: str) -> str:
-    value = raw.lower()
-    if value not in ("binary", "structured"):
-        raise ValueError("use binary or structured")
-    return value
-
-
-def _bool(raw: str) -> bool:
-    lowered = raw.lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise ValueError("use true or false")
-
-
-_OPTIONS: dict[str, Callable[[str], Any]] = {
-    "partitions": _positive_int,
-    "replication": _positive_int,
-    "create_topics": _bool,
-    "client_id": _text,
-    "security_protocol": _choice(*SECURITY_PROTOCOLS),
-    "sasl_mechanism": _choice(*SASL_MECHANISMS),
-    "sasl_username": _text,
-    "sasl_password": _text,
-    "ssl_cafile": _text,
-    "ssl_certfile": _text,
-    "ssl_keyfile": _text,
+_OPTIONS: dict[str, OptionParser] = {
+    "partitions": integer(1),
+    "replication": integer(1),
+    "create_topics": flag,
+    "client_id": text,
+    "security_protocol": choice(*SECURITY_PROTOCOLS, fold=str.upper),
+    "sasl_mechanism": choice(*SASL_MECHANISMS, fold=str.upper),
+    "sasl_username": text,
+    "sasl_password": text,
+    "ssl_cafile": text,
+    "ssl_certfile": text,
+    "ssl_keyfile": text,
     "enable_idempotence": _idempotence,
-    "linger_ms": _non_negative_int,
-    "mode": _mode,
-    "batch_bytes": _positive_int,
-    "max_message_bytes": _positive_int,
-    "start_from": _start_from,
-    "connect_timeout": _positive_float,
-    "request_timeout_ms": _positive_int,
-    "session_timeout_ms": _positive_int,
-    "heartbeat_interval_ms": _positive_int,
-    "rebalance_timeout_ms": _positive_int,
-    "max_poll_interval_ms": _positive_int,
+    "linger_ms": integer(0),
+    "mode": choice("binary", "structured", fold=str.lower),
+    "batch_bytes": integer(1),
+    "max_message_bytes": integer(1),
+    "start_from": choice("earliest", "latest"),
+    "connect_timeout": seconds(),
+    "request_timeout_ms": integer(1),
+    "session_timeout_ms": integer(1),
+    "heartbeat_interval_ms": integer(1),
+    "rebalance_timeout_ms": integer(1),
+    "max_poll_interval_ms": integer(1),
     "compression_type": _compression,
-    "isolation_level": _isolation,
-    "group_instance_id": _text,
-    "commit_interval_ms": _positive_int,
-    "rebalance_grace_ms": _non_negative_int,
+    "isolation_level": choice(*ISOLATION_LEVELS, fold=str.lower),
+    "group_instance_id": text,
+    "commit_interval_ms": integer(1),
+    "rebalance_grace_ms": integer(0),
     "retry_tiers": _tiers,
 }

@@ -12,12 +12,24 @@ file) or ``nkey_seed`` (a file holding an NKey seed); every message masks them.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import unquote, urlsplit
 
 from eventbus.errors import InvalidURLError, mask_url
+from eventbus.url_options import (
+    OptionParser,
+    choice,
+    flag,
+    host_ports,
+    integer,
+    mask_query,
+    parse_options,
+    pattern,
+    query_pairs,
+    seconds,
+    text,
+)
 
 DEFAULT_PORT = 4222
 DEFAULT_MAX_MESSAGE_BYTES = 1024 * 1024
@@ -25,8 +37,6 @@ SCHEMES = ("nats", "nats+core")
 
 StartFrom = Literal["earliest", "latest"]
 Storage = Literal["file", "memory"]
-
-_QUERY_SECRET = re.compile(r"((?:^|[?&])(?:password|token)=)[^&#]*")
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,25 +118,9 @@ class NatsSettings:
             elif name:
                 values["token"] = unquote(name)  # nats://TOKEN@host, as nats-py reads it
         values["servers"] = _servers(netloc, shown)
-        seen: set[str] = set()
-        for option, raw in parse_qsl(parts.query, keep_blank_values=True):
-            parser = _OPTIONS.get(option)
-            if parser is None:
-                raise InvalidURLError(
-                    f"unknown option {option!r} in NATS URL {shown!r}; the NATS adapter "
-                    f"accepts: {', '.join(sorted(_OPTIONS))}"
-                )
-            if option in seen:
-                raise InvalidURLError(f"option {option!r} is given twice in {shown!r}")
-            seen.add(option)
-            try:
-                values[option] = parser(raw)
-            except ValueError as exc:
-                value = "***" if option in ("password", "token") else repr(raw)
-                raise InvalidURLError(
-                    f"option {option}={value} in NATS URL {shown!r} is invalid: {exc}"
-                ) from exc
-        _check(values, seen, shown)
+        options = parse_options(query_pairs(parts.query), _OPTIONS, name="NATS", shown=shown)
+        values.update(options)
+        _check(values, set(options), shown)
         return cls(**values)
 
 
@@ -157,126 +151,54 @@ def _check(values: dict[str, Any], seen: set[str], shown: str) -> None:
 
 def masked(url: str) -> str:
     """``url`` safe to show: :func:`eventbus.errors.mask_url` plus a lone token."""
-    text = _QUERY_SECRET.sub(r"\1***", mask_url(url))
-    match = re.match(r"^([a-z+]+://)([^@/:]+)@", text)
+    shown = mask_query(mask_url(url), "password", "token")
+    match = re.match(r"^([a-z+]+://)([^@/:]+)@", shown)
     if match and match.group(2) != "***":
-        text = f"{match.group(1)}***@{text[match.end():]}"
-    return text
+        shown = f"{match.group(1)}***@{shown[match.end():]}"
+    return shown
 
 
 def _servers(netloc: str, shown: str) -> tuple[str, ...]:
-    servers: list[str] = []
-    for item in netloc.split(","):
-        item = item.strip()
-        if not item:
-            continue
-        if item.startswith("["):
-            host, _, rest = item[1:].partition("]")
-            port_text = rest[1:] if rest.startswith(":") else ""
-        else:
-            host, _, port_text = item.rpartition(":") if ":" in item else (item, "", "")
-        if not host:
-            raise InvalidURLError(f"NATS URL {shown!r} has an empty host in {item!r}")
-        port = DEFAULT_PORT
-        if port_text:
-            if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-                raise InvalidURLError(f"NATS URL {shown!r} has an invalid port in {item!r}")
-            port = int(port_text)
-        servers.append(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
-    if not servers:
-        servers.append(f"127.0.0.1:{DEFAULT_PORT}")
-    return tuple(servers)
+    servers = host_ports(netloc, default_port=DEFAULT_PORT, name="NATS", shown=shown)
+    return servers or (f"127.0.0.1:{DEFAULT_PORT}",)
 
 
-def _positive_int(raw: str) -> int:
-    value = int(raw)
-    if value < 1:
-        raise ValueError("must be a positive integer")
-    return value
+_LIMIT = "must be -1 (no limit) or a positive integer"
 
 
 def _limit(raw: str) -> int:
-    value = int(raw)
-    if value < -1 or value == 0:
-        raise ValueError("must be -1 (no limit) or a positive integer")
+    value = integer(-1, allowed=_LIMIT)(raw)
+    if value == 0:
+        raise ValueError(_LIMIT)
     return value
 
 
-def _seconds(raw: str) -> float:
-    value = float(raw)
-    if not value > 0:
-        raise ValueError("must be a positive number of seconds")
-    return value
-
-
-def _non_negative_seconds(raw: str) -> float:
-    value = float(raw)
-    if value < 0:
-        raise ValueError("must be zero (no limit) or a positive number of seconds")
-    return value
-
-
-def _text(raw: str) -> str:
-    if not raw:
-        raise ValueError("must not be empty")
-    return raw
-
-
-def _stream_prefix(raw: str) -> str:
-    if not re.fullmatch(r"[A-Za-z0-9_-]{1,32}", raw):
-        raise ValueError("use 1-32 letters, digits, '_' or '-'")
-    return raw
-
-
-def _storage(raw: str) -> Storage:
-    if raw == "file":
-        return "file"
-    if raw == "memory":
-        return "memory"
-    raise ValueError("use file or memory")
-
-
-def _start_from(raw: str) -> StartFrom:
-    if raw == "earliest":
-        return "earliest"
-    if raw == "latest":
-        return "latest"
-    raise ValueError("use earliest or latest")
-
-
-def _bool(raw: str) -> bool:
-    lowered = raw.lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise ValueError("use true or false")
-
-
-_OPTIONS: dict[str, Callable[[str], Any]] = {
-    "creds": _text,
-    "nkey_seed": _text,
-    "tls": _bool,
-    "tls_ca": _text,
-    "tls_cert": _text,
-    "tls_key": _text,
-    "name": _text,
-    "connect_timeout": _seconds,
-    "request_timeout": _seconds,
-    "publish_timeout": _seconds,
-    "max_message_bytes": _positive_int,
-    "stream_prefix": _stream_prefix,
-    "storage": _storage,
-    "replicas": _positive_int,
-    "max_age": _non_negative_seconds,
+_OPTIONS: dict[str, OptionParser] = {
+    "creds": text,
+    "nkey_seed": text,
+    "tls": flag,
+    "tls_ca": text,
+    "tls_cert": text,
+    "tls_key": text,
+    "name": text,
+    "connect_timeout": seconds(),
+    "request_timeout": seconds(),
+    "publish_timeout": seconds(),
+    "max_message_bytes": integer(1),
+    "stream_prefix": pattern(r"[A-Za-z0-9_-]{1,32}", "use 1-32 letters, digits, '_' or '-'"),
+    "storage": choice("file", "memory"),
+    "replicas": integer(1),
+    "max_age": seconds(
+        inclusive=True, allowed="must be zero (no limit) or a positive number of seconds"),
     "max_bytes": _limit,
     "max_msgs": _limit,
-    "dedupe_window": _seconds,
-    "ack_wait": _seconds,
-    "max_deliver": int,
-    "fetch_timeout": _seconds,
-    "start_from": _start_from,
-    "create_streams": _bool,
+    "dedupe_window": seconds(),
+    "ack_wait": seconds(),
+    # Range-checked in _check, which explains what -1 and 0 mean.
+    "max_deliver": integer(),
+    "fetch_timeout": seconds(),
+    "start_from": choice("earliest", "latest"),
+    "create_streams": flag,
 }
 _JETSTREAM_ONLY = {"stream_prefix", "storage", "replicas", "max_age", "max_bytes", "max_msgs",
                    "dedupe_window", "ack_wait", "max_deliver", "fetch_timeout", "start_from",

@@ -10,12 +10,21 @@ is the default vhost ``/``). Every error message masks the password.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import unquote, urlsplit
 
 from eventbus.errors import InvalidURLError, mask_url
+from eventbus.url_options import (
+    OptionParser,
+    choice,
+    integer,
+    parse_options,
+    query_pairs,
+    seconds,
+    strict_flag,
+    text,
+)
 
 DEFAULT_MAX_MESSAGE_BYTES = 1024 * 1024
 # RabbitMQ 3.13 refuses messages over 128 MiB (max_message_size, 16 MiB on 4.x).
@@ -92,15 +101,10 @@ class RabbitMQSettings:
         if parts.username is not None:
             values["username"] = unquote(parts.username)
             values["password"] = unquote(parts.password or "")
-        options = dict(parse_qsl(parts.query, keep_blank_values=True))
-        unknown = sorted(set(options) - set(_OPTIONS))
-        if unknown:
-            raise InvalidURLError(
-                f"unknown option(s) {unknown} in {masked!r}; the RabbitMQ adapter accepts "
-                f"{', '.join(sorted(_OPTIONS))}"
-            )
-        for name, raw in options.items():
-            values[name] = _OPTIONS[name](name, raw, masked)
+        # A repeated option has always meant its last value here: keep it so.
+        values.update(parse_options(
+            query_pairs(parts.query), _OPTIONS, name="RabbitMQ", shown=masked, repeated="last",
+        ))
         if not tls and any(values.get(k) for k in ("cafile", "certfile", "keyfile")):
             raise InvalidURLError(
                 f"cafile/certfile/keyfile in {masked!r} need TLS: use amqps:// (with amqp:// "
@@ -111,86 +115,35 @@ class RabbitMQSettings:
                 f"auth_mechanism=EXTERNAL in {masked!r} authenticates with the TLS client "
                 "certificate: use amqps:// with certfile (and keyfile)"
             )
-        if "verify" in options and not tls:
+        if "verify" in values and not tls:
             raise InvalidURLError(f"verify in {masked!r} applies only to amqps:// URLs")
         return cls(**values)
 
 
-def _int(low: int, high: int) -> Callable[[str, str, str], int]:
-    def parse(name: str, raw: str, masked: str) -> int:
-        try:
-            value = int(raw)
-        except ValueError:
-            value = low - 1
-        if not low <= value <= high:
-            raise InvalidURLError(
-                f"{name} in {masked!r} must be an integer from {low} to {high}, not {raw!r}"
-            )
-        return value
-
-    return parse
-
-
-def _seconds(name: str, raw: str, masked: str) -> float:
-    try:
-        value = float(raw)
-    except ValueError:
-        value = 0.0
-    if not value > 0:
-        raise InvalidURLError(f"{name} in {masked!r} must be a positive number of seconds")
-    return value
-
-
-def _bool(name: str, raw: str, masked: str) -> bool:
-    if raw.lower() not in ("true", "false"):
-        raise InvalidURLError(f"{name} in {masked!r} must be 'true' or 'false', not {raw!r}")
-    return raw.lower() == "true"
-
-
-def _choice(*allowed: str) -> Callable[[str, str, str], str]:
-    def parse(name: str, raw: str, masked: str) -> str:
-        if raw not in allowed:
-            raise InvalidURLError(
-                f"{name} in {masked!r} must be one of {', '.join(allowed)}, not {raw!r}"
-            )
-        return raw
-
-    return parse
-
-
-def _text(name: str, raw: str, masked: str) -> str:
-    if not raw:
-        raise InvalidURLError(f"{name} in {masked!r} must not be empty")
-    return raw
-
-
-def _tiers(name: str, raw: str, masked: str) -> tuple[int, ...]:
+def _tiers(raw: str) -> tuple[int, ...]:
     try:
         tiers = tuple(sorted({int(part) for part in raw.split(",") if part.strip()}))
     except ValueError:
         tiers = ()
     if not tiers or tiers[0] < 1:
-        raise InvalidURLError(
-            f"{name} in {masked!r} must be comma-separated positive milliseconds, "
-            f"e.g. 100,1000,60000; not {raw!r}"
-        )
+        raise ValueError("must be comma-separated positive milliseconds, e.g. 100,1000,60000")
     return tiers
 
 
-_OPTIONS: dict[str, Callable[[str, str, str], Any]] = {
-    "queue_type": _choice("classic", "quorum"),
-    "single_active_consumer": _bool,
-    "mandatory": _bool,
-    "max_message_bytes": _int(1, BROKER_MAX_MESSAGE_BYTES),
-    "connect_timeout": _seconds,
-    "heartbeat": _int(0, 3600),
-    "publish_timeout": _seconds,
-    "reconnect_interval": _seconds,
+_OPTIONS: dict[str, OptionParser] = {
+    "queue_type": choice("classic", "quorum"),
+    "single_active_consumer": strict_flag,
+    "mandatory": strict_flag,
+    "max_message_bytes": integer(1, BROKER_MAX_MESSAGE_BYTES),
+    "connect_timeout": seconds(),
+    "heartbeat": integer(0, 3600),
+    "publish_timeout": seconds(),
+    "reconnect_interval": seconds(),
     "delay_tiers_ms": _tiers,
-    "client_name": _text,
-    "auth_mechanism": _choice("PLAIN", "EXTERNAL"),
-    "cafile": _text,
-    "certfile": _text,
-    "keyfile": _text,
-    "verify": _bool,
+    "client_name": text,
+    "auth_mechanism": choice("PLAIN", "EXTERNAL"),
+    "cafile": text,
+    "certfile": text,
+    "keyfile": text,
+    "verify": strict_flag,
 }

@@ -6,15 +6,23 @@ what it accepts; an option this adapter does not know is an error, never ignored
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal, TypeVar
-from urllib.parse import parse_qs, unquote, urlsplit
+from typing import Literal
+from urllib.parse import unquote, urlsplit
 
 from eventbus.errors import InvalidURLError, mask_url
+from eventbus.url_options import (
+    OptionParser,
+    choice,
+    integer,
+    parse_options,
+    query_pairs,
+    seconds,
+    strict_flag,
+    text,
+)
 
 Mode = Literal["pubsub", "streams"]
-T = TypeVar("T")
 
 SCHEMES: dict[str, tuple[Mode, bool]] = {
     "redis": ("pubsub", False),
@@ -23,13 +31,6 @@ SCHEMES: dict[str, tuple[Mode, bool]] = {
     "rediss+streams": ("streams", True),
 }
 DEFAULT_MAX_MESSAGE_BYTES = 1024 * 1024
-
-# Options of both modes, then those only one mode understands.
-_COMMON = ("max_message_bytes", "connect_timeout", "socket_timeout", "client_name",
-           "ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs")
-_STREAMS = ("maxlen", "block_ms", "claim_idle_ms", "claim_interval_ms", "start_from")
-_PUBSUB = ("sharded",)
-
 
 @dataclass(frozen=True, slots=True)
 class RedisSettings:
@@ -76,17 +77,20 @@ class RedisSettings:
                 "redis+streams:// or rediss+streams:// (Streams)"
             )
         mode, tls = SCHEMES[parts.scheme]
-        options = {name: values[-1] for name, values in parse_qs(parts.query).items()}
-        known = _COMMON + (_STREAMS if mode == "streams" else _PUBSUB)
-        unknown = sorted(set(options) - set(known))
-        if unknown:
-            other = "Pub/Sub (redis://)" if mode == "streams" else "Streams (redis+streams://)"
-            wrong_mode = [n for n in unknown if n in _STREAMS + _PUBSUB]
-            extra = f"; {wrong_mode} only apply to {other}" if wrong_mode else ""
-            raise InvalidURLError(
-                f"unknown option(s) {unknown} in {masked!r}; this Redis {mode} adapter "
-                f"accepts only {', '.join(known)}{extra}"
-            )
+        streams = mode == "streams"
+        parsers = _COMMON | (_STREAMS if streams else _PUBSUB)
+
+        def wrong_mode(unknown: list[str]) -> str:
+            other = "Pub/Sub (redis://)" if streams else "Streams (redis+streams://)"
+            names = [n for n in unknown if n in _STREAMS or n in _PUBSUB]
+            return f"; {names} only apply to {other}" if names else ""
+
+        # parse_qs semantics, as always here: a blank value is no value, the last one counts.
+        options = parse_options(
+            query_pairs(parts.query, keep_blank=False), parsers,
+            name=f"Redis {'Streams' if streams else 'Pub/Sub'}", shown=masked,
+            repeated="last", unknown_hint=wrong_mode,
+        )
         try:
             port = parts.port or 6379
         except ValueError as exc:
@@ -100,17 +104,6 @@ class RedisSettings:
             raise InvalidURLError(
                 f"{tls_options} in {masked!r} need TLS; use rediss:// or rediss+streams://"
             )
-        cert_reqs = options.get("ssl_cert_reqs", "required")
-        if cert_reqs not in ("required", "optional", "none"):
-            raise InvalidURLError(
-                f"ssl_cert_reqs in {masked!r} must be 'required', 'optional' or 'none', "
-                f"not {cert_reqs!r}"
-            )
-        start_from = options.get("start_from")
-        if start_from is not None and start_from not in ("earliest", "latest"):
-            raise InvalidURLError(
-                f"start_from in {masked!r} must be 'earliest' or 'latest', not {start_from!r}"
-            )
         return cls(
             url=url,
             mode=mode,
@@ -120,41 +113,25 @@ class RedisSettings:
             db=int(path or 0),
             username=unquote(parts.username) if parts.username else None,
             password=unquote(parts.password) if parts.password is not None else None,
-            max_message_bytes=_get(options, "max_message_bytes", masked, int, 1,
-                                   DEFAULT_MAX_MESSAGE_BYTES),
-            connect_timeout=_get(options, "connect_timeout", masked, float, 0.1, 5.0),
-            socket_timeout=_get(options, "socket_timeout", masked, float, 0.1, 10.0),
-            client_name=options.get("client_name", "eventbus"),
-            ssl_ca_certs=options.get("ssl_ca_certs"),
-            ssl_certfile=options.get("ssl_certfile"),
-            ssl_keyfile=options.get("ssl_keyfile"),
-            ssl_cert_reqs=cert_reqs,
-            maxlen=_get(options, "maxlen", masked, int, 0, 1_000_000),
-            block_ms=_get(options, "block_ms", masked, int, 10, 1000),
-            claim_idle_ms=_get(options, "claim_idle_ms", masked, int, 100, 30_000),
-            claim_interval_ms=_get(options, "claim_interval_ms", masked, int, 10, 1000),
-            start_from=start_from,  # type: ignore[arg-type]
-            sharded=_flag(options, "sharded", masked),
+            **options,
         )
 
 
-def _get(options: dict[str, str], name: str, masked: str, kind: Callable[[str], T],
-         minimum: float, default: T) -> T:
-    raw = options.get(name)
-    if raw is None:
-        return default
-    try:
-        value = kind(raw)
-    except ValueError:
-        value = None
-    if value is None or value < minimum:  # type: ignore[operator]
-        what = "an integer" if kind is int else "a number"
-        raise InvalidURLError(f"{name} in {masked!r} must be {what} >= {minimum:g}, not {raw!r}")
-    return value
-
-
-def _flag(options: dict[str, str], name: str, masked: str) -> bool:
-    value = options.get(name, "false").lower()
-    if value not in ("true", "false"):
-        raise InvalidURLError(f"{name} in {masked!r} must be 'true' or 'false', not {value!r}")
-    return value == "true"
+_COMMON: dict[str, OptionParser] = {
+    "max_message_bytes": integer(1),
+    "connect_timeout": seconds(0.1, inclusive=True),
+    "socket_timeout": seconds(0.1, inclusive=True),
+    "client_name": text,
+    "ssl_ca_certs": text,
+    "ssl_certfile": text,
+    "ssl_keyfile": text,
+    "ssl_cert_reqs": choice("required", "optional", "none"),
+}
+_STREAMS: dict[str, OptionParser] = {
+    "maxlen": integer(0),
+    "block_ms": integer(10),
+    "claim_idle_ms": integer(100),
+    "claim_interval_ms": integer(10),
+    "start_from": choice("earliest", "latest"),
+}
+_PUBSUB: dict[str, OptionParser] = {"sharded": strict_flag}

@@ -16,12 +16,21 @@ SSO, container or instance role): the URL carries none, so none can be logged.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import urlsplit
 
 from eventbus.errors import InvalidURLError
+from eventbus.url_options import (
+    OptionParser,
+    choice,
+    flag,
+    integer,
+    parse_options,
+    pattern,
+    query_pairs,
+    seconds,
+)
 
 Topology = Literal["sns", "queue"]
 StartFrom = Literal["latest"]
@@ -82,32 +91,8 @@ class SqsSettings:
                 "instance or container roles): remove them from the URL"
             )
         values: dict[str, Any] = {"url": url}
-        seen: set[str] = set()
-        scheme: str | None = None
-        for name, raw in parse_qsl(parts.query, keep_blank_values=True):
-            if name in seen:
-                raise InvalidURLError(f"option {name!r} is given twice in SQS URL {url!r}")
-            seen.add(name)
-            if name == "endpoint_scheme":
-                if raw not in ("http", "https"):
-                    raise InvalidURLError(
-                        f"option endpoint_scheme={raw!r} in SQS URL {url!r} is invalid: "
-                        "use http or https"
-                    )
-                scheme = raw
-                continue
-            parser = _OPTIONS.get(name)
-            if parser is None:
-                raise InvalidURLError(
-                    f"unknown option {name!r} in SQS URL {url!r}; the SQS adapter accepts: "
-                    f"{', '.join(sorted([*_OPTIONS, 'endpoint_scheme']))}"
-                )
-            try:
-                values[name] = parser(raw)
-            except ValueError as exc:
-                raise InvalidURLError(
-                    f"option {name}={raw!r} in SQS URL {url!r} is invalid: {exc}"
-                ) from exc
+        values.update(parse_options(query_pairs(parts.query), _OPTIONS, name="SQS", shown=url))
+        scheme: str | None = values.pop("endpoint_scheme", None)
         host = parts.hostname
         if host:
             if scheme is None:
@@ -149,61 +134,21 @@ def _region(raw: str) -> str:
     return raw
 
 
-def _bool(raw: str) -> bool:
-    lowered = raw.lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise ValueError("use true or false")
-
-
-def _int_between(low: int, high: int) -> Callable[[str], int]:
-    def parse(raw: str) -> int:
-        try:
-            value = int(raw)
-        except ValueError:
-            value = low - 1
-        if not low <= value <= high:
-            raise ValueError(f"use a whole number from {low} to {high}")
-        return value
-
-    return parse
-
-
-def _positive_float(raw: str) -> float:
-    value = float(raw)
-    if not value > 0:
-        raise ValueError("use a positive number of seconds")
-    return value
-
-
-def _topology(raw: str) -> Topology:
-    if raw == "sns":
-        return "sns"
-    if raw == "queue":
-        return "queue"
-    raise ValueError("use sns (topic fan-out to a queue per group) or queue (one queue per topic)")
-
-
-def _prefix(raw: str) -> str:
-    if not re.fullmatch(r"[A-Za-z0-9_-]{0,40}", raw):
-        raise ValueError("use up to 40 letters, digits, hyphens or underscores")
-    return raw
-
-
-_OPTIONS: dict[str, Callable[[str], Any]] = {
+_OPTIONS: dict[str, OptionParser] = {
     "region": _region,
-    "topology": _topology,
-    "fifo": _bool,
-    "provision": _bool,
-    "prefix": _prefix,
-    "visibility_timeout": _int_between(3, MAX_VISIBILITY_SECONDS),
-    "wait_seconds": _int_between(0, 20),
-    "receivers": _int_between(1, 32),
-    "max_receive_count": _int_between(0, 1000),
-    "max_message_bytes": _int_between(1024, MAX_SQS_MESSAGE_BYTES),
-    "connect_timeout": _positive_float,
-    "read_timeout": _positive_float,
-    "max_attempts": _int_between(1, 20),
+    "endpoint_scheme": choice("http", "https"),
+    "topology": choice("sns", "queue", words="use sns (topic fan-out to a queue per group) "
+                       "or queue (one queue per topic)"),
+    "fifo": flag,
+    "provision": flag,
+    "prefix": pattern(r"[A-Za-z0-9_-]{0,40}",
+                      "use up to 40 letters, digits, hyphens or underscores"),
+    "visibility_timeout": integer(3, MAX_VISIBILITY_SECONDS),
+    "wait_seconds": integer(0, 20),
+    "receivers": integer(1, 32),
+    "max_receive_count": integer(0, 1000),
+    "max_message_bytes": integer(1024, MAX_SQS_MESSAGE_BYTES),
+    "connect_timeout": seconds(),
+    "read_timeout": seconds(),
+    "max_attempts": integer(1, 20),
 }
