@@ -1,0 +1,42 @@
+"""Sagas: orchestrated (persisted, with compensations and timeouts), choreographed
+(reacting services publishing compensating events), and an out-of-order guard."""
+
+from eventbus.patterns.sagas.orchestrator import (
+    SagaContext,
+    SagaDefinition,
+    SagaOrchestrator,
+    Step,
+    StepAction,
+)
+from eventbus.patterns.sagas.publishing import SagaPublisher
+from eventbus.patterns.sagas.state import (
+    MemorySagaStore,
+    SagaAlreadyExists,
+    SagaConcurrencyError,
+    SagaError,
+    SagaNotFound,
+    SagaSession,
+    SagaState,
+    SagaStatus,
+    SagaStore,
+    SqlSagaStore,
+)
+
+__all__ = [
+    "MemorySagaStore",
+    "SagaAlreadyExists",
+    "SagaConcurrencyError",
+    "SagaContext",
+    "SagaDefinition",
+    "SagaError",
+    "SagaNotFound",
+    "SagaOrchestrator",
+    "SagaPublisher",
+    "SagaSession",
+    "SagaState",
+    "SagaStatus",
+    "SagaStore",
+    "SqlSagaStore",
+    "Step",
+    "StepAction",
+]

@@ -1,0 +1,25 @@
+"""The orchestrated saga cases of tests/patterns/test_saga_orchestrator.py on PostgreSQL,
+where two orchestrators really run at once (no single writer)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+import pytest
+
+from tests.patterns.test_saga_orchestrator import (
+    CASES,
+    check_a_compensation_that_keeps_failing_parks_the_saga,
+)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.__name__.removeprefix("check_"))
+async def test_saga_on_postgres(case: Callable[[str], Awaitable[None]], postgres_url: str) -> None:
+    await case(postgres_url)
+
+
+@pytest.mark.asyncio
+async def test_saga_parks_on_postgres(postgres_url: str,
+                                      caplog: pytest.LogCaptureFixture) -> None:
+    await check_a_compensation_that_keeps_failing_parks_the_saga(postgres_url, caplog)
