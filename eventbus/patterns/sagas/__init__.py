@@ -8,6 +8,13 @@ from eventbus.patterns.sagas.orchestrator import (
     Step,
     StepAction,
 )
+from eventbus.patterns.sagas.ordering import (
+    MemorySequenceStore,
+    ParkedEvent,
+    SequenceGuard,
+    SequenceStore,
+    SqlSequenceStore,
+)
 from eventbus.patterns.sagas.publishing import SagaPublisher
 from eventbus.patterns.sagas.state import (
     MemorySagaStore,
@@ -24,6 +31,8 @@ from eventbus.patterns.sagas.state import (
 
 __all__ = [
     "MemorySagaStore",
+    "MemorySequenceStore",
+    "ParkedEvent",
     "SagaAlreadyExists",
     "SagaConcurrencyError",
     "SagaContext",
@@ -36,7 +45,10 @@ __all__ = [
     "SagaState",
     "SagaStatus",
     "SagaStore",
+    "SequenceGuard",
+    "SequenceStore",
     "SqlSagaStore",
+    "SqlSequenceStore",
     "Step",
     "StepAction",
 ]
