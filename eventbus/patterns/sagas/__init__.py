@@ -1,6 +1,7 @@
 """Sagas: orchestrated (persisted, with compensations and timeouts), choreographed
 (reacting services publishing compensating events), and an out-of-order guard."""
 
+from eventbus.patterns.sagas.choreography import Choreography, StepFailed, transaction_of
 from eventbus.patterns.sagas.orchestrator import (
     SagaContext,
     SagaDefinition,
@@ -30,6 +31,7 @@ from eventbus.patterns.sagas.state import (
 )
 
 __all__ = [
+    "Choreography",
     "MemorySagaStore",
     "MemorySequenceStore",
     "ParkedEvent",
@@ -51,4 +53,6 @@ __all__ = [
     "SqlSequenceStore",
     "Step",
     "StepAction",
+    "StepFailed",
+    "transaction_of",
 ]

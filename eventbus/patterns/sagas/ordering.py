@@ -80,6 +80,9 @@ class SequenceStore(Protocol):
     def unit_of_work(self) -> AbstractAsyncContextManager[SequenceSession]:
         """One atomic check-handle-advance."""
 
+    def join(self, tx: Transaction) -> SequenceSession:
+        """A session inside a transaction someone else opened (and commits)."""
+
     async def parked(self, scope: str) -> list[ParkedEvent]:
         """The stale events parked for ``scope``, oldest first."""
 
@@ -116,6 +119,10 @@ class MemorySequenceStore:
         """Serialised: one check-handle-advance at a time."""
         async with self._lock:
             yield _MemorySession(self)
+
+    def join(self, tx: Transaction) -> SequenceSession:
+        """Memory has no transaction to join: a plain session."""
+        return _MemorySession(self)
 
     async def parked(self, scope: str) -> list[ParkedEvent]:
         """Parked events of ``scope``."""
@@ -184,6 +191,10 @@ class SqlSequenceStore:
         async with self._unit_of_work() as tx:
             yield _SqlSession(tx, self.table)
 
+    def join(self, tx: Transaction) -> SequenceSession:
+        """A session in ``tx`` (a transaction of the same database)."""
+        return _SqlSession(tx, self.table)
+
     async def parked(self, scope: str) -> list[ParkedEvent]:
         """Parked events of ``scope``, oldest first."""
         async with self.db.transaction() as tx:
@@ -221,25 +232,38 @@ class SequenceGuard:
         return decorate
 
     async def apply(self, entity_id: str, sequence: int, handler: Callable[[], Awaitable[None]],
-                    *, event: Any = None, ctx: Context | None = None) -> bool:
-        """Run ``handler`` if ``sequence`` is newer than the entity's; returns whether it ran."""
+                    *, event: Any = None, ctx: Context | None = None,
+                    tx: Transaction | None = None) -> bool:
+        """Run ``handler`` if ``sequence`` is newer than the entity's; returns whether it ran.
+
+        With ``tx`` the check joins that transaction (the caller commits it), so the
+        handler's writes and the new mark commit together.
+        """
+        if tx is not None:
+            return await self._apply(self.store.join(tx), entity_id, sequence, handler,
+                                     event, ctx)
         async with self.store.unit_of_work() as session:
-            last = await session.last(self.scope, entity_id)
-            if last is not None and sequence <= last:
-                self.ignored += 1
-                event_type = ctx.envelope.type if ctx is not None else type(event).__name__
-                logger.info("%s: stale %s for %s (sequence %d, already at %d) %s", self.scope,
-                            event_type, entity_id, sequence, last,
-                            "parked" if self.on_stale == "park" else "ignored")
-                if self.on_stale == "park":
-                    data = event.model_dump_json() if hasattr(event, "model_dump_json") else ""
-                    await session.park(ParkedEvent(
-                        self.scope, entity_id, sequence, last, event_type,
-                        ctx.envelope.id if ctx is not None else "", data))
-                return False
-            await handler()
-            await session.advance(self.scope, entity_id, sequence)
-            return True
+            return await self._apply(session, entity_id, sequence, handler, event, ctx)
+
+    async def _apply(self, session: SequenceSession, entity_id: str, sequence: int,
+                     handler: Callable[[], Awaitable[None]], event: Any,
+                     ctx: Context | None) -> bool:
+        last = await session.last(self.scope, entity_id)
+        if last is not None and sequence <= last:
+            self.ignored += 1
+            event_type = ctx.envelope.type if ctx is not None else type(event).__name__
+            logger.info("%s: stale %s for %s (sequence %d, already at %d) %s", self.scope,
+                        event_type, entity_id, sequence, last,
+                        "parked" if self.on_stale == "park" else "ignored")
+            if self.on_stale == "park":
+                data = event.model_dump_json() if hasattr(event, "model_dump_json") else ""
+                await session.park(ParkedEvent(
+                    self.scope, entity_id, sequence, last, event_type,
+                    ctx.envelope.id if ctx is not None else "", data))
+            return False
+        await handler()
+        await session.advance(self.scope, entity_id, sequence)
+        return True
 
     async def parked(self) -> list[ParkedEvent]:
         """The stale events this guard parked."""

@@ -1,0 +1,86 @@
+"""Choreography helpers, on the order saga's services: a step's business failure
+publishes the compensating event, a compensation answers it, and a stale event
+for an order that already ended is skipped by the order service's guard."""
+
+from __future__ import annotations
+
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+_ROOT = str(Path(__file__).resolve().parents[2])
+if _ROOT not in sys.path:
+    sys.path.insert(0, _ROOT)
+
+from eventbus import Context, EventBus  # noqa: E402
+from eventbus.patterns.sagas import Choreography, StepFailed  # noqa: E402
+from eventbus.testing import TestBus  # noqa: E402
+from examples.order_saga import inventory_service, order_service, payment_service  # noqa: E402
+from examples.order_saga.events import (  # noqa: E402
+    InventoryReservationFailed,
+    InventoryReserved,
+    OrderCancelled,
+    OrderCompleted,
+    OrderLine,
+    PaymentCharged,
+    PaymentRefunded,
+)
+
+
+def _services() -> tuple[list[EventBus], order_service.Orders, payment_service.Ledger]:
+    buses = [EventBus(source=name) for name in ("order", "payment", "inventory")]
+    orders = order_service.register(buses[0])
+    ledger = payment_service.register(buses[1])
+    inventory_service.register(buses[2])
+    return buses, orders, ledger
+
+
+@pytest.mark.asyncio
+async def test_a_failed_step_compensates_and_a_late_success_is_skipped() -> None:
+    buses, orders, ledger = _services()
+    order_id = f"ord-{uuid.uuid4().hex[:6]}"
+    lamp = [OrderLine(sku="lamp", quantity=1, unit_price_cents=4500)]
+    async with TestBus(*buses) as tb:
+        await orders.place(buses[0], order_id=order_id, customer_id="c", lines=lamp)
+        await tb.drain()
+        assert orders.status[order_id] == "cancelled" and ledger.charges[order_id].refunded
+        [failed] = tb.published(InventoryReservationFailed)
+        assert failed.reason.startswith("out of stock: lamp")
+        assert len(tb.published(PaymentRefunded)) == 1
+        # A reservation that turns up after the order was cancelled (a replayed or
+        # late event) is stale: the order stays cancelled, nothing is completed.
+        await buses[2].publish(InventoryReserved(order_id=order_id, reservation_id="r-late"),
+                               key=order_id)
+        await tb.drain()
+    assert orders.status[order_id] == "cancelled"
+    assert tb.published(OrderCompleted) == []
+    assert [e.order_id for e in tb.published(OrderCancelled)] == [order_id]
+
+
+@pytest.mark.asyncio
+async def test_steps_publish_what_they_return_keyed_and_caused_by_the_trigger() -> None:
+    bus = EventBus(source="svc")
+    flow = Choreography(bus, group="svc", key=lambda e: e.order_id)
+
+    @flow.step(PaymentCharged)
+    async def react(event: PaymentCharged, ctx: Context) -> list[InventoryReserved]:
+        return [InventoryReserved(order_id=event.order_id, reservation_id=f"r{i}")
+                for i in range(2)]
+
+    @flow.step(InventoryReservationFailed)
+    async def no_failure_event(event: InventoryReservationFailed, ctx: Context) -> None:
+        raise StepFailed("nothing to publish for this one")
+
+    async with TestBus(bus) as tb:
+        sent = await bus.publish(PaymentCharged(order_id="o1", payment_id="p", amount_cents=1,
+                                                lines=[]))
+        await bus.publish(InventoryReservationFailed(order_id="o2", reason="x"))
+        await tb.drain()
+        envelopes = [e for e in tb.published_envelopes()
+                     if e.type == InventoryReserved.event_type()]
+    assert [e.partitionkey for e in envelopes] == ["o1", "o1"]
+    assert all(e.causationid == sent.id and e.correlationid == sent.id for e in envelopes)
+    # A StepFailed with no failure event declared is an error like any other: dead-lettered.
+    assert len(tb.dead_lettered(InventoryReservationFailed)) == 1
