@@ -84,3 +84,31 @@ async def test_steps_publish_what_they_return_keyed_and_caused_by_the_trigger() 
     assert all(e.causationid == sent.id and e.correlationid == sent.id for e in envelopes)
     # A StepFailed with no failure event declared is an error like any other: dead-lettered.
     assert len(tb.dead_lettered(InventoryReservationFailed)) == 1
+
+
+@pytest.mark.asyncio
+async def test_a_topic_map_gives_the_flow_its_own_topics_and_dispatches_by_type() -> None:
+    run = uuid.uuid4().hex[:6]
+    bus = EventBus(source="svc")
+    flow = Choreography(bus, group="svc", key=lambda e: e.order_id,
+                        topic=lambda cls: f"{cls.default_topic()}-{run}")
+    seen: list[str] = []
+
+    @flow.step(InventoryReserved)
+    async def reserved(event: InventoryReserved, ctx: Context) -> OrderCompleted:
+        seen.append("reserved")
+        return OrderCompleted(order_id=event.order_id)
+
+    @flow.step(InventoryReservationFailed)
+    async def failed(event: InventoryReservationFailed, ctx: Context) -> None:
+        seen.append("failed")
+
+    async with TestBus(bus) as tb:
+        await bus.publish(InventoryReserved(order_id="o1", reservation_id="r"),
+                          topic=f"inventory-{run}")
+        await bus.publish(InventoryReservationFailed(order_id="o2", reason="x"),
+                          topic=f"inventory-{run}")
+        await tb.drain()
+    assert seen == ["reserved", "failed"]
+    assert [e.type for e in tb.published_envelopes(f"orders-{run}")] == [
+        OrderCompleted.event_type()]

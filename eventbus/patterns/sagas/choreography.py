@@ -24,6 +24,8 @@ service's part of it short and uniform::
   then dead-lettered), since it says nothing about the business outcome;
 - ``unit_of_work`` (e.g. an outbox's) runs the handler and its publishes in one
   transaction, available to the handler as :func:`transaction_of(ctx) <transaction_of>`;
+- ``topic`` maps an event class to the topic it travels on (default: its own),
+  e.g. to give each environment or test run its own topics;
 - ``guard`` (a :class:`~eventbus.patterns.sagas.ordering.SequenceGuard` and a
   sequence function) skips stale events for the entity.
 """
@@ -47,6 +49,7 @@ logger = logging.getLogger("eventbus.saga")
 E = TypeVar("E", bound=Message)
 Produced = Message | Sequence[Message] | None
 StepHandler = Callable[[E, Context], Awaitable[Produced]]
+Runner = Callable[[Any, Context], Awaitable[None]]
 UnitOfWork = Callable[[], AbstractAsyncContextManager[Transaction | None]]
 
 _TX = "eventbus.saga.tx"
@@ -73,8 +76,11 @@ class Choreography:
     def __init__(self, bus: EventBus, *, group: str, key: Callable[[Any], str] | None = None,
                  unit_of_work: UnitOfWork | None = None,
                  guard: tuple[SequenceGuard, Callable[[Any], int]] | None = None,
-                 start_from: Literal["earliest", "latest"] = "earliest") -> None:
+                 start_from: Literal["earliest", "latest"] = "earliest",
+                 topic: Callable[[type[Message]], str] | None = None) -> None:
         self.bus = bus
+        self.topic = topic
+        self._routes: dict[str, list[tuple[type[Message], Runner]]] = {}
         self.group = group
         self.key = key
         self.unit_of_work = unit_of_work
@@ -113,10 +119,27 @@ class Choreography:
                         ctx.items.pop(_TX, None)
 
             run.__name__ = run.__qualname__ = fn.__name__
-            self.bus.subscribe(trigger, group=self.group,
-                               start_from=self.start_from)(run)
+            if self.topic is None:
+                self.bus.subscribe(trigger, group=self.group, start_from=self.start_from)(run)
+            else:
+                self._route(self.topic(trigger), trigger, run)
             return fn
         return decorate
+
+    def _route(self, topic: str, trigger: type[Message], run: Runner) -> None:
+        # One subscription per topic, dispatching by class: a topic carries several types.
+        routes = self._routes.get(topic)
+        if routes is None:
+            routes = self._routes[topic] = []
+
+            async def dispatch(event: Message, ctx: Context) -> None:
+                for cls, handler in routes:
+                    if isinstance(event, cls):
+                        await handler(event, ctx)
+
+            dispatch.__name__ = dispatch.__qualname__ = f"{self.group}:{topic}"
+            self.bus.subscribe(topic, group=self.group, start_from=self.start_from)(dispatch)
+        routes.append((trigger, run))
 
     async def _run(self, fn: StepHandler[E], event: E, ctx: Context,
                    failed: Callable[[E, str], Message] | None, compensating: bool) -> None:
@@ -134,4 +157,5 @@ class Choreography:
         if produced is None:
             return
         for message in [produced] if isinstance(produced, Message) else produced:
-            await ctx.publish(message, key=key)
+            topic = self.topic(type(message)) if self.topic is not None else None
+            await ctx.publish(message, topic=topic, key=key)
