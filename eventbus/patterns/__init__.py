@@ -1,12 +1,13 @@
 """Event-driven patterns on top of the bus: event sourcing, CQRS, sagas, outbox."""
 
-from eventbus.patterns.sagas import (  # noqa: F401  (sagas)
-    Choreography,
-    MemorySagaStore,
-    SagaDefinition,
-    SagaOrchestrator,
-    SequenceGuard,
-    SqlSagaStore,
-    Step,
-    StepFailed,
+# sagas: orchestrated, choreographed, out-of-order guard
+from eventbus.patterns.sagas import (
+    Choreography as Choreography,
+    MemorySagaStore as MemorySagaStore,
+    SagaDefinition as SagaDefinition,
+    SagaOrchestrator as SagaOrchestrator,
+    SequenceGuard as SequenceGuard,
+    SqlSagaStore as SqlSagaStore,
+    Step as Step,
+    StepFailed as StepFailed,
 )
