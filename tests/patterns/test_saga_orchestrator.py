@@ -314,3 +314,26 @@ async def test_saga_parks_when_compensation_keeps_failing(
         store: str, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     url = None if store == "memory" else f"sqlite:///{tmp_path / 'sagas.db'}"
     await check_a_compensation_that_keeps_failing_parks_the_saga(url, caplog)
+
+
+@pytest.mark.asyncio
+async def test_a_failing_on_compensated_hook_is_retried_then_parked() -> None:
+    async def step(ctx: SagaContext) -> None:
+        pass
+
+    async def broken_hook(ctx: SagaContext) -> None:
+        raise RuntimeError("cannot publish OrderCancelled")
+
+    clock = Clock()
+    orch = SagaOrchestrator(
+        SagaDefinition("hooked", [Step("a", step, step), Step("b", step, None, timeout=1)],
+                       on_compensated=broken_hook),
+        MemorySagaStore(), EventBus(f"memory://{uuid.uuid4()}"), clock=clock,
+        compensation_attempts=2)
+    await orch.start("h-1")
+    await orch.step_failed("h-1", "b", "no")
+    for _ in range(4):
+        clock.now += 3600
+        await orch.tick()
+    state = await orch.get("h-1")
+    assert state is not None and state.status == "parked" and state.attempts == 2

@@ -395,9 +395,9 @@ class SagaOrchestrator:
 
     async def _compensation_failed(self, saga_id: str, error: Exception) -> SagaState:
         async def change(session: SagaSession, state: SagaState, pub: SagaPublisher) -> bool:
-            if state.status != "compensating" or not state.to_compensate:
+            if state.status != "compensating":
                 return False
-            step = state.to_compensate[0]
+            step = state.to_compensate[0] if state.to_compensate else "on_compensated"
             state.attempts += 1
             what = f"compensation of step {step!r} failed: {type(error).__name__}: {error}"
             if state.attempts >= self.compensation_attempts:

@@ -273,9 +273,16 @@ class SqlSagaStore:
 
     async def setup(self) -> None:
         """Create the saga table and its index if they are missing."""
-        async with self.db.transaction() as tx:
-            for statement in _table_sql(self.table, self.db.dialect):
-                await tx.execute(statement)
+        for attempt in (1, 2):
+            try:
+                async with self.db.transaction() as tx:
+                    for statement in _table_sql(self.table, self.db.dialect):
+                        await tx.execute(statement)
+                return
+            except UniqueViolation:
+                # Two processes created it at once (PostgreSQL's catalog race): it exists.
+                if attempt == 2:
+                    raise
 
     @asynccontextmanager
     async def unit_of_work(self) -> AsyncIterator[SagaSession]:
