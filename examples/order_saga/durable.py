@@ -16,6 +16,7 @@ What makes a crash (even SIGKILL) harmless at any point:
   died before marking them sent; consumers drop the duplicate by event id.
 
 ``ORDER_SAGA_RUN`` suffixes every topic (one set per test run);
+``ORDER_SAGA_START_FROM=latest`` for brokers that keep no history (SQS);
 ``ORDER_SAGA_CRASH=n`` makes the process kill itself (SIGKILL) right after its
 n-th handler commit, before the broker hears the ack (for tests).
 """
@@ -31,11 +32,11 @@ import sys
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-
-from eventbus.patterns.outbox import Outbox, OutboxRelay
+from typing import Literal
 
 from eventbus import Context, EventBus
 from eventbus.events import Message
+from eventbus.patterns.outbox import Outbox, OutboxRelay
 from eventbus.patterns.sagas import Choreography, SequenceGuard, SqlSequenceStore, StepFailed
 from eventbus.patterns.sagas.choreography import transaction_of
 from eventbus.patterns.sql import Database, Transaction
@@ -125,8 +126,8 @@ class Service:
             os.kill(os.getpid(), signal.SIGKILL)
 
 
-def build(name: str, url: str, db: Database, run: str,
-          crash_after: int | None = None) -> Service:
+def build(name: str, url: str, db: Database, run: str, crash_after: int | None = None,
+          start_from: Literal["earliest", "latest"] = "earliest") -> Service:
     """The service ``name`` on broker ``url``, keeping state in ``db`` (tables made by
     :func:`create_schema`)."""
     outbox = Outbox(db, table=outbox_table(name))
@@ -134,7 +135,7 @@ def build(name: str, url: str, db: Database, run: str,
     relay = OutboxRelay(outbox, bus, poll_interval=0.1)
     service = Service(name, db, bus, outbox, relay, crash_after)
     flow = Choreography(bus, group=name, key=lambda e: e.order_id, topic=topic_of(run),
-                        unit_of_work=service.unit_of_work)
+                        unit_of_work=service.unit_of_work, start_from=start_from)
     {"order-service": _order, "payment-service": _payment,
      "inventory-service": _inventory}[name](service, flow)
     return service
@@ -229,8 +230,10 @@ async def serve(name: str) -> None:
     """Run service ``name`` until SIGTERM (from the environment's settings)."""
     db = await Database.connect(os.environ["ORDER_SAGA_DATABASE_URL"])
     crash = os.environ.get("ORDER_SAGA_CRASH", "")
+    start_from = "latest" if os.environ.get("ORDER_SAGA_START_FROM") == "latest" else "earliest"
     service = build(name, os.environ.get("EVENTBUS_URL", "memory://"), db,
-                    os.environ.get("ORDER_SAGA_RUN", ""), int(crash) if crash else None)
+                    os.environ.get("ORDER_SAGA_RUN", ""), int(crash) if crash else None,
+                    start_from)
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     async with service.bus, service.relay:
