@@ -23,9 +23,6 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
-# The services publish through the transactional outbox (its own branch until merged).
-pytest.importorskip("eventbus.patterns.outbox")
-
 from eventbus.patterns.outbox import Outbox
 from eventbus.patterns.sql import Database
 from examples.order_saga import durable
