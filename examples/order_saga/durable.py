@@ -17,8 +17,9 @@ What makes a crash (even SIGKILL) harmless at any point:
 
 ``ORDER_SAGA_RUN`` suffixes every topic (one set per test run);
 ``ORDER_SAGA_START_FROM=latest`` for brokers that keep no history (SQS);
-``ORDER_SAGA_CRASH=n`` makes the process kill itself (SIGKILL) right after its
-n-th handler commit, before the broker hears the ack (for tests).
+``ORDER_SAGA_CRASH=refund:1,charge:3`` makes the process kill itself (SIGKILL)
+right after the 1st commit of ``refund`` (and the 3rd of ``charge``), before the
+broker hears the ack (for tests).
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ import signal
 import sys
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 from typing import Literal
 
 from eventbus import Context, EventBus
@@ -94,12 +96,12 @@ def outbox_table(service: str) -> str:
     return f"eventbus_outbox_{service.split('-')[0]}"
 
 
-async def first_time(tx: Transaction, service: str, ctx: Context) -> bool:
-    """Record the event as handled by ``service``; ``False`` when it already was."""
-    done = await tx.execute("INSERT INTO inbox (service, event_id) VALUES ($1, $2) "
-                            "ON CONFLICT (service, event_id) DO NOTHING", service,
-                            ctx.envelope.id)
-    return done == 1
+_step: ContextVar[str] = ContextVar("order_saga_step", default="")
+
+
+def parse_crashes(spec: str) -> dict[str, int]:
+    """``"refund:1,charge:3"`` -> ``{"refund": 1, "charge": 3}``."""
+    return {step: int(n) for step, n in (part.split(":") for part in spec.split(",") if part)}
 
 
 @dataclass
@@ -111,8 +113,19 @@ class Service:
     bus: EventBus
     outbox: Outbox
     relay: OutboxRelay
-    crash_after: int | None = None
-    commits: int = 0
+    crashes: dict[str, int] = field(default_factory=dict)
+    commits: dict[str, int] = field(default_factory=dict)
+
+    async def first_time(self, ctx: Context, step: str) -> Transaction | None:
+        """The inbox: record the event as handled by this service in the handler's
+        transaction; returns that transaction, or ``None`` when it was handled before."""
+        _step.set(step)
+        tx = transaction_of(ctx)
+        assert tx is not None, "handlers run in the service's unit of work"
+        done = await tx.execute("INSERT INTO inbox (service, event_id) VALUES ($1, $2) "
+                                "ON CONFLICT (service, event_id) DO NOTHING", self.name,
+                                ctx.envelope.id)
+        return tx if done == 1 else None
 
     @asynccontextmanager
     async def unit_of_work(self) -> AsyncIterator[Transaction | None]:
@@ -120,20 +133,21 @@ class Service:
         async with self.outbox.unit_of_work() as tx:
             yield tx
         # Committed, not yet acknowledged: the worst moment to die (crash tests).
-        self.commits += 1
-        if self.commits == self.crash_after:
-            log.warning("%s: SIGKILL after commit %d", self.name, self.commits)
+        step = _step.get()
+        self.commits[step] = self.commits.get(step, 0) + 1
+        if self.crashes.get(step) == self.commits[step]:
+            log.warning("%s: SIGKILL after commit %d of %s", self.name, self.commits[step], step)
             os.kill(os.getpid(), signal.SIGKILL)
 
 
-def build(name: str, url: str, db: Database, run: str, crash_after: int | None = None,
+def build(name: str, url: str, db: Database, run: str, crashes: dict[str, int] | None = None,
           start_from: Literal["earliest", "latest"] = "earliest") -> Service:
     """The service ``name`` on broker ``url``, keeping state in ``db`` (tables made by
     :func:`create_schema`)."""
     outbox = Outbox(db, table=outbox_table(name))
     bus = EventBus.from_url(url, source=name, publish_middleware=[outbox.middleware])
     relay = OutboxRelay(outbox, bus, poll_interval=0.1)
-    service = Service(name, db, bus, outbox, relay, crash_after)
+    service = Service(name, db, bus, outbox, relay, dict(crashes or {}))
     flow = Choreography(bus, group=name, key=lambda e: e.order_id, topic=topic_of(run),
                         unit_of_work=service.unit_of_work, start_from=start_from)
     {"order-service": _order, "payment-service": _payment,
@@ -147,9 +161,8 @@ def _order(service: Service, flow: Choreography) -> None:
 
     @flow.step(InventoryReserved)
     async def complete(event: InventoryReserved, ctx: Context) -> OrderCompleted | None:
-        tx = transaction_of(ctx)
-        assert tx is not None
-        if not await first_time(tx, service.name, ctx):
+        tx = await service.first_time(ctx, "complete")
+        if tx is None:
             return None
         await tx.execute("UPDATE orders SET status = 'completed' WHERE order_id = $1",
                          event.order_id)
@@ -157,9 +170,8 @@ def _order(service: Service, flow: Choreography) -> None:
 
     @flow.step(PaymentRefunded)
     async def cancel(event: PaymentRefunded, ctx: Context) -> OrderCancelled | None:
-        tx = transaction_of(ctx)
-        assert tx is not None
-        if not await first_time(tx, service.name, ctx):
+        tx = await service.first_time(ctx, "cancel")
+        if tx is None:
             return None
         await tx.execute("UPDATE orders SET status = 'cancelled' WHERE order_id = $1",
                          event.order_id)
@@ -169,9 +181,8 @@ def _order(service: Service, flow: Choreography) -> None:
 def _payment(service: Service, flow: Choreography) -> None:
     @flow.step(OrderPlaced)
     async def charge(event: OrderPlaced, ctx: Context) -> PaymentCharged | None:
-        tx = transaction_of(ctx)
-        assert tx is not None
-        if not await first_time(tx, service.name, ctx):
+        tx = await service.first_time(ctx, "charge")
+        if tx is None:
             return None
         await tx.execute("INSERT INTO charges (order_id, amount_cents) VALUES ($1, $2)",
                          event.order_id, event.total_cents)
@@ -180,9 +191,8 @@ def _payment(service: Service, flow: Choreography) -> None:
 
     @flow.compensation(InventoryReservationFailed)
     async def refund(event: InventoryReservationFailed, ctx: Context) -> PaymentRefunded | None:
-        tx = transaction_of(ctx)
-        assert tx is not None
-        if not await first_time(tx, service.name, ctx):
+        tx = await service.first_time(ctx, "refund")
+        if tx is None:
             return None
         amount = await tx.fetchval("SELECT amount_cents FROM charges WHERE order_id = $1",
                                    event.order_id)
@@ -196,9 +206,8 @@ def _inventory(service: Service, flow: Choreography) -> None:
     @flow.step(PaymentCharged, failed=lambda e, why: InventoryReservationFailed(
         order_id=e.order_id, reason=why))
     async def reserve(event: PaymentCharged, ctx: Context) -> InventoryReserved | None:
-        tx = transaction_of(ctx)
-        assert tx is not None
-        if not await first_time(tx, service.name, ctx):
+        tx = await service.first_time(ctx, "reserve")
+        if tx is None:
             return None
         lock = " FOR UPDATE" if tx.dialect == "postgres" else ""
         for line in event.lines:
@@ -232,7 +241,7 @@ async def serve(name: str) -> None:
     crash = os.environ.get("ORDER_SAGA_CRASH", "")
     start_from = "latest" if os.environ.get("ORDER_SAGA_START_FROM") == "latest" else "earliest"
     service = build(name, os.environ.get("EVENTBUS_URL", "memory://"), db,
-                    os.environ.get("ORDER_SAGA_RUN", ""), int(crash) if crash else None,
+                    os.environ.get("ORDER_SAGA_RUN", ""), parse_crashes(crash),
                     start_from)
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)

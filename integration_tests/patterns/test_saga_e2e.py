@@ -35,6 +35,8 @@ ROOT = Path(__file__).resolve().parents[2]
 ORDERS = 6
 FAILING = {1, 4}  # these orders ask for a lamp (none in stock): refunded and cancelled
 BROKERS = ["kafka", "rabbitmq", "nats", "redis", "sqs"]
+STEPS = {"order-service": ["complete", "cancel"], "payment-service": ["charge"],
+         "inventory-service": ["reserve"]}
 
 
 def _lines(i: int) -> list[OrderLine]:
@@ -70,11 +72,20 @@ class Services:
         self.files: list[IO[bytes]] = []
         self.kills = 0
         self.crashes = 0
+        self.crashes_planned: dict[str, dict[str, int]] = {}
 
-    def start(self, name: str, crash_after: int | None = None) -> None:
+    def fired(self, name: str, step: str) -> bool:
+        """Whether ``name`` killed itself after a commit of ``step`` (its log says so)."""
+        log = self.logs / f"{name}.log"
+        return log.exists() and f" of {step}" in log.read_text()
+
+    def start(self, name: str) -> None:
         env = dict(self.env)
-        if crash_after is not None:
-            env["ORDER_SAGA_CRASH"] = str(crash_after)
+        # A crash not yet fired is armed again in the restarted process.
+        crashes = {step: n for step, n in self.crashes_planned.get(name, {}).items()
+                   if not self.fired(name, step)}
+        if crashes:
+            env["ORDER_SAGA_CRASH"] = ",".join(f"{step}:{n}" for step, n in crashes.items())
         log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 - closed in stop()
         self.files.append(log)
         self.procs[name] = subprocess.Popen(
@@ -187,10 +198,15 @@ async def test_order_saga_survives_sigkill(broker: str, postgres_url: str,
     services = Services(env, tmp_path, rng)
     async with await Database.connect(postgres_url) as db:
         await durable.create_schema(db)
-        # One service (chosen at random) dies right after a random commit of its own.
+        # The payment service dies right after committing its first refund (the
+        # compensation), before the ack; one more service at a random step of its own.
+        crashes: dict[str, dict[str, int]] = {"payment-service": {"refund": 1}}
         crasher = rng.choice(durable.SERVICES)
+        step = rng.choice(STEPS[crasher])
+        crashes.setdefault(crasher, {})[step] = rng.randint(1, 2 if step == "cancel" else 3)
+        services.crashes_planned = crashes
         for name in durable.SERVICES:
-            services.start(name, rng.randint(1, 3) if name == crasher else None)
+            services.start(name)
         try:
             await _wait_ready(db, services, 60)
             order_ids = await _place_all(db, url, run)
@@ -204,11 +220,12 @@ async def test_order_saga_survives_sigkill(broker: str, postgres_url: str,
                 services.revive()
                 done, status = await _settled(db)
                 await asyncio.sleep(0.2)
-            note = (f"seed {seed}, {broker}, crasher {crasher}, {services.kills} kills, "
+            note = (f"seed {seed}, {broker}, crashes {crashes}, {services.kills} kills, "
                     f"{services.crashes} self-crashes")
             assert done, f"orders not settled: {status} ({note})\n{services.output()}"
             await check_final_state(db, order_ids, note)
             # The chaos happened: processes really died mid-flow.
+            assert services.fired("payment-service", "refund"), note
             assert services.kills + services.crashes >= 2, note
             print(note)
         finally:
