@@ -14,6 +14,7 @@ from tests.patterns.test_saga_orchestrator import (
     check_a_compensation_that_keeps_failing_parks_the_saga,
 )
 from tests.patterns.test_saga_ordering import CASES as ORDERING_CASES
+from tests.patterns.test_saga_outbox import check_saga_state_and_its_messages_commit_together
 
 
 @pytest.mark.asyncio
@@ -34,3 +35,8 @@ async def test_sequence_guard_on_postgres(case: Callable[[SequenceStore], Awaita
                                           postgres_url: str) -> None:
     async with await Database.connect(postgres_url) as db:
         await case(SqlSequenceStore(db))
+
+
+@pytest.mark.asyncio
+async def test_saga_and_outbox_commit_together_on_postgres(postgres_url: str) -> None:
+    await check_saga_state_and_its_messages_commit_together(postgres_url)
