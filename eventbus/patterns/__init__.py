@@ -1,3 +1,5 @@
 """Event-driven patterns on top of the bus: event sourcing, CQRS, sagas, outbox."""
 
-from eventbus.patterns.outbox import Outbox as Outbox, OutboxRelay as OutboxRelay  # noqa: I001
+from eventbus.patterns.inbox import Inbox as Inbox
+from eventbus.patterns.outbox import Outbox as Outbox
+from eventbus.patterns.outbox import OutboxRelay as OutboxRelay
