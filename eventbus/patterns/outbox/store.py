@@ -22,8 +22,8 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 
@@ -49,6 +49,14 @@ def current_transaction() -> Transaction | None:
     """The transaction of the unit of work this task is in, or ``None`` outside one."""
     work = _current.get()
     return None if work is None else work.tx
+
+
+def _refuse_nesting() -> None:
+    if _current.get() is not None:
+        raise ConfigurationError(
+            "outbox unit of work inside another one: they do not nest; use the "
+            "transaction the outer one gave you (outbox.current_transaction())"
+        )
 
 
 def check_table_name(name: str) -> str:
@@ -121,21 +129,23 @@ class Outbox:
         Commits the caller's statements and the events together when the block
         ends, rolls both back when it raises. Units of work do not nest.
         """
-        if _current.get() is not None:
-            raise ConfigurationError(
-                "outbox.unit_of_work() inside another unit of work: they do not nest; "
-                "use the transaction the outer one gave you"
-            )
-        wrote = False
+        _refuse_nesting()  # before the transaction: SQLite's would wait on itself
         async with self.db.transaction() as tx:
-            token = _current.set(_Work(self, tx))
-            try:
+            with self.within(tx):
                 yield tx
-            finally:
-                _current.reset(token)
-            wrote = True
-        if wrote:
-            self.written.set()
+        self.written.set()
+
+    @contextmanager
+    def within(self, tx: Transaction) -> Iterator[Transaction]:
+        """Route this task's publishes into the outbox in ``tx``, a transaction of
+        this outbox's database that the caller opened and commits (an inbox's,
+        a saga store's). :meth:`unit_of_work` is this plus the transaction."""
+        _refuse_nesting()
+        token = _current.set(_Work(self, tx))
+        try:
+            yield tx
+        finally:
+            _current.reset(token)
 
     async def add(self, tx: Transaction, topic: str, envelopes: Sequence[Envelope]) -> None:
         """Write ``envelopes`` for ``topic`` into the outbox inside ``tx`` (what the
