@@ -8,8 +8,9 @@ Each service is its own process::
 
 What makes a crash (even SIGKILL) harmless at any point:
 
-- a handler's state change, the id of the event it handled (the inbox) and the
-  events it publishes (the outbox) commit in one transaction: all or nothing;
+- a handler's state change, the id of the event it handled (its
+  :class:`~eventbus.patterns.inbox.Inbox`) and the events it publishes (its
+  :class:`~eventbus.patterns.outbox.Outbox`) commit in one transaction: all or nothing;
 - the broker redelivers what was not acknowledged, and the inbox drops what was
   already handled, so nothing is applied twice;
 - the relay publishes outbox rows after the commit, again after a crash if it
@@ -38,6 +39,7 @@ from typing import Literal
 
 from eventbus import Context, EventBus
 from eventbus.events import Message
+from eventbus.patterns.inbox import Inbox
 from eventbus.patterns.outbox import Outbox, OutboxRelay
 from eventbus.patterns.sagas import Choreography, SequenceGuard, SqlSequenceStore, StepFailed
 from eventbus.patterns.sagas.choreography import transaction_of
@@ -66,9 +68,6 @@ SCHEMA = [
     "CREATE TABLE IF NOT EXISTS refunds (order_id TEXT NOT NULL, amount_cents INTEGER NOT NULL)",
     "CREATE TABLE IF NOT EXISTS stock (sku TEXT PRIMARY KEY, on_hand INTEGER NOT NULL)",
     "CREATE TABLE IF NOT EXISTS reservations (order_id TEXT PRIMARY KEY, lines TEXT NOT NULL)",
-    # The inbox: one row per (service, event id) handled.
-    "CREATE TABLE IF NOT EXISTS inbox (service TEXT NOT NULL, event_id TEXT NOT NULL, "
-    "PRIMARY KEY (service, event_id))",
     "CREATE TABLE IF NOT EXISTS ready (service TEXT PRIMARY KEY, pid INTEGER NOT NULL)",
 ]
 
@@ -89,11 +88,17 @@ async def create_schema(db: Database) -> None:
     await SqlSequenceStore(db).setup()
     for name in SERVICES:
         await Outbox(db, table=outbox_table(name)).setup()
+        await Inbox(db, table=inbox_table(name)).setup()
 
 
 def outbox_table(service: str) -> str:
     """Each service's own outbox table, relayed by that service."""
     return f"eventbus_outbox_{service.split('-')[0]}"
+
+
+def inbox_table(service: str) -> str:
+    """Each service's own inbox table: the ids of the events it handled."""
+    return f"eventbus_inbox_{service.split('-')[0]}"
 
 
 _step: ContextVar[str] = ContextVar("order_saga_step", default="")
@@ -116,28 +121,34 @@ class Service:
     crashes: dict[str, int] = field(default_factory=dict)
     commits: dict[str, int] = field(default_factory=dict)
 
-    async def first_time(self, ctx: Context, step: str) -> Transaction | None:
-        """The inbox: record the event as handled by this service in the handler's
-        transaction; returns that transaction, or ``None`` when it was handled before."""
+    def tx(self, ctx: Context, step: str) -> Transaction:
+        """The handler's transaction (its state, inbox row and outbox rows)."""
         _step.set(step)
         tx = transaction_of(ctx)
-        assert tx is not None, "handlers run in the service's unit of work"
-        done = await tx.execute("INSERT INTO inbox (service, event_id) VALUES ($1, $2) "
-                                "ON CONFLICT (service, event_id) DO NOTHING", self.name,
-                                ctx.envelope.id)
-        return tx if done == 1 else None
+        assert tx is not None, "handlers run in the service's inbox transaction"
+        return tx
 
-    @asynccontextmanager
-    async def unit_of_work(self) -> AsyncIterator[Transaction | None]:
-        """A handler's transaction: its state, inbox row and outbox rows."""
-        async with self.outbox.unit_of_work() as tx:
-            yield tx
-        # Committed, not yet acknowledged: the worst moment to die (crash tests).
+    def committed(self) -> None:
+        """Committed, not yet acknowledged: the worst moment to die (crash tests)."""
         step = _step.get()
         self.commits[step] = self.commits.get(step, 0) + 1
         if self.crashes.get(step) == self.commits[step]:
             log.warning("%s: SIGKILL after commit %d of %s", self.name, self.commits[step], step)
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+class _CrashTestInbox(Inbox):
+    """The inbox, telling the service when a handler's transaction committed."""
+
+    def __init__(self, service: Service, table: str) -> None:
+        super().__init__(service.db, table=table, outbox=service.outbox)
+        self.service = service
+
+    @asynccontextmanager
+    async def handle(self, ctx: Context) -> AsyncIterator[Transaction | None]:
+        async with super().handle(ctx) as tx:
+            yield tx
+        self.service.committed()
 
 
 def build(name: str, url: str, db: Database, run: str, crashes: dict[str, int] | None = None,
@@ -148,8 +159,10 @@ def build(name: str, url: str, db: Database, run: str, crashes: dict[str, int] |
     bus = EventBus.from_url(url, source=name, publish_middleware=[outbox.middleware])
     relay = OutboxRelay(outbox, bus, poll_interval=0.1)
     service = Service(name, db, bus, outbox, relay, dict(crashes or {}))
+    # The inbox's transaction also takes the outbox's rows: one commit for all.
+    inbox = _CrashTestInbox(service, inbox_table(name))
     flow = Choreography(bus, group=name, key=lambda e: e.order_id, topic=topic_of(run),
-                        unit_of_work=service.unit_of_work, start_from=start_from)
+                        inbox=inbox, start_from=start_from)
     {"order-service": _order, "payment-service": _payment,
      "inventory-service": _inventory}[name](service, flow)
     return service
@@ -160,19 +173,15 @@ def _order(service: Service, flow: Choreography) -> None:
     flow.guard = (guard, lambda event: 3)  # one ending per order: the second is stale
 
     @flow.step(InventoryReserved)
-    async def complete(event: InventoryReserved, ctx: Context) -> OrderCompleted | None:
-        tx = await service.first_time(ctx, "complete")
-        if tx is None:
-            return None
+    async def complete(event: InventoryReserved, ctx: Context) -> OrderCompleted:
+        tx = service.tx(ctx, "complete")
         await tx.execute("UPDATE orders SET status = 'completed' WHERE order_id = $1",
                          event.order_id)
         return OrderCompleted(order_id=event.order_id)
 
     @flow.step(PaymentRefunded)
-    async def cancel(event: PaymentRefunded, ctx: Context) -> OrderCancelled | None:
-        tx = await service.first_time(ctx, "cancel")
-        if tx is None:
-            return None
+    async def cancel(event: PaymentRefunded, ctx: Context) -> OrderCancelled:
+        tx = service.tx(ctx, "cancel")
         await tx.execute("UPDATE orders SET status = 'cancelled' WHERE order_id = $1",
                          event.order_id)
         return OrderCancelled(order_id=event.order_id, reason=event.reason)
@@ -180,20 +189,16 @@ def _order(service: Service, flow: Choreography) -> None:
 
 def _payment(service: Service, flow: Choreography) -> None:
     @flow.step(OrderPlaced)
-    async def charge(event: OrderPlaced, ctx: Context) -> PaymentCharged | None:
-        tx = await service.first_time(ctx, "charge")
-        if tx is None:
-            return None
+    async def charge(event: OrderPlaced, ctx: Context) -> PaymentCharged:
+        tx = service.tx(ctx, "charge")
         await tx.execute("INSERT INTO charges (order_id, amount_cents) VALUES ($1, $2)",
                          event.order_id, event.total_cents)
         return PaymentCharged(order_id=event.order_id, payment_id=f"pay-{event.order_id}",
                               amount_cents=event.total_cents, lines=event.lines)
 
     @flow.compensation(InventoryReservationFailed)
-    async def refund(event: InventoryReservationFailed, ctx: Context) -> PaymentRefunded | None:
-        tx = await service.first_time(ctx, "refund")
-        if tx is None:
-            return None
+    async def refund(event: InventoryReservationFailed, ctx: Context) -> PaymentRefunded:
+        tx = service.tx(ctx, "refund")
         amount = await tx.fetchval("SELECT amount_cents FROM charges WHERE order_id = $1",
                                    event.order_id)
         await tx.execute("INSERT INTO refunds (order_id, amount_cents) VALUES ($1, $2)",
@@ -205,10 +210,8 @@ def _payment(service: Service, flow: Choreography) -> None:
 def _inventory(service: Service, flow: Choreography) -> None:
     @flow.step(PaymentCharged, failed=lambda e, why: InventoryReservationFailed(
         order_id=e.order_id, reason=why))
-    async def reserve(event: PaymentCharged, ctx: Context) -> InventoryReserved | None:
-        tx = await service.first_time(ctx, "reserve")
-        if tx is None:
-            return None
+    async def reserve(event: PaymentCharged, ctx: Context) -> InventoryReserved:
+        tx = service.tx(ctx, "reserve")
         lock = " FOR UPDATE" if tx.dialect == "postgres" else ""
         for line in event.lines:
             on_hand = await tx.fetchval(f"SELECT on_hand FROM stock WHERE sku = $1{lock}",

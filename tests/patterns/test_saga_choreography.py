@@ -112,3 +112,42 @@ async def test_a_topic_map_gives_the_flow_its_own_topics_and_dispatches_by_type(
     assert seen == ["reserved", "failed"]
     assert [e.type for e in tb.published_envelopes(f"orders-{run}")] == [
         OrderCompleted.event_type()]
+
+
+@pytest.mark.asyncio
+async def test_with_an_inbox_a_redelivered_event_is_handled_once(tmp_path: Path) -> None:
+    from eventbus.errors import ConfigurationError
+    from eventbus.patterns.inbox import Inbox
+    from eventbus.patterns.outbox import Outbox
+    from eventbus.patterns.sagas import transaction_of
+    from eventbus.patterns.sql import Database
+
+    async with await Database.connect(f"sqlite:///{tmp_path / 'svc.db'}") as db:
+        outbox = Outbox(db)
+        inbox = Inbox(db, outbox=outbox)
+        await outbox.setup()
+        await inbox.setup()
+        async with db.transaction() as tx:
+            await tx.execute("CREATE TABLE refunds (order_id TEXT NOT NULL)")
+        bus = EventBus(source="payments", publish_middleware=[outbox.middleware])
+        with pytest.raises(ConfigurationError):
+            Choreography(bus, group="x", inbox=inbox, unit_of_work=outbox.unit_of_work)
+        flow = Choreography(bus, group="payments", key=lambda e: e.order_id, inbox=inbox)
+
+        @flow.compensation(InventoryReservationFailed)
+        async def refund(event: InventoryReservationFailed, ctx: Context) -> PaymentRefunded:
+            tx = transaction_of(ctx)
+            assert tx is not None
+            await tx.execute("INSERT INTO refunds (order_id) VALUES ($1)", event.order_id)
+            return PaymentRefunded(order_id=event.order_id, payment_id="p", amount_cents=1,
+                                   reason=event.reason)
+
+        async with TestBus(bus) as tb:
+            failed = bus.envelope_for(InventoryReservationFailed(order_id="o1", reason="x"))
+            for _ in range(2):  # the same envelope twice: a redelivery
+                await bus.publish_envelopes(InventoryReservationFailed.default_topic(), [failed])
+            await tb.drain()
+        async with db.transaction() as tx:
+            assert await tx.fetchval("SELECT count(*) FROM refunds") == 1
+        assert await outbox.pending() == 1  # one PaymentRefunded, in the same transaction
+        assert tb.dead_lettered() == []  # the duplicate was skipped, not failed

@@ -24,6 +24,9 @@ service's part of it short and uniform::
   then dead-lettered), since it says nothing about the business outcome;
 - ``unit_of_work`` (e.g. an outbox's) runs the handler and its publishes in one
   transaction, available to the handler as :func:`transaction_of(ctx) <transaction_of>`;
+  ``inbox`` (an :class:`~eventbus.patterns.inbox.Inbox`, with its outbox) does the
+  same and also records the event as handled in that transaction, skipping the
+  handler for an event handled before: exactly-once effects on that database;
 - ``topic`` maps an event class to the topic it travels on (default: its own),
   e.g. to give each environment or test run its own topics;
 - ``guard`` (a :class:`~eventbus.patterns.sagas.ordering.SequenceGuard` and a
@@ -39,7 +42,9 @@ from typing import Any, Literal, TypeVar
 
 from eventbus.bus import EventBus
 from eventbus.context import Context
+from eventbus.errors import ConfigurationError
 from eventbus.events import Message
+from eventbus.patterns.inbox import Inbox
 from eventbus.patterns.sagas.ordering import SequenceGuard
 from eventbus.patterns.sagas.state import SagaError
 from eventbus.patterns.sql import Transaction
@@ -77,8 +82,14 @@ class Choreography:
                  unit_of_work: UnitOfWork | None = None,
                  guard: tuple[SequenceGuard, Callable[[Any], int]] | None = None,
                  start_from: Literal["earliest", "latest"] = "earliest",
-                 topic: Callable[[type[Message]], str] | None = None) -> None:
+                 topic: Callable[[type[Message]], str] | None = None,
+                 inbox: Inbox | None = None) -> None:
+        if inbox is not None and unit_of_work is not None:
+            raise ConfigurationError(
+                f"Choreography(group={group!r}) takes an inbox or a unit_of_work, not both: "
+                "give the inbox the outbox (Inbox(db, outbox=outbox)) to have both")
         self.bus = bus
+        self.inbox = inbox
         self.topic = topic
         self._routes: dict[str, list[tuple[type[Message], Runner]]] = {}
         self.group = group
@@ -102,8 +113,9 @@ class Choreography:
                    compensating: bool) -> Callable[[StepHandler[E]], StepHandler[E]]:
         def decorate(fn: StepHandler[E]) -> StepHandler[E]:
             async def run(event: E, ctx: Context) -> None:
-                uow = self.unit_of_work() if self.unit_of_work is not None else nullcontext(None)
-                async with uow as tx:
+                async with self._transaction(ctx) as tx:
+                    if tx is None and self.inbox is not None:
+                        return  # the inbox says this event was handled (committed) before
                     ctx.items[_TX] = tx
                     try:
                         if self.guard is not None:
@@ -125,6 +137,13 @@ class Choreography:
                 self._route(self.topic(trigger), trigger, run)
             return fn
         return decorate
+
+    def _transaction(self, ctx: Context) -> AbstractAsyncContextManager[Transaction | None]:
+        if self.inbox is not None:
+            return self.inbox.handle(ctx)
+        if self.unit_of_work is not None:
+            return self.unit_of_work()
+        return nullcontext(None)
 
     def _route(self, topic: str, trigger: type[Message], run: Runner) -> None:
         # One subscription per topic, dispatching by class: a topic carries several types.
