@@ -2,13 +2,8 @@
 (reacting services publishing compensating events), and an out-of-order guard."""
 
 from eventbus.patterns.sagas.choreography import Choreography, StepFailed, transaction_of
-from eventbus.patterns.sagas.orchestrator import (
-    SagaContext,
-    SagaDefinition,
-    SagaOrchestrator,
-    Step,
-    StepAction,
-)
+from eventbus.patterns.sagas.definition import SagaContext, SagaDefinition, Step, StepAction
+from eventbus.patterns.sagas.orchestrator import SagaOrchestrator
 from eventbus.patterns.sagas.ordering import (
     MemorySequenceStore,
     ParkedEvent,
