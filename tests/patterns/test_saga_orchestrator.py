@@ -337,3 +337,28 @@ async def test_a_failing_on_compensated_hook_is_retried_then_parked() -> None:
         await orch.tick()
     state = await orch.get("h-1")
     assert state is not None and state.status == "parked" and state.attempts == 2
+
+
+@pytest.mark.asyncio
+async def test_the_run_loop_times_out_a_step_on_the_real_clock() -> None:
+    async def ask(ctx: SagaContext) -> None:
+        pass
+
+    undone: list[str] = []
+
+    async def undo(ctx: SagaContext) -> None:
+        undone.append(ctx.saga_id)
+
+    orch = SagaOrchestrator(SagaDefinition("loop", [Step("ask", ask, undo, timeout=0.05)]),
+                            MemorySagaStore(), EventBus(f"memory://{uuid.uuid4()}"))
+    await orch.start("l-1")
+    loop = asyncio.create_task(orch.run(interval=0.02))
+    try:
+        async def compensated() -> None:
+            while undone != ["l-1"]:  # noqa: ASYNC110 - the loop task changes it
+                await asyncio.sleep(0.01)
+
+        await asyncio.wait_for(compensated(), 5)
+    finally:
+        loop.cancel()
+    assert (await orch.get("l-1")).status == "compensated"  # type: ignore[union-attr]
