@@ -35,3 +35,8 @@ async def test_broker_down_backs_off_visibly(postgres_url: str) -> None:
 @pytest.mark.asyncio
 async def test_cleanup_keeps_unsent_and_recent(postgres_url: str) -> None:
     await outbox_cases.check_cleanup_keeps_unsent_and_recent(postgres_url)
+
+
+@pytest.mark.asyncio
+async def test_stop_finishes_the_batch_in_flight(postgres_url: str) -> None:
+    await outbox_cases.check_stop_finishes_the_batch_in_flight(postgres_url)

@@ -281,3 +281,29 @@ async def check_cleanup_keeps_unsent_and_recent(url: str) -> None:
         assert await count(db, f"SELECT count(*) FROM {outbox.table}") == 1
         assert await outbox.pending() == 1
     await db.close()
+
+
+async def check_stop_finishes_the_batch_in_flight(url: str) -> None:
+    """Stopping a relay mid-batch lets the batch commit: its rows are marked sent,
+    not published again by the next relay."""
+    db, outbox = await open_outbox(url)
+    bus = outbox_bus(outbox)
+    real = bus.adapter.publish
+    publishing = asyncio.Event()
+
+    async def slow(topic: str, envelopes: Sequence[Envelope]) -> None:
+        publishing.set()
+        await asyncio.sleep(0.2)
+        await real(topic, envelopes)
+
+    bus.adapter.publish = slow  # type: ignore[method-assign]
+    async with bus:
+        async with outbox.unit_of_work():
+            await bus.publish(OrderPlaced(order_id="a"))
+        relay = OutboxRelay(outbox, bus)
+        await relay.start()
+        await asyncio.wait_for(publishing.wait(), WAIT)
+        await relay.stop()
+        assert relay.health().state == "stopped" and relay.health().published == 1
+        assert await outbox.pending() == 0
+    await db.close()

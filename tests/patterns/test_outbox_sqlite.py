@@ -42,3 +42,8 @@ async def test_broker_down_backs_off_visibly(sqlite_url: str) -> None:
 @pytest.mark.asyncio
 async def test_cleanup_keeps_unsent_and_recent(sqlite_url: str) -> None:
     await outbox_cases.check_cleanup_keeps_unsent_and_recent(sqlite_url)
+
+
+@pytest.mark.asyncio
+async def test_stop_finishes_the_batch_in_flight(sqlite_url: str) -> None:
+    await outbox_cases.check_stop_finishes_the_batch_in_flight(sqlite_url)

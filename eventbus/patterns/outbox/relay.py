@@ -23,7 +23,6 @@ and retried with backoff; the loop does not die of them.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import time
@@ -100,6 +99,7 @@ class OutboxRelay:
         self.backoff = backoff or Backoff(initial=0.1, max_delay=10.0)
         self.name = name
         self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
         self._state: RelayState = "idle"
         self._published = 0
         self._failures = 0
@@ -187,7 +187,7 @@ class OutboxRelay:
         after a failure, cleanup every ``cleanup_interval``."""
         next_cleanup = time.monotonic()
         self._state = "running"
-        while True:
+        while not self._stopping.is_set():
             try:
                 if time.monotonic() >= next_cleanup:
                     removed = await self.cleanup()
@@ -221,21 +221,34 @@ class OutboxRelay:
             "until a batch succeeds", self.name, self._last_error, self._failures, delay,
             exc_info=exc if self._failures % 10 == 1 else None,
         )
-        await asyncio.sleep(delay)
+        stopping = asyncio.ensure_future(self._stopping.wait())
+        try:
+            await asyncio.wait([stopping], timeout=delay)
+        finally:
+            stopping.cancel()
 
-    async def _idle(self) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.outbox.written.wait(), self.poll_interval)
+    async def _idle(self, seconds: float | None = None) -> None:
+        """Wait ``seconds`` (default ``poll_interval``), less when rows are written or
+        the relay is asked to stop."""
+        waits = [asyncio.ensure_future(self.outbox.written.wait()),
+                 asyncio.ensure_future(self._stopping.wait())]
+        try:
+            await asyncio.wait(waits, timeout=self.poll_interval if seconds is None else seconds,
+                               return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waits:
+                waiter.cancel()
 
     async def start(self) -> None:
         """Run :meth:`run` in a background task (idempotent)."""
         if self._task is not None and not self._task.done():
             return
+        self._stopping.clear()
         self._task = asyncio.create_task(self.run(), name=self.name)
         self._task.add_done_callback(self._ended)
 
     def _ended(self, task: asyncio.Task[None]) -> None:
-        if task.cancelled():
+        if task.cancelled() or (self._stopping.is_set() and task.exception() is None):
             self._state = "stopped"
             return
         exc = task.exception()
@@ -244,13 +257,17 @@ class OutboxRelay:
         log.error("%s: the relay loop ended (%s); outbox rows are no longer published. "
                   "Restart the relay", self.name, self._last_error, exc_info=exc)
 
-    async def stop(self) -> None:
-        """Cancel the loop and wait for it; a batch in flight is rolled back."""
+    async def stop(self, timeout: float = 10.0) -> None:
+        """Let the batch in flight finish (up to ``timeout`` seconds, then cancel it:
+        its rows stay unsent and go out again later), and end the loop."""
         task, self._task = self._task, None
+        self._stopping.set()
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            done, _ = await asyncio.wait([task], timeout=timeout)
+            if not done:
+                task.cancel()
+            # A loop that died was logged by _ended; stopping does not raise it again.
+            await asyncio.gather(task, return_exceptions=True)
         self._state = "stopped"
 
     def health(self) -> RelayHealth:
