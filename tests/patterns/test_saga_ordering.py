@@ -3,6 +3,8 @@ are ignored or parked, newer ones applied. ``check_*`` bodies run on PostgreSQL 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from pathlib import Path
 
 import pytest
@@ -86,8 +88,30 @@ async def check_a_failing_handler_does_not_advance(store: SequenceStore) -> None
     assert calls == [1, 2]
 
 
+async def check_two_consumers_of_one_entity_apply_it_once(store: SequenceStore) -> None:
+    """Two deliveries of one version at once (two consumers): the entity's row lock
+    (PostgreSQL) or the single writer (SQLite, memory) lets one through."""
+    await store.setup()
+    guard = SequenceGuard("racing", store)
+    applied: list[int] = []
+    both_in = asyncio.Barrier(2)
+
+    async def apply() -> None:
+        applied.append(1)
+        with contextlib.suppress(TimeoutError):  # the other one is (rightly) waiting
+            await asyncio.wait_for(both_in.wait(), 0.3)
+
+    async def nothing() -> None:
+        pass
+
+    assert await guard.apply("e", 1, nothing)  # the entity's row exists: only a lock guards it
+    results = await asyncio.gather(guard.apply("e", 2, apply), guard.apply("e", 2, apply))
+    assert sorted(results) == [False, True] and applied == [1]
+
+
 CASES = [check_stale_events_are_ignored, check_stale_events_are_parked,
-         check_a_failing_handler_does_not_advance]
+         check_a_failing_handler_does_not_advance,
+         check_two_consumers_of_one_entity_apply_it_once]
 
 
 @pytest.mark.asyncio
