@@ -71,6 +71,8 @@ class OutboxRelay:
     - ``retention``: seconds sent rows are kept before :meth:`cleanup` deletes
       them (run every ``cleanup_interval`` seconds by the loop).
     - ``backoff``: waits after a failed batch.
+    - ``streams_per_batch``: streams (keys) one PostgreSQL batch takes at most,
+      leaving the others to other relays.
     """
 
     def __init__(
@@ -84,15 +86,18 @@ class OutboxRelay:
         cleanup_interval: float = 60.0,
         backoff: Backoff | None = None,
         name: str = "outbox-relay",
+        streams_per_batch: int = 32,
     ) -> None:
-        if batch_size < 1 or poll_interval <= 0 or retention < 0:
+        if batch_size < 1 or poll_interval <= 0 or retention < 0 or streams_per_batch < 1:
             raise ConfigurationError(
-                "OutboxRelay needs batch_size >= 1, poll_interval > 0 and retention >= 0; "
-                f"got {batch_size}, {poll_interval}, {retention}"
+                "OutboxRelay needs batch_size >= 1, poll_interval > 0, retention >= 0 and "
+                f"streams_per_batch >= 1; got {batch_size}, {poll_interval}, {retention}, "
+                f"{streams_per_batch}"
             )
         self.outbox = outbox
         self.bus = bus
         self.batch_size = batch_size
+        self.streams_per_batch = streams_per_batch
         self.poll_interval = poll_interval
         self.retention = retention
         self.cleanup_interval = cleanup_interval
@@ -140,7 +145,8 @@ class OutboxRelay:
         # fails the re-checked WHERE and is left out ...
         locked = await tx.fetch(
             f"SELECT stream FROM {t} WHERE seq = ANY($1::bigint[]) AND sent_at IS NULL "
-            "FOR UPDATE SKIP LOCKED", [h[0] for h in heads])
+            "ORDER BY seq LIMIT $2 FOR UPDATE SKIP LOCKED", [h[0] for h in heads],
+            self.streams_per_batch)
         if not locked:
             return []
         # ... then the rows of the streams whose head we hold, oldest first: a prefix
