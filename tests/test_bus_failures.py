@@ -6,16 +6,6 @@ from __future__ import annotations
 
 import asyncio
 
-from bus_support import (
-    Inbox,
-    OrderPlaced,
-    PaymentTaken,
-    dead_letters,
-    memory_url,
-    new_topic,
-    run,
-)
-
 from eventbus import (
     Context,
     Envelope,
@@ -26,6 +16,15 @@ from eventbus import (
     RetryPolicy,
 )
 from eventbus.testing import TestBus
+from tests.bus_support import (
+    Inbox,
+    OrderPlaced,
+    PaymentTaken,
+    dead_letters,
+    memory_url,
+    new_topic,
+    run,
+)
 
 
 def test_retry_then_success_in_process() -> None:

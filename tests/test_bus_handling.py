@@ -6,7 +6,14 @@ from __future__ import annotations
 import asyncio
 import json
 
-from bus_support import (
+from eventbus import (
+    Context,
+    Envelope,
+    Event,
+    EventBus,
+    MemoryAdapter,
+)
+from tests.bus_support import (
     ChargeCard,
     Inbox,
     OrderPlaced,
@@ -15,14 +22,6 @@ from bus_support import (
     new_topic,
     order_inbox,
     run,
-)
-
-from eventbus import (
-    Context,
-    Envelope,
-    Event,
-    EventBus,
-    MemoryAdapter,
 )
 
 

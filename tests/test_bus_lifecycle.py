@@ -8,14 +8,6 @@ import os
 import signal
 
 import pytest
-from bus_support import (
-    WAIT,
-    Inbox,
-    OrderPlaced,
-    PaymentTaken,
-    memory_url,
-    run,
-)
 
 from eventbus import (
     BrokerConnectionError,
@@ -24,6 +16,14 @@ from eventbus import (
     MemoryAdapter,
 )
 from eventbus.adapter import SubscribeOptions, Subscription
+from tests.bus_support import (
+    WAIT,
+    Inbox,
+    OrderPlaced,
+    PaymentTaken,
+    memory_url,
+    run,
+)
 
 
 def test_start_and_stop_are_idempotent_and_stop_waits_for_handlers() -> None:

@@ -7,16 +7,6 @@ import json
 from collections.abc import Sequence
 
 import pytest
-from bus_support import (
-    ChargeCard,
-    Inbox,
-    OrderPlaced,
-    PaymentTaken,
-    memory_url,
-    new_topic,
-    order_inbox,
-    run,
-)
 
 from eventbus import (
     BatchPublishError,
@@ -27,6 +17,16 @@ from eventbus import (
     MemoryAdapter,
     MessageTooLargeError,
     PublishError,
+)
+from tests.bus_support import (
+    ChargeCard,
+    Inbox,
+    OrderPlaced,
+    PaymentTaken,
+    memory_url,
+    new_topic,
+    order_inbox,
+    run,
 )
 
 

@@ -6,12 +6,6 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from bus_support import (
-    ChargeCard,
-    OrderPlaced,
-    memory_url,
-    new_topic,
-)
 
 from eventbus import (
     ConfigurationError,
@@ -28,6 +22,12 @@ from eventbus.middleware import (
     Retry,
     Timeout,
     correlation,
+)
+from tests.bus_support import (
+    ChargeCard,
+    OrderPlaced,
+    memory_url,
+    new_topic,
 )
 
 

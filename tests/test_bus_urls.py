@@ -4,9 +4,6 @@ adapters found through entry points."""
 from __future__ import annotations
 
 import pytest
-from bus_support import (
-    memory_url,
-)
 
 from eventbus import (
     ConfigurationError,
@@ -18,6 +15,9 @@ from eventbus import (
 )
 from eventbus.errors import EventBusError, mask_url
 from eventbus.registry_adapters import adapter_class, adapter_from_url
+from tests.bus_support import (
+    memory_url,
+)
 
 
 def test_from_env_uses_eventbus_url(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -8,7 +8,6 @@ import uuid
 from collections.abc import Sequence
 
 import pytest
-from bus_support import dead_letters, run
 
 from eventbus import Envelope, Event, EventBus, MemoryAdapter, RetryPolicy
 from eventbus.deadletter import (
@@ -29,6 +28,7 @@ from eventbus.errors import (
     MessageTooLargeError,
     PublishError,
 )
+from tests.bus_support import dead_letters, run
 
 
 def memory_url(limit: int | None = None) -> str:

@@ -9,7 +9,6 @@ import logging
 from collections.abc import AsyncIterator
 
 import pytest
-from bus_support import ChargeCard, Inbox, OrderPlaced, dead_letters, memory_url, run
 
 from eventbus import (
     ConfigurationError,
@@ -21,6 +20,7 @@ from eventbus import (
 )
 from eventbus.adapter import Delivery, SubscribeOptions, Subscription
 from eventbus.group_route import WithGroupRoute
+from tests.bus_support import ChargeCard, Inbox, OrderPlaced, dead_letters, memory_url, run
 
 
 class NoRedelivery(MemoryAdapter):

@@ -8,7 +8,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import pytest
-from bus_support import memory_url, read_topic, run
 
 from eventbus import (
     BatchPublishError,
@@ -19,6 +18,7 @@ from eventbus import (
     MessageTooLargeError,
     PublishError,
 )
+from tests.bus_support import memory_url, read_topic, run
 
 
 class Shipped(Event, type="test.one-topic.shipped", topic="test-one-topic-shipped"):

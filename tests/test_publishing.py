@@ -7,7 +7,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import pytest
-from bus_support import Inbox, memory_url, read_topic, run
 
 from eventbus import (
     BatchPublishError,
@@ -19,6 +18,7 @@ from eventbus import (
     EventBus,
     MemoryAdapter,
 )
+from tests.bus_support import Inbox, memory_url, read_topic, run
 
 
 class Pinged(Event, type="test.publishing.pinged", topic="test-publishing-pings"):

@@ -6,8 +6,6 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from bus_support import Inbox, Records, dead_letters, memory_url, run
-
 from eventbus import (
     Context,
     Event,
@@ -16,6 +14,7 @@ from eventbus import (
     RetryPolicy,
 )
 from eventbus.middleware import Next
+from tests.bus_support import Inbox, Records, dead_letters, memory_url, run
 
 POLICY = RetryPolicy(max_attempts=3, in_process_attempts=3, initial_delay=0.01, jitter=0)
 

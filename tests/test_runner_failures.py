@@ -11,17 +11,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from bus_support import (
-    WAIT,
-    Inbox,
-    Records,
-    dead_letters,
-    dlq_size,
-    memory_url,
-    new_topic,
-    run,
-    until,
-)
 
 from eventbus import (
     ConfigurationError,
@@ -41,6 +30,17 @@ from eventbus.adapter import HealthReport
 from eventbus.backoff import Backoff
 from eventbus.errors import ConnectionLostError, SubscriptionFailedError
 from eventbus.middleware import Next
+from tests.bus_support import (
+    WAIT,
+    Inbox,
+    Records,
+    dead_letters,
+    dlq_size,
+    memory_url,
+    new_topic,
+    run,
+    until,
+)
 
 
 class Job(Event, type="test.runner.job", topic="test-runner-jobs"):

@@ -10,7 +10,6 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from bus_support import Inbox, dead_letters, memory_url, run
 
 import eventbus
 from eventbus import (
@@ -22,6 +21,7 @@ from eventbus import (
     MemoryIdempotencyStore,
     RetryPolicy,
 )
+from tests.bus_support import Inbox, dead_letters, memory_url, run
 
 
 class Job(Event, type="test.options.job", topic="test-options-jobs"):

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from bus_support import Inbox, memory_url, new_topic, run
 
 from eventbus import (
     Command,
@@ -33,6 +32,7 @@ from eventbus.middleware import (
 )
 from eventbus.runner import Runner
 from eventbus.spec import Handler, SubscriptionSpec
+from tests.bus_support import Inbox, memory_url, new_topic, run
 
 PACKAGE = Path(__file__).resolve().parent.parent / "eventbus"
 

@@ -1,4 +1,5 @@
-"""The ``eventbus`` command: run a service, publish an event, inspect and replay dead letters.
+"""The ``eventbus`` command: run a service, publish an event, inspect and replay dead letters,
+lint a service (``check``).
 
 Also ``python -m eventbus``. Every expected failure prints one ``error: ...`` line
 and exits with its own code (see ``eventbus.cli._common``).
@@ -14,6 +15,7 @@ import typer
 
 import eventbus
 from eventbus.cli._common import load_bus
+from eventbus.cli.check import check
 from eventbus.cli.dlq import dlq_app
 from eventbus.cli.publish import publish
 from eventbus.cli.run import run
@@ -25,6 +27,7 @@ app = typer.Typer(help="eventbus: broker-agnostic event messaging.", no_args_is_
 app.command()(run)
 app.command()(publish)
 app.add_typer(dlq_app, name="dlq")
+app.command()(check)
 
 
 def _version(value: bool) -> None:

@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from eventbus import Context, EventBus, MemoryIdempotencyStore
+from eventbus.patterns.sagas import Choreography, StepFailed
 from examples.order_saga.events import (
     InventoryReservationFailed,
     InventoryReserved,
@@ -53,21 +54,18 @@ class Stock:
 def register(bus: EventBus, stock: Stock | None = None) -> Stock:
     """Subscribe the inventory service's handlers on ``bus``; returns its state."""
     stock = stock if stock is not None else Stock()
+    flow = Choreography(bus, group=SERVICE, key=lambda event: event.order_id)
 
-    @bus.subscribe(PaymentCharged, group=SERVICE, start_from="earliest")
-    async def reserve(event: PaymentCharged, ctx: Context) -> None:
+    # Out of stock is the step's business failure: the helper publishes the
+    # compensating InventoryReservationFailed, and the payment service refunds.
+    @flow.step(PaymentCharged, failed=lambda event, reason: InventoryReservationFailed(
+        order_id=event.order_id, reason=reason))
+    async def reserve(event: PaymentCharged, ctx: Context) -> InventoryReserved:
         try:
             reservation_id = stock.reserve(event.order_id, event.lines)
         except OutOfStock as exc:
-            await ctx.publish(
-                InventoryReservationFailed(order_id=event.order_id, reason=f"out of stock: {exc}"),
-                key=event.order_id,
-            )
-            return
-        await ctx.publish(
-            InventoryReserved(order_id=event.order_id, reservation_id=reservation_id),
-            key=event.order_id,
-        )
+            raise StepFailed(f"out of stock: {exc}") from exc
+        return InventoryReserved(order_id=event.order_id, reservation_id=reservation_id)
 
     return stock
 

@@ -14,10 +14,12 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from eventbus import Context, Envelope, EventBus, MemoryIdempotencyStore
+from eventbus.patterns.sagas import Choreography, MemorySequenceStore, SequenceGuard
 from examples.order_saga.events import (
     InventoryReserved,
     OrderCancelled,
     OrderCompleted,
+    OrderEvent,
     OrderLine,
     OrderPlaced,
     PaymentRefunded,
@@ -32,6 +34,7 @@ class Orders:
     """The service's own state: each order's status (a database in real life)."""
 
     status: dict[str, OrderStatus] = field(default_factory=dict)
+    stages: MemorySequenceStore = field(default_factory=MemorySequenceStore)
 
     async def place(
         self,
@@ -54,22 +57,29 @@ class Orders:
         return await bus.publish(event, key=order_id, correlation_id=request_id)
 
 
+# How far an order's flow got: an event at or below the stage already applied
+# is stale (a late or replayed one) and the guard skips it, so an order is never
+# both completed and cancelled.
+STAGE: dict[type[OrderEvent], int] = {InventoryReserved: 3, PaymentRefunded: 3}
+
+
 def register(bus: EventBus, orders: Orders | None = None) -> Orders:
     """Subscribe the order service's handlers on ``bus``; returns its state."""
     orders = orders if orders is not None else Orders()
+    guard = SequenceGuard("order-status", orders.stages)
+    flow = Choreography(bus, group=SERVICE, key=lambda event: event.order_id,
+                        guard=(guard, lambda event: STAGE[type(event)]))
 
-    # "earliest": a group created after events were published still sees them.
-    @bus.subscribe(InventoryReserved, group=SERVICE, start_from="earliest")
-    async def complete(event: InventoryReserved, ctx: Context) -> None:
+    @flow.step(InventoryReserved)
+    async def complete(event: InventoryReserved, ctx: Context) -> OrderCompleted:
         orders.status[event.order_id] = "completed"
-        await ctx.publish(OrderCompleted(order_id=event.order_id), key=event.order_id)
+        return OrderCompleted(order_id=event.order_id)
 
-    @bus.subscribe(PaymentRefunded, group=SERVICE, start_from="earliest")
-    async def cancel(event: PaymentRefunded, ctx: Context) -> None:
+    # The refund ended the compensation: the order is cancelled.
+    @flow.step(PaymentRefunded)
+    async def cancel(event: PaymentRefunded, ctx: Context) -> OrderCancelled:
         orders.status[event.order_id] = "cancelled"
-        await ctx.publish(
-            OrderCancelled(order_id=event.order_id, reason=event.reason), key=event.order_id
-        )
+        return OrderCancelled(order_id=event.order_id, reason=event.reason)
 
     return orders
 

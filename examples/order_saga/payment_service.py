@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from eventbus import Context, EventBus, MemoryIdempotencyStore
+from eventbus.patterns.sagas import Choreography
 from examples.order_saga.events import (
     InventoryReservationFailed,
     OrderPlaced,
@@ -68,42 +69,30 @@ class Ledger:
 def register(bus: EventBus, ledger: Ledger | None = None) -> Ledger:
     """Subscribe the payment service's handlers on ``bus``; returns its state."""
     ledger = ledger if ledger is not None else Ledger()
+    flow = Choreography(bus, group=SERVICE, key=lambda event: event.order_id)
 
-    @bus.subscribe(OrderPlaced, group=SERVICE, start_from="earliest")
-    async def charge(event: OrderPlaced, ctx: Context) -> None:
+    @flow.step(OrderPlaced)
+    async def charge(event: OrderPlaced, ctx: Context) -> PaymentCharged:
         # A redelivered OrderPlaced must not charge twice: reuse the first charge.
+        # A gateway timeout is raised as it is: the retry middleware runs this again.
         existing = ledger.charges.get(event.order_id)
         if existing is None:
             await ledger.gateway.charge(event.order_id, event.total_cents, ctx)
             existing = ledger.charges[event.order_id] = Charge(
                 payment_id=f"pay-{uuid.uuid4().hex[:8]}", amount_cents=event.total_cents
             )
-        await ctx.publish(
-            PaymentCharged(
-                order_id=event.order_id,
-                payment_id=existing.payment_id,
-                amount_cents=existing.amount_cents,
-                lines=event.lines,
-            ),
-            key=event.order_id,
-        )
+        return PaymentCharged(order_id=event.order_id, payment_id=existing.payment_id,
+                              amount_cents=existing.amount_cents, lines=event.lines)
 
-    @bus.subscribe(InventoryReservationFailed, group=SERVICE, start_from="earliest")
-    async def refund(event: InventoryReservationFailed, ctx: Context) -> None:
+    @flow.compensation(InventoryReservationFailed)
+    async def refund(event: InventoryReservationFailed, ctx: Context) -> PaymentRefunded | None:
         charged = ledger.charges.get(event.order_id)
         if charged is None:
             ctx.logger.warning("no charge for order %s; nothing to refund", event.order_id)
-            return
+            return None
         charged.refunded = True
-        await ctx.publish(
-            PaymentRefunded(
-                order_id=event.order_id,
-                payment_id=charged.payment_id,
-                amount_cents=charged.amount_cents,
-                reason=event.reason,
-            ),
-            key=event.order_id,
-        )
+        return PaymentRefunded(order_id=event.order_id, payment_id=charged.payment_id,
+                               amount_cents=charged.amount_cents, reason=event.reason)
 
     return ledger
 

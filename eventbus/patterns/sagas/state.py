@@ -1,0 +1,322 @@
+"""A saga's persisted state, and the stores that keep it (memory, SQLite, PostgreSQL).
+
+Every change to a saga goes through a *session* of its store: load, insert or
+update inside one unit of work. ``update`` is optimistic: it names the version it
+read and fails with :class:`SagaConcurrencyError` when another orchestrator moved
+the saga on in between, so two instances can never both advance one saga.
+``insert`` fails with :class:`SagaAlreadyExists` when another instance created
+the same id first (a unique constraint on the database).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from eventbus.errors import EventBusError
+from eventbus.patterns.sql import Database, Transaction, UniqueViolation
+
+SagaStatus = Literal["running", "completed", "compensating", "compensated", "parked"]
+TERMINAL: tuple[SagaStatus, ...] = ("completed", "compensated")
+
+
+class SagaError(EventBusError):
+    """Base of the saga errors."""
+
+
+class SagaAlreadyExists(SagaError):
+    """A saga with this id was created by another instance first."""
+
+
+class SagaConcurrencyError(SagaError):
+    """The saga changed since it was loaded (another orchestrator advanced it)."""
+
+
+class SagaNotFound(SagaError):
+    """No saga has this id."""
+
+
+@dataclass
+class SagaState:
+    """One saga instance: where it is, its data, and what was compensated.
+
+    ``step`` is the index of the step running (or, once all ran, ``len(steps)``);
+    ``deadline`` is when the running step's answer is due (epoch seconds), kept in
+    the store so a restarted orchestrator still times it out. ``to_compensate`` is
+    the queue of step names still to undo, in order; ``compensated`` the ones done.
+    """
+
+    saga_id: str
+    saga_type: str
+    data: dict[str, Any] = field(default_factory=dict)
+    status: SagaStatus = "running"
+    step: int = 0
+    deadline: float | None = None
+    to_compensate: list[str] = field(default_factory=list)
+    compensated: list[str] = field(default_factory=list)
+    attempts: int = 0
+    retry_at: float | None = None
+    reason: str | None = None
+    version: int = 0
+
+    @property
+    def finished(self) -> bool:
+        """Completed or fully compensated: nothing more will happen to it."""
+        return self.status in TERMINAL
+
+
+class SagaSession(Protocol):
+    """The saga statements of one unit of work (see :meth:`SagaStore.unit_of_work`)."""
+
+    tx: Transaction | None
+    """The database transaction (SQL stores), for a step's own writes; ``None`` in memory."""
+
+    async def load(self, saga_id: str) -> SagaState | None:
+        """The saga, or ``None``."""
+
+    async def insert(self, state: SagaState) -> None:
+        """Create the saga at version 1; :class:`SagaAlreadyExists` if the id is taken."""
+
+    async def update(self, state: SagaState) -> None:
+        """Save ``state`` if nobody saved since ``state.version`` was read, then bump it;
+        else :class:`SagaConcurrencyError`."""
+
+
+class SagaStore(Protocol):
+    """Where saga state lives."""
+
+    async def setup(self) -> None:
+        """Create what the store needs (tables), idempotently."""
+
+    def unit_of_work(self) -> AbstractAsyncContextManager[SagaSession]:
+        """One atomic change: every statement in it commits or none does."""
+
+    async def get(self, saga_id: str) -> SagaState | None:
+        """The saga as stored now, or ``None``."""
+
+    async def overdue(self, now: float, limit: int = 100) -> list[str]:
+        """Ids of running sagas whose step deadline is at or before ``now``."""
+
+    async def retry_due(self, now: float, limit: int = 100) -> list[str]:
+        """Ids of compensating sagas whose next compensation attempt is due."""
+
+    async def by_status(self, status: SagaStatus, limit: int = 100) -> list[SagaState]:
+        """Sagas in ``status`` (``"parked"`` lists the ones that need a person)."""
+
+
+# -- memory ------------------------------------------------------------------------
+
+
+class _MemorySession:
+    tx: Transaction | None = None
+
+    def __init__(self, rows: dict[str, SagaState]) -> None:
+        self._rows = rows
+        self._writes: dict[str, SagaState] = {}
+
+    async def load(self, saga_id: str) -> SagaState | None:
+        row = self._writes.get(saga_id) or self._rows.get(saga_id)
+        return copy.deepcopy(row) if row is not None else None
+
+    async def insert(self, state: SagaState) -> None:
+        if state.saga_id in self._rows or state.saga_id in self._writes:
+            raise SagaAlreadyExists(f"saga {state.saga_id!r} already exists")
+        state.version = 1
+        self._writes[state.saga_id] = copy.deepcopy(state)
+
+    async def update(self, state: SagaState) -> None:
+        current = self._writes.get(state.saga_id) or self._rows.get(state.saga_id)
+        if current is None or current.version != state.version:
+            raise SagaConcurrencyError(
+                f"saga {state.saga_id!r} changed since version {state.version} was read")
+        state.version += 1
+        self._writes[state.saga_id] = copy.deepcopy(state)
+
+
+class MemorySagaStore:
+    """Saga state in this process (tests, demos): lost when the process ends."""
+
+    def __init__(self) -> None:
+        self._rows: dict[str, SagaState] = {}
+        self._lock = asyncio.Lock()
+
+    async def setup(self) -> None:
+        """Nothing to create."""
+
+    @asynccontextmanager
+    async def unit_of_work(self) -> AsyncIterator[SagaSession]:
+        """Writes become visible together when the block ends without an error."""
+        async with self._lock:  # one writer at a time, like SQLite
+            session = _MemorySession(self._rows)
+            yield session
+            for saga_id, state in session._writes.items():
+                current = self._rows.get(saga_id)
+                if current is not None and current.version >= state.version:
+                    raise SagaConcurrencyError(f"saga {saga_id!r} changed concurrently")
+                self._rows[saga_id] = state
+
+    async def get(self, saga_id: str) -> SagaState | None:
+        """The saga, or ``None``."""
+        row = self._rows.get(saga_id)
+        return copy.deepcopy(row) if row is not None else None
+
+    async def overdue(self, now: float, limit: int = 100) -> list[str]:
+        """Running sagas past their step deadline."""
+        return [s.saga_id for s in self._rows.values() if s.status == "running"
+                and s.deadline is not None and s.deadline <= now][:limit]
+
+    async def retry_due(self, now: float, limit: int = 100) -> list[str]:
+        """Compensating sagas whose next attempt is due."""
+        return [s.saga_id for s in self._rows.values() if s.status == "compensating"
+                and (s.retry_at is None or s.retry_at <= now)][:limit]
+
+    async def by_status(self, status: SagaStatus, limit: int = 100) -> list[SagaState]:
+        """Sagas in ``status``."""
+        return [copy.deepcopy(s) for s in self._rows.values() if s.status == status][:limit]
+
+
+# -- SQL (SQLite and PostgreSQL) ---------------------------------------------------
+
+_COLUMNS = ("saga_id, saga_type, status, step, data, deadline, to_compensate, "
+            "compensated, attempts, retry_at, reason, version")
+
+
+def _table_sql(table: str, dialect: str) -> list[str]:
+    real = "DOUBLE PRECISION" if dialect == "postgres" else "REAL"
+    return [
+        f"""CREATE TABLE IF NOT EXISTS {table} (
+            saga_id TEXT PRIMARY KEY,
+            saga_type TEXT NOT NULL,
+            status TEXT NOT NULL,
+            step INTEGER NOT NULL,
+            data TEXT NOT NULL,
+            deadline {real},
+            to_compensate TEXT NOT NULL,
+            compensated TEXT NOT NULL,
+            attempts INTEGER NOT NULL,
+            retry_at {real},
+            reason TEXT,
+            version INTEGER NOT NULL)""",
+        f"CREATE INDEX IF NOT EXISTS {table}_status ON {table} (status, deadline)",
+    ]
+
+
+def _row(state: SagaState) -> tuple[Any, ...]:
+    return (state.saga_id, state.saga_type, state.status, state.step, json.dumps(state.data),
+            state.deadline, json.dumps(state.to_compensate), json.dumps(state.compensated),
+            state.attempts, state.retry_at, state.reason, state.version)
+
+
+def _state(row: tuple[Any, ...]) -> SagaState:
+    return SagaState(
+        saga_id=row[0], saga_type=row[1], status=row[2], step=row[3], data=json.loads(row[4]),
+        deadline=row[5], to_compensate=json.loads(row[6]), compensated=json.loads(row[7]),
+        attempts=row[8], retry_at=row[9], reason=row[10], version=row[11])
+
+
+class _SqlSession:
+    def __init__(self, tx: Transaction, table: str) -> None:
+        self.tx: Transaction | None = tx
+        self._tx = tx
+        self._table = table
+
+    async def load(self, saga_id: str) -> SagaState | None:
+        row = await self._tx.fetchrow(
+            f"SELECT {_COLUMNS} FROM {self._table} WHERE saga_id = $1", saga_id)
+        return _state(row) if row is not None else None
+
+    async def insert(self, state: SagaState) -> None:
+        state.version = 1
+        try:
+            await self._tx.execute(
+                f"INSERT INTO {self._table} ({_COLUMNS}) VALUES "
+                "($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)", *_row(state))
+        except UniqueViolation as exc:
+            raise SagaAlreadyExists(f"saga {state.saga_id!r} already exists") from exc
+
+    async def update(self, state: SagaState) -> None:
+        values = _row(state)
+        changed = await self._tx.execute(
+            f"UPDATE {self._table} SET status = $2, step = $3, data = $4, deadline = $5, "
+            "to_compensate = $6, compensated = $7, attempts = $8, retry_at = $9, reason = $10, "
+            "version = version + 1 WHERE saga_id = $1 AND version = $11",
+            state.saga_id, *values[2:11], state.version)
+        if changed != 1:
+            raise SagaConcurrencyError(
+                f"saga {state.saga_id!r} changed since version {state.version} was read "
+                "(another orchestrator advanced it); reload and decide again")
+        state.version += 1
+
+
+UnitOfWork = Callable[[], AbstractAsyncContextManager[Transaction]]
+
+
+class SqlSagaStore:
+    """Saga state in a table of ``db`` (SQLite or PostgreSQL).
+
+    ``unit_of_work`` opens the transaction every saga change runs in; it defaults
+    to ``db.transaction``. Pass a transactional outbox's ``unit_of_work`` so the
+    commands and events a step publishes are written in the same transaction as
+    the saga's new state.
+    """
+
+    def __init__(self, db: Database, *, table: str = "eventbus_sagas",
+                 unit_of_work: UnitOfWork | None = None) -> None:
+        self.db = db
+        self.table = table
+        self._unit_of_work: UnitOfWork = unit_of_work or db.transaction
+
+    async def setup(self) -> None:
+        """Create the saga table and its index if they are missing."""
+        for attempt in (1, 2):
+            try:
+                async with self.db.transaction() as tx:
+                    for statement in _table_sql(self.table, self.db.dialect):
+                        await tx.execute(statement)
+                return
+            except UniqueViolation:
+                # Two processes created it at once (PostgreSQL's catalog race): it exists.
+                if attempt == 2:
+                    raise
+
+    @asynccontextmanager
+    async def unit_of_work(self) -> AsyncIterator[SagaSession]:
+        """One database transaction (through the outbox's, when given)."""
+        try:
+            async with self._unit_of_work() as tx:
+                yield _SqlSession(tx, self.table)
+        except UniqueViolation as exc:  # raised at commit time by some databases
+            raise SagaAlreadyExists(str(exc)) from exc
+
+    async def get(self, saga_id: str) -> SagaState | None:
+        """The saga as committed now."""
+        async with self.db.transaction() as tx:
+            return await _SqlSession(tx, self.table).load(saga_id)
+
+    async def overdue(self, now: float, limit: int = 100) -> list[str]:
+        """Running sagas past their step deadline."""
+        return await self._ids("status = 'running' AND deadline <= $1", now, limit)
+
+    async def retry_due(self, now: float, limit: int = 100) -> list[str]:
+        """Compensating sagas whose next attempt is due."""
+        return await self._ids(
+            "status = 'compensating' AND (retry_at IS NULL OR retry_at <= $1)", now, limit)
+
+    async def by_status(self, status: SagaStatus, limit: int = 100) -> list[SagaState]:
+        """Sagas in ``status``."""
+        async with self.db.transaction() as tx:
+            rows = await tx.fetch(f"SELECT {_COLUMNS} FROM {self.table} WHERE status = $1 "
+                                  "ORDER BY saga_id LIMIT $2", status, limit)
+        return [_state(row) for row in rows]
+
+    async def _ids(self, where: str, now: float, limit: int) -> list[str]:
+        async with self.db.transaction() as tx:
+            rows = await tx.fetch(
+                f"SELECT saga_id FROM {self.table} WHERE {where} ORDER BY saga_id LIMIT $2",
+                now, limit)
+        return [row[0] for row in rows]

@@ -1,0 +1,42 @@
+"""The transactional outbox on PostgreSQL (SQLite: tests/patterns)."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.patterns import outbox_cases
+
+
+@pytest.mark.asyncio
+async def test_state_and_events_commit_together(postgres_url: str) -> None:
+    await outbox_cases.check_state_and_events_commit_together(postgres_url)
+
+
+@pytest.mark.asyncio
+async def test_context_publish_goes_to_outbox(postgres_url: str) -> None:
+    await outbox_cases.check_context_publish_goes_to_outbox(postgres_url)
+
+
+@pytest.mark.asyncio
+async def test_relay_death_republishes_and_consumer_dedupes(postgres_url: str) -> None:
+    await outbox_cases.check_relay_death_republishes_and_consumer_dedupes(postgres_url)
+
+
+@pytest.mark.asyncio
+async def test_two_relays_publish_each_row_once_in_order(postgres_url: str) -> None:
+    await outbox_cases.check_two_relays_publish_each_row_once_in_order(postgres_url)
+
+
+@pytest.mark.asyncio
+async def test_broker_down_backs_off_visibly(postgres_url: str) -> None:
+    await outbox_cases.check_broker_down_backs_off_visibly(postgres_url)
+
+
+@pytest.mark.asyncio
+async def test_cleanup_keeps_unsent_and_recent(postgres_url: str) -> None:
+    await outbox_cases.check_cleanup_keeps_unsent_and_recent(postgres_url)
+
+
+@pytest.mark.asyncio
+async def test_stop_finishes_the_batch_in_flight(postgres_url: str) -> None:
+    await outbox_cases.check_stop_finishes_the_batch_in_flight(postgres_url)
