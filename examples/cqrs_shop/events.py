@@ -5,39 +5,39 @@ from __future__ import annotations
 from eventbus import Command, Event
 
 
-class PlaceOrder(Command, type="shop.place-order", topic="shop.commands.place-order"):
+class PlaceOrder(Command, type="cqrs-shop.place-order", topic="cqrs-shop.commands.place-order"):
     order_id: str
     customer: str
 
 
-class AddItem(Command, type="shop.add-item", topic="shop.commands.add-item"):
+class AddItem(Command, type="cqrs-shop.add-item", topic="cqrs-shop.commands.add-item"):
     order_id: str
     sku: str
     qty: int
     price_cents: int
 
 
-class ConfirmOrder(Command, type="shop.confirm-order", topic="shop.commands.confirm-order"):
+class ConfirmOrder(Command, type="cqrs-shop.confirm-order", topic="cqrs-shop.commands.confirm-order"):
     order_id: str
 
 
-class OrderPlaced(Event, type="shop.order-placed", topic="shop.orders"):
+class OrderPlaced(Event, type="cqrs-shop.order-placed", topic="cqrs-shop.orders"):
     order_id: str
     customer: str
 
 
-class ItemAdded(Event, type="shop.item-added", topic="shop.orders"):
+class ItemAdded(Event, type="cqrs-shop.item-added", topic="cqrs-shop.orders"):
     order_id: str
     sku: str
     qty: int
     price_cents: int
 
 
-class OrderConfirmed(Event, type="shop.order-confirmed", topic="shop.orders"):
+class OrderConfirmed(Event, type="cqrs-shop.order-confirmed", topic="cqrs-shop.orders"):
     order_id: str
 
 
-class Accepted(Event, type="shop.accepted", topic="shop.replies"):
+class Accepted(Event, type="cqrs-shop.accepted", topic="cqrs-shop.replies"):
     """The reply to every shop command: the order's new version and the store
     position of its last event (what a client waits for to read its own write)."""
 
