@@ -148,3 +148,47 @@ def test_pubsub_codec_reads_data_that_is_not_last() -> None:
     envelope, error = decode_message(doc)
     assert error is None and envelope is not None
     assert (envelope.subject, envelope.data) == ("late", b'{"a":1}')
+
+
+def test_pubsub_burst_is_read_from_the_buffer_and_other_replies_still_handled(
+        redis_url: str) -> None:
+    """A burst's messages after the first come from the connection's buffer (the
+    installed redis-py still has the internals this relies on), and a reply that is
+    not a message (a PONG on the subscribed connection) goes to redis-py."""
+    from eventbus_redis.pubsub import PubSubSubscription
+
+    async def scenario() -> None:
+        adapter = RedisPubSubAdapter(redis_url)
+        await adapter.connect()
+        topic = name("burst")
+        taken = 0
+        original = PubSubSubscription._buffered
+
+        def counting(self: PubSubSubscription, kinds: tuple[str, bytes]) -> object:
+            nonlocal taken
+            reply = original(self, kinds)
+            taken += isinstance(reply, bytes)
+            return reply
+
+        try:
+            PubSubSubscription._buffered = counting  # type: ignore[method-assign]
+            subscription = await adapter.subscribe(topic, SubscribeOptions(group="g",
+                                                                           prefetch=100))
+            assert isinstance(subscription, PubSubSubscription)
+            batch = [envelope(n) for n in range(20)]
+            await adapter.publish(topic, batch[:10])
+            await subscription._pubsub.ping()  # its PONG is buffered between messages
+            await adapter.publish(topic, batch[10:])
+            got = []
+            async for delivery in subscription:
+                got.append(delivery.envelope)
+                await delivery.ack()
+                if len(got) == len(batch):
+                    break
+            assert got == batch
+            assert taken >= len(batch) // 2, taken
+        finally:
+            PubSubSubscription._buffered = original  # type: ignore[method-assign]
+            await adapter.close()
+
+    run(scenario)
