@@ -222,7 +222,8 @@ class JetStreamSubscription(Subscription):
             if not nc.is_connected:
                 wait = min(wait, 0.2)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), wait)
+                async with asyncio.timeout(wait):  # no task per wait (wait_for makes one)
+                    await self._changed.wait()
 
     async def _keep_alive(self) -> None:
         every = self.adapter.settings.ack_wait / 3
@@ -269,7 +270,8 @@ class JetStreamSubscription(Subscription):
                 continue
             self._arrived.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._arrived.wait(), 1.0)
+                async with asyncio.timeout(1.0):  # no task per wait (wait_for makes one)
+                    await self._arrived.wait()
 
     @property
     def closed(self) -> bool:

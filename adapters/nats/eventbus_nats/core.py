@@ -130,7 +130,8 @@ class CoreSubscription(Subscription):
                     f"{self.adapter.settings.masked_url}")
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), 1.0)
+                async with asyncio.timeout(1.0):  # no task per wait (wait_for makes one)
+                    await self._wake.wait()
 
     async def close(self) -> None:
         """Unsubscribe; messages received and not handed out are dropped (at-most-once)."""

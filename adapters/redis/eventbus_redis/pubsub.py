@@ -130,7 +130,8 @@ class PubSubSubscription(Subscription):
             if self._outstanding >= prefetch:
                 self._slot_free.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._slot_free.wait(), 1.0)
+                    async with asyncio.timeout(1.0):  # no task per wait (wait_for makes one)
+                        await self._slot_free.wait()
                 continue
             if self._again:
                 self._outstanding += 1
