@@ -192,3 +192,40 @@ def test_pubsub_burst_is_read_from_the_buffer_and_other_replies_still_handled(
             await adapter.close()
 
     run(scenario)
+
+
+def test_streams_reads_wait_for_a_quarter_of_the_prefetch(streams_url: str) -> None:
+    """XREADGROUP asks for at least a quarter of the prefetch at a time (not one
+    entry per freed slot, a round trip each)."""
+
+    async def scenario() -> None:
+        adapter = RedisStreamsAdapter(streams_url)
+        await adapter.connect()
+        topic = name("window")
+        counts: list[int] = []
+        client = adapter.client
+        original = client.xreadgroup
+
+        async def recording(*args: object, count: int | None = None, **kw: object) -> object:
+            counts.append(count or 0)
+            return await original(*args, count=count, **kw)
+
+        client.xreadgroup = recording  # type: ignore[method-assign]
+        try:
+            subscription = await adapter.subscribe(topic, SubscribeOptions(
+                group="g", prefetch=16, start_from="earliest"))
+            batch = [envelope(n) for n in range(160)]
+            await adapter.publish(topic, batch)
+            seen = 0
+            async for delivery in subscription:
+                await delivery.ack()
+                await asyncio.sleep(0)  # a handler that awaits: the reader runs meanwhile
+                seen += 1
+                if seen == len(batch):
+                    break
+            assert counts and min(counts) >= 4, counts
+        finally:
+            await adapter.client.delete(topic)
+            await adapter.close()
+
+    run(scenario)
