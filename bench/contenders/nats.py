@@ -97,7 +97,7 @@ async def eventbus_case(server: Server, events: Sequence[Tick], *, chunk: int,
 
 
 async def raw_case(server: Server, events: Sequence[Tick], *, chunk: int) -> Timing:
-    """JetStream: js.publish requests gathered per chunk (all chunks at once), a pull
+    """JetStream: js.publish_async for every event, all PubAck futures gathered; a pull
     consumer fetching batches of 256, validating and acking each. Core: publish +
     flush per chunk, a queue subscription validating each."""
     subject = fresh("raw")
@@ -127,10 +127,12 @@ async def raw_case(server: Server, events: Sequence[Tick], *, chunk: int) -> Tim
             await counter.wait_probe(RAW, server.timeout)
             counter.start()
 
-            async def send(part: Sequence[bytes]) -> None:
-                await asyncio.gather(*(js.publish(subject, body) for body in part))
-
-            await asyncio.gather(*(send(part) for part in chunks(bodies, chunk)))
+            # nats-py's pipelined publish: publish_async returns the PubAck future at
+            # once (at most 4,000 in flight by default), all of them awaited together.
+            # Cheaper per message than gathering js.publish requests (~46 against ~75
+            # us of CPU per event, publish and consume, in one run).
+            futures = [await js.publish_async(subject, body) for body in bodies]
+            await asyncio.gather(*futures)
         else:
             async def on_msg(msg: Any) -> None:
                 counter.see(Tick.model_validate_json(msg.data))

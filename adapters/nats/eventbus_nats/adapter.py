@@ -38,11 +38,12 @@ from eventbus.errors import (
 )
 from eventbus.group_route import ROUTE_PREFETCH, WithGroupRoute
 
-from .connection import MSG_ID, close_quietly, decode, encode, open_connection, wire_size
+from .connection import close_quietly, decode, encode, encode_block, open_connection, wire_size
 from .consumer import JetStreamSubscription
 from .group_route import GroupRoutes
 from .provision import Provisioner, check_subject
 from .settings import NatsSettings
+from .wire import PubAcks
 
 log = logging.getLogger("eventbus.nats")
 
@@ -89,6 +90,7 @@ class NatsAdapter(Adapter):
         self._subscriptions: set[JetStreamSubscription] = set()
         self._connect_lock = asyncio.Lock()
         self._background: set[asyncio.Task[None]] = set()
+        self._pubacks: PubAcks | None = None
 
     @property
     def client(self) -> Client:
@@ -185,25 +187,27 @@ class NatsAdapter(Adapter):
         messages = []
         limit = self.capabilities.max_message_bytes
         for envelope in envelopes:
-            headers, body = encode(envelope)
-            headers[MSG_ID] = envelope.id
-            size = wire_size(headers, body)
+            block, body = encode_block(envelope, msg_id=True)
+            size = len(block) + len(body)
             if size > limit:
                 self.check_size(topic, envelope, size)
-            messages.append((headers, body))
+            messages.append((block, body))
         if not messages:
             return
         js = await self._ready()
         await self._ensure_stream(js, topic)
         timeout = self.settings.publish_timeout
-        # Every publish is a request in flight at once on the one connection (its
-        # PubAck awaited together), not a round trip each. js.publish_async is not
-        # used: nats-py drops a PubAck error there (the future never completes).
-        results = await asyncio.gather(
-            *(js.publish(topic, body, timeout=timeout, headers=headers)
-              for headers, body in messages),
-            return_exceptions=True)
-        failures = {i: r for i, r in enumerate(results) if isinstance(r, BaseException)}
+        # Every message is in flight at once on the one connection, written as one
+        # buffer, and their PubAcks are counted into one future for the batch (not a
+        # request, a future and a timer each).
+        if self._pubacks is None or self._pubacks.client is not self.client:
+            self._pubacks = PubAcks(self.client)  # type: ignore[arg-type]
+        results: list[BaseException | None]
+        try:
+            results = await self._pubacks.publish(topic, messages, timeout)
+        except Exception as exc:  # not written at all (closed, draining, buffer full)
+            results = [exc] * len(messages)
+        failures = {i: r for i, r in enumerate(results) if r is not None}
         if not failures:
             return
         if any(isinstance(e, NotFoundError | NoRespondersError) for e in failures.values()):

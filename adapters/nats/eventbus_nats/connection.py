@@ -20,6 +20,7 @@ from eventbus.envelope import Envelope
 from eventbus.errors import BrokerConnectionError
 
 from .settings import NatsSettings
+from .wire import FastClient, header_block
 
 log = logging.getLogger("eventbus.nats")
 
@@ -42,14 +43,26 @@ def encode(envelope: Envelope) -> tuple[dict[str, str], bytes]:
     return codec.encode_binary(envelope, HEADER_PREFIX)
 
 
-def decode(headers: Mapping[str, str] | None, body: bytes) -> tuple[Envelope | None, str | None]:
-    """The envelope of a message, or ``None`` and why it cannot be read."""
+def encode_block(envelope: Envelope, msg_id: bool) -> tuple[bytes, bytes]:
+    """The header block (with ``Nats-Msg-Id`` if ``msg_id``) and body of ``envelope``;
+    their lengths together are what the server counts against ``max_payload``."""
+    headers, body = codec.encode_binary(envelope, HEADER_PREFIX)
+    if msg_id:
+        headers[MSG_ID] = envelope.id
+    return header_block(headers), body
+
+
+def decode(headers: dict[str, str] | None, body: bytes) -> tuple[Envelope | None, str | None]:
+    """The envelope of a message, or ``None`` and why it cannot be read.
+
+    ``headers`` is the message's own dict (nats-py builds one per message): the
+    transport header ``Nats-Msg-Id`` is removed from it in place.
+    """
     if not headers:
         return None, "not a binary-mode CloudEvent: the message has no headers"
-    own = dict(headers)
-    own.pop(MSG_ID, None)  # transport header, not an attribute
+    headers.pop(MSG_ID, None)  # transport header, not an attribute
     try:
-        return codec.decode_binary(own, body, HEADER_PREFIX), None
+        return codec.decode_binary(headers, body, HEADER_PREFIX), None
     except Exception as exc:  # DecodeError, or a value the envelope refuses
         return None, f"{type(exc).__name__}: {exc}"
 
@@ -102,7 +115,7 @@ async def open_connection(settings: NatsSettings, what: str) -> Client:
     context = tls_context(settings)
     if context is not None:
         options["tls"] = context
-    client = Client()
+    client = FastClient()
     try:
         # nats-py keeps trying refused servers (allow_reconnect); connect_timeout
         # per server bounds the whole initial connect, so it fails fast.

@@ -28,11 +28,13 @@ from typing import TYPE_CHECKING, Any
 
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription as NatsSub
+from nats.errors import Error as NatsError
 
 from eventbus.adapter import Delivery, SubscribeOptions, Subscription
 from eventbus.errors import ConnectionLostError
 
 from .connection import decode
+from .wire import FastClient, pub
 
 if TYPE_CHECKING:
     from .adapter import NatsAdapter
@@ -55,6 +57,12 @@ def _ack_facts(msg: Msg) -> tuple[int, str]:
         return int(tokens[6]) or 1, tokens[7]
     meta = msg.metadata
     return meta.num_delivered or 1, str(meta.sequence.stream)
+
+
+def _ack_command(reply: str) -> bytes:
+    if not reply:
+        raise NatsError("the message has no reply subject to acknowledge on")
+    return pub(reply, "", b"+ACK")
 
 
 class JetStreamDelivery(Delivery):
@@ -85,7 +93,10 @@ class JetStreamDelivery(Delivery):
         return self._owner.closed
 
     async def _ack(self) -> None:
-        await self._answer(self._msg.ack(), "ack")
+        # +ACK written straight into the connection's buffer (what Msg.ack does,
+        # without its subject validation and command formatting per message).
+        await self._answer(self._owner.client.write([_ack_command(self._msg.reply)], 1, 4),
+                           "ack")
 
     async def _nack(self, delay: float) -> None:
         await self._answer(self._msg.nak(delay=delay if delay > 0 else None), "nak")
@@ -129,6 +140,11 @@ class JetStreamSubscription(Subscription):
         self._inbox_sub: NatsSub | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._last_problem = 0.0
+
+    @property
+    def client(self) -> FastClient:
+        """The adapter's connection (always a FastClient: see ``open_connection``)."""
+        return self.adapter.client  # type: ignore[return-value]
 
     async def start(self) -> None:
         nc = self.adapter.client
@@ -206,7 +222,8 @@ class JetStreamSubscription(Subscription):
             if not nc.is_connected:
                 wait = min(wait, 0.2)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), wait)
+                async with asyncio.timeout(wait):  # no task per wait (wait_for makes one)
+                    await self._changed.wait()
 
     async def _keep_alive(self) -> None:
         every = self.adapter.settings.ack_wait / 3
@@ -253,7 +270,8 @@ class JetStreamSubscription(Subscription):
                 continue
             self._arrived.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._arrived.wait(), 1.0)
+                async with asyncio.timeout(1.0):  # no task per wait (wait_for makes one)
+                    await self._arrived.wait()
 
     @property
     def closed(self) -> bool:

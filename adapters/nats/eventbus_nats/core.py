@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator, Sequence
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription as NatsSub
+from nats.errors import MaxPayloadError
 
 from eventbus.adapter import (
     Adapter,
@@ -32,9 +33,10 @@ from eventbus.adapter import (
 from eventbus.envelope import Envelope
 from eventbus.errors import BrokerConnectionError, ConnectionLostError
 
-from .connection import close_quietly, decode, encode, open_connection, wire_size
+from .connection import close_quietly, decode, encode_block, open_connection
 from .provision import check_subject
 from .settings import NatsSettings
+from .wire import hpub, pub
 
 log = logging.getLogger("eventbus.nats")
 
@@ -128,7 +130,8 @@ class CoreSubscription(Subscription):
                     f"{self.adapter.settings.masked_url}")
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), 1.0)
+                async with asyncio.timeout(1.0):  # no task per wait (wait_for makes one)
+                    await self._wake.wait()
 
     async def close(self) -> None:
         """Unsubscribe; messages received and not handed out are dropped (at-most-once)."""
@@ -235,33 +238,40 @@ class NatsCoreAdapter(Adapter):
         """
         check_subject(topic)
         limit = self.capabilities.max_message_bytes
-        messages = []
+        commands = []
+        size = largest = 0
         for envelope in envelopes:
-            headers, body = encode(envelope)
-            size = wire_size(headers, body)
-            if size > limit:
-                self.check_size(topic, envelope, size)
-            messages.append((headers, body))
-        if not messages:
+            block, body = encode_block(envelope, msg_id=False)
+            length = len(block) + len(body)
+            if length > limit:
+                self.check_size(topic, envelope, length)
+            commands.append(hpub(topic, "", block, body))
+            size += len(body)
+            largest = max(largest, length)
+        if not commands:
             return
         client = await self._ready()
-        await self._send(client, topic, messages)
+        await self._send(client, topic, commands, size, largest)
 
-    async def _send(self, client: Client, topic: str,
-                    messages: Sequence[tuple[dict[str, str] | None, bytes]]) -> None:
+    async def _send(self, client: Client, topic: str, commands: list[bytes], size: int,
+                    largest: int) -> None:
+        # One buffer for the whole batch, then one PING/PONG.
         try:
-            for headers, body in messages:
-                await client.publish(topic, body, headers=headers)
+            if client.max_payload and largest > client.max_payload:
+                # The server would drop the connection for it: refuse the batch here.
+                raise MaxPayloadError
+            await client.write(commands, len(commands), size)  # type: ignore[attr-defined]
             await client.flush(_whole(self.settings.publish_timeout))
         except Exception as exc:
             raise BrokerConnectionError(
-                f"NATS at {self.settings.masked_url} did not confirm {len(messages)} "
+                f"NATS at {self.settings.masked_url} did not confirm {len(commands)} "
                 f"message(s) to {topic!r}: {type(exc).__name__}: {exc}") from exc
 
     async def publish_raw(self, topic: str, payload: bytes) -> None:
         """Send ``payload`` without headers (poison-message tests)."""
         check_subject(topic)
-        await self._send(await self._ready(), topic, [(None, payload)])
+        await self._send(await self._ready(), topic, [pub(topic, "", payload)], len(payload),
+                         len(payload))
 
     async def subscribe(self, topic: str, options: SubscribeOptions) -> Subscription:
         """Join queue group ``options.group`` on subject ``topic``; returns once the

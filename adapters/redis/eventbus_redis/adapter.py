@@ -34,7 +34,6 @@ from eventbus.adapter import (
     SubscribeOptions,
     Subscription,
 )
-from eventbus.codec import encode_structured
 from eventbus.envelope import Envelope
 from eventbus.errors import (
     BatchPublishError,
@@ -43,17 +42,18 @@ from eventbus.errors import (
     TopicNotFoundError,
 )
 
-from .codec import BODY_FIELD, decode_fields, encode_fields
+from . import bulk
+from .codec import BODY_FIELD, decode_fields, encode_args, encode_fields, encode_message
 from .group_route import route_key, subscribe_with_route
 from .members import member_channel, refuse_second_member
-from .pipeline import Batcher
+from .pipeline import Batcher, Command
 from .pubsub import PubSubSubscription
 from .settings import RedisSettings
 
 log = logging.getLogger("eventbus.redis")
 
 CONNECTION_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError)
-_SIMPLE = (str, bytes, int)
+_SIMPLE = frozenset((str, bytes, int))
 
 
 class _HiredisPacking:
@@ -62,7 +62,7 @@ class _HiredisPacking:
     adapter does per message. Anything but str/bytes/int goes the usual way."""
 
     def pack_command(self, *args: Any) -> list[bytes]:
-        if all(type(arg) in _SIMPLE for arg in args):
+        if _SIMPLE.issuperset(map(type, args)):
             first = args[0]
             space = " " if isinstance(first, str) else b" "
             if space in first:  # "XGROUP CREATE": the command name is two words
@@ -187,10 +187,13 @@ class RedisAdapter(Adapter):
         return HealthReport(True, f"Redis at {s.masked_url} answered PING", info)
 
     async def send(self, topic: str, envelopes: Sequence[Envelope],
-                   commands: list[Callable[[Pipeline], Any]]) -> None:
-        """Send one command per envelope (pipelined) and raise for those Redis refused."""
+                   commands: list[Command], counts: list[int] | None = None) -> None:
+        """Send one command per envelope (pipelined; or a command per ``counts[i]``
+        envelopes, see ``bulk``) and raise for those Redis refused."""
         try:
             replies = await self.batcher.run(commands)
+            if counts is not None:
+                replies = bulk.expand(replies, counts)
         except CONNECTION_ERRORS as exc:
             raise BrokerConnectionError(
                 f"Redis at {self.settings.masked_url} did not confirm any of {len(commands)} "
@@ -246,11 +249,28 @@ class RedisPubSubAdapter(RedisAdapter):
         )
 
     async def publish(self, topic: str, envelopes: Sequence[Envelope]) -> None:
-        """PUBLISH each envelope as a structured CloudEvent; Redis's reply confirms it."""
-        bodies = [encode_structured(envelope) for envelope in envelopes]
-        for envelope, body in zip(envelopes, bodies, strict=True):
-            self.check_size(topic, envelope, len(body))
-        await self.send(topic, envelopes, [self._publish_command(topic, b) for b in bodies])
+        """PUBLISH each envelope as a structured CloudEvent; Redis's reply confirms it.
+
+        A batch goes as one script run (``bulk.publish_many``) unless sharded:
+        SPUBLISH must reach the shard owning the channel, which a script without
+        keys does not.
+        """
+        sharded = self.settings.sharded
+        limit = self.capabilities.max_message_bytes
+        bodies = []
+        for envelope in envelopes:
+            body = encode_message(envelope)
+            if len(body) > limit:
+                self.check_size(topic, envelope, len(body))
+            bodies.append(body)
+        if len(bodies) < 2 or sharded:
+            command = "SPUBLISH" if sharded else "PUBLISH"
+            await self.send(topic, envelopes, [(command, topic, body) for body in bodies])
+            return
+        step = bulk.MAX_PER_SCRIPT
+        parts = [bodies[i:i + step] for i in range(0, len(bodies), step)]
+        await self.send(topic, envelopes, [bulk.publish_many(topic, part) for part in parts],
+                        [len(part) for part in parts])
 
     def _publish_command(self, topic: str, body: bytes) -> Callable[[Pipeline], Any]:
         if self.settings.sharded:
@@ -331,12 +351,29 @@ class RedisStreamsAdapter(RedisAdapter):
         return lambda pipe: pipe.xadd(topic, fields)
 
     async def publish(self, topic: str, envelopes: Sequence[Envelope]) -> None:
-        """XADD each envelope (binary mode: attributes as fields); the reply confirms it."""
-        commands = []
+        """XADD each envelope (binary mode: attributes as fields); the reply confirms it.
+
+        A batch goes as one script run doing the XADDs (``bulk.xadd_many``).
+        """
+        maxlen = self.settings.maxlen
+        if len(envelopes) < 2:
+            head: tuple[Any, ...] = ("XADD", topic, "MAXLEN", "~", maxlen, "*") if maxlen \
+                else ("XADD", topic, "*")
+        else:
+            head = ()
+        limit = self.capabilities.max_message_bytes
+        commands: list[Command] = []
         for envelope in envelopes:
-            fields, size = encode_fields(envelope)
-            self.check_size(topic, envelope, size)
-            commands.append(self._xadd(topic, fields))
+            args, size = encode_args(envelope, head)
+            if size > limit:
+                self.check_size(topic, envelope, size)
+            commands.append(args)
+        if not head:
+            step = bulk.MAX_PER_SCRIPT
+            parts = [commands[i:i + step] for i in range(0, len(commands), step)]
+            await self.send(topic, envelopes, [bulk.xadd_many(topic, maxlen, part)  # type: ignore[arg-type]
+                                               for part in parts], [len(p) for p in parts])
+            return
         await self.send(topic, envelopes, commands)
 
     async def publish_raw(self, topic: str, payload: bytes) -> None:
@@ -357,7 +394,7 @@ class RedisStreamsAdapter(RedisAdapter):
         """XADD ``envelopes`` to ``group``'s route stream of ``topic``: that group's
         consumers alone read it. Same size checks and confirmation as :meth:`publish`."""
         key = route_key(topic, group)
-        commands = []
+        commands: list[Command] = []
         for envelope in envelopes:
             fields, size = encode_fields(envelope)
             self.check_size(topic, envelope, size)

@@ -259,7 +259,11 @@ class StreamSubscription(Subscription):
     # -- background tasks -------------------------------------------------------------
 
     async def _wait_for_room(self) -> int:
-        while (room := self._room()) <= 0:
+        # Read once a quarter of the prefetch is free, not on every settle: a read
+        # per freed slot would be a round trip for one or two entries (while at
+        # least that quarter is still unsettled, the handlers have work meanwhile).
+        low = max(1, self.prefetch // 4)
+        while (room := self._room()) <= 0 or (room < low and len(self._unsettled) >= low):
             self._changed.clear()
             await self._changed.wait()
         return room

@@ -16,7 +16,10 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
-Command = Callable[[Pipeline], Any]
+Command = Callable[[Pipeline], Any] | tuple[Any, ...]
+"""A function adding one command to a pipeline, or the command's arguments as they
+are sent (``("XADD", stream, "*", field, value, ...)``: no redis-py method call per
+message; its reply goes through redis-py's callback for that command name)."""
 
 
 class Batcher:
@@ -63,7 +66,10 @@ class Batcher:
             pipe = self.client.pipeline(transaction=False)
             for commands, _ in taken:
                 for command in commands:
-                    command(pipe)
+                    if type(command) is tuple:
+                        pipe.execute_command(*command)
+                    else:
+                        command(pipe)  # type: ignore[operator]
             replies = await pipe.execute(raise_on_error=False)
         except BaseException as exc:
             for _, future in taken:

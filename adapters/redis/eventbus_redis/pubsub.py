@@ -26,6 +26,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("eventbus.redis")
 
+try:  # the sentinel hiredis returns for "no complete reply buffered" (see _buffered)
+    from redis._parsers.hiredis import NOT_ENOUGH_DATA as _NOT_ENOUGH_DATA
+except ImportError:  # another redis-py layout: every message goes through get_message
+    _NOT_ENOUGH_DATA = None
+
 
 class PubSubDelivery(Delivery):
     """A received Pub/Sub message; ack, nack and reject only free its prefetch slot."""
@@ -123,19 +128,30 @@ class PubSubSubscription(Subscription):
 
     async def __aiter__(self) -> AsyncIterator[Delivery]:
         prefetch = max(1, self.options.prefetch)
-        kinds = ("smessage",) if self.adapter.settings.sharded else ("message",)
+        kinds: tuple[str, bytes] = (("smessage", b"smessage") if self.adapter.settings.sharded
+                                    else ("message", b"message"))
         while not self._closed:
             if self._outstanding >= prefetch:
                 self._slot_free.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._slot_free.wait(), 1.0)
+                    async with asyncio.timeout(1.0):  # no task per wait (wait_for makes one)
+                        await self._slot_free.wait()
                 continue
             if self._again:
                 self._outstanding += 1
                 yield self._again.pop(0)
                 continue
             try:
-                message = await self._pubsub.get_message(timeout=0.05 if self._timers else 1.0)
+                payload = self._buffered(kinds)
+                if type(payload) is tuple:  # not a message: redis-py's bookkeeping
+                    await self._pubsub.handle_message(payload[0])
+                    continue
+                if payload is None:
+                    message = await self._pubsub.get_message(
+                        timeout=0.05 if self._timers else 1.0)
+                    if message is None or message["type"] != kinds[0] or self._closed:
+                        continue
+                    payload = message["data"]
             except (RedisError, OSError, AttributeError) as exc:
                 if self._closed:  # closed under our feet: the iteration just ends
                     return
@@ -144,11 +160,36 @@ class PubSubSubscription(Subscription):
                     f"{self.adapter.settings.masked_url} dropped: {type(exc).__name__}: {exc}; "
                     "messages published until it is back are lost (Pub/Sub keeps nothing)"
                 ) from exc
-            if message is None or message["type"] not in kinds or self._closed:
+            if self._closed:
                 continue
             self._number += 1
             self._outstanding += 1
-            yield PubSubDelivery(self, message["data"], self._number)
+            yield PubSubDelivery(self, payload, self._number)
+
+    def _buffered(self, kinds: tuple[str, bytes]) -> Any:
+        """The data of the next message already read from the socket (no I/O, no
+        timeout): ``None`` when nothing complete is buffered, ``(reply,)`` for a
+        reply that is not a message of this channel's kind.
+
+        ``get_message`` costs several times more per message than the rest of
+        this loop (a retry wrapper, a timeout, a dict per message); when a burst
+        arrives, its messages after the first are taken straight from the
+        connection's hiredis reader, and only the first waits in ``get_message``.
+        Without hiredis (or with internals this does not know) it returns ``None``
+        and every message goes through ``get_message``.
+        """
+        conn = self._pubsub.connection if self._pubsub is not None else None
+        reader = getattr(getattr(conn, "_parser", None), "_reader", None)
+        if reader is None or _NOT_ENOUGH_DATA is None or not hasattr(reader, "gets"):
+            return None
+        reply = reader.gets()
+        if reply is _NOT_ENOUGH_DATA or reply is False:
+            return None
+        if isinstance(reply, BaseException):
+            raise reply if isinstance(reply, RedisError | OSError) else RedisError(str(reply))
+        if isinstance(reply, list) and len(reply) == 3 and reply[0] == kinds[1]:
+            return reply[2]
+        return (reply,)
 
     async def close(self) -> None:
         """Unsubscribe and close the connection (bounded: Redis may be unreachable)."""
