@@ -9,6 +9,7 @@ import random
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Generic, TypeVar
 
 import pytest
 
@@ -17,9 +18,62 @@ from eventbus.errors import BrokerConnectionError
 from eventbus.middleware.idempotency import MemoryIdempotencyStore
 from eventbus.patterns.outbox import Outbox, OutboxRelay
 from eventbus.patterns.sql import Database
-from tests.bus_support import Inbox, Records, memory_url
 
 WAIT = 10.0
+T = TypeVar("T")
+
+
+class Inbox(Generic[T]):
+    """Collects what handlers saw; waits for a count with a timeout. (Not tests/bus_support:
+    that module is imported as ``bus_support`` by the bus tests, and importing it under a
+    second name would register its event classes twice.)"""
+
+    def __init__(self) -> None:
+        self.items: list[T] = []
+        self._changed = asyncio.Event()
+
+    def add(self, item: T) -> None:
+        self.items.append(item)
+        self._changed.set()
+
+    async def wait_count(self, count: int, timeout: float = WAIT) -> list[T]:
+        async def until() -> None:
+            while len(self.items) < count:
+                self._changed.clear()
+                await self._changed.wait()
+
+        await asyncio.wait_for(until(), timeout)
+        return list(self.items)
+
+
+class Records(logging.Handler):
+    """Keeps the log records of one logger while a test runs."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+        self.logger = logging.getLogger(name)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def __enter__(self) -> Records:
+        self.logger.addHandler(self)
+        self._level = self.logger.level
+        self.logger.setLevel(logging.DEBUG)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.logger.removeHandler(self)
+        self.logger.setLevel(self._level)
+
+    def messages(self, level: int = logging.DEBUG) -> list[str]:
+        return [r.getMessage() for r in self.records if r.levelno >= level]
+
+
+def memory_url() -> str:
+    """A broker of its own for each test."""
+    return f"memory://{uuid.uuid4()}"
 
 
 class OrderPlaced(Event, type="test.outbox.order-placed", topic="test-outbox-orders", version=1):
@@ -119,10 +173,6 @@ async def check_context_publish_goes_to_outbox(url: str) -> None:
         assert envelope.correlationid == placed.id and envelope.causationid == placed.id
     assert await count(db, "SELECT count(*) FROM orders WHERE id = 'o-7'") == 1
     await db.close()
-
-
-class Crash(Exception):
-    pass
 
 
 def crash_after_publish(bus: EventBus, times: int) -> list[int]:
