@@ -357,3 +357,41 @@ async def check_stop_finishes_the_batch_in_flight(url: str) -> None:
         assert relay.health().state == "stopped" and relay.health().published == 1
         assert await outbox.pending() == 0
     await db.close()
+
+
+async def check_a_refused_row_is_parked_and_holds_only_its_stream(url: str) -> None:
+    """A row the broker refuses for good (too large) is parked with the rest of its
+    stream behind it; other streams go on; discarding it releases the stream."""
+    db, outbox = await open_outbox(url)
+    bus = EventBus(f"{memory_url()}?max_message_bytes=4000", source="orders",
+                   publish_middleware=[outbox.middleware])
+    seen: Inbox[tuple[str, int]] = Inbox()
+
+    @bus.subscribe(OrderPlaced, group="audit")
+    async def record(event: OrderPlaced) -> None:
+        seen.add((event.order_id[:1], event.n))
+
+    async with bus:
+        async with outbox.unit_of_work():
+            for key, n, size in (("a", 1, 1), ("b", 1, 1), ("a", 2, 10_000), ("b", 2, 1),
+                                 ("a", 3, 1)):
+                await bus.publish(OrderPlaced(order_id=key * size, n=n), key=key)
+        relay = OutboxRelay(outbox, bus)
+        with Records("eventbus.outbox") as logs:
+            assert await relay.publish_pending() == 3
+            ((seq, _, error),) = await outbox.failed()
+            assert "MessageTooLargeError" in error
+            assert await outbox.pending() == 2  # the parked row and the one behind it
+            assert await relay.publish_pending() == 0  # stream "a" waits ...
+            refusals = [m for m in logs.messages(logging.ERROR) if f"row {seq} " in m]
+            assert len(refusals) == 1  # ... without trying the parked row again
+            assert await outbox.retry_failed(seq)
+            assert await relay.publish_pending() == 0  # tried, refused again
+            assert len([m for m in logs.messages(logging.ERROR) if f"row {seq} " in m]) == 2
+        assert await outbox.discard(seq)
+        assert await relay.publish_pending() == 1
+        await seen.wait_count(4)
+    assert sorted(seen.items) == [("a", 1), ("a", 3), ("b", 1), ("b", 2)]
+    assert [n for key, n in seen.items if key == "a"] == [1, 3]
+    assert await outbox.pending() == 0
+    await db.close()
