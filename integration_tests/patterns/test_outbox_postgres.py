@@ -40,3 +40,8 @@ async def test_cleanup_keeps_unsent_and_recent(postgres_url: str) -> None:
 @pytest.mark.asyncio
 async def test_stop_finishes_the_batch_in_flight(postgres_url: str) -> None:
     await outbox_cases.check_stop_finishes_the_batch_in_flight(postgres_url)
+
+
+@pytest.mark.asyncio
+async def test_a_refused_row_is_parked_and_holds_only_its_stream(postgres_url: str) -> None:
+    await outbox_cases.check_a_refused_row_is_parked_and_holds_only_its_stream(postgres_url)

@@ -11,9 +11,8 @@ from eventbus.middleware.base import RedeliveryRequested
 from eventbus.patterns.inbox import Inbox
 from eventbus.patterns.outbox import Outbox, OutboxRelay
 from eventbus.patterns.sql import Database, Transaction
-from tests.bus_support import Inbox as Seen
-from tests.bus_support import memory_url
-from tests.patterns.outbox_cases import OrderPlaced, ShipOrder, count
+from tests.patterns.outbox_cases import Inbox as Seen
+from tests.patterns.outbox_cases import OrderPlaced, ShipOrder, count, memory_url
 
 Next = Callable[[Context], Awaitable[None]]
 

@@ -9,6 +9,7 @@ import random
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Generic, TypeVar
 
 import pytest
 
@@ -17,9 +18,62 @@ from eventbus.errors import BrokerConnectionError
 from eventbus.middleware.idempotency import MemoryIdempotencyStore
 from eventbus.patterns.outbox import Outbox, OutboxRelay
 from eventbus.patterns.sql import Database
-from tests.bus_support import Inbox, Records, memory_url
 
 WAIT = 10.0
+T = TypeVar("T")
+
+
+class Inbox(Generic[T]):
+    """Collects what handlers saw; waits for a count with a timeout. (Not tests/bus_support:
+    that module is imported as ``bus_support`` by the bus tests, and importing it under a
+    second name would register its event classes twice.)"""
+
+    def __init__(self) -> None:
+        self.items: list[T] = []
+        self._changed = asyncio.Event()
+
+    def add(self, item: T) -> None:
+        self.items.append(item)
+        self._changed.set()
+
+    async def wait_count(self, count: int, timeout: float = WAIT) -> list[T]:
+        async def until() -> None:
+            while len(self.items) < count:
+                self._changed.clear()
+                await self._changed.wait()
+
+        await asyncio.wait_for(until(), timeout)
+        return list(self.items)
+
+
+class Records(logging.Handler):
+    """Keeps the log records of one logger while a test runs."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+        self.logger = logging.getLogger(name)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def __enter__(self) -> Records:
+        self.logger.addHandler(self)
+        self._level = self.logger.level
+        self.logger.setLevel(logging.DEBUG)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.logger.removeHandler(self)
+        self.logger.setLevel(self._level)
+
+    def messages(self, level: int = logging.DEBUG) -> list[str]:
+        return [r.getMessage() for r in self.records if r.levelno >= level]
+
+
+def memory_url() -> str:
+    """A broker of its own for each test."""
+    return f"memory://{uuid.uuid4()}"
 
 
 class OrderPlaced(Event, type="test.outbox.order-placed", topic="test-outbox-orders", version=1):
@@ -119,10 +173,6 @@ async def check_context_publish_goes_to_outbox(url: str) -> None:
         assert envelope.correlationid == placed.id and envelope.causationid == placed.id
     assert await count(db, "SELECT count(*) FROM orders WHERE id = 'o-7'") == 1
     await db.close()
-
-
-class Crash(Exception):
-    pass
 
 
 def crash_after_publish(bus: EventBus, times: int) -> list[int]:
@@ -306,4 +356,42 @@ async def check_stop_finishes_the_batch_in_flight(url: str) -> None:
         await relay.stop()
         assert relay.health().state == "stopped" and relay.health().published == 1
         assert await outbox.pending() == 0
+    await db.close()
+
+
+async def check_a_refused_row_is_parked_and_holds_only_its_stream(url: str) -> None:
+    """A row the broker refuses for good (too large) is parked with the rest of its
+    stream behind it; other streams go on; discarding it releases the stream."""
+    db, outbox = await open_outbox(url)
+    bus = EventBus(f"{memory_url()}?max_message_bytes=4000", source="orders",
+                   publish_middleware=[outbox.middleware])
+    seen: Inbox[tuple[str, int]] = Inbox()
+
+    @bus.subscribe(OrderPlaced, group="audit")
+    async def record(event: OrderPlaced) -> None:
+        seen.add((event.order_id[:1], event.n))
+
+    async with bus:
+        async with outbox.unit_of_work():
+            for key, n, size in (("a", 1, 1), ("b", 1, 1), ("a", 2, 10_000), ("b", 2, 1),
+                                 ("a", 3, 1)):
+                await bus.publish(OrderPlaced(order_id=key * size, n=n), key=key)
+        relay = OutboxRelay(outbox, bus)
+        with Records("eventbus.outbox") as logs:
+            assert await relay.publish_pending() == 3
+            ((seq, _, error),) = await outbox.failed()
+            assert "MessageTooLargeError" in error
+            assert await outbox.pending() == 2  # the parked row and the one behind it
+            assert await relay.publish_pending() == 0  # stream "a" waits ...
+            refusals = [m for m in logs.messages(logging.ERROR) if f"row {seq} " in m]
+            assert len(refusals) == 1  # ... without trying the parked row again
+            assert await outbox.retry_failed(seq)
+            assert await relay.publish_pending() == 0  # tried, refused again
+            assert len([m for m in logs.messages(logging.ERROR) if f"row {seq} " in m]) == 2
+        assert await outbox.discard(seq)
+        assert await relay.publish_pending() == 1
+        await seen.wait_count(4)
+    assert sorted(seen.items) == [("a", 1), ("a", 3), ("b", 1), ("b", 2)]
+    assert [n for key, n in seen.items if key == "a"] == [1, 3]
+    assert await outbox.pending() == 0
     await db.close()

@@ -35,7 +35,7 @@ from eventbus.backoff import Backoff
 from eventbus.bus import EventBus
 from eventbus.codec import decode_structured
 from eventbus.envelope import Envelope
-from eventbus.errors import ConfigurationError, PublishError
+from eventbus.errors import ConfigurationError, DecodeError, MessageTooLargeError, PublishError
 from eventbus.patterns.outbox.store import Outbox
 from eventbus.patterns.sql import Row, Transaction
 
@@ -117,28 +117,35 @@ class OutboxRelay:
         """Publish one batch of unsent rows and mark them sent; returns how many.
 
         Raises what publishing or the database raised; the batch's rows stay
-        unsent and are taken again by the next call (of any relay).
+        unsent and are taken again by the next call (of any relay). A row the
+        broker refuses for good (too large, undecodable) is parked instead, with
+        its stream behind it: see :meth:`Outbox.failed`.
         """
         async with self.outbox.db.transaction() as tx:
             rows = await self._claim(tx)
             if not rows:
                 return 0
-            await self._publish(rows)
-            await self._mark_sent(tx, [row[0] for row in rows])
-        self._published += len(rows)
-        return len(rows)
+            sent, refused = await self._publish(rows)
+            await self._mark_sent(tx, sent)
+            for seq, error in refused.items():
+                await tx.execute(f"UPDATE {self.outbox.table} SET failed_at = $1, error = $2 "
+                                 "WHERE seq = $3", time.time(), error, seq)
+        self._published += len(sent)
+        return len(sent)
 
     async def _claim(self, tx: Transaction) -> list[Row]:
         t = self.outbox.table
         if tx.dialect == "sqlite":
             # BEGIN IMMEDIATE already made this the only writer.
             return await tx.fetch(
-                f"SELECT seq, topic, envelope FROM {t} WHERE sent_at IS NULL "
-                "ORDER BY seq LIMIT $1", self.batch_size)
-        # The head (oldest unsent row) of each stream, oldest streams first ...
+                f"SELECT seq, topic, envelope, stream FROM {t} WHERE sent_at IS NULL AND "
+                f"stream NOT IN (SELECT stream FROM {t} WHERE sent_at IS NULL AND "
+                "failed_at IS NOT NULL) ORDER BY seq LIMIT $1", self.batch_size)
+        # The head (oldest unsent row) of each stream not held by a parked row,
+        # oldest streams first ...
         heads = await tx.fetch(
             f"SELECT min(seq) FROM {t} WHERE sent_at IS NULL GROUP BY stream "
-            "ORDER BY 1 LIMIT $1", self.batch_size)
+            "HAVING count(failed_at) = 0 ORDER BY 1 LIMIT $1", self.batch_size)
         if not heads:
             return []
         # ... locked unless another relay holds it; a head that got sent meanwhile
@@ -152,22 +159,50 @@ class OutboxRelay:
         # ... then the rows of the streams whose head we hold, oldest first: a prefix
         # of each such stream, which no other relay takes while we hold its head.
         return await tx.fetch(
-            f"SELECT seq, topic, envelope FROM {t} WHERE stream = ANY($1::text[]) "
+            f"SELECT seq, topic, envelope, stream FROM {t} WHERE stream = ANY($1::text[]) "
             "AND sent_at IS NULL ORDER BY seq LIMIT $2 FOR UPDATE",
             [s[0] for s in locked], self.batch_size)
 
-    async def _publish(self, rows: Sequence[Row]) -> None:
-        adapter, timeout = self.bus.adapter, self.bus.publish_timeout
+    async def _publish(self, rows: Sequence[Row]) -> tuple[list[Any], dict[Any, str]]:
+        """Publish ``rows`` in order. Returns the rows sent and those the broker
+        refused for good (``seq -> error``); the rows of a refused row's stream
+        behind it are neither (they wait, so the stream keeps its order)."""
+        sent: list[Any] = []
+        refused: dict[Any, str] = {}
+        held: set[str] = set()
         # Consecutive rows of one topic go in one call, keeping the rows' order.
         for topic, group in groupby(rows, key=lambda row: str(row[1])):
-            envelopes: list[Envelope] = [decode_structured(bytes(row[2])) for row in group]
+            batch = [row for row in group if row[3] not in held]
             try:
-                await asyncio.wait_for(adapter.publish(topic, envelopes), timeout)
-            except TimeoutError as exc:
-                raise PublishError(
-                    f"outbox relay: the broker did not confirm {len(envelopes)} message(s) "
-                    f"on topic {topic!r} within {timeout}s; they stay unsent and are retried"
-                ) from exc
+                await self._send(topic, [decode_structured(bytes(row[2])) for row in batch])
+                sent += [row[0] for row in batch]
+            except (MessageTooLargeError, DecodeError):
+                # One of them cannot ever go out: find it, one row at a time.
+                for seq, _, stored, stream in batch:
+                    if stream in held:
+                        continue
+                    try:
+                        await self._send(topic, [decode_structured(bytes(stored))])
+                        sent.append(seq)
+                    except (MessageTooLargeError, DecodeError) as exc:
+                        refused[seq] = f"{type(exc).__name__}: {exc}"
+                        held.add(stream)
+                        log.error(
+                            "%s: outbox row %s (topic %r, stream %r) was refused for good "
+                            "(%s); it is parked and its stream waits behind it: fix it and "
+                            "call Outbox.retry_failed(%s), or Outbox.discard(%s)",
+                            self.name, seq, topic, stream, refused[seq], seq, seq)
+        return sent, refused
+
+    async def _send(self, topic: str, envelopes: list[Envelope]) -> None:
+        timeout = self.bus.publish_timeout
+        try:
+            await asyncio.wait_for(self.bus.adapter.publish(topic, envelopes), timeout)
+        except TimeoutError as exc:
+            raise PublishError(
+                f"outbox relay: the broker did not confirm {len(envelopes)} message(s) "
+                f"on topic {topic!r} within {timeout}s; they stay unsent and are retried"
+            ) from exc
 
     async def _mark_sent(self, tx: Transaction, seqs: list[Any]) -> None:
         t, now = self.outbox.table, time.time()

@@ -105,7 +105,7 @@ class Outbox:
             f"CREATE TABLE IF NOT EXISTS {t} ({columns[0]}, event_id TEXT NOT NULL, "
             f"topic TEXT NOT NULL, stream TEXT NOT NULL, partition_key TEXT, "
             f"envelope {columns[1]} NOT NULL, created_at {columns[2]} NOT NULL, "
-            f"sent_at {columns[2]})",
+            f"sent_at {columns[2]}, failed_at {columns[2]}, error TEXT)",
             # The relay reads the unsent head of each stream; cleanup reads sent rows.
             f"CREATE INDEX IF NOT EXISTS {t}_unsent ON {t} (stream, seq) WHERE sent_at IS NULL",
             f"CREATE INDEX IF NOT EXISTS {t}_sent ON {t} (sent_at) WHERE sent_at IS NOT NULL",
@@ -171,6 +171,30 @@ class Outbox:
             await call_next(topic, envelopes)
             return
         await self.add(work.tx, topic, envelopes)
+
+    async def failed(self) -> list[tuple[int, str, str]]:
+        """Rows the broker refused for good (``(seq, event_id, error)``), oldest first.
+
+        The relay parks such a row and holds the rest of its stream behind it, so
+        the stream's order is kept; :meth:`retry_failed` or :meth:`discard` it."""
+        async with self.db.transaction() as tx:
+            rows = await tx.fetch(f"SELECT seq, event_id, error FROM {self.table} "
+                                  "WHERE failed_at IS NOT NULL AND sent_at IS NULL ORDER BY seq")
+        return [(int(seq), str(event_id), str(error)) for seq, event_id, error in rows]
+
+    async def retry_failed(self, seq: int) -> bool:
+        """Let the relay try parked row ``seq`` (and its stream) again."""
+        async with self.db.transaction() as tx:
+            changed = await tx.execute(f"UPDATE {self.table} SET failed_at = NULL, error = NULL "
+                                       "WHERE seq = $1 AND failed_at IS NOT NULL", seq)
+        return bool(changed == 1)
+
+    async def discard(self, seq: int) -> bool:
+        """Give up on parked row ``seq``: delete it, releasing its stream."""
+        async with self.db.transaction() as tx:
+            changed = await tx.execute(f"DELETE FROM {self.table} WHERE seq = $1 "
+                                       "AND failed_at IS NOT NULL AND sent_at IS NULL", seq)
+        return bool(changed == 1)
 
     async def pending(self) -> int:
         """How many rows wait to be published."""
