@@ -17,7 +17,9 @@ class AddItem(Command, type="cqrs-shop.add-item", topic="cqrs-shop.commands.add-
     price_cents: int
 
 
-class ConfirmOrder(Command, type="cqrs-shop.confirm-order", topic="cqrs-shop.commands.confirm-order"):
+class ConfirmOrder(
+    Command, type="cqrs-shop.confirm-order", topic="cqrs-shop.commands.confirm-order"
+):
     order_id: str
 
 
