@@ -87,7 +87,9 @@ def check_module(module: ModuleType, path: str, *, max_fields: int = 20,
     for node in tree.body:
         if isinstance(node, ast.ClassDef):
             cls = getattr(module, node.name, None)
-            if isinstance(cls, type) and issubclass(cls, Message) \
+            # A base declared with register=False is never sent itself.
+            base = any(k.arg == "register" for k in node.keywords)
+            if isinstance(cls, type) and issubclass(cls, Message) and not base \
                     and cls.__module__ == module.__name__:
                 findings += _check_message(cls, node, path, max_fields, max_schema_bytes)
     for fn in ast.walk(tree):

@@ -30,7 +30,7 @@ class OrderEvent(Event, register=False):
 # -- orders ------------------------------------------------------------------------
 
 
-class OrderPlaced(OrderEvent, type="example.order.placed", topic="orders"):
+class OrderPlaced(OrderEvent, type="example.order.placed", topic="orders", version=1):
     """A customer placed an order; the saga starts here."""
 
     customer_id: str
@@ -38,11 +38,11 @@ class OrderPlaced(OrderEvent, type="example.order.placed", topic="orders"):
     total_cents: int
 
 
-class OrderCompleted(OrderEvent, type="example.order.completed", topic="orders"):
+class OrderCompleted(OrderEvent, type="example.order.completed", topic="orders", version=1):
     """Paid and reserved: the saga ended well."""
 
 
-class OrderCancelled(OrderEvent, type="example.order.cancelled", topic="orders"):
+class OrderCancelled(OrderEvent, type="example.order.cancelled", topic="orders", version=1):
     """The saga was compensated: nothing charged, nothing reserved."""
 
     reason: str
@@ -51,7 +51,7 @@ class OrderCancelled(OrderEvent, type="example.order.cancelled", topic="orders")
 # -- payments ----------------------------------------------------------------------
 
 
-class PaymentCharged(OrderEvent, type="example.payment.charged", topic="payments"):
+class PaymentCharged(OrderEvent, type="example.payment.charged", topic="payments", version=1):
     """The customer was charged for the order."""
 
     payment_id: str
@@ -59,7 +59,7 @@ class PaymentCharged(OrderEvent, type="example.payment.charged", topic="payments
     lines: list[OrderLine]
 
 
-class PaymentRefunded(OrderEvent, type="example.payment.refunded", topic="payments"):
+class PaymentRefunded(OrderEvent, type="example.payment.refunded", topic="payments", version=1):
     """Compensation: the charge was given back."""
 
     payment_id: str
@@ -70,14 +70,16 @@ class PaymentRefunded(OrderEvent, type="example.payment.refunded", topic="paymen
 # -- inventory ---------------------------------------------------------------------
 
 
-class InventoryReserved(OrderEvent, type="example.inventory.reserved", topic="inventory"):
+class InventoryReserved(
+    OrderEvent, type="example.inventory.reserved", topic="inventory", version=1
+):
     """Stock for every line of the order is set aside."""
 
     reservation_id: str
 
 
 class InventoryReservationFailed(
-    OrderEvent, type="example.inventory.reservation_failed", topic="inventory"
+    OrderEvent, type="example.inventory.reservation_failed", topic="inventory", version=1
 ):
     """Some line could not be reserved; nothing was reserved."""
 
