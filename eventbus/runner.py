@@ -267,22 +267,6 @@ class Runner(Handling):
         self._load[index] += 1
         lanes[index].put_nowait((self._generation, delivery))
 
-    def _to_any_lane(self, item: tuple[int, Delivery | list[Delivery]]) -> None:
-        """Hand ``item`` to an idle lane, or pool it for the first lane to finish."""
-        for index, load in enumerate(self._load):
-            if load == 0:
-                self._load[index] = 1
-                self._lanes[index].put_nowait(item)
-                return
-        self._pool.append(item)
-
-    def _lane_done(self, index: int) -> None:
-        """One item of lane ``index`` is finished (settled); an idle lane takes pooled work."""
-        self._load[index] -= 1
-        if self._load[index] == 0 and self._pool:
-            self._load[index] = 1
-            self._lanes[index].put_nowait(self._pool.popleft())
-
     async def _run_inline(self, delivery: Delivery) -> None:
         """Handle one delivery in the fetch loop (concurrency 1), as a lane would."""
         if delivery.stale:
@@ -322,6 +306,22 @@ class Runner(Handling):
                 continue
             self._load[index] += 1
             lanes[index].put_nowait((self._generation, part))
+
+    def _to_any_lane(self, item: tuple[int, Delivery | list[Delivery]]) -> None:
+        """Hand ``item`` to an idle lane, or pool it for the first lane to finish."""
+        for index, load in enumerate(self._load):
+            if load == 0:
+                self._load[index] = 1
+                self._lanes[index].put_nowait(item)
+                return
+        self._pool.append(item)
+
+    def _lane_done(self, index: int) -> None:
+        """One item of lane ``index`` is finished (settled); an idle lane takes pooled work."""
+        self._load[index] -= 1
+        if self._load[index] == 0 and self._pool:
+            self._load[index] = 1
+            self._lanes[index].put_nowait(self._pool.popleft())
 
     async def _lane(self, index: int,
                     queue: asyncio.Queue[tuple[int, Delivery | list[Delivery]] | None]) -> None:
