@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import zlib
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -135,6 +136,13 @@ class Runner(Handling):
         # lane's queue is empty while its worker is busy, so qsize alone would send
         # unkeyed messages behind a slow handler while another worker sits idle.
         self._load: list[int] = []
+        # Work any lane may run (no key to keep in order) that arrived while no lane
+        # was idle: the first lane to finish takes it. Choosing a lane up front by
+        # load would be a guess, since a lane that is only waiting for its last
+        # ack's broker round trip counts as busy as one whose handler is stuck, and
+        # the work could be queued behind the stuck one while the other soon idles.
+        # Bounded by the subscription's prefetch.
+        self._pool: deque[tuple[int, Delivery | list[Delivery]]] = deque()
         self._lane_tasks: list[asyncio.Task[None]] = []
         self._fetch_task: asyncio.Task[None] | None = None
         self._subscription: Subscription | None = None
@@ -281,7 +289,8 @@ class Runner(Handling):
         elif key is not None and self.spec.ordered:
             index = zlib.crc32(key.encode()) % len(lanes)
         else:
-            index = min(range(len(lanes)), key=self._load.__getitem__)
+            self._to_any_lane((self._generation, delivery))
+            return
         self._load[index] += 1
         lanes[index].put_nowait((self._generation, delivery))
 
@@ -298,9 +307,26 @@ class Runner(Handling):
                 parts.setdefault(-1, []).append(delivery)
         for index, part in parts.items():
             if index < 0:
-                index = min(range(len(lanes)), key=self._load.__getitem__)
+                self._to_any_lane((self._generation, part))
+                continue
             self._load[index] += 1
             lanes[index].put_nowait((self._generation, part))
+
+    def _to_any_lane(self, item: tuple[int, Delivery | list[Delivery]]) -> None:
+        """Hand ``item`` to an idle lane, or pool it for the first lane to finish."""
+        for index, load in enumerate(self._load):
+            if load == 0:
+                self._load[index] = 1
+                self._lanes[index].put_nowait(item)
+                return
+        self._pool.append(item)
+
+    def _lane_done(self, index: int) -> None:
+        """One item of lane ``index`` is finished (settled); an idle lane takes pooled work."""
+        self._load[index] -= 1
+        if self._load[index] == 0 and self._pool:
+            self._load[index] = 1
+            self._lanes[index].put_nowait(self._pool.popleft())
 
     async def _lane(self, index: int,
                     queue: asyncio.Queue[tuple[int, Delivery | list[Delivery]] | None]) -> None:
@@ -334,7 +360,7 @@ class Runner(Handling):
                           delivery.topic, delivery.group)
                 await self._nack(delivery, 1.0)
             finally:
-                self._load[index] -= 1
+                self._lane_done(index)
 
     async def _lane_batch(self, index: int, generation: int, batch: list[Delivery]) -> None:
         try:
@@ -358,7 +384,7 @@ class Runner(Handling):
             for delivery in batch:
                 await self._nack(delivery, 1.0)
         finally:
-            self._load[index] -= 1
+            self._lane_done(index)
 
     async def handle(self, delivery: Delivery) -> None:
         """Run one delivery through the chain and settle it."""
@@ -469,6 +495,12 @@ class Runner(Handling):
                                 self.spec.group, timeout)
             await self._stop_fetching(self._fetch_task)
         self._batches.flush()  # what was collected is handled within the timeout too
+        # Pooled work is handled within the timeout too: queued on the lanes (by
+        # load, nothing else being left to wait for) ahead of their stop marks.
+        while self._pool and self._lanes:
+            index = min(range(len(self._lanes)), key=self._load.__getitem__)
+            self._load[index] += 1
+            self._lanes[index].put_nowait(self._pool.popleft())
         for queue in self._lanes:
             queue.put_nowait(None)
         if self._lane_tasks:
