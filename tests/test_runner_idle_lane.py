@@ -12,11 +12,11 @@ import asyncio
 from typing import Any
 
 import pytest
-from bus_support import Inbox, memory_url, new_topic, run
 
 from eventbus import Event, EventBus
 from eventbus import runner as runner_module
 from eventbus.memory_broker import MemoryDelivery
+from tests.bus_support import Inbox, memory_url, new_topic, run
 
 
 class Step(Event, type="test.runner.idle-lane.step", topic="test-runner-idle-lane"):
