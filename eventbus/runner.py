@@ -18,7 +18,7 @@ from typing import Literal
 from eventbus.adapter import Adapter, Delivery, SubscribeOptions, Subscription
 from eventbus.backoff import Backoff
 from eventbus.batching import BatchCollector, run_batch
-from eventbus.context import Context, Publisher, current_envelope
+from eventbus.context import Context, Publisher, current_envelope, handler_context
 from eventbus.errors import (
     BrokerConnectionError,
     ConfigurationError,
@@ -370,7 +370,7 @@ class Runner(Handling):
             previous = self.runs.seen(delivery)
             if self.spec.mode == "at_most_once":
                 await delivery.ack()
-            ctx = Context(self.publisher, delivery, envelope, previous_attempts=previous)
+            ctx = handler_context(self.publisher, delivery, envelope, previous)
             watch = self._watch
             if watch is not None:
                 watch.begin(delivery)
