@@ -340,3 +340,21 @@ def test_fast_constructors_build_ordinary_frozen_envelopes() -> None:
         with pytest.raises(dataclasses.FrozenInstanceError):
             del env.subject  # type: ignore[misc]
         assert env.evolve(subject="x").subject == "x" and env.subject is None
+
+
+@pytest.mark.parametrize("count", [1, 31, 32, 500])
+def test_new_ids_are_distinct_uuid4_texts_made_of_the_random_bits(count: int) -> None:
+    from eventbus.envelope import new_ids
+
+    random.seed(7)
+    ids = new_ids(count)
+    assert len(set(ids)) == count
+    for text in ids:
+        parsed = uuid.UUID(text)
+        assert (str(parsed), parsed.version, parsed.variant) == (text, 4, uuid.RFC_4122)
+    # The same bits as uuid4 of them: 122 random bits, version and variant set.
+    random.seed(7)
+    bits = random.getrandbits(128 * count)
+    expected = [str(uuid.UUID(int=(bits >> (128 * (count - 1 - n))) & ((1 << 128) - 1),
+                               version=4)) for n in range(count)]
+    assert ids == expected
