@@ -7,7 +7,7 @@ beside the envelope on the :class:`~eventbus.adapter.Delivery`.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
@@ -24,6 +24,7 @@ __all__ = [
     "Envelope",
     "assemble",
     "build",
+    "build_many",
     "format_time",
     "new_id",
     "new_ids",
@@ -393,6 +394,50 @@ def build(
     envelope.extensions = extensions
     envelope.__class__ = Envelope  # type: ignore[assignment]
     return envelope  # type: ignore[return-value]
+
+
+def build_many(
+    ids: Sequence[str],
+    types: Sequence[str],
+    versions: Sequence[int],
+    bodies: Sequence[bytes],
+    source: str,
+    time: datetime,
+    partitionkey: str | None,
+    subject: str | None,
+    correlationid: str | None,
+    causationid: str | None,
+    traceparent: str | None,
+    tracestate: str | None,
+    extensions: Mapping[str, str] | None,
+) -> list[Envelope]:
+    """:func:`build` for a batch (one per id, the lists of equal length): the
+    application/json envelopes of one publish call, sharing source, time, key,
+    subject, parent and extensions (each gets its own copy of ``extensions``).
+    ``correlationid`` ``None`` makes each envelope its own flow (its id)."""
+    out: list[Envelope] = []
+    append = out.append
+    for id, type, dataversion, data in zip(ids, types, versions, bodies, strict=True):
+        envelope = _new(_Draft)
+        envelope.id = id
+        envelope.type = type
+        envelope.source = source
+        envelope.time = time
+        envelope.data = data
+        envelope.datacontenttype = JSON
+        envelope.dataschema = None
+        envelope.subject = subject
+        envelope.specversion = SPEC_VERSION
+        envelope.dataversion = dataversion
+        envelope.correlationid = correlationid or id
+        envelope.causationid = causationid
+        envelope.partitionkey = partitionkey
+        envelope.traceparent = traceparent
+        envelope.tracestate = tracestate
+        envelope.extensions = dict(extensions) if extensions else {}
+        envelope.__class__ = Envelope  # type: ignore[assignment]
+        append(envelope)  # type: ignore[arg-type]
+    return out
 
 
 def assemble(
