@@ -373,7 +373,7 @@ class Runner(Handling):
             ctx = handler_context(self.publisher, delivery, envelope, previous)
             watch = self._watch
             if watch is not None:
-                watch.begin(delivery)
+                watch.running[delivery] = watch.stamp  # watch.begin(delivery), inlined
             try:
                 token = current_envelope.set(envelope) if self._correlate else None
                 try:
@@ -398,7 +398,7 @@ class Runner(Handling):
                         current_envelope.reset(token)
             finally:
                 if watch is not None:
-                    watch.end(delivery)
+                    watch.running.pop(delivery, None)  # watch.end(delivery)
         except RedeliveryRequested as request:
             await self._nack(delivery, request.delay)
             return
