@@ -259,6 +259,11 @@ def _decode_own_dict(
                     partition if key is None else key, traceparent, tracestate, {})
 
 
+decode_own_dict = _decode_own_dict
+"""The common case of :func:`decode_binary_dict` alone: ``None`` when the headers
+need the general reader (for callers that call that one then)."""
+
+
 # Per prefix: the header names of a message, in order -> a getter picking the
 # attribute values out of its header values (a missing attribute picks the None
 # appended after them), or False when a name is not one this fast path reads.
