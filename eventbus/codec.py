@@ -221,15 +221,18 @@ _ATTRIBUTE_NAMES = ("specversion", "id", "source", "type", "time", "dataversion"
 
 
 def _decode_own_dict(
-    headers: dict[str, Any], body: bytes | None, prefix: str, key: str | None
+    headers: dict[str, Any], body: bytes | None, prefix: str, key: str | None,
+    text: bool = False,
 ) -> Envelope | None:
     """The common case read by lookups: text values under the exact prefix, no
     extensions and no structured content type. ``None`` when the headers are
-    anything else; the general reader then takes them (and its errors apply)."""
-    try:
-        "".join(headers.values())  # raises unless every value is text
-    except TypeError:
-        return None
+    anything else; the general reader then takes them (and its errors apply).
+    ``text``: the caller knows every value is a ``str`` (it stored them)."""
+    if not text:
+        try:
+            "".join(headers.values())  # raises unless every value is text
+        except TypeError:
+            return None
     layouts = _LAYOUTS.get(prefix)
     if layouts is None:
         layouts = _LAYOUTS[prefix] = {}

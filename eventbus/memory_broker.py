@@ -59,9 +59,10 @@ def decode_entry(entry: Entry) -> tuple[Envelope | None, str | None]:
             return codec.decode_structured(entry[BODY]), None
         headers = entry[HEADERS]
         if type(headers) is dict:
-            # decode_binary_dict's common case without its extra call: the headers
-            # the adapter stored are always its own dict of text values.
-            envelope = codec.decode_own_dict(headers, entry[BODY], HEADER_PREFIX, None)
+            # decode_binary_dict's common case without its extra call or its check
+            # of the values: the adapter stores headers as encode_binary made them,
+            # a dict of text values.
+            envelope = codec.decode_own_dict(headers, entry[BODY], HEADER_PREFIX, None, True)
             if envelope is not None:
                 return envelope, None
         return codec.decode_binary_dict(headers or {}, entry[BODY], HEADER_PREFIX), None
