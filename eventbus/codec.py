@@ -193,10 +193,9 @@ def encode_binary(
 def encode_binary_sized(envelope: Envelope, prefix: str) -> tuple[dict[str, str], bytes, int]:
     """:func:`encode_binary` and :func:`binary_size` of its result, in one call."""
     headers, body = encode_binary(envelope, prefix)
-    names, values = "".join(headers), "".join(headers.values())
-    size = len(body) + (len(names) if names.isascii() else len(names.encode("utf-8")))
-    return headers, body, size + (len(values) if values.isascii() else
-                                  len(values.encode("utf-8")))
+    text = "".join((*headers, *headers.values()))  # names and values: one join
+    return headers, body, len(body) + (len(text) if text.isascii() else
+                                       len(text.encode("utf-8")))
 
 
 _ENCODE_NAMES: dict[str, tuple[str, ...]] = {}
