@@ -57,7 +57,10 @@ async def throughput(args: argparse.Namespace, payload: dict[str, Any]) -> int:
     payload["throughput"] = [r.as_dict() for r in results]
     if args.target or args.check:
         target = args.target or TARGET_RATIO
-        return runner.check(results, [(memory.FASTSTREAM, target)],
+        # Issue 7's targets are the default chain's; the other eventbus rows
+        # (idempotency, no codec, batch) are shown beside it, not held to them.
+        checked = [r for r in results if not r.ours or r.name == memory.EVENTBUS or not args.check]
+        return runner.check(checked, [(memory.FASTSTREAM, target)],
                             TARGET_RATE if args.check else 0.0)
     return 0
 
@@ -199,8 +202,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument(
         "--check", action="store_true",
-        help=f"exit 1 below issue 7's targets (>= {TARGET_RATIO:g}x FastStream and "
-             f">= {TARGET_RATE:,.0f}/s; with --rss: RSS flat within 10%%)",
+        help=f"exit 1 below issue 7's targets for the default chain (>= {TARGET_RATIO:g}x "
+             f"FastStream and >= {TARGET_RATE:,.0f}/s; with --rss: RSS flat within 10%%)",
     )
     parser.add_argument("--rss", action="store_true",
                         help="push --rss-events through the default chain, print RSS as it goes")

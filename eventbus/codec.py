@@ -193,10 +193,9 @@ def encode_binary(
 def encode_binary_sized(envelope: Envelope, prefix: str) -> tuple[dict[str, str], bytes, int]:
     """:func:`encode_binary` and :func:`binary_size` of its result, in one call."""
     headers, body = encode_binary(envelope, prefix)
-    names, values = "".join(headers), "".join(headers.values())
-    size = len(body) + (len(names) if names.isascii() else len(names.encode("utf-8")))
-    return headers, body, size + (len(values) if values.isascii() else
-                                  len(values.encode("utf-8")))
+    text = "".join((*headers, *headers.values()))  # names and values: one join
+    return headers, body, len(body) + (len(text) if text.isascii() else
+                                       len(text.encode("utf-8")))
 
 
 _ENCODE_NAMES: dict[str, tuple[str, ...]] = {}
@@ -221,15 +220,18 @@ _ATTRIBUTE_NAMES = ("specversion", "id", "source", "type", "time", "dataversion"
 
 
 def _decode_own_dict(
-    headers: dict[str, Any], body: bytes | None, prefix: str, key: str | None
+    headers: dict[str, Any], body: bytes | None, prefix: str, key: str | None,
+    text: bool = False,
 ) -> Envelope | None:
     """The common case read by lookups: text values under the exact prefix, no
     extensions and no structured content type. ``None`` when the headers are
-    anything else; the general reader then takes them (and its errors apply)."""
-    try:
-        "".join(headers.values())  # raises unless every value is text
-    except TypeError:
-        return None
+    anything else; the general reader then takes them (and its errors apply).
+    ``text``: the caller knows every value is a ``str`` (it stored them)."""
+    if not text:
+        try:
+            "".join(headers.values())  # raises unless every value is text
+        except TypeError:
+            return None
     layouts = _LAYOUTS.get(prefix)
     if layouts is None:
         layouts = _LAYOUTS[prefix] = {}
@@ -257,6 +259,11 @@ def _decode_own_dict(
     return assemble(id_, type_, source, when, body or b"", content_type, schema, subject,
                     specversion, dataversion, correlation, causation,
                     partition if key is None else key, traceparent, tracestate, {})
+
+
+decode_own_dict = _decode_own_dict
+"""The common case of :func:`decode_binary_dict` alone: ``None`` when the headers
+need the general reader (for callers that call that one then)."""
 
 
 # Per prefix: the header names of a message, in order -> a getter picking the

@@ -152,3 +152,25 @@ class Context:
         """Send ``command`` to its one handler group, caused by the message being handled."""
         options.setdefault("parent", self.envelope)
         return await self.publisher.send(command, **options)
+
+
+_new = object.__new__
+
+
+def handler_context(publisher: Publisher, delivery: Delivery, envelope: Envelope,
+                    previous_attempts: int) -> Context:
+    """``Context(publisher, delivery, envelope, previous_attempts=...)`` without the
+    keyword ``__init__``: the runner makes one per delivery (slots set directly)."""
+    ctx = _new(Context)
+    ctx.publisher = publisher
+    ctx.delivery = delivery
+    ctx.envelope = envelope
+    ctx.topic = delivery.topic
+    ctx.group = delivery.group
+    ctx.previous_attempts = previous_attempts
+    ctx.attempt = previous_attempts + 1
+    ctx.event = None
+    ctx.items = {}
+    ctx.result = NO_RESULT
+    ctx._logger = None
+    return ctx

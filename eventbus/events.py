@@ -95,6 +95,8 @@ class Registry:
     def __init__(self) -> None:
         self._classes: dict[str, type[Message]] = {}
         self._upcasters: dict[tuple[str, int], Upcaster] = {}
+        # class -> whether decoding may call its pydantic validator directly
+        self._direct_json: dict[type[Message], bool] = {}
 
     def register(self, cls: type[Message]) -> None:
         """Make ``cls`` the current class of its type; a clash with another class raises."""
@@ -140,7 +142,15 @@ class Registry:
         version, target = envelope.dataversion, cls.data_version()
         if version == target and envelope.data:
             # The common case: pydantic-core parses and validates in one pass.
+            direct = self._direct_json.get(cls)
+            if direct is None:
+                direct = self._direct_json[cls] = _plain_validate_json(cls)
             try:
+                if direct:
+                    # What model_validate_json calls, without its keyword handling
+                    # (~0.6 us per message with pydantic 2.14).
+                    return cls.__pydantic_validator__.validate_json(  # type: ignore[no-any-return]
+                        envelope.data)
                 return cls.model_validate_json(envelope.data)
             except ValidationError as exc:
                 raise _invalid(envelope, exc) from exc
@@ -169,6 +179,15 @@ class Registry:
             return cls.model_validate(data)
         except ValidationError as exc:
             raise _invalid(envelope, exc) from exc
+
+
+_MODEL_VALIDATE_JSON = BaseModel.model_validate_json.__func__  # type: ignore[attr-defined]
+
+
+def _plain_validate_json(cls: type[Message]) -> bool:
+    """Whether ``cls`` keeps pydantic's own ``model_validate_json`` (a class that
+    overrides it is decoded through its override)."""
+    return getattr(cls.model_validate_json, "__func__", None) is _MODEL_VALIDATE_JSON
 
 
 def _invalid(envelope: Envelope, exc: ValidationError) -> SchemaError:

@@ -197,23 +197,28 @@ class MemoryAdapter(Adapter):
 
     async def publish(self, topic: str, envelopes: Sequence[Envelope]) -> None:
         self.broker.check_reachable(self.url)
-        entries: list[Stored] = []
         limit = self.capabilities.max_message_bytes
         if self.settings.encode and self.settings.mode == "binary":
-            # encode() written out for the default mode: once per published message.
+            # encode() written out for the default mode: once per published message,
+            # each built as its whole stored entry (offsets are broker-wide, so the
+            # ones a refused batch took leave a gap, as other topics' do).
             encode_sized = codec.encode_binary_sized
+            next_offset = self.broker.next_offset
+            whole: list[Entry] = []
             for envelope in envelopes:
                 headers, body, size = encode_sized(envelope, HEADER_PREFIX)
                 if size > limit:
                     self.check_size(topic, envelope, size)  # raises, naming the event
-                entries.append((envelope.partitionkey, body, headers, None, False))
-        else:
-            encode = self.encode
-            for envelope in envelopes:
-                entry, size = encode(envelope)
-                if size > limit:
-                    self.check_size(topic, envelope, size)
-                entries.append(entry)
+                whole.append((next_offset(), envelope.partitionkey, body, headers, None, False))
+            self.broker.append_entries(topic, whole)
+            return
+        entries: list[Stored] = []
+        encode = self.encode
+        for envelope in envelopes:
+            entry, size = encode(envelope)
+            if size > limit:
+                self.check_size(topic, envelope, size)
+            entries.append(entry)
         self.broker.append_many(topic, entries)
 
     async def publish_to_group(

@@ -11,7 +11,15 @@ from typing import NoReturn
 from eventbus.adapter import Adapter
 from eventbus.backoff import Backoff
 from eventbus.context import INHERIT, ParentOption, current_envelope
-from eventbus.envelope import Envelope, build, new_id, new_ids, utcnow, validate_extension_name
+from eventbus.envelope import (
+    Envelope,
+    build,
+    build_many,
+    new_id,
+    new_ids,
+    utcnow,
+    validate_extension_name,
+)
 from eventbus.errors import BatchPublishError, BrokerConnectionError, PublishError
 from eventbus.events import Message
 
@@ -69,6 +77,8 @@ def build_envelopes(
     if extensions:
         for name in extensions:
             validate_extension_name(name)
+    if not messages:
+        return []
     ids = new_ids(len(messages)) if len(messages) != 1 else [new_id()]
     now = utcnow()
     correlation: str | None
@@ -79,19 +89,17 @@ def build_envelopes(
     else:
         correlation, causation = correlation_id, None
         traceparent = tracestate = None
-    out = []
-    kind: type[Message] | None = None
-    event_type, version = "", 1
-    for message, event_id in zip(messages, ids, strict=True):
-        if type(message) is not kind:  # a batch is mostly one class: look it up once
-            kind = type(message)
-            event_type, version = message.event_type(), message.data_version()
-        out.append(build(
-            event_id, event_type, source, now, message.to_bytes(), version, key, subject,
-            correlation or event_id, causation, traceparent, tracestate,
-            dict(extensions) if extensions else {},
-        ))
-    return out
+    kind = type(messages[0])
+    if all(type(message) is kind for message in messages):
+        # One class (the common case): its type and version looked up once.
+        types: Sequence[str] = [kind.event_type()] * len(messages)
+        versions: Sequence[int] = [kind.data_version()] * len(messages)
+    else:
+        types = [message.event_type() for message in messages]
+        versions = [message.data_version() for message in messages]
+    return build_many(ids, types, versions, [message.to_bytes() for message in messages],
+                      source, now, key, subject, correlation, causation, traceparent,
+                      tracestate, extensions)
 
 
 async def publish_batch(

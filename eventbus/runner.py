@@ -19,7 +19,7 @@ from typing import Literal
 from eventbus.adapter import Adapter, Delivery, SubscribeOptions, Subscription
 from eventbus.backoff import Backoff
 from eventbus.batching import BatchCollector, run_batch
-from eventbus.context import Context, Publisher, current_envelope
+from eventbus.context import Context, Publisher, current_envelope, handler_context
 from eventbus.errors import (
     BrokerConnectionError,
     ConfigurationError,
@@ -396,10 +396,10 @@ class Runner(Handling):
             previous = self.runs.seen(delivery)
             if self.spec.mode == "at_most_once":
                 await delivery.ack()
-            ctx = Context(self.publisher, delivery, envelope, previous_attempts=previous)
+            ctx = handler_context(self.publisher, delivery, envelope, previous)
             watch = self._watch
             if watch is not None:
-                watch.begin(delivery)
+                watch.running[delivery] = watch.stamp  # watch.begin(delivery), inlined
             try:
                 token = current_envelope.set(envelope) if self._correlate else None
                 try:
@@ -424,7 +424,7 @@ class Runner(Handling):
                         current_envelope.reset(token)
             finally:
                 if watch is not None:
-                    watch.end(delivery)
+                    watch.running.pop(delivery, None)  # watch.end(delivery)
         except RedeliveryRequested as request:
             await self._nack(delivery, request.delay)
             return

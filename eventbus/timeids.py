@@ -32,11 +32,33 @@ def new_ids(count: int) -> list[str]:
     if count <= 0:
         return []
     h = f"{random.getrandbits(128 * count):0{32 * count}x}"
+    if count >= _COLUMNS_FROM:
+        return _ids_by_column(h.encode(), count)
     return [
         f"{h[i:i + 8]}-{h[i + 8:i + 12]}-4{h[i + 13:i + 16]}-{_VARIANT[h[i + 16]]}"
         f"{h[i + 17:i + 20]}-{h[i + 20:i + 32]}"
         for i in range(0, 32 * count, 32)
     ]
+
+
+def _ids_by_column(digits: bytes, count: int) -> list[str]:
+    """The ids of 32 * ``count`` hex ``digits`` laid out column by column: each of
+    the 36 character positions of all ids is one strided copy, then one split.
+    ~3x cheaper per id than formatting each id, from a few dozen ids on."""
+    out = bytearray(b"-" * (37 * count))  # 36 characters and a comma per id
+    for position, digit in _COLUMNS:
+        out[position::37] = digits[digit::32]
+    out[14::37] = b"4" * count  # the version digit
+    out[19::37] = digits[16::32].translate(_VARIANT_BYTES)
+    out[36::37] = b"," * count
+    return out[:-1].decode().split(",")
+
+
+# (position in the id text, hex digit index) of the 32 digits: dashes at 8, 13, 18, 23.
+_COLUMNS = tuple(zip((p for p in range(36) if p not in (8, 13, 18, 23)), range(32),
+                     strict=True))
+_VARIANT_BYTES = bytes.maketrans(b"0123456789abcdef", b"89ab89ab89ab89ab")
+_COLUMNS_FROM = 32
 
 
 def utcnow() -> datetime:

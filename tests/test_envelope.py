@@ -316,3 +316,45 @@ def test_ordinary_and_dead_letter_extensions_stay_allowed() -> None:
     env = Envelope.create(type="t", source="s", extensions={"tenant": "a", "dlqreason": "r",
                                                             "identity": "x", "sourcery": "y"})
     assert env.extensions["identity"] == "x"
+
+
+def test_fast_constructors_build_ordinary_frozen_envelopes() -> None:
+    # build/assemble/from_text_attributes skip the keyword __init__ (the hot paths);
+    # what they return must be indistinguishable from a public construction.
+    from eventbus.envelope import assemble, build
+
+    when = datetime(2024, 5, 6, 7, 8, 9, 1, tzinfo=UTC)
+    public = Envelope(id="i", type="t", source="s", time=when, data=b"{}",
+                      partitionkey="k", correlationid="c", extensions={"tenant": "a"})
+    built = build("i", "t", "s", when, b"{}", 1, "k", None, "c", None, None, None,
+                  {"tenant": "a"})
+    assembled = assemble("i", "t", "s", when, b"{}", "application/json", None, None, "1.0",
+                         1, "c", None, "k", None, None, {"tenant": "a"})
+    decoded = Envelope.from_text_attributes(dict(public.attributes()), b"{}")
+    for env in (built, assembled, decoded):
+        assert type(env) is Envelope
+        assert env == public and repr(env) == repr(public)
+        assert dataclasses.asdict(env) == dataclasses.asdict(public)
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            env.id = "other"  # type: ignore[misc]
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            del env.subject  # type: ignore[misc]
+        assert env.evolve(subject="x").subject == "x" and env.subject is None
+
+
+@pytest.mark.parametrize("count", [1, 31, 32, 500])
+def test_new_ids_are_distinct_uuid4_texts_made_of_the_random_bits(count: int) -> None:
+    from eventbus.envelope import new_ids
+
+    random.seed(7)
+    ids = new_ids(count)
+    assert len(set(ids)) == count
+    for text in ids:
+        parsed = uuid.UUID(text)
+        assert (str(parsed), parsed.version, parsed.variant) == (text, 4, uuid.RFC_4122)
+    # The same bits as uuid4 of them: 122 random bits, version and variant set.
+    random.seed(7)
+    bits = random.getrandbits(128 * count)
+    expected = [str(uuid.UUID(int=(bits >> (128 * (count - 1 - n))) & ((1 << 128) - 1),
+                               version=4)) for n in range(count)]
+    assert ids == expected

@@ -239,3 +239,21 @@ def test_upcast_data_that_fails_validation_is_poison() -> None:
     with pytest.raises(SchemaError, match="failed validation") as info:
         versioned.registry.decode(env)
     assert "order_id" in str(info.value) and "v1" in str(info.value)
+
+
+def test_decode_goes_through_an_overridden_model_validate_json() -> None:
+    # Decoding calls pydantic's validator directly for speed, except for a class
+    # that customises model_validate_json: that override must still run.
+    class Audited(Event, type="test.events.audited", register=False):
+        value: int
+
+        @classmethod
+        def model_validate_json(cls, json_data: Any, **options: Any) -> Audited:  # type: ignore[override]
+            event = super().model_validate_json(json_data, **options)
+            return event.model_copy(update={"value": event.value * 10})
+
+    local = Registry()
+    env = envelope_for("test.events.audited", {"value": 4})
+    assert local.decode(env, Audited) == Audited(value=40)
+    plain = local.decode(envelope_for("x", {"item_id": "z"}), ItemAdded)
+    assert plain == ItemAdded(item_id="z") and type(plain) is ItemAdded

@@ -141,3 +141,18 @@ def test_publish_with_parent_none_inside_a_handler_starts_a_new_flow() -> None:
         assert explicit.correlationid == "other-flow" and explicit.causationid != cause.id
 
     run(scenario)
+
+
+def test_a_batch_builds_one_envelope_per_message_each_its_own_flow_and_extensions() -> None:
+    from eventbus.publishing import build_envelopes
+
+    envelopes = build_envelopes([Ponged(n=1), Ring(n=2), Ponged(n=3)], "svc", parent=None,
+                                extensions={"tenant": "acme"}, key="k")
+    assert [e.type for e in envelopes] == [Ponged.event_type(), Ring.event_type(),
+                                           Ponged.event_type()]
+    assert [e.data for e in envelopes] == [b'{"n":1}', b'{"n":2}', b'{"n":3}']
+    assert all(e.correlationid == e.id and e.causationid is None for e in envelopes)
+    assert all(e.partitionkey == "k" and e.source == "svc" for e in envelopes)
+    assert envelopes[0].extensions == {"tenant": "acme"}
+    assert envelopes[0].extensions is not envelopes[1].extensions
+    assert len({e.time for e in envelopes}) == 1 and type(envelopes[0]) is Envelope

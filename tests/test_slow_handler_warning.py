@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 
 import pytest
@@ -93,3 +94,35 @@ def test_a_quick_handler_is_never_reported_and_none_turns_the_watch_off(
 def test_warn_after_must_be_positive() -> None:
     with pytest.raises(ConfigurationError, match="warn_after"):
         EventBus("memory://", warn_after=0)
+
+
+def test_a_run_that_began_while_the_loop_was_held_is_not_reported_early(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The first handler holds the loop (a blocking call) past warn_after; the second
+    # begins right after it and finishes well within warn_after: only the first may
+    # be reported, the second began when the first ended, not before.
+    async def scenario() -> tuple[str, str]:
+        topic = f"t-{uuid.uuid4().hex[:8]}"
+        bus = EventBus(f"memory://{uuid.uuid4()}", warn_after=0.4)
+        done = asyncio.Event()
+
+        @bus.subscribe(topic, group="g")
+        async def handle(envelope: Envelope) -> None:
+            if envelope.data == b'"block"':
+                time.sleep(0.6)  # noqa: ASYNC251 - holding the loop is the point
+            else:
+                await asyncio.sleep(0.25)
+                done.set()
+
+        async with bus:
+            await asyncio.sleep(0.2)  # the watch has looked at least once
+            first = Envelope.create(type="t", source="s", data=b'"block"')
+            second = Envelope.create(type="t", source="s", data=b'"quick"')
+            await bus.adapter.publish(topic, [first, second])
+            await asyncio.wait_for(done.wait(), 5)
+        return first.id, second.id
+
+    with caplog.at_level(logging.WARNING, logger="eventbus.runner"):
+        _, second = asyncio.run(scenario())
+    assert [r for r in _warnings(caplog) if second in r.getMessage()] == []

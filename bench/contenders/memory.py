@@ -59,7 +59,8 @@ class MemoryWire:
         if self.mode == "structured":
             return codec.decode_structured(record)
         headers, body = record
-        return codec.decode_binary(headers, body, self.prefix)
+        # What the memory broker reads a stored message with (a dict of text values).
+        return codec.decode_binary_dict(dict(headers), body, self.prefix)
 
 
 def wire_for(url: str) -> MemoryWire | None:
