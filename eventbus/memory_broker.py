@@ -330,13 +330,18 @@ class MemoryDelivery(Delivery):
         self.group = owner.group.name
         self.envelope = envelope
         self.attempt = attempt
-        self.message_id = str(entry[OFFSET])
         self.raw = entry[BODY] if envelope is None else None
         self.decode_error = error
         self.received_at = time.time()
         self._settled = None
         self._owner = owner
         self._item = item
+
+    @property
+    def message_id(self) -> str:  # type: ignore[override]
+        """The message's broker-wide offset, as text: made when asked (logs, error
+        paths, tests), not once per delivery on the success path."""
+        return str(_entry(self._item)[OFFSET])
 
     async def ack(self) -> None:
         # Delivery.ack without its extra coroutine (_settle_with); same rules.

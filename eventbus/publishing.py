@@ -90,16 +90,23 @@ def build_envelopes(
         correlation, causation = correlation_id, None
         traceparent = tracestate = None
     kind = type(messages[0])
+    bodies: list[bytes]
     if all(type(message) is kind for message in messages):
-        # One class (the common case): its type and version looked up once.
+        # One class (the common case): its type and version looked up once, and
+        # its serializer called directly unless the class has its own to_bytes.
         types: Sequence[str] = [kind.event_type()] * len(messages)
         versions: Sequence[int] = [kind.data_version()] * len(messages)
+        if kind.to_bytes is Message.to_bytes:
+            to_json = kind.__pydantic_serializer__.to_json
+            bodies = [to_json(message) for message in messages]
+        else:
+            bodies = [message.to_bytes() for message in messages]
     else:
         types = [message.event_type() for message in messages]
         versions = [message.data_version() for message in messages]
-    return build_many(ids, types, versions, [message.to_bytes() for message in messages],
-                      source, now, key, subject, correlation, causation, traceparent,
-                      tracestate, extensions)
+        bodies = [message.to_bytes() for message in messages]
+    return build_many(ids, types, versions, bodies, source, now, key, subject, correlation,
+                      causation, traceparent, tracestate, extensions)
 
 
 async def publish_batch(
