@@ -24,6 +24,7 @@ transaction holds the connection until it ends.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import re
 from collections.abc import AsyncIterator, Sequence
@@ -68,7 +69,7 @@ class Transaction(Protocol):
         """The first column of the first row, or ``None``."""
 
 
-class Database:
+class Database(abc.ABC):
     """A connection (SQLite) or a pool (PostgreSQL), opened by :meth:`connect`."""
 
     dialect: Dialect
@@ -91,15 +92,17 @@ class Database:
         await db._open()
         return db
 
+    @abc.abstractmethod
     async def _open(self) -> None:
-        raise NotImplementedError
+        """Connect (SQLite) or create the pool (PostgreSQL)."""
 
+    @abc.abstractmethod
     def transaction(self) -> Any:
         """``async with db.transaction() as tx:`` commits on exit, rolls back on error."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     async def close(self) -> None:
-        raise NotImplementedError
+        """Close the connection or the pool."""
 
     async def __aenter__(self) -> Database:
         return self

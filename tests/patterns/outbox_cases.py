@@ -9,7 +9,7 @@ import random
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Generic, TypeVar
+from typing import TypeVar
 
 import pytest
 
@@ -18,62 +18,10 @@ from eventbus.errors import BrokerConnectionError
 from eventbus.middleware.idempotency import MemoryIdempotencyStore
 from eventbus.patterns.outbox import Outbox, OutboxRelay
 from eventbus.patterns.sql import Database
+from tests.bus_support import Inbox, Records, memory_url
 
 WAIT = 10.0
 T = TypeVar("T")
-
-
-class Inbox(Generic[T]):
-    """Collects what handlers saw; waits for a count with a timeout. (Not tests/bus_support:
-    that module is imported as ``bus_support`` by the bus tests, and importing it under a
-    second name would register its event classes twice.)"""
-
-    def __init__(self) -> None:
-        self.items: list[T] = []
-        self._changed = asyncio.Event()
-
-    def add(self, item: T) -> None:
-        self.items.append(item)
-        self._changed.set()
-
-    async def wait_count(self, count: int, timeout: float = WAIT) -> list[T]:
-        async def until() -> None:
-            while len(self.items) < count:
-                self._changed.clear()
-                await self._changed.wait()
-
-        await asyncio.wait_for(until(), timeout)
-        return list(self.items)
-
-
-class Records(logging.Handler):
-    """Keeps the log records of one logger while a test runs."""
-
-    def __init__(self, name: str) -> None:
-        super().__init__(logging.DEBUG)
-        self.records: list[logging.LogRecord] = []
-        self.logger = logging.getLogger(name)
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-    def __enter__(self) -> Records:
-        self.logger.addHandler(self)
-        self._level = self.logger.level
-        self.logger.setLevel(logging.DEBUG)
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.logger.removeHandler(self)
-        self.logger.setLevel(self._level)
-
-    def messages(self, level: int = logging.DEBUG) -> list[str]:
-        return [r.getMessage() for r in self.records if r.levelno >= level]
-
-
-def memory_url() -> str:
-    """A broker of its own for each test."""
-    return f"memory://{uuid.uuid4()}"
 
 
 class OrderPlaced(Event, type="test.outbox.order-placed", topic="test-outbox-orders", version=1):
@@ -139,12 +87,12 @@ async def check_state_and_events_commit_together(url: str) -> None:
         assert await count(db, "SELECT count(*) FROM orders WHERE id = 'rolled-back'") == 0
         relay = OutboxRelay(outbox, bus)
         assert await relay.publish_pending() == 2
-        assert [e.order_id for e in await seen.wait_count(1)] == ["o-1"]
+        assert [e.order_id for e in await seen.wait_count(1, WAIT)] == ["o-1"]
         assert await relay.publish_pending() == 0
         assert await outbox.pending() == 0
         # Outside a unit of work a publish goes straight to the broker.
         await bus.publish(OrderPlaced(order_id="direct"))
-        await seen.wait_count(2)
+        await seen.wait_count(2, WAIT)
         await asyncio.sleep(0.05)
         assert [e.order_id for e in seen.items] == ["o-1", "direct"]
     await db.close()
@@ -169,7 +117,7 @@ async def check_context_publish_goes_to_outbox(url: str) -> None:
 
     async with bus, OutboxRelay(outbox, bus, poll_interval=0.05):
         placed = await bus.publish(OrderPlaced(order_id="o-7"))
-        (envelope,) = await shipped.wait_count(1)
+        (envelope,) = await shipped.wait_count(1, WAIT)
         assert envelope.correlationid == placed.id and envelope.causationid == placed.id
     assert await count(db, "SELECT count(*) FROM orders WHERE id = 'o-7'") == 1
     await db.close()
@@ -308,7 +256,7 @@ async def check_broker_down_backs_off_visibly(url: str) -> None:
                 assert "memory broker is down" in (health.last_error or "")
                 assert any("batch failed" in m for m in logs.messages(logging.WARNING))
                 down.clear()
-                await seen.wait_count(1)
+                await seen.wait_count(1, WAIT)
                 await wait_until(lambda: relay.health().ok)
             assert relay.health().state == "stopped" and not relay.health().ok
     await db.close()
@@ -390,7 +338,7 @@ async def check_a_refused_row_is_parked_and_holds_only_its_stream(url: str) -> N
             assert len([m for m in logs.messages(logging.ERROR) if f"row {seq} " in m]) == 2
         assert await outbox.discard(seq)
         assert await relay.publish_pending() == 1
-        await seen.wait_count(4)
+        await seen.wait_count(4, WAIT)
     assert sorted(seen.items) == [("a", 1), ("a", 3), ("b", 1), ("b", 2)]
     assert [n for key, n in seen.items if key == "a"] == [1, 3]
     assert await outbox.pending() == 0
