@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import abc
 import time
-from collections.abc import AsyncIterator, Awaitable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
@@ -40,6 +40,12 @@ class Capabilities:
     - ``max_message_bytes``: the largest message the adapter accepts.
     - ``dedupe_window``: seconds within which the broker drops duplicate ids, or ``None``.
     - ``reconnect``: the adapter recovers by itself after its connection drops.
+    - ``lease``: the broker takes an unsettled delivery back after a lease (a poll
+      interval, visibility timeout or ack wait) unless the consumer keeps it alive;
+      the adapter must keep it alive while the handler runs.
+    - ``half_open_bound``: seconds within which the adapter notices a connection that
+      stopped answering without closing (its ping interval plus the ping's deadline),
+      reports it in ``health()`` and reconnects; ``None`` when it cannot tell.
     """
 
     persistent: bool
@@ -54,6 +60,8 @@ class Capabilities:
     max_message_bytes: int
     dedupe_window: float | None = None
     reconnect: bool = True
+    lease: bool = False
+    half_open_bound: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,13 +85,15 @@ class Delivery(abc.ABC):
     """One message handed to a subscriber, with the transport facts beside it.
 
     ``envelope`` is ``None`` when the bytes could not be decoded; ``raw`` and
-    ``decode_error`` then say what arrived and why it is unreadable.
+    ``decode_error`` then say what arrived and why it is unreadable, and
+    ``raw_headers`` carries the message's transport metadata as the broker gave it
+    (headers, stream fields, properties), so its dead letter keeps them.
     ``ack``, ``nack`` and ``reject`` are idempotent and mutually exclusive:
     repeating the same one is a no-op, mixing them raises.
     """
 
     __slots__ = ("_settled", "attempt", "decode_error", "envelope", "group", "message_id",
-                 "raw", "received_at", "topic")
+                 "raw", "raw_headers", "received_at", "topic")
 
     def __init__(
         self,
@@ -95,6 +105,7 @@ class Delivery(abc.ABC):
         message_id: str = "",
         raw: bytes | None = None,
         decode_error: str | None = None,
+        raw_headers: Mapping[str, bytes] | None = None,
     ) -> None:
         self.topic = topic
         self.group = group
@@ -103,6 +114,7 @@ class Delivery(abc.ABC):
         self.message_id = message_id
         self.raw = raw
         self.decode_error = decode_error
+        self.raw_headers = raw_headers
         self.received_at = time.time()
         self._settled: str | None = None
 
@@ -184,6 +196,20 @@ class Subscription(abc.ABC):
     @abc.abstractmethod
     async def close(self) -> None:
         """Stop fetching. Unsettled deliveries go back to the broker for redelivery."""
+
+    async def backlog(self) -> int | None:
+        """How many messages the broker holds for this group that could be delivered
+        now (not in flight, not delayed), or ``None`` when the adapter cannot tell.
+
+        The bus asks only when the subscription has received nothing for a while
+        (``EventBus(stall_after=...)``): a group with a backlog and an idle consumer
+        is *stalled*, which ``bus.health()`` reports and the runner answers by
+        subscribing again. Ask the broker (consumer info, queue depth, lag); raise
+        :class:`~eventbus.errors.BrokerConnectionError` when it does not answer, and
+        :class:`~eventbus.errors.TopicNotFoundError` when the group's resources are
+        gone. Each adapter documents what it counts.
+        """
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -304,11 +330,19 @@ class Adapter(abc.ABC):
             f"{type(self).__name__} cannot deliver to one group of topic {topic!r}"
         )
 
-    async def publish_raw(self, topic: str, payload: bytes) -> None:
-        """Put arbitrary bytes on ``topic``, bypassing the codec.
+    async def publish_raw(
+        self, topic: str, payload: bytes, headers: Mapping[str, bytes] | None = None
+    ) -> None:
+        """Put arbitrary bytes on ``topic`` with transport ``headers``, bypassing the codec.
 
-        Only for tests of poison-message handling; adapters that can't do it
-        leave this raising so the conformance case is skipped with the reason.
+        This is how a message of a producer that does not speak CloudEvents looks,
+        and how ``eventbus dlq replay`` puts an undecodable dead letter back as it
+        arrived. ``headers`` become the broker's own headers (Kafka record headers,
+        AMQP properties, NATS headers, Streams fields, SQS message attributes); an
+        adapter whose broker has none raises
+        :class:`~eventbus.errors.UnsupportedOperationError` when headers are given.
+        Adapters that can't publish raw bytes at all leave this raising, so the
+        conformance cases that need it are skipped with the reason.
         """
         from eventbus.errors import UnsupportedOperationError
 

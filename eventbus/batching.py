@@ -120,6 +120,11 @@ class BatchCollector:
         self._batch: list[Delivery] = []
         self._timer: asyncio.TimerHandle | None = None
 
+    @property
+    def pending(self) -> bool:
+        """Whether deliveries are being collected into a batch not yet queued."""
+        return bool(self._batch)
+
     def add(self, delivery: Delivery) -> None:
         self._batch.append(delivery)
         if len(self._batch) >= self.size:

@@ -7,18 +7,21 @@ import inspect
 import logging
 import os
 import signal
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, Unpack, overload
 
 from eventbus.adapter import Adapter, HealthReport
+from eventbus.backoff import Backoff
 from eventbus.batching import check_batch
 from eventbus.context import INHERIT, ParentOption
 from eventbus.envelope import Envelope
 from eventbus.errors import (
+    BrokerConnectionError,
     ConfigurationError,
     DuplicateSubscriptionError,
     SubscriptionFailedError,
+    mask_url,
 )
 from eventbus.events import Command, Message, Registry, registry
 from eventbus.middleware.base import Middleware, PublishMiddleware, compose_publish
@@ -92,6 +95,9 @@ class EventBus:
         prefetch_per_worker: int = 8,
         registry: Registry = registry,
         warn_after: float | None = 30.0,
+        stall_after: float | None = 60.0,
+        redelivery_backoff: Backoff | None = None,
+        start_timeout: float = 30.0,
     ) -> None:
         self.adapter = adapter_from_url(adapter) if isinstance(adapter, str) else adapter
         self.source = source
@@ -110,6 +116,14 @@ class EventBus:
                 f"warn_after must be a positive number of seconds or None, not {warn_after!r}"
             )
         self.warn_after = warn_after
+        for name, value in (("stall_after", stall_after), ("start_timeout", start_timeout)):
+            if value is not None and not value > 0:
+                raise ConfigurationError(
+                    f"{name} must be a positive number of seconds, not {value!r}"
+                )
+        self.stall_after = stall_after
+        self.redelivery_backoff = redelivery_backoff
+        self.start_timeout = start_timeout
         self._specs: dict[tuple[str, str], SubscriptionSpec] = {}
         self._command_groups: dict[str, str] = {}
         self._runners: list[Runner] = []
@@ -358,7 +372,7 @@ class EventBus:
         """Connect and start every subscription."""
         if self._started:
             return
-        await self.adapter.connect()
+        await self._bounded(self.adapter.connect(), "connecting")
         self._started = True
         self._stopped = asyncio.Event()
         self._failed = asyncio.Event()
@@ -375,12 +389,27 @@ class EventBus:
                     dead_letter=self.dead_letter,
                     on_dead=self._on_dead,
                     warn_after=self.warn_after,
+                    stall_after=self.stall_after,
+                    redelivery_backoff=self.redelivery_backoff,
                 )
-                await runner.start()
+                await self._bounded(runner.start(), f"subscribing to {spec.topic!r} as group "
+                                    f"{spec.group!r}")
                 self._runners.append(runner)
         except BaseException:
             await self.stop()
             raise
+
+    async def _bounded(self, step: Awaitable[None], what: str) -> None:
+        """``step`` within ``start_timeout``: a broker that takes the connection and never
+        answers (or holds a subscribe, as a RabbitMQ memory alarm can) fails the start."""
+        try:
+            await asyncio.wait_for(step, self.start_timeout)
+        except TimeoutError as exc:
+            raise BrokerConnectionError(
+                f"{what} on {mask_url(self.adapter.url)} did not finish within "
+                f"start_timeout={self.start_timeout:g}s: the broker accepts connections but "
+                "does not answer; check that it is healthy (not blocked by an alarm)"
+            ) from exc
 
     def _on_dead(self, runner: Runner) -> None:
         self._dead.append(runner)

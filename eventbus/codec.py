@@ -344,17 +344,18 @@ def _decode_binary(
     attrs: dict[str, str] = {}
     content_type: str | None = None
     lprefix, skip = prefix.lower(), len(prefix)
+    # Only the protocol's own headers are read as text: a foreign header (a tracing
+    # interceptor's binary value) is not ours to decode and never makes a valid
+    # CloudEvent unreadable.
     for name, raw in items:
-        value = raw if type(raw) is str else (
-            raw.decode("utf-8") if isinstance(raw, bytes | bytearray) else str(raw))
         if name.startswith(lprefix):
-            attrs[name[skip:]] = value
+            attrs[name[skip:]] = _text(name, raw)
             continue
         lowered = name.lower()
         if lowered.startswith(lprefix):
-            attrs[lowered[skip:]] = value
+            attrs[lowered[skip:]] = _text(name, raw)
         elif lowered == "content-type":
-            content_type = value
+            content_type = _text(name, raw)
     if content_type and content_type.lower().startswith(STRUCTURED_CONTENT_TYPE):
         return decode_structured(body or b"")
     if "specversion" not in attrs:
@@ -372,6 +373,17 @@ def _decode_binary(
         raise DecodeError(f"CloudEvent lacks the required attribute {exc.args[0]!r}") from exc
     except (ValueError, TypeError) as exc:
         raise DecodeError(f"CloudEvent has an unreadable attribute ({exc})") from exc
+
+
+def _text(name: str, raw: str | bytes) -> str:
+    if type(raw) is str:
+        return raw
+    if isinstance(raw, bytes | bytearray):
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise DecodeError(f"header {name!r} is not UTF-8 text ({exc})") from exc
+    return str(raw)
 
 
 def _build(attrs: dict[str, Any], data: bytes) -> Envelope:

@@ -12,9 +12,12 @@ a message is dead-lettered; :mod:`eventbus.dlq` lists and replays them.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 import logging
 import traceback
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +38,8 @@ DLQ_EXTENSIONS = (
     "dlqgroup",
     "dlqfailedat",
     "dlqdropped",
+    "dlqheaders",
+    "dlqmessageid",
 )
 """Extension attributes a dead letter carries besides the original's own."""
 
@@ -54,6 +59,21 @@ Logger = logging.Logger | logging.LoggerAdapter[Any]
 def dlq_topic(topic: str, group: str) -> str:
     """The dead-letter topic of ``topic`` for ``group``."""
     return f"{topic}.{group}.dlq"
+
+
+def broker_dedupe_id(envelope: Envelope) -> str:
+    """The id to give a broker's duplicate detection (JetStream ``Nats-Msg-Id``, SQS FIFO
+    ``MessageDeduplicationId``) for ``envelope``.
+
+    An event's own id, so a publish retried after a lost confirmation is stored once.
+    A dead letter is a new message, though it carries the event's id: the same event
+    failing again after a replay must be stored again, not taken for a copy of its
+    first letter, so its dedupe id names the failure too.
+    """
+    failed_at = envelope.extensions.get("dlqfailedat")
+    if failed_at is None:
+        return envelope.id
+    return f"{envelope.id}.dlq.{envelope.extensions.get('dlqgroup', '')}.{failed_at}"
 
 
 def dead_letter_envelope(
@@ -131,8 +151,12 @@ async def publish_dead_letter(
     target = dlq_topic(topic, group)
     limit = adapter.capabilities.max_message_bytes
     refused: Exception | None = None
+    # The hint bounds the largest encoding (structured JSON, where bytes data becomes
+    # base64); an adapter in binary mode (headers) sends the data as it is and is the
+    # only judge of its size, so a letter it would take is never shrunk by a guess.
+    binary = adapter.capabilities.headers
     for candidate, change in shrink_stages(dead, limit):
-        if candidate.size_hint(limit) > limit:
+        if not binary and candidate.size_hint(limit) > limit:
             continue
         try:
             await adapter.publish(target, [candidate])
@@ -187,13 +211,46 @@ async def dead_letter(
     return await publish_dead_letter(adapter, dead, topic=topic, group=group, logger=logger)
 
 
+def encode_headers(headers: Mapping[str, bytes]) -> str:
+    """Transport headers as one text attribute: JSON pairs of name and value, each
+    value as UTF-8 text where it is text, else base64 (``[name, "b64", value]``)."""
+    pairs: list[list[str]] = []
+    for name, value in headers.items():
+        try:
+            pairs.append([name, value.decode("utf-8")])
+        except UnicodeDecodeError:
+            pairs.append([name, "b64", base64.b64encode(value).decode("ascii")])
+    return json.dumps(pairs, separators=(",", ":"))
+
+
+def decode_headers(text: str) -> dict[str, bytes]:
+    """The headers :func:`encode_headers` wrote (``{}`` for text it did not write)."""
+    try:
+        pairs = json.loads(text)
+        return {
+            str(pair[0]): base64.b64decode(pair[2]) if len(pair) == 3 else str(pair[1]).encode()
+            for pair in pairs
+        }
+    except (ValueError, TypeError, IndexError, KeyError, binascii.Error):
+        return {}
+
+
 async def dead_letter_undecodable(adapter: Adapter, delivery: Delivery) -> Envelope:
-    """Keep bytes that are not a CloudEvent on the DLQ, wrapped in an envelope that says so."""
+    """Keep bytes that are not a CloudEvent on the DLQ, wrapped in an envelope that says so,
+    with the transport metadata they came with: their headers (or stream fields) in
+    ``dlqheaders`` and the broker's id of the message (a stream entry id, an offset) in
+    ``dlqmessageid``, so the letter holds everything the broker had of them."""
+    extensions: dict[str, str] = {}
+    if delivery.raw_headers:
+        extensions["dlqheaders"] = encode_headers(delivery.raw_headers)
+    if delivery.message_id:
+        extensions["dlqmessageid"] = str(delivery.message_id)
     wrapper = Envelope.create(
         type=UNDECODABLE_TYPE,
         source="eventbus",
         data=delivery.raw or b"",
         datacontenttype="application/octet-stream",
+        extensions=extensions,
     )
     return await dead_letter(
         adapter, wrapper, reason=f"undecodable: {delivery.decode_error}",
@@ -244,9 +301,33 @@ class DeadLetterRecord:
         return self.envelope.evolve(extensions=ext)
 
     @property
+    def undecodable(self) -> bool:
+        """Whether the letter holds bytes that were not a CloudEvent (see :attr:`raw`)."""
+        return self.envelope.type == UNDECODABLE_TYPE
+
+    @property
+    def raw(self) -> bytes | None:
+        """For an undecodable letter, the bytes as they arrived (``None`` otherwise)."""
+        return self.envelope.data if self.undecodable else None
+
+    @property
+    def raw_headers(self) -> dict[str, bytes]:
+        """The transport headers (or stream fields) an undecodable message came with."""
+        return decode_headers(self.envelope.extensions.get("dlqheaders", "[]"))
+
+    @property
+    def broker_message_id(self) -> str:
+        """The broker's id of the failed message, where the dead-letter step knew it
+        (undecodable messages: a stream entry id, an offset)."""
+        return self.envelope.extensions.get("dlqmessageid", "")
+
+    @property
     def replayable(self) -> bool:
-        """Whether :attr:`original` is the whole event: not raw bytes, nor a reference
-        whose data was dropped to fit the DLQ."""
-        return self.envelope.type != UNDECODABLE_TYPE and not (
-            {"data", "extensions"} & set(self.dropped)
-        )
+        """Whether the letter holds the whole message, so a replay puts back what
+        failed: :attr:`original` (an event) or :attr:`raw` with its headers (bytes that
+        were not one, replayed as they arrived); false for a reference whose data was
+        dropped to fit the DLQ."""
+        dropped = set(self.dropped)
+        if self.undecodable:
+            return "data" not in dropped
+        return not ({"data", "extensions"} & dropped)

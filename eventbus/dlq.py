@@ -151,8 +151,10 @@ class DeadLetters:
         """Publish dead letters back to their topic (or ``to_topic``); returns how many.
 
         ``ids`` restricts the replay to the letters with those event ids or
-        positions. Letters already replayed or purged and undecodable ones (bytes
-        that never were an event) are skipped. Raises
+        positions. Letters already replayed or purged, and references whose data was
+        dropped to fit the DLQ, are skipped; undecodable ones (bytes that never were an
+        event) go back as they arrived, with their headers, to the whole topic
+        (:meth:`Adapter.publish_raw`), for a consumer that can read them now. Raises
         :class:`~eventbus.errors.TopicNotFoundError` when there is no such
         dead-letter topic.
 
@@ -179,7 +181,11 @@ class DeadLetters:
         for done, letter in enumerate(todo, 1):
             destination = to_topic or letter.topic or topic
             target_group = letter.group or group
-            if group_route:
+            if letter.undecodable:
+                # Bytes that never were an event go back as they arrived, headers and
+                # all, to the whole topic (a group route carries events only).
+                await self.adapter.publish_raw(destination, letter.raw or b"", letter.raw_headers)
+            elif group_route:
                 try:
                     await self.adapter.publish_to_group(
                         destination, target_group, [letter.original]
@@ -189,7 +195,7 @@ class DeadLetters:
                     if to_group:
                         raise
                     group_route = False  # the whole topic, for this and the rest
-            if not group_route:
+            if not group_route and not letter.undecodable:
                 await self.adapter.publish(destination, [letter.original])
             # After the republish: a crash in between replays the letter again, which
             # idempotency absorbs; the other order could lose it.
@@ -329,14 +335,17 @@ class DeadLetters:
             envelope = delivery.envelope
             record = None if envelope is None else DeadLetterRecord.from_envelope(envelope)
             if record is None or (not purge and not record.replayable):
-                continue  # bytes or a reference cannot be replayed as the event; keep them
+                continue  # a reference cannot be replayed as the event; keep it
             if ids is not None and not {record.envelope.id, delivery.message_id} & set(ids):
                 continue
             wanted.append((delivery, record))
         wanted = wanted[:limit]
         try:
             for done, (delivery, record) in enumerate(wanted, 1):
-                if not purge:
+                if not purge and record.undecodable:
+                    await self.adapter.publish_raw(to_topic or record.topic or topic,
+                                                   record.raw or b"", record.raw_headers)
+                elif not purge:
                     await self.adapter.publish(
                         to_topic or record.topic or topic, [record.original]
                     )

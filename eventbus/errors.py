@@ -110,6 +110,13 @@ class HandlerTimeoutError(EventBusError):
     """A handler ran longer than its subscription's timeout."""
 
 
+class RunsExhaustedError(EventBusError):
+    """A message came back after its handler had already run ``max_attempts`` times
+    without finishing: each run ended with its process (killed, out of memory, a
+    segfault) or its outcome was lost. It is dead-lettered before it runs again, so a
+    message that kills every consumer it reaches cannot crash-loop a service forever."""
+
+
 class HandlerCancelledError(EventBusError):
     """A handler raised CancelledError without being cancelled itself (it awaited a task
     someone else cancelled); it counts as a failure of the handler and is retried."""

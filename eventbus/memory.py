@@ -22,7 +22,7 @@ reconnect cases through :meth:`MemoryBroker.drop_connections`, and its
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from itertools import islice
 from typing import Literal, cast
@@ -38,9 +38,10 @@ from eventbus.adapter import (
     Subscription,
 )
 from eventbus.envelope import Envelope
-from eventbus.errors import InvalidURLError, TopicNotFoundError
+from eventbus.errors import InvalidURLError, TopicNotFoundError, UnsupportedOperationError
 from eventbus.memory_broker import (
     BODY,
+    HALF_OPEN_BOUND,
     HEADER_PREFIX,
     OFFSET,
     Entry,
@@ -145,6 +146,7 @@ class MemoryAdapter(Adapter):
             replay=True,
             headers=self.settings.mode == "binary",
             max_message_bytes=self.settings.max_message_bytes,
+            half_open_bound=HALF_OPEN_BOUND,
         )
         self._subscriptions: list[MemorySubscription] = []
         self._state: Literal["new", "connected", "closed"] = "new"
@@ -156,6 +158,7 @@ class MemoryAdapter(Adapter):
 
     async def connect(self) -> None:
         self.broker.check_reachable(self.url)
+        await self.broker.wait_answer(self.url, HALF_OPEN_BOUND)
         self._state = "connected"
 
     async def close(self) -> None:
@@ -172,6 +175,9 @@ class MemoryAdapter(Adapter):
             what = "was closed" if self._state == "closed" else "was never connected"
             return HealthReport(False, f"memory adapter for {self.url!r} {what}; call "
                                 "connect() (or start the bus) first", info)
+        if self.broker.frozen:
+            return HealthReport(False, f"memory broker {self.broker.name!r} does not answer "
+                                "(frozen: fault injected)", info)
         refusing = self.broker.refusing_for()
         if refusing > 0:
             return HealthReport(False, f"memory broker {self.broker.name!r} refuses "
@@ -197,6 +203,8 @@ class MemoryAdapter(Adapter):
 
     async def publish(self, topic: str, envelopes: Sequence[Envelope]) -> None:
         self.broker.check_reachable(self.url)
+        if self.broker.frozen_until:
+            await self.broker.wait_answer(self.url, HALF_OPEN_BOUND)
         limit = self.capabilities.max_message_bytes
         if self.settings.encode and self.settings.mode == "binary":
             # encode() written out for the default mode: once per published message,
@@ -227,6 +235,7 @@ class MemoryAdapter(Adapter):
         """Queue ``envelopes`` for ``group`` alone (not in the topic's log, so other
         groups and readers never see them); the group is created if new."""
         self.broker.check_reachable(self.url)
+        await self.broker.wait_answer(self.url, HALF_OPEN_BOUND)
         entries = []
         limit = self.capabilities.max_message_bytes
         for envelope in envelopes:
@@ -236,14 +245,27 @@ class MemoryAdapter(Adapter):
             entries.append(entry)
         self.broker.append_to_group(topic, group, entries)
 
-    async def publish_raw(self, topic: str, payload: bytes) -> None:
-        """Store ``payload`` as the body of a message without headers: in binary mode it
-        never decodes; in structured mode it decodes if it is a structured CloudEvent."""
+    async def publish_raw(
+        self, topic: str, payload: bytes, headers: Mapping[str, bytes] | None = None
+    ) -> None:
+        """Store ``payload`` as the body of a message with ``headers`` (a foreign
+        producer's, kept as bytes): it decodes only if it is a CloudEvent (binary-mode
+        ``ce_`` headers, or a structured one: in structured mode, or with a
+        ``content-type`` of ``application/cloudevents+json``)."""
         self.broker.check_reachable(self.url)
-        self.broker.append(topic, (None, payload, None, None, self.settings.mode == "structured"))
+        await self.broker.wait_answer(self.url, HALF_OPEN_BOUND)
+        if headers and self.settings.mode == "structured":
+            raise UnsupportedOperationError(
+                f"memory broker {self.broker.name!r} runs in structured mode (no headers); "
+                "publish the raw payload without headers"
+            )
+        stored = tuple((name, bytes(value)) for name, value in (headers or {}).items())
+        self.broker.append(topic, (None, payload, stored or None, None,
+                                   self.settings.mode == "structured"))
 
     async def subscribe(self, topic: str, options: SubscribeOptions) -> Subscription:
         self.broker.check_reachable(self.url)
+        await self.broker.wait_answer(self.url, HALF_OPEN_BOUND)
         group = self.broker.group(topic, options)
         subscription = MemorySubscription(self.broker, topic, group, options,
                                            self.settings.hold_keys)

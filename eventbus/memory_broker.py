@@ -24,16 +24,25 @@ HEADER_PREFIX = "ce_"
 """Prefix of the CloudEvents attribute headers in binary mode."""
 _FAIR_SHARE = 64
 """Deliveries a subscription hands out in a row before yielding to the event loop."""
+PING_INTERVAL = 0.5
+"""How often an idle subscription checks its connection and its group, as a real
+client pings its broker and looks up its consumer when nothing arrives."""
+HALF_OPEN_BOUND = 1.0
+"""Seconds of a frozen broker after which a subscription gives up its connection."""
 
 
-Stored = tuple[str | None, bytes, dict[str, str] | None, "Envelope | None", bool]
+RawHeaders = tuple[tuple[str, bytes], ...]
+"""Headers of a message published raw (a foreign producer's), kept as bytes."""
+
+Stored = tuple[str | None, bytes, "dict[str, str] | RawHeaders | None", "Envelope | None", bool]
 """What the adapter stores for one message: key, body, headers, envelope, structured.
 
 The key is what the broker routes by (a real broker's record key); ``envelope``
 is set only when encoding is off; ``headers`` is ``None`` in structured mode and
 for raw bytes."""
 
-Entry = tuple[int, str | None, bytes, dict[str, str] | None, "Envelope | None", bool]
+Entry = tuple[int, str | None, bytes, "dict[str, str] | RawHeaders | None", "Envelope | None",
+              bool]
 """One stored message: its offset, then :data:`Stored`.
 
 A plain tuple, not an object: it holds only text, bytes, numbers and a dict of
@@ -65,6 +74,8 @@ def decode_entry(entry: Entry) -> tuple[Envelope | None, str | None]:
             envelope = codec.decode_own_dict(headers, entry[BODY], HEADER_PREFIX, None, True)
             if envelope is not None:
                 return envelope, None
+        if isinstance(headers, tuple):  # published raw, with a foreign producer's headers
+            return codec.decode_binary(headers, entry[BODY], HEADER_PREFIX), None
         return codec.decode_binary_dict(headers or {}, entry[BODY], HEADER_PREFIX), None
     except DecodeError as exc:
         return None, f"{type(exc).__name__}: {exc}"
@@ -85,6 +96,16 @@ class Pending:
 
 Item = Entry | Pending
 """What a group's queue holds: an entry not handed out yet, or a :class:`Pending`."""
+
+
+def _raw_headers(entry: Entry) -> dict[str, bytes] | None:
+    """The stored headers of an undecodable message, as bytes (its dead letter keeps them)."""
+    headers = entry[HEADERS]
+    if headers is None:
+        return None
+    pairs = headers.items() if isinstance(headers, dict) else headers
+    return {name: value if isinstance(value, bytes) else str(value).encode()
+            for name, value in pairs}
 
 
 def _requeued(item: Item) -> Pending:
@@ -159,6 +180,14 @@ class Group:
             return item
         return None
 
+    def backlog(self) -> int:
+        """Pending messages that may go out now (delayed ones not counted)."""
+        if not self.delayed:
+            return len(self.pending)
+        now = time.monotonic()
+        return sum(1 for p in self.pending
+                   if type(p) is not Pending or p.available_at <= now)
+
     def next_due(self) -> float | None:
         if not self.delayed:
             return None
@@ -215,6 +244,9 @@ class MemoryBroker:
         self.topics: dict[str, Topic] = {}
         self.generation = 0
         self.refuse_until = 0.0
+        # A freeze (half-open fault) lasts until this monotonic time; 0: not frozen.
+        self.frozen_until = 0.0
+        self.frozen_at = 0.0
         self._offsets = itertools.count()
         # The offset for an Entry built by the caller (see append_entries).
         self.next_offset: Callable[[], int] = self._offsets.__next__
@@ -243,6 +275,25 @@ class MemoryBroker:
             raise BrokerConnectionError(
                 f"memory broker {url!r} is refusing connections (fault injected); retry later"
             )
+
+    @property
+    def frozen(self) -> bool:
+        """Whether a freeze fault is in force: nothing is answered, nothing closed."""
+        return self.frozen_until > time.monotonic()
+
+    async def wait_answer(self, url: str, bound: float) -> None:
+        """Wait while frozen, as a client waits for a reply that does not come; raise
+        BrokerConnectionError once ``bound`` seconds passed without one."""
+        if not self.frozen:
+            return
+        deadline = time.monotonic() + bound
+        while self.frozen:
+            if time.monotonic() >= deadline:
+                raise BrokerConnectionError(
+                    f"memory broker {url!r} did not answer within {bound:.1f}s "
+                    "(frozen: fault injected)"
+                )
+            await asyncio.sleep(0.02)
 
     def refusing_for(self) -> float:
         """Seconds the injected refusal still lasts (0 when connections are accepted)."""
@@ -313,6 +364,27 @@ class MemoryBroker:
         self.refuse_until = time.monotonic() + seconds
         await self.drop_connections()
 
+    async def freeze(self, seconds: float | None = None) -> None:
+        """Fault hook: answer nothing, close nothing (a half-open connection), for
+        ``seconds`` or until :meth:`thaw`. Subscriptions hand out nothing and notice
+        it after their ping bound; publishes and settles wait for an answer."""
+        self.frozen_at = time.monotonic()
+        self.frozen_until = float("inf") if seconds is None else self.frozen_at + seconds
+
+    async def thaw(self) -> None:
+        """Fault hook: end a freeze."""
+        self.frozen_until = 0.0
+        for topic in self.topics.values():
+            for group in topic.groups.values():
+                group.notify()
+
+    def delete_group(self, topic_name: str, group_name: str) -> None:
+        """Fault hook: delete a group underneath its consumers, with what it held (as
+        deleting a queue or consumer on a real broker does)."""
+        topic = self.topics.get(topic_name)
+        if topic is not None:
+            topic.groups.pop(group_name, None)
+
 
 class MemoryDelivery(Delivery):
     __slots__ = ("_item", "_owner")
@@ -331,6 +403,7 @@ class MemoryDelivery(Delivery):
         self.envelope = envelope
         self.attempt = attempt
         self.raw = entry[BODY] if envelope is None else None
+        self.raw_headers = _raw_headers(entry) if envelope is None else None
         self.decode_error = error
         self.received_at = time.time()
         self._settled = None
@@ -345,6 +418,9 @@ class MemoryDelivery(Delivery):
 
     async def ack(self) -> None:
         # Delivery.ack without its extra coroutine (_settle_with); same rules.
+        if self._owner.broker.frozen_until:
+            await Delivery.ack(self)  # the general path, whose settle may fail
+            return
         if self._settle("ack"):
             try:
                 await self._ack()
@@ -353,12 +429,15 @@ class MemoryDelivery(Delivery):
                 raise
 
     async def _ack(self) -> None:
+        self._owner.check_answering()
         self._owner.finish(self._item, None)
 
     async def _nack(self, delay: float) -> None:
+        self._owner.check_answering()
         self._owner.finish(self._item, delay)
 
     async def _reject(self) -> None:
+        self._owner.check_answering()
         # No native dead-letter queue here: the bus's dead-letter middleware keeps
         # the message, so reject only drops it.
         self._owner.finish(self._item, None)
@@ -390,6 +469,32 @@ class MemorySubscription(Subscription):
         if not wake.is_set():
             with contextlib.suppress(RuntimeError):  # its loop is closed: nobody waits
                 wake.set()
+
+    def check_answering(self) -> None:
+        """A settle on a frozen connection gets no answer: fail it (the delivery stays
+        unsettled and comes back once the connection is found dead)."""
+        if self.broker.frozen:
+            raise BrokerConnectionError(
+                f"memory broker did not answer the settle on topic {self.topic!r} group "
+                f"{self.group.name!r} (frozen: fault injected)"
+            )
+
+    async def backlog(self) -> int | None:
+        """Messages of the group that could go out now."""
+        return self.group.backlog()
+
+    def _check_group(self) -> None:
+        """Join the group again if it was deleted underneath (the fault hook), as a
+        real adapter re-creates its consumer: honouring ``start_from``."""
+        topic = self.broker.topics.get(self.topic)
+        if topic is not None and topic.groups.get(self.group.name) is self.group:
+            return
+        old = self.group
+        with contextlib.suppress(ValueError):
+            old.consumers.remove(self)
+        self.inflight.clear()  # what the deleted group held went with it
+        self.group = self.broker.group(self.topic, self.options)
+        self.group.consumers.append(self)
 
     def lose_connection(self) -> None:
         self.lost = True
@@ -423,6 +528,11 @@ class MemorySubscription(Subscription):
                     f"memory broker connection dropped (topic {self.topic!r}, "
                     f"group {self.group.name!r})"
                 )
+            if self.broker.frozen_until:
+                self._ping()
+                if self.broker.frozen:  # nothing arrives over a frozen connection
+                    await asyncio.sleep(0.05)
+                    continue
             room = len(self.inflight) < self.options.prefetch
             item = self.group.take(self.hold_keys) if room else None
             if item is not None:
@@ -444,7 +554,24 @@ class MemorySubscription(Subscription):
                 if timer is not None:
                     timer.cancel()
                 timer = loop.call_later(max(0.0, due - time.monotonic()), self.wake)
-            await self._wake.wait()
+            try:
+                # Idle: look at the connection and the group now and then (ping).
+                await asyncio.wait_for(self._wake.wait(), PING_INTERVAL)
+            except TimeoutError:
+                self._ping()
+
+    def _ping(self) -> None:
+        broker = self.broker
+        if broker.frozen:
+            if time.monotonic() - broker.frozen_at >= HALF_OPEN_BOUND:
+                self.lose_connection()
+                raise ConnectionLostError(
+                    f"memory broker did not answer a ping for {HALF_OPEN_BOUND:.1f}s "
+                    f"(topic {self.topic!r}, group {self.group.name!r}): the connection "
+                    "is half-open (frozen: fault injected)"
+                )
+            return
+        self._check_group()
 
     async def close(self) -> None:
         if not self.closed:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import zlib
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -40,18 +41,21 @@ log = logging.getLogger("eventbus.runner")
 REDELIVERY_BACKOFF = Backoff(initial=1.0, max_delay=30.0)
 """Delays of redeliveries after failures outside the handler, by delivery count."""
 
-SubscriptionState = Literal["starting", "running", "reconnecting", "dead", "stopped"]
+SubscriptionState = Literal["starting", "running", "stalled", "reconnecting", "dead", "stopped"]
 
 
 @dataclass(frozen=True, slots=True)
 class SubscriptionHealth:
     """The state of one (topic, group) subscription.
 
-    ``running``: fetching; ``reconnecting``: its subscription failed and it is
-    subscribing again with backoff (``error`` says why); ``dead``: it gave up for
-    good (``error`` says why) and consumes nothing any more; ``stopped``: the bus
-    stopped it. ``delivery`` is the guarantee it runs with (``at_least_once`` or
-    ``at_most_once``: the broker's strongest unless one was asked for).
+    ``running``: fetching; ``stalled``: it received nothing for ``stall_after``
+    seconds while the broker holds ``backlog`` messages for its group (it subscribes
+    again each time; ``error`` says what it saw); ``reconnecting``: its subscription
+    failed and it is subscribing again with backoff (``error`` says why); ``dead``: it
+    gave up for good (``error`` says why) and consumes nothing any more; ``stopped``:
+    the bus stopped it. ``delivery`` is the guarantee it runs with (``at_least_once``
+    or ``at_most_once``: the broker's strongest unless one was asked for);
+    ``idle_for`` how long it has made no progress (received or finished nothing).
     """
 
     topic: str
@@ -59,6 +63,8 @@ class SubscriptionHealth:
     state: SubscriptionState
     error: str | None = None
     delivery: str = ""
+    backlog: int | None = None
+    idle_for: float = 0.0
 
 
 class Runner(Handling):
@@ -94,6 +100,8 @@ class Runner(Handling):
         max_failures: int = 5,
         on_dead: Callable[[Runner], None] | None = None,
         warn_after: float | None = None,
+        stall_after: float | None = 60.0,
+        redelivery_backoff: Backoff | None = None,
     ) -> None:
         self.adapter = adapter
         self.spec = spec
@@ -104,6 +112,14 @@ class Runner(Handling):
         self.reconnect = reconnect or Backoff(initial=0.05, max_delay=2.0)
         self.max_failures = max_failures
         self.on_dead = on_dead
+        self.redelivery_backoff = redelivery_backoff or REDELIVERY_BACKOFF
+        # Progress: a count bumped by every delivery received and every one finished;
+        # the stall watch compares it between its looks (no clock read per message).
+        self.stall_after = stall_after
+        self._progress = 0
+        self._idle_since = 0.0
+        self._backlog: int | None = None
+        self._stall_task: asyncio.Task[None] | None = None
         # A handler still running after warn_after seconds is reported (a hang made
         # visible); None turns the watch off.
         self._watch = SlowHandlerWatch(warn_after) if warn_after else None
@@ -151,8 +167,9 @@ class Runner(Handling):
     def health(self) -> SubscriptionHealth:
         """This subscription's state and, unless running, the last error."""
         error = None if self.error is None else f"{type(self.error).__name__}: {self.error}"
+        idle = 0.0 if not self._idle_since else time.monotonic() - self._idle_since
         return SubscriptionHealth(self.spec.topic, self.spec.group, self.state, error,
-                                  self.spec.guarantee)
+                                  self.spec.guarantee, self._backlog, round(idle, 3))
 
     async def start(self) -> None:
         """Subscribe (failing fast if the broker refuses) and start fetching."""
@@ -166,6 +183,8 @@ class Runner(Handling):
         if self._watch is not None:
             self._watch.start()
         self._fetch_task = asyncio.create_task(self._fetch())
+        if self.stall_after is not None:
+            self._stall_task = asyncio.create_task(self._watch_stalls(self.stall_after))
         log.info("subscribed to %s as group %s on %s: delivery %s%s", self.spec.topic,
                  self.spec.group, type(self.adapter).__name__, self.spec.guarantee,
                  "" if self.spec.delivery else " (the broker's strongest)")
@@ -192,7 +211,8 @@ class Runner(Handling):
             try:
                 if self._subscription is None:
                     self._subscription = await self._subscribe()
-                self.state, self.error = "running", None
+                if self.state != "stalled":  # a stall ends with progress (_watch_stalls)
+                    self.state, self.error = "running", None
                 if self._inline:
                     # Each delivery is handled here, as a lane would (no queue, no task
                     # switch, no coroutine besides handle()), before taking the next.
@@ -205,6 +225,7 @@ class Runner(Handling):
                                       delivery.topic, delivery.group)
                             continue
                         self._busy = self._progressed = True
+                        self._progress += 1
                         try:
                             await self.handle(delivery)
                         except asyncio.CancelledError:
@@ -220,6 +241,7 @@ class Runner(Handling):
                             return
                 elif self.spec.batch is not None:
                     async for delivery in self._subscription:
+                        self._progress += 1
                         self._batches.add(delivery)
                 else:
                     async for delivery in self._subscription:
@@ -259,6 +281,73 @@ class Runner(Handling):
             )
             await asyncio.sleep(delay)
 
+    def _idle(self) -> bool:
+        """Nothing fetched is waiting or running."""
+        return not (self._busy or self._pool or self._batches.pending or any(self._load))
+
+    async def _watch_stalls(self, stall_after: float) -> None:
+        """Notice a subscription that sits idle while the broker holds its messages.
+
+        A consumer whose broker resources were deleted underneath, or whose pulls go
+        nowhere, looks exactly like a quiet one from inside its iterator; only the
+        broker's backlog tells them apart. Looked up only after ``stall_after``
+        seconds without progress, then once per look while it lasts.
+        """
+        look = min(max(stall_after / 3, 0.05), 10.0)
+        seen = self._progress
+        self._idle_since = time.monotonic()
+        while not self._stopping:
+            await asyncio.sleep(look)
+            now = time.monotonic()
+            if self._progress != seen or not self._idle():
+                seen, self._idle_since, self._backlog = self._progress, now, None
+                if self.state == "stalled":
+                    log.info("subscription %s/%s is making progress again",
+                             self.spec.topic, self.spec.group)
+                    self.state, self.error = "running", None
+                continue
+            if now - self._idle_since < stall_after or self.state not in ("running", "stalled"):
+                continue
+            subscription = self._subscription
+            if subscription is None:
+                continue
+            try:
+                backlog = await asyncio.wait_for(subscription.backlog(), max(look, 5.0))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                # The broker can't say: the group's resources are gone, or the
+                # connection does not answer. Either way nothing is being consumed.
+                backlog, why = None, f"its backlog could not be read ({type(exc).__name__}: {exc})"
+            else:
+                self._backlog = backlog
+                if not backlog:
+                    continue
+                why = f"the broker holds {backlog} message(s) for the group"
+            if self._progress != seen or not self._idle() or self._stopping:
+                continue
+            error = EventBusError(
+                f"subscription {self.spec.topic!r}/{self.spec.group!r} received nothing for "
+                f"{now - self._idle_since:.1f}s while {why}; subscribing again"
+            )
+            log.warning("%s", error)
+            self.state, self.error = "stalled", error
+            await self._resubscribe()
+
+    async def _resubscribe(self) -> None:
+        """Start fetching over on a new subscription (the adapter provisions again)."""
+        task = self._fetch_task
+        if task is not None:
+            await self._stop_fetching(task)
+        if self._stopping:
+            return
+        self._generation += 1
+        self._progressed = False
+        for lost in self._batches.discard():
+            self.runs.seen(lost)
+        await self._drop_subscription()
+        self._fetch_task = asyncio.create_task(self._fetch())
+
     def _die(self, error: Exception, failures: int) -> None:
         self.state, self.error = "dead", error
         log.error(
@@ -282,6 +371,7 @@ class Runner(Handling):
                         self.spec.topic, self.spec.group, type(exc).__name__, exc)
 
     def _route(self, delivery: Delivery) -> None:
+        self._progress += 1
         lanes = self._lanes
         key = delivery.envelope.partitionkey if delivery.envelope is not None else None
         if len(lanes) == 1:
@@ -323,6 +413,7 @@ class Runner(Handling):
 
     def _lane_done(self, index: int) -> None:
         """One item of lane ``index`` is finished (settled); an idle lane takes pooled work."""
+        self._progress += 1
         self._load[index] -= 1
         if self._load[index] == 0 and self._pool:
             self._load[index] = 1
@@ -409,7 +500,9 @@ class Runner(Handling):
                         failure: Exception | None = None
                         try:
                             # self._invoke(ctx) written out: one coroutine less.
-                            call = self._prepare(ctx)
+                            if ctx.previous_attempts:  # a redelivery: budget left?
+                                failure = self._fused[0].exhausted(ctx)
+                            call = self._prepare(ctx) if failure is None else None
                             if call is not None:
                                 ctx.result = await call
                         except asyncio.CancelledError as exc:
@@ -435,7 +528,7 @@ class Runner(Handling):
             # dead-letter publish, the broker) or a final failure with dead letters
             # off. Redeliver, backing off with the broker's delivery count so an
             # outage is not hammered.
-            delay = REDELIVERY_BACKOFF.delay(delivery.attempt)
+            delay = self.redelivery_backoff.delay(delivery.attempt)
             log.exception(
                 "message %s on %s/%s could not be handled or dead-lettered (%s: %s); "
                 "asking the broker to redeliver it in %.1fs",
@@ -483,6 +576,9 @@ class Runner(Handling):
     async def stop(self, timeout: float) -> None:
         """Stop fetching, finish what was fetched within ``timeout``, then close."""
         self._stopping = True
+        if self._stall_task is not None:
+            self._stall_task.cancel()
+            await asyncio.gather(self._stall_task, return_exceptions=True)
         if self._fetch_task is not None:
             if self._busy:
                 # Inline: the fetch loop is running a handler; it returns once that

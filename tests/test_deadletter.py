@@ -263,8 +263,17 @@ def test_the_record_reads_every_dead_letter_attribute() -> None:
     assert record.exception == "builtins.RuntimeError" and "Traceback" in record.traceback
     assert record.dropped == () and record.replayable
     assert record.original.extensions == {"tenant": "acme"}
-    raw = DeadLetterRecord.from_envelope(Envelope.create(type=UNDECODABLE_TYPE, source="x"))
-    assert not raw.replayable
+    raw = DeadLetterRecord.from_envelope(Envelope.create(
+        type=UNDECODABLE_TYPE, source="x", data=b"\xffnot an event",
+        extensions={"dlqheaders": '[["x-trace","b64","/w=="],["kind","order"]]',
+                    "dlqmessageid": "17-0"}))
+    # Bytes that were not an event replay as they arrived, headers and all.
+    assert raw.undecodable and raw.replayable and raw.raw == b"\xffnot an event"
+    assert raw.raw_headers == {"x-trace": b"\xff", "kind": b"order"}
+    assert raw.broker_message_id == "17-0"
+    cut = DeadLetterRecord.from_envelope(Envelope.create(
+        type=UNDECODABLE_TYPE, source="x", extensions={"dlqdropped": "data"}))
+    assert not cut.replayable
 
 
 def test_the_record_is_the_same_class_where_dlq_browsing_imports_it() -> None:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from eventbus.backoff import Backoff
 from eventbus.context import Context
-from eventbus.errors import PoisonMessageError
+from eventbus.errors import PoisonMessageError, RunsExhaustedError
 from eventbus.middleware.base import Next, RedeliveryRequested
 
 
@@ -89,9 +89,28 @@ class Retry:
     policy: RetryPolicy
     broker_redelivery: bool = True
 
+    def exhausted(self, ctx: Context) -> RunsExhaustedError | None:
+        """The failure to dead-letter ``ctx``'s message with before it runs again, when
+        its earlier runs (which never finished: see :class:`RunsExhaustedError`)
+        already spent the budget; ``None`` when it may run."""
+        runs = ctx.previous_attempts
+        if runs < self.policy.max_attempts or not self.broker_redelivery:
+            return None
+        ctx.items["attempts"] = runs
+        return RunsExhaustedError(
+            f"event {ctx.envelope.id} ({ctx.envelope.type}) on topic {ctx.topic!r} group "
+            f"{ctx.group!r} came back after {runs} run(s) of its handler that never "
+            f"finished (max_attempts={self.policy.max_attempts}): each ended with its "
+            "process, or its outcome was lost. Dead-lettered instead of running it again; "
+            "find out why it kills the consumer before replaying it"
+        )
+
     async def __call__(self, ctx: Context, call_next: Next) -> None:
         # Real runs spent on earlier deliveries of this message, as the runner counted them.
         ctx.attempt = ctx.previous_attempts + 1
+        crashed = self.exhausted(ctx)
+        if crashed is not None:
+            raise crashed
         try:
             await call_next(ctx)
             return

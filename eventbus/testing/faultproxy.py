@@ -15,6 +15,8 @@ loops would die with it. Its async methods can be awaited from any loop::
     await proxy.drop_connections()     # clients see their sockets reset
     await proxy.refuse_connections(2)  # returns at once; refusal lasts 2 s
     await proxy.set_latency(0.05)      # 50 ms on every forwarded chunk
+    await proxy.freeze()               # half-open: nothing forwarded, nothing closed
+    await proxy.thaw()                 # what was held back flows again
     proxy.stop()
 
 It implements :class:`eventbus.testing.target.FaultInjector`.
@@ -82,6 +84,9 @@ class FaultProxy:
         self._reopen_handle: asyncio.TimerHandle | None = None
         self._stopped = False
         self._background: set[asyncio.Task[None]] = set()
+        # Set while forwarding; cleared by freeze(). Made on the proxy's loop.
+        self._flowing: asyncio.Event | None = None
+        self._thaw_handle: asyncio.TimerHandle | None = None
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -174,6 +179,26 @@ class FaultProxy:
         """Delay every forwarded chunk, in both directions, by ``seconds`` (0 to stop)."""
         await self._call(self._set_latency(seconds))
 
+    async def freeze(self, seconds: float | None = None) -> None:
+        """Stop forwarding in both directions without closing anything: a half-open path.
+
+        Open connections stay open and silent (what a client sends is not read, so
+        its socket buffers fill as over a dead path); new connections are accepted
+        and never answered, like an endpoint that takes TCP and never speaks the
+        protocol. Returns at once; ``seconds`` thaws it after that long, ``None``
+        leaves it frozen until :meth:`thaw`.
+        """
+        await self._call(self._freeze(seconds))
+
+    async def thaw(self) -> None:
+        """Forward again, on the same connections, whatever a freeze held back."""
+        await self._call(self._thaw())
+
+    @property
+    def frozen(self) -> bool:
+        """Whether a :meth:`freeze` is in force."""
+        return self._flowing is not None and not self._flowing.is_set()
+
     # Sync twins for code that has no event loop (fixtures, teardown).
 
     def drop_connections_sync(self) -> None:
@@ -187,6 +212,14 @@ class FaultProxy:
     def set_latency_sync(self, seconds: float) -> None:
         """Blocking form of :meth:`set_latency`."""
         self._call_sync(self._set_latency(seconds))
+
+    def freeze_sync(self, seconds: float | None = None) -> None:
+        """Blocking form of :meth:`freeze` (also returns at once)."""
+        self._call_sync(self._freeze(seconds))
+
+    def thaw_sync(self) -> None:
+        """Blocking form of :meth:`thaw`."""
+        self._call_sync(self._thaw())
 
     # -- internals (run on the proxy's loop) ---------------------------------
 
@@ -213,6 +246,9 @@ class FaultProxy:
         return asyncio.run_coroutine_threadsafe(coro, loop).result(timeout=30)
 
     async def _listen(self) -> None:
+        if self._flowing is None:
+            self._flowing = asyncio.Event()
+            self._flowing.set()
         self._server = await asyncio.start_server(
             self._accept, self.listen_host, self._listen_port, reuse_address=True
         )
@@ -277,12 +313,40 @@ class FaultProxy:
     async def _set_latency(self, seconds: float) -> None:
         self._latency = max(0.0, seconds)
 
+    async def _freeze(self, seconds: float | None) -> None:
+        assert self._flowing is not None
+        self._flowing.clear()
+        if self._thaw_handle is not None:
+            self._thaw_handle.cancel()
+            self._thaw_handle = None
+        if seconds is not None:
+            self._thaw_handle = asyncio.get_running_loop().call_later(
+                max(0.0, seconds), self._flowing.set)
+
+    async def _thaw(self) -> None:
+        assert self._flowing is not None
+        if self._thaw_handle is not None:
+            self._thaw_handle.cancel()
+            self._thaw_handle = None
+        self._flowing.set()
+
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if self._server is None or self._stopped:
             writer.transport.abort()
             return
         link = _Link(writer)
         self._links.add(link)
+        flowing = self._flowing
+        if flowing is not None and not flowing.is_set():
+            # Frozen: take the connection and say nothing (a silent endpoint) until
+            # thawed; dropping or stopping the proxy meanwhile aborts it.
+            waiter = asyncio.ensure_future(_until(flowing))
+            link.tasks = [waiter]
+            with contextlib.suppress(asyncio.CancelledError):
+                await waiter
+            if link not in self._links or self._stopped:
+                writer.transport.abort()
+                return
         try:
             up_reader, up_writer = await asyncio.open_connection(self.target_host, self.target_port)
         except OSError:
@@ -309,11 +373,17 @@ class FaultProxy:
                     w.close()
 
     async def _pump(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        flowing = self._flowing
+        assert flowing is not None
         try:
             while True:
+                if not flowing.is_set():
+                    await flowing.wait()  # frozen: read nothing, forward nothing
                 chunk = await src.read(_CHUNK)
                 if not chunk:
                     break
+                if not flowing.is_set():
+                    await flowing.wait()  # frozen while this chunk was being read
                 if self._latency > 0:
                     await asyncio.sleep(self._latency)
                 dst.write(chunk)
@@ -323,3 +393,7 @@ class FaultProxy:
         except (ConnectionError, OSError):
             # Either peer went away; the other pump ends at its EOF or error.
             dst.transport.abort()
+
+
+async def _until(event: asyncio.Event) -> None:
+    await event.wait()

@@ -21,6 +21,25 @@ class FaultInjector(Protocol):
     async def refuse_connections(self, seconds: float) -> None:
         """Drop every connection and refuse new ones for ``seconds``, then accept again."""
 
+    async def freeze(self, seconds: float | None = None) -> None:
+        """Stop forwarding anything without closing a connection (a half-open path:
+        a frozen NAT entry, a pulled cable); new connections are accepted and never
+        answered. ``seconds`` thaws it again after that long; ``None`` until :meth:`thaw`."""
+
+    async def thaw(self) -> None:
+        """Forward again what a :meth:`freeze` held back, on the same connections."""
+
+
+@dataclass(frozen=True)
+class ShortLease:
+    """A URL of the target whose lease is short (Kafka ``max_poll_interval_ms``, SQS
+    visibility timeout, JetStream ``ack_wait``, RabbitMQ ``consumer_timeout``, Redis
+    Streams claim time), for the slow-handler case: a handler running ``seconds``
+    several times over must still run once."""
+
+    url: str
+    seconds: float
+
 
 @dataclass
 class BrokerTarget:
@@ -37,6 +56,14 @@ class BrokerTarget:
     - ``restart``: stops the broker and starts it again on the same data (a plain
       function is run in a thread, a coroutine function in the case's loop);
       ``None`` skips the restart case with the reason.
+    - ``in_process``: the broker lives inside the test process (memory), so a
+      consumer in another process cannot reach it; the crash-loop case, which kills
+      consumer processes, is skipped saying so.
+    - ``delete_underneath``: deletes what a group consumes through on the broker (its
+      consumer, queue, stream or consumer group) while it is subscribed, given
+      ``(topic, group)``; ``None`` skips the resource-deleted case with the reason.
+    - ``short_lease``: see :class:`ShortLease`; ``None`` skips the slow-handler case
+      (only for brokers without a lease: ``Capabilities.lease`` false).
     """
 
     name: str
@@ -46,6 +73,9 @@ class BrokerTarget:
     scale: float = 1.0
     limits: Mapping[str, str] = field(default_factory=dict)
     restart: Callable[[], None] | Callable[[], Awaitable[None]] | None = None
+    in_process: bool = False
+    delete_underneath: Callable[[str, str], Awaitable[None]] | None = None
+    short_lease: ShortLease | None = None
 
     def count(self, n: int, minimum: int = 5) -> int:
         """``n`` scaled for this broker, never below ``minimum``."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
@@ -297,7 +297,9 @@ class KafkaAdapter(Adapter):
         error.__cause__ = exc
         return error
 
-    async def publish_raw(self, topic: str, payload: bytes) -> None:
+    async def publish_raw(
+        self, topic: str, payload: bytes, headers: Mapping[str, bytes] | None = None
+    ) -> None:
         """Send ``payload`` with no key and no CloudEvents headers (poison-message tests)."""
         await self.send_record(topic, None, payload, [])
 

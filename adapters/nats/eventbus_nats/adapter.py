@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
 from nats.aio.client import Client
@@ -239,7 +239,9 @@ class NatsAdapter(Adapter):
         error.__cause__ = exc
         return error
 
-    async def publish_raw(self, topic: str, payload: bytes) -> None:
+    async def publish_raw(
+        self, topic: str, payload: bytes, headers: Mapping[str, bytes] | None = None
+    ) -> None:
         """Store ``payload`` with no headers (poison-message tests)."""
         js = await self._ready()
         await self._ensure_stream(js, topic)

@@ -15,7 +15,7 @@ import contextlib
 import logging
 import math
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -267,7 +267,9 @@ class NatsCoreAdapter(Adapter):
                 f"NATS at {self.settings.masked_url} did not confirm {len(commands)} "
                 f"message(s) to {topic!r}: {type(exc).__name__}: {exc}") from exc
 
-    async def publish_raw(self, topic: str, payload: bytes) -> None:
+    async def publish_raw(
+        self, topic: str, payload: bytes, headers: Mapping[str, bytes] | None = None
+    ) -> None:
         """Send ``payload`` without headers (poison-message tests)."""
         check_subject(topic)
         await self._send(await self._ready(), topic, [pub(topic, "", payload)], len(payload),

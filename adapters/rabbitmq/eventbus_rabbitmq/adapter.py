@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import aio_pika
@@ -308,7 +308,9 @@ class RabbitMQAdapter(Adapter):
             self.settings.publish_timeout,
         )
 
-    async def publish_raw(self, topic: str, payload: bytes) -> None:
+    async def publish_raw(
+        self, topic: str, payload: bytes, headers: Mapping[str, bytes] | None = None
+    ) -> None:
         """Publish ``payload`` with no CloudEvents headers (poison-message tests)."""
         exchange = await self._guarded(topic, self._exchange(topic))
         try:

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import hiredis
@@ -277,7 +277,9 @@ class RedisPubSubAdapter(RedisAdapter):
             return lambda pipe: pipe.spublish(topic, body)
         return lambda pipe: pipe.publish(topic, body)
 
-    async def publish_raw(self, topic: str, payload: bytes) -> None:
+    async def publish_raw(
+        self, topic: str, payload: bytes, headers: Mapping[str, bytes] | None = None
+    ) -> None:
         """PUBLISH ``payload`` as it is (poison-message tests)."""
         await self.send(topic, [], [self._publish_command(topic, payload)])
 
@@ -376,7 +378,9 @@ class RedisStreamsAdapter(RedisAdapter):
             return
         await self.send(topic, envelopes, commands)
 
-    async def publish_raw(self, topic: str, payload: bytes) -> None:
+    async def publish_raw(
+        self, topic: str, payload: bytes, headers: Mapping[str, bytes] | None = None
+    ) -> None:
         """XADD an entry holding only ``payload`` as its body (poison-message tests)."""
         await self.send(topic, [], [self._xadd(topic, {BODY_FIELD: payload})])
 

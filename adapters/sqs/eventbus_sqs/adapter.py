@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import aioboto3
@@ -335,7 +335,9 @@ class SqsAdapter(Adapter):
         error.__cause__ = exc
         return error
 
-    async def publish_raw(self, topic: str, payload: bytes) -> None:
+    async def publish_raw(
+        self, topic: str, payload: bytes, headers: Mapping[str, bytes] | None = None
+    ) -> None:
         """Send ``payload`` as a message body as it is (poison-message tests)."""
         body, attributes = body_for_bytes(payload)
         if body_size(body, attributes) > self.settings.max_message_bytes:
