@@ -8,11 +8,13 @@ has to; the initial connect, in contrast, fails fast with the masked URL.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
 from collections.abc import Mapping
 from typing import Any
 
+from nats import errors as nats_errors
 from nats.aio.client import Client
 
 from eventbus import codec
@@ -76,14 +78,48 @@ def tls_context(settings: NatsSettings) -> ssl.SSLContext | None:
     return context
 
 
-async def open_connection(settings: NatsSettings, what: str) -> Client:
-    """Connect (fail fast), then let nats-py reconnect forever after drops."""
+def _why(exc: BaseException, settings: NatsSettings) -> str:
+    """One phrase saying why a first connect attempt failed."""
+    if isinstance(exc, ConnectionRefusedError):
+        return f"the connection was refused ({exc.strerror or exc}): is nats-server running there?"
+    if isinstance(exc, asyncio.TimeoutError | TimeoutError):
+        return (f"the server did not answer within connect_timeout={settings.connect_timeout:g}s "
+                "(it accepts TCP but does not speak NATS, or the path drops packets)")
+    if isinstance(exc, nats_errors.AuthorizationError) or "authorization" in str(exc).lower():
+        return "the server refused the credentials (authorization violation)"
+    return f"{type(exc).__name__}: {exc}"
+
+
+async def open_connection(settings: NatsSettings, what: str) -> FastClient:
+    """Connect (fail fast: once every server failed an attempt), then let nats-py
+    reconnect forever after drops, replacing a connection that stopped answering
+    PINGs within ``settings.half_open_bound``."""
+    client = FastClient()
+    # nats-py retries the servers of a failing first connect for as long as we let
+    # it; errors seen before the connect succeeded are counted here so it ends as
+    # soon as each server has failed once, saying why.
+    first_errors: list[BaseException] = []
+    all_failed = asyncio.Event()
 
     async def on_error(exc: Exception) -> None:
+        if not client.is_connected and not client.closing and not connected:
+            first_errors.append(exc)
+            if len(first_errors) >= len(settings.servers):
+                all_failed.set()
+            return
+        if isinstance(exc, nats_errors.SlowConsumerError):
+            return  # counted where the subscription buffers (core adapter)
         log.debug("NATS %s at %s: %s: %s", what, settings.masked_url, type(exc).__name__, exc)
 
     async def on_disconnected() -> None:
-        log.info("NATS %s lost its connection to %s; reconnecting", what, settings.masked_url)
+        if client.closing:
+            log.debug("NATS %s closed its connection to %s", what, settings.masked_url)
+        elif client.is_closed:
+            log.warning("NATS %s: the connection to %s was closed and will not be "
+                        "re-established (%s)", what, settings.masked_url, client.last_error)
+        else:
+            log.info("NATS %s lost its connection to %s; reconnecting", what,
+                     settings.masked_url)
 
     async def on_reconnected() -> None:
         log.info("NATS %s reconnected to %s", what, settings.masked_url)
@@ -95,8 +131,8 @@ async def open_connection(settings: NatsSettings, what: str) -> Client:
         "allow_reconnect": True,
         "max_reconnect_attempts": -1,
         "reconnect_time_wait": 0.25,
-        "ping_interval": 5,
-        "max_outstanding_pings": 2,
+        "ping_interval": settings.ping_interval,
+        "max_outstanding_pings": settings.max_pings_out,
         "error_cb": on_error,
         "disconnected_cb": on_disconnected,
         "reconnected_cb": on_reconnected,
@@ -115,25 +151,40 @@ async def open_connection(settings: NatsSettings, what: str) -> Client:
     context = tls_context(settings)
     if context is not None:
         options["tls"] = context
-    client = FastClient()
+    connected = False
+    connecting = asyncio.ensure_future(client.connect(**options))
+    failed = asyncio.ensure_future(all_failed.wait())
     try:
-        # nats-py keeps trying refused servers (allow_reconnect); connect_timeout
-        # per server bounds the whole initial connect, so it fails fast.
-        await asyncio.wait_for(client.connect(**options),
-                               settings.connect_timeout * len(settings.servers) + 0.5)
-    except Exception as exc:
-        await close_quietly(client)
-        raise BrokerConnectionError(
-            f"cannot connect to NATS at {settings.masked_url} within "
-            f"{settings.connect_timeout:g}s ({type(exc).__name__}: {exc or 'timed out'}); "
-            "check that the server is reachable and the credentials are right"
-        ) from exc
-    return client
+        # A safety net above connect_timeout per server, for what the error count misses.
+        done, _ = await asyncio.wait(
+            {connecting, failed}, timeout=settings.connect_timeout * len(settings.servers) + 0.5,
+            return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        failed.cancel()
+    if connecting in done and connecting.exception() is None:
+        connected = True
+        return client
+    connecting.cancel()
+    with contextlib.suppress(BaseException):
+        await connecting
+    exc: BaseException | None = None
+    if connecting.done() and not connecting.cancelled():
+        exc = connecting.exception()
+    exc = first_errors[0] if first_errors else exc
+    await close_quietly(client)
+    why = _why(exc, settings) if exc is not None else (
+        f"no answer within {settings.connect_timeout:g}s per server")
+    servers = "" if len(settings.servers) == 1 else f" (all {len(settings.servers)} servers failed)"
+    raise BrokerConnectionError(
+        f"cannot connect to NATS at {settings.masked_url}{servers}: {why}"
+    ) from exc
 
 
 async def close_quietly(client: Client, timeout: float = 5.0) -> None:
     """Flush and close ``client``; never hangs, never raises (even CancelledError
     raised by the client's own tasks while the server is unreachable)."""
+    if isinstance(client, FastClient):
+        client.closing = True
     if client.is_closed:
         return
     task = asyncio.current_task()

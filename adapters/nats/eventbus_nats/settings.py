@@ -65,6 +65,10 @@ class NatsSettings:
     request_timeout: float = 10.0
     publish_timeout: float = 10.0
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    # A connection that stopped answering (half-open) is noticed when max_pings_out
+    # PINGs in a row went unanswered: within ping_interval * (max_pings_out + 1).
+    ping_interval: float = 2.0
+    max_pings_out: int = 2
     # JetStream only.
     stream_prefix: str = "EB"
     storage: Storage = "file"
@@ -83,6 +87,11 @@ class NatsSettings:
     def jetstream(self) -> bool:
         """``nats://`` (JetStream) rather than ``nats+core://``."""
         return self.scheme == "nats"
+
+    @property
+    def half_open_bound(self) -> float:
+        """Seconds within which a connection that went silent is noticed (and replaced)."""
+        return self.ping_interval * (self.max_pings_out + 1)
 
     @property
     def masked_url(self) -> str:
@@ -185,6 +194,8 @@ _OPTIONS: dict[str, OptionParser] = {
     "request_timeout": seconds(),
     "publish_timeout": seconds(),
     "max_message_bytes": integer(1),
+    "ping_interval": seconds(),
+    "max_pings_out": integer(1),
     "stream_prefix": pattern(r"[A-Za-z0-9_-]{1,32}", "use 1-32 letters, digits, '_' or '-'"),
     "storage": choice("file", "memory"),
     "replicas": integer(1),

@@ -83,6 +83,8 @@ class FastClient(Client):
     """nats-py's ``Client`` with bulk writes and a cheaper header parser."""
 
     _parse_header_lines = staticmethod(_parse_header_lines)
+    closing = False
+    """Set by :func:`~eventbus_nats.connection.close_quietly`: a disconnect is ours."""
 
     async def write(self, commands: Sequence[bytes], count: int, size: int) -> None:
         """Queue ``commands`` (whole ``PUB``/``HPUB`` lines, ``count`` messages,

@@ -1,0 +1,104 @@
+"""The NATS connection as a service sees it: how it fails to start, how it ends,
+how it notices a path that went silent (issue #18, defect 7 and the half-open class)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Coroutine
+from typing import Any
+
+import pytest
+from eventbus_nats import NatsAdapter, NatsCoreAdapter
+
+from eventbus import Event, EventBus
+from eventbus.errors import BrokerConnectionError
+from integration_tests import harness
+from integration_tests.harness import processes
+
+pytestmark = [pytest.mark.broker("nats"), pytest.mark.timeout(120)]
+
+TAG = uuid.uuid4().hex[:8]
+
+
+class Tick(Event, type=f"test.nats.conn.tick.{TAG}", topic=f"nats.conn.{TAG}"):
+    n: int
+
+
+def run(scenario: Coroutine[Any, Any, None], timeout: float = 60.0) -> None:
+    asyncio.run(asyncio.wait_for(scenario, timeout))
+
+
+@pytest.mark.parametrize("scheme", ["nats", "nats+core"])
+def test_wrong_port_fails_at_once_saying_refused(scheme: str) -> None:
+    """#18 defect 7: nothing listens on the port: bus.start() fails within a second
+    with one line saying the connection was refused (not a bare TimeoutError after
+    the whole connect_timeout), the password masked."""
+    port = processes.free_port()
+
+    async def scenario() -> None:
+        bus = EventBus.from_url(f"{scheme}://bob:hunter2@127.0.0.1:{port}", source="t")
+        started = time.monotonic()
+        with pytest.raises(BrokerConnectionError) as raised:
+            await bus.start()
+        took = time.monotonic() - started
+        text = str(raised.value)
+        assert took < 1.5, f"took {took:.1f}s: {text}"
+        assert "refused" in text.lower(), text
+        assert "hunter2" not in text and f":{port}" in text
+        assert "TimeoutError: )" not in text and "\n" not in text
+        await bus.stop()
+
+    run(scenario())
+
+
+@pytest.mark.parametrize("scheme", ["nats", "nats+core"])
+def test_clean_shutdown_logs_no_reconnect(nats_endpoint: harness.Endpoint, scheme: str,
+                                          caplog: pytest.LogCaptureFixture) -> None:
+    """#18 defect 7: stopping a bus is not a lost connection: nothing says
+    "lost its connection; reconnecting" and nothing above INFO is logged."""
+
+    async def scenario() -> None:
+        bus = EventBus.from_url(f"{scheme}://{nats_endpoint.host}:{nats_endpoint.port}",
+                                source="t")
+        got = asyncio.Event()
+
+        @bus.subscribe(Tick, group="g")
+        async def on_tick(event: Tick) -> None:
+            got.set()
+
+        async with bus:
+            await bus.publish(Tick(n=1))
+            await asyncio.wait_for(got.wait(), 10)
+
+    with caplog.at_level(logging.DEBUG, logger="eventbus"):
+        run(scenario())
+    said = [r.getMessage() for r in caplog.records if r.name.startswith("eventbus.nats")]
+    assert not [m for m in said if "reconnecting" in m or "lost" in m], said
+    assert not [r for r in caplog.records if r.levelno > logging.INFO
+                and r.name.startswith("eventbus")], caplog.records
+
+
+def test_silent_endpoint_fails_within_connect_timeout() -> None:
+    """An endpoint that accepts TCP and never speaks NATS: connect() fails with one
+    line naming the silence within connect_timeout (+ slack)."""
+
+    async def scenario() -> None:
+        server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            for adapter in (NatsAdapter(f"nats://127.0.0.1:{port}?connect_timeout=2"),
+                            NatsCoreAdapter(f"nats+core://127.0.0.1:{port}?connect_timeout=2")):
+                started = time.monotonic()
+                with pytest.raises(BrokerConnectionError) as raised:
+                    await adapter.connect()
+                took = time.monotonic() - started
+                assert took < 3.5, took
+                assert "did not answer" in str(raised.value), raised.value
+                await adapter.close()
+        finally:
+            server.close()
+
+    run(scenario())
