@@ -38,7 +38,8 @@ from eventbus.errors import (
 )
 from eventbus.group_route import ROUTE_PREFETCH, WithGroupRoute
 
-from .connection import close_quietly, decode, encode, encode_block, open_connection, wire_size
+from .codec import decode, encode, encode_block, wire_size
+from .connection import close_quietly, open_connection
 from .consumer import JetStreamSubscription
 from .group_route import GroupRoutes
 from .provision import Provisioner, check_subject
@@ -187,7 +188,7 @@ class NatsAdapter(Adapter):
         messages = []
         limit = self.capabilities.max_message_bytes
         for envelope in envelopes:
-            block, body = encode_block(envelope, msg_id=True)
+            block, body = encode_block(envelope, envelope.id)
             size = len(block) + len(body)
             if size > limit:
                 self.check_size(topic, envelope, size)

@@ -1,4 +1,4 @@
-"""One nats-py connection per adapter: options, fail-fast connect, safe close, codec.
+"""One nats-py connection per adapter: options, fail-fast connect, safe close.
 
 nats-py reconnects by itself after a dropped connection (forever, every
 ``reconnect_time_wait``) and re-creates its subscriptions, so neither adapter
@@ -11,63 +11,17 @@ import asyncio
 import contextlib
 import logging
 import ssl
-from collections.abc import Mapping
 from typing import Any
 
 from nats import errors as nats_errors
 from nats.aio.client import Client
 
-from eventbus import codec
-from eventbus.envelope import Envelope
 from eventbus.errors import BrokerConnectionError
 
 from .settings import NatsSettings
-from .wire import FastClient, header_block
+from .wire import FastClient
 
 log = logging.getLogger("eventbus.nats")
-
-HEADER_PREFIX = codec.HTTP_PREFIX
-"""The CloudEvents NATS binding maps attributes to ``ce-`` headers, as HTTP does."""
-MSG_ID = "Nats-Msg-Id"
-_FRAMING = len("NATS/1.0\r\n\r\n")
-
-
-def wire_size(headers: Mapping[str, str], body: bytes) -> int:
-    """Bytes the server counts against ``max_payload``: the header block plus the body."""
-    size = _FRAMING + len(body)
-    for name, value in headers.items():
-        size += len(name.encode()) + len(value.encode()) + 4  # "name: value\r\n"
-    return size
-
-
-def encode(envelope: Envelope) -> tuple[dict[str, str], bytes]:
-    """Binary-mode headers and body of ``envelope`` (CloudEvents NATS binding)."""
-    return codec.encode_binary(envelope, HEADER_PREFIX)
-
-
-def encode_block(envelope: Envelope, msg_id: bool) -> tuple[bytes, bytes]:
-    """The header block (with ``Nats-Msg-Id`` if ``msg_id``) and body of ``envelope``;
-    their lengths together are what the server counts against ``max_payload``."""
-    headers, body = codec.encode_binary(envelope, HEADER_PREFIX)
-    if msg_id:
-        headers[MSG_ID] = envelope.id
-    return header_block(headers), body
-
-
-def decode(headers: dict[str, str] | None, body: bytes) -> tuple[Envelope | None, str | None]:
-    """The envelope of a message, or ``None`` and why it cannot be read.
-
-    ``headers`` is the message's own dict (nats-py builds one per message): the
-    transport header ``Nats-Msg-Id`` is removed from it in place.
-    """
-    if not headers:
-        return None, "not a binary-mode CloudEvent: the message has no headers"
-    headers.pop(MSG_ID, None)  # transport header, not an attribute
-    try:
-        return codec.decode_binary(headers, body, HEADER_PREFIX), None
-    except Exception as exc:  # DecodeError, or a value the envelope refuses
-        return None, f"{type(exc).__name__}: {exc}"
-
 
 def tls_context(settings: NatsSettings) -> ssl.SSLContext | None:
     if not settings.tls:

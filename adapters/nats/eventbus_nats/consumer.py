@@ -33,7 +33,7 @@ from nats.errors import Error as NatsError
 from eventbus.adapter import Delivery, SubscribeOptions, Subscription
 from eventbus.errors import ConnectionLostError
 
-from .connection import decode
+from .codec import decode
 from .wire import FastClient, pub
 
 if TYPE_CHECKING:

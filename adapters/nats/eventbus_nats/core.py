@@ -33,7 +33,8 @@ from eventbus.adapter import (
 from eventbus.envelope import Envelope
 from eventbus.errors import BrokerConnectionError, ConnectionLostError
 
-from .connection import close_quietly, decode, encode_block, open_connection
+from .codec import decode, encode_block
+from .connection import close_quietly, open_connection
 from .provision import check_subject
 from .settings import NatsSettings
 from .wire import hpub, pub
@@ -241,7 +242,7 @@ class NatsCoreAdapter(Adapter):
         commands = []
         size = largest = 0
         for envelope in envelopes:
-            block, body = encode_block(envelope, msg_id=False)
+            block, body = encode_block(envelope, None)
             length = len(block) + len(body)
             if length > limit:
                 self.check_size(topic, envelope, length)

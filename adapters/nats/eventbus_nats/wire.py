@@ -72,11 +72,30 @@ def _parse_header_lines(raw: bytes) -> dict[str, str]:
         pairs = _LINE.findall(text)
         if len(pairs) == text.count("\r\n") - 1:
             return dict(pairs)
-    return _SLOW_PARSE(raw)
+    return _parse_lines(raw)
+
+
+def _parse_lines(raw: bytes) -> dict[str, str]:
+    """nats-py's line-by-line parser, but a value that is not UTF-8 keeps its bytes
+    (``surrogateescape``) where nats-py replaces them: a foreign binary header is
+    then ignored by the codec and kept intact in an undecodable message's dead
+    letter (``value.encode("utf-8", "surrogateescape")`` gives the bytes back)."""
+    out: dict[str, str] = {}
+    for line in raw.split(b"\r\n"):
+        name, sep, value = line.partition(b":")
+        if not sep:
+            continue
+        try:
+            key = name.strip().decode("ascii")
+        except UnicodeDecodeError:
+            continue  # not a header name (nats-py skips it too)
+        if _SPACE.search(key):
+            continue
+        out[key] = value.strip().decode("utf-8", "surrogateescape")
+    return out
 
 
 _LINE = re.compile(r"^([^\s:]+): ((?:\S(?:[^\r\n]*\S)?)?)\r\n", re.MULTILINE)
-_SLOW_PARSE = Client._parse_header_lines
 
 
 class FastClient(Client):
