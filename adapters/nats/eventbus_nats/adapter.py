@@ -28,6 +28,7 @@ from eventbus.adapter import (
     SubscribeOptions,
     Subscription,
 )
+from eventbus.deadletter import broker_dedupe_id
 from eventbus.envelope import Envelope
 from eventbus.errors import (
     BatchPublishError,
@@ -182,13 +183,15 @@ class NatsAdapter(Adapter):
     async def publish(self, topic: str, envelopes: Sequence[Envelope]) -> None:
         """Publish every envelope pipelined and wait for all PubAcks (gathered).
 
-        ``Nats-Msg-Id`` is the event id, so the stream drops a copy republished
-        within ``dedupe_window`` (a retried publish whose PubAck was lost).
+        ``Nats-Msg-Id`` is :func:`~eventbus.deadletter.broker_dedupe_id`: the event id,
+        so the stream drops a copy republished within ``dedupe_window`` (a retried
+        publish whose PubAck was lost); a dead letter's names the failure too, so
+        the same event failing again after a replay is stored again.
         """
         messages = []
         limit = self.capabilities.max_message_bytes
         for envelope in envelopes:
-            block, body = encode_block(envelope, envelope.id)
+            block, body = encode_block(envelope, broker_dedupe_id(envelope))
             size = len(block) + len(body)
             if size > limit:
                 self.check_size(topic, envelope, size)
