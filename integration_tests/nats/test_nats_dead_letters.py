@@ -37,7 +37,7 @@ async def until(predicate: Callable[[], Awaitable[bool]], timeout: float = 15.0)
         await asyncio.sleep(0.1)
 
 
-@pytest.mark.parametrize("to_group", [None], ids=["to-group"])
+@pytest.mark.parametrize("to_group", [None, False], ids=["to-group", "whole-topic"])
 def test_replayed_event_failing_again_is_a_second_letter(
         nats_endpoint: harness.Endpoint, to_group: bool | None) -> None:
     """Fail, dead-letter, replay (to the group, or to the whole topic: a plain
