@@ -40,7 +40,7 @@ from eventbus.errors import (
 from eventbus.group_route import ROUTE_PREFETCH, WithGroupRoute
 
 from .codec import decode, encode, encode_block, wire_size
-from .connection import close_quietly, open_connection
+from .connection import close_quietly, message_limit, open_connection
 from .consumer import JetStreamSubscription
 from .group_route import GroupRoutes
 from .provision import Provisioner, check_subject
@@ -128,14 +128,9 @@ class NatsAdapter(Adapter):
                     f"({type(exc).__name__}: {exc}); start nats-server with -js, or use "
                     "nats+core:// for core NATS (at-most-once)"
                 ) from exc
-            max_payload = client.max_payload
-            if max_payload and s.max_message_bytes > max_payload:
-                await close_quietly(client)
-                raise BrokerConnectionError(
-                    f"max_message_bytes={s.max_message_bytes} in {s.masked_url} is above the "
-                    f"server's max_payload of {max_payload} bytes; lower it or raise "
-                    "max_payload on the server"
-                )
+            self.capabilities = replace(
+                self.capabilities,
+                max_message_bytes=message_limit(s, client, "JetStream adapter"))
             self._client, self._js = client, js
             return js
 
@@ -188,18 +183,21 @@ class NatsAdapter(Adapter):
         publish whose PubAck was lost); a dead letter's names the failure too, so
         the same event failing again after a replay is stored again.
         """
+        js = await self._ready()  # the server's max_payload is learnt at connect
         messages = []
         limit = self.capabilities.max_message_bytes
+        largest = 0
         for envelope in envelopes:
             block, body = encode_block(envelope, broker_dedupe_id(envelope))
             size = len(block) + len(body)
             if size > limit:
                 self.check_size(topic, envelope, size)
+            largest = max(largest, size)
             messages.append((block, body))
         if not messages:
             return
-        js = await self._ready()
-        await self._ensure_stream(js, topic)
+        stream = await self._ensure_stream(js, topic)
+        self._check_stream_limit(topic, stream, envelopes, messages, largest)
         timeout = self.settings.publish_timeout
         # Every message is in flight at once on the one connection, written as one
         # buffer, and their PubAcks are counted into one future for the batch (not a
@@ -230,6 +228,22 @@ class NatsAdapter(Adapter):
             errors,
             len(messages),
         )
+
+    def _check_stream_limit(self, topic: str, stream: str, envelopes: Sequence[Envelope],
+                            messages: Sequence[tuple[bytes, bytes]], largest: int) -> None:
+        """A stream an operator set up with a smaller ``max_msg_size`` refuses more:
+        say so before anything is sent, as for the adapter's own limit."""
+        stream_limit = self._provisioner.max_msg_size(stream)
+        if stream_limit is None or largest <= stream_limit:
+            return
+        for envelope, (block, body) in zip(envelopes, messages, strict=True):
+            size = len(block) + len(body)
+            if size > stream_limit:
+                raise MessageTooLargeError(
+                    f"event {envelope.id} ({envelope.type}) is {size} bytes, over the "
+                    f"{stream_limit}-byte max_msg_size of JetStream stream {stream!r} "
+                    f"(topic {topic!r}); nothing was sent. Keep events small, or raise the "
+                    "stream's max_msg_size")
 
     def _publish_error(self, topic: str, envelope: Envelope, exc: BaseException) -> Exception:
         text = f"event {envelope.id} ({envelope.type}) to {topic!r}: {type(exc).__name__}: {exc}"
@@ -316,6 +330,7 @@ class NatsAdapter(Adapter):
         topic's duplicate window would otherwise take for a copy.
         """
         check_subject(topic)
+        js = await self._ready()
         messages = []
         limit = self.capabilities.max_message_bytes
         for envelope in envelopes:
@@ -326,7 +341,6 @@ class NatsAdapter(Adapter):
             messages.append((headers, body))
         if not messages:
             return
-        js = await self._ready()
         try:
             await self._routes.ensure_stream(js)
         except (APIError, *_CONNECTION_ERRORS) as exc:

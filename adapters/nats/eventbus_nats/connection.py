@@ -134,6 +134,19 @@ async def open_connection(settings: NatsSettings, what: str) -> FastClient:
     ) from exc
 
 
+def message_limit(settings: NatsSettings, client: Client, what: str) -> int:
+    """The largest message to send: ``max_message_bytes``, lowered to the server's
+    ``max_payload`` (from its INFO at connect), which the server enforces by
+    closing the connection of a client that sends more."""
+    limit = settings.max_message_bytes
+    server = client.max_payload
+    if server and server < limit:
+        log.info("NATS %s: the server at %s takes messages of at most %d bytes (max_payload); "
+                 "max_message_bytes=%d lowered to that", what, settings.masked_url, server, limit)
+        limit = server
+    return limit
+
+
 async def close_quietly(client: Client, timeout: float = 5.0) -> None:
     """Flush and close ``client``; never hangs, never raises (even CancelledError
     raised by the client's own tasks while the server is unreachable)."""

@@ -16,11 +16,11 @@ import logging
 import math
 from collections import deque
 from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import replace
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription as NatsSub
-from nats.errors import MaxPayloadError
 
 from eventbus.adapter import (
     Adapter,
@@ -31,10 +31,10 @@ from eventbus.adapter import (
     Subscription,
 )
 from eventbus.envelope import Envelope
-from eventbus.errors import BrokerConnectionError, ConnectionLostError
+from eventbus.errors import BrokerConnectionError, ConnectionLostError, MessageTooLargeError
 
 from .codec import decode, encode_block
-from .connection import close_quietly, open_connection
+from .connection import close_quietly, message_limit, open_connection
 from .provision import check_subject
 from .settings import NatsSettings
 from .wire import hpub, pub
@@ -207,7 +207,11 @@ class NatsCoreAdapter(Adapter):
             return self._client
         async with self._lock:
             if self._client is None:
-                self._client = await open_connection(self.settings, "core adapter")
+                client = await open_connection(self.settings, "core adapter")
+                self.capabilities = replace(
+                    self.capabilities,
+                    max_message_bytes=message_limit(self.settings, client, "core adapter"))
+                self._client = client
             return self._client
 
     async def close(self) -> None:
@@ -238,6 +242,7 @@ class NatsCoreAdapter(Adapter):
         server, which forwards them to whoever is subscribed now.
         """
         check_subject(topic)
+        client = await self._ready()  # the server's max_payload is learnt at connect
         limit = self.capabilities.max_message_bytes
         commands = []
         size = largest = 0
@@ -251,16 +256,19 @@ class NatsCoreAdapter(Adapter):
             largest = max(largest, length)
         if not commands:
             return
-        client = await self._ready()
         await self._send(client, topic, commands, size, largest)
 
     async def _send(self, client: Client, topic: str, commands: list[bytes], size: int,
                     largest: int) -> None:
         # One buffer for the whole batch, then one PING/PONG.
+        if client.max_payload and largest > client.max_payload:
+            # The server would drop the connection for it (a server reached after a
+            # reconnect may take less than the one of the first connect).
+            raise MessageTooLargeError(
+                f"a message of {largest} bytes to {topic!r} is over the {client.max_payload}-"
+                f"byte max_payload of the NATS server at {self.settings.masked_url}; nothing "
+                "was sent. Keep events small: reference large data by id or URL.")
         try:
-            if client.max_payload and largest > client.max_payload:
-                # The server would drop the connection for it: refuse the batch here.
-                raise MaxPayloadError
             await client.write(commands, len(commands), size)  # type: ignore[attr-defined]
             await client.flush(_whole(self.settings.publish_timeout))
         except Exception as exc:

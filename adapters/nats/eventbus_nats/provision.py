@@ -57,7 +57,8 @@ class Provisioner:
 
     def __init__(self, settings: NatsSettings) -> None:
         self.settings = settings
-        self._streams: set[str] = set()
+        # Stream name -> its max_msg_size (-1: none), for the size check before sending.
+        self._streams: dict[str, int] = {}
         self._lock = asyncio.Lock()
 
     def stream_name(self, topic: str) -> str:
@@ -70,6 +71,11 @@ class Provisioner:
         """Check the streams again (after a server restart lost a memory-stored one)."""
         self._streams.clear()
 
+    def max_msg_size(self, stream: str) -> int | None:
+        """The ``max_msg_size`` of ``stream`` as last seen (``None``: no limit or unknown)."""
+        size = self._streams.get(stream, -1)
+        return size if size > 0 else None
+
     async def ensure_stream(self, js: JetStreamContext, topic: str) -> str:
         """The stream of ``topic``, created with the configured limits if missing."""
         name = self.stream_name(topic)
@@ -81,7 +87,8 @@ class Provisioner:
             if name in self._streams:
                 return name
             try:
-                await js.stream_info(name)
+                info = await js.stream_info(name)
+                self._streams[name] = info.config.max_msg_size or -1
             except NotFoundError:
                 if not s.create_streams:
                     raise ConfigurationError(
@@ -89,7 +96,7 @@ class Provisioner:
                         "create_streams=false; create it (subject "
                         f"{subject!r}) or allow the adapter to"
                     ) from None
-                await self._add_stream(js, name, StreamConfig(
+                self._streams[name] = await self._add_stream(js, name, StreamConfig(
                     name=name,
                     subjects=[subject],
                     retention=RetentionPolicy.LIMITS,
@@ -102,20 +109,21 @@ class Provisioner:
                     max_msg_size=s.max_message_bytes,
                     duplicate_window=s.dedupe_window,
                 ))
-            self._streams.add(name)
         return name
 
-    async def _add_stream(self, js: JetStreamContext, name: str, config: StreamConfig) -> None:
+    async def _add_stream(self, js: JetStreamContext, name: str, config: StreamConfig) -> int:
+        """Create the stream; its ``max_msg_size`` (-1: none)."""
         try:
-            await js.add_stream(config)
+            info = await js.add_stream(config)
         except BadRequestError as refused:
             # Another process (or connection) created the stream between our lookup and
             # our create: the server then refuses ours ("subjects overlap with an
             # existing stream" / "name already in use"). Theirs is the one to use.
             try:
-                await js.stream_info(name)
+                info = await js.stream_info(name)
             except NotFoundError:
                 raise refused from None  # no such stream after all: the refusal stands
+        return info.config.max_msg_size or -1
 
     def consumer_config(self, group: str, start_from: str) -> ConsumerConfig:
         s = self.settings
