@@ -24,7 +24,7 @@ from cloudevents.core.formats.json import JSONFormat
 
 from eventbus import Context, Event, EventBus
 from eventbus.dlq import DeadLetters
-from eventbus.errors import TopicNotFoundError
+from eventbus.errors import ConfigurationError, TopicNotFoundError
 from integration_tests import harness
 
 pytestmark = [pytest.mark.broker("nats"), pytest.mark.timeout(120)]
@@ -101,6 +101,8 @@ def test_headerless_structured_event_is_handled(nats_endpoint: harness.Endpoint,
                     await asyncio.sleep(0.1)
                 assert len(letters) == 1 and letters[0].undecodable, letters
                 assert letters[0].raw == b"plain text, not an event"
+                assert letters[0].raw_headers == {"x-trace": b"abc"}
+                assert letters[0].broker_message_id.endswith("/4")  # its stream sequence
         assert sorted(handled) == ["foreign-header", "no-headers", "structured-ct"]
         await nc.close()
 
@@ -183,5 +185,34 @@ def test_what_eventbus_writes_is_the_binding(nats_endpoint: harness.Endpoint) ->
         event = ce_http.from_binary(ce_http.HTTPMessage(headers=headers, body=raw.data or b""),
                                     JSONFormat())
         assert (event.get_id(), event.get_subject()) == (sent.id, EURO)
+
+    run(scenario())
+
+
+@pytest.mark.parametrize("scheme", ["nats", "nats+core"])
+def test_foreign_binary_header_beside_an_event_is_ignored(nats_endpoint: harness.Endpoint,
+                                                          scheme: str) -> None:
+    """A binary-mode event with a foreign header that is not UTF-8 (a tracing
+    interceptor's) is handled; publish_raw carries header values byte for byte and
+    refuses what NATS cannot carry (a line break) before sending."""
+    address = f"{nats_endpoint.host}:{nats_endpoint.port}"
+    topic = f"nats.codec.foreign.{uuid.uuid4().hex[:8]}"
+
+    async def scenario() -> None:
+        bus = EventBus.from_url(f"{scheme}://{address}", source="t")
+        handled: list[str] = []
+        order = order_class(topic)
+
+        @bus.subscribe(order, group="g")
+        async def on_order(event: Any) -> None:
+            handled.append(event.order_id)
+
+        async with bus:
+            await bus.adapter.publish_raw(topic, json.dumps({"order_id": "c"}).encode(), {
+                "ce-specversion": b"1.0", "ce-id": b"c-1", "ce-source": b"/go",
+                "ce-type": order.event_type().encode(), "x-bin": b"\xff\xfe\x00"})
+            await until(lambda: handled == ["c"])
+            with pytest.raises(ConfigurationError, match="line break"):
+                await bus.adapter.publish_raw(topic, b"x", {"x-bad": b"a\r\nb"})
 
     run(scenario())

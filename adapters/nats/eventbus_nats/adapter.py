@@ -10,6 +10,7 @@ Example::
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
@@ -18,6 +19,7 @@ from nats.aio.client import Client
 from nats.errors import ConnectionClosedError, NoRespondersError, OutboundBufferLimitError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
+from nats.js.api import RawStreamMsg
 from nats.js.errors import APIError, NotFoundError
 
 from eventbus.adapter import (
@@ -39,13 +41,13 @@ from eventbus.errors import (
 )
 from eventbus.group_route import ROUTE_PREFETCH, WithGroupRoute
 
-from .codec import decode, encode, encode_block, wire_size
+from .codec import check_raw_size, decode, encode, encode_block, raw_block, wire_size
 from .connection import close_quietly, message_limit, open_connection
 from .consumer import JetStreamSubscription
 from .group_route import GroupRoutes
 from .provision import Provisioner, check_subject
 from .settings import NatsSettings
-from .wire import PubAcks
+from .wire import PubAcks, parse_header_lines
 
 log = logging.getLogger("eventbus.nats")
 
@@ -202,11 +204,9 @@ class NatsAdapter(Adapter):
         # Every message is in flight at once on the one connection, written as one
         # buffer, and their PubAcks are counted into one future for the batch (not a
         # request, a future and a timer each).
-        if self._pubacks is None or self._pubacks.client is not self.client:
-            self._pubacks = PubAcks(self.client)  # type: ignore[arg-type]
         results: list[BaseException | None]
         try:
-            results = await self._pubacks.publish(topic, messages, timeout)
+            results = await self._pubacks_for().publish(topic, messages, timeout)
         except Exception as exc:  # not written at all (closed, draining, buffer full)
             results = [exc] * len(messages)
         failures = {i: r for i, r in enumerate(results) if r is not None}
@@ -229,6 +229,12 @@ class NatsAdapter(Adapter):
             len(messages),
         )
 
+    def _pubacks_for(self) -> PubAcks:
+        """The PubAck collector of the current connection."""
+        if self._pubacks is None or self._pubacks.client is not self.client:
+            self._pubacks = PubAcks(self.client)  # type: ignore[arg-type]
+        return self._pubacks
+
     def _check_stream_limit(self, topic: str, stream: str, envelopes: Sequence[Envelope],
                             messages: Sequence[tuple[bytes, bytes]], largest: int) -> None:
         """A stream an operator set up with a smaller ``max_msg_size`` refuses more:
@@ -245,8 +251,10 @@ class NatsAdapter(Adapter):
                     f"(topic {topic!r}); nothing was sent. Keep events small, or raise the "
                     "stream's max_msg_size")
 
-    def _publish_error(self, topic: str, envelope: Envelope, exc: BaseException) -> Exception:
-        text = f"event {envelope.id} ({envelope.type}) to {topic!r}: {type(exc).__name__}: {exc}"
+    def _publish_error(self, topic: str, envelope: Envelope | None,
+                       exc: BaseException) -> Exception:
+        what = "raw bytes" if envelope is None else f"event {envelope.id} ({envelope.type})"
+        text = f"{what} to {topic!r}: {type(exc).__name__}: {exc}"
         error: Exception
         if isinstance(exc, APIError) and exc.err_code == 10054:  # over max_msg_size
             error = MessageTooLargeError(f"the server refused {text}")
@@ -260,14 +268,24 @@ class NatsAdapter(Adapter):
     async def publish_raw(
         self, topic: str, payload: bytes, headers: Mapping[str, bytes] | None = None
     ) -> None:
-        """Store ``payload`` with no headers (poison-message tests)."""
+        """Store ``payload`` with ``headers`` as NATS headers, byte for byte (how a
+        foreign producer's message looks; how an undecodable dead letter replays)."""
+        check_subject(topic)
         js = await self._ready()
-        await self._ensure_stream(js, topic)
-        try:
-            await js.publish(topic, payload, timeout=self.settings.publish_timeout)
-        except Exception as exc:
-            raise PublishError(f"JetStream did not confirm raw bytes to {topic!r}: "
-                               f"{type(exc).__name__}: {exc}") from exc
+        block = raw_block(topic, headers)
+        check_raw_size(topic, block, payload, self.capabilities.max_message_bytes)
+        stream = await self._ensure_stream(js, topic)
+        stream_limit = self._provisioner.max_msg_size(stream)
+        if stream_limit is not None:
+            check_raw_size(topic, block, payload, stream_limit)
+        (failure,) = await self._pubacks_for().publish(
+            topic, [(block, payload)], self.settings.publish_timeout)
+        if failure is None:
+            return
+        if isinstance(failure, NotFoundError | NoRespondersError):
+            self._provisioner.forget()
+        error = self._publish_error(topic, None, failure)
+        raise error from failure
 
     async def _ensure_stream(self, js: JetStreamContext, topic: str) -> str:
         try:
@@ -415,7 +433,7 @@ class NatsAdapter(Adapter):
             except NotFoundError:  # deleted or expired meanwhile
                 seq += 1
                 continue
-            envelope, error = decode(raw.headers, raw.data or b"")
+            envelope, error = decode(_headers_of(raw), raw.data or b"")
             message_id = f"{name}/{seq}"
             if envelope is None:
                 records.append(ReadRecord(topic, message_id, None, raw.data or b"", error))
@@ -424,3 +442,12 @@ class NatsAdapter(Adapter):
             seq += 1
         return records
 
+
+
+def _headers_of(raw: RawStreamMsg) -> dict[str, str] | None:
+    """A stored message's headers read as a delivery's are (nats-py's get_msg parses
+    them as e-mail headers, which mangles values that are not UTF-8)."""
+    if not raw.hdrs:
+        return raw.headers
+    block = base64.b64decode(raw.hdrs)
+    return parse_header_lines(block[block.find(b"\r\n") + 2:])

@@ -26,7 +26,7 @@ from urllib.parse import quote, unquote_to_bytes
 
 from eventbus import codec
 from eventbus.envelope import Envelope
-from eventbus.errors import DecodeError
+from eventbus.errors import ConfigurationError, DecodeError, MessageTooLargeError
 
 from .wire import header_block
 
@@ -169,3 +169,36 @@ def raw_headers(headers: Mapping[str, str] | None) -> dict[str, bytes] | None:
         return None
     return {name: value.encode("utf-8", "surrogateescape") for name, value in headers.items()
             if not name.lower().startswith(("nats-", "eventbus-"))}
+
+
+_TOKEN = re.compile(r"[!-9;-~]+")  # printable ASCII but ':' (a header name)
+
+
+def raw_block(topic: str, headers: Mapping[str, bytes] | None) -> bytes:
+    """The header block of a raw message: ``headers`` as the bytes they are.
+
+    NATS carries any byte in a value but a line break (which would end the header
+    line) and reads names as ASCII tokens; anything else is refused, naming it.
+    """
+    lines = [b"NATS/1.0\r\n"]
+    for name, value in (headers or {}).items():
+        if not _TOKEN.fullmatch(name):
+            raise ConfigurationError(
+                f"header name {name!r} for {topic!r} cannot travel in NATS: use printable "
+                "ASCII without spaces or ':'")
+        if b"\r" in value or b"\n" in value:
+            raise ConfigurationError(
+                f"header {name!r} for {topic!r} holds a line break, which NATS cannot carry "
+                "in a header value; encode it first")
+        lines.append(name.encode() + b": " + value + b"\r\n")
+    lines.append(b"\r\n")
+    return b"".join(lines)
+
+
+def check_raw_size(topic: str, block: bytes, payload: bytes, limit: int) -> None:
+    """Raise MessageTooLargeError before sending raw bytes over ``limit``."""
+    size = len(block) + len(payload)
+    if size > limit:
+        raise MessageTooLargeError(
+            f"raw message of {size} bytes (headers and payload) to {topic!r} is over the "
+            f"{limit}-byte limit; nothing was sent")

@@ -33,7 +33,7 @@ from nats.errors import Error as NatsError
 from eventbus.adapter import Delivery, SubscribeOptions, Subscription
 from eventbus.errors import ConnectionLostError
 
-from .codec import decode
+from .codec import decode, raw_headers
 from .wire import FastClient, pub
 
 if TYPE_CHECKING:
@@ -81,6 +81,7 @@ class JetStreamDelivery(Delivery):
             message_id=f"{owner.stream}/{sequence}",
             raw=None if envelope is not None else msg.data,
             decode_error=error,
+            raw_headers=None if envelope is not None else raw_headers(msg.headers),
         )
         self._owner = owner
         self._msg = msg

@@ -27,17 +27,23 @@ from eventbus.adapter import (
     Capabilities,
     Delivery,
     HealthReport,
+    ReadRecord,
     SubscribeOptions,
     Subscription,
 )
 from eventbus.envelope import Envelope
-from eventbus.errors import BrokerConnectionError, ConnectionLostError, MessageTooLargeError
+from eventbus.errors import (
+    BrokerConnectionError,
+    ConnectionLostError,
+    MessageTooLargeError,
+    TopicNotFoundError,
+)
 
-from .codec import decode, encode_block
+from .codec import check_raw_size, decode, encode_block, raw_block, raw_headers
 from .connection import close_quietly, message_limit, open_connection
 from .provision import check_subject
 from .settings import NatsSettings
-from .wire import hpub, pub
+from .wire import hpub
 
 log = logging.getLogger("eventbus.nats")
 
@@ -56,7 +62,8 @@ class CoreDelivery(Delivery):
         envelope, error = decode(msg.headers, msg.data)
         super().__init__(topic=owner.topic, group=owner.options.group, envelope=envelope,
                          attempt=attempt, message_id=f"{owner.topic}/{number}",
-                         raw=None if envelope is not None else msg.data, decode_error=error)
+                         raw=None if envelope is not None else msg.data, decode_error=error,
+                         raw_headers=None if envelope is not None else raw_headers(msg.headers))
         self._owner = owner
         self._msg = msg
 
@@ -279,10 +286,22 @@ class NatsCoreAdapter(Adapter):
     async def publish_raw(
         self, topic: str, payload: bytes, headers: Mapping[str, bytes] | None = None
     ) -> None:
-        """Send ``payload`` without headers (poison-message tests)."""
+        """Send ``payload`` with ``headers`` as NATS headers, byte for byte (how a
+        foreign producer's message looks)."""
         check_subject(topic)
-        await self._send(await self._ready(), topic, [pub(topic, "", payload)], len(payload),
-                         len(payload))
+        client = await self._ready()
+        block = raw_block(topic, headers)
+        check_raw_size(topic, block, payload, self.capabilities.max_message_bytes)
+        await self._send(client, topic, [hpub(topic, "", block, payload)], len(payload),
+                         len(block) + len(payload))
+
+    async def read(self, topic: str, *, limit: int | None = None) -> list[ReadRecord]:
+        """Nothing to read: core NATS stores no message (TopicNotFoundError, always)."""
+        check_subject(topic)
+        raise TopicNotFoundError(
+            f"core NATS stores nothing, so there is no message of {topic!r} to read at "
+            f"{self.settings.masked_url} (dead letters published here reached only whoever "
+            "listened then); use nats:// (JetStream) to keep them")
 
     async def subscribe(self, topic: str, options: SubscribeOptions) -> Subscription:
         """Join queue group ``options.group`` on subject ``topic``; returns once the

@@ -95,6 +95,8 @@ def _parse_lines(raw: bytes) -> dict[str, str]:
     return out
 
 
+parse_header_lines = _parse_header_lines
+"""Public name of the parser (the adapter reads stored messages' headers with it)."""
 _LINE = re.compile(r"^([^\s:]+): ((?:\S(?:[^\r\n]*\S)?)?)\r\n", re.MULTILINE)
 
 
