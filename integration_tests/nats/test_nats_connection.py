@@ -4,6 +4,7 @@ how it notices a path that went silent (issue #18, defect 7 and the half-open cl
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -102,3 +103,61 @@ def test_silent_endpoint_fails_within_connect_timeout() -> None:
             server.close()
 
     run(scenario())
+
+
+@pytest.mark.parametrize("scheme", ["nats", "nats+core"])
+def test_half_open_connection_replaced_within_the_declared_bound(
+        nats_endpoint: harness.Endpoint, scheme: str, caplog: pytest.LogCaptureFixture) -> None:
+    """The path goes silent without closing (a frozen proxy): within the declared
+    half_open_bound (ping_interval x (max_pings_out + 1), 6 s by default) the adapter
+    has dropped the connection to reconnect, health says so meanwhile, and after the
+    thaw what is published is handled."""
+
+    async def scenario() -> None:
+        proxy = harness.FaultProxy(nats_endpoint.host, nats_endpoint.port).start()
+        topic = f"nats.conn.halfopen.{uuid.uuid4().hex[:8]}"
+
+        class Beat(Event, type=f"test.{topic}", topic=topic):
+            n: int
+
+        try:
+            bus = EventBus.from_url(f"{scheme}://127.0.0.1:{proxy.port}", source="t")
+            got: list[int] = []
+
+            @bus.subscribe(Beat, group="g")
+            async def on_beat(event: Beat) -> None:
+                got.append(event.n)
+
+            async with bus:
+                bound = bus.adapter.capabilities.half_open_bound
+                assert bound == 6.0
+                await bus.publish(Beat(n=0))
+                await _until(lambda: got == [0], 10)
+                await proxy.freeze()
+                frozen = time.monotonic()
+                await _until(lambda: any("lost its connection" in r.getMessage()
+                                         for r in caplog.records), bound + 3)
+                noticed = time.monotonic() - frozen
+                assert noticed <= bound + 1.5, f"noticed after {noticed:.1f}s (bound {bound}s)"
+                assert not (await bus.adapter.health()).ok
+                await proxy.thaw()
+                deadline = time.monotonic() + 30
+                while 1 not in got and time.monotonic() < deadline:
+                    with contextlib.suppress(BrokerConnectionError):
+                        await bus.publish(Beat(n=1))
+                    await asyncio.sleep(0.5)
+                assert 1 in got
+        finally:
+            proxy.stop()
+
+    with caplog.at_level(logging.INFO, logger="eventbus.nats"):
+        run(scenario(), timeout=90)
+
+
+async def _until(predicate: Any, timeout: float) -> None:
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while not predicate():
+        if loop.time() > end:
+            raise AssertionError(f"timed out after {timeout:.1f}s")
+        await asyncio.sleep(0.05)

@@ -86,6 +86,9 @@ class NatsAdapter(Adapter):
             max_message_bytes=s.max_message_bytes,
             dedupe_window=s.dedupe_window,
             reconnect=True,
+            # PINGs every ping_interval; max_pings_out unanswered in a row mark the
+            # connection stale: nats-py drops it and reconnects (health() fails meanwhile).
+            half_open_bound=self.settings.half_open_bound,
         )
         self._client: Client | None = None
         self._js: JetStreamContext | None = None

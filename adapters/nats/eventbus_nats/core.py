@@ -191,6 +191,9 @@ class NatsCoreAdapter(Adapter):
             max_message_bytes=self.settings.max_message_bytes,
             dedupe_window=None,
             reconnect=True,
+            # PINGs every ping_interval; max_pings_out unanswered in a row mark the
+            # connection stale: nats-py drops it and reconnects (health() fails meanwhile).
+            half_open_bound=self.settings.half_open_bound,
         )
         self._client: Client | None = None
         self._subscriptions: set[CoreSubscription] = set()
