@@ -10,8 +10,16 @@ the restart case is then skipped for lack of a restart hook.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import threading
+from collections.abc import Awaitable, Callable
 from urllib.parse import urlsplit
+
+import nats
+from eventbus_nats.group_route import GroupRoutes
+from eventbus_nats.provision import Provisioner
+from eventbus_nats.settings import NatsSettings
+from nats.js.errors import NotFoundError
 
 from eventbus.testing import BrokerTarget
 from integration_tests import harness
@@ -65,11 +73,34 @@ def nats_target(name: str) -> BrokerTarget:
         endpoint, proxy = harness.require_faulty("nats")
         address, restart = f"{endpoint.host}:{endpoint.port}", None
     url = f"{scheme}://{address}"
+    jetstream = scheme == "nats"
     return BrokerTarget(
         name=name,
         url=url,
         faults=proxy,
         faulty_url=url,
-        limits=CORE_LIMITS if scheme == "nats+core" else JETSTREAM_LIMITS,
+        limits=JETSTREAM_LIMITS if jetstream else CORE_LIMITS,
         restart=restart,
+        # Core NATS keeps nothing for a group: nothing to delete underneath.
+        delete_underneath=_deleter(url) if jetstream else None,
     )
+
+
+def _deleter(url: str) -> Callable[[str, str], Awaitable[None]]:
+    """Deletes a group's durable consumers (its topic's and its route's) with the raw
+    client, as an operator's `nats consumer rm` would."""
+    settings = NatsSettings.from_url(url)
+    provisioner, routes = Provisioner(settings), GroupRoutes(settings)
+
+    async def delete_underneath(topic: str, group: str) -> None:
+        nc = await nats.connect(url.replace("nats+core://", "nats://"))
+        try:
+            js = nc.jetstream()
+            await js.delete_consumer(provisioner.stream_name(topic),
+                                     provisioner.consumer_name(group))
+            with contextlib.suppress(NotFoundError):  # routed to only when replaying
+                await js.delete_consumer(routes.stream, routes.consumer(topic, group))
+        finally:
+            await nc.close()
+
+    return delete_underneath

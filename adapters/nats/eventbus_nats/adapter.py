@@ -45,6 +45,7 @@ from .codec import check_raw_size, decode, encode, encode_block, raw_block, wire
 from .connection import close_quietly, message_limit, open_connection
 from .consumer import JetStreamSubscription
 from .group_route import GroupRoutes
+from .keeper import ConsumerKeeper
 from .provision import Provisioner, check_subject
 from .settings import NatsSettings
 from .wire import PubAcks, parse_header_lines
@@ -98,6 +99,7 @@ class NatsAdapter(Adapter):
         self._connect_lock = asyncio.Lock()
         self._background: set[asyncio.Task[None]] = set()
         self._pubacks: PubAcks | None = None
+        self.keeper = ConsumerKeeper(self)
 
     @property
     def client(self) -> Client:
@@ -308,13 +310,16 @@ class NatsAdapter(Adapter):
         stream = await self._ensure_stream(js, topic)
         start_from = self.settings.start_from or options.start_from
         try:
-            consumer = await self._provisioner.ensure_consumer(js, stream, options.group,
-                                                               start_from)
+            how = await self._provisioner.ensure_consumer(js, stream, options.group, start_from)
         except (APIError, *_CONNECTION_ERRORS) as exc:
             raise BrokerConnectionError(
                 f"cannot create the consumer of group {options.group!r} on stream {stream!r} "
                 f"at {self.settings.masked_url}: {type(exc).__name__}: {exc}"
             ) from exc
+        consumer = self._provisioner.consumer_name(options.group)
+        if how is not None:
+            log.debug("JetStream consumer %r of group %r on stream %r created %s", consumer,
+                      options.group, stream, how)
         subscription = JetStreamSubscription(self, topic, stream, consumer, options)
         await subscription.start()
         self._subscriptions.add(subscription)
@@ -324,7 +329,7 @@ class NatsAdapter(Adapter):
         except BaseException:
             await subscription.close()
             raise
-        return WithGroupRoute(subscription, route, topic)
+        return _GroupSubscription(subscription, route, topic)
 
     async def _subscribe_route(self, js: JetStreamContext, topic: str,
                                options: SubscribeOptions) -> JetStreamSubscription:
@@ -387,28 +392,6 @@ class NatsAdapter(Adapter):
         """Called by a subscription when it closes."""
         self._subscriptions.discard(subscription)
 
-    def consumer_trouble(self, subscription: JetStreamSubscription) -> None:
-        """A pull consumer answered with an error status: make sure it (and its
-        stream) still exist, re-creating them as the group started."""
-        task = asyncio.get_running_loop().create_task(self._recreate(subscription))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
-    async def _recreate(self, subscription: JetStreamSubscription) -> None:
-        self._provisioner.forget()
-        try:
-            js = await self._ready()
-            if subscription.stream == self._routes.stream:  # a group's route member
-                self._routes.forget()
-                await self._routes.ensure_consumer(js, subscription.topic,
-                                                   subscription.options.group)
-                return
-            stream = await self._provisioner.ensure_stream(js, subscription.topic)
-            await self._provisioner.ensure_consumer(js, stream, subscription.options.group,
-                                                    subscription.options.start_from)
-        except Exception as exc:
-            log.info("could not check the consumer of %s: %s", subscription.topic, exc)
-
     # -- browsing -----------------------------------------------------------------------
 
     async def read(self, topic: str, *, limit: int | None = None) -> list[ReadRecord]:
@@ -454,3 +437,14 @@ def _headers_of(raw: RawStreamMsg) -> dict[str, str] | None:
         return raw.headers
     block = base64.b64decode(raw.hdrs)
     return parse_header_lines(block[block.find(b"\r\n") + 2:])
+
+
+class _GroupSubscription(WithGroupRoute):
+    """The topic's member and the group's route member, read as one; the backlog is
+    both consumers' (see :meth:`JetStreamSubscription.backlog`)."""
+
+    main: JetStreamSubscription
+    route: JetStreamSubscription
+
+    async def backlog(self) -> int:
+        return await self.main.backlog() + await self.route.backlog()

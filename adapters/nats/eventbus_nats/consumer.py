@@ -13,6 +13,11 @@
 - ``close()`` stops asking, waits for its open requests to expire (at most
   ``fetch_timeout``) so no message is left on an inbox nobody reads, then naks
   everything it holds and not settled: it comes back at once to another member.
+- A live consumer answers every expired pull request (a 408 status); when
+  requests go unanswered for ``_SILENCE`` seconds, and every ``_LOOK_EVERY``
+  seconds anyway, the member has the :class:`~eventbus_nats.keeper.ConsumerKeeper`
+  look at the consumer: its position is noted, and a consumer found gone is
+  created again where the group was.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ log = logging.getLogger("eventbus.nats")
 _STATUS = "Status"
 _HEARTBEAT = "100"
 _GRACE = 0.25  # seconds after a request's expiry for its last messages to arrive
+_LOOK_EVERY = 10.0  # seconds between looks at the consumer (its position, its existence)
 
 
 def _ack_facts(msg: Msg) -> tuple[int, str]:
@@ -141,6 +147,12 @@ class JetStreamSubscription(Subscription):
         self._inbox_sub: NatsSub | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._last_problem = 0.0
+        self.is_route = stream == adapter._routes.stream
+        # Since when a pull request is out with no answer of any kind after it.
+        self._waiting_since: float | None = None
+        self._silence = max(2.0, 2 * (adapter.settings.fetch_timeout + _GRACE))
+        self._looked_at = time.monotonic()
+        self._looking: asyncio.Task[None] | None = None
 
     @property
     def client(self) -> FastClient:
@@ -159,6 +171,7 @@ class JetStreamSubscription(Subscription):
 
     async def _on_msg(self, msg: Msg) -> None:
         self._answered.set()
+        self._waiting_since = None
         headers = msg.headers
         status = headers.get(_STATUS) if headers and not msg.data else None
         if headers and status is not None:
@@ -169,7 +182,7 @@ class JetStreamSubscription(Subscription):
             if self._requests:
                 self._requests.popleft()
             if status not in ("404", "408"):
-                self._problem(f"status {status} {headers.get('Description', '')}")
+                self._problem(f"status {status} {headers.get('Description', '')}".strip())
             self._changed.set()
             return
         if self._requests:
@@ -190,7 +203,37 @@ class JetStreamSubscription(Subscription):
             self._last_problem = now
             log.info("pull consumer %s/%s of topic %r: %s", self.stream, self.consumer,
                      self.topic, what)
-            self.adapter.consumer_trouble(self)
+            self.adapter.keeper.check_soon(self, what)
+
+    def _look_if_due(self) -> None:
+        """Have the keeper look at the consumer when pulls go unanswered, or regularly."""
+        if self._looking is not None and not self._looking.done():
+            return
+        now = time.monotonic()
+        waiting = self._waiting_since
+        if waiting is not None and now - waiting > self._silence:
+            why = f"no answer to its pull requests for {now - waiting:.1f}s"
+        elif now - self._looked_at > _LOOK_EVERY:
+            why = "a regular look"
+        else:
+            return
+        if not self.adapter.client.is_connected:
+            return
+        self._looked_at = now
+        self._looking = asyncio.create_task(self._look(why))
+
+    async def _look(self, why: str) -> None:
+        if await self.adapter.keeper.check(self, why):
+            # Requests sent to the consumer that was gone are never answered.
+            self._requests.clear()
+            self._waiting_since = None
+            self._changed.set()
+
+    async def backlog(self) -> int:
+        """Messages of the stream the group has not been sent yet (``num_pending`` of
+        the consumer's info); see :meth:`ConsumerKeeper.info` for what it raises."""
+        info = await self.adapter.keeper.info(self)
+        return info.num_pending or 0
 
     # -- asking for messages ----------------------------------------------------------
 
@@ -206,6 +249,7 @@ class JetStreamSubscription(Subscription):
         low_water = max(1, self.prefetch // 4)
         while not self._closed:
             self._changed.clear()
+            self._look_if_due()
             credit = self._credit()
             room = self.prefetch - len(self._held) - len(self._ready) - credit
             if (room >= low_water or (room > 0 and credit == 0)) and nc.is_connected:
@@ -213,7 +257,10 @@ class JetStreamSubscription(Subscription):
                 try:
                     await nc.publish(self._next_subject, json.dumps(request).encode(),
                                      reply=self._inbox)
-                    self._requests.append([time.monotonic() + expires, room])
+                    now = time.monotonic()
+                    self._requests.append([now + expires, room])
+                    if self._waiting_since is None:
+                        self._waiting_since = now
                     continue
                 except Exception as exc:  # reconnecting: ask again shortly
                     log.debug("pull request for %s failed: %s", self.topic, exc)
@@ -303,9 +350,10 @@ class JetStreamSubscription(Subscription):
             self._answered.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._answered.wait(), 0.05)
-        for task in self._tasks:
+        tasks = [*self._tasks, *([self._looking] if self._looking is not None else [])]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         if self._inbox_sub is not None:
             with contextlib.suppress(Exception):
                 await self._inbox_sub.unsubscribe()
