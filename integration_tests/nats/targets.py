@@ -22,6 +22,7 @@ from eventbus_nats.settings import NatsSettings
 from nats.js.errors import NotFoundError
 
 from eventbus.testing import BrokerTarget
+from eventbus.testing.target import ShortLease
 from integration_tests import harness
 from integration_tests.harness import processes
 
@@ -81,9 +82,14 @@ def nats_target(name: str) -> BrokerTarget:
         faulty_url=url,
         limits=JETSTREAM_LIMITS if jetstream else CORE_LIMITS,
         restart=restart,
-        # Core NATS keeps nothing for a group: nothing to delete underneath.
+        # Core NATS keeps nothing for a group and takes nothing back: no such hooks.
         delete_underneath=_deleter(url) if jetstream else None,
+        short_lease=ShortLease(f"{url}?ack_wait={SHORT_ACK_WAIT:g}", SHORT_ACK_WAIT)
+        if jetstream else None,
     )
+
+
+SHORT_ACK_WAIT = 2.0
 
 
 def _deleter(url: str) -> Callable[[str, str], Awaitable[None]]:

@@ -87,6 +87,9 @@ class NatsAdapter(Adapter):
             max_message_bytes=s.max_message_bytes,
             dedupe_window=s.dedupe_window,
             reconnect=True,
+            # A message not acked within ack_wait goes to another member; members
+            # send in_progress every ack_wait / 3 while they hold it.
+            lease=True,
             # PINGs every ping_interval; max_pings_out unanswered in a row mark the
             # connection stale: nats-py drops it and reconnects (health() fails meanwhile).
             half_open_bound=self.settings.half_open_bound,
