@@ -42,6 +42,7 @@ def test_schemes_pick_the_adapter() -> None:
     ("nats://h?storage=disk", ["storage", "file or memory"]),
     ("nats://h?start_from=middle", ["start_from", "earliest or latest"]),
     ("nats://h?max_deliver=0", ["max_deliver", "-1"]),
+    ("nats://h?max_deliver=1", ["max_deliver", "at least 2", "carried over"]),
     ("nats://h?ping_interval=0", ["ping_interval"]),
     ("nats://h?max_pings_out=0", ["max_pings_out", ">= 1"]),
     ("nats://h?replicas=0", ["replicas"]),

@@ -38,6 +38,7 @@ from nats.errors import Error as NatsError
 from eventbus.adapter import Delivery, SubscribeOptions, Subscription
 from eventbus.errors import ConnectionLostError
 
+from .carry import copy_block, delivered_before
 from .codec import decode, raw_headers
 from .wire import FastClient, pub
 
@@ -83,7 +84,7 @@ class JetStreamDelivery(Delivery):
             topic=owner.topic,
             group=owner.options.group,
             envelope=envelope,
-            attempt=delivered,
+            attempt=delivered + delivered_before(msg.headers),
             message_id=f"{owner.stream}/{sequence}",
             raw=None if envelope is not None else msg.data,
             decode_error=error,
@@ -153,6 +154,10 @@ class JetStreamSubscription(Subscription):
         self._silence = max(2.0, 2 * (adapter.settings.fetch_timeout + _GRACE))
         self._looked_at = time.monotonic()
         self._looking: asyncio.Task[None] | None = None
+        # Messages at their last delivery, being carried over (see eventbus_nats.carry).
+        self._max_deliver = adapter.settings.max_deliver
+        self._carrying: deque[list[Any]] = deque()  # [msg, last kept alive]
+        self._carrier: asyncio.Task[None] | None = None
 
     @property
     def client(self) -> FastClient:
@@ -193,6 +198,11 @@ class JetStreamSubscription(Subscription):
         if self._closed:
             await self._give_back(msg)
             return
+        if self._max_deliver > 0 and _ack_facts(msg)[0] >= self._max_deliver:
+            self._carrying.append([msg, time.monotonic()])
+            if self._carrier is None or self._carrier.done():
+                self._carrier = asyncio.create_task(self._carry())
+            return
         self._ready.append([msg, time.monotonic()])
         self._arrived.set()
         self._changed.set()
@@ -204,6 +214,36 @@ class JetStreamSubscription(Subscription):
             log.info("pull consumer %s/%s of topic %r: %s", self.stream, self.consumer,
                      self.topic, what)
             self.adapter.keeper.check_soon(self, what)
+
+    async def _carry(self) -> None:
+        """Carry each message at its last delivery over to a fresh copy on the group's
+        route, then acknowledge it; retried while the server does not confirm."""
+        adapter = self.adapter
+        routes = adapter._routes
+        while self._carrying and not self._closed:
+            msg = self._carrying[0][0]
+            delivered, sequence = _ack_facts(msg)
+            before = delivered_before(msg.headers) + delivered - 1
+            block, body = copy_block(msg, before, self.stream, sequence)
+            try:
+                await routes.ensure_stream(await adapter._ready())
+                (failure,) = await adapter._pubacks_for().publish(
+                    routes.subject(self.topic, self.options.group), [(block, body)],
+                    adapter.settings.publish_timeout)
+                if failure is not None:
+                    raise failure
+                await self.client.write([_ack_command(msg.reply)], 1, 4)
+            except Exception as exc:
+                log.warning("message %s/%s of %r group %r reached max_deliver=%d and could not "
+                            "be carried over yet (%s: %s); kept, trying again", self.stream,
+                            sequence, self.topic, self.options.group, self._max_deliver,
+                            type(exc).__name__, exc)
+                await asyncio.sleep(1.0)
+                continue
+            self._carrying.popleft()
+            log.info("message %s/%s of %r group %r reached max_deliver=%d: carried over to a "
+                     "fresh copy on the group's route (%d deliveries so far)", self.stream,
+                     sequence, self.topic, self.options.group, self._max_deliver, before)
 
     def _look_if_due(self) -> None:
         """Have the keeper look at the consumer when pulls go unanswered, or regularly."""
@@ -281,6 +321,7 @@ class JetStreamSubscription(Subscription):
             waiting = [entry for entry in self._ready if entry[1] <= now - every]
             msgs = [entry[0] for entry in waiting]
             msgs += [d._msg for d in self._held if d.handed_at <= now - every]
+            msgs += [entry[0] for entry in self._carrying]
             try:
                 for msg in msgs:
                     await msg.in_progress()
@@ -350,7 +391,7 @@ class JetStreamSubscription(Subscription):
             self._answered.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._answered.wait(), 0.05)
-        tasks = [*self._tasks, *([self._looking] if self._looking is not None else [])]
+        tasks = [*self._tasks, *(t for t in (self._looking, self._carrier) if t is not None)]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -359,6 +400,11 @@ class JetStreamSubscription(Subscription):
                 await self._inbox_sub.unsubscribe()
         while self._ready:
             await self._give_back(self._ready.popleft()[0])
+        if self._carrying:
+            log.error("%d message(s) of %r group %r at their last delivery (max_deliver=%d) "
+                      "could not be carried over before the subscription closed: the server "
+                      "will not deliver them again (raise max_deliver, or leave it unlimited)",
+                      len(self._carrying), self.topic, self.options.group, self._max_deliver)
         for delivery in list(self._held):
             if delivery.settled is None:
                 with contextlib.suppress(Exception):

@@ -152,9 +152,10 @@ def _check(values: dict[str, Any], seen: set[str], shown: str) -> None:
             "ack_wait/3 while a handler runs"
         )
     max_deliver = values.get("max_deliver", -1)
-    if max_deliver == 0 or max_deliver < -1:
+    if max_deliver in (0, 1) or max_deliver < -1:
         raise InvalidURLError(
-            f"max_deliver must be -1 (unlimited, the default) or at least 1 in {shown!r}"
+            f"max_deliver must be -1 (unlimited, the default) or at least 2 in {shown!r}: "
+            "a message reaching its last delivery is carried over to a fresh copy first"
         )
 
 
