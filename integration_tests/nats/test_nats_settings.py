@@ -51,6 +51,8 @@ def test_schemes_pick_the_adapter() -> None:
     ("nats://h?ack_wait=5&ack_wait=6", ["ack_wait", "twice"]),
     ("nats+core://h?ack_wait=5", ["ack_wait", "JetStream only"]),
     ("nats+core://h?dedupe_window=5", ["dedupe_window", "JetStream only"]),
+    ("nats://h?pending_msgs=5", ["pending_msgs", "core NATS only"]),
+    ("nats+core://h?pending_bytes=0", ["pending_bytes", ">= 1"]),
     ("nats://h:99999", ["port"]),
     ("amqp://h", ["nats://"]),
 ])

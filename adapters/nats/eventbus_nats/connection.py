@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
+import time
 from typing import Any
 
 from nats import errors as nats_errors
@@ -54,6 +55,7 @@ async def open_connection(settings: NatsSettings, what: str) -> FastClient:
     # soon as each server has failed once, saying why.
     first_errors: list[BaseException] = []
     all_failed = asyncio.Event()
+    slow_reported = [0.0]
 
     async def on_error(exc: Exception) -> None:
         if not client.is_connected and not client.closing and not connected:
@@ -62,7 +64,15 @@ async def open_connection(settings: NatsSettings, what: str) -> FastClient:
                 all_failed.set()
             return
         if isinstance(exc, nats_errors.SlowConsumerError):
-            return  # counted where the subscription buffers (core adapter)
+            # nats-py's own queue in front of a subscription overflowed (the event loop
+            # did not run its callback for long): it dropped a message.
+            now = time.monotonic()
+            if now - slow_reported[0] > 10.0:
+                slow_reported[0] = now
+                log.warning("NATS %s at %s: nats-py dropped a message for a slow subscription "
+                            "on %r (its pending limits were reached)", what,
+                            settings.masked_url, exc.subject)
+            return
         log.debug("NATS %s at %s: %s: %s", what, settings.masked_url, type(exc).__name__, exc)
 
     async def on_disconnected() -> None:

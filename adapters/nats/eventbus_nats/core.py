@@ -11,36 +11,27 @@ so and the conformance suite skips those cases with the reason. Use
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
-from collections import deque
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
 from nats.aio.client import Client
-from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription as NatsSub
 
 from eventbus.adapter import (
     Adapter,
     Capabilities,
-    Delivery,
     HealthReport,
     ReadRecord,
     SubscribeOptions,
     Subscription,
 )
 from eventbus.envelope import Envelope
-from eventbus.errors import (
-    BrokerConnectionError,
-    ConnectionLostError,
-    MessageTooLargeError,
-    TopicNotFoundError,
-)
+from eventbus.errors import BrokerConnectionError, MessageTooLargeError, TopicNotFoundError
 
-from .codec import check_raw_size, decode, encode_block, raw_block, raw_headers
+from .codec import check_raw_size, encode_block, raw_block
 from .connection import close_quietly, message_limit, open_connection
+from .core_consumer import CoreSubscription
 from .provision import check_subject
 from .settings import NatsSettings
 from .wire import hpub
@@ -51,117 +42,6 @@ log = logging.getLogger("eventbus.nats")
 def _whole(seconds: float) -> int:
     """nats-py's flush() takes whole seconds."""
     return max(1, math.ceil(seconds))
-
-
-class CoreDelivery(Delivery):
-    """A core NATS message: there is nothing to tell the server when it is settled."""
-
-    __slots__ = ("_msg", "_owner")
-
-    def __init__(self, owner: CoreSubscription, msg: Msg, number: int, attempt: int) -> None:
-        envelope, error = decode(msg.headers, msg.data)
-        super().__init__(topic=owner.topic, group=owner.options.group, envelope=envelope,
-                         attempt=attempt, message_id=f"{owner.topic}/{number}",
-                         raw=None if envelope is not None else msg.data, decode_error=error,
-                         raw_headers=None if envelope is not None else raw_headers(msg.headers))
-        self._owner = owner
-        self._msg = msg
-
-    async def _ack(self) -> None:
-        self._owner.release()
-
-    async def _nack(self, delay: float) -> None:
-        # The server cannot redeliver (capabilities.redelivery is False, so the bus
-        # retries in process and dead-letters rather than nacking). A nack that still
-        # comes (a duplicate held back by the idempotency store) is redelivered by
-        # this subscription after ``delay``: kept in memory, lost if the process ends.
-        self._owner.release()
-        self._owner.redeliver_later(self._msg, self.attempt + 1, delay)
-
-    async def _reject(self) -> None:
-        self._owner.release()
-
-
-class CoreSubscription(Subscription):
-    """A queue-group subscription; at most ``prefetch`` deliveries unsettled."""
-
-    def __init__(self, adapter: NatsCoreAdapter, topic: str, options: SubscribeOptions) -> None:
-        self.adapter = adapter
-        self.topic = topic
-        self.options = options
-        self.prefetch = max(1, options.prefetch)
-        self._ready: deque[tuple[Msg, int]] = deque()
-        self._timers: set[asyncio.TimerHandle] = set()
-        self._unsettled = 0
-        self._count = 0
-        self._wake = asyncio.Event()
-        self._closed = False
-        self._sub: NatsSub | None = None
-
-    async def start(self) -> None:
-        client = self.adapter.client
-        self._sub = await client.subscribe(self.topic, queue=self.options.group, cb=self._on_msg)
-        # The server knows of the subscription once it answered a PING sent after it.
-        await client.flush(_whole(self.adapter.settings.request_timeout))
-
-    async def _on_msg(self, msg: Msg) -> None:
-        if not self._closed:
-            self._ready.append((msg, 1))
-            self._wake.set()
-
-    def redeliver_later(self, msg: Msg, attempt: int, delay: float) -> None:
-        """Hand ``msg`` out again after ``delay`` seconds (local, in-memory redelivery)."""
-        def due() -> None:
-            self._timers.discard(handle)
-            if not self._closed:
-                self._ready.append((msg, attempt))
-                self._wake.set()
-
-        handle = asyncio.get_running_loop().call_later(delay, due)
-        self._timers.add(handle)
-
-    def release(self) -> None:
-        self._unsettled -= 1
-        self._wake.set()
-
-    async def __aiter__(self) -> AsyncIterator[Delivery]:
-        while not self._closed:
-            if self._ready and self._unsettled < self.prefetch:
-                self._count += 1
-                self._unsettled += 1
-                msg, attempt = self._ready.popleft()
-                yield CoreDelivery(self, msg, self._count, attempt)
-                continue
-            if self.adapter.client.is_closed:
-                raise ConnectionLostError(
-                    f"core NATS subscription to {self.topic!r} lost its connection to "
-                    f"{self.adapter.settings.masked_url}")
-            self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(1.0):  # no task per wait (wait_for makes one)
-                    await self._wake.wait()
-
-    async def close(self) -> None:
-        """Unsubscribe; messages received and not handed out are dropped (at-most-once)."""
-        if self._closed:
-            return
-        self._closed = True
-        self._wake.set()
-        for handle in self._timers:
-            handle.cancel()
-        if self._timers:
-            log.info("core NATS subscription to %r closed with %d nacked message(s) waiting "
-                     "for local redelivery; they are dropped (at-most-once)", self.topic,
-                     len(self._timers))
-        self._timers.clear()
-        if self._sub is not None:
-            with contextlib.suppress(Exception):
-                await self._sub.unsubscribe()
-        if self._ready:
-            log.info("core NATS subscription to %r closed with %d message(s) not handed "
-                     "out; they are dropped (at-most-once)", self.topic, len(self._ready))
-        self._ready.clear()
-        self.adapter.forget(self)
 
 
 class NatsCoreAdapter(Adapter):
@@ -242,8 +122,13 @@ class NatsCoreAdapter(Adapter):
             await client.flush(1)  # a PING answered within a second
         except Exception as exc:
             return HealthReport(False, f"NATS at {s.masked_url}: {type(exc).__name__}: {exc}")
-        return HealthReport(True, f"NATS at {s.masked_url} answered a PING",
-                            {"mode": "core (at-most-once)"})
+        subscriptions = list(self._subscriptions)
+        return HealthReport(True, f"NATS at {s.masked_url} answered a PING", {
+            "mode": "core (at-most-once)",
+            # Waiting for slow handlers, and dropped past pending_msgs/pending_bytes.
+            "buffered_bytes": str(sum(sub.buffered_bytes for sub in subscriptions)),
+            "dropped": str(sum(sub.dropped for sub in subscriptions)),
+        })
 
     async def publish(self, topic: str, envelopes: Sequence[Envelope]) -> None:
         """Write every message, then one PING/PONG: the server has read them all.

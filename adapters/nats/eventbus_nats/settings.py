@@ -69,6 +69,9 @@ class NatsSettings:
     # PINGs in a row went unanswered: within ping_interval * (max_pings_out + 1).
     ping_interval: float = 2.0
     max_pings_out: int = 2
+    # Core only: what a subscription buffers for a slow handler before dropping.
+    pending_msgs: int = 65_536
+    pending_bytes: int = 64 * 1024 * 1024
     # JetStream only.
     stream_prefix: str = "EB"
     storage: Storage = "file"
@@ -140,6 +143,12 @@ def _check(values: dict[str, Any], seen: set[str], shown: str) -> None:
             f"option(s) {sorted(jetstream_only)} in {shown!r} apply to JetStream only; "
             "core NATS (nats+core://) stores nothing: use nats:// or drop them"
         )
+    core_only = seen & _CORE_ONLY
+    if values["scheme"] == "nats" and core_only:
+        raise InvalidURLError(
+            f"option(s) {sorted(core_only)} in {shown!r} apply to core NATS only; a "
+            "JetStream subscription holds at most its prefetch: use nats+core:// or drop them"
+        )
     if (values.get("tls_cert") is None) != (values.get("tls_key") is None):
         raise InvalidURLError(f"tls_cert and tls_key must be given together in {shown!r}")
     if any(values.get(k) for k in ("tls_ca", "tls_cert")):
@@ -197,6 +206,8 @@ _OPTIONS: dict[str, OptionParser] = {
     "max_message_bytes": integer(1),
     "ping_interval": seconds(),
     "max_pings_out": integer(1),
+    "pending_msgs": integer(1),
+    "pending_bytes": integer(1),
     "stream_prefix": pattern(r"[A-Za-z0-9_-]{1,32}", "use 1-32 letters, digits, '_' or '-'"),
     "storage": choice("file", "memory"),
     "replicas": integer(1),
@@ -212,6 +223,7 @@ _OPTIONS: dict[str, OptionParser] = {
     "start_from": choice("earliest", "latest"),
     "create_streams": flag,
 }
+_CORE_ONLY = {"pending_msgs", "pending_bytes"}
 _JETSTREAM_ONLY = {"stream_prefix", "storage", "replicas", "max_age", "max_bytes", "max_msgs",
                    "dedupe_window", "ack_wait", "max_deliver", "fetch_timeout", "start_from",
                    "create_streams"}
