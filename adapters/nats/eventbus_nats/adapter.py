@@ -16,8 +16,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
 from nats.aio.client import Client
-from nats.errors import ConnectionClosedError, NoRespondersError, OutboundBufferLimitError
-from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import RawStreamMsg
 from nats.js.errors import APIError, NotFoundError
@@ -30,31 +28,24 @@ from eventbus.adapter import (
     SubscribeOptions,
     Subscription,
 )
-from eventbus.deadletter import broker_dedupe_id
 from eventbus.envelope import Envelope
 from eventbus.errors import (
-    BatchPublishError,
     BrokerConnectionError,
-    MessageTooLargeError,
-    PublishError,
     TopicNotFoundError,
 )
 from eventbus.group_route import ROUTE_PREFETCH, WithGroupRoute
 
-from .codec import check_raw_size, decode, encode, encode_block, raw_block, wire_size
+from .codec import decode
 from .connection import close_quietly, message_limit, open_connection
 from .consumer import JetStreamSubscription
 from .group_route import GroupRoutes
 from .keeper import ConsumerKeeper
 from .provision import Provisioner, check_subject
+from .publish import CONNECTION_ERRORS, JetStreamPublisher
 from .settings import NatsSettings
-from .wire import PubAcks, parse_header_lines
+from .wire import parse_header_lines
 
 log = logging.getLogger("eventbus.nats")
-
-_CONNECTION_ERRORS = (ConnectionClosedError, NatsTimeoutError, NoRespondersError,
-                      OutboundBufferLimitError, TimeoutError, OSError)
-
 
 class NatsAdapter(Adapter):
     """NATS JetStream through nats-py: ``nats://host:4222[,host:port][?options]``.
@@ -101,7 +92,7 @@ class NatsAdapter(Adapter):
         self._subscriptions: set[JetStreamSubscription] = set()
         self._connect_lock = asyncio.Lock()
         self._background: set[asyncio.Task[None]] = set()
-        self._pubacks: PubAcks | None = None
+        self.publisher = JetStreamPublisher(self)
         self.keeper = ConsumerKeeper(self)
 
     @property
@@ -186,123 +177,22 @@ class NatsAdapter(Adapter):
     # -- publishing --------------------------------------------------------------------
 
     async def publish(self, topic: str, envelopes: Sequence[Envelope]) -> None:
-        """Publish every envelope pipelined and wait for all PubAcks (gathered).
-
-        ``Nats-Msg-Id`` is :func:`~eventbus.deadletter.broker_dedupe_id`: the event id,
-        so the stream drops a copy republished within ``dedupe_window`` (a retried
-        publish whose PubAck was lost); a dead letter's names the failure too, so
-        the same event failing again after a replay is stored again.
-        """
-        js = await self._ready()  # the server's max_payload is learnt at connect
-        messages = []
-        limit = self.capabilities.max_message_bytes
-        largest = 0
-        for envelope in envelopes:
-            block, body = encode_block(envelope, broker_dedupe_id(envelope))
-            size = len(block) + len(body)
-            if size > limit:
-                self.check_size(topic, envelope, size)
-            largest = max(largest, size)
-            messages.append((block, body))
-        if not messages:
-            return
-        stream = await self._ensure_stream(js, topic)
-        self._check_stream_limit(topic, stream, envelopes, messages, largest)
-        timeout = self.settings.publish_timeout
-        # Every message is in flight at once on the one connection, written as one
-        # buffer, and their PubAcks are counted into one future for the batch (not a
-        # request, a future and a timer each).
-        results: list[BaseException | None]
-        try:
-            results = await self._pubacks_for().publish(topic, messages, timeout)
-        except Exception as exc:  # not written at all (closed, draining, buffer full)
-            results = [exc] * len(messages)
-        failures = {i: r for i, r in enumerate(results) if r is not None}
-        if not failures:
-            return
-        if any(isinstance(e, NotFoundError | NoRespondersError) for e in failures.values()):
-            self._provisioner.forget()  # the stream may be gone: check it next time
-        if len(failures) == len(messages) and all(
-                isinstance(exc, _CONNECTION_ERRORS) for exc in failures.values()):
-            first = next(iter(failures.values()))
-            raise BrokerConnectionError(
-                f"NATS at {self.settings.masked_url} did not confirm any of {len(messages)} "
-                f"message(s) to {topic!r} within {timeout:g}s: {type(first).__name__}: {first}"
-            ) from first
-        errors = {i: self._publish_error(topic, envelopes[i], exc) for i, exc in failures.items()}
-        raise BatchPublishError(
-            f"{len(errors)} of {len(messages)} messages to NATS subject {topic!r} were not "
-            f"confirmed (indexes {sorted(errors)}); see .failures",
-            errors,
-            len(messages),
-        )
-
-    def _pubacks_for(self) -> PubAcks:
-        """The PubAck collector of the current connection."""
-        if self._pubacks is None or self._pubacks.client is not self.client:
-            self._pubacks = PubAcks(self.client)  # type: ignore[arg-type]
-        return self._pubacks
-
-    def _check_stream_limit(self, topic: str, stream: str, envelopes: Sequence[Envelope],
-                            messages: Sequence[tuple[bytes, bytes]], largest: int) -> None:
-        """A stream an operator set up with a smaller ``max_msg_size`` refuses more:
-        say so before anything is sent, as for the adapter's own limit."""
-        stream_limit = self._provisioner.max_msg_size(stream)
-        if stream_limit is None or largest <= stream_limit:
-            return
-        for envelope, (block, body) in zip(envelopes, messages, strict=True):
-            size = len(block) + len(body)
-            if size > stream_limit:
-                raise MessageTooLargeError(
-                    f"event {envelope.id} ({envelope.type}) is {size} bytes, over the "
-                    f"{stream_limit}-byte max_msg_size of JetStream stream {stream!r} "
-                    f"(topic {topic!r}); nothing was sent. Keep events small, or raise the "
-                    "stream's max_msg_size")
-
-    def _publish_error(self, topic: str, envelope: Envelope | None,
-                       exc: BaseException) -> Exception:
-        what = "raw bytes" if envelope is None else f"event {envelope.id} ({envelope.type})"
-        text = f"{what} to {topic!r}: {type(exc).__name__}: {exc}"
-        error: Exception
-        if isinstance(exc, APIError) and exc.err_code == 10054:  # over max_msg_size
-            error = MessageTooLargeError(f"the server refused {text}")
-        elif isinstance(exc, _CONNECTION_ERRORS):
-            error = BrokerConnectionError(f"NATS at {self.settings.masked_url} lost {text}")
-        else:
-            error = PublishError(f"JetStream did not confirm {text}")
-        error.__cause__ = exc
-        return error
+        """Publish every envelope pipelined and wait for all PubAcks; ``Nats-Msg-Id``
+        is :func:`~eventbus.deadletter.broker_dedupe_id` (see
+        :meth:`JetStreamPublisher.publish <eventbus_nats.publish.JetStreamPublisher.publish>`)."""
+        await self.publisher.publish(topic, envelopes)
 
     async def publish_raw(
         self, topic: str, payload: bytes, headers: Mapping[str, bytes] | None = None
     ) -> None:
-        """Store ``payload`` with ``headers`` as NATS headers, byte for byte (how a
-        foreign producer's message looks; how an undecodable dead letter replays)."""
-        check_subject(topic)
-        js = await self._ready()
-        block = raw_block(topic, headers)
-        check_raw_size(topic, block, payload, self.capabilities.max_message_bytes)
-        stream = await self._ensure_stream(js, topic)
-        stream_limit = self._provisioner.max_msg_size(stream)
-        if stream_limit is not None:
-            check_raw_size(topic, block, payload, stream_limit)
-        (failure,) = await self._pubacks_for().publish(
-            topic, [(block, payload)], self.settings.publish_timeout)
-        if failure is None:
-            return
-        if isinstance(failure, NotFoundError | NoRespondersError):
-            self._provisioner.forget()
-        error = self._publish_error(topic, None, failure)
-        raise error from failure
+        """Store ``payload`` with ``headers`` as NATS headers, byte for byte."""
+        await self.publisher.publish_raw(topic, payload, headers)
 
-    async def _ensure_stream(self, js: JetStreamContext, topic: str) -> str:
-        try:
-            return await self._provisioner.ensure_stream(js, topic)
-        except (APIError, *_CONNECTION_ERRORS) as exc:
-            raise BrokerConnectionError(
-                f"cannot set up the JetStream stream of {topic!r} on NATS at "
-                f"{self.settings.masked_url}: {type(exc).__name__}: {exc}"
-            ) from exc
+    async def publish_to_group(self, topic: str, group: str,
+                               envelopes: Sequence[Envelope]) -> None:
+        """Deliver ``envelopes`` to ``group`` of ``topic`` alone, through the route
+        stream (see :mod:`eventbus_nats.group_route`)."""
+        await self.publisher.publish_to_group(topic, group, envelopes)
 
     # -- subscribing ---------------------------------------------------------------------
 
@@ -310,11 +200,11 @@ class NatsAdapter(Adapter):
         """Join ``options.group`` (a durable pull consumer, created from ``start_from``
         if new) on ``topic``'s stream; returns once the consumer exists."""
         js = await self._ready()
-        stream = await self._ensure_stream(js, topic)
+        stream = await self.publisher.ensure_stream(js, topic)
         start_from = self.settings.start_from or options.start_from
         try:
             how = await self._provisioner.ensure_consumer(js, stream, options.group, start_from)
-        except (APIError, *_CONNECTION_ERRORS) as exc:
+        except (APIError, *CONNECTION_ERRORS) as exc:
             raise BrokerConnectionError(
                 f"cannot create the consumer of group {options.group!r} on stream {stream!r} "
                 f"at {self.settings.masked_url}: {type(exc).__name__}: {exc}"
@@ -339,7 +229,7 @@ class NatsAdapter(Adapter):
         """The group's member on its route (what :meth:`publish_to_group` sent it)."""
         try:
             consumer = await self._routes.ensure_consumer(js, topic, options.group)
-        except (APIError, *_CONNECTION_ERRORS) as exc:
+        except (APIError, *CONNECTION_ERRORS) as exc:
             raise BrokerConnectionError(
                 f"cannot create the route consumer of group {options.group!r} of topic "
                 f"{topic!r} on stream {self._routes.stream!r} at "
@@ -349,47 +239,6 @@ class NatsAdapter(Adapter):
         await route.start()
         self._subscriptions.add(route)
         return route
-
-    async def publish_to_group(self, topic: str, group: str,
-                               envelopes: Sequence[Envelope]) -> None:
-        """Deliver ``envelopes`` to ``group`` of ``topic`` alone, through the route stream
-        (see :mod:`eventbus_nats.group_route`); returns once every PubAck arrived.
-
-        No ``Nats-Msg-Id``: a replayed dead letter keeps its event id, which the
-        topic's duplicate window would otherwise take for a copy.
-        """
-        check_subject(topic)
-        js = await self._ready()
-        messages = []
-        limit = self.capabilities.max_message_bytes
-        for envelope in envelopes:
-            headers, body = encode(envelope)
-            size = wire_size(headers, body)
-            if size > limit:
-                self.check_size(topic, envelope, size)
-            messages.append((headers, body))
-        if not messages:
-            return
-        try:
-            await self._routes.ensure_stream(js)
-        except (APIError, *_CONNECTION_ERRORS) as exc:
-            raise BrokerConnectionError(
-                f"cannot set up the route stream {self._routes.stream!r} on NATS at "
-                f"{self.settings.masked_url}: {type(exc).__name__}: {exc}") from exc
-        subject, timeout = self._routes.subject(topic, group), self.settings.publish_timeout
-        results = await asyncio.gather(
-            *(js.publish(subject, body, timeout=timeout, headers=headers)
-              for headers, body in messages),
-            return_exceptions=True)
-        failures = {i: r for i, r in enumerate(results) if isinstance(r, BaseException)}
-        if not failures:
-            return
-        self._routes.forget()
-        errors = {i: self._publish_error(topic, envelopes[i], exc) for i, exc in failures.items()}
-        raise BatchPublishError(
-            f"{len(errors)} of {len(messages)} messages to group {group!r} of NATS subject "
-            f"{topic!r} were not confirmed (indexes {sorted(errors)}); see .failures",
-            errors, len(messages))
 
     def forget(self, subscription: JetStreamSubscription) -> None:
         """Called by a subscription when it closes."""

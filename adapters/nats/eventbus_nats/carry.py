@@ -16,11 +16,20 @@ and tried again; it is lost only if the member closes first, which is logged.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from nats.aio.msg import Msg
 
 from .codec import MSG_ID, raw_block
+from .wire import ack_command, ack_facts
+
+if TYPE_CHECKING:
+    from .consumer import JetStreamSubscription
+
+log = logging.getLogger("eventbus.nats")
 
 DELIVERED = "Eventbus-Delivered"
 """Header of a carried-over copy: deliveries of the message before this copy."""
@@ -51,3 +60,34 @@ def copy_block(msg: Msg, before: int, stream: str, sequence: str) -> tuple[bytes
     headers[DELIVERED] = str(before).encode()
     headers[MSG_ID] = f"eventbus-carry.{stream}.{sequence}.{before}".encode()
     return raw_block(stream, headers), msg.data or b""
+
+
+async def carry_over(sub: JetStreamSubscription) -> None:
+    """Carry each message at its last delivery over to a fresh copy on the group's
+    route, then acknowledge it; retried while the server does not confirm."""
+    adapter = sub.adapter
+    routes = adapter._routes
+    while sub._carrying and not sub._closed:
+        msg = sub._carrying[0][0]
+        delivered, sequence = ack_facts(msg)
+        before = delivered_before(msg.headers) + delivered - 1
+        block, body = copy_block(msg, before, sub.stream, sequence)
+        try:
+            await routes.ensure_stream(await adapter._ready())
+            (failure,) = await adapter.publisher.pubacks().publish(
+                routes.subject(sub.topic, sub.options.group), [(block, body)],
+                adapter.settings.publish_timeout)
+            if failure is not None:
+                raise failure
+            await sub.client.write([ack_command(msg.reply)], 1, 4)
+        except Exception as exc:
+            log.warning("message %s/%s of %r group %r reached max_deliver=%d and could not "
+                        "be carried over yet (%s: %s); kept, trying again", sub.stream,
+                        sequence, sub.topic, sub.options.group, sub._max_deliver,
+                        type(exc).__name__, exc)
+            await asyncio.sleep(1.0)
+            continue
+        sub._carrying.popleft()
+        log.info("message %s/%s of %r group %r reached max_deliver=%d: carried over to a "
+                 "fresh copy on the group's route (%d deliveries so far)", sub.stream,
+                 sequence, sub.topic, sub.options.group, sub._max_deliver, before)

@@ -33,14 +33,13 @@ from typing import TYPE_CHECKING, Any
 
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription as NatsSub
-from nats.errors import Error as NatsError
 
 from eventbus.adapter import Delivery, SubscribeOptions, Subscription
 from eventbus.errors import ConnectionLostError
 
-from .carry import copy_block, delivered_before
+from .carry import carry_over, delivered_before
 from .codec import decode, raw_headers
-from .wire import FastClient, pub
+from .wire import FastClient, ack_command, ack_facts
 
 if TYPE_CHECKING:
     from .adapter import NatsAdapter
@@ -53,25 +52,6 @@ _GRACE = 0.25  # seconds after a request's expiry for its last messages to arriv
 _LOOK_EVERY = 10.0  # seconds between looks at the consumer (its position, its existence)
 
 
-def _ack_facts(msg: Msg) -> tuple[int, str]:
-    """The delivery count and stream sequence from the ack subject, read directly
-    (``$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>...``, or with domain and
-    account hash first): nats-py's full metadata parse costs more than the rest."""
-    tokens = (msg.reply or "").split(".")
-    if len(tokens) == 9:
-        return int(tokens[4]) or 1, tokens[5]
-    if len(tokens) >= 11:
-        return int(tokens[6]) or 1, tokens[7]
-    meta = msg.metadata
-    return meta.num_delivered or 1, str(meta.sequence.stream)
-
-
-def _ack_command(reply: str) -> bytes:
-    if not reply:
-        raise NatsError("the message has no reply subject to acknowledge on")
-    return pub(reply, "", b"+ACK")
-
-
 class JetStreamDelivery(Delivery):
     """A message from a pull consumer; settling it answers the server at once."""
 
@@ -79,7 +59,7 @@ class JetStreamDelivery(Delivery):
 
     def __init__(self, owner: JetStreamSubscription, msg: Msg) -> None:
         envelope, error = decode(msg.headers, msg.data)
-        delivered, sequence = _ack_facts(msg)
+        delivered, sequence = ack_facts(msg)
         super().__init__(
             topic=owner.topic,
             group=owner.options.group,
@@ -103,7 +83,7 @@ class JetStreamDelivery(Delivery):
     async def _ack(self) -> None:
         # +ACK written straight into the connection's buffer (what Msg.ack does,
         # without its subject validation and command formatting per message).
-        await self._answer(self._owner.client.write([_ack_command(self._msg.reply)], 1, 4),
+        await self._answer(self._owner.client.write([ack_command(self._msg.reply)], 1, 4),
                            "ack")
 
     async def _nack(self, delay: float) -> None:
@@ -198,10 +178,10 @@ class JetStreamSubscription(Subscription):
         if self._closed:
             await self._give_back(msg)
             return
-        if self._max_deliver > 0 and _ack_facts(msg)[0] >= self._max_deliver:
+        if self._max_deliver > 0 and ack_facts(msg)[0] >= self._max_deliver:
             self._carrying.append([msg, time.monotonic()])
             if self._carrier is None or self._carrier.done():
-                self._carrier = asyncio.create_task(self._carry())
+                self._carrier = asyncio.create_task(carry_over(self))
             return
         self._ready.append([msg, time.monotonic()])
         self._arrived.set()
@@ -214,36 +194,6 @@ class JetStreamSubscription(Subscription):
             log.info("pull consumer %s/%s of topic %r: %s", self.stream, self.consumer,
                      self.topic, what)
             self.adapter.keeper.check_soon(self, what)
-
-    async def _carry(self) -> None:
-        """Carry each message at its last delivery over to a fresh copy on the group's
-        route, then acknowledge it; retried while the server does not confirm."""
-        adapter = self.adapter
-        routes = adapter._routes
-        while self._carrying and not self._closed:
-            msg = self._carrying[0][0]
-            delivered, sequence = _ack_facts(msg)
-            before = delivered_before(msg.headers) + delivered - 1
-            block, body = copy_block(msg, before, self.stream, sequence)
-            try:
-                await routes.ensure_stream(await adapter._ready())
-                (failure,) = await adapter._pubacks_for().publish(
-                    routes.subject(self.topic, self.options.group), [(block, body)],
-                    adapter.settings.publish_timeout)
-                if failure is not None:
-                    raise failure
-                await self.client.write([_ack_command(msg.reply)], 1, 4)
-            except Exception as exc:
-                log.warning("message %s/%s of %r group %r reached max_deliver=%d and could not "
-                            "be carried over yet (%s: %s); kept, trying again", self.stream,
-                            sequence, self.topic, self.options.group, self._max_deliver,
-                            type(exc).__name__, exc)
-                await asyncio.sleep(1.0)
-                continue
-            self._carrying.popleft()
-            log.info("message %s/%s of %r group %r reached max_deliver=%d: carried over to a "
-                     "fresh copy on the group's route (%d deliveries so far)", self.stream,
-                     sequence, self.topic, self.options.group, self._max_deliver, before)
 
     def _look_if_due(self) -> None:
         """Have the keeper look at the consumer when pulls go unanswered, or regularly."""

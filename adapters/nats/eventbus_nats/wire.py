@@ -138,6 +138,27 @@ def pub(subject: str, reply: str, payload: bytes) -> bytes:
     return f"PUB {subject} {reply} {len(payload)}\r\n".encode() + payload + b"\r\n"
 
 
+def ack_facts(msg: Msg) -> tuple[int, str]:
+    """The delivery count and stream sequence from the ack subject, read directly
+    (``$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>...``, or with domain and
+    account hash first): nats-py's full metadata parse costs more than the rest."""
+    tokens = (msg.reply or "").split(".")
+    if len(tokens) == 9:
+        return int(tokens[4]) or 1, tokens[5]
+    if len(tokens) >= 11:
+        return int(tokens[6]) or 1, tokens[7]
+    meta = msg.metadata
+    return meta.num_delivered or 1, str(meta.sequence.stream)
+
+
+def ack_command(reply: str) -> bytes:
+    """The ``+ACK`` of a JetStream message whose ack subject is ``reply`` (what
+    ``Msg.ack`` sends, without its subject validation and formatting per message)."""
+    if not reply:
+        raise nats_errors.Error("the message has no reply subject to acknowledge on")
+    return pub(reply, "", b"+ACK")
+
+
 _PENDING = nats_errors.TimeoutError()  # no PubAck (yet): what a message ends with if none comes
 
 
