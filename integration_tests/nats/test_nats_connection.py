@@ -161,3 +161,42 @@ async def _until(predicate: Any, timeout: float) -> None:
         if loop.time() > end:
             raise AssertionError(f"timed out after {timeout:.1f}s")
         await asyncio.sleep(0.05)
+
+
+def test_a_late_pong_after_a_timed_out_health_check_keeps_the_connection_reading(
+        nats_endpoint: harness.Endpoint) -> None:
+    """health() on core NATS waits a second for a PONG; when the path was silent
+    longer, the PONG arrives after the wait gave up. nats-py then resolves the
+    cancelled wait, its read loop dies (InvalidStateError) and the connection reads
+    nothing until the next stale-connection check: at-most-once, what arrives
+    meanwhile is lost. The adapter's client drops such a PONG instead."""
+
+    async def scenario() -> None:
+        proxy = harness.FaultProxy(nats_endpoint.host, nats_endpoint.port).start()
+        topic = f"nats.conn.latepong.{uuid.uuid4().hex[:8]}"
+
+        class Note(Event, type=f"test.{topic}", topic=topic):
+            n: int
+
+        try:
+            sub = EventBus.from_url(f"nats+core://127.0.0.1:{proxy.port}", source="s")
+            pub = EventBus.from_url(f"nats+core://{nats_endpoint.host}:{nats_endpoint.port}",
+                                    source="p")
+            got: list[int] = []
+
+            @sub.subscribe(Note, group="g")
+            async def on_note(event: Note) -> None:
+                got.append(event.n)
+
+            async with sub, pub:
+                await proxy.freeze()
+                assert not (await sub.adapter.health()).ok  # its PONG is held back
+                await proxy.thaw()
+                await asyncio.sleep(0.5)  # the late PONG arrives
+                await pub.publish_many([Note(n=n) for n in range(5)])
+                await _until(lambda: len(got) == 5, 3)
+                assert (await sub.adapter.health()).ok
+        finally:
+            proxy.stop()
+
+    run(scenario())

@@ -107,6 +107,19 @@ class FastClient(Client):
     closing = False
     """Set by :func:`~eventbus_nats.connection.close_quietly`: a disconnect is ours."""
 
+    async def _process_pong(self) -> None:
+        # Each PONG answers the oldest PING. nats-py resolves that PING's future even
+        # when its flush() gave up waiting and cancelled it (a health check on a
+        # silent path): InvalidStateError kills the read loop, and the connection
+        # then reads nothing until the stale-connection check replaces it. A late
+        # PONG is consumed by the PING it answers and resolves nothing.
+        if self._pongs:
+            future = self._pongs.pop(0)
+            if not future.done():
+                future.set_result(True)
+            self._pongs_received += 1
+            self._pings_outstanding = 0
+
     async def write(self, commands: Sequence[bytes], count: int, size: int) -> None:
         """Queue ``commands`` (whole ``PUB``/``HPUB`` lines, ``count`` messages,
         ``size`` payload bytes) as one write, with the checks ``publish`` makes."""
