@@ -9,6 +9,7 @@ the restart case is then skipped for lack of a restart hook.
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import contextlib
 import threading
@@ -19,7 +20,8 @@ import nats
 from eventbus_nats.group_route import GroupRoutes
 from eventbus_nats.provision import Provisioner
 from eventbus_nats.settings import NatsSettings
-from nats.js.errors import NotFoundError
+from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError, ServerError
 
 from eventbus.testing import BrokerTarget
 from eventbus.testing.target import ShortLease
@@ -102,11 +104,27 @@ def _deleter(url: str) -> Callable[[str, str], Awaitable[None]]:
         nc = await nats.connect(url.replace("nats+core://", "nats://"))
         try:
             js = nc.jetstream()
-            await js.delete_consumer(provisioner.stream_name(topic),
-                                     provisioner.consumer_name(group))
+            await _delete(js, provisioner.stream_name(topic), provisioner.consumer_name(group))
             with contextlib.suppress(NotFoundError):  # routed to only when replaying
-                await js.delete_consumer(routes.stream, routes.consumer(topic, group))
+                await _delete(js, routes.stream, routes.consumer(topic, group))
         finally:
             await nc.close()
 
     return delete_underneath
+
+
+async def _delete(js: JetStreamContext, stream: str, consumer: str) -> None:
+    # nats-server 2.9 on file storage may refuse a delete that races the consumer's
+    # own writes ("unlinkat ...: directory not empty", err 10051); an operator would
+    # run `nats consumer rm` again.
+    for attempt in range(20):
+        try:
+            await js.delete_consumer(stream, consumer)
+            return
+        except NotFoundError:
+            if attempt:
+                return  # the refused delete went through after all
+            raise
+        except ServerError:
+            await asyncio.sleep(0.1)
+    await js.delete_consumer(stream, consumer)
