@@ -81,6 +81,30 @@ def test_schemes_pick_the_mode_and_the_password_is_masked() -> None:
     assert adapter.settings.tls and "secret" not in adapter.settings.masked_url
 
 
+def test_settings_repr_and_a_locals_capturing_traceback_never_show_the_password() -> None:
+    """#18 defect 12: error reporters that capture frame locals print the settings."""
+    import traceback
+
+    url = "redis+streams://app:Sup3rS3cret@127.0.0.1:1/0?connect_timeout=0.5"
+    settings = RedisSettings.from_url(url)
+    assert "Sup3rS3cret" not in repr(settings)
+    assert "127.0.0.1" in repr(settings) and settings.password == "Sup3rS3cret"
+
+    async def connect(adapter: RedisStreamsAdapter) -> str:
+        # The URL is no local of this frame (a caller's own variables are its business).
+        try:
+            await adapter.connect()
+        except Exception as exc:
+            return "".join(traceback.TracebackException.from_exception(
+                exc, capture_locals=True).format())
+        finally:
+            await adapter.close()
+        raise AssertionError("connected to a closed port")
+
+    report = asyncio.run(connect(RedisStreamsAdapter(url)))
+    assert "BrokerConnectionError" in report and "Sup3rS3cret" not in report
+
+
 def test_connect_fails_fast_with_the_masked_url() -> None:
     async def scenario() -> None:
         adapter = RedisStreamsAdapter("redis+streams://u:secret@127.0.0.1:1/0?connect_timeout=1")

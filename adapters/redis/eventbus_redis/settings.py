@@ -6,7 +6,7 @@ what it accepts; an option this adapter does not know is an error, never ignored
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 from urllib.parse import unquote, urlsplit
 
@@ -34,16 +34,20 @@ DEFAULT_MAX_MESSAGE_BYTES = 1024 * 1024
 
 @dataclass(frozen=True, slots=True)
 class RedisSettings:
-    """What a Redis URL asks for; see ``docs/adapters/redis.md`` for each option."""
+    """What a Redis URL asks for; see ``docs/adapters/redis.md`` for each option.
 
-    url: str
+    Its repr never shows the password (nor the URL, which may carry it): error
+    reporters that capture frame locals print it.
+    """
+
+    url: str = field(repr=False)
     mode: Mode
     tls: bool
     host: str
     port: int
     db: int
     username: str | None
-    password: str | None
+    password: str | None = field(repr=False)
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     connect_timeout: float = 5.0
     socket_timeout: float = 10.0
