@@ -196,16 +196,29 @@ class StreamSubscription(Subscription):
             self._acking.difference_update(ids)
 
     async def redeliver_later(self, entry_id: bytes, delay: float) -> None:
+        """Put ``entry_id`` in the delay set, due in ``delay`` seconds.
+
+        If that fails (Redis unreachable past redis-py's retries) the entry is let
+        go: no longer kept fresh, nor counted against the prefetch, so XAUTOCLAIM
+        (any consumer's, this one's too) takes it after ``claim_idle_ms`` instead of
+        it being held here for ever. The failure is raised (the bus logs it).
+        """
         due_ms = int((time.time() + delay) * 1000)
-        replies = await self.adapter.batcher.run(
-            [lambda pipe: pipe.zadd(self.delay_key, {entry_id: due_ms})])
-        if isinstance(replies[0], BaseException):
-            raise replies[0]
+        try:
+            replies = await self.adapter.batcher.run(
+                [lambda pipe: pipe.zadd(self.delay_key, {entry_id: due_ms})])
+            if isinstance(replies[0], BaseException):
+                raise replies[0]
+        except BaseException:
+            self._settled(entry_id)
+            raise
         self._settled(entry_id)
         self._waiting[entry_id] = time.monotonic() + delay
         self._claim_now.set()
 
     def _settled(self, entry_id: bytes) -> None:
+        if entry_id not in self._unsettled:
+            return  # let go already (a failed nack), or handed back at close
         self._unsettled.discard(entry_id)
         self._handed_out -= 1
         self._changed.set()
