@@ -38,12 +38,21 @@ from eventbus.envelope import Envelope
 from eventbus.errors import (
     BatchPublishError,
     BrokerConnectionError,
+    MessageTooLargeError,
     PublishError,
     TopicNotFoundError,
+    UnsupportedOperationError,
 )
 
 from . import bulk
-from .codec import BODY_FIELD, decode_fields, encode_args, encode_fields, encode_message
+from .codec import (
+    decode_fields,
+    encode_args,
+    encode_fields,
+    encode_message,
+    fields_size,
+    raw_fields,
+)
 from .group_route import route_key, subscribe_with_route
 from .members import member_channel, refuse_second_member
 from .pipeline import Batcher, Command
@@ -280,7 +289,18 @@ class RedisPubSubAdapter(RedisAdapter):
     async def publish_raw(
         self, topic: str, payload: bytes, headers: Mapping[str, bytes] | None = None
     ) -> None:
-        """PUBLISH ``payload`` as it is (poison-message tests)."""
+        """PUBLISH ``payload`` as it is; Pub/Sub carries no headers, so giving any
+        raises UnsupportedOperationError."""
+        if headers:
+            raise UnsupportedOperationError(
+                f"Redis Pub/Sub has no headers: cannot publish {sorted(headers)} with a "
+                f"message to channel {topic!r} (use redis+streams://, whose entries have "
+                "fields)")
+        if len(payload) > self.capabilities.max_message_bytes:
+            raise MessageTooLargeError(
+                f"a raw message of {len(payload)} bytes is over the "
+                f"{self.capabilities.max_message_bytes}-byte limit of {type(self).__name__} "
+                f"on channel {topic!r}; nothing was sent")
         await self.send(topic, [], [self._publish_command(topic, payload)])
 
     async def subscribe(self, topic: str, options: SubscribeOptions) -> Subscription:
@@ -381,8 +401,17 @@ class RedisStreamsAdapter(RedisAdapter):
     async def publish_raw(
         self, topic: str, payload: bytes, headers: Mapping[str, bytes] | None = None
     ) -> None:
-        """XADD an entry holding only ``payload`` as its body (poison-message tests)."""
-        await self.send(topic, [], [self._xadd(topic, {BODY_FIELD: payload})])
+        """XADD an entry of ``headers`` as fields and ``payload`` as its ``body`` field,
+        as another client would write it (see :func:`.codec.raw_fields`); how an
+        undecodable dead letter is replayed as it arrived."""
+        fields = raw_fields(payload, headers)
+        size = fields_size({name.decode("utf-8", "replace"): value
+                            for name, value in fields.items()})
+        if size > self.capabilities.max_message_bytes:
+            raise MessageTooLargeError(
+                f"a raw entry of {size} bytes is over the {self.capabilities.max_message_bytes}"
+                f"-byte limit of {type(self).__name__} on topic {topic!r}; nothing was sent")
+        await self.send(topic, [], [self._xadd(topic, fields)])
 
     async def subscribe(self, topic: str, options: SubscribeOptions) -> Subscription:
         """Join (creating it if new) the consumer group ``options.group`` of ``topic``,
@@ -425,7 +454,7 @@ class RedisStreamsAdapter(RedisAdapter):
             return []
         records = []
         for entry_id, fields in entries:
-            envelope, body, error = decode_fields(fields)
+            envelope, body, error, _ = decode_fields(fields)
             message_id = f"{topic}/{entry_id.decode()}"
             records.append(ReadRecord(topic, message_id, envelope,
                                       None if envelope else body, error))

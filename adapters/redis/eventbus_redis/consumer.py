@@ -61,10 +61,11 @@ class StreamDelivery(Delivery):
 
     def __init__(self, owner: StreamSubscription, entry_id: bytes,
                  fields: dict[bytes, bytes], attempt: int) -> None:
-        envelope, body, error = decode_fields(fields)
+        envelope, body, error, others = decode_fields(fields)
         super().__init__(topic=owner.topic, group=owner.group, envelope=envelope,
                          attempt=attempt, message_id=f"{owner.topic}/{entry_id.decode()}",
-                         raw=None if envelope is not None else body, decode_error=error)
+                         raw=None if envelope is not None else body, decode_error=error,
+                         raw_headers=others)
         self._owner = owner
         self._entry_id = entry_id
 
