@@ -1,4 +1,5 @@
-"""Redis failure paths through an EventBus with handlers (issue #18)."""
+"""Redis failure paths through an EventBus with handlers (issue #18): a settle that
+fails, connections that go silent without closing."""
 
 from __future__ import annotations
 
@@ -88,5 +89,103 @@ def test_a_failed_nack_lets_the_entry_go_and_frees_its_prefetch_slot(redis_url: 
             await raw.delete(topic, delay_key(topic, "g"))
             await raw.aclose()
             proxy.stop()
+
+    run(scenario)
+
+
+# -- #18 defect 9: connections that go silent without closing -----------------------------
+
+
+def test_a_silent_pubsub_connection_is_noticed_and_replaced(redis_url: str) -> None:
+    """The subscriber's path freezes (TCP up, nothing forwarded): within the declared
+    bound its subscription is reported not running, and after the thaw it hears what is
+    published again."""
+
+    async def scenario() -> None:
+        proxy = FaultProxy("127.0.0.1", port_of(redis_url)).start()
+        topic = name("silent")
+        event = on_topic(Ping, topic)
+        consumer = EventBus.from_url(
+            f"redis://127.0.0.1:{proxy.port}/0?ping_interval=1&ping_timeout=1"
+            "&connect_timeout=1", source="tests")
+        publisher = EventBus.from_url(redis_url, source="tests")  # straight to Redis
+        got: list[int] = []
+
+        @consumer.subscribe(event, group="g")
+        async def handle(ping: Ping) -> None:
+            got.append(ping.seq)
+
+        try:
+            async with consumer, publisher:
+                bound = consumer.adapter.capabilities.half_open_bound
+                assert bound is not None and bound <= 3.0
+                await publisher.publish(event(seq=0))
+
+                async def first() -> bool:
+                    return got == [0]
+
+                await eventually(first, 10, "the first message")
+                await proxy.freeze()
+
+                async def noticed() -> bool:
+                    # The subscription itself, not only the adapter's fresh-connection PING.
+                    health = await consumer.health()
+                    return not health.ok and health.subscriptions[0].state != "running"
+
+                took = await eventually(noticed, bound + 3.0, "the silent connection noticed")
+                assert took <= bound + 3.0
+                await proxy.thaw()
+                for seq in range(1, 100):  # until the new subscription hears one
+                    await publisher.publish(event(seq=seq))
+                    await asyncio.sleep(0.2)
+                    if len(got) > 1:
+                        break
+                assert len(got) > 1, "nothing heard after the thaw"
+                assert (await consumer.health()).ok
+        finally:
+            proxy.stop()
+
+    run(scenario)
+
+
+def test_a_streams_read_on_a_silent_connection_does_not_hang(
+    streams_url: str, redis_url: str
+) -> None:
+    """The consumer's link stops forwarding (new links are fine): its blocking read is
+    given up after ``read_timeout`` and made on a new connection, so an entry written
+    meanwhile is handled within the declared bound."""
+
+    async def scenario() -> None:
+        proxy = FaultProxy("127.0.0.1", port_of(redis_url)).start()
+        topic = name("silent-read")
+        event = on_topic(Ping, topic)
+        consumer = EventBus.from_url(
+            f"redis+streams://127.0.0.1:{proxy.port}/0?block_ms=200&socket_timeout=1",
+            source="tests")
+        publisher = EventBus.from_url(streams_url, source="tests")
+        got: list[int] = []
+
+        @consumer.subscribe(event, group="g")
+        async def handle(ping: Ping) -> None:
+            got.append(ping.seq)
+
+        raw = Redis.from_url(redis_url)
+        try:
+            async with consumer, publisher:
+                bound = consumer.adapter.capabilities.half_open_bound
+                assert bound is not None and bound <= 6.0
+                await proxy.set_latency(3600)  # the next chunk on each open link waits
+                await asyncio.sleep(0.5)
+                await proxy.set_latency(0)  # new links are fine
+                await publisher.publish(event(seq=1))
+
+                async def handled() -> bool:
+                    return got == [1]
+
+                await eventually(handled, bound + 3.0, "the entry read on a new connection")
+        finally:
+            proxy.stop()
+            await raw.delete(topic)
+            await raw.aclose()
 
     run(scenario)

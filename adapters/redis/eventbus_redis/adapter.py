@@ -110,7 +110,7 @@ class RedisAdapter(Adapter):
             "username": s.username,
             "password": s.password,
             "socket_connect_timeout": s.connect_timeout,
-            "socket_timeout": max(s.socket_timeout, s.block_ms / 1000 + 5.0),
+            "socket_timeout": s.read_timeout,
             "retry": Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=10),
             "retry_on_error": [RedisConnectionError, RedisTimeoutError, ConnectionResetError],
             "client_name": s.client_name,
@@ -178,12 +178,22 @@ class RedisAdapter(Adapter):
         self._subscriptions.discard(subscription)
 
     async def health(self) -> HealthReport:
-        """PING on a fresh connection (a pooled one could hide a refused reconnect)."""
+        """PING on a fresh connection (a pooled one could hide a refused reconnect),
+        after checking that no consumer's read has gone unanswered (a connection that
+        stopped answering without closing, see ``RedisSettings.half_open_bound``)."""
         s = self.settings
         info = {"mode": s.mode, "server": f"{s.host}:{s.port}/{s.db}"}
         if self._client is None:
             return HealthReport(False, f"Redis adapter for {s.masked_url} is not connected; "
                                 "call connect() (or start the bus) first", info)
+        for subscription in list(self._subscriptions):
+            late = getattr(subscription, "overdue", lambda: None)()
+            if late is not None:
+                return HealthReport(False, (
+                    f"a read of stream {subscription.topic!r} as group "
+                    f"{subscription.group!r} on Redis at {s.masked_url} has had no answer "
+                    f"for {late + s.read_timeout:.1f}s (read_timeout {s.read_timeout:g}s): "
+                    "the connection stopped answering; redis-py is replacing it"), info)
         probe = self.new_client()
         probe.connection_pool.connection_kwargs["retry"] = Retry(ExponentialBackoff(), 0)
         try:
@@ -255,6 +265,8 @@ class RedisPubSubAdapter(RedisAdapter):
             max_message_bytes=self.settings.max_message_bytes,
             dedupe_window=None,
             reconnect=True,
+            lease=False,
+            half_open_bound=self.settings.half_open_bound,
         )
 
     async def publish(self, topic: str, envelopes: Sequence[Envelope]) -> None:
@@ -364,6 +376,10 @@ class RedisStreamsAdapter(RedisAdapter):
             max_message_bytes=self.settings.max_message_bytes,
             dedupe_window=None,
             reconnect=True,
+            # A pending entry idle past claim_idle_ms is reclaimed by XAUTOCLAIM; each
+            # consumer keeps what it holds fresh while handlers run.
+            lease=True,
+            half_open_bound=self.settings.half_open_bound,
         )
 
     def _xadd(self, topic: str, fields: dict[Any, Any]) -> Callable[[Pipeline], Any]:
