@@ -337,6 +337,19 @@ class RedisPubSubAdapter(RedisAdapter):
         self._started_groups.clear()
         await super().close()
 
+    async def read(self, topic: str, *, limit: int | None = None) -> list[ReadRecord]:
+        """Pub/Sub keeps no messages, so a channel never holds anything to browse: this
+        raises TopicNotFoundError and creates nothing. That is what ``eventbus dlq`` and
+        :class:`~eventbus.dlq.DeadLetters` meet here: a dead letter published on Pub/Sub
+        reaches only whoever is subscribed to its channel at that moment; nothing is kept
+        to list or replay."""
+        raise TopicNotFoundError(
+            f"Redis Pub/Sub keeps no messages: channel {topic!r} on {self.settings.masked_url} "
+            "holds nothing to read (a dead letter on Pub/Sub reaches only whoever listens to "
+            "its channel when it is published; nothing was created). Use redis+streams:// "
+            "to keep dead letters you can list and replay"
+        )
+
     def member_channels(self, topic: str, group: str) -> tuple[str, ...]:
         """The channels a subscription joins besides ``topic`` (see :mod:`.members`)."""
         return () if self.settings.sharded else (member_channel(topic, group),)
