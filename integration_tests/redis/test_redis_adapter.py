@@ -496,10 +496,10 @@ def test_pubsub_reads_a_structured_event_written_by_the_cloudevents_sdk(redis_ur
     ("SET", "k", memoryview(b"v")),
 ])
 def test_the_fast_packer_writes_what_redis_py_writes(args: tuple[Any, ...]) -> None:
-    from eventbus_redis.adapter import _FastConnection
+    from eventbus_redis.client import FastConnection
     from redis.asyncio.connection import Connection
 
-    assert b"".join(_FastConnection().pack_command(*args)) == b"".join(
+    assert b"".join(FastConnection().pack_command(*args)) == b"".join(
         Connection().pack_command(*args))
 
 

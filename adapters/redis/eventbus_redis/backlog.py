@@ -29,6 +29,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from eventbus.errors import BrokerConnectionError, TopicNotFoundError
 
+from .groups import group_info
+
 if TYPE_CHECKING:
     from .consumer import StreamSubscription
 
@@ -44,7 +46,7 @@ async def stream_backlog(subscription: StreamSubscription) -> int:
     where = f"group {group!r} of stream {topic!r} on Redis at " \
             f"{subscription.adapter.settings.masked_url}"
     try:
-        info = await _group_info(client, topic, group)
+        info = await group_info(client, topic, group)
         if info is None:
             raise TopicNotFoundError(
                 f"{where} does not exist (deleted?): nothing is consumed until it is "
@@ -71,10 +73,3 @@ async def stream_backlog(subscription: StreamSubscription) -> int:
     reclaimable = sum(1 for score in waiting if score is None)
     return int(lag) + reclaimable + int(due)
 
-
-async def _group_info(client: Any, topic: str, group: str) -> dict[str, Any] | None:
-    for info in await client.xinfo_groups(topic):
-        name = info.get("name")
-        if (name.decode("utf-8", "replace") if isinstance(name, bytes) else name) == group:
-            return dict(info)
-    return None

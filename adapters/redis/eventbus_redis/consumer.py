@@ -39,6 +39,7 @@ from eventbus.errors import BrokerConnectionError
 
 from .backlog import stream_backlog
 from .codec import decode_fields
+from .groups import ensure_group, gone, group_info
 
 if TYPE_CHECKING:
     from .adapter import RedisStreamsAdapter
@@ -130,8 +131,11 @@ class StreamSubscription(Subscription):
     async def start(self) -> None:
         """Create the group if new (from the first entry or the end), start the tasks."""
         try:
-            await self._ensure_group("0" if self.start_from == "earliest" else "$")
-            self.resume_from = await self._group_position()
+            await ensure_group(self._client, self.topic, self.group,
+                               "0" if self.start_from == "earliest" else "$")
+            info = await group_info(self._client, self.topic, self.group)
+            if info is not None:
+                self.resume_from = bytes(info["last-delivered-id"])
         except (RedisError, OSError) as exc:
             raise BrokerConnectionError(
                 f"cannot join group {self.group!r} of stream {self.topic!r} on Redis at "
@@ -139,20 +143,6 @@ class StreamSubscription(Subscription):
             ) from exc
         self._tasks = [asyncio.create_task(self._read_loop()),
                        asyncio.create_task(self._claim_loop())]
-
-    async def _ensure_group(self, start: str | bytes) -> None:
-        try:
-            await self._client.xgroup_create(self.topic, self.group, id=start, mkstream=True)
-        except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
-
-    async def _group_position(self) -> bytes:
-        """The group's last delivered entry id (XINFO GROUPS)."""
-        for info in await self._client.xinfo_groups(self.topic):
-            if _text(info.get("name")) == self.group:
-                return bytes(info["last-delivered-id"])
-        return self.resume_from
 
     async def _recreate_group(self) -> None:
         """The group (or the whole stream) was deleted underneath: create it again.
@@ -169,7 +159,7 @@ class StreamSubscription(Subscription):
         log.warning("group %s of stream %s is gone on Redis (deleted, or Redis lost it); "
                     "creating it again from entry %s", self.group, self.topic,
                     self.resume_from.decode())
-        await self._ensure_group(self.resume_from)
+        await ensure_group(self._client, self.topic, self.group, self.resume_from)
         self._autoclaim_from = b"0-0"
 
     async def close(self) -> None:
@@ -355,7 +345,7 @@ class StreamSubscription(Subscription):
 
     async def _recover(self, exc: Exception, failures: int, doing: str) -> None:
         """Log, recreate the group if Redis lost it, and back off before trying again."""
-        if isinstance(exc, ResponseError) and _gone(exc):
+        if isinstance(exc, ResponseError) and gone(exc):
             # Deleted underneath, or Redis came back without it (no persistence).
             try:
                 await self._recreate_group()
@@ -437,13 +427,3 @@ class StreamSubscription(Subscription):
             await self._client.xclaim(self.topic, self.group, self.consumer, 0, ids,
                                       justid=True)
 
-
-def _gone(exc: ResponseError) -> bool:
-    """Whether Redis says the group or its stream no longer exists (NOGROUP; a blocked
-    read ended by the stream's deletion: UNBLOCKED)."""
-    text = str(exc)
-    return text.startswith(("NOGROUP", "UNBLOCKED")) or "NOGROUP" in text
-
-
-def _text(value: Any) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
