@@ -57,6 +57,8 @@ async def next_delivery(subscription: Subscription, timeout: float = 10.0) -> De
     ("redis+streams://h/abc", ["database", "number"]),
     ("redis+streams://h/0?start_from=middle", ["start_from", "earliest"]),
     ("redis://h/0?connect_timeout=nan", ["connect_timeout", ">= 0.1"]),
+    ("redis://h/0?ping_interval=0", ["ping_interval", ">= 0.1"]),
+    ("redis+streams://h/0?ping_timeout=1", ["ping_timeout", "Pub/Sub"]),
 ])
 def test_bad_settings_fail_with_one_line_naming_the_option(url: str, words: list[str]) -> None:
     with pytest.raises(InvalidURLError) as caught:
@@ -70,6 +72,18 @@ def test_bad_settings_fail_with_one_line_naming_the_option(url: str, words: list
 def test_a_blank_option_is_no_option_and_the_last_value_counts() -> None:
     settings = RedisSettings.from_url("redis+streams://h/0?maxlen=&block_ms=x&block_ms=50")
     assert (settings.maxlen, settings.block_ms) == (1_000_000, 50)
+
+
+@pytest.mark.parametrize(("url", "bound"), [
+    ("redis://h/0", 10.0),  # ping_interval + ping_timeout
+    ("redis://h/0?ping_interval=1&ping_timeout=0.5", 5.0),  # never under connect_timeout
+    ("redis://h/0?ping_interval=1&ping_timeout=0.5&connect_timeout=1", 1.5),
+    ("redis://h/0?ping_interval=inf", None),  # no ping: nothing noticed
+    ("redis+streams://h/0", 10.0),  # read_timeout: socket_timeout
+    ("redis+streams://h/0?block_ms=200&socket_timeout=1", 5.2),  # block_ms + 5 s
+])
+def test_half_open_bound_follows_the_settings(url: str, bound: float | None) -> None:
+    assert adapter_from_url(url).capabilities.half_open_bound == pytest.approx(bound)
 
 
 def test_schemes_pick_the_mode_and_the_password_is_masked() -> None:
