@@ -14,11 +14,11 @@ from eventbus import Event, EventBus
 from eventbus.events import Message
 from eventbus.patterns.cqrs import Projection
 from eventbus.patterns.eventsourcing import SQLEventStore, StoredEvent
-from eventbus.patterns.sql import Database, DatabaseError, Transaction
+from eventbus.patterns.sql import Database, SQLError, Transaction
 
-# The simulated crash (a trigger refusing the checkpoint write) surfaces as
-# sql.py's DatabaseError on both databases.
-CRASH = DatabaseError
+# The simulated crash (a trigger refusing the checkpoint write) surfaces as one of
+# sql.py's errors on both databases.
+CRASH = SQLError
 
 
 class ItemAdded(Event, type="cqrs-test.item-added", topic="cqrs-test.items"):
