@@ -109,3 +109,9 @@ async def test_the_late_commit_scenario_catches_a_naive_store(postgres_url: str)
     finally:
         await db.close()
     assert final == [1, 2] and seen == [2]  # position 1 committed late and was skipped
+
+
+async def test_a_refused_event_is_parked_and_the_other_streams_flow(postgres_url: str) -> None:
+    from tests.patterns import test_es_relay
+
+    await test_es_relay.test_a_refused_event_is_parked_and_the_other_streams_flow(postgres_url)
