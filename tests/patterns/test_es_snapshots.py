@@ -222,7 +222,7 @@ moves = st.builds(Moved, street=st.text(max_size=4), number=st.none() | st.integ
                   tags=st.lists(st.text(max_size=2), max_size=3))
 
 
-@settings(max_examples=150, deadline=None, derandomize=True,
+@settings(max_examples=150, deadline=None, derandomize=True, database=None,
           suppress_health_check=[HealthCheck.too_slow])
 @given(events=st.lists(bookings | moves, min_size=1, max_size=12),
        every=st.integers(1, 5))
