@@ -42,6 +42,13 @@ except ImportError:  # pragma: no cover - depends on the install
     _DRIVER_ERRORS = (OSError, TimeoutError)
 
 
+def _drop(conn: Any) -> None:
+    """Close ``conn`` at once, without a goodbye to the server (which rolls back what
+    it had open); a connection the pool took back already is left alone."""
+    with contextlib.suppress(Exception):
+        conn.terminate()
+
+
 class _PostgresTx:
     dialect: Dialect = "postgres"
 
@@ -117,7 +124,7 @@ class PostgresDatabase(Database):
         try:
             yield _PostgresTx(conn, self._where)
         except asyncio.CancelledError:
-            conn.terminate()
+            _drop(conn)
             raise
         except BaseException as exc:
             await self._rollback(conn)
@@ -128,12 +135,12 @@ class PostgresDatabase(Database):
             try:
                 await conn.execute("COMMIT")
             except asyncio.CancelledError:
-                conn.terminate()
+                _drop(conn)
                 raise
             except _DRIVER_ERRORS as exc:
                 error = postgres_error(exc, f"{self._where}: COMMIT")
                 if isinstance(error, DatabaseError):
-                    conn.terminate()  # the link is in doubt: never reuse it
+                    _drop(conn)  # the link is in doubt: never reuse it
                 raise error from exc
         finally:
             await self._release(conn)
@@ -159,16 +166,16 @@ class PostgresDatabase(Database):
                 await conn.execute("BEGIN", timeout=self.timeouts.ping)
                 return conn
             except asyncio.CancelledError:
-                conn.terminate()
+                _drop(conn)
                 raise
             except TimeoutError as exc:
-                conn.terminate()
+                _drop(conn)
                 raise DatabaseError(
                     f"{self._where} did not answer a BEGIN within ping_timeout="
                     f"{self.timeouts.ping}s; the server or the network to it is down "
                     "or overloaded") from exc
             except _DRIVER_ERRORS as exc:
-                conn.terminate()
+                _drop(conn)
                 if attempt == 2:
                     raise postgres_error(exc, self._where) from exc
         raise AssertionError("unreachable")  # pragma: no cover
@@ -177,15 +184,15 @@ class PostgresDatabase(Database):
         try:
             await conn.execute("ROLLBACK", timeout=self.timeouts.ping)
         except asyncio.CancelledError:
-            conn.terminate()
+            _drop(conn)
             raise
         except _DRIVER_ERRORS:
-            conn.terminate()  # the server rolls back a session that goes away
+            _drop(conn)  # the server rolls back a session that goes away
 
     async def _release(self, conn: Any) -> None:
         pool = self._pool
         if pool is None:  # closed meanwhile
-            conn.terminate()
+            _drop(conn)
             return
         with contextlib.suppress(*_DRIVER_ERRORS):
             # A connection that cannot be reset in time is terminated by asyncpg.
