@@ -10,6 +10,7 @@ from eventbus.errors import ConfigurationError, EventBusError, SchemaError
 from eventbus.events import Message, Registry, registry
 from eventbus.patterns.eventsourcing.aggregate import Aggregate
 from eventbus.patterns.eventsourcing.snapshots import Snapshot, SnapshotStore, crossed
+from eventbus.patterns.eventsourcing.state import LegacyStateError
 from eventbus.patterns.eventsourcing.store import EventStore, StoredEvent, StreamNotFoundError
 from eventbus.publishing import build_envelopes
 
@@ -95,6 +96,11 @@ class Repository(Generic[A]):
             if state is None:
                 return None
             aggregate.restore_state(state)
+        except LegacyStateError:
+            log.info("snapshot of %s %r at version %d is in an earlier, inexact form; "
+                     "replaying its events (the next snapshot replaces it)", cls.__name__,
+                     snapshot.stream_id, snapshot.version)
+            return None
         except Exception as exc:
             log.warning("snapshot of %s %r at version %d cannot be restored (%s: %s); "
                         "replaying its events instead", cls.__name__, snapshot.stream_id,

@@ -46,9 +46,18 @@ class StateEncodingError(ConfigurationError):
     """A value of an aggregate's state has no exact snapshot form."""
 
 
+class LegacyStateError(ValueError):
+    """A snapshot state in the plain JSON of earlier versions (not exact: unused)."""
+
+
+# Marks the exact form at the top level (attribute names never start with "$"), so
+# a snapshot an earlier version wrote in plain JSON is told apart and not trusted.
+_MARK = "$exact"
+
+
 def encode_state(state: dict[str, Any]) -> bytes:
     """``state`` (attribute name -> value) as JSON bytes; see the module docs."""
-    encoded = {}
+    encoded: dict[str, Any] = {_MARK: 1}
     for name, value in state.items():
         try:
             encoded[name] = _encode(value)
@@ -62,6 +71,9 @@ def decode_state(data: bytes) -> dict[str, Any]:
     decoded = json.loads(data, object_hook=_decode_object)
     if not isinstance(decoded, dict):
         raise ValueError("a snapshot state is a JSON object")
+    if decoded.pop(_MARK, None) != 1:
+        raise LegacyStateError("a snapshot in the plain JSON of an earlier eventbus "
+                               "(int keys and tuples did not survive it)")
     return decoded
 
 
@@ -169,7 +181,7 @@ def _decode_object(obj: dict[str, Any]) -> Any:
     if len(obj) != 1:
         return obj
     ((tag, data),) = obj.items()
-    if not tag.startswith("$"):
+    if not tag.startswith("$") or tag == _MARK:
         return obj
     if tag == "$dict":
         return {key: value for key, value in data}  # keys decoded already (tuples...)
