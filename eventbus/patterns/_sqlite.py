@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import sqlite3
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import urlsplit
 
-from eventbus.errors import mask_url
+from eventbus.errors import ConfigurationError, mask_url
 from eventbus.patterns.sql import (
     Database,
     DatabaseError,
@@ -34,6 +35,11 @@ from eventbus.patterns.sql import (
 # What sqlite3 and aiosqlite raise for a statement (ValueError: a closed connection;
 # OverflowError: an int too large to bind).
 _DRIVER_ERRORS = (sqlite3.Error, ValueError, OverflowError)
+
+# The task holding each file's write transaction, across the Database objects of this
+# process: SQLite has one writer per file, so a task opening a second transaction
+# on the same file through another connection would wait for itself.
+_WRITERS: dict[str, asyncio.Task[Any]] = {}
 
 
 class _SQLiteTx:
@@ -92,6 +98,7 @@ class SQLiteDatabase(Database):
         # As SQLAlchemy reads them: sqlite:///relative.db, sqlite:////absolute/path.db.
         path = parts.netloc if parts.netloc == ":memory:" else parts.path[1:]
         self._path = ":memory:" if path in (":memory:", "") else path
+        self._file = "" if self._path == ":memory:" else os.path.realpath(self._path)
         self._busy = timeouts.busy
         self._conn: Any = None
         self._lock = asyncio.Lock()
@@ -120,19 +127,32 @@ class SQLiteDatabase(Database):
             async with self._savepoint() as nested:
                 yield nested
             return
+        if task is not None and self._file and _WRITERS.get(self._file) is task:
+            raise ConfigurationError(
+                f"this task already has a transaction open on SQLite file {self._path!r} "
+                "through another Database object; SQLite has one writer per file, so this "
+                "one would wait for it forever. Share one Database object (a transaction "
+                "opened inside another of the same object joins it), or finish the first")
         conn = await self._begin()
         self._owner = task
+        if task is not None and self._file:
+            _WRITERS[self._file] = task
         try:
             yield _SQLiteTx(conn)
         except BaseException as exc:
-            self._owner = None
+            self._release_writer(task)
             await self._end(conn, "ROLLBACK")
             if isinstance(exc, _DRIVER_ERRORS):
                 raise sqlite_error(exc) from exc
             raise
         else:
-            self._owner = None
+            self._release_writer(task)
             await self._end(conn, "COMMIT")
+
+    def _release_writer(self, task: asyncio.Task[Any] | None) -> None:
+        self._owner = None
+        if self._file and _WRITERS.get(self._file) is task:
+            del _WRITERS[self._file]
 
     async def _begin(self) -> Any:
         """Take the connection lock and open a write transaction; returns the connection."""

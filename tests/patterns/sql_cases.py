@@ -168,13 +168,16 @@ async def check_busy_database_is_infrastructure(url: str) -> None:
     database's state, not the message's: DatabaseError, an InfrastructureError."""
     if url.startswith("sqlite"):
         sep = "&" if "?" in url else "?"
+        async def insert(waiter: Database) -> None:  # another process, in effect
+            async with waiter.transaction() as other:
+                await other.execute("INSERT INTO busy VALUES (1)")
+
         async with await Database.connect(url) as holder, \
                 await Database.connect(f"{url}{sep}busy_timeout=0.1") as waiter, \
                 holder.transaction() as tx:
             await tx.execute("CREATE TABLE busy (n INTEGER)")
             with pytest.raises(DatabaseError) as info:
-                async with waiter.transaction() as other:
-                    await other.execute("INSERT INTO busy VALUES (1)")
+                await asyncio.create_task(insert(waiter))
         assert isinstance(info.value, InfrastructureError)
         return
     async with await Database.connect(url) as db:

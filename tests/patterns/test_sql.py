@@ -117,3 +117,24 @@ async def test_cancelled_while_waiting_to_begin_leaves_the_database_usable(
     finally:
         await db.close()
         await other.close()
+
+
+@pytest.mark.asyncio
+async def test_a_nested_transaction_through_another_database_object_fails_at_once(
+        sqlite_url: str) -> None:
+    """Defect 13, the other way to nest on SQLite: two Database objects on one file
+    (a store opened by URL beside the inbox's database). The inner BEGIN would wait
+    for the outer's write lock, its own task's, for busy_timeout and then be
+    redelivered forever; it fails at once instead, saying what to do."""
+    from eventbus.errors import ConfigurationError
+
+    async with await Database.connect(sqlite_url) as first, \
+            await Database.connect(sqlite_url) as second:
+        async with first.transaction() as tx:
+            await tx.execute("CREATE TABLE t (n INTEGER)")
+            with pytest.raises(ConfigurationError, match="Share one Database object"):
+                async with asyncio.timeout(2):
+                    async with second.transaction():
+                        pass
+        async with second.transaction() as tx:  # the file is free again
+            assert await tx.fetchval("SELECT count(*) FROM t") == 0
