@@ -166,8 +166,9 @@ class ResilienceCases:
           requires(Capability.redelivery, "the message must come back"), timeout=120.0)
     async def test_failed_settle_releases_the_message(self, run: Case) -> None:
         """The connection is refused for longer than a client retries a call while a handler
-        fails, so its nack (and an ack) cannot reach the broker: the message comes back and is handled, and with
-        one prefetch slot later messages still flow (no slot leaked, no entry held)."""
+        fails, so its nack (and an ack) cannot reach the broker: the message comes back and
+        is handled, and with one prefetch slot later messages still flow (no slot leaked,
+        no entry held)."""
         faults, url = run.target.faults, run.target.faulty_url
         assert faults is not None and url is not None
         event_cls = on_topic(Ping, run.topic())
