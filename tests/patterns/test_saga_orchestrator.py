@@ -17,10 +17,12 @@ from eventbus.patterns.sagas import (
     MemorySagaStore,
     SagaContext,
     SagaDefinition,
+    SagaNotFound,
     SagaOrchestrator,
     SagaStore,
     SqlSagaStore,
     Step,
+    StepAction,
 )
 from eventbus.patterns.sql import Database
 
@@ -293,11 +295,56 @@ async def check_a_compensation_that_keeps_failing_parks_the_saga(
         assert (await orch.get("o-8")).status == "compensated"  # type: ignore[union-attr]
 
 
+async def check_each_orchestrator_drives_only_its_own_saga_type(url: str | None) -> None:
+    """Two saga types in one store (one table): each orchestrator's tick, parked list
+    and replies touch only sagas of its own type (issue #19, defect 3)."""
+    async with World(url) as w:
+        ran: list[str] = []
+
+        def undo(what: str) -> StepAction:
+            async def compensation(ctx: SagaContext) -> None:
+                ran.append(f"{what}({ctx.saga_id})")
+            return compensation
+
+        async def noop(ctx: SagaContext) -> None:
+            pass
+
+        store = w.store()
+        await store.setup()
+        bus = EventBus(f"memory://{uuid.uuid4()}")
+        orders = SagaOrchestrator(SagaDefinition("type-order", [
+            Step("reserve", noop, undo("order.release")),
+            Step("charge", noop, undo("order.refund"), timeout=3600)]), store, bus,
+            clock=w.clock, compensation_attempts=1)
+        shipping = SagaOrchestrator(SagaDefinition("type-shipping", [
+            Step("book", noop, undo("shipping.cancel"), timeout=1)]), store, bus,
+            clock=w.clock, compensation_attempts=1)
+        await shipping.start("ship-1")
+        await orders.start("order-1")
+        w.clock.now += 10  # the booking's reply is overdue, the charge's is not
+        assert await store.overdue(w.clock.now, saga_type="type-order") == []
+        assert await store.overdue(w.clock.now, saga_type="type-shipping") == ["ship-1"]
+        await orders.tick()
+        assert ran == [] and (await shipping.get("ship-1")).status == "running"  # type: ignore[union-attr]
+        with pytest.raises(SagaNotFound, match="type-shipping"):
+            await orders.step_succeeded("ship-1", "charge")
+        with pytest.raises(SagaNotFound, match="type-shipping"):
+            await orders.start("ship-1")
+        await shipping.tick()
+        assert ran == ["shipping.cancel(ship-1)"]
+        assert [s.saga_id for s in await store.by_status("compensated", saga_type="type-shipping")
+                ] == ["ship-1"]
+        assert await store.by_status("compensated", saga_type="type-order") == []
+        assert await store.retry_due(w.clock.now, saga_type="type-order") == []
+        assert (await orders.get("order-1")).status == "running"  # type: ignore[union-attr]
+
+
 CASES = [check_success_runs_the_steps_in_order, check_failure_compensates_in_reverse_order,
          check_a_failing_action_compensates_what_ran, check_racing_starts_create_one_saga,
          check_concurrent_replies_advance_once,
          check_compensation_applied_once_across_crash_and_replay,
-         check_timeout_survives_a_restart]
+         check_timeout_survives_a_restart,
+         check_each_orchestrator_drives_only_its_own_saga_type]
 
 
 @pytest.mark.asyncio

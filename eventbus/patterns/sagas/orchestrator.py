@@ -144,15 +144,16 @@ class SagaOrchestrator:
     async def tick(self) -> None:
         """Time out overdue steps and retry due compensations (run it periodically)."""
         now = self.clock()
-        for saga_id in await self.store.overdue(now):
-            state = await self.store.get(saga_id)
+        mine = self.definition.saga_type
+        for saga_id in await self.store.overdue(now, saga_type=mine):
+            state = await self.get(saga_id)
             if state is None or state.status != "running":
                 continue
             step = self.definition.steps[state.step].name
             await self._begin_compensation(
                 saga_id, f"step {step!r} timed out", include_current=True,
                 expected_step=step, overdue_at=now)
-        for saga_id in await self.store.retry_due(now):
+        for saga_id in await self.store.retry_due(now, saga_type=mine):
             await self._compensate(saga_id)
 
     async def run(self, interval: float = 1.0) -> None:
@@ -167,7 +168,7 @@ class SagaOrchestrator:
 
     async def parked(self) -> list[SagaState]:
         """Sagas whose compensation kept failing: they wait for :meth:`resume`."""
-        return await self.store.by_status("parked")
+        return await self.store.by_status("parked", saga_type=self.definition.saga_type)
 
     async def resume(self, saga_id: str) -> SagaState:
         """Retry a parked saga's compensation (after a person fixed the cause)."""
@@ -182,8 +183,11 @@ class SagaOrchestrator:
         return await self._compensate(saga_id)
 
     async def get(self, saga_id: str) -> SagaState | None:
-        """The saga's stored state, or ``None``."""
-        return await self.store.get(saga_id)
+        """The saga's stored state, or ``None`` (also when ``saga_id`` is a saga of
+        another type in the same store)."""
+        state = await self.store.get(saga_id)
+        return state if state is not None and state.saga_type == self.definition.saga_type \
+            else None
 
     # -- internals ---------------------------------------------------------------------
 
@@ -196,9 +200,22 @@ class SagaOrchestrator:
                 and steps[state.step].name == step)
 
     async def _get(self, saga_id: str) -> SagaState:
-        state = await self.store.get(saga_id)
+        return self._own(saga_id, await self.store.get(saga_id))
+
+    def _own(self, saga_id: str, state: SagaState | None) -> SagaState:
+        """``state`` if it is a saga of this orchestrator's type; else SagaNotFound.
+
+        Saga ids are unique across the types sharing a store: applying this
+        definition's steps to another type's saga would run the wrong compensations.
+        """
+        mine = self.definition.saga_type
         if state is None:
-            raise SagaNotFound(f"no saga {saga_id!r} of type {self.definition.saga_type!r}")
+            raise SagaNotFound(f"no saga {saga_id!r} of type {mine!r}")
+        if state.saga_type != mine:
+            raise SagaNotFound(
+                f"no saga {saga_id!r} of type {mine!r}: that id is a saga of type "
+                f"{state.saga_type!r} in the same store; use its own orchestrator, or "
+                "another id (ids are unique across the saga types of one store)")
         return state
 
     async def _change(self, saga_id: str, change: Change) -> SagaState:
@@ -208,10 +225,7 @@ class SagaOrchestrator:
             publisher = self._publisher()
             try:
                 async with self.store.unit_of_work() as session:
-                    state = await session.load(saga_id)
-                    if state is None:
-                        raise SagaNotFound(
-                            f"no saga {saga_id!r} of type {self.definition.saga_type!r}")
+                    state = self._own(saga_id, await session.load(saga_id))
                     changed = await change(session, state, publisher)
             except SagaConcurrencyError:
                 publisher.discard()

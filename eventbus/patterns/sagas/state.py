@@ -99,14 +99,21 @@ class SagaStore(Protocol):
     async def get(self, saga_id: str) -> SagaState | None:
         """The saga as stored now, or ``None``."""
 
-    async def overdue(self, now: float, limit: int = 100) -> list[str]:
-        """Ids of running sagas whose step deadline is at or before ``now``."""
+    async def overdue(self, now: float, limit: int = 100, *,
+                      saga_type: str | None = None) -> list[str]:
+        """Ids of running sagas (of ``saga_type``, when given) whose step deadline is at
+        or before ``now``. Several saga types may share one store: an orchestrator
+        passes its own type, so it never drives another type's sagas."""
 
-    async def retry_due(self, now: float, limit: int = 100) -> list[str]:
-        """Ids of compensating sagas whose next compensation attempt is due."""
+    async def retry_due(self, now: float, limit: int = 100, *,
+                        saga_type: str | None = None) -> list[str]:
+        """Ids of compensating sagas (of ``saga_type``, when given) whose next
+        compensation attempt is due."""
 
-    async def by_status(self, status: SagaStatus, limit: int = 100) -> list[SagaState]:
-        """Sagas in ``status`` (``"parked"`` lists the ones that need a person)."""
+    async def by_status(self, status: SagaStatus, limit: int = 100, *,
+                        saga_type: str | None = None) -> list[SagaState]:
+        """Sagas in ``status`` (of ``saga_type``, when given); ``"parked"`` lists the
+        ones that need a person."""
 
 
 # -- memory ------------------------------------------------------------------------
@@ -165,19 +172,25 @@ class MemorySagaStore:
         row = self._rows.get(saga_id)
         return copy.deepcopy(row) if row is not None else None
 
-    async def overdue(self, now: float, limit: int = 100) -> list[str]:
-        """Running sagas past their step deadline."""
-        return [s.saga_id for s in self._rows.values() if s.status == "running"
+    async def overdue(self, now: float, limit: int = 100, *,
+                      saga_type: str | None = None) -> list[str]:
+        """Running sagas (of ``saga_type``) past their step deadline."""
+        return [s.saga_id for s in self._of(saga_type) if s.status == "running"
                 and s.deadline is not None and s.deadline <= now][:limit]
 
-    async def retry_due(self, now: float, limit: int = 100) -> list[str]:
-        """Compensating sagas whose next attempt is due."""
-        return [s.saga_id for s in self._rows.values() if s.status == "compensating"
+    async def retry_due(self, now: float, limit: int = 100, *,
+                        saga_type: str | None = None) -> list[str]:
+        """Compensating sagas (of ``saga_type``) whose next attempt is due."""
+        return [s.saga_id for s in self._of(saga_type) if s.status == "compensating"
                 and (s.retry_at is None or s.retry_at <= now)][:limit]
 
-    async def by_status(self, status: SagaStatus, limit: int = 100) -> list[SagaState]:
-        """Sagas in ``status``."""
-        return [copy.deepcopy(s) for s in self._rows.values() if s.status == status][:limit]
+    async def by_status(self, status: SagaStatus, limit: int = 100, *,
+                        saga_type: str | None = None) -> list[SagaState]:
+        """Sagas in ``status`` (of ``saga_type``)."""
+        return [copy.deepcopy(s) for s in self._of(saga_type) if s.status == status][:limit]
+
+    def _of(self, saga_type: str | None) -> list[SagaState]:
+        return [s for s in self._rows.values() if saga_type is None or s.saga_type == saga_type]
 
 
 # -- SQL (SQLite and PostgreSQL) ---------------------------------------------------
@@ -203,6 +216,9 @@ def _table_sql(table: str, dialect: str) -> list[str]:
             reason TEXT,
             version INTEGER NOT NULL)""",
         f"CREATE INDEX IF NOT EXISTS {table}_status ON {table} (status, deadline)",
+        # What an orchestrator's tick asks: its own type's overdue or due sagas.
+        f"CREATE INDEX IF NOT EXISTS {table}_type_status ON {table} "
+        "(saga_type, status, deadline)",
     ]
 
 
@@ -298,25 +314,36 @@ class SqlSagaStore:
         async with self.db.transaction() as tx:
             return await _SqlSession(tx, self.table).load(saga_id)
 
-    async def overdue(self, now: float, limit: int = 100) -> list[str]:
-        """Running sagas past their step deadline."""
-        return await self._ids("status = 'running' AND deadline <= $1", now, limit)
+    async def overdue(self, now: float, limit: int = 100, *,
+                      saga_type: str | None = None) -> list[str]:
+        """Running sagas (of ``saga_type``) past their step deadline."""
+        return await self._ids("status = 'running' AND deadline <= $1", now, limit, saga_type)
 
-    async def retry_due(self, now: float, limit: int = 100) -> list[str]:
-        """Compensating sagas whose next attempt is due."""
+    async def retry_due(self, now: float, limit: int = 100, *,
+                        saga_type: str | None = None) -> list[str]:
+        """Compensating sagas (of ``saga_type``) whose next attempt is due."""
         return await self._ids(
-            "status = 'compensating' AND (retry_at IS NULL OR retry_at <= $1)", now, limit)
+            "status = 'compensating' AND (retry_at IS NULL OR retry_at <= $1)", now, limit,
+            saga_type)
 
-    async def by_status(self, status: SagaStatus, limit: int = 100) -> list[SagaState]:
-        """Sagas in ``status``."""
+    async def by_status(self, status: SagaStatus, limit: int = 100, *,
+                        saga_type: str | None = None) -> list[SagaState]:
+        """Sagas in ``status`` (of ``saga_type``)."""
+        of_type, args = _of_type(saga_type)
         async with self.db.transaction() as tx:
-            rows = await tx.fetch(f"SELECT {_COLUMNS} FROM {self.table} WHERE status = $1 "
-                                  "ORDER BY saga_id LIMIT $2", status, limit)
+            rows = await tx.fetch(f"SELECT {_COLUMNS} FROM {self.table} WHERE status = $1"
+                                  f"{of_type} ORDER BY saga_id LIMIT $2", status, limit, *args)
         return [_state(row) for row in rows]
 
-    async def _ids(self, where: str, now: float, limit: int) -> list[str]:
+    async def _ids(self, where: str, now: float, limit: int,
+                   saga_type: str | None) -> list[str]:
+        of_type, args = _of_type(saga_type)
         async with self.db.transaction() as tx:
-            rows = await tx.fetch(
-                f"SELECT saga_id FROM {self.table} WHERE {where} ORDER BY saga_id LIMIT $2",
-                now, limit)
+            rows = await tx.fetch(f"SELECT saga_id FROM {self.table} WHERE {where}{of_type} "
+                                  "ORDER BY saga_id LIMIT $2", now, limit, *args)
         return [row[0] for row in rows]
+
+
+def _of_type(saga_type: str | None) -> tuple[str, tuple[str, ...]]:
+    """The clause (parameter ``$3``) that keeps one saga type, or none for all types."""
+    return ("", ()) if saga_type is None else (" AND saga_type = $3", (saga_type,))
