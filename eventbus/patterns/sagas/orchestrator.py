@@ -34,6 +34,7 @@ from typing import Any
 
 from eventbus.backoff import Backoff
 from eventbus.bus import EventBus
+from eventbus.errors import ConfigurationError
 from eventbus.patterns.sagas.definition import SagaContext, SagaDefinition, StepAction
 from eventbus.patterns.sagas.publishing import SagaPublisher
 from eventbus.patterns.sagas.state import (
@@ -57,6 +58,32 @@ class _ActionFailed(Exception):
 Change = Callable[[SagaSession, SagaState, SagaPublisher], Awaitable[bool]]
 
 
+def _check_outbox(saga_type: str, store: SagaStore, bus: EventBus) -> None:
+    """Refuse ``transactional_publish=True`` unless an outbox really takes the publishes.
+
+    With it a step's publish goes out at once, trusting the store's unit of work to
+    write it into an outbox table in the saga's transaction. Without an outbox it
+    would reach the broker while that transaction may still roll back: a command
+    for a saga change that never happened.
+    """
+    outbox = getattr(store, "outbox", None)
+    if outbox is None:
+        raise ConfigurationError(
+            f"SagaOrchestrator({saga_type!r}, transactional_publish=True) on a "
+            f"{type(store).__name__} with no outbox: its steps' messages would be sent "
+            "before the saga's change commits, and sent even if it rolls back. Give the "
+            "store the outbox's unit of work (SqlSagaStore(db, unit_of_work="
+            "outbox.unit_of_work)), or leave transactional_publish=False (messages are "
+            "held until the change commits)")
+    if outbox.middleware not in bus.publish_middleware:
+        raise ConfigurationError(
+            f"SagaOrchestrator({saga_type!r}, transactional_publish=True): the bus does "
+            f"not route publishes into the store's outbox (table {outbox.table!r}), so "
+            "they would go straight to the broker before the saga's change commits. Add "
+            "outbox.middleware to the bus (EventBus(..., publish_middleware=[..., "
+            "outbox.middleware]))")
+
+
 class SagaOrchestrator:
     """Runs sagas of one :class:`SagaDefinition` on a :class:`SagaStore`.
 
@@ -68,6 +95,8 @@ class SagaOrchestrator:
                  transactional_publish: bool = False, compensation_attempts: int = 5,
                  compensation_backoff: Backoff | None = None,
                  clock: Callable[[], float] = time.time) -> None:
+        if transactional_publish:
+            _check_outbox(definition.saga_type, store, bus)
         self.definition = definition
         self.store = store
         self.bus = bus

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from eventbus.errors import EventBusError
+from eventbus.patterns.outbox.store import Outbox
 from eventbus.patterns.sql import Database, Transaction, UniqueViolation
 
 SagaStatus = Literal["running", "completed", "compensating", "compensated", "parked"]
@@ -147,6 +148,8 @@ class _MemorySession:
 
 class MemorySagaStore:
     """Saga state in this process (tests, demos): lost when the process ends."""
+
+    outbox: Outbox | None = None  # no transaction an outbox could share
 
     def __init__(self) -> None:
         self._rows: dict[str, SagaState] = {}
@@ -278,14 +281,19 @@ class SqlSagaStore:
     ``unit_of_work`` opens the transaction every saga change runs in; it defaults
     to ``db.transaction``. Pass a transactional outbox's ``unit_of_work`` so the
     commands and events a step publishes are written in the same transaction as
-    the saga's new state.
+    the saga's new state. ``outbox`` names that outbox when ``unit_of_work`` is a
+    function of your own that routes publishes into it (``outbox.within(tx)``);
+    with ``outbox.unit_of_work`` itself it is found without being named.
     """
 
     def __init__(self, db: Database, *, table: str = "eventbus_sagas",
-                 unit_of_work: UnitOfWork | None = None) -> None:
+                 unit_of_work: UnitOfWork | None = None, outbox: Outbox | None = None) -> None:
         self.db = db
         self.table = table
         self._unit_of_work: UnitOfWork = unit_of_work or db.transaction
+        owner = getattr(unit_of_work, "__self__", None)
+        self.outbox: Outbox | None = outbox or (owner if isinstance(owner, Outbox) else None)
+        """The outbox this store's units of work write publishes into, if any."""
 
     async def setup(self) -> None:
         """Create the saga table and its index if they are missing."""
