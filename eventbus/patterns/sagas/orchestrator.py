@@ -22,25 +22,32 @@ together, so a replay never applies it twice. A compensation that raises is
 retried after a backoff, up to ``compensation_attempts``; then the saga is
 *parked* (status ``"parked"``, logged at error, listed by :meth:`parked`) for a
 person to look at, instead of looping.
+
+What a change publishes commits with it (in the outbox, or in the saga's own
+``outgoing`` messages, see :mod:`~eventbus.patterns.sagas.publishing`); the next
+change waits until those messages reached the broker, so a compensation counts
+as done only once what it sent went out. A broker outage delays it (retried by
+:meth:`~SagaOrchestrator.tick`), never parks it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any
 
 from eventbus.backoff import Backoff
 from eventbus.bus import EventBus
-from eventbus.errors import ConfigurationError
 from eventbus.patterns.sagas.definition import SagaContext, SagaDefinition, StepAction
-from eventbus.patterns.sagas.publishing import SagaPublisher
+from eventbus.patterns.sagas.publishing import SagaPublisher, check_outbox, deliver
 from eventbus.patterns.sagas.state import (
     SagaAlreadyExists,
     SagaConcurrencyError,
     SagaNotFound,
+    SagaPublishError,
     SagaSession,
     SagaState,
     SagaStore,
@@ -58,32 +65,6 @@ class _ActionFailed(Exception):
 Change = Callable[[SagaSession, SagaState, SagaPublisher], Awaitable[bool]]
 
 
-def _check_outbox(saga_type: str, store: SagaStore, bus: EventBus) -> None:
-    """Refuse ``transactional_publish=True`` unless an outbox really takes the publishes.
-
-    With it a step's publish goes out at once, trusting the store's unit of work to
-    write it into an outbox table in the saga's transaction. Without an outbox it
-    would reach the broker while that transaction may still roll back: a command
-    for a saga change that never happened.
-    """
-    outbox = getattr(store, "outbox", None)
-    if outbox is None:
-        raise ConfigurationError(
-            f"SagaOrchestrator({saga_type!r}, transactional_publish=True) on a "
-            f"{type(store).__name__} with no outbox: its steps' messages would be sent "
-            "before the saga's change commits, and sent even if it rolls back. Give the "
-            "store the outbox's unit of work (SqlSagaStore(db, unit_of_work="
-            "outbox.unit_of_work)), or leave transactional_publish=False (messages are "
-            "held until the change commits)")
-    if outbox.middleware not in bus.publish_middleware:
-        raise ConfigurationError(
-            f"SagaOrchestrator({saga_type!r}, transactional_publish=True): the bus does "
-            f"not route publishes into the store's outbox (table {outbox.table!r}), so "
-            "they would go straight to the broker before the saga's change commits. Add "
-            "outbox.middleware to the bus (EventBus(..., publish_middleware=[..., "
-            "outbox.middleware]))")
-
-
 class SagaOrchestrator:
     """Runs sagas of one :class:`SagaDefinition` on a :class:`SagaStore`.
 
@@ -96,7 +77,7 @@ class SagaOrchestrator:
                  compensation_backoff: Backoff | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         if transactional_publish:
-            _check_outbox(definition.saga_type, store, bus)
+            check_outbox(definition.saga_type, store, bus)
         self.definition = definition
         self.store = store
         self.bus = bus
@@ -114,7 +95,7 @@ class SagaOrchestrator:
         winner's saga is returned: starting twice is safe.
         """
         state = SagaState(saga_id, self.definition.saga_type, dict(data or {}))
-        publisher = self._publisher()
+        publisher = self._publisher(state)
         try:
             async with self.store.unit_of_work() as session:
                 if await session.load(saga_id) is not None:
@@ -138,8 +119,7 @@ class SagaOrchestrator:
             logger.warning("saga %s failed to start: %s", saga_id, exc)
             await self._compensate(saga_id)
             return await self._get(saga_id)
-        await publisher.flush()
-        return state
+        return await self._deliver(saga_id, publisher.held) or state
 
     async def step_succeeded(self, saga_id: str, step: str,
                              data: Mapping[str, Any] | None = None) -> SagaState:
@@ -171,7 +151,12 @@ class SagaOrchestrator:
                                               include_current=False, expected_step=step)
 
     async def tick(self) -> None:
-        """Time out overdue steps and retry due compensations (run it periodically)."""
+        """Time out overdue steps, retry due compensations and send the messages of
+        committed changes that could not be sent then (run it periodically).
+
+        A saga that fails here is logged and tried again on a later tick; it does not
+        keep the others from their turn.
+        """
         now = self.clock()
         mine = self.definition.saga_type
         for saga_id in await self.store.overdue(now, saga_type=mine):
@@ -179,11 +164,13 @@ class SagaOrchestrator:
             if state is None or state.status != "running":
                 continue
             step = self.definition.steps[state.step].name
-            await self._begin_compensation(
-                saga_id, f"step {step!r} timed out", include_current=True,
-                expected_step=step, overdue_at=now)
+            with self._logged(saga_id, "timing out"):
+                await self._begin_compensation(
+                    saga_id, f"step {step!r} timed out", include_current=True,
+                    expected_step=step, overdue_at=now)
         for saga_id in await self.store.retry_due(now, saga_type=mine):
-            await self._compensate(saga_id)
+            with self._logged(saga_id, "retrying"):
+                await self._compensate(saga_id)
 
     async def run(self, interval: float = 1.0) -> None:
         """Call :meth:`tick` every ``interval`` seconds until cancelled; errors are logged."""
@@ -220,8 +207,19 @@ class SagaOrchestrator:
 
     # -- internals ---------------------------------------------------------------------
 
-    def _publisher(self) -> SagaPublisher:
-        return SagaPublisher(self.bus, self.transactional_publish)
+    def _publisher(self, state: SagaState | None = None) -> SagaPublisher:
+        return SagaPublisher(self.bus, self.transactional_publish, state)
+
+    @contextlib.contextmanager
+    def _logged(self, saga_id: str, doing: str) -> Iterator[None]:
+        try:
+            yield
+        except Exception as exc:
+            logger.warning("saga %s: %s it failed (%s: %s); the next tick tries again",
+                           saga_id, doing, type(exc).__name__, exc)
+
+    async def _deliver(self, saga_id: str, outgoing: list[dict[str, str]]) -> SagaState | None:
+        return await deliver(self.bus, self.store, self.definition.saga_type, saga_id, outgoing)
 
     def _waiting_on(self, state: SagaState, step: str) -> bool:
         steps = self.definition.steps
@@ -247,15 +245,26 @@ class SagaOrchestrator:
                 "another id (ids are unique across the saga types of one store)")
         return state
 
-    async def _change(self, saga_id: str, change: Change) -> SagaState:
+    async def _change(self, saga_id: str, change: Change, *,
+                      send_pending: bool = True) -> SagaState:
         """Load, change and save the saga in one unit of work; on a version conflict
-        (another instance saved first) reload and decide again."""
+        (another instance saved first) reload and decide again.
+
+        Messages an earlier change left unsent go out first: a change is made only
+        once what came before it reached the broker (``send_pending=False`` skips
+        that, for the record of a failure itself).
+        """
         for _ in range(10):
             publisher = self._publisher()
+            pending: list[dict[str, str]] = []
             try:
                 async with self.store.unit_of_work() as session:
                     state = self._own(saga_id, await session.load(saga_id))
-                    changed = await change(session, state, publisher)
+                    if send_pending and state.outgoing:
+                        pending, changed = list(state.outgoing), False
+                    else:
+                        publisher.state = state
+                        changed = await change(session, state, publisher)
             except SagaConcurrencyError:
                 publisher.discard()
                 logger.debug("saga %s changed concurrently; reloading", saga_id)
@@ -263,10 +272,12 @@ class SagaOrchestrator:
             except BaseException:
                 publisher.discard()
                 raise
-            await publisher.flush()
+            if pending:
+                await self._deliver(saga_id, pending)
+                continue  # and decide on the saga as it is now
             if not changed:
                 logger.debug("saga %s: nothing to do (status %s)", saga_id, state.status)
-            return state
+            return await self._deliver(saga_id, publisher.held) or state
         raise SagaConcurrencyError(f"saga {saga_id!r} kept changing under this orchestrator")
 
     async def _advance(self, session: SagaSession, state: SagaState,
@@ -365,8 +376,13 @@ class SagaOrchestrator:
                 return False
             step = state.to_compensate[0] if state.to_compensate else "on_compensated"
             state.attempts += 1
-            what = f"compensation of step {step!r} failed: {type(error).__name__}: {error}"
-            if state.attempts >= self.compensation_attempts:
+            # Not sending is the broker's trouble, not the compensation's: retried with
+            # backoff for as long as it lasts, never a reason to park the saga.
+            unsent = isinstance(error, SagaPublishError)
+            what = (f"sending a compensation's messages failed: {error.__cause__}" if unsent
+                    else f"compensation of step {step!r} failed: {type(error).__name__}: "
+                    f"{error}")
+            if state.attempts >= self.compensation_attempts and not unsent:
                 state.status, state.retry_at, state.reason = "parked", None, what
                 logger.error("saga %s parked after %d attempts: %s; fix the cause, then "
                              "resume it (SagaOrchestrator.resume)", saga_id, state.attempts, what)
@@ -377,7 +393,7 @@ class SagaOrchestrator:
             await session.update(state)
             return True
 
-        return await self._change(saga_id, change)
+        return await self._change(saga_id, change, send_pending=False)
 
     # -- wiring replies from the bus ------------------------------------------------------
 

@@ -20,6 +20,7 @@ from typing import Any, Literal, Protocol
 
 from eventbus.errors import EventBusError
 from eventbus.patterns.outbox.store import Outbox
+from eventbus.patterns.schema import ensure_columns
 from eventbus.patterns.sql import Database, Transaction, UniqueViolation
 
 SagaStatus = Literal["running", "completed", "compensating", "compensated", "parked"]
@@ -42,6 +43,11 @@ class SagaNotFound(SagaError):
     """No saga has this id."""
 
 
+class SagaPublishError(SagaError):
+    """A saga change was saved, but publishing its messages failed: they are kept with
+    the saga and sent again before its next change, or by the orchestrator's tick."""
+
+
 @dataclass
 class SagaState:
     """One saga instance: where it is, its data, and what was compensated.
@@ -50,6 +56,9 @@ class SagaState:
     ``deadline`` is when the running step's answer is due (epoch seconds), kept in
     the store so a restarted orchestrator still times it out. ``to_compensate`` is
     the queue of step names still to undo, in order; ``compensated`` the ones done.
+    ``outgoing`` holds the messages a committed change published but that have not
+    reached the broker yet (``{"topic", "id", "envelope"}``, the envelope encoded):
+    they are sent, with the same ids, before the saga's next change.
     """
 
     saga_id: str
@@ -64,6 +73,7 @@ class SagaState:
     retry_at: float | None = None
     reason: str | None = None
     version: int = 0
+    outgoing: list[dict[str, str]] = field(default_factory=list)
 
     @property
     def finished(self) -> bool:
@@ -108,8 +118,8 @@ class SagaStore(Protocol):
 
     async def retry_due(self, now: float, limit: int = 100, *,
                         saga_type: str | None = None) -> list[str]:
-        """Ids of compensating sagas (of ``saga_type``, when given) whose next
-        compensation attempt is due."""
+        """Ids of sagas (of ``saga_type``, when given) compensating, or holding
+        messages a committed change could not send yet, whose next attempt is due."""
 
     async def by_status(self, status: SagaStatus, limit: int = 100, *,
                         saga_type: str | None = None) -> list[SagaState]:
@@ -183,8 +193,10 @@ class MemorySagaStore:
 
     async def retry_due(self, now: float, limit: int = 100, *,
                         saga_type: str | None = None) -> list[str]:
-        """Compensating sagas (of ``saga_type``) whose next attempt is due."""
-        return [s.saga_id for s in self._of(saga_type) if s.status == "compensating"
+        """Sagas (of ``saga_type``) compensating or with messages still to send, whose
+        next attempt is due."""
+        return [s.saga_id for s in self._of(saga_type)
+                if (s.status == "compensating" or s.outgoing)
                 and (s.retry_at is None or s.retry_at <= now)][:limit]
 
     async def by_status(self, status: SagaStatus, limit: int = 100, *,
@@ -199,7 +211,8 @@ class MemorySagaStore:
 # -- SQL (SQLite and PostgreSQL) ---------------------------------------------------
 
 _COLUMNS = ("saga_id, saga_type, status, step, data, deadline, to_compensate, "
-            "compensated, attempts, retry_at, reason, version")
+            "compensated, attempts, retry_at, reason, version, outgoing")
+_REQUIRED = [name.strip() for name in _COLUMNS.split(",")][:12]
 
 
 def _table_sql(table: str, dialect: str) -> list[str]:
@@ -217,25 +230,36 @@ def _table_sql(table: str, dialect: str) -> list[str]:
             attempts INTEGER NOT NULL,
             retry_at {real},
             reason TEXT,
-            version INTEGER NOT NULL)""",
+            version INTEGER NOT NULL,
+            outgoing TEXT)""",
+    ]
+
+
+def _index_sql(table: str) -> list[str]:
+    return [
         f"CREATE INDEX IF NOT EXISTS {table}_status ON {table} (status, deadline)",
-        # What an orchestrator's tick asks: its own type's overdue or due sagas.
+        # What an orchestrator's tick asks: its own type's overdue or due sagas, and
+        # those with messages still to send.
         f"CREATE INDEX IF NOT EXISTS {table}_type_status ON {table} "
         "(saga_type, status, deadline)",
+        f"CREATE INDEX IF NOT EXISTS {table}_outgoing ON {table} (saga_type) "
+        "WHERE outgoing IS NOT NULL",
     ]
 
 
 def _row(state: SagaState) -> tuple[Any, ...]:
     return (state.saga_id, state.saga_type, state.status, state.step, json.dumps(state.data),
             state.deadline, json.dumps(state.to_compensate), json.dumps(state.compensated),
-            state.attempts, state.retry_at, state.reason, state.version)
+            state.attempts, state.retry_at, state.reason, state.version,
+            json.dumps(state.outgoing) if state.outgoing else None)
 
 
 def _state(row: tuple[Any, ...]) -> SagaState:
     return SagaState(
         saga_id=row[0], saga_type=row[1], status=row[2], step=row[3], data=json.loads(row[4]),
         deadline=row[5], to_compensate=json.loads(row[6]), compensated=json.loads(row[7]),
-        attempts=row[8], retry_at=row[9], reason=row[10], version=row[11])
+        attempts=row[8], retry_at=row[9], reason=row[10], version=row[11],
+        outgoing=json.loads(row[12]) if row[12] else [])
 
 
 class _SqlSession:
@@ -254,7 +278,7 @@ class _SqlSession:
         try:
             await self._tx.execute(
                 f"INSERT INTO {self._table} ({_COLUMNS}) VALUES "
-                "($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)", *_row(state))
+                "($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)", *_row(state))
         except UniqueViolation as exc:
             raise SagaAlreadyExists(f"saga {state.saga_id!r} already exists") from exc
 
@@ -263,8 +287,8 @@ class _SqlSession:
         changed = await self._tx.execute(
             f"UPDATE {self._table} SET status = $2, step = $3, data = $4, deadline = $5, "
             "to_compensate = $6, compensated = $7, attempts = $8, retry_at = $9, reason = $10, "
-            "version = version + 1 WHERE saga_id = $1 AND version = $11",
-            state.saga_id, *values[2:11], state.version)
+            "outgoing = $12, version = version + 1 WHERE saga_id = $1 AND version = $11",
+            state.saga_id, *values[2:11], state.version, values[12])
         if changed != 1:
             raise SagaConcurrencyError(
                 f"saga {state.saga_id!r} changed since version {state.version} was read "
@@ -296,11 +320,16 @@ class SqlSagaStore:
         """The outbox this store's units of work write publishes into, if any."""
 
     async def setup(self) -> None:
-        """Create the saga table and its index if they are missing."""
+        """Create the saga table and its indexes if they are missing; add the columns
+        a table of an earlier release lacks (see :mod:`eventbus.patterns.schema`)."""
         for attempt in (1, 2):
             try:
                 async with self.db.transaction() as tx:
                     for statement in _table_sql(self.table, self.db.dialect):
+                        await tx.execute(statement)
+                    await ensure_columns(tx, self.table, required=_REQUIRED,
+                                         optional={"outgoing": "TEXT"})
+                    for statement in _index_sql(self.table):
                         await tx.execute(statement)
                 return
             except UniqueViolation:
@@ -329,10 +358,11 @@ class SqlSagaStore:
 
     async def retry_due(self, now: float, limit: int = 100, *,
                         saga_type: str | None = None) -> list[str]:
-        """Compensating sagas (of ``saga_type``) whose next attempt is due."""
+        """Sagas (of ``saga_type``) compensating or with messages still to send, whose
+        next attempt is due."""
         return await self._ids(
-            "status = 'compensating' AND (retry_at IS NULL OR retry_at <= $1)", now, limit,
-            saga_type)
+            "(status = 'compensating' OR outgoing IS NOT NULL) "
+            "AND (retry_at IS NULL OR retry_at <= $1)", now, limit, saga_type)
 
     async def by_status(self, status: SagaStatus, limit: int = 100, *,
                         saga_type: str | None = None) -> list[SagaState]:
