@@ -157,7 +157,9 @@ def build(name: str, url: str, db: Database, run: str, crashes: dict[str, int] |
     :func:`create_schema`)."""
     outbox = Outbox(db, table=outbox_table(name))
     bus = EventBus.from_url(url, source=name, publish_middleware=[outbox.middleware])
-    relay = OutboxRelay(outbox, bus, poll_interval=0.1)
+    # A killed service leaves its relay's claim on the rows it was sending: a short
+    # lease has the restarted one send them again within seconds.
+    relay = OutboxRelay(outbox, bus, poll_interval=0.1, lease=5.0)
     service = Service(name, db, bus, outbox, relay, dict(crashes or {}))
     # The inbox's transaction also takes the outbox's rows: one commit for all.
     inbox = _CrashTestInbox(service, inbox_table(name))
