@@ -40,8 +40,9 @@ from typing import Literal
 from eventbus import Context, EventBus
 from eventbus.events import Message
 from eventbus.patterns.inbox import Inbox
+from eventbus.patterns.ordering import Resequencer, SqlSequenceStore
 from eventbus.patterns.outbox import Outbox, OutboxRelay
-from eventbus.patterns.sagas import Choreography, SequenceGuard, SqlSequenceStore, StepFailed
+from eventbus.patterns.sagas import Choreography, StepFailed
 from eventbus.patterns.sagas.choreography import transaction_of
 from eventbus.patterns.sql import Database, Transaction
 from examples.order_saga.events import (
@@ -171,7 +172,7 @@ def build(name: str, url: str, db: Database, run: str, crashes: dict[str, int] |
 
 
 def _order(service: Service, flow: Choreography) -> None:
-    guard = SequenceGuard("order-status", SqlSequenceStore(service.db))
+    guard = Resequencer("order-status", SqlSequenceStore(service.db), on_gap="apply")
     flow.guard = (guard, lambda event: 3)  # one ending per order: the second is stale
 
     @flow.step(InventoryReserved)
