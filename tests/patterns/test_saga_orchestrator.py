@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from eventbus import Envelope, Event, EventBus
-from eventbus.errors import BrokerConnectionError
+from eventbus.errors import BrokerConnectionError, MessageTooLargeError
 from eventbus.patterns.sagas import (
     MemorySagaStore,
     SagaContext,
@@ -468,3 +468,28 @@ async def test_the_run_loop_times_out_a_step_on_the_real_clock() -> None:
     finally:
         loop.cancel()
     assert (await orch.get("l-1")).status == "compensated"  # type: ignore[union-attr]
+
+
+@pytest.mark.asyncio
+async def test_a_compensation_message_refused_for_good_parks_the_saga() -> None:
+    """A broker outage only delays a compensation; a message the broker will never
+    take (too large) parks the saga after the attempts, like a failing compensation."""
+    async with World(None) as w:
+        orch = w.orchestrator(w.store(), attempts=2)
+        await orch.start("o-12")
+        await orch.step_succeeded("o-12", "charge")
+        real = orch.bus.publish_middleware[0]
+
+        async def refuse(topic: str, envelopes: Sequence[Envelope], call_next: object) -> None:
+            if any(e.type.endswith("refund_requested") for e in envelopes):
+                raise MessageTooLargeError("refund over the broker's limit (test)")
+            await real(topic, envelopes, call_next)  # type: ignore[operator]
+
+        orch.bus.publish_middleware[0] = refuse
+        await orch.step_failed("o-12", "ship", "lost")
+        for _ in range(3):
+            w.clock.now += 3600
+            await orch.tick()
+        state = await orch.get("o-12")
+        assert state is not None and state.status == "parked"
+        assert "MessageTooLargeError" in (state.reason or "")

@@ -41,6 +41,7 @@ from typing import Any
 
 from eventbus.backoff import Backoff
 from eventbus.bus import EventBus
+from eventbus.errors import is_permanent_refusal
 from eventbus.patterns.sagas.definition import SagaContext, SagaDefinition, StepAction
 from eventbus.patterns.sagas.publishing import SagaPublisher, check_outbox, deliver
 from eventbus.patterns.sagas.state import (
@@ -376,10 +377,13 @@ class SagaOrchestrator:
                 return False
             step = state.to_compensate[0] if state.to_compensate else "on_compensated"
             state.attempts += 1
-            # Not sending is the broker's trouble, not the compensation's: retried with
-            # backoff for as long as it lasts, never a reason to park the saga.
-            unsent = isinstance(error, SagaPublishError)
-            what = (f"sending a compensation's messages failed: {error.__cause__}" if unsent
+            # A broker that cannot be reached is not the compensation's fault: retried
+            # with backoff for as long as it lasts, never a reason to park the saga. A
+            # message the broker refuses for good is, like a failing compensation.
+            cause = error.__cause__ if isinstance(error, SagaPublishError) else None
+            unsent = cause is not None and not is_permanent_refusal(cause)
+            what = (f"sending a compensation's messages failed: {type(cause).__name__}: "
+                    f"{cause}" if cause is not None
                     else f"compensation of step {step!r} failed: {type(error).__name__}: "
                     f"{error}")
             if state.attempts >= self.compensation_attempts and not unsent:
