@@ -57,8 +57,11 @@ class RabbitMQSettings:
     single_active_consumer: bool = False
     mandatory: bool = True
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
-    connect_timeout: float = 10.0
-    heartbeat: int = 30
+    # A listener that accepts TCP and never speaks AMQP fails the connect after this.
+    connect_timeout: float = 5.0
+    # Short enough that a connection which went silent without closing (a frozen NAT
+    # entry, a pulled cable) is noticed within ~20 s; RabbitMQ advises 5 to 20 s.
+    heartbeat: int = 5
     publish_timeout: float = 30.0
     reconnect_interval: float = 1.0
     delay_tiers_ms: tuple[int, ...] = DEFAULT_DELAY_TIERS_MS
