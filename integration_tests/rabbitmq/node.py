@@ -10,9 +10,11 @@ broker through the harness's proxy, and the restart case is skipped saying so.
 from __future__ import annotations
 
 import atexit
+import subprocess
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from eventbus.testing.faultproxy import FaultProxy
@@ -27,6 +29,12 @@ class Node:
     url: str
     proxy: FaultProxy
     restart: Callable[[], None] | None
+    direct_url: str | None = None
+    """The node without the proxy in between (``None`` on the shared broker)."""
+    ctl: Callable[..., str] | None = None
+    """Runs ``rabbitmqctl`` on the private node with the given arguments (node-wide
+    settings: memory watermark, max_message_size); ``None`` on the shared broker, whose
+    settings no test may change."""
 
 
 _lock = threading.Lock()
@@ -50,5 +58,22 @@ def conformance_node() -> Node:
         proxy = FaultProxy(parts.hostname or "127.0.0.1", parts.port or 5672).start()
         atexit.register(proxy.stop)
         netloc = f"{parts.username}:{parts.password}@{parts.hostname}:{proxy.port}"
-        _node = Node(urlunsplit(parts._replace(netloc=netloc)), proxy, process.restart)
+        _node = Node(urlunsplit(parts._replace(netloc=netloc)), proxy, process.restart,
+                     process.url, _controller(process))
         return _node
+
+
+def _controller(process: processes.LocalProcess) -> Callable[..., str]:
+    env = process.env
+    # Beside the rabbitmq-server script the harness ran; the node's own cookie ($HOME).
+    binary = str(Path(process.argv[0]).with_name("rabbitmqctl"))
+    command = [binary, "-n", env["RABBITMQ_NODENAME"]]
+
+    def ctl(*args: str) -> str:
+        done = subprocess.run([*command, *args], env=env, capture_output=True, text=True,
+                              timeout=60, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"rabbitmqctl {' '.join(args)} failed: {done.stderr.strip()}")
+        return done.stdout
+
+    return ctl
