@@ -12,10 +12,12 @@ from __future__ import annotations
 import atexit
 import subprocess
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
+
+import aio_pika
 
 from eventbus.testing.faultproxy import FaultProxy
 from integration_tests import harness
@@ -77,3 +79,19 @@ def _controller(process: processes.LocalProcess) -> Callable[..., str]:
         return done.stdout
 
     return ctl
+
+
+def delete_underneath(url: str) -> Callable[[str, str], Awaitable[None]]:
+    """The conformance target's ``delete_underneath`` hook: deletes the group's queue
+    ``<topic>/<group>`` on the broker at ``url`` with a raw aio-pika client, consumers
+    and messages and all (what an operator's ``rabbitmqctl delete_queue`` does)."""
+
+    async def delete(topic: str, group: str) -> None:
+        connection = await aio_pika.connect(url)
+        try:
+            channel = await connection.channel()
+            await channel.queue_delete(f"{topic}/{group}")
+        finally:
+            await connection.close()
+
+    return delete

@@ -12,18 +12,19 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from aio_pika import DeliveryMode, Message
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnection
-from aiormq import Connection as AmqpConnection
 from aiormq.exceptions import (
     AMQPConnectionError,
     ChannelInvalidStateError,
     ChannelPreconditionFailed,
     ConnectionClosed,
 )
+from aiormq.exceptions import PublishError as ReturnedError
 
 from eventbus.adapter import Adapter, Capabilities, HealthReport, SubscribeOptions, Subscription
 from eventbus.backoff import Backoff
@@ -36,7 +37,7 @@ from eventbus.errors import (
 )
 
 from .codec import encode, message_size, raw_message
-from .connection import Link, one_line
+from .connection import Link, half_open_bound, one_line
 from .consumer import RabbitMQSubscription
 from .provision import declare_exchange, declare_group, queue_depth, scratch_channel, work_queue
 from .refusals import precondition_error, publish_error, server_size_limit
@@ -45,19 +46,11 @@ from .settings import RabbitMQSettings
 log = logging.getLogger("eventbus.rabbitmq")
 
 HEALTH_TIMEOUT = 1.0
+# How long a message returned unroutable by a topic that routed before is sent again.
+UNROUTABLE_GRACE = 3.0
 SUBSCRIBE_ATTEMPTS = 8
 _TRANSIENT = (AMQPConnectionError, ConnectionClosed, ChannelInvalidStateError, RuntimeError,
               TimeoutError, OSError)
-
-
-def half_open_bound(settings: RabbitMQSettings) -> float | None:
-    """Seconds within which a connection that stopped answering is torn down and
-    reconnected: aiormq gives up after ``(heartbeat + 1) * 3`` seconds without a frame
-    (the broker sends one every ``heartbeat / 2``), looked at every ``heartbeat / 2``."""
-    if settings.heartbeat == 0:
-        return None  # no heartbeats: only health()'s round trip notices
-    beat = settings.heartbeat
-    return float((beat + 1) * AmqpConnection.HEARTBEAT_GRACE_MULTIPLIER + max(1, beat // 2))
 
 
 class RabbitMQAdapter(Adapter):
@@ -101,6 +94,7 @@ class RabbitMQAdapter(Adapter):
         self._channel_lock = asyncio.Lock()
         self._exchanges: dict[str, AbstractExchange] = {}
         self._groups: set[tuple[str, str]] = set()
+        self._routed: set[str] = set()  # exchanges a message was routed from
         self._subscriptions: set[RabbitMQSubscription] = set()
 
     # -- connections -------------------------------------------------------------------
@@ -292,7 +286,31 @@ class RabbitMQAdapter(Adapter):
         # asyncio.timeout, not wait_for: no extra task per message (3.11's wait_for
         # wraps the coroutine in one), which is a sizeable share of a publish's CPU.
         async with asyncio.timeout(self.settings.publish_timeout):
-            await exchange.publish(message, routing_key=key, mandatory=self.settings.mandatory)
+            try:
+                await exchange.publish(message, routing_key=key,
+                                       mandatory=self.settings.mandatory)
+            except ReturnedError:
+                if exchange.name not in self._routed:
+                    raise
+                await self._send_again(exchange, message, key)
+            else:
+                self._routed.add(exchange.name)
+
+    async def _send_again(self, exchange: AbstractExchange, message: Message, key: str) -> None:
+        """A topic whose messages were routed before came back unroutable: a group's
+        queue is gone for a moment (deleted underneath: the robust channel declares it
+        again within ``reconnect_interval``). Returned messages were not stored, so
+        sending them again for a short while duplicates nothing."""
+        deadline = time.monotonic() + max(UNROUTABLE_GRACE, 3 * self.settings.reconnect_interval)
+        delays = iter(Backoff(initial=0.1, max_delay=0.5, jitter=0.0))
+        while True:
+            await asyncio.sleep(next(delays))
+            try:
+                await exchange.publish(message, routing_key=key, mandatory=True)
+                return
+            except ReturnedError:
+                if time.monotonic() >= deadline:
+                    raise
 
     async def _guarded(self, topic: str, step: Any) -> Any:
         try:

@@ -147,10 +147,16 @@ def raw_headers(headers: Mapping[str, Any] | None, content_type: str | None) -> 
 def raw_message(payload: bytes, headers: Mapping[str, bytes] | None) -> Message:
     """A persistent message of ``payload`` whose AMQP headers are ``headers`` (bytes, as
     a foreign producer's binary header travels); ``content-type`` becomes the property."""
-    table: dict[str, Any] = dict(headers or {})
-    content_type = table.pop("content-type", None)
-    if isinstance(content_type, bytes | bytearray):
-        content_type = bytes(content_type).decode("utf-8", "replace")
+    table: dict[str, Any] = {}
+    content_type: str | None = None
+    for name, value in (headers or {}).items():
+        if name == "content-type":
+            content_type = bytes(value).decode("utf-8", "replace")
+            continue
+        try:  # text travels as an AMQP long string, as other producers send it
+            table[name] = bytes(value).decode("utf-8")
+        except UnicodeDecodeError:  # anything else as a byte array, kept exactly
+            table[name] = bytearray(value)
     return Message(payload, headers=table or None, content_type=content_type,
                    delivery_mode=DeliveryMode.PERSISTENT)
 

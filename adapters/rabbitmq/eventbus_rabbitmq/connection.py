@@ -23,6 +23,7 @@ import ssl
 from aio_pika import RobustConnection
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 from aio_pika.connection import make_url
+from aiormq import Connection as AmqpConnection
 
 from eventbus.errors import BrokerConnectionError
 
@@ -50,6 +51,16 @@ def ssl_context(settings: RabbitMQSettings) -> ssl.SSLContext | None:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
     return context
+
+
+def half_open_bound(settings: RabbitMQSettings) -> float | None:
+    """Seconds within which a connection that stopped answering is torn down and
+    reconnected: aiormq gives up after ``(heartbeat + 1) * 3`` seconds without a frame
+    (the broker sends one every ``heartbeat / 2``), looked at every ``heartbeat / 2``."""
+    if settings.heartbeat == 0:
+        return None  # no heartbeats: only health()'s round trip notices
+    beat = settings.heartbeat
+    return float((beat + 1) * AmqpConnection.HEARTBEAT_GRACE_MULTIPLIER + max(1, beat // 2))
 
 
 class Link:
