@@ -382,3 +382,30 @@ def test_publish_to_group_reaches_that_group_alone(url: str) -> None:
 
     run(scenario)
 
+
+
+@pytest.mark.parametrize("queue_type", ["classic", "quorum"])
+def test_a_nack_after_a_redelivery_counts_on(url: str, queue_type: str) -> None:
+    """Attempt 2 came back from the broker (a consumer went away); its nack parks attempt
+    3, not the broker's count added twice (the copy must not carry the old
+    x-delivery-count)."""
+
+    async def scenario() -> None:
+        topic, group = unique("nackagain"), unique("g")
+        adapter = RabbitMQAdapter(with_options(url, queue_type=queue_type))
+        try:
+            subscription = await adapter.subscribe(topic, SubscribeOptions(group=group))
+            await adapter.publish(topic, [ping(41)])
+            assert (await next_delivery(subscription)).attempt == 1
+            await subscription.close()  # unsettled: back to the broker
+            subscription = await adapter.subscribe(topic, SubscribeOptions(group=group))
+            second = await next_delivery(subscription)
+            assert second.attempt == 2
+            await second.nack(0)
+            third = await next_delivery(subscription)
+            assert third.attempt == 3
+            await third.ack()
+        finally:
+            await adapter.close()
+
+    run(scenario)

@@ -102,6 +102,7 @@ def test_transport_and_unknown_headers_never_poison() -> None:
                "x-binary": b"\xff\xfe", "x-delivery-count": 2}
     again = retry_headers(headers, attempt=3, not_before_ms=5)
     assert "x-death" not in again and again[ATTEMPT_HEADER] == 3
+    assert "x-delivery-count" not in again  # the copy would count it again
     decoded = decode(headers | again, message.content_type, message.body)
     assert decoded.envelope == env and decoded.attempt == 3 and decoded.not_before_ms == 5
 

@@ -34,6 +34,7 @@ from eventbus.errors import (
     BrokerConnectionError,
     EventBusError,
     MessageTooLargeError,
+    PublishError,
 )
 
 from .codec import encode, message_size, raw_message
@@ -225,8 +226,12 @@ class RabbitMQAdapter(Adapter):
             return
         channel = await self._guarded(topic, self._publishing_channel())
         await self._guarded(topic, self._ensure_group(topic, group))
-        await self._send_all(topic, envelopes, messages, channel.default_exchange,
-                             work_queue(topic, group))
+        try:
+            await self._send_all(topic, envelopes, messages, channel.default_exchange,
+                                 work_queue(topic, group))
+        except PublishError:
+            self._groups.discard((topic, group))  # gone? the next call declares it again
+            raise
 
     async def _ensure_group(self, topic: str, group: str) -> None:
         if (topic, group) in self._groups:

@@ -107,24 +107,28 @@ def decode(headers: Mapping[str, Any] | None, content_type: str | None, body: by
     return Decoded(envelope, error, attempt, not_before)
 
 
+# The broker's and the adapter's own headers: never part of what a producer sent.
+_BROKER_HEADERS = ("x-death", "x-delivery-count", "x-first-death-", "x-last-death-")
+
+
+def _producer_headers(headers: Mapping[str, Any] | None) -> dict[str, Any]:
+    return {k: v for k, v in (headers or {}).items()
+            if k not in _TRANSPORT_HEADERS and not k.startswith(_BROKER_HEADERS)}
+
+
 def retry_headers(
     headers: Mapping[str, Any] | None, *, attempt: int, not_before_ms: int
 ) -> dict[str, Any]:
-    """The original headers with fresh transport headers for a parked retry.
+    """The producer's headers with fresh transport headers for a parked retry.
 
-    The broker's ``x-death`` history is dropped: it grows by one entry per trip
-    through a delay queue and says nothing the attempt header does not.
+    The broker's headers are dropped: ``x-death`` grows by one entry per trip through
+    a delay queue and says nothing the attempt header does not, and a copy carrying
+    the original's ``x-delivery-count`` would have it counted into its attempt again.
     """
-    kept = {k: v for k, v in (headers or {}).items()
-            if k not in (*_TRANSPORT_HEADERS, "x-death")
-            and not k.startswith("x-first-death") and not k.startswith("x-last-death")}
+    kept = _producer_headers(headers)
     kept[ATTEMPT_HEADER] = attempt
     kept[NOT_BEFORE_HEADER] = not_before_ms
     return kept
-
-
-# The broker's and the adapter's own headers: never part of what a producer sent.
-_BROKER_HEADERS = ("x-death", "x-delivery-count", "x-first-death-", "x-last-death-")
 
 
 def raw_headers(headers: Mapping[str, Any] | None, content_type: str | None) -> dict[str, bytes]:
@@ -132,9 +136,7 @@ def raw_headers(headers: Mapping[str, Any] | None, content_type: str | None) -> 
     the ``content_type`` property as ``content-type``: what a foreign message's dead
     letter keeps, and what :func:`raw_message` puts back on a replay."""
     kept: dict[str, bytes] = {}
-    for name, value in (headers or {}).items():
-        if name in _TRANSPORT_HEADERS or name.startswith(_BROKER_HEADERS):
-            continue
+    for name, value in _producer_headers(headers).items():
         if isinstance(value, bytes | bytearray):
             kept[name] = bytes(value)
         else:
@@ -175,8 +177,9 @@ def copy_message(message: AbstractIncomingMessage, headers: Mapping[str, Any]) -
 
 
 def recounted(headers: Mapping[str, Any] | None, attempt: int, token: str) -> dict[str, Any]:
-    """``headers`` with the attempt header set to ``attempt`` and the recount mark."""
-    return {**(headers or {}), ATTEMPT_HEADER: attempt, RECOUNT_HEADER: token}
+    """The producer's ``headers`` with the attempt header set to ``attempt`` and the
+    recount mark (``x-eventbus-not-before`` dropped: the message is due already)."""
+    return {**_producer_headers(headers), ATTEMPT_HEADER: attempt, RECOUNT_HEADER: token}
 
 
 def _text(value: Any) -> str:
