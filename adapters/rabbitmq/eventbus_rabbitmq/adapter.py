@@ -10,7 +10,6 @@ Example::
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -41,7 +40,7 @@ from .codec import encode, message_size, raw_message
 from .connection import Link, half_open_bound, one_line
 from .consumer import RabbitMQSubscription
 from .provision import declare_exchange, declare_group, queue_depth, scratch_channel, work_queue
-from .refusals import precondition_error, publish_error, server_size_limit
+from .refusals import learn_limit, precondition_error, publish_error
 from .settings import RabbitMQSettings
 
 log = logging.getLogger("eventbus.rabbitmq")
@@ -186,14 +185,9 @@ class RabbitMQAdapter(Adapter):
             )
 
     def _learn(self, exc: BaseException) -> None:
-        """Lower the size limit to the broker's after it refused a message for its size,
-        so the next one over it is refused before anything is sent."""
-        limit = server_size_limit(exc)
-        if limit is not None and limit < self.capabilities.max_message_bytes:
-            log.warning("RabbitMQ at %s refuses messages over %d bytes (its max_message_size)"
-                        "; max_message_bytes lowered from %d to match", self.settings.masked_url,
-                        limit, self.capabilities.max_message_bytes)
-            self.capabilities = dataclasses.replace(self.capabilities, max_message_bytes=limit)
+        """After the broker refused a message for its size, refuse the next one over its
+        limit before sending (refusals.learn_limit)."""
+        self.capabilities = learn_limit(self.capabilities, exc, self.settings.masked_url)
 
     async def _exchange(self, topic: str) -> AbstractExchange:
         exchange = self._exchanges.get(topic)

@@ -8,11 +8,14 @@ the bus would retry for its whole ``publish_timeout``.
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import re
 
 from aiormq.exceptions import ChannelPreconditionFailed, DeliveryError
 from aiormq.exceptions import PublishError as ReturnedError
 
+from eventbus.adapter import Capabilities
 from eventbus.errors import (
     BrokerConnectionError,
     ConfigurationError,
@@ -22,6 +25,8 @@ from eventbus.errors import (
 
 from .connection import one_line
 from .settings import RabbitMQSettings
+
+log = logging.getLogger("eventbus.rabbitmq")
 
 # RabbitMQ's text when a message is over its max_message_size (rabbit_channel).
 _TOO_LARGE = re.compile(r"message size (\d+) is larger than configured max size (\d+)")
@@ -35,6 +40,18 @@ def server_size_limit(exc: BaseException) -> int | None:
         if found:
             return int(found.group(2))
     return None
+
+
+def learn_limit(capabilities: Capabilities, exc: BaseException, where: str) -> Capabilities:
+    """``capabilities`` with ``max_message_bytes`` lowered to the broker's when ``exc``
+    is its refusal of a message for its size (AMQP never tells a client the limit)."""
+    limit = server_size_limit(exc)
+    if limit is None or limit >= capabilities.max_message_bytes:
+        return capabilities
+    log.warning("RabbitMQ at %s refuses messages over %d bytes (its max_message_size); "
+                "max_message_bytes lowered from %d to match", where, limit,
+                capabilities.max_message_bytes)
+    return dataclasses.replace(capabilities, max_message_bytes=limit)
 
 
 def precondition_error(settings: RabbitMQSettings, queue: str,
