@@ -67,8 +67,3 @@ async def test_a_dead_relays_claim_comes_back_after_its_lease(postgres_url: str)
     await outbox_hardening_cases.check_a_dead_relays_claim_comes_back_after_its_lease(
         postgres_url)
 
-
-@pytest.mark.asyncio
-async def test_an_outbox_table_of_an_earlier_release_is_upgraded(postgres_url: str) -> None:
-    await outbox_hardening_cases.check_an_outbox_table_of_an_earlier_release_is_upgraded(
-        postgres_url)

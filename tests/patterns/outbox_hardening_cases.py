@@ -1,5 +1,6 @@
-"""The outbox relay under refusals, an unresponsive broker, dead relays and an old
-table (issue #19, defects 11, 12 and 15), shared by the SQLite (tests/patterns) and
+"""The outbox relay under refusals, an unresponsive broker and dead relays (issue #19,
+defects 11 and 12; an old table, defect 15: tests/patterns/migration_cases.py), shared
+by the SQLite (tests/patterns) and
 PostgreSQL (integration_tests/patterns) runs: plain async functions taking a URL."""
 
 from __future__ import annotations
@@ -7,8 +8,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
-
-import pytest
 
 from eventbus import Envelope, EventBus
 from eventbus.errors import (
@@ -19,8 +18,7 @@ from eventbus.errors import (
     TopicNotFoundError,
     UnsupportedOperationError,
 )
-from eventbus.patterns.outbox import Outbox, OutboxRelay
-from eventbus.patterns.schema import TableSchemaError
+from eventbus.patterns.outbox import OutboxRelay
 from tests.bus_support import Inbox, memory_url
 from tests.patterns.outbox_cases import WAIT, OrderPlaced, open_outbox, outbox_bus, wait_until
 
@@ -135,51 +133,3 @@ async def check_a_dead_relays_claim_comes_back_after_its_lease(url: str) -> None
         await seen.wait_count(2, WAIT)
     assert await outbox.pending() == 0
     await db.close()
-
-
-def old_outbox_ddl(dialect: str, table: str) -> list[str]:
-    """Outbox.setup() as released before the parked-row columns (4129f27^)."""
-    if dialect == "postgres":
-        columns = ("seq BIGSERIAL PRIMARY KEY", "BYTEA", "DOUBLE PRECISION")
-    else:
-        columns = ("seq INTEGER PRIMARY KEY AUTOINCREMENT", "BLOB", "REAL")
-    return [
-        f"CREATE TABLE {table} ({columns[0]}, event_id TEXT NOT NULL, topic TEXT NOT NULL, "
-        f"stream TEXT NOT NULL, partition_key TEXT, envelope {columns[1]} NOT NULL, "
-        f"created_at {columns[2]} NOT NULL, sent_at {columns[2]})",
-        f"CREATE INDEX {table}_unsent ON {table} (stream, seq) WHERE sent_at IS NULL",
-        f"CREATE INDEX {table}_sent ON {table} (sent_at) WHERE sent_at IS NOT NULL",
-    ]
-
-
-async def check_an_outbox_table_of_an_earlier_release_is_upgraded(url: str) -> None:
-    """setup() on a table the previous release made adds the columns it lacks; its
-    waiting rows and new ones are relayed (defect 15). A table that is no outbox at
-    all is refused, naming it."""
-    db, fresh = await open_outbox(url)
-    table = f"{fresh.table}_old"
-    async with db.transaction() as tx:
-        for statement in old_outbox_ddl(db.dialect, table):
-            await tx.execute(statement)
-    outbox = Outbox(db, table=table)
-    bus = outbox_bus(outbox)
-    seen: Inbox[str] = Inbox()
-
-    @bus.subscribe(OrderPlaced, group="billing")
-    async def record(event: OrderPlaced) -> None:
-        seen.add(event.order_id)
-
-    async with bus:
-        async with outbox.unit_of_work():  # written by the old release, not yet relayed
-            await bus.publish(OrderPlaced(order_id="o-1"))
-        await asyncio.gather(outbox.setup(), Outbox(db, table=table).setup())
-        async with outbox.unit_of_work():
-            await bus.publish(OrderPlaced(order_id="o-2"))
-        assert await OutboxRelay(outbox, bus).publish_pending() == 2
-        await seen.wait_count(2, WAIT)
-    async with db.transaction() as tx:
-        await tx.execute(f"CREATE TABLE {table}_foreign (seq INTEGER, note TEXT)")
-    with pytest.raises(TableSchemaError, match=f"{table}_foreign.*envelope"):
-        await Outbox(db, table=f"{table}_foreign").setup()
-    await db.close()
-

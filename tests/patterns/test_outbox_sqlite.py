@@ -81,11 +81,6 @@ async def test_a_dead_relays_claim_comes_back_after_its_lease(sqlite_url: str) -
     await outbox_hardening_cases.check_a_dead_relays_claim_comes_back_after_its_lease(sqlite_url)
 
 
-@pytest.mark.asyncio
-async def test_an_outbox_table_of_an_earlier_release_is_upgraded(sqlite_url: str) -> None:
-    await outbox_hardening_cases.check_an_outbox_table_of_an_earlier_release_is_upgraded(
-        sqlite_url)
-
 
 @pytest.mark.parametrize("error", [*outbox_hardening_cases.PERMANENT, ConfigurationError("x")])
 def test_permanent_refusals(error: Exception) -> None:
