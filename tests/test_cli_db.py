@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from eventbus.cli import app
 from eventbus.patterns.schema import SCHEMA_VERSION, VERSIONS_TABLE
 from eventbus.patterns.sql import Database
-from tests.patterns.schema_v1 import V1_FAMILIES, make_v1
+from tests.patterns.schema_v1 import V1_GROUPS, make_v1
 from tests.test_cli_errors import one_line_error
 
 runner = CliRunner()
@@ -32,15 +32,15 @@ def test_migrate_says_what_it_did_and_nothing_the_second_time(url: str) -> None:
     asyncio.run(make_v1(url))
     first = runner.invoke(app, ["db", "migrate", url])
     assert first.exit_code == 0, first.output
-    assert {m[0]: m[1] for m in MIGRATED.findall(first.output)} == V1_FAMILIES
+    assert {m[0]: m[1] for m in MIGRATED.findall(first.output)} == V1_GROUPS
     assert {int(m[2]) for m in MIGRATED.findall(first.output)} == {SCHEMA_VERSION}
-    assert f"{len(V1_FAMILIES)} of {len(V1_FAMILIES)} table group(s) migrated to schema " \
+    assert f"{len(V1_GROUPS)} of {len(V1_GROUPS)} table group(s) migrated to schema " \
            f"version {SCHEMA_VERSION}" in first.output
     second = runner.invoke(app, ["db", "migrate", url])
     assert second.exit_code == 0, second.output
     assert not MIGRATED.findall(second.output)
     assert second.output.count(f"at version {SCHEMA_VERSION}, nothing to do") == len(
-        V1_FAMILIES)
+        V1_GROUPS)
 
 
 def test_migrate_an_empty_database_says_so(tmp_path: Path, url: str) -> None:
@@ -63,7 +63,7 @@ async def check_processes_at_once_migrate_once(url: str, processes: int = 4) -> 
     for run, (_, err) in zip(runs, outputs, strict=True):
         assert run.returncode == 0, err.decode()
     migrated = [m[0] for out, _ in outputs for m in MIGRATED.findall(out.decode())]
-    assert sorted(migrated) == sorted(V1_FAMILIES), [o.decode() for o, _ in outputs]
+    assert sorted(migrated) == sorted(V1_GROUPS), [o.decode() for o, _ in outputs]
 
 
 def test_several_processes_at_once(url: str) -> None:

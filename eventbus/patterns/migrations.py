@@ -1,9 +1,9 @@
 """Upgrading the patterns' tables to this eventbus's schema: ``eventbus db migrate URL``.
 
-:func:`migrate` brings every pattern table family of a database (see
+:func:`migrate` brings every pattern table group of a database (see
 :mod:`eventbus.patterns.schema`) from the version it is at to
 :data:`~eventbus.patterns.schema.SCHEMA_VERSION`, one step per version, and
-records the new version; rows are kept. It finds the families by the version
+records the new version; rows are kept. It finds the groups by the version
 table and, for tables of the release before versions were recorded (version 1,
 any table name the user chose), by their columns: a table having every column
 its kind always had, and its kind's other tables, is one.
@@ -13,7 +13,7 @@ it happens in **one transaction** that first takes the schema lock (PostgreSQL:
 an advisory lock; SQLite: ``BEGIN IMMEDIATE``). A second run waits for the
 first, then finds everything at the current version and changes nothing. The
 steps only add (tables, columns, indexes) and each adds only what is missing,
-so a family already partly in the new shape is fine. A family at a version newer
+so a group already partly in the new shape is fine. A group at a version newer
 than this eventbus is refused before anything changes.
 
 The migrated tables still suit the release before while it is being replaced: it
@@ -50,12 +50,12 @@ from eventbus.patterns.sql import Database, Transaction
 __all__ = ["STEPS", "Migrated", "migrate"]
 
 Step = Callable[[Transaction, str], Awaitable[None]]
-"""Moves one family (its main table's name) from a version to the next."""
+"""Moves one group (its main table's name) from a version to the next."""
 
 
 @dataclass(frozen=True, slots=True)
 class Migrated:
-    """What :func:`migrate` did to one table family."""
+    """What :func:`migrate` did to one table group."""
 
     table: str
     kind: str
@@ -75,11 +75,11 @@ class Migrated:
 
 
 async def migrate(db: Database) -> list[Migrated]:
-    """Migrate every pattern table family of ``db`` to the current schema version, in one
+    """Migrate every pattern table group of ``db`` to the current schema version, in one
     transaction; returns what was found and done, by table name.
 
     Raises :class:`~eventbus.patterns.schema.SchemaVersionError` (changing nothing)
-    when a family is at a version newer than this eventbus knows.
+    when a group is at a version newer than this eventbus knows.
     """
     async with db.transaction() as tx:
         await lock_schema(tx)
@@ -128,7 +128,7 @@ async def _tables(tx: Transaction) -> dict[str, set[str]]:
 
 
 def _unrecorded(tables: dict[str, set[str]], recorded: set[str]) -> dict[str, TableKind]:
-    """The main tables of families made before versions were recorded, with their kind."""
+    """The main tables of groups made before versions were recorded, with their kind."""
     found = {}
     for table, columns in tables.items():
         if table in recorded or table == VERSIONS_TABLE:

@@ -1,17 +1,17 @@
 """Which version of its schema a pattern's table is at, and checking it in ``setup()``.
 
-Every table family a pattern owns (an event store's four tables, an outbox, the
+Every table group a pattern owns (an event store's four tables, an outbox, the
 projections' three...) is recorded in ``eventbus_schema_versions``, one row per
-family keyed by its main table: its kind and its schema version. The numbers
+group keyed by its main table: its kind and its schema version. The numbers
 are one sequence for all kinds, the release's schema: version 1 is what the
 last release before versions made (it recorded nothing), version 2
-(:data:`SCHEMA_VERSION`) is this one's. A row per family, not one number for the
+(:data:`SCHEMA_VERSION`) is this one's. A row per group, not one number for the
 database: tables are named per instance (``Outbox(db, table=...)``), several of
 a kind may share a database, and each ``setup()`` checks only its own.
 
 ``setup()`` calls :func:`ready` first, in its own transaction:
 
-- no row and no table: an empty database; the family is recorded at the
+- no row and no table: an empty database; the group is recorded at the
   current version and ``setup()`` creates its tables;
 - the current version: ``setup()`` goes on (``CREATE ... IF NOT EXISTS``);
 - an older version (or a table of this kind with no row: made before versions
@@ -59,7 +59,7 @@ _LOCK_KEY = int.from_bytes(hashlib.blake2b(b"eventbus schema", digest_size=8).di
 
 @dataclass(frozen=True, slots=True)
 class TableKind:
-    """A kind of table family: its name, the columns its main table had in every
+    """A kind of table group: its name, the columns its main table had in every
     release (what tells it from a table that is not one), and its other tables
     (``{table}`` is the main table's name)."""
 
@@ -83,7 +83,7 @@ KINDS: dict[str, TableKind] = {kind.name: kind for kind in (
     TableKind("projections", ("name", "position"), ("eventbus_projection_seen",),
               fixed_table="eventbus_projections"),
 )}
-"""Every kind of table family the patterns own, by name."""
+"""Every kind of table group the patterns own, by name."""
 
 
 class TableSchemaError(ConfigurationError):
@@ -134,7 +134,7 @@ async def create_versions_table(tx: Transaction) -> None:
 
 
 async def recorded_versions(tx: Transaction) -> dict[str, tuple[str, int]]:
-    """Each recorded family's main table -> (kind, version); empty when nothing is."""
+    """Each recorded group's main table -> (kind, version); empty when nothing is."""
     if not await table_columns(tx, VERSIONS_TABLE):
         return {}
     rows = await tx.fetch(f"SELECT table_name, kind, version FROM {VERSIONS_TABLE}")
@@ -142,7 +142,7 @@ async def recorded_versions(tx: Transaction) -> dict[str, tuple[str, int]]:
 
 
 async def record_version(tx: Transaction, kind: str, table: str, version: int) -> None:
-    """Record ``table``'s family of ``kind`` at ``version``."""
+    """Record ``table``'s group of ``kind`` at ``version``."""
     await tx.execute(
         f"INSERT INTO {VERSIONS_TABLE} (table_name, kind, version, migrated_at) "
         "VALUES ($1, $2, $3, $4) ON CONFLICT (table_name) DO UPDATE SET kind = $2, "
@@ -150,7 +150,7 @@ async def record_version(tx: Transaction, kind: str, table: str, version: int) -
 
 
 async def ready(tx: Transaction, kind: TableKind, table: str, url: str) -> None:
-    """Check, first thing in ``setup()``'s transaction, that the family of ``kind`` with
+    """Check, first thing in ``setup()``'s transaction, that the group of ``kind`` with
     main table ``table`` is at :data:`SCHEMA_VERSION`, recording it there when it does
     not exist yet (see the module docs); raises :class:`SchemaVersionError` or
     :class:`TableSchemaError` otherwise. ``url`` is the database's (the refusal names

@@ -36,7 +36,7 @@ from tests.patterns.schema_v1 import (
     INBOX_TOPIC,
     KEPT_STALE_ID,
     SHOP_OUTBOX,
-    V1_FAMILIES,
+    V1_GROUPS,
     V1_SEEN_ID,
     Ledger,
     OrderPlaced,
@@ -104,9 +104,9 @@ async def check_migrate_keeps_the_data_and_the_patterns_work_on_it(url: str) -> 
     await make_v1(url)
     async with await Database.connect(url) as db:
         results = await migrate(db)
-        assert changed(results) == {t: (1, SCHEMA_VERSION) for t in V1_FAMILIES}
-        assert {r.table: r.kind for r in results} == V1_FAMILIES
-        assert await versions(db) == {t: SCHEMA_VERSION for t in V1_FAMILIES}
+        assert changed(results) == {t: (1, SCHEMA_VERSION) for t in V1_GROUPS}
+        assert {r.table: r.kind for r in results} == V1_GROUPS
+        assert await versions(db) == {t: SCHEMA_VERSION for t in V1_GROUPS}
         for setup in patterns(db).values():
             await setup()
         await _event_store_and_projection(db)
@@ -189,7 +189,7 @@ async def check_migrate_twice_changes_nothing_the_second_time(url: str) -> None:
         second = await migrate(db)
         assert changed(first) and not changed(second)
         assert {r.table: (r.from_version, r.to_version) for r in second} == {
-            t: (SCHEMA_VERSION, SCHEMA_VERSION) for t in V1_FAMILIES}
+            t: (SCHEMA_VERSION, SCHEMA_VERSION) for t in V1_GROUPS}
         async with db.transaction() as tx:
             assert await tx.fetchval("SELECT count(*) FROM eventbus_events") == 3
             assert await tx.fetchval("SELECT count(*) FROM eventbus_outbox") == 2
@@ -206,7 +206,7 @@ async def check_migrations_at_once_migrate_once(url: str, instances: int = 4) ->
         for db in dbs:
             await db.close()
     migrated = [table for results in runs for table in changed(results)]
-    assert sorted(migrated) == sorted(V1_FAMILIES), runs
+    assert sorted(migrated) == sorted(V1_GROUPS), runs
 
 
 async def check_setup_on_an_empty_database_makes_the_current_version(url: str) -> None:
@@ -217,7 +217,7 @@ async def check_setup_on_an_empty_database_makes_the_current_version(url: str) -
         await asyncio.wait_for(asyncio.gather(*(
             setup() for db in dbs for table, setup in patterns(db).items()
             if table != SHOP_OUTBOX)), 60)
-        expected = {t: SCHEMA_VERSION for t in V1_FAMILIES if t != SHOP_OUTBOX}
+        expected = {t: SCHEMA_VERSION for t in V1_GROUPS if t != SHOP_OUTBOX}
         assert await versions(dbs[0]) == expected
         assert not changed(await migrate(dbs[0]))
     finally:

@@ -201,7 +201,7 @@ async def make_v1(url: str) -> None:
         await _the_rest(tx)
 
 
-V1_FAMILIES = {  # main table -> kind, as `eventbus db migrate` reports them
+V1_GROUPS = {  # main table -> kind, as `eventbus db migrate` reports them
     "eventbus_events": "event store",
     "eventbus_outbox": "outbox",
     SHOP_OUTBOX: "outbox",

@@ -20,7 +20,6 @@ to the broker: the state change and its events commit together or not at all.
 from __future__ import annotations
 
 import asyncio
-import logging
 import re
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -36,7 +35,6 @@ from eventbus.patterns.schema import KINDS, ready
 from eventbus.patterns.sql import Database, Transaction
 
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
-log = logging.getLogger("eventbus.outbox")
 
 
 @dataclass(frozen=True, slots=True)
