@@ -1,5 +1,5 @@
 """The ``eventbus`` command: run a service, publish an event, inspect and replay dead letters,
-lint a service (``check``).
+lint a service (``check``), migrate the patterns' tables (``db migrate``).
 
 Also ``python -m eventbus``. Every expected failure prints one ``error: ...`` line
 and exits with its own code (see ``eventbus.cli._common``).
@@ -16,6 +16,7 @@ import typer
 import eventbus
 from eventbus.cli._common import load_bus
 from eventbus.cli.check import check
+from eventbus.cli.db import db_app
 from eventbus.cli.dlq import dlq_app
 from eventbus.cli.publish import publish
 from eventbus.cli.run import run
@@ -28,6 +29,7 @@ app.command()(run)
 app.command()(publish)
 app.add_typer(dlq_app, name="dlq")
 app.command()(check)
+app.add_typer(db_app, name="db")
 
 
 def _version(value: bool) -> None:

@@ -30,6 +30,7 @@ from eventbus.errors import (
     UnknownSchemeError,
     mask_url,
 )
+from eventbus.patterns.sql import DatabaseError
 from eventbus.registry_adapters import adapter_from_url
 
 T = TypeVar("T")
@@ -41,8 +42,8 @@ EXIT_UNKNOWN_SCHEME = 3  # no adapter installed for the URL's scheme
 EXIT_CONFIG = 4  # a malformed URL or incomplete settings (e.g. SASL)
 EXIT_IMPORT = 5  # the user's module failed to import
 EXIT_TARGET = 6  # module:attribute missing or not an EventBus
-EXIT_CONNECTION = 7  # the broker could not be reached or refused the credentials
-EXIT_NOT_FOUND = 8  # no such (dead-letter) topic
+EXIT_CONNECTION = 7  # the broker (or database) could not be reached or refused the credentials
+EXIT_NOT_FOUND = 8  # no such (dead-letter) topic, or no such database file
 EXIT_ERROR = 9  # any other eventbus error
 
 IN_PROCESS_SCHEMES = frozenset({"memory"})
@@ -77,6 +78,7 @@ _CODES: tuple[tuple[type[EventBusError], int], ...] = (
     (UnknownSchemeError, EXIT_UNKNOWN_SCHEME),
     (ConfigurationError, EXIT_CONFIG),
     (BrokerConnectionError, EXIT_CONNECTION),
+    (DatabaseError, EXIT_CONNECTION),
     (TopicNotFoundError, EXIT_NOT_FOUND),
 )
 

@@ -86,6 +86,14 @@ async def _run(conn: Any, sql: str) -> None:
     await cursor.close()
 
 
+def sqlite_path(url: str) -> str:
+    """The file a ``sqlite://`` URL names, or ``":memory:"``."""
+    parts = urlsplit(split_options(url)[0])
+    # As SQLAlchemy reads them: sqlite:///relative.db, sqlite:////absolute/path.db.
+    path = parts.netloc if parts.netloc == ":memory:" else parts.path[1:]
+    return ":memory:" if path in (":memory:", "") else path
+
+
 class SQLiteDatabase(Database):
     """A SQLite file (or ``:memory:``) through one aiosqlite connection."""
 
@@ -93,11 +101,8 @@ class SQLiteDatabase(Database):
 
     def __init__(self, url: str) -> None:
         self.url = url
-        bare, timeouts = split_options(url)
-        parts = urlsplit(bare)
-        # As SQLAlchemy reads them: sqlite:///relative.db, sqlite:////absolute/path.db.
-        path = parts.netloc if parts.netloc == ":memory:" else parts.path[1:]
-        self._path = ":memory:" if path in (":memory:", "") else path
+        self._path = sqlite_path(url)
+        timeouts = split_options(url)[1]
         self._file = "" if self._path == ":memory:" else os.path.realpath(self._path)
         self._busy = timeouts.busy
         self._conn: Any = None

@@ -32,6 +32,7 @@ from eventbus.context import Context
 from eventbus.errors import ConfigurationError
 from eventbus.middleware.idempotency import idempotency_key
 from eventbus.patterns.outbox.store import Outbox, check_table_name
+from eventbus.patterns.schema import KINDS, ready
 from eventbus.patterns.sql import Database, Transaction
 
 InboxHandler = Callable[[Any, Context, Transaction], Awaitable[None]]
@@ -56,9 +57,12 @@ class Inbox:
         self.outbox = outbox
 
     async def setup(self) -> None:
-        """Create the table if it does not exist (idempotent)."""
+        """Create the table if it does not exist (idempotent); refuse a table of another
+        schema version (:class:`~eventbus.patterns.schema.SchemaVersionError`: run
+        ``eventbus db migrate``)."""
         real = "DOUBLE PRECISION" if self.db.dialect == "postgres" else "REAL"
         async with self.db.transaction() as tx:
+            await ready(tx, KINDS["inbox"], self.table, self.db.url)
             await tx.execute(f"CREATE TABLE IF NOT EXISTS {self.table} "
                              f"(key TEXT PRIMARY KEY, handled_at {real} NOT NULL)")
 

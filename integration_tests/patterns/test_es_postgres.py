@@ -1,10 +1,10 @@
-"""The event store, repository and relay on a real PostgreSQL (a fresh database per
-test); the same bodies as the memory and SQLite runs in tests/patterns."""
+"""The event store on a real PostgreSQL (a fresh database per test): more writers for the
+gap-safe reader, a late commit, the relay. The public suite's cases run in
+test_store_suites_postgres.py."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 from types import SimpleNamespace
 from typing import Any
 
@@ -13,19 +13,14 @@ import pytest
 from eventbus.envelope import Envelope
 from eventbus.patterns.eventsourcing import EventRelay, SQLEventStore
 from eventbus.patterns.sql import Database, Transaction
-from tests.patterns import es_cases
-from tests.patterns.test_es_store import CASES
+from eventbus.testing.patterns.event_store import envs, gap_safe_reader
+from tests.patterns.stores import event_store_target
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.broker("postgres")]
 
 
-@pytest.mark.parametrize("case", CASES, ids=lambda c: c.__name__.removeprefix("check_"))
-async def test_store(case: Callable[[str], Awaitable[None]], postgres_url: str) -> None:
-    await case(postgres_url)
-
-
 async def test_gap_safe_reader_with_many_writers(postgres_url: str) -> None:
-    await es_cases.check_gap_safe_reader(postgres_url, writers=8, appends=15)
+    await gap_safe_reader(event_store_target(postgres_url), writers=8, appends=15)
 
 
 @pytest.mark.parametrize("killed", ["before", "after"])
@@ -75,13 +70,13 @@ async def late_commit(store: Any) -> tuple[list[int], list[int]]:
 
     async def writer_a() -> None:
         async with store.db.transaction() as tx:
-            await store.append_in(tx, "late", es_cases.envs(1), 0)
+            await store.append_in(tx, "late", envs(1), 0)
             a_open.set()
             await release_a.wait()
 
     a = asyncio.create_task(writer_a())
     await asyncio.wait_for(a_open.wait(), 5)
-    b = asyncio.create_task(store.append("early", es_cases.envs(1), 0))
+    b = asyncio.create_task(store.append("early", envs(1), 0))
     await asyncio.wait({b}, timeout=0.5)  # naive: B commits now; gap-safe: B waits for A
     seen = [s.position for s in await store.read_all(0)]
     release_a.set()

@@ -22,7 +22,7 @@ from eventbus.middleware.idempotency import MemoryIdempotencyStore
 from eventbus.patterns.outbox import Outbox
 from eventbus.patterns.sql import Database
 from integration_tests.harness.endpoints import Endpoint
-from tests.patterns.outbox_cases import wait_until
+from tests.bus_support import until as wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -8,7 +8,7 @@ import pytest
 from eventbus import Command, Context, Envelope, Event, EventBus
 from eventbus.errors import ConfigurationError
 from eventbus.patterns.design import IntegrationEvents
-from tests.patterns.outbox_cases import Inbox, memory_url
+from tests.bus_support import Inbox, memory_url
 
 
 class LineItem(pydantic.BaseModel, frozen=True):

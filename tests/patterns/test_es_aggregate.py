@@ -10,7 +10,7 @@ import pytest
 from eventbus import Event
 from eventbus.errors import ConfigurationError
 from eventbus.patterns.eventsourcing import MemoryEventStore, Repository
-from tests.patterns.es_cases import Account, Deposited
+from eventbus.testing.patterns.event_store import Account, Deposited
 
 
 class Frozen(Event, type="es-test.frozen"):

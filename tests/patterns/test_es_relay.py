@@ -17,7 +17,8 @@ from eventbus.errors import ConfigurationError, MessageTooLargeError
 from eventbus.middleware.base import PublishNext
 from eventbus.middleware.idempotency import MemoryIdempotencyStore
 from eventbus.patterns.eventsourcing import EventRelay, Repository
-from tests.patterns.es_cases import Account, Deposited, Opened, open_store
+from eventbus.testing.patterns.event_store import Account, Deposited, Opened
+from tests.patterns.stores import open_store
 
 
 @pytest.fixture(params=["memory", "sqlite"])

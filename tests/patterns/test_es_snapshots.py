@@ -30,7 +30,6 @@ from eventbus.patterns.eventsourcing import (
     applies,
 )
 from eventbus.patterns.eventsourcing.snapshots import Snapshot
-from tests.patterns.es_cases import open_store
 from tests.patterns.snapshot_support import (
     Booked,
     Kind,
@@ -39,6 +38,7 @@ from tests.patterns.snapshot_support import (
     same,
     state,
 )
+from tests.patterns.stores import open_store
 
 
 class Stocked(Event, type="es-snap.stocked", topic="es-snap.shelves"):

@@ -1,35 +1,41 @@
-"""The event store and repository on memory and SQLite (PostgreSQL:
-integration_tests/patterns/test_es_postgres.py); the bodies are in es_cases."""
+"""The public event store suite (eventbus.testing.patterns.EventStoreSuite) on the memory
+and SQLite stores; PostgreSQL: integration_tests/patterns/test_store_suites_postgres.py."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
-from tests.patterns import es_cases
-
-CASES: list[Callable[[str], Awaitable[None]]] = [
-    es_cases.check_append_and_read,
-    es_cases.check_concurrent_appends_conflict,
-    es_cases.check_idempotent_append,
-    es_cases.check_repository,
-    es_cases.check_save_retry_is_idempotent,
-    es_cases.check_load_as_of_time,
-    es_cases.check_snapshots,
-    es_cases.check_upcasting_on_load,
-    es_cases.check_gap_safe_reader,
-    es_cases.check_append_in_own_transaction,
-]
+from eventbus.envelope import Envelope
+from eventbus.patterns.eventsourcing import EventStore, MemoryEventStore, StoredEvent
+from eventbus.testing.patterns import EventStoreSuite, EventStoreTarget
+from tests.patterns.stores import event_store_target as target_at
 
 
 @pytest.fixture(params=["memory", "sqlite"])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    return "memory://" if request.param == "memory" else f"sqlite:///{tmp_path}/es.db"
+def event_store_target(request: pytest.FixtureRequest, tmp_path: Path) -> EventStoreTarget:
+    return target_at("memory://" if request.param == "memory"
+                     else f"sqlite:///{tmp_path}/es.db")
 
 
-@pytest.mark.asyncio
-@pytest.mark.parametrize("case", CASES, ids=lambda c: c.__name__.removeprefix("check_"))
-async def test_store(case: Callable[[str], Awaitable[None]], store_url: str) -> None:
-    await case(store_url)
+class TestEventStore(EventStoreSuite):
+    """Every case of the event store contract, on the memory and SQLite stores."""
+
+
+def test_the_suite_fails_a_store_that_lets_two_writers_win() -> None:
+    """A third-party store that ignores the expected version is caught by the suite."""
+
+    class Careless(MemoryEventStore):
+        async def append(self, stream_id: str, events: Sequence[Envelope],
+                         expected_version: int | None) -> list[StoredEvent]:
+            return await super().append(stream_id, events, None)
+
+    careless = Careless()
+
+    async def connect() -> EventStore:
+        return careless
+
+    with pytest.raises(AssertionError):
+        TestEventStore().test_concurrent_appends_conflict(EventStoreTarget("careless", connect))

@@ -1,4 +1,6 @@
-"""The transactional outbox on SQLite (PostgreSQL: integration_tests/patterns)."""
+"""The public outbox suite (eventbus.testing.patterns.OutboxSuite: the outbox, its relay
+and the inbox) on SQLite, and which refusals park a row. PostgreSQL:
+integration_tests/patterns/test_store_suites_postgres.py."""
 
 from __future__ import annotations
 
@@ -16,78 +18,21 @@ from eventbus.errors import (
     PublishError,
     is_permanent_refusal,
 )
-from tests.patterns import outbox_cases, outbox_hardening_cases
+from eventbus.testing.patterns import OutboxSuite, OutboxTarget
+from eventbus.testing.patterns.relay_faults import PERMANENT
+from tests.patterns.stores import outbox_target as target_at
 
 
 @pytest.fixture
-def sqlite_url(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path}/outbox.sqlite"
+def outbox_target(tmp_path: Path) -> OutboxTarget:
+    return target_at(f"sqlite:///{tmp_path}/outbox.sqlite")
 
 
-@pytest.mark.asyncio
-async def test_state_and_events_commit_together(sqlite_url: str) -> None:
-    await outbox_cases.check_state_and_events_commit_together(sqlite_url)
+class TestOutbox(OutboxSuite):
+    """Every outbox, relay and inbox case of the public suite, on SQLite."""
 
 
-@pytest.mark.asyncio
-async def test_context_publish_goes_to_outbox(sqlite_url: str) -> None:
-    await outbox_cases.check_context_publish_goes_to_outbox(sqlite_url)
-
-
-@pytest.mark.asyncio
-async def test_relay_death_republishes_and_consumer_dedupes(sqlite_url: str) -> None:
-    await outbox_cases.check_relay_death_republishes_and_consumer_dedupes(sqlite_url)
-
-
-@pytest.mark.asyncio
-async def test_two_relays_publish_each_row_once_in_order(sqlite_url: str) -> None:
-    await outbox_cases.check_two_relays_publish_each_row_once_in_order(sqlite_url)
-
-
-@pytest.mark.asyncio
-async def test_broker_down_backs_off_visibly(sqlite_url: str) -> None:
-    await outbox_cases.check_broker_down_backs_off_visibly(sqlite_url)
-
-
-@pytest.mark.asyncio
-async def test_cleanup_keeps_unsent_and_recent(sqlite_url: str) -> None:
-    await outbox_cases.check_cleanup_keeps_unsent_and_recent(sqlite_url)
-
-
-@pytest.mark.asyncio
-async def test_stop_finishes_the_batch_in_flight(sqlite_url: str) -> None:
-    await outbox_cases.check_stop_finishes_the_batch_in_flight(sqlite_url)
-
-
-@pytest.mark.asyncio
-async def test_a_refused_row_is_parked_and_holds_only_its_stream(sqlite_url: str) -> None:
-    await outbox_cases.check_a_refused_row_is_parked_and_holds_only_its_stream(sqlite_url)
-
-
-@pytest.mark.asyncio
-@pytest.mark.parametrize("refusal", outbox_hardening_cases.PERMANENT,
-                         ids=lambda e: type(e).__name__)
-async def test_a_permanent_refusal_parks_only_its_row(sqlite_url: str, refusal: Exception) -> None:
-    await outbox_hardening_cases.check_a_permanent_refusal_parks_only_its_row(sqlite_url, refusal)
-
-
-@pytest.mark.asyncio
-async def test_an_unresponsive_broker_blocks_no_database_write(sqlite_url: str) -> None:
-    await outbox_hardening_cases.check_an_unresponsive_broker_blocks_no_database_write(sqlite_url)
-
-
-@pytest.mark.asyncio
-async def test_a_dead_relays_claim_comes_back_after_its_lease(sqlite_url: str) -> None:
-    await outbox_hardening_cases.check_a_dead_relays_claim_comes_back_after_its_lease(sqlite_url)
-
-
-@pytest.mark.asyncio
-async def test_an_outbox_table_of_an_earlier_release_is_upgraded(sqlite_url: str) -> None:
-    await outbox_hardening_cases.check_an_outbox_table_of_an_earlier_release_is_upgraded(
-        sqlite_url)
-
-
-@pytest.mark.parametrize("error", [*outbox_hardening_cases.PERMANENT, ConfigurationError("x")])
+@pytest.mark.parametrize("error", [*PERMANENT, ConfigurationError("x")])
 def test_permanent_refusals(error: Exception) -> None:
     assert is_permanent_refusal(error)
 

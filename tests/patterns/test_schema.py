@@ -1,6 +1,6 @@
-"""Tables of an earlier release: setup() upgrades what it safely can and refuses the
-rest with a message naming the table (SQLite here; PostgreSQL in
-integration_tests/patterns/test_schema_postgres.py)."""
+"""A table of an earlier release, or of no pattern at all, under setup() and migrate
+(SQLite here; PostgreSQL in integration_tests/patterns/test_schema_postgres.py). The
+whole earlier database is tests/patterns/migration_cases.py's."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from eventbus.patterns.migrations import migrate
 from eventbus.patterns.sagas import SqlSagaStore
-from eventbus.patterns.schema import TableSchemaError, missing_columns
+from eventbus.patterns.schema import SchemaVersionError, TableSchemaError, missing_columns
 from eventbus.patterns.sql import Database
 
 pytestmark = pytest.mark.asyncio
@@ -25,11 +26,15 @@ def real(db: Database) -> str:
     return "DOUBLE PRECISION" if db.dialect == "postgres" else "REAL"
 
 
-async def check_an_old_saga_table_is_upgraded(url: str) -> None:
+async def check_an_old_saga_table_is_refused_then_migrated(url: str) -> None:
+    """A table named by the user (table=...) is found and migrated too."""
     async with await Database.connect(url) as db:
         async with db.transaction() as tx:
             await tx.execute(OLD_SAGAS.format(t="old_sagas", real=real(db)))
         store = SqlSagaStore(db, table="old_sagas")
+        with pytest.raises(SchemaVersionError, match="'old_sagas' is at schema version 1"):
+            await store.setup()
+        assert [(r.table, r.from_version) for r in await migrate(db)] == [("old_sagas", 1)]
         await store.setup()
         await store.setup()  # idempotent
         async with db.transaction() as tx:
@@ -43,9 +48,10 @@ async def check_a_foreign_table_is_refused(url: str) -> None:
         with pytest.raises(TableSchemaError, match=r"'not_sagas'.*saga_type") as refused:
             await SqlSagaStore(db, table="not_sagas").setup()
         assert "saga_type" in refused.value.missing and refused.value.table == "not_sagas"
+        assert await migrate(db) == []  # not one of ours: left alone
 
 
-CASES = [check_an_old_saga_table_is_upgraded, check_a_foreign_table_is_refused]
+CASES = [check_an_old_saga_table_is_refused_then_migrated, check_a_foreign_table_is_refused]
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.__name__.removeprefix("check_"))

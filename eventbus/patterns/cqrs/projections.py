@@ -55,6 +55,7 @@ from eventbus.events import Message, Registry, registry
 from eventbus.patterns.cqrs import _parked
 from eventbus.patterns.cqrs._bus_feed import SEEN, BusFeed
 from eventbus.patterns.eventsourcing.parking import ParkedStoredEvent
+from eventbus.patterns.schema import KINDS, ready
 from eventbus.patterns.sql import Database, Transaction
 
 if TYPE_CHECKING:
@@ -139,9 +140,11 @@ class Projection(BusFeed):
 
     async def setup(self) -> None:
         """Create the checkpoint, seen and parked tables and the read model's (safe
-        to call again)."""
+        to call again); refuse the first three at another schema version
+        (:class:`~eventbus.patterns.schema.SchemaVersionError`: run ``eventbus db migrate``)."""
         real = "DOUBLE PRECISION" if self.db.dialect == "postgres" else "REAL"
         async with self.db.transaction() as tx:
+            await ready(tx, KINDS["projections"], CHECKPOINTS, self.db.url)
             await tx.execute(f"CREATE TABLE IF NOT EXISTS {CHECKPOINTS} (name TEXT PRIMARY KEY, "
                              "position BIGINT NOT NULL, generation BIGINT NOT NULL DEFAULT 0)")
             await tx.execute(f"CREATE TABLE IF NOT EXISTS {SEEN} (name TEXT NOT NULL, "

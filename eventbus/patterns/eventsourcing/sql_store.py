@@ -51,6 +51,7 @@ from eventbus.patterns.eventsourcing.store import (
     check_append,
     duplicate_error,
 )
+from eventbus.patterns.schema import KINDS, ready
 from eventbus.patterns.sql import Database, Row, Transaction
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -94,12 +95,15 @@ class SQLEventStore:
         return cls(await Database.connect(url), table=table, owns_database=True)
 
     async def setup(self) -> None:
-        """Create the tables if they are missing."""
+        """Create the tables if they are missing; refuse tables of another schema
+        version (:class:`~eventbus.patterns.schema.SchemaVersionError`: run
+        ``eventbus db migrate``)."""
         blob = "BYTEA" if self.db.dialect == "postgres" else "BLOB"
         real = "DOUBLE PRECISION" if self.db.dialect == "postgres" else "REAL"
         t = self.table
         async with self.db.transaction() as tx:
-            await self._serialise(tx)  # two setups at once must not race on CREATE
+            # Also the lock that keeps two setups at once from racing on CREATE.
+            await ready(tx, KINDS["event store"], t, self.db.url)
             await tx.execute(f"""CREATE TABLE IF NOT EXISTS {t} (
                 position BIGINT PRIMARY KEY,
                 stream_id TEXT NOT NULL,

@@ -14,6 +14,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import Protocol
 
+from eventbus.patterns.schema import KINDS, ready
 from eventbus.patterns.sql import Database, Transaction
 
 
@@ -150,9 +151,12 @@ class SqlSequenceStore:
 
     async def setup(self) -> None:
         """Create the two tables if they are missing (the kept stale events' table is
-        still named ``<table>_parked``, as in the release that called them parked)."""
+        still named ``<table>_parked``, as in the release that called them parked);
+        refuse tables of another schema version
+        (:class:`~eventbus.patterns.schema.SchemaVersionError`: run ``eventbus db migrate``)."""
         real = "DOUBLE PRECISION" if self.db.dialect == "postgres" else "REAL"
         async with self.db.transaction() as tx:
+            await ready(tx, KINDS["sequence store"], self.table, self.db.url)
             await tx.execute(f"CREATE TABLE IF NOT EXISTS {self.table} (scope TEXT NOT NULL, "
                              "entity_id TEXT NOT NULL, applied BIGINT, "
                              "PRIMARY KEY (scope, entity_id))")

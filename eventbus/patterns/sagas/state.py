@@ -20,7 +20,7 @@ from typing import Any, Literal, Protocol
 
 from eventbus.errors import EventBusError
 from eventbus.patterns.outbox.store import Outbox
-from eventbus.patterns.schema import ensure_columns
+from eventbus.patterns.schema import KINDS, ready
 from eventbus.patterns.sql import Database, Transaction, UniqueViolation
 
 SagaStatus = Literal["running", "completed", "compensating", "compensated", "parked"]
@@ -212,7 +212,6 @@ class MemorySagaStore:
 
 _COLUMNS = ("saga_id, saga_type, status, step, data, deadline, to_compensate, "
             "compensated, attempts, retry_at, reason, version, outgoing")
-_REQUIRED = [name.strip() for name in _COLUMNS.split(",")][:12]
 
 
 def _table_sql(table: str, dialect: str) -> list[str]:
@@ -320,22 +319,16 @@ class SqlSagaStore:
         """The outbox this store's units of work write publishes into, if any."""
 
     async def setup(self) -> None:
-        """Create the saga table and its indexes if they are missing; add the columns
-        a table of an earlier release lacks (see :mod:`eventbus.patterns.schema`)."""
-        for attempt in (1, 2):
-            try:
-                async with self.db.transaction() as tx:
-                    for statement in _table_sql(self.table, self.db.dialect):
-                        await tx.execute(statement)
-                    await ensure_columns(tx, self.table, required=_REQUIRED,
-                                         optional={"outgoing": "TEXT"})
-                    for statement in _index_sql(self.table):
-                        await tx.execute(statement)
-                return
-            except UniqueViolation:
-                # Two processes created it at once (PostgreSQL's catalog race): it exists.
-                if attempt == 2:
-                    raise
+        """Create the saga table and its indexes if they are missing; refuse a table of
+        another schema version (:class:`~eventbus.patterns.schema.SchemaVersionError`:
+        run ``eventbus db migrate``)."""
+        async with self.db.transaction() as tx:
+            # Also the lock that keeps two setups at once from racing on CREATE.
+            await ready(tx, KINDS["saga store"], self.table, self.db.url)
+            for statement in _table_sql(self.table, self.db.dialect):
+                await tx.execute(statement)
+            for statement in _index_sql(self.table):
+                await tx.execute(statement)
 
     @asynccontextmanager
     async def unit_of_work(self) -> AsyncIterator[SagaSession]:
