@@ -15,8 +15,12 @@ import aioboto3
 import pytest
 from eventbus_sqs import SqsAdapter, SqsSettings
 
-from eventbus import EventBus
-from eventbus.errors import SubscriptionFailedError
+from eventbus import Context, EventBus
+from eventbus.adapter import Delivery, SubscribeOptions
+from eventbus.backoff import Backoff
+from eventbus.envelope import Envelope
+from eventbus.errors import IdempotencyStoreError, SubscriptionFailedError, TopicNotFoundError
+from eventbus.middleware.idempotency import ClaimResult, MemoryIdempotencyStore
 from eventbus.testing.conformance import Inbox, Ping, on_topic
 from integration_tests import harness
 
@@ -111,8 +115,6 @@ def test_deleted_queue_that_may_not_be_created_fails_the_subscription(sqs_url: s
     async def body() -> None:
         maker = SqsAdapter(sqs_url)  # provisions the group (and its DLQ) once
         await maker.connect()
-        from eventbus.adapter import SubscribeOptions
-
         await (await maker.subscribe(topic, SubscribeOptions(group=group))).close()
         event_cls = on_topic(Ping, topic)
         bus = EventBus(SqsAdapter(f"{sqs_url}&provision=false"), source="sqs-dead",
@@ -252,3 +254,99 @@ def test_fifo_batches_of_one_key_are_sent_in_order(sqs_url: str) -> None:
 
     asyncio.run(body())
 
+
+
+def test_backlog_counts_visible_messages_only(sqs_url: str) -> None:
+    """``backlog()`` is the group queue's visible messages: what this subscription holds
+    (in flight) is not counted; a deleted queue is ``TopicNotFoundError``."""
+    topic, group = _names("backlog")
+
+    async def body() -> None:
+        adapter = SqsAdapter(sqs_url)
+        await adapter.connect()
+        try:
+            sub = await adapter.subscribe(topic, SubscribeOptions(group=group, prefetch=1))
+            assert await sub.backlog() == 0
+            await adapter.publish(topic, [_envelope(n) for n in range(4)])
+            held = await _first(sub)  # one in flight, held by this subscription
+            for _ in range(50):
+                if await sub.backlog() == 3:
+                    break
+                await asyncio.sleep(0.1)
+            assert await sub.backlog() == 3
+            await held.ack()
+            sqs = adapter.sqs_client()
+            await sqs.delete_queue(QueueUrl=sub.queue_url)  # type: ignore[attr-defined]
+            with pytest.raises(TopicNotFoundError):
+                await sub.backlog()
+        finally:
+            await adapter.close()
+
+    asyncio.run(body())
+
+
+class _DownStore(MemoryIdempotencyStore):
+    """An idempotency store whose first ``outage`` claims fail (a store that is down)."""
+
+    def __init__(self, outage: int) -> None:
+        super().__init__()
+        self.outage, self.claims = outage, 0
+
+    async def claim(self, key: str, lease: float) -> ClaimResult:
+        self.claims += 1
+        if self.claims <= self.outage:
+            raise IdempotencyStoreError(f"store down (claim {self.claims}, injected)")
+        return await super().claim(key, lease)
+
+
+def test_last_receive_before_the_redrive_is_sent_anew(sqs_url: str) -> None:
+    """With ``max_receive_count=2`` an idempotency store down for four deliveries would
+    have SQS move the message to the redrive queue; instead, nacked on its last receive,
+    it is sent anew carrying its receive count (attempt keeps counting) and is handled
+    once the store answers. Nothing reaches the redrive queue."""
+    topic, group = _names("redrive")
+
+    async def body() -> None:
+        event_cls = on_topic(Ping, topic)
+        attempts: Inbox[int] = Inbox("attempts")
+        store = _DownStore(outage=4)
+        bus = EventBus(SqsAdapter(f"{sqs_url}&max_receive_count=2"), source="sqs-redrive",
+                       idempotency=store, redelivery_backoff=Backoff(initial=0.05,
+                                                                     max_delay=0.2, jitter=0.0))
+
+        @bus.subscribe(event_cls, group=group)
+        async def handle(event: Ping, ctx: Context) -> None:
+            attempts.add(ctx.delivery.attempt)
+
+        async with bus:
+            await bus.publish(event_cls(seq=1))
+            got = await attempts.wait_count(1, timeout=60)
+            assert store.claims == 5 and got == [5], (store.claims, got)
+            sqs = bus.adapter.sqs_client()  # type: ignore[attr-defined]
+            await asyncio.sleep(1.0)
+            held = {name: n for name, n in (await _held(sqs, topic)).items() if n}
+            assert held == {}, f"left on the broker: {held}"
+
+    asyncio.run(body())
+
+
+async def _held(sqs: Any, prefix: str) -> dict[str, int]:
+    held = {}
+    for url in (await sqs.list_queues(QueueNamePrefix=prefix)).get("QueueUrls", []):
+        attributes = (await sqs.get_queue_attributes(QueueUrl=url, AttributeNames=[
+            "ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]))
+        held[url.rsplit("/", 1)[1]] = sum(int(v) for v in attributes["Attributes"].values())
+    return held
+
+
+def _envelope(n: int) -> Envelope:
+    return Envelope.create(type="test.sqs", source="tests", data=b'{"n":%d}' % n)
+
+
+async def _first(subscription: Any) -> Delivery:
+    async def first() -> Delivery:
+        async for delivery in subscription:
+            return delivery
+        raise AssertionError("subscription ended")
+
+    return await asyncio.wait_for(first(), 10)
