@@ -15,12 +15,10 @@ import aioboto3
 import pytest
 from eventbus_sqs import SqsAdapter, SqsSettings
 
-from eventbus import Context, EventBus
+from eventbus import EventBus
 from eventbus.adapter import Delivery, SubscribeOptions
-from eventbus.backoff import Backoff
 from eventbus.envelope import Envelope
-from eventbus.errors import IdempotencyStoreError, SubscriptionFailedError, TopicNotFoundError
-from eventbus.middleware.idempotency import ClaimResult, MemoryIdempotencyStore
+from eventbus.errors import SubscriptionFailedError, TopicNotFoundError
 from eventbus.testing.conformance import Inbox, Ping, on_topic
 from integration_tests import harness
 
@@ -283,60 +281,6 @@ def test_backlog_counts_visible_messages_only(sqs_url: str) -> None:
             await adapter.close()
 
     asyncio.run(body())
-
-
-class _DownStore(MemoryIdempotencyStore):
-    """An idempotency store whose first ``outage`` claims fail (a store that is down)."""
-
-    def __init__(self, outage: int) -> None:
-        super().__init__()
-        self.outage, self.claims = outage, 0
-
-    async def claim(self, key: str, lease: float) -> ClaimResult:
-        self.claims += 1
-        if self.claims <= self.outage:
-            raise IdempotencyStoreError(f"store down (claim {self.claims}, injected)")
-        return await super().claim(key, lease)
-
-
-def test_last_receive_before_the_redrive_is_sent_anew(sqs_url: str) -> None:
-    """With ``max_receive_count=2`` an idempotency store down for four deliveries would
-    have SQS move the message to the redrive queue; instead, nacked on its last receive,
-    it is sent anew carrying its receive count (attempt keeps counting) and is handled
-    once the store answers. Nothing reaches the redrive queue."""
-    topic, group = _names("redrive")
-
-    async def body() -> None:
-        event_cls = on_topic(Ping, topic)
-        attempts: Inbox[int] = Inbox("attempts")
-        store = _DownStore(outage=4)
-        bus = EventBus(SqsAdapter(f"{sqs_url}&max_receive_count=2"), source="sqs-redrive",
-                       idempotency=store, redelivery_backoff=Backoff(initial=0.05,
-                                                                     max_delay=0.2, jitter=0.0))
-
-        @bus.subscribe(event_cls, group=group)
-        async def handle(event: Ping, ctx: Context) -> None:
-            attempts.add(ctx.delivery.attempt)
-
-        async with bus:
-            await bus.publish(event_cls(seq=1))
-            got = await attempts.wait_count(1, timeout=60)
-            assert store.claims == 5 and got == [5], (store.claims, got)
-            sqs = bus.adapter.sqs_client()  # type: ignore[attr-defined]
-            await asyncio.sleep(1.0)
-            held = {name: n for name, n in (await _held(sqs, topic)).items() if n}
-            assert held == {}, f"left on the broker: {held}"
-
-    asyncio.run(body())
-
-
-async def _held(sqs: Any, prefix: str) -> dict[str, int]:
-    held = {}
-    for url in (await sqs.list_queues(QueueNamePrefix=prefix)).get("QueueUrls", []):
-        attributes = (await sqs.get_queue_attributes(QueueUrl=url, AttributeNames=[
-            "ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]))
-        held[url.rsplit("/", 1)[1]] = sum(int(v) for v in attributes["Attributes"].values())
-    return held
 
 
 def _envelope(n: int) -> Envelope:

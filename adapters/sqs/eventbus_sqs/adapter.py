@@ -34,7 +34,7 @@ from eventbus.errors import (
 
 from .codec import body_for_bytes, body_size, encode, header_attributes
 from .consumer import SqsSubscription
-from .delivery import classify, error_code
+from .delivery import Unrun, classify, error_code
 from .provision import Provisioner, ProvisioningError
 from .publisher import Publisher, Send, is_dead_letter
 from .settings import SqsSettings
@@ -81,6 +81,7 @@ class SqsAdapter(Adapter):
         self._connect_lock = asyncio.Lock()
         self._provisioner = Provisioner(s)
         self._publisher = Publisher(self)
+        self.unrun = Unrun()  # receives given back unrun, for Delivery.attempt
         self._subscriptions: set[SqsSubscription] = set()
 
     # -- connection --------------------------------------------------------------------

@@ -136,11 +136,12 @@ class SqsSubscription(Subscription):
             failures = 0
             messages = reply.get("Messages", []) or []
             self._held -= want - len(messages)
-            now = time.monotonic()
             for message in messages:
                 receipt = str(message["ReceiptHandle"])
                 self._unsettled[receipt] = sent + timeout
-                self._beating[receipt] = now
+                # Due for its first extension a third of the timeout after the request
+                # went out (not after the reply came: a slow reply ate into the lease).
+                self._beating[receipt] = sent
                 self._ready.append(message)
             if messages:
                 self._wake.set()
@@ -175,6 +176,7 @@ class SqsSubscription(Subscription):
                 if self.drop_if_lapsed(str(message["ReceiptHandle"])):
                     log.info("dropping a message of topic %r group %r whose visibility "
                              "lapsed before it was handed out", self.topic, self.options.group)
+                    self.adapter.unrun.add(str(message.get("MessageId", "")))
                     continue
                 yield SqsDelivery(self, message)
                 continue
@@ -333,6 +335,8 @@ class SqsSubscription(Subscription):
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        for message in self._ready:  # received, never handed out: they did not run
+            self.adapter.unrun.add(str(message.get("MessageId", "")))
         self._ready.clear()
         receipts = [r for r in self._unsettled if r in self._beating]
         self._unsettled.clear()

@@ -3,6 +3,7 @@ errors are told apart (an outage to ride out, a queue gone, a refusal that stays
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -56,6 +57,26 @@ def classify(exc: BaseException) -> Failure:
     return "permanent"
 
 
+class Unrun:
+    """Receives of a message this adapter gave back without handing it to anyone
+    (closing with it still buffered, or its visibility lapsed before its turn), by
+    MessageId: ``ApproximateReceiveCount`` counts them, yet its handler never ran, and
+    the bus's crash-loop budget takes every receive it did not see for a run."""
+
+    LIMIT = 10_000
+
+    def __init__(self) -> None:
+        self._counts: OrderedDict[str, int] = OrderedDict()
+
+    def add(self, message_id: str) -> None:
+        self._counts[message_id] = self._counts.pop(message_id, 0) + 1
+        while len(self._counts) > self.LIMIT:
+            self._counts.popitem(last=False)
+
+    def of(self, message_id: str) -> int:
+        return self._counts.get(message_id, 0)
+
+
 def _count(text: object, default: int) -> int:
     try:
         return max(default, int(str(text)))
@@ -66,7 +87,8 @@ def _count(text: object, default: int) -> int:
 class SqsDelivery(Delivery):
     """A received message. ``attempt`` is SQS's ``ApproximateReceiveCount`` (plus the
     receives of earlier copies, when the message was sent anew on its last receive
-    before the redrive policy would move it: see ``SqsSubscription.release``)."""
+    before the redrive policy would move it: see ``SqsSubscription.release``), less
+    the receives this adapter gave back without handing the message out (:class:`Unrun`)."""
 
     __slots__ = ("_owner", "_receipt", "message", "receives")
 
@@ -76,12 +98,13 @@ class SqsDelivery(Delivery):
         attributes: Mapping[str, Any] = message.get("MessageAttributes", {}) or {}
         self.receives = _count(system.get("ApproximateReceiveCount", "1"), 1)
         earlier = _count(attributes.get(RECEIVES_ATTRIBUTE, {}).get("StringValue", "0"), 0)
+        message_id = str(message.get("MessageId", ""))
         super().__init__(
             topic=owner.topic,
             group=owner.options.group,
             envelope=envelope,
-            attempt=earlier + self.receives,
-            message_id=str(message.get("MessageId", "")),
+            attempt=max(1, earlier + self.receives - owner.adapter.unrun.of(message_id)),
+            message_id=message_id,
             raw=raw if envelope is None else None,
             decode_error=error,
             raw_headers=foreign_headers(attributes) if envelope is None else None,
