@@ -41,8 +41,10 @@ class Capabilities:
     - ``dedupe_window``: seconds within which the broker drops duplicate ids, or ``None``.
     - ``reconnect``: the adapter recovers by itself after its connection drops.
     - ``lease``: the broker takes an unsettled delivery back after a lease (a poll
-      interval, visibility timeout or ack wait) unless the consumer keeps it alive;
-      the adapter must keep it alive while the handler runs.
+      interval, visibility timeout, ack wait or claim time) unless the consumer keeps it
+      alive, and the adapter keeps it alive while the handler runs. False when there is
+      no lease, or one no client can extend (RabbitMQ's ``consumer_timeout``: the
+      adapter's page states the limit).
     - ``half_open_bound``: seconds within which the adapter notices a connection that
       stopped answering without closing (its ping interval plus the ping's deadline),
       reports it in ``health()`` and reconnects; ``None`` when it cannot tell.

@@ -31,7 +31,7 @@ from dataclasses import dataclass, fields
 from typing import Any, Literal
 
 from eventbus.adapter import Adapter, Delivery, ReadRecord, SubscribeOptions, Subscription
-from eventbus.deadletter import DeadLetterRecord, dlq_topic
+from eventbus.deadletter import DeadLetterRecord, dlq_topic, replaying
 from eventbus.envelope import Envelope
 from eventbus.errors import TopicNotFoundError, UnsupportedOperationError
 
@@ -170,8 +170,7 @@ class DeadLetters:
             letters = await self._browse(topic, group, None)
         except UnsupportedOperationError:
             return await self._settle_by_consuming(
-                topic, group, limit, ids, progress, to_topic=to_topic, purge=False,
-                to_group=to_group,
+                topic, group, limit, ids, progress, to_topic=to_topic, purge=False
             )
         todo = [
             letter for letter in letters
@@ -188,16 +187,18 @@ class DeadLetters:
                 await self.adapter.publish_raw(destination, letter.raw or b"", letter.raw_headers)
             elif group_route:
                 try:
-                    await self.adapter.publish_to_group(
-                        destination, target_group, [letter.original]
-                    )
+                    with replaying(letter.message_id or letter.failed_at):
+                        await self.adapter.publish_to_group(
+                            destination, target_group, [letter.original]
+                        )
                     destination = f"{destination} (group {target_group})"
                 except UnsupportedOperationError:
                     if to_group:
                         raise
                     group_route = False  # the whole topic, for this and the rest
             if not group_route and not letter.undecodable:
-                await self.adapter.publish(destination, [letter.original])
+                with replaying(letter.message_id or letter.failed_at):
+                    await self.adapter.publish(destination, [letter.original])
             # After the republish: a crash in between replays the letter again, which
             # idempotency absorbs; the other order could lose it.
             await self.adapter.publish(
@@ -327,11 +328,8 @@ class DeadLetters:
         *,
         to_topic: str | None,
         purge: bool,
-        to_group: bool | None = False,
     ) -> int:
-        """Replay (republish, then ack) or purge (ack) letters read from the queue;
-        ``to_group`` routes replays as :meth:`replay` says."""
-        group_route = to_group is not False and to_topic is None
+        """Replay (republish, then ack) or purge (ack) letters read from the queue."""
         # With ids, the wanted letters may sit behind others: read them all.
         subscription, deliveries = await self._collect(topic, group, None if ids else limit)
         wanted: list[tuple[Delivery, DeadLetterRecord]] = []
@@ -349,19 +347,11 @@ class DeadLetters:
                 if not purge and record.undecodable:
                     await self.adapter.publish_raw(to_topic or record.topic or topic,
                                                    record.raw or b"", record.raw_headers)
-                elif not purge and group_route:
-                    try:
-                        await self.adapter.publish_to_group(
-                            record.topic or topic, record.group or group, [record.original]
+                elif not purge:
+                    with replaying(delivery.message_id or record.failed_at):
+                        await self.adapter.publish(
+                            to_topic or record.topic or topic, [record.original]
                         )
-                    except UnsupportedOperationError:
-                        if to_group:
-                            raise
-                        group_route = False  # the whole topic, for this and the rest
-                if not purge and not group_route and not record.undecodable:
-                    await self.adapter.publish(
-                        to_topic or record.topic or topic, [record.original]
-                    )
                 await delivery.ack()
                 if progress is not None:
                     progress(done, len(wanted))

@@ -15,7 +15,7 @@ import pytest
 from eventbus.testing import BrokerTarget, ConformanceSuite
 from integration_tests import harness
 from integration_tests.nats.targets import nats_target
-from integration_tests.rabbitmq.node import conformance_node
+from integration_tests.rabbitmq.node import conformance_node, delete_underneath
 from integration_tests.redis.target import redis_target
 from integration_tests.sqs import target as sqs_targets
 
@@ -106,8 +106,11 @@ def _rabbitmq_target(name: str, queue_type: str | None) -> BrokerTarget:
     url = node.url
     if queue_type is not None:
         url += ("&" if "?" in url else "?") + f"queue_type={queue_type}"
+    # No short_lease: the adapter declares lease=False (RabbitMQ's consumer_timeout
+    # cannot be kept alive by a client; docs/adapters/rabbitmq.md).
     return BrokerTarget(name=name, url=url, faults=node.proxy, faulty_url=url,
-                        scale=SCALE.get(name, 1.0), restart=node.restart)
+                        scale=SCALE.get(name, 1.0), restart=node.restart,
+                        delete_underneath=delete_underneath(node.direct_url or node.url))
 
 
 @pytest.fixture(scope="module", params=list(TARGETS))

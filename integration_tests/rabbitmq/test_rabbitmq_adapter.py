@@ -186,23 +186,37 @@ def test_reject_moves_the_message_to_the_group_dead_letter_queue(url: str) -> No
 
 
 @pytest.mark.parametrize("queue_type", ["classic", "quorum"])
-def test_unsettled_message_comes_back_with_the_next_attempt(url: str, queue_type: str) -> None:
-    """Closing a subscription returns its unsettled message; the redelivery counts as
-    the next attempt (quorum: the broker's x-delivery-count; classic: redelivered)."""
+def test_each_return_of_an_unsettled_message_counts_as_the_next_attempt(
+        url: str, queue_type: str) -> None:
+    """A consumer that goes away without settling (to the broker, a process that died
+    in the handler) gives the message back; each return counts, so the attempt is a real
+    count across crashes (#18 defect 13): quorum queues by the broker's
+    x-delivery-count, classic queues (which only flag ``redelivered``) by the adapter."""
 
     async def scenario() -> None:
-        adapter = RabbitMQAdapter(with_options(url, queue_type=queue_type))
         topic, group = unique("again"), unique("g")
+        sent = ping(4)
+        attempts = []
+        for _ in range(4):  # a fresh adapter each time, as a restarted process has
+            adapter = RabbitMQAdapter(with_options(url, queue_type=queue_type))
+            try:
+                subscription = await adapter.subscribe(topic, SubscribeOptions(group=group))
+                if not attempts:
+                    await adapter.publish(topic, [sent])
+                delivery = await next_delivery(subscription)
+                assert delivery.envelope == sent
+                attempts.append(delivery.attempt)
+            finally:
+                await adapter.close()  # unsettled: the broker takes it back
+        assert attempts == [1, 2, 3, 4]
+        adapter = RabbitMQAdapter(with_options(url, queue_type=queue_type))
         try:
             subscription = await adapter.subscribe(topic, SubscribeOptions(group=group))
-            await adapter.publish(topic, [ping(4)])
-            first = await next_delivery(subscription)
-            assert first.attempt == 1
-            await subscription.close()
-            subscription = await adapter.subscribe(topic, SubscribeOptions(group=group))
-            again = await next_delivery(subscription)
-            assert again.envelope == first.envelope and again.attempt == 2
-            await again.ack()
+            last = await next_delivery(subscription)
+            assert last.attempt == 5
+            await last.ack()
+            with pytest.raises(TimeoutError):  # no copy left behind
+                await next_delivery(subscription, timeout=1.0)
         finally:
             await adapter.close()
 
@@ -363,6 +377,34 @@ def test_publish_to_group_reaches_that_group_alone(url: str) -> None:
             kept = await next_delivery(newcomer)
             assert kept.envelope is not None and kept.envelope.data == b'{"n":23}'
             await kept.ack()
+        finally:
+            await adapter.close()
+
+    run(scenario)
+
+
+
+@pytest.mark.parametrize("queue_type", ["classic", "quorum"])
+def test_a_nack_after_a_redelivery_counts_on(url: str, queue_type: str) -> None:
+    """Attempt 2 came back from the broker (a consumer went away); its nack parks attempt
+    3, not the broker's count added twice (the copy must not carry the old
+    x-delivery-count)."""
+
+    async def scenario() -> None:
+        topic, group = unique("nackagain"), unique("g")
+        adapter = RabbitMQAdapter(with_options(url, queue_type=queue_type))
+        try:
+            subscription = await adapter.subscribe(topic, SubscribeOptions(group=group))
+            await adapter.publish(topic, [ping(41)])
+            assert (await next_delivery(subscription)).attempt == 1
+            await subscription.close()  # unsettled: back to the broker
+            subscription = await adapter.subscribe(topic, SubscribeOptions(group=group))
+            second = await next_delivery(subscription)
+            assert second.attempt == 2
+            await second.nack(0)
+            third = await next_delivery(subscription)
+            assert third.attempt == 3
+            await third.ack()
         finally:
             await adapter.close()
 

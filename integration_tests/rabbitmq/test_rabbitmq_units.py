@@ -59,6 +59,32 @@ def test_password_never_in_errors() -> None:
     assert "topsecret" not in str(info.value)
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        # An unencoded "/", "#" or "?" in a password ends the URL's authority there:
+        # the parser then reads the password's first part as the port (#18 defect 24).
+        "amqp://app:wJalrXUtnFEMI/K7MDENG@rabbit.internal:5672/prod",
+        "amqps://app:wJalrXUtnFEMI#K7@rabbit.internal/prod",
+        "amqp://app:wJalrXUtnFEMI?K7@rabbit.internal/prod",
+    ],
+)
+def test_a_malformed_url_never_shows_any_part_of_the_password(url: str) -> None:
+    with pytest.raises(InvalidURLError) as info:
+        RabbitMQAdapter(url)
+    message = str(info.value)
+    assert "wJalrXUtnFEMI" not in message and "K7" not in message, message
+    assert "percent-encode" in message and "\n" not in message
+
+
+def test_errors_from_the_client_are_scrubbed_of_the_password() -> None:
+    settings = RabbitMQSettings.from_url("amqp://app:s3cr%2Ft@h/")
+    assert settings.password == "s3cr/t"
+    text = settings.scrub("AMQPConnectionError: amqp://app:s3cr/t@h:5672/ s3cr%2Ft refused")
+    assert "s3cr" not in text and "***" in text
+    assert "s3cr" not in repr(settings)
+
+
 def test_encode_is_the_rabbitmq_binding_binary_mode() -> None:
     env = full_envelope()
     message = encode(env)
@@ -76,6 +102,7 @@ def test_transport_and_unknown_headers_never_poison() -> None:
                "x-binary": b"\xff\xfe", "x-delivery-count": 2}
     again = retry_headers(headers, attempt=3, not_before_ms=5)
     assert "x-death" not in again and again[ATTEMPT_HEADER] == 3
+    assert "x-delivery-count" not in again  # the copy would count it again
     decoded = decode(headers | again, message.content_type, message.body)
     assert decoded.envelope == env and decoded.attempt == 3 and decoded.not_before_ms == 5
 

@@ -1,4 +1,4 @@
-"""The RabbitMQ adapter: aio-pika's robust connection behind the eventbus contract.
+"""The RabbitMQ adapter: aio-pika's robust connections behind the eventbus contract.
 
 Example::
 
@@ -10,13 +10,11 @@ Example::
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import ssl
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import aio_pika
 from aio_pika import DeliveryMode, Message
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnection
 from aiormq.exceptions import (
@@ -24,7 +22,6 @@ from aiormq.exceptions import (
     ChannelInvalidStateError,
     ChannelPreconditionFailed,
     ConnectionClosed,
-    DeliveryError,
 )
 from aiormq.exceptions import PublishError as ReturnedError
 
@@ -34,20 +31,23 @@ from eventbus.envelope import Envelope
 from eventbus.errors import (
     BatchPublishError,
     BrokerConnectionError,
-    ConfigurationError,
+    EventBusError,
     MessageTooLargeError,
     PublishError,
 )
 
-from .codec import encode, message_size
+from .codec import encode, message_size, raw_message
+from .connection import Link, half_open_bound, one_line
 from .consumer import RabbitMQSubscription
-from .provision import declare_exchange, declare_group, work_queue
+from .provision import declare_exchange, declare_group, queue_depth, scratch_channel, work_queue
+from .refusals import learn_limit, precondition_error, publish_error
 from .settings import RabbitMQSettings
 
 log = logging.getLogger("eventbus.rabbitmq")
 
-CLOSE_TIMEOUT = 5.0
 HEALTH_TIMEOUT = 1.0
+# How long a message returned unroutable by a topic that routed before is sent again.
+UNROUTABLE_GRACE = 3.0
 SUBSCRIBE_ATTEMPTS = 8
 _TRANSIENT = (AMQPConnectionError, ConnectionClosed, ChannelInvalidStateError, RuntimeError,
               TimeoutError, OSError)
@@ -80,114 +80,97 @@ class RabbitMQAdapter(Adapter):
             max_message_bytes=self.settings.max_message_bytes,
             dedupe_window=None,
             reconnect=True,
+            # RabbitMQ's consumer_timeout cannot be extended by a client (no "in
+            # progress" in AMQP 0-9-1, no per-queue timeout before 3.12): a handler
+            # outliving it is redelivered; see docs/adapters/rabbitmq.md.
+            lease=False,
+            half_open_bound=half_open_bound(self.settings),
         )
-        self._connection: AbstractRobustConnection | None = None
+        # Publishing and consuming on separate connections: a memory alarm blocks
+        # the publishing one, and must not stop the consumers' acks (connection.py).
+        self._publisher = Link(self.settings, "publish")
+        self._consumer = Link(self.settings, "consume")
         self._channel: AbstractChannel | None = None
+        self._channel_lock = asyncio.Lock()
         self._exchanges: dict[str, AbstractExchange] = {}
+        self._groups: set[tuple[str, str]] = set()
+        self._routed: set[str] = set()  # exchanges a message was routed from
         self._subscriptions: set[RabbitMQSubscription] = set()
-        self._connect_lock = asyncio.Lock()
 
-    # -- connection --------------------------------------------------------------------
-
-    def _ssl_context(self) -> ssl.SSLContext | None:
-        s = self.settings
-        if not s.tls:
-            return None
-        context = ssl.create_default_context(cafile=s.cafile)
-        if s.certfile:
-            context.load_cert_chain(s.certfile, s.keyfile)
-        if not s.verify:  # a documented dev shortcut only
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
-        return context
+    # -- connections -------------------------------------------------------------------
 
     async def connect(self) -> None:
-        """Open the robust connection and the publishing channel (confirms on)."""
-        await self.ready_connection()
+        """Open the publishing connection and channel (confirms on), within
+        ``connect_timeout``; the consuming connection opens with the first subscribe."""
+        await self._publishing_channel()
 
-    async def ready_connection(self) -> AbstractRobustConnection:
-        """The open connection, connecting first if needed."""
-        if self._connection is not None and self._channel is not None:
-            return self._connection
-        async with self._connect_lock:
-            if self._connection is not None and self._channel is not None:
-                return self._connection
+    async def consuming_connection(self) -> AbstractRobustConnection:
+        """The connection subscriptions consume on (opened within ``connect_timeout``)."""
+        return await self._consumer.open()
+
+    async def _publishing_channel(self) -> AbstractChannel:
+        channel = self._channel
+        if channel is not None:
+            return channel
+        async with self._channel_lock:
+            if self._channel is not None:
+                return self._channel
+            connection = await self._publisher.open()
             s = self.settings
             try:
-                connection = await asyncio.wait_for(
-                    aio_pika.connect_robust(
-                        host=s.host, port=s.port, login=s.username, password=s.password,
-                        virtualhost=s.vhost, ssl=s.tls, ssl_context=self._ssl_context(),
-                        timeout=s.connect_timeout, heartbeat=s.heartbeat,
-                        reconnect_interval=s.reconnect_interval,
-                        auth=s.auth_mechanism.lower(),
-                        client_properties={"connection_name": s.client_name},
-                    ),
-                    s.connect_timeout,
-                )
+                channel = await asyncio.wait_for(
+                    connection.channel(publisher_confirms=True, on_return_raises=s.mandatory),
+                    s.connect_timeout)
             except Exception as exc:
                 raise BrokerConnectionError(
-                    f"cannot connect to RabbitMQ at {s.masked_url} within "
-                    f"{s.connect_timeout:g}s ({type(exc).__name__}: {exc or 'timed out'}); "
-                    "check the host, port, vhost and credentials"
-                ) from exc
-            try:
-                channel = await connection.channel(
-                    publisher_confirms=True, on_return_raises=s.mandatory
-                )
-            except BaseException:
-                with contextlib.suppress(Exception, asyncio.CancelledError):
-                    await asyncio.wait_for(connection.close(), CLOSE_TIMEOUT)
-                raise
-            self._connection, self._channel = connection, channel
-            return connection
-
-    async def _ready_channel(self) -> AbstractChannel:
-        await self.ready_connection()
-        assert self._channel is not None
-        return self._channel
+                    f"RabbitMQ at {s.masked_url} did not open a channel within "
+                    f"{s.connect_timeout:g}s ({one_line(s, exc)}); try again"
+                ) from None
+            self._channel = channel
+            return channel
 
     async def close(self) -> None:
-        """Close every subscription (unsettled messages go back), then the connection."""
+        """Close every subscription (unsettled messages go back), then the connections;
+        each step is bounded, so close() returns even when the broker does not answer."""
         for subscription in list(self._subscriptions):
-            with contextlib.suppress(Exception):
-                await subscription.close()
-        self._subscriptions.clear()
-        connection, self._connection, self._channel = self._connection, None, None
-        self._exchanges.clear()
-        if connection is not None:
             try:
-                await asyncio.wait_for(connection.close(), CLOSE_TIMEOUT)
-            except (Exception, asyncio.CancelledError) as exc:
-                # aio-pika can raise CancelledError from its own tasks when the
-                # broker is gone; close() must still reach its end.
-                log.warning("closing the RabbitMQ connection failed: %s: %s",
-                            type(exc).__name__, exc)
+                await subscription.close()
+            except Exception as exc:
+                log.warning("closing a RabbitMQ subscription failed: %s", one_line(
+                    self.settings, exc))
+        self._subscriptions.clear()
+        self._channel = None
+        self._exchanges.clear()
+        self._groups.clear()
+        await asyncio.gather(self._consumer.close(), self._publisher.close())
 
     async def health(self) -> HealthReport:
-        """Whether the connection and the publishing channel are open now."""
+        """Whether both connections answer a round trip now (the consuming one once a
+        subscription opened it); a frozen connection shows within ``HEALTH_TIMEOUT``."""
         s = self.settings
         info = {"host": f"{s.host}:{s.port}", "vhost": s.vhost, "queue_type": s.queue_type}
         try:
-            await self.ready_connection()
+            channel = await self._publishing_channel()
         except Exception as exc:
-            return HealthReport(False, f"{type(exc).__name__}: {exc}", info)
-        connection, channel = self._connection, self._channel
-        if connection is None or connection.is_closed or channel is None or channel.is_closed:
-            return HealthReport(
-                False, f"the connection to RabbitMQ at {s.masked_url} is down; reconnecting",
-                info)
-        try:
-            # One round trip: a dropped connection is noticed now, not at the next
-            # heartbeat.
-            # (On the underlying channel: aio-pika skips declaring amq.* exchanges.)
-            underlay = await channel.get_underlay_channel()
-            await asyncio.wait_for(
-                underlay.exchange_declare(exchange="amq.topic", passive=True), HEALTH_TIMEOUT)
-        except (Exception, asyncio.CancelledError) as exc:
-            return HealthReport(
-                False, f"RabbitMQ at {s.masked_url} did not answer: {type(exc).__name__}: "
-                f"{exc or 'timed out'}; reconnecting", info)
+            return HealthReport(False, one_line(s, exc), info)
+        links = [self._publisher]
+        if self._consumer.connection is not None:
+            links.append(self._consumer)
+        for link in links:
+            connection = link.connection
+            if connection is None or connection.is_closed or (
+                    link is self._publisher and channel.is_closed):
+                return HealthReport(False, f"the {link.role} connection to RabbitMQ at "
+                                    f"{s.masked_url} is down; reconnecting", info)
+            try:
+                await link.probe(HEALTH_TIMEOUT)
+            except (Exception, asyncio.CancelledError) as exc:
+                if isinstance(exc, asyncio.CancelledError) and _cancelling():
+                    raise
+                return HealthReport(
+                    False, f"RabbitMQ at {s.masked_url} did not answer on the {link.role} "
+                    f"connection within {HEALTH_TIMEOUT:g}s ({one_line(s, exc)}); a "
+                    "connection that stays silent is reconnected", info)
         return HealthReport(True, f"RabbitMQ at {s.masked_url} answered", info)
 
     # -- publishing --------------------------------------------------------------------
@@ -201,11 +184,17 @@ class RabbitMQAdapter(Adapter):
                 f"{self.capabilities.max_message_bytes}-byte limit; nothing was sent"
             )
 
+    def _learn(self, exc: BaseException) -> None:
+        """After the broker refused a message for its size, refuse the next one over its
+        limit before sending (refusals.learn_limit)."""
+        self.capabilities = learn_limit(self.capabilities, exc, self.settings.masked_url)
+
     async def _exchange(self, topic: str) -> AbstractExchange:
         exchange = self._exchanges.get(topic)
         if exchange is None:
-            channel = await self._ready_channel()
-            exchange = self._exchanges[topic] = await declare_exchange(channel, topic)
+            channel = await self._publishing_channel()
+            exchange = self._exchanges[topic] = await asyncio.wait_for(
+                declare_exchange(channel, topic), self.settings.publish_timeout)
         return exchange
 
     async def publish(self, topic: str, envelopes: Sequence[Envelope]) -> None:
@@ -221,14 +210,36 @@ class RabbitMQAdapter(Adapter):
     ) -> None:
         """Deliver ``envelopes`` to ``group``'s queue alone (through the default
         exchange), so no other group of ``topic`` sees them; the group is declared
-        if new. Same confirms and size rules as :meth:`publish`."""
+        if new. Same confirms and size rules as :meth:`publish`.
+
+        A queue that exists is used as it is (its type is the broker's business, so a
+        replay without ``queue_type=quorum`` reaches a quorum group); one declared with
+        other arguments than the URL's raises :class:`ConfigurationError`."""
         messages = self._encode_all(topic, envelopes)
         if not messages:
             return
-        channel = await self._guarded(topic, self._ready_channel())
-        await self._guarded(topic, declare_group(channel, self.settings, topic, group))
-        await self._send_all(topic, envelopes, messages, channel.default_exchange,
-                             work_queue(topic, group))
+        channel = await self._guarded(topic, self._publishing_channel())
+        await self._guarded(topic, self._ensure_group(topic, group))
+        try:
+            await self._send_all(topic, envelopes, messages, channel.default_exchange,
+                                 work_queue(topic, group))
+        except PublishError:
+            self._groups.discard((topic, group))  # gone? the next call declares it again
+            raise
+
+    async def _ensure_group(self, topic: str, group: str) -> None:
+        if (topic, group) in self._groups:
+            return
+        connection = await self._publisher.open()
+        queue = work_queue(topic, group)
+        timeout = self.settings.publish_timeout
+        try:
+            if await queue_depth(connection, queue, timeout) is None:
+                async with scratch_channel(connection, timeout) as channel:
+                    await declare_group(channel, self.settings, topic, group)
+        except ChannelPreconditionFailed as exc:
+            raise precondition_error(self.settings, queue, exc) from None
+        self._groups.add((topic, group))
 
     def _encode_all(self, topic: str, envelopes: Sequence[Envelope]) -> list[Message]:
         messages: list[Message] = []
@@ -253,12 +264,16 @@ class RabbitMQAdapter(Adapter):
         failures = {i: r for i, r in enumerate(results) if isinstance(r, BaseException)}
         if not failures:
             return
+        for exc in failures.values():
+            self._learn(exc)
         if len(failures) == len(messages):
             first = next(iter(failures.values()))
             if isinstance(first, asyncio.CancelledError):
                 raise first
-            raise self._publish_error(topic, envelopes[0], first, everything=len(messages))
-        errors = {i: self._publish_error(topic, envelopes[i], exc) for i, exc in failures.items()}
+            what = f"{len(messages)} message(s)" if len(messages) > 1 else _event(envelopes[0])
+            raise publish_error(self.settings, topic, what, first)
+        errors = {i: publish_error(self.settings, topic, _event(envelopes[i]), exc)
+                  for i, exc in failures.items()}
         raise BatchPublishError(
             f"{len(errors)} of {len(messages)} messages to RabbitMQ topic {topic!r} were not "
             f"confirmed (indexes {sorted(errors)}); see .failures",
@@ -270,54 +285,65 @@ class RabbitMQAdapter(Adapter):
         # asyncio.timeout, not wait_for: no extra task per message (3.11's wait_for
         # wraps the coroutine in one), which is a sizeable share of a publish's CPU.
         async with asyncio.timeout(self.settings.publish_timeout):
-            await exchange.publish(message, routing_key=key, mandatory=self.settings.mandatory)
+            try:
+                await exchange.publish(message, routing_key=key,
+                                       mandatory=self.settings.mandatory)
+            except ReturnedError:
+                if exchange.name not in self._routed:
+                    raise
+                await self._send_again(exchange, message, key)
+            else:
+                self._routed.add(exchange.name)
+
+    async def _send_again(self, exchange: AbstractExchange, message: Message, key: str) -> None:
+        """A topic whose messages were routed before came back unroutable: a group's
+        queue is gone for a moment (deleted underneath: the robust channel declares it
+        again within ``reconnect_interval``). Returned messages were not stored, so
+        sending them again for a short while duplicates nothing."""
+        deadline = time.monotonic() + max(UNROUTABLE_GRACE, 3 * self.settings.reconnect_interval)
+        delays = iter(Backoff(initial=0.1, max_delay=0.5, jitter=0.0))
+        while True:
+            await asyncio.sleep(next(delays))
+            try:
+                await exchange.publish(message, routing_key=key, mandatory=True)
+                return
+            except ReturnedError:
+                if time.monotonic() >= deadline:
+                    raise
 
     async def _guarded(self, topic: str, step: Any) -> Any:
         try:
             return await step
         except Exception as exc:
-            raise self._publish_error(topic, None, exc) from exc
-
-    def _publish_error(self, topic: str, envelope: Envelope | None, exc: BaseException,
-                       everything: int = 0) -> Exception:
-        if isinstance(exc, PublishError | BrokerConnectionError):
-            return exc
-        what = (f"{everything} message(s)" if everything
-                else f"event {envelope.id} ({envelope.type})" if envelope else "a message")
-        text = f"{what} to {topic!r}: {type(exc).__name__}: {exc}"
-        error: Exception
-        if isinstance(exc, ReturnedError):
-            error = PublishError(
-                f"RabbitMQ returned {text}: no queue is bound to exchange {topic!r} (no "
-                "group has subscribed yet), so it was not stored; subscribe a group "
-                "first, or set mandatory=false to drop such messages silently")
-        elif isinstance(exc, DeliveryError):
-            error = PublishError(f"RabbitMQ refused (nacked) {text}; publish again")
-        else:
-            error = BrokerConnectionError(
-                f"RabbitMQ at {self.settings.masked_url} did not confirm {text}; the "
-                "connection is down or slow, publish again")
-        error.__cause__ = exc
-        return error
+            raise publish_error(self.settings, topic, "a message", exc) from None
 
     async def publish_to_queue(self, queue: str, message: Message) -> None:
-        """Publish ``message`` straight to ``queue`` (default exchange), confirmed."""
-        channel = await self._ready_channel()
-        await asyncio.wait_for(
-            channel.default_exchange.publish(message, routing_key=queue, mandatory=True),
-            self.settings.publish_timeout,
-        )
+        """Publish ``message`` straight to ``queue`` (default exchange), confirmed; on
+        the publishing connection, so a blocked publish never holds up an ack."""
+        self.check_raw_size(queue, message)
+        try:
+            channel = await self._publishing_channel()
+            async with asyncio.timeout(self.settings.publish_timeout):
+                await channel.default_exchange.publish(message, routing_key=queue,
+                                                       mandatory=True)
+        except Exception as exc:
+            self._learn(exc)
+            raise publish_error(self.settings, queue, "a message", exc) from None
 
     async def publish_raw(
         self, topic: str, payload: bytes, headers: Mapping[str, bytes] | None = None
     ) -> None:
-        """Publish ``payload`` with no CloudEvents headers (poison-message tests)."""
+        """Publish ``payload`` as a producer that does not speak CloudEvents would:
+        ``headers`` become AMQP headers (``content-type`` the message property), and
+        a foreign message's dead letter is replayed this way, as it arrived."""
+        message = raw_message(payload, headers)
+        self.check_raw_size(topic, message)
         exchange = await self._guarded(topic, self._exchange(topic))
         try:
-            await self._send(exchange, Message(payload, delivery_mode=DeliveryMode.PERSISTENT),
-                             topic)
+            await self._send(exchange, message, topic)
         except Exception as exc:
-            raise self._publish_error(topic, None, exc) from exc
+            self._learn(exc)
+            raise publish_error(self.settings, topic, "a raw message", exc) from None
 
     # -- subscribing ---------------------------------------------------------------------
 
@@ -331,36 +357,46 @@ class RabbitMQAdapter(Adapter):
         # Long enough to outlast the robust connection's reconnect_interval (1 s):
         # retrying only while the connection is still down would not help.
         delays = iter(Backoff(initial=0.25, max_delay=2.0))
+        # Each try is bounded: a channel or declaration the broker never answers must
+        # not hold bus.start() for ever.
+        bound = max(10.0, 2 * self.settings.connect_timeout)
         for attempt in range(1, SUBSCRIBE_ATTEMPTS + 1):
             subscription = RabbitMQSubscription(self, topic, options)
             try:
-                await subscription.start()
+                async with asyncio.timeout(bound):
+                    await subscription.start()
                 break
             except Exception as exc:
                 await subscription.close()
                 if isinstance(exc, ChannelPreconditionFailed):
-                    raise ConfigurationError(
-                        f"RabbitMQ refused the queue of group {options.group!r} on {topic!r}: "
-                        f"{exc}; it exists with other arguments (queue_type, "
-                        "single_active_consumer): use the same options or delete the queue"
-                    ) from exc
+                    raise precondition_error(self.settings, subscription.queue_name,
+                                             exc) from None
+                if isinstance(exc, EventBusError):
+                    raise  # no such DLQ topic, the connect failed: said already
                 if attempt < SUBSCRIBE_ATTEMPTS and isinstance(exc, _TRANSIENT):
                     # A quorum queue declared a moment ago may not have its replica
                     # running yet: the broker then closes the connection with
                     # INTERNAL_ERROR on basic.consume; the robust connection comes back.
-                    log.info("subscribing to %s as %s failed (%s: %s); trying again",
-                             topic, options.group, type(exc).__name__, exc)
+                    log.info("subscribing to %s as %s failed (%s); trying again",
+                             topic, options.group, one_line(self.settings, exc))
                     await asyncio.sleep(next(delays))
                     continue
-                if isinstance(exc, BrokerConnectionError):
-                    raise
                 raise BrokerConnectionError(
                     f"cannot subscribe to {topic!r} as group {options.group!r} on RabbitMQ "
-                    f"at {self.settings.masked_url}: {type(exc).__name__}: {exc}"
-                ) from exc
+                    f"at {self.settings.masked_url}: {one_line(self.settings, exc)}"
+                ) from None
         self._subscriptions.add(subscription)
         return subscription
 
     def forget(self, subscription: RabbitMQSubscription) -> None:
         """Called by a subscription when it closes."""
         self._subscriptions.discard(subscription)
+
+
+def _event(envelope: Envelope) -> str:
+    return f"event {envelope.id} ({envelope.type})"
+
+
+def _cancelling() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0

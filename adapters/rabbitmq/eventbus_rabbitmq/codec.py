@@ -17,6 +17,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from aio_pika import DeliveryMode, Message
+from aio_pika.abc import AbstractIncomingMessage
+
 from eventbus.codec import decode_binary, encode_binary
 from eventbus.envelope import Envelope
 
@@ -24,7 +27,9 @@ CE_PREFIX = "ce-"
 """Attribute header prefix of the CloudEvents RabbitMQ binding."""
 ATTEMPT_HEADER = "x-eventbus-attempt"
 NOT_BEFORE_HEADER = "x-eventbus-not-before"
-_TRANSPORT_HEADERS = (ATTEMPT_HEADER, NOT_BEFORE_HEADER)
+RECOUNT_HEADER = "x-eventbus-recount"
+"""Marks the copy that counted a classic queue's redelivery (consumer.py)."""
+_TRANSPORT_HEADERS = (ATTEMPT_HEADER, NOT_BEFORE_HEADER, RECOUNT_HEADER)
 # Basic properties and frame overhead around a message: generous, so a message we
 # accept is never refused by the broker for its size. It also covers the transport
 # headers a retry adds (not counted below), so a message accepted by publish() is
@@ -102,20 +107,79 @@ def decode(headers: Mapping[str, Any] | None, content_type: str | None, body: by
     return Decoded(envelope, error, attempt, not_before)
 
 
+# The broker's and the adapter's own headers: never part of what a producer sent.
+_BROKER_HEADERS = ("x-death", "x-delivery-count", "x-first-death-", "x-last-death-")
+
+
+def _producer_headers(headers: Mapping[str, Any] | None) -> dict[str, Any]:
+    return {k: v for k, v in (headers or {}).items()
+            if k not in _TRANSPORT_HEADERS and not k.startswith(_BROKER_HEADERS)}
+
+
 def retry_headers(
     headers: Mapping[str, Any] | None, *, attempt: int, not_before_ms: int
 ) -> dict[str, Any]:
-    """The original headers with fresh transport headers for a parked retry.
+    """The producer's headers with fresh transport headers for a parked retry.
 
-    The broker's ``x-death`` history is dropped: it grows by one entry per trip
-    through a delay queue and says nothing the attempt header does not.
+    The broker's headers are dropped: ``x-death`` grows by one entry per trip through
+    a delay queue and says nothing the attempt header does not, and a copy carrying
+    the original's ``x-delivery-count`` would have it counted into its attempt again.
     """
-    kept = {k: v for k, v in (headers or {}).items()
-            if k not in (ATTEMPT_HEADER, NOT_BEFORE_HEADER, "x-death")
-            and not k.startswith("x-first-death") and not k.startswith("x-last-death")}
+    kept = _producer_headers(headers)
     kept[ATTEMPT_HEADER] = attempt
     kept[NOT_BEFORE_HEADER] = not_before_ms
     return kept
+
+
+def raw_headers(headers: Mapping[str, Any] | None, content_type: str | None) -> dict[str, bytes]:
+    """A message's headers as a producer set them, values as bytes (text as UTF-8),
+    the ``content_type`` property as ``content-type``: what a foreign message's dead
+    letter keeps, and what :func:`raw_message` puts back on a replay."""
+    kept: dict[str, bytes] = {}
+    for name, value in _producer_headers(headers).items():
+        if isinstance(value, bytes | bytearray):
+            kept[name] = bytes(value)
+        else:
+            kept[name] = (value if isinstance(value, str) else str(value)).encode()
+    if content_type is not None:
+        kept["content-type"] = content_type.encode()
+    return kept
+
+
+def raw_message(payload: bytes, headers: Mapping[str, bytes] | None) -> Message:
+    """A persistent message of ``payload`` whose AMQP headers are ``headers`` (bytes, as
+    a foreign producer's binary header travels); ``content-type`` becomes the property."""
+    table: dict[str, Any] = {}
+    content_type: str | None = None
+    for name, value in (headers or {}).items():
+        if name == "content-type":
+            content_type = bytes(value).decode("utf-8", "replace")
+            continue
+        try:  # text travels as an AMQP long string, as other producers send it
+            table[name] = bytes(value).decode("utf-8")
+        except UnicodeDecodeError:  # anything else as a byte array, kept exactly
+            table[name] = bytearray(value)
+    return Message(payload, headers=table or None, content_type=content_type,
+                   delivery_mode=DeliveryMode.PERSISTENT)
+
+
+def copy_message(message: AbstractIncomingMessage, headers: Mapping[str, Any]) -> Message:
+    """A persistent copy of a consumed message with ``headers``, every property kept but
+    ``user_id`` (the broker checks it against the connection's user)."""
+    return Message(
+        message.body, headers=dict(headers), content_type=message.content_type,
+        content_encoding=message.content_encoding, delivery_mode=DeliveryMode.PERSISTENT,
+        priority=message.priority, correlation_id=message.correlation_id,
+        reply_to=message.reply_to, expiration=message.expiration,
+        message_id=message.message_id, timestamp=message.timestamp, type=message.type,
+        app_id=message.app_id,
+    )
+
+
+def recounted(headers: Mapping[str, Any] | None, attempt: int, token: str) -> dict[str, Any]:
+    """The producer's ``headers`` with the attempt header set to ``attempt`` and the
+    recount mark (``x-eventbus-not-before`` dropped: the message is due already)."""
+    return {**_producer_headers(headers), ATTEMPT_HEADER: attempt, RECOUNT_HEADER: token}
 
 
 def _text(value: Any) -> str:

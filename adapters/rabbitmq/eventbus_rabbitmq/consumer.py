@@ -11,7 +11,14 @@
 - When the channel or connection drops, the broker takes back every unsettled
   delivery; the ones buffered and not yet handed out are dropped here, and
   settling one handed out before is a no-op (it is redelivered, attempt + 1).
-  aio-pika's robust channel re-declares the topology and restores the consumer.
+  aio-pika's robust channel re-declares the topology and restores the consumer,
+  also after the broker cancelled it because its queue was deleted.
+- Runs across crashes (``Delivery.attempt``): the ``x-eventbus-attempt`` header counts
+  the adapter's own re-publishes; quorum queues add the broker's ``x-delivery-count``.
+  A classic queue only flags a redelivery (``redelivered``), so such a delivery is
+  counted here (:meth:`RabbitMQSubscription._recount`): re-published to the queue
+  with the attempt header + 1 (confirmed), the original acked, and the copy handed
+  out when it arrives.
 """
 
 from __future__ import annotations
@@ -20,23 +27,29 @@ import asyncio
 import contextlib
 import logging
 import time
+import uuid
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
-from aio_pika import DeliveryMode, Message
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
+from aiormq.exceptions import ChannelPreconditionFailed
 
 from eventbus.adapter import Delivery, SubscribeOptions, Subscription
+from eventbus.dlq import REPLAY_GROUP
+from eventbus.errors import BrokerConnectionError, TopicNotFoundError
 
-from .codec import decode, retry_headers
-from .provision import declare_delay_tier, declare_group, pick_tier, work_queue
+from .codec import RECOUNT_HEADER, copy_message, decode, raw_headers, recounted, retry_headers
+from .connection import CLOSE_TIMEOUT, one_line
+from .provision import declare_delay_tier, declare_group, pick_tier, queue_depth, work_queue
 
 if TYPE_CHECKING:
     from .adapter import RabbitMQAdapter
 
 log = logging.getLogger("eventbus.rabbitmq")
 
-CLOSE_TIMEOUT = 5.0
+BACKLOG_TIMEOUT = 5.0
+# (generation, message, attempt when already known)
+_Item = tuple[int, AbstractIncomingMessage, int | None]
 
 
 class RabbitMQDelivery(Delivery):
@@ -51,9 +64,13 @@ class RabbitMQDelivery(Delivery):
             group=owner.options.group,
             envelope=envelope,
             attempt=attempt,
-            message_id=f"{owner.queue_name}/{message.delivery_tag}",
+            # The producer's id where it set one (ours: the event id), else the
+            # delivery's place on this channel.
+            message_id=message.message_id or f"{owner.queue_name}/{message.delivery_tag}",
             raw=None if envelope is not None else message.body,
             decode_error=error,
+            raw_headers=None if envelope is not None else raw_headers(
+                message.headers, message.content_type),
         )
         self._owner = owner
         self._message = message
@@ -88,9 +105,9 @@ class RabbitMQDelivery(Delivery):
             await self._owner.park(self._message, self.attempt + 1, delay)
         except Exception as exc:
             log.warning(
-                "re-publishing %s for redelivery in %.3fs failed (%s: %s); nacking it "
-                "with requeue so the broker redelivers it now", self.message_id, delay,
-                type(exc).__name__, exc,
+                "re-publishing %s for redelivery in %.3fs failed (%s); nacking it with "
+                "requeue so the broker redelivers it now", self.message_id, delay,
+                one_line(self._owner.adapter.settings, exc),
             )
             await self._message.nack(requeue=True)
             return
@@ -106,38 +123,62 @@ class RabbitMQSubscription(Subscription):
         self.options = options
         self.queue_name = work_queue(topic, options.group)
         self.generation = 0
-        self._buffer: asyncio.Queue[tuple[int, AbstractIncomingMessage] | None] = (
-            asyncio.Queue())
+        self._buffer: asyncio.Queue[_Item | None] = asyncio.Queue()
         self._channel: AbstractChannel | None = None
         self._queue: AbstractQueue | None = None
         self._tag: str | None = None
         self._tiers: dict[int, str] = {}
+        self._recounting: set[asyncio.Task[None]] = set()
+        # Recount token -> set once its original's ack reached the broker.
+        self._holds: dict[str, asyncio.Event] = {}
         self._closed = False
 
     async def start(self) -> None:
-        """Open the channel, declare the topology, start consuming."""
-        connection = await self.adapter.ready_connection()
+        """Open the channel, declare the topology, start consuming.
+
+        The DLQ tooling's group (``eventbus-dlq-replay``) only reads: its queue is
+        declared with every group, so a missing one means no such dead-letter topic,
+        and :class:`TopicNotFoundError` says so without creating anything."""
+        connection = await self.adapter.consuming_connection()
+        settings = self.adapter.settings
+        if self.options.group == REPLAY_GROUP and await queue_depth(
+                connection, self.queue_name, settings.connect_timeout) is None:
+            raise TopicNotFoundError(
+                f"no such dead-letter topic {self.topic!r} on RabbitMQ at "
+                f"{settings.masked_url}: its queue {self.queue_name!r} does not exist, so "
+                "nothing was ever dead-lettered for that topic and group; check the topic "
+                "and group names (nothing was created)")
         channel = await connection.channel(publisher_confirms=False)
         self._channel = channel
         channel.close_callbacks.add(self._on_channel_close)
         await channel.set_qos(prefetch_count=max(1, self.options.prefetch))
-        self._queue = await declare_group(channel, self.adapter.settings, self.topic,
-                                          self.options.group)
+        if self.options.group == REPLAY_GROUP:
+            self._queue = await channel.declare_queue(self.queue_name, passive=True)
+        else:
+            self._queue = await declare_group(channel, settings, self.topic,
+                                              self.options.group)
         self._tag = await self._queue.consume(self._on_message, no_ack=False)
 
-    def _on_channel_close(self, *_: Any) -> None:
+    def _on_channel_close(self, _: Any, exc: BaseException | None = None) -> None:
         # Everything delivered on the old channel is the broker's again.
         self.generation += 1
-        kept: list[tuple[int, AbstractIncomingMessage] | None] = []
+        kept: list[_Item | None] = []
         while not self._buffer.empty():
             item = self._buffer.get_nowait()
             if item is None:
                 kept.append(item)
         for item in kept:
             self._buffer.put_nowait(item)
+        if isinstance(exc, ChannelPreconditionFailed) and "timed out" in str(exc):
+            log.warning(
+                "RabbitMQ closed the channel of %s: a delivery stayed unacknowledged longer "
+                "than the broker's consumer_timeout (%s); every unsettled message of the "
+                "channel is redelivered, so a handler that slow runs twice. Raise "
+                "consumer_timeout on the broker above the slowest handler",
+                self.queue_name, one_line(self.adapter.settings, exc))
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
-        self._buffer.put_nowait((self.generation, message))
+        self._buffer.put_nowait((self.generation, message, None))
 
     async def park(self, message: AbstractIncomingMessage, attempt: int, delay: float) -> None:
         """Re-publish ``message`` to come back after ``delay`` seconds as ``attempt``."""
@@ -148,11 +189,7 @@ class RabbitMQSubscription(Subscription):
             queue = await self._tier(pick_tier(self.adapter.settings.delay_tiers_ms, delay_ms))
         headers = retry_headers(message.headers, attempt=attempt,
                                 not_before_ms=int(time.time() * 1000) + delay_ms)
-        copy = Message(message.body, headers=headers, content_type=message.content_type,
-                       delivery_mode=DeliveryMode.PERSISTENT, message_id=message.message_id,
-                       type=message.type)
-        self.adapter.check_raw_size(self.topic, copy)
-        await self.adapter.publish_to_queue(queue, copy)
+        await self.adapter.publish_to_queue(queue, copy_message(message, headers))
 
     async def _tier(self, tier_ms: int) -> str:
         name = self._tiers.get(tier_ms)
@@ -163,12 +200,36 @@ class RabbitMQSubscription(Subscription):
             self._tiers[tier_ms] = name
         return name
 
+    async def backlog(self) -> int | None:
+        """Ready messages in the group's queue (a passive declare on a channel of its
+        own): not those delivered and unacknowledged, nor those waiting in a delay tier.
+
+        ``None`` with ``single_active_consumer``: a standby consumer receives nothing
+        while the active one works through the queue, which is not a stall."""
+        if self.adapter.settings.single_active_consumer:
+            return None
+        try:
+            connection = await self.adapter.consuming_connection()
+            depth = await queue_depth(connection, self.queue_name, BACKLOG_TIMEOUT)
+        except Exception as exc:
+            raise BrokerConnectionError(
+                f"RabbitMQ at {self.adapter.settings.masked_url} did not say how many "
+                f"messages queue {self.queue_name!r} holds within {BACKLOG_TIMEOUT:g}s "
+                f"({one_line(self.adapter.settings, exc)})") from None
+        if depth is None:
+            raise TopicNotFoundError(
+                f"the queue {self.queue_name!r} of group {self.options.group!r} on "
+                f"{self.topic!r} was deleted on RabbitMQ; subscribing again declares it")
+        return depth
+
     async def close(self) -> None:
         """Cancel the consumer and close the channel: unsettled messages go back."""
         if self._closed:
             return
         self._closed = True
         self._buffer.put_nowait(None)
+        for task in list(self._recounting):
+            task.cancel()
         channel, self._channel = self._channel, None
         if channel is not None:
             with contextlib.suppress(Exception, asyncio.CancelledError):
@@ -183,15 +244,15 @@ class RabbitMQSubscription(Subscription):
             item = await self._buffer.get()
             if item is None or self._closed:
                 return
-            generation, message = item
+            generation, message, attempt = item
             if generation != self.generation:
                 continue  # its channel closed: the broker redelivers it
-            delivery = await self._delivery(generation, message)
+            delivery = await self._delivery(generation, message, attempt)
             if delivery is not None:
                 yield delivery
 
-    async def _delivery(self, generation: int,
-                        message: AbstractIncomingMessage) -> RabbitMQDelivery | None:
+    async def _delivery(self, generation: int, message: AbstractIncomingMessage,
+                        known: int | None) -> RabbitMQDelivery | None:
         decoded = decode(message.headers, message.content_type, message.body)
         wait_ms = decoded.not_before_ms - int(time.time() * 1000)
         if wait_ms > 50:
@@ -201,14 +262,67 @@ class RabbitMQSubscription(Subscription):
                 await message.ack()
             except Exception as exc:
                 log.warning("re-parking %s failed (%s); handing it out early",
-                            message.delivery_tag, exc)
+                            message.delivery_tag, one_line(self.adapter.settings, exc))
             else:
                 return None
         headers = message.headers or {}
-        redeliveries = headers.get("x-delivery-count")  # quorum queues count them
-        if isinstance(redeliveries, int):
+        hold = self._holds.get(str(headers.get(RECOUNT_HEADER, "")))
+        if hold is not None:
+            # The copy of a redelivery this subscription counted: not before the
+            # original's ack reached the broker, or a crash in this copy's run would
+            # bring the original back as well, with the old count.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(hold.wait(), CLOSE_TIMEOUT)
+        redeliveries = headers.get("x-delivery-count")
+        if known is not None:
+            attempt = known
+        elif isinstance(redeliveries, int):  # quorum queues count broker redeliveries
             attempt = decoded.attempt + redeliveries
+        elif message.redelivered:
+            # A classic queue says only "delivered before": count it on the message.
+            task = asyncio.create_task(self._recount(generation, message, decoded.attempt + 1))
+            self._recounting.add(task)
+            task.add_done_callback(self._recounting.discard)
+            return None
         else:
-            attempt = decoded.attempt + (1 if message.redelivered else 0)
+            attempt = decoded.attempt
         return RabbitMQDelivery(self, message, generation, decoded.envelope, attempt,
                                 decoded.error)
+
+    async def _recount(self, generation: int, message: AbstractIncomingMessage,
+                       attempt: int) -> None:
+        """Put a classic queue's redelivery back on the queue carrying ``attempt``, then
+        ack the original: the copy arrives as a fresh delivery whose attempt header
+        counts every run so far, across process crashes.
+
+        In a task of its own, so a publish held up (a memory alarm blocks publishing)
+        never holds up the deliveries behind it. When the copy cannot be published the
+        original is handed out with ``attempt`` (a lower bound: the crashes before it
+        went uncounted) rather than not at all."""
+        token = uuid.uuid4().hex
+        hold = self._holds[token] = asyncio.Event()
+        try:
+            try:
+                await self.adapter.publish_to_queue(self.queue_name, copy_message(
+                    message, recounted(message.headers, attempt, token)))
+            except Exception as exc:
+                log.warning("counting the redelivery of %s (attempt %d) on the queue failed "
+                            "(%s); handing it out as attempt %d", self.queue_name, attempt,
+                            one_line(self.adapter.settings, exc), attempt)
+                self._buffer.put_nowait((generation, message, attempt))
+                return
+            try:
+                await message.ack()
+                # A round trip on the same channel: the broker handles a channel's
+                # frames in order, so once this is answered the ack has been taken.
+                await asyncio.wait_for(message.channel.basic_qos(
+                    prefetch_count=max(1, self.options.prefetch)), CLOSE_TIMEOUT)
+            except Exception as exc:
+                # The channel went: the original comes back as well, and is counted
+                # again; the copy is a duplicate, which idempotency absorbs.
+                log.info("acking %s after counting its redelivery failed (%s)",
+                         self.queue_name, one_line(self.adapter.settings, exc))
+        finally:
+            hold.set()
+            # Kept a while for a copy that arrives late; then forgotten.
+            asyncio.get_running_loop().call_later(60, self._holds.pop, token, None)

@@ -20,10 +20,14 @@ reconnect.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
-from aio_pika import ExchangeType
-from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractQueue
+from aio_pika import Channel, ExchangeType
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange, AbstractQueue
+from aiormq.exceptions import ChannelNotFoundEntity
 
 from eventbus.dlq import REPLAY_GROUP
 from eventbus.middleware.deadletter import dlq_topic
@@ -100,3 +104,33 @@ async def declare_delay_tier(
         },
     )
     return name
+
+
+
+@contextlib.asynccontextmanager
+async def scratch_channel(connection: AbstractConnection,
+                          timeout: float) -> AsyncIterator[AbstractChannel]:
+    """A short-lived channel of its own, not registered for recovery: a refused
+    declaration (404, PRECONDITION_FAILED) closes its channel, which must not be one
+    that consumes or publishes. Everything inside runs within ``timeout``."""
+    channel = Channel(connection, publisher_confirms=False)
+    try:
+        async with asyncio.timeout(timeout):
+            await channel.initialize()
+            yield channel
+    finally:
+        with contextlib.suppress(Exception, asyncio.CancelledError):
+            if not channel.is_closed:
+                await asyncio.wait_for(channel.close(), timeout)
+
+
+async def queue_depth(connection: AbstractConnection, name: str, timeout: float) -> int | None:
+    """Ready messages in queue ``name`` (not those delivered and unacked), or ``None``
+    when it does not exist; creates nothing (a passive declare)."""
+    async with scratch_channel(connection, timeout) as channel:
+        underlay = await channel.get_underlay_channel()
+        try:
+            declared = await underlay.queue_declare(name, passive=True)
+        except ChannelNotFoundEntity:
+            return None
+        return int(declared.message_count or 0)

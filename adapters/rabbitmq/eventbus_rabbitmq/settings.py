@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any, Literal
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 from eventbus.errors import InvalidURLError, mask_url
 from eventbus.url_options import (
@@ -57,8 +57,11 @@ class RabbitMQSettings:
     single_active_consumer: bool = False
     mandatory: bool = True
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
-    connect_timeout: float = 10.0
-    heartbeat: int = 30
+    # A listener that accepts TCP and never speaks AMQP fails the connect after this.
+    connect_timeout: float = 5.0
+    # Short enough that a connection which went silent without closing (a frozen NAT
+    # entry, a pulled cable) is noticed within ~20 s; RabbitMQ advises 5 to 20 s.
+    heartbeat: int = 5
     publish_timeout: float = 30.0
     reconnect_interval: float = 1.0
     delay_tiers_ms: tuple[int, ...] = DEFAULT_DELAY_TIERS_MS
@@ -74,10 +77,19 @@ class RabbitMQSettings:
         """The URL with its password masked, for messages and logs."""
         return mask_url(self.url)
 
+    def scrub(self, text: str) -> str:
+        """``text`` (a client's error message) with the password, raw or percent-encoded,
+        replaced by ``***``: nothing the adapter raises or logs may carry it."""
+        for secret in {self.password, quote(self.password, safe="")}:
+            if len(secret) >= 3 and secret != "guest":  # the default tells nothing
+                text = text.replace(secret, "***")
+        return text
+
     @classmethod
     def from_url(cls, url: str) -> RabbitMQSettings:
         """Parse and validate ``url``; raise :class:`InvalidURLError` naming the problem."""
         masked = mask_url(url)
+        _check_userinfo(url, masked)
         parts = urlsplit(url)
         if parts.scheme not in ("amqp", "amqps"):
             raise InvalidURLError(
@@ -88,8 +100,12 @@ class RabbitMQSettings:
         tls = parts.scheme == "amqps"
         try:
             port = parts.port or (5671 if tls else 5672)
-        except ValueError as exc:
-            raise InvalidURLError(f"{masked!r} has an invalid port: {exc}") from exc
+        except ValueError:
+            # Not the parser's text: it quotes the port, which may be part of a password.
+            raise InvalidURLError(
+                f"{masked!r} has an invalid port (not a number from 0 to 65535); if the "
+                "password holds '/', '?', '#' or '@', percent-encode it (%2F %3F %23 %40)"
+            ) from None
         path = parts.path[1:] if parts.path.startswith("/") else parts.path
         values: dict[str, Any] = {
             "url": url,
@@ -118,6 +134,21 @@ class RabbitMQSettings:
         if "verify" in values and not tls:
             raise InvalidURLError(f"verify in {masked!r} applies only to amqps:// URLs")
         return cls(**values)
+
+
+def _check_userinfo(url: str, masked: str) -> None:
+    """Refuse a user info that a URL parser would split (``mask_url``'s rule: it runs from
+    ``://`` to the last ``@``): an unencoded ``/``, ``?`` or ``#`` in the password ends the
+    authority early, and the parser would read a piece of the password as the port, the
+    vhost or an option, and quote it in its error."""
+    _, sep, rest = url.partition("://")
+    userinfo = rest.rpartition("@")[0] if sep else ""
+    if any(c in userinfo for c in "/?#"):
+        raise InvalidURLError(
+            f"the user info of {masked!r} holds an unencoded '/', '?' or '#' (everything "
+            "before the last '@' is user:password); percent-encode them in the password "
+            "(%2F %3F %23) and an '@' after the host (%40)"
+        )
 
 
 def _tiers(raw: str) -> tuple[int, ...]:

@@ -360,7 +360,9 @@ class Capability:
         "a broker other processes can reach (it lives inside the test process)",
         lambda target, _: not target.in_process,
     )
-    lease = Requirement("a lease (capabilities.lease)", lambda _, caps: caps.lease)
+    lease = Requirement(
+        "a lease it keeps alive (capabilities.lease: none, or one no client can extend, "
+        "as its adapter page says)", lambda _, caps: caps.lease)
     no_redelivery = Requirement(
         "a refusal to test (it redelivers, so it accepts delivery='at_least_once': "
         "test_explicit_at_least_once_accepted covers that)",
