@@ -145,6 +145,33 @@ def test_close_reaches_the_end_when_the_broker_is_unreachable(sqs_url: str) -> N
         time.sleep(max(0.0, refused_at[0] + refusal + 0.5 - time.monotonic()))
 
 
+def test_close_on_a_silent_path_ends_in_time(sqs_url: str) -> None:
+    """The path stops answering without closing (a frozen proxy) while a delivery is
+    unsettled: close() gives up handing it back after connect_timeout instead of
+    waiting out every request's read_timeout (it comes back when its visibility lapses)."""
+    endpoint, proxy = harness.require_faulty("sqs")
+    url = f"{endpoint.url}&wait_seconds=1&connect_timeout=1&read_timeout=15&max_attempts=1"
+
+    async def body() -> None:
+        adapter = SqsAdapter(url)
+        await adapter.connect()
+        topic = _name("t")
+        subscription = await adapter.subscribe(topic, SubscribeOptions(group=_name("g")))
+        await adapter.publish(topic, [_event()])
+        await _next(subscription)  # unsettled
+        await proxy.freeze()
+        try:
+            started = time.monotonic()
+            await asyncio.wait_for(subscription.close(), 30)
+            took = time.monotonic() - started
+            assert took < 7.0, f"close() took {took:.1f}s on a silent path"
+        finally:
+            await proxy.thaw()
+            await adapter.close()
+
+    asyncio.run(body())
+
+
 def test_provision_off_names_the_missing_resource(sqs_url: str) -> None:
     async def body() -> None:
         adapter = SqsAdapter(f"{sqs_url}&provision=false")

@@ -342,10 +342,15 @@ class SqsSubscription(Subscription):
         self._unsettled.clear()
         self._beating.clear()
         if receipts:
-            # Unsettled messages go back now rather than when their visibility lapses.
-            results = await asyncio.gather(
-                *(self._visibility.add({"ReceiptHandle": r, "VisibilityTimeout": 0})
-                  for r in receipts), return_exceptions=True)
+            # Unsettled messages go back now rather than when their visibility lapses;
+            # within connect_timeout, so a close on a silent path still ends in time.
+            try:
+                results = await asyncio.wait_for(asyncio.gather(
+                    *(self._visibility.add({"ReceiptHandle": r, "VisibilityTimeout": 0})
+                      for r in receipts), return_exceptions=True),
+                    self.settings.connect_timeout)
+            except TimeoutError as exc:
+                results = [exc]
             failed = [r for r in results if isinstance(r, BaseException)]
             if failed:
                 log.info("%d unsettled message(s) of topic %r group %r come back when their "
