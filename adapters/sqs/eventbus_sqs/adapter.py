@@ -18,17 +18,13 @@ from typing import Any
 
 import aioboto3
 from botocore.config import Config
-from botocore.exceptions import (
-    BotoCoreError,
-    ClientError,
-    EndpointConnectionError,
-    NoCredentialsError,
-)
+from botocore.exceptions import NoCredentialsError
 
 from eventbus.adapter import Adapter, Capabilities, HealthReport, SubscribeOptions, Subscription
+from eventbus.deadletter import dlq_topic
+from eventbus.dlq import REPLAY_GROUP
 from eventbus.envelope import Envelope
 from eventbus.errors import (
-    BatchPublishError,
     BrokerConnectionError,
     EventBusError,
     MessageTooLargeError,
@@ -36,18 +32,16 @@ from eventbus.errors import (
     UnsupportedOperationError,
 )
 
-from .codec import body_for_bytes, body_size, encode
+from .codec import body_for_bytes, body_size, encode, header_attributes
 from .consumer import SqsSubscription
-from .provision import Provisioner
-from .settings import MAX_SQS_MESSAGE_BYTES, SqsSettings
+from .delivery import Unrun, classify, error_code
+from .provision import Provisioner, ProvisioningError
+from .publisher import Publisher, Send, is_dead_letter
+from .settings import SqsSettings
 
 log = logging.getLogger("eventbus.sqs")
 
-BATCH_COUNT = 10
 FIFO_DEDUPE_SECONDS = 300.0
-# Errors a client error code names when the request never got a proper answer.
-_TRANSIENT_CODES = ("Throttling", "ThrottlingException", "RequestThrottled",
-                    "ServiceUnavailable", "InternalError", "InternalFailure")
 
 
 class SqsAdapter(Adapter):
@@ -74,11 +68,20 @@ class SqsAdapter(Adapter):
             max_message_bytes=s.max_message_bytes,
             dedupe_window=FIFO_DEDUPE_SECONDS if s.fifo else None,
             reconnect=True,
+            # A received message stays hidden for visibility_timeout unless extended.
+            lease=True,
+            # HTTP keeps no session to ping: health() asks SQS each time within
+            # connect_timeout, so a path that stopped answering shows at once; every
+            # request gives up on a silent connection after read_timeout and the next
+            # one opens a new connection.
+            half_open_bound=s.connect_timeout,
         )
         self._clients: dict[str, Any] = {}
         self._stack: contextlib.AsyncExitStack | None = None
         self._connect_lock = asyncio.Lock()
         self._provisioner = Provisioner(s)
+        self._publisher = Publisher(self)
+        self.unrun = Unrun()  # receives given back unrun, for Delivery.attempt
         self._subscriptions: set[SqsSubscription] = set()
 
     # -- connection --------------------------------------------------------------------
@@ -138,11 +141,22 @@ class SqsAdapter(Adapter):
 
     def sqs_client(self) -> Any:
         """The connected SQS client (for subscriptions and tests)."""
-        if "sqs" not in self._clients:
+        return self._client("sqs")
+
+    def sns_client(self) -> Any:
+        """The connected SNS client."""
+        return self._client("sns")
+
+    def probe_client(self) -> Any:
+        """The SQS client that tries once (health, backlog): an answer or not, at once."""
+        return self._client("probe")
+
+    def _client(self, name: str) -> Any:
+        if name not in self._clients:
             raise BrokerConnectionError(
                 f"the SQS adapter for {self.settings.masked_url} is not connected; call "
                 "connect() (or start the bus) first")
-        return self._clients["sqs"]
+        return self._clients[name]
 
     async def close(self) -> None:
         """Close every subscription (unsettled messages go back), then the clients."""
@@ -179,34 +193,19 @@ class SqsAdapter(Adapter):
     # -- publishing --------------------------------------------------------------------
 
     async def publish(self, topic: str, envelopes: Sequence[Envelope]) -> None:
-        """Send in batches of up to 10 (and 256 KiB), concurrently; wait for every reply."""
+        """Send in batches of up to 10 (and 256 KiB), concurrently (in FIFO, batches of
+        one partition key in order); wait for every reply."""
         bodies = [encode(envelope) for envelope in envelopes]
         for envelope, body in zip(envelopes, bodies, strict=True):
             self.check_size(topic, envelope, body_size(body, {}))
         if not bodies:
             return
-        entries = [self._entry(body, {}, envelope.partitionkey, envelope.id)
-                   for envelope, body in zip(envelopes, bodies, strict=True)]
+        entries = self._publisher.entries(envelopes, bodies)
         await self._ready()
-        failures = await self._send(topic, entries, [body_size(b, {}) for b in bodies])
-        self._raise_failures(topic, envelopes, failures)
-
-    def _raise_failures(self, topic: str, envelopes: Sequence[Envelope],
-                        failures: dict[int, Exception]) -> None:
-        if not failures:
-            return
-        if len(failures) == len(envelopes) and all(
-                isinstance(e, BrokerConnectionError) for e in failures.values()):
-            raise next(iter(failures.values()))
-        errors: dict[int, Exception] = {}
-        for i, error in failures.items():
-            envelope = envelopes[i]
-            wrapped = type(error)(f"event {envelope.id} ({envelope.type}) to {topic!r}: {error}")
-            wrapped.__cause__ = error.__cause__ or error
-            errors[i] = wrapped
-        raise BatchPublishError(
-            f"{len(errors)} of {len(envelopes)} messages to SQS/SNS topic {topic!r} were not "
-            f"confirmed (indexes {sorted(errors)}); see .failures", errors, len(envelopes))
+        send = await self._sender(topic, envelopes)
+        failures = await self._publisher.send(topic, entries, [body_size(b, {}) for b in bodies],
+                                              send)
+        self._publisher.raise_failures(topic, envelopes, failures)
 
     async def publish_to_group(self, topic: str, group: str,
                                envelopes: Sequence[Envelope]) -> None:
@@ -221,161 +220,110 @@ class SqsAdapter(Adapter):
             self.check_size(topic, envelope, body_size(body, {}))
         if not bodies:
             return
-        entries = [self._entry(body, {}, envelope.partitionkey,
-                               f"{envelope.id}-replay-{uuid.uuid4().hex[:12]}")
+        entries = [self._publisher.entry(body, {}, envelope,
+                                         f"{envelope.id}-replay-{uuid.uuid4().hex[:12]}")
                    for envelope, body in zip(envelopes, bodies, strict=True)]
-        for entry, envelope in zip(entries, envelopes, strict=True):
-            if "MessageGroupId" in entry and envelope.partitionkey is None:
-                entry["MessageGroupId"] = envelope.id[:128]
         await self._ready()
-        sqs = self._clients["sqs"]
         try:
-            url = await self._provisioner.queue_url(sqs, topic, group)
+            url = await self._provisioner.queue_url(self._clients["sqs"], topic, group)
         except EventBusError:
             raise
         except Exception as exc:
-            raise self._publish_error(topic, exc) from exc
+            raise self._publisher.error(topic, exc) from exc
+        failures = await self._publisher.send(topic, entries, [body_size(b, {}) for b in bodies],
+                                              self._publisher.via_queue(url))
+        self._publisher.raise_failures(topic, envelopes, failures)
 
-        async def via_queue(batch: list[tuple[int, dict[str, Any]]]) -> dict[int, Exception]:
-            reply = await sqs.send_message_batch(QueueUrl=url, Entries=[
-                {"Id": str(i), "MessageBody": e["body"],
-                 **{k: v for k, v in e.items() if k != "body"}} for i, e in batch])
-            return self._failed(topic, reply)
-
-        failures = await self._send(topic, entries, [body_size(b, {}) for b in bodies],
-                                    via_queue)
-        self._raise_failures(topic, envelopes, failures)
-
-    def _entry(self, body: str, attributes: dict[str, Any], key: str | None,
-               event_id: str) -> dict[str, Any]:
-        entry: dict[str, Any] = {"body": body}
-        if attributes:
-            entry["MessageAttributes"] = attributes
-        if self.settings.fifo:
-            # No key means no order asked for: the event id spreads such messages.
-            entry["MessageGroupId"] = (key or event_id)[:128]
-            entry["MessageDeduplicationId"] = event_id[:128]
-        return entry
-
-    async def _send(self, topic: str, entries: list[dict[str, Any]],
-                    sizes: list[int], send: Any = None) -> dict[int, Exception]:
-        """Send ``entries`` in batches; the indexes that failed and why."""
-        batches: list[list[int]] = [[]]
-        total = 0
-        for i, size in enumerate(sizes):
-            batch = batches[-1]
-            if len(batch) == BATCH_COUNT or (batch and total + size > MAX_SQS_MESSAGE_BYTES):
-                batches.append([])
-                batch, total = batches[-1], 0
-            batch.append(i)
-            total += size
-        try:
-            send = send or await self._sender(topic)
-        except EventBusError:
-            raise
-        except Exception as exc:
-            raise self._publish_error(topic, exc) from exc
-        results = await asyncio.gather(
-            *(send([(i, entries[i]) for i in batch]) for batch in batches),
-            return_exceptions=True)
-        failures: dict[int, Exception] = {}
-        for batch, result in zip(batches, results, strict=True):
-            if isinstance(result, BaseException):
-                error = self._publish_error(topic, result)
-                failures.update({i: error for i in batch})
-            else:
-                failures.update(result)
-        return failures
-
-    async def _sender(self, topic: str) -> Any:
+    async def _sender(self, topic: str, envelopes: Sequence[Envelope] = ()) -> Send:
+        """How to send to ``topic``, provisioning it on first use. Dead letters make sure
+        their storage exists first (declared with the group; this covers a group
+        subscribed by an older version, or whose storage was deleted since)."""
         s, p = self.settings, self._provisioner
-        if s.topology == "sns":
-            sns = self._clients["sns"]
-            arn = await p.topic_arn(sns, self._clients["sts"], topic)
-
-            async def via_sns(batch: list[tuple[int, dict[str, Any]]]) -> dict[int, Exception]:
-                reply = await sns.publish_batch(TopicArn=arn, PublishBatchRequestEntries=[
-                    {"Id": str(i), "Message": e["body"],
-                     **{k: v for k, v in e.items() if k != "body"}} for i, e in batch])
-                return self._failed(topic, reply)
-
-            return via_sns
-        sqs = self._clients["sqs"]
-        url = await p.queue_url(sqs, topic, None)
-
-        async def via_sqs(batch: list[tuple[int, dict[str, Any]]]) -> dict[int, Exception]:
-            reply = await sqs.send_message_batch(QueueUrl=url, Entries=[
-                {"Id": str(i), "MessageBody": e["body"],
-                 **{k: v for k, v in e.items() if k != "body"}} for i, e in batch])
-            return self._failed(topic, reply)
-
-        return via_sqs
-
-    def _failed(self, topic: str, reply: dict[str, Any]) -> dict[int, Exception]:
-        failures: dict[int, Exception] = {}
-        for failure in reply.get("Failed", []) or []:
-            code, text = failure.get("Code", "?"), failure.get("Message", "")
-            error: Exception
-            if code in _TRANSIENT_CODES:
-                error = BrokerConnectionError(f"SQS/SNS did not take it now ({code}: {text})")
-            elif "TooLong" in code or "too long" in str(text).lower():
-                error = MessageTooLargeError(f"SQS/SNS refused it as too large ({code}: {text})")
-            else:
-                error = PublishError(f"SQS/SNS refused it ({code}: {text})")
-            failures[int(failure["Id"])] = error
-        return failures
-
-    def _publish_error(self, topic: str, exc: BaseException) -> Exception:
-        where = self.settings.endpoint_url or self.settings.region
-        text = f"publishing to {topic!r} on SQS/SNS at {where}: {type(exc).__name__}: {exc}"
-        code = exc.response.get("Error", {}).get("Code") if isinstance(exc, ClientError) else None
-        transient = code in _TRANSIENT_CODES or isinstance(
-            exc, EndpointConnectionError | BotoCoreError | OSError | TimeoutError)
-        error = BrokerConnectionError(text) if transient else PublishError(text)
-        error.__cause__ = exc
-        return error
+        try:
+            dead = envelopes[0] if envelopes and is_dead_letter(envelopes[0]) else None
+            if dead is not None:
+                origin, group = dead.extensions.get("dlqtopic"), dead.extensions.get("dlqgroup")
+                if origin and group and dlq_topic(origin, group) == topic:
+                    await p.dead_letter_storage(self._clients, origin, group)
+            if s.topology == "sns":
+                arn = await p.topic_arn(self._clients["sns"], self._clients["sts"], topic)
+                return self._publisher.via_topic(arn)
+            return self._publisher.via_queue(await p.queue_url(self._clients["sqs"], topic, None))
+        except EventBusError:
+            raise
+        except Exception as exc:
+            raise self._publisher.error(topic, exc) from exc
 
     async def publish_raw(
         self, topic: str, payload: bytes, headers: Mapping[str, bytes] | None = None
     ) -> None:
-        """Send ``payload`` as a message body as it is (poison-message tests)."""
+        """Send ``payload`` as a message body as it is, ``headers`` as SQS message
+        attributes (text as ``String``, other bytes as ``Binary``): a foreign producer's
+        message, or an undecodable dead letter replayed as it arrived."""
         body, attributes = body_for_bytes(payload)
-        if body_size(body, attributes) > self.settings.max_message_bytes:
+        if headers:
+            try:
+                attributes = {**header_attributes(headers), **attributes}
+            except ValueError as exc:
+                raise PublishError(f"raw message to {topic!r}: {exc}; nothing was sent") from exc
+        size = body_size(body, attributes)
+        if size > self.settings.max_message_bytes:
             raise MessageTooLargeError(f"raw payload of {len(payload)} bytes to {topic!r} is "
-                                       "over the SQS limit; nothing was sent")
+                                       f"{size} bytes with its attributes, over the SQS limit "
+                                       f"of {self.settings.max_message_bytes}; nothing was sent")
         await self._ready()
-        entry = self._entry(body, attributes, None, uuid.uuid4().hex)
-        failures = await self._send(topic, [entry], [body_size(body, attributes)])
-        if failures:
-            raise failures[0]
+        entry = self._publisher.entry(body, attributes, None, uuid.uuid4().hex)
+        send = await self._sender(topic)
+        failures = await self._publisher.send(topic, [entry], [size], send)
+        self._publisher.raise_failures(topic, [None], failures)
 
     # -- subscribing ---------------------------------------------------------------------
 
     async def subscribe(self, topic: str, options: SubscribeOptions) -> Subscription:
-        """Consume ``topic`` as ``options.group``: its queue, created and subscribed if new.
+        """Consume ``topic`` as ``options.group``: its queue, created and subscribed if new,
+        with the queue keeping its dead letters.
 
         A new group starts with the messages published after it was created: SQS
-        keeps no history to replay, so ``start_from="earliest"`` is refused.
+        keeps no history to replay, so ``start_from="earliest"`` is refused, except for
+        the DLQ tooling's group (``eventbus-dlq-replay``) on a DLQ topic: its queue is
+        declared with the group that dead-letters into it, so it holds every dead
+        letter there is; reading it never creates it (``TopicNotFoundError``).
         """
-        if options.start_from == "earliest":
+        replaying = options.group == REPLAY_GROUP and topic.endswith(".dlq")
+        if options.start_from == "earliest" and not replaying:
             raise UnsupportedOperationError(
                 f"group {options.group!r} of topic {topic!r} asked to start from the earliest "
                 "message, but SQS/SNS keeps no history: a new group's queue receives what is "
                 "published after it exists; subscribe with start_from='latest'")
         await self._ready()
-        s, p = self.settings, self._provisioner
-        sqs = self._clients["sqs"]
-        if s.topology == "sns":
-            sns = self._clients["sns"]
-            arn = await p.topic_arn(sns, self._clients["sts"], topic)
-            url = await p.queue_url(sqs, topic, options.group)
-            await p.subscribe_queue(sns, sqs, arn, url)
-        else:
-            url = await p.queue_url(sqs, topic, None)
+        try:
+            if options.start_from == "earliest":
+                url = await self._provisioner.find_storage(self._clients["sqs"], topic)
+            else:
+                url = await self._provisioner.declare_group(self._clients, topic, options.group)
+        except EventBusError:
+            raise
+        except Exception as exc:
+            raise self._provisioning_error(topic, options.group, exc) from exc
         subscription = SqsSubscription(self, topic, url, options)
         subscription.start()
         self._subscriptions.add(subscription)
         return subscription
+
+    def _provisioning_error(self, topic: str, group: str, exc: Exception) -> EventBusError:
+        what = f"the queue of group {group!r} on topic {topic!r} at {self.settings.masked_url}"
+        text = f"{type(exc).__name__}: {exc}"
+        if classify(exc) == "transient":
+            # AWS's 60 s wait before a deleted queue's name may be used again is one.
+            return BrokerConnectionError(f"provisioning {what} failed for now ({text}); "
+                                         "subscribing again with backoff")
+        return ProvisioningError(f"provisioning {what} was refused ({error_code(exc) or text}); "
+                                 f"check the IAM permissions in docs/adapters/sqs.md: {text}")
+
+    def forget_group(self, topic: str, group: str) -> None:
+        """The group's queue is gone: provision it (and its dead-letter storage) anew on
+        the next subscribe."""
+        self._provisioner.forget(topic, group)
 
     def forget(self, subscription: SqsSubscription) -> None:
         """Called by a subscription when it closes."""

@@ -9,6 +9,12 @@ not such text (only ever raw bytes sent by :meth:`SqsAdapter.publish_raw`) trave
 base64-encoded, marked by the ``eventbus-body`` message attribute, so a consumer
 sees the original bytes and dead-letters them with the reason.
 
+Transport headers (:meth:`SqsAdapter.publish_raw`, a foreign producer's message)
+are SQS message attributes: a value that is text SQS accepts as a ``String``, any
+other bytes as ``Binary``. Only the body is decoded as the event: an attribute never
+makes a valid CloudEvent poison, and an undecodable message's attributes are kept
+(as bytes) for its dead letter.
+
 Decoding never raises: an unreadable message becomes envelope ``None`` plus why.
 """
 
@@ -17,6 +23,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+from collections.abc import Mapping
 from typing import Any
 
 from eventbus.codec import decode_structured, encode_structured
@@ -24,6 +31,14 @@ from eventbus.envelope import Envelope
 
 BODY_ATTRIBUTE = "eventbus-body"
 BASE64 = "base64"
+# Receives of the earlier copies of a message sent anew on its last receive before
+# the redrive policy would take it (see SqsSubscription.release).
+RECEIVES_ATTRIBUTE = "eventbus-receives"
+OWN_ATTRIBUTES = frozenset({BODY_ATTRIBUTE, RECEIVES_ATTRIBUTE})
+MAX_ATTRIBUTES = 10
+# SQS message attribute names: letters, digits, "_", "-", "." (no "..", not first or
+# last), not starting with "AWS." or "Amazon.", up to 256 characters.
+_ATTRIBUTE_NAME = re.compile(r"^(?!\.)(?!.*\.\.)(?!.*\.$)[A-Za-z0-9_.-]{1,256}$")
 # Characters SQS accepts in a body: #x9 | #xA | #xD | #x20-#xD7FF | #xE000-#xFFFD | #x10000+.
 _REFUSED = re.compile("[^\t\n\r\u0020-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 
@@ -50,7 +65,48 @@ def body_size(body: str, attributes: dict[str, Any]) -> int:
     size = len(body.encode("utf-8"))
     for name, value in attributes.items():
         size += len(name) + len(value.get("DataType", "")) + len(value.get("StringValue", ""))
+        size += len(value.get("BinaryValue", b""))
     return size
+
+
+def header_attributes(headers: Mapping[str, bytes]) -> dict[str, Any]:
+    """``headers`` as SQS message attributes; raises ``ValueError`` saying which header
+    SQS cannot carry (a name it refuses, an empty value, more than it allows)."""
+    attributes: dict[str, Any] = {}
+    for name, value in headers.items():
+        if not _ATTRIBUTE_NAME.match(name) or name.lower().startswith(("aws.", "amazon.")) \
+                or name in OWN_ATTRIBUTES:
+            raise ValueError(
+                f"header {name!r} cannot be an SQS message attribute name (letters, digits, "
+                "'_', '-', '.', not starting with AWS. or Amazon., and not "
+                f"{sorted(OWN_ATTRIBUTES)})")
+        if not value:
+            raise ValueError(f"header {name!r} is empty; SQS refuses empty attribute values")
+        try:
+            text: str | None = value.decode("utf-8")
+        except UnicodeDecodeError:
+            text = None
+        if text is not None and not _REFUSED.search(text):
+            attributes[name] = {"DataType": "String", "StringValue": text}
+        else:
+            attributes[name] = {"DataType": "Binary", "BinaryValue": bytes(value)}
+    if len(attributes) > MAX_ATTRIBUTES - 1:  # one is kept for the body marker
+        raise ValueError(f"{len(attributes)} headers; SQS carries at most "
+                         f"{MAX_ATTRIBUTES - 1} beside eventbus's own")
+    return attributes
+
+
+def foreign_headers(attributes: Mapping[str, Any]) -> dict[str, bytes]:
+    """A received message's attributes (not eventbus's own) as header bytes."""
+    headers: dict[str, bytes] = {}
+    for name, value in attributes.items():
+        if name in OWN_ATTRIBUTES or not isinstance(value, Mapping):
+            continue
+        if "BinaryValue" in value:
+            headers[name] = bytes(value["BinaryValue"])
+        elif "StringValue" in value:
+            headers[name] = str(value["StringValue"]).encode("utf-8")
+    return headers
 
 
 def decode(message: dict[str, Any]) -> tuple[Envelope | None, bytes, str | None]:

@@ -1,15 +1,25 @@
-"""A subscription: receivers long-polling one SQS queue, and its deliveries.
+"""A subscription: receivers long-polling one SQS queue, and what it does with their messages.
 
 - ``receivers`` tasks long-poll the queue (``wait_seconds``), up to 10 messages
   per request and never more than ``prefetch`` received and unsettled at once.
-- A heartbeat extends the visibility of every received, unsettled message
-  before it lapses, so a slow handler's message is not redelivered mid-run.
+  Every receive asks for the URL's ``visibility_timeout``: a queue made earlier
+  with another one (or by an operator) does not decide how long a message is hidden.
+- A heartbeat extends the visibility of every received message whose handler has
+  not settled it, before it lapses, so a slow handler's message is not redelivered
+  mid-run. A message being settled is never extended (its delete may land first).
 - ``ack`` and ``reject`` delete (batched, 10 per request); ``nack(delay)`` sets
   the message's visibility to ``delay`` (SQS's own timer, capped at 12 hours);
   if that call fails the message still comes back when its visibility lapses.
-- ``attempt`` is SQS's ``ApproximateReceiveCount``.
-- A received message whose visibility lapsed before it was handed out (the
-  heartbeat could not reach SQS) is dropped, not run: SQS redelivers it.
+- ``attempt`` is SQS's ``ApproximateReceiveCount``: every receive counts, the ones
+  that ended with a crash included. With a redrive policy (``max_receive_count``),
+  the last receive before SQS would move the message is never nacked back: it is
+  sent anew, carrying its receive count (see :meth:`SqsSubscription.release`).
+- A message whose visibility lapsed before it ran (SQS unreachable: the heartbeat
+  failed) is dropped, not run, and frees its prefetch slot: SQS redelivers it.
+- A queue deleted underneath ends the iteration with ``ConnectionLostError`` (the
+  bus subscribes again, which provisions it anew); a refusal that stays (access
+  denied, a KMS key disabled) ends it with an ``EventBusError``; an outage is
+  ridden out inside, retrying with backoff.
 - Closing stops the receivers and makes every unsettled message visible again.
 """
 
@@ -21,13 +31,20 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 from eventbus.adapter import Delivery, SubscribeOptions, Subscription
-from eventbus.errors import BrokerConnectionError
+from eventbus.errors import (
+    BrokerConnectionError,
+    ConnectionLostError,
+    EventBusError,
+    TopicNotFoundError,
+)
 
-from .codec import BODY_ATTRIBUTE, decode
+from .batcher import Batcher, SettleError
+from .delivery import SqsDelivery, classify
+from .redrive import send_anew
 from .settings import MAX_VISIBILITY_SECONDS
 
 if TYPE_CHECKING:
@@ -35,100 +52,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("eventbus.sqs")
 
-BatchCall = Callable[[list[dict[str, Any]]], Awaitable[dict[str, Any]]]
-
-
-class Batcher:
-    """Gathers single calls made in the same loop turn into batch requests of 10.
-
-    Each :meth:`add` returns when its own entry succeeded, or raises with the
-    broker's error for that entry only.
-    """
-
-    def __init__(self, call: BatchCall, what: str) -> None:
-        self._call = call
-        self._what = what
-        self._pending: list[tuple[dict[str, Any], asyncio.Future[None]]] = []
-        self._scheduled = False
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    async def add(self, entry: dict[str, Any]) -> None:
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[None] = loop.create_future()
-        self._pending.append((entry, future))
-        if not self._scheduled:
-            self._scheduled = True
-            loop.call_soon(self._flush)
-        await future
-
-    def _flush(self) -> None:
-        self._scheduled = False
-        pending, self._pending = self._pending, []
-        for start in range(0, len(pending), 10):
-            task = asyncio.ensure_future(self._send(pending[start:start + 10]))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
-    async def _send(self, chunk: list[tuple[dict[str, Any], asyncio.Future[None]]]) -> None:
-        entries = [{**entry, "Id": str(i)} for i, (entry, _) in enumerate(chunk)]
-        try:
-            reply = await self._call(entries)
-        except Exception as exc:
-            for _, future in chunk:
-                if not future.done():
-                    future.set_exception(BrokerConnectionError(
-                        f"{self._what} failed: {type(exc).__name__}: {exc}"))
-            return
-        failed = {str(f.get("Id")): f for f in reply.get("Failed", []) or []}
-        for i, (_, future) in enumerate(chunk):
-            if future.done():
-                continue
-            failure = failed.get(str(i))
-            if failure is None:
-                future.set_result(None)
-            else:
-                future.set_exception(BrokerConnectionError(
-                    f"{self._what} failed: {failure.get('Code')}: {failure.get('Message')}"))
-
-
-class SqsDelivery(Delivery):
-    __slots__ = ("_owner", "_receipt")
-
-    def __init__(self, owner: SqsSubscription, message: dict[str, Any]) -> None:
-        envelope, raw, error = decode(message)
-        attributes = message.get("Attributes", {}) or {}
-        try:
-            attempt = max(1, int(attributes.get("ApproximateReceiveCount", "1")))
-        except ValueError:
-            attempt = 1
-        super().__init__(
-            topic=owner.topic,
-            group=owner.options.group,
-            envelope=envelope,
-            attempt=attempt,
-            message_id=str(message.get("MessageId", "")),
-            raw=raw if envelope is None else None,
-            decode_error=error,
-        )
-        self._owner = owner
-        self._receipt = str(message["ReceiptHandle"])
-
-    @property
-    def stale(self) -> bool:
-        """True once the message's visibility lapsed without the heartbeat renewing it
-        (SQS unreachable): another consumer may have it, so it must not be run."""
-        return self._owner.lease_lapsed(self._receipt)
-
-    async def _ack(self) -> None:
-        await self._owner.delete(self._receipt)
-
-    async def _reject(self) -> None:
-        # The bus's dead-letter middleware has already published the dead letter
-        # (with its reason) to the DLQ topic; the broker's copy is done with.
-        await self._owner.delete(self._receipt)
-
-    async def _nack(self, delay: float) -> None:
-        await self._owner.release(self._receipt, delay)
+SYSTEM_ATTRIBUTES = ["ApproximateReceiveCount", "MessageGroupId"]
 
 
 class SqsSubscription(Subscription):
@@ -142,24 +66,28 @@ class SqsSubscription(Subscription):
         self.options = options
         self.settings = adapter.settings
         self._ready: deque[dict[str, Any]] = deque()
-        self._held = 0  # received (or being received) and not yet settled
-        self._unsettled: dict[str, float] = {}  # receipt handle -> last extended (monotonic)
-        # receipt handle -> when its visibility lapses as far as we know it was
-        # extended (monotonic); a message not handed out by then may be someone else's.
-        self._lease: dict[str, float] = {}
+        self._held = 0  # prefetch slots taken: received (or being received), not let go
+        # receipt handle -> when its visibility lapses as far as this consumer extended
+        # it (monotonic); one entry per slot taken by a received message.
+        self._unsettled: dict[str, float] = {}
+        # receipt handle -> when it was last extended: the messages the heartbeat keeps
+        # hidden (received and not being settled).
+        self._beating: dict[str, float] = {}
+        self._failure: Exception | None = None
         self._room = asyncio.Event()
         self._wake = asyncio.Event()
         self._closed = False
+        self._beat_failing = False
         self._tasks: list[asyncio.Task[None]] = []
         sqs = adapter.sqs_client()
-        where = f"on SQS queue {queue_url} (topic {topic!r}, group {options.group!r})"
+        self.where = f"SQS queue {queue_url} (topic {topic!r}, group {options.group!r})"
         self._deletes = Batcher(
             lambda entries: sqs.delete_message_batch(QueueUrl=queue_url, Entries=entries),
-            f"deleting a message {where}")
+            f"deleting a message on {self.where}")
         self._visibility = Batcher(
             lambda entries: sqs.change_message_visibility_batch(
                 QueueUrl=queue_url, Entries=entries),
-            f"changing a message's visibility {where}")
+            f"changing a message's visibility on {self.where}")
 
     def start(self) -> None:
         for index in range(self.settings.receivers):
@@ -171,6 +99,7 @@ class SqsSubscription(Subscription):
     async def _receive(self) -> None:
         sqs = self.adapter.sqs_client()
         prefetch = max(1, self.options.prefetch)
+        timeout = self.settings.visibility_timeout
         failures = 0
         while not self._closed:
             want = min(10, prefetch - self._held)
@@ -178,86 +107,155 @@ class SqsSubscription(Subscription):
                 self._room.clear()
                 await self._room.wait()
                 continue
-            if self._closed:
-                break
             self._held += want
+            sent = time.monotonic()  # SQS hides what it hands out from no earlier than this
             try:
                 reply = await sqs.receive_message(
                     QueueUrl=self.queue_url,
                     MaxNumberOfMessages=want,
                     WaitTimeSeconds=self.settings.wait_seconds,
-                    MessageSystemAttributeNames=["ApproximateReceiveCount"],
-                    MessageAttributeNames=[BODY_ATTRIBUTE],
+                    VisibilityTimeout=timeout,
+                    MessageSystemAttributeNames=SYSTEM_ATTRIBUTES,
+                    MessageAttributeNames=["All"],
                 )
             except asyncio.CancelledError:
                 self._held -= want
                 raise
             except Exception as exc:
                 self._held -= want
+                kind = classify(exc)
+                if kind != "transient":
+                    self._fail(kind, exc)
+                    return
                 failures += 1
                 delay = min(5.0, 0.1 * 2 ** min(failures, 6))
-                log.warning("receiving from SQS queue %s (topic %r, group %r) failed (%s: %s); "
-                            "retrying in %.1fs", self.queue_url, self.topic, self.options.group,
-                            type(exc).__name__, exc, delay)
+                log.warning("receiving from %s failed (%s: %s); retrying in %.1fs",
+                            self.where, type(exc).__name__, exc, delay)
                 await asyncio.sleep(delay)
                 continue
             failures = 0
             messages = reply.get("Messages", []) or []
             self._held -= want - len(messages)
-            now = time.monotonic()
             for message in messages:
                 receipt = str(message["ReceiptHandle"])
-                self._unsettled[receipt] = now
-                self._lease[receipt] = now + self.settings.visibility_timeout
+                self._unsettled[receipt] = sent + timeout
+                # Due for its first extension a third of the timeout after the request
+                # went out (not after the reply came: a slow reply ate into the lease).
+                self._beating[receipt] = sent
                 self._ready.append(message)
             if messages:
                 self._wake.set()
-            if self._closed:
-                break
+
+    def _fail(self, kind: str, exc: Exception) -> None:
+        """End the iteration with why: the bus subscribes again or gives up."""
+        error: Exception
+        if kind == "gone":
+            # Provisioning must run again: the cached queue URL names nothing now.
+            self.adapter.forget_group(self.topic, self.options.group)
+            error = ConnectionLostError(
+                f"{self.where} no longer exists (deleted underneath?); subscribing again "
+                "creates it anew (provision=true) or fails saying it is missing")
+        else:
+            error = EventBusError(
+                f"receiving from {self.where} was refused: {type(exc).__name__}: {exc}; this "
+                "is not an outage: check the queue's permissions (sqs:ReceiveMessage), its "
+                "KMS key and the credentials")
+        error.__cause__ = exc
+        if self._failure is None:
+            self._failure = error
+        self._wake.set()
 
     async def __aiter__(self) -> AsyncIterator[Delivery]:
-        while not self._closed:
+        while True:
+            if self._failure is not None:
+                raise self._failure
+            if self._closed:
+                return
             if self._ready:
                 message = self._ready.popleft()
-                receipt = str(message["ReceiptHandle"])
-                if self.lease_lapsed(receipt):
-                    # Its visibility lapsed while it waited (the heartbeat could not
-                    # reach SQS): another consumer may have it now, so it is dropped
-                    # here rather than run without a lease; SQS redelivers it.
+                if self.drop_if_lapsed(str(message["ReceiptHandle"])):
                     log.info("dropping a message of topic %r group %r whose visibility "
                              "lapsed before it was handed out", self.topic, self.options.group)
-                    self._settled(receipt)
+                    self.adapter.unrun.add(str(message.get("MessageId", "")))
                     continue
                 yield SqsDelivery(self, message)
                 continue
             self._wake.clear()
             await self._wake.wait()
 
+    async def backlog(self) -> int | None:
+        """Messages visible in the group's queue (``ApproximateNumberOfMessages``): neither
+        in flight nor delayed. On FIFO, visible messages may wait behind an in-flight one
+        of their message group, so they count only when nothing is in flight."""
+        try:
+            reply = await asyncio.wait_for(self.adapter.probe_client().get_queue_attributes(
+                QueueUrl=self.queue_url, AttributeNames=[
+                    "ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]),
+                self.settings.connect_timeout)
+        except Exception as exc:
+            kind = classify(exc)
+            if kind == "gone":
+                raise TopicNotFoundError(f"{self.where} no longer exists") from exc
+            if kind == "transient" or isinstance(exc, TimeoutError):
+                raise BrokerConnectionError(
+                    f"{self.where} did not answer: {type(exc).__name__}: {exc}") from exc
+            raise
+        attributes = reply.get("Attributes", {})
+        visible = int(attributes.get("ApproximateNumberOfMessages", 0))
+        if self.settings.fifo and int(attributes.get("ApproximateNumberOfMessagesNotVisible", 0)):
+            return 0
+        return visible
+
     # -- settling ---------------------------------------------------------------------
 
     def lease_lapsed(self, receipt: str) -> bool:
         """Whether ``receipt``'s visibility has lapsed as far as this consumer knows."""
-        return self._lease.get(receipt, math.inf) <= time.monotonic()
+        return self._unsettled.get(receipt, math.inf) <= time.monotonic()
 
-    def _settled(self, receipt: str) -> None:
-        self._lease.pop(receipt, None)
+    def drop_if_lapsed(self, receipt: str) -> bool:
+        """True (and the message let go, its slot freed) when its visibility lapsed."""
+        if not self.lease_lapsed(receipt):
+            return False
+        self._let_go(receipt)
+        return True
+
+    def _let_go(self, receipt: str) -> None:
+        """The message is no longer this consumer's: no heartbeat, its slot free."""
+        self._beating.pop(receipt, None)
         if self._unsettled.pop(receipt, None) is not None:
             self._held -= 1
             self._room.set()
 
     async def delete(self, receipt: str) -> None:
-        await self._deletes.add({"ReceiptHandle": receipt})
-        self._settled(receipt)
+        # Settling from here on: the heartbeat must not extend it, or its change could
+        # land after the delete and be refused (ReceiptHandleIsInvalid).
+        self._beating.pop(receipt, None)
+        try:
+            await self._deletes.add({"ReceiptHandle": receipt})
+        finally:
+            # Deleted, or not: then the bus nacks it, or its visibility lapses and SQS
+            # redelivers it. Either way this consumer no longer holds it.
+            self._let_go(receipt)
 
-    async def release(self, receipt: str, delay: float) -> None:
-        """Make the message visible again after ``delay`` seconds (SQS's own timer)."""
+    async def release(self, delivery: SqsDelivery, delay: float) -> None:
+        """Make the message visible again after ``delay`` seconds (SQS's own timer).
+
+        On the last receive a redrive policy allows (``max_receive_count``), the message
+        would be moved to the redrive queue on its next receive, whatever the reason it
+        came back (an idempotency store down is no reason to give up on it): it is sent
+        anew to this queue instead, carrying its receive count, and this copy deleted.
+        """
+        receipt = delivery.receipt
         seconds = math.ceil(delay)  # SQS counts whole seconds; never come back early
         if seconds > MAX_VISIBILITY_SECONDS:
             log.warning("nack delay %.0fs on topic %r group %r is over SQS's 12-hour maximum; "
                         "the message comes back after 12 hours", delay, self.topic,
                         self.options.group)
             seconds = MAX_VISIBILITY_SECONDS
-        self._settled(receipt)  # no more heartbeats: SQS owns the message again
+        self._let_go(receipt)  # no more heartbeats: SQS owns the message again
+        limit = self.settings.max_receive_count
+        if limit and delivery.receives >= limit and await send_anew(self, delivery, seconds):
+            return
         try:
             await self._visibility.add({"ReceiptHandle": receipt, "VisibilityTimeout": seconds})
         except Exception as exc:
@@ -265,6 +263,10 @@ class SqsSubscription(Subscription):
             log.warning("could not hand a message of topic %r group %r back to SQS (%s); it is "
                         "redelivered when its visibility timeout (%ss) lapses", self.topic,
                         self.options.group, exc, self.settings.visibility_timeout)
+
+    async def delete_now(self, receipt: str) -> None:
+        """Delete a message this consumer already let go of (redrive: sent anew)."""
+        await self._deletes.add({"ReceiptHandle": receipt})
 
     async def _heartbeat(self) -> None:
         timeout = self.settings.visibility_timeout
@@ -274,23 +276,44 @@ class SqsSubscription(Subscription):
             now = time.monotonic()
             # A lapsed lease is never renewed: SQS may have handed the message to
             # another consumer meanwhile (moto even accepts the late extension).
-            due = [r for r, at in self._unsettled.items()
+            due = [r for r, at in self._beating.items()
                    if now - at >= every and not self.lease_lapsed(r)]
             if not due:
                 continue
             for receipt in due:
-                self._unsettled[receipt] = now
+                self._beating[receipt] = now
             results = await asyncio.gather(
                 *(self._visibility.add({"ReceiptHandle": r, "VisibilityTimeout": timeout})
                   for r in due), return_exceptions=True)
-            for receipt, result in zip(due, results, strict=True):
-                if not isinstance(result, BaseException) and receipt in self._lease:
-                    self._lease[receipt] = now + timeout
-            failed = [r for r in results if isinstance(r, BaseException)]
-            if failed:
-                log.warning("extending the visibility of %d message(s) of topic %r group %r "
-                            "failed (%s); they may be redelivered while still being handled",
-                            len(failed), self.topic, self.options.group, failed[0])
+            self._beaten(due, results, now + timeout)
+
+    def _beaten(self, due: list[str], results: list[Any], until: float) -> None:
+        """Record a heartbeat's outcome: leases extended, lost, or not reached."""
+        lost, failed = 0, []
+        for receipt, result in zip(due, results, strict=True):
+            if receipt not in self._beating:
+                continue  # settled meanwhile: its delete may have landed first
+            if not isinstance(result, BaseException):
+                self._unsettled[receipt] = until
+            elif isinstance(result, SettleError) and result.receipt_lost:
+                # SQS no longer knows this receipt: its visibility lapsed before the
+                # extension reached it. Nothing to keep alive; not run if not yet begun.
+                self._beating.pop(receipt, None)
+                self._unsettled[receipt] = 0.0
+                lost += 1
+            else:
+                failed.append(result)
+        if lost:
+            log.warning("%d message(s) of topic %r group %r lapsed before their visibility "
+                        "was extended; SQS redelivers them (to whichever consumer asks)",
+                        lost, self.topic, self.options.group)
+        if failed and not self._beat_failing:
+            log.warning("extending the visibility of %d message(s) of topic %r group %r "
+                        "failed (%s); retrying each second until it lapses", len(failed),
+                        self.topic, self.options.group, failed[0])
+        elif not failed and self._beat_failing:
+            log.info("extending visibilities on %s works again", self.where)
+        self._beat_failing = bool(failed)
 
     # -- closing ----------------------------------------------------------------------
 
@@ -312,15 +335,22 @@ class SqsSubscription(Subscription):
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        for message in self._ready:  # received, never handed out: they did not run
+            self.adapter.unrun.add(str(message.get("MessageId", "")))
         self._ready.clear()
-        receipts = list(self._unsettled)
+        receipts = [r for r in self._unsettled if r in self._beating]
         self._unsettled.clear()
-        self._lease.clear()
+        self._beating.clear()
         if receipts:
-            # Unsettled messages go back now rather than when their visibility lapses.
-            results = await asyncio.gather(
-                *(self._visibility.add({"ReceiptHandle": r, "VisibilityTimeout": 0})
-                  for r in receipts), return_exceptions=True)
+            # Unsettled messages go back now rather than when their visibility lapses;
+            # within connect_timeout, so a close on a silent path still ends in time.
+            try:
+                results = await asyncio.wait_for(asyncio.gather(
+                    *(self._visibility.add({"ReceiptHandle": r, "VisibilityTimeout": 0})
+                      for r in receipts), return_exceptions=True),
+                    self.settings.connect_timeout)
+            except TimeoutError as exc:
+                results = [exc]
             failed = [r for r in results if isinstance(r, BaseException)]
             if failed:
                 log.info("%d unsettled message(s) of topic %r group %r come back when their "

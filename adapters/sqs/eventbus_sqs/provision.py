@@ -8,6 +8,12 @@ never share a queue, and the mapping is the same in every process.
 Provisioning is idempotent (CreateTopic, CreateQueue and Subscribe return the
 existing resource) and cached per adapter. With ``provision=false`` nothing is
 created: a missing resource is a one-line :class:`ProvisioningError` naming it.
+
+A group is declared with the storage of its dead letters: SNS discards what is
+published to a topic no queue is subscribed to, so the DLQ topic
+``<topic>.<group>.dlq`` gets its queue (that of the DLQ tooling's group,
+``eventbus-dlq-replay``) before the group can fail a message, as RabbitMQ's
+replay queue is declared with every group.
 """
 
 from __future__ import annotations
@@ -19,7 +25,9 @@ import logging
 import re
 from typing import Any
 
-from eventbus.errors import EventBusError
+from eventbus.deadletter import dlq_topic
+from eventbus.dlq import REPLAY_GROUP
+from eventbus.errors import EventBusError, TopicNotFoundError
 
 from .settings import SqsSettings
 
@@ -75,6 +83,78 @@ class Provisioner:
             logical += GROUP_SEPARATOR + group
         return physical_name(logical, MAX_QUEUE_NAME, self.settings.fifo)
 
+    def storage_name(self, topic: str, group: str) -> str:
+        """The queue keeping the dead letters of ``group`` on ``topic``."""
+        dead = dlq_topic(topic, group)
+        return self.queue_name(dead, REPLAY_GROUP if self.settings.topology == "sns" else None)
+
+    # -- groups ------------------------------------------------------------------------
+
+    async def declare_group(self, clients: dict[str, Any], topic: str, group: str) -> str:
+        """The queue ``group`` consumes on ``topic``, ready to receive (topic, queue,
+        policy, subscription), and the storage of its dead letters; returns its URL."""
+        sqs = clients["sqs"]
+        if group != REPLAY_GROUP:  # the DLQ tooling's own group dead-letters nothing
+            await self.dead_letter_storage(clients, topic, group)
+        if self.settings.topology != "sns":
+            return await self.queue_url(sqs, topic, None)
+        arn = await self.topic_arn(clients["sns"], clients["sts"], topic)
+        url = await self.queue_url(sqs, topic, group)
+        await self.subscribe_queue(clients["sns"], sqs, arn, url)
+        return url
+
+    async def dead_letter_storage(self, clients: dict[str, Any], topic: str,
+                                  group: str) -> str:
+        """Where dead letters of ``group`` on ``topic`` are kept: created with the group
+        (found, with provision=false); its URL."""
+        dead, sqs = dlq_topic(topic, group), clients["sqs"]
+        name = self.storage_name(topic, group)
+        if name in self._queues:
+            return self._queues[name]
+        if not self.settings.provision:
+            try:
+                return await self.queue_url(sqs, dead, REPLAY_GROUP)
+            except ProvisioningError as exc:
+                raise ProvisioningError(
+                    f"SQS queue {name!r}, where dead letters of group {group!r} of topic "
+                    f"{topic!r} are kept, does not exist and provision=false forbids creating "
+                    "it; create it (subscribed to the SNS topic "
+                    f"{self.topic_name(dead)!r} with raw delivery) or enable provisioning"
+                ) from exc
+        if self.settings.topology != "sns":
+            return await self.queue_url(sqs, dead, None, redrive=False)
+        arn = await self.topic_arn(clients["sns"], clients["sts"], dead)
+        # No redrive policy: listing dead letters receives them, each time.
+        url = await self.queue_url(sqs, dead, REPLAY_GROUP, redrive=False)
+        await self.subscribe_queue(clients["sns"], sqs, arn, url)
+        return url
+
+    async def find_storage(self, sqs: Any, topic: str) -> str:
+        """The dead-letter storage queue of DLQ topic ``topic``, which must exist (asking
+        creates nothing); :class:`TopicNotFoundError` when it does not."""
+        name = self.queue_name(topic, REPLAY_GROUP)
+        if name in self._queues:
+            return self._queues[name]
+        try:
+            reply = await sqs.get_queue_url(QueueName=name)
+        except Exception as exc:
+            if "NonExistentQueue" in _code(exc) or "QueueDoesNotExist" in _code(exc):
+                raise TopicNotFoundError(
+                    f"no such dead-letter topic {topic!r} on SQS (queue {name!r} does not "
+                    "exist): nothing was ever dead-lettered there, or the topic or group is "
+                    "misspelt; nothing was created") from exc
+            raise
+        url = str(reply["QueueUrl"])
+        self._queues[name] = url
+        return url
+
+    def forget(self, topic: str, group: str) -> None:
+        """Drop what is cached of ``group``'s resources, so the next use provisions them
+        again (its queue was deleted underneath)."""
+        names = {self.queue_name(topic, group), self.storage_name(topic, group)}
+        urls = {self._queues.pop(name) for name in names if name in self._queues}
+        self._subscribed = {pair for pair in self._subscribed if pair[1] not in urls}
+
     # -- topics ------------------------------------------------------------------------
 
     async def topic_arn(self, sns: Any, sts: Any, topic: str) -> str:
@@ -110,7 +190,8 @@ class Provisioner:
 
     # -- queues ------------------------------------------------------------------------
 
-    async def queue_url(self, sqs: Any, topic: str, group: str | None) -> str:
+    async def queue_url(self, sqs: Any, topic: str, group: str | None, *,
+                        redrive: bool = True) -> str:
         """The queue of ``group`` on ``topic`` (or of ``topic`` in queue topology)."""
         name = self.queue_name(topic, group)
         url = self._queues.get(name)
@@ -120,7 +201,7 @@ class Provisioner:
             url = await self._existing_queue(sqs, name, topic, group)
         else:
             attributes = self._queue_attributes()
-            if self.settings.max_receive_count:
+            if self.settings.max_receive_count and redrive:
                 dead = await self._create_queue(sqs, physical_name(
                     name.removesuffix(".fifo") + "-redrive", MAX_QUEUE_NAME, self.settings.fifo
                 ), {k: v for k, v in attributes.items() if k != "VisibilityTimeout"})

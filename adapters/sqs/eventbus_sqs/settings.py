@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from eventbus.errors import InvalidURLError
+from eventbus.errors import InvalidURLError, mask_url
 from eventbus.url_options import (
     OptionParser,
     choice,
@@ -39,6 +39,7 @@ MAX_SQS_MESSAGE_BYTES = 256 * 1024
 MAX_VISIBILITY_SECONDS = 12 * 60 * 60
 _LOOPBACK = ("127.0.0.1", "localhost", "::1", "0.0.0.0")
 _REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d+$")
+_USERINFO = re.compile(r"^([^:/?#@]*://).*@", re.DOTALL)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,63 +70,87 @@ class SqsSettings:
 
     @property
     def masked_url(self) -> str:
-        """The URL as given: it holds no secret (credentials come from the AWS chain)."""
-        return self.url
+        """The URL safe to show (a valid one holds no secret: credentials come from the
+        AWS chain; masked all the same, as every adapter's is)."""
+        return masked(self.url)
 
     @classmethod
     def from_url(cls, url: str) -> SqsSettings:
-        """Parse ``url``; raise :class:`InvalidURLError` naming what is wrong."""
+        """Parse ``url``; raise :class:`InvalidURLError` naming what is wrong.
+
+        No error shows the URL as given: one that carries a secret (user info, an
+        unknown option such as ``aws_secret_access_key=``) is refused masked.
+        """
+        shown = masked(url)
+        # Credentials first, on the raw text: a secret holding "/", "#" or "?" ends the
+        # authority for urlsplit, which would then read part of it as a host or port.
+        if "@" in url.partition("://")[2]:
+            raise InvalidURLError(
+                f"SQS URL {shown!r} carries credentials; the SQS adapter takes them only "
+                "from the standard AWS chain (AWS_ACCESS_KEY_ID/AWS_PROFILE, instance or "
+                "container roles): remove them from the URL"
+            )
         try:
             parts = urlsplit(url)
             port = parts.port
-        except ValueError as exc:
-            raise InvalidURLError(f"cannot parse SQS URL {url!r}: {exc}") from exc
+        except ValueError:
+            # The parser's own text quotes the part it could not read: never shown.
+            raise InvalidURLError(
+                f"cannot parse SQS URL {shown!r}: the host or port is malformed; use "
+                "sqs://[host:port]?region=REGION") from None
         if parts.scheme != "sqs":
             raise InvalidURLError(
-                f"the SQS adapter got {url!r}; use sqs://[host:port]?region=REGION"
-            )
-        if parts.username or parts.password:
-            raise InvalidURLError(
-                f"SQS URL {_strip_userinfo(url)!r} carries credentials; the SQS adapter takes "
-                "them only from the standard AWS chain (AWS_ACCESS_KEY_ID/AWS_PROFILE, "
-                "instance or container roles): remove them from the URL"
+                f"the SQS adapter got {shown!r}; use sqs://[host:port]?region=REGION"
             )
         values: dict[str, Any] = {"url": url}
-        values.update(parse_options(query_pairs(parts.query), _OPTIONS, name="SQS", shown=url))
+        values.update(parse_options(query_pairs(parts.query), _OPTIONS, name="SQS",
+                                    shown=shown))
         scheme: str | None = values.pop("endpoint_scheme", None)
         host = parts.hostname
         if host:
             if scheme is None:
                 scheme = "http" if host in _LOOPBACK else "https"
-            shown = f"[{host}]" if ":" in host else host
-            values["endpoint_url"] = f"{scheme}://{shown}" + (f":{port}" if port else "")
+            literal = f"[{host}]" if ":" in host else host
+            values["endpoint_url"] = f"{scheme}://{literal}" + (f":{port}" if port else "")
         elif scheme is not None:
             raise InvalidURLError(
-                f"endpoint_scheme is set in SQS URL {url!r} but no host names an endpoint; "
+                f"endpoint_scheme is set in SQS URL {shown!r} but no host names an endpoint; "
                 "give sqs://host:port or drop endpoint_scheme"
             )
         if not values.get("region"):
             if host is None:
                 raise InvalidURLError(
-                    f"SQS URL {url!r} names no region; add ?region=REGION (e.g. eu-west-1)"
+                    f"SQS URL {shown!r} names no region; add ?region=REGION (e.g. eu-west-1)"
                 )
             values["region"] = "us-east-1"
         settings = cls(**values)
         if settings.max_message_bytes > MAX_SQS_MESSAGE_BYTES:
             raise InvalidURLError(
-                f"max_message_bytes={settings.max_message_bytes} in SQS URL {url!r} is over "
+                f"max_message_bytes={settings.max_message_bytes} in SQS URL {shown!r} is over "
                 f"SQS's limit of {MAX_SQS_MESSAGE_BYTES} bytes; use at most that"
             )
         if settings.read_timeout <= settings.wait_seconds:
             raise InvalidURLError(
-                f"read_timeout={settings.read_timeout:g} in SQS URL {url!r} must be above "
+                f"read_timeout={settings.read_timeout:g} in SQS URL {shown!r} must be above "
                 f"wait_seconds={settings.wait_seconds}, or every long poll would time out"
             )
         return settings
 
 
-def _strip_userinfo(url: str) -> str:
-    return re.sub(r"//[^@/]*@", "//***@", url)
+def masked(url: str) -> str:
+    """``url`` safe to show: user info and secret-named query values as ``***``, and the
+    value of every option the adapter does not know (it may be a key pasted by mistake)."""
+    # The whole user info, the access key id too (it names the account's key).
+    shown = mask_url(_USERINFO.sub(r"\1***@", url, count=1))
+    head, mark, query = shown.partition("?")
+    if not mark:
+        return shown
+    query, hash_, _ = query.partition("#")
+    items = []
+    for item in query.split("&"):
+        name, eq, value = item.partition("=")
+        items.append(f"{name}={value}" if name in _OPTIONS or not eq else f"{name}=***")
+    return f"{head}?{'&'.join(items)}" + ("#***" if hash_ else "")
 
 
 def _region(raw: str) -> str:
