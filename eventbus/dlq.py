@@ -170,7 +170,8 @@ class DeadLetters:
             letters = await self._browse(topic, group, None)
         except UnsupportedOperationError:
             return await self._settle_by_consuming(
-                topic, group, limit, ids, progress, to_topic=to_topic, purge=False
+                topic, group, limit, ids, progress, to_topic=to_topic, purge=False,
+                to_group=to_group,
             )
         todo = [
             letter for letter in letters
@@ -328,8 +329,11 @@ class DeadLetters:
         *,
         to_topic: str | None,
         purge: bool,
+        to_group: bool | None = False,
     ) -> int:
-        """Replay (republish, then ack) or purge (ack) letters read from the queue."""
+        """Replay (republish, then ack) or purge (ack) letters read from the queue;
+        ``to_group`` routes replays as :meth:`replay` says."""
+        group_route = to_group is not False and to_topic is None
         # With ids, the wanted letters may sit behind others: read them all.
         subscription, deliveries = await self._collect(topic, group, None if ids else limit)
         wanted: list[tuple[Delivery, DeadLetterRecord]] = []
@@ -347,7 +351,16 @@ class DeadLetters:
                 if not purge and record.undecodable:
                     await self.adapter.publish_raw(to_topic or record.topic or topic,
                                                    record.raw or b"", record.raw_headers)
-                elif not purge:
+                elif not purge and group_route:
+                    try:
+                        await self.adapter.publish_to_group(
+                            record.topic or topic, record.group or group, [record.original]
+                        )
+                    except UnsupportedOperationError:
+                        if to_group:
+                            raise
+                        group_route = False  # the whole topic, for this and the rest
+                if not purge and not group_route and not record.undecodable:
                     with replaying(delivery.message_id or record.failed_at):
                         await self.adapter.publish(
                             to_topic or record.topic or topic, [record.original]

@@ -9,7 +9,7 @@ from collections import Counter
 import pytest
 
 from eventbus import DeadLetters, Envelope, EventBus, RetryPolicy
-from eventbus.adapter import Adapter
+from eventbus.adapter import Adapter, ReadRecord
 from eventbus.deadletter import dead_letter_envelope, dlq_topic
 from eventbus.errors import UnsupportedOperationError
 from eventbus.memory import MemoryAdapter
@@ -17,14 +17,23 @@ from eventbus.memory import MemoryAdapter
 NO_RETRY = RetryPolicy(max_attempts=1, initial_delay=0.0, jitter=0.0)
 
 
-async def _scenario(to_group: bool | None) -> Counter[str]:
+class QueueLike(MemoryAdapter):
+    """A broker that cannot browse without consuming (SQS, RabbitMQ): DeadLetters reads
+    the DLQ as its replay group."""
+
+    async def read(self, topic: str, *, limit: int | None = None) -> list[ReadRecord]:
+        raise UnsupportedOperationError("cannot browse")
+
+
+async def _scenario(to_group: bool | None,
+                    adapter_cls: type[MemoryAdapter] = MemoryAdapter) -> Counter[str]:
     """Groups "billing" (fails once) and "audit" (fine) both take one event; the
     billing failure is dead-lettered, then replayed. Returns handler runs per group."""
     url, topic = f"memory://{uuid.uuid4().hex}", f"orders-{uuid.uuid4().hex[:8]}"
     runs: Counter[str] = Counter()
     billed = asyncio.Event()
     broken = True
-    bus = EventBus(url, retry=NO_RETRY)
+    bus = EventBus(adapter_cls(url), retry=NO_RETRY)
 
     @bus.subscribe(topic, group="billing")
     async def bill(envelope: Envelope) -> None:
@@ -60,6 +69,17 @@ def test_replay_goes_to_the_failed_group_only_where_the_broker_can_route_to_it()
 
 def test_replay_to_the_whole_topic_reaches_every_group_again() -> None:
     assert asyncio.run(_scenario(False)) == {"billing": 2, "audit": 2}
+
+
+@pytest.mark.parametrize(("to_group", "runs"), [(None, {"billing": 2, "audit": 1}),
+                                                (False, {"billing": 2, "audit": 2})])
+def test_a_queue_brokers_replay_routes_as_a_browsing_one(
+        to_group: bool | None, runs: dict[str, int]) -> None:
+    """Read by consuming the DLQ (no browsing), a replay still goes to the failed group
+    where the broker can route to it. Besides sparing the other groups, this keeps a
+    FIFO broker's dedupe window (SQS FIFO, 5 minutes, keyed by the event id for a plain
+    publish) from dropping a replay of an event published a moment ago."""
+    assert asyncio.run(_scenario(to_group, QueueLike)) == runs
 
 
 def test_insisting_on_the_group_where_the_broker_cannot_route_is_an_error() -> None:
