@@ -110,7 +110,10 @@ def host_ports(netloc: str, *, default_port: int, name: str, shown: str) -> tupl
     no server at all is ``()`` (the adapter decides whether that means a default).
     """
     servers: list[str] = []
-    for item in netloc.split(","):
+    # The server text is never quoted in an error: when a password holds "/", "?" or
+    # "#" (which end a URL's authority), what a parser takes for host:port is the user
+    # info, password included. Errors name the server by its place instead.
+    for place, item in enumerate(netloc.split(","), 1):
         item = item.strip()
         if not item:
             continue
@@ -120,11 +123,15 @@ def host_ports(netloc: str, *, default_port: int, name: str, shown: str) -> tupl
         else:
             host, _, port_text = item.rpartition(":") if ":" in item else (item, "", "")
         if not host:
-            raise InvalidURLError(f"{name} URL {shown!r} has an empty host in {item!r}")
+            raise InvalidURLError(f"{name} URL {shown!r} has an empty host (server {place})")
         port = default_port
         if port_text:
             if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-                raise InvalidURLError(f"{name} URL {shown!r} has an invalid port in {item!r}")
+                raise InvalidURLError(
+                    f"{name} URL {shown!r} has an invalid port (server {place}: not a number "
+                    "from 1 to 65535); if its password holds '/', '?' or '#', percent-encode "
+                    "them (%2F, %3F, %23)"
+                )
             port = int(port_text)
         servers.append(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
     return tuple(servers)

@@ -121,13 +121,19 @@ class RedisSettings:
             name=f"Redis {'Streams' if streams else 'Pub/Sub'}", shown=masked,
             repeated="last", unknown_hint=wrong_mode,
         )
+        # Neither error quotes what the parser read: when a password holds "/", "?" or
+        # "#", the "port" and the "database" are pieces of it.
         try:
             port = parts.port or 6379
-        except ValueError as exc:
-            raise InvalidURLError(f"port in {masked!r} is not a number") from exc
+        except ValueError:
+            raise InvalidURLError(
+                f"port in {masked!r} is not a number; if the password holds '/', '?' or "
+                "'#', percent-encode them (%2F, %3F, %23)") from None
         path = parts.path.strip("/")
         if path and not path.isdigit():
-            raise InvalidURLError(f"database in {masked!r} must be a number (/0), not {path!r}")
+            raise InvalidURLError(
+                f"database in {masked!r} must be a number (/0); if the password holds '/', "
+                "'?' or '#', percent-encode them (%2F, %3F, %23)")
         tls_options = [n for n in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile",
                                    "ssl_cert_reqs") if n in options]
         if tls_options and not tls:
