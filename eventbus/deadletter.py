@@ -84,9 +84,15 @@ def dead_letter_envelope(
     group: str,
     attempts: int,
     exc: BaseException | None = None,
+    transport: Mapping[str, str] | None = None,
 ) -> Envelope:
-    """``envelope`` annotated with why and where it failed (not yet shrunk to any limit)."""
+    """``envelope`` annotated with why and where it failed (not yet shrunk to any limit).
+
+    ``transport`` adds what the broker had of the message besides its bytes
+    (``dlqheaders``, ``dlqmessageid``); any ``dlq*`` attribute the envelope carries from
+    an earlier failure is replaced."""
     extensions = {k: v for k, v in envelope.extensions.items() if k not in DLQ_EXTENSIONS}
+    extensions.update(transport or {})
     extensions.update(
         dlqreason=reason[:MAX_REASON],
         dlqattempts=str(attempts),
@@ -204,10 +210,11 @@ async def dead_letter(
     attempts: int,
     exc: BaseException | None = None,
     logger: Logger = log,
+    transport: Mapping[str, str] | None = None,
 ) -> Envelope:
     """Build the dead letter of ``envelope`` and publish it (see :func:`publish_dead_letter`)."""
     dead = dead_letter_envelope(envelope, reason=reason, topic=topic, group=group,
-                                attempts=attempts, exc=exc)
+                                attempts=attempts, exc=exc, transport=transport)
     return await publish_dead_letter(adapter, dead, topic=topic, group=group, logger=logger)
 
 
@@ -240,21 +247,21 @@ async def dead_letter_undecodable(adapter: Adapter, delivery: Delivery) -> Envel
     with the transport metadata they came with: their headers (or stream fields) in
     ``dlqheaders`` and the broker's id of the message (a stream entry id, an offset) in
     ``dlqmessageid``, so the letter holds everything the broker had of them."""
-    extensions: dict[str, str] = {}
+    transport: dict[str, str] = {}
     if delivery.raw_headers:
-        extensions["dlqheaders"] = encode_headers(delivery.raw_headers)
+        transport["dlqheaders"] = encode_headers(delivery.raw_headers)
     if delivery.message_id:
-        extensions["dlqmessageid"] = str(delivery.message_id)
+        transport["dlqmessageid"] = str(delivery.message_id)
     wrapper = Envelope.create(
         type=UNDECODABLE_TYPE,
         source="eventbus",
         data=delivery.raw or b"",
         datacontenttype="application/octet-stream",
-        extensions=extensions,
     )
     return await dead_letter(
         adapter, wrapper, reason=f"undecodable: {delivery.decode_error}",
         topic=delivery.topic, group=delivery.group, attempts=delivery.attempt,
+        transport=transport,
     )
 
 

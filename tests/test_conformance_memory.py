@@ -33,12 +33,18 @@ def target(request: pytest.FixtureRequest) -> BrokerTarget:
         await faults.refuse_connections(0.3)
         await asyncio.sleep(0.3)
 
+    async def delete_underneath(topic: str, group: str) -> None:
+        faults.delete_group(topic, group)
+
     return BrokerTarget(
         name=request.param,
         url=url,
         faults=faults,
         faulty_url=url,
         restart=restart,
+        # The broker lives in this process: a consumer process of its own can't reach it.
+        in_process=True,
+        delete_underneath=delete_underneath,
     )
 
 

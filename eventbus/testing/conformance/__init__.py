@@ -40,6 +40,7 @@ from eventbus.testing.conformance.basics import BasicsCases
 from eventbus.testing.conformance.batches import BatchCases
 from eventbus.testing.conformance.cloudevents import CloudEventsCases
 from eventbus.testing.conformance.contract import ContractCases
+from eventbus.testing.conformance.deadletters import DeadLetterCases
 from eventbus.testing.conformance.dedupe import DedupeCases
 from eventbus.testing.conformance.failures import FailureCases
 from eventbus.testing.conformance.groups import GroupCases
@@ -47,6 +48,7 @@ from eventbus.testing.conformance.guarantees import GuaranteeCases
 from eventbus.testing.conformance.lifecycle import LifecycleCases
 from eventbus.testing.conformance.ordering import OrderingCases
 from eventbus.testing.conformance.requests import RequestCases
+from eventbus.testing.conformance.resilience import ResilienceCases
 from eventbus.testing.conformance.restart import RestartCases
 
 
@@ -64,6 +66,8 @@ class ConformanceSuite(
     DedupeCases,
     RequestCases,
     ContractCases,
+    DeadLetterCases,
+    ResilienceCases,
 ):
     """Every conformance case; subclass it (as ``Test...``) next to a ``target`` fixture."""
 
@@ -76,6 +80,7 @@ __all__ = [
     "CloudEventsCases",
     "ConformanceSuite",
     "ContractCases",
+    "DeadLetterCases",
     "DedupeCases",
     "FailureCases",
     "GroupCases",
@@ -89,6 +94,7 @@ __all__ = [
     "Recorder",
     "RequestCases",
     "Requirement",
+    "ResilienceCases",
     "RestartCases",
     "case",
     "on_topic",

@@ -351,6 +351,16 @@ class Capability:
     )
     restart_hook = Requirement("a restart hook (target.restart)",
                                lambda target, _: target.restart is not None)
+    freeze = Requirement(
+        "a freeze fault (target.faults.freeze: a half-open path)",
+        lambda target, _: target.faulty_url is not None
+        and callable(getattr(target.faults, "freeze", None)),
+    )
+    out_of_process = Requirement(
+        "a broker other processes can reach (it lives inside the test process)",
+        lambda target, _: not target.in_process,
+    )
+    lease = Requirement("a lease (capabilities.lease)", lambda _, caps: caps.lease)
     no_redelivery = Requirement(
         "a refusal to test (it redelivers, so it accepts delivery='at_least_once': "
         "test_explicit_at_least_once_accepted covers that)",
