@@ -300,8 +300,10 @@ class KafkaAdapter(Adapter):
     async def publish_raw(
         self, topic: str, payload: bytes, headers: Mapping[str, bytes] | None = None
     ) -> None:
-        """Send ``payload`` with no key and no CloudEvents headers (poison-message tests)."""
-        await self.send_record(topic, None, payload, [])
+        """Send ``payload`` as one record with no key and ``headers`` as its record headers,
+        bypassing the codec: how a foreign producer's record looks, and how a dead
+        letter of one is replayed."""
+        await self.send_record(topic, None, payload, list((headers or {}).items()))
 
     async def send_record(
         self, topic: str, key: bytes | None, value: bytes | None, headers: Headers

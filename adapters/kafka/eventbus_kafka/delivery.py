@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from eventbus.adapter import Delivery
 
-from .codec import decode, retry_headers
+from .codec import decode, foreign_headers, retry_headers
 from .offsets import Entry, PartitionLog
 
 if TYPE_CHECKING:
@@ -45,7 +45,8 @@ class KafkaDelivery(Delivery):
 
     def __init__(self, owner: KafkaSubscription, record: Any, log_: PartitionLog,
                  entry: Entry, attempt: int | None = None) -> None:
-        decoded = decode(record.key, record.value, record.headers or ())
+        headers = record.headers or ()
+        decoded = decode(record.key, record.value, headers)
         super().__init__(
             topic=decoded.origin_topic or owner.topic,
             group=owner.options.group,
@@ -54,6 +55,8 @@ class KafkaDelivery(Delivery):
             message_id=f"{record.topic}/{record.partition}/{record.offset}",
             raw=None if decoded.envelope is not None else (record.value or b""),
             decode_error=decoded.error,
+            # Bytes that are no CloudEvent: their dead letter keeps the record's headers.
+            raw_headers=None if decoded.envelope is not None else foreign_headers(headers),
         )
         self._owner = owner
         self._record = record
