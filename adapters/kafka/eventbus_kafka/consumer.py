@@ -43,6 +43,7 @@ from .keepalive import PollKeeper, keeper_tick
 from .offsets import Entry, PartitionLog
 from .rebalance import COMMIT_TIMEOUT, GroupMember, Listener, kafka_group_id
 from .retry import FORWARD_SLACK_MS, not_before, release_at, retry_topic, retry_topics, tier_for
+from .runs import RunCounter
 
 if TYPE_CHECKING:
     from .adapter import KafkaAdapter
@@ -50,7 +51,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("eventbus.kafka")
 
 
-class KafkaSubscription(GroupMember, PollKeeper, Subscription):
+class KafkaSubscription(GroupMember, PollKeeper, RunCounter, Subscription):
     """One group member consuming ``topic`` and its retry topic."""
 
     def __init__(self, adapter: KafkaAdapter, topic: str, options: SubscribeOptions) -> None:
@@ -271,6 +272,10 @@ class KafkaSubscription(GroupMember, PollKeeper, Subscription):
                     if not_before_ms > time.time() * 1000 + FORWARD_SLACK_MS:
                         await self._forward(record, log_, entry, not_before_ms)
                         continue
+                if not log_.head_checked:
+                    entry.earlier_runs = await self._count_head_run(record, log_, entry)
+                    self._ready.appendleft(item)  # checked again: a rebalance may have come
+                    continue
                 yield self._hand_out(record, log_, entry, attempt)
                 continue
             wait = self._next_due()
@@ -296,7 +301,7 @@ class KafkaSubscription(GroupMember, PollKeeper, Subscription):
 
     def _hand_out(self, record: Any, log_: PartitionLog, entry: Entry,
                   attempt: int | None = None) -> Delivery:
-        delivery = KafkaDelivery(self, record, log_, entry, attempt)
+        delivery = KafkaDelivery(self, record, log_, entry, attempt, entry.earlier_runs)
         entry.handed_out = True
         entry.started = False
         entry.attempt = attempt
