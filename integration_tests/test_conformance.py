@@ -14,6 +14,7 @@ import pytest
 
 from eventbus.testing import BrokerTarget, ConformanceSuite
 from integration_tests import harness
+from integration_tests.kafka.targets import kafka_target
 from integration_tests.nats.targets import nats_target
 from integration_tests.rabbitmq.node import conformance_node
 from integration_tests.redis.target import redis_target
@@ -76,18 +77,10 @@ def _target(name: str) -> BrokerTarget:
     if broker == "nats":
         return nats_target(name)
     endpoint, proxy = harness.require_faulty(broker, flavour)
-    url = harness.client_url(endpoint)
     if broker == "sqs":
         return _sqs_target(name, endpoint, proxy)
-    return BrokerTarget(
-        name=name,
-        url=url,
-        faults=proxy,
-        faulty_url=url,
-        scale=SCALE.get(name, 1.0),
-        limits=TANSU_LIMITS if endpoint.flavour == "tansu" else {},
-        restart=endpoint.restart,
-    )
+    return kafka_target(name, endpoint, proxy, SCALE.get(name, 1.0),
+                        TANSU_LIMITS if endpoint.flavour == "tansu" else {})
 
 
 def _rabbitmq_target(name: str, queue_type: str | None) -> BrokerTarget:

@@ -65,6 +65,17 @@ _CONNECTION_ERRORS = (
 )
 
 
+def half_open_bound(settings: KafkaSettings) -> float:
+    """Seconds within which a connection that stopped answering without closing is noticed.
+
+    ``health()`` asks the cluster for its metadata with a ``connect_timeout`` deadline,
+    so it reports such a connection within that; aiokafka gives every request
+    ``request_timeout_ms`` and then closes the connection and opens a new one, and a
+    consumer always has a fetch (or a heartbeat) in flight, so it reconnects within that.
+    """
+    return max(settings.connect_timeout, settings.request_timeout_ms / 1000)
+
+
 class KafkaAdapter(Adapter):
     """Kafka through aiokafka: ``kafka://host:port[,host:port][?options]``.
 
@@ -91,6 +102,11 @@ class KafkaAdapter(Adapter):
             max_message_bytes=self.settings.max_message_bytes,
             dedupe_window=None,
             reconnect=True,
+            # A member that does not poll for max_poll_interval_ms leaves its group and
+            # its partitions (and unsettled records) go to another member; the
+            # subscription keeps polling while handlers run (eventbus_kafka.keepalive).
+            lease=True,
+            half_open_bound=half_open_bound(self.settings),
         )
         self._producer: AIOKafkaProducer | None = None
         self._structured = self.settings.mode == "structured"
