@@ -23,6 +23,7 @@ from aiokafka.errors import (
     MessageSizeTooLargeError,
     NodeNotReadyError,
     RequestTimedOutError,
+    UnknownTopicOrPartitionError,
 )
 from aiokafka.helpers import create_ssl_context
 from aiokafka.structs import OffsetAndMetadata, TopicPartition
@@ -63,6 +64,15 @@ _CONNECTION_ERRORS = (
     TimeoutError,
     OSError,
 )
+
+
+def transient(exc: BaseException) -> bool:
+    """A failure that goes away by itself: no connection, or an error Kafka marks
+    retriable (a leader moving, a topic being deleted or created: NotLeaderForPartition,
+    UnknownTopicOrPartition), which aiokafka gave up retrying. Publishing again is
+    the answer, so it is a BrokerConnectionError, never a permanent refusal."""
+    return isinstance(exc, _CONNECTION_ERRORS) or (
+        isinstance(exc, KafkaError) and bool(getattr(exc, "retriable", False)))
 
 
 def half_open_bound(settings: KafkaSettings) -> float:
@@ -121,6 +131,9 @@ class KafkaAdapter(Adapter):
         self._instance_ids: dict[tuple[str, str], set[int]] = {}
         # Whether the running producer is idempotent (known once connected).
         self.idempotent: bool | None = None
+        # Topics deleted underneath a subscription: whatever their new incarnation holds
+        # was published after the deletion, so a group reads it from its first record.
+        self.recreated: set[str] = set()
 
     def client_options(self) -> dict[str, Any]:
         """Options shared by the producer, the consumers and the admin client."""
@@ -285,9 +298,9 @@ class KafkaAdapter(Adapter):
             self._publishing -= 1
         if not failures:
             return
-        if len(failures) == len(records) and all(
-            isinstance(exc, _CONNECTION_ERRORS) for exc in failures.values()
-        ):
+        if any(isinstance(exc, UnknownTopicOrPartitionError) for exc in failures.values()):
+            self._provisioner.forget(topic)  # deleted underneath: the retry creates it
+        if len(failures) == len(records) and all(transient(e) for e in failures.values()):
             first = next(iter(failures.values()))
             raise BrokerConnectionError(
                 f"Kafka at {self.settings.masked_url} did not confirm any of {len(records)} "
@@ -306,7 +319,7 @@ class KafkaAdapter(Adapter):
         error: Exception
         if isinstance(exc, MessageSizeTooLargeError):
             error = MessageTooLargeError(f"the broker refused {text}; nothing was sent")
-        elif isinstance(exc, _CONNECTION_ERRORS):
+        elif transient(exc):
             error = BrokerConnectionError(f"Kafka at {self.settings.masked_url} lost {text}")
         else:
             error = PublishError(f"Kafka did not confirm {text}")
@@ -340,7 +353,9 @@ class KafkaAdapter(Adapter):
         try:
             await producer.send_and_wait(topic, value, key=key, headers=headers)
         except Exception as exc:
-            if isinstance(exc, _CONNECTION_ERRORS):
+            if isinstance(exc, UnknownTopicOrPartitionError):
+                self._provisioner.forget(topic)  # deleted underneath: the retry creates it
+            if transient(exc):
                 raise BrokerConnectionError(
                     f"Kafka at {self.settings.masked_url} did not confirm a record to {topic!r}: "
                     f"{type(exc).__name__}: {exc}"
@@ -407,6 +422,16 @@ class KafkaAdapter(Adapter):
                 "check the name (reading creates no topic)"
             )
         return await read_topic(self, topic, partitions, limit)
+
+    async def topic_exists(self, topic: str) -> bool:
+        """Whether the cluster has ``topic`` now (a metadata round trip; creates nothing)."""
+        return await self._provisioner.partitions(topic) is not None
+
+    def topic_deleted(self, topic: str) -> None:
+        """A subscription found ``topic`` deleted: create it again on the next use, and let
+        a group whose committed offsets went with it read it from the start."""
+        self._provisioner.forget(topic)
+        self.recreated.add(topic)
 
     async def group_offsets(
         self, group: str, partitions: list[TopicPartition]
