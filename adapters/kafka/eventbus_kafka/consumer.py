@@ -44,6 +44,7 @@ from .offsets import Entry, PartitionLog
 from .rebalance import COMMIT_TIMEOUT, GroupMember, Listener, kafka_group_id
 from .retry import FORWARD_SLACK_MS, not_before, release_at, retry_topic, retry_topics, tier_for
 from .runs import RunCounter
+from .watch import TopicWatch
 
 if TYPE_CHECKING:
     from .adapter import KafkaAdapter
@@ -51,7 +52,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("eventbus.kafka")
 
 
-class KafkaSubscription(GroupMember, PollKeeper, RunCounter, Subscription):
+class KafkaSubscription(GroupMember, PollKeeper, RunCounter, TopicWatch, Subscription):
     """One group member consuming ``topic`` and its retry topic."""
 
     def __init__(self, adapter: KafkaAdapter, topic: str, options: SubscribeOptions) -> None:
@@ -88,6 +89,11 @@ class KafkaSubscription(GroupMember, PollKeeper, RunCounter, Subscription):
         self._local: list[tuple[int, int, Any, PartitionLog, Entry, int]] = []
         self._held: dict[TopicPartition, deque[tuple[Any, PartitionLog, Entry, int]]] = {}
         self._to_pin: set[TopicPartition] = set()
+        # Topic deleted and created anew (rebalance.py): partition counts at the last
+        # assignment, topics then missing, and partitions to read from their start.
+        self._counts: dict[str, int] = {}
+        self._missing: set[str] = set()
+        self._restart: set[TopicPartition] = set()
         # Partitions revoked and not (yet) assigned again: kept until the next
         # assignment says whether they came back to this member.
         self._suspended: dict[TopicPartition, PartitionLog] = {}
@@ -103,6 +109,9 @@ class KafkaSubscription(GroupMember, PollKeeper, RunCounter, Subscription):
         self._commit_lock = asyncio.Lock()
         self._housekeeper: asyncio.Task[None] | None = None
         self._keeper: asyncio.Task[None] | None = None
+        self._watcher: asyncio.Task[None] | None = None
+        # Why the iteration must end (the topic was deleted underneath), set by the watch.
+        self._lost: Exception | None = None
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -118,6 +127,7 @@ class KafkaSubscription(GroupMember, PollKeeper, RunCounter, Subscription):
             await asyncio.wait_for(self._assigned.wait(), timeout)
             self._keeper = asyncio.create_task(self._keep_membership(
                 keeper_tick(self.adapter.settings.max_poll_interval_ms)))
+            self._watcher = asyncio.create_task(self._watch_topic())
         except (KafkaError, OSError) as exc:
             await self.close()
             raise BrokerConnectionError(
@@ -144,7 +154,7 @@ class KafkaSubscription(GroupMember, PollKeeper, RunCounter, Subscription):
         self._wake.set()
         what = f"closing the consumer of {self.topic!r} (group {self.options.group!r})"
         cancelled = False
-        tasks = [t for t in (self._housekeeper, self._keeper) if t is not None]
+        tasks = [t for t in (self._housekeeper, self._keeper, self._watcher) if t is not None]
         for task in tasks:
             task.cancel()
         if tasks:
@@ -257,6 +267,8 @@ class KafkaSubscription(GroupMember, PollKeeper, RunCounter, Subscription):
     async def __aiter__(self) -> AsyncIterator[Delivery]:
         prefetch = max(1, self.options.prefetch)
         while not self._closed:
+            if self._lost is not None:
+                raise self._lost
             if self._local or self._held:
                 self._release_due()
             if self._ready and self._outstanding < prefetch:
