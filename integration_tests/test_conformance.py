@@ -26,6 +26,11 @@ TANSU_LIMITS: dict[str, str] = {
         "Tansu's memory storage forgets every record and offset when it restarts "
         "(its S3 storage keeps them: EVENTBUS_TEST_KAFKA_STORAGE=s3); Apache Kafka runs this case"
     ),
+    "test_crash_loop_dead_lettered_after_max_attempts": (
+        "Tansu keeps no offset commit metadata (OffsetFetch returns it empty), where the "
+        "Kafka adapter counts a record's runs across crashes (it warns once on such a "
+        "broker); Apache Kafka runs this case"
+    ),
 }
 
 # moto_server, the SQS/SNS emulator the harness runs (see docs/adapters/sqs.md).

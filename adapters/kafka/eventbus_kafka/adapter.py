@@ -134,6 +134,9 @@ class KafkaAdapter(Adapter):
         # Topics deleted underneath a subscription: whatever their new incarnation holds
         # was published after the deletion, so a group reads it from its first record.
         self.recreated: set[str] = set()
+        # Whether the broker keeps offset commit metadata, where runs across crashes are
+        # counted (eventbus_kafka.runs); None until the first count was read back.
+        self.keeps_commit_metadata: bool | None = None
 
     def client_options(self) -> dict[str, Any]:
         """Options shared by the producer, the consumers and the admin client."""

@@ -73,17 +73,12 @@ class RunCounter:
 
     async def _count_head_run(self, record: Any, log_: PartitionLog, entry: Entry) -> int:
         """Runs of ``record`` that started earlier and never settled (0 unless it sits at
-        its partition's committed offset); records this run and guards the partition."""
+        its partition's committed offset); records this run in the commit."""
         log_.head_checked = True
+        if self.adapter.keeps_commit_metadata is False:
+            return 0  # nowhere to count (warned once)
         tp = TopicPartition(record.topic, record.partition)
-        group = kafka_group_id(self.options.group, self.topic)
-        try:
-            found = await asyncio.wait_for(
-                self.adapter.group_offsets(group, [tp]), COMMIT_TIMEOUT)
-        except Exception as exc:  # unknown: run it uncounted rather than hold it up
-            log.debug("could not read the committed offset of %s: %s", tp, exc)
-            return 0
-        committed = found.get(tp)
+        committed = await self._committed(tp)
         if committed is None or committed.offset != record.offset:
             return 0  # not at the head: it was never run from a committed position
         earlier = runs_from(committed.metadata)
@@ -99,12 +94,40 @@ class RunCounter:
                 return earlier
         log_.counted = entry
         log_.committed = record.offset  # a commit of the same offset would clear the count
+        if self.adapter.keeps_commit_metadata is None:
+            await self._check_metadata_kept(tp, earlier + 1)
         if earlier:
             log.warning("record %s/%s/%s of group %r starts its run %d: %d earlier run(s) "
                         "ended without settling it (the process crashed or was killed)",
                         record.topic, record.partition, record.offset, self.options.group,
                         earlier + 1, earlier)
         return earlier
+
+    async def _committed(self, tp: TopicPartition) -> OffsetAndMetadata | None:
+        group = kafka_group_id(self.options.group, self.topic)
+        try:
+            found = await asyncio.wait_for(
+                self.adapter.group_offsets(group, [tp]), COMMIT_TIMEOUT)
+        except Exception as exc:  # unknown: run it uncounted rather than hold it up
+            log.debug("could not read the committed offset of %s: %s", tp, exc)
+            return None
+        return found.get(tp)
+
+    async def _check_metadata_kept(self, tp: TopicPartition, runs: int) -> None:
+        """Once per adapter: read the first count back. A Kafka-protocol broker that drops
+        commit metadata (Tansu) cannot count runs across crashes; say so once, loudly."""
+        committed = await self._committed(tp)
+        if committed is None:
+            return  # could not tell; try again with the next count
+        kept = runs_from(committed.metadata) == runs
+        self.adapter.keeps_commit_metadata = kept
+        if not kept:
+            log.warning(
+                "Kafka at %s does not keep the metadata of committed offsets (it read back "
+                "%r), where this adapter counts the runs of a record across crashes: a "
+                "record whose handler kills the process is redelivered forever instead of "
+                "being dead-lettered after max_attempts. Apache Kafka keeps it.",
+                self.adapter.settings.masked_url, committed.metadata)
 
     async def commit_if_counted(self, log_: PartitionLog, entry: Entry) -> None:
         """``entry`` was just settled: if its run was counted in the commit, commit past
