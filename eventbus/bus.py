@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 import os
@@ -372,7 +373,14 @@ class EventBus:
         """Connect and start every subscription."""
         if self._started:
             return
-        await self._bounded(self.adapter.connect(), "connecting")
+        try:
+            await self._bounded(self.adapter.connect(), "connecting")
+        except BaseException:
+            # A connect that failed or was cut short may leave a socket or a client task
+            # behind: close what there is (bounded) before reporting the failure.
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await asyncio.wait_for(self.adapter.close(), 5.0)
+            raise
         self._started = True
         self._stopped = asyncio.Event()
         self._failed = asyncio.Event()
@@ -480,7 +488,20 @@ class EventBus:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         try:
-            await self.start()
+            # A signal while starting (a broker that takes the connection and never
+            # answers) cuts the start short instead of waiting for start_timeout.
+            starting = asyncio.ensure_future(self.start())
+            stopping = asyncio.ensure_future(stop.wait())
+            try:
+                await asyncio.wait([starting, stopping], return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                stopping.cancel()
+            if not starting.done():
+                log.info("signal received while starting; giving up the start")
+                starting.cancel()
+                await asyncio.gather(starting, return_exceptions=True)
+                return
+            starting.result()
             log.info("eventbus running on %s with %d subscription(s)",
                      type(self.adapter).__name__, len(self._specs))
             waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._failed.wait())]

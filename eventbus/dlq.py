@@ -31,7 +31,7 @@ from dataclasses import dataclass, fields
 from typing import Any, Literal
 
 from eventbus.adapter import Adapter, Delivery, ReadRecord, SubscribeOptions, Subscription
-from eventbus.deadletter import DeadLetterRecord, dlq_topic
+from eventbus.deadletter import DeadLetterRecord, dlq_topic, replaying
 from eventbus.envelope import Envelope
 from eventbus.errors import TopicNotFoundError, UnsupportedOperationError
 
@@ -187,16 +187,18 @@ class DeadLetters:
                 await self.adapter.publish_raw(destination, letter.raw or b"", letter.raw_headers)
             elif group_route:
                 try:
-                    await self.adapter.publish_to_group(
-                        destination, target_group, [letter.original]
-                    )
+                    with replaying(letter.message_id or letter.failed_at):
+                        await self.adapter.publish_to_group(
+                            destination, target_group, [letter.original]
+                        )
                     destination = f"{destination} (group {target_group})"
                 except UnsupportedOperationError:
                     if to_group:
                         raise
                     group_route = False  # the whole topic, for this and the rest
             if not group_route and not letter.undecodable:
-                await self.adapter.publish(destination, [letter.original])
+                with replaying(letter.message_id or letter.failed_at):
+                    await self.adapter.publish(destination, [letter.original])
             # After the republish: a crash in between replays the letter again, which
             # idempotency absorbs; the other order could lose it.
             await self.adapter.publish(
@@ -346,9 +348,10 @@ class DeadLetters:
                     await self.adapter.publish_raw(to_topic or record.topic or topic,
                                                    record.raw or b"", record.raw_headers)
                 elif not purge:
-                    await self.adapter.publish(
-                        to_topic or record.topic or topic, [record.original]
-                    )
+                    with replaying(delivery.message_id or record.failed_at):
+                        await self.adapter.publish(
+                            to_topic or record.topic or topic, [record.original]
+                        )
                 await delivery.ack()
                 if progress is not None:
                     progress(done, len(wanted))

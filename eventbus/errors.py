@@ -166,6 +166,38 @@ class TopicNotFoundError(EventBusError):
     """A topic that was only to be read does not exist on the broker (nothing was created)."""
 
 
+# What a broker (or the adapter before it) says when a message can never go out as it
+# is: resending it unchanged gets the same answer. Adapters map their clients' errors
+# onto these classes; everything else (connection, timeout, unconfirmed) is worth retrying.
+_PERMANENT = (MessageTooLargeError, TopicNotFoundError, ConfigurationError, DecodeError,
+              UnsupportedOperationError)
+
+
+def is_permanent_refusal(exc: BaseException) -> bool:
+    """Whether ``exc`` refuses a message for good, so retrying it unchanged is useless.
+
+    True for :class:`MessageTooLargeError`, :class:`TopicNotFoundError`,
+    :class:`ConfigurationError` (and its subclasses: an invalid topic or subject
+    name, a bad option), :class:`DecodeError` and :class:`UnsupportedOperationError`;
+    for a :class:`BatchPublishError` when every one of its failures is. False for
+    everything else, above all :class:`BrokerConnectionError`, :class:`PublishError`
+    (not confirmed in time), :class:`InfrastructureError` and errors eventbus does not
+    know: those may pass once the broker or network recovers.
+
+    ::
+
+        try:
+            await adapter.publish(topic, envelopes)
+        except Exception as exc:
+            if not is_permanent_refusal(exc):
+                raise  # back off and try again
+            park(envelopes, reason=exc)  # set it aside for a person
+    """
+    if isinstance(exc, BatchPublishError):
+        return bool(exc.failures) and all(is_permanent_refusal(e) for e in exc.failures.values())
+    return isinstance(exc, _PERMANENT) and not isinstance(exc, BrokerConnectionError)
+
+
 def mask_url(url: str) -> str:
     """Return ``url`` with any password or secret replaced by ``***`` so it can be logged.
 

@@ -74,6 +74,13 @@ class WithGroupRoute(Subscription):
             self._wake.clear()
             await self._wake.wait()
 
+    async def backlog(self) -> int | None:
+        """What waits on the topic and on the group's route (``None`` if neither can tell)."""
+        main, route = await asyncio.gather(self.main.backlog(), self.route.backlog())
+        if main is None and route is None:
+            return None
+        return (main or 0) + (route or 0)
+
     async def close(self) -> None:
         """Close both sources (each gives back what it holds unsettled), stop pumping."""
         results = await asyncio.gather(self.main.close(), self.route.close(),

@@ -8,9 +8,10 @@ its ``causationid``. So a thousand requests cost one topic and one subscription,
 thousand; the subscription is closed when the bus stops. A reply arriving after its
 request timed out is dropped and logged.
 
-The handling side (:class:`ReplyStep`, placed in the chain of every subscription that
-handles commands, inside dead-letter and outside idempotency and retry) looks at
-``replyto`` on the incoming envelope, and when it is there publishes to it:
+The handling side (:class:`ReplyStep`, placed in the chain of every subscription with
+a handler of a :class:`~eventbus.events.Command` class, inside dead-letter and outside
+idempotency and retry) looks at ``replyto`` on an incoming command of such a class, and
+when it is there publishes to it:
 
 - what the handler returned: an :class:`~eventbus.events.Message` as itself (its type
   name and version, decoded on the requesting side through the registry), anything
@@ -20,10 +21,18 @@ handles commands, inside dead-letter and outside idempotency and retry) looks at
   requester learns at once, operators still find the failed command in the DLQ. A
   retry that is still to come sends nothing, so the requester sees the final outcome.
 
-A handler skipped as a duplicate (idempotency) sends no second reply, and a handler
-of dead letters (they keep ``replyto``) sends none at all. A reply that
-cannot be published is logged and does not fail the command (its effect stands; the
-requester times out).
+Only the command's handler group answers: a topic-wide subscription (an audit tap,
+a catch-all handler in another group) sees the request but sends nothing, so the
+requester never gets an observer's return value instead of the handler's. A handler
+skipped as a duplicate (idempotency) sends no second reply, and a handler of dead
+letters (they keep ``replyto``) sends none at all.
+
+A handler that succeeded is never turned into a failure by its reply: a return value
+with no JSON form is logged and answered with an error reply
+(:class:`UnencodableReplyError` on the requesting side, saying the effect is done),
+and the command is acknowledged; dead-lettering it would invite a replay that applies
+the effect twice. A reply that cannot be published is logged and does not fail the
+command either (its effect stands; the requester times out).
 """
 
 from __future__ import annotations
@@ -64,6 +73,7 @@ __all__ = [
     "RequestFailedError",
     "RequestTimeoutError",
     "Requester",
+    "UnencodableReplyError",
     "with_replies",
 ]
 
@@ -77,6 +87,7 @@ REPLY_TYPE = "eventbus.reply"
 ERROR_TYPE = "eventbus.reply.error"
 """Envelope type of a reply saying the handler failed for good."""
 _DEAD_LETTER = "dlqtopic"  # set on every dead letter (eventbus.deadletter)
+_UNENCODABLE = "UnencodableReplyError"  # the error type of an error reply for a success
 _LATE_MEMORY = 1024  # timed-out request ids remembered, to tell late replies from strays
 
 
@@ -102,6 +113,11 @@ class RequestFailedError(RequestError):
         self.error_message = error_message
         self.request_id = request_id
         self.command_type = command_type
+
+
+class UnencodableReplyError(RequestFailedError):
+    """The handler *succeeded* (its effect is done) but its return value could not be
+    encoded as a reply. Do not resend the command blindly: it would run again."""
 
 
 def _reply_topic(source: str) -> str:
@@ -249,6 +265,13 @@ def _read_reply(bus: EventBus, request: Envelope, reply: Envelope,
                 reply_type: type[R] | None) -> Any:
     if reply.type == ERROR_TYPE:
         error = json.loads(reply.data)
+        if error["type"] == _UNENCODABLE:
+            raise UnencodableReplyError(
+                f"request {request.id} ({request.type}) succeeded in its handler, but the "
+                f"reply could not be encoded: {error['message']}",
+                error_type=_UNENCODABLE, error_message=str(error["message"]),
+                request_id=request.id, command_type=request.type,
+            )
         raise RequestFailedError(
             f"request {request.id} ({request.type}) failed in its handler: "
             f"{error['type']}: {error['message']}",
@@ -271,16 +294,24 @@ def _read_reply(bus: EventBus, request: Envelope, reply: Envelope,
 @dataclass(frozen=True, slots=True)
 class ReplyStep:
     """Middleware of the handling side: publish the handler's result (or its final
-    error) to the request's ``replyto`` topic. See the module doc for the rules."""
+    error) to the request's ``replyto`` topic. See the module doc for the rules.
+
+    ``commands``: the command types this subscription handles with a handler of
+    their own class; a request of any other type (seen by a catch-all) is not
+    answered here.
+    """
 
     bus: EventBus
+    commands: frozenset[str]
 
     async def __call__(self, ctx: Context, call_next: Next) -> None:
         extensions = ctx.envelope.extensions
         reply_to = extensions.get(REPLY_TO)
-        if reply_to is None or _DEAD_LETTER in extensions:
+        if reply_to is None or _DEAD_LETTER in extensions or ctx.envelope.type not in \
+                self.commands:
             # A dead letter keeps the request's attributes, but its requester was
-            # answered (the error reply) when it was dead-lettered.
+            # answered (the error reply) when it was dead-lettered; an observer of the
+            # command's topic is not the command's handler.
             return await call_next(ctx)
         try:
             await call_next(ctx)
@@ -292,18 +323,30 @@ class ReplyStep:
             raise  # and dead-lettered as usual
         if ctx.result is NO_RESULT:
             return  # the handler did not run (a duplicate): its first run replied
-        if isinstance(ctx.result, Message):
-            reply = self.bus.envelope_for(ctx.result, parent=ctx.envelope)
-            await self._publish(ctx, reply_to, reply)
-        else:
-            await self._send(ctx, reply_to, REPLY_TYPE, to_json(ctx.result))
+        try:
+            if isinstance(ctx.result, Message):
+                reply = self.bus.envelope_for(ctx.result, parent=ctx.envelope)
+            else:
+                reply = self._envelope(ctx, REPLY_TYPE, to_json(ctx.result))
+        except Exception as exc:
+            # The effect is done: answer with an error, and let the command be acked.
+            what = (f"the handler of {ctx.envelope.type} succeeded (its effect is done), "
+                    f"but its return value, a {type(ctx.result).__name__}, cannot be "
+                    f"encoded as a reply ({type(exc).__name__}: {exc})")
+            ctx.logger.error("%s; the requester gets an error reply. Return a Message, a "
+                             "pydantic model or JSON data", what)
+            error = {"type": _UNENCODABLE, "message": what}
+            reply = self._envelope(ctx, ERROR_TYPE, to_json(error))
+        await self._publish(ctx, reply_to, reply)
 
-    async def _send(self, ctx: Context, reply_to: str, kind: str, data: bytes) -> None:
-        envelope = Envelope.create(
+    def _envelope(self, ctx: Context, kind: str, data: bytes) -> Envelope:
+        return Envelope.create(
             type=kind, source=self.bus.source, data=data,
             correlationid=ctx.correlation_id, causationid=ctx.envelope.id,
         )
-        await self._publish(ctx, reply_to, envelope)
+
+    async def _send(self, ctx: Context, reply_to: str, kind: str, data: bytes) -> None:
+        await self._publish(ctx, reply_to, self._envelope(ctx, kind, data))
 
     async def _publish(self, ctx: Context, reply_to: str, envelope: Envelope) -> None:
         try:
@@ -317,13 +360,14 @@ class ReplyStep:
 def with_replies(chain: list[Middleware], spec: SubscriptionSpec,
                  bus: EventBus) -> list[Middleware]:
     """``chain`` with a :class:`ReplyStep` just outside idempotency and retry, for a
-    subscription that may receive requests (a command handler or a catch-all)."""
-    takes_commands = spec.catch_all is not None or any(
-        h.message_class is not None and issubclass(h.message_class, Command)
-        for h in spec.handlers.values())
-    if not takes_commands or spec.batch is not None:
+    subscription that handles commands by their class (a catch-all alone answers
+    nothing: it may be anyone's observer of the topic)."""
+    commands = frozenset(
+        name for name, h in spec.handlers.items()
+        if h.message_class is not None and issubclass(h.message_class, Command))
+    if not commands or spec.batch is not None:
         return chain
     at = next((i for i, step in enumerate(chain) if isinstance(step, Idempotency | Retry)),
               len(chain))
-    return [*chain[:at], ReplyStep(bus), *chain[at:]]
+    return [*chain[:at], ReplyStep(bus, commands), *chain[at:]]
 

@@ -204,3 +204,80 @@ def test_cli_run_exits_non_zero_when_a_subscription_dies_for_good(tmp_path: Path
         proc.kill()
     assert proc.returncode == 1, err
     assert "pings/svc" in err and "no longer exists" in err
+
+
+SILENT_SERVICE = """
+    import asyncio, sys
+    from eventbus import EventBus, MemoryAdapter
+
+    class Silent(MemoryAdapter):
+        '''A broker that took the TCP connection and never answers; its client even
+        swallows cancellation (as a hung client library can).'''
+
+        async def connect(self) -> None:
+            print("connecting", file=sys.stderr, flush=True)
+            while True:
+                try:
+                    await asyncio.sleep(3600)
+                except asyncio.CancelledError:
+                    if STUBBORN:
+                        continue
+                    raise
+
+    def make() -> EventBus:
+        bus = EventBus(Silent("memory://silent"), source="svc", start_timeout=600)
+
+        @bus.subscribe("pings", group="svc")
+        async def on_ping(envelope) -> None:
+            pass
+
+        return bus
+"""
+
+
+def _silent_service(tmp_path: Path, stubborn: bool) -> Service:
+    name = f"silent_{uuid.uuid4().hex[:8]}"
+    source = textwrap.dedent(SILENT_SERVICE).replace("STUBBORN", str(stubborn))
+    (tmp_path / f"{name}.py").write_text(source)
+    svc = Service.__new__(Service)
+    svc.proc = subprocess.Popen(
+        [sys.executable, "-m", "eventbus", "run", f"{name}:make"],
+        cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(tmp_path)},
+        stderr=subprocess.PIPE, text=True,
+    )
+    svc.lines, svc._queue = [], queue.Queue()
+    svc._pumping = threading.Thread(target=svc._pump, daemon=True)
+    svc._pumping.start()
+    return svc
+
+
+def test_a_signal_while_connecting_to_a_silent_broker_stops_at_once(tmp_path: Path) -> None:
+    """A broker that accepts TCP and never speaks the protocol must not make the service
+    deaf to SIGTERM until start_timeout: the signal cuts the start short."""
+    svc = _silent_service(tmp_path, stubborn=False)
+    try:
+        svc.wait_for("connecting")
+        started = time.monotonic()
+        svc.proc.send_signal(signal.SIGTERM)
+        assert svc.proc.wait(timeout=20) == 0
+        assert time.monotonic() - started < 10, "SIGTERM waited for the start to time out"
+    finally:
+        svc.stop()
+
+
+def test_a_second_signal_exits_even_when_a_client_swallows_cancellation(
+    tmp_path: Path,
+) -> None:
+    """A client that ignores its cancellation could keep the process alive after the
+    forced stop (asyncio waits for every task at exit): a hard deadline ends it."""
+    svc = _silent_service(tmp_path, stubborn=True)
+    try:
+        svc.wait_for("connecting")
+        svc.proc.send_signal(signal.SIGINT)
+        svc.wait_for("SIGINT received")
+        started = time.monotonic()
+        svc.proc.send_signal(signal.SIGINT)
+        assert svc.proc.wait(timeout=40) == 128 + signal.SIGINT
+        assert time.monotonic() - started < 20
+    finally:
+        svc.stop()

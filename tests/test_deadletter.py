@@ -14,11 +14,13 @@ from eventbus.deadletter import (
     DLQ_EXTENSIONS,
     UNDECODABLE_TYPE,
     DeadLetterRecord,
+    broker_dedupe_id,
     dead_letter,
     dead_letter_envelope,
     dlq_topic,
     publish_dead_letter,
 )
+from eventbus.dlq import DeadLetters
 from eventbus.envelope import parse_time, utcnow
 from eventbus.errors import (
     BatchPublishError,
@@ -333,5 +335,39 @@ def test_oversize_undecodable_bytes_reach_the_dlq_as_a_reference() -> None:
         assert dead.type == UNDECODABLE_TYPE and dead.data == b""
         assert dead.extensions["dlqreason"].startswith("undecodable")
         assert "data" in dead.extensions["dlqdropped"].split(",")
+
+    run(scenario)
+
+
+class DedupeIds(MemoryAdapter):
+    """The memory adapter, noting the broker dedupe id of everything published."""
+
+    ids: list[tuple[str, str]]
+
+    async def publish(self, topic: str, envelopes: Sequence[Envelope]) -> None:
+        self.ids.extend((topic, broker_dedupe_id(e)) for e in envelopes)
+        await super().publish(topic, envelopes)
+
+
+def test_a_replay_is_a_new_message_for_the_broker_dedupe_id() -> None:
+    """A replay to the whole topic (a plain publish of the event's id) gets a dedupe
+    id naming the letter, stable for that letter: a broker's duplicate window
+    (JetStream Nats-Msg-Id, SQS FIFO) must not take it for the first publish."""
+
+    async def scenario() -> None:
+        adapter = DedupeIds(memory_url())
+        adapter.ids = []
+        await adapter.connect()
+        event = Envelope.create(type="t", source="s", data=b"{}")
+        assert broker_dedupe_id(event) == event.id
+        dead = dead_letter_envelope(event, reason="boom", topic="orders", group="g",
+                                    attempts=1)
+        await adapter.publish(dlq_topic("orders", "g"), [dead])
+        letters = DeadLetters(adapter)
+        assert await letters.replay("orders", "g", to_group=False) == 1
+        (replay,) = [i for topic, i in adapter.ids if topic == "orders"]
+        (letter,) = await letters.list("orders", "g")
+        assert replay == f"{event.id}.replay.{letter.message_id}"
+        assert broker_dedupe_id(event) == event.id  # only inside the replay
 
     run(scenario)

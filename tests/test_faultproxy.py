@@ -203,3 +203,58 @@ def test_unreachable_target_resets_client() -> None:
             await wait_until_closed(reader)
 
         asyncio.run(case())
+
+
+def test_freeze_holds_everything_back_without_closing_and_thaw_lets_it_through(
+    proxy: FaultProxy,
+) -> None:
+    """A frozen path is half-open: the open connection stays open and silent, a new one
+    is accepted and never answered; after thaw both carry what was held back."""
+
+    async def case() -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+        assert await roundtrip(reader, writer, b"before") == b"before"
+        await proxy.freeze()
+        assert proxy.frozen
+        writer.write(b"held")
+        await writer.drain()
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(reader.readexactly(4), 0.5)
+        assert proxy.open_connections >= 1  # not closed
+        late_reader, late_writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+        late_writer.write(b"late")
+        await late_writer.drain()
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(late_reader.readexactly(4), 0.5)
+        await proxy.thaw()
+        assert not proxy.frozen
+        assert await asyncio.wait_for(reader.readexactly(4), 5) == b"held"
+        assert await asyncio.wait_for(late_reader.readexactly(4), 5) == b"late"
+        for w in (writer, late_writer):
+            w.close()
+
+    asyncio.run(case())
+
+
+def test_a_timed_freeze_thaws_by_itself(proxy: FaultProxy) -> None:
+    async def case() -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+        await proxy.freeze(0.3)
+        started = time.monotonic()
+        assert await roundtrip(reader, writer, b"x") == b"x"
+        assert time.monotonic() - started >= 0.25
+        writer.close()
+
+    asyncio.run(case())
+
+
+def test_dropping_a_frozen_proxy_closes_its_silent_connections(proxy: FaultProxy) -> None:
+    async def case() -> None:
+        await proxy.freeze()
+        reader, _ = await asyncio.open_connection("127.0.0.1", proxy.port)
+        await wait_for(lambda: proxy.open_connections == 1)
+        await proxy.drop_connections()
+        await wait_until_closed(reader)
+        await proxy.thaw()
+
+    asyncio.run(case())

@@ -6,7 +6,9 @@ import asyncio
 import contextlib
 import functools
 import logging
+import os
 import signal
+import threading
 from collections.abc import Callable
 from typing import Annotated
 
@@ -37,6 +39,8 @@ CONTEXT_FIELDS = (("event_id", "event"), ("correlation_id", "correlation"),
                   ("group", "group"), ("attempt", "attempt"))
 
 CLOSE_TIMEOUT = 5.0
+HARD_EXIT_AFTER = 2 * CLOSE_TIMEOUT + 2.0
+"""Seconds after a second signal at which the process exits whatever is still running."""
 """Seconds a forced exit still gives the adapter to close its clients."""
 
 
@@ -178,6 +182,11 @@ async def serve(bus: EventBus) -> int:
         elif not second.is_set():
             log.warning("%s received again: forcing the exit; closing broker connections", name)
             second.set()
+            # A client that swallows its cancellation (or a loop blocked by one) must
+            # not keep the process alive: past the forced close's own bound, exit hard.
+            hard = threading.Timer(HARD_EXIT_AFTER, _exit_now, (128 + signum,))
+            hard.daemon = True
+            hard.start()
 
     if isinstance(loop, SignalLoop):
         loop.own_signals(on_signal)
@@ -194,6 +203,14 @@ async def serve(bus: EventBus) -> int:
     if received:
         log.info("stopped")
     return 0
+
+
+def _exit_now(code: int) -> None:
+    log.error("the forced stop did not finish within %g s; exiting now", HARD_EXIT_AFTER)
+    for handler in logging.getLogger().handlers:
+        with contextlib.suppress(Exception):
+            handler.flush()
+    os._exit(code)
 
 
 async def _force(bus: EventBus, task: asyncio.Future[None]) -> None:

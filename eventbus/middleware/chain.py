@@ -70,7 +70,9 @@ def build_chain(
     redelivery = adapter.capabilities.redelivery and not at_most_once
     if at_most_once and spec.retry is None:
         policy = NO_RETRY
-    chain.append(Retry(policy, broker_redelivery=redelivery))
+    # Without dead letters there is nowhere to put a crash-looping message: it is run
+    # again, as every other final failure is nacked for later (see RetryPolicy docs).
+    chain.append(Retry(policy, broker_redelivery=redelivery, guard_crashes=defaults.dead_letter))
     if spec.timeout is not None:
         chain.append(Timeout(spec.timeout))
     return chain

@@ -83,18 +83,22 @@ class Retry:
     """Middleware applying a :class:`RetryPolicy`.
 
     ``broker_redelivery`` is False for at-most-once subscriptions and brokers
-    without redelivery: then every attempt happens in process.
+    without redelivery: then every attempt happens in process. ``guard_crashes``: a
+    delivery whose earlier runs never finished and already spent ``max_attempts`` is
+    failed with :class:`~eventbus.errors.RunsExhaustedError` before it runs (the
+    dead-letter step keeps it); off when dead letters are off.
     """
 
     policy: RetryPolicy
     broker_redelivery: bool = True
+    guard_crashes: bool = True
 
     def exhausted(self, ctx: Context) -> RunsExhaustedError | None:
         """The failure to dead-letter ``ctx``'s message with before it runs again, when
         its earlier runs (which never finished: see :class:`RunsExhaustedError`)
         already spent the budget; ``None`` when it may run."""
         runs = ctx.previous_attempts
-        if runs < self.policy.max_attempts or not self.broker_redelivery:
+        if runs < self.policy.max_attempts or not (self.broker_redelivery and self.guard_crashes):
             return None
         ctx.items["attempts"] = runs
         return RunsExhaustedError(

@@ -19,20 +19,44 @@ which binds the same way. Rows come back as tuples in both.
 SQLite has one writer at a time: a transaction there is ``BEGIN IMMEDIATE``, so
 two writers queue (up to ``busy_timeout``) instead of failing half-way. Its
 connection is shared by the tasks of one process and serialised by a lock, so a
-transaction holds the connection until it ends.
+transaction holds the connection until it ends; a transaction opened inside
+another by the same task joins it (a savepoint) instead of waiting for itself.
+
+**Errors** are sorted by whether trying again can help (the bus acts on it):
+
+- :class:`DatabaseError` (an ``InfrastructureError``): the database could not be
+  reached, was locked or busy, or did not answer in time. A handler raising it
+  is *redelivered*, not counted as failed.
+- :class:`StatementError`: the database refused the statement for what it says
+  (bad SQL, invalid data) and will refuse it again; :class:`IntegrityError` when a
+  constraint refused a row (CHECK, NOT NULL, foreign key), :class:`UniqueViolation`
+  for a unique one. A handler raising these *failed*: retried, then dead-lettered,
+  and a requester gets an error reply. Catch ``UniqueViolation`` where a duplicate
+  is expected (a race the pattern resolves).
+
+Both derive from :class:`SQLError`. Statements inside ``transaction()`` raise
+these classes already, so ``except UniqueViolation`` works inside the block.
+
+**Timeouts** (PostgreSQL) are URL query options, in seconds (``0`` turns one off):
+``command_timeout`` (default 30; any single statement, and waiting for a pooled
+connection), ``connect_timeout`` (default 10), ``idle_timeout`` (default 60;
+pooled connections idle that long are closed, before a NAT or firewall silently
+forgets them) and ``ping_timeout`` (default 5; the ``BEGIN`` of each transaction
+doubles as a ping: a connection found closed is replaced once, one that does not
+answer in time fails the transaction with :class:`DatabaseError`). SQLite takes
+``busy_timeout`` (default 30; how long a writer waits for another's lock).
 """
 
 from __future__ import annotations
 
 import abc
-import asyncio
 import re
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Literal, Protocol
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
-from eventbus.errors import ConfigurationError, InfrastructureError
+from eventbus.errors import ConfigurationError, EventBusError, InfrastructureError, mask_url
 
 Dialect = Literal["sqlite", "postgres"]
 Row = tuple[Any, ...]
@@ -40,12 +64,27 @@ Row = tuple[Any, ...]
 _PLACEHOLDER = re.compile(r"\$(\d+)")
 
 
-class DatabaseError(InfrastructureError):
-    """The database refused or lost a statement (not a conflict the caller expects)."""
+class SQLError(EventBusError):
+    """Any error the database gave (see :class:`DatabaseError` and :class:`StatementError`)."""
 
 
-class UniqueViolation(DatabaseError):
-    """A unique constraint rejected a row (the database's answer to a race)."""
+class DatabaseError(SQLError, InfrastructureError):
+    """The database could not be reached, was busy or locked, or did not answer in
+    time: the statement may succeed later, so a message is redelivered."""
+
+
+class StatementError(SQLError):
+    """The database refused the statement itself (SQL, data): the same statement
+    fails again, so a handler raising it fails (retried, then dead-lettered)."""
+
+
+class IntegrityError(StatementError):
+    """A constraint refused a row: CHECK, NOT NULL, foreign key or unique."""
+
+
+class UniqueViolation(IntegrityError):
+    """A unique constraint rejected a row (the database's answer to a race, when the
+    caller expects it; a handler failure when it does not)."""
 
 
 class Transaction(Protocol):
@@ -69,6 +108,51 @@ class Transaction(Protocol):
         """The first column of the first row, or ``None``."""
 
 
+_BUSY = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """The database timeouts read from the URL (seconds; ``None``: no limit)."""
+
+    command: float | None = 30.0
+    connect: float | None = 10.0
+    idle: float | None = 60.0
+    ping: float | None = 5.0
+    busy: float = _BUSY
+
+
+_TIMEOUT_OPTIONS = {"command_timeout": "command", "connect_timeout": "connect",
+                    "idle_timeout": "idle", "ping_timeout": "ping", "busy_timeout": "busy"}
+
+
+def split_options(url: str) -> tuple[str, Timeouts]:
+    """``url`` without eventbus's own query options, and the timeouts they set."""
+    # Split by hand: urlunsplit would rewrite sqlite:////absolute/paths.
+    base, _, query = url.partition("?")
+    pairs = parse_qsl(query, keep_blank_values=True)
+    if not any(key in _TIMEOUT_OPTIONS for key, _ in pairs):
+        return url, Timeouts()
+    kept: list[tuple[str, str]] = []
+    values: dict[str, float] = {}
+    for key, value in pairs:
+        if key not in _TIMEOUT_OPTIONS:
+            kept.append((key, value))
+            continue
+        try:
+            seconds = float(value)
+        except ValueError:
+            seconds = -1.0
+        if not seconds >= 0:  # also NaN
+            raise ConfigurationError(
+                f"{key}={value!r} in database URL {mask_url(url)}: give seconds as a "
+                "number >= 0 (0 turns the limit off)")
+        values[_TIMEOUT_OPTIONS[key]] = seconds
+    busy = values.pop("busy", _BUSY)
+    limits: dict[str, Any] = {name: seconds or None for name, seconds in values.items()}
+    return base + (f"?{urlencode(kept)}" if kept else ""), Timeouts(busy=busy, **limits)
+
+
 class Database(abc.ABC):
     """A connection (SQLite) or a pool (PostgreSQL), opened by :meth:`connect`."""
 
@@ -78,15 +162,22 @@ class Database(abc.ABC):
     @staticmethod
     async def connect(url: str, *, min_size: int = 1, max_size: int = 10) -> Database:
         """Open ``sqlite:///path`` (``sqlite://:memory:`` for a private in-memory
-        database) or ``postgresql://user:password@host:port/database``."""
+        database) or ``postgresql://user:password@host:port/database``, with the
+        timeout options of the module docs as query parameters, e.g.
+        ``postgresql://app@db/shop?command_timeout=10&connect_timeout=5``."""
         scheme = urlsplit(url).scheme.lower()
+        db: Database
         if scheme == "sqlite":
-            db: Database = _SQLite(url)
+            from eventbus.patterns._sqlite import SQLiteDatabase
+
+            db = SQLiteDatabase(url)
         elif scheme in ("postgresql", "postgres"):
-            db = _Postgres(url, min_size, max_size)
+            from eventbus.patterns._postgres import PostgresDatabase
+
+            db = PostgresDatabase(url, min_size, max_size)
         else:
             raise ConfigurationError(
-                f"unsupported database URL {url!r}: use sqlite:///path/to/file.db "
+                f"unsupported database URL {mask_url(url)!r}: use sqlite:///path/to/file.db "
                 "or postgresql://user:password@host:5432/database"
             )
         await db._open()
@@ -98,7 +189,13 @@ class Database(abc.ABC):
 
     @abc.abstractmethod
     def transaction(self) -> Any:
-        """``async with db.transaction() as tx:`` commits on exit, rolls back on error."""
+        """``async with db.transaction() as tx:`` commits on exit, rolls back on error.
+
+        Opened inside another transaction of this database by the same task, it
+        joins it on SQLite (a savepoint: its error rolls back only its own
+        statements; its writes commit with the outer transaction); on PostgreSQL
+        it is a transaction of its own on another pooled connection.
+        """
 
     @abc.abstractmethod
     async def close(self) -> None:
@@ -111,160 +208,63 @@ class Database(abc.ABC):
         await self.close()
 
 
-class _SQLiteTx:
-    dialect: Dialect = "sqlite"
-
-    def __init__(self, conn: Any) -> None:
-        self._conn = conn
-
-    async def execute(self, sql: str, *args: Any) -> int:
-        async with self._conn.execute(_sqlite_sql(sql), args) as cursor:
-            return int(cursor.rowcount)
-
-    async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
-        await self._conn.executemany(_sqlite_sql(sql), rows)
-
-    async def fetch(self, sql: str, *args: Any) -> list[Row]:
-        async with self._conn.execute(_sqlite_sql(sql), args) as cursor:
-            return [tuple(row) for row in await cursor.fetchall()]
-
-    async def fetchrow(self, sql: str, *args: Any) -> Row | None:
-        async with self._conn.execute(_sqlite_sql(sql), args) as cursor:
-            row = await cursor.fetchone()
-            return None if row is None else tuple(row)
-
-    async def fetchval(self, sql: str, *args: Any) -> Any:
-        row = await self.fetchrow(sql, *args)
-        return None if row is None else row[0]
-
-
-def _sqlite_sql(sql: str) -> str:
+def sqlite_sql(sql: str) -> str:
+    """``$n`` placeholders in SQLite's numbered form."""
     return _PLACEHOLDER.sub(r"?\1", sql)
 
 
-class _SQLite(Database):
-    dialect: Dialect = "sqlite"
+# -- what a driver error means ---------------------------------------------------------
 
-    def __init__(self, url: str, busy_timeout: float = 30.0) -> None:
-        self.url = url
-        parts = urlsplit(url)
-        # As SQLAlchemy reads them: sqlite:///relative.db, sqlite:////absolute/path.db.
-        path = parts.netloc if parts.netloc == ":memory:" else parts.path[1:]
-        self._path = ":memory:" if path in (":memory:", "") else path
-        self._busy = busy_timeout
-        self._conn: Any = None
-        self._lock = asyncio.Lock()
+# SQLite result codes of statements refused for what they say (syntax, unknown
+# table or column, type mismatch, too big); the others (BUSY, LOCKED, IOERR, FULL,
+# CANTOPEN, NOMEM, INTERRUPT, CORRUPT, READONLY...) are the database's state.
+_SQLITE_STATEMENT = ("SQLITE_ERROR", "SQLITE_MISMATCH", "SQLITE_TOOBIG", "SQLITE_RANGE")
+_SQLITE_UNIQUE = ("SQLITE_CONSTRAINT_UNIQUE", "SQLITE_CONSTRAINT_PRIMARYKEY")
 
-    async def _open(self) -> None:
-        import aiosqlite
-
-        try:
-            # isolation_level=None: we issue BEGIN/COMMIT ourselves.
-            self._conn = await aiosqlite.connect(
-                self._path, timeout=self._busy, isolation_level=None
-            )
-            await self._conn.execute("PRAGMA journal_mode=WAL")
-            await self._conn.execute("PRAGMA foreign_keys=ON")
-        except Exception as exc:
-            raise DatabaseError(f"cannot open SQLite database {self._path!r}: {exc}") from exc
-
-    @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[Transaction]:
-        import sqlite3
-
-        async with self._lock:
-            conn = self._conn
-            if conn is None:
-                raise DatabaseError(f"database {self.url} is closed")
-            await conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield _SQLiteTx(conn)
-            except sqlite3.IntegrityError as exc:
-                await conn.execute("ROLLBACK")
-                if "UNIQUE" in str(exc) or "PRIMARY KEY" in str(exc):
-                    raise UniqueViolation(str(exc)) from exc
-                raise DatabaseError(str(exc)) from exc
-            except sqlite3.Error as exc:
-                await conn.execute("ROLLBACK")
-                raise DatabaseError(f"SQLite: {type(exc).__name__}: {exc}") from exc
-            except BaseException:
-                await conn.execute("ROLLBACK")
-                raise
-            else:
-                await conn.execute("COMMIT")
-
-    async def close(self) -> None:
-        if self._conn is not None:
-            conn, self._conn = self._conn, None
-            await conn.close()
+# PostgreSQL SQLSTATE classes (the first two characters) of statements refused for
+# what they say; every other class (connection, resources, locks, serialization,
+# shutdown, timeouts, internal errors) is the database's state.
+_PG_STATEMENT = {"09", "0A", "21", "22", "26", "27", "2F", "34", "38", "39", "3F", "42",
+                 "54", "P0"}
+_PG_INTEGRITY = {"23", "44"}
+_PG_INFRA_CODES = {"42501"}  # insufficient privilege: the deployment, not the message
 
 
-class _Postgres(Database):
-    dialect: Dialect = "postgres"
+def sqlite_error(exc: BaseException, what: str = "SQLite") -> SQLError:
+    """The :class:`SQLError` for an exception of sqlite3/aiosqlite."""
+    import sqlite3
 
-    def __init__(self, url: str, min_size: int, max_size: int) -> None:
-        self.url = url
-        self._sizes = (min_size, max_size)
-        self._pool: Any = None
-
-    async def _open(self) -> None:
-        try:
-            import asyncpg
-        except ImportError as exc:  # pragma: no cover - depends on the install
-            raise ConfigurationError(
-                "PostgreSQL needs asyncpg: pip install 'eventbus[postgres]'"
-            ) from exc
-        try:
-            self._pool = await asyncpg.create_pool(
-                self.url, min_size=self._sizes[0], max_size=self._sizes[1]
-            )
-        except (OSError, asyncpg.PostgresError) as exc:
-            safe = urlsplit(self.url)._replace(netloc=urlsplit(self.url).hostname or "").geturl()
-            raise DatabaseError(f"cannot connect to PostgreSQL at {safe}: {exc}") from exc
-
-    @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[Transaction]:
-        import asyncpg
-
-        if self._pool is None:
-            raise DatabaseError("database is closed")
-        try:
-            async with self._pool.acquire() as conn, conn.transaction():
-                yield _PostgresTx(conn)
-        except asyncpg.UniqueViolationError as exc:
-            raise UniqueViolation(str(exc)) from exc
-        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
-            # The driver's own errors become ours, as on SQLite; a caller's own
-            # exception raised inside the block passes through untouched.
-            raise DatabaseError(f"PostgreSQL: {type(exc).__name__}: {exc}") from exc
-
-    async def close(self) -> None:
-        if self._pool is not None:
-            pool, self._pool = self._pool, None
-            await pool.close()
+    name = str(getattr(exc, "sqlite_errorname", "") or "")
+    text = f"{what}: {type(exc).__name__}: {exc}"
+    if name in _SQLITE_UNIQUE:
+        return UniqueViolation(text)
+    if name.startswith("SQLITE_CONSTRAINT") or (
+            not name and isinstance(exc, sqlite3.IntegrityError)):
+        return IntegrityError(text)
+    if name.startswith(_SQLITE_STATEMENT):
+        return StatementError(text)
+    if name:
+        return DatabaseError(text)
+    closed = "closed" in str(exc) or "no active connection" in str(exc)
+    if isinstance(exc, sqlite3.ProgrammingError | sqlite3.InterfaceError | sqlite3.DataError
+                  | OverflowError) and not closed:
+        return StatementError(text)  # binding errors: wrong arguments for the statement
+    return DatabaseError(text)
 
 
-class _PostgresTx:
-    dialect: Dialect = "postgres"
-
-    def __init__(self, conn: Any) -> None:
-        self._conn = conn
-
-    async def execute(self, sql: str, *args: Any) -> int:
-        status: str = await self._conn.execute(sql, *args)
-        # "INSERT 0 3", "UPDATE 2", "DELETE 1", "CREATE TABLE"...
-        last = status.rsplit(" ", 1)[-1]
-        return int(last) if last.isdigit() else 0
-
-    async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
-        await self._conn.executemany(sql, rows)
-
-    async def fetch(self, sql: str, *args: Any) -> list[Row]:
-        return [tuple(row) for row in await self._conn.fetch(sql, *args)]
-
-    async def fetchrow(self, sql: str, *args: Any) -> Row | None:
-        row = await self._conn.fetchrow(sql, *args)
-        return None if row is None else tuple(row)
-
-    async def fetchval(self, sql: str, *args: Any) -> Any:
-        return await self._conn.fetchval(sql, *args)
+def postgres_error(exc: BaseException, where: str = "PostgreSQL") -> SQLError:
+    """The :class:`SQLError` for an exception of asyncpg (or of the socket under it)."""
+    text = f"{where}: {type(exc).__name__}: {exc}"
+    state = str(getattr(exc, "sqlstate", "") or "")
+    if state == "23505":
+        return UniqueViolation(text)
+    if state[:2] in _PG_INTEGRITY:
+        return IntegrityError(text)
+    if state[:2] in _PG_STATEMENT and state not in _PG_INFRA_CODES:
+        return StatementError(text)
+    if isinstance(exc, TimeoutError):
+        return DatabaseError(f"{where} did not answer in time (raise command_timeout in "
+                             f"the URL if the statement is slow by nature): {exc or 'timeout'}")
+    if not state and "argument" in str(exc) and not isinstance(exc, OSError):
+        return StatementError(text)  # the client refused the arguments (count, type)
+    return DatabaseError(text)

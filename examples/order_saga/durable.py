@@ -40,8 +40,9 @@ from typing import Literal
 from eventbus import Context, EventBus
 from eventbus.events import Message
 from eventbus.patterns.inbox import Inbox
+from eventbus.patterns.ordering import Resequencer, SqlSequenceStore
 from eventbus.patterns.outbox import Outbox, OutboxRelay
-from eventbus.patterns.sagas import Choreography, SequenceGuard, SqlSequenceStore, StepFailed
+from eventbus.patterns.sagas import Choreography, StepFailed
 from eventbus.patterns.sagas.choreography import transaction_of
 from eventbus.patterns.sql import Database, Transaction
 from examples.order_saga.events import (
@@ -157,7 +158,9 @@ def build(name: str, url: str, db: Database, run: str, crashes: dict[str, int] |
     :func:`create_schema`)."""
     outbox = Outbox(db, table=outbox_table(name))
     bus = EventBus.from_url(url, source=name, publish_middleware=[outbox.middleware])
-    relay = OutboxRelay(outbox, bus, poll_interval=0.1)
+    # A killed service leaves its relay's claim on the rows it was sending: a short
+    # lease has the restarted one send them again within seconds.
+    relay = OutboxRelay(outbox, bus, poll_interval=0.1, lease=5.0)
     service = Service(name, db, bus, outbox, relay, dict(crashes or {}))
     # The inbox's transaction also takes the outbox's rows: one commit for all.
     inbox = _CrashTestInbox(service, inbox_table(name))
@@ -169,7 +172,7 @@ def build(name: str, url: str, db: Database, run: str, crashes: dict[str, int] |
 
 
 def _order(service: Service, flow: Choreography) -> None:
-    guard = SequenceGuard("order-status", SqlSequenceStore(service.db))
+    guard = Resequencer("order-status", SqlSequenceStore(service.db), on_gap="apply")
     flow.guard = (guard, lambda event: 3)  # one ending per order: the second is stale
 
     @flow.step(InventoryReserved)

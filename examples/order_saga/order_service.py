@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from eventbus import Context, Envelope, EventBus, MemoryIdempotencyStore
-from eventbus.patterns.sagas import Choreography, MemorySequenceStore, SequenceGuard
+from eventbus.patterns.ordering import MemorySequenceStore, Resequencer
+from eventbus.patterns.sagas import Choreography
 from examples.order_saga.events import (
     InventoryReserved,
     OrderCancelled,
@@ -66,7 +67,8 @@ STAGE: dict[type[OrderEvent], int] = {InventoryReserved: 3, PaymentRefunded: 3}
 def register(bus: EventBus, orders: Orders | None = None) -> Orders:
     """Subscribe the order service's handlers on ``bus``; returns its state."""
     orders = orders if orders is not None else Orders()
-    guard = SequenceGuard("order-status", orders.stages)
+    # The stage jumps (no stage 1 or 2 here): apply across the gap, skip what is stale.
+    guard = Resequencer("order-status", orders.stages, on_gap="apply")
     flow = Choreography(bus, group=SERVICE, key=lambda event: event.order_id,
                         guard=(guard, lambda event: STAGE[type(event)]))
 

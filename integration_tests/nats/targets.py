@@ -9,11 +9,22 @@ the restart case is then skipped for lack of a restart hook.
 
 from __future__ import annotations
 
+import asyncio
 import atexit
+import contextlib
 import threading
+from collections.abc import Awaitable, Callable
 from urllib.parse import urlsplit
 
+import nats
+from eventbus_nats.group_route import GroupRoutes
+from eventbus_nats.provision import Provisioner
+from eventbus_nats.settings import NatsSettings
+from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError, ServerError
+
 from eventbus.testing import BrokerTarget
+from eventbus.testing.target import ShortLease
 from integration_tests import harness
 from integration_tests.harness import processes
 
@@ -65,11 +76,55 @@ def nats_target(name: str) -> BrokerTarget:
         endpoint, proxy = harness.require_faulty("nats")
         address, restart = f"{endpoint.host}:{endpoint.port}", None
     url = f"{scheme}://{address}"
+    jetstream = scheme == "nats"
     return BrokerTarget(
         name=name,
         url=url,
         faults=proxy,
         faulty_url=url,
-        limits=CORE_LIMITS if scheme == "nats+core" else JETSTREAM_LIMITS,
+        limits=JETSTREAM_LIMITS if jetstream else CORE_LIMITS,
         restart=restart,
+        # Core NATS keeps nothing for a group and takes nothing back: no such hooks.
+        delete_underneath=_deleter(url) if jetstream else None,
+        short_lease=ShortLease(f"{url}?ack_wait={SHORT_ACK_WAIT:g}", SHORT_ACK_WAIT)
+        if jetstream else None,
     )
+
+
+SHORT_ACK_WAIT = 2.0
+
+
+def _deleter(url: str) -> Callable[[str, str], Awaitable[None]]:
+    """Deletes a group's durable consumers (its topic's and its route's) with the raw
+    client, as an operator's `nats consumer rm` would."""
+    settings = NatsSettings.from_url(url)
+    provisioner, routes = Provisioner(settings), GroupRoutes(settings)
+
+    async def delete_underneath(topic: str, group: str) -> None:
+        nc = await nats.connect(url.replace("nats+core://", "nats://"))
+        try:
+            js = nc.jetstream()
+            await _delete(js, provisioner.stream_name(topic), provisioner.consumer_name(group))
+            with contextlib.suppress(NotFoundError):  # routed to only when replaying
+                await _delete(js, routes.stream, routes.consumer(topic, group))
+        finally:
+            await nc.close()
+
+    return delete_underneath
+
+
+async def _delete(js: JetStreamContext, stream: str, consumer: str) -> None:
+    # nats-server 2.9 on file storage may refuse a delete that races the consumer's
+    # own writes ("unlinkat ...: directory not empty", err 10051); an operator would
+    # run `nats consumer rm` again.
+    for attempt in range(20):
+        try:
+            await js.delete_consumer(stream, consumer)
+            return
+        except NotFoundError:
+            if attempt:
+                return  # the refused delete went through after all
+            raise
+        except ServerError:
+            await asyncio.sleep(0.1)
+    await js.delete_consumer(stream, consumer)

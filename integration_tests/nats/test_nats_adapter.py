@@ -21,7 +21,7 @@ from cloudevents.core.bindings import http as ce_http
 from cloudevents.core.formats.json import JSONFormat
 from cloudevents.core.v1.event import CloudEvent
 from eventbus_nats import NatsAdapter, NatsCoreAdapter
-from nats.js.api import StreamConfig
+from nats.js.api import DiscardPolicy, StreamConfig
 
 from eventbus.adapter import Delivery, SubscribeOptions, Subscription
 from eventbus.envelope import Envelope
@@ -29,6 +29,7 @@ from eventbus.errors import (
     BatchPublishError,
     BrokerConnectionError,
     MessageTooLargeError,
+    PublishError,
     TopicNotFoundError,
 )
 from integration_tests import harness
@@ -109,8 +110,10 @@ def test_oversize_refused_before_anything_is_sent(nats_url: str) -> None:
 
 
 def test_partial_batch_failure_names_the_index(nats_url: str) -> None:
-    """A stream set up by an operator with a smaller max_msg_size refuses one message
-    of a batch: BatchPublishError names that index, the others are stored."""
+    """A stream set up by an operator to hold two messages and refuse more (discard
+    new) refuses the third message of a batch: BatchPublishError names that index,
+    the others are stored. (A message over the stream's max_msg_size is refused
+    before anything is sent: see test_nats_limits.py.)"""
 
     async def scenario() -> None:
         topic = unique("partial")
@@ -118,15 +121,16 @@ def test_partial_batch_failure_names_the_index(nats_url: str) -> None:
         await adapter.connect()
         nc = await nats.connect(nats_url)
         js = nc.jetstream()
-        await js.add_stream(StreamConfig(name=f"EB_{topic}", subjects=[topic],
-                                         max_msg_size=1000))
-        batch = [ping(0), ping(1, size=2000), ping(2)]
+        await js.add_stream(StreamConfig(name=f"EB_{topic}", subjects=[topic], max_msgs=2,
+                                         discard=DiscardPolicy.NEW))
+        batch = [ping(0), ping(1), ping(2)]
         with pytest.raises(BatchPublishError) as raised:
             await adapter.publish(topic, batch)
-        assert set(raised.value.failures) == {1}, raised.value.failures
-        assert isinstance(raised.value.failures[1], MessageTooLargeError)
+        assert set(raised.value.failures) == {2}, raised.value.failures
+        assert isinstance(raised.value.failures[2], PublishError)
         stored = [r.envelope.id for r in await adapter.read(topic) if r.envelope]
-        assert stored == [batch[0].id, batch[2].id]
+        assert stored == [batch[0].id, batch[1].id]
+        await js.delete_stream(f"EB_{topic}")
         await nc.close()
         await adapter.close()
 

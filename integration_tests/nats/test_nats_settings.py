@@ -42,12 +42,17 @@ def test_schemes_pick_the_adapter() -> None:
     ("nats://h?storage=disk", ["storage", "file or memory"]),
     ("nats://h?start_from=middle", ["start_from", "earliest or latest"]),
     ("nats://h?max_deliver=0", ["max_deliver", "-1"]),
+    ("nats://h?max_deliver=1", ["max_deliver", "at least 2", "carried over"]),
+    ("nats://h?ping_interval=0", ["ping_interval"]),
+    ("nats://h?max_pings_out=0", ["max_pings_out", ">= 1"]),
     ("nats://h?replicas=0", ["replicas"]),
     ("nats://h?stream_prefix=a.b", ["stream_prefix"]),
     ("nats://h?tls_cert=/c.pem", ["tls_cert", "tls_key"]),
     ("nats://h?ack_wait=5&ack_wait=6", ["ack_wait", "twice"]),
     ("nats+core://h?ack_wait=5", ["ack_wait", "JetStream only"]),
     ("nats+core://h?dedupe_window=5", ["dedupe_window", "JetStream only"]),
+    ("nats://h?pending_msgs=5", ["pending_msgs", "core NATS only"]),
+    ("nats+core://h?pending_bytes=0", ["pending_bytes", ">= 1"]),
     ("nats://h:99999", ["port"]),
     ("amqp://h", ["nats://"]),
 ])
@@ -80,3 +85,11 @@ def test_bad_values_say_what_is_allowed() -> None:
     assert NatsSettings.from_url("nats://h?max_age=0").max_age == 0.0
     assert [NatsSettings.from_url(f"nats://h?max_deliver={n}").max_deliver for n in (-1, 3)] == [
         -1, 3]
+
+
+def test_half_open_bound_comes_from_the_ping_settings() -> None:
+    assert NatsSettings.from_url("nats://h").half_open_bound == 6.0
+    s = NatsSettings.from_url("nats://h?ping_interval=0.5&max_pings_out=3")
+    assert (s.ping_interval, s.max_pings_out, s.half_open_bound) == (0.5, 3, 2.0)
+    assert NatsCoreAdapter("nats+core://h?ping_interval=1").capabilities.half_open_bound == 3.0
+    assert NatsAdapter("nats://h?max_pings_out=1").capabilities.half_open_bound == 4.0

@@ -33,3 +33,19 @@ async def test_bus_fed_once_per_event_id(postgres_url: str) -> None:
 async def test_shop_example(postgres_url: str) -> None:
     """examples/cqrs_shop with its write and read models in PostgreSQL."""
     await cqrs_cases.check_shop_example(postgres_url)
+
+
+async def test_rebuild_fences_a_stale_projector(postgres_url: str) -> None:
+    await cqrs_cases.check_rebuild_fences_a_stale_projector(postgres_url)
+
+
+async def test_bus_fed_apply_failure_is_not_swallowed(postgres_url: str) -> None:
+    await cqrs_cases.check_bus_fed_apply_failure_is_not_swallowed(postgres_url)
+
+
+async def test_failing_events_are_parked(postgres_url: str) -> None:
+    await cqrs_cases.check_failing_events_are_parked(postgres_url)
+
+
+async def test_seen_ids_pruned_by_age(postgres_url: str) -> None:
+    await cqrs_cases.check_seen_ids_pruned_by_age(postgres_url)

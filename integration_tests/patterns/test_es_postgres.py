@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from eventbus.envelope import Envelope
-from eventbus.patterns.eventsourcing import SQLEventStore
+from eventbus.patterns.eventsourcing import EventRelay, SQLEventStore
 from eventbus.patterns.sql import Database, Transaction
 from tests.patterns import es_cases
 from tests.patterns.test_es_store import CASES
@@ -109,3 +109,54 @@ async def test_the_late_commit_scenario_catches_a_naive_store(postgres_url: str)
     finally:
         await db.close()
     assert final == [1, 2] and seen == [2]  # position 1 committed late and was skipped
+
+
+async def test_a_refused_event_is_parked_and_the_other_streams_flow(postgres_url: str) -> None:
+    from tests.patterns import test_es_relay
+
+    await test_es_relay.test_a_refused_event_is_parked_and_the_other_streams_flow(postgres_url)
+
+
+async def test_a_silent_database_shows_in_health_and_stop_returns_in_time(
+        postgres_url: str) -> None:
+    """Defect 14 for the followers: when the link to PostgreSQL goes silent the relay
+    and a projection report the failure in health() within the URL's timeouts
+    (instead of ok while hanging), and stop(timeout=...) returns in time."""
+    from urllib.parse import urlsplit
+
+    from eventbus import EventBus
+    from eventbus.testing.faultproxy import FaultProxy
+    from tests.patterns.cqrs_cases import Totals
+
+    parts = urlsplit(postgres_url)
+    host_port = f"{parts.hostname}:{parts.port or 5432}"
+    with FaultProxy(parts.hostname or "127.0.0.1", parts.port or 5432) as proxy:
+        url = postgres_url.replace(host_port, f"127.0.0.1:{proxy.port}")
+        db = await Database.connect(
+            f"{url}?ping_timeout=0.5&connect_timeout=0.5&command_timeout=1")
+        store = SQLEventStore(db)
+        await store.setup()
+        totals = Totals(db, name="totals", poll_interval=0.05)
+        await totals.setup()
+        bus = EventBus("memory://", source="silent")
+        relay = EventRelay(store, bus, name="silent", poll_interval=0.05)
+        try:
+            async with bus:
+                await relay.start()
+                await totals.start(store)
+                await asyncio.sleep(0.2)
+                assert relay.health().ok and totals.health().ok
+                await proxy.set_latency(3600)
+                async with asyncio.timeout(5):
+                    # health() is a snapshot with nothing to wait on: poll it.
+                    while relay.health().ok or totals.health().ok:  # noqa: ASYNC110
+                        await asyncio.sleep(0.05)
+                assert "DatabaseError" in relay.health().last_error
+                assert "DatabaseError" in totals.health().last_error
+                started = asyncio.get_running_loop().time()
+                await relay.stop(timeout=1)
+                await totals.stop(timeout=1)
+                assert asyncio.get_running_loop().time() - started < 2.5
+        finally:
+            await proxy.set_latency(0)
+            await db.close()

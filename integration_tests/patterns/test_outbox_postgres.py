@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.patterns import outbox_cases
+from tests.patterns import outbox_cases, outbox_hardening_cases
 
 
 @pytest.mark.asyncio
@@ -45,3 +45,30 @@ async def test_stop_finishes_the_batch_in_flight(postgres_url: str) -> None:
 @pytest.mark.asyncio
 async def test_a_refused_row_is_parked_and_holds_only_its_stream(postgres_url: str) -> None:
     await outbox_cases.check_a_refused_row_is_parked_and_holds_only_its_stream(postgres_url)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("refusal", outbox_hardening_cases.PERMANENT,
+                         ids=lambda e: type(e).__name__)
+async def test_a_permanent_refusal_parks_only_its_row(postgres_url: str,
+                                                       refusal: Exception) -> None:
+    await outbox_hardening_cases.check_a_permanent_refusal_parks_only_its_row(postgres_url,
+                                                                              refusal)
+
+
+@pytest.mark.asyncio
+async def test_an_unresponsive_broker_blocks_no_database_write(postgres_url: str) -> None:
+    await outbox_hardening_cases.check_an_unresponsive_broker_blocks_no_database_write(
+        postgres_url)
+
+
+@pytest.mark.asyncio
+async def test_a_dead_relays_claim_comes_back_after_its_lease(postgres_url: str) -> None:
+    await outbox_hardening_cases.check_a_dead_relays_claim_comes_back_after_its_lease(
+        postgres_url)
+
+
+@pytest.mark.asyncio
+async def test_an_outbox_table_of_an_earlier_release_is_upgraded(postgres_url: str) -> None:
+    await outbox_hardening_cases.check_an_outbox_table_of_an_earlier_release_is_upgraded(
+        postgres_url)

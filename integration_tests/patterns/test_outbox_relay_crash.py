@@ -1,6 +1,7 @@
 """The relay under a real crash: its process is SIGKILLed after RabbitMQ confirmed a
-batch and before the rows were marked sent (PostgreSQL outbox). The restarted relay
-publishes them again; the consumer's idempotency middleware runs the handler once."""
+batch and before the rows were marked sent (PostgreSQL outbox). Its claim on them
+lapses after its lease, the restarted relay publishes them again, and the consumer's
+idempotency middleware runs the handler once."""
 
 from __future__ import annotations
 
@@ -46,9 +47,13 @@ RELAY = textwrap.dedent('''
 
         bus.adapter.publish = publish
         async with bus:
-            relay = OutboxRelay(outbox, bus)
-            while await relay.publish_pending():
-                pass
+            relay = OutboxRelay(outbox, bus, lease=1.0)
+            # The killed relay's claim holds the rows until its lease is over.
+            for _ in range(600):
+                await relay.publish_pending()
+                if not await outbox.pending():
+                    break
+                await asyncio.sleep(0.01)
         await db.close()
 
     asyncio.run(main())

@@ -31,7 +31,7 @@ async def test_saga_parks_on_postgres(postgres_url: str,
 
 @pytest.mark.asyncio
 @pytest.mark.parametrize("case", ORDERING_CASES, ids=lambda c: c.__name__.removeprefix("check_"))
-async def test_sequence_guard_on_postgres(case: Callable[[SequenceStore], Awaitable[None]],
+async def test_resequencer_on_postgres(case: Callable[[SequenceStore], Awaitable[None]],
                                           postgres_url: str) -> None:
     async with await Database.connect(postgres_url) as db:
         await case(SqlSequenceStore(db))

@@ -57,6 +57,8 @@ async def next_delivery(subscription: Subscription, timeout: float = 10.0) -> De
     ("redis+streams://h/abc", ["database", "number"]),
     ("redis+streams://h/0?start_from=middle", ["start_from", "earliest"]),
     ("redis://h/0?connect_timeout=nan", ["connect_timeout", ">= 0.1"]),
+    ("redis://h/0?ping_interval=0", ["ping_interval", ">= 0.1"]),
+    ("redis+streams://h/0?ping_timeout=1", ["ping_timeout", "Pub/Sub"]),
 ])
 def test_bad_settings_fail_with_one_line_naming_the_option(url: str, words: list[str]) -> None:
     with pytest.raises(InvalidURLError) as caught:
@@ -72,6 +74,18 @@ def test_a_blank_option_is_no_option_and_the_last_value_counts() -> None:
     assert (settings.maxlen, settings.block_ms) == (1_000_000, 50)
 
 
+@pytest.mark.parametrize(("url", "bound"), [
+    ("redis://h/0", 10.0),  # ping_interval + ping_timeout
+    ("redis://h/0?ping_interval=1&ping_timeout=0.5", 5.0),  # never under connect_timeout
+    ("redis://h/0?ping_interval=1&ping_timeout=0.5&connect_timeout=1", 1.5),
+    ("redis://h/0?ping_interval=inf", None),  # no ping: nothing noticed
+    ("redis+streams://h/0", 10.0),  # read_timeout: socket_timeout
+    ("redis+streams://h/0?block_ms=200&socket_timeout=1", 5.2),  # block_ms + 5 s
+])
+def test_half_open_bound_follows_the_settings(url: str, bound: float | None) -> None:
+    assert adapter_from_url(url).capabilities.half_open_bound == pytest.approx(bound)
+
+
 def test_schemes_pick_the_mode_and_the_password_is_masked() -> None:
     assert isinstance(adapter_from_url("redis://h:1/0"), RedisPubSubAdapter)
     assert isinstance(adapter_from_url("rediss://h:1/0"), RedisPubSubAdapter)
@@ -79,6 +93,30 @@ def test_schemes_pick_the_mode_and_the_password_is_masked() -> None:
     adapter = adapter_from_url("rediss+streams://u:secret@h:1/0")
     assert isinstance(adapter, RedisStreamsAdapter)
     assert adapter.settings.tls and "secret" not in adapter.settings.masked_url
+
+
+def test_settings_repr_and_a_locals_capturing_traceback_never_show_the_password() -> None:
+    """#18 defect 12: error reporters that capture frame locals print the settings."""
+    import traceback
+
+    url = "redis+streams://app:Sup3rS3cret@127.0.0.1:1/0?connect_timeout=0.5"
+    settings = RedisSettings.from_url(url)
+    assert "Sup3rS3cret" not in repr(settings)
+    assert "127.0.0.1" in repr(settings) and settings.password == "Sup3rS3cret"
+
+    async def connect(adapter: RedisStreamsAdapter) -> str:
+        # The URL is no local of this frame (a caller's own variables are its business).
+        try:
+            await adapter.connect()
+        except Exception as exc:
+            return "".join(traceback.TracebackException.from_exception(
+                exc, capture_locals=True).format())
+        finally:
+            await adapter.close()
+        raise AssertionError("connected to a closed port")
+
+    report = asyncio.run(connect(RedisStreamsAdapter(url)))
+    assert "BrokerConnectionError" in report and "Sup3rS3cret" not in report
 
 
 def test_connect_fails_fast_with_the_masked_url() -> None:
@@ -472,10 +510,10 @@ def test_pubsub_reads_a_structured_event_written_by_the_cloudevents_sdk(redis_ur
     ("SET", "k", memoryview(b"v")),
 ])
 def test_the_fast_packer_writes_what_redis_py_writes(args: tuple[Any, ...]) -> None:
-    from eventbus_redis.adapter import _FastConnection
+    from eventbus_redis.client import FastConnection
     from redis.asyncio.connection import Connection
 
-    assert b"".join(_FastConnection().pack_command(*args)) == b"".join(
+    assert b"".join(FastConnection().pack_command(*args)) == b"".join(
         Connection().pack_command(*args))
 
 

@@ -109,3 +109,24 @@ def test_streams_route_keeps_what_was_sent_before_the_group_subscribed(
             await raw.aclose()
 
     run(scenario)
+
+
+def test_pubsub_has_no_dead_letters_to_list(redis_url: str) -> None:
+    """Pub/Sub keeps nothing, so `DeadLetters.list` (and `eventbus dlq`) says there is no
+    such dead-letter topic, instead of consuming the channel for a while and reporting an
+    empty list as if nothing had ever failed."""
+    from eventbus.dlq import DeadLetters
+    from eventbus.errors import TopicNotFoundError
+
+    async def scenario() -> None:
+        adapter = RedisPubSubAdapter(redis_url)
+        await adapter.connect()
+        try:
+            with pytest.raises(TopicNotFoundError) as raised:
+                await DeadLetters(adapter, idle=0.2).list(name("typo"), "nobody")
+            why = f"{raised.value} {raised.value.__cause__}"
+            assert "keeps no messages" in why and "redis+streams://" in why, why
+        finally:
+            await adapter.close()
+
+    run(scenario)

@@ -82,3 +82,96 @@ def test_an_unreachable_store_raises_so_the_message_is_redelivered() -> None:
             await store.close()
 
     asyncio.run(scenario())
+
+
+class _LoseTheClaimReply:
+    """A TCP proxy to Redis that lets the first ``SET ... NX`` through and then drops
+    the connection before Redis's reply gets back: the claim was stored, the store
+    never heard so (redis-py then sends the SET again on a new connection)."""
+
+    def __init__(self, redis_port: int) -> None:
+        self.redis_port = redis_port
+        self.cut = False
+        self.port = 0
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._link, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+    async def _link(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.redis_port)
+        cut_here = asyncio.Event()
+
+        async def upstream() -> None:
+            while chunk := await reader.read(65536):
+                claim = not self.cut and b"SET" in chunk and b"NX" in chunk
+                if claim:
+                    self.cut = True
+                    cut_here.set()  # nothing goes back from now on
+                up_writer.write(chunk)
+                await up_writer.drain()
+                if claim:
+                    await asyncio.sleep(0.2)  # Redis runs the SET; its reply is dropped
+                    return
+
+        async def downstream() -> None:
+            while chunk := await up_reader.read(65536):
+                if cut_here.is_set():
+                    return
+                writer.write(chunk)
+                await writer.drain()
+
+        try:
+            await asyncio.wait([asyncio.ensure_future(upstream()),
+                                asyncio.ensure_future(downstream())],
+                               return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            writer.transport.abort()
+            up_writer.transport.abort()
+
+
+def test_a_claim_whose_reply_was_lost_is_still_ours(redis_url: str) -> None:
+    """#18 defect 11: the retried SET NX finds the key taken by this very claim; the
+    claim must see its own token and run the handler now, not bounce the message as
+    "in progress" until the lease runs out."""
+    from eventbus import EventBus
+    from eventbus.middleware.idempotency import Idempotency
+    from eventbus.testing.conformance import Ping, on_topic
+
+    async def scenario() -> None:
+        proxy = _LoseTheClaimReply(int(redis_url.rsplit(":", 1)[1].split("/")[0]))
+        await proxy.start()
+        store = RedisIdempotencyStore(f"redis://127.0.0.1:{proxy.port}/0",
+                                      prefix=f"test:{uuid.uuid4().hex}:")
+        lease = 8.0
+        bus = EventBus(f"memory://lost-claim-{uuid.uuid4().hex[:8]}", source="tests",
+                       idempotency=Idempotency(store, lease=lease, retry_delay=0.5))
+        event = on_topic(Ping, f"test-redis-idem-{uuid.uuid4().hex[:8]}")
+        started: list[float] = []
+        handled = asyncio.Event()
+
+        @bus.subscribe(event, group="g")
+        async def work(ping: Ping) -> None:
+            started.append(asyncio.get_running_loop().time())
+            handled.set()
+
+        try:
+            async with bus:
+                published = asyncio.get_running_loop().time()
+                await bus.publish(event(seq=1))
+                await asyncio.wait_for(handled.wait(), lease + 5)
+            assert proxy.cut, "the claim's reply was never dropped"
+            assert started[0] - published < 3.0, (
+                f"handled {started[0] - published:.1f}s after publishing: the lost reply "
+                "made the store see its own claim as another run's")
+            assert len(started) == 1
+        finally:
+            await store.close()
+            await proxy.stop()
+
+    asyncio.run(asyncio.wait_for(scenario(), 30))

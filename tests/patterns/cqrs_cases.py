@@ -11,14 +11,16 @@ from contextlib import asynccontextmanager
 import pytest
 
 from eventbus import Event, EventBus
+from eventbus.envelope import Envelope
+from eventbus.errors import ConfigurationError
 from eventbus.events import Message
 from eventbus.patterns.cqrs import Projection
 from eventbus.patterns.eventsourcing import SQLEventStore, StoredEvent
-from eventbus.patterns.sql import Database, DatabaseError, Transaction
+from eventbus.patterns.sql import Database, SQLError, Transaction, UniqueViolation
 
-# The simulated crash (a trigger refusing the checkpoint write) surfaces as
-# sql.py's DatabaseError on both databases.
-CRASH = DatabaseError
+# The simulated crash (a trigger refusing the checkpoint write) surfaces as one of
+# sql.py's errors on both databases.
+CRASH = SQLError
 
 
 class ItemAdded(Event, type="cqrs-test.item-added", topic="cqrs-test.items"):
@@ -173,10 +175,12 @@ async def check_bus_fed_once_per_event_id(url: str) -> None:
             await totals.wait_for_event(again.id, timeout=5)
         assert await read(db) == {"a": (3, 2)}
         crashing = bus.envelope_for(ItemAdded(order_id="c", qty=7), parent=None)
-        await crash_on(db, "eventbus_projection_seen", "NEW.event_id <> ''")
+        # The id is recorded first, then the read model written: the crash comes
+        # after both, before the commit.
+        await crash_on(db, "cqrs_totals", "NEW.order_id = 'c'")
         with pytest.raises(CRASH, match="simulated crash"):
             await totals.handle(crashing)
-        await recover(db, "eventbus_projection_seen")
+        await recover(db, "cqrs_totals")
         assert await totals.handle(crashing) is True
         assert await totals.handle(crashing) is False
         assert (await read(db))["c"] == (7, 1)
@@ -210,3 +214,173 @@ async def check_shop_example(url: str) -> None:
         async with shop.summaries.db.transaction() as tx:
             after = await tx.fetch("SELECT * FROM shop_order_summaries ORDER BY order_id")
         assert after == before and len(after) == 2
+
+
+class PausingStore:
+    """The store as a slow projector sees it: ``read_all`` returns a page, then the
+    projector stalls until ``go`` is set (a second process that read before a rebuild)."""
+
+    def __init__(self, store: SQLEventStore) -> None:
+        self.store = store
+        self.read = asyncio.Event()
+        self.go = asyncio.Event()
+
+    async def read_all(self, after: int = 0, limit: int = 500) -> list[StoredEvent]:
+        page = await self.store.read_all(after, limit)
+        if page and not self.read.is_set():
+            self.read.set()
+            await self.go.wait()
+        return page
+
+
+class SlowClear(Totals):
+    """clear() lets the stalled projector go on and takes a while, as a DELETE of a
+    large read model does: the stalled one reaches the checkpoint's lock meanwhile."""
+
+    resume: asyncio.Event | None = None
+
+    async def clear(self, tx: Transaction) -> None:
+        await super().clear(tx)
+        if self.resume is not None:
+            self.resume.set()
+            await asyncio.sleep(0.3)
+
+
+async def check_rebuild_fences_a_stale_projector(url: str) -> None:
+    """Defect 1: a projector of the same name that read its page before a rebuild
+    reset the checkpoint cannot apply that page afterwards (compare-and-set on the
+    checkpoint, and the rebuild's new generation): the rebuilt model holds every
+    event exactly once."""
+    async with opened(url) as (db, store, totals):
+        for n in range(10):
+            await add(store, f"o{n % 3}", n + 1)
+        await totals.catch_up(store)
+        await add(store, "o1", 100)
+        await add(store, "o2", 200)
+        expected = {"o0": (1 + 4 + 7 + 10, 4), "o1": (2 + 5 + 8 + 100, 4),
+                    "o2": (3 + 6 + 9 + 200, 4)}
+        slow = PausingStore(store)
+        other = Totals(db, name="totals")
+        stale = asyncio.create_task(other.catch_up(slow))   # reads 11..12, then stalls
+        await slow.read.wait()
+        rebuilding = SlowClear(db, name="totals")
+        rebuilding.resume = slow.go
+        await rebuilding.rebuild(store)
+        await stale
+        await rebuilding.wait_until(await store.last_position(), timeout=5)
+        assert await read(db) == expected, "the rebuild lost or doubled events"
+        assert await rebuilding.position() == 12
+
+
+class Emails(Projection):
+    """A read model with its own unique constraint (a projection bug: a second user
+    with the same address should be an upsert)."""
+
+    handles = (ItemAdded,)
+
+    async def create_tables(self, tx: Transaction) -> None:
+        await tx.execute("CREATE TABLE IF NOT EXISTS cqrs_unique (order_id TEXT PRIMARY KEY)")
+
+    async def apply(self, event: Message, tx: Transaction) -> None:
+        assert isinstance(event, ItemAdded)
+        await tx.execute("INSERT INTO cqrs_unique VALUES ($1)", event.order_id)
+
+
+async def check_bus_fed_apply_failure_is_not_swallowed(url: str) -> None:
+    """Defect 8: a unique violation raised by apply() itself is a failure of the
+    handler (the bus retries, then dead-letters), not "a twin got here first": the
+    event is not acknowledged as applied. A real redelivery still returns False."""
+    async with await Database.connect(url) as db:
+        view = Emails(db, name="emails")
+        await view.setup()
+        bus = EventBus(source="test")
+        first = bus.envelope_for(ItemAdded(order_id="a", qty=1), parent=None)
+        clash = bus.envelope_for(ItemAdded(order_id="a", qty=2), parent=None)
+        assert await view.handle(first) is True
+        assert await view.handle(first) is False      # a redelivery
+        with pytest.raises(UniqueViolation):
+            await view.handle(clash)
+        async with db.transaction() as tx:
+            seen = await tx.fetchval("SELECT count(*) FROM eventbus_projection_seen "
+                                     "WHERE event_id = $1", clash.id)
+        assert seen == 0, "the failed event was recorded as applied"
+
+
+class Fragile(Totals):
+    """Totals whose apply() fails for order "bug" until fixed."""
+
+    fixed = False
+
+    async def apply(self, event: Message, tx: Transaction) -> None:
+        assert isinstance(event, ItemAdded)
+        if event.order_id == "bug" and not self.fixed:
+            raise ValueError("cannot project order 'bug'")
+        await super().apply(event, tx)
+
+
+class Everything(Totals):
+    """Reads every event type, the retired one too (skipping all but ItemAdded)."""
+
+    handles = ()
+
+    async def apply(self, event: Message, tx: Transaction) -> None:
+        if isinstance(event, ItemAdded):
+            await super().apply(event, tx)
+
+
+async def check_failing_events_are_parked(url: str) -> None:
+    """Defect 10: a stored event that cannot be decoded, or whose apply() keeps
+    failing, no longer stops the projection for every stream: it is parked (health
+    counts it), its stream's later events wait behind it, the other streams go on;
+    an operator retries it once fixed, or skips it."""
+    async with opened(url) as (db, store, _):
+        legacy = Envelope.create(type="cqrs-test.retired", source="old", data=b"{}")
+        await store.append("legacy", [legacy], 0)                 # 1: undecodable
+        await add(store, "bug", 1)                                # 2: apply() fails
+        await add(store, "ok", 5)                                 # 3
+        await add(store, "bug", 2)                                # 4: held behind 2
+        view = Fragile(db, name="fragile", park_after=2, poll_interval=0.05)
+        await view.setup()
+        with pytest.raises(ValueError, match="bug"):
+            await view.catch_up(store)                            # attempt 1 of 2
+        assert await view.catch_up(store) == 1                    # parks 2, applies 3
+        assert await read(db) == {"ok": (5, 1)}
+        assert await view.position() == 4
+        await view.start(store)
+        last = await add(store, "ok", 6)
+        await view.wait_until(last[-1].position, timeout=5)
+        assert view.health().ok and view.health().parked == 2
+        parked = await view.parked()
+        assert [(p.position, p.stream_id, p.held_by) for p in parked] == [
+            (2, "bug", None), (4, "bug", 2)]
+        assert "cannot project order 'bug'" in parked[0].error
+        with pytest.raises(ConfigurationError, match="waits behind position 2"):
+            await view.retry_parked(4)
+        with pytest.raises(ValueError):
+            await view.retry_parked(2)                            # not fixed yet
+        assert [p.position for p in await view.parked()] == [2, 4]
+        view.fixed = True
+        assert await view.retry_parked(2) == 2                    # it, then 4, in order
+        assert await read(db) == {"bug": (3, 2), "ok": (11, 2)}
+        await view.stop()
+        undecodable = Everything(db, name="everything")
+        await undecodable.setup()
+        await undecodable.catch_up(store)                         # parked at once
+        assert [p.position for p in await undecodable.parked()] == [1]
+        assert await undecodable.skip_parked(1) == 0
+        assert await undecodable.parked() == []
+
+
+async def check_seen_ids_pruned_by_age(url: str) -> None:
+    """Defect 18: the bus-fed projection's seen ids carry the time they were seen
+    and cleanup(older_than) forgets the old ones (as Inbox.cleanup does)."""
+    async with opened(url) as (_, _, totals):
+        bus = EventBus(source="test")
+        sent = [bus.envelope_for(ItemAdded(order_id="a", qty=1), parent=None)
+                for _ in range(3)]
+        for envelope in sent:
+            assert await totals.handle(envelope)
+        assert await totals.cleanup(older_than=3600) == 0
+        await asyncio.sleep(0.05)
+        assert await totals.cleanup(older_than=0.01) == 3
+        assert await totals.handle(sent[0]) is True  # forgotten: applied again

@@ -38,3 +38,19 @@ async def test_bus_fed_once_per_event_id(sqlite_url: str) -> None:
 
 async def test_shop_example(sqlite_url: str) -> None:
     await cqrs_cases.check_shop_example(sqlite_url)
+
+
+async def test_rebuild_fences_a_stale_projector(sqlite_url: str) -> None:
+    await cqrs_cases.check_rebuild_fences_a_stale_projector(sqlite_url)
+
+
+async def test_bus_fed_apply_failure_is_not_swallowed(sqlite_url: str) -> None:
+    await cqrs_cases.check_bus_fed_apply_failure_is_not_swallowed(sqlite_url)
+
+
+async def test_failing_events_are_parked(sqlite_url: str) -> None:
+    await cqrs_cases.check_failing_events_are_parked(sqlite_url)
+
+
+async def test_seen_ids_pruned_by_age(sqlite_url: str) -> None:
+    await cqrs_cases.check_seen_ids_pruned_by_age(sqlite_url)

@@ -1,4 +1,5 @@
-"""The out-of-order guard, fed deliberately reordered and duplicated input."""
+"""The deprecated OrderingGuard's in-memory reassembly (outside a bus handler), fed
+deliberately reordered and duplicated input; and ``classify``."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import random
 import pytest
 
 from eventbus.errors import ConfigurationError
-from eventbus.patterns.ordering import OrderingGuard, Verdict, classify
+from eventbus.patterns.ordering import Verdict, classify
+from eventbus.patterns.ordering.legacy import OrderingGuard  # no warning: tested on purpose
 
 
 def shuffled_with_duplicates(entities: int, per_entity: int, seed: int) -> list[tuple[str, int]]:

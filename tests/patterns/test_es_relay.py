@@ -13,6 +13,7 @@ import pytest
 from eventbus import Context, EventBus
 from eventbus.backoff import Backoff
 from eventbus.envelope import Envelope
+from eventbus.errors import ConfigurationError, MessageTooLargeError
 from eventbus.middleware.base import PublishNext
 from eventbus.middleware.idempotency import MemoryIdempotencyStore
 from eventbus.patterns.eventsourcing import EventRelay, Repository
@@ -146,3 +147,74 @@ async def test_relay_shows_a_failure_in_health(store_url: str) -> None:
             assert not relay.health().ok and relay.health().running
             assert "ConnectionError: broker away" in relay.health().last_error
         assert await store.get_checkpoint("down") == 0
+
+
+class Refuse:
+    """Publish middleware: the broker refuses for good (too large) every event whose
+    id is in ``ids``; records what it let through, in order."""
+
+    def __init__(self) -> None:
+        self.ids: set[str] = set()
+        self.sent: list[str] = []
+
+    async def __call__(self, topic: str, envelopes: Sequence[Envelope], call_next: PublishNext
+                       ) -> None:
+        for envelope in envelopes:
+            if envelope.id in self.ids:
+                raise MessageTooLargeError(f"event {envelope.id} is too large")
+        await call_next(topic, envelopes)
+        self.sent += [e.id for e in envelopes]
+
+
+@pytest.mark.asyncio
+async def test_a_refused_event_is_parked_and_the_other_streams_flow(store_url: str) -> None:
+    """Defect 10: an event the broker refuses for good no longer stops the relay for
+    every stream. It is parked (health shows it), its stream's later events wait
+    behind it (order kept), the other streams are published; the operator retries
+    it once fixed, or skips it, and the held events follow in order."""
+    refuse = Refuse()
+    bus = EventBus(f"memory://relay-{uuid.uuid4().hex}", publish_middleware=[refuse])
+    async with open_store(store_url) as store, bus:
+        accounts = Repository(store, Account)
+        bad = Account("bad")
+        bad.open("big")
+        bad.deposit(1)
+        stored = await accounts.save(bad)            # positions 1 (refused), 2 (held)
+        refuse.ids.add(stored[0].id)
+        good = Account("good")
+        good.open("small")
+        stored += await accounts.save(good)          # position 3: another stream
+        relay = EventRelay(store, bus, name="parking",
+                           backoff=Backoff(initial=0.01, max_delay=0.01, jitter=0))
+        async with relay:
+            await relay.wait_until(stored[-1].position, timeout=5)
+            health = relay.health()
+            assert health.ok and health.parked == 2
+        assert refuse.sent == [stored[2].id]
+        parked = await relay.parked()
+        assert [(p.position, p.held_by) for p in parked] == [(1, None), (2, 1)]
+        assert "MessageTooLargeError" in parked[0].error
+        with pytest.raises(ConfigurationError, match="waits behind position 1"):
+            await relay.retry_parked(2)
+        with pytest.raises(MessageTooLargeError):
+            await relay.retry_parked(1)             # not fixed yet: still parked
+        assert [p.position for p in await relay.parked()] == [1, 2]
+
+        refuse.ids.clear()                           # the cause is fixed
+        assert await relay.retry_parked(1) == 2
+        assert refuse.sent == [stored[2].id, stored[0].id, stored[1].id]
+        assert await relay.parked() == [] and relay.health().parked == 0
+
+        more = await accounts.load("good")
+        more.deposit(5)
+        skipped = await accounts.save(more)
+        refuse.ids.add(skipped[0].id)
+        await relay.run_once()
+        after = await accounts.load("good")
+        after.deposit(6)
+        held = await accounts.save(after)
+        await relay.run_once()                       # a later batch: still held
+        assert [p.position for p in await relay.parked()] == [4, 5]
+        assert await relay.skip_parked(4) == 1       # dropped; the held one follows
+        assert refuse.sent[-1] == held[0].id and skipped[0].id not in refuse.sent
+        assert await relay.parked() == []

@@ -1,18 +1,21 @@
-"""The out-of-order guard, fed deliberately reordered events through a bus: stale ones
-are ignored or parked, newer ones applied. ``check_*`` bodies run on PostgreSQL too."""
+"""The resequencer with ``on_gap="apply"`` (what SequenceGuard was), fed deliberately
+reordered events through a bus: stale ones are ignored or kept, newer ones applied.
+``check_*`` bodies run on PostgreSQL too."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
 
 from eventbus import Context, Event, EventBus
-from eventbus.patterns.sagas import (
+from eventbus.patterns.ordering import (
+    EarlyEvent,
     MemorySequenceStore,
-    SequenceGuard,
+    Resequencer,
     SequenceStore,
     SqlSequenceStore,
 )
@@ -33,9 +36,10 @@ REORDERED = [("mug", 1), ("mug", 3), ("lamp", 2), ("mug", 2), ("mug", 3), ("lamp
 
 
 async def run_reordered(store: SequenceStore, on_stale: str) -> tuple[list[tuple[str, int]],
-                                                                      SequenceGuard]:
+                                                                      Resequencer]:
     await store.setup()
-    guard = SequenceGuard("stock-view", store, on_stale=on_stale)  # type: ignore[arg-type]
+    guard = Resequencer("stock-view", store, on_gap="apply",
+                        on_stale=on_stale)  # type: ignore[arg-type]
     applied: list[tuple[str, int]] = []
     bus = EventBus(source="stock")
 
@@ -55,13 +59,13 @@ async def run_reordered(store: SequenceStore, on_stale: str) -> tuple[list[tuple
 async def check_stale_events_are_ignored(store: SequenceStore) -> None:
     applied, guard = await run_reordered(store, "ignore")
     assert applied == [("mug", 1), ("mug", 3), ("lamp", 2), ("mug", 5), ("lamp", 3)]
-    assert guard.ignored == 4 and await guard.parked() == []
+    assert guard.stale == 4 and await guard.stale_events() == []
 
 
-async def check_stale_events_are_parked(store: SequenceStore) -> None:
-    applied, guard = await run_reordered(store, "park")
+async def check_stale_events_are_kept(store: SequenceStore) -> None:
+    applied, guard = await run_reordered(store, "keep")
     assert applied == [("mug", 1), ("mug", 3), ("lamp", 2), ("mug", 5), ("lamp", 3)]
-    parked = await guard.parked()
+    parked = await guard.stale_events()
     assert sorted((p.entity_id, p.sequence, p.applied) for p in parked) == [
         ("lamp", 1, 2), ("mug", 2, 3), ("mug", 3, 3), ("mug", 4, 5)]
     assert all(p.event_type == "test.ordering.stock_level_changed" and p.event_id
@@ -71,7 +75,7 @@ async def check_stale_events_are_parked(store: SequenceStore) -> None:
 
 async def check_a_failing_handler_does_not_advance(store: SequenceStore) -> None:
     await store.setup()
-    guard = SequenceGuard("failing", store)
+    guard = Resequencer("failing", store)
     calls: list[int] = []
 
     async def boom() -> None:
@@ -92,7 +96,7 @@ async def check_two_consumers_of_one_entity_apply_it_once(store: SequenceStore) 
     """Two deliveries of one version at once (two consumers): the entity's row lock
     (PostgreSQL) or the single writer (SQLite, memory) lets one through."""
     await store.setup()
-    guard = SequenceGuard("racing", store)
+    guard = Resequencer("racing", store)
     applied: list[int] = []
     both_in = asyncio.Barrier(2)
 
@@ -109,7 +113,26 @@ async def check_two_consumers_of_one_entity_apply_it_once(store: SequenceStore) 
     assert sorted(results) == [False, True] and applied == [1]
 
 
-CASES = [check_stale_events_are_ignored, check_stale_events_are_parked,
+async def check_an_early_event_waits_and_leaves_nothing_behind(store: SequenceStore) -> None:
+    """``on_gap="wait"``: an early event raises EarlyEvent (the broker redelivers it)
+    and its unit of work records nothing; once its predecessor is applied, it is."""
+    await store.setup()
+    guard = Resequencer("waiting", store)
+    ran: list[int] = []
+
+    def run(n: int) -> Callable[[], Awaitable[None]]:
+        async def handler() -> None:
+            ran.append(n)
+        return handler
+
+    with pytest.raises(EarlyEvent):
+        await guard.apply("e", 2, run(2))
+    assert await guard.apply("e", 1, run(1)) and await guard.apply("e", 2, run(2))
+    assert not await guard.apply("e", 1, run(1)) and ran == [1, 2]
+
+
+CASES = [check_stale_events_are_ignored, check_stale_events_are_kept,
+         check_an_early_event_waits_and_leaves_nothing_behind,
          check_a_failing_handler_does_not_advance,
          check_two_consumers_of_one_entity_apply_it_once]
 
@@ -117,7 +140,7 @@ CASES = [check_stale_events_are_ignored, check_stale_events_are_parked,
 @pytest.mark.asyncio
 @pytest.mark.parametrize("kind", ["memory", "sqlite"])
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.__name__.removeprefix("check_"))
-async def test_sequence_guard(case: object, kind: str, tmp_path: Path) -> None:
+async def test_resequencer(case: object, kind: str, tmp_path: Path) -> None:
     if kind == "memory":
         await case(MemorySequenceStore())  # type: ignore[operator]
         return

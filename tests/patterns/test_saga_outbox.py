@@ -10,8 +10,10 @@ from pathlib import Path
 import pytest
 
 from eventbus import Event, EventBus
+from eventbus.errors import ConfigurationError
 from eventbus.patterns.outbox import Outbox, OutboxRelay
 from eventbus.patterns.sagas import (
+    MemorySagaStore,
     SagaContext,
     SagaDefinition,
     SagaOrchestrator,
@@ -63,3 +65,28 @@ async def check_saga_state_and_its_messages_commit_together(url: str) -> None:
 @pytest.mark.asyncio
 async def test_saga_state_and_messages_commit_together_on_sqlite(tmp_path: Path) -> None:
     await check_saga_state_and_its_messages_commit_together(f"sqlite:///{tmp_path / 's.db'}")
+
+
+@pytest.mark.asyncio
+async def test_transactional_publish_without_an_outbox_is_refused(tmp_path: Path) -> None:
+    """transactional_publish=True publishes at once, trusting an outbox to hold the
+    message until the saga's change commits; without one the command would leave for
+    state that may roll back (issue #19, defect 16). Refused at construction."""
+    async def step(ctx: SagaContext) -> None:
+        await ctx.publish(ReserveStock(order_id=ctx.saga_id))
+
+    definition = SagaDefinition("refused", [Step("reserve", step, None)])
+    async with await Database.connect(f"sqlite:///{tmp_path / 's.db'}") as db:
+        outbox = Outbox(db)
+        routed = EventBus(f"memory://{uuid.uuid4()}", publish_middleware=[outbox.middleware])
+        plain = EventBus(f"memory://{uuid.uuid4()}")
+        with pytest.raises(ConfigurationError, match="no outbox"):
+            SagaOrchestrator(definition, SqlSagaStore(db), routed, transactional_publish=True)
+        with pytest.raises(ConfigurationError, match="no outbox"):
+            SagaOrchestrator(definition, MemorySagaStore(), routed, transactional_publish=True)
+        with pytest.raises(ConfigurationError, match=r"outbox\.middleware"):
+            SagaOrchestrator(definition, SqlSagaStore(db, unit_of_work=outbox.unit_of_work),
+                             plain, transactional_publish=True)
+        SagaOrchestrator(definition, SqlSagaStore(db, unit_of_work=outbox.unit_of_work),
+                         routed, transactional_publish=True)
+        SagaOrchestrator(definition, SqlSagaStore(db), plain)  # the default holds messages

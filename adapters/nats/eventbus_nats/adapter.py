@@ -10,14 +10,14 @@ Example::
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
 from nats.aio.client import Client
-from nats.errors import ConnectionClosedError, NoRespondersError, OutboundBufferLimitError
-from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
+from nats.js.api import RawStreamMsg
 from nats.js.errors import APIError, NotFoundError
 
 from eventbus.adapter import (
@@ -30,26 +30,22 @@ from eventbus.adapter import (
 )
 from eventbus.envelope import Envelope
 from eventbus.errors import (
-    BatchPublishError,
     BrokerConnectionError,
-    MessageTooLargeError,
-    PublishError,
     TopicNotFoundError,
 )
 from eventbus.group_route import ROUTE_PREFETCH, WithGroupRoute
 
-from .connection import close_quietly, decode, encode, encode_block, open_connection, wire_size
+from .codec import decode
+from .connection import close_quietly, message_limit, open_connection
 from .consumer import JetStreamSubscription
 from .group_route import GroupRoutes
+from .keeper import ConsumerKeeper
 from .provision import Provisioner, check_subject
+from .publish import CONNECTION_ERRORS, JetStreamPublisher
 from .settings import NatsSettings
-from .wire import PubAcks
+from .wire import parse_header_lines
 
 log = logging.getLogger("eventbus.nats")
-
-_CONNECTION_ERRORS = (ConnectionClosedError, NatsTimeoutError, NoRespondersError,
-                      OutboundBufferLimitError, TimeoutError, OSError)
-
 
 class NatsAdapter(Adapter):
     """NATS JetStream through nats-py: ``nats://host:4222[,host:port][?options]``.
@@ -82,6 +78,12 @@ class NatsAdapter(Adapter):
             max_message_bytes=s.max_message_bytes,
             dedupe_window=s.dedupe_window,
             reconnect=True,
+            # A message not acked within ack_wait goes to another member; members
+            # send in_progress every ack_wait / 3 while they hold it.
+            lease=True,
+            # PINGs every ping_interval; max_pings_out unanswered in a row mark the
+            # connection stale: nats-py drops it and reconnects (health() fails meanwhile).
+            half_open_bound=self.settings.half_open_bound,
         )
         self._client: Client | None = None
         self._js: JetStreamContext | None = None
@@ -90,7 +92,8 @@ class NatsAdapter(Adapter):
         self._subscriptions: set[JetStreamSubscription] = set()
         self._connect_lock = asyncio.Lock()
         self._background: set[asyncio.Task[None]] = set()
-        self._pubacks: PubAcks | None = None
+        self.publisher = JetStreamPublisher(self)
+        self.keeper = ConsumerKeeper(self)
 
     @property
     def client(self) -> Client:
@@ -126,14 +129,9 @@ class NatsAdapter(Adapter):
                     f"({type(exc).__name__}: {exc}); start nats-server with -js, or use "
                     "nats+core:// for core NATS (at-most-once)"
                 ) from exc
-            max_payload = client.max_payload
-            if max_payload and s.max_message_bytes > max_payload:
-                await close_quietly(client)
-                raise BrokerConnectionError(
-                    f"max_message_bytes={s.max_message_bytes} in {s.masked_url} is above the "
-                    f"server's max_payload of {max_payload} bytes; lower it or raise "
-                    "max_payload on the server"
-                )
+            self.capabilities = replace(
+                self.capabilities,
+                max_message_bytes=message_limit(s, client, "JetStream adapter"))
             self._client, self._js = client, js
             return js
 
@@ -179,86 +177,22 @@ class NatsAdapter(Adapter):
     # -- publishing --------------------------------------------------------------------
 
     async def publish(self, topic: str, envelopes: Sequence[Envelope]) -> None:
-        """Publish every envelope pipelined and wait for all PubAcks (gathered).
-
-        ``Nats-Msg-Id`` is the event id, so the stream drops a copy republished
-        within ``dedupe_window`` (a retried publish whose PubAck was lost).
-        """
-        messages = []
-        limit = self.capabilities.max_message_bytes
-        for envelope in envelopes:
-            block, body = encode_block(envelope, msg_id=True)
-            size = len(block) + len(body)
-            if size > limit:
-                self.check_size(topic, envelope, size)
-            messages.append((block, body))
-        if not messages:
-            return
-        js = await self._ready()
-        await self._ensure_stream(js, topic)
-        timeout = self.settings.publish_timeout
-        # Every message is in flight at once on the one connection, written as one
-        # buffer, and their PubAcks are counted into one future for the batch (not a
-        # request, a future and a timer each).
-        if self._pubacks is None or self._pubacks.client is not self.client:
-            self._pubacks = PubAcks(self.client)  # type: ignore[arg-type]
-        results: list[BaseException | None]
-        try:
-            results = await self._pubacks.publish(topic, messages, timeout)
-        except Exception as exc:  # not written at all (closed, draining, buffer full)
-            results = [exc] * len(messages)
-        failures = {i: r for i, r in enumerate(results) if r is not None}
-        if not failures:
-            return
-        if any(isinstance(e, NotFoundError | NoRespondersError) for e in failures.values()):
-            self._provisioner.forget()  # the stream may be gone: check it next time
-        if len(failures) == len(messages) and all(
-                isinstance(exc, _CONNECTION_ERRORS) for exc in failures.values()):
-            first = next(iter(failures.values()))
-            raise BrokerConnectionError(
-                f"NATS at {self.settings.masked_url} did not confirm any of {len(messages)} "
-                f"message(s) to {topic!r} within {timeout:g}s: {type(first).__name__}: {first}"
-            ) from first
-        errors = {i: self._publish_error(topic, envelopes[i], exc) for i, exc in failures.items()}
-        raise BatchPublishError(
-            f"{len(errors)} of {len(messages)} messages to NATS subject {topic!r} were not "
-            f"confirmed (indexes {sorted(errors)}); see .failures",
-            errors,
-            len(messages),
-        )
-
-    def _publish_error(self, topic: str, envelope: Envelope, exc: BaseException) -> Exception:
-        text = f"event {envelope.id} ({envelope.type}) to {topic!r}: {type(exc).__name__}: {exc}"
-        error: Exception
-        if isinstance(exc, APIError) and exc.err_code == 10054:  # over max_msg_size
-            error = MessageTooLargeError(f"the server refused {text}")
-        elif isinstance(exc, _CONNECTION_ERRORS):
-            error = BrokerConnectionError(f"NATS at {self.settings.masked_url} lost {text}")
-        else:
-            error = PublishError(f"JetStream did not confirm {text}")
-        error.__cause__ = exc
-        return error
+        """Publish every envelope pipelined and wait for all PubAcks; ``Nats-Msg-Id``
+        is :func:`~eventbus.deadletter.broker_dedupe_id` (see
+        :meth:`JetStreamPublisher.publish <eventbus_nats.publish.JetStreamPublisher.publish>`)."""
+        await self.publisher.publish(topic, envelopes)
 
     async def publish_raw(
         self, topic: str, payload: bytes, headers: Mapping[str, bytes] | None = None
     ) -> None:
-        """Store ``payload`` with no headers (poison-message tests)."""
-        js = await self._ready()
-        await self._ensure_stream(js, topic)
-        try:
-            await js.publish(topic, payload, timeout=self.settings.publish_timeout)
-        except Exception as exc:
-            raise PublishError(f"JetStream did not confirm raw bytes to {topic!r}: "
-                               f"{type(exc).__name__}: {exc}") from exc
+        """Store ``payload`` with ``headers`` as NATS headers, byte for byte."""
+        await self.publisher.publish_raw(topic, payload, headers)
 
-    async def _ensure_stream(self, js: JetStreamContext, topic: str) -> str:
-        try:
-            return await self._provisioner.ensure_stream(js, topic)
-        except (APIError, *_CONNECTION_ERRORS) as exc:
-            raise BrokerConnectionError(
-                f"cannot set up the JetStream stream of {topic!r} on NATS at "
-                f"{self.settings.masked_url}: {type(exc).__name__}: {exc}"
-            ) from exc
+    async def publish_to_group(self, topic: str, group: str,
+                               envelopes: Sequence[Envelope]) -> None:
+        """Deliver ``envelopes`` to ``group`` of ``topic`` alone, through the route
+        stream (see :mod:`eventbus_nats.group_route`)."""
+        await self.publisher.publish_to_group(topic, group, envelopes)
 
     # -- subscribing ---------------------------------------------------------------------
 
@@ -266,16 +200,19 @@ class NatsAdapter(Adapter):
         """Join ``options.group`` (a durable pull consumer, created from ``start_from``
         if new) on ``topic``'s stream; returns once the consumer exists."""
         js = await self._ready()
-        stream = await self._ensure_stream(js, topic)
+        stream = await self.publisher.ensure_stream(js, topic)
         start_from = self.settings.start_from or options.start_from
         try:
-            consumer = await self._provisioner.ensure_consumer(js, stream, options.group,
-                                                               start_from)
-        except (APIError, *_CONNECTION_ERRORS) as exc:
+            how = await self._provisioner.ensure_consumer(js, stream, options.group, start_from)
+        except (APIError, *CONNECTION_ERRORS) as exc:
             raise BrokerConnectionError(
                 f"cannot create the consumer of group {options.group!r} on stream {stream!r} "
                 f"at {self.settings.masked_url}: {type(exc).__name__}: {exc}"
             ) from exc
+        consumer = self._provisioner.consumer_name(options.group)
+        if how is not None:
+            log.debug("JetStream consumer %r of group %r on stream %r created %s", consumer,
+                      options.group, stream, how)
         subscription = JetStreamSubscription(self, topic, stream, consumer, options)
         await subscription.start()
         self._subscriptions.add(subscription)
@@ -285,14 +222,14 @@ class NatsAdapter(Adapter):
         except BaseException:
             await subscription.close()
             raise
-        return WithGroupRoute(subscription, route, topic)
+        return _GroupSubscription(subscription, route, topic)
 
     async def _subscribe_route(self, js: JetStreamContext, topic: str,
                                options: SubscribeOptions) -> JetStreamSubscription:
         """The group's member on its route (what :meth:`publish_to_group` sent it)."""
         try:
             consumer = await self._routes.ensure_consumer(js, topic, options.group)
-        except (APIError, *_CONNECTION_ERRORS) as exc:
+        except (APIError, *CONNECTION_ERRORS) as exc:
             raise BrokerConnectionError(
                 f"cannot create the route consumer of group {options.group!r} of topic "
                 f"{topic!r} on stream {self._routes.stream!r} at "
@@ -303,72 +240,9 @@ class NatsAdapter(Adapter):
         self._subscriptions.add(route)
         return route
 
-    async def publish_to_group(self, topic: str, group: str,
-                               envelopes: Sequence[Envelope]) -> None:
-        """Deliver ``envelopes`` to ``group`` of ``topic`` alone, through the route stream
-        (see :mod:`eventbus_nats.group_route`); returns once every PubAck arrived.
-
-        No ``Nats-Msg-Id``: a replayed dead letter keeps its event id, which the
-        topic's duplicate window would otherwise take for a copy.
-        """
-        check_subject(topic)
-        messages = []
-        limit = self.capabilities.max_message_bytes
-        for envelope in envelopes:
-            headers, body = encode(envelope)
-            size = wire_size(headers, body)
-            if size > limit:
-                self.check_size(topic, envelope, size)
-            messages.append((headers, body))
-        if not messages:
-            return
-        js = await self._ready()
-        try:
-            await self._routes.ensure_stream(js)
-        except (APIError, *_CONNECTION_ERRORS) as exc:
-            raise BrokerConnectionError(
-                f"cannot set up the route stream {self._routes.stream!r} on NATS at "
-                f"{self.settings.masked_url}: {type(exc).__name__}: {exc}") from exc
-        subject, timeout = self._routes.subject(topic, group), self.settings.publish_timeout
-        results = await asyncio.gather(
-            *(js.publish(subject, body, timeout=timeout, headers=headers)
-              for headers, body in messages),
-            return_exceptions=True)
-        failures = {i: r for i, r in enumerate(results) if isinstance(r, BaseException)}
-        if not failures:
-            return
-        self._routes.forget()
-        errors = {i: self._publish_error(topic, envelopes[i], exc) for i, exc in failures.items()}
-        raise BatchPublishError(
-            f"{len(errors)} of {len(messages)} messages to group {group!r} of NATS subject "
-            f"{topic!r} were not confirmed (indexes {sorted(errors)}); see .failures",
-            errors, len(messages))
-
     def forget(self, subscription: JetStreamSubscription) -> None:
         """Called by a subscription when it closes."""
         self._subscriptions.discard(subscription)
-
-    def consumer_trouble(self, subscription: JetStreamSubscription) -> None:
-        """A pull consumer answered with an error status: make sure it (and its
-        stream) still exist, re-creating them as the group started."""
-        task = asyncio.get_running_loop().create_task(self._recreate(subscription))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
-    async def _recreate(self, subscription: JetStreamSubscription) -> None:
-        self._provisioner.forget()
-        try:
-            js = await self._ready()
-            if subscription.stream == self._routes.stream:  # a group's route member
-                self._routes.forget()
-                await self._routes.ensure_consumer(js, subscription.topic,
-                                                   subscription.options.group)
-                return
-            stream = await self._provisioner.ensure_stream(js, subscription.topic)
-            await self._provisioner.ensure_consumer(js, stream, subscription.options.group,
-                                                    subscription.options.start_from)
-        except Exception as exc:
-            log.info("could not check the consumer of %s: %s", subscription.topic, exc)
 
     # -- browsing -----------------------------------------------------------------------
 
@@ -397,7 +271,7 @@ class NatsAdapter(Adapter):
             except NotFoundError:  # deleted or expired meanwhile
                 seq += 1
                 continue
-            envelope, error = decode(raw.headers, raw.data or b"")
+            envelope, error = decode(_headers_of(raw), raw.data or b"")
             message_id = f"{name}/{seq}"
             if envelope is None:
                 records.append(ReadRecord(topic, message_id, None, raw.data or b"", error))
@@ -406,3 +280,23 @@ class NatsAdapter(Adapter):
             seq += 1
         return records
 
+
+
+def _headers_of(raw: RawStreamMsg) -> dict[str, str] | None:
+    """A stored message's headers read as a delivery's are (nats-py's get_msg parses
+    them as e-mail headers, which mangles values that are not UTF-8)."""
+    if not raw.hdrs:
+        return raw.headers
+    block = base64.b64decode(raw.hdrs)
+    return parse_header_lines(block[block.find(b"\r\n") + 2:])
+
+
+class _GroupSubscription(WithGroupRoute):
+    """The topic's member and the group's route member, read as one; the backlog is
+    both consumers' (see :meth:`JetStreamSubscription.backlog`)."""
+
+    main: JetStreamSubscription
+    route: JetStreamSubscription
+
+    async def backlog(self) -> int:
+        return await self.main.backlog() + await self.route.backlog()

@@ -1,4 +1,4 @@
-"""One nats-py connection per adapter: options, fail-fast connect, safe close, codec.
+"""One nats-py connection per adapter: options, fail-fast connect, safe close.
 
 nats-py reconnects by itself after a dropped connection (forever, every
 ``reconnect_time_wait``) and re-creates its subscriptions, so neither adapter
@@ -8,64 +8,21 @@ has to; the initial connect, in contrast, fails fast with the masked URL.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
-from collections.abc import Mapping
+import time
 from typing import Any
 
+from nats import errors as nats_errors
 from nats.aio.client import Client
 
-from eventbus import codec
-from eventbus.envelope import Envelope
 from eventbus.errors import BrokerConnectionError
 
 from .settings import NatsSettings
-from .wire import FastClient, header_block
+from .wire import FastClient
 
 log = logging.getLogger("eventbus.nats")
-
-HEADER_PREFIX = codec.HTTP_PREFIX
-"""The CloudEvents NATS binding maps attributes to ``ce-`` headers, as HTTP does."""
-MSG_ID = "Nats-Msg-Id"
-_FRAMING = len("NATS/1.0\r\n\r\n")
-
-
-def wire_size(headers: Mapping[str, str], body: bytes) -> int:
-    """Bytes the server counts against ``max_payload``: the header block plus the body."""
-    size = _FRAMING + len(body)
-    for name, value in headers.items():
-        size += len(name.encode()) + len(value.encode()) + 4  # "name: value\r\n"
-    return size
-
-
-def encode(envelope: Envelope) -> tuple[dict[str, str], bytes]:
-    """Binary-mode headers and body of ``envelope`` (CloudEvents NATS binding)."""
-    return codec.encode_binary(envelope, HEADER_PREFIX)
-
-
-def encode_block(envelope: Envelope, msg_id: bool) -> tuple[bytes, bytes]:
-    """The header block (with ``Nats-Msg-Id`` if ``msg_id``) and body of ``envelope``;
-    their lengths together are what the server counts against ``max_payload``."""
-    headers, body = codec.encode_binary(envelope, HEADER_PREFIX)
-    if msg_id:
-        headers[MSG_ID] = envelope.id
-    return header_block(headers), body
-
-
-def decode(headers: dict[str, str] | None, body: bytes) -> tuple[Envelope | None, str | None]:
-    """The envelope of a message, or ``None`` and why it cannot be read.
-
-    ``headers`` is the message's own dict (nats-py builds one per message): the
-    transport header ``Nats-Msg-Id`` is removed from it in place.
-    """
-    if not headers:
-        return None, "not a binary-mode CloudEvent: the message has no headers"
-    headers.pop(MSG_ID, None)  # transport header, not an attribute
-    try:
-        return codec.decode_binary(headers, body, HEADER_PREFIX), None
-    except Exception as exc:  # DecodeError, or a value the envelope refuses
-        return None, f"{type(exc).__name__}: {exc}"
-
 
 def tls_context(settings: NatsSettings) -> ssl.SSLContext | None:
     if not settings.tls:
@@ -76,14 +33,57 @@ def tls_context(settings: NatsSettings) -> ssl.SSLContext | None:
     return context
 
 
-async def open_connection(settings: NatsSettings, what: str) -> Client:
-    """Connect (fail fast), then let nats-py reconnect forever after drops."""
+def _why(exc: BaseException, settings: NatsSettings) -> str:
+    """One phrase saying why a first connect attempt failed."""
+    if isinstance(exc, ConnectionRefusedError):
+        return f"the connection was refused ({exc.strerror or exc}): is nats-server running there?"
+    if isinstance(exc, asyncio.TimeoutError | TimeoutError):
+        return (f"the server did not answer within connect_timeout={settings.connect_timeout:g}s "
+                "(it accepts TCP but does not speak NATS, or the path drops packets)")
+    if isinstance(exc, nats_errors.AuthorizationError) or "authorization" in str(exc).lower():
+        return "the server refused the credentials (authorization violation)"
+    return f"{type(exc).__name__}: {exc}"
+
+
+async def open_connection(settings: NatsSettings, what: str) -> FastClient:
+    """Connect (fail fast: once every server failed an attempt), then let nats-py
+    reconnect forever after drops, replacing a connection that stopped answering
+    PINGs within ``settings.half_open_bound``."""
+    client = FastClient()
+    # nats-py retries the servers of a failing first connect for as long as we let
+    # it; errors seen before the connect succeeded are counted here so it ends as
+    # soon as each server has failed once, saying why.
+    first_errors: list[BaseException] = []
+    all_failed = asyncio.Event()
+    slow_reported = [0.0]
 
     async def on_error(exc: Exception) -> None:
+        if not client.is_connected and not client.closing and not connected:
+            first_errors.append(exc)
+            if len(first_errors) >= len(settings.servers):
+                all_failed.set()
+            return
+        if isinstance(exc, nats_errors.SlowConsumerError):
+            # nats-py's own queue in front of a subscription overflowed (the event loop
+            # did not run its callback for long): it dropped a message.
+            now = time.monotonic()
+            if now - slow_reported[0] > 10.0:
+                slow_reported[0] = now
+                log.warning("NATS %s at %s: nats-py dropped a message for a slow subscription "
+                            "on %r (its pending limits were reached)", what,
+                            settings.masked_url, exc.subject)
+            return
         log.debug("NATS %s at %s: %s: %s", what, settings.masked_url, type(exc).__name__, exc)
 
     async def on_disconnected() -> None:
-        log.info("NATS %s lost its connection to %s; reconnecting", what, settings.masked_url)
+        if client.closing:
+            log.debug("NATS %s closed its connection to %s", what, settings.masked_url)
+        elif client.is_closed:
+            log.warning("NATS %s: the connection to %s was closed and will not be "
+                        "re-established (%s)", what, settings.masked_url, client.last_error)
+        else:
+            log.info("NATS %s lost its connection to %s; reconnecting", what,
+                     settings.masked_url)
 
     async def on_reconnected() -> None:
         log.info("NATS %s reconnected to %s", what, settings.masked_url)
@@ -95,8 +95,8 @@ async def open_connection(settings: NatsSettings, what: str) -> Client:
         "allow_reconnect": True,
         "max_reconnect_attempts": -1,
         "reconnect_time_wait": 0.25,
-        "ping_interval": 5,
-        "max_outstanding_pings": 2,
+        "ping_interval": settings.ping_interval,
+        "max_outstanding_pings": settings.max_pings_out,
         "error_cb": on_error,
         "disconnected_cb": on_disconnected,
         "reconnected_cb": on_reconnected,
@@ -115,25 +115,53 @@ async def open_connection(settings: NatsSettings, what: str) -> Client:
     context = tls_context(settings)
     if context is not None:
         options["tls"] = context
-    client = FastClient()
+    connected = False
+    connecting = asyncio.ensure_future(client.connect(**options))
+    failed = asyncio.ensure_future(all_failed.wait())
     try:
-        # nats-py keeps trying refused servers (allow_reconnect); connect_timeout
-        # per server bounds the whole initial connect, so it fails fast.
-        await asyncio.wait_for(client.connect(**options),
-                               settings.connect_timeout * len(settings.servers) + 0.5)
-    except Exception as exc:
-        await close_quietly(client)
-        raise BrokerConnectionError(
-            f"cannot connect to NATS at {settings.masked_url} within "
-            f"{settings.connect_timeout:g}s ({type(exc).__name__}: {exc or 'timed out'}); "
-            "check that the server is reachable and the credentials are right"
-        ) from exc
-    return client
+        # A safety net above connect_timeout per server, for what the error count misses.
+        done, _ = await asyncio.wait(
+            {connecting, failed}, timeout=settings.connect_timeout * len(settings.servers) + 0.5,
+            return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        failed.cancel()
+    if connecting in done and connecting.exception() is None:
+        connected = True
+        return client
+    connecting.cancel()
+    with contextlib.suppress(BaseException):
+        await connecting
+    exc: BaseException | None = None
+    if connecting.done() and not connecting.cancelled():
+        exc = connecting.exception()
+    exc = first_errors[0] if first_errors else exc
+    await close_quietly(client)
+    why = _why(exc, settings) if exc is not None else (
+        f"no answer within {settings.connect_timeout:g}s per server")
+    servers = "" if len(settings.servers) == 1 else f" (all {len(settings.servers)} servers failed)"
+    raise BrokerConnectionError(
+        f"cannot connect to NATS at {settings.masked_url}{servers}: {why}"
+    ) from exc
+
+
+def message_limit(settings: NatsSettings, client: Client, what: str) -> int:
+    """The largest message to send: ``max_message_bytes``, lowered to the server's
+    ``max_payload`` (from its INFO at connect), which the server enforces by
+    closing the connection of a client that sends more."""
+    limit = settings.max_message_bytes
+    server = client.max_payload
+    if server and server < limit:
+        log.info("NATS %s: the server at %s takes messages of at most %d bytes (max_payload); "
+                 "max_message_bytes=%d lowered to that", what, settings.masked_url, server, limit)
+        limit = server
+    return limit
 
 
 async def close_quietly(client: Client, timeout: float = 5.0) -> None:
     """Flush and close ``client``; never hangs, never raises (even CancelledError
     raised by the client's own tasks while the server is unreachable)."""
+    if isinstance(client, FastClient):
+        client.closing = True
     if client.is_closed:
         return
     task = asyncio.current_task()

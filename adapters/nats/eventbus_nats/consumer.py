@@ -13,6 +13,11 @@
 - ``close()`` stops asking, waits for its open requests to expire (at most
   ``fetch_timeout``) so no message is left on an inbox nobody reads, then naks
   everything it holds and not settled: it comes back at once to another member.
+- A live consumer answers every expired pull request (a 408 status); when
+  requests go unanswered for ``_SILENCE`` seconds, and every ``_LOOK_EVERY``
+  seconds anyway, the member has the :class:`~eventbus_nats.keeper.ConsumerKeeper`
+  look at the consumer: its position is noted, and a consumer found gone is
+  created again where the group was.
 """
 
 from __future__ import annotations
@@ -28,13 +33,13 @@ from typing import TYPE_CHECKING, Any
 
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription as NatsSub
-from nats.errors import Error as NatsError
 
 from eventbus.adapter import Delivery, SubscribeOptions, Subscription
 from eventbus.errors import ConnectionLostError
 
-from .connection import decode
-from .wire import FastClient, pub
+from .carry import carry_over, delivered_before
+from .codec import decode, raw_headers
+from .wire import FastClient, ack_command, ack_facts
 
 if TYPE_CHECKING:
     from .adapter import NatsAdapter
@@ -44,25 +49,7 @@ log = logging.getLogger("eventbus.nats")
 _STATUS = "Status"
 _HEARTBEAT = "100"
 _GRACE = 0.25  # seconds after a request's expiry for its last messages to arrive
-
-
-def _ack_facts(msg: Msg) -> tuple[int, str]:
-    """The delivery count and stream sequence from the ack subject, read directly
-    (``$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>...``, or with domain and
-    account hash first): nats-py's full metadata parse costs more than the rest."""
-    tokens = (msg.reply or "").split(".")
-    if len(tokens) == 9:
-        return int(tokens[4]) or 1, tokens[5]
-    if len(tokens) >= 11:
-        return int(tokens[6]) or 1, tokens[7]
-    meta = msg.metadata
-    return meta.num_delivered or 1, str(meta.sequence.stream)
-
-
-def _ack_command(reply: str) -> bytes:
-    if not reply:
-        raise NatsError("the message has no reply subject to acknowledge on")
-    return pub(reply, "", b"+ACK")
+_LOOK_EVERY = 10.0  # seconds between looks at the consumer (its position, its existence)
 
 
 class JetStreamDelivery(Delivery):
@@ -72,15 +59,16 @@ class JetStreamDelivery(Delivery):
 
     def __init__(self, owner: JetStreamSubscription, msg: Msg) -> None:
         envelope, error = decode(msg.headers, msg.data)
-        delivered, sequence = _ack_facts(msg)
+        delivered, sequence = ack_facts(msg)
         super().__init__(
             topic=owner.topic,
             group=owner.options.group,
             envelope=envelope,
-            attempt=delivered,
+            attempt=delivered + delivered_before(msg.headers),
             message_id=f"{owner.stream}/{sequence}",
             raw=None if envelope is not None else msg.data,
             decode_error=error,
+            raw_headers=None if envelope is not None else raw_headers(msg.headers),
         )
         self._owner = owner
         self._msg = msg
@@ -95,7 +83,7 @@ class JetStreamDelivery(Delivery):
     async def _ack(self) -> None:
         # +ACK written straight into the connection's buffer (what Msg.ack does,
         # without its subject validation and command formatting per message).
-        await self._answer(self._owner.client.write([_ack_command(self._msg.reply)], 1, 4),
+        await self._answer(self._owner.client.write([ack_command(self._msg.reply)], 1, 4),
                            "ack")
 
     async def _nack(self, delay: float) -> None:
@@ -140,6 +128,16 @@ class JetStreamSubscription(Subscription):
         self._inbox_sub: NatsSub | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._last_problem = 0.0
+        self.is_route = stream == adapter._routes.stream
+        # Since when a pull request is out with no answer of any kind after it.
+        self._waiting_since: float | None = None
+        self._silence = max(2.0, 2 * (adapter.settings.fetch_timeout + _GRACE))
+        self._looked_at = time.monotonic()
+        self._looking: asyncio.Task[None] | None = None
+        # Messages at their last delivery, being carried over (see eventbus_nats.carry).
+        self._max_deliver = adapter.settings.max_deliver
+        self._carrying: deque[list[Any]] = deque()  # [msg, last kept alive]
+        self._carrier: asyncio.Task[None] | None = None
 
     @property
     def client(self) -> FastClient:
@@ -158,6 +156,7 @@ class JetStreamSubscription(Subscription):
 
     async def _on_msg(self, msg: Msg) -> None:
         self._answered.set()
+        self._waiting_since = None
         headers = msg.headers
         status = headers.get(_STATUS) if headers and not msg.data else None
         if headers and status is not None:
@@ -168,7 +167,7 @@ class JetStreamSubscription(Subscription):
             if self._requests:
                 self._requests.popleft()
             if status not in ("404", "408"):
-                self._problem(f"status {status} {headers.get('Description', '')}")
+                self._problem(f"status {status} {headers.get('Description', '')}".strip())
             self._changed.set()
             return
         if self._requests:
@@ -178,6 +177,11 @@ class JetStreamSubscription(Subscription):
                 self._requests.popleft()
         if self._closed:
             await self._give_back(msg)
+            return
+        if self._max_deliver > 0 and ack_facts(msg)[0] >= self._max_deliver:
+            self._carrying.append([msg, time.monotonic()])
+            if self._carrier is None or self._carrier.done():
+                self._carrier = asyncio.create_task(carry_over(self))
             return
         self._ready.append([msg, time.monotonic()])
         self._arrived.set()
@@ -189,7 +193,37 @@ class JetStreamSubscription(Subscription):
             self._last_problem = now
             log.info("pull consumer %s/%s of topic %r: %s", self.stream, self.consumer,
                      self.topic, what)
-            self.adapter.consumer_trouble(self)
+            self.adapter.keeper.check_soon(self, what)
+
+    def _look_if_due(self) -> None:
+        """Have the keeper look at the consumer when pulls go unanswered, or regularly."""
+        if self._looking is not None and not self._looking.done():
+            return
+        now = time.monotonic()
+        waiting = self._waiting_since
+        if waiting is not None and now - waiting > self._silence:
+            why = f"no answer to its pull requests for {now - waiting:.1f}s"
+        elif now - self._looked_at > _LOOK_EVERY:
+            why = "a regular look"
+        else:
+            return
+        if not self.adapter.client.is_connected:
+            return
+        self._looked_at = now
+        self._looking = asyncio.create_task(self._look(why))
+
+    async def _look(self, why: str) -> None:
+        if await self.adapter.keeper.check(self, why):
+            # Requests sent to the consumer that was gone are never answered.
+            self._requests.clear()
+            self._waiting_since = None
+            self._changed.set()
+
+    async def backlog(self) -> int:
+        """Messages of the stream the group has not been sent yet (``num_pending`` of
+        the consumer's info); see :meth:`ConsumerKeeper.info` for what it raises."""
+        info = await self.adapter.keeper.info(self)
+        return info.num_pending or 0
 
     # -- asking for messages ----------------------------------------------------------
 
@@ -205,6 +239,7 @@ class JetStreamSubscription(Subscription):
         low_water = max(1, self.prefetch // 4)
         while not self._closed:
             self._changed.clear()
+            self._look_if_due()
             credit = self._credit()
             room = self.prefetch - len(self._held) - len(self._ready) - credit
             if (room >= low_water or (room > 0 and credit == 0)) and nc.is_connected:
@@ -212,7 +247,10 @@ class JetStreamSubscription(Subscription):
                 try:
                     await nc.publish(self._next_subject, json.dumps(request).encode(),
                                      reply=self._inbox)
-                    self._requests.append([time.monotonic() + expires, room])
+                    now = time.monotonic()
+                    self._requests.append([now + expires, room])
+                    if self._waiting_since is None:
+                        self._waiting_since = now
                     continue
                 except Exception as exc:  # reconnecting: ask again shortly
                     log.debug("pull request for %s failed: %s", self.topic, exc)
@@ -233,6 +271,7 @@ class JetStreamSubscription(Subscription):
             waiting = [entry for entry in self._ready if entry[1] <= now - every]
             msgs = [entry[0] for entry in waiting]
             msgs += [d._msg for d in self._held if d.handed_at <= now - every]
+            msgs += [entry[0] for entry in self._carrying]
             try:
                 for msg in msgs:
                     await msg.in_progress()
@@ -302,14 +341,20 @@ class JetStreamSubscription(Subscription):
             self._answered.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._answered.wait(), 0.05)
-        for task in self._tasks:
+        tasks = [*self._tasks, *(t for t in (self._looking, self._carrier) if t is not None)]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         if self._inbox_sub is not None:
             with contextlib.suppress(Exception):
                 await self._inbox_sub.unsubscribe()
         while self._ready:
             await self._give_back(self._ready.popleft()[0])
+        if self._carrying:
+            log.error("%d message(s) of %r group %r at their last delivery (max_deliver=%d) "
+                      "could not be carried over before the subscription closed: the server "
+                      "will not deliver them again (raise max_deliver, or leave it unlimited)",
+                      len(self._carrying), self.topic, self.options.group, self._max_deliver)
         for delivery in list(self._held):
             if delivery.settled is None:
                 with contextlib.suppress(Exception):

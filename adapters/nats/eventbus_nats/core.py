@@ -11,32 +11,30 @@ so and the conformance suite skips those cases with the reason. Use
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
-from collections import deque
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
 
 from nats.aio.client import Client
-from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription as NatsSub
-from nats.errors import MaxPayloadError
 
 from eventbus.adapter import (
     Adapter,
     Capabilities,
-    Delivery,
     HealthReport,
+    ReadRecord,
     SubscribeOptions,
     Subscription,
 )
 from eventbus.envelope import Envelope
-from eventbus.errors import BrokerConnectionError, ConnectionLostError
+from eventbus.errors import BrokerConnectionError, MessageTooLargeError, TopicNotFoundError
 
-from .connection import close_quietly, decode, encode_block, open_connection
+from .codec import check_raw_size, encode_block, raw_block
+from .connection import close_quietly, message_limit, open_connection
+from .core_consumer import CoreSubscription
 from .provision import check_subject
 from .settings import NatsSettings
-from .wire import hpub, pub
+from .wire import hpub
 
 log = logging.getLogger("eventbus.nats")
 
@@ -44,116 +42,6 @@ log = logging.getLogger("eventbus.nats")
 def _whole(seconds: float) -> int:
     """nats-py's flush() takes whole seconds."""
     return max(1, math.ceil(seconds))
-
-
-class CoreDelivery(Delivery):
-    """A core NATS message: there is nothing to tell the server when it is settled."""
-
-    __slots__ = ("_msg", "_owner")
-
-    def __init__(self, owner: CoreSubscription, msg: Msg, number: int, attempt: int) -> None:
-        envelope, error = decode(msg.headers, msg.data)
-        super().__init__(topic=owner.topic, group=owner.options.group, envelope=envelope,
-                         attempt=attempt, message_id=f"{owner.topic}/{number}",
-                         raw=None if envelope is not None else msg.data, decode_error=error)
-        self._owner = owner
-        self._msg = msg
-
-    async def _ack(self) -> None:
-        self._owner.release()
-
-    async def _nack(self, delay: float) -> None:
-        # The server cannot redeliver (capabilities.redelivery is False, so the bus
-        # retries in process and dead-letters rather than nacking). A nack that still
-        # comes (a duplicate held back by the idempotency store) is redelivered by
-        # this subscription after ``delay``: kept in memory, lost if the process ends.
-        self._owner.release()
-        self._owner.redeliver_later(self._msg, self.attempt + 1, delay)
-
-    async def _reject(self) -> None:
-        self._owner.release()
-
-
-class CoreSubscription(Subscription):
-    """A queue-group subscription; at most ``prefetch`` deliveries unsettled."""
-
-    def __init__(self, adapter: NatsCoreAdapter, topic: str, options: SubscribeOptions) -> None:
-        self.adapter = adapter
-        self.topic = topic
-        self.options = options
-        self.prefetch = max(1, options.prefetch)
-        self._ready: deque[tuple[Msg, int]] = deque()
-        self._timers: set[asyncio.TimerHandle] = set()
-        self._unsettled = 0
-        self._count = 0
-        self._wake = asyncio.Event()
-        self._closed = False
-        self._sub: NatsSub | None = None
-
-    async def start(self) -> None:
-        client = self.adapter.client
-        self._sub = await client.subscribe(self.topic, queue=self.options.group, cb=self._on_msg)
-        # The server knows of the subscription once it answered a PING sent after it.
-        await client.flush(_whole(self.adapter.settings.request_timeout))
-
-    async def _on_msg(self, msg: Msg) -> None:
-        if not self._closed:
-            self._ready.append((msg, 1))
-            self._wake.set()
-
-    def redeliver_later(self, msg: Msg, attempt: int, delay: float) -> None:
-        """Hand ``msg`` out again after ``delay`` seconds (local, in-memory redelivery)."""
-        def due() -> None:
-            self._timers.discard(handle)
-            if not self._closed:
-                self._ready.append((msg, attempt))
-                self._wake.set()
-
-        handle = asyncio.get_running_loop().call_later(delay, due)
-        self._timers.add(handle)
-
-    def release(self) -> None:
-        self._unsettled -= 1
-        self._wake.set()
-
-    async def __aiter__(self) -> AsyncIterator[Delivery]:
-        while not self._closed:
-            if self._ready and self._unsettled < self.prefetch:
-                self._count += 1
-                self._unsettled += 1
-                msg, attempt = self._ready.popleft()
-                yield CoreDelivery(self, msg, self._count, attempt)
-                continue
-            if self.adapter.client.is_closed:
-                raise ConnectionLostError(
-                    f"core NATS subscription to {self.topic!r} lost its connection to "
-                    f"{self.adapter.settings.masked_url}")
-            self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(1.0):  # no task per wait (wait_for makes one)
-                    await self._wake.wait()
-
-    async def close(self) -> None:
-        """Unsubscribe; messages received and not handed out are dropped (at-most-once)."""
-        if self._closed:
-            return
-        self._closed = True
-        self._wake.set()
-        for handle in self._timers:
-            handle.cancel()
-        if self._timers:
-            log.info("core NATS subscription to %r closed with %d nacked message(s) waiting "
-                     "for local redelivery; they are dropped (at-most-once)", self.topic,
-                     len(self._timers))
-        self._timers.clear()
-        if self._sub is not None:
-            with contextlib.suppress(Exception):
-                await self._sub.unsubscribe()
-        if self._ready:
-            log.info("core NATS subscription to %r closed with %d message(s) not handed "
-                     "out; they are dropped (at-most-once)", self.topic, len(self._ready))
-        self._ready.clear()
-        self.adapter.forget(self)
 
 
 class NatsCoreAdapter(Adapter):
@@ -183,6 +71,9 @@ class NatsCoreAdapter(Adapter):
             max_message_bytes=self.settings.max_message_bytes,
             dedupe_window=None,
             reconnect=True,
+            # PINGs every ping_interval; max_pings_out unanswered in a row mark the
+            # connection stale: nats-py drops it and reconnects (health() fails meanwhile).
+            half_open_bound=self.settings.half_open_bound,
         )
         self._client: Client | None = None
         self._subscriptions: set[CoreSubscription] = set()
@@ -206,7 +97,11 @@ class NatsCoreAdapter(Adapter):
             return self._client
         async with self._lock:
             if self._client is None:
-                self._client = await open_connection(self.settings, "core adapter")
+                client = await open_connection(self.settings, "core adapter")
+                self.capabilities = replace(
+                    self.capabilities,
+                    max_message_bytes=message_limit(self.settings, client, "core adapter"))
+                self._client = client
             return self._client
 
     async def close(self) -> None:
@@ -227,8 +122,13 @@ class NatsCoreAdapter(Adapter):
             await client.flush(1)  # a PING answered within a second
         except Exception as exc:
             return HealthReport(False, f"NATS at {s.masked_url}: {type(exc).__name__}: {exc}")
-        return HealthReport(True, f"NATS at {s.masked_url} answered a PING",
-                            {"mode": "core (at-most-once)"})
+        subscriptions = list(self._subscriptions)
+        return HealthReport(True, f"NATS at {s.masked_url} answered a PING", {
+            "mode": "core (at-most-once)",
+            # Waiting for slow handlers, and dropped past pending_msgs/pending_bytes.
+            "buffered_bytes": str(sum(sub.buffered_bytes for sub in subscriptions)),
+            "dropped": str(sum(sub.dropped for sub in subscriptions)),
+        })
 
     async def publish(self, topic: str, envelopes: Sequence[Envelope]) -> None:
         """Write every message, then one PING/PONG: the server has read them all.
@@ -237,11 +137,12 @@ class NatsCoreAdapter(Adapter):
         server, which forwards them to whoever is subscribed now.
         """
         check_subject(topic)
+        client = await self._ready()  # the server's max_payload is learnt at connect
         limit = self.capabilities.max_message_bytes
         commands = []
         size = largest = 0
         for envelope in envelopes:
-            block, body = encode_block(envelope, msg_id=False)
+            block, body = encode_block(envelope, None)
             length = len(block) + len(body)
             if length > limit:
                 self.check_size(topic, envelope, length)
@@ -250,16 +151,19 @@ class NatsCoreAdapter(Adapter):
             largest = max(largest, length)
         if not commands:
             return
-        client = await self._ready()
         await self._send(client, topic, commands, size, largest)
 
     async def _send(self, client: Client, topic: str, commands: list[bytes], size: int,
                     largest: int) -> None:
         # One buffer for the whole batch, then one PING/PONG.
+        if client.max_payload and largest > client.max_payload:
+            # The server would drop the connection for it (a server reached after a
+            # reconnect may take less than the one of the first connect).
+            raise MessageTooLargeError(
+                f"a message of {largest} bytes to {topic!r} is over the {client.max_payload}-"
+                f"byte max_payload of the NATS server at {self.settings.masked_url}; nothing "
+                "was sent. Keep events small: reference large data by id or URL.")
         try:
-            if client.max_payload and largest > client.max_payload:
-                # The server would drop the connection for it: refuse the batch here.
-                raise MaxPayloadError
             await client.write(commands, len(commands), size)  # type: ignore[attr-defined]
             await client.flush(_whole(self.settings.publish_timeout))
         except Exception as exc:
@@ -270,10 +174,22 @@ class NatsCoreAdapter(Adapter):
     async def publish_raw(
         self, topic: str, payload: bytes, headers: Mapping[str, bytes] | None = None
     ) -> None:
-        """Send ``payload`` without headers (poison-message tests)."""
+        """Send ``payload`` with ``headers`` as NATS headers, byte for byte (how a
+        foreign producer's message looks)."""
         check_subject(topic)
-        await self._send(await self._ready(), topic, [pub(topic, "", payload)], len(payload),
-                         len(payload))
+        client = await self._ready()
+        block = raw_block(topic, headers)
+        check_raw_size(topic, block, payload, self.capabilities.max_message_bytes)
+        await self._send(client, topic, [hpub(topic, "", block, payload)], len(payload),
+                         len(block) + len(payload))
+
+    async def read(self, topic: str, *, limit: int | None = None) -> list[ReadRecord]:
+        """Nothing to read: core NATS stores no message (TopicNotFoundError, always)."""
+        check_subject(topic)
+        raise TopicNotFoundError(
+            f"core NATS stores nothing, so there is no message of {topic!r} to read at "
+            f"{self.settings.masked_url} (dead letters published here reached only whoever "
+            "listened then); use nats:// (JetStream) to keep them")
 
     async def subscribe(self, topic: str, options: SubscribeOptions) -> Subscription:
         """Join queue group ``options.group`` on subject ``topic``; returns once the

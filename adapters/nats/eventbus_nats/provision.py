@@ -9,24 +9,34 @@
 - Streams keep messages by ``max_age``/``max_bytes``/``max_msgs`` (limits
   retention, oldest discarded first), on ``file`` storage by default, with
   ``duplicate_window`` = ``dedupe_window`` seconds.
+- A group's consumer found gone (deleted by an operator, or lost with a
+  ``storage=memory`` server that restarted) is created again *where the group
+  was*: after the last acknowledged stream sequence seen (its ack floor, noted
+  each time the consumer's info is read), or from the start of the stream when the
+  stream itself was re-created (its creation time changed). Only a group never
+  seen before starts from ``start_from``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime
 import re
+from dataclasses import dataclass
 
 from nats.js import JetStreamContext
 from nats.js.api import (
     AckPolicy,
     ConsumerConfig,
+    ConsumerInfo,
     DeliverPolicy,
     DiscardPolicy,
     RetentionPolicy,
     StorageType,
     StreamConfig,
+    StreamInfo,
 )
-from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.errors import APIError, BadRequestError, NotFoundError
 
 from eventbus.errors import ConfigurationError
 
@@ -52,13 +62,33 @@ def check_subject(topic: str) -> str:
     return topic
 
 
+@dataclass(frozen=True, slots=True)
+class StreamFacts:
+    """What the adapter keeps of a stream: its size limit (-1: none), checked before
+    sending, and its creation time, which tells a re-created stream apart."""
+
+    max_msg_size: int
+    created: datetime.datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class Floor:
+    """A group's position: every message up to stream sequence ``seq`` is settled,
+    on the stream created at ``created``."""
+
+    seq: int
+    created: datetime.datetime | None
+
+
 class Provisioner:
     """Creates streams and consumers once per adapter (cached), never on read."""
 
     def __init__(self, settings: NatsSettings) -> None:
         self.settings = settings
-        self._streams: set[str] = set()
+        self._streams: dict[str, StreamFacts] = {}
+        self._floors: dict[tuple[str, str], Floor] = {}
         self._lock = asyncio.Lock()
+        self._consumer_locks: dict[tuple[str, str], asyncio.Lock] = {}
 
     def stream_name(self, topic: str) -> str:
         return f"{self.settings.stream_prefix}_{encode_name(topic)}"
@@ -69,6 +99,28 @@ class Provisioner:
     def forget(self) -> None:
         """Check the streams again (after a server restart lost a memory-stored one)."""
         self._streams.clear()
+
+    def max_msg_size(self, stream: str) -> int | None:
+        """The ``max_msg_size`` of ``stream`` as last seen (``None``: no limit or unknown)."""
+        facts = self._streams.get(stream)
+        return facts.max_msg_size if facts is not None and facts.max_msg_size > 0 else None
+
+    def note(self, stream: str, info: ConsumerInfo) -> None:
+        """Keep the consumer's position from its info (see :class:`Floor`).
+
+        The ack floor once something was acknowledged; before that, for a consumer
+        that has delivered nothing yet, the sequence it starts after; otherwise (all
+        it delivered is still unacknowledged) the position noted earlier stands.
+        """
+        acked, delivered = info.ack_floor, info.delivered
+        if acked is not None and acked.consumer_seq:
+            seq = acked.stream_seq
+        elif delivered is not None and not delivered.consumer_seq:
+            seq = delivered.stream_seq
+        else:
+            return
+        facts = self._streams.get(stream)
+        self._floors[(stream, info.name)] = Floor(seq, facts.created if facts else None)
 
     async def ensure_stream(self, js: JetStreamContext, topic: str) -> str:
         """The stream of ``topic``, created with the configured limits if missing."""
@@ -81,7 +133,7 @@ class Provisioner:
             if name in self._streams:
                 return name
             try:
-                await js.stream_info(name)
+                info = await js.stream_info(name)
             except NotFoundError:
                 if not s.create_streams:
                     raise ConfigurationError(
@@ -89,7 +141,7 @@ class Provisioner:
                         "create_streams=false; create it (subject "
                         f"{subject!r}) or allow the adapter to"
                     ) from None
-                await self._add_stream(js, name, StreamConfig(
+                info = await self._add_stream(js, name, StreamConfig(
                     name=name,
                     subjects=[subject],
                     retention=RetentionPolicy.LIMITS,
@@ -102,20 +154,23 @@ class Provisioner:
                     max_msg_size=s.max_message_bytes,
                     duplicate_window=s.dedupe_window,
                 ))
-            self._streams.add(name)
+            self._streams[name] = StreamFacts(info.config.max_msg_size or -1, info.created)
         return name
 
-    async def _add_stream(self, js: JetStreamContext, name: str, config: StreamConfig) -> None:
+    async def _add_stream(self, js: JetStreamContext, name: str,
+                          config: StreamConfig) -> StreamInfo:
+        """Create the stream (or take the one created meanwhile by another process)."""
         try:
-            await js.add_stream(config)
+            info = await js.add_stream(config)
         except BadRequestError as refused:
             # Another process (or connection) created the stream between our lookup and
             # our create: the server then refuses ours ("subjects overlap with an
             # existing stream" / "name already in use"). Theirs is the one to use.
             try:
-                await js.stream_info(name)
+                info = await js.stream_info(name)
             except NotFoundError:
                 raise refused from None  # no such stream after all: the refusal stands
+        return info
 
     def consumer_config(self, group: str, start_from: str) -> ConsumerConfig:
         s = self.settings
@@ -133,12 +188,49 @@ class Provisioner:
         )
 
     async def ensure_consumer(self, js: JetStreamContext, stream: str, group: str,
-                              start_from: str) -> str:
-        """The durable consumer of ``group`` on ``stream``; created if new (an existing
-        one keeps its position: ``start_from`` only applies to a new group)."""
+                              start_from: str) -> str | None:
+        """Make sure the durable consumer of ``group`` on ``stream`` exists; returns
+        ``None`` when it did, else how it was created (for the log).
+
+        A new group starts from ``start_from``; a group whose consumer is gone but
+        whose position was seen resumes there (see :class:`Floor`), so nothing
+        published meanwhile is skipped. Members (and processes) creating it at once
+        end up with one consumer.
+        """
         name = self.consumer_name(group)
-        try:
-            await js.consumer_info(stream, name)
-        except NotFoundError:
-            await js.add_consumer(stream, self.consumer_config(group, start_from))
-        return name
+        lock = self._consumer_locks.setdefault((stream, name), asyncio.Lock())
+        async with lock:
+            try:
+                self.note(stream, await js.consumer_info(stream, name))
+                return None
+            except NotFoundError:
+                pass
+            config, how = self._config_at_floor(stream, group, start_from)
+            try:
+                info = await js.add_consumer(stream, config)
+            except APIError as refused:
+                # Another member created it first, from where it saw the group (a
+                # different start sequence is refused as a config change): take theirs.
+                try:
+                    info = await js.consumer_info(stream, name)
+                except NotFoundError:
+                    raise refused from None
+                how = "by another member meanwhile"
+            self.note(stream, info)
+            return how
+
+    def _config_at_floor(self, stream: str, group: str,
+                         start_from: str) -> tuple[ConsumerConfig, str]:
+        config = self.consumer_config(group, start_from)
+        floor = self._floors.get((stream, config.durable_name or ""))
+        if floor is None:
+            return config, f"as a new group (start_from={start_from})"
+        facts = self._streams.get(stream)
+        created = facts.created if facts is not None else None
+        if floor.created is not None and created is not None and floor.created != created:
+            config.deliver_policy = DeliverPolicy.ALL
+            return config, ("from the start of the stream, which was re-created since the "
+                            "group was last seen (storage lost on a restart?)")
+        config.deliver_policy = DeliverPolicy.BY_START_SEQUENCE
+        config.opt_start_seq = floor.seq + 1
+        return config, f"from stream sequence {floor.seq + 1}, after the last one acknowledged"

@@ -65,6 +65,13 @@ class NatsSettings:
     request_timeout: float = 10.0
     publish_timeout: float = 10.0
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    # A connection that stopped answering (half-open) is noticed when max_pings_out
+    # PINGs in a row went unanswered: within ping_interval * (max_pings_out + 1).
+    ping_interval: float = 2.0
+    max_pings_out: int = 2
+    # Core only: what a subscription buffers for a slow handler before dropping.
+    pending_msgs: int = 65_536
+    pending_bytes: int = 64 * 1024 * 1024
     # JetStream only.
     stream_prefix: str = "EB"
     storage: Storage = "file"
@@ -83,6 +90,11 @@ class NatsSettings:
     def jetstream(self) -> bool:
         """``nats://`` (JetStream) rather than ``nats+core://``."""
         return self.scheme == "nats"
+
+    @property
+    def half_open_bound(self) -> float:
+        """Seconds within which a connection that went silent is noticed (and replaced)."""
+        return self.ping_interval * (self.max_pings_out + 1)
 
     @property
     def masked_url(self) -> str:
@@ -131,6 +143,12 @@ def _check(values: dict[str, Any], seen: set[str], shown: str) -> None:
             f"option(s) {sorted(jetstream_only)} in {shown!r} apply to JetStream only; "
             "core NATS (nats+core://) stores nothing: use nats:// or drop them"
         )
+    core_only = seen & _CORE_ONLY
+    if values["scheme"] == "nats" and core_only:
+        raise InvalidURLError(
+            f"option(s) {sorted(core_only)} in {shown!r} apply to core NATS only; a "
+            "JetStream subscription holds at most its prefetch: use nats+core:// or drop them"
+        )
     if (values.get("tls_cert") is None) != (values.get("tls_key") is None):
         raise InvalidURLError(f"tls_cert and tls_key must be given together in {shown!r}")
     if any(values.get(k) for k in ("tls_ca", "tls_cert")):
@@ -143,9 +161,10 @@ def _check(values: dict[str, Any], seen: set[str], shown: str) -> None:
             "ack_wait/3 while a handler runs"
         )
     max_deliver = values.get("max_deliver", -1)
-    if max_deliver == 0 or max_deliver < -1:
+    if max_deliver in (0, 1) or max_deliver < -1:
         raise InvalidURLError(
-            f"max_deliver must be -1 (unlimited, the default) or at least 1 in {shown!r}"
+            f"max_deliver must be -1 (unlimited, the default) or at least 2 in {shown!r}: "
+            "a message reaching its last delivery is carried over to a fresh copy first"
         )
 
 
@@ -185,6 +204,10 @@ _OPTIONS: dict[str, OptionParser] = {
     "request_timeout": seconds(),
     "publish_timeout": seconds(),
     "max_message_bytes": integer(1),
+    "ping_interval": seconds(),
+    "max_pings_out": integer(1),
+    "pending_msgs": integer(1),
+    "pending_bytes": integer(1),
     "stream_prefix": pattern(r"[A-Za-z0-9_-]{1,32}", "use 1-32 letters, digits, '_' or '-'"),
     "storage": choice("file", "memory"),
     "replicas": integer(1),
@@ -200,6 +223,7 @@ _OPTIONS: dict[str, OptionParser] = {
     "start_from": choice("earliest", "latest"),
     "create_streams": flag,
 }
+_CORE_ONLY = {"pending_msgs", "pending_bytes"}
 _JETSTREAM_ONLY = {"stream_prefix", "storage", "replicas", "max_age", "max_bytes", "max_msgs",
                    "dedupe_window", "ack_wait", "max_deliver", "fetch_timeout", "start_from",
                    "create_streams"}

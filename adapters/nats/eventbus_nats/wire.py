@@ -72,17 +72,53 @@ def _parse_header_lines(raw: bytes) -> dict[str, str]:
         pairs = _LINE.findall(text)
         if len(pairs) == text.count("\r\n") - 1:
             return dict(pairs)
-    return _SLOW_PARSE(raw)
+    return _parse_lines(raw)
 
 
+def _parse_lines(raw: bytes) -> dict[str, str]:
+    """nats-py's line-by-line parser, but a value that is not UTF-8 keeps its bytes
+    (``surrogateescape``) where nats-py replaces them: a foreign binary header is
+    then ignored by the codec and kept intact in an undecodable message's dead
+    letter (``value.encode("utf-8", "surrogateescape")`` gives the bytes back)."""
+    out: dict[str, str] = {}
+    for line in raw.split(b"\r\n"):
+        name, sep, value = line.partition(b":")
+        if not sep:
+            continue
+        try:
+            key = name.strip().decode("ascii")
+        except UnicodeDecodeError:
+            continue  # not a header name (nats-py skips it too)
+        if _SPACE.search(key):
+            continue
+        out[key] = value.strip().decode("utf-8", "surrogateescape")
+    return out
+
+
+parse_header_lines = _parse_header_lines
+"""Public name of the parser (the adapter reads stored messages' headers with it)."""
 _LINE = re.compile(r"^([^\s:]+): ((?:\S(?:[^\r\n]*\S)?)?)\r\n", re.MULTILINE)
-_SLOW_PARSE = Client._parse_header_lines
 
 
 class FastClient(Client):
     """nats-py's ``Client`` with bulk writes and a cheaper header parser."""
 
     _parse_header_lines = staticmethod(_parse_header_lines)
+    closing = False
+    """Set by :func:`~eventbus_nats.connection.close_quietly`: a disconnect is ours."""
+
+    async def _process_pong(self) -> None:
+        # Each PONG answers the oldest PING. nats-py resolves that PING's future even
+        # when its flush() gave up waiting and cancelled it (a health check on a
+        # silent path): InvalidStateError kills the read loop, and the connection
+        # then reads nothing until the stale-connection check replaces it. A late
+        # PONG is consumed by the PING it answers and resolves nothing.
+        if self._pongs:
+            future = self._pongs.pop(0)
+            if not future.done():
+                future.set_result(True)
+            self._pongs_received += 1
+            self._pings_outstanding = 0
 
     async def write(self, commands: Sequence[bytes], count: int, size: int) -> None:
         """Queue ``commands`` (whole ``PUB``/``HPUB`` lines, ``count`` messages,
@@ -113,6 +149,27 @@ def hpub(subject: str, reply: str, block: bytes, payload: bytes) -> bytes:
 def pub(subject: str, reply: str, payload: bytes) -> bytes:
     """One ``PUB`` command (no headers)."""
     return f"PUB {subject} {reply} {len(payload)}\r\n".encode() + payload + b"\r\n"
+
+
+def ack_facts(msg: Msg) -> tuple[int, str]:
+    """The delivery count and stream sequence from the ack subject, read directly
+    (``$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>...``, or with domain and
+    account hash first): nats-py's full metadata parse costs more than the rest."""
+    tokens = (msg.reply or "").split(".")
+    if len(tokens) == 9:
+        return int(tokens[4]) or 1, tokens[5]
+    if len(tokens) >= 11:
+        return int(tokens[6]) or 1, tokens[7]
+    meta = msg.metadata
+    return meta.num_delivered or 1, str(meta.sequence.stream)
+
+
+def ack_command(reply: str) -> bytes:
+    """The ``+ACK`` of a JetStream message whose ack subject is ``reply`` (what
+    ``Msg.ack`` sends, without its subject validation and formatting per message)."""
+    if not reply:
+        raise nats_errors.Error("the message has no reply subject to acknowledge on")
+    return pub(reply, "", b"+ACK")
 
 
 _PENDING = nats_errors.TimeoutError()  # no PubAck (yet): what a message ends with if none comes

@@ -6,7 +6,8 @@
 See ``docs/adapters/redis.md`` for the options and the guarantees.
 """
 
-from .adapter import RedisAdapter, RedisPubSubAdapter, RedisStreamsAdapter
+from .adapter import RedisPubSubAdapter, RedisStreamsAdapter
+from .base import RedisAdapter
 from .idempotency import RedisIdempotencyStore
 from .settings import RedisSettings
 

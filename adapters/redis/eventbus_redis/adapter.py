@@ -9,211 +9,35 @@ Example::
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import hiredis
-from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
-from redis.asyncio.connection import Connection, SSLConnection
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from eventbus.adapter import (
-    Adapter,
-    Capabilities,
-    HealthReport,
-    ReadRecord,
-    SubscribeOptions,
-    Subscription,
-)
+from eventbus.adapter import Capabilities, ReadRecord, SubscribeOptions, Subscription
 from eventbus.envelope import Envelope
 from eventbus.errors import (
-    BatchPublishError,
     BrokerConnectionError,
-    PublishError,
+    MessageTooLargeError,
     TopicNotFoundError,
+    UnsupportedOperationError,
 )
 
 from . import bulk
-from .codec import BODY_FIELD, decode_fields, encode_args, encode_fields, encode_message
+from .base import RedisAdapter
+from .client import CONNECTION_ERRORS
+from .codec import (
+    decode_fields,
+    encode_args,
+    encode_fields,
+    encode_message,
+    fields_size,
+    raw_fields,
+)
 from .group_route import route_key, subscribe_with_route
 from .members import member_channel, refuse_second_member
-from .pipeline import Batcher, Command
+from .pipeline import Command
 from .pubsub import PubSubSubscription
-from .settings import RedisSettings
-
-log = logging.getLogger("eventbus.redis")
-
-CONNECTION_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError)
-_SIMPLE = frozenset((str, bytes, int))
-
-
-class _HiredisPacking:
-    """Packs commands with hiredis's C packer: an XADD of a CloudEvent has some 20
-    arguments, and redis-py's pure-Python packer cost more than everything else the
-    adapter does per message. Anything but str/bytes/int goes the usual way."""
-
-    def pack_command(self, *args: Any) -> list[bytes]:
-        if _SIMPLE.issuperset(map(type, args)):
-            first = args[0]
-            space = " " if isinstance(first, str) else b" "
-            if space in first:  # "XGROUP CREATE": the command name is two words
-                args = (*first.split(), *args[1:])
-            return [hiredis.pack_command(args)]
-        return super().pack_command(*args)  # type: ignore[misc, no-any-return]
-
-
-class _FastConnection(_HiredisPacking, Connection):
-    pass
-
-
-class _FastSSLConnection(_HiredisPacking, SSLConnection):
-    pass
-
-
-class RedisAdapter(Adapter):
-    """What both Redis modes share: the client, connecting, health, pipelined sending."""
-
-    def __init__(self, url: str) -> None:
-        super().__init__(url)
-        self.settings = RedisSettings.from_url(url)
-        self._client: Redis | None = None
-        self._batcher: Batcher | None = None
-        self._subscriptions: set[Any] = set()
-        self.instance = uuid.uuid4().hex[:8]
-
-    def new_client(self) -> Redis:
-        """A client with this URL's settings; connection errors are retried with backoff
-        (about 6 s in all) so a dropped connection or a short restart is ridden out."""
-        s = self.settings
-        options: dict[str, Any] = {
-            "host": s.host,
-            "port": s.port,
-            "db": s.db,
-            "username": s.username,
-            "password": s.password,
-            "socket_connect_timeout": s.connect_timeout,
-            "socket_timeout": max(s.socket_timeout, s.block_ms / 1000 + 5.0),
-            "retry": Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=10),
-            "retry_on_error": [RedisConnectionError, RedisTimeoutError, ConnectionResetError],
-            "client_name": s.client_name,
-        }
-        if s.tls:
-            options.update(ssl=True, ssl_ca_certs=s.ssl_ca_certs, ssl_certfile=s.ssl_certfile,
-                           ssl_keyfile=s.ssl_keyfile, ssl_cert_reqs=s.ssl_cert_reqs)
-        client = Redis(**options)
-        # Connections are made lazily, so the pool can still be given the faster class.
-        client.connection_pool.connection_class = (
-            _FastSSLConnection if s.tls else _FastConnection)
-        return client
-
-    @property
-    def client(self) -> Redis:
-        if self._client is None:
-            self._client = self.new_client()
-            self._batcher = Batcher(self._client)
-        return self._client
-
-    @property
-    def batcher(self) -> Batcher:
-        _ = self.client
-        assert self._batcher is not None
-        return self._batcher
-
-    async def connect(self) -> None:
-        """PING once within ``connect_timeout``; fail with the masked URL if no answer."""
-        s = self.settings
-        probe = self.new_client()
-        probe.connection_pool.connection_kwargs["retry"] = Retry(ExponentialBackoff(), 0)
-        try:
-            await asyncio.wait_for(probe.ping(), s.connect_timeout)
-        except (RedisError, *CONNECTION_ERRORS) as exc:
-            raise BrokerConnectionError(
-                f"cannot connect to Redis at {s.masked_url} within {s.connect_timeout:g}s "
-                f"({type(exc).__name__}: {exc or 'timed out'}); check that it is reachable "
-                "and that the password and TLS settings are right"
-            ) from exc
-        finally:
-            await _quiet_close(probe)
-        _ = self.client
-
-    async def close(self) -> None:
-        """Close every subscription, wait for publishes in flight, close the connections.
-
-        Reaches the end even when Redis is unreachable: each step is bounded.
-        """
-        for subscription in list(self._subscriptions):
-            try:
-                await asyncio.wait_for(subscription.close(), 10.0)
-            except Exception as exc:
-                log.warning("closing a Redis subscription failed: %s", exc)
-        self._subscriptions.clear()
-        client, batcher = self._client, self._batcher
-        self._client = self._batcher = None
-        if batcher is not None:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(batcher.drain(), 10.0)
-        if client is not None:
-            await _quiet_close(client)
-
-    def forget(self, subscription: Any) -> None:
-        """Called by a subscription when it closes."""
-        self._subscriptions.discard(subscription)
-
-    async def health(self) -> HealthReport:
-        """PING on a fresh connection (a pooled one could hide a refused reconnect)."""
-        s = self.settings
-        info = {"mode": s.mode, "server": f"{s.host}:{s.port}/{s.db}"}
-        if self._client is None:
-            return HealthReport(False, f"Redis adapter for {s.masked_url} is not connected; "
-                                "call connect() (or start the bus) first", info)
-        probe = self.new_client()
-        probe.connection_pool.connection_kwargs["retry"] = Retry(ExponentialBackoff(), 0)
-        try:
-            await asyncio.wait_for(probe.ping(), s.connect_timeout)
-        except Exception as exc:
-            return HealthReport(False, f"Redis at {s.masked_url} does not answer: "
-                                f"{type(exc).__name__}: {exc or 'timed out'}", info)
-        finally:
-            await _quiet_close(probe)
-        return HealthReport(True, f"Redis at {s.masked_url} answered PING", info)
-
-    async def send(self, topic: str, envelopes: Sequence[Envelope],
-                   commands: list[Command], counts: list[int] | None = None) -> None:
-        """Send one command per envelope (pipelined; or a command per ``counts[i]``
-        envelopes, see ``bulk``) and raise for those Redis refused."""
-        try:
-            replies = await self.batcher.run(commands)
-            if counts is not None:
-                replies = bulk.expand(replies, counts)
-        except CONNECTION_ERRORS as exc:
-            raise BrokerConnectionError(
-                f"Redis at {self.settings.masked_url} did not confirm any of {len(commands)} "
-                f"message(s) to {topic!r}: {type(exc).__name__}: {exc}"
-            ) from exc
-        failures: dict[int, Exception] = {}
-        for index, reply in enumerate(replies):
-            if isinstance(reply, BaseException):
-                envelope = envelopes[index] if index < len(envelopes) else None
-                what = f"event {envelope.id} ({envelope.type})" if envelope else "a message"
-                error = PublishError(f"Redis refused {what} to {topic!r}: "
-                                     f"{type(reply).__name__}: {reply}")
-                error.__cause__ = reply
-                failures[index] = error
-        if failures:
-            raise BatchPublishError(
-                f"{len(failures)} of {len(replies)} messages to Redis topic {topic!r} were "
-                f"not confirmed (indexes {sorted(failures)}); see .failures",
-                failures, len(replies),
-            )
 
 
 class RedisPubSubAdapter(RedisAdapter):
@@ -246,6 +70,8 @@ class RedisPubSubAdapter(RedisAdapter):
             max_message_bytes=self.settings.max_message_bytes,
             dedupe_window=None,
             reconnect=True,
+            lease=False,
+            half_open_bound=self.settings.half_open_bound,
         )
 
     async def publish(self, topic: str, envelopes: Sequence[Envelope]) -> None:
@@ -280,7 +106,18 @@ class RedisPubSubAdapter(RedisAdapter):
     async def publish_raw(
         self, topic: str, payload: bytes, headers: Mapping[str, bytes] | None = None
     ) -> None:
-        """PUBLISH ``payload`` as it is (poison-message tests)."""
+        """PUBLISH ``payload`` as it is; Pub/Sub carries no headers, so giving any
+        raises UnsupportedOperationError."""
+        if headers:
+            raise UnsupportedOperationError(
+                f"Redis Pub/Sub has no headers: cannot publish {sorted(headers)} with a "
+                f"message to channel {topic!r} (use redis+streams://, whose entries have "
+                "fields)")
+        if len(payload) > self.capabilities.max_message_bytes:
+            raise MessageTooLargeError(
+                f"a raw message of {len(payload)} bytes is over the "
+                f"{self.capabilities.max_message_bytes}-byte limit of {type(self).__name__} "
+                f"on channel {topic!r}; nothing was sent")
         await self.send(topic, [], [self._publish_command(topic, payload)])
 
     async def subscribe(self, topic: str, options: SubscribeOptions) -> Subscription:
@@ -304,6 +141,19 @@ class RedisPubSubAdapter(RedisAdapter):
         """Close as every Redis adapter does; a later start counts group members again."""
         self._started_groups.clear()
         await super().close()
+
+    async def read(self, topic: str, *, limit: int | None = None) -> list[ReadRecord]:
+        """Pub/Sub keeps no messages, so a channel never holds anything to browse: this
+        raises TopicNotFoundError and creates nothing. That is what ``eventbus dlq`` and
+        :class:`~eventbus.dlq.DeadLetters` meet here: a dead letter published on Pub/Sub
+        reaches only whoever is subscribed to its channel at that moment; nothing is kept
+        to list or replay."""
+        raise TopicNotFoundError(
+            f"Redis Pub/Sub keeps no messages: channel {topic!r} on {self.settings.masked_url} "
+            "holds nothing to read (a dead letter on Pub/Sub reaches only whoever listens to "
+            "its channel when it is published; nothing was created). Use redis+streams:// "
+            "to keep dead letters you can list and replay"
+        )
 
     def member_channels(self, topic: str, group: str) -> tuple[str, ...]:
         """The channels a subscription joins besides ``topic`` (see :mod:`.members`)."""
@@ -344,6 +194,10 @@ class RedisStreamsAdapter(RedisAdapter):
             max_message_bytes=self.settings.max_message_bytes,
             dedupe_window=None,
             reconnect=True,
+            # A pending entry idle past claim_idle_ms is reclaimed by XAUTOCLAIM; each
+            # consumer keeps what it holds fresh while handlers run.
+            lease=True,
+            half_open_bound=self.settings.half_open_bound,
         )
 
     def _xadd(self, topic: str, fields: dict[Any, Any]) -> Callable[[Pipeline], Any]:
@@ -381,8 +235,17 @@ class RedisStreamsAdapter(RedisAdapter):
     async def publish_raw(
         self, topic: str, payload: bytes, headers: Mapping[str, bytes] | None = None
     ) -> None:
-        """XADD an entry holding only ``payload`` as its body (poison-message tests)."""
-        await self.send(topic, [], [self._xadd(topic, {BODY_FIELD: payload})])
+        """XADD an entry of ``headers`` as fields and ``payload`` as its ``body`` field,
+        as another client would write it (see :func:`.codec.raw_fields`); how an
+        undecodable dead letter is replayed as it arrived."""
+        fields = raw_fields(payload, headers)
+        size = fields_size({name.decode("utf-8", "replace"): value
+                            for name, value in fields.items()})
+        if size > self.capabilities.max_message_bytes:
+            raise MessageTooLargeError(
+                f"a raw entry of {size} bytes is over the {self.capabilities.max_message_bytes}"
+                f"-byte limit of {type(self).__name__} on topic {topic!r}; nothing was sent")
+        await self.send(topic, [], [self._xadd(topic, fields)])
 
     async def subscribe(self, topic: str, options: SubscribeOptions) -> Subscription:
         """Join (creating it if new) the consumer group ``options.group`` of ``topic``,
@@ -425,22 +288,9 @@ class RedisStreamsAdapter(RedisAdapter):
             return []
         records = []
         for entry_id, fields in entries:
-            envelope, body, error = decode_fields(fields)
+            envelope, body, error, _ = decode_fields(fields)
             message_id = f"{topic}/{entry_id.decode()}"
             records.append(ReadRecord(topic, message_id, envelope,
                                       None if envelope else body, error))
         return records
 
-
-async def _quiet_close(client: Redis) -> None:
-    try:
-        await asyncio.wait_for(client.aclose(), 5.0)
-    except BaseException as exc:  # a client torn down mid-call may raise CancelledError
-        if isinstance(exc, asyncio.CancelledError) and _really_cancelled():
-            raise
-        log.debug("closing a Redis client failed: %r", exc)
-
-
-def _really_cancelled() -> bool:
-    task = asyncio.current_task()
-    return task is not None and task.cancelling() > 0

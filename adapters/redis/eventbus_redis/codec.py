@@ -67,8 +67,15 @@ def fields_size(fields: Mapping[str, bytes | str]) -> int:
     return size
 
 
-def decode_fields(fields: Mapping[bytes, bytes]) -> tuple[Envelope | None, bytes, str | None]:
-    """The envelope of a stream entry (or ``None``), its body, and why not."""
+def decode_fields(fields: Mapping[bytes, bytes]
+                  ) -> tuple[Envelope | None, bytes, str | None, dict[str, bytes] | None]:
+    """The envelope of a stream entry (or ``None``), its body, why not, and for an
+    entry that is not an event its other fields (:func:`other_fields`), so that its
+    dead letter keeps everything the entry held.
+
+    Only the ``ce_`` fields and ``content-type`` are read as text: any other field
+    (a tracing client's binary value) is not ours and never makes an event poison.
+    """
     # The usual entry (UTF-8 names and values, as encode_fields writes them) as a
     # dict of text, which the core codec reads by direct lookups.
     try:
@@ -79,11 +86,11 @@ def decode_fields(fields: Mapping[bytes, bytes]) -> tuple[Envelope | None, bytes
     else:
         body = fields.get(_BODY, b"")
         try:
-            return decode_binary(own, body, PREFIX), body, None
+            return decode_binary(own, body, PREFIX), body, None, None
         except DecodeError as exc:
-            return None, body, str(exc)
+            return None, body, str(exc), other_fields(fields)
         except Exception as exc:  # anything else unreadable is poison too, with the reason
-            return None, body, f"{type(exc).__name__}: {exc}"
+            return None, body, f"{type(exc).__name__}: {exc}", other_fields(fields)
     headers: dict[str, bytes] = {}
     body = b""
     for name, value in fields.items():
@@ -93,11 +100,37 @@ def decode_fields(fields: Mapping[bytes, bytes]) -> tuple[Envelope | None, bytes
         else:
             headers[text] = value
     try:
-        return decode_binary(headers, body, PREFIX), body, None
+        return decode_binary(headers, body, PREFIX), body, None, None
     except DecodeError as exc:
-        return None, body, str(exc)
+        return None, body, str(exc), other_fields(fields)
     except Exception as exc:  # anything else unreadable is poison too, with the reason
-        return None, body, f"{type(exc).__name__}: {exc}"
+        return None, body, f"{type(exc).__name__}: {exc}", other_fields(fields)
+
+
+def other_fields(fields: Mapping[bytes, bytes]) -> dict[str, bytes]:
+    """Every field of an entry but ``body``, values as they are; a name that is not
+    UTF-8 keeps its bytes as surrogates (:func:`field_name` gives them back)."""
+    return {name.decode("utf-8", "surrogateescape"): value
+            for name, value in fields.items() if name != _BODY}
+
+
+def field_name(name: str) -> bytes:
+    """The bytes of a field name :func:`other_fields` made text."""
+    return name.encode("utf-8", "surrogateescape")
+
+
+def raw_fields(payload: bytes, headers: Mapping[str, bytes] | None) -> dict[bytes, bytes]:
+    """The fields of an entry holding ``payload`` and ``headers`` as they are (what
+    ``publish_raw`` writes): each header a field, ``payload`` the ``body`` field.
+
+    An empty payload beside headers adds no ``body`` field: that is how an entry
+    without one (a foreign producer's plain fields) is dead-lettered, so its replay
+    is the entry it was. A ``body`` header gives way to a non-empty payload.
+    """
+    fields = {field_name(name): bytes(value) for name, value in (headers or {}).items()}
+    if payload or not fields:
+        fields[_BODY] = payload
+    return fields
 
 
 _BODY = BODY_FIELD.encode()

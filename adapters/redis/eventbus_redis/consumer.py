@@ -13,6 +13,10 @@
   same consumer name, so the entries it holds stay its own across a reconnect.
 - ``close()`` hands unsettled entries back at once (XCLAIM IDLE very large), so
   the group's next XAUTOCLAIM takes them without waiting ``claim_idle_ms``.
+- A nack whose ZADD fails lets the entry go: no longer kept fresh nor counted
+  against the prefetch, it is reclaimed by XAUTOCLAIM after ``claim_idle_ms``.
+- A group (or stream) deleted underneath is created again where this consumer
+  had read up to (see :meth:`StreamSubscription._recreate_group`).
 """
 
 from __future__ import annotations
@@ -33,7 +37,9 @@ from redis.exceptions import RedisError, ResponseError
 from eventbus.adapter import Delivery, SubscribeOptions, Subscription
 from eventbus.errors import BrokerConnectionError
 
+from .backlog import stream_backlog
 from .codec import decode_fields
+from .groups import ensure_group, gone, group_info
 
 if TYPE_CHECKING:
     from .adapter import RedisStreamsAdapter
@@ -61,10 +67,11 @@ class StreamDelivery(Delivery):
 
     def __init__(self, owner: StreamSubscription, entry_id: bytes,
                  fields: dict[bytes, bytes], attempt: int) -> None:
-        envelope, body, error = decode_fields(fields)
+        envelope, body, error, others = decode_fields(fields)
         super().__init__(topic=owner.topic, group=owner.group, envelope=envelope,
                          attempt=attempt, message_id=f"{owner.topic}/{entry_id.decode()}",
-                         raw=None if envelope is not None else body, decode_error=error)
+                         raw=None if envelope is not None else body, decode_error=error,
+                         raw_headers=others)
         self._owner = owner
         self._entry_id = entry_id
 
@@ -114,13 +121,21 @@ class StreamSubscription(Subscription):
         self._claim_now = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._autoclaim_from = b"0-0"
+        # Where to create the group again if it is deleted underneath: the group's
+        # position when this consumer joined, then the last entry it read.
+        self.resume_from: bytes = b"0-0" if self.start_from == "earliest" else b"$"
+        self._reading_since: float | None = None  # a blocking read is out (monotonic)
 
     # -- lifecycle ---------------------------------------------------------------
 
     async def start(self) -> None:
         """Create the group if new (from the first entry or the end), start the tasks."""
         try:
-            await self._ensure_group("0" if self.start_from == "earliest" else "$")
+            await ensure_group(self._client, self.topic, self.group,
+                               "0" if self.start_from == "earliest" else "$")
+            info = await group_info(self._client, self.topic, self.group)
+            if info is not None:
+                self.resume_from = bytes(info["last-delivered-id"])
         except (RedisError, OSError) as exc:
             raise BrokerConnectionError(
                 f"cannot join group {self.group!r} of stream {self.topic!r} on Redis at "
@@ -129,12 +144,23 @@ class StreamSubscription(Subscription):
         self._tasks = [asyncio.create_task(self._read_loop()),
                        asyncio.create_task(self._claim_loop())]
 
-    async def _ensure_group(self, start: str) -> None:
-        try:
-            await self._client.xgroup_create(self.topic, self.group, id=start, mkstream=True)
-        except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+    async def _recreate_group(self) -> None:
+        """The group (or the whole stream) was deleted underneath: create it again.
+
+        From the last entry this consumer read (or the group's position when it
+        joined), not from ``$``: what was published after that, while the group was
+        gone, is delivered and nothing read before is handed out again. A new group
+        would start from ``start_from``, and that is what this is for a consumer
+        that never read anything (``0`` for earliest). If the stream itself was
+        deleted and written again, its new entries have later ids and are read too.
+        Entries the old group had delivered and not acknowledged are not pending in
+        the new one: an ack or nack of them is a no-op.
+        """
+        log.warning("group %s of stream %s is gone on Redis (deleted, or Redis lost it); "
+                    "creating it again from entry %s", self.group, self.topic,
+                    self.resume_from.decode())
+        await ensure_group(self._client, self.topic, self.group, self.resume_from)
+        self._autoclaim_from = b"0-0"
 
     async def close(self) -> None:
         """Stop reading and hand every unsettled entry back to the group at once."""
@@ -196,16 +222,29 @@ class StreamSubscription(Subscription):
             self._acking.difference_update(ids)
 
     async def redeliver_later(self, entry_id: bytes, delay: float) -> None:
+        """Put ``entry_id`` in the delay set, due in ``delay`` seconds.
+
+        If that fails (Redis unreachable past redis-py's retries) the entry is let
+        go: no longer kept fresh, nor counted against the prefetch, so XAUTOCLAIM
+        (any consumer's, this one's too) takes it after ``claim_idle_ms`` instead of
+        it being held here for ever. The failure is raised (the bus logs it).
+        """
         due_ms = int((time.time() + delay) * 1000)
-        replies = await self.adapter.batcher.run(
-            [lambda pipe: pipe.zadd(self.delay_key, {entry_id: due_ms})])
-        if isinstance(replies[0], BaseException):
-            raise replies[0]
+        try:
+            replies = await self.adapter.batcher.run(
+                [lambda pipe: pipe.zadd(self.delay_key, {entry_id: due_ms})])
+            if isinstance(replies[0], BaseException):
+                raise replies[0]
+        except BaseException:
+            self._settled(entry_id)
+            raise
         self._settled(entry_id)
         self._waiting[entry_id] = time.monotonic() + delay
         self._claim_now.set()
 
     def _settled(self, entry_id: bytes) -> None:
+        if entry_id not in self._unsettled:
+            return  # let go already (a failed nack), or handed back at close
         self._unsettled.discard(entry_id)
         self._handed_out -= 1
         self._changed.set()
@@ -216,6 +255,19 @@ class StreamSubscription(Subscription):
     def closed(self) -> bool:
         """Whether :meth:`close` was called."""
         return self._closed
+
+    def overdue(self) -> float | None:
+        """Seconds the current blocking read has gone unanswered past
+        ``read_timeout`` (the connection stopped answering), or ``None``."""
+        since = self._reading_since
+        if since is None:
+            return None
+        late = time.monotonic() - since - self.adapter.settings.read_timeout
+        return late if late > 0 else None
+
+    async def backlog(self) -> int | None:
+        """Entries the group could be given now: see :func:`.backlog.stream_backlog`."""
+        return await stream_backlog(self)
 
     def _room(self) -> int:
         # The reader and the claimer each fetch up to this, so up to twice the
@@ -274,10 +326,16 @@ class StreamSubscription(Subscription):
         while not self._closed:
             room = await self._wait_for_room()
             try:
-                reply = await self._client.xreadgroup(
-                    self.group, self.consumer, {self.topic: ">"}, count=room, block=block)
+                self._reading_since = time.monotonic()
+                try:
+                    reply = await self._client.xreadgroup(
+                        self.group, self.consumer, {self.topic: ">"}, count=room, block=block)
+                finally:
+                    self._reading_since = None
                 failures = 0
                 for _, entries in reply or ():
+                    if entries:
+                        self.resume_from = entries[-1][0]
                     self._accept(entries, {})
             except asyncio.CancelledError:
                 raise
@@ -287,13 +345,15 @@ class StreamSubscription(Subscription):
 
     async def _recover(self, exc: Exception, failures: int, doing: str) -> None:
         """Log, recreate the group if Redis lost it, and back off before trying again."""
-        if isinstance(exc, ResponseError) and "NOGROUP" in str(exc):
-            # Redis came back without the stream (no persistence): start the group over
-            # from whatever is in the stream now, so nothing published since is missed.
-            log.warning("group %s of stream %s is gone on Redis; creating it again",
-                        self.group, self.topic)
-            with contextlib.suppress(Exception):
-                await self._ensure_group("0")
+        if isinstance(exc, ResponseError) and gone(exc):
+            # Deleted underneath, or Redis came back without it (no persistence).
+            try:
+                await self._recreate_group()
+            except Exception as again:
+                log.warning("creating group %s of stream %s again failed (%s: %s); "
+                            "retrying", self.group, self.topic, type(again).__name__, again)
+            else:
+                return
         else:
             log.log(logging.WARNING if failures == 3 else logging.DEBUG,
                     "%s stream %s as group %s failed (%s: %s); retrying", doing, self.topic,
@@ -366,3 +426,4 @@ class StreamSubscription(Subscription):
         if ids:
             await self._client.xclaim(self.topic, self.group, self.consumer, 0, ids,
                                       justid=True)
+

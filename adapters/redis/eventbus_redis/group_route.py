@@ -20,6 +20,18 @@ if TYPE_CHECKING:
     from .adapter import RedisStreamsAdapter
 
 
+class RoutedStreams(WithGroupRoute):
+    """The topic's and the route's consumer, merged, with the backlog of both."""
+
+    async def backlog(self) -> int | None:
+        """The group's backlog on the topic's stream plus on its route stream."""
+        total = 0
+        for source in (self.main, self.route):
+            count = await source.backlog()
+            total += count or 0
+        return total
+
+
 def route_key(topic: str, group: str) -> str:
     """The stream holding what was sent to ``group`` of ``topic`` alone."""
     return f"eventbus:replay:{group}:{topic}"
@@ -42,4 +54,4 @@ async def subscribe_with_route(adapter: RedisStreamsAdapter, topic: str,
         await main.close()
         raise
     adapter.track(route)
-    return WithGroupRoute(main, route, topic)
+    return RoutedStreams(main, route, topic)

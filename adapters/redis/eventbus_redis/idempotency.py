@@ -5,6 +5,12 @@ as its expiry) and ``"done:<owner>"`` once handled (with the TTL as its expiry).
 ``claim`` is one ``SET NX PX``; ``complete`` and ``release`` are Lua scripts, so
 checking the owner and changing the key happen atomically.
 
+``<owner>`` is a token made for each claim, so a claim recognises itself: when
+the reply to its ``SET NX`` is lost (the connection dropped after Redis ran it),
+redis-py sends it again, which now finds the key taken; reading the key back
+then shows this claim's own token, and the claim is ours, not "in progress"
+elsewhere (which would bounce the message until the lease ran out).
+
 Example::
 
     store = RedisIdempotencyStore("redis://localhost:6379/0")
@@ -73,13 +79,16 @@ class RedisIdempotencyStore:
             if value is None:
                 return ClaimResult(Claim.CLAIMED, owner)
             return ClaimResult(Claim.DONE if value.startswith(b"done:") else Claim.IN_PROGRESS)
-        if await self.client.set(name, f"claimed:{owner}", nx=True, px=_ms(lease)):
+        mine = f"claimed:{owner}".encode()
+        if await self.client.set(name, mine, nx=True, px=_ms(lease)):
             return ClaimResult(Claim.CLAIMED, owner)
         value = await self.client.get(name)
         if value is None:  # expired between the two calls: try once more
-            if await self.client.set(name, f"claimed:{owner}", nx=True, px=_ms(lease)):
+            if await self.client.set(name, mine, nx=True, px=_ms(lease)):
                 return ClaimResult(Claim.CLAIMED, owner)
             value = await self.client.get(name)
+        if value == mine:  # our SET ran; only its reply was lost (see the docstring)
+            return ClaimResult(Claim.CLAIMED, owner)
         done = value is not None and value.startswith(b"done:")
         return ClaimResult(Claim.DONE if done else Claim.IN_PROGRESS)
 

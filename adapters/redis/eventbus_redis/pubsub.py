@@ -4,6 +4,12 @@ At most once: a message is handed out as it arrives and settling it does
 nothing on Redis (there is nothing to acknowledge). A dropped connection ends
 the iteration with ConnectionLostError; the bus then subscribes again, and what
 was published in between is lost, as Pub/Sub promises.
+
+A connection can also go silent without closing (a frozen proxy or NAT entry:
+TCP stays up, nothing arrives), which from inside looks exactly like a quiet
+channel. So a connection that heard nothing for ``ping_interval`` is sent a
+PING (allowed in subscribed mode; its reply is a ``pong`` message), and one that
+then hears nothing for ``ping_timeout`` more is given up like a dropped one.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
@@ -77,36 +84,41 @@ class PubSubSubscription(Subscription):
         self._number = 0
         self._again: list[PubSubDelivery] = []
         self._timers: set[asyncio.TimerHandle] = set()
+        # Liveness of the subscribe connection (see the module's docstring).
+        self._heard = True  # something arrived since the last silent read
+        self._silent_since = time.monotonic()
+        self._pinged_at: float | None = None
 
     async def start(self) -> None:
         """Subscribe and wait for Redis's confirmation, so later publishes arrive."""
         s = self.adapter.settings
         self._pubsub = self.adapter.client.pubsub()
         try:
-            # The group's member channel too: Redis counts the group's live members.
-            channels = (self.topic, *self.adapter.member_channels(self.topic,
-                                                                  self.options.group))
-            if s.sharded:
-                await self._pubsub.ssubscribe(*channels)
-            else:
-                await self._pubsub.subscribe(*channels)
-            kind = "ssubscribe" if s.sharded else "subscribe"
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + s.connect_timeout
-            confirmed = 0
-            while confirmed < len(channels):
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    raise TimeoutError("no subscribe confirmation")
-                message = await self._pubsub.get_message(timeout=remaining)
-                if message is not None and message["type"] == kind:
-                    confirmed += 1
+            # Bounded as a whole: on a silent endpoint redis-py's own retries of the
+            # connection handshake would take minutes.
+            async with asyncio.timeout(s.connect_timeout):
+                await self._subscribe(s.sharded)
         except (RedisError, OSError, TimeoutError) as exc:
             await self.close()
             raise BrokerConnectionError(
                 f"cannot subscribe to channel {self.topic!r} on Redis at {s.masked_url}: "
-                f"{type(exc).__name__}: {exc}"
+                f"{type(exc).__name__}: {exc or 'no answer within connect_timeout'}"
             ) from exc
+        self._silent_since = time.monotonic()
+
+    async def _subscribe(self, sharded: bool) -> None:
+        # The group's member channel too: Redis counts the group's live members.
+        channels = (self.topic, *self.adapter.member_channels(self.topic, self.options.group))
+        if sharded:
+            await self._pubsub.ssubscribe(*channels)
+        else:
+            await self._pubsub.subscribe(*channels)
+        kind = "ssubscribe" if sharded else "subscribe"
+        confirmed = 0
+        while confirmed < len(channels):
+            message = await self._pubsub.get_message(timeout=1.0)
+            if message is not None and message["type"] == kind:
+                confirmed += 1
 
     def release(self) -> None:
         self._outstanding -= 1
@@ -144,15 +156,23 @@ class PubSubSubscription(Subscription):
             try:
                 payload = self._buffered(kinds)
                 if type(payload) is tuple:  # not a message: redis-py's bookkeeping
+                    self._heard = True
                     await self._pubsub.handle_message(payload[0])
                     continue
                 if payload is None:
+                    asked = time.monotonic()
                     message = await self._pubsub.get_message(
-                        timeout=0.05 if self._timers else 1.0)
-                    if message is None or message["type"] != kinds[0] or self._closed:
+                        timeout=0.05 if self._timers else self._wait(asked))
+                    if message is None:
+                        await self._keep_alive(asked)
+                        continue
+                    self._heard = True  # a pong too
+                    if message["type"] != kinds[0] or self._closed:
                         continue
                     payload = message["data"]
-            except (RedisError, OSError, AttributeError) as exc:
+                else:
+                    self._heard = True
+            except (RedisError, OSError, AttributeError, TimeoutError) as exc:
                 if self._closed:  # closed under our feet: the iteration just ends
                     return
                 raise ConnectionLostError(
@@ -165,6 +185,39 @@ class PubSubSubscription(Subscription):
             self._number += 1
             self._outstanding += 1
             yield PubSubDelivery(self, payload, self._number)
+
+    def _wait(self, now: float) -> float:
+        """How long a read may wait for a message: a second at most, less when the
+        connection's next liveness check is due sooner."""
+        s = self.adapter.settings
+        if self._heard:
+            due = now + s.ping_interval
+        elif self._pinged_at is not None:
+            due = self._pinged_at + s.ping_timeout
+        else:
+            due = self._silent_since + s.ping_interval
+        return min(1.0, max(0.01, due - now))
+
+    async def _keep_alive(self, asked: float) -> None:
+        """After a read that heard nothing (started at ``asked``): PING a connection
+        silent for ``ping_interval``; raise TimeoutError when the PING stays unanswered
+        for ``ping_timeout``."""
+        if self._heard:  # the silence began with the read that just came back empty
+            self._heard, self._silent_since, self._pinged_at = False, asked, None
+        s = self.adapter.settings
+        now = time.monotonic()
+        if self._pinged_at is not None:
+            if now - self._pinged_at >= s.ping_timeout:
+                raise TimeoutError(
+                    f"no reply to a PING for {now - self._pinged_at:.1f}s (ping_timeout="
+                    f"{s.ping_timeout:g}s) after {self._pinged_at - self._silent_since:.1f}s "
+                    "of silence: the connection stopped answering without closing"
+                )
+        elif now - self._silent_since >= s.ping_interval and not self._closed:
+            self._pinged_at = now
+            # Only written: the reply arrives as a ``pong`` message through the reads.
+            async with asyncio.timeout(min(s.ping_timeout, s.connect_timeout)):
+                await self._pubsub.ping()
 
     def _buffered(self, kinds: tuple[str, bytes]) -> Any:
         """The data of the next message already read from the socket (no I/O, no

@@ -6,7 +6,7 @@ what it accepts; an option this adapter does not know is an error, never ignored
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 from urllib.parse import unquote, urlsplit
 
@@ -34,16 +34,20 @@ DEFAULT_MAX_MESSAGE_BYTES = 1024 * 1024
 
 @dataclass(frozen=True, slots=True)
 class RedisSettings:
-    """What a Redis URL asks for; see ``docs/adapters/redis.md`` for each option."""
+    """What a Redis URL asks for; see ``docs/adapters/redis.md`` for each option.
 
-    url: str
+    Its repr never shows the password (nor the URL, which may carry it): error
+    reporters that capture frame locals print it.
+    """
+
+    url: str = field(repr=False)
     mode: Mode
     tls: bool
     host: str
     port: int
     db: int
     username: str | None
-    password: str | None
+    password: str | None = field(repr=False)
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     connect_timeout: float = 5.0
     socket_timeout: float = 10.0
@@ -60,11 +64,37 @@ class RedisSettings:
     start_from: Literal["earliest", "latest"] | None = None
     # Pub/Sub only.
     sharded: bool = False
+    ping_interval: float = 5.0
+    ping_timeout: float = 5.0
 
     @property
     def masked_url(self) -> str:
         """The URL with its password hidden, for messages and logs."""
         return mask_url(self.url)
+
+    @property
+    def read_timeout(self) -> float:
+        """Seconds a reply may take before redis-py drops the connection and tries a new
+        one (``socket_timeout``, kept above a Streams read's ``block_ms``)."""
+        if self.mode == "streams":
+            return max(self.socket_timeout, self.block_ms / 1000 + 5.0)
+        return self.socket_timeout
+
+    @property
+    def half_open_bound(self) -> float | None:
+        """Seconds within which a connection that stopped answering without closing is
+        noticed (reported by ``health()``, then replaced); ``None`` if never.
+
+        Pub/Sub: a subscribe connection that heard nothing for ``ping_interval`` is
+        sent a PING, and one that then hears nothing for ``ping_timeout`` is given
+        up (``inf`` switches the ping off). Streams: a consumer's blocking read
+        (``XREADGROUP ... BLOCK block_ms``, issued again as soon as one returns) is
+        its ping; a read unanswered after :attr:`read_timeout` is overdue.
+        """
+        if self.mode == "streams":
+            return max(self.read_timeout, self.connect_timeout)
+        bound = self.ping_interval + self.ping_timeout
+        return None if bound == float("inf") else max(bound, self.connect_timeout)
 
     @classmethod
     def from_url(cls, url: str) -> RedisSettings:
@@ -134,4 +164,8 @@ _STREAMS: dict[str, OptionParser] = {
     "claim_interval_ms": integer(10),
     "start_from": choice("earliest", "latest"),
 }
-_PUBSUB: dict[str, OptionParser] = {"sharded": strict_flag}
+_PUBSUB: dict[str, OptionParser] = {
+    "sharded": strict_flag,
+    "ping_interval": seconds(0.1, inclusive=True),
+    "ping_timeout": seconds(0.1, inclusive=True),
+}

@@ -1,11 +1,13 @@
 """Event sourcing: aggregates, a repository, event stores (memory, SQLite, PostgreSQL),
-snapshots and a relay that publishes stored events to the bus.
+snapshots, and a relay that publishes stored events to the bus (parking an event
+the broker refuses for good).
 
 See ``docs/patterns/event-sourcing.md``.
 """
 
 from eventbus.patterns.eventsourcing.aggregate import Aggregate, applies
 from eventbus.patterns.eventsourcing.memory import MemoryEventStore
+from eventbus.patterns.eventsourcing.parking import ParkedStoredEvent, ParkingStore
 from eventbus.patterns.eventsourcing.relay import EventRelay, RelayHealth
 from eventbus.patterns.eventsourcing.repository import Repository
 from eventbus.patterns.eventsourcing.snapshots import Snapshot, SnapshotStore
@@ -27,6 +29,8 @@ __all__ = [
     "EventRelay",
     "EventStore",
     "MemoryEventStore",
+    "ParkedStoredEvent",
+    "ParkingStore",
     "RelayHealth",
     "Repository",
     "SQLEventStore",

@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 from bisect import bisect_right
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import datetime
 
 from eventbus.envelope import Envelope
+from eventbus.patterns.eventsourcing.parking import ParkedStoredEvent
 from eventbus.patterns.eventsourcing.snapshots import Snapshot
 from eventbus.patterns.eventsourcing.store import (
     ConcurrencyError,
@@ -19,7 +21,7 @@ from eventbus.patterns.eventsourcing.store import (
 
 class MemoryEventStore:
     """An :class:`~eventbus.patterns.eventsourcing.store.EventStore` (and snapshot
-    store) in process memory. Appends are atomic under one lock, so positions are
+    store, and parking store) in process memory. Appends are atomic under one lock, so positions are
     assigned in commit order and ``read_all`` is gap-safe."""
 
     def __init__(self) -> None:
@@ -28,6 +30,7 @@ class MemoryEventStore:
         self._by_id: dict[str, StoredEvent] = {}
         self._checkpoints: dict[str, int] = {}
         self._snapshots: dict[str, list[Snapshot]] = {}
+        self._parked: dict[str, dict[int, ParkedStoredEvent]] = {}
         self._lock = asyncio.Lock()
 
     async def setup(self) -> None:
@@ -110,6 +113,23 @@ class MemoryEventStore:
             return kept[-1] if kept else None
         index = bisect_right([s.version for s in kept], max_version)
         return kept[index - 1] if index else None
+
+    async def park(self, name: str, events: Sequence[ParkedStoredEvent]) -> None:
+        """See :meth:`ParkingStore.park`."""
+        kept = self._parked.setdefault(name, {})
+        for parked in events:
+            kept[parked.position] = replace(
+                parked, envelope=self._log[parked.position - 1].envelope)
+
+    async def parked(self, name: str) -> list[ParkedStoredEvent]:
+        """See :meth:`ParkingStore.parked`."""
+        return [p for _, p in sorted(self._parked.get(name, {}).items())]
+
+    async def unpark(self, name: str, positions: Sequence[int]) -> None:
+        """See :meth:`ParkingStore.unpark`."""
+        kept = self._parked.get(name, {})
+        for position in positions:
+            kept.pop(position, None)
 
     async def close(self) -> None:
         """Nothing to release."""

@@ -10,6 +10,7 @@ from eventbus.errors import ConfigurationError, EventBusError, SchemaError
 from eventbus.events import Message, Registry, registry
 from eventbus.patterns.eventsourcing.aggregate import Aggregate
 from eventbus.patterns.eventsourcing.snapshots import Snapshot, SnapshotStore, crossed
+from eventbus.patterns.eventsourcing.state import LegacyStateError
 from eventbus.patterns.eventsourcing.store import EventStore, StoredEvent, StreamNotFoundError
 from eventbus.publishing import build_envelopes
 
@@ -22,8 +23,10 @@ class Repository(Generic[A]):
 
     ``snapshot_every=N`` takes a snapshot each time a save crosses a multiple of
     N events (the store must keep snapshots; every store here does); loads start
-    from the latest one. ``source`` is the CloudEvents source of the envelopes
-    written. Old data versions are upcast through ``registry`` on load.
+    from the latest one (upcast from an older ``snapshot_version`` when the
+    aggregate has the upcasters, else ignored; one that cannot be restored is
+    logged and the events are replayed instead). ``source`` is the CloudEvents
+    source of the envelopes written. Old data versions are upcast through ``registry`` on load.
     """
 
     def __init__(
@@ -60,9 +63,9 @@ class Repository(Generic[A]):
         after = 0
         if self.snapshot_every and at is None:
             snapshot = await self.store.load_snapshot(id, version)  # type: ignore[attr-defined]
-            if snapshot is not None and self._usable(snapshot):
-                aggregate.restore_state(snapshot.state)
-                aggregate.version = after = snapshot.version
+            restored = self._restore(snapshot) if snapshot is not None else None
+            if restored is not None:
+                aggregate, after = restored, restored.version
         events = await self.store.read_stream(id, after_version=after, to_version=version,
                                               until=at)
         for stored in events:
@@ -79,9 +82,32 @@ class Repository(Generic[A]):
                                       "stream has no events")
         return aggregate
 
-    def _usable(self, snapshot: Snapshot) -> bool:
-        return (snapshot.type, snapshot.schema) == (
-            self.aggregate.snapshot_type, self.aggregate.snapshot_version)
+    def _restore(self, snapshot: Snapshot) -> A | None:
+        """The aggregate from ``snapshot`` (upcast from an older ``snapshot_version``),
+        or ``None`` to replay from the first event: a snapshot is only a cache."""
+        cls = self.aggregate
+        if snapshot.type != cls.snapshot_type or snapshot.schema > cls.snapshot_version:
+            return None
+        aggregate = cls(snapshot.stream_id)
+        try:
+            state: bytes | None = snapshot.state
+            if snapshot.schema < cls.snapshot_version:
+                state = cls.upcast_snapshot(snapshot.state, snapshot.schema)
+            if state is None:
+                return None
+            aggregate.restore_state(state)
+        except LegacyStateError:
+            log.info("snapshot of %s %r at version %d is in an earlier, inexact form; "
+                     "replaying its events (the next snapshot replaces it)", cls.__name__,
+                     snapshot.stream_id, snapshot.version)
+            return None
+        except Exception as exc:
+            log.warning("snapshot of %s %r at version %d cannot be restored (%s: %s); "
+                        "replaying its events instead", cls.__name__, snapshot.stream_id,
+                        snapshot.version, type(exc).__name__, exc)
+            return None
+        aggregate.version = snapshot.version
+        return aggregate
 
     def _decode(self, stored: StoredEvent) -> Message:
         try:

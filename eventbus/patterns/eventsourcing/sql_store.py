@@ -43,6 +43,7 @@ from eventbus.codec import decode_structured, encode_structured
 from eventbus.envelope import Envelope
 from eventbus.errors import ConfigurationError
 from eventbus.patterns.eventsourcing.memory import _leading_until
+from eventbus.patterns.eventsourcing.parking import ParkedStoredEvent
 from eventbus.patterns.eventsourcing.snapshots import Snapshot
 from eventbus.patterns.eventsourcing.store import (
     ConcurrencyError,
@@ -68,8 +69,9 @@ def _micros(moment: datetime) -> int:
 
 class SQLEventStore:
     """An :class:`~eventbus.patterns.eventsourcing.store.EventStore` (and snapshot
-    store) in the tables ``<table>``, ``<table>_snapshots`` and ``<table>_checkpoints``
-    of a :class:`~eventbus.patterns.sql.Database` (see the module docs).
+    store, and :class:`~eventbus.patterns.eventsourcing.parking.ParkingStore`) in the
+    tables ``<table>``, ``<table>_snapshots``, ``<table>_checkpoints`` and
+    ``<table>_parked`` of a :class:`~eventbus.patterns.sql.Database` (see the module docs).
 
     ``SQLEventStore(db)`` shares a database you opened (and close);
     ``await SQLEventStore.connect(url)`` opens one that :meth:`close` closes.
@@ -94,6 +96,7 @@ class SQLEventStore:
     async def setup(self) -> None:
         """Create the tables if they are missing."""
         blob = "BYTEA" if self.db.dialect == "postgres" else "BLOB"
+        real = "DOUBLE PRECISION" if self.db.dialect == "postgres" else "REAL"
         t = self.table
         async with self.db.transaction() as tx:
             await self._serialise(tx)  # two setups at once must not race on CREATE
@@ -117,6 +120,17 @@ class SQLEventStore:
             await tx.execute(f"""CREATE TABLE IF NOT EXISTS {t}_checkpoints (
                 name TEXT PRIMARY KEY,
                 position BIGINT NOT NULL)""")
+            await tx.execute(f"""CREATE TABLE IF NOT EXISTS {t}_parked (
+                name TEXT NOT NULL,
+                position BIGINT NOT NULL,
+                stream_id TEXT NOT NULL,
+                version BIGINT NOT NULL,
+                event_id TEXT NOT NULL,
+                type TEXT NOT NULL,
+                error TEXT NOT NULL,
+                held_by BIGINT,
+                parked_at {real} NOT NULL,
+                PRIMARY KEY (name, position))""")
 
     async def _serialise(self, tx: Transaction) -> None:
         # SQLite's BEGIN IMMEDIATE already admits one writer at a time.
@@ -297,6 +311,38 @@ class SQLEventStore:
         if row is None:
             return None
         return Snapshot(stream_id, int(row[0]), row[1], int(row[2]), bytes(row[3]))
+
+    # -- parked events (the relay's) ---------------------------------------------------
+
+    async def park(self, name: str, events: Sequence[ParkedStoredEvent]) -> None:
+        """See :meth:`ParkingStore.park`."""
+        async with self.db.transaction() as tx:
+            await tx.executemany(
+                f"INSERT INTO {self.table}_parked (name, position, stream_id, version, "
+                "event_id, type, error, held_by, parked_at) VALUES ($1, $2, $3, $4, $5, $6, "
+                "$7, $8, $9) ON CONFLICT (name, position) DO UPDATE SET error = "
+                "excluded.error, held_by = excluded.held_by, parked_at = excluded.parked_at",
+                [(name, p.position, p.stream_id, p.version, p.event_id, p.type, p.error,
+                  p.held_by, p.parked_at) for p in events])
+
+    async def parked(self, name: str) -> list[ParkedStoredEvent]:
+        """See :meth:`ParkingStore.parked`."""
+        t = self.table
+        async with self.db.transaction() as tx:
+            rows = await tx.fetch(
+                f"SELECT p.position, p.stream_id, p.version, p.event_id, p.type, p.error, "
+                f"p.held_by, p.parked_at, e.envelope FROM {t}_parked p JOIN {t} e "
+                "ON e.position = p.position WHERE p.name = $1 ORDER BY p.position", name)
+        return [ParkedStoredEvent(name, int(r[0]), r[1], int(r[2]), r[3], r[4], r[5],
+                            None if r[6] is None else int(r[6]), float(r[7]),
+                            decode_structured(bytes(r[8]))) for r in rows]
+
+    async def unpark(self, name: str, positions: Sequence[int]) -> None:
+        """See :meth:`ParkingStore.unpark`."""
+        async with self.db.transaction() as tx:
+            await tx.executemany(
+                f"DELETE FROM {self.table}_parked WHERE name = $1 AND position = $2",
+                [(name, position) for position in positions])
 
     async def close(self) -> None:
         """Close the database when this store opened it."""

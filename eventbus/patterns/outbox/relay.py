@@ -1,31 +1,47 @@
 """The relay: publishes outbox rows to the broker in order per stream, then marks them sent.
 
-One batch is one database transaction: lock the rows, publish them, mark them
-sent, commit. A relay that dies anywhere before the commit leaves its rows
-unsent and unlocked, so they are published again (at-least-once; consumers
-deduplicate by event id with the bus's idempotency middleware or an
-:class:`~eventbus.patterns.inbox.Inbox`).
+A batch is three steps, and only the first and last touch the database, each in
+one short transaction:
 
-Several relays may run against one database:
+1. **claim**: take the oldest unsent rows of streams nobody else holds and
+   write this batch's claim on them (``claimed_by``, ``claimed_until``: a lease);
+2. **publish** them, outside any transaction, so a broker that does not answer
+   holds no lock the application's own writes would wait on;
+3. **settle**: mark the published rows sent, park the ones the broker refused
+   for good, and release the claim on the rest.
 
-- PostgreSQL: a relay locks the oldest unsent row of each stream it takes with
-  ``FOR UPDATE SKIP LOCKED``, then the rows behind it. Another relay skips a
-  locked head and never takes a row whose stream has an older unsent row, so no
-  row is published twice by two live relays and each stream stays in order,
-  while different streams go out in parallel.
-- SQLite: a batch is a ``BEGIN IMMEDIATE`` transaction, so relays take turns
-  (SQLite has one writer); keep one relay per SQLite database.
+Several relays may run against one database, on PostgreSQL and on SQLite:
 
-Failures (broker down, database gone) are logged, shown by :meth:`OutboxRelay.health`,
-and retried with backoff; the loop does not die of them.
+- a stream (a partition key, else a topic) is taken whole from its oldest unsent
+  row, and only when none of its rows is parked or under a live claim, so no row
+  is published by two live relays and each stream stays in order, while
+  different streams go out in parallel. On PostgreSQL the claim locks the head
+  of each stream it takes with ``FOR UPDATE SKIP LOCKED`` (relays claiming at the
+  same instant skip each other); on SQLite the claim is one ``BEGIN IMMEDIATE``;
+- a relay stops publishing a batch once 80% of its ``lease`` has passed (every
+  broker call is bounded by what is left), so it has settled before anyone may
+  take its rows over;
+- a relay that dies leaves its claim: the rows go out again once the lease
+  expired (at-least-once; consumers deduplicate by event id with the bus's
+  idempotency middleware or an :class:`~eventbus.patterns.inbox.Inbox`). A relay
+  that is stopped or fails releases its claim at once.
+
+Leases compare the clocks of the relays' hosts: keep them in sync to well within
+a fifth of the lease.
+
+A row the broker refuses for good (:func:`~eventbus.errors.is_permanent_refusal`:
+too large, unknown topic, an invalid topic name, undecodable...) is parked with
+its stream behind it; other failures (broker down, no confirmation in time,
+database gone) are logged, shown by :meth:`OutboxRelay.health`, and retried with
+backoff; the loop does not die of them.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import groupby
@@ -35,9 +51,10 @@ from eventbus.backoff import Backoff
 from eventbus.bus import EventBus
 from eventbus.codec import decode_structured
 from eventbus.envelope import Envelope
-from eventbus.errors import ConfigurationError, DecodeError, MessageTooLargeError, PublishError
+from eventbus.errors import ConfigurationError, PublishError, is_permanent_refusal
+from eventbus.patterns.outbox import claims
 from eventbus.patterns.outbox.store import Outbox
-from eventbus.patterns.sql import Row, Transaction
+from eventbus.patterns.sql import Row
 
 log = logging.getLogger("eventbus.outbox")
 
@@ -73,6 +90,10 @@ class OutboxRelay:
     - ``backoff``: waits after a failed batch.
     - ``streams_per_batch``: streams (keys) one PostgreSQL batch takes at most,
       leaving the others to other relays.
+    - ``lease``: seconds a batch's claim on its rows lasts. The relay publishes for
+      at most 80% of it (each broker call bounded by what is left, and by the bus's
+      ``publish_timeout``); rows claimed by a relay that died go out again once it
+      expired. Keep it above ``publish_timeout``.
     """
 
     def __init__(
@@ -87,13 +108,16 @@ class OutboxRelay:
         backoff: Backoff | None = None,
         name: str = "outbox-relay",
         streams_per_batch: int = 32,
+        lease: float = 60.0,
     ) -> None:
-        if batch_size < 1 or poll_interval <= 0 or retention < 0 or streams_per_batch < 1:
+        if (batch_size < 1 or poll_interval <= 0 or retention < 0 or streams_per_batch < 1
+                or not lease > 0):
             raise ConfigurationError(
-                "OutboxRelay needs batch_size >= 1, poll_interval > 0, retention >= 0 and "
-                f"streams_per_batch >= 1; got {batch_size}, {poll_interval}, {retention}, "
-                f"{streams_per_batch}"
+                "OutboxRelay needs batch_size >= 1, poll_interval > 0, retention >= 0, "
+                f"streams_per_batch >= 1 and lease > 0; got {batch_size}, {poll_interval}, "
+                f"{retention}, {streams_per_batch}, {lease}"
             )
+        self.lease = lease
         self.outbox = outbox
         self.bus = bus
         self.batch_size = batch_size
@@ -116,102 +140,87 @@ class OutboxRelay:
     async def publish_pending(self) -> int:
         """Publish one batch of unsent rows and mark them sent; returns how many.
 
-        Raises what publishing or the database raised; the batch's rows stay
-        unsent and are taken again by the next call (of any relay). A row the
-        broker refuses for good (too large, undecodable) is parked instead, with
-        its stream behind it: see :meth:`Outbox.failed`.
+        Claims the rows (one short transaction), publishes them outside any
+        transaction, then marks them sent (another). Raises what publishing or the
+        database raised; the rows published before that are still marked sent, the
+        others are released for the next call (of any relay). A row the broker
+        refuses for good is parked instead, with its stream behind it: see
+        :meth:`Outbox.failed`.
         """
-        async with self.outbox.db.transaction() as tx:
-            rows = await self._claim(tx)
-            if not rows:
-                return 0
-            sent, refused = await self._publish(rows)
-            await self._mark_sent(tx, sent)
-            for seq, error in refused.items():
-                await tx.execute(f"UPDATE {self.outbox.table} SET failed_at = $1, error = $2 "
-                                 "WHERE seq = $3", time.time(), error, seq)
-        self._published += len(sent)
-        return len(sent)
-
-    async def _claim(self, tx: Transaction) -> list[Row]:
-        t = self.outbox.table
-        if tx.dialect == "sqlite":
-            # BEGIN IMMEDIATE already made this the only writer.
-            return await tx.fetch(
-                f"SELECT seq, topic, envelope, stream FROM {t} WHERE sent_at IS NULL AND "
-                f"stream NOT IN (SELECT stream FROM {t} WHERE sent_at IS NULL AND "
-                "failed_at IS NOT NULL) ORDER BY seq LIMIT $1", self.batch_size)
-        # The head (oldest unsent row) of each stream not held by a parked row,
-        # oldest streams first ...
-        heads = await tx.fetch(
-            f"SELECT min(seq) FROM {t} WHERE sent_at IS NULL GROUP BY stream "
-            "HAVING count(failed_at) = 0 ORDER BY 1 LIMIT $1", self.batch_size)
-        if not heads:
-            return []
-        # ... locked unless another relay holds it; a head that got sent meanwhile
-        # fails the re-checked WHERE and is left out ...
-        locked = await tx.fetch(
-            f"SELECT stream FROM {t} WHERE seq = ANY($1::bigint[]) AND sent_at IS NULL "
-            "ORDER BY seq LIMIT $2 FOR UPDATE SKIP LOCKED", [h[0] for h in heads],
-            self.streams_per_batch)
-        if not locked:
-            return []
-        # ... then the rows of the streams whose head we hold, oldest first: a prefix
-        # of each such stream, which no other relay takes while we hold its head.
-        return await tx.fetch(
-            f"SELECT seq, topic, envelope, stream FROM {t} WHERE stream = ANY($1::text[]) "
-            "AND sent_at IS NULL ORDER BY seq LIMIT $2 FOR UPDATE",
-            [s[0] for s in locked], self.batch_size)
-
-    async def _publish(self, rows: Sequence[Row]) -> tuple[list[Any], dict[Any, str]]:
-        """Publish ``rows`` in order. Returns the rows sent and those the broker
-        refused for good (``seq -> error``); the rows of a refused row's stream
-        behind it are neither (they wait, so the stream keeps its order)."""
+        token = uuid.uuid4().hex
+        started = time.monotonic()
+        rows = await claims.claim(self.outbox.db, self.outbox.table, token, self.lease,
+                                  self.batch_size, self.streams_per_batch)
+        if not rows:
+            return 0
+        # Stop publishing well before the lease ends: another relay may take the rows
+        # over then, and must find them settled.
+        deadline = started + 0.8 * self.lease
         sent: list[Any] = []
         refused: dict[Any, str] = {}
+        try:
+            await self._publish(rows, deadline, sent, refused)
+        finally:
+            # Also when publishing failed or this task is being cancelled: what went
+            # out is marked, the rest released now rather than after the lease.
+            await claims.settle(self.outbox.db, self.outbox.table, token, sent, refused)
+            self._published += len(sent)
+        return len(sent)
+
+    async def _publish(self, rows: Sequence[Row], deadline: float, sent: list[Any],
+                       refused: dict[Any, str]) -> None:
+        """Publish ``rows`` in order, adding each to ``sent`` once the broker confirmed
+        it, or to ``refused`` (``seq -> error``) when the broker refused it for good;
+        the rows of a refused row's stream behind it are neither (they wait, so the
+        stream keeps its order). Any other failure is raised."""
         held: set[str] = set()
         # Consecutive rows of one topic go in one call, keeping the rows' order.
         for topic, group in groupby(rows, key=lambda row: str(row[1])):
             batch = [row for row in group if row[3] not in held]
             try:
-                await self._send(topic, [decode_structured(bytes(row[2])) for row in batch])
+                await self._send(topic, [decode_structured(bytes(row[2])) for row in batch],
+                                 deadline)
                 sent += [row[0] for row in batch]
-            except (MessageTooLargeError, DecodeError):
+            except Exception as exc:
+                if not is_permanent_refusal(exc):
+                    raise
                 # One of them cannot ever go out: find it, one row at a time.
-                for seq, _, stored, stream in batch:
-                    if stream in held:
-                        continue
-                    try:
-                        await self._send(topic, [decode_structured(bytes(stored))])
-                        sent.append(seq)
-                    except (MessageTooLargeError, DecodeError) as exc:
-                        refused[seq] = f"{type(exc).__name__}: {exc}"
-                        held.add(stream)
-                        log.error(
-                            "%s: outbox row %s (topic %r, stream %r) was refused for good "
-                            "(%s); it is parked and its stream waits behind it: fix it and "
-                            "call Outbox.retry_failed(%s), or Outbox.discard(%s)",
-                            self.name, seq, topic, stream, refused[seq], seq, seq)
-        return sent, refused
+                await self._one_by_one(topic, batch, deadline, sent, refused, held)
 
-    async def _send(self, topic: str, envelopes: list[Envelope]) -> None:
-        timeout = self.bus.publish_timeout
+    async def _one_by_one(self, topic: str, batch: list[Row], deadline: float,
+                          sent: list[Any], refused: dict[Any, str], held: set[str]) -> None:
+        for seq, _, stored, stream in batch:
+            if stream in held:
+                continue
+            try:
+                await self._send(topic, [decode_structured(bytes(stored))], deadline)
+                sent.append(seq)
+            except Exception as exc:
+                if not is_permanent_refusal(exc):
+                    raise
+                refused[seq] = f"{type(exc).__name__}: {exc}"
+                held.add(stream)
+                log.error(
+                    "%s: outbox row %s (topic %r, stream %r) was refused for good "
+                    "(%s); it is parked and its stream waits behind it: fix it and "
+                    "call Outbox.retry_failed(%s), or Outbox.discard(%s)",
+                    self.name, seq, topic, stream, refused[seq], seq, seq)
+
+    async def _send(self, topic: str, envelopes: list[Envelope], deadline: float) -> None:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise PublishError(
+                f"outbox relay {self.name}: the claim on this batch is nearly over "
+                f"(lease {self.lease:g}s); {len(envelopes)} row(s) on topic {topic!r} are "
+                "released unsent and taken again by the next batch")
+        timeout = min(self.bus.publish_timeout, left)
         try:
             await asyncio.wait_for(self.bus.adapter.publish(topic, envelopes), timeout)
         except TimeoutError as exc:
             raise PublishError(
                 f"outbox relay: the broker did not confirm {len(envelopes)} message(s) "
-                f"on topic {topic!r} within {timeout}s; they stay unsent and are retried"
+                f"on topic {topic!r} within {timeout:.3g}s; they stay unsent and are retried"
             ) from exc
-
-    async def _mark_sent(self, tx: Transaction, seqs: list[Any]) -> None:
-        t, now = self.outbox.table, time.time()
-        if tx.dialect == "postgres":
-            await tx.execute(f"UPDATE {t} SET sent_at = $1 WHERE seq = ANY($2::bigint[])",
-                             now, seqs)
-        else:
-            await tx.execute(f"UPDATE {t} SET sent_at = $1 WHERE seq IN "
-                             "(SELECT value FROM json_each($2))", now, json.dumps(seqs))
 
     async def cleanup(self) -> int:
         """Delete rows sent more than ``retention`` seconds ago; returns how many."""
@@ -300,7 +309,8 @@ class OutboxRelay:
 
     async def stop(self, timeout: float = 10.0) -> None:
         """Let the batch in flight finish (up to ``timeout`` seconds, then cancel it:
-        its rows stay unsent and go out again later), and end the loop."""
+        what it published is marked sent, the rest released for the next relay), and
+        end the loop."""
         task, self._task = self._task, None
         self._stopping.set()
         if task is not None:

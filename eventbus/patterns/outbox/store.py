@@ -20,6 +20,7 @@ to the broker: the state change and its events commit together or not at all.
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -31,9 +32,14 @@ from eventbus.codec import encode_structured
 from eventbus.envelope import Envelope
 from eventbus.errors import ConfigurationError
 from eventbus.middleware.base import PublishNext
+from eventbus.patterns.schema import ensure_columns
 from eventbus.patterns.sql import Database, Transaction, UniqueViolation
 
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+# The columns every release of the outbox table had; later ones are added by setup().
+_REQUIRED = ("seq", "event_id", "topic", "stream", "partition_key", "envelope",
+             "created_at", "sent_at")
+log = logging.getLogger("eventbus.outbox")
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,17 +101,25 @@ class Outbox:
         self.written = asyncio.Event()
 
     async def setup(self) -> None:
-        """Create the table and its indexes if they do not exist (idempotent)."""
+        """Create the table and its indexes if they do not exist (idempotent).
+
+        A table made by an earlier release gets the columns it lacks (all nullable:
+        its rows are then relayed as usual); a table of that name that is no outbox
+        raises :class:`~eventbus.patterns.schema.TableSchemaError`.
+        """
         t = self.table
         if self.db.dialect == "postgres":
             columns = ("seq BIGSERIAL PRIMARY KEY", "BYTEA", "DOUBLE PRECISION")
         else:
             columns = ("seq INTEGER PRIMARY KEY AUTOINCREMENT", "BLOB", "REAL")
-        statements = [
+        real = columns[2]
+        create = (
             f"CREATE TABLE IF NOT EXISTS {t} ({columns[0]}, event_id TEXT NOT NULL, "
             f"topic TEXT NOT NULL, stream TEXT NOT NULL, partition_key TEXT, "
-            f"envelope {columns[1]} NOT NULL, created_at {columns[2]} NOT NULL, "
-            f"sent_at {columns[2]}, failed_at {columns[2]}, error TEXT)",
+            f"envelope {columns[1]} NOT NULL, created_at {real} NOT NULL, "
+            f"sent_at {real}, failed_at {real}, error TEXT, claimed_by TEXT, "
+            f"claimed_until {real})")
+        indexes = [
             # The relay reads the unsent head of each stream; cleanup reads sent rows.
             f"CREATE INDEX IF NOT EXISTS {t}_unsent ON {t} (stream, seq) WHERE sent_at IS NULL",
             f"CREATE INDEX IF NOT EXISTS {t}_sent ON {t} (sent_at) WHERE sent_at IS NOT NULL",
@@ -113,8 +127,15 @@ class Outbox:
         for attempt in (1, 2):
             try:
                 async with self.db.transaction() as tx:
-                    for sql in statements:
+                    await tx.execute(create)
+                    added = await ensure_columns(tx, t, required=_REQUIRED, optional={
+                        "failed_at": real, "error": "TEXT", "claimed_by": "TEXT",
+                        "claimed_until": real})
+                    for sql in indexes:
                         await tx.execute(sql)
+                if added:
+                    log.warning("outbox table %s was made by an earlier release: added "
+                                "column(s) %s", t, ", ".join(added))
                 return
             except UniqueViolation:
                 # Two processes created the table at once (PostgreSQL's catalog

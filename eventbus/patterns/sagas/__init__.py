@@ -1,16 +1,15 @@
-"""Sagas: orchestrated (persisted, with compensations and timeouts), choreographed
-(reacting services publishing compensating events), and an out-of-order guard."""
+"""Sagas: orchestrated (persisted, with compensations and timeouts) and choreographed
+(reacting services publishing compensating events). Out-of-order events:
+:mod:`eventbus.patterns.ordering` (its stores are exported here too)."""
 
-from eventbus.patterns.sagas.choreography import Choreography, StepFailed, transaction_of
-from eventbus.patterns.sagas.definition import SagaContext, SagaDefinition, Step, StepAction
-from eventbus.patterns.sagas.orchestrator import SagaOrchestrator
-from eventbus.patterns.sagas.ordering import (
+from eventbus.patterns.ordering.stores import (
     MemorySequenceStore,
-    ParkedEvent,
-    SequenceGuard,
     SequenceStore,
     SqlSequenceStore,
 )
+from eventbus.patterns.sagas.choreography import Choreography, StepFailed, transaction_of
+from eventbus.patterns.sagas.definition import SagaContext, SagaDefinition, Step, StepAction
+from eventbus.patterns.sagas.orchestrator import SagaOrchestrator
 from eventbus.patterns.sagas.publishing import SagaPublisher
 from eventbus.patterns.sagas.state import (
     MemorySagaStore,
@@ -18,6 +17,7 @@ from eventbus.patterns.sagas.state import (
     SagaConcurrencyError,
     SagaError,
     SagaNotFound,
+    SagaPublishError,
     SagaSession,
     SagaState,
     SagaStatus,
@@ -29,7 +29,6 @@ __all__ = [
     "Choreography",
     "MemorySagaStore",
     "MemorySequenceStore",
-    "ParkedEvent",
     "SagaAlreadyExists",
     "SagaConcurrencyError",
     "SagaContext",
@@ -37,12 +36,12 @@ __all__ = [
     "SagaError",
     "SagaNotFound",
     "SagaOrchestrator",
+    "SagaPublishError",
     "SagaPublisher",
     "SagaSession",
     "SagaState",
     "SagaStatus",
     "SagaStore",
-    "SequenceGuard",
     "SequenceStore",
     "SqlSagaStore",
     "SqlSequenceStore",
@@ -51,3 +50,11 @@ __all__ = [
     "StepFailed",
     "transaction_of",
 ]
+
+
+def __getattr__(name: str) -> object:
+    if name in ("SequenceGuard", "ParkedEvent"):
+        from eventbus.patterns.ordering.legacy import deprecated
+
+        return deprecated(name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

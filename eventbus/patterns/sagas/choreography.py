@@ -29,8 +29,8 @@ service's part of it short and uniform::
   handler for an event handled before: exactly-once effects on that database;
 - ``topic`` maps an event class to the topic it travels on (default: its own),
   e.g. to give each environment or test run its own topics;
-- ``guard`` (a :class:`~eventbus.patterns.sagas.ordering.SequenceGuard` and a
-  sequence function) skips stale events for the entity.
+- ``guard`` (a :class:`~eventbus.patterns.ordering.Resequencer` and a sequence
+  function) applies the entity's events in sequence, skipping stale ones.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ from eventbus.context import Context
 from eventbus.errors import ConfigurationError
 from eventbus.events import Message
 from eventbus.patterns.inbox import Inbox
-from eventbus.patterns.sagas.ordering import SequenceGuard
+from eventbus.patterns.ordering import Resequencer
 from eventbus.patterns.sagas.state import SagaError
 from eventbus.patterns.sql import Transaction
 
@@ -80,7 +80,7 @@ class Choreography:
 
     def __init__(self, bus: EventBus, *, group: str, key: Callable[[Any], str] | None = None,
                  unit_of_work: UnitOfWork | None = None,
-                 guard: tuple[SequenceGuard, Callable[[Any], int]] | None = None,
+                 guard: tuple[Resequencer, Callable[[Any], int]] | None = None,
                  start_from: Literal["earliest", "latest"] = "earliest",
                  topic: Callable[[type[Message]], str] | None = None,
                  inbox: Inbox | None = None) -> None:

@@ -22,24 +22,33 @@ together, so a replay never applies it twice. A compensation that raises is
 retried after a backoff, up to ``compensation_attempts``; then the saga is
 *parked* (status ``"parked"``, logged at error, listed by :meth:`parked`) for a
 person to look at, instead of looping.
+
+What a change publishes commits with it (in the outbox, or in the saga's own
+``outgoing`` messages, see :mod:`~eventbus.patterns.sagas.publishing`); the next
+change waits until those messages reached the broker, so a compensation counts
+as done only once what it sent went out. A broker outage delays it (retried by
+:meth:`~SagaOrchestrator.tick`), never parks it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any
 
 from eventbus.backoff import Backoff
 from eventbus.bus import EventBus
+from eventbus.errors import is_permanent_refusal
 from eventbus.patterns.sagas.definition import SagaContext, SagaDefinition, StepAction
-from eventbus.patterns.sagas.publishing import SagaPublisher
+from eventbus.patterns.sagas.publishing import SagaPublisher, check_outbox, deliver
 from eventbus.patterns.sagas.state import (
     SagaAlreadyExists,
     SagaConcurrencyError,
     SagaNotFound,
+    SagaPublishError,
     SagaSession,
     SagaState,
     SagaStore,
@@ -68,6 +77,8 @@ class SagaOrchestrator:
                  transactional_publish: bool = False, compensation_attempts: int = 5,
                  compensation_backoff: Backoff | None = None,
                  clock: Callable[[], float] = time.time) -> None:
+        if transactional_publish:
+            check_outbox(definition.saga_type, store, bus)
         self.definition = definition
         self.store = store
         self.bus = bus
@@ -85,7 +96,7 @@ class SagaOrchestrator:
         winner's saga is returned: starting twice is safe.
         """
         state = SagaState(saga_id, self.definition.saga_type, dict(data or {}))
-        publisher = self._publisher()
+        publisher = self._publisher(state)
         try:
             async with self.store.unit_of_work() as session:
                 if await session.load(saga_id) is not None:
@@ -109,8 +120,7 @@ class SagaOrchestrator:
             logger.warning("saga %s failed to start: %s", saga_id, exc)
             await self._compensate(saga_id)
             return await self._get(saga_id)
-        await publisher.flush()
-        return state
+        return await self._deliver(saga_id, publisher.held) or state
 
     async def step_succeeded(self, saga_id: str, step: str,
                              data: Mapping[str, Any] | None = None) -> SagaState:
@@ -142,18 +152,26 @@ class SagaOrchestrator:
                                               include_current=False, expected_step=step)
 
     async def tick(self) -> None:
-        """Time out overdue steps and retry due compensations (run it periodically)."""
+        """Time out overdue steps, retry due compensations and send the messages of
+        committed changes that could not be sent then (run it periodically).
+
+        A saga that fails here is logged and tried again on a later tick; it does not
+        keep the others from their turn.
+        """
         now = self.clock()
-        for saga_id in await self.store.overdue(now):
-            state = await self.store.get(saga_id)
+        mine = self.definition.saga_type
+        for saga_id in await self.store.overdue(now, saga_type=mine):
+            state = await self.get(saga_id)
             if state is None or state.status != "running":
                 continue
             step = self.definition.steps[state.step].name
-            await self._begin_compensation(
-                saga_id, f"step {step!r} timed out", include_current=True,
-                expected_step=step, overdue_at=now)
-        for saga_id in await self.store.retry_due(now):
-            await self._compensate(saga_id)
+            with self._logged(saga_id, "timing out"):
+                await self._begin_compensation(
+                    saga_id, f"step {step!r} timed out", include_current=True,
+                    expected_step=step, overdue_at=now)
+        for saga_id in await self.store.retry_due(now, saga_type=mine):
+            with self._logged(saga_id, "retrying"):
+                await self._compensate(saga_id)
 
     async def run(self, interval: float = 1.0) -> None:
         """Call :meth:`tick` every ``interval`` seconds until cancelled; errors are logged."""
@@ -167,7 +185,7 @@ class SagaOrchestrator:
 
     async def parked(self) -> list[SagaState]:
         """Sagas whose compensation kept failing: they wait for :meth:`resume`."""
-        return await self.store.by_status("parked")
+        return await self.store.by_status("parked", saga_type=self.definition.saga_type)
 
     async def resume(self, saga_id: str) -> SagaState:
         """Retry a parked saga's compensation (after a person fixed the cause)."""
@@ -182,13 +200,27 @@ class SagaOrchestrator:
         return await self._compensate(saga_id)
 
     async def get(self, saga_id: str) -> SagaState | None:
-        """The saga's stored state, or ``None``."""
-        return await self.store.get(saga_id)
+        """The saga's stored state, or ``None`` (also when ``saga_id`` is a saga of
+        another type in the same store)."""
+        state = await self.store.get(saga_id)
+        return state if state is not None and state.saga_type == self.definition.saga_type \
+            else None
 
     # -- internals ---------------------------------------------------------------------
 
-    def _publisher(self) -> SagaPublisher:
-        return SagaPublisher(self.bus, self.transactional_publish)
+    def _publisher(self, state: SagaState | None = None) -> SagaPublisher:
+        return SagaPublisher(self.bus, self.transactional_publish, state)
+
+    @contextlib.contextmanager
+    def _logged(self, saga_id: str, doing: str) -> Iterator[None]:
+        try:
+            yield
+        except Exception as exc:
+            logger.warning("saga %s: %s it failed (%s: %s); the next tick tries again",
+                           saga_id, doing, type(exc).__name__, exc)
+
+    async def _deliver(self, saga_id: str, outgoing: list[dict[str, str]]) -> SagaState | None:
+        return await deliver(self.bus, self.store, self.definition.saga_type, saga_id, outgoing)
 
     def _waiting_on(self, state: SagaState, step: str) -> bool:
         steps = self.definition.steps
@@ -196,23 +228,44 @@ class SagaOrchestrator:
                 and steps[state.step].name == step)
 
     async def _get(self, saga_id: str) -> SagaState:
-        state = await self.store.get(saga_id)
+        return self._own(saga_id, await self.store.get(saga_id))
+
+    def _own(self, saga_id: str, state: SagaState | None) -> SagaState:
+        """``state`` if it is a saga of this orchestrator's type; else SagaNotFound.
+
+        Saga ids are unique across the types sharing a store: applying this
+        definition's steps to another type's saga would run the wrong compensations.
+        """
+        mine = self.definition.saga_type
         if state is None:
-            raise SagaNotFound(f"no saga {saga_id!r} of type {self.definition.saga_type!r}")
+            raise SagaNotFound(f"no saga {saga_id!r} of type {mine!r}")
+        if state.saga_type != mine:
+            raise SagaNotFound(
+                f"no saga {saga_id!r} of type {mine!r}: that id is a saga of type "
+                f"{state.saga_type!r} in the same store; use its own orchestrator, or "
+                "another id (ids are unique across the saga types of one store)")
         return state
 
-    async def _change(self, saga_id: str, change: Change) -> SagaState:
+    async def _change(self, saga_id: str, change: Change, *,
+                      send_pending: bool = True) -> SagaState:
         """Load, change and save the saga in one unit of work; on a version conflict
-        (another instance saved first) reload and decide again."""
+        (another instance saved first) reload and decide again.
+
+        Messages an earlier change left unsent go out first: a change is made only
+        once what came before it reached the broker (``send_pending=False`` skips
+        that, for the record of a failure itself).
+        """
         for _ in range(10):
             publisher = self._publisher()
+            pending: list[dict[str, str]] = []
             try:
                 async with self.store.unit_of_work() as session:
-                    state = await session.load(saga_id)
-                    if state is None:
-                        raise SagaNotFound(
-                            f"no saga {saga_id!r} of type {self.definition.saga_type!r}")
-                    changed = await change(session, state, publisher)
+                    state = self._own(saga_id, await session.load(saga_id))
+                    if send_pending and state.outgoing:
+                        pending, changed = list(state.outgoing), False
+                    else:
+                        publisher.state = state
+                        changed = await change(session, state, publisher)
             except SagaConcurrencyError:
                 publisher.discard()
                 logger.debug("saga %s changed concurrently; reloading", saga_id)
@@ -220,10 +273,12 @@ class SagaOrchestrator:
             except BaseException:
                 publisher.discard()
                 raise
-            await publisher.flush()
+            if pending:
+                await self._deliver(saga_id, pending)
+                continue  # and decide on the saga as it is now
             if not changed:
                 logger.debug("saga %s: nothing to do (status %s)", saga_id, state.status)
-            return state
+            return await self._deliver(saga_id, publisher.held) or state
         raise SagaConcurrencyError(f"saga {saga_id!r} kept changing under this orchestrator")
 
     async def _advance(self, session: SagaSession, state: SagaState,
@@ -322,8 +377,16 @@ class SagaOrchestrator:
                 return False
             step = state.to_compensate[0] if state.to_compensate else "on_compensated"
             state.attempts += 1
-            what = f"compensation of step {step!r} failed: {type(error).__name__}: {error}"
-            if state.attempts >= self.compensation_attempts:
+            # A broker that cannot be reached is not the compensation's fault: retried
+            # with backoff for as long as it lasts, never a reason to park the saga. A
+            # message the broker refuses for good is, like a failing compensation.
+            cause = error.__cause__ if isinstance(error, SagaPublishError) else None
+            unsent = cause is not None and not is_permanent_refusal(cause)
+            what = (f"sending a compensation's messages failed: {type(cause).__name__}: "
+                    f"{cause}" if cause is not None
+                    else f"compensation of step {step!r} failed: {type(error).__name__}: "
+                    f"{error}")
+            if state.attempts >= self.compensation_attempts and not unsent:
                 state.status, state.retry_at, state.reason = "parked", None, what
                 logger.error("saga %s parked after %d attempts: %s; fix the cause, then "
                              "resume it (SagaOrchestrator.resume)", saga_id, state.attempts, what)
@@ -334,7 +397,7 @@ class SagaOrchestrator:
             await session.update(state)
             return True
 
-        return await self._change(saga_id, change)
+        return await self._change(saga_id, change, send_pending=False)
 
     # -- wiring replies from the bus ------------------------------------------------------
 

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from eventbus.errors import EventBusError
+from eventbus.patterns.outbox.store import Outbox
+from eventbus.patterns.schema import ensure_columns
 from eventbus.patterns.sql import Database, Transaction, UniqueViolation
 
 SagaStatus = Literal["running", "completed", "compensating", "compensated", "parked"]
@@ -41,6 +43,11 @@ class SagaNotFound(SagaError):
     """No saga has this id."""
 
 
+class SagaPublishError(SagaError):
+    """A saga change was saved, but publishing its messages failed: they are kept with
+    the saga and sent again before its next change, or by the orchestrator's tick."""
+
+
 @dataclass
 class SagaState:
     """One saga instance: where it is, its data, and what was compensated.
@@ -49,6 +56,9 @@ class SagaState:
     ``deadline`` is when the running step's answer is due (epoch seconds), kept in
     the store so a restarted orchestrator still times it out. ``to_compensate`` is
     the queue of step names still to undo, in order; ``compensated`` the ones done.
+    ``outgoing`` holds the messages a committed change published but that have not
+    reached the broker yet (``{"topic", "id", "envelope"}``, the envelope encoded):
+    they are sent, with the same ids, before the saga's next change.
     """
 
     saga_id: str
@@ -63,6 +73,7 @@ class SagaState:
     retry_at: float | None = None
     reason: str | None = None
     version: int = 0
+    outgoing: list[dict[str, str]] = field(default_factory=list)
 
     @property
     def finished(self) -> bool:
@@ -99,14 +110,21 @@ class SagaStore(Protocol):
     async def get(self, saga_id: str) -> SagaState | None:
         """The saga as stored now, or ``None``."""
 
-    async def overdue(self, now: float, limit: int = 100) -> list[str]:
-        """Ids of running sagas whose step deadline is at or before ``now``."""
+    async def overdue(self, now: float, limit: int = 100, *,
+                      saga_type: str | None = None) -> list[str]:
+        """Ids of running sagas (of ``saga_type``, when given) whose step deadline is at
+        or before ``now``. Several saga types may share one store: an orchestrator
+        passes its own type, so it never drives another type's sagas."""
 
-    async def retry_due(self, now: float, limit: int = 100) -> list[str]:
-        """Ids of compensating sagas whose next compensation attempt is due."""
+    async def retry_due(self, now: float, limit: int = 100, *,
+                        saga_type: str | None = None) -> list[str]:
+        """Ids of sagas (of ``saga_type``, when given) compensating, or holding
+        messages a committed change could not send yet, whose next attempt is due."""
 
-    async def by_status(self, status: SagaStatus, limit: int = 100) -> list[SagaState]:
-        """Sagas in ``status`` (``"parked"`` lists the ones that need a person)."""
+    async def by_status(self, status: SagaStatus, limit: int = 100, *,
+                        saga_type: str | None = None) -> list[SagaState]:
+        """Sagas in ``status`` (of ``saga_type``, when given); ``"parked"`` lists the
+        ones that need a person."""
 
 
 # -- memory ------------------------------------------------------------------------
@@ -141,6 +159,8 @@ class _MemorySession:
 class MemorySagaStore:
     """Saga state in this process (tests, demos): lost when the process ends."""
 
+    outbox: Outbox | None = None  # no transaction an outbox could share
+
     def __init__(self) -> None:
         self._rows: dict[str, SagaState] = {}
         self._lock = asyncio.Lock()
@@ -165,25 +185,34 @@ class MemorySagaStore:
         row = self._rows.get(saga_id)
         return copy.deepcopy(row) if row is not None else None
 
-    async def overdue(self, now: float, limit: int = 100) -> list[str]:
-        """Running sagas past their step deadline."""
-        return [s.saga_id for s in self._rows.values() if s.status == "running"
+    async def overdue(self, now: float, limit: int = 100, *,
+                      saga_type: str | None = None) -> list[str]:
+        """Running sagas (of ``saga_type``) past their step deadline."""
+        return [s.saga_id for s in self._of(saga_type) if s.status == "running"
                 and s.deadline is not None and s.deadline <= now][:limit]
 
-    async def retry_due(self, now: float, limit: int = 100) -> list[str]:
-        """Compensating sagas whose next attempt is due."""
-        return [s.saga_id for s in self._rows.values() if s.status == "compensating"
+    async def retry_due(self, now: float, limit: int = 100, *,
+                        saga_type: str | None = None) -> list[str]:
+        """Sagas (of ``saga_type``) compensating or with messages still to send, whose
+        next attempt is due."""
+        return [s.saga_id for s in self._of(saga_type)
+                if (s.status == "compensating" or s.outgoing)
                 and (s.retry_at is None or s.retry_at <= now)][:limit]
 
-    async def by_status(self, status: SagaStatus, limit: int = 100) -> list[SagaState]:
-        """Sagas in ``status``."""
-        return [copy.deepcopy(s) for s in self._rows.values() if s.status == status][:limit]
+    async def by_status(self, status: SagaStatus, limit: int = 100, *,
+                        saga_type: str | None = None) -> list[SagaState]:
+        """Sagas in ``status`` (of ``saga_type``)."""
+        return [copy.deepcopy(s) for s in self._of(saga_type) if s.status == status][:limit]
+
+    def _of(self, saga_type: str | None) -> list[SagaState]:
+        return [s for s in self._rows.values() if saga_type is None or s.saga_type == saga_type]
 
 
 # -- SQL (SQLite and PostgreSQL) ---------------------------------------------------
 
 _COLUMNS = ("saga_id, saga_type, status, step, data, deadline, to_compensate, "
-            "compensated, attempts, retry_at, reason, version")
+            "compensated, attempts, retry_at, reason, version, outgoing")
+_REQUIRED = [name.strip() for name in _COLUMNS.split(",")][:12]
 
 
 def _table_sql(table: str, dialect: str) -> list[str]:
@@ -201,22 +230,36 @@ def _table_sql(table: str, dialect: str) -> list[str]:
             attempts INTEGER NOT NULL,
             retry_at {real},
             reason TEXT,
-            version INTEGER NOT NULL)""",
+            version INTEGER NOT NULL,
+            outgoing TEXT)""",
+    ]
+
+
+def _index_sql(table: str) -> list[str]:
+    return [
         f"CREATE INDEX IF NOT EXISTS {table}_status ON {table} (status, deadline)",
+        # What an orchestrator's tick asks: its own type's overdue or due sagas, and
+        # those with messages still to send.
+        f"CREATE INDEX IF NOT EXISTS {table}_type_status ON {table} "
+        "(saga_type, status, deadline)",
+        f"CREATE INDEX IF NOT EXISTS {table}_outgoing ON {table} (saga_type) "
+        "WHERE outgoing IS NOT NULL",
     ]
 
 
 def _row(state: SagaState) -> tuple[Any, ...]:
     return (state.saga_id, state.saga_type, state.status, state.step, json.dumps(state.data),
             state.deadline, json.dumps(state.to_compensate), json.dumps(state.compensated),
-            state.attempts, state.retry_at, state.reason, state.version)
+            state.attempts, state.retry_at, state.reason, state.version,
+            json.dumps(state.outgoing) if state.outgoing else None)
 
 
 def _state(row: tuple[Any, ...]) -> SagaState:
     return SagaState(
         saga_id=row[0], saga_type=row[1], status=row[2], step=row[3], data=json.loads(row[4]),
         deadline=row[5], to_compensate=json.loads(row[6]), compensated=json.loads(row[7]),
-        attempts=row[8], retry_at=row[9], reason=row[10], version=row[11])
+        attempts=row[8], retry_at=row[9], reason=row[10], version=row[11],
+        outgoing=json.loads(row[12]) if row[12] else [])
 
 
 class _SqlSession:
@@ -235,7 +278,7 @@ class _SqlSession:
         try:
             await self._tx.execute(
                 f"INSERT INTO {self._table} ({_COLUMNS}) VALUES "
-                "($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)", *_row(state))
+                "($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)", *_row(state))
         except UniqueViolation as exc:
             raise SagaAlreadyExists(f"saga {state.saga_id!r} already exists") from exc
 
@@ -244,8 +287,8 @@ class _SqlSession:
         changed = await self._tx.execute(
             f"UPDATE {self._table} SET status = $2, step = $3, data = $4, deadline = $5, "
             "to_compensate = $6, compensated = $7, attempts = $8, retry_at = $9, reason = $10, "
-            "version = version + 1 WHERE saga_id = $1 AND version = $11",
-            state.saga_id, *values[2:11], state.version)
+            "outgoing = $12, version = version + 1 WHERE saga_id = $1 AND version = $11",
+            state.saga_id, *values[2:11], state.version, values[12])
         if changed != 1:
             raise SagaConcurrencyError(
                 f"saga {state.saga_id!r} changed since version {state.version} was read "
@@ -262,21 +305,31 @@ class SqlSagaStore:
     ``unit_of_work`` opens the transaction every saga change runs in; it defaults
     to ``db.transaction``. Pass a transactional outbox's ``unit_of_work`` so the
     commands and events a step publishes are written in the same transaction as
-    the saga's new state.
+    the saga's new state. ``outbox`` names that outbox when ``unit_of_work`` is a
+    function of your own that routes publishes into it (``outbox.within(tx)``);
+    with ``outbox.unit_of_work`` itself it is found without being named.
     """
 
     def __init__(self, db: Database, *, table: str = "eventbus_sagas",
-                 unit_of_work: UnitOfWork | None = None) -> None:
+                 unit_of_work: UnitOfWork | None = None, outbox: Outbox | None = None) -> None:
         self.db = db
         self.table = table
         self._unit_of_work: UnitOfWork = unit_of_work or db.transaction
+        owner = getattr(unit_of_work, "__self__", None)
+        self.outbox: Outbox | None = outbox or (owner if isinstance(owner, Outbox) else None)
+        """The outbox this store's units of work write publishes into, if any."""
 
     async def setup(self) -> None:
-        """Create the saga table and its index if they are missing."""
+        """Create the saga table and its indexes if they are missing; add the columns
+        a table of an earlier release lacks (see :mod:`eventbus.patterns.schema`)."""
         for attempt in (1, 2):
             try:
                 async with self.db.transaction() as tx:
                     for statement in _table_sql(self.table, self.db.dialect):
+                        await tx.execute(statement)
+                    await ensure_columns(tx, self.table, required=_REQUIRED,
+                                         optional={"outgoing": "TEXT"})
+                    for statement in _index_sql(self.table):
                         await tx.execute(statement)
                 return
             except UniqueViolation:
@@ -298,25 +351,37 @@ class SqlSagaStore:
         async with self.db.transaction() as tx:
             return await _SqlSession(tx, self.table).load(saga_id)
 
-    async def overdue(self, now: float, limit: int = 100) -> list[str]:
-        """Running sagas past their step deadline."""
-        return await self._ids("status = 'running' AND deadline <= $1", now, limit)
+    async def overdue(self, now: float, limit: int = 100, *,
+                      saga_type: str | None = None) -> list[str]:
+        """Running sagas (of ``saga_type``) past their step deadline."""
+        return await self._ids("status = 'running' AND deadline <= $1", now, limit, saga_type)
 
-    async def retry_due(self, now: float, limit: int = 100) -> list[str]:
-        """Compensating sagas whose next attempt is due."""
+    async def retry_due(self, now: float, limit: int = 100, *,
+                        saga_type: str | None = None) -> list[str]:
+        """Sagas (of ``saga_type``) compensating or with messages still to send, whose
+        next attempt is due."""
         return await self._ids(
-            "status = 'compensating' AND (retry_at IS NULL OR retry_at <= $1)", now, limit)
+            "(status = 'compensating' OR outgoing IS NOT NULL) "
+            "AND (retry_at IS NULL OR retry_at <= $1)", now, limit, saga_type)
 
-    async def by_status(self, status: SagaStatus, limit: int = 100) -> list[SagaState]:
-        """Sagas in ``status``."""
+    async def by_status(self, status: SagaStatus, limit: int = 100, *,
+                        saga_type: str | None = None) -> list[SagaState]:
+        """Sagas in ``status`` (of ``saga_type``)."""
+        of_type, args = _of_type(saga_type)
         async with self.db.transaction() as tx:
-            rows = await tx.fetch(f"SELECT {_COLUMNS} FROM {self.table} WHERE status = $1 "
-                                  "ORDER BY saga_id LIMIT $2", status, limit)
+            rows = await tx.fetch(f"SELECT {_COLUMNS} FROM {self.table} WHERE status = $1"
+                                  f"{of_type} ORDER BY saga_id LIMIT $2", status, limit, *args)
         return [_state(row) for row in rows]
 
-    async def _ids(self, where: str, now: float, limit: int) -> list[str]:
+    async def _ids(self, where: str, now: float, limit: int,
+                   saga_type: str | None) -> list[str]:
+        of_type, args = _of_type(saga_type)
         async with self.db.transaction() as tx:
-            rows = await tx.fetch(
-                f"SELECT saga_id FROM {self.table} WHERE {where} ORDER BY saga_id LIMIT $2",
-                now, limit)
+            rows = await tx.fetch(f"SELECT saga_id FROM {self.table} WHERE {where}{of_type} "
+                                  "ORDER BY saga_id LIMIT $2", now, limit, *args)
         return [row[0] for row in rows]
+
+
+def _of_type(saga_type: str | None) -> tuple[str, tuple[str, ...]]:
+    """The clause (parameter ``$3``) that keeps one saga type, or none for all types."""
+    return ("", ()) if saga_type is None else (" AND saga_type = $3", (saga_type,))

@@ -37,6 +37,8 @@ from eventbus.testing.conformance._support import (
     requires,
 )
 
+OUTAGE = 9.0
+"""Seconds the settle-failure case refuses connections."""
 FAST_REDELIVERY = Backoff(initial=0.05, max_delay=0.3, jitter=0.0)
 """Redelivery delays after infrastructure failures, short so the cases finish quickly."""
 
@@ -163,9 +165,10 @@ class ResilienceCases:
     @case(requires(Capability.fault_hooks, "the connection is cut while a handler runs"),
           requires(Capability.redelivery, "the message must come back"), timeout=120.0)
     async def test_failed_settle_releases_the_message(self, run: Case) -> None:
-        """The connection is refused for a few seconds while a handler fails, so its nack
-        (and an ack) cannot reach the broker: the message comes back and is handled, and with
-        one prefetch slot later messages still flow (no slot leaked, no entry held)."""
+        """The connection is refused for longer than a client retries a call while a handler
+        fails, so its nack (and an ack) cannot reach the broker: the message comes back and
+        is handled, and with one prefetch slot later messages still flow (no slot leaked,
+        no entry held)."""
         faults, url = run.target.faults, run.target.faulty_url
         assert faults is not None and url is not None
         event_cls = on_topic(Ping, run.topic())
@@ -177,7 +180,9 @@ class ResilienceCases:
         async def handle(event: Ping, ctx: Context) -> None:
             runs.add((event.seq, ctx.attempt))
             if event.seq == 0 and ctx.attempt == 1:
-                await faults.refuse_connections(3.0)
+                # Longer than a client's own retries of a failed call (redis-py's ~7 s),
+                # so the settle really fails instead of being retried through.
+                await faults.refuse_connections(OUTAGE)
                 raise RuntimeError("fails while the broker is out of reach")
             done.add(event.seq)
 
@@ -185,7 +190,7 @@ class ResilienceCases:
         publisher = await run.publisher(run.target.url)
         await publisher.publish(event_cls(seq=0))
         await runs.wait_count(1)
-        await asyncio.sleep(3.5)  # the refusal is over; publish the rest
+        await asyncio.sleep(OUTAGE + 0.5)  # the refusal is over; publish the rest
         await publisher.publish_many([event_cls(seq=s) for s in (1, 2, 3)])
         await done.wait(lambda items: {0, 1, 2, 3} <= set(items),
                         "the failed message again and every later one", timeout=WAIT * 3)

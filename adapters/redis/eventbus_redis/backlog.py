@@ -1,0 +1,75 @@
+"""What a Streams group could be given now, for the bus's stall watch.
+
+``backlog()`` counts, for one consumer group of one stream:
+
+- **lag**: entries added to the stream after the group's last delivered entry
+  (``XINFO GROUPS`` ``lag``, Redis 7+). Where Redis cannot tell (``lag`` is nil:
+  entries after the group's position were deleted, or Redis 6) the entries after
+  ``last-delivered-id`` are counted with ``XRANGE``, up to :data:`LIMIT`;
+- **pending entries idle past ``claim_idle_ms``**: delivered to a consumer that
+  stopped keeping them fresh (dead, or let go of them after a failed nack), so
+  any consumer's next ``XAUTOCLAIM`` takes them (``XPENDING ... IDLE``, up to
+  :data:`LIMIT`), except those waiting out a nack delay;
+- **delayed retries that are due**: ids in the group's delay set whose due time
+  has passed (``ZCOUNT``); those still waiting are not counted.
+
+Entries held by live consumers (in flight, kept fresh) are not counted. A stream
+or group that no longer exists raises TopicNotFoundError; no answer raises
+BrokerConnectionError.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from eventbus.errors import BrokerConnectionError, TopicNotFoundError
+
+from .groups import group_info
+
+if TYPE_CHECKING:
+    from .consumer import StreamSubscription
+
+LIMIT = 1000
+"""At most this many undelivered or idle entries are counted one by one (a stall
+needs one; a precise count of more is not worth a long scan)."""
+
+
+async def stream_backlog(subscription: StreamSubscription) -> int:
+    """The backlog of ``subscription``'s group (see the module's docstring)."""
+    topic, group = subscription.topic, subscription.group
+    client: Any = subscription.adapter.client
+    where = f"group {group!r} of stream {topic!r} on Redis at " \
+            f"{subscription.adapter.settings.masked_url}"
+    try:
+        info = await group_info(client, topic, group)
+        if info is None:
+            raise TopicNotFoundError(
+                f"{where} does not exist (deleted?): nothing is consumed until it is "
+                "created again")
+        lag = info.get("lag")
+        if lag is None:
+            last = info["last-delivered-id"]
+            lag = len(await client.xrange(topic, b"(" + bytes(last), "+", count=LIMIT))
+        idle = await client.xpending_range(
+            topic, group, "-", "+", LIMIT, idle=subscription.adapter.settings.claim_idle_ms)
+        ids = [entry["message_id"] for entry in idle]
+        waiting = await client.zmscore(subscription.delay_key, ids) if ids else []
+        due = await client.zcount(subscription.delay_key, "-inf", int(time.time() * 1000))
+    except (TopicNotFoundError, BrokerConnectionError):
+        raise
+    except ResponseError as exc:
+        if "no such key" in str(exc).lower() or "NOGROUP" in str(exc):
+            raise TopicNotFoundError(f"{where} does not exist (deleted?): {exc}") from exc
+        raise BrokerConnectionError(f"cannot read the backlog of {where}: {exc}") from exc
+    except (RedisConnectionError, RedisTimeoutError, RedisError, OSError, TimeoutError) as exc:
+        raise BrokerConnectionError(
+            f"cannot read the backlog of {where}: {type(exc).__name__}: {exc}") from exc
+    # An idle entry in the delay set is counted by ``due`` once due, never before.
+    reclaimable = sum(1 for score in waiting if score is None)
+    return int(lag) + reclaimable + int(due)
+
