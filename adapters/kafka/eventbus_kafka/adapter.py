@@ -108,6 +108,7 @@ class KafkaAdapter(ProducerConnection, Adapter):
             "bootstrap_servers": list(s.bootstrap_servers),
             "client_id": s.client_id,
             "request_timeout_ms": s.request_timeout_ms,
+            "metadata_max_age_ms": s.metadata_max_age_ms,
             "security_protocol": s.security_protocol,
         }
         if s.security_protocol in ("SSL", "SASL_SSL"):
@@ -325,6 +326,10 @@ class KafkaAdapter(ProducerConnection, Adapter):
     async def topic_exists(self, topic: str) -> bool:
         """Whether the cluster has ``topic`` now (a metadata round trip; creates nothing)."""
         return await self._provisioner.partitions(topic) is not None
+
+    async def topic_partitions(self, topic: str) -> list[int] | None:
+        """The partitions of ``topic`` the cluster reports now, ``None`` if it is absent."""
+        return await self._provisioner.partitions(topic)
 
     def topic_deleted(self, topic: str) -> None:
         """A subscription found ``topic`` deleted: create it again on the next use, and let

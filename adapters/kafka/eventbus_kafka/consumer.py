@@ -239,15 +239,19 @@ class KafkaSubscription(GroupMember, PollKeeper, RunCounter, TopicWatch, Subscri
             if not offsets:
                 return
             try:
-                await self.consumer.commit(offsets)
-            except (KafkaError, ConsumerStoppedError) as exc:
+                # Bounded: aiokafka retries a retriable error (a partition gone with its
+                # topic: UnknownTopicOrPartition) for ever, holding the commit lock.
+                await asyncio.wait_for(self.consumer.commit(offsets), COMMIT_TIMEOUT)
+            except (KafkaError, ConsumerStoppedError, TimeoutError) as exc:
                 log.warning(
                     "could not commit offsets of group %r on %r (%s: %s); retrying, and "
                     "until a commit succeeds a restart or rebalance redelivers what was "
                     "handled since the last one", self.options.group, self.topic,
-                    type(exc).__name__, str(exc).strip().splitlines()[0] if str(exc) else "",
+                    type(exc).__name__,
+                    str(exc).strip().splitlines()[0] if str(exc) else "timed out",
                 )
                 self._dirty.set()
+                await self._check_partitions_exist(set(offsets))
                 return
             for tp, meta in offsets.items():
                 self._logs[tp].committed = meta.offset

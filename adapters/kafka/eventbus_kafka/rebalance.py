@@ -101,10 +101,14 @@ class GroupMember:
         pins: dict[TopicPartition, OffsetAndMetadata] = {}
         fresh = [tp for tp in unpinned if tp not in legacy]
         starts: dict[TopicPartition, int] = dict(legacy)
-        # A topic deleted underneath and created anew holds only what was published
-        # since: read it from the start, whatever start_from says.
+        # start_from is where a new group starts. A partition with no committed offset
+        # after the group started (added to the topic later), or of a topic deleted
+        # underneath and created anew, holds only what was published since: read it
+        # from the start, whatever start_from says.
         recreated = self.adapter.recreated
-        earliest = [tp for tp in fresh if self.start_from == "earliest" or tp.topic in recreated]
+        later = self._assigned.is_set()
+        earliest = [tp for tp in fresh
+                    if self.start_from == "earliest" or later or tp.topic in recreated]
         latest = [tp for tp in fresh if tp not in earliest]
         for wanted, find in ((earliest, self.consumer.beginning_offsets),
                              (latest, self.consumer.end_offsets)):

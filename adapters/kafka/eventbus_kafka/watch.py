@@ -4,8 +4,10 @@ A topic deleted underneath a running group (an operator, a cleanup script) takes
 group's committed offsets with it; the consumer's partitions simply disappear and,
 unnoticed, the subscription would sit idle with ``health()`` ok, even after a
 producer created the topic again. The watch looks at the consumer's metadata every
-:data:`WATCH_INTERVAL` (no round trip); once the topic is missing there the
-iteration fails with :class:`~eventbus.errors.TopicNotFoundError`. The bus
+:data:`WATCH_INTERVAL` (no round trip); once the topic is missing there, or a commit
+fails and a partition committed to is gone (some brokers, Tansu among them, create
+the topic again at once and the consumer never sees it missing), the iteration
+fails with :class:`~eventbus.errors.TopicNotFoundError`. The bus
 subscribes again, which creates the topic anew if nobody did (unless
 ``create_topics=false``: then the subscription fails for good, visibly) and reads
 it from its first record, since everything in it was published after the deletion.
@@ -75,10 +77,25 @@ class TopicWatch:
                 self._lost = self._deleted()
                 self._wake.set()
 
-    def _deleted(self) -> TopicNotFoundError:
-        self.adapter.topic_deleted(self.topic)
+    async def _check_partitions_exist(self, partitions: set[TopicPartition]) -> None:
+        """After a failed commit: if a partition committed to is gone (its topic deleted,
+        or created again with fewer partitions), fail the iteration as the watch does."""
+        for topic in {tp.topic for tp in partitions}:
+            try:
+                now = await self.adapter.topic_partitions(topic)
+            except BrokerConnectionError:
+                return  # the cluster does not answer: an outage, reported elsewhere
+            if now is None or any(tp.partition not in now for tp in partitions
+                                  if tp.topic == topic):
+                self._lost = self._deleted(topic)
+                self._wake.set()
+                return
+
+    def _deleted(self, topic: str | None = None) -> TopicNotFoundError:
+        topic = topic or self.topic
+        self.adapter.topic_deleted(topic)
         return TopicNotFoundError(
-            f"topic {self.topic!r} was deleted on Kafka at {self.adapter.settings.masked_url} "
+            f"topic {topic!r} was deleted on Kafka at {self.adapter.settings.masked_url} "
             f"while group {self.options.group!r} consumed it (its committed offsets went "
             "with it); subscribing again creates it anew and reads it from its first "
             "record (with create_topics=false, create it yourself)"
