@@ -14,6 +14,7 @@ import pytest
 
 from eventbus.testing import BrokerTarget, ConformanceSuite
 from integration_tests import harness
+from integration_tests.kafka.targets import kafka_target
 from integration_tests.nats.targets import nats_target
 from integration_tests.rabbitmq.node import conformance_node, delete_underneath
 from integration_tests.redis.target import redis_target
@@ -25,6 +26,18 @@ TANSU_LIMITS: dict[str, str] = {
     "test_broker_restart_loses_nothing_acknowledged": (
         "Tansu's memory storage forgets every record and offset when it restarts "
         "(its S3 storage keeps them: EVENTBUS_TEST_KAFKA_STORAGE=s3); Apache Kafka runs this case"
+    ),
+    "test_crash_loop_dead_lettered_after_max_attempts": (
+        "Tansu keeps no offset commit metadata (OffsetFetch returns it empty), where the "
+        "Kafka adapter counts a record's runs across crashes (it warns once on such a "
+        "broker); Apache Kafka runs this case"
+    ),
+    "test_resource_deleted_underneath_recovered_or_reported": (
+        "Tansu creates a deleted topic again on the next produce, with its own partition "
+        "count (4, not the adapter's), so the consumer sees no deletion and learns of the "
+        "extra partition only at its next metadata refresh (metadata_max_age_ms), and "
+        "produce to that partition fails with UnknownError for a while; Apache Kafka runs "
+        "this case"
     ),
 }
 
@@ -84,18 +97,10 @@ def _target(name: str) -> BrokerTarget:
     if broker == "nats":
         return nats_target(name)
     endpoint, proxy = harness.require_faulty(broker, flavour)
-    url = harness.client_url(endpoint)
     if broker == "sqs":
         return _sqs_target(name, endpoint, proxy)
-    return BrokerTarget(
-        name=name,
-        url=url,
-        faults=proxy,
-        faulty_url=url,
-        scale=SCALE.get(name, 1.0),
-        limits=TANSU_LIMITS if endpoint.flavour == "tansu" else {},
-        restart=endpoint.restart,
-    )
+    return kafka_target(name, endpoint, proxy, SCALE.get(name, 1.0),
+                        TANSU_LIMITS if endpoint.flavour == "tansu" else {})
 
 
 def _rabbitmq_target(name: str, queue_type: str | None) -> BrokerTarget:

@@ -328,3 +328,35 @@ def test_a_bad_value_names_the_option_the_value_and_what_is_allowed() -> None:
     # Case-folded choices, as before: security_protocol upper, isolation_level lower.
     s = KafkaSettings.from_url("kafka://k?security_protocol=ssl&isolation_level=READ_COMMITTED")
     assert (s.security_protocol, s.isolation_level) == ("SSL", "read_committed")
+
+
+# -- foreign headers (#18 defect 26) -----------------------------------------------------
+
+TRACING = ("uber-trace-bin", bytes.fromhex("ff00fe80c3"))  # an interceptor's binary value
+
+
+def test_a_foreign_binary_header_never_makes_a_cloudevent_poison() -> None:
+    """Only ``ce_`` headers and ``content-type`` are read as text: a tracing
+    interceptor's binary header beside them is not ours to decode. The event keeps
+    everything, its partitionkey from the record key included, and the transport
+    headers (attempt) are still read."""
+    env = full_envelope()
+    record = encode(env)
+    decoded = decode(record.key, record.value, [*record.headers, TRACING])
+    assert decoded.envelope == env, decoded.error
+    keyed = decode(b"tenant-9", b"x", [TRACING, *MINIMAL, (ATTEMPT_HEADER, b"3")])
+    assert keyed.envelope is not None, keyed.error
+    assert keyed.envelope.partitionkey == "tenant-9" and keyed.attempt == 3
+
+
+def test_a_structured_event_with_a_foreign_binary_header_is_read() -> None:
+    env = full_envelope()
+    record = encode(env, structured=True)
+    decoded = decode(record.key, record.value, [TRACING, *record.headers])
+    assert decoded.envelope is not None, decoded.error
+    assert (decoded.envelope.id, decoded.envelope.extensions) == (env.id, env.extensions)
+
+
+def test_a_non_utf8_cloudevents_header_is_still_poison() -> None:
+    decoded = decode(None, b"x", [*MINIMAL[:-1], ("ce_type", b"\xff\xfe"), TRACING])
+    assert decoded.envelope is None and "ce_type" in (decoded.error or "")

@@ -10,20 +10,12 @@ Example::
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import (
-    KafkaConnectionError,
-    KafkaError,
-    KafkaTimeoutError,
-    MessageSizeTooLargeError,
-    NodeNotReadyError,
-    RequestTimedOutError,
-)
+from aiokafka.errors import MessageSizeTooLargeError, UnknownTopicOrPartitionError
 from aiokafka.helpers import create_ssl_context
 from aiokafka.structs import OffsetAndMetadata, TopicPartition
 
@@ -46,6 +38,7 @@ from eventbus.errors import (
 
 from .browse import read_topic
 from .codec import Headers, encode_parts, record_size, retry_headers
+from .connection import ProducerConnection, half_open_bound, transient
 from .consumer import KafkaSubscription
 from .delivery import best_effort
 from .provision import TopicProvisioner
@@ -55,17 +48,8 @@ from .settings import KafkaSettings
 
 log = logging.getLogger("eventbus.kafka")
 
-_CONNECTION_ERRORS = (
-    KafkaConnectionError,
-    KafkaTimeoutError,
-    NodeNotReadyError,
-    RequestTimedOutError,
-    TimeoutError,
-    OSError,
-)
 
-
-class KafkaAdapter(Adapter):
+class KafkaAdapter(ProducerConnection, Adapter):
     """Kafka through aiokafka: ``kafka://host:port[,host:port][?options]``.
 
     See ``docs/adapters/kafka.md`` for every option and the delivery guarantees.
@@ -91,6 +75,11 @@ class KafkaAdapter(Adapter):
             max_message_bytes=self.settings.max_message_bytes,
             dedupe_window=None,
             reconnect=True,
+            # A member that does not poll for max_poll_interval_ms leaves its group and
+            # its partitions (and unsettled records) go to another member; the
+            # subscription keeps polling while handlers run (eventbus_kafka.keepalive).
+            lease=True,
+            half_open_bound=half_open_bound(self.settings),
         )
         self._producer: AIOKafkaProducer | None = None
         self._structured = self.settings.mode == "structured"
@@ -105,6 +94,12 @@ class KafkaAdapter(Adapter):
         self._instance_ids: dict[tuple[str, str], set[int]] = {}
         # Whether the running producer is idempotent (known once connected).
         self.idempotent: bool | None = None
+        # Topics deleted underneath a subscription: whatever their new incarnation holds
+        # was published after the deletion, so a group reads it from its first record.
+        self.recreated: set[str] = set()
+        # Whether the broker keeps offset commit metadata, where runs across crashes are
+        # counted (eventbus_kafka.runs); None until the first count was read back.
+        self.keeps_commit_metadata: bool | None = None
 
     def client_options(self) -> dict[str, Any]:
         """Options shared by the producer, the consumers and the admin client."""
@@ -113,6 +108,7 @@ class KafkaAdapter(Adapter):
             "bootstrap_servers": list(s.bootstrap_servers),
             "client_id": s.client_id,
             "request_timeout_ms": s.request_timeout_ms,
+            "metadata_max_age_ms": s.metadata_max_age_ms,
             "security_protocol": s.security_protocol,
         }
         if s.security_protocol in ("SSL", "SASL_SSL"):
@@ -130,73 +126,6 @@ class KafkaAdapter(Adapter):
     async def connect(self) -> None:
         """Start the producer; fail within ``connect_timeout`` if no broker answers."""
         await self._ready_producer()
-
-    async def _ready_producer(self) -> AIOKafkaProducer:
-        if self._producer is not None:
-            return self._producer
-        async with self._connect_lock:
-            if self._producer is not None:
-                return self._producer
-            s = self.settings
-            idempotent = s.enable_idempotence != "false"
-            try:
-                producer = await self._start_producer(idempotent)
-            except KafkaError as exc:
-                if isinstance(exc, _CONNECTION_ERRORS) or s.enable_idempotence == "false":
-                    raise self._connect_error(exc) from exc
-                if s.enable_idempotence == "true":
-                    raise BrokerConnectionError(
-                        f"Kafka at {s.masked_url} refused the idempotent producer "
-                        f"(InitProducerId: {type(exc).__name__}: {exc}); this broker lacks "
-                        "it: use enable_idempotence=auto (falls back with a warning) or false"
-                    ) from exc
-                # The broker answered but refused InitProducerId: a Kafka-protocol
-                # broker without the idempotent producer (Tansu, for one).
-                log.warning(
-                    "Kafka at %s has no idempotent producer (%s: %s); publishing without "
-                    "it, so a produce request retried after a lost reply may write a "
-                    "record twice. Set enable_idempotence=false to silence this.",
-                    s.masked_url, type(exc).__name__, exc,
-                )
-                idempotent = False
-                try:
-                    producer = await self._start_producer(idempotent)
-                except Exception as again:
-                    raise self._connect_error(again) from again
-            except Exception as exc:
-                raise self._connect_error(exc) from exc
-            self.idempotent = idempotent
-            self._producer = producer
-            return producer
-
-    async def _start_producer(self, idempotent: bool) -> AIOKafkaProducer:
-        s = self.settings
-        producer = AIOKafkaProducer(
-            **self.client_options(),
-            acks="all",
-            enable_idempotence=idempotent,
-            linger_ms=s.linger_ms,
-            compression_type=s.compression_type,
-            max_batch_size=s.batch_bytes,
-            max_request_size=max(1024 * 1024, s.max_message_bytes + 64 * 1024),
-        )
-        try:
-            # With idempotence, start() also obtains the producer id (InitProducerId),
-            # so a broker without it is found here, not mid-publish.
-            await asyncio.wait_for(producer.start(), s.connect_timeout)
-        except BaseException:
-            with contextlib.suppress(Exception):
-                await producer.stop()
-            raise
-        return producer
-
-    def _connect_error(self, exc: BaseException) -> BrokerConnectionError:
-        s = self.settings
-        return BrokerConnectionError(
-            f"cannot connect to Kafka at {s.masked_url} within {s.connect_timeout:g}s "
-            f"({type(exc).__name__}: {exc or 'timed out'}); check that the bootstrap "
-            "servers are reachable and the credentials are right"
-        )
 
     async def close(self) -> None:
         """Close every subscription (committing what is done), flush and stop the producer.
@@ -269,9 +198,9 @@ class KafkaAdapter(Adapter):
             self._publishing -= 1
         if not failures:
             return
-        if len(failures) == len(records) and all(
-            isinstance(exc, _CONNECTION_ERRORS) for exc in failures.values()
-        ):
+        if any(isinstance(exc, UnknownTopicOrPartitionError) for exc in failures.values()):
+            self._provisioner.forget(topic)  # deleted underneath: the retry creates it
+        if len(failures) == len(records) and all(transient(e) for e in failures.values()):
             first = next(iter(failures.values()))
             raise BrokerConnectionError(
                 f"Kafka at {self.settings.masked_url} did not confirm any of {len(records)} "
@@ -290,7 +219,7 @@ class KafkaAdapter(Adapter):
         error: Exception
         if isinstance(exc, MessageSizeTooLargeError):
             error = MessageTooLargeError(f"the broker refused {text}; nothing was sent")
-        elif isinstance(exc, _CONNECTION_ERRORS):
+        elif transient(exc):
             error = BrokerConnectionError(f"Kafka at {self.settings.masked_url} lost {text}")
         else:
             error = PublishError(f"Kafka did not confirm {text}")
@@ -300,8 +229,10 @@ class KafkaAdapter(Adapter):
     async def publish_raw(
         self, topic: str, payload: bytes, headers: Mapping[str, bytes] | None = None
     ) -> None:
-        """Send ``payload`` with no key and no CloudEvents headers (poison-message tests)."""
-        await self.send_record(topic, None, payload, [])
+        """Send ``payload`` as one record with no key and ``headers`` as its record headers,
+        bypassing the codec: how a foreign producer's record looks, and how a dead
+        letter of one is replayed."""
+        await self.send_record(topic, None, payload, list((headers or {}).items()))
 
     async def send_record(
         self, topic: str, key: bytes | None, value: bytes | None, headers: Headers
@@ -322,7 +253,9 @@ class KafkaAdapter(Adapter):
         try:
             await producer.send_and_wait(topic, value, key=key, headers=headers)
         except Exception as exc:
-            if isinstance(exc, _CONNECTION_ERRORS):
+            if isinstance(exc, UnknownTopicOrPartitionError):
+                self._provisioner.forget(topic)  # deleted underneath: the retry creates it
+            if transient(exc):
                 raise BrokerConnectionError(
                     f"Kafka at {self.settings.masked_url} did not confirm a record to {topic!r}: "
                     f"{type(exc).__name__}: {exc}"
@@ -389,6 +322,20 @@ class KafkaAdapter(Adapter):
                 "check the name (reading creates no topic)"
             )
         return await read_topic(self, topic, partitions, limit)
+
+    async def topic_exists(self, topic: str) -> bool:
+        """Whether the cluster has ``topic`` now (a metadata round trip; creates nothing)."""
+        return await self._provisioner.partitions(topic) is not None
+
+    async def topic_partitions(self, topic: str) -> list[int] | None:
+        """The partitions of ``topic`` the cluster reports now, ``None`` if it is absent."""
+        return await self._provisioner.partitions(topic)
+
+    def topic_deleted(self, topic: str) -> None:
+        """A subscription found ``topic`` deleted: create it again on the next use, and let
+        a group whose committed offsets went with it read it from the start."""
+        self._provisioner.forget(topic)
+        self.recreated.add(topic)
 
     async def group_offsets(
         self, group: str, partitions: list[TopicPartition]

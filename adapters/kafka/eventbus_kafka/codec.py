@@ -121,7 +121,7 @@ def encode_parts(
 
 
 def decode(
-    key: bytes | None, value: bytes | None, headers: Iterable[tuple[str, bytes | None]]
+    key: bytes | None, value: bytes | None, headers: Sequence[tuple[str, bytes | None]]
 ) -> Decoded:
     """Read a consumed record; never raises.
 
@@ -129,32 +129,22 @@ def decode(
     the common record (our own binary mode) without a generic attribute loop.
     """
     attempt, not_before, origin = 1, 0, None
-    raw_headers: list[tuple[str, bytes]] | None = None
+    cloud: dict[str, str | bytes]
     try:
         cloud = {name: raw.decode() if raw else "" for name, raw in headers}
     except (UnicodeDecodeError, AttributeError):
-        # Not all text: the generic reader reports it (as a poison record).
-        cloud = {}
-        raw_headers = [(name, raw or b"") for name, raw in headers]
+        cloud = _text_headers(headers)
     if ATTEMPT_HEADER in cloud or NOT_BEFORE_HEADER in cloud or ORIGIN_HEADER in cloud:
         text = cloud.pop(ATTEMPT_HEADER, None)
         attempt = 1 if text is None else max(1, _int(text, 1))
         text = cloud.pop(NOT_BEFORE_HEADER, None)
         not_before = 0 if text is None else _int(text, 0)
-        origin = cloud.pop(ORIGIN_HEADER, None)
-    elif raw_headers is not None:
-        transport = {n: v for n, v in raw_headers if n in _TRANSPORT_HEADERS}
-        raw_headers = [(n, v) for n, v in raw_headers if n not in _TRANSPORT_HEADERS]
-        attempt = max(1, _int(transport.get(ATTEMPT_HEADER, b"1"), 1))
-        not_before = _int(transport.get(NOT_BEFORE_HEADER, b"0"), 0)
-        if ORIGIN_HEADER in transport:
-            origin = transport[ORIGIN_HEADER].decode("utf-8", "replace")
+        text = cloud.pop(ORIGIN_HEADER, None)
+        origin = text.decode("utf-8", "replace") if isinstance(text, bytes) else text
     try:
-        if raw_headers is not None:
-            envelope: Envelope | None = decode_binary(raw_headers, value, KAFKA_PREFIX)
-        elif _SPECVERSION_HEADER not in cloud and _headerless_structured(cloud, value):
+        if _SPECVERSION_HEADER not in cloud and _headerless_structured(cloud, value):
             # The CloudEvents SDK's Kafka structured mode sets no content-type header.
-            envelope = decode_structured(value or b"")
+            envelope: Envelope | None = decode_structured(value or b"")
         else:
             text_key = None
             if key is not None and _PARTITIONKEY_HEADER not in cloud and not any(
@@ -167,7 +157,27 @@ def decode(
     return Decoded(envelope, error, attempt, not_before, origin)
 
 
-def _headerless_structured(cloud: dict[str, str], value: bytes | None) -> bool:
+def _text_headers(headers: Sequence[tuple[str, bytes | None]]) -> dict[str, str | bytes]:
+    """The headers of a record whose headers are not all UTF-8 (#18 defect 26).
+
+    Only CloudEvents headers (``ce_*``, ``content-type``) and our transport headers
+    are ours to read: a foreign header that is not text (a tracing interceptor's
+    binary value) is left out, never a reason to reject the event. One of ours that
+    is not text stays bytes, and the codec says which (a poison record).
+    """
+    cloud: dict[str, str | bytes] = {}
+    for name, raw in headers:
+        try:
+            cloud[name] = raw.decode() if raw else ""
+        except (UnicodeDecodeError, AttributeError):
+            lowered = name.lower()
+            if lowered.startswith(KAFKA_PREFIX) or lowered == "content-type" or (
+                    name in _TRANSPORT_HEADERS):
+                cloud[name] = raw if isinstance(raw, bytes) else str(raw).encode()
+    return cloud
+
+
+def _headerless_structured(cloud: dict[str, str | bytes], value: bytes | None) -> bool:
     """A JSON CloudEvent with no CloudEvents headers at all: structured mode."""
     if not value or value[:1] != b"{" or b'"specversion"' not in value:
         return False
@@ -184,6 +194,13 @@ def retry_headers(
     kept.append((NOT_BEFORE_HEADER, str(not_before_ms).encode()))
     kept.append((ORIGIN_HEADER, origin.encode("utf-8")))
     return kept
+
+
+def foreign_headers(headers: Sequence[tuple[str, bytes | None]]) -> dict[str, bytes]:
+    """A record's headers as a mapping, without this adapter's transport headers: what
+    the dead letter of an undecodable record keeps, and what a replay sends again.
+    Of a name that occurs more than once the last value is kept."""
+    return {name: raw or b"" for name, raw in headers if name not in _TRANSPORT_HEADERS}
 
 
 def _text_key(key: bytes | str | None) -> str | None:

@@ -11,8 +11,9 @@
 - The first assignment of a partition with no committed offset commits the
   position it starts from, so "latest" means "as of subscribe" even if the
   partition later moves to another member before anything was consumed.
-- While every prefetch slot is busy the consumer keeps polling with its
-  partitions paused, so a slow handler does not cost it its group membership.
+- While handlers run and nothing iterates the subscription, a keeper task polls
+  with every partition paused (:mod:`eventbus_kafka.keepalive`), so a slow handler
+  does not cost the member its group membership.
 
 Group membership and rebalances live in :mod:`eventbus_kafka.rebalance`, the
 delivery in :mod:`eventbus_kafka.delivery`.
@@ -21,6 +22,7 @@ delivery in :mod:`eventbus_kafka.delivery`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import logging
 import time
@@ -37,9 +39,12 @@ from eventbus.errors import BrokerConnectionError, ConnectionLostError
 
 from .codec import NOT_BEFORE_HEADER, decode
 from .delivery import KafkaDelivery, best_effort
+from .keepalive import PollKeeper, keeper_tick
 from .offsets import Entry, PartitionLog
 from .rebalance import COMMIT_TIMEOUT, GroupMember, Listener, kafka_group_id
 from .retry import FORWARD_SLACK_MS, not_before, release_at, retry_topic, retry_topics, tier_for
+from .runs import RunCounter
+from .watch import TopicWatch
 
 if TYPE_CHECKING:
     from .adapter import KafkaAdapter
@@ -47,7 +52,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("eventbus.kafka")
 
 
-class KafkaSubscription(GroupMember, Subscription):
+class KafkaSubscription(GroupMember, PollKeeper, RunCounter, TopicWatch, Subscription):
     """One group member consuming ``topic`` and its retry topic."""
 
     def __init__(self, adapter: KafkaAdapter, topic: str, options: SubscribeOptions) -> None:
@@ -84,18 +89,29 @@ class KafkaSubscription(GroupMember, Subscription):
         self._local: list[tuple[int, int, Any, PartitionLog, Entry, int]] = []
         self._held: dict[TopicPartition, deque[tuple[Any, PartitionLog, Entry, int]]] = {}
         self._to_pin: set[TopicPartition] = set()
+        # Topic deleted and created anew (rebalance.py): partition counts at the last
+        # assignment, topics then missing, and partitions to read from their start.
+        self._counts: dict[str, int] = {}
+        self._missing: set[str] = set()
+        self._restart: set[TopicPartition] = set()
         # Partitions revoked and not (yet) assigned again: kept until the next
         # assignment says whether they came back to this member.
         self._suspended: dict[TopicPartition, PartitionLog] = {}
         self._outstanding = 0
         self._sequence = 0
         self._paused_while_busy = False
+        self._polls = 0  # getmany() calls in progress
+        self._last_poll = time.monotonic()
         self._closed = False
         self._wake = asyncio.Event()
         self._dirty = asyncio.Event()
         self._assigned = asyncio.Event()
         self._commit_lock = asyncio.Lock()
         self._housekeeper: asyncio.Task[None] | None = None
+        self._keeper: asyncio.Task[None] | None = None
+        self._watcher: asyncio.Task[None] | None = None
+        # Why the iteration must end (the topic was deleted underneath), set by the watch.
+        self._lost: Exception | None = None
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -109,6 +125,9 @@ class KafkaSubscription(GroupMember, Subscription):
             # then the housekeeper pins the start offsets of what was assigned.
             await asyncio.wait_for(self.consumer.start(), timeout)
             await asyncio.wait_for(self._assigned.wait(), timeout)
+            self._keeper = asyncio.create_task(self._keep_membership(
+                keeper_tick(self.adapter.settings.max_poll_interval_ms)))
+            self._watcher = asyncio.create_task(self._watch_topic())
         except (KafkaError, OSError) as exc:
             await self.close()
             raise BrokerConnectionError(
@@ -135,10 +154,11 @@ class KafkaSubscription(GroupMember, Subscription):
         self._wake.set()
         what = f"closing the consumer of {self.topic!r} (group {self.options.group!r})"
         cancelled = False
-        if self._housekeeper is not None:
-            self._housekeeper.cancel()
-            cancelled |= await best_effort(what, asyncio.gather(
-                self._housekeeper, return_exceptions=True))
+        tasks = [t for t in (self._housekeeper, self._keeper, self._watcher) if t is not None]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            cancelled |= await best_effort(what, asyncio.gather(*tasks, return_exceptions=True))
         cancelled |= await best_effort(f"{what}: final commit",
                                        asyncio.wait_for(self.commit(), COMMIT_TIMEOUT))
         cancelled |= await best_effort(f"{what}: leaving the group", self.consumer.stop())
@@ -219,15 +239,19 @@ class KafkaSubscription(GroupMember, Subscription):
             if not offsets:
                 return
             try:
-                await self.consumer.commit(offsets)
-            except (KafkaError, ConsumerStoppedError) as exc:
+                # Bounded: aiokafka retries a retriable error (a partition gone with its
+                # topic: UnknownTopicOrPartition) for ever, holding the commit lock.
+                await asyncio.wait_for(self.consumer.commit(offsets), COMMIT_TIMEOUT)
+            except (KafkaError, ConsumerStoppedError, TimeoutError) as exc:
                 log.warning(
                     "could not commit offsets of group %r on %r (%s: %s); retrying, and "
                     "until a commit succeeds a restart or rebalance redelivers what was "
                     "handled since the last one", self.options.group, self.topic,
-                    type(exc).__name__, str(exc).strip().splitlines()[0] if str(exc) else "",
+                    type(exc).__name__,
+                    str(exc).strip().splitlines()[0] if str(exc) else "timed out",
                 )
                 self._dirty.set()
+                await self._check_partitions_exist(set(offsets))
                 return
             for tp, meta in offsets.items():
                 self._logs[tp].committed = meta.offset
@@ -247,6 +271,8 @@ class KafkaSubscription(GroupMember, Subscription):
     async def __aiter__(self) -> AsyncIterator[Delivery]:
         prefetch = max(1, self.options.prefetch)
         while not self._closed:
+            if self._lost is not None:
+                raise self._lost
             if self._local or self._held:
                 self._release_due()
             if self._ready and self._outstanding < prefetch:
@@ -262,23 +288,23 @@ class KafkaSubscription(GroupMember, Subscription):
                     if not_before_ms > time.time() * 1000 + FORWARD_SLACK_MS:
                         await self._forward(record, log_, entry, not_before_ms)
                         continue
+                if not log_.head_checked:
+                    entry.earlier_runs = await self._count_head_run(record, log_, entry)
+                    self._ready.appendleft(item)  # checked again: a rebalance may have come
+                    continue
                 yield self._hand_out(record, log_, entry, attempt)
                 continue
             wait = self._next_due()
             if self._outstanding >= prefetch or self._ready:
                 self._wake.clear()
-                try:
+                # Meanwhile the keeper polls (keepalive): the member stays in its group.
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), wait)
-                except TimeoutError:
-                    if self._outstanding >= prefetch:
-                        await self._poll_while_busy()
                 continue
             self._resume_fetching()
             try:
-                batch = await self.consumer.getmany(
-                    timeout_ms=int(min(wait, 1.0) * 1000),
-                    max_records=prefetch - self._outstanding,
-                )
+                batch = await self._poll(int(min(wait, 1.0) * 1000),
+                                         prefetch - self._outstanding)
             except ConsumerStoppedError:
                 return
             except KafkaError as exc:
@@ -289,34 +315,9 @@ class KafkaSubscription(GroupMember, Subscription):
             if not self._closed:
                 self._accept(batch)
 
-    async def _poll_while_busy(self) -> None:
-        """Poll with every partition paused while all prefetch slots are busy.
-
-        aiokafka makes a member leave its group when it has not polled for
-        ``max_poll_interval_ms``; a slow handler would then lose its partition and
-        its record would be handled again elsewhere. Paused, a poll fetches nothing.
-        """
-        self._paused_while_busy = True
-        self.consumer.pause(*self.consumer.assignment())
-        try:
-            batch = await self.consumer.getmany(timeout_ms=0)
-        except ConsumerStoppedError:
-            return
-        except KafkaError as exc:
-            log.debug("poll of %r while busy failed: %s", self.topic, exc)
-            return
-        if not self._closed:
-            self._accept(batch)  # fetched just before the pause
-
-    def _resume_fetching(self) -> None:
-        if self._paused_while_busy:
-            self._paused_while_busy = False
-            self.consumer.resume(
-                *(tp for tp in self.consumer.assignment() if tp not in self._held))
-
     def _hand_out(self, record: Any, log_: PartitionLog, entry: Entry,
                   attempt: int | None = None) -> Delivery:
-        delivery = KafkaDelivery(self, record, log_, entry, attempt)
+        delivery = KafkaDelivery(self, record, log_, entry, attempt, entry.earlier_runs)
         entry.handed_out = True
         entry.started = False
         entry.attempt = attempt

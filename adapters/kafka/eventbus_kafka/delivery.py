@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from eventbus.adapter import Delivery
 
-from .codec import decode, retry_headers
+from .codec import decode, foreign_headers, retry_headers
 from .offsets import Entry, PartitionLog
 
 if TYPE_CHECKING:
@@ -44,16 +44,21 @@ class KafkaDelivery(Delivery):
     __slots__ = ("_dropped", "_entry", "_log", "_owner", "_record")
 
     def __init__(self, owner: KafkaSubscription, record: Any, log_: PartitionLog,
-                 entry: Entry, attempt: int | None = None) -> None:
-        decoded = decode(record.key, record.value, record.headers or ())
+                 entry: Entry, attempt: int | None = None, earlier_runs: int = 0) -> None:
+        headers = record.headers or ()
+        decoded = decode(record.key, record.value, headers)
         super().__init__(
             topic=decoded.origin_topic or owner.topic,
             group=owner.options.group,
             envelope=decoded.envelope,
-            attempt=attempt or decoded.attempt,
+            # A local redelivery knows its attempt; otherwise the record's own count
+            # plus the runs that crashed before it was settled (eventbus_kafka.runs).
+            attempt=attempt or decoded.attempt + earlier_runs,
             message_id=f"{record.topic}/{record.partition}/{record.offset}",
             raw=None if decoded.envelope is not None else (record.value or b""),
             decode_error=decoded.error,
+            # Bytes that are no CloudEvent: their dead letter keeps the record's headers.
+            raw_headers=None if decoded.envelope is not None else foreign_headers(headers),
         )
         self._owner = owner
         self._record = record
@@ -88,12 +93,14 @@ class KafkaDelivery(Delivery):
     async def _ack(self) -> None:
         if not self._dropped:
             self._owner.settle(self._log, self._entry)
+            await self._owner.commit_if_counted(self._log, self._entry)
 
     async def _reject(self) -> None:
         # Kafka has no dead-letter queue; the bus's dead-letter middleware has
         # already published to <topic>.<group>.dlq, so the record is simply done.
         if not self._dropped:
             self._owner.settle(self._log, self._entry)
+            await self._owner.commit_if_counted(self._log, self._entry)
 
     async def _nack(self, delay: float) -> None:
         record = self._record
@@ -124,3 +131,4 @@ class KafkaDelivery(Delivery):
             self._owner.redeliver_locally(self, delay, None)
             raise
         self._owner.settle(self._log, self._entry)
+        await self._owner.commit_if_counted(self._log, self._entry)

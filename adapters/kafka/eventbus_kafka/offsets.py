@@ -30,6 +30,8 @@ class Entry:
     handed_out: bool = False
     started: bool = False
     dropped: bool = False
+    # Runs that started before this assignment and never settled it (eventbus_kafka.runs).
+    earlier_runs: int = 0
 
 
 @dataclass(eq=False)
@@ -51,6 +53,11 @@ class PartitionLog:
     next_offset: int | None = None
     # Fetched records that came up for handing out while suspended.
     stash: list[Any] = field(default_factory=list)
+    # Crash counting (eventbus_kafka.runs): whether the first record handed out in
+    # this assignment was checked against the committed offset, and the record whose
+    # run is counted there until it is settled.
+    head_checked: bool = False
+    counted: Entry | None = None
 
     def add(self, offset: int, record: Any = None) -> Entry:
         """Track a newly fetched record (records arrive in offset order)."""

@@ -49,6 +49,10 @@ class TopicProvisioner:
             if wanted:
                 await self._create(wanted)
 
+    def forget(self, topic: str) -> None:
+        """``topic`` is gone (deleted underneath): the next ``ensure`` creates it again."""
+        self._known.discard(topic)
+
     async def _create(self, topics: list[str]) -> None:
         admin = await self._admin_client()
         configs: dict[str, str] = {}

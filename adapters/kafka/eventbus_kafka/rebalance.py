@@ -68,6 +68,10 @@ class GroupMember:
     _ready: deque[tuple[Any, PartitionLog, Entry, int | None]]
     _held: dict[TopicPartition, deque[tuple[Any, PartitionLog, Entry, int]]]
     _to_pin: set[TopicPartition]
+    _restart: set[TopicPartition]
+    _counts: dict[str, int]
+    _missing: set[str]
+    retry_tiers: dict[str, int]
     _suspended: dict[TopicPartition, PartitionLog]
     _closed: bool
     _wake: asyncio.Event
@@ -82,6 +86,10 @@ class GroupMember:
         unpinned: list[TopicPartition] = []
         for tp in list(self._to_pin):
             self._to_pin.discard(tp)
+            if tp in self._restart:  # its topic was created anew: from the start
+                self._restart.discard(tp)
+                unpinned.append(tp)
+                continue
             try:
                 if await self.consumer.committed(tp) is None:
                     unpinned.append(tp)
@@ -93,13 +101,23 @@ class GroupMember:
         pins: dict[TopicPartition, OffsetAndMetadata] = {}
         fresh = [tp for tp in unpinned if tp not in legacy]
         starts: dict[TopicPartition, int] = dict(legacy)
-        if fresh:
+        # start_from is where a new group starts. A partition with no committed offset
+        # after the group started (added to the topic later), or of a topic deleted
+        # underneath and created anew, holds only what was published since: read it
+        # from the start, whatever start_from says.
+        recreated = self.adapter.recreated
+        later = self._assigned.is_set()
+        earliest = [tp for tp in fresh
+                    if self.start_from == "earliest" or later or tp.topic in recreated]
+        latest = [tp for tp in fresh if tp not in earliest]
+        for wanted, find in ((earliest, self.consumer.beginning_offsets),
+                             (latest, self.consumer.end_offsets)):
+            if not wanted:
+                continue
             try:  # one ListOffsets request for all of them
-                starts.update(await (self.consumer.end_offsets(fresh)
-                                     if self.start_from == "latest"
-                                     else self.consumer.beginning_offsets(fresh)))
+                starts.update(await find(wanted))
             except (KafkaError, ConsumerStoppedError) as exc:
-                log.debug("could not find the start of %s: %s", fresh, exc)
+                log.debug("could not find the start of %s: %s", wanted, exc)
         for tp, start in starts.items():
             try:
                 self.consumer.seek(tp, start)
@@ -110,6 +128,7 @@ class GroupMember:
             pins[tp] = OffsetAndMetadata(start, "")
         owned = self.consumer.assignment()
         pins = {tp: meta for tp, meta in pins.items() if tp in owned}
+        recreated.difference_update(tp.topic for tp in pins)
         if pins:
             async with self._commit_lock:
                 try:
@@ -147,11 +166,19 @@ class GroupMember:
 
     def on_assigned(self, assigned: set[TopicPartition]) -> None:
         new: set[TopicPartition] = set()
+        anew = self._topics_created_anew()
         for tp in assigned:
             log_ = self._suspended.pop(tp, None)
+            if log_ is not None and tp.topic in anew:
+                log_.revoked = True  # a partition of the old topic: nothing of it is ours
+                log_.stash.clear()
+                self._held.pop(tp, None)
+                log_ = None
             if log_ is None:
                 self._logs[tp] = PartitionLog()
                 new.add(tp)
+                if tp.topic in anew:
+                    self._restart.add(tp)
             else:
                 self._restore(tp, log_)
         # What did not come back belongs to another member now.
@@ -166,6 +193,28 @@ class GroupMember:
         if not new:
             self._assigned.set()
         self._wake.set()
+
+    def _topics_created_anew(self) -> set[str]:
+        """Topics of this subscription that were deleted and created again since the last
+        assignment, as the consumer's metadata shows: one that was missing and is back,
+        or one with fewer partitions than before (Kafka never takes partitions away).
+        Their partitions are partitions of a new topic, read from its start: going on at
+        the old position would skip the new topic's first records."""
+        anew: set[str] = set()
+        for topic in (self.topic, *self.retry_tiers):
+            partitions = self.consumer.partitions_for_topic(topic)
+            if partitions is None:
+                self._missing.add(topic)
+                continue
+            if topic in self._missing or len(partitions) < self._counts.get(topic, 0):
+                anew.add(topic)
+            self._missing.discard(topic)
+            self._counts[topic] = len(partitions)
+        for topic in anew:
+            log.warning("topic %r was deleted and created again underneath group %r; "
+                        "reading it from its start", topic, self.options.group)
+            self.adapter.topic_deleted(topic)
+        return anew
 
     def _restore(self, tp: TopicPartition, log_: PartitionLog) -> None:
         """A partition came straight back: keep its fetched records, read on after them."""

@@ -89,6 +89,9 @@ class KafkaSettings:
     # A member that does not poll for this long leaves its group; the subscription
     # keeps polling (partitions paused) while its handlers are busy.
     max_poll_interval_ms: int = 300_000
+    # How often clients refresh cluster metadata by themselves: partitions added to a
+    # topic are consumed (from their start) within this.
+    metadata_max_age_ms: int = 300_000
     compression_type: str | None = None
     isolation_level: str = "read_uncommitted"
     # Static membership: a restarted member with the same id gets its partitions
@@ -229,6 +232,7 @@ _OPTIONS: dict[str, OptionParser] = {
     "heartbeat_interval_ms": integer(1),
     "rebalance_timeout_ms": integer(1),
     "max_poll_interval_ms": integer(1),
+    "metadata_max_age_ms": integer(1000),
     "compression_type": _compression,
     "isolation_level": choice(*ISOLATION_LEVELS, fold=str.lower),
     "group_instance_id": text,
