@@ -5,8 +5,17 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import sysconfig
 import textwrap
+import tomllib
+from importlib.metadata import requires
+from importlib.metadata import version as dist_version
 from pathlib import Path
+
+from packaging.requirements import Requirement
+from packaging.version import Version
+
+import eventbus
 
 ROOT = Path(__file__).resolve().parent.parent
 ADAPTERS = ("kafka", "nats", "rabbitmq", "redis", "sqs")
@@ -45,3 +54,37 @@ def test_every_package_is_typed_for_a_user_type_checking_from_outside_the_checko
     assert checked.returncode == 0, checked.stdout + checked.stderr
     revealed = [line for line in checked.stdout.splitlines() if "Revealed type" in line]
     assert len(revealed) == 6 and not any('"Any"' in line for line in revealed), checked.stdout
+
+
+def test_the_version_is_written_once_in_eventbus_init() -> None:
+    """Every pyproject reads ``eventbus.__version__``; the installed metadata agrees."""
+    for dist, (folder, _) in DISTRIBUTIONS.items():
+        pyproject = tomllib.loads((folder / "pyproject.toml").read_text())
+        project = pyproject["project"]
+        assert "version" not in project and "version" in project["dynamic"], dist
+        source = folder / pyproject["tool"]["hatch"]["version"]["path"]
+        assert source.resolve() == ROOT / "eventbus" / "__init__.py", dist
+        assert dist_version(dist) == eventbus.__version__, (
+            f"{dist} is installed at {dist_version(dist)}, the source says "
+            f"{eventbus.__version__}: run `make setup`")
+
+
+def test_adapters_accept_this_eventbus_and_not_the_next_minor_release() -> None:
+    """An adapter is released with the core; the core's next minor may change the contract."""
+    current = Version(eventbus.__version__)
+    next_minor = f"{current.major}.{current.minor + 1}.0"
+    for broker in ADAPTERS:
+        required = [Requirement(line) for line in requires(f"eventbus-{broker}") or ()
+                    if Requirement(line).name == "eventbus"]
+        assert len(required) == 1, broker
+        specifier = required[0].specifier
+        assert specifier.contains(current) and not specifier.contains(next_minor), (
+            f"eventbus-{broker} requires eventbus{specifier}")
+
+
+def test_the_eventbus_command_prints_the_version() -> None:
+    command = Path(sysconfig.get_path("scripts")) / "eventbus"
+    printed = subprocess.run([str(command), "--version"],
+                             capture_output=True, text=True, timeout=60)
+    assert printed.returncode == 0, printed.stderr
+    assert printed.stdout == f"eventbus {eventbus.__version__}\n"

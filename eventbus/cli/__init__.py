@@ -7,8 +7,6 @@ and exits with its own code (see ``eventbus.cli._common``).
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError
-from importlib.metadata import version as dist_version
 from typing import Annotated
 
 import typer
@@ -34,11 +32,7 @@ app.add_typer(db_app, name="db")
 
 def _version(value: bool) -> None:
     if value:
-        try:
-            installed = dist_version("eventbus")
-        except PackageNotFoundError:  # running from a source tree
-            installed = eventbus.__version__
-        typer.echo(f"eventbus {installed}")
+        typer.echo(f"eventbus {eventbus.__version__}")  # the one version source
         raise typer.Exit()
 
 
