@@ -3,6 +3,7 @@ a library that installs and imports without the command line's dependencies."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import sysconfig
@@ -12,6 +13,7 @@ from importlib.metadata import requires
 from importlib.metadata import version as dist_version
 from pathlib import Path
 
+import pytest
 from packaging.requirements import Requirement
 from packaging.version import Version
 
@@ -24,6 +26,8 @@ DISTRIBUTIONS = {"eventbus": (ROOT, "eventbus")} | {
     f"eventbus-{broker}": (ROOT / "adapters" / broker, f"eventbus_{broker}")
     for broker in ADAPTERS
 }
+CLI_EXTRA = ("typer", "rich")
+EXTRA_HINT = 'pip install "eventbus[cli]"'
 
 
 def test_every_package_is_typed_for_a_user_type_checking_from_outside_the_checkout(
@@ -88,3 +92,68 @@ def test_the_eventbus_command_prints_the_version() -> None:
                              capture_output=True, text=True, timeout=60)
     assert printed.returncode == 0, printed.stderr
     assert printed.stdout == f"eventbus {eventbus.__version__}\n"
+
+
+def test_typer_and_rich_come_only_with_the_cli_extra() -> None:
+    """``pip install eventbus`` for a service that never runs the command stays small."""
+    for line in requires("eventbus") or ():
+        requirement = Requirement(line)
+        if requirement.name in CLI_EXTRA:
+            assert requirement.marker is not None, line
+            assert requirement.marker.evaluate({"extra": "cli"}), line
+            assert not requirement.marker.evaluate({"extra": ""}), line
+
+
+def without_cli_extra(tmp_path: Path) -> dict[str, str]:
+    """An environment whose Python cannot import typer, rich or click."""
+    hide = tmp_path / "hide"
+    hide.mkdir()
+    (hide / "sitecustomize.py").write_text(
+        "import sys\n"
+        "for name in ('typer', 'rich', 'click'):\n"
+        "    sys.modules[name] = None  # import raises ModuleNotFoundError\n")
+    environ = {k: v for k, v in os.environ.items() if k != "EVENTBUS_URL"}
+    environ["PYTHONPATH"] = str(hide)
+    return environ
+
+
+def test_the_library_and_the_test_kit_import_without_the_cli_extra(tmp_path: Path) -> None:
+    code = textwrap.dedent("""
+        import importlib.util, sys
+        assert importlib.util.find_spec("typer") is None, "typer is not hidden"
+        import eventbus, eventbus.testing, eventbus.testing.plugin, eventbus.patterns
+        from eventbus.testing import TestBus
+        print("imported")
+    """)
+    ran = subprocess.run([sys.executable, "-c", code], env=without_cli_extra(tmp_path),
+                         cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert ran.returncode == 0 and ran.stdout == "imported\n", ran.stderr
+
+
+@pytest.mark.parametrize("how", ["command", "python -m eventbus"])
+def test_the_command_without_the_cli_extra_says_how_to_install_it(
+    tmp_path: Path, how: str
+) -> None:
+    argv = ([str(Path(sysconfig.get_path("scripts")) / "eventbus")] if how == "command"
+            else [sys.executable, "-m", "eventbus"])
+    ran = subprocess.run([*argv, "--version"], env=without_cli_extra(tmp_path),
+                         cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert ran.returncode == 3, ran.stdout + ran.stderr
+    assert ran.stdout == "" and "Traceback" not in ran.stderr, ran.stderr
+    lines = ran.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), ran.stderr
+    assert EXTRA_HINT in lines[0] and "typer" in lines[0], ran.stderr
+
+
+def test_importing_the_cli_without_the_extra_names_the_extra(tmp_path: Path) -> None:
+    code = textwrap.dedent("""
+        try:
+            import eventbus.cli
+        except ModuleNotFoundError as missing:
+            print(missing.name, "|", missing)
+    """)
+    ran = subprocess.run([sys.executable, "-c", code], env=without_cli_extra(tmp_path),
+                         cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert ran.returncode == 0, ran.stderr
+    name, _, message = ran.stdout.strip().partition(" | ")
+    assert name in CLI_EXTRA and EXTRA_HINT in message, ran.stdout

@@ -9,7 +9,14 @@ from __future__ import annotations
 
 from typing import Annotated
 
-import typer
+try:
+    import rich  # noqa: F401  (the dlq commands' console and progress bars)
+    import typer
+except ModuleNotFoundError as missing:  # both come with the `cli` extra, not the library
+    raise ModuleNotFoundError(
+        f"eventbus.cli needs typer and rich, which the library alone does not install "
+        f'({missing.name} is missing): pip install "eventbus[cli]"', name=missing.name
+    ) from missing
 
 import eventbus
 from eventbus.cli._common import load_bus
