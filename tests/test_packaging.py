@@ -9,7 +9,7 @@ import sys
 import sysconfig
 import textwrap
 import tomllib
-from importlib.metadata import requires
+from importlib.metadata import metadata, requires
 from importlib.metadata import version as dist_version
 from pathlib import Path
 
@@ -58,6 +58,17 @@ def test_every_package_is_typed_for_a_user_type_checking_from_outside_the_checko
     assert checked.returncode == 0, checked.stdout + checked.stderr
     revealed = [line for line in checked.stdout.splitlines() if "Revealed type" in line]
     assert len(revealed) == 6 and not any('"Any"' in line for line in revealed), checked.stdout
+
+
+def test_every_distribution_is_apache_2_and_its_source_distribution_carries_the_text() -> None:
+    """A wheel built from the sdist (as ``uv build`` does) has it in its dist-info."""
+    assert (ROOT / "LICENSE").read_text().split()[:4] == ["Apache", "License", "Version", "2.0,"]
+    for dist, (folder, _) in DISTRIBUTIONS.items():
+        assert metadata(dist)["License"] == "Apache-2.0", dist
+        if folder != ROOT:  # the root's LICENSE is found by hatch's default license-files
+            sdist = tomllib.loads((folder / "pyproject.toml").read_text())["tool"]["hatch"][
+                "build"]["targets"]["sdist"]
+            assert (folder / next(iter(sdist["force-include"]))).resolve() == ROOT / "LICENSE"
 
 
 def test_the_version_is_written_once_in_eventbus_init() -> None:
