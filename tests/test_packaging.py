@@ -3,7 +3,9 @@ a library that installs and imports without the command line's dependencies."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import subprocess
 import sys
 import sysconfig
@@ -168,3 +170,19 @@ def test_importing_the_cli_without_the_extra_names_the_extra(tmp_path: Path) -> 
     assert ran.returncode == 0, ran.stderr
     name, _, message = ran.stdout.strip().partition(" | ")
     assert name in CLI_EXTRA and EXTRA_HINT in message, ran.stdout
+
+
+def test_the_ci_workflow_runs_every_python_the_distributions_claim() -> None:
+    """Classifiers, ``requires-python`` and the forge's matrix name the same versions."""
+    workflow = (ROOT / ".github" / "workflows" / "ci.yml").read_text()
+    # The matrix line is a JSON-compatible flow list (PyYAML is not a dependency here).
+    found = re.search(r"^\s+python: (\[.*\])$", workflow, re.MULTILINE)
+    assert found and "bash .ci/run" in workflow, "ci.yml: no Python matrix, or no .ci/run"
+    matrix: list[str] = json.loads(found[1])
+    prefix = "Programming Language :: Python :: 3."
+    for dist, (folder, _) in DISTRIBUTIONS.items():
+        project = tomllib.loads((folder / "pyproject.toml").read_text())["project"]
+        claimed = [c.removeprefix("Programming Language :: Python :: ")
+                   for c in project["classifiers"] if c.startswith(prefix)]
+        assert claimed == matrix, f"{dist} claims {claimed}, CI runs {matrix}"
+        assert project["requires-python"] == f">={matrix[0]}", dist
