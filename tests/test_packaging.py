@@ -158,6 +158,23 @@ def test_the_command_without_the_cli_extra_says_how_to_install_it(
     assert EXTRA_HINT in lines[0] and "typer" in lines[0], ran.stderr
 
 
+def test_the_entry_point_runs_the_cli_or_names_the_extra(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The same two paths in this process (the subprocess tests above are not measured)."""
+    from eventbus.__main__ import main
+
+    monkeypatch.setattr(sys, "argv", ["eventbus", "--version"])
+    with pytest.raises(SystemExit) as ran:
+        main()
+    assert ran.value.code == 0 and capsys.readouterr().out == f"eventbus {eventbus.__version__}\n"
+    monkeypatch.setitem(sys.modules, "rich", None)  # what find_spec sees when it is missing
+    with pytest.raises(SystemExit) as refused:
+        main()
+    assert refused.value.code == 3
+    assert EXTRA_HINT in capsys.readouterr().err
+
+
 def test_importing_the_cli_without_the_extra_names_the_extra(tmp_path: Path) -> None:
     code = textwrap.dedent("""
         try:
