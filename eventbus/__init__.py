@@ -139,6 +139,7 @@ __all__ = [
     "UnsupportedOperationError",
     "registry",
 ]
+# The one place the version is written: hatch reads it for eventbus and its five adapters.
 __version__ = "0.1.0"
 
 

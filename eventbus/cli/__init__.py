@@ -7,11 +7,16 @@ and exits with its own code (see ``eventbus.cli._common``).
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError
-from importlib.metadata import version as dist_version
 from typing import Annotated
 
-import typer
+try:
+    import rich  # noqa: F401  (the dlq commands' console and progress bars)
+    import typer
+except ModuleNotFoundError as missing:  # both come with the `cli` extra, not the library
+    raise ModuleNotFoundError(
+        f"eventbus.cli needs typer and rich, which the library alone does not install "
+        f'({missing.name} is missing): pip install "eventbus[cli]"', name=missing.name
+    ) from missing
 
 import eventbus
 from eventbus.cli._common import load_bus
@@ -34,11 +39,7 @@ app.add_typer(db_app, name="db")
 
 def _version(value: bool) -> None:
     if value:
-        try:
-            installed = dist_version("eventbus")
-        except PackageNotFoundError:  # running from a source tree
-            installed = eventbus.__version__
-        typer.echo(f"eventbus {installed}")
+        typer.echo(f"eventbus {eventbus.__version__}")  # the one version source
         raise typer.Exit()
 
 

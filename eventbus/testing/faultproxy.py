@@ -265,8 +265,9 @@ class FaultProxy:
         server, self._server = self._server, None
         if server is not None:
             server.close()
-            # wait_closed() also waits for handler tasks in newer Pythons;
-            # the links are aborted separately, so don't block on it.
+            # From Python 3.12 wait_closed() waits for every accepted connection to end:
+            # end them first, or a refusal would block until this timeout.
+            await self._drop()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(server.wait_closed(), 1)
 

@@ -199,7 +199,7 @@ async def check_shop_example(url: str) -> None:
         assert await shop_day(shop) == [
             "read model: OrderSummary(order_id='o-1', customer='ada', status='confirmed', "
             "items=3, total_cents=1200)",
-            "rejected: OrderRejected: order o-1 is confirmed; no more items",
+            "rejected: OrderRejectedError: order o-1 is confirmed; no more items",
             "ada: (1, 1200) (orders, cents)",
         ]
         await shop.execute(PlaceOrder(order_id="o-2", customer="bob"))
