@@ -501,7 +501,7 @@ class Runner(Handling):
                         try:
                             # self._invoke(ctx) written out: one coroutine less.
                             if ctx.previous_attempts:  # a redelivery: budget left?
-                                failure = self._fused[0].exhausted(ctx)
+                                failure = self._fused[0].refuse(ctx)
                             call = self._prepare(ctx) if failure is None else None
                             if call is not None:
                                 ctx.result = await call
