@@ -4,11 +4,9 @@ failure) gives exactly what the composed chain gives."""
 
 from __future__ import annotations
 
-import ast
 import asyncio
 import uuid
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
@@ -22,7 +20,6 @@ from eventbus import (
     MemoryIdempotencyStore,
     registry,
 )
-from eventbus.adapter import Delivery
 from eventbus.backoff import Backoff
 from eventbus.envelope import Envelope
 from eventbus.middleware import (
@@ -40,11 +37,16 @@ from eventbus.middleware import (
 from eventbus.requests import ReplyStep, reply_step, with_replies
 from eventbus.runner import Runner
 from eventbus.spec import Handler, SubscriptionSpec
-from tests.bus_support import Inbox, dead_letters, dlq_size, memory_url, run, until
+from tests.bus_support import (
+    FakeDelivery,
+    Inbox,
+    dead_letters,
+    dlq_size,
+    memory_url,
+    run,
+    until,
+)
 
-PACKAGE = Path(__file__).resolve().parent.parent / "eventbus"
-RUNNER_PARTS = ("runner.py", "invocation.py", "lanes.py", "settlement.py", "supervision.py",
-                "batching.py")
 POLICY = RetryPolicy(max_attempts=3, in_process_attempts=2, initial_delay=0.0,
                      max_delay=0.0, jitter=0.0)
 
@@ -55,26 +57,6 @@ class Charge(Command, type="test.declarations.charge", topic="test-declarations-
 
 class Charged(Event, type="test.declarations.charged", topic="test-declarations-charged"):
     n: int
-
-
-class Recording(Delivery):
-    """A delivery that records how it was settled."""
-
-    __slots__ = ("calls",)
-
-    def __init__(self, envelope: Envelope | None, attempt: int, topic: str) -> None:
-        super().__init__(topic=topic, group="g", envelope=envelope, attempt=attempt,
-                         message_id="m-1")
-        self.calls: list[tuple[str, float]] = []
-
-    async def _ack(self) -> None:
-        self.calls.append(("ack", 0.0))
-
-    async def _nack(self, delay: float) -> None:
-        self.calls.append(("nack", delay))
-
-    async def _reject(self) -> None:
-        self.calls.append(("reject", 0.0))
 
 
 async def passing(ctx: Context, call_next: Next) -> None:
@@ -132,7 +114,7 @@ async def _outcome(behaviour: Behaviour, attempt: int, *, composed: bool, dead_l
                     registry=registry, publisher=EventBus(url),
                     redelivery_backoff=Backoff(initial=1.0, jitter=0.0))
     assert runner.invocation.fused is not composed  # the two paths under test
-    delivery = Recording(envelope, attempt, topic)
+    delivery = FakeDelivery(envelope, attempt, topic=topic, group="g")
     await runner.handle(delivery)
     count = dlq_size(url, topic, "g")
     letters = await dead_letters(url, topic, "g", count) if count else []
@@ -246,30 +228,11 @@ def test_a_subclass_acting_on_success_is_called_on_success() -> None:
                         publisher=EventBus(url))
         assert not runner.invocation.fused
         envelope = Envelope.create(type=Charge.event_type(), source="t", data=b'{"n": 1}')
-        await runner.handle(Recording(envelope, 1, topic))
+        await runner.handle(FakeDelivery(envelope, 1, topic=topic, group="g"))
         assert CountingRetry.calls == [envelope.id]
         await adapter.close()
 
     run(scenario)
-
-
-def _imports(path: Path) -> set[str]:
-    found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.module:
-            found.add(node.module)
-        elif isinstance(node, ast.Import):
-            found.update(alias.name for alias in node.names)
-    return found
-
-
-def test_the_runner_imports_no_middleware_layer() -> None:
-    """What the runner knows of layers, it reads from their declarations."""
-    layers = {"eventbus.middleware.correlation", "eventbus.middleware.deadletter",
-              "eventbus.middleware.retry", "eventbus.middleware.idempotency",
-              "eventbus.middleware.timeout", "eventbus.requests"}
-    offenders = {name: sorted(_imports(PACKAGE / name) & layers) for name in RUNNER_PARTS}
-    assert {name: found for name, found in offenders.items() if found} == {}
 
 
 def test_build_chain_places_the_reply_step_inside_dead_letter_outside_idempotency() -> None:

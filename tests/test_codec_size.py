@@ -3,13 +3,12 @@ cheap far below a broker's limit and exact near it (what ``check_size`` relies o
 
 from __future__ import annotations
 
-import json
 import random
-from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from eventbus import Envelope, codec
+from tests.bus_support import random_envelope
 
 
 def test_largest_size_counts_data_and_attributes() -> None:
@@ -23,49 +22,6 @@ def test_largest_size_counts_data_and_attributes() -> None:
 
 
 # -- size_bound is an upper bound of every encoding -----------------------------------------
-
-_ALPHABETS = (
-    "abcdefghijklmnopqrstuvwxyz0123456789-",
-    'quote"back\\slash',
-    "\x00\x01\x1f\t\n\x7f control",
-    "é€漢字🙂ü",
-    "\u2028\u2029\ufeff",
-)
-
-
-def _text(rng: random.Random, longest: int) -> str:
-    alphabet = rng.choice(_ALPHABETS)
-    return "".join(rng.choice(alphabet) for _ in range(rng.randint(1, longest)))
-
-
-def random_envelope(rng: random.Random) -> Envelope:
-    """An envelope with random attributes, extensions and data of every kind."""
-    longest = rng.choice((8, 200, 3000))
-    optional = {
-        name: _text(rng, longest) if rng.random() < 0.7 else None
-        for name in ("dataschema", "subject", "correlationid", "causationid", "partitionkey",
-                     "traceparent", "tracestate")
-    }
-    content_type = rng.choice((None, "application/json", "text/plain", "application/x-bin",
-                               "application/cloudevents+json"))
-    kind = rng.choice(("empty", "json", "spaced-json", "bytes", "text"))
-    data = {
-        "empty": b"",
-        "json": json.dumps({"k": _text(rng, longest)}, separators=(",", ":"),
-                           ensure_ascii=False).encode(),
-        "spaced-json": json.dumps({"k": _text(rng, longest)}, indent=2).encode(),
-        "bytes": rng.randbytes(rng.randint(0, 5000)),
-        "text": _text(rng, longest).encode("utf-8"),
-    }[kind]
-    extensions = {f"x{i}": _text(rng, longest) for i in range(rng.randint(0, 4))}
-    return Envelope(
-        id=_text(rng, longest), type=_text(rng, longest), source=_text(rng, longest),
-        time=datetime(rng.randint(1, 9999), 1, 1, tzinfo=UTC)
-        + timedelta(microseconds=rng.randint(0, 10**12)),
-        data=data, datacontenttype=content_type, dataversion=rng.choice((1, 2**70)),
-        extensions=extensions, **optional,
-    )
-
 
 def _encoded_sizes(env: Envelope) -> dict[str, int]:
     sizes = {"structured": len(codec.encode_structured(env))}

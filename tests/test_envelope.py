@@ -18,7 +18,7 @@ from eventbus.envelope import SPEC_VERSION, format_time, parse_time, validate_ex
 from eventbus.errors import InvalidExtensionNameError
 from eventbus.events import Message
 from eventbus.publishing import build_envelope, build_envelopes
-from tests.test_codec_size import random_envelope as _random_envelope
+from tests.bus_support import random_envelope
 
 
 def test_create_fills_id_time_and_defaults() -> None:
@@ -339,7 +339,7 @@ def test_the_decode_fast_paths_build_what_from_attributes_builds(prefix: str) ->
                         traceparent="00-a-b-01", tracestate="x=1", dataversion=4),
         Envelope.create(type="t", source="s", datacontenttype=None),
         Envelope.create(type="t", source="s", extensions={"tenant": "a"}),
-        *(_random_envelope(rng) for _ in range(30)),
+        *(random_envelope(rng) for _ in range(30)),
     ]
     for envelope in samples:
         general = Envelope.from_attributes(envelope.attributes(), envelope.data)

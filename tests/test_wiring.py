@@ -69,6 +69,17 @@ def test_context_runner_and_middleware_do_not_import_the_bus() -> None:
     assert offenders == []
 
 
+def test_the_runner_imports_no_middleware_layer() -> None:
+    """What the runner knows of layers, it reads from their declarations."""
+    layers = {"eventbus.middleware.correlation", "eventbus.middleware.deadletter",
+              "eventbus.middleware.retry", "eventbus.middleware.idempotency",
+              "eventbus.middleware.timeout", "eventbus.requests"}
+    offenders = {name: sorted(_imports(PACKAGE / name) & layers) for name in (
+        "runner.py", "invocation.py", "lanes.py", "settlement.py", "supervision.py",
+        "batching.py")}
+    assert {name: found for name, found in offenders.items() if found} == {}
+
+
 def test_runner_runs_from_its_parts_without_a_bus() -> None:
     async def scenario() -> None:
         url, topic = memory_url(), new_topic()
