@@ -27,22 +27,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from eventbus.adapter import Delivery
-from eventbus.context import Context
+from eventbus.context import Context, Publisher
 from eventbus.errors import (
     ConfigurationError,
     EventBusError,
     HandlerCancelledError,
     HandlerTimeoutError,
 )
-from eventbus.middleware.base import Middleware
-from eventbus.middleware.idempotency import Idempotency
 
 if TYPE_CHECKING:
-    from eventbus.runner import Runner
+    from eventbus.events import Registry
+    from eventbus.runs import RunCounter
     from eventbus.spec import SubscriptionSpec
 
 log = logging.getLogger("eventbus.runner")
@@ -106,14 +105,7 @@ class BatchCollector:
     """Gathers a batch subscription's deliveries and hands each batch to ``queue`` once
     it holds ``spec.batch`` or ``spec.batch_timeout`` has passed since its first."""
 
-    def __init__(self, spec: SubscriptionSpec, middleware: Sequence[Middleware],
-                 queue: Callable[[list[Delivery]], None]) -> None:
-        if spec.batch is not None and any(isinstance(m, Idempotency) for m in middleware):
-            raise ConfigurationError(
-                f"{spec.topic}/{spec.group} has batch={spec.batch} and the bus's "
-                "idempotency: a batch call is not deduplicated per event; give this "
-                "subscription its own bus without idempotency, or drop batch="
-            )
+    def __init__(self, spec: SubscriptionSpec, queue: Callable[[list[Delivery]], None]) -> None:
         self.size = spec.batch or 1
         self.timeout = spec.batch_timeout or DEFAULT_BATCH_TIMEOUT
         self.queue = queue
@@ -126,6 +118,7 @@ class BatchCollector:
         return bool(self._batch)
 
     def add(self, delivery: Delivery) -> None:
+        """Collect ``delivery``; a full batch is queued at once."""
         self._batch.append(delivery)
         if len(self._batch) >= self.size:
             self.flush()
@@ -147,93 +140,111 @@ class BatchCollector:
         return batch
 
 
-async def run_batch(runner: Runner, deliveries: list[Delivery]) -> None:
-    """Run one batch of deliveries (see the module doc), settling each of them."""
-    spec = runner.spec
-    handler = spec.batch_handler
-    assert handler is not None and handler.message_class is not None
-    ready: list[Delivery] = []
-    events: list[Any] = []
-    for delivery in deliveries:
-        envelope = delivery.envelope
-        if (envelope is None or delivery.attempt > 1
-                or envelope.type != handler.message_class.event_type()):
-            # Poison, another type, or a redelivery (it failed before): on its own.
-            await runner.handle(delivery)
-            continue
-        try:
-            event = runner.registry.decode(envelope, handler.message_class)
-        except Exception:
-            await runner.handle(delivery)  # fails again there, and is dead-lettered
-            continue
-        ready.append(delivery)
-        events.append(event)
-    if not ready:
-        return
-    contexts = []
-    for delivery in ready:
-        assert delivery.envelope is not None
-        previous = runner.runs.seen(delivery)
-        runner.runs.ran(delivery.envelope.id)
-        contexts.append(Context(runner.publisher, delivery, delivery.envelope,
-                                previous_attempts=previous))
-    failed = await _call(runner, handler, events, contexts)
-    for index, delivery in enumerate(ready):
-        if index in failed:
-            continue
-        assert delivery.envelope is not None
-        runner.runs.finished(delivery.envelope.id)
-        await runner.ack(delivery)
-    for index in sorted(failed):
-        await runner.handle(ready[index])
+class BatchRun:
+    """Runs the batches of one subscription (see the module doc), settling each event.
 
+    ``handle`` runs one delivery through the subscription's per-event chain (for the
+    events that do not join a batch, and each one of a failed batch); ``ack`` acks
+    one; ``runs`` counts the batch call as each event's run; ``stopping`` says whether
+    the runner is stopping (a batch cut short by shutdown did not run).
+    """
 
-async def _call(runner: Runner, handler: Any, events: list[Any],
-                contexts: list[Context]) -> set[int]:
-    """Call the batch handler; the indexes of the events that failed."""
-    spec = runner.spec
-    try:
-        if spec.timeout is None:
-            await _invoke(handler, events, contexts)
-        else:
-            deadline = asyncio.timeout(spec.timeout)
+    def __init__(self, spec: SubscriptionSpec, registry: Registry, runs: RunCounter,
+                 publisher: Publisher, *, handle: Callable[[Delivery], Awaitable[None]],
+                 ack: Callable[[Delivery], Awaitable[None]],
+                 stopping: Callable[[], bool]) -> None:
+        self.spec = spec
+        self.registry = registry
+        self.runs = runs
+        self.publisher = publisher
+        self._handle = handle
+        self._ack = ack
+        self._stopping = stopping
+
+    async def run(self, deliveries: list[Delivery]) -> None:
+        """Run one batch of deliveries, settling each of them."""
+        handler = self.spec.batch_handler
+        assert handler is not None and handler.message_class is not None
+        ready: list[Delivery] = []
+        events: list[Any] = []
+        for delivery in deliveries:
+            envelope = delivery.envelope
+            if (envelope is None or delivery.attempt > 1
+                    or envelope.type != handler.message_class.event_type()):
+                # Poison, another type, or a redelivery (it failed before): on its own.
+                await self._handle(delivery)
+                continue
             try:
-                async with deadline:
-                    await _invoke(handler, events, contexts)
-            except TimeoutError as exc:
-                if not deadline.expired():
-                    raise
-                raise HandlerTimeoutError(
-                    f"batch handler {handler.fn.__qualname__} for {len(events)} event(s) on "
-                    f"topic {spec.topic!r} group {spec.group!r} took longer than "
-                    f"{spec.timeout}s"
-                ) from exc
-        return set()
-    except BatchItemFailed as exc:
-        wrong = [i for i in exc.indexes if not 0 <= i < len(events)]
-        if wrong:
-            log.error("batch handler %s named indexes %s outside its batch of %d on %s/%s; "
-                      "treating the whole batch as failed", handler.fn.__qualname__, wrong,
-                      len(events), spec.topic, spec.group)
-            return set(range(len(events)))
-        log.info("batch of %d on %s/%s: %d event(s) failed (%s); each is retried on its own",
-                 len(events), spec.topic, spec.group, len(exc.indexes), exc)
-        return set(exc.indexes)
-    except asyncio.CancelledError as exc:
-        if _cancelling():
-            if runner.stopping:
-                for ctx in contexts:
-                    runner.runs.not_ran(ctx.envelope.id)
-            raise
-        failure: Exception = HandlerCancelledError(
-            f"batch handler {handler.fn.__qualname__} raised CancelledError although it "
-            "was not cancelled")
-        failure.__cause__ = exc
-    except Exception as exc:
-        failure = exc
-    log.warning("batch of %d on %s/%s failed (%s: %s); each event is retried on its own",
-                len(events), spec.topic, spec.group, type(failure).__name__, failure)
-    return set(range(len(events)))
+                event = self.registry.decode(envelope, handler.message_class)
+            except Exception:
+                await self._handle(delivery)  # fails again there, and is dead-lettered
+                continue
+            ready.append(delivery)
+            events.append(event)
+        if not ready:
+            return
+        contexts = []
+        for delivery in ready:
+            assert delivery.envelope is not None
+            previous = self.runs.seen(delivery)
+            self.runs.ran(delivery.envelope.id)
+            contexts.append(Context(self.publisher, delivery, delivery.envelope,
+                                    previous_attempts=previous))
+        failed = await self._call(handler, events, contexts)
+        for index, delivery in enumerate(ready):
+            if index in failed:
+                continue
+            assert delivery.envelope is not None
+            self.runs.finished(delivery.envelope.id)
+            await self._ack(delivery)
+        for index in sorted(failed):
+            await self._handle(ready[index])
+
+    async def _call(self, handler: Any, events: list[Any], contexts: list[Context]) -> set[int]:
+        """Call the batch handler; the indexes of the events that failed."""
+        spec = self.spec
+        try:
+            if spec.timeout is None:
+                await _invoke(handler, events, contexts)
+            else:
+                deadline = asyncio.timeout(spec.timeout)
+                try:
+                    async with deadline:
+                        await _invoke(handler, events, contexts)
+                except TimeoutError as exc:
+                    if not deadline.expired():
+                        raise
+                    raise HandlerTimeoutError(
+                        f"batch handler {handler.fn.__qualname__} for {len(events)} event(s) "
+                        f"on topic {spec.topic!r} group {spec.group!r} took longer than "
+                        f"{spec.timeout}s"
+                    ) from exc
+            return set()
+        except BatchItemFailed as exc:
+            wrong = [i for i in exc.indexes if not 0 <= i < len(events)]
+            if wrong:
+                log.error("batch handler %s named indexes %s outside its batch of %d on "
+                          "%s/%s; treating the whole batch as failed", handler.fn.__qualname__,
+                          wrong, len(events), spec.topic, spec.group)
+                return set(range(len(events)))
+            log.info("batch of %d on %s/%s: %d event(s) failed (%s); each is retried on its "
+                     "own", len(events), spec.topic, spec.group, len(exc.indexes), exc)
+            return set(exc.indexes)
+        except asyncio.CancelledError as exc:
+            if _cancelling():
+                if self._stopping():
+                    for ctx in contexts:
+                        self.runs.not_ran(ctx.envelope.id)
+                raise
+            failure: Exception = HandlerCancelledError(
+                f"batch handler {handler.fn.__qualname__} raised CancelledError although it "
+                "was not cancelled")
+            failure.__cause__ = exc
+        except Exception as exc:
+            failure = exc
+        log.warning("batch of %d on %s/%s failed (%s: %s); each event is retried on its own",
+                    len(events), spec.topic, spec.group, type(failure).__name__, failure)
+        return set(range(len(events)))
 
 
 async def run_alone(handler: Any, event: Any, ctx: Context) -> None:

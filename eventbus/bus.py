@@ -36,7 +36,7 @@ from eventbus.publishing import (
     publish_with_retry,
 )
 from eventbus.registry_adapters import adapter_from_url
-from eventbus.requests import Requester, with_replies
+from eventbus.requests import Requester, reply_step
 from eventbus.runner import Runner, SubscriptionHealth
 from eventbus.spec import (
     DeliveryMode,
@@ -256,8 +256,12 @@ class EventBus:
 
     def chain_for(self, spec: SubscriptionSpec) -> list[Middleware]:
         """The middleware around ``spec``'s handlers, outermost first (see middleware.chain)."""
-        defaults = ChainDefaults(self.middleware, self.retry, self.idempotency, self.dead_letter)
-        return with_replies(build_chain(spec, self.adapter, defaults), spec, self)
+        defaults = ChainDefaults(self.middleware, self.retry, self.idempotency, self.dead_letter,
+                                 replies=self._reply_step)
+        return build_chain(spec, self.adapter, defaults)
+
+    def _reply_step(self, spec: SubscriptionSpec) -> Middleware | None:
+        return reply_step(spec, self)
 
     # -- publishing ------------------------------------------------------------------
 

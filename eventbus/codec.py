@@ -2,7 +2,13 @@
 
 Adapters pick the mode their broker suits (DESIGN: binary where there are headers,
 structured where there are none or too few) and call these functions, so every
-adapter reads and writes the same CloudEvents as the official SDKs.
+adapter reads and writes the same CloudEvents as the official SDKs. How large an
+envelope is in these encodings is said here too (:func:`largest_size`,
+:func:`size_bound`), for the adapters' size checks.
+
+Over 400 lines on purpose: this is the adapter author's one module for the wire
+format (each direction's fast path beside the general one it must equal, and the
+size bounds that must hold for both encodings), so it stays in one place.
 """
 
 from __future__ import annotations
@@ -13,7 +19,16 @@ from collections.abc import Callable, Iterable, Mapping
 from operator import itemgetter
 from typing import Any, Literal
 
-from eventbus.envelope import JSON, Envelope, assemble, format_time, parse_time, utcnow
+from eventbus.envelope import (
+    CORE_ATTRIBUTES,
+    EVENTBUS_EXTENSIONS,
+    JSON,
+    Envelope,
+    _assemble,
+    format_time,
+    parse_time,
+    utcnow,
+)
 from eventbus.errors import DecodeError
 
 STRUCTURED_CONTENT_TYPE = "application/cloudevents+json"
@@ -256,9 +271,9 @@ def _decode_own_dict(
         dataversion = 1 if version is None or version == "1" else int(version)
     except (ValueError, TypeError) as exc:
         raise DecodeError(f"CloudEvent has an unreadable attribute ({exc})") from exc
-    return assemble(id_, type_, source, when, body or b"", content_type, schema, subject,
-                    specversion, dataversion, correlation, causation,
-                    partition if key is None else key, traceparent, tracestate, {})
+    return _assemble(id_, type_, source, when, body or b"", content_type, schema, subject,
+                     specversion, dataversion, correlation, causation,
+                     partition if key is None else key, traceparent, tracestate, {})
 
 
 decode_own_dict = _decode_own_dict
@@ -393,3 +408,78 @@ def _build(attrs: dict[str, Any], data: bytes) -> Envelope:
         raise DecodeError(f"CloudEvent lacks the required attribute {exc.args[0]!r}") from exc
     except (ValueError, TypeError) as exc:
         raise DecodeError(f"CloudEvent has an unreadable attribute ({exc})") from exc
+
+
+# -- sizes ------------------------------------------------------------------------------------
+
+
+def largest_size(envelope: Envelope) -> int:
+    """Bytes of the largest encoding eventbus uses for ``envelope``.
+
+    The larger of structured mode (one JSON document) and binary mode (body plus
+    every header name and value, with the longest prefix a binding uses), so a
+    broker limit checked against it holds whichever mode an adapter picks.
+    """
+    binary = len(envelope.data)
+    for name, value in envelope.attributes().items():
+        header = "content-type" if name == "datacontenttype" else name
+        binary += _LONGEST_PREFIX + len(header) + len(value.encode("utf-8"))
+    return max(binary, len(encode_structured(envelope)))
+
+
+def size_bound(envelope: Envelope, limit: int) -> int:
+    """An upper bound of :func:`largest_size`: cheap far below ``limit``, exact near or
+    above it (so safe for ``Adapter.check_size`` whichever mode an adapter picks).
+
+    Every attribute counts (id, correlation, traceparent, extensions...), each at
+    the most its text can take in any encoding, so an envelope whose bound is within
+    the broker's limit fits in binary and in structured mode.
+    """
+    estimate = _FIXED_BOUND + len(str(envelope.dataversion))
+    estimate += _data_bound(envelope.data, envelope.datacontenttype)
+    values = [value for value in (
+        envelope.id, envelope.type, envelope.source, envelope.specversion,
+        envelope.datacontenttype, envelope.dataschema, envelope.subject,
+        envelope.correlationid, envelope.causationid, envelope.partitionkey,
+        envelope.traceparent, envelope.tracestate) if value is not None]
+    text = "".join(values)
+    if text.isascii() and text.isprintable():
+        # Every value is printable ASCII, so the sum of their bounds is this.
+        estimate += len(text) + text.count('"') + text.count("\\")
+    else:
+        estimate += sum(_text_bound(value) for value in values)
+    for name, value in envelope.extensions.items():
+        estimate += len(name) + _PER_ATTRIBUTE + _text_bound(value)
+    return estimate if estimate < limit else largest_size(envelope)
+
+
+# Binary mode prefixes each attribute header (AMQP_PREFIX is the longest binding's);
+# structured mode spends quotes, a colon and a comma on each member. Either way an
+# attribute takes at most its name plus this many bytes beyond its value's text.
+_LONGEST_PREFIX = len(AMQP_PREFIX)
+_PER_ATTRIBUTE = max(_LONGEST_PREFIX, len('"":"",'))
+# Every attribute name the envelope may send as a field, the braces, the time text
+# (RFC 3339, UTC, microseconds: at most 27 bytes) and the ``"data_base64":`` member.
+_FIXED_BOUND = (
+    sum(len(name) + _PER_ATTRIBUTE for name in (*CORE_ATTRIBUTES, *EVENTBUS_EXTENSIONS))
+    + len("{}") + 32 + len('"data_base64":')
+)
+
+
+def _text_bound(value: str) -> int:
+    """Most bytes ``value`` takes as a UTF-8 header value or as a JSON string's contents."""
+    if value.isascii() and value.isprintable():
+        # json.dumps escapes only quotes and backslashes among printable ASCII.
+        return len(value) + value.count('"') + value.count("\\")
+    # A control character becomes a 6-byte \u00XX escape; UTF-8 needs at most 4 bytes.
+    return 6 * len(value)
+
+
+def _data_bound(data: bytes, content_type: str | None) -> int:
+    """Most bytes ``data`` takes: raw in binary mode, inline, text or base64 in structured."""
+    if not data:
+        return 0
+    base64_size = (len(data) + 2) // 3 * 4 + 2
+    if content_type is not None and content_type.startswith("text/"):
+        return max(base64_size, 6 * len(data) + 2)  # decoded text, JSON-escaped
+    return base64_size  # inline JSON is only used when it is the exact bytes: smaller

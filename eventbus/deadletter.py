@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from eventbus.adapter import Adapter, Delivery
+from eventbus.codec import largest_size, size_bound
 from eventbus.envelope import Envelope, format_time, utcnow
 from eventbus.errors import BatchPublishError, DeadLetterPublishError, MessageTooLargeError
 
@@ -48,7 +49,7 @@ DLQ_EXTENSIONS = (
 MAX_REASON = 500
 MAX_MESSAGE = 1000
 MAX_TRACEBACK = 4000
-# Room left for what a codec adds to ``Envelope.size`` (header prefixes, JSON
+# Room left for what a codec adds to ``codec.largest_size`` (header prefixes, JSON
 # quoting) when the traceback is cut to fit the broker's limit.
 _CODEC_SLACK = 256
 _MIN_TRACEBACK = 200
@@ -147,7 +148,7 @@ def shrink_stages(dead: Envelope, limit: int) -> Iterator[tuple[Envelope, str]]:
     tb = ext.pop("dlqtraceback", None)
     if tb is not None:
         bare = _with(dead, ["traceback"], extensions=ext)
-        room = limit - bare.size - len("dlqtraceback") - len(_TRUNCATED) - _CODEC_SLACK
+        room = limit - largest_size(bare) - len("dlqtraceback") - len(_TRUNCATED) - _CODEC_SLACK
         if _MIN_TRACEBACK <= room < len(tb):
             cut = _with(dead, [], extensions={**ext, "dlqtraceback": _TRUNCATED + tb[-room:]})
             yield cut, f"traceback truncated to its last {room} characters"
@@ -176,12 +177,12 @@ async def publish_dead_letter(
     target = dlq_topic(topic, group)
     limit = adapter.capabilities.max_message_bytes
     refused: Exception | None = None
-    # The hint bounds the largest encoding (structured JSON, where bytes data becomes
+    # The bound is of the largest encoding (structured JSON, where bytes data becomes
     # base64); an adapter in binary mode (headers) sends the data as it is and is the
     # only judge of its size, so a letter it would take is never shrunk by a guess.
     binary = adapter.capabilities.headers
     for candidate, change in shrink_stages(dead, limit):
-        if not binary and candidate.size_hint(limit) > limit:
+        if not binary and size_bound(candidate, limit) > limit:
             continue
         try:
             await adapter.publish(target, [candidate])

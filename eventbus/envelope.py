@@ -2,12 +2,19 @@
 
 Transport facts (topic, attempt, broker message id) never live here; they sit
 beside the envelope on the :class:`~eventbus.adapter.Delivery`.
+
+Constructors: the keyword ``Envelope(...)`` (and :meth:`Envelope.create`,
+:meth:`Envelope.evolve`, :meth:`Envelope.from_attributes`, which go through it),
+and, for the hot paths (publishing, decoding), the one private :func:`_assemble`
+they all share. How large an envelope is on the wire is the codec's to say
+(:func:`eventbus.codec.largest_size`, :func:`eventbus.codec.size_bound`).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
@@ -22,9 +29,6 @@ __all__ = [
     "RESERVED_NAMES",
     "SPEC_VERSION",
     "Envelope",
-    "assemble",
-    "build",
-    "build_many",
     "format_time",
     "new_id",
     "new_ids",
@@ -199,67 +203,40 @@ class Envelope:
             raise KeyError("type")
         time_text = pop("time", None)
         version = pop("dataversion", None)
-        envelope = _new(_Draft)
-        envelope.id = id_
-        envelope.type = type_
-        envelope.source = source
-        envelope.time = parse_time(time_text) if time_text else utcnow()
-        envelope.data = data
-        envelope.datacontenttype = pop("datacontenttype", None)
-        envelope.dataschema = pop("dataschema", None)
-        envelope.subject = pop("subject", None)
-        envelope.specversion = pop("specversion", SPEC_VERSION)
-        envelope.dataversion = 1 if version is None else int(version)
-        envelope.correlationid = pop("correlationid", None)
-        envelope.causationid = pop("causationid", None)
-        envelope.partitionkey = pop("partitionkey", None)
-        envelope.traceparent = pop("traceparent", None)
-        envelope.tracestate = pop("tracestate", None)
+        envelope = _assemble(
+            id_, type_, source, parse_time(time_text) if time_text else utcnow(), data,
+            pop("datacontenttype", None), pop("dataschema", None), pop("subject", None),
+            pop("specversion", SPEC_VERSION), 1 if version is None else int(version),
+            pop("correlationid", None), pop("causationid", None), pop("partitionkey", None),
+            pop("traceparent", None), pop("tracestate", None), attributes,
+        )
         # What is left is extensions; of the reserved names only "data" can remain.
         if "data" in attributes:
             validate_extension_name("data")
-        envelope.extensions = attributes
-        envelope.__class__ = cls  # type: ignore[assignment]
-        return envelope  # type: ignore[return-value]
+        if cls is not Envelope:
+            return cls(**{name: getattr(envelope, name) for name in _ALL_FIELDS})
+        return envelope
 
     def size_hint(self, limit: int) -> int:
-        """An upper bound of :attr:`size`: cheap far below ``limit``, exact near or above it.
+        """Deprecated: :func:`eventbus.codec.size_bound` (size estimation is the codec's)."""
+        from eventbus import codec  # the codec imports this module
 
-        Every attribute counts (id, correlation, traceparent, extensions...), each at
-        the most its text can take in any encoding, so an envelope whose hint is within
-        the broker's limit fits in binary and in structured mode.
-        """
-        estimate = _FIXED_BOUND + len(str(self.dataversion))
-        estimate += _data_bound(self.data, self.datacontenttype)
-        values = [value for value in (
-            self.id, self.type, self.source, self.specversion, self.datacontenttype,
-            self.dataschema, self.subject, self.correlationid, self.causationid,
-            self.partitionkey, self.traceparent, self.tracestate) if value is not None]
-        text = "".join(values)
-        if text.isascii() and text.isprintable():
-            # Every value is printable ASCII, so the sum of their bounds is this.
-            estimate += len(text) + text.count('"') + text.count("\\")
-        else:
-            estimate += sum(_text_bound(value) for value in values)
-        for name, value in self.extensions.items():
-            estimate += len(name) + _PER_ATTRIBUTE + _text_bound(value)
-        return estimate if estimate < limit else self.size
+        warnings.warn("Envelope.size_hint(limit) is deprecated: use "
+                      "eventbus.codec.size_bound(envelope, limit)", DeprecationWarning,
+                      stacklevel=2)
+        return codec.size_bound(self, limit)
 
     @property
     def size(self) -> int:
-        """Bytes of the largest encoding eventbus uses for this envelope.
+        """Deprecated: :func:`eventbus.codec.largest_size` (size estimation is the codec's)."""
+        from eventbus import codec  # the codec imports this module
 
-        The larger of structured mode (one JSON document) and binary mode (body plus
-        every header name and value, with the longest prefix a binding uses), so a
-        broker limit checked against it holds whichever mode an adapter picks.
-        """
-        from eventbus.codec import encode_structured  # the codec imports this module
+        warnings.warn("Envelope.size is deprecated: use eventbus.codec.largest_size(envelope)",
+                      DeprecationWarning, stacklevel=2)
+        return codec.largest_size(self)
 
-        binary = len(self.data)
-        for name, value in self.attributes().items():
-            header = "content-type" if name == "datacontenttype" else name
-            binary += _LONGEST_PREFIX + len(header) + len(value.encode("utf-8"))
-        return max(binary, len(encode_structured(self)))
+
+_ALL_FIELDS = tuple(Envelope.__dataclass_fields__)
 
 
 class _Draft:
@@ -272,9 +249,9 @@ class _Draft:
     the interpreter), then the object becomes an :class:`Envelope` by
     ``__class__`` assignment, which Python allows between classes of one slot
     layout (~4x cheaper in all). The result is an ordinary, frozen ``Envelope``.
-    Every other construction goes through ``__init__`` (and ``__post_init__``'s
-    extension check); the callers of :func:`build` and :func:`assemble` check
-    extension names themselves.
+    Only :func:`_assemble` does this; every other construction goes through
+    ``__init__`` (and ``__post_init__``'s extension check), and the callers of
+    :func:`_assemble` check extension names themselves.
     """
 
     __slots__ = Envelope.__slots__
@@ -298,37 +275,6 @@ class _Draft:
 
 
 _new = object.__new__
-
-
-# Binary mode prefixes each attribute header ("cloudEvents:" is the AMQP binding's);
-# structured mode spends quotes, a colon and a comma on each member. Either way an
-# attribute takes at most its name plus this many bytes beyond its value's text.
-_LONGEST_PREFIX = len("cloudEvents:")
-_PER_ATTRIBUTE = max(_LONGEST_PREFIX, len('"":"",'))
-# Every attribute name the envelope may send as a field, the braces, the time text
-# (RFC 3339, UTC, microseconds: at most 27 bytes) and the ``"data_base64":`` member.
-_FIXED_BOUND = (
-    sum(len(name) + _PER_ATTRIBUTE for name in _FIELDS) + len("{}") + 32 + len('"data_base64":')
-)
-
-
-def _text_bound(value: str) -> int:
-    """Most bytes ``value`` takes as a UTF-8 header value or as a JSON string's contents."""
-    if value.isascii() and value.isprintable():
-        # json.dumps escapes only quotes and backslashes among printable ASCII.
-        return len(value) + value.count('"') + value.count("\\")
-    # A control character becomes a 6-byte \u00XX escape; UTF-8 needs at most 4 bytes.
-    return 6 * len(value)
-
-
-def _data_bound(data: bytes, content_type: str | None) -> int:
-    """Most bytes ``data`` takes: raw in binary mode, inline, text or base64 in structured."""
-    if not data:
-        return 0
-    base64_size = (len(data) + 2) // 3 * 4 + 2
-    if content_type is not None and content_type.startswith("text/"):
-        return max(base64_size, 6 * len(data) + 2)  # decoded text, JSON-escaped
-    return base64_size  # inline JSON is only used when it is the exact bytes: smaller
 
 
 def _text(value: Any) -> str:
@@ -358,97 +304,18 @@ def validate_extension_name(name: str) -> None:
         )
 
 
-def build(
-    id: str,
-    type: str,
-    source: str,
-    time: datetime,
-    data: bytes,
-    dataversion: int,
-    partitionkey: str | None,
-    subject: str | None,
-    correlationid: str | None,
-    causationid: str | None,
-    traceparent: str | None,
-    tracestate: str | None,
-    extensions: Mapping[str, str],
-) -> Envelope:
-    """An application/json envelope from values the caller has checked (extension
-    names valid), without the keyword ``__init__``: the publish path's constructor."""
-    envelope = _new(_Draft)
-    envelope.id = id
-    envelope.type = type
-    envelope.source = source
-    envelope.time = time
-    envelope.data = data
-    envelope.datacontenttype = JSON
-    envelope.dataschema = None
-    envelope.subject = subject
-    envelope.specversion = SPEC_VERSION
-    envelope.dataversion = dataversion
-    envelope.correlationid = correlationid
-    envelope.causationid = causationid
-    envelope.partitionkey = partitionkey
-    envelope.traceparent = traceparent
-    envelope.tracestate = tracestate
-    envelope.extensions = extensions
-    envelope.__class__ = Envelope  # type: ignore[assignment]
-    return envelope  # type: ignore[return-value]
-
-
-def build_many(
-    ids: Sequence[str],
-    types: Sequence[str],
-    versions: Sequence[int],
-    bodies: Sequence[bytes],
-    source: str,
-    time: datetime,
-    partitionkey: str | None,
-    subject: str | None,
-    correlationid: str | None,
-    causationid: str | None,
-    traceparent: str | None,
-    tracestate: str | None,
-    extensions: Mapping[str, str] | None,
-) -> list[Envelope]:
-    """:func:`build` for a batch (one per id, the lists of equal length): the
-    application/json envelopes of one publish call, sharing source, time, key,
-    subject, parent and extensions (each gets its own copy of ``extensions``).
-    ``correlationid`` ``None`` makes each envelope its own flow (its id)."""
-    out: list[Envelope] = []
-    append = out.append
-    for id, type, dataversion, data in zip(ids, types, versions, bodies, strict=True):
-        envelope = _new(_Draft)
-        envelope.id = id
-        envelope.type = type
-        envelope.source = source
-        envelope.time = time
-        envelope.data = data
-        envelope.datacontenttype = JSON
-        envelope.dataschema = None
-        envelope.subject = subject
-        envelope.specversion = SPEC_VERSION
-        envelope.dataversion = dataversion
-        envelope.correlationid = correlationid or id
-        envelope.causationid = causationid
-        envelope.partitionkey = partitionkey
-        envelope.traceparent = traceparent
-        envelope.tracestate = tracestate
-        envelope.extensions = dict(extensions) if extensions else {}
-        envelope.__class__ = Envelope  # type: ignore[assignment]
-        append(envelope)  # type: ignore[arg-type]
-    return out
-
-
-def assemble(
+def _assemble(
     id: str, type: str, source: str, time: datetime, data: bytes,
     datacontenttype: str | None, dataschema: str | None, subject: str | None,
     specversion: str, dataversion: int, correlationid: str | None,
     causationid: str | None, partitionkey: str | None, traceparent: str | None,
     tracestate: str | None, extensions: Mapping[str, str],
 ) -> Envelope:
-    """Every field given, in declaration order, checked by the caller (a codec's
-    fast path): an envelope without the keyword ``__init__``."""
+    """Every field given, in declaration order, checked by the caller: an envelope
+    without the keyword ``__init__``. The one constructor every fast path shares
+    (publishing one or many, :meth:`Envelope.from_text_attributes`, the codec's
+    decoding by header layout); ``tests/test_envelope.py`` checks that each of them
+    builds what the general path builds."""
     envelope = _new(_Draft)
     envelope.id = id
     envelope.type = type
@@ -468,3 +335,43 @@ def assemble(
     envelope.extensions = extensions
     envelope.__class__ = Envelope  # type: ignore[assignment]
     return envelope  # type: ignore[return-value]
+
+
+# -- deprecated: the former fast constructors, for one release ------------------------------
+
+
+def _build(id: str, type: str, source: str, time: datetime, data: bytes, dataversion: int,
+           partitionkey: str | None, subject: str | None, correlationid: str | None,
+           causationid: str | None, traceparent: str | None, tracestate: str | None,
+           extensions: Mapping[str, str]) -> Envelope:
+    return _assemble(id, type, source, time, data, JSON, None, subject, SPEC_VERSION,
+                     dataversion, correlationid, causationid, partitionkey, traceparent,
+                     tracestate, extensions)
+
+
+def _build_many(ids: Sequence[str], types: Sequence[str], versions: Sequence[int],
+                bodies: Sequence[bytes], source: str, time: datetime,
+                partitionkey: str | None, subject: str | None, correlationid: str | None,
+                causationid: str | None, traceparent: str | None, tracestate: str | None,
+                extensions: Mapping[str, str] | None) -> list[Envelope]:
+    return [_assemble(id, type, source, time, data, JSON, None, subject, SPEC_VERSION,
+                      dataversion, correlationid or id, causationid, partitionkey,
+                      traceparent, tracestate, dict(extensions) if extensions else {})
+            for id, type, dataversion, data in zip(ids, types, versions, bodies, strict=True)]
+
+
+_DEPRECATED: dict[str, tuple[Callable[..., Any], str]] = {
+    "build": (_build, "eventbus.publishing.build_envelope (or Envelope.create)"),
+    "build_many": (_build_many, "eventbus.publishing.build_envelopes (or Envelope.create)"),
+    "assemble": (_assemble, "Envelope.from_text_attributes (or Envelope.create)"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _DEPRECATED:
+        function, instead = _DEPRECATED[name]
+        warnings.warn(f"eventbus.envelope.{name} is deprecated (one private constructor "
+                      f"serves the fast paths now): use {instead}", DeprecationWarning,
+                      stacklevel=2)
+        return function
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -194,7 +194,7 @@ class MemoryAdapter(Adapter):
         key = envelope.partitionkey
         if not self.settings.encode:
             limit = self.settings.max_message_bytes
-            return (key, b"", None, envelope, False), envelope.size_hint(limit)
+            return (key, b"", None, envelope, False), codec.size_bound(envelope, limit)
         if self.settings.mode == "structured":
             body = codec.encode_structured(envelope)
             return (key, body, None, None, True), len(body)

@@ -12,9 +12,10 @@ from eventbus.adapter import Adapter
 from eventbus.backoff import Backoff
 from eventbus.context import INHERIT, ParentOption, current_envelope
 from eventbus.envelope import (
+    JSON,
+    SPEC_VERSION,
     Envelope,
-    build,
-    build_many,
+    _assemble,
     new_id,
     new_ids,
     utcnow,
@@ -47,14 +48,15 @@ def build_envelope(
             validate_extension_name(name)
     event_id = new_id()
     if parent is None:
-        return build(event_id, message.event_type(), source, utcnow(), message.to_bytes(),
-                     message.data_version(), key, subject, correlation_id or event_id, None,
-                     None, None, dict(extensions) if extensions else {})
-    return build(event_id, message.event_type(), source, utcnow(), message.to_bytes(),
-                 message.data_version(), key, subject,
-                 correlation_id or parent.correlationid or parent.id, parent.id,
-                 parent.traceparent, parent.tracestate,
-                 dict(extensions) if extensions else {})
+        return _assemble(event_id, message.event_type(), source, utcnow(), message.to_bytes(),
+                         JSON, None, subject, SPEC_VERSION, message.data_version(),
+                         correlation_id or event_id, None, key, None, None,
+                         dict(extensions) if extensions else {})
+    return _assemble(event_id, message.event_type(), source, utcnow(), message.to_bytes(),
+                     JSON, None, subject, SPEC_VERSION, message.data_version(),
+                     correlation_id or parent.correlationid or parent.id, parent.id, key,
+                     parent.traceparent, parent.tracestate,
+                     dict(extensions) if extensions else {})
 
 
 def build_envelopes(
@@ -105,8 +107,12 @@ def build_envelopes(
         types = [message.event_type() for message in messages]
         versions = [message.data_version() for message in messages]
         bodies = [message.to_bytes() for message in messages]
-    return build_many(ids, types, versions, bodies, source, now, key, subject, correlation,
-                      causation, traceparent, tracestate, extensions)
+    # Each envelope gets its own copy of the extensions; no correlation id makes each
+    # envelope its own flow (its id).
+    return [_assemble(id, type, source, now, data, JSON, None, subject, SPEC_VERSION,
+                      version, correlation or id, causation, key, traceparent, tracestate,
+                      dict(extensions) if extensions else {})
+            for id, type, version, data in zip(ids, types, versions, bodies, strict=True)]
 
 
 async def publish_batch(

@@ -8,8 +8,9 @@ its ``causationid``. So a thousand requests cost one topic and one subscription,
 thousand; the subscription is closed when the bus stops. A reply arriving after its
 request timed out is dropped and logged.
 
-The handling side (:class:`ReplyStep`, placed in the chain of every subscription with
-a handler of a :class:`~eventbus.events.Command` class, inside dead-letter and outside
+The handling side (:class:`ReplyStep`, made by :func:`reply_step` for every
+subscription with a handler of a :class:`~eventbus.events.Command` class and placed
+by :func:`eventbus.middleware.chain.build_chain` inside dead-letter and outside
 idempotency and retry) looks at ``replyto`` on an incoming command of such a class, and
 when it is there publishes to it:
 
@@ -43,6 +44,7 @@ import json
 import logging
 import re
 import uuid
+import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar, overload
@@ -74,6 +76,7 @@ __all__ = [
     "RequestTimeoutError",
     "Requester",
     "UnencodableReplyError",
+    "reply_step",
     "with_replies",
 ]
 
@@ -357,17 +360,32 @@ class ReplyStep:
                                type(exc).__name__, exc)
 
 
-def with_replies(chain: list[Middleware], spec: SubscriptionSpec,
-                 bus: EventBus) -> list[Middleware]:
-    """``chain`` with a :class:`ReplyStep` just outside idempotency and retry, for a
-    subscription that handles commands by their class (a catch-all alone answers
-    nothing: it may be anyone's observer of the topic)."""
+def reply_step(spec: SubscriptionSpec, bus: EventBus) -> ReplyStep | None:
+    """The :class:`ReplyStep` of ``spec`` when it handles commands by their class,
+    else ``None`` (a catch-all alone answers nothing: it may be anyone's observer of
+    the topic; a batch subscription answers nothing either). Where it goes in the
+    chain is decided by :func:`eventbus.middleware.chain.build_chain`."""
     commands = frozenset(
         name for name, h in spec.handlers.items()
         if h.message_class is not None and issubclass(h.message_class, Command))
     if not commands or spec.batch is not None:
+        return None
+    return ReplyStep(bus, commands)
+
+
+def with_replies(chain: list[Middleware], spec: SubscriptionSpec,
+                 bus: EventBus) -> list[Middleware]:
+    """Deprecated: ``build_chain`` places the reply step itself when given
+    ``ChainDefaults(replies=...)``; this inserts it into a built ``chain`` just
+    outside idempotency and retry, as before."""
+    warnings.warn("eventbus.requests.with_replies is deprecated: pass "
+                  "ChainDefaults(replies=lambda spec: reply_step(spec, bus)) to "
+                  "eventbus.middleware.chain.build_chain, which places the reply step",
+                  DeprecationWarning, stacklevel=2)
+    step = reply_step(spec, bus)
+    if step is None:
         return chain
-    at = next((i for i, step in enumerate(chain) if isinstance(step, Idempotency | Retry)),
+    at = next((i for i, layer in enumerate(chain) if isinstance(layer, Idempotency | Retry)),
               len(chain))
-    return [*chain[:at], ReplyStep(bus, commands), *chain[at:]]
+    return [*chain[:at], step, *chain[at:]]
 

@@ -51,10 +51,11 @@ def _runner_module() -> ModuleType:
 
 def skip_lane_routing() -> None:
     """Route every delivery as if it had no partition key (least-loaded lane)."""
-    runner = _runner_module().Runner
-    original = runner._route
+    from eventbus.lanes import Lanes  # the runner's lanes part routes deliveries
 
-    def _route(self: Any, delivery: Any) -> None:
+    original = Lanes.route
+
+    def route(self: Any, delivery: Any) -> None:
         envelope = delivery.envelope
         if envelope is None or envelope.partitionkey is None:
             original(self, delivery)
@@ -65,7 +66,7 @@ def skip_lane_routing() -> None:
         finally:
             delivery.envelope = envelope
 
-    runner._route = _route
+    Lanes.route = route  # type: ignore[method-assign]
 
 
 def ack_before_handling() -> None:

@@ -1,15 +1,19 @@
-"""Shared helpers of the bus tests: a per-test memory broker, waiting inboxes, DLQ reads."""
+"""Shared helpers of the tests: a per-test memory broker, waiting inboxes, DLQ reads, a
+delivery that records its settlement, random envelopes."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import random
 import uuid
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 from typing import Generic, TypeVar
 
 from eventbus import Command, Envelope, Event, EventBus, MemoryAdapter
-from eventbus.adapter import SubscribeOptions
+from eventbus.adapter import Delivery, SubscribeOptions
 from eventbus.middleware import dlq_topic
 
 WAIT = 5.0
@@ -141,3 +145,66 @@ def dlq_size(url: str, topic: str, group: str) -> int:
     """How many dead letters the memory broker at ``url`` holds for (topic, group)."""
     log = MemoryAdapter(url).broker.topics.get(dlq_topic(topic, group))
     return 0 if log is None else len(log.log)
+
+
+class FakeDelivery(Delivery):
+    """A delivery that records how it was settled."""
+
+    __slots__ = ("calls",)
+
+    def __init__(self, envelope: Envelope | None, attempt: int = 1, **kw: object) -> None:
+        super().__init__(topic=kw.pop("topic", "orders"), group=kw.pop("group", "billing"),  # type: ignore[arg-type]
+                         envelope=envelope, attempt=attempt, message_id="m-1", **kw)  # type: ignore[arg-type]
+        self.calls: list[tuple[str, float]] = []
+
+    async def _ack(self) -> None:
+        self.calls.append(("ack", 0.0))
+
+    async def _nack(self, delay: float) -> None:
+        self.calls.append(("nack", delay))
+
+    async def _reject(self) -> None:
+        self.calls.append(("reject", 0.0))
+
+
+_ALPHABETS = (
+    "abcdefghijklmnopqrstuvwxyz0123456789-",
+    'quote"back\\slash',
+    "\x00\x01\x1f\t\n\x7f control",
+    "é€漢字🙂ü",
+    "\u2028\u2029\ufeff",
+)
+
+
+def _text(rng: random.Random, longest: int) -> str:
+    alphabet = rng.choice(_ALPHABETS)
+    return "".join(rng.choice(alphabet) for _ in range(rng.randint(1, longest)))
+
+
+def random_envelope(rng: random.Random) -> Envelope:
+    """An envelope with random attributes, extensions and data of every kind."""
+    longest = rng.choice((8, 200, 3000))
+    optional = {
+        name: _text(rng, longest) if rng.random() < 0.7 else None
+        for name in ("dataschema", "subject", "correlationid", "causationid", "partitionkey",
+                     "traceparent", "tracestate")
+    }
+    content_type = rng.choice((None, "application/json", "text/plain", "application/x-bin",
+                               "application/cloudevents+json"))
+    kind = rng.choice(("empty", "json", "spaced-json", "bytes", "text"))
+    data = {
+        "empty": b"",
+        "json": json.dumps({"k": _text(rng, longest)}, separators=(",", ":"),
+                           ensure_ascii=False).encode(),
+        "spaced-json": json.dumps({"k": _text(rng, longest)}, indent=2).encode(),
+        "bytes": rng.randbytes(rng.randint(0, 5000)),
+        "text": _text(rng, longest).encode("utf-8"),
+    }[kind]
+    extensions = {f"x{i}": _text(rng, longest) for i in range(rng.randint(0, 4))}
+    return Envelope(
+        id=_text(rng, longest), type=_text(rng, longest), source=_text(rng, longest),
+        time=datetime(rng.randint(1, 9999), 1, 1, tzinfo=UTC)
+        + timedelta(microseconds=rng.randint(0, 10**12)),
+        data=data, datacontenttype=content_type, dataversion=rng.choice((1, 2**70)),
+        extensions=extensions, **optional,
+    )

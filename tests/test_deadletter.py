@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from eventbus import Envelope, Event, EventBus, MemoryAdapter, RetryPolicy
+from eventbus import Envelope, Event, EventBus, MemoryAdapter, RetryPolicy, codec
 from eventbus.deadletter import (
     DLQ_EXTENSIONS,
     UNDECODABLE_TYPE,
@@ -138,7 +138,7 @@ def test_a_dead_letter_over_the_limit_first_loses_the_head_of_its_traceback(
         tb = dead.extensions["dlqtraceback"]
         bare = dead.evolve(extensions={k: v for k, v in dead.extensions.items()
                                        if k != "dlqtraceback"})
-        sent, stored = await _publish_with_limit(dead, bare.size + 1500)
+        sent, stored = await _publish_with_limit(dead, codec.largest_size(bare) + 1500)
         kept = stored.extensions["dlqtraceback"]
         assert stored == sent
         assert "truncated" in kept and len(kept) < len(tb)
@@ -157,7 +157,7 @@ def test_then_drops_the_traceback() -> None:
         dead = _dead()
         bare = dead.evolve(extensions={k: v for k, v in dead.extensions.items()
                                        if k != "dlqtraceback"})
-        _, stored = await _publish_with_limit(dead, bare.size + 100)
+        _, stored = await _publish_with_limit(dead, codec.largest_size(bare) + 100)
         assert "dlqtraceback" not in stored.extensions
         assert stored.extensions["dlqdropped"] == "traceback"
         assert stored.data == dead.data

@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import dataclasses
-import json
+import pickle
 import random
 import uuid
 from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
 
 import pytest
 
-from eventbus import Envelope, codec
+from eventbus import Envelope, Event, codec
 from eventbus.envelope import SPEC_VERSION, format_time, parse_time, validate_extension_name
 from eventbus.errors import InvalidExtensionNameError
+from eventbus.events import Message
+from eventbus.publishing import build_envelope, build_envelopes
+from tests.bus_support import random_envelope
 
 
 def test_create_fills_id_time_and_defaults() -> None:
@@ -175,88 +180,6 @@ def test_parse_and_format_round_trip() -> None:
     assert parse_time(format_time(when)) == when
 
 
-def test_size_counts_data_and_attributes() -> None:
-    small = Envelope.create(type="t", source="s", data=b"", datacontenttype="x/y")
-    big = small.evolve(data=b"x" * 999)
-    assert big.size == len(codec.encode_structured(big))  # base64: the largest encoding
-    assert big.size > small.size + 999
-    assert small.size >= sum(len(k) + len(v) for k, v in small.attributes().items())
-
-
-# -- size_hint is an upper bound of every encoding ------------------------------------------
-
-_ALPHABETS = (
-    "abcdefghijklmnopqrstuvwxyz0123456789-",
-    'quote"back\\slash',
-    "\x00\x01\x1f\t\n\x7f control",
-    "é€漢字🙂ü",
-    "\u2028\u2029\ufeff",
-)
-
-
-def _text(rng: random.Random, longest: int) -> str:
-    alphabet = rng.choice(_ALPHABETS)
-    return "".join(rng.choice(alphabet) for _ in range(rng.randint(1, longest)))
-
-
-def _random_envelope(rng: random.Random) -> Envelope:
-    longest = rng.choice((8, 200, 3000))
-    optional = {
-        name: _text(rng, longest) if rng.random() < 0.7 else None
-        for name in ("dataschema", "subject", "correlationid", "causationid", "partitionkey",
-                     "traceparent", "tracestate")
-    }
-    content_type = rng.choice((None, "application/json", "text/plain", "application/x-bin",
-                               "application/cloudevents+json"))
-    kind = rng.choice(("empty", "json", "spaced-json", "bytes", "text"))
-    data = {
-        "empty": b"",
-        "json": json.dumps({"k": _text(rng, longest)}, separators=(",", ":"),
-                           ensure_ascii=False).encode(),
-        "spaced-json": json.dumps({"k": _text(rng, longest)}, indent=2).encode(),
-        "bytes": rng.randbytes(rng.randint(0, 5000)),
-        "text": _text(rng, longest).encode("utf-8"),
-    }[kind]
-    extensions = {f"x{i}": _text(rng, longest) for i in range(rng.randint(0, 4))}
-    return Envelope(
-        id=_text(rng, longest), type=_text(rng, longest), source=_text(rng, longest),
-        time=datetime(rng.randint(1, 9999), 1, 1, tzinfo=UTC)
-        + timedelta(microseconds=rng.randint(0, 10**12)),
-        data=data, datacontenttype=content_type, dataversion=rng.choice((1, 2**70)),
-        extensions=extensions, **optional,
-    )
-
-
-def _encoded_sizes(env: Envelope) -> dict[str, int]:
-    sizes = {"structured": len(codec.encode_structured(env))}
-    for prefix in ("ce_", "ce-", "cloudEvents:", "cloudEvents_"):
-        pairs = codec.binary_headers(env, prefix)
-        sizes[f"binary {prefix}"] = len(env.data) + sum(len(k.encode()) + len(v) for k, v in pairs)
-        headers, body = codec.encode_binary(env, prefix)
-        sizes[f"encode_binary {prefix}"] = len(body) + sum(
-            len(k.encode()) + len(v.encode()) for k, v in headers.items())
-    return sizes
-
-
-def test_size_hint_bounds_every_encoding_of_random_envelopes() -> None:
-    """A message that passes the size check fits the broker in every encoding we use."""
-    rng = random.Random(20261127)
-    for _ in range(400):
-        env = _random_envelope(rng)
-        sizes = _encoded_sizes(env)
-        largest = max(sizes.values())
-        assert env.size >= largest, (env, sizes)
-        for limit in (1, largest - 1, largest, largest + 1, 10**12):
-            assert env.size_hint(limit) >= largest, (limit, env, sizes)
-
-
-def test_size_hint_counts_id_correlation_causation_and_traceparent() -> None:
-    env = Envelope.create(type="t", source="s")
-    for name in ("id", "correlationid", "causationid", "traceparent"):
-        grown = env.evolve(**{name: "c" * 6000})
-        assert grown.size_hint(4096) > 6000, name
-
-
 def test_publish_refuses_an_event_whose_correlation_makes_it_too_large() -> None:
     from eventbus import Event, EventBus, MessageTooLargeError
 
@@ -318,30 +241,6 @@ def test_ordinary_and_dead_letter_extensions_stay_allowed() -> None:
     assert env.extensions["identity"] == "x"
 
 
-def test_fast_constructors_build_ordinary_frozen_envelopes() -> None:
-    # build/assemble/from_text_attributes skip the keyword __init__ (the hot paths);
-    # what they return must be indistinguishable from a public construction.
-    from eventbus.envelope import assemble, build
-
-    when = datetime(2024, 5, 6, 7, 8, 9, 1, tzinfo=UTC)
-    public = Envelope(id="i", type="t", source="s", time=when, data=b"{}",
-                      partitionkey="k", correlationid="c", extensions={"tenant": "a"})
-    built = build("i", "t", "s", when, b"{}", 1, "k", None, "c", None, None, None,
-                  {"tenant": "a"})
-    assembled = assemble("i", "t", "s", when, b"{}", "application/json", None, None, "1.0",
-                         1, "c", None, "k", None, None, {"tenant": "a"})
-    decoded = Envelope.from_text_attributes(dict(public.attributes()), b"{}")
-    for env in (built, assembled, decoded):
-        assert type(env) is Envelope
-        assert env == public and repr(env) == repr(public)
-        assert dataclasses.asdict(env) == dataclasses.asdict(public)
-        with pytest.raises(dataclasses.FrozenInstanceError):
-            env.id = "other"  # type: ignore[misc]
-        with pytest.raises(dataclasses.FrozenInstanceError):
-            del env.subject  # type: ignore[misc]
-        assert env.evolve(subject="x").subject == "x" and env.subject is None
-
-
 @pytest.mark.parametrize("count", [1, 31, 32, 500])
 def test_new_ids_are_distinct_uuid4_texts_made_of_the_random_bits(count: int) -> None:
     from eventbus.envelope import new_ids
@@ -358,3 +257,119 @@ def test_new_ids_are_distinct_uuid4_texts_made_of_the_random_bits(count: int) ->
     expected = [str(uuid.UUID(int=(bits >> (128 * (count - 1 - n))) & ((1 << 128) - 1),
                                version=4)) for n in range(count)]
     assert ids == expected
+
+
+# -- every fast path builds what the general path builds -----------------------------------
+
+
+class Placed(Event, type="test.envelope.placed", topic="test-envelope-placed"):
+    n: int
+    name: str = "ü"
+
+
+class Versioned(Event, type="test.envelope.versioned", topic="test-envelope-placed", version=3):
+    n: int
+
+
+PARENTS = [None, Envelope.create(type="p", source="s"),
+           Envelope.create(type="p", source="s", correlationid="flow", traceparent="00-a-b-01",
+                           tracestate="k=v")]
+OPTIONS: list[dict[str, Any]] = [
+    {}, {"key": "k-1"}, {"subject": "naïve ✓"}, {"correlation_id": "given"},
+    {"extensions": {"tenant": "a", "region": "eu"}},
+    {"key": "k", "subject": "s", "correlation_id": "c", "extensions": {"tenant": "b"}},
+]
+
+
+def _general(message: Message, source: str, like: Envelope, *, parent: Envelope | None,
+             key: str | None = None, subject: str | None = None,
+             correlation_id: str | None = None,
+             extensions: dict[str, str] | None = None) -> Envelope:
+    """The envelope the documented rules give, built by the keyword __init__."""
+    return Envelope.create(
+        type=message.event_type(), source=source, data=message.to_bytes(), id=like.id,
+        time=like.time, dataversion=message.data_version(), partitionkey=key,
+        subject=subject,
+        correlationid=correlation_id or (
+            (parent.correlationid or parent.id) if parent is not None else like.id),
+        causationid=parent.id if parent is not None else None,
+        traceparent=parent.traceparent if parent is not None else None,
+        tracestate=parent.tracestate if parent is not None else None,
+        extensions=extensions or {},
+    )
+
+
+def _same(fast: Envelope, general: Envelope) -> None:
+    """``fast`` is indistinguishable from ``general``: equal, same repr and fields, an
+    ordinary frozen Envelope that copies, pickles and evolves like any other."""
+    assert type(fast) is Envelope
+    assert fast == general and repr(fast) == repr(general)
+    assert dataclasses.asdict(fast) == dataclasses.asdict(general)
+    assert pickle.loads(pickle.dumps(fast)) == general
+    assert copy.copy(fast) == general
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        fast.id = "other"  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        del fast.subject  # type: ignore[misc]
+    assert fast.evolve(subject="x") == general.evolve(subject="x")
+
+
+@pytest.mark.parametrize("parent", PARENTS)
+@pytest.mark.parametrize("options", OPTIONS)
+def test_the_publish_fast_paths_build_what_envelope_create_builds(
+        parent: Envelope | None, options: dict[str, Any]) -> None:
+    one = build_envelope(Placed(n=1), "svc", parent=parent, **options)
+    _same(one, _general(Placed(n=1), "svc", one, parent=parent, **options))
+    messages: list[Message] = [Placed(n=2), Versioned(n=3), Placed(n=4, name="漢")]
+    for batch in (messages, messages[:1], [Placed(n=5), Placed(n=6)]):
+        built = build_envelopes(batch, "svc", parent=parent, **options)
+        for message, envelope in zip(batch, built, strict=True):
+            _same(envelope, _general(message, "svc", envelope, parent=parent, **options))
+        if options.get("extensions"):  # each envelope has its own copy
+            assert len({id(envelope.extensions) for envelope in built}) == len(built)
+
+
+@pytest.mark.parametrize("prefix", ["ce_", "ce-", "cloudEvents:"])
+def test_the_decode_fast_paths_build_what_from_attributes_builds(prefix: str) -> None:
+    rng = random.Random(2026)
+    samples = [
+        Envelope.create(type="t", source="s", data=b"{}"),
+        Envelope.create(type="t", source="s", data=b"{}", subject="sub", dataschema="urn:x",
+                        partitionkey="k", causationid="c", correlationid="corr",
+                        traceparent="00-a-b-01", tracestate="x=1", dataversion=4),
+        Envelope.create(type="t", source="s", datacontenttype=None),
+        Envelope.create(type="t", source="s", extensions={"tenant": "a"}),
+        *(random_envelope(rng) for _ in range(30)),
+    ]
+    for envelope in samples:
+        general = Envelope.from_attributes(envelope.attributes(), envelope.data)
+        assert general == envelope
+        _same(Envelope.from_text_attributes(dict(envelope.attributes()), envelope.data),
+              general)
+        if envelope.datacontenttype and envelope.datacontenttype.startswith(
+                codec.STRUCTURED_CONTENT_TYPE):
+            continue  # binary mode reads these as structured: not a fast path's case
+        headers, body = codec.encode_binary(envelope, prefix)
+        _same(codec.decode_binary_dict(dict(headers), body, prefix), general)  # by layout
+        _same(codec.decode_binary(list(headers.items()), body, prefix), general)  # general
+        key = envelope.partitionkey
+        if key is not None:
+            _same(codec.decode_binary(dict(headers), body, prefix, key=key), general)
+
+
+def test_the_old_fast_constructors_still_work_and_warn_naming_the_new_way() -> None:
+    when = datetime(2024, 5, 6, 7, 8, 9, 1, tzinfo=UTC)
+    public = Envelope(id="i", type="t", source="s", time=when, data=b"{}",
+                      partitionkey="k", correlationid="c", extensions={"tenant": "a"})
+    with pytest.warns(DeprecationWarning, match="build_envelope"):
+        from eventbus.envelope import build
+    assert build("i", "t", "s", when, b"{}", 1, "k", None, "c", None, None, None,
+                 {"tenant": "a"}) == public
+    with pytest.warns(DeprecationWarning, match="build_envelopes"):
+        from eventbus.envelope import build_many
+    assert build_many(["i"], ["t"], [1], [b"{}"], "s", when, "k", None, "c", None, None,
+                      None, {"tenant": "a"}) == [public]
+    with pytest.warns(DeprecationWarning, match="from_text_attributes"):
+        from eventbus.envelope import assemble
+    assert assemble("i", "t", "s", when, b"{}", "application/json", None, None, "1.0", 1,
+                    "c", None, "k", None, None, {"tenant": "a"}) == public

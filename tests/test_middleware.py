@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 from eventbus import EventBus, MemoryAdapter, PoisonMessageError, SchemaError
-from eventbus.adapter import Delivery, SubscribeOptions
+from eventbus.adapter import SubscribeOptions
 from eventbus.context import Context, current_envelope
 from eventbus.envelope import Envelope
 from eventbus.errors import (
@@ -35,28 +35,9 @@ from eventbus.middleware import (
     correlation,
 )
 from eventbus.middleware.deadletter import UNDECODABLE_TYPE, dead_letter_undecodable
+from tests.bus_support import FakeDelivery
 
 WAIT = 5.0
-
-
-class FakeDelivery(Delivery):
-    """A delivery that records how it was settled."""
-
-    __slots__ = ("calls",)
-
-    def __init__(self, envelope: Envelope | None, attempt: int = 1, **kw: object) -> None:
-        super().__init__(topic=kw.pop("topic", "orders"), group=kw.pop("group", "billing"),  # type: ignore[arg-type]
-                         envelope=envelope, attempt=attempt, message_id="m-1", **kw)  # type: ignore[arg-type]
-        self.calls: list[tuple[str, float]] = []
-
-    async def _ack(self) -> None:
-        self.calls.append(("ack", 0.0))
-
-    async def _nack(self, delay: float) -> None:
-        self.calls.append(("nack", delay))
-
-    async def _reject(self) -> None:
-        self.calls.append(("reject", 0.0))
 
 
 def make_ctx(attempt: int = 1, envelope: Envelope | None = None,

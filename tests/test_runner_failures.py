@@ -25,7 +25,7 @@ from eventbus import (
     Subscription,
     memory_broker,
 )
-from eventbus import runner as runner_module
+from eventbus import settlement as settlement_module
 from eventbus.adapter import HealthReport
 from eventbus.backoff import Backoff
 from eventbus.errors import ConnectionLostError, SubscriptionFailedError
@@ -413,7 +413,7 @@ def test_failures_outside_the_handler_are_redelivered_with_growing_delays(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A step outside the handler failing (a store outage) must not hammer the broker."""
-    monkeypatch.setattr(runner_module, "REDELIVERY_BACKOFF",
+    monkeypatch.setattr(settlement_module, "REDELIVERY_BACKOFF",
                         Backoff(initial=0.01, multiplier=2.0, max_delay=0.04, jitter=0.0))
     delays: list[float] = []
     original = memory_broker.MemoryDelivery._nack

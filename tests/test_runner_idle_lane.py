@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from eventbus import Event, EventBus
-from eventbus import runner as runner_module
+from eventbus import lanes as lanes_module
 from eventbus.memory_broker import MemoryDelivery
 from tests.bus_support import Inbox, memory_url, new_topic, run
 
@@ -27,10 +27,10 @@ def test_next_message_waits_for_the_worker_finishing_its_ack_not_the_stuck_one(
         monkeypatch: pytest.MonkeyPatch) -> None:
     routed = 0
     third_routed = asyncio.Event()
-    real_route = runner_module.Runner._route
+    real_route = lanes_module.Lanes.route
     real_ack = MemoryDelivery._ack
 
-    def route(self: runner_module.Runner, delivery: Any) -> None:
+    def route(self: lanes_module.Lanes, delivery: Any) -> None:
         nonlocal routed
         real_route(self, delivery)
         routed += 1
@@ -43,7 +43,7 @@ def test_next_message_waits_for_the_worker_finishing_its_ack_not_the_stuck_one(
             await third_routed.wait()
         await real_ack(self)
 
-    monkeypatch.setattr(runner_module.Runner, "_route", route)
+    monkeypatch.setattr(lanes_module.Lanes, "route", route)
     monkeypatch.setattr(MemoryDelivery, "_ack", ack)
 
     async def scenario() -> None:

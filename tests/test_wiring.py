@@ -62,9 +62,22 @@ def _imports(path: Path) -> set[str]:
 def test_context_runner_and_middleware_do_not_import_the_bus() -> None:
     """The bus <-> context cycle is gone: what runs handlers never needs the bus."""
     modules = [PACKAGE / "context.py", PACKAGE / "runner.py", PACKAGE / "spec.py",
+               *(PACKAGE / f"{part}.py" for part in ("supervision", "lanes", "settlement",
+                                                     "invocation", "batching")),
                *sorted((PACKAGE / "middleware").glob("*.py"))]
     offenders = [m.name for m in modules if "eventbus.bus" in _imports(m)]
     assert offenders == []
+
+
+def test_the_runner_imports_no_middleware_layer() -> None:
+    """What the runner knows of layers, it reads from their declarations."""
+    layers = {"eventbus.middleware.correlation", "eventbus.middleware.deadletter",
+              "eventbus.middleware.retry", "eventbus.middleware.idempotency",
+              "eventbus.middleware.timeout", "eventbus.requests"}
+    offenders = {name: sorted(_imports(PACKAGE / name) & layers) for name in (
+        "runner.py", "invocation.py", "lanes.py", "settlement.py", "supervision.py",
+        "batching.py")}
+    assert {name: found for name, found in offenders.items() if found} == {}
 
 
 def test_runner_runs_from_its_parts_without_a_bus() -> None:

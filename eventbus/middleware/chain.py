@@ -5,18 +5,25 @@ Outermost first:
 1. ``correlation`` (makes the handled envelope current for publishes made inside)
 2. the bus-wide ``middleware=[...]``, then the subscription's ``middleware=[...]``
 3. ``DeadLetter`` (when the bus has ``dead_letter=True``)
-4. ``Idempotency`` (the subscription's ``idempotency=`` store or configured
+4. the request/reply step (``ChainDefaults.replies``: for a subscription that
+   answers requests): inside dead-letter, so a request whose handler failed for
+   good is answered *and* dead-lettered; outside idempotency and retry, so it
+   answers the final outcome once, not each attempt or a skipped duplicate
+5. ``Idempotency`` (the subscription's ``idempotency=`` store or configured
    ``Idempotency``, else the bus's):
    inside dead-letter, so a dead-lettered message is not remembered as handled
    and its replay runs
-5. ``Retry`` (the subscription's policy, else the bus's)
-6. ``Timeout`` (when the subscription has ``timeout=``)
-7. the handler
+6. ``Retry`` (the subscription's policy, else the bus's)
+7. ``Timeout`` (when the subscription has ``timeout=``)
+8. the handler
+
+This is the one place the order is decided; the runner reads only what layers
+declare about themselves (:mod:`eventbus.middleware.base`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -35,12 +42,18 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True, slots=True)
 class ChainDefaults:
-    """The bus-wide settings a subscription's chain falls back on."""
+    """The bus-wide settings a subscription's chain falls back on.
+
+    ``replies`` makes the request/reply step of a subscription (``None`` when that
+    subscription answers no requests); the bus passes
+    :func:`eventbus.requests.reply_step` bound to itself.
+    """
 
     middleware: Sequence[Middleware] = ()
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     idempotency: IdempotencyStore | Idempotency | None = None
     dead_letter: bool = True
+    replies: Callable[[SubscriptionSpec], Middleware | None] | None = None
 
 
 def check_middleware(middleware: Sequence[Middleware], where: str) -> None:
@@ -58,11 +71,24 @@ def check_middleware(middleware: Sequence[Middleware], where: str) -> None:
 def build_chain(
     spec: SubscriptionSpec, adapter: Adapter, defaults: ChainDefaults
 ) -> list[Middleware]:
-    """The middleware around ``spec``'s handlers, outermost first (see the module doc)."""
+    """The middleware around ``spec``'s handlers, outermost first (see the module doc).
+
+    Raises :class:`ConfigurationError` for a batch subscription on a bus with
+    idempotency (a batch call is not deduplicated per event).
+    """
     chain: list[Middleware] = [correlation, *defaults.middleware, *spec.middleware]
     if defaults.dead_letter:
         chain.append(DeadLetter(adapter))
+    reply = defaults.replies(spec) if defaults.replies is not None else None
+    if reply is not None:
+        chain.append(reply)
     store = spec.idempotency if spec.idempotency is not None else defaults.idempotency
+    if store is not None and spec.batch is not None:
+        raise ConfigurationError(
+            f"{spec.topic}/{spec.group} has batch={spec.batch} and the bus's "
+            "idempotency: a batch call is not deduplicated per event; give this "
+            "subscription its own bus without idempotency, or drop batch="
+        )
     if store is not None:
         chain.append(store if isinstance(store, Idempotency) else Idempotency(store))
     policy = spec.retry or defaults.retry

@@ -11,6 +11,7 @@ lives in :mod:`eventbus.deadletter`.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from eventbus.adapter import Adapter
 from eventbus.context import Context
@@ -43,8 +44,12 @@ class DeadLetter:
     nack. If publishing the dead letter fails, a
     :class:`~eventbus.errors.DeadLetterPublishError` is raised and the message is
     redelivered, so nothing is lost.
+
+    Declares ``acts_only_on_failure`` (see :mod:`eventbus.middleware.base`): the
+    success path does nothing here, so the runner may call :meth:`recover` itself.
     """
 
+    acts_only_on_failure: ClassVar[bool] = True
     adapter: Adapter
 
     async def __call__(self, ctx: Context, call_next: Next) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from typing import ClassVar
 
 from eventbus.backoff import Backoff
 from eventbus.context import Context
@@ -87,13 +88,18 @@ class Retry:
     delivery whose earlier runs never finished and already spent ``max_attempts`` is
     failed with :class:`~eventbus.errors.RunsExhaustedError` before it runs (the
     dead-letter step keeps it); off when dead letters are off.
+
+    Declares ``acts_only_on_failure`` (see :mod:`eventbus.middleware.base`): before the
+    handler runs it may only :meth:`refuse` the message; everything else happens in
+    :meth:`recover`, once the handler failed.
     """
 
+    acts_only_on_failure: ClassVar[bool] = True
     policy: RetryPolicy
     broker_redelivery: bool = True
     guard_crashes: bool = True
 
-    def exhausted(self, ctx: Context) -> RunsExhaustedError | None:
+    def refuse(self, ctx: Context) -> RunsExhaustedError | None:
         """The failure to dead-letter ``ctx``'s message with before it runs again, when
         its earlier runs (which never finished: see :class:`RunsExhaustedError`)
         already spent the budget; ``None`` when it may run."""
@@ -112,7 +118,7 @@ class Retry:
     async def __call__(self, ctx: Context, call_next: Next) -> None:
         # Real runs spent on earlier deliveries of this message, as the runner counted them.
         ctx.attempt = ctx.previous_attempts + 1
-        crashed = self.exhausted(ctx)
+        crashed = self.refuse(ctx)
         if crashed is not None:
             raise crashed
         try:

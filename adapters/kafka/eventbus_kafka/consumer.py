@@ -15,8 +15,9 @@
   with every partition paused (:mod:`eventbus_kafka.keepalive`), so a slow handler
   does not cost the member its group membership.
 
-Group membership and rebalances live in :mod:`eventbus_kafka.rebalance`, the
-delivery in :mod:`eventbus_kafka.delivery`.
+Group membership and rebalances live in :mod:`eventbus_kafka.rebalance` (a
+``RebalanceTracker`` each subscription holds), the delivery in
+:mod:`eventbus_kafka.delivery`.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from .codec import NOT_BEFORE_HEADER, decode
 from .delivery import KafkaDelivery, best_effort
 from .keepalive import PollKeeper, keeper_tick
 from .offsets import Entry, PartitionLog
-from .rebalance import COMMIT_TIMEOUT, GroupMember, Listener, kafka_group_id
+from .rebalance import COMMIT_TIMEOUT, Listener, RebalanceTracker, kafka_group_id
 from .retry import FORWARD_SLACK_MS, not_before, release_at, retry_topic, retry_topics, tier_for
 from .runs import RunCounter
 from .watch import TopicWatch
@@ -52,7 +53,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("eventbus.kafka")
 
 
-class KafkaSubscription(GroupMember, PollKeeper, RunCounter, TopicWatch, Subscription):
+class KafkaSubscription(PollKeeper, RunCounter, TopicWatch, Subscription):
     """One group member consuming ``topic`` and its retry topic."""
 
     def __init__(self, adapter: KafkaAdapter, topic: str, options: SubscribeOptions) -> None:
@@ -88,15 +89,6 @@ class KafkaSubscription(GroupMember, PollKeeper, RunCounter, TopicWatch, Subscri
         # Local redeliveries after a failed nack re-publish, by due time (ms).
         self._local: list[tuple[int, int, Any, PartitionLog, Entry, int]] = []
         self._held: dict[TopicPartition, deque[tuple[Any, PartitionLog, Entry, int]]] = {}
-        self._to_pin: set[TopicPartition] = set()
-        # Topic deleted and created anew (rebalance.py): partition counts at the last
-        # assignment, topics then missing, and partitions to read from their start.
-        self._counts: dict[str, int] = {}
-        self._missing: set[str] = set()
-        self._restart: set[TopicPartition] = set()
-        # Partitions revoked and not (yet) assigned again: kept until the next
-        # assignment says whether they came back to this member.
-        self._suspended: dict[TopicPartition, PartitionLog] = {}
         self._outstanding = 0
         self._sequence = 0
         self._paused_while_busy = False
@@ -105,26 +97,35 @@ class KafkaSubscription(GroupMember, PollKeeper, RunCounter, TopicWatch, Subscri
         self._closed = False
         self._wake = asyncio.Event()
         self._dirty = asyncio.Event()
-        self._assigned = asyncio.Event()
         self._commit_lock = asyncio.Lock()
+        # Group membership: start offsets and rebalances (rebalance.py).
+        self.rebalance = RebalanceTracker(
+            adapter, self.consumer, topic, options, start_from=self.start_from,
+            retry_tiers=self.retry_tiers, logs=self._logs, ready=self._ready,
+            held=self._held, wake=self._wake, dirty=self._dirty,
+            commit_lock=self._commit_lock, commit=self.commit, closed=self._is_closed)
         self._housekeeper: asyncio.Task[None] | None = None
         self._keeper: asyncio.Task[None] | None = None
         self._watcher: asyncio.Task[None] | None = None
         # Why the iteration must end (the topic was deleted underneath), set by the watch.
         self._lost: Exception | None = None
 
+    def _is_closed(self) -> bool:
+        return self._closed
+
     # -- lifecycle -------------------------------------------------------------
 
     async def start(self, timeout: float) -> None:
         """Join the group; return once the first assignment's start offsets are pinned."""
         masked = self.adapter.settings.masked_url
-        self.consumer.subscribe([self.topic, *self.retry_tiers], listener=Listener(self))
+        self.consumer.subscribe([self.topic, *self.retry_tiers],
+                                listener=Listener(self.rebalance))
         self._housekeeper = asyncio.create_task(self._housekeeping())
         try:
             # start() bootstraps and joins the group (waiting for the first assignment);
             # then the housekeeper pins the start offsets of what was assigned.
             await asyncio.wait_for(self.consumer.start(), timeout)
-            await asyncio.wait_for(self._assigned.wait(), timeout)
+            await asyncio.wait_for(self.rebalance.assigned.wait(), timeout)
             self._keeper = asyncio.create_task(self._keep_membership(
                 keeper_tick(self.adapter.settings.max_poll_interval_ms)))
             self._watcher = asyncio.create_task(self._watch_topic())
@@ -259,8 +260,8 @@ class KafkaSubscription(GroupMember, PollKeeper, RunCounter, TopicWatch, Subscri
     async def _housekeeping(self) -> None:
         interval = self.adapter.settings.commit_interval_ms / 1000
         while True:
-            if self._to_pin:
-                await self._pin_new_partitions()
+            if self.rebalance.has_new_partitions:
+                await self.rebalance.pin_new_partitions()
             await self._dirty.wait()
             await asyncio.sleep(interval)  # let acks accumulate into one commit
             self._dirty.clear()

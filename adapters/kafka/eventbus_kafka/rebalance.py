@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
@@ -43,46 +44,75 @@ def kafka_group_id(group: str, topic: str) -> str:
     return f"{group}.{topic}"
 
 
-class Listener(ConsumerRebalanceListener):  # type: ignore[misc]
-    """Passes aiokafka's rebalance callbacks to the subscription."""
+Ready = deque[tuple[Any, PartitionLog, Entry, int | None]]
+Held = dict[TopicPartition, deque[tuple[Any, PartitionLog, Entry, int]]]
 
-    def __init__(self, owner: GroupMember) -> None:
-        self.owner = owner
+
+class Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Passes aiokafka's rebalance callbacks to the subscription's tracker."""
+
+    def __init__(self, tracker: RebalanceTracker) -> None:
+        self.tracker = tracker
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        await self.owner.on_revoked(set(revoked))
+        await self.tracker.on_revoked(set(revoked))
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        self.owner.on_assigned(set(assigned))
+        self.tracker.on_assigned(set(assigned))
 
 
-class GroupMember:
-    """The rebalance and start-offset half of a ``KafkaSubscription``."""
+class RebalanceTracker:
+    """The group membership of one ``KafkaSubscription``: start offsets of new
+    partitions, and what a rebalance does to fetched records (see the module doc).
 
-    adapter: KafkaAdapter
-    topic: str
-    options: SubscribeOptions
-    start_from: str
-    consumer: AIOKafkaConsumer
-    _logs: dict[TopicPartition, PartitionLog]
-    _ready: deque[tuple[Any, PartitionLog, Entry, int | None]]
-    _held: dict[TopicPartition, deque[tuple[Any, PartitionLog, Entry, int]]]
-    _to_pin: set[TopicPartition]
-    _restart: set[TopicPartition]
-    _counts: dict[str, int]
-    _missing: set[str]
-    retry_tiers: dict[str, int]
-    _suspended: dict[TopicPartition, PartitionLog]
-    _closed: bool
-    _wake: asyncio.Event
-    _dirty: asyncio.Event
-    _assigned: asyncio.Event
-    _commit_lock: asyncio.Lock
+    Its collaborators are the subscription's, passed in: the ``consumer``; the
+    per-partition ``logs``, the ``ready`` queue and the ``held`` retry records it
+    shares with the subscription (changed in place, never replaced); ``wake`` (the
+    iteration looks again) and ``dirty`` (the housekeeper commits, or pins what this
+    tracker found new); ``commit`` with its ``commit_lock``; and ``closed``, whether
+    the subscription is closing. It owns the rest: partitions to pin, those
+    suspended by a revoke, and what tells a topic created anew.
+    """
 
-    async def commit(self, only: set[TopicPartition] | None = None) -> None:
-        raise NotImplementedError
+    def __init__(self, adapter: KafkaAdapter, consumer: AIOKafkaConsumer, topic: str,
+                 options: SubscribeOptions, *, start_from: str, retry_tiers: dict[str, int],
+                 logs: dict[TopicPartition, PartitionLog], ready: Ready, held: Held,
+                 wake: asyncio.Event, dirty: asyncio.Event, commit_lock: asyncio.Lock,
+                 commit: Callable[..., Awaitable[None]],
+                 closed: Callable[[], bool]) -> None:
+        self.adapter = adapter
+        self.consumer = consumer
+        self.topic = topic
+        self.options = options
+        self.start_from = start_from
+        self.retry_tiers = retry_tiers
+        self._logs = logs
+        self._ready = ready
+        self._held = held
+        self._wake = wake
+        self._dirty = dirty
+        self._commit_lock = commit_lock
+        self._commit = commit
+        self._closed = closed
+        # Set once the first assignment's start offsets are pinned (start() waits).
+        self.assigned = asyncio.Event()
+        self._to_pin: set[TopicPartition] = set()
+        # Topic deleted and created anew: partition counts at the last assignment,
+        # topics then missing, and partitions to read from their start.
+        self._counts: dict[str, int] = {}
+        self._missing: set[str] = set()
+        self._restart: set[TopicPartition] = set()
+        # Partitions revoked and not (yet) assigned again: kept until the next
+        # assignment says whether they came back to this member.
+        self._suspended: dict[TopicPartition, PartitionLog] = {}
 
-    async def _pin_new_partitions(self) -> None:
+    @property
+    def has_new_partitions(self) -> bool:
+        """Whether assigned partitions wait for their start offset (pin_new_partitions)."""
+        return bool(self._to_pin)
+
+    async def pin_new_partitions(self) -> None:
+        """Fix where each newly assigned partition starts, and commit that position."""
         unpinned: list[TopicPartition] = []
         for tp in list(self._to_pin):
             self._to_pin.discard(tp)
@@ -97,7 +127,7 @@ class GroupMember:
                 log.debug("could not pin the start of %s: %s", tp, exc)
         # On the first start only (nothing fetched yet), continue where the group's
         # Kafka group of older versions (group.id = the eventbus group) stopped.
-        legacy = {} if self._assigned.is_set() else await self._legacy_offsets(unpinned)
+        legacy = {} if self.assigned.is_set() else await self._legacy_offsets(unpinned)
         pins: dict[TopicPartition, OffsetAndMetadata] = {}
         fresh = [tp for tp in unpinned if tp not in legacy]
         starts: dict[TopicPartition, int] = dict(legacy)
@@ -106,7 +136,7 @@ class GroupMember:
         # underneath and created anew, holds only what was published since: read it
         # from the start, whatever start_from says.
         recreated = self.adapter.recreated
-        later = self._assigned.is_set()
+        later = self.assigned.is_set()
         earliest = [tp for tp in fresh
                     if self.start_from == "earliest" or later or tp.topic in recreated]
         latest = [tp for tp in fresh if tp not in earliest]
@@ -137,7 +167,7 @@ class GroupMember:
                     log.warning("could not commit the start offsets of group %r on %r "
                                 "(%s); a new group falls back to the earliest record",
                                 self.options.group, self.topic, type(exc).__name__)
-        self._assigned.set()
+        self.assigned.set()
 
     def _forget_fetched(self, tp: TopicPartition) -> None:
         """Drop what was fetched of ``tp`` before its start was fixed (a race on rebalance)."""
@@ -165,6 +195,8 @@ class GroupMember:
         return offsets
 
     def on_assigned(self, assigned: set[TopicPartition]) -> None:
+        """A rebalance ended: restore the suspended partitions that came back, retire
+        the others, and queue the new ones for pinning."""
         new: set[TopicPartition] = set()
         anew = self._topics_created_anew()
         for tp in assigned:
@@ -187,11 +219,13 @@ class GroupMember:
             log_.stash.clear()
             self._held.pop(tp, None)
         self._suspended.clear()
-        self._ready = deque(item for item in self._ready if not item[1].revoked)
+        kept = [item for item in self._ready if not item[1].revoked]
+        self._ready.clear()  # in place: the subscription holds this deque
+        self._ready.extend(kept)
         self._to_pin |= new
         self._dirty.set()  # wake the housekeeper to pin them
         if not new:
-            self._assigned.set()
+            self.assigned.set()
         self._wake.set()
 
     def _topics_created_anew(self) -> set[str]:
@@ -236,6 +270,8 @@ class GroupMember:
             self.consumer.pause(tp)
 
     async def on_revoked(self, revoked: set[TopicPartition]) -> None:
+        """A rebalance starts: suspend ``revoked``, let started deliveries finish
+        (up to ``rebalance_grace_ms``) and commit them."""
         # No delivery of a revoked partition may start from now on (the bus asks
         # ``stale``); give the started ones a moment to finish, so their offsets are
         # committed before another member takes over (fewer repeats).
@@ -244,13 +280,13 @@ class GroupMember:
             log_.suspended = True
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.adapter.settings.rebalance_grace_ms / 1000
-        while not self._closed and loop.time() < deadline and any(
+        while not self._closed() and loop.time() < deadline and any(
             log_.in_flight for log_ in logs.values()
         ):
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), deadline - loop.time())
-        await self.commit(only=revoked)
+        await self._commit(only=revoked)
         for tp, log_ in logs.items():
             del self._logs[tp]
             self._suspended[tp] = log_

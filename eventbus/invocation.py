@@ -1,0 +1,161 @@
+"""How a runner calls its handlers: the invocation part of :class:`~eventbus.runner.Runner`.
+
+The innermost step of the chain picks the handler by event type, decodes the event
+and counts the run. Around it, the middleware chain runs in one of two ways:
+
+- *composed*: one coroutine per layer (:func:`~eventbus.middleware.base.compose`);
+- *fused*, when every layer (after a leading ``correlation``) declares
+  ``acts_only_on_failure`` (the default chain: dead-letter, retry): the runner calls
+  the handler directly, and only a failure goes to the layers' ``recover`` steps,
+  innermost first, exactly as their ``__call__`` would have passed it on. The
+  layers' classes are never imported here: only what they declare is read
+  (:mod:`eventbus.middleware.base`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from eventbus.batching import run_alone
+from eventbus.context import Context
+from eventbus.errors import HandlerCancelledError, SchemaError
+from eventbus.events import Registry
+from eventbus.middleware.base import (
+    Middleware,
+    Next,
+    acts_only_on_failure,
+    compose,
+    refusal_step,
+    sets_current_envelope,
+)
+from eventbus.runs import RunCounter
+from eventbus.spec import SubscriptionSpec
+
+log = logging.getLogger("eventbus.runner")
+
+
+class Invocation:
+    """Calls ``spec``'s handlers through ``middleware`` (outermost first).
+
+    ``runs`` counts each real run; ``stopping`` says whether the runner is stopping
+    (a handler cut short by shutdown did not fail and did not run).
+    """
+
+    def __init__(self, spec: SubscriptionSpec, registry: Registry, runs: RunCounter,
+                 middleware: Sequence[Middleware], stopping: Callable[[], bool]) -> None:
+        self.spec = spec
+        self.registry = registry
+        self.runs = runs
+        self._stopping = stopping
+        # A leading layer that only makes the envelope current: the runner does that
+        # itself (correlate), one coroutine less per message.
+        self.correlate = bool(middleware) and sets_current_envelope(middleware[0])
+        layers = tuple(middleware[1:] if self.correlate else middleware)
+        self.chain: Next = compose(layers, self.invoke)
+        self.fused = all(acts_only_on_failure(layer) for layer in layers)
+        self._layers = layers
+        # What each layer passes a retry on to: the layers inside it, then the handler.
+        self._inner = [compose(layers[index + 1:], self.invoke) for index in range(len(layers))]
+        self.refusals = tuple(
+            (index, refuse) for index, layer in enumerate(layers)
+            if (refuse := refusal_step(layer)) is not None
+        ) if self.fused else ()
+
+    def refusal(self, ctx: Context) -> tuple[Exception, int] | None:
+        """Fused: the failure a layer raises before the handler runs, and how many
+        layers (outermost first) are outside it to recover; ``None`` to run."""
+        for index, refuse in self.refusals:
+            failure = refuse(ctx)
+            if failure is not None:
+                return failure, index
+        return None
+
+    async def recover(self, ctx: Context, failure: Exception, outside: int | None = None) -> None:
+        """Fused: hand ``failure`` to the ``recover`` steps of the ``outside`` outermost
+        layers (all of them by default: the handler failed), innermost first; each
+        gets what the one inside it raised, as their ``__call__`` would."""
+        index = len(self._layers) if outside is None else outside
+        if index == 0:
+            raise failure
+        if outside is None:
+            await self._recover(ctx, failure, index - 1)
+            return
+        try:
+            raise failure  # as the refusing layer's __call__ raises it (with a traceback)
+        except Exception as exc:
+            await self._recover(ctx, exc, index - 1)
+
+    async def _recover(self, ctx: Context, failure: Exception, index: int) -> None:
+        layer: Any = self._layers[index]
+        try:
+            await layer.recover(ctx, self._inner[index], failure)
+        except Exception as exc:
+            if index == 0:
+                raise
+            # Inside the except block, as the outer layer's __call__ runs its recover.
+            await self._recover(ctx, exc, index - 1)
+
+    async def invoke(self, ctx: Context) -> None:
+        """The innermost step: pick the handler by type, decode, call."""
+        call = self.prepare(ctx)
+        if call is None:
+            return
+        try:
+            ctx.result = await call
+        except asyncio.CancelledError as exc:
+            raise self.cancelled(ctx, exc) from exc
+
+    def prepare(self, ctx: Context) -> Awaitable[Any] | None:
+        """:meth:`invoke` up to the call: pick the handler by type, decode, count the
+        run; the handler's coroutine, or ``None`` when there is nothing to run."""
+        envelope = ctx.envelope
+        handler = self.spec.handlers.get(envelope.type) or self.spec.catch_all
+        if handler is None:
+            if self.registry.get(envelope.type) is None:
+                raise SchemaError(
+                    f"unknown event type {envelope.type!r} (event {envelope.id}) on topic "
+                    f"{ctx.topic!r}: no class is registered and group {ctx.group!r} has no "
+                    "handler for it"
+                )
+            log.debug("no handler in %s for %s; acked", ctx.group, envelope.type)
+            return None
+        arg: Any
+        if handler.wants_envelope:
+            arg = envelope
+        else:
+            event = self.registry.decode(envelope, handler.message_class)
+            ctx.event = event
+            arg = event
+        self.runs.ran(envelope.id)
+        if handler.batch:  # an event of a batch subscription, handled on its own
+            return run_alone(handler, arg, ctx)
+        if handler.wants_context:
+            return handler.fn(arg, ctx)
+        return handler.fn(arg)
+
+    def cancelled(self, ctx: Context, exc: asyncio.CancelledError) -> HandlerCancelledError:
+        """The handler raised ``exc``: re-raise it when this task is being cancelled,
+        else the failure to treat it as (it was not cancelled itself)."""
+        envelope = ctx.envelope
+        if cancelling():
+            if self._stopping():
+                self.runs.not_ran(envelope.id)  # cut short by shutdown: not a failure
+            raise exc
+        handler = self.spec.handlers.get(envelope.type) or self.spec.catch_all
+        name = handler.fn.__qualname__ if handler is not None else "?"
+        return HandlerCancelledError(
+            f"handler {name} for event {envelope.id} "
+            f"({envelope.type}) on topic {ctx.topic!r} group {ctx.group!r} raised "
+            "CancelledError although it was not cancelled (did it await a task that "
+            "someone else cancelled?); treated as a failure of the handler"
+        )
+
+
+def cancelling() -> bool:
+    """Whether the current task itself is being cancelled (not just seeing a
+    CancelledError from something it awaited)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
