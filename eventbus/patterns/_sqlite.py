@@ -122,6 +122,13 @@ class SQLiteDatabase(Database):
             await _run(self._conn, "PRAGMA journal_mode=WAL")
             await _run(self._conn, "PRAGMA foreign_keys=ON")
         except _DRIVER_ERRORS as exc:
+            # A connection that opened but failed to set up (WAL needs the write lock,
+            # which another connection may hold) is closed: its worker thread would
+            # otherwise keep the process from exiting.
+            conn, self._conn = self._conn, None
+            if conn is not None:
+                with contextlib.suppress(*_DRIVER_ERRORS):
+                    await conn.close()
             raise DatabaseError(f"cannot open SQLite database {self._path!r}: {exc}") from exc
 
     @asynccontextmanager
