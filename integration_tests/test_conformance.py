@@ -17,6 +17,7 @@ from integration_tests import harness
 from integration_tests.nats.targets import nats_target
 from integration_tests.rabbitmq.node import conformance_node, delete_underneath
 from integration_tests.redis.target import redis_target
+from integration_tests.sqlite.target import sqlite_target
 
 # Cases a particular broker build can't pass although the adapter claims the
 # capability, with the reason. Each is documented in docs/adapters/<broker>.md.
@@ -53,6 +54,7 @@ TARGETS: dict[str, tuple[str, str | None]] = {
     "nats-core": ("nats", None),
     "sqs": ("sqs", None),
     "sqs-fifo": ("sqs", None),
+    "sqlite": ("sqlite", None),
 }
 
 # Options the SQS targets add to the harness URL. Short long-polls make closing a
@@ -75,6 +77,8 @@ def _target(name: str) -> BrokerTarget:
         return redis_target(name, SCALE.get(name, 1.0))
     if broker == "nats":
         return nats_target(name)
+    if broker == "sqlite":  # a temporary file; its fault hooks hold the write lock
+        return sqlite_target(name)
     endpoint, proxy = harness.require_faulty(broker, flavour)
     url = harness.client_url(endpoint)
     if broker == "sqs":
