@@ -15,6 +15,7 @@ import pytest
 from eventbus.testing import BrokerTarget, ConformanceSuite
 from integration_tests import harness
 from integration_tests.nats.targets import nats_target
+from integration_tests.postgres.target import postgres_target
 from integration_tests.rabbitmq.node import conformance_node, delete_underneath
 from integration_tests.redis.target import redis_target
 from integration_tests.sqlite.target import sqlite_target
@@ -55,6 +56,7 @@ TARGETS: dict[str, tuple[str, str | None]] = {
     "sqs": ("sqs", None),
     "sqs-fifo": ("sqs", None),
     "sqlite": ("sqlite", None),
+    "postgres": ("postgres", None),
 }
 
 # Options the SQS targets add to the harness URL. Short long-polls make closing a
@@ -79,6 +81,8 @@ def _target(name: str) -> BrokerTarget:
         return nats_target(name)
     if broker == "sqlite":  # a temporary file; its fault hooks hold the write lock
         return sqlite_target(name)
+    if broker == "postgres":  # a database of its own, through a fault proxy
+        return postgres_target(name)
     endpoint, proxy = harness.require_faulty(broker, flavour)
     url = harness.client_url(endpoint)
     if broker == "sqs":
