@@ -112,10 +112,13 @@ class SqlAdapter(Adapter):
             self._hub = await asyncio.wait_for(
                 Hub.acquire(self.url, s, self.make_waker, self.notifier(), self.pool_size,
                             self.prepare()), s.connect_timeout * 1.5 + 1.0)
-        except (DatabaseError, TimeoutError, OSError) as exc:
+        except TimeoutError as exc:
             raise BrokerConnectionError(
-                f"cannot use {s.where} as the broker ({s.masked_url}) within "
-                f"{s.connect_timeout:g}s: {type(exc).__name__}: {exc or 'timed out'}; "
+                f"{s.where} did not answer within connect_timeout={s.connect_timeout:g}s "
+                f"({s.masked_url}); {self.connect_hint()}") from exc
+        except (DatabaseError, OSError) as exc:
+            raise BrokerConnectionError(
+                f"cannot use {s.where} as the broker ({s.masked_url}): {exc}; "
                 f"{self.connect_hint()}") from exc
 
     def connect_hint(self) -> str:

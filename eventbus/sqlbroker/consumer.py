@@ -186,6 +186,14 @@ class SqlSubscription(Subscription):
                     claimed += await sql.claim(tx, gid, self.owner, room - len(claimed),
                                                self.lease)
             bodies = await sql.bodies(tx, [mid for mid, _ in claimed])
+            gone_ids = [mid for mid, _ in claimed if mid not in bodies]
+            if gone_ids:
+                # Retention deleted them while a refill was moving them (a group far
+                # behind): nothing is left to deliver.
+                await sql.forget(tx, gid, gone_ids)
+                claimed = [(mid, n) for mid, n in claimed if mid in bodies]
+                log.warning("%d message(s) of %s/%s were deleted by retention before the "
+                            "group took them", len(gone_ids), self.topic, self.group)
             if len(claimed) < room and not gone:
                 due = await sql.next_due(tx, gid, self.owner)
         now = asyncio.get_running_loop().time()

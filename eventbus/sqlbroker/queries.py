@@ -163,6 +163,12 @@ class Statements:
             *ids)
         return {int(r[0]): (str(r[1]), bytes(r[2])) for r in rows}
 
+    async def forget(self, tx: Transaction, gid: int, ids: Sequence[int]) -> None:
+        """Delete the group's pending rows of ``ids`` (their messages no longer exist)."""
+        if ids:
+            await tx.execute(f"DELETE FROM eventbus_pending WHERE group_id = $1 AND "
+                             f"message_id IN ({_ids(2, len(ids))})", gid, *ids)
+
     async def next_due(self, tx: Transaction, gid: int, owner: str) -> float | None:
         """Seconds until the group's next pending row not held by ``owner`` is due (a
         delay ending, another consumer's lease running out), or ``None``."""
