@@ -15,10 +15,13 @@
   ``lease``. A message whose lease it could not renew in time (the database out of
   reach, the process paused) may be taken by another consumer: it is *stale*, and
   the bus drops it unrun if it has not started.
-- **Settling**: an ack deletes the row, a nack makes it due again after the delay;
-  both batched with the other deliveries' (see :class:`~eventbus.sqlbroker.hub.Batcher`).
-  A settle that fails lets the message go (no renewal, no prefetch slot), so its
-  lease ends and the group gets it again.
+- **Acking** settles at once and deletes the rows in the background, many per
+  transaction (handlers do not wait for a commit each); until the delete commits
+  the row stays leased to this consumer and renewed, so a delete that fails is
+  tried again, and one never made (the process died) means a redelivery after the
+  lease, never a loss. A **nack** makes the row due again after the delay before it
+  returns (batched with other nacks); a nack that fails lets the message go (no
+  renewal, no prefetch slot), so its lease ends and the group gets it again.
 - ``close()`` hands every unsettled message back at once; those never handed to a
   handler do not count as a delivery.
 - A group deleted underneath is created again at the position this consumer had
@@ -77,11 +80,11 @@ class SqlDelivery(Delivery):
         return self._lost or self._sub.closed
 
     async def _ack(self) -> None:
-        await self._sub.settle(self, "ack", 0.0)
+        self._sub.acknowledge(self)
 
     async def _reject(self) -> None:
         # The bus's dead-letter step already stored it on <topic>.<group>.dlq.
-        await self._sub.settle(self, "ack", 0.0)
+        self._sub.acknowledge(self)
 
     async def _nack(self, delay: float) -> None:
         await self._sub.settle(self, "nack", delay)
@@ -104,6 +107,8 @@ class SqlSubscription(Subscription):
         self._low = max(1, self.prefetch // 4)
         self._buffer: deque[SqlDelivery] = deque()
         self._held: dict[int, SqlDelivery] = {}  # leased to us, not settled (buffer + out)
+        self._acking: dict[int, int] = {}  # acked, delete not committed yet: id -> group id
+        self._ack_task: asyncio.Task[None] | None = None
         self._out = 0
         self._closed = False
         self._dirty = True  # something may be claimable: fetch when there is room
@@ -232,8 +237,49 @@ class SqlSubscription(Subscription):
 
     # -- settling -------------------------------------------------------------------------------
 
+    def acknowledge(self, delivery: SqlDelivery) -> None:
+        """Settle ``delivery`` now; its row is deleted in the background (module docs)."""
+        self._held.pop(delivery._id, None)
+        self._acking[delivery._id] = delivery._gid
+        if delivery._counted:
+            delivery._counted = False
+            self._out -= 1
+        self.wake()
+        if self._ack_task is None or self._ack_task.done():
+            self._ack_task = asyncio.create_task(self._send_acks())
+
+    async def _send_acks(self) -> None:
+        failures = 0
+        while self._acking:
+            await asyncio.sleep(0)  # the acks of this loop turn join the batch
+            batch = dict(self._acking)
+            by_group: dict[int, list[int]] = {}
+            for mid, gid in batch.items():
+                by_group.setdefault(gid, []).append(mid)
+            done: set[int] = set()
+            try:
+                async with self.hub.db.transaction() as tx:
+                    for gid, ids in by_group.items():
+                        done |= await self.hub.sql.ack(tx, gid, self.owner, ids)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # kept and renewed meanwhile: tried again
+                failures += 1
+                log.log(logging.WARNING if failures == 3 else logging.DEBUG,
+                        "deleting %d acked message(s) of %s/%s failed (%s: %s); trying again",
+                        len(batch), self.topic, self.group, type(exc).__name__, exc)
+                await asyncio.sleep(min(2.0, 0.05 * 2 ** min(failures, 6)))
+                continue
+            failures = 0
+            for mid in batch:
+                self._acking.pop(mid, None)
+            if len(done) < len(batch):
+                log.info("%d ack(s) on %s/%s came after the lease ended: another consumer "
+                         "of the group may run those messages again", len(batch) - len(done),
+                         self.topic, self.group)
+
     async def settle(self, delivery: SqlDelivery, how: str, delay: float) -> None:
-        """Ack or nack ``delivery``; a failure lets it go (see the module docs)."""
+        """Nack ``delivery`` (``how="nack"``); a failure lets it go (see the module docs)."""
         self._held.pop(delivery._id, None)  # never renewed again, whatever happens
         try:
             done = await self.hub.settler.submit((how, delivery._gid, delivery._id,
@@ -259,7 +305,7 @@ class SqlSubscription(Subscription):
         renewed = time.monotonic()
         while not self._closed:
             await asyncio.sleep(self.lease / 3)
-            ids = list(self._held)
+            ids = [*self._held, *(m for m, g in self._acking.items() if g == self.gid)]
             started = time.monotonic()
             if not ids:
                 renewed = started
@@ -319,6 +365,14 @@ class SqlSubscription(Subscription):
         self._closed = True
         self._event.set()
         self.hub.unwatch(self.topic, self.wake)
+        if self._ack_task is not None and not self._ack_task.done():
+            try:  # acked work is not handed back: its deletes commit first
+                await asyncio.wait_for(asyncio.shield(self._ack_task), 5.0)
+            except Exception as exc:
+                log.info("%d ack(s) of %s/%s not committed at close (%s); those messages "
+                         "come back when their lease ends", len(self._acking), self.topic,
+                         self.group, exc)
+                self._ack_task.cancel()
         if self._keeper is not None:
             self._keeper.cancel()
             await asyncio.gather(self._keeper, return_exceptions=True)

@@ -243,10 +243,18 @@ class Hub:
             self.wake(topic)
 
     async def _settle(self, tx: Transaction, ops: list[Settle]) -> list[bool]:
+        # The acks of one consumer go as one statement; nacks (rarer) one by one.
+        acks: dict[tuple[int, str], list[int]] = {}
+        for how, gid, message_id, owner, _ in ops:
+            if how == "ack":
+                acks.setdefault((gid, owner), []).append(message_id)
+        done: set[tuple[int, int]] = set()
+        for (gid, owner), ids in acks.items():
+            done.update((gid, mid) for mid in await self.sql.ack(tx, gid, owner, ids))
         results = []
         for how, gid, message_id, owner, delay in ops:
             if how == "ack":
-                results.append(await self.sql.ack(tx, gid, message_id, owner))
+                results.append((gid, message_id) in done)
             else:
                 results.append(await self.sql.nack(tx, gid, message_id, owner, delay))
         return results

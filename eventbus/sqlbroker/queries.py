@@ -127,24 +127,25 @@ class Statements:
         advance its position; returns the new position, ``0`` when there was nothing
         new, :data:`BUSY` when (on PostgreSQL) another consumer of the group is refilling
         it right now, ``None`` when the group no longer exists."""
-        row = await tx.fetchrow(self._position, gid)
-        if row is None:
-            exists = await tx.fetchval("SELECT 1 FROM eventbus_groups WHERE id = $1", gid)
+        rows = await tx.fetch(self._position, gid)
+        if not rows:
+            exists = await tx.fetch("SELECT 1 FROM eventbus_groups WHERE id = $1", gid)
             return BUSY if exists else None
-        position = int(row[0])
-        last = await tx.fetchval(
+        position = int(rows[0][0])
+        last = (await tx.fetch(
             "SELECT max(id) FROM (SELECT id FROM eventbus_messages WHERE topic = $1 "
-            "AND id > $2 ORDER BY id LIMIT $3) s", topic, position, count)
+            "AND id > $2 ORDER BY id LIMIT $3) s", topic, position, count))[0][0]
         if last is None:
             return 0
-        await tx.execute(
+        # fetch() runs a statement in one trip where execute() takes two (SQLite).
+        await tx.fetch(
             "INSERT INTO eventbus_pending (group_id, message_id, msg_key, available_at, "
             "owner, attempts) SELECT $1, id, msg_key, 0, NULL, 0 FROM eventbus_messages "
             "WHERE topic = $2 AND id > $3 AND id <= $4 AND (only_group IS NULL OR "
             "only_group = $5) ON CONFLICT (group_id, message_id) DO NOTHING",
             gid, topic, position, int(last), group)
-        await tx.execute("UPDATE eventbus_groups SET position = $2 WHERE id = $1",
-                         gid, int(last))
+        await tx.fetch("UPDATE eventbus_groups SET position = $2 WHERE id = $1",
+                       gid, int(last))
         return int(last)
 
     async def claim(self, tx: Transaction, gid: int, owner: str, count: int,
@@ -172,18 +173,21 @@ class Statements:
     async def next_due(self, tx: Transaction, gid: int, owner: str) -> float | None:
         """Seconds until the group's next pending row not held by ``owner`` is due (a
         delay ending, another consumer's lease running out), or ``None``."""
-        value = await tx.fetchval(
+        value = (await tx.fetch(
             f"SELECT min(available_at) - {self.now} FROM eventbus_pending WHERE group_id = $1 "
-            f"AND available_at > {self.now} AND (owner IS NULL OR owner <> $2)", gid, owner)
+            f"AND available_at > {self.now} AND (owner IS NULL OR owner <> $2)",
+            gid, owner))[0][0]
         return None if value is None else max(0.0, float(value))
 
     # -- settling ------------------------------------------------------------------------
 
-    async def ack(self, tx: Transaction, gid: int, message_id: int, owner: str) -> bool:
-        """Delete the row if ``owner`` still holds it; ``False`` when its lease was lost."""
-        return await tx.execute(
-            "DELETE FROM eventbus_pending WHERE group_id = $1 AND message_id = $2 "
-            "AND owner = $3", gid, message_id, owner) > 0
+    async def ack(self, tx: Transaction, gid: int, owner: str, ids: Sequence[int]) -> set[int]:
+        """Delete the rows of ``ids`` that ``owner`` still holds; returns those (the others'
+        leases were lost: another consumer may have them)."""
+        rows = await tx.fetch(
+            "DELETE FROM eventbus_pending WHERE group_id = $1 AND owner = $2 AND message_id "
+            f"IN ({_ids(3, len(ids))}) RETURNING message_id", gid, owner, *ids)
+        return {int(r[0]) for r in rows}
 
     async def nack(self, tx: Transaction, gid: int, message_id: int, owner: str,
                    delay: float) -> bool:
