@@ -15,8 +15,9 @@
   ``lease``. A message whose lease it could not renew in time (the database out of
   reach, the process paused) may be taken by another consumer: it is *stale*, and
   the bus drops it unrun if it has not started.
-- **Acking** settles at once and deletes the rows in the background, many per
-  transaction (handlers do not wait for a commit each); until the delete commits
+- **Acking** settles at once; the consumer's next claim deletes the acked rows in its
+  own transaction (or, when no claim comes within ``ACK_DELAY``, a transaction of
+  their own), so handlers never wait for a commit each; until the delete commits
   the row stays leased to this consumer and renewed, so a delete that fails is
   tried again, and one never made (the process died) means a redelivery after the
   lease, never a loss. A **nack** makes the row due again after the delay before it
@@ -42,7 +43,7 @@ from typing import TYPE_CHECKING
 
 from eventbus.adapter import Delivery, SubscribeOptions, Subscription
 from eventbus.errors import BrokerConnectionError, ConnectionLostError, TopicNotFoundError
-from eventbus.patterns.sql import DatabaseError
+from eventbus.patterns.sql import DatabaseError, Transaction
 from eventbus.sqlbroker import codec
 from eventbus.sqlbroker.queries import BUSY, REFILL_BATCH
 
@@ -54,6 +55,8 @@ log = logging.getLogger("eventbus.sqlbroker")
 
 BUSY_RETRY = 0.02
 """Seconds before fetching again when another consumer was moving the group's messages."""
+ACK_DELAY = 0.02
+"""Seconds an ack waits for a claim to take its delete along before it goes alone."""
 
 
 class SqlDelivery(Delivery):
@@ -104,10 +107,13 @@ class SqlSubscription(Subscription):
         self.position = position  # where to create the group again if it is deleted
         self.owner = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.lease = hub.settings.lease
-        self._low = max(1, self.prefetch // 4)
+        # Fetch once half the prefetch is free: fewer, fuller transactions, while the
+        # other half keeps the handlers busy meanwhile.
+        self._low = max(1, self.prefetch // 2)
         self._buffer: deque[SqlDelivery] = deque()
         self._held: dict[int, SqlDelivery] = {}  # leased to us, not settled (buffer + out)
-        self._acking: dict[int, int] = {}  # acked, delete not committed yet: id -> group id
+        self._acking: dict[int, int] = {}  # acked, not yet in a delete: id -> group id
+        self._deleting: dict[int, int] = {}  # acked, in a delete not yet committed
         self._ack_task: asyncio.Task[None] | None = None
         self._out = 0
         self._closed = False
@@ -162,6 +168,7 @@ class SqlSubscription(Subscription):
         # In a task of its own: cancelling the iteration never loses what a committed
         # claim took (the task still adopts it, and hands it back if closed by then).
         task = asyncio.ensure_future(self._claim(room))
+        task.add_done_callback(_retrieved)
         try:
             got = await asyncio.shield(task)
         except DatabaseError as exc:
@@ -177,30 +184,38 @@ class SqlSubscription(Subscription):
         gone = busy = False
         due: float | None = None
         gid = self.gid
-        async with hub.db.transaction() as tx:
-            claimed = await sql.claim(tx, gid, self.owner, room, self.lease)
-            if len(claimed) < room:
-                moved = await sql.refill(tx, gid, self.topic, self.group,
-                                         max(room, REFILL_BATCH))
-                if moved is None:
-                    gone = True
-                elif moved == BUSY:
-                    busy = True
-                elif moved:
-                    self.position = moved
-                    claimed += await sql.claim(tx, gid, self.owner, room - len(claimed),
-                                               self.lease)
-            bodies = await sql.bodies(tx, [mid for mid, _ in claimed])
-            gone_ids = [mid for mid, _ in claimed if mid not in bodies]
-            if gone_ids:
-                # Retention deleted them while a refill was moving them (a group far
-                # behind): nothing is left to deliver.
-                await sql.forget(tx, gid, gone_ids)
-                claimed = [(mid, n) for mid, n in claimed if mid in bodies]
-                log.warning("%d message(s) of %s/%s were deleted by retention before the "
-                            "group took them", len(gone_ids), self.topic, self.group)
-            if len(claimed) < room and not gone:
-                due = await sql.next_due(tx, gid, self.owner)
+        acks = self._take_acks()
+        try:
+            async with hub.db.transaction() as tx:
+                # The acks of this consumer since the last claim commit with it: one
+                # transaction (one fsync) for both.
+                lost = await self._delete(tx, acks)
+                claimed = await sql.claim(tx, gid, self.owner, room, self.lease)
+                if len(claimed) < room:
+                    moved = await sql.refill(tx, gid, self.topic, self.group,
+                                             max(room, REFILL_BATCH))
+                    if moved is None:
+                        gone = True
+                    elif moved == BUSY:
+                        busy = True
+                    elif moved:
+                        self.position = moved
+                        claimed += await sql.claim(tx, gid, self.owner, room - len(claimed),
+                                                   self.lease)
+                vanished = [m.id for m in claimed if m.body is None]
+                if vanished:
+                    # Retention deleted them while a refill was moving them (a group far
+                    # behind): nothing is left to deliver.
+                    await sql.forget(tx, gid, vanished)
+                    claimed = [m for m in claimed if m.body is not None]
+                    log.warning("%d message(s) of %s/%s were deleted by retention before "
+                                "the group took them", len(vanished), self.topic, self.group)
+                if len(claimed) < room and not gone:
+                    due = await sql.next_due(tx, gid, self.owner)
+        except BaseException:
+            self._restore_acks(acks)
+            raise
+        self._acks_done(acks, lost)
         now = asyncio.get_running_loop().time()
         if busy:
             self._due = now + BUSY_RETRY
@@ -210,10 +225,8 @@ class SqlSubscription(Subscription):
             self._due = None
         if gone:
             await self._recreate_group()
-        adopted = []
-        for mid, attempts in claimed:
-            headers, body = bodies[mid]
-            adopted.append(SqlDelivery(self, gid, mid, attempts, headers, body))
+        adopted = [SqlDelivery(self, gid, m.id, m.attempts, m.headers or "", m.body or b"")
+                   for m in claimed]
         if self._closed:  # closed while this claim ran: hand it all back
             await self._release([], [d._id for d in adopted], gid)
             return 0
@@ -238,7 +251,8 @@ class SqlSubscription(Subscription):
     # -- settling -------------------------------------------------------------------------------
 
     def acknowledge(self, delivery: SqlDelivery) -> None:
-        """Settle ``delivery`` now; its row is deleted in the background (module docs)."""
+        """Settle ``delivery`` now; its row is deleted with the next claim, or by the ack
+        flusher after :data:`ACK_DELAY` when no claim comes (module docs)."""
         self._held.pop(delivery._id, None)
         self._acking[delivery._id] = delivery._gid
         if delivery._counted:
@@ -246,37 +260,61 @@ class SqlSubscription(Subscription):
             self._out -= 1
         self.wake()
         if self._ack_task is None or self._ack_task.done():
-            self._ack_task = asyncio.create_task(self._send_acks())
+            self._ack_task = asyncio.create_task(self._flush_acks())
 
-    async def _send_acks(self) -> None:
+    def _take_acks(self) -> dict[int, int]:
+        """The acks not yet in a transaction; renewed as ``_deleting`` until committed."""
+        acks, self._acking = self._acking, {}
+        self._deleting.update(acks)
+        return acks
+
+    def _restore_acks(self, acks: dict[int, int]) -> None:
+        """A transaction with ``acks`` failed: they wait for the next one."""
+        for mid in acks:
+            self._deleting.pop(mid, None)
+        self._acking.update(acks)
+
+    async def _delete(self, tx: Transaction, acks: dict[int, int]) -> int:
+        """Delete the acked rows; returns how many this consumer no longer held."""
+        by_group: dict[int, list[int]] = {}
+        for mid, gid in acks.items():
+            by_group.setdefault(gid, []).append(mid)
+        done = 0
+        for gid, ids in by_group.items():
+            done += len(await self.hub.sql.ack(tx, gid, self.owner, ids))
+        return len(acks) - done
+
+    def _acks_done(self, acks: dict[int, int], lost: int) -> None:
+        for mid in acks:
+            self._deleting.pop(mid, None)
+        if lost:
+            log.info("%d ack(s) on %s/%s came after the lease ended: another consumer of "
+                     "the group may run those messages again", lost, self.topic, self.group)
+
+    async def _flush_acks(self) -> None:
+        """Delete acked rows no claim took along (the consumer is idle or full)."""
         failures = 0
         while self._acking:
-            await asyncio.sleep(0)  # the acks of this loop turn join the batch
-            batch = dict(self._acking)
-            by_group: dict[int, list[int]] = {}
-            for mid, gid in batch.items():
-                by_group.setdefault(gid, []).append(mid)
-            done: set[int] = set()
+            await asyncio.sleep(ACK_DELAY)  # a claim may take them along meanwhile
+            if not self._acking:
+                return
+            acks = self._take_acks()
             try:
                 async with self.hub.db.transaction() as tx:
-                    for gid, ids in by_group.items():
-                        done |= await self.hub.sql.ack(tx, gid, self.owner, ids)
+                    lost = await self._delete(tx, acks)
             except asyncio.CancelledError:
+                self._restore_acks(acks)
                 raise
             except Exception as exc:  # kept and renewed meanwhile: tried again
+                self._restore_acks(acks)
                 failures += 1
                 log.log(logging.WARNING if failures == 3 else logging.DEBUG,
                         "deleting %d acked message(s) of %s/%s failed (%s: %s); trying again",
-                        len(batch), self.topic, self.group, type(exc).__name__, exc)
+                        len(acks), self.topic, self.group, type(exc).__name__, exc)
                 await asyncio.sleep(min(2.0, 0.05 * 2 ** min(failures, 6)))
                 continue
             failures = 0
-            for mid in batch:
-                self._acking.pop(mid, None)
-            if len(done) < len(batch):
-                log.info("%d ack(s) on %s/%s came after the lease ended: another consumer "
-                         "of the group may run those messages again", len(batch) - len(done),
-                         self.topic, self.group)
+            self._acks_done(acks, lost)
 
     async def settle(self, delivery: SqlDelivery, how: str, delay: float) -> None:
         """Nack ``delivery`` (``how="nack"``); a failure lets it go (see the module docs)."""
@@ -305,7 +343,8 @@ class SqlSubscription(Subscription):
         renewed = time.monotonic()
         while not self._closed:
             await asyncio.sleep(self.lease / 3)
-            ids = [*self._held, *(m for m, g in self._acking.items() if g == self.gid)]
+            ids = [*self._held, *(m for acks in (self._acking, self._deleting)
+                                  for m, g in acks.items() if g == self.gid)]
             started = time.monotonic()
             if not ids:
                 renewed = started
@@ -396,6 +435,13 @@ class SqlSubscription(Subscription):
             await self.hub.sql.release(tx, gid, self.owner, buffered, uncount=True)
             await self.hub.touch(tx, self.topic)
         self.hub.wake(self.topic)
+
+
+def _retrieved(task: asyncio.Task[int]) -> None:
+    """A claim whose iteration was cancelled (the subscription closing) may still fail;
+    nobody waits for it then, so its error is logged here, not as never retrieved."""
+    if not task.cancelled() and task.exception() is not None:
+        log.debug("a claim ended after its subscription stopped waiting: %s", task.exception())
 
 
 __all__ = ["SqlDelivery", "SqlSubscription"]

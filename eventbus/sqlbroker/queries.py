@@ -41,8 +41,8 @@ class Message:
 
     id: int
     attempts: int
-    headers: str
-    body: bytes
+    headers: str | None
+    body: bytes | None
 
 
 def _ids(first: int, count: int) -> str:
@@ -58,11 +58,14 @@ class Statements:
         now = self.now = NOW[dialect]
         claimable = _CLAIMABLE.format(now=now)
         lock = " FOR UPDATE SKIP LOCKED" if self.pg else ""
+        # The bodies come back with the claim (NULL: retention deleted the message).
+        message = "(SELECT m.{} FROM eventbus_messages m WHERE m.id = eventbus_pending.message_id)"
         self._claim = (
             f"UPDATE eventbus_pending SET available_at = {now} + $2, owner = $3, "
             "attempts = attempts + 1 WHERE group_id = $1 AND message_id IN ("
             f"SELECT p.message_id FROM eventbus_pending p WHERE {claimable} "
-            f"ORDER BY p.message_id LIMIT $4{lock}) RETURNING message_id, attempts")
+            f"ORDER BY p.message_id LIMIT $4{lock}) RETURNING message_id, attempts, "
+            f"{message.format('headers')}, {message.format('body')}")
         self._claimable_count = (
             f"SELECT count(*) FROM (SELECT 1 FROM eventbus_pending p WHERE {claimable} "
             f"LIMIT {COUNT_LIMIT}) c")
@@ -149,20 +152,16 @@ class Statements:
         return int(last)
 
     async def claim(self, tx: Transaction, gid: int, owner: str, count: int,
-                    lease: float) -> list[tuple[int, int]]:
+                    lease: float) -> list[Message]:
         """Lease up to ``count`` claimable pending rows to ``owner`` for ``lease`` seconds,
-        counting a delivery each; ``(message id, attempts)`` in log order."""
+        counting a delivery each; in log order, with their stored form (``None`` when
+        the message no longer exists)."""
+        if count <= 0:
+            return []
         rows = await tx.fetch(self._claim, gid, lease, owner, count)
-        return sorted((int(r[0]), int(r[1])) for r in rows)
-
-    async def bodies(self, tx: Transaction, ids: Sequence[int]) -> dict[int, tuple[str, bytes]]:
-        """The stored headers and body of each message of ``ids``."""
-        if not ids:
-            return {}
-        rows = await tx.fetch(
-            f"SELECT id, headers, body FROM eventbus_messages WHERE id IN ({_ids(1, len(ids))})",
-            *ids)
-        return {int(r[0]): (str(r[1]), bytes(r[2])) for r in rows}
+        return sorted((Message(int(r[0]), int(r[1]), None if r[2] is None else str(r[2]),
+                               None if r[3] is None else bytes(r[3])) for r in rows),
+                      key=lambda m: m.id)
 
     async def forget(self, tx: Transaction, gid: int, ids: Sequence[int]) -> None:
         """Delete the group's pending rows of ``ids`` (their messages no longer exist)."""
@@ -258,19 +257,34 @@ class Statements:
 
     async def expire(self, tx: Transaction, topic: str, max_age: float | None,
                      max_messages: int | None, batch: int = 1000) -> int:
-        """Delete up to ``batch`` of ``topic``'s messages older than ``max_age`` seconds or
-        beyond its newest ``max_messages``, except those a group still holds."""
-        held = "NOT EXISTS (SELECT 1 FROM eventbus_pending p WHERE p.message_id = m.id)"
-        deleted = 0
-        if max_age is not None:
-            deleted += await tx.execute(
-                "DELETE FROM eventbus_messages WHERE id IN (SELECT m.id FROM eventbus_messages m "
-                f"WHERE m.topic = $1 AND m.published_at < {self.now} - $2 AND {held} "
-                "ORDER BY m.id LIMIT $3)", topic, max_age, batch)
+        """Delete up to ``batch`` of ``topic``'s oldest messages that are older than
+        ``max_age`` seconds or beyond its newest ``max_messages``, except those a group
+        still holds. Walks the topic from its oldest message, so it needs no index but
+        the log's own."""
+        limit = None
         if max_messages is not None:
-            deleted += await tx.execute(
-                "DELETE FROM eventbus_messages WHERE id IN (SELECT m.id FROM eventbus_messages m "
-                "WHERE m.topic = $1 AND m.id <= (SELECT id FROM eventbus_messages WHERE "
-                "topic = $1 ORDER BY id DESC LIMIT 1 OFFSET $2) AND "
-                f"{held} ORDER BY m.id LIMIT $3)", topic, max_messages, batch)
-        return deleted
+            rows = await tx.fetch("SELECT id FROM eventbus_messages WHERE topic = $1 ORDER BY "
+                                  "id DESC LIMIT 1 OFFSET $2", topic, max_messages)
+            limit = int(rows[0][0]) if rows else None
+        rows = await tx.fetch(
+            f"SELECT id, published_at < {self.now} - $2 FROM eventbus_messages WHERE "
+            "topic = $1 ORDER BY id LIMIT $3", topic, max_age or 0.0, batch)
+        doomed = []
+        for row_id, old in rows:
+            # Publish times grow with ids (a topic's publishers take turns): the first
+            # young message within the count ends the walk.
+            if not ((max_age is not None and old) or (limit is not None and row_id <= limit)):
+                break
+            doomed.append(int(row_id))
+        if not doomed:
+            return 0
+        held = await tx.fetch(
+            "SELECT p.message_id FROM eventbus_pending p WHERE p.group_id IN (SELECT id FROM "
+            f"eventbus_groups WHERE topic = $1) AND p.message_id IN ({_ids(2, len(doomed))})",
+            topic, *doomed)
+        keep = {int(r[0]) for r in held}
+        doomed = [row_id for row_id in doomed if row_id not in keep]
+        if doomed:
+            await tx.fetch(f"DELETE FROM eventbus_messages WHERE id IN ({_ids(1, len(doomed))})",
+                           *doomed)
+        return len(doomed)
