@@ -210,7 +210,9 @@ class SqlSubscription(Subscription):
                     claimed = [m for m in claimed if m.body is not None]
                     log.warning("%d message(s) of %s/%s were deleted by retention before "
                                 "the group took them", len(vanished), self.topic, self.group)
-                if len(claimed) < room and not gone:
+                if not claimed and not gone:
+                    # Only when idle: a consumer that got work fetches again as it
+                    # settles it, so a timer would not matter.
                     due = await sql.next_due(tx, gid, self.owner)
         except BaseException:
             self._restore_acks(acks)

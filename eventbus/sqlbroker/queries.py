@@ -130,6 +130,8 @@ class Statements:
         advance its position; returns the new position, ``0`` when there was nothing
         new, :data:`BUSY` when (on PostgreSQL) another consumer of the group is refilling
         it right now, ``None`` when the group no longer exists."""
+        if self.pg:
+            return await self._refill_pg(tx, gid, topic, group, count)
         rows = await tx.fetch(self._position, gid)
         if not rows:
             exists = await tx.fetch("SELECT 1 FROM eventbus_groups WHERE id = $1", gid)
@@ -150,6 +152,27 @@ class Statements:
         await tx.fetch("UPDATE eventbus_groups SET position = $2 WHERE id = $1",
                        gid, int(last))
         return int(last)
+
+    async def _refill_pg(self, tx: Transaction, gid: int, topic: str, group: str,
+                         count: int) -> int | None:
+        """:meth:`refill` in one statement (one round trip instead of four)."""
+        row = (await tx.fetch(
+            "WITH g AS (SELECT id, position FROM eventbus_groups WHERE id = $1 "
+            "FOR UPDATE SKIP LOCKED), "
+            "s AS (SELECT m.id, m.msg_key, m.only_group FROM eventbus_messages m, g "
+            "WHERE m.topic = $2 AND m.id > g.position ORDER BY m.id LIMIT $3), "
+            "ins AS (INSERT INTO eventbus_pending (group_id, message_id, msg_key, "
+            "available_at, owner, attempts) SELECT $1, s.id, s.msg_key, 0, NULL, 0 FROM s "
+            "WHERE s.only_group IS NULL OR s.only_group = $4 "
+            "ON CONFLICT (group_id, message_id) DO NOTHING), "
+            "upd AS (UPDATE eventbus_groups SET position = (SELECT max(id) FROM s) "
+            "WHERE id = $1 AND EXISTS (SELECT 1 FROM s) RETURNING position) "
+            "SELECT (SELECT count(*) FROM g), (SELECT position FROM upd)",
+            gid, topic, count, group))[0]
+        if not row[0]:
+            exists = await tx.fetch("SELECT 1 FROM eventbus_groups WHERE id = $1", gid)
+            return BUSY if exists else None
+        return 0 if row[1] is None else int(row[1])
 
     async def claim(self, tx: Transaction, gid: int, owner: str, count: int,
                     lease: float) -> list[Message]:
