@@ -16,7 +16,8 @@ printed before and after, since the figures mean little on a busy machine.
 eventbus with publisher and consumer sharing the process's connection, eventbus with
 the publisher on a connection of its own (as another process: SQLite's consumer
 then learns of it by polling ``data_version``, PostgreSQL's by ``NOTIFY``), and the
-raw loop (see ``contenders/sql.py``).
+raw loop (see ``contenders/sql.py``); a random pause of up to 50 ms comes before each
+publish, so arrivals fall anywhere in SQLite's poll interval.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import random
 import statistics
 import sys
 import tempfile
@@ -39,6 +41,11 @@ from contenders import sql
 from latency import Latency, warmup_for
 
 from eventbus import EventBus
+
+THINK = 0.05
+"""Seconds (at most, uniform) between lone publishes: a publish from another process
+then lands anywhere in SQLite's poll interval, as in real traffic, instead of right
+after a poll, which lock-step round trips would measure."""
 
 
 def load() -> str:
@@ -85,6 +92,7 @@ async def bus_latency(consumer_url: str, publisher_url: str, trips: int) -> list
     warmup = warmup_for(trips)
     async with consumer, publisher:
         for index, event in enumerate(runner.make_events(warmup + trips)):
+            await asyncio.sleep(random.uniform(0, THINK))  # arrivals out of step with polls
             started = time.perf_counter()
             await publisher.publish(event, topic=topic)
             handled = await asyncio.wait_for(arrived.get(), 60)
@@ -99,7 +107,7 @@ async def latency(db: sql.Database, args: argparse.Namespace, payload: dict[str,
     cases = {
         f"eventbus {db.dialect}, same connection": lambda: bus_latency(db.url, db.url, trips),
         f"eventbus {db.dialect}, publisher apart": lambda: bus_latency(db.url, other, trips),
-        f"{sql.RAW} {db.dialect}": lambda: sql.raw_latency(db, trips, warmup_for(trips)),
+        f"{sql.RAW} {db.dialect}": lambda: sql.raw_latency(db, trips, warmup_for(trips), THINK),
     }
     runs: dict[str, list[Latency]] = {name: [] for name in cases}
     for repeat in range(args.repeat):  # interleaved, as the throughput runs

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -201,7 +202,8 @@ async def raw_case(db: Database, events: Sequence[Tick], *, chunk: int) -> Timin
     return counter.timing()
 
 
-async def raw_latency(db: Database, round_trips: int, warmup: int) -> list[float]:
+async def raw_latency(db: Database, round_trips: int, warmup: int,
+                      think: float = 0.0) -> list[float]:
     """One awaited insert at a time -> the raw loop has the validated event."""
     queue = RawQueue(db)
     await queue.open()
@@ -212,6 +214,7 @@ async def raw_latency(db: Database, round_trips: int, warmup: int) -> list[float
     samples: list[float] = []
     try:
         for index in range(warmup + round_trips):
+            await asyncio.sleep(random.uniform(0, think))
             body = Tick(seq=index, order_id="lat", amount_cents=1, tags=[]).to_bytes()
             started = time.perf_counter()
             await queue.send([body])
