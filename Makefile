@@ -27,7 +27,8 @@ lint: setup
 
 typecheck: setup
 	$(VENV)/bin/mypy eventbus adapters/kafka/eventbus_kafka adapters/rabbitmq/eventbus_rabbitmq \
-		adapters/redis/eventbus_redis adapters/nats/eventbus_nats adapters/sqs/eventbus_sqs
+		adapters/redis/eventbus_redis adapters/nats/eventbus_nats adapters/sqs/eventbus_sqs \
+		adapters/postgres/eventbus_postgres
 	@# The guide's example service and its tests, as a user would type-check them.
 	MYPYPATH=examples/testing $(VENV)/bin/mypy -m shop -m test_shop_service
 
