@@ -17,10 +17,12 @@ $(UV):
 setup: $(UV)
 	$(UV) sync --frozen --all-groups --python $(PYTHON)
 
-## Run the order saga demo on the in-memory broker (or $$EVENTBUS_URL).
+## Run the order saga demo on the in-memory broker (or $$EVENTBUS_URL), then as three
+## service processes (eventbus run) on one SQLite file.
 demo: $(UV)
 	$(UV) sync --frozen --inexact --no-default-groups --python $(PYTHON)
 	$(VENV)/bin/python -m examples.order_saga.demo
+	$(VENV)/bin/python -m examples.order_saga.processes
 
 lint: setup
 	$(VENV)/bin/ruff check eventbus adapters tests integration_tests examples bench
