@@ -25,8 +25,8 @@ from eventbus.adapter import (
 from eventbus.envelope import Envelope
 from eventbus.errors import (
     BrokerConnectionError,
+    ConfigurationError,
     MessageTooLargeError,
-    PublishError,
     TopicNotFoundError,
 )
 from eventbus.patterns.sql import DatabaseError, SQLError, Transaction
@@ -200,9 +200,12 @@ class SqlAdapter(Adapter):
                 f"{self.settings.where} did not take {len(rows)} message(s) for topic "
                 f"{topic!r} ({self.settings.masked_url}): {exc}") from exc
         except SQLError as exc:
-            raise PublishError(
+            # The statement itself was refused (text the database cannot store in a
+            # topic, group or key, say): sending it again gets the same answer, so it
+            # is a permanent refusal, not an outage the bus would retry.
+            raise ConfigurationError(
                 f"{self.settings.where} refused {len(rows)} message(s) for topic {topic!r}: "
-                f"{exc}") from exc
+                f"{exc}; check the topic, group and key names") from exc
 
     def before_write(self) -> None:
         """A check before each publish (SQLite refuses one that would wait for itself)."""
