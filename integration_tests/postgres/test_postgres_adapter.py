@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
@@ -15,8 +16,14 @@ from eventbus_postgres import PostgresAdapter
 
 from eventbus.adapter import Delivery, SubscribeOptions
 from eventbus.envelope import Envelope
-from eventbus.errors import BrokerConnectionError, InvalidURLError
+from eventbus.errors import (
+    BrokerConnectionError,
+    ConfigurationError,
+    InvalidURLError,
+    is_permanent_refusal,
+)
 from eventbus.registry_adapters import adapter_from_url
+from eventbus.testing.faultproxy import FaultProxy
 
 pytestmark = pytest.mark.asyncio
 
@@ -129,3 +136,46 @@ async def test_secrets_never_show(postgres_url: str) -> None:
     assert "sslmode" in str(bad.value) and "s3cr3t" not in str(bad.value)
     with pytest.raises(InvalidURLError, match="search_path"):
         adapter_from_url("postgresql://h/db?search_path=x")  # asyncpg would take it silently
+
+
+async def test_close_ends_while_the_server_does_not_answer(postgres_url: str) -> None:
+    """close() reaches the end with the path frozen (subscriptions, acks, the pool, the
+    listener): every step is bounded."""
+    parts = urlsplit(postgres_url)
+    proxy = FaultProxy(parts.hostname or "127.0.0.1", parts.port or 5432).start()
+    try:
+        netloc = f"{parts.netloc.rsplit('@', 1)[0]}@127.0.0.1:{proxy.port}"
+        url = urlunsplit(parts._replace(netloc=netloc))
+        adapter = PostgresAdapter(f"{url}?ping_timeout=1&command_timeout=2&connect_timeout=2")
+        await adapter.connect()
+        subscription = await adapter.subscribe("t", SubscribeOptions("g"))
+        await adapter.publish("t", [_event(1)])
+        delivery = await asyncio.wait_for(subscription.__aiter__().__anext__(), 5)
+        await delivery.ack()
+        await proxy.freeze()
+        started = time.monotonic()
+        await asyncio.wait_for(adapter.close(), 60)
+        assert time.monotonic() - started < 30, "close() waited on a dead path too long"
+    finally:
+        await proxy.thaw()
+        proxy.stop()
+
+
+async def test_statement_refusals_are_permanent(postgres_url: str) -> None:
+    """Text PostgreSQL cannot store (a NUL in a topic name) is refused for good at once,
+    not retried as an outage."""
+    adapter = await _adapter(postgres_url, "refusal")
+    try:
+        with pytest.raises(ConfigurationError, match="topic"):
+            await adapter.publish("bad\x00topic", [_event(1)])
+        assert is_permanent_refusal(ConfigurationError("x"))
+    finally:
+        await adapter.close()
+
+
+async def test_malformed_urls_never_show_the_password() -> None:
+    for url in ("postgresql://app:s3cr3t-pw@db:notaport/shop",
+                "postgresql://app:s3cr3t-pw@db:5432/shop?pool_size=0"):
+        with pytest.raises(InvalidURLError) as error:
+            adapter_from_url(url)
+        assert "s3cr3t" not in str(error.value) and "\n" not in str(error.value)
