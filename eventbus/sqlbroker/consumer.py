@@ -16,7 +16,7 @@
   reach, the process paused) may be taken by another consumer: it is *stale*, and
   the bus drops it unrun if it has not started.
 - **Acking** settles at once; the consumer's next claim deletes the acked rows in its
-  own transaction (or, when no claim comes within ``ACK_DELAY``, a transaction of
+  own transaction (or, when no claim comes within 20 ms, a transaction of
   their own), so handlers never wait for a commit each; until the delete commits
   the row stays leased to this consumer and renewed, so a delete that fails is
   tried again, and one never made (the process died) means a redelivery after the
@@ -43,8 +43,9 @@ from typing import TYPE_CHECKING
 
 from eventbus.adapter import Delivery, SubscribeOptions, Subscription
 from eventbus.errors import BrokerConnectionError, ConnectionLostError, TopicNotFoundError
-from eventbus.patterns.sql import DatabaseError, Transaction
+from eventbus.patterns.sql import DatabaseError
 from eventbus.sqlbroker import codec
+from eventbus.sqlbroker.acks import Acks
 from eventbus.sqlbroker.queries import BUSY, REFILL_BATCH
 
 if TYPE_CHECKING:
@@ -55,8 +56,6 @@ log = logging.getLogger("eventbus.sqlbroker")
 
 BUSY_RETRY = 0.02
 """Seconds before fetching again when another consumer was moving the group's messages."""
-ACK_DELAY = 0.02
-"""Seconds an ack waits for a claim to take its delete along before it goes alone."""
 
 
 class SqlDelivery(Delivery):
@@ -112,9 +111,7 @@ class SqlSubscription(Subscription):
         self._low = max(1, self.prefetch // 2)
         self._buffer: deque[SqlDelivery] = deque()
         self._held: dict[int, SqlDelivery] = {}  # leased to us, not settled (buffer + out)
-        self._acking: dict[int, int] = {}  # acked, not yet in a delete: id -> group id
-        self._deleting: dict[int, int] = {}  # acked, in a delete not yet committed
-        self._ack_task: asyncio.Task[None] | None = None
+        self._acks = Acks(self)
         self._out = 0
         self._closed = False
         self._dirty = True  # something may be claimable: fetch when there is room
@@ -184,12 +181,12 @@ class SqlSubscription(Subscription):
         gone = busy = False
         due: float | None = None
         gid = self.gid
-        acks = self._take_acks()
+        acks = self._acks.take()
         try:
             async with hub.db.transaction() as tx:
                 # The acks of this consumer since the last claim commit with it: one
                 # transaction (one fsync) for both.
-                lost = await self._delete(tx, acks)
+                lost = await self._acks.delete(tx, acks)
                 claimed = await sql.claim(tx, gid, self.owner, room, self.lease)
                 if len(claimed) < room:
                     moved = await sql.refill(tx, gid, self.topic, self.group,
@@ -215,9 +212,9 @@ class SqlSubscription(Subscription):
                     # settles it, so a timer would not matter.
                     due = await sql.next_due(tx, gid, self.owner)
         except BaseException:
-            self._restore_acks(acks)
+            self._acks.restore(acks)
             raise
-        self._acks_done(acks, lost)
+        self._acks.done(acks, lost)
         now = asyncio.get_running_loop().time()
         if busy:
             self._due = now + BUSY_RETRY
@@ -253,70 +250,14 @@ class SqlSubscription(Subscription):
     # -- settling -------------------------------------------------------------------------------
 
     def acknowledge(self, delivery: SqlDelivery) -> None:
-        """Settle ``delivery`` now; its row is deleted with the next claim, or by the ack
-        flusher after :data:`ACK_DELAY` when no claim comes (module docs)."""
+        """Settle ``delivery`` now; its row is deleted with the next claim, or alone soon
+        after (see :mod:`eventbus.sqlbroker.acks`)."""
         self._held.pop(delivery._id, None)
-        self._acking[delivery._id] = delivery._gid
+        self._acks.add(delivery._id, delivery._gid)
         if delivery._counted:
             delivery._counted = False
             self._out -= 1
         self.wake()
-        if self._ack_task is None or self._ack_task.done():
-            self._ack_task = asyncio.create_task(self._flush_acks())
-
-    def _take_acks(self) -> dict[int, int]:
-        """The acks not yet in a transaction; renewed as ``_deleting`` until committed."""
-        acks, self._acking = self._acking, {}
-        self._deleting.update(acks)
-        return acks
-
-    def _restore_acks(self, acks: dict[int, int]) -> None:
-        """A transaction with ``acks`` failed: they wait for the next one."""
-        for mid in acks:
-            self._deleting.pop(mid, None)
-        self._acking.update(acks)
-
-    async def _delete(self, tx: Transaction, acks: dict[int, int]) -> int:
-        """Delete the acked rows; returns how many this consumer no longer held."""
-        by_group: dict[int, list[int]] = {}
-        for mid, gid in acks.items():
-            by_group.setdefault(gid, []).append(mid)
-        done = 0
-        for gid, ids in by_group.items():
-            done += len(await self.hub.sql.ack(tx, gid, self.owner, ids))
-        return len(acks) - done
-
-    def _acks_done(self, acks: dict[int, int], lost: int) -> None:
-        for mid in acks:
-            self._deleting.pop(mid, None)
-        if lost:
-            log.info("%d ack(s) on %s/%s came after the lease ended: another consumer of "
-                     "the group may run those messages again", lost, self.topic, self.group)
-
-    async def _flush_acks(self) -> None:
-        """Delete acked rows no claim took along (the consumer is idle or full)."""
-        failures = 0
-        while self._acking:
-            await asyncio.sleep(ACK_DELAY)  # a claim may take them along meanwhile
-            if not self._acking:
-                return
-            acks = self._take_acks()
-            try:
-                async with self.hub.db.transaction() as tx:
-                    lost = await self._delete(tx, acks)
-            except asyncio.CancelledError:
-                self._restore_acks(acks)
-                raise
-            except Exception as exc:  # kept and renewed meanwhile: tried again
-                self._restore_acks(acks)
-                failures += 1
-                log.log(logging.WARNING if failures == 3 else logging.DEBUG,
-                        "deleting %d acked message(s) of %s/%s failed (%s: %s); trying again",
-                        len(acks), self.topic, self.group, type(exc).__name__, exc)
-                await asyncio.sleep(min(2.0, 0.05 * 2 ** min(failures, 6)))
-                continue
-            failures = 0
-            self._acks_done(acks, lost)
 
     async def settle(self, delivery: SqlDelivery, how: str, delay: float) -> None:
         """Nack ``delivery`` (``how="nack"``); a failure lets it go (see the module docs)."""
@@ -345,8 +286,7 @@ class SqlSubscription(Subscription):
         renewed = time.monotonic()
         while not self._closed:
             await asyncio.sleep(self.lease / 3)
-            ids = [*self._held, *(m for acks in (self._acking, self._deleting)
-                                  for m, g in acks.items() if g == self.gid)]
+            ids = [*self._held, *self._acks.ids(self.gid)]
             started = time.monotonic()
             if not ids:
                 renewed = started
@@ -406,14 +346,7 @@ class SqlSubscription(Subscription):
         self._closed = True
         self._event.set()
         self.hub.unwatch(self.topic, self.wake)
-        if self._ack_task is not None and not self._ack_task.done():
-            try:  # acked work is not handed back: its deletes commit first
-                await asyncio.wait_for(asyncio.shield(self._ack_task), 5.0)
-            except Exception as exc:
-                log.info("%d ack(s) of %s/%s not committed at close (%s); those messages "
-                         "come back when their lease ends", len(self._acking), self.topic,
-                         self.group, exc)
-                self._ack_task.cancel()
+        await self._acks.drain(5.0)  # acked work is not handed back: its deletes first
         if self._keeper is not None:
             self._keeper.cancel()
             await asyncio.gather(self._keeper, return_exceptions=True)
