@@ -73,6 +73,7 @@ def test_publish_and_dlq_refuse_the_in_process_broker(
     line = one_line_error(runner.invoke(app, argv), cli.EXIT_USAGE)
     assert "in-memory broker lives inside one process" in line
     assert "--url kafka://localhost:9092" in line and "docker compose" in line
+    assert "--url sqlite:///eventbus.db" in line, "the broker needing no server is not named"
 
 
 def test_url_falls_back_to_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:

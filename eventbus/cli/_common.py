@@ -105,8 +105,9 @@ def refuse_in_process(url: str, command: str) -> None:
         f"`eventbus {command}` cannot use {url}: the in-memory broker lives inside one "
         "process, so this command would get a broker of its own that vanishes when it exits "
         "(your service's broker never sees it). Point --url or $EVENTBUS_URL at a broker "
-        "both processes reach, e.g. `docker compose up -d kafka` then "
-        "--url kafka://localhost:9092",
+        "both processes reach: --url sqlite:///eventbus.db (a file every process on this "
+        "machine opens, nothing to install), or a server, e.g. `docker compose up -d kafka` "
+        "then --url kafka://localhost:9092",
         EXIT_USAGE,
     )
 
