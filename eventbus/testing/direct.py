@@ -13,25 +13,13 @@ from typing import Any, Unpack
 
 from eventbus.adapter import Delivery
 from eventbus.context import Context, PublishOptions, current_envelope
+from eventbus.deprecation import Renamed, renamed
 from eventbus.envelope import Envelope
 from eventbus.errors import ConfigurationError
 from eventbus.events import Command, Message
 from eventbus.middleware.retry import RetryPolicy
 from eventbus.publishing import build_envelope
 from eventbus.spec import Handler
-
-NO_DELAY_RETRY = RetryPolicy(max_attempts=3, in_process_attempts=3, initial_delay=0.0,
-                             max_delay=0.0, jitter=0.0)
-"""Three attempts, all in process, no waits: a retry policy for tests."""
-
-
-def immediate_retry(max_attempts: int = 3, *, in_process_attempts: int | None = None,
-                    **options: Any) -> RetryPolicy:
-    """A :class:`RetryPolicy` without delays: ``max_attempts`` runs (all in process
-    unless ``in_process_attempts`` says fewer, then the rest by broker redelivery)."""
-    return RetryPolicy(max_attempts=max_attempts,
-                       in_process_attempts=in_process_attempts or max_attempts,
-                       initial_delay=0.0, max_delay=0.0, jitter=0.0, **options)
 
 
 class TestPublisher:
@@ -108,6 +96,34 @@ def handler_context(
     return ctx
 
 
+
+
+def _no_delay_retry() -> RetryPolicy:
+    return RetryPolicy(max_attempts=3, in_process_attempts=3, initial_delay=0.0,
+                       max_delay=0.0, jitter=0.0)
+
+
+def _immediate_retry(max_attempts: int = 3, *, in_process_attempts: int | None = None,
+                     **options: Any) -> RetryPolicy:
+    return RetryPolicy(max_attempts=max_attempts,
+                       in_process_attempts=in_process_attempts or max_attempts,
+                       initial_delay=0.0, max_delay=0.0, jitter=0.0, **options)
+
+
+# Three spellings of "a retry policy without waits" became one, ``without_delays``.
+_RENAMED: Renamed = {
+    "NO_DELAY_RETRY": (
+        "eventbus.testing.without_delays(RetryPolicy(max_attempts=3, in_process_attempts=3))",
+        _no_delay_retry),
+    "immediate_retry": (
+        "eventbus.testing.without_delays(RetryPolicy(max_attempts=..., "
+        "in_process_attempts=...))",
+        lambda: _immediate_retry),
+}
+
+
+def __getattr__(name: str) -> Any:
+    return renamed(__name__, name, _RENAMED)
 
 
 async def call_handler(

@@ -41,9 +41,17 @@ class DrainTimeoutError(EventBusError, TimeoutError):
     """``drain()`` ran out of time: the message says which messages are not settled."""
 
 
-def without_delays(policy: RetryPolicy) -> RetryPolicy:
-    """``policy`` with the same attempts and exception filters but no waits between them."""
-    return dataclasses.replace(policy, initial_delay=0.0, max_delay=0.0, jitter=0.0)
+def without_delays(policy: RetryPolicy | None = None) -> RetryPolicy:
+    """``policy`` (default: ``RetryPolicy()``) with the same attempts and exception
+    filters but no waits between them: the one retry policy helper for tests.
+
+    ::
+
+        bus = create_bus(retry=without_delays(RetryPolicy(max_attempts=3,
+                                                          in_process_attempts=3)))
+    """
+    return dataclasses.replace(policy or RetryPolicy(), initial_delay=0.0, max_delay=0.0,
+                               jitter=0.0)
 
 
 @dataclass(frozen=True, slots=True)

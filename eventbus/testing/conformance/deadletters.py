@@ -26,7 +26,7 @@ from eventbus.testing.conformance._support import (
     WAIT,
     Capability,
     Case,
-    Inbox,
+    Collector,
     Ping,
     case,
     on_topic,
@@ -63,7 +63,7 @@ async def letters_of(
         await asyncio.sleep(0.3)
 
 
-def _failing(runs: Inbox[int]) -> Callable[[Ping, Context], Awaitable[None]]:
+def _failing(runs: Collector[int]) -> Callable[[Ping, Context], Awaitable[None]]:
     async def handle(event: Ping, ctx: Context) -> None:
         runs.add(ctx.attempt)
         raise RuntimeError(f"handler always fails (seq {event.seq})")
@@ -83,7 +83,7 @@ class DeadLetterCases:
         subscribed (SNS) would accept the letter and drop it."""
         event_cls = on_topic(Ping, run.topic())
         topic, group = event_cls.default_topic(), run.group()
-        runs: Inbox[int] = Inbox("handler runs")
+        runs: Collector[int] = Collector("handler runs")
         bus = run.bus()
         bus.subscribe(event_cls, group=group)(_failing(runs))
         await bus.start()
@@ -102,7 +102,7 @@ class DeadLetterCases:
         broker's dedupe window keyed by the event id would do that)."""
         event_cls = on_topic(Ping, run.topic())
         topic, group = event_cls.default_topic(), run.group()
-        runs: Inbox[int] = Inbox("handler runs")
+        runs: Collector[int] = Collector("handler runs")
         bus = run.bus()
         bus.subscribe(event_cls, group=group)(_failing(runs))
         await bus.start()
@@ -130,7 +130,7 @@ class DeadLetterCases:
         extra non-UTF-8 header is handled, not dead-lettered."""
         event_cls = on_topic(Ping, run.topic())
         topic, group = event_cls.default_topic(), run.group()
-        handled: Inbox[int] = Inbox("handler")
+        handled: Collector[int] = Collector("handler")
         bus = run.bus()
 
         @bus.subscribe(event_cls, group=group)
