@@ -57,7 +57,7 @@ async def postgres_url() -> AsyncIterator[str]:
     try:
         async with postgres.fresh_database() as url:
             yield url
-    except postgres.PostgresUnavailable as exc:
+    except postgres.PostgresUnavailableError as exc:
         if "postgres" in harness.endpoints.required_brokers():
             pytest.fail(f"{exc}\n(required by EVENTBUS_REQUIRE_BROKERS)", pytrace=False)
         pytest.skip(str(exc))

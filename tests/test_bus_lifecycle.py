@@ -18,7 +18,7 @@ from eventbus import (
 from eventbus.adapter import SubscribeOptions, Subscription
 from tests.bus_support import (
     WAIT,
-    Inbox,
+    Collector,
     OrderPlaced,
     PaymentTaken,
     memory_url,
@@ -53,7 +53,7 @@ def test_stop_cancels_handlers_that_outlive_the_timeout_and_the_message_returns(
     async def scenario() -> None:
         url = memory_url()
         bus = EventBus(url, shutdown_timeout=0.05)
-        started: Inbox[int] = Inbox()
+        started: Collector[int] = Collector()
 
         @bus.subscribe(OrderPlaced, group="g")
         async def stuck(event: OrderPlaced, ctx: Context) -> None:
@@ -66,7 +66,7 @@ def test_stop_cancels_handlers_that_outlive_the_timeout_and_the_message_returns(
         await bus.stop()
 
         second = EventBus(url)
-        again: Inbox[int] = Inbox()
+        again: Collector[int] = Collector()
 
         @second.subscribe(OrderPlaced, group="g")
         async def handle(event: OrderPlaced, ctx: Context) -> None:
@@ -82,8 +82,8 @@ def test_run_stops_gracefully_on_sigterm() -> None:
     async def scenario() -> None:
         url = memory_url()
         bus = EventBus(url)
-        seen: Inbox[str] = Inbox()
-        finished: Inbox[str] = Inbox()
+        seen: Collector[str] = Collector()
+        finished: Collector[str] = Collector()
 
         @bus.subscribe(OrderPlaced, group="g", start_from="earliest")
         async def handle(event: OrderPlaced) -> None:
@@ -115,7 +115,7 @@ def test_start_that_fails_midway_stops_what_it_started() -> None:
     async def scenario() -> None:
         adapter = _SubscribeRefusingAdapter(memory_url())
         bus = EventBus(adapter)
-        seen: Inbox[str] = Inbox()
+        seen: Collector[str] = Collector()
 
         @bus.subscribe(OrderPlaced, group="g")
         async def orders(event: OrderPlaced) -> None:

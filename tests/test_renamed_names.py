@@ -16,6 +16,38 @@ RENAMED = [
     ("eventbus.testing.conformance", "Inbox", "eventbus.testing", "Collector",
      "eventbus.testing.Collector"),
 ]
+_SAGAS, _ORDERING = "eventbus.patterns.sagas", "eventbus.patterns.ordering"
+for _module, _old, _new_module, _new in [
+    (_SAGAS, "SqlSagaStore", _SAGAS, "SQLSagaStore"),
+    (_SAGAS, "SagaNotFound", _SAGAS, "SagaNotFoundError"),
+    (_SAGAS, "SagaAlreadyExists", _SAGAS, "SagaAlreadyExistsError"),
+    (_SAGAS, "StepFailed", _SAGAS, "StepFailedError"),
+    (_SAGAS, "SqlSequenceStore", _ORDERING, "SQLSequenceStore"),
+    (f"{_SAGAS}.state", "SqlSagaStore", _SAGAS, "SQLSagaStore"),
+    (f"{_SAGAS}.state", "SagaNotFound", _SAGAS, "SagaNotFoundError"),
+    (f"{_SAGAS}.state", "SagaAlreadyExists", _SAGAS, "SagaAlreadyExistsError"),
+    (f"{_SAGAS}.choreography", "StepFailed", _SAGAS, "StepFailedError"),
+    (_ORDERING, "SqlSequenceStore", _ORDERING, "SQLSequenceStore"),
+    (_ORDERING, "EarlyEvent", _ORDERING, "EarlyEventError"),
+    (f"{_ORDERING}.stores", "SqlSequenceStore", _ORDERING, "SQLSequenceStore"),
+    (f"{_ORDERING}.guard", "EarlyEvent", _ORDERING, "EarlyEventError"),
+    ("eventbus.patterns", "SqlSagaStore", _SAGAS, "SQLSagaStore"),
+    ("eventbus.patterns", "SagaNotFound", _SAGAS, "SagaNotFoundError"),
+    ("eventbus.patterns", "StepFailed", _SAGAS, "StepFailedError"),
+    ("eventbus.patterns", "SqlSequenceStore", _ORDERING, "SQLSequenceStore"),
+    ("eventbus.patterns", "EarlyEvent", _ORDERING, "EarlyEventError"),
+    ("eventbus.patterns.sql", "UniqueViolation", "eventbus.patterns.sql", "UniqueViolationError"),
+]:
+    RENAMED.append((_module, _old, _new_module, _new, f"{_new_module}.{_new}"))
+
+
+def test_a_renamed_exception_is_still_caught_by_its_old_name() -> None:
+    from eventbus.patterns.sagas import SagaNotFoundError
+
+    with pytest.warns(DeprecationWarning):
+        from eventbus.patterns.sagas import SagaNotFound
+    with pytest.raises(SagaNotFound):
+        raise SagaNotFoundError("saga 1")
 
 
 @pytest.mark.parametrize(("module", "old", "new_module", "new", "hint"), RENAMED)

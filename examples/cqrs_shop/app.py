@@ -18,7 +18,7 @@ from eventbus.patterns.eventsourcing import SQLEventStore
 from eventbus.patterns.sql import Database
 from examples.cqrs_shop.events import Accepted
 from examples.cqrs_shop.read_model import OrderSummaries
-from examples.cqrs_shop.write_model import OrderRejected, order_commands
+from examples.cqrs_shop.write_model import OrderRejectedError, order_commands
 
 
 @dataclass
@@ -45,7 +45,7 @@ async def open_shop(database_url: str, bus_url: str = "memory://") -> AsyncItera
     bus = EventBus(bus_url, source="shop")
     # A rejection is the order's answer, not a glitch: no retries, straight to the
     # error reply (and the dead-letter queue, where every failed command goes).
-    order_commands(store).serve(bus, retry=RetryPolicy(give_up_on=(OrderRejected,)))
+    order_commands(store).serve(bus, retry=RetryPolicy(give_up_on=(OrderRejectedError,)))
     try:
         async with bus:
             await summaries.start(store)

@@ -16,7 +16,7 @@ from examples.cqrs_shop.events import (
 )
 
 
-class OrderRejected(ValueError):
+class OrderRejectedError(ValueError):
     """A command the order's current state does not allow."""
 
 
@@ -32,19 +32,19 @@ class Order(Aggregate):
 
     def place(self, customer: str) -> None:
         if self.version:
-            raise OrderRejected(f"order {self.id} exists already")
+            raise OrderRejectedError(f"order {self.id} exists already")
         self.record(OrderPlaced(order_id=self.id, customer=customer))
 
     def add(self, sku: str, qty: int, price_cents: int) -> None:
         if self.confirmed:
-            raise OrderRejected(f"order {self.id} is confirmed; no more items")
+            raise OrderRejectedError(f"order {self.id} is confirmed; no more items")
         if qty <= 0:
-            raise OrderRejected(f"quantity must be positive, not {qty}")
+            raise OrderRejectedError(f"quantity must be positive, not {qty}")
         self.record(ItemAdded(order_id=self.id, sku=sku, qty=qty, price_cents=price_cents))
 
     def confirm(self) -> None:
         if not self.lines:
-            raise OrderRejected(f"order {self.id} has no items to confirm")
+            raise OrderRejectedError(f"order {self.id} has no items to confirm")
         if not self.confirmed:
             self.record(OrderConfirmed(order_id=self.id))
 

@@ -126,7 +126,7 @@ class SagaRun:
     stock: inventory_service.Stock | None = None
 
 
-class SagaTimeout(Exception):
+class SagaTimeoutError(Exception):
     """A flow did not reach OrderCompleted or OrderCancelled in time."""
 
 
@@ -191,7 +191,7 @@ async def run_saga(
     ``show_middleware`` (and the services here) the first order's payment gateway
     times out once, and once the sagas ended a duplicate and a poison message
     are delivered, each step printed. Raises
-    :class:`SagaTimeout` naming the flows still running after ``timeout`` seconds.
+    :class:`SagaTimeoutError` naming the flows still running after ``timeout`` seconds.
     """
     requests = list(requests) if requests is not None else default_orders()
     # The request id is chosen here and becomes every event's correlation id.
@@ -242,7 +242,7 @@ async def _run_flows(run: SagaRun, buses: list[EventBus], order_bus: EventBus,
         _, pending = await asyncio.wait([flow.ended for flow in run.flows], timeout=timeout)
         if pending:
             stuck = [flow for flow in run.flows if not flow.ended.done()]
-            raise SagaTimeout(
+            raise SagaTimeoutError(
                 f"{len(stuck)} saga(s) did not end within {timeout:.1f}s: "
                 + "; ".join(
                     f"order {f.request.order_id} (corr {f.correlation_id[:8]}) stopped after "
@@ -293,7 +293,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         run = asyncio.run(run_saga(with_services=not args.external, timeout=args.timeout))
-    except SagaTimeout as exc:
+    except SagaTimeoutError as exc:
         print(f"FAILED: {exc}", file=sys.stderr)
         return 1
     found = [problem for flow in run.flows for problem in problems(flow)]

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from eventbus import Context, EventBus, MemoryIdempotencyStore
-from eventbus.patterns.sagas import Choreography, StepFailed
+from eventbus.patterns.sagas import Choreography, StepFailedError
 from examples.order_saga.events import (
     InventoryReservationFailed,
     InventoryReserved,
@@ -26,7 +26,7 @@ SERVICE = "inventory-service"
 DEFAULT_STOCK: Mapping[str, int] = {"book": 1000, "mug": 500, "lamp": 0}
 
 
-class OutOfStock(Exception):
+class OutOfStockError(Exception):
     """A line asks for more than is on hand."""
 
 
@@ -44,7 +44,7 @@ class Stock:
         for line in lines:
             available = self.on_hand.get(line.sku, 0)
             if available < line.quantity:
-                raise OutOfStock(f"{line.sku}: {line.quantity} wanted, {available} on hand")
+                raise OutOfStockError(f"{line.sku}: {line.quantity} wanted, {available} on hand")
         for line in lines:
             self.on_hand[line.sku] -= line.quantity
         reservation_id = self.reservations[order_id] = f"res-{uuid.uuid4().hex[:8]}"
@@ -63,8 +63,8 @@ def register(bus: EventBus, stock: Stock | None = None) -> Stock:
     async def reserve(event: PaymentCharged, ctx: Context) -> InventoryReserved:
         try:
             reservation_id = stock.reserve(event.order_id, event.lines)
-        except OutOfStock as exc:
-            raise StepFailed(f"out of stock: {exc}") from exc
+        except OutOfStockError as exc:
+            raise StepFailedError(f"out of stock: {exc}") from exc
         return InventoryReserved(order_id=event.order_id, reservation_id=reservation_id)
 
     return stock

@@ -35,7 +35,7 @@ class Charge:
     refunded: bool = False
 
 
-class GatewayTimeout(Exception):
+class GatewayTimeoutError(Exception):
     """The payment gateway did not answer in time; trying again may work."""
 
 
@@ -55,7 +55,7 @@ class PaymentGateway:
                 self.echo(f"[corr {ctx.correlation_id[:8]}] {SERVICE:<18} payment gateway "
                           f"timed out on attempt {ctx.attempt} for order={order_id}; the "
                           "retry middleware runs the handler again")
-            raise GatewayTimeout(f"payment gateway timed out charging order {order_id}")
+            raise GatewayTimeoutError(f"payment gateway timed out charging order {order_id}")
 
 
 @dataclass

@@ -8,7 +8,7 @@ from eventbus.testing.faultproxy import FaultProxy
 
 from .endpoints import (
     BROKERS,
-    BrokerUnavailable,
+    BrokerUnavailableError,
     Endpoint,
     get_endpoint,
     get_faulty_endpoint,
@@ -36,7 +36,7 @@ def client_url(endpoint: Endpoint) -> str:
 __all__ = [
     "BROKERS",
     "TANSU_FAST_GROUPS",
-    "BrokerUnavailable",
+    "BrokerUnavailableError",
     "Endpoint",
     "FaultProxy",
     "client_url",

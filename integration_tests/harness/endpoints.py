@@ -85,7 +85,7 @@ class Endpoint:
         return sqs_settings(self.url)[0]
 
 
-class BrokerUnavailable(Exception):
+class BrokerUnavailableError(Exception):
     """No way of reaching the broker worked; the message lists every attempt."""
 
     def __init__(self, name: str, attempts: list[tuple[str, str]]) -> None:
@@ -97,7 +97,7 @@ class BrokerUnavailable(Exception):
 
 _lock = threading.RLock()
 _endpoints: dict[str, Endpoint] = {}
-_failures: dict[str, BrokerUnavailable] = {}
+_failures: dict[str, BrokerUnavailableError] = {}
 _faulty: dict[str, tuple[Endpoint, FaultProxy]] = {}
 _cleanups: list[Callable[[], None]] = []
 
@@ -174,7 +174,7 @@ def _discover(name: str) -> Endpoint:
                     # An explicit URL is the user's intent: report it broken
                     # instead of quietly testing some other broker.
                     attempts.append((method, f"{var}={url} does not answer: {describe(exc)}"))
-                    raise BrokerUnavailable(name, attempts) from exc
+                    raise BrokerUnavailableError(name, attempts) from exc
                 return _endpoint_from_url(name, url, "env")
             if method == "container":
                 problem = containers.engine_problem()
@@ -193,17 +193,17 @@ def _discover(name: str) -> Endpoint:
                 return _endpoint_from_url(name, url, "local-service")
             if method == "process":
                 return _from_process(name)
-        except BrokerUnavailable:
+        except BrokerUnavailableError:
             raise
         except Exception as exc:
             attempts.append((method, describe(exc) if method != "process" else str(exc)))
-    raise BrokerUnavailable(name, attempts)
+    raise BrokerUnavailableError(name, attempts)
 
 
 def get_endpoint(name: str) -> Endpoint:
     """The session's endpoint for broker ``name`` (found once, then cached).
 
-    Raises :class:`BrokerUnavailable` (also cached) when every way failed;
+    Raises :class:`BrokerUnavailableError` (also cached) when every way failed;
     tests normally go through :func:`require` instead.
     """
     _check_name(name)
@@ -214,7 +214,7 @@ def get_endpoint(name: str) -> Endpoint:
             raise _failures[name]
         try:
             endpoint = _discover(name)
-        except BrokerUnavailable as exc:
+        except BrokerUnavailableError as exc:
             _failures[name] = exc
             raise
         _endpoints[name] = endpoint
@@ -284,7 +284,7 @@ def get_faulty_endpoint(name: str, flavour: str | None = None) -> tuple[Endpoint
                 result = _faulty_kafka(flavour)
             except Exception as exc:
                 what = f"process ({flavour or 'Kafka'} behind a fault proxy)"
-                raise BrokerUnavailable("kafka", [(what, str(exc))]) from exc
+                raise BrokerUnavailableError("kafka", [(what, str(exc))]) from exc
         else:
             base = get_endpoint(name)
             proxy = FaultProxy(base.host, base.port).start()
@@ -301,7 +301,7 @@ def required_brokers() -> set[str]:
     return {n.strip() for n in raw.split(",") if n.strip()}
 
 
-def _unavailable(name: str, exc: BrokerUnavailable) -> NoReturn:
+def _unavailable(name: str, exc: BrokerUnavailableError) -> NoReturn:
     if name in required_brokers():
         pytest.fail(f"{exc}\n(required by EVENTBUS_REQUIRE_BROKERS)", pytrace=False)
     pytest.skip(str(exc))
@@ -311,7 +311,7 @@ def require(name: str) -> Endpoint:
     """:func:`get_endpoint`, turning unavailability into fail (if required) or skip."""
     try:
         return get_endpoint(name)
-    except BrokerUnavailable as exc:
+    except BrokerUnavailableError as exc:
         _unavailable(name, exc)
 
 
@@ -319,7 +319,7 @@ def require_faulty(name: str, flavour: str | None = None) -> tuple[Endpoint, Fau
     """:func:`get_faulty_endpoint` with the same fail-or-skip policy as :func:`require`."""
     try:
         return get_faulty_endpoint(name, flavour)
-    except BrokerUnavailable as exc:
+    except BrokerUnavailableError as exc:
         _unavailable(name, exc)
 
 

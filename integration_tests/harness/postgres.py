@@ -17,7 +17,7 @@ from urllib.parse import urlsplit, urlunsplit
 DEFAULT_URL = "postgresql://postgres:postgres@127.0.0.1:5432/test"
 
 
-class PostgresUnavailable(Exception):
+class PostgresUnavailableError(Exception):
     """No PostgreSQL server answered at the configured URL."""
 
 
@@ -38,7 +38,7 @@ async def fresh_database(prefix: str = "eb") -> AsyncIterator[str]:
     try:
         admin = await asyncpg.connect(admin_url, timeout=5)
     except (OSError, asyncpg.PostgresError) as exc:
-        raise PostgresUnavailable(
+        raise PostgresUnavailableError(
             f"PostgreSQL is not reachable at {urlsplit(admin_url).hostname}:"
             f"{urlsplit(admin_url).port or 5432} ({exc}); run `sudo bash .ci/start-brokers` "
             "or set EVENTBUS_TEST_POSTGRES_URL"
