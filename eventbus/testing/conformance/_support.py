@@ -28,7 +28,6 @@ from eventbus.events import Event, Message
 from eventbus.middleware.base import Next, RedeliveryRequested
 from eventbus.middleware.deadletter import dlq_topic
 from eventbus.middleware.retry import RetryPolicy
-from eventbus.registry_adapters import adapter_from_url
 from eventbus.testing.collector import DEFAULT_WAIT
 from eventbus.testing.collector import PATIENCE as PATIENCE
 from eventbus.testing.collector import Collector as Collector  # the cases import it from here
@@ -209,7 +208,7 @@ class Case:
         options.setdefault("retry", FAST_RETRY)
         options.setdefault("shutdown_timeout", 5.0)
         options.setdefault("publish_timeout", 20.0)
-        bus = EventBus.from_url(url or self.target.url, **options)
+        bus = EventBus(self.target.make_adapter(url), **options)
         self._buses.append(bus)
         return bus
 
@@ -221,7 +220,7 @@ class Case:
 
     def adapter(self, url: str | None = None) -> Adapter:
         """A fresh, unconnected adapter on the target; closed at the end."""
-        adapter = adapter_from_url(url or self.target.url)
+        adapter = self.target.make_adapter(url)
         self._adapters.append(adapter)
         return adapter
 
@@ -311,8 +310,10 @@ class Capability:
         and callable(getattr(target.faults, "freeze", None)),
     )
     out_of_process = Requirement(
-        "a broker other processes can reach (it lives inside the test process)",
-        lambda target, _: not target.in_process,
+        "a broker other processes can reach (it lives inside the test process), and an "
+        "adapter they can build (a registered scheme, or target.adapter a module-level "
+        "class or function, not a lambda)",
+        lambda target, _: not target.in_process and target.adapter_path() is not None,
     )
     lease = Requirement(
         "a lease it keeps alive (capabilities.lease: none, or one no client can extend, "
@@ -337,7 +338,7 @@ class Capability:
 def _routes_to_one_group(target: BrokerTarget) -> bool:
     """Whether the target's adapter implements :meth:`Adapter.publish_to_group` (the
     same test ``eventbus dlq replay`` makes): the contract method is the declaration."""
-    return type(adapter_from_url(target.url)).publish_to_group is not Adapter.publish_to_group
+    return type(target.make_adapter()).publish_to_group is not Adapter.publish_to_group
 
 
 @dataclass(frozen=True, slots=True)
@@ -367,7 +368,7 @@ def case(*needs: Need, timeout: float = 45.0) -> Callable[[CaseBody[S]], CaseTes
         def test(self: S, target: BrokerTarget) -> None:
             if name in target.limits:
                 pytest.skip(f"{target.name}: {target.limits[name]}")
-            caps = adapter_from_url(target.url).capabilities
+            caps = target.make_adapter().capabilities
             for need in needs:
                 if not need.requirement.holds(target, caps):
                     pytest.skip(f"{target.name} lacks {need.requirement.name}: {need.why}")

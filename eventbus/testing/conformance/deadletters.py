@@ -191,7 +191,8 @@ class DeadLetterCases:
         start_from = "earliest" if run.caps.replay else "latest"
         with tempfile.TemporaryDirectory() as scratch:
             runs_file = os.path.join(scratch, "runs")
-            spawn = _Spawner(url, topic, group, runs_file, max_attempts, start_from)
+            spawn = _Spawner(url, topic, group, runs_file, max_attempts, start_from,
+                             run.target.adapter_path() or "")
             try:
                 await spawn.start(wait_ready=True)
                 publisher = await run.publisher()
@@ -215,9 +216,10 @@ class _Spawner:
     """Runs the crashing consumer (:mod:`._crashing_consumer`) process after process."""
 
     def __init__(self, url: str, topic: str, group: str, runs_file: str, max_attempts: int,
-                 start_from: str) -> None:
+                 start_from: str, adapter: str = "") -> None:
         self.argv = [sys.executable, "-m", "eventbus.testing.conformance._crashing_consumer",
-                     url, topic, group, runs_file, str(max_attempts), start_from]
+                     url, topic, group, runs_file, str(max_attempts), start_from,
+                     *([adapter] if adapter else [])]
         self.runs_file = runs_file
         self.process: asyncio.subprocess.Process | None = None
         self.crashes = 0

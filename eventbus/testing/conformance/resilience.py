@@ -23,7 +23,6 @@ from eventbus.errors import (
     TopicNotFoundError,
 )
 from eventbus.middleware.idempotency import ClaimResult, MemoryIdempotencyStore
-from eventbus.registry_adapters import adapter_from_url
 from eventbus.testing.conformance._support import (
     PATIENCE,
     QUIET,
@@ -266,7 +265,7 @@ class ResilienceCases:
         assert faults is not None and url is not None
         await faults.freeze()
         try:
-            adapter = adapter_from_url(url)
+            adapter = run.target.make_adapter(url)
             started = time.monotonic()
             with pytest.raises(BrokerConnectionError):
                 await asyncio.wait_for(adapter.connect(), 60 * PATIENCE)
@@ -275,7 +274,7 @@ class ResilienceCases:
             started = time.monotonic()
             await asyncio.wait_for(adapter.close(), 30 * PATIENCE)
             assert time.monotonic() - started < 10 * PATIENCE, "close() hung"
-            bus = EventBus.from_url(url, start_timeout=20.0)
+            bus = EventBus(run.target.make_adapter(url), start_timeout=20.0)
             started = time.monotonic()
             with pytest.raises(BrokerConnectionError):
                 await asyncio.wait_for(bus.start(), 60 * PATIENCE)
