@@ -56,6 +56,7 @@ from eventbus.errors import (
     TopicNotFoundError,
     UnknownSchemeError,
     UnsupportedOperationError,
+    UsageError,
 )
 from eventbus.events import Command, Event, Message, Registry, registry
 from eventbus.memory import MemoryAdapter
@@ -137,6 +138,7 @@ __all__ = [
     "TopicNotFoundError",
     "UnknownSchemeError",
     "UnsupportedOperationError",
+    "UsageError",
     "registry",
 ]
 __version__ = "0.1.0"

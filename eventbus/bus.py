@@ -32,6 +32,7 @@ from eventbus.middleware.retry import RetryPolicy
 from eventbus.publishing import (
     build_envelope,
     build_envelopes,
+    not_a_message,
     publish_batch,
     publish_with_retry,
 )
@@ -43,6 +44,7 @@ from eventbus.spec import (
     Handler,
     HandlerFn,
     SubscriptionSpec,
+    check_targets,
     resolve_delivery,
 )
 
@@ -192,10 +194,9 @@ class EventBus:
         Subscribe before ``start()``. Several handlers may share a (topic, group)
         when they give it the same options; different ones raise ConfigurationError.
         """
+        check_targets(targets)
         self._refuse_when_started(targets)
         check_middleware(middleware, "subscribe(...)")
-        if not targets:
-            raise ConfigurationError("subscribe() needs at least one event class or topic")
         if delivery not in (None, "at_least_once", "at_most_once"):
             raise ConfigurationError(
                 f"delivery must be 'at_least_once', 'at_most_once' or None (the broker's "
@@ -297,6 +298,8 @@ class EventBus:
 
     async def send(self, command: Command, **options: Unpack[PublishOptions]) -> Envelope:
         """Send a command to the one group that handles it."""
+        if not isinstance(command, Message):
+            raise not_a_message(command, "send", Command)
         if not isinstance(command, Command):
             raise ConfigurationError(
                 f"send() takes a Command; {type(command).__name__} is an event — publish it"

@@ -23,6 +23,12 @@ class ConfigurationError(EventBusError):
     """The bus, a subscription or an adapter was configured wrongly."""
 
 
+class UsageError(ConfigurationError, TypeError):
+    """eventbus was called the wrong way: something not an event given to ``publish``,
+    ``@bus.subscribe`` without its parentheses, a handler whose parameters disagree
+    with its subscription. Raised where the call is made, saying the right spelling."""
+
+
 class InvalidURLError(ConfigurationError):
     """A broker URL could not be parsed or names options the adapter does not know."""
 

@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Awaitable, Callable
+import types
+import typing
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from eventbus.adapter import Adapter, Guarantee
+from eventbus.context import Context
 from eventbus.envelope import Envelope
 from eventbus.errors import (
     ConfigurationError,
     DuplicateSubscriptionError,
     GuaranteeUnavailableError,
+    UsageError,
     mask_url,
 )
-from eventbus.events import Message
+from eventbus.events import Command, Event, Message
 from eventbus.middleware.base import Middleware
 from eventbus.middleware.idempotency import Idempotency, IdempotencyStore
 from eventbus.middleware.retry import RetryPolicy
@@ -50,6 +54,110 @@ def resolve_delivery(requested: DeliveryMode | None, adapter: Adapter, topic: st
     )
 
 
+def check_targets(targets: Sequence[object]) -> None:
+    """Refuse what ``subscribe(*targets)`` cannot mean: nothing, a function (the decorator
+    used without parentheses), an event instance, a class that is not an event."""
+    if not targets:
+        raise ConfigurationError("subscribe() needs at least one event class or topic")
+    for target in targets:
+        if isinstance(target, str) or (isinstance(target, type) and issubclass(target, Message)):
+            continue
+        if callable(target) and not isinstance(target, type):
+            name = getattr(target, "__name__", "handler")
+            annotation = _first_annotation(target)
+            example = annotation.__name__ if isinstance(annotation, type) else "OrderPlaced"
+            raise UsageError(
+                f"subscribe() was given the function {name} as what to subscribe to: the "
+                f"decorator needs parentheses and the event class or topic, "
+                f"@bus.subscribe({example}) (or @bus.subscribe('topic-name')); nothing "
+                "was subscribed"
+            )
+        if isinstance(target, Message):
+            name = type(target).__name__
+            raise UsageError(
+                f"subscribe() takes event classes or topic names; got an {name} instance "
+                f"({target!r}): subscribe({name}) subscribes to every {name}"
+                if name[:1].lower() in "aeiou" else
+                f"subscribe() takes event classes or topic names; got a {name} instance "
+                f"({target!r}): subscribe({name}) subscribes to every {name}"
+            )
+        if isinstance(target, type) and hasattr(target, "model_fields"):
+            raise UsageError(
+                f"subscribe() takes eventbus event classes or topic names; {target.__name__} "
+                f"is a pydantic model but not an eventbus Event or Command: declare it as "
+                f"class {target.__name__}(Event, type='...')"
+            )
+        kind = type(target).__name__
+        raise UsageError(
+            f"subscribe() takes event classes or topic names, not "
+            f"{'an' if kind[:1].lower() in 'aeiou' else 'a'} {kind} ({target!r})"
+        )
+
+
+def _first_annotation(fn: Callable[..., Any]) -> Any:
+    """The resolved annotation of ``fn``'s first parameter; ``inspect.Parameter.empty``
+    when it has none or it cannot be resolved (a name local to a function)."""
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return inspect.Parameter.empty
+    if not params:
+        return inspect.Parameter.empty
+    try:
+        hints = typing.get_type_hints(fn)
+    except Exception:  # an unresolvable forward reference: nothing to check against
+        return inspect.Parameter.empty
+    return hints.get(params[0].name, inspect.Parameter.empty)
+
+
+def _is_context(annotation: Any) -> bool:
+    return annotation is Context or annotation == "Context"
+
+
+# Annotating with a base class of the framework says "any message": not a mistake, even
+# when it names Event for a command.
+_BASES: tuple[type, ...] = (Message, Event, Command)
+
+
+def _accepts(annotation: Any, cls: type[Message]) -> bool:
+    """Whether a parameter annotated ``annotation`` can take an instance of ``cls``
+    (unknown shapes are given the benefit of the doubt)."""
+    if annotation is inspect.Parameter.empty or annotation is Any:
+        return True
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        return any(_accepts(member, cls) for member in typing.get_args(annotation))
+    if not isinstance(annotation, type) or annotation in _BASES:
+        return True
+    try:
+        return issubclass(cls, annotation)
+    except TypeError:  # a protocol or generic alias issubclass cannot answer
+        return True
+
+
+def _check_parameters(fn: HandlerFn, params: list[inspect.Parameter],
+                      message_class: type[Message] | None, batch: bool) -> None:
+    """Refuse ``(ctx, event)`` and an event annotation that disagrees with the class
+    subscribed: either would be accepted here and fail on every message."""
+    name = fn.__qualname__
+    annotation = _first_annotation(fn)
+    if _is_context(annotation) or _is_context(params[0].annotation):
+        event = message_class.__name__ if message_class is not None else "Event"
+        raise UsageError(
+            f"handler {name} takes the context first; a handler takes (event, ctx), the "
+            f"event first: async def {fn.__name__}(event: {event}, ctx: Context)"
+        )
+    if batch or message_class is None or annotation is Envelope:
+        return
+    if not _accepts(annotation, message_class):
+        shown = getattr(annotation, "__name__", repr(annotation))
+        raise UsageError(
+            f"handler {name} annotates its event as {shown}, but it is subscribed to "
+            f"{message_class.__name__}, which is not a {shown}: every delivery would fail. "
+            f"Annotate it {message_class.__name__} (or a union of the classes it is "
+            f"subscribed to), or subscribe it to {shown}"
+        )
+
+
 @dataclass
 class Handler:
     """A user function and how to call it."""
@@ -63,14 +171,18 @@ class Handler:
     @classmethod
     def wrap(cls, fn: HandlerFn, message_class: type[Message] | None,
              batch: bool = False) -> Handler:
+        """Check ``fn`` can handle ``message_class`` (``None``: any type of a topic) and
+        say how to call it; a :class:`~eventbus.errors.UsageError` saying what to
+        write instead when it cannot."""
         if not inspect.iscoroutinefunction(fn):
-            raise TypeError(f"handler {fn.__qualname__} must be an async function")
+            raise UsageError(f"handler {fn.__qualname__} must be an async function")
         params = list(inspect.signature(fn).parameters.values())
         if not 1 <= len(params) <= 2:
-            raise TypeError(
+            raise UsageError(
                 f"handler {fn.__qualname__} must take (event) or (event, ctx), "
                 f"not {len(params)} parameters"
             )
+        _check_parameters(fn, params, message_class, batch)
         annotation = params[0].annotation
         wants_envelope = annotation is Envelope or annotation == "Envelope"
         if batch:

@@ -39,7 +39,7 @@ class NoRedelivery(MemoryAdapter):
         return await super().subscribe(topic, options)
 
 
-async def _noop(event: OrderPlaced) -> None: ...
+async def _noop(event: OrderPlaced | ChargeCard) -> None: ...
 
 
 def test_default_is_at_least_once_where_the_broker_redelivers() -> None:
