@@ -117,7 +117,7 @@ _PORT = re.compile(r":(\d+)(?:[/?#]|$)")
 _BROKEN_SCHEME = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+._-]*)(?::/?|//)(?P<rest>[^/].*)$")
 
 
-def _without_scheme(url: str) -> InvalidURLError:
+def missing_scheme_error(url: str) -> InvalidURLError:
     """The error for ``url`` lacking ``scheme://``: what it probably meant, when we can tell."""
     shown = mask_url(url)
     broken = _BROKEN_SCHEME.match(url)
@@ -150,5 +150,5 @@ def adapter_from_url(url: str) -> Adapter:
     if not scheme and "://" in url and _known_scheme_like(head) is not None:
         scheme = head  # not a scheme to urlsplit ("redis_streams"), but we know what it means
     elif not scheme or "://" not in url:
-        raise _without_scheme(url)
+        raise missing_scheme_error(url)
     return adapter_class(scheme, url)(url)
