@@ -96,3 +96,16 @@ def test_docs_promise_nothing_that_is_not_built() -> None:
     assert (DOCS / "patterns" / "outbox.md").exists()  # the outbox the pages link to
     assert "DESIGN.md" not in text
     assert "e.g. Kafka retry topics" not in text  # Kafka has no native delay
+
+
+def test_the_readmes_async_test_says_what_runs_it() -> None:
+    """The README's test needs pytest-asyncio: the `test` extra brings it, and the
+    README shows the setting that runs async tests without a marker."""
+    import tomllib
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"]
+    names = {re.split(r"[<>=\[ ]", requirement)[0] for requirement in extras["test"]}
+    assert {"pytest", "pytest-asyncio"} <= names
+    readme = (ROOT / "README.md").read_text()
+    assert 'pip install "eventbus[test]"' in readme and 'asyncio_mode = "auto"' in readme
