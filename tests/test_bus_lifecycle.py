@@ -134,3 +134,61 @@ def test_start_that_fails_midway_stops_what_it_started() -> None:
             assert sorted(await seen.wait_count(2)) == ["o", "p"]
 
     run(scenario)
+
+
+class ClosingSpy(MemoryAdapter):
+    """A memory adapter that counts its close() calls."""
+
+    closes = 0
+
+    async def close(self) -> None:
+        type(self).closes += 1
+        await super().close()
+
+
+def test_a_bus_never_started_closes_what_its_publish_opened_when_the_loop_ends() -> None:
+    """Nobody stops a bus that was never started: the adapter its publish connected is
+    closed as asyncio.run shuts down (a real client left open leaves tasks pending)."""
+
+    class Spy(ClosingSpy):
+        closes = 0
+
+    async def script() -> None:
+        bus = EventBus(Spy(memory_url()))
+        await bus.publish(OrderPlaced(order_id="1"))
+        await bus.publish(OrderPlaced(order_id="2"))
+        assert Spy.closes == 0  # still usable until the loop ends
+
+    asyncio.run(script())
+    assert Spy.closes == 1
+
+
+def test_stop_closes_the_adapter_of_a_bus_that_only_published() -> None:
+    class Spy(ClosingSpy):
+        closes = 0
+
+    async def script() -> None:
+        bus = EventBus(Spy(memory_url()))
+        await bus.stop()  # nothing to close yet
+        assert Spy.closes == 0
+        await bus.publish(OrderPlaced(order_id="1"))
+        await bus.stop()
+        assert Spy.closes == 1
+
+    asyncio.run(script())
+    assert Spy.closes == 1  # not closed a second time when the loop ends
+
+
+def test_a_bus_that_published_before_start_is_closed_once_by_its_stop() -> None:
+    class Spy(ClosingSpy):
+        closes = 0
+
+    async def script() -> None:
+        bus = EventBus(Spy(memory_url()))
+        await bus.publish(OrderPlaced(order_id="1"))
+        async with bus:
+            await bus.publish(OrderPlaced(order_id="2"))
+        assert Spy.closes == 1
+
+    asyncio.run(script())
+    assert Spy.closes == 1
