@@ -267,3 +267,33 @@ def test_test_publisher_refuses_an_event_sent_as_a_command() -> None:
             await TestPublisher().send(KitOrderPlaced(order_id="1"))  # type: ignore[arg-type]
 
     asyncio.run(scenario())
+
+
+def _stuck_bus() -> EventBus:
+    bus = EventBus("memory://", source="stuck", shutdown_timeout=10.0)
+
+    @bus.subscribe(KitOrderPlaced, group="stuck")
+    async def hang(event: KitOrderPlaced) -> None:
+        await asyncio.Event().wait()
+
+    return bus
+
+
+@pytest.mark.asyncio
+async def test_leaving_after_a_drain_timeout_does_not_wait_the_shutdown_timeout() -> None:
+    started = time.monotonic()
+    with pytest.raises(DrainTimeoutError):
+        async with TestBus(_stuck_bus()) as tb:
+            await tb.bus.publish(KitOrderPlaced(order_id="1"))
+            await tb.drain(timeout=0.2)
+    assert time.monotonic() - started < 3.0
+
+
+@pytest.mark.asyncio
+async def test_a_drain_timeout_caught_in_the_block_still_leaves_at_once() -> None:
+    started = time.monotonic()
+    async with TestBus(_stuck_bus()) as tb:
+        await tb.bus.publish(KitOrderPlaced(order_id="1"))
+        with pytest.raises(DrainTimeoutError):
+            await tb.drain(timeout=0.2)
+    assert time.monotonic() - started < 3.0

@@ -34,6 +34,8 @@ from eventbus.testing.recorder import Recorder, RecordingAdapter
 E = TypeVar("E", bound=Message)
 AnyHandler = Callable[..., Awaitable[None]]
 DEFAULT_DRAIN_TIMEOUT = 5.0
+FAILED_STOP_TIMEOUT = 0.5
+"""Seconds in-flight handlers get to finish when a TestBus block is left after a failure."""
 _ORIGINAL = "_eventbus_test_original"
 
 
@@ -83,6 +85,9 @@ class TestBus:
 
     Read what happened with :meth:`received`, :meth:`calls`, :meth:`retried`,
     :meth:`published` and :meth:`dead_lettered`, after :meth:`drain`.
+
+    Leaving the block after it raised, or after a :meth:`drain` timed out, gives
+    in-flight handlers half a second instead of the bus's ``shutdown_timeout``.
     """
 
     __test__ = False  # not a pytest test class despite its name
@@ -99,6 +104,7 @@ class TestBus:
         self._calls: list[HandlerCall] = []
         self._restore: list[Callable[[], None]] = []
         self._started: list[EventBus] = []
+        self._drain_timed_out = False
 
     @property
     def bus(self) -> EventBus:
@@ -118,9 +124,12 @@ class TestBus:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
+        # After a failure (the block raised, or a drain timed out) handlers may be stuck:
+        # waiting each bus's shutdown_timeout for them only delays the failure report.
+        hurry = exc_info[0] is not None or self._drain_timed_out
         try:
             for bus in reversed(self._started):
-                await bus.stop()
+                await bus.stop(timeout=FAILED_STOP_TIMEOUT if hurry else None)
         finally:
             self._started.clear()
             for undo in reversed(self._restore):
@@ -209,6 +218,7 @@ class TestBus:
             recorder.changed.clear()
             remaining = deadline - loop.time()
             if remaining <= 0:
+                self._drain_timed_out = True
                 raise DrainTimeoutError(await self._pending_report(limit))
             # Woken by the next settlement or publish, or by the deadline (no
             # cancellation involved, so nothing of the caller's task is touched).
