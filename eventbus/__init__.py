@@ -72,6 +72,7 @@ from eventbus.middleware import (
 )
 from eventbus.requests import ReplyTypeError, RequestError, RequestFailedError, RequestTimeoutError
 from eventbus.runner import SubscriptionHealth
+from eventbus.sync_handlers import SyncContext
 
 if TYPE_CHECKING:
     from eventbus.middleware.sqlite_store import SQLiteIdempotencyStore
@@ -135,6 +136,7 @@ __all__ = [
     "Subscription",
     "SubscriptionFailedError",
     "SubscriptionHealth",
+    "SyncContext",
     "TopicNotFoundError",
     "UnknownSchemeError",
     "UnsupportedOperationError",

@@ -42,7 +42,6 @@ from eventbus.runner import Runner, SubscriptionHealth
 from eventbus.spec import (
     DeliveryMode,
     Handler,
-    HandlerFn,
     SubscriptionSpec,
     check_targets,
     resolve_delivery,
@@ -54,7 +53,7 @@ if TYPE_CHECKING:
 R = TypeVar("R")
 
 log = logging.getLogger("eventbus")
-F = TypeVar("F", bound=HandlerFn)
+F = TypeVar("F", bound=Callable[..., Any])  # async def, or a plain def (sync_handlers)
 
 
 @dataclass(slots=True)

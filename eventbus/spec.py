@@ -23,6 +23,7 @@ from eventbus.events import Command, Event, Message
 from eventbus.middleware.base import Middleware
 from eventbus.middleware.idempotency import Idempotency, IdempotencyStore
 from eventbus.middleware.retry import RetryPolicy
+from eventbus.sync_handlers import check_sync, in_worker_thread
 
 DeliveryMode = Guarantee
 HandlerFn = Callable[..., Awaitable[Any]]  # a command handler may return a reply
@@ -169,13 +170,17 @@ class Handler:
     batch: bool = False  # takes a list of events (and a list of contexts)
 
     @classmethod
-    def wrap(cls, fn: HandlerFn, message_class: type[Message] | None,
+    def wrap(cls, fn: Callable[..., Any], message_class: type[Message] | None,
              batch: bool = False) -> Handler:
         """Check ``fn`` can handle ``message_class`` (``None``: any type of a topic) and
         say how to call it; a :class:`~eventbus.errors.UsageError` saying what to
-        write instead when it cannot."""
-        if not inspect.iscoroutinefunction(fn):
-            raise UsageError(f"handler {fn.__qualname__} must be an async function")
+        write instead when it cannot. A plain ``def`` is wrapped to run in a worker
+        thread (:mod:`eventbus.sync_handlers`); ``fn`` is then that wrapper."""
+        call = fn
+        if not (inspect.iscoroutinefunction(fn)
+                or (callable(fn) and inspect.iscoroutinefunction(type(fn).__call__))):
+            check_sync(fn)
+            call = in_worker_thread(fn)  # a plain def: off the loop, see sync_handlers
         params = list(inspect.signature(fn).parameters.values())
         if not 1 <= len(params) <= 2:
             raise UsageError(
@@ -186,8 +191,8 @@ class Handler:
         annotation = params[0].annotation
         wants_envelope = annotation is Envelope or annotation == "Envelope"
         if batch:
-            return cls(fn, message_class, len(params) == 2, False, True)
-        return cls(fn, message_class, len(params) == 2, wants_envelope)
+            return cls(call, message_class, len(params) == 2, False, True)
+        return cls(call, message_class, len(params) == 2, wants_envelope)
 
 
 @dataclass

@@ -129,7 +129,7 @@ def __getattr__(name: str) -> Any:
 
 
 async def call_handler(
-    handler: Callable[..., Awaitable[None]],
+    handler: Callable[..., Awaitable[None]] | Callable[..., None],
     event: Message | Envelope,
     *,
     attempt: int = 1,
@@ -151,9 +151,9 @@ async def call_handler(
     try:
         arg = ctx.envelope if spec.wants_envelope or cls is None else event
         if spec.wants_context:
-            await handler(arg, ctx)
+            await spec.fn(arg, ctx)
         else:
-            await handler(arg)
+            await spec.fn(arg)
     finally:
         current_envelope.reset(token)
     return list(publisher.messages)

@@ -29,6 +29,7 @@ from eventbus.events import Message
 from eventbus.memory import MemoryAdapter, MemoryBroker
 from eventbus.middleware.retry import RetryPolicy
 from eventbus.spec import Handler, HandlerFn, SubscriptionSpec
+from eventbus.sync_handlers import user_function
 from eventbus.testing.recorder import Recorder, RecordingAdapter
 
 E = TypeVar("E", bound=Message)
@@ -179,12 +180,13 @@ class TestBus:
 
     def _recording(self, handler: Handler) -> Handler:
         fn, wants_context, calls = handler.fn, handler.wants_context, self._calls
+        user_fn = user_function(fn)  # a sync handler's fn is the wrapper running it
 
         def note(arg: Any, ctx: Any, error: BaseException | None) -> None:
             # A batch handler gets a list of events and a list of contexts: one call each.
             pairs = zip(arg, ctx, strict=True) if isinstance(ctx, list) else [(arg, ctx)]
-            calls.extend(HandlerCall(fn, event, c.envelope, c.topic, c.group, c.attempt, error)
-                         for event, c in pairs)
+            calls.extend(HandlerCall(user_fn, event, c.envelope, c.topic, c.group, c.attempt,
+                                     error) for event, c in pairs)
 
         async def record(arg: Any, ctx: Any) -> None:
             try:
@@ -324,4 +326,4 @@ def _is_started(bus: EventBus) -> bool:
 def _original(handler: Handler) -> HandlerFn:
     # While a TestBus runs, handlers are wrapped; the wrapper names the user's function.
     original: HandlerFn = getattr(handler.fn, _ORIGINAL, handler.fn)
-    return original
+    return user_function(original)
