@@ -145,7 +145,7 @@ def test_a_sync_batch_handler_gets_its_events_and_a_context_each() -> None:
             assert sorted(p.order_id for p in tb.published(PaymentTaken)) == ["0", "1", "2"]
 
     asyncio.run(scenario())
-    assert sorted(sum(batches, [])) == ["0", "1", "2"]
+    assert sorted(order for batch in batches for order in batch) == ["0", "1", "2"]
 
 
 def test_the_pool_size_is_configurable_and_checked(monkeypatch: pytest.MonkeyPatch) -> None:
