@@ -81,7 +81,6 @@ class BrokerTarget:
 
     name: str
     url: str
-    adapter: AdapterFactory | None = None
     faults: FaultInjector | None = None
     faulty_url: str | None = None
     scale: float = 1.0
@@ -90,6 +89,7 @@ class BrokerTarget:
     in_process: bool = False
     delete_underneath: Callable[[str, str], Awaitable[None]] | None = None
     short_lease: ShortLease | None = None
+    adapter: AdapterFactory | None = None  # last: the fields before it keep their places
 
     def count(self, n: int, minimum: int = 5) -> int:
         """``n`` scaled for this broker, never below ``minimum``."""
