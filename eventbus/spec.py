@@ -76,10 +76,7 @@ def check_targets(targets: Sequence[object]) -> None:
         if isinstance(target, Message):
             name = type(target).__name__
             raise UsageError(
-                f"subscribe() takes event classes or topic names; got an {name} instance "
-                f"({target!r}): subscribe({name}) subscribes to every {name}"
-                if name[:1].lower() in "aeiou" else
-                f"subscribe() takes event classes or topic names; got a {name} instance "
+                f"subscribe() takes event classes or topic names; got {_a(name)} instance "
                 f"({target!r}): subscribe({name}) subscribes to every {name}"
             )
         if isinstance(target, type) and hasattr(target, "model_fields"):
@@ -88,11 +85,12 @@ def check_targets(targets: Sequence[object]) -> None:
                 f"is a pydantic model but not an eventbus Event or Command: declare it as "
                 f"class {target.__name__}(Event, type='...')"
             )
-        kind = type(target).__name__
-        raise UsageError(
-            f"subscribe() takes event classes or topic names, not "
-            f"{'an' if kind[:1].lower() in 'aeiou' else 'a'} {kind} ({target!r})"
-        )
+        raise UsageError(f"subscribe() takes event classes or topic names, not "
+                         f"{_a(type(target).__name__)} ({target!r})")
+
+
+def _a(noun: str) -> str:
+    return f"{'an' if noun[:1].lower() in 'aeiou' else 'a'} {noun}"
 
 
 def _first_annotation(fn: Callable[..., Any]) -> Any:
@@ -145,7 +143,7 @@ def _check_parameters(fn: HandlerFn, params: list[inspect.Parameter],
         event = message_class.__name__ if message_class is not None else "Event"
         raise UsageError(
             f"handler {name} takes the context first; a handler takes (event, ctx), the "
-            f"event first: async def {fn.__name__}(event: {event}, ctx: Context)"
+            f"event first: {fn.__name__}(event: {event}, ctx: Context)"
         )
     if batch or message_class is None or annotation is Envelope:
         return
@@ -153,7 +151,7 @@ def _check_parameters(fn: HandlerFn, params: list[inspect.Parameter],
         shown = getattr(annotation, "__name__", repr(annotation))
         raise UsageError(
             f"handler {name} annotates its event as {shown}, but it is subscribed to "
-            f"{message_class.__name__}, which is not a {shown}: every delivery would fail. "
+            f"{message_class.__name__}, which is not {_a(shown)}: every delivery would fail. "
             f"Annotate it {message_class.__name__} (or a union of the classes it is "
             f"subscribed to), or subscribe it to {shown}"
         )
