@@ -121,6 +121,8 @@ def missing_scheme_error(url: str) -> InvalidURLError:
     """The error for ``url`` lacking ``scheme://``: what it probably meant, when we can tell."""
     shown = mask_url(url)
     broken = _BROKEN_SCHEME.match(url)
+    if broken and re.match(r"\d+(?:[/?#]|$)", broken["rest"]):
+        broken = None  # "kafka:9092" is a host named kafka (a compose service) and a port
     scheme = _known_scheme_like(broken["scheme"]) if broken else None
     if broken and scheme is not None:
         meant = f"{scheme}://{broken['rest']}"

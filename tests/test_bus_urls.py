@@ -74,6 +74,9 @@ def test_url_without_scheme_is_invalid_and_the_password_is_masked() -> None:
         ("nats-host:4222", "nats://nats-host:4222"),
         ("broker:9092", "kafka://broker:9092"),
         ("app:hunter2@rabbit:5672", "amqp://app:***@rabbit:5672"),
+        ("kafka:9092", "kafka://kafka:9092"),  # a compose service named after its broker
+        ("rabbitmq:5672", "amqp://rabbitmq:5672"),
+        ("redis:6379/0", "redis+streams://redis:6379/0"),
     ],
 )
 def test_a_url_without_scheme_gets_one_suggested_from_its_port(url: str, suggestion: str) -> None:
