@@ -158,3 +158,26 @@ def test_the_pool_size_is_configurable_and_checked(monkeypatch: pytest.MonkeyPat
         worker_threads()
     monkeypatch.delenv(THREADS_VARIABLE)
     assert 1 <= worker_threads() <= 32
+
+
+def test_a_timeout_gives_up_on_a_sync_handler_whose_thread_runs_on() -> None:
+    """As the guide says: the run counts as timed out (dead-lettered here), while its
+    thread cannot be stopped and finishes the call by itself."""
+    bus = EventBus(memory_url(), retry=without_delays(RetryPolicy(max_attempts=1)))
+    finished = threading.Event()
+
+    @bus.subscribe(OrderPlaced, group="slow", timeout=0.05)
+    def slow(event: OrderPlaced) -> None:
+        time.sleep(0.5)
+        finished.set()
+
+    async def scenario() -> None:
+        async with TestBus(bus) as tb:
+            await tb.bus.publish(OrderPlaced(order_id="1"))
+            await tb.drain()
+            (letter,) = tb.dead_lettered()
+            assert "HandlerTimeoutError" in letter.exception
+            assert not finished.is_set()  # given up on, still running
+
+    asyncio.run(scenario())
+    assert finished.wait(5)
