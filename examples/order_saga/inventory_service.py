@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from eventbus import Context, EventBus, MemoryIdempotencyStore
-from eventbus.patterns.sagas import Choreography, StepFailed
+from eventbus.patterns.sagas import Choreography, StepFailedError
 from examples.order_saga.events import (
     InventoryReservationFailed,
     InventoryReserved,
@@ -64,7 +64,7 @@ def register(bus: EventBus, stock: Stock | None = None) -> Stock:
         try:
             reservation_id = stock.reserve(event.order_id, event.lines)
         except OutOfStockError as exc:
-            raise StepFailed(f"out of stock: {exc}") from exc
+            raise StepFailedError(f"out of stock: {exc}") from exc
         return InventoryReserved(order_id=event.order_id, reservation_id=reservation_id)
 
     return stock
