@@ -215,17 +215,21 @@ class Probes:
 
 
 @contextlib.asynccontextmanager
-async def serve_probes(bus: EventBus, *, health_port: int | None = None,
+async def serve_probes(bus: EventBus | None, *, health_port: int | None = None,
                        metrics_port: int | None = None, host: str = "0.0.0.0",
                        check_timeout: float = CHECK_TIMEOUT,
                        health: dict[str, Route] | None = None) -> AsyncIterator[Probes]:
     """Serve ``/livez`` and ``/readyz`` on ``health_port`` and ``/metrics`` on
     ``metrics_port`` (0: any free port; the same number for both: one server) while the
     block runs. ``health`` replaces the bus's own health routes (the ``--workers``
-    supervisor answers for its workers)."""
+    supervisor answers for its workers; ``bus`` may then be ``None``)."""
     routes: dict[int, tuple[dict[str, Route], str]] = {}
     if health_port is not None:
-        routes[health_port] = (health or health_routes(bus, check_timeout), "--health-port")
+        if health is None:
+            if bus is None:
+                raise ConfigurationError("serve_probes() needs a bus, or health routes")
+            health = health_routes(bus, check_timeout)
+        routes[health_port] = (health, "--health-port")
     if metrics_port is not None:
         served, option = routes.get(metrics_port, ({}, "--metrics-port"))
         if metrics_port == 0:  # two servers on two free ports
