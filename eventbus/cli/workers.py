@@ -35,7 +35,7 @@ from typing import Any
 
 from eventbus.backoff import Backoff
 from eventbus.cli._common import EXIT_UNKNOWN_SCHEME, fail
-from eventbus.probes import JSON, LIVEZ, READYZ, TEXT, Answer, Route, serve_probes
+from eventbus.probes import JSON, LIVEZ, READYZ, TEXT, Answer, Probes, Route, serve_probes
 
 log = logging.getLogger("eventbus.cli")
 
@@ -103,6 +103,7 @@ class Supervisor:
         self.cwd = os.path.join(os.getcwd(), "")
         self._stopping = asyncio.Event()
         self._signals: list[int] = []
+        self.probes: Probes | None = None
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -113,7 +114,7 @@ class Supervisor:
             routes = {LIVEZ: self._livez, READYZ: self._readyz}
         async with serve_probes(None, health_port=self.plan.health_port,
                                 metrics_port=self.plan.metrics_port, host=self.plan.host,
-                                health=routes):
+                                health=routes) as self.probes:
             log.info("supervising %d worker(s) of %s%s", len(self.workers), self.plan.target,
                      " (reloading on changes)" if self.plan.reload else "")
             keepers = [asyncio.create_task(self._keep(w)) for w in self.workers]
@@ -131,6 +132,10 @@ class Supervisor:
             return 128 + self._signals[-1]
         log.info("every worker stopped")
         return 0 if all(code in (0, None) for code in codes) else 1
+
+    def stop(self) -> None:
+        """Drain the workers and return from :meth:`run`, as on SIGTERM."""
+        self._on_signal(signal.SIGTERM)
 
     def _on_signal(self, signum: int) -> None:
         self._signals.append(signum)
