@@ -3,9 +3,12 @@ a choreography step declares the event its return annotation names."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import pytest
 
 from eventbus import Context, Event, EventBus
+from eventbus.declarations import returned_messages
 from eventbus.errors import ConfigurationError
 from eventbus.patterns.sagas import Choreography
 from tests.bus_support import OrderPlaced, PaymentTaken, memory_url
@@ -54,3 +57,14 @@ def test_a_choreography_step_declares_what_it_returns() -> None:
         return None
 
     assert bus.published == [Shipped]
+
+
+def test_return_annotations_name_their_message_classes() -> None:
+    async def several() -> Shipped | list[PaymentTaken] | None: ...
+    async def sequence() -> Sequence[OrderPlaced]: ...
+    async def unresolvable() -> NotDefinedAnywhere: ...  # type: ignore[name-defined]  # noqa: F821
+
+    assert returned_messages(several) == [Shipped, PaymentTaken]
+    assert returned_messages(sequence) == [OrderPlaced]
+    assert returned_messages(unresolvable) == []
+    assert returned_messages(lambda event, why: Shipped(order_id="1")) == []

@@ -1,0 +1,66 @@
+"""The ops commands' paths in this process (the subprocess tests are not measured):
+`asyncapi` to stdout and to a file, a worker's link to its supervisor, the probes around
+`serve`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import socket
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from eventbus import EventBus
+from eventbus.cli import app
+from eventbus.cli.serving import ServeOptions, serve_with_probes
+from tests.bus_support import memory_url, run
+
+runner = CliRunner()
+
+
+def test_asyncapi_writes_yaml_or_json(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("EVENTBUS_URL", raising=False)
+    service = "examples.order_saga.payment_service:create_bus"
+    printed = runner.invoke(app, ["asyncapi", service, "--title", "Payments",
+                                  "--app-version", "2.0.0"])
+    assert printed.exit_code == 0, printed.output
+    document = yaml.safe_load(printed.stdout)
+    assert document["info"]["title"] == "Payments" and document["info"]["version"] == "2.0.0"
+    assert document["info"]["description"].startswith("Payment service")
+    target = tmp_path / "payments.json"
+    written = runner.invoke(app, ["asyncapi", service, "-f", "JSON", "-o", str(target)])
+    assert written.exit_code == 0, written.output
+    assert json.loads(target.read_text())["info"]["title"] == "payment-service"
+    refused = runner.invoke(app, ["asyncapi", service, "--format", "toml"])
+    assert refused.exit_code == 2 and "--format 'toml' is not one of yaml, json" in \
+        refused.output
+
+
+def test_a_worker_reports_its_port_and_stops_when_the_supervisor_is_gone() -> None:
+    async def scenario() -> None:
+        bus = EventBus(memory_url())
+        ours, theirs = socket.socketpair()
+        stopped = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, stopped.set)  # what bus.run() would do
+        try:
+            async def serve(served: EventBus) -> int:
+                port = int((await loop.sock_recv(ours, 64)).strip())
+                async with httpx.AsyncClient() as http:
+                    assert (await http.get(f"http://127.0.0.1:{port}/livez")).status_code == 200
+                ours.close()  # the supervisor is gone
+                await asyncio.wait_for(stopped.wait(), 5)
+                return 0
+
+            options = ServeOptions(health_port=0, host="127.0.0.1",
+                                   supervisor_fd=theirs.detach())
+            assert await serve_with_probes(bus, options, serve) == 0
+        finally:
+            loop.remove_signal_handler(signal.SIGTERM)
+
+    run(scenario)
