@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx
@@ -16,9 +19,12 @@ import yaml
 from typer.testing import CliRunner
 
 from eventbus import EventBus
+from eventbus.asyncapi import asyncapi_document
+from eventbus.asyncapi_html import render_html
 from eventbus.cli import app
 from eventbus.cli.serving import ServeOptions, serve_with_probes
 from tests.bus_support import memory_url, run
+from tests.test_cli_ops import free_port, until_answer
 
 runner = CliRunner()
 
@@ -64,3 +70,37 @@ def test_a_worker_reports_its_port_and_stops_when_the_supervisor_is_gone() -> No
             loop.remove_signal_handler(signal.SIGTERM)
 
     run(scenario)
+
+
+def test_asyncapi_docs_port_serves_the_page_and_the_document() -> None:
+    port = free_port()
+    docs = _docs_process(port)
+    try:
+        page = until_answer(port, "/")
+        assert page.headers["content-type"].startswith("text/html")
+        assert "PaymentCharged" in page.text and "<script" not in page.text
+        document = until_answer(port, "/asyncapi.json").json()
+        assert document["asyncapi"] == "3.0.0"
+        assert yaml.safe_load(until_answer(port, "/asyncapi.yaml").text) == document
+    finally:
+        docs.send_signal(signal.SIGINT)
+        assert docs.wait(20) == 0
+
+
+def _docs_process(port: int) -> subprocess.Popen[bytes]:
+    env = {k: v for k, v in os.environ.items() if k != "EVENTBUS_URL"}
+    return subprocess.Popen([sys.executable, "-m", "eventbus", "asyncapi",
+                             "examples.order_saga.payment_service:create_bus",
+                             "--docs-port", str(port)],
+                            cwd=Path(__file__).resolve().parent.parent, env=env,
+                            stderr=subprocess.DEVNULL)
+
+
+def test_the_page_renders_every_operation_and_message() -> None:
+    from examples.fastapi_orders.app import bus
+
+    document = asyncapi_document(bus)
+    page = render_html(document)
+    for operation in document["operations"]:
+        assert f'id="{operation}"' in page
+    assert "OrderSubmitted" in page and "&quot;order_id&quot;" in page
