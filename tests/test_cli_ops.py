@@ -188,3 +188,19 @@ def test_worker_log_lines_say_which_worker(start: Callable[..., Run]) -> None:
     run = start("--reload")
     run.wait_line("worker-1 eventbus")
     assert run.stop() == 0
+
+
+def test_a_broken_change_is_logged_and_its_fix_reloads(start: Callable[..., Run]) -> None:
+    health = free_port()
+    run = start("--reload", "--health-port", str(health), "--probe-host", "127.0.0.1")
+    (pid,) = _worker_pids(health)
+    module: Path = run.module  # type: ignore[attr-defined]
+    good = module.read_text()
+    module.write_text(good + "\nthis is not python\n")
+    run.wait_line("exited 5")  # the worker's import failed: logged, and retried
+    module.write_text(good + "\n# fixed\n")
+    deadline = time.monotonic() + 30
+    while (pids := _worker_pids(health)) == [pid] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert pids != [pid]
+    assert run.stop() == 0

@@ -80,6 +80,9 @@ class Worker:
     probe_port: int | None = None
     started_at: float = 0.0
     restarting: bool = False  # asked to stop by a reload: start again, not a death
+    # Set by a reload: a worker waiting out its restart delay (its code did not even
+    # import) starts again at once with the changed code.
+    reloaded: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
     link: socket.socket | None = field(default=None, repr=False)
     reading: asyncio.Task[None] | None = field(default=None, repr=False)
 
@@ -162,14 +165,23 @@ class Supervisor:
                 break
             if worker.restarting:
                 worker.restarting = False
+                delays = iter(RESTART)
                 continue
             if lived >= STEADY_AFTER:
                 delays = iter(RESTART)
             delay = next(delays)
             log.error("worker %d (pid %d) %s after %.1fs; restarting it in %.1fs",
                       worker.index, worker.process.pid, describe_exit(code), lived, delay)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), delay)
+            worker.reloaded.clear()
+            waits = [asyncio.ensure_future(self._stopping.wait()),
+                     asyncio.ensure_future(worker.reloaded.wait())]
+            try:
+                await asyncio.wait(waits, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for waiting in waits:
+                    waiting.cancel()
+            if worker.reloaded.is_set():
+                worker.restarting, delays = False, iter(RESTART)
         return code
 
     async def _spawn(self, worker: Worker) -> None:
@@ -212,6 +224,7 @@ class Supervisor:
             log.warning("reloading: %s changed", ", ".join(names[:5]))
             for worker in self.workers:
                 worker.restarting = True
+                worker.reloaded.set()
                 worker.signal(signal.SIGTERM)
 
     async def _livez(self) -> Answer:
