@@ -104,3 +104,28 @@ def test_the_page_renders_every_operation_and_message() -> None:
     for operation in document["operations"]:
         assert f'id="{operation}"' in page
     assert "OrderSubmitted" in page and "&quot;order_id&quot;" in page
+
+
+def test_the_docs_server_in_process_stops_on_ctrl_c() -> None:
+    from eventbus.cli.asyncapi import _serve_docs
+    from examples.fastapi_orders.app import bus
+
+    document = asyncapi_document(bus)
+    port = free_port()
+
+    async def scenario() -> None:
+        serving = asyncio.create_task(_serve_docs(document, json.dumps(document), None,
+                                                  "127.0.0.1", port))
+        async with httpx.AsyncClient() as http:
+            while True:
+                try:
+                    page = await http.get(f"http://127.0.0.1:{port}/")
+                    break
+                except httpx.ConnectError:
+                    await asyncio.sleep(0.05)
+            assert "OrderSubmitted" in page.text
+            assert (await http.get(f"http://127.0.0.1:{port}/asyncapi.yaml")).status_code == 404
+        os.kill(os.getpid(), signal.SIGINT)  # the page's own handler takes it
+        await asyncio.wait_for(serving, 5)
+
+    run(scenario)

@@ -104,15 +104,17 @@ async def _serve_docs(document: dict[str, Any], as_json: str, as_yaml: str | Non
               "/asyncapi.json": constant(JSON, as_json.encode())}
     if as_yaml is not None:
         routes["/asyncapi.yaml"] = constant("application/yaml", as_yaml.encode())
-    server = ProbeServer(routes, host, port, "--docs-port")
-    bound = await server.start()
-    typer.echo(f"serving the AsyncAPI document on http://{host}:{bound}/ (Ctrl-C stops)",
-               err=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in (signal.SIGINT, signal.SIGTERM):  # before serving: a page seen can be stopped
         loop.add_signal_handler(sig, stop.set)
+    server = ProbeServer(routes, host, port, "--docs-port")
     try:
+        bound = await server.start()
+        typer.echo(f"serving the AsyncAPI document on http://{host}:{bound}/ (Ctrl-C stops)",
+                   err=True)
         await stop.wait()
     finally:
         await server.close()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
