@@ -139,6 +139,7 @@ class EventBus:
         self._stopped = asyncio.Event()
         self._requester: Requester | None = None
         self._closer: AsyncGenerator[None, None] | None = None
+        self._published: list[type[Message]] = []
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> EventBus:
@@ -267,6 +268,36 @@ class EventBus:
 
     def _reply_step(self, spec: SubscriptionSpec) -> Middleware | None:
         return reply_step(spec, self)
+
+    # -- declaring what it publishes --------------------------------------------------
+
+    def publishes(self, *messages: type[Message]) -> Callable[[F], F]:
+        """Declare the event and command classes this service publishes, for its
+        AsyncAPI document (``eventbus asyncapi``); publishing works without it.
+
+        Call it, or stack it on the handler that publishes::
+
+            @bus.publishes(PaymentCharged)
+            @bus.subscribe(OrderPlaced, group="billing")
+            async def charge(event: OrderPlaced, ctx: Context) -> None: ...
+        """
+        for cls in messages:
+            if not (isinstance(cls, type) and issubclass(cls, Message)):
+                raise ConfigurationError(
+                    f"publishes() takes Event or Command classes, not {cls!r} (a "
+                    f"{type(cls).__name__!r}); pass the class, e.g. publishes(OrderPlaced)")
+            if cls not in self._published:
+                self._published.append(cls)
+
+        def unchanged(fn: F) -> F:
+            return fn
+
+        return unchanged
+
+    @property
+    def published(self) -> list[type[Message]]:
+        """What :meth:`publishes` declared, in the order first declared."""
+        return list(self._published)
 
     # -- publishing ------------------------------------------------------------------
 

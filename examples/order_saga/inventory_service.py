@@ -54,6 +54,7 @@ class Stock:
 def register(bus: EventBus, stock: Stock | None = None) -> Stock:
     """Subscribe the inventory service's handlers on ``bus``; returns its state."""
     stock = stock if stock is not None else Stock()
+    bus.publishes(InventoryReservationFailed)  # built by the step's failed= (AsyncAPI)
     flow = Choreography(bus, group=SERVICE, key=lambda event: event.order_id)
 
     # Out of stock is the step's business failure: the helper publishes the

@@ -42,6 +42,7 @@ from typing import Any, Literal, TypeVar
 
 from eventbus.bus import EventBus
 from eventbus.context import Context
+from eventbus.declarations import returned_messages
 from eventbus.deprecation import Renamed, renamed
 from eventbus.errors import ConfigurationError
 from eventbus.events import Message
@@ -132,6 +133,9 @@ class Choreography:
                         ctx.items.pop(_TX, None)
 
             run.__name__ = run.__qualname__ = fn.__name__
+            # What a step returns is published: its annotation declares it (AsyncAPI).
+            self.bus.publishes(*returned_messages(fn),
+                               *(returned_messages(failed) if failed is not None else ()))
             if self.topic is None:
                 self.bus.subscribe(trigger, group=self.group, start_from=self.start_from)(run)
             else:
