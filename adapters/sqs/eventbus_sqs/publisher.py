@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError
 
-from eventbus.deadletter import broker_dedupe_id
+from eventbus.adapter import broker_dedupe_id
+from eventbus.adapters_util import Mapped, translate
 from eventbus.envelope import Envelope
 from eventbus.errors import (
     BatchPublishError,
@@ -152,17 +153,12 @@ class Publisher:
 
     def error(self, topic: str, exc: BaseException) -> Exception:
         """A failed request as the error the bus acts on: an outage or a refusal."""
-        if isinstance(exc, EventBusError):
-            return exc
+        if isinstance(exc, EventBusError) or not isinstance(exc, Exception):
+            return exc if isinstance(exc, Exception) else PublishError(
+                f"publishing to {topic!r} was cut short ({type(exc).__name__})")
         settings = self.adapter.settings
-        where = settings.endpoint_url or settings.region
-        text = f"publishing to {topic!r} on SQS/SNS at {where}: {type(exc).__name__}: {exc}"
-        code = exc.response.get("Error", {}).get("Code") if isinstance(exc, ClientError) else None
-        transient = code in TRANSIENT_CODES or isinstance(
-            exc, EndpointConnectionError | BotoCoreError | OSError | TimeoutError)
-        error = BrokerConnectionError(text) if transient else PublishError(text)
-        error.__cause__ = exc
-        return error
+        return translate(exc, _publish_failure, what=(
+            f"publishing to {topic!r} on SQS/SNS at {settings.endpoint_url or settings.region}"))
 
     def raise_failures(self, topic: str, envelopes: Sequence[Envelope | None],
                        failures: dict[int, Exception]) -> None:
@@ -205,3 +201,12 @@ class Publisher:
             return self.failed(reply)
 
         return send
+
+
+def _publish_failure(exc: Exception) -> Mapped:
+    """An outage (publish again) or a refusal (SQS/SNS answered no: it stays no)."""
+    code = exc.response.get("Error", {}).get("Code") if isinstance(exc, ClientError) else None
+    if code in TRANSIENT_CODES or isinstance(
+            exc, EndpointConnectionError | BotoCoreError | OSError | TimeoutError):
+        return BrokerConnectionError
+    return PublishError
