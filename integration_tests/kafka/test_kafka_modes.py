@@ -186,7 +186,7 @@ def test_lone_publish_does_not_wait_for_linger(kafka_url: str) -> None:
 @broker
 @pytest.mark.timeout(120)
 def test_large_publish_keeps_keys_on_their_partition_in_order(kafka_url: str) -> None:
-    """A publish of many records goes out as whole batches (eventbus_kafka.sending):
+    """A publish of many records goes out as whole batches (eventbus_kafka.publish):
     keyed records land where a small, record-by-record publish puts the same key,
     in order; unkeyed ones are spread over the partitions."""
     async def scenario() -> None:

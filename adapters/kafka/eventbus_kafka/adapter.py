@@ -47,7 +47,7 @@ from .connection import ProducerConnection, half_open_bound, transient
 from .consumer import KafkaSubscription
 from .delivery import best_effort
 from .provision import TopicProvisioner, retry_topic, retry_topics
-from .sending import BATCH_MIN, Locks, send_batched, send_each
+from .publish import BATCH_MIN, Locks, send_batched, send_each
 from .settings import KafkaSettings
 
 log = logging.getLogger("eventbus.kafka")
@@ -103,7 +103,7 @@ class KafkaAdapter(ProducerConnection, Adapter):
         self._own_producer = client is None
         self._structured = self.settings.mode == "structured"
         # publish() calls between queueing their records and their acks: a lone one
-        # does not wait for linger (see sending.send_now).
+        # does not wait for linger (see publish.send_now).
         self._publishing = 0
         self._partition_locks: Locks = {}
         self._provisioner = TopicProvisioner(self.settings, self.client_options())
@@ -195,7 +195,7 @@ class KafkaAdapter(ProducerConnection, Adapter):
     # -- publishing --------------------------------------------------------------------
 
     async def publish(self, topic: str, envelopes: Sequence[Envelope]) -> None:
-        """Send every envelope and wait for acks=all (see :mod:`eventbus_kafka.sending`)."""
+        """Send every envelope and wait for acks=all (see :mod:`eventbus_kafka.publish`)."""
         structured = self._structured
         limit = self.capabilities.max_message_bytes
         records = []

@@ -9,6 +9,10 @@ Example::
     # Or with settings made in code and a robust connection of your own (used as it
     # is, for publishing and consuming alike, and never closed by the adapter):
     adapter = RabbitMQAdapter(settings=RabbitMQSettings(host="mq"), client=connection)
+
+(Over 400 lines: publishing here has four routes, to an exchange, to one group's queue,
+raw bytes and a parked retry, which share the confirm, size and unroutable handling
+below; split apart, each would need the adapter's channel and caches passed around.)
 """
 
 from __future__ import annotations

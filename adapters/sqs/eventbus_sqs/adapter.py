@@ -49,7 +49,7 @@ from .codec import body_for_bytes, body_size, encode, header_attributes
 from .consumer import SqsSubscription
 from .delivery import Unrun, classify, error_code
 from .provision import Provisioner
-from .publisher import Publisher, Send, is_dead_letter
+from .publish import Publisher, Send, is_dead_letter
 from .settings import SqsSettings
 
 log = logging.getLogger("eventbus.sqs")
