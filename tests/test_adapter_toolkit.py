@@ -275,3 +275,13 @@ def test_the_names_adapters_need_come_from_the_contract_and_the_old_places_alike
     assert deadletter.dlq_topic is adapter.dlq_topic is deadletter_step.dlq_topic
     assert dlq.REPLAY_GROUP == adapter.REPLAY_GROUP == "eventbus-dlq-replay"
     assert deadletter.broker_dedupe_id is adapter.broker_dedupe_id
+
+
+def test_a_partial_batch_failure_says_how_many_which_and_where() -> None:
+    from eventbus.errors import BatchPublishError
+
+    failures: dict[int, Exception] = {2: PublishError("nacked"), 0: PublishError("nacked")}
+    error = BatchPublishError.partial(failures, 3, "Kafka topic 'orders'")
+    assert str(error) == ("2 of 3 messages to Kafka topic 'orders' were not confirmed "
+                          "(indexes [0, 2]); see .failures, and republish those as they are")
+    assert error.succeeded == [1] and error.failures is failures
