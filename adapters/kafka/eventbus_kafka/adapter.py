@@ -225,12 +225,7 @@ class KafkaAdapter(ProducerConnection, Adapter):
             first = next(iter(failures.values()))
             raise self._failure(topic, None, first, f"{len(records)} message(s)") from first
         errors = {i: self._failure(topic, envelopes[i], exc) for i, exc in failures.items()}
-        raise BatchPublishError(
-            f"{len(errors)} of {len(records)} messages to Kafka topic {topic!r} were not "
-            f"confirmed (indexes {sorted(errors)}); see .failures",
-            errors,
-            len(records),
-        )
+        raise BatchPublishError.partial(errors, len(records), f"Kafka topic {topic!r}")
 
     def _failure(self, topic: str, envelope: Envelope | None, exc: BaseException,
                  what: str = "") -> Exception:

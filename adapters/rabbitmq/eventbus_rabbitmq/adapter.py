@@ -310,12 +310,7 @@ class RabbitMQAdapter(Adapter):
             raise publish_error(self.settings, topic, what, first)
         errors = {i: publish_error(self.settings, topic, _event(envelopes[i]), exc)
                   for i, exc in failures.items()}
-        raise BatchPublishError(
-            f"{len(errors)} of {len(messages)} messages to RabbitMQ topic {topic!r} were not "
-            f"confirmed (indexes {sorted(errors)}); see .failures",
-            errors,
-            len(messages),
-        )
+        raise BatchPublishError.partial(errors, len(messages), f"RabbitMQ topic {topic!r}")
 
     async def _send(self, exchange: AbstractExchange, message: Message, key: str) -> None:
         # asyncio.timeout, not wait_for: no extra task per message (3.11's wait_for

@@ -176,28 +176,28 @@ class Publisher:
             wrapped = type(error)(f"{what} to {topic!r}: {error}")
             wrapped.__cause__ = error.__cause__ or error
             errors[i] = wrapped
-        raise BatchPublishError(
-            f"{len(errors)} of {len(envelopes)} messages to SQS/SNS topic {topic!r} were not "
-            f"confirmed (indexes {sorted(errors)}); see .failures", errors, len(envelopes))
+        raise BatchPublishError.partial(errors, len(envelopes), f"SQS/SNS topic {topic!r}")
 
     def via_queue(self, url: str) -> Send:
+        """Batches sent straight to the queue at ``url`` (SendMessageBatch)."""
         sqs = self.adapter.sqs_client()
-
-        async def send(batch: Batch) -> dict[int, Exception]:
-            reply = await sqs.send_message_batch(QueueUrl=url, Entries=[
-                {"Id": str(i), "MessageBody": e["body"],
-                 **{k: v for k, v in e.items() if k != "body"}} for i, e in batch])
-            return self.failed(reply)
-
-        return send
+        return self._via(lambda entries: sqs.send_message_batch(QueueUrl=url, Entries=entries),
+                         "MessageBody")
 
     def via_topic(self, arn: str) -> Send:
+        """Batches published to the SNS topic ``arn`` (PublishBatch)."""
         sns = self.adapter.sns_client()
+        return self._via(lambda entries: sns.publish_batch(
+            TopicArn=arn, PublishBatchRequestEntries=entries), "Message")
+
+    def _via(self, call: Callable[[list[dict[str, Any]]], Awaitable[dict[str, Any]]],
+             body: str) -> Send:
+        """A sender of batches through ``call``, the body under the request's ``body`` key."""
 
         async def send(batch: Batch) -> dict[int, Exception]:
-            reply = await sns.publish_batch(TopicArn=arn, PublishBatchRequestEntries=[
-                {"Id": str(i), "Message": e["body"],
-                 **{k: v for k, v in e.items() if k != "body"}} for i, e in batch])
+            reply = await call([{"Id": str(i), body: e["body"],
+                                 **{k: v for k, v in e.items() if k != "body"}}
+                                for i, e in batch])
             return self.failed(reply)
 
         return send
