@@ -68,6 +68,11 @@ class SqlAdapter(Adapter):
             reconnect=True,
             lease=True,
             half_open_bound=self.half_open_bound(),
+            # read() selects rows without claiming them; a group's route is a row for
+            # that group only; a raw payload is stored as given.
+            browse=True,
+            group_route=True,
+            raw_publish=True,
         )
         self._hub: Hub | None = None
         self._subscriptions: set[SqlSubscription] = set()
