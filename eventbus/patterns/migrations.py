@@ -39,6 +39,7 @@ from eventbus.patterns.schema import (
     VERSIONS_TABLE,
     SchemaVersionError,
     TableKind,
+    create_parked_table_2,
     create_versions_table,
     ensure_columns,
     lock_schema,
@@ -151,23 +152,9 @@ def _real(tx: Transaction) -> str:
     return "DOUBLE PRECISION" if tx.dialect == "postgres" else "REAL"
 
 
-def _blob(tx: Transaction) -> str:
-    return "BYTEA" if tx.dialect == "postgres" else "BLOB"
-
-
 async def _event_store_2(tx: Transaction, table: str) -> None:
     # Events a relay or a projection could not handle, parked (issue #19, defect 10).
-    await tx.execute(f"""CREATE TABLE IF NOT EXISTS {table}_parked (
-        name TEXT NOT NULL,
-        position BIGINT NOT NULL,
-        stream_id TEXT NOT NULL,
-        version BIGINT NOT NULL,
-        event_id TEXT NOT NULL,
-        type TEXT NOT NULL,
-        error TEXT NOT NULL,
-        held_by BIGINT,
-        parked_at {_real(tx)} NOT NULL,
-        PRIMARY KEY (name, position))""")
+    await create_parked_table_2(tx, f"{table}_parked", envelope=False)
 
 
 async def _outbox_2(tx: Transaction, table: str) -> None:
@@ -203,18 +190,7 @@ async def _projections_2(tx: Transaction, table: str) -> None:
     await ensure_columns(tx, "eventbus_projection_seen", required=("name", "event_id"),
                          optional={"seen_at": f"{real} NOT NULL DEFAULT {now}"})
     # Stored events a projection parked (defect 10), with their envelope.
-    await tx.execute(f"""CREATE TABLE IF NOT EXISTS eventbus_projection_parked (
-        name TEXT NOT NULL,
-        position BIGINT NOT NULL,
-        stream_id TEXT NOT NULL,
-        version BIGINT NOT NULL,
-        event_id TEXT NOT NULL,
-        type TEXT NOT NULL,
-        error TEXT NOT NULL,
-        held_by BIGINT,
-        parked_at {real} NOT NULL,
-        envelope {_blob(tx)} NOT NULL,
-        PRIMARY KEY (name, position))""")
+    await create_parked_table_2(tx, "eventbus_projection_parked", envelope=True)
 
 
 async def _unchanged(tx: Transaction, table: str) -> None:

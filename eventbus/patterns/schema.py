@@ -138,6 +138,32 @@ async def create_versions_table(tx: Transaction) -> None:
                      "NOT NULL)")
 
 
+async def create_parked_table_2(tx: Transaction, table: str, *, envelope: bool) -> None:
+    """Create ``table``, a table of parked events, as schema version 2 made it, if it is
+    missing: an event store's ``<table>_parked`` (``envelope=False``) or the projections'
+    ``eventbus_projection_parked`` (``envelope=True``, which keeps each event's envelope).
+
+    Shared by the ``setup()`` that creates today's schema and the migration step to
+    version 2, while both mean version 2's table; a version that changes it gives its
+    migration step its own statement and this function a new name.
+    """
+    real = "DOUBLE PRECISION" if tx.dialect == "postgres" else "REAL"
+    blob = "BYTEA" if tx.dialect == "postgres" else "BLOB"
+    kept = f"envelope {blob} NOT NULL," if envelope else ""
+    await tx.execute(f"""CREATE TABLE IF NOT EXISTS {table} (
+        name TEXT NOT NULL,
+        position BIGINT NOT NULL,
+        stream_id TEXT NOT NULL,
+        version BIGINT NOT NULL,
+        event_id TEXT NOT NULL,
+        type TEXT NOT NULL,
+        error TEXT NOT NULL,
+        held_by BIGINT,
+        parked_at {real} NOT NULL,
+        {kept}
+        PRIMARY KEY (name, position))""")
+
+
 async def recorded_versions(tx: Transaction) -> dict[str, tuple[str, int]]:
     """Each recorded group's main table -> (kind, version); empty when nothing is."""
     if not await table_columns(tx, VERSIONS_TABLE):
