@@ -37,6 +37,17 @@ PERMANENT: list[Exception] = [
 """Refusals a broker gives for good: each parks its row instead of being retried."""
 
 
+def billed_orders(bus: EventBus) -> Collector[str]:
+    """The order ids ``bus``'s ``billing`` group handles, as they arrive."""
+    seen: Collector[str] = Collector()
+
+    @bus.subscribe(OrderPlaced, group="billing")
+    async def record(event: OrderPlaced) -> None:
+        seen.add(event.order_id)
+
+    return seen
+
+
 class RelayFaultCases:
     """The relay when the broker refuses or stalls, and when a relay dies."""
 
@@ -48,11 +59,7 @@ class RelayFaultCases:
         stream behind it; other keys go out (defect 11)."""
         db, outbox = await open_outbox(outbox_target)
         bus = outbox_bus(outbox)
-        seen: Collector[str] = Collector()
-
-        @bus.subscribe(OrderPlaced, group="billing")
-        async def record(event: OrderPlaced) -> None:
-            seen.add(event.order_id)
+        seen = billed_orders(bus)
 
         real = bus.adapter.publish
 
@@ -83,11 +90,7 @@ class RelayFaultCases:
         db, outbox = await open_outbox(outbox_target)
         bus = EventBus(memory_url(), source="orders", publish_timeout=3.0,
                        publish_middleware=[outbox.middleware])
-        seen: Collector[str] = Collector()
-
-        @bus.subscribe(OrderPlaced, group="billing")
-        async def record(event: OrderPlaced) -> None:
-            seen.add(event.order_id)
+        seen = billed_orders(bus)
 
         real = bus.adapter.publish
         calls: list[str] = []
@@ -122,11 +125,7 @@ class RelayFaultCases:
         the claim's lease, then any relay takes them (defect 12)."""
         db, outbox = await open_outbox(outbox_target)
         bus = outbox_bus(outbox)
-        seen: Collector[str] = Collector()
-
-        @bus.subscribe(OrderPlaced, group="billing")
-        async def record(event: OrderPlaced) -> None:
-            seen.add(event.order_id)
+        seen = billed_orders(bus)
 
         async with bus:
             async with outbox.unit_of_work():
