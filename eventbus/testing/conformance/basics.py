@@ -10,16 +10,14 @@ from eventbus.context import Context
 from eventbus.errors import InvalidURLError, UnknownSchemeError
 from eventbus.events import Message
 from eventbus.registry_adapters import ENTRY_POINT_GROUP, adapter_from_url
+from eventbus.testing.collector import PATIENCE, Collector
+from eventbus.testing.conformance._events import Ping, on_topic
 from eventbus.testing.conformance._support import (
-    PATIENCE,
     QUIET,
     WAIT,
     Capability,
     Case,
-    Collector,
-    Ping,
     case,
-    on_topic,
     record_events,
     requires,
 )

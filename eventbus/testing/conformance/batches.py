@@ -9,14 +9,9 @@ import collections
 from eventbus.batching import BatchItemFailed
 from eventbus.envelope import Envelope
 from eventbus.middleware.retry import RetryPolicy
-from eventbus.testing.conformance._support import (
-    QUIET,
-    Case,
-    Collector,
-    Ping,
-    case,
-    on_topic,
-)
+from eventbus.testing.collector import Collector
+from eventbus.testing.conformance._events import Ping, on_topic
+from eventbus.testing.conformance._support import QUIET, Case, case
 
 # One in-process run per delivery, then broker redelivery: the budget is spent fast.
 BATCH_RETRY = RetryPolicy(max_attempts=3, in_process_attempts=1, initial_delay=0.02,

@@ -6,7 +6,9 @@ from datetime import UTC, datetime
 
 from eventbus.context import Context
 from eventbus.envelope import Envelope
-from eventbus.testing.conformance._support import Case, Collector, Ping, Reply, case, on_topic
+from eventbus.testing.collector import Collector
+from eventbus.testing.conformance._events import Ping, Reply, on_topic
+from eventbus.testing.conformance._support import Case, case
 
 
 class CloudEventsCases:

@@ -16,14 +16,13 @@ import asyncio
 import pytest
 
 from eventbus.errors import GuaranteeUnavailableError
+from eventbus.testing.collector import Collector
+from eventbus.testing.conformance._events import Ping, on_topic
 from eventbus.testing.conformance._support import (
     QUIET,
     Capability,
     Case,
-    Collector,
-    Ping,
     case,
-    on_topic,
     record_seqs,
     requires,
 )

@@ -18,18 +18,10 @@ from eventbus.context import Context
 from eventbus.dlq import DeadLetters, ListedDeadLetter
 from eventbus.envelope import Envelope
 from eventbus.errors import TopicNotFoundError, UnsupportedOperationError
+from eventbus.testing.collector import PATIENCE, Collector
 from eventbus.testing.conformance._crashing_consumer import CRASH_EXIT
-from eventbus.testing.conformance._support import (
-    PATIENCE,
-    WAIT,
-    Capability,
-    Case,
-    Collector,
-    Ping,
-    case,
-    on_topic,
-    requires,
-)
+from eventbus.testing.conformance._events import Ping, on_topic
+from eventbus.testing.conformance._support import WAIT, Capability, Case, case, requires
 
 _STORED = requires(Capability.persistent, "dead letters are kept on the broker to be listed")
 

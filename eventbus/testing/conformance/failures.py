@@ -14,17 +14,9 @@ from eventbus.envelope import Envelope, parse_time
 from eventbus.errors import DeliveryAlreadySettledError
 from eventbus.middleware.deadletter import UNDECODABLE_TYPE
 from eventbus.middleware.retry import RetryPolicy
-from eventbus.testing.conformance._support import (
-    QUIET,
-    Capability,
-    Case,
-    Collector,
-    Ping,
-    Recorder,
-    case,
-    on_topic,
-    requires,
-)
+from eventbus.testing.collector import Collector
+from eventbus.testing.conformance._events import Ping, on_topic
+from eventbus.testing.conformance._support import QUIET, Capability, Case, Recorder, case, requires
 
 
 def _has(seq: int) -> Callable[[list[int]], bool]:

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import asyncio
 
+from eventbus.testing.collector import Collector
+from eventbus.testing.conformance._events import Ping, Pong, on_topic
 from eventbus.testing.conformance._support import (
     QUIET,
     Capability,
     Case,
-    Collector,
-    Ping,
-    Pong,
     case,
-    on_topic,
     record_seqs,
     requires,
 )

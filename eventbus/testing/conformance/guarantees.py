@@ -13,17 +13,9 @@ from eventbus.errors import BatchPublishError, MessageTooLargeError
 from eventbus.events import Message
 from eventbus.middleware.idempotency import MemoryIdempotencyStore
 from eventbus.middleware.retry import RetryPolicy
-from eventbus.testing.conformance._support import (
-    QUIET,
-    Capability,
-    Case,
-    Collector,
-    Ping,
-    Recorder,
-    case,
-    on_topic,
-    requires,
-)
+from eventbus.testing.collector import Collector
+from eventbus.testing.conformance._events import Ping, on_topic
+from eventbus.testing.conformance._support import QUIET, Capability, Case, Recorder, case, requires
 
 
 def _reasons(dlq: Collector[Envelope]) -> list[str]:

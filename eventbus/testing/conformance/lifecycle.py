@@ -6,16 +6,9 @@ import asyncio
 
 from eventbus.adapter import Delivery, SubscribeOptions, Subscription
 from eventbus.bus import EventBus
-from eventbus.testing.conformance._support import (
-    QUIET,
-    Capability,
-    Case,
-    Collector,
-    Ping,
-    case,
-    on_topic,
-    requires,
-)
+from eventbus.testing.collector import Collector
+from eventbus.testing.conformance._events import Ping, on_topic
+from eventbus.testing.conformance._support import QUIET, Capability, Case, case, requires
 
 GROUPS = "competing consumers within a group and fan-out across groups"
 PERSISTENT = "unhandled messages must wait for the group's next consumer"

@@ -23,18 +23,9 @@ from eventbus.errors import (
     TopicNotFoundError,
 )
 from eventbus.middleware.idempotency import ClaimResult, MemoryIdempotencyStore
-from eventbus.testing.conformance._support import (
-    PATIENCE,
-    QUIET,
-    WAIT,
-    Capability,
-    Case,
-    Collector,
-    Ping,
-    case,
-    on_topic,
-    requires,
-)
+from eventbus.testing.collector import PATIENCE, Collector
+from eventbus.testing.conformance._events import Ping, on_topic
+from eventbus.testing.conformance._support import QUIET, WAIT, Capability, Case, case, requires
 
 OUTAGE = 9.0
 """Seconds the settle-failure case refuses connections."""

@@ -40,7 +40,7 @@ from eventbus.middleware.idempotency import MemoryIdempotencyStore
 from eventbus.patterns.inbox import Inbox as InboxPattern
 from eventbus.patterns.outbox import Outbox, OutboxRelay
 from eventbus.patterns.sql import Database
-from eventbus.testing.conformance._support import Collector
+from eventbus.testing.collector import Collector
 from eventbus.testing.patterns._support import WAIT, Records, memory_url, store_case, wait_until
 
 __all__ = ["OrderPlaced", "OutboxCases", "OutboxTarget", "ShipOrder", "count", "open_outbox",

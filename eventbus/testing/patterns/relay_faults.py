@@ -20,7 +20,7 @@ from eventbus.errors import (
     UnsupportedOperationError,
 )
 from eventbus.patterns.outbox import OutboxRelay
-from eventbus.testing.conformance._support import Collector
+from eventbus.testing.collector import Collector
 from eventbus.testing.patterns._support import WAIT, memory_url, store_case, wait_until
 from eventbus.testing.patterns.outbox import OrderPlaced, OutboxTarget, open_outbox, outbox_bus
 

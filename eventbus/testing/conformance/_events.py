@@ -1,0 +1,46 @@
+"""The conformance suite's events, and private variants of them on a case's own topic."""
+
+from __future__ import annotations
+
+import types
+from typing import TypeVar, cast
+
+from eventbus.events import Event, Message
+
+M = TypeVar("M", bound=Message)
+
+
+class Ping(Event, type="eventbus.conformance.ping", topic="eventbus.conformance"):
+    """The workhorse event of the suite."""
+
+    seq: int = 0
+    key: str = ""
+    note: str = ""
+
+
+class Pong(Event, type="eventbus.conformance.pong", topic="eventbus.conformance"):
+    """A second type, for dispatch-by-type cases."""
+
+    seq: int = 0
+
+
+class Reply(Event, type="eventbus.conformance.reply", topic="eventbus.conformance"):
+    """Published from inside a handler, for correlation cases."""
+
+    seq: int = 0
+
+
+def on_topic(cls: type[M], topic: str) -> type[M]:
+    """A subclass of ``cls`` (same type name and version) whose default topic is ``topic``.
+
+    Subscribing by class uses the class's topic, so each case makes private
+    variants to get unique topics; they are not registered, so the registry keeps
+    the base classes.
+    """
+    keywords = {
+        "topic": topic,
+        "type": cls.event_type(),
+        "version": cls.data_version(),
+        "register": False,
+    }
+    return cast("type[M]", types.new_class(cls.__name__, (cls,), keywords))
