@@ -1,11 +1,14 @@
-"""The conformance suite's events, and private variants of them on a case's own topic."""
+"""The conformance suite's events, private variants of them on a case's own topic, and
+handlers that record them in a :class:`~eventbus.testing.collector.Collector`."""
 
 from __future__ import annotations
 
 import types
+from collections.abc import Awaitable, Callable
 from typing import TypeVar, cast
 
 from eventbus.events import Event, Message
+from eventbus.testing.collector import Collector
 
 M = TypeVar("M", bound=Message)
 
@@ -44,3 +47,21 @@ def on_topic(cls: type[M], topic: str) -> type[M]:
         "register": False,
     }
     return cast("type[M]", types.new_class(cls.__name__, (cls,), keywords))
+
+
+def record_events(inbox: Collector[Ping]) -> Callable[[Ping], Awaitable[None]]:
+    """A handler adding each event to ``inbox`` (one per loop iteration, no late binding)."""
+
+    async def handle(event: Ping) -> None:
+        inbox.add(event)
+
+    return handle
+
+
+def record_seqs(inbox: Collector[int]) -> Callable[[Ping], Awaitable[None]]:
+    """A handler adding each event's ``seq`` to ``inbox``."""
+
+    async def handle(event: Ping) -> None:
+        inbox.add(event.seq)
+
+    return handle

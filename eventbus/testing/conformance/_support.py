@@ -29,7 +29,6 @@ from eventbus.middleware.base import Next, RedeliveryRequested
 from eventbus.middleware.deadletter import dlq_topic
 from eventbus.middleware.retry import RetryPolicy
 from eventbus.testing.collector import DEFAULT_WAIT, PATIENCE, Collector
-from eventbus.testing.conformance._events import Ping
 from eventbus.testing.target import BrokerTarget
 
 log = logging.getLogger("eventbus.testing")
@@ -50,25 +49,7 @@ QUIET = 0.3
 """Seconds to watch for something that must NOT happen (bounded, documented per case)."""
 
 
-# -- waiting -----------------------------------------------------------------------------
-
-
-def record_events(inbox: Collector[Ping]) -> Callable[[Ping], Awaitable[None]]:
-    """A handler adding each event to ``inbox`` (one per loop iteration, no late binding)."""
-
-    async def handle(event: Ping) -> None:
-        inbox.add(event)
-
-    return handle
-
-
-def record_seqs(inbox: Collector[int]) -> Callable[[Ping], Awaitable[None]]:
-    """A handler adding each event's ``seq`` to ``inbox``."""
-
-    async def handle(event: Ping) -> None:
-        inbox.add(event.seq)
-
-    return handle
+# -- recording -----------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +151,16 @@ class Case:
         options.setdefault("publish_timeout", 20.0)
         bus = EventBus(self.target.make_adapter(url), **options)
         self._buses.append(bus)
+        return bus
+
+    async def consumer(self, subject: str | type[Message], handler: Callable[..., Awaitable[None]],
+                       *, bus: EventBus | None = None, **subscribe: Any) -> EventBus:
+        """``bus`` (by default a new one from :meth:`bus`), started with ``handler``
+        subscribed to ``subject`` (a topic or an event class); ``subscribe`` are the
+        subscription's options, ``group=`` among them."""
+        bus = bus or self.bus()
+        bus.subscribe(subject, **subscribe)(handler)
+        await bus.start()
         return bus
 
     async def publisher(self, url: str | None = None, **options: Any) -> EventBus:

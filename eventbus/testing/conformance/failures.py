@@ -15,7 +15,7 @@ from eventbus.errors import DeliveryAlreadySettledError
 from eventbus.middleware.deadletter import UNDECODABLE_TYPE
 from eventbus.middleware.retry import RetryPolicy
 from eventbus.testing.collector import Collector
-from eventbus.testing.conformance._events import Ping, on_topic
+from eventbus.testing.conformance._events import Ping, on_topic, record_seqs
 from eventbus.testing.conformance._support import QUIET, Capability, Case, Recorder, case, requires
 
 
@@ -145,13 +145,8 @@ class FailureCases:
         dlq = await run.dead_letters(topic, group)
         recorder = Recorder()
         handled: Collector[int] = Collector("handler")
-        bus = run.bus(middleware=[recorder])
-
-        @bus.subscribe(event_cls, group=group)
-        async def handle(event: Ping) -> None:
-            handled.add(event.seq)
-
-        await bus.start()
+        await run.consumer(event_cls, record_seqs(handled), group=group,
+                           bus=run.bus(middleware=[recorder]))
         poison = {
             "unknown type": Envelope.create(
                 type=f"conformance.unknown.{run.run_id}", source="conformance", data=b"{}"
@@ -188,13 +183,7 @@ class FailureCases:
         topic, group = event_cls.default_topic(), run.group()
         dlq = await run.dead_letters(topic, group)
         handled: Collector[int] = Collector("handler")
-        bus = run.bus()
-
-        @bus.subscribe(event_cls, group=group)
-        async def handle(event: Ping) -> None:
-            handled.add(event.seq)
-
-        await bus.start()
+        bus = await run.consumer(event_cls, record_seqs(handled), group=group)
         raw = b"\x00\xffthis is not a CloudEvent{"
         await bus.adapter.publish_raw(topic, raw)
         await bus.publish(event_cls(seq=1))
@@ -316,13 +305,7 @@ class FailureCases:
 
         event_cls = on_topic(Ping, run.topic())
         got: Collector[int] = Collector("handler")
-        consumer = run.bus()
-
-        @consumer.subscribe(event_cls, group=run.group())
-        async def handle(event: Ping) -> None:
-            got.add(event.seq)
-
-        await consumer.start()
+        await run.consumer(event_cls, record_seqs(got), group=run.group())
         publisher = await run.publisher()
         limit = run.caps.max_message_bytes
         with pytest.raises(MessageTooLargeError) as error:

@@ -14,7 +14,7 @@ from eventbus.events import Message
 from eventbus.middleware.idempotency import MemoryIdempotencyStore
 from eventbus.middleware.retry import RetryPolicy
 from eventbus.testing.collector import Collector
-from eventbus.testing.conformance._events import Ping, on_topic
+from eventbus.testing.conformance._events import Ping, on_topic, record_seqs
 from eventbus.testing.conformance._support import QUIET, Capability, Case, Recorder, case, requires
 
 
@@ -153,13 +153,8 @@ class GuaranteeCases:
         dlq = await run.dead_letters(topic, group)
         store = _FlakyStore(failures=2)
         runs: Collector[int] = Collector("handler")
-        bus = run.bus(idempotency=store)
-
-        @bus.subscribe(event_cls, group=group)
-        async def handle(event: Ping) -> None:
-            runs.add(event.seq)
-
-        await bus.start()
+        await run.consumer(event_cls, record_seqs(runs), group=group,
+                           bus=run.bus(idempotency=store))
         await (await run.publisher()).publish(event_cls(seq=7))
         await runs.wait_count(1)
         await asyncio.sleep(QUIET)
