@@ -7,6 +7,7 @@ import types
 from collections.abc import Awaitable, Callable
 from typing import TypeVar, cast
 
+from eventbus.envelope import Envelope
 from eventbus.events import Event, Message
 from eventbus.testing.collector import Collector
 
@@ -65,3 +66,23 @@ def record_seqs(inbox: Collector[int]) -> Callable[[Ping], Awaitable[None]]:
         inbox.add(event.seq)
 
     return handle
+
+
+def record_batches(inbox: Collector[list[int]]) -> Callable[[list[Ping]], Awaitable[None]]:
+    """A batch handler adding the ``seq`` of each batch's events to ``inbox``, a list a
+    batch."""
+
+    async def handle(events: list[Ping]) -> None:
+        inbox.add([e.seq for e in events])
+
+    return handle
+
+
+def record_envelopes(inbox: Collector[Envelope]) -> Callable[[Envelope], Awaitable[None]]:
+    """A handler of raw envelopes (a topic subscribed without an event class) adding each
+    to ``inbox``."""
+
+    async def keep(envelope: Envelope) -> None:
+        inbox.add(envelope)
+
+    return keep
