@@ -29,6 +29,7 @@ from eventbus.middleware.base import Next, RedeliveryRequested
 from eventbus.middleware.deadletter import dlq_topic
 from eventbus.middleware.retry import RetryPolicy
 from eventbus.testing.collector import DEFAULT_WAIT, PATIENCE, Collector
+from eventbus.testing.conformance._events import Ping, on_topic
 from eventbus.testing.target import BrokerTarget
 
 log = logging.getLogger("eventbus.testing")
@@ -200,6 +201,13 @@ class Case:
 
         await listener.start()
         return inbox
+
+    async def watched_ping(self) -> tuple[type[Ping], str, str, Collector[Envelope]]:
+        """A :class:`Ping` class on a topic of its own, that topic, a new group, and what
+        lands in the dead-letter queue of that topic and group (already listening)."""
+        event_cls = on_topic(Ping, self.topic())
+        topic, group = event_cls.default_topic(), self.group()
+        return event_cls, topic, group, await self.dead_letters(topic, group)
 
     async def aclose(self) -> None:
         errors: list[BaseException] = []

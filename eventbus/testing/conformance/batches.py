@@ -62,9 +62,7 @@ class BatchCases:
         """``BatchItemFailed(indexes)``: the other events are acked and never run again;
         each named event is retried on its own (a list of one) and, failing every time,
         dead-lettered after ``max_attempts`` runs, the batch run counting as the first."""
-        event_cls = on_topic(Ping, run.topic())
-        topic, group = event_cls.default_topic(), run.group()
-        dlq = await run.dead_letters(topic, group)
+        event_cls, _, group, dlq = await run.watched_ping()
         runs: collections.Counter[int] = collections.Counter()
         sizes: Collector[tuple[int, int]] = Collector("runs (seq, batch size)")
         bus = run.bus(retry=BATCH_RETRY)
@@ -100,9 +98,7 @@ class BatchCases:
         """A plain exception fails the whole batch: every event is retried on its own;
         those that succeed alone are acked once, the one that keeps failing is
         dead-lettered alone after ``max_attempts``."""
-        event_cls = on_topic(Ping, run.topic())
-        topic, group = event_cls.default_topic(), run.group()
-        dlq = await run.dead_letters(topic, group)
+        event_cls, _, group, dlq = await run.watched_ping()
         handled: Collector[int] = Collector("handled")
         bus = run.bus(retry=BATCH_RETRY)
 

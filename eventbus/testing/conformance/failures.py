@@ -105,9 +105,7 @@ class FailureCases:
         """After ``max_attempts`` failures the message lands on ``<topic>.<group>.dlq``
         unchanged (id, data, key, extensions) plus why: reason, exception, attempts,
         topic, group, failure time and traceback."""
-        event_cls = on_topic(Ping, run.topic())
-        topic, group = event_cls.default_topic(), run.group()
-        dlq = await run.dead_letters(topic, group)
+        event_cls, topic, group, dlq = await run.watched_ping()
         policy = RetryPolicy(max_attempts=3, in_process_attempts=2, initial_delay=0.01,
                              jitter=0.0)
         attempts: Collector[int] = Collector("attempts")
@@ -140,9 +138,7 @@ class FailureCases:
         """An unknown type, data failing validation and an unknown newer version are
         dead-lettered on the first delivery with the reason: never retried, the handler
         never called; a good message after them is handled."""
-        event_cls = on_topic(Ping, run.topic())
-        topic, group = event_cls.default_topic(), run.group()
-        dlq = await run.dead_letters(topic, group)
+        event_cls, topic, group, dlq = await run.watched_ping()
         recorder = Recorder()
         handled: Collector[int] = Collector("handler")
         await run.consumer(event_cls, record_seqs(handled), group=group,
@@ -179,9 +175,7 @@ class FailureCases:
     async def test_undecodable_bytes_dead_lettered(self, run: Case) -> None:
         """Bytes that are not a CloudEvent go to the DLQ once, wrapped with the reason
         and the original bytes, and don't block the messages after them."""
-        event_cls = on_topic(Ping, run.topic())
-        topic, group = event_cls.default_topic(), run.group()
-        dlq = await run.dead_letters(topic, group)
+        event_cls, topic, group, dlq = await run.watched_ping()
         handled: Collector[int] = Collector("handler")
         bus = await run.consumer(event_cls, record_seqs(handled), group=group)
         raw = b"\x00\xffthis is not a CloudEvent{"
@@ -222,9 +216,7 @@ class FailureCases:
     async def test_handler_timeout_retries_then_dead_letters(self, run: Case) -> None:
         """A handler exceeding the subscription ``timeout`` is cancelled and counts as a
         failure: retried, then dead-lettered as HandlerTimeoutError."""
-        event_cls = on_topic(Ping, run.topic())
-        topic, group = event_cls.default_topic(), run.group()
-        dlq = await run.dead_letters(topic, group)
+        event_cls, _, group, dlq = await run.watched_ping()
         policy = RetryPolicy(max_attempts=2, in_process_attempts=1, initial_delay=0.01,
                              jitter=0.0)
         started: Collector[int] = Collector("started")

@@ -181,9 +181,7 @@ class ResilienceCases:
         """An idempotency store down for more claims than ``max_attempts`` leaves the
         message with the broker (redelivered, never run, never dead-lettered, never dropped
         by a broker-side delivery limit); once the store answers it is handled exactly once."""
-        event_cls = on_topic(Ping, run.topic())
-        topic, group = event_cls.default_topic(), run.group()
-        dlq = await run.dead_letters(topic, group)
+        event_cls, _, group, dlq = await run.watched_ping()
         store = _FlakyStore(outage=5)  # FAST_RETRY allows 3 attempts
         handled: Collector[int] = Collector("handler")
         await run.consumer(event_cls, record_seqs(handled), group=group,
