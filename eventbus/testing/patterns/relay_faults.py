@@ -22,7 +22,12 @@ from eventbus.errors import (
 from eventbus.patterns.outbox import OutboxRelay
 from eventbus.testing.collector import Collector
 from eventbus.testing.patterns._support import WAIT, memory_url, store_case, wait_until
-from eventbus.testing.patterns.outbox import OrderPlaced, OutboxTarget, open_outbox, outbox_bus
+from eventbus.testing.patterns.outbox import (
+    OrderPlaced,
+    OutboxTarget,
+    open_outbox,
+    open_outbox_with_bus,
+)
 
 __all__ = ["PERMANENT", "RelayFaultCases"]
 
@@ -57,8 +62,7 @@ class RelayFaultCases:
             self, outbox_target: OutboxTarget, refusal: Exception) -> None:
         """Whatever the broker refuses for good (not only "too large") is parked with its
         stream behind it; other keys go out (defect 11)."""
-        db, outbox = await open_outbox(outbox_target)
-        bus = outbox_bus(outbox)
+        db, outbox, bus = await open_outbox_with_bus(outbox_target)
         seen = billed_orders(bus)
 
         real = bus.adapter.publish
@@ -123,8 +127,7 @@ class RelayFaultCases:
             self, outbox_target: OutboxTarget) -> None:
         """Rows claimed by a relay that died (it never marked or released them) wait for
         the claim's lease, then any relay takes them (defect 12)."""
-        db, outbox = await open_outbox(outbox_target)
-        bus = outbox_bus(outbox)
+        db, outbox, bus = await open_outbox_with_bus(outbox_target)
         seen = billed_orders(bus)
 
         async with bus:
