@@ -46,7 +46,7 @@ from eventbus.patterns.schema import (
     record_version,
     recorded_versions,
 )
-from eventbus.patterns.sql import Database, Transaction
+from eventbus.patterns.sql import Database, Transaction, real_type
 
 __all__ = ["STEPS", "Migrated", "migrate"]
 
@@ -148,10 +148,6 @@ def _unrecorded(tables: dict[str, set[str]], recorded: set[str]) -> dict[str, Ta
 # (that change is the later step's).
 
 
-def _real(tx: Transaction) -> str:
-    return "DOUBLE PRECISION" if tx.dialect == "postgres" else "REAL"
-
-
 async def _event_store_2(tx: Transaction, table: str) -> None:
     # Events a relay or a projection could not handle, parked (issue #19, defect 10).
     await create_parked_table_2(tx, f"{table}_parked", envelope=False)
@@ -160,7 +156,7 @@ async def _event_store_2(tx: Transaction, table: str) -> None:
 async def _outbox_2(tx: Transaction, table: str) -> None:
     # The claim columns of a relay that publishes outside its transaction (defect 12);
     # failed_at/error too, for an outbox of the commits before 45f13ef that lacked them.
-    real = _real(tx)
+    real = real_type(tx.dialect)
     await ensure_columns(tx, table, required=KINDS["outbox"].columns, optional={
         "failed_at": real, "error": "TEXT", "claimed_by": "TEXT", "claimed_until": real})
 
@@ -177,7 +173,7 @@ async def _saga_store_2(tx: Transaction, table: str) -> None:
 
 
 async def _projections_2(tx: Transaction, table: str) -> None:
-    real = _real(tx)
+    real = real_type(tx.dialect)
     # The rebuild's fence (defect 1): every checkpoint starts at generation 0.
     await ensure_columns(tx, table, required=KINDS["projections"].columns,
                          optional={"generation": "BIGINT NOT NULL DEFAULT 0"})

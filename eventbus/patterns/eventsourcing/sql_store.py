@@ -52,7 +52,7 @@ from eventbus.patterns.eventsourcing.store import (
     duplicate_error,
 )
 from eventbus.patterns.schema import KINDS, create_parked_table_2, ready
-from eventbus.patterns.sql import Database, Row, Transaction
+from eventbus.patterns.sql import Database, Row, Transaction, blob_type
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICRO = timedelta(microseconds=1)
@@ -98,7 +98,7 @@ class SQLEventStore:
         """Create the tables if they are missing; refuse tables of another schema
         version (:class:`~eventbus.patterns.schema.SchemaVersionError`: run
         ``eventbus db migrate``)."""
-        blob = "BYTEA" if self.db.dialect == "postgres" else "BLOB"
+        blob = blob_type(self.db.dialect)
         t = self.table
         async with self.db.transaction() as tx:
             # Also the lock that keeps two setups at once from racing on CREATE.
