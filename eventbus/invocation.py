@@ -10,6 +10,11 @@ and counts the run. Around it, the middleware chain runs in one of two ways:
   innermost first, exactly as their ``__call__`` would have passed it on. The
   layers' classes are never imported here: only what they declare is read
   (:mod:`eventbus.middleware.base`).
+
+Layers that declare ``observes`` (tracing, metrics) at the front of the chain are
+taken out of it either way: the runner calls their ``begin``/``end`` around the
+rest (:meth:`Invocation.begin`, :meth:`Invocation.end`), so watching a chain does
+not cost it its fused path.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from eventbus.middleware.base import (
     Next,
     acts_only_on_failure,
     compose,
+    observes,
     refusal_step,
     sets_current_envelope,
 )
@@ -54,6 +60,12 @@ class Invocation:
         # itself (correlate), one coroutine less per message.
         self.correlate = bool(middleware) and sets_current_envelope(middleware[0])
         layers = tuple(middleware[1:] if self.correlate else middleware)
+        # Leading layers that only watch: called around the rest by the runner.
+        watching = 0
+        while watching < len(layers) and observes(layers[watching]):
+            watching += 1
+        self.observers: tuple[Any, ...] = layers[:watching]
+        layers = layers[watching:]
         self.chain: Next = compose(layers, self.invoke)
         self.fused = all(acts_only_on_failure(layer) for layer in layers)
         self._layers = layers
@@ -63,6 +75,25 @@ class Invocation:
             (index, refuse) for index, layer in enumerate(layers)
             if (refuse := refusal_step(layer)) is not None
         ) if self.fused else ()
+
+    def begin(self, ctx: Context) -> list[object]:
+        """The observers' ``begin``, outermost first; their marks for :meth:`end`."""
+        marks: list[object] = []
+        for observer in self.observers:
+            try:
+                marks.append(observer.begin(ctx))
+            except Exception as exc:
+                marks.append(None)
+                _observer_failed(observer, "begin", exc)
+        return marks
+
+    def end(self, ctx: Context, marks: list[object], failure: BaseException | None) -> None:
+        """The observers' ``end`` with what escaped the chain, innermost first."""
+        for observer, mark in zip(reversed(self.observers), reversed(marks), strict=True):
+            try:
+                observer.end(ctx, mark, failure)
+            except Exception as exc:
+                _observer_failed(observer, "end", exc)
 
     def refusal(self, ctx: Context) -> tuple[Exception, int] | None:
         """Fused: the failure a layer raises before the handler runs, and how many
@@ -152,6 +183,12 @@ class Invocation:
             "CancelledError although it was not cancelled (did it await a task that "
             "someone else cancelled?); treated as a failure of the handler"
         )
+
+
+def _observer_failed(observer: object, step: str, exc: Exception) -> None:
+    # Watching must never change what happens to a message: log, and go on.
+    log.error("observer %r failed in %s (%s: %s); the message is handled as if it were "
+              "not there", observer, step, type(exc).__name__, exc, exc_info=exc)
 
 
 def cancelling() -> bool:
