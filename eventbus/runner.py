@@ -121,6 +121,11 @@ class Runner:
         """This subscription's state and, unless running, the last error."""
         return self.supervision.health()
 
+    async def backlog(self, timeout: float = 5.0) -> int | None:
+        """What the broker holds for this group now, ``None`` when it cannot tell (or
+        did not answer within ``timeout``); never raises."""
+        return await self.supervision.read_backlog(timeout)
+
     async def start(self) -> None:
         """Subscribe (failing fast if the broker refuses) and start fetching."""
         await self.supervision.subscribe()
