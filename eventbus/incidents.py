@@ -15,14 +15,18 @@ ends::
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from eventbus.context import Context
+from eventbus.context import NO_RESULT, Context
+from eventbus.middleware.base import RedeliveryRequested
 
 IncidentKind = Literal["retry", "redelivery", "dead_letter"]
+Outcome = Literal["success", "skipped", "redelivery", "dead_lettered", "error", "cancelled"]
+"""How one handling of a message ended (see :func:`outcome`)."""
 
 _KEY = "eventbus.incidents"  # in Context.items: a list, made at the first incident
 
@@ -74,3 +78,26 @@ def dead_lettered(ctx: Context) -> Incident | None:
             if incident.kind == "dead_letter":
                 return incident
     return None
+
+
+def outcome(ctx: Context, failure: BaseException | None) -> Outcome:
+    """How the handling of ``ctx``'s message ended, given what escaped the chain:
+
+    - ``success``: the handler returned; ``skipped``: no handler ran (a duplicate, or
+      a type this group has no handler for), and the message is acked;
+    - ``dead_lettered``: it failed for good and went to the dead-letter topic (acked);
+    - ``redelivery``: it failed and the retry policy handed it back to the broker;
+    - ``error``: the handling failed outside the handler (the idempotency store, the
+      dead-letter publish) or for good with dead letters off: the broker redelivers
+      it after a backoff;
+    - ``cancelled``: cut short by shutdown; the broker delivers it again.
+    """
+    if failure is None:
+        if dead_lettered(ctx) is not None:
+            return "dead_lettered"
+        return "skipped" if ctx.result is NO_RESULT else "success"
+    if isinstance(failure, RedeliveryRequested):
+        return "redelivery"
+    if isinstance(failure, asyncio.CancelledError):
+        return "cancelled"
+    return "error"
