@@ -53,9 +53,7 @@ def store_for(registry: Any, bounds: tuple[float, ...], max_topics: int) -> Stor
     if registry is None:
         return Store(bounds, max_topics)
     if registry == "default":
-        import prometheus_client
-
-        registry = prometheus_client.REGISTRY
+        registry = _prometheus().REGISTRY
     found = _STORES.get(registry)
     if found is None:
         found = _STORES[registry] = Store(bounds, max_topics)
@@ -64,6 +62,17 @@ def store_for(registry: Any, bounds: tuple[float, ...], max_topics: int) -> Stor
         log.warning("a second Metrics on this registry asked for other buckets; it shares "
                     "the first one's figures and buckets %s", found.bounds)
     return found
+
+
+def _prometheus() -> Any:
+    try:
+        import prometheus_client
+    except ModuleNotFoundError as missing:  # the `prometheus` extra, not the library
+        raise ModuleNotFoundError(
+            "Metrics exports to prometheus-client's registry, which the library alone does "
+            'not install: pip install "eventbus[prometheus]" (or Metrics(registry=None, '
+            "meter_provider=...) for OpenTelemetry only)", name=missing.name) from missing
+    return prometheus_client
 
 
 def _cumulative(histogram: Histogram) -> tuple[list[tuple[str, float]], float]:
@@ -203,5 +212,11 @@ def export_to_meter(store: Store, meter_provider: Any) -> None:
     """Export ``store`` as OpenTelemetry instruments of ``meter_provider`` (once)."""
     if store.otel is not None:
         return
+    try:
+        import opentelemetry.metrics  # noqa: F401
+    except ModuleNotFoundError as missing:  # the `otel` extra, not the library
+        raise ModuleNotFoundError(
+            "Metrics(meter_provider=...) needs opentelemetry-api, which the library alone "
+            'does not install: pip install "eventbus[otel]"', name=missing.name) from missing
     meter = meter_provider.get_meter("eventbus", __version__)
     store.otel = OtelInstruments(store, meter)

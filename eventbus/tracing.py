@@ -35,19 +35,25 @@ import re
 from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING, Any
 
-from opentelemetry import context as otel_context
-from opentelemetry import trace
-from opentelemetry.trace import (
-    Link,
-    NonRecordingSpan,
-    Span,
-    SpanContext,
-    SpanKind,
-    Status,
-    StatusCode,
-    TraceFlags,
-    TraceState,
-)
+try:
+    from opentelemetry import context as otel_context
+    from opentelemetry import trace
+    from opentelemetry.trace import (
+        Link,
+        NonRecordingSpan,
+        Span,
+        SpanContext,
+        SpanKind,
+        Status,
+        StatusCode,
+        TraceFlags,
+        TraceState,
+    )
+except ModuleNotFoundError as missing:  # the `otel` extra, not the library
+    raise ModuleNotFoundError(
+        f"eventbus.tracing needs opentelemetry-api, which the library alone does not install "
+        f'({missing.name} is missing): pip install "eventbus[otel]"', name=missing.name
+    ) from missing
 
 from eventbus import __version__
 from eventbus.adapter import Delivery
