@@ -89,11 +89,12 @@ class Invocation:
 
     def end(self, ctx: Context, marks: list[object], failure: BaseException | None) -> None:
         """The observers' ``end`` with what escaped the chain, innermost first."""
-        for observer, mark in zip(reversed(self.observers), reversed(marks), strict=True):
+        observers = self.observers
+        for index in range(len(observers) - 1, -1, -1):
             try:
-                observer.end(ctx, mark, failure)
+                observers[index].end(ctx, marks[index], failure)
             except Exception as exc:
-                _observer_failed(observer, "end", exc)
+                _observer_failed(observers[index], "end", exc)
 
     def refusal(self, ctx: Context) -> tuple[Exception, int] | None:
         """Fused: the failure a layer raises before the handler runs, and how many

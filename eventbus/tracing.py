@@ -187,9 +187,16 @@ class ProcessSpans(Observer):
             attributes["eventbus.delivery.attempt"] = ctx.delivery.attempt
         span = self.tracing.tracer.start_span(f"process {ctx.topic}", context=parent_context,
                                               kind=SpanKind.CONSUMER, attributes=attributes)
+        if not span.is_recording():
+            if not span.get_span_context().is_valid:
+                return None  # nothing records or propagates (no SDK configured)
+            # Not sampled: nothing to write down, but its context goes on.
+            return (None, otel_context.attach(trace.set_span_in_context(span)))
         return (span, otel_context.attach(trace.set_span_in_context(span)))
 
     def end(self, ctx: Context, mark: object, failure: BaseException | None) -> None:
+        if mark is None:
+            return
         span: Span | None
         token: object
         span, token = mark  # type: ignore[misc]
