@@ -188,7 +188,9 @@ class Handled(Observer):
         flow, started = mark  # type: ignore[misc]
         elapsed = time.perf_counter() - started
         flow.subscription.in_flight -= 1
-        flow.duration.observe(elapsed)
+        duration = flow.duration  # Histogram.observe, inlined: this runs per message
+        duration.counts[bisect_left(duration.bounds, elapsed)] += 1
+        duration.total += elapsed
         otel = self.store.otel
         if otel is not None:
             otel.handler_duration.record(elapsed, flow.otel)

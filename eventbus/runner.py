@@ -110,7 +110,7 @@ class Runner:
         self._refusals = self.invocation.refusals
         self._prepare = self.invocation.prepare
         self._chain = self.invocation.chain
-        self._observed = bool(observers)
+        self._watcher = self.invocation.watcher
         self._seen = self.runs.seen
         self._finished = self.runs.finished
 
@@ -154,7 +154,8 @@ class Runner:
             try:
                 token = current_envelope.set(envelope) if self._correlate else None
                 # Observing layers (tracing, metrics) around the rest of the chain.
-                marks = self.invocation.begin(ctx) if self._observed else None
+                watcher = self._watcher
+                mark = watcher.begin(ctx) if watcher is not None else None
                 try:
                     if not self._fused:
                         await self._chain(ctx)
@@ -182,12 +183,12 @@ class Runner:
                         elif failure is not None:
                             await self.invocation.recover(ctx, failure)
                 except BaseException as escaped:
-                    if marks is not None:
-                        self.invocation.end(ctx, marks, escaped)
+                    if watcher is not None:
+                        watcher.end(ctx, mark, escaped)
                     raise
                 else:
-                    if marks is not None:
-                        self.invocation.end(ctx, marks, None)
+                    if watcher is not None:
+                        watcher.end(ctx, mark, None)
                 finally:
                     if token is not None:
                         current_envelope.reset(token)

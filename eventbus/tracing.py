@@ -41,6 +41,8 @@ try:
     from opentelemetry.trace import (
         Link,
         NonRecordingSpan,
+        NoOpTracerProvider,
+        ProxyTracerProvider,
         Span,
         SpanContext,
         SpanKind,
@@ -70,6 +72,7 @@ __all__ = ["Tracing", "messaging_system"]
 _SYSTEMS = {"amqp": "rabbitmq", "amqps": "rabbitmq", "sqs": "aws_sqs", "rediss": "redis"}
 _TRACEPARENT = re.compile(r"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?$")
 _ROOT = otel_context.Context()  # no parent: a new trace, whatever the task's context holds
+_NO_STATE = TraceState()
 
 
 def messaging_system(url: str) -> str:
@@ -93,7 +96,7 @@ def _span_context(traceparent: str | None, tracestate: str | None) -> SpanContex
     trace_id, span_id = int(trace_hex, 16), int(span_hex, 16)
     if not trace_id or not span_id:
         return None
-    state = TraceState.from_header([tracestate]) if tracestate else TraceState()
+    state = TraceState.from_header([tracestate]) if tracestate else _NO_STATE
     return SpanContext(trace_id, span_id, is_remote=True, trace_flags=TraceFlags(int(flags, 16)),
                        trace_state=state)
 
@@ -122,6 +125,10 @@ class Tracing:
                  respect_parent_sampling: bool = True) -> None:
         self.tracer = trace.get_tracer("eventbus", __version__, tracer_provider=tracer_provider)
         self.respect_parent_sampling = respect_parent_sampling
+        self._provider = tracer_provider
+        # Known to record: a provider was given, or the global one was seen set.
+        self._on = tracer_provider is not None and not isinstance(tracer_provider,
+                                                                  NoOpTracerProvider)
         # The context last read from an envelope (a batch's messages share one), and
         # the OpenTelemetry context with it as the parent.
         self._last: tuple[str | None, str | None, SpanContext | None, otel_context.Context] = (
@@ -138,6 +145,19 @@ class Tracing:
         bus.middleware.insert(0, ProcessSpans(self, system))
         bus.publish_middleware.insert(0, SendSpans(self, system))
         return bus
+
+    def active(self) -> bool:
+        """Whether a tracer provider that can record is set up: OpenTelemetry's global
+        one stays a placeholder until the service configures the SDK, and until then
+        every step here does nothing (a message costs one call)."""
+        if self._on:
+            return True
+        if self._provider is not None:
+            return False  # a NoOpTracerProvider was given
+        if isinstance(trace.get_tracer_provider(), ProxyTracerProvider | NoOpTracerProvider):
+            return False
+        self._on = True  # a global provider, once set, stays set
+        return True
 
     def parent_of(self, envelope: Envelope) -> tuple[SpanContext | None, otel_context.Context]:
         """The trace context ``envelope`` carries (``None``: none, or malformed), and an
@@ -173,25 +193,31 @@ class ProcessSpans(Observer):
         return base
 
     def begin(self, ctx: Context) -> object:
+        if not self.tracing.active():
+            return None
         envelope = ctx.envelope
         parent, parent_context = self.tracing.parent_of(envelope)
         if (parent is not None and not parent.trace_flags.sampled
                 and self.tracing.respect_parent_sampling):
             # Unsampled upstream: no span, but what the handler calls stays unsampled.
             return (None, otel_context.attach(parent_context))
-        attributes = dict(self._base(ctx.topic, ctx.group))
-        attributes["messaging.message.id"] = envelope.id
-        attributes["messaging.message.conversation_id"] = ctx.correlation_id
-        attributes["eventbus.event.type"] = envelope.type
-        if ctx.delivery.attempt > 1:
-            attributes["eventbus.delivery.attempt"] = ctx.delivery.attempt
         span = self.tracing.tracer.start_span(f"process {ctx.topic}", context=parent_context,
-                                              kind=SpanKind.CONSUMER, attributes=attributes)
+                                              kind=SpanKind.CONSUMER,
+                                              attributes=self._base(ctx.topic, ctx.group))
         if not span.is_recording():
             if not span.get_span_context().is_valid:
                 return None  # nothing records or propagates (no SDK configured)
             # Not sampled: nothing to write down, but its context goes on.
             return (None, otel_context.attach(trace.set_span_in_context(span)))
+        # What only a recorded span needs, set once it is known to be one.
+        attributes: dict[str, Any] = {
+            "messaging.message.id": envelope.id,
+            "messaging.message.conversation_id": ctx.correlation_id,
+            "eventbus.event.type": envelope.type,
+        }
+        if ctx.delivery.attempt > 1:
+            attributes["eventbus.delivery.attempt"] = ctx.delivery.attempt
+        span.set_attributes(attributes)
         return (span, otel_context.attach(trace.set_span_in_context(span)))
 
     def end(self, ctx: Context, mark: object, failure: BaseException | None) -> None:
@@ -206,6 +232,8 @@ class ProcessSpans(Observer):
         _finish(span, ctx, failure)
 
     def begin_batch(self, contexts: Sequence[Context]) -> object:
+        if not self.tracing.active():
+            return None
         first = contexts[0]
         links = [Link(parent) for ctx in contexts
                  if (parent := self.tracing.parent_of(ctx.envelope)[0]) is not None]
@@ -218,6 +246,8 @@ class ProcessSpans(Observer):
 
     def end_batch(self, contexts: Sequence[Context], mark: object, failed: Collection[int],
                   failure: BaseException | None) -> None:
+        if mark is None:
+            return
         span: Span
         token: object
         span, token = mark  # type: ignore[misc]
@@ -230,6 +260,8 @@ class ProcessSpans(Observer):
         span.end()
 
     def undecodable(self, delivery: Delivery, dead_lettered: bool) -> None:
+        if not self.tracing.active():
+            return
         attributes = dict(self._base(delivery.topic, delivery.group))
         if delivery.message_id:
             attributes["messaging.message.id"] = delivery.message_id
@@ -291,13 +323,27 @@ class SendSpans:
     def __init__(self, tracing: Tracing, system: str) -> None:
         self.tracing = tracing
         self.system = system
+        self._bases: dict[str, dict[str, Any]] = {}
+
+    def _base(self, topic: str) -> dict[str, Any]:
+        base = self._bases.get(topic)
+        if base is None:
+            if len(self._bases) > 1000:  # topics made up per message: keep it bounded
+                self._bases.clear()
+            base = self._bases[topic] = {
+                "messaging.system": self.system,
+                "messaging.destination.name": topic,
+                "messaging.operation.type": "send",
+                "messaging.operation.name": "publish",
+            }
+        return base
 
     async def __call__(self, topic: str, envelopes: Sequence[Envelope],
                        call_next: PublishNext) -> None:
-        if not envelopes:
+        tracing = self.tracing
+        if not envelopes or not tracing.active():
             await call_next(topic, envelopes)
             return
-        tracing = self.tracing
         current = trace.get_current_span().get_span_context()
         first = envelopes[0]
         links: list[Link] = []
@@ -315,22 +361,19 @@ class SendSpans:
                     and tracing.respect_parent_sampling):
                 await call_next(topic, envelopes)  # they carry it already
                 return
-        attributes: dict[str, Any] = {
-            "messaging.system": self.system,
-            "messaging.destination.name": topic,
-            "messaging.operation.type": "send",
-            "messaging.operation.name": "publish",
-        }
-        if len(envelopes) == 1:
-            attributes["messaging.message.id"] = first.id
-            attributes["eventbus.event.type"] = first.type
-            if first.correlationid:
-                attributes["messaging.message.conversation_id"] = first.correlationid
-        else:
-            attributes["messaging.batch.message_count"] = len(envelopes)
         span = tracing.tracer.start_span(f"send {topic}", context=parent_context,
-                                         kind=SpanKind.PRODUCER, attributes=attributes,
+                                         kind=SpanKind.PRODUCER, attributes=self._base(topic),
                                          links=links)
+        if span.is_recording():
+            attributes: dict[str, Any]
+            if len(envelopes) == 1:
+                attributes = {"messaging.message.id": first.id,
+                              "eventbus.event.type": first.type}
+                if first.correlationid:
+                    attributes["messaging.message.conversation_id"] = first.correlationid
+            else:
+                attributes = {"messaging.batch.message_count": len(envelopes)}
+            span.set_attributes(attributes)
         context = span.get_span_context()
         try:
             await call_next(topic, self._stamp(envelopes, context) if context.is_valid

@@ -198,18 +198,25 @@ def test_a_batch_call_is_watched_and_its_failed_events_alone() -> None:
     run(scenario)
 
 
-class Broken(Observer):
+class BrokenBegin(Observer):
     def begin(self, ctx: Context) -> object:
         raise RuntimeError("begin is broken")
 
     def end(self, ctx: Context, mark: object, failure: BaseException | None) -> None:
+        raise AssertionError("end() is not called after a begin() that raised")
+
+
+class BrokenEnd(Observer):
+    def end(self, ctx: Context, mark: object, failure: BaseException | None) -> None:
         raise RuntimeError("end is broken")
 
 
-def test_a_broken_observer_changes_nothing() -> None:
+@pytest.mark.parametrize("observers", [[BrokenBegin], [BrokenEnd], [BrokenBegin, BrokenEnd]],
+                         ids=["begin", "end", "both"])
+def test_a_broken_observer_changes_nothing(observers: list[type[Observer]]) -> None:
     async def scenario() -> None:
         url = memory_url()
-        bus = EventBus(url, source="obs", middleware=[Broken()])
+        bus = EventBus(url, source="obs", middleware=[kind() for kind in observers])
         handled = Inbox[int]()
 
         @bus.subscribe(Shipped, group="g")
@@ -220,10 +227,10 @@ def test_a_broken_observer_changes_nothing() -> None:
             async with bus:
                 await bus.publish(Shipped(n=1))
                 await handled.wait_count(1)
-                await until(lambda: len(records.messages(logging.ERROR)) >= 2)
+                await until(lambda: len(records.messages(logging.ERROR)) >= len(observers))
         errors = records.messages(logging.ERROR)
-        assert any("failed in begin" in m for m in errors)
-        assert any("failed in end" in m for m in errors)
+        assert any("failed in begin" in m for m in errors) == (BrokenBegin in observers)
+        assert any("failed in end" in m for m in errors) == (BrokenEnd in observers)
         # Handled and acked as without the observer: not redelivered, not dead-lettered.
         assert not any("could not be handled" in m for m in errors)
         assert handled.items == [1] and dlq_size(url, Shipped.default_topic(), "g") == 0

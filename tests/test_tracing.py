@@ -5,6 +5,8 @@ as span events; batches, request/reply, sampling decisions kept."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 
@@ -346,3 +348,39 @@ def test_an_envelope_built_in_another_trace_is_linked(exporter: InMemorySpanExpo
         assert link.context.trace_id == int(held.traceparent[3:35], 16)
 
     run(scenario)
+
+
+GLOBAL = '''
+import asyncio
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from eventbus import Event, EventBus
+from eventbus.tracing import Tracing
+
+class Ping(Event, type="global.ping", topic="global-pings"):
+    n: int
+
+async def main():
+    bus = Tracing().instrument(EventBus("memory://global", source="g"))  # the global provider
+    async with bus:
+        before = await bus.publish(Ping(n=1))
+        exporter = InMemorySpanExporter()
+        provider = TracerProvider()
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
+        trace.set_tracer_provider(provider)  # what a service does at start-up
+        after = await bus.publish(Ping(n=2))
+    print(before.traceparent, after.traceparent is not None,
+          [s.name for s in exporter.get_finished_spans()])
+
+asyncio.run(main())
+'''
+
+
+def test_the_global_provider_is_used_once_the_service_sets_it() -> None:
+    # In a process of its own: OpenTelemetry's global provider can be set only once.
+    done = subprocess.run([sys.executable, "-c", GLOBAL], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == ["None", "True", "['send", "global-pings']"]
