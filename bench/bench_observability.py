@@ -7,6 +7,7 @@ off and on, and the memory they hold.
     python bench/bench_observability.py --single          # one publish call per event
     python bench/bench_observability.py --memory          # tracemalloc peak / retained
     python bench/bench_observability.py --against /tmp/main --repeat 5   # "off" vs a checkout
+    python bench/bench_observability.py --url redis+streams://localhost:6379/0 --events 5000
 
 Each case is the default chain (correlation, dead-letter, retry) with one handler
 counting ``Tick`` events, as in ``bench_memory.py``; what differs is what the bus is
@@ -27,7 +28,9 @@ table gives the best and the median events/s, CPU us per event (this process,
 including the span processor's thread) and the median's overhead against ``off``.
 ``--against DIR`` runs the ``off`` case in fresh processes alternately from this
 checkout and from the one at DIR (e.g. ``git worktree add /tmp/main main``), to
-show what the hooks cost when nothing is instrumented.
+show what the hooks cost when nothing is instrumented. ``--url`` runs the cases on a
+real broker instead (a fresh topic and group per run; ``concurrency=16``, as the
+other real-broker benches).
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ import subprocess
 import sys
 import time
 import tracemalloc
+import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -91,13 +95,18 @@ def cases() -> dict[str, Instrument]:
     }
 
 
+BROKER_URL: str | None = None  # --url: a real broker instead of a private memory://
+
+
 async def one_run(events: Sequence[runner.Tick], instrument: Instrument, *, chunk: int,
                   single: bool) -> runner.Timing:
-    url = memory_url()
+    url = BROKER_URL or memory_url()
     bus = instrument(EventBus(url, source="bench"))
     counter = runner.Counter(len(events))
+    topic = f"bench-obs-{uuid.uuid4().hex[:12]}" if BROKER_URL else runner.Tick.default_topic()
 
-    @bus.subscribe(runner.Tick, group="bench")
+    @bus.subscribe(topic, group=f"bench-{uuid.uuid4().hex[:8]}",
+                   concurrency=16 if BROKER_URL else 1)
     async def handle(event: runner.Tick) -> None:
         counter.see(event)
 
@@ -106,13 +115,14 @@ async def one_run(events: Sequence[runner.Tick], instrument: Instrument, *, chun
             counter.start()
             for part in runner.chunks(events, chunk):
                 if single:
-                    await asyncio.gather(*(bus.publish(event) for event in part))
+                    await asyncio.gather(*(bus.publish(event, topic=topic) for event in part))
                 else:
-                    await bus.publish_many(part)
+                    await bus.publish_many(part, topic=topic)
             counter.mark_published()
             await counter.wait_done("bench", 120.0)
     finally:
-        forget(url)
+        if not BROKER_URL:
+            forget(url)
     return counter.timing()
 
 
@@ -125,7 +135,8 @@ async def throughput(args: argparse.Namespace) -> dict[str, Any]:
     results = await runner.run(contenders, events, repeat=args.repeat, warmup=args.warmup)
     base = next((r for r in results if r.name == "off"), None)
     workload = "one publish per event" if args.single else f"publish_many of {args.chunk}"
-    print(f"\n{args.events} events, {workload}, {args.repeat} interleaved repeats; "
+    print(f"\n{args.events} events on {BROKER_URL or 'memory://'}, {workload}, "
+          f"{args.repeat} interleaved repeats; "
           f"load average {os.getloadavg()[0]:.2f} at the end")
     print(f"{'case':<24} {'best/s':>9} {'median/s':>9} {'CPU us/event':>13} "
           f"{'overhead (median)':>18} {'CPU overhead':>13}")
@@ -183,6 +194,8 @@ def against(args: argparse.Namespace) -> dict[str, Any]:
                 + (["--single"] if args.single else []),
                 env=env, capture_output=True, text=True, check=True, cwd=root)
             seconds, cpu = json.loads(done.stdout.splitlines()[-1])
+            if index == 0:
+                print(f"{name}: {done.stderr.strip().splitlines()[0]}", file=sys.stderr)
             figures[name].append((seconds, cpu))
             print(f"run {index + 1}/{args.repeat}: {name}: {args.events / seconds:,.0f}/s, "
                   f"{cpu / args.events * 1e6:.2f} CPU us/event", file=sys.stderr)
@@ -202,6 +215,9 @@ def against(args: argparse.Namespace) -> dict[str, Any]:
 
 async def one_off(args: argparse.Namespace) -> None:
     """For ``--against``: warm up, then one timed ``off`` run; prints [seconds, cpu]."""
+    import eventbus
+
+    print(f"eventbus from {Path(eventbus.__file__).parent}", file=sys.stderr)
     events = runner.make_events(args.events)
     await one_run(events[: len(events) // 10], lambda bus: bus, chunk=args.chunk,
                   single=args.single)
@@ -216,8 +232,11 @@ def main() -> int:
     parser.add_argument("--single", action="store_true", help="one publish call per event")
     parser.add_argument("--memory", action="store_true", help="tracemalloc peak and held")
     parser.add_argument("--against", metavar="DIR", help="'off' here vs the checkout at DIR")
+    parser.add_argument("--url", help="a real broker's URL instead of memory://")
     parser.add_argument("--one-off", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    global BROKER_URL
+    BROKER_URL = args.url
     if args.one_off:
         asyncio.run(one_off(args))
         return 0
