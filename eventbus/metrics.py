@@ -325,17 +325,18 @@ class Sampler:
         self._seen: set[tuple[str, str]] = set()
 
     async def start(self) -> None:
-        await self.sample()
+        # In a task of its own from the first read: a broker slow to say its backlog
+        # must not hold up the bus's start.
         self._task = asyncio.create_task(self._run(), name="eventbus-metrics-sampler")
 
     async def _run(self) -> None:
         while True:
-            await asyncio.sleep(self.every)
             try:
                 await self.sample()
             except Exception as exc:  # a health read never raises; stay alive regardless
                 log.warning("sampling the bus's gauges failed (%s: %s)", type(exc).__name__,
                             exc)
+            await asyncio.sleep(self.every)
 
     async def sample(self) -> None:
         """Read every subscription's prefetch in use and backlog now."""
