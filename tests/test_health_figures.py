@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 from eventbus import Event, EventBus, SubscriptionHealth
-from tests.bus_support import Inbox, memory_url, run
+from tests.bus_support import Collector, memory_url, run
 
 
 class Parcel(Event, type="test.health-figures.parcel", topic="test-health-figures"):
@@ -27,7 +27,7 @@ def test_health_says_how_much_of_the_prefetch_is_in_use(concurrency: int) -> Non
     async def scenario() -> None:
         bus = EventBus(memory_url(), source="hf", prefetch_per_worker=4)
         release = asyncio.Event()
-        started = Inbox[int]()
+        started = Collector[int]()
 
         @bus.subscribe(Parcel, group="g", concurrency=concurrency)
         async def handle(event: Parcel) -> None:
@@ -71,7 +71,7 @@ def test_a_batch_subscription_holds_what_it_collects() -> None:
     async def scenario() -> None:
         bus = EventBus(memory_url(), source="hf")
         release = asyncio.Event()
-        batches = Inbox[int]()
+        batches = Collector[int]()
 
         @bus.subscribe(Parcel, group="g", batch=5, batch_timeout=0.05)
         async def handle(events: list[Parcel]) -> None:

@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from eventbus import Envelope, Event, EventBus, RetryPolicy
 from eventbus.metrics import Metrics
-from tests.bus_support import Inbox, memory_url, run, until
+from tests.bus_support import Collector, memory_url, run, until
 
 TOPIC = "test-metrics-orders"
 
@@ -47,7 +47,7 @@ def test_counts_after_successes_retries_redeliveries_and_dead_letters() -> None:
         bus = metrics.instrument(EventBus(url, source="m", retry=RetryPolicy(
             max_attempts=2, in_process_attempts=2, initial_delay=0.0, jitter=0.0)))
         runs: dict[tuple[str, int], int] = {}
-        ended = Inbox[str]()
+        ended = Collector[str]()
 
         @bus.subscribe(Booked, group="now")
         async def now(event: Booked) -> None:
@@ -114,7 +114,7 @@ def test_labels_stay_bounded() -> None:
         registry = CollectorRegistry()
         url = memory_url()
         bus = Metrics(registry=registry, max_topics=1).instrument(EventBus(url, source="m"))
-        seen = Inbox[str]()
+        seen = Collector[str]()
         topic = f"anything-{uuid.uuid4()}"
 
         @bus.subscribe(topic, group="tap")
@@ -148,7 +148,7 @@ def test_gauges_follow_the_running_bus() -> None:
         bus = Metrics(registry=registry, sample_every=0.05).instrument(
             EventBus(memory_url(), source="m", prefetch_per_worker=4))
         release = asyncio.Event()
-        started = Inbox[int]()
+        started = Collector[int]()
 
         @bus.subscribe(Booked, group="g", concurrency=2)
         async def slow(event: Booked) -> None:
@@ -159,11 +159,14 @@ def test_gauges_follow_the_running_bus() -> None:
         async with bus:
             await bus.publish_many([Booked(n=n) for n in range(20)])
             await started.wait_count(2)
-            await until(lambda: value(scrape(registry), "eventbus_consumer_lag", **labels) > 0)
+            # Sampled once the lanes took their prefetch (a sample between the publish
+            # and the first fetch sees a lag of 20 and nothing held).
+            await until(lambda: value(scrape(registry), "eventbus_prefetch_in_use", **labels)
+                        == 8)
             samples = scrape(registry)
             assert value(samples, "eventbus_in_flight", **labels) == 2
             assert value(samples, "eventbus_prefetch_limit", **labels) == 8
-            assert value(samples, "eventbus_prefetch_in_use", **labels) == 8
+            assert value(samples, "eventbus_consumer_lag", **labels) == 12
             release.set()
             await started.wait_count(20)
             await until(lambda: value(scrape(registry), "eventbus_consumer_lag", **labels) == 0
@@ -202,7 +205,7 @@ def test_the_same_figures_reach_an_opentelemetry_meter() -> None:
         provider = MeterProvider(metric_readers=[reader])
         bus = Metrics(registry=None, meter_provider=provider).instrument(
             EventBus(memory_url(), source="m"))
-        done = Inbox[int]()
+        done = Collector[int]()
 
         @bus.subscribe(Booked, group="g")
         async def handle(event: Booked) -> None:

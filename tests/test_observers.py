@@ -18,7 +18,7 @@ from eventbus.adapter import Delivery
 from eventbus.incidents import Incident, incidents
 from eventbus.middleware import Next, RedeliveryRequested
 from eventbus.middleware.base import Observer
-from tests.bus_support import Inbox, Records, dlq_size, memory_url, run, until
+from tests.bus_support import Collector, Records, dlq_size, memory_url, run, until
 
 WATCHING: contextvars.ContextVar[str | None] = contextvars.ContextVar("watching", default=None)
 
@@ -39,7 +39,7 @@ class Seen:
 
 @dataclass
 class Recorder(Observer):
-    seen: Inbox[Seen] = field(default_factory=Inbox)
+    seen: Collector[Seen] = field(default_factory=Collector)
     batches: list[tuple[int, set[int], BaseException | None]] = field(default_factory=list)
     undecodable_seen: list[tuple[str, bool]] = field(default_factory=list)
 
@@ -179,7 +179,7 @@ def test_a_batch_call_is_watched_and_its_failed_events_alone() -> None:
         recorder = Recorder()
         bus = EventBus(memory_url(), source="obs", middleware=[recorder],
                        retry=RetryPolicy(max_attempts=2, initial_delay=0.0, jitter=0.0))
-        done = Inbox[int]()
+        done = Collector[int]()
 
         @bus.subscribe(Shipped, group="g", batch=4, batch_timeout=0.2)
         async def handle(events: list[Shipped]) -> None:
@@ -217,7 +217,7 @@ def test_a_broken_observer_changes_nothing(observers: list[type[Observer]]) -> N
     async def scenario() -> None:
         url = memory_url()
         bus = EventBus(url, source="obs", middleware=[kind() for kind in observers])
-        handled = Inbox[int]()
+        handled = Collector[int]()
 
         @bus.subscribe(Shipped, group="g")
         async def handle(event: Shipped) -> None:

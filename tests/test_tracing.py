@@ -20,7 +20,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from eventbus import BatchItemFailed, Command, Context, Event, EventBus, RetryPolicy
 from eventbus.tracing import Tracing
-from tests.bus_support import Inbox, memory_url, run, until
+from tests.bus_support import Collector, memory_url, run, until
 
 
 class Ordered(Event, type="test.tracing.ordered", topic="test-tracing-orders"):
@@ -60,7 +60,7 @@ def test_one_trace_crosses_publish_handle_publish_handle(exporter: InMemorySpanE
         url = memory_url()
         orders = tracing.instrument(EventBus(url, source="orders"))
         billing = tracing.instrument(EventBus(url, source="billing"))
-        done = Inbox[Context]()
+        done = Collector[Context]()
 
         @billing.subscribe(Ordered, group="billing")
         async def charge(event: Ordered, ctx: Context) -> None:
@@ -174,7 +174,7 @@ def test_a_batch_is_one_span_linked_to_each_message(exporter: InMemorySpanExport
         tracing = tracing_to(exporter)
         bus = tracing.instrument(EventBus(memory_url(), source="orders",
                                           retry=RetryPolicy(max_attempts=2)))
-        done = Inbox[int]()
+        done = Collector[int]()
 
         @bus.subscribe(Ordered, group="g", batch=3, batch_timeout=0.2)
         async def store(events: list[Ordered]) -> None:
@@ -237,7 +237,7 @@ def test_an_unsampled_trace_stays_unsampled(exporter: InMemorySpanExporter) -> N
         orders = producer.instrument(EventBus(url, source="orders"))
         consumer_side = tracing_to(exporter, sampler=ALWAYS_ON)
         billing = consumer_side.instrument(EventBus(url, source="billing"))
-        paid = Inbox[Context]()
+        paid = Collector[Context]()
 
         @billing.subscribe(Ordered, group="billing")
         async def charge(event: Ordered, ctx: Context) -> None:
@@ -269,7 +269,7 @@ def test_the_sampler_may_be_asked_for_every_message(exporter: InMemorySpanExport
         provider.add_span_processor(SimpleSpanProcessor(exporter))
         billing = Tracing(provider, respect_parent_sampling=False).instrument(
             EventBus(url, source="billing"))
-        done = Inbox[int]()
+        done = Collector[int]()
 
         @billing.subscribe(Ordered, group="billing")
         async def charge(event: Ordered) -> None:
@@ -289,7 +289,7 @@ def test_without_an_sdk_nothing_is_stamped_and_handling_goes_on() -> None:
     async def scenario() -> None:
         bus = Tracing(trace.NoOpTracerProvider()).instrument(
             EventBus(memory_url(), source="orders"))
-        done = Inbox[Context]()
+        done = Collector[Context]()
 
         @bus.subscribe(Ordered, group="g")
         async def handle(event: Ordered, ctx: Context) -> None:
@@ -312,7 +312,7 @@ def test_a_malformed_traceparent_starts_a_new_trace(
     async def scenario() -> None:
         tracing = tracing_to(exporter)
         bus = tracing.instrument(EventBus(memory_url(), source="orders"))
-        done = Inbox[int]()
+        done = Collector[int]()
 
         @bus.subscribe(Ordered, group="g")
         async def handle(event: Ordered) -> None:
