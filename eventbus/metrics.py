@@ -34,7 +34,10 @@ topics and ``other`` past ``max_topics`` distinct topics):
   three are sampled every ``sample_every`` seconds while the bus runs.
 
 Counting costs a few plain integer additions per message; the figures are read
-when the registry is scraped (or the meter collected).
+when the registry is scraped (or the meter collected). Under prometheus-client's
+multiprocess mode (``$PROMETHEUS_MULTIPROC_DIR``, as ``eventbus run --workers N``
+sets) the default registry's figures are copied to its files every second instead
+(:mod:`eventbus.metrics_multiprocess`).
 """
 
 from __future__ import annotations
@@ -57,7 +60,7 @@ from eventbus.middleware.base import Observer, PublishNext
 if TYPE_CHECKING:
     from eventbus.bus import EventBus
 
-__all__ = ["DURATION_BUCKETS", "OUTCOMES", "Metrics"]
+__all__ = ["DURATION_BUCKETS", "OUTCOMES", "Metrics", "is_instrumented"]
 
 log = logging.getLogger("eventbus.metrics")
 
@@ -126,6 +129,8 @@ class Store:
         self.topics: set[str] = set()
         self._warned = False
         self.otel: Any = None  # eventbus.metrics_export.OtelInstruments, when exported there
+        # eventbus.metrics_multiprocess.MultiprocessMirror, under $PROMETHEUS_MULTIPROC_DIR
+        self.mirror: Any = None
 
     def flow(self, topic: str, group: str, kind: str) -> Flow:
         found = self.flows.get((topic, group, kind))
@@ -314,6 +319,12 @@ class Metrics:
         return bus
 
 
+def is_instrumented(bus: EventBus) -> bool:
+    """Whether a :class:`Metrics` already counts ``bus`` (``eventbus run --metrics-port``
+    instruments a bus the service did not)."""
+    return any(isinstance(layer, Handled) for layer in bus.middleware)
+
+
 class Sampler:
     """Reads a running bus's prefetch in use and backlogs into the gauges."""
 
@@ -322,12 +333,22 @@ class Sampler:
         self.bus = bus
         self.every = every
         self._task: asyncio.Task[None] | None = None
+        self._flushing: asyncio.Task[None] | None = None  # copies to the multiprocess files
         self._seen: set[tuple[str, str]] = set()
 
     async def start(self) -> None:
         # In a task of its own from the first read: a broker slow to say its backlog
         # must not hold up the bus's start.
         self._task = asyncio.create_task(self._run(), name="eventbus-metrics-sampler")
+        if self.store.mirror is not None:
+            self._flushing = asyncio.create_task(self._flush(), name="eventbus-metrics-flush")
+
+    async def _flush(self) -> None:
+        from eventbus.metrics_multiprocess import FLUSH_EVERY
+
+        while True:
+            await asyncio.sleep(FLUSH_EVERY)
+            self.store.mirror.flush()
 
     async def _run(self) -> None:
         while True:
@@ -348,11 +369,14 @@ class Sampler:
             self._seen.add((found.topic, found.group))
 
     async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        tasks, self._task, self._flushing = (self._task, self._flushing), None, None
+        for task in tasks:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         for key in self._seen:  # a stopped bus holds nothing and has no lag to report
             gauges = self.store.subscription(*key)
             gauges.use, gauges.lag, gauges.live = 0, None, False
+        if self.store.mirror is not None:
+            self.store.mirror.flush()

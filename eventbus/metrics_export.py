@@ -10,6 +10,7 @@ imported only when it is exported to.
 from __future__ import annotations
 
 import logging
+import os
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -49,15 +50,25 @@ help text."""
 
 def store_for(registry: Any, bounds: tuple[float, ...], max_topics: int) -> Store:
     """The store exported to ``registry`` (``"default"``: prometheus-client's; ``None``:
-    none), made and registered on first use."""
+    none), made and registered on first use; under ``$PROMETHEUS_MULTIPROC_DIR`` the
+    default registry's figures go to the multiprocess files."""
     if registry is None:
         return Store(bounds, max_topics)
+    multiprocess = False
     if registry == "default":
         registry = _prometheus().REGISTRY
+        # The scrape of a multiprocess service reads the processes' files, which only
+        # prometheus-client's own metric objects write (eventbus.metrics_multiprocess).
+        multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
     found = _STORES.get(registry)
     if found is None:
         found = _STORES[registry] = Store(bounds, max_topics)
-        registry.register(PrometheusCollector(found))
+        if multiprocess:
+            from eventbus.metrics_multiprocess import MultiprocessMirror
+
+            MultiprocessMirror(found, registry)
+        else:
+            registry.register(PrometheusCollector(found))
     elif found.bounds != bounds:
         log.warning("a second Metrics on this registry asked for other buckets; it shares "
                     "the first one's figures and buckets %s", found.bounds)
