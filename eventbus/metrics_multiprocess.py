@@ -19,6 +19,7 @@ leave the scrape (the supervisor marks it dead); its counters stay counted.
 from __future__ import annotations
 
 import atexit
+import logging
 import weakref
 from typing import Any, Literal
 
@@ -34,6 +35,8 @@ from eventbus.metrics_export import (
 
 __all__ = ["FLUSH_EVERY", "MultiprocessMirror"]
 
+log = logging.getLogger("eventbus.metrics")
+
 FLUSH_EVERY = 1.0
 """Seconds between copies of the figures into the multiprocess files while a bus runs."""
 GAUGE_MODES: dict[str, Literal["livesum", "livemax"]] = {
@@ -46,7 +49,12 @@ _MIRRORS: weakref.WeakSet[MultiprocessMirror] = weakref.WeakSet()
 
 def _flush_all_at_exit() -> None:
     for mirror in list(_MIRRORS):
-        mirror.flush()
+        try:
+            mirror.flush()
+        except Exception as exc:  # the directory may be gone; say so, never fail the exit
+            log.warning("writing the last metrics to $PROMETHEUS_MULTIPROC_DIR at exit "
+                        "failed (%s: %s); this process's last second of counts is lost",
+                        type(exc).__name__, exc)
 
 
 atexit.register(_flush_all_at_exit)  # what a draining worker handled after the last flush
