@@ -37,6 +37,17 @@ class UnknownSchemeError(ConfigurationError):
     """No adapter is installed for a URL scheme."""
 
 
+class ProvisioningError(ConfigurationError):
+    """An adapter could not create or find a resource it needs (topic, queue, stream,
+    consumer group), or was told not to create one (``provision=false``) that is missing.
+
+    A configuration error: the runner gives the subscription up at once (visibly, in
+    ``bus.health()``) rather than re-subscribing for ever, and a publish raises it
+    without retrying. The message names the resource and what to do (create it, grant
+    the permission, or set ``provision=true``).
+    """
+
+
 class BrokerConnectionError(EventBusError):
     """The broker refused the connection, could not be reached, or rejected credentials."""
 
@@ -73,6 +84,17 @@ class BatchPublishError(PublishError):
     def succeeded(self) -> Sequence[int]:
         """Indexes of the messages the broker confirmed."""
         return [i for i in range(self.total) if i not in self.failures]
+
+    @classmethod
+    def partial(cls, failures: dict[int, Exception], total: int, where: str) -> BatchPublishError:
+        """The error of a batch of ``total`` messages to ``where`` ("Kafka topic
+        'orders'") of which those in ``failures`` were not confirmed: one message for
+        every adapter, naming how many and which."""
+        return cls(
+            f"{len(failures)} of {total} messages to {where} were not confirmed (indexes "
+            f"{sorted(failures)}); see .failures, and republish those as they are",
+            failures, total,
+        )
 
 
 class UnsupportedOperationError(EventBusError):

@@ -36,6 +36,7 @@ from eventbus.patterns.eventsourcing.parking import (
 )
 from eventbus.patterns.eventsourcing.store import EventStore, StoredEvent
 from eventbus.patterns.health import RelayHealth, RelayState
+from eventbus.tasks import stop_task
 
 # What a broker refuses for good: publishing the same event again cannot succeed.
 _REFUSED = (MessageTooLargeError, DecodeError)
@@ -302,12 +303,7 @@ class EventRelay:
         task, self._task = self._task, None
         if task is not None:
             self._stopped = True
-            task.cancel()
-            done, _ = await asyncio.wait([task], timeout=timeout)
-            if not done:
-                log.warning("event relay %r: still finishing a call %.1fs after stop(); "
-                            "left to end by itself (its database and broker timeouts "
-                            "bound it)", self.name, timeout)
+        await stop_task(task, timeout=timeout, what=f"event relay {self.name!r}", log=log)
 
     async def wait_until(self, position: int, timeout: float = 10.0) -> None:
         """Wait until the relay's checkpoint reaches ``position`` (TimeoutError after
