@@ -39,8 +39,7 @@ from .codec import decode
 from .connection import close_quietly, message_limit, open_connection
 from .consumer import JetStreamSubscription
 from .group_route import GroupRoutes
-from .keeper import ConsumerKeeper
-from .provision import Provisioner, check_subject
+from .provision import ConsumerKeeper, Provisioner, check_subject
 from .publish import CONNECTION_ERRORS, JetStreamPublisher
 from .settings import NatsSettings
 from .wire import parse_header_lines

@@ -15,7 +15,7 @@
   everything it holds and not settled: it comes back at once to another member.
 - A live consumer answers every expired pull request (a 408 status); when
   requests go unanswered for ``_SILENCE`` seconds, and every ``_LOOK_EVERY``
-  seconds anyway, the member has the :class:`~eventbus_nats.keeper.ConsumerKeeper`
+  seconds anyway, the member has the :class:`~eventbus_nats.provision.ConsumerKeeper`
   look at the consumer: its position is noted, and a consumer found gone is
   created again where the group was.
 """
@@ -37,8 +37,8 @@ from nats.aio.subscription import Subscription as NatsSub
 from eventbus.adapter import Delivery, SubscribeOptions, Subscription
 from eventbus.errors import ConnectionLostError
 
-from .carry import carry_over, delivered_before
 from .codec import decode, raw_headers
+from .group_route import carry_over, delivered_before
 from .wire import FastClient, ack_command, ack_facts
 
 if TYPE_CHECKING:
@@ -134,7 +134,7 @@ class JetStreamSubscription(Subscription):
         self._silence = max(2.0, 2 * (adapter.settings.fetch_timeout + _GRACE))
         self._looked_at = time.monotonic()
         self._looking: asyncio.Task[None] | None = None
-        # Messages at their last delivery, being carried over (see eventbus_nats.carry).
+        # Messages at their last delivery, being carried over (see eventbus_nats.group_route).
         self._max_deliver = adapter.settings.max_deliver
         self._carrying: deque[list[Any]] = deque()  # [msg, last kept alive]
         self._carrier: asyncio.Task[None] | None = None
