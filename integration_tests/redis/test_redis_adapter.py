@@ -363,7 +363,7 @@ def test_pubsub_subscribers_come_back_after_the_connection_drops(redis_url: str)
 
 
 def test_concurrent_publishes_share_one_round_trip() -> None:
-    from eventbus_redis.pipeline import Batcher
+    from eventbus_redis.publish import Batcher
 
     class Pipe:
         def __init__(self) -> None:
@@ -510,7 +510,7 @@ def test_pubsub_reads_a_structured_event_written_by_the_cloudevents_sdk(redis_ur
     ("SET", "k", memoryview(b"v")),
 ])
 def test_the_fast_packer_writes_what_redis_py_writes(args: tuple[Any, ...]) -> None:
-    from eventbus_redis.client import FastConnection
+    from eventbus_redis.connection import FastConnection
     from redis.asyncio.connection import Connection
 
     assert b"".join(FastConnection().pack_command(*args)) == b"".join(

@@ -1,4 +1,4 @@
-"""Batched publishing (``eventbus_redis.bulk``): a batch is one script run, and each
+"""Batched publishing (``eventbus_redis.publish``): a batch is one script run, and each
 message still gets its own reply, in order, with its own error.
 
 Also the Pub/Sub codec's fast path (``codec.encode_message`` / ``decode_message``):
@@ -13,7 +13,8 @@ import uuid
 from collections.abc import Awaitable, Callable
 
 import pytest
-from eventbus_redis import RedisPubSubAdapter, RedisStreamsAdapter, bulk
+from eventbus_redis import RedisPubSubAdapter, RedisStreamsAdapter
+from eventbus_redis import publish as bulk
 from eventbus_redis.codec import decode_message, encode_message
 from redis.exceptions import ResponseError
 

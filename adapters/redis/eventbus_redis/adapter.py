@@ -1,4 +1,8 @@
-"""The Redis adapters: Pub/Sub (``redis://``) and Streams (``redis+streams://``).
+"""The Redis adapters' shared base and the Streams adapter (``redis+streams://``).
+
+:class:`RedisAdapter` is what both modes share (the client, connecting, health,
+pipelined sending); :class:`RedisStreamsAdapter` is Streams (consumer groups, at
+least once). The Pub/Sub adapter (``redis://``) is in :mod:`eventbus_redis.pubsub`.
 
 Example::
 
@@ -9,159 +13,169 @@ Example::
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import RedisError
 
-from eventbus.adapter import Capabilities, ReadRecord, SubscribeOptions, Subscription
+from eventbus.adapter import (
+    Adapter,
+    Capabilities,
+    HealthReport,
+    ReadRecord,
+    SubscribeOptions,
+    Subscription,
+)
 from eventbus.envelope import Envelope
 from eventbus.errors import (
+    BatchPublishError,
     BrokerConnectionError,
     MessageTooLargeError,
+    PublishError,
     TopicNotFoundError,
-    UnsupportedOperationError,
 )
 
-from . import bulk
-from .base import RedisAdapter
-from .client import CONNECTION_ERRORS
-from .codec import (
-    decode_fields,
-    encode_args,
-    encode_fields,
-    encode_message,
-    fields_size,
-    raw_fields,
-)
+from .codec import decode_fields, encode_args, encode_fields, fields_size, raw_fields
+from .connection import CONNECTION_ERRORS, new_client, quiet_close
 from .group_route import route_key, subscribe_with_route
-from .members import member_channel, refuse_second_member
-from .pipeline import Command
-from .pubsub import PubSubSubscription
+from .publish import MAX_PER_SCRIPT, Batcher, Command, expand, xadd_many
+from .settings import RedisSettings
+
+log = logging.getLogger("eventbus.redis")
 
 
-class RedisPubSubAdapter(RedisAdapter):
-    """Redis Pub/Sub: ``redis://`` or ``rediss://`` (TLS); ``?sharded=true`` for a cluster.
-
-    Every subscriber receives every message published while it is subscribed, at
-    most once; nothing is stored, so there are no groups, no redelivery and no
-    replay. Use ``redis+streams://`` when messages must not be lost.
-    """
-
-    schemes = ("redis", "rediss")
-    stronger = ("redis+streams:// (Redis Streams: consumer groups whose members compete, "
-                "XACK and redelivery)")
+class RedisAdapter(Adapter):
+    """What both Redis modes share: the client, connecting, health, pipelined sending."""
 
     def __init__(self, url: str) -> None:
         super().__init__(url)
-        if self.settings.mode != "pubsub":
-            raise ValueError(f"{self.settings.masked_url} is a Streams URL")
-        self._started_groups: set[tuple[str, str]] = set()
-        self.capabilities = Capabilities(
-            persistent=False,
-            consumer_groups=False,
-            fanout=True,
-            ordering="none",
-            redelivery=False,
-            native_delay=False,
-            native_dead_letter=False,
-            replay=False,
-            headers=False,
-            max_message_bytes=self.settings.max_message_bytes,
-            dedupe_window=None,
-            reconnect=True,
-            lease=False,
-            half_open_bound=self.settings.half_open_bound,
-        )
+        self.settings = RedisSettings.from_url(url)
+        self._client: Redis | None = None
+        self._batcher: Batcher | None = None
+        self._subscriptions: set[Any] = set()
+        self.instance = uuid.uuid4().hex[:8]
 
-    async def publish(self, topic: str, envelopes: Sequence[Envelope]) -> None:
-        """PUBLISH each envelope as a structured CloudEvent; Redis's reply confirms it.
+    def new_client(self) -> Redis:
+        """A client with this URL's settings (see :func:`.client.new_client`)."""
+        return new_client(self.settings)
 
-        A batch goes as one script run (``bulk.publish_many``) unless sharded:
-        SPUBLISH must reach the shard owning the channel, which a script without
-        keys does not.
-        """
-        sharded = self.settings.sharded
-        limit = self.capabilities.max_message_bytes
-        bodies = []
-        for envelope in envelopes:
-            body = encode_message(envelope)
-            if len(body) > limit:
-                self.check_size(topic, envelope, len(body))
-            bodies.append(body)
-        if len(bodies) < 2 or sharded:
-            command = "SPUBLISH" if sharded else "PUBLISH"
-            await self.send(topic, envelopes, [(command, topic, body) for body in bodies])
-            return
-        step = bulk.MAX_PER_SCRIPT
-        parts = [bodies[i:i + step] for i in range(0, len(bodies), step)]
-        await self.send(topic, envelopes, [bulk.publish_many(topic, part) for part in parts],
-                        [len(part) for part in parts])
+    @property
+    def client(self) -> Redis:
+        if self._client is None:
+            self._client = self.new_client()
+            self._batcher = Batcher(self._client)
+        return self._client
 
-    def _publish_command(self, topic: str, body: bytes) -> Callable[[Pipeline], Any]:
-        if self.settings.sharded:
-            return lambda pipe: pipe.spublish(topic, body)
-        return lambda pipe: pipe.publish(topic, body)
+    @property
+    def batcher(self) -> Batcher:
+        _ = self.client
+        assert self._batcher is not None
+        return self._batcher
 
-    async def publish_raw(
-        self, topic: str, payload: bytes, headers: Mapping[str, bytes] | None = None
-    ) -> None:
-        """PUBLISH ``payload`` as it is; Pub/Sub carries no headers, so giving any
-        raises UnsupportedOperationError."""
-        if headers:
-            raise UnsupportedOperationError(
-                f"Redis Pub/Sub has no headers: cannot publish {sorted(headers)} with a "
-                f"message to channel {topic!r} (use redis+streams://, whose entries have "
-                "fields)")
-        if len(payload) > self.capabilities.max_message_bytes:
-            raise MessageTooLargeError(
-                f"a raw message of {len(payload)} bytes is over the "
-                f"{self.capabilities.max_message_bytes}-byte limit of {type(self).__name__} "
-                f"on channel {topic!r}; nothing was sent")
-        await self.send(topic, [], [self._publish_command(topic, payload)])
-
-    async def subscribe(self, topic: str, options: SubscribeOptions) -> Subscription:
-        """Subscribe to the channel ``topic``; returns once Redis confirmed it.
-
-        Pub/Sub has no groups: a second live member of ``options.group`` (here or
-        in another process) is refused with GuaranteeUnavailableError, since it
-        would get every message rather than compete (see :mod:`.members`).
-        """
-        subscription = PubSubSubscription(self, topic, options)
-        await subscription.start()
-        self._subscriptions.add(subscription)
+    async def connect(self) -> None:
+        """PING once within ``connect_timeout``; fail with the masked URL if no answer."""
+        s = self.settings
+        probe = self.new_client()
+        probe.connection_pool.connection_kwargs["retry"] = Retry(ExponentialBackoff(), 0)
         try:
-            await refuse_second_member(self, subscription, self._started_groups)
-        except BaseException:
-            await subscription.close()
-            raise
-        return subscription
+            await asyncio.wait_for(probe.ping(), s.connect_timeout)
+        except (RedisError, *CONNECTION_ERRORS) as exc:
+            raise BrokerConnectionError(
+                f"cannot connect to Redis at {s.masked_url} within {s.connect_timeout:g}s "
+                f"({type(exc).__name__}: {exc or 'timed out'}); check that it is reachable "
+                "and that the password and TLS settings are right"
+            ) from exc
+        finally:
+            await quiet_close(probe)
+        _ = self.client
 
     async def close(self) -> None:
-        """Close as every Redis adapter does; a later start counts group members again."""
-        self._started_groups.clear()
-        await super().close()
+        """Close every subscription, wait for publishes in flight, close the connections.
 
-    async def read(self, topic: str, *, limit: int | None = None) -> list[ReadRecord]:
-        """Pub/Sub keeps no messages, so a channel never holds anything to browse: this
-        raises TopicNotFoundError and creates nothing. That is what ``eventbus dlq`` and
-        :class:`~eventbus.dlq.DeadLetters` meet here: a dead letter published on Pub/Sub
-        reaches only whoever is subscribed to its channel at that moment; nothing is kept
-        to list or replay."""
-        raise TopicNotFoundError(
-            f"Redis Pub/Sub keeps no messages: channel {topic!r} on {self.settings.masked_url} "
-            "holds nothing to read (a dead letter on Pub/Sub reaches only whoever listens to "
-            "its channel when it is published; nothing was created). Use redis+streams:// "
-            "to keep dead letters you can list and replay"
-        )
+        Reaches the end even when Redis is unreachable: each step is bounded.
+        """
+        for subscription in list(self._subscriptions):
+            try:
+                await asyncio.wait_for(subscription.close(), 10.0)
+            except Exception as exc:
+                log.warning("closing a Redis subscription failed: %s", exc)
+        self._subscriptions.clear()
+        client, batcher = self._client, self._batcher
+        self._client = self._batcher = None
+        if batcher is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(batcher.drain(), 10.0)
+        if client is not None:
+            await quiet_close(client)
 
-    def member_channels(self, topic: str, group: str) -> tuple[str, ...]:
-        """The channels a subscription joins besides ``topic`` (see :mod:`.members`)."""
-        return () if self.settings.sharded else (member_channel(topic, group),)
+    def forget(self, subscription: Any) -> None:
+        """Called by a subscription when it closes."""
+        self._subscriptions.discard(subscription)
 
-    def live_subscriptions(self) -> list[PubSubSubscription]:
-        """This adapter's open subscriptions."""
-        return [s for s in self._subscriptions if isinstance(s, PubSubSubscription)]
+    async def health(self) -> HealthReport:
+        """PING on a fresh connection (a pooled one could hide a refused reconnect),
+        after checking that no consumer's read has gone unanswered (a connection that
+        stopped answering without closing, see ``RedisSettings.half_open_bound``)."""
+        s = self.settings
+        info = {"mode": s.mode, "server": f"{s.host}:{s.port}/{s.db}"}
+        if self._client is None:
+            return HealthReport(False, f"Redis adapter for {s.masked_url} is not connected; "
+                                "call connect() (or start the bus) first", info)
+        for subscription in list(self._subscriptions):
+            late = getattr(subscription, "overdue", lambda: None)()
+            if late is not None:
+                return HealthReport(False, (
+                    f"a read of stream {subscription.topic!r} as group "
+                    f"{subscription.group!r} on Redis at {s.masked_url} has had no answer "
+                    f"for {late + s.read_timeout:.1f}s (read_timeout {s.read_timeout:g}s): "
+                    "the connection stopped answering; redis-py is replacing it"), info)
+        probe = self.new_client()
+        probe.connection_pool.connection_kwargs["retry"] = Retry(ExponentialBackoff(), 0)
+        try:
+            await asyncio.wait_for(probe.ping(), s.connect_timeout)
+        except Exception as exc:
+            return HealthReport(False, f"Redis at {s.masked_url} does not answer: "
+                                f"{type(exc).__name__}: {exc or 'timed out'}", info)
+        finally:
+            await quiet_close(probe)
+        return HealthReport(True, f"Redis at {s.masked_url} answered PING", info)
+
+    async def send(self, topic: str, envelopes: Sequence[Envelope],
+                   commands: list[Command], counts: list[int] | None = None) -> None:
+        """Send one command per envelope (pipelined; or a command per ``counts[i]``
+        envelopes, see ``bulk``) and raise for those Redis refused."""
+        try:
+            replies = await self.batcher.run(commands)
+            if counts is not None:
+                replies = expand(replies, counts)
+        except CONNECTION_ERRORS as exc:
+            raise BrokerConnectionError(
+                f"Redis at {self.settings.masked_url} did not confirm any of {len(commands)} "
+                f"message(s) to {topic!r}: {type(exc).__name__}: {exc}"
+            ) from exc
+        failures: dict[int, Exception] = {}
+        for index, reply in enumerate(replies):
+            if isinstance(reply, BaseException):
+                envelope = envelopes[index] if index < len(envelopes) else None
+                what = f"event {envelope.id} ({envelope.type})" if envelope else "a message"
+                error = PublishError(f"Redis refused {what} to {topic!r}: "
+                                     f"{type(reply).__name__}: {reply}")
+                error.__cause__ = reply
+                failures[index] = error
+        if failures:
+            raise BatchPublishError(
+                f"{len(failures)} of {len(replies)} messages to Redis topic {topic!r} were "
+                f"not confirmed (indexes {sorted(failures)}); see .failures",
+                failures, len(replies),
+            )
 
 
 class RedisStreamsAdapter(RedisAdapter):
@@ -209,7 +223,7 @@ class RedisStreamsAdapter(RedisAdapter):
     async def publish(self, topic: str, envelopes: Sequence[Envelope]) -> None:
         """XADD each envelope (binary mode: attributes as fields); the reply confirms it.
 
-        A batch goes as one script run doing the XADDs (``bulk.xadd_many``).
+        A batch goes as one script run doing the XADDs (``xadd_many``).
         """
         maxlen = self.settings.maxlen
         if len(envelopes) < 2:
@@ -225,9 +239,9 @@ class RedisStreamsAdapter(RedisAdapter):
                 self.check_size(topic, envelope, size)
             commands.append(args)
         if not head:
-            step = bulk.MAX_PER_SCRIPT
+            step = MAX_PER_SCRIPT
             parts = [commands[i:i + step] for i in range(0, len(commands), step)]
-            await self.send(topic, envelopes, [bulk.xadd_many(topic, maxlen, part)  # type: ignore[arg-type]
+            await self.send(topic, envelopes, [xadd_many(topic, maxlen, part)  # type: ignore[arg-type]
                                                for part in parts], [len(p) for p in parts])
             return
         await self.send(topic, envelopes, commands)
@@ -293,4 +307,3 @@ class RedisStreamsAdapter(RedisAdapter):
             records.append(ReadRecord(topic, message_id, envelope,
                                       None if envelope else body, error))
         return records
-

@@ -37,9 +37,8 @@ from redis.exceptions import RedisError, ResponseError
 from eventbus.adapter import Delivery, SubscribeOptions, Subscription
 from eventbus.errors import BrokerConnectionError
 
-from .backlog import stream_backlog
 from .codec import decode_fields
-from .groups import ensure_group, gone, group_info
+from .provision import ensure_group, gone, group_info, stream_backlog
 
 if TYPE_CHECKING:
     from .adapter import RedisStreamsAdapter
@@ -266,7 +265,7 @@ class StreamSubscription(Subscription):
         return late if late > 0 else None
 
     async def backlog(self) -> int | None:
-        """Entries the group could be given now: see :func:`.backlog.stream_backlog`."""
+        """Entries the group could be given now: see :func:`.provision.stream_backlog`."""
         return await stream_backlog(self)
 
     def _room(self) -> int:

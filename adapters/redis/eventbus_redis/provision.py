@@ -1,6 +1,11 @@
-"""What a Streams group could be given now, for the bus's stall watch.
+"""Streams consumer groups as Redis sees them: creating them, telling that one (or
+its stream) is gone, and what a group could be given now.
 
-``backlog()`` counts, for one consumer group of one stream:
+Streams and groups are created on first use (``XGROUP CREATE ... MKSTREAM``); a
+group that exists keeps its position.
+
+``backlog()`` (:func:`stream_backlog`, for the bus's stall watch) counts, for one
+consumer group of one stream:
 
 - **lag**: entries added to the stream after the group's last delivered entry
   (``XINFO GROUPS`` ``lag``, Redis 7+). Where Redis cannot tell (``lag`` is nil:
@@ -29,10 +34,35 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from eventbus.errors import BrokerConnectionError, TopicNotFoundError
 
-from .groups import group_info
-
 if TYPE_CHECKING:
     from .consumer import StreamSubscription
+
+async def ensure_group(client: Any, topic: str, group: str, start: str | bytes) -> None:
+    """Create ``group`` on the stream ``topic`` (and the stream if missing) from entry
+    ``start`` (``0``, ``$`` or an entry id); a group that exists keeps its position."""
+    try:
+        await client.xgroup_create(topic, group, id=start, mkstream=True)
+    except ResponseError as exc:
+        if "BUSYGROUP" not in str(exc):
+            raise
+
+
+async def group_info(client: Any, topic: str, group: str) -> dict[str, Any] | None:
+    """``XINFO GROUPS`` of ``topic`` for ``group`` (``last-delivered-id``, ``lag`` ...),
+    ``None`` if the stream has no such group; a missing stream raises ResponseError."""
+    for info in await client.xinfo_groups(topic):
+        name = info.get("name")
+        if (name.decode("utf-8", "replace") if isinstance(name, bytes) else name) == group:
+            return dict(info)
+    return None
+
+
+def gone(exc: ResponseError) -> bool:
+    """Whether Redis says the group or its stream no longer exists (NOGROUP; a blocked
+    read ended by the stream's deletion: UNBLOCKED)."""
+    text = str(exc)
+    return text.startswith(("NOGROUP", "UNBLOCKED")) or "NOGROUP" in text
+
 
 LIMIT = 1000
 """At most this many undelivered or idle entries are counted one by one (a stall
@@ -72,4 +102,3 @@ async def stream_backlog(subscription: StreamSubscription) -> int:
     # An idle entry in the delay set is counted by ``due`` once due, never before.
     reclaimable = sum(1 for score in waiting if score is None)
     return int(lag) + reclaimable + int(due)
-
