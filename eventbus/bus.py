@@ -153,7 +153,7 @@ class EventBus:
         concurrency: int = 1,
         ordered: bool = True,
         delivery: DeliveryMode | None = None,
-        start_from: Literal["earliest", "latest"] = "latest",
+        start_from: Literal["earliest", "latest"] | None = None,
         retry: RetryPolicy | None = None,
         timeout: float | None = None,
         middleware: Sequence[Middleware] = (),
@@ -177,6 +177,12 @@ class EventBus:
           :class:`~eventbus.errors.GuaranteeUnavailableError` here, before anything
           is consumed, on a broker that cannot give it. ``"at_most_once"`` acks on
           receipt: no broker redelivery, no retries unless ``retry`` is given.
+        - ``start_from``: where the group starts the first time it subscribes,
+          ``"earliest"`` (every retained message) or ``"latest"`` (what is published
+          from then on). ``None`` (default) takes the URL's ``start_from`` option, else
+          ``"latest"``; an explicit value wins over the URL's. Without
+          ``capabilities.replay`` a group starts with what is published once it exists
+          (its adapter page says how; SQS refuses ``"earliest"`` when it starts).
         - ``idempotency``: a store (or a configured ``Idempotency(store, lease=...)``)
           deduplicating this subscription's messages by event id instead of the
           bus's; it runs inside the dead-letter step. The bus closes the store on

@@ -31,6 +31,17 @@ class UnknownSchemeError(ConfigurationError):
     """No adapter is installed for a URL scheme."""
 
 
+class ProvisioningError(ConfigurationError):
+    """An adapter could not create or find a resource it needs (topic, queue, stream,
+    consumer group), or was told not to create one (``provision=false``) that is missing.
+
+    A configuration error: the runner gives the subscription up at once (visibly, in
+    ``bus.health()``) rather than re-subscribing for ever, and a publish raises it
+    without retrying. The message names the resource and what to do (create it, grant
+    the permission, or set ``provision=true``).
+    """
+
+
 class BrokerConnectionError(EventBusError):
     """The broker refused the connection, could not be reached, or rejected credentials."""
 

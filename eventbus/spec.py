@@ -87,7 +87,8 @@ class SubscriptionSpec:
     concurrency: int = 1
     ordered: bool = True
     mode: DeliveryMode = "at_least_once"  # how it settles: after the handler, or on receipt
-    start_from: Literal["earliest", "latest"] = "latest"
+    # None: the URL's start_from, else "latest" (eventbus.adapter.start_from_for).
+    start_from: Literal["earliest", "latest"] | None = None
     retry: RetryPolicy | None = None
     timeout: float | None = None
     middleware: list[Middleware] = field(default_factory=list)

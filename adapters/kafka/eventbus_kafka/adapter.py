@@ -80,6 +80,9 @@ class KafkaAdapter(ProducerConnection, Adapter):
             # subscription keeps polling while handlers run (eventbus_kafka.keepalive).
             lease=True,
             half_open_bound=half_open_bound(self.settings),
+            browse=True,
+            group_route=True,
+            raw_publish=True,
         )
         self._producer: AIOKafkaProducer | None = None
         self._structured = self.settings.mode == "structured"

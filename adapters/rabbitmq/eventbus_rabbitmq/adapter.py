@@ -85,6 +85,9 @@ class RabbitMQAdapter(Adapter):
             # outliving it is redelivered; see docs/adapters/rabbitmq.md.
             lease=False,
             half_open_bound=half_open_bound(self.settings),
+            browse=False,
+            group_route=True,
+            raw_publish=True,
         )
         # Publishing and consuming on separate connections: a memory alarm blocks
         # the publishing one, and must not stop the consumers' acks (connection.py).

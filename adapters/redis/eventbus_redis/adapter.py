@@ -212,6 +212,9 @@ class RedisStreamsAdapter(RedisAdapter):
             # consumer keeps what it holds fresh while handlers run.
             lease=True,
             half_open_bound=self.settings.half_open_bound,
+            browse=True,
+            group_route=True,
+            raw_publish=True,
         )
 
     def _xadd(self, topic: str, fields: dict[Any, Any]) -> Callable[[Pipeline], Any]:

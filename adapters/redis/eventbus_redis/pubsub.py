@@ -80,6 +80,9 @@ class RedisPubSubAdapter(RedisAdapter):
             reconnect=True,
             lease=False,
             half_open_bound=self.settings.half_open_bound,
+            browse=True,
+            group_route=False,
+            raw_publish=True,
         )
 
     async def publish(self, topic: str, envelopes: Sequence[Envelope]) -> None:

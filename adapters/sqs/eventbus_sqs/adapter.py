@@ -75,6 +75,9 @@ class SqsAdapter(Adapter):
             # request gives up on a silent connection after read_timeout and the next
             # one opens a new connection.
             half_open_bound=s.connect_timeout,
+            browse=False,
+            group_route=True,
+            raw_publish=True,
         )
         self._clients: dict[str, Any] = {}
         self._stack: contextlib.AsyncExitStack | None = None

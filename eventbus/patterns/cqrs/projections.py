@@ -57,6 +57,7 @@ from eventbus.patterns.cqrs._bus_feed import SEEN, BusFeed
 from eventbus.patterns.eventsourcing.parking import ParkedStoredEvent
 from eventbus.patterns.schema import KINDS, ready
 from eventbus.patterns.sql import Database, Transaction
+from eventbus.tasks import stop_task
 
 if TYPE_CHECKING:
     from eventbus.patterns.eventsourcing.store import EventStore, StoredEvent
@@ -356,13 +357,7 @@ class Projection(BusFeed):
         """Stop following the store; waits at most ``timeout`` seconds for the task
         (a batch cut short rolls back and is applied again later)."""
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            done, _ = await asyncio.wait([task], timeout=timeout)
-            if not done:
-                log.warning("projection %s: still finishing a call %.1fs after stop(); left "
-                            "to end by itself (the database timeouts bound it)", self.name,
-                            timeout)
+        await stop_task(task, timeout=timeout, what=f"projection {self.name}", log=log)
 
     def health(self) -> ProjectionHealth:
         """Whether the follow task runs, its position, its last error and how many

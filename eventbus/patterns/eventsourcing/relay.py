@@ -35,6 +35,7 @@ from eventbus.patterns.eventsourcing.parking import (
     regroup,
 )
 from eventbus.patterns.eventsourcing.store import EventStore, StoredEvent
+from eventbus.tasks import stop_task
 
 # What a broker refuses for good: publishing the same event again cannot succeed.
 _REFUSED = (MessageTooLargeError, DecodeError)
@@ -308,13 +309,7 @@ class EventRelay:
         """Cancel the background task and wait for it, at most ``timeout`` seconds (a
         batch cut short is published again from the checkpoint later)."""
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            done, _ = await asyncio.wait([task], timeout=timeout)
-            if not done:
-                log.warning("event relay %r: still finishing a call %.1fs after stop(); "
-                            "left to end by itself (its database and broker timeouts "
-                            "bound it)", self.name, timeout)
+        await stop_task(task, timeout=timeout, what=f"event relay {self.name!r}", log=log)
 
     async def wait_until(self, position: int, timeout: float = 10.0) -> None:
         """Wait until the relay's checkpoint reaches ``position`` (TimeoutError after

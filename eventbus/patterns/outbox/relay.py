@@ -55,6 +55,7 @@ from eventbus.errors import ConfigurationError, PublishError, is_permanent_refus
 from eventbus.patterns.outbox import claims
 from eventbus.patterns.outbox.store import Outbox
 from eventbus.patterns.sql import Row
+from eventbus.tasks import stop_task
 
 log = logging.getLogger("eventbus.outbox")
 
@@ -313,12 +314,8 @@ class OutboxRelay:
         end the loop."""
         task, self._task = self._task, None
         self._stopping.set()
-        if task is not None:
-            done, _ = await asyncio.wait([task], timeout=timeout)
-            if not done:
-                task.cancel()
-            # A loop that died was logged by _ended; stopping does not raise it again.
-            await asyncio.gather(task, return_exceptions=True)
+        # A loop that died was logged by _ended; stopping does not raise it again.
+        await stop_task(task, grace=timeout)
         self._state = "stopped"
 
     def health(self) -> RelayHealth:

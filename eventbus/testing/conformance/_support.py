@@ -374,16 +374,13 @@ class Capability:
         lambda _, caps: not caps.consumer_groups,
     )
     group_route = Requirement(
-        "a per-group route (it leaves Adapter.publish_to_group unsupported, so dead "
-        "letters are replayed to the whole topic)",
-        lambda target, _: _routes_to_one_group(target),
-    )
-
-
-def _routes_to_one_group(target: BrokerTarget) -> bool:
-    """Whether the target's adapter implements :meth:`Adapter.publish_to_group` (the
-    same test ``eventbus dlq replay`` makes): the contract method is the declaration."""
-    return type(adapter_from_url(target.url)).publish_to_group is not Adapter.publish_to_group
+        "a per-group route (capabilities.group_route: dead letters are replayed to the "
+        "whole topic)", lambda _, caps: caps.group_route)
+    browse = Requirement(
+        "browsing without consuming (capabilities.browse: eventbus dlq reads the DLQ as "
+        "a consumer group)", lambda _, caps: caps.browse)
+    raw_publish = Requirement(
+        "publishing raw bytes (capabilities.raw_publish)", lambda _, caps: caps.raw_publish)
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,8 +12,6 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable
 
-import pytest
-
 from eventbus.adapter import Adapter
 from eventbus.codec import encode_structured
 from eventbus.context import Context
@@ -122,7 +120,8 @@ class DeadLetterCases:
             f"same event: {[(x.envelope.id, x.failed_at) for x in again]}"
         )
 
-    @case(timeout=90.0)
+    @case(requires(Capability.raw_publish, "a foreign producer's bytes are published raw"),
+          timeout=90.0)
     async def test_foreign_message_keeps_its_payload_and_metadata(self, run: Case) -> None:
         """Bytes from a producer that does not speak CloudEvents go to the DLQ with their
         payload, their transport headers (foreign binary values included) and the broker's
@@ -144,8 +143,9 @@ class DeadLetterCases:
         try:
             await bus.adapter.publish_raw(topic, payload, headers)
         except UnsupportedOperationError as exc:
-            if "header" not in str(exc).lower():
-                pytest.skip(f"{run.target.name} cannot publish raw bytes: {exc}")
+            # Some brokers carry raw headers without CloudEvents binary mode (SQS message
+            # attributes), others none at all (Redis Pub/Sub): those refuse the headers.
+            assert "header" in str(exc).lower(), exc
             headers = None  # a broker without headers: the payload alone
             await bus.adapter.publish_raw(topic, payload)
         structured = Envelope.create(type=Ping.event_type(), source="foreign-producer",
