@@ -32,6 +32,7 @@ from eventbus.adapter import (
     SubscribeOptions,
     Subscription,
 )
+from eventbus.adapters_util import map_exceptions
 from eventbus.envelope import Envelope
 from eventbus.errors import (
     BrokerConnectionError,
@@ -40,11 +41,11 @@ from eventbus.errors import (
     TopicNotFoundError,
 )
 
-from .codec import check_raw_size, decode, encode_block, raw_block, raw_headers
-from .connection import close_quietly, message_limit, open_connection
+from .codec import check_raw_size, decode, encode_block, raw_block
+from .connection import CLIENT_ERRORS, Connection, message_limit
 from .provision import check_subject
-from .settings import NatsSettings
-from .wire import hpub
+from .settings import NatsSettings, settings_from
+from .wire import hpub, write
 
 log = logging.getLogger("eventbus.nats")
 
@@ -63,13 +64,20 @@ class NatsCoreAdapter(Adapter):
     stronger = ("nats:// (JetStream: a durable stream per topic, explicit acks and "
                 "redelivery)")
 
-    def __init__(self, url: str) -> None:
-        super().__init__(url)
-        self.settings = NatsSettings.from_url(url)
-        if self.settings.jetstream:
+    def __init__(self, url: str | None = None, *, settings: NatsSettings | None = None,
+                 client: Client | None = None) -> None:
+        """``NatsCoreAdapter(url)``, or ``NatsCoreAdapter(settings=..., client=nc)`` with
+        a nats-py client you connected yourself (used as it is, never closed here)."""
+        s = settings_from(url, settings, type(self).__name__)
+        super().__init__(s.url or s.masked_url)
+        self.settings = s
+        if s.jetstream:
             raise BrokerConnectionError(
-                f"NatsCoreAdapter is core NATS only; use NatsAdapter for "
-                f"{self.settings.masked_url}")
+                f"NatsCoreAdapter is core NATS only; use NatsAdapter for {s.masked_url}")
+        # Nothing is stored: a group gets what is published once it is subscribed,
+        # whatever start_from says.
+        self.start_from = s.start_from
+        self._connection = Connection(s, client, "core adapter")
         self.capabilities = Capabilities(
             persistent=False,  # nothing is stored: no subscriber, no message
             consumer_groups=True,  # queue groups
@@ -80,52 +88,41 @@ class NatsCoreAdapter(Adapter):
             native_dead_letter=False,
             replay=False,
             headers=True,
-            max_message_bytes=self.settings.max_message_bytes,
+            max_message_bytes=s.max_message_bytes,
             dedupe_window=None,
             reconnect=True,
             # PINGs every ping_interval; max_pings_out unanswered in a row mark the
             # connection stale: nats-py drops it and reconnects (health() fails meanwhile).
-            half_open_bound=self.settings.half_open_bound,
+            half_open_bound=self._connection.half_open_bound(),
             browse=True,
             group_route=False,
             raw_publish=True,
         )
-        self._client: Client | None = None
         self._subscriptions: set[CoreSubscription] = set()
-        self._lock = asyncio.Lock()
 
     @property
     def client(self) -> Client:
         """The connection (after :meth:`connect`)."""
-        if self._client is None:
-            raise BrokerConnectionError(
-                f"the core NATS adapter for {self.settings.masked_url} is not connected; "
-                "call connect() (or start the bus) first")
-        return self._client
+        return self._connection.client
 
     async def connect(self) -> None:
         """Connect; fail fast with the masked URL."""
         await self._ready()
 
     async def _ready(self) -> Client:
-        if self._client is not None:
-            return self._client
-        async with self._lock:
-            if self._client is None:
-                client = await open_connection(self.settings, "core adapter")
-                self.capabilities = replace(
-                    self.capabilities,
-                    max_message_bytes=message_limit(self.settings, client, "core adapter"))
-                self._client = client
-            return self._client
+        return await self._connection.open(self._learn_limits)
+
+    async def _learn_limits(self, client: Client) -> None:
+        limit = message_limit(self.settings, client, "core adapter")
+        self.capabilities = replace(self.capabilities, max_message_bytes=limit,
+                                    half_open_bound=self._connection.half_open_bound(client))
 
     async def close(self) -> None:
+        """Close every subscription, then the connection (unless the user gave it)."""
         for subscription in list(self._subscriptions):
             await subscription.close()
         self._subscriptions.clear()
-        client, self._client = self._client, None
-        if client is not None:
-            await close_quietly(client)
+        await self._connection.close()
 
     async def health(self) -> HealthReport:
         s = self.settings
@@ -178,13 +175,11 @@ class NatsCoreAdapter(Adapter):
                 f"a message of {largest} bytes to {topic!r} is over the {client.max_payload}-"
                 f"byte max_payload of the NATS server at {self.settings.masked_url}; nothing "
                 "was sent. Keep events small: reference large data by id or URL.")
-        try:
-            await client.write(commands, len(commands), size)  # type: ignore[attr-defined]
+        with map_exceptions(CLIENT_ERRORS, what=f"sending {len(commands)} message(s) to "
+                                                f"{topic!r} on NATS at {self.settings.masked_url}",
+                            hint="the server did not confirm them; publish again"):
+            await write(client, commands, len(commands), size)
             await client.flush(_whole(self.settings.publish_timeout))
-        except Exception as exc:
-            raise BrokerConnectionError(
-                f"NATS at {self.settings.masked_url} did not confirm {len(commands)} "
-                f"message(s) to {topic!r}: {type(exc).__name__}: {exc}") from exc
 
     async def publish_raw(
         self, topic: str, payload: bytes, headers: Mapping[str, bytes] | None = None
@@ -210,16 +205,15 @@ class NatsCoreAdapter(Adapter):
         """Join queue group ``options.group`` on subject ``topic``; returns once the
         server has the subscription (a message published afterwards reaches it)."""
         check_subject(topic)
-        client = await self._ready()
+        await self._ready()
         subscription = CoreSubscription(self, topic, options)
-        try:
-            await subscription.start()
-        except Exception as exc:
-            await subscription.close()
-            raise BrokerConnectionError(
-                f"cannot subscribe to {topic!r} on NATS at {self.settings.masked_url}: "
-                f"{type(exc).__name__}: {exc}") from exc
-        del client
+        with map_exceptions(CLIENT_ERRORS, what=f"subscribing to {topic!r} on NATS at "
+                                                f"{self.settings.masked_url}"):
+            try:
+                await subscription.start()
+            except BaseException:
+                await subscription.close()
+                raise
         self._subscriptions.add(subscription)
         return subscription
 
@@ -233,11 +227,9 @@ class CoreDelivery(Delivery):
     __slots__ = ("_msg", "_owner")
 
     def __init__(self, owner: CoreSubscription, msg: Msg, number: int, attempt: int) -> None:
-        envelope, error = decode(msg.headers, msg.data)
-        super().__init__(topic=owner.topic, group=owner.options.group, envelope=envelope,
-                         attempt=attempt, message_id=f"{owner.topic}/{number}",
-                         raw=None if envelope is not None else msg.data, decode_error=error,
-                         raw_headers=None if envelope is not None else raw_headers(msg.headers))
+        super().__init__(decode(msg.headers, msg.data), topic=owner.topic,
+                         group=owner.options.group, attempt=attempt,
+                         message_id=f"{owner.topic}/{number}")
         self._owner = owner
         self._msg = msg
 

@@ -52,10 +52,13 @@ from nats.js.api import (
 )
 from nats.js.errors import BadRequestError, NotFoundError
 
+from eventbus.adapters_util import map_exceptions
+
 from .codec import MSG_ID, raw_block
+from .connection import jetstream_errors
 from .provision import encode_name
 from .settings import NatsSettings
-from .wire import ack_command, ack_facts
+from .wire import ack_command, ack_facts, write
 
 if TYPE_CHECKING:
     from .consumer import JetStreamSubscription
@@ -89,27 +92,30 @@ class GroupRoutes:
         if self._ready:
             return self.stream
         s = self.settings
-        async with self._lock:
-            if self._ready:
-                return self.stream
-            try:
-                await js.stream_info(self.stream)
-            except NotFoundError:
-                config = StreamConfig(
-                    name=self.stream,
-                    subjects=[f"{s.stream_prefix}_REPLAY.>"],
-                    retention=RetentionPolicy.WORK_QUEUE,
-                    discard=DiscardPolicy.OLD,
-                    storage=StorageType.FILE if s.storage == "file" else StorageType.MEMORY,
-                    num_replicas=s.replicas,
-                    max_age=s.max_age or None,
-                    max_msg_size=s.max_message_bytes,
-                )
+        with map_exceptions(
+                jetstream_errors, what=f"setting up the route stream {self.stream!r} on NATS "
+                                       f"at {s.masked_url}"):
+            async with self._lock:
+                if self._ready:
+                    return self.stream
                 try:
-                    await js.add_stream(config)
-                except BadRequestError:
-                    await js.stream_info(self.stream)  # created meanwhile by another process
-            self._ready = True
+                    await js.stream_info(self.stream)
+                except NotFoundError:
+                    config = StreamConfig(
+                        name=self.stream,
+                        subjects=[f"{s.stream_prefix}_REPLAY.>"],
+                        retention=RetentionPolicy.WORK_QUEUE,
+                        discard=DiscardPolicy.OLD,
+                        storage=StorageType.FILE if s.storage == "file" else StorageType.MEMORY,
+                        num_replicas=s.replicas,
+                        max_age=s.max_age or None,
+                        max_msg_size=s.max_message_bytes,
+                    )
+                    try:
+                        await js.add_stream(config)
+                    except BadRequestError:
+                        await js.stream_info(self.stream)  # created meanwhile by another process
+                self._ready = True
         return self.stream
 
     async def ensure_consumer(self, js: JetStreamContext, topic: str, group: str) -> str:
@@ -117,21 +123,25 @@ class GroupRoutes:
         kept, so what was routed before the group subscribed is delivered too."""
         stream = await self.ensure_stream(js)
         name = self.consumer(topic, group)
-        try:
-            await js.consumer_info(stream, name)
-        except NotFoundError:
-            s = self.settings
-            await js.add_consumer(stream, ConsumerConfig(
-                durable_name=name,
-                description=f"eventbus group {group} of topic {topic}: messages for it alone",
-                deliver_policy=DeliverPolicy.ALL,
-                ack_policy=AckPolicy.EXPLICIT,
-                ack_wait=s.ack_wait,
-                max_deliver=s.max_deliver,
-                filter_subject=self.subject(topic, group),
-                max_ack_pending=-1,
-                max_waiting=512,
-            ))
+        s = self.settings
+        with map_exceptions(jetstream_errors, what=f"setting up the route consumer {name!r} "
+                                                   f"of group {group!r} on NATS at "
+                                                   f"{s.masked_url}"):
+            try:
+                await js.consumer_info(stream, name)
+            except NotFoundError:
+                await js.add_consumer(stream, ConsumerConfig(
+                    durable_name=name,
+                    description=f"eventbus group {group} of topic {topic}: messages for it "
+                                "alone",
+                    deliver_policy=DeliverPolicy.ALL,
+                    ack_policy=AckPolicy.EXPLICIT,
+                    ack_wait=s.ack_wait,
+                    max_deliver=s.max_deliver,
+                    filter_subject=self.subject(topic, group),
+                    max_ack_pending=-1,
+                    max_waiting=512,
+                ))
         return name
 
 
@@ -179,7 +189,7 @@ async def carry_over(sub: JetStreamSubscription) -> None:
                 adapter.settings.publish_timeout)
             if failure is not None:
                 raise failure
-            await sub.client.write([ack_command(msg.reply)], 1, 4)
+            await write(adapter.client, [ack_command(msg.reply)], 1, 4)
         except Exception as exc:
             log.warning("message %s/%s of %r group %r reached max_deliver=%d and could not "
                         "be carried over yet (%s: %s); kept, trying again", sub.stream,

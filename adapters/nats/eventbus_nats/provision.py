@@ -50,8 +50,15 @@ from nats.js.api import (
 )
 from nats.js.errors import APIError, BadRequestError, NotFoundError
 
-from eventbus.errors import BrokerConnectionError, ConfigurationError, TopicNotFoundError
+from eventbus.adapters_util import map_exceptions
+from eventbus.errors import (
+    BrokerConnectionError,
+    ConfigurationError,
+    ProvisioningError,
+    TopicNotFoundError,
+)
 
+from .connection import jetstream_errors
 from .settings import NatsSettings
 
 if TYPE_CHECKING:
@@ -147,32 +154,35 @@ class Provisioner:
             return name
         subject = check_subject(topic)
         s = self.settings
-        async with self._lock:
-            if name in self._streams:
-                return name
-            try:
-                info = await js.stream_info(name)
-            except NotFoundError:
-                if not s.create_streams:
-                    raise ConfigurationError(
-                        f"JetStream stream {name!r} for topic {topic!r} does not exist and "
-                        "create_streams=false; create it (subject "
-                        f"{subject!r}) or allow the adapter to"
-                    ) from None
-                info = await self._add_stream(js, name, StreamConfig(
-                    name=name,
-                    subjects=[subject],
-                    retention=RetentionPolicy.LIMITS,
-                    discard=DiscardPolicy.OLD,
-                    storage=StorageType.FILE if s.storage == "file" else StorageType.MEMORY,
-                    num_replicas=s.replicas,
-                    max_age=s.max_age or None,
-                    max_bytes=s.max_bytes,
-                    max_msgs=s.max_msgs,
-                    max_msg_size=s.max_message_bytes,
-                    duplicate_window=s.dedupe_window,
-                ))
-            self._streams[name] = StreamFacts(info.config.max_msg_size or -1, info.created)
+        with map_exceptions(
+                jetstream_errors, what=f"setting up the JetStream stream {name!r} of topic "
+                                       f"{topic!r} on NATS at {s.masked_url}"):
+            async with self._lock:
+                if name in self._streams:
+                    return name
+                try:
+                    info = await js.stream_info(name)
+                except NotFoundError:
+                    if not s.provision:
+                        raise ProvisioningError(
+                            f"JetStream stream {name!r} for topic {topic!r} does not exist on "
+                            f"NATS at {s.masked_url} and provision=false; create it (subject "
+                            f"{subject!r}) or set provision=true to let the adapter"
+                        ) from None
+                    info = await self._add_stream(js, name, StreamConfig(
+                        name=name,
+                        subjects=[subject],
+                        retention=RetentionPolicy.LIMITS,
+                        discard=DiscardPolicy.OLD,
+                        storage=StorageType.FILE if s.storage == "file" else StorageType.MEMORY,
+                        num_replicas=s.replicas,
+                        max_age=s.max_age or None,
+                        max_bytes=s.max_bytes,
+                        max_msgs=s.max_msgs,
+                        max_msg_size=s.max_message_bytes,
+                        duplicate_window=s.dedupe_window,
+                    ))
+                self._streams[name] = StreamFacts(info.config.max_msg_size or -1, info.created)
         return name
 
     async def _add_stream(self, js: JetStreamContext, name: str,
@@ -217,25 +227,28 @@ class Provisioner:
         """
         name = self.consumer_name(group)
         lock = self._consumer_locks.setdefault((stream, name), asyncio.Lock())
-        async with lock:
-            try:
-                self.note(stream, await js.consumer_info(stream, name))
-                return None
-            except NotFoundError:
-                pass
-            config, how = self._config_at_floor(stream, group, start_from)
-            try:
-                info = await js.add_consumer(stream, config)
-            except APIError as refused:
-                # Another member created it first, from where it saw the group (a
-                # different start sequence is refused as a config change): take theirs.
+        with map_exceptions(
+                jetstream_errors, what=f"setting up the consumer {name!r} of group {group!r} "
+                                       f"on stream {stream!r} at {self.settings.masked_url}"):
+            async with lock:
                 try:
-                    info = await js.consumer_info(stream, name)
+                    self.note(stream, await js.consumer_info(stream, name))
+                    return None
                 except NotFoundError:
-                    raise refused from None
-                how = "by another member meanwhile"
-            self.note(stream, info)
-            return how
+                    pass
+                config, how = self._config_at_floor(stream, group, start_from)
+                try:
+                    info = await js.add_consumer(stream, config)
+                except APIError as refused:
+                    # Another member created it first, from where it saw the group (a
+                    # different start sequence is refused as a config change): take theirs.
+                    try:
+                        info = await js.consumer_info(stream, name)
+                    except NotFoundError:
+                        raise refused from None
+                    how = "by another member meanwhile"
+                self.note(stream, info)
+                return how
 
     def _config_at_floor(self, stream: str, group: str,
                          start_from: str) -> tuple[ConsumerConfig, str]:
@@ -266,21 +279,17 @@ class ConsumerKeeper:
         JetStream does not answer."""
         adapter = self.adapter
         timeout = min(adapter.settings.request_timeout, 5.0)
-        try:
+        with map_exceptions(
+            {NotFoundError: (TopicNotFoundError, "it is gone: it is created again where the "
+                             "group was"),
+             Exception: BrokerConnectionError},
+            what=f"looking at the JetStream consumer {subscription.consumer!r} of group "
+                 f"{subscription.options.group!r} on stream {subscription.stream!r} (topic "
+                 f"{subscription.topic!r}) at {adapter.settings.masked_url}",
+        ):
             js = await adapter._ready()
             info: ConsumerInfo = await js.consumer_info(
                 subscription.stream, subscription.consumer, timeout=timeout)
-        except NotFoundError as exc:
-            raise TopicNotFoundError(
-                f"the JetStream consumer {subscription.consumer!r} of group "
-                f"{subscription.options.group!r} on stream {subscription.stream!r} (topic "
-                f"{subscription.topic!r}) is gone at {adapter.settings.masked_url}; it is "
-                "created again where the group was") from exc
-        except Exception as exc:
-            raise BrokerConnectionError(
-                f"JetStream at {adapter.settings.masked_url} did not answer for the consumer "
-                f"of group {subscription.options.group!r} on stream {subscription.stream!r}: "
-                f"{type(exc).__name__}: {exc}") from exc
         if not subscription.is_route:
             adapter._provisioner.note(subscription.stream, info)
         return info
@@ -312,8 +321,8 @@ class ConsumerKeeper:
             else:
                 adapter._provisioner.forget()  # the stream too may be new
                 stream = await adapter._provisioner.ensure_stream(js, subscription.topic)
-                start_from = adapter.settings.start_from or subscription.options.start_from
-                how = await adapter._provisioner.ensure_consumer(js, stream, group, start_from)
+                how = await adapter._provisioner.ensure_consumer(
+                    js, stream, group, subscription.options.start_from)
         except Exception as exc:
             log.warning("the JetStream consumer of group %r on topic %r is gone (%s) and could "
                         "not be created again yet (%s: %s); trying again", group,
