@@ -59,7 +59,7 @@ def broker_url(name: str) -> str:
     if name == "redis":
         parts = urlsplit(url)
         url = urlunsplit(parts._replace(scheme="redis+streams"))
-        return f"{url}{join}claim_idle_ms=1500&claim_interval_ms=200"
+        return f"{url}{join}claim_idle=1.5&claim_interval=0.2"
     if name == "sqs":
         os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
         os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")

@@ -2,7 +2,10 @@
 its stream) is gone, and what a group could be given now.
 
 Streams and groups are created on first use (``XGROUP CREATE ... MKSTREAM``); a
-group that exists keeps its position.
+group that exists keeps its position. With ``provision=false`` a missing stream is
+not created (``XGROUP CREATE`` without ``MKSTREAM``): the subscription fails with
+:class:`~eventbus.errors.ProvisioningError` (see :func:`.connection.group_errors`);
+its group is still created on an existing stream.
 
 ``backlog()`` (:func:`stream_backlog`, for the bus's stall watch) counts, for one
 consumer group of one stream:
@@ -11,7 +14,7 @@ consumer group of one stream:
   (``XINFO GROUPS`` ``lag``, Redis 7+). Where Redis cannot tell (``lag`` is nil:
   entries after the group's position were deleted, or Redis 6) the entries after
   ``last-delivered-id`` are counted with ``XRANGE``, up to :data:`LIMIT`;
-- **pending entries idle past ``claim_idle_ms``**: delivered to a consumer that
+- **pending entries idle past ``claim_idle``**: delivered to a consumer that
   stopped keeping them fresh (dead, or let go of them after a failed nack), so
   any consumer's next ``XAUTOCLAIM`` takes them (``XPENDING ... IDLE``, up to
   :data:`LIMIT`), except those waiting out a nack delay;
@@ -28,20 +31,25 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from eventbus.adapters_util import Mapped, map_exceptions
 from eventbus.errors import BrokerConnectionError, TopicNotFoundError
+
+from .connection import CONNECTION_ERRORS
 
 if TYPE_CHECKING:
     from .consumer import StreamSubscription
 
-async def ensure_group(client: Any, topic: str, group: str, start: str | bytes) -> None:
-    """Create ``group`` on the stream ``topic`` (and the stream if missing) from entry
-    ``start`` (``0``, ``$`` or an entry id); a group that exists keeps its position."""
+
+async def ensure_group(client: Any, topic: str, group: str, start: str | bytes, *,
+                       create: bool = True) -> None:
+    """Create ``group`` on the stream ``topic`` (and the stream if missing, unless not
+    ``create``) from entry ``start`` (``0``, ``$`` or an entry id); a group that
+    exists keeps its position. A missing stream not to be created raises Redis's
+    ResponseError (``requires the key to exist``)."""
     try:
-        await client.xgroup_create(topic, group, id=start, mkstream=True)
+        await client.xgroup_create(topic, group, id=start, mkstream=create)
     except ResponseError as exc:
         if "BUSYGROUP" not in str(exc):
             raise
@@ -64,6 +72,17 @@ def gone(exc: ResponseError) -> bool:
     return text.startswith(("NOGROUP", "UNBLOCKED")) or "NOGROUP" in text
 
 
+def backlog_errors(exc: Exception) -> Mapped | None:
+    """A backlog query's failure: the group or its stream gone is TopicNotFoundError
+    (nothing is consumed until it is created again), anything else Redis out of reach."""
+    if isinstance(exc, ResponseError) and ("no such key" in str(exc).lower()
+                                           or "NOGROUP" in str(exc)):
+        return (TopicNotFoundError, "deleted? nothing is consumed until it is created again")
+    if isinstance(exc, RedisError | CONNECTION_ERRORS):
+        return BrokerConnectionError
+    return None
+
+
 LIMIT = 1000
 """At most this many undelivered or idle entries are counted one by one (a stall
 needs one; a precise count of more is not worth a long scan)."""
@@ -75,7 +94,7 @@ async def stream_backlog(subscription: StreamSubscription) -> int:
     client: Any = subscription.adapter.client
     where = f"group {group!r} of stream {topic!r} on Redis at " \
             f"{subscription.adapter.settings.masked_url}"
-    try:
+    with map_exceptions(backlog_errors, what=f"reading the backlog of {where}"):
         info = await group_info(client, topic, group)
         if info is None:
             raise TopicNotFoundError(
@@ -85,20 +104,11 @@ async def stream_backlog(subscription: StreamSubscription) -> int:
         if lag is None:
             last = info["last-delivered-id"]
             lag = len(await client.xrange(topic, b"(" + bytes(last), "+", count=LIMIT))
-        idle = await client.xpending_range(
-            topic, group, "-", "+", LIMIT, idle=subscription.adapter.settings.claim_idle_ms)
+        idle_ms = int(subscription.adapter.settings.claim_idle * 1000)
+        idle = await client.xpending_range(topic, group, "-", "+", LIMIT, idle=idle_ms)
         ids = [entry["message_id"] for entry in idle]
         waiting = await client.zmscore(subscription.delay_key, ids) if ids else []
         due = await client.zcount(subscription.delay_key, "-inf", int(time.time() * 1000))
-    except (TopicNotFoundError, BrokerConnectionError):
-        raise
-    except ResponseError as exc:
-        if "no such key" in str(exc).lower() or "NOGROUP" in str(exc):
-            raise TopicNotFoundError(f"{where} does not exist (deleted?): {exc}") from exc
-        raise BrokerConnectionError(f"cannot read the backlog of {where}: {exc}") from exc
-    except (RedisConnectionError, RedisTimeoutError, RedisError, OSError, TimeoutError) as exc:
-        raise BrokerConnectionError(
-            f"cannot read the backlog of {where}: {type(exc).__name__}: {exc}") from exc
     # An idle entry in the delay set is counted by ``due`` once due, never before.
     reclaimable = sum(1 for score in waiting if score is None)
     return int(lag) + reclaimable + int(due)

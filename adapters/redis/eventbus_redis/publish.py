@@ -1,12 +1,13 @@
 """Publishing on Redis: commands share round trips, a batch is one script run.
 
 **Shared round trips.** Commands from concurrent callers share one pipeline per
-loop turn (:class:`Batcher`): every caller queues its commands and awaits their
-replies; the first caller of a turn schedules a flush, which sends everything
-queued by then as one pipeline (no MULTI: the commands are independent) and
-hands each caller its replies, errors in place. Several flushes may be in flight
-at once on different connections, so a slow round trip does not hold back the
-next turn's commands.
+loop turn (:func:`pipeline_batcher`, the core's
+:class:`~eventbus.adapters_util.TurnBatcher`): every caller submits its commands
+and awaits their replies; the first caller of a turn schedules a flush, which
+sends everything submitted by then as one pipeline (no MULTI: the commands are
+independent) and hands each caller its replies, errors in place. Several flushes
+may be in flight at once on different connections, so a slow round trip does not
+hold back the next turn's commands.
 
 **Many publishes in one command.** A Lua script runs the XADDs (or PUBLISHes) of
 a batch inside Redis and returns one reply per message. A pipeline of N XADDs
@@ -22,12 +23,13 @@ bytes per batch, and nothing to reload after a restart or ``SCRIPT FLUSH``.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
+
+from eventbus.adapters_util import TurnBatcher
 
 Command = Callable[[Pipeline], Any] | tuple[Any, ...]
 """A function adding one command to a pipeline, or the command's arguments as they
@@ -35,91 +37,52 @@ are sent (``("XADD", stream, "*", field, value, ...)``: no redis-py method call 
 message; its reply goes through redis-py's callback for that command name)."""
 
 
-class Batcher:
-    """Coalesces the commands of concurrent callers into shared pipelines."""
+Batcher = TurnBatcher[Command, Any]
+"""Commands of concurrent callers gathered into shared pipelines."""
 
-    def __init__(self, client: Redis, max_commands: int = 2000) -> None:
-        self.client = client
-        self.max_commands = max_commands
-        self._queued: list[tuple[list[Command], asyncio.Future[list[Any]]]] = []
-        self._scheduled = False
-        self._flushes: set[asyncio.Task[None]] = set()
 
-    async def run(self, commands: list[Command]) -> list[Any]:
-        """Send ``commands`` (each adds one command to a pipeline); return their replies.
+def pipeline_batcher(client: Redis, max_commands: int = 2000) -> Batcher:
+    """The :data:`Batcher` of ``client``: each turn's commands (at most ``max_commands``
+    a round trip) as one pipeline; a command Redis refused gets its error in its
+    place, an error of the round trip itself (the connection lost past redis-py's
+    retries) is raised to every caller of that round trip."""
 
-        A reply that is an error is returned in its place, not raised; an error of
-        the round trip itself (connection lost after the client's retries) is raised.
-        """
-        if not commands:
-            return []
-        future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
-        self._queued.append((commands, future))
-        if not self._scheduled:
-            self._scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush_soon)
-        return await future
+    async def send(commands: list[Command]) -> list[Any]:
+        pipe = client.pipeline(transaction=False)
+        for command in commands:
+            if type(command) is tuple:
+                pipe.execute_command(*command)
+            else:
+                command(pipe)  # type: ignore[operator]
+        replies: list[Any] = await pipe.execute(raise_on_error=False)
+        return replies
 
-    def _flush_soon(self) -> None:
-        self._scheduled = False
-        while self._queued:
-            taken: list[tuple[list[Command], asyncio.Future[list[Any]]]] = []
-            size = 0
-            while self._queued and (not taken or size + len(self._queued[0][0])
-                                    <= self.max_commands):
-                item = self._queued.pop(0)
-                taken.append(item)
-                size += len(item[0])
-            task = asyncio.create_task(self._flush(taken))
-            self._flushes.add(task)
-            task.add_done_callback(self._flushes.discard)
-
-    async def _flush(self, taken: list[tuple[list[Command], asyncio.Future[list[Any]]]]) -> None:
-        try:
-            pipe = self.client.pipeline(transaction=False)
-            for commands, _ in taken:
-                for command in commands:
-                    if type(command) is tuple:
-                        pipe.execute_command(*command)
-                    else:
-                        command(pipe)  # type: ignore[operator]
-            replies = await pipe.execute(raise_on_error=False)
-        except BaseException as exc:
-            for _, future in taken:
-                if not future.done():
-                    future.set_exception(exc)
-            if not isinstance(exc, Exception):
-                raise
-            return
-        start = 0
-        for commands, future in taken:
-            if not future.done():
-                future.set_result(replies[start:start + len(commands)])
-            start += len(commands)
-
-    async def drain(self) -> None:
-        """Wait for every flush in flight (close() calls it before closing the client)."""
-        while self._flushes:
-            await asyncio.gather(*list(self._flushes), return_exceptions=True)
+    return TurnBatcher(send, max_items=max_commands)
 
 
 MAX_PER_SCRIPT = 1000
 """Messages per EVAL: bounds one script's run time (Redis serves nobody meanwhile)."""
 
 # ARGV: maxlen ('' for none), then per message its field count n and n field/value items.
-XADD_MANY = """
+_XADD_MANY = """
 local out, m, i, key, maxlen = {}, 1, 2, KEYS[1], ARGV[1]
 while i <= #ARGV do
   local n = tonumber(ARGV[i])
   if maxlen == '' then
-    out[m] = redis.pcall('XADD', key, '*', unpack(ARGV, i + 1, i + n))
+    out[m] = redis.pcall('XADD', key, <NOMK>'*', unpack(ARGV, i + 1, i + n))
   else
-    out[m] = redis.pcall('XADD', key, 'MAXLEN', '~', maxlen, '*', unpack(ARGV, i + 1, i + n))
+    out[m] = redis.pcall('XADD', key, <NOMK>'MAXLEN', '~', maxlen, '*',
+                         unpack(ARGV, i + 1, i + n))
   end
   m, i = m + 1, i + n + 1
 end
 return out
 """
+XADD_MANY = _XADD_MANY.replace("<NOMK>", "")
+# provision=false: NOMKSTREAM (Redis 6.2+), so a missing stream is not created: the
+# XADD answers nil (false in the script), which the adapter reports. A second text
+# rather than a flag, so the usual script does no extra work per message.
+XADD_MANY_EXISTING = _XADD_MANY.replace("<NOMK>", "'NOMKSTREAM', ")
 
 # ARGV: the channel, then one payload per message.
 PUBLISH_MANY = """
@@ -129,9 +92,12 @@ return out
 """
 
 
-def xadd_many(stream: str, maxlen: int, entries: Sequence[Sequence[Any]]) -> tuple[Any, ...]:
-    """One EVAL adding ``entries`` (each a flat field/value sequence) to ``stream``."""
-    args: list[Any] = ["EVAL", XADD_MANY, 1, stream, maxlen or ""]
+def xadd_many(stream: str, maxlen: int, entries: Sequence[Sequence[Any]], *,
+              create: bool = True) -> tuple[Any, ...]:
+    """One EVAL adding ``entries`` (each a flat field/value sequence) to ``stream``; with
+    ``create=False`` a missing stream is left missing (each reply ``None``)."""
+    args: list[Any] = ["EVAL", XADD_MANY if create else XADD_MANY_EXISTING, 1, stream,
+                       maxlen or ""]
     for fields in entries:
         args.append(len(fields))
         args += fields

@@ -22,13 +22,14 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
+from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
 
 from eventbus.adapter import Capabilities, Delivery, ReadRecord, SubscribeOptions, Subscription
+from eventbus.adapters_util import map_exceptions, translate
 from eventbus.envelope import Envelope
 from eventbus.errors import (
-    BrokerConnectionError,
     ConnectionLostError,
     MessageTooLargeError,
     TopicNotFoundError,
@@ -37,8 +38,10 @@ from eventbus.errors import (
 
 from .adapter import RedisAdapter
 from .codec import decode_message, encode_message
+from .connection import CLIENT_ERRORS
 from .members import member_channel, refuse_second_member
 from .publish import MAX_PER_SCRIPT, publish_many
+from .settings import RedisSettings
 
 log = logging.getLogger("eventbus.redis")
 
@@ -60,8 +63,9 @@ class RedisPubSubAdapter(RedisAdapter):
     stronger = ("redis+streams:// (Redis Streams: consumer groups whose members compete, "
                 "XACK and redelivery)")
 
-    def __init__(self, url: str) -> None:
-        super().__init__(url)
+    def __init__(self, url: str | None = None, *, settings: RedisSettings | None = None,
+                 client: Redis | None = None) -> None:
+        super().__init__(url, settings=settings, client=client)
         if self.settings.mode != "pubsub":
             raise ValueError(f"{self.settings.masked_url} is a Streams URL")
         self._started_groups: set[tuple[str, str]] = set()
@@ -230,16 +234,16 @@ class PubSubSubscription(Subscription):
         s = self.adapter.settings
         self._pubsub = self.adapter.client.pubsub()
         try:
-            # Bounded as a whole: on a silent endpoint redis-py's own retries of the
-            # connection handshake would take minutes.
-            async with asyncio.timeout(s.connect_timeout):
-                await self._subscribe(s.sharded)
-        except (RedisError, OSError, TimeoutError) as exc:
+            with map_exceptions(CLIENT_ERRORS, what=(
+                    f"subscribing to channel {self.topic!r} on Redis at {s.masked_url} "
+                    f"(within connect_timeout, {s.connect_timeout:g}s)")):
+                # Bounded as a whole: on a silent endpoint redis-py's own retries of the
+                # connection handshake would take minutes.
+                async with asyncio.timeout(s.connect_timeout):
+                    await self._subscribe(s.sharded)
+        except BaseException:
             await self.close()
-            raise BrokerConnectionError(
-                f"cannot subscribe to channel {self.topic!r} on Redis at {s.masked_url}: "
-                f"{type(exc).__name__}: {exc or 'no answer within connect_timeout'}"
-            ) from exc
+            raise
         self._silent_since = time.monotonic()
 
     async def _subscribe(self, sharded: bool) -> None:
@@ -311,11 +315,11 @@ class PubSubSubscription(Subscription):
             except (RedisError, OSError, AttributeError, TimeoutError) as exc:
                 if self._closed:  # closed under our feet: the iteration just ends
                     return
-                raise ConnectionLostError(
+                raise translate(exc, {Exception: ConnectionLostError}, what=(
                     f"the Pub/Sub connection of channel {self.topic!r} on Redis at "
-                    f"{self.adapter.settings.masked_url} dropped: {type(exc).__name__}: {exc}; "
+                    f"{self.adapter.settings.masked_url}"), hint=(
                     "messages published until it is back are lost (Pub/Sub keeps nothing)"
-                ) from exc
+                )) from exc
             if self._closed:
                 continue
             self._number += 1
