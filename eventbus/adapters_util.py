@@ -44,14 +44,18 @@ def translate(
     what: str,
     hint: str = "",
     scrub: Callable[[str], str] | None = None,
+    chain: bool = True,
 ) -> Exception:
     """The eventbus error for the client exception ``exc`` (``exc`` itself when it is an
     eventbus error already, or when ``mapping`` does not name it).
 
     The message is ``"<what> failed: <ClientError>: <text>; <hint>"``, where the hint
     is the one the mapping gave with the class, else ``hint``; ``scrub`` filters the
-    client's text (a password it may quote). The client's exception is the new
-    error's ``__cause__``. Every mapped class must take a single message argument.
+    client's text (a password it may quote), put on one line first. The client's
+    exception is the new error's ``__cause__``, unless ``chain`` is false (a client
+    whose exceptions quote the URL it was given, password included): then the chain
+    is cut, as ``raise ... from None`` does. Every mapped class must take a single
+    message argument.
     """
     if isinstance(exc, EventBusError):
         return exc
@@ -59,13 +63,16 @@ def translate(
     if chosen is None:
         return exc
     ours, own_hint = chosen if isinstance(chosen, tuple) else (chosen, hint)
-    said = str(exc)
+    said = " ".join(str(exc).split())  # one line, whatever the client wrote
     if scrub is not None:
         said = scrub(said)
     message = f"{what} failed: {type(exc).__name__}: {said}" if said else (
         f"{what} failed: {type(exc).__name__}")
     error = ours(f"{message}; {own_hint}" if own_hint else message)
-    error.__cause__ = exc
+    if chain:
+        error.__cause__ = exc
+    else:
+        error.__suppress_context__ = True
     return error
 
 
@@ -86,6 +93,7 @@ def map_exceptions(
     hint: str = "",
     scrub: Callable[[str], str] | None = None,
     on_error: Callable[[Exception], object] | None = None,
+    chain: bool = True,
 ) -> Iterator[None]:
     """Re-raise a broker client's exceptions as eventbus errors saying what failed.
 
@@ -94,7 +102,8 @@ def map_exceptions(
     table value may carry its own hint: ``{KafkaTimeoutError: (BrokerConnectionError,
     "publish again")}``. ``what`` names the operation and its target (topic, group,
     masked URL). ``on_error(exc)`` runs first for every client exception (forget a
-    cached topic that is gone, say). Eventbus errors, exceptions the mapping does not
+    cached topic that is gone, say). ``scrub`` and ``chain`` keep secrets out of the
+    message and the traceback (:func:`translate`). Eventbus errors, exceptions the mapping does not
     name and anything not an ``Exception`` (``CancelledError``, ``KeyboardInterrupt``)
     pass through unchanged. See :func:`translate` for the message.
 
@@ -114,10 +123,10 @@ def map_exceptions(
     except Exception as exc:
         if on_error is not None:
             on_error(exc)
-        error = translate(exc, mapping, what=what, hint=hint, scrub=scrub)
+        error = translate(exc, mapping, what=what, hint=hint, scrub=scrub, chain=chain)
         if error is exc:
             raise
-        raise error from exc
+        raise error from (exc if chain else None)
 
 
 def pick_tier(delay: float, tiers: Sequence[float]) -> float:

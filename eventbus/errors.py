@@ -79,6 +79,17 @@ class BatchPublishError(PublishError):
         """Indexes of the messages the broker confirmed."""
         return [i for i in range(self.total) if i not in self.failures]
 
+    @classmethod
+    def partial(cls, failures: dict[int, Exception], total: int, where: str) -> BatchPublishError:
+        """The error of a batch of ``total`` messages to ``where`` ("Kafka topic
+        'orders'") of which those in ``failures`` were not confirmed: one message for
+        every adapter, naming how many and which."""
+        return cls(
+            f"{len(failures)} of {total} messages to {where} were not confirmed (indexes "
+            f"{sorted(failures)}); see .failures, and republish those as they are",
+            failures, total,
+        )
+
 
 class UnsupportedOperationError(EventBusError):
     """The adapter or broker cannot do what was asked; its Capabilities say so."""

@@ -84,6 +84,15 @@ def test_on_error_sees_every_client_error_first_and_scrub_hides_secrets() -> Non
     assert len(seen) == 1 and raised.value.__cause__ is seen[0]
 
 
+def test_a_cut_chain_keeps_the_clients_exception_and_its_secrets_out_of_the_traceback() -> None:
+    with pytest.raises(BrokerConnectionError) as raised, map_exceptions(
+            {ClientError: BrokerConnectionError}, what="connect", chain=False):
+        raise ClientError("cannot reach amqp://app:s3cret@h (URL as the client built it)")
+    assert raised.value.__cause__ is None and raised.value.__suppress_context__
+    mapped = translate(ClientError("x"), {ClientError: PublishError}, what="p", chain=False)
+    assert mapped.__cause__ is None and mapped.__suppress_context__
+
+
 def test_translate_returns_ours_and_unmapped_errors_as_they_are() -> None:
     ours = ConfigurationError("already said")
     assert translate(ours, {ClientError: PublishError}, what="x") is ours
@@ -266,3 +275,13 @@ def test_the_names_adapters_need_come_from_the_contract_and_the_old_places_alike
     assert deadletter.dlq_topic is adapter.dlq_topic is deadletter_step.dlq_topic
     assert dlq.REPLAY_GROUP == adapter.REPLAY_GROUP == "eventbus-dlq-replay"
     assert deadletter.broker_dedupe_id is adapter.broker_dedupe_id
+
+
+def test_a_partial_batch_failure_says_how_many_which_and_where() -> None:
+    from eventbus.errors import BatchPublishError
+
+    failures: dict[int, Exception] = {2: PublishError("nacked"), 0: PublishError("nacked")}
+    error = BatchPublishError.partial(failures, 3, "Kafka topic 'orders'")
+    assert str(error) == ("2 of 3 messages to Kafka topic 'orders' were not confirmed "
+                          "(indexes [0, 2]); see .failures, and republish those as they are")
+    assert error.succeeded == [1] and error.failures is failures
