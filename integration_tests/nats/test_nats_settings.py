@@ -79,18 +79,13 @@ def test_tls_is_selected_by_tls_true() -> None:
     assert NatsSettings.from_url("nats://h?tls=true").tls_verify is True
 
 
-def test_tls_files_without_tls_still_select_it_for_one_release() -> None:
-    """0.1 selected TLS by a CA or a client certificate alone: kept until 0.2, with a
-    warning naming tls=true (the shared rule then refuses them without it)."""
-    with pytest.warns(DeprecationWarning, match="add tls=true") as warned:
-        s = NatsSettings.from_url("nats://h?tls_ca=/ca.pem")
-    assert len(warned) == 1
-    assert s.tls and s.server_urls() == ["tls://h:4222"]
-
-
 def test_tls_options_without_tls_are_refused() -> None:
+    """The shared rule: a TLS option without tls=true is an error naming tls=true (0.1
+    selected TLS by tls_ca or tls_cert alone; that silent choice is gone)."""
     text = error_of("nats://h?tls_verify=false")
     assert "tls_verify" in text and "tls=true" in text
+    for url in ("nats://h?tls_ca=/ca.pem", "nats://h?tls_cert=/c.pem&tls_key=/k.pem"):
+        assert "tls=true" in error_of(url)
     assert "tls_key" in error_of("nats://h?tls=true&tls_cert=/c.pem")
 
 

@@ -99,12 +99,7 @@ class JetStreamPublisher:
                                  f"{timeout:g}s at {self.adapter.settings.masked_url}",
                             hint="none was confirmed; publish again") from first
         errors = {i: self._publish_error(topic, envelopes[i], exc) for i, exc in failures.items()}
-        raise BatchPublishError(
-            f"{len(errors)} of {len(messages)} messages to NATS subject {topic!r} were not "
-            f"confirmed (indexes {sorted(errors)}); see .failures",
-            errors,
-            len(messages),
-        )
+        raise BatchPublishError.partial(errors, len(messages), f"NATS subject {topic!r}")
 
     def pubacks(self) -> PubAcks:
         """The PubAck collector of the current connection."""
@@ -199,7 +194,5 @@ class JetStreamPublisher:
             return
         self.adapter._routes.forget()
         errors = {i: self._publish_error(topic, envelopes[i], exc) for i, exc in failures.items()}
-        raise BatchPublishError(
-            f"{len(errors)} of {len(messages)} messages to group {group!r} of NATS subject "
-            f"{topic!r} were not confirmed (indexes {sorted(errors)}); see .failures",
-            errors, len(messages))
+        raise BatchPublishError.partial(errors, len(messages),
+                                        f"group {group!r} of NATS subject {topic!r}")

@@ -18,7 +18,6 @@ The shared options have their shared names (:data:`eventbus.url_options.VOCABULA
 from __future__ import annotations
 
 import re
-import warnings
 from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import unquote, urlsplit
@@ -26,7 +25,6 @@ from urllib.parse import unquote, urlsplit
 from eventbus.adapter import StartFrom
 from eventbus.errors import InvalidURLError, mask_url
 from eventbus.url_options import (
-    REMOVED_IN,
     TLS_OPTIONS,
     OptionParser,
     Renamed,
@@ -186,15 +184,8 @@ def _check(values: dict[str, Any], seen: set[str], shown: str) -> None:
             f"option(s) {sorted(core_only)} in {shown!r} apply to core NATS only; a "
             "JetStream subscription holds at most its prefetch: use nats+core:// or drop them"
         )
-    if not values.get("tls") and (implied := [k for k in ("tls_ca", "tls_cert") if k in seen]):
-        # 0.1 selected TLS by a CA or a client certificate alone; the shared rule is that
-        # TLS options without TLS selected are an error. Kept for one release.
-        warnings.warn(
-            f"{' and '.join(implied)} in NATS URL {shown!r} without tls=true "
-            f"{'select' if len(implied) > 1 else 'selects'} TLS only until {REMOVED_IN}, which "
-            "refuses TLS options without TLS selected; add tls=true",
-            DeprecationWarning, stacklevel=3)
-        values["tls"] = True
+    # 0.1 selected TLS by a CA or a client certificate alone; the shared rule (one for
+    # every adapter) refuses TLS options without TLS selected, naming tls=true.
     check_tls(values, tls=bool(values.get("tls")), name="NATS", shown=shown,
               use="add tls=true (the servers are then reached over TLS)")
     if values.get("token") and values.get("user"):

@@ -210,11 +210,7 @@ class RedisAdapter(Adapter):
             if len(failures) == len(replies) and all(
                     isinstance(f, ProvisioningError) for f in failures.values()):
                 raise next(iter(failures.values()))
-            raise BatchPublishError(
-                f"{len(failures)} of {len(replies)} messages to Redis topic {topic!r} were "
-                f"not confirmed (indexes {sorted(failures)}); see .failures",
-                failures, len(replies),
-            )
+            raise BatchPublishError.partial(failures, len(replies), f"Redis topic {topic!r}")
 
 
 class RedisStreamsAdapter(RedisAdapter):
@@ -346,8 +342,9 @@ class RedisStreamsAdapter(RedisAdapter):
             return []
         records = []
         for entry_id, fields in entries:
-            envelope, body, error, _ = decode_fields(fields)
+            decoded = decode_fields(fields)
             message_id = f"{topic}/{entry_id.decode()}"
-            records.append(ReadRecord(topic, message_id, envelope,
-                                      None if envelope else body, error))
+            records.append(ReadRecord(topic, message_id, decoded.envelope,
+                                      None if decoded.envelope else decoded.raw,
+                                      decoded.error))
         return records

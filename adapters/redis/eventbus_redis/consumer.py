@@ -71,11 +71,8 @@ class StreamDelivery(Delivery):
 
     def __init__(self, owner: StreamSubscription, entry_id: bytes,
                  fields: dict[bytes, bytes], attempt: int) -> None:
-        envelope, body, error, others = decode_fields(fields)
-        super().__init__(topic=owner.topic, group=owner.group, envelope=envelope,
-                         attempt=attempt, message_id=f"{owner.topic}/{entry_id.decode()}",
-                         raw=None if envelope is not None else body, decode_error=error,
-                         raw_headers=others)
+        super().__init__(decode_fields(fields), topic=owner.topic, group=owner.group,
+                         attempt=attempt, message_id=f"{owner.topic}/{entry_id.decode()}")
         self._owner = owner
         self._entry_id = entry_id
 

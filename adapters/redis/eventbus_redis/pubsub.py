@@ -186,10 +186,9 @@ class PubSubDelivery(Delivery):
 
     def __init__(self, owner: PubSubSubscription, payload: bytes, number: int,
                  attempt: int = 1) -> None:
-        envelope, error = decode_message(payload)
-        super().__init__(topic=owner.topic, group=owner.options.group, envelope=envelope,
-                         attempt=attempt, message_id=f"{owner.topic}/{owner.instance}/{number}",
-                         raw=None if envelope is not None else payload, decode_error=error)
+        super().__init__(decode_message(payload), topic=owner.topic,
+                         group=owner.options.group, attempt=attempt,
+                         message_id=f"{owner.topic}/{owner.instance}/{number}")
         self._owner = owner
         self._payload = payload
 
