@@ -17,17 +17,20 @@ $(UV):
 setup: $(UV)
 	$(UV) sync --frozen --all-groups --python $(PYTHON)
 
-## Run the order saga demo on the in-memory broker (or $$EVENTBUS_URL).
+## Run the order saga demo on the in-memory broker (or $$EVENTBUS_URL), then as three
+## service processes (eventbus run) on one SQLite file.
 demo: $(UV)
 	$(UV) sync --frozen --inexact --no-default-groups --python $(PYTHON)
 	$(VENV)/bin/python -m examples.order_saga.demo
+	$(VENV)/bin/python -m examples.order_saga.processes
 
 lint: setup
 	$(VENV)/bin/ruff check eventbus adapters tests integration_tests examples bench
 
 typecheck: setup
 	$(VENV)/bin/mypy eventbus adapters/kafka/eventbus_kafka adapters/rabbitmq/eventbus_rabbitmq \
-		adapters/redis/eventbus_redis adapters/nats/eventbus_nats adapters/sqs/eventbus_sqs
+		adapters/redis/eventbus_redis adapters/nats/eventbus_nats adapters/sqs/eventbus_sqs \
+		adapters/postgres/eventbus_postgres
 	@# The guide's example service and its tests, as a user would type-check them.
 	MYPYPATH=examples/testing $(VENV)/bin/mypy -m shop -m test_shop_service
 

@@ -23,6 +23,12 @@ class ConfigurationError(EventBusError):
     """The bus, a subscription or an adapter was configured wrongly."""
 
 
+class UsageError(ConfigurationError, TypeError):
+    """eventbus was called the wrong way: something not an event given to ``publish``,
+    ``@bus.subscribe`` without its parentheses, a handler whose parameters disagree
+    with its subscription. Raised where the call is made, saying the right spelling."""
+
+
 class InvalidURLError(ConfigurationError):
     """A broker URL could not be parsed or names options the adapter does not know."""
 
@@ -227,12 +233,16 @@ def mask_url(url: str) -> str:
     hold the very characters a parser splits on (``#``, ``/``, ``?``, ``@``):
     everything between ``scheme://`` and the last ``@`` is the user info, and only
     the user name before its first ``:`` is kept. Query parameters whose name says
-    secret (``password``, ``secret``, ``token``, ``key``...) are masked too. Text
-    without ``://`` is not a URL one can mask a part of: all but its first
-    characters are hidden (``//host`` counts as a URL without a scheme).
+    secret (``password``, ``secret``, ``token``, ``key``...) are masked too.
+
+    Text without ``://`` (a URL typed wrong: ``localhost:5672``, ``nats:/x``,
+    ``user:pass@host``) gets the same treatment, so the message about it shows what
+    was typed: before its last ``@`` only the part before the first ``:`` is kept.
+    Text without ``@`` that has no address shape at all (a password pasted where
+    the URL goes) is hidden but for its first characters.
     """
     if "://" not in url and not url.startswith("//"):
-        return url[: min(4, len(url) // 4)] + "***" if url else ""
+        return _mask_not_a_url(url)
     masked = _USERINFO.sub(_mask_userinfo, url, count=1)
     masked = _QUERY_SECRET.sub(r"\1***", masked)
     try:
@@ -240,6 +250,28 @@ def mask_url(url: str) -> str:
     except ValueError:
         return "<unparseable url>"
     return masked
+
+
+def _mask_not_a_url(text: str) -> str:
+    if not text:
+        return ""
+    if "@" in text:
+        before, _, after = text.rpartition("@")
+        user, colon, _password = before.partition(":")
+        host = _QUERY_SECRET.sub(r"\1***", after)
+        return f"{user}{colon and ':***'}@{host}"
+    if _ADDRESS_LIKE.fullmatch(text):
+        return _QUERY_SECRET.sub(r"\1***", text)
+    return text[: min(4, len(text) // 4)] + "***"
+
+
+# What a mistyped broker address looks like: [scheme:[/]]host[:port][/path][?query], with
+# something that makes it an address (a port, a dot, a slash, or "localhost") - a bare
+# word may as well be a password.
+_ADDRESS_LIKE = re.compile(
+    r"(?:[A-Za-z][A-Za-z0-9+.-]*:/?)?(?:localhost|[A-Za-z0-9_.\[\]-]*[.:/][A-Za-z0-9_.\[\]:/-]*"
+    r"|[A-Za-z0-9_-]+:\d+)(?:/[^\s?#]*)?(?:\?[^\s#]*)?"
+)
 
 
 # Greedy up to the LAST "@": an unencoded "@" in a password must not end the user info.

@@ -16,8 +16,10 @@ from eventbus.testing import BrokerTarget, ConformanceSuite
 from integration_tests import harness
 from integration_tests.kafka.targets import kafka_target
 from integration_tests.nats.targets import nats_target
+from integration_tests.postgres.target import postgres_target
 from integration_tests.rabbitmq.node import conformance_node, delete_underneath
 from integration_tests.redis.target import redis_target
+from integration_tests.sqlite.target import sqlite_target
 from integration_tests.sqs import target as sqs_targets
 
 # Cases a particular broker build can't pass although the adapter claims the
@@ -73,6 +75,8 @@ TARGETS: dict[str, tuple[str, str | None]] = {
     "nats-core": ("nats", None),
     "sqs": ("sqs", None),
     "sqs-fifo": ("sqs", None),
+    "sqlite": ("sqlite", None),
+    "postgres": ("postgres", None),
 }
 
 # Options the SQS targets add to the harness URL. Short long-polls make closing a
@@ -96,6 +100,10 @@ def _target(name: str) -> BrokerTarget:
         return redis_target(name, SCALE.get(name, 1.0))
     if broker == "nats":
         return nats_target(name)
+    if broker == "sqlite":  # a temporary file; its fault hooks hold the write lock
+        return sqlite_target(name)
+    if broker == "postgres":  # a database of its own, through a fault proxy
+        return postgres_target(name)
     endpoint, proxy = harness.require_faulty(broker, flavour)
     if broker == "sqs":
         return _sqs_target(name, endpoint, proxy)

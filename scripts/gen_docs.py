@@ -25,7 +25,8 @@ SAMPLE_URLS = {"memory": "memory://", "kafka": "kafka://127.0.0.1:9092",
                "redis": "redis://127.0.0.1:6379/0",
                "redis+streams": "redis+streams://127.0.0.1:6379/0",
                "nats": "nats://127.0.0.1:4222", "nats+core": "nats+core://127.0.0.1:4222",
-               "sqs": "sqs://?region=us-east-1"}
+               "sqs": "sqs://?region=us-east-1", "sqlite": "sqlite:///eventbus.db",
+               "postgres": "postgresql://127.0.0.1:5432/eventbus"}
 BEGIN, END = "<!-- capabilities:begin -->", "<!-- capabilities:end -->"
 
 

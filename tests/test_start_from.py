@@ -17,7 +17,7 @@ import pytest
 
 from eventbus import EventBus, MemoryAdapter
 from eventbus.adapter import start_from_for
-from tests.bus_support import Inbox, OrderPlaced, run
+from tests.bus_support import Collector, OrderPlaced, run
 
 StartFrom = Literal["earliest", "latest"]
 
@@ -53,7 +53,7 @@ def test_a_new_group_on_a_bus_starts_where_the_rule_says(
         async with early:
             await early.publish(OrderPlaced(order_id="before"))
         bus = EventBus(f"memory://{name}{query}")
-        inbox: Inbox[OrderPlaced] = Inbox()
+        inbox: Collector[OrderPlaced] = Collector()
 
         @bus.subscribe(OrderPlaced, group="late", start_from=asked)  # None: the default
         async def collect(event: OrderPlaced) -> None:

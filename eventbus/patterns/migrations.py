@@ -228,5 +228,7 @@ STEPS: dict[str, dict[int, Step]] = {
     "saga store": {1: _saga_store_2},
     "sequence store": {1: _unchanged},
     "projections": {1: _projections_2},
+    # Made at version 2: a group found without its version row is recorded again.
+    "message log": {1: _unchanged},
 }
 """Each kind's steps, by the version they start from."""

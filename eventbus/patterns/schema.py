@@ -82,6 +82,11 @@ KINDS: dict[str, TableKind] = {kind.name: kind for kind in (
     TableKind("sequence store", ("scope", "entity_id", "applied"), ("{table}_parked",)),
     TableKind("projections", ("name", "position"), ("eventbus_projection_seen",),
               fixed_table="eventbus_projections"),
+    # The sqlite:// and postgres:// brokers' log (eventbus.sqlbroker.provision).
+    TableKind("message log", ("id", "topic", "only_group", "msg_key", "headers", "body",
+                              "published_at"),
+              ("eventbus_topics", "eventbus_groups", "eventbus_pending"),
+              fixed_table="eventbus_messages"),
 )}
 """Every kind of table group the patterns own, by name."""
 

@@ -145,8 +145,15 @@ class FlowMonitor:
             return  # a duplicate delivery (the demo makes one); the flow already has it
         flow.events.append(envelope)
         self.echo(describe(envelope))
-        if envelope.type in OUTCOME_OF and not flow.ended.done():
-            flow.ended.set_result(envelope)
+        # Ended once its outcome and every event of that outcome's chain arrived: the
+        # topics are watched by separate subscriptions, so with the services in other
+        # processes the outcome (orders) may arrive before its cause (payments).
+        outcome = next((e for e in flow.events if e.type in OUTCOME_OF), None)
+        if outcome is not None and not flow.ended.done():
+            seen = {e.type for e in flow.events}
+            chain = EXPECTED_CHAIN[OUTCOME_OF[outcome.type]]
+            if all(cls.event_type() in seen for cls in chain):
+                flow.ended.set_result(outcome)
 
 
 def describe(envelope: Envelope) -> str:

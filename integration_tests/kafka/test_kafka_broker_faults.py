@@ -17,10 +17,10 @@ from eventbus_kafka.codec import encode
 from eventbus import EventBus
 from eventbus.adapter import SubscribeOptions, Subscription
 from eventbus.errors import BrokerConnectionError
-from eventbus.testing.conformance import Inbox, Ping, on_topic
+from eventbus.testing.conformance import Collector, Ping, on_topic
 from integration_tests import harness
+from integration_tests.kafka.test_kafka_adapter import Collector as Pump
 from integration_tests.kafka.test_kafka_adapter import (
-    Collector,
     ack_all,
     number,
     ping,
@@ -107,7 +107,7 @@ def test_a_topic_deleted_underneath_a_group_is_consumed_again_losing_nothing_aft
 
     async def scenario() -> None:
         event_cls = on_topic(Ping, unique("deleted"))
-        handled: Inbox[int] = Inbox("handled")
+        handled: Collector[int] = Collector("handled")
         bus = EventBus(KafkaAdapter(kafka_url), source="deleted", shutdown_timeout=5)
         publisher = EventBus(KafkaAdapter(with_options(kafka_url, request_timeout=4)),
                              source="deleted-pub", publish_timeout=10)
@@ -157,7 +157,7 @@ def test_a_frozen_connection_turns_health_false_and_the_group_resumes_after_the_
 
     async def scenario() -> None:
         event_cls = on_topic(Ping, unique("frozen"))
-        handled: Inbox[int] = Inbox("handled")
+        handled: Collector[int] = Collector("handled")
         bus = EventBus(KafkaAdapter(url), source="frozen", shutdown_timeout=5,
                        publish_timeout=60)
         bound = bus.adapter.capabilities.half_open_bound
@@ -255,7 +255,7 @@ def test_a_partition_added_to_the_topic_is_read_from_its_start(
         url = with_options(kafka_url, partitions=1, metadata_max_age=1)
         adapter = KafkaAdapter(url)
         topic, group = unique("grown"), unique("g")
-        member = Collector(await adapter.subscribe(topic, SubscribeOptions(group=group)),
+        member = Pump(await adapter.subscribe(topic, SubscribeOptions(group=group)),
                            ack_all)
         await adapter.publish(topic, [ping(0)])
         await member.wait_count(1)

@@ -16,7 +16,7 @@ import pytest
 from eventbus_kafka import KafkaAdapter
 
 from eventbus import EventBus
-from eventbus.testing.conformance import Inbox, Ping, on_topic
+from eventbus.testing.conformance import Collector, Ping, on_topic
 from integration_tests.kafka.test_kafka_adapter import run, unique, with_options
 
 pytestmark = [pytest.mark.broker("kafka"), pytest.mark.timeout(120)]
@@ -32,7 +32,7 @@ def test_a_handler_outliving_max_poll_interval_runs_once_on_an_inline_bus(
         url = with_options(kafka_url, partitions=1, max_poll_interval=3)
         event_cls = on_topic(Ping, unique("slow-inline"))
         group = unique("g")
-        runs: Inbox[tuple[str, int, float]] = Inbox("runs")
+        runs: Collector[tuple[str, int, float]] = Collector("runs")
         started = time.monotonic()
         buses = [EventBus(KafkaAdapter(url), source=f"slow-{name}", shutdown_timeout=10)
                  for name in ("a", "b")]

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
 
 from eventbus.errors import ConfigurationError
-from eventbus.patterns.sql import Database
+from eventbus.patterns.sql import Database, DatabaseError
 from tests.patterns import sql_cases
 
 
@@ -138,3 +140,26 @@ async def test_a_nested_transaction_through_another_database_object_fails_at_onc
                         pass
         async with second.transaction() as tx:  # the file is free again
             assert await tx.fetchval("SELECT count(*) FROM t") == 0
+
+
+@pytest.mark.asyncio
+async def test_a_failed_open_closes_its_connection(tmp_path: Path) -> None:
+    """Opening a file that another connection holds locked in rollback-journal mode
+    fails (switching it to WAL needs the lock), and the half-open connection is closed:
+    its worker thread would otherwise keep the process from ever exiting."""
+    path = tmp_path / "locked.db"
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    before = set(threading.enumerate())
+    try:
+        with pytest.raises(DatabaseError, match="locked"):
+            await Database.connect(f"sqlite:///{path}?busy_timeout=0.2")
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    for _ in range(100):  # the worker ends once it has taken its stop sentinel
+        left = [t for t in threading.enumerate() if t not in before and t.is_alive()]
+        if not left:
+            break
+        await asyncio.sleep(0.02)
+    assert not left, f"threads of the failed connection still run: {left}"

@@ -82,7 +82,7 @@ class ProjectionHealth:
     parked: int = 0
 
 
-class _EventFailed(Exception):
+class _EventFailedError(Exception):
     """Carries which stored event failed out of the page's transaction."""
 
     def __init__(self, stored: StoredEvent) -> None:
@@ -216,7 +216,7 @@ class Projection(BusFeed):
                              ) -> tuple[int, int] | None:
         try:
             return await self._apply_page(page, after, generation)
-        except _EventFailed as failed:
+        except _EventFailedError as failed:
             error = failed.__cause__
             assert isinstance(error, Exception)
             stored = failed.stored
@@ -260,7 +260,7 @@ class Projection(BusFeed):
                     try:
                         await self.apply(stored.decode(self.registry), tx)
                     except Exception as exc:
-                        raise _EventFailed(stored) from exc
+                        raise _EventFailedError(stored) from exc
                     applied += 1
             last = page[-1].position
             await tx.execute(f"UPDATE {CHECKPOINTS} SET position = $2 WHERE name = $1",
