@@ -45,10 +45,7 @@ from nats.js.api import (
     AckPolicy,
     ConsumerConfig,
     DeliverPolicy,
-    DiscardPolicy,
     RetentionPolicy,
-    StorageType,
-    StreamConfig,
 )
 from nats.js.errors import BadRequestError, NotFoundError
 
@@ -56,7 +53,7 @@ from eventbus.adapters_util import map_exceptions
 
 from .codec import MSG_ID, raw_block
 from .connection import jetstream_errors
-from .provision import encode_name
+from .provision import encode_name, stream_config
 from .settings import NatsSettings
 from .wire import ack_command, ack_facts, write
 
@@ -101,16 +98,8 @@ class GroupRoutes:
                 try:
                     await js.stream_info(self.stream)
                 except NotFoundError:
-                    config = StreamConfig(
-                        name=self.stream,
-                        subjects=[f"{s.stream_prefix}_REPLAY.>"],
-                        retention=RetentionPolicy.WORK_QUEUE,
-                        discard=DiscardPolicy.OLD,
-                        storage=StorageType.FILE if s.storage == "file" else StorageType.MEMORY,
-                        num_replicas=s.replicas,
-                        max_age=s.max_age or None,
-                        max_msg_size=s.max_message_bytes,
-                    )
+                    config = stream_config(s, self.stream, f"{s.stream_prefix}_REPLAY.>",
+                                           RetentionPolicy.WORK_QUEUE)
                     try:
                         await js.add_stream(config)
                     except BadRequestError:

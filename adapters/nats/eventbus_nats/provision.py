@@ -34,7 +34,7 @@ import datetime
 import logging
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from nats.js import JetStreamContext
 from nats.js.api import (
@@ -105,6 +105,24 @@ class Floor:
     created: datetime.datetime | None
 
 
+def stream_config(s: NatsSettings, name: str, subject: str, retention: RetentionPolicy,
+                  **limits: Any) -> StreamConfig:
+    """The config of a stream the adapter creates (a topic's, or the group routes'):
+    the settings' storage, replicas, age and message size, old messages discarded
+    first, and ``limits`` of its own."""
+    return StreamConfig(
+        name=name,
+        subjects=[subject],
+        retention=retention,
+        discard=DiscardPolicy.OLD,
+        storage=StorageType.FILE if s.storage == "file" else StorageType.MEMORY,
+        num_replicas=s.replicas,
+        max_age=s.max_age or None,
+        max_msg_size=s.max_message_bytes,
+        **limits,
+    )
+
+
 class Provisioner:
     """Creates streams and consumers once per adapter (cached), never on read."""
 
@@ -169,19 +187,9 @@ class Provisioner:
                             f"NATS at {s.masked_url} and provision=false; create it (subject "
                             f"{subject!r}) or set provision=true to let the adapter"
                         ) from None
-                    info = await self._add_stream(js, name, StreamConfig(
-                        name=name,
-                        subjects=[subject],
-                        retention=RetentionPolicy.LIMITS,
-                        discard=DiscardPolicy.OLD,
-                        storage=StorageType.FILE if s.storage == "file" else StorageType.MEMORY,
-                        num_replicas=s.replicas,
-                        max_age=s.max_age or None,
-                        max_bytes=s.max_bytes,
-                        max_msgs=s.max_msgs,
-                        max_msg_size=s.max_message_bytes,
-                        duplicate_window=s.dedupe_window,
-                    ))
+                    info = await self._add_stream(js, name, stream_config(
+                        s, name, subject, RetentionPolicy.LIMITS, max_bytes=s.max_bytes,
+                        max_msgs=s.max_msgs, duplicate_window=s.dedupe_window))
                 self._streams[name] = StreamFacts(info.config.max_msg_size or -1, info.created)
         return name
 

@@ -79,27 +79,13 @@ def decode_fields(fields: Mapping[bytes, bytes]) -> Decoded:
     """
     # The usual entry (UTF-8 names and values, as encode_fields writes them) as a
     # dict of text, which the core codec reads by direct lookups.
+    body = fields.get(_BODY, b"")
     try:
-        own = {name.decode(): value.decode() for name, value in fields.items()
-               if name != _BODY}
+        headers: Mapping[str, str | bytes] = {
+            name.decode(): value.decode() for name, value in fields.items() if name != _BODY}
     except (UnicodeDecodeError, AttributeError):
-        pass
-    else:
-        body = fields.get(_BODY, b"")
-        try:
-            return Decoded(decode_binary(own, body, PREFIX), raw=body)
-        except DecodeError as exc:
-            return Decoded(None, str(exc), body, other_fields(fields))
-        except Exception as exc:  # anything else unreadable is poison too, with the reason
-            return Decoded(None, f"{type(exc).__name__}: {exc}", body, other_fields(fields))
-    headers: dict[str, bytes] = {}
-    body = b""
-    for name, value in fields.items():
-        text = name.decode("utf-8", "replace")
-        if text == BODY_FIELD:
-            body = value
-        else:
-            headers[text] = value
+        headers = {name.decode("utf-8", "replace"): value for name, value in fields.items()
+                   if name != _BODY}
     try:
         return Decoded(decode_binary(headers, body, PREFIX), raw=body)
     except DecodeError as exc:

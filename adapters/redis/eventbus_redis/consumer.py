@@ -216,9 +216,7 @@ class StreamSubscription(Subscription):
             ids = list(self._acking)
             try:
                 await self._client.xack(self.topic, self.group, *ids)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
+            except Exception as exc:  # CancelledError is no Exception: close() stops it
                 failures += 1
                 await self._recover(exc, failures, "acknowledging entries of")
                 continue
@@ -339,9 +337,7 @@ class StreamSubscription(Subscription):
                     if entries:
                         self.resume_from = entries[-1][0]
                     self._accept(entries, {})
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
+            except Exception as exc:  # CancelledError is no Exception: close() stops it
                 failures += 1
                 await self._recover(exc, failures, "reading")
 
@@ -381,9 +377,7 @@ class StreamSubscription(Subscription):
                     await self._refresh()
                     next_refresh = now + refresh_every
                 failures = 0
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
+            except Exception as exc:  # CancelledError is no Exception: close() stops it
                 failures += 1
                 await self._recover(exc, failures, "claiming entries of")
                 continue
