@@ -53,7 +53,7 @@ def broker_url(name: str) -> str:
     if name == "kafka" and endpoint.flavour != "tansu":
         # A killed member holds its partitions until its session expires: keep that
         # short (Apache Kafka's minimum session timeout is 6 s by default).
-        return f"{url}{join}session_timeout_ms=6000&heartbeat_interval_ms=1000"
+        return f"{url}{join}session_timeout=6&heartbeat_interval=1"
     if name == "nats":
         return f"{url}{join}ack_wait=2"
     if name == "redis":
