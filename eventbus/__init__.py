@@ -27,8 +27,7 @@ from eventbus.backoff import Backoff
 from eventbus.batching import BatchItemFailed
 from eventbus.bus import BusHealth, EventBus
 from eventbus.context import INHERIT, Context, Publisher, PublishOptions
-from eventbus.deadletter import DeadLetterRecord
-from eventbus.dlq import DeadLetters, ListedDeadLetter
+from eventbus.deadletters import DeadLetterRecord, DeadLetters, ListedDeadLetter
 from eventbus.envelope import Envelope
 from eventbus.errors import (
     BatchPublishError,

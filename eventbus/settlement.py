@@ -13,7 +13,7 @@ import logging
 
 from eventbus.adapter import Adapter, Delivery
 from eventbus.backoff import Backoff
-from eventbus.deadletter import dead_letter_undecodable
+from eventbus.deadletters import dead_letter_undecodable
 from eventbus.envelope import Envelope
 
 log = logging.getLogger("eventbus.runner")

@@ -10,17 +10,17 @@ from collections.abc import Sequence
 import pytest
 
 from eventbus import Envelope, Event, EventBus, MemoryAdapter, RetryPolicy, codec
-from eventbus.deadletter import (
+from eventbus.adapter_names import broker_dedupe_id
+from eventbus.deadletters import (
     DLQ_EXTENSIONS,
     UNDECODABLE_TYPE,
     DeadLetterRecord,
-    broker_dedupe_id,
+    DeadLetters,
     dead_letter,
     dead_letter_envelope,
     dlq_topic,
     publish_dead_letter,
 )
-from eventbus.dlq import DeadLetters
 from eventbus.envelope import parse_time, utcnow
 from eventbus.errors import (
     BatchPublishError,
@@ -278,13 +278,37 @@ def test_the_record_reads_every_dead_letter_attribute() -> None:
     assert not cut.replayable
 
 
-def test_the_record_is_the_same_class_where_dlq_browsing_imports_it() -> None:
-    from eventbus import deadletter, dlq
-    from eventbus.middleware import deadletter as middleware_deadletter
+@pytest.mark.parametrize(("old", "name", "new"), [
+    ("eventbus.deadletter", "DeadLetterRecord", "eventbus.deadletters.DeadLetterRecord"),
+    ("eventbus.deadletter", "dlq_topic", "eventbus.deadletters.dlq_topic"),
+    ("eventbus.deadletter", "MAX_TRACEBACK", "eventbus.deadletters.letters.MAX_TRACEBACK"),
+    ("eventbus.deadletter", "broker_dedupe_id", "eventbus.adapter_names.broker_dedupe_id"),
+    ("eventbus.dlq", "DeadLetters", "eventbus.deadletters.DeadLetters"),
+    ("eventbus.dlq", "REPLAY_GROUP", "eventbus.deadletters.REPLAY_GROUP"),
+    ("eventbus.middleware.deadletter", "dead_letter_undecodable",
+     "eventbus.deadletters.dead_letter_undecodable"),
+    ("eventbus.middleware.deadletter", "dlq_topic", "eventbus.deadletters.dlq_topic"),
+    ("eventbus.middleware", "dead_letter_envelope", "eventbus.deadletters.dead_letter_envelope"),
+])
+def test_the_old_dead_letter_imports_work_for_one_release_and_name_the_new_one(
+        old: str, name: str, new: str) -> None:
+    import importlib
+    import warnings
 
-    assert dlq.DeadLetterRecord is deadletter.DeadLetterRecord
-    assert middleware_deadletter.dead_letter_undecodable is deadletter.dead_letter_undecodable
-    assert middleware_deadletter.dlq_topic is deadletter.dlq_topic
+    home, _, attribute = new.rpartition(".")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        value = getattr(importlib.import_module(old), name)
+    assert value is getattr(importlib.import_module(home), attribute)
+    assert [str(w.message) for w in caught if w.category is DeprecationWarning] == [
+        f"{old}.{name} is deprecated and goes away in the next release: use {new} instead"]
+
+
+def test_an_unknown_name_of_an_old_dead_letter_module_is_an_attribute_error() -> None:
+    import eventbus.dlq
+
+    with pytest.raises(AttributeError, match="has no attribute 'nothing'"):
+        eventbus.dlq.nothing  # noqa: B018
 
 
 # -- end to end on the memory broker -----------------------------------------------------

@@ -11,7 +11,7 @@ import pytest
 
 from eventbus import DeadLetters, Envelope, EventBus, RetryPolicy
 from eventbus.adapter import Adapter, ReadRecord
-from eventbus.deadletter import dead_letter_envelope, dlq_topic
+from eventbus.deadletters import dead_letter_envelope, dlq_topic
 from eventbus.errors import UnsupportedOperationError
 from eventbus.memory import MemoryAdapter
 

@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 from eventbus.adapter import Adapter
 from eventbus.bus import EventBus
 from eventbus.context import Context
-from eventbus.deadletter import DeadLetterRecord
+from eventbus.deadletters import DeadLetterRecord
 from eventbus.envelope import Envelope
 from eventbus.errors import ConfigurationError, EventBusError
 from eventbus.events import Message

@@ -18,7 +18,7 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.errors import APIError, NotFoundError
 
-from eventbus.deadletter import broker_dedupe_id
+from eventbus.adapter_names import broker_dedupe_id
 from eventbus.envelope import Envelope
 from eventbus.errors import (
     BatchPublishError,
