@@ -22,6 +22,7 @@ import aiosqlite.
 
 from typing import TYPE_CHECKING, Any
 
+from eventbus._sync_handlers import SyncContext
 from eventbus.adapter import Adapter, Capabilities, Delivery, SubscribeOptions, Subscription
 from eventbus.backoff import Backoff
 from eventbus.batching import BatchItemFailed
@@ -72,7 +73,6 @@ from eventbus.middleware import (
 )
 from eventbus.requests import ReplyTypeError, RequestError, RequestFailedError, RequestTimeoutError
 from eventbus.runner import SubscriptionHealth
-from eventbus.sync_handlers import SyncContext
 
 if TYPE_CHECKING:
     from eventbus.middleware.sqlite_store import SQLiteIdempotencyStore

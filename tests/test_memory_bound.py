@@ -11,8 +11,8 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 from eventbus import Envelope, InvalidURLError, MemoryAdapter
+from eventbus._memory_broker import DEFAULT_MAX_MESSAGES
 from eventbus.adapter import SubscribeOptions
-from eventbus.memory_broker import DEFAULT_MAX_MESSAGES
 
 WAIT = 5.0
 

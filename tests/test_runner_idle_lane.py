@@ -15,7 +15,7 @@ import pytest
 
 from eventbus import Event, EventBus
 from eventbus import lanes as lanes_module
-from eventbus.memory_broker import MemoryDelivery
+from eventbus._memory_broker import MemoryDelivery
 from tests.bus_support import Collector, memory_url, new_topic, run
 
 

@@ -149,7 +149,7 @@ def test_a_sync_batch_handler_gets_its_events_and_a_context_each() -> None:
 
 
 def test_the_pool_size_is_configurable_and_checked(monkeypatch: pytest.MonkeyPatch) -> None:
-    from eventbus.sync_handlers import THREADS_VARIABLE, worker_threads
+    from eventbus._sync_handlers import THREADS_VARIABLE, worker_threads
 
     monkeypatch.setenv(THREADS_VARIABLE, "3")
     assert worker_threads() == 3

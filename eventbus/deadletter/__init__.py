@@ -8,7 +8,7 @@ branches over to the new path.
 
 from typing import Any
 
-from eventbus.deprecation import renamed
+from eventbus._deprecation import renamed
 
 _PACKAGE = (  # re-exported by eventbus.deadletters
     "DLQ_EXTENSIONS", "UNDECODABLE_TYPE", "DeadLetterRecord", "dead_letter",

@@ -9,7 +9,7 @@ branches over to the new path.
 
 from typing import Any
 
-from eventbus.deprecation import renamed
+from eventbus._deprecation import renamed
 
 _PACKAGE = (  # re-exported by eventbus.deadletters
     "PURGED_TYPE", "REPLAYED_TYPE", "REPLAY_GROUP", "DeadLetters", "ListedDeadLetter",

@@ -2,7 +2,7 @@
 
 from typing import TYPE_CHECKING, Any
 
-from eventbus.deprecation import renamed
+from eventbus._deprecation import renamed
 from eventbus.middleware.base import (
     Middleware,
     Next,

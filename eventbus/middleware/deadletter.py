@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from eventbus import deadletters
+from eventbus._deprecation import renamed
 from eventbus.adapter import Adapter
 from eventbus.context import Context
-from eventbus.deprecation import renamed
 from eventbus.errors import InfrastructureError
 from eventbus.middleware.base import Next, RedeliveryRequested
 

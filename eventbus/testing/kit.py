@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar, cast, overload
 from urllib.parse import urlsplit
 
+from eventbus._sync_handlers import user_function
 from eventbus.adapter import Adapter
 from eventbus.bus import EventBus
 from eventbus.context import Context
@@ -29,7 +30,6 @@ from eventbus.events import Message
 from eventbus.memory import MemoryAdapter, MemoryBroker
 from eventbus.middleware.retry import RetryPolicy
 from eventbus.spec import Handler, HandlerFn, SubscriptionSpec
-from eventbus.sync_handlers import user_function
 from eventbus.testing.recorder import Recorder, RecordingAdapter
 
 E = TypeVar("E", bound=Message)
