@@ -84,12 +84,15 @@ def test_a_sync_command_handler_replies() -> None:
     asyncio.run(scenario())
 
 
-@pytest.mark.asyncio
-async def test_call_handler_runs_a_sync_handler_too() -> None:
+def test_call_handler_runs_a_sync_handler_too() -> None:
     def charge(event: OrderPlaced, ctx: SyncContext) -> None:
         ctx.publish(PaymentTaken(order_id=event.order_id))
 
-    assert await call_handler(charge, OrderPlaced(order_id="2")) == [PaymentTaken(order_id="2")]
+    async def scenario() -> None:
+        published = await call_handler(charge, OrderPlaced(order_id="2"))
+        assert published == [PaymentTaken(order_id="2")]
+
+    asyncio.run(scenario())
 
 
 def test_what_cannot_run_in_a_thread_is_refused() -> None:
