@@ -11,8 +11,9 @@ The rules are read from the docs, so the docs and the code cannot drift apart:
   ``(redis)`` or ``(kafka, nats)`` allows it to those adapter folders only).
 
 Every ``import`` counts, at module level or inside a function, except under ``if
-TYPE_CHECKING:`` (never run). An import names one module: the packages Python runs
-before it (``eventbus/__init__.py`` imports every layer) are not counted.
+TYPE_CHECKING:`` (never run), and ``from eventbus import __version__`` (metadata, not the
+surface). An import names one module: the packages Python runs before it
+(``eventbus/__init__.py`` imports every layer) are not counted.
 
 Prints each violation as ``module -> imported (why)`` and exits 1; a module in no layer,
 or a table entry naming no module, is a violation too. ``--root`` checks another tree
@@ -118,6 +119,8 @@ def imports(path: Path, name: str, known: set[str]) -> set[str]:
             else:
                 source = node.module or ""
             for alias in node.names:
+                if alias.name.startswith("__") and alias.name.endswith("__"):
+                    continue  # the package's metadata (``__version__``), not its surface
                 submodule = f"{source}.{alias.name}"
                 found.add(submodule if submodule in known else source)
         for child in ast.iter_child_nodes(node):

@@ -68,9 +68,10 @@ def test_an_import_of_a_layer_above_fails_and_names_both_ends(tmp_path: Path) ->
                                  "(layer 'base' may not import layer 'bus')"])
 
 
-def test_an_import_inside_a_function_counts_and_one_under_type_checking_does_not(
+def test_an_import_inside_a_function_counts_and_type_checking_or_version_ones_do_not(
         tmp_path: Path) -> None:
     errors = ("from typing import TYPE_CHECKING\n"
+              "from eventbus import __version__\n"  # metadata, not the surface
               "if TYPE_CHECKING:\n    from eventbus.bus import Bus\n"
               "def late():\n    from eventbus.tools import thing\n")
     code, lines = run(tree(tmp_path, {"eventbus/errors.py": errors}))
