@@ -25,7 +25,9 @@ demo: $(UV)
 	$(VENV)/bin/python -m examples.order_saga.processes
 
 lint: setup
-	$(VENV)/bin/ruff check eventbus adapters tests integration_tests examples bench
+	$(VENV)/bin/ruff check eventbus adapters tests integration_tests examples bench scripts/check_layers.py
+	@# The import graph against the layers of docs/architecture.md and adapters/README.md.
+	$(VENV)/bin/python scripts/check_layers.py
 
 typecheck: setup
 	$(VENV)/bin/mypy eventbus adapters/kafka/eventbus_kafka adapters/rabbitmq/eventbus_rabbitmq \

@@ -22,13 +22,13 @@ import aiosqlite.
 
 from typing import TYPE_CHECKING, Any
 
+from eventbus._sync_handlers import SyncContext
 from eventbus.adapter import Adapter, Capabilities, Delivery, SubscribeOptions, Subscription
 from eventbus.backoff import Backoff
 from eventbus.batching import BatchItemFailed
 from eventbus.bus import BusHealth, EventBus
 from eventbus.context import INHERIT, Context, Publisher, PublishOptions
-from eventbus.deadletter import DeadLetterRecord
-from eventbus.dlq import DeadLetters, ListedDeadLetter
+from eventbus.deadletters import DeadLetterRecord, DeadLetters, ListedDeadLetter
 from eventbus.envelope import Envelope
 from eventbus.errors import (
     BatchPublishError,
@@ -73,7 +73,6 @@ from eventbus.middleware import (
 )
 from eventbus.requests import ReplyTypeError, RequestError, RequestFailedError, RequestTimeoutError
 from eventbus.runner import SubscriptionHealth
-from eventbus.sync_handlers import SyncContext
 
 if TYPE_CHECKING:
     from eventbus.middleware.sqlite_store import SQLiteIdempotencyStore

@@ -1,11 +1,11 @@
 """The names an adapter needs from the rest of eventbus, in the contract's own module.
 
-Dead letters and their replay are built by the core (:mod:`eventbus.deadletter`,
-:mod:`eventbus.dlq`); an adapter only needs to know what they are called on its
-broker: the DLQ topic of a (topic, group), the group the DLQ tooling reads a queue
-broker's DLQ as, and the id a broker's own duplicate detection should be given. They
-live here so an adapter depends on the contract (:mod:`eventbus.adapter`, which
-re-exports them) and never on the dead-letter machinery.
+Dead letters and their replay are built by the core (:mod:`eventbus.deadletters`);
+an adapter only needs to know what they are called on its broker: the DLQ topic of a
+(topic, group), the group the DLQ tooling reads a queue broker's DLQ as, and the id
+a broker's own duplicate detection should be given. They live here so an adapter
+depends on the contract (:mod:`eventbus.adapter`, which re-exports them) and never
+on the dead-letter machinery.
 """
 
 from __future__ import annotations

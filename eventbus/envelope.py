@@ -19,8 +19,8 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
+from eventbus._timeids import format_time, new_id, new_ids, parse_time, utcnow
 from eventbus.errors import InvalidExtensionNameError
-from eventbus.timeids import format_time, new_id, new_ids, parse_time, utcnow
 
 __all__ = [
     "CORE_ATTRIBUTES",

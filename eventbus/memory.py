@@ -29,6 +29,17 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 from eventbus import codec
+from eventbus._memory_broker import (
+    BODY,
+    HALF_OPEN_BOUND,
+    HEADER_PREFIX,
+    OFFSET,
+    Entry,
+    MemoryBroker,
+    MemorySubscription,
+    Stored,
+    decode_entry,
+)
 from eventbus.adapter import (
     Adapter,
     Capabilities,
@@ -43,17 +54,6 @@ from eventbus.errors import (
     InvalidURLError,
     TopicNotFoundError,
     UnsupportedOperationError,
-)
-from eventbus.memory_broker import (
-    BODY,
-    HALF_OPEN_BOUND,
-    HEADER_PREFIX,
-    OFFSET,
-    Entry,
-    MemoryBroker,
-    MemorySubscription,
-    Stored,
-    decode_entry,
 )
 from eventbus.url_options import (
     OptionParser,
@@ -118,7 +118,7 @@ class MemoryAdapter(Adapter):
     keep a key in order, which the conformance suite uses to test them) and
     ``max_messages`` (default 100,000: how many messages each topic's log retains,
     newest kept, for replay and :meth:`read`; see
-    :meth:`~eventbus.memory_broker.MemoryBroker.append_many`. It applies to the
+    :meth:`~eventbus._memory_broker.MemoryBroker.append_many`. It applies to the
     broker the URL names, so the last adapter that sets it for a name decides) and
     ``start_from`` (``earliest`` or ``latest``: where a new group starts when its
     subscription does not say). An option given twice is an error, as on every adapter.

@@ -90,7 +90,7 @@ REPLY_TYPE = "eventbus.reply"
 """Envelope type of a reply whose value is not a Message (JSON data)."""
 ERROR_TYPE = "eventbus.reply.error"
 """Envelope type of a reply saying the handler failed for good."""
-_DEAD_LETTER = "dlqtopic"  # set on every dead letter (eventbus.deadletter)
+_DEAD_LETTER = "dlqtopic"  # set on every dead letter (eventbus.deadletters)
 _UNENCODABLE = "UnencodableReplyError"  # the error type of an error reply for a success
 _LATE_MEMORY = 1024  # timed-out request ids remembered, to tell late replies from strays
 

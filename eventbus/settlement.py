@@ -15,7 +15,7 @@ from typing import Any
 
 from eventbus.adapter import Adapter, Delivery
 from eventbus.backoff import Backoff
-from eventbus.deadletter import dead_letter_undecodable
+from eventbus.deadletters import dead_letter_undecodable
 from eventbus.envelope import Envelope
 
 log = logging.getLogger("eventbus.runner")

@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from eventbus._sync_handlers import check_sync, in_worker_thread
 from eventbus.adapter import Adapter, Guarantee
 from eventbus.context import Context
 from eventbus.envelope import Envelope
@@ -23,7 +24,6 @@ from eventbus.events import Command, Event, Message
 from eventbus.middleware.base import Middleware
 from eventbus.middleware.idempotency import Idempotency, IdempotencyStore
 from eventbus.middleware.retry import RetryPolicy
-from eventbus.sync_handlers import check_sync, in_worker_thread
 
 DeliveryMode = Guarantee
 HandlerFn = Callable[..., Awaitable[Any]]  # a command handler may return a reply
@@ -173,7 +173,7 @@ class Handler:
         """Check ``fn`` can handle ``message_class`` (``None``: any type of a topic) and
         say how to call it; a :class:`~eventbus.errors.UsageError` saying what to
         write instead when it cannot. A plain ``def`` is wrapped to run in a worker
-        thread (:mod:`eventbus.sync_handlers`); ``fn`` is then that wrapper."""
+        thread (:mod:`eventbus._sync_handlers`); ``fn`` is then that wrapper."""
         call = fn
         if not (inspect.iscoroutinefunction(fn)
                 or (callable(fn) and inspect.iscoroutinefunction(type(fn).__call__))):

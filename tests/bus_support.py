@@ -14,7 +14,7 @@ from typing import Generic, TypeVar
 
 from eventbus import Command, Envelope, Event, EventBus, MemoryAdapter
 from eventbus.adapter import Delivery, SubscribeOptions
-from eventbus.middleware import dlq_topic
+from eventbus.deadletters import dlq_topic
 
 WAIT = 5.0
 T = TypeVar("T")

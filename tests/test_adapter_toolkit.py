@@ -267,14 +267,13 @@ def test_stop_task_gives_grace_first_and_gives_up_after_the_timeout(
 # -- the contract's names ---------------------------------------------------------------------
 
 
-def test_the_names_adapters_need_come_from_the_contract_and_the_old_places_alike() -> None:
-    from eventbus import adapter, deadletter, dlq
-    from eventbus.middleware import deadletter as deadletter_step
+def test_the_names_adapters_need_come_from_the_contract_and_dead_letters_reexport_them() -> None:
+    from eventbus import adapter, adapter_names, deadletters
 
     assert adapter.dlq_topic("orders", "billing") == "orders.billing.dlq"
-    assert deadletter.dlq_topic is adapter.dlq_topic is deadletter_step.dlq_topic
-    assert dlq.REPLAY_GROUP == adapter.REPLAY_GROUP == "eventbus-dlq-replay"
-    assert deadletter.broker_dedupe_id is adapter.broker_dedupe_id
+    assert deadletters.dlq_topic is adapter.dlq_topic is adapter_names.dlq_topic
+    assert deadletters.REPLAY_GROUP == adapter.REPLAY_GROUP == "eventbus-dlq-replay"
+    assert adapter.broker_dedupe_id is adapter_names.broker_dedupe_id
 
 
 def test_a_partial_batch_failure_says_how_many_which_and_where() -> None:

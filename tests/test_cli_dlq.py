@@ -21,9 +21,8 @@ from eventbus import Context, Envelope, Event, EventBus, MemoryAdapter, RetryPol
 from eventbus.adapter import Adapter, HealthReport, ReadRecord, SubscribeOptions, Subscription
 from eventbus.cli import _common as cli_common
 from eventbus.cli import app
-from eventbus.dlq import DeadLetters, ListedDeadLetter
+from eventbus.deadletters import DeadLetters, ListedDeadLetter, dead_letter_envelope, dlq_topic
 from eventbus.errors import TopicNotFoundError, UnsupportedOperationError
-from eventbus.middleware.deadletter import dead_letter_envelope, dlq_topic
 
 runner = CliRunner()
 

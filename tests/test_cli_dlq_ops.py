@@ -16,9 +16,14 @@ from eventbus import Envelope, MemoryAdapter
 from eventbus.adapter import ReadRecord, SubscribeOptions
 from eventbus.cli import _common as cli
 from eventbus.cli import app
-from eventbus.dlq import DeadLetters, ListedDeadLetter, replayed_topic
+from eventbus.deadletters import (
+    DeadLetters,
+    ListedDeadLetter,
+    dead_letter_envelope,
+    dlq_topic,
+    replayed_topic,
+)
 from eventbus.errors import UnsupportedOperationError
-from eventbus.middleware.deadletter import dead_letter_envelope, dlq_topic
 
 runner = CliRunner()
 TOPIC, GROUP = "orders", "billing"

@@ -19,8 +19,8 @@ import yaml
 from typer.testing import CliRunner
 
 from eventbus import EventBus
+from eventbus._asyncapi_html import render_html
 from eventbus.asyncapi import asyncapi_document
-from eventbus.asyncapi_html import render_html
 from eventbus.cli import app
 from eventbus.cli.serving import ServeOptions, serve_with_probes
 from tests.bus_support import memory_url, run

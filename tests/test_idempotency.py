@@ -19,12 +19,12 @@ import pytest
 
 from eventbus import Envelope, Event, EventBus, MemoryAdapter, RetryPolicy
 from eventbus.adapter import SubscribeOptions
+from eventbus.deadletters import dlq_topic
 from eventbus.middleware import (
     Claim,
     IdempotencyStore,
     MemoryIdempotencyStore,
     SQLiteIdempotencyStore,
-    dlq_topic,
     idempotency_key,
 )
 

@@ -12,6 +12,7 @@ import pytest
 from eventbus import EventBus, MemoryAdapter, PoisonMessageError, SchemaError
 from eventbus.adapter import SubscribeOptions
 from eventbus.context import Context, current_envelope
+from eventbus.deadletters import UNDECODABLE_TYPE, dead_letter_undecodable
 from eventbus.envelope import Envelope
 from eventbus.errors import (
     BrokerConnectionError,
@@ -34,7 +35,6 @@ from eventbus.middleware import (
     compose,
     correlation,
 )
-from eventbus.middleware.deadletter import UNDECODABLE_TYPE, dead_letter_undecodable
 from tests.bus_support import FakeDelivery
 
 WAIT = 5.0

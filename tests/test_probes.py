@@ -15,9 +15,9 @@ import pytest
 from prometheus_client import Counter
 
 from eventbus import EventBus, MemoryAdapter
+from eventbus._memory_broker import MemoryBroker
 from eventbus.adapter import Delivery, SubscribeOptions, Subscription
 from eventbus.errors import ConfigurationError
-from eventbus.memory_broker import MemoryBroker
 from eventbus.probes import LIVEZ, METRICS, READYZ, serve_probes
 from tests.bus_support import Collector, OrderPlaced, memory_url, run
 

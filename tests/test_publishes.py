@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import pytest
 
 from eventbus import Context, Event, EventBus
-from eventbus.declarations import returned_messages
+from eventbus._declarations import returned_messages
 from eventbus.errors import ConfigurationError
 from eventbus.patterns.sagas import Choreography
 from tests.bus_support import OrderPlaced, PaymentTaken, memory_url

@@ -1,8 +1,11 @@
 """Publishing: publish middleware around every publish, partial multi-topic batches,
-and the parent of what a handler publishes (inherit, new flow, explicit)."""
+the parent of what a handler publishes (inherit, new flow, explicit), and publish_many
+of one class (one topic, the common case), whose shorter path must still name the
+right indexes when it fails."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,6 +20,8 @@ from eventbus import (
     Event,
     EventBus,
     MemoryAdapter,
+    MessageTooLargeError,
+    PublishError,
 )
 from tests.bus_support import Collector, memory_url, read_topic, run
 
@@ -156,3 +161,69 @@ def test_a_batch_builds_one_envelope_per_message_each_its_own_flow_and_extension
     assert envelopes[0].extensions == {"tenant": "acme"}
     assert envelopes[0].extensions is not envelopes[1].extensions
     assert len({e.time for e in envelopes}) == 1 and type(envelopes[0]) is Envelope
+
+
+
+# -- publish_many of one class: the one-topic path ---------------------------------------
+
+class Shipped(Event, type="test.one-topic.shipped", topic="test-one-topic-shipped"):
+    parcel: str
+
+
+class _RefusesBad(MemoryAdapter):
+    """Confirms every message of a batch except those whose parcel is "bad"."""
+
+    async def publish(self, topic: str, envelopes: Sequence[Envelope]) -> None:
+        bad: dict[int, Exception] = {
+            i: PublishError("not confirmed")
+            for i, e in enumerate(envelopes) if json.loads(e.data)["parcel"] == "bad"
+        }
+        await super().publish(topic, [e for i, e in enumerate(envelopes) if i not in bad])
+        if bad:
+            raise BatchPublishError("partial", bad, len(envelopes))
+
+
+def test_one_topic_batch_refused_whole_names_every_index() -> None:
+    async def scenario() -> None:
+        bus = EventBus(f"{memory_url()}?max_message_bytes=400")
+        async with bus:
+            with pytest.raises(BatchPublishError) as info:
+                await bus.publish_many([Shipped(parcel="a"), Shipped(parcel="x" * 500),
+                                        Shipped(parcel="b")])
+        error = info.value
+        assert set(error.failures) == {0, 1, 2}
+        assert list(error.succeeded) == []
+        assert all(isinstance(e, MessageTooLargeError) for e in error.failures.values())
+        assert len({e.id for e in error.envelopes}) == 3  # what to republish, same ids
+
+    run(scenario)
+
+
+def test_one_topic_batch_partly_confirmed_names_the_failed_indexes() -> None:
+    async def scenario() -> None:
+        url = memory_url()
+        bus = EventBus(_RefusesBad(url))
+        async with bus:
+            with pytest.raises(BatchPublishError) as info:
+                await bus.publish_many([Shipped(parcel="ok"), Shipped(parcel="bad"),
+                                        Shipped(parcel="ok 2"), Shipped(parcel="bad")])
+        stored = await read_topic(url, "test-one-topic-shipped", 2)
+        assert set(info.value.failures) == {1, 3}
+        assert list(info.value.succeeded) == [0, 2]
+        sent = [info.value.envelopes[i].id for i in (0, 2)]
+        assert [e.id for e in stored] == sent
+
+    run(scenario)
+
+
+def test_one_topic_batch_returns_the_envelopes_as_sent() -> None:
+    async def scenario() -> None:
+        async def stamp(topic: str, envelopes: Sequence[Envelope], call_next: Any) -> None:
+            await call_next(topic, [e.evolve(subject="stamped") for e in envelopes])
+
+        bus = EventBus(memory_url(), publish_middleware=[stamp])
+        async with bus:
+            sent = await bus.publish_many([Shipped(parcel="a"), Shipped(parcel="b")])
+        assert [e.subject for e in sent] == ["stamped", "stamped"]
+
+    run(scenario)

@@ -23,8 +23,8 @@ from eventbus import (
     RetryPolicy,
     SubscribeOptions,
     Subscription,
-    memory_broker,
 )
+from eventbus import _memory_broker as memory_broker
 from eventbus import settlement as settlement_module
 from eventbus.adapter import HealthReport
 from eventbus.backoff import Backoff

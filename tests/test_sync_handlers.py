@@ -84,12 +84,15 @@ def test_a_sync_command_handler_replies() -> None:
     asyncio.run(scenario())
 
 
-@pytest.mark.asyncio
-async def test_call_handler_runs_a_sync_handler_too() -> None:
+def test_call_handler_runs_a_sync_handler_too() -> None:
     def charge(event: OrderPlaced, ctx: SyncContext) -> None:
         ctx.publish(PaymentTaken(order_id=event.order_id))
 
-    assert await call_handler(charge, OrderPlaced(order_id="2")) == [PaymentTaken(order_id="2")]
+    async def scenario() -> None:
+        published = await call_handler(charge, OrderPlaced(order_id="2"))
+        assert published == [PaymentTaken(order_id="2")]
+
+    asyncio.run(scenario())
 
 
 def test_what_cannot_run_in_a_thread_is_refused() -> None:
@@ -149,7 +152,7 @@ def test_a_sync_batch_handler_gets_its_events_and_a_context_each() -> None:
 
 
 def test_the_pool_size_is_configurable_and_checked(monkeypatch: pytest.MonkeyPatch) -> None:
-    from eventbus.sync_handlers import THREADS_VARIABLE, worker_threads
+    from eventbus._sync_handlers import THREADS_VARIABLE, worker_threads
 
     monkeypatch.setenv(THREADS_VARIABLE, "3")
     assert worker_threads() == 3

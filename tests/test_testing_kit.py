@@ -10,7 +10,7 @@ import uuid
 import pytest
 
 from eventbus import Context, Event, EventBus, MemoryAdapter, MessageTooLargeError, RetryPolicy
-from eventbus.dlq import DeadLetters
+from eventbus.deadletters import DeadLetters
 from eventbus.errors import ConfigurationError
 from eventbus.testing import (
     DrainTimeoutError,

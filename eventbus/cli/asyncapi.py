@@ -11,8 +11,8 @@ from typing import Annotated, Any
 
 import typer
 
+from eventbus._asyncapi_html import render_html
 from eventbus.asyncapi import asyncapi_document
-from eventbus.asyncapi_html import render_html
 from eventbus.cli._common import (
     EXIT_UNKNOWN_SCHEME,
     EXIT_USAGE,

@@ -21,8 +21,7 @@ from eventbus.cli._common import (
     resolve_url,
     run_async,
 )
-from eventbus.deadletter import dlq_topic
-from eventbus.dlq import DeadLetters, ListedDeadLetter
+from eventbus.deadletters import DeadLetters, ListedDeadLetter, dlq_topic
 from eventbus.envelope import format_time
 
 dlq_app = typer.Typer(help="Inspect, replay and purge dead letters.", no_args_is_help=True)

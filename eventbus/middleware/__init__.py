@@ -2,6 +2,7 @@
 
 from typing import TYPE_CHECKING, Any
 
+from eventbus._deprecation import renamed
 from eventbus.middleware.base import (
     Middleware,
     Next,
@@ -14,7 +15,7 @@ from eventbus.middleware.base import (
 )
 from eventbus.middleware.chain import ChainDefaults, build_chain
 from eventbus.middleware.correlation import correlation
-from eventbus.middleware.deadletter import DeadLetter, dead_letter_envelope, dlq_topic
+from eventbus.middleware.deadletter import DeadLetter
 from eventbus.middleware.idempotency import (
     Claim,
     ClaimResult,
@@ -52,10 +53,12 @@ __all__ = [
     "compose",
     "compose_publish",
     "correlation",
-    "dead_letter_envelope",
-    "dlq_topic",
     "idempotency_key",
 ]
+
+
+# Dead-letter names moved to eventbus.deadletters; these work for one release.
+_MOVED = ("dead_letter_envelope", "dlq_topic")
 
 
 def __getattr__(name: str) -> Any:
@@ -64,4 +67,7 @@ def __getattr__(name: str) -> Any:
         from eventbus.middleware.sqlite_store import SQLiteIdempotencyStore
 
         return SQLiteIdempotencyStore
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import eventbus.deadletters as package
+
+    table = {name: (f"eventbus.deadletters.{name}", lambda: getattr(package, name))}
+    return renamed(__name__, name, table if name in _MOVED else {})

@@ -5,36 +5,32 @@ spent), a poison message, a handler timeout. Failures of the infrastructure
 (:class:`~eventbus.errors.InfrastructureError`: the idempotency store is down, the
 DLQ publish failed) and redelivery requests pass through, so the runner nacks
 the message and it is tried again later. What a dead letter is and where it goes
-lives in :mod:`eventbus.deadletter`.
+lives in :mod:`eventbus.deadletters`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
+from eventbus import deadletters
+from eventbus._deprecation import renamed
 from eventbus.adapter import Adapter
 from eventbus.context import Context
-from eventbus.deadletter import (
-    DLQ_EXTENSIONS,
-    UNDECODABLE_TYPE,
-    dead_letter,
-    dead_letter_envelope,
-    dead_letter_undecodable,
-    dlq_topic,
-)
 from eventbus.errors import InfrastructureError
 from eventbus.incidents import note
 from eventbus.middleware.base import Next, RedeliveryRequested
 
-__all__ = [
-    "DLQ_EXTENSIONS",
-    "UNDECODABLE_TYPE",
-    "DeadLetter",
-    "dead_letter_envelope",
-    "dead_letter_undecodable",
-    "dlq_topic",
-]
+__all__ = ["DeadLetter"]
+
+# What a dead letter is moved to eventbus.deadletters; the old names work for one release.
+_MOVED = ("DLQ_EXTENSIONS", "UNDECODABLE_TYPE", "dead_letter_envelope",
+          "dead_letter_undecodable", "dlq_topic")
+
+
+def __getattr__(name: str) -> Any:
+    table = {name: (f"eventbus.deadletters.{name}", lambda: getattr(deadletters, name))}
+    return renamed(__name__, name, table if name in _MOVED else {})
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,8 +65,8 @@ class DeadLetter:
         if isinstance(exc, RedeliveryRequested | InfrastructureError):
             raise exc
         attempts = int(ctx.items.get("attempts", ctx.attempt))
-        target = dlq_topic(ctx.topic, ctx.group)
-        await dead_letter(
+        target = deadletters.dlq_topic(ctx.topic, ctx.group)
+        await deadletters.dead_letter(
             self.adapter,
             ctx.envelope,
             reason=f"{type(exc).__name__}: {exc}",

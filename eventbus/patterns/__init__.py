@@ -2,7 +2,7 @@
 
 from typing import Any
 
-from eventbus.deprecation import Renamed, renamed
+from eventbus._deprecation import Renamed, renamed
 from eventbus.patterns import ordering as _ordering
 from eventbus.patterns import sagas as _sagas
 from eventbus.patterns.cqrs import *  # noqa: F403  (CQRS: pat-cqrs)

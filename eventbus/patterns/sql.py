@@ -56,7 +56,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
-from eventbus.deprecation import Renamed, renamed
+from eventbus._deprecation import Renamed, renamed
 from eventbus.errors import ConfigurationError, EventBusError, InfrastructureError, mask_url
 
 Dialect = Literal["sqlite", "postgres"]

@@ -22,7 +22,7 @@ when first named, and needs pytest (``pip install eventbus[test]``).
 
 from typing import TYPE_CHECKING, Any
 
-from eventbus.deprecation import Renamed, renamed
+from eventbus._deprecation import Renamed, renamed
 from eventbus.testing.collector import Collector
 from eventbus.testing.direct import TestPublisher, call_handler, handler_context
 from eventbus.testing.kit import DrainTimeoutError, HandlerCall, TestBus, without_delays

@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any, Unpack
 
+from eventbus._deprecation import Renamed, renamed
 from eventbus.adapter import Delivery
 from eventbus.context import Context, PublishOptions, current_envelope
-from eventbus.deprecation import Renamed, renamed
 from eventbus.envelope import Envelope
 from eventbus.events import Command, Message
 from eventbus.middleware.retry import RetryPolicy

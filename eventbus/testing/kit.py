@@ -19,17 +19,17 @@ from dataclasses import dataclass
 from typing import Any, TypeVar, cast, overload
 from urllib.parse import urlsplit
 
+from eventbus._sync_handlers import user_function
 from eventbus.adapter import Adapter
 from eventbus.bus import EventBus
 from eventbus.context import Context
-from eventbus.deadletter import DeadLetterRecord
+from eventbus.deadletters import DeadLetterRecord
 from eventbus.envelope import Envelope
 from eventbus.errors import ConfigurationError, EventBusError
 from eventbus.events import Message
 from eventbus.memory import MemoryAdapter, MemoryBroker
 from eventbus.middleware.retry import RetryPolicy
 from eventbus.spec import Handler, HandlerFn, SubscriptionSpec
-from eventbus.sync_handlers import user_function
 from eventbus.testing.recorder import Recorder, RecordingAdapter
 
 E = TypeVar("E", bound=Message)

@@ -15,7 +15,7 @@ import pytest
 from eventbus_kafka import KafkaAdapter
 
 from eventbus import DeadLetters, EventBus
-from eventbus.dlq import ListedDeadLetter
+from eventbus.deadletters import ListedDeadLetter
 from eventbus.envelope import Envelope
 from eventbus.middleware.retry import RetryPolicy
 from integration_tests.kafka.test_kafka_adapter import run, unique, with_options

@@ -20,10 +20,9 @@ from aiokafka.admin import AIOKafkaAdminClient
 from eventbus_kafka import KafkaAdapter
 from eventbus_kafka.codec import encode
 
-from eventbus.dlq import DeadLetters
+from eventbus.deadletters import DeadLetters, dead_letter_envelope, dlq_topic
 from eventbus.envelope import Envelope
 from eventbus.errors import TopicNotFoundError
-from eventbus.middleware.deadletter import dead_letter_envelope, dlq_topic
 
 pytestmark = [pytest.mark.broker("kafka"), pytest.mark.timeout(120)]
 

@@ -9,7 +9,7 @@ from collections import Counter
 import pytest
 
 from eventbus import DeadLetters, Envelope, EventBus, RetryPolicy
-from eventbus.deadletter import dlq_topic
+from eventbus.deadletters import dlq_topic
 
 pytestmark = [pytest.mark.broker("kafka"), pytest.mark.timeout(180)]
 

@@ -18,7 +18,7 @@ from eventbus_kafka import KafkaAdapter
 from eventbus_kafka.codec import encode
 
 from eventbus import Context, DeadLetters, EventBus
-from eventbus.dlq import ListedDeadLetter
+from eventbus.deadletters import ListedDeadLetter
 from eventbus.errors import TopicNotFoundError
 from eventbus.testing.conformance import Collector, Ping, on_topic
 from integration_tests.kafka.test_kafka_adapter import run, unique

@@ -23,7 +23,7 @@ from cloudevents.core.bindings import http as ce_http
 from cloudevents.core.formats.json import JSONFormat
 
 from eventbus import Context, Event, EventBus
-from eventbus.dlq import DeadLetters
+from eventbus.deadletters import DeadLetters
 from eventbus.errors import ConfigurationError, TopicNotFoundError
 from integration_tests import harness
 

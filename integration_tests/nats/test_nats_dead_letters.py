@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from eventbus import Context, Event, EventBus
-from eventbus.dlq import DeadLetters
+from eventbus.deadletters import DeadLetters
 from eventbus.errors import TopicNotFoundError
 from eventbus.middleware.retry import RetryPolicy
 from integration_tests import harness

@@ -21,7 +21,7 @@ from eventbus_nats import NatsAdapter
 from nats.js.api import StreamConfig
 
 from eventbus import Event, EventBus
-from eventbus.deadletter import dlq_topic
+from eventbus.deadletters import dlq_topic
 from eventbus.envelope import Envelope
 from eventbus.errors import MessageTooLargeError
 from eventbus.middleware.retry import RetryPolicy

@@ -23,7 +23,7 @@ from eventbus_nats import NatsAdapter
 from eventbus import Context, Event, EventBus
 from eventbus.adapter import Delivery, SubscribeOptions, Subscription
 from eventbus.backoff import Backoff
-from eventbus.deadletter import dlq_topic
+from eventbus.deadletters import dlq_topic
 from eventbus.envelope import Envelope
 from eventbus.errors import IdempotencyStoreError
 from eventbus.middleware.idempotency import ClaimResult, MemoryIdempotencyStore

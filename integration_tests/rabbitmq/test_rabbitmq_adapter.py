@@ -19,7 +19,7 @@ from eventbus_rabbitmq import RabbitMQAdapter
 
 from eventbus import Event, EventBus
 from eventbus.adapter import Delivery, SubscribeOptions, Subscription
-from eventbus.dlq import DeadLetters
+from eventbus.deadletters import DeadLetters
 from eventbus.envelope import Envelope
 from eventbus.errors import BrokerConnectionError, ConfigurationError, PublishError
 from integration_tests import harness

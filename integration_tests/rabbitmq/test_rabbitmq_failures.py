@@ -18,7 +18,7 @@ from eventbus_rabbitmq import RabbitMQAdapter
 
 from eventbus import Event, EventBus
 from eventbus.adapter import SubscribeOptions
-from eventbus.dlq import DeadLetters
+from eventbus.deadletters import DeadLetters
 from eventbus.errors import (
     BrokerConnectionError,
     ConfigurationError,

@@ -115,7 +115,7 @@ def test_pubsub_has_no_dead_letters_to_list(redis_url: str) -> None:
     """Pub/Sub keeps nothing, so `DeadLetters.list` (and `eventbus dlq`) says there is no
     such dead-letter topic, instead of consuming the channel for a while and reporting an
     empty list as if nothing had ever failed."""
-    from eventbus.dlq import DeadLetters
+    from eventbus.deadletters import DeadLetters
     from eventbus.errors import TopicNotFoundError
 
     async def scenario() -> None:

@@ -15,7 +15,7 @@ from eventbus_redis import RedisPubSubAdapter, RedisStreamsAdapter
 from redis.asyncio import Redis
 
 from eventbus import EventBus
-from eventbus.dlq import DeadLetters, ListedDeadLetter
+from eventbus.deadletters import DeadLetters, ListedDeadLetter
 from eventbus.errors import UnsupportedOperationError
 from eventbus.testing.conformance import Ping, on_topic
 

@@ -15,7 +15,7 @@ from eventbus_sqs import SqsAdapter
 from eventbus import Context, EventBus, RetryPolicy
 from eventbus.adapter import Delivery, SubscribeOptions
 from eventbus.backoff import Backoff
-from eventbus.dlq import DeadLetters
+from eventbus.deadletters import DeadLetters
 from eventbus.envelope import Envelope
 from eventbus.errors import IdempotencyStoreError
 from eventbus.middleware.idempotency import ClaimResult, MemoryIdempotencyStore

@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 
 from eventbus import EventBus, RetryPolicy
 from eventbus.cli import app
-from eventbus.dlq import DeadLetters
+from eventbus.deadletters import DeadLetters
 from eventbus.errors import TopicNotFoundError
 from eventbus.testing.conformance import Collector, Ping, on_topic
 

@@ -208,8 +208,8 @@ async def test_a_dead_letter_of_a_request_is_not_answered_again() -> None:
     from collections.abc import Sequence
 
     from eventbus import Envelope, RetryPolicy
+    from eventbus.deadletters import dlq_topic
     from eventbus.middleware.base import PublishNext
-    from eventbus.middleware.deadletter import dlq_topic
 
     replies: list[Envelope] = []
     letters: asyncio.Queue[Envelope] = asyncio.Queue()

@@ -10,8 +10,8 @@ from collections.abc import Sequence
 import pytest
 
 from eventbus import Command, Context, Envelope, Event, EventBus
+from eventbus.deadletters import dlq_topic
 from eventbus.middleware.base import PublishNext
-from eventbus.middleware.deadletter import dlq_topic
 from eventbus.requests import RequestFailedError, UnencodableReplyError
 from tests.bus_support import Collector, Records, memory_url
 

@@ -7,7 +7,7 @@
   is ``T.G.dlq``, so ``reject()`` moves a message there natively.
 - dead letters of ``G`` -> exchange ``T.G.dlq`` (the bus's DLQ topic) and the
   queue ``T.G.dlq/eventbus-dlq-replay`` bound to it: the queue of the group the
-  DLQ tooling (:class:`eventbus.dlq.DeadLetters`) reads, declared with the
+  DLQ tooling (:class:`eventbus.deadletters.DeadLetters`) reads, declared with the
   group's own, so every dead letter is kept for it even when nobody listens.
 - delay tier ``n`` ms of ``G`` -> queue ``T/G/delay-<n>ms`` with ``x-message-ttl=n``
   dead-lettering (through the default exchange) back to ``T/G``: a parked message

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from eventbus.deprecation import Renamed, renamed
+from eventbus._deprecation import Renamed, renamed
 from eventbus.patterns.ordering.guard import (
     EarlyEventError,
     GapPolicy,

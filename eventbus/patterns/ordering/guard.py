@@ -32,9 +32,9 @@ from collections.abc import Awaitable, Callable
 from enum import Enum
 from typing import Any, Literal, TypeVar
 
+from eventbus._deprecation import Renamed, renamed
 from eventbus.backoff import Backoff
 from eventbus.context import Context
-from eventbus.deprecation import Renamed, renamed
 from eventbus.errors import ConfigurationError, EventBusError
 from eventbus.middleware.base import RedeliveryRequested
 from eventbus.patterns.ordering.stores import (

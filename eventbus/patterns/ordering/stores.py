@@ -14,7 +14,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from eventbus.deprecation import Renamed, renamed
+from eventbus._deprecation import Renamed, renamed
 from eventbus.patterns.schema import KINDS, ready
 from eventbus.patterns.sql import Database, Transaction, real_type
 

@@ -4,7 +4,7 @@
 
 from typing import Any
 
-from eventbus.deprecation import Renamed, renamed
+from eventbus._deprecation import Renamed, renamed
 from eventbus.patterns.ordering.stores import (
     MemorySequenceStore,
     SequenceStore,

@@ -40,10 +40,10 @@ from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, nullcontext
 from typing import Any, Literal, TypeVar
 
+from eventbus._declarations import returned_messages
+from eventbus._deprecation import Renamed, renamed
 from eventbus.bus import EventBus
 from eventbus.context import Context
-from eventbus.declarations import returned_messages
-from eventbus.deprecation import Renamed, renamed
 from eventbus.errors import ConfigurationError
 from eventbus.events import Message
 from eventbus.patterns.inbox import Inbox

@@ -18,7 +18,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-from eventbus.deprecation import Renamed, renamed
+from eventbus._deprecation import Renamed, renamed
 from eventbus.errors import EventBusError
 from eventbus.patterns.outbox.store import Outbox
 from eventbus.patterns.schema import KINDS, ready

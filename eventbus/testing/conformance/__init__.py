@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from eventbus.deprecation import Renamed, renamed
+from eventbus._deprecation import Renamed, renamed
 from eventbus.testing.collector import Collector
 from eventbus.testing.conformance._events import Ping, Pong, on_topic
 from eventbus.testing.conformance._support import (

@@ -23,10 +23,10 @@ import pytest
 from eventbus.adapter import Adapter, Capabilities, Delivery, SubscribeOptions, Subscription
 from eventbus.bus import EventBus
 from eventbus.context import Context
+from eventbus.deadletters import dlq_topic
 from eventbus.envelope import Envelope
 from eventbus.events import Message
 from eventbus.middleware.base import Next, RedeliveryRequested
-from eventbus.middleware.deadletter import dlq_topic
 from eventbus.middleware.retry import RetryPolicy
 from eventbus.testing.collector import DEFAULT_WAIT, PATIENCE, Collector
 from eventbus.testing.conformance._events import Ping, on_topic

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from eventbus.adapter import Adapter
 from eventbus.codec import encode_structured
 from eventbus.context import Context
-from eventbus.dlq import DeadLetters, ListedDeadLetter
+from eventbus.deadletters import DeadLetters, ListedDeadLetter
 from eventbus.envelope import Envelope
 from eventbus.errors import TopicNotFoundError, UnsupportedOperationError
 from eventbus.testing.collector import PATIENCE, Collector

@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 
 from eventbus.context import Context
+from eventbus.deadletters import UNDECODABLE_TYPE
 from eventbus.envelope import Envelope, parse_time
 from eventbus.errors import DeliveryAlreadySettledError
-from eventbus.middleware.deadletter import UNDECODABLE_TYPE
 from eventbus.middleware.retry import RetryPolicy
 from eventbus.testing.collector import Collector
 from eventbus.testing.conformance._events import Ping, on_topic, record_seqs

@@ -15,7 +15,7 @@ import pytest
 from eventbus.backoff import Backoff
 from eventbus.bus import EventBus
 from eventbus.context import Context
-from eventbus.dlq import DeadLetters
+from eventbus.deadletters import DeadLetters
 from eventbus.errors import (
     BrokerConnectionError,
     IdempotencyStoreError,

@@ -33,6 +33,7 @@ from typing import ClassVar
 
 import pytest
 
+from eventbus._timeids import utcnow
 from eventbus.envelope import Envelope
 from eventbus.errors import SchemaError
 from eventbus.events import Event, Registry
@@ -48,7 +49,6 @@ from eventbus.patterns.eventsourcing import (
     iter_stream,
 )
 from eventbus.testing.patterns._support import store_case
-from eventbus.timeids import utcnow
 
 __all__ = ["Account", "Deposited", "EventStoreCases", "EventStoreSuite", "EventStoreTarget",
            "Opened", "envs", "gap_safe_reader"]

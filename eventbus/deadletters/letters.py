@@ -7,7 +7,7 @@ that would exceed the broker's size limit it is shrunk until it fits: the
 traceback is truncated, then dropped, and at last only a reference is kept (the
 original's attributes and the reason, without its data); ``dlqdropped`` names
 what went. The :class:`~eventbus.middleware.DeadLetter` middleware decides *when*
-a message is dead-lettered; :mod:`eventbus.dlq` lists and replays them.
+a message is dead-lettered; :mod:`eventbus.deadletters.tooling` lists and replays them.
 """
 
 from __future__ import annotations
@@ -22,11 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from eventbus.adapter import Adapter, Delivery
-
-# Re-exported: these names live in the contract module now; old imports keep working.
-from eventbus.adapter_names import broker_dedupe_id as broker_dedupe_id
-from eventbus.adapter_names import dlq_topic as dlq_topic
-from eventbus.adapter_names import replaying as replaying
+from eventbus.adapter_names import dlq_topic
 from eventbus.codec import largest_size, size_bound
 from eventbus.envelope import Envelope, format_time, utcnow
 from eventbus.errors import BatchPublishError, DeadLetterPublishError, MessageTooLargeError
@@ -58,6 +54,7 @@ _CODEC_SLACK = 256
 _MIN_TRACEBACK = 200
 _TRUNCATED = "[... traceback truncated to fit the broker's size limit ...]\n"
 
+# The logger name users configure: unchanged by the move to eventbus.deadletters.
 log = logging.getLogger("eventbus.deadletter")
 Logger = logging.Logger | logging.LoggerAdapter[Any]
 

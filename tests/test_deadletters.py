@@ -1,26 +1,31 @@
-"""Dead letters: the envelope, shrinking it to the broker's size limit, publishing it,
-reading it back; and a failing message whose dead letter is too big, end to end."""
+"""Dead letters (eventbus.deadletters): the envelope, shrinking it to the broker's size
+limit, publishing it, reading it back, the old import paths; a failing message whose
+dead letter is too big, end to end; and replay reaching the group that failed it, not
+every group again."""
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import logging
 import uuid
+from collections import Counter
 from collections.abc import Sequence
 
 import pytest
 
-from eventbus import Envelope, Event, EventBus, MemoryAdapter, RetryPolicy, codec
-from eventbus.deadletter import (
+from eventbus import DeadLetters, Envelope, Event, EventBus, MemoryAdapter, RetryPolicy, codec
+from eventbus.adapter import Adapter, ReadRecord
+from eventbus.adapter_names import broker_dedupe_id
+from eventbus.deadletters import (
     DLQ_EXTENSIONS,
     UNDECODABLE_TYPE,
     DeadLetterRecord,
-    broker_dedupe_id,
     dead_letter,
     dead_letter_envelope,
     dlq_topic,
     publish_dead_letter,
 )
-from eventbus.dlq import DeadLetters
 from eventbus.envelope import parse_time, utcnow
 from eventbus.errors import (
     BatchPublishError,
@@ -29,6 +34,7 @@ from eventbus.errors import (
     InfrastructureError,
     MessageTooLargeError,
     PublishError,
+    UnsupportedOperationError,
 )
 from tests.bus_support import dead_letters, run
 
@@ -278,13 +284,37 @@ def test_the_record_reads_every_dead_letter_attribute() -> None:
     assert not cut.replayable
 
 
-def test_the_record_is_the_same_class_where_dlq_browsing_imports_it() -> None:
-    from eventbus import deadletter, dlq
-    from eventbus.middleware import deadletter as middleware_deadletter
+@pytest.mark.parametrize(("old", "name", "new"), [
+    ("eventbus.deadletter", "DeadLetterRecord", "eventbus.deadletters.DeadLetterRecord"),
+    ("eventbus.deadletter", "dlq_topic", "eventbus.deadletters.dlq_topic"),
+    ("eventbus.deadletter", "MAX_TRACEBACK", "eventbus.deadletters.letters.MAX_TRACEBACK"),
+    ("eventbus.deadletter", "broker_dedupe_id", "eventbus.adapter_names.broker_dedupe_id"),
+    ("eventbus.dlq", "DeadLetters", "eventbus.deadletters.DeadLetters"),
+    ("eventbus.dlq", "REPLAY_GROUP", "eventbus.deadletters.REPLAY_GROUP"),
+    ("eventbus.middleware.deadletter", "dead_letter_undecodable",
+     "eventbus.deadletters.dead_letter_undecodable"),
+    ("eventbus.middleware.deadletter", "dlq_topic", "eventbus.deadletters.dlq_topic"),
+    ("eventbus.middleware", "dead_letter_envelope", "eventbus.deadletters.dead_letter_envelope"),
+])
+def test_the_old_dead_letter_imports_work_for_one_release_and_name_the_new_one(
+        old: str, name: str, new: str) -> None:
+    import importlib
+    import warnings
 
-    assert dlq.DeadLetterRecord is deadletter.DeadLetterRecord
-    assert middleware_deadletter.dead_letter_undecodable is deadletter.dead_letter_undecodable
-    assert middleware_deadletter.dlq_topic is deadletter.dlq_topic
+    home, _, attribute = new.rpartition(".")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        value = getattr(importlib.import_module(old), name)
+    assert value is getattr(importlib.import_module(home), attribute)
+    assert [str(w.message) for w in caught if w.category is DeprecationWarning] == [
+        f"{old}.{name} is deprecated and goes away in the next release: use {new} instead"]
+
+
+def test_an_unknown_name_of_an_old_dead_letter_module_is_an_attribute_error() -> None:
+    import eventbus.dlq
+
+    with pytest.raises(AttributeError, match="has no attribute 'nothing'"):
+        eventbus.dlq.nothing  # noqa: B018
 
 
 # -- end to end on the memory broker -----------------------------------------------------
@@ -371,3 +401,105 @@ def test_a_replay_is_a_new_message_for_the_broker_dedupe_id() -> None:
         assert broker_dedupe_id(event) == event.id  # only inside the replay
 
     run(scenario)
+
+
+
+# -- replaying to the group that failed --------------------------------------------------
+
+NO_RETRY = RetryPolicy(max_attempts=1, initial_delay=0.0, jitter=0.0)
+
+
+class QueueLike(MemoryAdapter):
+    """A broker that cannot browse without consuming (SQS, RabbitMQ): DeadLetters reads
+    the DLQ as its replay group."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.capabilities = dataclasses.replace(self.capabilities, browse=False)
+
+    async def read(self, topic: str, *, limit: int | None = None) -> list[ReadRecord]:
+        raise UnsupportedOperationError("cannot browse")
+
+
+async def _scenario(to_group: bool | None,
+                    adapter_cls: type[MemoryAdapter] = MemoryAdapter) -> Counter[str]:
+    """Groups "billing" (fails once) and "audit" (fine) both take one event; the
+    billing failure is dead-lettered, then replayed. Returns handler runs per group."""
+    url, topic = f"memory://{uuid.uuid4().hex}", f"orders-{uuid.uuid4().hex[:8]}"
+    runs: Counter[str] = Counter()
+    billed = asyncio.Event()
+    broken = True
+    bus = EventBus(adapter_cls(url), retry=NO_RETRY)
+
+    @bus.subscribe(topic, group="billing")
+    async def bill(envelope: Envelope) -> None:
+        runs["billing"] += 1
+        if broken:
+            raise ValueError("card declined")
+        billed.set()
+
+    @bus.subscribe(topic, group="audit")
+    async def audit(envelope: Envelope) -> None:
+        runs["audit"] += 1
+
+    dead_lettered = asyncio.Event()
+
+    @bus.subscribe(dlq_topic(topic, "billing"), group="watch")
+    async def watch(envelope: Envelope) -> None:
+        dead_lettered.set()
+
+    async with bus:
+        await bus.adapter.publish(topic, [Envelope.create(type="t", source="s")])
+        dead = DeadLetters(bus.adapter)
+        await asyncio.wait_for(dead_lettered.wait(), 5)
+        broken = False
+        assert await dead.replay(topic, "billing", to_group=to_group) == 1
+        await asyncio.wait_for(billed.wait(), 5)
+        await asyncio.sleep(0.1)  # room for a wrong extra run in "audit" to show
+    return runs
+
+
+def test_replay_goes_to_the_failed_group_only_where_the_broker_can_route_to_it() -> None:
+    assert asyncio.run(_scenario(None)) == {"billing": 2, "audit": 1}
+
+
+def test_replay_to_the_whole_topic_reaches_every_group_again() -> None:
+    assert asyncio.run(_scenario(False)) == {"billing": 2, "audit": 2}
+
+
+@pytest.mark.parametrize(("to_group", "runs"), [(None, {"billing": 2, "audit": 1}),
+                                                (False, {"billing": 2, "audit": 2})])
+def test_a_queue_brokers_replay_routes_as_a_browsing_one(
+        to_group: bool | None, runs: dict[str, int]) -> None:
+    """Read by consuming the DLQ (no browsing), a replay still goes to the failed group
+    where the broker can route to it. Besides sparing the other groups, this keeps a
+    FIFO broker's dedupe window (SQS FIFO, 5 minutes, keyed by the event id for a plain
+    publish) from dropping a replay of an event published a moment ago."""
+    assert asyncio.run(_scenario(to_group, QueueLike)) == runs
+
+
+def test_insisting_on_the_group_where_the_broker_cannot_route_is_an_error() -> None:
+    class NoGroupRoute(MemoryAdapter):
+        def __init__(self, url: str) -> None:
+            super().__init__(url)
+            self.capabilities = dataclasses.replace(self.capabilities, group_route=False)
+
+        async def publish_to_group(self, topic: str, group: str, envelopes: object) -> None:
+            await Adapter.publish_to_group(self, topic, group, [])  # the base: unsupported
+
+    async def scenario() -> None:
+        adapter = NoGroupRoute(f"memory://{uuid.uuid4().hex}")
+        await adapter.connect()
+        original = Envelope.create(type="t", source="s")
+        letter = dead_letter_envelope(original, reason="boom", topic="orders",
+                                      group="billing", attempts=1)
+        await adapter.publish(dlq_topic("orders", "billing"), [letter])
+        with pytest.raises(UnsupportedOperationError, match="one group"):
+            await DeadLetters(adapter).replay("orders", "billing", to_group=True)
+        # Left to choose, the replay falls back to the whole topic.
+        assert await DeadLetters(adapter).replay("orders", "billing") == 1
+        records = await adapter.read("orders")
+        assert [r.envelope.id for r in records if r.envelope] == [original.id]
+        await adapter.close()
+
+    asyncio.run(scenario())

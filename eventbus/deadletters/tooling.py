@@ -31,11 +31,8 @@ from dataclasses import dataclass, fields
 from typing import Any, Literal
 
 from eventbus.adapter import Adapter, Delivery, ReadRecord, SubscribeOptions, Subscription
-
-# REPLAY_GROUP is re-exported: it lives in the contract module now.
-from eventbus.adapter_names import REPLAY_GROUP as REPLAY_GROUP
-from eventbus.adapter_names import dlq_topic, replaying
-from eventbus.deadletter import DeadLetterRecord
+from eventbus.adapter_names import REPLAY_GROUP, dlq_topic, replaying
+from eventbus.deadletters.letters import DeadLetterRecord
 from eventbus.envelope import Envelope
 from eventbus.errors import TopicNotFoundError, UnsupportedOperationError
 

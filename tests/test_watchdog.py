@@ -1,4 +1,5 @@
-"""A hung handler is visible: a warning names the event while it is still running."""
+"""The watchdog (watchdog.py): a hung handler is visible, a warning names the event while
+it is still running."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The harness's KRaft cluster ids never look like a command-line option."""
+"""The integration tests' broker harness (integration_tests/harness/), in what runs
+without a broker: its KRaft cluster ids never look like a command-line option."""
 
 from __future__ import annotations
 
