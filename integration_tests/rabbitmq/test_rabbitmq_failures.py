@@ -85,6 +85,28 @@ def test_a_message_that_kills_its_process_is_dead_lettered_after_max_attempts(
     run(dead_letters)
 
 
+def test_eventbus_publish_to_a_silent_endpoint_exits_within_its_bounds(tmp_path: Path) -> None:
+    """The CLI side of #18 defect 16: ``eventbus publish`` to a listener that accepts TCP
+    and never speaks AMQP used to hang past its publish_timeout; it exits non-zero within
+    connect_timeout with one line naming the masked URL."""
+    import socket
+
+    listener = socket.create_server(("127.0.0.1", 0))  # accepts (backlog), never answers
+    port = listener.getsockname()[1]
+    try:
+        started = time.monotonic()
+        done = subprocess.run(
+            [sys.executable, "-m", "eventbus", "publish", "orders", "--type", "order.placed",
+             "--data", "{}", "--url", f"amqp://app:topsecret@127.0.0.1:{port}/?connect_timeout=2"],
+            capture_output=True, text=True, timeout=60, cwd=tmp_path)
+        took = time.monotonic() - started
+    finally:
+        listener.close()
+    assert done.returncode != 0, done.stdout
+    assert took < 15, f"eventbus publish took {took:.1f}s to give up"
+    assert f"127.0.0.1:{port}" in done.stderr and "topsecret" not in done.stderr, done.stderr
+
+
 def test_connect_to_a_silent_endpoint_fails_in_time_and_close_returns() -> None:
     """A listener that accepts TCP and never speaks AMQP (#18 defect 16): connect()
     fails within connect_timeout with one line naming the masked URL, not forever,
