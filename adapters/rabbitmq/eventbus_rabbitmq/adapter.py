@@ -141,11 +141,23 @@ class RabbitMQAdapter(Adapter):
 
     async def _publishing_channel(self) -> AbstractChannel:
         channel = self._channel
-        if channel is not None:
+        if channel is not None and not channel.is_closed:
             return channel
         async with self._channel_lock:
-            if self._channel is not None:
+            if self._channel is not None and not self._channel.is_closed:
                 return self._channel
+            if self._channel is not None:
+                # aio-pika restores a robust channel after a reconnect; one the connection
+                # came back without (its restore failed, e.g. after a long outage) would
+                # fail every publish for good. While the connection is down this raises
+                # (the bus publishes again); once it is up, the channel is opened anew.
+                link = self._publisher.connection
+                if link is None or link.is_closed:
+                    raise BrokerConnectionError(
+                        f"the publishing connection to RabbitMQ at {self.settings.masked_url}"
+                        " is down; reconnecting, publish again")
+                self._channel = None
+                self._exchanges.clear()
             connection = await self._publisher.open()
             s = self.settings
             with map_exceptions({Exception: BrokerConnectionError}, hint="try again",
