@@ -292,3 +292,38 @@ def test_reopens_once_a_port_taken_during_a_refusal_is_free_again(proxy: FaultPr
         writer.close()
 
     asyncio.run(main())
+
+
+def test_a_refusal_ends_even_when_its_caller_is_cancelled_half_way(
+    proxy: FaultProxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A handler that refuses connections is itself cut off by the refusal, and its
+    # cancellation used to cancel the refusal on the proxy's loop after the
+    # listener closed and before its reopening was scheduled: the proxy refused
+    # for good, failing every later test of that broker.
+    real_drop = proxy._drop
+
+    async def slow_drop() -> None:
+        await real_drop()
+        await asyncio.sleep(0.5)
+
+    monkeypatch.setattr(proxy, "_drop", slow_drop)
+
+    async def main() -> None:
+        caller = asyncio.create_task(proxy.refuse_connections(0.3))
+        await asyncio.sleep(0.2)  # the proxy is inside the refusal, dropping links
+        caller.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await caller
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "the refusal never ended"
+                await asyncio.sleep(0.05)
+        assert await roundtrip(reader, writer, b"back") == b"back"
+        writer.close()
+
+    asyncio.run(main())

@@ -240,7 +240,11 @@ class FaultProxy:
             running = None
         if running is loop:
             return await coro
-        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, loop))
+        # Shielded: a caller cancelled meanwhile (a handler whose connection the fault
+        # just cut, say) must not cancel the fault half-way on the proxy's loop, e.g. a
+        # refusal that closed the listener but never scheduled its reopening.
+        return await asyncio.shield(
+            asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, loop)))
 
     def _call_sync(self, coro: Coroutine[Any, Any, _T]) -> _T:
         loop = self._require_loop()
@@ -291,9 +295,11 @@ class FaultProxy:
         self._refuse_until = until
         if self._reopen_handle is not None:
             self._reopen_handle.cancel()
+        # The end of the refusal is scheduled before anything is awaited, so it
+        # comes whatever happens to this call afterwards.
+        self._reopen_handle = loop.call_later(until - time.monotonic(), self._schedule_reopen)
         await self._close_listener()
         await self._drop()
-        self._reopen_handle = loop.call_later(until - time.monotonic(), self._schedule_reopen)
 
     def _schedule_reopen(self) -> None:
         task = asyncio.get_running_loop().create_task(self._reopen())
@@ -304,6 +310,11 @@ class FaultProxy:
     async def _reopen(self) -> None:
         self._reopen_handle = None
         if self._stopped or self._server is not None:
+            return
+        early = self._refuse_until - time.monotonic()
+        if early > 0:  # a longer refusal was asked for meanwhile
+            self._reopen_handle = asyncio.get_running_loop().call_later(
+                early, self._schedule_reopen)
             return
         # The port was ours a moment ago; if something holds it now, keep trying
         # (loudly) until it is free or the proxy stops: giving up would leave
