@@ -32,7 +32,7 @@ from eventbus.adapter import (
     SubscribeOptions,
     Subscription,
 )
-from eventbus.adapters_util import map_exceptions
+from eventbus.adapters_util import map_exceptions, settings_from
 from eventbus.envelope import Envelope
 from eventbus.errors import BrokerConnectionError, TopicNotFoundError
 from eventbus.group_route import ROUTE_PREFETCH, WithGroupRoute
@@ -43,7 +43,7 @@ from .consumer import JetStreamSubscription
 from .group_route import GroupRoutes
 from .provision import ConsumerKeeper, Provisioner, check_subject
 from .publish import JetStreamPublisher
-from .settings import NatsSettings, settings_from
+from .settings import NatsSettings
 from .wire import parse_header_lines
 
 log = logging.getLogger("eventbus.nats")
@@ -62,7 +62,7 @@ class NatsAdapter(Adapter):
 
     def __init__(self, url: str | None = None, *, settings: NatsSettings | None = None,
                  client: Client | None = None) -> None:
-        s = settings_from(url, settings, type(self).__name__)
+        s = settings_from(url, settings, NatsSettings, type(self).__name__)
         super().__init__(s.url or s.masked_url)
         self.settings = s
         if not s.jetstream:

@@ -32,7 +32,7 @@ from eventbus.adapter import (
     SubscribeOptions,
     Subscription,
 )
-from eventbus.adapters_util import map_exceptions
+from eventbus.adapters_util import map_exceptions, settings_from
 from eventbus.envelope import Envelope
 from eventbus.errors import (
     BrokerConnectionError,
@@ -44,7 +44,7 @@ from eventbus.errors import (
 from .codec import check_raw_size, decode, encode_block, raw_block
 from .connection import CLIENT_ERRORS, Connection, message_limit
 from .provision import check_subject
-from .settings import NatsSettings, settings_from
+from .settings import NatsSettings
 from .wire import hpub, write
 
 log = logging.getLogger("eventbus.nats")
@@ -68,7 +68,7 @@ class NatsCoreAdapter(Adapter):
                  client: Client | None = None) -> None:
         """``NatsCoreAdapter(url)``, or ``NatsCoreAdapter(settings=..., client=nc)`` with
         a nats-py client you connected yourself (used as it is, never closed here)."""
-        s = settings_from(url, settings, type(self).__name__)
+        s = settings_from(url, settings, NatsSettings, type(self).__name__)
         super().__init__(s.url or s.masked_url)
         self.settings = s
         if s.jetstream:

@@ -35,7 +35,7 @@ from aiormq.exceptions import (
 from aiormq.exceptions import PublishError as ReturnedError
 
 from eventbus.adapter import Adapter, Capabilities, HealthReport, SubscribeOptions, Subscription
-from eventbus.adapters_util import map_exceptions
+from eventbus.adapters_util import map_exceptions, settings_from
 from eventbus.backoff import Backoff
 from eventbus.envelope import Envelope
 from eventbus.errors import (
@@ -85,10 +85,7 @@ class RabbitMQAdapter(Adapter):
         yourself, used as it is for publishing and consuming (so a memory alarm that
         blocks its publishing blocks its acks too, see connection.py) and never closed
         by the adapter."""
-        if settings is None:
-            if url is None:
-                raise TypeError("RabbitMQAdapter needs a URL or settings=RabbitMQSettings(...)")
-            settings = RabbitMQSettings.from_url(url)
+        settings = settings_from(url, settings, RabbitMQSettings, type(self).__name__)
         super().__init__(settings.url or settings.masked_url)
         self.settings = settings
         self.start_from = settings.start_from
