@@ -8,6 +8,7 @@ Not part of the adapter contract itself (:mod:`eventbus.adapter`), just tools:
   batch request (settles, pipelined commands);
 - :func:`pick_tier`: the delay tier a ``nack(delay)`` goes to;
 - :func:`tls_context`: an ``ssl.SSLContext`` from the shared ``tls_*`` URL options;
+- :func:`open_once`: a connection (producer, channel) opened on first use, once;
 - :func:`settings_from`: an adapter's settings from ``XAdapter(url)`` or
   ``XAdapter(settings=...)``, with the one error for neither or both.
 
@@ -47,6 +48,20 @@ class FromURL(Protocol):
 
 
 S = TypeVar("S", bound=FromURL)
+
+
+async def open_once(lock: asyncio.Lock, current: Callable[[], T | None],
+                    open_: Callable[[], Awaitable[T]]) -> T:
+    """What ``current()`` holds, else what ``open_()`` opens (and stores, so that
+    ``current()`` returns it from then on): opened once, concurrent callers waiting on
+    ``lock`` for the first one; when it fails nothing is held and the next call tries
+    again. Costs no await once it is open."""
+    held = current()
+    if held is not None:
+        return held
+    async with lock:
+        held = current()
+        return held if held is not None else await open_()
 
 
 def settings_from(url: str | None, settings: S | None, settings_type: type[S],

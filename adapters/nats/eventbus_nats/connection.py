@@ -30,7 +30,7 @@ from nats.aio.client import Client
 from nats.js.errors import APIError, BadRequestError
 
 from eventbus.adapter import Adapter
-from eventbus.adapters_util import Mapped, settings_from, tls_context, translate
+from eventbus.adapters_util import Mapped, open_once, settings_from, tls_context, translate
 from eventbus.errors import BrokerConnectionError, ProvisioningError
 
 from .settings import NatsSettings
@@ -238,27 +238,25 @@ class Connection:
         """The connection, opened once (concurrent callers wait for the first); then
         ``prepare(client)`` (check JetStream, learn the server's limits). When opening or
         preparing fails, a connection of ours is closed again and nothing is kept."""
-        if self._client is not None:
-            return self._client
-        async with self._lock:
-            if self._client is not None:
-                return self._client
-            given = self._given
-            if given is not None and not given.is_connected:
-                raise BrokerConnectionError(
-                    f"the nats-py client given to the NATS {self.what} for "
-                    f"{self.settings.masked_url} is not connected; connect it first (the "
-                    "adapter uses it as it is)")
-            client = given if given is not None else await open_connection(
-                self.settings, self.what)
-            try:
-                await prepare(client)
-            except BaseException:
-                if given is None:
-                    await close_quietly(client)
-                raise
-            self._client = client
-            return client
+        return await open_once(self._lock, lambda: self._client, lambda: self._open(prepare))
+
+    async def _open(self, prepare: Callable[[Client], Awaitable[None]]) -> Client:
+        given = self._given
+        if given is not None and not given.is_connected:
+            raise BrokerConnectionError(
+                f"the nats-py client given to the NATS {self.what} for "
+                f"{self.settings.masked_url} is not connected; connect it first (the "
+                "adapter uses it as it is)")
+        client = given if given is not None else await open_connection(
+            self.settings, self.what)
+        try:
+            await prepare(client)
+        except BaseException:
+            if given is None:
+                await close_quietly(client)
+            raise
+        self._client = client
+        return client
 
     async def close(self) -> None:
         """Forget the connection; close it unless the user gave it."""

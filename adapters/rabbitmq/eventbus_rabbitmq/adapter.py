@@ -35,7 +35,7 @@ from aiormq.exceptions import (
 from aiormq.exceptions import PublishError as ReturnedError
 
 from eventbus.adapter import Adapter, Capabilities, HealthReport, SubscribeOptions, Subscription
-from eventbus.adapters_util import map_exceptions, settings_from
+from eventbus.adapters_util import map_exceptions, open_once, settings_from
 from eventbus.backoff import Backoff
 from eventbus.envelope import Envelope
 from eventbus.errors import (
@@ -137,23 +137,20 @@ class RabbitMQAdapter(Adapter):
         return await self._consumer.open()
 
     async def _publishing_channel(self) -> AbstractChannel:
-        channel = self._channel
-        if channel is not None:
-            return channel
-        async with self._channel_lock:
-            if self._channel is not None:
-                return self._channel
-            connection = await self._publisher.open()
-            s = self.settings
-            with map_exceptions({Exception: BrokerConnectionError}, hint="try again",
-                                scrub=s.scrub, chain=False, what=(
-                    f"opening a channel on RabbitMQ at {s.masked_url} (within "
-                    f"{s.connect_timeout:g}s)")):
-                channel = await asyncio.wait_for(
-                    connection.channel(publisher_confirms=True, on_return_raises=s.mandatory),
-                    s.connect_timeout)
-            self._channel = channel
-            return channel
+        return await open_once(self._channel_lock, lambda: self._channel, self._open_channel)
+
+    async def _open_channel(self) -> AbstractChannel:
+        connection = await self._publisher.open()
+        s = self.settings
+        with map_exceptions({Exception: BrokerConnectionError}, hint="try again",
+                            scrub=s.scrub, chain=False, what=(
+                f"opening a channel on RabbitMQ at {s.masked_url} (within "
+                f"{s.connect_timeout:g}s)")):
+            channel = await asyncio.wait_for(
+                connection.channel(publisher_confirms=True, on_return_raises=s.mandatory),
+                s.connect_timeout)
+        self._channel = channel
+        return channel
 
     async def close(self) -> None:
         """Close every subscription (unsettled messages go back), then the connections;
