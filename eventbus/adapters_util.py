@@ -7,7 +7,10 @@ Not part of the adapter contract itself (:mod:`eventbus.adapter`), just tools:
 - :class:`TurnBatcher`: single calls made in one event-loop turn gathered into one
   batch request (settles, pipelined commands);
 - :func:`pick_tier`: the delay tier a ``nack(delay)`` goes to;
-- :func:`tls_context`: an ``ssl.SSLContext`` from the shared ``tls_*`` URL options.
+- :func:`tls_context`: an ``ssl.SSLContext`` from the shared ``tls_*`` URL options;
+- :func:`open_once`: a connection (producer, channel) opened on first use, once;
+- :func:`settings_from`: an adapter's settings from ``XAdapter(url)`` or
+  ``XAdapter(settings=...)``, with the one error for neither or both.
 
 The URL options themselves are parsed with :mod:`eventbus.url_options`; tasks are
 stopped with :func:`eventbus.tasks.stop_task`.
@@ -19,7 +22,7 @@ import asyncio
 import contextlib
 import ssl
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, Self, TypeVar
 
 from eventbus.errors import EventBusError
 
@@ -35,6 +38,45 @@ for clients that say what happened in an error code or a flag rather than a clas
 
 T = TypeVar("T")
 R = TypeVar("R")
+
+
+class FromURL(Protocol):
+    """Adapter settings: a frozen dataclass that parses its adapter's URL."""
+
+    @classmethod
+    def from_url(cls, url: str) -> Self: ...
+
+
+S = TypeVar("S", bound=FromURL)
+
+
+async def open_once(lock: asyncio.Lock, current: Callable[[], T | None],
+                    open_: Callable[[], Awaitable[T]]) -> T:
+    """What ``current()`` holds, else what ``open_()`` opens (and stores, so that
+    ``current()`` returns it from then on): opened once, concurrent callers waiting on
+    ``lock`` for the first one; when it fails nothing is held and the next call tries
+    again. Costs no await once it is open."""
+    held = current()
+    if held is not None:
+        return held
+    async with lock:
+        held = current()
+        return held if held is not None else await open_()
+
+
+def settings_from(url: str | None, settings: S | None, settings_type: type[S],
+                  adapter: str) -> S:
+    """The settings an adapter runs with: ``settings`` made in code, or parsed from
+    ``url``; exactly one of them (a URL next to settings would be silently ignored).
+
+    Every adapter's constructor starts with it, so ``XAdapter()`` and
+    ``XAdapter(url, settings=...)`` fail alike: ``TypeError("<adapter> takes a URL or
+    settings=<Settings>(...) (one of them)")``.
+    """
+    if (url is None) == (settings is None):
+        raise TypeError(f"{adapter} takes a URL or settings={settings_type.__name__}(...) "
+                        "(one of them)")
+    return settings if settings is not None else settings_type.from_url(url or "")
 
 
 def translate(

@@ -31,7 +31,7 @@ from eventbus.adapter import (
     SubscribeOptions,
     Subscription,
 )
-from eventbus.adapters_util import Mapped, map_exceptions, tls_context, translate
+from eventbus.adapters_util import Mapped, map_exceptions, settings_from, tls_context, translate
 from eventbus.envelope import Envelope
 from eventbus.errors import (
     BatchPublishError,
@@ -68,10 +68,7 @@ class KafkaAdapter(ProducerConnection, Adapter):
         used as it is (its options win over the settings' producer options) and never
         stopped by the adapter. Consumers and the admin client always come from the
         settings' connection options."""
-        if settings is None:
-            if url is None:
-                raise TypeError("KafkaAdapter needs a URL or settings=KafkaSettings(...)")
-            settings = KafkaSettings.from_url(url)
+        settings = settings_from(url, settings, KafkaSettings, type(self).__name__)
         super().__init__(settings.url or settings.masked_url)
         self.settings = settings
         self.start_from = settings.start_from

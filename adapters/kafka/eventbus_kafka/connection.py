@@ -17,7 +17,7 @@ from aiokafka.errors import (
     RequestTimedOutError,
 )
 
-from eventbus.adapters_util import ExceptionMap, translate
+from eventbus.adapters_util import ExceptionMap, open_once, translate
 from eventbus.errors import BrokerConnectionError
 
 from .settings import KafkaSettings
@@ -72,42 +72,40 @@ class ProducerConnection:
         raise NotImplementedError
 
     async def _ready_producer(self) -> AIOKafkaProducer:
-        if self._producer is not None:
-            return self._producer
-        async with self._connect_lock:
-            if self._producer is not None:
-                return self._producer
-            s = self.settings
-            idempotent = s.enable_idempotence != "false"
+        return await open_once(self._connect_lock, lambda: self._producer, self._open_producer)
+
+    async def _open_producer(self) -> AIOKafkaProducer:
+        s = self.settings
+        idempotent = s.enable_idempotence != "false"
+        try:
+            producer = await self._start_producer(idempotent)
+        except KafkaError as exc:
+            if isinstance(exc, _CONNECTION_ERRORS) or s.enable_idempotence == "false":
+                raise self._connect_error(exc) from exc
+            if s.enable_idempotence == "true":
+                raise BrokerConnectionError(
+                    f"Kafka at {s.masked_url} refused the idempotent producer "
+                    f"(InitProducerId: {type(exc).__name__}: {exc}); this broker lacks "
+                    "it: use enable_idempotence=auto (falls back with a warning) or false"
+                ) from exc
+            # The broker answered but refused InitProducerId: a Kafka-protocol
+            # broker without the idempotent producer (Tansu, for one).
+            log.warning(
+                "Kafka at %s has no idempotent producer (%s: %s); publishing without "
+                "it, so a produce request retried after a lost reply may write a "
+                "record twice. Set enable_idempotence=false to silence this.",
+                s.masked_url, type(exc).__name__, exc,
+            )
+            idempotent = False
             try:
                 producer = await self._start_producer(idempotent)
-            except KafkaError as exc:
-                if isinstance(exc, _CONNECTION_ERRORS) or s.enable_idempotence == "false":
-                    raise self._connect_error(exc) from exc
-                if s.enable_idempotence == "true":
-                    raise BrokerConnectionError(
-                        f"Kafka at {s.masked_url} refused the idempotent producer "
-                        f"(InitProducerId: {type(exc).__name__}: {exc}); this broker lacks "
-                        "it: use enable_idempotence=auto (falls back with a warning) or false"
-                    ) from exc
-                # The broker answered but refused InitProducerId: a Kafka-protocol
-                # broker without the idempotent producer (Tansu, for one).
-                log.warning(
-                    "Kafka at %s has no idempotent producer (%s: %s); publishing without "
-                    "it, so a produce request retried after a lost reply may write a "
-                    "record twice. Set enable_idempotence=false to silence this.",
-                    s.masked_url, type(exc).__name__, exc,
-                )
-                idempotent = False
-                try:
-                    producer = await self._start_producer(idempotent)
-                except Exception as again:
-                    raise self._connect_error(again) from again
-            except Exception as exc:
-                raise self._connect_error(exc) from exc
-            self.idempotent = idempotent
-            self._producer = producer
-            return producer
+            except Exception as again:
+                raise self._connect_error(again) from again
+        except Exception as exc:
+            raise self._connect_error(exc) from exc
+        self.idempotent = idempotent
+        self._producer = producer
+        return producer
 
     async def _start_producer(self, idempotent: bool) -> AIOKafkaProducer:
         s = self.settings

@@ -25,7 +25,6 @@ from nats.js.api import RawStreamMsg
 from nats.js.errors import NotFoundError
 
 from eventbus.adapter import (
-    Adapter,
     Capabilities,
     HealthReport,
     ReadRecord,
@@ -38,18 +37,18 @@ from eventbus.errors import BrokerConnectionError, TopicNotFoundError
 from eventbus.group_route import ROUTE_PREFETCH, WithGroupRoute
 
 from .codec import decode
-from .connection import CONNECTION_ERRORS, Connection, message_limit
+from .connection import CONNECTION_ERRORS, NatsAdapterBase
 from .consumer import JetStreamSubscription
 from .group_route import GroupRoutes
 from .provision import ConsumerKeeper, Provisioner, check_subject
 from .publish import JetStreamPublisher
-from .settings import NatsSettings, settings_from
+from .settings import NatsSettings
 from .wire import parse_header_lines
 
 log = logging.getLogger("eventbus.nats")
 
 
-class NatsAdapter(Adapter):
+class NatsAdapter(NatsAdapterBase):
     """NATS JetStream through nats-py: ``nats://host:4222[,host:port][?options]``.
 
     ``NatsAdapter(url)``, or ``NatsAdapter(settings=NatsSettings(...), client=nc)``:
@@ -60,17 +59,14 @@ class NatsAdapter(Adapter):
 
     schemes = ("nats",)
 
+    jetstream = True
+    role = "JetStream adapter"
+    other_kind = "NatsAdapter is JetStream only; use NatsCoreAdapter for {}"
+
     def __init__(self, url: str | None = None, *, settings: NatsSettings | None = None,
                  client: Client | None = None) -> None:
-        s = settings_from(url, settings, type(self).__name__)
-        super().__init__(s.url or s.masked_url)
-        self.settings = s
-        if not s.jetstream:
-            raise BrokerConnectionError(  # the registry maps nats+core to NatsCoreAdapter
-                f"NatsAdapter is JetStream only; use NatsCoreAdapter for {s.masked_url}"
-            )
-        self.start_from = s.start_from
-        self._connection = Connection(s, client, "JetStream adapter")
+        super().__init__(url, settings, client)
+        s = self.settings
         self.capabilities = Capabilities(
             persistent=True,
             consumer_groups=True,
@@ -104,16 +100,7 @@ class NatsAdapter(Adapter):
         self.publisher = JetStreamPublisher(self)
         self.keeper = ConsumerKeeper(self)
 
-    @property
-    def client(self) -> Client:
-        """The connection (after :meth:`connect`)."""
-        return self._connection.client
-
     # -- connection --------------------------------------------------------------------
-
-    async def connect(self) -> None:
-        """Connect and check that JetStream answers; fail fast with the masked URL."""
-        await self._ready()
 
     async def _ready(self) -> JetStreamContext:
         if self._js is not None and self._connection.is_open:
@@ -133,9 +120,7 @@ class NatsAdapter(Adapter):
                  "nats+core:// for core NATS (at-most-once)",
         ):
             await js.account_info()
-        self.capabilities = replace(
-            self.capabilities, max_message_bytes=message_limit(s, client, "JetStream adapter"),
-            half_open_bound=self._connection.half_open_bound(client))
+        self._learn_limits(client)
         self._js = js
 
     async def close(self) -> None:

@@ -10,22 +10,27 @@ it is: its own options and callbacks, never closed by the adapter.
 :data:`CONNECTION_ERRORS` and :func:`jetstream_errors` say, for
 :func:`eventbus.adapters_util.map_exceptions`, which client errors are the server
 out of reach (retried) and which a refusal that retrying will not change.
+:class:`NatsAdapterBase` is what the JetStream and the core adapter share: the
+settings, the one connection and the server's limits learnt on connect.
 """
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from dataclasses import replace
+from typing import Any, ClassVar
 
 from nats import errors as nats_errors
 from nats.aio.client import Client
 from nats.js.errors import APIError, BadRequestError
 
-from eventbus.adapters_util import Mapped, tls_context, translate
+from eventbus.adapter import Adapter
+from eventbus.adapters_util import Mapped, open_once, settings_from, tls_context, translate
 from eventbus.errors import BrokerConnectionError, ProvisioningError
 
 from .settings import NatsSettings
@@ -233,27 +238,25 @@ class Connection:
         """The connection, opened once (concurrent callers wait for the first); then
         ``prepare(client)`` (check JetStream, learn the server's limits). When opening or
         preparing fails, a connection of ours is closed again and nothing is kept."""
-        if self._client is not None:
-            return self._client
-        async with self._lock:
-            if self._client is not None:
-                return self._client
-            given = self._given
-            if given is not None and not given.is_connected:
-                raise BrokerConnectionError(
-                    f"the nats-py client given to the NATS {self.what} for "
-                    f"{self.settings.masked_url} is not connected; connect it first (the "
-                    "adapter uses it as it is)")
-            client = given if given is not None else await open_connection(
-                self.settings, self.what)
-            try:
-                await prepare(client)
-            except BaseException:
-                if given is None:
-                    await close_quietly(client)
-                raise
-            self._client = client
-            return client
+        return await open_once(self._lock, lambda: self._client, lambda: self._open(prepare))
+
+    async def _open(self, prepare: Callable[[Client], Awaitable[None]]) -> Client:
+        given = self._given
+        if given is not None and not given.is_connected:
+            raise BrokerConnectionError(
+                f"the nats-py client given to the NATS {self.what} for "
+                f"{self.settings.masked_url} is not connected; connect it first (the "
+                "adapter uses it as it is)")
+        client = given if given is not None else await open_connection(
+            self.settings, self.what)
+        try:
+            await prepare(client)
+        except BaseException:
+            if given is None:
+                await close_quietly(client)
+            raise
+        self._client = client
+        return client
 
     async def close(self) -> None:
         """Forget the connection; close it unless the user gave it."""
@@ -268,3 +271,46 @@ class Connection:
         if "ping_interval" in options and "max_outstanding_pings" in options:
             return float(options["ping_interval"]) * (int(options["max_outstanding_pings"]) + 1)
         return self.settings.half_open_bound
+
+
+class NatsAdapterBase(Adapter):
+    """What :class:`~eventbus_nats.NatsAdapter` (JetStream) and
+    :class:`~eventbus_nats.NatsCoreAdapter` share: settings from a URL or made in code
+    (of their own kind of NATS), the one connection (:class:`Connection`: given, or
+    opened on first use) and the server's limits learnt once it is open."""
+
+    #: Whether the subclass speaks JetStream (``nats://``) or core NATS (``nats+core://``).
+    jetstream: ClassVar[bool]
+    #: What the subclass is called in errors about its connection.
+    role: ClassVar[str]
+    #: The error for settings of the other kind, formatted with the masked URL.
+    other_kind: ClassVar[str]
+
+    def __init__(self, url: str | None, settings: NatsSettings | None,
+                 client: Client | None) -> None:
+        s = settings_from(url, settings, NatsSettings, type(self).__name__)
+        super().__init__(s.url or s.masked_url)
+        self.settings = s
+        if s.jetstream != self.jetstream:  # the registry maps each scheme to its class
+            raise BrokerConnectionError(self.other_kind.format(s.masked_url))
+        self.start_from = s.start_from
+        self._connection = Connection(s, client, self.role)
+
+    @property
+    def client(self) -> Client:
+        """The connection (after :meth:`connect`)."""
+        return self._connection.client
+
+    async def connect(self) -> None:
+        """Connect (JetStream: and check that it answers); fail fast with the masked URL."""
+        await self._ready()
+
+    @abc.abstractmethod
+    async def _ready(self) -> object:
+        """The open connection (JetStream: its context), opened once."""
+
+    def _learn_limits(self, client: Client) -> None:
+        """The largest message and the half-open bound, from the connected ``client``."""
+        self.capabilities = replace(
+            self.capabilities, max_message_bytes=message_limit(self.settings, client, self.role),
+            half_open_bound=self._connection.half_open_bound(client))

@@ -17,14 +17,12 @@ import math
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import replace
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription as NatsSub
 
 from eventbus.adapter import (
-    Adapter,
     Capabilities,
     Delivery,
     HealthReport,
@@ -35,16 +33,15 @@ from eventbus.adapter import (
 from eventbus.adapters_util import map_exceptions
 from eventbus.envelope import Envelope
 from eventbus.errors import (
-    BrokerConnectionError,
     ConnectionLostError,
     MessageTooLargeError,
     TopicNotFoundError,
 )
 
 from .codec import check_raw_size, decode, encode_block, raw_block
-from .connection import CLIENT_ERRORS, Connection, message_limit
+from .connection import CLIENT_ERRORS, NatsAdapterBase
 from .provision import check_subject
-from .settings import NatsSettings, settings_from
+from .settings import NatsSettings
 from .wire import hpub, write
 
 log = logging.getLogger("eventbus.nats")
@@ -57,27 +54,26 @@ def _whole(seconds: float) -> int:
     return max(1, math.ceil(seconds))
 
 
-class NatsCoreAdapter(Adapter):
+class NatsCoreAdapter(NatsAdapterBase):
     """Core NATS through nats-py: ``nats+core://host:4222[?options]`` (at-most-once)."""
 
     schemes = ("nats+core",)
     stronger = ("nats:// (JetStream: a durable stream per topic, explicit acks and "
                 "redelivery)")
 
+    jetstream = False
+    role = "core adapter"
+    other_kind = "NatsCoreAdapter is core NATS only; use NatsAdapter for {}"
+
     def __init__(self, url: str | None = None, *, settings: NatsSettings | None = None,
                  client: Client | None = None) -> None:
         """``NatsCoreAdapter(url)``, or ``NatsCoreAdapter(settings=..., client=nc)`` with
-        a nats-py client you connected yourself (used as it is, never closed here)."""
-        s = settings_from(url, settings, type(self).__name__)
-        super().__init__(s.url or s.masked_url)
-        self.settings = s
-        if s.jetstream:
-            raise BrokerConnectionError(
-                f"NatsCoreAdapter is core NATS only; use NatsAdapter for {s.masked_url}")
-        # Nothing is stored: a group gets what is published once it is subscribed,
-        # whatever start_from says.
-        self.start_from = s.start_from
-        self._connection = Connection(s, client, "core adapter")
+        a nats-py client you connected yourself (used as it is, never closed here).
+
+        Nothing is stored: a group gets what is published once it is subscribed,
+        whatever start_from says."""
+        super().__init__(url, settings, client)
+        s = self.settings
         self.capabilities = Capabilities(
             persistent=False,  # nothing is stored: no subscriber, no message
             consumer_groups=True,  # queue groups
@@ -100,22 +96,11 @@ class NatsCoreAdapter(Adapter):
         )
         self._subscriptions: set[CoreSubscription] = set()
 
-    @property
-    def client(self) -> Client:
-        """The connection (after :meth:`connect`)."""
-        return self._connection.client
-
-    async def connect(self) -> None:
-        """Connect; fail fast with the masked URL."""
-        await self._ready()
-
     async def _ready(self) -> Client:
-        return await self._connection.open(self._learn_limits)
+        return await self._connection.open(self._prepare)
 
-    async def _learn_limits(self, client: Client) -> None:
-        limit = message_limit(self.settings, client, "core adapter")
-        self.capabilities = replace(self.capabilities, max_message_bytes=limit,
-                                    half_open_bound=self._connection.half_open_bound(client))
+    async def _prepare(self, client: Client) -> None:
+        self._learn_limits(client)
 
     async def close(self) -> None:
         """Close every subscription, then the connection (unless the user gave it)."""

@@ -164,13 +164,6 @@ class NatsSettings:
         return cls(**values)
 
 
-def settings_from(url: str | None, settings: NatsSettings | None, adapter: str) -> NatsSettings:
-    """An adapter's settings: parsed from ``url``, or the ``settings`` made in code."""
-    if (url is None) == (settings is None):
-        raise TypeError(f"{adapter} takes a URL or settings=NatsSettings(...) (one of them)")
-    return settings if settings is not None else NatsSettings.from_url(url or "")
-
-
 def _check(values: dict[str, Any], seen: set[str], shown: str) -> None:
     jetstream_only = seen & _JETSTREAM_ONLY
     if values["scheme"] == "nats+core" and jetstream_only:

@@ -35,7 +35,7 @@ from aiormq.exceptions import (
 from aiormq.exceptions import PublishError as ReturnedError
 
 from eventbus.adapter import Adapter, Capabilities, HealthReport, SubscribeOptions, Subscription
-from eventbus.adapters_util import map_exceptions
+from eventbus.adapters_util import map_exceptions, open_once, settings_from
 from eventbus.backoff import Backoff
 from eventbus.envelope import Envelope
 from eventbus.errors import (
@@ -85,10 +85,7 @@ class RabbitMQAdapter(Adapter):
         yourself, used as it is for publishing and consuming (so a memory alarm that
         blocks its publishing blocks its acks too, see connection.py) and never closed
         by the adapter."""
-        if settings is None:
-            if url is None:
-                raise TypeError("RabbitMQAdapter needs a URL or settings=RabbitMQSettings(...)")
-            settings = RabbitMQSettings.from_url(url)
+        settings = settings_from(url, settings, RabbitMQSettings, type(self).__name__)
         super().__init__(settings.url or settings.masked_url)
         self.settings = settings
         self.start_from = settings.start_from
@@ -140,35 +137,36 @@ class RabbitMQAdapter(Adapter):
         return await self._consumer.open()
 
     async def _publishing_channel(self) -> AbstractChannel:
+        return await open_once(self._channel_lock, self._usable_channel, self._open_channel)
+
+    def _usable_channel(self) -> AbstractChannel | None:
         channel = self._channel
-        if channel is not None and not channel.is_closed:
-            return channel
-        async with self._channel_lock:
-            if self._channel is not None and not self._channel.is_closed:
-                return self._channel
-            if self._channel is not None:
-                # aio-pika restores a robust channel after a reconnect; one the connection
-                # came back without (its restore failed, e.g. after a long outage) would
-                # fail every publish for good. While the connection is down this raises
-                # (the bus publishes again); once it is up, the channel is opened anew.
-                link = self._publisher.connection
-                if link is None or link.is_closed:
-                    raise BrokerConnectionError(
-                        f"the publishing connection to RabbitMQ at {self.settings.masked_url}"
-                        " is down; reconnecting, publish again")
-                self._channel = None
-                self._exchanges.clear()
-            connection = await self._publisher.open()
-            s = self.settings
-            with map_exceptions({Exception: BrokerConnectionError}, hint="try again",
-                                scrub=s.scrub, chain=False, what=(
-                    f"opening a channel on RabbitMQ at {s.masked_url} (within "
-                    f"{s.connect_timeout:g}s)")):
-                channel = await asyncio.wait_for(
-                    connection.channel(publisher_confirms=True, on_return_raises=s.mandatory),
-                    s.connect_timeout)
-            self._channel = channel
-            return channel
+        return channel if channel is not None and not channel.is_closed else None
+
+    async def _open_channel(self) -> AbstractChannel:
+        if self._channel is not None:
+            # aio-pika restores a robust channel after a reconnect; one the connection
+            # came back without (its restore failed, e.g. after a long outage) would
+            # fail every publish for good. While the connection is down this raises
+            # (the bus publishes again); once it is up, the channel is opened anew.
+            link = self._publisher.connection
+            if link is None or link.is_closed:
+                raise BrokerConnectionError(
+                    f"the publishing connection to RabbitMQ at {self.settings.masked_url}"
+                    " is down; reconnecting, publish again")
+            self._channel = None
+            self._exchanges.clear()
+        connection = await self._publisher.open()
+        s = self.settings
+        with map_exceptions({Exception: BrokerConnectionError}, hint="try again",
+                            scrub=s.scrub, chain=False, what=(
+                f"opening a channel on RabbitMQ at {s.masked_url} (within "
+                f"{s.connect_timeout:g}s)")):
+            channel = await asyncio.wait_for(
+                connection.channel(publisher_confirms=True, on_return_raises=s.mandatory),
+                s.connect_timeout)
+        self._channel = channel
+        return channel
 
     async def close(self) -> None:
         """Close every subscription (unsettled messages go back), then the connections;

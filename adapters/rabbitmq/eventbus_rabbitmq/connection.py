@@ -24,7 +24,7 @@ from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 from aio_pika.connection import make_url
 from aiormq import Connection as AmqpConnection
 
-from eventbus.adapters_util import ExceptionMap, map_exceptions, tls_context
+from eventbus.adapters_util import ExceptionMap, map_exceptions, open_once, tls_context
 from eventbus.errors import BrokerConnectionError
 
 from .settings import RabbitMQSettings
@@ -71,35 +71,33 @@ class Link:
 
     async def open(self) -> AbstractRobustConnection:
         """The open connection, connecting first (within ``connect_timeout``) if needed."""
-        if self.connection is not None:
-            return self.connection
-        async with self._lock:
-            if self.connection is not None:
-                return self.connection
-            s = self.settings
-            url = make_url(
-                host=s.host, port=s.port, login=s.username, password=s.password,
-                virtualhost=s.vhost, ssl=s.tls, heartbeat=s.heartbeat,
-                reconnect_interval=s.reconnect_interval, auth=s.auth_mechanism.lower(),
-            )
-            context = tls_context(s.tls_ca, s.tls_cert, s.tls_key, s.tls_verify) \
-                if s.tls else None
-            connection = RobustConnection(
-                url, ssl_context=context,
-                client_properties={"connection_name": f"{s.client_name} ({self.role})"},
-            )
-            try:
-                # No chain: the client's exceptions may quote the URL it built.
-                with map_exceptions(_UNREACHABLE, scrub=s.scrub, chain=False, what=(
-                        f"connecting to RabbitMQ at {s.masked_url} (within "
-                        f"{s.connect_timeout:g}s)")):
-                    await asyncio.wait_for(connection.connect(timeout=s.connect_timeout),
-                                           s.connect_timeout)
-            except BaseException:
-                await discard(connection)
-                raise
-            self.connection = connection
-            return connection
+        return await open_once(self._lock, lambda: self.connection, self._connect)
+
+    async def _connect(self) -> AbstractRobustConnection:
+        s = self.settings
+        url = make_url(
+            host=s.host, port=s.port, login=s.username, password=s.password,
+            virtualhost=s.vhost, ssl=s.tls, heartbeat=s.heartbeat,
+            reconnect_interval=s.reconnect_interval, auth=s.auth_mechanism.lower(),
+        )
+        context = tls_context(s.tls_ca, s.tls_cert, s.tls_key, s.tls_verify) \
+            if s.tls else None
+        connection = RobustConnection(
+            url, ssl_context=context,
+            client_properties={"connection_name": f"{s.client_name} ({self.role})"},
+        )
+        try:
+            # No chain: the client's exceptions may quote the URL it built.
+            with map_exceptions(_UNREACHABLE, scrub=s.scrub, chain=False, what=(
+                    f"connecting to RabbitMQ at {s.masked_url} (within "
+                    f"{s.connect_timeout:g}s)")):
+                await asyncio.wait_for(connection.connect(timeout=s.connect_timeout),
+                                       s.connect_timeout)
+        except BaseException:
+            await discard(connection)
+            raise
+        self.connection = connection
+        return connection
 
     async def probe(self, timeout: float) -> None:
         """One round trip on this connection (a passive declare of ``amq.topic``), so a

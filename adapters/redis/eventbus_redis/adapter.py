@@ -38,7 +38,7 @@ from eventbus.adapter import (
     SubscribeOptions,
     Subscription,
 )
-from eventbus.adapters_util import map_exceptions
+from eventbus.adapters_util import map_exceptions, settings_from
 from eventbus.envelope import Envelope
 from eventbus.errors import (
     BatchPublishError,
@@ -53,7 +53,7 @@ from .codec import decode_fields, encode_args, encode_fields, fields_size, raw_f
 from .connection import CLIENT_ERRORS, new_client, quiet_close
 from .group_route import route_key, subscribe_with_route
 from .publish import MAX_PER_SCRIPT, Batcher, Command, expand, pipeline_batcher, xadd_many
-from .settings import RedisSettings, settings_from
+from .settings import RedisSettings
 
 log = logging.getLogger("eventbus.redis")
 
@@ -68,7 +68,7 @@ class RedisAdapter(Adapter):
 
     def __init__(self, url: str | None = None, *, settings: RedisSettings | None = None,
                  client: Redis | None = None) -> None:
-        s = settings_from(url, settings, type(self).__name__)
+        s = settings_from(url, settings, RedisSettings, type(self).__name__)
         super().__init__(s.url or s.masked_url)
         self.settings = s
         self.start_from = s.start_from

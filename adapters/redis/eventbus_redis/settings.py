@@ -192,14 +192,6 @@ class RedisSettings:
         )
 
 
-def settings_from(url: str | None, settings: RedisSettings | None, adapter: str
-                  ) -> RedisSettings:
-    """An adapter's settings: parsed from ``url``, or the ``settings`` made in code."""
-    if (url is None) == (settings is None):
-        raise TypeError(f"{adapter} takes a URL or settings=RedisSettings(...) (one of them)")
-    return settings if settings is not None else RedisSettings.from_url(url or "")
-
-
 def _finite(parse: Callable[[str], float]) -> Callable[[str], float]:
     """``parse``, refusing infinity (a blocking read or a claim needs a real duration)."""
 

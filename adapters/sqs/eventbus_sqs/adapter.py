@@ -34,7 +34,7 @@ from eventbus.adapter import (
     Subscription,
     dlq_topic,
 )
-from eventbus.adapters_util import Mapped, map_exceptions
+from eventbus.adapters_util import Mapped, map_exceptions, settings_from
 from eventbus.envelope import Envelope
 from eventbus.errors import (
     BrokerConnectionError,
@@ -71,10 +71,7 @@ class SqsAdapter(Adapter):
         in code, and optionally an ``aioboto3.Session`` of your own (credentials from
         somewhere other than the default chain), from which the adapter opens its
         clients."""
-        if settings is None:
-            if url is None:
-                raise TypeError("SqsAdapter needs a URL or settings=SqsSettings(...)")
-            settings = SqsSettings.from_url(url)
+        settings = settings_from(url, settings, SqsSettings, type(self).__name__)
         super().__init__(settings.url or settings.masked_url)
         self.settings = s = settings
         self.start_from = s.start_from
