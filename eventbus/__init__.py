@@ -49,6 +49,7 @@ from eventbus.errors import (
     InvalidURLError,
     MessageTooLargeError,
     PoisonMessageError,
+    ProvisioningError,
     PublishError,
     RunsExhaustedError,
     SchemaError,
@@ -56,6 +57,7 @@ from eventbus.errors import (
     TopicNotFoundError,
     UnknownSchemeError,
     UnsupportedOperationError,
+    UsageError,
 )
 from eventbus.events import Command, Event, Message, Registry, registry
 from eventbus.memory import MemoryAdapter
@@ -71,6 +73,7 @@ from eventbus.middleware import (
 )
 from eventbus.requests import ReplyTypeError, RequestError, RequestFailedError, RequestTimeoutError
 from eventbus.runner import SubscriptionHealth
+from eventbus.sync_handlers import SyncContext
 
 if TYPE_CHECKING:
     from eventbus.middleware.sqlite_store import SQLiteIdempotencyStore
@@ -116,6 +119,7 @@ __all__ = [
     "Middleware",
     "Next",
     "PoisonMessageError",
+    "ProvisioningError",
     "PublishError",
     "PublishMiddleware",
     "PublishNext",
@@ -134,9 +138,11 @@ __all__ = [
     "Subscription",
     "SubscriptionFailedError",
     "SubscriptionHealth",
+    "SyncContext",
     "TopicNotFoundError",
     "UnknownSchemeError",
     "UnsupportedOperationError",
+    "UsageError",
     "registry",
 ]
 # The one place the version is written: hatch reads it for eventbus and its five adapters.

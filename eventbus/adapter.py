@@ -4,6 +4,9 @@ An adapter moves :class:`~eventbus.envelope.Envelope` objects; it knows nothing
 of event classes, handlers or middleware. The bus and the conformance suite in
 :mod:`eventbus.testing` rely on exactly this interface, so a third-party
 adapter that implements it and passes the suite works with everything else.
+
+(Over 400 lines on purpose: this module is the whole contract an adapter author
+reads, documented in place; its toolkit is :mod:`eventbus.adapters_util`.)
 """
 
 from __future__ import annotations
@@ -12,8 +15,12 @@ import abc
 import time
 from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, NamedTuple
 
+# The names an adapter needs of dead letters and their replay, importable from here.
+from eventbus.adapter_names import REPLAY_GROUP as REPLAY_GROUP
+from eventbus.adapter_names import broker_dedupe_id as broker_dedupe_id
+from eventbus.adapter_names import dlq_topic as dlq_topic
 from eventbus.envelope import Envelope
 from eventbus.errors import DeliveryAlreadySettledError
 
@@ -48,6 +55,17 @@ class Capabilities:
     - ``half_open_bound``: seconds within which the adapter notices a connection that
       stopped answering without closing (its ping interval plus the ping's deadline),
       reports it in ``health()`` and reconnects; ``None`` when it cannot tell.
+    - ``browse``: :meth:`Adapter.read` lists a topic's messages without consuming them
+      (``eventbus dlq`` browses; without it, it reads the DLQ as a consumer group).
+    - ``group_route``: :meth:`Adapter.publish_to_group` delivers to one group of a
+      topic (a dead letter is replayed to the group that failed it; without it, to the
+      whole topic).
+    - ``raw_publish``: :meth:`Adapter.publish_raw` puts arbitrary bytes on a topic (an
+      undecodable dead letter is replayed as it arrived); with transport headers too
+      when ``headers`` is true.
+
+    The last three default to false: a third-party adapter claims them by declaring
+    them (and the conformance cases that need them then run on it).
     """
 
     persistent: bool
@@ -64,6 +82,9 @@ class Capabilities:
     reconnect: bool = True
     lease: bool = False
     half_open_bound: float | None = None
+    browse: bool = False
+    group_route: bool = False
+    raw_publish: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +104,38 @@ class SubscribeOptions:
     delivery: Guarantee | None = None
 
 
+def start_from_for(asked: StartFrom | None, adapter: Adapter) -> StartFrom:
+    """Where a new group starts: the one rule, applied by the core for every adapter.
+
+    The subscription's explicit ``start_from`` wins; else the adapter's URL sets the
+    default (:attr:`Adapter.start_from`); else ``"latest"``. The adapter receives the
+    result in :class:`SubscribeOptions` and never applies its URL's value itself, so a
+    refusal of ``"earliest"`` by a broker without ``replay`` (SQS) holds whichever
+    side asked.
+    """
+    return asked or adapter.start_from or "latest"
+
+
+class Decoded(NamedTuple):
+    """What an adapter's codec read from one message: the envelope (or why not) and the
+    transport facts, for :class:`Delivery` (one is built per message, hence a tuple).
+
+    ``error`` says why ``envelope`` is ``None``; ``raw`` and ``raw_headers`` are the
+    body and the transport metadata as they arrived (the dead letter of an undecodable
+    message keeps them); ``attempt`` is the delivery count the message carries (1 when
+    it carries none); ``not_before_ms`` (epoch ms, 0 for none) and ``origin_topic``
+    are what a retry copy says of its delay and its first topic.
+    """
+
+    envelope: Envelope | None
+    error: str | None = None
+    raw: bytes | None = None
+    raw_headers: Mapping[str, bytes] | None = None
+    attempt: int = 1
+    not_before_ms: int = 0
+    origin_topic: str | None = None
+
+
 class Delivery(abc.ABC):
     """One message handed to a subscriber, with the transport facts beside it.
 
@@ -92,6 +145,14 @@ class Delivery(abc.ABC):
     (headers, stream fields, properties), so its dead letter keeps them.
     ``ack``, ``nack`` and ``reject`` are idempotent and mutually exclusive:
     repeating the same one is a no-op, mixing them raises.
+
+    An adapter builds one from its codec's :class:`Decoded`::
+
+        super().__init__(decoded, topic=topic, group=group, message_id=position)
+
+    which keeps ``raw`` and ``raw_headers`` only for a message that did not decode and
+    takes ``attempt`` from it unless given. The keyword form (``envelope=``,
+    ``raw=``...) without a ``Decoded`` still works.
     """
 
     __slots__ = ("_settled", "attempt", "decode_error", "envelope", "group", "message_id",
@@ -99,11 +160,13 @@ class Delivery(abc.ABC):
 
     def __init__(
         self,
+        decoded: Decoded | None = None,
+        /,
         *,
         topic: str,
         group: str,
-        envelope: Envelope | None,
-        attempt: int = 1,
+        envelope: Envelope | None = None,
+        attempt: int | None = None,
         message_id: str = "",
         raw: bytes | None = None,
         decode_error: str | None = None,
@@ -111,12 +174,20 @@ class Delivery(abc.ABC):
     ) -> None:
         self.topic = topic
         self.group = group
-        self.envelope = envelope
-        self.attempt = attempt
         self.message_id = message_id
-        self.raw = raw
-        self.decode_error = decode_error
-        self.raw_headers = raw_headers
+        if decoded is None:
+            self.envelope = envelope
+            self.attempt = attempt or 1
+            self.raw = raw
+            self.decode_error = decode_error
+            self.raw_headers = raw_headers
+        else:
+            self.envelope = envelope = decoded.envelope
+            self.attempt = attempt or decoded.attempt
+            self.decode_error = decoded.error
+            # Kept only for bytes that are no event: what their dead letter carries.
+            self.raw = decoded.raw if envelope is None else None
+            self.raw_headers = decoded.raw_headers if envelope is None else None
         self.received_at = time.time()
         self._settled: str | None = None
 
@@ -255,6 +326,10 @@ class Adapter(abc.ABC):
     stronger: ClassVar[str] = ""
     """What to use instead when a subscription asks for a guarantee this broker
     lacks (``"nats:// (JetStream)"`` for core NATS); quoted by the bus's refusal."""
+    start_from: StartFrom | None = None
+    """Where a new group starts when its subscription does not say: the URL's
+    ``start_from`` option (every adapter accepts it), ``None`` when the URL gives none.
+    The core applies it (:func:`start_from_for`); an adapter only sets it."""
 
     def __init__(self, url: str) -> None:
         self.url = url

@@ -1,30 +1,111 @@
 """Helpers for writing adapters: what every adapter needs and should not rewrite.
 
-Not part of the adapter contract itself (:mod:`eventbus.adapter`), just tools.
+Not part of the adapter contract itself (:mod:`eventbus.adapter`), just tools:
+
+- :func:`map_exceptions` / :func:`translate`: a broker client's exceptions become
+  eventbus errors saying what failed, to what, and what to do;
+- :class:`TurnBatcher`: single calls made in one event-loop turn gathered into one
+  batch request (settles, pipelined commands);
+- :func:`pick_tier`: the delay tier a ``nack(delay)`` goes to;
+- :func:`tls_context`: an ``ssl.SSLContext`` from the shared ``tls_*`` URL options.
+
+The URL options themselves are parsed with :mod:`eventbus.url_options`; tasks are
+stopped with :func:`eventbus.tasks.stop_task`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import Iterator, Mapping
+import ssl
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from typing import Generic, TypeVar
 
 from eventbus.errors import EventBusError
 
-ExceptionMap = Mapping[type[BaseException], type[EventBusError]]
-"""Client exception class -> eventbus error class, most specific first."""
+Mapped = type[EventBusError] | tuple[type[EventBusError], str]
+"""An eventbus error class, or the class and the hint saying what to do about it."""
+
+ExceptionMap = Mapping[type[BaseException] | tuple[type[BaseException], ...], Mapped]
+"""Client exception class (or classes) -> eventbus error class, most specific first."""
+
+Classifier = Callable[[Exception], Mapped | None]
+"""A function choosing the eventbus error for a client exception (``None``: unmapped),
+for clients that say what happened in an error code or a flag rather than a class."""
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def translate(
+    exc: Exception,
+    mapping: ExceptionMap | Classifier,
+    *,
+    what: str,
+    hint: str = "",
+    scrub: Callable[[str], str] | None = None,
+    chain: bool = True,
+) -> Exception:
+    """The eventbus error for the client exception ``exc`` (``exc`` itself when it is an
+    eventbus error already, or when ``mapping`` does not name it).
+
+    The message is ``"<what> failed: <ClientError>: <text>; <hint>"``, where the hint
+    is the one the mapping gave with the class, else ``hint``; ``scrub`` filters the
+    client's text (a password it may quote), put on one line first. The client's
+    exception is the new error's ``__cause__``, unless ``chain`` is false (a client
+    whose exceptions quote the URL it was given, password included): then the chain
+    is cut, as ``raise ... from None`` does. Every mapped class must take a single
+    message argument.
+    """
+    if isinstance(exc, EventBusError):
+        return exc
+    chosen = _choose(exc, mapping)
+    if chosen is None:
+        return exc
+    ours, own_hint = chosen if isinstance(chosen, tuple) else (chosen, hint)
+    said = " ".join(str(exc).split())  # one line, whatever the client wrote
+    if scrub is not None:
+        said = scrub(said)
+    message = f"{what} failed: {type(exc).__name__}: {said}" if said else (
+        f"{what} failed: {type(exc).__name__}")
+    error = ours(f"{message}; {own_hint}" if own_hint else message)
+    if chain:
+        error.__cause__ = exc
+    else:
+        error.__suppress_context__ = True
+    return error
+
+
+def _choose(exc: Exception, mapping: ExceptionMap | Classifier) -> Mapped | None:
+    if callable(mapping) and not isinstance(mapping, Mapping):
+        return mapping(exc)
+    for client_error, ours in mapping.items():
+        if isinstance(exc, client_error):
+            return ours
+    return None
 
 
 @contextlib.contextmanager
-def map_exceptions(mapping: ExceptionMap, *, what: str, hint: str = "") -> Iterator[None]:
+def map_exceptions(
+    mapping: ExceptionMap | Classifier,
+    *,
+    what: str,
+    hint: str = "",
+    scrub: Callable[[str], str] | None = None,
+    on_error: Callable[[Exception], object] | None = None,
+    chain: bool = True,
+) -> Iterator[None]:
     """Re-raise a broker client's exceptions as eventbus errors saying what failed.
 
-    The first entry of ``mapping`` (in order) whose class matches the exception
-    wins, so list specific classes before their bases. The new error's message is
-    ``"<what> failed: <ClientError>: <text>"`` plus ``hint`` (what to do), and the
-    client's exception is its ``__cause__``. Eventbus errors, exceptions the
-    mapping does not name and anything not an ``Exception`` (``CancelledError``,
-    ``KeyboardInterrupt``) pass through unchanged.
-    Every mapped class must take a single message argument.
+    ``mapping`` is a table (the first entry, in order, whose class matches wins, so
+    list specific classes before their bases) or a :data:`Classifier` function; a
+    table value may carry its own hint: ``{KafkaTimeoutError: (BrokerConnectionError,
+    "publish again")}``. ``what`` names the operation and its target (topic, group,
+    masked URL). ``on_error(exc)`` runs first for every client exception (forget a
+    cached topic that is gone, say). ``scrub`` and ``chain`` keep secrets out of the
+    message and the traceback (:func:`translate`). Eventbus errors, exceptions the mapping does not
+    name and anything not an ``Exception`` (``CancelledError``, ``KeyboardInterrupt``)
+    pass through unchanged. See :func:`translate` for the message.
 
     ::
 
@@ -40,8 +121,135 @@ def map_exceptions(mapping: ExceptionMap, *, what: str, hint: str = "") -> Itera
     except EventBusError:
         raise
     except Exception as exc:
-        for client_error, ours in mapping.items():
-            if isinstance(exc, client_error):
-                message = f"{what} failed: {type(exc).__name__}: {exc}"
-                raise ours(f"{message}; {hint}" if hint else message) from exc
-        raise
+        if on_error is not None:
+            on_error(exc)
+        error = translate(exc, mapping, what=what, hint=hint, scrub=scrub, chain=chain)
+        if error is exc:
+            raise
+        raise error from (exc if chain else None)
+
+
+def pick_tier(delay: float, tiers: Sequence[float]) -> float:
+    """The shortest of the ascending ``tiers`` at least ``delay`` long (the longest one
+    if none is): a delay is never shortened by its tier; one past the last tier is
+    parked there and, when released early, parked again for the rest.
+
+    The one rule behind ``delay_tiers`` (Kafka's retry topics, RabbitMQ's TTL queues).
+    """
+    for tier in tiers:
+        if delay <= tier:
+            return tier
+    return tiers[-1]
+
+
+def tls_context(
+    ca: str | None = None,
+    cert: str | None = None,
+    key: str | None = None,
+    verify: bool = True,
+) -> ssl.SSLContext:
+    """A client ``SSLContext`` from the shared ``tls_ca``/``tls_cert``/``tls_key``/
+    ``tls_verify`` options: the system's CAs (or ``ca``), a client certificate when
+    given, and no verification of the server only when ``verify`` is false."""
+    context = ssl.create_default_context(cafile=ca)
+    if cert is not None:
+        context.load_cert_chain(cert, key)
+    if not verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+class TurnBatcher(Generic[T, R]):
+    """Gathers the calls of one event-loop turn into batch requests.
+
+    Concurrent callers each :meth:`submit` their items (one or several, such as one
+    settle, or the commands of one publish); the first call of a loop turn schedules a
+    flush (``call_soon``), which sends everything submitted by then through ``send``
+    in chunks of at most ``max_items``. A caller's items are never split (one request
+    carries them in order): a caller submitting more than ``max_items`` alone gets a
+    request of its own that size. ``send(items)`` returns one outcome per item,
+    an exception in place of a failed item's result; an error of ``send`` itself is
+    every item's outcome, passed through ``fail`` first when given (it turns a client
+    error into the error callers expect). Several chunks may be in flight at once, so
+    one slow round trip does not hold back the next turn.
+
+    ::
+
+        deletes = TurnBatcher(delete_batch, max_items=10)   # SQS: 10 entries a request
+        await deletes.one({"ReceiptHandle": receipt})        # raises the entry's error
+    """
+
+    def __init__(
+        self,
+        send: Callable[[list[T]], Awaitable[Sequence[R | BaseException]]],
+        *,
+        max_items: int,
+        fail: Callable[[Exception], BaseException] | None = None,
+    ) -> None:
+        self._send = send
+        self.max_items = max_items
+        self._fail = fail
+        self._queued: list[tuple[list[T], asyncio.Future[list[R | BaseException]]]] = []
+        self._scheduled = False
+        self._flushes: set[asyncio.Task[None]] = set()
+
+    async def submit(self, items: list[T]) -> list[R | BaseException]:
+        """Send ``items`` with the others of this loop turn; their outcomes, in order,
+        a failed item's exception in its place. An error of the request itself raises."""
+        if not items:
+            return []
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[list[R | BaseException]] = loop.create_future()
+        self._queued.append((items, future))
+        if not self._scheduled:
+            self._scheduled = True
+            loop.call_soon(self._flush_turn)
+        return await future
+
+    async def one(self, item: T) -> R:
+        """Send one ``item``; its result, or its own error raised."""
+        outcome = (await self.submit([item]))[0]
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+    def _flush_turn(self) -> None:
+        self._scheduled = False
+        while self._queued:
+            taken: list[tuple[list[T], asyncio.Future[list[R | BaseException]]]] = []
+            size = 0
+            while self._queued and (not taken or size + len(self._queued[0][0])
+                                    <= self.max_items):
+                item = self._queued.pop(0)
+                taken.append(item)
+                size += len(item[0])
+            task = asyncio.ensure_future(self._flush(taken))
+            self._flushes.add(task)
+            task.add_done_callback(self._flushes.discard)
+
+    async def _flush(self, taken: list[tuple[list[T], asyncio.Future[list[R | BaseException]]]]
+                     ) -> None:
+        items = [item for group, _ in taken for item in group]
+        try:
+            outcomes = await self._send(items)
+        except BaseException as exc:
+            error = self._fail(exc) if self._fail is not None and isinstance(exc, Exception) \
+                else exc
+            for _, future in taken:
+                if not future.done():
+                    future.set_exception(error)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        start = 0
+        for group, future in taken:
+            if not future.done():
+                future.set_result(list(outcomes[start:start + len(group)]))
+            start += len(group)
+
+    async def drain(self) -> None:
+        """Wait for every request in flight (call it before closing the client)."""
+        while self._flushes:
+            await asyncio.gather(*list(self._flushes), return_exceptions=True)
+

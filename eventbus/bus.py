@@ -1,5 +1,9 @@
 """The EventBus: publish typed events, subscribe handlers, run them with middleware."""
 
+# Over 400 lines because EventBus is the one object a user holds: each public method is
+# a short delegation (to spec, publishing, runner, requests) under the docstring that is
+# the user's reference for it.
+
 from __future__ import annotations
 
 import asyncio
@@ -8,7 +12,7 @@ import inspect
 import logging
 import os
 import signal
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, Unpack, overload
 
@@ -32,6 +36,7 @@ from eventbus.middleware.retry import RetryPolicy
 from eventbus.publishing import (
     build_envelope,
     build_envelopes,
+    not_a_message,
     publish_batch,
     publish_with_retry,
 )
@@ -41,8 +46,8 @@ from eventbus.runner import Runner, SubscriptionHealth
 from eventbus.spec import (
     DeliveryMode,
     Handler,
-    HandlerFn,
     SubscriptionSpec,
+    check_targets,
     resolve_delivery,
 )
 
@@ -52,7 +57,7 @@ if TYPE_CHECKING:
 R = TypeVar("R")
 
 log = logging.getLogger("eventbus")
-F = TypeVar("F", bound=HandlerFn)
+F = TypeVar("F", bound=Callable[..., Any])  # async def, or a plain def (sync_handlers)
 
 
 @dataclass(slots=True)
@@ -133,6 +138,8 @@ class EventBus:
         self._started = False
         self._stopped = asyncio.Event()
         self._requester: Requester | None = None
+        self._closer: AsyncGenerator[None, None] | None = None
+        self._published: list[type[Message]] = []
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> EventBus:
@@ -153,7 +160,7 @@ class EventBus:
         concurrency: int = 1,
         ordered: bool = True,
         delivery: DeliveryMode | None = None,
-        start_from: Literal["earliest", "latest"] = "latest",
+        start_from: Literal["earliest", "latest"] | None = None,
         retry: RetryPolicy | None = None,
         timeout: float | None = None,
         middleware: Sequence[Middleware] = (),
@@ -177,6 +184,12 @@ class EventBus:
           :class:`~eventbus.errors.GuaranteeUnavailableError` here, before anything
           is consumed, on a broker that cannot give it. ``"at_most_once"`` acks on
           receipt: no broker redelivery, no retries unless ``retry`` is given.
+        - ``start_from``: where the group starts the first time it subscribes,
+          ``"earliest"`` (every retained message) or ``"latest"`` (what is published
+          from then on). ``None`` (default) takes the URL's ``start_from`` option, else
+          ``"latest"``; an explicit value wins over the URL's. Without
+          ``capabilities.replay`` a group starts with what is published once it exists
+          (its adapter page says how; SQS refuses ``"earliest"`` when it starts).
         - ``idempotency``: a store (or a configured ``Idempotency(store, lease=...)``)
           deduplicating this subscription's messages by event id instead of the
           bus's; it runs inside the dead-letter step. The bus closes the store on
@@ -192,10 +205,9 @@ class EventBus:
         Subscribe before ``start()``. Several handlers may share a (topic, group)
         when they give it the same options; different ones raise ConfigurationError.
         """
+        check_targets(targets)
         self._refuse_when_started(targets)
         check_middleware(middleware, "subscribe(...)")
-        if not targets:
-            raise ConfigurationError("subscribe() needs at least one event class or topic")
         if delivery not in (None, "at_least_once", "at_most_once"):
             raise ConfigurationError(
                 f"delivery must be 'at_least_once', 'at_most_once' or None (the broker's "
@@ -263,6 +275,36 @@ class EventBus:
     def _reply_step(self, spec: SubscriptionSpec) -> Middleware | None:
         return reply_step(spec, self)
 
+    # -- declaring what it publishes --------------------------------------------------
+
+    def publishes(self, *messages: type[Message]) -> Callable[[F], F]:
+        """Declare the event and command classes this service publishes, for its
+        AsyncAPI document (``eventbus asyncapi``); publishing works without it.
+
+        Call it, or stack it on the handler that publishes::
+
+            @bus.publishes(PaymentCharged)
+            @bus.subscribe(OrderPlaced, group="billing")
+            async def charge(event: OrderPlaced, ctx: Context) -> None: ...
+        """
+        for cls in messages:
+            if not (isinstance(cls, type) and issubclass(cls, Message)):
+                raise ConfigurationError(
+                    f"publishes() takes Event or Command classes, not {cls!r} (a "
+                    f"{type(cls).__name__!r}); pass the class, e.g. publishes(OrderPlaced)")
+            if cls not in self._published:
+                self._published.append(cls)
+
+        def unchanged(fn: F) -> F:
+            return fn
+
+        return unchanged
+
+    @property
+    def published(self) -> list[type[Message]]:
+        """What :meth:`publishes` declared, in the order first declared."""
+        return list(self._published)
+
     # -- publishing ------------------------------------------------------------------
 
     def envelope_for(
@@ -301,6 +343,8 @@ class EventBus:
 
     async def send(self, command: Command, **options: Unpack[PublishOptions]) -> Envelope:
         """Send a command to the one group that handles it."""
+        if not isinstance(command, Message):
+            raise not_a_message(command, "send", Command)
         if not isinstance(command, Command):
             raise ConfigurationError(
                 f"send() takes a Command; {type(command).__name__} is an event — publish it"
@@ -361,6 +405,8 @@ class EventBus:
         many as were given, those are returned; otherwise (an outbox kept them) the
         envelopes given are.
         """
+        if not self._started and self._closer is None:
+            await self._close_at_loop_end()
         sent: list[Envelope] = list(envelopes)
 
         async def to_broker(target: str, final: Sequence[Envelope]) -> None:
@@ -370,6 +416,31 @@ class EventBus:
 
         await compose_publish(self.publish_middleware, to_broker)(topic, list(envelopes))
         return sent
+
+    async def _close_at_loop_end(self) -> None:
+        """Close the adapter a publish on this never-started bus connects, when the
+        event loop shuts down (``asyncio.run`` closes the async generators it has left):
+        nobody else would, and a client left open at exit leaves its tasks pending
+        ("Task was destroyed but it is pending!"). :meth:`stop` does it sooner."""
+
+        async def close_at_the_end() -> AsyncGenerator[None, None]:
+            try:
+                yield
+            finally:
+                if self._closer is not None:  # the loop ends and stop() never came
+                    self._closer = None
+                    if not self._started:
+                        await self._close_quietly()
+
+        self._closer = close_at_the_end()
+        await anext(self._closer)  # now the loop knows of it, suspended until its shutdown
+
+    async def _close_quietly(self) -> None:
+        try:
+            await asyncio.wait_for(self.adapter.close(), self.shutdown_timeout)
+        except Exception as exc:  # the loop may be ending: say so, never raise from here
+            log.warning("closing %s after publishing on a bus never started failed: %s: %s",
+                        mask_url(self.adapter.url), type(exc).__name__, exc)
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -429,8 +500,16 @@ class EventBus:
 
     async def stop(self, timeout: float | None = None) -> None:
         """Stop fetching, let in-flight handlers finish (up to ``timeout``), close the
-        adapter and the idempotency stores the bus was given (their ``close()``)."""
+        adapter and the idempotency stores the bus was given (their ``close()``).
+
+        On a bus never started that published (which connects its adapter), closes the
+        adapter."""
+        closer, self._closer = self._closer, None
+        if closer is not None:
+            await closer.aclose()  # done with: its finally sees _closer unset and returns
         if not self._started:
+            if closer is not None:  # only published: that connected the adapter
+                await self._close_quietly()
             return
         self._started = False
         timeout = self.shutdown_timeout if timeout is None else timeout

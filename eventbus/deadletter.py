@@ -14,16 +14,19 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import json
 import logging
 import traceback
 from collections.abc import Iterator, Mapping
-from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
 from eventbus.adapter import Adapter, Delivery
+
+# Re-exported: these names live in the contract module now; old imports keep working.
+from eventbus.adapter_names import broker_dedupe_id as broker_dedupe_id
+from eventbus.adapter_names import dlq_topic as dlq_topic
+from eventbus.adapter_names import replaying as replaying
 from eventbus.codec import largest_size, size_bound
 from eventbus.envelope import Envelope, format_time, utcnow
 from eventbus.errors import BatchPublishError, DeadLetterPublishError, MessageTooLargeError
@@ -57,43 +60,6 @@ _TRUNCATED = "[... traceback truncated to fit the broker's size limit ...]\n"
 
 log = logging.getLogger("eventbus.deadletter")
 Logger = logging.Logger | logging.LoggerAdapter[Any]
-
-
-def dlq_topic(topic: str, group: str) -> str:
-    """The dead-letter topic of ``topic`` for ``group``."""
-    return f"{topic}.{group}.dlq"
-
-
-_REPLAYING: ContextVar[str | None] = ContextVar("eventbus_replaying", default=None)
-
-
-@contextlib.contextmanager
-def replaying(letter: str) -> Iterator[None]:
-    """Publishes inside are the replay of dead letter ``letter`` (its DLQ position):
-    :func:`broker_dedupe_id` then names the replay, so a broker's duplicate window
-    does not take the replayed event for a copy of its first publish."""
-    token = _REPLAYING.set(letter)
-    try:
-        yield
-    finally:
-        _REPLAYING.reset(token)
-
-
-def broker_dedupe_id(envelope: Envelope) -> str:
-    """The id to give a broker's duplicate detection (JetStream ``Nats-Msg-Id``, SQS FIFO
-    ``MessageDeduplicationId``) for ``envelope``.
-
-    An event's own id, so a publish retried after a lost confirmation is stored once.
-    A dead letter is a new message, though it carries the event's id: the same event
-    failing again after a replay must be stored again, not taken for a copy of its
-    first letter, so its dedupe id names the failure too. A replay (published inside
-    :func:`replaying`) is a new message as well: its dedupe id names the letter.
-    """
-    failed_at = envelope.extensions.get("dlqfailedat")
-    if failed_at is None:
-        letter = _REPLAYING.get()
-        return envelope.id if letter is None else f"{envelope.id}.replay.{letter}"
-    return f"{envelope.id}.dlq.{envelope.extensions.get('dlqgroup', '')}.{failed_at}"
 
 
 def dead_letter_envelope(

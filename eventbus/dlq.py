@@ -31,11 +31,14 @@ from dataclasses import dataclass, fields
 from typing import Any, Literal
 
 from eventbus.adapter import Adapter, Delivery, ReadRecord, SubscribeOptions, Subscription
-from eventbus.deadletter import DeadLetterRecord, dlq_topic, replaying
+
+# REPLAY_GROUP is re-exported: it lives in the contract module now.
+from eventbus.adapter_names import REPLAY_GROUP as REPLAY_GROUP
+from eventbus.adapter_names import dlq_topic, replaying
+from eventbus.deadletter import DeadLetterRecord
 from eventbus.envelope import Envelope
 from eventbus.errors import TopicNotFoundError, UnsupportedOperationError
 
-REPLAY_GROUP = "eventbus-dlq-replay"
 REPLAYED_TYPE = "eventbus.dlq.replayed"
 """Type of the marker ``replay`` publishes for each letter it republished."""
 PURGED_TYPE = "eventbus.dlq.purged"
@@ -119,10 +122,9 @@ class DeadLetters:
         dead-letter topic (a typo in the topic or group, or nothing ever failed).
         """
         everything = include_replayed and include_purged
-        try:
-            letters = await self._browse(topic, group, limit if everything else None)
-        except UnsupportedOperationError:
+        if not self.adapter.capabilities.browse:
             return await self._list_by_consuming(topic, group, limit)
+        letters = await self._browse(topic, group, limit if everything else None)
         letters = [
             letter for letter in letters
             if (include_replayed or not letter.replayed) and (include_purged or not letter.purged)
@@ -166,19 +168,18 @@ class DeadLetters:
         broker can't), ``False`` always uses the whole topic. ``to_topic`` implies
         the whole of that topic.
         """
-        try:
-            letters = await self._browse(topic, group, None)
-        except UnsupportedOperationError:
+        if not self.adapter.capabilities.browse:
             return await self._settle_by_consuming(
                 topic, group, limit, ids, progress, to_topic=to_topic, purge=False,
                 to_group=to_group,
             )
+        letters = await self._browse(topic, group, None)
         todo = [
             letter for letter in letters
             if letter.state == "pending" and letter.replayable  # raw bytes/references: not events
             and (ids is None or any(letter.matches(i) for i in ids))
         ][:limit]
-        group_route = to_group is not False and to_topic is None
+        group_route = self._group_route(to_group, to_topic)
         for done, letter in enumerate(todo, 1):
             destination = to_topic or letter.topic or topic
             target_group = letter.group or group
@@ -187,16 +188,11 @@ class DeadLetters:
                 # all, to the whole topic (a group route carries events only).
                 await self.adapter.publish_raw(destination, letter.raw or b"", letter.raw_headers)
             elif group_route:
-                try:
-                    with replaying(letter.message_id or letter.failed_at):
-                        await self.adapter.publish_to_group(
-                            destination, target_group, [letter.original]
-                        )
-                    destination = f"{destination} (group {target_group})"
-                except UnsupportedOperationError:
-                    if to_group:
-                        raise
-                    group_route = False  # the whole topic, for this and the rest
+                with replaying(letter.message_id or letter.failed_at):
+                    await self.adapter.publish_to_group(
+                        destination, target_group, [letter.original]
+                    )
+                destination = f"{destination} (group {target_group})"
             if not group_route and not letter.undecodable:
                 with replaying(letter.message_id or letter.failed_at):
                     await self.adapter.publish(destination, [letter.original])
@@ -225,12 +221,11 @@ class DeadLetters:
         Raises :class:`~eventbus.errors.TopicNotFoundError` for no such dead-letter
         topic.
         """
-        try:
-            letters = await self._browse(topic, group, None)
-        except UnsupportedOperationError:
+        if not self.adapter.capabilities.browse:
             return await self._settle_by_consuming(
                 topic, group, limit, ids, progress, to_topic=None, purge=True
             )
+        letters = await self._browse(topic, group, None)
         todo = [
             letter for letter in letters
             if not letter.purged and (ids is None or any(letter.matches(i) for i in ids))
@@ -245,6 +240,20 @@ class DeadLetters:
             if progress is not None:
                 progress(start + len(batch), len(todo))
         return len(todo)
+
+    def _group_route(self, to_group: bool | None, to_topic: str | None) -> bool:
+        """Whether replays go to the failed group alone (see :meth:`replay`)."""
+        if to_group is False or to_topic is not None:
+            return False
+        if self.adapter.capabilities.group_route:
+            return True
+        if to_group:
+            raise UnsupportedOperationError(
+                f"{type(self.adapter).__name__} cannot deliver to one group of a topic "
+                "(capabilities.group_route is false): replay to the whole topic instead "
+                "(to_group=None or False; eventbus dlq replay --whole-topic)"
+            )
+        return False
 
     # -- browsing (brokers that can read without consuming) -----------------------------
 
@@ -333,7 +342,7 @@ class DeadLetters:
     ) -> int:
         """Replay (republish, then ack) or purge (ack) letters read from the queue;
         ``to_group`` routes replays as :meth:`replay` says."""
-        group_route = to_group is not False and to_topic is None
+        group_route = self._group_route(to_group, to_topic)
         # With ids, the wanted letters may sit behind others: read them all.
         subscription, deliveries = await self._collect(topic, group, None if ids else limit)
         wanted: list[tuple[Delivery, DeadLetterRecord]] = []
@@ -352,14 +361,9 @@ class DeadLetters:
                     await self.adapter.publish_raw(to_topic or record.topic or topic,
                                                    record.raw or b"", record.raw_headers)
                 elif not purge and group_route:
-                    try:
-                        await self.adapter.publish_to_group(
-                            record.topic or topic, record.group or group, [record.original]
-                        )
-                    except UnsupportedOperationError:
-                        if to_group:
-                            raise
-                        group_route = False  # the whole topic, for this and the rest
+                    await self.adapter.publish_to_group(
+                        record.topic or topic, record.group or group, [record.original]
+                    )
                 if not purge and not group_route and not record.undecodable:
                     with replaying(delivery.message_id or record.failed_at):
                         await self.adapter.publish(

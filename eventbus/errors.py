@@ -23,12 +23,29 @@ class ConfigurationError(EventBusError):
     """The bus, a subscription or an adapter was configured wrongly."""
 
 
+class UsageError(ConfigurationError, TypeError):
+    """eventbus was called the wrong way: something not an event given to ``publish``,
+    ``@bus.subscribe`` without its parentheses, a handler whose parameters disagree
+    with its subscription. Raised where the call is made, saying the right spelling."""
+
+
 class InvalidURLError(ConfigurationError):
     """A broker URL could not be parsed or names options the adapter does not know."""
 
 
 class UnknownSchemeError(ConfigurationError):
     """No adapter is installed for a URL scheme."""
+
+
+class ProvisioningError(ConfigurationError):
+    """An adapter could not create or find a resource it needs (topic, queue, stream,
+    consumer group), or was told not to create one (``provision=false``) that is missing.
+
+    A configuration error: the runner gives the subscription up at once (visibly, in
+    ``bus.health()``) rather than re-subscribing for ever, and a publish raises it
+    without retrying. The message names the resource and what to do (create it, grant
+    the permission, or set ``provision=true``).
+    """
 
 
 class BrokerConnectionError(EventBusError):
@@ -67,6 +84,17 @@ class BatchPublishError(PublishError):
     def succeeded(self) -> Sequence[int]:
         """Indexes of the messages the broker confirmed."""
         return [i for i in range(self.total) if i not in self.failures]
+
+    @classmethod
+    def partial(cls, failures: dict[int, Exception], total: int, where: str) -> BatchPublishError:
+        """The error of a batch of ``total`` messages to ``where`` ("Kafka topic
+        'orders'") of which those in ``failures`` were not confirmed: one message for
+        every adapter, naming how many and which."""
+        return cls(
+            f"{len(failures)} of {total} messages to {where} were not confirmed (indexes "
+            f"{sorted(failures)}); see .failures, and republish those as they are",
+            failures, total,
+        )
 
 
 class UnsupportedOperationError(EventBusError):
@@ -205,12 +233,16 @@ def mask_url(url: str) -> str:
     hold the very characters a parser splits on (``#``, ``/``, ``?``, ``@``):
     everything between ``scheme://`` and the last ``@`` is the user info, and only
     the user name before its first ``:`` is kept. Query parameters whose name says
-    secret (``password``, ``secret``, ``token``, ``key``...) are masked too. Text
-    without ``://`` is not a URL one can mask a part of: all but its first
-    characters are hidden (``//host`` counts as a URL without a scheme).
+    secret (``password``, ``secret``, ``token``, ``key``...) are masked too.
+
+    Text without ``://`` (a URL typed wrong: ``localhost:5672``, ``nats:/x``,
+    ``user:pass@host``) gets the same treatment, so the message about it shows what
+    was typed: before its last ``@`` only the part before the first ``:`` is kept.
+    Text without ``@`` that has no address shape at all (a password pasted where
+    the URL goes) is hidden but for its first characters.
     """
     if "://" not in url and not url.startswith("//"):
-        return url[: min(4, len(url) // 4)] + "***" if url else ""
+        return _mask_not_a_url(url)
     masked = _USERINFO.sub(_mask_userinfo, url, count=1)
     masked = _QUERY_SECRET.sub(r"\1***", masked)
     try:
@@ -218,6 +250,28 @@ def mask_url(url: str) -> str:
     except ValueError:
         return "<unparseable url>"
     return masked
+
+
+def _mask_not_a_url(text: str) -> str:
+    if not text:
+        return ""
+    if "@" in text:
+        before, _, after = text.rpartition("@")
+        user, colon, _password = before.partition(":")
+        host = _QUERY_SECRET.sub(r"\1***", after)
+        return f"{user}{colon and ':***'}@{host}"
+    if _ADDRESS_LIKE.fullmatch(text):
+        return _QUERY_SECRET.sub(r"\1***", text)
+    return text[: min(4, len(text) // 4)] + "***"
+
+
+# What a mistyped broker address looks like: [scheme:[/]]host[:port][/path][?query], with
+# something that makes it an address (a port, a dot, a slash, or "localhost") - a bare
+# word may as well be a password.
+_ADDRESS_LIKE = re.compile(
+    r"(?:[A-Za-z][A-Za-z0-9+.-]*:/?)?(?:localhost|[A-Za-z0-9_.\[\]-]*[.:/][A-Za-z0-9_.\[\]:/-]*"
+    r"|[A-Za-z0-9_-]+:\d+)(?:/[^\s?#]*)?(?:\?[^\s#]*)?"
+)
 
 
 # Greedy up to the LAST "@": an unencoded "@" in a password must not end the user info.

@@ -123,6 +123,10 @@ class Registry:
 
         return decorate
 
+    def classes(self) -> list[type[Message]]:
+        """Every registered class, in the order registered."""
+        return list(self._classes.values())
+
     def get(self, type_name: str) -> type[Message] | None:
         """The class registered for ``type_name``, or ``None``."""
         return self._classes.get(type_name)

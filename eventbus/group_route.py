@@ -12,11 +12,11 @@ by its own source.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections import deque
 from collections.abc import AsyncIterator
 
 from eventbus.adapter import Delivery, Subscription
+from eventbus.tasks import stop_task
 
 ROUTE_PREFETCH = 1
 """Deliveries a route hands out unsettled. Routed messages are rare (replays), so the
@@ -86,10 +86,7 @@ class WithGroupRoute(Subscription):
         results = await asyncio.gather(self.main.close(), self.route.close(),
                                        return_exceptions=True)
         for pump in self._pumps:
-            pump.cancel()
-        for pump in self._pumps:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await pump
+            await stop_task(pump)
         self._wake.set()
         for result in results:
             if isinstance(result, BaseException):

@@ -25,8 +25,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from itertools import islice
-from typing import Literal, cast
-from urllib.parse import parse_qs, urlsplit
+from typing import Literal
+from urllib.parse import urlsplit
 
 from eventbus import codec
 from eventbus.adapter import (
@@ -34,11 +34,16 @@ from eventbus.adapter import (
     Capabilities,
     HealthReport,
     ReadRecord,
+    StartFrom,
     SubscribeOptions,
     Subscription,
 )
 from eventbus.envelope import Envelope
-from eventbus.errors import InvalidURLError, TopicNotFoundError, UnsupportedOperationError
+from eventbus.errors import (
+    InvalidURLError,
+    TopicNotFoundError,
+    UnsupportedOperationError,
+)
 from eventbus.memory_broker import (
     BODY,
     HALF_OPEN_BOUND,
@@ -50,12 +55,20 @@ from eventbus.memory_broker import (
     Stored,
     decode_entry,
 )
+from eventbus.url_options import (
+    OptionParser,
+    choice,
+    integer,
+    parse_options,
+    query_pairs,
+    shared,
+    strict_flag,
+)
 
 __all__ = ["DEFAULT_MAX_MESSAGE_BYTES", "HEADER_PREFIX", "MemoryAdapter", "MemoryBroker"]
 
 DEFAULT_MAX_MESSAGE_BYTES = 1024 * 1024
 Mode = Literal["binary", "structured"]
-_OPTIONS = ("max_message_bytes", "max_messages", "mode", "encode", "hold_keys")
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,47 +79,29 @@ class _Settings:
     encode: bool = True
     hold_keys: bool = True
     max_messages: int | None = None
+    start_from: StartFrom | None = None
 
 
-def _flag(url: str, options: dict[str, str], name: str) -> bool:
-    value = options.get(name, "true").lower()
-    if value not in ("true", "false"):
-        raise InvalidURLError(f"{name} in {url!r} must be 'true' or 'false', not {value!r}")
-    return value == "true"
+_OPTIONS: dict[str, OptionParser] = {
+    "max_message_bytes": integer(1),
+    "max_messages": integer(
+        1, allowed="must be a positive integer (the messages each topic retains)"),
+    "mode": choice("binary", "structured"),
+    "encode": strict_flag,
+    "hold_keys": strict_flag,
+    **shared("start_from"),
+}
 
 
 def _parse(url: str) -> _Settings:
+    """The memory URL's options, parsed as every adapter's are (one loop, one set of
+    value parsers, an option given twice refused)."""
+    shown = url  # a memory URL names an in-process broker: nothing in it is secret
     parts = urlsplit(url)
     if parts.scheme != "memory":
-        raise InvalidURLError(f"memory adapter got {url!r}; use memory:// or memory://name")
-    options = {name: values[-1] for name, values in parse_qs(parts.query).items()}
-    unknown = set(options) - set(_OPTIONS)
-    if unknown:
-        raise InvalidURLError(
-            f"unknown option(s) {sorted(unknown)} in {url!r}; the memory adapter "
-            f"accepts only {', '.join(_OPTIONS)}"
-        )
-    try:
-        limit = int(options.get("max_message_bytes", DEFAULT_MAX_MESSAGE_BYTES))
-    except ValueError as exc:
-        raise InvalidURLError(f"max_message_bytes in {url!r} must be an integer") from exc
-    max_messages: int | None = None
-    if "max_messages" in options:
-        try:
-            max_messages = int(options["max_messages"])
-        except ValueError:
-            max_messages = 0
-        if max_messages < 1:
-            raise InvalidURLError(
-                f"max_messages in {url!r} must be a positive integer (messages each "
-                f"topic retains), not {options['max_messages']!r}"
-            )
-    mode = options.get("mode", "binary")
-    if mode not in ("binary", "structured"):
-        raise InvalidURLError(f"mode in {url!r} must be 'binary' or 'structured', not {mode!r}")
-    return _Settings(parts.netloc or "default", limit, cast(Mode, mode),
-                     _flag(url, options, "encode"), _flag(url, options, "hold_keys"),
-                     max_messages)
+        raise InvalidURLError(f"memory adapter got {shown!r}; use memory:// or memory://name")
+    options = parse_options(query_pairs(parts.query), _OPTIONS, name="memory", shown=shown)
+    return _Settings(parts.netloc or "default", **options)
 
 
 class MemoryAdapter(Adapter):
@@ -124,7 +119,9 @@ class MemoryAdapter(Adapter):
     ``max_messages`` (default 100,000: how many messages each topic's log retains,
     newest kept, for replay and :meth:`read`; see
     :meth:`~eventbus.memory_broker.MemoryBroker.append_many`. It applies to the
-    broker the URL names, so the last adapter that sets it for a name decides).
+    broker the URL names, so the last adapter that sets it for a name decides) and
+    ``start_from`` (``earliest`` or ``latest``: where a new group starts when its
+    subscription does not say). An option given twice is an error, as on every adapter.
     """
 
     schemes = ("memory",)
@@ -132,6 +129,7 @@ class MemoryAdapter(Adapter):
     def __init__(self, url: str = "memory://") -> None:
         super().__init__(url)
         self.settings = _parse(url)
+        self.start_from = self.settings.start_from
         self.broker = MemoryBroker.named(self.settings.name)
         if self.settings.max_messages is not None:
             self.broker.max_messages = self.settings.max_messages
@@ -147,6 +145,9 @@ class MemoryAdapter(Adapter):
             headers=self.settings.mode == "binary",
             max_message_bytes=self.settings.max_message_bytes,
             half_open_bound=HALF_OPEN_BOUND,
+            browse=True,
+            group_route=True,
+            raw_publish=True,
         )
         self._subscriptions: list[MemorySubscription] = []
         self._state: Literal["new", "connected", "closed"] = "new"

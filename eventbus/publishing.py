@@ -21,10 +21,39 @@ from eventbus.envelope import (
     utcnow,
     validate_extension_name,
 )
-from eventbus.errors import BatchPublishError, BrokerConnectionError, PublishError
-from eventbus.events import Message
+from eventbus.errors import BatchPublishError, BrokerConnectionError, PublishError, UsageError
+from eventbus.events import Command, Message
 
 PUBLISH_BACKOFF = Backoff(initial=0.05, max_delay=1.0)
+
+
+def not_a_message(value: object, call: str = "publish",
+                  wanted: type[Message] = Message) -> UsageError:
+    """The error for giving ``call`` (``publish``, ``send``...) ``value``, which is not an
+    instance of ``wanted``: what it is instead and how to write it."""
+    noun = "a Command instance" if wanted is Command else "an Event or Command instance"
+    if isinstance(value, type) and issubclass(value, wanted):
+        what = f"the class {value.__name__}, not an instance: {call}({value.__name__}(...))"
+    elif isinstance(value, type):
+        what = f"the class {value.__name__}"
+    elif _is_pydantic_model(value):
+        name = type(value).__name__
+        what = (f"{name} is a pydantic model but not an eventbus Event or Command: declare "
+                f"it as class {name}(Event, type='...') (or Command) to publish it")
+    else:
+        what = f"not {'None' if value is None else _a(type(value).__name__)}"
+        if isinstance(value, dict):
+            what += ("; build the event from it: OrderPlaced(**data) or "
+                     "OrderPlaced.model_validate(data)")
+    return UsageError(f"{call}() takes {noun} (e.g. OrderPlaced(order_id='1')); got {what}")
+
+
+def _is_pydantic_model(value: object) -> bool:
+    return hasattr(type(value), "model_fields") and hasattr(value, "model_dump")
+
+
+def _a(name: str) -> str:
+    return f"{'an' if name[:1].lower() in 'aeiou' else 'a'} {name}"
 
 
 def build_envelope(
@@ -41,6 +70,8 @@ def build_envelope(
 
     The one-message case of :func:`build_envelopes`, written out: it is every
     ``publish``'s first step."""
+    if not isinstance(message, Message):
+        raise not_a_message(message)
     if parent is INHERIT:
         parent = current_envelope.get()
     if extensions:
@@ -74,6 +105,9 @@ def build_envelopes(
     What the batch shares is worked out once: the parent, the extension names,
     the time (one publish call, one time) and the random bits of the ids.
     """
+    for message in messages:
+        if not isinstance(message, Message):
+            raise not_a_message(message, "publish_many")
     if parent is INHERIT:
         parent = current_envelope.get()
     if extensions:

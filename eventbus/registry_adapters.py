@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import difflib
+import re
 from importlib.metadata import entry_points
 from urllib.parse import urlsplit
 
@@ -23,17 +25,33 @@ REPOSITORY_ADAPTERS = {
 }
 
 
+# The scheme a broker's well-known port implies, for an address typed without one.
+PORT_SCHEMES = {"5672": "amqp", "5671": "amqps", "6379": "redis+streams", "4222": "nats",
+                "9092": "kafka"}
+
+# Names people reach for that are not our schemes (the broker's or the product's name,
+# another separator), and the scheme they mean.
+SCHEME_ALIASES = {
+    "rabbitmq": "amqp", "rabbit": "amqp", "rabbitmqs": "amqps",
+    "redis-streams": "redis+streams", "redis_streams": "redis+streams",
+    "redisstreams": "redis+streams", "rediss-streams": "rediss+streams",
+    "rediss_streams": "rediss+streams", "jetstream": "nats", "nats-core": "nats+core",
+    "nats_core": "nats+core", "natscore": "nats+core", "aws-sqs": "sqs", "mem": "memory",
+}
+
+
 def installed_schemes() -> list[str]:
     """The URL schemes an adapter is installed for (``memory`` always is)."""
     return sorted({entry.name for entry in entry_points(group=ENTRY_POINT_GROUP)} | {"memory"})
 
 
-def adapter_class(scheme: str) -> type[Adapter]:
+def adapter_class(scheme: str, url: str | None = None) -> type[Adapter]:
     """The adapter class registered for ``scheme``.
 
     Raises :class:`~eventbus.errors.UnknownSchemeError` naming the installed
     schemes and, for an adapter that ships in the eventbus repository, how to
-    install it from there.
+    install it from there; for a name that is not ours but close to one
+    (``rabbitmq``, ``redis-streams``, ``kafak``) the scheme meant, shown on ``url``.
     """
     for entry in entry_points(group=ENTRY_POINT_GROUP):
         if entry.name == scheme:
@@ -61,9 +79,64 @@ def adapter_class(scheme: str) -> type[Adapter]:
             f"{', '.join(sorted(REPOSITORY_ADAPTERS))}); write one and register it under "
             f"the entry point group {ENTRY_POINT_GROUP!r} (docs/adapters/writing.md)"
         )
+    meant = _known_scheme_like(scheme)
+    if meant is not None and meant != scheme:
+        rest = url.split("://", 1)[1] if url is not None and "://" in url else "..."
+        why = (" eventbus names a broker by its protocol: amqp for RabbitMQ, "
+               "redis+streams and nats+core for those modes."
+               if scheme.lower() in SCHEME_ALIASES else "")
+        raise UnknownSchemeError(
+            f"no eventbus adapter is installed for scheme {scheme!r} (installed: "
+            f"{', '.join(installed_schemes())}): {_did_you_mean(meant + '://' + rest)}"
+            f"{why} For another broker: {hint}"
+        )
     raise UnknownSchemeError(
         f"no eventbus adapter is installed for scheme {scheme!r} (installed: "
         f"{', '.join(installed_schemes())}); {hint}"
+    )
+
+
+def _known_scheme_like(scheme: str) -> str | None:
+    """The scheme ``scheme`` was probably meant to be: an alias, or a close spelling."""
+    lowered = scheme.lower()
+    if lowered in SCHEME_ALIASES:
+        return SCHEME_ALIASES[lowered]
+    known = sorted(set(installed_schemes()) | set(REPOSITORY_ADAPTERS))
+    if lowered in known:
+        return lowered
+    close = difflib.get_close_matches(lowered, known, n=1, cutoff=0.75)
+    return close[0] if close else None
+
+
+def _did_you_mean(url: str) -> str:
+    return f"did you mean {mask_url(url)}?"
+
+
+_PORT = re.compile(r":(\d+)(?:[/?#]|$)")
+# "scheme:" (maybe "scheme:/" or "scheme//") in front of the rest, without the "://"
+_BROKEN_SCHEME = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+._-]*)(?::/?|//)(?P<rest>[^/].*)$")
+
+
+def missing_scheme_error(url: str) -> InvalidURLError:
+    """The error for ``url`` lacking ``scheme://``: what it probably meant, when we can tell."""
+    shown = mask_url(url)
+    broken = _BROKEN_SCHEME.match(url)
+    if broken and re.match(r"\d+(?:[/?#]|$)", broken["rest"]):
+        broken = None  # "kafka:9092" is a host named kafka (a compose service) and a port
+    scheme = _known_scheme_like(broken["scheme"]) if broken else None
+    if broken and scheme is not None:
+        meant = f"{scheme}://{broken['rest']}"
+        return InvalidURLError(
+            f"broker URL {shown!r} lacks the '://' after its scheme: {_did_you_mean(meant)} "
+            "A broker URL is scheme://[user:password@]host[:port][/...]"
+        )
+    port = _PORT.search(url.rpartition("@")[2])
+    guess = PORT_SCHEMES.get(port[1]) if port else None
+    hint = _did_you_mean(f"{guess}://{url.lstrip('/')}") + " " if guess else ""
+    return InvalidURLError(
+        f"broker URL {shown!r} has no scheme; {hint}Expected e.g. memory://, "
+        "kafka://host:9092, amqp://user:pass@host/, redis+streams://host:6379, "
+        "nats://host:4222"
     )
 
 
@@ -75,9 +148,9 @@ def adapter_from_url(url: str) -> Adapter:
         raise InvalidURLError(f"cannot parse broker URL {mask_url(url)!r}: {exc}") from exc
     # "amqp//user:pass@host" parses as a path and "user:pass@host" as scheme "user":
     # without "://" it is no broker URL, whatever urlsplit makes of it.
-    if not scheme or "://" not in url:
-        raise InvalidURLError(
-            f"broker URL {mask_url(url)!r} has no scheme; expected e.g. memory://, "
-            "kafka://host:9092, amqp://user:pass@host/, redis://host:6379, nats://host:4222"
-        )
-    return adapter_class(scheme)(url)
+    head = url.split("://", 1)[0]
+    if not scheme and "://" in url and _known_scheme_like(head) is not None:
+        scheme = head  # not a scheme to urlsplit ("redis_streams"), but we know what it means
+    elif not scheme or "://" not in url:
+        raise missing_scheme_error(url)
+    return adapter_class(scheme, url)(url)

@@ -60,6 +60,7 @@ from eventbus.events import Command, Message
 from eventbus.middleware.base import Middleware, Next, RedeliveryRequested
 from eventbus.middleware.idempotency import Idempotency
 from eventbus.middleware.retry import Retry
+from eventbus.tasks import stop_task
 
 if TYPE_CHECKING:
     from eventbus.bus import EventBus
@@ -252,10 +253,7 @@ class Requester:
         if subscription is not None:
             with contextlib.suppress(Exception):
                 await subscription.close()
-        if pump is not None:
-            pump.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await pump
+        await stop_task(pump)
 
 
 @overload

@@ -3,22 +3,27 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Awaitable, Callable
+import types
+import typing
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from eventbus.adapter import Adapter, Guarantee
+from eventbus.context import Context
 from eventbus.envelope import Envelope
 from eventbus.errors import (
     ConfigurationError,
     DuplicateSubscriptionError,
     GuaranteeUnavailableError,
+    UsageError,
     mask_url,
 )
-from eventbus.events import Message
+from eventbus.events import Command, Event, Message
 from eventbus.middleware.base import Middleware
 from eventbus.middleware.idempotency import Idempotency, IdempotencyStore
 from eventbus.middleware.retry import RetryPolicy
+from eventbus.sync_handlers import check_sync, in_worker_thread
 
 DeliveryMode = Guarantee
 HandlerFn = Callable[..., Awaitable[Any]]  # a command handler may return a reply
@@ -50,6 +55,108 @@ def resolve_delivery(requested: DeliveryMode | None, adapter: Adapter, topic: st
     )
 
 
+def check_targets(targets: Sequence[object]) -> None:
+    """Refuse what ``subscribe(*targets)`` cannot mean: nothing, a function (the decorator
+    used without parentheses), an event instance, a class that is not an event."""
+    if not targets:
+        raise ConfigurationError("subscribe() needs at least one event class or topic")
+    for target in targets:
+        if isinstance(target, str) or (isinstance(target, type) and issubclass(target, Message)):
+            continue
+        if callable(target) and not isinstance(target, type):
+            name = getattr(target, "__name__", "handler")
+            annotation = _first_annotation(target)
+            example = annotation.__name__ if isinstance(annotation, type) else "OrderPlaced"
+            raise UsageError(
+                f"subscribe() was given the function {name} as what to subscribe to: the "
+                f"decorator needs parentheses and the event class or topic, "
+                f"@bus.subscribe({example}) (or @bus.subscribe('topic-name')); nothing "
+                "was subscribed"
+            )
+        if isinstance(target, Message):
+            name = type(target).__name__
+            raise UsageError(
+                f"subscribe() takes event classes or topic names; got {_a(name)} instance "
+                f"({target!r}): subscribe({name}) subscribes to every {name}"
+            )
+        if isinstance(target, type) and hasattr(target, "model_fields"):
+            raise UsageError(
+                f"subscribe() takes eventbus event classes or topic names; {target.__name__} "
+                f"is a pydantic model but not an eventbus Event or Command: declare it as "
+                f"class {target.__name__}(Event, type='...')"
+            )
+        raise UsageError(f"subscribe() takes event classes or topic names, not "
+                         f"{_a(type(target).__name__)} ({target!r})")
+
+
+def _a(noun: str) -> str:
+    return f"{'an' if noun[:1].lower() in 'aeiou' else 'a'} {noun}"
+
+
+def _first_annotation(fn: Callable[..., Any]) -> Any:
+    """The resolved annotation of ``fn``'s first parameter; ``inspect.Parameter.empty``
+    when it has none or it cannot be resolved (a name local to a function)."""
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return inspect.Parameter.empty
+    if not params:
+        return inspect.Parameter.empty
+    try:
+        hints = typing.get_type_hints(fn)
+    except Exception:  # an unresolvable forward reference: nothing to check against
+        return inspect.Parameter.empty
+    return hints.get(params[0].name, inspect.Parameter.empty)
+
+
+def _is_context(annotation: Any) -> bool:
+    return annotation is Context or annotation == "Context"
+
+
+# Annotating with a base class of the framework says "any message": not a mistake, even
+# when it names Event for a command.
+_BASES: tuple[type, ...] = (Message, Event, Command)
+
+
+def _accepts(annotation: Any, cls: type[Message]) -> bool:
+    """Whether a parameter annotated ``annotation`` can take an instance of ``cls``
+    (unknown shapes are given the benefit of the doubt)."""
+    if annotation is inspect.Parameter.empty or annotation is Any:
+        return True
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        return any(_accepts(member, cls) for member in typing.get_args(annotation))
+    if not isinstance(annotation, type) or annotation in _BASES:
+        return True
+    try:
+        return issubclass(cls, annotation)
+    except TypeError:  # a protocol or generic alias issubclass cannot answer
+        return True
+
+
+def _check_parameters(fn: HandlerFn, params: list[inspect.Parameter],
+                      message_class: type[Message] | None, batch: bool) -> None:
+    """Refuse ``(ctx, event)`` and an event annotation that disagrees with the class
+    subscribed: either would be accepted here and fail on every message."""
+    name = fn.__qualname__
+    annotation = _first_annotation(fn)
+    if _is_context(annotation) or _is_context(params[0].annotation):
+        event = message_class.__name__ if message_class is not None else "Event"
+        raise UsageError(
+            f"handler {name} takes the context first; a handler takes (event, ctx), the "
+            f"event first: {fn.__name__}(event: {event}, ctx: Context)"
+        )
+    if batch or message_class is None or annotation is Envelope:
+        return
+    if not _accepts(annotation, message_class):
+        shown = getattr(annotation, "__name__", repr(annotation))
+        raise UsageError(
+            f"handler {name} annotates its event as {shown}, but it is subscribed to "
+            f"{message_class.__name__}, which is not {_a(shown)}: every delivery would fail. "
+            f"Annotate it {message_class.__name__} (or a union of the classes it is "
+            f"subscribed to), or subscribe it to {shown}"
+        )
+
+
 @dataclass
 class Handler:
     """A user function and how to call it."""
@@ -61,21 +168,29 @@ class Handler:
     batch: bool = False  # takes a list of events (and a list of contexts)
 
     @classmethod
-    def wrap(cls, fn: HandlerFn, message_class: type[Message] | None,
+    def wrap(cls, fn: Callable[..., Any], message_class: type[Message] | None,
              batch: bool = False) -> Handler:
-        if not inspect.iscoroutinefunction(fn):
-            raise TypeError(f"handler {fn.__qualname__} must be an async function")
+        """Check ``fn`` can handle ``message_class`` (``None``: any type of a topic) and
+        say how to call it; a :class:`~eventbus.errors.UsageError` saying what to
+        write instead when it cannot. A plain ``def`` is wrapped to run in a worker
+        thread (:mod:`eventbus.sync_handlers`); ``fn`` is then that wrapper."""
+        call = fn
+        if not (inspect.iscoroutinefunction(fn)
+                or (callable(fn) and inspect.iscoroutinefunction(type(fn).__call__))):
+            check_sync(fn)
+            call = in_worker_thread(fn)  # a plain def: off the loop, see sync_handlers
         params = list(inspect.signature(fn).parameters.values())
         if not 1 <= len(params) <= 2:
-            raise TypeError(
+            raise UsageError(
                 f"handler {fn.__qualname__} must take (event) or (event, ctx), "
                 f"not {len(params)} parameters"
             )
+        _check_parameters(fn, params, message_class, batch)
         annotation = params[0].annotation
         wants_envelope = annotation is Envelope or annotation == "Envelope"
         if batch:
-            return cls(fn, message_class, len(params) == 2, False, True)
-        return cls(fn, message_class, len(params) == 2, wants_envelope)
+            return cls(call, message_class, len(params) == 2, False, True)
+        return cls(call, message_class, len(params) == 2, wants_envelope)
 
 
 @dataclass
@@ -87,7 +202,8 @@ class SubscriptionSpec:
     concurrency: int = 1
     ordered: bool = True
     mode: DeliveryMode = "at_least_once"  # how it settles: after the handler, or on receipt
-    start_from: Literal["earliest", "latest"] = "latest"
+    # None: the URL's start_from, else "latest" (eventbus.adapter.start_from_for).
+    start_from: Literal["earliest", "latest"] | None = None
     retry: RetryPolicy | None = None
     timeout: float | None = None
     middleware: list[Middleware] = field(default_factory=list)

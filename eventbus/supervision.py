@@ -17,11 +17,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from eventbus.adapter import Adapter, SubscribeOptions, Subscription
+from eventbus.adapter import Adapter, SubscribeOptions, Subscription, start_from_for
 from eventbus.backoff import Backoff
 from eventbus.errors import BrokerConnectionError, ConfigurationError, EventBusError
 from eventbus.lanes import Lanes, Progress
 from eventbus.spec import SubscriptionSpec
+from eventbus.tasks import stop_task
 
 log = logging.getLogger("eventbus.runner")
 
@@ -110,7 +111,7 @@ class Supervision:
         options = SubscribeOptions(
             group=self.spec.group,
             prefetch=prefetch,
-            start_from=self.spec.start_from,
+            start_from=start_from_for(self.spec.start_from, self.adapter),
             delivery=self.spec.delivery,
         )
         return await self.adapter.subscribe(self.spec.topic, options)
@@ -267,8 +268,7 @@ class Supervision:
         """Stop watching and fetching (``progress.stopping`` is set); an inline handler
         running in the fetch loop gets ``timeout`` to finish first."""
         if self._stall_task is not None:
-            self._stall_task.cancel()
-            await asyncio.gather(self._stall_task, return_exceptions=True)
+            await stop_task(self._stall_task)
         if self._fetch_task is None:
             return
         if self.lanes.busy:

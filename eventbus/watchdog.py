@@ -19,11 +19,11 @@ at most one look interval, a quarter of ``warn_after``, after that).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 
 from eventbus.adapter import Delivery
+from eventbus.tasks import stop_task
 
 log = logging.getLogger("eventbus.runner")
 
@@ -60,10 +60,7 @@ class SlowHandlerWatch:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await stop_task(task)
 
     def check(self, now: float | None = None) -> int:
         """Warn about every run past its next report time; returns how many."""

@@ -37,7 +37,7 @@ TANSU_LIMITS: dict[str, str] = {
     "test_resource_deleted_underneath_recovered_or_reported": (
         "Tansu creates a deleted topic again on the next produce, with its own partition "
         "count (4, not the adapter's), so the consumer sees no deletion and learns of the "
-        "extra partition only at its next metadata refresh (metadata_max_age_ms), and "
+        "extra partition only at its next metadata refresh (metadata_max_age), and "
         "produce to that partition fails with UnknownError for a while; Apache Kafka runs "
         "this case"
     ),

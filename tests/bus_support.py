@@ -32,7 +32,7 @@ class ChargeCard(Command, type="test.bus.charge-card", topic="test-bus-charges")
     order_id: str
 
 
-class Inbox(Generic[T]):
+class Collector(Generic[T]):
     """Collects what handlers saw; waits for a count with a timeout."""
 
     def __init__(self) -> None:
@@ -55,10 +55,10 @@ class Inbox(Generic[T]):
 
 def order_inbox(
     bus: EventBus, source: str | type[OrderPlaced], group: str = "g"
-) -> Inbox[OrderPlaced]:
+) -> Collector[OrderPlaced]:
     """Subscribe ``group`` of ``bus`` to ``source`` (a topic, or the event type); the
     inbox collects each :class:`OrderPlaced` it gets."""
-    inbox: Inbox[OrderPlaced] = Inbox()
+    inbox: Collector[OrderPlaced] = Collector()
 
     @bus.subscribe(source, group=group)
     async def collect(event: OrderPlaced) -> None:

@@ -17,7 +17,7 @@ from eventbus import (
 )
 from eventbus.testing import TestBus
 from tests.bus_support import (
-    Inbox,
+    Collector,
     OrderPlaced,
     PaymentTaken,
     dead_letters,
@@ -72,7 +72,7 @@ def test_failures_go_through_broker_redelivery_then_dead_letter() -> None:
 def test_poison_events_are_dead_lettered_at_once() -> None:
     async def scenario() -> None:
         url, topic = memory_url(), new_topic()
-        calls: Inbox[str] = Inbox()
+        calls: Collector[str] = Collector()
         bus = EventBus(url)
 
         @bus.subscribe(topic, group="g")
@@ -117,7 +117,7 @@ def test_handler_timeout_is_a_failure_that_is_dead_lettered() -> None:
 def test_at_most_once_does_not_retry_or_redeliver() -> None:
     async def scenario() -> None:
         url = memory_url()
-        calls: Inbox[int] = Inbox()
+        calls: Collector[int] = Collector()
         bus = EventBus(url, dead_letter=False)
 
         @bus.subscribe(OrderPlaced, group="g", delivery="at_most_once")
@@ -137,7 +137,7 @@ def test_at_most_once_does_not_retry_or_redeliver() -> None:
 
 def test_without_dead_letters_a_final_failure_is_nacked_for_later() -> None:
     async def scenario() -> None:
-        calls: Inbox[int] = Inbox()
+        calls: Collector[int] = Collector()
         bus = EventBus(memory_url(), dead_letter=False, retry=RetryPolicy(max_attempts=1))
 
         @bus.subscribe(OrderPlaced, group="g")
@@ -156,8 +156,8 @@ def test_without_dead_letters_a_final_failure_is_nacked_for_later() -> None:
 def test_idempotency_skips_a_republished_duplicate() -> None:
     async def scenario() -> None:
         url = memory_url()
-        calls: Inbox[str] = Inbox()
-        marker: Inbox[str] = Inbox()
+        calls: Collector[str] = Collector()
+        marker: Collector[str] = Collector()
         bus = EventBus(url, idempotency=MemoryIdempotencyStore())
 
         @bus.subscribe(OrderPlaced, group="g")

@@ -15,7 +15,7 @@ from eventbus import (
 )
 from tests.bus_support import (
     ChargeCard,
-    Inbox,
+    Collector,
     OrderPlaced,
     PaymentTaken,
     memory_url,
@@ -27,7 +27,7 @@ from tests.bus_support import (
 
 def test_context_publish_carries_correlation_and_causation() -> None:
     async def scenario() -> None:
-        inbox: Inbox[tuple[Envelope, Context]] = Inbox()
+        inbox: Collector[tuple[Envelope, Context]] = Collector()
         bus = EventBus(memory_url(), source="svc")
 
         @bus.subscribe(OrderPlaced, group="billing")
@@ -67,7 +67,7 @@ def test_topic_subscription_gets_typed_events_and_acks_unhandled_known_types() -
         url, topic = memory_url(), new_topic()
         bus = EventBus(url)
         typed = order_inbox(bus, OrderPlaced, group="typed")
-        catch_all: Inbox[Event] = Inbox()
+        catch_all: Collector[Event] = Collector()
 
         @bus.subscribe(topic, group="all")
         async def everything(event: Event) -> None:
@@ -88,7 +88,7 @@ def test_topic_subscription_gets_typed_events_and_acks_unhandled_known_types() -
 def test_concurrent_lanes_keep_per_key_order() -> None:
     async def scenario() -> None:
         topic = new_topic()
-        seen: Inbox[tuple[str, int]] = Inbox()
+        seen: Collector[tuple[str, int]] = Collector()
         bus = EventBus(memory_url())
 
         @bus.subscribe(topic, group="g", concurrency=4)

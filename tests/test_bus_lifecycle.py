@@ -18,7 +18,7 @@ from eventbus import (
 from eventbus.adapter import SubscribeOptions, Subscription
 from tests.bus_support import (
     WAIT,
-    Inbox,
+    Collector,
     OrderPlaced,
     PaymentTaken,
     memory_url,
@@ -53,7 +53,7 @@ def test_stop_cancels_handlers_that_outlive_the_timeout_and_the_message_returns(
     async def scenario() -> None:
         url = memory_url()
         bus = EventBus(url, shutdown_timeout=0.05)
-        started: Inbox[int] = Inbox()
+        started: Collector[int] = Collector()
 
         @bus.subscribe(OrderPlaced, group="g")
         async def stuck(event: OrderPlaced, ctx: Context) -> None:
@@ -66,7 +66,7 @@ def test_stop_cancels_handlers_that_outlive_the_timeout_and_the_message_returns(
         await bus.stop()
 
         second = EventBus(url)
-        again: Inbox[int] = Inbox()
+        again: Collector[int] = Collector()
 
         @second.subscribe(OrderPlaced, group="g")
         async def handle(event: OrderPlaced, ctx: Context) -> None:
@@ -82,8 +82,8 @@ def test_run_stops_gracefully_on_sigterm() -> None:
     async def scenario() -> None:
         url = memory_url()
         bus = EventBus(url)
-        seen: Inbox[str] = Inbox()
-        finished: Inbox[str] = Inbox()
+        seen: Collector[str] = Collector()
+        finished: Collector[str] = Collector()
 
         @bus.subscribe(OrderPlaced, group="g", start_from="earliest")
         async def handle(event: OrderPlaced) -> None:
@@ -115,7 +115,7 @@ def test_start_that_fails_midway_stops_what_it_started() -> None:
     async def scenario() -> None:
         adapter = _SubscribeRefusingAdapter(memory_url())
         bus = EventBus(adapter)
-        seen: Inbox[str] = Inbox()
+        seen: Collector[str] = Collector()
 
         @bus.subscribe(OrderPlaced, group="g")
         async def orders(event: OrderPlaced) -> None:
@@ -134,3 +134,61 @@ def test_start_that_fails_midway_stops_what_it_started() -> None:
             assert sorted(await seen.wait_count(2)) == ["o", "p"]
 
     run(scenario)
+
+
+class ClosingSpy(MemoryAdapter):
+    """A memory adapter that counts its close() calls."""
+
+    closes = 0
+
+    async def close(self) -> None:
+        type(self).closes += 1
+        await super().close()
+
+
+def test_a_bus_never_started_closes_what_its_publish_opened_when_the_loop_ends() -> None:
+    """Nobody stops a bus that was never started: the adapter its publish connected is
+    closed as asyncio.run shuts down (a real client left open leaves tasks pending)."""
+
+    class Spy(ClosingSpy):
+        closes = 0
+
+    async def script() -> None:
+        bus = EventBus(Spy(memory_url()))
+        await bus.publish(OrderPlaced(order_id="1"))
+        await bus.publish(OrderPlaced(order_id="2"))
+        assert Spy.closes == 0  # still usable until the loop ends
+
+    asyncio.run(script())
+    assert Spy.closes == 1
+
+
+def test_stop_closes_the_adapter_of_a_bus_that_only_published() -> None:
+    class Spy(ClosingSpy):
+        closes = 0
+
+    async def script() -> None:
+        bus = EventBus(Spy(memory_url()))
+        await bus.stop()  # nothing to close yet
+        assert Spy.closes == 0
+        await bus.publish(OrderPlaced(order_id="1"))
+        await bus.stop()
+        assert Spy.closes == 1
+
+    asyncio.run(script())
+    assert Spy.closes == 1  # not closed a second time when the loop ends
+
+
+def test_a_bus_that_published_before_start_is_closed_once_by_its_stop() -> None:
+    class Spy(ClosingSpy):
+        closes = 0
+
+    async def script() -> None:
+        bus = EventBus(Spy(memory_url()))
+        await bus.publish(OrderPlaced(order_id="1"))
+        async with bus:
+            await bus.publish(OrderPlaced(order_id="2"))
+        assert Spy.closes == 1
+
+    asyncio.run(script())
+    assert Spy.closes == 1

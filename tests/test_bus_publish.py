@@ -20,7 +20,7 @@ from eventbus import (
 )
 from tests.bus_support import (
     ChargeCard,
-    Inbox,
+    Collector,
     OrderPlaced,
     PaymentTaken,
     memory_url,
@@ -33,7 +33,7 @@ from tests.bus_support import (
 def test_publish_returns_the_confirmed_envelope() -> None:
     async def scenario() -> None:
         url = memory_url()
-        inbox: Inbox[Envelope] = Inbox()
+        inbox: Collector[Envelope] = Collector()
         consumer = EventBus(url, source="consumer")
 
         @consumer.subscribe("test-bus-orders", group="raw")
@@ -73,7 +73,7 @@ def test_publish_to_another_topic_and_explicit_correlation() -> None:
 
 def test_send_delivers_a_command_to_its_one_group_and_refuses_events() -> None:
     async def scenario() -> None:
-        inbox: Inbox[ChargeCard] = Inbox()
+        inbox: Collector[ChargeCard] = Collector()
         bus = EventBus(memory_url())
 
         @bus.subscribe(ChargeCard)
@@ -91,8 +91,8 @@ def test_send_delivers_a_command_to_its_one_group_and_refuses_events() -> None:
 
 def test_publish_many_spreads_over_topics_in_order() -> None:
     async def scenario() -> None:
-        orders: Inbox[str] = Inbox()
-        payments: Inbox[str] = Inbox()
+        orders: Collector[str] = Collector()
+        payments: Collector[str] = Collector()
         bus = EventBus(memory_url())
 
         @bus.subscribe(OrderPlaced, group="g")

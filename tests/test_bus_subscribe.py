@@ -31,10 +31,14 @@ from tests.bus_support import (
 )
 
 
-def test_handler_must_be_async() -> None:
+def test_a_handler_is_a_function_that_returns() -> None:
+    # Plain def handlers run in worker threads (tests/test_sync_handlers.py); what
+    # neither returns nor can be called is refused.
     bus = EventBus(memory_url())
-    with pytest.raises(TypeError, match="must be an async function"):
-        bus.subscribe(OrderPlaced)(lambda event: None)  # type: ignore[type-var]
+    with pytest.raises(TypeError, match="is a generator function"):
+        bus.subscribe(OrderPlaced)(lambda event: (yield event))
+    with pytest.raises(TypeError, match="not callable"):
+        bus.subscribe(OrderPlaced)("charge")  # type: ignore[type-var]
 
 
 @pytest.mark.parametrize("arity", [0, 3])

@@ -65,6 +65,64 @@ def test_url_without_scheme_is_invalid_and_the_password_is_masked() -> None:
         EventBus("localhost")
 
 
+@pytest.mark.parametrize(
+    ("url", "suggestion"),
+    [
+        ("127.0.0.1:5672", "amqp://127.0.0.1:5672"),
+        ("localhost:5671", "amqps://localhost:5671"),
+        ("localhost:6379", "redis+streams://localhost:6379"),
+        ("nats-host:4222", "nats://nats-host:4222"),
+        ("broker:9092", "kafka://broker:9092"),
+        ("app:hunter2@rabbit:5672", "amqp://app:***@rabbit:5672"),
+        ("kafka:9092", "kafka://kafka:9092"),  # a compose service named after its broker
+        ("rabbitmq:5672", "amqp://rabbitmq:5672"),
+        ("redis:6379/0", "redis+streams://redis:6379/0"),
+    ],
+)
+def test_a_url_without_scheme_gets_one_suggested_from_its_port(url: str, suggestion: str) -> None:
+    with pytest.raises(InvalidURLError, match="has no scheme") as info:
+        adapter_from_url(url)
+    message = str(info.value)
+    assert f"did you mean {suggestion}?" in message
+    assert "hunter2" not in message and "***" not in message.replace("app:***@", "")
+
+
+@pytest.mark.parametrize(
+    ("url", "suggestion"),
+    [
+        ("nats:/x", "nats://x"),
+        ("kafka:localhost:9092", "kafka://localhost:9092"),
+        ("amqp//localhost", "amqp://localhost"),
+        ("redis:/localhost:6379", "redis://localhost:6379"),
+    ],
+)
+def test_a_url_missing_its_slashes_is_told_so_not_that_it_has_no_scheme(
+        url: str, suggestion: str) -> None:
+    with pytest.raises(InvalidURLError) as info:
+        adapter_from_url(url)
+    message = str(info.value)
+    assert "has no scheme" not in message
+    assert f"did you mean {suggestion}?" in message and repr(url) in message
+
+
+@pytest.mark.parametrize(
+    ("url", "suggestion"),
+    [
+        ("rabbitmq://guest:hunter2@localhost:5672", "amqp://guest:***@localhost:5672"),
+        ("rabbit://localhost", "amqp://localhost"),
+        ("redis-streams://localhost", "redis+streams://localhost"),
+        ("redis_streams://localhost", "redis+streams://localhost"),
+        ("jetstream://localhost", "nats://localhost"),
+        ("kafak://localhost:9092", "kafka://localhost:9092"),
+    ],
+)
+def test_a_misspelt_scheme_gets_the_right_one_suggested(url: str, suggestion: str) -> None:
+    with pytest.raises(UnknownSchemeError) as info:
+        adapter_from_url(url)
+    message = str(info.value)
+    assert f"did you mean {suggestion}?" in message and "hunter2" not in message
+
+
 def test_unparseable_url_is_invalid() -> None:
     with pytest.raises(InvalidURLError, match="cannot parse"):
         adapter_from_url("memory://[::1")

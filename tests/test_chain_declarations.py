@@ -38,8 +38,8 @@ from eventbus.requests import ReplyStep, reply_step, with_replies
 from eventbus.runner import Runner
 from eventbus.spec import Handler, SubscriptionSpec
 from tests.bus_support import (
+    Collector,
     FakeDelivery,
-    Inbox,
     dead_letters,
     dlq_size,
     memory_url,
@@ -180,7 +180,7 @@ def test_a_layer_declaring_it_acts_only_on_failure_costs_nothing_until_a_failure
     async def scenario() -> None:
         alarm = Alarm()
         bus = EventBus(memory_url(), middleware=[alarm], retry=POLICY)
-        handled: Inbox[int] = Inbox()
+        handled: Collector[int] = Collector()
 
         @bus.subscribe(Charged, group="g")
         async def handle(event: Charged, ctx: Context) -> None:

@@ -89,7 +89,7 @@ def test_a_clean_module_has_no_findings(tmp_module) -> None:  # type: ignore[no-
 def test_each_violation_is_one_line_with_its_code(tmp_module) -> None:  # type: ignore[no-untyped-def]
     fields = "\n".join(f"    field_{i}: str" for i in range(25))
     name = tmp_module(VIOLATIONS, fields=fields)
-    result = runner.invoke(app, ["check", f"{name}.py"])
+    result = runner.invoke(app, ["check", f"{name}.py", "--require-versions"])
     assert result.exit_code == 1
     lines = result.stdout.splitlines()
     codes = [(line.split(": ")[0], line.split(": ", 1)[1].split()[0]) for line in lines]
@@ -123,7 +123,38 @@ def test_a_module_that_cannot_be_imported_is_one_error_line(tmp_module) -> None:
     ("OrderPlaced", "Placed", True), ("PaymentSentEvent", "Sent", True),
     ("OrderPlacedIntegrationEvent", "Placed", True), ("UserCreatedV2", "Created", True),
     ("PlaceOrder", "Order", False), ("ProcessPayment", "Payment", False),
+    ("UserSignedUp", "Signed", True), ("UserLoggedInEvent", "Logged", True),
+    ("CartCheckedOut", "Checked", True), ("SignUp", "Sign", False),
+    ("OrderSetUp", "Set", True),
 ])
 def test_naming_heuristics(name: str, word: str, past: bool) -> None:
     assert action_word(name) == word
     assert is_past_tense(word) is past
+
+
+README_EXAMPLE = """
+from eventbus import Context, Event, EventBus
+
+class OrderPlaced(Event, type="{p}.order.placed", topic="orders"):
+    order_id: str
+
+class UserSignedUp(Event, type="{p}.user.signed-up"):
+    user_id: str
+
+bus = EventBus.from_env(source="payment-service")
+
+@bus.subscribe(OrderPlaced, group="billing")
+async def charge(event: OrderPlaced, ctx: Context) -> None:
+    await ctx.publish(UserSignedUp(user_id=event.order_id))
+"""
+
+
+def test_the_readmes_kind_of_module_is_clean_by_default(tmp_module) -> None:  # type: ignore[no-untyped-def]
+    """No version is version 1: flagging every event without one (the README's own
+    example included) is opt-in; a phrasal verb (signed up) is past tense."""
+    name = tmp_module(README_EXAMPLE)
+    result = runner.invoke(app, ["check", name])
+    assert result.exit_code == 0, result.output
+    strict = runner.invoke(app, ["check", name, "--require-versions"])
+    assert strict.exit_code == 1
+    assert [line.split()[1] for line in strict.stdout.splitlines()] == ["EB105", "EB105"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import signal
@@ -218,6 +219,10 @@ class SpyAdapter(MemoryAdapter):
 
 class QueueLikeAdapter(SpyAdapter):
     """A broker that cannot browse without consuming (like a plain queue)."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.capabilities = dataclasses.replace(self.capabilities, browse=False)
 
     async def read(self, topic: str, *, limit: int | None = None) -> list[ReadRecord]:
         raise UnsupportedOperationError("cannot browse")

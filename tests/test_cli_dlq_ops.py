@@ -4,6 +4,7 @@ consumed on queues), with confirmation, counts and progress, through the API and
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import uuid
 from collections.abc import Sequence
@@ -34,6 +35,10 @@ def letter(data: bytes = b'{"order_id":"A1"}') -> Envelope:
 
 class QueueLike(MemoryAdapter):
     """A broker that cannot browse without consuming (like a plain queue)."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.capabilities = dataclasses.replace(self.capabilities, browse=False)
 
     async def read(self, topic: str, *, limit: int | None = None) -> list[ReadRecord]:
         raise UnsupportedOperationError("cannot browse")

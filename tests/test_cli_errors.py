@@ -200,3 +200,30 @@ def test_a_real_console_run_prints_no_traceback(tmp_path: Path) -> None:
     assert proc.returncode == cli.EXIT_UNKNOWN_SCHEME, proc.stderr
     assert "Traceback" not in proc.stderr
     assert [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+
+
+def test_a_bare_host_port_gets_the_scheme_of_its_port_not_always_kafka() -> None:
+    line = one_line_error(
+        runner.invoke(app, ["publish", "t", "--type", "x", "--url", "localhost:5672"]),
+        cli.EXIT_CONFIG)
+    assert "did you mean amqp://localhost:5672?" in line and "kafka://localhost" not in line
+    line = one_line_error(
+        runner.invoke(app, ["publish", "t", "--type", "x", "--url", "127.0.0.1:6379"]),
+        cli.EXIT_CONFIG)
+    assert "did you mean redis+streams://127.0.0.1:6379?" in line and "127***" not in line
+
+
+def test_a_target_that_is_a_class_is_not_called(tmp_path: Path) -> None:
+    """`eventbus run signup:UserSignedUp` used to call the class and print its
+    ValidationError; a class is never the factory of a bus."""
+    name = service(tmp_path, """
+        from eventbus import Event, EventBus
+
+        class UserSignedUp(Event, type="user.signed-up"):
+            user_id: str
+
+        bus = EventBus("memory://x")
+    """)
+    line = one_line_error(runner.invoke(app, ["run", f"{name}:UserSignedUp"]), cli.EXIT_TARGET)
+    assert f"{name}:UserSignedUp is the class UserSignedUp (an event), not an EventBus" in line
+    assert "it has EventBus attribute(s): bus" in line and "ValidationError" not in line

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from eventbus import MemoryAdapter
+from eventbus import MemoryAdapter, TopicNotFoundError
 from eventbus.cli import _common as cli
 from eventbus.cli import app
 
@@ -86,3 +86,58 @@ def test_type_is_checked_against_the_services_registry(url: str, tmp_path: Path)
                              "--url", url])
     assert ok.exit_code == 0, ok.output
     assert published(url, "orders") == [{"order_id": "C3"}]
+
+
+def _service(tmp_path: Path) -> str:
+    name = f"svc_{uuid.uuid4().hex[:8]}"
+    (tmp_path / f"{name}.py").write_text(textwrap.dedent(f"""
+        from eventbus import Event, EventBus
+
+        class OrderPlaced(Event, type="{name}.order.placed", topic="{name}-orders", version=3):
+            order_id: str
+            total: float = 0.0
+
+        bus = EventBus.from_env(source="svc")
+    """))
+    return name
+
+
+def test_with_app_the_data_is_checked_against_the_class(url: str, tmp_path: Path) -> None:
+    name = _service(tmp_path)
+    wrong = runner.invoke(app, ["publish", f"{name}-orders", "-t", f"{name}.order.placed",
+                                "--data", '{"order": "C3", "total": "lots"}',
+                                "--app", f"{name}:bus", "--url", url])
+    assert wrong.exit_code == cli.EXIT_USAGE, wrong.output
+    assert wrong.output.startswith(f"error: --data does not fit OrderPlaced ({name}.order.placed)")
+    assert "order_id: Field required" in wrong.output and "total:" in wrong.output
+    assert len(wrong.output.strip().splitlines()) == 1
+    with pytest.raises(TopicNotFoundError):  # nothing was published
+        published(url, f"{name}-orders")
+
+
+def test_with_app_the_topic_defaults_to_the_classs_and_so_does_the_version(
+        url: str, tmp_path: Path) -> None:
+    name = _service(tmp_path)
+    result = runner.invoke(app, ["publish", "-t", f"{name}.order.placed",
+                                 "--data", '{"order_id": "D4"}', "--app", f"{name}:bus",
+                                 "--url", url])
+    assert result.exit_code == 0, result.output
+    records = asyncio.run(MemoryAdapter(url).read(f"{name}-orders"))
+    assert [json.loads(r.envelope.data) for r in records if r.envelope] == [{"order_id": "D4"}]
+    assert [r.envelope.dataversion for r in records if r.envelope] == [3]
+
+
+def test_with_app_another_topic_than_the_classs_is_pointed_out(url: str, tmp_path: Path) -> None:
+    name = _service(tmp_path)
+    result = runner.invoke(app, ["publish", "elsewhere", "-t", f"{name}.order.placed",
+                                 "--data", '{"order_id": "E5"}', "--app", f"{name}:bus",
+                                 "--url", url])
+    assert result.exit_code == 0, result.output
+    assert f"OrderPlaced is published to '{name}-orders' by default" in result.stderr
+    assert published(url, "elsewhere") == [{"order_id": "E5"}]
+
+
+def test_without_app_a_topic_is_needed(url: str) -> None:
+    result = runner.invoke(app, ["publish", "-t", "order.placed", "--url", url])
+    assert result.exit_code == cli.EXIT_USAGE
+    assert "give the topic" in result.output and "--app" in result.output

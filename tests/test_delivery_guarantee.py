@@ -20,7 +20,7 @@ from eventbus import (
 )
 from eventbus.adapter import Delivery, SubscribeOptions, Subscription
 from eventbus.group_route import WithGroupRoute
-from tests.bus_support import ChargeCard, Inbox, OrderPlaced, dead_letters, memory_url, run
+from tests.bus_support import ChargeCard, Collector, OrderPlaced, dead_letters, memory_url, run
 
 
 class NoRedelivery(MemoryAdapter):
@@ -39,7 +39,7 @@ class NoRedelivery(MemoryAdapter):
         return await super().subscribe(topic, options)
 
 
-async def _noop(event: OrderPlaced) -> None: ...
+async def _noop(event: OrderPlaced | ChargeCard) -> None: ...
 
 
 def test_default_is_at_least_once_where_the_broker_redelivers() -> None:
@@ -84,7 +84,7 @@ def test_default_on_a_broker_without_redelivery_is_at_most_once_still_retried() 
         adapter = NoRedelivery(url)
         bus = EventBus(adapter, retry=RetryPolicy(max_attempts=2, in_process_attempts=2,
                                                   initial_delay=0.001, jitter=0.0))
-        attempts: Inbox[int] = Inbox()
+        attempts: Collector[int] = Collector()
 
         @bus.subscribe(OrderPlaced, group="g")
         async def fail(event: OrderPlaced, ctx: Context) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import uuid
 from collections import Counter
 
@@ -20,6 +21,10 @@ NO_RETRY = RetryPolicy(max_attempts=1, initial_delay=0.0, jitter=0.0)
 class QueueLike(MemoryAdapter):
     """A broker that cannot browse without consuming (SQS, RabbitMQ): DeadLetters reads
     the DLQ as its replay group."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.capabilities = dataclasses.replace(self.capabilities, browse=False)
 
     async def read(self, topic: str, *, limit: int | None = None) -> list[ReadRecord]:
         raise UnsupportedOperationError("cannot browse")
@@ -84,6 +89,10 @@ def test_a_queue_brokers_replay_routes_as_a_browsing_one(
 
 def test_insisting_on_the_group_where_the_broker_cannot_route_is_an_error() -> None:
     class NoGroupRoute(MemoryAdapter):
+        def __init__(self, url: str) -> None:
+            super().__init__(url)
+            self.capabilities = dataclasses.replace(self.capabilities, group_route=False)
+
         async def publish_to_group(self, topic: str, group: str, envelopes: object) -> None:
             await Adapter.publish_to_group(self, topic, group, [])  # the base: unsupported
 

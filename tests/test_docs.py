@@ -34,6 +34,22 @@ def test_every_python_block_of_the_guide_runs() -> None:
     assert ran == sum(1 for b in blocks(GUIDE) if b.marker is None) >= 5
 
 
+PAGES_WITH_CODE = sorted(page for page in DOCS.rglob("*.md") if blocks(page))
+
+
+@pytest.mark.parametrize("page", PAGES_WITH_CODE, ids=lambda p: str(p.relative_to(DOCS)))
+def test_every_python_block_of_every_page_runs(page: Path) -> None:
+    # Adapter pages included: docs/adapters/writing.md is how a third party starts.
+    ran = int(re.search(r"(\d+) block\(s\) ran", run_blocks(page)).group(1))  # type: ignore[union-attr]
+    assert ran == sum(1 for b in blocks(page) if b.marker is None)
+    assert all(b.note for b in blocks(page) if b.marker is not None)
+
+
+def test_the_pages_with_code_include_the_adapter_pages() -> None:
+    assert {DOCS / "adapters" / "writing.md", DOCS / "adapters" / "redis.md"} <= set(
+        PAGES_WITH_CODE)
+
+
 def test_the_readme_example_runs() -> None:
     run_blocks(ROOT / "README.md")
 
@@ -80,3 +96,16 @@ def test_docs_promise_nothing_that_is_not_built() -> None:
     assert (DOCS / "patterns" / "outbox.md").exists()  # the outbox the pages link to
     assert "DESIGN.md" not in text
     assert "e.g. Kafka retry topics" not in text  # Kafka has no native delay
+
+
+def test_the_readmes_async_test_says_what_runs_it() -> None:
+    """The README's test needs pytest-asyncio: the `test` extra brings it, and the
+    README shows the setting that runs async tests without a marker."""
+    import tomllib
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"]
+    names = {re.split(r"[<>=\[ ]", requirement)[0] for requirement in extras["test"]}
+    assert {"pytest", "pytest-asyncio"} <= names
+    readme = (ROOT / "README.md").read_text()
+    assert 'pip install "eventbus[test]"' in readme and 'asyncio_mode = "auto"' in readme

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 from eventbus.testing.faultproxy import FaultProxy
+from eventbus.testing.ports import ephemeral_range
 from eventbus.testing.target import FaultInjector
 
 
@@ -258,3 +259,71 @@ def test_dropping_a_frozen_proxy_closes_its_silent_connections(proxy: FaultProxy
         await proxy.thaw()
 
     asyncio.run(case())
+
+
+def test_listens_below_the_ephemeral_range(proxy: FaultProxy) -> None:
+    # Outgoing connections take their local ports from the ephemeral range; a
+    # proxy port there can be taken while a refusal has the listener closed.
+    low, _ = ephemeral_range()
+    assert proxy.port < low
+
+
+def test_reopens_once_a_port_taken_during_a_refusal_is_free_again(proxy: FaultProxy) -> None:
+    # While refusing, something else binds the proxy's port (on loopback a
+    # client retrying connect() can even get it as its own source port) and
+    # holds it for longer than a few seconds. The proxy must come back when the
+    # port is free rather than give up and refuse for the rest of the run.
+    proxy.refuse_connections_sync(0.2)
+    squatter = socket.socket()
+    squatter.bind(("127.0.0.1", proxy.port))
+    time.sleep(6.5)
+    squatter.close()
+
+    async def main() -> None:
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "the proxy never listened again"
+                await asyncio.sleep(0.05)
+        assert await roundtrip(reader, writer, b"back") == b"back"
+        writer.close()
+
+    asyncio.run(main())
+
+
+def test_a_refusal_ends_even_when_its_caller_is_cancelled_half_way(
+    proxy: FaultProxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A handler that refuses connections is itself cut off by the refusal, and its
+    # cancellation used to cancel the refusal on the proxy's loop after the
+    # listener closed and before its reopening was scheduled: the proxy refused
+    # for good, failing every later test of that broker.
+    real_drop = proxy._drop
+
+    async def slow_drop() -> None:
+        await real_drop()
+        await asyncio.sleep(0.5)
+
+    monkeypatch.setattr(proxy, "_drop", slow_drop)
+
+    async def main() -> None:
+        caller = asyncio.create_task(proxy.refuse_connections(0.3))
+        await asyncio.sleep(0.2)  # the proxy is inside the refusal, dropping links
+        caller.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await caller
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "the refusal never ended"
+                await asyncio.sleep(0.05)
+        assert await roundtrip(reader, writer, b"back") == b"back"
+        writer.close()
+
+    asyncio.run(main())

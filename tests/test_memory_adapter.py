@@ -306,11 +306,14 @@ def test_max_message_bytes_from_the_url() -> None:
     ("url", "message"),
     [
         ("memory://x?max_message_bytes=big", "must be an integer"),
-        ("memory://x?colour=blue", r"unknown option\(s\) \['colour'\]"),
-        ("memory://x?colour=blue&max_message_bytes=1", "accepts only max_message_bytes"),
-        ("memory://x?mode=json", "must be 'binary' or 'structured'"),
-        ("memory://x?encode=no", "must be 'true' or 'false'"),
-        ("memory://x?hold_keys=1", "must be 'true' or 'false'"),
+        ("memory://x?colour=blue", r"unknown option 'colour' in memory URL"),
+        ("memory://x?colour=blue&max_message_bytes=1", "accepts only: encode, hold_keys, "
+         "max_message_bytes"),
+        ("memory://x?mode=json", "mode='json' .* is invalid: use binary or structured"),
+        ("memory://x?encode=no", "encode='no' .* use 'true' or 'false'"),
+        ("memory://x?hold_keys=1", "hold_keys='1' .* use 'true' or 'false'"),
+        ("memory://x?start_from=first", "start_from='first' .* use earliest or latest"),
+        ("memory://x?mode=binary&mode=binary", "option 'mode' is given twice"),
         ("kafka://localhost:9092", "use memory://"),
     ],
 )

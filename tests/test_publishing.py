@@ -18,7 +18,7 @@ from eventbus import (
     EventBus,
     MemoryAdapter,
 )
-from tests.bus_support import Inbox, memory_url, read_topic, run
+from tests.bus_support import Collector, memory_url, read_topic, run
 
 
 class Pinged(Event, type="test.publishing.pinged", topic="test-publishing-pings"):
@@ -43,7 +43,7 @@ def test_publish_middleware_runs_around_every_publish_and_may_change_envelopes()
                                     for e in envelopes])
 
         bus = EventBus(memory_url(), publish_middleware=[stamp])
-        received: Inbox[Envelope] = Inbox()
+        received: Collector[Envelope] = Collector()
 
         @bus.subscribe(Pinged, group="g")
         async def reply(event: Pinged, ctx: Context) -> None:
@@ -117,7 +117,7 @@ def test_publish_many_reports_a_partial_multi_topic_batch_as_a_batch_error() -> 
 def test_publish_with_parent_none_inside_a_handler_starts_a_new_flow() -> None:
     async def scenario() -> None:
         bus = EventBus(memory_url())
-        published: Inbox[tuple[str, Envelope]] = Inbox()
+        published: Collector[tuple[str, Envelope]] = Collector()
 
         @bus.subscribe(Pinged, group="g")
         async def handle(event: Pinged, ctx: Context) -> None:

@@ -14,7 +14,7 @@ from eventbus import (
     RetryPolicy,
 )
 from eventbus.middleware import Next
-from tests.bus_support import Inbox, Records, dead_letters, memory_url, run
+from tests.bus_support import Collector, Records, dead_letters, memory_url, run
 
 POLICY = RetryPolicy(max_attempts=3, in_process_attempts=3, initial_delay=0.01, jitter=0)
 
@@ -67,7 +67,7 @@ def test_a_run_cut_short_by_shutdown_does_not_count_as_an_attempt() -> None:
         await old.stop(timeout=0.05)  # cancelled: the message goes back to the broker
 
         new = EventBus(url, retry=POLICY)
-        runs: Inbox[tuple[int, int]] = Inbox()
+        runs: Collector[tuple[int, int]] = Collector()
 
         @new.subscribe(Job, group="g")
         async def failing(event: Job, ctx: Context) -> None:
@@ -85,7 +85,7 @@ def test_a_run_cut_short_by_shutdown_does_not_count_as_an_attempt() -> None:
 def test_idempotency_bounces_of_a_duplicate_do_not_count_as_attempts() -> None:
     async def scenario() -> None:
         url = memory_url()
-        deliveries: Inbox[tuple[int, int]] = Inbox()  # (delivery.attempt, offset) seen
+        deliveries: Collector[tuple[int, int]] = Collector()  # (delivery.attempt, offset) seen
 
         async def record(ctx: Context, call_next: Next) -> None:
             deliveries.add((ctx.delivery.attempt, int(ctx.delivery.message_id)))
@@ -93,7 +93,7 @@ def test_idempotency_bounces_of_a_duplicate_do_not_count_as_attempts() -> None:
 
         bus = EventBus(url, retry=POLICY, idempotency=MemoryIdempotencyStore(),
                        middleware=[record])
-        runs: Inbox[tuple[str, int]] = Inbox()
+        runs: Collector[tuple[str, int]] = Collector()
 
         @bus.subscribe(Job, group="g", concurrency=2)
         async def handle(event: Job, ctx: Context) -> None:
@@ -123,7 +123,7 @@ def test_idempotency_bounces_of_a_duplicate_do_not_count_as_attempts() -> None:
 def test_the_context_logger_reports_the_current_attempt() -> None:
     async def scenario() -> None:
         bus = EventBus(memory_url(), retry=POLICY)
-        done: Inbox[int] = Inbox()
+        done: Collector[int] = Collector()
 
         @bus.subscribe(Job, group="g")
         async def handle(event: Job, ctx: Context) -> None:

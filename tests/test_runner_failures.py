@@ -32,7 +32,7 @@ from eventbus.errors import ConnectionLostError, SubscriptionFailedError
 from eventbus.middleware import Next
 from tests.bus_support import (
     WAIT,
-    Inbox,
+    Collector,
     Records,
     dead_letters,
     dlq_size,
@@ -51,7 +51,7 @@ def test_undecodable_message_is_rejected_not_dead_lettered_when_dead_letters_are
     async def scenario() -> None:
         url, topic = memory_url(), new_topic()
         bus = EventBus(url, dead_letter=False, retry=RetryPolicy(max_attempts=1))
-        handled: Inbox[int] = Inbox()
+        handled: Collector[int] = Collector()
 
         @bus.subscribe(topic, group="g")
         async def handle(event: Job) -> None:
@@ -126,7 +126,7 @@ def test_a_failed_ack_does_not_block_the_key_and_the_message_comes_back(
 
     async def scenario() -> None:
         bus = EventBus(memory_url())
-        seen: Inbox[int] = Inbox()
+        seen: Collector[int] = Collector()
 
         @bus.subscribe(Job, group="g")
         async def handle(event: Job) -> None:
@@ -146,7 +146,7 @@ def test_a_failed_ack_does_not_block_the_key_and_the_message_comes_back(
 def test_a_handler_raising_cancelled_error_does_not_kill_its_lane() -> None:
     async def scenario() -> None:
         bus = EventBus(memory_url(), retry=RetryPolicy(initial_delay=0.001))
-        handled: Inbox[tuple[int, int]] = Inbox()
+        handled: Collector[tuple[int, int]] = Collector()
 
         @bus.subscribe(Job, group="g")
         async def handle(event: Job, ctx: Context) -> None:
@@ -169,7 +169,7 @@ def test_a_cancelled_error_with_dead_letters_on_and_no_retry_is_dead_lettered() 
     async def scenario() -> None:
         url = memory_url()
         bus = EventBus(url, retry=RetryPolicy(max_attempts=1))
-        handled: Inbox[int] = Inbox()
+        handled: Collector[int] = Collector()
 
         @bus.subscribe(Job, group="g")
         async def handle(event: Job) -> None:
@@ -238,7 +238,7 @@ class FlakyAdapter(MemoryAdapter):
 def test_fetching_recovers_when_the_iterator_raises_or_ends(after_each: str) -> None:
     async def scenario() -> None:
         bus = EventBus(FlakyAdapter(memory_url(), after_each=after_each))
-        handled: Inbox[int] = Inbox()
+        handled: Collector[int] = Collector()
 
         @bus.subscribe(Job, group="g")
         async def handle(event: Job) -> None:
@@ -320,7 +320,7 @@ def test_run_raises_when_a_subscription_dies_for_good() -> None:
 def test_health_reports_reconnecting_while_the_broker_refuses() -> None:
     async def scenario() -> None:
         bus = EventBus(memory_url())
-        handled: Inbox[int] = Inbox()
+        handled: Collector[int] = Collector()
 
         @bus.subscribe(Job, group="g")
         async def handle(event: Job) -> None:
@@ -348,7 +348,7 @@ def test_work_queued_from_a_lost_subscription_is_dropped_not_run_twice() -> None
         bus = EventBus(adapter)
         runs: collections.Counter[int] = collections.Counter()
         started, release = asyncio.Event(), asyncio.Event()
-        handled: Inbox[int] = Inbox()
+        handled: Collector[int] = Collector()
 
         @bus.subscribe(Job, group="g", concurrency=2)
         async def handle(event: Job) -> None:
@@ -385,7 +385,7 @@ def test_one_lane_runs_in_the_fetch_loop_and_a_lost_subscription_runs_nothing_tw
         bus = EventBus(adapter)
         runs: collections.Counter[int] = collections.Counter()
         started, release = asyncio.Event(), asyncio.Event()
-        handled: Inbox[int] = Inbox()
+        handled: Collector[int] = Collector()
 
         @bus.subscribe(Job, group="g")
         async def handle(event: Job) -> None:
@@ -431,7 +431,7 @@ def test_failures_outside_the_handler_are_redelivered_with_growing_delays(
             await call_next(ctx)
 
         bus = EventBus(memory_url(), middleware=[store_down])
-        handled: Inbox[int] = Inbox()
+        handled: Collector[int] = Collector()
 
         @bus.subscribe(Job, group="g")
         async def handle(event: Job, ctx: Context) -> None:
@@ -459,7 +459,7 @@ def test_a_cancelled_error_from_middleware_does_not_kill_the_lane() -> None:
             await call_next(ctx)
 
         bus = EventBus(memory_url(), middleware=[flaky_tracing])
-        handled: Inbox[tuple[int, int]] = Inbox()
+        handled: Collector[tuple[int, int]] = Collector()
 
         @bus.subscribe(Job, group="g")
         async def handle(event: Job, ctx: Context) -> None:

@@ -16,7 +16,7 @@ import pytest
 from eventbus import Event, EventBus
 from eventbus import lanes as lanes_module
 from eventbus.memory_broker import MemoryDelivery
-from tests.bus_support import Inbox, memory_url, new_topic, run
+from tests.bus_support import Collector, memory_url, new_topic, run
 
 
 class Step(Event, type="test.runner.idle-lane.step", topic="test-runner-idle-lane"):
@@ -50,8 +50,8 @@ def test_next_message_waits_for_the_worker_finishing_its_ack_not_the_stuck_one(
         url, topic = memory_url(), new_topic()
         bus = EventBus(url)
         release = asyncio.Event()
-        started: Inbox[int] = Inbox()
-        finished: Inbox[int] = Inbox()
+        started: Collector[int] = Collector()
+        finished: Collector[int] = Collector()
 
         @bus.subscribe(topic, group="g", concurrency=2)
         async def handle(event: Step) -> None:

@@ -15,7 +15,7 @@ from eventbus.codec import decode_binary
 from eventbus.errors import BrokerConnectionError
 from eventbus.middleware.retry import RetryPolicy
 from tests.bus_support import (
-    Inbox,
+    Collector,
     OrderPlaced,
     dead_letters,
     memory_url,
@@ -59,7 +59,7 @@ def test_an_idle_subscription_with_a_backlog_is_reported_stalled_and_subscribes_
         url = memory_url()
         adapter = _FirstSubscriptionDeaf(url)
         bus = EventBus(adapter, stall_after=0.3)
-        inbox: Inbox[OrderPlaced] = Inbox()
+        inbox: Collector[OrderPlaced] = Collector()
 
         @bus.subscribe(OrderPlaced, group="billing")
         async def handle(event: OrderPlaced) -> None:
@@ -155,7 +155,7 @@ def test_a_redelivery_with_budget_left_still_runs() -> None:
         async for _ in subscription:
             break
         subscription.lose_connection()  # type: ignore[attr-defined]
-        inbox: Inbox[int] = Inbox()
+        inbox: Collector[int] = Collector()
         bus = EventBus(url, retry=RetryPolicy(max_attempts=3, initial_delay=0.01))
 
         @bus.subscribe(topic, group="billing")

@@ -13,13 +13,12 @@ from eventbus import Context, Event, EventBus, MemoryAdapter, MessageTooLargeErr
 from eventbus.dlq import DeadLetters
 from eventbus.errors import ConfigurationError
 from eventbus.testing import (
-    NO_DELAY_RETRY,
     DrainTimeoutError,
     TestBus,
     TestPublisher,
     call_handler,
     handler_context,
-    immediate_retry,
+    without_delays,
 )
 
 
@@ -172,7 +171,7 @@ async def test_several_services_share_the_private_broker() -> None:
 
 @pytest.mark.asyncio
 async def test_dead_letters_on_memory_are_listed_at_once() -> None:
-    bus = create_bus(NO_DELAY_RETRY)
+    bus = create_bus(without_delays(RetryPolicy(max_attempts=3, in_process_attempts=3)))
     async with TestBus(bus) as tb:
         await tb.bus.publish(KitOrderPlaced(order_id="poison-2"))
         await tb.drain()
@@ -206,11 +205,11 @@ async def test_call_handler_captures_publishes_with_attempt_and_correlation() ->
         await call_handler(plain, KitOrderPlaced(order_id="9"))
 
 
-def test_handler_context_and_immediate_retry() -> None:
+def test_handler_context_and_without_delays() -> None:
     ctx = handler_context(KitOrderPlaced(order_id="1"), attempt=3, group="billing")
     assert (ctx.attempt, ctx.previous_attempts, ctx.topic, ctx.group) == (
         3, 2, "test-kit-orders", "billing")
-    policy = immediate_retry(4, in_process_attempts=2)
+    policy = without_delays(RetryPolicy(max_attempts=4, in_process_attempts=2))
     assert (policy.max_attempts, policy.in_process_attempts, policy.delay(3)) == (4, 2, 0.0)
 
 
@@ -268,3 +267,33 @@ def test_test_publisher_refuses_an_event_sent_as_a_command() -> None:
             await TestPublisher().send(KitOrderPlaced(order_id="1"))  # type: ignore[arg-type]
 
     asyncio.run(scenario())
+
+
+def _stuck_bus() -> EventBus:
+    bus = EventBus("memory://", source="stuck", shutdown_timeout=10.0)
+
+    @bus.subscribe(KitOrderPlaced, group="stuck")
+    async def hang(event: KitOrderPlaced) -> None:
+        await asyncio.Event().wait()
+
+    return bus
+
+
+@pytest.mark.asyncio
+async def test_leaving_after_a_drain_timeout_does_not_wait_the_shutdown_timeout() -> None:
+    started = time.monotonic()
+    with pytest.raises(DrainTimeoutError):
+        async with TestBus(_stuck_bus()) as tb:
+            await tb.bus.publish(KitOrderPlaced(order_id="1"))
+            await tb.drain(timeout=0.2)
+    assert time.monotonic() - started < 3.0
+
+
+@pytest.mark.asyncio
+async def test_a_drain_timeout_caught_in_the_block_still_leaves_at_once() -> None:
+    started = time.monotonic()
+    async with TestBus(_stuck_bus()) as tb:
+        await tb.bus.publish(KitOrderPlaced(order_id="1"))
+        with pytest.raises(DrainTimeoutError):
+            await tb.drain(timeout=0.2)
+    assert time.monotonic() - started < 3.0

@@ -192,3 +192,91 @@ def test_text_and_pattern() -> None:
     assert letters("abc") == "abc"
     for raw in ("abcd", "ab1", "", "ab\n"):
         assert refusal(letters, raw) == "use 1-3 letters"
+
+
+# -- the shared vocabulary and renamed options ---------------------------------------------
+
+RENAMED = {
+    "create_topics": url_options.Renamed("provision"),
+    "session_timeout_ms": url_options.Renamed(
+        "session_timeout", url_options.from_milliseconds(url_options.integer(1)), "seconds"),
+}
+VOCAB: dict[str, Callable[[str], Any]] = {
+    **url_options.shared("provision", "connect_timeout"), "session_timeout": url_options.seconds()}
+
+
+def parse_vocab(pairs: list[tuple[str, str]], **kwargs: Any) -> dict[str, Any]:
+    return url_options.parse_options(pairs, VOCAB, name="Demo", shown=URL, renamed=RENAMED,
+                                     **kwargs)
+
+
+def test_an_old_name_is_parsed_as_its_new_one_with_one_warning_per_url() -> None:
+    with pytest.warns(DeprecationWarning) as warned:
+        values = parse_vocab([("create_topics", "false"), ("session_timeout_ms", "3000")])
+    assert values == {"provision": False, "session_timeout": 3.0}
+    assert len(warned) == 1
+    assert str(warned[0].message) == (
+        f"options 'create_topics', 'session_timeout_ms' in Demo URL {URL!r} are deprecated "
+        f"and will stop working in eventbus 0.2; use the new names: create_topics -> "
+        "provision, session_timeout_ms -> session_timeout (seconds)")
+
+
+def test_new_names_warn_nothing(recwarn: pytest.WarningsRecorder) -> None:
+    assert parse_vocab([("provision", "true"), ("session_timeout", "2.5")]) == {
+        "provision": True, "session_timeout": 2.5}
+    assert not [w for w in recwarn if issubclass(w.category, DeprecationWarning)]
+
+
+def test_an_old_and_a_new_name_of_one_option_are_given_twice() -> None:
+    with pytest.raises(InvalidURLError, match=(
+            r"option 'provision' \(as 'provision' and 'create_topics'\) is given twice")):
+        parse_vocab([("provision", "true"), ("create_topics", "false")])
+    # Where a later value replaces an earlier one, the later name counts.
+    with pytest.warns(DeprecationWarning):
+        assert parse_vocab([("provision", "true"), ("create_topics", "false")],
+                           repeated="last") == {"provision": False}
+
+
+def test_a_bad_old_value_names_the_old_option() -> None:
+    with pytest.raises(InvalidURLError, match=r"option session_timeout_ms='0' .* >= 1"):
+        parse_vocab([("session_timeout_ms", "0")])
+
+
+def test_the_accepted_list_names_only_the_new_names() -> None:
+    with pytest.raises(InvalidURLError) as raised:
+        parse_vocab([("colour", "red")])
+    assert str(raised.value).endswith("accepts only: connect_timeout, provision, session_timeout")
+
+
+def test_delay_tiers_are_ascending_seconds_refused_not_sorted() -> None:
+    tiers = url_options.delay_tiers()
+    assert tiers("1,10,60") == (1, 10, 60) and tiers("0.05,0.2,1") == (0.05, 0.2, 1)
+    assert all(type(t) is int for t in tiers("1,10"))  # names built from tiers read "10s"
+    assert refusal(tiers, "10,1") == (
+        "list the tiers in ascending order without repeats, e.g. 1,10,60")
+    assert refusal(tiers, "1,1") == refusal(tiers, "10,1")
+    assert refusal(tiers, "0,1") == (
+        "every tier must be a finite number of seconds above 0, e.g. 1,10,60")
+    assert refusal(tiers, "1,inf") == refusal(tiers, "0,1")
+    assert refusal(tiers, "1,,2").startswith("use numbers of seconds separated by commas")
+    assert refusal(url_options.delay_tiers(most=2), "1,2,3") == "use at most 2 tiers, e.g. 1,10,60"
+
+
+def test_shared_options_use_one_parser_each() -> None:
+    assert url_options.shared("start_from")["start_from"]("earliest") == "earliest"
+    assert refusal(url_options.VOCABULARY["start_from"], "first") == "use earliest or latest"
+    assert url_options.VOCABULARY["tls_verify"]("false") is False
+    with pytest.raises(ValueError, match="not shared options"):
+        url_options.shared("partitions")
+
+
+def test_tls_options_need_tls_selected_and_a_whole_client_certificate() -> None:
+    url_options.check_tls({"tls_ca": "ca.pem"}, tls=True, name="Demo", shown=URL, use="x")
+    with pytest.raises(InvalidURLError) as raised:
+        url_options.check_tls({"tls_ca": "ca.pem", "tls_verify": False}, tls=False,
+                              name="Demo", shown=URL, use="use demos://")
+    assert str(raised.value) == (
+        f"tls_ca, tls_verify in Demo URL {URL!r} need TLS, which the URL does not select "
+        "(they would be ignored); use demos://")
+    with pytest.raises(InvalidURLError, match="tls_cert and tls_key must be given together"):
+        url_options.check_tls({"tls_cert": "c.pem"}, tls=True, name="Demo", shown=URL, use="x")

@@ -32,7 +32,7 @@ from eventbus.middleware import (
 )
 from eventbus.runner import Runner
 from eventbus.spec import Handler, SubscriptionSpec
-from tests.bus_support import Inbox, memory_url, new_topic, run
+from tests.bus_support import Collector, memory_url, new_topic, run
 
 PACKAGE = Path(__file__).resolve().parent.parent / "eventbus"
 
@@ -84,7 +84,7 @@ def test_runner_runs_from_its_parts_without_a_bus() -> None:
     async def scenario() -> None:
         url, topic = memory_url(), new_topic()
         adapter = MemoryAdapter(url)
-        seen: Inbox[tuple[int, str]] = Inbox()
+        seen: Collector[tuple[int, str]] = Collector()
         replies: list[tuple[str, Any]] = []
 
         class Replies:

@@ -1,5 +1,6 @@
 """The ``eventbus`` command: run a service, publish an event, inspect and replay dead letters,
-lint a service (``check``), migrate the patterns' tables (``db migrate``).
+lint a service (``check``), migrate the patterns' tables (``db migrate``), describe a
+service in AsyncAPI (``asyncapi``).
 
 Also ``python -m eventbus``. Every expected failure prints one ``error: ...`` line
 and exits with its own code (see ``eventbus.cli._common``).
@@ -20,6 +21,7 @@ except ModuleNotFoundError as missing:  # both come with the `cli` extra, not th
 
 import eventbus
 from eventbus.cli._common import load_bus
+from eventbus.cli.asyncapi import asyncapi
 from eventbus.cli.check import check
 from eventbus.cli.db import db_app
 from eventbus.cli.dlq import dlq_app
@@ -35,6 +37,7 @@ app.command()(publish)
 app.add_typer(dlq_app, name="dlq")
 app.command()(check)
 app.add_typer(db_app, name="db")
+app.command()(asyncapi)
 
 
 def _version(value: bool) -> None:

@@ -28,10 +28,10 @@ from eventbus.errors import (
     SubscriptionFailedError,
     TopicNotFoundError,
     UnknownSchemeError,
-    mask_url,
 )
+from eventbus.events import Message
 from eventbus.patterns.sql import DatabaseError
-from eventbus.registry_adapters import adapter_from_url
+from eventbus.registry_adapters import adapter_from_url, missing_scheme_error
 
 T = TypeVar("T")
 
@@ -87,9 +87,7 @@ def resolve_url(url: str | None) -> str:
     """``--url``, else ``$EVENTBUS_URL``, else ``memory://``; a bare host:port is refused."""
     resolved = url or os.environ.get("EVENTBUS_URL") or "memory://"
     if _HOST_PORT.match(resolved):
-        fail(f"broker URL {mask_url(resolved)!r} has no scheme; did you mean "
-             f"kafka://{resolved}? (the scheme picks the adapter: kafka://, memory://, ...)",
-             EXIT_CONFIG)
+        fail(str(missing_scheme_error(resolved)), EXIT_CONFIG)
     return resolved
 
 
@@ -166,6 +164,14 @@ def load_bus(target: str, url: str | None = None) -> EventBus:
         fail(f"module {module_name!r} ({where}) has no attribute {attribute!r}{found}",
              EXIT_TARGET)
     obj: Any = getattr(module, attribute)
+    if isinstance(obj, type):
+        # Calling a class makes an instance of it (an event, raising a ValidationError
+        # for its missing fields), never the service's bus.
+        kind = (f" (an {obj.__kind__})" if issubclass(obj, Message) else "")
+        buses = sorted(name for name, value in vars(module).items() if isinstance(value, EventBus))
+        found = f"; it has EventBus attribute(s): {', '.join(buses)}" if buses else ""
+        fail(f"{target} is the class {obj.__name__}{kind}, not an EventBus nor a function "
+             f"returning one{found}", EXIT_TARGET)
     if callable(obj) and not isinstance(obj, EventBus):
         try:
             obj = obj()

@@ -16,7 +16,9 @@ Codes:
   reference other things by id.
 - ``EB104`` a handler that publishes through the bus (``bus.publish``) rather
   than its context (``ctx.publish``), whose correlation and causation are explicit.
-- ``EB105`` an event or command without an explicit ``version=``.
+- ``EB105`` an event or command without an explicit ``version=`` (only with
+  ``--require-versions``: a class without one is version 1, which is right until its
+  schema first changes).
 """
 
 from __future__ import annotations
@@ -50,6 +52,10 @@ _IRREGULAR_PAST = frozenset({
     "Won", "Written", "Quit", "Reset", "Cut", "Hit", "Bid", "Cast", "Shed", "Spread",
 })
 _PUBLISHING = frozenset({"publish", "send", "publish_many"})
+# The particle of a phrasal verb ("SignedUp", "LoggedIn", "CheckedOut"): the verb before
+# it says the tense.
+_PARTICLES = frozenset({"Up", "Down", "In", "Out", "On", "Off", "Over", "Back", "Away",
+                        "Through"})
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -70,6 +76,8 @@ def action_word(name: str) -> str:
     words = _WORD.findall(name)
     while len(words) > 1 and (words[-1] in _SUFFIXES or re.fullmatch(r"V\d+", words[-1])):
         words.pop()
+    if len(words) > 1 and words[-1] in _PARTICLES:
+        words.pop()
     return words[-1] if words else name
 
 
@@ -79,7 +87,7 @@ def is_past_tense(word: str) -> bool:
 
 
 def check_module(module: ModuleType, path: str, *, max_fields: int = 20,
-                 max_schema_bytes: int = 4000) -> list[Finding]:
+                 max_schema_bytes: int = 4000, require_versions: bool = False) -> list[Finding]:
     """Every finding in ``module`` (whose source is at ``path``), sorted by line."""
     source = Path(module.__file__ or path).read_text()
     tree = ast.parse(source, filename=path)
@@ -91,7 +99,8 @@ def check_module(module: ModuleType, path: str, *, max_fields: int = 20,
             base = any(k.arg == "register" for k in node.keywords)
             if isinstance(cls, type) and issubclass(cls, Message) and not base \
                     and cls.__module__ == module.__name__:
-                findings += _check_message(cls, node, path, max_fields, max_schema_bytes)
+                findings += _check_message(cls, node, path, max_fields, max_schema_bytes,
+                                           require_versions)
     for fn in ast.walk(tree):
         if isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef) and _is_handler(fn):
             findings += _check_handler(fn, path)
@@ -99,7 +108,7 @@ def check_module(module: ModuleType, path: str, *, max_fields: int = 20,
 
 
 def _check_message(cls: type[Message], node: ast.ClassDef, path: str, max_fields: int,
-                   max_schema_bytes: int) -> list[Finding]:
+                   max_schema_bytes: int, require_versions: bool) -> list[Finding]:
     out: list[Finding] = []
     word, name = action_word(cls.__name__), cls.__name__
 
@@ -121,7 +130,7 @@ def _check_message(cls: type[Message], node: ast.ClassDef, path: str, max_fields
         add("EB103", f"{cls.__kind__} {name} is oversize ({fields} fields, JSON schema "
                      f"{schema} bytes; limits {max_fields} and {max_schema_bytes}); keep "
                      "events small: send ids, not whole objects")
-    if not any(k.arg == "version" for k in node.keywords):
+    if require_versions and not any(k.arg == "version" for k in node.keywords):
         add("EB105", f"{cls.__kind__} {name} declares no version; add version=1 to the "
                      "class keywords so its schema can evolve with upcasters")
     return out
@@ -177,11 +186,15 @@ def check(
     max_fields: Annotated[int, typer.Option(help="Most fields an event may have")] = 20,
     max_schema_bytes: Annotated[
         int, typer.Option(help="Largest JSON schema (bytes) an event may have")] = 4000,
+    require_versions: Annotated[
+        bool, typer.Option(help="Flag events and commands without an explicit version= "
+                           "(EB105)")] = False,
 ) -> None:
     """Lint a service module: message naming, payload size, versions, handlers' publishing."""
     module, path = _load(target)
     findings = check_module(module, path, max_fields=max_fields,
-                            max_schema_bytes=max_schema_bytes)
+                            max_schema_bytes=max_schema_bytes,
+                            require_versions=require_versions)
     for finding in findings:
         typer.echo(str(finding))
     if findings:

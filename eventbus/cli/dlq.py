@@ -12,7 +12,6 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from eventbus.adapter import Adapter
 from eventbus.cli._common import (
     EXIT_NOT_FOUND,
     UrlOption,
@@ -202,7 +201,7 @@ def dlq_replay(
                               if skipped else ""), err=True)
                 return 0
             where = to_topic or todo[0].topic or topic
-            if not whole_topic and to_topic is None and _routes_to_groups(adapter):
+            if not whole_topic and to_topic is None and adapter.capabilities.group_route:
                 where = f"group {todo[0].group or group} of {where}"
             await asyncio.to_thread(
                 _confirm, f"Replay {len(todo)} dead letter(s) of {topic}/{group} to {where}?", yes
@@ -254,7 +253,3 @@ def dlq_purge(
     count = run_async(go)
     typer.echo(f"purged {count} dead letter(s) from {topic}/{group}")
 
-
-def _routes_to_groups(adapter: Adapter) -> bool:
-    """Whether the adapter can deliver to one consumer group (replay to the failed one)."""
-    return type(adapter).publish_to_group is not Adapter.publish_to_group

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from pydantic import ValidationError
 
 from eventbus.bus import EventBus
 from eventbus.cli._common import (
@@ -60,11 +61,13 @@ def known_types(bus: EventBus) -> list[str]:
     return sorted(found)
 
 
-def check_type(event_type: str, app_target: str, url: str | None) -> None:
-    """Exit with close matches when ``event_type`` is not registered by the user's module."""
+def check_type(event_type: str, app_target: str, url: str | None) -> type[Message]:
+    """The class the user's module registers for ``event_type``; exits with close
+    matches when there is none."""
     bus = load_bus(app_target, url)
-    if bus.registry.get(event_type) is not None:
-        return
+    cls = bus.registry.get(event_type)
+    if cls is not None:
+        return cls
     types = known_types(bus)
     close = difflib.get_close_matches(event_type, types, n=3, cutoff=0.5)
     hint = (f"did you mean {', '.join(close)}?" if close
@@ -72,30 +75,60 @@ def check_type(event_type: str, app_target: str, url: str | None) -> None:
     fail(f"unknown event type {event_type!r} in {app_target}: {hint}", EXIT_USAGE)
 
 
+def check_data(cls: type[Message], event_type: str, payload: bytes) -> None:
+    """Exit, one line naming each wrong field, when ``payload`` does not validate as ``cls``."""
+    try:
+        cls.model_validate_json(payload)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(map(str, error['loc'])) or '(data)'}: {error['msg']}"
+            for error in exc.errors())
+        fail(f"--data does not fit {cls.__name__} ({event_type}): {problems}", EXIT_USAGE)
+
+
 def publish(
-    topic: Annotated[str, typer.Argument(help="Topic to publish to")],
     event_type: Annotated[str, typer.Option("--type", "-t", help="CloudEvents type")],
+    topic: Annotated[
+        str | None,
+        typer.Argument(help="Topic to publish to (with --app: default the class's topic)"),
+    ] = None,
     data: Annotated[
         str, typer.Option("--data", "-d", help="JSON data, @file.json, or - for stdin")
     ] = "{}",
     key: Annotated[str | None, typer.Option(help="Partition key")] = None,
     source: Annotated[str, typer.Option(help="CloudEvents source")] = "eventbus-cli",
-    version: Annotated[int, typer.Option(help="Data version")] = 1,
+    version: Annotated[
+        int | None, typer.Option(help="Data version (default: the class's with --app, else 1)")
+    ] = None,
     app_target: Annotated[
         str | None,
-        typer.Option("--app", help="module:attribute of your EventBus; --type is then "
-                     "checked against the event types it registers"),
+        typer.Option("--app", help="module:attribute of your EventBus; --type and --data "
+                     "are then checked against the class it registers for the type, whose "
+                     "topic and version are the defaults"),
     ] = None,
     url: UrlOption = None,
 ) -> None:
     """Publish one event with JSON data; prints its id once the broker confirmed it."""
+    if topic is None and app_target is None:
+        fail("give the topic to publish to, or --app module:bus to publish to the topic of "
+             "the class registered for --type", EXIT_USAGE)
     broker = resolve_url(url)
     refuse_in_process(broker, "publish")
     payload = read_data(data)
     if app_target is not None:
-        check_type(event_type, app_target, url)
+        cls = check_type(event_type, app_target, url)
+        check_data(cls, event_type, payload)
+        default = cls.default_topic()
+        if topic is not None and topic != default:
+            typer.echo(f"warning: {cls.__name__} is published to {default!r} by default, "
+                       f"where handlers subscribed to the class listen; publishing to "
+                       f"{topic!r} as asked", err=True)
+        topic = topic or default
+        version = cls.data_version() if version is None else version
+    assert topic is not None  # given, or the class's (checked above)
     envelope = Envelope.create(
-        type=event_type, source=source, data=payload, dataversion=version, partitionkey=key,
+        type=event_type, source=source, data=payload, dataversion=version or 1,
+        partitionkey=key,
     )
     envelope = envelope.evolve(correlationid=envelope.id)
 

@@ -23,6 +23,20 @@ from eventbus.cli._common import (
     resolve_url,
     run_async,
 )
+from eventbus.cli.serving import (
+    HealthPortOption,
+    MetricsPortOption,
+    ProbeHostOption,
+    ReloadOption,
+    ServeOptions,
+    SupervisorFdOption,
+    WorkerIndexOption,
+    WorkersOption,
+    label_worker,
+    require_prometheus,
+    serve_with_probes,
+)
+from eventbus.cli.workers import WorkerPlan, run_workers
 from eventbus.errors import mask_url
 
 log = logging.getLogger("eventbus.cli")
@@ -85,6 +99,13 @@ def run(
                      "INFO lines show only at debug", case_sensitive=False),
     ] = "info",
     url: UrlOption = None,
+    health_port: HealthPortOption = None,
+    metrics_port: MetricsPortOption = None,
+    probe_host: ProbeHostOption = "0.0.0.0",
+    workers: WorkersOption = 1,
+    reload: ReloadOption = False,
+    supervisor_fd: SupervisorFdOption = None,
+    worker_index: WorkerIndexOption = None,
 ) -> None:
     """Run a service's subscriptions until SIGTERM/SIGINT, then shut down gracefully.
 
@@ -97,14 +118,31 @@ def run(
     if level not in LOG_LEVELS:
         fail(f"--log-level {log_level!r} is not one of {', '.join(LOG_LEVELS)}", EXIT_USAGE)
     configure_logging(level)
+    require_prometheus(metrics_port)
+    if workers > 1 or reload:
+        plan = WorkerPlan(target, workers, level, url, health_port, metrics_port, probe_host,
+                          reload)
+        raise typer.Exit(run_workers(plan, lambda: _check_shareable(target, url, workers)))
+    if worker_index is not None:
+        label_worker(worker_index)
     bus = load_bus(target, url)
     if url is not None and bus.adapter.url != resolve_url(url):
         log.warning("%s is built on %s, not on --url %s: make it with EventBus.from_env() "
                     "to take --url", target, mask_url(bus.adapter.url), mask_url(url))
     typer.echo(f"running {target} on {mask_url(bus.adapter.url)}", err=True)
-    forced = run_async(lambda: serve(bus), loop_factory=SignalLoop)
+    options = ServeOptions(health_port, metrics_port, probe_host, supervisor_fd)
+    forced = run_async(lambda: serve_with_probes(bus, options, serve), loop_factory=SignalLoop)
     if forced:
         raise typer.Exit(code=128 + forced)
+
+
+def _check_shareable(target: str, url: str | None, workers: int) -> None:
+    """``--workers N`` needs a broker the N processes share: not one inside each."""
+    bus = load_bus(target, url)
+    if workers > 1 and bus.adapter.url.startswith("memory:"):
+        fail(f"--workers {workers} cannot share {mask_url(bus.adapter.url)}: the in-memory "
+             "broker lives inside one process, so each worker would get a broker of its own; "
+             "point --url or $EVENTBUS_URL at a real broker", EXIT_USAGE)
 
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)

@@ -29,13 +29,13 @@ another by the same task joins it (a savepoint) instead of waiting for itself.
   is *redelivered*, not counted as failed.
 - :class:`StatementError`: the database refused the statement for what it says
   (bad SQL, invalid data) and will refuse it again; :class:`IntegrityError` when a
-  constraint refused a row (CHECK, NOT NULL, foreign key), :class:`UniqueViolation`
+  constraint refused a row (CHECK, NOT NULL, foreign key), :class:`UniqueViolationError`
   for a unique one. A handler raising these *failed*: retried, then dead-lettered,
-  and a requester gets an error reply. Catch ``UniqueViolation`` where a duplicate
+  and a requester gets an error reply. Catch ``UniqueViolationError`` where a duplicate
   is expected (a race the pattern resolves).
 
 Both derive from :class:`SQLError`. Statements inside ``transaction()`` raise
-these classes already, so ``except UniqueViolation`` works inside the block.
+these classes already, so ``except UniqueViolationError`` works inside the block.
 
 **Timeouts** (PostgreSQL) are URL query options, in seconds (``0`` turns one off):
 ``command_timeout`` (default 30; any single statement, and waiting for a pooled
@@ -56,6 +56,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
+from eventbus.deprecation import Renamed, renamed
 from eventbus.errors import ConfigurationError, EventBusError, InfrastructureError, mask_url
 
 Dialect = Literal["sqlite", "postgres"]
@@ -82,7 +83,7 @@ class IntegrityError(StatementError):
     """A constraint refused a row: CHECK, NOT NULL, foreign key or unique."""
 
 
-class UniqueViolation(IntegrityError):
+class UniqueViolationError(IntegrityError):
     """A unique constraint rejected a row (the database's answer to a race, when the
     caller expects it; a handler failure when it does not)."""
 
@@ -237,7 +238,7 @@ def sqlite_error(exc: BaseException, what: str = "SQLite") -> SQLError:
     name = str(getattr(exc, "sqlite_errorname", "") or "")
     text = f"{what}: {type(exc).__name__}: {exc}"
     if name in _SQLITE_UNIQUE:
-        return UniqueViolation(text)
+        return UniqueViolationError(text)
     if name.startswith("SQLITE_CONSTRAINT") or (
             not name and isinstance(exc, sqlite3.IntegrityError)):
         return IntegrityError(text)
@@ -257,7 +258,7 @@ def postgres_error(exc: BaseException, where: str = "PostgreSQL") -> SQLError:
     text = f"{where}: {type(exc).__name__}: {exc}"
     state = str(getattr(exc, "sqlstate", "") or "")
     if state == "23505":
-        return UniqueViolation(text)
+        return UniqueViolationError(text)
     if state[:2] in _PG_INTEGRITY:
         return IntegrityError(text)
     if state[:2] in _PG_STATEMENT and state not in _PG_INFRA_CODES:
@@ -268,3 +269,14 @@ def postgres_error(exc: BaseException, where: str = "PostgreSQL") -> SQLError:
     if not state and "argument" in str(exc) and not isinstance(exc, OSError):
         return StatementError(text)  # the client refused the arguments (count, type)
     return DatabaseError(text)
+
+
+# Renamed for one vocabulary (exceptions end in Error, SQL in capitals); the old
+# spelling warns for one release.
+_RENAMED: Renamed = {
+    "UniqueViolation": ("eventbus.patterns.sql.UniqueViolationError", lambda: UniqueViolationError),
+}
+
+
+def __getattr__(name: str) -> Any:
+    return renamed(__name__, name, _RENAMED)

@@ -27,6 +27,7 @@ from eventbus.errors import (
     BrokerConnectionError,
     ConfigurationError,
     MessageTooLargeError,
+    ProvisioningError,
     TopicNotFoundError,
 )
 from eventbus.patterns.sql import DatabaseError, SQLError, Transaction
@@ -49,6 +50,9 @@ class SqlAdapter(Adapter):
     def __init__(self, url: str) -> None:
         super().__init__(url)
         self.settings = self.parse(url)
+        self.start_from = self.settings.start_from
+        # provision=false: topics known to exist (asked once each, then remembered).
+        self._topics_seen: set[str] = set()
         self.capabilities = Capabilities(
             persistent=True,
             consumer_groups=True,
@@ -68,6 +72,11 @@ class SqlAdapter(Adapter):
             reconnect=True,
             lease=True,
             half_open_bound=self.half_open_bound(),
+            # read() selects rows without claiming them; a group's route is a row for
+            # that group only; a raw payload is stored as given.
+            browse=True,
+            group_route=True,
+            raw_publish=True,
         )
         self._hub: Hub | None = None
         self._subscriptions: set[SqlSubscription] = set()
@@ -193,6 +202,7 @@ class SqlAdapter(Adapter):
 
     async def _send(self, topic: str, group: str | None, rows: Rows) -> None:
         self.before_write()
+        await self._require_topic(topic, f"publishing {len(rows)} message(s) to it")
         try:
             await self.hub.publisher.submit((topic, group, rows))
         except DatabaseError as exc:
@@ -207,6 +217,25 @@ class SqlAdapter(Adapter):
                 f"{self.settings.where} refused {len(rows)} message(s) for topic {topic!r}: "
                 f"{exc}; check the topic, group and key names") from exc
 
+    async def _require_topic(self, topic: str, doing: str) -> None:
+        """With ``provision=false``, refuse a topic nobody created (ProvisioningError)."""
+        if self.settings.provision or topic in self._topics_seen:
+            return
+        hub = self.hub
+        try:
+            async with hub.db.transaction() as tx:
+                exists = await hub.sql.topic_exists(tx, topic)
+        except DatabaseError as exc:
+            raise BrokerConnectionError(
+                f"cannot look up topic {topic!r} on {self.settings.masked_url}: {exc}") from exc
+        if not exists:
+            raise ProvisioningError(
+                f"topic {topic!r} does not exist in {self.settings.where} and the URL says "
+                f"provision=false, so it is not created ({doing}); create it by publishing "
+                "to it once with provision=true (a role that may write it), or drop "
+                "provision=false")
+        self._topics_seen.add(topic)
+
     def before_write(self) -> None:
         """A check before each publish (SQLite refuses one that would wait for itself)."""
 
@@ -216,6 +245,7 @@ class SqlAdapter(Adapter):
         """Join group ``options.group`` of ``topic`` (created at the start of the log for
         ``earliest``, at its end for ``latest``; an existing group keeps its position)."""
         hub = self.hub
+        await self._require_topic(topic, f"subscribing group {options.group!r} to it")
         try:
             async with hub.db.transaction() as tx:
                 gid, position = await hub.sql.join(

@@ -104,7 +104,9 @@ class SqlSubscription(Subscription):
         self.prefetch = max(1, options.prefetch)
         self.gid = gid
         self.position = position  # where to create the group again if it is deleted
-        self.owner = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        # Shown in the owner column of what this consumer holds: client_name, else the host.
+        name = adapter.settings.client_name or socket.gethostname()
+        self.owner = f"{name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.lease = hub.settings.lease
         # Fetch once half the prefetch is free: fewer, fuller transactions, while the
         # other half keeps the handlers busy meanwhile.

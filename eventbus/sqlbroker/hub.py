@@ -155,7 +155,7 @@ class Hub:
                                         max_size=max(1, pool_size))
             try:
                 if prepare is None:
-                    await provision(db)
+                    await provision(db, create=settings.provision, where=settings.where)
                 hub = cls(key, settings, db, notify)
                 hub.waker = make_waker(hub)
                 await hub.waker.start()

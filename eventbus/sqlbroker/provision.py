@@ -21,7 +21,8 @@ upgrades it with the patterns' tables when a release changes it.
 
 from __future__ import annotations
 
-from eventbus.patterns.schema import KINDS, ready
+from eventbus.errors import ProvisioningError
+from eventbus.patterns.schema import KINDS, ready, table_columns
 from eventbus.patterns.sql import Database
 
 MAIN_TABLE = "eventbus_messages"
@@ -58,10 +59,27 @@ def _ddl(dialect: str) -> list[str]:
     ]
 
 
-async def provision(db: Database) -> None:
+TABLES = ("eventbus_topics", MAIN_TABLE, "eventbus_groups", "eventbus_pending")
+
+
+async def provision(db: Database, *, create: bool = True, where: str = "") -> None:
     """Create the tables if missing, after checking their schema version (a table group
     at another version raises :class:`~eventbus.patterns.schema.SchemaVersionError`
-    naming ``eventbus db migrate``)."""
+    naming ``eventbus db migrate``).
+
+    ``create=False`` (the URL's ``provision=false``: the application's database role
+    may not create tables) runs no DDL at all: it only checks that the tables exist,
+    raising :class:`~eventbus.errors.ProvisioningError` naming the missing ones."""
+    if not create:
+        async with db.transaction() as tx:
+            missing = [table for table in TABLES if not await table_columns(tx, table)]
+        if missing:
+            raise ProvisioningError(
+                f"the broker's table(s) {', '.join(missing)} do not exist in "
+                f"{where or 'the database'} and the URL says provision=false, so they are "
+                "not created; create them by connecting once with provision=true (as a role "
+                "that may create tables), or drop provision=false")
+        return
     async with db.transaction() as tx:
         await ready(tx, KINDS["message log"], MAIN_TABLE, db.url)
         for statement in _ddl(db.dialect):

@@ -12,6 +12,12 @@ The options every SQL broker takes (``COMMON``), with their defaults:
 - ``max_message_bytes`` (1 MiB): the largest message (body plus headers).
 - ``idle_poll`` (5 s): an idle subscription looks for work at least this often, in
   case a wake-up was missed.
+- the shared options (:data:`eventbus.url_options.VOCABULARY`): ``start_from``
+  (where a new group starts when its subscription does not say), ``client_name``
+  (the consumers' name in the ``owner`` column of what they hold; PostgreSQL also
+  shows it as the connection's ``application_name``), ``provision`` (true: the
+  tables and topics are created on first use; false: a missing one is a
+  :class:`~eventbus.errors.ProvisioningError`) and ``connect_timeout``.
 
 Each dialect adds its own (see :mod:`eventbus.sqlbroker.sqlite` and the PostgreSQL
 adapter's ``settings``), and the database layer's timeouts
@@ -26,8 +32,16 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import urlencode
 
+from eventbus.adapter import StartFrom
 from eventbus.errors import mask_url
-from eventbus.url_options import OptionParser, integer, parse_options, query_pairs, seconds
+from eventbus.url_options import (
+    OptionParser,
+    integer,
+    parse_options,
+    query_pairs,
+    seconds,
+    shared,
+)
 
 Dialect = Literal["sqlite", "postgres"]
 
@@ -41,6 +55,7 @@ COMMON: dict[str, OptionParser] = {
     "retention_interval": seconds(0.1, inclusive=True),
     "max_message_bytes": integer(1, 256 * 1024 * 1024),
     "idle_poll": seconds(0.05, inclusive=True),
+    **shared("start_from", "client_name", "provision"),
 }
 
 TIMEOUTS: dict[str, OptionParser] = {
@@ -70,6 +85,9 @@ class SqlSettings:
     max_message_bytes: int = MAX_MESSAGE_BYTES
     idle_poll: float = 5.0
     connect_timeout: float = 10.0
+    start_from: StartFrom | None = None
+    client_name: str | None = None
+    provision: bool = True
     extra: Mapping[str, Any] = field(default_factory=dict)
     """The dialect's own options (``poll_interval``, ``ping_interval``...)."""
 

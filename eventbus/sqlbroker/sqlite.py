@@ -40,7 +40,7 @@ from eventbus.sqlbroker.adapter import SqlAdapter
 from eventbus.sqlbroker.hub import Hub, Waker
 from eventbus.sqlbroker.provision import provision
 from eventbus.sqlbroker.settings import TIMEOUTS, SqlSettings, parse_url
-from eventbus.url_options import seconds
+from eventbus.url_options import TLS_OPTIONS, query_pairs, seconds
 
 log = logging.getLogger("eventbus.sqlbroker")
 
@@ -59,6 +59,12 @@ class SQLiteAdapter(SqlAdapter):
     schemes = ("sqlite",)
 
     def parse(self, url: str) -> SqlSettings:
+        tls = sorted({key for key, _ in query_pairs(url.partition("?")[2])} & set(TLS_OPTIONS))
+        if tls:
+            raise InvalidURLError(
+                f"{', '.join(tls)} in SQLite URL {mask_url(url)!r}: a SQLite file is opened "
+                "locally, with no connection to secure; drop the option (a server database "
+                "with TLS is postgresql://...?tls_ca=...)")
         settings = parse_url(
             url, dialect="sqlite", name="SQLite", where=_where,
             own={"poll_interval": seconds(0.001, inclusive=True),
@@ -94,7 +100,8 @@ class SQLiteAdapter(SqlAdapter):
         async def create_tables() -> None:
             db = await Database.connect(url)
             try:
-                await provision(db)
+                await provision(db, create=self.settings.provision,
+                                where=self.settings.where)
             finally:
                 await db.close()
 

@@ -13,25 +13,13 @@ from typing import Any, Unpack
 
 from eventbus.adapter import Delivery
 from eventbus.context import Context, PublishOptions, current_envelope
+from eventbus.deprecation import Renamed, renamed
 from eventbus.envelope import Envelope
 from eventbus.errors import ConfigurationError
 from eventbus.events import Command, Message
 from eventbus.middleware.retry import RetryPolicy
-from eventbus.publishing import build_envelope
+from eventbus.publishing import build_envelope, not_a_message
 from eventbus.spec import Handler
-
-NO_DELAY_RETRY = RetryPolicy(max_attempts=3, in_process_attempts=3, initial_delay=0.0,
-                             max_delay=0.0, jitter=0.0)
-"""Three attempts, all in process, no waits: a retry policy for tests."""
-
-
-def immediate_retry(max_attempts: int = 3, *, in_process_attempts: int | None = None,
-                    **options: Any) -> RetryPolicy:
-    """A :class:`RetryPolicy` without delays: ``max_attempts`` runs (all in process
-    unless ``in_process_attempts`` says fewer, then the rest by broker redelivery)."""
-    return RetryPolicy(max_attempts=max_attempts,
-                       in_process_attempts=in_process_attempts or max_attempts,
-                       initial_delay=0.0, max_delay=0.0, jitter=0.0, **options)
 
 
 class TestPublisher:
@@ -58,6 +46,8 @@ class TestPublisher:
 
     async def send(self, command: Command, **options: Unpack[PublishOptions]) -> Envelope:
         """Record ``command`` (refusing an event, as the bus does)."""
+        if not isinstance(command, Message):
+            raise not_a_message(command, "send", Command)
         if not isinstance(command, Command):
             raise ConfigurationError(
                 f"send() takes a Command; {type(command).__name__} is an event — publish it"
@@ -110,8 +100,36 @@ def handler_context(
 
 
 
+def _no_delay_retry() -> RetryPolicy:
+    return RetryPolicy(max_attempts=3, in_process_attempts=3, initial_delay=0.0,
+                       max_delay=0.0, jitter=0.0)
+
+
+def _immediate_retry(max_attempts: int = 3, *, in_process_attempts: int | None = None,
+                     **options: Any) -> RetryPolicy:
+    return RetryPolicy(max_attempts=max_attempts,
+                       in_process_attempts=in_process_attempts or max_attempts,
+                       initial_delay=0.0, max_delay=0.0, jitter=0.0, **options)
+
+
+# Three spellings of "a retry policy without waits" became one, ``without_delays``.
+_RENAMED: Renamed = {
+    "NO_DELAY_RETRY": (
+        "eventbus.testing.without_delays(RetryPolicy(max_attempts=3, in_process_attempts=3))",
+        _no_delay_retry),
+    "immediate_retry": (
+        "eventbus.testing.without_delays(RetryPolicy(max_attempts=..., "
+        "in_process_attempts=...))",
+        lambda: _immediate_retry),
+}
+
+
+def __getattr__(name: str) -> Any:
+    return renamed(__name__, name, _RENAMED)
+
+
 async def call_handler(
-    handler: Callable[..., Awaitable[None]],
+    handler: Callable[..., Awaitable[None]] | Callable[..., None],
     event: Message | Envelope,
     *,
     attempt: int = 1,
@@ -133,9 +151,9 @@ async def call_handler(
     try:
         arg = ctx.envelope if spec.wants_envelope or cls is None else event
         if spec.wants_context:
-            await handler(arg, ctx)
+            await spec.fn(arg, ctx)
         else:
-            await handler(arg)
+            await spec.fn(arg)
     finally:
         current_envelope.reset(token)
     return list(publisher.messages)

@@ -26,15 +26,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import threading
 import time
 from collections.abc import Coroutine
 from types import TracebackType
 from typing import Any, TypeVar
 
+from eventbus.testing.ports import stable_port
+
 __all__ = ["FaultProxy"]
 
 _T = TypeVar("_T")
+_log = logging.getLogger(__name__)
 
 _CHUNK = 64 * 1024
 
@@ -60,7 +64,9 @@ class _Link:
 class FaultProxy:
     """A thread-backed TCP proxy in front of ``target_host:target_port``.
 
-    ``listen_port=0`` picks a free port; read :attr:`port` after :meth:`start`.
+    ``listen_port=0`` picks a free port below the kernel's ephemeral range (see
+    :mod:`eventbus.testing.ports`: a refusal closes the listener, and a port in
+    that range could be taken meanwhile); read :attr:`port` after :meth:`start`.
     A stopped proxy cannot be started again.
     """
 
@@ -74,7 +80,7 @@ class FaultProxy:
         self.target_host = target_host
         self.target_port = target_port
         self.listen_host = listen_host
-        self._listen_port = listen_port
+        self._listen_port = listen_port or stable_port(listen_host)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._server: asyncio.Server | None = None
@@ -92,9 +98,7 @@ class FaultProxy:
 
     @property
     def port(self) -> int:
-        """The port clients connect to (known once :meth:`start` has returned)."""
-        if self._listen_port == 0:
-            raise RuntimeError("FaultProxy.port is known only after start()")
+        """The port clients connect to."""
         return self._listen_port
 
     @property
@@ -236,7 +240,11 @@ class FaultProxy:
             running = None
         if running is loop:
             return await coro
-        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, loop))
+        # Shielded: a caller cancelled meanwhile (a handler whose connection the fault
+        # just cut, say) must not cancel the fault half-way on the proxy's loop, e.g. a
+        # refusal that closed the listener but never scheduled its reopening.
+        return await asyncio.shield(
+            asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, loop)))
 
     def _call_sync(self, coro: Coroutine[Any, Any, _T]) -> _T:
         loop = self._require_loop()
@@ -287,9 +295,11 @@ class FaultProxy:
         self._refuse_until = until
         if self._reopen_handle is not None:
             self._reopen_handle.cancel()
+        # The end of the refusal is scheduled before anything is awaited, so it
+        # comes whatever happens to this call afterwards.
+        self._reopen_handle = loop.call_later(until - time.monotonic(), self._schedule_reopen)
         await self._close_listener()
         await self._drop()
-        self._reopen_handle = loop.call_later(until - time.monotonic(), self._schedule_reopen)
 
     def _schedule_reopen(self) -> None:
         task = asyncio.get_running_loop().create_task(self._reopen())
@@ -301,15 +311,26 @@ class FaultProxy:
         self._reopen_handle = None
         if self._stopped or self._server is not None:
             return
-        # The port was ours a moment ago; retry briefly in case the kernel
-        # still holds it, rather than failing the whole test run.
-        for _ in range(50):
+        early = self._refuse_until - time.monotonic()
+        if early > 0:  # a longer refusal was asked for meanwhile
+            self._reopen_handle = asyncio.get_running_loop().call_later(
+                early, self._schedule_reopen)
+            return
+        # The port was ours a moment ago; if something holds it now, keep trying
+        # (loudly) until it is free or the proxy stops: giving up would leave
+        # the proxy refusing for good, failing every later test of its broker.
+        started = time.monotonic()
+        warned = False
+        while not self._stopped and self._server is None:
             try:
                 await self._listen()
                 return
-            except OSError:
+            except OSError as exc:
+                if not warned and time.monotonic() - started > 5:
+                    warned = True
+                    _log.warning("FaultProxy cannot listen on %s:%s again (%s); still trying",
+                                 self.listen_host, self._listen_port, exc)
                 await asyncio.sleep(0.1)
-        await self._listen()
 
     async def _set_latency(self, seconds: float) -> None:
         self._latency = max(0.0, seconds)

@@ -29,11 +29,14 @@ from eventbus.events import Message
 from eventbus.memory import MemoryAdapter, MemoryBroker
 from eventbus.middleware.retry import RetryPolicy
 from eventbus.spec import Handler, HandlerFn, SubscriptionSpec
+from eventbus.sync_handlers import user_function
 from eventbus.testing.recorder import Recorder, RecordingAdapter
 
 E = TypeVar("E", bound=Message)
 AnyHandler = Callable[..., Awaitable[None]]
 DEFAULT_DRAIN_TIMEOUT = 5.0
+FAILED_STOP_TIMEOUT = 0.5
+"""Seconds in-flight handlers get to finish when a TestBus block is left after a failure."""
 _ORIGINAL = "_eventbus_test_original"
 
 
@@ -41,9 +44,17 @@ class DrainTimeoutError(EventBusError, TimeoutError):
     """``drain()`` ran out of time: the message says which messages are not settled."""
 
 
-def without_delays(policy: RetryPolicy) -> RetryPolicy:
-    """``policy`` with the same attempts and exception filters but no waits between them."""
-    return dataclasses.replace(policy, initial_delay=0.0, max_delay=0.0, jitter=0.0)
+def without_delays(policy: RetryPolicy | None = None) -> RetryPolicy:
+    """``policy`` (default: ``RetryPolicy()``) with the same attempts and exception
+    filters but no waits between them: the one retry policy helper for tests.
+
+    ::
+
+        bus = create_bus(retry=without_delays(RetryPolicy(max_attempts=3,
+                                                          in_process_attempts=3)))
+    """
+    return dataclasses.replace(policy or RetryPolicy(), initial_delay=0.0, max_delay=0.0,
+                               jitter=0.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +86,9 @@ class TestBus:
 
     Read what happened with :meth:`received`, :meth:`calls`, :meth:`retried`,
     :meth:`published` and :meth:`dead_lettered`, after :meth:`drain`.
+
+    Leaving the block after it raised, or after a :meth:`drain` timed out, gives
+    in-flight handlers half a second instead of the bus's ``shutdown_timeout``.
     """
 
     __test__ = False  # not a pytest test class despite its name
@@ -91,6 +105,7 @@ class TestBus:
         self._calls: list[HandlerCall] = []
         self._restore: list[Callable[[], None]] = []
         self._started: list[EventBus] = []
+        self._drain_timed_out = False
 
     @property
     def bus(self) -> EventBus:
@@ -110,9 +125,12 @@ class TestBus:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
+        # After a failure (the block raised, or a drain timed out) handlers may be stuck:
+        # waiting each bus's shutdown_timeout for them only delays the failure report.
+        hurry = exc_info[0] is not None or self._drain_timed_out
         try:
             for bus in reversed(self._started):
-                await bus.stop()
+                await bus.stop(timeout=FAILED_STOP_TIMEOUT if hurry else None)
         finally:
             self._started.clear()
             for undo in reversed(self._restore):
@@ -162,12 +180,13 @@ class TestBus:
 
     def _recording(self, handler: Handler) -> Handler:
         fn, wants_context, calls = handler.fn, handler.wants_context, self._calls
+        user_fn = user_function(fn)  # a sync handler's fn is the wrapper running it
 
         def note(arg: Any, ctx: Any, error: BaseException | None) -> None:
             # A batch handler gets a list of events and a list of contexts: one call each.
             pairs = zip(arg, ctx, strict=True) if isinstance(ctx, list) else [(arg, ctx)]
-            calls.extend(HandlerCall(fn, event, c.envelope, c.topic, c.group, c.attempt, error)
-                         for event, c in pairs)
+            calls.extend(HandlerCall(user_fn, event, c.envelope, c.topic, c.group, c.attempt,
+                                     error) for event, c in pairs)
 
         async def record(arg: Any, ctx: Any) -> None:
             try:
@@ -201,6 +220,7 @@ class TestBus:
             recorder.changed.clear()
             remaining = deadline - loop.time()
             if remaining <= 0:
+                self._drain_timed_out = True
                 raise DrainTimeoutError(await self._pending_report(limit))
             # Woken by the next settlement or publish, or by the deadline (no
             # cancellation involved, so nothing of the caller's task is touched).
@@ -306,4 +326,4 @@ def _is_started(bus: EventBus) -> bool:
 def _original(handler: Handler) -> HandlerFn:
     # While a TestBus runs, handlers are wrapped; the wrapper names the user's function.
     original: HandlerFn = getattr(handler.fn, _ORIGINAL, handler.fn)
-    return original
+    return user_function(original)

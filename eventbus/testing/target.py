@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, cast, runtime_checkable
+
+if TYPE_CHECKING:
+    from eventbus.adapter import Adapter
+
+AdapterFactory = Callable[[str], "Adapter"]
+"""Builds an (unconnected) adapter from a URL: an adapter class, or any function."""
 
 
 @runtime_checkable
@@ -45,8 +52,14 @@ class ShortLease:
 class BrokerTarget:
     """One broker the conformance suite runs on.
 
-    - ``url``: what ``EventBus.from_url`` / the adapter registry is given; every
-      adapter built from it must reach the same broker (cases open several).
+    - ``url``: what every adapter of the run is built from; all of them must reach
+      the same broker (cases open several).
+    - ``adapter``: builds the adapter from a URL (your adapter class, or a function).
+      ``None`` looks the URL's scheme up in the ``eventbus.adapters`` entry points, as
+      ``EventBus.from_url`` does, which needs your package installed
+      (``pip install -e .``); with a factory it need not be. The crash-loop case
+      starts consumer processes, so it runs only with a factory they can import (a
+      module-level class or function) or a registered scheme.
     - ``faults``: fault hooks reaching the same broker through ``faulty_url``
       (``None`` skips the reconnect cases with the reason).
     - ``scale``: multiplies message counts of heavy cases (below 1 for slow brokers).
@@ -76,7 +89,44 @@ class BrokerTarget:
     in_process: bool = False
     delete_underneath: Callable[[str, str], Awaitable[None]] | None = None
     short_lease: ShortLease | None = None
+    adapter: AdapterFactory | None = None  # last: the fields before it keep their places
 
     def count(self, n: int, minimum: int = 5) -> int:
         """``n`` scaled for this broker, never below ``minimum``."""
         return max(minimum, int(n * self.scale))
+
+    def make_adapter(self, url: str | None = None) -> Adapter:
+        """A new, unconnected adapter for ``url`` (default: :attr:`url`), built by
+        :attr:`adapter` or, without one, by the scheme's registered adapter."""
+        if self.adapter is not None:
+            return self.adapter(url or self.url)
+        from eventbus.registry_adapters import adapter_from_url
+
+        return adapter_from_url(url or self.url)
+
+    def adapter_path(self) -> str | None:
+        """``"module:name"`` another process imports :attr:`adapter` by: ``""`` when
+        there is no factory (the scheme is registered), ``None`` when the factory
+        cannot be imported (a lambda, a local function)."""
+        if self.adapter is None:
+            return ""
+        module = getattr(self.adapter, "__module__", None)
+        name = getattr(self.adapter, "__qualname__", "")
+        if not module or not name or "<" in name or module == "__main__":
+            return None
+        try:
+            found = import_adapter(f"{module}:{name}")
+        except (ImportError, AttributeError, TypeError):
+            return None
+        return f"{module}:{name}" if found is self.adapter else None
+
+
+def import_adapter(path: str) -> AdapterFactory:
+    """The factory :meth:`BrokerTarget.adapter_path` named (``"module:qualname"``)."""
+    module, _, name = path.partition(":")
+    found: object = importlib.import_module(module)
+    for part in name.split("."):
+        found = getattr(found, part)
+    if not callable(found):
+        raise TypeError(f"{path!r} names {type(found).__name__}, not an adapter factory")
+    return cast(AdapterFactory, found)

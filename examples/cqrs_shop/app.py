@@ -9,12 +9,13 @@ consistent for everyone else.
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from eventbus import Command, EventBus, RetryPolicy
-from eventbus.patterns.eventsourcing import SQLEventStore
+from eventbus.patterns.eventsourcing import EventStore, MemoryEventStore, SQLEventStore
 from eventbus.patterns.sql import Database
 from examples.cqrs_shop.events import Accepted
 from examples.cqrs_shop.read_model import OrderSummaries
@@ -34,6 +35,18 @@ class Shop:
         return accepted
 
 
+def create_bus(bus_url: str | None = None, store: EventStore | None = None) -> EventBus:
+    """The shop's bus on ``bus_url`` (default ``$EVENTBUS_URL``), answering its commands
+    from ``store`` (an in-memory one when none: enough to describe the service, as
+    ``eventbus asyncapi examples.cqrs_shop.app:create_bus`` does)."""
+    bus = EventBus(bus_url or os.environ.get("EVENTBUS_URL") or "memory://", source="shop")
+    # A rejection is the order's answer, not a glitch: no retries, straight to the
+    # error reply (and the dead-letter queue, where every failed command goes).
+    order_commands(store or MemoryEventStore()).serve(
+        bus, retry=RetryPolicy(give_up_on=(OrderRejectedError,)))
+    return bus
+
+
 @asynccontextmanager
 async def open_shop(database_url: str, bus_url: str = "memory://") -> AsyncIterator[Shop]:
     """The shop on ``database_url`` (``sqlite:///...`` or ``postgresql://...``)."""
@@ -42,10 +55,7 @@ async def open_shop(database_url: str, bus_url: str = "memory://") -> AsyncItera
     await store.setup()
     summaries = OrderSummaries(db, name="shop-order-summaries", poll_interval=0.2)
     await summaries.setup()
-    bus = EventBus(bus_url, source="shop")
-    # A rejection is the order's answer, not a glitch: no retries, straight to the
-    # error reply (and the dead-letter queue, where every failed command goes).
-    order_commands(store).serve(bus, retry=RetryPolicy(give_up_on=(OrderRejectedError,)))
+    bus = create_bus(bus_url, store)
     try:
         async with bus:
             await summaries.start(store)

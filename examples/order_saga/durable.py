@@ -40,9 +40,9 @@ from typing import Literal
 from eventbus import Context, EventBus
 from eventbus.events import Message
 from eventbus.patterns.inbox import Inbox
-from eventbus.patterns.ordering import Resequencer, SqlSequenceStore
+from eventbus.patterns.ordering import Resequencer, SQLSequenceStore
 from eventbus.patterns.outbox import Outbox, OutboxRelay
-from eventbus.patterns.sagas import Choreography, StepFailed
+from eventbus.patterns.sagas import Choreography, StepFailedError
 from eventbus.patterns.sagas.choreography import transaction_of
 from eventbus.patterns.sql import Database, Transaction
 from examples.order_saga.events import (
@@ -86,7 +86,7 @@ async def create_schema(db: Database) -> None:
         for sku, on_hand in STOCK.items():
             await tx.execute("INSERT INTO stock (sku, on_hand) VALUES ($1, $2) "
                              "ON CONFLICT (sku) DO NOTHING", sku, on_hand)
-    await SqlSequenceStore(db).setup()
+    await SQLSequenceStore(db).setup()
     for name in SERVICES:
         await Outbox(db, table=outbox_table(name)).setup()
         await Inbox(db, table=inbox_table(name)).setup()
@@ -172,7 +172,7 @@ def build(name: str, url: str, db: Database, run: str, crashes: dict[str, int] |
 
 
 def _order(service: Service, flow: Choreography) -> None:
-    guard = Resequencer("order-status", SqlSequenceStore(service.db), on_gap="apply")
+    guard = Resequencer("order-status", SQLSequenceStore(service.db), on_gap="apply")
     flow.guard = (guard, lambda event: 3)  # one ending per order: the second is stale
 
     @flow.step(InventoryReserved)
@@ -220,7 +220,7 @@ def _inventory(service: Service, flow: Choreography) -> None:
             on_hand = await tx.fetchval(f"SELECT on_hand FROM stock WHERE sku = $1{lock}",
                                         line.sku)
             if (on_hand or 0) < line.quantity:
-                raise StepFailed(f"out of stock: {line.sku}")
+                raise StepFailedError(f"out of stock: {line.sku}")
         for line in event.lines:
             await tx.execute("UPDATE stock SET on_hand = on_hand - $2 WHERE sku = $1",
                              line.sku, line.quantity)

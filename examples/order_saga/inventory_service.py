@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from eventbus import Context, EventBus, MemoryIdempotencyStore
-from eventbus.patterns.sagas import Choreography, StepFailed
+from eventbus.patterns.sagas import Choreography, StepFailedError
 from examples.order_saga.events import (
     InventoryReservationFailed,
     InventoryReserved,
@@ -54,6 +54,7 @@ class Stock:
 def register(bus: EventBus, stock: Stock | None = None) -> Stock:
     """Subscribe the inventory service's handlers on ``bus``; returns its state."""
     stock = stock if stock is not None else Stock()
+    bus.publishes(InventoryReservationFailed)  # built by the step's failed= (AsyncAPI)
     flow = Choreography(bus, group=SERVICE, key=lambda event: event.order_id)
 
     # Out of stock is the step's business failure: the helper publishes the
@@ -64,7 +65,7 @@ def register(bus: EventBus, stock: Stock | None = None) -> Stock:
         try:
             reservation_id = stock.reserve(event.order_id, event.lines)
         except OutOfStockError as exc:
-            raise StepFailed(f"out of stock: {exc}") from exc
+            raise StepFailedError(f"out of stock: {exc}") from exc
         return InventoryReserved(order_id=event.order_id, reservation_id=reservation_id)
 
     return stock

@@ -67,6 +67,7 @@ STAGE: dict[type[OrderEvent], int] = {InventoryReserved: 3, PaymentRefunded: 3}
 def register(bus: EventBus, orders: Orders | None = None) -> Orders:
     """Subscribe the order service's handlers on ``bus``; returns its state."""
     orders = orders if orders is not None else Orders()
+    bus.publishes(OrderPlaced)  # by Orders.place: the saga's first step (AsyncAPI)
     # The stage jumps (no stage 1 or 2 here): apply across the gap, skip what is stale.
     guard = Resequencer("order-status", orders.stages, on_gap="apply")
     flow = Choreography(bus, group=SERVICE, key=lambda event: event.order_id,

@@ -22,7 +22,7 @@ from .endpoints import (
 # defaults (10 s) every subscribe would take 5 s. A Kafka found elsewhere keeps
 # its own group.min.session.timeout.ms (6 s by default), so only a Tansu the
 # harness started gets these; Apache Kafka runs with the client defaults.
-TANSU_FAST_GROUPS = "session_timeout_ms=2000&heartbeat_interval_ms=500&rebalance_timeout_ms=3000"
+TANSU_FAST_GROUPS = "session_timeout=2&heartbeat_interval=0.5&rebalance_timeout=3"
 
 
 def client_url(endpoint: Endpoint) -> str:

@@ -14,13 +14,14 @@ import importlib.util
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
+
+from eventbus.testing.ports import stable_port
 
 from .probes import wait_ready
 
@@ -33,10 +34,11 @@ _lock = threading.Lock()
 
 
 def free_port() -> int:
-    """A port that was free a moment ago (the broker binds it right after)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port that was free a moment ago (the broker binds it right after).
+
+    Below the ephemeral range, so a broker restarted in place finds it again.
+    """
+    return stable_port()
 
 
 class ProcessStartError(RuntimeError):

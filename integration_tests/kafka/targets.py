@@ -5,7 +5,7 @@ broker the harness runs behind a fault proxy, with the hooks of the #18 failure 
   Kafka refuses to delete a consumer group that has members (``NON_EMPTY_GROUP``) and its
   committed offsets while it is subscribed (``GROUP_SUBSCRIBED_TO_TOPIC``), so the topic is
   what can be deleted underneath a running group.
-- ``short_lease`` is the URL with a 3 s ``max_poll_interval_ms`` (Kafka's lease: a member
+- ``short_lease`` is the URL with a 3 s ``max_poll_interval`` (Kafka's lease: a member
   that does not poll for that long leaves its group) and a 3 s session timeout, so a
   consumer killed mid-record hands its partitions on quickly (the crash-loop case).
 """
@@ -21,9 +21,9 @@ from eventbus.testing.target import ShortLease
 from integration_tests import harness
 
 LEASE_SECONDS = 3.0
-_APACHE_LEASE = "max_poll_interval_ms=3000&session_timeout_ms=3000&heartbeat_interval_ms=1000"
+_APACHE_LEASE = "max_poll_interval=3&session_timeout=3&heartbeat_interval=1"
 # The Tansu URL already has short group timeouts (harness.TANSU_FAST_GROUPS).
-_TANSU_LEASE = "max_poll_interval_ms=3000"
+_TANSU_LEASE = "max_poll_interval=3"
 
 
 def topic_deleter(endpoint: harness.Endpoint) -> Callable[[str, str], Awaitable[None]]:

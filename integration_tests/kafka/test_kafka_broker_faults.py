@@ -17,10 +17,10 @@ from eventbus_kafka.codec import encode
 from eventbus import EventBus
 from eventbus.adapter import SubscribeOptions, Subscription
 from eventbus.errors import BrokerConnectionError
-from eventbus.testing.conformance import Inbox, Ping, on_topic
+from eventbus.testing.conformance import Collector, Ping, on_topic
 from integration_tests import harness
+from integration_tests.kafka.test_kafka_adapter import Collector as Pump
 from integration_tests.kafka.test_kafka_adapter import (
-    Collector,
     ack_all,
     number,
     ping,
@@ -101,15 +101,15 @@ def test_a_topic_deleted_underneath_a_group_is_consumed_again_losing_nothing_aft
     """The topic is deleted while the group consumes it; a producer keeps publishing.
     Every event whose publish was confirmed after the deletion is handled, and health
     says ok after. (A record the producer had routed to a partition the new topic does
-    not have fails after ``request_timeout_ms``, as BrokerConnectionError: the caller
+    not have fails after ``request_timeout``, as BrokerConnectionError: the caller
     knows, and publishes it again.)"""
     skip_on_tansu(kafka_endpoint, TANSU_RECREATES)
 
     async def scenario() -> None:
         event_cls = on_topic(Ping, unique("deleted"))
-        handled: Inbox[int] = Inbox("handled")
+        handled: Collector[int] = Collector("handled")
         bus = EventBus(KafkaAdapter(kafka_url), source="deleted", shutdown_timeout=5)
-        publisher = EventBus(KafkaAdapter(with_options(kafka_url, request_timeout_ms=4000)),
+        publisher = EventBus(KafkaAdapter(with_options(kafka_url, request_timeout=4)),
                              source="deleted-pub", publish_timeout=10)
 
         @bus.subscribe(event_cls, group=unique("g"))
@@ -152,12 +152,12 @@ def test_a_frozen_connection_turns_health_false_and_the_group_resumes_after_the_
     proxy accepts and never answers): health() turns false within the declared bound;
     after the thaw, events published are handled."""
     endpoint, proxy = harness.require_faulty("kafka")
-    url = with_options(harness.client_url(endpoint), request_timeout_ms=4000,
+    url = with_options(harness.client_url(endpoint), request_timeout=4,
                        connect_timeout=2)
 
     async def scenario() -> None:
         event_cls = on_topic(Ping, unique("frozen"))
-        handled: Inbox[int] = Inbox("handled")
+        handled: Collector[int] = Collector("handled")
         bus = EventBus(KafkaAdapter(url), source="frozen", shutdown_timeout=5,
                        publish_timeout=60)
         bound = bus.adapter.capabilities.half_open_bound
@@ -252,10 +252,10 @@ def test_a_partition_added_to_the_topic_is_read_from_its_start(
     skip_on_tansu(kafka_endpoint, TANSU_NO_CREATE_PARTITIONS)
 
     async def scenario() -> None:
-        url = with_options(kafka_url, partitions=1, metadata_max_age_ms=1000)
+        url = with_options(kafka_url, partitions=1, metadata_max_age=1)
         adapter = KafkaAdapter(url)
         topic, group = unique("grown"), unique("g")
-        member = Collector(await adapter.subscribe(topic, SubscribeOptions(group=group)),
+        member = Pump(await adapter.subscribe(topic, SubscribeOptions(group=group)),
                            ack_all)
         await adapter.publish(topic, [ping(0)])
         await member.wait_count(1)

@@ -20,7 +20,7 @@ from eventbus_kafka.codec import encode
 from eventbus import Context, DeadLetters, EventBus
 from eventbus.dlq import ListedDeadLetter
 from eventbus.errors import TopicNotFoundError
-from eventbus.testing.conformance import Inbox, Ping, on_topic
+from eventbus.testing.conformance import Collector, Ping, on_topic
 from integration_tests.kafka.test_kafka_adapter import run, unique
 
 pytestmark = [pytest.mark.broker("kafka"), pytest.mark.timeout(120)]
@@ -36,7 +36,7 @@ def test_an_event_with_a_binary_foreign_header_is_handled(kafka_url: str) -> Non
     async def scenario() -> None:
         event_cls = on_topic(Ping, unique("foreign-ok"))
         group = unique("g")
-        seen: Inbox[tuple[int, str | None]] = Inbox("handled")
+        seen: Collector[tuple[int, str | None]] = Collector("handled")
         bus = EventBus(KafkaAdapter(kafka_url), source="foreign-ok", shutdown_timeout=5)
 
         @bus.subscribe(event_cls, group=group)

@@ -166,16 +166,16 @@ def test_structured_mode_round_trip_and_wire_form(kafka_url: str) -> None:
 @broker
 @pytest.mark.timeout(120)
 def test_lone_publish_does_not_wait_for_linger(kafka_url: str) -> None:
-    """A publish with nothing else in flight is sent at once, not after ``linger_ms``."""
+    """A publish with nothing else in flight is sent at once, not after ``linger``."""
     async def scenario() -> None:
-        adapter = KafkaAdapter(with_options(kafka_url, linger_ms=3000))
+        adapter = KafkaAdapter(with_options(kafka_url, linger=3))
         topic = f"lone-{uuid.uuid4().hex[:10]}"
         await adapter.publish(topic, [order(0)])  # creates the topic, warms metadata
         for n in range(3):
             started = time.perf_counter()
             await adapter.publish(topic, [order(n)])
             elapsed = time.perf_counter() - started
-            assert elapsed < 1.0, f"lone publish took {elapsed:.3f}s with linger_ms=3000"
+            assert elapsed < 1.0, f"lone publish took {elapsed:.3f}s with linger=3"
         # Concurrent publishes still all go through (they may share batches).
         await asyncio.gather(*(adapter.publish(topic, [order(n)]) for n in range(10)))
         await adapter.close()
@@ -186,7 +186,7 @@ def test_lone_publish_does_not_wait_for_linger(kafka_url: str) -> None:
 @broker
 @pytest.mark.timeout(120)
 def test_large_publish_keeps_keys_on_their_partition_in_order(kafka_url: str) -> None:
-    """A publish of many records goes out as whole batches (eventbus_kafka.sending):
+    """A publish of many records goes out as whole batches (eventbus_kafka.publish):
     keyed records land where a small, record-by-record publish puts the same key,
     in order; unkeyed ones are spread over the partitions."""
     async def scenario() -> None:

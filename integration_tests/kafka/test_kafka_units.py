@@ -16,7 +16,7 @@ from eventbus_kafka.codec import (
     retry_headers,
 )
 from eventbus_kafka.offsets import PartitionLog
-from eventbus_kafka.retry import tier_for
+from eventbus_kafka.provision import retry_topic
 
 from eventbus.envelope import Envelope
 from eventbus.errors import InvalidURLError
@@ -30,23 +30,23 @@ def test_defaults() -> None:
     assert s.bootstrap_servers == ("broker:9092",)
     assert (s.partitions, s.replication, s.max_message_bytes) == (3, 1, 1024 * 1024)
     assert s.security_protocol == "PLAINTEXT" and s.start_from is None
-    assert s.create_topics is True
+    assert s.provision is True and s.client_name == "eventbus"
 
 
 def test_several_hosts_ipv6_and_every_option() -> None:
     s = KafkaSettings.from_url(
-        "kafka://a:9093,b,[::1]:9094?partitions=6&replication=3&client_id=orders"
+        "kafka://a:9093,b,[::1]:9094?partitions=6&replication=3&client_name=orders"
         "&security_protocol=sasl_ssl&sasl_mechanism=SCRAM-SHA-512&sasl_username=u"
-        "&sasl_password=p&ssl_cafile=/ca.pem&linger_ms=0&max_message_bytes=2048"
-        "&start_from=earliest&connect_timeout=1.5&create_topics=false"
-        "&session_timeout_ms=6000&heartbeat_interval_ms=1000&commit_interval_ms=50"
+        "&sasl_password=p&tls_ca=/ca.pem&linger=0&max_message_bytes=2048"
+        "&start_from=earliest&connect_timeout=1.5&provision=false"
+        "&session_timeout=6&heartbeat_interval=1&commit_interval=0.05"
     )
     assert s.bootstrap_servers == ("a:9093", "b:9092", "[::1]:9094")
-    assert (s.partitions, s.replication, s.client_id) == (6, 3, "orders")
+    assert (s.partitions, s.replication, s.client_name) == (6, 3, "orders")
     assert (s.security_protocol, s.sasl_mechanism) == ("SASL_SSL", "SCRAM-SHA-512")
-    assert (s.sasl_username, s.sasl_password, s.ssl_cafile) == ("u", "p", "/ca.pem")
-    assert (s.linger_ms, s.max_message_bytes, s.start_from) == (0, 2048, "earliest")
-    assert (s.connect_timeout, s.create_topics, s.commit_interval_ms) == (1.5, False, 50)
+    assert (s.sasl_username, s.sasl_password, s.tls_ca) == ("u", "p", "/ca.pem")
+    assert (s.linger, s.max_message_bytes, s.start_from) == (0, 2048, "earliest")
+    assert (s.connect_timeout, s.provision, s.commit_interval) == (1.5, False, 0.05)
     assert "sasl_password=***" in s.masked_url and "sasl_password=p" not in repr(s)
 
 
@@ -54,11 +54,23 @@ def test_the_commit_cadence_is_set_by_the_url() -> None:
     """The commit cadence's trade-off (docs/adapters/kafka.md, "Commits") is a user's
     choice: defaults keep throughput, max_uncommitted bounds what a crash re-runs."""
     s = KafkaSettings.from_url("kafka://k")
-    assert (s.commit_interval_ms, s.commit_every, s.max_uncommitted) == (100, 1000, 0)
+    assert (s.commit_interval, s.commit_every, s.max_uncommitted) == (0.1, 1000, 0)
     s = KafkaSettings.from_url("kafka://k?commit_every=20&max_uncommitted=40")
     assert (s.commit_every, s.max_uncommitted) == (20, 40)
     with pytest.raises(InvalidURLError, match="commit_every"):
         KafkaSettings.from_url("kafka://k?commit_every=0")
+
+
+def test_the_names_of_0_1_still_work_with_a_deprecation_warning() -> None:
+    with pytest.warns(DeprecationWarning, match="client_id -> client_name") as warned:
+        s = KafkaSettings.from_url(
+            "kafka://k?client_id=orders&create_topics=false&retry_tiers=5,30"
+            "&session_timeout_ms=6000&heartbeat_interval_ms=1000&linger_ms=0"
+            "&security_protocol=SSL&ssl_cafile=/ca.pem&ssl_certfile=/c.pem&ssl_keyfile=/k.pem")
+    assert len(warned) == 1
+    assert (s.client_name, s.provision, s.delay_tiers) == ("orders", False, (5, 30))
+    assert (s.session_timeout, s.heartbeat_interval, s.linger) == (6.0, 1.0, 0.0)
+    assert (s.tls_ca, s.tls_cert, s.tls_key) == ("/ca.pem", "/c.pem", "/k.pem")
 
 
 def test_userinfo_is_the_sasl_login() -> None:
@@ -71,7 +83,7 @@ def test_unknown_option_names_it_and_the_allowed_ones() -> None:
     with pytest.raises(InvalidURLError) as raised:
         KafkaSettings.from_url("kafka://u:topsecret@k:9092?partitons=3")
     message = str(raised.value)
-    assert "'partitons'" in message and "partitions" in message and "linger_ms" in message
+    assert "'partitons'" in message and "partitions" in message and "linger" in message
     assert "topsecret" not in message
 
 
@@ -87,11 +99,15 @@ def test_unknown_option_names_it_and_the_allowed_ones() -> None:
         "kafka://k:9092?start_from=middle",
         "kafka://k:9092?security_protocol=TLS",
         "kafka://k:9092?sasl_mechanism=PLAIN",  # without a SASL security_protocol
-        "kafka://k:9092?linger_ms=1&linger_ms=2",
-        "kafka://k:9092?session_timeout_ms=1000&heartbeat_interval_ms=1000",
-        "kafka://k:9092?retry_tiers=10,1",
-        "kafka://k:9092?retry_tiers=0,5",
-        "kafka://k:9092?retry_tiers=1,x",
+        "kafka://k:9092?linger=1&linger=2",
+        "kafka://k:9092?linger=1&linger_ms=2",
+        "kafka://k:9092?session_timeout=1&heartbeat_interval=1",
+        "kafka://k:9092?delay_tiers=10,1",
+        "kafka://k:9092?delay_tiers=0,5",
+        "kafka://k:9092?delay_tiers=1,x",
+        "kafka://k:9092?delay_tiers=1,2,3,4,5,6,7,8,9,10,11",
+        "kafka://k:9092?tls_ca=/ca.pem",  # without a TLS security_protocol
+        "kafka://k:9092?security_protocol=SSL&tls_cert=/c.pem",  # without its key
         "amqp://k:9092",
     ],
 )
@@ -102,10 +118,12 @@ def test_bad_urls_raise_invalid_url_error(url: str) -> None:
 
 
 def test_retry_delay_tiers() -> None:
-    assert KafkaSettings.from_url("kafka://k").retry_tiers == (1, 10, 60, 600, 3600)
-    assert KafkaSettings.from_url("kafka://k?retry_tiers=5,30").retry_tiers == (5, 30)
-    assert [tier_for(d, (1, 10, 60)) for d in (0, 1, 1.5, 10, 59, 3600)] == [
-        1, 1, 10, 10, 60, 60]
+    assert KafkaSettings.from_url("kafka://k").delay_tiers == (1, 10, 60, 600, 3600)
+    assert KafkaSettings.from_url("kafka://k?delay_tiers=5,30").delay_tiers == (5, 30)
+    tiers = KafkaSettings.from_url("kafka://k?delay_tiers=0.5,2").delay_tiers
+    # Whole seconds name their retry topic as in 0.1; a fraction keeps its digits.
+    assert [retry_topic("t", "g", tier) for tier in (*tiers, 10)] == [
+        "t.g.retry.0.5s", "t.g.retry.2s", "t.g.retry.10s"]
 
 
 @pytest.mark.parametrize(
@@ -138,12 +156,12 @@ def test_plus_in_a_query_password_is_kept() -> None:
 def test_client_settings_are_validated() -> None:
     s = KafkaSettings.from_url(
         "kafka://k?compression_type=gzip&isolation_level=read_committed"
-        "&group_instance_id=billing-1&max_poll_interval_ms=600000")
+        "&group_instance_id=billing-1&max_poll_interval=600")
     assert (s.compression_type, s.isolation_level) == ("gzip", "read_committed")
-    assert (s.group_instance_id, s.max_poll_interval_ms) == ("billing-1", 600_000)
+    assert (s.group_instance_id, s.max_poll_interval) == ("billing-1", 600)
     defaults = KafkaSettings.from_url("kafka://k")
     assert (defaults.compression_type, defaults.isolation_level) == (None, "read_uncommitted")
-    for bad in ("compression_type=brotli", "isolation_level=dirty", "max_poll_interval_ms=0",
+    for bad in ("compression_type=brotli", "isolation_level=dirty", "max_poll_interval=0",
                 "group_instance_id="):
         with pytest.raises(InvalidURLError) as raised:
             KafkaSettings.from_url(f"kafka://k?{bad}")

@@ -146,7 +146,7 @@ async def test_a_silent_database_shows_in_health_and_stop_returns_in_time(
                     # health() is a snapshot with nothing to wait on: poll it.
                     while relay.health().ok or totals.health().ok:  # noqa: ASYNC110
                         await asyncio.sleep(0.05)
-                assert "DatabaseError" in relay.health().last_error
+                assert "DatabaseError" in (relay.health().last_error or "")
                 assert "DatabaseError" in totals.health().last_error
                 started = asyncio.get_running_loop().time()
                 await relay.stop(timeout=1)

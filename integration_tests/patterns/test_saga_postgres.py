@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from eventbus.patterns.sagas import SequenceStore, SqlSequenceStore
+from eventbus.patterns.sagas import SequenceStore, SQLSequenceStore
 from eventbus.patterns.sql import Database
 from tests.patterns.test_saga_orchestrator import (
     CASES,
@@ -34,7 +34,7 @@ async def test_saga_parks_on_postgres(postgres_url: str,
 async def test_resequencer_on_postgres(case: Callable[[SequenceStore], Awaitable[None]],
                                           postgres_url: str) -> None:
     async with await Database.connect(postgres_url) as db:
-        await case(SqlSequenceStore(db))
+        await case(SQLSequenceStore(db))
 
 
 @pytest.mark.asyncio

@@ -136,7 +136,7 @@ async def _get(queue: aio_pika.abc.AbstractQueue, timeout: float = 15.0) -> Any:
 
 def test_a_long_delay_never_blocks_a_short_one(url: str) -> None:
     async def scenario() -> None:
-        adapter = RabbitMQAdapter(with_options(url, delay_tiers_ms="100,3000"))
+        adapter = RabbitMQAdapter(with_options(url, delay_tiers="0.1,3"))
         topic, group = unique("delay"), unique("g")
         try:
             subscription = await adapter.subscribe(topic, SubscribeOptions(group=group))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from eventbus_rabbitmq import RabbitMQAdapter, RabbitMQSettings
 from eventbus_rabbitmq.codec import ATTEMPT_HEADER, decode, encode, message_size, retry_headers
-from eventbus_rabbitmq.provision import pick_tier
+from eventbus_rabbitmq.provision import delay_queues
 
 from eventbus.envelope import Envelope
 from eventbus.errors import InvalidURLError
@@ -21,10 +21,10 @@ def full_envelope() -> Envelope:
 
 def test_url_parts_and_vhost_from_the_path() -> None:
     s = RabbitMQSettings.from_url("amqps://app:s%40cret@mq.example.com/orders%2Fprod"
-                                  "?queue_type=quorum&cafile=/ca.pem")
+                                  "?queue_type=quorum&tls_ca=/ca.pem")
     assert (s.host, s.port, s.tls, s.username, s.password) == (
         "mq.example.com", 5671, True, "app", "s@cret")
-    assert s.vhost == "orders/prod" and s.queue_type == "quorum" and s.cafile == "/ca.pem"
+    assert s.vhost == "orders/prod" and s.queue_type == "quorum" and s.tls_ca == "/ca.pem"
     assert "s@cret" not in repr(s) and "cret" not in s.masked_url
     default = RabbitMQSettings.from_url("amqp://localhost")
     assert (default.port, default.vhost, default.username) == (5672, "/", "guest")
@@ -39,8 +39,11 @@ def test_url_parts_and_vhost_from_the_path() -> None:
         ("amqp://h/?max_message_bytes=0", "max_message_bytes"),
         ("amqp://h/?connect_timeout=-1", "connect_timeout"),
         ("amqp://h/?delay_tiers_ms=0,10", "delay_tiers_ms"),
-        ("amqp://h/?cafile=/ca.pem", "cafile"),  # TLS files on a plain URL: ignored = error
-        ("amqp://h/?verify=false", "verify"),
+        ("amqp://h/?delay_tiers=10,1", "delay_tiers"),  # unsorted: refused, not sorted
+        ("amqp://h/?tls_ca=/ca.pem", "tls_ca"),  # TLS files on a plain URL: ignored = error
+        ("amqp://h/?cafile=/ca.pem", "tls_ca"),  # the same under its 0.1 name
+        ("amqp://h/?tls_verify=false", "tls_verify"),
+        ("amqps://h/?tls_cert=/c.pem", "tls_key"),  # half a client certificate
         ("amqp://h/?auth_mechanism=GSSAPI", "auth_mechanism"),
         ("amqps://h/?auth_mechanism=EXTERNAL", "auth_mechanism"),  # needs a client cert
         ("http://h/", "amqp"),
@@ -137,10 +140,25 @@ def test_official_sdk_binding_reads_ours_and_we_read_theirs() -> None:
     assert decoded.envelope.data == theirs.body
 
 
-def test_delay_tiers_never_shorten_a_delay() -> None:
-    tiers = (50, 1000, 60_000)
-    assert [pick_tier(tiers, d) for d in (1, 50, 51, 1000, 59_999, 10**8)] == [
-        50, 50, 1000, 1000, 60_000, 60_000]
+def test_delay_tiers_are_seconds_and_name_their_queues_in_milliseconds() -> None:
+    """The queue names of 0.1 (``delay-<n>ms``) stay, so a deployment's delay queues
+    are the same whether its URL says delay_tiers_ms=50,1000 or delay_tiers=0.05,1."""
+    s = RabbitMQSettings.from_url("amqp://h/?delay_tiers=0.05,1,60")
+    assert s.delay_tiers == (0.05, 1, 60)
+    assert delay_queues(s, "t", "g") == ["t/g/delay-50ms", "t/g/delay-1000ms",
+                                         "t/g/delay-60000ms"]
+    with pytest.warns(DeprecationWarning, match=r"delay_tiers_ms -> delay_tiers"):
+        old = RabbitMQSettings.from_url("amqp://h/?delay_tiers_ms=60000,50,1000")
+    assert old.delay_tiers == s.delay_tiers  # 0.1 sorted them: still so under the old name
+
+
+def test_the_names_of_0_1_still_work_with_a_deprecation_warning() -> None:
+    with pytest.warns(DeprecationWarning) as warned:
+        s = RabbitMQSettings.from_url(
+            "amqps://h/?cafile=/ca.pem&certfile=/c.pem&keyfile=/k.pem&verify=false")
+    assert len(warned) == 1 and "cafile -> tls_ca" in str(warned[0].message)
+    assert (s.tls_ca, s.tls_cert, s.tls_key, s.tls_verify) == (
+        "/ca.pem", "/c.pem", "/k.pem", False)
 
 
 def test_a_message_accepted_by_publish_still_fits_when_parked_for_a_retry() -> None:

@@ -19,7 +19,7 @@ from eventbus.dlq import DeadLetters
 from eventbus.envelope import Envelope
 from eventbus.errors import IdempotencyStoreError
 from eventbus.middleware.idempotency import ClaimResult, MemoryIdempotencyStore
-from eventbus.testing.conformance import Inbox, Ping, on_topic
+from eventbus.testing.conformance import Collector, Ping, on_topic
 from integration_tests import harness
 
 pytestmark = pytest.mark.broker("sqs")
@@ -53,7 +53,7 @@ def test_last_receive_before_the_redrive_is_sent_anew(sqs_url: str) -> None:
 
     async def body() -> None:
         event_cls = on_topic(Ping, topic)
-        attempts: Inbox[int] = Inbox("attempts")
+        attempts: Collector[int] = Collector("attempts")
         store = _DownStore(outage=4)
         bus = EventBus(SqsAdapter(f"{sqs_url}&max_receive_count=2"), source="sqs-redrive",
                        idempotency=store, redelivery_backoff=Backoff(initial=0.05,
@@ -96,7 +96,7 @@ def test_messages_given_back_unrun_spend_no_retry_budget(sqs_url: str) -> None:
     async def body() -> None:
         event_cls = on_topic(Ping, topic)
         hold = asyncio.Event()
-        done: Inbox[int] = Inbox("done")
+        done: Collector[int] = Collector("done")
         bus = EventBus(SqsAdapter(url), source="sqs-unrun", prefetch_per_worker=4,
                        retry=RetryPolicy(max_attempts=1), stall_after=None)
 

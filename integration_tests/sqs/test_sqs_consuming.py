@@ -19,7 +19,7 @@ from eventbus import EventBus
 from eventbus.adapter import Delivery, SubscribeOptions
 from eventbus.envelope import Envelope
 from eventbus.errors import SubscriptionFailedError, TopicNotFoundError
-from eventbus.testing.conformance import Inbox, Ping, on_topic
+from eventbus.testing.conformance import Collector, Ping, on_topic
 from integration_tests import harness
 
 pytestmark = pytest.mark.broker("sqs")
@@ -48,8 +48,8 @@ def test_visibility_comes_from_the_url_not_the_existing_queue(sqs_url: str) -> N
             await sqs.create_queue(QueueName=f"{topic}--{group}",
                                    Attributes={"VisibilityTimeout": "1"})
         event_cls = on_topic(Ping, topic)
-        runs: Inbox[int] = Inbox("runs")
-        done: Inbox[int] = Inbox("done")
+        runs: Collector[int] = Collector("runs")
+        done: Collector[int] = Collector("done")
         bus = EventBus(SqsAdapter(f"{sqs_url}&visibility_timeout=20"), source="sqs-vis")
 
         @bus.subscribe(event_cls, group=group, concurrency=2)
@@ -75,7 +75,7 @@ def test_deleted_queue_is_provisioned_again(sqs_url: str) -> None:
 
     async def body() -> None:
         event_cls = on_topic(Ping, topic)
-        handled: Inbox[int] = Inbox("handled")
+        handled: Collector[int] = Collector("handled")
         bus = EventBus(SqsAdapter(sqs_url), source="sqs-gone", stall_after=None)
 
         @bus.subscribe(event_cls, group=group)
@@ -153,8 +153,8 @@ def test_stale_deliveries_free_their_prefetch_slots(sqs_url: str) -> None:
     async def body() -> None:
         event_cls = on_topic(Ping, topic)
         hold, resume = asyncio.Event(), asyncio.Event()
-        started: Inbox[int] = Inbox("started")
-        done: Inbox[int] = Inbox("done")
+        started: Collector[int] = Collector("started")
+        done: Collector[int] = Collector("done")
         bus = EventBus(SqsAdapter(url), source="sqs-leak", prefetch_per_worker=2,
                        stall_after=None)
 
@@ -198,7 +198,7 @@ def test_settled_messages_are_never_heartbeated(sqs_url: str,
 
     async def body() -> None:
         event_cls = on_topic(Ping, topic)
-        done: Inbox[int] = Inbox("done")
+        done: Collector[int] = Collector("done")
         bus = EventBus(SqsAdapter(f"{sqs_url}&visibility_timeout=3"), source="sqs-beat")
 
         @bus.subscribe(event_cls, group=group, concurrency=4)
@@ -234,7 +234,7 @@ def test_fifo_batches_of_one_key_are_sent_in_order(sqs_url: str) -> None:
 
     async def body() -> None:
         event_cls = on_topic(Ping, topic)
-        got: Inbox[int] = Inbox("handled")
+        got: Collector[int] = Collector("handled")
         bus = EventBus(SqsAdapter(f"{sqs_url}&fifo=true"), source="sqs-order")
 
         @bus.subscribe(event_cls, group=group)

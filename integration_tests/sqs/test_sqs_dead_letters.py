@@ -22,7 +22,7 @@ from eventbus import EventBus, RetryPolicy
 from eventbus.cli import app
 from eventbus.dlq import DeadLetters
 from eventbus.errors import TopicNotFoundError
-from eventbus.testing.conformance import Inbox, Ping, on_topic
+from eventbus.testing.conformance import Collector, Ping, on_topic
 
 pytestmark = pytest.mark.broker("sqs")
 
@@ -55,7 +55,7 @@ def test_dead_letter_is_kept_when_nobody_listens(sqs_url: str, fifo: bool) -> No
 
     async def body() -> None:
         event_cls = on_topic(Ping, topic)
-        runs: Inbox[int] = Inbox("runs")
+        runs: Collector[int] = Collector("runs")
         bus = EventBus(SqsAdapter(url), source="sqs-dl", retry=RetryPolicy(max_attempts=1))
 
         @bus.subscribe(event_cls, group=group)
@@ -90,7 +90,7 @@ def test_dlq_tooling_lists_replays_and_purges(sqs_url: str, fifo: bool) -> None:
 
     async def body() -> None:
         event_cls = on_topic(Ping, topic)
-        handled: Inbox[int] = Inbox("handled")
+        handled: Collector[int] = Collector("handled")
         failing = {1, 2, 3}
         bus = EventBus(SqsAdapter(url), source="sqs-dl", retry=RetryPolicy(max_attempts=1))
 

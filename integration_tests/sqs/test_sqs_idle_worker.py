@@ -20,7 +20,7 @@ import pytest
 from eventbus_sqs import SqsAdapter
 
 from eventbus import EventBus
-from eventbus.testing.conformance import Inbox, Ping, on_topic
+from eventbus.testing.conformance import Collector, Ping, on_topic
 
 pytestmark = pytest.mark.broker("sqs")
 
@@ -31,8 +31,8 @@ def test_idle_worker_takes_next_message_while_its_last_delete_is_in_flight(
         run = uuid.uuid4().hex[:10]
         event_cls = on_topic(Ping, f"sqs-idle-t-{run}")
         release = asyncio.Event()
-        started: Inbox[int] = Inbox("started")
-        finished: Inbox[int] = Inbox("finished")
+        started: Collector[int] = Collector("started")
+        finished: Collector[int] = Collector("finished")
         bus = EventBus(SqsAdapter(sqs_url), source=f"sqs-idle-{run}", shutdown_timeout=5.0)
 
         @bus.subscribe(event_cls, group=f"sqs-idle-g-{run}", concurrency=2)

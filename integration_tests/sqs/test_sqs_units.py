@@ -64,8 +64,8 @@ def test_names_aws_refuses_map_to_distinct_allowed_names() -> None:
 def test_bytes_sqs_refuses_travel_base64_and_come_back_exact() -> None:
     raw = b"\x00\xffnot a CloudEvent{"
     body, attributes = body_for_bytes(raw)
-    envelope, got, error = decode({"Body": body, "MessageAttributes": attributes})
-    assert envelope is None and got == raw and error
+    decoded = decode({"Body": body, "MessageAttributes": attributes})
+    assert decoded.envelope is None and decoded.raw == raw and decoded.error
     assert body_for_bytes(b'{"a": 1}') == ('{"a": 1}', {})
 
 
@@ -88,8 +88,9 @@ def test_an_event_wrapped_by_sns_without_raw_delivery_is_not_poison() -> None:
     wrapped = json.dumps({"Type": "Notification", "MessageId": "m1",
                           "TopicArn": "arn:aws:sns:us-east-1:123456789012:t",
                           "Message": encode(sent)})
-    envelope, _, error = decode({"Body": wrapped})
-    assert error is None and envelope is not None and envelope.id == sent.id
+    decoded = decode({"Body": wrapped})
+    assert decoded.error is None and decoded.envelope is not None
+    assert decoded.envelope.id == sent.id
 
 
 def test_endpoint_scheme_is_an_option_like_the_others() -> None:

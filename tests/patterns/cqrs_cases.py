@@ -16,7 +16,7 @@ from eventbus.errors import ConfigurationError
 from eventbus.events import Message
 from eventbus.patterns.cqrs import Projection
 from eventbus.patterns.eventsourcing import SQLEventStore, StoredEvent
-from eventbus.patterns.sql import Database, SQLError, Transaction, UniqueViolation
+from eventbus.patterns.sql import Database, SQLError, Transaction, UniqueViolationError
 
 # The simulated crash (a trigger refusing the checkpoint write) surfaces as one of
 # sql.py's errors on both databases.
@@ -298,7 +298,7 @@ async def check_bus_fed_apply_failure_is_not_swallowed(url: str) -> None:
         clash = bus.envelope_for(ItemAdded(order_id="a", qty=2), parent=None)
         assert await view.handle(first) is True
         assert await view.handle(first) is False      # a redelivery
-        with pytest.raises(UniqueViolation):
+        with pytest.raises(UniqueViolationError):
             await view.handle(clash)
         async with db.transaction() as tx:
             seen = await tx.fetchval("SELECT count(*) FROM eventbus_projection_seen "
@@ -373,7 +373,7 @@ async def check_failing_events_are_parked(url: str) -> None:
 
 async def check_seen_ids_pruned_by_age(url: str) -> None:
     """Defect 18: the bus-fed projection's seen ids carry the time they were seen
-    and cleanup(older_than) forgets the old ones (as Inbox.cleanup does)."""
+    and cleanup(older_than) forgets the old ones (as Collector.cleanup does)."""
     async with opened(url) as (_, _, totals):
         bus = EventBus(source="test")
         sent = [bus.envelope_for(ItemAdded(order_id="a", qty=1), parent=None)

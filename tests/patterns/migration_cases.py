@@ -17,9 +17,9 @@ from eventbus.patterns.cqrs import Projection
 from eventbus.patterns.eventsourcing import Repository, SQLEventStore
 from eventbus.patterns.inbox import Inbox
 from eventbus.patterns.migrations import Migrated, migrate
-from eventbus.patterns.ordering import SqlSequenceStore
+from eventbus.patterns.ordering import SQLSequenceStore
 from eventbus.patterns.outbox import Outbox, OutboxRelay
-from eventbus.patterns.sagas import SagaContext, SagaDefinition, SagaOrchestrator, SqlSagaStore
+from eventbus.patterns.sagas import SagaContext, SagaDefinition, SagaOrchestrator, SQLSagaStore
 from eventbus.patterns.sagas import Step as SagaStep
 from eventbus.patterns.schema import (
     SCHEMA_VERSION,
@@ -28,7 +28,7 @@ from eventbus.patterns.schema import (
     TableSchemaError,
 )
 from eventbus.patterns.sql import Database, Transaction
-from eventbus.testing import Inbox as Seen
+from eventbus.testing import Collector as Seen
 from eventbus.testing import handler_context
 from tests.patterns.schema_v1 import (
     HANDLED,
@@ -66,8 +66,8 @@ def patterns(db: Database) -> dict[str, Callable[[], Awaitable[None]]]:
         "eventbus_outbox": Outbox(db).setup,
         SHOP_OUTBOX: Outbox(db, table=SHOP_OUTBOX).setup,
         "eventbus_inbox": Inbox(db).setup,
-        "eventbus_sagas": SqlSagaStore(db).setup,
-        "eventbus_sequences": SqlSequenceStore(db).setup,
+        "eventbus_sagas": SQLSagaStore(db).setup,
+        "eventbus_sequences": SQLSequenceStore(db).setup,
         "eventbus_projections": Counts(db, name="counts").setup,
     }
 
@@ -115,7 +115,7 @@ async def check_migrate_keeps_the_data_and_the_patterns_work_on_it(url: str) -> 
         inbox = Inbox(db)
         assert await inbox.handled(handler_context(HANDLED, topic=INBOX_TOPIC,
                                                    group=INBOX_GROUP))
-        sequences = SqlSequenceStore(db)
+        sequences = SQLSequenceStore(db)
         assert [s.event_id for s in await sequences.stale("stock")] == [KEPT_STALE_ID]
         async with sequences.unit_of_work() as session:
             assert await session.last("stock", "sku-1") == 3
@@ -174,7 +174,7 @@ async def _saga_ticks(db: Database) -> None:
     definition = SagaDefinition("v1-order", [SagaStep("credit", nothing, undo),
                                              SagaStep("charge", nothing, undo, timeout=10.0)])
     bus = EventBus(f"memory://{uuid.uuid4()}", source="v2")
-    orchestrator = SagaOrchestrator(definition, SqlSagaStore(db), bus, clock=lambda: 2_000.0)
+    orchestrator = SagaOrchestrator(definition, SQLSagaStore(db), bus, clock=lambda: 2_000.0)
     async with bus:
         await orchestrator.tick()  # its step timed out under the earlier release's deadline
     state = await orchestrator.get("o-1")

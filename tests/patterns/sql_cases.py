@@ -16,7 +16,7 @@ from eventbus.patterns.sql import (
     Row,
     SQLError,
     StatementError,
-    UniqueViolation,
+    UniqueViolationError,
 )
 from eventbus.requests import RequestFailedError
 
@@ -51,7 +51,7 @@ async def check_rollback_and_unique(url: str) -> None:
         async with db.transaction() as tx:
             assert await tx.fetchval("SELECT count(*) FROM u") == 0
             await tx.execute("INSERT INTO u (id) VALUES ($1)", "x")
-        with pytest.raises(UniqueViolation):
+        with pytest.raises(UniqueViolationError):
             async with db.transaction() as tx:
                 await tx.execute("INSERT INTO u (id) VALUES ($1)", "y")
                 await tx.execute("INSERT INTO u (id) VALUES ($1)", "x")
@@ -85,7 +85,7 @@ async def check_errors_are_ours(url: str) -> None:
         with pytest.raises(SQLError) as info:
             async with db.transaction() as tx:
                 await tx.execute("SELECT * FROM no_such_table")
-        assert not isinstance(info.value, UniqueViolation)
+        assert not isinstance(info.value, UniqueViolationError)
         with pytest.raises(KeyError):
             async with db.transaction() as tx:
                 raise KeyError("mine")
@@ -106,7 +106,7 @@ async def check_refused_statements_are_not_infrastructure(url: str) -> None:
             "check": ("UPDATE acct SET cents = -5", IntegrityError),
             "not null": ("INSERT INTO acct VALUES ('b', NULL)", IntegrityError),
             "foreign key": ("INSERT INTO line VALUES ('nobody')", IntegrityError),
-            "unique": ("INSERT INTO acct VALUES ('a', 2)", UniqueViolation),
+            "unique": ("INSERT INTO acct VALUES ('a', 2)", UniqueViolationError),
             "unknown table": ("SELECT * FROM no_such_table", StatementError),
             "syntax": ("SELEKT 1", StatementError),
         }
@@ -121,7 +121,7 @@ async def check_refused_statements_are_not_infrastructure(url: str) -> None:
         async with db.transaction() as tx:  # caught inside the block, as ours
             try:
                 await tx.execute("INSERT INTO acct VALUES ('a', 3)")
-            except UniqueViolation:
+            except UniqueViolationError:
                 pass
             else:
                 raise AssertionError("the duplicate was accepted")
@@ -207,7 +207,7 @@ async def check_nested_transaction_does_not_hang(url: str) -> None:
                 async with db.transaction() as inner:
                     rows = await inner.fetch("SELECT v FROM n ORDER BY v")
                     await inner.execute("INSERT INTO n VALUES ('inner')")
-                with pytest.raises(UniqueViolation):
+                with pytest.raises(UniqueViolationError):
                     async with db.transaction() as failing:
                         await failing.execute("INSERT INTO n VALUES ('lost')")
                         await failing.execute("INSERT INTO n VALUES ('committed')")

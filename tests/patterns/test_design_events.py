@@ -8,7 +8,7 @@ import pytest
 from eventbus import Command, Context, Envelope, Event, EventBus
 from eventbus.errors import ConfigurationError
 from eventbus.patterns.design import IntegrationEvents
-from tests.bus_support import Inbox, memory_url
+from tests.bus_support import Collector, memory_url
 
 
 class LineItem(pydantic.BaseModel, frozen=True):
@@ -66,8 +66,8 @@ def checkout() -> CheckoutCompleted:
 async def test_other_services_receive_only_the_integration_event() -> None:
     integration = declared()
     bus = EventBus(memory_url(), source="checkout", publish_middleware=[integration.middleware])
-    public: Inbox[tuple[CheckoutCompletedPublic, Envelope]] = Inbox()
-    internal: Inbox[Envelope] = Inbox()
+    public: Collector[tuple[CheckoutCompletedPublic, Envelope]] = Collector()
+    internal: Collector[Envelope] = Collector()
 
     @bus.subscribe(CheckoutCompletedPublic, group="billing")
     async def billing(event: CheckoutCompletedPublic, ctx: Context) -> None:

@@ -120,6 +120,7 @@ async def test_relay_retries_a_failed_publish_and_reports_it(store_url: str) -> 
             await relay.wait_until(stored.position, timeout=5)
         assert failures == 0 and relay.health().published == 1
         assert not relay.health().running
+        assert relay.health().last_success is not None and relay.health().last_error is None
 
 
 @pytest.mark.asyncio
@@ -146,8 +147,18 @@ async def test_relay_shows_a_failure_in_health(store_url: str) -> None:
         async with relay:
             await asyncio.wait_for(retried.wait(), 5)
             assert not relay.health().ok and relay.health().running
-            assert "ConnectionError: broker away" in relay.health().last_error
+            health = relay.health()
+            assert "ConnectionError: broker away" in (health.last_error or "")
+            assert health.state == "backing_off" and health.consecutive_failures >= 1
         assert await store.get_checkpoint("down") == 0
+        assert relay.health().state == "stopped"
+
+
+def test_both_relays_report_one_relay_health() -> None:
+    from eventbus.patterns.eventsourcing import RelayHealth as EventRelayHealth
+    from eventbus.patterns.outbox import RelayHealth as OutboxRelayHealth
+
+    assert EventRelayHealth is OutboxRelayHealth
 
 
 class Refuse:

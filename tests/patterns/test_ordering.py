@@ -15,10 +15,10 @@ import pytest
 from eventbus import Context, Event, EventBus
 from eventbus.backoff import Backoff
 from eventbus.patterns.ordering import (
-    EarlyEvent,
+    EarlyEventError,
     MemorySequenceStore,
     Resequencer,
-    SqlSequenceStore,
+    SQLSequenceStore,
 )
 from eventbus.patterns.sql import Database
 from tests.bus_support import memory_url
@@ -95,7 +95,7 @@ async def test_the_resequencer_applies_in_order_across_a_restart_from_memory() -
 
 async def test_the_resequencer_on_sqlite_waits_applies_and_keeps_stale(tmp_path: Path) -> None:
     async with await Database.connect(f"sqlite:///{tmp_path / 'o.db'}") as db:
-        store = SqlSequenceStore(db)
+        store = SQLSequenceStore(db)
         await store.setup()
 
         def service(url: str, applied: list[int]) -> EventBus:
@@ -123,7 +123,7 @@ async def test_an_early_event_is_handed_back_then_applied_when_waiting_is_over()
     async def run() -> None:
         ran.append(1)
 
-    with pytest.raises(EarlyEvent) as early:
+    with pytest.raises(EarlyEventError) as early:
         await sequencer.apply("e", 3, run)
     assert (early.value.delay, early.value.expected) == (0.5, 1) and ran == []
     assert await sequencer.apply("e", 1, run) and ran == [1]

@@ -13,7 +13,7 @@ from eventbus import Command, Context, Envelope, Event, EventBus
 from eventbus.middleware.base import PublishNext
 from eventbus.middleware.deadletter import dlq_topic
 from eventbus.requests import RequestFailedError, UnencodableReplyError
-from tests.bus_support import Inbox, Records, memory_url
+from tests.bus_support import Collector, Records, memory_url
 
 pytestmark = pytest.mark.asyncio
 
@@ -45,7 +45,7 @@ async def test_only_the_commands_handler_group_replies() -> None:
     service = EventBus(url, source="stock")
     audit = EventBus(url, source="audit")
     client = EventBus(url, source="shop")
-    logged: Inbox[str] = Inbox()
+    logged: Collector[str] = Collector()
     replies: list[Envelope] = []
 
     async def keep_replies(topic: str, envelopes: Sequence[Envelope],

@@ -15,7 +15,7 @@ if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
 from eventbus import Context, EventBus  # noqa: E402
-from eventbus.patterns.sagas import Choreography, StepFailed  # noqa: E402
+from eventbus.patterns.sagas import Choreography, StepFailedError  # noqa: E402
 from eventbus.testing import TestBus  # noqa: E402
 from examples.order_saga import inventory_service, order_service, payment_service  # noqa: E402
 from examples.order_saga.events import (  # noqa: E402
@@ -71,7 +71,7 @@ async def test_steps_publish_what_they_return_keyed_and_caused_by_the_trigger() 
 
     @flow.step(InventoryReservationFailed)
     async def no_failure_event(event: InventoryReservationFailed, ctx: Context) -> None:
-        raise StepFailed("nothing to publish for this one")
+        raise StepFailedError("nothing to publish for this one")
 
     async with TestBus(bus) as tb:
         sent = await bus.publish(PaymentCharged(order_id="o1", payment_id="p", amount_cents=1,
@@ -82,7 +82,7 @@ async def test_steps_publish_what_they_return_keyed_and_caused_by_the_trigger() 
                      if e.type == InventoryReserved.event_type()]
     assert [e.partitionkey for e in envelopes] == ["o1", "o1"]
     assert all(e.causationid == sent.id and e.correlationid == sent.id for e in envelopes)
-    # A StepFailed with no failure event declared is an error like any other: dead-lettered.
+    # A StepFailedError with no failure event declared is an error like any other: dead-lettered.
     assert len(tb.dead_lettered(InventoryReservationFailed)) == 1
 
 

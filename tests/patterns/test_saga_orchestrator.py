@@ -18,11 +18,11 @@ from eventbus.patterns.sagas import (
     MemorySagaStore,
     SagaContext,
     SagaDefinition,
-    SagaNotFound,
+    SagaNotFoundError,
     SagaOrchestrator,
     SagaPublishError,
     SagaStore,
-    SqlSagaStore,
+    SQLSagaStore,
     Step,
     StepAction,
 )
@@ -87,7 +87,7 @@ class World:
     def store(self, shared: MemorySagaStore | None = None) -> SagaStore:
         if self.db is None:
             return shared or MemorySagaStore()
-        return SqlSagaStore(self.db)
+        return SQLSagaStore(self.db)
 
     def orchestrator(self, store: SagaStore, attempts: int = 3) -> SagaOrchestrator:
         async def record(topic: str, envelopes: Sequence[Envelope], call_next: object) -> None:
@@ -339,9 +339,9 @@ async def check_each_orchestrator_drives_only_its_own_saga_type(url: str | None)
         assert await store.overdue(w.clock.now, saga_type="type-shipping") == ["ship-1"]
         await orders.tick()
         assert ran == [] and (await shipping.get("ship-1")).status == "running"  # type: ignore[union-attr]
-        with pytest.raises(SagaNotFound, match="type-shipping"):
+        with pytest.raises(SagaNotFoundError, match="type-shipping"):
             await orders.step_succeeded("ship-1", "charge")
-        with pytest.raises(SagaNotFound, match="type-shipping"):
+        with pytest.raises(SagaNotFoundError, match="type-shipping"):
             await orders.start("ship-1")
         await shipping.tick()
         assert ran == ["shipping.cancel(ship-1)"]

@@ -13,11 +13,11 @@ import pytest
 
 from eventbus import Context, Event, EventBus
 from eventbus.patterns.ordering import (
-    EarlyEvent,
+    EarlyEventError,
     MemorySequenceStore,
     Resequencer,
     SequenceStore,
-    SqlSequenceStore,
+    SQLSequenceStore,
 )
 from eventbus.patterns.sql import Database
 from eventbus.testing import TestBus
@@ -114,7 +114,7 @@ async def check_two_consumers_of_one_entity_apply_it_once(store: SequenceStore) 
 
 
 async def check_an_early_event_waits_and_leaves_nothing_behind(store: SequenceStore) -> None:
-    """``on_gap="wait"``: an early event raises EarlyEvent (the broker redelivers it)
+    """``on_gap="wait"``: an early event raises EarlyEventError (the broker redelivers it)
     and its unit of work records nothing; once its predecessor is applied, it is."""
     await store.setup()
     guard = Resequencer("waiting", store)
@@ -125,7 +125,7 @@ async def check_an_early_event_waits_and_leaves_nothing_behind(store: SequenceSt
             ran.append(n)
         return handler
 
-    with pytest.raises(EarlyEvent):
+    with pytest.raises(EarlyEventError):
         await guard.apply("e", 2, run(2))
     assert await guard.apply("e", 1, run(1)) and await guard.apply("e", 2, run(2))
     assert not await guard.apply("e", 1, run(1)) and ran == [1, 2]
@@ -145,4 +145,4 @@ async def test_resequencer(case: object, kind: str, tmp_path: Path) -> None:
         await case(MemorySequenceStore())  # type: ignore[operator]
         return
     async with await Database.connect(f"sqlite:///{tmp_path / 'seq.db'}") as db:
-        await case(SqlSequenceStore(db))  # type: ignore[operator]
+        await case(SQLSequenceStore(db))  # type: ignore[operator]

@@ -17,7 +17,7 @@ from eventbus.patterns.sagas import (
     SagaContext,
     SagaDefinition,
     SagaOrchestrator,
-    SqlSagaStore,
+    SQLSagaStore,
     Step,
 )
 from eventbus.patterns.sql import Database
@@ -32,7 +32,7 @@ async def check_saga_state_and_its_messages_commit_together(url: str) -> None:
     async with await Database.connect(url) as db:
         outbox = Outbox(db, table=f"eventbus_outbox_{uuid.uuid4().hex[:8]}")
         await outbox.setup()
-        store = SqlSagaStore(db, unit_of_work=outbox.unit_of_work)
+        store = SQLSagaStore(db, unit_of_work=outbox.unit_of_work)
         await store.setup()
         bus = EventBus(f"memory://{uuid.uuid4()}", publish_middleware=[outbox.middleware])
         broken: set[str] = set()
@@ -81,12 +81,12 @@ async def test_transactional_publish_without_an_outbox_is_refused(tmp_path: Path
         routed = EventBus(f"memory://{uuid.uuid4()}", publish_middleware=[outbox.middleware])
         plain = EventBus(f"memory://{uuid.uuid4()}")
         with pytest.raises(ConfigurationError, match="no outbox"):
-            SagaOrchestrator(definition, SqlSagaStore(db), routed, transactional_publish=True)
+            SagaOrchestrator(definition, SQLSagaStore(db), routed, transactional_publish=True)
         with pytest.raises(ConfigurationError, match="no outbox"):
             SagaOrchestrator(definition, MemorySagaStore(), routed, transactional_publish=True)
         with pytest.raises(ConfigurationError, match=r"outbox\.middleware"):
-            SagaOrchestrator(definition, SqlSagaStore(db, unit_of_work=outbox.unit_of_work),
+            SagaOrchestrator(definition, SQLSagaStore(db, unit_of_work=outbox.unit_of_work),
                              plain, transactional_publish=True)
-        SagaOrchestrator(definition, SqlSagaStore(db, unit_of_work=outbox.unit_of_work),
+        SagaOrchestrator(definition, SQLSagaStore(db, unit_of_work=outbox.unit_of_work),
                          routed, transactional_publish=True)
-        SagaOrchestrator(definition, SqlSagaStore(db), plain)  # the default holds messages
+        SagaOrchestrator(definition, SQLSagaStore(db), plain)  # the default holds messages

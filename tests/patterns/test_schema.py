@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from eventbus.patterns.migrations import migrate
-from eventbus.patterns.sagas import SqlSagaStore
+from eventbus.patterns.sagas import SQLSagaStore
 from eventbus.patterns.schema import SchemaVersionError, TableSchemaError, missing_columns
 from eventbus.patterns.sql import Database
 
@@ -31,7 +31,7 @@ async def check_an_old_saga_table_is_refused_then_migrated(url: str) -> None:
     async with await Database.connect(url) as db:
         async with db.transaction() as tx:
             await tx.execute(OLD_SAGAS.format(t="old_sagas", real=real(db)))
-        store = SqlSagaStore(db, table="old_sagas")
+        store = SQLSagaStore(db, table="old_sagas")
         with pytest.raises(SchemaVersionError, match="'old_sagas' is at schema version 1"):
             await store.setup()
         assert [(r.table, r.from_version) for r in await migrate(db)] == [("old_sagas", 1)]
@@ -46,7 +46,7 @@ async def check_a_foreign_table_is_refused(url: str) -> None:
         async with db.transaction() as tx:
             await tx.execute("CREATE TABLE not_sagas (saga_id TEXT PRIMARY KEY, note TEXT)")
         with pytest.raises(TableSchemaError, match=r"'not_sagas'.*saga_type") as refused:
-            await SqlSagaStore(db, table="not_sagas").setup()
+            await SQLSagaStore(db, table="not_sagas").setup()
         assert "saga_type" in refused.value.missing and refused.value.table == "not_sagas"
         assert await migrate(db) == []  # not one of ours: left alone
 

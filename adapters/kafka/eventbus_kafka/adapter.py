@@ -5,18 +5,22 @@ Example::
     adapter = KafkaAdapter("kafka://localhost:9092?partitions=6")
     await adapter.connect()
     await adapter.publish("orders", [envelope])
+
+    # Or with settings made in code and a producer of your own (started by you, used
+    # as it is, never stopped by the adapter):
+    adapter = KafkaAdapter(settings=KafkaSettings(bootstrap_servers=("k1:9092",)),
+                           client=producer)
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import MessageSizeTooLargeError, UnknownTopicOrPartitionError
-from aiokafka.helpers import create_ssl_context
 from aiokafka.structs import OffsetAndMetadata, TopicPartition
 
 from eventbus.adapter import (
@@ -27,6 +31,7 @@ from eventbus.adapter import (
     SubscribeOptions,
     Subscription,
 )
+from eventbus.adapters_util import Mapped, map_exceptions, tls_context, translate
 from eventbus.envelope import Envelope
 from eventbus.errors import (
     BatchPublishError,
@@ -41,9 +46,8 @@ from .codec import Headers, encode_parts, record_size, retry_headers
 from .connection import ProducerConnection, half_open_bound, transient
 from .consumer import KafkaSubscription
 from .delivery import best_effort
-from .provision import TopicProvisioner
-from .retry import retry_topic, retry_topics
-from .sending import BATCH_MIN, Locks, send_batched, send_each
+from .provision import TopicProvisioner, retry_topic, retry_topics
+from .publish import BATCH_MIN, Locks, send_batched, send_each
 from .settings import KafkaSettings
 
 log = logging.getLogger("eventbus.kafka")
@@ -57,9 +61,20 @@ class KafkaAdapter(ProducerConnection, Adapter):
 
     schemes = ("kafka",)
 
-    def __init__(self, url: str) -> None:
-        super().__init__(url)
-        self.settings = KafkaSettings.from_url(url)
+    def __init__(self, url: str | None = None, *, settings: KafkaSettings | None = None,
+                 client: AIOKafkaProducer | None = None) -> None:
+        """``KafkaAdapter(url)``, or ``KafkaAdapter(settings=..., client=...)``: settings
+        made in code, and optionally a producer you configured and started yourself,
+        used as it is (its options win over the settings' producer options) and never
+        stopped by the adapter. Consumers and the admin client always come from the
+        settings' connection options."""
+        if settings is None:
+            if url is None:
+                raise TypeError("KafkaAdapter needs a URL or settings=KafkaSettings(...)")
+            settings = KafkaSettings.from_url(url)
+        super().__init__(settings.url or settings.masked_url)
+        self.settings = settings
+        self.start_from = settings.start_from
         self.capabilities = Capabilities(
             persistent=True,
             consumer_groups=True,
@@ -75,16 +90,20 @@ class KafkaAdapter(ProducerConnection, Adapter):
             max_message_bytes=self.settings.max_message_bytes,
             dedupe_window=None,
             reconnect=True,
-            # A member that does not poll for max_poll_interval_ms leaves its group and
+            # A member that does not poll for max_poll_interval leaves its group and
             # its partitions (and unsettled records) go to another member; the
             # subscription keeps polling while handlers run (eventbus_kafka.keepalive).
             lease=True,
             half_open_bound=half_open_bound(self.settings),
+            browse=True,
+            group_route=True,
+            raw_publish=True,
         )
-        self._producer: AIOKafkaProducer | None = None
+        self._producer: AIOKafkaProducer | None = client
+        self._own_producer = client is None
         self._structured = self.settings.mode == "structured"
         # publish() calls between queueing their records and their acks: a lone one
-        # does not wait for linger_ms (see sending.send_now).
+        # does not wait for linger (see publish.send_now).
         self._publishing = 0
         self._partition_locks: Locks = {}
         self._provisioner = TopicProvisioner(self.settings, self.client_options())
@@ -106,15 +125,13 @@ class KafkaAdapter(ProducerConnection, Adapter):
         s = self.settings
         options: dict[str, Any] = {
             "bootstrap_servers": list(s.bootstrap_servers),
-            "client_id": s.client_id,
-            "request_timeout_ms": s.request_timeout_ms,
-            "metadata_max_age_ms": s.metadata_max_age_ms,
+            "client_id": s.client_name,
+            "request_timeout_ms": s.ms(s.request_timeout),
+            "metadata_max_age_ms": s.ms(s.metadata_max_age),
             "security_protocol": s.security_protocol,
         }
-        if s.security_protocol in ("SSL", "SASL_SSL"):
-            options["ssl_context"] = create_ssl_context(
-                cafile=s.ssl_cafile, certfile=s.ssl_certfile, keyfile=s.ssl_keyfile
-            )
+        if s.tls:
+            options["ssl_context"] = tls_context(s.tls_ca, s.tls_cert, s.tls_key, s.tls_verify)
         if s.security_protocol.startswith("SASL"):
             options["sasl_mechanism"] = s.sasl_mechanism or "PLAIN"
             options["sasl_plain_username"] = s.sasl_username
@@ -144,10 +161,14 @@ class KafkaAdapter(ProducerConnection, Adapter):
         except asyncio.CancelledError:  # the children finished their steps anyway
             closes = [True]
         cancelled = any(c is True or isinstance(c, BaseException) for c in closes)
-        producer, self._producer = self._producer, None
+        producer = self._producer
+        if self._own_producer:
+            self._producer = None
         if producer is not None:
-            # stop() flushes pending batches first.
-            cancelled |= await best_effort("stopping the Kafka producer", producer.stop())
+            # stop() flushes pending batches first; a producer given to us is its
+            # owner's to stop, flushed only.
+            step = producer.stop() if self._own_producer else producer.flush()
+            cancelled |= await best_effort("stopping the Kafka producer", step)
         cancelled |= await best_effort("closing the admin client", self._provisioner.close())
         if cancelled:
             raise asyncio.CancelledError
@@ -174,7 +195,7 @@ class KafkaAdapter(ProducerConnection, Adapter):
     # -- publishing --------------------------------------------------------------------
 
     async def publish(self, topic: str, envelopes: Sequence[Envelope]) -> None:
-        """Send every envelope and wait for acks=all (see :mod:`eventbus_kafka.sending`)."""
+        """Send every envelope and wait for acks=all (see :mod:`eventbus_kafka.publish`)."""
         structured = self._structured
         limit = self.capabilities.max_message_bytes
         records = []
@@ -202,29 +223,20 @@ class KafkaAdapter(ProducerConnection, Adapter):
             self._provisioner.forget(topic)  # deleted underneath: the retry creates it
         if len(failures) == len(records) and all(transient(e) for e in failures.values()):
             first = next(iter(failures.values()))
-            raise BrokerConnectionError(
-                f"Kafka at {self.settings.masked_url} did not confirm any of {len(records)} "
-                f"message(s) to {topic!r}: {type(first).__name__}: {first}"
-            ) from first
-        errors = {i: self._publish_error(topic, envelopes[i], exc) for i, exc in failures.items()}
-        raise BatchPublishError(
-            f"{len(errors)} of {len(records)} messages to Kafka topic {topic!r} were not "
-            f"confirmed (indexes {sorted(errors)}); see .failures",
-            errors,
-            len(records),
-        )
+            raise self._failure(topic, None, first, f"{len(records)} message(s)") from first
+        errors = {i: self._failure(topic, envelopes[i], exc) for i, exc in failures.items()}
+        raise BatchPublishError.partial(errors, len(records), f"Kafka topic {topic!r}")
 
-    def _publish_error(self, topic: str, envelope: Envelope, exc: BaseException) -> Exception:
-        text = f"event {envelope.id} ({envelope.type}) to {topic!r}: {type(exc).__name__}: {exc}"
-        error: Exception
-        if isinstance(exc, MessageSizeTooLargeError):
-            error = MessageTooLargeError(f"the broker refused {text}; nothing was sent")
-        elif transient(exc):
-            error = BrokerConnectionError(f"Kafka at {self.settings.masked_url} lost {text}")
-        else:
-            error = PublishError(f"Kafka did not confirm {text}")
-        error.__cause__ = exc
-        return error
+    def _failure(self, topic: str, envelope: Envelope | None, exc: BaseException,
+                 what: str = "") -> Exception:
+        """The eventbus error for a produce of ``envelope`` (or ``what``) that failed."""
+        what = what or (f"event {envelope.id} ({envelope.type})" if envelope else "a record")
+        what = f"publishing {what} to {topic!r} on Kafka at {self.settings.masked_url}"
+        if not isinstance(exc, Exception):  # a send cut short (cancelled): not confirmed
+            error = PublishError(f"{what} was not confirmed ({type(exc).__name__})")
+            error.__cause__ = exc
+            return error
+        return translate(exc, _classify, what=what)
 
     async def publish_raw(
         self, topic: str, payload: bytes, headers: Mapping[str, bytes] | None = None
@@ -250,19 +262,15 @@ class KafkaAdapter(ProducerConnection, Adapter):
             )
         producer = await self._ready_producer()
         await self._provisioner.ensure([topic])
-        try:
+        with map_exceptions(_classify, on_error=self._forget_if_gone(topic), what=(
+                f"a record to {topic!r} on Kafka at {self.settings.masked_url}")):
             await producer.send_and_wait(topic, value, key=key, headers=headers)
-        except Exception as exc:
+
+    def _forget_if_gone(self, topic: str) -> Callable[[Exception], None]:
+        def forget(exc: Exception) -> None:
             if isinstance(exc, UnknownTopicOrPartitionError):
                 self._provisioner.forget(topic)  # deleted underneath: the retry creates it
-            if transient(exc):
-                raise BrokerConnectionError(
-                    f"Kafka at {self.settings.masked_url} did not confirm a record to {topic!r}: "
-                    f"{type(exc).__name__}: {exc}"
-                ) from exc
-            raise PublishError(
-                f"Kafka did not confirm a record to {topic!r}: {type(exc).__name__}: {exc}"
-            ) from exc
+        return forget
 
     # -- subscribing ---------------------------------------------------------------------
 
@@ -274,11 +282,11 @@ class KafkaAdapter(ProducerConnection, Adapter):
         """
         await self._ready_producer()  # nack re-publishes through it
         await self._provisioner.ensure(
-            [topic, *retry_topics(topic, options.group, self.settings.retry_tiers)]
+            [topic, *retry_topics(topic, options.group, self.settings.delay_tiers)]
         )
         subscription = KafkaSubscription(self, topic, options)
         s = self.settings
-        join_timeout = max(30.0, 3 * (s.session_timeout_ms + s.rebalance_timeout_ms) / 1000)
+        join_timeout = max(30.0, 3 * (s.session_timeout + s.rebalance_timeout))
         await subscription.start(join_timeout)
         self._subscriptions.add(subscription)
         return subscription
@@ -291,7 +299,7 @@ class KafkaAdapter(ProducerConnection, Adapter):
         group's own consumers read it, so the topic's other groups never see them.
         Each starts again at attempt 1 (a dead letter replayed after a fix)."""
         structured = self.settings.mode == "structured"
-        destination = retry_topic(topic, group, self.settings.retry_tiers[0])
+        destination = retry_topic(topic, group, self.settings.delay_tiers[0])
         records = []
         for envelope in envelopes:
             key, value, headers, size = encode_parts(envelope, structured)
@@ -302,7 +310,7 @@ class KafkaAdapter(ProducerConnection, Adapter):
         # The subscription provisions the topic and all its retry topics; make sure
         # they exist even when no consumer of the group runs right now.
         await self._provisioner.ensure(
-            [topic, *retry_topics(topic, group, self.settings.retry_tiers)]
+            [topic, *retry_topics(topic, group, self.settings.delay_tiers)]
         )
         for key, value, headers in records:
             await self.send_record(destination, key, value, headers)
@@ -366,3 +374,13 @@ class KafkaAdapter(ProducerConnection, Adapter):
         taken = self._instance_ids.get((subscription.options.group, subscription.topic))
         if taken is not None:
             taken.discard(subscription.instance_index)
+
+
+def _classify(exc: Exception) -> Mapped:
+    """What a failed produce means: too large (never sent), worth publishing again (no
+    connection, a retriable Kafka error aiokafka gave up on), or refused for good."""
+    if isinstance(exc, MessageSizeTooLargeError):
+        return MessageTooLargeError, "the broker refused it; nothing was sent"
+    if transient(exc):
+        return BrokerConnectionError, "publish again once the broker answers"
+    return PublishError, "the broker refused it"

@@ -17,6 +17,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from eventbus.adapter import ReadRecord
+from eventbus.adapters_util import map_exceptions
 from eventbus.errors import BrokerConnectionError
 
 from .codec import decode
@@ -41,16 +42,12 @@ async def read_topic(
         auto_offset_reset="earliest",
         max_partition_fetch_bytes=max(1024 * 1024, settings.max_message_bytes + 4096),
     )
-    stall = settings.request_timeout_ms / 1000
+    stall = settings.request_timeout
     try:
-        try:
+        with map_exceptions({(KafkaError, OSError): BrokerConnectionError}, what=(
+                f"reading topic {topic!r} on Kafka at {settings.masked_url}")):
             await asyncio.wait_for(consumer.start(), settings.connect_timeout)
             records = await _read(consumer, topic, partitions, limit, stall)
-        except (KafkaError, OSError, TimeoutError) as exc:
-            raise BrokerConnectionError(
-                f"could not read topic {topic!r} on Kafka at {settings.masked_url}: "
-                f"{type(exc).__name__}: {exc or 'timed out'}"
-            ) from exc
     finally:
         try:
             await consumer.stop()
@@ -101,6 +98,6 @@ def _read_record(topic: str, record: Any) -> ReadRecord:
         topic=topic,
         message_id=f"{record.topic}/{record.partition}/{record.offset}",
         envelope=decoded.envelope,
-        raw=None if decoded.envelope is not None else (record.value or b""),
+        raw=decoded.raw if decoded.envelope is None else None,
         decode_error=decoded.error,
     )

@@ -7,16 +7,18 @@ key becomes ``partitionkey`` only when that header is absent and the key is text
 The adapter's own transport facts (retry attempt, not-before time, original topic)
 use ``eventbus_*`` headers, which CloudEvents readers ignore.
 
-Decoding never raises: an unreadable record becomes a :class:`Decoded` with
-``envelope=None`` and the reason, so one bad record cannot kill a consumer.
+Decoding never raises: an unreadable record becomes a
+:class:`~eventbus.adapter.Decoded` with ``envelope=None``, the reason, and the record's
+value and foreign headers, so one bad record cannot kill a consumer and its dead
+letter keeps what arrived.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
 
+from eventbus.adapter import Decoded
 from eventbus.codec import (
     KAFKA_PREFIX,
     STRUCTURED_CONTENT_TYPE,
@@ -55,20 +57,6 @@ class KafkaRecord:
     def size(self) -> int:
         """Upper bound of the record's size on the wire, for the max-size check."""
         return record_size(self.key, self.value, self.headers)
-
-
-class Decoded(NamedTuple):
-    """What a consumed record says: the envelope (or why not) and transport facts.
-
-    A named tuple: one is built per consumed record, and a frozen dataclass costs
-    several times more to construct.
-    """
-
-    envelope: Envelope | None
-    error: str | None
-    attempt: int
-    not_before_ms: int
-    origin_topic: str | None
 
 
 def record_size(
@@ -151,10 +139,11 @@ def decode(
                     n.lower() == _PARTITIONKEY_HEADER for n in cloud):
                 text_key = _text_key(key)
             envelope = decode_binary(cloud, value, KAFKA_PREFIX, key=text_key)
-        error = None
     except Exception as exc:  # any unreadable record is poison, never a consumer crash
-        envelope, error = None, f"{type(exc).__name__}: {exc}"
-    return Decoded(envelope, error, attempt, not_before, origin)
+        # Bytes that are no CloudEvent: their dead letter keeps the value and headers.
+        return Decoded(None, f"{type(exc).__name__}: {exc}", value or b"",
+                       foreign_headers(headers), attempt, not_before, origin)
+    return Decoded(envelope, None, None, None, attempt, not_before, origin)
 
 
 def _text_headers(headers: Sequence[tuple[str, bytes | None]]) -> dict[str, str | bytes]:

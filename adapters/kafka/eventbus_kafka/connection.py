@@ -17,6 +17,7 @@ from aiokafka.errors import (
     RequestTimedOutError,
 )
 
+from eventbus.adapters_util import ExceptionMap, translate
 from eventbus.errors import BrokerConnectionError
 
 from .settings import KafkaSettings
@@ -33,6 +34,12 @@ _CONNECTION_ERRORS = (
 )
 
 
+# Whatever fails while connecting: the broker is not there, or not for these credentials.
+_UNREACHABLE: ExceptionMap = {Exception: (
+    BrokerConnectionError,
+    "check that the bootstrap servers are reachable and the credentials are right")}
+
+
 def transient(exc: BaseException) -> bool:
     """A failure that goes away by itself: no connection, or an error Kafka marks
     retriable (a leader moving, a topic being deleted or created: NotLeaderForPartition,
@@ -47,10 +54,10 @@ def half_open_bound(settings: KafkaSettings) -> float:
 
     ``health()`` asks the cluster for its metadata with a ``connect_timeout`` deadline,
     so it reports such a connection within that; aiokafka gives every request
-    ``request_timeout_ms`` and then closes the connection and opens a new one, and a
+    ``request_timeout`` and then closes the connection and opens a new one, and a
     consumer always has a fetch (or a heartbeat) in flight, so it reconnects within that.
     """
-    return max(settings.connect_timeout, settings.request_timeout_ms / 1000)
+    return max(settings.connect_timeout, settings.request_timeout)
 
 
 class ProducerConnection:
@@ -108,7 +115,7 @@ class ProducerConnection:
             **self.client_options(),
             acks="all",
             enable_idempotence=idempotent,
-            linger_ms=s.linger_ms,
+            linger_ms=s.ms(s.linger),
             compression_type=s.compression_type,
             max_batch_size=s.batch_bytes,
             max_request_size=max(1024 * 1024, s.max_message_bytes + 64 * 1024),
@@ -123,10 +130,7 @@ class ProducerConnection:
             raise
         return producer
 
-    def _connect_error(self, exc: BaseException) -> BrokerConnectionError:
+    def _connect_error(self, exc: Exception) -> Exception:
         s = self.settings
-        return BrokerConnectionError(
-            f"cannot connect to Kafka at {s.masked_url} within {s.connect_timeout:g}s "
-            f"({type(exc).__name__}: {exc or 'timed out'}); check that the bootstrap "
-            "servers are reachable and the credentials are right"
-        )
+        return translate(exc, _UNREACHABLE, what=(
+            f"connecting to Kafka at {s.masked_url} (within {s.connect_timeout:g}s)"))

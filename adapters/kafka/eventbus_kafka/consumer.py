@@ -2,10 +2,10 @@
 
 - Offsets are committed manually, only ever the contiguous prefix of settled
   records per partition (:mod:`eventbus_kafka.offsets`), in batches (every
-  ``commit_every`` settled records or ``commit_interval_ms``, whichever comes
+  ``commit_every`` settled records or ``commit_interval``, whichever comes
   first) and always on revoke and close.
 - ``nack(delay)`` re-publishes the record to the retry topic of its delay tier
-  (:mod:`eventbus_kafka.retry`) with a not-before time and marks the original
+  (:mod:`eventbus_kafka.provision`) with a not-before time and marks the original
   done, so its partition is not blocked. A retry record that is not due yet is
   held and its retry partition paused until then (at most the tier's delay);
   other partitions and tiers keep flowing.
@@ -37,14 +37,15 @@ from aiokafka.errors import ConsumerStoppedError, KafkaError
 from aiokafka.structs import OffsetAndMetadata
 
 from eventbus.adapter import Delivery, SubscribeOptions, Subscription
+from eventbus.adapters_util import ExceptionMap, map_exceptions, pick_tier
 from eventbus.errors import BrokerConnectionError, ConnectionLostError
 
 from .codec import NOT_BEFORE_HEADER, decode
 from .delivery import KafkaDelivery, best_effort
 from .keepalive import PollKeeper, keeper_tick
 from .offsets import Entry, PartitionLog
+from .provision import FORWARD_SLACK_MS, not_before, release_at, retry_topic, retry_topics
 from .rebalance import COMMIT_TIMEOUT, Listener, RebalanceTracker, kafka_group_id
-from .retry import FORWARD_SLACK_MS, not_before, release_at, retry_topic, retry_topics, tier_for
 from .runs import OPEN, RunCounter
 from .watch import TopicWatch
 
@@ -62,11 +63,11 @@ class KafkaSubscription(PollKeeper, RunCounter, TopicWatch, Subscription):
         self.topic = topic
         self.options = options
         # Retry topic -> its delay tier (seconds).
-        self.retry_tiers = retry_topics(topic, options.group, adapter.settings.retry_tiers)
+        self.retry_tiers = retry_topics(topic, options.group, adapter.settings.delay_tiers)
         self.instance_index = 0  # set by adapter.instance_id with static membership
         settings = adapter.settings
-        # The URL's start_from is deployment-wide and wins over the subscription's.
-        self.start_from = settings.start_from or options.start_from
+        # Where a new group starts, as the core decided (the subscription's, else the URL's).
+        self.start_from = options.start_from
         self.consumer = AIOKafkaConsumer(
             **adapter.client_options(),
             group_id=kafka_group_id(options.group, topic),
@@ -77,10 +78,10 @@ class KafkaSubscription(PollKeeper, RunCounter, TopicWatch, Subscription):
             auto_offset_reset="earliest",
             isolation_level=settings.isolation_level,
             group_instance_id=adapter.instance_id(self),
-            session_timeout_ms=settings.session_timeout_ms,
-            heartbeat_interval_ms=settings.heartbeat_interval_ms,
-            rebalance_timeout_ms=settings.rebalance_timeout_ms,
-            max_poll_interval_ms=settings.max_poll_interval_ms,
+            session_timeout_ms=settings.ms(settings.session_timeout),
+            heartbeat_interval_ms=settings.ms(settings.heartbeat_interval),
+            rebalance_timeout_ms=settings.ms(settings.rebalance_timeout),
+            max_poll_interval_ms=settings.ms(settings.max_poll_interval),
             max_partition_fetch_bytes=max(1024 * 1024, settings.max_message_bytes + 4096),
         )
         self._logs: dict[TopicPartition, PartitionLog] = {}
@@ -130,26 +131,25 @@ class KafkaSubscription(PollKeeper, RunCounter, TopicWatch, Subscription):
         self.consumer.subscribe([self.topic, *self.retry_tiers],
                                 listener=Listener(self.rebalance))
         self._housekeeper = asyncio.create_task(self._housekeeping())
+        failures: ExceptionMap = {
+            TimeoutError: (BrokerConnectionError, f"no partition assignment within "
+                                                  f"{timeout:.0f}s"),
+            (KafkaError, OSError): BrokerConnectionError,
+        }
         try:
-            # start() bootstraps and joins the group (waiting for the first assignment);
-            # then the housekeeper pins the start offsets of what was assigned.
-            await asyncio.wait_for(self.consumer.start(), timeout)
-            await asyncio.wait_for(self.rebalance.assigned.wait(), timeout)
+            with map_exceptions(failures, what=(
+                    f"subscribing to {self.topic!r} as group {self.options.group!r} on Kafka "
+                    f"at {masked}")):
+                # start() bootstraps and joins the group (waiting for the first
+                # assignment); then the housekeeper pins the start offsets of it.
+                await asyncio.wait_for(self.consumer.start(), timeout)
+                await asyncio.wait_for(self.rebalance.assigned.wait(), timeout)
             self._keeper = asyncio.create_task(self._keep_membership(
-                keeper_tick(self.adapter.settings.max_poll_interval_ms)))
+                keeper_tick(self.adapter.settings.max_poll_interval)))
             self._watcher = asyncio.create_task(self._watch_topic())
-        except (KafkaError, OSError) as exc:
+        except Exception:
             await self.close()
-            raise BrokerConnectionError(
-                f"cannot subscribe to {self.topic!r} as group {self.options.group!r} on Kafka "
-                f"at {masked}: {type(exc).__name__}: {exc}"
-            ) from exc
-        except TimeoutError as exc:
-            await self.close()
-            raise BrokerConnectionError(
-                f"group {self.options.group!r} on Kafka at {masked} got no partition "
-                f"assignment for {self.topic!r} within {timeout:.0f}s"
-            ) from exc
+            raise
 
     async def close(self) -> None:
         """Stop fetching, commit the settled prefix, leave the group.
@@ -216,8 +216,8 @@ class KafkaSubscription(PollKeeper, RunCounter, TopicWatch, Subscription):
 
     def retry_topic_for(self, delay: float) -> str:
         """The retry topic of the delay tier for ``delay`` seconds."""
-        tiers = self.adapter.settings.retry_tiers
-        return retry_topic(self.topic, self.options.group, tier_for(delay, tiers))
+        tiers = self.adapter.settings.delay_tiers
+        return retry_topic(self.topic, self.options.group, pick_tier(delay, tiers))
 
     async def _forward(self, record: Any, log_: PartitionLog, entry: Entry,
                        not_before_ms: int) -> None:
@@ -291,9 +291,9 @@ class KafkaSubscription(PollKeeper, RunCounter, TopicWatch, Subscription):
 
     async def _housekeeping(self) -> None:
         # The commit cadence (docs/adapters/kafka.md, "Commits"): after an ack, commit
-        # once commit_every records were settled or commit_interval_ms passed, whichever
+        # once commit_every records were settled or commit_interval passed, whichever
         # comes first. What a crash re-runs is what was settled since the last commit.
-        interval = self.adapter.settings.commit_interval_ms / 1000
+        interval = self.adapter.settings.commit_interval
         while True:
             if self.rebalance.has_new_partitions:
                 await self.rebalance.pin_new_partitions()
@@ -343,15 +343,13 @@ class KafkaSubscription(PollKeeper, RunCounter, TopicWatch, Subscription):
                 continue
             self._resume_fetching()
             try:
-                batch = await self._poll(int(min(wait, 1.0) * 1000),
-                                         prefetch - self._outstanding)
+                with map_exceptions({KafkaError: ConnectionLostError}, what=(
+                        f"consuming {self.topic!r} as group {self.options.group!r} on Kafka at "
+                        f"{self.adapter.settings.masked_url}"), hint="subscribing again"):
+                    batch = await self._poll(int(min(wait, 1.0) * 1000),
+                                             prefetch - self._outstanding)
             except ConsumerStoppedError:
                 return
-            except KafkaError as exc:
-                raise ConnectionLostError(
-                    f"consumer of {self.topic!r} group {self.options.group!r} on Kafka at "
-                    f"{self.adapter.settings.masked_url} failed: {type(exc).__name__}: {exc}"
-                ) from exc
             if not self._closed:
                 self._accept(batch)
 

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from eventbus.adapter import Delivery
 
-from .codec import decode, foreign_headers, retry_headers
+from .codec import decode, retry_headers
 from .offsets import Entry, PartitionLog
 
 if TYPE_CHECKING:
@@ -45,20 +45,15 @@ class KafkaDelivery(Delivery):
 
     def __init__(self, owner: KafkaSubscription, record: Any, log_: PartitionLog,
                  entry: Entry, attempt: int | None = None, earlier_runs: int = 0) -> None:
-        headers = record.headers or ()
-        decoded = decode(record.key, record.value, headers)
+        decoded = decode(record.key, record.value, record.headers or ())
         super().__init__(
+            decoded,
             topic=decoded.origin_topic or owner.topic,
             group=owner.options.group,
-            envelope=decoded.envelope,
             # A local redelivery knows its attempt; otherwise the record's own count
             # plus the runs that crashed before it was settled (eventbus_kafka.runs).
             attempt=attempt or decoded.attempt + earlier_runs,
             message_id=f"{record.topic}/{record.partition}/{record.offset}",
-            raw=None if decoded.envelope is not None else (record.value or b""),
-            decode_error=decoded.error,
-            # Bytes that are no CloudEvent: their dead letter keeps the record's headers.
-            raw_headers=None if decoded.envelope is not None else foreign_headers(headers),
         )
         self._owner = owner
         self._record = record

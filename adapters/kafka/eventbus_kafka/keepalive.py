@@ -1,7 +1,7 @@
 """Polling that keeps a subscription in its group while its handlers run (#18 defect 25).
 
 aiokafka makes a member leave its group when no ``getmany()`` has been in progress
-for ``max_poll_interval_ms`` (``fetcher_idle_time``: the time since the last call
+for ``max_poll_interval`` (``fetcher_idle_time``: the time since the last call
 *ended*, whatever it returned; see ``aiokafka.consumer.subscription_state``). The
 subscription's iterator calls ``getmany()`` only while it is being iterated, and the
 bus does not iterate while a handler runs: with ``concurrency=1`` it runs each
@@ -25,13 +25,13 @@ from aiokafka.errors import ConsumerStoppedError, KafkaError
 log = logging.getLogger("eventbus.kafka")
 
 # The keeper's tick: at most a second, and a quarter of the poll interval, so a
-# member never comes near max_poll_interval_ms without a poll.
+# member never comes near max_poll_interval without a poll.
 MAX_TICK = 1.0
 
 
-def keeper_tick(max_poll_interval_ms: int) -> float:
-    """Seconds between the keeper's looks for ``max_poll_interval_ms``."""
-    return min(MAX_TICK, max_poll_interval_ms / 4000)
+def keeper_tick(max_poll_interval: float) -> float:
+    """Seconds between the keeper's looks for ``max_poll_interval`` (seconds)."""
+    return min(MAX_TICK, max_poll_interval / 4)
 
 
 class PollKeeper:

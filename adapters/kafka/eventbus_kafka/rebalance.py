@@ -75,7 +75,7 @@ class RebalanceTracker:
     """
 
     def __init__(self, adapter: KafkaAdapter, consumer: AIOKafkaConsumer, topic: str,
-                 options: SubscribeOptions, *, start_from: str, retry_tiers: dict[str, int],
+                 options: SubscribeOptions, *, start_from: str, retry_tiers: dict[str, float],
                  logs: dict[TopicPartition, PartitionLog], ready: Ready, held: Held,
                  wake: asyncio.Event, dirty: asyncio.Event, commit_lock: asyncio.Lock,
                  commit: Callable[..., Awaitable[None]],
@@ -271,7 +271,7 @@ class RebalanceTracker:
 
     async def on_revoked(self, revoked: set[TopicPartition]) -> None:
         """A rebalance starts: suspend ``revoked``, let started deliveries finish
-        (up to ``rebalance_grace_ms``) and commit them."""
+        (up to ``rebalance_grace``) and commit them."""
         # No delivery of a revoked partition may start from now on (the bus asks
         # ``stale``); give the started ones a moment to finish, so their offsets are
         # committed before another member takes over (fewer repeats).
@@ -279,7 +279,7 @@ class RebalanceTracker:
         for log_ in logs.values():
             log_.suspended = True
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.adapter.settings.rebalance_grace_ms / 1000
+        deadline = loop.time() + self.adapter.settings.rebalance_grace
         while not self._closed() and loop.time() < deadline and any(
             log_.in_flight for log_ in logs.values()
         ):

@@ -16,21 +16,27 @@ from urllib.parse import unquote, urlsplit
 
 from eventbus.errors import InvalidURLError, mask_url
 from eventbus.url_options import (
+    TLS_OPTIONS,
     OptionParser,
+    Renamed,
+    check_tls,
     choice,
+    delay_tiers,
     flag,
+    from_milliseconds,
     host_ports,
     integer,
     mask_query,
     parse_options,
     query_pairs,
     seconds,
+    shared,
     text,
 )
 
-from .retry import DEFAULT_TIERS
-
 DEFAULT_PORT = 9092
+# Delay tiers (seconds): one retry topic each (eventbus_kafka.provision).
+DEFAULT_TIERS: tuple[float, ...] = (1, 10, 60, 600, 3600)
 DEFAULT_MAX_MESSAGE_BYTES = 1024 * 1024
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
@@ -46,31 +52,35 @@ Mode = Literal["binary", "structured"]
 
 @dataclass(frozen=True, slots=True)
 class KafkaSettings:
-    """Everything the Kafka adapter reads from its URL.
+    """Everything the Kafka adapter reads from its URL (durations in seconds).
 
     Example::
 
         KafkaSettings.from_url("kafka://k1:9092,k2:9092?partitions=6&replication=3")
+        KafkaSettings(bootstrap_servers=("k1:9092",), client_name="billing")  # in code
     """
 
-    url: str = field(repr=False)
-    bootstrap_servers: tuple[str, ...]
+    bootstrap_servers: tuple[str, ...] = (f"127.0.0.1:{DEFAULT_PORT}",)
+    url: str = field(default="", repr=False)
     partitions: int = 3
     replication: int = 1
-    create_topics: bool = True
-    client_id: str = "eventbus"
+    # Create topics (and retry topics) on first use; false: a missing one is a
+    # ProvisioningError (for clusters where the service account may not create topics).
+    provision: bool = True
+    client_name: str = "eventbus"
     security_protocol: str = "PLAINTEXT"
     sasl_mechanism: str | None = None
     sasl_username: str | None = None
     sasl_password: str | None = field(default=None, repr=False)
-    ssl_cafile: str | None = None
-    ssl_certfile: str | None = None
-    ssl_keyfile: str | None = None
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_verify: bool = True
     # "auto": the idempotent producer (no duplicate records when a produce request
     # is retried), unless the broker lacks it (InitProducerId fails): then off,
     # with a warning. "true" makes that an error; "false" turns it off.
     enable_idempotence: Idempotence = "auto"
-    linger_ms: int = 5
+    linger: float = 0.005
     # CloudEvents content mode of published records: "binary" (attributes as ce_
     # headers, data as the value) or "structured" (one JSON value, a content-type
     # header only). Consumers read both, whatever this says.
@@ -82,37 +92,54 @@ class KafkaSettings:
     max_message_bytes_set: bool = False
     start_from: StartFrom | None = None
     connect_timeout: float = 5.0
-    request_timeout_ms: int = 30_000
-    session_timeout_ms: int = 10_000
-    heartbeat_interval_ms: int = 3_000
-    rebalance_timeout_ms: int = 10_000
+    request_timeout: float = 30.0
+    session_timeout: float = 10.0
+    heartbeat_interval: float = 3.0
+    rebalance_timeout: float = 10.0
     # A member that does not poll for this long leaves its group; the subscription
     # keeps polling (partitions paused) while its handlers are busy.
-    max_poll_interval_ms: int = 300_000
+    max_poll_interval: float = 300.0
     # How often clients refresh cluster metadata by themselves: partitions added to a
     # topic are consumed (from their start) within this.
-    metadata_max_age_ms: int = 300_000
+    metadata_max_age: float = 300.0
     compression_type: str | None = None
     isolation_level: str = "read_uncommitted"
     # Static membership: a restarted member with the same id gets its partitions
-    # back without a rebalance (within session_timeout_ms).
+    # back without a rebalance (within session_timeout).
     group_instance_id: str | None = None
     # The commit cadence (docs/adapters/kafka.md, "Commits"): after an ack, a commit
-    # once commit_every records were settled or commit_interval_ms passed. A crash
+    # once commit_every records were settled or commit_interval passed. A crash
     # re-runs what was settled since the last commit; each commit is a round trip.
     # max_uncommitted (0: off) holds hand-outs while that many settled records wait
     # for a commit in flight: a bound on re-runs per crash, paid in throughput.
-    commit_interval_ms: int = 100
+    commit_interval: float = 0.1
     commit_every: int = 1000
     max_uncommitted: int = 0
-    rebalance_grace_ms: int = 2_000
-    # Delay tiers in seconds, ascending: one retry topic each (see eventbus_kafka.retry).
-    retry_tiers: tuple[int, ...] = DEFAULT_TIERS
+    rebalance_grace: float = 2.0
+    # Delay tiers in seconds, ascending: one retry topic each (see eventbus_kafka.provision).
+    delay_tiers: tuple[float, ...] = DEFAULT_TIERS
+
+    def __post_init__(self) -> None:
+        if self.heartbeat_interval >= self.session_timeout:
+            raise InvalidURLError(
+                f"heartbeat_interval ({self.heartbeat_interval:g}s) must be below "
+                f"session_timeout ({self.session_timeout:g}s) in {self.masked_url!r}"
+            )
 
     @property
     def masked_url(self) -> str:
-        """The URL with any password (userinfo or ``sasl_password``) replaced by ``***``."""
-        return masked(self.url)
+        """The URL with any password (userinfo or ``sasl_password``) replaced by ``***``
+        (for settings made in code, ``kafka://`` and the bootstrap servers)."""
+        return masked(self.url) if self.url else f"kafka://{','.join(self.bootstrap_servers)}"
+
+    @property
+    def tls(self) -> bool:
+        """Whether the security protocol is TLS (``SSL`` or ``SASL_SSL``)."""
+        return self.security_protocol in ("SSL", "SASL_SSL")
+
+    def ms(self, seconds: float) -> int:
+        """``seconds`` as the whole milliseconds aiokafka's options take."""
+        return round(seconds * 1000)
 
     @classmethod
     def from_url(cls, url: str) -> KafkaSettings:
@@ -141,15 +168,14 @@ class KafkaSettings:
             values["sasl_password"] = password
         values.update(parse_options(
             query_pairs(parts.query, plus_is_space=False), _OPTIONS,
-            name="Kafka", shown=masked_, secrets=("sasl_password",),
+            name="Kafka", shown=masked_, secrets=("sasl_password",), renamed=RENAMED,
         ))
         if "max_message_bytes" in values:
             values["max_message_bytes_set"] = True
         _check_sasl(values, masked_)
-        if values.get("heartbeat_interval_ms", 3_000) >= values.get("session_timeout_ms", 10_000):
-            raise InvalidURLError(
-                f"heartbeat_interval_ms must be below session_timeout_ms in {masked_!r}"
-            )
+        check_tls(values, tls=values.get("security_protocol", "PLAINTEXT") in ("SSL", "SASL_SSL"),
+                  name="Kafka", shown=masked_,
+                  use="set security_protocol=SSL (or SASL_SSL with a login)")
         return cls(**values)
 
 
@@ -195,16 +221,6 @@ def _idempotence(raw: str) -> Idempotence:
         raise ValueError("use auto, true or false") from None
 
 
-def _tiers(raw: str) -> tuple[int, ...]:
-    try:
-        tiers = tuple(int(part) for part in raw.split(","))
-    except ValueError:
-        raise ValueError("use ascending whole seconds separated by commas, e.g. 1,10,60") from None
-    if not 1 <= len(tiers) <= 10 or tiers[0] < 1 or list(tiers) != sorted(set(tiers)):
-        raise ValueError("use 1 to 10 ascending whole seconds (at least 1), e.g. 1,10,60")
-    return tiers
-
-
 def _compression(raw: str) -> str:
     import aiokafka.codec
 
@@ -216,36 +232,46 @@ def _compression(raw: str) -> str:
 
 
 _OPTIONS: dict[str, OptionParser] = {
+    **shared("start_from", "client_name", "provision", "connect_timeout", *TLS_OPTIONS),
+    # One retry topic per tier: at most ten, so a group's subscription reads eleven topics.
+    "delay_tiers": delay_tiers(most=10),
     "partitions": integer(1),
     "replication": integer(1),
-    "create_topics": flag,
-    "client_id": text,
     "security_protocol": choice(*SECURITY_PROTOCOLS, fold=str.upper),
     "sasl_mechanism": choice(*SASL_MECHANISMS, fold=str.upper),
     "sasl_username": text,
     "sasl_password": text,
-    "ssl_cafile": text,
-    "ssl_certfile": text,
-    "ssl_keyfile": text,
     "enable_idempotence": _idempotence,
-    "linger_ms": integer(0),
+    "linger": seconds(inclusive=True),
     "mode": choice("binary", "structured", fold=str.lower),
     "batch_bytes": integer(1),
     "max_message_bytes": integer(1),
-    "start_from": choice("earliest", "latest"),
-    "connect_timeout": seconds(),
-    "request_timeout_ms": integer(1),
-    "session_timeout_ms": integer(1),
-    "heartbeat_interval_ms": integer(1),
-    "rebalance_timeout_ms": integer(1),
-    "max_poll_interval_ms": integer(1),
-    "metadata_max_age_ms": integer(1000),
+    "request_timeout": seconds(),
+    "session_timeout": seconds(),
+    "heartbeat_interval": seconds(),
+    "rebalance_timeout": seconds(),
+    "max_poll_interval": seconds(),
+    "metadata_max_age": seconds(1, inclusive=True),
     "compression_type": _compression,
     "isolation_level": choice(*ISOLATION_LEVELS, fold=str.lower),
     "group_instance_id": text,
-    "commit_interval_ms": integer(1),
+    "commit_interval": seconds(),
     "commit_every": integer(1),
     "max_uncommitted": integer(0),
-    "rebalance_grace_ms": integer(0),
-    "retry_tiers": _tiers,
+    "rebalance_grace": seconds(inclusive=True),
+}
+
+# The names of 0.1, still parsed (with a DeprecationWarning) until eventbus 0.2.
+RENAMED: dict[str, Renamed] = {
+    "client_id": Renamed("client_name"),
+    "create_topics": Renamed("provision"),
+    "ssl_cafile": Renamed("tls_ca"),
+    "ssl_certfile": Renamed("tls_cert"),
+    "ssl_keyfile": Renamed("tls_key"),
+    "retry_tiers": Renamed("delay_tiers"),
+    **{f"{name}_ms": Renamed(name, from_milliseconds(integer(low)), "seconds")
+       for name, low in (("linger", 0), ("request_timeout", 1), ("session_timeout", 1),
+                         ("heartbeat_interval", 1), ("rebalance_timeout", 1),
+                         ("max_poll_interval", 1), ("metadata_max_age", 1000),
+                         ("commit_interval", 1), ("rebalance_grace", 0))},
 }

@@ -9,7 +9,8 @@ fails and a partition committed to is gone (some brokers, Tansu among them, crea
 the topic again at once and the consumer never sees it missing), the iteration
 fails with :class:`~eventbus.errors.TopicNotFoundError`. The bus
 subscribes again, which creates the topic anew if nobody did (unless
-``create_topics=false``: then the subscription fails for good, visibly) and reads
+``provision=false``: then the subscription fails for good, visibly, with a
+ProvisioningError) and reads
 it from its first record, since everything in it was published after the deletion.
 
 ``backlog()`` is the number of records the broker holds for this member that could
@@ -33,6 +34,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import ConsumerStoppedError, KafkaError
 
 from eventbus.adapter import SubscribeOptions
+from eventbus.adapters_util import map_exceptions
 from eventbus.errors import BrokerConnectionError, TopicNotFoundError
 
 from .offsets import Entry, PartitionLog
@@ -57,7 +59,7 @@ class TopicWatch:
     _held: dict[TopicPartition, Any]
     _ready: deque[tuple[Any, PartitionLog, Entry, int | None]]
     _lost: Exception | None
-    retry_tiers: dict[str, int]
+    retry_tiers: dict[str, float]
 
     async def _watch_topic(self) -> None:
         """Fail the iteration once the topic was deleted on the broker.
@@ -98,7 +100,7 @@ class TopicWatch:
             f"topic {topic!r} was deleted on Kafka at {self.adapter.settings.masked_url} "
             f"while group {self.options.group!r} consumed it (its committed offsets went "
             "with it); subscribing again creates it anew and reads it from its first "
-            "record (with create_topics=false, create it yourself)"
+            "record (with provision=false, create it yourself)"
         )
 
     async def backlog(self) -> int | None:
@@ -115,24 +117,24 @@ class TopicWatch:
         if not assigned:
             return ready
         try:
-            lag = await self._lag(assigned)
-        except (KafkaError, ConsumerStoppedError, TimeoutError) as exc:
+            with map_exceptions({(KafkaError, ConsumerStoppedError, TimeoutError):
+                                 BrokerConnectionError}, what=(
+                    f"reading the log end offsets of {self.topic!r} for group "
+                    f"{self.options.group!r} on Kafka at {self.adapter.settings.masked_url}")):
+                lag = await self._lag(assigned)
+        except BrokerConnectionError as exc:
             if not await self.adapter.topic_exists(self.topic):
-                raise self._deleted() from exc
-            raise BrokerConnectionError(
-                f"Kafka at {self.adapter.settings.masked_url} did not give the log end "
-                f"offsets of {self.topic!r} for group {self.options.group!r}: "
-                f"{type(exc).__name__}: {exc or 'timed out'}"
-            ) from exc
+                raise self._deleted() from exc.__cause__
+            raise
         return lag + ready
 
     async def _lag(self, assigned: list[TopicPartition]) -> int:
         """Log end minus position per partition; on a retry topic only up to the first
         record written less than its tier ago (what is before it is due for sure)."""
-        timeout = self.adapter.settings.request_timeout_ms / 1000
+        timeout = self.adapter.settings.request_timeout
         ends = await asyncio.wait_for(self.consumer.end_offsets(assigned), timeout)
         now_ms = int(time.time() * 1000)
-        cutoffs = {tp: now_ms - self.retry_tiers[tp.topic] * 1000
+        cutoffs = {tp: now_ms - round(self.retry_tiers[tp.topic] * 1000)
                    for tp in assigned if tp.topic in self.retry_tiers}
         due = {}
         if cutoffs:

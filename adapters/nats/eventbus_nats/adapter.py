@@ -84,6 +84,9 @@ class NatsAdapter(Adapter):
             # PINGs every ping_interval; max_pings_out unanswered in a row mark the
             # connection stale: nats-py drops it and reconnects (health() fails meanwhile).
             half_open_bound=self.settings.half_open_bound,
+            browse=True,
+            group_route=True,
+            raw_publish=True,
         )
         self._client: Client | None = None
         self._js: JetStreamContext | None = None

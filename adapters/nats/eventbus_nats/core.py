@@ -74,6 +74,9 @@ class NatsCoreAdapter(Adapter):
             # PINGs every ping_interval; max_pings_out unanswered in a row mark the
             # connection stale: nats-py drops it and reconnects (health() fails meanwhile).
             half_open_bound=self.settings.half_open_bound,
+            browse=True,
+            group_route=False,
+            raw_publish=True,
         )
         self._client: Client | None = None
         self._subscriptions: set[CoreSubscription] = set()

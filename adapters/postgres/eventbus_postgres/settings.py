@@ -12,10 +12,15 @@ Besides the options every SQL broker takes (``lease``, ``max_age``,
   shows within ``ping_interval + ping_timeout``;
 - ``command_timeout`` (10 s here; any statement), ``connect_timeout`` (10 s),
   ``idle_timeout`` (60 s; pooled connections idle that long are closed);
-- TLS and the server session, passed to asyncpg as they are: ``sslmode``
-  (``disable``, ``allow``, ``prefer``, ``require``, ``verify-ca``, ``verify-full``),
-  ``sslrootcert``, ``sslcert``, ``sslkey``, ``sslpassword``, ``passfile``,
-  ``target_session_attrs``, ``application_name``.
+- TLS with the shared names: ``tls_ca`` (the CA file), ``tls_cert`` and ``tls_key``
+  (a client certificate), ``tls_verify`` (true: ``sslmode=verify-full``, the default
+  once a ``tls_*`` option is given; false: ``sslmode=require``, encrypted but the
+  server not verified); ``client_name`` is the connection's ``application_name``;
+- libpq's own names, passed to asyncpg as they are, for what the shared ones do not
+  say (or for a URL written for psql): ``sslmode`` (``disable``, ``allow``,
+  ``prefer``, ``require``, ``verify-ca``, ``verify-full``), ``sslrootcert``,
+  ``sslcert``, ``sslkey``, ``sslpassword``, ``passfile``, ``target_session_attrs``,
+  ``application_name``. A shared name and its libpq twin in one URL is refused.
 
 The password comes from the URL, a ``passfile`` or asyncpg's standard chain
 (``PGPASSWORD``, ``~/.pgpass``); it is never shown (``repr`` and errors mask it).
@@ -24,11 +29,21 @@ The password comes from the URL, a ``passfile`` or asyncpg's standard chain
 from __future__ import annotations
 
 from dataclasses import replace
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 from eventbus.errors import InvalidURLError, mask_url
 from eventbus.sqlbroker.settings import TIMEOUTS, SqlSettings, parse_url
-from eventbus.url_options import OptionParser, choice, integer, query_pairs, seconds, text
+from eventbus.url_options import (
+    TLS_OPTIONS,
+    OptionParser,
+    check_tls,
+    choice,
+    integer,
+    query_pairs,
+    seconds,
+    shared,
+    text,
+)
 
 PING_INTERVAL = 5.0
 PING_TIMEOUT = 5.0
@@ -56,8 +71,10 @@ def parse_settings(url: str) -> SqlSettings:
                 ("command_timeout", "connect_timeout", "idle_timeout", "ping_timeout")}
     settings = parse_url(
         url, dialect="postgres", name="PostgreSQL", where=_where,
-        own={"pool_size": integer(1, 100), "ping_interval": seconds(0.1, inclusive=True)},
+        own={"pool_size": integer(1, 100), "ping_interval": seconds(0.1, inclusive=True),
+             **shared(*TLS_OPTIONS)},
         passthrough={**timeouts, **DRIVER}, secrets=("sslpassword",))
+    settings = _shared_to_libpq(url, settings)
     if "command_timeout" not in {key for key, _ in query_pairs(url.partition("?")[2])}:
         # A broker's statements are short: one stuck on a dead link gives up sooner
         # than the database layer's default (30 s).
@@ -65,6 +82,39 @@ def parse_settings(url: str) -> SqlSettings:
         settings = replace(settings, database_url=(
             f"{settings.database_url}{joiner}command_timeout={COMMAND_TIMEOUT:g}"))
     return settings
+
+
+# The shared option -> the libpq option it sets.
+_TWINS = {"tls_ca": "sslrootcert", "tls_cert": "sslcert", "tls_key": "sslkey",
+          "tls_verify": "sslmode", "client_name": "application_name"}
+
+
+def _shared_to_libpq(url: str, settings: SqlSettings) -> SqlSettings:
+    """Write the shared TLS options and client_name into the DSN as libpq's names."""
+    given = {key for key, _ in query_pairs(url.partition("?")[2])}
+    shown = settings.masked_url
+    values = {**settings.extra, "client_name": settings.client_name}
+    values = {key: value for key, value in values.items() if key in _TWINS and key in given}
+    for option in values:
+        if _TWINS[option] in given:
+            raise InvalidURLError(
+                f"PostgreSQL URL {shown!r} gives both {option} and {_TWINS[option]}, which "
+                f"say the same thing; keep {option} (the name every eventbus adapter takes)")
+    # TLS is selected by any tls_* option here (libpq has no scheme for it).
+    check_tls(values, tls=True, name="PostgreSQL", shown=shown, use="")
+    added: list[tuple[str, str]] = []
+    for option in ("tls_ca", "tls_cert", "tls_key", "client_name"):
+        if option in values:
+            added.append((_TWINS[option], str(values[option])))
+    if any(option in values for option in TLS_OPTIONS) and "sslmode" not in given:
+        added.append(("sslmode", "require" if values.get("tls_verify") is False
+                      else "verify-full"))
+    if not added:
+        return settings
+    joiner = "&" if "?" in settings.database_url else "?"
+    extra = {key: value for key, value in settings.extra.items() if key not in TLS_OPTIONS}
+    return replace(settings, database_url=f"{settings.database_url}{joiner}{urlencode(added)}",
+                   extra=extra)
 
 
 def _where(base: str) -> str:

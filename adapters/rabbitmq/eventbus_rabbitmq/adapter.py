@@ -5,6 +5,14 @@ Example::
     adapter = RabbitMQAdapter("amqp://guest:guest@localhost:5672/?queue_type=quorum")
     await adapter.connect()
     await adapter.publish("orders", [envelope])
+
+    # Or with settings made in code and a robust connection of your own (used as it
+    # is, for publishing and consuming alike, and never closed by the adapter):
+    adapter = RabbitMQAdapter(settings=RabbitMQSettings(host="mq"), client=connection)
+
+(Over 400 lines: publishing here has four routes, to an exchange, to one group's queue,
+raw bytes and a parked retry, which share the confirm, size and unroutable handling
+below; split apart, each would need the adapter's channel and caches passed around.)
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ from aio_pika import DeliveryMode, Message
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnection
 from aiormq.exceptions import (
     AMQPConnectionError,
+    ChannelAccessRefused,
     ChannelInvalidStateError,
     ChannelPreconditionFailed,
     ConnectionClosed,
@@ -26,6 +35,7 @@ from aiormq.exceptions import (
 from aiormq.exceptions import PublishError as ReturnedError
 
 from eventbus.adapter import Adapter, Capabilities, HealthReport, SubscribeOptions, Subscription
+from eventbus.adapters_util import map_exceptions
 from eventbus.backoff import Backoff
 from eventbus.envelope import Envelope
 from eventbus.errors import (
@@ -39,8 +49,15 @@ from eventbus.errors import (
 from .codec import encode, message_size, raw_message
 from .connection import Link, half_open_bound, one_line
 from .consumer import RabbitMQSubscription
-from .provision import declare_exchange, declare_group, queue_depth, scratch_channel, work_queue
-from .refusals import learn_limit, precondition_error, publish_error
+from .provision import (
+    declare_exchange,
+    declare_group,
+    queue_depth,
+    require,
+    scratch_channel,
+    work_queue,
+)
+from .refusals import learn_limit, precondition_error, publish_error, subscribe_error
 from .settings import RabbitMQSettings
 
 log = logging.getLogger("eventbus.rabbitmq")
@@ -61,9 +78,20 @@ class RabbitMQAdapter(Adapter):
 
     schemes = ("amqp", "amqps")
 
-    def __init__(self, url: str) -> None:
-        super().__init__(url)
-        self.settings = RabbitMQSettings.from_url(url)
+    def __init__(self, url: str | None = None, *, settings: RabbitMQSettings | None = None,
+                 client: AbstractRobustConnection | None = None) -> None:
+        """``RabbitMQAdapter(url)``, or ``RabbitMQAdapter(settings=..., client=...)``:
+        settings made in code, and optionally an aio-pika robust connection you opened
+        yourself, used as it is for publishing and consuming (so a memory alarm that
+        blocks its publishing blocks its acks too, see connection.py) and never closed
+        by the adapter."""
+        if settings is None:
+            if url is None:
+                raise TypeError("RabbitMQAdapter needs a URL or settings=RabbitMQSettings(...)")
+            settings = RabbitMQSettings.from_url(url)
+        super().__init__(settings.url or settings.masked_url)
+        self.settings = settings
+        self.start_from = settings.start_from
         self.capabilities = Capabilities(
             persistent=True,
             consumer_groups=True,
@@ -85,11 +113,14 @@ class RabbitMQAdapter(Adapter):
             # outliving it is redelivered; see docs/adapters/rabbitmq.md.
             lease=False,
             half_open_bound=half_open_bound(self.settings),
+            browse=False,
+            group_route=True,
+            raw_publish=True,
         )
         # Publishing and consuming on separate connections: a memory alarm blocks
         # the publishing one, and must not stop the consumers' acks (connection.py).
-        self._publisher = Link(self.settings, "publish")
-        self._consumer = Link(self.settings, "consume")
+        self._publisher = Link(self.settings, "publish", client)
+        self._consumer = Link(self.settings, "consume", client)
         self._channel: AbstractChannel | None = None
         self._channel_lock = asyncio.Lock()
         self._exchanges: dict[str, AbstractExchange] = {}
@@ -117,15 +148,13 @@ class RabbitMQAdapter(Adapter):
                 return self._channel
             connection = await self._publisher.open()
             s = self.settings
-            try:
+            with map_exceptions({Exception: BrokerConnectionError}, hint="try again",
+                                scrub=s.scrub, chain=False, what=(
+                    f"opening a channel on RabbitMQ at {s.masked_url} (within "
+                    f"{s.connect_timeout:g}s)")):
                 channel = await asyncio.wait_for(
                     connection.channel(publisher_confirms=True, on_return_raises=s.mandatory),
                     s.connect_timeout)
-            except Exception as exc:
-                raise BrokerConnectionError(
-                    f"RabbitMQ at {s.masked_url} did not open a channel within "
-                    f"{s.connect_timeout:g}s ({one_line(s, exc)}); try again"
-                ) from None
             self._channel = channel
             return channel
 
@@ -193,8 +222,13 @@ class RabbitMQAdapter(Adapter):
         exchange = self._exchanges.get(topic)
         if exchange is None:
             channel = await self._publishing_channel()
-            exchange = self._exchanges[topic] = await asyncio.wait_for(
-                declare_exchange(channel, topic), self.settings.publish_timeout)
+            if self.settings.provision:
+                exchange = await asyncio.wait_for(
+                    declare_exchange(channel, topic), self.settings.publish_timeout)
+            else:
+                await require(await self._publisher.open(), self.settings, exchanges=[topic])
+                exchange = await channel.get_exchange(topic, ensure=False)
+            self._exchanges[topic] = exchange
         return exchange
 
     async def publish(self, topic: str, envelopes: Sequence[Envelope]) -> None:
@@ -233,6 +267,8 @@ class RabbitMQAdapter(Adapter):
         connection = await self._publisher.open()
         queue = work_queue(topic, group)
         timeout = self.settings.publish_timeout
+        if not self.settings.provision:
+            await require(connection, self.settings, queues=[queue])
         try:
             if await queue_depth(connection, queue, timeout) is None:
                 async with scratch_channel(connection, timeout) as channel:
@@ -274,12 +310,7 @@ class RabbitMQAdapter(Adapter):
             raise publish_error(self.settings, topic, what, first)
         errors = {i: publish_error(self.settings, topic, _event(envelopes[i]), exc)
                   for i, exc in failures.items()}
-        raise BatchPublishError(
-            f"{len(errors)} of {len(messages)} messages to RabbitMQ topic {topic!r} were not "
-            f"confirmed (indexes {sorted(errors)}); see .failures",
-            errors,
-            len(messages),
-        )
+        raise BatchPublishError.partial(errors, len(messages), f"RabbitMQ topic {topic!r}")
 
     async def _send(self, exchange: AbstractExchange, message: Message, key: str) -> None:
         # asyncio.timeout, not wait_for: no extra task per message (3.11's wait_for
@@ -353,6 +384,8 @@ class RabbitMQAdapter(Adapter):
         Returns once the queue is bound, so anything published afterwards is kept.
         ``start_from`` has no effect beyond the first subscribe: a new group's queue
         receives what is published from then on (RabbitMQ queues do not replay).
+        With ``provision=false`` nothing is declared: a missing queue (or exchange, or
+        delay tier queue) is a :class:`~eventbus.errors.ProvisioningError`.
         """
         # Long enough to outlast the robust connection's reconnect_interval (1 s):
         # retrying only while the connection is still down would not help.
@@ -368,12 +401,10 @@ class RabbitMQAdapter(Adapter):
                 break
             except Exception as exc:
                 await subscription.close()
-                if isinstance(exc, ChannelPreconditionFailed):
-                    raise precondition_error(self.settings, subscription.queue_name,
-                                             exc) from None
                 if isinstance(exc, EventBusError):
                     raise  # no such DLQ topic, the connect failed: said already
-                if attempt < SUBSCRIBE_ATTEMPTS and isinstance(exc, _TRANSIENT):
+                refused = isinstance(exc, ChannelPreconditionFailed | ChannelAccessRefused)
+                if attempt < SUBSCRIBE_ATTEMPTS and isinstance(exc, _TRANSIENT) and not refused:
                     # A quorum queue declared a moment ago may not have its replica
                     # running yet: the broker then closes the connection with
                     # INTERNAL_ERROR on basic.consume; the robust connection comes back.
@@ -381,10 +412,8 @@ class RabbitMQAdapter(Adapter):
                              topic, options.group, one_line(self.settings, exc))
                     await asyncio.sleep(next(delays))
                     continue
-                raise BrokerConnectionError(
-                    f"cannot subscribe to {topic!r} as group {options.group!r} on RabbitMQ "
-                    f"at {self.settings.masked_url}: {one_line(self.settings, exc)}"
-                ) from None
+                raise subscribe_error(self.settings, topic, options.group,
+                                      subscription.queue_name, exc) from None
         self._subscriptions.add(subscription)
         return subscription
 

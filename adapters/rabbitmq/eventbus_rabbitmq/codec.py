@@ -7,8 +7,10 @@ facts (attempt, not-before time) use ``x-eventbus-*`` headers, which CloudEvents
 readers ignore; the broker's own headers (``x-death``, ``x-delivery-count``) are
 read for the attempt count and never decoded as attributes.
 
-Decoding never raises: an unreadable message becomes a :class:`Decoded` with
-``envelope=None`` and the reason, so one bad message cannot kill a consumer.
+Decoding never raises: an unreadable message becomes a
+:class:`~eventbus.adapter.Decoded` with ``envelope=None``, the reason, its body and
+the producer's headers, so one bad message cannot kill a consumer and its dead letter
+keeps what arrived.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 from aio_pika import DeliveryMode, Message
 from aio_pika.abc import AbstractIncomingMessage
 
+from eventbus.adapter import Decoded
 from eventbus.codec import decode_binary, encode_binary
 from eventbus.envelope import Envelope
 
@@ -52,16 +55,6 @@ class AmqpMessage:
         return message_size(self.headers, self.content_type, self.body)
 
 
-@dataclass(frozen=True, slots=True)
-class Decoded:
-    """What a consumed message says: the envelope (or why not) and the attempt."""
-
-    envelope: Envelope | None
-    error: str | None
-    attempt: int
-    not_before_ms: int
-
-
 def message_size(headers: Mapping[str, Any], content_type: str | None, body: bytes) -> int:
     """Bytes the message takes: body, header names and values, content type, overhead."""
     size = MESSAGE_OVERHEAD + len(body) + len((content_type or "").encode())
@@ -89,7 +82,6 @@ def decode(headers: Mapping[str, Any] | None, content_type: str | None, body: by
     """
     cloud: dict[str, str] = {}
     attempt, not_before = 1, 0
-    envelope: Envelope | None = None
     try:
         for name, value in (headers or {}).items():
             if name == ATTEMPT_HEADER:
@@ -101,10 +93,10 @@ def decode(headers: Mapping[str, Any] | None, content_type: str | None, body: by
         if content_type is not None:
             cloud["content-type"] = content_type
         envelope = decode_binary(cloud, body, CE_PREFIX)
-        error = None
     except Exception as exc:  # any unreadable message is poison, never a consumer crash
-        error = f"{type(exc).__name__}: {exc}"
-    return Decoded(envelope, error, attempt, not_before)
+        return Decoded(None, f"{type(exc).__name__}: {exc}", body,
+                       raw_headers(headers, content_type), attempt, not_before)
+    return Decoded(envelope, None, None, None, attempt, not_before)
 
 
 # The broker's and the adapter's own headers: never part of what a producer sent.

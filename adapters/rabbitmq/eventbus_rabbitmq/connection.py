@@ -18,13 +18,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import ssl
 
 from aio_pika import RobustConnection
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 from aio_pika.connection import make_url
 from aiormq import Connection as AmqpConnection
 
+from eventbus.adapters_util import ExceptionMap, map_exceptions, tls_context
 from eventbus.errors import BrokerConnectionError
 
 from .settings import RabbitMQSettings
@@ -40,17 +40,10 @@ def one_line(settings: RabbitMQSettings, exc: BaseException) -> str:
     return settings.scrub(f"{type(exc).__name__}: {text}")
 
 
-def ssl_context(settings: RabbitMQSettings) -> ssl.SSLContext | None:
-    """The TLS context of ``amqps://`` URLs (``None`` for plain AMQP)."""
-    if not settings.tls:
-        return None
-    context = ssl.create_default_context(cafile=settings.cafile)
-    if settings.certfile:
-        context.load_cert_chain(settings.certfile, settings.keyfile)
-    if not settings.verify:  # a documented dev shortcut only
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    return context
+# Whatever fails while connecting: the broker is not there, or not for these credentials.
+_UNREACHABLE: ExceptionMap = {Exception: (
+    BrokerConnectionError,
+    "check the host, port, vhost and credentials, and that the port speaks AMQP")}
 
 
 def half_open_bound(settings: RabbitMQSettings) -> float | None:
@@ -64,12 +57,15 @@ def half_open_bound(settings: RabbitMQSettings) -> float | None:
 
 
 class Link:
-    """The ``role`` ("publish" or "consume") connection: opened on first use."""
+    """The ``role`` ("publish" or "consume") connection: opened on first use, or the
+    ``given`` one (the user's, used as it is and never closed here)."""
 
-    def __init__(self, settings: RabbitMQSettings, role: str) -> None:
+    def __init__(self, settings: RabbitMQSettings, role: str,
+                 given: AbstractRobustConnection | None = None) -> None:
         self.settings = settings
         self.role = role
-        self.connection: AbstractRobustConnection | None = None
+        self.given = given
+        self.connection: AbstractRobustConnection | None = given
         self._lock = asyncio.Lock()
         self._probe: AbstractChannel | None = None
 
@@ -86,22 +82,22 @@ class Link:
                 virtualhost=s.vhost, ssl=s.tls, heartbeat=s.heartbeat,
                 reconnect_interval=s.reconnect_interval, auth=s.auth_mechanism.lower(),
             )
+            context = tls_context(s.tls_ca, s.tls_cert, s.tls_key, s.tls_verify) \
+                if s.tls else None
             connection = RobustConnection(
-                url, ssl_context=ssl_context(s),
+                url, ssl_context=context,
                 client_properties={"connection_name": f"{s.client_name} ({self.role})"},
             )
             try:
-                await asyncio.wait_for(connection.connect(timeout=s.connect_timeout),
-                                       s.connect_timeout)
-            except BaseException as exc:
+                # No chain: the client's exceptions may quote the URL it built.
+                with map_exceptions(_UNREACHABLE, scrub=s.scrub, chain=False, what=(
+                        f"connecting to RabbitMQ at {s.masked_url} (within "
+                        f"{s.connect_timeout:g}s)")):
+                    await asyncio.wait_for(connection.connect(timeout=s.connect_timeout),
+                                           s.connect_timeout)
+            except BaseException:
                 await discard(connection)
-                if isinstance(exc, asyncio.CancelledError):
-                    raise
-                raise BrokerConnectionError(
-                    f"cannot connect to RabbitMQ at {s.masked_url} within "
-                    f"{s.connect_timeout:g}s ({one_line(s, exc)}); check the host, port, "
-                    "vhost and credentials, and that the port speaks AMQP"
-                ) from None  # the client's chain may quote the URL it built
+                raise
             self.connection = connection
             return connection
 
@@ -126,8 +122,14 @@ class Link:
                 raise
 
     async def close(self) -> None:
-        """Close the connection (reconnect task included) within ``CLOSE_TIMEOUT``."""
-        connection, self.connection, self._probe = self.connection, None, None
+        """Close the connection (reconnect task included) within ``CLOSE_TIMEOUT``; of a
+        given connection only the probe channel this link opened on it."""
+        connection, probe, self._probe = self.connection, self._probe, None
+        if self.given is not None:
+            if probe is not None:
+                await _close_quietly(probe)
+            return
+        self.connection = None
         if connection is not None:
             await discard(connection)
 

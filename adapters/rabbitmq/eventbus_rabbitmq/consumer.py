@@ -34,13 +34,28 @@ from typing import TYPE_CHECKING, Any
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 from aiormq.exceptions import ChannelPreconditionFailed
 
-from eventbus.adapter import Delivery, SubscribeOptions, Subscription
-from eventbus.dlq import REPLAY_GROUP
+from eventbus.adapter import (
+    REPLAY_GROUP,
+    Decoded,
+    Delivery,
+    SubscribeOptions,
+    Subscription,
+    dlq_topic,
+)
+from eventbus.adapters_util import map_exceptions, pick_tier
 from eventbus.errors import BrokerConnectionError, TopicNotFoundError
 
-from .codec import RECOUNT_HEADER, copy_message, decode, raw_headers, recounted, retry_headers
+from .codec import RECOUNT_HEADER, copy_message, decode, recounted, retry_headers
 from .connection import CLOSE_TIMEOUT, one_line
-from .provision import declare_delay_tier, declare_group, pick_tier, queue_depth, work_queue
+from .provision import (
+    declare_delay_tier,
+    declare_group,
+    delay_queue,
+    delay_queues,
+    queue_depth,
+    require,
+    work_queue,
+)
 
 if TYPE_CHECKING:
     from .adapter import RabbitMQAdapter
@@ -58,19 +73,15 @@ class RabbitMQDelivery(Delivery):
     __slots__ = ("_generation", "_message", "_owner")
 
     def __init__(self, owner: RabbitMQSubscription, message: AbstractIncomingMessage,
-                 generation: int, envelope: Any, attempt: int, error: str | None) -> None:
+                 generation: int, decoded: Decoded, attempt: int) -> None:
         super().__init__(
+            decoded,
             topic=owner.topic,
             group=owner.options.group,
-            envelope=envelope,
             attempt=attempt,
             # The producer's id where it set one (ours: the event id), else the
             # delivery's place on this channel.
             message_id=message.message_id or f"{owner.queue_name}/{message.delivery_tag}",
-            raw=None if envelope is not None else message.body,
-            decode_error=error,
-            raw_headers=None if envelope is not None else raw_headers(
-                message.headers, message.content_type),
         )
         self._owner = owner
         self._message = message
@@ -148,11 +159,16 @@ class RabbitMQSubscription(Subscription):
                 f"{settings.masked_url}: its queue {self.queue_name!r} does not exist, so "
                 "nothing was ever dead-lettered for that topic and group; check the topic "
                 "and group names (nothing was created)")
+        if not settings.provision and self.options.group != REPLAY_GROUP:
+            dead = dlq_topic(self.topic, self.options.group)
+            await require(connection, settings, exchanges=[self.topic, dead], queues=[
+                self.queue_name, work_queue(dead, REPLAY_GROUP),
+                *delay_queues(settings, self.topic, self.options.group)])
         channel = await connection.channel(publisher_confirms=False)
         self._channel = channel
         channel.close_callbacks.add(self._on_channel_close)
         await channel.set_qos(prefetch_count=max(1, self.options.prefetch))
-        if self.options.group == REPLAY_GROUP:
+        if self.options.group == REPLAY_GROUP or not settings.provision:
             self._queue = await channel.declare_queue(self.queue_name, passive=True)
         else:
             self._queue = await declare_group(channel, settings, self.topic,
@@ -186,7 +202,8 @@ class RabbitMQSubscription(Subscription):
         if delay_ms <= 0:
             queue = self.queue_name
         else:
-            queue = await self._tier(pick_tier(self.adapter.settings.delay_tiers_ms, delay_ms))
+            tier = pick_tier(delay, self.adapter.settings.delay_tiers)
+            queue = await self._tier(round(tier * 1000))
         headers = retry_headers(message.headers, attempt=attempt,
                                 not_before_ms=int(time.time() * 1000) + delay_ms)
         await self.adapter.publish_to_queue(queue, copy_message(message, headers))
@@ -195,8 +212,11 @@ class RabbitMQSubscription(Subscription):
         name = self._tiers.get(tier_ms)
         if name is None:
             assert self._channel is not None
-            name = await declare_delay_tier(self._channel, self.topic, self.options.group,
-                                            tier_ms)
+            if self.adapter.settings.provision:
+                name = await declare_delay_tier(self._channel, self.topic, self.options.group,
+                                                tier_ms)
+            else:  # checked to exist when the subscription started
+                name = delay_queue(self.topic, self.options.group, tier_ms)
             self._tiers[tier_ms] = name
         return name
 
@@ -208,14 +228,13 @@ class RabbitMQSubscription(Subscription):
         while the active one works through the queue, which is not a stall."""
         if self.adapter.settings.single_active_consumer:
             return None
-        try:
+        settings = self.adapter.settings
+        with map_exceptions({Exception: BrokerConnectionError}, scrub=settings.scrub,
+                            chain=False, what=(
+                f"counting the messages of queue {self.queue_name!r} on RabbitMQ at "
+                f"{settings.masked_url} (within {BACKLOG_TIMEOUT:g}s)")):
             connection = await self.adapter.consuming_connection()
             depth = await queue_depth(connection, self.queue_name, BACKLOG_TIMEOUT)
-        except Exception as exc:
-            raise BrokerConnectionError(
-                f"RabbitMQ at {self.adapter.settings.masked_url} did not say how many "
-                f"messages queue {self.queue_name!r} holds within {BACKLOG_TIMEOUT:g}s "
-                f"({one_line(self.adapter.settings, exc)})") from None
         if depth is None:
             raise TopicNotFoundError(
                 f"the queue {self.queue_name!r} of group {self.options.group!r} on "
@@ -286,8 +305,7 @@ class RabbitMQSubscription(Subscription):
             return None
         else:
             attempt = decoded.attempt
-        return RabbitMQDelivery(self, message, generation, decoded.envelope, attempt,
-                                decoded.error)
+        return RabbitMQDelivery(self, message, generation, decoded, attempt)
 
     async def _recount(self, generation: int, message: AbstractIncomingMessage,
                        attempt: int) -> None:

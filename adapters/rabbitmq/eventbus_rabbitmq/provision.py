@@ -15,22 +15,24 @@
   short one.
 
 Declarations are idempotent; aio-pika's robust channel repeats them after a
-reconnect.
+reconnect. With ``provision=false`` nothing is declared: :func:`require` checks
+(passively, creating nothing) that what a publish or subscribe needs exists, and a
+missing exchange or queue is a :class:`~eventbus.errors.ProvisioningError` naming it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from aio_pika import Channel, ExchangeType
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange, AbstractQueue
 from aiormq.exceptions import ChannelNotFoundEntity
 
-from eventbus.dlq import REPLAY_GROUP
-from eventbus.middleware.deadletter import dlq_topic
+from eventbus.adapter import REPLAY_GROUP, dlq_topic
+from eventbus.errors import ProvisioningError
 
 from .settings import RabbitMQSettings
 
@@ -43,14 +45,6 @@ def work_queue(topic: str, group: str) -> str:
 def delay_queue(topic: str, group: str, tier_ms: int) -> str:
     """The delay tier queue of ``tier_ms`` milliseconds of ``group`` on ``topic``."""
     return f"{work_queue(topic, group)}/delay-{tier_ms}ms"
-
-
-def pick_tier(tiers: tuple[int, ...], delay_ms: int) -> int:
-    """The smallest tier of at least ``delay_ms`` (the largest tier if none is)."""
-    for tier in tiers:
-        if tier >= delay_ms:
-            return tier
-    return tiers[-1]
 
 
 async def declare_exchange(channel: AbstractChannel, topic: str) -> AbstractExchange:
@@ -122,6 +116,41 @@ async def scratch_channel(connection: AbstractConnection,
         with contextlib.suppress(Exception, asyncio.CancelledError):
             if not channel.is_closed:
                 await asyncio.wait_for(channel.close(), timeout)
+
+
+def delay_queues(settings: RabbitMQSettings, topic: str, group: str) -> list[str]:
+    """The delay tier queues of ``group`` on ``topic``, one per ``delay_tiers`` tier."""
+    return [delay_queue(topic, group, round(tier * 1000)) for tier in settings.delay_tiers]
+
+
+async def require(connection: AbstractConnection, settings: RabbitMQSettings, *,
+                  exchanges: Sequence[str] = (), queues: Sequence[str] = ()) -> None:
+    """With ``provision=false``: raise :class:`ProvisioningError` naming every exchange
+    and queue of these that does not exist (passive declares: nothing is created)."""
+    timeout = settings.publish_timeout
+    missing = [f"exchange {name!r}" for name in exchanges
+               if not await exchange_exists(connection, name, timeout)]
+    missing += [f"queue {name!r}" for name in queues
+                if await queue_depth(connection, name, timeout) is None]
+    if missing:
+        raise ProvisioningError(
+            f"{', '.join(missing)} do{'es' if len(missing) == 1 else ''} not exist on "
+            f"RabbitMQ at {settings.masked_url} and provision=false forbids declaring "
+            "them; declare them as docs/adapters/rabbitmq.md describes (exchange, group "
+            "queue, dead-letter exchange and queue, delay tier queues), or set "
+            "provision=true"
+        )
+
+
+async def exchange_exists(connection: AbstractConnection, name: str, timeout: float) -> bool:
+    """Whether exchange ``name`` exists; creates nothing (a passive declare)."""
+    async with scratch_channel(connection, timeout) as channel:
+        underlay = await channel.get_underlay_channel()
+        try:
+            await underlay.exchange_declare(exchange=name, passive=True)
+        except ChannelNotFoundEntity:
+            return False
+        return True
 
 
 async def queue_depth(connection: AbstractConnection, name: str, timeout: float) -> int | None:

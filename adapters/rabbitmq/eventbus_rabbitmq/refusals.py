@@ -12,14 +12,16 @@ import dataclasses
 import logging
 import re
 
-from aiormq.exceptions import ChannelPreconditionFailed, DeliveryError
+from aiormq.exceptions import ChannelAccessRefused, ChannelPreconditionFailed, DeliveryError
 from aiormq.exceptions import PublishError as ReturnedError
 
 from eventbus.adapter import Capabilities
+from eventbus.adapters_util import Mapped, translate
 from eventbus.errors import (
     BrokerConnectionError,
-    ConfigurationError,
+    EventBusError,
     MessageTooLargeError,
+    ProvisioningError,
     PublishError,
 )
 
@@ -55,9 +57,9 @@ def learn_limit(capabilities: Capabilities, exc: BaseException, where: str) -> C
 
 
 def precondition_error(settings: RabbitMQSettings, queue: str,
-                       exc: ChannelPreconditionFailed) -> ConfigurationError:
+                       exc: ChannelPreconditionFailed) -> ProvisioningError:
     """A declaration of ``queue`` refused because it exists with other arguments."""
-    error = ConfigurationError(
+    error = ProvisioningError(
         f"RabbitMQ refused to declare queue {queue!r}: it exists with other arguments "
         f"than this URL's (queue_type={settings.queue_type}, single_active_consumer="
         f"{str(settings.single_active_consumer).lower()}); set queue_type and "
@@ -70,30 +72,61 @@ def precondition_error(settings: RabbitMQSettings, queue: str,
 
 def publish_error(settings: RabbitMQSettings, topic: str, what: str,
                   exc: BaseException) -> Exception:
-    """The eventbus error for a publish of ``what`` to ``topic`` that failed with ``exc``."""
-    if isinstance(exc, PublishError | BrokerConnectionError | ConfigurationError):
+    """The eventbus error for a publish of ``what`` to ``topic`` that failed with ``exc``
+    (what the broker refused for good is told apart from an outage: see the module)."""
+    if isinstance(exc, EventBusError):
         return exc
-    text = f"{what} to {topic!r}: {one_line(settings, exc)}"
+    what = f"publishing {what} to {topic!r} on RabbitMQ at {settings.masked_url}"
+    if not isinstance(exc, Exception):  # the confirm never came: cut short
+        error = BrokerConnectionError(f"{what} was not confirmed ({type(exc).__name__}); "
+                                      "publish again")
+        error.__cause__ = exc
+        return error
+    return translate(exc, lambda e: _publish_refusal(e, topic), scrub=settings.scrub,
+                     what=what)
+
+
+def _publish_refusal(exc: Exception, topic: str) -> Mapped:
     limit = server_size_limit(exc)
-    error: Exception
     if limit is not None:
-        error = MessageTooLargeError(
-            f"RabbitMQ refused {text}: over the broker's max_message_size ({limit} bytes); "
-            "nothing was stored. Keep events small, or raise max_message_size on the "
-            f"broker; this adapter now refuses messages over {limit} bytes before sending"
-        )
-    elif isinstance(exc, ChannelPreconditionFailed):
-        error = PublishError(f"RabbitMQ refused {text}; sending it again will not help")
-    elif isinstance(exc, ReturnedError):
-        error = PublishError(
-            f"RabbitMQ returned {text}: no queue is bound to exchange {topic!r} (no "
-            "group has subscribed yet), so it was not stored; subscribe a group "
-            "first, or set mandatory=false to drop such messages silently")
-    elif isinstance(exc, DeliveryError):
-        error = PublishError(f"RabbitMQ refused (nacked) {text}; publish again")
-    else:
-        error = BrokerConnectionError(
-            f"RabbitMQ at {settings.masked_url} did not confirm {text}; the connection "
-            "is down or slow (a memory or disk alarm blocks publishing too), publish again")
-    error.__cause__ = exc
-    return error
+        return MessageTooLargeError, (
+            f"over the broker's max_message_size ({limit} bytes); nothing was stored. Keep "
+            "events small, or raise max_message_size on the broker; this adapter now "
+            f"refuses messages over {limit} bytes before sending")
+    if isinstance(exc, ChannelAccessRefused):
+        return ProvisioningError, (
+            f"the broker does not let this user declare or write to exchange {topic!r}; "
+            "grant the permission, or declare it yourself and set provision=false")
+    if isinstance(exc, ChannelPreconditionFailed):
+        return PublishError, "the broker refused it; sending it again will not help"
+    if isinstance(exc, ReturnedError):
+        return PublishError, (
+            f"returned: no queue is bound to exchange {topic!r} (no group has subscribed "
+            "yet), so it was not stored; subscribe a group first, or set mandatory=false "
+            "to drop such messages silently")
+    if isinstance(exc, DeliveryError):
+        return PublishError, "the broker refused (nacked) it; publish again"
+    return BrokerConnectionError, (
+        "not confirmed: the connection is down or slow (a memory or disk alarm blocks "
+        "publishing too); publish again")
+
+
+def subscribe_error(settings: RabbitMQSettings, topic: str, group: str, queue: str,
+                    exc: Exception) -> Exception:
+    """The eventbus error for a subscribe of ``group`` to ``topic`` that failed with
+    ``exc``: what it may not declare or finds declared otherwise is a provisioning
+    error (for good), anything else the connection's (subscribing again may help)."""
+    if isinstance(exc, ChannelPreconditionFailed):
+        return precondition_error(settings, queue, exc)
+
+    def refusal(e: Exception) -> Mapped:
+        if isinstance(e, ChannelAccessRefused):
+            return ProvisioningError, (
+                f"the broker does not let this user declare queue {queue!r} or its "
+                "exchanges; grant the permission, or declare them yourself and set "
+                "provision=false")
+        return BrokerConnectionError, "subscribing again"
+
+    return translate(exc, refusal, scrub=settings.scrub, chain=False, what=(
+        f"subscribing to {topic!r} as group {group!r} on RabbitMQ at "
+        f"{settings.masked_url}"))

@@ -14,42 +14,47 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import quote, unquote, urlsplit
 
+from eventbus.adapter import StartFrom
 from eventbus.errors import InvalidURLError, mask_url
 from eventbus.url_options import (
+    TLS_OPTIONS,
     OptionParser,
+    Renamed,
+    check_tls,
     choice,
     integer,
     parse_options,
     query_pairs,
     seconds,
+    shared,
     strict_flag,
-    text,
 )
 
 DEFAULT_MAX_MESSAGE_BYTES = 1024 * 1024
 # RabbitMQ 3.13 refuses messages over 128 MiB (max_message_size, 16 MiB on 4.x).
 BROKER_MAX_MESSAGE_BYTES = 128 * 1024 * 1024
-# Delay tiers (milliseconds): nack(delay) parks a message in the smallest tier that
-# is at least the delay, so a delay is never shortened, and each tier queue holds
-# messages of one TTL only, so a long delay never blocks a short one.
-DEFAULT_DELAY_TIERS_MS = (50, 200, 1000, 5000, 30_000, 120_000, 600_000, 3_600_000)
+# Delay tiers (seconds): nack(delay) parks a message in the smallest tier that is at
+# least the delay, so a delay is never shortened, and each tier queue holds messages
+# of one TTL only, so a long delay never blocks a short one.
+DEFAULT_DELAY_TIERS = (0.05, 0.2, 1, 5, 30, 120, 600, 3600)
 
 QueueType = Literal["classic", "quorum"]
 
 
 @dataclass(frozen=True, slots=True)
 class RabbitMQSettings:
-    """Everything the RabbitMQ adapter reads from its URL.
+    """Everything the RabbitMQ adapter reads from its URL (durations in seconds).
 
     Example::
 
         RabbitMQSettings.from_url("amqps://app:secret@mq.example.com/orders?queue_type=quorum")
+        RabbitMQSettings(host="mq.example.com", tls=True, client_name="billing")  # in code
     """
 
-    url: str = field(repr=False)
-    host: str
-    port: int
-    tls: bool
+    host: str = "127.0.0.1"
+    port: int = 0  # 0: AMQP's own (5671 with TLS, else 5672)
+    tls: bool = False
+    url: str = field(default="", repr=False)
     username: str = "guest"
     password: str = field(default="guest", repr=False)
     vhost: str = "/"
@@ -64,18 +69,32 @@ class RabbitMQSettings:
     heartbeat: int = 5
     publish_timeout: float = 30.0
     reconnect_interval: float = 1.0
-    delay_tiers_ms: tuple[int, ...] = DEFAULT_DELAY_TIERS_MS
+    delay_tiers: tuple[float, ...] = DEFAULT_DELAY_TIERS
     client_name: str = "eventbus"
     auth_mechanism: str = "PLAIN"
-    cafile: str | None = None
-    certfile: str | None = None
-    keyfile: str | None = None
-    verify: bool = True
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_verify: bool = True
+    # Declare exchanges and queues on first use; false: a missing one is a
+    # ProvisioningError (the topology is managed elsewhere).
+    provision: bool = True
+    # Where a new group starts when its subscription does not say; a queue holds only
+    # what arrived after it was declared, so "earliest" starts there too.
+    start_from: StartFrom | None = None
+
+    def __post_init__(self) -> None:
+        if self.port == 0:
+            object.__setattr__(self, "port", 5671 if self.tls else 5672)
 
     @property
     def masked_url(self) -> str:
-        """The URL with its password masked, for messages and logs."""
-        return mask_url(self.url)
+        """The URL with its password masked, for messages and logs (for settings made
+        in code, ``amqp[s]://host:port/vhost`` without the login)."""
+        if self.url:
+            return mask_url(self.url)
+        vhost = quote(self.vhost, safe="") if self.vhost != "/" else ""
+        return f"amqp{'s' if self.tls else ''}://{self.host}:{self.port}/{vhost}"
 
     def scrub(self, text: str) -> str:
         """``text`` (a client's error message) with the password, raw or percent-encoded,
@@ -120,19 +139,14 @@ class RabbitMQSettings:
         # A repeated option has always meant its last value here: keep it so.
         values.update(parse_options(
             query_pairs(parts.query), _OPTIONS, name="RabbitMQ", shown=masked, repeated="last",
+            renamed=RENAMED,
         ))
-        if not tls and any(values.get(k) for k in ("cafile", "certfile", "keyfile")):
-            raise InvalidURLError(
-                f"cafile/certfile/keyfile in {masked!r} need TLS: use amqps:// (with amqp:// "
-                "they would be ignored)"
-            )
-        if values.get("auth_mechanism") == "EXTERNAL" and not (tls and values.get("certfile")):
+        check_tls(values, tls=tls, name="RabbitMQ", shown=masked, use="use amqps://")
+        if values.get("auth_mechanism") == "EXTERNAL" and not (tls and values.get("tls_cert")):
             raise InvalidURLError(
                 f"auth_mechanism=EXTERNAL in {masked!r} authenticates with the TLS client "
-                "certificate: use amqps:// with certfile (and keyfile)"
+                "certificate: use amqps:// with tls_cert (and tls_key)"
             )
-        if "verify" in values and not tls:
-            raise InvalidURLError(f"verify in {masked!r} applies only to amqps:// URLs")
         return cls(**values)
 
 
@@ -151,30 +165,36 @@ def _check_userinfo(url: str, masked: str) -> None:
         )
 
 
-def _tiers(raw: str) -> tuple[int, ...]:
+def _tiers_ms(raw: str) -> tuple[float, ...]:
+    """The deprecated ``delay_tiers_ms``: milliseconds, sorted as given (as in 0.1), as
+    the seconds ``delay_tiers`` takes."""
     try:
         tiers = tuple(sorted({int(part) for part in raw.split(",") if part.strip()}))
     except ValueError:
         tiers = ()
     if not tiers or tiers[0] < 1:
         raise ValueError("must be comma-separated positive milliseconds, e.g. 100,1000,60000")
-    return tiers
+    return tuple(tier / 1000 for tier in tiers)
 
 
 _OPTIONS: dict[str, OptionParser] = {
+    **shared("start_from", "client_name", "provision", "connect_timeout", "delay_tiers",
+             *TLS_OPTIONS),
     "queue_type": choice("classic", "quorum"),
     "single_active_consumer": strict_flag,
     "mandatory": strict_flag,
     "max_message_bytes": integer(1, BROKER_MAX_MESSAGE_BYTES),
-    "connect_timeout": seconds(),
     "heartbeat": integer(0, 3600),
     "publish_timeout": seconds(),
     "reconnect_interval": seconds(),
-    "delay_tiers_ms": _tiers,
-    "client_name": text,
     "auth_mechanism": choice("PLAIN", "EXTERNAL"),
-    "cafile": text,
-    "certfile": text,
-    "keyfile": text,
-    "verify": strict_flag,
+}
+
+# The names of 0.1, still parsed (with a DeprecationWarning) until eventbus 0.2.
+RENAMED: dict[str, Renamed] = {
+    "delay_tiers_ms": Renamed("delay_tiers", _tiers_ms, "seconds, ascending"),
+    "cafile": Renamed("tls_ca"),
+    "certfile": Renamed("tls_cert"),
+    "keyfile": Renamed("tls_key"),
+    "verify": Renamed("tls_verify", strict_flag),
 }

@@ -72,6 +72,9 @@ class RedisPubSubAdapter(RedisAdapter):
             reconnect=True,
             lease=False,
             half_open_bound=self.settings.half_open_bound,
+            browse=True,
+            group_route=False,
+            raw_publish=True,
         )
 
     async def publish(self, topic: str, envelopes: Sequence[Envelope]) -> None:
@@ -198,6 +201,9 @@ class RedisStreamsAdapter(RedisAdapter):
             # consumer keeps what it holds fresh while handlers run.
             lease=True,
             half_open_bound=self.settings.half_open_bound,
+            browse=True,
+            group_route=True,
+            raw_publish=True,
         )
 
     def _xadd(self, topic: str, fields: dict[Any, Any]) -> Callable[[Pipeline], Any]:

@@ -5,6 +5,11 @@ Example::
     adapter = SqsAdapter("sqs://?region=eu-west-1")
     await adapter.connect()
     await adapter.publish("orders", [envelope])
+
+    # Or with settings made in code and an aioboto3 session of your own (its
+    # credentials, profile or assumed role): the adapter opens its SQS, SNS and STS
+    # clients from it and closes those, never the session.
+    adapter = SqsAdapter(settings=SqsSettings(region="eu-west-1"), client=session)
 """
 
 from __future__ import annotations
@@ -20,14 +25,22 @@ import aioboto3
 from botocore.config import Config
 from botocore.exceptions import NoCredentialsError
 
-from eventbus.adapter import Adapter, Capabilities, HealthReport, SubscribeOptions, Subscription
-from eventbus.deadletter import dlq_topic
-from eventbus.dlq import REPLAY_GROUP
+from eventbus.adapter import (
+    REPLAY_GROUP,
+    Adapter,
+    Capabilities,
+    HealthReport,
+    SubscribeOptions,
+    Subscription,
+    dlq_topic,
+)
+from eventbus.adapters_util import Mapped, map_exceptions
 from eventbus.envelope import Envelope
 from eventbus.errors import (
     BrokerConnectionError,
     EventBusError,
     MessageTooLargeError,
+    ProvisioningError,
     PublishError,
     UnsupportedOperationError,
 )
@@ -35,8 +48,8 @@ from eventbus.errors import (
 from .codec import body_for_bytes, body_size, encode, header_attributes
 from .consumer import SqsSubscription
 from .delivery import Unrun, classify, error_code
-from .provision import Provisioner, ProvisioningError
-from .publisher import Publisher, Send, is_dead_letter
+from .provision import Provisioner
+from .publish import Publisher, Send, is_dead_letter
 from .settings import SqsSettings
 
 log = logging.getLogger("eventbus.sqs")
@@ -52,9 +65,20 @@ class SqsAdapter(Adapter):
 
     schemes = ("sqs",)
 
-    def __init__(self, url: str) -> None:
-        super().__init__(url)
-        self.settings = s = SqsSettings.from_url(url)
+    def __init__(self, url: str | None = None, *, settings: SqsSettings | None = None,
+                 client: aioboto3.Session | None = None) -> None:
+        """``SqsAdapter(url)``, or ``SqsAdapter(settings=..., client=...)``: settings made
+        in code, and optionally an ``aioboto3.Session`` of your own (credentials from
+        somewhere other than the default chain), from which the adapter opens its
+        clients."""
+        if settings is None:
+            if url is None:
+                raise TypeError("SqsAdapter needs a URL or settings=SqsSettings(...)")
+            settings = SqsSettings.from_url(url)
+        super().__init__(settings.url or settings.masked_url)
+        self.settings = s = settings
+        self.start_from = s.start_from
+        self._session = client
         self.capabilities = Capabilities(
             persistent=True,
             consumer_groups=True,
@@ -75,6 +99,9 @@ class SqsAdapter(Adapter):
             # request gives up on a silent connection after read_timeout and the next
             # one opens a new connection.
             half_open_bound=s.connect_timeout,
+            browse=False,
+            group_route=True,
+            raw_publish=True,
         )
         self._clients: dict[str, Any] = {}
         self._stack: contextlib.AsyncExitStack | None = None
@@ -93,7 +120,14 @@ class SqsAdapter(Adapter):
             read_timeout=s.read_timeout,
             retries={"max_attempts": attempts or s.max_attempts, "mode": "standard"},
             max_pool_connections=max(20, 4 * s.receivers),
+            user_agent_extra=s.client_name,
+            client_cert=(s.tls_cert, s.tls_key) if s.tls_cert else None,
         )
+
+    def _verify(self) -> str | bool | None:
+        """botocore's ``verify``: the CA bundle, ``False`` not to verify, or the default."""
+        s = self.settings
+        return False if not s.tls_verify else s.tls_ca
 
     async def connect(self) -> None:
         """Open the SQS, SNS and STS clients and make one request to prove they work."""
@@ -108,36 +142,25 @@ class SqsAdapter(Adapter):
             s = self.settings
             stack = contextlib.AsyncExitStack()
             try:
-                session = aioboto3.Session()
-                clients: dict[str, Any] = {}
-                # "probe" answers health(): one attempt, so a broker that refuses
-                # connections shows at once rather than after the retries' backoff.
-                for name, service, attempts in (("sqs", "sqs", None), ("sns", "sns", None),
-                                                ("sts", "sts", None), ("probe", "sqs", 1)):
-                    clients[name] = await stack.enter_async_context(session.client(
-                        service, region_name=s.region, endpoint_url=s.endpoint_url,
-                        config=self._config(attempts)))
-                await asyncio.wait_for(clients["sqs"].list_queues(MaxResults=1),
-                                       s.connect_timeout * 2)
-            except BaseException as exc:
+                with map_exceptions(_connect_failure, what=(
+                        f"connecting to SQS at {s.endpoint_url or f'AWS region {s.region}'} "
+                        f"({s.masked_url})")):
+                    session = self._session or aioboto3.Session()
+                    clients: dict[str, Any] = {}
+                    # "probe" answers health(): one attempt, so a broker that refuses
+                    # connections shows at once rather than after the retries' backoff.
+                    for name, service, attempts in (("sqs", "sqs", None), ("sns", "sns", None),
+                                                    ("sts", "sts", None), ("probe", "sqs", 1)):
+                        clients[name] = await stack.enter_async_context(session.client(
+                            service, region_name=s.region, endpoint_url=s.endpoint_url,
+                            config=self._config(attempts), verify=self._verify()))
+                    await asyncio.wait_for(clients["sqs"].list_queues(MaxResults=1),
+                                           s.connect_timeout * 2)
+            except BaseException:
                 with contextlib.suppress(Exception):
                     await stack.aclose()
-                if isinstance(exc, asyncio.CancelledError):
-                    raise
-                raise self._connect_error(exc) from exc
+                raise
             self._stack, self._clients = stack, clients
-
-    def _connect_error(self, exc: BaseException) -> BrokerConnectionError:
-        s = self.settings
-        where = s.endpoint_url or f"AWS region {s.region}"
-        if isinstance(exc, NoCredentialsError):
-            return BrokerConnectionError(
-                f"cannot connect to SQS at {where} ({s.masked_url}): no AWS credentials found "
-                "in the standard chain; set AWS_PROFILE or AWS_ACCESS_KEY_ID/"
-                "AWS_SECRET_ACCESS_KEY, or run with an instance or container role")
-        return BrokerConnectionError(
-            f"cannot connect to SQS at {where} ({s.masked_url}): {type(exc).__name__}: "
-            f"{exc or 'timed out'}; check the endpoint, the region and the credentials")
 
     def sqs_client(self) -> Any:
         """The connected SQS client (for subscriptions and tests)."""
@@ -293,32 +316,21 @@ class SqsAdapter(Adapter):
         if options.start_from == "earliest" and not replaying:
             raise UnsupportedOperationError(
                 f"group {options.group!r} of topic {topic!r} asked to start from the earliest "
-                "message, but SQS/SNS keeps no history: a new group's queue receives what is "
-                "published after it exists; subscribe with start_from='latest'")
+                "message (in subscribe() or the URL's start_from), but SQS/SNS keeps no "
+                "history: a new group's queue receives what is published after it exists; "
+                "subscribe with start_from='latest' and drop start_from=earliest from the URL")
         await self._ready()
-        try:
+        with map_exceptions(_provisioning_failure, what=(
+                f"provisioning the queue of group {options.group!r} on topic {topic!r} at "
+                f"{self.settings.masked_url}")):
             if options.start_from == "earliest":
                 url = await self._provisioner.find_storage(self._clients["sqs"], topic)
             else:
                 url = await self._provisioner.declare_group(self._clients, topic, options.group)
-        except EventBusError:
-            raise
-        except Exception as exc:
-            raise self._provisioning_error(topic, options.group, exc) from exc
         subscription = SqsSubscription(self, topic, url, options)
         subscription.start()
         self._subscriptions.add(subscription)
         return subscription
-
-    def _provisioning_error(self, topic: str, group: str, exc: Exception) -> EventBusError:
-        what = f"the queue of group {group!r} on topic {topic!r} at {self.settings.masked_url}"
-        text = f"{type(exc).__name__}: {exc}"
-        if classify(exc) == "transient":
-            # AWS's 60 s wait before a deleted queue's name may be used again is one.
-            return BrokerConnectionError(f"provisioning {what} failed for now ({text}); "
-                                         "subscribing again with backoff")
-        return ProvisioningError(f"provisioning {what} was refused ({error_code(exc) or text}); "
-                                 f"check the IAM permissions in docs/adapters/sqs.md: {text}")
 
     def forget_group(self, topic: str, group: str) -> None:
         """The group's queue is gone: provision it (and its dead-letter storage) anew on
@@ -328,3 +340,24 @@ class SqsAdapter(Adapter):
     def forget(self, subscription: SqsSubscription) -> None:
         """Called by a subscription when it closes."""
         self._subscriptions.discard(subscription)
+
+
+def _connect_failure(exc: Exception) -> Mapped:
+    """Whatever fails while connecting is the connection's; what to do depends on it."""
+    if isinstance(exc, NoCredentialsError):
+        return BrokerConnectionError, (
+            "no AWS credentials found in the standard chain; set AWS_PROFILE or "
+            "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, or run with an instance or container "
+            "role")
+    return BrokerConnectionError, "check the endpoint, the region and the credentials"
+
+
+def _provisioning_failure(exc: Exception) -> Mapped:
+    """A refusal that stays (access denied, a bad attribute) is a ProvisioningError: the
+    subscription gives up at once. An outage (AWS's 60 s wait before a deleted queue's
+    name may be used again among them) is the connection's: subscribe again."""
+    if classify(exc) == "transient":
+        return BrokerConnectionError, "subscribing again with backoff"
+    return ProvisioningError, (
+        f"refused ({error_code(exc) or type(exc).__name__}); check the IAM permissions in "
+        "docs/adapters/sqs.md")

@@ -26,6 +26,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from eventbus.adapter import Decoded
 from eventbus.codec import decode_structured, encode_structured
 from eventbus.envelope import Envelope
 
@@ -109,24 +110,27 @@ def foreign_headers(attributes: Mapping[str, Any]) -> dict[str, bytes]:
     return headers
 
 
-def decode(message: dict[str, Any]) -> tuple[Envelope | None, bytes, str | None]:
-    """``(envelope, raw bytes, error)`` of a received message; never raises."""
+def decode(message: dict[str, Any]) -> Decoded:
+    """The envelope of a received message, or why not with the bytes and attributes
+    that arrived (its dead letter keeps them); never raises."""
     body = str(message.get("Body", ""))
-    marker = message.get("MessageAttributes", {}).get(BODY_ATTRIBUTE, {}).get("StringValue")
+    attributes = message.get("MessageAttributes", {}) or {}
+    marker = attributes.get(BODY_ATTRIBUTE, {}).get("StringValue")
     try:
         raw = base64.b64decode(body) if marker == BASE64 else body.encode("utf-8")
     except ValueError as exc:
-        return None, body.encode("utf-8"), f"DecodeError: body marked base64 is not ({exc})"
+        return Decoded(None, f"DecodeError: body marked base64 is not ({exc})",
+                       body.encode("utf-8"), foreign_headers(attributes))
     try:
-        return decode_structured(raw), raw, None
+        return Decoded(decode_structured(raw))
     except Exception as exc:  # any unreadable body is poison, never a consumer crash
         unwrapped = _sns_notification(raw)
         if unwrapped is not None:
             try:
-                return decode_structured(unwrapped), raw, None
+                return Decoded(decode_structured(unwrapped))
             except Exception:
                 pass
-        return None, raw, f"{type(exc).__name__}: {exc}"
+        return Decoded(None, f"{type(exc).__name__}: {exc}", raw, foreign_headers(attributes))
 
 
 def _sns_notification(raw: bytes) -> bytes | None:

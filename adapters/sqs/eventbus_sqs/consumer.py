@@ -35,6 +35,7 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 from eventbus.adapter import Delivery, SubscribeOptions, Subscription
+from eventbus.adapters_util import Mapped, map_exceptions
 from eventbus.errors import (
     BrokerConnectionError,
     ConnectionLostError,
@@ -42,9 +43,7 @@ from eventbus.errors import (
     TopicNotFoundError,
 )
 
-from .batcher import Batcher, SettleError
-from .delivery import SqsDelivery, classify
-from .redrive import send_anew
+from .delivery import SettleError, SqsDelivery, classify, send_anew, settle_batcher
 from .settings import MAX_VISIBILITY_SECONDS
 
 if TYPE_CHECKING:
@@ -81,10 +80,10 @@ class SqsSubscription(Subscription):
         self._tasks: list[asyncio.Task[None]] = []
         sqs = adapter.sqs_client()
         self.where = f"SQS queue {queue_url} (topic {topic!r}, group {options.group!r})"
-        self._deletes = Batcher(
+        self._deletes = settle_batcher(
             lambda entries: sqs.delete_message_batch(QueueUrl=queue_url, Entries=entries),
             f"deleting a message on {self.where}")
-        self._visibility = Batcher(
+        self._visibility = settle_batcher(
             lambda entries: sqs.change_message_visibility_batch(
                 QueueUrl=queue_url, Entries=entries),
             f"changing a message's visibility on {self.where}")
@@ -187,19 +186,11 @@ class SqsSubscription(Subscription):
         """Messages visible in the group's queue (``ApproximateNumberOfMessages``): neither
         in flight nor delayed. On FIFO, visible messages may wait behind an in-flight one
         of their message group, so they count only when nothing is in flight."""
-        try:
+        with map_exceptions(_backlog_failure, what=f"counting the messages of {self.where}"):
             reply = await asyncio.wait_for(self.adapter.probe_client().get_queue_attributes(
                 QueueUrl=self.queue_url, AttributeNames=[
                     "ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]),
                 self.settings.connect_timeout)
-        except Exception as exc:
-            kind = classify(exc)
-            if kind == "gone":
-                raise TopicNotFoundError(f"{self.where} no longer exists") from exc
-            if kind == "transient" or isinstance(exc, TimeoutError):
-                raise BrokerConnectionError(
-                    f"{self.where} did not answer: {type(exc).__name__}: {exc}") from exc
-            raise
         attributes = reply.get("Attributes", {})
         visible = int(attributes.get("ApproximateNumberOfMessages", 0))
         if self.settings.fifo and int(attributes.get("ApproximateNumberOfMessagesNotVisible", 0)):
@@ -231,7 +222,7 @@ class SqsSubscription(Subscription):
         # land after the delete and be refused (ReceiptHandleIsInvalid).
         self._beating.pop(receipt, None)
         try:
-            await self._deletes.add({"ReceiptHandle": receipt})
+            await self._deletes.one({"ReceiptHandle": receipt})
         finally:
             # Deleted, or not: then the bus nacks it, or its visibility lapses and SQS
             # redelivers it. Either way this consumer no longer holds it.
@@ -257,7 +248,7 @@ class SqsSubscription(Subscription):
         if limit and delivery.receives >= limit and await send_anew(self, delivery, seconds):
             return
         try:
-            await self._visibility.add({"ReceiptHandle": receipt, "VisibilityTimeout": seconds})
+            await self._visibility.one({"ReceiptHandle": receipt, "VisibilityTimeout": seconds})
         except Exception as exc:
             # Never leave it without an owner: it comes back when its visibility lapses.
             log.warning("could not hand a message of topic %r group %r back to SQS (%s); it is "
@@ -266,7 +257,7 @@ class SqsSubscription(Subscription):
 
     async def delete_now(self, receipt: str) -> None:
         """Delete a message this consumer already let go of (redrive: sent anew)."""
-        await self._deletes.add({"ReceiptHandle": receipt})
+        await self._deletes.one({"ReceiptHandle": receipt})
 
     async def _heartbeat(self) -> None:
         timeout = self.settings.visibility_timeout
@@ -283,7 +274,7 @@ class SqsSubscription(Subscription):
             for receipt in due:
                 self._beating[receipt] = now
             results = await asyncio.gather(
-                *(self._visibility.add({"ReceiptHandle": r, "VisibilityTimeout": timeout})
+                *(self._visibility.one({"ReceiptHandle": r, "VisibilityTimeout": timeout})
                   for r in due), return_exceptions=True)
             self._beaten(due, results, now + timeout)
 
@@ -346,7 +337,7 @@ class SqsSubscription(Subscription):
             # within connect_timeout, so a close on a silent path still ends in time.
             try:
                 results = await asyncio.wait_for(asyncio.gather(
-                    *(self._visibility.add({"ReceiptHandle": r, "VisibilityTimeout": 0})
+                    *(self._visibility.one({"ReceiptHandle": r, "VisibilityTimeout": 0})
                       for r in receipts), return_exceptions=True),
                     self.settings.connect_timeout)
             except TimeoutError as exc:
@@ -361,3 +352,13 @@ class SqsSubscription(Subscription):
     @property
     def closed(self) -> bool:
         return self._closed
+
+
+def _backlog_failure(exc: Exception) -> Mapped | None:
+    """The queue is gone, or did not answer; anything else (a refusal) as it is."""
+    kind = classify(exc)
+    if kind == "gone":
+        return TopicNotFoundError, "subscribing again provisions it anew"
+    if kind == "transient" or isinstance(exc, TimeoutError):
+        return BrokerConnectionError
+    return None

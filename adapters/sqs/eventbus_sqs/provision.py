@@ -25,9 +25,12 @@ import logging
 import re
 from typing import Any
 
-from eventbus.deadletter import dlq_topic
-from eventbus.dlq import REPLAY_GROUP
-from eventbus.errors import EventBusError, TopicNotFoundError
+from eventbus.adapter import REPLAY_GROUP, dlq_topic
+
+# The core's ProvisioningError(ConfigurationError), the one every adapter raises; still
+# importable from here (and from eventbus_sqs), where 0.1 defined its own.
+from eventbus.errors import ProvisioningError as ProvisioningError
+from eventbus.errors import TopicNotFoundError
 
 from .settings import SqsSettings
 
@@ -37,10 +40,6 @@ _NOT_ALLOWED = re.compile(r"[^A-Za-z0-9_-]")
 MAX_QUEUE_NAME = 80
 MAX_TOPIC_NAME = 256
 GROUP_SEPARATOR = "--"
-
-
-class ProvisioningError(EventBusError):
-    """A topic, queue or subscription is missing and may not be created, or creating it failed."""
 
 
 def physical_name(name: str, limit: int, fifo: bool) -> str:

@@ -20,9 +20,12 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+from eventbus.adapter import StartFrom
 from eventbus.errors import InvalidURLError, mask_url
 from eventbus.url_options import (
+    TLS_OPTIONS,
     OptionParser,
+    check_tls,
     choice,
     flag,
     integer,
@@ -30,10 +33,10 @@ from eventbus.url_options import (
     pattern,
     query_pairs,
     seconds,
+    shared,
 )
 
 Topology = Literal["sns", "queue"]
-StartFrom = Literal["latest"]
 
 MAX_SQS_MESSAGE_BYTES = 256 * 1024
 MAX_VISIBILITY_SECONDS = 12 * 60 * 60
@@ -44,15 +47,16 @@ _USERINFO = re.compile(r"^([^:/?#@]*://).*@", re.DOTALL)
 
 @dataclass(frozen=True, slots=True)
 class SqsSettings:
-    """Everything the SQS adapter reads from its URL.
+    """Everything the SQS adapter reads from its URL (durations in seconds).
 
     Example::
 
         SqsSettings.from_url("sqs://?region=eu-west-1&fifo=true")
         SqsSettings.from_url("sqs://127.0.0.1:5000?region=us-east-1")  # moto
+        SqsSettings(region="eu-west-1", client_name="billing")  # in code
     """
 
-    url: str = field(repr=False)
+    url: str = field(default="", repr=False)
     region: str | None = None
     endpoint_url: str | None = None
     topology: Topology = "sns"
@@ -67,12 +71,32 @@ class SqsSettings:
     connect_timeout: float = 5.0
     read_timeout: float = 30.0
     max_attempts: int = 3
+    # Added to the HTTP user agent of every request (CloudTrail shows it).
+    client_name: str = "eventbus"
+    # HTTPS: the CA bundle and the client certificate (an endpoint that asks for one),
+    # and whether to verify the endpoint's certificate (a dev shortcut only).
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_verify: bool = True
+    # Where a new group starts when its subscription does not say; SQS keeps no
+    # history, so "earliest" is refused when a group subscribes.
+    start_from: StartFrom | None = None
 
     @property
     def masked_url(self) -> str:
         """The URL safe to show (a valid one holds no secret: credentials come from the
-        AWS chain; masked all the same, as every adapter's is)."""
-        return masked(self.url)
+        AWS chain; masked all the same, as every adapter's is). For settings made in
+        code: ``sqs://`` with the endpoint's host and the region."""
+        if self.url:
+            return masked(self.url)
+        host = (self.endpoint_url or "").partition("://")[2]
+        return f"sqs://{host}?region={self.region}"
+
+    @property
+    def tls(self) -> bool:
+        """Whether requests go over HTTPS (AWS itself, or an https endpoint)."""
+        return self.endpoint_url is None or self.endpoint_url.startswith("https://")
 
     @classmethod
     def from_url(cls, url: str) -> SqsSettings:
@@ -123,6 +147,9 @@ class SqsSettings:
                     f"SQS URL {shown!r} names no region; add ?region=REGION (e.g. eu-west-1)"
                 )
             values["region"] = "us-east-1"
+        check_tls(values, tls=str(values.get("endpoint_url", "https://")).startswith("https"),
+                  name="SQS", shown=shown,
+                  use="talk to AWS itself (no host) or set endpoint_scheme=https")
         settings = cls(**values)
         if settings.max_message_bytes > MAX_SQS_MESSAGE_BYTES:
             raise InvalidURLError(
@@ -160,12 +187,12 @@ def _region(raw: str) -> str:
 
 
 _OPTIONS: dict[str, OptionParser] = {
+    **shared("start_from", "client_name", "provision", "connect_timeout", *TLS_OPTIONS),
     "region": _region,
     "endpoint_scheme": choice("http", "https"),
     "topology": choice("sns", "queue", words="use sns (topic fan-out to a queue per group) "
                        "or queue (one queue per topic)"),
     "fifo": flag,
-    "provision": flag,
     "prefix": pattern(r"[A-Za-z0-9_-]{0,40}",
                       "use up to 40 letters, digits, hyphens or underscores"),
     "visibility_timeout": integer(3, MAX_VISIBILITY_SECONDS),
@@ -173,7 +200,6 @@ _OPTIONS: dict[str, OptionParser] = {
     "receivers": integer(1, 32),
     "max_receive_count": integer(0, 1000),
     "max_message_bytes": integer(1024, MAX_SQS_MESSAGE_BYTES),
-    "connect_timeout": seconds(),
     "read_timeout": seconds(),
     "max_attempts": integer(1, 20),
 }

@@ -57,6 +57,7 @@ from eventbus.patterns.cqrs._bus_feed import SEEN, BusFeed
 from eventbus.patterns.eventsourcing.parking import ParkedStoredEvent
 from eventbus.patterns.schema import KINDS, ready
 from eventbus.patterns.sql import Database, Transaction
+from eventbus.tasks import stop_task
 
 if TYPE_CHECKING:
     from eventbus.patterns.eventsourcing.store import EventStore, StoredEvent
@@ -81,7 +82,7 @@ class ProjectionHealth:
     parked: int = 0
 
 
-class _EventFailed(Exception):
+class _EventFailedError(Exception):
     """Carries which stored event failed out of the page's transaction."""
 
     def __init__(self, stored: StoredEvent) -> None:
@@ -215,7 +216,7 @@ class Projection(BusFeed):
                              ) -> tuple[int, int] | None:
         try:
             return await self._apply_page(page, after, generation)
-        except _EventFailed as failed:
+        except _EventFailedError as failed:
             error = failed.__cause__
             assert isinstance(error, Exception)
             stored = failed.stored
@@ -259,7 +260,7 @@ class Projection(BusFeed):
                     try:
                         await self.apply(stored.decode(self.registry), tx)
                     except Exception as exc:
-                        raise _EventFailed(stored) from exc
+                        raise _EventFailedError(stored) from exc
                     applied += 1
             last = page[-1].position
             await tx.execute(f"UPDATE {CHECKPOINTS} SET position = $2 WHERE name = $1",
@@ -356,13 +357,7 @@ class Projection(BusFeed):
         """Stop following the store; waits at most ``timeout`` seconds for the task
         (a batch cut short rolls back and is applied again later)."""
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            done, _ = await asyncio.wait([task], timeout=timeout)
-            if not done:
-                log.warning("projection %s: still finishing a call %.1fs after stop(); left "
-                            "to end by itself (the database timeouts bound it)", self.name,
-                            timeout)
+        await stop_task(task, timeout=timeout, what=f"projection {self.name}", log=log)
 
     def health(self) -> ProjectionHealth:
         """Whether the follow task runs, its position, its last error and how many

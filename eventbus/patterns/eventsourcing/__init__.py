@@ -8,7 +8,7 @@ See ``docs/patterns/event-sourcing.md``.
 from eventbus.patterns.eventsourcing.aggregate import Aggregate, applies
 from eventbus.patterns.eventsourcing.memory import MemoryEventStore
 from eventbus.patterns.eventsourcing.parking import ParkedStoredEvent, ParkingStore
-from eventbus.patterns.eventsourcing.relay import EventRelay, RelayHealth
+from eventbus.patterns.eventsourcing.relay import EventRelay
 from eventbus.patterns.eventsourcing.repository import Repository
 from eventbus.patterns.eventsourcing.snapshots import Snapshot, SnapshotStore
 from eventbus.patterns.eventsourcing.sql_store import SQLEventStore
@@ -21,6 +21,7 @@ from eventbus.patterns.eventsourcing.store import (
     iter_all,
     iter_stream,
 )
+from eventbus.patterns.health import RelayHealth
 
 __all__ = [
     "Aggregate",

@@ -20,8 +20,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from eventbus.backoff import Backoff
 from eventbus.bus import EventBus
@@ -35,25 +35,13 @@ from eventbus.patterns.eventsourcing.parking import (
     regroup,
 )
 from eventbus.patterns.eventsourcing.store import EventStore, StoredEvent
+from eventbus.patterns.health import RelayHealth, RelayState
+from eventbus.tasks import stop_task
 
 # What a broker refuses for good: publishing the same event again cannot succeed.
 _REFUSED = (MessageTooLargeError, DecodeError)
 
 log = logging.getLogger("eventbus.patterns.eventsourcing")
-
-
-@dataclass(frozen=True, slots=True)
-class RelayHealth:
-    """What :meth:`EventRelay.health` reports: ``ok`` unless the last attempt failed
-    or the relay task ended; ``parked``: events set aside for an operator (the
-    relay goes on without them, see :meth:`EventRelay.parked`)."""
-
-    ok: bool
-    running: bool
-    checkpoint: int
-    published: int
-    last_error: str = ""
-    parked: int = 0
 
 
 class EventRelay:
@@ -97,7 +85,10 @@ class EventRelay:
         self._task: asyncio.Task[None] | None = None
         self._checkpoint = 0
         self._published = 0
-        self._error = ""
+        self._error: str | None = None
+        self._failures = 0
+        self._last_success: float | None = None
+        self._stopped = False
         self._parked = 0
         self._parking = store if isinstance(store, ParkingStore) else None
         self._turn = asyncio.Lock()  # a batch and an operator's release take turns
@@ -275,19 +266,20 @@ class EventRelay:
 
     async def run(self) -> None:
         """Publish forever (until cancelled)."""
-        failures = 0
+        self._failures = 0
         while True:
             try:
                 count = await self.run_once()
-                failures, self._error = 0, ""
+                self._failures, self._error = 0, None
+                self._last_success = time.time()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                failures += 1
+                self._failures += 1
                 self._error = f"{type(exc).__name__}: {exc}"
-                delay = self._backoff.delay(failures)
+                delay = self._backoff.delay(self._failures)
                 log.warning("event relay %r failed (attempt %d, retrying in %.2fs): %s",
-                            self.name, failures, delay, self._error)
+                            self.name, self._failures, delay, self._error)
                 await asyncio.sleep(delay)
                 continue
             if count < self.batch:
@@ -302,6 +294,7 @@ class EventRelay:
     async def start(self) -> None:
         """Run in a background task."""
         if self._task is None or self._task.done():
+            self._stopped = False
             self._task = asyncio.create_task(self.run(), name=f"event-relay-{self.name}")
 
     async def stop(self, timeout: float = 10.0) -> None:
@@ -309,12 +302,8 @@ class EventRelay:
         batch cut short is published again from the checkpoint later)."""
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            done, _ = await asyncio.wait([task], timeout=timeout)
-            if not done:
-                log.warning("event relay %r: still finishing a call %.1fs after stop(); "
-                            "left to end by itself (its database and broker timeouts "
-                            "bound it)", self.name, timeout)
+            self._stopped = True
+        await stop_task(task, timeout=timeout, what=f"event relay {self.name!r}", log=log)
 
     async def wait_until(self, position: int, timeout: float = 10.0) -> None:
         """Wait until the relay's checkpoint reaches ``position`` (TimeoutError after
@@ -325,9 +314,18 @@ class EventRelay:
 
     def health(self) -> RelayHealth:
         """Whether it runs, where its checkpoint is and its last error."""
-        running = self._task is not None and not self._task.done()
-        return RelayHealth(running and not self._error, running, self._checkpoint,
-                           self._published, self._error, self._parked)
+        state: RelayState
+        if self._task is None:
+            state = "stopped" if self._stopped else "idle"
+        elif self._task.done():
+            state = "dead"  # run() only ends by cancellation, which stop() does
+        else:
+            state = "backing_off" if self._failures else "running"
+        return RelayHealth(
+            ok=state == "running", state=state, published=self._published,
+            consecutive_failures=self._failures, last_error=self._error,
+            last_success=self._last_success, checkpoint=self._checkpoint,
+            parked=self._parked)
 
     async def __aenter__(self) -> EventRelay:
         await self.start()

@@ -1,7 +1,7 @@
 """Events out of order: apply each entity's events once, in sequence.
 
 One concept, :class:`Resequencer`, with two stores for its per-entity marks:
-:class:`MemorySequenceStore` (this process) and :class:`SqlSequenceStore` (SQLite or
+:class:`MemorySequenceStore` (this process) and :class:`SQLSequenceStore` (SQLite or
 PostgreSQL, in the handler's transaction). An early event waits in the broker (it
 is not acknowledged), a stale one is ignored or kept in the store: see
 :mod:`eventbus.patterns.ordering.guard`.
@@ -12,8 +12,11 @@ still import for one release, with a ``DeprecationWarning`` naming what to use.
 
 from __future__ import annotations
 
+from typing import Any
+
+from eventbus.deprecation import Renamed, renamed
 from eventbus.patterns.ordering.guard import (
-    EarlyEvent,
+    EarlyEventError,
     GapPolicy,
     Resequencer,
     StalePolicy,
@@ -24,18 +27,18 @@ from eventbus.patterns.ordering.stores import (
     MemorySequenceStore,
     SequenceSession,
     SequenceStore,
-    SqlSequenceStore,
+    SQLSequenceStore,
     StaleEvent,
 )
 
 __all__ = [
-    "EarlyEvent",
+    "EarlyEventError",
     "GapPolicy",
     "MemorySequenceStore",
     "Resequencer",
+    "SQLSequenceStore",
     "SequenceSession",
     "SequenceStore",
-    "SqlSequenceStore",
     "StaleEvent",
     "StalePolicy",
     "Verdict",
@@ -43,9 +46,17 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> object:
+# Renamed for one vocabulary (exceptions end in Error, SQL in capitals); the old
+# spelling warns for one release.
+_RENAMED: Renamed = {
+    "SqlSequenceStore": ("eventbus.patterns.ordering.SQLSequenceStore", lambda: SQLSequenceStore),
+    "EarlyEvent": ("eventbus.patterns.ordering.EarlyEventError", lambda: EarlyEventError),
+}
+
+
+def __getattr__(name: str) -> Any:
     if name == "OrderingGuard":
         from eventbus.patterns.ordering.legacy import deprecated
 
         return deprecated(name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return renamed(__name__, name, _RENAMED)

@@ -12,7 +12,7 @@ and for each event decides:
 - **next**: applied, and the mark moves on, in the same unit of work as the
   handler (one database transaction on SQL stores);
 - **early** (past the next one: something in between has not arrived):
-  ``on_gap="wait"`` hands it back to the broker (:class:`EarlyEvent`, a
+  ``on_gap="wait"`` hands it back to the broker (:class:`EarlyEventError`, a
   redelivery request): it is *not acknowledged*, so it survives a restart, and
   comes back after a short delay, by which time the gap may have filled; after
   ``max_waits`` deliveries it is applied anyway (the gap is given up, logged).
@@ -34,6 +34,7 @@ from typing import Any, Literal, TypeVar
 
 from eventbus.backoff import Backoff
 from eventbus.context import Context
+from eventbus.deprecation import Renamed, renamed
 from eventbus.errors import ConfigurationError, EventBusError
 from eventbus.middleware.base import RedeliveryRequested
 from eventbus.patterns.ordering.stores import (
@@ -71,7 +72,7 @@ def classify(last: int, sequence: int) -> Verdict:
     return Verdict.APPLY if sequence == last + 1 else Verdict.EARLY
 
 
-class EarlyEvent(RedeliveryRequested, EventBusError):
+class EarlyEventError(RedeliveryRequested, EventBusError):
     """An event came before its predecessor: handed back to the broker, redelivered
     after ``delay`` seconds (raised by :meth:`Resequencer.apply` with ``on_gap="wait"``)."""
 
@@ -86,7 +87,7 @@ class EarlyEvent(RedeliveryRequested, EventBusError):
 class Resequencer:
     """Applies each entity's events once, in sequence (see the module docs)::
 
-        sequencer = Resequencer("order-view", SqlSequenceStore(db))
+        sequencer = Resequencer("order-view", SQLSequenceStore(db))
 
         @bus.subscribe(OrderEvent, group="order-view")
         @sequencer(entity=lambda e: e.order_id, sequence=lambda e: e.version)
@@ -133,7 +134,7 @@ class Resequencer:
                     tx: Transaction | None = None) -> bool:
         """Run ``handler`` if ``sequence`` is the entity's next; returns whether it ran.
 
-        Raises :class:`EarlyEvent` for an early event under ``on_gap="wait"`` (let it
+        Raises :class:`EarlyEventError` for an early event under ``on_gap="wait"`` (let it
         propagate from a bus handler: the broker redelivers it). With ``tx`` the check
         joins that transaction (the caller commits it), so the handler's writes and
         the new mark commit together.
@@ -171,10 +172,10 @@ class Resequencer:
 
     def _early(self, entity_id: str, sequence: int, expected: int,
                ctx: Context | None) -> None:
-        """Raise EarlyEvent, unless the event came back ``max_waits`` times already."""
+        """Raise EarlyEventError, unless the event came back ``max_waits`` times already."""
         deliveries = ctx.delivery.attempt if ctx is not None else 1
         if deliveries <= self.max_waits:
-            raise EarlyEvent(entity_id, sequence, expected, self.wait.delay(deliveries))
+            raise EarlyEventError(entity_id, sequence, expected, self.wait.delay(deliveries))
         log.warning("%s: %s waited %d deliveries for sequence %d; applying %d without it "
                     "(it is stale if it comes)", self.scope, entity_id, deliveries,
                     expected, sequence)
@@ -191,3 +192,14 @@ class Resequencer:
             await session.keep(StaleEvent(
                 self.scope, entity_id, sequence, last, event_type,
                 ctx.envelope.id if ctx is not None else "", data))
+
+
+# Renamed for one vocabulary (exceptions end in Error, SQL in capitals); the old
+# spelling warns for one release.
+_RENAMED: Renamed = {
+    "EarlyEvent": ("eventbus.patterns.ordering.EarlyEventError", lambda: EarlyEventError),
+}
+
+
+def __getattr__(name: str) -> Any:
+    return renamed(__name__, name, _RENAMED)

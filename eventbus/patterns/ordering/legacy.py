@@ -4,7 +4,7 @@ release. Importing either name warns (``DeprecationWarning``) and names the new 
 - ``OrderingGuard`` (``eventbus.patterns.ordering``): in-memory reassembly with
   ``accept(entity, sequence, item)``. It used to hold an early event in memory
   after the bus had acknowledged it, losing it on a restart; inside a bus handler
-  it now hands an early event back to the broker instead (:class:`EarlyEvent`).
+  it now hands an early event back to the broker instead (:class:`EarlyEventError`).
   Outside a handler (reordering a list) it still holds early items.
 - ``SequenceGuard`` (``eventbus.patterns.sagas``): ``Resequencer(on_gap="apply")``;
   its ``on_stale="park"`` is ``on_stale="keep"``, ``parked()`` is ``stale_events()``.
@@ -18,7 +18,7 @@ from typing import Generic, Literal, TypeVar
 
 from eventbus.context import current_envelope
 from eventbus.errors import ConfigurationError
-from eventbus.patterns.ordering.guard import EarlyEvent, Resequencer, Verdict, classify
+from eventbus.patterns.ordering.guard import EarlyEventError, Resequencer, Verdict, classify
 from eventbus.patterns.ordering.stores import SequenceStore, StaleEvent
 
 T = TypeVar("T")
@@ -100,7 +100,7 @@ class OrderingGuard(Generic[T]):
     def accept(self, entity: str, sequence: int, item: T) -> list[T]:
         """The items to apply now, in sequence: ``[]`` for a stale or held event,
         else ``item`` followed by the held successors it unblocks. Inside a bus
-        handler an early event raises :class:`EarlyEvent` instead of being held: the
+        handler an early event raises :class:`EarlyEventError` instead of being held: the
         broker keeps it (unacknowledged) and redelivers it."""
         last = self.last(entity)
         verdict = classify(last, sequence)
@@ -130,7 +130,7 @@ class OrderingGuard(Generic[T]):
         # returns. Handed back, it waits in the broker and survives a restart.
         times = self._bounced[(entity, sequence)] = self._bounced.get((entity, sequence), 0) + 1
         if times <= self.max_parked:
-            raise EarlyEvent(entity, sequence, last + 1, min(2.0, 0.05 * 2 ** (times - 1)))
+            raise EarlyEventError(entity, sequence, last + 1, min(2.0, 0.05 * 2 ** (times - 1)))
         log.warning("%s: sequence %d came back %d times waiting for %d; applying it without "
                     "it", entity, sequence, times, last + 1)
         self._bounced.pop((entity, sequence), None)

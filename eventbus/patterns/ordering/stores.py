@@ -1,6 +1,6 @@
 """Where a :class:`~eventbus.patterns.ordering.Resequencer` keeps, per entity, the
 highest sequence applied, and the stale events it was told to keep: in this
-process (:class:`MemorySequenceStore`) or in a database (:class:`SqlSequenceStore`,
+process (:class:`MemorySequenceStore`) or in a database (:class:`SQLSequenceStore`,
 SQLite or PostgreSQL), where the check, the handler's writes and the new mark
 commit in one transaction (the entity's row locked on PostgreSQL).
 """
@@ -12,8 +12,9 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
+from eventbus.deprecation import Renamed, renamed
 from eventbus.patterns.schema import KINDS, ready
 from eventbus.patterns.sql import Database, Transaction
 
@@ -135,7 +136,7 @@ class _SqlSession:
             event.event_id, event.data, time.time())
 
 
-class SqlSequenceStore:
+class SQLSequenceStore:
     """High-water marks and kept stale events in ``db`` (SQLite or PostgreSQL).
 
     ``unit_of_work`` defaults to ``db.transaction``; pass an outbox's or an inbox's
@@ -183,3 +184,14 @@ class SqlSequenceStore:
                 f"SELECT scope, entity_id, sequence, applied, event_type, event_id, data FROM "
                 f"{self.table}_parked WHERE scope = $1 ORDER BY parked_at, sequence", scope)
         return [StaleEvent(r[0], r[1], int(r[2]), int(r[3]), r[4], r[5], r[6]) for r in rows]
+
+
+# Renamed for one vocabulary (exceptions end in Error, SQL in capitals); the old
+# spelling warns for one release.
+_RENAMED: Renamed = {
+    "SqlSequenceStore": ("eventbus.patterns.ordering.SQLSequenceStore", lambda: SQLSequenceStore),
+}
+
+
+def __getattr__(name: str) -> Any:
+    return renamed(__name__, name, _RENAMED)

@@ -43,36 +43,21 @@ import logging
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
 from itertools import groupby
-from typing import Any, Literal
+from typing import Any
 
 from eventbus.backoff import Backoff
 from eventbus.bus import EventBus
 from eventbus.codec import decode_structured
 from eventbus.envelope import Envelope
 from eventbus.errors import ConfigurationError, PublishError, is_permanent_refusal
+from eventbus.patterns.health import RelayHealth, RelayState
 from eventbus.patterns.outbox import claims
 from eventbus.patterns.outbox.store import Outbox
 from eventbus.patterns.sql import Row
+from eventbus.tasks import stop_task
 
 log = logging.getLogger("eventbus.outbox")
-
-RelayState = Literal["idle", "running", "backing_off", "stopped", "dead"]
-
-
-@dataclass(frozen=True, slots=True)
-class RelayHealth:
-    """What :meth:`OutboxRelay.health` reports: ``ok`` unless the last batch failed
-    or the loop is not running."""
-
-    ok: bool
-    state: RelayState
-    published: int
-    consecutive_failures: int
-    last_error: str | None
-    last_success: float | None
-
 
 class OutboxRelay:
     """Publishes an :class:`Outbox`'s rows through ``bus``'s adapter.
@@ -313,12 +298,8 @@ class OutboxRelay:
         end the loop."""
         task, self._task = self._task, None
         self._stopping.set()
-        if task is not None:
-            done, _ = await asyncio.wait([task], timeout=timeout)
-            if not done:
-                task.cancel()
-            # A loop that died was logged by _ended; stopping does not raise it again.
-            await asyncio.gather(task, return_exceptions=True)
+        # A loop that died was logged by _ended; stopping does not raise it again.
+        await stop_task(task, grace=timeout)
         self._state = "stopped"
 
     def health(self) -> RelayHealth:
@@ -334,3 +315,6 @@ class OutboxRelay:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
+
+
+__all__ = ["OutboxRelay", "RelayHealth", "RelayState"]

@@ -2,39 +2,44 @@
 (reacting services publishing compensating events). Out-of-order events:
 :mod:`eventbus.patterns.ordering` (its stores are exported here too)."""
 
+from typing import Any
+
+from eventbus.deprecation import Renamed, renamed
 from eventbus.patterns.ordering.stores import (
     MemorySequenceStore,
     SequenceStore,
-    SqlSequenceStore,
+    SQLSequenceStore,
 )
-from eventbus.patterns.sagas.choreography import Choreography, StepFailed, transaction_of
+from eventbus.patterns.sagas.choreography import Choreography, StepFailedError, transaction_of
 from eventbus.patterns.sagas.definition import SagaContext, SagaDefinition, Step, StepAction
 from eventbus.patterns.sagas.orchestrator import SagaOrchestrator
 from eventbus.patterns.sagas.publishing import SagaPublisher
 from eventbus.patterns.sagas.state import (
     MemorySagaStore,
-    SagaAlreadyExists,
+    SagaAlreadyExistsError,
     SagaConcurrencyError,
     SagaError,
-    SagaNotFound,
+    SagaNotFoundError,
     SagaPublishError,
     SagaSession,
     SagaState,
     SagaStatus,
     SagaStore,
-    SqlSagaStore,
+    SQLSagaStore,
 )
 
 __all__ = [
     "Choreography",
     "MemorySagaStore",
     "MemorySequenceStore",
-    "SagaAlreadyExists",
+    "SQLSagaStore",
+    "SQLSequenceStore",
+    "SagaAlreadyExistsError",
     "SagaConcurrencyError",
     "SagaContext",
     "SagaDefinition",
     "SagaError",
-    "SagaNotFound",
+    "SagaNotFoundError",
     "SagaOrchestrator",
     "SagaPublishError",
     "SagaPublisher",
@@ -43,18 +48,28 @@ __all__ = [
     "SagaStatus",
     "SagaStore",
     "SequenceStore",
-    "SqlSagaStore",
-    "SqlSequenceStore",
     "Step",
     "StepAction",
-    "StepFailed",
+    "StepFailedError",
     "transaction_of",
 ]
 
 
-def __getattr__(name: str) -> object:
+# Renamed for one vocabulary (exceptions end in Error, SQL in capitals); the old
+# spelling warns for one release.
+_RENAMED: Renamed = {
+    "SqlSagaStore": ("eventbus.patterns.sagas.SQLSagaStore", lambda: SQLSagaStore),
+    "SagaNotFound": ("eventbus.patterns.sagas.SagaNotFoundError", lambda: SagaNotFoundError),
+    "SagaAlreadyExists": ("eventbus.patterns.sagas.SagaAlreadyExistsError",
+                          lambda: SagaAlreadyExistsError),
+    "StepFailed": ("eventbus.patterns.sagas.StepFailedError", lambda: StepFailedError),
+    "SqlSequenceStore": ("eventbus.patterns.ordering.SQLSequenceStore", lambda: SQLSequenceStore),
+}
+
+
+def __getattr__(name: str) -> Any:
     if name in ("SequenceGuard", "ParkedEvent"):
         from eventbus.patterns.ordering.legacy import deprecated
 
         return deprecated(name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return renamed(__name__, name, _RENAMED)

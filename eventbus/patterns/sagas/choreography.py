@@ -10,7 +10,7 @@ service's part of it short and uniform::
         order_id=e.order_id, reason=why))
     async def reserve(event: PaymentCharged, ctx: Context) -> InventoryReserved:
         if not in_stock(event):
-            raise StepFailed("out of stock")          # -> InventoryReservationFailed
+            raise StepFailedError("out of stock")          # -> InventoryReservationFailed
         return InventoryReserved(order_id=event.order_id, ...)
 
     @flow.compensation(InventoryReservationFailed)     # in the payment service
@@ -19,7 +19,7 @@ service's part of it short and uniform::
 - a step returns the event(s) to publish (or ``None``); they carry the flow's
   correlation id, are caused by the trigger, and are keyed by ``key`` so one
   entity's events stay in order;
-- raising :class:`StepFailed` publishes ``failed(event, reason)`` instead: the
+- raising :class:`StepFailedError` publishes ``failed(event, reason)`` instead: the
   compensating chain starts; any other exception is left to the bus (retried,
   then dead-lettered), since it says nothing about the business outcome;
 - ``unit_of_work`` (e.g. an outbox's) runs the handler and its publishes in one
@@ -42,6 +42,8 @@ from typing import Any, Literal, TypeVar
 
 from eventbus.bus import EventBus
 from eventbus.context import Context
+from eventbus.declarations import returned_messages
+from eventbus.deprecation import Renamed, renamed
 from eventbus.errors import ConfigurationError
 from eventbus.events import Message
 from eventbus.patterns.inbox import Inbox
@@ -60,7 +62,7 @@ UnitOfWork = Callable[[], AbstractAsyncContextManager[Transaction | None]]
 _TX = "eventbus.saga.tx"
 
 
-class StepFailed(SagaError):
+class StepFailedError(SagaError):
     """Raised by a choreography step whose business outcome is a failure (out of
     stock, card declined): its ``failed`` event is published instead."""
 
@@ -101,7 +103,7 @@ class Choreography:
     def step(self, trigger: type[E], *, failed: Callable[[E, str], Message] | None = None
              ) -> Callable[[StepHandler[E]], StepHandler[E]]:
         """Subscribe a forward step on ``trigger``; ``failed`` builds the event published
-        when it raises :class:`StepFailed`."""
+        when it raises :class:`StepFailedError`."""
         return self._subscribe(trigger, failed, compensating=False)
 
     def compensation(self, trigger: type[E]) -> Callable[[StepHandler[E]], StepHandler[E]]:
@@ -131,6 +133,9 @@ class Choreography:
                         ctx.items.pop(_TX, None)
 
             run.__name__ = run.__qualname__ = fn.__name__
+            # What a step returns is published: its annotation declares it (AsyncAPI).
+            self.bus.publishes(*returned_messages(fn),
+                               *(returned_messages(failed) if failed is not None else ()))
             if self.topic is None:
                 self.bus.subscribe(trigger, group=self.group, start_from=self.start_from)(run)
             else:
@@ -165,7 +170,7 @@ class Choreography:
         key = self.key(event) if self.key is not None else None
         try:
             produced = await fn(event, ctx)
-        except StepFailed as exc:
+        except StepFailedError as exc:
             if failed is None:
                 raise
             produced = failed(event, exc.reason)
@@ -178,3 +183,14 @@ class Choreography:
         for message in [produced] if isinstance(produced, Message) else produced:
             topic = self.topic(type(message)) if self.topic is not None else None
             await ctx.publish(message, topic=topic, key=key)
+
+
+# Renamed for one vocabulary (exceptions end in Error, SQL in capitals); the old
+# spelling warns for one release.
+_RENAMED: Renamed = {
+    "StepFailed": ("eventbus.patterns.sagas.StepFailedError", lambda: StepFailedError),
+}
+
+
+def __getattr__(name: str) -> Any:
+    return renamed(__name__, name, _RENAMED)

@@ -45,9 +45,9 @@ from eventbus.errors import is_permanent_refusal
 from eventbus.patterns.sagas.definition import SagaContext, SagaDefinition, StepAction
 from eventbus.patterns.sagas.publishing import SagaPublisher, check_outbox, deliver
 from eventbus.patterns.sagas.state import (
-    SagaAlreadyExists,
+    SagaAlreadyExistsError,
     SagaConcurrencyError,
-    SagaNotFound,
+    SagaNotFoundError,
     SagaPublishError,
     SagaSession,
     SagaState,
@@ -57,7 +57,7 @@ from eventbus.patterns.sagas.state import (
 logger = logging.getLogger("eventbus.saga")
 
 
-class _ActionFailed(Exception):
+class _ActionFailedError(Exception):
     def __init__(self, step: str, error: BaseException) -> None:
         super().__init__(f"step {step!r} failed: {type(error).__name__}: {error}")
         self.step = step
@@ -100,14 +100,14 @@ class SagaOrchestrator:
         try:
             async with self.store.unit_of_work() as session:
                 if await session.load(saga_id) is not None:
-                    raise SagaAlreadyExists(saga_id)
+                    raise SagaAlreadyExistsError(saga_id)
                 await self._advance(session, state, publisher)
                 await session.insert(state)
-        except SagaAlreadyExists:
+        except SagaAlreadyExistsError:
             publisher.discard()
             logger.info("saga %s already exists; using it", saga_id)
             return await self._get(saga_id)
-        except _ActionFailed as exc:
+        except _ActionFailedError as exc:
             publisher.discard()
             # Nothing of that unit of work happened: the saga is recorded as failed.
             state = SagaState(saga_id, self.definition.saga_type, dict(data or {}),
@@ -115,7 +115,7 @@ class SagaOrchestrator:
             try:
                 async with self.store.unit_of_work() as session:
                     await session.insert(state)
-            except SagaAlreadyExists:
+            except SagaAlreadyExistsError:
                 return await self._get(saga_id)
             logger.warning("saga %s failed to start: %s", saga_id, exc)
             await self._compensate(saga_id)
@@ -141,7 +141,7 @@ class SagaOrchestrator:
 
         try:
             return await self._change(saga_id, change)
-        except _ActionFailed as exc:
+        except _ActionFailedError as exc:
             # ``step`` succeeded, the next one's action failed: undo ``step`` and before.
             return await self._begin_compensation(saga_id, str(exc), include_current=True,
                                                   expected_step=step)
@@ -231,16 +231,16 @@ class SagaOrchestrator:
         return self._own(saga_id, await self.store.get(saga_id))
 
     def _own(self, saga_id: str, state: SagaState | None) -> SagaState:
-        """``state`` if it is a saga of this orchestrator's type; else SagaNotFound.
+        """``state`` if it is a saga of this orchestrator's type; else SagaNotFoundError.
 
         Saga ids are unique across the types sharing a store: applying this
         definition's steps to another type's saga would run the wrong compensations.
         """
         mine = self.definition.saga_type
         if state is None:
-            raise SagaNotFound(f"no saga {saga_id!r} of type {mine!r}")
+            raise SagaNotFoundError(f"no saga {saga_id!r} of type {mine!r}")
         if state.saga_type != mine:
-            raise SagaNotFound(
+            raise SagaNotFoundError(
                 f"no saga {saga_id!r} of type {mine!r}: that id is a saga of type "
                 f"{state.saga_type!r} in the same store; use its own orchestrator, or "
                 "another id (ids are unique across the saga types of one store)")
@@ -302,11 +302,11 @@ class SagaOrchestrator:
                     publisher: SagaPublisher, *, action: bool) -> None:
         try:
             await fn(SagaContext(state, step, session, publisher))
-        except (SagaConcurrencyError, SagaAlreadyExists):
+        except (SagaConcurrencyError, SagaAlreadyExistsError):
             raise
         except Exception as exc:
             if action:
-                raise _ActionFailed(step, exc) from exc
+                raise _ActionFailedError(step, exc) from exc
             raise
 
     async def _begin_compensation(self, saga_id: str, reason: str, *, include_current: bool,
@@ -364,7 +364,7 @@ class SagaOrchestrator:
 
             try:
                 state = await self._change(saga_id, one)
-            except (SagaConcurrencyError, SagaNotFound):
+            except (SagaConcurrencyError, SagaNotFoundError):
                 raise
             except Exception as exc:
                 return await self._compensation_failed(saga_id, exc)

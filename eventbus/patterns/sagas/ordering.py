@@ -10,10 +10,10 @@ from eventbus.patterns.ordering.stores import (
     MemorySequenceStore,
     SequenceSession,
     SequenceStore,
-    SqlSequenceStore,
+    SQLSequenceStore,
 )
 
-__all__ = ["MemorySequenceStore", "SequenceSession", "SequenceStore", "SqlSequenceStore"]
+__all__ = ["MemorySequenceStore", "SQLSequenceStore", "SequenceSession", "SequenceStore"]
 
 
 def __getattr__(name: str) -> object:

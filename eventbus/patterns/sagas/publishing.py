@@ -4,7 +4,7 @@ A step runs inside a unit of work of the saga store (a database transaction on
 SQL stores). What it publishes must leave only if that unit of work commits:
 
 - ``transactional=True``: the store's unit of work is a transactional outbox's
-  (``SqlSagaStore(db, unit_of_work=outbox.unit_of_work)``), which routes
+  (``SQLSagaStore(db, unit_of_work=outbox.unit_of_work)``), which routes
   ``bus.publish`` into the outbox table inside the same transaction; the relay
   publishes later. Saga state and its messages commit together: nothing lost,
   nothing sent for a state that rolled back.
@@ -87,7 +87,7 @@ def check_outbox(saga_type: str, store: SagaStore, bus: EventBus) -> None:
             f"SagaOrchestrator({saga_type!r}, transactional_publish=True) on a "
             f"{type(store).__name__} with no outbox: its steps' messages would be sent "
             "before the saga's change commits, and sent even if it rolls back. Give the "
-            "store the outbox's unit of work (SqlSagaStore(db, unit_of_work="
+            "store the outbox's unit of work (SQLSagaStore(db, unit_of_work="
             "outbox.unit_of_work)), or leave transactional_publish=False (messages are "
             "held until the change commits)")
     if outbox.middleware not in bus.publish_middleware:

@@ -4,7 +4,7 @@ Every change to a saga goes through a *session* of its store: load, insert or
 update inside one unit of work. ``update`` is optimistic: it names the version it
 read and fails with :class:`SagaConcurrencyError` when another orchestrator moved
 the saga on in between, so two instances can never both advance one saga.
-``insert`` fails with :class:`SagaAlreadyExists` when another instance created
+``insert`` fails with :class:`SagaAlreadyExistsError` when another instance created
 the same id first (a unique constraint on the database).
 """
 
@@ -18,10 +18,11 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+from eventbus.deprecation import Renamed, renamed
 from eventbus.errors import EventBusError
 from eventbus.patterns.outbox.store import Outbox
 from eventbus.patterns.schema import KINDS, ready
-from eventbus.patterns.sql import Database, Transaction, UniqueViolation
+from eventbus.patterns.sql import Database, Transaction, UniqueViolationError
 
 SagaStatus = Literal["running", "completed", "compensating", "compensated", "parked"]
 TERMINAL: tuple[SagaStatus, ...] = ("completed", "compensated")
@@ -31,7 +32,7 @@ class SagaError(EventBusError):
     """Base of the saga errors."""
 
 
-class SagaAlreadyExists(SagaError):
+class SagaAlreadyExistsError(SagaError):
     """A saga with this id was created by another instance first."""
 
 
@@ -39,7 +40,7 @@ class SagaConcurrencyError(SagaError):
     """The saga changed since it was loaded (another orchestrator advanced it)."""
 
 
-class SagaNotFound(SagaError):
+class SagaNotFoundError(SagaError):
     """No saga has this id."""
 
 
@@ -91,7 +92,7 @@ class SagaSession(Protocol):
         """The saga, or ``None``."""
 
     async def insert(self, state: SagaState) -> None:
-        """Create the saga at version 1; :class:`SagaAlreadyExists` if the id is taken."""
+        """Create the saga at version 1; :class:`SagaAlreadyExistsError` if the id is taken."""
 
     async def update(self, state: SagaState) -> None:
         """Save ``state`` if nobody saved since ``state.version`` was read, then bump it;
@@ -143,7 +144,7 @@ class _MemorySession:
 
     async def insert(self, state: SagaState) -> None:
         if state.saga_id in self._rows or state.saga_id in self._writes:
-            raise SagaAlreadyExists(f"saga {state.saga_id!r} already exists")
+            raise SagaAlreadyExistsError(f"saga {state.saga_id!r} already exists")
         state.version = 1
         self._writes[state.saga_id] = copy.deepcopy(state)
 
@@ -278,8 +279,8 @@ class _SqlSession:
             await self._tx.execute(
                 f"INSERT INTO {self._table} ({_COLUMNS}) VALUES "
                 "($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)", *_row(state))
-        except UniqueViolation as exc:
-            raise SagaAlreadyExists(f"saga {state.saga_id!r} already exists") from exc
+        except UniqueViolationError as exc:
+            raise SagaAlreadyExistsError(f"saga {state.saga_id!r} already exists") from exc
 
     async def update(self, state: SagaState) -> None:
         values = _row(state)
@@ -298,7 +299,7 @@ class _SqlSession:
 UnitOfWork = Callable[[], AbstractAsyncContextManager[Transaction]]
 
 
-class SqlSagaStore:
+class SQLSagaStore:
     """Saga state in a table of ``db`` (SQLite or PostgreSQL).
 
     ``unit_of_work`` opens the transaction every saga change runs in; it defaults
@@ -336,8 +337,8 @@ class SqlSagaStore:
         try:
             async with self._unit_of_work() as tx:
                 yield _SqlSession(tx, self.table)
-        except UniqueViolation as exc:  # raised at commit time by some databases
-            raise SagaAlreadyExists(str(exc)) from exc
+        except UniqueViolationError as exc:  # raised at commit time by some databases
+            raise SagaAlreadyExistsError(str(exc)) from exc
 
     async def get(self, saga_id: str) -> SagaState | None:
         """The saga as committed now."""
@@ -378,3 +379,17 @@ class SqlSagaStore:
 def _of_type(saga_type: str | None) -> tuple[str, tuple[str, ...]]:
     """The clause (parameter ``$3``) that keeps one saga type, or none for all types."""
     return ("", ()) if saga_type is None else (" AND saga_type = $3", (saga_type,))
+
+
+# Renamed for one vocabulary (exceptions end in Error, SQL in capitals); the old
+# spelling warns for one release.
+_RENAMED: Renamed = {
+    "SqlSagaStore": ("eventbus.patterns.sagas.SQLSagaStore", lambda: SQLSagaStore),
+    "SagaNotFound": ("eventbus.patterns.sagas.SagaNotFoundError", lambda: SagaNotFoundError),
+    "SagaAlreadyExists": ("eventbus.patterns.sagas.SagaAlreadyExistsError",
+                          lambda: SagaAlreadyExistsError),
+}
+
+
+def __getattr__(name: str) -> Any:
+    return renamed(__name__, name, _RENAMED)

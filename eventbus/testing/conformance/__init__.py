@@ -21,12 +21,15 @@ target's fault hooks, and skipped, saying why, when the broker lacks what it nee
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
+from eventbus.deprecation import Renamed, renamed
+from eventbus.testing.collector import Collector
 from eventbus.testing.conformance._support import (
     Capability,
     Case,
-    Inbox,
     Need,
     Ping,
     Pong,
@@ -72,12 +75,23 @@ class ConformanceSuite(
     """Every conformance case; subclass it (as ``Test...``) next to a ``target`` fixture."""
 
 
+_RENAMED: Renamed = {
+    "Inbox": ("eventbus.testing.Collector (the test helper; eventbus.patterns.Inbox is "
+              "the transactional inbox)", lambda: Collector),
+}
+
+
+def __getattr__(name: str) -> Any:
+    return renamed(__name__, name, _RENAMED)
+
+
 __all__ = [
     "BasicsCases",
     "BatchCases",
     "Capability",
     "Case",
     "CloudEventsCases",
+    "Collector",
     "ConformanceSuite",
     "ContractCases",
     "DeadLetterCases",
@@ -85,7 +99,6 @@ __all__ = [
     "FailureCases",
     "GroupCases",
     "GuaranteeCases",
-    "Inbox",
     "LifecycleCases",
     "Need",
     "OrderingCases",

@@ -1,5 +1,5 @@
 """Shared machinery of the conformance cases: the case decorator, the per-case
-resources (:class:`Case`), event classes, and event-driven waiting (:class:`Inbox`).
+resources (:class:`Case`), event classes, and event-driven waiting (:class:`Collector`).
 
 Every case is a plain synchronous pytest test that runs its async body with
 ``asyncio.run`` under an overall timeout, so the suite needs no async plugin and
@@ -11,13 +11,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import time
 import types
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar, cast
+from typing import Any, TypeVar, cast
 
 import pytest
 
@@ -29,7 +28,9 @@ from eventbus.events import Event, Message
 from eventbus.middleware.base import Next, RedeliveryRequested
 from eventbus.middleware.deadletter import dlq_topic
 from eventbus.middleware.retry import RetryPolicy
-from eventbus.registry_adapters import adapter_from_url
+from eventbus.testing.collector import DEFAULT_WAIT
+from eventbus.testing.collector import PATIENCE as PATIENCE
+from eventbus.testing.collector import Collector as Collector  # the cases import it from here
 from eventbus.testing.target import BrokerTarget
 
 log = logging.getLogger("eventbus.testing")
@@ -44,9 +45,7 @@ CaseTest = Callable[[S, BrokerTarget], None]
 FAST_RETRY = RetryPolicy(
     max_attempts=3, in_process_attempts=1, initial_delay=0.02, max_delay=0.2, jitter=0.0
 )
-PATIENCE = float(os.environ.get("EVENTBUS_CONFORMANCE_PATIENCE", "1") or 1)
-"""Multiplies every wait and case timeout, for slow brokers or CI machines."""
-WAIT = 15.0 * PATIENCE
+WAIT = DEFAULT_WAIT
 """Default seconds to wait for something that should happen."""
 QUIET = 0.3
 """Seconds to watch for something that must NOT happen (bounded, documented per case)."""
@@ -94,48 +93,7 @@ def on_topic(cls: type[M], topic: str) -> type[M]:
 # -- waiting -----------------------------------------------------------------------------
 
 
-class Inbox(Generic[T]):
-    """Items recorded as they happen; ``wait`` blocks until a condition holds or fails."""
-
-    def __init__(self, name: str = "inbox") -> None:
-        self.name = name
-        self.items: list[T] = []
-        self._changed = asyncio.Event()
-
-    def add(self, item: T) -> None:
-        self.items.append(item)
-        self._changed.set()
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    async def wait(
-        self,
-        condition: Callable[[list[T]], bool],
-        what: str,
-        timeout: float = WAIT,
-    ) -> list[T]:
-        """Return the items once ``condition(items)`` holds; fail after ``timeout`` seconds."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while not condition(self.items):
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                raise AssertionError(
-                    f"{self.name}: timed out after {timeout:.1f}s waiting for {what}; "
-                    f"got {len(self.items)} item(s): {_preview(self.items)}"
-                )
-            self._changed.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), remaining)
-        return list(self.items)
-
-    async def wait_count(self, count: int, timeout: float = WAIT) -> list[T]:
-        """Return the items once there are at least ``count``."""
-        return await self.wait(lambda items: len(items) >= count, f"{count} item(s)", timeout)
-
-
-def record_events(inbox: Inbox[Ping]) -> Callable[[Ping], Awaitable[None]]:
+def record_events(inbox: Collector[Ping]) -> Callable[[Ping], Awaitable[None]]:
     """A handler adding each event to ``inbox`` (one per loop iteration, no late binding)."""
 
     async def handle(event: Ping) -> None:
@@ -144,18 +102,13 @@ def record_events(inbox: Inbox[Ping]) -> Callable[[Ping], Awaitable[None]]:
     return handle
 
 
-def record_seqs(inbox: Inbox[int]) -> Callable[[Ping], Awaitable[None]]:
+def record_seqs(inbox: Collector[int]) -> Callable[[Ping], Awaitable[None]]:
     """A handler adding each event's ``seq`` to ``inbox``."""
 
     async def handle(event: Ping) -> None:
         inbox.add(event.seq)
 
     return handle
-
-
-def _preview(items: Sequence[object]) -> str:
-    text = repr(list(items[:10]))
-    return text + (f" ... and {len(items) - 10} more" if len(items) > 10 else "")
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,7 +130,7 @@ class Recorder:
     """
 
     def __init__(self) -> None:
-        self.seen: Inbox[Seen] = Inbox("recorder")
+        self.seen: Collector[Seen] = Collector("recorder")
 
     async def __call__(self, ctx: Context, call_next: Next) -> None:
         outcome = "ok"
@@ -194,12 +147,12 @@ class Recorder:
         return sum(1 for s in self.seen.items if s.id == event_id and s.outcome == "ok")
 
 
-class Collector:
+class SubscriptionPump:
     """Pumps an adapter subscription into an inbox, for adapter-level cases."""
 
     def __init__(self, subscription: Subscription, name: str = "deliveries") -> None:
         self.subscription = subscription
-        self.inbox: Inbox[Delivery] = Inbox(name)
+        self.inbox: Collector[Delivery] = Collector(name)
         self.task = asyncio.create_task(self._pump())
 
     async def _pump(self) -> None:
@@ -230,7 +183,7 @@ class Case:
         self.run_id = uuid.uuid4().hex[:8]
         self._buses: list[EventBus] = []
         self._adapters: list[Adapter] = []
-        self._collectors: list[Collector] = []
+        self._collectors: list[SubscriptionPump] = []
         self._counter = 0
 
     def unique(self, kind: str) -> str:
@@ -255,7 +208,7 @@ class Case:
         options.setdefault("retry", FAST_RETRY)
         options.setdefault("shutdown_timeout", 5.0)
         options.setdefault("publish_timeout", 20.0)
-        bus = EventBus.from_url(url or self.target.url, **options)
+        bus = EventBus(self.target.make_adapter(url), **options)
         self._buses.append(bus)
         return bus
 
@@ -267,7 +220,7 @@ class Case:
 
     def adapter(self, url: str | None = None) -> Adapter:
         """A fresh, unconnected adapter on the target; closed at the end."""
-        adapter = adapter_from_url(url or self.target.url)
+        adapter = self.target.make_adapter(url)
         self._adapters.append(adapter)
         return adapter
 
@@ -278,16 +231,16 @@ class Case:
 
     async def collect(
         self, adapter: Adapter, topic: str, group: str, **options: Any
-    ) -> Collector:
+    ) -> SubscriptionPump:
         """Subscribe ``adapter`` to ``topic`` as ``group`` and collect deliveries."""
         subscription = await adapter.subscribe(topic, SubscribeOptions(group=group, **options))
-        collector = Collector(subscription, f"{topic}/{group}")
+        collector = SubscriptionPump(subscription, f"{topic}/{group}")
         self._collectors.append(collector)
         return collector
 
-    async def dead_letters(self, topic: str, group: str) -> Inbox[Envelope]:
+    async def dead_letters(self, topic: str, group: str) -> Collector[Envelope]:
         """Start listening on the DLQ of ``topic``/``group``; returns what lands there."""
-        inbox: Inbox[Envelope] = Inbox(f"DLQ {dlq_topic(topic, group)}")
+        inbox: Collector[Envelope] = Collector(f"DLQ {dlq_topic(topic, group)}")
         listener = self.bus(dead_letter=False)
 
         @listener.subscribe(dlq_topic(topic, group), group=self.group())
@@ -357,8 +310,10 @@ class Capability:
         and callable(getattr(target.faults, "freeze", None)),
     )
     out_of_process = Requirement(
-        "a broker other processes can reach (it lives inside the test process)",
-        lambda target, _: not target.in_process,
+        "a broker other processes can reach (it lives inside the test process), and an "
+        "adapter they can build (a registered scheme, or target.adapter a module-level "
+        "class or function, not a lambda)",
+        lambda target, _: not target.in_process and target.adapter_path() is not None,
     )
     lease = Requirement(
         "a lease it keeps alive (capabilities.lease: none, or one no client can extend, "
@@ -374,16 +329,13 @@ class Capability:
         lambda _, caps: not caps.consumer_groups,
     )
     group_route = Requirement(
-        "a per-group route (it leaves Adapter.publish_to_group unsupported, so dead "
-        "letters are replayed to the whole topic)",
-        lambda target, _: _routes_to_one_group(target),
-    )
-
-
-def _routes_to_one_group(target: BrokerTarget) -> bool:
-    """Whether the target's adapter implements :meth:`Adapter.publish_to_group` (the
-    same test ``eventbus dlq replay`` makes): the contract method is the declaration."""
-    return type(adapter_from_url(target.url)).publish_to_group is not Adapter.publish_to_group
+        "a per-group route (capabilities.group_route: dead letters are replayed to the "
+        "whole topic)", lambda _, caps: caps.group_route)
+    browse = Requirement(
+        "browsing without consuming (capabilities.browse: eventbus dlq reads the DLQ as "
+        "a consumer group)", lambda _, caps: caps.browse)
+    raw_publish = Requirement(
+        "publishing raw bytes (capabilities.raw_publish)", lambda _, caps: caps.raw_publish)
 
 
 @dataclass(frozen=True, slots=True)
@@ -413,7 +365,7 @@ def case(*needs: Need, timeout: float = 45.0) -> Callable[[CaseBody[S]], CaseTes
         def test(self: S, target: BrokerTarget) -> None:
             if name in target.limits:
                 pytest.skip(f"{target.name}: {target.limits[name]}")
-            caps = adapter_from_url(target.url).capabilities
+            caps = target.make_adapter().capabilities
             for need in needs:
                 if not need.requirement.holds(target, caps):
                     pytest.skip(f"{target.name} lacks {need.requirement.name}: {need.why}")

@@ -16,7 +16,7 @@ from eventbus.testing.conformance._support import (
     WAIT,
     Capability,
     Case,
-    Inbox,
+    Collector,
     Ping,
     case,
     on_topic,
@@ -40,8 +40,8 @@ class BasicsCases:
         """Messages published on topic A never reach subscribers of topic B (watched for a
         short bounded grace period after A's messages have all arrived)."""
         topic_a, topic_b = on_topic(Ping, run.topic()), on_topic(Ping, run.topic())
-        got_a: Inbox[Ping] = Inbox("topic A")
-        got_b: Inbox[Ping] = Inbox("topic B")
+        got_a: Collector[Ping] = Collector("topic A")
+        got_b: Collector[Ping] = Collector("topic B")
         bus = run.bus()
         group = run.group()
 
@@ -67,7 +67,7 @@ class BasicsCases:
     async def test_bulk_publish_all_arrive(self, run: Case) -> None:
         """``publish_many`` of N events confirms them all and every one arrives once."""
         event_cls = on_topic(Ping, run.topic())
-        got: Inbox[Ping] = Inbox("handler")
+        got: Collector[Ping] = Collector("handler")
         consumer = run.bus()
 
         @consumer.subscribe(event_cls, group=run.group(), concurrency=4)
@@ -88,11 +88,11 @@ class BasicsCases:
         every message published afterwards."""
         event_cls = on_topic(Ping, run.topic())
         subscribers = run.count(10, minimum=3)
-        inboxes: list[Inbox[Ping]] = []
+        inboxes: list[Collector[Ping]] = []
         buses = []
         for index in range(subscribers):
             bus = run.bus()
-            inbox: Inbox[Ping] = Inbox(f"subscriber {index}")
+            inbox: Collector[Ping] = Collector(f"subscriber {index}")
             inboxes.append(inbox)
             bus.subscribe(event_cls, group=run.group())(record_events(inbox))
             buses.append(bus)
@@ -108,7 +108,7 @@ class BasicsCases:
         """Publishing to many topics at once delivers each topic's messages, and only
         those, to that topic's subscriber."""
         topics = [on_topic(Ping, run.topic()) for _ in range(run.count(8, minimum=3))]
-        inboxes: list[Inbox[Ping]] = [Inbox(cls.default_topic()) for cls in topics]
+        inboxes: list[Collector[Ping]] = [Collector(cls.default_topic()) for cls in topics]
         bus = run.bus()
         for cls, inbox in zip(topics, inboxes, strict=True):
             bus.subscribe(cls, group=run.group())(record_events(inbox))
@@ -131,7 +131,7 @@ class BasicsCases:
         """Publishes confirmed just before the publishing bus stops are not lost: a
         subscriber on another bus receives every one."""
         event_cls = on_topic(Ping, run.topic())
-        got: Inbox[Ping] = Inbox("handler")
+        got: Collector[Ping] = Collector("handler")
         consumer = run.bus()
 
         @consumer.subscribe(event_cls, group=run.group())
@@ -154,7 +154,7 @@ class BasicsCases:
         event_cls = on_topic(Ping, run.topic())
         count = run.count(10)
         await (await run.publisher()).publish_many([event_cls(seq=i) for i in range(count)])
-        got: Inbox[Ping] = Inbox("late subscriber")
+        got: Collector[Ping] = Collector("late subscriber")
         late = run.bus()
 
         @late.subscribe(event_cls, group=run.group(), start_from="earliest")
@@ -223,7 +223,7 @@ class BasicsCases:
         the group and the attempt number."""
         event_cls = on_topic(Ping, run.topic())
         group = run.group()
-        got: Inbox[tuple[Message, str, str, int]] = Inbox("handler")
+        got: Collector[tuple[Message, str, str, int]] = Collector("handler")
         consumer = run.bus()
 
         @consumer.subscribe(event_cls, group=group)

@@ -12,7 +12,7 @@ from eventbus.middleware.retry import RetryPolicy
 from eventbus.testing.conformance._support import (
     QUIET,
     Case,
-    Inbox,
+    Collector,
     Ping,
     case,
     on_topic,
@@ -36,7 +36,7 @@ class BatchCases:
         """Every event arrives exactly once, in lists of at most ``batch``; once the
         batch returned nothing comes back (all were acked)."""
         event_cls = on_topic(Ping, run.topic())
-        batches: Inbox[list[int]] = Inbox("batches")
+        batches: Collector[list[int]] = Collector("batches")
         bus = run.bus()
 
         @bus.subscribe(event_cls, group=run.group(), batch=4, batch_timeout=0.05)
@@ -58,7 +58,7 @@ class BatchCases:
     async def test_partial_batch_runs_after_batch_timeout(self, run: Case) -> None:
         """A batch that never fills runs once ``batch_timeout`` has passed."""
         event_cls = on_topic(Ping, run.topic())
-        batches: Inbox[list[int]] = Inbox("batches")
+        batches: Collector[list[int]] = Collector("batches")
         bus = run.bus()
 
         @bus.subscribe(event_cls, group=run.group(), batch=1000, batch_timeout=0.1)
@@ -81,7 +81,7 @@ class BatchCases:
         topic, group = event_cls.default_topic(), run.group()
         dlq = await run.dead_letters(topic, group)
         runs: collections.Counter[int] = collections.Counter()
-        sizes: Inbox[tuple[int, int]] = Inbox("runs (seq, batch size)")
+        sizes: Collector[tuple[int, int]] = Collector("runs (seq, batch size)")
         bus = run.bus(retry=BATCH_RETRY)
 
         @bus.subscribe(event_cls, group=group, batch=5, batch_timeout=0.05)
@@ -118,7 +118,7 @@ class BatchCases:
         event_cls = on_topic(Ping, run.topic())
         topic, group = event_cls.default_topic(), run.group()
         dlq = await run.dead_letters(topic, group)
-        handled: Inbox[int] = Inbox("handled")
+        handled: Collector[int] = Collector("handled")
         bus = run.bus(retry=BATCH_RETRY)
 
         @bus.subscribe(event_cls, group=group, batch=8, batch_timeout=0.05)

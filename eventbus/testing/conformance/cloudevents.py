@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 from eventbus.context import Context
 from eventbus.envelope import Envelope
-from eventbus.testing.conformance._support import Case, Inbox, Ping, Reply, case, on_topic
+from eventbus.testing.conformance._support import Case, Collector, Ping, Reply, case, on_topic
 
 
 class CloudEventsCases:
@@ -17,7 +17,7 @@ class CloudEventsCases:
         """A typed event arrives with every envelope attribute the publisher set: id,
         type, source, time, key, subject, correlation, data version and extensions."""
         event_cls = on_topic(Ping, run.topic())
-        received: Inbox[tuple[Ping, Envelope]] = Inbox("handler")
+        received: Collector[tuple[Ping, Envelope]] = Collector("handler")
         consumer = run.bus()
 
         @consumer.subscribe(event_cls, group=run.group())
@@ -48,7 +48,7 @@ class CloudEventsCases:
         dataschema, datacontenttype, custom extensions, traceparent/tracestate,
         partitionkey, dataversion and the time to the microsecond."""
         topic = run.topic()
-        received: Inbox[Envelope] = Inbox("handler")
+        received: Collector[Envelope] = Collector("handler")
         consumer = run.bus()
 
         @consumer.subscribe(topic, group=run.group())
@@ -87,7 +87,7 @@ class CloudEventsCases:
         """Empty data, non-ASCII JSON and arbitrary binary bytes (octet-stream) arrive
         byte for byte."""
         topic = run.topic()
-        received: Inbox[Envelope] = Inbox("handler")
+        received: Collector[Envelope] = Collector("handler")
         consumer = run.bus()
 
         @consumer.subscribe(topic, group=run.group())
@@ -118,7 +118,7 @@ class CloudEventsCases:
         event as their cause, both through ``ctx.publish`` and through a plain
         ``bus.publish`` inside the handler; a third hop keeps the root's correlation."""
         first, second = on_topic(Ping, run.topic()), on_topic(Reply, run.topic())
-        replies: Inbox[Envelope] = Inbox("replies")
+        replies: Collector[Envelope] = Collector("replies")
         bus = run.bus()
 
         @bus.subscribe(first, group=run.group())

@@ -20,7 +20,7 @@ from eventbus.testing.conformance._support import (
     QUIET,
     Capability,
     Case,
-    Inbox,
+    Collector,
     Ping,
     case,
     on_topic,
@@ -37,7 +37,7 @@ class ContractCases:
         """Without ``delivery=``, a subscription runs and reports the broker's strongest
         guarantee: at-least-once where it redelivers, at-most-once elsewhere."""
         event_cls = on_topic(Ping, run.topic())
-        got: Inbox[int] = Inbox("handler")
+        got: Collector[int] = Collector("handler")
         bus = run.bus()
         bus.subscribe(event_cls, group=run.group())(record_seqs(got))
         await bus.start()
@@ -54,7 +54,7 @@ class ContractCases:
         """``delivery="at_least_once"`` starts on a broker that redelivers, and a handler
         failing once gets its message again."""
         event_cls = on_topic(Ping, run.topic())
-        attempts: Inbox[int] = Inbox("handler")
+        attempts: Collector[int] = Collector("handler")
         bus = run.bus()
 
         @bus.subscribe(event_cls, group=run.group(), delivery="at_least_once")
@@ -77,7 +77,7 @@ class ContractCases:
         same subscription without ``delivery=`` runs (at-most-once)."""
         event_cls = on_topic(Ping, run.topic())
         topic, group = event_cls.default_topic(), run.group()
-        got: Inbox[int] = Inbox("handler")
+        got: Collector[int] = Collector("handler")
         bus = run.bus()
         with pytest.raises(GuaranteeUnavailableError) as raised:
             bus.subscribe(event_cls, group=group, delivery="at_least_once")(record_seqs(got))
@@ -100,13 +100,13 @@ class ContractCases:
         keeps running, and another group on the topic starts (fan-out)."""
         event_cls = on_topic(Ping, run.topic())
         group = run.group()
-        first: Inbox[int] = Inbox("first member")
-        other: Inbox[int] = Inbox("another group")
+        first: Collector[int] = Collector("first member")
+        other: Collector[int] = Collector("another group")
         one = run.bus()
         one.subscribe(event_cls, group=group)(record_seqs(first))
         await one.start()
         two = run.bus()
-        two.subscribe(event_cls, group=group)(record_seqs(Inbox("second member")))
+        two.subscribe(event_cls, group=group)(record_seqs(Collector("second member")))
         with pytest.raises(GuaranteeUnavailableError) as raised:
             await two.start()
         assert group in str(raised.value) and raised.value.instead in str(raised.value)
@@ -123,7 +123,7 @@ class ContractCases:
         is handled by group G and by none of the topic's other groups."""
         event_cls = on_topic(Ping, run.topic())
         topic, chosen, bystander = event_cls.default_topic(), run.group(), run.group()
-        got = {chosen: Inbox[int](chosen), bystander: Inbox[int](bystander)}
+        got = {chosen: Collector[int](chosen), bystander: Collector[int](bystander)}
         for group, inbox in got.items():
             bus = run.bus()
             bus.subscribe(event_cls, group=group)(record_seqs(inbox))

@@ -8,7 +8,7 @@ from eventbus.testing.conformance._support import (
     QUIET,
     Capability,
     Case,
-    Inbox,
+    Collector,
     Ping,
     Pong,
     case,
@@ -27,7 +27,7 @@ class GroupCases:
     async def test_consumer_groups_fan_out(self, run: Case) -> None:
         """Two groups subscribed to one topic each receive every message."""
         event_cls = on_topic(Ping, run.topic())
-        inboxes: list[Inbox[int]] = [Inbox("group A"), Inbox("group B")]
+        inboxes: list[Collector[int]] = [Collector("group A"), Collector("group B")]
         for inbox in inboxes:
             bus = run.bus()
             bus.subscribe(event_cls, group=run.group())(record_seqs(inbox))
@@ -44,7 +44,7 @@ class GroupCases:
         (in the happy path: no failures, no restarts)."""
         event_cls = on_topic(Ping, run.topic())
         group = run.group()
-        got: Inbox[int] = Inbox("both consumers")
+        got: Collector[int] = Collector("both consumers")
         for _ in (1, 2):
             bus = run.bus()
             bus.subscribe(event_cls, group=group)(record_seqs(got))
@@ -62,9 +62,9 @@ class GroupCases:
         another group with a handler for only one type gets only that type."""
         topic = run.topic()
         ping_cls, pong_cls = on_topic(Ping, topic), on_topic(Pong, topic)
-        pings: Inbox[int] = Inbox("group G pings")
-        pongs: Inbox[int] = Inbox("group G pongs")
-        other: Inbox[int] = Inbox("group H pings")
+        pings: Collector[int] = Collector("group G pings")
+        pongs: Collector[int] = Collector("group G pongs")
+        other: Collector[int] = Collector("group H pings")
         bus_g, bus_h = run.bus(), run.bus()
         group_g = run.group()
 
@@ -98,8 +98,8 @@ class GroupCases:
     async def test_stopping_one_subscriber_leaves_others(self, run: Case) -> None:
         """Stopping one service's bus does not disturb another group on the same topic."""
         event_cls = on_topic(Ping, run.topic())
-        first: Inbox[int] = Inbox("stopped group")
-        second: Inbox[int] = Inbox("running group")
+        first: Collector[int] = Collector("stopped group")
+        second: Collector[int] = Collector("running group")
         bus_a, bus_b = run.bus(), run.bus()
 
         @bus_a.subscribe(event_cls, group=run.group())
@@ -133,7 +133,7 @@ class GroupCases:
         event_cls = on_topic(Ping, run.topic())
         group = run.group()
         count = run.count(10)
-        inboxes: list[Inbox[int]] = [Inbox("first consumer"), Inbox("second consumer")]
+        inboxes: list[Collector[int]] = [Collector("first consumer"), Collector("second consumer")]
         buses = []
         for inbox in inboxes:
             bus = run.bus()

@@ -17,7 +17,7 @@ from eventbus.testing.conformance._support import (
     QUIET,
     Capability,
     Case,
-    Inbox,
+    Collector,
     Ping,
     Recorder,
     case,
@@ -26,7 +26,7 @@ from eventbus.testing.conformance._support import (
 )
 
 
-def _reasons(dlq: Inbox[Envelope]) -> list[str]:
+def _reasons(dlq: Collector[Envelope]) -> list[str]:
     return [e.extensions.get("dlqreason", "?") for e in dlq.items]
 
 
@@ -68,7 +68,7 @@ class GuaranteeCases:
         topic, group = event_cls.default_topic(), run.group()
         dlq = await run.dead_letters(topic, group)
         recorder = Recorder()
-        runs: Inbox[str] = Inbox("handler")
+        runs: Collector[str] = Collector("handler")
         bus = run.bus(idempotency=MemoryIdempotencyStore(), middleware=[recorder])
 
         @bus.subscribe(event_cls, group=group)
@@ -97,7 +97,7 @@ class GuaranteeCases:
         topic, group = event_cls.default_topic(), run.group()
         dlq = await run.dead_letters(topic, group)
         recorder = Recorder()
-        runs: Inbox[str] = Inbox("handler")
+        runs: Collector[str] = Collector("handler")
         bus = run.bus(idempotency=MemoryIdempotencyStore(), middleware=[recorder])
 
         @bus.subscribe(event_cls, group=group, concurrency=4)
@@ -129,8 +129,8 @@ class GuaranteeCases:
         dlq = await run.dead_letters(topic, group)
         policy = RetryPolicy(max_attempts=3, in_process_attempts=1, initial_delay=0.02,
                              jitter=0.0)
-        attempts: Inbox[int] = Inbox("attempts")
-        succeeded: Inbox[int] = Inbox("successes")
+        attempts: Collector[int] = Collector("attempts")
+        succeeded: Collector[int] = Collector("successes")
         bus = run.bus(idempotency=MemoryIdempotencyStore())
 
         @bus.subscribe(event_cls, group=group, retry=policy)
@@ -160,7 +160,7 @@ class GuaranteeCases:
         topic, group = event_cls.default_topic(), run.group()
         dlq = await run.dead_letters(topic, group)
         store = _FlakyStore(failures=2)
-        runs: Inbox[int] = Inbox("handler")
+        runs: Collector[int] = Collector("handler")
         bus = run.bus(idempotency=store)
 
         @bus.subscribe(event_cls, group=group)
@@ -185,8 +185,8 @@ class GuaranteeCases:
         topic, group = event_cls.default_topic(), run.group()
         dlq = await run.dead_letters(topic, group)
         unstick = asyncio.Event()
-        started: Inbox[int] = Inbox("started")
-        finished: Inbox[int] = Inbox("finished")
+        started: Collector[int] = Collector("started")
+        finished: Collector[int] = Collector("finished")
         bus = run.bus(idempotency=_ShortLeaseStore(lease=0.3))
 
         @bus.subscribe(event_cls, group=group, concurrency=2)
@@ -214,7 +214,7 @@ class GuaranteeCases:
         BatchPublishError whose ``failures`` name that index and none of the other
         topic's; every index reported as succeeded arrives, the failed ones don't."""
         topic_a, topic_b = on_topic(Ping, run.topic()), on_topic(Ping, run.topic())
-        got: Inbox[int] = Inbox("handler")
+        got: Collector[int] = Collector("handler")
         consumer = run.bus()
 
         @consumer.subscribe(topic_a, topic_b, group=run.group())

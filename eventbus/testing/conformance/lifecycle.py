@@ -10,7 +10,7 @@ from eventbus.testing.conformance._support import (
     QUIET,
     Capability,
     Case,
-    Inbox,
+    Collector,
     Ping,
     case,
     on_topic,
@@ -64,7 +64,7 @@ class LifecycleCases:
         without error; a new consumer then handles everything they did not."""
         event_cls = on_topic(Ping, run.topic())
         group = run.group()
-        handled: Inbox[int] = Inbox("handled")
+        handled: Collector[int] = Collector("handled")
         buses = []
         for _ in range(run.count(6, minimum=3)):
             bus = run.bus()
@@ -97,9 +97,9 @@ class LifecycleCases:
         for the second one."""
         event_cls = on_topic(Ping, run.topic())
         group = run.group()
-        started: Inbox[int] = Inbox("started")
-        first_done: Inbox[int] = Inbox("finished before stop")
-        later_done: Inbox[int] = Inbox("finished after restart")
+        started: Collector[int] = Collector("started")
+        first_done: Collector[int] = Collector("finished before stop")
+        later_done: Collector[int] = Collector("finished after restart")
         release = asyncio.Event()
         first, second = run.bus(prefetch_per_worker=1), run.bus()
 
@@ -139,8 +139,8 @@ class LifecycleCases:
         messages go back to the broker: the next consumer handles every one of them."""
         event_cls = on_topic(Ping, run.topic())
         group = run.group()
-        started: Inbox[int] = Inbox("started")
-        finished: Inbox[int] = Inbox("finished")
+        started: Collector[int] = Collector("started")
+        finished: Collector[int] = Collector("finished")
         slow = True
         first, second = run.bus(), run.bus()
 
@@ -197,12 +197,12 @@ class LifecycleCases:
 
 async def _flowing_through_faults(
     run: Case, count: int
-) -> tuple[type[Ping], Inbox[int], EventBus]:
+) -> tuple[type[Ping], Collector[int], EventBus]:
     """A consumer and a publisher on the faulty URL, with ``count`` events already
     through: the reconnect cases break the path only once it is proven to work."""
     assert run.target.faulty_url is not None
     event_cls = on_topic(Ping, run.topic())
-    got: Inbox[int] = Inbox("handler")
+    got: Collector[int] = Collector("handler")
     consumer = run.bus(run.target.faulty_url)
 
     @consumer.subscribe(event_cls, group=run.group())

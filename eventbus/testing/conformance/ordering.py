@@ -12,7 +12,7 @@ from eventbus.testing.conformance._support import (
     QUIET,
     Capability,
     Case,
-    Inbox,
+    Collector,
     Ping,
     case,
     on_topic,
@@ -32,7 +32,7 @@ async def _ordered_run(run: Case, retry: RetryPolicy | None) -> None:
     event_cls = on_topic(Ping, run.topic())
     keys = [f"key-{k}" for k in range(run.count(8, minimum=4))]
     per_key = run.count(20)
-    got: Inbox[tuple[str, int]] = Inbox("handler")
+    got: Collector[tuple[str, int]] = Collector("handler")
     running: dict[str, int] = {}
     overlaps: list[str] = []
     peak = 0
@@ -97,8 +97,8 @@ class OrderingCases:
         finishes, K continues in order."""
         event_cls = on_topic(Ping, run.topic())
         release = asyncio.Event()
-        started: Inbox[tuple[str, int]] = Inbox("started")
-        finished: Inbox[tuple[str, int]] = Inbox("finished")
+        started: Collector[tuple[str, int]] = Collector("started")
+        finished: Collector[tuple[str, int]] = Collector("finished")
         bus = run.bus()
 
         @bus.subscribe(event_cls, group=run.group(), concurrency=4, ordered=True)
@@ -130,8 +130,8 @@ class OrderingCases:
         stuck runs at once on the idle worker instead of queueing behind the stuck one."""
         event_cls = on_topic(Ping, run.topic())
         release = asyncio.Event()
-        started: Inbox[int] = Inbox("started")
-        finished: Inbox[int] = Inbox("finished")
+        started: Collector[int] = Collector("started")
+        finished: Collector[int] = Collector("finished")
         bus = run.bus()
 
         @bus.subscribe(event_cls, group=run.group(), concurrency=2)
@@ -160,7 +160,7 @@ class OrderingCases:
         limit = 3
         active = 0
         peak: list[int] = []
-        done: Inbox[int] = Inbox("handler")
+        done: Collector[int] = Collector("handler")
         bus = run.bus()
 
         @bus.subscribe(event_cls, group=run.group(), concurrency=limit)

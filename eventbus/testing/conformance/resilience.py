@@ -23,14 +23,13 @@ from eventbus.errors import (
     TopicNotFoundError,
 )
 from eventbus.middleware.idempotency import ClaimResult, MemoryIdempotencyStore
-from eventbus.registry_adapters import adapter_from_url
 from eventbus.testing.conformance._support import (
     PATIENCE,
     QUIET,
     WAIT,
     Capability,
     Case,
-    Inbox,
+    Collector,
     Ping,
     case,
     on_topic,
@@ -43,7 +42,7 @@ FAST_REDELIVERY = Backoff(initial=0.05, max_delay=0.3, jitter=0.0)
 """Redelivery delays after infrastructure failures, short so the cases finish quickly."""
 
 
-async def _publish_until_handled(bus: EventBus, event_cls: type[Ping], handled: Inbox[int],
+async def _publish_until_handled(bus: EventBus, event_cls: type[Ping], handled: Collector[int],
                                  first: int, timeout: float) -> int:
     """Publish ``first``, ``first + 1``... one a second until one of them is handled (a
     subscription that recovers by itself may miss what went out before it was back, on a
@@ -94,7 +93,7 @@ class ResilienceCases:
                         "but its target declares no delete_underneath hook")
         event_cls = on_topic(Ping, run.topic())
         topic, group = event_cls.default_topic(), run.group()
-        handled: Inbox[int] = Inbox("handler")
+        handled: Collector[int] = Collector("handler")
         bus = run.bus(stall_after=2.0)
 
         @bus.subscribe(event_cls, group=group)
@@ -129,7 +128,7 @@ class ResilienceCases:
         faults, url = run.target.faults, run.target.faulty_url
         assert faults is not None and url is not None
         event_cls = on_topic(Ping, run.topic())
-        handled: Inbox[int] = Inbox("handler")
+        handled: Collector[int] = Collector("handler")
         bus = run.bus(url, stall_after=2.0)
 
         @bus.subscribe(event_cls, group=run.group())
@@ -172,8 +171,8 @@ class ResilienceCases:
         faults, url = run.target.faults, run.target.faulty_url
         assert faults is not None and url is not None
         event_cls = on_topic(Ping, run.topic())
-        runs: Inbox[tuple[int, int]] = Inbox("handler runs")
-        done: Inbox[int] = Inbox("handled")
+        runs: Collector[tuple[int, int]] = Collector("handler runs")
+        done: Collector[int] = Collector("handled")
         bus = run.bus(url, prefetch_per_worker=1, redelivery_backoff=FAST_REDELIVERY)
 
         @bus.subscribe(event_cls, group=run.group(), concurrency=1)
@@ -205,7 +204,7 @@ class ResilienceCases:
         topic, group = event_cls.default_topic(), run.group()
         dlq = await run.dead_letters(topic, group)
         store = _FlakyStore(outage=5)  # FAST_RETRY allows 3 attempts
-        handled: Inbox[int] = Inbox("handler")
+        handled: Collector[int] = Collector("handler")
         bus = run.bus(idempotency=store, redelivery_backoff=FAST_REDELIVERY)
 
         @bus.subscribe(event_cls, group=group)
@@ -228,7 +227,7 @@ class ResilienceCases:
         delivered, or refused the same way; listing the dead letters of a topic that never
         existed is ``TopicNotFoundError`` and creates nothing."""
         event_cls = on_topic(Ping, run.topic())
-        handled: Inbox[int] = Inbox("handler")
+        handled: Collector[int] = Collector("handler")
         bus = run.bus(publish_timeout=30.0)
 
         @bus.subscribe(event_cls, group=run.group())
@@ -269,7 +268,7 @@ class ResilienceCases:
         try:
             # Through a bus, as a service meets it: start() connects (and, failing,
             # closes what the adapter opened, bounded) and stop() has nothing to wait for.
-            bus = EventBus(adapter_from_url(url), start_timeout=60.0)
+            bus = EventBus(run.target.make_adapter(url), start_timeout=60.0)
             started = time.monotonic()
             with pytest.raises(BrokerConnectionError):
                 await asyncio.wait_for(bus.start(), 90 * PATIENCE)
@@ -295,8 +294,8 @@ class ResilienceCases:
                         "short_lease URL to test it with")
         event_cls = on_topic(Ping, run.topic())
         group = run.group()
-        runs: Inbox[tuple[str, int]] = Inbox("handler runs")
-        finished: Inbox[int] = Inbox("finished")
+        runs: Collector[tuple[str, int]] = Collector("handler runs")
+        finished: Collector[int] = Collector("finished")
         hold = 2.5 * lease.seconds
         def slow(name: str) -> Callable[[Ping, Context], Awaitable[None]]:
             async def handle(event: Ping, ctx: Context) -> None:

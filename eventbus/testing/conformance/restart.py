@@ -10,7 +10,7 @@ from eventbus.errors import EventBusError
 from eventbus.testing.conformance._support import (
     Capability,
     Case,
-    Inbox,
+    Collector,
     Ping,
     case,
     on_topic,
@@ -35,7 +35,7 @@ class RestartCases:
         and both the consumer and the publisher carry on by themselves."""
         assert run.target.restart is not None
         event_cls = on_topic(Ping, run.topic())
-        handled: Inbox[int] = Inbox("handled")
+        handled: Collector[int] = Collector("handled")
         consumer = run.bus()
 
         @consumer.subscribe(event_cls, group=run.group())

@@ -11,7 +11,7 @@ from eventbus.middleware.base import RedeliveryRequested
 from eventbus.patterns.inbox import Inbox
 from eventbus.patterns.outbox import OutboxRelay
 from eventbus.patterns.sql import Database, Transaction
-from eventbus.testing.conformance._support import Inbox as Seen
+from eventbus.testing.conformance._support import Collector
 from eventbus.testing.patterns._support import memory_url, store_case
 from eventbus.testing.patterns.outbox import OrderPlaced, OutboxTarget, ShipOrder, count
 
@@ -51,7 +51,7 @@ class InboxCases:
         it): the broker redelivers, and the inbox skips the effect already applied."""
         db, inbox = await open_inbox(outbox_target)
         bus = EventBus(memory_url(), source="ledger")
-        deliveries: Seen[str] = Seen()
+        deliveries: Collector[str] = Collector()
         runs: list[str] = []
 
         async def lose_first_ack(ctx: Context, call_next: Next) -> None:
@@ -81,7 +81,7 @@ class InboxCases:
         db, inbox = await open_inbox(outbox_target)
         bus = EventBus(memory_url(), source="ledger",
                        retry=RetryPolicy(max_attempts=3, initial_delay=0.0, max_delay=0.0))
-        done: Seen[int] = Seen()
+        done: Collector[int] = Collector()
 
         @bus.subscribe(OrderPlaced, group="ledger")
         @inbox.handler
@@ -106,7 +106,7 @@ class InboxCases:
         assert inbox.outbox is not None
         bus = EventBus(memory_url(), source="ledger", publish_middleware=[inbox.outbox.middleware],
                        retry=RetryPolicy(max_attempts=3, initial_delay=0.0, max_delay=0.0))
-        shipped: Seen[ShipOrder] = Seen()
+        shipped: Collector[ShipOrder] = Collector()
 
         @bus.subscribe(OrderPlaced, group="ledger")
         @inbox.handler

@@ -40,7 +40,7 @@ from eventbus.middleware.idempotency import MemoryIdempotencyStore
 from eventbus.patterns.inbox import Inbox as InboxPattern
 from eventbus.patterns.outbox import Outbox, OutboxRelay
 from eventbus.patterns.sql import Database
-from eventbus.testing.conformance._support import Inbox
+from eventbus.testing.conformance._support import Collector
 from eventbus.testing.patterns._support import WAIT, Records, memory_url, store_case, wait_until
 
 __all__ = ["OrderPlaced", "OutboxCases", "OutboxTarget", "ShipOrder", "count", "open_outbox",
@@ -131,7 +131,7 @@ class OutboxCases:
         """A unit of work's row and its events commit together; a rollback drops both."""
         db, outbox = await open_outbox(outbox_target)
         bus = outbox_bus(outbox)
-        seen: Inbox[OrderPlaced] = Inbox()
+        seen: Collector[OrderPlaced] = Collector()
 
         @bus.subscribe(OrderPlaced, group="billing", start_from="earliest")
         async def record(event: OrderPlaced) -> None:
@@ -171,7 +171,7 @@ class OutboxCases:
         in the outbox until the relay runs."""
         db, outbox = await open_outbox(outbox_target)
         bus = outbox_bus(outbox)
-        shipped: Inbox[Envelope] = Inbox()
+        shipped: Collector[Envelope] = Collector()
 
         @bus.subscribe(OrderPlaced, group="shipping")
         async def ship(event: OrderPlaced, ctx: Context) -> None:
@@ -198,7 +198,7 @@ class OutboxCases:
         db, outbox = await open_outbox(outbox_target)
         bus = outbox_bus(outbox)
         deliveries: Counter[str] = Counter()
-        handled: Inbox[str] = Inbox()
+        handled: Collector[str] = Collector()
 
         async def count_deliveries(ctx: Context, call_next: Callable[[Context], Awaitable[None]]
                                    ) -> None:
@@ -280,7 +280,7 @@ class OutboxCases:
         """A relay whose broker is down logs, reports unhealthy, backs off and resumes."""
         db, outbox = await open_outbox(outbox_target)
         bus = outbox_bus(outbox)
-        seen: Inbox[OrderPlaced] = Inbox()
+        seen: Collector[OrderPlaced] = Collector()
 
         @bus.subscribe(OrderPlaced, group="billing")
         async def record(event: OrderPlaced) -> None:
@@ -367,7 +367,7 @@ class OutboxCases:
         db, outbox = await open_outbox(outbox_target)
         bus = EventBus(f"{memory_url()}?max_message_bytes=4000", source="orders",
                        publish_middleware=[outbox.middleware])
-        seen: Inbox[tuple[str, int]] = Inbox()
+        seen: Collector[tuple[str, int]] = Collector()
 
         @bus.subscribe(OrderPlaced, group="audit")
         async def record(event: OrderPlaced) -> None:

@@ -20,7 +20,7 @@ from eventbus.errors import (
     UnsupportedOperationError,
 )
 from eventbus.patterns.outbox import OutboxRelay
-from eventbus.testing.conformance._support import Inbox
+from eventbus.testing.conformance._support import Collector
 from eventbus.testing.patterns._support import WAIT, memory_url, store_case, wait_until
 from eventbus.testing.patterns.outbox import OrderPlaced, OutboxTarget, open_outbox, outbox_bus
 
@@ -48,7 +48,7 @@ class RelayFaultCases:
         stream behind it; other keys go out (defect 11)."""
         db, outbox = await open_outbox(outbox_target)
         bus = outbox_bus(outbox)
-        seen: Inbox[str] = Inbox()
+        seen: Collector[str] = Collector()
 
         @bus.subscribe(OrderPlaced, group="billing")
         async def record(event: OrderPlaced) -> None:
@@ -83,7 +83,7 @@ class RelayFaultCases:
         db, outbox = await open_outbox(outbox_target)
         bus = EventBus(memory_url(), source="orders", publish_timeout=3.0,
                        publish_middleware=[outbox.middleware])
-        seen: Inbox[str] = Inbox()
+        seen: Collector[str] = Collector()
 
         @bus.subscribe(OrderPlaced, group="billing")
         async def record(event: OrderPlaced) -> None:
@@ -122,7 +122,7 @@ class RelayFaultCases:
         the claim's lease, then any relay takes them (defect 12)."""
         db, outbox = await open_outbox(outbox_target)
         bus = outbox_bus(outbox)
-        seen: Inbox[str] = Inbox()
+        seen: Collector[str] = Collector()
 
         @bus.subscribe(OrderPlaced, group="billing")
         async def record(event: OrderPlaced) -> None:

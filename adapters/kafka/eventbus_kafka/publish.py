@@ -10,7 +10,7 @@ future, most of what the client spends per record.
 
 A small publish goes record by record through ``send()``, so concurrent small
 publishes share the producer's lingering batches; one with nothing else in
-flight has its batches sent at once rather than after ``linger_ms``.
+flight has its batches sent at once rather than after ``linger``.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ async def send_batched(
     publishes per partition in order: aiokafka's ``send_batch`` waits while the
     partition has a batch queued, and its timeout bookkeeping there subtracts the
     total time waited on every wake-up, so many callers waiting at once time out
-    long before ``request_timeout_ms``.
+    long before ``request_timeout``.
     """
     try:
         partitions = sorted(await producer.partitions_for(topic))
@@ -130,7 +130,7 @@ async def send_each(
 def send_now(producer: AIOKafkaProducer) -> None:
     """Close the producer's open batches and wake its sender, so they go out now.
 
-    ``linger_ms`` lets concurrent publishes share produce requests; a publish with
+    ``linger`` lets concurrent publishes share produce requests; a publish with
     nothing else in flight would just wait it out. aiokafka has no public "send
     now" (``flush()`` waits for the linger), so this does what its own
     ``flush_for_commit`` does without waiting; if the internals ever differ, the
@@ -145,7 +145,7 @@ def send_now(producer: AIOKafkaProducer) -> None:
         if not waiter.done():
             waiter.set_result(None)
     except AttributeError:
-        log.debug("aiokafka internals differ; a lone publish waits for linger_ms")
+        log.debug("aiokafka internals differ; a lone publish waits for linger")
 
 
 def _failed(exc: BaseException) -> asyncio.Future[None]:

@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError
 
-from eventbus.deadletter import broker_dedupe_id
+from eventbus.adapter import broker_dedupe_id
+from eventbus.adapters_util import Mapped, translate
 from eventbus.envelope import Envelope
 from eventbus.errors import (
     BatchPublishError,
@@ -152,17 +153,12 @@ class Publisher:
 
     def error(self, topic: str, exc: BaseException) -> Exception:
         """A failed request as the error the bus acts on: an outage or a refusal."""
-        if isinstance(exc, EventBusError):
-            return exc
+        if isinstance(exc, EventBusError) or not isinstance(exc, Exception):
+            return exc if isinstance(exc, Exception) else PublishError(
+                f"publishing to {topic!r} was cut short ({type(exc).__name__})")
         settings = self.adapter.settings
-        where = settings.endpoint_url or settings.region
-        text = f"publishing to {topic!r} on SQS/SNS at {where}: {type(exc).__name__}: {exc}"
-        code = exc.response.get("Error", {}).get("Code") if isinstance(exc, ClientError) else None
-        transient = code in TRANSIENT_CODES or isinstance(
-            exc, EndpointConnectionError | BotoCoreError | OSError | TimeoutError)
-        error = BrokerConnectionError(text) if transient else PublishError(text)
-        error.__cause__ = exc
-        return error
+        return translate(exc, _publish_failure, what=(
+            f"publishing to {topic!r} on SQS/SNS at {settings.endpoint_url or settings.region}"))
 
     def raise_failures(self, topic: str, envelopes: Sequence[Envelope | None],
                        failures: dict[int, Exception]) -> None:
@@ -180,28 +176,37 @@ class Publisher:
             wrapped = type(error)(f"{what} to {topic!r}: {error}")
             wrapped.__cause__ = error.__cause__ or error
             errors[i] = wrapped
-        raise BatchPublishError(
-            f"{len(errors)} of {len(envelopes)} messages to SQS/SNS topic {topic!r} were not "
-            f"confirmed (indexes {sorted(errors)}); see .failures", errors, len(envelopes))
+        raise BatchPublishError.partial(errors, len(envelopes), f"SQS/SNS topic {topic!r}")
 
     def via_queue(self, url: str) -> Send:
+        """Batches sent straight to the queue at ``url`` (SendMessageBatch)."""
         sqs = self.adapter.sqs_client()
-
-        async def send(batch: Batch) -> dict[int, Exception]:
-            reply = await sqs.send_message_batch(QueueUrl=url, Entries=[
-                {"Id": str(i), "MessageBody": e["body"],
-                 **{k: v for k, v in e.items() if k != "body"}} for i, e in batch])
-            return self.failed(reply)
-
-        return send
+        return self._via(lambda entries: sqs.send_message_batch(QueueUrl=url, Entries=entries),
+                         "MessageBody")
 
     def via_topic(self, arn: str) -> Send:
+        """Batches published to the SNS topic ``arn`` (PublishBatch)."""
         sns = self.adapter.sns_client()
+        return self._via(lambda entries: sns.publish_batch(
+            TopicArn=arn, PublishBatchRequestEntries=entries), "Message")
+
+    def _via(self, call: Callable[[list[dict[str, Any]]], Awaitable[dict[str, Any]]],
+             body: str) -> Send:
+        """A sender of batches through ``call``, the body under the request's ``body`` key."""
 
         async def send(batch: Batch) -> dict[int, Exception]:
-            reply = await sns.publish_batch(TopicArn=arn, PublishBatchRequestEntries=[
-                {"Id": str(i), "Message": e["body"],
-                 **{k: v for k, v in e.items() if k != "body"}} for i, e in batch])
+            reply = await call([{"Id": str(i), body: e["body"],
+                                 **{k: v for k, v in e.items() if k != "body"}}
+                                for i, e in batch])
             return self.failed(reply)
 
         return send
+
+
+def _publish_failure(exc: Exception) -> Mapped:
+    """An outage (publish again) or a refusal (SQS/SNS answered no: it stays no)."""
+    code = exc.response.get("Error", {}).get("Code") if isinstance(exc, ClientError) else None
+    if code in TRANSIENT_CODES or isinstance(
+            exc, EndpointConnectionError | BotoCoreError | OSError | TimeoutError):
+        return BrokerConnectionError
+    return PublishError

@@ -1,0 +1,1 @@
+"""An HTTP front for orders: FastAPI routes publishing events over eventbus."""
