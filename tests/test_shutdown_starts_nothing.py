@@ -14,7 +14,7 @@ import asyncio
 import pytest
 
 from eventbus import EventBus
-from tests.bus_support import WAIT, Inbox, OrderPlaced, memory_url, run
+from tests.bus_support import WAIT, Collector, OrderPlaced, memory_url, run
 
 COUNT = 40
 
@@ -28,8 +28,8 @@ def test_stop_runs_nothing_fetched_after_it_and_loses_nothing(options: dict[str,
     async def scenario() -> None:
         url = memory_url()
         bus = EventBus(url, shutdown_timeout=5.0)
-        started: Inbox[str] = Inbox()
-        finished: Inbox[str] = Inbox()
+        started: Collector[str] = Collector()
+        finished: Collector[str] = Collector()
         stopping = asyncio.Event()
         late: list[str] = []
         batched = "batch" in options
@@ -66,7 +66,7 @@ def test_stop_runs_nothing_fetched_after_it_and_loses_nothing(options: dict[str,
 
         # Nothing is lost: what was not started comes again to the next consumer.
         second = EventBus(url)
-        again: Inbox[str] = Inbox()
+        again: Collector[str] = Collector()
 
         @second.subscribe(OrderPlaced, group="g")
         async def collect(event: OrderPlaced) -> None:
