@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import TYPE_CHECKING, Any
 
 from eventbus.adapter import Delivery
@@ -146,14 +146,16 @@ class BatchRun:
     ``handle`` runs one delivery through the subscription's per-event chain (for the
     events that do not join a batch, and each one of a failed batch); ``ack`` acks
     one; ``runs`` counts the batch call as each event's run; ``stopping`` says whether
-    the runner is stopping (a batch cut short by shutdown did not run).
+    the runner is stopping (a batch cut short by shutdown did not run); ``observers``
+    (the chain's observing layers) watch each batch call.
     """
 
     def __init__(self, spec: SubscriptionSpec, registry: Registry, runs: RunCounter,
                  publisher: Publisher, *, handle: Callable[[Delivery], Awaitable[None]],
                  ack: Callable[[Delivery], Awaitable[None]],
-                 stopping: Callable[[], bool]) -> None:
+                 stopping: Callable[[], bool], observers: Sequence[Any] = ()) -> None:
         self.spec = spec
+        self.observers = observers
         self.registry = registry
         self.runs = runs
         self.publisher = publisher
@@ -190,7 +192,17 @@ class BatchRun:
             self.runs.ran(delivery.envelope.id)
             contexts.append(Context(self.publisher, delivery, delivery.envelope,
                                     previous_attempts=previous))
-        failed = await self._call(handler, events, contexts)
+        observers = self.observers
+        if observers:
+            marks = begin_batch(observers, contexts)
+            try:
+                failed, failure = await self._call(handler, events, contexts)
+            except BaseException as exc:  # cut short by shutdown
+                end_batch(observers, contexts, marks, range(len(contexts)), exc)
+                raise
+            end_batch(observers, contexts, marks, failed, failure)
+        else:
+            failed, _ = await self._call(handler, events, contexts)
         for index, delivery in enumerate(ready):
             if index in failed:
                 continue
@@ -200,8 +212,9 @@ class BatchRun:
         for index in sorted(failed):
             await self._handle(ready[index])
 
-    async def _call(self, handler: Any, events: list[Any], contexts: list[Context]) -> set[int]:
-        """Call the batch handler; the indexes of the events that failed."""
+    async def _call(self, handler: Any, events: list[Any], contexts: list[Context]
+                    ) -> tuple[set[int], BaseException | None]:
+        """Call the batch handler; the indexes of the events that failed, and why."""
         spec = self.spec
         try:
             if spec.timeout is None:
@@ -219,17 +232,17 @@ class BatchRun:
                         f"on topic {spec.topic!r} group {spec.group!r} took longer than "
                         f"{spec.timeout}s"
                     ) from exc
-            return set()
+            return set(), None
         except BatchItemFailed as exc:
             wrong = [i for i in exc.indexes if not 0 <= i < len(events)]
             if wrong:
                 log.error("batch handler %s named indexes %s outside its batch of %d on "
                           "%s/%s; treating the whole batch as failed", handler.fn.__qualname__,
                           wrong, len(events), spec.topic, spec.group)
-                return set(range(len(events)))
+                return set(range(len(events))), exc
             log.info("batch of %d on %s/%s: %d event(s) failed (%s); each is retried on its "
                      "own", len(events), spec.topic, spec.group, len(exc.indexes), exc)
-            return set(exc.indexes)
+            return set(exc.indexes), exc
         except asyncio.CancelledError as exc:
             if _cancelling():
                 if self._stopping():
@@ -244,7 +257,35 @@ class BatchRun:
             failure = exc
         log.warning("batch of %d on %s/%s failed (%s: %s); each event is retried on its own",
                     len(events), spec.topic, spec.group, type(failure).__name__, failure)
-        return set(range(len(events)))
+        return set(range(len(events))), failure
+
+
+def begin_batch(observers: Sequence[Any], contexts: Sequence[Context]) -> list[object]:
+    """The observers' ``begin_batch``, outermost first; their marks for :func:`end_batch`."""
+    marks: list[object] = []
+    for observer in observers:
+        try:
+            marks.append(observer.begin_batch(contexts))
+        except Exception as exc:
+            marks.append(None)
+            _observer_failed(observer, "begin_batch", exc)
+    return marks
+
+
+def end_batch(observers: Sequence[Any], contexts: Sequence[Context], marks: list[object],
+              failed: Collection[int], failure: BaseException | None) -> None:
+    """The observers' ``end_batch``, innermost first."""
+    for observer, mark in zip(reversed(observers), reversed(marks), strict=True):
+        try:
+            observer.end_batch(contexts, mark, failed, failure)
+        except Exception as exc:
+            _observer_failed(observer, "end_batch", exc)
+
+
+def _observer_failed(observer: object, step: str, exc: Exception) -> None:
+    # Watching must never change what happens to a batch: log, and go on.
+    log.error("observer %r failed in %s (%s: %s)", observer, step, type(exc).__name__, exc,
+              exc_info=exc)
 
 
 async def run_alone(handler: Any, event: Any, ctx: Context) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import inspect
 import logging
 import os
@@ -138,6 +139,8 @@ class EventBus:
         self._started = False
         self._stopped = asyncio.Event()
         self._requester: Requester | None = None
+        self._on_start: list[Callable[[], Awaitable[None]]] = []
+        self._on_stop: list[Callable[[], Awaitable[None]]] = []
         self._closer: AsyncGenerator[None, None] | None = None
         self._published: list[type[Message]] = []
 
@@ -478,6 +481,8 @@ class EventBus:
                 await self._bounded(runner.start(), f"subscribing to {spec.topic!r} as group "
                                     f"{spec.group!r}")
                 self._runners.append(runner)
+            for hook in self._on_start:
+                await hook()
         except BaseException:
             await self.stop()
             raise
@@ -493,6 +498,17 @@ class EventBus:
                 f"start_timeout={self.start_timeout:g}s: the broker accepts connections but "
                 "does not answer; check that it is healthy (not blocked by an alarm)"
             ) from exc
+
+    def on_start(self, hook: Callable[[], Awaitable[None]]) -> None:
+        """Await ``hook()`` each time the bus has started (connected, every subscription
+        attached): to start what runs beside it, such as the metrics' sampler. A hook
+        that raises fails ``start()``."""
+        self._on_start.append(hook)
+
+    def on_stop(self, hook: Callable[[], Awaitable[None]]) -> None:
+        """Await ``hook()`` each time the bus stops, before its subscriptions stop; a
+        hook that raises is logged and the bus stops all the same."""
+        self._on_stop.append(hook)
 
     def _on_dead(self, runner: Runner) -> None:
         self._dead.append(runner)
@@ -514,6 +530,12 @@ class EventBus:
         self._started = False
         timeout = self.shutdown_timeout if timeout is None else timeout
         requester, self._requester = self._requester, None
+        for hook in self._on_stop:
+            try:
+                await hook()
+            except Exception as exc:
+                log.error("on_stop hook %r failed (%s: %s); stopping all the same",
+                          hook, type(exc).__name__, exc, exc_info=exc)
         try:
             if requester is not None:
                 await requester.close()
@@ -543,14 +565,24 @@ class EventBus:
                 log.warning("closing idempotency store %r failed: %s: %s",
                             given, type(exc).__name__, exc)
 
-    async def health(self) -> BusHealth:
+    async def health(self, *, backlog: bool = False) -> BusHealth:
         """The adapter's health and each subscription's state (running, reconnecting,
-        dead with its error, stopped)."""
+        dead with its error, stopped).
+
+        ``backlog=True`` also asks the broker, for each running subscription, how many
+        messages it holds for the group (``SubscriptionHealth.backlog``: ``None``
+        where the adapter cannot tell or the broker did not answer within 5 s); the
+        metrics' consumer-lag gauge reads it."""
         try:
             adapter = await self.adapter.health()
         except Exception as exc:
             adapter = HealthReport(ok=False, detail=f"{type(exc).__name__}: {exc}")
-        subscriptions = [runner.health() for runner in self._runners]
+        runners = list(self._runners)
+        subscriptions = [runner.health() for runner in runners]
+        if backlog:
+            counts = await asyncio.gather(*(runner.backlog() for runner in runners))
+            subscriptions = [dataclasses.replace(health, backlog=count)
+                             for health, count in zip(subscriptions, counts, strict=True)]
         problems = [f"{s.topic}/{s.group} is {s.state}: {s.error}"
                     for s in subscriptions if s.state != "running"]
         if not self._started:

@@ -10,6 +10,10 @@ and counts the run. Around it, the middleware chain runs in one of two ways:
   innermost first, exactly as their ``__call__`` would have passed it on. The
   layers' classes are never imported here: only what they declare is read
   (:mod:`eventbus.middleware.base`).
+
+Layers that declare ``observes`` (tracing, metrics) at the front of the chain are
+taken out of it either way: the runner calls their ``begin``/``end`` around the
+rest (:class:`Watchers`), so watching a chain does not cost it its fused path.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from eventbus.middleware.base import (
     Next,
     acts_only_on_failure,
     compose,
+    observes,
     refusal_step,
     sets_current_envelope,
 )
@@ -54,6 +59,14 @@ class Invocation:
         # itself (correlate), one coroutine less per message.
         self.correlate = bool(middleware) and sets_current_envelope(middleware[0])
         layers = tuple(middleware[1:] if self.correlate else middleware)
+        # Leading layers that only watch: called around the rest by the runner.
+        watching = 0
+        while watching < len(layers) and observes(layers[watching]):
+            watching += 1
+        self.observers: tuple[Any, ...] = layers[:watching]
+        # What the runner calls around the rest: begin(ctx) -> mark, end(ctx, mark, failure).
+        self.watcher: Watchers | None = Watchers(self.observers) if watching else None
+        layers = layers[watching:]
         self.chain: Next = compose(layers, self.invoke)
         self.fused = all(acts_only_on_failure(layer) for layer in layers)
         self._layers = layers
@@ -152,6 +165,67 @@ class Invocation:
             "CancelledError although it was not cancelled (did it await a task that "
             "someone else cancelled?); treated as a failure of the handler"
         )
+
+
+class Watchers:
+    """A chain's leading observers called as one: ``begin`` outermost first, ``end``
+    innermost first, each guarded (an observer that raises is logged and skipped)."""
+
+    __slots__ = ("begin", "end", "observers")
+
+    def __init__(self, observers: Sequence[Any]) -> None:
+        self.observers = tuple(observers)
+        if len(self.observers) == 1:  # the common case: one call each, no list
+            self.begin = self._begin_one
+            self.end = self._end_one
+        else:
+            self.begin = self._begin_all
+            self.end = self._end_all
+
+    def _begin_one(self, ctx: Context) -> object:
+        try:
+            return self.observers[0].begin(ctx)
+        except Exception as exc:
+            _observer_failed(self.observers[0], "begin", exc)
+            return _FAILED
+
+    def _end_one(self, ctx: Context, mark: object, failure: BaseException | None) -> None:
+        if mark is _FAILED:
+            return
+        try:
+            self.observers[0].end(ctx, mark, failure)
+        except Exception as exc:
+            _observer_failed(self.observers[0], "end", exc)
+
+    def _begin_all(self, ctx: Context) -> object:
+        marks: list[object] = []
+        for observer in self.observers:
+            try:
+                marks.append(observer.begin(ctx))
+            except Exception as exc:
+                marks.append(_FAILED)
+                _observer_failed(observer, "begin", exc)
+        return marks
+
+    def _end_all(self, ctx: Context, mark: object, failure: BaseException | None) -> None:
+        marks: Any = mark
+        observers = self.observers
+        for index in range(len(observers) - 1, -1, -1):
+            if marks[index] is _FAILED:
+                continue
+            try:
+                observers[index].end(ctx, marks[index], failure)
+            except Exception as exc:
+                _observer_failed(observers[index], "end", exc)
+
+
+_FAILED = object()  # the mark of an observer whose begin() raised: its end() is not called
+
+
+def _observer_failed(observer: object, step: str, exc: Exception) -> None:
+    # Watching must never change what happens to a message: log, and go on.
+    log.error("observer %r failed in %s (%s: %s); the message is handled as if it were "
+              "not there", observer, step, type(exc).__name__, exc, exc_info=exc)
 
 
 def cancelling() -> bool:

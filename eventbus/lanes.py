@@ -82,6 +82,9 @@ class Lanes:
         # itself (no queue, no task switch), finishing it before taking the next.
         self.inline = max(1, spec.concurrency) == 1 and spec.batch is None
         self.busy = False  # inline: the fetch loop is running a handler
+        # Deliveries received and not yet finished (waiting in a lane or the pool,
+        # collected into a batch, or running): what of the prefetch is in use.
+        self.held = 0
         # batch=N: deliveries wait here until the batch is full or its time is up.
         self._batches = BatchCollector(spec, self._queue_batch)
         self._lanes: list[Lane] = []
@@ -113,6 +116,7 @@ class Lanes:
     def forget_collected(self) -> None:
         """The subscription was lost: a batch still being collected is the broker's again."""
         for lost in self._batches.discard():
+            self.held -= 1
             self.runs.seen(lost)
 
     async def consume(self, subscription: Subscription) -> None:
@@ -131,6 +135,7 @@ class Lanes:
                     continue
                 self.busy = progress.progressed = True
                 progress.ticks += 1
+                self.held += 1
                 try:
                     await self._handle(delivery)
                 except asyncio.CancelledError:
@@ -142,11 +147,13 @@ class Lanes:
                     await self._nack(delivery, 1.0)
                 finally:
                     self.busy = False
+                    self.held -= 1
                 if progress.stopping:
                     return
         elif self.spec.batch is not None:
             async for delivery in subscription:
                 progress.ticks += 1
+                self.held += 1
                 self._batches.add(delivery)
         else:
             async for delivery in subscription:
@@ -155,6 +162,7 @@ class Lanes:
     def route(self, delivery: Delivery) -> None:
         """Queue ``delivery`` on its key's lane, else on an idle one (or the pool)."""
         self.progress.ticks += 1
+        self.held += 1
         lanes = self._lanes
         key = delivery.envelope.partitionkey if delivery.envelope is not None else None
         if len(lanes) == 1:
@@ -240,6 +248,7 @@ class Lanes:
                           delivery.topic, delivery.group)
                 await self._nack(delivery, 1.0)
             finally:
+                self.held -= 1
                 self._lane_done(index)
 
     async def _lane_batch(self, index: int, generation: int, batch: list[Delivery]) -> None:
@@ -265,6 +274,7 @@ class Lanes:
             for delivery in batch:
                 await self._nack(delivery, 1.0)
         finally:
+            self.held -= len(batch)
             self._lane_done(index)
 
     async def stop(self, timeout: float) -> None:

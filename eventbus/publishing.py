@@ -21,7 +21,13 @@ from eventbus.envelope import (
     utcnow,
     validate_extension_name,
 )
-from eventbus.errors import BatchPublishError, BrokerConnectionError, PublishError, UsageError
+from eventbus.errors import (
+    BatchPublishError,
+    BrokerConnectionError,
+    ConfigurationError,
+    PublishError,
+    UsageError,
+)
 from eventbus.events import Command, Message
 
 PUBLISH_BACKOFF = Backoff(initial=0.05, max_delay=1.0)
@@ -46,6 +52,16 @@ def not_a_message(value: object, call: str = "publish",
             what += ("; build the event from it: OrderPlaced(**data) or "
                      "OrderPlaced.model_validate(data)")
     return UsageError(f"{call}() takes {noun} (e.g. OrderPlaced(order_id='1')); got {what}")
+
+
+def check_command(command: object) -> None:
+    """Refuse what ``send()`` cannot take: a non-message (:func:`not_a_message`) or an
+    event, which is published, not sent to one group."""
+    if not isinstance(command, Message):
+        raise not_a_message(command, "send", Command)
+    if not isinstance(command, Command):
+        raise ConfigurationError(
+            f"send() takes a Command; {type(command).__name__} is an event — publish it")
 
 
 def _is_pydantic_model(value: object) -> bool:

@@ -83,14 +83,16 @@ class Runner:
         self.publisher = publisher
         self.runs = counter_for(adapter.url, spec.topic, spec.group)
         self.progress = progress = Progress()
-        self.settlement = Settlement(adapter, dead_letter=dead_letter,
-                                     redelivery_backoff=redelivery_backoff)
         self.invocation = Invocation(spec, registry, self.runs, middleware,
                                      stopping=self._is_stopping)
+        observers = self.invocation.observers
+        self.settlement = Settlement(adapter, dead_letter=dead_letter,
+                                     redelivery_backoff=redelivery_backoff, observers=observers)
         batches = None
         if spec.batch is not None:
             batches = BatchRun(spec, registry, self.runs, publisher, handle=self.handle,
-                               ack=self.settlement.ack, stopping=self._is_stopping)
+                               ack=self.settlement.ack, stopping=self._is_stopping,
+                               observers=observers)
         self.lanes = Lanes(spec, progress, self.runs, handle=self.handle,
                            nack=self.settlement.nack,
                            run_batch=batches.run if batches is not None else None)
@@ -108,6 +110,7 @@ class Runner:
         self._refusals = self.invocation.refusals
         self._prepare = self.invocation.prepare
         self._chain = self.invocation.chain
+        self._watcher = self.invocation.watcher
         self._seen = self.runs.seen
         self._finished = self.runs.finished
 
@@ -117,6 +120,11 @@ class Runner:
     def health(self) -> SubscriptionHealth:
         """This subscription's state and, unless running, the last error."""
         return self.supervision.health()
+
+    async def backlog(self, timeout: float = 5.0) -> int | None:
+        """What the broker holds for this group now, ``None`` when it cannot tell (or
+        did not answer within ``timeout``); never raises."""
+        return await self.supervision.read_backlog(timeout)
 
     async def start(self) -> None:
         """Subscribe (failing fast if the broker refuses) and start fetching."""
@@ -145,6 +153,9 @@ class Runner:
                 watch.running[delivery] = watch.stamp  # watch.begin(delivery), inlined
             try:
                 token = current_envelope.set(envelope) if self._correlate else None
+                # Observing layers (tracing, metrics) around the rest of the chain.
+                watcher = self._watcher
+                mark = watcher.begin(ctx) if watcher is not None else None
                 try:
                     if not self._fused:
                         await self._chain(ctx)
@@ -171,6 +182,13 @@ class Runner:
                             await self.invocation.recover(ctx, *refused)
                         elif failure is not None:
                             await self.invocation.recover(ctx, failure)
+                except BaseException as escaped:
+                    if watcher is not None:
+                        watcher.end(ctx, mark, escaped)
+                    raise
+                else:
+                    if watcher is not None:
+                        watcher.end(ctx, mark, None)
                 finally:
                     if token is not None:
                         current_envelope.reset(token)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
+from typing import Any
 
 from eventbus.adapter import Adapter, Delivery
 from eventbus.backoff import Backoff
@@ -27,12 +29,15 @@ class Settlement:
 
     ``dead_letter``: whether undecodable messages are kept on the DLQ (else rejected
     and logged); ``redelivery_backoff``: the delays of redeliveries after failures
-    outside the handler, by the broker's delivery count.
+    outside the handler, by the broker's delivery count; ``observers``: the chain's
+    observing layers, told of each undecodable message.
     """
 
     def __init__(self, adapter: Adapter, *, dead_letter: bool = True,
-                 redelivery_backoff: Backoff | None = None) -> None:
+                 redelivery_backoff: Backoff | None = None,
+                 observers: Sequence[Any] = ()) -> None:
         self.adapter = adapter
+        self.observers = observers
         self.dead_letter = dead_letter
         self.redelivery_backoff = redelivery_backoff or REDELIVERY_BACKOFF
 
@@ -98,10 +103,20 @@ class Settlement:
                 delivery.decode_error,
             )
             await delivery.reject()
+            self._tell(delivery, dead_lettered=False)
             return
         await dead_letter_undecodable(self.adapter, delivery)
         log.error(
             "undecodable message on %s/%s dead-lettered: %s",
             delivery.topic, delivery.group, delivery.decode_error,
         )
+        self._tell(delivery, dead_lettered=True)
         await self.ack(delivery)
+
+    def _tell(self, delivery: Delivery, *, dead_lettered: bool) -> None:
+        for observer in self.observers:
+            try:
+                observer.undecodable(delivery, dead_lettered)
+            except Exception as exc:
+                log.error("observer %r failed on an undecodable message (%s: %s)",
+                          observer, type(exc).__name__, exc, exc_info=exc)

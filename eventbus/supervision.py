@@ -41,6 +41,9 @@ class SubscriptionHealth:
     the bus stopped it. ``delivery`` is the guarantee it runs with (``at_least_once``
     or ``at_most_once``: the broker's strongest unless one was asked for);
     ``idle_for`` how long it has made no progress (received or finished nothing).
+    ``prefetch`` is how many unsettled deliveries it asked the broker for at most, and
+    ``held`` how many of them it holds now (waiting for a handler, collected into a
+    batch, or being handled): the prefetch in use.
     """
 
     topic: str
@@ -50,6 +53,8 @@ class SubscriptionHealth:
     delivery: str = ""
     backlog: int | None = None
     idle_for: float = 0.0
+    prefetch: int = 0
+    held: int = 0
 
 
 class Supervision:
@@ -80,6 +85,7 @@ class Supervision:
         self.error: BaseException | None = None
         self._idle_since = 0.0
         self._backlog: int | None = None
+        self._window = 0  # the prefetch asked for
         self._subscription: Subscription | None = None
         self._fetch_task: asyncio.Task[None] | None = None
         self._stall_task: asyncio.Task[None] | None = None
@@ -89,7 +95,24 @@ class Supervision:
         error = None if self.error is None else f"{type(self.error).__name__}: {self.error}"
         idle = 0.0 if not self._idle_since else time.monotonic() - self._idle_since
         return SubscriptionHealth(self.spec.topic, self.spec.group, self.state, error,
-                                  self.spec.guarantee, self._backlog, round(idle, 3))
+                                  self.spec.guarantee, self._backlog, round(idle, 3),
+                                  self._window, self.lanes.held)
+
+    async def read_backlog(self, timeout: float) -> int | None:
+        """The broker's backlog for this group now (see ``Subscription.backlog``), or
+        ``None`` when there is no live subscription, the adapter cannot tell, or the
+        broker did not answer within ``timeout`` seconds (never raises)."""
+        subscription = self._subscription
+        if subscription is None or self.state not in ("running", "stalled"):
+            return None
+        try:
+            return await asyncio.wait_for(subscription.backlog(), timeout)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.debug("backlog of %s/%s not read: %s: %s", self.spec.topic, self.spec.group,
+                      type(exc).__name__, exc)
+            return None
 
     async def subscribe(self) -> None:
         """Subscribe now (failing fast if the broker refuses)."""
@@ -108,6 +131,7 @@ class Supervision:
         if self.spec.batch is not None:
             # Room for a full batch per lane plus the one being collected.
             prefetch = max(prefetch, self.spec.batch * (lanes + 1))
+        self._window = prefetch
         options = SubscribeOptions(
             group=self.spec.group,
             prefetch=prefetch,

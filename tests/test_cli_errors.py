@@ -21,7 +21,10 @@ runner = CliRunner()
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """No $EVENTBUS_URL from outside; `--url` sets it for the user's module, undone here."""
-    monkeypatch.delenv("EVENTBUS_URL", raising=False)
+    # setenv first: delenv of an unset variable records nothing to undo, and the value
+    # `--url` leaves would reach later tests (an example module built from the env).
+    monkeypatch.setenv("EVENTBUS_URL", "")
+    monkeypatch.delenv("EVENTBUS_URL")
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "path", list(sys.path))
 

@@ -23,7 +23,8 @@ runner = CliRunner()
 def url(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> str:
     """A private memory broker the CLI may use: the test holds it in its own process."""
     monkeypatch.setattr(cli, "IN_PROCESS_SCHEMES", frozenset())
-    monkeypatch.delenv("EVENTBUS_URL", raising=False)
+    monkeypatch.setenv("EVENTBUS_URL", "")  # so that what `--url` sets is undone after
+    monkeypatch.delenv("EVENTBUS_URL")
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "path", list(sys.path))
     return f"memory://{uuid.uuid4().hex}"

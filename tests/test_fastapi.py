@@ -1,10 +1,12 @@
 """eventbus.fastapi: the lifespan starts the bus before the app's own and stops it after;
 a route without it gets a clear error; the request's trace context is current in the
-route, so a publish there continues the caller's trace."""
+route, so with eventbus.tracing (the OpenTelemetry SDK, spans kept in memory) one trace
+goes from the caller through the route's publish to the handler."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+import asyncio
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -12,30 +14,37 @@ import httpx
 import pytest
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI, Request
-from opentelemetry import context, propagate, trace
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry import context, trace
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
 
-from eventbus import Envelope, EventBus
+from eventbus import Context, EventBus
 from eventbus.errors import ConfigurationError
 from eventbus.fastapi import BusDep, TraceContextMiddleware, bus_lifespan
-from tests.bus_support import OrderPlaced, memory_url, run
+from eventbus.tracing import Tracing
+from tests.bus_support import OrderPlaced, memory_url, run, until
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
-TRACEPARENT = f"00-{TRACE_ID}-00f067aa0ba902b7-01"
+CALLER_SPAN_ID = "00f067aa0ba902b7"
+TRACEPARENT = f"00-{TRACE_ID}-{CALLER_SPAN_ID}-01"
 
 
-async def inject_current_context(topic: str, envelopes: Sequence[Envelope],
-                                 call_next: Any) -> None:
-    """A stand-in for the tracing part's publish injection, through opentelemetry-api
-    alone: the current context's traceparent/tracestate into each envelope."""
-    stamped = []
-    for envelope in envelopes:
-        carrier: dict[str, str] = {}
-        propagate.inject(carrier)
-        stamped.append(envelope.evolve(traceparent=carrier.get("traceparent"),
-                                       tracestate=carrier.get("tracestate"))
-                       if carrier else envelope)
-    await call_next(topic, stamped)
+def traced_bus() -> tuple[EventBus, TracerProvider, InMemorySpanExporter]:
+    """A memory bus traced by eventbus.tracing into an SDK provider's in-memory exporter."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return Tracing(tracer_provider=provider).instrument(EventBus(memory_url())), provider, \
+        exporter
+
+
+def hex_ids(span: ReadableSpan) -> tuple[str, str, str | None]:
+    """(trace id, span id, parent span id) as the W3C header writes them."""
+    assert span.context is not None
+    parent = None if span.parent is None else format(span.parent.span_id, "016x")
+    return format(span.context.trace_id, "032x"), format(span.context.span_id, "016x"), parent
 
 
 def orders_app(bus: EventBus, **kwargs: Any) -> FastAPI:
@@ -62,34 +71,61 @@ async def post(app: FastAPI, path: str, headers: dict[str, str] | None = None
             return await http.post(path, headers=headers)
 
 
-def test_a_publish_in_a_route_continues_the_callers_trace() -> None:
+def test_one_trace_goes_from_the_caller_through_the_route_to_the_handler() -> None:
     async def scenario() -> None:
-        bus = EventBus(memory_url(), publish_middleware=[inject_current_context])
+        bus, _, exporter = traced_bus()
+        handled = asyncio.Event()
+        in_handler: dict[str, str] = {}
+
+        @bus.subscribe(OrderPlaced, group="fulfilment")
+        async def fulfil(event: OrderPlaced, ctx: Context) -> None:
+            in_handler["trace_id"] = format(
+                trace.get_current_span().get_span_context().trace_id, "032x")
+            handled.set()
+
         app = orders_app(bus)
-        answer = await post(app, "/orders/o-1", {"traceparent": TRACEPARENT})
+        async with LifespanManager(app) as running:
+            transport = httpx.ASGITransport(app=running.app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+                answer = await http.post("/orders/o-1", headers={"traceparent": TRACEPARENT})
+            await asyncio.wait_for(handled.wait(), 10)
+            await until(lambda: any(s.name.startswith("process") for s in
+                                    exporter.get_finished_spans()))
         assert answer.status_code == 200, answer.text
-        assert app.state.seen["trace_id"] == TRACE_ID
-        traceparent = answer.json()["traceparent"]
-        assert traceparent.split("-")[1] == TRACE_ID
+        assert app.state.seen["trace_id"] == TRACE_ID  # the route ran in the caller's trace
+        (send,) = [s for s in exporter.get_finished_spans() if s.kind == SpanKind.PRODUCER]
+        (process,) = [s for s in exporter.get_finished_spans() if s.kind == SpanKind.CONSUMER]
+        send_trace, send_id, send_parent = hex_ids(send)
+        process_trace, _, process_parent = hex_ids(process)
+        assert (send_trace, send_parent) == (TRACE_ID, CALLER_SPAN_ID)
+        assert (process_trace, process_parent) == (TRACE_ID, send_id)
+        assert answer.json()["traceparent"].startswith(f"00-{TRACE_ID}-{send_id}-")
+        assert in_handler["trace_id"] == TRACE_ID
+        assert send.name == "send test-bus-orders" and process.name == "process test-bus-orders"
+        assert process.attributes is not None
+        assert process.attributes["messaging.consumer.group.name"] == "fulfilment"
 
     run(scenario)
 
 
-def test_without_a_traceparent_there_is_no_trace_to_continue() -> None:
+def test_without_a_traceparent_the_publish_starts_a_trace() -> None:
     async def scenario() -> None:
-        bus = EventBus(memory_url(), publish_middleware=[inject_current_context])
+        bus, _, exporter = traced_bus()
         answer = await post(orders_app(bus), "/orders/o-2")
-        assert answer.json() == {"traceparent": None}
+        (send,) = exporter.get_finished_spans()
+        trace_id, send_id, parent = hex_ids(send)
+        assert parent is None and trace_id != TRACE_ID
+        assert answer.json()["traceparent"].startswith(f"00-{trace_id}-{send_id}-")
 
     run(scenario)
 
 
 def test_a_span_already_current_is_left_to_the_instrumentation() -> None:
-    """An instrumentation's server span (here: an outer middleware's) stays current."""
-    provider = TracerProvider()
+    """An instrumentation's server span (here: an outer middleware's) stays current: the
+    publish is its child, not the header's."""
 
     async def scenario() -> None:
-        bus = EventBus(memory_url(), publish_middleware=[inject_current_context])
+        bus, provider, exporter = traced_bus()
         app = orders_app(bus)
         inner = app.build_middleware_stack()
         server_span: dict[str, str] = {}
@@ -100,12 +136,16 @@ def test_a_span_already_current_is_left_to_the_instrumentation() -> None:
                 return
             with provider.get_tracer("test").start_as_current_span("POST /orders") as span:
                 server_span["trace_id"] = format(span.get_span_context().trace_id, "032x")
+                server_span["span_id"] = format(span.get_span_context().span_id, "016x")
                 await inner(scope, receive, send)
 
         app.build_middleware_stack = lambda: instrumented  # type: ignore[method-assign]
         answer = await post(app, "/orders/o-3", {"traceparent": TRACEPARENT})
         assert app.state.seen["trace_id"] == server_span["trace_id"] != TRACE_ID
-        assert answer.json()["traceparent"].split("-")[1] == server_span["trace_id"]
+        (send,) = [s for s in exporter.get_finished_spans() if s.kind == SpanKind.PRODUCER]
+        trace_id, send_id, parent = hex_ids(send)
+        assert (trace_id, parent) == (server_span["trace_id"], server_span["span_id"])
+        assert answer.json()["traceparent"].startswith(f"00-{trace_id}-{send_id}-")
 
     run(scenario)
 

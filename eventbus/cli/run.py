@@ -24,6 +24,7 @@ from eventbus.cli._common import (
     run_async,
 )
 from eventbus.cli.serving import (
+    CountMetricsOption,
     HealthPortOption,
     MetricsPortOption,
     ProbeHostOption,
@@ -32,6 +33,7 @@ from eventbus.cli.serving import (
     SupervisorFdOption,
     WorkerIndexOption,
     WorkersOption,
+    count_for_metrics,
     label_worker,
     require_prometheus,
     serve_with_probes,
@@ -106,6 +108,7 @@ def run(
     reload: ReloadOption = False,
     supervisor_fd: SupervisorFdOption = None,
     worker_index: WorkerIndexOption = None,
+    count_metrics: CountMetricsOption = False,
 ) -> None:
     """Run a service's subscriptions until SIGTERM/SIGINT, then shut down gracefully.
 
@@ -126,6 +129,8 @@ def run(
     if worker_index is not None:
         label_worker(worker_index)
     bus = load_bus(target, url)
+    if metrics_port is not None or count_metrics:
+        count_for_metrics(bus)  # /metrics shows the bus's own instruments
     if url is not None and bus.adapter.url != resolve_url(url):
         log.warning("%s is built on %s, not on --url %s: make it with EventBus.from_env() "
                     "to take --url", target, mask_url(bus.adapter.url), mask_url(url))

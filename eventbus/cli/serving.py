@@ -48,6 +48,8 @@ ReloadOption = Annotated[
                  "the current directory changes (needs eventbus[reload])"),
 ]
 SupervisorFdOption = Annotated[int | None, typer.Option("--supervisor-fd", hidden=True)]
+# A worker of `--workers N --metrics-port M`: count for the supervisor's /metrics, serve none.
+CountMetricsOption = Annotated[bool, typer.Option("--count-metrics", hidden=True)]
 WorkerIndexOption = Annotated[int | None, typer.Option("--worker-index", hidden=True)]
 
 
@@ -66,6 +68,15 @@ def require_prometheus(metrics_port: int | None) -> None:
     if metrics_port is not None and importlib.util.find_spec("prometheus_client") is None:
         fail(f"--metrics-port needs prometheus-client, which is not installed: "
              f"{PROMETHEUS_EXTRA}", EXIT_UNKNOWN_SCHEME)
+
+
+def count_for_metrics(bus: EventBus) -> None:
+    """Count ``bus`` into prometheus-client's default registry (:mod:`eventbus.metrics`),
+    which ``/metrics`` serves, unless the service already instruments it."""
+    from eventbus.metrics import Metrics, is_instrumented
+
+    if not is_instrumented(bus):
+        Metrics().instrument(bus)
 
 
 def label_worker(index: int) -> None:

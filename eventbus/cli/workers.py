@@ -68,6 +68,8 @@ class WorkerPlan:
             argv += ["--url", self.url]
         if self.health_port is not None:
             argv += ["--health-port", "0", "--probe-host", "127.0.0.1"]
+        if self.metrics_port is not None:
+            argv += ["--count-metrics"]  # into $PROMETHEUS_MULTIPROC_DIR; the supervisor serves
         return argv
 
 

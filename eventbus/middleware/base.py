@@ -29,6 +29,13 @@ changes nothing (it never imports the layer's class to find out):
   and calls the ``recover`` steps, innermost first, only for a failure. See
   :class:`RecoveringLayer`.
 
+- ``observes = True``: the layer only watches the handling (a span, a timer) and
+  never changes its outcome: it starts something in ``begin(ctx)`` and ends it in
+  ``end(ctx, mark, failure)`` with what escaped the steps inside it (see
+  :class:`Observer`). Observing layers at the front of the chain (right after
+  ``correlation``) are called by the runner around the rest, fused or composed, and
+  also see what never reaches a chain: batch calls and undecodable messages.
+
 A declaration counts only when it is made by the class that defines ``__call__``:
 a subclass that overrides ``__call__`` (to act on success too) must declare again.
 
@@ -43,9 +50,10 @@ or keep them somewhere else instead of calling on (an outbox)::
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
+from eventbus.adapter import Delivery
 from eventbus.context import Context
 from eventbus.envelope import Envelope
 
@@ -91,6 +99,52 @@ class RecoveringLayer(Protocol):
         """What the layer does once ``call_next(ctx)`` raised ``exc`` (re-raise, or handle)."""
 
 
+class Observer:
+    """Base of a middleware layer that watches handling without changing it (tracing,
+    metrics): subclasses implement :meth:`begin` and :meth:`end`, and may watch batch
+    calls and undecodable messages too.
+
+    Declares ``observes``: as one of the first layers of a chain (``EventBus(
+    middleware=[...])``), the runner calls ``begin``/``end`` around the rest of the
+    chain itself, so the chain keeps its fused fast path. Elsewhere in a chain its
+    ``__call__`` does the same. ``begin`` and ``end`` are plain calls, made in the
+    task that runs the handler (a context variable set in ``begin`` is seen by the
+    handler); neither may raise (the runner logs and ignores it if one does).
+    """
+
+    observes: ClassVar[bool] = True
+
+    def begin(self, ctx: Context) -> object:
+        """The handling of ``ctx``'s message starts; returns a mark handed to :meth:`end`."""
+        return None
+
+    def end(self, ctx: Context, mark: object, failure: BaseException | None) -> None:
+        """The handling ended: ``failure`` is what escaped the steps inside this layer
+        (``None``: handled, skipped or dead-lettered; see
+        :func:`eventbus.incidents.incidents` for what happened on the way)."""
+
+    def begin_batch(self, contexts: Sequence[Context]) -> object:
+        """A batch handler is called with the events of ``contexts``; returns a mark."""
+        return None
+
+    def end_batch(self, contexts: Sequence[Context], mark: object, failed: Collection[int],
+                  failure: BaseException | None) -> None:
+        """The batch call returned: ``failed`` are the indexes handled again one by one
+        (each then passes :meth:`begin`/:meth:`end`), ``failure`` what it raised."""
+
+    def undecodable(self, delivery: Delivery, dead_lettered: bool) -> None:
+        """A message that did not decode was dead-lettered (or, dead letters off, rejected)."""
+
+    async def __call__(self, ctx: Context, call_next: Next) -> None:
+        mark = self.begin(ctx)
+        try:
+            await call_next(ctx)
+        except BaseException as exc:
+            self.end(ctx, mark, exc)
+            raise
+        self.end(ctx, mark, None)
+
+
 def _declared(layer: object, name: str) -> bool:
     """Whether the class of ``layer`` that defines ``__call__`` declares ``name = True``
     (a plain function declares nothing)."""
@@ -109,6 +163,11 @@ def acts_only_on_failure(layer: object) -> bool:
 def sets_current_envelope(layer: object) -> bool:
     """Whether ``layer`` declares it only makes the handled envelope current."""
     return _declared(layer, "sets_current_envelope")
+
+
+def observes(layer: object) -> bool:
+    """Whether ``layer`` declares it only watches the handling (see :class:`Observer`)."""
+    return _declared(layer, "observes")
 
 
 def refusal_step(layer: object) -> Callable[[Context], Exception | None] | None:

@@ -24,6 +24,7 @@ from eventbus.deadletter import (
     dlq_topic,
 )
 from eventbus.errors import InfrastructureError
+from eventbus.incidents import note
 from eventbus.middleware.base import Next, RedeliveryRequested
 
 __all__ = [
@@ -79,6 +80,7 @@ class DeadLetter:
             exc=exc,
             logger=ctx.logger,
         )
+        note(ctx, "dead_letter", exc, attempt=attempts, target=target)
         ctx.logger.error(
             "dead-lettered after %d attempt(s) to %s: %s: %s",
             attempts, target, type(exc).__name__, exc,

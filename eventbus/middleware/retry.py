@@ -9,6 +9,7 @@ from typing import ClassVar
 from eventbus.backoff import Backoff
 from eventbus.context import Context
 from eventbus.errors import PoisonMessageError, RunsExhaustedError
+from eventbus.incidents import note
 from eventbus.middleware.base import Next, RedeliveryRequested
 
 
@@ -150,11 +151,13 @@ class Retry:
                     "attempt %d failed (%s: %s); broker redelivery in %.2fs",
                     attempt, type(exc).__name__, exc, delay,
                 )
+                note(ctx, "redelivery", exc, attempt=attempt, delay=delay)
                 raise RedeliveryRequested(delay, f"attempt {attempt} failed") from exc
             ctx.logger.info(
                 "attempt %d failed (%s: %s); retrying in %.2fs",
                 attempt, type(exc).__name__, exc, delay,
             )
+            note(ctx, "retry", exc, attempt=attempt, delay=delay)
             await asyncio.sleep(delay)
             attempt += 1
             local += 1

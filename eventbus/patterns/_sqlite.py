@@ -88,6 +88,14 @@ async def _run(conn: Any, sql: str) -> None:
     await cursor.close()
 
 
+async def _run_mapped(conn: Any, sql: str) -> None:
+    """:func:`_run`, a driver error raised as the :class:`SQLError` it means."""
+    try:
+        await _run(conn, sql)
+    except _DRIVER_ERRORS as exc:
+        raise sqlite_error(exc) from exc
+
+
 def sqlite_path(url: str) -> str:
     """The file a ``sqlite://`` URL names, or ``":memory:"``."""
     parts = urlsplit(split_options(url)[0])
@@ -226,10 +234,7 @@ class SQLiteDatabase(Database):
         self._depth += 1
         name = f"eventbus_nested_{self._depth}"
         try:
-            try:
-                await _run(conn, f"SAVEPOINT {name}")
-            except _DRIVER_ERRORS as exc:
-                raise sqlite_error(exc) from exc
+            await _run_mapped(conn, f"SAVEPOINT {name}")
             try:
                 yield _SQLiteTx(conn)
             except BaseException as exc:
@@ -240,10 +245,7 @@ class SQLiteDatabase(Database):
                     raise sqlite_error(exc) from exc
                 raise
             else:
-                try:
-                    await _run(conn, f"RELEASE {name}")
-                except _DRIVER_ERRORS as exc:
-                    raise sqlite_error(exc) from exc
+                await _run_mapped(conn, f"RELEASE {name}")
         finally:
             self._depth -= 1
 

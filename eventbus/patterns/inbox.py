@@ -33,7 +33,7 @@ from eventbus.errors import ConfigurationError
 from eventbus.middleware.idempotency import idempotency_key
 from eventbus.patterns.outbox.store import Outbox, check_table_name
 from eventbus.patterns.schema import KINDS, ready
-from eventbus.patterns.sql import Database, Transaction
+from eventbus.patterns.sql import Database, Transaction, real_type
 
 InboxHandler = Callable[[Any, Context, Transaction], Awaitable[None]]
 
@@ -60,7 +60,7 @@ class Inbox:
         """Create the table if it does not exist (idempotent); refuse a table of another
         schema version (:class:`~eventbus.patterns.schema.SchemaVersionError`: run
         ``eventbus db migrate``)."""
-        real = "DOUBLE PRECISION" if self.db.dialect == "postgres" else "REAL"
+        real = real_type(self.db.dialect)
         async with self.db.transaction() as tx:
             await ready(tx, KINDS["inbox"], self.table, self.db.url)
             await tx.execute(f"CREATE TABLE IF NOT EXISTS {self.table} "

@@ -39,13 +39,14 @@ from eventbus.patterns.schema import (
     VERSIONS_TABLE,
     SchemaVersionError,
     TableKind,
+    create_parked_table_2,
     create_versions_table,
     ensure_columns,
     lock_schema,
     record_version,
     recorded_versions,
 )
-from eventbus.patterns.sql import Database, Transaction
+from eventbus.patterns.sql import Database, Transaction, real_type
 
 __all__ = ["STEPS", "Migrated", "migrate"]
 
@@ -147,33 +148,15 @@ def _unrecorded(tables: dict[str, set[str]], recorded: set[str]) -> dict[str, Ta
 # (that change is the later step's).
 
 
-def _real(tx: Transaction) -> str:
-    return "DOUBLE PRECISION" if tx.dialect == "postgres" else "REAL"
-
-
-def _blob(tx: Transaction) -> str:
-    return "BYTEA" if tx.dialect == "postgres" else "BLOB"
-
-
 async def _event_store_2(tx: Transaction, table: str) -> None:
     # Events a relay or a projection could not handle, parked (issue #19, defect 10).
-    await tx.execute(f"""CREATE TABLE IF NOT EXISTS {table}_parked (
-        name TEXT NOT NULL,
-        position BIGINT NOT NULL,
-        stream_id TEXT NOT NULL,
-        version BIGINT NOT NULL,
-        event_id TEXT NOT NULL,
-        type TEXT NOT NULL,
-        error TEXT NOT NULL,
-        held_by BIGINT,
-        parked_at {_real(tx)} NOT NULL,
-        PRIMARY KEY (name, position))""")
+    await create_parked_table_2(tx, f"{table}_parked", envelope=False)
 
 
 async def _outbox_2(tx: Transaction, table: str) -> None:
     # The claim columns of a relay that publishes outside its transaction (defect 12);
     # failed_at/error too, for an outbox of the commits before 45f13ef that lacked them.
-    real = _real(tx)
+    real = real_type(tx.dialect)
     await ensure_columns(tx, table, required=KINDS["outbox"].columns, optional={
         "failed_at": real, "error": "TEXT", "claimed_by": "TEXT", "claimed_until": real})
 
@@ -190,7 +173,7 @@ async def _saga_store_2(tx: Transaction, table: str) -> None:
 
 
 async def _projections_2(tx: Transaction, table: str) -> None:
-    real = _real(tx)
+    real = real_type(tx.dialect)
     # The rebuild's fence (defect 1): every checkpoint starts at generation 0.
     await ensure_columns(tx, table, required=KINDS["projections"].columns,
                          optional={"generation": "BIGINT NOT NULL DEFAULT 0"})
@@ -203,18 +186,7 @@ async def _projections_2(tx: Transaction, table: str) -> None:
     await ensure_columns(tx, "eventbus_projection_seen", required=("name", "event_id"),
                          optional={"seen_at": f"{real} NOT NULL DEFAULT {now}"})
     # Stored events a projection parked (defect 10), with their envelope.
-    await tx.execute(f"""CREATE TABLE IF NOT EXISTS eventbus_projection_parked (
-        name TEXT NOT NULL,
-        position BIGINT NOT NULL,
-        stream_id TEXT NOT NULL,
-        version BIGINT NOT NULL,
-        event_id TEXT NOT NULL,
-        type TEXT NOT NULL,
-        error TEXT NOT NULL,
-        held_by BIGINT,
-        parked_at {real} NOT NULL,
-        envelope {_blob(tx)} NOT NULL,
-        PRIMARY KEY (name, position))""")
+    await create_parked_table_2(tx, "eventbus_projection_parked", envelope=True)
 
 
 async def _unchanged(tx: Transaction, table: str) -> None:

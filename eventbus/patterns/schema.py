@@ -40,7 +40,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
 from eventbus.errors import ConfigurationError, mask_url
-from eventbus.patterns.sql import Transaction
+from eventbus.patterns.sql import Transaction, blob_type, real_type
 
 __all__ = ["KINDS", "SCHEMA_VERSION", "VERSIONS_TABLE", "SchemaVersionError", "TableKind",
            "TableSchemaError", "ensure_columns", "lock_schema", "missing_columns", "ready",
@@ -132,10 +132,36 @@ async def lock_schema(tx: Transaction) -> None:
 
 async def create_versions_table(tx: Transaction) -> None:
     """Create ``eventbus_schema_versions`` if it is missing."""
-    real = "DOUBLE PRECISION" if tx.dialect == "postgres" else "REAL"
+    real = real_type(tx.dialect)
     await tx.execute(f"CREATE TABLE IF NOT EXISTS {VERSIONS_TABLE} (table_name TEXT PRIMARY "
                      f"KEY, kind TEXT NOT NULL, version INTEGER NOT NULL, migrated_at {real} "
                      "NOT NULL)")
+
+
+async def create_parked_table_2(tx: Transaction, table: str, *, envelope: bool) -> None:
+    """Create ``table``, a table of parked events, as schema version 2 made it, if it is
+    missing: an event store's ``<table>_parked`` (``envelope=False``) or the projections'
+    ``eventbus_projection_parked`` (``envelope=True``, which keeps each event's envelope).
+
+    Shared by the ``setup()`` that creates today's schema and the migration step to
+    version 2, while both mean version 2's table; a version that changes it gives its
+    migration step its own statement and this function a new name.
+    """
+    real = real_type(tx.dialect)
+    blob = blob_type(tx.dialect)
+    kept = f"envelope {blob} NOT NULL," if envelope else ""
+    await tx.execute(f"""CREATE TABLE IF NOT EXISTS {table} (
+        name TEXT NOT NULL,
+        position BIGINT NOT NULL,
+        stream_id TEXT NOT NULL,
+        version BIGINT NOT NULL,
+        event_id TEXT NOT NULL,
+        type TEXT NOT NULL,
+        error TEXT NOT NULL,
+        held_by BIGINT,
+        parked_at {real} NOT NULL,
+        {kept}
+        PRIMARY KEY (name, position))""")
 
 
 async def recorded_versions(tx: Transaction) -> dict[str, tuple[str, int]]:

@@ -209,6 +209,16 @@ class Database(abc.ABC):
         await self.close()
 
 
+def real_type(dialect: str) -> str:
+    """The column type of a floating-point number (a time, a duration) in ``dialect``."""
+    return "DOUBLE PRECISION" if dialect == "postgres" else "REAL"
+
+
+def blob_type(dialect: str) -> str:
+    """The column type of bytes in ``dialect``."""
+    return "BYTEA" if dialect == "postgres" else "BLOB"
+
+
 def sqlite_sql(sql: str) -> str:
     """``$n`` placeholders in SQLite's numbered form."""
     return _PLACEHOLDER.sub(r"?\1", sql)

@@ -23,15 +23,14 @@ from __future__ import annotations
 
 from eventbus.errors import ProvisioningError
 from eventbus.patterns.schema import KINDS, ready, table_columns
-from eventbus.patterns.sql import Database
+from eventbus.patterns.sql import Database, blob_type, real_type
 
 MAIN_TABLE = "eventbus_messages"
 
 
 def _ddl(dialect: str) -> list[str]:
     pg = dialect == "postgres"
-    real = "DOUBLE PRECISION" if pg else "REAL"
-    blob = "BYTEA" if pg else "BLOB"
+    real, blob = real_type(dialect), blob_type(dialect)
     serial = ("BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY" if pg
               else "INTEGER PRIMARY KEY AUTOINCREMENT")
     rowid = "" if pg else " WITHOUT ROWID"

@@ -15,10 +15,9 @@ from eventbus.adapter import Delivery
 from eventbus.context import Context, PublishOptions, current_envelope
 from eventbus.deprecation import Renamed, renamed
 from eventbus.envelope import Envelope
-from eventbus.errors import ConfigurationError
 from eventbus.events import Command, Message
 from eventbus.middleware.retry import RetryPolicy
-from eventbus.publishing import build_envelope, not_a_message
+from eventbus.publishing import build_envelope, check_command
 from eventbus.spec import Handler
 
 
@@ -46,12 +45,7 @@ class TestPublisher:
 
     async def send(self, command: Command, **options: Unpack[PublishOptions]) -> Envelope:
         """Record ``command`` (refusing an event, as the bus does)."""
-        if not isinstance(command, Message):
-            raise not_a_message(command, "send", Command)
-        if not isinstance(command, Command):
-            raise ConfigurationError(
-                f"send() takes a Command; {type(command).__name__} is an event — publish it"
-            )
+        check_command(command)
         return await self.publish(command, **options)
 
 

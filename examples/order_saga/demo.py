@@ -7,11 +7,13 @@ dead-letter queue.
 ::
 
     python -m examples.order_saga.demo                  # all in this process, memory://
+    python -m examples.order_saga.demo --trace          # ... with OpenTelemetry trace ids
     EVENTBUS_URL=kafka://localhost:9092 python -m examples.order_saga.demo --external
 
 Every event of an order's flow is printed as it happens, tagged with the flow's
-correlation id; the demo waits (bounded) for each flow to end, checks the outcome
-and exits 0, or 1 with the reason.
+correlation id (and, with ``--trace``, its trace id: one trace per order); the demo
+waits (bounded) for each flow to end, checks the outcome and exits 0, or 1 with the
+reason.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack, ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 if not __package__:  # run as a file: make the `examples` package importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
@@ -43,6 +45,9 @@ from examples.order_saga.events import (
     PaymentCharged,
     PaymentRefunded,
 )
+
+if TYPE_CHECKING:
+    from eventbus.tracing import Tracing
 
 Outcome = Literal["completed", "cancelled"]
 Echo = Callable[[str], None]
@@ -108,6 +113,11 @@ class Flow:
     )
 
     @property
+    def trace_ids(self) -> set[str]:
+        """The trace ids its events carry (one, when the buses are traced)."""
+        return {e.traceparent[3:35] for e in self.events if e.traceparent is not None}
+
+    @property
     def outcome(self) -> Outcome | None:
         """How the saga ended, or ``None`` while it runs."""
         return OUTCOME_OF[self.ended.result().type] if self.ended.done() else None
@@ -133,9 +143,10 @@ class SagaTimeoutError(Exception):
 class FlowMonitor:
     """Watches every saga topic in its own group and files each event under its flow."""
 
-    def __init__(self, flows: dict[str, Flow], echo: Echo) -> None:
+    def __init__(self, flows: dict[str, Flow], echo: Echo, show_trace: bool = False) -> None:
         self.flows = flows
         self.echo = echo
+        self.show_trace = show_trace
 
     async def watch(self, envelope: Envelope) -> None:
         flow = self.flows.get(envelope.correlationid or "")
@@ -144,7 +155,10 @@ class FlowMonitor:
         if any(seen.id == envelope.id for seen in flow.events):
             return  # a duplicate delivery (the demo makes one); the flow already has it
         flow.events.append(envelope)
-        self.echo(describe(envelope))
+        line = describe(envelope)
+        if self.show_trace and envelope.traceparent is not None:
+            line = f"[trace {envelope.traceparent[3:11]}] {line}"
+        self.echo(line)
         # Ended once its outcome and every event of that outcome's chain arrived: the
         # topics are watched by separate subscriptions, so with the services in other
         # processes the outcome (orders) may arrive before its cause (payments).
@@ -175,10 +189,11 @@ def _class_name(event_type: str) -> str:
     return cls.__name__ if cls is not None else event_type
 
 
-def _bus(url: str | None, source: str) -> EventBus:
+def _bus(url: str | None, source: str, tracing: Tracing | None = None) -> EventBus:
     # Every service remembers handled event ids so a redelivery is not acted on twice.
     options: dict[str, Any] = {"source": source, "idempotency": MemoryIdempotencyStore()}
-    return EventBus.from_url(url, **options) if url else EventBus.from_env(**options)
+    bus = EventBus.from_url(url, **options) if url else EventBus.from_env(**options)
+    return tracing.instrument(bus) if tracing is not None else bus
 
 
 async def run_saga(
@@ -189,6 +204,7 @@ async def run_saga(
     timeout: float = 10.0,
     echo: Echo = print,
     show_middleware: bool = True,
+    tracing: Tracing | None = None,
 ) -> SagaRun:
     """Place ``requests`` (default: :func:`default_orders`) and wait for each saga to end.
 
@@ -197,30 +213,32 @@ async def run_saga(
     to run elsewhere on the same broker (``eventbus run ...``). With
     ``show_middleware`` (and the services here) the first order's payment gateway
     times out once, and once the sagas ended a duplicate and a poison message
-    are delivered, each step printed. Raises
+    are delivered, each step printed. With ``tracing`` every bus is traced and each
+    line shows its trace id. Raises
     :class:`SagaTimeoutError` naming the flows still running after ``timeout`` seconds.
     """
     requests = list(requests) if requests is not None else default_orders()
     # The request id is chosen here and becomes every event's correlation id.
     flows = [Flow(request, correlation_id=str(uuid.uuid4())) for request in requests]
-    monitor = FlowMonitor({flow.correlation_id: flow for flow in flows}, echo)
-    monitor_bus = _bus(url, "saga-demo")
+    monitor = FlowMonitor({flow.correlation_id: flow for flow in flows}, echo,
+                          show_trace=tracing is not None)
+    monitor_bus = _bus(url, "saga-demo", tracing)
     # A fresh group reading from the earliest: it sees the whole flow, whatever the timing.
     monitor_bus.subscribe(
         *TOPICS, group=f"saga-monitor-{uuid.uuid4().hex[:8]}", start_from="earliest"
     )(monitor.watch)
 
-    order_bus = _bus(url, order_service.SERVICE)
+    order_bus = _bus(url, order_service.SERVICE, tracing)
     run = SagaRun(flows=flows, orders=order_service.Orders())
     buses = [monitor_bus, order_bus]
     if with_services:
         order_service.register(order_bus, run.orders)
-        payment_bus = _bus(url, payment_service.SERVICE)
+        payment_bus = _bus(url, payment_service.SERVICE, tracing)
         run.ledger = payment_service.register(payment_bus)
         if show_middleware and run.flows:
             run.ledger.gateway.flaky.add(run.flows[0].request.order_id)
             run.ledger.gateway.echo = echo
-        inventory_bus = _bus(url, inventory_service.SERVICE)
+        inventory_bus = _bus(url, inventory_service.SERVICE, tracing)
         run.stock = inventory_service.register(inventory_bus)
         buses += [payment_bus, inventory_bus]
 
@@ -285,7 +303,33 @@ def problems(flow: Flow) -> list[str]:
     for cause, effect in itertools.pairwise(chain):
         if by_type[effect.event_type()].causationid != by_type[cause.event_type()].id:
             found.append(f"order {order}: {effect.__name__} is not caused by {cause.__name__}")
+    if len(flow.trace_ids) > 1:
+        found.append(f"order {order}: its events are in {len(flow.trace_ids)} traces, not one")
     return found
+
+
+def _tracing() -> tuple[Tracing, Callable[[str], int]]:
+    """Tracing to an in-memory exporter, and how many spans a trace id (hex) has."""
+    try:
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+        from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+        from eventbus.tracing import Tracing
+    except ModuleNotFoundError as missing:
+        raise SystemExit(
+            f"error: --trace needs the OpenTelemetry SDK ({missing.name} is missing): "
+            'pip install "eventbus[otel]" opentelemetry-sdk') from None
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+
+    def spans_in(trace_id: str) -> int:
+        wanted = int(trace_id, 16)
+        return sum(1 for span in exporter.get_finished_spans()
+                   if span.context is not None and span.context.trace_id == wanted)
+
+    return Tracing(provider), spans_in
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -297,9 +341,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="the services run as separate processes (eventbus run ...); only place orders",
     )
+    parser.add_argument(
+        "--trace",
+        action="store_true",
+        help="trace every bus with OpenTelemetry (needs its SDK) and print the trace ids",
+    )
     args = parser.parse_args(argv)
+    tracing, spans_in = _tracing() if args.trace else (None, None)
     try:
-        run = asyncio.run(run_saga(with_services=not args.external, timeout=args.timeout))
+        run = asyncio.run(run_saga(with_services=not args.external, timeout=args.timeout,
+                                   tracing=tracing))
     except SagaTimeoutError as exc:
         print(f"FAILED: {exc}", file=sys.stderr)
         return 1
@@ -314,6 +365,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"order {flow.request.order_id}: {flow.outcome} as expected "
             f"({len(flow.events)} events, corr {flow.correlation_id[:8]})"
         )
+        if spans_in is not None:
+            for trace_id in sorted(flow.trace_ids):
+                print(f"    trace {trace_id}: {spans_in(trace_id)} spans")
     return 0
 
 

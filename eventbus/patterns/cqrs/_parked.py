@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from eventbus.codec import decode_structured, encode_structured
 from eventbus.errors import ConfigurationError, InfrastructureError
 from eventbus.patterns.eventsourcing.parking import ParkedStoredEvent, held_message
+from eventbus.patterns.schema import create_parked_table_2
 from eventbus.patterns.sql import Row, Transaction
 
 if TYPE_CHECKING:
@@ -28,20 +29,7 @@ _COLUMNS = "position, stream_id, version, event_id, type, error, held_by, parked
 
 async def create_table(tx: Transaction) -> None:
     """Create the parked table if it is missing."""
-    blob = "BYTEA" if tx.dialect == "postgres" else "BLOB"
-    real = "DOUBLE PRECISION" if tx.dialect == "postgres" else "REAL"
-    await tx.execute(f"""CREATE TABLE IF NOT EXISTS {PARKED} (
-        name TEXT NOT NULL,
-        position BIGINT NOT NULL,
-        stream_id TEXT NOT NULL,
-        version BIGINT NOT NULL,
-        event_id TEXT NOT NULL,
-        type TEXT NOT NULL,
-        error TEXT NOT NULL,
-        held_by BIGINT,
-        parked_at {real} NOT NULL,
-        envelope {blob} NOT NULL,
-        PRIMARY KEY (name, position))""")
+    await create_parked_table_2(tx, PARKED, envelope=True)
 
 
 async def held_streams(tx: Transaction, name: str) -> dict[str, int]:

@@ -56,7 +56,7 @@ from eventbus.patterns.cqrs import _parked
 from eventbus.patterns.cqrs._bus_feed import SEEN, BusFeed
 from eventbus.patterns.eventsourcing.parking import ParkedStoredEvent
 from eventbus.patterns.schema import KINDS, ready
-from eventbus.patterns.sql import Database, Transaction
+from eventbus.patterns.sql import Database, Transaction, real_type
 from eventbus.tasks import stop_task
 
 if TYPE_CHECKING:
@@ -143,7 +143,7 @@ class Projection(BusFeed):
         """Create the checkpoint, seen and parked tables and the read model's (safe
         to call again); refuse the first three at another schema version
         (:class:`~eventbus.patterns.schema.SchemaVersionError`: run ``eventbus db migrate``)."""
-        real = "DOUBLE PRECISION" if self.db.dialect == "postgres" else "REAL"
+        real = real_type(self.db.dialect)
         async with self.db.transaction() as tx:
             await ready(tx, KINDS["projections"], CHECKPOINTS, self.db.url)
             await tx.execute(f"CREATE TABLE IF NOT EXISTS {CHECKPOINTS} (name TEXT PRIMARY KEY, "

@@ -138,9 +138,7 @@ class EventRelay:
         run: list[StoredEvent] = []
         topic = ""
         for stored in page:
-            if stored.stream_id in held:
-                head = held[stored.stream_id]
-                parked.append(ParkedStoredEvent.of(self.name, stored, held_message(head), head))
+            if self._park_if_held(stored, held, parked):
                 continue
             try:
                 target = self._topic_for(stored)
@@ -168,15 +166,23 @@ class EventRelay:
                 raise
         # One of them can never go out: find it, one event at a time.
         for stored in run:
-            if stored.stream_id in held:
-                head = held[stored.stream_id]
-                parked.append(ParkedStoredEvent.of(self.name, stored, held_message(head), head))
+            if self._park_if_held(stored, held, parked):
                 continue
             try:
                 await self.bus.publish_envelopes(topic, [stored.envelope])
                 self._published += 1
             except _REFUSED as exc:
                 self._refuse(stored, exc, held, parked)
+
+    def _park_if_held(self, stored: StoredEvent, held: dict[str, int],
+                      parked: list[ParkedStoredEvent]) -> bool:
+        """Whether ``stored``'s stream is held; if so it joins ``parked``, behind the
+        stream's earliest parked event, and is not published."""
+        if stored.stream_id not in held:
+            return False
+        head = held[stored.stream_id]
+        parked.append(ParkedStoredEvent.of(self.name, stored, held_message(head), head))
+        return True
 
     def _refuse(self, stored: StoredEvent, exc: Exception, held: dict[str, int],
                 parked: list[ParkedStoredEvent]) -> None:

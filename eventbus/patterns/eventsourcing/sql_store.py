@@ -51,8 +51,8 @@ from eventbus.patterns.eventsourcing.store import (
     check_append,
     duplicate_error,
 )
-from eventbus.patterns.schema import KINDS, ready
-from eventbus.patterns.sql import Database, Row, Transaction
+from eventbus.patterns.schema import KINDS, create_parked_table_2, ready
+from eventbus.patterns.sql import Database, Row, Transaction, blob_type
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICRO = timedelta(microseconds=1)
@@ -98,8 +98,7 @@ class SQLEventStore:
         """Create the tables if they are missing; refuse tables of another schema
         version (:class:`~eventbus.patterns.schema.SchemaVersionError`: run
         ``eventbus db migrate``)."""
-        blob = "BYTEA" if self.db.dialect == "postgres" else "BLOB"
-        real = "DOUBLE PRECISION" if self.db.dialect == "postgres" else "REAL"
+        blob = blob_type(self.db.dialect)
         t = self.table
         async with self.db.transaction() as tx:
             # Also the lock that keeps two setups at once from racing on CREATE.
@@ -124,17 +123,7 @@ class SQLEventStore:
             await tx.execute(f"""CREATE TABLE IF NOT EXISTS {t}_checkpoints (
                 name TEXT PRIMARY KEY,
                 position BIGINT NOT NULL)""")
-            await tx.execute(f"""CREATE TABLE IF NOT EXISTS {t}_parked (
-                name TEXT NOT NULL,
-                position BIGINT NOT NULL,
-                stream_id TEXT NOT NULL,
-                version BIGINT NOT NULL,
-                event_id TEXT NOT NULL,
-                type TEXT NOT NULL,
-                error TEXT NOT NULL,
-                held_by BIGINT,
-                parked_at {real} NOT NULL,
-                PRIMARY KEY (name, position))""")
+            await create_parked_table_2(tx, f"{t}_parked", envelope=False)
 
     async def _serialise(self, tx: Transaction) -> None:
         # SQLite's BEGIN IMMEDIATE already admits one writer at a time.

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 from eventbus.deprecation import Renamed, renamed
 from eventbus.patterns.schema import KINDS, ready
-from eventbus.patterns.sql import Database, Transaction
+from eventbus.patterns.sql import Database, Transaction, real_type
 
 
 @dataclass(frozen=True)
@@ -155,7 +155,7 @@ class SQLSequenceStore:
         still named ``<table>_parked``, as in the release that called them parked);
         refuse tables of another schema version
         (:class:`~eventbus.patterns.schema.SchemaVersionError`: run ``eventbus db migrate``)."""
-        real = "DOUBLE PRECISION" if self.db.dialect == "postgres" else "REAL"
+        real = real_type(self.db.dialect)
         async with self.db.transaction() as tx:
             await ready(tx, KINDS["sequence store"], self.table, self.db.url)
             await tx.execute(f"CREATE TABLE IF NOT EXISTS {self.table} (scope TEXT NOT NULL, "

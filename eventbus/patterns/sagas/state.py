@@ -22,7 +22,7 @@ from eventbus.deprecation import Renamed, renamed
 from eventbus.errors import EventBusError
 from eventbus.patterns.outbox.store import Outbox
 from eventbus.patterns.schema import KINDS, ready
-from eventbus.patterns.sql import Database, Transaction, UniqueViolationError
+from eventbus.patterns.sql import Database, Transaction, UniqueViolationError, real_type
 
 SagaStatus = Literal["running", "completed", "compensating", "compensated", "parked"]
 TERMINAL: tuple[SagaStatus, ...] = ("completed", "compensated")
@@ -216,7 +216,7 @@ _COLUMNS = ("saga_id, saga_type, status, step, data, deadline, to_compensate, "
 
 
 def _table_sql(table: str, dialect: str) -> list[str]:
-    real = "DOUBLE PRECISION" if dialect == "postgres" else "REAL"
+    real = real_type(dialect)
     return [
         f"""CREATE TABLE IF NOT EXISTS {table} (
             saga_id TEXT PRIMARY KEY,

@@ -27,16 +27,14 @@ import pytest
 
 from eventbus.deprecation import Renamed, renamed
 from eventbus.testing.collector import Collector
+from eventbus.testing.conformance._events import Ping, Pong, on_topic
 from eventbus.testing.conformance._support import (
     Capability,
     Case,
     Need,
-    Ping,
-    Pong,
     Recorder,
     Requirement,
     case,
-    on_topic,
     requires,
 )
 from eventbus.testing.conformance.basics import BasicsCases

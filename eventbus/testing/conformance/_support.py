@@ -1,5 +1,6 @@
 """Shared machinery of the conformance cases: the case decorator, the per-case
-resources (:class:`Case`), event classes, and event-driven waiting (:class:`Collector`).
+resources (:class:`Case`), and recording what handlers see (the suite's events are in
+:mod:`~eventbus.testing.conformance._events`, waiting in :mod:`eventbus.testing.collector`).
 
 Every case is a plain synchronous pytest test that runs its async body with
 ``asyncio.run`` under an overall timeout, so the suite needs no async plugin and
@@ -12,11 +13,10 @@ import asyncio
 import contextlib
 import logging
 import time
-import types
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 import pytest
 
@@ -24,13 +24,12 @@ from eventbus.adapter import Adapter, Capabilities, Delivery, SubscribeOptions, 
 from eventbus.bus import EventBus
 from eventbus.context import Context
 from eventbus.envelope import Envelope
-from eventbus.events import Event, Message
+from eventbus.events import Message
 from eventbus.middleware.base import Next, RedeliveryRequested
 from eventbus.middleware.deadletter import dlq_topic
 from eventbus.middleware.retry import RetryPolicy
-from eventbus.testing.collector import DEFAULT_WAIT
-from eventbus.testing.collector import PATIENCE as PATIENCE
-from eventbus.testing.collector import Collector as Collector  # the cases import it from here
+from eventbus.testing.collector import DEFAULT_WAIT, PATIENCE, Collector
+from eventbus.testing.conformance._events import Ping, on_topic
 from eventbus.testing.target import BrokerTarget
 
 log = logging.getLogger("eventbus.testing")
@@ -51,64 +50,7 @@ QUIET = 0.3
 """Seconds to watch for something that must NOT happen (bounded, documented per case)."""
 
 
-# -- events ------------------------------------------------------------------------------
-
-
-class Ping(Event, type="eventbus.conformance.ping", topic="eventbus.conformance"):
-    """The workhorse event of the suite."""
-
-    seq: int = 0
-    key: str = ""
-    note: str = ""
-
-
-class Pong(Event, type="eventbus.conformance.pong", topic="eventbus.conformance"):
-    """A second type, for dispatch-by-type cases."""
-
-    seq: int = 0
-
-
-class Reply(Event, type="eventbus.conformance.reply", topic="eventbus.conformance"):
-    """Published from inside a handler, for correlation cases."""
-
-    seq: int = 0
-
-
-def on_topic(cls: type[M], topic: str) -> type[M]:
-    """A subclass of ``cls`` (same type name and version) whose default topic is ``topic``.
-
-    Subscribing by class uses the class's topic, so each case makes private
-    variants to get unique topics; they are not registered, so the registry keeps
-    the base classes.
-    """
-    keywords = {
-        "topic": topic,
-        "type": cls.event_type(),
-        "version": cls.data_version(),
-        "register": False,
-    }
-    return cast("type[M]", types.new_class(cls.__name__, (cls,), keywords))
-
-
-# -- waiting -----------------------------------------------------------------------------
-
-
-def record_events(inbox: Collector[Ping]) -> Callable[[Ping], Awaitable[None]]:
-    """A handler adding each event to ``inbox`` (one per loop iteration, no late binding)."""
-
-    async def handle(event: Ping) -> None:
-        inbox.add(event)
-
-    return handle
-
-
-def record_seqs(inbox: Collector[int]) -> Callable[[Ping], Awaitable[None]]:
-    """A handler adding each event's ``seq`` to ``inbox``."""
-
-    async def handle(event: Ping) -> None:
-        inbox.add(event.seq)
-
-    return handle
+# -- recording -----------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,6 +154,16 @@ class Case:
         self._buses.append(bus)
         return bus
 
+    async def consumer(self, subject: str | type[Message], handler: Callable[..., Awaitable[None]],
+                       *, bus: EventBus | None = None, **subscribe: Any) -> EventBus:
+        """``bus`` (by default a new one from :meth:`bus`), started with ``handler``
+        subscribed to ``subject`` (a topic or an event class); ``subscribe`` are the
+        subscription's options, ``group=`` among them."""
+        bus = bus or self.bus()
+        bus.subscribe(subject, **subscribe)(handler)
+        await bus.start()
+        return bus
+
     async def publisher(self, url: str | None = None, **options: Any) -> EventBus:
         """A started bus with no subscriptions, for publishing."""
         bus = self.bus(url, **options)
@@ -249,6 +201,13 @@ class Case:
 
         await listener.start()
         return inbox
+
+    async def watched_ping(self) -> tuple[type[Ping], str, str, Collector[Envelope]]:
+        """A :class:`Ping` class on a topic of its own, that topic, a new group, and what
+        lands in the dead-letter queue of that topic and group (already listening)."""
+        event_cls = on_topic(Ping, self.topic())
+        topic, group = event_cls.default_topic(), self.group()
+        return event_cls, topic, group, await self.dead_letters(topic, group)
 
     async def aclose(self) -> None:
         errors: list[BaseException] = []

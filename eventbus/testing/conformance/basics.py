@@ -10,19 +10,9 @@ from eventbus.context import Context
 from eventbus.errors import InvalidURLError, UnknownSchemeError
 from eventbus.events import Message
 from eventbus.registry_adapters import ENTRY_POINT_GROUP, adapter_from_url
-from eventbus.testing.conformance._support import (
-    PATIENCE,
-    QUIET,
-    WAIT,
-    Capability,
-    Case,
-    Collector,
-    Ping,
-    case,
-    on_topic,
-    record_events,
-    requires,
-)
+from eventbus.testing.collector import PATIENCE, Collector
+from eventbus.testing.conformance._events import Ping, on_topic, record_events
+from eventbus.testing.conformance._support import QUIET, WAIT, Capability, Case, case, requires
 
 REFUSAL = 1.5
 """Seconds the health case keeps the broker refusing connections."""
@@ -68,13 +58,7 @@ class BasicsCases:
         """``publish_many`` of N events confirms them all and every one arrives once."""
         event_cls = on_topic(Ping, run.topic())
         got: Collector[Ping] = Collector("handler")
-        consumer = run.bus()
-
-        @consumer.subscribe(event_cls, group=run.group(), concurrency=4)
-        async def handle(event: Ping) -> None:
-            got.add(event)
-
-        await consumer.start()
+        await run.consumer(event_cls, record_events(got), group=run.group(), concurrency=4)
         count = run.count(300)
         publisher = await run.publisher()
         envelopes = await publisher.publish_many([event_cls(seq=i) for i in range(count)])
@@ -132,13 +116,7 @@ class BasicsCases:
         subscriber on another bus receives every one."""
         event_cls = on_topic(Ping, run.topic())
         got: Collector[Ping] = Collector("handler")
-        consumer = run.bus()
-
-        @consumer.subscribe(event_cls, group=run.group())
-        async def handle(event: Ping) -> None:
-            got.add(event)
-
-        await consumer.start()
+        await run.consumer(event_cls, record_events(got), group=run.group())
         publisher = await run.publisher()
         count = run.count(50)
         await asyncio.gather(*(publisher.publish(event_cls(seq=i)) for i in range(count)))
@@ -155,13 +133,7 @@ class BasicsCases:
         count = run.count(10)
         await (await run.publisher()).publish_many([event_cls(seq=i) for i in range(count)])
         got: Collector[Ping] = Collector("late subscriber")
-        late = run.bus()
-
-        @late.subscribe(event_cls, group=run.group(), start_from="earliest")
-        async def handle(event: Ping) -> None:
-            got.add(event)
-
-        await late.start()
+        await run.consumer(event_cls, record_events(got), group=run.group(), start_from="earliest")
         await got.wait_count(count)
         assert _seqs(got.items) == list(range(count))
 

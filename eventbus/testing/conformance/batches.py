@@ -9,14 +9,9 @@ import collections
 from eventbus.batching import BatchItemFailed
 from eventbus.envelope import Envelope
 from eventbus.middleware.retry import RetryPolicy
-from eventbus.testing.conformance._support import (
-    QUIET,
-    Case,
-    Collector,
-    Ping,
-    case,
-    on_topic,
-)
+from eventbus.testing.collector import Collector
+from eventbus.testing.conformance._events import Ping, on_topic, record_batches
+from eventbus.testing.conformance._support import QUIET, Case, case
 
 # One in-process run per delivery, then broker redelivery: the budget is spent fast.
 BATCH_RETRY = RetryPolicy(max_attempts=3, in_process_attempts=1, initial_delay=0.02,
@@ -37,13 +32,8 @@ class BatchCases:
         batch returned nothing comes back (all were acked)."""
         event_cls = on_topic(Ping, run.topic())
         batches: Collector[list[int]] = Collector("batches")
-        bus = run.bus()
-
-        @bus.subscribe(event_cls, group=run.group(), batch=4, batch_timeout=0.05)
-        async def handle(events: list[Ping]) -> None:
-            batches.add([e.seq for e in events])
-
-        await bus.start()
+        await run.consumer(event_cls, record_batches(batches), group=run.group(),
+                           batch=4, batch_timeout=0.05)
         count = run.count(10, minimum=6)
         await (await run.publisher()).publish_many([event_cls(seq=i) for i in range(count)])
         await batches.wait(lambda items: sum(map(len, items)) >= count, f"{count} events")
@@ -59,13 +49,8 @@ class BatchCases:
         """A batch that never fills runs once ``batch_timeout`` has passed."""
         event_cls = on_topic(Ping, run.topic())
         batches: Collector[list[int]] = Collector("batches")
-        bus = run.bus()
-
-        @bus.subscribe(event_cls, group=run.group(), batch=1000, batch_timeout=0.1)
-        async def handle(events: list[Ping]) -> None:
-            batches.add([e.seq for e in events])
-
-        await bus.start()
+        await run.consumer(event_cls, record_batches(batches), group=run.group(),
+                           batch=1000, batch_timeout=0.1)
         await (await run.publisher()).publish_many([event_cls(seq=i) for i in range(3)])
         await batches.wait(lambda items: sum(map(len, items)) >= 3, "3 events")
         assert sorted(s for b in batches.items for s in b) == [0, 1, 2]
@@ -77,9 +62,7 @@ class BatchCases:
         """``BatchItemFailed(indexes)``: the other events are acked and never run again;
         each named event is retried on its own (a list of one) and, failing every time,
         dead-lettered after ``max_attempts`` runs, the batch run counting as the first."""
-        event_cls = on_topic(Ping, run.topic())
-        topic, group = event_cls.default_topic(), run.group()
-        dlq = await run.dead_letters(topic, group)
+        event_cls, _, group, dlq = await run.watched_ping()
         runs: collections.Counter[int] = collections.Counter()
         sizes: Collector[tuple[int, int]] = Collector("runs (seq, batch size)")
         bus = run.bus(retry=BATCH_RETRY)
@@ -115,9 +98,7 @@ class BatchCases:
         """A plain exception fails the whole batch: every event is retried on its own;
         those that succeed alone are acked once, the one that keeps failing is
         dead-lettered alone after ``max_attempts``."""
-        event_cls = on_topic(Ping, run.topic())
-        topic, group = event_cls.default_topic(), run.group()
-        dlq = await run.dead_letters(topic, group)
+        event_cls, _, group, dlq = await run.watched_ping()
         handled: Collector[int] = Collector("handled")
         bus = run.bus(retry=BATCH_RETRY)
 

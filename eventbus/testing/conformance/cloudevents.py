@@ -6,7 +6,9 @@ from datetime import UTC, datetime
 
 from eventbus.context import Context
 from eventbus.envelope import Envelope
-from eventbus.testing.conformance._support import Case, Collector, Ping, Reply, case, on_topic
+from eventbus.testing.collector import Collector
+from eventbus.testing.conformance._events import Ping, Reply, on_topic, record_envelopes
+from eventbus.testing.conformance._support import Case, case
 
 
 class CloudEventsCases:
@@ -49,13 +51,7 @@ class CloudEventsCases:
         partitionkey, dataversion and the time to the microsecond."""
         topic = run.topic()
         received: Collector[Envelope] = Collector("handler")
-        consumer = run.bus()
-
-        @consumer.subscribe(topic, group=run.group())
-        async def keep(envelope: Envelope) -> None:
-            received.add(envelope)
-
-        await consumer.start()
+        await run.consumer(topic, record_envelopes(received), group=run.group())
         sent = Envelope.create(
             type="com.example.order.shipped",
             source="https://example.com/warehouse/7",
@@ -88,13 +84,7 @@ class CloudEventsCases:
         byte for byte."""
         topic = run.topic()
         received: Collector[Envelope] = Collector("handler")
-        consumer = run.bus()
-
-        @consumer.subscribe(topic, group=run.group())
-        async def keep(envelope: Envelope) -> None:
-            received.add(envelope)
-
-        await consumer.start()
+        await run.consumer(topic, record_envelopes(received), group=run.group())
         unicode_json = '{"text": "héllo ✓ 日本語 🎉", "quote": "\\"x\\""}'.encode()
         sent = [
             Envelope.create(type="conformance.empty", source="conformance", data=b""),

@@ -16,17 +16,9 @@ import asyncio
 import pytest
 
 from eventbus.errors import GuaranteeUnavailableError
-from eventbus.testing.conformance._support import (
-    QUIET,
-    Capability,
-    Case,
-    Collector,
-    Ping,
-    case,
-    on_topic,
-    record_seqs,
-    requires,
-)
+from eventbus.testing.collector import Collector
+from eventbus.testing.conformance._events import Ping, on_topic, record_seqs
+from eventbus.testing.conformance._support import QUIET, Capability, Case, case, requires
 
 
 class ContractCases:
@@ -38,9 +30,7 @@ class ContractCases:
         guarantee: at-least-once where it redelivers, at-most-once elsewhere."""
         event_cls = on_topic(Ping, run.topic())
         got: Collector[int] = Collector("handler")
-        bus = run.bus()
-        bus.subscribe(event_cls, group=run.group())(record_seqs(got))
-        await bus.start()
+        bus = await run.consumer(event_cls, record_seqs(got), group=run.group())
         await (await run.publisher()).publish(event_cls(seq=1))
         await got.wait_count(1)
         expected = "at_least_once" if run.caps.redelivery else "at_most_once"
@@ -102,17 +92,13 @@ class ContractCases:
         group = run.group()
         first: Collector[int] = Collector("first member")
         other: Collector[int] = Collector("another group")
-        one = run.bus()
-        one.subscribe(event_cls, group=group)(record_seqs(first))
-        await one.start()
+        await run.consumer(event_cls, record_seqs(first), group=group)
         two = run.bus()
         two.subscribe(event_cls, group=group)(record_seqs(Collector("second member")))
         with pytest.raises(GuaranteeUnavailableError) as raised:
             await two.start()
         assert group in str(raised.value) and raised.value.instead in str(raised.value)
-        three = run.bus()
-        three.subscribe(event_cls, group=run.group())(record_seqs(other))
-        await three.start()
+        await run.consumer(event_cls, record_seqs(other), group=run.group())
         await (await run.publisher()).publish(event_cls(seq=9))
         await first.wait_count(1)
         await other.wait_count(1)
@@ -125,9 +111,7 @@ class ContractCases:
         topic, chosen, bystander = event_cls.default_topic(), run.group(), run.group()
         got = {chosen: Collector[int](chosen), bystander: Collector[int](bystander)}
         for group, inbox in got.items():
-            bus = run.bus()
-            bus.subscribe(event_cls, group=group)(record_seqs(inbox))
-            await bus.start()
+            await run.consumer(event_cls, record_seqs(inbox), group=group)
         publisher = await run.publisher()
         await publisher.publish(event_cls(seq=1))
         for inbox in got.values():

@@ -18,18 +18,10 @@ from eventbus.context import Context
 from eventbus.dlq import DeadLetters, ListedDeadLetter
 from eventbus.envelope import Envelope
 from eventbus.errors import TopicNotFoundError, UnsupportedOperationError
+from eventbus.testing.collector import PATIENCE, Collector
 from eventbus.testing.conformance._crashing_consumer import CRASH_EXIT
-from eventbus.testing.conformance._support import (
-    PATIENCE,
-    WAIT,
-    Capability,
-    Case,
-    Collector,
-    Ping,
-    case,
-    on_topic,
-    requires,
-)
+from eventbus.testing.conformance._events import Ping, on_topic, record_seqs
+from eventbus.testing.conformance._support import WAIT, Capability, Case, case, requires
 
 _STORED = requires(Capability.persistent, "dead letters are kept on the broker to be listed")
 
@@ -82,9 +74,7 @@ class DeadLetterCases:
         event_cls = on_topic(Ping, run.topic())
         topic, group = event_cls.default_topic(), run.group()
         runs: Collector[int] = Collector("handler runs")
-        bus = run.bus()
-        bus.subscribe(event_cls, group=group)(_failing(runs))
-        await bus.start()
+        await run.consumer(event_cls, _failing(runs), group=group)
         sent = await (await run.publisher()).publish(event_cls(seq=7))
         await runs.wait_count(3)
         reader = await run.connected_adapter()
@@ -101,9 +91,7 @@ class DeadLetterCases:
         event_cls = on_topic(Ping, run.topic())
         topic, group = event_cls.default_topic(), run.group()
         runs: Collector[int] = Collector("handler runs")
-        bus = run.bus()
-        bus.subscribe(event_cls, group=group)(_failing(runs))
-        await bus.start()
+        await run.consumer(event_cls, _failing(runs), group=group)
         sent = await (await run.publisher()).publish(event_cls(seq=8))
         reader = await run.connected_adapter()
         first, = await letters_of(reader, topic, group, lambda xs: len(xs) >= 1,
@@ -130,13 +118,7 @@ class DeadLetterCases:
         event_cls = on_topic(Ping, run.topic())
         topic, group = event_cls.default_topic(), run.group()
         handled: Collector[int] = Collector("handler")
-        bus = run.bus()
-
-        @bus.subscribe(event_cls, group=group)
-        async def handle(event: Ping) -> None:
-            handled.add(event.seq)
-
-        await bus.start()
+        bus = await run.consumer(event_cls, record_seqs(handled), group=group)
         payload = b"\x00\xff{\"order\": 42, not a cloudevent"
         headers: dict[str, bytes] | None = {"x-foreign-trace": b"\xff\x00\xfe",
                                             "x-kind": b"order-created"}

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
-from eventbus.testing.conformance._support import QUIET, Capability, Case, Ping, case, requires
+from eventbus.testing.conformance._events import Ping
+from eventbus.testing.conformance._support import QUIET, Capability, Case, case, requires
 
 
 class DedupeCases:

@@ -14,17 +14,9 @@ from eventbus.envelope import Envelope, parse_time
 from eventbus.errors import DeliveryAlreadySettledError
 from eventbus.middleware.deadletter import UNDECODABLE_TYPE
 from eventbus.middleware.retry import RetryPolicy
-from eventbus.testing.conformance._support import (
-    QUIET,
-    Capability,
-    Case,
-    Collector,
-    Ping,
-    Recorder,
-    case,
-    on_topic,
-    requires,
-)
+from eventbus.testing.collector import Collector
+from eventbus.testing.conformance._events import Ping, on_topic, record_seqs
+from eventbus.testing.conformance._support import QUIET, Capability, Case, Recorder, case, requires
 
 
 def _has(seq: int) -> Callable[[list[int]], bool]:
@@ -113,9 +105,7 @@ class FailureCases:
         """After ``max_attempts`` failures the message lands on ``<topic>.<group>.dlq``
         unchanged (id, data, key, extensions) plus why: reason, exception, attempts,
         topic, group, failure time and traceback."""
-        event_cls = on_topic(Ping, run.topic())
-        topic, group = event_cls.default_topic(), run.group()
-        dlq = await run.dead_letters(topic, group)
+        event_cls, topic, group, dlq = await run.watched_ping()
         policy = RetryPolicy(max_attempts=3, in_process_attempts=2, initial_delay=0.01,
                              jitter=0.0)
         attempts: Collector[int] = Collector("attempts")
@@ -148,18 +138,11 @@ class FailureCases:
         """An unknown type, data failing validation and an unknown newer version are
         dead-lettered on the first delivery with the reason: never retried, the handler
         never called; a good message after them is handled."""
-        event_cls = on_topic(Ping, run.topic())
-        topic, group = event_cls.default_topic(), run.group()
-        dlq = await run.dead_letters(topic, group)
+        event_cls, topic, group, dlq = await run.watched_ping()
         recorder = Recorder()
         handled: Collector[int] = Collector("handler")
-        bus = run.bus(middleware=[recorder])
-
-        @bus.subscribe(event_cls, group=group)
-        async def handle(event: Ping) -> None:
-            handled.add(event.seq)
-
-        await bus.start()
+        await run.consumer(event_cls, record_seqs(handled), group=group,
+                           bus=run.bus(middleware=[recorder]))
         poison = {
             "unknown type": Envelope.create(
                 type=f"conformance.unknown.{run.run_id}", source="conformance", data=b"{}"
@@ -192,17 +175,9 @@ class FailureCases:
     async def test_undecodable_bytes_dead_lettered(self, run: Case) -> None:
         """Bytes that are not a CloudEvent go to the DLQ once, wrapped with the reason
         and the original bytes, and don't block the messages after them."""
-        event_cls = on_topic(Ping, run.topic())
-        topic, group = event_cls.default_topic(), run.group()
-        dlq = await run.dead_letters(topic, group)
+        event_cls, topic, group, dlq = await run.watched_ping()
         handled: Collector[int] = Collector("handler")
-        bus = run.bus()
-
-        @bus.subscribe(event_cls, group=group)
-        async def handle(event: Ping) -> None:
-            handled.add(event.seq)
-
-        await bus.start()
+        bus = await run.consumer(event_cls, record_seqs(handled), group=group)
         raw = b"\x00\xffthis is not a CloudEvent{"
         await bus.adapter.publish_raw(topic, raw)
         await bus.publish(event_cls(seq=1))
@@ -241,9 +216,7 @@ class FailureCases:
     async def test_handler_timeout_retries_then_dead_letters(self, run: Case) -> None:
         """A handler exceeding the subscription ``timeout`` is cancelled and counts as a
         failure: retried, then dead-lettered as HandlerTimeoutError."""
-        event_cls = on_topic(Ping, run.topic())
-        topic, group = event_cls.default_topic(), run.group()
-        dlq = await run.dead_letters(topic, group)
+        event_cls, _, group, dlq = await run.watched_ping()
         policy = RetryPolicy(max_attempts=2, in_process_attempts=1, initial_delay=0.01,
                              jitter=0.0)
         started: Collector[int] = Collector("started")
@@ -324,13 +297,7 @@ class FailureCases:
 
         event_cls = on_topic(Ping, run.topic())
         got: Collector[int] = Collector("handler")
-        consumer = run.bus()
-
-        @consumer.subscribe(event_cls, group=run.group())
-        async def handle(event: Ping) -> None:
-            got.add(event.seq)
-
-        await consumer.start()
+        await run.consumer(event_cls, record_seqs(got), group=run.group())
         publisher = await run.publisher()
         limit = run.caps.max_message_bytes
         with pytest.raises(MessageTooLargeError) as error:

@@ -4,18 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
-from eventbus.testing.conformance._support import (
-    QUIET,
-    Capability,
-    Case,
-    Collector,
-    Ping,
-    Pong,
-    case,
-    on_topic,
-    record_seqs,
-    requires,
-)
+from eventbus.testing.collector import Collector
+from eventbus.testing.conformance._events import Ping, Pong, on_topic, record_seqs
+from eventbus.testing.conformance._support import QUIET, Capability, Case, case, requires
 
 GROUPS = "competing consumers within a group and fan-out across groups"
 
@@ -29,9 +20,7 @@ class GroupCases:
         event_cls = on_topic(Ping, run.topic())
         inboxes: list[Collector[int]] = [Collector("group A"), Collector("group B")]
         for inbox in inboxes:
-            bus = run.bus()
-            bus.subscribe(event_cls, group=run.group())(record_seqs(inbox))
-            await bus.start()
+            await run.consumer(event_cls, record_seqs(inbox), group=run.group())
         count = run.count(20)
         await (await run.publisher()).publish_many([event_cls(seq=i) for i in range(count)])
         for inbox in inboxes:
@@ -46,9 +35,7 @@ class GroupCases:
         group = run.group()
         got: Collector[int] = Collector("both consumers")
         for _ in (1, 2):
-            bus = run.bus()
-            bus.subscribe(event_cls, group=group)(record_seqs(got))
-            await bus.start()
+            await run.consumer(event_cls, record_seqs(got), group=group)
         count = run.count(40)
         await (await run.publisher()).publish_many([event_cls(seq=i) for i in range(count)])
         await got.wait_count(count)

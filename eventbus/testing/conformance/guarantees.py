@@ -13,17 +13,9 @@ from eventbus.errors import BatchPublishError, MessageTooLargeError
 from eventbus.events import Message
 from eventbus.middleware.idempotency import MemoryIdempotencyStore
 from eventbus.middleware.retry import RetryPolicy
-from eventbus.testing.conformance._support import (
-    QUIET,
-    Capability,
-    Case,
-    Collector,
-    Ping,
-    Recorder,
-    case,
-    on_topic,
-    requires,
-)
+from eventbus.testing.collector import Collector
+from eventbus.testing.conformance._events import Ping, on_topic, record_seqs
+from eventbus.testing.conformance._support import QUIET, Capability, Case, Recorder, case, requires
 
 
 def _reasons(dlq: Collector[Envelope]) -> list[str]:
@@ -64,9 +56,7 @@ class GuaranteeCases:
         """The same envelope published twice reaches the group twice, but with an
         idempotency store the handler runs once, both deliveries are acked and the
         duplicate is not dead-lettered (a skipped duplicate is a success)."""
-        event_cls = on_topic(Ping, run.topic())
-        topic, group = event_cls.default_topic(), run.group()
-        dlq = await run.dead_letters(topic, group)
+        event_cls, topic, group, dlq = await run.watched_ping()
         recorder = Recorder()
         runs: Collector[str] = Collector("handler")
         bus = run.bus(idempotency=MemoryIdempotencyStore(), middleware=[recorder])
@@ -93,9 +83,7 @@ class GuaranteeCases:
         """Duplicates arriving at the same time on parallel workers still run the
         handler once (claim before run); the copies are acked eventually and none
         is dead-lettered."""
-        event_cls = on_topic(Ping, run.topic())
-        topic, group = event_cls.default_topic(), run.group()
-        dlq = await run.dead_letters(topic, group)
+        event_cls, topic, group, dlq = await run.watched_ping()
         recorder = Recorder()
         runs: Collector[str] = Collector("handler")
         bus = run.bus(idempotency=MemoryIdempotencyStore(), middleware=[recorder])
@@ -124,9 +112,7 @@ class GuaranteeCases:
         """A handler failing while it holds the claim releases it: the retry (in
         process, then a redelivery) claims again and succeeds; exactly one run
         succeeds, nothing is dead-lettered, and a later duplicate is skipped."""
-        event_cls = on_topic(Ping, run.topic())
-        topic, group = event_cls.default_topic(), run.group()
-        dlq = await run.dead_letters(topic, group)
+        event_cls, topic, group, dlq = await run.watched_ping()
         policy = RetryPolicy(max_attempts=3, in_process_attempts=1, initial_delay=0.02,
                              jitter=0.0)
         attempts: Collector[int] = Collector("attempts")
@@ -156,18 +142,11 @@ class GuaranteeCases:
         """An idempotency store failing during ``claim`` is an infrastructure failure,
         not a handler failure: the message is redelivered (never dead-lettered) and
         handled exactly once when the store answers again."""
-        event_cls = on_topic(Ping, run.topic())
-        topic, group = event_cls.default_topic(), run.group()
-        dlq = await run.dead_letters(topic, group)
+        event_cls, _, group, dlq = await run.watched_ping()
         store = _FlakyStore(failures=2)
         runs: Collector[int] = Collector("handler")
-        bus = run.bus(idempotency=store)
-
-        @bus.subscribe(event_cls, group=group)
-        async def handle(event: Ping) -> None:
-            runs.add(event.seq)
-
-        await bus.start()
+        await run.consumer(event_cls, record_seqs(runs), group=group,
+                           bus=run.bus(idempotency=store))
         await (await run.publisher()).publish(event_cls(seq=7))
         await runs.wait_count(1)
         await asyncio.sleep(QUIET)
@@ -181,9 +160,7 @@ class GuaranteeCases:
         """A claim whose lease has expired (its handler is stuck) no longer blocks a
         redelivery: the copy that comes back after the lease claims and runs while
         the first run is still stuck, and nothing is dead-lettered."""
-        event_cls = on_topic(Ping, run.topic())
-        topic, group = event_cls.default_topic(), run.group()
-        dlq = await run.dead_letters(topic, group)
+        event_cls, topic, group, dlq = await run.watched_ping()
         unstick = asyncio.Event()
         started: Collector[int] = Collector("started")
         finished: Collector[int] = Collector("finished")

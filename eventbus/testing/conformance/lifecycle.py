@@ -6,16 +6,9 @@ import asyncio
 
 from eventbus.adapter import Delivery, SubscribeOptions, Subscription
 from eventbus.bus import EventBus
-from eventbus.testing.conformance._support import (
-    QUIET,
-    Capability,
-    Case,
-    Collector,
-    Ping,
-    case,
-    on_topic,
-    requires,
-)
+from eventbus.testing.collector import Collector
+from eventbus.testing.conformance._events import Ping, on_topic, record_seqs
+from eventbus.testing.conformance._support import QUIET, Capability, Case, case, requires
 
 GROUPS = "competing consumers within a group and fan-out across groups"
 PERSISTENT = "unhandled messages must wait for the group's next consumer"
@@ -80,13 +73,7 @@ class LifecycleCases:
         await (await run.publisher()).publish_many([event_cls(seq=i) for i in range(count)])
         await handled.wait_count(count // 4)
         await asyncio.gather(*(bus.stop(timeout=2.0) for bus in buses))
-        successor = run.bus()
-
-        @successor.subscribe(event_cls, group=group)
-        async def finish(event: Ping) -> None:
-            handled.add(event.seq)
-
-        await successor.start()
+        await run.consumer(event_cls, record_seqs(handled), group=group)
         await handled.wait(lambda items: set(items) >= set(range(count)), "every message")
 
     @case(requires(Capability.consumer_groups, GROUPS), requires(Capability.persistent, PERSISTENT))
@@ -203,13 +190,8 @@ async def _flowing_through_faults(
     assert run.target.faulty_url is not None
     event_cls = on_topic(Ping, run.topic())
     got: Collector[int] = Collector("handler")
-    consumer = run.bus(run.target.faulty_url)
-
-    @consumer.subscribe(event_cls, group=run.group())
-    async def handle(event: Ping) -> None:
-        got.add(event.seq)
-
-    await consumer.start()
+    await run.consumer(event_cls, record_seqs(got), group=run.group(),
+                       bus=run.bus(run.target.faulty_url))
     publisher = await run.publisher(run.target.faulty_url)
     await publisher.publish_many([event_cls(seq=i) for i in range(count)])
     await got.wait(lambda items: set(items) >= set(range(count)), "the first batch")

@@ -8,16 +8,9 @@ from collections.abc import Callable
 
 from eventbus.context import Context
 from eventbus.middleware.retry import RetryPolicy
-from eventbus.testing.conformance._support import (
-    QUIET,
-    Capability,
-    Case,
-    Collector,
-    Ping,
-    case,
-    on_topic,
-    requires,
-)
+from eventbus.testing.collector import Collector
+from eventbus.testing.conformance._events import Ping, on_topic
+from eventbus.testing.conformance._support import QUIET, Capability, Case, case, requires
 
 
 def _contains(seq: int) -> Callable[[list[int]], bool]:

@@ -13,7 +13,8 @@ from eventbus.bus import EventBus
 from eventbus.envelope import Envelope
 from eventbus.events import Command, Event
 from eventbus.requests import REPLY_TO, RequestFailedError, RequestTimeoutError
-from eventbus.testing.conformance._support import WAIT, Case, case, on_topic
+from eventbus.testing.conformance._events import on_topic
+from eventbus.testing.conformance._support import WAIT, Case, case
 
 
 class Ask(Command, type="eventbus.conformance.ask", topic="eventbus.conformance.ask"):

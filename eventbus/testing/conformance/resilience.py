@@ -23,18 +23,9 @@ from eventbus.errors import (
     TopicNotFoundError,
 )
 from eventbus.middleware.idempotency import ClaimResult, MemoryIdempotencyStore
-from eventbus.testing.conformance._support import (
-    PATIENCE,
-    QUIET,
-    WAIT,
-    Capability,
-    Case,
-    Collector,
-    Ping,
-    case,
-    on_topic,
-    requires,
-)
+from eventbus.testing.collector import PATIENCE, Collector
+from eventbus.testing.conformance._events import Ping, on_topic, record_seqs
+from eventbus.testing.conformance._support import QUIET, WAIT, Capability, Case, case, requires
 
 OUTAGE = 9.0
 """Seconds the settle-failure case refuses connections."""
@@ -94,13 +85,8 @@ class ResilienceCases:
         event_cls = on_topic(Ping, run.topic())
         topic, group = event_cls.default_topic(), run.group()
         handled: Collector[int] = Collector("handler")
-        bus = run.bus(stall_after=2.0)
-
-        @bus.subscribe(event_cls, group=group)
-        async def handle(event: Ping) -> None:
-            handled.add(event.seq)
-
-        await bus.start()
+        bus = await run.consumer(event_cls, record_seqs(handled), group=group,
+                                 bus=run.bus(stall_after=2.0))
         publisher = await run.publisher()
         await publisher.publish(event_cls(seq=0))
         await handled.wait_count(1)
@@ -129,13 +115,8 @@ class ResilienceCases:
         assert faults is not None and url is not None
         event_cls = on_topic(Ping, run.topic())
         handled: Collector[int] = Collector("handler")
-        bus = run.bus(url, stall_after=2.0)
-
-        @bus.subscribe(event_cls, group=run.group())
-        async def handle(event: Ping) -> None:
-            handled.add(event.seq)
-
-        await bus.start()
+        bus = await run.consumer(event_cls, record_seqs(handled), group=run.group(),
+                                 bus=run.bus(url, stall_after=2.0))
         bound = bus.adapter.capabilities.half_open_bound
         if bound is None:
             pytest.fail(f"{run.target.name}: the adapter declares no half_open_bound; every "
@@ -200,18 +181,11 @@ class ResilienceCases:
         """An idempotency store down for more claims than ``max_attempts`` leaves the
         message with the broker (redelivered, never run, never dead-lettered, never dropped
         by a broker-side delivery limit); once the store answers it is handled exactly once."""
-        event_cls = on_topic(Ping, run.topic())
-        topic, group = event_cls.default_topic(), run.group()
-        dlq = await run.dead_letters(topic, group)
+        event_cls, _, group, dlq = await run.watched_ping()
         store = _FlakyStore(outage=5)  # FAST_RETRY allows 3 attempts
         handled: Collector[int] = Collector("handler")
-        bus = run.bus(idempotency=store, redelivery_backoff=FAST_REDELIVERY)
-
-        @bus.subscribe(event_cls, group=group)
-        async def handle(event: Ping) -> None:
-            handled.add(event.seq)
-
-        await bus.start()
+        await run.consumer(event_cls, record_seqs(handled), group=group,
+                           bus=run.bus(idempotency=store, redelivery_backoff=FAST_REDELIVERY))
         await (await run.publisher()).publish(event_cls(seq=5))
         await handled.wait_count(1, timeout=WAIT * 3)
         await asyncio.sleep(QUIET)
@@ -228,13 +202,8 @@ class ResilienceCases:
         existed is ``TopicNotFoundError`` and creates nothing."""
         event_cls = on_topic(Ping, run.topic())
         handled: Collector[int] = Collector("handler")
-        bus = run.bus(publish_timeout=30.0)
-
-        @bus.subscribe(event_cls, group=run.group())
-        async def handle(event: Ping) -> None:
-            handled.add(event.seq)
-
-        await bus.start()
+        bus = await run.consumer(event_cls, record_seqs(handled), group=run.group(),
+                                 bus=run.bus(publish_timeout=30.0))
         limit = bus.adapter.capabilities.max_message_bytes  # as learned at connect
         for seq, size in ((1, limit + 1), (2, max(0, limit - 2048))):
             started = time.monotonic()
@@ -306,9 +275,7 @@ class ResilienceCases:
             return handle
 
         for name in ("a", "b"):
-            member = run.bus(lease.url)
-            member.subscribe(event_cls, group=group)(slow(name))
-            await member.start()
+            await run.consumer(event_cls, slow(name), group=group, bus=run.bus(lease.url))
         await (await run.publisher(lease.url)).publish(event_cls(seq=1))
         await finished.wait_count(1, timeout=hold + WAIT * 2)
         await asyncio.sleep(lease.seconds * 1.5)

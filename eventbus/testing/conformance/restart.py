@@ -7,15 +7,9 @@ import contextlib
 import inspect
 
 from eventbus.errors import EventBusError
-from eventbus.testing.conformance._support import (
-    Capability,
-    Case,
-    Collector,
-    Ping,
-    case,
-    on_topic,
-    requires,
-)
+from eventbus.testing.collector import Collector
+from eventbus.testing.conformance._events import Ping, on_topic
+from eventbus.testing.conformance._support import Capability, Case, case, requires
 
 PERSISTENT = "only a persistent broker keeps confirmed messages across a restart"
 

@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
-from eventbus.testing.conformance._support import PATIENCE
+from eventbus.testing.collector import PATIENCE
 
 S = TypeVar("S")
 CaseBody = Callable[..., Coroutine[Any, Any, None]]

@@ -11,7 +11,7 @@ from eventbus.middleware.base import RedeliveryRequested
 from eventbus.patterns.inbox import Inbox
 from eventbus.patterns.outbox import OutboxRelay
 from eventbus.patterns.sql import Database, Transaction
-from eventbus.testing.conformance._support import Collector
+from eventbus.testing.collector import Collector
 from eventbus.testing.patterns._support import memory_url, store_case
 from eventbus.testing.patterns.outbox import OrderPlaced, OutboxTarget, ShipOrder, count
 

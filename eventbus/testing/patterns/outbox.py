@@ -40,7 +40,7 @@ from eventbus.middleware.idempotency import MemoryIdempotencyStore
 from eventbus.patterns.inbox import Inbox as InboxPattern
 from eventbus.patterns.outbox import Outbox, OutboxRelay
 from eventbus.patterns.sql import Database
-from eventbus.testing.conformance._support import Collector
+from eventbus.testing.collector import Collector
 from eventbus.testing.patterns._support import WAIT, Records, memory_url, store_case, wait_until
 
 __all__ = ["OrderPlaced", "OutboxCases", "OutboxTarget", "ShipOrder", "count", "open_outbox",
@@ -101,6 +101,12 @@ def outbox_bus(outbox: Outbox) -> EventBus:
     return EventBus(memory_url(), source="orders", publish_middleware=[outbox.middleware])
 
 
+async def open_outbox_with_bus(target: OutboxTarget) -> tuple[Database, Outbox, EventBus]:
+    """:func:`open_outbox`, and an :func:`outbox_bus` publishing through that outbox."""
+    db, outbox = await open_outbox(target)
+    return db, outbox, outbox_bus(outbox)
+
+
 async def count(db: Database, sql: str) -> int:
     """The one number ``sql`` selects."""
     async with db.transaction() as tx:
@@ -129,8 +135,7 @@ class OutboxCases:
     @store_case()
     async def test_state_and_events_commit_together(self, outbox_target: OutboxTarget) -> None:
         """A unit of work's row and its events commit together; a rollback drops both."""
-        db, outbox = await open_outbox(outbox_target)
-        bus = outbox_bus(outbox)
+        db, outbox, bus = await open_outbox_with_bus(outbox_target)
         seen: Collector[OrderPlaced] = Collector()
 
         @bus.subscribe(OrderPlaced, group="billing", start_from="earliest")
@@ -169,8 +174,7 @@ class OutboxCases:
     async def test_context_publish_goes_to_outbox(self, outbox_target: OutboxTarget) -> None:
         """A handler's ``ctx.publish`` inside a unit of work keeps correlation and waits
         in the outbox until the relay runs."""
-        db, outbox = await open_outbox(outbox_target)
-        bus = outbox_bus(outbox)
+        db, outbox, bus = await open_outbox_with_bus(outbox_target)
         shipped: Collector[Envelope] = Collector()
 
         @bus.subscribe(OrderPlaced, group="shipping")
@@ -195,8 +199,7 @@ class OutboxCases:
             self, outbox_target: OutboxTarget) -> None:
         """Rows published but not marked sent (the relay died) go out again; the
         consumer's idempotency middleware runs the handler once per event."""
-        db, outbox = await open_outbox(outbox_target)
-        bus = outbox_bus(outbox)
+        db, outbox, bus = await open_outbox_with_bus(outbox_target)
         deliveries: Counter[str] = Counter()
         handled: Collector[str] = Collector()
 
@@ -235,8 +238,7 @@ class OutboxCases:
         """Two relays on separate connections: every row published exactly once, each
         key's rows in the order they were written."""
         rows, keys = 300, 12
-        db, outbox = await open_outbox(outbox_target)
-        bus = outbox_bus(outbox)
+        db, outbox, bus = await open_outbox_with_bus(outbox_target)
         got: dict[str, list[int]] = defaultdict(list)
         ids: Counter[str] = Counter()
 
@@ -278,8 +280,7 @@ class OutboxCases:
     @store_case()
     async def test_broker_down_backs_off_visibly(self, outbox_target: OutboxTarget) -> None:
         """A relay whose broker is down logs, reports unhealthy, backs off and resumes."""
-        db, outbox = await open_outbox(outbox_target)
-        bus = outbox_bus(outbox)
+        db, outbox, bus = await open_outbox_with_bus(outbox_target)
         seen: Collector[OrderPlaced] = Collector()
 
         @bus.subscribe(OrderPlaced, group="billing")
@@ -317,8 +318,7 @@ class OutboxCases:
     @store_case()
     async def test_cleanup_keeps_unsent_and_recent(self, outbox_target: OutboxTarget) -> None:
         """Sent rows older than the retention go; unsent rows and recent sent ones stay."""
-        db, outbox = await open_outbox(outbox_target)
-        bus = outbox_bus(outbox)
+        db, outbox, bus = await open_outbox_with_bus(outbox_target)
         async with bus:
             async with outbox.unit_of_work():
                 await bus.publish(OrderPlaced(order_id="a"))
@@ -337,8 +337,7 @@ class OutboxCases:
     async def test_stop_finishes_the_batch_in_flight(self, outbox_target: OutboxTarget) -> None:
         """Stopping a relay mid-batch lets the batch commit: its rows are marked sent,
         not published again by the next relay."""
-        db, outbox = await open_outbox(outbox_target)
-        bus = outbox_bus(outbox)
+        db, outbox, bus = await open_outbox_with_bus(outbox_target)
         real = bus.adapter.publish
         publishing = asyncio.Event()
 

@@ -20,9 +20,14 @@ from eventbus.errors import (
     UnsupportedOperationError,
 )
 from eventbus.patterns.outbox import OutboxRelay
-from eventbus.testing.conformance._support import Collector
+from eventbus.testing.collector import Collector
 from eventbus.testing.patterns._support import WAIT, memory_url, store_case, wait_until
-from eventbus.testing.patterns.outbox import OrderPlaced, OutboxTarget, open_outbox, outbox_bus
+from eventbus.testing.patterns.outbox import (
+    OrderPlaced,
+    OutboxTarget,
+    open_outbox,
+    open_outbox_with_bus,
+)
 
 __all__ = ["PERMANENT", "RelayFaultCases"]
 
@@ -37,6 +42,17 @@ PERMANENT: list[Exception] = [
 """Refusals a broker gives for good: each parks its row instead of being retried."""
 
 
+def billed_orders(bus: EventBus) -> Collector[str]:
+    """The order ids ``bus``'s ``billing`` group handles, as they arrive."""
+    seen: Collector[str] = Collector()
+
+    @bus.subscribe(OrderPlaced, group="billing")
+    async def record(event: OrderPlaced) -> None:
+        seen.add(event.order_id)
+
+    return seen
+
+
 class RelayFaultCases:
     """The relay when the broker refuses or stalls, and when a relay dies."""
 
@@ -46,13 +62,8 @@ class RelayFaultCases:
             self, outbox_target: OutboxTarget, refusal: Exception) -> None:
         """Whatever the broker refuses for good (not only "too large") is parked with its
         stream behind it; other keys go out (defect 11)."""
-        db, outbox = await open_outbox(outbox_target)
-        bus = outbox_bus(outbox)
-        seen: Collector[str] = Collector()
-
-        @bus.subscribe(OrderPlaced, group="billing")
-        async def record(event: OrderPlaced) -> None:
-            seen.add(event.order_id)
+        db, outbox, bus = await open_outbox_with_bus(outbox_target)
+        seen = billed_orders(bus)
 
         real = bus.adapter.publish
 
@@ -83,11 +94,7 @@ class RelayFaultCases:
         db, outbox = await open_outbox(outbox_target)
         bus = EventBus(memory_url(), source="orders", publish_timeout=3.0,
                        publish_middleware=[outbox.middleware])
-        seen: Collector[str] = Collector()
-
-        @bus.subscribe(OrderPlaced, group="billing")
-        async def record(event: OrderPlaced) -> None:
-            seen.add(event.order_id)
+        seen = billed_orders(bus)
 
         real = bus.adapter.publish
         calls: list[str] = []
@@ -120,13 +127,8 @@ class RelayFaultCases:
             self, outbox_target: OutboxTarget) -> None:
         """Rows claimed by a relay that died (it never marked or released them) wait for
         the claim's lease, then any relay takes them (defect 12)."""
-        db, outbox = await open_outbox(outbox_target)
-        bus = outbox_bus(outbox)
-        seen: Collector[str] = Collector()
-
-        @bus.subscribe(OrderPlaced, group="billing")
-        async def record(event: OrderPlaced) -> None:
-            seen.add(event.order_id)
+        db, outbox, bus = await open_outbox_with_bus(outbox_target)
+        seen = billed_orders(bus)
 
         async with bus:
             async with outbox.unit_of_work():

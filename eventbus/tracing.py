@@ -1,0 +1,390 @@
+"""OpenTelemetry tracing: a producer span per publish, a consumer span per handling.
+
+Needs ``opentelemetry-api`` (``pip install eventbus[otel]``); the service brings the
+SDK and its exporter. ::
+
+    from eventbus.tracing import Tracing
+
+    bus = Tracing().instrument(EventBus.from_env(source="billing"))
+
+What it does, after the OpenTelemetry messaging semantic conventions:
+
+- every publish (``publish``, ``publish_many``, ``send``, ``request``, a reply) is a
+  ``send <topic>`` span (kind ``PRODUCER``), a child of the current span (else of
+  the trace the envelope already carries, else a new trace); its context is written
+  into each envelope's ``traceparent``/``tracestate``, so it crosses any broker;
+- every handling is a ``process <topic>`` span (kind ``CONSUMER``), a child of the
+  context the message carries, current while the handler runs (what it publishes
+  is a child of it); a batch call is one span linked to each message's context,
+  with ``messaging.batch.message_count``;
+- retries, the redelivery asked for and the dead letter are span events
+  (``eventbus.retry``, ``eventbus.redelivery``, ``eventbus.dead_letter``) with the
+  reason, the attempt and the delay or dead-letter topic; a handling that did not
+  succeed has status ``ERROR`` and ``error.type``.
+
+A message whose trace its producer did not sample gets no span of its own here (what
+a ``ParentBased`` sampler, the SDK's default, decides anyway), only its context made
+current so what the handler calls stays in that unsampled trace; this saves the
+SDK's cost of an unsampled span. ``Tracing(respect_parent_sampling=False)`` asks
+the sampler for every message instead.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Collection, Sequence
+from typing import TYPE_CHECKING, Any
+
+try:
+    from opentelemetry import context as otel_context
+    from opentelemetry import trace
+    from opentelemetry.trace import (
+        Link,
+        NonRecordingSpan,
+        NoOpTracerProvider,
+        ProxyTracerProvider,
+        Span,
+        SpanContext,
+        SpanKind,
+        Status,
+        StatusCode,
+        TraceFlags,
+        TraceState,
+    )
+except ModuleNotFoundError as missing:  # the `otel` extra, not the library
+    raise ModuleNotFoundError(
+        f"eventbus.tracing needs opentelemetry-api, which the library alone does not install "
+        f'({missing.name} is missing): pip install "eventbus[otel]"', name=missing.name
+    ) from missing
+
+from eventbus import __version__
+from eventbus.adapter import Delivery
+from eventbus.context import Context
+from eventbus.envelope import Envelope, _assemble
+from eventbus.incidents import dead_lettered, incidents, outcome
+from eventbus.middleware.base import Observer, PublishNext
+
+if TYPE_CHECKING:
+    from eventbus.bus import EventBus
+
+__all__ = ["Tracing", "messaging_system"]
+
+_SYSTEMS = {"amqp": "rabbitmq", "amqps": "rabbitmq", "sqs": "aws_sqs", "rediss": "redis"}
+_TRACEPARENT = re.compile(r"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?$")
+_ROOT = otel_context.Context()  # no parent: a new trace, whatever the task's context holds
+_NO_STATE = TraceState()
+
+
+def messaging_system(url: str) -> str:
+    """``messaging.system`` for a broker URL: the conventions' name where they have one
+    (``kafka``, ``rabbitmq``, ``aws_sqs``), else the scheme (``nats``, ``redis``,
+    ``memory``)."""
+    scheme = url.split("://", 1)[0].split("+", 1)[0].lower()
+    return _SYSTEMS.get(scheme, scheme)
+
+
+def _span_context(traceparent: str | None, tracestate: str | None) -> SpanContext | None:
+    """The W3C trace context an envelope carries, or ``None`` (absent or malformed)."""
+    if not traceparent:
+        return None
+    match = _TRACEPARENT.match(traceparent)
+    if match is None:
+        return None
+    version, trace_hex, span_hex, flags, rest = match.groups()
+    if version == "ff" or (version == "00" and rest):
+        return None
+    trace_id, span_id = int(trace_hex, 16), int(span_hex, 16)
+    if not trace_id or not span_id:
+        return None
+    state = TraceState.from_header([tracestate]) if tracestate else _NO_STATE
+    return SpanContext(trace_id, span_id, is_remote=True, trace_flags=TraceFlags(int(flags, 16)),
+                       trace_state=state)
+
+
+def _traceparent(span_context: SpanContext) -> tuple[str, str | None]:
+    return (f"00-{span_context.trace_id:032x}-{span_context.span_id:016x}-"
+            f"{span_context.trace_flags:02x}",
+            span_context.trace_state.to_header() or None)
+
+
+def _stamped(envelope: Envelope, traceparent: str, tracestate: str | None) -> Envelope:
+    """``envelope`` carrying the given trace context (a copy: envelopes never change)."""
+    if envelope.traceparent == traceparent and envelope.tracestate == tracestate:
+        return envelope
+    e = envelope
+    return _assemble(e.id, e.type, e.source, e.time, e.data, e.datacontenttype, e.dataschema,
+                     e.subject, e.specversion, e.dataversion, e.correlationid, e.causationid,
+                     e.partitionkey, traceparent, tracestate, e.extensions)
+
+
+class Tracing:
+    """Spans for every publish and handling of the buses it instruments (see the module
+    doc). ``tracer_provider`` defaults to OpenTelemetry's global one."""
+
+    def __init__(self, tracer_provider: trace.TracerProvider | None = None, *,
+                 respect_parent_sampling: bool = True) -> None:
+        self.tracer = trace.get_tracer("eventbus", __version__, tracer_provider=tracer_provider)
+        self.respect_parent_sampling = respect_parent_sampling
+        self._provider = tracer_provider
+        # Known to record: a provider was given, or the global one was seen set.
+        self._on = tracer_provider is not None and not isinstance(tracer_provider,
+                                                                  NoOpTracerProvider)
+        # The context last read from an envelope (a batch's messages share one), and
+        # the OpenTelemetry context with it as the parent.
+        self._last: tuple[str | None, str | None, SpanContext | None, otel_context.Context] = (
+            None, None, None, _ROOT)
+
+    def instrument(self, bus: EventBus) -> EventBus:
+        """Trace ``bus``'s publishes and handlings (call before ``start()``); returns it.
+
+        Adds the consumer step first in ``bus.middleware`` (right after correlation, so
+        its span covers retries and the dead letter) and the producer step first in
+        ``bus.publish_middleware`` (so an outbox stores envelopes with their context).
+        """
+        system = messaging_system(bus.adapter.url)
+        bus.middleware.insert(0, ProcessSpans(self, system))
+        bus.publish_middleware.insert(0, SendSpans(self, system))
+        return bus
+
+    def active(self) -> bool:
+        """Whether a tracer provider that can record is set up: OpenTelemetry's global
+        one stays a placeholder until the service configures the SDK, and until then
+        every step here does nothing (a message costs one call)."""
+        if self._on:
+            return True
+        if self._provider is not None:
+            return False  # a NoOpTracerProvider was given
+        if isinstance(trace.get_tracer_provider(), ProxyTracerProvider | NoOpTracerProvider):
+            return False
+        self._on = True  # a global provider, once set, stays set
+        return True
+
+    def parent_of(self, envelope: Envelope) -> tuple[SpanContext | None, otel_context.Context]:
+        """The trace context ``envelope`` carries (``None``: none, or malformed), and an
+        OpenTelemetry context holding it as the parent (an empty one when ``None``)."""
+        last = self._last
+        if envelope.traceparent == last[0] and envelope.tracestate == last[1]:
+            return last[2], last[3]
+        found = _span_context(envelope.traceparent, envelope.tracestate)
+        parent = _ROOT if found is None else trace.set_span_in_context(
+            NonRecordingSpan(found), _ROOT)
+        self._last = (envelope.traceparent, envelope.tracestate, found, parent)
+        return found, parent
+
+
+class ProcessSpans(Observer):
+    """The consumer side of :class:`Tracing` on one bus: a ``process`` span per handling."""
+
+    def __init__(self, tracing: Tracing, system: str) -> None:
+        self.tracing = tracing
+        self.system = system
+        self._bases: dict[tuple[str, str], dict[str, Any]] = {}
+
+    def _base(self, topic: str, group: str) -> dict[str, Any]:
+        base = self._bases.get((topic, group))
+        if base is None:
+            base = self._bases[(topic, group)] = {
+                "messaging.system": self.system,
+                "messaging.destination.name": topic,
+                "messaging.consumer.group.name": group,
+                "messaging.operation.type": "process",
+                "messaging.operation.name": "process",
+            }
+        return base
+
+    def begin(self, ctx: Context) -> object:
+        if not self.tracing.active():
+            return None
+        envelope = ctx.envelope
+        parent, parent_context = self.tracing.parent_of(envelope)
+        if (parent is not None and not parent.trace_flags.sampled
+                and self.tracing.respect_parent_sampling):
+            # Unsampled upstream: no span, but what the handler calls stays unsampled.
+            return (None, otel_context.attach(parent_context))
+        span = self.tracing.tracer.start_span(f"process {ctx.topic}", context=parent_context,
+                                              kind=SpanKind.CONSUMER,
+                                              attributes=self._base(ctx.topic, ctx.group))
+        if not span.is_recording():
+            if not span.get_span_context().is_valid:
+                return None  # nothing records or propagates (no SDK configured)
+            # Not sampled: nothing to write down, but its context goes on.
+            return (None, otel_context.attach(trace.set_span_in_context(span)))
+        # What only a recorded span needs, set once it is known to be one.
+        attributes: dict[str, Any] = {
+            "messaging.message.id": envelope.id,
+            "messaging.message.conversation_id": ctx.correlation_id,
+            "eventbus.event.type": envelope.type,
+        }
+        if ctx.delivery.attempt > 1:
+            attributes["eventbus.delivery.attempt"] = ctx.delivery.attempt
+        span.set_attributes(attributes)
+        return (span, otel_context.attach(trace.set_span_in_context(span)))
+
+    def end(self, ctx: Context, mark: object, failure: BaseException | None) -> None:
+        if mark is None:
+            return
+        span: Span | None
+        token: object
+        span, token = mark  # type: ignore[misc]
+        otel_context.detach(token)  # type: ignore[arg-type]
+        if span is None:
+            return
+        _finish(span, ctx, failure)
+
+    def begin_batch(self, contexts: Sequence[Context]) -> object:
+        if not self.tracing.active():
+            return None
+        first = contexts[0]
+        links = [Link(parent) for ctx in contexts
+                 if (parent := self.tracing.parent_of(ctx.envelope)[0]) is not None]
+        attributes = dict(self._base(first.topic, first.group))
+        attributes["messaging.batch.message_count"] = len(contexts)
+        span = self.tracing.tracer.start_span(f"process {first.topic}", context=_ROOT,
+                                              kind=SpanKind.CONSUMER, attributes=attributes,
+                                              links=links)
+        return (span, otel_context.attach(trace.set_span_in_context(span)))
+
+    def end_batch(self, contexts: Sequence[Context], mark: object, failed: Collection[int],
+                  failure: BaseException | None) -> None:
+        if mark is None:
+            return
+        span: Span
+        token: object
+        span, token = mark  # type: ignore[misc]
+        otel_context.detach(token)  # type: ignore[arg-type]
+        if failed:
+            span.set_attribute("eventbus.batch.failed_count", len(failed))
+        if failure is not None:
+            # The failed events are handled again one by one, each in a span of its own.
+            _failed(span, failure, record=True)
+        span.end()
+
+    def undecodable(self, delivery: Delivery, dead_lettered: bool) -> None:
+        if not self.tracing.active():
+            return
+        attributes = dict(self._base(delivery.topic, delivery.group))
+        if delivery.message_id:
+            attributes["messaging.message.id"] = delivery.message_id
+        span = self.tracing.tracer.start_span(f"process {delivery.topic}", context=_ROOT,
+                                              kind=SpanKind.CONSUMER, attributes=attributes)
+        reason = f"undecodable: {delivery.decode_error}"
+        span.add_event("eventbus.dead_letter" if dead_lettered else "eventbus.rejected",
+                       {"eventbus.reason": reason})
+        span.set_attribute("error.type", "DecodeError")
+        span.set_attribute("eventbus.outcome", "dead_lettered" if dead_lettered else "error")
+        span.set_status(Status(StatusCode.ERROR, reason))
+        span.end()
+
+
+def _finish(span: Span, ctx: Context, failure: BaseException | None) -> None:
+    """Events for what happened, the outcome and the status; then end ``span``."""
+    found = incidents(ctx)
+    for incident in found:
+        attributes: dict[str, Any] = {"eventbus.reason": incident.reason,
+                                      "eventbus.attempt": incident.attempt,
+                                      "error.type": incident.error_type}
+        if incident.delay is not None:
+            attributes["eventbus.delay_seconds"] = incident.delay
+        if incident.target is not None:
+            attributes["eventbus.dead_letter.topic"] = incident.target
+        span.add_event(f"eventbus.{incident.kind}", attributes, timestamp=incident.at)
+    ended = outcome(ctx, failure)
+    span.set_attribute("eventbus.outcome", ended)
+    if ended == "dead_lettered":
+        dead = dead_lettered(ctx)
+        assert dead is not None
+        span.set_attribute("error.type", dead.error_type)
+        span.set_status(Status(StatusCode.ERROR, dead.reason))
+    elif ended == "redelivery":
+        assert failure is not None
+        if not any(incident.kind == "redelivery" for incident in found):
+            # Asked for by another step (an idempotency lease held elsewhere).
+            span.add_event("eventbus.redelivery", {"eventbus.reason": str(failure)})
+        _failed(span, failure.__cause__ or failure, record=False)
+    elif ended == "error":
+        assert failure is not None
+        _failed(span, failure, record=True)
+    elif ended == "cancelled":
+        span.add_event("eventbus.cancelled", {"eventbus.reason": "the bus is stopping"})
+    span.end()
+
+
+def _failed(span: Span, failure: BaseException, *, record: bool) -> None:
+    if record:
+        span.record_exception(failure)
+    span.set_attribute("error.type", type(failure).__name__)
+    span.set_status(Status(StatusCode.ERROR, f"{type(failure).__name__}: {failure}"))
+
+
+class SendSpans:
+    """The producer side of :class:`Tracing` on one bus: publish middleware making a
+    ``send`` span per publish and writing its context into the envelopes."""
+
+    def __init__(self, tracing: Tracing, system: str) -> None:
+        self.tracing = tracing
+        self.system = system
+        self._bases: dict[str, dict[str, Any]] = {}
+
+    def _base(self, topic: str) -> dict[str, Any]:
+        base = self._bases.get(topic)
+        if base is None:
+            if len(self._bases) > 1000:  # topics made up per message: keep it bounded
+                self._bases.clear()
+            base = self._bases[topic] = {
+                "messaging.system": self.system,
+                "messaging.destination.name": topic,
+                "messaging.operation.type": "send",
+                "messaging.operation.name": "publish",
+            }
+        return base
+
+    async def __call__(self, topic: str, envelopes: Sequence[Envelope],
+                       call_next: PublishNext) -> None:
+        tracing = self.tracing
+        if not envelopes or not tracing.active():
+            await call_next(topic, envelopes)
+            return
+        current = trace.get_current_span().get_span_context()
+        first = envelopes[0]
+        links: list[Link] = []
+        if current.is_valid:
+            parent_context = None  # the current span's
+            if tracing.respect_parent_sampling and not current.trace_flags.sampled:
+                await call_next(topic, self._stamp(envelopes, current))
+                return
+            carried = tracing.parent_of(first)[0]
+            if carried is not None and carried.trace_id != current.trace_id:
+                links.append(Link(carried))  # built in another trace (a saga's held message)
+        else:
+            carried, parent_context = tracing.parent_of(first)
+            if (carried is not None and not carried.trace_flags.sampled
+                    and tracing.respect_parent_sampling):
+                await call_next(topic, envelopes)  # they carry it already
+                return
+        span = tracing.tracer.start_span(f"send {topic}", context=parent_context,
+                                         kind=SpanKind.PRODUCER, attributes=self._base(topic),
+                                         links=links)
+        if span.is_recording():
+            attributes: dict[str, Any]
+            if len(envelopes) == 1:
+                attributes = {"messaging.message.id": first.id,
+                              "eventbus.event.type": first.type}
+                if first.correlationid:
+                    attributes["messaging.message.conversation_id"] = first.correlationid
+            else:
+                attributes = {"messaging.batch.message_count": len(envelopes)}
+            span.set_attributes(attributes)
+        context = span.get_span_context()
+        try:
+            await call_next(topic, self._stamp(envelopes, context) if context.is_valid
+                            else envelopes)
+        except BaseException as exc:
+            _failed(span, exc, record=True)
+            span.end()
+            raise
+        span.end()
+
+    @staticmethod
+    def _stamp(envelopes: Sequence[Envelope], context: SpanContext) -> list[Envelope]:
+        traceparent, tracestate = _traceparent(context)
+        return [_stamped(envelope, traceparent, tracestate) for envelope in envelopes]
