@@ -10,9 +10,6 @@ adapter; this proves the behaviour behind three of them, on each broker:
   ``ConfigurationError``: the subscription gives up at once, visibly).
 - ``XAdapter(settings=..., client=...)``: a client configured by the application is
   used as it is and left open when the adapter closes.
-
-NATS and Redis move onto the vocabulary on r20-tk2: their cases are marked
-``xfail(strict=True)`` here until then.
 """
 
 from __future__ import annotations
@@ -32,8 +29,6 @@ from integration_tests import harness
 
 pytestmark = pytest.mark.timeout(180)
 WAIT = 30.0
-
-NOT_YET = pytest.mark.xfail(strict=True, reason="moved by tk2")
 
 
 def broker_url(name: str) -> str:
@@ -88,8 +83,7 @@ class Seen:
 # -- start_from ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["kafka", pytest.param("nats", marks=NOT_YET),
-                                  pytest.param("redis", marks=NOT_YET)])
+@pytest.mark.parametrize("name", ["kafka", "nats", "redis"])
 def test_the_subscription_wins_over_the_url_and_the_url_is_the_default(name: str) -> None:
     """On a broker with replay: with ``start_from=earliest`` in the URL a new group that
     gives none reads what was published before it, one that says ``latest`` does not;
@@ -160,11 +154,10 @@ def test_sqs_refuses_earliest_whichever_side_asked() -> None:
 # -- provision=false -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["kafka", "rabbitmq", "sqs", pytest.param("nats", marks=NOT_YET),
-                                  pytest.param("redis", marks=NOT_YET)])
+@pytest.mark.parametrize("name", ["kafka", "rabbitmq", "sqs", "nats", "redis"])
 def test_provision_false_refuses_a_missing_resource(name: str) -> None:
     """Nothing is created: subscribing to a topic nobody made is a ProvisioningError
-    naming it; so is publishing to one, where the broker needs the topic to exist."""
+    naming it; so is publishing to one."""
 
     async def scenario() -> None:
         adapter = adapter_from_url(with_options(broker_url(name), provision="false"))
@@ -174,9 +167,8 @@ def test_provision_false_refuses_a_missing_resource(name: str) -> None:
             with pytest.raises(ProvisioningError) as raised:
                 await adapter.subscribe(topic, SubscribeOptions(group=unique("g")))
             assert "provision" in str(raised.value)
-            if name in ("kafka", "rabbitmq", "sqs"):
-                with pytest.raises(ProvisioningError):
-                    await adapter.publish(topic, [envelope(5)])
+            with pytest.raises(ProvisioningError):
+                await adapter.publish(topic, [envelope(5)])
         finally:
             await adapter.close()
 
@@ -239,8 +231,7 @@ async def _given_client(name: str, url: str) -> tuple[Any, Callable[[], Awaitabl
     return redis, pings, redis.aclose
 
 
-@pytest.mark.parametrize("name", ["kafka", "rabbitmq", "sqs", pytest.param("nats", marks=NOT_YET),
-                                  pytest.param("redis", marks=NOT_YET)])
+@pytest.mark.parametrize("name", ["kafka", "rabbitmq", "sqs", "nats", "redis"])
 def test_a_given_client_is_used_as_it_is_and_left_open(name: str) -> None:
     """``XAdapter(settings=..., client=...)``: a round trip through the adapter on the
     application's client, which still works after the adapter closed."""

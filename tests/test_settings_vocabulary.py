@@ -31,7 +31,6 @@ class Broker:
     url: str  # no TLS, no query yet
     tls_url: str  # TLS selected by the scheme or an option
     delay_tiers: bool = False  # has delay queues/topics (Kafka, RabbitMQ)
-    moved_by_tk2: bool = False  # NATS and Redis move onto the vocabulary on r20-tk2
 
     def with_query(self, query: str, *, tls: bool = False) -> str:
         base = self.tls_url if tls else self.url
@@ -41,22 +40,11 @@ class Broker:
 BROKERS = [
     Broker("kafka", "kafka://k:9092", "kafka://k:9092?security_protocol=SSL", delay_tiers=True),
     Broker("rabbitmq", "amqp://h/", "amqps://h/", delay_tiers=True),
-    Broker("nats", "nats://h:4222", "nats://h:4222?tls=true", moved_by_tk2=True),
-    Broker("redis", "redis+streams://h:6379/0", "rediss+streams://h:6379/0",
-           moved_by_tk2=True),
+    Broker("nats", "nats://h:4222", "nats://h:4222?tls=true"),
+    Broker("redis", "redis+streams://h:6379/0", "rediss+streams://h:6379/0"),
     Broker("sqs", "sqs://127.0.0.1:5000?region=us-east-1",
            "sqs://127.0.0.1:5000?region=us-east-1&endpoint_scheme=https"),
 ]
-# Cases that hold for NATS and Redis only once r20-tk2 moved them (strict: an xfail
-# that starts passing fails, so the marks are removed as the adapters move).
-NOT_YET: dict[str, set[str]] = {
-    "nats": {"adapter_start_from", "tls_names", "tls_needs_tls", "tls_verify", "client_name",
-             "provision", "deprecated", "settings_and_client"},
-    "redis": {"adapter_start_from", "tls_names", "tls_needs_tls", "tls_half_certificate",
-              "tls_verify", "provision", "deprecated", "seconds", "settings_and_client"},
-    "nats+core": {"start_from_everywhere"},
-    "redis-pubsub": {"start_from_everywhere"},
-}
 # The schemes of a broker without replay besides its main one: start_from is accepted
 # there too (a new group starts with what is published once it exists).
 OTHER_SCHEMES = [
@@ -66,13 +54,9 @@ OTHER_SCHEMES = [
 
 
 def each(case: str, brokers: list[Broker] = BROKERS) -> list[Any]:
-    """``brokers`` as parameters, the ones not moved yet for ``case`` marked xfail."""
-    params = []
-    for broker in brokers:
-        marks = [pytest.mark.xfail(strict=True, reason="moved by tk2")] if (
-            case in NOT_YET.get(broker.name, set())) else []
-        params.append(pytest.param(broker, id=broker.name, marks=marks))
-    return params
+    """``brokers`` as the parameters of the test of ``case``, each named after its broker
+    (``case`` names what a test proves, for the reader and for ``-k``)."""
+    return [pytest.param(broker, id=broker.name) for broker in brokers]
 
 
 def build(url: str) -> Adapter:

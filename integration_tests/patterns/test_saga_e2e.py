@@ -53,13 +53,13 @@ def broker_url(name: str) -> str:
     if name == "kafka" and endpoint.flavour != "tansu":
         # A killed member holds its partitions until its session expires: keep that
         # short (Apache Kafka's minimum session timeout is 6 s by default).
-        return f"{url}{join}session_timeout_ms=6000&heartbeat_interval_ms=1000"
+        return f"{url}{join}session_timeout=6&heartbeat_interval=1"
     if name == "nats":
         return f"{url}{join}ack_wait=2"
     if name == "redis":
         parts = urlsplit(url)
         url = urlunsplit(parts._replace(scheme="redis+streams"))
-        return f"{url}{join}claim_idle_ms=1500&claim_interval_ms=200"
+        return f"{url}{join}claim_idle=1.5&claim_interval=0.2"
     if name == "sqs":
         os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
         os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")

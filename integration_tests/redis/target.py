@@ -93,7 +93,7 @@ def redis_target(name: str, scale: float = 1.0) -> BrokerTarget:
     streams = name == "redis-streams"
     if streams:
         # Reclaim quickly what a dropped consumer held, so cases stay short.
-        url += f"?claim_idle_ms={int(CLAIM_IDLE_S * 1000)}&claim_interval_ms=200"
+        url += f"?claim_idle={CLAIM_IDLE_S:g}&claim_interval=0.2"
     restart = getattr(proc, "restart", None)
     return BrokerTarget(
         name=name,

@@ -50,10 +50,10 @@ async def next_delivery(subscription: Subscription, timeout: float = 10.0) -> De
     ("redis://h/0?maxlen=5", ["maxlen", "Streams"]),
     ("redis+streams://h/0?sharded=true", ["sharded", "Pub/Sub"]),
     ("redis+streams://h/0?maxlen=-1", ["maxlen", ">= 0"]),
-    ("redis+streams://h/0?block_ms=soon", ["block_ms", "integer"]),
+    ("redis+streams://h/0?block=soon", ["block", "seconds"]),
     ("redis://h/0?sharded=maybe", ["sharded", "'true' or 'false'"]),
-    ("redis://h/0?ssl_ca_certs=/ca.pem", ["ssl_ca_certs", "rediss://"]),
-    ("rediss://h/0?ssl_cert_reqs=sometimes", ["ssl_cert_reqs", "required"]),
+    ("redis://h/0?tls_ca=/ca.pem", ["tls_ca", "rediss://"]),
+    ("rediss://h/0?tls_verify=sometimes", ["tls_verify", "true or false"]),
     ("redis+streams://h/abc", ["database", "number"]),
     ("redis+streams://h/0?start_from=middle", ["start_from", "earliest"]),
     ("redis://h/0?connect_timeout=nan", ["connect_timeout", ">= 0.1"]),
@@ -70,8 +70,8 @@ def test_bad_settings_fail_with_one_line_naming_the_option(url: str, words: list
 
 
 def test_a_blank_option_is_no_option_and_the_last_value_counts() -> None:
-    settings = RedisSettings.from_url("redis+streams://h/0?maxlen=&block_ms=x&block_ms=50")
-    assert (settings.maxlen, settings.block_ms) == (1_000_000, 50)
+    settings = RedisSettings.from_url("redis+streams://h/0?maxlen=&block=x&block=0.05")
+    assert (settings.maxlen, settings.block) == (1_000_000, 0.05)
 
 
 @pytest.mark.parametrize(("url", "bound"), [
@@ -80,7 +80,7 @@ def test_a_blank_option_is_no_option_and_the_last_value_counts() -> None:
     ("redis://h/0?ping_interval=1&ping_timeout=0.5&connect_timeout=1", 1.5),
     ("redis://h/0?ping_interval=inf", None),  # no ping: nothing noticed
     ("redis+streams://h/0", 10.0),  # read_timeout: socket_timeout
-    ("redis+streams://h/0?block_ms=200&socket_timeout=1", 5.2),  # block_ms + 5 s
+    ("redis+streams://h/0?block=0.2&socket_timeout=1", 5.2),  # block + 5 s
 ])
 def test_half_open_bound_follows_the_settings(url: str, bound: float | None) -> None:
     assert adapter_from_url(url).capabilities.half_open_bound == pytest.approx(bound)
@@ -233,7 +233,7 @@ def test_a_dead_consumers_entries_are_reclaimed_after_the_idle_time(
     async def scenario() -> None:
         topic = name("reclaim")
         raw = Redis.from_url(redis_url)
-        adapter = RedisStreamsAdapter(f"{streams_url}?claim_idle_ms=500&claim_interval_ms=100")
+        adapter = RedisStreamsAdapter(f"{streams_url}?claim_idle=0.5&claim_interval=0.1")
         await adapter.connect()
         try:
             await raw.xgroup_create(topic, "g", id="0", mkstream=True)
@@ -363,7 +363,7 @@ def test_pubsub_subscribers_come_back_after_the_connection_drops(redis_url: str)
 
 
 def test_concurrent_publishes_share_one_round_trip() -> None:
-    from eventbus_redis.pipeline import Batcher
+    from eventbus_redis.publish import pipeline_batcher
 
     class Pipe:
         def __init__(self) -> None:
@@ -383,9 +383,9 @@ def test_concurrent_publishes_share_one_round_trip() -> None:
     pipes: list[Pipe] = []
 
     async def scenario() -> None:
-        batcher = Batcher(Client())  # type: ignore[arg-type]
+        batcher = pipeline_batcher(Client())  # type: ignore[arg-type]
         replies = await asyncio.gather(*(
-            batcher.run([lambda p, i=i: p.echo(f"a{i}"), lambda p, i=i: p.echo(f"b{i}")])
+            batcher.submit([lambda p, i=i: p.echo(f"a{i}"), lambda p, i=i: p.echo(f"b{i}")])
             for i in range(5)))
         assert replies == [[f"a{i}", f"b{i}"] for i in range(5)]
         assert len(pipes) == 1
@@ -420,7 +420,7 @@ def test_acks_are_confirmed_by_close_and_unsettled_entries_come_back_at_once(
     async def scenario() -> None:
         topic = name("handback")
         raw = Redis.from_url(redis_url)
-        first = RedisStreamsAdapter(streams_url)  # claim_idle_ms 30 s: no early reclaim
+        first = RedisStreamsAdapter(streams_url)  # claim_idle 30 s: no early reclaim
         second = RedisStreamsAdapter(streams_url)
         await first.connect()
         await second.connect()
@@ -438,7 +438,7 @@ def test_acks_are_confirmed_by_close_and_unsettled_entries_come_back_at_once(
             again = await next_delivery(taker)
             assert again.envelope is not None and unsettled.envelope is not None
             assert again.envelope.id == unsettled.envelope.id and again.attempt == 2
-            assert time.monotonic() - started < 5, "waited for claim_idle_ms instead"
+            assert time.monotonic() - started < 5, "waited for claim_idle instead"
         finally:
             await raw.delete(topic)
             await raw.aclose()
@@ -510,7 +510,7 @@ def test_pubsub_reads_a_structured_event_written_by_the_cloudevents_sdk(redis_ur
     ("SET", "k", memoryview(b"v")),
 ])
 def test_the_fast_packer_writes_what_redis_py_writes(args: tuple[Any, ...]) -> None:
-    from eventbus_redis.client import FastConnection
+    from eventbus_redis.connection import FastConnection
     from redis.asyncio.connection import Connection
 
     assert b"".join(FastConnection().pack_command(*args)) == b"".join(

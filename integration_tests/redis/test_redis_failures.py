@@ -53,14 +53,14 @@ async def eventually(check: Callable[[], Awaitable[bool]], within: float,
 def test_a_failed_nack_lets_the_entry_go_and_frees_its_prefetch_slot(redis_url: str) -> None:
     """The handler fails while Redis is unreachable for longer than redis-py's retries
     (~7 s), so the nack's ZADD fails. The entry must come back once Redis does (reclaimed
-    after claim_idle_ms), and with one prefetch slot a later message is handled too."""
+    after claim_idle), and with one prefetch slot a later message is handled too."""
 
     async def scenario() -> None:
         proxy = FaultProxy("127.0.0.1", port_of(redis_url)).start()
         topic = name("nack")
         event = on_topic(Ping, topic)
         url = (f"redis+streams://127.0.0.1:{proxy.port}/0"
-               "?claim_idle_ms=1000&claim_interval_ms=200&block_ms=200")
+               "?claim_idle=1&claim_interval=0.2&block=0.2")
         bus = EventBus.from_url(url, source="tests", prefetch_per_worker=1,
                                 retry=RetryPolicy(max_attempts=5, in_process_attempts=1,
                                                   initial_delay=0.1, max_delay=0.1))
@@ -168,7 +168,7 @@ def test_a_streams_read_on_a_silent_connection_does_not_hang(
         topic = name("silent-read")
         event = on_topic(Ping, topic)
         consumer = EventBus.from_url(
-            f"redis+streams://127.0.0.1:{proxy.port}/0?block_ms=200&socket_timeout=1",
+            f"redis+streams://127.0.0.1:{proxy.port}/0?block=0.2&socket_timeout=1",
             source="tests")
         publisher = EventBus.from_url(streams_url, source="tests")
         got: list[int] = []
@@ -212,7 +212,7 @@ def test_a_group_deleted_underneath_is_created_again_where_it_was(
     async def scenario() -> None:
         topic = name(f"deleted-{deletion}")
         event = on_topic(Ping, topic)
-        bus = EventBus.from_url(f"{streams_url}?block_ms=200", source="tests")
+        bus = EventBus.from_url(f"{streams_url}?block=0.2", source="tests")
         got: list[int] = []
 
         @bus.subscribe(event, group="g")
@@ -254,13 +254,13 @@ def test_a_group_deleted_underneath_is_created_again_where_it_was(
 def test_backlog_counts_what_the_group_could_be_given_now(
     streams_url: str, redis_url: str
 ) -> None:
-    """Undelivered entries (lag), pending entries idle past claim_idle_ms, due delayed
+    """Undelivered entries (lag), pending entries idle past claim_idle, due delayed
     retries; not entries held by a live consumer nor delayed retries still waiting.
     A deleted group raises TopicNotFoundError."""
 
     async def scenario() -> None:
         topic = name("backlog")
-        adapter = RedisStreamsAdapter(f"{streams_url}?claim_idle_ms=300")
+        adapter = RedisStreamsAdapter(f"{streams_url}?claim_idle=0.3")
         raw = Redis.from_url(redis_url)
         await adapter.connect()
         try:

@@ -5,6 +5,10 @@ Example::
     adapter = NatsAdapter("nats://localhost:4222?ack_wait=60")
     await adapter.connect()
     await adapter.publish("orders", [envelope])
+
+    # Or with settings made in code and a nats-py client of your own (connected by
+    # you, used as it is, never closed by the adapter):
+    adapter = NatsAdapter(settings=NatsSettings(servers=("n1:4222",)), client=nc)
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from dataclasses import replace
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import RawStreamMsg
-from nats.js.errors import APIError, NotFoundError
+from nats.js.errors import NotFoundError
 
 from eventbus.adapter import (
     Adapter,
@@ -28,41 +32,45 @@ from eventbus.adapter import (
     SubscribeOptions,
     Subscription,
 )
+from eventbus.adapters_util import map_exceptions
 from eventbus.envelope import Envelope
-from eventbus.errors import (
-    BrokerConnectionError,
-    TopicNotFoundError,
-)
+from eventbus.errors import BrokerConnectionError, TopicNotFoundError
 from eventbus.group_route import ROUTE_PREFETCH, WithGroupRoute
 
 from .codec import decode
-from .connection import close_quietly, message_limit, open_connection
+from .connection import CONNECTION_ERRORS, Connection, message_limit
 from .consumer import JetStreamSubscription
 from .group_route import GroupRoutes
-from .keeper import ConsumerKeeper
-from .provision import Provisioner, check_subject
-from .publish import CONNECTION_ERRORS, JetStreamPublisher
-from .settings import NatsSettings
+from .provision import ConsumerKeeper, Provisioner, check_subject
+from .publish import JetStreamPublisher
+from .settings import NatsSettings, settings_from
 from .wire import parse_header_lines
 
 log = logging.getLogger("eventbus.nats")
 
+
 class NatsAdapter(Adapter):
     """NATS JetStream through nats-py: ``nats://host:4222[,host:port][?options]``.
 
-    See ``docs/adapters/nats.md`` for every option and the delivery guarantees.
+    ``NatsAdapter(url)``, or ``NatsAdapter(settings=NatsSettings(...), client=nc)``:
+    settings made in code and, optionally, a nats-py client you configured and
+    connected yourself, used as it is and never closed by the adapter. See
+    ``docs/adapters/nats.md`` for every option and the delivery guarantees.
     """
 
     schemes = ("nats",)
 
-    def __init__(self, url: str) -> None:
-        super().__init__(url)
-        self.settings = NatsSettings.from_url(url)
-        if not self.settings.jetstream:
+    def __init__(self, url: str | None = None, *, settings: NatsSettings | None = None,
+                 client: Client | None = None) -> None:
+        s = settings_from(url, settings, type(self).__name__)
+        super().__init__(s.url or s.masked_url)
+        self.settings = s
+        if not s.jetstream:
             raise BrokerConnectionError(  # the registry maps nats+core to NatsCoreAdapter
-                f"NatsAdapter is JetStream only; use NatsCoreAdapter for {self.settings.masked_url}"
+                f"NatsAdapter is JetStream only; use NatsCoreAdapter for {s.masked_url}"
             )
-        s = self.settings
+        self.start_from = s.start_from
+        self._connection = Connection(s, client, "JetStream adapter")
         self.capabilities = Capabilities(
             persistent=True,
             consumer_groups=True,
@@ -83,17 +91,15 @@ class NatsAdapter(Adapter):
             lease=True,
             # PINGs every ping_interval; max_pings_out unanswered in a row mark the
             # connection stale: nats-py drops it and reconnects (health() fails meanwhile).
-            half_open_bound=self.settings.half_open_bound,
+            half_open_bound=self._connection.half_open_bound(),
             browse=True,
             group_route=True,
             raw_publish=True,
         )
-        self._client: Client | None = None
         self._js: JetStreamContext | None = None
         self._provisioner = Provisioner(s)
         self._routes = GroupRoutes(s)
         self._subscriptions: set[JetStreamSubscription] = set()
-        self._connect_lock = asyncio.Lock()
         self._background: set[asyncio.Task[None]] = set()
         self.publisher = JetStreamPublisher(self)
         self.keeper = ConsumerKeeper(self)
@@ -101,12 +107,7 @@ class NatsAdapter(Adapter):
     @property
     def client(self) -> Client:
         """The connection (after :meth:`connect`)."""
-        if self._client is None:
-            raise BrokerConnectionError(
-                f"the NATS adapter for {self.settings.masked_url} is not connected; call "
-                "connect() (or start the bus) first"
-            )
-        return self._client
+        return self._connection.client
 
     # -- connection --------------------------------------------------------------------
 
@@ -115,31 +116,31 @@ class NatsAdapter(Adapter):
         await self._ready()
 
     async def _ready(self) -> JetStreamContext:
-        if self._js is not None:
+        if self._js is not None and self._connection.is_open:
             return self._js
-        async with self._connect_lock:
-            if self._js is not None:
-                return self._js
-            s = self.settings
-            client = await open_connection(s, "JetStream adapter")
-            js = client.jetstream(timeout=s.request_timeout)
-            try:
-                await js.account_info()
-            except Exception as exc:
-                await close_quietly(client)
-                raise BrokerConnectionError(
-                    f"NATS at {s.masked_url} answered but JetStream did not "
-                    f"({type(exc).__name__}: {exc}); start nats-server with -js, or use "
-                    "nats+core:// for core NATS (at-most-once)"
-                ) from exc
-            self.capabilities = replace(
-                self.capabilities,
-                max_message_bytes=message_limit(s, client, "JetStream adapter"))
-            self._client, self._js = client, js
-            return js
+        await self._connection.open(self._check_jetstream)
+        assert self._js is not None
+        return self._js
+
+    async def _check_jetstream(self, client: Client) -> None:
+        """JetStream answers on ``client``; the server's limits are learnt."""
+        s = self.settings
+        js = client.jetstream(timeout=s.request_timeout)
+        with map_exceptions(
+            {Exception: BrokerConnectionError},
+            what=f"asking JetStream for the account at {s.masked_url}",
+            hint="NATS answered but JetStream did not: start nats-server with -js, or use "
+                 "nats+core:// for core NATS (at-most-once)",
+        ):
+            await js.account_info()
+        self.capabilities = replace(
+            self.capabilities, max_message_bytes=message_limit(s, client, "JetStream adapter"),
+            half_open_bound=self._connection.half_open_bound(client))
+        self._js = js
 
     async def close(self) -> None:
-        """Close every subscription (giving back what it holds), then the connection."""
+        """Close every subscription (giving back what it holds), then the connection
+        (unless it is a client the user gave)."""
         # Together: each waits up to fetch_timeout for its open pull requests.
         subscriptions = list(self._subscriptions)
         results = await asyncio.gather(*(sub.close() for sub in subscriptions),
@@ -151,9 +152,9 @@ class NatsAdapter(Adapter):
         self._subscriptions.clear()
         for task in self._background:
             task.cancel()
-        client, self._client, self._js = self._client, None, None
-        if client is not None:
-            await close_quietly(client)
+        self._js = None
+        await self.publisher.close()
+        await self._connection.close()
 
     async def health(self) -> HealthReport:
         """Ask JetStream for the account info (one round trip, at most a second)."""
@@ -203,15 +204,9 @@ class NatsAdapter(Adapter):
         """Join ``options.group`` (a durable pull consumer, created from ``start_from``
         if new) on ``topic``'s stream; returns once the consumer exists."""
         js = await self._ready()
-        stream = await self.publisher.ensure_stream(js, topic)
-        start_from = self.settings.start_from or options.start_from
-        try:
-            how = await self._provisioner.ensure_consumer(js, stream, options.group, start_from)
-        except (APIError, *CONNECTION_ERRORS) as exc:
-            raise BrokerConnectionError(
-                f"cannot create the consumer of group {options.group!r} on stream {stream!r} "
-                f"at {self.settings.masked_url}: {type(exc).__name__}: {exc}"
-            ) from exc
+        stream = await self._provisioner.ensure_stream(js, topic)
+        how = await self._provisioner.ensure_consumer(js, stream, options.group,
+                                                      options.start_from)
         consumer = self._provisioner.consumer_name(options.group)
         if how is not None:
             log.debug("JetStream consumer %r of group %r on stream %r created %s", consumer,
@@ -230,14 +225,7 @@ class NatsAdapter(Adapter):
     async def _subscribe_route(self, js: JetStreamContext, topic: str,
                                options: SubscribeOptions) -> JetStreamSubscription:
         """The group's member on its route (what :meth:`publish_to_group` sent it)."""
-        try:
-            consumer = await self._routes.ensure_consumer(js, topic, options.group)
-        except (APIError, *CONNECTION_ERRORS) as exc:
-            raise BrokerConnectionError(
-                f"cannot create the route consumer of group {options.group!r} of topic "
-                f"{topic!r} on stream {self._routes.stream!r} at "
-                f"{self.settings.masked_url}: {type(exc).__name__}: {exc}"
-            ) from exc
+        consumer = await self._routes.ensure_consumer(js, topic, options.group)
         route = JetStreamSubscription(self, topic, self._routes.stream, consumer, options)
         await route.start()
         self._subscriptions.add(route)
@@ -258,29 +246,25 @@ class NatsAdapter(Adapter):
         js = await self._ready()
         check_subject(topic)
         name = self._provisioner.stream_name(topic)
-        try:
-            info = await js.stream_info(name)
-        except NotFoundError:
-            raise TopicNotFoundError(
-                f"topic {topic!r} has no JetStream stream ({name!r}) on NATS at "
-                f"{self.settings.masked_url}: check the name (reading creates nothing)"
-            ) from None
         records: list[ReadRecord] = []
-        first, last = info.state.first_seq, info.state.last_seq
-        seq = first
-        while seq <= last and (limit is None or len(records) < limit) and info.state.messages:
-            try:
-                raw = await js.get_msg(name, seq)
-            except NotFoundError:  # deleted or expired meanwhile
+        with map_exceptions(
+            {NotFoundError: (TopicNotFoundError, "check the name (reading creates nothing)"),
+             CONNECTION_ERRORS: BrokerConnectionError},
+            what=f"reading topic {topic!r} (JetStream stream {name!r}) on NATS at "
+                 f"{self.settings.masked_url}",
+        ):
+            info = await js.stream_info(name)
+            seq, last = info.state.first_seq, info.state.last_seq
+            while seq <= last and (limit is None or len(records) < limit) and info.state.messages:
+                try:
+                    raw = await js.get_msg(name, seq)
+                except NotFoundError:  # deleted or expired meanwhile
+                    seq += 1
+                    continue
+                decoded = decode(_headers_of(raw), raw.data or b"")
+                records.append(ReadRecord(topic, f"{name}/{seq}", decoded.envelope,
+                                          decoded.raw, decoded.error))
                 seq += 1
-                continue
-            envelope, error = decode(_headers_of(raw), raw.data or b"")
-            message_id = f"{name}/{seq}"
-            if envelope is None:
-                records.append(ReadRecord(topic, message_id, None, raw.data or b"", error))
-            else:
-                records.append(ReadRecord(topic, message_id, envelope))
-            seq += 1
         return records
 
 

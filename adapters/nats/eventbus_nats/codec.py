@@ -25,6 +25,7 @@ from collections.abc import Mapping
 from urllib.parse import quote, unquote_to_bytes
 
 from eventbus import codec
+from eventbus.adapter import Decoded
 from eventbus.envelope import Envelope
 from eventbus.errors import ConfigurationError, DecodeError, MessageTooLargeError
 
@@ -75,16 +76,17 @@ def encode_block(envelope: Envelope, msg_id: str | None) -> tuple[bytes, bytes]:
     return header_block(headers), body
 
 
-def decode(headers: dict[str, str] | None, body: bytes) -> tuple[Envelope | None, str | None]:
-    """The envelope of a message, or ``None`` and why it cannot be read.
+def decode(headers: dict[str, str] | None, body: bytes) -> Decoded:
+    """The envelope of a message; for one that cannot be read, why, and its body and
+    headers as they arrived (:func:`raw_headers`), which its dead letter keeps.
 
     ``headers`` is the message's own dict (nats-py builds one per message):
     ``Nats-Msg-Id`` is removed from it in place; nothing else is changed.
     """
     try:
-        return _decode(headers, body), None
+        return Decoded(_decode(headers, body))
     except Exception as exc:  # DecodeError, or a value the envelope refuses
-        return None, f"{type(exc).__name__}: {exc}"
+        return Decoded(None, f"{type(exc).__name__}: {exc}", body, raw_headers(headers))
 
 
 def _decode(headers: dict[str, str] | None, body: bytes) -> Envelope:

@@ -1,8 +1,15 @@
-"""One nats-py connection per adapter: options, fail-fast connect, safe close.
+"""One nats-py connection per adapter: options, fail-fast connect, safe close, and
+what a client's errors mean.
 
 nats-py reconnects by itself after a dropped connection (forever, every
 ``reconnect_time_wait``) and re-creates its subscriptions, so neither adapter
-has to; the initial connect, in contrast, fails fast with the masked URL.
+has to; the initial connect, in contrast, fails fast with the masked URL. A
+client the user configured (``NatsAdapter(settings=..., client=...)``) is used as
+it is: its own options and callbacks, never closed by the adapter.
+
+:data:`CONNECTION_ERRORS` and :func:`jetstream_errors` say, for
+:func:`eventbus.adapters_util.map_exceptions`, which client errors are the server
+out of reach (retried) and which a refusal that retrying will not change.
 """
 
 from __future__ import annotations
@@ -10,39 +17,61 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import ssl
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from nats import errors as nats_errors
 from nats.aio.client import Client
+from nats.js.errors import APIError, BadRequestError
 
-from eventbus.errors import BrokerConnectionError
+from eventbus.adapters_util import Mapped, tls_context, translate
+from eventbus.errors import BrokerConnectionError, ProvisioningError
 
 from .settings import NatsSettings
 from .wire import FastClient
 
 log = logging.getLogger("eventbus.nats")
 
-def tls_context(settings: NatsSettings) -> ssl.SSLContext | None:
-    if not settings.tls:
-        return None
-    context = ssl.create_default_context(cafile=settings.tls_ca)
-    if settings.tls_cert and settings.tls_key:
-        context.load_cert_chain(settings.tls_cert, settings.tls_key)
-    return context
+CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    nats_errors.ConnectionClosedError, nats_errors.TimeoutError, nats_errors.NoRespondersError,
+    nats_errors.OutboundBufferLimitError, TimeoutError, OSError)
+"""The server out of reach: no answer, a closed connection, a full reconnect buffer."""
+
+CLIENT_ERRORS: dict[type[BaseException] | tuple[type[BaseException], ...], Mapped] = {
+    (nats_errors.Error, *CONNECTION_ERRORS): BrokerConnectionError,
+}
+"""Anything nats-py raises, as the connection failing (what core NATS sends and
+subscribes with: it has no refusal of its own)."""
 
 
-def _why(exc: BaseException, settings: NatsSettings) -> str:
-    """One phrase saying why a first connect attempt failed."""
+def jetstream_errors(exc: Exception) -> Mapped | None:
+    """What a failed JetStream API call (creating or looking up a stream or consumer)
+    means: a refusal (``400``: subjects taken by another stream, a limit reached) does
+    not change by retrying, so :class:`ProvisioningError`; anything else (no answer,
+    ``503`` while the server elects a leader, a closed connection) is the server out
+    of reach, retried as a :class:`BrokerConnectionError`."""
+    if isinstance(exc, BadRequestError):
+        return (ProvisioningError, "change what the server refused (the stream or consumer "
+                "an operator set up, or the account's limits) or the topic")
+    if isinstance(exc, APIError | nats_errors.Error | CONNECTION_ERRORS):
+        return BrokerConnectionError
+    return None
+
+
+def _why(exc: BaseException, settings: NatsSettings) -> Mapped:
+    """The error of a failed first connect, with a phrase saying why."""
     if isinstance(exc, ConnectionRefusedError):
-        return f"the connection was refused ({exc.strerror or exc}): is nats-server running there?"
+        return (BrokerConnectionError,
+                "the connection was refused: is nats-server running there?")
     if isinstance(exc, asyncio.TimeoutError | TimeoutError):
-        return (f"the server did not answer within connect_timeout={settings.connect_timeout:g}s "
+        return (BrokerConnectionError,
+                f"the server did not answer within connect_timeout={settings.connect_timeout:g}s "
                 "(it accepts TCP but does not speak NATS, or the path drops packets)")
     if isinstance(exc, nats_errors.AuthorizationError) or "authorization" in str(exc).lower():
-        return "the server refused the credentials (authorization violation)"
-    return f"{type(exc).__name__}: {exc}"
+        return (BrokerConnectionError,
+                "the server refused the credentials (authorization violation)")
+    return BrokerConnectionError
 
 
 async def open_connection(settings: NatsSettings, what: str) -> FastClient:
@@ -90,7 +119,7 @@ async def open_connection(settings: NatsSettings, what: str) -> FastClient:
 
     options: dict[str, Any] = {
         "servers": settings.server_urls(),
-        "name": settings.name,
+        "name": settings.client_name,
         "connect_timeout": settings.connect_timeout,
         "allow_reconnect": True,
         "max_reconnect_attempts": -1,
@@ -112,9 +141,9 @@ async def open_connection(settings: NatsSettings, what: str) -> FastClient:
         options["user_credentials"] = settings.creds
     if settings.nkey_seed is not None:
         options["nkeys_seed"] = settings.nkey_seed
-    context = tls_context(settings)
-    if context is not None:
-        options["tls"] = context
+    if settings.tls:
+        options["tls"] = tls_context(settings.tls_ca, settings.tls_cert, settings.tls_key,
+                                     settings.tls_verify)
     connected = False
     connecting = asyncio.ensure_future(client.connect(**options))
     failed = asyncio.ensure_future(all_failed.wait())
@@ -136,12 +165,11 @@ async def open_connection(settings: NatsSettings, what: str) -> FastClient:
         exc = connecting.exception()
     exc = first_errors[0] if first_errors else exc
     await close_quietly(client)
-    why = _why(exc, settings) if exc is not None else (
-        f"no answer within {settings.connect_timeout:g}s per server")
+    if not isinstance(exc, Exception):  # no error at all: the safety net's timeout
+        exc = TimeoutError()
     servers = "" if len(settings.servers) == 1 else f" (all {len(settings.servers)} servers failed)"
-    raise BrokerConnectionError(
-        f"cannot connect to NATS at {settings.masked_url}{servers}: {why}"
-    ) from exc
+    raise translate(exc, lambda e: _why(e, settings),
+                    what=f"connecting to NATS at {settings.masked_url}{servers}") from exc
 
 
 def message_limit(settings: NatsSettings, client: Client, what: str) -> int:
@@ -173,3 +201,70 @@ async def close_quietly(client: Client, timeout: float = 5.0) -> None:
         log.debug("closing the NATS connection was cancelled from inside the client")
     except Exception as exc:
         log.debug("closing the NATS connection failed: %s: %s", type(exc).__name__, exc)
+
+
+class Connection:
+    """An adapter's one nats-py connection: opened from the settings on first use (and
+    closed by :meth:`close`), or the client the user configured, used as it is once it
+    is connected and never closed here."""
+
+    def __init__(self, settings: NatsSettings, client: Client | None, what: str) -> None:
+        self.settings = settings
+        self.what = what
+        self._given = client
+        self._client: Client | None = None
+        self._lock = asyncio.Lock()
+
+    @property
+    def client(self) -> Client:
+        """The open connection; :class:`BrokerConnectionError` before :meth:`open`."""
+        if self._client is None:
+            raise BrokerConnectionError(
+                f"the NATS {self.what} for {self.settings.masked_url} is not connected; call "
+                "connect() (or start the bus) first")
+        return self._client
+
+    @property
+    def is_open(self) -> bool:
+        """Whether :meth:`open` has succeeded (and :meth:`close` not been called since)."""
+        return self._client is not None
+
+    async def open(self, prepare: Callable[[Client], Awaitable[None]]) -> Client:
+        """The connection, opened once (concurrent callers wait for the first); then
+        ``prepare(client)`` (check JetStream, learn the server's limits). When opening or
+        preparing fails, a connection of ours is closed again and nothing is kept."""
+        if self._client is not None:
+            return self._client
+        async with self._lock:
+            if self._client is not None:
+                return self._client
+            given = self._given
+            if given is not None and not given.is_connected:
+                raise BrokerConnectionError(
+                    f"the nats-py client given to the NATS {self.what} for "
+                    f"{self.settings.masked_url} is not connected; connect it first (the "
+                    "adapter uses it as it is)")
+            client = given if given is not None else await open_connection(
+                self.settings, self.what)
+            try:
+                await prepare(client)
+            except BaseException:
+                if given is None:
+                    await close_quietly(client)
+                raise
+            self._client = client
+            return client
+
+    async def close(self) -> None:
+        """Forget the connection; close it unless the user gave it."""
+        client, self._client = self._client, None
+        if client is not None and client is not self._given:
+            await close_quietly(client)
+
+    def half_open_bound(self, client: Client | None = None) -> float:
+        """Seconds within which a silent connection is noticed: from the given client's
+        own ping options when there is one, else from the settings'."""
+        options = getattr(client or self._given, "options", None) or {}
+        if "ping_interval" in options and "max_outstanding_pings" in options:
+            return float(options["ping_interval"]) * (int(options["max_outstanding_pings"]) + 1)
+        return self.settings.half_open_bound

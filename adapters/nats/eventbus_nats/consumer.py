@@ -15,7 +15,7 @@
   everything it holds and not settled: it comes back at once to another member.
 - A live consumer answers every expired pull request (a 408 status); when
   requests go unanswered for ``_SILENCE`` seconds, and every ``_LOOK_EVERY``
-  seconds anyway, the member has the :class:`~eventbus_nats.keeper.ConsumerKeeper`
+  seconds anyway, the member has the :class:`~eventbus_nats.provision.ConsumerKeeper`
   look at the consumer: its position is noted, and a consumer found gone is
   created again where the group was.
 """
@@ -37,9 +37,9 @@ from nats.aio.subscription import Subscription as NatsSub
 from eventbus.adapter import Delivery, SubscribeOptions, Subscription
 from eventbus.errors import ConnectionLostError
 
-from .carry import carry_over, delivered_before
-from .codec import decode, raw_headers
-from .wire import FastClient, ack_command, ack_facts
+from .codec import decode
+from .group_route import carry_over, delivered_before
+from .wire import ack_command, ack_facts, write
 
 if TYPE_CHECKING:
     from .adapter import NatsAdapter
@@ -58,18 +58,11 @@ class JetStreamDelivery(Delivery):
     __slots__ = ("_msg", "_owner", "handed_at")
 
     def __init__(self, owner: JetStreamSubscription, msg: Msg) -> None:
-        envelope, error = decode(msg.headers, msg.data)
         delivered, sequence = ack_facts(msg)
-        super().__init__(
-            topic=owner.topic,
-            group=owner.options.group,
-            envelope=envelope,
-            attempt=delivered + delivered_before(msg.headers),
-            message_id=f"{owner.stream}/{sequence}",
-            raw=None if envelope is not None else msg.data,
-            decode_error=error,
-            raw_headers=None if envelope is not None else raw_headers(msg.headers),
-        )
+        super().__init__(decode(msg.headers, msg.data), topic=owner.topic,
+                         group=owner.options.group,
+                         attempt=delivered + delivered_before(msg.headers),
+                         message_id=f"{owner.stream}/{sequence}")
         self._owner = owner
         self._msg = msg
         self.handed_at = time.monotonic()
@@ -83,7 +76,7 @@ class JetStreamDelivery(Delivery):
     async def _ack(self) -> None:
         # +ACK written straight into the connection's buffer (what Msg.ack does,
         # without its subject validation and command formatting per message).
-        await self._answer(self._owner.client.write([ack_command(self._msg.reply)], 1, 4),
+        await self._answer(write(self._owner.adapter.client, [ack_command(self._msg.reply)], 1, 4),
                            "ack")
 
     async def _nack(self, delay: float) -> None:
@@ -134,15 +127,10 @@ class JetStreamSubscription(Subscription):
         self._silence = max(2.0, 2 * (adapter.settings.fetch_timeout + _GRACE))
         self._looked_at = time.monotonic()
         self._looking: asyncio.Task[None] | None = None
-        # Messages at their last delivery, being carried over (see eventbus_nats.carry).
+        # Messages at their last delivery, being carried over (see eventbus_nats.group_route).
         self._max_deliver = adapter.settings.max_deliver
         self._carrying: deque[list[Any]] = deque()  # [msg, last kept alive]
         self._carrier: asyncio.Task[None] | None = None
-
-    @property
-    def client(self) -> FastClient:
-        """The adapter's connection (always a FastClient: see ``open_connection``)."""
-        return self.adapter.client  # type: ignore[return-value]
 
     async def start(self) -> None:
         nc = self.adapter.client

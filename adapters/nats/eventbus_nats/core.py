@@ -11,32 +11,45 @@ so and the conformance suite skips those cases with the reason. Use
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
-from collections.abc import Mapping, Sequence
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import replace
 
 from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription as NatsSub
 
 from eventbus.adapter import (
     Adapter,
     Capabilities,
+    Delivery,
     HealthReport,
     ReadRecord,
     SubscribeOptions,
     Subscription,
 )
+from eventbus.adapters_util import map_exceptions
 from eventbus.envelope import Envelope
-from eventbus.errors import BrokerConnectionError, MessageTooLargeError, TopicNotFoundError
+from eventbus.errors import (
+    BrokerConnectionError,
+    ConnectionLostError,
+    MessageTooLargeError,
+    TopicNotFoundError,
+)
 
-from .codec import check_raw_size, encode_block, raw_block
-from .connection import close_quietly, message_limit, open_connection
-from .core_consumer import CoreSubscription
+from .codec import check_raw_size, decode, encode_block, raw_block
+from .connection import CLIENT_ERRORS, Connection, message_limit
 from .provision import check_subject
-from .settings import NatsSettings
-from .wire import hpub
+from .settings import NatsSettings, settings_from
+from .wire import hpub, write
 
 log = logging.getLogger("eventbus.nats")
+
+_REPORT_EVERY = 10.0  # seconds between two lines about drops while they go on
 
 
 def _whole(seconds: float) -> int:
@@ -51,13 +64,20 @@ class NatsCoreAdapter(Adapter):
     stronger = ("nats:// (JetStream: a durable stream per topic, explicit acks and "
                 "redelivery)")
 
-    def __init__(self, url: str) -> None:
-        super().__init__(url)
-        self.settings = NatsSettings.from_url(url)
-        if self.settings.jetstream:
+    def __init__(self, url: str | None = None, *, settings: NatsSettings | None = None,
+                 client: Client | None = None) -> None:
+        """``NatsCoreAdapter(url)``, or ``NatsCoreAdapter(settings=..., client=nc)`` with
+        a nats-py client you connected yourself (used as it is, never closed here)."""
+        s = settings_from(url, settings, type(self).__name__)
+        super().__init__(s.url or s.masked_url)
+        self.settings = s
+        if s.jetstream:
             raise BrokerConnectionError(
-                f"NatsCoreAdapter is core NATS only; use NatsAdapter for "
-                f"{self.settings.masked_url}")
+                f"NatsCoreAdapter is core NATS only; use NatsAdapter for {s.masked_url}")
+        # Nothing is stored: a group gets what is published once it is subscribed,
+        # whatever start_from says.
+        self.start_from = s.start_from
+        self._connection = Connection(s, client, "core adapter")
         self.capabilities = Capabilities(
             persistent=False,  # nothing is stored: no subscriber, no message
             consumer_groups=True,  # queue groups
@@ -68,52 +88,41 @@ class NatsCoreAdapter(Adapter):
             native_dead_letter=False,
             replay=False,
             headers=True,
-            max_message_bytes=self.settings.max_message_bytes,
+            max_message_bytes=s.max_message_bytes,
             dedupe_window=None,
             reconnect=True,
             # PINGs every ping_interval; max_pings_out unanswered in a row mark the
             # connection stale: nats-py drops it and reconnects (health() fails meanwhile).
-            half_open_bound=self.settings.half_open_bound,
+            half_open_bound=self._connection.half_open_bound(),
             browse=True,
             group_route=False,
             raw_publish=True,
         )
-        self._client: Client | None = None
         self._subscriptions: set[CoreSubscription] = set()
-        self._lock = asyncio.Lock()
 
     @property
     def client(self) -> Client:
         """The connection (after :meth:`connect`)."""
-        if self._client is None:
-            raise BrokerConnectionError(
-                f"the core NATS adapter for {self.settings.masked_url} is not connected; "
-                "call connect() (or start the bus) first")
-        return self._client
+        return self._connection.client
 
     async def connect(self) -> None:
         """Connect; fail fast with the masked URL."""
         await self._ready()
 
     async def _ready(self) -> Client:
-        if self._client is not None:
-            return self._client
-        async with self._lock:
-            if self._client is None:
-                client = await open_connection(self.settings, "core adapter")
-                self.capabilities = replace(
-                    self.capabilities,
-                    max_message_bytes=message_limit(self.settings, client, "core adapter"))
-                self._client = client
-            return self._client
+        return await self._connection.open(self._learn_limits)
+
+    async def _learn_limits(self, client: Client) -> None:
+        limit = message_limit(self.settings, client, "core adapter")
+        self.capabilities = replace(self.capabilities, max_message_bytes=limit,
+                                    half_open_bound=self._connection.half_open_bound(client))
 
     async def close(self) -> None:
+        """Close every subscription, then the connection (unless the user gave it)."""
         for subscription in list(self._subscriptions):
             await subscription.close()
         self._subscriptions.clear()
-        client, self._client = self._client, None
-        if client is not None:
-            await close_quietly(client)
+        await self._connection.close()
 
     async def health(self) -> HealthReport:
         s = self.settings
@@ -166,13 +175,11 @@ class NatsCoreAdapter(Adapter):
                 f"a message of {largest} bytes to {topic!r} is over the {client.max_payload}-"
                 f"byte max_payload of the NATS server at {self.settings.masked_url}; nothing "
                 "was sent. Keep events small: reference large data by id or URL.")
-        try:
-            await client.write(commands, len(commands), size)  # type: ignore[attr-defined]
+        with map_exceptions(CLIENT_ERRORS, what=f"sending {len(commands)} message(s) to "
+                                                f"{topic!r} on NATS at {self.settings.masked_url}",
+                            hint="the server did not confirm them; publish again"):
+            await write(client, commands, len(commands), size)
             await client.flush(_whole(self.settings.publish_timeout))
-        except Exception as exc:
-            raise BrokerConnectionError(
-                f"NATS at {self.settings.masked_url} did not confirm {len(commands)} "
-                f"message(s) to {topic!r}: {type(exc).__name__}: {exc}") from exc
 
     async def publish_raw(
         self, topic: str, payload: bytes, headers: Mapping[str, bytes] | None = None
@@ -198,18 +205,164 @@ class NatsCoreAdapter(Adapter):
         """Join queue group ``options.group`` on subject ``topic``; returns once the
         server has the subscription (a message published afterwards reaches it)."""
         check_subject(topic)
-        client = await self._ready()
+        await self._ready()
         subscription = CoreSubscription(self, topic, options)
-        try:
-            await subscription.start()
-        except Exception as exc:
-            await subscription.close()
-            raise BrokerConnectionError(
-                f"cannot subscribe to {topic!r} on NATS at {self.settings.masked_url}: "
-                f"{type(exc).__name__}: {exc}") from exc
-        del client
+        with map_exceptions(CLIENT_ERRORS, what=f"subscribing to {topic!r} on NATS at "
+                                                f"{self.settings.masked_url}"):
+            try:
+                await subscription.start()
+            except BaseException:
+                await subscription.close()
+                raise
         self._subscriptions.add(subscription)
         return subscription
 
     def forget(self, subscription: CoreSubscription) -> None:
         self._subscriptions.discard(subscription)
+
+
+class CoreDelivery(Delivery):
+    """A core NATS message: there is nothing to tell the server when it is settled."""
+
+    __slots__ = ("_msg", "_owner")
+
+    def __init__(self, owner: CoreSubscription, msg: Msg, number: int, attempt: int) -> None:
+        super().__init__(decode(msg.headers, msg.data), topic=owner.topic,
+                         group=owner.options.group, attempt=attempt,
+                         message_id=f"{owner.topic}/{number}")
+        self._owner = owner
+        self._msg = msg
+
+    async def _ack(self) -> None:
+        self._owner.release()
+
+    async def _nack(self, delay: float) -> None:
+        # The server cannot redeliver (capabilities.redelivery is False, so the bus
+        # retries in process and dead-letters rather than nacking). A nack that still
+        # comes (a duplicate held back by the idempotency store) is redelivered by
+        # this subscription after ``delay``: kept in memory, lost if the process ends.
+        self._owner.release()
+        self._owner.redeliver_later(self._msg, self.attempt + 1, delay)
+
+    async def _reject(self) -> None:
+        self._owner.release()
+
+
+class CoreSubscription(Subscription):
+    """A queue-group subscription; at most ``prefetch`` deliveries unsettled, at most
+    ``pending_msgs`` / ``pending_bytes`` waiting."""
+
+    def __init__(self, adapter: NatsCoreAdapter, topic: str, options: SubscribeOptions) -> None:
+        self.adapter = adapter
+        self.topic = topic
+        self.options = options
+        self.prefetch = max(1, options.prefetch)
+        self._ready: deque[tuple[Msg, int]] = deque()
+        self.buffered_bytes = 0
+        self.dropped = 0
+        self._dropped_reported = 0
+        self._reported_at = 0.0
+        self._max_msgs = adapter.settings.pending_msgs
+        self._max_bytes = adapter.settings.pending_bytes
+        self._timers: set[asyncio.TimerHandle] = set()
+        self._unsettled = 0
+        self._count = 0
+        self._wake = asyncio.Event()
+        self._closed = False
+        self._sub: NatsSub | None = None
+
+    async def start(self) -> None:
+        client = self.adapter.client
+        # nats-py's own queue before the callback gets the same bounds (the callback
+        # only moves a message into _ready, so it stays near empty).
+        self._sub = await client.subscribe(self.topic, queue=self.options.group, cb=self._on_msg,
+                                           pending_msgs_limit=self._max_msgs,
+                                           pending_bytes_limit=self._max_bytes)
+        # The server knows of the subscription once it answered a PING sent after it.
+        await client.flush(max(1, math.ceil(self.adapter.settings.request_timeout)))
+
+    async def _on_msg(self, msg: Msg) -> None:
+        if self._closed:
+            return
+        size = len(msg.data)
+        if len(self._ready) >= self._max_msgs or self.buffered_bytes + size > self._max_bytes:
+            self.dropped += 1
+            self._report_drops()
+            return
+        self.buffered_bytes += size
+        self._ready.append((msg, 1))
+        self._wake.set()
+
+    def _report_drops(self) -> None:
+        now = time.monotonic()
+        if now - self._reported_at < _REPORT_EVERY:
+            return
+        self._reported_at = now
+        new, self._dropped_reported = self.dropped - self._dropped_reported, self.dropped
+        log.warning(
+            "core NATS subscription to %r (group %r) is slower than its publishers: %d "
+            "message(s) waiting (%d bytes; pending_msgs=%d, pending_bytes=%d), dropping %d "
+            "arrival(s) (%d in all; at-most-once: the server never sends them again); use "
+            "nats:// (JetStream) to keep them, or more members", self.topic,
+            self.options.group, len(self._ready), self.buffered_bytes, self._max_msgs,
+            self._max_bytes, new, self.dropped)
+
+    def redeliver_later(self, msg: Msg, attempt: int, delay: float) -> None:
+        """Hand ``msg`` out again after ``delay`` seconds (local, in-memory redelivery)."""
+        def due() -> None:
+            self._timers.discard(handle)
+            if not self._closed:
+                self.buffered_bytes += len(msg.data)
+                self._ready.append((msg, attempt))
+                self._wake.set()
+
+        handle = asyncio.get_running_loop().call_later(delay, due)
+        self._timers.add(handle)
+
+    def release(self) -> None:
+        self._unsettled -= 1
+        self._wake.set()
+
+    async def __aiter__(self) -> AsyncIterator[Delivery]:
+        while not self._closed:
+            if self._ready and self._unsettled < self.prefetch:
+                self._count += 1
+                self._unsettled += 1
+                msg, attempt = self._ready.popleft()
+                self.buffered_bytes -= len(msg.data)
+                yield CoreDelivery(self, msg, self._count, attempt)
+                continue
+            if self.adapter.client.is_closed:
+                raise ConnectionLostError(
+                    f"core NATS subscription to {self.topic!r} lost its connection to "
+                    f"{self.adapter.settings.masked_url}")
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(1.0):  # no task per wait (wait_for makes one)
+                    await self._wake.wait()
+
+    async def close(self) -> None:
+        """Unsubscribe; messages received and not handed out are dropped (at-most-once)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._wake.set()
+        for handle in self._timers:
+            handle.cancel()
+        if self._timers:
+            log.info("core NATS subscription to %r closed with %d nacked message(s) waiting "
+                     "for local redelivery; they are dropped (at-most-once)", self.topic,
+                     len(self._timers))
+        self._timers.clear()
+        if self._sub is not None:
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()
+        if self._ready:
+            log.info("core NATS subscription to %r closed with %d message(s) not handed "
+                     "out; they are dropped (at-most-once)", self.topic, len(self._ready))
+        if self.dropped:
+            log.info("core NATS subscription to %r dropped %d message(s) in all while it was "
+                     "slower than its publishers", self.topic, self.dropped)
+        self._ready.clear()
+        self.buffered_bytes = 0
+        self.adapter.forget(self)

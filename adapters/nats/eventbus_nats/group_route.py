@@ -16,26 +16,54 @@ alone cannot go there. It goes to the route stream instead:
 
 Server 2.9 allows one filter subject per consumer, hence a consumer per
 (topic, group) rather than one filter list on the group's topic consumer.
+
+The route also carries a message at its last delivery (``max_deliver``) over to a
+fresh copy. The server stops delivering a message once it was delivered
+``max_deliver`` times, whether or not its handler ever ran: an idempotency-store
+outage, or a consumer crashing, would use the deliveries up and the message would
+vanish, never handled and never dead-lettered. So a member that receives a
+message's last delivery does not hand it out: it publishes a copy (same headers
+and body) to the group's route, with ``Eventbus-Delivered`` saying how many
+deliveries came before, then acknowledges the original (:func:`carry_over`).
+``Delivery.attempt`` is that count plus the server's, so the bus's retry budget
+(and its crash-loop guard) keeps counting across copies, and the bus, not the
+server, decides when to give up. A copy that cannot be published yet (the server
+unreachable) is kept alive and tried again; it is lost only if the member closes
+first, which is logged.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import (
     AckPolicy,
     ConsumerConfig,
     DeliverPolicy,
-    DiscardPolicy,
     RetentionPolicy,
-    StorageType,
-    StreamConfig,
 )
 from nats.js.errors import BadRequestError, NotFoundError
 
-from .provision import encode_name
+from eventbus.adapters_util import map_exceptions
+
+from .codec import MSG_ID, raw_block
+from .connection import jetstream_errors
+from .provision import encode_name, stream_config
 from .settings import NatsSettings
+from .wire import ack_command, ack_facts, write
+
+if TYPE_CHECKING:
+    from .consumer import JetStreamSubscription
+
+log = logging.getLogger("eventbus.nats")
+
+DELIVERED = "Eventbus-Delivered"
+"""Header of a carried-over copy: deliveries of the message before this copy."""
 
 
 class GroupRoutes:
@@ -61,27 +89,22 @@ class GroupRoutes:
         if self._ready:
             return self.stream
         s = self.settings
-        async with self._lock:
-            if self._ready:
-                return self.stream
-            try:
-                await js.stream_info(self.stream)
-            except NotFoundError:
-                config = StreamConfig(
-                    name=self.stream,
-                    subjects=[f"{s.stream_prefix}_REPLAY.>"],
-                    retention=RetentionPolicy.WORK_QUEUE,
-                    discard=DiscardPolicy.OLD,
-                    storage=StorageType.FILE if s.storage == "file" else StorageType.MEMORY,
-                    num_replicas=s.replicas,
-                    max_age=s.max_age or None,
-                    max_msg_size=s.max_message_bytes,
-                )
+        with map_exceptions(
+                jetstream_errors, what=f"setting up the route stream {self.stream!r} on NATS "
+                                       f"at {s.masked_url}"):
+            async with self._lock:
+                if self._ready:
+                    return self.stream
                 try:
-                    await js.add_stream(config)
-                except BadRequestError:
-                    await js.stream_info(self.stream)  # created meanwhile by another process
-            self._ready = True
+                    await js.stream_info(self.stream)
+                except NotFoundError:
+                    config = stream_config(s, self.stream, f"{s.stream_prefix}_REPLAY.>",
+                                           RetentionPolicy.WORK_QUEUE)
+                    try:
+                        await js.add_stream(config)
+                    except BadRequestError:
+                        await js.stream_info(self.stream)  # created meanwhile by another process
+                self._ready = True
         return self.stream
 
     async def ensure_consumer(self, js: JetStreamContext, topic: str, group: str) -> str:
@@ -89,19 +112,81 @@ class GroupRoutes:
         kept, so what was routed before the group subscribed is delivered too."""
         stream = await self.ensure_stream(js)
         name = self.consumer(topic, group)
-        try:
-            await js.consumer_info(stream, name)
-        except NotFoundError:
-            s = self.settings
-            await js.add_consumer(stream, ConsumerConfig(
-                durable_name=name,
-                description=f"eventbus group {group} of topic {topic}: messages for it alone",
-                deliver_policy=DeliverPolicy.ALL,
-                ack_policy=AckPolicy.EXPLICIT,
-                ack_wait=s.ack_wait,
-                max_deliver=s.max_deliver,
-                filter_subject=self.subject(topic, group),
-                max_ack_pending=-1,
-                max_waiting=512,
-            ))
+        s = self.settings
+        with map_exceptions(jetstream_errors, what=f"setting up the route consumer {name!r} "
+                                                   f"of group {group!r} on NATS at "
+                                                   f"{s.masked_url}"):
+            try:
+                await js.consumer_info(stream, name)
+            except NotFoundError:
+                await js.add_consumer(stream, ConsumerConfig(
+                    durable_name=name,
+                    description=f"eventbus group {group} of topic {topic}: messages for it "
+                                "alone",
+                    deliver_policy=DeliverPolicy.ALL,
+                    ack_policy=AckPolicy.EXPLICIT,
+                    ack_wait=s.ack_wait,
+                    max_deliver=s.max_deliver,
+                    filter_subject=self.subject(topic, group),
+                    max_ack_pending=-1,
+                    max_waiting=512,
+                ))
         return name
+
+
+def delivered_before(headers: Mapping[str, str] | None) -> int:
+    """Deliveries before this copy (0 for a message never carried over)."""
+    if not headers:
+        return 0
+    text = headers.get(DELIVERED)
+    if text is None:
+        return 0
+    try:
+        return max(0, int(text))
+    except ValueError:
+        return 0
+
+
+def copy_block(msg: Msg, before: int, stream: str, sequence: str) -> tuple[bytes, bytes]:
+    """The header block and body of ``msg``'s copy, saying ``before`` deliveries came
+    first; its ``Nats-Msg-Id`` names the original, so a publish retried after a lost
+    PubAck stores one copy."""
+    # The server's own headers (Nats-Expected-Stream would refuse the copy) and the
+    # old count are left out.
+    headers = {name: value.encode("utf-8", "surrogateescape")
+               for name, value in (msg.headers or {}).items()
+               if not name.lower().startswith("nats-") and name != DELIVERED}
+    headers[DELIVERED] = str(before).encode()
+    headers[MSG_ID] = f"eventbus-carry.{stream}.{sequence}.{before}".encode()
+    return raw_block(stream, headers), msg.data or b""
+
+
+async def carry_over(sub: JetStreamSubscription) -> None:
+    """Carry each message at its last delivery over to a fresh copy on the group's
+    route, then acknowledge it; retried while the server does not confirm."""
+    adapter = sub.adapter
+    routes = adapter._routes
+    while sub._carrying and not sub._closed:
+        msg = sub._carrying[0][0]
+        delivered, sequence = ack_facts(msg)
+        before = delivered_before(msg.headers) + delivered - 1
+        block, body = copy_block(msg, before, sub.stream, sequence)
+        try:
+            await routes.ensure_stream(await adapter._ready())
+            (failure,) = await adapter.publisher.pubacks().publish(
+                routes.subject(sub.topic, sub.options.group), [(block, body)],
+                adapter.settings.publish_timeout)
+            if failure is not None:
+                raise failure
+            await write(adapter.client, [ack_command(msg.reply)], 1, 4)
+        except Exception as exc:
+            log.warning("message %s/%s of %r group %r reached max_deliver=%d and could not "
+                        "be carried over yet (%s: %s); kept, trying again", sub.stream,
+                        sequence, sub.topic, sub.options.group, sub._max_deliver,
+                        type(exc).__name__, exc)
+            await asyncio.sleep(1.0)
+            continue
+        sub._carrying.popleft()
+        log.info("message %s/%s of %r group %r reached max_deliver=%d: carried over to a "
+                 "fresh copy on the group's route (%d deliveries so far)", sub.stream,
+                 sequence, sub.topic, sub.options.group, sub._max_deliver, before)

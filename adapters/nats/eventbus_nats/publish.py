@@ -13,12 +13,11 @@ import asyncio
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
-from nats.errors import ConnectionClosedError, NoRespondersError, OutboundBufferLimitError
-from nats.errors import TimeoutError as NatsTimeoutError
-from nats.js import JetStreamContext
+from nats.errors import NoRespondersError
 from nats.js.errors import APIError, NotFoundError
 
-from eventbus.deadletter import broker_dedupe_id
+from eventbus.adapter_names import broker_dedupe_id
+from eventbus.adapters_util import Mapped, translate
 from eventbus.envelope import Envelope
 from eventbus.errors import (
     BatchPublishError,
@@ -28,14 +27,23 @@ from eventbus.errors import (
 )
 
 from .codec import check_raw_size, encode, encode_block, raw_block, wire_size
+from .connection import CONNECTION_ERRORS
 from .provision import check_subject
 from .wire import PubAcks
 
 if TYPE_CHECKING:
     from .adapter import NatsAdapter
 
-CONNECTION_ERRORS = (ConnectionClosedError, NatsTimeoutError, NoRespondersError,
-                     OutboundBufferLimitError, TimeoutError, OSError)
+
+def publish_errors(exc: Exception) -> Mapped:
+    """What a message the server did not confirm failed with: a stream refusing its size
+    (``10054``) is permanent, no answer or a lost connection is the server out of reach
+    (publish again), any other refusal a :class:`PublishError` naming it."""
+    if isinstance(exc, APIError) and exc.err_code == 10054:  # over max_msg_size
+        return (MessageTooLargeError, "keep events small, or raise the stream's max_msg_size")
+    if isinstance(exc, CONNECTION_ERRORS):
+        return (BrokerConnectionError, "publish again once the server answers")
+    return PublishError
 
 
 class JetStreamPublisher:
@@ -66,7 +74,7 @@ class JetStreamPublisher:
             messages.append((block, body))
         if not messages:
             return
-        stream = await self.ensure_stream(js, topic)
+        stream = await self.adapter._provisioner.ensure_stream(js, topic)
         self._check_stream_limit(topic, stream, envelopes, messages, largest)
         timeout = self.adapter.settings.publish_timeout
         # Every message is in flight at once on the one connection, written as one
@@ -85,24 +93,19 @@ class JetStreamPublisher:
         if len(failures) == len(messages) and all(
                 isinstance(exc, CONNECTION_ERRORS) for exc in failures.values()):
             first = next(iter(failures.values()))
-            raise BrokerConnectionError(
-                f"NATS at {self.adapter.settings.masked_url} did not confirm any of "
-                f"{len(messages)} message(s) to {topic!r} within {timeout:g}s: "
-                f"{type(first).__name__}: {first}"
-            ) from first
+            assert isinstance(first, Exception)
+            raise translate(first, {Exception: BrokerConnectionError},
+                            what=f"confirming {len(messages)} message(s) to {topic!r} within "
+                                 f"{timeout:g}s at {self.adapter.settings.masked_url}",
+                            hint="none was confirmed; publish again") from first
         errors = {i: self._publish_error(topic, envelopes[i], exc) for i, exc in failures.items()}
-        raise BatchPublishError(
-            f"{len(errors)} of {len(messages)} messages to NATS subject {topic!r} were not "
-            f"confirmed (indexes {sorted(errors)}); see .failures",
-            errors,
-            len(messages),
-        )
+        raise BatchPublishError.partial(errors, len(messages), f"NATS subject {topic!r}")
 
     def pubacks(self) -> PubAcks:
         """The PubAck collector of the current connection."""
         client = self.adapter.client
         if self._pubacks is None or self._pubacks.client is not client:
-            self._pubacks = PubAcks(client)  # type: ignore[arg-type]
+            self._pubacks = PubAcks(client)
         return self._pubacks
 
     def _check_stream_limit(self, topic: str, stream: str, envelopes: Sequence[Envelope],
@@ -124,14 +127,10 @@ class JetStreamPublisher:
     def _publish_error(self, topic: str, envelope: Envelope | None,
                        exc: BaseException) -> Exception:
         what = "raw bytes" if envelope is None else f"event {envelope.id} ({envelope.type})"
-        text = f"{what} to {topic!r}: {type(exc).__name__}: {exc}"
-        error: Exception
-        if isinstance(exc, APIError) and exc.err_code == 10054:  # over max_msg_size
-            error = MessageTooLargeError(f"the server refused {text}")
-        elif isinstance(exc, CONNECTION_ERRORS):
-            error = BrokerConnectionError(f"NATS at {self.adapter.settings.masked_url} lost {text}")
-        else:
-            error = PublishError(f"JetStream did not confirm {text}")
+        what = f"publishing {what} to {topic!r} on NATS at {self.adapter.settings.masked_url}"
+        if isinstance(exc, Exception):
+            return translate(exc, publish_errors, what=what)
+        error = PublishError(f"{what} failed: {type(exc).__name__}")  # cancelled meanwhile
         error.__cause__ = exc
         return error
 
@@ -144,7 +143,7 @@ class JetStreamPublisher:
         js = await self.adapter._ready()
         block = raw_block(topic, headers)
         check_raw_size(topic, block, payload, self.adapter.capabilities.max_message_bytes)
-        stream = await self.ensure_stream(js, topic)
+        stream = await self.adapter._provisioner.ensure_stream(js, topic)
         stream_limit = self.adapter._provisioner.max_msg_size(stream)
         if stream_limit is not None:
             check_raw_size(topic, block, payload, stream_limit)
@@ -157,15 +156,11 @@ class JetStreamPublisher:
         error = self._publish_error(topic, None, failure)
         raise error from failure
 
-    async def ensure_stream(self, js: JetStreamContext, topic: str) -> str:
-        """The stream of ``topic`` (created if missing); BrokerConnectionError if not."""
-        try:
-            return await self.adapter._provisioner.ensure_stream(js, topic)
-        except (APIError, *CONNECTION_ERRORS) as exc:
-            raise BrokerConnectionError(
-                f"cannot set up the JetStream stream of {topic!r} on NATS at "
-                f"{self.adapter.settings.masked_url}: {type(exc).__name__}: {exc}"
-            ) from exc
+    async def close(self) -> None:
+        """Drop the PubAck subscription (on a client the user gave, it would stay)."""
+        pubacks, self._pubacks = self._pubacks, None
+        if pubacks is not None:
+            await pubacks.close()
 
     async def publish_to_group(self, topic: str, group: str,
                                envelopes: Sequence[Envelope]) -> None:
@@ -187,12 +182,7 @@ class JetStreamPublisher:
             messages.append((headers, body))
         if not messages:
             return
-        try:
-            await self.adapter._routes.ensure_stream(js)
-        except (APIError, *CONNECTION_ERRORS) as exc:
-            raise BrokerConnectionError(
-                f"cannot set up the route stream {self.adapter._routes.stream!r} on NATS at "
-                f"{self.adapter.settings.masked_url}: {type(exc).__name__}: {exc}") from exc
+        await self.adapter._routes.ensure_stream(js)
         subject = self.adapter._routes.subject(topic, group)
         timeout = self.adapter.settings.publish_timeout
         results = await asyncio.gather(
@@ -204,7 +194,5 @@ class JetStreamPublisher:
             return
         self.adapter._routes.forget()
         errors = {i: self._publish_error(topic, envelopes[i], exc) for i, exc in failures.items()}
-        raise BatchPublishError(
-            f"{len(errors)} of {len(messages)} messages to group {group!r} of NATS subject "
-            f"{topic!r} were not confirmed (indexes {sorted(errors)}); see .failures",
-            errors, len(messages))
+        raise BatchPublishError.partial(errors, len(messages),
+                                        f"group {group!r} of NATS subject {topic!r}")

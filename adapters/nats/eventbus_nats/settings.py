@@ -7,6 +7,12 @@ Shape::
 ``nats`` is JetStream, ``nats+core`` core NATS. Credentials come from the URL's
 user info (user and password, or a token alone), ``creds`` (a NATS credentials
 file) or ``nkey_seed`` (a file holding an NKey seed); every message masks them.
+
+The shared options have their shared names (:data:`eventbus.url_options.VOCABULARY`):
+``client_name``, ``provision``, ``tls_ca``/``tls_cert``/``tls_key``/``tls_verify``,
+``start_from``, ``connect_timeout``; durations are seconds. The names of 0.1
+(``name``, ``create_streams``) still work until eventbus 0.2, with a
+``DeprecationWarning`` naming the new one (:data:`RENAMED`).
 """
 
 from __future__ import annotations
@@ -16,9 +22,13 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import unquote, urlsplit
 
+from eventbus.adapter import StartFrom
 from eventbus.errors import InvalidURLError, mask_url
 from eventbus.url_options import (
+    TLS_OPTIONS,
     OptionParser,
+    Renamed,
+    check_tls,
     choice,
     flag,
     host_ports,
@@ -28,6 +38,7 @@ from eventbus.url_options import (
     pattern,
     query_pairs,
     seconds,
+    shared,
     text,
 )
 
@@ -35,7 +46,6 @@ DEFAULT_PORT = 4222
 DEFAULT_MAX_MESSAGE_BYTES = 1024 * 1024
 SCHEMES = ("nats", "nats+core")
 
-StartFrom = Literal["earliest", "latest"]
 Storage = Literal["file", "memory"]
 
 
@@ -46,11 +56,12 @@ class NatsSettings:
     Example::
 
         NatsSettings.from_url("nats://n1:4222,n2:4222?replicas=3&ack_wait=60")
+        NatsSettings(servers=("n1:4222",), client_name="billing")  # in code
     """
 
-    url: str = field(repr=False)
-    scheme: str
-    servers: tuple[str, ...]
+    servers: tuple[str, ...] = (f"127.0.0.1:{DEFAULT_PORT}",)
+    scheme: str = "nats"
+    url: str = field(default="", repr=False)
     user: str | None = None
     password: str | None = field(default=None, repr=False)
     token: str | None = field(default=None, repr=False)
@@ -60,7 +71,8 @@ class NatsSettings:
     tls_ca: str | None = None
     tls_cert: str | None = None
     tls_key: str | None = None
-    name: str = "eventbus"
+    tls_verify: bool = True
+    client_name: str = "eventbus"
     connect_timeout: float = 5.0
     request_timeout: float = 10.0
     publish_timeout: float = 10.0
@@ -83,8 +95,22 @@ class NatsSettings:
     ack_wait: float = 30.0
     max_deliver: int = -1
     fetch_timeout: float = 0.5
+    # Where a new group starts when its subscription does not say (the core applies
+    # it: eventbus.adapter.start_from_for).
     start_from: StartFrom | None = None
-    create_streams: bool = True
+    # Create missing streams (JetStream); false: a missing one is a ProvisioningError.
+    # The adapter's own route stream and the groups' consumers are always created.
+    provision: bool = True
+
+    def __post_init__(self) -> None:
+        # Settings made in code get the checks a URL gets in from_url (which has
+        # already applied them, so a parsed URL never fails here).
+        shown = self.masked_url
+        if self.scheme not in SCHEMES:
+            raise InvalidURLError(f"scheme {self.scheme!r} of NatsSettings is neither of "
+                                  f"{SCHEMES}; use 'nats' (JetStream) or 'nats+core'")
+        given = {name: True for name in TLS_OPTIONS if getattr(self, name) not in (None, True)}
+        check_tls(given, tls=self.tls, name="NATS", shown=shown, use="set tls=True")
 
     @property
     def jetstream(self) -> bool:
@@ -98,8 +124,9 @@ class NatsSettings:
 
     @property
     def masked_url(self) -> str:
-        """The URL with its password or token replaced by ``***``."""
-        return masked(self.url)
+        """The URL with its password or token replaced by ``***`` (for settings made in
+        code, the scheme and the servers)."""
+        return masked(self.url) if self.url else f"{self.scheme}://{','.join(self.servers)}"
 
     def server_urls(self) -> list[str]:
         """``nats://host:port`` (or ``tls://``) per server, without credentials."""
@@ -130,10 +157,18 @@ class NatsSettings:
             elif name:
                 values["token"] = unquote(name)  # nats://TOKEN@host, as nats-py reads it
         values["servers"] = _servers(netloc, shown)
-        options = parse_options(query_pairs(parts.query), _OPTIONS, name="NATS", shown=shown)
+        query = query_pairs(parts.query)
+        options = parse_options(query, _OPTIONS, name="NATS", shown=shown, renamed=RENAMED)
         values.update(options)
         _check(values, set(options), shown)
         return cls(**values)
+
+
+def settings_from(url: str | None, settings: NatsSettings | None, adapter: str) -> NatsSettings:
+    """An adapter's settings: parsed from ``url``, or the ``settings`` made in code."""
+    if (url is None) == (settings is None):
+        raise TypeError(f"{adapter} takes a URL or settings=NatsSettings(...) (one of them)")
+    return settings if settings is not None else NatsSettings.from_url(url or "")
 
 
 def _check(values: dict[str, Any], seen: set[str], shown: str) -> None:
@@ -149,10 +184,10 @@ def _check(values: dict[str, Any], seen: set[str], shown: str) -> None:
             f"option(s) {sorted(core_only)} in {shown!r} apply to core NATS only; a "
             "JetStream subscription holds at most its prefetch: use nats+core:// or drop them"
         )
-    if (values.get("tls_cert") is None) != (values.get("tls_key") is None):
-        raise InvalidURLError(f"tls_cert and tls_key must be given together in {shown!r}")
-    if any(values.get(k) for k in ("tls_ca", "tls_cert")):
-        values["tls"] = True
+    # 0.1 selected TLS by a CA or a client certificate alone; the shared rule (one for
+    # every adapter) refuses TLS options without TLS selected, naming tls=true.
+    check_tls(values, tls=bool(values.get("tls")), name="NATS", shown=shown,
+              use="add tls=true (the servers are then reached over TLS)")
     if values.get("token") and values.get("user"):
         raise InvalidURLError(f"give either user:password or a token in {shown!r}, not both")
     if values.get("ack_wait", 30.0) < 1.0:
@@ -193,14 +228,10 @@ def _limit(raw: str) -> int:
 
 
 _OPTIONS: dict[str, OptionParser] = {
+    **shared("client_name", "provision", "start_from", "connect_timeout", *TLS_OPTIONS),
     "creds": text,
     "nkey_seed": text,
     "tls": flag,
-    "tls_ca": text,
-    "tls_cert": text,
-    "tls_key": text,
-    "name": text,
-    "connect_timeout": seconds(),
     "request_timeout": seconds(),
     "publish_timeout": seconds(),
     "max_message_bytes": integer(1),
@@ -220,10 +251,15 @@ _OPTIONS: dict[str, OptionParser] = {
     # Range-checked in _check, which explains what -1 and 0 mean.
     "max_deliver": integer(),
     "fetch_timeout": seconds(),
-    "start_from": choice("earliest", "latest"),
-    "create_streams": flag,
+}
+# The names of 0.1, still parsed (with a DeprecationWarning) until eventbus 0.2.
+RENAMED: dict[str, Renamed] = {
+    "name": Renamed("client_name"),
+    "create_streams": Renamed("provision"),
 }
 _CORE_ONLY = {"pending_msgs", "pending_bytes"}
+# start_from and provision are accepted by core NATS too (the shared vocabulary): it
+# stores nothing, so a group gets what is published once it subscribed, and there is
+# nothing to create.
 _JETSTREAM_ONLY = {"stream_prefix", "storage", "replicas", "max_age", "max_bytes", "max_msgs",
-                   "dedupe_window", "ack_wait", "max_deliver", "fetch_timeout", "start_from",
-                   "create_streams"}
+                   "dedupe_window", "ack_wait", "max_deliver", "fetch_timeout"}

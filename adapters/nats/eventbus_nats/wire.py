@@ -9,8 +9,9 @@ message. :class:`FastClient` keeps nats-py's connection, reconnect and
 subscription machinery and replaces only those paths:
 
 - :func:`header_block` encodes the envelope's headers into the wire block once
-  (``NATS/1.0\\r\\n`` + ``name: value\\r\\n``...), and :meth:`FastClient.write`
-  sends many ``HPUB``/``PUB`` commands as one buffer;
+  (``NATS/1.0\\r\\n`` + ``name: value\\r\\n``...), and :func:`write` sends many
+  ``HPUB``/``PUB`` commands as one buffer (on any nats-py client, a client the
+  user configured too);
 - :meth:`FastClient._parse_header_lines` reads a received header block with
   ``str`` methods on the whole line instead of a per-character generator;
 - :class:`PubAcks` publishes a JetStream batch with one reply subscription and
@@ -120,23 +121,24 @@ class FastClient(Client):
             self._pongs_received += 1
             self._pings_outstanding = 0
 
-    async def write(self, commands: Sequence[bytes], count: int, size: int) -> None:
-        """Queue ``commands`` (whole ``PUB``/``HPUB`` lines, ``count`` messages,
-        ``size`` payload bytes) as one write, with the checks ``publish`` makes."""
-        if self.is_closed:
-            raise nats_errors.ConnectionClosedError
-        if self.is_draining_pubs:
-            raise nats_errors.ConnectionDrainingError
-        data = b"".join(commands)
-        if not self.is_connected and (
-                self._max_pending_size <= 0
-                or len(data) + self._pending_data_size > self._max_pending_size):
-            raise nats_errors.OutboundBufferLimitError
-        self.stats["out_msgs"] += count
-        self.stats["out_bytes"] += size
-        await self._send_command(data)
-        if self._flush_queue is not None and self._flush_queue.empty():
-            await self._flush_pending()
+
+async def write(client: Client, commands: Sequence[bytes], count: int, size: int) -> None:
+    """Queue ``commands`` (whole ``PUB``/``HPUB`` lines, ``count`` messages, ``size``
+    payload bytes) on ``client`` as one write, with the checks ``publish`` makes."""
+    if client.is_closed:
+        raise nats_errors.ConnectionClosedError
+    if client.is_draining_pubs:
+        raise nats_errors.ConnectionDrainingError
+    data = b"".join(commands)
+    if not client.is_connected and (
+            client._max_pending_size <= 0
+            or len(data) + client._pending_data_size > client._max_pending_size):
+        raise nats_errors.OutboundBufferLimitError
+    client.stats["out_msgs"] += count
+    client.stats["out_bytes"] += size
+    await client._send_command(data)
+    if client._flush_queue is not None and client._flush_queue.empty():
+        await client._flush_pending()
 
 
 def hpub(subject: str, reply: str, block: bytes, payload: bytes) -> bytes:
@@ -192,7 +194,7 @@ class PubAcks:
     batch, whose single future completes when the last one arrived.
     """
 
-    def __init__(self, client: FastClient) -> None:
+    def __init__(self, client: Client) -> None:
         self.client = client
         self._inbox = ""
         self._sub: NatsSub | None = None
@@ -241,7 +243,7 @@ class PubAcks:
                     for i, (block, body) in enumerate(messages)]
         self._batches[batch_id] = batch
         try:
-            await self.client.write(commands, len(commands),
+            await write(self.client, commands, len(commands),
                                     sum(len(body) for _, body in messages))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(future, timeout)

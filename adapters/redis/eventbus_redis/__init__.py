@@ -6,9 +6,9 @@
 See ``docs/adapters/redis.md`` for the options and the guarantees.
 """
 
-from .adapter import RedisPubSubAdapter, RedisStreamsAdapter
-from .base import RedisAdapter
+from .adapter import RedisAdapter, RedisStreamsAdapter
 from .idempotency import RedisIdempotencyStore
+from .pubsub import RedisPubSubAdapter
 from .settings import RedisSettings
 
 __all__ = [

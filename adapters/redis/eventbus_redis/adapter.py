@@ -1,170 +1,216 @@
-"""The Redis adapters: Pub/Sub (``redis://``) and Streams (``redis+streams://``).
+"""The Redis adapters' shared base and the Streams adapter (``redis+streams://``).
+
+:class:`RedisAdapter` is what both modes share (the client, connecting, health,
+pipelined sending); :class:`RedisStreamsAdapter` is Streams (consumer groups, at
+least once). The Pub/Sub adapter (``redis://``) is in :mod:`eventbus_redis.pubsub`.
 
 Example::
 
     adapter = RedisStreamsAdapter("redis+streams://localhost:6379/0?maxlen=100000")
     await adapter.connect()
     await adapter.publish("orders", [envelope])
+
+    # Or with settings made in code and a redis-py client of your own (used as it
+    # is, never closed by the adapter; it must not decode replies):
+    adapter = RedisStreamsAdapter(settings=RedisSettings(host="redis.internal"),
+                                  client=Redis(host="redis.internal", ssl=True))
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
 
-from eventbus.adapter import Capabilities, ReadRecord, SubscribeOptions, Subscription
+from eventbus.adapter import (
+    Adapter,
+    Capabilities,
+    HealthReport,
+    ReadRecord,
+    SubscribeOptions,
+    Subscription,
+)
+from eventbus.adapters_util import map_exceptions
 from eventbus.envelope import Envelope
 from eventbus.errors import (
-    BrokerConnectionError,
+    BatchPublishError,
+    ConfigurationError,
     MessageTooLargeError,
+    ProvisioningError,
+    PublishError,
     TopicNotFoundError,
-    UnsupportedOperationError,
 )
 
-from . import bulk
-from .base import RedisAdapter
-from .client import CONNECTION_ERRORS
-from .codec import (
-    decode_fields,
-    encode_args,
-    encode_fields,
-    encode_message,
-    fields_size,
-    raw_fields,
-)
+from .codec import decode_fields, encode_args, encode_fields, fields_size, raw_fields
+from .connection import CLIENT_ERRORS, new_client, quiet_close
 from .group_route import route_key, subscribe_with_route
-from .members import member_channel, refuse_second_member
-from .pipeline import Command
-from .pubsub import PubSubSubscription
+from .publish import MAX_PER_SCRIPT, Batcher, Command, expand, pipeline_batcher, xadd_many
+from .settings import RedisSettings, settings_from
+
+log = logging.getLogger("eventbus.redis")
 
 
-class RedisPubSubAdapter(RedisAdapter):
-    """Redis Pub/Sub: ``redis://`` or ``rediss://`` (TLS); ``?sharded=true`` for a cluster.
+class RedisAdapter(Adapter):
+    """What both Redis modes share: the client, connecting, health, pipelined sending.
 
-    Every subscriber receives every message published while it is subscribed, at
-    most once; nothing is stored, so there are no groups, no redelivery and no
-    replay. Use ``redis+streams://`` when messages must not be lost.
+    Made from a URL, or from ``settings=`` and optionally ``client=``: a redis-py
+    client the application configured, used as it is (its pool, retries, TLS) and
+    never closed by the adapter.
     """
 
-    schemes = ("redis", "rediss")
-    stronger = ("redis+streams:// (Redis Streams: consumer groups whose members compete, "
-                "XACK and redelivery)")
+    def __init__(self, url: str | None = None, *, settings: RedisSettings | None = None,
+                 client: Redis | None = None) -> None:
+        s = settings_from(url, settings, type(self).__name__)
+        super().__init__(s.url or s.masked_url)
+        self.settings = s
+        self.start_from = s.start_from
+        if client is not None and client.connection_pool.connection_kwargs.get(
+                "decode_responses"):
+            raise ConfigurationError(
+                f"the redis-py client given to {type(self).__name__} for {s.masked_url} "
+                "decodes replies (decode_responses=True), but stream entries and messages "
+                "are bytes to the adapter: give it a client made with decode_responses=False")
+        self._given = client
+        self._client: Redis | None = None
+        self._batcher: Batcher | None = None
+        self._subscriptions: set[Any] = set()
+        self.instance = uuid.uuid4().hex[:8]
 
-    def __init__(self, url: str) -> None:
-        super().__init__(url)
-        if self.settings.mode != "pubsub":
-            raise ValueError(f"{self.settings.masked_url} is a Streams URL")
-        self._started_groups: set[tuple[str, str]] = set()
-        self.capabilities = Capabilities(
-            persistent=False,
-            consumer_groups=False,
-            fanout=True,
-            ordering="none",
-            redelivery=False,
-            native_delay=False,
-            native_dead_letter=False,
-            replay=False,
-            headers=False,
-            max_message_bytes=self.settings.max_message_bytes,
-            dedupe_window=None,
-            reconnect=True,
-            lease=False,
-            half_open_bound=self.settings.half_open_bound,
-            browse=True,
-            group_route=False,
-            raw_publish=True,
-        )
+    def new_client(self) -> Redis:
+        """A client with this adapter's settings (see :func:`.connection.new_client`)."""
+        return new_client(self.settings)
 
-    async def publish(self, topic: str, envelopes: Sequence[Envelope]) -> None:
-        """PUBLISH each envelope as a structured CloudEvent; Redis's reply confirms it.
+    @property
+    def client(self) -> Redis:
+        """The client every command goes through: the given one, else one of its own."""
+        if self._client is None:
+            self._client = self._given if self._given is not None else self.new_client()
+            self._batcher = pipeline_batcher(self._client)
+        return self._client
 
-        A batch goes as one script run (``bulk.publish_many``) unless sharded:
-        SPUBLISH must reach the shard owning the channel, which a script without
-        keys does not.
-        """
-        sharded = self.settings.sharded
-        limit = self.capabilities.max_message_bytes
-        bodies = []
-        for envelope in envelopes:
-            body = encode_message(envelope)
-            if len(body) > limit:
-                self.check_size(topic, envelope, len(body))
-            bodies.append(body)
-        if len(bodies) < 2 or sharded:
-            command = "SPUBLISH" if sharded else "PUBLISH"
-            await self.send(topic, envelopes, [(command, topic, body) for body in bodies])
+    @property
+    def batcher(self) -> Batcher:
+        """Gathers each loop turn's commands into one pipeline (see :mod:`.publish`)."""
+        _ = self.client
+        assert self._batcher is not None
+        return self._batcher
+
+    async def _ping(self) -> None:
+        """PING within ``connect_timeout``: the given client as it is, else on a fresh
+        connection without redis-py's retries (a pooled one could hide a refused
+        reconnect, and the retries would outlast the bound)."""
+        s = self.settings
+        if self._given is not None:
+            await asyncio.wait_for(self._given.ping(), s.connect_timeout)
             return
-        step = bulk.MAX_PER_SCRIPT
-        parts = [bodies[i:i + step] for i in range(0, len(bodies), step)]
-        await self.send(topic, envelopes, [bulk.publish_many(topic, part) for part in parts],
-                        [len(part) for part in parts])
-
-    def _publish_command(self, topic: str, body: bytes) -> Callable[[Pipeline], Any]:
-        if self.settings.sharded:
-            return lambda pipe: pipe.spublish(topic, body)
-        return lambda pipe: pipe.publish(topic, body)
-
-    async def publish_raw(
-        self, topic: str, payload: bytes, headers: Mapping[str, bytes] | None = None
-    ) -> None:
-        """PUBLISH ``payload`` as it is; Pub/Sub carries no headers, so giving any
-        raises UnsupportedOperationError."""
-        if headers:
-            raise UnsupportedOperationError(
-                f"Redis Pub/Sub has no headers: cannot publish {sorted(headers)} with a "
-                f"message to channel {topic!r} (use redis+streams://, whose entries have "
-                "fields)")
-        if len(payload) > self.capabilities.max_message_bytes:
-            raise MessageTooLargeError(
-                f"a raw message of {len(payload)} bytes is over the "
-                f"{self.capabilities.max_message_bytes}-byte limit of {type(self).__name__} "
-                f"on channel {topic!r}; nothing was sent")
-        await self.send(topic, [], [self._publish_command(topic, payload)])
-
-    async def subscribe(self, topic: str, options: SubscribeOptions) -> Subscription:
-        """Subscribe to the channel ``topic``; returns once Redis confirmed it.
-
-        Pub/Sub has no groups: a second live member of ``options.group`` (here or
-        in another process) is refused with GuaranteeUnavailableError, since it
-        would get every message rather than compete (see :mod:`.members`).
-        """
-        subscription = PubSubSubscription(self, topic, options)
-        await subscription.start()
-        self._subscriptions.add(subscription)
+        probe = self.new_client()
+        probe.connection_pool.connection_kwargs["retry"] = Retry(ExponentialBackoff(), 0)
         try:
-            await refuse_second_member(self, subscription, self._started_groups)
-        except BaseException:
-            await subscription.close()
-            raise
-        return subscription
+            await asyncio.wait_for(probe.ping(), s.connect_timeout)
+        finally:
+            await quiet_close(probe)
+
+    async def connect(self) -> None:
+        """PING once within ``connect_timeout``; fail with the masked URL if no answer."""
+        s = self.settings
+        with map_exceptions(
+            CLIENT_ERRORS,
+            what=f"connecting to Redis at {s.masked_url} (within {s.connect_timeout:g}s)",
+            hint="check that it is reachable and that the password and TLS settings are right",
+        ):
+            await self._ping()
+        _ = self.client
 
     async def close(self) -> None:
-        """Close as every Redis adapter does; a later start counts group members again."""
-        self._started_groups.clear()
-        await super().close()
+        """Close every subscription, wait for publishes in flight, close the connections
+        (a client the application gave stays open).
 
-    async def read(self, topic: str, *, limit: int | None = None) -> list[ReadRecord]:
-        """Pub/Sub keeps no messages, so a channel never holds anything to browse: this
-        raises TopicNotFoundError and creates nothing. That is what ``eventbus dlq`` and
-        :class:`~eventbus.dlq.DeadLetters` meet here: a dead letter published on Pub/Sub
-        reaches only whoever is subscribed to its channel at that moment; nothing is kept
-        to list or replay."""
-        raise TopicNotFoundError(
-            f"Redis Pub/Sub keeps no messages: channel {topic!r} on {self.settings.masked_url} "
-            "holds nothing to read (a dead letter on Pub/Sub reaches only whoever listens to "
-            "its channel when it is published; nothing was created). Use redis+streams:// "
-            "to keep dead letters you can list and replay"
-        )
+        Reaches the end even when Redis is unreachable: each step is bounded.
+        """
+        for subscription in list(self._subscriptions):
+            try:
+                await asyncio.wait_for(subscription.close(), 10.0)
+            except Exception as exc:
+                log.warning("closing a Redis subscription failed: %s", exc)
+        self._subscriptions.clear()
+        client, batcher = self._client, self._batcher
+        self._client = self._batcher = None
+        if batcher is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(batcher.drain(), 10.0)
+        if client is not None and client is not self._given:
+            await quiet_close(client)
 
-    def member_channels(self, topic: str, group: str) -> tuple[str, ...]:
-        """The channels a subscription joins besides ``topic`` (see :mod:`.members`)."""
-        return () if self.settings.sharded else (member_channel(topic, group),)
+    def forget(self, subscription: Any) -> None:
+        """Called by a subscription when it closes."""
+        self._subscriptions.discard(subscription)
 
-    def live_subscriptions(self) -> list[PubSubSubscription]:
-        """This adapter's open subscriptions."""
-        return [s for s in self._subscriptions if isinstance(s, PubSubSubscription)]
+    async def health(self) -> HealthReport:
+        """PING (on a fresh connection unless the client was given), after checking that
+        no consumer's read has gone unanswered (a connection that stopped answering
+        without closing, see ``RedisSettings.half_open_bound``)."""
+        s = self.settings
+        info = {"mode": s.mode, "server": f"{s.host}:{s.port}/{s.db}"}
+        if self._client is None:
+            return HealthReport(False, f"Redis adapter for {s.masked_url} is not connected; "
+                                "call connect() (or start the bus) first", info)
+        for subscription in list(self._subscriptions):
+            late = getattr(subscription, "overdue", lambda: None)()
+            if late is not None:
+                return HealthReport(False, (
+                    f"a read of stream {subscription.topic!r} as group "
+                    f"{subscription.group!r} on Redis at {s.masked_url} has had no answer "
+                    f"for {late + s.read_timeout:.1f}s (read_timeout {s.read_timeout:g}s): "
+                    "the connection stopped answering; redis-py is replacing it"), info)
+        try:
+            await self._ping()
+        except Exception as exc:
+            return HealthReport(False, f"Redis at {s.masked_url} does not answer: "
+                                f"{type(exc).__name__}: {exc or 'timed out'}", info)
+        return HealthReport(True, f"Redis at {s.masked_url} answered PING", info)
+
+    async def send(self, topic: str, envelopes: Sequence[Envelope],
+                   commands: list[Command], counts: list[int] | None = None) -> None:
+        """Send one command per envelope (pipelined; or a command per ``counts[i]``
+        envelopes, see ``bulk``) and raise for those Redis refused."""
+        with map_exceptions(
+            CLIENT_ERRORS,
+            what=f"publishing {len(envelopes) or len(commands)} message(s) to {topic!r} on "
+                 f"Redis at {self.settings.masked_url}",
+            hint="none was confirmed; publish them again",
+        ):
+            replies = await self.batcher.submit(commands)
+        if counts is not None:
+            replies = expand(replies, counts)
+        failures: dict[int, Exception] = {}
+        for index, reply in enumerate(replies):
+            if isinstance(reply, BaseException) or (reply is None and not self.settings.provision):
+                envelope = envelopes[index] if index < len(envelopes) else None
+                what = f"event {envelope.id} ({envelope.type})" if envelope else "a message"
+                if reply is None:  # XADD NOMKSTREAM: the stream is missing
+                    failures[index] = ProvisioningError(
+                        f"stream {topic!r} does not exist on Redis at "
+                        f"{self.settings.masked_url} and provision=false: {what} was not "
+                        "added; create the stream (XGROUP CREATE <stream> <group> $ "
+                        "MKSTREAM) or set provision=true")
+                    continue
+                error = PublishError(f"Redis refused {what} to {topic!r}: "
+                                     f"{type(reply).__name__}: {reply}")
+                error.__cause__ = reply
+                failures[index] = error
+        if failures:
+            if len(failures) == len(replies) and all(
+                    isinstance(f, ProvisioningError) for f in failures.values()):
+                raise next(iter(failures.values()))
+            raise BatchPublishError.partial(failures, len(replies), f"Redis topic {topic!r}")
 
 
 class RedisStreamsAdapter(RedisAdapter):
@@ -177,8 +223,9 @@ class RedisStreamsAdapter(RedisAdapter):
 
     schemes = ("redis+streams", "rediss+streams")
 
-    def __init__(self, url: str) -> None:
-        super().__init__(url)
+    def __init__(self, url: str | None = None, *, settings: RedisSettings | None = None,
+                 client: Redis | None = None) -> None:
+        super().__init__(url, settings=settings, client=client)
         if self.settings.mode != "streams":
             raise ValueError(f"{self.settings.masked_url} is a Pub/Sub URL")
         self.capabilities = Capabilities(
@@ -197,7 +244,7 @@ class RedisStreamsAdapter(RedisAdapter):
             max_message_bytes=self.settings.max_message_bytes,
             dedupe_window=None,
             reconnect=True,
-            # A pending entry idle past claim_idle_ms is reclaimed by XAUTOCLAIM; each
+            # A pending entry idle past claim_idle is reclaimed by XAUTOCLAIM; each
             # consumer keeps what it holds fresh while handlers run.
             lease=True,
             half_open_bound=self.settings.half_open_bound,
@@ -206,21 +253,23 @@ class RedisStreamsAdapter(RedisAdapter):
             raw_publish=True,
         )
 
-    def _xadd(self, topic: str, fields: dict[Any, Any]) -> Callable[[Pipeline], Any]:
-        maxlen = self.settings.maxlen
-        if maxlen:
-            return lambda pipe: pipe.xadd(topic, fields, maxlen=maxlen, approximate=True)
-        return lambda pipe: pipe.xadd(topic, fields)
+    def _xadd(self, topic: str, fields: dict[Any, Any], *, create: bool = True
+              ) -> Callable[[Pipeline], Any]:
+        maxlen, nomkstream = self.settings.maxlen or None, not create
+        return lambda pipe: pipe.xadd(topic, fields, maxlen=maxlen, approximate=True,
+                                      nomkstream=nomkstream)
 
     async def publish(self, topic: str, envelopes: Sequence[Envelope]) -> None:
         """XADD each envelope (binary mode: attributes as fields); the reply confirms it.
 
-        A batch goes as one script run doing the XADDs (``bulk.xadd_many``).
+        A batch goes as one script run doing the XADDs (``xadd_many``). With
+        ``provision=false`` a missing stream is not created (``NOMKSTREAM``): that is a
+        :class:`~eventbus.errors.ProvisioningError`.
         """
-        maxlen = self.settings.maxlen
+        maxlen, create = self.settings.maxlen, self.settings.provision
         if len(envelopes) < 2:
-            head: tuple[Any, ...] = ("XADD", topic, "MAXLEN", "~", maxlen, "*") if maxlen \
-                else ("XADD", topic, "*")
+            head: tuple[Any, ...] = ("XADD", topic, *(() if create else ("NOMKSTREAM",)),
+                                     *(("MAXLEN", "~", maxlen) if maxlen else ()), "*")
         else:
             head = ()
         limit = self.capabilities.max_message_bytes
@@ -231,10 +280,11 @@ class RedisStreamsAdapter(RedisAdapter):
                 self.check_size(topic, envelope, size)
             commands.append(args)
         if not head:
-            step = bulk.MAX_PER_SCRIPT
+            step = MAX_PER_SCRIPT
             parts = [commands[i:i + step] for i in range(0, len(commands), step)]
-            await self.send(topic, envelopes, [bulk.xadd_many(topic, maxlen, part)  # type: ignore[arg-type]
-                                               for part in parts], [len(p) for p in parts])
+            await self.send(topic, envelopes,
+                            [xadd_many(topic, maxlen, part, create=create)  # type: ignore[arg-type]
+                             for part in parts], [len(p) for p in parts])
             return
         await self.send(topic, envelopes, commands)
 
@@ -243,7 +293,8 @@ class RedisStreamsAdapter(RedisAdapter):
     ) -> None:
         """XADD an entry of ``headers`` as fields and ``payload`` as its ``body`` field,
         as another client would write it (see :func:`.codec.raw_fields`); how an
-        undecodable dead letter is replayed as it arrived."""
+        undecodable dead letter is replayed as it arrived (``provision=false``: to an
+        existing stream only)."""
         fields = raw_fields(payload, headers)
         size = fields_size({name.decode("utf-8", "replace"): value
                             for name, value in fields.items()})
@@ -251,7 +302,7 @@ class RedisStreamsAdapter(RedisAdapter):
             raise MessageTooLargeError(
                 f"a raw entry of {size} bytes is over the {self.capabilities.max_message_bytes}"
                 f"-byte limit of {type(self).__name__} on topic {topic!r}; nothing was sent")
-        await self.send(topic, [], [self._xadd(topic, fields)])
+        await self.send(topic, [], [self._xadd(topic, fields, create=self.settings.provision)])
 
     async def subscribe(self, topic: str, options: SubscribeOptions) -> Subscription:
         """Join (creating it if new) the consumer group ``options.group`` of ``topic``,
@@ -277,14 +328,11 @@ class RedisStreamsAdapter(RedisAdapter):
     async def read(self, topic: str, *, limit: int | None = None) -> list[ReadRecord]:
         """XRANGE from the oldest retained entry; no group is created or touched."""
         client: Any = self.client  # redis-py's reply types are too narrow
-        try:
+        with map_exceptions(CLIENT_ERRORS,
+                            what=f"reading {topic!r} on Redis at {self.settings.masked_url}"):
             exists = await client.exists(topic)
             entries = [] if not exists else await client.xrange(
                 topic, "-", "+", count=None if limit is None else max(0, limit) or 1)
-        except CONNECTION_ERRORS as exc:
-            raise BrokerConnectionError(
-                f"cannot read {topic!r} on Redis at {self.settings.masked_url}: {exc}"
-            ) from exc
         if not exists:
             raise TopicNotFoundError(
                 f"stream {topic!r} does not exist on Redis at {self.settings.masked_url}: "
@@ -294,9 +342,9 @@ class RedisStreamsAdapter(RedisAdapter):
             return []
         records = []
         for entry_id, fields in entries:
-            envelope, body, error, _ = decode_fields(fields)
+            decoded = decode_fields(fields)
             message_id = f"{topic}/{entry_id.decode()}"
-            records.append(ReadRecord(topic, message_id, envelope,
-                                      None if envelope else body, error))
+            records.append(ReadRecord(topic, message_id, decoded.envelope,
+                                      None if decoded.envelope else decoded.raw,
+                                      decoded.error))
         return records
-

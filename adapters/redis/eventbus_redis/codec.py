@@ -3,8 +3,9 @@
 Streams carry CloudEvents in binary mode: every attribute is a stream field
 named ``ce_<attribute>`` (``content-type`` for ``datacontenttype``) and the data
 is the ``body`` field. Pub/Sub has no headers, so it carries one structured-mode
-JSON document. Decoding never raises: what cannot be read becomes an envelope of
-``None`` and the reason, so one bad entry cannot stop a consumer.
+JSON document. Decoding never raises: it returns the core's
+:class:`~eventbus.adapter.Decoded`, whose envelope is ``None`` with the reason for
+what cannot be read, so one bad entry cannot stop a consumer.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 
 from pydantic_core import from_json, to_json
 
+from eventbus.adapter import Decoded
 from eventbus.codec import (
     binary_size,
     decode_binary,
@@ -67,44 +69,29 @@ def fields_size(fields: Mapping[str, bytes | str]) -> int:
     return size
 
 
-def decode_fields(fields: Mapping[bytes, bytes]
-                  ) -> tuple[Envelope | None, bytes, str | None, dict[str, bytes] | None]:
-    """The envelope of a stream entry (or ``None``), its body, why not, and for an
-    entry that is not an event its other fields (:func:`other_fields`), so that its
-    dead letter keeps everything the entry held.
+def decode_fields(fields: Mapping[bytes, bytes]) -> Decoded:
+    """The envelope of a stream entry (or ``None`` and why), its ``body`` field as
+    ``raw``, and for an entry that is not an event its other fields as ``raw_headers``
+    (:func:`other_fields`), so that its dead letter keeps everything the entry held.
 
     Only the ``ce_`` fields and ``content-type`` are read as text: any other field
     (a tracing client's binary value) is not ours and never makes an event poison.
     """
     # The usual entry (UTF-8 names and values, as encode_fields writes them) as a
     # dict of text, which the core codec reads by direct lookups.
+    body = fields.get(_BODY, b"")
     try:
-        own = {name.decode(): value.decode() for name, value in fields.items()
-               if name != _BODY}
+        headers: Mapping[str, str | bytes] = {
+            name.decode(): value.decode() for name, value in fields.items() if name != _BODY}
     except (UnicodeDecodeError, AttributeError):
-        pass
-    else:
-        body = fields.get(_BODY, b"")
-        try:
-            return decode_binary(own, body, PREFIX), body, None, None
-        except DecodeError as exc:
-            return None, body, str(exc), other_fields(fields)
-        except Exception as exc:  # anything else unreadable is poison too, with the reason
-            return None, body, f"{type(exc).__name__}: {exc}", other_fields(fields)
-    headers: dict[str, bytes] = {}
-    body = b""
-    for name, value in fields.items():
-        text = name.decode("utf-8", "replace")
-        if text == BODY_FIELD:
-            body = value
-        else:
-            headers[text] = value
+        headers = {name.decode("utf-8", "replace"): value for name, value in fields.items()
+                   if name != _BODY}
     try:
-        return decode_binary(headers, body, PREFIX), body, None, None
+        return Decoded(decode_binary(headers, body, PREFIX), raw=body)
     except DecodeError as exc:
-        return None, body, str(exc), other_fields(fields)
+        return Decoded(None, str(exc), body, other_fields(fields))
     except Exception as exc:  # anything else unreadable is poison too, with the reason
-        return None, body, f"{type(exc).__name__}: {exc}", other_fields(fields)
+        return Decoded(None, f"{type(exc).__name__}: {exc}", body, other_fields(fields))
 
 
 def other_fields(fields: Mapping[bytes, bytes]) -> dict[str, bytes]:
@@ -155,17 +142,18 @@ def encode_message(envelope: Envelope) -> bytes:
     return encode_structured(envelope)
 
 
-def decode_message(payload: bytes) -> tuple[Envelope | None, str | None]:
-    """The envelope of a Pub/Sub message (structured mode), or ``None`` and why."""
+def decode_message(payload: bytes) -> Decoded:
+    """The envelope of a Pub/Sub message (structured mode), or ``None`` and why; the
+    payload as ``raw``."""
     envelope = _decode_usual(payload)
     if envelope is not None:
-        return envelope, None
+        return Decoded(envelope, raw=payload)
     try:
-        return decode_structured(payload), None
+        return Decoded(decode_structured(payload), raw=payload)
     except DecodeError as exc:
-        return None, str(exc)
+        return Decoded(None, str(exc), payload)
     except Exception as exc:
-        return None, f"{type(exc).__name__}: {exc}"
+        return Decoded(None, f"{type(exc).__name__}: {exc}", payload)
 
 
 def _decode_usual(payload: bytes) -> Envelope | None:

@@ -4,7 +4,7 @@
   than the prefetch room left.
 - The claimer takes back entries whose ``nack(delay)`` is due (a sorted set per
   topic and group, score = due time in ms), reclaims with XAUTOCLAIM the entries
-  of consumers idle longer than ``claim_idle_ms`` (dead, or closed without
+  of consumers idle longer than ``claim_idle`` (dead, or closed without
   settling), and keeps this consumer's own unsettled entries fresh (XCLAIM
   JUSTID resets their idle time without counting a delivery) so a slow handler
   is not reclaimed mid-run.
@@ -12,11 +12,15 @@
 - Connection errors are retried by the client and then by the tasks, with the
   same consumer name, so the entries it holds stay its own across a reconnect.
 - ``close()`` hands unsettled entries back at once (XCLAIM IDLE very large), so
-  the group's next XAUTOCLAIM takes them without waiting ``claim_idle_ms``.
+  the group's next XAUTOCLAIM takes them without waiting ``claim_idle``.
 - A nack whose ZADD fails lets the entry go: no longer kept fresh nor counted
-  against the prefetch, it is reclaimed by XAUTOCLAIM after ``claim_idle_ms``.
+  against the prefetch, it is reclaimed by XAUTOCLAIM after ``claim_idle``.
 - A group (or stream) deleted underneath is created again where this consumer
   had read up to (see :meth:`StreamSubscription._recreate_group`).
+
+(Over 400 lines on purpose: the reader, the claimer and settling share one
+consumer's state, the unsettled, waiting and acking sets; split, each part would
+reach into the others' fields.)
 """
 
 from __future__ import annotations
@@ -32,14 +36,14 @@ from collections import deque
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import ResponseError
 
 from eventbus.adapter import Delivery, SubscribeOptions, Subscription
-from eventbus.errors import BrokerConnectionError
+from eventbus.adapters_util import map_exceptions
 
-from .backlog import stream_backlog
 from .codec import decode_fields
-from .groups import ensure_group, gone, group_info
+from .connection import group_errors
+from .provision import ensure_group, gone, group_info, stream_backlog
 
 if TYPE_CHECKING:
     from .adapter import RedisStreamsAdapter
@@ -67,11 +71,8 @@ class StreamDelivery(Delivery):
 
     def __init__(self, owner: StreamSubscription, entry_id: bytes,
                  fields: dict[bytes, bytes], attempt: int) -> None:
-        envelope, body, error, others = decode_fields(fields)
-        super().__init__(topic=owner.topic, group=owner.group, envelope=envelope,
-                         attempt=attempt, message_id=f"{owner.topic}/{entry_id.decode()}",
-                         raw=None if envelope is not None else body, decode_error=error,
-                         raw_headers=others)
+        super().__init__(decode_fields(fields), topic=owner.topic, group=owner.group,
+                         attempt=attempt, message_id=f"{owner.topic}/{entry_id.decode()}")
         self._owner = owner
         self._entry_id = entry_id
 
@@ -93,10 +94,11 @@ class StreamDelivery(Delivery):
 
 
 class StreamSubscription(Subscription):
-    """One consumer of ``options.group`` on the stream ``topic``."""
+    """One consumer of ``options.group`` on the stream ``topic``, which is created if
+    missing when ``provision`` (by default the adapter's ``provision`` setting)."""
 
-    def __init__(self, adapter: RedisStreamsAdapter, topic: str, options: SubscribeOptions
-                 ) -> None:
+    def __init__(self, adapter: RedisStreamsAdapter, topic: str, options: SubscribeOptions,
+                 *, provision: bool | None = None) -> None:
         self.adapter = adapter
         self.topic = topic
         self.group = options.group
@@ -104,9 +106,9 @@ class StreamSubscription(Subscription):
         self.prefetch = max(1, options.prefetch)
         self.consumer = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.delay_key = delay_key(topic, options.group)
-        settings = adapter.settings
-        self.start_from = "earliest" if "earliest" in (
-            options.start_from, settings.start_from) else "latest"
+        self.provision = adapter.settings.provision if provision is None else provision
+        # The core already chose it (the subscription's, else the URL's, else latest).
+        self.start_from = options.start_from
         # redis-py's stubs type replies too narrowly to be useful here.
         self._client: Any = adapter.client
         self._take_due = self._client.register_script(TAKE_DUE)
@@ -130,17 +132,13 @@ class StreamSubscription(Subscription):
 
     async def start(self) -> None:
         """Create the group if new (from the first entry or the end), start the tasks."""
-        try:
+        with map_exceptions(group_errors, what=self._joining()):
             await ensure_group(self._client, self.topic, self.group,
-                               "0" if self.start_from == "earliest" else "$")
+                               "0" if self.start_from == "earliest" else "$",
+                               create=self.provision)
             info = await group_info(self._client, self.topic, self.group)
             if info is not None:
                 self.resume_from = bytes(info["last-delivered-id"])
-        except (RedisError, OSError) as exc:
-            raise BrokerConnectionError(
-                f"cannot join group {self.group!r} of stream {self.topic!r} on Redis at "
-                f"{self.adapter.settings.masked_url}: {type(exc).__name__}: {exc}"
-            ) from exc
         self._tasks = [asyncio.create_task(self._read_loop()),
                        asyncio.create_task(self._claim_loop())]
 
@@ -159,8 +157,14 @@ class StreamSubscription(Subscription):
         log.warning("group %s of stream %s is gone on Redis (deleted, or Redis lost it); "
                     "creating it again from entry %s", self.group, self.topic,
                     self.resume_from.decode())
-        await ensure_group(self._client, self.topic, self.group, self.resume_from)
+        with map_exceptions(group_errors, what=self._joining()):
+            await ensure_group(self._client, self.topic, self.group, self.resume_from,
+                               create=self.provision)
         self._autoclaim_from = b"0-0"
+
+    def _joining(self) -> str:
+        return (f"joining group {self.group!r} of stream {self.topic!r} on Redis at "
+                f"{self.adapter.settings.masked_url}")
 
     async def close(self) -> None:
         """Stop reading and hand every unsettled entry back to the group at once."""
@@ -187,7 +191,7 @@ class StreamSubscription(Subscription):
                 await asyncio.wait_for(self._client.xclaim(
                     self.topic, self.group, self.consumer, 0, ids,
                     idle=GIVE_BACK_IDLE_MS, justid=True), 5.0)
-            except Exception as exc:  # they come back after claim_idle_ms anyway
+            except Exception as exc:  # they come back after claim_idle anyway
                 log.info("could not hand %d entries of %s/%s back: %s", len(ids),
                          self.topic, self.group, exc)
         self.adapter.forget(self)
@@ -212,9 +216,7 @@ class StreamSubscription(Subscription):
             ids = list(self._acking)
             try:
                 await self._client.xack(self.topic, self.group, *ids)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
+            except Exception as exc:  # CancelledError is no Exception: close() stops it
                 failures += 1
                 await self._recover(exc, failures, "acknowledging entries of")
                 continue
@@ -226,15 +228,13 @@ class StreamSubscription(Subscription):
 
         If that fails (Redis unreachable past redis-py's retries) the entry is let
         go: no longer kept fresh, nor counted against the prefetch, so XAUTOCLAIM
-        (any consumer's, this one's too) takes it after ``claim_idle_ms`` instead of
+        (any consumer's, this one's too) takes it after ``claim_idle`` instead of
         it being held here for ever. The failure is raised (the bus logs it).
         """
         due_ms = int((time.time() + delay) * 1000)
         try:
-            replies = await self.adapter.batcher.run(
-                [lambda pipe: pipe.zadd(self.delay_key, {entry_id: due_ms})])
-            if isinstance(replies[0], BaseException):
-                raise replies[0]
+            await self.adapter.batcher.one(
+                lambda pipe: pipe.zadd(self.delay_key, {entry_id: due_ms}))
         except BaseException:
             self._settled(entry_id)
             raise
@@ -266,7 +266,7 @@ class StreamSubscription(Subscription):
         return late if late > 0 else None
 
     async def backlog(self) -> int | None:
-        """Entries the group could be given now: see :func:`.backlog.stream_backlog`."""
+        """Entries the group could be given now: see :func:`.provision.stream_backlog`."""
         return await stream_backlog(self)
 
     def _room(self) -> int:
@@ -321,7 +321,7 @@ class StreamSubscription(Subscription):
         return room
 
     async def _read_loop(self) -> None:
-        block = self.adapter.settings.block_ms
+        block = int(self.adapter.settings.block * 1000)  # XREADGROUP BLOCK takes ms
         failures = 0
         while not self._closed:
             room = await self._wait_for_room()
@@ -337,9 +337,7 @@ class StreamSubscription(Subscription):
                     if entries:
                         self.resume_from = entries[-1][0]
                     self._accept(entries, {})
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
+            except Exception as exc:  # CancelledError is no Exception: close() stops it
                 failures += 1
                 await self._recover(exc, failures, "reading")
 
@@ -362,8 +360,8 @@ class StreamSubscription(Subscription):
 
     async def _claim_loop(self) -> None:
         s = self.adapter.settings
-        interval = s.claim_interval_ms / 1000
-        refresh_every = s.claim_idle_ms / 3000
+        interval = s.claim_interval
+        refresh_every = s.claim_idle / 3
         next_autoclaim = next_refresh = 0.0
         failures = 0
         while not self._closed:
@@ -379,9 +377,7 @@ class StreamSubscription(Subscription):
                     await self._refresh()
                     next_refresh = now + refresh_every
                 failures = 0
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
+            except Exception as exc:  # CancelledError is no Exception: close() stops it
                 failures += 1
                 await self._recover(exc, failures, "claiming entries of")
                 continue
@@ -411,7 +407,7 @@ class StreamSubscription(Subscription):
         self._accept(entries, await self._attempts([e[0] for e in entries]))
 
     async def _autoclaim(self) -> None:
-        idle = self.adapter.settings.claim_idle_ms
+        idle = int(self.adapter.settings.claim_idle * 1000)  # XAUTOCLAIM takes ms
         reply = await self._client.xautoclaim(
             self.topic, self.group, self.consumer, idle, self._autoclaim_from,
             count=self._room())

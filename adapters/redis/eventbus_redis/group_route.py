@@ -46,8 +46,10 @@ async def subscribe_with_route(adapter: RedisStreamsAdapter, topic: str,
     await main.start()
     adapter.track(main)
     # From the route's first entry: what was sent before the group subscribed waits.
+    # The route stream is the adapter's own, so it is created whatever ``provision`` says.
     route = StreamSubscription(adapter, route_key(topic, options.group),
-                               replace(options, prefetch=ROUTE_PREFETCH, start_from="earliest"))
+                               replace(options, prefetch=ROUTE_PREFETCH, start_from="earliest"),
+                               provision=True)
     try:
         await route.start()
     except BaseException:

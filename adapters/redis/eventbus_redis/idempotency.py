@@ -58,7 +58,8 @@ class RedisIdempotencyStore:
                  prefix: str = "eventbus:idem:") -> None:
         self.prefix = prefix
         if client is None:
-            from .adapter import RedisPubSubAdapter, RedisStreamsAdapter
+            from .adapter import RedisStreamsAdapter
+            from .pubsub import RedisPubSubAdapter
 
             adapter_class = (RedisStreamsAdapter if RedisSettings.from_url(url).mode == "streams"
                              else RedisPubSubAdapter)

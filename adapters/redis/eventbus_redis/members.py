@@ -24,8 +24,7 @@ from typing import TYPE_CHECKING, Any
 from eventbus.errors import GuaranteeUnavailableError
 
 if TYPE_CHECKING:
-    from .adapter import RedisPubSubAdapter
-    from .pubsub import PubSubSubscription
+    from .pubsub import PubSubSubscription, RedisPubSubAdapter
 
 log = logging.getLogger("eventbus.redis")
 

@@ -1,4 +1,5 @@
-"""A Redis Pub/Sub subscription: one SUBSCRIBE (or SSUBSCRIBE) connection per subscription.
+"""The Redis Pub/Sub adapter (``redis://``) and its subscriptions: one SUBSCRIBE (or
+SSUBSCRIBE) connection per subscription.
 
 At most once: a message is handed out as it arrives and settling it does
 nothing on Redis (there is nothing to acknowledge). A dropped connection ends
@@ -18,18 +19,29 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from typing import Any
 
+from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
 
-from eventbus.adapter import Delivery, SubscribeOptions, Subscription
-from eventbus.errors import BrokerConnectionError, ConnectionLostError
+from eventbus.adapter import Capabilities, Delivery, ReadRecord, SubscribeOptions, Subscription
+from eventbus.adapters_util import map_exceptions, translate
+from eventbus.envelope import Envelope
+from eventbus.errors import (
+    ConnectionLostError,
+    MessageTooLargeError,
+    TopicNotFoundError,
+    UnsupportedOperationError,
+)
 
-from .codec import decode_message
-
-if TYPE_CHECKING:
-    from .adapter import RedisPubSubAdapter
+from .adapter import RedisAdapter
+from .codec import decode_message, encode_message
+from .connection import CLIENT_ERRORS
+from .members import member_channel, refuse_second_member
+from .publish import MAX_PER_SCRIPT, publish_many
+from .settings import RedisSettings
 
 log = logging.getLogger("eventbus.redis")
 
@@ -39,6 +51,134 @@ except ImportError:  # another redis-py layout: every message goes through get_m
     _NOT_ENOUGH_DATA = None
 
 
+class RedisPubSubAdapter(RedisAdapter):
+    """Redis Pub/Sub: ``redis://`` or ``rediss://`` (TLS); ``?sharded=true`` for a cluster.
+
+    Every subscriber receives every message published while it is subscribed, at
+    most once; nothing is stored, so there are no groups, no redelivery and no
+    replay. Use ``redis+streams://`` when messages must not be lost.
+    """
+
+    schemes = ("redis", "rediss")
+    stronger = ("redis+streams:// (Redis Streams: consumer groups whose members compete, "
+                "XACK and redelivery)")
+
+    def __init__(self, url: str | None = None, *, settings: RedisSettings | None = None,
+                 client: Redis | None = None) -> None:
+        super().__init__(url, settings=settings, client=client)
+        if self.settings.mode != "pubsub":
+            raise ValueError(f"{self.settings.masked_url} is a Streams URL")
+        self._started_groups: set[tuple[str, str]] = set()
+        self.capabilities = Capabilities(
+            persistent=False,
+            consumer_groups=False,
+            fanout=True,
+            ordering="none",
+            redelivery=False,
+            native_delay=False,
+            native_dead_letter=False,
+            replay=False,
+            headers=False,
+            max_message_bytes=self.settings.max_message_bytes,
+            dedupe_window=None,
+            reconnect=True,
+            lease=False,
+            half_open_bound=self.settings.half_open_bound,
+            browse=True,
+            group_route=False,
+            raw_publish=True,
+        )
+
+    async def publish(self, topic: str, envelopes: Sequence[Envelope]) -> None:
+        """PUBLISH each envelope as a structured CloudEvent; Redis's reply confirms it.
+
+        A batch goes as one script run (``publish.publish_many``) unless sharded:
+        SPUBLISH must reach the shard owning the channel, which a script without
+        keys does not.
+        """
+        sharded = self.settings.sharded
+        limit = self.capabilities.max_message_bytes
+        bodies = []
+        for envelope in envelopes:
+            body = encode_message(envelope)
+            if len(body) > limit:
+                self.check_size(topic, envelope, len(body))
+            bodies.append(body)
+        if len(bodies) < 2 or sharded:
+            command = "SPUBLISH" if sharded else "PUBLISH"
+            await self.send(topic, envelopes, [(command, topic, body) for body in bodies])
+            return
+        step = MAX_PER_SCRIPT
+        parts = [bodies[i:i + step] for i in range(0, len(bodies), step)]
+        await self.send(topic, envelopes, [publish_many(topic, part) for part in parts],
+                        [len(part) for part in parts])
+
+    def _publish_command(self, topic: str, body: bytes) -> Callable[[Pipeline], Any]:
+        if self.settings.sharded:
+            return lambda pipe: pipe.spublish(topic, body)
+        return lambda pipe: pipe.publish(topic, body)
+
+    async def publish_raw(
+        self, topic: str, payload: bytes, headers: Mapping[str, bytes] | None = None
+    ) -> None:
+        """PUBLISH ``payload`` as it is; Pub/Sub carries no headers, so giving any
+        raises UnsupportedOperationError."""
+        if headers:
+            raise UnsupportedOperationError(
+                f"Redis Pub/Sub has no headers: cannot publish {sorted(headers)} with a "
+                f"message to channel {topic!r} (use redis+streams://, whose entries have "
+                "fields)")
+        if len(payload) > self.capabilities.max_message_bytes:
+            raise MessageTooLargeError(
+                f"a raw message of {len(payload)} bytes is over the "
+                f"{self.capabilities.max_message_bytes}-byte limit of {type(self).__name__} "
+                f"on channel {topic!r}; nothing was sent")
+        await self.send(topic, [], [self._publish_command(topic, payload)])
+
+    async def subscribe(self, topic: str, options: SubscribeOptions) -> Subscription:
+        """Subscribe to the channel ``topic``; returns once Redis confirmed it.
+
+        Pub/Sub has no groups: a second live member of ``options.group`` (here or
+        in another process) is refused with GuaranteeUnavailableError, since it
+        would get every message rather than compete (see :mod:`.members`).
+        """
+        subscription = PubSubSubscription(self, topic, options)
+        await subscription.start()
+        self._subscriptions.add(subscription)
+        try:
+            await refuse_second_member(self, subscription, self._started_groups)
+        except BaseException:
+            await subscription.close()
+            raise
+        return subscription
+
+    async def close(self) -> None:
+        """Close as every Redis adapter does; a later start counts group members again."""
+        self._started_groups.clear()
+        await super().close()
+
+    async def read(self, topic: str, *, limit: int | None = None) -> list[ReadRecord]:
+        """Pub/Sub keeps no messages, so a channel never holds anything to browse: this
+        raises TopicNotFoundError and creates nothing. That is what ``eventbus dlq`` and
+        :class:`~eventbus.dlq.DeadLetters` meet here: a dead letter published on Pub/Sub
+        reaches only whoever is subscribed to its channel at that moment; nothing is kept
+        to list or replay."""
+        raise TopicNotFoundError(
+            f"Redis Pub/Sub keeps no messages: channel {topic!r} on {self.settings.masked_url} "
+            "holds nothing to read (a dead letter on Pub/Sub reaches only whoever listens to "
+            "its channel when it is published; nothing was created). Use redis+streams:// "
+            "to keep dead letters you can list and replay"
+        )
+
+    def member_channels(self, topic: str, group: str) -> tuple[str, ...]:
+        """The channels a subscription joins besides ``topic`` (see :mod:`.members`)."""
+        return () if self.settings.sharded else (member_channel(topic, group),)
+
+    def live_subscriptions(self) -> list[PubSubSubscription]:
+        """This adapter's open subscriptions."""
+        return [s for s in self._subscriptions if isinstance(s, PubSubSubscription)]
+
+
 class PubSubDelivery(Delivery):
     """A received Pub/Sub message; ack, nack and reject only free its prefetch slot."""
 
@@ -46,10 +186,9 @@ class PubSubDelivery(Delivery):
 
     def __init__(self, owner: PubSubSubscription, payload: bytes, number: int,
                  attempt: int = 1) -> None:
-        envelope, error = decode_message(payload)
-        super().__init__(topic=owner.topic, group=owner.options.group, envelope=envelope,
-                         attempt=attempt, message_id=f"{owner.topic}/{owner.instance}/{number}",
-                         raw=None if envelope is not None else payload, decode_error=error)
+        super().__init__(decode_message(payload), topic=owner.topic,
+                         group=owner.options.group, attempt=attempt,
+                         message_id=f"{owner.topic}/{owner.instance}/{number}")
         self._owner = owner
         self._payload = payload
 
@@ -94,16 +233,16 @@ class PubSubSubscription(Subscription):
         s = self.adapter.settings
         self._pubsub = self.adapter.client.pubsub()
         try:
-            # Bounded as a whole: on a silent endpoint redis-py's own retries of the
-            # connection handshake would take minutes.
-            async with asyncio.timeout(s.connect_timeout):
-                await self._subscribe(s.sharded)
-        except (RedisError, OSError, TimeoutError) as exc:
+            with map_exceptions(CLIENT_ERRORS, what=(
+                    f"subscribing to channel {self.topic!r} on Redis at {s.masked_url} "
+                    f"(within connect_timeout, {s.connect_timeout:g}s)")):
+                # Bounded as a whole: on a silent endpoint redis-py's own retries of the
+                # connection handshake would take minutes.
+                async with asyncio.timeout(s.connect_timeout):
+                    await self._subscribe(s.sharded)
+        except BaseException:
             await self.close()
-            raise BrokerConnectionError(
-                f"cannot subscribe to channel {self.topic!r} on Redis at {s.masked_url}: "
-                f"{type(exc).__name__}: {exc or 'no answer within connect_timeout'}"
-            ) from exc
+            raise
         self._silent_since = time.monotonic()
 
     async def _subscribe(self, sharded: bool) -> None:
@@ -175,11 +314,11 @@ class PubSubSubscription(Subscription):
             except (RedisError, OSError, AttributeError, TimeoutError) as exc:
                 if self._closed:  # closed under our feet: the iteration just ends
                     return
-                raise ConnectionLostError(
+                raise translate(exc, {Exception: ConnectionLostError}, what=(
                     f"the Pub/Sub connection of channel {self.topic!r} on Redis at "
-                    f"{self.adapter.settings.masked_url} dropped: {type(exc).__name__}: {exc}; "
+                    f"{self.adapter.settings.masked_url}"), hint=(
                     "messages published until it is back are lost (Pub/Sub keeps nothing)"
-                ) from exc
+                )) from exc
             if self._closed:
                 continue
             self._number += 1

@@ -2,24 +2,38 @@
 
 Every option is validated here, with a one-line error naming the option and
 what it accepts; an option this adapter does not know is an error, never ignored.
+
+The shared options have their shared names (:data:`eventbus.url_options.VOCABULARY`):
+``client_name``, ``provision``, ``tls_ca``/``tls_cert``/``tls_key``/``tls_verify``,
+``start_from``, ``connect_timeout``; durations are seconds. The names of 0.1
+(``ssl_ca_certs``, ``ssl_certfile``, ``ssl_keyfile``, ``ssl_cert_reqs``,
+``block_ms``, ``claim_idle_ms``, ``claim_interval_ms``) still work until eventbus
+0.2, with a ``DeprecationWarning`` naming the new one (:data:`RENAMED`).
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 from urllib.parse import unquote, urlsplit
 
+from eventbus.adapter import StartFrom
 from eventbus.errors import InvalidURLError, mask_url
 from eventbus.url_options import (
+    TLS_OPTIONS,
     OptionParser,
+    Renamed,
+    check_tls,
     choice,
+    from_milliseconds,
     integer,
     parse_options,
     query_pairs,
     seconds,
+    shared,
     strict_flag,
-    text,
 )
 
 Mode = Literal["pubsub", "streams"]
@@ -32,52 +46,80 @@ SCHEMES: dict[str, tuple[Mode, bool]] = {
 }
 DEFAULT_MAX_MESSAGE_BYTES = 1024 * 1024
 
+
 @dataclass(frozen=True, slots=True)
 class RedisSettings:
     """What a Redis URL asks for; see ``docs/adapters/redis.md`` for each option.
 
     Its repr never shows the password (nor the URL, which may carry it): error
-    reporters that capture frame locals print it.
+    reporters that capture frame locals print it. Durations are seconds.
+
+    Example::
+
+        RedisSettings.from_url("redis+streams://localhost:6379/0?maxlen=100000")
+        RedisSettings(mode="streams", host="redis.internal", client_name="billing")  # in code
     """
 
-    url: str = field(repr=False)
-    mode: Mode
-    tls: bool
-    host: str
-    port: int
-    db: int
-    username: str | None
-    password: str | None = field(repr=False)
+    mode: Mode = "streams"
+    tls: bool = False
+    host: str = "127.0.0.1"
+    port: int = 6379
+    db: int = 0
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    url: str = field(default="", repr=False)
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     connect_timeout: float = 5.0
     socket_timeout: float = 10.0
     client_name: str = "eventbus"
-    ssl_ca_certs: str | None = None
-    ssl_certfile: str | None = None
-    ssl_keyfile: str | None = None
-    ssl_cert_reqs: str = "required"
+    # rediss:// only: the CA file, the client certificate and its key, and whether the
+    # server's certificate is verified.
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_verify: bool = True
+    # Where a new group starts when its subscription does not say (the core applies it:
+    # eventbus.adapter.start_from_for). Pub/Sub keeps nothing, so there it changes nothing.
+    start_from: StartFrom | None = None
+    # Create missing streams (Streams; a publish too); false: a missing one is a
+    # ProvisioningError. The groups, a group's route stream and the delay sets are
+    # always created. Pub/Sub has nothing to create.
+    provision: bool = True
     # Streams only.
     maxlen: int = 1_000_000
-    block_ms: int = 1000
-    claim_idle_ms: int = 30_000
-    claim_interval_ms: int = 1000
-    start_from: Literal["earliest", "latest"] | None = None
+    block: float = 1.0
+    claim_idle: float = 30.0
+    claim_interval: float = 1.0
     # Pub/Sub only.
     sharded: bool = False
     ping_interval: float = 5.0
     ping_timeout: float = 5.0
 
+    def __post_init__(self) -> None:
+        # Settings made in code get the checks a URL gets in from_url (which has
+        # already applied them, so a parsed URL never fails here).
+        if self.mode not in ("pubsub", "streams"):
+            raise InvalidURLError(f"mode {self.mode!r} of RedisSettings is neither 'pubsub' "
+                                  "nor 'streams'")
+        given = {name: True for name in TLS_OPTIONS if getattr(self, name) not in (None, True)}
+        check_tls(given, tls=self.tls, name="Redis", shown=self.masked_url, use="set tls=True")
+
     @property
     def masked_url(self) -> str:
-        """The URL with its password hidden, for messages and logs."""
-        return mask_url(self.url)
+        """The URL with its password hidden, for messages and logs (for settings made in
+        code, the scheme, host, port and database)."""
+        if self.url:
+            return mask_url(self.url)
+        scheme = ("rediss" if self.tls else "redis") + ("+streams" if self.mode == "streams"
+                                                        else "")
+        return f"{scheme}://{self.host}:{self.port}/{self.db}"
 
     @property
     def read_timeout(self) -> float:
         """Seconds a reply may take before redis-py drops the connection and tries a new
-        one (``socket_timeout``, kept above a Streams read's ``block_ms``)."""
+        one (``socket_timeout``, kept above a Streams read's ``block``)."""
         if self.mode == "streams":
-            return max(self.socket_timeout, self.block_ms / 1000 + 5.0)
+            return max(self.socket_timeout, self.block + 5.0)
         return self.socket_timeout
 
     @property
@@ -88,7 +130,7 @@ class RedisSettings:
         Pub/Sub: a subscribe connection that heard nothing for ``ping_interval`` is
         sent a PING, and one that then hears nothing for ``ping_timeout`` is given
         up (``inf`` switches the ping off). Streams: a consumer's blocking read
-        (``XREADGROUP ... BLOCK block_ms``, issued again as soon as one returns) is
+        (``XREADGROUP ... BLOCK block``, issued again as soon as one returns) is
         its ping; a read unanswered after :attr:`read_timeout` is overdue.
         """
         if self.mode == "streams":
@@ -112,7 +154,7 @@ class RedisSettings:
 
         def wrong_mode(unknown: list[str]) -> str:
             other = "Pub/Sub (redis://)" if streams else "Streams (redis+streams://)"
-            names = [n for n in unknown if n in _STREAMS or n in _PUBSUB]
+            names = [n for n in unknown if n in _STREAMS or n in _PUBSUB or n in RENAMED]
             return f"; {names} only apply to {other}" if names else ""
 
         # parse_qs semantics, as always here: a blank value is no value, the last one counts.
@@ -120,6 +162,7 @@ class RedisSettings:
             query_pairs(parts.query, keep_blank=False), parsers,
             name=f"Redis {'Streams' if streams else 'Pub/Sub'}", shown=masked,
             repeated="last", unknown_hint=wrong_mode,
+            renamed=RENAMED if streams else _COMMON_RENAMED,
         )
         # Neither error quotes what the parser read: when a password holds "/", "?" or
         # "#", the "port" and the "database" are pieces of it.
@@ -134,12 +177,8 @@ class RedisSettings:
             raise InvalidURLError(
                 f"database in {masked!r} must be a number (/0); if the password holds '/', "
                 "'?' or '#', percent-encode them (%2F, %3F, %23)")
-        tls_options = [n for n in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile",
-                                   "ssl_cert_reqs") if n in options]
-        if tls_options and not tls:
-            raise InvalidURLError(
-                f"{tls_options} in {masked!r} need TLS; use rediss:// or rediss+streams://"
-            )
+        check_tls(options, tls=tls, name="Redis", shown=masked,
+                  use="use rediss:// (Pub/Sub) or rediss+streams:// (Streams)")
         return cls(
             url=url,
             mode=mode,
@@ -153,25 +192,59 @@ class RedisSettings:
         )
 
 
+def settings_from(url: str | None, settings: RedisSettings | None, adapter: str
+                  ) -> RedisSettings:
+    """An adapter's settings: parsed from ``url``, or the ``settings`` made in code."""
+    if (url is None) == (settings is None):
+        raise TypeError(f"{adapter} takes a URL or settings=RedisSettings(...) (one of them)")
+    return settings if settings is not None else RedisSettings.from_url(url or "")
+
+
+def _finite(parse: Callable[[str], float]) -> Callable[[str], float]:
+    """``parse``, refusing infinity (a blocking read or a claim needs a real duration)."""
+
+    def finite(raw: str) -> float:
+        value = parse(raw)
+        if math.isinf(value):
+            raise ValueError("must be a finite number of seconds")
+        return value
+
+    return finite
+
+
+def _verify(raw: str) -> bool:
+    """0.1's ``ssl_cert_reqs`` as ``tls_verify``: ``required`` and ``optional`` (which a
+    client treats as required) verify the server, ``none`` does not."""
+    return choice("required", "optional", "none")(raw) != "none"
+
+
 _COMMON: dict[str, OptionParser] = {
+    **shared("client_name", "provision", "start_from", *TLS_OPTIONS,
+             connect_timeout=seconds(0.1, inclusive=True)),
     "max_message_bytes": integer(1),
-    "connect_timeout": seconds(0.1, inclusive=True),
     "socket_timeout": seconds(0.1, inclusive=True),
-    "client_name": text,
-    "ssl_ca_certs": text,
-    "ssl_certfile": text,
-    "ssl_keyfile": text,
-    "ssl_cert_reqs": choice("required", "optional", "none"),
 }
 _STREAMS: dict[str, OptionParser] = {
     "maxlen": integer(0),
-    "block_ms": integer(10),
-    "claim_idle_ms": integer(100),
-    "claim_interval_ms": integer(10),
-    "start_from": choice("earliest", "latest"),
+    "block": _finite(seconds(0.01, inclusive=True)),
+    "claim_idle": _finite(seconds(0.1, inclusive=True)),
+    "claim_interval": _finite(seconds(0.01, inclusive=True)),
 }
 _PUBSUB: dict[str, OptionParser] = {
     "sharded": strict_flag,
     "ping_interval": seconds(0.1, inclusive=True),
     "ping_timeout": seconds(0.1, inclusive=True),
+}
+# The names of 0.1, still parsed (with a DeprecationWarning) until eventbus 0.2.
+_COMMON_RENAMED: dict[str, Renamed] = {
+    "ssl_ca_certs": Renamed("tls_ca"),
+    "ssl_certfile": Renamed("tls_cert"),
+    "ssl_keyfile": Renamed("tls_key"),
+    "ssl_cert_reqs": Renamed("tls_verify", _verify, "true for required or optional, false "
+                                                    "for none"),
+}
+RENAMED: dict[str, Renamed] = {
+    **_COMMON_RENAMED,
+    **{f"{name}_ms": Renamed(name, from_milliseconds(integer(low)), "seconds")
+       for name, low in (("block", 10), ("claim_idle", 100), ("claim_interval", 10))},
 }

@@ -1,8 +1,15 @@
-"""The redis-py client every Redis adapter and store uses, built from ``RedisSettings``.
+"""The redis-py client every Redis adapter and store uses, built from ``RedisSettings``,
+and what its errors mean.
 
 Commands are packed by hiredis (C) rather than redis-py's pure-Python packer, and
 connection errors are retried by redis-py with backoff (about 6 s in all), so a
-dropped connection or a short restart is ridden out below the adapters.
+dropped connection or a short restart is ridden out below the adapters. A client
+the user configured (``RedisStreamsAdapter(settings=..., client=...)``) is used as
+it is and never closed by the adapter.
+
+:data:`CLIENT_ERRORS` and :func:`group_errors` say, for
+:func:`eventbus.adapters_util.map_exceptions`, which client errors are Redis out of
+reach (retried) and which a refusal that retrying will not change.
 """
 
 from __future__ import annotations
@@ -17,13 +24,40 @@ from redis.asyncio.connection import Connection, SSLConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from eventbus.adapters_util import ExceptionMap, Mapped
+from eventbus.errors import BrokerConnectionError, ProvisioningError
 
 from .settings import RedisSettings
 
 log = logging.getLogger("eventbus.redis")
 
 CONNECTION_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError)
+"""Redis out of reach: no answer (within redis-py's retries), a refused connection."""
+
+CLIENT_ERRORS: ExceptionMap = {(RedisError, *CONNECTION_ERRORS): BrokerConnectionError}
+"""Anything redis-py raises, as the connection failing (connecting, subscribing)."""
+
+
+def group_errors(exc: Exception) -> Mapped | None:
+    """What a failure to create or look up a consumer group means: its stream missing
+    while the adapter may not create it (``provision=false``), or the topic's key
+    holding something other than a stream, does not change by retrying, so
+    :class:`ProvisioningError`; anything else is Redis out of reach."""
+    text = str(exc)
+    if isinstance(exc, ResponseError) and "requires the key to exist" in text:
+        return (ProvisioningError, "the stream does not exist and provision=false: create it "
+                "(XGROUP CREATE <stream> <group> $ MKSTREAM) or set provision=true")
+    if isinstance(exc, ResponseError) and text.startswith("WRONGTYPE"):
+        return (ProvisioningError, "the topic's key holds another type than a stream: use "
+                "another topic, or remove the key")
+    if isinstance(exc, RedisError | CONNECTION_ERRORS):
+        return BrokerConnectionError
+    return None
+
+
 _SIMPLE = frozenset((str, bytes, int))
 
 
@@ -66,8 +100,9 @@ def new_client(s: RedisSettings) -> Redis:
         "client_name": s.client_name,
     }
     if s.tls:
-        options.update(ssl=True, ssl_ca_certs=s.ssl_ca_certs, ssl_certfile=s.ssl_certfile,
-                       ssl_keyfile=s.ssl_keyfile, ssl_cert_reqs=s.ssl_cert_reqs)
+        options.update(ssl=True, ssl_ca_certs=s.tls_ca, ssl_certfile=s.tls_cert,
+                       ssl_keyfile=s.tls_key,
+                       ssl_cert_reqs="required" if s.tls_verify else "none")
     client = Redis(**options)
     # Connections are made lazily, so the pool can still be given the faster class.
     client.connection_pool.connection_class = FastSSLConnection if s.tls else FastConnection
