@@ -101,7 +101,7 @@ delivery, said here (and in [semantics](semantics.md)) rather than hidden:
   SQL brokers settle each message on its own, so a kill re-runs what was running or
   fetched (0-15 in the figures). Kafka keeps one committed offset per partition: a kill
   re-runs what was settled since the last finished commit, the handling rate times
-  the commit latency. With handlers doing nothing that is about a third of a
+  the commit latency. With handlers doing nothing that is a third to a half of a
   1,000-event stream per kill with the defaults, which keep throughput;
   `max_uncommitted=40` (with `commit_every=20`) keeps it under 5% at about half the
   throughput ([Kafka, Commits](adapters/kafka.md#commits): the trade-off, measured).
@@ -118,8 +118,9 @@ delivery, said here (and in [semantics](semantics.md)) rather than hidden:
   except on SQLite and PostgreSQL, whose acks become durable a moment after the
   handler (deleted with the next claim or after 20 ms): a kill loses the last ones,
   so good events handled in a burst just before each kill of a crash loop come back
-  each time. Measured once in five short-profile runs on PostgreSQL: 154 of 300 good
-  events dead-lettered beside one killing event (the others: 7). Not fixed yet.
+  each time. Measured in two of eight short-profile runs on PostgreSQL: 154 and 111
+  of 300 good events dead-lettered beside one killing event (7 in the others). Not
+  fixed yet.
 - **Dead letters of a log broker can come twice** (poison mix on Kafka,
   `dead_letter_copies`): a process killed after dead-lettering a record and before
   its commit reads the record again and dead-letters it again; the DLQ is
