@@ -106,7 +106,7 @@ delivery, said here (and in [semantics](semantics.md)) rather than hidden:
   `max_uncommitted=40` (with `commit_every=20`) keeps it under 5% at about half the
   throughput ([Kafka, Commits](adapters/kafka.md#commits): the trade-off, measured).
   Handlers that do real work re-run about their rate times the 0.1 s commit
-  interval (crash-restart, 2 ms handlers: 27-29 per kill). The
+  interval (crash-restart, 2 ms handlers: 20-29 per kill). The
   idempotency middleware turns re-runs into one effect each, except the one handler
   per kill that was between its effect and the store's done mark.
 - **Good events dead-lettered with a killing one** (poison mix,
