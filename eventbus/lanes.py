@@ -217,6 +217,12 @@ class Lanes:
             if item is None:
                 return
             generation, work = item
+            if self.progress.stopping:
+                # Queued before stop() and not started: nothing new starts once the
+                # runner stops (see stop()).
+                self._drop_unstarted(work)
+                self._lane_done(index)
+                continue
             if isinstance(work, list):
                 await self._lane_batch(index, generation, work)
                 continue
@@ -272,15 +278,19 @@ class Lanes:
             self._lane_done(index)
 
     async def stop(self, timeout: float) -> None:
-        """Run what was fetched within ``timeout``, then stop the lane workers (what is
-        still running past it is cancelled: its messages go back to the broker)."""
-        self._batches.flush()  # what was collected is handled within the timeout too
-        # Pooled work is handled within the timeout too: queued on the lanes (by
-        # load, nothing else being left to wait for) ahead of their stop marks.
-        while self._pool and self._lanes:
-            index = min(range(len(self._lanes)), key=self._load.__getitem__)
-            self._load[index] += 1
-            self._lanes[index].put_nowait(self._pool.popleft())
+        """Let the handlers already running finish within ``timeout``, start nothing
+        more, then stop the lane workers (what is still running past it is cancelled:
+        its messages go back to the broker).
+
+        Work fetched but not started (queued on a lane, pooled, a batch being
+        collected) is dropped unstarted, as a lost subscription's is: the adapter's
+        close hands every unsettled delivery back to the broker, so the next consumer
+        gets it. Starting it here would run handlers after the stop signal, and a
+        burst's tail would be cut off by the timeout anyway.
+        """
+        self.forget_collected()
+        while self._pool:
+            self._drop_unstarted(self._pool.popleft()[1])
         for queue in self._lanes:
             queue.put_nowait(None)
         if not self._tasks:
@@ -294,3 +304,8 @@ class Lanes:
                 "to the broker", self.spec.topic, self.spec.group, len(pending), timeout,
             )
             await asyncio.gather(*pending, return_exceptions=True)
+
+    def _drop_unstarted(self, work: Work) -> None:
+        """Stopping: ``work`` was fetched and never started; the broker has it again."""
+        for delivery in work if isinstance(work, list) else [work]:
+            self.runs.seen(delivery)

@@ -50,6 +50,17 @@ def test_several_hosts_ipv6_and_every_option() -> None:
     assert "sasl_password=***" in s.masked_url and "sasl_password=p" not in repr(s)
 
 
+def test_the_commit_cadence_is_set_by_the_url() -> None:
+    """The commit cadence's trade-off (docs/adapters/kafka.md, "Commits") is a user's
+    choice: defaults keep throughput, max_uncommitted bounds what a crash re-runs."""
+    s = KafkaSettings.from_url("kafka://k")
+    assert (s.commit_interval, s.commit_every, s.max_uncommitted) == (0.1, 1000, 0)
+    s = KafkaSettings.from_url("kafka://k?commit_every=20&max_uncommitted=40")
+    assert (s.commit_every, s.max_uncommitted) == (20, 40)
+    with pytest.raises(InvalidURLError, match="commit_every"):
+        KafkaSettings.from_url("kafka://k?commit_every=0")
+
+
 def test_the_names_of_0_1_still_work_with_a_deprecation_warning() -> None:
     with pytest.warns(DeprecationWarning, match="client_id -> client_name") as warned:
         s = KafkaSettings.from_url(

@@ -1,8 +1,9 @@
 """A subscription: one Kafka consumer in its group, reading the topic and its retry topics.
 
 - Offsets are committed manually, only ever the contiguous prefix of settled
-  records per partition (:mod:`eventbus_kafka.offsets`), in batches every
-  ``commit_interval`` and always on revoke and close.
+  records per partition (:mod:`eventbus_kafka.offsets`), in batches (every
+  ``commit_every`` settled records or ``commit_interval``, whichever comes
+  first) and always on revoke and close.
 - ``nack(delay)`` re-publishes the record to the retry topic of its delay tier
   (:mod:`eventbus_kafka.provision`) with a not-before time and marks the original
   done, so its partition is not blocked. A retry record that is not due yet is
@@ -45,7 +46,7 @@ from .keepalive import PollKeeper, keeper_tick
 from .offsets import Entry, PartitionLog
 from .provision import FORWARD_SLACK_MS, not_before, release_at, retry_topic, retry_topics
 from .rebalance import COMMIT_TIMEOUT, Listener, RebalanceTracker, kafka_group_id
-from .runs import RunCounter
+from .runs import OPEN, RunCounter
 from .watch import TopicWatch
 
 if TYPE_CHECKING:
@@ -98,6 +99,14 @@ class KafkaSubscription(PollKeeper, RunCounter, TopicWatch, Subscription):
         self._closed = False
         self._wake = asyncio.Event()
         self._dirty = asyncio.Event()
+        # The commit cadence, in records settled by this subscription: how many when the
+        # last commit started, and when the last one that succeeded started.
+        self._commit_due = asyncio.Event()  # commit_every records settled since a commit
+        self._settled = 0
+        self._commit_started = 0
+        self._commit_covered = 0
+        self._commit_idle = asyncio.Event()
+        self._commit_idle.set()
         self._commit_lock = asyncio.Lock()
         # Group membership: start offsets and rebalances (rebalance.py).
         self.rebalance = RebalanceTracker(
@@ -161,7 +170,7 @@ class KafkaSubscription(PollKeeper, RunCounter, TopicWatch, Subscription):
         if tasks:
             cancelled |= await best_effort(what, asyncio.gather(*tasks, return_exceptions=True))
         cancelled |= await best_effort(f"{what}: final commit",
-                                       asyncio.wait_for(self.commit(), COMMIT_TIMEOUT))
+                                       asyncio.wait_for(self.commit(final=True), COMMIT_TIMEOUT))
         cancelled |= await best_effort(f"{what}: leaving the group", self.consumer.stop())
         # When stop() was interrupted (by aiokafka's own CancelledError) it skipped
         # closing the client's connections; close them, or their sockets leak.
@@ -178,6 +187,9 @@ class KafkaSubscription(PollKeeper, RunCounter, TopicWatch, Subscription):
         self.release_slot()
         if log_.settle(entry):
             self._dirty.set()
+        self._settled += 1
+        if self._settled - self._commit_started >= self.adapter.settings.commit_every:
+            self._commit_due.set()
 
     def redeliver_locally(self, delivery: KafkaDelivery, delay: float,
                           error: BaseException | None) -> None:
@@ -228,17 +240,34 @@ class KafkaSubscription(PollKeeper, RunCounter, TopicWatch, Subscription):
         self._outstanding -= 1
         self._wake.set()
 
-    async def commit(self, only: set[TopicPartition] | None = None) -> None:
-        """Commit the settled prefix of every owned partition (or of ``only``)."""
+    async def commit(self, only: set[TopicPartition] | None = None,
+                     final: bool = False) -> None:
+        """Commit the settled prefix of every owned partition (or of ``only``).
+
+        ``final`` (a revoke, the close): nothing more starts here, so a partition with
+        no record handed out and unsettled is committed clean (no ``OPEN`` mark),
+        telling the next owner that no crash can have run records past it uncounted.
+        An offset that did not move is not committed again just to clear the mark (a
+        deleted topic would hold the close for the commit timeout): the next owner is
+        then careful for nothing.
+        """
         async with self._commit_lock:
             owned = self.consumer.assignment()
             offsets: dict[TopicPartition, OffsetAndMetadata] = {}
             for tp, log_ in self._logs.items():
+                if tp not in owned or (only is not None and tp not in only):
+                    continue
+                # Handed out and unsettled: it may run (or have run) past the commit.
+                clean = final and not log_.in_flight
                 offset = log_.to_commit()
-                if offset is not None and tp in owned and (only is None or tp in only):
-                    offsets[tp] = OffsetAndMetadata(offset, "")
+                if offset is not None:
+                    offsets[tp] = OffsetAndMetadata(offset, "" if clean else OPEN)
+            settled = self._settled
             if not offsets:
+                self._commit_covered = settled  # nothing settled is committable yet
                 return
+            self._commit_started = settled
+            self._commit_idle.clear()
             try:
                 # Bounded: aiokafka retries a retriable error (a partition gone with its
                 # topic: UnknownTopicOrPartition) for ever, holding the commit lock.
@@ -254,16 +283,25 @@ class KafkaSubscription(PollKeeper, RunCounter, TopicWatch, Subscription):
                 self._dirty.set()
                 await self._check_partitions_exist(set(offsets))
                 return
+            finally:
+                self._commit_idle.set()
+            self._commit_covered = settled
             for tp, meta in offsets.items():
                 self._logs[tp].committed = meta.offset
 
     async def _housekeeping(self) -> None:
+        # The commit cadence (docs/adapters/kafka.md, "Commits"): after an ack, commit
+        # once commit_every records were settled or commit_interval passed, whichever
+        # comes first. What a crash re-runs is what was settled since the last commit.
         interval = self.adapter.settings.commit_interval
         while True:
             if self.rebalance.has_new_partitions:
                 await self.rebalance.pin_new_partitions()
             await self._dirty.wait()
-            await asyncio.sleep(interval)  # let acks accumulate into one commit
+            if self._settled - self._commit_started < self.adapter.settings.commit_every:
+                self._commit_due.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._commit_due.wait(), interval)
             self._dirty.clear()
             await self.commit()
 
@@ -293,6 +331,7 @@ class KafkaSubscription(PollKeeper, RunCounter, TopicWatch, Subscription):
                     entry.earlier_runs = await self._count_head_run(record, log_, entry)
                     self._ready.appendleft(item)  # checked again: a rebalance may have come
                     continue
+                await self._keep_pace_with_commits()
                 yield self._hand_out(record, log_, entry, attempt)
                 continue
             wait = self._next_due()
@@ -313,6 +352,25 @@ class KafkaSubscription(PollKeeper, RunCounter, TopicWatch, Subscription):
                 return
             if not self._closed:
                 self._accept(batch)
+
+    async def _keep_pace_with_commits(self) -> None:
+        """Let commits keep pace with handling. Fast handlers never yield the loop within
+        a fetched batch, so no commit would start until the batch is done: once
+        ``commit_every`` records are settled since the last commit started, yield once
+        so the housekeeper can start one. With ``max_uncommitted`` set, also hold the
+        hand-out while that many settled records are not covered by a finished commit
+        and one is in flight: a crash then re-runs at most about that many, at the
+        cost of throughput when handlers outrun the commit round trip. A commit that
+        cannot advance (an earlier record still running) holds nothing: it is not in
+        flight."""
+        settings = self.adapter.settings
+        if self._settled - self._commit_started >= settings.commit_every:
+            await asyncio.sleep(0)
+        bound = settings.max_uncommitted
+        if bound and self._settled - self._commit_covered >= bound \
+                and not self._commit_idle.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._commit_idle.wait(), COMMIT_TIMEOUT)
 
     def _hand_out(self, record: Any, log_: PartitionLog, entry: Entry,
                   attempt: int | None = None) -> Delivery:

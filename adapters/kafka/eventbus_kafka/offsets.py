@@ -58,6 +58,9 @@ class PartitionLog:
     # run is counted there until it is settled.
     head_checked: bool = False
     counted: Entry | None = None
+    # After a crash (the head's commit was open): records below this offset commit
+    # past themselves as soon as each is settled (eventbus_kafka.runs).
+    careful_until: int = -1
 
     def add(self, offset: int, record: Any = None) -> Entry:
         """Track a newly fetched record (records arrive in offset order)."""

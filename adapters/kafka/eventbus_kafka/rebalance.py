@@ -286,7 +286,7 @@ class RebalanceTracker:
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), deadline - loop.time())
-        await self._commit(only=revoked)
+        await self._commit(only=revoked, final=True)
         for tp, log_ in logs.items():
             del self._logs[tp]
             self._suspended[tp] = log_

@@ -107,7 +107,14 @@ class KafkaSettings:
     # Static membership: a restarted member with the same id gets its partitions
     # back without a rebalance (within session_timeout).
     group_instance_id: str | None = None
+    # The commit cadence (docs/adapters/kafka.md, "Commits"): after an ack, a commit
+    # once commit_every records were settled or commit_interval passed. A crash
+    # re-runs what was settled since the last commit; each commit is a round trip.
+    # max_uncommitted (0: off) holds hand-outs while that many settled records wait
+    # for a commit in flight: a bound on re-runs per crash, paid in throughput.
     commit_interval: float = 0.1
+    commit_every: int = 1000
+    max_uncommitted: int = 0
     rebalance_grace: float = 2.0
     # Delay tiers in seconds, ascending: one retry topic each (see eventbus_kafka.provision).
     delay_tiers: tuple[float, ...] = DEFAULT_TIERS
@@ -249,6 +256,8 @@ _OPTIONS: dict[str, OptionParser] = {
     "isolation_level": choice(*ISOLATION_LEVELS, fold=str.lower),
     "group_instance_id": text,
     "commit_interval": seconds(),
+    "commit_every": integer(1),
+    "max_uncommitted": integer(0),
     "rebalance_grace": seconds(inclusive=True),
 }
 

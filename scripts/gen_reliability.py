@@ -1,0 +1,250 @@
+"""Generate docs/reliability.md from a chaos run (integration_tests/chaos).
+
+Reads ``.reports/chaos/<profile>.jsonl`` (what the scenarios measured: one JSON line
+per scenario and broker), keeps a copy beside the page (``docs/reliability/``, so the
+published figures have their source in the repository), and writes the page: per
+scenario and broker the faults injected, events, lost, duplicates and recovery time;
+the soak's resident memory as an SVG chart; what is declared rather than promised.
+
+Usage: python scripts/gen_reliability.py [short|long]
+(default: long when ``.reports/chaos/long.jsonl`` exists, else short)
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+REPORTS = ROOT / ".reports" / "chaos"
+PAGE = ROOT / "docs" / "reliability.md"
+DATA = ROOT / "docs" / "reliability"
+
+# What each scenario does and asserts, in the order the page shows them.
+SCENARIOS: dict[str, tuple[str, str]] = {
+    "crash-restart": (
+        "Crash-restart",
+        "N events; the consumer process (`eventbus run`) SIGKILLed at random points K "
+        "times and started again. Asserted: every confirmed event handled at least once. "
+        "Duplicates: handler runs to the end beyond the first."),
+    "crash-restart+idempotency": (
+        "Crash-restart with the idempotency middleware",
+        "The same, with the idempotency middleware on a Redis store shared by every "
+        "process. Duplicates here are *effects* that ran twice; asserted: at most one per "
+        "kill (the handler that was between its effect and the store's done mark)."),
+    "duplicate-rate": (
+        "Duplicate rate after a crash",
+        "Handlers that do nothing, the process SIGKILLed mid-stream: what a kill re-runs. "
+        "On Kafka, whose adapter controls it through its commit cadence, twice: with the "
+        "defaults (measured, not bounded: the handling rate times the commit latency) "
+        "and with `max_uncommitted=40` (asserted: at most 5% of the events). The short "
+        "profile runs it on Kafka only; the long one on every broker (3,000 events, 3 "
+        "kills)."),
+    "scale-out": (
+        "Scale-out",
+        "Three consumer processes in one group share the stream; the busiest is "
+        "SIGKILLed. Asserted: every member had a share, nothing lost, the killed "
+        "member's unfinished events handled by another within the broker's lease "
+        "(+10 s); per-key order across the hand-over on Kafka, SQLite and PostgreSQL. "
+        "Recovery: the kill to the last of those events handled."),
+    "broker-restart": (
+        "Broker restart",
+        "A private broker (never the shared one) stopped and started on its data while "
+        "a consumer works and a publisher keeps publishing. Asserted: every confirmed "
+        "publish handled. Recovery: broker back to the first event published after it "
+        "handled."),
+    "cuts-and-freezes": (
+        "Connection cuts and freezes",
+        "Every connection of the consumer and the publisher cut, then the path frozen "
+        "(half-open, 2 s), through the fault proxy, under load. Asserted: every "
+        "confirmed publish handled. Recovery: each fault's end to the next event "
+        "handled."),
+    "poison-mix": (
+        "Poison mix",
+        "1% undecodable, 1% invalid, 1% handler-always-fails and 0.1% handler-kills-"
+        "the-process events among good ones; a supervisor restarts the killed process. "
+        "Asserted: every poison event in the group's DLQ with its reason, every good one "
+        "handled (or dead-lettered with a killing event, below), no stall."),
+    "graceful-shutdown": (
+        "Graceful shutdown under load",
+        "SIGTERM during a burst (4 handlers at a time, 50 ms each). Asserted: no handler "
+        "starts after the signal, none is cut off, exit 0 within the shutdown timeout, "
+        "nothing lost. Recovery: SIGTERM to exit."),
+    "soak": (
+        "Soak",
+        "Events through the default chain; the consumer's RSS and open descriptors "
+        "sampled. Asserted: flat once warm (RSS growth at most 25 MiB, descriptors at "
+        "most 4), throughput steady (second half at least half the first)."),
+}
+
+# Not run, and why: a scenario that does not apply to a broker is declared, not skipped.
+NOT_RUN = {
+    ("broker-restart", "sqs"): "moto_server keeps queues in memory only, so a restart "
+    "forgets them (SQS stores messages durably; a declared moto limit in the "
+    "conformance suite too)",
+    ("broker-restart", "sqlite"): "SQLite has no server process: the log is the file, "
+    "a commit is on disk when it returns, and the crash scenarios kill its only "
+    "processes",
+}
+
+DECLARED = """\
+## Declared, not promised
+
+Measured by the scenarios above; each is a limit of the broker or of at-least-once
+delivery, said here (and in [semantics](semantics.md)) rather than hidden:
+
+- **Duplicates after a crash** are at-least-once delivery: a killed process's
+  unsettled messages run again. RabbitMQ, NATS JetStream, Redis Streams, SQS and the
+  SQL brokers settle each message on its own, so a kill re-runs what was running or
+  fetched (0-15 in the figures). Kafka keeps one committed offset per partition: a kill
+  re-runs what was settled since the last finished commit, the handling rate times
+  the commit latency. With handlers doing nothing that is a third to a half of a
+  1,000-event stream per kill with the defaults, which keep throughput;
+  `max_uncommitted=40` (with `commit_every=20`) keeps it under 5% at about half the
+  throughput ([Kafka, Commits](adapters/kafka.md#commits): the trade-off, measured).
+  Handlers that do real work re-run about their rate times the 0.1 s commit
+  interval (crash-restart, 2 ms handlers: 20-29 per kill). The
+  idempotency middleware turns re-runs into one effect each, except the one handler
+  per kill that was between its effect and the store's done mark.
+- **Good events dead-lettered with a killing one** (poison mix,
+  `good_dead_lettered`): the events a process had fetched when a handler killed it
+  count a run each, as the broker's delivery count (or Kafka's run count) does for
+  every message in flight at a crash; after `max_attempts` such crashes they are
+  dead-lettered with `RunsExhaustedError` beside the killing event. They are in the
+  DLQ, not lost, and can be replayed. At most the prefetch (8) per killing event,
+  except on SQLite and PostgreSQL, whose acks become durable a moment after the
+  handler (deleted with the next claim or after 20 ms): a kill loses the last ones,
+  so good events handled in a burst just before each kill of a crash loop come back
+  each time. Measured in two of eight short-profile runs on PostgreSQL: 154 and 111
+  of 300 good events dead-lettered beside one killing event (7 in the others). Not
+  fixed yet.
+- **Dead letters of a log broker can come twice** (poison mix on Kafka,
+  `dead_letter_copies`): a process killed after dead-lettering a record and before
+  its commit reads the record again and dead-letters it again; the DLQ is
+  at-least-once like the topic (the letters carry the event id).
+- **Per-key order across a hand-over** (scale-out, `order_inversions`) holds on
+  Kafka (whole partitions move from the last commit) and the SQL brokers (a key's
+  next message waits for the one before); RabbitMQ, NATS, Redis Streams and SQS
+  redeliver a dead member's unsettled messages after those the survivors took.
+"""
+
+
+def load(profile: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    path = REPORTS / f"{profile}.jsonl"
+    lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    header = lines[0]["header"] if lines and "header" in lines[0] else {}
+    results = [line for line in lines if "scenario" in line]
+    return header, results
+
+
+def _recovery(values: list[float]) -> str:
+    if not values:
+        return "-"
+    low, high = min(values), max(values)
+    span = f"{low:.2f}" if low == high else f"{low:.2f}-{high:.2f}"
+    return span if len(values) == 1 else f"{span} ({len(values)} faults)"
+
+
+def _extra(result: dict[str, Any]) -> str:
+    extra = {k: v for k, v in result.get("extra", {}).items() if k != "samples"}
+    return ", ".join(f"{k}: {v}" for k, v in extra.items())
+
+
+def table(results: list[dict[str, Any]], scenario: str) -> str:
+    rows = ["| broker | faults | events | lost | duplicates | recovery (s) | seconds | also |",
+            "|---|---:|---:|---:|---:|---|---:|---|"]
+    for r in results:
+        rows.append(f"| {r['broker']} | {r['fault_count']} | {r['events']:,} | {r['lost']} | "
+                    f"{r['duplicates']} | {_recovery(r['recovery_s'])} | {r['seconds']} | "
+                    f"{_extra(r)} |")
+    for (name, broker), why in NOT_RUN.items():
+        if name == scenario:
+            rows.append(f"| {broker} | - | - | - | - | - | - | not run: {why} |")
+    return "\n".join(rows)
+
+
+def rss_chart(result: dict[str, Any], width: int = 480, height: int = 160) -> str:
+    """The soak's RSS over events handled, as a small SVG line chart."""
+    samples = result["extra"].get("samples", [])
+    points = [(s[1], s[2]) for s in samples]
+    if len(points) < 2:
+        return ""
+    max_x = max(p[0] for p in points) or 1
+    low, high = min(p[1] for p in points), max(p[1] for p in points)
+    span = max(1.0, high - low)
+    pad = 30
+    coords = " ".join(
+        f"{pad + (x / max_x) * (width - 2 * pad):.1f},"
+        f"{height - pad - ((y - low) / span) * (height - 2 * pad):.1f}" for x, y in points)
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'font-family="sans-serif" font-size="10">\n'
+        f'<rect width="{width}" height="{height}" fill="white"/>\n'
+        f'<polyline fill="none" stroke="#1f77b4" stroke-width="1.5" points="{coords}"/>\n'
+        f'<text x="{pad}" y="{pad - 10}">RSS MiB ({low:.0f}-{high:.0f}) of the consumer, '
+        f'{result["broker"]}</text>\n'
+        f'<text x="{width - pad}" y="{height - 8}" text-anchor="end">'
+        f'{max_x:,} events handled</text>\n</svg>\n')
+
+
+def render(profile: str, header: dict[str, Any], results: list[dict[str, Any]]) -> str:
+    out = [
+        "# Reliability under faults",
+        "",
+        "<!-- generated by scripts/gen_reliability.py from "
+        f"docs/reliability/{profile}.jsonl; do not edit -->",
+        "",
+        f"What the chaos scenarios (`integration_tests/chaos`, marker `chaos`) measured "
+        f"in their **{profile} profile**, run {header.get('started', '?')} on "
+        f"{header.get('machine', '?')}, Python {header.get('python', '?')}. The short "
+        "profile runs with the test command (`make test`, CI) on every single-node "
+        "broker the harness has, with small event counts; the long one "
+        "(`pytest integration_tests/chaos --chaos-long` or `EVENTBUS_CHAOS=long`) runs "
+        "ten times the events, more faults, and the soak of 1,000,000 events on memory, "
+        "Kafka and NATS. Every broker here is a single node; clusters (Kafka, RabbitMQ "
+        "and NATS with three members, Redis with Sentinel) are not covered yet.",
+        "",
+        "Every process is a real `eventbus run` of `integration_tests/chaos/app.py`, "
+        "whose handlers append one line per start and end to a journal (one `O_APPEND` "
+        "write, which a SIGKILL cannot tear): *lost* is a confirmed event with no end "
+        "in the journal (0 everywhere the broker promises it, which is every row), "
+        "*duplicates* the ends beyond the first, summed.",
+        "",
+    ]
+    by_scenario: dict[str, list[dict[str, Any]]] = {}
+    for r in results:
+        by_scenario.setdefault(r["scenario"], []).append(r)
+    for scenario, (title, what) in SCENARIOS.items():
+        found = by_scenario.pop(scenario, [])
+        if not found:
+            continue
+        out += [f"## {title}", "", what, "", table(found, scenario), ""]
+        if scenario == "soak":
+            for r in found:
+                svg = rss_chart(r)
+                if svg:
+                    name = f"soak-rss-{profile}-{r['broker']}.svg"
+                    (DATA / name).write_text(svg)
+                    out += [f"![RSS during the soak on {r['broker']}](reliability/{name})", ""]
+    for scenario, found in by_scenario.items():  # a scenario this script does not know
+        out += [f"## {scenario}", "", table(found, scenario), ""]
+    out.append(DECLARED)
+    return "\n".join(out)
+
+
+def main(argv: list[str]) -> int:
+    default = "long" if (REPORTS / "long.jsonl").exists() else "short"
+    profile = argv[0] if argv else default
+    header, results = load(profile)
+    DATA.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(REPORTS / f"{profile}.jsonl", DATA / f"{profile}.jsonl")
+    PAGE.write_text(render(profile, header, results))
+    print(f"wrote {PAGE.relative_to(ROOT)} from the {profile} profile ({len(results)} results)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
