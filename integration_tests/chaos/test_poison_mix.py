@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from eventbus import Envelope, Event, EventBus
-from eventbus.deadletter import UNDECODABLE_TYPE, dlq_topic
+from eventbus.deadletters import UNDECODABLE_TYPE, dlq_topic
 from eventbus.errors import UnsupportedOperationError
 from integration_tests.chaos.app import KILL_EXIT, MAX_ATTEMPTS, ChaosEvent, on_topic
 from integration_tests.chaos.report import Report, Result
