@@ -25,6 +25,7 @@ demo: $(UV)
 	$(VENV)/bin/python -m examples.order_saga.processes
 
 lint: setup
+	$(VENV)/bin/ruff format --check eventbus adapters tests integration_tests examples bench scripts
 	$(VENV)/bin/ruff check eventbus adapters tests integration_tests examples bench scripts/check_layers.py
 	@# The import graph against the layers of docs/architecture.md and adapters/README.md.
 	$(VENV)/bin/python scripts/check_layers.py

@@ -78,13 +78,23 @@ class BenchAccount(Aggregate):
 
 # -- eventbus ----------------------------------------------------------------------------
 
+
 async def eventbus_store(store: EventStore, streams: int, per_stream: int) -> tuple[float, float]:
     await store.setup()
     batches = [
-        (f"s-{s}", [Envelope.create(type="bench.deposited", source="bench",
-                                    data=BenchDeposited(amount=i, note="x" * 20).to_bytes())
-                    for i in range(BATCH)])
-        for s in range(streams) for _ in range(per_stream // BATCH)
+        (
+            f"s-{s}",
+            [
+                Envelope.create(
+                    type="bench.deposited",
+                    source="bench",
+                    data=BenchDeposited(amount=i, note="x" * 20).to_bytes(),
+                )
+                for i in range(BATCH)
+            ],
+        )
+        for s in range(streams)
+        for _ in range(per_stream // BATCH)
     ]
     versions: dict[str, int] = {}
     start = time.perf_counter()
@@ -103,8 +113,9 @@ async def eventbus_store(store: EventStore, streams: int, per_stream: int) -> tu
     return rate(total, append), rate(total, load)
 
 
-async def eventbus_aggregates(store: EventStore, streams: int, per_stream: int
-                              ) -> tuple[float, float]:
+async def eventbus_aggregates(
+    store: EventStore, streams: int, per_stream: int
+) -> tuple[float, float]:
     repo = Repository(store, BenchAccount)
     start = time.perf_counter()
     for s in range(streams):
@@ -123,19 +134,27 @@ async def eventbus_aggregates(store: EventStore, streams: int, per_stream: int
     return rate(total, save), rate(total, load)
 
 
-async def run_eventbus(name: str, open_store: Callable[[], Any], streams: int,
-                       per_stream: int) -> Row:
+async def run_eventbus(
+    name: str, open_store: Callable[[], Any], streams: int, per_stream: int
+) -> Row:
     store = await open_store()
     try:
         append, load = await eventbus_store(store, streams, per_stream)
         save, get = await eventbus_aggregates(store, streams, per_stream)
     finally:
         await store.close()
-    return {"contender": "eventbus", "store": name, "append": append, "load": load,
-            "save": save, "get": get}
+    return {
+        "contender": "eventbus",
+        "store": name,
+        "append": append,
+        "load": load,
+        "save": save,
+        "get": get,
+    }
 
 
 # -- eventsourcing -----------------------------------------------------------------------
+
 
 @functools.cache
 def es_account() -> Any:
@@ -163,9 +182,11 @@ def run_eventsourcing(name: str, env: dict[str, str], streams: int, per_stream: 
     recorder = app.recorder
     state = json.dumps({"amount": 1, "note": "x" * 20}).encode()
     ids = [uuid.uuid4() for _ in range(streams)]
-    batches = [[StoredEvent(ids[s], b * BATCH + i + 1, "bench:Deposited", state)
-                for i in range(BATCH)]
-               for s in range(streams) for b in range(per_stream // BATCH)]
+    batches = [
+        [StoredEvent(ids[s], b * BATCH + i + 1, "bench:Deposited", state) for i in range(BATCH)]
+        for s in range(streams)
+        for b in range(per_stream // BATCH)
+    ]
     total = len(batches) * BATCH
     start = time.perf_counter()
     for batch in batches:
@@ -192,8 +213,14 @@ def run_eventsourcing(name: str, env: dict[str, str], streams: int, per_stream: 
         assert app.repository.get(account_id).version == per_stream // BATCH * BATCH
     get = rate(total, time.perf_counter() - start)
     app.close()
-    return {"contender": "eventsourcing", "store": name, "append": append, "load": load,
-            "save": save, "get": get}
+    return {
+        "contender": "eventsourcing",
+        "store": name,
+        "append": append,
+        "load": load,
+        "save": save,
+        "get": get,
+    }
 
 
 async def main() -> None:
@@ -205,27 +232,34 @@ async def main() -> None:
     work = (args.streams, args.per_stream)
     if "memory" in stores:
         rows.append(await run_eventbus("memory", _opener(MemoryEventStore), *work))
-        rows.append(run_eventsourcing("memory", {"PERSISTENCE_MODULE": "eventsourcing.popo"},
-                                      *work))
+        rows.append(
+            run_eventsourcing("memory", {"PERSISTENCE_MODULE": "eventsourcing.popo"}, *work)
+        )
     if "sqlite" in stores:
         with tempfile.TemporaryDirectory() as folder:
             url = f"sqlite:///{folder}/eventbus.db"
             rows.append(await run_eventbus("sqlite", lambda: SQLEventStore.connect(url), *work))
-            rows.append(run_eventsourcing("sqlite", sqlite_env(f"{folder}/eventsourcing.db"),
-                                          *work))
+            rows.append(
+                run_eventsourcing("sqlite", sqlite_env(f"{folder}/eventsourcing.db"), *work)
+            )
     if "postgres" in stores:
         async with fresh_postgres(args.pg_url, "bench_es") as url:
-            rows.append(await run_eventbus("postgres", lambda: SQLEventStore.connect(url),
-                                           *work))
+            rows.append(await run_eventbus("postgres", lambda: SQLEventStore.connect(url), *work))
         async with fresh_postgres(args.pg_url, "bench_es") as url:
             rows.append(run_eventsourcing("postgres", postgres_env(url), *work))
     total = total_events(args.streams, args.per_stream)
-    print(f"\n{total} events per contender: {args.streams} streams x {args.per_stream}, "
-          f"{BATCH} events per append/save; events/s (higher is better)\n")
-    print_table(("store", "contender", "store append", "store load", "aggregate save",
-                 "aggregate load"),
-                [(row["store"], row["contender"], row["append"], row["load"], row["save"],
-                  row["get"]) for row in rows])
+    print(
+        f"\n{total} events per contender: {args.streams} streams x {args.per_stream}, "
+        f"{BATCH} events per append/save; events/s (higher is better)\n"
+    )
+    print_table(
+        ("store", "contender", "store append", "store load", "aggregate save", "aggregate load"),
+        [
+            (row["store"], row["contender"], row["append"], row["load"], row["save"], row["get"])
+            for row in rows
+        ],
+    )
+
 
 def _opener(factory: Callable[[], EventStore]) -> Callable[[], Any]:
     async def open_store() -> EventStore:

@@ -54,8 +54,9 @@ async def throughput(
         f"{args.events} events, {broker.partitions} partitions, best of {args.repeat}; "
         f"eventbus concurrency {args.concurrency}, chunk {args.chunk}; "
         f"python {platform.python_version()}, {versions}",
-        results, targets=targets, references=[kafka.RAW, kafka.FASTSTREAM,
-                                              kafka.FASTSTREAM_QUIET],
+        results,
+        targets=targets,
+        references=[kafka.RAW, kafka.FASTSTREAM, kafka.FASTSTREAM_QUIET],
     )
     payload["throughput"] = [r.as_dict() for r in results]
     return runner.check(results, targets) if args.check else 0
@@ -76,48 +77,79 @@ async def stage_table(
         return f"bench-stages-{time.perf_counter_ns()}"
 
     async def memory_e2e(ev: Sequence[runner.Tick], factory: Any) -> runner.Timing:
-        return await memory.eventbus_case(ev, chunk=args.chunk, idempotency=False,
-                                          bus_factory=factory)
+        return await memory.eventbus_case(
+            ev, chunk=args.chunk, idempotency=False, bus_factory=factory
+        )
 
     async def kafka_topic() -> str:
         return await broker.new_topic("stages")
 
     async def kafka_e2e(ev: Sequence[runner.Tick], factory: Any) -> runner.Timing:
-        return await kafka.eventbus_case(broker, ev, chunk=args.chunk,
-                                         concurrency=args.concurrency, bus_factory=factory)
+        return await kafka.eventbus_case(
+            broker, ev, chunk=args.chunk, concurrency=args.concurrency, bus_factory=factory
+        )
 
     try:
         on_memory = await stages.measure(
-            memory_url, memory_topic, events, memory_e2e, wire=memory.wire_for(memory_url()),
+            memory_url,
+            memory_topic,
+            events,
+            memory_e2e,
+            wire=memory.wire_for(memory_url()),
             chunk=args.chunk,
-            repeat=args.repeat, subscribe_first=True)
+            repeat=args.repeat,
+            subscribe_first=True,
+        )
     finally:
         for used in memory_urls:
             memory.forget(used)
     on_kafka = await stages.measure(
-        lambda: broker.url, kafka_topic, events, kafka_e2e, wire=kafka.KafkaWire(),
-        chunk=args.chunk, repeat=args.repeat, subscribe_first=False, timeout=broker.timeout)
+        lambda: broker.url,
+        kafka_topic,
+        events,
+        kafka_e2e,
+        wire=kafka.KafkaWire(),
+        chunk=args.chunk,
+        repeat=args.repeat,
+        subscribe_first=False,
+        timeout=broker.timeout,
+    )
     stages.print_table(
         f"per-stage cost, CPU us per event in this process (N={args.events}, best of "
         f"{args.repeat}; Kafka: {broker.partitions} partitions, eventbus concurrency "
-        f"{args.concurrency})", args.events, {"memory": on_memory, "kafka": on_kafka})
-    payload["stages"] = {"memory": stages.as_dict(args.events, on_memory),
-                         "kafka": stages.as_dict(args.events, on_kafka)}
+        f"{args.concurrency})",
+        args.events,
+        {"memory": on_memory, "kafka": on_kafka},
+    )
+    payload["stages"] = {
+        "memory": stages.as_dict(args.events, on_memory),
+        "kafka": stages.as_dict(args.events, on_kafka),
+    }
     # What the CloudEvents headers cost aiokafka itself (issue 7 asks to measure it).
     wire = kafka.KafkaWire()
     bus = EventBus(memory.memory_url(), source="bench")
     records = [wire.encode(bus.envelope_for(event)) for event in events]
     memory.forget(bus.adapter.url)
-    costs = {headers: min([await kafka.raw_send_cpu(broker, records, headers=headers)
-                           for _ in range(args.repeat)]) / len(records) * 1e6
-             for headers in (True, False)}
+    costs = {
+        headers: min(
+            [await kafka.raw_send_cpu(broker, records, headers=headers) for _ in range(args.repeat)]
+        )
+        / len(records)
+        * 1e6
+        for headers in (True, False)
+    }
     count = len(records[0].headers)
-    print(f"\nraw aiokafka producer, same records, CPU us per event: with the {count} "
-          f"CloudEvents headers {costs[True]:.1f}, without {costs[False]:.1f} "
-          f"(headers: {costs[True] - costs[False]:+.1f} us, "
-          f"{(costs[True] - costs[False]) / count:.2f} us per header)")
-    payload["raw_send_us"] = {"with_headers": costs[True], "without_headers": costs[False],
-                              "headers_per_record": count}
+    print(
+        f"\nraw aiokafka producer, same records, CPU us per event: with the {count} "
+        f"CloudEvents headers {costs[True]:.1f}, without {costs[False]:.1f} "
+        f"(headers: {costs[True] - costs[False]:+.1f} us, "
+        f"{(costs[True] - costs[False]) / count:.2f} us per header)"
+    )
+    payload["raw_send_us"] = {
+        "with_headers": costs[True],
+        "without_headers": costs[False],
+        "headers_per_record": count,
+    }
 
 
 async def latency(args: argparse.Namespace, broker: kafka.Broker, payload: dict[str, Any]) -> None:
@@ -125,23 +157,40 @@ async def latency(args: argparse.Namespace, broker: kafka.Broker, payload: dict[
     rows = []
     url = memory.memory_url()
     try:
-        rows.append(Latency("eventbus memory (default chain)",
-                            await bus_latency(url, "bench-latency", trips)))
+        rows.append(
+            Latency(
+                "eventbus memory (default chain)", await bus_latency(url, "bench-latency", trips)
+            )
+        )
     finally:
         memory.forget(url)
     print("latency: eventbus on Kafka", file=sys.stderr)
-    rows.append(Latency("eventbus kafka (defaults)", await bus_latency(
-        broker.url, await broker.new_topic("latency"), trips, concurrency=args.concurrency,
-        timeout=broker.timeout)))
+    rows.append(
+        Latency(
+            "eventbus kafka (defaults)",
+            await bus_latency(
+                broker.url,
+                await broker.new_topic("latency"),
+                trips,
+                concurrency=args.concurrency,
+                timeout=broker.timeout,
+            ),
+        )
+    )
     for linger in (0, 5):
         print(f"latency: raw aiokafka, linger_ms={linger}", file=sys.stderr)
-        rows.append(Latency(f"raw aiokafka send_and_wait (linger_ms={linger})",
-                            await kafka.raw_latency(broker, trips, warmup_for(trips),
-                                                    linger_ms=linger)))
+        rows.append(
+            Latency(
+                f"raw aiokafka send_and_wait (linger_ms={linger})",
+                await kafka.raw_latency(broker, trips, warmup_for(trips), linger_ms=linger),
+            )
+        )
     print_latencies(
         f"publish -> handle latency, one awaited publish at a time ({trips} round trips "
         f"after {warmup_for(trips)} warm-up; Kafka: {broker.partitions} partitions)",
-        rows, reference="raw aiokafka send_and_wait (linger_ms=0)")
+        rows,
+        reference="raw aiokafka send_and_wait (linger_ms=0)",
+    )
     payload["latency"] = {row.name: row.as_dict() for row in rows}
 
 
@@ -152,9 +201,14 @@ async def main_async(args: argparse.Namespace) -> int:
     )
     print(f"idempotent producer: {broker.idempotent}", file=sys.stderr)
     payload: dict[str, Any] = {
-        "bench": "kafka", "broker": args.broker if not args.url else url,
-        "idempotent": broker.idempotent, "events": args.events, "repeat": args.repeat,
-        "partitions": args.partitions, "concurrency": args.concurrency, "chunk": args.chunk,
+        "bench": "kafka",
+        "broker": args.broker if not args.url else url,
+        "idempotent": broker.idempotent,
+        "events": args.events,
+        "repeat": args.repeat,
+        "partitions": args.partitions,
+        "concurrency": args.concurrency,
+        "chunk": args.chunk,
     }
     status = 0
     if args.stages or args.latency:
@@ -188,10 +242,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds per wait")
     parser.add_argument("--check", action="store_true", help="exit 1 if a target is missed")
-    parser.add_argument("--target-raw", type=float, default=0.5,
-                        help="eventbus / raw aiokafka at least this (issue 7: 0.5)")
-    parser.add_argument("--target-faststream", type=float, default=3.0,
-                        help="eventbus / FastStream defaults at least this (issue 7: 3)")
+    parser.add_argument(
+        "--target-raw",
+        type=float,
+        default=0.5,
+        help="eventbus / raw aiokafka at least this (issue 7: 0.5)",
+    )
+    parser.add_argument(
+        "--target-faststream",
+        type=float,
+        default=3.0,
+        help="eventbus / FastStream defaults at least this (issue 7: 3)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     return asyncio.run(main_async(args))

@@ -51,7 +51,8 @@ async def throughput(args: argparse.Namespace, payload: dict[str, Any]) -> int:
         f"{args.events} events, best of {args.repeat} after warm-up, chunk {args.chunk}; "
         f"python {platform.python_version()}, pydantic {importlib.metadata.version('pydantic')}, "
         f"faststream {importlib.metadata.version('faststream')}",
-        results, references=[memory.FASTSTREAM],
+        results,
+        references=[memory.FASTSTREAM],
         targets=[(memory.FASTSTREAM, args.target or (TARGET_RATIO if args.check else 0.0))],
     )
     payload["throughput"] = [r.as_dict() for r in results]
@@ -60,8 +61,9 @@ async def throughput(args: argparse.Namespace, payload: dict[str, Any]) -> int:
         # Issue 7's targets are the default chain's; the other eventbus rows
         # (idempotency, no codec, batch) are shown beside it, not held to them.
         checked = [r for r in results if not r.ours or r.name == memory.EVENTBUS or not args.check]
-        return runner.check(checked, [(memory.FASTSTREAM, target)],
-                            TARGET_RATE if args.check else 0.0)
+        return runner.check(
+            checked, [(memory.FASTSTREAM, target)], TARGET_RATE if args.check else 0.0
+        )
     return 0
 
 
@@ -72,8 +74,9 @@ async def stage_table(args: argparse.Namespace, payload: dict[str, Any]) -> None
         return f"bench-stages-{time.perf_counter_ns()}"
 
     async def e2e(ev: Sequence[runner.Tick], factory: Any) -> runner.Timing:
-        return await memory.eventbus_case(ev, chunk=args.chunk, idempotency=False,
-                                          bus_factory=factory)
+        return await memory.eventbus_case(
+            ev, chunk=args.chunk, idempotency=False, bus_factory=factory
+        )
 
     urls: list[str] = []
 
@@ -82,14 +85,25 @@ async def stage_table(args: argparse.Namespace, payload: dict[str, Any]) -> None
         return urls[-1]
 
     try:
-        table = await stages.measure(url, topic, events, e2e, wire=memory.wire_for(url()),
-                                     chunk=args.chunk, repeat=args.repeat, subscribe_first=True)
+        table = await stages.measure(
+            url,
+            topic,
+            events,
+            e2e,
+            wire=memory.wire_for(url()),
+            chunk=args.chunk,
+            repeat=args.repeat,
+            subscribe_first=True,
+        )
     finally:
         for used in urls:
             memory.forget(used)
-    stages.print_table(f"per-stage cost, CPU us per event in this process (N={args.events}, "
-                       f"best of {args.repeat})",
-                       args.events, {"memory": table})
+    stages.print_table(
+        f"per-stage cost, CPU us per event in this process (N={args.events}, "
+        f"best of {args.repeat})",
+        args.events,
+        {"memory": table},
+    )
     payload["stages"] = {"memory": stages.as_dict(args.events, table)}
 
 
@@ -163,18 +177,25 @@ async def rss(args: argparse.Namespace, payload: dict[str, Any]) -> int:
                     rate = published / (time.perf_counter() - started)
                     first = readings[0][1] if readings else now
                     readings.append((published, now, rate))
-                    print(f"{published:>10,} {now / 1024:>9.1f} {now / first - 1:>+9.1%} "
-                          f"{rate:>10,.0f}", flush=True)
+                    print(
+                        f"{published:>10,} {now / 1024:>9.1f} {now / first - 1:>+9.1%} "
+                        f"{rate:>10,.0f}",
+                        flush=True,
+                    )
     finally:
         memory.forget(url)
     first, last = readings[0][1], readings[-1][1]
     flat = all(abs(r[1] / first - 1) <= 0.10 for r in readings)
-    print(f"\nRSS from {readings[0][0]:,} to {readings[-1][0]:,} events: "
-          f"{first / 1024:.1f} -> {last / 1024:.1f} MiB ({last / first - 1:+.1%}); "
-          f"flat within +/-10%: {'yes' if flat else 'NO'}")
-    payload["rss"] = {"baseline_kib": baseline,
-                      "readings": [{"events": e, "rss_kib": k, "events_per_s": r}
-                                   for e, k, r in readings], "flat_10pct": flat}
+    print(
+        f"\nRSS from {readings[0][0]:,} to {readings[-1][0]:,} events: "
+        f"{first / 1024:.1f} -> {last / 1024:.1f} MiB ({last / first - 1:+.1%}); "
+        f"flat within +/-10%: {'yes' if flat else 'NO'}"
+    )
+    payload["rss"] = {
+        "baseline_kib": baseline,
+        "readings": [{"events": e, "rss_kib": k, "events_per_s": r} for e, k, r in readings],
+        "flat_10pct": flat,
+    }
     return 0 if flat or not args.check else 1
 
 
@@ -201,12 +222,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--target", type=float, default=0.0, help="exit 1 if eventbus < TARGET x FastStream"
     )
     parser.add_argument(
-        "--check", action="store_true",
+        "--check",
+        action="store_true",
         help=f"exit 1 below issue 7's targets for the default chain (>= {TARGET_RATIO:g}x "
-             f"FastStream and >= {TARGET_RATE:,.0f}/s; with --rss: RSS flat within 10%%)",
+        f"FastStream and >= {TARGET_RATE:,.0f}/s; with --rss: RSS flat within 10%%)",
     )
-    parser.add_argument("--rss", action="store_true",
-                        help="push --rss-events through the default chain, print RSS as it goes")
+    parser.add_argument(
+        "--rss",
+        action="store_true",
+        help="push --rss-events through the default chain, print RSS as it goes",
+    )
     parser.add_argument("--rss-events", type=int, default=1_000_000)
     parser.add_argument("--rss-every", type=int, default=200_000)
     args = parser.parse_args(argv)

@@ -98,15 +98,17 @@ def cases() -> dict[str, Instrument]:
 BROKER_URL: str | None = None  # --url: a real broker instead of a private memory://
 
 
-async def one_run(events: Sequence[runner.Tick], instrument: Instrument, *, chunk: int,
-                  single: bool) -> runner.Timing:
+async def one_run(
+    events: Sequence[runner.Tick], instrument: Instrument, *, chunk: int, single: bool
+) -> runner.Timing:
     url = BROKER_URL or memory_url()
     bus = instrument(EventBus(url, source="bench"))
     counter = runner.Counter(len(events))
     topic = f"bench-obs-{uuid.uuid4().hex[:12]}" if BROKER_URL else runner.Tick.default_topic()
 
-    @bus.subscribe(topic, group=f"bench-{uuid.uuid4().hex[:8]}",
-                   concurrency=16 if BROKER_URL else 1)
+    @bus.subscribe(
+        topic, group=f"bench-{uuid.uuid4().hex[:8]}", concurrency=16 if BROKER_URL else 1
+    )
     async def handle(event: runner.Tick) -> None:
         counter.see(event)
 
@@ -127,19 +129,23 @@ async def one_run(events: Sequence[runner.Tick], instrument: Instrument, *, chun
 
 
 async def throughput(args: argparse.Namespace) -> dict[str, Any]:
-    chosen = {name: make for name, make in cases().items()
-              if not args.only or args.only in name}
-    contenders = [runner.Contender(name, _bound(make, args), ours=True)
-                  for name, make in chosen.items()]
+    chosen = {name: make for name, make in cases().items() if not args.only or args.only in name}
+    contenders = [
+        runner.Contender(name, _bound(make, args), ours=True) for name, make in chosen.items()
+    ]
     events = runner.make_events(args.events)
     results = await runner.run(contenders, events, repeat=args.repeat, warmup=args.warmup)
     base = next((r for r in results if r.name == "off"), None)
     workload = "one publish per event" if args.single else f"publish_many of {args.chunk}"
-    print(f"\n{args.events} events on {BROKER_URL or 'memory://'}, {workload}, "
-          f"{args.repeat} interleaved repeats; "
-          f"load average {os.getloadavg()[0]:.2f} at the end")
-    print(f"{'case':<24} {'best/s':>9} {'median/s':>9} {'CPU us/event':>13} "
-          f"{'overhead (median)':>18} {'CPU overhead':>13}")
+    print(
+        f"\n{args.events} events on {BROKER_URL or 'memory://'}, {workload}, "
+        f"{args.repeat} interleaved repeats; "
+        f"load average {os.getloadavg()[0]:.2f} at the end"
+    )
+    print(
+        f"{'case':<24} {'best/s':>9} {'median/s':>9} {'CPU us/event':>13} "
+        f"{'overhead (median)':>18} {'CPU overhead':>13}"
+    )
     for result in results:
         cpu = statistics.median(result.cpu_seconds) / result.events * 1e6
         if base is not None:
@@ -148,14 +154,17 @@ async def throughput(args: argparse.Namespace) -> dict[str, Any]:
             more = f"{slower:>+17.1%} {cpu / base_cpu - 1:>+13.1%}"
         else:
             more = ""
-        print(f"{result.name:<24} {result.rate:>9,.0f} {result.median_rate:>9,.0f} "
-              f"{cpu:>13.2f} {more}")
+        print(
+            f"{result.name:<24} {result.rate:>9,.0f} {result.median_rate:>9,.0f} "
+            f"{cpu:>13.2f} {more}"
+        )
     return {"throughput": [r.as_dict() for r in results]}
 
 
 def _bound(make: Instrument, args: argparse.Namespace) -> runner.Run:
     async def run(events: Sequence[runner.Tick]) -> runner.Timing:
         return await one_run(events, make, chunk=args.chunk, single=args.single)
+
     return run
 
 
@@ -189,18 +198,35 @@ def against(args: argparse.Namespace) -> dict[str, Any]:
         for name, root in sides.items():
             env = {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{ROOT / 'bench'}"}
             done = subprocess.run(
-                [sys.executable, str(Path(__file__).resolve()), "--one-off",
-                 "--events", str(args.events), "--chunk", str(args.chunk)]
+                [
+                    sys.executable,
+                    str(Path(__file__).resolve()),
+                    "--one-off",
+                    "--events",
+                    str(args.events),
+                    "--chunk",
+                    str(args.chunk),
+                ]
                 + (["--single"] if args.single else []),
-                env=env, capture_output=True, text=True, check=True, cwd=root)
+                env=env,
+                capture_output=True,
+                text=True,
+                check=True,
+                cwd=root,
+            )
             seconds, cpu = json.loads(done.stdout.splitlines()[-1])
             if index == 0:
                 print(f"{name}: {done.stderr.strip().splitlines()[0]}", file=sys.stderr)
             figures[name].append((seconds, cpu))
-            print(f"run {index + 1}/{args.repeat}: {name}: {args.events / seconds:,.0f}/s, "
-                  f"{cpu / args.events * 1e6:.2f} CPU us/event", file=sys.stderr)
-    print(f"\n'off' in fresh processes, {args.events} events, {args.repeat} alternated runs "
-          f"each; load average {os.getloadavg()[0]:.2f} at the end")
+            print(
+                f"run {index + 1}/{args.repeat}: {name}: {args.events / seconds:,.0f}/s, "
+                f"{cpu / args.events * 1e6:.2f} CPU us/event",
+                file=sys.stderr,
+            )
+    print(
+        f"\n'off' in fresh processes, {args.events} events, {args.repeat} alternated runs "
+        f"each; load average {os.getloadavg()[0]:.2f} at the end"
+    )
     rows = {}
     for name, runs in figures.items():
         rate = args.events / statistics.median(s for s, _ in runs)
@@ -208,8 +234,10 @@ def against(args: argparse.Namespace) -> dict[str, Any]:
         rows[name] = {"median_rate": rate, "cpu_us_per_event": cpu, "runs": runs}
         print(f"{name:<16} median {rate:>9,.0f}/s   CPU {cpu:.2f} us/event")
     this, other = rows["this checkout"], rows["other checkout"]
-    print(f"this / other: {this['median_rate'] / other['median_rate']:.3f}x events/s, "
-          f"{this['cpu_us_per_event'] / other['cpu_us_per_event']:.3f}x CPU per event")
+    print(
+        f"this / other: {this['median_rate'] / other['median_rate']:.3f}x events/s, "
+        f"{this['cpu_us_per_event'] / other['cpu_us_per_event']:.3f}x CPU per event"
+    )
     return {"against": rows}
 
 
@@ -219,8 +247,9 @@ async def one_off(args: argparse.Namespace) -> None:
 
     print(f"eventbus from {Path(eventbus.__file__).parent}", file=sys.stderr)
     events = runner.make_events(args.events)
-    await one_run(events[: len(events) // 10], lambda bus: bus, chunk=args.chunk,
-                  single=args.single)
+    await one_run(
+        events[: len(events) // 10], lambda bus: bus, chunk=args.chunk, single=args.single
+    )
     gc.collect()
     timing = await one_run(events, lambda bus: bus, chunk=args.chunk, single=args.single)
     print(json.dumps([timing.total, timing.cpu]))

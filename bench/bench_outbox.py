@@ -35,8 +35,9 @@ from eventbus import Event, EventBus
 from eventbus.patterns.outbox import Outbox, OutboxRelay
 from eventbus.patterns.sql import Database
 
-DEFAULT_URL = os.environ.get("EVENTBUS_TEST_POSTGRES_URL",
-                             "postgresql://postgres:postgres@127.0.0.1:5432/test")
+DEFAULT_URL = os.environ.get(
+    "EVENTBUS_TEST_POSTGRES_URL", "postgresql://postgres:postgres@127.0.0.1:5432/test"
+)
 
 
 class OrderPlaced(Event, type="bench.outbox.order-placed", topic="bench-outbox", version=1):
@@ -61,30 +62,45 @@ async def fill(outbox: Outbox, bus: EventBus, rows: int, keys: int) -> float:
     for start in range(0, rows, 500):
         async with outbox.unit_of_work():
             for key in range(keys):
-                chunk = [OrderPlaced(order_id=f"o-{key}", n=n)
-                         for n in range(start, min(rows, start + 500)) if n % keys == key]
+                chunk = [
+                    OrderPlaced(order_id=f"o-{key}", n=n)
+                    for n in range(start, min(rows, start + 500))
+                    if n % keys == key
+                ]
                 if chunk:
                     await bus.publish_many(chunk, key=f"o-{key}")
     return rows / (time.perf_counter() - started)
 
 
-async def case(admin_url: str, rows: int, keys: int, batch: int,
-               relays: int) -> tuple[float, float]:
+async def case(
+    admin_url: str, rows: int, keys: int, batch: int, relays: int
+) -> tuple[float, float]:
     async with fresh_database(admin_url) as url:
         db = await Database.connect(url)
         outbox = Outbox(db)
         await outbox.setup()
-        bus = EventBus(f"memory://bench-{uuid.uuid4().hex}?encode=false",
-                       publish_middleware=[outbox.middleware])
+        bus = EventBus(
+            f"memory://bench-{uuid.uuid4().hex}?encode=false",
+            publish_middleware=[outbox.middleware],
+        )
         async with bus:
             write_rate = await fill(outbox, bus, rows, keys)
         await db.close()
         # Each relay is a process of its own (as in production, and so two relays
         # get two cores): started, connected, then all told to go at once.
-        children = [await asyncio.create_subprocess_exec(
-            sys.executable, __file__, "--relay-only", url, "--batch", str(batch),
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
-            for _ in range(relays)]
+        children = [
+            await asyncio.create_subprocess_exec(
+                sys.executable,
+                __file__,
+                "--relay-only",
+                url,
+                "--batch",
+                str(batch),
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+            )
+            for _ in range(relays)
+        ]
         for child in children:
             assert child.stdout is not None
             assert (await child.stdout.readline()).strip() == b"ready"
@@ -128,8 +144,10 @@ async def main() -> None:
     if args.relay_only:
         await relay_only(args.relay_only, args.batch)
         return
-    print(f"{args.rows} rows over {args.keys} keys, batch {args.batch}, PostgreSQL "
-          f"{urlsplit(args.url).hostname}, broker memory:// (encode=false)")
+    print(
+        f"{args.rows} rows over {args.keys} keys, batch {args.batch}, PostgreSQL "
+        f"{urlsplit(args.url).hostname}, broker memory:// (encode=false)"
+    )
     print(f"{'relays':>6}  {'written rows/s':>15}  {'relayed rows/s':>15}")
     for relays in args.relays:
         written, relayed = await case(args.url, args.rows, args.keys, args.batch, relays)

@@ -59,17 +59,20 @@ class Counts(Projection):
     handles = (Counted,)
 
     async def create_tables(self, tx: Transaction) -> None:
-        await tx.execute("CREATE TABLE IF NOT EXISTS bench_view "
-                         "(stream TEXT PRIMARY KEY, n BIGINT NOT NULL)")
+        await tx.execute(
+            "CREATE TABLE IF NOT EXISTS bench_view (stream TEXT PRIMARY KEY, n BIGINT NOT NULL)"
+        )
 
     async def apply(self, event: Message, tx: Transaction) -> None:
         assert isinstance(event, Counted)
-        await tx.execute("INSERT INTO bench_view VALUES ($1, 1) ON CONFLICT (stream) "
-                         "DO UPDATE SET n = bench_view.n + 1", event.stream)
+        await tx.execute(
+            "INSERT INTO bench_view VALUES ($1, 1) ON CONFLICT (stream) "
+            "DO UPDATE SET n = bench_view.n + 1",
+            event.stream,
+        )
 
 
-async def run_eventbus(url: str, streams: int, per_stream: int,
-                       batch: int) -> tuple[float, float]:
+async def run_eventbus(url: str, streams: int, per_stream: int, batch: int) -> tuple[float, float]:
     """Events/s with pages of ``batch`` (one transaction each), then with one event
     per page and transaction, like for like with eventsourcing's runner."""
     db = await Database.connect(url)
@@ -78,9 +81,14 @@ async def run_eventbus(url: str, streams: int, per_stream: int,
     bus = EventBus(source="bench")
     for s in range(streams):
         for b in range(per_stream // BATCH):
-            await store.append(f"s-{s}", [
-                bus.envelope_for(Counted(stream=f"s-{s}", note="x" * 20), parent=None)
-                for _ in range(BATCH)], b * BATCH)
+            await store.append(
+                f"s-{s}",
+                [
+                    bus.envelope_for(Counted(stream=f"s-{s}", note="x" * 20), parent=None)
+                    for _ in range(BATCH)
+                ],
+                b * BATCH,
+            )
     total = total_events(streams, per_stream)
     rates = []
     for name, size in (("bench", batch), ("bench-per-event", 1)):
@@ -95,6 +103,7 @@ async def run_eventbus(url: str, streams: int, per_stream: int,
 
 
 # -- eventsourcing -----------------------------------------------------------------------
+
 
 @functools.cache
 def es_classes() -> tuple[Any, Any, Any]:
@@ -115,13 +124,18 @@ def es_classes() -> tuple[Any, Any, Any]:
 
     class SQLiteView(SQLiteTrackingRecorder):
         def construct_create_table_statements(self) -> list[str]:
-            return [*super().construct_create_table_statements(),
-                    "CREATE TABLE IF NOT EXISTS bench_view (stream TEXT PRIMARY KEY, n INTEGER)"]
+            return [
+                *super().construct_create_table_statements(),
+                "CREATE TABLE IF NOT EXISTS bench_view (stream TEXT PRIMARY KEY, n INTEGER)",
+            ]
 
         def count(self, stream: str, tracking: Any) -> None:
             with self.datastore.transaction(commit=True) as c:
-                c.execute("INSERT INTO bench_view VALUES (?, 1) ON CONFLICT (stream) "
-                          "DO UPDATE SET n = bench_view.n + 1", (stream,))
+                c.execute(
+                    "INSERT INTO bench_view VALUES (?, 1) ON CONFLICT (stream) "
+                    "DO UPDATE SET n = bench_view.n + 1",
+                    (stream,),
+                )
                 self._insert_tracking(c, tracking)
 
     class PostgresView(PostgresTrackingRecorder):
@@ -130,19 +144,23 @@ def es_classes() -> tuple[Any, Any, Any]:
             from psycopg.sql import SQL
 
             self.sql_create_statements.append(
-                SQL("CREATE TABLE IF NOT EXISTS bench_view (stream TEXT PRIMARY KEY, n BIGINT)"))
+                SQL("CREATE TABLE IF NOT EXISTS bench_view (stream TEXT PRIMARY KEY, n BIGINT)")
+            )
 
         def count(self, stream: str, tracking: Any) -> None:
             with self.datastore.transaction(commit=True) as curs:
-                curs.execute("INSERT INTO bench_view VALUES (%s, 1) ON CONFLICT (stream) "
-                             "DO UPDATE SET n = bench_view.n + 1", (stream,), prepare=True)
+                curs.execute(
+                    "INSERT INTO bench_view VALUES (%s, 1) ON CONFLICT (stream) "
+                    "DO UPDATE SET n = bench_view.n + 1",
+                    (stream,),
+                    prepare=True,
+                )
                 self._insert_tracking(curs, tracking)
 
     return ESCounter, SQLiteView, PostgresView
 
 
-def run_eventsourcing(env: dict[str, str], streams: int, per_stream: int,
-                      batch: int) -> float:
+def run_eventsourcing(env: dict[str, str], streams: int, per_stream: int, batch: int) -> float:
     from eventsourcing.application import Application
     from eventsourcing.persistence import Tracking
 
@@ -185,18 +203,24 @@ async def main() -> None:
         with tempfile.TemporaryDirectory() as folder:
             paged, single = await run_eventbus(f"sqlite:///{folder}/eventbus.db", *work)
             rows += [("sqlite", "eventbus", paged), ("sqlite", "eventbus 1/tx", single)]
-            rows.append(("sqlite", "eventsourcing", run_eventsourcing(
-                sqlite_env(f"{folder}/eventsourcing.db"), *work)))
+            rows.append(
+                (
+                    "sqlite",
+                    "eventsourcing",
+                    run_eventsourcing(sqlite_env(f"{folder}/eventsourcing.db"), *work),
+                )
+            )
     if "postgres" in args.stores:
         async with fresh_postgres(args.pg_url, "bench_proj") as url:
             paged, single = await run_eventbus(url, *work)
             rows += [("postgres", "eventbus", paged), ("postgres", "eventbus 1/tx", single)]
         async with fresh_postgres(args.pg_url, "bench_proj") as url:
-            rows.append(("postgres", "eventsourcing",
-                         run_eventsourcing(postgres_env(url), *work)))
+            rows.append(("postgres", "eventsourcing", run_eventsourcing(postgres_env(url), *work)))
     total = total_events(args.streams, args.per_stream)
-    print(f"\n{total} events per contender ({args.streams} streams x {args.per_stream}), "
-          f"pages of {args.batch}; projection catch-up, events/s (higher is better)\n")
+    print(
+        f"\n{total} events per contender ({args.streams} streams x {args.per_stream}), "
+        f"pages of {args.batch}; projection catch-up, events/s (higher is better)\n"
+    )
     print_table(("store", "contender", "catch-up"), rows)
 
 

@@ -31,18 +31,30 @@ async def main_async(args: argparse.Namespace) -> int:
     payload: dict[str, Any] = {}
     status = 0
     modes: list[contenders_redis.Mode] = (
-        ["streams", "pubsub"] if args.mode == "both" else [args.mode])
+        ["streams", "pubsub"] if args.mode == "both" else [args.mode]
+    )
     for mode in modes:
-        selected = runner.select(contenders_redis.contenders(
-            broker, mode, chunk=args.chunk, concurrency=args.concurrency), args.only)
+        selected = runner.select(
+            contenders_redis.contenders(
+                broker, mode, chunk=args.chunk, concurrency=args.concurrency
+            ),
+            args.only,
+        )
         results = await runner.run(selected, events, repeat=args.repeat, warmup=args.warmup)
-        targets = [(f"{contenders_redis.RAW} {mode}", args.target_raw),
-                   (f"{contenders_redis.FASTSTREAM} {mode}", args.target_faststream)]
-        versions = ", ".join(f"{d} {importlib.metadata.version(d)}"
-                             for d in ("redis", "faststream"))
-        runner.report(f"Redis {mode}: {args.events} events, best of {args.repeat}; eventbus "
-                      f"concurrency {args.concurrency}, chunk {args.chunk}; python "
-                      f"{platform.python_version()}, {versions}", results, targets=targets)
+        targets = [
+            (f"{contenders_redis.RAW} {mode}", args.target_raw),
+            (f"{contenders_redis.FASTSTREAM} {mode}", args.target_faststream),
+        ]
+        versions = ", ".join(
+            f"{d} {importlib.metadata.version(d)}" for d in ("redis", "faststream")
+        )
+        runner.report(
+            f"Redis {mode}: {args.events} events, best of {args.repeat}; eventbus "
+            f"concurrency {args.concurrency}, chunk {args.chunk}; python "
+            f"{platform.python_version()}, {versions}",
+            results,
+            targets=targets,
+        )
         payload[mode] = [r.as_dict() for r in results]
         if args.check:
             status |= runner.check(results, targets)
@@ -58,10 +70,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=8, help="eventbus workers")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds per wait")
     parser.add_argument("--check", action="store_true", help="exit 1 if a target is missed")
-    parser.add_argument("--target-raw", type=float, default=0.8,
-                        help="eventbus must reach this share of the raw loop")
-    parser.add_argument("--target-faststream", type=float, default=2.0,
-                        help="eventbus must reach this multiple of FastStream")
+    parser.add_argument(
+        "--target-raw",
+        type=float,
+        default=0.8,
+        help="eventbus must reach this share of the raw loop",
+    )
+    parser.add_argument(
+        "--target-faststream",
+        type=float,
+        default=2.0,
+        help="eventbus must reach this multiple of FastStream",
+    )
     args = parser.parse_args(argv)
     return asyncio.run(main_async(args))
 

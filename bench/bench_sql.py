@@ -64,8 +64,9 @@ async def database(dialect: str, args: argparse.Namespace) -> AsyncIterator[sql.
         return
     import asyncpg
 
-    server = os.environ.get("EVENTBUS_TEST_POSTGRES_URL",
-                            "postgresql://postgres:postgres@127.0.0.1:5432/postgres")
+    server = os.environ.get(
+        "EVENTBUS_TEST_POSTGRES_URL", "postgresql://postgres:postgres@127.0.0.1:5432/postgres"
+    )
     name = f"eb_bench_{uuid.uuid4().hex[:10]}"
     admin = await asyncpg.connect(server)
     await admin.execute(f'CREATE DATABASE "{name}"')
@@ -114,16 +115,19 @@ async def latency(db: sql.Database, args: argparse.Namespace, payload: dict[str,
         for name, case in cases.items():
             print(f"latency {repeat + 1}/{args.repeat}: {name}", file=sys.stderr)
             runs[name].append(Latency(name, await case()))
-    print(f"\npublish -> handle latency, {trips} round trips per run, median of "
-          f"{args.repeat} interleaved runs; {load()}")
+    print(
+        f"\npublish -> handle latency, {trips} round trips per run, median of "
+        f"{args.repeat} interleaved runs; {load()}"
+    )
     print(f"{'contender':<44} {'p50 ms':>9} {'p99 ms':>9}   (each run's p50 / p99)")
     out = []
     for name, rows in runs.items():
         p50s = [r.as_dict()["p50_ms"] for r in rows]
         p99s = [r.as_dict()["p99_ms"] for r in rows]
         each = " ".join(f"{a:.2f}/{b:.2f}" for a, b in zip(p50s, p99s, strict=True))
-        print(f"{name:<44} {statistics.median(p50s):>9.2f} {statistics.median(p99s):>9.2f}"
-              f"   {each}")
+        print(
+            f"{name:<44} {statistics.median(p50s):>9.2f} {statistics.median(p99s):>9.2f}   {each}"
+        )
         out.append({"name": name, "p50_ms": p50s, "p99_ms": p99s})
     payload.setdefault(db.dialect, {})["latency"] = out
 
@@ -137,15 +141,17 @@ async def main_async(args: argparse.Namespace) -> int:
             before = load()
             if not args.latency_only:
                 events = runner.make_events(args.events)
-                selected = runner.select(sql.contenders(
-                    db, chunk=args.chunk, concurrency=args.concurrency), args.only)
-                results = await runner.run(selected, events, repeat=args.repeat,
-                                           warmup=args.warmup)
+                selected = runner.select(
+                    sql.contenders(db, chunk=args.chunk, concurrency=args.concurrency), args.only
+                )
+                results = await runner.run(selected, events, repeat=args.repeat, warmup=args.warmup)
                 runner.report(
                     f"{dialect}: {args.events} events, {args.repeat} interleaved runs; "
                     f"eventbus concurrency {args.concurrency}, chunk {args.chunk}; "
                     f"before: {before}; after: {load()}",
-                    results, references=[f"{sql.RAW} {dialect}"])
+                    results,
+                    references=[f"{sql.RAW} {dialect}"],
+                )
                 payload.setdefault(dialect, {})["throughput"] = [r.as_dict() for r in results]
             if args.latency or args.latency_only:
                 await latency(db, args, payload)
@@ -157,8 +163,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--dialect", choices=["both", "sqlite", "postgres"], default="both")
     parser.add_argument("--sqlite-url", default="", help="default: a fresh temporary file")
-    parser.add_argument("--postgres-url", default="",
-                        help="default: a database created (and dropped) on the local server")
+    parser.add_argument(
+        "--postgres-url",
+        default="",
+        help="default: a database created (and dropped) on the local server",
+    )
     runner.add_common_arguments(parser, events=5_000, repeat=3)
     parser.add_argument("--latency-only", action="store_true", help="skip the throughput runs")
     parser.add_argument("--concurrency", type=int, default=8, help="eventbus workers")

@@ -31,33 +31,48 @@ async def main_async(args: argparse.Namespace) -> int:
     broker = sqs.resolve(args.url, args.receivers, args.timeout)
     events = runner.make_events(args.events)
     selected = runner.select(
-        sqs.contenders(broker, chunk=args.chunk, concurrency=args.concurrency), args.only)
+        sqs.contenders(broker, chunk=args.chunk, concurrency=args.concurrency), args.only
+    )
     results = await runner.run(selected, events, repeat=args.repeat, warmup=args.warmup)
     versions = ", ".join(f"{d} {importlib.metadata.version(d)}" for d in ("aioboto3", "moto"))
     targets = [(sqs.RAW, args.target_raw)]
     runner.report(
         f"{args.events} events, {args.receivers} receivers, best of {args.repeat}; "
         f"eventbus concurrency {args.concurrency}, chunk {args.chunk}; "
-        f"python {platform.python_version()}, {versions}", results, targets=targets)
-    payload: dict[str, Any] = {"bench": "sqs", "events": args.events,
-                               "throughput": [r.as_dict() for r in results]}
+        f"python {platform.python_version()}, {versions}",
+        results,
+        targets=targets,
+    )
+    payload: dict[str, Any] = {
+        "bench": "sqs",
+        "events": args.events,
+        "throughput": [r.as_dict() for r in results],
+    }
     runner.write_json(args.json, payload)
     return runner.check(results, targets) if args.check else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--url", default=None,
-                        help="sqs://host:port?region=... (default: $EVENTBUS_BENCH_SQS_URL, "
-                        "else a private moto_server)")
+    parser.add_argument(
+        "--url",
+        default=None,
+        help="sqs://host:port?region=... (default: $EVENTBUS_BENCH_SQS_URL, "
+        "else a private moto_server)",
+    )
     runner.add_common_arguments(parser, events=1_000, repeat=3)
     parser.add_argument("--receivers", type=int, default=4, help="long-poll loops per consumer")
-    parser.add_argument("--concurrency", type=int, default=16,
-                        help="eventbus subscription concurrency")
+    parser.add_argument(
+        "--concurrency", type=int, default=16, help="eventbus subscription concurrency"
+    )
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds per wait")
     parser.add_argument("--check", action="store_true", help="exit 1 if a target is missed")
-    parser.add_argument("--target-raw", type=float, default=0.8,
-                        help="eventbus / raw aioboto3 at least this (issue 11: 0.8)")
+    parser.add_argument(
+        "--target-raw",
+        type=float,
+        default=0.8,
+        help="eventbus / raw aioboto3 at least this (issue 11: 0.8)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     return asyncio.run(main_async(args))

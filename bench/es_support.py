@@ -23,8 +23,12 @@ def add_work_arguments(parser: argparse.ArgumentParser, *, streams: int, stores:
     parser.add_argument("--streams", type=int, default=streams)
     parser.add_argument("--per-stream", type=int, default=50, help="events per stream (x10)")
     parser.add_argument("--stores", default=stores)
-    parser.add_argument("--pg-url", default=os.environ.get(
-        "EVENTBUS_TEST_POSTGRES_URL", "postgresql://postgres:postgres@127.0.0.1:5432/test"))
+    parser.add_argument(
+        "--pg-url",
+        default=os.environ.get(
+            "EVENTBUS_TEST_POSTGRES_URL", "postgresql://postgres:postgres@127.0.0.1:5432/test"
+        ),
+    )
 
 
 def total_events(streams: int, per_stream: int) -> int:
@@ -55,10 +59,14 @@ async def fresh_postgres(server: str, prefix: str) -> AsyncIterator[str]:
 def postgres_env(url: str) -> dict[str, str]:
     """The ``eventsourcing`` library's settings for the PostgreSQL database at ``url``."""
     parts = urlsplit(url)
-    return {"PERSISTENCE_MODULE": "eventsourcing.postgres",
-            "POSTGRES_DBNAME": parts.path.lstrip("/"), "POSTGRES_HOST": parts.hostname or "",
-            "POSTGRES_PORT": str(parts.port or 5432), "POSTGRES_USER": parts.username or "",
-            "POSTGRES_PASSWORD": parts.password or ""}
+    return {
+        "PERSISTENCE_MODULE": "eventsourcing.postgres",
+        "POSTGRES_DBNAME": parts.path.lstrip("/"),
+        "POSTGRES_HOST": parts.hostname or "",
+        "POSTGRES_PORT": str(parts.port or 5432),
+        "POSTGRES_USER": parts.username or "",
+        "POSTGRES_PASSWORD": parts.password or "",
+    }
 
 
 def sqlite_env(path: str) -> dict[str, str]:
@@ -69,16 +77,27 @@ def sqlite_env(path: str) -> dict[str, str]:
 def print_table(header: Sequence[str], rows: Sequence[Sequence[str | float]]) -> None:
     """A Markdown table: text columns left-aligned, figures (events/s) right-aligned."""
     cells = [[f"{v:,.0f}" if isinstance(v, float) else v for v in row] for row in rows]
-    widths = [max([len(title), *(len(row[i]) for row in cells)])
-              for i, title in enumerate(header)]
+    widths = [max([len(title), *(len(row[i]) for row in cells)]) for i, title in enumerate(header)]
     numeric = [bool(rows) and isinstance(rows[0][i], float) for i in range(len(header))]
 
     def line(values: Sequence[str]) -> str:
-        return "| " + " | ".join(v.rjust(w) if n else v.ljust(w)
-                                 for v, w, n in zip(values, widths, numeric, strict=True)) + " |"
+        return (
+            "| "
+            + " | ".join(
+                v.rjust(w) if n else v.ljust(w)
+                for v, w, n in zip(values, widths, numeric, strict=True)
+            )
+            + " |"
+        )
 
     print(line(header))
-    print("|" + "|".join("-" * (w + 1) + ":" if n else "-" * (w + 2)
-                         for w, n in zip(widths, numeric, strict=True)) + "|")
+    print(
+        "|"
+        + "|".join(
+            "-" * (w + 1) + ":" if n else "-" * (w + 2)
+            for w, n in zip(widths, numeric, strict=True)
+        )
+        + "|"
+    )
     for row in cells:
         print(line(row))

@@ -33,8 +33,12 @@ async def bus_latency(
     arrived: asyncio.Queue[float] = asyncio.Queue()
     bus = EventBus.from_url(url, source="bench")
 
-    @bus.subscribe(topic, group=f"bench-latency-{uuid.uuid4().hex[:12]}",
-                   concurrency=concurrency, start_from="earliest")
+    @bus.subscribe(
+        topic,
+        group=f"bench-latency-{uuid.uuid4().hex[:12]}",
+        concurrency=concurrency,
+        start_from="earliest",
+    )
     async def handle(event: Tick) -> None:
         arrived.put_nowait(time.perf_counter())
 
@@ -65,15 +69,20 @@ class Latency:
 
     def as_dict(self) -> dict[str, float]:
         s = self.samples
-        return {"round_trips": len(s), "p50_ms": percentile(s, 0.5) * 1e3,
-                "p99_ms": percentile(s, 0.99) * 1e3, "mean_ms": statistics.fmean(s) * 1e3,
-                "max_ms": max(s) * 1e3}
+        return {
+            "round_trips": len(s),
+            "p50_ms": percentile(s, 0.5) * 1e3,
+            "p99_ms": percentile(s, 0.99) * 1e3,
+            "mean_ms": statistics.fmean(s) * 1e3,
+            "max_ms": max(s) * 1e3,
+        }
 
 
 def print_latencies(title: str, rows: Sequence[Latency], reference: str | None = None) -> None:
     print(f"\n{title}")
-    print(f"{'contender':<40} {'trips':>6} {'p50 ms':>9} {'p99 ms':>9} {'mean ms':>9} "
-          f"{'max ms':>9}")
+    print(
+        f"{'contender':<40} {'trips':>6} {'p50 ms':>9} {'p99 ms':>9} {'mean ms':>9} {'max ms':>9}"
+    )
     for row in rows:
         print(row.row())
     by_name = {r.name: r for r in rows}

@@ -101,8 +101,11 @@ class Counter:
         self.published = time.perf_counter()
 
     def timing(self) -> Timing:
-        return Timing(self.finished - self.started, self.published - self.started,
-                      self.cpu_finished - self.cpu_started)
+        return Timing(
+            self.finished - self.started,
+            self.published - self.started,
+            self.cpu_finished - self.cpu_started,
+        )
 
     async def wait_probe(self, name: str, timeout: float) -> None:
         try:
@@ -170,10 +173,15 @@ class Result:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "name": self.name, "events": self.events, "eventbus": self.ours,
-            "seconds": self.seconds, "publish_seconds": self.publish_seconds,
-            "cpu_seconds": self.cpu_seconds, "best_rate": self.rate,
-            "median_rate": self.median_rate, "cpu_us_per_event": self.cpu_per_event * 1e6,
+            "name": self.name,
+            "events": self.events,
+            "eventbus": self.ours,
+            "seconds": self.seconds,
+            "publish_seconds": self.publish_seconds,
+            "cpu_seconds": self.cpu_seconds,
+            "best_rate": self.rate,
+            "median_rate": self.median_rate,
+            "cpu_us_per_event": self.cpu_per_event * 1e6,
         }
 
 
@@ -211,14 +219,18 @@ Target = tuple[str, float]
 
 
 def report(
-    header: str, results: Sequence[Result], targets: Sequence[Target] = (),
+    header: str,
+    results: Sequence[Result],
+    targets: Sequence[Target] = (),
     references: Sequence[str] = (),
 ) -> None:
     """The best/median table, then every eventbus result against every reference."""
     print(f"\n{header}")
     width = max(28, *(len(r.name) for r in results)) if results else 28
-    print(f"{'contender':<{width}} {'best s':>8} {'events/s':>10} {'median/s':>10} "
-          f"{'published at':>13} {'CPU us/event':>13}")
+    print(
+        f"{'contender':<{width}} {'best s':>8} {'events/s':>10} {'median/s':>10} "
+        f"{'published at':>13} {'CPU us/event':>13}"
+    )
     for result in results:
         print(
             f"{result.name:<{width}} {result.best:>8.3f} {result.rate:>10,.0f} "
@@ -287,7 +299,9 @@ def add_common_arguments(parser: Any, *, events: int, repeat: int) -> None:
     parser.add_argument("--chunk", type=int, default=500, help="events per publish batch")
     parser.add_argument("--only", default="", help="run only contenders whose name contains this")
     parser.add_argument(
-        "--no-warmup", dest="warmup", action="store_false",
+        "--no-warmup",
+        dest="warmup",
+        action="store_false",
         help="skip the untimed N/10 warm-up run of each contender",
     )
     parser.add_argument("--json", default=None, metavar="PATH", help="also write figures as JSON")
@@ -295,7 +309,8 @@ def add_common_arguments(parser: Any, *, events: int, repeat: int) -> None:
         "--stages", action="store_true", help="print the per-stage cost table (us per event)"
     )
     parser.add_argument(
-        "--latency", action="store_true",
+        "--latency",
+        action="store_true",
         help="measure publish->handle latency of one awaited publish at a time (p50/p99)",
     )
     parser.add_argument(

@@ -122,8 +122,13 @@ async def _receive(subscription: Any, n: int, timeout: float) -> tuple[float, fl
 
 
 async def _adapter_round(
-    url: str, topic: str, envelopes: Sequence[Envelope], *, chunk: int,
-    subscribe_first: bool, timeout: float,
+    url: str,
+    topic: str,
+    envelopes: Sequence[Envelope],
+    *,
+    chunk: int,
+    subscribe_first: bool,
+    timeout: float,
 ) -> tuple[float, float, float]:
     """(publish, receive, settle) seconds for the envelopes through a bare adapter."""
     bus = EventBus(url, source="bench")  # only to build the adapter from the URL
@@ -169,9 +174,16 @@ async def _adapter_round(
 
 
 async def measure(
-    url_factory: Callable[[], str], topic_factory: Callable[[], Awaitable[str]],
-    events: Sequence[Tick], e2e: E2E, *, wire: WireCodec | None, chunk: int, repeat: int,
-    subscribe_first: bool, timeout: float = 120.0,
+    url_factory: Callable[[], str],
+    topic_factory: Callable[[], Awaitable[str]],
+    events: Sequence[Tick],
+    e2e: E2E,
+    *,
+    wire: WireCodec | None,
+    chunk: int,
+    repeat: int,
+    subscribe_first: bool,
+    timeout: float = 120.0,
 ) -> list[Stage]:
     """Every stage's best of ``repeat`` over ``events``; see the module docstring."""
     n = len(events)
@@ -182,13 +194,26 @@ async def measure(
     publish, receive = Stage("adapter publish"), Stage("adapter receive")
     validate, settle = Stage("validate (pydantic)"), Stage("settle/commit")
     structured = Stage("  ref: encode structured JSON")
-    chain, dispatch = Stage("middleware chain", how="derived"), Stage(
-        "handler dispatch", how="derived")
+    chain, dispatch = (
+        Stage("middleware chain", how="derived"),
+        Stage("handler dispatch", how="derived"),
+    )
     total, bare = Stage("= end to end, default chain"), Stage("  ref: end to end, empty chain")
     for index in range(repeat + 1):  # round 0 warms up (imports, caches) and is dropped
         if index == 1:
-            for stage in (serialize, build, encode, decode, publish, receive, validate, settle,
-                          structured, total, bare):
+            for stage in (
+                serialize,
+                build,
+                encode,
+                decode,
+                publish,
+                receive,
+                validate,
+                settle,
+                structured,
+                total,
+                bare,
+            ):
                 stage.seconds.clear()
             events = all_events
         print(f"stages: {f'round {index}/{repeat}' if index else 'warm-up'}", file=sys.stderr)
@@ -197,8 +222,9 @@ async def measure(
         # does: a list holding N results would make the collector walk them all and
         # charge that to the stage. What later stages need is then built untimed.
         serialize.seconds.append(_timed(events, lambda e: e.to_bytes()))
-        build.seconds.append(_timed(chunks(events, chunk),
-                                    lambda part: build_envelopes(part, "bench")))
+        build.seconds.append(
+            _timed(chunks(events, chunk), lambda part: build_envelopes(part, "bench"))
+        )
         envelopes = [bus.envelope_for(e) for e in events]
         validate.seconds.append(_timed(envelopes, lambda e: registry.decode(e, Tick)))
         structured.seconds.append(_timed(envelopes, encode_structured))
@@ -208,8 +234,12 @@ async def measure(
             decode.seconds.append(_timed(records, wire.decode))
         url = url_factory()
         pub, rec, sett = await _adapter_round(
-            url, await topic_factory(), envelopes, chunk=chunk,
-            subscribe_first=subscribe_first, timeout=timeout,
+            url,
+            await topic_factory(),
+            envelopes,
+            chunk=chunk,
+            subscribe_first=subscribe_first,
+            timeout=timeout,
         )
         publish.seconds.append(pub)
         receive.seconds.append(rec)
@@ -234,8 +264,21 @@ async def measure(
     parts = (serialize, build, encode, publish, receive, decode, validate, settle)
     dispatch.derived = bare.per_event(n) - sum(p.per_event(n) for p in parts)
     dispatch.how = "empty-chain end to end - stages"
-    return [serialize, build, encode, publish, receive, decode, validate, chain, dispatch,
-            settle, total, structured, bare]
+    return [
+        serialize,
+        build,
+        encode,
+        publish,
+        receive,
+        decode,
+        validate,
+        chain,
+        dispatch,
+        settle,
+        total,
+        structured,
+        bare,
+    ]
 
 
 def print_table(title: str, n: int, columns: dict[str, list[Stage]]) -> None:
@@ -252,8 +295,11 @@ def print_table(title: str, n: int, columns: dict[str, list[Stage]]) -> None:
             stages = columns[name]
             total = next(s for s in stages if s.name.startswith("=")).per_event(n)
             value = stages[row].per_event(n) * 1e6
-            share = "" if stages[row].name.startswith(("=", " ")) or not total else (
-                f"{stages[row].per_event(n) / total:.0%}")
+            share = (
+                ""
+                if stages[row].name.startswith(("=", " ")) or not total
+                else (f"{stages[row].per_event(n) / total:.0%}")
+            )
             cells.append(f" {value:>12.1f} {share:>6}")
             hows.append(stages[row].how)
         how = hows[0] if len(set(hows)) == 1 else " / ".join(hows)

@@ -20,8 +20,11 @@ def main() -> None:
     """Console entry point: run the CLI, or name the extra it needs and exit 3."""
     missing = [name for name in CLI_EXTRA if importlib.util.find_spec(name) is None]
     if missing:
-        print(f"error: the eventbus command needs {' and '.join(missing)}, which the library "
-              'alone does not install: pip install "eventbus[cli]"', file=sys.stderr)
+        print(
+            f"error: the eventbus command needs {' and '.join(missing)}, which the library "
+            'alone does not install: pip install "eventbus[cli]"',
+            file=sys.stderr,
+        )
         sys.exit(EXIT_NOT_INSTALLED)
     from eventbus.cli import main as cli_main
 

@@ -18,23 +18,33 @@ def render_html(document: dict[str, Any]) -> str:
     if info.get("description"):
         parts.append(f"<p>{escape(info['description'])}</p>")
     for name, server in document.get("servers", {}).items():
-        parts.append(f"<p>Server <code>{escape(name)}</code>: {escape(server['protocol'])}://"
-                     f"{escape(server['host'])}{escape(server.get('pathname', ''))}</p>")
+        parts.append(
+            f"<p>Server <code>{escape(name)}</code>: {escape(server['protocol'])}://"
+            f"{escape(server['host'])}{escape(server.get('pathname', ''))}</p>"
+        )
     parts.append("<h2>Operations</h2>")
     for op_id, operation in document.get("operations", {}).items():
         channel = _follow(document, operation["channel"])
         messages = [_follow(document, ref) for ref in operation.get("messages", [])]
-        links = ", ".join(f'<a href="#{escape(_anchor(m["name"]))}">{escape(m["title"])}</a>'
-                          for m in messages) or "every message"
+        links = (
+            ", ".join(
+                f'<a href="#{escape(_anchor(m["name"]))}">{escape(m["title"])}</a>'
+                for m in messages
+            )
+            or "every message"
+        )
         parts.append(
             f'<h3 id="{escape(_anchor(op_id))}">{escape(operation["action"])} '
-            f'<code>{escape(channel["address"])}</code></h3>'
-            f"<p>{escape(operation.get('summary', ''))}</p><p>Messages: {links}</p>")
+            f"<code>{escape(channel['address'])}</code></h3>"
+            f"<p>{escape(operation.get('summary', ''))}</p><p>Messages: {links}</p>"
+        )
     parts.append("<h2>Messages</h2>")
     for message in document.get("components", {}).get("messages", {}).values():
-        parts.append(f'<h3 id="{escape(_anchor(message["name"]))}">{escape(message["title"])} '
-                     f'<code>{escape(message["name"])}</code> '
-                     f'v{escape(str(message.get("x-eventbus-version", "")))}</h3>')
+        parts.append(
+            f'<h3 id="{escape(_anchor(message["name"]))}">{escape(message["title"])} '
+            f"<code>{escape(message['name'])}</code> "
+            f"v{escape(str(message.get('x-eventbus-version', '')))}</h3>"
+        )
         for key in ("summary", "description"):
             if message.get(key):
                 parts.append(f"<p>{escape(message[key])}</p>")
@@ -44,14 +54,18 @@ def render_html(document: dict[str, Any]) -> str:
         for example in message.get("examples", []):
             parts.append(_block(f"Example {example.get('name', '')}", example.get("payload")))
     body = "\n".join(parts)
-    return (f"<!doctype html><html><head><meta charset=\"utf-8\"><title>{title}</title>"
-            f"<style>{_STYLE}</style></head><body>\n{body}\n"
-            '<p><a href="asyncapi.json">asyncapi.json</a> · '
-            '<a href="asyncapi.yaml">asyncapi.yaml</a></p></body></html>\n')
+    return (
+        f'<!doctype html><html><head><meta charset="utf-8"><title>{title}</title>'
+        f"<style>{_STYLE}</style></head><body>\n{body}\n"
+        '<p><a href="asyncapi.json">asyncapi.json</a> · '
+        '<a href="asyncapi.yaml">asyncapi.yaml</a></p></body></html>\n'
+    )
 
 
-_STYLE = ("body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem}"
-          "pre{background:#f4f4f4;padding:.75rem;overflow:auto}code{background:#f4f4f4}")
+_STYLE = (
+    "body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem}"
+    "pre{background:#f4f4f4;padding:.75rem;overflow:auto}code{background:#f4f4f4}"
+)
 
 
 def _block(label: str, value: Any) -> str:

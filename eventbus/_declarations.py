@@ -33,7 +33,11 @@ def _collect(annotation: Any, found: list[type[Message]]) -> None:
             found.append(annotation)
         return
     origin = typing.get_origin(annotation)
-    if origin is typing.Union or origin is types.UnionType or origin in (list, tuple) or (
-            isinstance(origin, type) and origin.__module__ == "collections.abc"):
+    if (
+        origin is typing.Union
+        or origin is types.UnionType
+        or origin in (list, tuple)
+        or (isinstance(origin, type) and origin.__module__ == "collections.abc")
+    ):
         for argument in typing.get_args(annotation):
             _collect(argument, found)

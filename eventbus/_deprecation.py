@@ -29,8 +29,7 @@ def renamed(module: str, name: str, table: Renamed) -> Any:
     except KeyError:
         raise AttributeError(f"module {module!r} has no attribute {name!r}") from None
     warnings.warn(
-        f"{module}.{name} is deprecated and goes away in the next release: "
-        f"use {instead} instead",
+        f"{module}.{name} is deprecated and goes away in the next release: use {instead} instead",
         DeprecationWarning,
         stacklevel=3,  # the line that read the old name: renamed <- __getattr__ <- caller
     )

@@ -1,5 +1,8 @@
 """The in-process broker behind ``memory://``: topic logs, groups, consumers.
 
+(Over 400 lines on purpose: one in-process broker (logs, groups, consumers) whose parts
+share one lock-free state.)
+
 Internal to :mod:`eventbus.memory`: the adapter encodes envelopes into
 :class:`Entry` bytes and hands deliveries out of :class:`MemorySubscription`.
 """
@@ -41,8 +44,7 @@ The key is what the broker routes by (a real broker's record key); ``envelope``
 is set only when encoding is off; ``headers`` is ``None`` in structured mode and
 for raw bytes."""
 
-Entry = tuple[int, str | None, bytes, "dict[str, str] | RawHeaders | None", "Envelope | None",
-              bool]
+Entry = tuple[int, str | None, bytes, "dict[str, str] | RawHeaders | None", "Envelope | None", bool]
 """One stored message: its offset, then :data:`Stored`.
 
 A plain tuple, not an object: it holds only text, bytes, numbers and a dict of
@@ -104,8 +106,9 @@ def _raw_headers(entry: Entry) -> dict[str, bytes] | None:
     if headers is None:
         return None
     pairs = headers.items() if isinstance(headers, dict) else headers
-    return {name: value if isinstance(value, bytes) else str(value).encode()
-            for name, value in pairs}
+    return {
+        name: value if isinstance(value, bytes) else str(value).encode() for name, value in pairs
+    }
 
 
 def _requeued(item: Item) -> Pending:
@@ -185,15 +188,13 @@ class Group:
         if not self.delayed:
             return len(self.pending)
         now = time.monotonic()
-        return sum(1 for p in self.pending
-                   if type(p) is not Pending or p.available_at <= now)
+        return sum(1 for p in self.pending if type(p) is not Pending or p.available_at <= now)
 
     def next_due(self) -> float | None:
         if not self.delayed:
             return None
         now = time.monotonic()
-        due = [p.available_at for p in self.pending
-               if type(p) is Pending and p.available_at > now]
+        due = [p.available_at for p in self.pending if type(p) is Pending and p.available_at > now]
         return min(due) if due else None
 
     def settle(self, item: Item) -> None:
@@ -331,8 +332,7 @@ class MemoryBroker:
         for group in groups:
             group.notify()
 
-    def append_to_group(self, topic_name: str, group_name: str,
-                        messages: Iterable[Stored]) -> None:
+    def append_to_group(self, topic_name: str, group_name: str, messages: Iterable[Stored]) -> None:
         """Queue ``messages`` for one group only: they never enter the topic's log."""
         topic = self.topic(topic_name)
         group = topic.groups.get(group_name)

@@ -50,8 +50,9 @@ def worker_threads() -> int:
         except ValueError:
             value = 0
         if value < 1:
-            raise UsageError(f"${THREADS_VARIABLE}={configured!r} is not a positive number of "
-                             "threads")
+            raise UsageError(
+                f"${THREADS_VARIABLE}={configured!r} is not a positive number of threads"
+            )
         return value
     return min(32, (os.cpu_count() or 1) + 4)
 
@@ -60,8 +61,9 @@ def _executor() -> ThreadPoolExecutor:
     global _pool
     with _pool_lock:
         if _pool is None:
-            _pool = ThreadPoolExecutor(max_workers=worker_threads(),
-                                       thread_name_prefix="eventbus-sync-handler")
+            _pool = ThreadPoolExecutor(
+                max_workers=worker_threads(), thread_name_prefix="eventbus-sync-handler"
+            )
         return _pool
 
 
@@ -78,8 +80,9 @@ class SyncContext:
         self._ctx = ctx
         self._loop = loop
 
-    def publish(self, event: Message, *, topic: str | None = None,
-                **options: Unpack[PublishOptions]) -> Envelope:
+    def publish(
+        self, event: Message, *, topic: str | None = None, **options: Unpack[PublishOptions]
+    ) -> Envelope:
         """Publish ``event`` as :meth:`Context.publish` does, from the handler's thread."""
         return self._run(self._ctx.publish(event, topic=topic, **options))
 
@@ -107,8 +110,10 @@ def check_sync(fn: object) -> None:
     """Refuse a would-be handler that cannot run in a thread and give a result."""
     if inspect.isasyncgenfunction(fn) or inspect.isgeneratorfunction(fn):
         name = getattr(fn, "__qualname__", repr(fn))
-        raise UsageError(f"handler {name} is a generator function: a handler returns "
-                         "(async def, or a plain def run in a worker thread); it does not yield")
+        raise UsageError(
+            f"handler {name} is a generator function: a handler returns "
+            "(async def, or a plain def run in a worker thread); it does not yield"
+        )
     if not callable(fn):
         raise UsageError(f"a handler must be a function; {fn!r} is not callable")
 
@@ -122,8 +127,12 @@ def in_worker_thread(fn: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
         loop = asyncio.get_running_loop()
         if len(args) == 2:
             ctx = args[1]
-            args = (args[0], [SyncContext(c, loop) for c in ctx] if isinstance(ctx, list)
-                    else SyncContext(ctx, loop))
+            args = (
+                args[0],
+                [SyncContext(c, loop) for c in ctx]
+                if isinstance(ctx, list)
+                else SyncContext(ctx, loop),
+            )
         context = contextvars.copy_context()  # the delivery's envelope, for logging too
         result = await loop.run_in_executor(_executor(), context.run, fn, *args)
         if inspect.isawaitable(result):
@@ -132,7 +141,8 @@ def in_worker_thread(fn: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
             raise UsageError(
                 f"handler {fn.__qualname__} is a plain def that returned a coroutine, which "
                 f"nothing would await: declare it async def {fn.__name__}(...) and await "
-                "inside it")
+                "inside it"
+            )
         return result
 
     setattr(run_in_thread, _SYNC_ORIGINAL, fn)

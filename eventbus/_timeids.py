@@ -35,8 +35,8 @@ def new_ids(count: int) -> list[str]:
     if count >= _COLUMNS_FROM:
         return _ids_by_column(h.encode(), count)
     return [
-        f"{h[i:i + 8]}-{h[i + 8:i + 12]}-4{h[i + 13:i + 16]}-{_VARIANT[h[i + 16]]}"
-        f"{h[i + 17:i + 20]}-{h[i + 20:i + 32]}"
+        f"{h[i : i + 8]}-{h[i + 8 : i + 12]}-4{h[i + 13 : i + 16]}-{_VARIANT[h[i + 16]]}"
+        f"{h[i + 17 : i + 20]}-{h[i + 20 : i + 32]}"
         for i in range(0, 32 * count, 32)
     ]
 
@@ -55,8 +55,7 @@ def _ids_by_column(digits: bytes, count: int) -> list[str]:
 
 
 # (position in the id text, hex digit index) of the 32 digits: dashes at 8, 13, 18, 23.
-_COLUMNS = tuple(zip((p for p in range(36) if p not in (8, 13, 18, 23)), range(32),
-                     strict=True))
+_COLUMNS = tuple(zip((p for p in range(36) if p not in (8, 13, 18, 23)), range(32), strict=True))
 _VARIANT_BYTES = bytes.maketrans(b"0123456789abcdef", b"89ab89ab89ab89ab")
 _COLUMNS_FROM = 32
 

@@ -155,8 +155,18 @@ class Delivery(abc.ABC):
     ``raw=``...) without a ``Decoded`` still works.
     """
 
-    __slots__ = ("_settled", "attempt", "decode_error", "envelope", "group", "message_id",
-                 "raw", "raw_headers", "received_at", "topic")
+    __slots__ = (
+        "_settled",
+        "attempt",
+        "decode_error",
+        "envelope",
+        "group",
+        "message_id",
+        "raw",
+        "raw_headers",
+        "received_at",
+        "topic",
+    )
 
     def __init__(
         self,
@@ -367,9 +377,11 @@ class Adapter(abc.ABC):
         needs ``redelivery``.
         """
         if guarantee == "at_least_once" and not self.capabilities.redelivery:
-            return ("the broker never redelivers a message (capabilities.redelivery="
-                    "False): one whose handler fails, or that is in flight when the "
-                    "process stops, is gone")
+            return (
+                "the broker never redelivers a message (capabilities.redelivery="
+                "False): one whose handler fails, or that is in flight when the "
+                "process stops, is gone"
+            )
         return None
 
     async def read(self, topic: str, *, limit: int | None = None) -> list[ReadRecord]:
@@ -389,9 +401,7 @@ class Adapter(abc.ABC):
             f"{type(self).__name__} cannot browse topic {topic!r} without consuming it"
         )
 
-    async def publish_to_group(
-        self, topic: str, group: str, envelopes: Sequence[Envelope]
-    ) -> None:
+    async def publish_to_group(self, topic: str, group: str, envelopes: Sequence[Envelope]) -> None:
         """Deliver ``envelopes`` on ``topic`` to consumer group ``group`` only.
 
         The other groups of the topic never see them: this is how a dead letter is

@@ -50,8 +50,9 @@ class FromURL(Protocol):
 S = TypeVar("S", bound=FromURL)
 
 
-async def open_once(lock: asyncio.Lock, current: Callable[[], T | None],
-                    open_: Callable[[], Awaitable[T]]) -> T:
+async def open_once(
+    lock: asyncio.Lock, current: Callable[[], T | None], open_: Callable[[], Awaitable[T]]
+) -> T:
     """What ``current()`` holds, else what ``open_()`` opens (and stores, so that
     ``current()`` returns it from then on): opened once, concurrent callers waiting on
     ``lock`` for the first one; when it fails nothing is held and the next call tries
@@ -64,8 +65,7 @@ async def open_once(lock: asyncio.Lock, current: Callable[[], T | None],
         return held if held is not None else await open_()
 
 
-def settings_from(url: str | None, settings: S | None, settings_type: type[S],
-                  adapter: str) -> S:
+def settings_from(url: str | None, settings: S | None, settings_type: type[S], adapter: str) -> S:
     """The settings an adapter runs with: ``settings`` made in code, or parsed from
     ``url``; exactly one of them (a URL next to settings would be silently ignored).
 
@@ -74,8 +74,9 @@ def settings_from(url: str | None, settings: S | None, settings_type: type[S],
     settings=<Settings>(...) (one of them)")``.
     """
     if (url is None) == (settings is None):
-        raise TypeError(f"{adapter} takes a URL or settings={settings_type.__name__}(...) "
-                        "(one of them)")
+        raise TypeError(
+            f"{adapter} takes a URL or settings={settings_type.__name__}(...) (one of them)"
+        )
     return settings if settings is not None else settings_type.from_url(url or "")
 
 
@@ -108,8 +109,11 @@ def translate(
     said = " ".join(str(exc).split())  # one line, whatever the client wrote
     if scrub is not None:
         said = scrub(said)
-    message = f"{what} failed: {type(exc).__name__}: {said}" if said else (
-        f"{what} failed: {type(exc).__name__}")
+    message = (
+        f"{what} failed: {type(exc).__name__}: {said}"
+        if said
+        else (f"{what} failed: {type(exc).__name__}")
+    )
     error = ours(f"{message}; {own_hint}" if own_hint else message)
     if chain:
         error.__cause__ = exc
@@ -185,10 +189,7 @@ def pick_tier(delay: float, tiers: Sequence[float]) -> float:
 
 
 def tls_context(
-    ca: str | None = None,
-    cert: str | None = None,
-    key: str | None = None,
-    verify: bool = True,
+    ca: str | None = None, cert: str | None = None, key: str | None = None, verify: bool = True
 ) -> ssl.SSLContext:
     """A client ``SSLContext`` from the shared ``tls_ca``/``tls_cert``/``tls_key``/
     ``tls_verify`` options: the system's CAs (or ``ca``), a client certificate when
@@ -261,8 +262,7 @@ class TurnBatcher(Generic[T, R]):
         while self._queued:
             taken: list[tuple[list[T], asyncio.Future[list[R | BaseException]]]] = []
             size = 0
-            while self._queued and (not taken or size + len(self._queued[0][0])
-                                    <= self.max_items):
+            while self._queued and (not taken or size + len(self._queued[0][0]) <= self.max_items):
                 item = self._queued.pop(0)
                 taken.append(item)
                 size += len(item[0])
@@ -270,14 +270,16 @@ class TurnBatcher(Generic[T, R]):
             self._flushes.add(task)
             task.add_done_callback(self._flushes.discard)
 
-    async def _flush(self, taken: list[tuple[list[T], asyncio.Future[list[R | BaseException]]]]
-                     ) -> None:
+    async def _flush(
+        self, taken: list[tuple[list[T], asyncio.Future[list[R | BaseException]]]]
+    ) -> None:
         items = [item for group, _ in taken for item in group]
         try:
             outcomes = await self._send(items)
         except BaseException as exc:
-            error = self._fail(exc) if self._fail is not None and isinstance(exc, Exception) \
-                else exc
+            error = (
+                self._fail(exc) if self._fail is not None and isinstance(exc, Exception) else exc
+            )
             for _, future in taken:
                 if not future.done():
                     future.set_exception(error)
@@ -287,11 +289,10 @@ class TurnBatcher(Generic[T, R]):
         start = 0
         for group, future in taken:
             if not future.done():
-                future.set_result(list(outcomes[start:start + len(group)]))
+                future.set_result(list(outcomes[start : start + len(group)]))
             start += len(group)
 
     async def drain(self) -> None:
         """Wait for every request in flight (call it before closing the client)."""
         while self._flushes:
             await asyncio.gather(*list(self._flushes), return_exceptions=True)
-

@@ -43,17 +43,30 @@ COMPONENT_SCHEMAS = "#/components/schemas/{model}"
 # How each scheme's adapter carries a CloudEvent: binary mode with attribute headers of
 # this prefix, or None for structured mode (the JSON envelope is the body).
 _HEADER_PREFIX: dict[str, str | None] = {
-    "kafka": "ce_", "amqp": "ce-", "amqps": "ce-", "nats": "ce-", "nats+core": "ce-",
-    "redis+streams": "ce_", "rediss+streams": "ce_", "memory": "ce_",
-    "redis": None, "rediss": None, "sqs": None,
+    "kafka": "ce_",
+    "amqp": "ce-",
+    "amqps": "ce-",
+    "nats": "ce-",
+    "nats+core": "ce-",
+    "redis+streams": "ce_",
+    "rediss+streams": "ce_",
+    "memory": "ce_",
+    "redis": None,
+    "rediss": None,
+    "sqs": None,
 }
 _PROTOCOL = {"redis+streams": "redis", "rediss+streams": "rediss", "nats+core": "nats"}
 _KAFKA, _AMQP, _NATS = "0.5.0", "0.3.0", "0.1.0"  # the bindings' versions used
 _ID = re.compile(r"[^\w.\-]")
 
 
-def asyncapi_document(bus: EventBus, *, title: str | None = None, version: str = "1.0.0",
-                      description: str | None = None) -> dict[str, Any]:
+def asyncapi_document(
+    bus: EventBus,
+    *,
+    title: str | None = None,
+    version: str = "1.0.0",
+    description: str | None = None,
+) -> dict[str, Any]:
     """The AsyncAPI 3.0 document of ``bus`` (see the module doc for what goes in).
 
     ``title`` defaults to the bus's ``source``; ``version`` is the service's API version
@@ -68,17 +81,21 @@ def asyncapi_document(bus: EventBus, *, title: str | None = None, version: str =
     schemas, payloads = _schemas(classes)
     messages = {_message_id(c): _message(c, payloads[c], prefix, scheme) for c in classes}
 
-    topics = _unique([*(spec.topic for spec, _ in subscribed),
-                      *(c.default_topic() for c in bus.published)])
+    topics = _unique(
+        [*(spec.topic for spec, _ in subscribed), *(c.default_topic() for c in bus.published)]
+    )
     channel_ids = _ids(topics)
     channels: dict[str, Any] = {}
     for topic in topics:
         on_topic = [c for c in classes if c.default_topic() == topic] + [
-            c for spec, handled in subscribed if spec.topic == topic for c in handled]
+            c for spec, handled in subscribed if spec.topic == topic for c in handled
+        ]
         channel: dict[str, Any] = {
             "address": topic,
-            "messages": {_message_id(c): {"$ref": f"#/components/messages/{_message_id(c)}"}
-                         for c in _unique(on_topic)},
+            "messages": {
+                _message_id(c): {"$ref": f"#/components/messages/{_message_id(c)}"}
+                for c in _unique(on_topic)
+            },
         }
         bindings = _channel_bindings(scheme, topic, url.path)
         if bindings:
@@ -92,10 +109,9 @@ def asyncapi_document(bus: EventBus, *, title: str | None = None, version: str =
             "action": "receive",
             "channel": {"$ref": f"#/channels/{cid}"},
             "summary": f"Group {spec.group!r} handles "
-                       + (", ".join(c.__name__ for c in handled) or "every message")
-                       + f" from {spec.topic!r}.",
-            "messages": [{"$ref": f"#/channels/{cid}/messages/{_message_id(c)}"}
-                         for c in handled],
+            + (", ".join(c.__name__ for c in handled) or "every message")
+            + f" from {spec.topic!r}.",
+            "messages": [{"$ref": f"#/channels/{cid}/messages/{_message_id(c)}"} for c in handled],
             "x-eventbus-group": spec.group,
             "x-eventbus-delivery": spec.guarantee,
             "x-eventbus-concurrency": spec.concurrency,
@@ -111,8 +127,7 @@ def asyncapi_document(bus: EventBus, *, title: str | None = None, version: str =
             "action": "send",
             "channel": {"$ref": f"#/channels/{cid}"},
             "summary": f"Publishes {', '.join(c.__name__ for c in sent)} to {topic!r}.",
-            "messages": [{"$ref": f"#/channels/{cid}/messages/{_message_id(c)}"}
-                         for c in sent],
+            "messages": [{"$ref": f"#/channels/{cid}/messages/{_message_id(c)}"} for c in sent],
         }
 
     info: dict[str, Any] = {"title": title or bus.source, "version": version}
@@ -146,14 +161,16 @@ def _schemas(classes: list[type[Message]]) -> tuple[dict[str, Any], dict[type[Me
     ``components/schemas`` once (pydantic names clashing models apart)."""
     if not classes:
         return {}, {}
-    refs, definitions = models_json_schema([(c, "validation") for c in classes],
-                                           ref_template=COMPONENT_SCHEMAS)
+    refs, definitions = models_json_schema(
+        [(c, "validation") for c in classes], ref_template=COMPONENT_SCHEMAS
+    )
     payloads = {c: refs[(c, "validation")] for c in classes}
     return dict(definitions.get("$defs", {})), payloads
 
 
-def _message(cls: type[Message], payload: dict[str, Any], prefix: str | None,
-             scheme: str) -> dict[str, Any]:
+def _message(
+    cls: type[Message], payload: dict[str, Any], prefix: str | None, scheme: str
+) -> dict[str, Any]:
     version = cls.data_version()
     message: dict[str, Any] = {
         "name": cls.event_type(),
@@ -172,7 +189,8 @@ def _message(cls: type[Message], payload: dict[str, Any], prefix: str | None,
         message["description"] = (
             "Carried in CloudEvents structured mode: the body is the CloudEvents JSON "
             "envelope (application/cloudevents+json) with this payload as its `data`, "
-            f"`type` {cls.event_type()!r} and `dataversion` \"{version}\".")
+            f'`type` {cls.event_type()!r} and `dataversion` "{version}".'
+        )
     else:
         headers = _headers(cls, prefix)
         message["headers"] = headers
@@ -180,11 +198,23 @@ def _message(cls: type[Message], payload: dict[str, Any], prefix: str | None,
     examples = _examples(cls)
     if examples:
         message["examples"] = [
-            {"name": f"{cls.__name__}-{i + 1}", "payload": example,
-             **({"headers": {f"{prefix}type": cls.event_type(),
-                             f"{prefix}dataversion": str(version),
-                             f"{prefix}specversion": "1.0"}} if headers else {})}
-            for i, example in enumerate(examples)]
+            {
+                "name": f"{cls.__name__}-{i + 1}",
+                "payload": example,
+                **(
+                    {
+                        "headers": {
+                            f"{prefix}type": cls.event_type(),
+                            f"{prefix}dataversion": str(version),
+                            f"{prefix}specversion": "1.0",
+                        }
+                    }
+                    if headers
+                    else {}
+                ),
+            }
+            for i, example in enumerate(examples)
+        ]
     bindings = _message_bindings(scheme, cls)
     if bindings:
         message["bindings"] = bindings
@@ -199,8 +229,11 @@ def _headers(cls: type[Message], prefix: str) -> dict[str, Any]:
         f"{prefix}id": {**text, "description": "The event id (deduplication key)."},
         f"{prefix}source": {**text, "description": "The publishing service (bus source)."},
         f"{prefix}type": {"type": "string", "const": cls.event_type()},
-        f"{prefix}dataversion": {"type": "string", "const": str(cls.data_version()),
-                                 "description": "The data version of the payload."},
+        f"{prefix}dataversion": {
+            "type": "string",
+            "const": str(cls.data_version()),
+            "description": "The data version of the payload.",
+        },
         f"{prefix}time": {"type": "string", "format": "date-time"},
         f"{prefix}correlationid": {**text, "description": "The flow this message is part of."},
         f"{prefix}causationid": {**text, "description": "The id of the message that caused it."},
@@ -246,16 +279,25 @@ def _channel_bindings(scheme: str, topic: str, path: str) -> dict[str, Any]:
         return {"kafka": {"topic": topic, "bindingVersion": _KAFKA}}
     if scheme in ("amqp", "amqps"):
         vhost = unquote(path[1:]) if len(path) > 1 else "/"
-        return {"amqp": {"is": "routingKey", "bindingVersion": _AMQP, "exchange": {
-            "name": topic, "type": "topic", "durable": True, "autoDelete": False,
-            "vhost": vhost}}}
+        return {
+            "amqp": {
+                "is": "routingKey",
+                "bindingVersion": _AMQP,
+                "exchange": {
+                    "name": topic,
+                    "type": "topic",
+                    "durable": True,
+                    "autoDelete": False,
+                    "vhost": vhost,
+                },
+            }
+        }
     return {}
 
 
 def _receive_bindings(scheme: str, group: str, guarantee: str) -> dict[str, Any]:
     if scheme == "kafka":
-        return {"kafka": {"groupId": {"type": "string", "enum": [group]},
-                          "bindingVersion": _KAFKA}}
+        return {"kafka": {"groupId": {"type": "string", "enum": [group]}, "bindingVersion": _KAFKA}}
     if scheme in ("amqp", "amqps"):
         return {"amqp": {"ack": guarantee == "at_least_once", "bindingVersion": _AMQP}}
     if scheme in ("nats", "nats+core"):
@@ -265,9 +307,16 @@ def _receive_bindings(scheme: str, group: str, guarantee: str) -> dict[str, Any]
 
 def _message_bindings(scheme: str, cls: type[Message]) -> dict[str, Any]:
     if scheme == "kafka":
-        return {"kafka": {"key": {"type": "string", "description": "The partition key: "
-                                  "messages with the same key keep their order."},
-                          "bindingVersion": _KAFKA}}
+        return {
+            "kafka": {
+                "key": {
+                    "type": "string",
+                    "description": "The partition key: "
+                    "messages with the same key keep their order.",
+                },
+                "bindingVersion": _KAFKA,
+            }
+        }
     if scheme in ("amqp", "amqps"):
         return {"amqp": {"messageType": cls.event_type(), "bindingVersion": _AMQP}}
     return {}

@@ -74,8 +74,13 @@ class BatchItemFailed(EventBusError):
         self.__cause__ = cause
 
 
-def check_batch(targets: Sequence[object], batch: int | None, batch_timeout: float | None,
-                delivery: str, idempotency: object) -> None:
+def check_batch(
+    targets: Sequence[object],
+    batch: int | None,
+    batch_timeout: float | None,
+    delivery: str,
+    idempotency: object,
+) -> None:
     """Refuse ``subscribe(batch=...)`` options that batches cannot honour, saying why."""
     if batch is None:
         if batch_timeout is not None:
@@ -150,10 +155,18 @@ class BatchRun:
     (the chain's observing layers) watch each batch call.
     """
 
-    def __init__(self, spec: SubscriptionSpec, registry: Registry, runs: RunCounter,
-                 publisher: Publisher, *, handle: Callable[[Delivery], Awaitable[None]],
-                 ack: Callable[[Delivery], Awaitable[None]],
-                 stopping: Callable[[], bool], observers: Sequence[Any] = ()) -> None:
+    def __init__(
+        self,
+        spec: SubscriptionSpec,
+        registry: Registry,
+        runs: RunCounter,
+        publisher: Publisher,
+        *,
+        handle: Callable[[Delivery], Awaitable[None]],
+        ack: Callable[[Delivery], Awaitable[None]],
+        stopping: Callable[[], bool],
+        observers: Sequence[Any] = (),
+    ) -> None:
         self.spec = spec
         self.observers = observers
         self.registry = registry
@@ -171,8 +184,11 @@ class BatchRun:
         events: list[Any] = []
         for delivery in deliveries:
             envelope = delivery.envelope
-            if (envelope is None or delivery.attempt > 1
-                    or envelope.type != handler.message_class.event_type()):
+            if (
+                envelope is None
+                or delivery.attempt > 1
+                or envelope.type != handler.message_class.event_type()
+            ):
                 # Poison, another type, or a redelivery (it failed before): on its own.
                 await self._handle(delivery)
                 continue
@@ -190,8 +206,9 @@ class BatchRun:
             assert delivery.envelope is not None
             previous = self.runs.seen(delivery)
             self.runs.ran(delivery.envelope.id)
-            contexts.append(Context(self.publisher, delivery, delivery.envelope,
-                                    previous_attempts=previous))
+            contexts.append(
+                Context(self.publisher, delivery, delivery.envelope, previous_attempts=previous)
+            )
         observers = self.observers
         if observers:
             marks = begin_batch(observers, contexts)
@@ -212,8 +229,9 @@ class BatchRun:
         for index in sorted(failed):
             await self._handle(ready[index])
 
-    async def _call(self, handler: Any, events: list[Any], contexts: list[Context]
-                    ) -> tuple[set[int], BaseException | None]:
+    async def _call(
+        self, handler: Any, events: list[Any], contexts: list[Context]
+    ) -> tuple[set[int], BaseException | None]:
         """Call the batch handler; the indexes of the events that failed, and why."""
         spec = self.spec
         try:
@@ -236,12 +254,24 @@ class BatchRun:
         except BatchItemFailed as exc:
             wrong = [i for i in exc.indexes if not 0 <= i < len(events)]
             if wrong:
-                log.error("batch handler %s named indexes %s outside its batch of %d on "
-                          "%s/%s; treating the whole batch as failed", handler.fn.__qualname__,
-                          wrong, len(events), spec.topic, spec.group)
+                log.error(
+                    "batch handler %s named indexes %s outside its batch of %d on "
+                    "%s/%s; treating the whole batch as failed",
+                    handler.fn.__qualname__,
+                    wrong,
+                    len(events),
+                    spec.topic,
+                    spec.group,
+                )
                 return set(range(len(events))), exc
-            log.info("batch of %d on %s/%s: %d event(s) failed (%s); each is retried on its "
-                     "own", len(events), spec.topic, spec.group, len(exc.indexes), exc)
+            log.info(
+                "batch of %d on %s/%s: %d event(s) failed (%s); each is retried on its own",
+                len(events),
+                spec.topic,
+                spec.group,
+                len(exc.indexes),
+                exc,
+            )
             return set(exc.indexes), exc
         except asyncio.CancelledError as exc:
             if _cancelling():
@@ -251,12 +281,19 @@ class BatchRun:
                 raise
             failure: Exception = HandlerCancelledError(
                 f"batch handler {handler.fn.__qualname__} raised CancelledError although it "
-                "was not cancelled")
+                "was not cancelled"
+            )
             failure.__cause__ = exc
         except Exception as exc:
             failure = exc
-        log.warning("batch of %d on %s/%s failed (%s: %s); each event is retried on its own",
-                    len(events), spec.topic, spec.group, type(failure).__name__, failure)
+        log.warning(
+            "batch of %d on %s/%s failed (%s: %s); each event is retried on its own",
+            len(events),
+            spec.topic,
+            spec.group,
+            type(failure).__name__,
+            failure,
+        )
         return set(range(len(events))), failure
 
 
@@ -272,8 +309,13 @@ def begin_batch(observers: Sequence[Any], contexts: Sequence[Context]) -> list[o
     return marks
 
 
-def end_batch(observers: Sequence[Any], contexts: Sequence[Context], marks: list[object],
-              failed: Collection[int], failure: BaseException | None) -> None:
+def end_batch(
+    observers: Sequence[Any],
+    contexts: Sequence[Context],
+    marks: list[object],
+    failed: Collection[int],
+    failure: BaseException | None,
+) -> None:
     """The observers' ``end_batch``, innermost first."""
     for observer, mark in zip(reversed(observers), reversed(marks), strict=True):
         try:
@@ -284,8 +326,9 @@ def end_batch(observers: Sequence[Any], contexts: Sequence[Context], marks: list
 
 def _observer_failed(observer: object, step: str, exc: Exception) -> None:
     # Watching must never change what happens to a batch: log, and go on.
-    log.error("observer %r failed in %s (%s: %s)", observer, step, type(exc).__name__, exc,
-              exc_info=exc)
+    log.error(
+        "observer %r failed in %s (%s: %s)", observer, step, type(exc).__name__, exc, exc_info=exc
+    )
 
 
 async def run_alone(handler: Any, event: Any, ctx: Context) -> None:

@@ -44,13 +44,7 @@ from eventbus.publishing import (
 from eventbus.registry_adapters import adapter_from_url
 from eventbus.requests import Requester, reply_step
 from eventbus.runner import Runner, SubscriptionHealth
-from eventbus.spec import (
-    DeliveryMode,
-    Handler,
-    SubscriptionSpec,
-    check_targets,
-    resolve_delivery,
-)
+from eventbus.spec import DeliveryMode, Handler, SubscriptionSpec, check_targets, resolve_delivery
 
 if TYPE_CHECKING:
     from eventbus.context import PublishOptions
@@ -271,8 +265,13 @@ class EventBus:
 
     def chain_for(self, spec: SubscriptionSpec) -> list[Middleware]:
         """The middleware around ``spec``'s handlers, outermost first (see middleware.chain)."""
-        defaults = ChainDefaults(self.middleware, self.retry, self.idempotency, self.dead_letter,
-                                 replies=self._reply_step)
+        defaults = ChainDefaults(
+            self.middleware,
+            self.retry,
+            self.idempotency,
+            self.dead_letter,
+            replies=self._reply_step,
+        )
         return build_chain(spec, self.adapter, defaults)
 
     def _reply_step(self, spec: SubscriptionSpec) -> Middleware | None:
@@ -294,7 +293,8 @@ class EventBus:
             if not (isinstance(cls, type) and issubclass(cls, Message)):
                 raise ConfigurationError(
                     f"publishes() takes Event or Command classes, not {cls!r} (a "
-                    f"{type(cls).__name__!r}); pass the class, e.g. publishes(OrderPlaced)")
+                    f"{type(cls).__name__!r}); pass the class, e.g. publishes(OrderPlaced)"
+                )
             if cls not in self._published:
                 self._published.append(cls)
 
@@ -326,8 +326,13 @@ class EventBus:
         handler); ``parent=None`` starts a new flow.
         """
         return build_envelope(
-            message, self.source, key=key, parent=parent, correlation_id=correlation_id,
-            subject=subject, extensions=extensions,
+            message,
+            self.source,
+            key=key,
+            parent=parent,
+            correlation_id=correlation_id,
+            subject=subject,
+            extensions=extensions,
         )
 
     async def publish(
@@ -356,16 +361,28 @@ class EventBus:
 
     @overload
     async def request(
-        self, command: Command, *, timeout: float = ..., reply_type: type[R],
+        self,
+        command: Command,
+        *,
+        timeout: float = ...,
+        reply_type: type[R],
         **options: Unpack[PublishOptions],
     ) -> R: ...
     @overload
     async def request(
-        self, command: Command, *, timeout: float = ..., reply_type: None = ...,
+        self,
+        command: Command,
+        *,
+        timeout: float = ...,
+        reply_type: None = ...,
         **options: Unpack[PublishOptions],
     ) -> Any: ...
     async def request(
-        self, command: Command, *, timeout: float = 30.0, reply_type: type[R] | None = None,
+        self,
+        command: Command,
+        *,
+        timeout: float = 30.0,
+        reply_type: type[R] | None = None,
         **options: Unpack[PublishOptions],
     ) -> Any:
         """Send ``command`` and wait for its handler's reply (any broker).
@@ -386,10 +403,14 @@ class EventBus:
         if self._requester is None:
             self._requester = Requester(self)
         return await self._requester.request(
-            command, timeout=timeout, reply_type=reply_type, **options)
+            command, timeout=timeout, reply_type=reply_type, **options
+        )
 
     async def publish_many(
-        self, messages: Sequence[Message], *, topic: str | None = None,
+        self,
+        messages: Sequence[Message],
+        *,
+        topic: str | None = None,
         **options: Unpack[PublishOptions],
     ) -> list[Envelope]:
         """Publish a batch (one broker round trip per topic).
@@ -442,8 +463,12 @@ class EventBus:
         try:
             await asyncio.wait_for(self.adapter.close(), self.shutdown_timeout)
         except Exception as exc:  # the loop may be ending: say so, never raise from here
-            log.warning("closing %s after publishing on a bus never started failed: %s: %s",
-                        mask_url(self.adapter.url), type(exc).__name__, exc)
+            log.warning(
+                "closing %s after publishing on a bus never started failed: %s: %s",
+                mask_url(self.adapter.url),
+                type(exc).__name__,
+                exc,
+            )
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -478,8 +503,9 @@ class EventBus:
                     stall_after=self.stall_after,
                     redelivery_backoff=self.redelivery_backoff,
                 )
-                await self._bounded(runner.start(), f"subscribing to {spec.topic!r} as group "
-                                    f"{spec.group!r}")
+                await self._bounded(
+                    runner.start(), f"subscribing to {spec.topic!r} as group {spec.group!r}"
+                )
                 self._runners.append(runner)
             for hook in self._on_start:
                 await hook()
@@ -534,8 +560,13 @@ class EventBus:
             try:
                 await hook()
             except Exception as exc:
-                log.error("on_stop hook %r failed (%s: %s); stopping all the same",
-                          hook, type(exc).__name__, exc, exc_info=exc)
+                log.error(
+                    "on_stop hook %r failed (%s: %s); stopping all the same",
+                    hook,
+                    type(exc).__name__,
+                    exc,
+                    exc_info=exc,
+                )
         try:
             if requester is not None:
                 await requester.close()
@@ -562,8 +593,9 @@ class EventBus:
                 if inspect.isawaitable(result):
                     await result
             except Exception as exc:
-                log.warning("closing idempotency store %r failed: %s: %s",
-                            given, type(exc).__name__, exc)
+                log.warning(
+                    "closing idempotency store %r failed: %s: %s", given, type(exc).__name__, exc
+                )
 
     async def health(self, *, backlog: bool = False) -> BusHealth:
         """The adapter's health and each subscription's state (running, reconnecting,
@@ -581,10 +613,15 @@ class EventBus:
         subscriptions = [runner.health() for runner in runners]
         if backlog:
             counts = await asyncio.gather(*(runner.backlog() for runner in runners))
-            subscriptions = [dataclasses.replace(health, backlog=count)
-                             for health, count in zip(subscriptions, counts, strict=True)]
-        problems = [f"{s.topic}/{s.group} is {s.state}: {s.error}"
-                    for s in subscriptions if s.state != "running"]
+            subscriptions = [
+                dataclasses.replace(health, backlog=count)
+                for health, count in zip(subscriptions, counts, strict=True)
+            ]
+        problems = [
+            f"{s.topic}/{s.group} is {s.state}: {s.error}"
+            for s in subscriptions
+            if s.state != "running"
+        ]
         if not self._started:
             problems.insert(0, "the bus is not started")
         if not adapter.ok:
@@ -617,8 +654,11 @@ class EventBus:
                 await asyncio.gather(starting, return_exceptions=True)
                 return
             starting.result()
-            log.info("eventbus running on %s with %d subscription(s)",
-                     type(self.adapter).__name__, len(self._specs))
+            log.info(
+                "eventbus running on %s with %d subscription(s)",
+                type(self.adapter).__name__,
+                len(self._specs),
+            )
             waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._failed.wait())]
             try:
                 await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)

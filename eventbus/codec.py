@@ -141,8 +141,15 @@ def binary_headers(
     return out
 
 
-_OPTIONAL = ("dataschema", "subject", "correlationid", "causationid", "partitionkey",
-             "traceparent", "tracestate")
+_OPTIONAL = (
+    "dataschema",
+    "subject",
+    "correlationid",
+    "causationid",
+    "partitionkey",
+    "traceparent",
+    "tracestate",
+)
 _NAME_CACHE: dict[str, dict[str, str]] = {}
 
 
@@ -154,9 +161,7 @@ def _header_names(prefix: str) -> dict[str, str]:
     return names
 
 
-def encode_binary(
-    envelope: Envelope, prefix: str = DEFAULT_PREFIX
-) -> tuple[dict[str, str], bytes]:
+def encode_binary(envelope: Envelope, prefix: str = DEFAULT_PREFIX) -> tuple[dict[str, str], bytes]:
     """Headers (attributes as ``prefix + name``, ``content-type``) and the body bytes.
 
     Built straight from the envelope's fields in one pass (the same headers, in
@@ -164,8 +169,21 @@ def encode_binary(
     published message on every broker that encodes, the memory broker included.
     """
     names = _ENCODE_NAMES.get(prefix) or _encode_names(prefix)
-    (n_spec, n_id, n_source, n_type, n_time, n_version, n_schema, n_subject, n_corr,
-     n_cause, n_key, n_parent, n_state) = names
+    (
+        n_spec,
+        n_id,
+        n_source,
+        n_type,
+        n_time,
+        n_version,
+        n_schema,
+        n_subject,
+        n_corr,
+        n_cause,
+        n_key,
+        n_parent,
+        n_state,
+    ) = names
     headers = {
         n_spec: envelope.specversion,
         n_id: envelope.id,
@@ -209,8 +227,7 @@ def encode_binary_sized(envelope: Envelope, prefix: str) -> tuple[dict[str, str]
     """:func:`encode_binary` and :func:`binary_size` of its result, in one call."""
     headers, body = encode_binary(envelope, prefix)
     text = "".join((*headers, *headers.values()))  # names and values: one join
-    return headers, body, len(body) + (len(text) if text.isascii() else
-                                       len(text.encode("utf-8")))
+    return headers, body, len(body) + (len(text) if text.isascii() else len(text.encode("utf-8")))
 
 
 _ENCODE_NAMES: dict[str, tuple[str, ...]] = {}
@@ -219,9 +236,23 @@ _ENCODE_NAMES: dict[str, tuple[str, ...]] = {}
 def _encode_names(prefix: str) -> tuple[str, ...]:
     table = _header_names(prefix)
     names = _ENCODE_NAMES[prefix] = tuple(
-        table[name] for name in ("specversion", "id", "source", "type", "time", "dataversion",
-                                 "dataschema", "subject", "correlationid", "causationid",
-                                 "partitionkey", "traceparent", "tracestate"))
+        table[name]
+        for name in (
+            "specversion",
+            "id",
+            "source",
+            "type",
+            "time",
+            "dataversion",
+            "dataschema",
+            "subject",
+            "correlationid",
+            "causationid",
+            "partitionkey",
+            "traceparent",
+            "tracestate",
+        )
+    )
     return names
 
 
@@ -235,8 +266,7 @@ _ATTRIBUTE_NAMES = ("specversion", "id", "source", "type", "time", "dataversion"
 
 
 def _decode_own_dict(
-    headers: dict[str, Any], body: bytes | None, prefix: str, key: str | None,
-    text: bool = False,
+    headers: dict[str, Any], body: bytes | None, prefix: str, key: str | None, text: bool = False
 ) -> Envelope | None:
     """The common case read by lookups: text values under the exact prefix, no
     extensions and no structured content type. ``None`` when the headers are
@@ -258,22 +288,53 @@ def _decode_own_dict(
             layouts[names] = pick
     if pick is False:
         return None  # extensions, other casing or a name we do not read here
-    (specversion, id_, source, type_, time_text, version, content_type, schema, subject,
-     correlation, causation, partition, traceparent, tracestate) = pick(
-        (*headers.values(), None))
+    (
+        specversion,
+        id_,
+        source,
+        type_,
+        time_text,
+        version,
+        content_type,
+        schema,
+        subject,
+        correlation,
+        causation,
+        partition,
+        traceparent,
+        tracestate,
+    ) = pick((*headers.values(), None))
     if specversion is None or not (id_ and source and type_):
         return None  # not a CloudEvent, or an error the general reader reports
-    if (content_type is not None and content_type != JSON
-            and content_type.lower().startswith(STRUCTURED_CONTENT_TYPE)):
+    if (
+        content_type is not None
+        and content_type != JSON
+        and content_type.lower().startswith(STRUCTURED_CONTENT_TYPE)
+    ):
         return None
     try:
         when = parse_time(time_text) if time_text else utcnow()
         dataversion = 1 if version is None or version == "1" else int(version)
     except (ValueError, TypeError) as exc:
         raise DecodeError(f"CloudEvent has an unreadable attribute ({exc})") from exc
-    return _assemble(id_, type_, source, when, body or b"", content_type, schema, subject,
-                     specversion, dataversion, correlation, causation,
-                     partition if key is None else key, traceparent, tracestate, {})
+    return _assemble(
+        id_,
+        type_,
+        source,
+        when,
+        body or b"",
+        content_type,
+        schema,
+        subject,
+        specversion,
+        dataversion,
+        correlation,
+        causation,
+        partition if key is None else key,
+        traceparent,
+        tracestate,
+        {},
+    )
 
 
 decode_own_dict = _decode_own_dict
@@ -285,18 +346,35 @@ need the general reader (for callers that call that one then)."""
 # attribute values out of its header values (a missing attribute picks the None
 # appended after them), or False when a name is not one this fast path reads.
 # Messages from one codec come in a handful of layouts, so this stays small.
-_LAYOUTS: dict[str, dict[tuple[str, ...], Callable[[tuple[str | None, ...]], tuple[Any, ...]]
-                          | Literal[False]]] = {}
+_LAYOUTS: dict[
+    str, dict[tuple[str, ...], Callable[[tuple[str | None, ...]], tuple[Any, ...]] | Literal[False]]
+] = {}
 _MAX_LAYOUTS = 256
-_FIELD_ORDER = ("specversion", "id", "source", "type", "time", "dataversion", "content-type",
-                "dataschema", "subject", "correlationid", "causationid", "partitionkey",
-                "traceparent", "tracestate")
+_FIELD_ORDER = (
+    "specversion",
+    "id",
+    "source",
+    "type",
+    "time",
+    "dataversion",
+    "content-type",
+    "dataschema",
+    "subject",
+    "correlationid",
+    "causationid",
+    "partitionkey",
+    "traceparent",
+    "tracestate",
+)
 
 
-def _layout(names: tuple[str, ...], prefix: str) -> Callable[
-        [tuple[str | None, ...]], tuple[Any, ...]] | Literal[False]:
-    wanted = {name if name == "content-type" else prefix + name: index
-              for index, name in enumerate(_FIELD_ORDER)}
+def _layout(
+    names: tuple[str, ...], prefix: str
+) -> Callable[[tuple[str | None, ...]], tuple[Any, ...]] | Literal[False]:
+    wanted = {
+        name if name == "content-type" else prefix + name: index
+        for index, name in enumerate(_FIELD_ORDER)
+    }
     if not set(names) <= wanted.keys():
         return False
     position = {name: index for index, name in enumerate(names)}
@@ -437,11 +515,24 @@ def size_bound(envelope: Envelope, limit: int) -> int:
     """
     estimate = _FIXED_BOUND + len(str(envelope.dataversion))
     estimate += _data_bound(envelope.data, envelope.datacontenttype)
-    values = [value for value in (
-        envelope.id, envelope.type, envelope.source, envelope.specversion,
-        envelope.datacontenttype, envelope.dataschema, envelope.subject,
-        envelope.correlationid, envelope.causationid, envelope.partitionkey,
-        envelope.traceparent, envelope.tracestate) if value is not None]
+    values = [
+        value
+        for value in (
+            envelope.id,
+            envelope.type,
+            envelope.source,
+            envelope.specversion,
+            envelope.datacontenttype,
+            envelope.dataschema,
+            envelope.subject,
+            envelope.correlationid,
+            envelope.causationid,
+            envelope.partitionkey,
+            envelope.traceparent,
+            envelope.tracestate,
+        )
+        if value is not None
+    ]
     text = "".join(values)
     if text.isascii() and text.isprintable():
         # Every value is printable ASCII, so the sum of their bounds is this.
@@ -462,7 +553,9 @@ _PER_ATTRIBUTE = max(_LONGEST_PREFIX, len('"":"",'))
 # (RFC 3339, UTC, microseconds: at most 27 bytes) and the ``"data_base64":`` member.
 _FIXED_BOUND = (
     sum(len(name) + _PER_ATTRIBUTE for name in (*CORE_ATTRIBUTES, *EVENTBUS_EXTENSIONS))
-    + len("{}") + 32 + len('"data_base64":')
+    + len("{}")
+    + 32
+    + len('"data_base64":')
 )
 
 

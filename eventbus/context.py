@@ -61,8 +61,9 @@ class PublishOptions(TypedDict, total=False):
 class Publisher(Protocol):
     """The narrow interface a :class:`Context` replies on (the bus implements it)."""
 
-    async def publish(self, message: Message, *, topic: str | None = None,
-                      **options: Unpack[PublishOptions]) -> Envelope:
+    async def publish(
+        self, message: Message, *, topic: str | None = None, **options: Unpack[PublishOptions]
+    ) -> Envelope:
         """Publish ``message``; returns its envelope once the broker confirmed it."""
 
     async def send(self, command: Command, **options: Unpack[PublishOptions]) -> Envelope:
@@ -109,11 +110,28 @@ class Context:
     is what the handler returned (``NO_RESULT`` until it has): the reply to a request.
     """
 
-    __slots__ = ("_logger", "attempt", "delivery", "envelope", "event", "group", "items",
-                 "previous_attempts", "publisher", "result", "topic")
+    __slots__ = (
+        "_logger",
+        "attempt",
+        "delivery",
+        "envelope",
+        "event",
+        "group",
+        "items",
+        "previous_attempts",
+        "publisher",
+        "result",
+        "topic",
+    )
 
-    def __init__(self, publisher: Publisher, delivery: Delivery, envelope: Envelope,
-                 *, previous_attempts: int | None = None) -> None:
+    def __init__(
+        self,
+        publisher: Publisher,
+        delivery: Delivery,
+        envelope: Envelope,
+        *,
+        previous_attempts: int | None = None,
+    ) -> None:
         self.publisher = publisher
         self.delivery = delivery
         self.envelope = envelope
@@ -141,8 +159,9 @@ class Context:
             self._logger = _ContextLogger(self)
         return self._logger
 
-    async def publish(self, event: Message, *, topic: str | None = None,
-                      **options: Unpack[PublishOptions]) -> Envelope:
+    async def publish(
+        self, event: Message, *, topic: str | None = None, **options: Unpack[PublishOptions]
+    ) -> Envelope:
         """Publish ``event`` (to ``topic``, default its class's) as caused by the
         message being handled (``parent=None`` starts a new flow instead)."""
         options.setdefault("parent", self.envelope)
@@ -157,8 +176,9 @@ class Context:
 _new = object.__new__
 
 
-def handler_context(publisher: Publisher, delivery: Delivery, envelope: Envelope,
-                    previous_attempts: int) -> Context:
+def handler_context(
+    publisher: Publisher, delivery: Delivery, envelope: Envelope, previous_attempts: int
+) -> Context:
     """``Context(publisher, delivery, envelope, previous_attempts=...)`` without the
     keyword ``__init__``: the runner makes one per delivery (slots set directly)."""
     ctx = _new(Context)

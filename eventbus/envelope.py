@@ -1,5 +1,8 @@
 """The immutable message envelope, CloudEvents 1.0 compatible.
 
+(Over 400 lines on purpose: one immutable type, its constructors and the fast paths that
+must equal them.)
+
 Transport facts (topic, attempt, broker message id) never live here; they sit
 beside the envelope on the :class:`~eventbus.adapter.Delivery`.
 
@@ -204,11 +207,22 @@ class Envelope:
         time_text = pop("time", None)
         version = pop("dataversion", None)
         envelope = _assemble(
-            id_, type_, source, parse_time(time_text) if time_text else utcnow(), data,
-            pop("datacontenttype", None), pop("dataschema", None), pop("subject", None),
-            pop("specversion", SPEC_VERSION), 1 if version is None else int(version),
-            pop("correlationid", None), pop("causationid", None), pop("partitionkey", None),
-            pop("traceparent", None), pop("tracestate", None), attributes,
+            id_,
+            type_,
+            source,
+            parse_time(time_text) if time_text else utcnow(),
+            data,
+            pop("datacontenttype", None),
+            pop("dataschema", None),
+            pop("subject", None),
+            pop("specversion", SPEC_VERSION),
+            1 if version is None else int(version),
+            pop("correlationid", None),
+            pop("causationid", None),
+            pop("partitionkey", None),
+            pop("traceparent", None),
+            pop("tracestate", None),
+            attributes,
         )
         # What is left is extensions; of the reserved names only "data" can remain.
         if "data" in attributes:
@@ -221,9 +235,12 @@ class Envelope:
         """Deprecated: :func:`eventbus.codec.size_bound` (size estimation is the codec's)."""
         from eventbus import codec  # the codec imports this module
 
-        warnings.warn("Envelope.size_hint(limit) is deprecated: use "
-                      "eventbus.codec.size_bound(envelope, limit)", DeprecationWarning,
-                      stacklevel=2)
+        warnings.warn(
+            "Envelope.size_hint(limit) is deprecated: use "
+            "eventbus.codec.size_bound(envelope, limit)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
         return codec.size_bound(self, limit)
 
     @property
@@ -231,8 +248,11 @@ class Envelope:
         """Deprecated: :func:`eventbus.codec.largest_size` (size estimation is the codec's)."""
         from eventbus import codec  # the codec imports this module
 
-        warnings.warn("Envelope.size is deprecated: use eventbus.codec.largest_size(envelope)",
-                      DeprecationWarning, stacklevel=2)
+        warnings.warn(
+            "Envelope.size is deprecated: use eventbus.codec.largest_size(envelope)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
         return codec.largest_size(self)
 
 
@@ -305,11 +325,22 @@ def validate_extension_name(name: str) -> None:
 
 
 def _assemble(
-    id: str, type: str, source: str, time: datetime, data: bytes,
-    datacontenttype: str | None, dataschema: str | None, subject: str | None,
-    specversion: str, dataversion: int, correlationid: str | None,
-    causationid: str | None, partitionkey: str | None, traceparent: str | None,
-    tracestate: str | None, extensions: Mapping[str, str],
+    id: str,
+    type: str,
+    source: str,
+    time: datetime,
+    data: bytes,
+    datacontenttype: str | None,
+    dataschema: str | None,
+    subject: str | None,
+    specversion: str,
+    dataversion: int,
+    correlationid: str | None,
+    causationid: str | None,
+    partitionkey: str | None,
+    traceparent: str | None,
+    tracestate: str | None,
+    extensions: Mapping[str, str],
 ) -> Envelope:
     """Every field given, in declaration order, checked by the caller: an envelope
     without the keyword ``__init__``. The one constructor every fast path shares
@@ -340,24 +371,77 @@ def _assemble(
 # -- deprecated: the former fast constructors, for one release ------------------------------
 
 
-def _build(id: str, type: str, source: str, time: datetime, data: bytes, dataversion: int,
-           partitionkey: str | None, subject: str | None, correlationid: str | None,
-           causationid: str | None, traceparent: str | None, tracestate: str | None,
-           extensions: Mapping[str, str]) -> Envelope:
-    return _assemble(id, type, source, time, data, JSON, None, subject, SPEC_VERSION,
-                     dataversion, correlationid, causationid, partitionkey, traceparent,
-                     tracestate, extensions)
+def _build(
+    id: str,
+    type: str,
+    source: str,
+    time: datetime,
+    data: bytes,
+    dataversion: int,
+    partitionkey: str | None,
+    subject: str | None,
+    correlationid: str | None,
+    causationid: str | None,
+    traceparent: str | None,
+    tracestate: str | None,
+    extensions: Mapping[str, str],
+) -> Envelope:
+    return _assemble(
+        id,
+        type,
+        source,
+        time,
+        data,
+        JSON,
+        None,
+        subject,
+        SPEC_VERSION,
+        dataversion,
+        correlationid,
+        causationid,
+        partitionkey,
+        traceparent,
+        tracestate,
+        extensions,
+    )
 
 
-def _build_many(ids: Sequence[str], types: Sequence[str], versions: Sequence[int],
-                bodies: Sequence[bytes], source: str, time: datetime,
-                partitionkey: str | None, subject: str | None, correlationid: str | None,
-                causationid: str | None, traceparent: str | None, tracestate: str | None,
-                extensions: Mapping[str, str] | None) -> list[Envelope]:
-    return [_assemble(id, type, source, time, data, JSON, None, subject, SPEC_VERSION,
-                      dataversion, correlationid or id, causationid, partitionkey,
-                      traceparent, tracestate, dict(extensions) if extensions else {})
-            for id, type, dataversion, data in zip(ids, types, versions, bodies, strict=True)]
+def _build_many(
+    ids: Sequence[str],
+    types: Sequence[str],
+    versions: Sequence[int],
+    bodies: Sequence[bytes],
+    source: str,
+    time: datetime,
+    partitionkey: str | None,
+    subject: str | None,
+    correlationid: str | None,
+    causationid: str | None,
+    traceparent: str | None,
+    tracestate: str | None,
+    extensions: Mapping[str, str] | None,
+) -> list[Envelope]:
+    return [
+        _assemble(
+            id,
+            type,
+            source,
+            time,
+            data,
+            JSON,
+            None,
+            subject,
+            SPEC_VERSION,
+            dataversion,
+            correlationid or id,
+            causationid,
+            partitionkey,
+            traceparent,
+            tracestate,
+            dict(extensions) if extensions else {},
+        )
+        for id, type, dataversion, data in zip(ids, types, versions, bodies, strict=True)
+    ]
 
 
 _DEPRECATED: dict[str, tuple[Callable[..., Any], str]] = {
@@ -370,8 +454,11 @@ _DEPRECATED: dict[str, tuple[Callable[..., Any], str]] = {
 def __getattr__(name: str) -> Any:
     if name in _DEPRECATED:
         function, instead = _DEPRECATED[name]
-        warnings.warn(f"eventbus.envelope.{name} is deprecated (one private constructor "
-                      f"serves the fast paths now): use {instead}", DeprecationWarning,
-                      stacklevel=2)
+        warnings.warn(
+            f"eventbus.envelope.{name} is deprecated (one private constructor "
+            f"serves the fast paths now): use {instead}",
+            DeprecationWarning,
+            stacklevel=2,
+        )
         return function
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

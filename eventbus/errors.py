@@ -73,8 +73,13 @@ class BatchPublishError(PublishError):
     ones as they are (same ids) so idempotency can absorb a double delivery.
     """
 
-    def __init__(self, message: str, failures: dict[int, Exception], total: int,
-                 envelopes: Sequence[Envelope] = ()) -> None:
+    def __init__(
+        self,
+        message: str,
+        failures: dict[int, Exception],
+        total: int,
+        envelopes: Sequence[Envelope] = (),
+    ) -> None:
         super().__init__(message)
         self.failures = failures
         self.total = total
@@ -93,7 +98,8 @@ class BatchPublishError(PublishError):
         return cls(
             f"{len(failures)} of {total} messages to {where} were not confirmed (indexes "
             f"{sorted(failures)}); see .failures, and republish those as they are",
-            failures, total,
+            failures,
+            total,
         )
 
 
@@ -173,8 +179,9 @@ class GuaranteeUnavailableError(ConfigurationError):
     (what to use instead) are kept as attributes.
     """
 
-    def __init__(self, message: str, *, topic: str = "", broker: str = "",
-                 instead: str = "") -> None:
+    def __init__(
+        self, message: str, *, topic: str = "", broker: str = "", instead: str = ""
+    ) -> None:
         super().__init__(message)
         self.topic = topic
         self.broker = broker
@@ -197,8 +204,13 @@ class TopicNotFoundError(EventBusError):
 # What a broker (or the adapter before it) says when a message can never go out as it
 # is: resending it unchanged gets the same answer. Adapters map their clients' errors
 # onto these classes; everything else (connection, timeout, unconfirmed) is worth retrying.
-_PERMANENT = (MessageTooLargeError, TopicNotFoundError, ConfigurationError, DecodeError,
-              UnsupportedOperationError)
+_PERMANENT = (
+    MessageTooLargeError,
+    TopicNotFoundError,
+    ConfigurationError,
+    DecodeError,
+    UnsupportedOperationError,
+)
 
 
 def is_permanent_refusal(exc: BaseException) -> bool:

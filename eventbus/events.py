@@ -154,7 +154,8 @@ class Registry:
                     # What model_validate_json calls, without its keyword handling
                     # (~0.6 us per message with pydantic 2.14).
                     return cls.__pydantic_validator__.validate_json(  # type: ignore[no-any-return]
-                        envelope.data)
+                        envelope.data
+                    )
                 return cls.model_validate_json(envelope.data)
             except ValidationError as exc:
                 raise _invalid(envelope, exc) from exc

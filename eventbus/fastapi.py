@@ -31,7 +31,9 @@ try:
 except ModuleNotFoundError as missing:  # the `fastapi` extra, not the library's
     raise ModuleNotFoundError(
         f"eventbus.fastapi needs FastAPI and opentelemetry-api ({missing.name} is missing): "
-        'pip install "eventbus[fastapi]"', name=missing.name) from missing
+        'pip install "eventbus[fastapi]"',
+        name=missing.name,
+    ) from missing
 
 from eventbus.bus import EventBus
 from eventbus.errors import ConfigurationError
@@ -45,8 +47,9 @@ STATE_KEY = "eventbus"
 Lifespan = Callable[[Any], AbstractAsyncContextManager[Mapping[str, Any] | None]]
 
 
-def bus_lifespan(bus: EventBus, also: Lifespan | None = None
-                 ) -> Callable[[Any], AbstractAsyncContextManager[dict[str, Any]]]:
+def bus_lifespan(
+    bus: EventBus, also: Lifespan | None = None
+) -> Callable[[Any], AbstractAsyncContextManager[dict[str, Any]]]:
     """A lifespan for ``FastAPI(lifespan=...)`` or ``Starlette(lifespan=...)`` that starts
     ``bus`` before the app serves and stops it (gracefully: in-flight handlers finish)
     after the last request. ``also`` is the app's own lifespan, run inside, with the bus
@@ -73,7 +76,8 @@ def get_bus(request: Request) -> EventBus:
     if not isinstance(bus, EventBus):
         raise ConfigurationError(
             f"route {request.url.path} asks for the EventBus, but this app's lifespan did not "
-            "start one: create the app with FastAPI(lifespan=bus_lifespan(bus))")
+            "start one: create the app with FastAPI(lifespan=bus_lifespan(bus))"
+        )
     return bus
 
 
@@ -98,8 +102,10 @@ class TraceContextMiddleware:
         if scope["type"] != "http" or trace.get_current_span().get_span_context().is_valid:
             await self.app(scope, receive, send)
             return
-        carrier = {name.decode("latin-1"): value.decode("latin-1")
-                   for name, value in scope.get("headers", ())}
+        carrier = {
+            name.decode("latin-1"): value.decode("latin-1")
+            for name, value in scope.get("headers", ())
+        }
         token = context.attach(propagate.extract(carrier))
         try:
             await self.app(scope, receive, send)

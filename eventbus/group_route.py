@@ -61,8 +61,10 @@ class WithGroupRoute(Subscription):
     async def __aiter__(self) -> AsyncIterator[Delivery]:
         if not self._pumps:
             self._running = 2
-            self._pumps = [asyncio.create_task(self._pump(self.main, False)),
-                           asyncio.create_task(self._pump(self.route, True))]
+            self._pumps = [
+                asyncio.create_task(self._pump(self.main, False)),
+                asyncio.create_task(self._pump(self.route, True)),
+            ]
         while True:
             if self._ready:
                 yield self._ready.popleft()
@@ -83,8 +85,9 @@ class WithGroupRoute(Subscription):
 
     async def close(self) -> None:
         """Close both sources (each gives back what it holds unsettled), stop pumping."""
-        results = await asyncio.gather(self.main.close(), self.route.close(),
-                                       return_exceptions=True)
+        results = await asyncio.gather(
+            self.main.close(), self.route.close(), return_exceptions=True
+        )
         for pump in self._pumps:
             await stop_task(pump)
         self._wake.set()

@@ -52,11 +52,25 @@ class Incident:
     target: str | None = None
 
 
-def note(ctx: Context, kind: IncidentKind, failure: BaseException, *, attempt: int,
-         delay: float | None = None, target: str | None = None) -> None:
+def note(
+    ctx: Context,
+    kind: IncidentKind,
+    failure: BaseException,
+    *,
+    attempt: int,
+    delay: float | None = None,
+    target: str | None = None,
+) -> None:
     """Write down that ``kind`` happened to ``ctx``'s message because of ``failure``."""
-    incident = Incident(kind, type(failure).__name__, f"{type(failure).__name__}: {failure}",
-                        attempt, time.time_ns(), delay, target)
+    incident = Incident(
+        kind,
+        type(failure).__name__,
+        f"{type(failure).__name__}: {failure}",
+        attempt,
+        time.time_ns(),
+        delay,
+        target,
+    )
     found = ctx.items.get(_KEY)
     if found is None:
         ctx.items[_KEY] = [incident]

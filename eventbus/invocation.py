@@ -49,8 +49,14 @@ class Invocation:
     (a handler cut short by shutdown did not fail and did not run).
     """
 
-    def __init__(self, spec: SubscriptionSpec, registry: Registry, runs: RunCounter,
-                 middleware: Sequence[Middleware], stopping: Callable[[], bool]) -> None:
+    def __init__(
+        self,
+        spec: SubscriptionSpec,
+        registry: Registry,
+        runs: RunCounter,
+        middleware: Sequence[Middleware],
+        stopping: Callable[[], bool],
+    ) -> None:
         self.spec = spec
         self.registry = registry
         self.runs = runs
@@ -71,11 +77,16 @@ class Invocation:
         self.fused = all(acts_only_on_failure(layer) for layer in layers)
         self._layers = layers
         # What each layer passes a retry on to: the layers inside it, then the handler.
-        self._inner = [compose(layers[index + 1:], self.invoke) for index in range(len(layers))]
-        self.refusals = tuple(
-            (index, refuse) for index, layer in enumerate(layers)
-            if (refuse := refusal_step(layer)) is not None
-        ) if self.fused else ()
+        self._inner = [compose(layers[index + 1 :], self.invoke) for index in range(len(layers))]
+        self.refusals = (
+            tuple(
+                (index, refuse)
+                for index, layer in enumerate(layers)
+                if (refuse := refusal_step(layer)) is not None
+            )
+            if self.fused
+            else ()
+        )
 
     def refusal(self, ctx: Context) -> tuple[Exception, int] | None:
         """Fused: the failure a layer raises before the handler runs, and how many
@@ -224,8 +235,14 @@ _FAILED = object()  # the mark of an observer whose begin() raised: its end() is
 
 def _observer_failed(observer: object, step: str, exc: Exception) -> None:
     # Watching must never change what happens to a message: log, and go on.
-    log.error("observer %r failed in %s (%s: %s); the message is handled as if it were "
-              "not there", observer, step, type(exc).__name__, exc, exc_info=exc)
+    log.error(
+        "observer %r failed in %s (%s: %s); the message is handled as if it were not there",
+        observer,
+        step,
+        type(exc).__name__,
+        exc,
+        exc_info=exc,
+    )
 
 
 def cancelling() -> bool:

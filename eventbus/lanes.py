@@ -68,10 +68,16 @@ class Lanes:
     unhandled (it was seen, it did not run).
     """
 
-    def __init__(self, spec: SubscriptionSpec, progress: Progress, runs: RunCounter, *,
-                 handle: Callable[[Delivery], Awaitable[None]],
-                 nack: Callable[[Delivery, float], Awaitable[None]],
-                 run_batch: Callable[[list[Delivery]], Awaitable[None]] | None = None) -> None:
+    def __init__(
+        self,
+        spec: SubscriptionSpec,
+        progress: Progress,
+        runs: RunCounter,
+        *,
+        handle: Callable[[Delivery], Awaitable[None]],
+        nack: Callable[[Delivery, float], Awaitable[None]],
+        run_batch: Callable[[list[Delivery]], Awaitable[None]] | None = None,
+    ) -> None:
         self.spec = spec
         self.progress = progress
         self.runs = runs
@@ -130,8 +136,12 @@ class Lanes:
                     # Taken back by the broker before it was fetched from the
                     # adapter (a Kafka partition revoked): its new owner has it.
                     self.runs.seen(delivery)
-                    log.debug("dropped stale %s of %s/%s", delivery.message_id,
-                              delivery.topic, delivery.group)
+                    log.debug(
+                        "dropped stale %s of %s/%s",
+                        delivery.message_id,
+                        delivery.topic,
+                        delivery.group,
+                    )
                     continue
                 self.busy = progress.progressed = True
                 progress.ticks += 1
@@ -141,9 +151,13 @@ class Lanes:
                 except asyncio.CancelledError:
                     if cancelling():
                         raise
-                    log.error("message %s on %s/%s: CancelledError escaped the "
-                              "middleware; asking the broker to redeliver",
-                              delivery.message_id, delivery.topic, delivery.group)
+                    log.error(
+                        "message %s on %s/%s: CancelledError escaped the "
+                        "middleware; asking the broker to redeliver",
+                        delivery.message_id,
+                        delivery.topic,
+                        delivery.group,
+                    )
                     await self._nack(delivery, 1.0)
                 finally:
                     self.busy = False
@@ -233,8 +247,12 @@ class Lanes:
                     # partition was revoked meanwhile): the broker already took it
                     # back and will deliver it again.
                     self.runs.seen(delivery)
-                    log.debug("dropped %s from a lost subscription of %s/%s",
-                              delivery.message_id, delivery.topic, delivery.group)
+                    log.debug(
+                        "dropped %s from a lost subscription of %s/%s",
+                        delivery.message_id,
+                        delivery.topic,
+                        delivery.group,
+                    )
                     continue
                 self.progress.progressed = True
                 await self._handle(delivery)
@@ -243,9 +261,13 @@ class Lanes:
                     raise
                 # Something in the chain outside the handler let a CancelledError
                 # out without this lane being cancelled: keep the lane alive.
-                log.error("message %s on %s/%s: CancelledError escaped the middleware; "
-                          "asking the broker to redeliver", delivery.message_id,
-                          delivery.topic, delivery.group)
+                log.error(
+                    "message %s on %s/%s: CancelledError escaped the middleware; "
+                    "asking the broker to redeliver",
+                    delivery.message_id,
+                    delivery.topic,
+                    delivery.group,
+                )
                 await self._nack(delivery, 1.0)
             finally:
                 self.held -= 1
@@ -269,8 +291,11 @@ class Lanes:
         except asyncio.CancelledError:
             if cancelling():
                 raise
-            log.error("a batch on %s/%s: CancelledError escaped; asking the broker to "
-                      "redeliver it", self.spec.topic, self.spec.group)
+            log.error(
+                "a batch on %s/%s: CancelledError escaped; asking the broker to redeliver it",
+                self.spec.topic,
+                self.spec.group,
+            )
             for delivery in batch:
                 await self._nack(delivery, 1.0)
         finally:
@@ -300,8 +325,11 @@ class Lanes:
             task.cancel()
         if pending:
             log.warning(
-                "%s/%s: %d worker(s) still busy after %.1fs; their messages go back "
-                "to the broker", self.spec.topic, self.spec.group, len(pending), timeout,
+                "%s/%s: %d worker(s) still busy after %.1fs; their messages go back to the broker",
+                self.spec.topic,
+                self.spec.group,
+                len(pending),
+                timeout,
             )
             await asyncio.gather(*pending, return_exceptions=True)
 

@@ -50,11 +50,7 @@ from eventbus.adapter import (
     Subscription,
 )
 from eventbus.envelope import Envelope
-from eventbus.errors import (
-    InvalidURLError,
-    TopicNotFoundError,
-    UnsupportedOperationError,
-)
+from eventbus.errors import InvalidURLError, TopicNotFoundError, UnsupportedOperationError
 from eventbus.url_options import (
     OptionParser,
     choice,
@@ -85,7 +81,8 @@ class _Settings:
 _OPTIONS: dict[str, OptionParser] = {
     "max_message_bytes": integer(1),
     "max_messages": integer(
-        1, allowed="must be a positive integer (the messages each topic retains)"),
+        1, allowed="must be a positive integer (the messages each topic retains)"
+    ),
     "mode": choice("binary", "structured"),
     "encode": strict_flag,
     "hold_keys": strict_flag,
@@ -174,18 +171,26 @@ class MemoryAdapter(Adapter):
         info = {"broker": self.broker.name, "mode": self._mode_name()}
         if self._state != "connected":
             what = "was closed" if self._state == "closed" else "was never connected"
-            return HealthReport(False, f"memory adapter for {self.url!r} {what}; call "
-                                "connect() (or start the bus) first", info)
+            return HealthReport(
+                False,
+                f"memory adapter for {self.url!r} {what}; call connect() (or start the bus) first",
+                info,
+            )
         if self.broker.frozen:
-            return HealthReport(False, f"memory broker {self.broker.name!r} does not answer "
-                                "(frozen: fault injected)", info)
+            return HealthReport(
+                False,
+                f"memory broker {self.broker.name!r} does not answer (frozen: fault injected)",
+                info,
+            )
         refusing = self.broker.refusing_for()
         if refusing > 0:
-            return HealthReport(False, f"memory broker {self.broker.name!r} refuses "
-                                f"connections for another {refusing:.1f}s (fault injected)",
-                                info)
-        return HealthReport(True, f"memory broker {self.broker.name!r} accepts connections",
-                            info)
+            return HealthReport(
+                False,
+                f"memory broker {self.broker.name!r} refuses "
+                f"connections for another {refusing:.1f}s (fault injected)",
+                info,
+            )
+        return HealthReport(True, f"memory broker {self.broker.name!r} accepts connections", info)
 
     def _mode_name(self) -> str:
         return self.settings.mode if self.settings.encode else "unencoded"
@@ -230,9 +235,7 @@ class MemoryAdapter(Adapter):
             entries.append(entry)
         self.broker.append_many(topic, entries)
 
-    async def publish_to_group(
-        self, topic: str, group: str, envelopes: Sequence[Envelope]
-    ) -> None:
+    async def publish_to_group(self, topic: str, group: str, envelopes: Sequence[Envelope]) -> None:
         """Queue ``envelopes`` for ``group`` alone (not in the topic's log, so other
         groups and readers never see them); the group is created if new."""
         self.broker.check_reachable(self.url)
@@ -261,15 +264,17 @@ class MemoryAdapter(Adapter):
                 "publish the raw payload without headers"
             )
         stored = tuple((name, bytes(value)) for name, value in (headers or {}).items())
-        self.broker.append(topic, (None, payload, stored or None, None,
-                                   self.settings.mode == "structured"))
+        self.broker.append(
+            topic, (None, payload, stored or None, None, self.settings.mode == "structured")
+        )
 
     async def subscribe(self, topic: str, options: SubscribeOptions) -> Subscription:
         self.broker.check_reachable(self.url)
         await self.broker.wait_answer(self.url, HALF_OPEN_BOUND)
         group = self.broker.group(topic, options)
-        subscription = MemorySubscription(self.broker, topic, group, options,
-                                           self.settings.hold_keys)
+        subscription = MemorySubscription(
+            self.broker, topic, group, options, self.settings.hold_keys
+        )
         self._subscriptions = [s for s in self._subscriptions if not s.closed]
         self._subscriptions.append(subscription)
         return subscription

@@ -1,5 +1,8 @@
 """Metrics: what the buses published and handled, how long it took, and what waits.
 
+(Over 400 lines on purpose: one observer and the instrument table it feeds, for
+Prometheus and OpenTelemetry alike.)
+
 Exported to Prometheus (``pip install eventbus[prometheus]``: prometheus-client's
 default registry unless another is given, which ``eventbus run --metrics-port``
 serves) and, if a ``meter_provider`` is given, as OpenTelemetry instruments of the
@@ -64,8 +67,23 @@ __all__ = ["DURATION_BUCKETS", "OUTCOMES", "Metrics", "is_instrumented"]
 
 log = logging.getLogger("eventbus.metrics")
 
-DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
-                    1.0, 2.5, 5.0, 10.0, 30.0)
+DURATION_BUCKETS = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+)
 """Upper bounds (seconds) of the duration histograms' buckets; ``+Inf`` is added."""
 OUTCOMES = ("success", "skipped", "redelivery", "dead_lettered", "error", "cancelled")
 OTHER = "other"
@@ -103,11 +121,21 @@ class Subscription:
 class Flow:
     """The counters and handler durations of one (topic, group, type)."""
 
-    __slots__ = ("dead_lettered", "duration", "failed", "labels", "otel", "outcomes",
-                 "redelivered", "retried", "subscription")
+    __slots__ = (
+        "dead_lettered",
+        "duration",
+        "failed",
+        "labels",
+        "otel",
+        "outcomes",
+        "redelivered",
+        "retried",
+        "subscription",
+    )
 
-    def __init__(self, labels: tuple[str, str, str], subscription: Subscription,
-                 bounds: Sequence[float]) -> None:
+    def __init__(
+        self, labels: tuple[str, str, str], subscription: Subscription, bounds: Sequence[float]
+    ) -> None:
         self.labels = labels
         self.subscription = subscription
         self.outcomes = dict.fromkeys(OUTCOMES, 0)
@@ -136,8 +164,9 @@ class Store:
         found = self.flows.get((topic, group, kind))
         if found is None:
             subscription = self.subscription(topic, group)
-            found = self.flows[(topic, group, kind)] = Flow((topic, group, kind), subscription,
-                                                            self.bounds)
+            found = self.flows[(topic, group, kind)] = Flow(
+                (topic, group, kind), subscription, self.bounds
+            )
         return found
 
     def subscription(self, topic: str, group: str) -> Subscription:
@@ -155,9 +184,13 @@ class Store:
         if len(self.topics) >= self.max_topics:
             if not self._warned:
                 self._warned = True
-                log.warning("more than %d topics published to: %r and later ones are "
-                            "counted as topic %r (Metrics(max_topics=...) raises the bound)",
-                            self.max_topics, topic, OTHER)
+                log.warning(
+                    "more than %d topics published to: %r and later ones are "
+                    "counted as topic %r (Metrics(max_topics=...) raises the bound)",
+                    self.max_topics,
+                    topic,
+                    OTHER,
+                )
             return OTHER
         self.topics.add(topic)
         return topic
@@ -221,8 +254,13 @@ class Handled(Observer):
         flow.subscription.in_flight += len(contexts)
         return (flow, time.perf_counter())
 
-    def end_batch(self, contexts: Sequence[Context], mark: object, failed: Collection[int],
-                  failure: BaseException | None) -> None:
+    def end_batch(
+        self,
+        contexts: Sequence[Context],
+        mark: object,
+        failed: Collection[int],
+        failure: BaseException | None,
+    ) -> None:
         flow: Flow
         started: float
         flow, started = mark  # type: ignore[misc]
@@ -252,8 +290,9 @@ class Published:
         self.store = store
         self.registry = registry
 
-    async def __call__(self, topic: str, envelopes: Sequence[Envelope],
-                       call_next: PublishNext) -> None:
+    async def __call__(
+        self, topic: str, envelopes: Sequence[Envelope], call_next: PublishNext
+    ) -> None:
         started = time.perf_counter()
         try:
             await call_next(topic, envelopes)
@@ -262,8 +301,7 @@ class Published:
             raise
         self._count(topic, envelopes, "ok", time.perf_counter() - started)
 
-    def _count(self, topic: str, envelopes: Sequence[Envelope], ended: str,
-               elapsed: float) -> None:
+    def _count(self, topic: str, envelopes: Sequence[Envelope], ended: str, elapsed: float) -> None:
         store = self.store
         label = store.topic_label(topic)
         durations = store.publish_durations.get(label)
@@ -292,14 +330,21 @@ class Metrics:
     topics labelled by name.
     """
 
-    def __init__(self, *, registry: Any = "default", meter_provider: Any = None,
-                 buckets: Sequence[float] = DURATION_BUCKETS, sample_every: float = 5.0,
-                 max_topics: int = 100) -> None:
+    def __init__(
+        self,
+        *,
+        registry: Any = "default",
+        meter_provider: Any = None,
+        buckets: Sequence[float] = DURATION_BUCKETS,
+        sample_every: float = 5.0,
+        max_topics: int = 100,
+    ) -> None:
         from eventbus import metrics_export
 
         if not sample_every > 0:
-            raise ValueError(f"sample_every must be a positive number of seconds, "
-                             f"not {sample_every!r}")
+            raise ValueError(
+                f"sample_every must be a positive number of seconds, not {sample_every!r}"
+            )
         self.sample_every = sample_every
         self.store = metrics_export.store_for(registry, tuple(sorted(buckets)), max_topics)
         if meter_provider is not None:
@@ -355,8 +400,7 @@ class Sampler:
             try:
                 await self.sample()
             except Exception as exc:  # a health read never raises; stay alive regardless
-                log.warning("sampling the bus's gauges failed (%s: %s)", type(exc).__name__,
-                            exc)
+                log.warning("sampling the bus's gauges failed (%s: %s)", type(exc).__name__, exc)
             await asyncio.sleep(self.every)
 
     async def sample(self) -> None:

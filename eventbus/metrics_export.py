@@ -23,26 +23,43 @@ log = logging.getLogger("eventbus.metrics")
 _STORES: weakref.WeakKeyDictionary[Any, Store] = weakref.WeakKeyDictionary()
 
 COUNTERS: tuple[tuple[str, str, str], ...] = (
-    ("failed", "failed", "Failed runs of a handler, and messages that failed without "
-     "running (poison, refused)."),
+    (
+        "failed",
+        "failed",
+        "Failed runs of a handler, and messages that failed without running (poison, refused).",
+    ),
     ("retried", "retried", "Runs of a handler again in process after a failure."),
     ("redelivered", "redelivered", "Deliveries the broker made again (delivery attempt > 1)."),
     ("dead_lettered", "dead_lettered", "Messages moved to the dead-letter topic."),
 )
 """Per (topic, group, type): metric name, ``Flow`` attribute, help text."""
-HANDLED_HELP = ("Handlings of a message by their outcome: success, skipped, redelivery, "
-                "dead_lettered, error, cancelled.")
+HANDLED_HELP = (
+    "Handlings of a message by their outcome: success, skipped, redelivery, "
+    "dead_lettered, error, cancelled."
+)
 PUBLISHED_HELP = "Messages published, by outcome: ok (the broker confirmed) or error."
 HANDLER_HELP = "Time from the chain's start to the handling's outcome (retries included)."
 PUBLISH_HELP = "Time of one publish call until the broker confirmed it."
 GAUGES: tuple[tuple[str, str, str, str], ...] = (
     ("in_flight", "in_flight", "in_flight", "Handlings running now."),
-    ("prefetch_in_use", "prefetch.in_use", "use",
-     "Deliveries held (waiting, collected or running) now."),
-    ("prefetch_limit", "prefetch.limit", "limit",
-     "Unsettled deliveries the subscription asked the broker for."),
-    ("consumer_lag", "consumer.lag", "lag",
-     "Messages the broker holds for the group, where the adapter can tell."),
+    (
+        "prefetch_in_use",
+        "prefetch.in_use",
+        "use",
+        "Deliveries held (waiting, collected or running) now.",
+    ),
+    (
+        "prefetch_limit",
+        "prefetch.limit",
+        "limit",
+        "Unsettled deliveries the subscription asked the broker for.",
+    ),
+    (
+        "consumer_lag",
+        "consumer.lag",
+        "lag",
+        "Messages the broker holds for the group, where the adapter can tell.",
+    ),
 )
 """Per (topic, group): Prometheus name, OpenTelemetry name, ``Subscription`` attribute,
 help text."""
@@ -70,8 +87,11 @@ def store_for(registry: Any, bounds: tuple[float, ...], max_topics: int) -> Stor
         else:
             registry.register(PrometheusCollector(found))
     elif found.bounds != bounds:
-        log.warning("a second Metrics on this registry asked for other buckets; it shares "
-                    "the first one's figures and buckets %s", found.bounds)
+        log.warning(
+            "a second Metrics on this registry asked for other buckets; it shares "
+            "the first one's figures and buckets %s",
+            found.bounds,
+        )
     return found
 
 
@@ -82,7 +102,9 @@ def _prometheus() -> Any:
         raise ModuleNotFoundError(
             "Metrics exports to prometheus-client's registry, which the library alone does "
             'not install: pip install "eventbus[prometheus]" (or Metrics(registry=None, '
-            "meter_provider=...) for OpenTelemetry only)", name=missing.name) from missing
+            "meter_provider=...) for OpenTelemetry only)",
+            name=missing.name,
+        ) from missing
     return prometheus_client
 
 
@@ -120,20 +142,21 @@ class PrometheusCollector:
         store = self.store
         flows = list(store.flows.values()) if with_samples else []
         flow_labels = ["topic", "group", "type"]
-        published = CounterMetricFamily("eventbus_published", PUBLISHED_HELP,
-                                        labels=["topic", "type", "outcome"])
-        for (topic, kind, ended), count in (list(store.published.items())
-                                            if with_samples else []):
+        published = CounterMetricFamily(
+            "eventbus_published", PUBLISHED_HELP, labels=["topic", "type", "outcome"]
+        )
+        for (topic, kind, ended), count in list(store.published.items()) if with_samples else []:
             published.add_metric([topic, kind, ended], count)
         yield published
-        publish_duration = HistogramMetricFamily("eventbus_publish_duration_seconds",
-                                                 PUBLISH_HELP, labels=["topic"])
-        for topic, histogram in (list(store.publish_durations.items())
-                                 if with_samples else []):
+        publish_duration = HistogramMetricFamily(
+            "eventbus_publish_duration_seconds", PUBLISH_HELP, labels=["topic"]
+        )
+        for topic, histogram in list(store.publish_durations.items()) if with_samples else []:
             publish_duration.add_metric([topic], *_cumulative(histogram))
         yield publish_duration
-        handled = CounterMetricFamily("eventbus_handled", HANDLED_HELP,
-                                      labels=[*flow_labels, "outcome"])
+        handled = CounterMetricFamily(
+            "eventbus_handled", HANDLED_HELP, labels=[*flow_labels, "outcome"]
+        )
         for flow in flows:
             for ended in OUTCOMES:
                 handled.add_metric([*flow.labels, ended], flow.outcomes[ended])
@@ -143,8 +166,9 @@ class PrometheusCollector:
             for flow in flows:
                 family.add_metric(list(flow.labels), getattr(flow, attribute))
             yield family
-        duration = HistogramMetricFamily("eventbus_handler_duration_seconds", HANDLER_HELP,
-                                         labels=flow_labels)
+        duration = HistogramMetricFamily(
+            "eventbus_handler_duration_seconds", HANDLER_HELP, labels=flow_labels
+        )
         for flow in flows:
             duration.add_metric(list(flow.labels), *_cumulative(flow.duration))
         yield duration
@@ -169,30 +193,43 @@ class OtelInstruments:
 
         self.store = store
 
-        def observe(read: Callable[[], Iterable[tuple[float, dict[str, str]]]]
-                    ) -> Callable[[Any], Iterable[Any]]:
+        def observe(
+            read: Callable[[], Iterable[tuple[float, dict[str, str]]]],
+        ) -> Callable[[Any], Iterable[Any]]:
             def callback(options: Any) -> Iterable[Any]:
                 return [Observation(value, attributes) for value, attributes in read()]
+
             return callback
 
         meter.create_observable_counter(
-            "eventbus.published", [observe(self._published)], "{message}", PUBLISHED_HELP)
+            "eventbus.published", [observe(self._published)], "{message}", PUBLISHED_HELP
+        )
         meter.create_observable_counter(
-            "eventbus.handled", [observe(self._handled)], "{message}", HANDLED_HELP)
+            "eventbus.handled", [observe(self._handled)], "{message}", HANDLED_HELP
+        )
         for name, attribute, help_text in COUNTERS:
             meter.create_observable_counter(
-                f"eventbus.{name}", [observe(self._per_flow(attribute))], "{message}",
-                help_text)
+                f"eventbus.{name}", [observe(self._per_flow(attribute))], "{message}", help_text
+            )
         for _, name, attribute, help_text in GAUGES:
             meter.create_observable_gauge(
-                f"eventbus.{name}", [observe(self._per_subscription(attribute))], "{message}",
-                help_text)
+                f"eventbus.{name}",
+                [observe(self._per_subscription(attribute))],
+                "{message}",
+                help_text,
+            )
         self.handler_duration = meter.create_histogram(
-            "eventbus.handler.duration", "s", HANDLER_HELP,
-            explicit_bucket_boundaries_advisory=store.bounds)
+            "eventbus.handler.duration",
+            "s",
+            HANDLER_HELP,
+            explicit_bucket_boundaries_advisory=store.bounds,
+        )
         self.publish_duration = meter.create_histogram(
-            "eventbus.publish.duration", "s", PUBLISH_HELP,
-            explicit_bucket_boundaries_advisory=store.bounds)
+            "eventbus.publish.duration",
+            "s",
+            PUBLISH_HELP,
+            explicit_bucket_boundaries_advisory=store.bounds,
+        )
 
     def _published(self) -> Iterable[tuple[float, dict[str, str]]]:
         for (topic, kind, ended), count in list(self.store.published.items()):
@@ -207,15 +244,18 @@ class OtelInstruments:
         def read() -> Iterable[tuple[float, dict[str, str]]]:
             for flow in list(self.store.flows.values()):
                 yield getattr(flow, attribute), flow.otel
+
         return read
 
-    def _per_subscription(self, attribute: str
-                          ) -> Callable[[], Iterable[tuple[float, dict[str, str]]]]:
+    def _per_subscription(
+        self, attribute: str
+    ) -> Callable[[], Iterable[tuple[float, dict[str, str]]]]:
         def read() -> Iterable[tuple[float, dict[str, str]]]:
             for (topic, group), gauges in list(self.store.subscriptions.items()):
                 value = getattr(gauges, attribute)
                 if (attribute == "in_flight" or gauges.live) and value is not None:
                     yield value, {"topic": topic, "group": group}
+
         return read
 
 
@@ -228,6 +268,8 @@ def export_to_meter(store: Store, meter_provider: Any) -> None:
     except ModuleNotFoundError as missing:  # the `otel` extra, not the library
         raise ModuleNotFoundError(
             "Metrics(meter_provider=...) needs opentelemetry-api, which the library alone "
-            'does not install: pip install "eventbus[otel]"', name=missing.name) from missing
+            'does not install: pip install "eventbus[otel]"',
+            name=missing.name,
+        ) from missing
     meter = meter_provider.get_meter("eventbus", __version__)
     store.otel = OtelInstruments(store, meter)

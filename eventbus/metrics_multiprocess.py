@@ -40,8 +40,11 @@ log = logging.getLogger("eventbus.metrics")
 FLUSH_EVERY = 1.0
 """Seconds between copies of the figures into the multiprocess files while a bus runs."""
 GAUGE_MODES: dict[str, Literal["livesum", "livemax"]] = {
-    "in_flight": "livesum", "prefetch_in_use": "livesum", "prefetch_limit": "livesum",
-    "consumer_lag": "livemax"}
+    "in_flight": "livesum",
+    "prefetch_in_use": "livesum",
+    "prefetch_limit": "livesum",
+    "consumer_lag": "livemax",
+}
 """How each gauge adds up over the live workers (see the module doc)."""
 
 _MIRRORS: weakref.WeakSet[MultiprocessMirror] = weakref.WeakSet()
@@ -52,9 +55,12 @@ def _flush_all_at_exit() -> None:
         try:
             mirror.flush()
         except Exception as exc:  # the directory may be gone; say so, never fail the exit
-            log.warning("writing the last metrics to $PROMETHEUS_MULTIPROC_DIR at exit "
-                        "failed (%s: %s); this process's last second of counts is lost",
-                        type(exc).__name__, exc)
+            log.warning(
+                "writing the last metrics to $PROMETHEUS_MULTIPROC_DIR at exit "
+                "failed (%s: %s); this process's last second of counts is lost",
+                type(exc).__name__,
+                exc,
+            )
 
 
 atexit.register(_flush_all_at_exit)  # what a draining worker handled after the last flush
@@ -70,22 +76,40 @@ class MultiprocessMirror:
 
         self.store = store
         flow_labels = ["topic", "group", "type"]
-        self.published = Counter("eventbus_published", PUBLISHED_HELP,
-                                 ["topic", "type", "outcome"], registry=registry)
+        self.published = Counter(
+            "eventbus_published", PUBLISHED_HELP, ["topic", "type", "outcome"], registry=registry
+        )
         self.publish_duration = PromHistogram(
-            "eventbus_publish_duration_seconds", PUBLISH_HELP, ["topic"],
-            buckets=store.bounds, registry=registry)
-        self.handled = Counter("eventbus_handled", HANDLED_HELP, [*flow_labels, "outcome"],
-                               registry=registry)
-        self.counters = {attribute: Counter(f"eventbus_{name}", help_text, flow_labels,
-                                            registry=registry)
-                         for name, attribute, help_text in COUNTERS}
+            "eventbus_publish_duration_seconds",
+            PUBLISH_HELP,
+            ["topic"],
+            buckets=store.bounds,
+            registry=registry,
+        )
+        self.handled = Counter(
+            "eventbus_handled", HANDLED_HELP, [*flow_labels, "outcome"], registry=registry
+        )
+        self.counters = {
+            attribute: Counter(f"eventbus_{name}", help_text, flow_labels, registry=registry)
+            for name, attribute, help_text in COUNTERS
+        }
         self.handler_duration = PromHistogram(
-            "eventbus_handler_duration_seconds", HANDLER_HELP, flow_labels,
-            buckets=store.bounds, registry=registry)
-        self.gauges = {attribute: Gauge(f"eventbus_{name}", help_text, ["topic", "group"],
-                                        registry=registry, multiprocess_mode=GAUGE_MODES[name])
-                       for name, _, attribute, help_text in GAUGES}
+            "eventbus_handler_duration_seconds",
+            HANDLER_HELP,
+            flow_labels,
+            buckets=store.bounds,
+            registry=registry,
+        )
+        self.gauges = {
+            attribute: Gauge(
+                f"eventbus_{name}",
+                help_text,
+                ["topic", "group"],
+                registry=registry,
+                multiprocess_mode=GAUGE_MODES[name],
+            )
+            for name, _, attribute, help_text in GAUGES
+        }
         self._counted: dict[tuple[Any, ...], float] = {}  # what each child was given
         self._children: dict[tuple[Any, ...], Any] = {}
         store.mirror = self

@@ -56,8 +56,14 @@ Answer = tuple[int, str, bytes]
 """Status, content type and body of one probe's answer."""
 Route = Callable[[], Awaitable[Answer]]
 
-_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
-            500: "Internal Server Error", 503: "Service Unavailable"}
+_REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+}
 _READ_TIMEOUT = 5.0
 _MAX_HEAD = 16 * 1024
 
@@ -71,8 +77,9 @@ class Readiness:
     subscriptions: list[dict[str, Any]]
 
     def answer(self) -> Answer:
-        body = json.dumps({"ok": self.ok, "detail": self.detail,
-                           "subscriptions": self.subscriptions}).encode()
+        body = json.dumps(
+            {"ok": self.ok, "detail": self.detail, "subscriptions": self.subscriptions}
+        ).encode()
         return (200 if self.ok else 503), JSON, body
 
 
@@ -83,8 +90,9 @@ async def readiness(bus: EventBus, check_timeout: float = CHECK_TIMEOUT) -> Read
     try:
         health = await asyncio.wait_for(bus.health(), check_timeout)
     except TimeoutError:
-        return Readiness(False, f"the broker's health check did not answer within "
-                                f"{check_timeout:g}s", [])
+        return Readiness(
+            False, f"the broker's health check did not answer within {check_timeout:g}s", []
+        )
     subscriptions = [dataclasses.asdict(s) for s in health.subscriptions]
     problems = [health.detail] if health.detail else []
     attached, wanted = len(health.subscriptions), len(bus.subscriptions)
@@ -115,7 +123,8 @@ def metrics_routes() -> dict[str, Route]:
     except ModuleNotFoundError as missing:
         raise ConfigurationError(
             f"serving /metrics needs prometheus-client ({missing.name} is missing): "
-            f"{PROMETHEUS_EXTRA}") from missing
+            f"{PROMETHEUS_EXTRA}"
+        ) from missing
 
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         # Each process writes its values to files there; add them up per scrape.
@@ -125,8 +134,11 @@ def metrics_routes() -> dict[str, Route]:
         registry = prometheus_client.REGISTRY
 
     async def metrics() -> Answer:
-        return 200, prometheus_client.CONTENT_TYPE_LATEST, prometheus_client.generate_latest(
-            registry)
+        return (
+            200,
+            prometheus_client.CONTENT_TYPE_LATEST,
+            prometheus_client.generate_latest(registry),
+        )
 
     return {METRICS: metrics}
 
@@ -149,7 +161,8 @@ class ProbeServer:
         except OSError as exc:
             raise ConfigurationError(
                 f"cannot serve {self.option} {self.port} on {self.host}: {exc.strerror or exc}; "
-                "choose a free port (or stop what holds it)") from exc
+                "choose a free port (or stop what holds it)"
+            ) from exc
         return int(self._server.sockets[0].getsockname()[1])
 
     async def close(self) -> None:
@@ -170,9 +183,15 @@ class ProbeServer:
             method, path = _request_line(head)
             status, ctype, body = await self._answer(method, path)
             reason = _REASONS.get(status, "")
-            lines = [f"HTTP/1.1 {status} {reason}", f"Content-Type: {ctype}",
-                     f"Content-Length: {len(body)}", "Cache-Control: no-store",
-                     "Connection: close", "", ""]
+            lines = [
+                f"HTTP/1.1 {status} {reason}",
+                f"Content-Type: {ctype}",
+                f"Content-Length: {len(body)}",
+                "Cache-Control: no-store",
+                "Connection: close",
+                "",
+                "",
+            ]
             writer.write("\r\n".join(lines).encode())
             if method != "HEAD":
                 writer.write(body)
@@ -215,10 +234,15 @@ class Probes:
 
 
 @contextlib.asynccontextmanager
-async def serve_probes(bus: EventBus | None, *, health_port: int | None = None,
-                       metrics_port: int | None = None, host: str = "0.0.0.0",
-                       check_timeout: float = CHECK_TIMEOUT,
-                       health: dict[str, Route] | None = None) -> AsyncIterator[Probes]:
+async def serve_probes(
+    bus: EventBus | None,
+    *,
+    health_port: int | None = None,
+    metrics_port: int | None = None,
+    host: str = "0.0.0.0",
+    check_timeout: float = CHECK_TIMEOUT,
+    health: dict[str, Route] | None = None,
+) -> AsyncIterator[Probes]:
     """Serve ``/livez`` and ``/readyz`` on ``health_port`` and ``/metrics`` on
     ``metrics_port`` (0: any free port; the same number for both: one server) while the
     block runs. ``health`` replaces the bus's own health routes (the ``--workers``

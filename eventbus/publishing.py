@@ -33,8 +33,9 @@ from eventbus.events import Command, Message
 PUBLISH_BACKOFF = Backoff(initial=0.05, max_delay=1.0)
 
 
-def not_a_message(value: object, call: str = "publish",
-                  wanted: type[Message] = Message) -> UsageError:
+def not_a_message(
+    value: object, call: str = "publish", wanted: type[Message] = Message
+) -> UsageError:
     """The error for giving ``call`` (``publish``, ``send``...) ``value``, which is not an
     instance of ``wanted``: what it is instead and how to write it."""
     noun = "a Command instance" if wanted is Command else "an Event or Command instance"
@@ -44,13 +45,16 @@ def not_a_message(value: object, call: str = "publish",
         what = f"the class {value.__name__}"
     elif _is_pydantic_model(value):
         name = type(value).__name__
-        what = (f"{name} is a pydantic model but not an eventbus Event or Command: declare "
-                f"it as class {name}(Event, type='...') (or Command) to publish it")
+        what = (
+            f"{name} is a pydantic model but not an eventbus Event or Command: declare "
+            f"it as class {name}(Event, type='...') (or Command) to publish it"
+        )
     else:
         what = f"not {'None' if value is None else _a(type(value).__name__)}"
         if isinstance(value, dict):
-            what += ("; build the event from it: OrderPlaced(**data) or "
-                     "OrderPlaced.model_validate(data)")
+            what += (
+                "; build the event from it: OrderPlaced(**data) or OrderPlaced.model_validate(data)"
+            )
     return UsageError(f"{call}() takes {noun} (e.g. OrderPlaced(order_id='1')); got {what}")
 
 
@@ -61,7 +65,8 @@ def check_command(command: object) -> None:
         raise not_a_message(command, "send", Command)
     if not isinstance(command, Command):
         raise ConfigurationError(
-            f"send() takes a Command; {type(command).__name__} is an event — publish it")
+            f"send() takes a Command; {type(command).__name__} is an event — publish it"
+        )
 
 
 def _is_pydantic_model(value: object) -> bool:
@@ -95,15 +100,42 @@ def build_envelope(
             validate_extension_name(name)
     event_id = new_id()
     if parent is None:
-        return _assemble(event_id, message.event_type(), source, utcnow(), message.to_bytes(),
-                         JSON, None, subject, SPEC_VERSION, message.data_version(),
-                         correlation_id or event_id, None, key, None, None,
-                         dict(extensions) if extensions else {})
-    return _assemble(event_id, message.event_type(), source, utcnow(), message.to_bytes(),
-                     JSON, None, subject, SPEC_VERSION, message.data_version(),
-                     correlation_id or parent.correlationid or parent.id, parent.id, key,
-                     parent.traceparent, parent.tracestate,
-                     dict(extensions) if extensions else {})
+        return _assemble(
+            event_id,
+            message.event_type(),
+            source,
+            utcnow(),
+            message.to_bytes(),
+            JSON,
+            None,
+            subject,
+            SPEC_VERSION,
+            message.data_version(),
+            correlation_id or event_id,
+            None,
+            key,
+            None,
+            None,
+            dict(extensions) if extensions else {},
+        )
+    return _assemble(
+        event_id,
+        message.event_type(),
+        source,
+        utcnow(),
+        message.to_bytes(),
+        JSON,
+        None,
+        subject,
+        SPEC_VERSION,
+        message.data_version(),
+        correlation_id or parent.correlationid or parent.id,
+        parent.id,
+        key,
+        parent.traceparent,
+        parent.tracestate,
+        dict(extensions) if extensions else {},
+    )
 
 
 def build_envelopes(
@@ -159,10 +191,27 @@ def build_envelopes(
         bodies = [message.to_bytes() for message in messages]
     # Each envelope gets its own copy of the extensions; no correlation id makes each
     # envelope its own flow (its id).
-    return [_assemble(id, type, source, now, data, JSON, None, subject, SPEC_VERSION,
-                      version, correlation or id, causation, key, traceparent, tracestate,
-                      dict(extensions) if extensions else {})
-            for id, type, version, data in zip(ids, types, versions, bodies, strict=True)]
+    return [
+        _assemble(
+            id,
+            type,
+            source,
+            now,
+            data,
+            JSON,
+            None,
+            subject,
+            SPEC_VERSION,
+            version,
+            correlation or id,
+            causation,
+            key,
+            traceparent,
+            tracestate,
+            dict(extensions) if extensions else {},
+        )
+        for id, type, version, data in zip(ids, types, versions, bodies, strict=True)
+    ]
 
 
 async def publish_batch(
@@ -209,8 +258,9 @@ async def publish_batch(
     return envelopes
 
 
-def _raise_failures(messages: Sequence[Message], envelopes: list[Envelope],
-                    failures: dict[int, Exception]) -> NoReturn:
+def _raise_failures(
+    messages: Sequence[Message], envelopes: list[Envelope], failures: dict[int, Exception]
+) -> NoReturn:
     failed_ids = [envelopes[i].id for i in sorted(failures)]
     raise BatchPublishError(
         f"{len(failures)} of {len(messages)} messages were not published "

@@ -18,25 +18,44 @@ ENTRY_POINT_GROUP = "eventbus.adapters"
 # (anyone could publish it with malicious code).
 REPOSITORY_ADAPTERS = {
     "kafka": "kafka",
-    "amqp": "rabbitmq", "amqps": "rabbitmq",
-    "redis": "redis", "rediss": "redis", "redis+streams": "redis", "rediss+streams": "redis",
-    "nats": "nats", "nats+core": "nats",
+    "amqp": "rabbitmq",
+    "amqps": "rabbitmq",
+    "redis": "redis",
+    "rediss": "redis",
+    "redis+streams": "redis",
+    "rediss+streams": "redis",
+    "nats": "nats",
+    "nats+core": "nats",
     "sqs": "sqs",
 }
 
 
 # The scheme a broker's well-known port implies, for an address typed without one.
-PORT_SCHEMES = {"5672": "amqp", "5671": "amqps", "6379": "redis+streams", "4222": "nats",
-                "9092": "kafka"}
+PORT_SCHEMES = {
+    "5672": "amqp",
+    "5671": "amqps",
+    "6379": "redis+streams",
+    "4222": "nats",
+    "9092": "kafka",
+}
 
 # Names people reach for that are not our schemes (the broker's or the product's name,
 # another separator), and the scheme they mean.
 SCHEME_ALIASES = {
-    "rabbitmq": "amqp", "rabbit": "amqp", "rabbitmqs": "amqps",
-    "redis-streams": "redis+streams", "redis_streams": "redis+streams",
-    "redisstreams": "redis+streams", "rediss-streams": "rediss+streams",
-    "rediss_streams": "rediss+streams", "jetstream": "nats", "nats-core": "nats+core",
-    "nats_core": "nats+core", "natscore": "nats+core", "aws-sqs": "sqs", "mem": "memory",
+    "rabbitmq": "amqp",
+    "rabbit": "amqp",
+    "rabbitmqs": "amqps",
+    "redis-streams": "redis+streams",
+    "redis_streams": "redis+streams",
+    "redisstreams": "redis+streams",
+    "rediss-streams": "rediss+streams",
+    "rediss_streams": "rediss+streams",
+    "jetstream": "nats",
+    "nats-core": "nats+core",
+    "nats_core": "nats+core",
+    "natscore": "nats+core",
+    "aws-sqs": "sqs",
+    "mem": "memory",
 }
 
 
@@ -82,9 +101,12 @@ def adapter_class(scheme: str, url: str | None = None) -> type[Adapter]:
     meant = _known_scheme_like(scheme)
     if meant is not None and meant != scheme:
         rest = url.split("://", 1)[1] if url is not None and "://" in url else "..."
-        why = (" eventbus names a broker by its protocol: amqp for RabbitMQ, "
-               "redis+streams and nats+core for those modes."
-               if scheme.lower() in SCHEME_ALIASES else "")
+        why = (
+            " eventbus names a broker by its protocol: amqp for RabbitMQ, "
+            "redis+streams and nats+core for those modes."
+            if scheme.lower() in SCHEME_ALIASES
+            else ""
+        )
         raise UnknownSchemeError(
             f"no eventbus adapter is installed for scheme {scheme!r} (installed: "
             f"{', '.join(installed_schemes())}): {_did_you_mean(meant + '://' + rest)}"

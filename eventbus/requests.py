@@ -1,5 +1,8 @@
 """Request/reply over any broker: ``await bus.request(command, timeout=...)``.
 
+(Over 400 lines on purpose: the requesting and the replying side of one protocol, kept
+together so they cannot drift.)
+
 The requesting side (:class:`Requester`, one per bus, created on the first request)
 subscribes once to a private reply topic, named after the bus's source plus a random
 suffix, and keeps one future per request id. Every request carries that topic in the
@@ -110,8 +113,15 @@ class ReplyTypeError(RequestError):
 class RequestFailedError(RequestError):
     """The handler of a request failed for good; carries its error's type and message."""
 
-    def __init__(self, message: str, *, error_type: str, error_message: str,
-                 request_id: str, command_type: str) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        error_type: str,
+        error_message: str,
+        request_id: str,
+        command_type: str,
+    ) -> None:
         super().__init__(message)
         self.error_type = error_type
         self.error_message = error_message
@@ -150,9 +160,9 @@ class Requester:
         """Requests waiting for their reply now."""
         return len(self._pending)
 
-    async def request(self, command: Command, *, timeout: float,
-                      reply_type: type[R] | None = None,
-                      **options: Any) -> Any:
+    async def request(
+        self, command: Command, *, timeout: float, reply_type: type[R] | None = None, **options: Any
+    ) -> Any:
         """Send ``command`` with a reply address and wait for its reply (see
         :meth:`EventBus.request`)."""
         if not isinstance(command, Command):
@@ -198,8 +208,9 @@ class Requester:
                 SubscribeOptions(group=self.reply_topic, prefetch=64, start_from=start),
             )
             self.subscriptions_opened += 1
-            self._pump = asyncio.create_task(self._receive(self._subscription),
-                                             name=f"eventbus-replies-{self.reply_topic}")
+            self._pump = asyncio.create_task(
+                self._receive(self._subscription), name=f"eventbus-replies-{self.reply_topic}"
+            )
 
     async def _receive(self, subscription: Subscription) -> None:
         try:
@@ -208,8 +219,11 @@ class Requester:
                 if envelope is not None:
                     self._resolve(envelope)
                 else:
-                    log.warning("undecodable reply on %s dropped: %s",
-                                self.reply_topic, delivery.decode_error)
+                    log.warning(
+                        "undecodable reply on %s dropped: %s",
+                        self.reply_topic,
+                        delivery.decode_error,
+                    )
                 with contextlib.suppress(Exception):
                     await delivery.ack()
         except asyncio.CancelledError:
@@ -217,14 +231,22 @@ class Requester:
         except Exception as exc:
             # Visible, and not a silently dead task: every waiting request fails now
             # and the next request subscribes again.
-            log.error("reply subscription on %s failed (%s: %s); %d waiting request(s) "
-                      "failed, the next request subscribes again", self.reply_topic,
-                      type(exc).__name__, exc, len(self._pending))
+            log.error(
+                "reply subscription on %s failed (%s: %s); %d waiting request(s) "
+                "failed, the next request subscribes again",
+                self.reply_topic,
+                type(exc).__name__,
+                exc,
+                len(self._pending),
+            )
             for future in self._pending.values():
                 if not future.done():
-                    future.set_exception(RequestError(
-                        f"the reply subscription on {self.reply_topic!r} failed: "
-                        f"{type(exc).__name__}: {exc}; retry the request"))
+                    future.set_exception(
+                        RequestError(
+                            f"the reply subscription on {self.reply_topic!r} failed: "
+                            f"{type(exc).__name__}: {exc}; retry the request"
+                        )
+                    )
             self._subscription = None
 
     def _resolve(self, reply: Envelope) -> None:
@@ -233,8 +255,12 @@ class Requester:
         if future is not None and not future.done():
             future.set_result(reply)
         elif request_id in self._timed_out:
-            log.warning("late reply %s (%s) to request %s dropped: the request had "
-                        "already timed out", reply.id, reply.type, request_id)
+            log.warning(
+                "late reply %s (%s) to request %s dropped: the request had already timed out",
+                reply.id,
+                reply.type,
+                request_id,
+            )
         else:
             log.debug("reply %s to unknown request %s dropped", reply.id, request_id)
 
@@ -257,27 +283,30 @@ class Requester:
 
 
 @overload
-def _read_reply(bus: EventBus, request: Envelope, reply: Envelope,
-                reply_type: type[R]) -> R: ...
+def _read_reply(bus: EventBus, request: Envelope, reply: Envelope, reply_type: type[R]) -> R: ...
 @overload
-def _read_reply(bus: EventBus, request: Envelope, reply: Envelope,
-                reply_type: None) -> Any: ...
-def _read_reply(bus: EventBus, request: Envelope, reply: Envelope,
-                reply_type: type[R] | None) -> Any:
+def _read_reply(bus: EventBus, request: Envelope, reply: Envelope, reply_type: None) -> Any: ...
+def _read_reply(
+    bus: EventBus, request: Envelope, reply: Envelope, reply_type: type[R] | None
+) -> Any:
     if reply.type == ERROR_TYPE:
         error = json.loads(reply.data)
         if error["type"] == _UNENCODABLE:
             raise UnencodableReplyError(
                 f"request {request.id} ({request.type}) succeeded in its handler, but the "
                 f"reply could not be encoded: {error['message']}",
-                error_type=_UNENCODABLE, error_message=str(error["message"]),
-                request_id=request.id, command_type=request.type,
+                error_type=_UNENCODABLE,
+                error_message=str(error["message"]),
+                request_id=request.id,
+                command_type=request.type,
             )
         raise RequestFailedError(
             f"request {request.id} ({request.type}) failed in its handler: "
             f"{error['type']}: {error['message']}",
-            error_type=str(error["type"]), error_message=str(error["message"]),
-            request_id=request.id, command_type=request.type,
+            error_type=str(error["type"]),
+            error_message=str(error["message"]),
+            request_id=request.id,
+            command_type=request.type,
         )
     value: Any
     value = json.loads(reply.data) if reply.type == REPLY_TYPE else bus.registry.decode(reply)
@@ -308,8 +337,7 @@ class ReplyStep:
     async def __call__(self, ctx: Context, call_next: Next) -> None:
         extensions = ctx.envelope.extensions
         reply_to = extensions.get(REPLY_TO)
-        if reply_to is None or _DEAD_LETTER in extensions or ctx.envelope.type not in \
-                self.commands:
+        if reply_to is None or _DEAD_LETTER in extensions or ctx.envelope.type not in self.commands:
             # A dead letter keeps the request's attributes, but its requester was
             # answered (the error reply) when it was dead-lettered; an observer of the
             # command's topic is not the command's handler.
@@ -331,19 +359,27 @@ class ReplyStep:
                 reply = self._envelope(ctx, REPLY_TYPE, to_json(ctx.result))
         except Exception as exc:
             # The effect is done: answer with an error, and let the command be acked.
-            what = (f"the handler of {ctx.envelope.type} succeeded (its effect is done), "
-                    f"but its return value, a {type(ctx.result).__name__}, cannot be "
-                    f"encoded as a reply ({type(exc).__name__}: {exc})")
-            ctx.logger.error("%s; the requester gets an error reply. Return a Message, a "
-                             "pydantic model or JSON data", what)
+            what = (
+                f"the handler of {ctx.envelope.type} succeeded (its effect is done), "
+                f"but its return value, a {type(ctx.result).__name__}, cannot be "
+                f"encoded as a reply ({type(exc).__name__}: {exc})"
+            )
+            ctx.logger.error(
+                "%s; the requester gets an error reply. Return a Message, a "
+                "pydantic model or JSON data",
+                what,
+            )
             error = {"type": _UNENCODABLE, "message": what}
             reply = self._envelope(ctx, ERROR_TYPE, to_json(error))
         await self._publish(ctx, reply_to, reply)
 
     def _envelope(self, ctx: Context, kind: str, data: bytes) -> Envelope:
         return Envelope.create(
-            type=kind, source=self.bus.source, data=data,
-            correlationid=ctx.correlation_id, causationid=ctx.envelope.id,
+            type=kind,
+            source=self.bus.source,
+            data=data,
+            correlationid=ctx.correlation_id,
+            causationid=ctx.envelope.id,
         )
 
     async def _send(self, ctx: Context, reply_to: str, kind: str, data: bytes) -> None:
@@ -353,9 +389,13 @@ class ReplyStep:
         try:
             await self.bus.publish_envelopes(reply_to, [envelope])
         except Exception as exc:
-            ctx.logger.warning("reply to request %s on %s not sent (%s: %s); the requester "
-                               "will time out", ctx.envelope.id, reply_to,
-                               type(exc).__name__, exc)
+            ctx.logger.warning(
+                "reply to request %s on %s not sent (%s: %s); the requester will time out",
+                ctx.envelope.id,
+                reply_to,
+                type(exc).__name__,
+                exc,
+            )
 
 
 def reply_step(spec: SubscriptionSpec, bus: EventBus) -> ReplyStep | None:
@@ -364,26 +404,32 @@ def reply_step(spec: SubscriptionSpec, bus: EventBus) -> ReplyStep | None:
     the topic; a batch subscription answers nothing either). Where it goes in the
     chain is decided by :func:`eventbus.middleware.chain.build_chain`."""
     commands = frozenset(
-        name for name, h in spec.handlers.items()
-        if h.message_class is not None and issubclass(h.message_class, Command))
+        name
+        for name, h in spec.handlers.items()
+        if h.message_class is not None and issubclass(h.message_class, Command)
+    )
     if not commands or spec.batch is not None:
         return None
     return ReplyStep(bus, commands)
 
 
-def with_replies(chain: list[Middleware], spec: SubscriptionSpec,
-                 bus: EventBus) -> list[Middleware]:
+def with_replies(
+    chain: list[Middleware], spec: SubscriptionSpec, bus: EventBus
+) -> list[Middleware]:
     """Deprecated: ``build_chain`` places the reply step itself when given
     ``ChainDefaults(replies=...)``; this inserts it into a built ``chain`` just
     outside idempotency and retry, as before."""
-    warnings.warn("eventbus.requests.with_replies is deprecated: pass "
-                  "ChainDefaults(replies=lambda spec: reply_step(spec, bus)) to "
-                  "eventbus.middleware.chain.build_chain, which places the reply step",
-                  DeprecationWarning, stacklevel=2)
+    warnings.warn(
+        "eventbus.requests.with_replies is deprecated: pass "
+        "ChainDefaults(replies=lambda spec: reply_step(spec, bus)) to "
+        "eventbus.middleware.chain.build_chain, which places the reply step",
+        DeprecationWarning,
+        stacklevel=2,
+    )
     step = reply_step(spec, bus)
     if step is None:
         return chain
-    at = next((i for i, layer in enumerate(chain) if isinstance(layer, Idempotency | Retry)),
-              len(chain))
+    at = next(
+        (i for i, layer in enumerate(chain) if isinstance(layer, Idempotency | Retry)), len(chain)
+    )
     return [*chain[:at], step, *chain[at:]]
-

@@ -83,22 +83,45 @@ class Runner:
         self.publisher = publisher
         self.runs = counter_for(adapter.url, spec.topic, spec.group)
         self.progress = progress = Progress()
-        self.invocation = Invocation(spec, registry, self.runs, middleware,
-                                     stopping=self._is_stopping)
+        self.invocation = Invocation(
+            spec, registry, self.runs, middleware, stopping=self._is_stopping
+        )
         observers = self.invocation.observers
-        self.settlement = Settlement(adapter, dead_letter=dead_letter,
-                                     redelivery_backoff=redelivery_backoff, observers=observers)
+        self.settlement = Settlement(
+            adapter,
+            dead_letter=dead_letter,
+            redelivery_backoff=redelivery_backoff,
+            observers=observers,
+        )
         batches = None
         if spec.batch is not None:
-            batches = BatchRun(spec, registry, self.runs, publisher, handle=self.handle,
-                               ack=self.settlement.ack, stopping=self._is_stopping,
-                               observers=observers)
-        self.lanes = Lanes(spec, progress, self.runs, handle=self.handle,
-                           nack=self.settlement.nack,
-                           run_batch=batches.run if batches is not None else None)
+            batches = BatchRun(
+                spec,
+                registry,
+                self.runs,
+                publisher,
+                handle=self.handle,
+                ack=self.settlement.ack,
+                stopping=self._is_stopping,
+                observers=observers,
+            )
+        self.lanes = Lanes(
+            spec,
+            progress,
+            self.runs,
+            handle=self.handle,
+            nack=self.settlement.nack,
+            run_batch=batches.run if batches is not None else None,
+        )
         self.supervision = Supervision(
-            adapter, spec, progress, self.lanes, prefetch=prefetch, reconnect=reconnect,
-            max_failures=max_failures, stall_after=stall_after,
+            adapter,
+            spec,
+            progress,
+            self.lanes,
+            prefetch=prefetch,
+            reconnect=reconnect,
+            max_failures=max_failures,
+            stall_after=stall_after,
             on_dead=(lambda: on_dead(self)) if on_dead is not None else None,
         )
         # A handler still running after warn_after seconds is reported (a hang made
@@ -133,9 +156,14 @@ class Runner:
         if self._watch is not None:
             self._watch.start()
         self.supervision.start()
-        log.info("subscribed to %s as group %s on %s: delivery %s%s", self.spec.topic,
-                 self.spec.group, type(self.adapter).__name__, self.spec.guarantee,
-                 "" if self.spec.delivery else " (the broker's strongest)")
+        log.info(
+            "subscribed to %s as group %s on %s: delivery %s%s",
+            self.spec.topic,
+            self.spec.group,
+            type(self.adapter).__name__,
+            self.spec.guarantee,
+            "" if self.spec.delivery else " (the broker's strongest)",
+        )
 
     async def handle(self, delivery: Delivery) -> None:
         """Run one delivery through the chain and settle it."""

@@ -33,9 +33,14 @@ class Settlement:
     observing layers, told of each undecodable message.
     """
 
-    def __init__(self, adapter: Adapter, *, dead_letter: bool = True,
-                 redelivery_backoff: Backoff | None = None,
-                 observers: Sequence[Any] = ()) -> None:
+    def __init__(
+        self,
+        adapter: Adapter,
+        *,
+        dead_letter: bool = True,
+        redelivery_backoff: Backoff | None = None,
+        observers: Sequence[Any] = (),
+    ) -> None:
         self.adapter = adapter
         self.observers = observers
         self.dead_letter = dead_letter
@@ -59,8 +64,11 @@ class Settlement:
         # and prefetch slot.
         log.warning(
             "ack of message %s on %s/%s failed (%s: %s); it will be redelivered",
-            delivery.message_id or "?", delivery.topic, delivery.group,
-            type(exc).__name__, exc,
+            delivery.message_id or "?",
+            delivery.topic,
+            delivery.group,
+            type(exc).__name__,
+            exc,
         )
         await self.nack(delivery, 0.0)
 
@@ -73,12 +81,19 @@ class Settlement:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            log.warning("nack of message %s on %s/%s failed (%s: %s); the broker redelivers "
-                        "it once the connection is back", delivery.message_id or "?",
-                        delivery.topic, delivery.group, type(exc).__name__, exc)
+            log.warning(
+                "nack of message %s on %s/%s failed (%s: %s); the broker redelivers "
+                "it once the connection is back",
+                delivery.message_id or "?",
+                delivery.topic,
+                delivery.group,
+                type(exc).__name__,
+                exc,
+            )
 
-    async def redeliver(self, delivery: Delivery, envelope: Envelope | None,
-                        exc: Exception) -> None:
+    async def redeliver(
+        self, delivery: Delivery, envelope: Envelope | None, exc: Exception
+    ) -> None:
         """A failure outside the handler (the idempotency store, the dead-letter
         publish, the broker) or a final failure with dead letters off: redeliver,
         backing off with the broker's delivery count so an outage is not hammered."""
@@ -87,7 +102,11 @@ class Settlement:
             "message %s on %s/%s could not be handled or dead-lettered (%s: %s); "
             "asking the broker to redeliver it in %.1fs",
             envelope.id if envelope else delivery.message_id,
-            delivery.topic, delivery.group, type(exc).__name__, exc, delay,
+            delivery.topic,
+            delivery.group,
+            type(exc).__name__,
+            exc,
+            delay,
             exc_info=exc,
         )
         await self.nack(delivery, delay)
@@ -99,7 +118,9 @@ class Settlement:
             # than loop on it (the broker's own DLQ takes it where it has one).
             log.error(
                 "undecodable message %s on %s/%s rejected (dead letters are off): %s",
-                delivery.message_id or "?", delivery.topic, delivery.group,
+                delivery.message_id or "?",
+                delivery.topic,
+                delivery.group,
                 delivery.decode_error,
             )
             await delivery.reject()
@@ -108,7 +129,9 @@ class Settlement:
         await dead_letter_undecodable(self.adapter, delivery)
         log.error(
             "undecodable message on %s/%s dead-lettered: %s",
-            delivery.topic, delivery.group, delivery.decode_error,
+            delivery.topic,
+            delivery.group,
+            delivery.decode_error,
         )
         self._tell(delivery, dead_lettered=True)
         await self.ack(delivery)
@@ -118,5 +141,10 @@ class Settlement:
             try:
                 observer.undecodable(delivery, dead_lettered)
             except Exception as exc:
-                log.error("observer %r failed on an undecodable message (%s: %s)",
-                          observer, type(exc).__name__, exc, exc_info=exc)
+                log.error(
+                    "observer %r failed on an undecodable message (%s: %s)",
+                    observer,
+                    type(exc).__name__,
+                    exc,
+                    exc_info=exc,
+                )

@@ -29,8 +29,9 @@ DeliveryMode = Guarantee
 HandlerFn = Callable[..., Awaitable[Any]]  # a command handler may return a reply
 
 
-def resolve_delivery(requested: DeliveryMode | None, adapter: Adapter, topic: str,
-                     group: str) -> DeliveryMode:
+def resolve_delivery(
+    requested: DeliveryMode | None, adapter: Adapter, topic: str, group: str
+) -> DeliveryMode:
     """The guarantee a subscription of ``topic``/``group`` gets on ``adapter``.
 
     ``None`` takes the broker's strongest: at-least-once where it redelivers, else
@@ -51,7 +52,9 @@ def resolve_delivery(requested: DeliveryMode | None, adapter: Adapter, topic: st
         f"delivery={requested!r}, which {type(adapter).__name__} at {broker} cannot "
         f"give: {reason}. Use {instead} instead, or leave delivery unset to take this "
         "broker's strongest guarantee",
-        topic=topic, broker=broker, instead=instead,
+        topic=topic,
+        broker=broker,
+        instead=instead,
     )
 
 
@@ -85,8 +88,10 @@ def check_targets(targets: Sequence[object]) -> None:
                 f"is a pydantic model but not an eventbus Event or Command: declare it as "
                 f"class {target.__name__}(Event, type='...')"
             )
-        raise UsageError(f"subscribe() takes event classes or topic names, not "
-                         f"{_a(type(target).__name__)} ({target!r})")
+        raise UsageError(
+            f"subscribe() takes event classes or topic names, not "
+            f"{_a(type(target).__name__)} ({target!r})"
+        )
 
 
 def _a(noun: str) -> str:
@@ -133,8 +138,9 @@ def _accepts(annotation: Any, cls: type[Message]) -> bool:
         return True
 
 
-def _check_parameters(fn: HandlerFn, params: list[inspect.Parameter],
-                      message_class: type[Message] | None, batch: bool) -> None:
+def _check_parameters(
+    fn: HandlerFn, params: list[inspect.Parameter], message_class: type[Message] | None, batch: bool
+) -> None:
     """Refuse ``(ctx, event)`` and an event annotation that disagrees with the class
     subscribed: either would be accepted here and fail on every message."""
     name = fn.__qualname__
@@ -168,15 +174,18 @@ class Handler:
     batch: bool = False  # takes a list of events (and a list of contexts)
 
     @classmethod
-    def wrap(cls, fn: Callable[..., Any], message_class: type[Message] | None,
-             batch: bool = False) -> Handler:
+    def wrap(
+        cls, fn: Callable[..., Any], message_class: type[Message] | None, batch: bool = False
+    ) -> Handler:
         """Check ``fn`` can handle ``message_class`` (``None``: any type of a topic) and
         say how to call it; a :class:`~eventbus.errors.UsageError` saying what to
         write instead when it cannot. A plain ``def`` is wrapped to run in a worker
         thread (:mod:`eventbus._sync_handlers`); ``fn`` is then that wrapper."""
         call = fn
-        if not (inspect.iscoroutinefunction(fn)
-                or (callable(fn) and inspect.iscoroutinefunction(type(fn).__call__))):
+        if not (
+            inspect.iscoroutinefunction(fn)
+            or (callable(fn) and inspect.iscoroutinefunction(type(fn).__call__))
+        ):
             check_sync(fn)
             call = in_worker_thread(fn)  # a plain def: off the loop, see sync_handlers
         params = list(inspect.signature(fn).parameters.values())
@@ -247,7 +256,6 @@ class SubscriptionSpec:
             )
         self.handlers[name] = handler
 
-
     def options(self) -> dict[str, Any]:
         """The options that shape how this subscription runs (compared on re-subscribe)."""
         return {
@@ -268,8 +276,11 @@ class SubscriptionSpec:
         if wanted is self:
             return
         have, want = self.options(), wanted.options()
-        differing = [f"{name}={want[name]!r} (was {have[name]!r})"
-                     for name in have if have[name] != want[name]]
+        differing = [
+            f"{name}={want[name]!r} (was {have[name]!r})"
+            for name in have
+            if have[name] != want[name]
+        ]
         if differing:
             raise ConfigurationError(
                 f"subscribe() of {fn.__qualname__} to topic {self.topic!r} group "

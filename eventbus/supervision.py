@@ -68,10 +68,19 @@ class Supervision:
     broker holds messages for the group, that count as a stall.
     """
 
-    def __init__(self, adapter: Adapter, spec: SubscriptionSpec, progress: Progress,
-                 lanes: Lanes, *, prefetch: int = 8, reconnect: Backoff | None = None,
-                 max_failures: int = 5, on_dead: Callable[[], None] | None = None,
-                 stall_after: float | None = 60.0) -> None:
+    def __init__(
+        self,
+        adapter: Adapter,
+        spec: SubscriptionSpec,
+        progress: Progress,
+        lanes: Lanes,
+        *,
+        prefetch: int = 8,
+        reconnect: Backoff | None = None,
+        max_failures: int = 5,
+        on_dead: Callable[[], None] | None = None,
+        stall_after: float | None = 60.0,
+    ) -> None:
         self.adapter = adapter
         self.spec = spec
         self.progress = progress
@@ -94,9 +103,17 @@ class Supervision:
         """This subscription's state and, unless running, the last error."""
         error = None if self.error is None else f"{type(self.error).__name__}: {self.error}"
         idle = 0.0 if not self._idle_since else time.monotonic() - self._idle_since
-        return SubscriptionHealth(self.spec.topic, self.spec.group, self.state, error,
-                                  self.spec.guarantee, self._backlog, round(idle, 3),
-                                  self._window, self.lanes.held)
+        return SubscriptionHealth(
+            self.spec.topic,
+            self.spec.group,
+            self.state,
+            error,
+            self.spec.guarantee,
+            self._backlog,
+            round(idle, 3),
+            self._window,
+            self.lanes.held,
+        )
 
     async def read_backlog(self, timeout: float) -> int | None:
         """The broker's backlog for this group now (see ``Subscription.backlog``), or
@@ -110,8 +127,13 @@ class Supervision:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            log.debug("backlog of %s/%s not read: %s: %s", self.spec.topic, self.spec.group,
-                      type(exc).__name__, exc)
+            log.debug(
+                "backlog of %s/%s not read: %s: %s",
+                self.spec.topic,
+                self.spec.group,
+                type(exc).__name__,
+                exc,
+            )
             return None
 
     async def subscribe(self) -> None:
@@ -179,7 +201,11 @@ class Supervision:
             log.log(
                 logging.WARNING if connection else logging.ERROR,
                 "subscription %s/%s failed (%s: %s); re-subscribing in %.2fs",
-                self.spec.topic, self.spec.group, type(error).__name__, error, delay,
+                self.spec.topic,
+                self.spec.group,
+                type(error).__name__,
+                error,
+                delay,
                 exc_info=None if connection else error,
             )
             await asyncio.sleep(delay)
@@ -207,8 +233,11 @@ class Supervision:
             if progress.ticks != seen or not self.lanes.idle():
                 seen, self._idle_since, self._backlog = progress.ticks, now, None
                 if self.state == "stalled":
-                    log.info("subscription %s/%s is making progress again",
-                             self.spec.topic, self.spec.group)
+                    log.info(
+                        "subscription %s/%s is making progress again",
+                        self.spec.topic,
+                        self.spec.group,
+                    )
                     self.state, self.error = "running", None
                 continue
             if now - self._idle_since < stall_after or self.state not in ("running", "stalled"):
@@ -256,7 +285,11 @@ class Supervision:
         log.error(
             "subscription %s/%s is dead for good after %d failure(s) in a row: %s: %s; "
             "nothing more is consumed until the service restarts",
-            self.spec.topic, self.spec.group, max(1, failures), type(error).__name__, error,
+            self.spec.topic,
+            self.spec.group,
+            max(1, failures),
+            type(error).__name__,
+            error,
         )
         if self.on_dead is not None:
             self.on_dead()
@@ -270,8 +303,13 @@ class Supervision:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            log.warning("closing the failed subscription %s/%s raised %s: %s",
-                        self.spec.topic, self.spec.group, type(exc).__name__, exc)
+            log.warning(
+                "closing the failed subscription %s/%s raised %s: %s",
+                self.spec.topic,
+                self.spec.group,
+                type(exc).__name__,
+                exc,
+            )
 
     async def _stop_fetching(self, task: asyncio.Task[None]) -> None:
         # A broker client may swallow a cancellation that lands in the middle of its
@@ -283,8 +321,11 @@ class Supervision:
             done, _ = await asyncio.wait({task}, timeout=0.5)
             if done:
                 return
-        log.warning("%s/%s: fetching did not stop when cancelled; closing the subscription",
-                    self.spec.topic, self.spec.group)
+        log.warning(
+            "%s/%s: fetching did not stop when cancelled; closing the subscription",
+            self.spec.topic,
+            self.spec.group,
+        )
         await self._drop_subscription()
         await asyncio.gather(task, return_exceptions=True)
 
@@ -301,9 +342,13 @@ class Supervision:
             # message goes back to the broker, as a lane's would.
             _, pending = await asyncio.wait({self._fetch_task}, timeout=timeout)
             if pending:
-                log.warning("%s/%s: the handler is still busy after %.1fs; its message "
-                            "goes back to the broker", self.spec.topic, self.spec.group,
-                            timeout)
+                log.warning(
+                    "%s/%s: the handler is still busy after %.1fs; its message "
+                    "goes back to the broker",
+                    self.spec.topic,
+                    self.spec.group,
+                    timeout,
+                )
         await self._stop_fetching(self._fetch_task)
 
     async def close(self) -> None:

@@ -40,9 +40,12 @@ async def stop_task(
         await asyncio.wait([task], timeout=timeout)
     if not task.done():
         if log is not None:
-            log.warning("%s: still finishing a call %.1fs after stop(); left to end by "
-                        "itself (its database and broker timeouts bound it)",
-                        what or "a task", timeout or 0.0)
+            log.warning(
+                "%s: still finishing a call %.1fs after stop(); left to end by "
+                "itself (its database and broker timeouts bound it)",
+                what or "a task",
+                timeout or 0.0,
+            )
         return False
     if not task.cancelled():
         task.exception()  # retrieved: it was reported where it happened

@@ -1,5 +1,8 @@
 """OpenTelemetry tracing: a producer span per publish, a consumer span per handling.
 
+(Over 400 lines on purpose: one observer and the messaging conventions it writes, kept
+beside each other.)
+
 Needs ``opentelemetry-api`` (``pip install eventbus[otel]``); the service brings the
 SDK and its exporter. ::
 
@@ -54,7 +57,8 @@ try:
 except ModuleNotFoundError as missing:  # the `otel` extra, not the library
     raise ModuleNotFoundError(
         f"eventbus.tracing needs opentelemetry-api, which the library alone does not install "
-        f'({missing.name} is missing): pip install "eventbus[otel]"', name=missing.name
+        f'({missing.name} is missing): pip install "eventbus[otel]"',
+        name=missing.name,
     ) from missing
 
 from eventbus import __version__
@@ -97,14 +101,17 @@ def _span_context(traceparent: str | None, tracestate: str | None) -> SpanContex
     if not trace_id or not span_id:
         return None
     state = TraceState.from_header([tracestate]) if tracestate else _NO_STATE
-    return SpanContext(trace_id, span_id, is_remote=True, trace_flags=TraceFlags(int(flags, 16)),
-                       trace_state=state)
+    return SpanContext(
+        trace_id, span_id, is_remote=True, trace_flags=TraceFlags(int(flags, 16)), trace_state=state
+    )
 
 
 def _traceparent(span_context: SpanContext) -> tuple[str, str | None]:
-    return (f"00-{span_context.trace_id:032x}-{span_context.span_id:016x}-"
-            f"{span_context.trace_flags:02x}",
-            span_context.trace_state.to_header() or None)
+    return (
+        f"00-{span_context.trace_id:032x}-{span_context.span_id:016x}-"
+        f"{span_context.trace_flags:02x}",
+        span_context.trace_state.to_header() or None,
+    )
 
 
 def _stamped(envelope: Envelope, traceparent: str, tracestate: str | None) -> Envelope:
@@ -112,27 +119,51 @@ def _stamped(envelope: Envelope, traceparent: str, tracestate: str | None) -> En
     if envelope.traceparent == traceparent and envelope.tracestate == tracestate:
         return envelope
     e = envelope
-    return _assemble(e.id, e.type, e.source, e.time, e.data, e.datacontenttype, e.dataschema,
-                     e.subject, e.specversion, e.dataversion, e.correlationid, e.causationid,
-                     e.partitionkey, traceparent, tracestate, e.extensions)
+    return _assemble(
+        e.id,
+        e.type,
+        e.source,
+        e.time,
+        e.data,
+        e.datacontenttype,
+        e.dataschema,
+        e.subject,
+        e.specversion,
+        e.dataversion,
+        e.correlationid,
+        e.causationid,
+        e.partitionkey,
+        traceparent,
+        tracestate,
+        e.extensions,
+    )
 
 
 class Tracing:
     """Spans for every publish and handling of the buses it instruments (see the module
     doc). ``tracer_provider`` defaults to OpenTelemetry's global one."""
 
-    def __init__(self, tracer_provider: trace.TracerProvider | None = None, *,
-                 respect_parent_sampling: bool = True) -> None:
+    def __init__(
+        self,
+        tracer_provider: trace.TracerProvider | None = None,
+        *,
+        respect_parent_sampling: bool = True,
+    ) -> None:
         self.tracer = trace.get_tracer("eventbus", __version__, tracer_provider=tracer_provider)
         self.respect_parent_sampling = respect_parent_sampling
         self._provider = tracer_provider
         # Known to record: a provider was given, or the global one was seen set.
-        self._on = tracer_provider is not None and not isinstance(tracer_provider,
-                                                                  NoOpTracerProvider)
+        self._on = tracer_provider is not None and not isinstance(
+            tracer_provider, NoOpTracerProvider
+        )
         # The context last read from an envelope (a batch's messages share one), and
         # the OpenTelemetry context with it as the parent.
         self._last: tuple[str | None, str | None, SpanContext | None, otel_context.Context] = (
-            None, None, None, _ROOT)
+            None,
+            None,
+            None,
+            _ROOT,
+        )
 
     def instrument(self, bus: EventBus) -> EventBus:
         """Trace ``bus``'s publishes and handlings (call before ``start()``); returns it.
@@ -166,8 +197,9 @@ class Tracing:
         if envelope.traceparent == last[0] and envelope.tracestate == last[1]:
             return last[2], last[3]
         found = _span_context(envelope.traceparent, envelope.tracestate)
-        parent = _ROOT if found is None else trace.set_span_in_context(
-            NonRecordingSpan(found), _ROOT)
+        parent = (
+            _ROOT if found is None else trace.set_span_in_context(NonRecordingSpan(found), _ROOT)
+        )
         self._last = (envelope.traceparent, envelope.tracestate, found, parent)
         return found, parent
 
@@ -197,13 +229,19 @@ class ProcessSpans(Observer):
             return None
         envelope = ctx.envelope
         parent, parent_context = self.tracing.parent_of(envelope)
-        if (parent is not None and not parent.trace_flags.sampled
-                and self.tracing.respect_parent_sampling):
+        if (
+            parent is not None
+            and not parent.trace_flags.sampled
+            and self.tracing.respect_parent_sampling
+        ):
             # Unsampled upstream: no span, but what the handler calls stays unsampled.
             return (None, otel_context.attach(parent_context))
-        span = self.tracing.tracer.start_span(f"process {ctx.topic}", context=parent_context,
-                                              kind=SpanKind.CONSUMER,
-                                              attributes=self._base(ctx.topic, ctx.group))
+        span = self.tracing.tracer.start_span(
+            f"process {ctx.topic}",
+            context=parent_context,
+            kind=SpanKind.CONSUMER,
+            attributes=self._base(ctx.topic, ctx.group),
+        )
         if not span.is_recording():
             if not span.get_span_context().is_valid:
                 return None  # nothing records or propagates (no SDK configured)
@@ -235,17 +273,29 @@ class ProcessSpans(Observer):
         if not self.tracing.active():
             return None
         first = contexts[0]
-        links = [Link(parent) for ctx in contexts
-                 if (parent := self.tracing.parent_of(ctx.envelope)[0]) is not None]
+        links = [
+            Link(parent)
+            for ctx in contexts
+            if (parent := self.tracing.parent_of(ctx.envelope)[0]) is not None
+        ]
         attributes = dict(self._base(first.topic, first.group))
         attributes["messaging.batch.message_count"] = len(contexts)
-        span = self.tracing.tracer.start_span(f"process {first.topic}", context=_ROOT,
-                                              kind=SpanKind.CONSUMER, attributes=attributes,
-                                              links=links)
+        span = self.tracing.tracer.start_span(
+            f"process {first.topic}",
+            context=_ROOT,
+            kind=SpanKind.CONSUMER,
+            attributes=attributes,
+            links=links,
+        )
         return (span, otel_context.attach(trace.set_span_in_context(span)))
 
-    def end_batch(self, contexts: Sequence[Context], mark: object, failed: Collection[int],
-                  failure: BaseException | None) -> None:
+    def end_batch(
+        self,
+        contexts: Sequence[Context],
+        mark: object,
+        failed: Collection[int],
+        failure: BaseException | None,
+    ) -> None:
         if mark is None:
             return
         span: Span
@@ -265,11 +315,17 @@ class ProcessSpans(Observer):
         attributes = dict(self._base(delivery.topic, delivery.group))
         if delivery.message_id:
             attributes["messaging.message.id"] = delivery.message_id
-        span = self.tracing.tracer.start_span(f"process {delivery.topic}", context=_ROOT,
-                                              kind=SpanKind.CONSUMER, attributes=attributes)
+        span = self.tracing.tracer.start_span(
+            f"process {delivery.topic}",
+            context=_ROOT,
+            kind=SpanKind.CONSUMER,
+            attributes=attributes,
+        )
         reason = f"undecodable: {delivery.decode_error}"
-        span.add_event("eventbus.dead_letter" if dead_lettered else "eventbus.rejected",
-                       {"eventbus.reason": reason})
+        span.add_event(
+            "eventbus.dead_letter" if dead_lettered else "eventbus.rejected",
+            {"eventbus.reason": reason},
+        )
         span.set_attribute("error.type", "DecodeError")
         span.set_attribute("eventbus.outcome", "dead_lettered" if dead_lettered else "error")
         span.set_status(Status(StatusCode.ERROR, reason))
@@ -280,9 +336,11 @@ def _finish(span: Span, ctx: Context, failure: BaseException | None) -> None:
     """Events for what happened, the outcome and the status; then end ``span``."""
     found = incidents(ctx)
     for incident in found:
-        attributes: dict[str, Any] = {"eventbus.reason": incident.reason,
-                                      "eventbus.attempt": incident.attempt,
-                                      "error.type": incident.error_type}
+        attributes: dict[str, Any] = {
+            "eventbus.reason": incident.reason,
+            "eventbus.attempt": incident.attempt,
+            "error.type": incident.error_type,
+        }
         if incident.delay is not None:
             attributes["eventbus.delay_seconds"] = incident.delay
         if incident.target is not None:
@@ -338,8 +396,9 @@ class SendSpans:
             }
         return base
 
-    async def __call__(self, topic: str, envelopes: Sequence[Envelope],
-                       call_next: PublishNext) -> None:
+    async def __call__(
+        self, topic: str, envelopes: Sequence[Envelope], call_next: PublishNext
+    ) -> None:
         tracing = self.tracing
         if not envelopes or not tracing.active():
             await call_next(topic, envelopes)
@@ -357,18 +416,24 @@ class SendSpans:
                 links.append(Link(carried))  # built in another trace (a saga's held message)
         else:
             carried, parent_context = tracing.parent_of(first)
-            if (carried is not None and not carried.trace_flags.sampled
-                    and tracing.respect_parent_sampling):
+            if (
+                carried is not None
+                and not carried.trace_flags.sampled
+                and tracing.respect_parent_sampling
+            ):
                 await call_next(topic, envelopes)  # they carry it already
                 return
-        span = tracing.tracer.start_span(f"send {topic}", context=parent_context,
-                                         kind=SpanKind.PRODUCER, attributes=self._base(topic),
-                                         links=links)
+        span = tracing.tracer.start_span(
+            f"send {topic}",
+            context=parent_context,
+            kind=SpanKind.PRODUCER,
+            attributes=self._base(topic),
+            links=links,
+        )
         if span.is_recording():
             attributes: dict[str, Any]
             if len(envelopes) == 1:
-                attributes = {"messaging.message.id": first.id,
-                              "eventbus.event.type": first.type}
+                attributes = {"messaging.message.id": first.id, "eventbus.event.type": first.type}
                 if first.correlationid:
                     attributes["messaging.message.conversation_id"] = first.correlationid
             else:
@@ -376,8 +441,9 @@ class SendSpans:
             span.set_attributes(attributes)
         context = span.get_span_context()
         try:
-            await call_next(topic, self._stamp(envelopes, context) if context.is_valid
-                            else envelopes)
+            await call_next(
+                topic, self._stamp(envelopes, context) if context.is_valid else envelopes
+            )
         except BaseException as exc:
             _failed(span, exc, record=True)
             span.end()

@@ -1,5 +1,8 @@
 """Parsing an adapter URL's ``?option=value`` query: one loop, one set of value parsers.
 
+(Over 400 lines on purpose: the one parser every adapter's URL goes through, with the
+shared vocabulary it checks.)
+
 Every adapter's ``settings.py`` turns its URL's query into typed settings the same
 way: look each option up in a table of parsers, refuse options it does not know,
 refuse an option given twice, and say which value was wrong and what is allowed.
@@ -106,8 +109,11 @@ def parse_options(
         # An old and a new name of one option: the later one counts, as for one name.
         latest = {renamed[o].new if o in renamed else o: (o, raw) for o, raw in pairs}
         pairs = list(latest.values())
-    unknown = list(dict.fromkeys(option for option, _ in pairs
-                                 if option not in parsers and option not in renamed))
+    unknown = list(
+        dict.fromkeys(
+            option for option, _ in pairs if option not in parsers and option not in renamed
+        )
+    )
     if unknown:
         listed = ", ".join(repr(option) for option in unknown)
         hint = unknown_hint(unknown) if unknown_hint is not None else ""
@@ -125,8 +131,11 @@ def parse_options(
             target = renamed[option].new
             parse = renamed[option].convert or parsers[target]
         if target in values and repeated == "error":
-            twice = repr(option) if given[target] == option else (
-                f"{target!r} (as {given[target]!r} and {option!r})")
+            twice = (
+                repr(option)
+                if given[target] == option
+                else (f"{target!r} (as {given[target]!r} and {option!r})")
+            )
             raise InvalidURLError(f"option {twice} is given twice in {name} URL {shown!r}")
         assert parse is not None
         try:
@@ -157,8 +166,9 @@ class Renamed:
     unit: str = ""
 
 
-def warn_renamed(old: Iterable[str], renamed: Mapping[str, Renamed], *, name: str,
-                 shown: str) -> None:
+def warn_renamed(
+    old: Iterable[str], renamed: Mapping[str, Renamed], *, name: str, shown: str
+) -> None:
     """One ``DeprecationWarning`` naming every old option of a URL and its new name."""
     old = list(dict.fromkeys(old))
     instead = ", ".join(
@@ -238,7 +248,8 @@ def integer(
         else:
             allowed = "must be an integer"
     return _converted(
-        int, lambda value: (low is None or value >= low) and (high is None or value <= high),
+        int,
+        lambda value: (low is None or value >= low) and (high is None or value <= high),
         allowed,
     )
 
@@ -348,9 +359,7 @@ def from_milliseconds(parse: Callable[[str], int]) -> Callable[[str], float]:
     return convert
 
 
-def delay_tiers(
-    *, low: float = 0.0, most: int | None = None
-) -> Callable[[str], tuple[float, ...]]:
+def delay_tiers(*, low: float = 0.0, most: int | None = None) -> Callable[[str], tuple[float, ...]]:
     """A parser of delay tiers: comma-separated seconds above ``low``, strictly ascending.
 
     An unsorted list or a repeated tier is refused, not sorted silently: the order is
@@ -366,8 +375,9 @@ def delay_tiers(
         except ValueError:
             raise ValueError(f"use numbers of seconds separated by commas, {example}") from None
         if any(not tier > low or tier == float("inf") for tier in tiers):
-            raise ValueError(f"every tier must be a finite number of seconds above {low:g}, "
-                             f"{example}")
+            raise ValueError(
+                f"every tier must be a finite number of seconds above {low:g}, {example}"
+            )
         if any(a >= b for a, b in itertools.pairwise(tiers)):
             raise ValueError(f"list the tiers in ascending order without repeats, {example}")
         if most is not None and len(tiers) > most:
@@ -421,8 +431,7 @@ def shared(*names: str, **overrides: OptionParser) -> dict[str, OptionParser]:
     return {**{name: VOCABULARY[name] for name in names}, **overrides}
 
 
-def check_tls(values: Mapping[str, Any], *, tls: bool, name: str, shown: str,
-              use: str) -> None:
+def check_tls(values: Mapping[str, Any], *, tls: bool, name: str, shown: str, use: str) -> None:
     """Refuse TLS options a URL gives without selecting TLS, and half a client certificate.
 
     ``tls`` says whether the URL selects TLS (its scheme or an option); ``use`` says how

@@ -33,9 +33,7 @@ class SlowHandlerWatch:
 
     def __init__(self, warn_after: float) -> None:
         if not warn_after > 0:
-            raise ValueError(
-                f"warn_after must be a positive number of seconds, not {warn_after!r}"
-            )
+            raise ValueError(f"warn_after must be a positive number of seconds, not {warn_after!r}")
         self.warn_after = warn_after
         self.interval = min(max(warn_after / 4, 0.05), 5.0)
         # Delivery -> a monotonic time no earlier than when its handler began.
@@ -80,12 +78,16 @@ class SlowHandlerWatch:
                 "%.0fs; set a timeout on the subscription if it may hang",
                 envelope.id if envelope else delivery.message_id,
                 envelope.type if envelope else "undecodable",
-                delivery.topic, delivery.group, delivery.attempt, now - began,
+                delivery.topic,
+                delivery.group,
+                delivery.attempt,
+                now - began,
                 extra={
                     "event_id": envelope.id if envelope else delivery.message_id,
                     "event_type": envelope.type if envelope else "",
                     "correlation_id": envelope.correlationid if envelope else "",
-                    "topic": delivery.topic, "group": delivery.group,
+                    "topic": delivery.topic,
+                    "group": delivery.group,
                     "attempt": delivery.attempt,
                 },
             )

@@ -12,9 +12,13 @@ from integration_tests.harness import postgres
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    parser.addoption("--chaos-long", action="store_true", default=False,
-                     help="run the chaos scenarios' long profile (integration_tests/chaos; "
-                          "also EVENTBUS_CHAOS=long)")
+    parser.addoption(
+        "--chaos-long",
+        action="store_true",
+        default=False,
+        help="run the chaos scenarios' long profile (integration_tests/chaos; "
+        "also EVENTBUS_CHAOS=long)",
+    )
 
 
 @pytest.fixture(scope="session")

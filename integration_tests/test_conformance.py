@@ -107,8 +107,13 @@ def _target(name: str) -> BrokerTarget:
     endpoint, proxy = harness.require_faulty(broker, flavour)
     if broker == "sqs":
         return _sqs_target(name, endpoint, proxy)
-    return kafka_target(name, endpoint, proxy, SCALE.get(name, 1.0),
-                        TANSU_LIMITS if endpoint.flavour == "tansu" else {})
+    return kafka_target(
+        name,
+        endpoint,
+        proxy,
+        SCALE.get(name, 1.0),
+        TANSU_LIMITS if endpoint.flavour == "tansu" else {},
+    )
 
 
 def _rabbitmq_target(name: str, queue_type: str | None) -> BrokerTarget:
@@ -121,9 +126,15 @@ def _rabbitmq_target(name: str, queue_type: str | None) -> BrokerTarget:
         url += ("&" if "?" in url else "?") + f"queue_type={queue_type}"
     # No short_lease: the adapter declares lease=False (RabbitMQ's consumer_timeout
     # cannot be kept alive by a client; docs/adapters/rabbitmq.md).
-    return BrokerTarget(name=name, url=url, faults=node.proxy, faulty_url=url,
-                        scale=SCALE.get(name, 1.0), restart=node.restart,
-                        delete_underneath=delete_underneath(node.direct_url or node.url))
+    return BrokerTarget(
+        name=name,
+        url=url,
+        faults=node.proxy,
+        faulty_url=url,
+        scale=SCALE.get(name, 1.0),
+        restart=node.restart,
+        delete_underneath=delete_underneath(node.direct_url or node.url),
+    )
 
 
 @pytest.fixture(scope="module", params=list(TARGETS))

@@ -24,8 +24,13 @@ from eventbus.tracing import Tracing
 from integration_tests import harness
 
 WAIT = 30.0
-SYSTEMS = {"redis": "redis", "rabbitmq": "rabbitmq", "nats": "nats", "kafka": "kafka",
-           "sqs": "aws_sqs"}
+SYSTEMS = {
+    "redis": "redis",
+    "rabbitmq": "rabbitmq",
+    "nats": "nats",
+    "kafka": "kafka",
+    "sqs": "aws_sqs",
+}
 
 
 class Reserved(Event, type="it.observability.reserved", topic="it-observability-reserved"):
@@ -59,14 +64,17 @@ async def _until(predicate: Callable[[], bool], what: str) -> None:
 
 def _metrics(registry: CollectorRegistry) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
     text = generate_latest(registry).decode()
-    return {(s.name, frozenset(s.labels.items())): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
 
 
-@pytest.mark.parametrize("broker_endpoint", ["redis", "rabbitmq", "nats", "kafka", "sqs"],
-                         indirect=True)
-def test_one_trace_and_the_metrics_across_a_real_broker(
-        broker_endpoint: harness.Endpoint) -> None:
+@pytest.mark.parametrize(
+    "broker_endpoint", ["redis", "rabbitmq", "nats", "kafka", "sqs"], indirect=True
+)
+def test_one_trace_and_the_metrics_across_a_real_broker(broker_endpoint: harness.Endpoint) -> None:
     asyncio.run(_scenario(broker_endpoint))
 
 
@@ -82,8 +90,7 @@ async def _scenario(endpoint: harness.Endpoint) -> None:
     retry = RetryPolicy(max_attempts=2, in_process_attempts=2, initial_delay=0.0, jitter=0.0)
     url = _url(endpoint)
     stock = metrics.instrument(tracing.instrument(EventBus(url, source="stock", retry=retry)))
-    shipping = metrics.instrument(tracing.instrument(EventBus(url, source="shipping",
-                                                             retry=retry)))
+    shipping = metrics.instrument(tracing.instrument(EventBus(url, source="shipping", retry=retry)))
     runs: dict[int, int] = {}
     delivered: list[Context] = []
 
@@ -107,8 +114,15 @@ async def _scenario(endpoint: harness.Endpoint) -> None:
         group = f"shipping-{run}"
 
         def dead_lettered() -> float:
-            return _metrics(registry).get(("eventbus_dead_lettered_total", frozenset({
-                "topic": reserved, "group": group, "type": Reserved.event_type()}.items())), 0)
+            return _metrics(registry).get(
+                (
+                    "eventbus_dead_lettered_total",
+                    frozenset(
+                        {"topic": reserved, "group": group, "type": Reserved.event_type()}.items()
+                    ),
+                ),
+                0,
+            )
 
         await _until(lambda: dead_lettered() == 1, "the dead letter's count")
         await _until(lambda: len(exporter.get_finished_spans()) == 10, "ten spans")
@@ -117,11 +131,15 @@ async def _scenario(endpoint: harness.Endpoint) -> None:
     first = next(ctx for ctx in delivered if isinstance(ctx.event, Shipped) and ctx.event.n == 1)
     assert first.envelope.traceparent is not None
     trace_id = int(first.envelope.traceparent[3:35], 16)
-    chain = sorted((s for s in spans if s.context.trace_id == trace_id),
-                   key=lambda s: s.start_time or 0)
+    chain = sorted(
+        (s for s in spans if s.context.trace_id == trace_id), key=lambda s: s.start_time or 0
+    )
     assert [(s.name, s.kind) for s in chain] == [
-        (f"send {reserved}", SpanKind.PRODUCER), (f"process {reserved}", SpanKind.CONSUMER),
-        (f"send {shipped}", SpanKind.PRODUCER), (f"process {shipped}", SpanKind.CONSUMER)]
+        (f"send {reserved}", SpanKind.PRODUCER),
+        (f"process {reserved}", SpanKind.CONSUMER),
+        (f"send {shipped}", SpanKind.PRODUCER),
+        (f"process {shipped}", SpanKind.CONSUMER),
+    ]
     for parent, child in itertools.pairwise(chain):
         assert child.parent is not None and child.parent.span_id == parent.context.span_id
     system = SYSTEMS[endpoint.name]
@@ -142,20 +160,27 @@ def _check_failures(spans: tuple[ReadableSpan, ...], reserved: str) -> None:
     assert events == {(), ("eventbus.retry",), ("eventbus.retry", "eventbus.dead_letter")}
     dead = next(s for s in processed if any(e.name == "eventbus.dead_letter" for e in s.events))
     assert dead.status.status_code == StatusCode.ERROR
-    assert dict(dead.events[-1].attributes or {})["eventbus.reason"] == \
-        "ValueError: no such address"
+    assert (
+        dict(dead.events[-1].attributes or {})["eventbus.reason"] == "ValueError: no such address"
+    )
 
 
-def _check_metrics(samples: dict[tuple[str, frozenset[tuple[str, str]]], float],
-                   reserved: str, shipped: str, group: str) -> None:
+def _check_metrics(
+    samples: dict[tuple[str, frozenset[tuple[str, str]]], float],
+    reserved: str,
+    shipped: str,
+    group: str,
+) -> None:
     def value(name: str, **labels: str) -> float:
         return samples.get((name, frozenset(labels.items())), 0.0)
 
     kind = Reserved.event_type()
     labels = {"topic": reserved, "group": group, "type": kind}
     assert value("eventbus_published_total", topic=reserved, type=kind, outcome="ok") == 3
-    assert value("eventbus_published_total", topic=shipped, type=Shipped.event_type(),
-                 outcome="ok") == 2
+    assert (
+        value("eventbus_published_total", topic=shipped, type=Shipped.event_type(), outcome="ok")
+        == 2
+    )
     assert value("eventbus_handled_total", outcome="success", **labels) == 2
     assert value("eventbus_handled_total", outcome="dead_lettered", **labels) == 1
     assert value("eventbus_retried_total", **labels) == 2

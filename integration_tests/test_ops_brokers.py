@@ -73,8 +73,7 @@ def wait_done(log: Path, jobs: range, timeout: float) -> list[tuple[int, int]]:
             return done
         time.sleep(0.1)
     missing = sorted(set(jobs) - {n for n, _ in lines(log, "done")})
-    raise AssertionError(f"{len(missing)} job(s) never handled within {timeout}s: "
-                         f"{missing[:20]}")
+    raise AssertionError(f"{len(missing)} job(s) never handled within {timeout}s: {missing[:20]}")
 
 
 async def publish(url: str, topic: str, jobs: range) -> None:
@@ -90,9 +89,19 @@ def test_three_workers_share_the_group_and_survive_a_sigkill(tmp_path: Path) -> 
     log = tmp_path / "jobs.log"
     (tmp_path / "workers_svc.py").write_text(textwrap.dedent(WORKER_SERVICE))
     health = free_port()
-    run = Run(tmp_path, "workers_svc:bus", "--workers", "3", "--url", url,
-              "--health-port", str(health), "--probe-host", "127.0.0.1",
-              env={"OPS_TOPIC": topic, "OPS_GROUP": group, "OPS_LOG": str(log)})
+    run = Run(
+        tmp_path,
+        "workers_svc:bus",
+        "--workers",
+        "3",
+        "--url",
+        url,
+        "--health-port",
+        str(health),
+        "--probe-host",
+        "127.0.0.1",
+        env={"OPS_TOPIC": topic, "OPS_GROUP": group, "OPS_LOG": str(log)},
+    )
     try:
         ready = until_answer(health, "/readyz", timeout=60).json()
         pids = {w["pid"] for w in ready["workers"]}
@@ -112,8 +121,9 @@ def test_three_workers_share_the_group_and_survive_a_sigkill(tmp_path: Path) -> 
         run.wait_line(f"(pid {victim}) was killed by SIGKILL")
         done = wait_done(log, range(0, 900), 90)
         # What the victim had started and not finished was handled by another worker.
-        cut = {n for n, pid in lines(log, "start") if pid == victim} - \
-            {n for n, pid in done if pid == victim}
+        cut = {n for n, pid in lines(log, "start") if pid == victim} - {
+            n for n, pid in done if pid == victim
+        }
         assert cut, "the victim held no job when killed: the kill proved nothing"
         assert all(any(n == m and pid != victim for m, pid in done) for n in cut), cut
 
@@ -159,8 +169,16 @@ def test_readyz_turns_unready_while_the_connection_is_half_open(tmp_path: Path) 
     url = urlunsplit(urlsplit(endpoint.url)._replace(scheme="redis+streams"))
     (tmp_path / "probed_svc.py").write_text(textwrap.dedent(PROBED_SERVICE))
     health = free_port()
-    run = Run(tmp_path, "probed_svc:bus", "--url", url, "--health-port", str(health),
-              "--probe-host", "127.0.0.1")
+    run = Run(
+        tmp_path,
+        "probed_svc:bus",
+        "--url",
+        url,
+        "--health-port",
+        str(health),
+        "--probe-host",
+        "127.0.0.1",
+    )
     try:
         until_answer(health, "/readyz", timeout=60)
         proxy.freeze_sync()

@@ -100,8 +100,7 @@ def test_the_subscription_wins_over_the_url_and_the_url_is_the_default(name: str
         eager.subscribe(topic, group=unique("default"))(seen["default"].add)
         eager.subscribe(topic, group=unique("latest"), start_from="latest")(seen["latest"].add)
         lazy = EventBus(with_options(url, start_from="latest"), source="settings")
-        lazy.subscribe(topic, group=unique("earliest"), start_from="earliest")(
-            seen["earliest"].add)
+        lazy.subscribe(topic, group=unique("earliest"), start_from="earliest")(seen["earliest"].add)
         async with eager, lazy:
             await eager.publish_envelopes(topic, [envelope(2)])
             for key in seen:
@@ -178,15 +177,17 @@ def test_provision_false_refuses_a_missing_resource(name: str) -> None:
 # -- a client of the application's own ------------------------------------------------------
 
 
-async def _given_client(name: str, url: str) -> tuple[Any, Callable[[], Awaitable[None]],
-                                                      Callable[[], Awaitable[None]]]:
+async def _given_client(
+    name: str, url: str
+) -> tuple[Any, Callable[[], Awaitable[None]], Callable[[], Awaitable[None]]]:
     """A client configured by "the application": (client, prove it still works, close it)."""
     if name == "kafka":
         from aiokafka import AIOKafkaProducer
         from eventbus_kafka import KafkaSettings
 
         producer = AIOKafkaProducer(
-            bootstrap_servers=list(KafkaSettings.from_url(url).bootstrap_servers), acks="all")
+            bootstrap_servers=list(KafkaSettings.from_url(url).bootstrap_servers), acks="all"
+        )
         await producer.start()
 
         async def works() -> None:

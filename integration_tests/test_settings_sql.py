@@ -48,7 +48,8 @@ class Numbered(Event):
 
 
 async def test_start_from_in_the_url_is_the_default_and_the_subscription_wins(
-        database: str) -> None:
+    database: str,
+) -> None:
     topic = f"sf-{uuid.uuid4().hex[:8]}"
     early = EventBus.from_url(database, source="tests")
     async with early:
@@ -98,7 +99,8 @@ async def test_provision_false_creates_nothing_and_names_what_is_missing(databas
             await adapter.publish("missing", [envelope(2)])
         await adapter.publish("made", [envelope(3)])  # what exists works as ever
         subscription = await adapter.subscribe(
-            "made", SubscribeOptions(group="g", start_from="earliest"))
+            "made", SubscribeOptions(group="g", start_from="earliest")
+        )
         got: list[Delivery] = []
         async with asyncio.timeout(30):
             async for delivery in subscription:
@@ -119,7 +121,8 @@ async def test_client_name_names_the_consumer(database: str) -> None:
     try:
         await adapter.publish("named", [envelope(1)])
         subscription = await adapter.subscribe(
-            "named", SubscribeOptions(group="g", start_from="earliest"))
+            "named", SubscribeOptions(group="g", start_from="earliest")
+        )
         async with asyncio.timeout(30):
             delivery = await anext(aiter(subscription))
         hub = adapter.hub  # type: ignore[attr-defined]
@@ -129,7 +132,8 @@ async def test_client_name_names_the_consumer(database: str) -> None:
         if database.startswith("postgres"):
             async with hub.db.transaction() as tx:
                 shown = await tx.fetchval(
-                    "SELECT application_name FROM pg_stat_activity WHERE pid = pg_backend_pid()")
+                    "SELECT application_name FROM pg_stat_activity WHERE pid = pg_backend_pid()"
+                )
             assert shown == name
         await delivery.ack()
         await subscription.close()
@@ -155,8 +159,10 @@ async def test_postgres_tls_options_reach_the_driver(postgres_url: str) -> None:
         assert server_has_tls
         hub = adapter.hub  # type: ignore[attr-defined]
         async with hub.db.transaction() as tx:
-            assert await tx.fetchval(
-                "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()") is True
+            assert (
+                await tx.fetchval("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+                is True
+            )
     finally:
         await adapter.close()
 

@@ -55,7 +55,7 @@ def read_layers(doc: Path) -> list[Layer]:
     except ValueError:
         raise SystemExit(f"{doc}: no '## Layers' section") from None
     layers: list[Layer] = []
-    for line in lines[start + 1:]:
+    for line in lines[start + 1 :]:
         if line.startswith("## "):
             break
         if not line.startswith("|"):
@@ -96,7 +96,8 @@ def module_name(path: Path, base: Path) -> str:
 
 def _type_checking(test: ast.expr) -> bool:
     return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
 
 
 def imports(path: Path, name: str, known: set[str]) -> set[str]:
@@ -136,7 +137,8 @@ def layer_of(relative: str, layers: list[Layer]) -> Layer | None:
     for layer in layers:
         for entry in layer.entries:
             if (relative == entry or (entry.endswith("/") and relative.startswith(entry))) and (
-                    best is None or len(entry) > best[0]):
+                best is None or len(entry) > best[0]
+            ):
                 best = (len(entry), layer)
     return best[1] if best else None
 
@@ -160,10 +162,13 @@ def check(root: Path) -> list[str]:
     relatives = [path.relative_to(core).as_posix() for path in files.values()]
     for layer in layers:
         for entry in layer.entries:
-            if not any(r == entry or (entry.endswith("/") and r.startswith(entry))
-                       for r in relatives):
-                problems.append(f"docs/architecture.md: layer {layer.name!r} lists {entry!r}, "
-                                f"which is not a module of {CORE}/")
+            if not any(
+                r == entry or (entry.endswith("/") and r.startswith(entry)) for r in relatives
+            ):
+                problems.append(
+                    f"docs/architecture.md: layer {layer.name!r} lists {entry!r}, "
+                    f"which is not a module of {CORE}/"
+                )
 
     for name, path in files.items():
         mine = where.get(name)
@@ -178,8 +183,9 @@ def check(root: Path) -> list[str]:
             theirs = where.get(target)
             if mine is None or theirs is None or theirs.rank >= mine.rank:
                 continue
-            problems.append(f"{name} -> {target} "
-                            f"(layer {mine.name!r} may not import layer {theirs.name!r})")
+            problems.append(
+                f"{name} -> {target} (layer {mine.name!r} may not import layer {theirs.name!r})"
+            )
 
     readme = root / "adapters" / "README.md"
     packages = sorted(root.glob(f"adapters/*/{CORE}_*/"))
@@ -195,23 +201,31 @@ def check(root: Path) -> list[str]:
                         continue
                     if any(target == m or target.startswith(m + ".") for m in permitted):
                         continue
-                    problems.append(f"{name} -> {target} (an adapter may import only the "
-                                    "contract listed in adapters/README.md)")
+                    problems.append(
+                        f"{name} -> {target} (an adapter may import only the "
+                        "contract listed in adapters/README.md)"
+                    )
     return problems
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--root", type=Path, default=Path(__file__).resolve().parent.parent,
-                        help="the repository to check (default: this one)")
+    parser.add_argument(
+        "--root",
+        type=Path,
+        default=Path(__file__).resolve().parent.parent,
+        help="the repository to check (default: this one)",
+    )
     args = parser.parse_args(argv)
     problems = check(args.root)
     for problem in problems:
         print(problem)
     if problems:
-        print(f"{len(problems)} layer violation(s): fix the import, or the table in "
-              "docs/architecture.md (or the list in adapters/README.md) where it is wrong",
-              file=sys.stderr)
+        print(
+            f"{len(problems)} layer violation(s): fix the import, or the table in "
+            "docs/architecture.md (or the list in adapters/README.md) where it is wrong",
+            file=sys.stderr,
+        )
         return 1
     return 0
 

@@ -20,13 +20,18 @@ from eventbus.adapter import Capabilities
 from eventbus.registry_adapters import adapter_class
 
 ROOT = Path(__file__).resolve().parent.parent
-SAMPLE_URLS = {"memory": "memory://", "kafka": "kafka://127.0.0.1:9092",
-               "amqp": "amqp://guest:guest@127.0.0.1:5672/",
-               "redis": "redis://127.0.0.1:6379/0",
-               "redis+streams": "redis+streams://127.0.0.1:6379/0",
-               "nats": "nats://127.0.0.1:4222", "nats+core": "nats+core://127.0.0.1:4222",
-               "sqs": "sqs://?region=us-east-1", "sqlite": "sqlite:///eventbus.db",
-               "postgres": "postgresql://127.0.0.1:5432/eventbus"}
+SAMPLE_URLS = {
+    "memory": "memory://",
+    "kafka": "kafka://127.0.0.1:9092",
+    "amqp": "amqp://guest:guest@127.0.0.1:5672/",
+    "redis": "redis://127.0.0.1:6379/0",
+    "redis+streams": "redis+streams://127.0.0.1:6379/0",
+    "nats": "nats://127.0.0.1:4222",
+    "nats+core": "nats+core://127.0.0.1:4222",
+    "sqs": "sqs://?region=us-east-1",
+    "sqlite": "sqlite:///eventbus.db",
+    "postgres": "postgresql://127.0.0.1:5432/eventbus",
+}
 BEGIN, END = "<!-- capabilities:begin -->", "<!-- capabilities:end -->"
 
 
@@ -38,8 +43,7 @@ def capability_table() -> str:
         except Exception as exc:  # an adapter not installed is left out, and said so
             print(f"skipping {scheme}: {exc}", file=sys.stderr)
     names = [f.name for f in fields(Capabilities)]
-    lines = ["| capability | " + " | ".join(adapters) + " |",
-             "|---|" + "---|" * len(adapters)]
+    lines = ["| capability | " + " | ".join(adapters) + " |", "|---|" + "---|" * len(adapters)]
     for name in names:
         cells = [str(getattr(caps, name)) for caps in adapters.values()]
         lines.append(f"| `{name}` | " + " | ".join(cells) + " |")
@@ -102,8 +106,7 @@ def conformance_matrix(reports: list[Path]) -> str:
         out.append(f"| {broker} | {t['passed']} | {t['skipped']} | {t['failed']} |")
     out += ["", "| case | " + " | ".join(brokers) + " |", "|---|" + "---|" * len(brokers)]
     for test in sorted(results):
-        out.append(f"| `{test}` | " + " | ".join(results[test].get(b, "-") for b in brokers)
-                   + " |")
+        out.append(f"| `{test}` | " + " | ".join(results[test].get(b, "-") for b in brokers) + " |")
     return "\n".join(out) + "\n"
 
 

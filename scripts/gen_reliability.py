@@ -29,12 +29,14 @@ SCENARIOS: dict[str, tuple[str, str]] = {
         "Crash-restart",
         "N events; the consumer process (`eventbus run`) SIGKILLed at random points K "
         "times and started again. Asserted: every confirmed event handled at least once. "
-        "Duplicates: handler runs to the end beyond the first."),
+        "Duplicates: handler runs to the end beyond the first.",
+    ),
     "crash-restart+idempotency": (
         "Crash-restart with the idempotency middleware",
         "The same, with the idempotency middleware on a Redis store shared by every "
         "process. Duplicates here are *effects* that ran twice; asserted: at most one per "
-        "kill (the handler that was between its effect and the store's done mark)."),
+        "kill (the handler that was between its effect and the store's done mark).",
+    ),
     "duplicate-rate": (
         "Duplicate rate after a crash",
         "Handlers that do nothing, the process SIGKILLed mid-stream: what a kill re-runs. "
@@ -42,42 +44,49 @@ SCENARIOS: dict[str, tuple[str, str]] = {
         "defaults (measured, not bounded: the handling rate times the commit latency) "
         "and with `max_uncommitted=40` (asserted: at most 5% of the events). The short "
         "profile runs it on Kafka only; the long one on every broker (3,000 events, 3 "
-        "kills)."),
+        "kills).",
+    ),
     "scale-out": (
         "Scale-out",
         "Three consumer processes in one group share the stream; the busiest is "
         "SIGKILLed. Asserted: every member had a share, nothing lost, the killed "
         "member's unfinished events handled by another within the broker's lease "
         "(+10 s); per-key order across the hand-over on Kafka, SQLite and PostgreSQL. "
-        "Recovery: the kill to the last of those events handled."),
+        "Recovery: the kill to the last of those events handled.",
+    ),
     "broker-restart": (
         "Broker restart",
         "A private broker (never the shared one) stopped and started on its data while "
         "a consumer works and a publisher keeps publishing. Asserted: every confirmed "
         "publish handled. Recovery: broker back to the first event published after it "
-        "handled."),
+        "handled.",
+    ),
     "cuts-and-freezes": (
         "Connection cuts and freezes",
         "Every connection of the consumer and the publisher cut, then the path frozen "
         "(half-open, 2 s), through the fault proxy, under load. Asserted: every "
         "confirmed publish handled. Recovery: each fault's end to the next event "
-        "handled."),
+        "handled.",
+    ),
     "poison-mix": (
         "Poison mix",
         "1% undecodable, 1% invalid, 1% handler-always-fails and 0.1% handler-kills-"
         "the-process events among good ones; a supervisor restarts the killed process. "
         "Asserted: every poison event in the group's DLQ with its reason, every good one "
-        "handled (or dead-lettered with a killing event, below), no stall."),
+        "handled (or dead-lettered with a killing event, below), no stall.",
+    ),
     "graceful-shutdown": (
         "Graceful shutdown under load",
         "SIGTERM during a burst (4 handlers at a time, 50 ms each). Asserted: no handler "
         "starts after the signal, none is cut off, exit 0 within the shutdown timeout, "
-        "nothing lost. Recovery: SIGTERM to exit."),
+        "nothing lost. Recovery: SIGTERM to exit.",
+    ),
     "soak": (
         "Soak",
         "Events through the default chain; the consumer's RSS and open descriptors "
         "sampled. Asserted: flat once warm (RSS growth at most 25 MiB, descriptors at "
-        "most 4), throughput steady (second half at least half the first)."),
+        "most 4), throughput steady (second half at least half the first).",
+    ),
 }
 
 # Not run, and why: a scenario that does not apply to a broker is declared, not skipped.
@@ -154,12 +163,16 @@ def _extra(result: dict[str, Any]) -> str:
 
 
 def table(results: list[dict[str, Any]], scenario: str) -> str:
-    rows = ["| broker | faults | events | lost | duplicates | recovery (s) | seconds | also |",
-            "|---|---:|---:|---:|---:|---|---:|---|"]
+    rows = [
+        "| broker | faults | events | lost | duplicates | recovery (s) | seconds | also |",
+        "|---|---:|---:|---:|---:|---|---:|---|",
+    ]
     for r in results:
-        rows.append(f"| {r['broker']} | {r['fault_count']} | {r['events']:,} | {r['lost']} | "
-                    f"{r['duplicates']} | {_recovery(r['recovery_s'])} | {r['seconds']} | "
-                    f"{_extra(r)} |")
+        rows.append(
+            f"| {r['broker']} | {r['fault_count']} | {r['events']:,} | {r['lost']} | "
+            f"{r['duplicates']} | {_recovery(r['recovery_s'])} | {r['seconds']} | "
+            f"{_extra(r)} |"
+        )
     for (name, broker), why in NOT_RUN.items():
         if name == scenario:
             rows.append(f"| {broker} | - | - | - | - | - | - | not run: {why} |")
@@ -178,16 +191,19 @@ def rss_chart(result: dict[str, Any], width: int = 480, height: int = 160) -> st
     pad = 30
     coords = " ".join(
         f"{pad + (x / max_x) * (width - 2 * pad):.1f},"
-        f"{height - pad - ((y - low) / span) * (height - 2 * pad):.1f}" for x, y in points)
+        f"{height - pad - ((y - low) / span) * (height - 2 * pad):.1f}"
+        for x, y in points
+    )
     return (
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
         f'font-family="sans-serif" font-size="10">\n'
         f'<rect width="{width}" height="{height}" fill="white"/>\n'
         f'<polyline fill="none" stroke="#1f77b4" stroke-width="1.5" points="{coords}"/>\n'
         f'<text x="{pad}" y="{pad - 10}">RSS MiB ({low:.0f}-{high:.0f}) of the consumer, '
-        f'{result["broker"]}</text>\n'
+        f"{result['broker']}</text>\n"
         f'<text x="{width - pad}" y="{height - 8}" text-anchor="end">'
-        f'{max_x:,} events handled</text>\n</svg>\n')
+        f"{max_x:,} events handled</text>\n</svg>\n"
+    )
 
 
 def render(profile: str, header: dict[str, Any], results: list[dict[str, Any]]) -> str:

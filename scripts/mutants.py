@@ -142,37 +142,52 @@ class Mutant:
 MUTANTS = {
     m.name: m
     for m in (
-        Mutant("skip lane routing", skip_lane_routing, (
-            "test_in_order_per_key[memory-log]",
-            "test_in_order_per_key_under_retries[memory-log]",
-            "test_unfinished_key_holds_later_same_key[memory-log]",
-        )),
-        Mutant("ack before handling", ack_before_handling, (
-            "test_shutdown_timeout_returns_unfinished[memory]",
-            "test_continue_after_errors[memory]",
-            "test_delayed_redelivery_honoured[memory]",
-        )),
-        Mutant("dead-letter duplicates", dead_letter_duplicates, (
-            "test_idempotent_duplicate_ids[memory]",
-            "test_idempotent_concurrent_duplicates[memory]",
-        )),
-        Mutant("drop release on failure", drop_release_on_failure, (
-            "test_idempotent_release_on_failure[memory]",
-        )),
-        Mutant("codec loses subject", codec_loses_subject, (
-            "test_cloudevents_attributes_round_trip[memory]",
-            "test_publish_subscribe_metadata_intact[memory]",
-        )),
+        Mutant(
+            "skip lane routing",
+            skip_lane_routing,
+            (
+                "test_in_order_per_key[memory-log]",
+                "test_in_order_per_key_under_retries[memory-log]",
+                "test_unfinished_key_holds_later_same_key[memory-log]",
+            ),
+        ),
+        Mutant(
+            "ack before handling",
+            ack_before_handling,
+            (
+                "test_shutdown_timeout_returns_unfinished[memory]",
+                "test_continue_after_errors[memory]",
+                "test_delayed_redelivery_honoured[memory]",
+            ),
+        ),
+        Mutant(
+            "dead-letter duplicates",
+            dead_letter_duplicates,
+            (
+                "test_idempotent_duplicate_ids[memory]",
+                "test_idempotent_concurrent_duplicates[memory]",
+            ),
+        ),
+        Mutant(
+            "drop release on failure",
+            drop_release_on_failure,
+            ("test_idempotent_release_on_failure[memory]",),
+        ),
+        Mutant(
+            "codec loses subject",
+            codec_loses_subject,
+            (
+                "test_cloudevents_attributes_round_trip[memory]",
+                "test_publish_subscribe_metadata_intact[memory]",
+            ),
+        ),
     )
 }
 
 
 # A control that changes nothing: it must be reported as surviving (tests use it to
 # prove that a survivor fails this script); never run by default.
-CONTROLS = {
-    m.name: m
-    for m in (Mutant("no change", lambda: None, ("test_health_ok[memory]",)),)
-}
+CONTROLS = {m.name: m for m in (Mutant("no change", lambda: None, ("test_health_ok[memory]",)),)}
 
 
 # -- running -------------------------------------------------------------------------------
@@ -190,13 +205,24 @@ class Result:
 def run_one(mutant: Mutant) -> Result:
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "junit.xml"
-        command = [sys.executable, __file__, "--apply", mutant.name, "--",
-                   "-q", "-p", "no:cacheprovider", "-x", f"--junitxml={report}",
-                   *mutant.node_ids]
+        command = [
+            sys.executable,
+            __file__,
+            "--apply",
+            mutant.name,
+            "--",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-x",
+            f"--junitxml={report}",
+            *mutant.node_ids,
+        ]
         env = {**os.environ, "EVENTBUS_CONFORMANCE_PATIENCE": PATIENCE}
         started = time.monotonic()
-        done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
-                              check=False)
+        done = subprocess.run(
+            command, cwd=ROOT, env=env, capture_output=True, text=True, check=False
+        )
         seconds = time.monotonic() - started
         killed_by = _failed_cases(report) if report.exists() else []
     return Result(mutant, killed_by, done.returncode, seconds, done.stdout + done.stderr)
@@ -239,14 +265,18 @@ def main(argv: list[str]) -> int:
         if not killed:
             survivors.append(r)
         verdict = "killed" if killed else "SURVIVED" if r.code == 0 else f"ERROR({r.code})"
-        print(f"{r.mutant.name:<{width}}  {verdict:<8} {r.seconds:4.1f}s  "
-              f"{', '.join(r.killed_by) or '-'}")
+        print(
+            f"{r.mutant.name:<{width}}  {verdict:<8} {r.seconds:4.1f}s  "
+            f"{', '.join(r.killed_by) or '-'}"
+        )
     for r in survivors:
         print(f"\n--- {r.mutant.name}: pytest output ---\n{r.output[-3000:]}", file=sys.stderr)
     if survivors:
-        print(f"\n{len(survivors)} mutant(s) not killed: the conformance suite cannot tell "
-              "them from the real code; strengthen the cases listed for them.",
-              file=sys.stderr)
+        print(
+            f"\n{len(survivors)} mutant(s) not killed: the conformance suite cannot tell "
+            "them from the real code; strengthen the cases listed for them.",
+            file=sys.stderr,
+        )
         return 1
     return 0
 

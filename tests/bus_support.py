@@ -108,6 +108,7 @@ def run(scenario: Callable[[], Awaitable[None]], timeout: float = 20) -> None:
 async def until(predicate: Callable[[], bool], timeout: float = WAIT) -> None:
     """Wait until ``predicate()`` holds, for states that signal no event (log records,
     broker state); bounded by ``timeout``."""
+
     async def poll() -> None:
         while not predicate():  # noqa: ASYNC110 - nothing to wait on but the state itself
             await asyncio.sleep(0.01)
@@ -123,7 +124,8 @@ async def read_topic(url: str, topic: str, count: int) -> list[Envelope]:
     """The first ``count`` envelopes on ``topic`` of the memory broker at ``url``."""
     adapter = MemoryAdapter(url)
     subscription = await adapter.subscribe(
-        topic, SubscribeOptions(group=f"reader-{uuid.uuid4()}", start_from="earliest"))
+        topic, SubscribeOptions(group=f"reader-{uuid.uuid4()}", start_from="earliest")
+    )
     found: list[Envelope] = []
 
     async def collect() -> None:
@@ -153,8 +155,14 @@ class FakeDelivery(Delivery):
     __slots__ = ("calls",)
 
     def __init__(self, envelope: Envelope | None, attempt: int = 1, **kw: object) -> None:
-        super().__init__(topic=kw.pop("topic", "orders"), group=kw.pop("group", "billing"),  # type: ignore[arg-type]
-                         envelope=envelope, attempt=attempt, message_id="m-1", **kw)  # type: ignore[arg-type]
+        super().__init__(
+            topic=kw.pop("topic", "orders"),
+            group=kw.pop("group", "billing"),  # type: ignore[arg-type]
+            envelope=envelope,
+            attempt=attempt,
+            message_id="m-1",
+            **kw,
+        )  # type: ignore[arg-type]
         self.calls: list[tuple[str, float]] = []
 
     async def _ack(self) -> None:
@@ -186,25 +194,45 @@ def random_envelope(rng: random.Random) -> Envelope:
     longest = rng.choice((8, 200, 3000))
     optional = {
         name: _text(rng, longest) if rng.random() < 0.7 else None
-        for name in ("dataschema", "subject", "correlationid", "causationid", "partitionkey",
-                     "traceparent", "tracestate")
+        for name in (
+            "dataschema",
+            "subject",
+            "correlationid",
+            "causationid",
+            "partitionkey",
+            "traceparent",
+            "tracestate",
+        )
     }
-    content_type = rng.choice((None, "application/json", "text/plain", "application/x-bin",
-                               "application/cloudevents+json"))
+    content_type = rng.choice(
+        (
+            None,
+            "application/json",
+            "text/plain",
+            "application/x-bin",
+            "application/cloudevents+json",
+        )
+    )
     kind = rng.choice(("empty", "json", "spaced-json", "bytes", "text"))
     data = {
         "empty": b"",
-        "json": json.dumps({"k": _text(rng, longest)}, separators=(",", ":"),
-                           ensure_ascii=False).encode(),
+        "json": json.dumps(
+            {"k": _text(rng, longest)}, separators=(",", ":"), ensure_ascii=False
+        ).encode(),
         "spaced-json": json.dumps({"k": _text(rng, longest)}, indent=2).encode(),
         "bytes": rng.randbytes(rng.randint(0, 5000)),
         "text": _text(rng, longest).encode("utf-8"),
     }[kind]
     extensions = {f"x{i}": _text(rng, longest) for i in range(rng.randint(0, 4))}
     return Envelope(
-        id=_text(rng, longest), type=_text(rng, longest), source=_text(rng, longest),
+        id=_text(rng, longest),
+        type=_text(rng, longest),
+        source=_text(rng, longest),
         time=datetime(rng.randint(1, 9999), 1, 1, tzinfo=UTC)
         + timedelta(microseconds=rng.randint(0, 10**12)),
-        data=data, datacontenttype=content_type, dataversion=rng.choice((1, 2**70)),
-        extensions=extensions, **optional,
+        data=data,
+        datacontenttype=content_type,
+        dataversion=rng.choice((1, 2**70)),
+        extensions=extensions,
+        **optional,
     )

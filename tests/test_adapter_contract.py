@@ -10,11 +10,7 @@ import pytest
 from eventbus.adapter import Adapter, SubscribeOptions, Subscription
 from eventbus.adapters_util import ExceptionMap, map_exceptions
 from eventbus.envelope import Envelope
-from eventbus.errors import (
-    BrokerConnectionError,
-    MessageTooLargeError,
-    PublishError,
-)
+from eventbus.errors import BrokerConnectionError, MessageTooLargeError, PublishError
 
 
 class ClientError(Exception):
@@ -50,8 +46,9 @@ def test_subscribe_options_have_no_auto_ack() -> None:
 
 def test_map_exceptions_maps_the_first_matching_class_and_keeps_the_cause() -> None:
     original = ClientConnectionError("broker gone")
-    with pytest.raises(BrokerConnectionError) as raised, map_exceptions(
-        MAPPING, what="publish to topic 'orders' on x://h", hint="check the broker"
+    with (
+        pytest.raises(BrokerConnectionError) as raised,
+        map_exceptions(MAPPING, what="publish to topic 'orders' on x://h", hint="check the broker"),
     ):
         raise original
     assert str(raised.value) == (

@@ -46,13 +46,18 @@ class ClientTimeoutError(ClientError):
 
 
 def test_a_mapping_entry_may_carry_its_own_hint() -> None:
-    mapping: ExceptionMap = {ClientTimeoutError: (BrokerConnectionError, "publish again"),
-               ClientError: (PublishError, "sending it again will not help")}
-    with pytest.raises(BrokerConnectionError) as raised, map_exceptions(
-            mapping, what="a record to 'orders' on kafka://h", hint="unused"):
+    mapping: ExceptionMap = {
+        ClientTimeoutError: (BrokerConnectionError, "publish again"),
+        ClientError: (PublishError, "sending it again will not help"),
+    }
+    with (
+        pytest.raises(BrokerConnectionError) as raised,
+        map_exceptions(mapping, what="a record to 'orders' on kafka://h", hint="unused"),
+    ):
         raise ClientTimeoutError("no answer")
-    assert str(raised.value) == ("a record to 'orders' on kafka://h failed: ClientTimeoutError: "
-                                 "no answer; publish again")
+    assert str(raised.value) == (
+        "a record to 'orders' on kafka://h failed: ClientTimeoutError: no answer; publish again"
+    )
     with pytest.raises(PublishError, match=r"will not help$"), map_exceptions(mapping, what="x"):
         raise ClientError("refused")
 
@@ -76,17 +81,25 @@ def test_a_classifier_maps_by_what_the_client_says_not_its_class() -> None:
 
 def test_on_error_sees_every_client_error_first_and_scrub_hides_secrets() -> None:
     seen: list[Exception] = []
-    with pytest.raises(BrokerConnectionError) as raised, map_exceptions(
-            {ClientError: BrokerConnectionError}, what="connect to amqp://app:***@h",
-            scrub=lambda text: text.replace("s3cret", "***"), on_error=seen.append):
+    with (
+        pytest.raises(BrokerConnectionError) as raised,
+        map_exceptions(
+            {ClientError: BrokerConnectionError},
+            what="connect to amqp://app:***@h",
+            scrub=lambda text: text.replace("s3cret", "***"),
+            on_error=seen.append,
+        ),
+    ):
         raise ClientError("login refused for app:s3cret")
     assert "s3cret" not in str(raised.value) and "app:***" in str(raised.value)
     assert len(seen) == 1 and raised.value.__cause__ is seen[0]
 
 
 def test_a_cut_chain_keeps_the_clients_exception_and_its_secrets_out_of_the_traceback() -> None:
-    with pytest.raises(BrokerConnectionError) as raised, map_exceptions(
-            {ClientError: BrokerConnectionError}, what="connect", chain=False):
+    with (
+        pytest.raises(BrokerConnectionError) as raised,
+        map_exceptions({ClientError: BrokerConnectionError}, what="connect", chain=False),
+    ):
         raise ClientError("cannot reach amqp://app:s3cret@h (URL as the client built it)")
     assert raised.value.__cause__ is None and raised.value.__suppress_context__
     mapped = translate(ClientError("x"), {ClientError: PublishError}, what="p", chain=False)
@@ -103,16 +116,19 @@ def test_translate_returns_ours_and_unmapped_errors_as_they_are() -> None:
 
 
 def test_cancellation_is_never_mapped() -> None:
-    with pytest.raises(asyncio.CancelledError), map_exceptions(
-            {BaseException: BrokerConnectionError}, what="x"):
+    with (
+        pytest.raises(asyncio.CancelledError),
+        map_exceptions({BaseException: BrokerConnectionError}, what="x"),
+    ):
         raise asyncio.CancelledError
 
 
 # -- the delay-tier picker --------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("delay", "tier"), [(0, 1), (1, 1), (1.5, 10), (10, 10), (11, 60),
-                                             (5000, 60), (0.05, 1)])
+@pytest.mark.parametrize(
+    ("delay", "tier"), [(0, 1), (1, 1), (1.5, 10), (10, 10), (11, 60), (5000, 60), (0.05, 1)]
+)
 def test_the_tier_of_a_delay_is_the_shortest_at_least_as_long(delay: float, tier: float) -> None:
     assert pick_tier(delay, (1, 10, 60)) == tier
 
@@ -147,8 +163,9 @@ def test_calls_of_one_loop_turn_share_requests_of_at_most_max_items() -> None:
 
     async def scenario() -> list[Any]:
         batcher: TurnBatcher[int, int] = TurnBatcher(send, max_items=4)
-        return await asyncio.gather(*(batcher.one(i) for i in range(6)),
-                                    batcher.submit([7, 8]), return_exceptions=True)
+        return await asyncio.gather(
+            *(batcher.one(i) for i in range(6)), batcher.submit([7, 8]), return_exceptions=True
+        )
 
     outcomes = asyncio.run(scenario())
     assert requests == [[0, 1, 2, 3], [4, 5, 7, 8]]
@@ -167,17 +184,20 @@ def test_a_callers_items_are_never_split_and_a_failed_request_fails_each_caller(
 
     async def scenario() -> tuple[list[str | BaseException], list[Any]]:
         batcher: TurnBatcher[str, str] = TurnBatcher(
-            send, max_items=2, fail=lambda exc: BrokerConnectionError(f"settle failed: {exc}"))
+            send, max_items=2, fail=lambda exc: BrokerConnectionError(f"settle failed: {exc}")
+        )
         big = await batcher.submit(["a", "b", "c"])
-        failed = list(await asyncio.gather(batcher.one("boom"), batcher.one("x"),
-                                           return_exceptions=True))
+        failed = list(
+            await asyncio.gather(batcher.one("boom"), batcher.one("x"), return_exceptions=True)
+        )
         await batcher.drain()
         return big, failed
 
     big, failed = asyncio.run(scenario())
     assert big == ["a", "b", "c"] and requests[0] == ["a", "b", "c"]
-    assert all(isinstance(e, BrokerConnectionError) and "connection reset" in str(e)
-               for e in failed)
+    assert all(
+        isinstance(e, BrokerConnectionError) and "connection reset" in str(e) for e in failed
+    )
 
 
 # -- Decoded -> Delivery ----------------------------------------------------------------------
@@ -191,13 +211,23 @@ class _Delivery(Delivery):
 
 def test_a_delivery_built_from_decoded_keeps_raw_bytes_only_for_what_did_not_decode() -> None:
     envelope = Envelope.create(type="t", source="s")
-    good = _Delivery(Decoded(envelope, raw=b"{}", raw_headers={"h": b"1"}, attempt=3),
-                     topic="t", group="g", message_id="t/1")
+    good = _Delivery(
+        Decoded(envelope, raw=b"{}", raw_headers={"h": b"1"}, attempt=3),
+        topic="t",
+        group="g",
+        message_id="t/1",
+    )
     assert (good.envelope, good.raw, good.raw_headers, good.attempt) == (envelope, None, None, 3)
-    bad = _Delivery(Decoded(None, "DecodeError: junk", b"\x00", {"h": b"1"}),
-                    topic="t", group="g", attempt=2)
+    bad = _Delivery(
+        Decoded(None, "DecodeError: junk", b"\x00", {"h": b"1"}), topic="t", group="g", attempt=2
+    )
     assert (bad.envelope, bad.decode_error, bad.raw, bad.raw_headers, bad.attempt) == (
-        None, "DecodeError: junk", b"\x00", {"h": b"1"}, 2)
+        None,
+        "DecodeError: junk",
+        b"\x00",
+        {"h": b"1"},
+        2,
+    )
     old_style = _Delivery(topic="t", group="g", envelope=envelope)
     assert old_style.attempt == 1 and old_style.raw is None
 
@@ -206,9 +236,18 @@ def test_a_delivery_built_from_decoded_keeps_raw_bytes_only_for_what_did_not_dec
 
 
 def test_browse_group_route_and_raw_publish_are_claimed_by_declaring_them() -> None:
-    caps = Capabilities(persistent=True, consumer_groups=True, fanout=True, ordering="none",
-                        redelivery=True, native_delay=False, native_dead_letter=False,
-                        replay=False, headers=True, max_message_bytes=1024)
+    caps = Capabilities(
+        persistent=True,
+        consumer_groups=True,
+        fanout=True,
+        ordering="none",
+        redelivery=True,
+        native_delay=False,
+        native_dead_letter=False,
+        replay=False,
+        headers=True,
+        max_message_bytes=1024,
+    )
     assert (caps.browse, caps.group_route, caps.raw_publish) == (False, False, False)
 
 
@@ -231,7 +270,8 @@ def test_stop_task_cancels_and_waits_and_swallows_what_the_task_raised() -> None
 
 
 def test_stop_task_gives_grace_first_and_gives_up_after_the_timeout(
-        caplog: pytest.LogCaptureFixture) -> None:
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     async def scenario() -> None:
         finished = asyncio.Event()
 
@@ -281,6 +321,8 @@ def test_a_partial_batch_failure_says_how_many_which_and_where() -> None:
 
     failures: dict[int, Exception] = {2: PublishError("nacked"), 0: PublishError("nacked")}
     error = BatchPublishError.partial(failures, 3, "Kafka topic 'orders'")
-    assert str(error) == ("2 of 3 messages to Kafka topic 'orders' were not confirmed "
-                          "(indexes [0, 2]); see .failures, and republish those as they are")
+    assert str(error) == (
+        "2 of 3 messages to Kafka topic 'orders' were not confirmed "
+        "(indexes [0, 2]); see .failures, and republish those as they are"
+    )
     assert error.succeeded == [1] and error.failures is failures

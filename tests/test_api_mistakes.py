@@ -25,8 +25,10 @@ class PlainModel(BaseModel):
     [
         ({"order_id": "1"}, "not a dict"),
         (OrderPlaced, "the class OrderPlaced, not an instance: publish"),
-        (PlainModel(order_id="1"), "PlainModel is a pydantic model but not an eventbus "
-                                   "Event or Command"),
+        (
+            PlainModel(order_id="1"),
+            "PlainModel is a pydantic model but not an eventbus Event or Command",
+        ),
         ("order placed", "not a str"),
         (None, "not None"),
     ],
@@ -35,8 +37,11 @@ class PlainModel(BaseModel):
 @pytest.mark.asyncio
 async def test_publishing_what_is_not_an_event_instance_says_so(message: Any, says: str) -> None:
     async with EventBus(memory_url()) as bus:
-        for publish in (bus.publish, lambda m: bus.publish_many([OrderPlaced(order_id="0"), m]),
-                        TestPublisher().publish):
+        for publish in (
+            bus.publish,
+            lambda m: bus.publish_many([OrderPlaced(order_id="0"), m]),
+            TestPublisher().publish,
+        ):
             with pytest.raises(UsageError) as info:
                 await publish(message)
             assert says in str(info.value)
@@ -55,8 +60,10 @@ async def test_sending_what_is_not_a_command_says_what_it_is() -> None:
 def test_subscribe_without_parentheses_is_refused_not_silently_empty() -> None:
     bus = EventBus(memory_url())
     with pytest.raises(UsageError) as info:
+
         @bus.subscribe  # type: ignore[arg-type]
         async def handle(event: OrderPlaced) -> None: ...
+
     message = str(info.value)
     assert "@bus.subscribe(OrderPlaced)" in message and "parentheses" in message
     assert bus.subscriptions == []

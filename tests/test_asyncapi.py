@@ -34,14 +34,16 @@ def validator() -> Draft7Validator:
     schema = json.loads(SCHEMA.read_text())
     # The bundle keeps each definition under its $id: resolve those locally, never online.
     registry: Registry[Any] = Registry().with_resources(
-        (uri, DRAFT7.create_resource(part)) for uri, part in schema["definitions"].items())
+        (uri, DRAFT7.create_resource(part)) for uri, part in schema["definitions"].items()
+    )
     return Draft7Validator(schema, registry=registry)
 
 
 def assert_valid(document: dict[str, Any]) -> None:
     errors = sorted(validator().iter_errors(document), key=lambda e: list(e.absolute_path))
     assert not errors, "\n".join(
-        f"{'/'.join(map(str, e.absolute_path))}: {e.message[:300]}" for e in errors[:10])
+        f"{'/'.join(map(str, e.absolute_path))}: {e.message[:300]}" for e in errors[:10]
+    )
 
 
 def example_services() -> list[str]:
@@ -55,12 +57,18 @@ def example_services() -> list[str]:
             continue
         module = ".".join(path.relative_to(ROOT).with_suffix("").parts)
         for node in ast.parse(path.read_text()).body:
-            if isinstance(node, ast.FunctionDef) and _returns_bus(node) and \
-                    len(node.args.defaults) == len(node.args.args) and \
-                    None not in node.args.kw_defaults:
+            if (
+                isinstance(node, ast.FunctionDef)
+                and _returns_bus(node)
+                and len(node.args.defaults) == len(node.args.args)
+                and None not in node.args.kw_defaults
+            ):
                 found.append(f"{module}:{node.name}")
-            elif isinstance(node, ast.Assign) and isinstance(node.value, ast.Call) and \
-                    "EventBus" in ast.unparse(node.value.func):
+            elif (
+                isinstance(node, ast.Assign)
+                and isinstance(node.value, ast.Call)
+                and "EventBus" in ast.unparse(node.value.func)
+            ):
                 found += [f"{module}:{t.id}" for t in node.targets if isinstance(t, ast.Name)]
     return found
 
@@ -73,24 +81,36 @@ def run_cli(*args: str, url: str | None = None) -> subprocess.CompletedProcess[s
     env = {k: v for k, v in os.environ.items() if k != "EVENTBUS_URL"}
     if url is not None:
         env["EVENTBUS_URL"] = url
-    return subprocess.run([sys.executable, "-m", "eventbus", "asyncapi", *args], cwd=ROOT,
-                          env=env, capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "eventbus", "asyncapi", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def test_the_example_services_are_found() -> None:
     services = example_services()
-    for expected in ("examples.order_saga.order_service:create_bus",
-                     "examples.order_saga.payment_service:create_bus",
-                     "examples.order_saga.inventory_service:create_bus",
-                     "examples.testing.shop:bus",
-                     "examples.cqrs_shop.app:create_bus"):
+    for expected in (
+        "examples.order_saga.order_service:create_bus",
+        "examples.order_saga.payment_service:create_bus",
+        "examples.order_saga.inventory_service:create_bus",
+        "examples.testing.shop:bus",
+        "examples.cqrs_shop.app:create_bus",
+    ):
         assert expected in services, services
 
 
 @pytest.mark.parametrize("service", example_services())
 def test_every_example_service_document_validates(service: str) -> None:
-    ran = run_cli(service, "--format", "json", url="kafka://user:s3cret@broker:9092"
-                  "?security_protocol=SASL_SSL&sasl_mechanism=PLAIN")
+    ran = run_cli(
+        service,
+        "--format",
+        "json",
+        url="kafka://user:s3cret@broker:9092?security_protocol=SASL_SSL&sasl_mechanism=PLAIN",
+    )
     assert ran.returncode == 0, ran.stderr
     document = json.loads(ran.stdout)
     assert_valid(document)
@@ -121,12 +141,14 @@ class Line(BaseModel):
     count: int
 
 
-class ItemsReserved(Event, type="test.asyncapi.items-reserved", topic="test-asyncapi-stock",
-                    version=2):
+class ItemsReserved(
+    Event, type="test.asyncapi.items-reserved", topic="test-asyncapi-stock", version=2
+):
     """Every line of an order is reserved."""
 
-    model_config = ConfigDict(json_schema_extra={
-        "examples": [{"order_id": "o-1", "lines": [{"sku": "A-1", "count": 2}]}]})
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"order_id": "o-1", "lines": [{"sku": "A-1", "count": 2}]}]}
+    )
     order_id: str = Field(description="The order the items are for")
     lines: list[Line]
 
@@ -157,7 +179,7 @@ def stock_service(url: str) -> EventBus:
 URLS = {
     "memory": "memory://stock",
     "kafka": "kafka://user:s3cret@broker-1:9092,broker-2:9092"
-             "?security_protocol=SASL_SSL&sasl_mechanism=PLAIN",
+    "?security_protocol=SASL_SSL&sasl_mechanism=PLAIN",
     "amqp": "amqp://user:s3cret@rabbit:5672/shop",
     "nats": "nats://user:s3cret@nats:4222",
     "redis": "redis+streams://:s3cret@redis:6379/0",
@@ -179,10 +201,15 @@ def test_channels_messages_and_operations() -> None:
     assert document["asyncapi"] == "3.0.0"
     assert document["info"] == {"title": "stock-service", "version": "2.3.0"}
     assert document["servers"]["kafka"] == {
-        "host": "broker-1:9092,broker-2:9092", "protocol": "kafka"}
+        "host": "broker-1:9092,broker-2:9092",
+        "protocol": "kafka",
+    }
     channels = document["channels"]
     assert {c["address"] for c in channels.values()} == {
-        "test-asyncapi-stock", "test-asyncapi-commands", "test-asyncapi-alerts"}
+        "test-asyncapi-stock",
+        "test-asyncapi-commands",
+        "test-asyncapi-alerts",
+    }
 
     message = document["components"]["messages"]["test.asyncapi.items-reserved"]
     assert message["name"] == "test.asyncapi.items-reserved"
@@ -192,7 +219,9 @@ def test_channels_messages_and_operations() -> None:
     assert message["headers"]["properties"]["ce_type"]["const"] == "test.asyncapi.items-reserved"
     assert message["headers"]["properties"]["ce_dataversion"]["const"] == "2"
     assert message["examples"][0]["payload"] == {
-        "order_id": "o-1", "lines": [{"sku": "A-1", "count": 2}]}
+        "order_id": "o-1",
+        "lines": [{"sku": "A-1", "count": 2}],
+    }
     payload = resolve(document, message["payload"])
     assert payload["required"] == ["order_id", "lines"]
     assert resolve(document, payload["properties"]["lines"]["items"])["properties"]["sku"]
@@ -206,9 +235,13 @@ def test_channels_messages_and_operations() -> None:
     assert resolve(document, receive["channel"])["address"] == "test-asyncapi-stock"
     assert receive["bindings"]["kafka"]["groupId"] == {"type": "string", "enum": ["audit"]}
     assert [resolve(document, m)["name"] for m in receive["messages"]] == [
-        "test.asyncapi.items-reserved"]
-    sends = {resolve(document, op["channel"])["address"]
-             for op in operations.values() if op["action"] == "send"}
+        "test.asyncapi.items-reserved"
+    ]
+    sends = {
+        resolve(document, op["channel"])["address"]
+        for op in operations.values()
+        if op["action"] == "send"
+    }
     assert sends == {"test-asyncapi-stock", "test-asyncapi-alerts"}
 
 
@@ -216,11 +249,17 @@ def test_amqp_and_nats_bindings() -> None:
     amqp = asyncapi_document(stock_service(URLS["amqp"]))
     channel = next(c for c in amqp["channels"].values() if c["address"] == "test-asyncapi-stock")
     assert channel["bindings"]["amqp"]["exchange"] == {
-        "name": "test-asyncapi-stock", "type": "topic", "durable": True, "autoDelete": False,
-        "vhost": "shop"}
+        "name": "test-asyncapi-stock",
+        "type": "topic",
+        "durable": True,
+        "autoDelete": False,
+        "vhost": "shop",
+    }
     nats = asyncapi_document(stock_service(URLS["nats"]))
-    assert nats["operations"]["receive.audit.test-asyncapi-stock"]["bindings"]["nats"][
-        "queue"] == "audit"
+    assert (
+        nats["operations"]["receive.audit.test-asyncapi-stock"]["bindings"]["nats"]["queue"]
+        == "audit"
+    )
 
 
 def resolve(document: dict[str, Any], ref: dict[str, Any]) -> dict[str, Any]:

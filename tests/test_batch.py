@@ -48,6 +48,7 @@ def test_a_batch_subscription_has_one_handler_and_refuses_the_bus_idempotency() 
     async def first(events: list[Item]) -> None: ...
 
     with pytest.raises(ConfigurationError, match="batch subscription"):
+
         @bus.subscribe(Item, group="g", batch=3)
         async def second(events: list[Item]) -> None: ...
 

@@ -29,8 +29,7 @@ from tests.bus_support import (
 
 def test_retry_then_success_in_process() -> None:
     async def scenario() -> None:
-        bus = EventBus(memory_url(), retry=RetryPolicy(initial_delay=0.001,
-                                                        in_process_attempts=3))
+        bus = EventBus(memory_url(), retry=RetryPolicy(initial_delay=0.001, in_process_attempts=3))
 
         @bus.subscribe(OrderPlaced, group="g")
         async def flaky(event: OrderPlaced, ctx: Context) -> None:
@@ -41,7 +40,10 @@ def test_retry_then_success_in_process() -> None:
             await bus.publish(OrderPlaced(order_id="r"))
             await tb.drain()
         assert [(c.attempt, c.error is None) for c in tb.calls(flaky)] == [
-            (1, False), (2, False), (3, True)]
+            (1, False),
+            (2, False),
+            (3, True),
+        ]
         assert tb.dead_lettered() == []
 
     run(scenario)
@@ -82,8 +84,9 @@ def test_poison_events_are_dead_lettered_at_once() -> None:
         async with bus:
             adapter = MemoryAdapter(url)
             unknown = Envelope.create(type="test.bus.never-registered", source="x")
-            invalid = Envelope.create(type="test.bus.order-placed", source="x",
-                                      data=b'{"order_id": 5}')
+            invalid = Envelope.create(
+                type="test.bus.order-placed", source="x", data=b'{"order_id": 5}'
+            )
             await adapter.publish(topic, [unknown, invalid])
             await adapter.publish_raw(topic, b"\x00 definitely not a cloudevent")
             dead = await dead_letters(url, topic, "g", 3)

@@ -6,13 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 
-from eventbus import (
-    Context,
-    Envelope,
-    Event,
-    EventBus,
-    MemoryAdapter,
-)
+from eventbus import Context, Envelope, Event, EventBus, MemoryAdapter
 from tests.bus_support import (
     ChargeCard,
     Collector,

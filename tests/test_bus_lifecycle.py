@@ -9,21 +9,9 @@ import signal
 
 import pytest
 
-from eventbus import (
-    BrokerConnectionError,
-    Context,
-    EventBus,
-    MemoryAdapter,
-)
+from eventbus import BrokerConnectionError, Context, EventBus, MemoryAdapter
 from eventbus.adapter import SubscribeOptions, Subscription
-from tests.bus_support import (
-    WAIT,
-    Collector,
-    OrderPlaced,
-    PaymentTaken,
-    memory_url,
-    run,
-)
+from tests.bus_support import WAIT, Collector, OrderPlaced, PaymentTaken, memory_url, run
 
 
 def test_start_and_stop_are_idempotent_and_stop_waits_for_handlers() -> None:

@@ -42,7 +42,9 @@ def test_publish_returns_the_confirmed_envelope() -> None:
 
         async with consumer, EventBus(url, source="orders-svc") as producer:
             sent = await producer.publish(
-                OrderPlaced(order_id="o-1"), key="o-1", subject="orders/o-1",
+                OrderPlaced(order_id="o-1"),
+                key="o-1",
+                subject="orders/o-1",
                 extensions={"tenant": "acme"},
             )
             (got,) = await inbox.wait_count(1)
@@ -63,8 +65,9 @@ def test_publish_to_another_topic_and_explicit_correlation() -> None:
         bus = EventBus(url)
         inbox = order_inbox(bus, topic)
         async with bus:
-            sent = await bus.publish(OrderPlaced(order_id="o-2"), topic=topic,
-                                     correlation_id="flow-9")
+            sent = await bus.publish(
+                OrderPlaced(order_id="o-2"), topic=topic, correlation_id="flow-9"
+            )
             assert await inbox.wait_count(1) == [OrderPlaced(order_id="o-2")]
         assert sent.correlationid == "flow-9"
 
@@ -104,15 +107,23 @@ def test_publish_many_spreads_over_topics_in_order() -> None:
             payments.add(event.order_id)
 
         async with bus:
-            envelopes = await bus.publish_many([
-                OrderPlaced(order_id="1"), PaymentTaken(order_id="1"),
-                OrderPlaced(order_id="2"), OrderPlaced(order_id="3"),
-            ])
+            envelopes = await bus.publish_many(
+                [
+                    OrderPlaced(order_id="1"),
+                    PaymentTaken(order_id="1"),
+                    OrderPlaced(order_id="2"),
+                    OrderPlaced(order_id="3"),
+                ]
+            )
             assert await orders.wait_count(3) == ["1", "2", "3"]
             assert await payments.wait_count(1) == ["1"]
         assert len({e.id for e in envelopes}) == 4
-        assert [e.type for e in envelopes] == ["test.bus.order-placed", "test.bus.payment-taken",
-                                              "test.bus.order-placed", "test.bus.order-placed"]
+        assert [e.type for e in envelopes] == [
+            "test.bus.order-placed",
+            "test.bus.payment-taken",
+            "test.bus.order-placed",
+            "test.bus.order-placed",
+        ]
 
     run(scenario)
 
@@ -122,12 +133,14 @@ def test_publish_many_partial_failure_names_the_failed_indexes() -> None:
         bus = EventBus(f"{memory_url()}?max_message_bytes=400")
         async with bus:
             with pytest.raises(BatchPublishError) as info:
-                await bus.publish_many([
-                    PaymentTaken(order_id="ok"),
-                    OrderPlaced(order_id="x" * 500),
-                    PaymentTaken(order_id="ok too"),
-                    OrderPlaced(order_id="small"),
-                ])
+                await bus.publish_many(
+                    [
+                        PaymentTaken(order_id="ok"),
+                        OrderPlaced(order_id="x" * 500),
+                        PaymentTaken(order_id="ok too"),
+                        OrderPlaced(order_id="small"),
+                    ]
+                )
         error = info.value
         assert set(error.failures) == {1, 3}  # the oversize batch for its topic failed whole
         assert list(error.succeeded) == [0, 2]
@@ -206,13 +219,15 @@ def test_publish_many_maps_adapter_batch_failures_to_message_indexes() -> None:
         bus = EventBus(_PartlyFailingAdapter(memory_url()))
         async with bus:
             with pytest.raises(BatchPublishError) as info:
-                await bus.publish_many([
-                    PaymentTaken(order_id="ok"),     # 0: topic payments, index 0
-                    OrderPlaced(order_id="ok"),      # 1: topic orders, index 0
-                    PaymentTaken(order_id="bad"),    # 2: topic payments, index 1
-                    OrderPlaced(order_id="bad"),     # 3: topic orders, index 1
-                    OrderPlaced(order_id="ok"),      # 4: topic orders, index 2
-                ])
+                await bus.publish_many(
+                    [
+                        PaymentTaken(order_id="ok"),  # 0: topic payments, index 0
+                        OrderPlaced(order_id="ok"),  # 1: topic orders, index 0
+                        PaymentTaken(order_id="bad"),  # 2: topic payments, index 1
+                        OrderPlaced(order_id="bad"),  # 3: topic orders, index 1
+                        OrderPlaced(order_id="ok"),  # 4: topic orders, index 2
+                    ]
+                )
         assert set(info.value.failures) == {2, 3}
         assert list(info.value.succeeded) == [0, 1, 4]
 

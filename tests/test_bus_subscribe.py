@@ -7,28 +7,10 @@ from typing import Any
 
 import pytest
 
-from eventbus import (
-    ConfigurationError,
-    Context,
-    Event,
-    EventBus,
-    MemoryIdempotencyStore,
-)
+from eventbus import ConfigurationError, Context, Event, EventBus, MemoryIdempotencyStore
 from eventbus.errors import DuplicateSubscriptionError
-from eventbus.middleware import (
-    DeadLetter,
-    Idempotency,
-    Next,
-    Retry,
-    Timeout,
-    correlation,
-)
-from tests.bus_support import (
-    ChargeCard,
-    OrderPlaced,
-    memory_url,
-    new_topic,
-)
+from eventbus.middleware import DeadLetter, Idempotency, Next, Retry, Timeout, correlation
+from tests.bus_support import ChargeCard, OrderPlaced, memory_url, new_topic
 
 
 def test_a_handler_is_a_function_that_returns() -> None:
@@ -85,7 +67,9 @@ def test_command_group_defaults_to_its_topic_and_event_group_to_the_source() -> 
     async def placed(event: OrderPlaced) -> None: ...
 
     assert {(s.topic, s.group) for s in bus.subscriptions} == {
-        ("test-bus-charges", "test-bus-charges"), ("test-bus-orders", "svc")}
+        ("test-bus-charges", "test-bus-charges"),
+        ("test-bus-orders", "svc"),
+    }
 
 
 def test_one_handler_per_type_and_group() -> None:

@@ -15,9 +15,7 @@ from eventbus import (
 )
 from eventbus.errors import EventBusError, mask_url
 from eventbus.registry_adapters import adapter_class, adapter_from_url
-from tests.bus_support import (
-    memory_url,
-)
+from tests.bus_support import memory_url
 
 
 def test_from_env_uses_eventbus_url(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -97,7 +95,8 @@ def test_a_url_without_scheme_gets_one_suggested_from_its_port(url: str, suggest
     ],
 )
 def test_a_url_missing_its_slashes_is_told_so_not_that_it_has_no_scheme(
-        url: str, suggestion: str) -> None:
+    url: str, suggestion: str
+) -> None:
     with pytest.raises(InvalidURLError) as info:
         adapter_from_url(url)
     message = str(info.value)
@@ -161,8 +160,9 @@ class _EntryPoint:
 
 
 def test_entry_point_that_is_not_an_adapter_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(registry_adapters, "entry_points",
-                        lambda group: [_EntryPoint("fake", object())])
+    monkeypatch.setattr(
+        registry_adapters, "entry_points", lambda group: [_EntryPoint("fake", object())]
+    )
     with pytest.raises(UnknownSchemeError, match="is not an Adapter"):
         adapter_class("fake")
 
@@ -170,8 +170,9 @@ def test_entry_point_that_is_not_an_adapter_is_refused(monkeypatch: pytest.Monke
 def test_entry_points_pick_the_adapter_and_memory_works_without_them(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(registry_adapters, "entry_points",
-                        lambda group: [_EntryPoint("fake", _FakeAdapter)])
+    monkeypatch.setattr(
+        registry_adapters, "entry_points", lambda group: [_EntryPoint("fake", _FakeAdapter)]
+    )
     assert adapter_class("fake") is _FakeAdapter
     assert adapter_class("memory") is MemoryAdapter  # not installed as a dist: still there
 

@@ -47,8 +47,9 @@ from tests.bus_support import (
     until,
 )
 
-POLICY = RetryPolicy(max_attempts=3, in_process_attempts=2, initial_delay=0.0,
-                     max_delay=0.0, jitter=0.0)
+POLICY = RetryPolicy(
+    max_attempts=3, in_process_attempts=2, initial_delay=0.0, max_delay=0.0, jitter=0.0
+)
 
 
 class Charge(Command, type="test.declarations.charge", topic="test-declarations-charges"):
@@ -87,13 +88,16 @@ async def _cancelled(attempt: int) -> None:
 
 
 BEHAVIOURS: dict[str, Behaviour] = {
-    "succeeds": _succeeds, "fails once": _fails_once, "always fails": _always_fails,
+    "succeeds": _succeeds,
+    "fails once": _fails_once,
+    "always fails": _always_fails,
     "cancelled": _cancelled,
 }
 
 
-async def _outcome(behaviour: Behaviour, attempt: int, *, composed: bool, dead_letter: bool,
-                   envelope: Envelope) -> tuple[Any, ...]:
+async def _outcome(
+    behaviour: Behaviour, attempt: int, *, composed: bool, dead_letter: bool, envelope: Envelope
+) -> tuple[Any, ...]:
     """What one delivery comes to through a fresh runner on a broker of its own:
     settlements, the attempts the handler saw, and the dead letters (without their
     traceback, whose frames differ, and time)."""
@@ -108,34 +112,53 @@ async def _outcome(behaviour: Behaviour, attempt: int, *, composed: bool, dead_l
 
     spec = SubscriptionSpec(topic=topic, group="g")
     spec.add(Handler.wrap(handle, Charge))
-    defaults = ChainDefaults(middleware=[passing] if composed else (), retry=POLICY,
-                             dead_letter=dead_letter)
-    runner = Runner(adapter, spec, middleware=build_chain(spec, adapter, defaults),
-                    registry=registry, publisher=EventBus(url),
-                    redelivery_backoff=Backoff(initial=1.0, jitter=0.0))
+    defaults = ChainDefaults(
+        middleware=[passing] if composed else (), retry=POLICY, dead_letter=dead_letter
+    )
+    runner = Runner(
+        adapter,
+        spec,
+        middleware=build_chain(spec, adapter, defaults),
+        registry=registry,
+        publisher=EventBus(url),
+        redelivery_backoff=Backoff(initial=1.0, jitter=0.0),
+    )
     assert runner.invocation.fused is not composed  # the two paths under test
     delivery = FakeDelivery(envelope, attempt, topic=topic, group="g")
     await runner.handle(delivery)
     count = dlq_size(url, topic, "g")
     letters = await dead_letters(url, topic, "g", count) if count else []
     await adapter.close()
-    return (delivery.calls, seen, [
-        {k: v for k, v in letter.extensions.items() if k not in ("dlqtraceback", "dlqfailedat")}
-        for letter in letters])
+    return (
+        delivery.calls,
+        seen,
+        [
+            {k: v for k, v in letter.extensions.items() if k not in ("dlqtraceback", "dlqfailedat")}
+            for letter in letters
+        ],
+    )
 
 
 @pytest.mark.parametrize("name", list(BEHAVIOURS))
 @pytest.mark.parametrize("attempt", [1, 3, 4])
 @pytest.mark.parametrize("dead_letter", [True, False])
 def test_the_fused_path_settles_and_dead_letters_as_the_composed_chain(
-        name: str, attempt: int, dead_letter: bool) -> None:
+    name: str, attempt: int, dead_letter: bool
+) -> None:
     # attempt 3 is the last of max_attempts=3; attempt 4 came back after 3 runs that
     # never finished (the retry layer refuses it before it runs).
     async def scenario() -> None:
         envelope = Envelope.create(type=Charge.event_type(), source="t", data=b'{"n": 1}')
-        outcomes = [await _outcome(BEHAVIOURS[name], attempt, composed=composed,
-                                   dead_letter=dead_letter, envelope=envelope)
-                    for composed in (False, True)]
+        outcomes = [
+            await _outcome(
+                BEHAVIOURS[name],
+                attempt,
+                composed=composed,
+                dead_letter=dead_letter,
+                envelope=envelope,
+            )
+            for composed in (False, True)
+        ]
         assert outcomes[0] == outcomes[1]
 
     run(scenario)
@@ -143,11 +166,13 @@ def test_the_fused_path_settles_and_dead_letters_as_the_composed_chain(
 
 def test_the_fused_path_dead_letters_poison_as_the_composed_chain() -> None:
     async def scenario() -> None:
-        envelope = Envelope.create(type=Charge.event_type(), source="t",
-                                   data=b'{"n": "not a number"}')
-        outcomes = [await _outcome(_succeeds, 1, composed=composed, dead_letter=True,
-                                   envelope=envelope)
-                    for composed in (False, True)]
+        envelope = Envelope.create(
+            type=Charge.event_type(), source="t", data=b'{"n": "not a number"}'
+        )
+        outcomes = [
+            await _outcome(_succeeds, 1, composed=composed, dead_letter=True, envelope=envelope)
+            for composed in (False, True)
+        ]
         assert outcomes[0] == outcomes[1]
         calls, seen, _ = outcomes[0]
         assert calls == [("ack", 0.0)] and seen == []  # never ran: dead-lettered at once
@@ -224,8 +249,7 @@ def test_a_subclass_acting_on_success_is_called_on_success() -> None:
         spec = SubscriptionSpec(topic=topic, group="g")
         spec.add(Handler.wrap(handle, Charge))
         chain: list[Middleware] = [correlation, DeadLetter(adapter), CountingRetry(POLICY)]
-        runner = Runner(adapter, spec, middleware=chain, registry=registry,
-                        publisher=EventBus(url))
+        runner = Runner(adapter, spec, middleware=chain, registry=registry, publisher=EventBus(url))
         assert not runner.invocation.fused
         envelope = Envelope.create(type=Charge.event_type(), source="t", data=b'{"n": 1}')
         await runner.handle(FakeDelivery(envelope, 1, topic=topic, group="g"))
@@ -243,14 +267,15 @@ def test_build_chain_places_the_reply_step_inside_dead_letter_outside_idempotenc
 
     spec = bus.subscriptions[0]
     adapter = MemoryAdapter(memory_url())
-    chain = build_chain(spec, adapter,
-                        ChainDefaults(replies=lambda spec: reply_step(spec, bus)))
+    chain = build_chain(spec, adapter, ChainDefaults(replies=lambda spec: reply_step(spec, bus)))
     assert chain[0] is correlation
     assert [type(layer) for layer in chain[1:]] == [DeadLetter, ReplyStep, Idempotency, Retry]
     assert bus.chain_for(spec)[1:] == chain[1:] or [
-        type(layer) for layer in bus.chain_for(spec)[1:]] == [type(layer) for layer in chain[1:]]
-    without = build_chain(spec, adapter, ChainDefaults(dead_letter=False, replies=lambda spec:
-                                                       reply_step(spec, bus)))
+        type(layer) for layer in bus.chain_for(spec)[1:]
+    ] == [type(layer) for layer in chain[1:]]
+    without = build_chain(
+        spec, adapter, ChainDefaults(dead_letter=False, replies=lambda spec: reply_step(spec, bus))
+    )
     assert [type(layer) for layer in without[1:]] == [ReplyStep, Idempotency, Retry]
 
 

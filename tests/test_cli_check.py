@@ -94,8 +94,8 @@ def test_each_violation_is_one_line_with_its_code(tmp_module) -> None:  # type: 
     lines = result.stdout.splitlines()
     codes = [(line.split(": ")[0], line.split(": ", 1)[1].split()[0]) for line in lines]
     assert codes == [
-        (f"{name}.py:6", "EB102"),   # PlaceOrderEvent: not past tense
-        (f"{name}.py:9", "EB101"),   # OrderShipped: a command named like an event
+        (f"{name}.py:6", "EB102"),  # PlaceOrderEvent: not past tense
+        (f"{name}.py:9", "EB101"),  # OrderShipped: a command named like an event
         (f"{name}.py:12", "EB103"),  # CustomerUpdated: 25 fields
         (f"{name}.py:39", "EB105"),  # OrderCancelled: no version
         (f"{name}.py:44", "EB104"),  # bus.publish in a handler (ctx.publish is fine)
@@ -119,14 +119,22 @@ def test_a_module_that_cannot_be_imported_is_one_error_line(tmp_module) -> None:
     assert result.stderr.startswith("error: cannot import 'no_such_module_here'")
 
 
-@pytest.mark.parametrize(("name", "word", "past"), [
-    ("OrderPlaced", "Placed", True), ("PaymentSentEvent", "Sent", True),
-    ("OrderPlacedIntegrationEvent", "Placed", True), ("UserCreatedV2", "Created", True),
-    ("PlaceOrder", "Order", False), ("ProcessPayment", "Payment", False),
-    ("UserSignedUp", "Signed", True), ("UserLoggedInEvent", "Logged", True),
-    ("CartCheckedOut", "Checked", True), ("SignUp", "Sign", False),
-    ("OrderSetUp", "Set", True),
-])
+@pytest.mark.parametrize(
+    ("name", "word", "past"),
+    [
+        ("OrderPlaced", "Placed", True),
+        ("PaymentSentEvent", "Sent", True),
+        ("OrderPlacedIntegrationEvent", "Placed", True),
+        ("UserCreatedV2", "Created", True),
+        ("PlaceOrder", "Order", False),
+        ("ProcessPayment", "Payment", False),
+        ("UserSignedUp", "Signed", True),
+        ("UserLoggedInEvent", "Logged", True),
+        ("CartCheckedOut", "Checked", True),
+        ("SignUp", "Sign", False),
+        ("OrderSetUp", "Set", True),
+    ],
+)
 def test_naming_heuristics(name: str, word: str, past: bool) -> None:
     assert action_word(name) == word
     assert is_past_tense(word) is past

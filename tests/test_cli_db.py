@@ -34,13 +34,14 @@ def test_migrate_says_what_it_did_and_nothing_the_second_time(url: str) -> None:
     assert first.exit_code == 0, first.output
     assert {m[0]: m[1] for m in MIGRATED.findall(first.output)} == V1_GROUPS
     assert {int(m[2]) for m in MIGRATED.findall(first.output)} == {SCHEMA_VERSION}
-    assert f"{len(V1_GROUPS)} of {len(V1_GROUPS)} table group(s) migrated to schema " \
-           f"version {SCHEMA_VERSION}" in first.output
+    assert (
+        f"{len(V1_GROUPS)} of {len(V1_GROUPS)} table group(s) migrated to schema "
+        f"version {SCHEMA_VERSION}" in first.output
+    )
     second = runner.invoke(app, ["db", "migrate", url])
     assert second.exit_code == 0, second.output
     assert not MIGRATED.findall(second.output)
-    assert second.output.count(f"at version {SCHEMA_VERSION}, nothing to do") == len(
-        V1_GROUPS)
+    assert second.output.count(f"at version {SCHEMA_VERSION}, nothing to do") == len(V1_GROUPS)
 
 
 def test_migrate_an_empty_database_says_so(tmp_path: Path, url: str) -> None:
@@ -55,10 +56,20 @@ async def check_processes_at_once_migrate_once(url: str, processes: int = 4) -> 
     table is migrated by exactly one of them."""
     await make_v1(url)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    runs = [await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "eventbus", "db", "migrate", url, env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-        for _ in range(processes)]
+    runs = [
+        await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "eventbus",
+            "db",
+            "migrate",
+            url,
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        for _ in range(processes)
+    ]
     outputs = await asyncio.wait_for(asyncio.gather(*(run.communicate() for run in runs)), 120)
     for run, (_, err) in zip(runs, outputs, strict=True):
         assert run.returncode == 0, err.decode()
@@ -96,8 +107,10 @@ def test_an_unreachable_database_is_a_connection_error_with_the_password_masked(
 def test_a_table_of_a_later_release_is_refused(url: str) -> None:
     async def later_release() -> None:
         async with await Database.connect(url) as db, db.transaction() as tx:
-            await tx.execute(f"UPDATE {VERSIONS_TABLE} SET version = $1 "
-                             "WHERE table_name = 'eventbus_sagas'", SCHEMA_VERSION + 1)
+            await tx.execute(
+                f"UPDATE {VERSIONS_TABLE} SET version = $1 WHERE table_name = 'eventbus_sagas'",
+                SCHEMA_VERSION + 1,
+            )
 
     asyncio.run(make_v1(url))
     assert runner.invoke(app, ["db", "migrate", url]).exit_code == 0

@@ -39,10 +39,17 @@ class InvoiceIssued(Event, type="test.cli.invoice_issued"):
 
 def letter(topic: str, group: str, **changes: object) -> Envelope:
     """A dead letter as the dead-letter step writes it."""
-    original = Envelope.create(type="test.cli.invoice_issued", source="billing",
-                               data=b'{"invoice_id":"A1"}', **changes)
-    return dead_letter_envelope(original, reason="ValueError: boom", topic=topic, group=group,
-                                attempts=3, exc=ValueError("boom"))
+    original = Envelope.create(
+        type="test.cli.invoice_issued", source="billing", data=b'{"invoice_id":"A1"}', **changes
+    )
+    return dead_letter_envelope(
+        original,
+        reason="ValueError: boom",
+        topic=topic,
+        group=group,
+        attempts=3,
+        exc=ValueError("boom"),
+    )
 
 
 async def wait_for_letters(
@@ -66,8 +73,9 @@ def test_dead_letters_are_listed_with_reason_and_replayed_once() -> None:
         topic = f"invoices-{uuid.uuid4().hex[:8]}"
         broken = True
         handled: list[str] = []
-        bus = EventBus.from_url(url, source="billing",
-                                retry=RetryPolicy(max_attempts=2, initial_delay=0.001))
+        bus = EventBus.from_url(
+            url, source="billing", retry=RetryPolicy(max_attempts=2, initial_delay=0.001)
+        )
 
         @bus.subscribe(topic, group="billing")
         async def handle(event: InvoiceIssued, ctx: Context) -> None:
@@ -109,8 +117,9 @@ def test_dead_letters_are_listed_with_reason_and_replayed_once() -> None:
 @pytest.mark.usefixtures("in_process")
 def test_cli_publish_prints_the_event_id() -> None:
     url = f"memory://{uuid.uuid4().hex}"
-    result = runner.invoke(app, ["publish", "cli-topic", "--type", "x.y", "--data", '{"a": 1}',
-                                 "--url", url])
+    result = runner.invoke(
+        app, ["publish", "cli-topic", "--type", "x.y", "--data", '{"a": 1}', "--url", url]
+    )
     assert result.exit_code == 0, result.output
     [record] = asyncio.run(MemoryAdapter(url).read("cli-topic"))
     assert record.envelope is not None and record.envelope.id == result.stdout.strip()
@@ -152,18 +161,20 @@ def test_cli_dlq_list_shows_which_letters_were_replayed() -> None:
         return url, first.id
 
     url, first_id = asyncio.run(scenario())
-    listed = runner.invoke(app, ["dlq", "list", "orders", "billing", "--all", "--json",
-                                 "--url", url])
+    listed = runner.invoke(
+        app, ["dlq", "list", "orders", "billing", "--all", "--json", "--url", url]
+    )
     assert listed.exit_code == 0, listed.output
     rows = [json.loads(line) for line in listed.stdout.splitlines()]
     assert [(row["id"] == first_id, row["replayed"], row["state"]) for row in rows] == [
-        (True, True, "replayed"), (False, False, "pending")]
+        (True, True, "replayed"),
+        (False, False, "pending"),
+    ]
     assert "2 of 2 dead letter(s) on orders/billing shown (1 pending, 1 replayed" in listed.output
     # By default only the letters still waiting for a decision are listed.
     pending = runner.invoke(app, ["dlq", "list", "orders", "billing", "--json", "--url", url])
     assert pending.exit_code == 0, pending.output
-    assert [json.loads(line)["id"] == first_id for line in pending.stdout.splitlines()] == [
-        False]
+    assert [json.loads(line)["id"] == first_id for line in pending.stdout.splitlines()] == [False]
     assert "--all shows them" in pending.output
 
 
@@ -175,7 +186,8 @@ def test_cli_run_rejects_a_target_that_is_not_a_bus() -> None:
 
 def test_cli_run_serves_until_sigterm_and_shuts_down_gracefully(tmp_path: Path) -> None:
     """`eventbus run module:bus` starts the subscriptions and exits 0 on SIGTERM."""
-    (tmp_path / "svc.py").write_text(textwrap.dedent("""
+    (tmp_path / "svc.py").write_text(
+        textwrap.dedent("""
         import sys
         from eventbus import EventBus
         bus = EventBus.from_url("memory://svc", source="svc")
@@ -187,11 +199,15 @@ def test_cli_run_serves_until_sigterm_and_shuts_down_gracefully(tmp_path: Path) 
         def make():
             print("ready", file=sys.stderr, flush=True)
             return bus
-    """))
+    """)
+    )
     env = {**os.environ, "PYTHONPATH": str(tmp_path)}
     proc = subprocess.Popen(
         [sys.executable, "-m", "eventbus.cli", "run", "svc:make"],
-        cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True,
+        cwd=tmp_path,
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     assert proc.stderr is not None
     lines = []
@@ -261,8 +277,11 @@ def test_a_typo_in_the_group_is_no_such_topic_and_creates_none() -> None:
         await adapter.publish(dlq_topic("orders", "billing"), [letter("orders", "billing")])
         dead = DeadLetters(adapter)
         for call in (dead.list("orders", "biling"), dead.replay("orders", "biling")):
-            with pytest.raises(TopicNotFoundError, match=r"no such dead-letter topic "
-                               r"'orders\.biling\.dlq'.*topic 'orders' group 'biling'"):
+            with pytest.raises(
+                TopicNotFoundError,
+                match=r"no such dead-letter topic "
+                r"'orders\.biling\.dlq'.*topic 'orders' group 'biling'",
+            ):
                 await call
         with pytest.raises(TopicNotFoundError):
             await adapter.read(dlq_topic("orders", "biling"))
@@ -282,15 +301,20 @@ def test_replay_marks_letters_replayed_and_a_new_failure_is_a_new_letter() -> No
         assert [r.replayed for r in await dead.list("orders", "billing")] == [False, False]
         assert await dead.replay("orders", "billing", limit=1, to_group=False) == 1
         listed = await dead.list("orders", "billing")
-        assert [(r.envelope.id, r.replayed) for r in listed] == [(first.id, True),
-                                                                 (listed[1].envelope.id, False)]
+        assert [(r.envelope.id, r.replayed) for r in listed] == [
+            (first.id, True),
+            (listed[1].envelope.id, False),
+        ]
         # The replayed event fails again: a second letter with the same event id.
-        await adapter.publish(name, [first.evolve(extensions={
-            **first.extensions, "dlqfailedat": "2030-01-01T00:00:00Z"})])
+        await adapter.publish(
+            name,
+            [first.evolve(extensions={**first.extensions, "dlqfailedat": "2030-01-01T00:00:00Z"})],
+        )
         listed = await dead.list("orders", "billing")
         assert [r.replayed for r in listed] == [True, False, False]
-        assert [r.envelope.id for r in await dead.list(
-            "orders", "billing", include_replayed=False)] == [listed[1].envelope.id, first.id]
+        assert [
+            r.envelope.id for r in await dead.list("orders", "billing", include_replayed=False)
+        ] == [listed[1].envelope.id, first.id]
         assert len(await dead.list("orders", "billing", limit=2)) == 2
         assert await dead.replay("orders", "billing", to_group=False) == 2
         assert await dead.replay("orders", "billing", to_group=False) == 0
@@ -298,9 +322,13 @@ def test_replay_marks_letters_replayed_and_a_new_failure_is_a_new_letter() -> No
         # Each replay republished the original, without the dead-letter attributes.
         originals = await adapter.read("orders")
         assert [r.envelope.id for r in originals if r.envelope] == [
-            first.id, listed[1].envelope.id, first.id]
-        assert all(not k.startswith("dlq") for r in originals if r.envelope
-                   for k in r.envelope.extensions)
+            first.id,
+            listed[1].envelope.id,
+            first.id,
+        ]
+        assert all(
+            not k.startswith("dlq") for r in originals if r.envelope for k in r.envelope.extensions
+        )
         assert adapter.subscribed == []
 
     asyncio.run(scenario())
@@ -336,14 +364,20 @@ def test_memory_read_browses_a_topic_without_consuming_it() -> None:
         await adapter.publish("browse", sent[2:])
         records = await adapter.read("browse")
         assert [r.envelope.id if r.envelope else None for r in records] == [
-            sent[0].id, sent[1].id, None, sent[2].id]
+            sent[0].id,
+            sent[1].id,
+            None,
+            sent[2].id,
+        ]
         assert records[2].raw == b"not a cloudevent" and records[2].decode_error
         assert len({r.message_id for r in records}) == 4
         assert [r.message_id for r in await adapter.read("browse", limit=2)] == [
-            r.message_id for r in records[:2]]
+            r.message_id for r in records[:2]
+        ]
         assert await adapter.read("browse") == records  # reading consumed nothing
         subscription = await adapter.subscribe(
-            "browse", SubscribeOptions(group="late", start_from="earliest"))
+            "browse", SubscribeOptions(group="late", start_from="earliest")
+        )
         got = []
         async with asyncio.timeout(2):
             async for delivery in subscription:
@@ -352,7 +386,8 @@ def test_memory_read_browses_a_topic_without_consuming_it() -> None:
                 if len(got) == 4:
                     break
         assert [d.envelope.id if d.envelope else None for d in got] == [
-            r.envelope.id if r.envelope else None for r in records]
+            r.envelope.id if r.envelope else None for r in records
+        ]
         await subscription.close()
         with pytest.raises(TopicNotFoundError, match="'missing' does not exist"):
             await adapter.read("missing")
@@ -369,6 +404,7 @@ def test_adapters_that_cannot_browse_say_so() -> None:
         async def publish(self, topic: str, envelopes: object) -> None: ...  # type: ignore[override]
         async def subscribe(self, topic: str, options: SubscribeOptions) -> Subscription:
             raise NotImplementedError
+
         async def health(self) -> HealthReport:
             return HealthReport(ok=True)
 
@@ -386,7 +422,8 @@ def test_a_reference_only_letter_is_listed_but_never_replayed_as_the_event() -> 
         topic = f"orders-{uuid.uuid4().hex[:8]}"
         full = letter(topic, "billing")
         shrunk = full.evolve(
-            data=b"", datacontenttype=None,
+            data=b"",
+            datacontenttype=None,
             extensions={**full.extensions, "dlqdropped": "traceback,message,data"},
         )
         await adapter.publish(dlq_topic(topic, "billing"), [shrunk, letter(topic, "billing")])

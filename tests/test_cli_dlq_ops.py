@@ -34,8 +34,14 @@ def letter(data: bytes = b'{"order_id":"A1"}') -> Envelope:
     try:
         raise ValueError("card declined")
     except ValueError as exc:
-        return dead_letter_envelope(original, reason="ValueError: card declined", topic=TOPIC,
-                                    group=GROUP, attempts=3, exc=exc)
+        return dead_letter_envelope(
+            original,
+            reason="ValueError: card declined",
+            topic=TOPIC,
+            group=GROUP,
+            attempts=3,
+            exc=exc,
+        )
 
 
 class QueueLike(MemoryAdapter):
@@ -81,15 +87,30 @@ def test_replay_by_id_replays_only_that_letter_and_reports_progress() -> None:
         adapter = await broker(*letters)
         dead = DeadLetters(adapter)
         calls: list[tuple[int, int]] = []
-        assert await dead.replay(TOPIC, GROUP, ids=[letters[1].id], to_group=False,
-                                 progress=lambda done, total: calls.append((done, total))) == 1
+        assert (
+            await dead.replay(
+                TOPIC,
+                GROUP,
+                ids=[letters[1].id],
+                to_group=False,
+                progress=lambda done, total: calls.append((done, total)),
+            )
+            == 1
+        )
         assert calls == [(1, 1)]
         assert ids(await adapter.read(TOPIC)) == [letters[1].id]
         assert [x.state for x in await dead.list(TOPIC, GROUP)] == [
-            "pending", "replayed", "pending"]
+            "pending",
+            "replayed",
+            "pending",
+        ]
         calls.clear()
-        assert await dead.replay(TOPIC, GROUP, to_group=False,
-                                 progress=lambda d, t: calls.append((d, t))) == 2
+        assert (
+            await dead.replay(
+                TOPIC, GROUP, to_group=False, progress=lambda d, t: calls.append((d, t))
+            )
+            == 2
+        )
         assert calls == [(1, 2), (2, 2)]
 
     asyncio.run(scenario())
@@ -144,8 +165,9 @@ def in_process(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def invoke(adapter: MemoryAdapter, *argv: str, stdin: str | None = None) -> tuple[int, str]:
-    result = runner.invoke(app, ["dlq", *argv[:1], TOPIC, GROUP, *argv[1:], "--url", adapter.url],
-                           input=stdin)
+    result = runner.invoke(
+        app, ["dlq", *argv[:1], TOPIC, GROUP, *argv[1:], "--url", adapter.url], input=stdin
+    )
     return result.exit_code, result.output
 
 
@@ -156,8 +178,10 @@ def test_list_json_carries_payload_reason_and_traceback() -> None:
     code, output = invoke(adapter, "list", "--json")
     assert code == 0, output
     rows = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
-    assert [(r["id"], r["data_encoding"]) for r in rows] == [(text.id, "text"),
-                                                            (binary.id, "base64")]
+    assert [(r["id"], r["data_encoding"]) for r in rows] == [
+        (text.id, "text"),
+        (binary.id, "base64"),
+    ]
     assert rows[0]["data"] == '{"order_id":"A1"}' and rows[1]["data"] == "/wBiaW5hcnk="
     assert rows[0]["reason"] == "ValueError: card declined"
     assert "Traceback" in rows[0]["traceback"] and rows[0]["state"] == "pending"

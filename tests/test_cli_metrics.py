@@ -56,12 +56,16 @@ def service(tmp_path: Path) -> Iterator[tuple[Path, dict[str, str]]]:
 
 def samples(port: int) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
     text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5.0).text
-    return {(s.name, frozenset(s.labels.items())): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
 
 
-def until_sample(port: int, name: str, labels: dict[str, str], expected: float,
-                 timeout: float = 30.0) -> None:
+def until_sample(
+    port: int, name: str, labels: dict[str, str], expected: float, timeout: float = 30.0
+) -> None:
     key = (name, frozenset(labels.items()))
     deadline = time.monotonic() + timeout
     while (seen := samples(port).get(key)) != expected:
@@ -79,31 +83,55 @@ def publish(url: str, count: int) -> None:
 
 
 def test_run_with_a_metrics_port_counts_the_bus_it_runs(
-    service: tuple[Path, dict[str, str]]
+    service: tuple[Path, dict[str, str]],
 ) -> None:
     here, env = service
     (here / "release").touch()
     health, metrics = free_port(), free_port()
-    run = Run(here, "metrics_svc:bus", "--health-port", str(health), "--metrics-port",
-              str(metrics), "--probe-host", "127.0.0.1", env=env)
+    run = Run(
+        here,
+        "metrics_svc:bus",
+        "--health-port",
+        str(health),
+        "--metrics-port",
+        str(metrics),
+        "--probe-host",
+        "127.0.0.1",
+        env=env,
+    )
     try:
         until_answer(health, "/readyz")
         publish(env["EVENTBUS_URL"], 5)
         until_sample(metrics, "eventbus_handled_total", {**LABELS, "outcome": "success"}, 5)
-        assert samples(metrics)[("eventbus_in_flight", frozenset(
-            {"topic": TOPIC, "group": "billing"}.items()))] == 0
+        assert (
+            samples(metrics)[
+                ("eventbus_in_flight", frozenset({"topic": TOPIC, "group": "billing"}.items()))
+            ]
+            == 0
+        )
         assert run.stop() == 0
     finally:
         run.kill()
 
 
 def test_two_workers_metrics_add_up_on_the_supervisors_scrape(
-    service: tuple[Path, dict[str, str]]
+    service: tuple[Path, dict[str, str]],
 ) -> None:
     here, env = service
     health, metrics = free_port(), free_port()
-    run = Run(here, "metrics_svc:bus", "--workers", "2", "--health-port", str(health),
-              "--metrics-port", str(metrics), "--probe-host", "127.0.0.1", env=env)
+    run = Run(
+        here,
+        "metrics_svc:bus",
+        "--workers",
+        "2",
+        "--health-port",
+        str(health),
+        "--metrics-port",
+        str(metrics),
+        "--probe-host",
+        "127.0.0.1",
+        env=env,
+    )
     try:
         until_answer(health, "/readyz", timeout=60)
         publish(env["EVENTBUS_URL"], 20)
@@ -118,8 +146,7 @@ def test_two_workers_metrics_add_up_on_the_supervisors_scrape(
         handlers = {name.split("-")[0] for name in (p.name for p in (here / "handled").iterdir())}
         assert len(handlers) == 2  # both workers handled some: the scrape is their sum
         scraped = samples(metrics)
-        assert scraped[("eventbus_handler_duration_seconds_count",
-                        frozenset(LABELS.items()))] == 20
+        assert scraped[("eventbus_handler_duration_seconds_count", frozenset(LABELS.items()))] == 20
         assert run.stop() == 0
     finally:
         run.kill()

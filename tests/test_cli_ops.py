@@ -46,9 +46,13 @@ class Run:
     def __init__(self, cwd: Path, *args: str, env: dict[str, str] | None = None) -> None:
         environ = {k: v for k, v in os.environ.items() if k != "EVENTBUS_URL"}
         environ["PYTHONPATH"] = os.pathsep.join([str(cwd), environ.get("PYTHONPATH", "")])
-        self.proc = subprocess.Popen([sys.executable, "-m", "eventbus", "run", *args], cwd=cwd,
-                                     env={**environ, **(env or {})},
-                                     stderr=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "eventbus", "run", *args],
+            cwd=cwd,
+            env={**environ, **(env or {})},
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         self.lines: list[str] = []
         self._pump = threading.Thread(target=self._read, daemon=True)
         self._pump.start()
@@ -113,11 +117,12 @@ def until_answer(port: int, path: str, status: int = 200, timeout: float = 20.0)
 
 
 def test_run_serves_the_probes_and_the_metrics_and_stops_on_sigterm(
-    start: Callable[..., Run]
+    start: Callable[..., Run],
 ) -> None:
     health, metrics = free_port(), free_port()
-    run = start("--health-port", str(health), "--metrics-port", str(metrics),
-                "--probe-host", "127.0.0.1")
+    run = start(
+        "--health-port", str(health), "--metrics-port", str(metrics), "--probe-host", "127.0.0.1"
+    )
     assert until_answer(health, "/livez").text == "ok\n"
     ready = until_answer(health, "/readyz").json()
     assert [s["state"] for s in ready["subscriptions"]] == ["running"]
@@ -132,8 +137,11 @@ def test_metrics_port_without_prometheus_client_names_the_extra(
     hide = tmp_path / "hide"
     hide.mkdir()
     (hide / "sitecustomize.py").write_text("import sys\nsys.modules['prometheus_client'] = None\n")
-    run = start("--metrics-port", str(free_port()),
-                env={"PYTHONPATH": os.pathsep.join([str(hide), str(tmp_path)])})
+    run = start(
+        "--metrics-port",
+        str(free_port()),
+        env={"PYTHONPATH": os.pathsep.join([str(hide), str(tmp_path)])},
+    )
     assert run.proc.wait(30) == 3
     run._pump.join(5)
     assert any('pip install "eventbus[prometheus]"' in line for line in run.lines), run.lines

@@ -32,8 +32,9 @@ runner = CliRunner()
 def test_asyncapi_writes_yaml_or_json(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("EVENTBUS_URL", raising=False)
     service = "examples.order_saga.payment_service:create_bus"
-    printed = runner.invoke(app, ["asyncapi", service, "--title", "Payments",
-                                  "--app-version", "2.0.0"])
+    printed = runner.invoke(
+        app, ["asyncapi", service, "--title", "Payments", "--app-version", "2.0.0"]
+    )
     assert printed.exit_code == 0, printed.output
     document = yaml.safe_load(printed.stdout)
     assert document["info"]["title"] == "Payments" and document["info"]["version"] == "2.0.0"
@@ -43,8 +44,7 @@ def test_asyncapi_writes_yaml_or_json(tmp_path: Path, monkeypatch: pytest.Monkey
     assert written.exit_code == 0, written.output
     assert json.loads(target.read_text())["info"]["title"] == "payment-service"
     refused = runner.invoke(app, ["asyncapi", service, "--format", "toml"])
-    assert refused.exit_code == 2 and "--format 'toml' is not one of yaml, json" in \
-        refused.output
+    assert refused.exit_code == 2 and "--format 'toml' is not one of yaml, json" in refused.output
 
 
 def test_a_worker_reports_its_port_and_stops_when_the_supervisor_is_gone() -> None:
@@ -55,6 +55,7 @@ def test_a_worker_reports_its_port_and_stops_when_the_supervisor_is_gone() -> No
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, stopped.set)  # what bus.run() would do
         try:
+
             async def serve(served: EventBus) -> int:
                 port = int((await loop.sock_recv(ours, 64)).strip())
                 async with httpx.AsyncClient() as http:
@@ -63,8 +64,7 @@ def test_a_worker_reports_its_port_and_stops_when_the_supervisor_is_gone() -> No
                 await asyncio.wait_for(stopped.wait(), 5)
                 return 0
 
-            options = ServeOptions(health_port=0, host="127.0.0.1",
-                                   supervisor_fd=theirs.detach())
+            options = ServeOptions(health_port=0, host="127.0.0.1", supervisor_fd=theirs.detach())
             assert await serve_with_probes(bus, options, serve) == 0
         finally:
             loop.remove_signal_handler(signal.SIGTERM)
@@ -89,11 +89,20 @@ def test_asyncapi_docs_port_serves_the_page_and_the_document() -> None:
 
 def _docs_process(port: int) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if k != "EVENTBUS_URL"}
-    return subprocess.Popen([sys.executable, "-m", "eventbus", "asyncapi",
-                             "examples.order_saga.payment_service:create_bus",
-                             "--docs-port", str(port)],
-                            cwd=Path(__file__).resolve().parent.parent, env=env,
-                            stderr=subprocess.DEVNULL)
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "eventbus",
+            "asyncapi",
+            "examples.order_saga.payment_service:create_bus",
+            "--docs-port",
+            str(port),
+        ],
+        cwd=Path(__file__).resolve().parent.parent,
+        env=env,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 def test_the_page_renders_every_operation_and_message() -> None:
@@ -114,8 +123,9 @@ def test_the_docs_server_in_process_stops_on_ctrl_c() -> None:
     port = free_port()
 
     async def scenario() -> None:
-        serving = asyncio.create_task(_serve_docs(document, json.dumps(document), None,
-                                                  "127.0.0.1", port))
+        serving = asyncio.create_task(
+            _serve_docs(document, json.dumps(document), None, "127.0.0.1", port)
+        )
         async with httpx.AsyncClient() as http:
             while True:
                 try:

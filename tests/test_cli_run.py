@@ -52,8 +52,10 @@ class Service:
         (tmp_path / f"{name}.py").write_text(textwrap.dedent(SERVICE))
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "eventbus", "run", f"{name}:make", *args],
-            cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(tmp_path)},
-            stderr=subprocess.PIPE, text=True,
+            cwd=tmp_path,
+            env={**os.environ, "PYTHONPATH": str(tmp_path)},
+            stderr=subprocess.PIPE,
+            text=True,
         )
         self.lines: list[str] = []
         self._queue: queue.Queue[str] = queue.Queue()
@@ -196,7 +198,10 @@ def test_cli_run_exits_non_zero_when_a_subscription_dies_for_good(tmp_path: Path
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(package_root)])}
     proc = subprocess.Popen(
         [sys.executable, "-m", "eventbus.cli", "run", "deadsvc:bus"],
-        cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True,
+        cwd=tmp_path,
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         _, err = proc.communicate(timeout=20)
@@ -242,8 +247,10 @@ def _silent_service(tmp_path: Path, stubborn: bool) -> Service:
     svc = Service.__new__(Service)
     svc.proc = subprocess.Popen(
         [sys.executable, "-m", "eventbus", "run", f"{name}:make"],
-        cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(tmp_path)},
-        stderr=subprocess.PIPE, text=True,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(tmp_path)},
+        stderr=subprocess.PIPE,
+        text=True,
     )
     svc.lines, svc._queue = [], queue.Queue()
     svc._pumping = threading.Thread(target=svc._pump, daemon=True)
@@ -265,9 +272,7 @@ def test_a_signal_while_connecting_to_a_silent_broker_stops_at_once(tmp_path: Pa
         svc.stop()
 
 
-def test_a_second_signal_exits_even_when_a_client_swallows_cancellation(
-    tmp_path: Path,
-) -> None:
+def test_a_second_signal_exits_even_when_a_client_swallows_cancellation(tmp_path: Path) -> None:
     """A client that ignores its cancellation could keep the process alive after the
     forced stop (asyncio waits for every task at exit): a hard deadline ends it."""
     svc = _silent_service(tmp_path, stubborn=True)

@@ -89,9 +89,22 @@ def expected_envelope(data: bytes, datacontenttype: str | None = "application/js
 
 
 def assert_envelope(got: Envelope, want: Envelope, *, json_data: bool) -> None:
-    for name in ("id", "type", "source", "time", "datacontenttype", "dataschema", "subject",
-                 "specversion", "dataversion", "correlationid", "causationid", "partitionkey",
-                 "traceparent", "tracestate"):
+    for name in (
+        "id",
+        "type",
+        "source",
+        "time",
+        "datacontenttype",
+        "dataschema",
+        "subject",
+        "specversion",
+        "dataversion",
+        "correlationid",
+        "causationid",
+        "partitionkey",
+        "traceparent",
+        "tracestate",
+    ):
         assert getattr(got, name) == getattr(want, name), f"{name} lost"
     assert dict(got.extensions) == dict(want.extensions), "extensions lost"
     if json_data:  # the SDK holds JSON data as an object; the bytes are its encoding
@@ -170,8 +183,7 @@ def test_core_sdk_structured_json_is_read_with_every_attribute() -> None:
 
 
 def test_our_structured_json_is_read_by_sdk_from_json_and_from_http() -> None:
-    envelope = our_envelope(json.dumps(DATA, separators=(",", ":"),
-                                       ensure_ascii=False).encode())
+    envelope = our_envelope(json.dumps(DATA, separators=(",", ":"), ensure_ascii=False).encode())
     body = encode_structured(envelope)
     for event in (
         sdk_http.from_json(body),
@@ -202,8 +214,7 @@ def test_our_structured_json_with_whitespace_is_read_by_sdk() -> None:
 
 
 def test_our_structured_is_read_by_core_sdk() -> None:
-    envelope = our_envelope(json.dumps(DATA, separators=(",", ":"),
-                                       ensure_ascii=False).encode())
+    envelope = our_envelope(json.dumps(DATA, separators=(",", ":"), ensure_ascii=False).encode())
     event = JSONFormat().read(None, encode_structured(envelope))
     assert_sdk_attributes(event.get_attributes(), envelope)
     assert event.get_data() == DATA
@@ -318,8 +329,9 @@ def test_kafka_adapter_header_list_is_read_by_both_sdks() -> None:
 
 def test_kafka_binary_round_trip_through_sdk_and_back_is_lossless() -> None:
     envelope = our_envelope(b'{"order": "A-1"}')
-    event = sdk_kafka.from_binary(to_kafka_message(envelope, sdk_kafka.KafkaMessage),
-                                  data_unmarshaller=lambda body: body)
+    event = sdk_kafka.from_binary(
+        to_kafka_message(envelope, sdk_kafka.KafkaMessage), data_unmarshaller=lambda body: body
+    )
     message = sdk_kafka.to_binary(event, data_marshaller=lambda data: data)
     got = decode_binary(message.headers, body_of(message), KAFKA_PREFIX, key=message.key)
     assert got == envelope

@@ -45,9 +45,23 @@ def full_envelope(**changes: object) -> Envelope:
 
 
 def assert_same(got: Envelope, sent: Envelope) -> None:
-    for field in ("id", "type", "source", "time", "data", "datacontenttype", "dataschema",
-                  "subject", "specversion", "dataversion", "correlationid", "causationid",
-                  "partitionkey", "traceparent", "tracestate"):
+    for field in (
+        "id",
+        "type",
+        "source",
+        "time",
+        "data",
+        "datacontenttype",
+        "dataschema",
+        "subject",
+        "specversion",
+        "dataversion",
+        "correlationid",
+        "causationid",
+        "partitionkey",
+        "traceparent",
+        "tracestate",
+    ):
         assert getattr(got, field) == getattr(sent, field), field
     assert dict(got.extensions) == dict(sent.extensions)
     assert got == sent
@@ -87,8 +101,10 @@ def test_structured_round_trip_keeps_every_attribute() -> None:
 
 
 def test_structured_json_data_with_whitespace_survives_byte_for_byte() -> None:
-    sent = full_envelope(data=b'{"order": "A-1",\n "items": [1, 2, 3]}',
-                         datacontenttype="application/vnd.example.order+json")
+    sent = full_envelope(
+        data=b'{"order": "A-1",\n "items": [1, 2, 3]}',
+        datacontenttype="application/vnd.example.order+json",
+    )
     got = decode_structured(encode_structured(sent))
     assert got.data == sent.data
     assert_same(got, sent)
@@ -127,8 +143,14 @@ def test_structured_without_data_has_no_data_member() -> None:
 
 
 def test_structured_reads_inline_json_and_text_from_other_writers() -> None:
-    doc = {"specversion": "1.0", "id": "1", "source": "s", "type": "t",
-           "datacontenttype": "application/json", "data": {"b": 2, "a": [1, None]}}
+    doc = {
+        "specversion": "1.0",
+        "id": "1",
+        "source": "s",
+        "type": "t",
+        "datacontenttype": "application/json",
+        "data": {"b": 2, "a": [1, None]},
+    }
     env = decode_structured(json.dumps(doc, indent=2))
     assert json.loads(env.data) == {"b": 2, "a": [1, None]}
     text = {**doc, "datacontenttype": "text/plain", "data": "hi there"}
@@ -144,12 +166,18 @@ def test_structured_reads_inline_json_and_text_from_other_writers() -> None:
         (b'{"specversion":"1.0","source":"s","type":"t"}', "required attribute 'id'"),
         (b'{"specversion":"1.0","id":"1","type":"t"}', "required attribute 'source'"),
         (b'{"specversion":"1.0","id":"1","source":"s"}', "required attribute 'type'"),
-        (b'{"specversion":"1.0","id":"1","source":"s","type":"t","time":"noon"}',
-         "unreadable attribute"),
-        (b'{"specversion":"1.0","id":"1","source":"s","type":"t","dataversion":"x"}',
-         "unreadable attribute"),
-        (b'{"specversion":"1.0","id":"1","source":"s","type":"t","data_base64":"!!"}',
-         "invalid data_base64"),
+        (
+            b'{"specversion":"1.0","id":"1","source":"s","type":"t","time":"noon"}',
+            "unreadable attribute",
+        ),
+        (
+            b'{"specversion":"1.0","id":"1","source":"s","type":"t","dataversion":"x"}',
+            "unreadable attribute",
+        ),
+        (
+            b'{"specversion":"1.0","id":"1","source":"s","type":"t","data_base64":"!!"}',
+            "invalid data_base64",
+        ),
     ],
 )
 def test_structured_decode_errors_say_what_is_wrong(payload: bytes, message: str) -> None:
@@ -249,8 +277,13 @@ def test_binary_headers_with_another_prefix_and_no_content_type() -> None:
 
 def test_foreign_message_with_a_reserved_extension_is_a_decode_error() -> None:
     """A ``ce_data`` header from another writer would overwrite ``data`` when re-encoded."""
-    headers = {"ce_specversion": "1.0", "ce_id": "1", "ce_source": "s", "ce_type": "t",
-               "ce_data": "forged"}
+    headers = {
+        "ce_specversion": "1.0",
+        "ce_id": "1",
+        "ce_source": "s",
+        "ce_type": "t",
+        "ce_data": "forged",
+    }
     with pytest.raises(DecodeError, match="'data' is reserved"):
         decode_binary(headers, b"{}", "ce_")
 

@@ -17,11 +17,11 @@ def test_largest_size_counts_data_and_attributes() -> None:
     # base64: the largest encoding
     assert codec.largest_size(big) == len(codec.encode_structured(big))
     assert codec.largest_size(big) > codec.largest_size(small) + 999
-    assert codec.largest_size(small) >= sum(
-        len(k) + len(v) for k, v in small.attributes().items())
+    assert codec.largest_size(small) >= sum(len(k) + len(v) for k, v in small.attributes().items())
 
 
 # -- size_bound is an upper bound of every encoding -----------------------------------------
+
 
 def _encoded_sizes(env: Envelope) -> dict[str, int]:
     sizes = {"structured": len(codec.encode_structured(env))}
@@ -30,7 +30,8 @@ def _encoded_sizes(env: Envelope) -> dict[str, int]:
         sizes[f"binary {prefix}"] = len(env.data) + sum(len(k.encode()) + len(v) for k, v in pairs)
         headers, body = codec.encode_binary(env, prefix)
         sizes[f"encode_binary {prefix}"] = len(body) + sum(
-            len(k.encode()) + len(v.encode()) for k, v in headers.items())
+            len(k.encode()) + len(v.encode()) for k, v in headers.items()
+        )
     return sizes
 
 

@@ -59,6 +59,5 @@ def test_a_missing_capability_skips_with_its_reason() -> None:
     with pytest.raises(pytest.skip.Exception) as skipped:
         TestMemoryConformance().test_reconnect_after_connection_drop(bare)
     assert str(skipped.value) == (
-        "bare lacks fault hooks (target.faults/faulty_url): the case drops the broker "
-        "connections"
+        "bare lacks fault hooks (target.faults/faulty_url): the case drops the broker connections"
     )

@@ -35,9 +35,28 @@ def _pytest(folder: Path, files: dict[str, str], *args: str) -> subprocess.Compl
     env = {k: v for k, v in os.environ.items() if not k.startswith("EVENTBUS_")}
     env["PYTHONPATH"] = os.pathsep.join([str(folder), str(ROOT)])
     return subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-p", "no:randomly",
-         "--rootdir", str(folder), "-k", CASES, *args],
-        cwd=folder, env=env, capture_output=True, text=True, timeout=240, check=False)
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-p",
+            "no:cacheprovider",
+            "-q",
+            "-p",
+            "no:randomly",
+            "--rootdir",
+            str(folder),
+            "-k",
+            CASES,
+            *args,
+        ],
+        cwd=folder,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
 
 
 def _passed(result: subprocess.CompletedProcess[str], count: int) -> None:
@@ -46,8 +65,9 @@ def _passed(result: subprocess.CompletedProcess[str], count: int) -> None:
 
 
 def test_pytest_eventbus_url_runs_the_suite_without_a_target_fixture(tmp_path: Path) -> None:
-    result = _pytest(tmp_path, {"test_mine.py": SUITE},
-                     "--eventbus-url", f"memory://onramp-{uuid.uuid4().hex}")
+    result = _pytest(
+        tmp_path, {"test_mine.py": SUITE}, "--eventbus-url", f"memory://onramp-{uuid.uuid4().hex}"
+    )
     _passed(result, 2)
 
 
@@ -58,7 +78,9 @@ def test_without_a_url_the_default_target_skips_saying_how_to_give_one(tmp_path:
 
 
 def test_a_target_fixture_of_the_module_still_wins(tmp_path: Path) -> None:
-    own = SUITE + """
+    own = (
+        SUITE
+        + """
     import pytest
     from eventbus.testing import BrokerTarget
 
@@ -66,12 +88,15 @@ def test_a_target_fixture_of_the_module_still_wins(tmp_path: Path) -> None:
     def target() -> BrokerTarget:
         return BrokerTarget(name="own", url="memory://own-target")
     """
+    )
     result = _pytest(tmp_path, {"test_mine.py": own}, "--eventbus-url", "nosuch://x")
     _passed(result, 2)
 
 
 def test_an_adapter_factory_needs_no_installed_entry_point(tmp_path: Path) -> None:
-    with_factory = SUITE + """
+    with_factory = (
+        SUITE
+        + """
     import pytest
     from eventbus.testing import BrokerTarget
     from mybroker import MyBrokerAdapter
@@ -81,14 +106,20 @@ def test_an_adapter_factory_needs_no_installed_entry_point(tmp_path: Path) -> No
         return BrokerTarget(name="mybroker", url="mybroker://factory", adapter=MyBrokerAdapter,
                             in_process=True)
     """
+    )
     result = _pytest(tmp_path, {"mybroker.py": ADAPTER, "test_mine.py": with_factory})
     _passed(result, 2)
 
 
 def test_the_command_line_takes_the_adapter_factory_too(tmp_path: Path) -> None:
-    result = _pytest(tmp_path, {"mybroker.py": ADAPTER, "test_mine.py": SUITE},
-                     "--eventbus-url", f"mybroker://cli-{uuid.uuid4().hex}",
-                     "--eventbus-adapter", "mybroker:MyBrokerAdapter")
+    result = _pytest(
+        tmp_path,
+        {"mybroker.py": ADAPTER, "test_mine.py": SUITE},
+        "--eventbus-url",
+        f"mybroker://cli-{uuid.uuid4().hex}",
+        "--eventbus-adapter",
+        "mybroker:MyBrokerAdapter",
+    )
     _passed(result, 2)
 
 

@@ -56,15 +56,34 @@ def _raise_and_catch() -> ValueError:
 
 
 def test_dead_letter_envelope_keeps_the_event_and_says_why() -> None:
-    original = Envelope.create(type="OrderPlaced", source="orders", data=b'{"id":1}',
-                               correlationid="corr-1", partitionkey="k",
-                               extensions={"tenant": "acme"})
+    original = Envelope.create(
+        type="OrderPlaced",
+        source="orders",
+        data=b'{"id":1}',
+        correlationid="corr-1",
+        partitionkey="k",
+        extensions={"tenant": "acme"},
+    )
     exc = _raise_and_catch()
     before = utcnow()
-    dead = dead_letter_envelope(original, reason="ValueError: card declined", topic="orders",
-                                group="billing", attempts=3, exc=exc)
-    for name in ("id", "type", "source", "time", "data", "correlationid", "partitionkey",
-                 "dataversion"):
+    dead = dead_letter_envelope(
+        original,
+        reason="ValueError: card declined",
+        topic="orders",
+        group="billing",
+        attempts=3,
+        exc=exc,
+    )
+    for name in (
+        "id",
+        "type",
+        "source",
+        "time",
+        "data",
+        "correlationid",
+        "partitionkey",
+        "dataversion",
+    ):
         assert getattr(dead, name) == getattr(original, name), name
     ext = dead.extensions
     assert ext["tenant"] == "acme"
@@ -80,8 +99,12 @@ def test_dead_letter_envelope_keeps_the_event_and_says_why() -> None:
 
 def test_dead_letter_envelope_without_exception_and_when_dead_lettered_again() -> None:
     first = dead_letter_envelope(
-        Envelope.create(type="t", source="s"), reason="r1", topic="a", group="g",
-        attempts=1, exc=_raise_and_catch(),
+        Envelope.create(type="t", source="s"),
+        reason="r1",
+        topic="a",
+        group="g",
+        attempts=1,
+        exc=_raise_and_catch(),
     )
     again = dead_letter_envelope(first, reason="r2", topic="b", group="h", attempts=2)
     assert again.extensions["dlqreason"] == "r2" and again.extensions["dlqtopic"] == "b"
@@ -91,11 +114,16 @@ def test_dead_letter_envelope_without_exception_and_when_dead_lettered_again() -
 
 def test_dead_letter_envelope_truncates_long_text() -> None:
     huge = RuntimeError("x" * 5000)
-    dead = dead_letter_envelope(Envelope.create(type="t", source="s"), reason="r",
-                                topic="a", group="g", attempts=1, exc=huge)
+    dead = dead_letter_envelope(
+        Envelope.create(type="t", source="s"),
+        reason="r",
+        topic="a",
+        group="g",
+        attempts=1,
+        exc=huge,
+    )
     assert len(dead.extensions["dlqmessage"]) == 1000
     assert len(dead.extensions["dlqtraceback"]) <= 4000
-
 
 
 def _deep_failure(depth: int = 40) -> BaseException:
@@ -113,11 +141,17 @@ def _deep_failure(depth: int = 40) -> BaseException:
 
 
 def _dead(data: bytes = b'{"id": 1}', **ext: str) -> Envelope:
-    original = Envelope.create(type="t.order", source="orders", data=data,
-                               correlationid="corr", extensions=ext)
-    return dead_letter_envelope(original, reason="RuntimeError: downstream said no",
-                                topic="orders", group="billing", attempts=3,
-                                exc=_deep_failure())
+    original = Envelope.create(
+        type="t.order", source="orders", data=data, correlationid="corr", extensions=ext
+    )
+    return dead_letter_envelope(
+        original,
+        reason="RuntimeError: downstream said no",
+        topic="orders",
+        group="billing",
+        attempts=3,
+        exc=_deep_failure(),
+    )
 
 
 async def _publish_with_limit(dead: Envelope, limit: int) -> tuple[Envelope, Envelope]:
@@ -142,8 +176,9 @@ def test_a_dead_letter_over_the_limit_first_loses_the_head_of_its_traceback(
     async def scenario() -> None:
         dead = _dead()
         tb = dead.extensions["dlqtraceback"]
-        bare = dead.evolve(extensions={k: v for k, v in dead.extensions.items()
-                                       if k != "dlqtraceback"})
+        bare = dead.evolve(
+            extensions={k: v for k, v in dead.extensions.items() if k != "dlqtraceback"}
+        )
         sent, stored = await _publish_with_limit(dead, codec.largest_size(bare) + 1500)
         kept = stored.extensions["dlqtraceback"]
         assert stored == sent
@@ -161,8 +196,9 @@ def test_a_dead_letter_over_the_limit_first_loses_the_head_of_its_traceback(
 def test_then_drops_the_traceback() -> None:
     async def scenario() -> None:
         dead = _dead()
-        bare = dead.evolve(extensions={k: v for k, v in dead.extensions.items()
-                                       if k != "dlqtraceback"})
+        bare = dead.evolve(
+            extensions={k: v for k, v in dead.extensions.items() if k != "dlqtraceback"}
+        )
         _, stored = await _publish_with_limit(dead, codec.largest_size(bare) + 100)
         assert "dlqtraceback" not in stored.extensions
         assert stored.extensions["dlqdropped"] == "traceback"
@@ -213,15 +249,19 @@ def test_a_failed_dlq_publish_is_an_infrastructure_error_naming_the_event() -> N
     async def scenario() -> None:
         dead = _dead()
         with pytest.raises(DeadLetterPublishError) as info:
-            await dead_letter(BrokenDLQ(memory_url()), dead, reason="r", topic="orders",
-                              group="billing", attempts=1)
+            await dead_letter(
+                BrokenDLQ(memory_url()),
+                dead,
+                reason="r",
+                topic="orders",
+                group="billing",
+                attempts=1,
+            )
         assert isinstance(info.value, InfrastructureError)
         assert isinstance(info.value.__cause__, BrokerConnectionError)
         assert dead.id in str(info.value) and "orders.billing.dlq" in str(info.value)
 
     run(scenario)
-
-
 
 
 class RefusesTracebacks(MemoryAdapter):
@@ -259,45 +299,69 @@ def test_a_partial_batch_failure_of_another_kind_is_an_infrastructure_error() ->
 
     async def scenario() -> None:
         with pytest.raises(DeadLetterPublishError, match="leader moved"):
-            await publish_dead_letter(Flaky(memory_url()), _dead(), topic="orders",
-                                      group="billing")
+            await publish_dead_letter(Flaky(memory_url()), _dead(), topic="orders", group="billing")
 
     run(scenario)
+
+
 def test_the_record_reads_every_dead_letter_attribute() -> None:
     dead = _dead(tenant="acme")
     record = DeadLetterRecord.from_envelope(dead)
     assert (record.reason, record.attempts, record.topic, record.group) == (
-        "RuntimeError: downstream said no", 3, "orders", "billing")
+        "RuntimeError: downstream said no",
+        3,
+        "orders",
+        "billing",
+    )
     assert record.exception == "builtins.RuntimeError" and "Traceback" in record.traceback
     assert record.dropped == () and record.replayable
     assert record.original.extensions == {"tenant": "acme"}
-    raw = DeadLetterRecord.from_envelope(Envelope.create(
-        type=UNDECODABLE_TYPE, source="x", data=b"\xffnot an event",
-        extensions={"dlqheaders": '[["x-trace","b64","/w=="],["kind","order"]]',
-                    "dlqmessageid": "17-0"}))
+    raw = DeadLetterRecord.from_envelope(
+        Envelope.create(
+            type=UNDECODABLE_TYPE,
+            source="x",
+            data=b"\xffnot an event",
+            extensions={
+                "dlqheaders": '[["x-trace","b64","/w=="],["kind","order"]]',
+                "dlqmessageid": "17-0",
+            },
+        )
+    )
     # Bytes that were not an event replay as they arrived, headers and all.
     assert raw.undecodable and raw.replayable and raw.raw == b"\xffnot an event"
     assert raw.raw_headers == {"x-trace": b"\xff", "kind": b"order"}
     assert raw.broker_message_id == "17-0"
-    cut = DeadLetterRecord.from_envelope(Envelope.create(
-        type=UNDECODABLE_TYPE, source="x", extensions={"dlqdropped": "data"}))
+    cut = DeadLetterRecord.from_envelope(
+        Envelope.create(type=UNDECODABLE_TYPE, source="x", extensions={"dlqdropped": "data"})
+    )
     assert not cut.replayable
 
 
-@pytest.mark.parametrize(("old", "name", "new"), [
-    ("eventbus.deadletter", "DeadLetterRecord", "eventbus.deadletters.DeadLetterRecord"),
-    ("eventbus.deadletter", "dlq_topic", "eventbus.deadletters.dlq_topic"),
-    ("eventbus.deadletter", "MAX_TRACEBACK", "eventbus.deadletters.letters.MAX_TRACEBACK"),
-    ("eventbus.deadletter", "broker_dedupe_id", "eventbus.adapter_names.broker_dedupe_id"),
-    ("eventbus.dlq", "DeadLetters", "eventbus.deadletters.DeadLetters"),
-    ("eventbus.dlq", "REPLAY_GROUP", "eventbus.deadletters.REPLAY_GROUP"),
-    ("eventbus.middleware.deadletter", "dead_letter_undecodable",
-     "eventbus.deadletters.dead_letter_undecodable"),
-    ("eventbus.middleware.deadletter", "dlq_topic", "eventbus.deadletters.dlq_topic"),
-    ("eventbus.middleware", "dead_letter_envelope", "eventbus.deadletters.dead_letter_envelope"),
-])
+@pytest.mark.parametrize(
+    ("old", "name", "new"),
+    [
+        ("eventbus.deadletter", "DeadLetterRecord", "eventbus.deadletters.DeadLetterRecord"),
+        ("eventbus.deadletter", "dlq_topic", "eventbus.deadletters.dlq_topic"),
+        ("eventbus.deadletter", "MAX_TRACEBACK", "eventbus.deadletters.letters.MAX_TRACEBACK"),
+        ("eventbus.deadletter", "broker_dedupe_id", "eventbus.adapter_names.broker_dedupe_id"),
+        ("eventbus.dlq", "DeadLetters", "eventbus.deadletters.DeadLetters"),
+        ("eventbus.dlq", "REPLAY_GROUP", "eventbus.deadletters.REPLAY_GROUP"),
+        (
+            "eventbus.middleware.deadletter",
+            "dead_letter_undecodable",
+            "eventbus.deadletters.dead_letter_undecodable",
+        ),
+        ("eventbus.middleware.deadletter", "dlq_topic", "eventbus.deadletters.dlq_topic"),
+        (
+            "eventbus.middleware",
+            "dead_letter_envelope",
+            "eventbus.deadletters.dead_letter_envelope",
+        ),
+    ],
+)
 def test_the_old_dead_letter_imports_work_for_one_release_and_name_the_new_one(
-        old: str, name: str, new: str) -> None:
+    old: str, name: str, new: str
+) -> None:
     import importlib
     import warnings
 
@@ -307,7 +371,8 @@ def test_the_old_dead_letter_imports_work_for_one_release_and_name_the_new_one(
         value = getattr(importlib.import_module(old), name)
     assert value is getattr(importlib.import_module(home), attribute)
     assert [str(w.message) for w in caught if w.category is DeprecationWarning] == [
-        f"{old}.{name} is deprecated and goes away in the next release: use {new} instead"]
+        f"{old}.{name} is deprecated and goes away in the next release: use {new} instead"
+    ]
 
 
 def test_an_unknown_name_of_an_old_dead_letter_module_is_an_attribute_error() -> None:
@@ -390,8 +455,7 @@ def test_a_replay_is_a_new_message_for_the_broker_dedupe_id() -> None:
         await adapter.connect()
         event = Envelope.create(type="t", source="s", data=b"{}")
         assert broker_dedupe_id(event) == event.id
-        dead = dead_letter_envelope(event, reason="boom", topic="orders", group="g",
-                                    attempts=1)
+        dead = dead_letter_envelope(event, reason="boom", topic="orders", group="g", attempts=1)
         await adapter.publish(dlq_topic("orders", "g"), [dead])
         letters = DeadLetters(adapter)
         assert await letters.replay("orders", "g", to_group=False) == 1
@@ -401,7 +465,6 @@ def test_a_replay_is_a_new_message_for_the_broker_dedupe_id() -> None:
         assert broker_dedupe_id(event) == event.id  # only inside the replay
 
     run(scenario)
-
 
 
 # -- replaying to the group that failed --------------------------------------------------
@@ -421,8 +484,9 @@ class QueueLike(MemoryAdapter):
         raise UnsupportedOperationError("cannot browse")
 
 
-async def _scenario(to_group: bool | None,
-                    adapter_cls: type[MemoryAdapter] = MemoryAdapter) -> Counter[str]:
+async def _scenario(
+    to_group: bool | None, adapter_cls: type[MemoryAdapter] = MemoryAdapter
+) -> Counter[str]:
     """Groups "billing" (fails once) and "audit" (fine) both take one event; the
     billing failure is dead-lettered, then replayed. Returns handler runs per group."""
     url, topic = f"memory://{uuid.uuid4().hex}", f"orders-{uuid.uuid4().hex[:8]}"
@@ -467,10 +531,12 @@ def test_replay_to_the_whole_topic_reaches_every_group_again() -> None:
     assert asyncio.run(_scenario(False)) == {"billing": 2, "audit": 2}
 
 
-@pytest.mark.parametrize(("to_group", "runs"), [(None, {"billing": 2, "audit": 1}),
-                                                (False, {"billing": 2, "audit": 2})])
+@pytest.mark.parametrize(
+    ("to_group", "runs"), [(None, {"billing": 2, "audit": 1}), (False, {"billing": 2, "audit": 2})]
+)
 def test_a_queue_brokers_replay_routes_as_a_browsing_one(
-        to_group: bool | None, runs: dict[str, int]) -> None:
+    to_group: bool | None, runs: dict[str, int]
+) -> None:
     """Read by consuming the DLQ (no browsing), a replay still goes to the failed group
     where the broker can route to it. Besides sparing the other groups, this keeps a
     FIFO broker's dedupe window (SQS FIFO, 5 minutes, keyed by the event id for a plain
@@ -491,8 +557,9 @@ def test_insisting_on_the_group_where_the_broker_cannot_route_is_an_error() -> N
         adapter = NoGroupRoute(f"memory://{uuid.uuid4().hex}")
         await adapter.connect()
         original = Envelope.create(type="t", source="s")
-        letter = dead_letter_envelope(original, reason="boom", topic="orders",
-                                      group="billing", attempts=1)
+        letter = dead_letter_envelope(
+            original, reason="boom", topic="orders", group="billing", attempts=1
+        )
         await adapter.publish(dlq_topic("orders", "billing"), [letter])
         with pytest.raises(UnsupportedOperationError, match="one group"):
             await DeadLetters(adapter).replay("orders", "billing", to_group=True)

@@ -47,8 +47,7 @@ def test_default_is_at_least_once_where_the_broker_redelivers() -> None:
     bus.subscribe(OrderPlaced, group="g")(_noop)
     bus.subscribe(ChargeCard, delivery="at_least_once")(_noop)
     first, second = bus.subscriptions
-    assert (first.delivery, first.guarantee, first.mode) == (None, "at_least_once",
-                                                              "at_least_once")
+    assert (first.delivery, first.guarantee, first.mode) == (None, "at_least_once", "at_least_once")
     assert (second.delivery, second.guarantee) == ("at_least_once", "at_least_once")
 
 
@@ -60,8 +59,14 @@ def test_explicit_at_least_once_refused_at_subscribe_on_a_broker_without_redeliv
     assert isinstance(error, ConfigurationError)
     assert (error.topic, error.instead) == ("test-bus-orders", NoRedelivery.stronger)
     text = str(error)
-    for part in ("'test-bus-orders'", "'billing'", "NoRedelivery", "memory-plus://",
-                 "redelivery=False", "at_least_once"):
+    for part in (
+        "'test-bus-orders'",
+        "'billing'",
+        "NoRedelivery",
+        "memory-plus://",
+        "redelivery=False",
+        "at_least_once",
+    ):
         assert part in text, f"{part!r} missing from: {text}"
     assert "hunter2" not in text and "hunter2" not in error.broker
     assert not bus.subscriptions
@@ -82,8 +87,12 @@ def test_default_on_a_broker_without_redelivery_is_at_most_once_still_retried() 
     async def scenario() -> None:
         url = memory_url()
         adapter = NoRedelivery(url)
-        bus = EventBus(adapter, retry=RetryPolicy(max_attempts=2, in_process_attempts=2,
-                                                  initial_delay=0.001, jitter=0.0))
+        bus = EventBus(
+            adapter,
+            retry=RetryPolicy(
+                max_attempts=2, in_process_attempts=2, initial_delay=0.001, jitter=0.0
+            ),
+        )
         attempts: Collector[int] = Collector()
 
         @bus.subscribe(OrderPlaced, group="g")
@@ -92,8 +101,7 @@ def test_default_on_a_broker_without_redelivery_is_at_most_once_still_retried() 
             raise RuntimeError("always")
 
         (spec,) = bus.subscriptions
-        assert (spec.delivery, spec.guarantee, spec.mode) == (None, "at_most_once",
-                                                              "at_least_once")
+        assert (spec.delivery, spec.guarantee, spec.mode) == (None, "at_most_once", "at_least_once")
         async with bus:
             await bus.publish(OrderPlaced(order_id="1"))
             await attempts.wait_count(2)
@@ -120,10 +128,13 @@ def test_start_logs_the_guarantee(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.INFO, logger="eventbus.runner"):
         run(scenario)
     lines = [r.getMessage() for r in caplog.records if "subscribed to" in r.getMessage()]
-    assert any("test-bus-orders" in line and line.endswith("delivery at_most_once")
-               for line in lines), lines
-    assert any("test-bus-charges" in line and "at_most_once (the broker's strongest)" in line
-               for line in lines), lines
+    assert any(
+        "test-bus-orders" in line and line.endswith("delivery at_most_once") for line in lines
+    ), lines
+    assert any(
+        "test-bus-charges" in line and "at_most_once (the broker's strongest)" in line
+        for line in lines
+    ), lines
 
 
 def test_delivery_is_validated_and_compared_as_asked() -> None:
@@ -154,8 +165,9 @@ class _Source(Subscription):
         self.closed = False
 
     def put(self, n: int) -> None:
-        self.items.put_nowait(_Fake(topic=self.topic, group="g", envelope=None,
-                                    message_id=f"{self.topic}/{n}"))
+        self.items.put_nowait(
+            _Fake(topic=self.topic, group="g", envelope=None, message_id=f"{self.topic}/{n}")
+        )
 
     async def __aiter__(self) -> AsyncIterator[Delivery]:
         while (item := await self.items.get()) is not None:

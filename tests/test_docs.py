@@ -23,8 +23,14 @@ LINK = re.compile(r"(?<!!)\[[^\]]*\]\(([^)\s]+)\)")
 def run_blocks(page: Path) -> str:
     env = {k: v for k, v in os.environ.items() if k != "EVENTBUS_URL"}
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])  # this checkout
-    done = subprocess.run([sys.executable, str(ROOT / "tests" / "doc_blocks.py"), str(page)],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "tests" / "doc_blocks.py"), str(page)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr[-4000:]
     return done.stdout
 
@@ -47,7 +53,8 @@ def test_every_python_block_of_every_page_runs(page: Path) -> None:
 
 def test_the_pages_with_code_include_the_adapter_pages() -> None:
     assert {DOCS / "adapters" / "writing.md", DOCS / "adapters" / "redis.md"} <= set(
-        PAGES_WITH_CODE)
+        PAGES_WITH_CODE
+    )
 
 
 def test_the_readme_example_runs() -> None:
@@ -64,7 +71,8 @@ def test_the_guide_files_are_the_tested_example() -> None:
     assert set(files) == {"shop.py", "test_shop_service.py"}
     for name, code in files.items():
         assert code == (ROOT / "examples" / "testing" / name).read_text(), (
-            f"the guide's {name} differs from examples/testing/{name}; keep them identical")
+            f"the guide's {name} differs from examples/testing/{name}; keep them identical"
+        )
 
 
 def markdown_links(page: Path) -> list[str]:
@@ -104,7 +112,8 @@ def test_the_readmes_async_test_says_what_runs_it() -> None:
     import tomllib
 
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
-        "optional-dependencies"]
+        "optional-dependencies"
+    ]
     names = {re.split(r"[<>=\[ ]", requirement)[0] for requirement in extras["test"]}
     assert {"pytest", "pytest-asyncio"} <= names
     readme = (ROOT / "README.md").read_text()

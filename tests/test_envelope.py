@@ -33,8 +33,15 @@ def test_create_fills_id_time_and_defaults() -> None:
     assert env.dataversion == 1
     assert env.data == b""
     assert env.extensions == {}
-    for name in ("correlationid", "causationid", "partitionkey", "traceparent", "tracestate",
-                 "subject", "dataschema"):
+    for name in (
+        "correlationid",
+        "causationid",
+        "partitionkey",
+        "traceparent",
+        "tracestate",
+        "subject",
+        "dataschema",
+    ):
         assert getattr(env, name) is None
 
 
@@ -46,18 +53,31 @@ def test_create_ids_are_unique() -> None:
 def test_create_keeps_given_id_and_time_and_known_attributes() -> None:
     when = datetime(2024, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
     env = Envelope.create(
-        type="t", source="s", id="fixed", time=when, data=b"{}", partitionkey="k",
-        correlationid="c", dataversion=3, subject="sub",
+        type="t",
+        source="s",
+        id="fixed",
+        time=when,
+        data=b"{}",
+        partitionkey="k",
+        correlationid="c",
+        dataversion=3,
+        subject="sub",
     )
-    assert (env.id, env.time, env.partitionkey, env.correlationid, env.dataversion,
-            env.subject) == ("fixed", when, "k", "c", 3, "sub")
+    assert (
+        env.id,
+        env.time,
+        env.partitionkey,
+        env.correlationid,
+        env.dataversion,
+        env.subject,
+    ) == ("fixed", when, "k", "c", 3, "sub")
 
 
 def test_create_turns_unknown_keywords_into_text_extensions() -> None:
-    env = Envelope.create(type="t", source="s", tenant="acme", priority=5, urgent=True,
-                          extensions={"region": "eu1"})
-    assert env.extensions == {"region": "eu1", "tenant": "acme", "priority": "5",
-                              "urgent": "true"}
+    env = Envelope.create(
+        type="t", source="s", tenant="acme", priority=5, urgent=True, extensions={"region": "eu1"}
+    )
+    assert env.extensions == {"region": "eu1", "tenant": "acme", "priority": "5", "urgent": "true"}
 
 
 @pytest.mark.parametrize("name", ["Tenant", "has-dash", "under_score", "", "x" * 21, "ümlaut"])
@@ -93,26 +113,59 @@ def test_attributes_are_cloudevents_text_and_leave_out_absent_ones() -> None:
         "dataversion": "1",
     }
     full = env.evolve(
-        dataschema="https://x/s", subject="sub", correlationid="c", causationid="p",
-        partitionkey="k", traceparent="tp", tracestate="ts", dataversion=4,
-        datacontenttype=None, extensions={"tenant": "acme"},
+        dataschema="https://x/s",
+        subject="sub",
+        correlationid="c",
+        causationid="p",
+        partitionkey="k",
+        traceparent="tp",
+        tracestate="ts",
+        dataversion=4,
+        datacontenttype=None,
+        extensions={"tenant": "acme"},
     )
     attrs = full.attributes()
     assert "datacontenttype" not in attrs and "data" not in attrs
-    assert {k: attrs[k] for k in ("dataschema", "subject", "correlationid", "causationid",
-                                  "partitionkey", "traceparent", "tracestate", "dataversion",
-                                  "tenant")} == {
-        "dataschema": "https://x/s", "subject": "sub", "correlationid": "c",
-        "causationid": "p", "partitionkey": "k", "traceparent": "tp", "tracestate": "ts",
-        "dataversion": "4", "tenant": "acme",
+    assert {
+        k: attrs[k]
+        for k in (
+            "dataschema",
+            "subject",
+            "correlationid",
+            "causationid",
+            "partitionkey",
+            "traceparent",
+            "tracestate",
+            "dataversion",
+            "tenant",
+        )
+    } == {
+        "dataschema": "https://x/s",
+        "subject": "sub",
+        "correlationid": "c",
+        "causationid": "p",
+        "partitionkey": "k",
+        "traceparent": "tp",
+        "tracestate": "ts",
+        "dataversion": "4",
+        "tenant": "acme",
     }
 
 
 def test_from_attributes_round_trips_attributes() -> None:
     env = Envelope.create(
-        type="t", source="s", data=b'{"a":1}', subject="sub", dataschema="d",
-        correlationid="c", causationid="p", partitionkey="k", traceparent="tp",
-        tracestate="ts", dataversion=7, extensions={"tenant": "acme"},
+        type="t",
+        source="s",
+        data=b'{"a":1}',
+        subject="sub",
+        dataschema="d",
+        correlationid="c",
+        causationid="p",
+        partitionkey="k",
+        traceparent="tp",
+        tracestate="ts",
+        dataversion=7,
+        extensions={"tenant": "acme"},
         time=datetime(2024, 5, 6, 7, 8, 9, 1, tzinfo=UTC),
     )
     assert Envelope.from_attributes(env.attributes(), env.data) == env
@@ -136,17 +189,16 @@ def test_from_attributes_defaults_and_reads_datetime_and_bad_version() -> None:
     no_time = Envelope.from_attributes({"id": "i", "source": "s", "type": "t"}, b"")
     assert abs(no_time.time - datetime.now(UTC)) < timedelta(seconds=5)
     with pytest.raises(ValueError):
-        Envelope.from_attributes({"id": "i", "source": "s", "type": "t",
-                                  "dataversion": "two"}, b"")
+        Envelope.from_attributes({"id": "i", "source": "s", "type": "t", "dataversion": "two"}, b"")
     with pytest.raises(ValueError):
-        Envelope.from_attributes({"id": "i", "source": "s", "type": "t",
-                                  "time": "yesterday"}, b"")
+        Envelope.from_attributes({"id": "i", "source": "s", "type": "t", "time": "yesterday"}, b"")
 
 
 def test_from_attributes_extension_values_become_canonical_text() -> None:
     env = Envelope.from_attributes(
-        {"id": "i", "source": "s", "type": "t", "flag": True, "off": False, "n": 5,
-         "gone": None}, b"")
+        {"id": "i", "source": "s", "type": "t", "flag": True, "off": False, "n": 5, "gone": None},
+        b"",
+    )
     assert env.extensions == {"flag": "true", "off": "false", "n": "5"}
 
 
@@ -196,16 +248,31 @@ def test_publish_refuses_an_event_whose_correlation_makes_it_too_large() -> None
 
 def test_from_attributes_turns_non_text_attribute_values_into_text() -> None:
     env = Envelope.from_attributes(
-        {"id": "i", "source": "s", "type": "t", "subject": 5, "correlationid": 7,
-         "dataversion": 3}, b"")
+        {"id": "i", "source": "s", "type": "t", "subject": 5, "correlationid": 7, "dataversion": 3},
+        b"",
+    )
     assert (env.subject, env.correlationid, env.dataversion) == ("5", "7", 3)
 
 
 # -- reserved extension names ------------------------------------------------------------
 
-RESERVED = ("id", "source", "specversion", "type", "datacontenttype", "dataschema", "subject",
-            "time", "data", "dataversion", "correlationid", "causationid", "partitionkey",
-            "traceparent", "tracestate")
+RESERVED = (
+    "id",
+    "source",
+    "specversion",
+    "type",
+    "datacontenttype",
+    "dataschema",
+    "subject",
+    "time",
+    "data",
+    "dataversion",
+    "correlationid",
+    "causationid",
+    "partitionkey",
+    "traceparent",
+    "tracestate",
+)
 
 
 @pytest.mark.parametrize("name", RESERVED)
@@ -236,8 +303,11 @@ def test_bus_refuses_extensions_that_shadow_attributes() -> None:
 
 
 def test_ordinary_and_dead_letter_extensions_stay_allowed() -> None:
-    env = Envelope.create(type="t", source="s", extensions={"tenant": "a", "dlqreason": "r",
-                                                            "identity": "x", "sourcery": "y"})
+    env = Envelope.create(
+        type="t",
+        source="s",
+        extensions={"tenant": "a", "dlqreason": "r", "identity": "x", "sourcery": "y"},
+    )
     assert env.extensions["identity"] == "x"
 
 
@@ -254,8 +324,10 @@ def test_new_ids_are_distinct_uuid4_texts_made_of_the_random_bits(count: int) ->
     # The same bits as uuid4 of them: 122 random bits, version and variant set.
     random.seed(7)
     bits = random.getrandbits(128 * count)
-    expected = [str(uuid.UUID(int=(bits >> (128 * (count - 1 - n))) & ((1 << 128) - 1),
-                               version=4)) for n in range(count)]
+    expected = [
+        str(uuid.UUID(int=(bits >> (128 * (count - 1 - n))) & ((1 << 128) - 1), version=4))
+        for n in range(count)
+    ]
     assert ids == expected
 
 
@@ -271,27 +343,46 @@ class Versioned(Event, type="test.envelope.versioned", topic="test-envelope-plac
     n: int
 
 
-PARENTS = [None, Envelope.create(type="p", source="s"),
-           Envelope.create(type="p", source="s", correlationid="flow", traceparent="00-a-b-01",
-                           tracestate="k=v")]
+PARENTS = [
+    None,
+    Envelope.create(type="p", source="s"),
+    Envelope.create(
+        type="p", source="s", correlationid="flow", traceparent="00-a-b-01", tracestate="k=v"
+    ),
+]
 OPTIONS: list[dict[str, Any]] = [
-    {}, {"key": "k-1"}, {"subject": "naïve ✓"}, {"correlation_id": "given"},
+    {},
+    {"key": "k-1"},
+    {"subject": "naïve ✓"},
+    {"correlation_id": "given"},
     {"extensions": {"tenant": "a", "region": "eu"}},
     {"key": "k", "subject": "s", "correlation_id": "c", "extensions": {"tenant": "b"}},
 ]
 
 
-def _general(message: Message, source: str, like: Envelope, *, parent: Envelope | None,
-             key: str | None = None, subject: str | None = None,
-             correlation_id: str | None = None,
-             extensions: dict[str, str] | None = None) -> Envelope:
+def _general(
+    message: Message,
+    source: str,
+    like: Envelope,
+    *,
+    parent: Envelope | None,
+    key: str | None = None,
+    subject: str | None = None,
+    correlation_id: str | None = None,
+    extensions: dict[str, str] | None = None,
+) -> Envelope:
     """The envelope the documented rules give, built by the keyword __init__."""
     return Envelope.create(
-        type=message.event_type(), source=source, data=message.to_bytes(), id=like.id,
-        time=like.time, dataversion=message.data_version(), partitionkey=key,
+        type=message.event_type(),
+        source=source,
+        data=message.to_bytes(),
+        id=like.id,
+        time=like.time,
+        dataversion=message.data_version(),
+        partitionkey=key,
         subject=subject,
-        correlationid=correlation_id or (
-            (parent.correlationid or parent.id) if parent is not None else like.id),
+        correlationid=correlation_id
+        or ((parent.correlationid or parent.id) if parent is not None else like.id),
         causationid=parent.id if parent is not None else None,
         traceparent=parent.traceparent if parent is not None else None,
         tracestate=parent.tracestate if parent is not None else None,
@@ -317,7 +408,8 @@ def _same(fast: Envelope, general: Envelope) -> None:
 @pytest.mark.parametrize("parent", PARENTS)
 @pytest.mark.parametrize("options", OPTIONS)
 def test_the_publish_fast_paths_build_what_envelope_create_builds(
-        parent: Envelope | None, options: dict[str, Any]) -> None:
+    parent: Envelope | None, options: dict[str, Any]
+) -> None:
     one = build_envelope(Placed(n=1), "svc", parent=parent, **options)
     _same(one, _general(Placed(n=1), "svc", one, parent=parent, **options))
     messages: list[Message] = [Placed(n=2), Versioned(n=3), Placed(n=4, name="漢")]
@@ -334,9 +426,19 @@ def test_the_decode_fast_paths_build_what_from_attributes_builds(prefix: str) ->
     rng = random.Random(2026)
     samples = [
         Envelope.create(type="t", source="s", data=b"{}"),
-        Envelope.create(type="t", source="s", data=b"{}", subject="sub", dataschema="urn:x",
-                        partitionkey="k", causationid="c", correlationid="corr",
-                        traceparent="00-a-b-01", tracestate="x=1", dataversion=4),
+        Envelope.create(
+            type="t",
+            source="s",
+            data=b"{}",
+            subject="sub",
+            dataschema="urn:x",
+            partitionkey="k",
+            causationid="c",
+            correlationid="corr",
+            traceparent="00-a-b-01",
+            tracestate="x=1",
+            dataversion=4,
+        ),
         Envelope.create(type="t", source="s", datacontenttype=None),
         Envelope.create(type="t", source="s", extensions={"tenant": "a"}),
         *(random_envelope(rng) for _ in range(30)),
@@ -344,10 +446,10 @@ def test_the_decode_fast_paths_build_what_from_attributes_builds(prefix: str) ->
     for envelope in samples:
         general = Envelope.from_attributes(envelope.attributes(), envelope.data)
         assert general == envelope
-        _same(Envelope.from_text_attributes(dict(envelope.attributes()), envelope.data),
-              general)
+        _same(Envelope.from_text_attributes(dict(envelope.attributes()), envelope.data), general)
         if envelope.datacontenttype and envelope.datacontenttype.startswith(
-                codec.STRUCTURED_CONTENT_TYPE):
+            codec.STRUCTURED_CONTENT_TYPE
+        ):
             continue  # binary mode reads these as structured: not a fast path's case
         headers, body = codec.encode_binary(envelope, prefix)
         _same(codec.decode_binary_dict(dict(headers), body, prefix), general)  # by layout
@@ -359,17 +461,47 @@ def test_the_decode_fast_paths_build_what_from_attributes_builds(prefix: str) ->
 
 def test_the_old_fast_constructors_still_work_and_warn_naming_the_new_way() -> None:
     when = datetime(2024, 5, 6, 7, 8, 9, 1, tzinfo=UTC)
-    public = Envelope(id="i", type="t", source="s", time=when, data=b"{}",
-                      partitionkey="k", correlationid="c", extensions={"tenant": "a"})
+    public = Envelope(
+        id="i",
+        type="t",
+        source="s",
+        time=when,
+        data=b"{}",
+        partitionkey="k",
+        correlationid="c",
+        extensions={"tenant": "a"},
+    )
     with pytest.warns(DeprecationWarning, match="build_envelope"):
         from eventbus.envelope import build
-    assert build("i", "t", "s", when, b"{}", 1, "k", None, "c", None, None, None,
-                 {"tenant": "a"}) == public
+    assert (
+        build("i", "t", "s", when, b"{}", 1, "k", None, "c", None, None, None, {"tenant": "a"})
+        == public
+    )
     with pytest.warns(DeprecationWarning, match="build_envelopes"):
         from eventbus.envelope import build_many
-    assert build_many(["i"], ["t"], [1], [b"{}"], "s", when, "k", None, "c", None, None,
-                      None, {"tenant": "a"}) == [public]
+    assert build_many(
+        ["i"], ["t"], [1], [b"{}"], "s", when, "k", None, "c", None, None, None, {"tenant": "a"}
+    ) == [public]
     with pytest.warns(DeprecationWarning, match="from_text_attributes"):
         from eventbus.envelope import assemble
-    assert assemble("i", "t", "s", when, b"{}", "application/json", None, None, "1.0", 1,
-                    "c", None, "k", None, None, {"tenant": "a"}) == public
+    assert (
+        assemble(
+            "i",
+            "t",
+            "s",
+            when,
+            b"{}",
+            "application/json",
+            None,
+            None,
+            "1.0",
+            1,
+            "c",
+            None,
+            "k",
+            None,
+            None,
+            {"tenant": "a"},
+        )
+        == public
+    )

@@ -15,22 +15,20 @@ if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
 from eventbus import Envelope  # noqa: E402
-from examples.order_saga.demo import (  # noqa: E402
-    EXPECTED_CHAIN,
-    OrderRequest,
-    SagaRun,
-    default_orders,
-    run_saga,
-)
+from examples.order_saga.demo import EXPECTED_CHAIN, OrderRequest, SagaRun, default_orders, run_saga  # noqa: E402
 from examples.order_saga.events import OrderLine  # noqa: E402
 
 
-def _run(requests: list[OrderRequest], show_middleware: bool = False
-         ) -> tuple[SagaRun, list[str]]:
+def _run(requests: list[OrderRequest], show_middleware: bool = False) -> tuple[SagaRun, list[str]]:
     lines: list[str] = []
     run = asyncio.run(
-        run_saga(f"memory://{uuid.uuid4()}", requests=requests, timeout=5.0, echo=lines.append,
-                 show_middleware=show_middleware)
+        run_saga(
+            f"memory://{uuid.uuid4()}",
+            requests=requests,
+            timeout=5.0,
+            echo=lines.append,
+            show_middleware=show_middleware,
+        )
     )
     return run, lines
 
@@ -88,9 +86,7 @@ def test_out_of_stock_order_is_refunded_and_cancelled() -> None:
     assert request.order_id not in run.stock.reservations
     assert run.stock.on_hand["mug"] == 500
     _assert_chain(
-        flow.events,
-        flow.correlation_id,
-        [cls.event_type() for cls in EXPECTED_CHAIN["cancelled"]],
+        flow.events, flow.correlation_id, [cls.event_type() for cls in EXPECTED_CHAIN["cancelled"]]
     )
 
 

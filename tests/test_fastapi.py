@@ -36,8 +36,7 @@ def traced_bus() -> tuple[EventBus, TracerProvider, InMemorySpanExporter]:
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
-    return Tracing(tracer_provider=provider).instrument(EventBus(memory_url())), provider, \
-        exporter
+    return Tracing(tracer_provider=provider).instrument(EventBus(memory_url())), provider, exporter
 
 
 def hex_ids(span: ReadableSpan) -> tuple[str, str, str | None]:
@@ -63,8 +62,7 @@ def orders_app(bus: EventBus, **kwargs: Any) -> FastAPI:
     return app
 
 
-async def post(app: FastAPI, path: str, headers: dict[str, str] | None = None
-               ) -> httpx.Response:
+async def post(app: FastAPI, path: str, headers: dict[str, str] | None = None) -> httpx.Response:
     async with LifespanManager(app) as running:
         transport = httpx.ASGITransport(app=running.app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
@@ -80,7 +78,8 @@ def test_one_trace_goes_from_the_caller_through_the_route_to_the_handler() -> No
         @bus.subscribe(OrderPlaced, group="fulfilment")
         async def fulfil(event: OrderPlaced, ctx: Context) -> None:
             in_handler["trace_id"] = format(
-                trace.get_current_span().get_span_context().trace_id, "032x")
+                trace.get_current_span().get_span_context().trace_id, "032x"
+            )
             handled.set()
 
         app = orders_app(bus)
@@ -89,8 +88,9 @@ def test_one_trace_goes_from_the_caller_through_the_route_to_the_handler() -> No
             async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
                 answer = await http.post("/orders/o-1", headers={"traceparent": TRACEPARENT})
             await asyncio.wait_for(handled.wait(), 10)
-            await until(lambda: any(s.name.startswith("process") for s in
-                                    exporter.get_finished_spans()))
+            await until(
+                lambda: any(s.name.startswith("process") for s in exporter.get_finished_spans())
+            )
         assert answer.status_code == 200, answer.text
         assert app.state.seen["trace_id"] == TRACE_ID  # the route ran in the caller's trace
         (send,) = [s for s in exporter.get_finished_spans() if s.kind == SpanKind.PRODUCER]

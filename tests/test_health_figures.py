@@ -60,6 +60,7 @@ def test_health_says_how_much_of_the_prefetch_is_in_use(concurrency: int) -> Non
 
 async def until_async(read: Callable[[], Awaitable[int]], expected: int) -> None:
     """Wait (bounded) until ``read()`` gives ``expected``: health signals no event."""
+
     async def poll() -> None:
         while await read() != expected:  # noqa: ASYNC110 - health signals no event
             await asyncio.sleep(0.01)

@@ -113,9 +113,7 @@ def test_release_never_forgets_a_done_id(kind: str, tmp_path: Path) -> None:
 
 
 @STORES
-def test_complete_after_the_lease_expired_marks_done_and_says_so(
-    kind: str, tmp_path: Path
-) -> None:
+def test_complete_after_the_lease_expired_marks_done_and_says_so(kind: str, tmp_path: Path) -> None:
     async def scenario() -> None:
         async with open_store(kind, tmp_path) as store:
             a = await store.claim("e3", lease=-1)
@@ -209,8 +207,10 @@ def test_sqlite_store_is_shared_through_the_file(tmp_path: Path) -> None:
 def test_sqlite_store_upgrades_a_file_written_before_claims_had_owners(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
     with sqlite3.connect(path) as db:
-        db.execute("CREATE TABLE eventbus_idempotency (key TEXT PRIMARY KEY, "
-                   "done INTEGER NOT NULL, expires_at REAL NOT NULL)")
+        db.execute(
+            "CREATE TABLE eventbus_idempotency (key TEXT PRIMARY KEY, "
+            "done INTEGER NOT NULL, expires_at REAL NOT NULL)"
+        )
         db.execute("INSERT INTO eventbus_idempotency VALUES ('old', 1, 9e18)")
 
     async def scenario() -> None:
@@ -242,8 +242,9 @@ def test_a_closed_sqlite_store_lets_the_process_exit(tmp_path: Path) -> None:
         asyncio.run(main())
         print("done")
     """)
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                            timeout=30, check=False)
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=30, check=False
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "done"
 
@@ -259,8 +260,9 @@ def test_sqlite_concurrent_claims_from_two_stores_claim_each_id_once(tmp_path: P
             results = await asyncio.gather(
                 *(store.claim(key, 60) for key in keys for store in stores)
             )
-            return list(zip([k for k in keys for _ in stores], [r.status for r in results],
-                            strict=True))
+            return list(
+                zip([k for k in keys for _ in stores], [r.status for r in results], strict=True)
+            )
         finally:
             for store in stores:
                 await store.close()
@@ -271,9 +273,7 @@ def test_sqlite_concurrent_claims_from_two_stores_claim_each_id_once(tmp_path: P
         assert sorted(c.value for c in claims) == ["claimed", "in_progress"], key
 
 
-def test_sqlite_concurrent_claims_from_two_event_loops_claim_each_id_once(
-    tmp_path: Path,
-) -> None:
+def test_sqlite_concurrent_claims_from_two_event_loops_claim_each_id_once(tmp_path: Path) -> None:
     """Two stores in two threads with their own loops, like two processes on one host."""
     path = str(tmp_path / "threads.db")
     keys = [f"g:{i}" for i in range(80)]
@@ -313,8 +313,12 @@ async def dlq_size(url: str, topic: str, group: str) -> int:
 
 
 def test_the_key_names_topic_group_and_event() -> None:
-    keys = {idempotency_key("orders", "g", "e1"), idempotency_key("audit", "g", "e1"),
-            idempotency_key("orders", "h", "e1"), idempotency_key("orders", "g", "e2")}
+    keys = {
+        idempotency_key("orders", "g", "e1"),
+        idempotency_key("audit", "g", "e1"),
+        idempotency_key("orders", "h", "e1"),
+        idempotency_key("orders", "g", "e2"),
+    }
     assert len(keys) == 4
 
 
@@ -404,7 +408,8 @@ def test_a_store_failing_to_complete_acks_the_handled_message_and_logs_an_error(
             assert await asyncio.wait_for(effects.get(), WAIT) == 7
         # Acked: the group has nothing left to hand out, and nothing was dead-lettered.
         subscription = await MemoryAdapter(url).subscribe(
-            Job.default_topic(), SubscribeOptions(group="g"))
+            Job.default_topic(), SubscribeOptions(group="g")
+        )
         try:
             with pytest.raises(TimeoutError):
                 await asyncio.wait_for(anext(aiter(subscription)), 0.3)

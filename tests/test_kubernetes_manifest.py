@@ -76,7 +76,8 @@ def test_what_the_manifest_names_answers(tmp_path: Path) -> None:
         "bus = EventBus.from_env(source='billing')\n"
         "@bus.subscribe('k8s-orders', group='billing')\n"
         "async def handle(envelope) -> None:\n"
-        "    pass\n")
+        "    pass\n"
+    )
     run = Run(tmp_path, "k8s_svc:bus", *args, "--probe-host", "127.0.0.1")
     try:
         served = {"health": health, "metrics": metrics}

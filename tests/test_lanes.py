@@ -31,7 +31,8 @@ class Step(Event, type="test.runner.idle-lane.step", topic="test-runner-idle-lan
 
 
 def test_next_message_waits_for_the_worker_finishing_its_ack_not_the_stuck_one(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     routed = 0
     third_routed = asyncio.Event()
     real_route = lanes_module.Lanes.route
@@ -84,8 +85,8 @@ def test_next_message_waits_for_the_worker_finishing_its_ack_not_the_stuck_one(
     run(scenario)
 
 
-
 # -- a delivery gone stale in its lane ---------------------------------------------------
+
 
 @pytest.mark.parametrize("concurrency", [1, 3], ids=["in-the-fetch-loop", "in-lanes"])
 def test_a_stale_delivery_is_dropped_unrun(
@@ -110,16 +111,15 @@ def test_a_stale_delivery_is_dropped_unrun(
 
         async with bus:
             for data in (b'"first"', b'"stale"', b'"last"'):
-                await bus.adapter.publish(topic, [Envelope.create(
-                    type="t", source="s", data=data)])
+                await bus.adapter.publish(topic, [Envelope.create(type="t", source="s", data=data)])
             await asyncio.wait_for(done.wait(), 10)
         assert sorted(ran) == [b'"first"', b'"last"']
 
     asyncio.run(asyncio.wait_for(scenario(), 30))
 
 
-
 # -- concurrency 1: in the fetch loop, no lane queue -------------------------------------
+
 
 class Tock(Event, type="test.inline.tock", topic="test.inline.tocks"):
     n: int = 0

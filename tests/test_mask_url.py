@@ -17,7 +17,10 @@ from eventbus.registry_adapters import adapter_from_url
         ("redis://:p?ss@cache:6379", "redis://:***@cache:6379"),
         ("amqp://app:p@ss@rabbit/vhost", "amqp://app:***@rabbit/vhost"),
         ("amqps://user:pa:ss@host", "amqps://user:***@host"),
-        ("amqp://app:a#b/c?d@e@rabbit:5672/v?heartbeat=5", "amqp://app:***@rabbit:5672/v?heartbeat=5"),
+        (
+            "amqp://app:a#b/c?d@e@rabbit:5672/v?heartbeat=5",
+            "amqp://app:***@rabbit:5672/v?heartbeat=5",
+        ),
         ("amqp://app:pä ss\n@rabbit/", "amqp://app:***@rabbit/"),
         ("amqp://guest:guest@rabbit:5672/vhost", "amqp://guest:***@rabbit:5672/vhost"),
         ("redis://:pw@cache:6379/0", "redis://:***@cache:6379/0"),
@@ -31,8 +34,10 @@ from eventbus.registry_adapters import adapter_from_url
         ("memory://", "memory://"),
         ("memory://name?max_message_bytes=10", "memory://name?max_message_bytes=10"),
         # Secrets in the query string.
-        ("sqs://host?aws_secret_access_key=SECRET&region=eu",
-         "sqs://host?aws_secret_access_key=***&region=eu"),
+        (
+            "sqs://host?aws_secret_access_key=SECRET&region=eu",
+            "sqs://host?aws_secret_access_key=***&region=eu",
+        ),
         ("kafka://h:9092?sasl_password=a+b#c", "kafka://h:9092?sasl_password=***"),
         ("redis://h?password=x&db=1&token=y", "redis://h?password=***&db=1&token=***"),
     ],
@@ -55,7 +60,8 @@ def test_mask_url_hides_passwords_wherever_they_are(url: str, masked: str) -> No
     ],
 )
 def test_mask_url_of_a_string_that_is_not_a_url_hides_only_the_credentials(
-        url: str, masked: str) -> None:
+    url: str, masked: str
+) -> None:
     assert mask_url(url) == masked
 
 

@@ -15,11 +15,7 @@ import pytest
 from eventbus import Envelope, InvalidURLError, MemoryAdapter, MessageTooLargeError, codec
 from eventbus._memory_broker import DEFAULT_MAX_MESSAGES
 from eventbus.adapter import Delivery, SubscribeOptions, Subscription
-from eventbus.errors import (
-    BrokerConnectionError,
-    ConnectionLostError,
-    DeliveryAlreadySettledError,
-)
+from eventbus.errors import BrokerConnectionError, ConnectionLostError, DeliveryAlreadySettledError
 
 WAIT = 5.0
 QUIET = 0.15  # how long "nothing more arrives" is watched for
@@ -35,8 +31,9 @@ def fresh() -> tuple[MemoryAdapter, str]:
 
 
 def env(n: int | str, key: str | None = None) -> Envelope:
-    return Envelope.create(type="t", source="s", data=f'{{"n":"{n}"}}'.encode(),
-                           partitionkey=key, subject=str(n))
+    return Envelope.create(
+        type="t", source="s", data=f'{{"n":"{n}"}}'.encode(), partitionkey=key, subject=str(n)
+    )
 
 
 class Reader:
@@ -143,8 +140,17 @@ def test_an_unacked_key_blocks_later_messages_with_that_key_only() -> None:
     async def scenario() -> None:
         adapter, topic = fresh()
         consumer = await reader(adapter, topic, "g", prefetch=10)
-        await adapter.publish(topic, [env("a1", "a"), env("a2", "a"), env("b1", "b"),
-                                      env("n1"), env("a3", "a"), env("b2", "b")])
+        await adapter.publish(
+            topic,
+            [
+                env("a1", "a"),
+                env("a2", "a"),
+                env("b1", "b"),
+                env("n1"),
+                env("a3", "a"),
+                env("b2", "b"),
+            ],
+        )
         first = await consumer.take(3)
         assert subjects(first) == ["a1", "b1", "n1"]
         assert await consumer.nothing_more()  # a2 and b2 wait for a1 and b1
@@ -310,8 +316,10 @@ def test_max_message_bytes_from_the_url() -> None:
     [
         ("memory://x?max_message_bytes=big", "must be an integer"),
         ("memory://x?colour=blue", r"unknown option 'colour' in memory URL"),
-        ("memory://x?colour=blue&max_message_bytes=1", "accepts only: encode, hold_keys, "
-         "max_message_bytes"),
+        (
+            "memory://x?colour=blue&max_message_bytes=1",
+            "accepts only: encode, hold_keys, max_message_bytes",
+        ),
         ("memory://x?mode=json", "mode='json' .* is invalid: use binary or structured"),
         ("memory://x?encode=no", "encode='no' .* use 'true' or 'false'"),
         ("memory://x?hold_keys=1", "hold_keys='1' .* use 'true' or 'false'"),
@@ -390,9 +398,12 @@ def test_refuse_connections_refuses_until_it_expires() -> None:
         await adapter.faults.refuse_connections(0.3)
         with pytest.raises(ConnectionLostError):
             await consumer.next()
-        for attempt in (adapter.connect(), adapter.publish(topic, [env(1)]),
-                        adapter.publish_raw(topic, b"x"),
-                        adapter.subscribe(topic, SubscribeOptions(group="g"))):
+        for attempt in (
+            adapter.connect(),
+            adapter.publish(topic, [env(1)]),
+            adapter.publish_raw(topic, b"x"),
+            adapter.subscribe(topic, SubscribeOptions(group="g")),
+        ):
             with pytest.raises(BrokerConnectionError, match="refusing connections"):
                 await attempt
 
@@ -416,8 +427,13 @@ def test_refuse_connections_refuses_until_it_expires() -> None:
 
 def rich_env() -> Envelope:
     return Envelope.create(
-        type="t", source="s", data=b'{"a":1}', subject="sub", partitionkey="k",
-        correlationid="c-1", extensions={"tenant": "acme"},
+        type="t",
+        source="s",
+        data=b'{"a":1}',
+        subject="sub",
+        partitionkey="k",
+        correlationid="c-1",
+        extensions={"tenant": "acme"},
     )
 
 
@@ -523,11 +539,11 @@ def test_structured_size_counts_the_base64_of_binary_data() -> None:
 
     async def scenario() -> None:
         data = bytes(range(150)) * 2
-        sent = Envelope.create(type="t", source="s", data=data,
-                               datacontenttype="application/octet-stream")
+        sent = Envelope.create(
+            type="t", source="s", data=data, datacontenttype="application/octet-stream"
+        )
         for mode, fits in (("binary", True), ("structured", False)):
-            adapter = MemoryAdapter(
-                f"memory://{uuid.uuid4()}?max_message_bytes=512&mode={mode}")
+            adapter = MemoryAdapter(f"memory://{uuid.uuid4()}?max_message_bytes=512&mode={mode}")
             topic = f"topic-{uuid.uuid4()}"
             if fits:
                 await adapter.publish(topic, [sent])
@@ -586,13 +602,15 @@ def test_health_reflects_the_connection_and_the_fault_hooks() -> None:
     run(scenario)
 
 
-
 # -- the retention bound (max_messages) --------------------------------------------------
 
-async def take(adapter: MemoryAdapter, topic: str, group: str, count: int,
-               start_from: str = "latest") -> list[str | None]:
+
+async def take(
+    adapter: MemoryAdapter, topic: str, group: str, count: int, start_from: str = "latest"
+) -> list[str | None]:
     subscription = await adapter.subscribe(
-        topic, SubscribeOptions(group=group, prefetch=1000, start_from=start_from))  # type: ignore[arg-type]
+        topic, SubscribeOptions(group=group, prefetch=1000, start_from=start_from)
+    )  # type: ignore[arg-type]
     seen: list[str | None] = []
     iterator = subscription.__aiter__()
     for _ in range(count):

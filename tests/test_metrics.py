@@ -30,8 +30,11 @@ Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 def scrape(registry: CollectorRegistry) -> Samples:
     """Every sample of ``registry`` as the /metrics text gives it."""
     text = generate_latest(registry).decode()
-    return {(sample.name, frozenset(sample.labels.items())): sample.value
-            for family in text_string_to_metric_families(text) for sample in family.samples}
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
 
 
 def value(samples: Samples, name: str, **labels: str) -> float:
@@ -44,8 +47,15 @@ def test_counts_after_successes_retries_redeliveries_and_dead_letters() -> None:
         metrics = Metrics(registry=registry)
         url = memory_url()
         # In process: two runs per delivery; "later": one run per delivery, then the broker.
-        bus = metrics.instrument(EventBus(url, source="m", retry=RetryPolicy(
-            max_attempts=2, in_process_attempts=2, initial_delay=0.0, jitter=0.0)))
+        bus = metrics.instrument(
+            EventBus(
+                url,
+                source="m",
+                retry=RetryPolicy(
+                    max_attempts=2, in_process_attempts=2, initial_delay=0.0, jitter=0.0
+                ),
+            )
+        )
         runs: dict[tuple[str, int], int] = {}
         ended = Collector[str]()
 
@@ -58,8 +68,15 @@ def test_counts_after_successes_retries_redeliveries_and_dead_letters() -> None:
                 raise ValueError("always fails")
             ended.add(f"now {event.n}")
 
-        later = metrics.instrument(EventBus(url, source="m", retry=RetryPolicy(
-            max_attempts=2, in_process_attempts=1, initial_delay=0.0, jitter=0.0)))
+        later = metrics.instrument(
+            EventBus(
+                url,
+                source="m",
+                retry=RetryPolicy(
+                    max_attempts=2, in_process_attempts=1, initial_delay=0.0, jitter=0.0
+                ),
+            )
+        )
 
         @later.subscribe(Booked, group="later")
         async def fails(event: Booked) -> None:
@@ -72,35 +89,55 @@ def test_counts_after_successes_retries_redeliveries_and_dead_letters() -> None:
 
             def settled() -> bool:
                 found = scrape(registry)
-                return (value(found, "eventbus_dead_lettered_total", topic=TOPIC, group="now",
-                              type=Booked.event_type()) == 1
-                        and value(found, "eventbus_dead_lettered_total", topic=TOPIC,
-                                  group="later", type=Booked.event_type()) == 1
-                        and value(found, "eventbus_handled_total", topic=TOPIC, group="later",
-                                  type=Booked.event_type(), outcome="success") == 4)
+                return (
+                    value(
+                        found,
+                        "eventbus_dead_lettered_total",
+                        topic=TOPIC,
+                        group="now",
+                        type=Booked.event_type(),
+                    )
+                    == 1
+                    and value(
+                        found,
+                        "eventbus_dead_lettered_total",
+                        topic=TOPIC,
+                        group="later",
+                        type=Booked.event_type(),
+                    )
+                    == 1
+                    and value(
+                        found,
+                        "eventbus_handled_total",
+                        topic=TOPIC,
+                        group="later",
+                        type=Booked.event_type(),
+                        outcome="success",
+                    )
+                    == 4
+                )
 
             await until(settled)
             samples = scrape(registry)
 
         kind = Booked.event_type()
         now_labels = {"topic": TOPIC, "group": "now", "type": kind}
-        assert value(samples, "eventbus_published_total", topic=TOPIC, type=kind,
-                     outcome="ok") == 5
+        assert value(samples, "eventbus_published_total", topic=TOPIC, type=kind, outcome="ok") == 5
         assert value(samples, "eventbus_publish_duration_seconds_count", topic=TOPIC) == 1
         assert value(samples, "eventbus_handled_total", outcome="success", **now_labels) == 4
-        assert value(samples, "eventbus_handled_total", outcome="dead_lettered",
-                     **now_labels) == 1
+        assert value(samples, "eventbus_handled_total", outcome="dead_lettered", **now_labels) == 1
         assert value(samples, "eventbus_retried_total", **now_labels) == 2  # n=3, n=4
         assert value(samples, "eventbus_failed_total", **now_labels) == 3  # 3 once, 4 twice
         assert value(samples, "eventbus_redelivered_total", **now_labels) == 0
         assert value(samples, "eventbus_handler_duration_seconds_count", **now_labels) == 5
-        assert value(samples, "eventbus_handler_duration_seconds_bucket", le="+Inf",
-                     **now_labels) == 5
+        assert (
+            value(samples, "eventbus_handler_duration_seconds_bucket", le="+Inf", **now_labels) == 5
+        )
         later_labels = {"topic": TOPIC, "group": "later", "type": kind}
-        assert value(samples, "eventbus_handled_total", outcome="redelivery",
-                     **later_labels) == 1
-        assert value(samples, "eventbus_handled_total", outcome="dead_lettered",
-                     **later_labels) == 1
+        assert value(samples, "eventbus_handled_total", outcome="redelivery", **later_labels) == 1
+        assert (
+            value(samples, "eventbus_handled_total", outcome="dead_lettered", **later_labels) == 1
+        )
         assert value(samples, "eventbus_redelivered_total", **later_labels) == 1
         assert value(samples, "eventbus_failed_total", **later_labels) == 2
         assert value(samples, "eventbus_retried_total", **later_labels) == 0
@@ -125,17 +162,30 @@ def test_labels_stay_bounded() -> None:
             for n in range(3):
                 stranger = Envelope.create(type=f"stranger.{n}.{uuid.uuid4()}", source="x")
                 await bus.publish_envelopes(topic, [stranger])
-            await bus.publish_envelopes(f"third-{uuid.uuid4()}",
-                                        [Envelope.create(type="x", source="x")])
+            await bus.publish_envelopes(
+                f"third-{uuid.uuid4()}", [Envelope.create(type="x", source="x")]
+            )
             await seen.wait_count(3)
             samples = scrape(registry)
-        assert value(samples, "eventbus_handled_total", topic=topic, group="tap",
-                     type="other", outcome="success") == 3
-        assert value(samples, "eventbus_published_total", topic=topic, type="other",
-                     outcome="ok") == 3
+        assert (
+            value(
+                samples,
+                "eventbus_handled_total",
+                topic=topic,
+                group="tap",
+                type="other",
+                outcome="success",
+            )
+            == 3
+        )
+        assert (
+            value(samples, "eventbus_published_total", topic=topic, type="other", outcome="ok") == 3
+        )
         # Past max_topics distinct topics, the topic label is "other".
-        assert value(samples, "eventbus_published_total", topic="other", type="other",
-                     outcome="ok") == 1
+        assert (
+            value(samples, "eventbus_published_total", topic="other", type="other", outcome="ok")
+            == 1
+        )
         types = {dict(labels).get("type") for _, labels in samples}
         assert types <= {None, "other"}
 
@@ -146,7 +196,8 @@ def test_gauges_follow_the_running_bus() -> None:
     async def scenario() -> None:
         registry = CollectorRegistry()
         bus = Metrics(registry=registry, sample_every=0.05).instrument(
-            EventBus(memory_url(), source="m", prefetch_per_worker=4))
+            EventBus(memory_url(), source="m", prefetch_per_worker=4)
+        )
         release = asyncio.Event()
         started = Collector[int]()
 
@@ -161,16 +212,19 @@ def test_gauges_follow_the_running_bus() -> None:
             await started.wait_count(2)
             # Sampled once the lanes took their prefetch (a sample between the publish
             # and the first fetch sees a lag of 20 and nothing held).
-            await until(lambda: value(scrape(registry), "eventbus_prefetch_in_use", **labels)
-                        == 8)
+            await until(lambda: value(scrape(registry), "eventbus_prefetch_in_use", **labels) == 8)
             samples = scrape(registry)
             assert value(samples, "eventbus_in_flight", **labels) == 2
             assert value(samples, "eventbus_prefetch_limit", **labels) == 8
             assert value(samples, "eventbus_consumer_lag", **labels) == 12
             release.set()
             await started.wait_count(20)
-            await until(lambda: value(scrape(registry), "eventbus_consumer_lag", **labels) == 0
-                        and value(scrape(registry), "eventbus_prefetch_in_use", **labels) == 0)
+            await until(
+                lambda: (
+                    value(scrape(registry), "eventbus_consumer_lag", **labels) == 0
+                    and value(scrape(registry), "eventbus_prefetch_in_use", **labels) == 0
+                )
+            )
         # A stopped bus reports no lag or prefetch any more.
         assert ("eventbus_consumer_lag", frozenset(labels.items())) not in scrape(registry)
 
@@ -187,8 +241,18 @@ def test_undecodable_messages_count_as_dead_letters() -> None:
 
         async with bus:
             await bus.adapter.publish_raw(TOPIC, b"\x00 not json", {})
-            await until(lambda: value(scrape(registry), "eventbus_dead_lettered_total",
-                                      topic=TOPIC, group="g", type="other") == 1)
+            await until(
+                lambda: (
+                    value(
+                        scrape(registry),
+                        "eventbus_dead_lettered_total",
+                        topic=TOPIC,
+                        group="g",
+                        type="other",
+                    )
+                    == 1
+                )
+            )
 
     run(scenario)
 
@@ -204,7 +268,8 @@ def test_the_same_figures_reach_an_opentelemetry_meter() -> None:
         reader = InMemoryMetricReader()
         provider = MeterProvider(metric_readers=[reader])
         bus = Metrics(registry=None, meter_provider=provider).instrument(
-            EventBus(memory_url(), source="m"))
+            EventBus(memory_url(), source="m")
+        )
         done = Collector[int]()
 
         @bus.subscribe(Booked, group="g")

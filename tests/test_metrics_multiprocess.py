@@ -27,8 +27,11 @@ Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 def scrape(registry: CollectorRegistry) -> Samples:
     text = generate_latest(registry).decode()
-    return {(sample.name, frozenset(sample.labels.items())): sample.value
-            for family in text_string_to_metric_families(text) for sample in family.samples}
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
 
 
 def value(samples: Samples, name: str, **labels: str) -> float:
@@ -45,8 +48,13 @@ def test_the_mirror_shows_what_the_collector_shows() -> None:
         collected, mirrored = CollectorRegistry(), CollectorRegistry()
         metrics = Metrics(registry=collected, sample_every=0.05)
         mirror = MultiprocessMirror(metrics.store, registry=mirrored)
-        bus = metrics.instrument(EventBus(memory_url(), source="m", retry=RetryPolicy(
-            max_attempts=2, initial_delay=0.0, jitter=0.0)))
+        bus = metrics.instrument(
+            EventBus(
+                memory_url(),
+                source="m",
+                retry=RetryPolicy(max_attempts=2, initial_delay=0.0, jitter=0.0),
+            )
+        )
         done = Collector[int]()
 
         @bus.subscribe(Booked, group="g")
@@ -59,20 +67,20 @@ def test_the_mirror_shows_what_the_collector_shows() -> None:
         async with bus:
             await bus.publish_many([Booked(n=n) for n in range(4)])
             await done.wait_count(3)
-            await until(lambda: value(scrape(collected), "eventbus_dead_lettered_total",
-                                      **labels) == 1
-                        and ("eventbus_consumer_lag", frozenset({"topic": TOPIC,
-                                                                 "group": "g"}.items()))
-                        in scrape(collected))
+            await until(
+                lambda: (
+                    value(scrape(collected), "eventbus_dead_lettered_total", **labels) == 1
+                    and ("eventbus_consumer_lag", frozenset({"topic": TOPIC, "group": "g"}.items()))
+                    in scrape(collected)
+                )
+            )
             mirror.flush()
             assert without_created(scrape(mirrored)) == scrape(collected)
             await bus.publish_many([Booked(n=n) for n in range(4, 7)])
             await done.wait_count(6)
             mirror.flush()
             assert without_created(scrape(mirrored)) == scrape(collected)
-        assert value(scrape(mirrored), "eventbus_handled_total", outcome="success",
-                     **labels) == 6
-        assert value(scrape(mirrored), "eventbus_handler_duration_seconds_count",
-                     **labels) == 7
+        assert value(scrape(mirrored), "eventbus_handled_total", outcome="success", **labels) == 6
+        assert value(scrape(mirrored), "eventbus_handler_duration_seconds_count", **labels) == 7
 
     run(scenario)

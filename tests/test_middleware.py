@@ -40,8 +40,9 @@ from tests.bus_support import FakeDelivery
 WAIT = 5.0
 
 
-def make_ctx(attempt: int = 1, envelope: Envelope | None = None,
-             adapter: str = "memory://middleware-tests") -> Context:
+def make_ctx(
+    attempt: int = 1, envelope: Envelope | None = None, adapter: str = "memory://middleware-tests"
+) -> Context:
     env = envelope or Envelope.create(type="t", source="s", data=b"{}", correlationid="corr")
     return Context(EventBus(adapter), FakeDelivery(env, attempt), env)
 
@@ -115,8 +116,9 @@ def test_retry_in_process_until_success() -> None:
 
 def test_retry_hands_over_to_broker_with_the_backoff_delay() -> None:
     handler = Flaky(failures=10)
-    policy = RetryPolicy(max_attempts=5, in_process_attempts=2, initial_delay=0.001,
-                         multiplier=10.0, jitter=0.0)
+    policy = RetryPolicy(
+        max_attempts=5, in_process_attempts=2, initial_delay=0.001, multiplier=10.0, jitter=0.0
+    )
     with pytest.raises(RedeliveryRequested) as info:
         asyncio.run(Retry(policy)(make_ctx(), handler))
     assert handler.attempts == [1, 2]
@@ -142,8 +144,10 @@ def test_retry_counts_attempts_across_redeliveries_and_gives_up() -> None:
 
 
 def test_retry_never_retries_poison_or_give_up_errors() -> None:
-    for exc, policy in ((SchemaError, RetryPolicy()),
-                        (ValueError, RetryPolicy(give_up_on=(ValueError,)))):
+    for exc, policy in (
+        (SchemaError, RetryPolicy()),
+        (ValueError, RetryPolicy(give_up_on=(ValueError,))),
+    ):
         handler = Flaky(failures=10, exc=exc)
         ctx = make_ctx()
         with pytest.raises(exc):
@@ -255,6 +259,7 @@ def test_idempotency_refuses_a_claim_without_an_owner_token() -> None:
         asyncio.run(Idempotency(Ownerless())(make_ctx(), handler))
     assert handler.attempts == []
 
+
 def test_idempotency_keeps_the_handler_error_when_the_release_fails(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -350,10 +355,10 @@ async def call(step: Callable[[Context], Awaitable[None]]) -> None:
 def test_compose_runs_the_first_middleware_outermost() -> None:
     order: list[str] = []
 
-    def layer(name: str) -> Callable[[Context, Callable[[Context], Awaitable[None]]],
-                                     Awaitable[None]]:
-        async def middleware(ctx: Context, call_next: Callable[[Context], Awaitable[None]]
-                             ) -> None:
+    def layer(
+        name: str,
+    ) -> Callable[[Context, Callable[[Context], Awaitable[None]]], Awaitable[None]]:
+        async def middleware(ctx: Context, call_next: Callable[[Context], Awaitable[None]]) -> None:
             order.append(f"{name}>")
             await call_next(ctx)
             order.append(f"<{name}")
@@ -411,8 +416,10 @@ def test_redelivery_requested_has_a_default_reason() -> None:
 
 async def _read_one(adapter: MemoryAdapter, topic: str) -> Envelope:
     subscription = await adapter.subscribe(
-        topic, SubscribeOptions(group="reader", start_from="earliest"))
+        topic, SubscribeOptions(group="reader", start_from="earliest")
+    )
     try:
+
         async def first() -> Envelope:
             async for delivery in subscription:
                 await delivery.ack()
@@ -497,8 +504,9 @@ def test_dead_letter_middleware_raises_an_infrastructure_error_when_the_dlq_is_d
 def test_dead_letter_undecodable_wraps_the_raw_bytes() -> None:
     async def scenario() -> None:
         adapter = MemoryAdapter(f"memory://{uuid.uuid4()}")
-        delivery = FakeDelivery(None, attempt=2, raw=b"\x00garbage",
-                                decode_error="not a CloudEvent")
+        delivery = FakeDelivery(
+            None, attempt=2, raw=b"\x00garbage", decode_error="not a CloudEvent"
+        )
         dead = await dead_letter_undecodable(adapter, delivery)
         assert dead.type == UNDECODABLE_TYPE
         assert dead.data == b"\x00garbage"

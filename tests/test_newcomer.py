@@ -31,12 +31,19 @@ def test_a_newcomer_installs_copies_the_guide_and_the_tests_pass(tmp_path: Path)
     env_dir = tmp_path / "venv"
     venv.create(env_dir, with_pip=True)
     python = env_dir / "bin" / "python"
-    environ = {k: v for k, v in os.environ.items()
-               if k not in ("EVENTBUS_URL", "PYTHONPATH", "VIRTUAL_ENV")}
+    environ = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("EVENTBUS_URL", "PYTHONPATH", "VIRTUAL_ENV")
+    }
     environ["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
     install = subprocess.run(
         [str(python), "-m", "pip", "install", "--quiet", f"{ROOT}[test]"],
-        cwd=tmp_path, env=environ, capture_output=True, text=True, timeout=150,
+        cwd=tmp_path,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=150,
     )
     assert install.returncode == 0, install.stderr[-3000:]
 
@@ -49,11 +56,21 @@ def test_a_newcomer_installs_copies_the_guide_and_the_tests_pass(tmp_path: Path)
 
     tests = subprocess.run(
         [str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider"],
-        cwd=project, env=environ, capture_output=True, text=True, timeout=120,
+        cwd=project,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert tests.returncode == 0, tests.stdout[-3000:] + tests.stderr[-2000:]
     assert "5 passed" in tests.stdout, tests.stdout
     # The package the newcomer got is the installed one, not this checkout.
-    where = subprocess.run([str(python), "-c", "import eventbus; print(eventbus.__file__)"],
-                           cwd=project, env=environ, capture_output=True, text=True, timeout=30)
+    where = subprocess.run(
+        [str(python), "-c", "import eventbus; print(eventbus.__file__)"],
+        cwd=project,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert str(env_dir) in where.stdout, where.stdout

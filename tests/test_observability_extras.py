@@ -60,15 +60,23 @@ SCRIPT = textwrap.dedent('''
 
 def test_the_core_runs_without_the_observability_extras() -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    done = subprocess.run([sys.executable, "-c", SCRIPT], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-c", SCRIPT],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     lines = done.stdout.splitlines()
     assert lines[-1] == "loaded: []"
     said = "\n".join(lines[:-1])
-    assert 'import eventbus.tracing: eventbus.tracing needs opentelemetry-api' in said
+    assert "import eventbus.tracing: eventbus.tracing needs opentelemetry-api" in said
     assert 'pip install "eventbus[otel]"' in said
-    assert 'Metrics(): Metrics exports to prometheus-client' in said
+    assert "Metrics(): Metrics exports to prometheus-client" in said
     assert 'pip install "eventbus[prometheus]"' in said
-    assert "Metrics(registry=None, meter_provider=object()): Metrics(meter_provider=...) " \
-           "needs opentelemetry-api" in said
+    assert (
+        "Metrics(registry=None, meter_provider=object()): Metrics(meter_provider=...) "
+        "needs opentelemetry-api" in said
+    )

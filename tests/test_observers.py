@@ -55,8 +55,13 @@ class Recorder(Observer):
     def begin_batch(self, contexts: Sequence[Context]) -> object:
         return len(contexts)
 
-    def end_batch(self, contexts: Sequence[Context], mark: object, failed: Collection[int],
-                  failure: BaseException | None) -> None:
+    def end_batch(
+        self,
+        contexts: Sequence[Context],
+        mark: object,
+        failed: Collection[int],
+        failure: BaseException | None,
+    ) -> None:
         assert mark == len(contexts)
         self.batches.append((len(contexts), set(failed), failure))
 
@@ -77,9 +82,12 @@ def test_an_observer_sees_success_retries_redelivery_and_the_dead_letter(chain: 
     async def scenario() -> None:
         recorder = Recorder()
         url = memory_url()
-        bus = EventBus(url, source="obs", middleware=[recorder, *CHAINS[chain]],
-                       retry=RetryPolicy(max_attempts=3, in_process_attempts=2,
-                                         initial_delay=0.0, jitter=0.0))
+        bus = EventBus(
+            url,
+            source="obs",
+            middleware=[recorder, *CHAINS[chain]],
+            retry=RetryPolicy(max_attempts=3, in_process_attempts=2, initial_delay=0.0, jitter=0.0),
+        )
         runs: dict[int, int] = {}
         inside: list[str | None] = []
 
@@ -107,12 +115,12 @@ def test_an_observer_sees_success_retries_redelivery_and_the_dead_letter(chain: 
         [retried] = by_n[2]
         assert retried.failure is None and retried.result == "done 2"
         assert [(i.kind, i.attempt, i.reason) for i in retried.incidents] == [
-            ("retry", 1, "ValueError: first run of 2 fails")]
+            ("retry", 1, "ValueError: first run of 2 fails")
+        ]
         first, second = by_n[3]
         # Two runs in process, then the broker is asked to redeliver ...
         assert isinstance(first.failure, RedeliveryRequested)
-        assert [(i.kind, i.attempt) for i in first.incidents] == [("retry", 1),
-                                                                  ("redelivery", 2)]
+        assert [(i.kind, i.attempt) for i in first.incidents] == [("retry", 1), ("redelivery", 2)]
         # ... and the third run (max_attempts) is the last: dead-lettered, acked.
         assert second.failure is None
         [dead] = second.incidents
@@ -154,8 +162,9 @@ def test_a_poison_message_is_seen_dead_lettered() -> None:
             raise AssertionError("never runs")
 
         async with bus:
-            await bus.adapter.publish(topic, [bus.envelope_for(Shipped(n=1)).evolve(
-                type="test.observers.unknown")])
+            await bus.adapter.publish(
+                topic, [bus.envelope_for(Shipped(n=1)).evolve(type="test.observers.unknown")]
+            )
             [seen] = await recorder.seen.wait_count(1)
             raw = f"raw-{uuid.uuid4()}"
             bus2 = EventBus(url, source="obs", middleware=[recorder])
@@ -177,8 +186,12 @@ def test_a_poison_message_is_seen_dead_lettered() -> None:
 def test_a_batch_call_is_watched_and_its_failed_events_alone() -> None:
     async def scenario() -> None:
         recorder = Recorder()
-        bus = EventBus(memory_url(), source="obs", middleware=[recorder],
-                       retry=RetryPolicy(max_attempts=2, initial_delay=0.0, jitter=0.0))
+        bus = EventBus(
+            memory_url(),
+            source="obs",
+            middleware=[recorder],
+            retry=RetryPolicy(max_attempts=2, initial_delay=0.0, jitter=0.0),
+        )
         done = Collector[int]()
 
         @bus.subscribe(Shipped, group="g", batch=4, batch_timeout=0.2)
@@ -211,8 +224,11 @@ class BrokenEnd(Observer):
         raise RuntimeError("end is broken")
 
 
-@pytest.mark.parametrize("observers", [[BrokenBegin], [BrokenEnd], [BrokenBegin, BrokenEnd]],
-                         ids=["begin", "end", "both"])
+@pytest.mark.parametrize(
+    "observers",
+    [[BrokenBegin], [BrokenEnd], [BrokenBegin, BrokenEnd]],
+    ids=["begin", "end", "both"],
+)
 def test_a_broken_observer_changes_nothing(observers: list[type[Observer]]) -> None:
     async def scenario() -> None:
         url = memory_url()

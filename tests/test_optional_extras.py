@@ -19,15 +19,22 @@ def without_extras(tmp_path: Path) -> dict[str, str]:
     (hide / "sitecustomize.py").write_text(
         "import sys\n"
         f"for name in {HIDDEN!r}:\n"
-        "    sys.modules[name] = None  # import raises ModuleNotFoundError\n")
+        "    sys.modules[name] = None  # import raises ModuleNotFoundError\n"
+    )
     environ = {k: v for k, v in os.environ.items() if k != "EVENTBUS_URL"}
     environ["PYTHONPATH"] = os.pathsep.join([str(hide), str(ROOT)])
     return environ
 
 
 def python(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, *args], env=without_extras(tmp_path), cwd=ROOT,
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, *args],
+        env=without_extras(tmp_path),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def test_the_core_probes_and_asyncapi_import_without_the_extras(tmp_path: Path) -> None:
@@ -48,11 +55,13 @@ def test_the_core_probes_and_asyncapi_import_without_the_extras(tmp_path: Path) 
 def test_commands_needing_an_extra_name_it(tmp_path: Path) -> None:
     ran = python(tmp_path, "-m", "eventbus", "asyncapi", "examples.testing.shop:bus")
     assert ran.returncode == 3 and 'pip install "eventbus[asyncapi]"' in ran.stderr, ran.stderr
-    ran = python(tmp_path, "-m", "eventbus", "asyncapi", "examples.testing.shop:bus",
-                 "--format", "json")
+    ran = python(
+        tmp_path, "-m", "eventbus", "asyncapi", "examples.testing.shop:bus", "--format", "json"
+    )
     assert ran.returncode == 0 and '"asyncapi": "3.0.0"' in ran.stdout, ran.stderr
     ran = python(tmp_path, "-m", "eventbus", "run", "examples.testing.shop:bus", "--reload")
     assert ran.returncode == 3 and 'pip install "eventbus[reload]"' in ran.stderr, ran.stderr
-    ran = python(tmp_path, "-m", "eventbus", "run", "examples.testing.shop:bus",
-                 "--metrics-port", "0")
+    ran = python(
+        tmp_path, "-m", "eventbus", "run", "examples.testing.shop:bus", "--metrics-port", "0"
+    )
     assert ran.returncode == 3 and 'pip install "eventbus[prometheus]"' in ran.stderr, ran.stderr

@@ -25,8 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 ADAPTERS = ("kafka", "nats", "rabbitmq", "redis", "sqs")
 # Distribution -> its project folder and import package.
 DISTRIBUTIONS = {"eventbus": (ROOT, "eventbus")} | {
-    f"eventbus-{broker}": (ROOT / "adapters" / broker, f"eventbus_{broker}")
-    for broker in ADAPTERS
+    f"eventbus-{broker}": (ROOT / "adapters" / broker, f"eventbus_{broker}") for broker in ADAPTERS
 }
 CLI_EXTRA = ("typer", "rich")
 EXTRA_HINT = 'pip install "eventbus[cli]"'
@@ -38,7 +37,8 @@ def test_every_package_is_typed_for_a_user_type_checking_from_outside_the_checko
     """Without ``py.typed`` mypy skips an installed package and every name is ``Any``."""
     for folder, package in DISTRIBUTIONS.values():
         assert (folder / package / "py.typed").is_file(), f"{package} has no py.typed"
-    (tmp_path / "app.py").write_text(textwrap.dedent("""
+    (tmp_path / "app.py").write_text(
+        textwrap.dedent("""
         from eventbus import EventBus
         from eventbus_kafka import KafkaAdapter
         from eventbus_nats import NatsAdapter
@@ -52,10 +52,14 @@ def test_every_package_is_typed_for_a_user_type_checking_from_outside_the_checko
         reveal_type(RabbitMQAdapter)
         reveal_type(RedisStreamsAdapter)
         reveal_type(SqsAdapter)
-    """))
+    """)
+    )
     checked = subprocess.run(
         [sys.executable, "-m", "mypy", "--strict", "--no-incremental", "app.py"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=240,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=240,
     )
     assert checked.returncode == 0, checked.stdout + checked.stderr
     revealed = [line for line in checked.stdout.splitlines() if "Revealed type" in line]
@@ -69,7 +73,8 @@ def test_every_distribution_is_apache_2_and_its_source_distribution_carries_the_
         assert metadata(dist)["License"] == "Apache-2.0", dist
         if folder != ROOT:  # the root's LICENSE is found by hatch's default license-files
             sdist = tomllib.loads((folder / "pyproject.toml").read_text())["tool"]["hatch"][
-                "build"]["targets"]["sdist"]
+                "build"
+            ]["targets"]["sdist"]
             assert (folder / next(iter(sdist["force-include"]))).resolve() == ROOT / "LICENSE"
 
 
@@ -83,7 +88,8 @@ def test_the_version_is_written_once_in_eventbus_init() -> None:
         assert source.resolve() == ROOT / "eventbus" / "__init__.py", dist
         assert dist_version(dist) == eventbus.__version__, (
             f"{dist} is installed at {dist_version(dist)}, the source says "
-            f"{eventbus.__version__}: run `make setup`")
+            f"{eventbus.__version__}: run `make setup`"
+        )
 
 
 def test_adapters_accept_this_eventbus_and_not_the_next_minor_release() -> None:
@@ -91,18 +97,23 @@ def test_adapters_accept_this_eventbus_and_not_the_next_minor_release() -> None:
     current = Version(eventbus.__version__)
     next_minor = f"{current.major}.{current.minor + 1}.0"
     for broker in ADAPTERS:
-        required = [Requirement(line) for line in requires(f"eventbus-{broker}") or ()
-                    if Requirement(line).name == "eventbus"]
+        required = [
+            Requirement(line)
+            for line in requires(f"eventbus-{broker}") or ()
+            if Requirement(line).name == "eventbus"
+        ]
         assert len(required) == 1, broker
         specifier = required[0].specifier
         assert specifier.contains(current) and not specifier.contains(next_minor), (
-            f"eventbus-{broker} requires eventbus{specifier}")
+            f"eventbus-{broker} requires eventbus{specifier}"
+        )
 
 
 def test_the_eventbus_command_prints_the_version() -> None:
     command = Path(sysconfig.get_path("scripts")) / "eventbus"
-    printed = subprocess.run([str(command), "--version"],
-                             capture_output=True, text=True, timeout=60)
+    printed = subprocess.run(
+        [str(command), "--version"], capture_output=True, text=True, timeout=60
+    )
     assert printed.returncode == 0, printed.stderr
     assert printed.stdout == f"eventbus {eventbus.__version__}\n"
 
@@ -124,7 +135,8 @@ def without_cli_extra(tmp_path: Path) -> dict[str, str]:
     (hide / "sitecustomize.py").write_text(
         "import sys\n"
         "for name in ('typer', 'rich', 'click'):\n"
-        "    sys.modules[name] = None  # import raises ModuleNotFoundError\n")
+        "    sys.modules[name] = None  # import raises ModuleNotFoundError\n"
+    )
     environ = {k: v for k, v in os.environ.items() if k != "EVENTBUS_URL"}
     environ["PYTHONPATH"] = str(hide)
     return environ
@@ -138,19 +150,32 @@ def test_the_library_and_the_test_kit_import_without_the_cli_extra(tmp_path: Pat
         from eventbus.testing import TestBus
         print("imported")
     """)
-    ran = subprocess.run([sys.executable, "-c", code], env=without_cli_extra(tmp_path),
-                         cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    ran = subprocess.run(
+        [sys.executable, "-c", code],
+        env=without_cli_extra(tmp_path),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert ran.returncode == 0 and ran.stdout == "imported\n", ran.stderr
 
 
 @pytest.mark.parametrize("how", ["command", "python -m eventbus"])
-def test_the_command_without_the_cli_extra_says_how_to_install_it(
-    tmp_path: Path, how: str
-) -> None:
-    argv = ([str(Path(sysconfig.get_path("scripts")) / "eventbus")] if how == "command"
-            else [sys.executable, "-m", "eventbus"])
-    ran = subprocess.run([*argv, "--version"], env=without_cli_extra(tmp_path),
-                         cwd=tmp_path, capture_output=True, text=True, timeout=60)
+def test_the_command_without_the_cli_extra_says_how_to_install_it(tmp_path: Path, how: str) -> None:
+    argv = (
+        [str(Path(sysconfig.get_path("scripts")) / "eventbus")]
+        if how == "command"
+        else [sys.executable, "-m", "eventbus"]
+    )
+    ran = subprocess.run(
+        [*argv, "--version"],
+        env=without_cli_extra(tmp_path),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert ran.returncode == 3, ran.stdout + ran.stderr
     assert ran.stdout == "" and "Traceback" not in ran.stderr, ran.stderr
     lines = ran.stderr.splitlines()
@@ -182,8 +207,14 @@ def test_importing_the_cli_without_the_extra_names_the_extra(tmp_path: Path) -> 
         except ModuleNotFoundError as missing:
             print(missing.name, "|", missing)
     """)
-    ran = subprocess.run([sys.executable, "-c", code], env=without_cli_extra(tmp_path),
-                         cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    ran = subprocess.run(
+        [sys.executable, "-c", code],
+        env=without_cli_extra(tmp_path),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert ran.returncode == 0, ran.stderr
     name, _, message = ran.stdout.strip().partition(" | ")
     assert name in CLI_EXTRA and EXTRA_HINT in message, ran.stdout
@@ -199,7 +230,10 @@ def test_the_ci_workflow_runs_every_python_the_distributions_claim() -> None:
     prefix = "Programming Language :: Python :: 3."
     for dist, (folder, _) in DISTRIBUTIONS.items():
         project = tomllib.loads((folder / "pyproject.toml").read_text())["project"]
-        claimed = [c.removeprefix("Programming Language :: Python :: ")
-                   for c in project["classifiers"] if c.startswith(prefix)]
+        claimed = [
+            c.removeprefix("Programming Language :: Python :: ")
+            for c in project["classifiers"]
+            if c.startswith(prefix)
+        ]
         assert claimed == matrix, f"{dist} claims {claimed}, CI runs {matrix}"
         assert project["requires-python"] == f">={matrix[0]}", dist

@@ -29,6 +29,7 @@ async def get(port: int, path: str, method: str = "GET") -> httpx.Response:
 
 async def until_status(port: int, path: str, status: int, timeout: float = 10.0) -> dict:
     """Poll ``path`` until it answers ``status``; returns the JSON body then."""
+
     async def poll() -> dict:
         while True:
             answer = await get(port, path)
@@ -58,8 +59,9 @@ def test_livez_answers_and_readyz_waits_for_the_start() -> None:
             async with bus:
                 ready = await until_status(port, READYZ, 200)
                 assert ready["ok"] is True
-                assert [(s["topic"], s["group"], s["state"]) for s in ready["subscriptions"]] \
-                    == [(OrderPlaced.default_topic(), "billing", "running")]
+                assert [(s["topic"], s["group"], s["state"]) for s in ready["subscriptions"]] == [
+                    (OrderPlaced.default_topic(), "billing", "running")
+                ]
             assert (await get(port, READYZ)).status_code == 503
 
     run(scenario)
@@ -68,6 +70,7 @@ def test_livez_answers_and_readyz_waits_for_the_start() -> None:
 def test_readyz_turns_unready_on_a_half_open_connection_and_ready_after_it() -> None:
     """The memory broker's freeze fault: the subscription notices the half-open
     connection, /readyz says so; after the thaw it subscribes again and /readyz is ready."""
+
     async def scenario() -> None:
         url = memory_url()
         bus = EventBus(url, stall_after=0.5)
@@ -154,8 +157,10 @@ def test_a_broker_whose_health_check_hangs_is_unready_in_bounded_time() -> None:
 
     async def scenario() -> None:
         bus = EventBus(Hanging(memory_url()))
-        async with bus, serve_probes(bus, health_port=0, host="127.0.0.1",
-                                     check_timeout=0.3) as probes:
+        async with (
+            bus,
+            serve_probes(bus, health_port=0, host="127.0.0.1", check_timeout=0.3) as probes,
+        ):
             answer = await get(probes.health_port, READYZ)
             assert answer.status_code == 503
             assert "did not answer within 0.3s" in answer.json()["detail"]
@@ -197,12 +202,12 @@ def test_metrics_serves_the_default_registry() -> None:
 def test_one_port_may_serve_the_probes_and_the_metrics() -> None:
     async def scenario() -> None:
         bus = EventBus(memory_url())
-        async with serve_probes(bus, health_port=0, metrics_port=0,
-                                host="127.0.0.1") as probes:
+        async with serve_probes(bus, health_port=0, metrics_port=0, host="127.0.0.1") as probes:
             assert probes.health_port != probes.metrics_port
         port = _free_port()
-        async with serve_probes(bus, health_port=port, metrics_port=port,
-                                host="127.0.0.1") as probes:
+        async with serve_probes(
+            bus, health_port=port, metrics_port=port, host="127.0.0.1"
+        ) as probes:
             assert probes.health_port == probes.metrics_port == port
             assert (await get(port, METRICS)).status_code == 200
             assert (await get(port, LIVEZ)).status_code == 200

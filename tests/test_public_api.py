@@ -25,8 +25,11 @@ def test_importing_eventbus_does_not_import_aiosqlite() -> None:
 
 
 def test_every_error_a_user_may_catch_is_exported() -> None:
-    defined = {name for name, value in vars(errors).items()
-               if inspect.isclass(value) and issubclass(value, errors.EventBusError)}
+    defined = {
+        name
+        for name, value in vars(errors).items()
+        if inspect.isclass(value) and issubclass(value, errors.EventBusError)
+    }
     assert defined - set(eventbus.__all__) == set()
 
 
@@ -36,8 +39,17 @@ def test_every_exported_name_resolves(name: str) -> None:
 
 
 def test_what_a_service_author_needs_is_at_the_top() -> None:
-    for name in ("EventBus", "Event", "Command", "Context", "RetryPolicy", "DeadLetters",
-                 "MemoryIdempotencyStore", "SQLiteIdempotencyStore", "PublishOptions"):
+    for name in (
+        "EventBus",
+        "Event",
+        "Command",
+        "Context",
+        "RetryPolicy",
+        "DeadLetters",
+        "MemoryIdempotencyStore",
+        "SQLiteIdempotencyStore",
+        "PublishOptions",
+    ):
         assert name in eventbus.__all__
     with pytest.raises(AttributeError, match="no attribute 'Nope'"):
         eventbus.Nope  # type: ignore[attr-defined]  # noqa: B018
@@ -59,9 +71,11 @@ async def main(bus: EventBus, ctx: Context) -> None:
 
 def test_mypy_catches_a_misspelled_publish_option() -> None:
     api = pytest.importorskip("mypy.api")
-    ok, _, status = api.run(["--strict", "--no-incremental", "-c",
-                             SNIPPET.format(option="subject")])
+    ok, _, status = api.run(
+        ["--strict", "--no-incremental", "-c", SNIPPET.format(option="subject")]
+    )
     assert status == 0, ok
-    wrong, _, status = api.run(["--strict", "--no-incremental", "-c",
-                                SNIPPET.format(option="partition_key")])
+    wrong, _, status = api.run(
+        ["--strict", "--no-incremental", "-c", SNIPPET.format(option="partition_key")]
+    )
     assert status == 1 and 'Unexpected keyword argument "partition_key"' in wrong, wrong

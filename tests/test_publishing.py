@@ -44,8 +44,9 @@ def test_publish_middleware_runs_around_every_publish_and_may_change_envelopes()
 
         async def stamp(topic: str, envelopes: Sequence[Envelope], call_next: Any) -> None:
             calls.append((topic, len(envelopes)))
-            await call_next(topic, [e.evolve(extensions={**e.extensions, "tenant": "a"})
-                                    for e in envelopes])
+            await call_next(
+                topic, [e.evolve(extensions={**e.extensions, "tenant": "a"}) for e in envelopes]
+            )
 
         bus = EventBus(memory_url(), publish_middleware=[stamp])
         received: Collector[Envelope] = Collector()
@@ -69,8 +70,9 @@ def test_publish_middleware_runs_around_every_publish_and_may_change_envelopes()
         assert {e.extensions["tenant"] for e in received.items} == {"a"}
         pings, pongs, rings = (f"test-publishing-{name}" for name in ("pings", "pongs", "rings"))
         # bus.publish, publish_many (one call per topic), send, then ctx.publish and ctx.send
-        assert sorted(calls) == sorted([(pings, 1), (pongs, 1), (rings, 1), (rings, 1),
-                                        (pongs, 1), (rings, 1)])
+        assert sorted(calls) == sorted(
+            [(pings, 1), (pongs, 1), (rings, 1), (rings, 1), (pongs, 1), (rings, 1)]
+        )
 
     run(scenario)
 
@@ -151,10 +153,18 @@ def test_publish_with_parent_none_inside_a_handler_starts_a_new_flow() -> None:
 def test_a_batch_builds_one_envelope_per_message_each_its_own_flow_and_extensions() -> None:
     from eventbus.publishing import build_envelopes
 
-    envelopes = build_envelopes([Ponged(n=1), Ring(n=2), Ponged(n=3)], "svc", parent=None,
-                                extensions={"tenant": "acme"}, key="k")
-    assert [e.type for e in envelopes] == [Ponged.event_type(), Ring.event_type(),
-                                           Ponged.event_type()]
+    envelopes = build_envelopes(
+        [Ponged(n=1), Ring(n=2), Ponged(n=3)],
+        "svc",
+        parent=None,
+        extensions={"tenant": "acme"},
+        key="k",
+    )
+    assert [e.type for e in envelopes] == [
+        Ponged.event_type(),
+        Ring.event_type(),
+        Ponged.event_type(),
+    ]
     assert [e.data for e in envelopes] == [b'{"n":1}', b'{"n":2}', b'{"n":3}']
     assert all(e.correlationid == e.id and e.causationid is None for e in envelopes)
     assert all(e.partitionkey == "k" and e.source == "svc" for e in envelopes)
@@ -163,8 +173,8 @@ def test_a_batch_builds_one_envelope_per_message_each_its_own_flow_and_extension
     assert len({e.time for e in envelopes}) == 1 and type(envelopes[0]) is Envelope
 
 
-
 # -- publish_many of one class: the one-topic path ---------------------------------------
+
 
 class Shipped(Event, type="test.one-topic.shipped", topic="test-one-topic-shipped"):
     parcel: str
@@ -176,7 +186,8 @@ class _RefusesBad(MemoryAdapter):
     async def publish(self, topic: str, envelopes: Sequence[Envelope]) -> None:
         bad: dict[int, Exception] = {
             i: PublishError("not confirmed")
-            for i, e in enumerate(envelopes) if json.loads(e.data)["parcel"] == "bad"
+            for i, e in enumerate(envelopes)
+            if json.loads(e.data)["parcel"] == "bad"
         }
         await super().publish(topic, [e for i, e in enumerate(envelopes) if i not in bad])
         if bad:
@@ -188,8 +199,9 @@ def test_one_topic_batch_refused_whole_names_every_index() -> None:
         bus = EventBus(f"{memory_url()}?max_message_bytes=400")
         async with bus:
             with pytest.raises(BatchPublishError) as info:
-                await bus.publish_many([Shipped(parcel="a"), Shipped(parcel="x" * 500),
-                                        Shipped(parcel="b")])
+                await bus.publish_many(
+                    [Shipped(parcel="a"), Shipped(parcel="x" * 500), Shipped(parcel="b")]
+                )
         error = info.value
         assert set(error.failures) == {0, 1, 2}
         assert list(error.succeeded) == []
@@ -205,8 +217,14 @@ def test_one_topic_batch_partly_confirmed_names_the_failed_indexes() -> None:
         bus = EventBus(_RefusesBad(url))
         async with bus:
             with pytest.raises(BatchPublishError) as info:
-                await bus.publish_many([Shipped(parcel="ok"), Shipped(parcel="bad"),
-                                        Shipped(parcel="ok 2"), Shipped(parcel="bad")])
+                await bus.publish_many(
+                    [
+                        Shipped(parcel="ok"),
+                        Shipped(parcel="bad"),
+                        Shipped(parcel="ok 2"),
+                        Shipped(parcel="bad"),
+                    ]
+                )
         stored = await read_topic(url, "test-one-topic-shipped", 2)
         assert set(info.value.failures) == {1, 3}
         assert list(info.value.succeeded) == [0, 2]

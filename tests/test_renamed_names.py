@@ -13,8 +13,13 @@ from eventbus.testing import Collector, without_delays
 RENAMED = [
     # (module, old name, new object's module, new name, words the warning must contain)
     ("eventbus.testing", "Inbox", "eventbus.testing", "Collector", "eventbus.testing.Collector"),
-    ("eventbus.testing.conformance", "Inbox", "eventbus.testing", "Collector",
-     "eventbus.testing.Collector"),
+    (
+        "eventbus.testing.conformance",
+        "Inbox",
+        "eventbus.testing",
+        "Collector",
+        "eventbus.testing.Collector",
+    ),
 ]
 _SAGAS, _ORDERING = "eventbus.patterns.sagas", "eventbus.patterns.ordering"
 for _module, _old, _new_module, _new in [
@@ -52,7 +57,8 @@ def test_a_renamed_exception_is_still_caught_by_its_old_name() -> None:
 
 @pytest.mark.parametrize(("module", "old", "new_module", "new", "hint"), RENAMED)
 def test_an_old_name_warns_naming_the_new_one_and_is_the_same_object(
-        module: str, old: str, new_module: str, new: str, hint: str) -> None:
+    module: str, old: str, new_module: str, new: str, hint: str
+) -> None:
     with pytest.warns(DeprecationWarning, match=rf"{module}\.{old} is deprecated") as caught:
         value = getattr(importlib.import_module(module), old)
     assert hint in str(caught[0].message)
@@ -69,18 +75,22 @@ def test_the_old_no_delay_retry_helpers_equal_without_delays() -> None:
         from eventbus.testing.direct import NO_DELAY_RETRY, immediate_retry
     with pytest.warns(DeprecationWarning, match=r"without_delays\(RetryPolicy"):
         from eventbus.testing import NO_DELAY_RETRY as NO_DELAY_RETRY_AGAIN
-    assert NO_DELAY_RETRY == NO_DELAY_RETRY_AGAIN == without_delays(
-        RetryPolicy(max_attempts=3, in_process_attempts=3))
+    assert (
+        NO_DELAY_RETRY
+        == NO_DELAY_RETRY_AGAIN
+        == without_delays(RetryPolicy(max_attempts=3, in_process_attempts=3))
+    )
     assert immediate_retry(4, in_process_attempts=2) == without_delays(
-        RetryPolicy(max_attempts=4, in_process_attempts=2))
+        RetryPolicy(max_attempts=4, in_process_attempts=2)
+    )
 
 
 def test_without_delays_keeps_attempts_and_filters_and_drops_every_wait() -> None:
-    policy = RetryPolicy(max_attempts=4, in_process_attempts=2, initial_delay=3.0,
-                         give_up_on=(ValueError,))
+    policy = RetryPolicy(
+        max_attempts=4, in_process_attempts=2, initial_delay=3.0, give_up_on=(ValueError,)
+    )
     fast = without_delays(policy)
-    assert (fast.max_attempts, fast.in_process_attempts, fast.give_up_on) == (
-        4, 2, (ValueError,))
+    assert (fast.max_attempts, fast.in_process_attempts, fast.give_up_on) == (4, 2, (ValueError,))
     assert [fast.delay(n) for n in (1, 2, 3)] == [0.0, 0.0, 0.0]
     default = without_delays()
     assert default.max_attempts == RetryPolicy().max_attempts and default.delay(1) == 0.0

@@ -64,13 +64,14 @@ def test_undecodable_message_is_rejected_not_dead_lettered_when_dead_letters_are
                 good = Envelope.create(type="test.runner.job", source="t", data=b'{"n": 7}')
                 await adapter.publish(topic, [good])
                 assert await handled.wait_count(1) == [7]
-                await until(lambda: any("undecodable" in m and "rejected" in m
-                                        for m in logs.messages(logging.ERROR)))
+                await until(
+                    lambda: any(
+                        "undecodable" in m and "rejected" in m for m in logs.messages(logging.ERROR)
+                    )
+                )
         assert dlq_size(url, topic, "g") == 0
 
     run(scenario)
-
-
 
 
 class FakeDelivery(Delivery):
@@ -218,8 +219,13 @@ class FlakyAdapter(MemoryAdapter):
     first delivery, or fail before any once resubscribed (``fail_at_once``), or refuse
     to resubscribe."""
 
-    def __init__(self, url: str, after_each: str = "", fail_at_once: bool = False,
-                 refuse_resubscribe: bool = False) -> None:
+    def __init__(
+        self,
+        url: str,
+        after_each: str = "",
+        fail_at_once: bool = False,
+        refuse_resubscribe: bool = False,
+    ) -> None:
         super().__init__(url)
         self.after_each = after_each
         self.fail_at_once = fail_at_once
@@ -258,9 +264,11 @@ def test_fetching_recovers_when_the_iterator_raises_or_ends(after_each: str) -> 
 @pytest.mark.parametrize("cause", ["repeated", "configuration"])
 def test_a_subscription_that_keeps_failing_is_reported_dead(cause: str) -> None:
     async def scenario() -> None:
-        adapter = (FlakyAdapter(memory_url(), after_each="raise", fail_at_once=True)
-                   if cause == "repeated"
-                   else FlakyAdapter(memory_url(), after_each="raise", refuse_resubscribe=True))
+        adapter = (
+            FlakyAdapter(memory_url(), after_each="raise", fail_at_once=True)
+            if cause == "repeated"
+            else FlakyAdapter(memory_url(), after_each="raise", refuse_resubscribe=True)
+        )
         bus = EventBus(adapter)
 
         @bus.subscribe(Job, group="g")
@@ -287,6 +295,7 @@ def _states(health: Any) -> list[str]:
 
 async def wait_states(bus: EventBus, wanted: list[str]) -> Any:
     """Poll ``bus.health()`` until its subscriptions are in the ``wanted`` states."""
+
     async def poll() -> Any:
         while True:
             health = await bus.health()
@@ -413,8 +422,11 @@ def test_failures_outside_the_handler_are_redelivered_with_growing_delays(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A step outside the handler failing (a store outage) must not hammer the broker."""
-    monkeypatch.setattr(settlement_module, "REDELIVERY_BACKOFF",
-                        Backoff(initial=0.01, multiplier=2.0, max_delay=0.04, jitter=0.0))
+    monkeypatch.setattr(
+        settlement_module,
+        "REDELIVERY_BACKOFF",
+        Backoff(initial=0.01, multiplier=2.0, max_delay=0.04, jitter=0.0),
+    )
     delays: list[float] = []
     original = memory_broker.MemoryDelivery._nack
 

@@ -116,8 +116,9 @@ def test_a_message_whose_runs_never_finished_is_dead_lettered_before_running_aga
         await raw.connect()
         options = SubscribeOptions(group="billing")
         subscription = await raw.subscribe(topic, options)  # the group exists
-        sent = Envelope.create(type=OrderPlaced.event_type(), source="t",
-                               data=OrderPlaced(order_id="9").to_bytes())
+        sent = Envelope.create(
+            type=OrderPlaced.event_type(), source="t", data=OrderPlaced(order_id="9").to_bytes()
+        )
         await raw.publish(topic, [sent])
         for crash in range(3):
             async for delivery in subscription:
@@ -135,7 +136,7 @@ def test_a_message_whose_runs_never_finished_is_dead_lettered_before_running_aga
             runs.append(1)
 
         async with bus:
-            dead, = await dead_letters(url, topic, "billing", 1)
+            (dead,) = await dead_letters(url, topic, "billing", 1)
         assert runs == [], "a message that crashed max_attempts times ran again"
         assert dead.id == sent.id
         assert dead.extensions["dlqexception"] == "eventbus.errors.RunsExhaustedError"
@@ -150,8 +151,16 @@ def test_a_redelivery_with_budget_left_still_runs() -> None:
         raw = MemoryAdapter(url)
         options = SubscribeOptions(group="billing")
         subscription = await raw.subscribe(topic, options)
-        await raw.publish(topic, [Envelope.create(
-            type=OrderPlaced.event_type(), source="t", data=OrderPlaced(order_id="9").to_bytes())])
+        await raw.publish(
+            topic,
+            [
+                Envelope.create(
+                    type=OrderPlaced.event_type(),
+                    source="t",
+                    data=OrderPlaced(order_id="9").to_bytes(),
+                )
+            ],
+        )
         async for _ in subscription:
             break
         subscription.lose_connection()  # type: ignore[attr-defined]
@@ -182,10 +191,18 @@ def test_a_binary_event_dead_letter_keeps_its_data_when_the_binary_encoding_fits
             raise RuntimeError("no")
 
         async with bus:
-            await bus.publish_envelopes(topic, [Envelope.create(
-                type="test.blob", source="t", data=data,
-                datacontenttype="application/octet-stream")])
-            dead, = await dead_letters(url, topic, "g", 1)
+            await bus.publish_envelopes(
+                topic,
+                [
+                    Envelope.create(
+                        type="test.blob",
+                        source="t",
+                        data=data,
+                        datacontenttype="application/octet-stream",
+                    )
+                ],
+            )
+            (dead,) = await dead_letters(url, topic, "g", 1)
         assert dead.data == data
         assert "dlqdropped" not in dead.extensions or "data" not in dead.extensions["dlqdropped"]
 
@@ -211,9 +228,17 @@ def test_start_fails_within_start_timeout_when_the_broker_never_answers() -> Non
 
 def test_a_foreign_binary_header_never_makes_a_cloudevent_unreadable() -> None:
     envelope = decode_binary(
-        {"ce_specversion": b"1.0", "ce_id": b"1", "ce_source": b"s", "ce_type": b"t",
-         "x-b3-trace": b"\xff\xfe\x00", "content-type": b"application/json"},
-        b"{}", "ce_")
+        {
+            "ce_specversion": b"1.0",
+            "ce_id": b"1",
+            "ce_source": b"s",
+            "ce_type": b"t",
+            "x-b3-trace": b"\xff\xfe\x00",
+            "content-type": b"application/json",
+        },
+        b"{}",
+        "ce_",
+    )
     assert (envelope.id, envelope.type) == ("1", "t")
 
 
@@ -221,5 +246,8 @@ def test_a_ce_header_that_is_not_text_is_a_decode_error_naming_it() -> None:
     from eventbus.errors import DecodeError
 
     with pytest.raises(DecodeError, match="ce_type"):
-        decode_binary({"ce_specversion": b"1.0", "ce_id": b"1", "ce_source": b"s",
-                       "ce_type": b"\xff"}, b"{}", "ce_")
+        decode_binary(
+            {"ce_specversion": b"1.0", "ce_id": b"1", "ce_source": b"s", "ce_type": b"\xff"},
+            b"{}",
+            "ce_",
+        )

@@ -10,14 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from eventbus import (
-    Context,
-    Envelope,
-    Event,
-    EventBus,
-    MemoryIdempotencyStore,
-    RetryPolicy,
-)
+from eventbus import Context, Envelope, Event, EventBus, MemoryIdempotencyStore, RetryPolicy
 from eventbus.adapter import Delivery
 from eventbus.middleware import Next
 from eventbus.runs import RunCounter
@@ -67,7 +60,6 @@ def test_finished_starts_a_fresh_budget_but_keeps_deliveries_seen() -> None:
     assert counter.seen(_delivery("e", attempt=3)) == 0
 
 
-
 # -- the retry budget counts real runs ---------------------------------------------------
 
 POLICY = RetryPolicy(max_attempts=3, in_process_attempts=3, initial_delay=0.01, jitter=0)
@@ -87,8 +79,9 @@ def test_retry_policy_delay_is_capped_for_any_attempt_number() -> None:
 def test_a_practically_endless_policy_keeps_retrying_past_1025_attempts() -> None:
     async def scenario() -> None:
         url = memory_url()
-        policy = RetryPolicy(max_attempts=1100, in_process_attempts=1100,
-                             initial_delay=0.0, max_delay=0.0, jitter=0)
+        policy = RetryPolicy(
+            max_attempts=1100, in_process_attempts=1100, initial_delay=0.0, max_delay=0.0, jitter=0
+        )
         bus = EventBus(url, retry=policy)
 
         @bus.subscribe(Job, group="g")
@@ -145,8 +138,7 @@ def test_idempotency_bounces_of_a_duplicate_do_not_count_as_attempts() -> None:
             deliveries.add((ctx.delivery.attempt, int(ctx.delivery.message_id)))
             await call_next(ctx)
 
-        bus = EventBus(url, retry=POLICY, idempotency=MemoryIdempotencyStore(),
-                       middleware=[record])
+        bus = EventBus(url, retry=POLICY, idempotency=MemoryIdempotencyStore(), middleware=[record])
         runs: Collector[tuple[str, int]] = Collector()
 
         @bus.subscribe(Job, group="g", concurrency=2)
@@ -190,12 +182,17 @@ def test_the_context_logger_reports_the_current_attempt() -> None:
             async with bus:
                 await bus.publish(Job(n=1))
                 await done.wait_count(1)
-        handling = [(r.getMessage(), getattr(r, "attempt", None)) for r in logs.records
-                    if r.levelno == logging.INFO and r.getMessage().startswith("handling")]
-        assert handling == [("handling attempt 1", 1), ("handling attempt 2", 2),
-                            ("handling attempt 3", 3)]
-        failed = [getattr(r, "attempt", None) for r in logs.records
-                  if "failed" in r.getMessage()]
+        handling = [
+            (r.getMessage(), getattr(r, "attempt", None))
+            for r in logs.records
+            if r.levelno == logging.INFO and r.getMessage().startswith("handling")
+        ]
+        assert handling == [
+            ("handling attempt 1", 1),
+            ("handling attempt 2", 2),
+            ("handling attempt 3", 3),
+        ]
+        failed = [getattr(r, "attempt", None) for r in logs.records if "failed" in r.getMessage()]
         assert failed == [1, 2]
 
     run(scenario)

@@ -42,8 +42,11 @@ BROKERS = [
     Broker("rabbitmq", "amqp://h/", "amqps://h/", delay_tiers=True),
     Broker("nats", "nats://h:4222", "nats://h:4222?tls=true"),
     Broker("redis", "redis+streams://h:6379/0", "rediss+streams://h:6379/0"),
-    Broker("sqs", "sqs://127.0.0.1:5000?region=us-east-1",
-           "sqs://127.0.0.1:5000?region=us-east-1&endpoint_scheme=https"),
+    Broker(
+        "sqs",
+        "sqs://127.0.0.1:5000?region=us-east-1",
+        "sqs://127.0.0.1:5000?region=us-east-1&endpoint_scheme=https",
+    ),
 ]
 # The schemes of a broker without replay besides its main one: start_from is accepted
 # there too (a new group starts with what is published once it exists).
@@ -116,16 +119,15 @@ def test_memory_takes_start_from_too() -> None:
 
 @pytest.mark.parametrize("broker", each("tls_names"))
 def test_the_tls_files_have_one_name_everywhere(broker: Broker) -> None:
-    s = settings_of(broker, broker.with_query("tls_ca=/ca.pem&tls_cert=/c.pem&tls_key=/k.pem",
-                                              tls=True))
-    assert (s.tls_ca, s.tls_cert, s.tls_key, s.tls_verify) == (
-        "/ca.pem", "/c.pem", "/k.pem", True)
+    s = settings_of(
+        broker, broker.with_query("tls_ca=/ca.pem&tls_cert=/c.pem&tls_key=/k.pem", tls=True)
+    )
+    assert (s.tls_ca, s.tls_cert, s.tls_key, s.tls_verify) == ("/ca.pem", "/c.pem", "/k.pem", True)
 
 
 @pytest.mark.parametrize("broker", each("tls_verify"))
 def test_tls_verify_can_be_turned_off(broker: Broker) -> None:
-    assert settings_of(broker, broker.with_query("tls_verify=false", tls=True)).tls_verify \
-        is False
+    assert settings_of(broker, broker.with_query("tls_verify=false", tls=True)).tls_verify is False
 
 
 @pytest.mark.parametrize("broker", each("tls_needs_tls"))
@@ -174,8 +176,9 @@ def test_delay_tiers_are_ascending_seconds(broker: Broker) -> None:
         assert f"delay_tiers='{bad}'" in refusal(broker.with_query(f"delay_tiers={bad}"))
 
 
-@pytest.mark.parametrize("broker", [p for p in each("delay_tiers_refused")
-                                    if not p.values[0].delay_tiers])
+@pytest.mark.parametrize(
+    "broker", [p for p in each("delay_tiers_refused") if not p.values[0].delay_tiers]
+)
 def test_an_adapter_without_delay_queues_does_not_take_delay_tiers(broker: Broker) -> None:
     """NATS and SQS delay natively, Redis redelivers by claim: no tiers to configure."""
     assert "unknown option 'delay_tiers'" in refusal(broker.with_query("delay_tiers=1,10"))
@@ -204,21 +207,39 @@ def test_durations_are_seconds_with_fractions(broker: Broker) -> None:
 
 DEPRECATED: dict[str, tuple[str, dict[str, Any], bool]] = {
     # broker: (old options, {new attribute: value}, needs TLS selected)
-    "kafka": ("client_id=orders&create_topics=false&session_timeout_ms=6000"
-              "&heartbeat_interval_ms=1000&retry_tiers=5,30",
-              {"client_name": "orders", "provision": False, "session_timeout": 6.0,
-               "heartbeat_interval": 1.0, "delay_tiers": (5, 30)}, False),
-    "rabbitmq": ("cafile=/ca.pem&delay_tiers_ms=50,1000&verify=false",
-                 {"tls_ca": "/ca.pem", "delay_tiers": (0.05, 1.0), "tls_verify": False}, True),
-    "nats": ("name=orders&create_streams=false",
-             {"client_name": "orders", "provision": False}, False),
-    "redis": ("ssl_ca_certs=/ca.pem&block_ms=1500&claim_idle_ms=2000",
-              {"tls_ca": "/ca.pem", "block": 1.5, "claim_idle": 2.0}, True),
+    "kafka": (
+        "client_id=orders&create_topics=false&session_timeout_ms=6000"
+        "&heartbeat_interval_ms=1000&retry_tiers=5,30",
+        {
+            "client_name": "orders",
+            "provision": False,
+            "session_timeout": 6.0,
+            "heartbeat_interval": 1.0,
+            "delay_tiers": (5, 30),
+        },
+        False,
+    ),
+    "rabbitmq": (
+        "cafile=/ca.pem&delay_tiers_ms=50,1000&verify=false",
+        {"tls_ca": "/ca.pem", "delay_tiers": (0.05, 1.0), "tls_verify": False},
+        True,
+    ),
+    "nats": (
+        "name=orders&create_streams=false",
+        {"client_name": "orders", "provision": False},
+        False,
+    ),
+    "redis": (
+        "ssl_ca_certs=/ca.pem&block_ms=1500&claim_idle_ms=2000",
+        {"tls_ca": "/ca.pem", "block": 1.5, "claim_idle": 2.0},
+        True,
+    ),
 }
 
 
-@pytest.mark.parametrize("broker", [p for p in each("deprecated")
-                                    if p.values[0].name in DEPRECATED])
+@pytest.mark.parametrize(
+    "broker", [p for p in each("deprecated") if p.values[0].name in DEPRECATED]
+)
 def test_old_names_still_work_with_one_warning_naming_the_new_ones(broker: Broker) -> None:
     query, expected, tls = DEPRECATED[broker.name]
     with pytest.warns(DeprecationWarning) as warned:
@@ -270,8 +291,9 @@ class _CapturedError(Exception):
     """Raised by a client constructor patched to record what the adapter gave it."""
 
 
-def _capture(monkeypatch: pytest.MonkeyPatch, owner: Any, method: str,
-             seen: dict[str, Any]) -> None:
+def _capture(
+    monkeypatch: pytest.MonkeyPatch, owner: Any, method: str, seen: dict[str, Any]
+) -> None:
     def record(*args: Any, **kwargs: Any) -> Any:
         seen.update(kwargs)
         seen["args"] = args
@@ -281,9 +303,11 @@ def _capture(monkeypatch: pytest.MonkeyPatch, owner: Any, method: str,
         return record(*args, **kwargs)
 
     import inspect
+
     original = getattr(owner, method)
-    monkeypatch.setattr(owner, method,
-                        record_async if inspect.iscoroutinefunction(original) else record)
+    monkeypatch.setattr(
+        owner, method, record_async if inspect.iscoroutinefunction(original) else record
+    )
 
 
 def _client_name_seen(name: str, monkeypatch: pytest.MonkeyPatch) -> str:
@@ -297,24 +321,30 @@ def _client_name_seen(name: str, monkeypatch: pytest.MonkeyPatch) -> str:
     broker = next(b for b in BROKERS if b.name == name)
     if name == "kafka":
         import aiokafka
+
         _capture(monkeypatch, aiokafka.AIOKafkaProducer, "__init__", seen)
     elif name == "rabbitmq":
         import aio_pika
+
         _capture(monkeypatch, aio_pika.RobustConnection, "__init__", seen)
     elif name == "nats":
         from nats.aio.client import Client
+
         _capture(monkeypatch, Client, "connect", seen)
     elif name == "redis":
         from redis.asyncio import Redis
+
         _capture(monkeypatch, Redis, "__init__", seen)
     else:
         import aioboto3
+
         _capture(monkeypatch, aioboto3.Session, "client", seen)
     adapter = build(broker.with_query("client_name=billing&connect_timeout=1"))
     with pytest.raises(Exception) as raised:  # the patched client refuses
         asyncio.run(adapter.connect())
     assert isinstance(raised.value, _CapturedError) or isinstance(
-        raised.value.__cause__ or raised.value.__context__, _CapturedError), raised.value
+        raised.value.__cause__ or raised.value.__context__, _CapturedError
+    ), raised.value
     if name == "kafka":
         return str(seen["client_id"])
     if name == "rabbitmq":
@@ -327,8 +357,7 @@ def _client_name_seen(name: str, monkeypatch: pytest.MonkeyPatch) -> str:
 
 
 @pytest.mark.parametrize("broker", each("client_name"))
-def test_client_name_reaches_the_client(broker: Broker, monkeypatch: pytest.MonkeyPatch
-                                        ) -> None:
+def test_client_name_reaches_the_client(broker: Broker, monkeypatch: pytest.MonkeyPatch) -> None:
     """Kafka's client.id, the AMQP connection name ("billing (publish)"), NATS's
     connection name, Redis's CLIENT SETNAME, SQS's user agent suffix."""
     assert _client_name_seen(broker.name, monkeypatch).startswith("billing")

@@ -19,11 +19,15 @@ from tests.bus_support import WAIT, Collector, OrderPlaced, memory_url, run
 COUNT = 40
 
 
-@pytest.mark.parametrize("options", [
-    {"concurrency": 4},                        # keyless: the idle pool
-    {"concurrency": 4, "ordered": True},       # keyed: per-key lanes
-    {"concurrency": 2, "batch": 5, "batch_timeout": 30.0},  # a batch being collected
-], ids=["pool", "keyed-lanes", "batch"])
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"concurrency": 4},  # keyless: the idle pool
+        {"concurrency": 4, "ordered": True},  # keyed: per-key lanes
+        {"concurrency": 2, "batch": 5, "batch_timeout": 30.0},  # a batch being collected
+    ],
+    ids=["pool", "keyed-lanes", "batch"],
+)
 def test_stop_runs_nothing_fetched_after_it_and_loses_nothing(options: dict[str, object]) -> None:
     async def scenario() -> None:
         url = memory_url()
@@ -42,12 +46,14 @@ def test_stop_runs_nothing_fetched_after_it_and_loses_nothing(options: dict[str,
             finished.add(order_id)
 
         if batched:
+
             @bus.subscribe(OrderPlaced, group="g", **options)  # type: ignore[arg-type]
             async def handle_batch(events: list[OrderPlaced]) -> None:
                 # One handler run per batch: only its start counts as starting.
                 for index, event in enumerate(events):
                     await work(event.order_id, first=index == 0)
         else:
+
             @bus.subscribe(OrderPlaced, group="g", **options)  # type: ignore[arg-type]
             async def handle(event: OrderPlaced) -> None:
                 await work(event.order_id)
@@ -77,7 +83,8 @@ def test_stop_runs_nothing_fetched_after_it_and_loses_nothing(options: dict[str,
             deadline = asyncio.get_running_loop().time() + WAIT * 2
             while not expected <= set(again.items):
                 assert asyncio.get_running_loop().time() < deadline, (
-                    f"never handled: {sorted(expected - set(again.items))[:10]}")
+                    f"never handled: {sorted(expected - set(again.items))[:10]}"
+                )
                 await asyncio.sleep(0.02)
 
     run(scenario)

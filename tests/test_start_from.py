@@ -22,30 +22,38 @@ from tests.bus_support import Collector, OrderPlaced, run
 StartFrom = Literal["earliest", "latest"]
 
 
-@pytest.mark.parametrize(("asked", "url", "starts"), [
-    (None, None, "latest"),
-    (None, "earliest", "earliest"),
-    (None, "latest", "latest"),
-    ("latest", "earliest", "latest"),
-    ("earliest", "latest", "earliest"),
-    ("earliest", None, "earliest"),
-])
+@pytest.mark.parametrize(
+    ("asked", "url", "starts"),
+    [
+        (None, None, "latest"),
+        (None, "earliest", "earliest"),
+        (None, "latest", "latest"),
+        ("latest", "earliest", "latest"),
+        ("earliest", "latest", "earliest"),
+        ("earliest", None, "earliest"),
+    ],
+)
 def test_the_subscription_wins_then_the_url_then_latest(
-        asked: StartFrom | None, url: StartFrom | None, starts: StartFrom) -> None:
+    asked: StartFrom | None, url: StartFrom | None, starts: StartFrom
+) -> None:
     query = f"?start_from={url}" if url else ""
     adapter = MemoryAdapter(f"memory://{uuid.uuid4().hex}{query}")
     assert adapter.start_from == url
     assert start_from_for(asked, adapter) == starts
 
 
-@pytest.mark.parametrize(("asked", "url", "sees_the_old_event"), [
-    (None, "earliest", True),
-    ("latest", "earliest", False),
-    ("earliest", "latest", True),
-    (None, None, False),
-])
+@pytest.mark.parametrize(
+    ("asked", "url", "sees_the_old_event"),
+    [
+        (None, "earliest", True),
+        ("latest", "earliest", False),
+        ("earliest", "latest", True),
+        (None, None, False),
+    ],
+)
 def test_a_new_group_on_a_bus_starts_where_the_rule_says(
-        asked: StartFrom | None, url: StartFrom | None, sees_the_old_event: bool) -> None:
+    asked: StartFrom | None, url: StartFrom | None, sees_the_old_event: bool
+) -> None:
     async def scenario() -> None:
         name = uuid.uuid4().hex
         query = f"?start_from={url}" if url else ""
@@ -64,6 +72,7 @@ def test_a_new_group_on_a_bus_starts_where_the_rule_says(
             seen = await inbox.wait_count(2 if sees_the_old_event else 1)
             await asyncio.sleep(0.05)  # room for a wrong extra delivery to show
         assert [e.order_id for e in inbox.items] == (
-            ["before", "after"] if sees_the_old_event else ["after"]), seen
+            ["before", "after"] if sees_the_old_event else ["after"]
+        ), seen
 
     run(scenario)

@@ -108,6 +108,7 @@ def test_subscribing_after_start_is_refused() -> None:
         bus = EventBus(memory_url())
         async with bus:
             with pytest.raises(ConfigurationError, match="after start"):
+
                 @bus.subscribe(Job, group="g")
                 async def late(event: Job) -> None: ...
 
@@ -115,6 +116,7 @@ def test_subscribing_after_start_is_refused() -> None:
         bus = EventBus(memory_url())
         decorator = bus.subscribe(Job, group="g")
         async with bus:
+
             async def late_too(event: Job) -> None: ...
 
             with pytest.raises(ConfigurationError, match="after start"):
@@ -163,7 +165,8 @@ def test_stop_closes_the_idempotency_stores_the_bus_was_given() -> None:
 
 def test_a_process_using_the_sqlite_store_exits_after_the_bus_stops(tmp_path: Path) -> None:
     script = tmp_path / "svc.py"
-    script.write_text(textwrap.dedent(f"""
+    script.write_text(
+        textwrap.dedent(f"""
         import asyncio
         from eventbus import Event, EventBus, SQLiteIdempotencyStore
 
@@ -185,11 +188,17 @@ def test_a_process_using_the_sqlite_store_exits_after_the_bus_stops(tmp_path: Pa
 
         asyncio.run(main())
         print("returned", flush=True)
-    """))
+    """)
+    )
     package_root = Path(eventbus.__file__).resolve().parent.parent
     env = {**os.environ, "PYTHONPATH": str(package_root)}
-    proc = subprocess.Popen([sys.executable, str(script)], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(script)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         out, err = proc.communicate(timeout=15)
     finally:

@@ -52,8 +52,9 @@ def test_a_sync_handler_runs_in_a_worker_thread_and_publishes_through_its_contex
 
 
 def test_a_sync_handler_failure_is_retried_and_dead_lettered_like_an_async_one() -> None:
-    bus = EventBus(memory_url(), retry=without_delays(RetryPolicy(max_attempts=2,
-                                                                 in_process_attempts=2)))
+    bus = EventBus(
+        memory_url(), retry=without_delays(RetryPolicy(max_attempts=2, in_process_attempts=2))
+    )
 
     @bus.subscribe(OrderPlaced, group="g")
     def fail(event: OrderPlaced) -> None:

@@ -36,8 +36,11 @@ class KitReceiptSent(Event, type="test.kit.receipt-sent", topic="test-kit-receip
 
 def create_bus(retry: RetryPolicy | None = None) -> EventBus:
     """A service built the factory way, with a slow retry policy a test must not wait on."""
-    bus = EventBus("memory://", source="kit-service",
-                   retry=retry or RetryPolicy(max_attempts=3, initial_delay=5.0))
+    bus = EventBus(
+        "memory://",
+        source="kit-service",
+        retry=retry or RetryPolicy(max_attempts=3, initial_delay=5.0),
+    )
     failures: dict[str, int] = {}
 
     @bus.subscribe(KitOrderPlaced, group="billing")
@@ -67,8 +70,11 @@ async def test_drain_waits_for_the_whole_flow_and_records_it_in_one_line() -> No
         assert tb.received(bus.charge) == [KitOrderPlaced(order_id="1")]  # type: ignore[attr-defined]
         assert tb.received(bus.mail) == [KitPaymentCharged(order_id="1")]  # type: ignore[attr-defined]
         assert tb.published(KitReceiptSent) == [KitReceiptSent(order_id="1")]
-        assert tb.published() == [KitOrderPlaced(order_id="1"), KitPaymentCharged(order_id="1"),
-                                  KitReceiptSent(order_id="1")]
+        assert tb.published() == [
+            KitOrderPlaced(order_id="1"),
+            KitPaymentCharged(order_id="1"),
+            KitReceiptSent(order_id="1"),
+        ]
         first, *_ = tb.published_envelopes()
         assert {e.correlationid for e in tb.published_envelopes()} == {first.id}
         assert tb.dead_lettered() == []
@@ -84,7 +90,9 @@ async def test_retries_run_without_their_delays_and_are_recorded() -> None:
     assert time.monotonic() - started < 2.0  # the policy's 5 s delay was not waited
     calls = tb.calls(bus.charge)  # type: ignore[attr-defined]
     assert [(c.attempt, type(c.error).__name__) for c in calls] == [
-        (1, "ConnectionError"), (2, "NoneType")]
+        (1, "ConnectionError"),
+        (2, "NoneType"),
+    ]
     assert [c.attempt for c in tb.retried(bus.charge)] == [2]  # type: ignore[attr-defined]
     assert tb.published(KitPaymentCharged) == [KitPaymentCharged(order_id="flaky-1")]
     assert bus.retry.initial_delay == 5.0  # put back after the test
@@ -141,8 +149,9 @@ async def test_each_test_gets_a_private_broker_and_a_module_bus_is_restored() ->
         assert second.received(bus.charge) == [KitOrderPlaced(order_id="b")]  # type: ignore[attr-defined]
     # Nothing went to the process-wide memory:// broker the bus was built on.
     assert "test-kit-orders" not in MemoryAdapter("memory://").broker.topics or all(
-        "kit-service" not in g for g in MemoryAdapter("memory://").broker.topics[
-            "test-kit-orders"].groups)
+        "kit-service" not in g
+        for g in MemoryAdapter("memory://").broker.topics["test-kit-orders"].groups
+    )
 
 
 @pytest.mark.asyncio
@@ -190,7 +199,8 @@ async def test_call_handler_captures_publishes_with_attempt_and_correlation() ->
         await ctx.publish(KitPaymentCharged(order_id=event.order_id))
 
     assert await call_handler(charge, KitOrderPlaced(order_id="7"), attempt=2) == [
-        KitPaymentCharged(order_id="7")]
+        KitPaymentCharged(order_id="7")
+    ]
     assert attempts == [2]
 
     publisher = TestPublisher()
@@ -208,7 +218,11 @@ async def test_call_handler_captures_publishes_with_attempt_and_correlation() ->
 def test_handler_context_and_without_delays() -> None:
     ctx = handler_context(KitOrderPlaced(order_id="1"), attempt=3, group="billing")
     assert (ctx.attempt, ctx.previous_attempts, ctx.topic, ctx.group) == (
-        3, 2, "test-kit-orders", "billing")
+        3,
+        2,
+        "test-kit-orders",
+        "billing",
+    )
     policy = without_delays(RetryPolicy(max_attempts=4, in_process_attempts=2))
     assert (policy.max_attempts, policy.in_process_attempts, policy.delay(3)) == (4, 2, 0.0)
 

@@ -23,8 +23,9 @@ _HIDE_PYTEST = textwrap.dedent("""
 
 def _run_without_pytest(body: str) -> subprocess.CompletedProcess[str]:
     code = _HIDE_PYTEST + textwrap.dedent(body)
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=60, check=False)
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
 
 
 def test_the_kit_imports_and_runs_a_bus_without_pytest() -> None:

@@ -80,25 +80,36 @@ def test_one_trace_crosses_publish_handle_publish_handle(exporter: InMemorySpanE
         [send2] = spans(exporter, "send test-tracing-payments")
         [process2] = spans(exporter, "process test-tracing-payments")
         assert {s.context.trace_id for s in (send1, process1, send2, process2)} == {
-            send1.context.trace_id}
+            send1.context.trace_id
+        }
         assert send1.parent is None  # published outside any span: the trace starts here
         assert parent_id(process1) == send1.context.span_id
         assert parent_id(send2) == process1.context.span_id
         assert parent_id(process2) == send2.context.span_id
         assert [s.kind for s in (send1, process1, send2, process2)] == [
-            SpanKind.PRODUCER, SpanKind.CONSUMER, SpanKind.PRODUCER, SpanKind.CONSUMER]
+            SpanKind.PRODUCER,
+            SpanKind.CONSUMER,
+            SpanKind.PRODUCER,
+            SpanKind.CONSUMER,
+        ]
         # The envelope carries the producer span's context, as the broker delivered it.
         assert sent.traceparent is not None
-        assert sent.traceparent[:52] == f"00-{send1.context.trace_id:032x}-" \
-                                        f"{send1.context.span_id:016x}"
+        assert (
+            sent.traceparent[:52] == f"00-{send1.context.trace_id:032x}-"
+            f"{send1.context.span_id:016x}"
+        )
         assert int(sent.traceparent[53:], 16) & 1  # sampled
         assert last.envelope.traceparent is not None
         assert int(last.envelope.traceparent[36:52], 16) == send2.context.span_id
         assert dict(send1.attributes or {}) == {
-            "messaging.system": "memory", "messaging.destination.name": "test-tracing-orders",
-            "messaging.operation.type": "send", "messaging.operation.name": "publish",
-            "messaging.message.id": sent.id, "eventbus.event.type": "test.tracing.ordered",
-            "messaging.message.conversation_id": sent.correlationid}
+            "messaging.system": "memory",
+            "messaging.destination.name": "test-tracing-orders",
+            "messaging.operation.type": "send",
+            "messaging.operation.name": "publish",
+            "messaging.message.id": sent.id,
+            "eventbus.event.type": "test.tracing.ordered",
+            "messaging.message.conversation_id": sent.correlationid,
+        }
         attributes = dict(process1.attributes or {})
         assert attributes["messaging.system"] == "memory"
         assert attributes["messaging.destination.name"] == "test-tracing-orders"
@@ -128,13 +139,19 @@ def test_a_publish_inside_a_span_is_its_child(exporter: InMemorySpanExporter) ->
     run(scenario)
 
 
-def test_retries_redelivery_and_dead_letter_are_span_events(
-        exporter: InMemorySpanExporter) -> None:
+def test_retries_redelivery_and_dead_letter_are_span_events(exporter: InMemorySpanExporter) -> None:
     async def scenario() -> None:
         tracing = tracing_to(exporter)
         url = memory_url()
-        bus = tracing.instrument(EventBus(url, source="orders", retry=RetryPolicy(
-            max_attempts=3, in_process_attempts=2, initial_delay=0.0, jitter=0.0)))
+        bus = tracing.instrument(
+            EventBus(
+                url,
+                source="orders",
+                retry=RetryPolicy(
+                    max_attempts=3, in_process_attempts=2, initial_delay=0.0, jitter=0.0
+                ),
+            )
+        )
 
         @bus.subscribe(Ordered, group="g")
         async def fail(event: Ordered) -> None:
@@ -145,11 +162,14 @@ def test_retries_redelivery_and_dead_letter_are_span_events(
             await until(lambda: len(spans(exporter, "process test-tracing-orders")) == 2)
 
         [send] = spans(exporter, "send test-tracing-orders")
-        first, second = sorted(spans(exporter, "process test-tracing-orders"),
-                               key=lambda s: s.start_time or 0)
+        first, second = sorted(
+            spans(exporter, "process test-tracing-orders"), key=lambda s: s.start_time or 0
+        )
         assert parent_id(first) == parent_id(second) == send.context.span_id
-        assert [(e.name, dict(e.attributes or {})["eventbus.attempt"]) for e in first.events] \
-            == [("eventbus.retry", 1), ("eventbus.redelivery", 2)]
+        assert [(e.name, dict(e.attributes or {})["eventbus.attempt"]) for e in first.events] == [
+            ("eventbus.retry", 1),
+            ("eventbus.redelivery", 2),
+        ]
         retry = dict(first.events[0].attributes or {})
         assert retry["eventbus.reason"] == "ValueError: card declined"
         assert retry["error.type"] == "ValueError" and retry["eventbus.delay_seconds"] == 0.0
@@ -157,8 +177,9 @@ def test_retries_redelivery_and_dead_letter_are_span_events(
         assert first.status.status_code == StatusCode.ERROR
         [dead] = second.events
         assert dead.name == "eventbus.dead_letter"
-        assert dict(dead.attributes or {})["eventbus.dead_letter.topic"] == \
-            "test-tracing-orders.g.dlq"
+        assert (
+            dict(dead.attributes or {})["eventbus.dead_letter.topic"] == "test-tracing-orders.g.dlq"
+        )
         assert dict(dead.attributes or {})["eventbus.reason"] == "ValueError: card declined"
         attributes = dict(second.attributes or {})
         assert attributes["eventbus.outcome"] == "dead_lettered"
@@ -172,8 +193,9 @@ def test_retries_redelivery_and_dead_letter_are_span_events(
 def test_a_batch_is_one_span_linked_to_each_message(exporter: InMemorySpanExporter) -> None:
     async def scenario() -> None:
         tracing = tracing_to(exporter)
-        bus = tracing.instrument(EventBus(memory_url(), source="orders",
-                                          retry=RetryPolicy(max_attempts=2)))
+        bus = tracing.instrument(
+            EventBus(memory_url(), source="orders", retry=RetryPolicy(max_attempts=2))
+        )
         done = Collector[int]()
 
         @bus.subscribe(Ordered, group="g", batch=3, batch_timeout=0.2)
@@ -189,15 +211,16 @@ def test_a_batch_is_one_span_linked_to_each_message(exporter: InMemorySpanExport
             await until(lambda: len(spans(exporter, "process test-tracing-orders")) == 2)
 
         sends = spans(exporter, "send test-tracing-orders")
-        batch, alone = sorted(spans(exporter, "process test-tracing-orders"),
-                              key=lambda s: s.start_time or 0)
+        batch, alone = sorted(
+            spans(exporter, "process test-tracing-orders"), key=lambda s: s.start_time or 0
+        )
         assert dict(batch.attributes or {})["messaging.batch.message_count"] == 3
         assert dict(batch.attributes or {})["eventbus.batch.failed_count"] == 1
-        assert {link.context.span_id for link in batch.links} == {
-            s.context.span_id for s in sends}
+        assert {link.context.span_id for link in batch.links} == {s.context.span_id for s in sends}
         # The failed event is handled again on its own, in its producer's trace.
         assert alone.parent is not None and alone.parent.span_id in {
-            s.context.span_id for s in sends}
+            s.context.span_id for s in sends
+        }
 
     run(scenario)
 
@@ -221,8 +244,9 @@ def test_request_and_reply_are_one_trace(exporter: InMemorySpanExporter) -> None
         [request] = spans(exporter, "send test-tracing-quotes")
         [process] = spans(exporter, "process test-tracing-quotes")
         [reply] = [s for s in exporter.get_finished_spans() if s.name.startswith("send replies-")]
-        assert {request.context.trace_id, process.context.trace_id,
-                reply.context.trace_id} == {trace_id}
+        assert {request.context.trace_id, process.context.trace_id, reply.context.trace_id} == {
+            trace_id
+        }
         assert parent_id(request) == checkout.get_span_context().span_id
         assert parent_id(process) == request.context.span_id
         assert parent_id(reply) == process.context.span_id
@@ -264,11 +288,13 @@ def test_the_sampler_may_be_asked_for_every_message(exporter: InMemorySpanExport
     async def scenario() -> None:
         url = memory_url()
         orders = tracing_to(InMemorySpanExporter(), sampler=ALWAYS_OFF).instrument(
-            EventBus(url, source="orders"))
+            EventBus(url, source="orders")
+        )
         provider = TracerProvider(sampler=ALWAYS_ON)
         provider.add_span_processor(SimpleSpanProcessor(exporter))
         billing = Tracing(provider, respect_parent_sampling=False).instrument(
-            EventBus(url, source="billing"))
+            EventBus(url, source="billing")
+        )
         done = Collector[int]()
 
         @billing.subscribe(Ordered, group="billing")
@@ -288,7 +314,8 @@ def test_the_sampler_may_be_asked_for_every_message(exporter: InMemorySpanExport
 def test_without_an_sdk_nothing_is_stamped_and_handling_goes_on() -> None:
     async def scenario() -> None:
         bus = Tracing(trace.NoOpTracerProvider()).instrument(
-            EventBus(memory_url(), source="orders"))
+            EventBus(memory_url(), source="orders")
+        )
         done = Collector[Context]()
 
         @bus.subscribe(Ordered, group="g")
@@ -303,12 +330,18 @@ def test_without_an_sdk_nothing_is_stamped_and_handling_goes_on() -> None:
     run(scenario)
 
 
-@pytest.mark.parametrize("traceparent", [
-    "garbage", "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
-    "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-    "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01"])
+@pytest.mark.parametrize(
+    "traceparent",
+    [
+        "garbage",
+        "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+        "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+    ],
+)
 def test_a_malformed_traceparent_starts_a_new_trace(
-        exporter: InMemorySpanExporter, traceparent: str) -> None:
+    exporter: InMemorySpanExporter, traceparent: str
+) -> None:
     async def scenario() -> None:
         tracing = tracing_to(exporter)
         bus = tracing.instrument(EventBus(memory_url(), source="orders"))
@@ -337,7 +370,8 @@ def test_an_envelope_built_in_another_trace_is_linked(exporter: InMemorySpanExpo
         async with bus:
             with tracer.start_as_current_span("saga step") as step:
                 held = bus.envelope_for(Ordered(n=1)).evolve(
-                    traceparent=f"00-{uuid.uuid4().hex}-{uuid.uuid4().hex[:16]}-01")
+                    traceparent=f"00-{uuid.uuid4().hex}-{uuid.uuid4().hex[:16]}-01"
+                )
             with tracer.start_as_current_span("saga tick") as tick:
                 await bus.publish_envelopes(Ordered.default_topic(), [held])
         [send] = spans(exporter, "send test-tracing-orders")
@@ -350,7 +384,7 @@ def test_an_envelope_built_in_another_trace_is_linked(exporter: InMemorySpanExpo
     run(scenario)
 
 
-GLOBAL = '''
+GLOBAL = """
 import asyncio
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
@@ -375,12 +409,13 @@ async def main():
           [s.name for s in exporter.get_finished_spans()])
 
 asyncio.run(main())
-'''
+"""
 
 
 def test_the_global_provider_is_used_once_the_service_sets_it() -> None:
     # In a process of its own: OpenTelemetry's global provider can be set only once.
-    done = subprocess.run([sys.executable, "-c", GLOBAL], capture_output=True, text=True,
-                          timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-c", GLOBAL], capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.split() == ["None", "True", "['send", "global-pings']"]

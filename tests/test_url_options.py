@@ -38,14 +38,16 @@ def error_of(pairs: list[tuple[str, str]], **kwargs: Any) -> str:
 
 
 def test_options_are_parsed_to_typed_values() -> None:
-    values = url_options.parse_options([("partitions", "6"), ("mode", "structured")], PARSERS,
-                           name="Demo", shown=URL)
+    values = url_options.parse_options(
+        [("partitions", "6"), ("mode", "structured")], PARSERS, name="Demo", shown=URL
+    )
     assert values == {"partitions": 6, "mode": "structured"}
 
 
 def test_a_bad_value_names_the_option_the_value_the_url_and_what_is_allowed() -> None:
     assert error_of([("partitions", "0")]) == (
-        f"option partitions='0' in Demo URL {URL!r} is invalid: must be an integer >= 1")
+        f"option partitions='0' in Demo URL {URL!r} is invalid: must be an integer >= 1"
+    )
     assert error_of([("mode", "zip")]).endswith("is invalid: use binary or structured")
 
 
@@ -57,7 +59,8 @@ def test_a_secret_value_is_never_shown() -> None:
 def test_unknown_options_are_all_named_with_the_accepted_ones() -> None:
     assert error_of([("partitons", "3")]) == (
         f"unknown option 'partitons' in Demo URL {URL!r}; the Demo adapter accepts only: "
-        "mode, partitions, password")
+        "mode, partitions, password"
+    )
     several = error_of([("colour", "red"), ("mode", "binary"), ("size", "2"), ("colour", "x")])
     assert several.startswith("unknown options 'colour', 'size' in Demo URL")
 
@@ -69,15 +72,16 @@ def test_an_unknown_hint_is_appended() -> None:
 
 def test_an_option_given_twice_is_an_error_by_default() -> None:
     assert error_of([("mode", "binary"), ("mode", "binary")]) == (
-        f"option 'mode' is given twice in Demo URL {URL!r}")
+        f"option 'mode' is given twice in Demo URL {URL!r}"
+    )
 
 
 def test_repeated_last_keeps_the_last_value_and_never_parses_the_overridden_one() -> None:
-    values = url_options.parse_options([("partitions", "x"), ("partitions", "4")], PARSERS,
-                           name="Demo", shown=URL, repeated="last")
+    values = url_options.parse_options(
+        [("partitions", "x"), ("partitions", "4")], PARSERS, name="Demo", shown=URL, repeated="last"
+    )
     assert values == {"partitions": 4}
-    assert "partitions='0'" in error_of([("partitions", "4"), ("partitions", "0")],
-                                        repeated="last")
+    assert "partitions='0'" in error_of([("partitions", "4"), ("partitions", "0")], repeated="last")
 
 
 # -- query_pairs ---------------------------------------------------------------------------
@@ -91,7 +95,9 @@ def test_query_pairs_decode_and_keep_order() -> None:
 def test_plus_is_a_space_unless_told_otherwise() -> None:
     assert url_options.query_pairs("p=a+b%2Bc") == [("p", "a b+c")]
     assert url_options.query_pairs("p=a+b%2Bc&&q", plus_is_space=False) == [
-        ("p", "a+b+c"), ("q", "")]
+        ("p", "a+b+c"),
+        ("q", ""),
+    ]
 
 
 def test_blank_values_can_be_dropped_like_parse_qs() -> None:
@@ -105,16 +111,23 @@ def test_blank_values_can_be_dropped_like_parse_qs() -> None:
 
 def test_host_ports_default_the_port_and_keep_ipv6_bracketed() -> None:
     assert url_options.host_ports("a, b:1,[::1]:3,[::2]", default_port=9, name="X", shown="s") == (
-        "a:9", "b:1", "[::1]:3", "[::2]:9")
+        "a:9",
+        "b:1",
+        "[::1]:3",
+        "[::2]:9",
+    )
     assert url_options.host_ports(" , ", default_port=9, name="X", shown="s") == ()
 
 
-@pytest.mark.parametrize(("netloc", "words"), [
-    (":9092", "has an empty host (server 1)"),
-    ("a:1,h:port", "has an invalid port (server 2: not a number from 1 to 65535)"),
-    ("h:0", "has an invalid port (server 1: not a number from 1 to 65535)"),
-    ("h:65536", "has an invalid port (server 1: not a number from 1 to 65535)"),
-])
+@pytest.mark.parametrize(
+    ("netloc", "words"),
+    [
+        (":9092", "has an empty host (server 1)"),
+        ("a:1,h:port", "has an invalid port (server 2: not a number from 1 to 65535)"),
+        ("h:0", "has an invalid port (server 1: not a number from 1 to 65535)"),
+        ("h:65536", "has an invalid port (server 1: not a number from 1 to 65535)"),
+    ],
+)
 def test_host_ports_refuse_empty_hosts_and_bad_ports(netloc: str, words: str) -> None:
     """The server text itself is never quoted: it may be a password's piece."""
     with pytest.raises(InvalidURLError) as raised:
@@ -126,40 +139,69 @@ def test_host_ports_refuse_empty_hosts_and_bad_ports(netloc: str, words: str) ->
 def test_mask_query_hides_only_the_named_options() -> None:
     url = "x://h?password=a&mypassword=b&token=c#f"
     assert url_options.mask_query(url, "password", "token") == (
-        "x://h?password=***&mypassword=b&token=***#f")
+        "x://h?password=***&mypassword=b&token=***#f"
+    )
 
 
 # -- value parsers -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("parser", "good", "bad", "words"), [
-    (url_options.integer(1), {"1": 1, "+7": 7, " 8 ": 8}, ["0", "-1", "x", "1.5", ""],
-     "must be an integer >= 1"),
-    (url_options.integer(0, 20), {"0": 0, "20": 20}, ["-1", "21", "x"],
-     "must be an integer from 0 to 20"),
-    (url_options.integer(high=5), {"-9": -9, "5": 5}, ["6"], "must be an integer <= 5"),
-    (url_options.integer(), {"-3": -3}, ["x"], "must be an integer"),
-    (url_options.integer(-1, allowed="use -1"), {"-1": -1}, ["-2"], "use -1"),
-])
-def test_integer(parser: Callable[[str], int], good: dict[str, int], bad: list[str],
-                 words: str) -> None:
+@pytest.mark.parametrize(
+    ("parser", "good", "bad", "words"),
+    [
+        (
+            url_options.integer(1),
+            {"1": 1, "+7": 7, " 8 ": 8},
+            ["0", "-1", "x", "1.5", ""],
+            "must be an integer >= 1",
+        ),
+        (
+            url_options.integer(0, 20),
+            {"0": 0, "20": 20},
+            ["-1", "21", "x"],
+            "must be an integer from 0 to 20",
+        ),
+        (url_options.integer(high=5), {"-9": -9, "5": 5}, ["6"], "must be an integer <= 5"),
+        (url_options.integer(), {"-3": -3}, ["x"], "must be an integer"),
+        (url_options.integer(-1, allowed="use -1"), {"-1": -1}, ["-2"], "use -1"),
+    ],
+)
+def test_integer(
+    parser: Callable[[str], int], good: dict[str, int], bad: list[str], words: str
+) -> None:
     for raw, value in good.items():
         assert parser(raw) == value
     for raw in bad:
         assert refusal(parser, raw) == words
 
 
-@pytest.mark.parametrize(("parser", "good", "bad", "words"), [
-    (url_options.seconds(), ["0.001", "5", "inf"], ["0", "-1", "nan", "x", ""],
-     "must be a positive number of seconds"),
-    (url_options.seconds(inclusive=True), ["0", "2.5"], ["-0.5", "nan"],
-     "must be zero or a positive number of seconds"),
-    (url_options.seconds(0.1, inclusive=True), ["0.1", "3"], ["0.09", "nan"],
-     "must be a number of seconds >= 0.1"),
-    (url_options.seconds(1), ["1.5"], ["1", "0.5"], "must be a number of seconds > 1"),
-])
-def test_seconds(parser: Callable[[str], float], good: list[str], bad: list[str],
-                 words: str) -> None:
+@pytest.mark.parametrize(
+    ("parser", "good", "bad", "words"),
+    [
+        (
+            url_options.seconds(),
+            ["0.001", "5", "inf"],
+            ["0", "-1", "nan", "x", ""],
+            "must be a positive number of seconds",
+        ),
+        (
+            url_options.seconds(inclusive=True),
+            ["0", "2.5"],
+            ["-0.5", "nan"],
+            "must be zero or a positive number of seconds",
+        ),
+        (
+            url_options.seconds(0.1, inclusive=True),
+            ["0.1", "3"],
+            ["0.09", "nan"],
+            "must be a number of seconds >= 0.1",
+        ),
+        (url_options.seconds(1), ["1.5"], ["1", "0.5"], "must be a number of seconds > 1"),
+    ],
+)
+def test_seconds(
+    parser: Callable[[str], float], good: list[str], bad: list[str], words: str
+) -> None:
     for raw in good:
         assert parser(raw) == float(raw)
     for raw in bad:
@@ -199,15 +241,19 @@ def test_text_and_pattern() -> None:
 RENAMED = {
     "create_topics": url_options.Renamed("provision"),
     "session_timeout_ms": url_options.Renamed(
-        "session_timeout", url_options.from_milliseconds(url_options.integer(1)), "seconds"),
+        "session_timeout", url_options.from_milliseconds(url_options.integer(1)), "seconds"
+    ),
 }
 VOCAB: dict[str, Callable[[str], Any]] = {
-    **url_options.shared("provision", "connect_timeout"), "session_timeout": url_options.seconds()}
+    **url_options.shared("provision", "connect_timeout"),
+    "session_timeout": url_options.seconds(),
+}
 
 
 def parse_vocab(pairs: list[tuple[str, str]], **kwargs: Any) -> dict[str, Any]:
-    return url_options.parse_options(pairs, VOCAB, name="Demo", shown=URL, renamed=RENAMED,
-                                     **kwargs)
+    return url_options.parse_options(
+        pairs, VOCAB, name="Demo", shown=URL, renamed=RENAMED, **kwargs
+    )
 
 
 def test_an_old_name_is_parsed_as_its_new_one_with_one_warning_per_url() -> None:
@@ -218,23 +264,29 @@ def test_an_old_name_is_parsed_as_its_new_one_with_one_warning_per_url() -> None
     assert str(warned[0].message) == (
         f"options 'create_topics', 'session_timeout_ms' in Demo URL {URL!r} are deprecated "
         f"and will stop working in eventbus 0.2; use the new names: create_topics -> "
-        "provision, session_timeout_ms -> session_timeout (seconds)")
+        "provision, session_timeout_ms -> session_timeout (seconds)"
+    )
 
 
 def test_new_names_warn_nothing(recwarn: pytest.WarningsRecorder) -> None:
     assert parse_vocab([("provision", "true"), ("session_timeout", "2.5")]) == {
-        "provision": True, "session_timeout": 2.5}
+        "provision": True,
+        "session_timeout": 2.5,
+    }
     assert not [w for w in recwarn if issubclass(w.category, DeprecationWarning)]
 
 
 def test_an_old_and_a_new_name_of_one_option_are_given_twice() -> None:
-    with pytest.raises(InvalidURLError, match=(
-            r"option 'provision' \(as 'provision' and 'create_topics'\) is given twice")):
+    with pytest.raises(
+        InvalidURLError,
+        match=(r"option 'provision' \(as 'provision' and 'create_topics'\) is given twice"),
+    ):
         parse_vocab([("provision", "true"), ("create_topics", "false")])
     # Where a later value replaces an earlier one, the later name counts.
     with pytest.warns(DeprecationWarning):
-        assert parse_vocab([("provision", "true"), ("create_topics", "false")],
-                           repeated="last") == {"provision": False}
+        assert parse_vocab(
+            [("provision", "true"), ("create_topics", "false")], repeated="last"
+        ) == {"provision": False}
 
 
 def test_a_bad_old_value_names_the_old_option() -> None:
@@ -253,10 +305,12 @@ def test_delay_tiers_are_ascending_seconds_refused_not_sorted() -> None:
     assert tiers("1,10,60") == (1, 10, 60) and tiers("0.05,0.2,1") == (0.05, 0.2, 1)
     assert all(type(t) is int for t in tiers("1,10"))  # names built from tiers read "10s"
     assert refusal(tiers, "10,1") == (
-        "list the tiers in ascending order without repeats, e.g. 1,10,60")
+        "list the tiers in ascending order without repeats, e.g. 1,10,60"
+    )
     assert refusal(tiers, "1,1") == refusal(tiers, "10,1")
     assert refusal(tiers, "0,1") == (
-        "every tier must be a finite number of seconds above 0, e.g. 1,10,60")
+        "every tier must be a finite number of seconds above 0, e.g. 1,10,60"
+    )
     assert refusal(tiers, "1,inf") == refusal(tiers, "0,1")
     assert refusal(tiers, "1,,2").startswith("use numbers of seconds separated by commas")
     assert refusal(url_options.delay_tiers(most=2), "1,2,3") == "use at most 2 tiers, e.g. 1,10,60"
@@ -273,10 +327,16 @@ def test_shared_options_use_one_parser_each() -> None:
 def test_tls_options_need_tls_selected_and_a_whole_client_certificate() -> None:
     url_options.check_tls({"tls_ca": "ca.pem"}, tls=True, name="Demo", shown=URL, use="x")
     with pytest.raises(InvalidURLError) as raised:
-        url_options.check_tls({"tls_ca": "ca.pem", "tls_verify": False}, tls=False,
-                              name="Demo", shown=URL, use="use demos://")
+        url_options.check_tls(
+            {"tls_ca": "ca.pem", "tls_verify": False},
+            tls=False,
+            name="Demo",
+            shown=URL,
+            use="use demos://",
+        )
     assert str(raised.value) == (
         f"tls_ca, tls_verify in Demo URL {URL!r} need TLS, which the URL does not select "
-        "(they would be ignored); use demos://")
+        "(they would be ignored); use demos://"
+    )
     with pytest.raises(InvalidURLError, match="tls_cert and tls_key must be given together"):
         url_options.check_tls({"tls_cert": "c.pem"}, tls=True, name="Demo", shown=URL, use="x")

@@ -23,27 +23,39 @@ MALFORMED = (f"{SECRET}/K7MDENGbPx", f"{SECRET}#K7MDENGbPx", f"{SECRET}?K7MDENGb
 # Per adapter: a valid URL with ``{s}`` where the secret goes, the same with a port
 # that is no number, and a known option with a value its parser refuses.
 ADAPTERS: dict[str, tuple[str, str, str]] = {
-    "kafka": ("kafka://app:{s}@broker:9092?security_protocol=SASL_SSL&sasl_mechanism=PLAIN",
-              "kafka://app:{s}@broker:ninety?security_protocol=SASL_SSL&sasl_mechanism=PLAIN",
-              "partitions=many"),
-    "rabbitmq": ("amqp://app:{s}@rabbit:5672/prod", "amqp://app:{s}@rabbit:ninety/prod",
-                 "heartbeat=often"),
+    "kafka": (
+        "kafka://app:{s}@broker:9092?security_protocol=SASL_SSL&sasl_mechanism=PLAIN",
+        "kafka://app:{s}@broker:ninety?security_protocol=SASL_SSL&sasl_mechanism=PLAIN",
+        "partitions=many",
+    ),
+    "rabbitmq": (
+        "amqp://app:{s}@rabbit:5672/prod",
+        "amqp://app:{s}@rabbit:ninety/prod",
+        "heartbeat=often",
+    ),
     "nats": ("nats://app:{s}@nats:4222", "nats://app:{s}@nats:ninety", "ack_wait=long"),
-    "redis": ("redis+streams://app:{s}@cache:6379/0", "redis+streams://app:{s}@cache:ninety/0",
-              "connect_timeout=soon"),
+    "redis": (
+        "redis+streams://app:{s}@cache:6379/0",
+        "redis+streams://app:{s}@cache:ninety/0",
+        "connect_timeout=soon",
+    ),
     # SQS takes credentials only from the AWS chain: a URL carrying them is refused,
     # and the refusal must not show them either.
-    "sqs": ("sqs://AKIAIOSFODNN7EXAMPLE:{s}@sqs.eu-west-1.amazonaws.com?region=eu-west-1",
-            "sqs://AKIAIOSFODNN7EXAMPLE:{s}@sqs.eu-west-1.amazonaws.com:ninety?region=eu-west-1",
-            "wait_seconds=forever"),
+    "sqs": (
+        "sqs://AKIAIOSFODNN7EXAMPLE:{s}@sqs.eu-west-1.amazonaws.com?region=eu-west-1",
+        "sqs://AKIAIOSFODNN7EXAMPLE:{s}@sqs.eu-west-1.amazonaws.com:ninety?region=eu-west-1",
+        "wait_seconds=forever",
+    ),
 }
 
 # Failing still: each mark is strict, so the suite says the moment one is fixed (then
 # the mark goes). Redis's repr (#18 defect 12) and RabbitMQ's port error (defect 24)
 # were fixed on their branches and pass here since merging main.
-_AUTHORITY = ("{} shows the user info (password included) when a password holding / # ? "
-              "ends the URL's authority; found by this test, outside the SQS branch's area, "
-              "reported to the lead (#18 defect 24's class)")
+_AUTHORITY = (
+    "{} shows the user info (password included) when a password holding / # ? "
+    "ends the URL's authority; found by this test, outside the SQS branch's area, "
+    "reported to the lead (#18 defect 24's class)"
+)
 ELSEWHERE: dict[tuple[str, str], str] = {}
 
 
@@ -58,9 +70,11 @@ def _cases() -> list[object]:
         urls = {
             "malformed": [url.format(s=secret) for secret in MALFORMED],
             "bad port": [bad_port.format(s=SECRET)],
-            "unknown option": [_with_query(plain, "nosuch=1"),
-                               _with_query(url.format(s="x"), f"aws_secret_access_key={SECRET}"),
-                               _with_query(url.format(s="x"), f"password={SECRET}&nosuch=1")],
+            "unknown option": [
+                _with_query(plain, "nosuch=1"),
+                _with_query(url.format(s="x"), f"aws_secret_access_key={SECRET}"),
+                _with_query(url.format(s="x"), f"password={SECRET}&nosuch=1"),
+            ],
             "bad value": [_with_query(plain, bad_value)],
         }
         for kind, shown in urls.items():
@@ -87,11 +101,19 @@ def test_url_errors_never_show_the_secret(url: str) -> None:
     assert "\n" not in str(info.value)
 
 
-@pytest.mark.parametrize("name", [
-    pytest.param(name, marks=[pytest.mark.xfail(strict=True, reason=ELSEWHERE[name, "repr"])]
-                 if (name, "repr") in ELSEWHERE else [])
-    for name in ADAPTERS if name != "sqs"
-])
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(
+            name,
+            marks=[pytest.mark.xfail(strict=True, reason=ELSEWHERE[name, "repr"])]
+            if (name, "repr") in ELSEWHERE
+            else [],
+        )
+        for name in ADAPTERS
+        if name != "sqs"
+    ],
+)
 def test_settings_repr_never_shows_the_secret(name: str) -> None:
     adapter = adapter_from_url(ADAPTERS[name][0].format(s=SECRET))
     settings = adapter.settings  # type: ignore[attr-defined]

@@ -61,22 +61,41 @@ def _imports(path: Path) -> set[str]:
 
 def test_context_runner_and_middleware_do_not_import_the_bus() -> None:
     """The bus <-> context cycle is gone: what runs handlers never needs the bus."""
-    modules = [PACKAGE / "context.py", PACKAGE / "runner.py", PACKAGE / "spec.py",
-               *(PACKAGE / f"{part}.py" for part in ("supervision", "lanes", "settlement",
-                                                     "invocation", "batching")),
-               *sorted((PACKAGE / "middleware").glob("*.py"))]
+    modules = [
+        PACKAGE / "context.py",
+        PACKAGE / "runner.py",
+        PACKAGE / "spec.py",
+        *(
+            PACKAGE / f"{part}.py"
+            for part in ("supervision", "lanes", "settlement", "invocation", "batching")
+        ),
+        *sorted((PACKAGE / "middleware").glob("*.py")),
+    ]
     offenders = [m.name for m in modules if "eventbus.bus" in _imports(m)]
     assert offenders == []
 
 
 def test_the_runner_imports_no_middleware_layer() -> None:
     """What the runner knows of layers, it reads from their declarations."""
-    layers = {"eventbus.middleware.correlation", "eventbus.middleware.deadletter",
-              "eventbus.middleware.retry", "eventbus.middleware.idempotency",
-              "eventbus.middleware.timeout", "eventbus.requests"}
-    offenders = {name: sorted(_imports(PACKAGE / name) & layers) for name in (
-        "runner.py", "invocation.py", "lanes.py", "settlement.py", "supervision.py",
-        "batching.py")}
+    layers = {
+        "eventbus.middleware.correlation",
+        "eventbus.middleware.deadletter",
+        "eventbus.middleware.retry",
+        "eventbus.middleware.idempotency",
+        "eventbus.middleware.timeout",
+        "eventbus.requests",
+    }
+    offenders = {
+        name: sorted(_imports(PACKAGE / name) & layers)
+        for name in (
+            "runner.py",
+            "invocation.py",
+            "lanes.py",
+            "settlement.py",
+            "supervision.py",
+            "batching.py",
+        )
+    }
     assert {name: found for name, found in offenders.items() if found} == {}
 
 
@@ -88,8 +107,9 @@ def test_runner_runs_from_its_parts_without_a_bus() -> None:
         replies: list[tuple[str, Any]] = []
 
         class Replies:
-            async def publish(self, message: Any, *, topic: str | None = None,
-                              **options: Any) -> Envelope:
+            async def publish(
+                self, message: Any, *, topic: str | None = None, **options: Any
+            ) -> Envelope:
                 replies.append(("publish", options.get("parent")))
                 return Envelope.create(type="x", source="test")
 
@@ -105,8 +125,9 @@ def test_runner_runs_from_its_parts_without_a_bus() -> None:
         spec = SubscriptionSpec(topic=topic, group="g")
         spec.add(Handler.wrap(handle, Pinged))
         chain = build_chain(spec, adapter, ChainDefaults())
-        runner = Runner(adapter, spec, middleware=chain, registry=registry,
-                        publisher=Replies(), prefetch=4)
+        runner = Runner(
+            adapter, spec, middleware=chain, registry=registry, publisher=Replies(), prefetch=4
+        )
         await runner.start()
         try:
             sent = Envelope.create(type="test.wiring.pinged", source="t", data=b'{"n": 3}')
@@ -124,14 +145,16 @@ def test_chain_is_assembled_by_the_middleware_package_in_the_documented_order() 
     async def custom(ctx: Context, call_next: Any) -> None:
         await call_next(ctx)
 
-    spec = SubscriptionSpec(topic="t", group="g", timeout=1.0,
-                            idempotency=MemoryIdempotencyStore())
+    spec = SubscriptionSpec(topic="t", group="g", timeout=1.0, idempotency=MemoryIdempotencyStore())
     chain = build_chain(spec, MemoryAdapter(memory_url()), ChainDefaults(middleware=[custom]))
     kinds = [type(m) if not callable(m) or isinstance(m, type) else m for m in chain]
     assert kinds[:2] == [correlation, custom]
     assert [type(m) for m in chain[2:]] == [DeadLetter, Idempotency, Retry, Timeout]
-    off = build_chain(SubscriptionSpec(topic="t", group="g"), MemoryAdapter(memory_url()),
-                      ChainDefaults(dead_letter=False))
+    off = build_chain(
+        SubscriptionSpec(topic="t", group="g"),
+        MemoryAdapter(memory_url()),
+        ChainDefaults(dead_letter=False),
+    )
     assert [type(m) for m in off[1:]] == [Retry]
 
 
@@ -143,8 +166,12 @@ def test_backoff_grows_caps_and_never_overflows() -> None:
     assert Backoff(initial=0.001, max_delay=30.0, jitter=0.0).delay(10**9) == 30.0
     spread = Backoff(initial=1.0, max_delay=1.0, jitter=0.5)
     assert all(0.5 <= spread.delay(3) <= 1.5 for _ in range(50))
-    assert RetryPolicy(max_attempts=10**6, initial_delay=0.001, max_delay=0.001,
-                       jitter=0.0).delay(5000) == 0.001
+    assert (
+        RetryPolicy(max_attempts=10**6, initial_delay=0.001, max_delay=0.001, jitter=0.0).delay(
+            5000
+        )
+        == 0.001
+    )
 
 
 def test_a_retry_policy_with_impossible_delays_is_refused_when_built() -> None:

@@ -44,16 +44,18 @@ def test_supervisor_replaces_a_killed_worker_and_drains_on_stop(
 ) -> None:
     (tmp_path / "sup_svc.py").write_text(textwrap.dedent(SERVICE))
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path),
-                                                      os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.setenv(
+        "PYTHONPATH", os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])
+    )
     monkeypatch.delenv("EVENTBUS_URL", raising=False)
     records = Records("eventbus.cli")
     records.logger.addHandler(records)
     records.logger.setLevel(logging.INFO)
 
     async def scenario() -> int:
-        supervisor = Supervisor(WorkerPlan("sup_svc:bus", 2, "info", health_port=0,
-                                           host="127.0.0.1"))
+        supervisor = Supervisor(
+            WorkerPlan("sup_svc:bus", 2, "info", health_port=0, host="127.0.0.1")
+        )
         running = asyncio.create_task(supervisor.run())
         while supervisor.probes is None:  # noqa: ASYNC110 - run() sets it, signalling nothing
             await asyncio.sleep(0.01)

@@ -120,8 +120,13 @@ async def producer_is_idempotent(url: str) -> bool:
 
 
 async def eventbus_case(
-    broker: Broker, events: Sequence[Tick], *, chunk: int, concurrency: int,
-    bus_factory: Callable[[str], EventBus] | None = None, name: str = EVENTBUS,
+    broker: Broker,
+    events: Sequence[Tick],
+    *,
+    chunk: int,
+    concurrency: int,
+    bus_factory: Callable[[str], EventBus] | None = None,
+    name: str = EVENTBUS,
 ) -> Timing:
     """``EventBus.from_url`` with its defaults; ``publish_many`` chunks gathered at once."""
     topic = await broker.new_topic("eventbus")
@@ -155,7 +160,9 @@ async def eventbus_case(
 def raw_producer(broker: Broker, linger_ms: int = 5) -> AIOKafkaProducer:
     """The raw loop's producer: eventbus's guarantees (acks=all, same idempotence)."""
     return AIOKafkaProducer(
-        bootstrap_servers=broker.bootstrap, acks="all", enable_idempotence=broker.idempotent,
+        bootstrap_servers=broker.bootstrap,
+        acks="all",
+        enable_idempotence=broker.idempotent,
         linger_ms=linger_ms,
     )
 
@@ -163,13 +170,17 @@ def raw_producer(broker: Broker, linger_ms: int = 5) -> AIOKafkaProducer:
 def raw_consumer(broker: Broker, topic: str, group: str) -> AIOKafkaConsumer:
     # Topics in the constructor: start() returns once the group has its assignment.
     return AIOKafkaConsumer(
-        topic, bootstrap_servers=broker.bootstrap, group_id=group,
-        enable_auto_commit=False, auto_offset_reset="earliest",
+        topic,
+        bootstrap_servers=broker.bootstrap,
+        group_id=group,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
     )
 
 
-async def raw_consume(consumer: AIOKafkaConsumer, seen: Callable[[Tick], None],
-                      done: asyncio.Event) -> None:
+async def raw_consume(
+    consumer: AIOKafkaConsumer, seen: Callable[[Tick], None], done: asyncio.Event
+) -> None:
     """getmany(100 ms), validate each value into ``Tick``, commit after each batch."""
     while not done.is_set():
         batches = await consumer.getmany(timeout_ms=100)
@@ -269,25 +280,39 @@ async def faststream_case(
 def contenders(broker: Broker, *, chunk: int, concurrency: int) -> list[Contender]:
     """What ``bench_kafka.py`` runs, eventbus first."""
     return [
-        Contender(EVENTBUS, lambda ev: eventbus_case(
-            broker, ev, chunk=chunk, concurrency=concurrency), ours=True),
-        Contender(EVENTBUS_STRUCTURED, lambda ev: eventbus_case(
-            broker, ev, chunk=chunk, concurrency=concurrency, name=EVENTBUS_STRUCTURED,
-            bus_factory=lambda url: EventBus.from_url(with_option(url, "mode=structured"),
-                                                      source="bench")), ours=True),
+        Contender(
+            EVENTBUS,
+            lambda ev: eventbus_case(broker, ev, chunk=chunk, concurrency=concurrency),
+            ours=True,
+        ),
+        Contender(
+            EVENTBUS_STRUCTURED,
+            lambda ev: eventbus_case(
+                broker,
+                ev,
+                chunk=chunk,
+                concurrency=concurrency,
+                name=EVENTBUS_STRUCTURED,
+                bus_factory=lambda url: EventBus.from_url(
+                    with_option(url, "mode=structured"), source="bench"
+                ),
+            ),
+            ours=True,
+        ),
         Contender(RAW, lambda ev: raw_case(broker, ev)),
-        Contender(FASTSTREAM, lambda ev: faststream_case(broker, ev, chunk=chunk,
-                                                         access_log=True)),
-        Contender(FASTSTREAM_QUIET, lambda ev: faststream_case(broker, ev, chunk=chunk,
-                                                               access_log=False)),
+        Contender(FASTSTREAM, lambda ev: faststream_case(broker, ev, chunk=chunk, access_log=True)),
+        Contender(
+            FASTSTREAM_QUIET, lambda ev: faststream_case(broker, ev, chunk=chunk, access_log=False)
+        ),
     ]
 
 
 # -- latency: the raw client's lone round trip ------------------------------------------
 
 
-async def raw_latency(broker: Broker, round_trips: int, warmup: int, *,
-                      linger_ms: int = 0) -> list[float]:
+async def raw_latency(
+    broker: Broker, round_trips: int, warmup: int, *, linger_ms: int = 0
+) -> list[float]:
     """Seconds from ``send_and_wait`` to the consumer loop validating that record, one at a time."""
     topic = await broker.new_topic("raw-latency")
     group = f"bench-raw-latency-{uuid.uuid4().hex[:12]}"

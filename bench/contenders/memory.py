@@ -74,8 +74,13 @@ def wire_for(url: str) -> MemoryWire | None:
 
 
 async def eventbus_case(
-    events: Sequence[Tick], *, chunk: int, idempotency: bool, timeout: float = 120.0,
-    bus_factory: Callable[[str], EventBus] | None = None, batch: int | None = None,
+    events: Sequence[Tick],
+    *,
+    chunk: int,
+    idempotency: bool,
+    timeout: float = 120.0,
+    bus_factory: Callable[[str], EventBus] | None = None,
+    batch: int | None = None,
     url_options: str = "",
 ) -> Timing:
     """Default chain (correlation, dead-letter, retry), optionally + idempotency.
@@ -95,10 +100,12 @@ async def eventbus_case(
     counter = Counter(len(events))
 
     if batch is None:
+
         @bus.subscribe(Tick, group="bench")
         async def handle(event: Tick) -> None:
             counter.see(event)
     else:
+
         @bus.subscribe(Tick, group="bench", batch=batch)
         async def handle_batch(events: list[Tick]) -> None:
             for event in events:
@@ -150,12 +157,15 @@ def contenders(*, chunk: int) -> list[Contender]:
         ),
         Contender(
             EVENTBUS_UNENCODED,
-            lambda ev: eventbus_case(ev, chunk=chunk, idempotency=False,
-                                     url_options="encode=false"), True,
+            lambda ev: eventbus_case(
+                ev, chunk=chunk, idempotency=False, url_options="encode=false"
+            ),
+            True,
         ),
         Contender(
             EVENTBUS_BATCH,
-            lambda ev: eventbus_case(ev, chunk=chunk, idempotency=False, batch=100), True,
+            lambda ev: eventbus_case(ev, chunk=chunk, idempotency=False, batch=100),
+            True,
         ),
         Contender(FASTSTREAM, lambda ev: faststream_case(ev, chunk=chunk)),
     ]

@@ -74,8 +74,9 @@ def fresh(prefix: str) -> str:
     return f"bench-{prefix}-{uuid.uuid4().hex[:10]}"
 
 
-async def eventbus_case(server: Server, events: Sequence[Tick], *, chunk: int,
-                        concurrency: int) -> Timing:
+async def eventbus_case(
+    server: Server, events: Sequence[Tick], *, chunk: int, concurrency: int
+) -> Timing:
     """``EventBus.from_url`` defaults; ``publish_many`` chunks gathered at once."""
     topic, group = fresh("eventbus"), fresh("g")
     counter = Counter(len(events))
@@ -89,8 +90,9 @@ async def eventbus_case(server: Server, events: Sequence[Tick], *, chunk: int,
         await bus.publish(PROBE, topic=topic)
         await counter.wait_probe(EVENTBUS, server.timeout)
         counter.start()
-        await asyncio.gather(*(bus.publish_many(part, topic=topic)
-                               for part in chunks(events, chunk)))
+        await asyncio.gather(
+            *(bus.publish_many(part, topic=topic) for part in chunks(events, chunk))
+        )
         counter.mark_published()
         await counter.wait_done(EVENTBUS, server.timeout)
     return counter.timing()
@@ -109,8 +111,13 @@ async def raw_case(server: Server, events: Sequence[Tick], *, chunk: int) -> Tim
         if server.jetstream:
             js = nc.jetstream()
             await js.add_stream(StreamConfig(name=f"RAW_{subject}", subjects=[subject]))
-            sub = await js.pull_subscribe(subject, durable="g", config=ConsumerConfig(
-                ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL))
+            sub = await js.pull_subscribe(
+                subject,
+                durable="g",
+                config=ConsumerConfig(
+                    ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL
+                ),
+            )
 
             async def consume() -> None:
                 while not counter.done.is_set():
@@ -134,6 +141,7 @@ async def raw_case(server: Server, events: Sequence[Tick], *, chunk: int) -> Tim
             futures = [await js.publish_async(subject, body) for body in bodies]
             await asyncio.gather(*futures)
         else:
+
             async def on_msg(msg: Any) -> None:
                 counter.see(Tick.model_validate_json(msg.data))
 
@@ -166,8 +174,9 @@ async def faststream_case(server: Server, events: Sequence[Tick], *, chunk: int)
     subject = fresh("faststream")
     counter = Counter(len(events))
     broker = NatsBroker(server.plain_url)
-    stream = JStream(f"FS_{subject}".replace("-", "_"), subjects=[subject]) \
-        if server.jetstream else None
+    stream = (
+        JStream(f"FS_{subject}".replace("-", "_"), subjects=[subject]) if server.jetstream else None
+    )
     options: dict[str, Any] = {"stream": stream, "durable": "g"} if stream else {"queue": "g"}
 
     @broker.subscriber(subject, **options)
@@ -196,8 +205,11 @@ async def faststream_case(server: Server, events: Sequence[Tick], *, chunk: int)
 def contenders(server: Server, *, chunk: int, concurrency: int) -> list[Contender]:
     """What ``bench_nats.py`` runs for one mode, eventbus first."""
     return [
-        Contender(EVENTBUS, lambda ev: eventbus_case(server, ev, chunk=chunk,
-                                                     concurrency=concurrency), ours=True),
+        Contender(
+            EVENTBUS,
+            lambda ev: eventbus_case(server, ev, chunk=chunk, concurrency=concurrency),
+            ours=True,
+        ),
         Contender(RAW, lambda ev: raw_case(server, ev, chunk=chunk)),
         Contender(FASTSTREAM, lambda ev: faststream_case(server, ev, chunk=chunk)),
     ]

@@ -40,8 +40,9 @@ def new_topic(prefix: str) -> str:
     return f"bench-{prefix}-{uuid.uuid4().hex[:12]}"
 
 
-async def eventbus_case(broker: Broker, events: Sequence[Tick], *, chunk: int,
-                        concurrency: int) -> Timing:
+async def eventbus_case(
+    broker: Broker, events: Sequence[Tick], *, chunk: int, concurrency: int
+) -> Timing:
     """``EventBus.from_url`` with its defaults; ``publish_many`` chunks gathered at once."""
     topic, group = new_topic("eventbus"), "bench"
     counter = Counter(len(events))
@@ -55,8 +56,9 @@ async def eventbus_case(broker: Broker, events: Sequence[Tick], *, chunk: int,
         await bus.publish(PROBE, topic=topic)
         await counter.wait_probe(EVENTBUS, broker.timeout)
         counter.start()
-        await asyncio.gather(*(bus.publish_many(part, topic=topic)
-                               for part in chunks(events, chunk)))
+        await asyncio.gather(
+            *(bus.publish_many(part, topic=topic) for part in chunks(events, chunk))
+        )
         counter.mark_published()
         await counter.wait_done(EVENTBUS, broker.timeout)
     return counter.timing()
@@ -71,8 +73,9 @@ async def raw_case(broker: Broker, events: Sequence[Tick]) -> Timing:
         publishing = await connection.channel(publisher_confirms=True)
         consuming = await connection.channel()
         await consuming.set_qos(prefetch_count=broker.prefetch)
-        exchange = await publishing.declare_exchange(topic, aio_pika.ExchangeType.TOPIC,
-                                                     durable=True)
+        exchange = await publishing.declare_exchange(
+            topic, aio_pika.ExchangeType.TOPIC, durable=True
+        )
         queue = await consuming.declare_queue(f"{topic}/bench", durable=True)
         await queue.bind(topic, "#")
 
@@ -84,9 +87,14 @@ async def raw_case(broker: Broker, events: Sequence[Tick]) -> Timing:
 
         async def send(event: Tick) -> None:
             await exchange.publish(
-                aio_pika.Message(event.to_bytes(), content_type="application/json",
-                                 delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
-                routing_key="bench.tick", mandatory=True)
+                aio_pika.Message(
+                    event.to_bytes(),
+                    content_type="application/json",
+                    delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                ),
+                routing_key="bench.tick",
+                mandatory=True,
+            )
 
         await send(PROBE)
         await counter.wait_probe(RAW, broker.timeout)
@@ -106,8 +114,9 @@ class Discard(io.StringIO):
         return len(text)
 
 
-async def faststream_case(broker: Broker, events: Sequence[Tick], *, chunk: int,
-                          access_log: bool) -> Timing:
+async def faststream_case(
+    broker: Broker, events: Sequence[Tick], *, chunk: int, access_log: bool
+) -> Timing:
     """``RabbitBroker`` defaults; ``publish`` awaited, ``chunk`` gathered at a time."""
     from faststream.rabbit import ExchangeType, RabbitBroker, RabbitExchange, RabbitQueue
 
@@ -132,8 +141,12 @@ async def faststream_case(broker: Broker, events: Sequence[Tick], *, chunk: int,
         await counter.wait_probe(name, broker.timeout)
         counter.start()
         for part in chunks(events, chunk):
-            await asyncio.gather(*(rabbit.publish(event, routing_key="bench.tick",
-                                                  exchange=exchange) for event in part))
+            await asyncio.gather(
+                *(
+                    rabbit.publish(event, routing_key="bench.tick", exchange=exchange)
+                    for event in part
+                )
+            )
         counter.mark_published()
         await counter.wait_done(name, broker.timeout)
     finally:
@@ -147,11 +160,14 @@ async def faststream_case(broker: Broker, events: Sequence[Tick], *, chunk: int,
 def contenders(broker: Broker, *, chunk: int, concurrency: int) -> list[Contender]:
     """What ``bench_rabbitmq.py`` runs, eventbus first."""
     return [
-        Contender(EVENTBUS, lambda ev: eventbus_case(broker, ev, chunk=chunk,
-                                                     concurrency=concurrency), ours=True),
+        Contender(
+            EVENTBUS,
+            lambda ev: eventbus_case(broker, ev, chunk=chunk, concurrency=concurrency),
+            ours=True,
+        ),
         Contender(RAW, lambda ev: raw_case(broker, ev)),
-        Contender(FASTSTREAM, lambda ev: faststream_case(broker, ev, chunk=chunk,
-                                                         access_log=True)),
-        Contender(FASTSTREAM_QUIET, lambda ev: faststream_case(broker, ev, chunk=chunk,
-                                                               access_log=False)),
+        Contender(FASTSTREAM, lambda ev: faststream_case(broker, ev, chunk=chunk, access_log=True)),
+        Contender(
+            FASTSTREAM_QUIET, lambda ev: faststream_case(broker, ev, chunk=chunk, access_log=False)
+        ),
     ]

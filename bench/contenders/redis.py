@@ -38,22 +38,25 @@ class Broker:
     timeout: float = 120.0
 
     def bus_url(self, mode: Mode) -> str:
-        return self.url.replace("redis://", "redis+streams://", 1) if mode == "streams" \
-            else self.url
+        return (
+            self.url.replace("redis://", "redis+streams://", 1) if mode == "streams" else self.url
+        )
 
     def new_topic(self, who: str) -> str:
         return f"bench-{who}-{uuid.uuid4().hex[:12]}"
 
 
-async def eventbus_case(broker: Broker, mode: Mode, events: Sequence[Tick], *, chunk: int,
-                        concurrency: int) -> Timing:
+async def eventbus_case(
+    broker: Broker, mode: Mode, events: Sequence[Tick], *, chunk: int, concurrency: int
+) -> Timing:
     """``EventBus.from_url`` with its defaults; ``publish_many`` chunks gathered at once."""
     topic = broker.new_topic("eventbus")
     counter = Counter(len(events))
     bus = EventBus.from_url(broker.bus_url(mode), source="bench")
 
-    @bus.subscribe(topic, group=f"bench-{uuid.uuid4().hex[:8]}", concurrency=concurrency,
-                   start_from="earliest")
+    @bus.subscribe(
+        topic, group=f"bench-{uuid.uuid4().hex[:8]}", concurrency=concurrency, start_from="earliest"
+    )
     async def handle(event: Tick) -> None:
         counter.see(event)
 
@@ -62,7 +65,8 @@ async def eventbus_case(broker: Broker, mode: Mode, events: Sequence[Tick], *, c
         await counter.wait_probe(EVENTBUS, broker.timeout)
         counter.start()
         await asyncio.gather(
-            *(bus.publish_many(part, topic=topic) for part in chunks(events, chunk)))
+            *(bus.publish_many(part, topic=topic) for part in chunks(events, chunk))
+        )
         counter.mark_published()
         await counter.wait_done(EVENTBUS, broker.timeout)
     await _cleanup(broker, topic)
@@ -132,8 +136,9 @@ class _Discard(io.StringIO):
         return len(text)
 
 
-async def faststream_case(broker: Broker, mode: Mode, events: Sequence[Tick], *,
-                          chunk: int) -> Timing:
+async def faststream_case(
+    broker: Broker, mode: Mode, events: Sequence[Tick], *, chunk: int
+) -> Timing:
     """``RedisBroker`` defaults: a channel subscriber (Pub/Sub) or a stream subscriber in a
     group (Streams); ``broker.publish`` awaited, 50 gathered at a time. Its
     per-message access log is kept but written to a stream that discards."""
@@ -187,9 +192,13 @@ async def _cleanup(broker: Broker, topic: str) -> None:
 def contenders(broker: Broker, mode: Mode, *, chunk: int, concurrency: int) -> list[Contender]:
     """What ``bench_redis.py`` runs for ``mode``, eventbus first."""
     return [
-        Contender(f"{EVENTBUS} {mode}", lambda ev: eventbus_case(
-            broker, mode, ev, chunk=chunk, concurrency=concurrency), ours=True),
+        Contender(
+            f"{EVENTBUS} {mode}",
+            lambda ev: eventbus_case(broker, mode, ev, chunk=chunk, concurrency=concurrency),
+            ours=True,
+        ),
         Contender(f"{RAW} {mode}", lambda ev: raw_case(broker, mode, ev, chunk=chunk)),
-        Contender(f"{FASTSTREAM} {mode}", lambda ev: faststream_case(
-            broker, mode, ev, chunk=chunk)),
+        Contender(
+            f"{FASTSTREAM} {mode}", lambda ev: faststream_case(broker, mode, ev, chunk=chunk)
+        ),
     ]

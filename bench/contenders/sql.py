@@ -51,8 +51,9 @@ class Database:
         return f"bench-{who}-{uuid.uuid4().hex[:12]}"
 
 
-async def eventbus_case(db: Database, events: Sequence[Tick], *, chunk: int,
-                        concurrency: int) -> Timing:
+async def eventbus_case(
+    db: Database, events: Sequence[Tick], *, chunk: int, concurrency: int
+) -> Timing:
     """``EventBus.from_url`` with its defaults; ``publish_many`` chunks gathered at once."""
     topic = db.new_topic("eventbus")
     counter = Counter(len(events))
@@ -66,8 +67,9 @@ async def eventbus_case(db: Database, events: Sequence[Tick], *, chunk: int,
         await bus.publish(PROBE, topic=topic)
         await counter.wait_probe(EVENTBUS, db.timeout)
         counter.start()
-        await asyncio.gather(*(bus.publish_many(part, topic=topic)
-                               for part in chunks(events, chunk)))
+        await asyncio.gather(
+            *(bus.publish_many(part, topic=topic) for part in chunks(events, chunk))
+        )
         counter.mark_published()
         await counter.wait_done(EVENTBUS, db.timeout)
     return counter.timing()
@@ -97,7 +99,8 @@ class RawQueue:
             self._pool = await asyncpg.create_pool(dsn, min_size=2, max_size=4)
             await self._pool.execute(
                 f"CREATE TABLE {self.table} (id BIGSERIAL PRIMARY KEY, body BYTEA NOT NULL, "
-                "leased_until DOUBLE PRECISION NOT NULL DEFAULT 0)")
+                "leased_until DOUBLE PRECISION NOT NULL DEFAULT 0)"
+            )
             self._listener = await asyncpg.connect(dsn)
             await self._listener.add_listener(self.table, lambda *_: self.wake.set())
         else:
@@ -108,7 +111,8 @@ class RawQueue:
             await self._conn.execute("PRAGMA journal_mode=WAL")
             await self._conn.execute(
                 f"CREATE TABLE {self.table} (id INTEGER PRIMARY KEY AUTOINCREMENT, "
-                "body BLOB NOT NULL, leased_until REAL NOT NULL DEFAULT 0)")
+                "body BLOB NOT NULL, leased_until REAL NOT NULL DEFAULT 0)"
+            )
 
     async def close(self) -> None:
         if self.pg:
@@ -138,8 +142,9 @@ class RawQueue:
                 await conn.executemany(f"INSERT INTO {self.table} (body) VALUES ($1)", rows)
                 await conn.execute(f"NOTIFY {self.table}")
         else:
-            await self._sqlite_tx(lambda c: c.executemany(
-                f"INSERT INTO {self.table} (body) VALUES (?)", rows))
+            await self._sqlite_tx(
+                lambda c: c.executemany(f"INSERT INTO {self.table} (body) VALUES (?)", rows)
+            )
             self.wake.set()
 
     async def claim(self) -> list[tuple[int, bytes]]:
@@ -150,13 +155,22 @@ class RawQueue:
                 rows = await conn.fetch(
                     f"UPDATE {self.table} SET leased_until = {now} + $1 WHERE id IN ("
                     f"SELECT id FROM {self.table} WHERE leased_until < {now} ORDER BY id "
-                    f"LIMIT {BATCH} FOR UPDATE SKIP LOCKED) RETURNING id, body", LEASE)
+                    f"LIMIT {BATCH} FOR UPDATE SKIP LOCKED) RETURNING id, body",
+                    LEASE,
+                )
             return [(r[0], r[1]) for r in rows]
         now = "((julianday('now') - 2440587.5) * 86400.0)"
-        return [(r[0], r[1]) for r in await self._sqlite_tx(lambda c: c.execute_fetchall(
-            f"UPDATE {self.table} SET leased_until = {now} + ? WHERE id IN (SELECT id FROM "
-            f"{self.table} WHERE leased_until < {now} ORDER BY id LIMIT {BATCH}) "
-            "RETURNING id, body", (LEASE,)))]
+        return [
+            (r[0], r[1])
+            for r in await self._sqlite_tx(
+                lambda c: c.execute_fetchall(
+                    f"UPDATE {self.table} SET leased_until = {now} + ? WHERE id IN (SELECT id FROM "
+                    f"{self.table} WHERE leased_until < {now} ORDER BY id LIMIT {BATCH}) "
+                    "RETURNING id, body",
+                    (LEASE,),
+                )
+            )
+        ]
 
     async def ack(self, ids: Sequence[int]) -> None:
         if self.pg:
@@ -164,8 +178,9 @@ class RawQueue:
                 await conn.execute(f"DELETE FROM {self.table} WHERE id = ANY($1)", list(ids))
         else:
             marks = ",".join("?" for _ in ids)
-            await self._sqlite_tx(lambda c: c.execute(
-                f"DELETE FROM {self.table} WHERE id IN ({marks})", tuple(ids)))
+            await self._sqlite_tx(
+                lambda c: c.execute(f"DELETE FROM {self.table} WHERE id IN ({marks})", tuple(ids))
+            )
 
     async def consume(self, handle: Callable[[Tick], None], stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -190,8 +205,9 @@ async def raw_case(db: Database, events: Sequence[Tick], *, chunk: int) -> Timin
         await queue.send([PROBE.to_bytes()])
         await counter.wait_probe(RAW, db.timeout)
         counter.start()
-        await asyncio.gather(*(queue.send([e.to_bytes() for e in part])
-                               for part in chunks(events, chunk)))
+        await asyncio.gather(
+            *(queue.send([e.to_bytes() for e in part]) for part in chunks(events, chunk))
+        )
         counter.mark_published()
         await counter.wait_done(RAW, db.timeout)
     finally:
@@ -202,15 +218,17 @@ async def raw_case(db: Database, events: Sequence[Tick], *, chunk: int) -> Timin
     return counter.timing()
 
 
-async def raw_latency(db: Database, round_trips: int, warmup: int,
-                      think: float = 0.0) -> list[float]:
+async def raw_latency(
+    db: Database, round_trips: int, warmup: int, think: float = 0.0
+) -> list[float]:
     """One awaited insert at a time -> the raw loop has the validated event."""
     queue = RawQueue(db)
     await queue.open()
     arrived: asyncio.Queue[float] = asyncio.Queue()
     stop = asyncio.Event()
-    consuming = asyncio.create_task(queue.consume(
-        lambda _: arrived.put_nowait(time.perf_counter()), stop))
+    consuming = asyncio.create_task(
+        queue.consume(lambda _: arrived.put_nowait(time.perf_counter()), stop)
+    )
     samples: list[float] = []
     try:
         for index in range(warmup + round_trips):
@@ -233,7 +251,10 @@ async def raw_latency(db: Database, round_trips: int, warmup: int,
 def contenders(db: Database, *, chunk: int, concurrency: int) -> list[Contender]:
     """What ``bench_sql.py`` runs, eventbus first."""
     return [
-        Contender(f"{EVENTBUS} {db.dialect}", lambda ev: eventbus_case(
-            db, ev, chunk=chunk, concurrency=concurrency), ours=True),
+        Contender(
+            f"{EVENTBUS} {db.dialect}",
+            lambda ev: eventbus_case(db, ev, chunk=chunk, concurrency=concurrency),
+            ours=True,
+        ),
         Contender(f"{RAW} {db.dialect}", lambda ev: raw_case(db, ev, chunk=chunk)),
     ]

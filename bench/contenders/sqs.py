@@ -67,8 +67,9 @@ def resolve(arg: str | None, receivers: int, timeout: float) -> Broker:
     return Broker(url, settings.endpoint_url, str(settings.region), receivers, timeout)
 
 
-async def eventbus_case(broker: Broker, events: Sequence[Tick], *, chunk: int,
-                        concurrency: int) -> Timing:
+async def eventbus_case(
+    broker: Broker, events: Sequence[Tick], *, chunk: int, concurrency: int
+) -> Timing:
     """``EventBus.from_url`` (defaults plus ``receivers``); ``publish_many`` chunks gathered."""
     topic = f"bench-eventbus-{uuid.uuid4().hex[:12]}"
     counter = Counter(len(events))
@@ -83,7 +84,8 @@ async def eventbus_case(broker: Broker, events: Sequence[Tick], *, chunk: int,
         await counter.wait_probe(EVENTBUS, broker.timeout)
         counter.start()
         await asyncio.gather(
-            *(bus.publish_many(part, topic=topic) for part in chunks(events, chunk)))
+            *(bus.publish_many(part, topic=topic) for part in chunks(events, chunk))
+        )
         counter.mark_published()
         await counter.wait_done(EVENTBUS, broker.timeout)
     return counter.timing()
@@ -91,15 +93,18 @@ async def eventbus_case(broker: Broker, events: Sequence[Tick], *, chunk: int,
 
 async def _raw_consume(sqs: Any, queue: str, counter: Counter) -> None:
     while not counter.done.is_set():
-        reply = await sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10,
-                                          WaitTimeSeconds=1)
+        reply = await sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10, WaitTimeSeconds=1)
         messages = reply.get("Messages", [])
         for message in messages:
             counter.see(Tick.model_validate_json(message["Body"]))
         if messages:
-            await sqs.delete_message_batch(QueueUrl=queue, Entries=[
-                {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]}
-                for i, m in enumerate(messages)])
+            await sqs.delete_message_batch(
+                QueueUrl=queue,
+                Entries=[
+                    {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]}
+                    for i, m in enumerate(messages)
+                ],
+            )
 
 
 async def raw_case(broker: Broker, events: Sequence[Tick]) -> Timing:
@@ -110,25 +115,53 @@ async def raw_case(broker: Broker, events: Sequence[Tick]) -> Timing:
     async with broker.client(session, "sns") as sns, broker.client(session, "sqs") as sqs:
         arn = (await sns.create_topic(Name=name))["TopicArn"]
         queue = (await sqs.create_queue(QueueName=name))["QueueUrl"]
-        queue_arn = (await sqs.get_queue_attributes(
-            QueueUrl=queue, AttributeNames=["QueueArn"]))["Attributes"]["QueueArn"]
-        await sqs.set_queue_attributes(QueueUrl=queue, Attributes={"Policy": json.dumps({
-            "Version": "2012-10-17", "Statement": [{
-                "Effect": "Allow", "Principal": {"Service": "sns.amazonaws.com"},
-                "Action": "sqs:SendMessage", "Resource": queue_arn,
-                "Condition": {"ArnEquals": {"aws:SourceArn": arn}}}]})})
-        await sns.subscribe(TopicArn=arn, Protocol="sqs", Endpoint=queue_arn,
-                            Attributes={"RawMessageDelivery": "true"})
-        receivers = [asyncio.create_task(_raw_consume(sqs, queue, counter))
-                     for _ in range(broker.receivers)]
+        queue_arn = (await sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"]))[
+            "Attributes"
+        ]["QueueArn"]
+        await sqs.set_queue_attributes(
+            QueueUrl=queue,
+            Attributes={
+                "Policy": json.dumps(
+                    {
+                        "Version": "2012-10-17",
+                        "Statement": [
+                            {
+                                "Effect": "Allow",
+                                "Principal": {"Service": "sns.amazonaws.com"},
+                                "Action": "sqs:SendMessage",
+                                "Resource": queue_arn,
+                                "Condition": {"ArnEquals": {"aws:SourceArn": arn}},
+                            }
+                        ],
+                    }
+                )
+            },
+        )
+        await sns.subscribe(
+            TopicArn=arn,
+            Protocol="sqs",
+            Endpoint=queue_arn,
+            Attributes={"RawMessageDelivery": "true"},
+        )
+        receivers = [
+            asyncio.create_task(_raw_consume(sqs, queue, counter)) for _ in range(broker.receivers)
+        ]
         try:
             await sns.publish(TopicArn=arn, Message=PROBE.to_bytes().decode())
             await counter.wait_probe(RAW, broker.timeout)
             counter.start()
             bodies = [event.to_bytes().decode() for event in events]
-            await asyncio.gather(*(sns.publish_batch(TopicArn=arn, PublishBatchRequestEntries=[
-                {"Id": str(i), "Message": body} for i, body in enumerate(part)])
-                for part in chunks(bodies, 10)))
+            await asyncio.gather(
+                *(
+                    sns.publish_batch(
+                        TopicArn=arn,
+                        PublishBatchRequestEntries=[
+                            {"Id": str(i), "Message": body} for i, body in enumerate(part)
+                        ],
+                    )
+                    for part in chunks(bodies, 10)
+                )
+            )
             counter.mark_published()
             await counter.wait_done(RAW, broker.timeout)
         finally:
@@ -142,7 +175,10 @@ async def raw_case(broker: Broker, events: Sequence[Tick]) -> Timing:
 
 def contenders(broker: Broker, *, chunk: int, concurrency: int) -> list[Contender]:
     return [
-        Contender(EVENTBUS, lambda ev: eventbus_case(broker, ev, chunk=chunk,
-                                                     concurrency=concurrency), ours=True),
+        Contender(
+            EVENTBUS,
+            lambda ev: eventbus_case(broker, ev, chunk=chunk, concurrency=concurrency),
+            ours=True,
+        ),
         Contender(RAW, lambda ev: raw_case(broker, ev)),
     ]

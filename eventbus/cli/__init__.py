@@ -16,7 +16,8 @@ try:
 except ModuleNotFoundError as missing:  # both come with the `cli` extra, not the library
     raise ModuleNotFoundError(
         f"eventbus.cli needs typer and rich, which the library alone does not install "
-        f'({missing.name} is missing): pip install "eventbus[cli]"', name=missing.name
+        f'({missing.name} is missing): pip install "eventbus[cli]"',
+        name=missing.name,
     ) from missing
 
 import eventbus
@@ -30,8 +31,11 @@ from eventbus.cli.run import run
 
 __all__ = ["app", "load_bus", "main"]
 
-app = typer.Typer(help="eventbus: broker-agnostic event messaging.", no_args_is_help=True,
-                  pretty_exceptions_enable=False)
+app = typer.Typer(
+    help="eventbus: broker-agnostic event messaging.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
 app.command()(run)
 app.command()(publish)
 app.add_typer(dlq_app, name="dlq")
@@ -49,8 +53,10 @@ def _version(value: bool) -> None:
 @app.callback()
 def _root(
     version: Annotated[
-        bool, typer.Option("--version", callback=_version, is_eager=True,
-                           help="Print the version and exit")
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit"
+        ),
     ] = False,
 ) -> None:
     """eventbus: broker-agnostic event messaging."""

@@ -52,8 +52,12 @@ since each CLI process would get a broker of its own that vanishes when it exits
 
 UrlOption = Annotated[
     str | None,
-    typer.Option("--url", "-u", help="Broker URL; defaults to $EVENTBUS_URL, else memory://",
-                 show_default=False),
+    typer.Option(
+        "--url",
+        "-u",
+        help="Broker URL; defaults to $EVENTBUS_URL, else memory://",
+        show_default=False,
+    ),
 ]
 
 _HOST_PORT = re.compile(r"^[A-Za-z0-9_.-]+:\d+(/.*)?$")
@@ -161,28 +165,30 @@ def load_bus(target: str, url: str | None = None) -> EventBus:
     if not hasattr(module, attribute):
         buses = sorted(name for name, value in vars(module).items() if isinstance(value, EventBus))
         found = f"; it has EventBus attribute(s): {', '.join(buses)}" if buses else ""
-        fail(f"module {module_name!r} ({where}) has no attribute {attribute!r}{found}",
-             EXIT_TARGET)
+        fail(f"module {module_name!r} ({where}) has no attribute {attribute!r}{found}", EXIT_TARGET)
     obj: Any = getattr(module, attribute)
     if isinstance(obj, type):
         # Calling a class makes an instance of it (an event, raising a ValidationError
         # for its missing fields), never the service's bus.
-        kind = (f" (an {obj.__kind__})" if issubclass(obj, Message) else "")
+        kind = f" (an {obj.__kind__})" if issubclass(obj, Message) else ""
         buses = sorted(name for name, value in vars(module).items() if isinstance(value, EventBus))
         found = f"; it has EventBus attribute(s): {', '.join(buses)}" if buses else ""
-        fail(f"{target} is the class {obj.__name__}{kind}, not an EventBus nor a function "
-             f"returning one{found}", EXIT_TARGET)
+        fail(
+            f"{target} is the class {obj.__name__}{kind}, not an EventBus nor a function "
+            f"returning one{found}",
+            EXIT_TARGET,
+        )
     if callable(obj) and not isinstance(obj, EventBus):
         try:
             obj = obj()
         except TypeError as exc:
-            fail(f"{target} is not an EventBus nor a function returning one ({exc})",
-                 EXIT_TARGET)
+            fail(f"{target} is not an EventBus nor a function returning one ({exc})", EXIT_TARGET)
         except EventBusError as exc:
             fail(f"{exc} (raised at {_user_frame(exc)} by {target}())", exit_code(exc))
         except Exception as exc:
-            fail(f"{target}() failed at {_user_frame(exc)}: {type(exc).__name__}: {exc}",
-                 EXIT_TARGET)
+            fail(
+                f"{target}() failed at {_user_frame(exc)}: {type(exc).__name__}: {exc}", EXIT_TARGET
+            )
     if not isinstance(obj, EventBus):
         fail(f"{target} is a {type(obj).__name__}, not an EventBus", EXIT_TARGET)
     return obj
@@ -192,26 +198,30 @@ def _import(module_name: str) -> Any:
     try:
         return importlib.import_module(module_name)
     except EventBusError as exc:
-        fail(f"{exc} (raised at {_user_frame(exc)} while importing {module_name})",
-             exit_code(exc))
+        fail(f"{exc} (raised at {_user_frame(exc)} while importing {module_name})", exit_code(exc))
     except SyntaxError as exc:
-        fail(f"cannot import {module_name!r}: {exc.filename}:{exc.lineno}: {exc.msg}",
-             EXIT_IMPORT)
+        fail(f"cannot import {module_name!r}: {exc.filename}:{exc.lineno}: {exc.msg}", EXIT_IMPORT)
     except ModuleNotFoundError as exc:
         if exc.name and (module_name == exc.name or module_name.startswith(exc.name + ".")):
-            fail(f"cannot import {module_name!r}: no such module in {os.getcwd()} nor on "
-                 "sys.path; run from the directory that holds it or set PYTHONPATH",
-                 EXIT_IMPORT)
+            fail(
+                f"cannot import {module_name!r}: no such module in {os.getcwd()} nor on "
+                "sys.path; run from the directory that holds it or set PYTHONPATH",
+                EXIT_IMPORT,
+            )
         fail(f"cannot import {module_name!r}: {_user_frame(exc)}: {exc}", EXIT_IMPORT)
     except Exception as exc:
-        fail(f"cannot import {module_name!r}: {_user_frame(exc)}: {type(exc).__name__}: {exc}",
-             EXIT_IMPORT)
+        fail(
+            f"cannot import {module_name!r}: {_user_frame(exc)}: {type(exc).__name__}: {exc}",
+            EXIT_IMPORT,
+        )
 
 
 _LIBRARY_DIRS = tuple(
     os.path.join(str(Path(p).resolve()), "")  # trailing separator: a prefix of dirs only
-    for p in {*(sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")),
-              str(Path(eventbus.__file__).parent)}
+    for p in {
+        *(sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")),
+        str(Path(eventbus.__file__).parent),
+    }
     if p
 )
 
@@ -219,8 +229,7 @@ _LIBRARY_DIRS = tuple(
 def _user_frame(exc: BaseException) -> str:
     """``file:line`` of the innermost frame in the user's code (not eventbus, the
     standard library or installed packages), else of the innermost frame."""
-    frames = [f for f in traceback.extract_tb(exc.__traceback__)
-              if not f.filename.startswith("<")]
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if not f.filename.startswith("<")]
     # The CLI's own frames come first; they are eventbus's, so they never win.
     for frame in reversed(frames):
         path = str(Path(frame.filename).resolve())

@@ -30,26 +30,31 @@ YAML_EXTRA = 'pip install "eventbus[asyncapi]"'
 def asyncapi(
     target: Annotated[str, typer.Argument(help="module:attribute of the EventBus, e.g. app:bus")],
     format: Annotated[
-        str, typer.Option("--format", "-f", help="yaml or json", case_sensitive=False),
+        str, typer.Option("--format", "-f", help="yaml or json", case_sensitive=False)
     ] = "yaml",
     output: Annotated[
-        Path | None, typer.Option("--output", "-o", help="Write to this file, not stdout"),
+        Path | None, typer.Option("--output", "-o", help="Write to this file, not stdout")
     ] = None,
     title: Annotated[
-        str | None, typer.Option("--title", help="info.title; defaults to the bus's source"),
+        str | None, typer.Option("--title", help="info.title; defaults to the bus's source")
     ] = None,
     app_version: Annotated[
-        str, typer.Option("--app-version", help="info.version: your API's version"),
+        str, typer.Option("--app-version", help="info.version: your API's version")
     ] = "1.0.0",
     url: UrlOption = None,
     docs_port: Annotated[
         int | None,
-        typer.Option("--docs-port", min=0, max=65535, show_default=False,
-                     help="Serve the document rendered as HTML (and as /asyncapi.json, "
-                          "/asyncapi.yaml) on this port until Ctrl-C"),
+        typer.Option(
+            "--docs-port",
+            min=0,
+            max=65535,
+            show_default=False,
+            help="Serve the document rendered as HTML (and as /asyncapi.json, "
+            "/asyncapi.yaml) on this port until Ctrl-C",
+        ),
     ] = None,
     docs_host: Annotated[
-        str, typer.Option("--docs-host", help="Address --docs-port listens on"),
+        str, typer.Option("--docs-host", help="Address --docs-port listens on")
     ] = "127.0.0.1",
 ) -> None:
     """Print the service's AsyncAPI 3.0 document: channels from its topics, messages from
@@ -61,8 +66,7 @@ def asyncapi(
     bus = load_bus(target, url)
     module = importlib.import_module(target.partition(":")[0])  # imported by load_bus
     summary = (module.__doc__ or "").strip().split("\n\n", 1)[0]
-    document = asyncapi_document(bus, title=title, version=app_version,
-                                 description=summary or None)
+    document = asyncapi_document(bus, title=title, version=app_version, description=summary or None)
     as_json = json.dumps(document, indent=2, ensure_ascii=False) + "\n"
     # The page serves YAML beside JSON when PyYAML is there; printing YAML needs it.
     as_yaml = _yaml(document, required=kind == "yaml" and docs_port is None)
@@ -84,24 +88,31 @@ def _yaml(document: dict[str, Any], required: bool) -> str | None:
     except ModuleNotFoundError:
         if not required:
             return None
-        fail(f"--format yaml needs PyYAML, which is not installed: {YAML_EXTRA} "
-             "(or use --format json)", EXIT_UNKNOWN_SCHEME)
+        fail(
+            f"--format yaml needs PyYAML, which is not installed: {YAML_EXTRA} "
+            "(or use --format json)",
+            EXIT_UNKNOWN_SCHEME,
+        )
     text: str = yaml.safe_dump(document, sort_keys=False, allow_unicode=True, width=100)
     return text
 
 
-async def _serve_docs(document: dict[str, Any], as_json: str, as_yaml: str | None, host: str,
-                      port: int) -> None:
+async def _serve_docs(
+    document: dict[str, Any], as_json: str, as_yaml: str | None, host: str, port: int
+) -> None:
     """Serve the rendered page and the document until SIGINT/SIGTERM."""
     page = render_html(document).encode()
 
     def constant(ctype: str, body: bytes) -> Route:
         async def answer() -> Answer:
             return 200, ctype, body
+
         return answer
 
-    routes = {"/": constant("text/html; charset=utf-8", page),
-              "/asyncapi.json": constant(JSON, as_json.encode())}
+    routes = {
+        "/": constant("text/html; charset=utf-8", page),
+        "/asyncapi.json": constant(JSON, as_json.encode()),
+    }
     if as_yaml is not None:
         routes["/asyncapi.yaml"] = constant("application/yaml", as_yaml.encode())
     stop = asyncio.Event()
@@ -111,8 +122,9 @@ async def _serve_docs(document: dict[str, Any], as_json: str, as_yaml: str | Non
     server = ProbeServer(routes, host, port, "--docs-port")
     try:
         bound = await server.start()
-        typer.echo(f"serving the AsyncAPI document on http://{host}:{bound}/ (Ctrl-C stops)",
-                   err=True)
+        typer.echo(
+            f"serving the AsyncAPI document on http://{host}:{bound}/ (Ctrl-C stops)", err=True
+        )
         await stop.wait()
     finally:
         await server.close()

@@ -15,12 +15,17 @@ from eventbus.patterns.migrations import Migrated, migrate
 from eventbus.patterns.schema import SCHEMA_VERSION
 from eventbus.patterns.sql import Database
 
-db_app = typer.Typer(help="The patterns' database tables (event store, outbox, sagas...).",
-                     no_args_is_help=True)
+db_app = typer.Typer(
+    help="The patterns' database tables (event store, outbox, sagas...).", no_args_is_help=True
+)
 
-DatabaseUrl = Annotated[str, typer.Argument(
-    help="sqlite:///path/to/app.db or postgresql://user:password@host:5432/database",
-    show_default=False)]
+DatabaseUrl = Annotated[
+    str,
+    typer.Argument(
+        help="sqlite:///path/to/app.db or postgresql://user:password@host:5432/database",
+        show_default=False,
+    ),
+]
 
 
 def _check_sqlite_file(url: str) -> None:
@@ -35,12 +40,18 @@ def _check_sqlite_file(url: str) -> None:
 
     path = sqlite_path(url)
     if path == ":memory:":
-        fail(f"{url} is a private in-memory database that this command alone would see; "
-             "give the file your service uses (sqlite:///path/to/app.db)", EXIT_USAGE)
+        fail(
+            f"{url} is a private in-memory database that this command alone would see; "
+            "give the file your service uses (sqlite:///path/to/app.db)",
+            EXIT_USAGE,
+        )
     if not os.path.exists(path):
-        fail(f"no SQLite database at {os.path.abspath(path)} (from {mask_url(url)}); check "
-             "the path (sqlite:///relative.db, sqlite:////absolute/path.db): this command "
-             "does not create one", EXIT_NOT_FOUND)
+        fail(
+            f"no SQLite database at {os.path.abspath(path)} (from {mask_url(url)}); check "
+            "the path (sqlite:///relative.db, sqlite:////absolute/path.db): this command "
+            "does not create one",
+            EXIT_NOT_FOUND,
+        )
 
 
 @db_app.command("migrate")
@@ -62,5 +73,7 @@ def migrate_command(url: DatabaseUrl) -> None:
     for result in results:
         typer.echo(str(result))
     moved = sum(result.changed for result in results)
-    typer.echo(f"{moved} of {len(results)} table group(s) migrated to schema version "
-               f"{SCHEMA_VERSION} in {where}")
+    typer.echo(
+        f"{moved} of {len(results)} table group(s) migrated to schema version "
+        f"{SCHEMA_VERSION} in {where}"
+    )

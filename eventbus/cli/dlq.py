@@ -46,15 +46,28 @@ def letter_json(letter: ListedDeadLetter) -> dict[str, Any]:
     except UnicodeDecodeError:
         shown, encoding = base64.b64encode(data).decode("ascii"), "base64"
     return {
-        "id": letter.envelope.id, "position": letter.message_id, "state": letter.state,
-        "replayed": letter.replayed, "purged": letter.purged, "type": letter.envelope.type,
-        "source": letter.envelope.source, "time": format_time(letter.envelope.time),
-        "correlationid": letter.envelope.correlationid, "topic": letter.topic,
-        "group": letter.group, "attempts": letter.attempts, "failed_at": letter.failed_at,
-        "reason": letter.reason, "exception": letter.exception, "message": letter.message,
-        "traceback": letter.traceback, "dropped": list(letter.dropped),
-        "replayable": letter.replayable, "datacontenttype": letter.envelope.datacontenttype,
-        "data": shown, "data_encoding": encoding,
+        "id": letter.envelope.id,
+        "position": letter.message_id,
+        "state": letter.state,
+        "replayed": letter.replayed,
+        "purged": letter.purged,
+        "type": letter.envelope.type,
+        "source": letter.envelope.source,
+        "time": format_time(letter.envelope.time),
+        "correlationid": letter.envelope.correlationid,
+        "topic": letter.topic,
+        "group": letter.group,
+        "attempts": letter.attempts,
+        "failed_at": letter.failed_at,
+        "reason": letter.reason,
+        "exception": letter.exception,
+        "message": letter.message,
+        "traceback": letter.traceback,
+        "dropped": list(letter.dropped),
+        "replayable": letter.replayable,
+        "datacontenttype": letter.envelope.datacontenttype,
+        "data": shown,
+        "data_encoding": encoding,
     }
 
 
@@ -72,12 +85,13 @@ def dlq_list(
     show_all: Annotated[
         bool, typer.Option("--all", "-a", help="Also letters already replayed or purged")
     ] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line, "
-                                          "with data, reason and traceback")] = False,
+    as_json: Annotated[
+        bool,
+        typer.Option("--json", help="One JSON object per line, with data, reason and traceback"),
+    ] = False,
     url: UrlOption = None,
 ) -> None:
-    """List dead letters of TOPIC for GROUP with why each failed (--all: replayed, purged too).
-    """
+    """List dead letters of TOPIC for GROUP with why each failed (--all: replayed, purged too)."""
     broker = _broker(url, "list")
 
     async def go() -> list[ListedDeadLetter]:
@@ -93,15 +107,25 @@ def dlq_list(
             typer.echo(json.dumps(letter_json(letter)))
         else:
             state = "" if letter.state == "pending" else f"[{letter.state}]  "
-            typer.echo(f"{letter.envelope.id}  {letter.envelope.type}  "
-                       f"attempts={letter.attempts}  {letter.failed_at}  {state}{letter.reason}")
-    counts = {state: sum(1 for x in letters if x.state == state)
-              for state in ("pending", "replayed", "purged")}
-    hidden = "" if show_all or not (counts["replayed"] or counts["purged"]) else (
-        "; replayed and purged ones hidden, --all shows them")
-    typer.echo(f"{len(shown)} of {len(letters)} dead letter(s) on {topic}/{group} shown "
-               f"({counts['pending']} pending, {counts['replayed']} replayed, "
-               f"{counts['purged']} purged{hidden})", err=True)
+            typer.echo(
+                f"{letter.envelope.id}  {letter.envelope.type}  "
+                f"attempts={letter.attempts}  {letter.failed_at}  {state}{letter.reason}"
+            )
+    counts = {
+        state: sum(1 for x in letters if x.state == state)
+        for state in ("pending", "replayed", "purged")
+    }
+    hidden = (
+        ""
+        if show_all or not (counts["replayed"] or counts["purged"])
+        else ("; replayed and purged ones hidden, --all shows them")
+    )
+    typer.echo(
+        f"{len(shown)} of {len(letters)} dead letter(s) on {topic}/{group} shown "
+        f"({counts['pending']} pending, {counts['replayed']} replayed, "
+        f"{counts['purged']} purged{hidden})",
+        err=True,
+    )
 
 
 @dlq_app.command("show")
@@ -121,8 +145,11 @@ def dlq_show(
 
     letters = run_async(go)
     if not letters:
-        fail(f"no dead letter {letter_id!r} on {dlq_topic(topic, group)!r}; "
-             f"`eventbus dlq list {topic} {group} --all` lists them", EXIT_NOT_FOUND)
+        fail(
+            f"no dead letter {letter_id!r} on {dlq_topic(topic, group)!r}; "
+            f"`eventbus dlq list {topic} {group} --all` lists them",
+            EXIT_NOT_FOUND,
+        )
     for letter in letters:
         doc = letter_json(letter)
         if as_json:
@@ -143,9 +170,15 @@ async def _with_progress(
     total: int, label: str, act: Callable[[Callable[[int, int], None]], Any]
 ) -> int:
     """Run ``act(progress)`` with a bar on stderr when ``total`` is large."""
-    with Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=Console(stderr=True), transient=True,
-                  disable=total < PROGRESS_FROM) as bar:
+    with Progress(
+        TextColumn(label),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        transient=True,
+        disable=total < PROGRESS_FROM,
+    ) as bar:
         task = bar.add_task(label, total=total)
 
         def advance(done: int, of: int) -> None:
@@ -163,9 +196,12 @@ async def _plan(
     if ids:
         missing = [i for i in ids if not any(letter.matches(i) for letter in letters)]
         if missing:
-            fail(f"no dead letter {', '.join(map(repr, missing))} on "
-                 f"{dlq_topic(topic, group)!r}; `eventbus dlq list {topic} {group} --all` "
-                 "lists them", EXIT_NOT_FOUND)
+            fail(
+                f"no dead letter {', '.join(map(repr, missing))} on "
+                f"{dlq_topic(topic, group)!r}; `eventbus dlq list {topic} {group} --all` "
+                "lists them",
+                EXIT_NOT_FOUND,
+            )
         letters = [letter for letter in letters if any(letter.matches(i) for i in ids)]
     return letters
 
@@ -177,10 +213,14 @@ def dlq_replay(
     ids: Ids = None,
     limit: Annotated[int | None, typer.Option(help="At most this many")] = None,
     to_topic: Annotated[str | None, typer.Option(help="Publish here instead")] = None,
-    whole_topic: Annotated[bool, typer.Option(
-        "--whole-topic",
-        help="Publish to the topic (every group sees it again), even where the broker "
-             "could deliver to the failed group alone")] = False,
+    whole_topic: Annotated[
+        bool,
+        typer.Option(
+            "--whole-topic",
+            help="Publish to the topic (every group sees it again), even where the broker "
+            "could deliver to the failed group alone",
+        ),
+    ] = False,
     yes: Yes = False,
     url: UrlOption = None,
 ) -> None:
@@ -195,9 +235,15 @@ def dlq_replay(
             todo = [x for x in letters if x.state == "pending" and x.replayable][:limit]
             if not todo:
                 skipped = len(letters) - len(todo)
-                typer.echo(f"nothing to replay on {topic}/{group}"
-                           + (f" ({skipped} already replayed, purged or not replayable)"
-                              if skipped else ""), err=True)
+                typer.echo(
+                    f"nothing to replay on {topic}/{group}"
+                    + (
+                        f" ({skipped} already replayed, purged or not replayable)"
+                        if skipped
+                        else ""
+                    ),
+                    err=True,
+                )
                 return 0
             where = to_topic or todo[0].topic or topic
             if not whole_topic and to_topic is None and adapter.capabilities.group_route:
@@ -206,10 +252,17 @@ def dlq_replay(
                 _confirm, f"Replay {len(todo)} dead letter(s) of {topic}/{group} to {where}?", yes
             )
             return await _with_progress(
-                len(todo), "replaying",
+                len(todo),
+                "replaying",
                 lambda progress: DeadLetters(adapter).replay(
-                    topic, group, limit=limit, to_topic=to_topic, ids=ids, progress=progress,
-                    to_group=False if whole_topic else None),
+                    topic,
+                    group,
+                    limit=limit,
+                    to_topic=to_topic,
+                    ids=ids,
+                    progress=progress,
+                    to_group=False if whole_topic else None,
+                ),
             )
 
     count = run_async(go)
@@ -240,15 +293,18 @@ def dlq_purge(
                 typer.echo(f"nothing to purge on {topic}/{group}", err=True)
                 return 0
             await asyncio.to_thread(
-                _confirm, f"Purge {len(todo)} dead letter(s) of {topic}/{group}? They will "
-                "not be listed or replayed again.", yes
+                _confirm,
+                f"Purge {len(todo)} dead letter(s) of {topic}/{group}? They will "
+                "not be listed or replayed again.",
+                yes,
             )
             return await _with_progress(
-                len(todo), "purging",
+                len(todo),
+                "purging",
                 lambda progress: DeadLetters(adapter).purge(
-                    topic, group, limit=limit, ids=ids, progress=progress),
+                    topic, group, limit=limit, ids=ids, progress=progress
+                ),
             )
 
     count = run_async(go)
     typer.echo(f"purged {count} dead letter(s) from {topic}/{group}")
-

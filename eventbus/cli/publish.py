@@ -70,8 +70,13 @@ def check_type(event_type: str, app_target: str, url: str | None) -> type[Messag
         return cls
     types = known_types(bus)
     close = difflib.get_close_matches(event_type, types, n=3, cutoff=0.5)
-    hint = (f"did you mean {', '.join(close)}?" if close
-            else f"known types: {', '.join(types[:10])}" if types else "it registers none")
+    hint = (
+        f"did you mean {', '.join(close)}?"
+        if close
+        else f"known types: {', '.join(types[:10])}"
+        if types
+        else "it registers none"
+    )
     fail(f"unknown event type {event_type!r} in {app_target}: {hint}", EXIT_USAGE)
 
 
@@ -82,7 +87,8 @@ def check_data(cls: type[Message], event_type: str, payload: bytes) -> None:
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(map(str, error['loc'])) or '(data)'}: {error['msg']}"
-            for error in exc.errors())
+            for error in exc.errors()
+        )
         fail(f"--data does not fit {cls.__name__} ({event_type}): {problems}", EXIT_USAGE)
 
 
@@ -102,16 +108,22 @@ def publish(
     ] = None,
     app_target: Annotated[
         str | None,
-        typer.Option("--app", help="module:attribute of your EventBus; --type and --data "
-                     "are then checked against the class it registers for the type, whose "
-                     "topic and version are the defaults"),
+        typer.Option(
+            "--app",
+            help="module:attribute of your EventBus; --type and --data "
+            "are then checked against the class it registers for the type, whose "
+            "topic and version are the defaults",
+        ),
     ] = None,
     url: UrlOption = None,
 ) -> None:
     """Publish one event with JSON data; prints its id once the broker confirmed it."""
     if topic is None and app_target is None:
-        fail("give the topic to publish to, or --app module:bus to publish to the topic of "
-             "the class registered for --type", EXIT_USAGE)
+        fail(
+            "give the topic to publish to, or --app module:bus to publish to the topic of "
+            "the class registered for --type",
+            EXIT_USAGE,
+        )
     broker = resolve_url(url)
     refuse_in_process(broker, "publish")
     payload = read_data(data)
@@ -120,15 +132,17 @@ def publish(
         check_data(cls, event_type, payload)
         default = cls.default_topic()
         if topic is not None and topic != default:
-            typer.echo(f"warning: {cls.__name__} is published to {default!r} by default, "
-                       f"where handlers subscribed to the class listen; publishing to "
-                       f"{topic!r} as asked", err=True)
+            typer.echo(
+                f"warning: {cls.__name__} is published to {default!r} by default, "
+                f"where handlers subscribed to the class listen; publishing to "
+                f"{topic!r} as asked",
+                err=True,
+            )
         topic = topic or default
         version = cls.data_version() if version is None else version
     assert topic is not None  # given, or the class's (checked above)
     envelope = Envelope.create(
-        type=event_type, source=source, data=payload, dataversion=version or 1,
-        partitionkey=key,
+        type=event_type, source=source, data=payload, dataversion=version or 1, partitionkey=key
     )
     envelope = envelope.evolve(correlationid=envelope.id)
 

@@ -15,14 +15,7 @@ from typing import Annotated
 import typer
 
 from eventbus.bus import EventBus
-from eventbus.cli._common import (
-    EXIT_USAGE,
-    UrlOption,
-    fail,
-    load_bus,
-    resolve_url,
-    run_async,
-)
+from eventbus.cli._common import EXIT_USAGE, UrlOption, fail, load_bus, resolve_url, run_async
 from eventbus.cli.serving import (
     CountMetricsOption,
     HealthPortOption,
@@ -45,14 +38,28 @@ log = logging.getLogger("eventbus.cli")
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
-QUIET_LOGGERS = ("aiokafka", "kafka", "aio_pika", "aiormq", "nats", "redis", "botocore",
-                 "boto3", "urllib3", "asyncio")
+QUIET_LOGGERS = (
+    "aiokafka",
+    "kafka",
+    "aio_pika",
+    "aiormq",
+    "nats",
+    "redis",
+    "botocore",
+    "boto3",
+    "urllib3",
+    "asyncio",
+)
 """Client libraries whose INFO lines (joins, coordinator chatter) stay hidden unless
 ``--log-level debug``."""
 
 # What Context.logger binds on each record, shown as key=value after the message.
-CONTEXT_FIELDS = (("event_id", "event"), ("correlation_id", "correlation"),
-                  ("group", "group"), ("attempt", "attempt"))
+CONTEXT_FIELDS = (
+    ("event_id", "event"),
+    ("correlation_id", "correlation"),
+    ("group", "group"),
+    ("attempt", "attempt"),
+)
 
 CLOSE_TIMEOUT = 5.0
 HARD_EXIT_AFTER = 2 * CLOSE_TIMEOUT + 2.0
@@ -72,8 +79,11 @@ class ContextFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         text = super().format(record)
-        bound = [f"{label}={getattr(record, name)}" for name, label in CONTEXT_FIELDS
-                 if getattr(record, name, None) not in (None, "")]
+        bound = [
+            f"{label}={getattr(record, name)}"
+            for name, label in CONTEXT_FIELDS
+            if getattr(record, name, None) not in (None, "")
+        ]
         if not bound:
             return text
         # The bracket goes on the message line, before any traceback.
@@ -97,8 +107,11 @@ def run(
     target: Annotated[str, typer.Argument(help="module:attribute of the EventBus, e.g. app:bus")],
     log_level: Annotated[
         str,
-        typer.Option("--log-level", help="debug, info, warning or error; client libraries' "
-                     "INFO lines show only at debug", case_sensitive=False),
+        typer.Option(
+            "--log-level",
+            help="debug, info, warning or error; client libraries' INFO lines show only at debug",
+            case_sensitive=False,
+        ),
     ] = "info",
     url: UrlOption = None,
     health_port: HealthPortOption = None,
@@ -123,8 +136,9 @@ def run(
     configure_logging(level)
     require_prometheus(metrics_port)
     if workers > 1 or reload:
-        plan = WorkerPlan(target, workers, level, url, health_port, metrics_port, probe_host,
-                          reload)
+        plan = WorkerPlan(
+            target, workers, level, url, health_port, metrics_port, probe_host, reload
+        )
         raise typer.Exit(run_workers(plan, lambda: _check_shareable(target, url, workers)))
     if worker_index is not None:
         label_worker(worker_index)
@@ -132,8 +146,12 @@ def run(
     if metrics_port is not None or count_metrics:
         count_for_metrics(bus)  # /metrics shows the bus's own instruments
     if url is not None and bus.adapter.url != resolve_url(url):
-        log.warning("%s is built on %s, not on --url %s: make it with EventBus.from_env() "
-                    "to take --url", target, mask_url(bus.adapter.url), mask_url(url))
+        log.warning(
+            "%s is built on %s, not on --url %s: make it with EventBus.from_env() to take --url",
+            target,
+            mask_url(bus.adapter.url),
+            mask_url(url),
+        )
     typer.echo(f"running {target} on {mask_url(bus.adapter.url)}", err=True)
     options = ServeOptions(health_port, metrics_port, probe_host, supervisor_fd)
     forced = run_async(lambda: serve_with_probes(bus, options, serve), loop_factory=SignalLoop)
@@ -145,9 +163,12 @@ def _check_shareable(target: str, url: str | None, workers: int) -> None:
     """``--workers N`` needs a broker the N processes share: not one inside each."""
     bus = load_bus(target, url)
     if workers > 1 and bus.adapter.url.startswith("memory:"):
-        fail(f"--workers {workers} cannot share {mask_url(bus.adapter.url)}: the in-memory "
-             "broker lives inside one process, so each worker would get a broker of its own; "
-             "point --url or $EVENTBUS_URL at a real broker", EXIT_USAGE)
+        fail(
+            f"--workers {workers} cannot share {mask_url(bus.adapter.url)}: the in-memory "
+            "broker lives inside one process, so each worker would get a broker of its own; "
+            "point --url or $EVENTBUS_URL at a real broker",
+            EXIT_USAGE,
+        )
 
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -168,8 +189,7 @@ class SignalLoop(asyncio.SelectorEventLoop):
         self._inner: dict[int, Callable[[], object]] = {}
         self._closing = False
 
-    def add_signal_handler(self, sig: int, callback: Callable[..., object],
-                           *args: object) -> None:
+    def add_signal_handler(self, sig: int, callback: Callable[..., object], *args: object) -> None:
         if sig in SIGNALS and not self._closing:
             self._inner[sig] = functools.partial(callback, *args)
             super().add_signal_handler(sig, self._dispatch, sig)
@@ -215,9 +235,12 @@ async def serve(bus: EventBus) -> int:
         received.append(signum)
         name = signal.Signals(signum).name
         if len(received) == 1:
-            log.warning("%s received: stopping; waiting up to %g s (shutdown_timeout) for "
-                        "in-flight handlers; send the signal again (Ctrl-C) to force", name,
-                        bus.shutdown_timeout)
+            log.warning(
+                "%s received: stopping; waiting up to %g s (shutdown_timeout) for "
+                "in-flight handlers; send the signal again (Ctrl-C) to force",
+                name,
+                bus.shutdown_timeout,
+            )
             if inner is not None:
                 inner()  # the bus's own handler: its graceful stop
             else:

@@ -25,27 +25,44 @@ log = logging.getLogger("eventbus.cli")
 
 HealthPortOption = Annotated[
     int | None,
-    typer.Option("--health-port", min=0, max=65535, show_default=False,
-                 help="Serve /livez and /readyz (Kubernetes probes) on this port"),
+    typer.Option(
+        "--health-port",
+        min=0,
+        max=65535,
+        show_default=False,
+        help="Serve /livez and /readyz (Kubernetes probes) on this port",
+    ),
 ]
 MetricsPortOption = Annotated[
     int | None,
-    typer.Option("--metrics-port", min=0, max=65535, show_default=False,
-                 help="Serve /metrics (prometheus-client's default registry) on this port; "
-                      "may equal --health-port"),
+    typer.Option(
+        "--metrics-port",
+        min=0,
+        max=65535,
+        show_default=False,
+        help="Serve /metrics (prometheus-client's default registry) on this port; "
+        "may equal --health-port",
+    ),
 ]
 ProbeHostOption = Annotated[
-    str, typer.Option("--probe-host", help="Address the probe and metrics ports listen on"),
+    str, typer.Option("--probe-host", help="Address the probe and metrics ports listen on")
 ]
 WorkersOption = Annotated[
     int,
-    typer.Option("--workers", min=1, help="Run N processes sharing the subscriptions' groups, "
-                 "restarting one that dies; SIGTERM drains them all"),
+    typer.Option(
+        "--workers",
+        min=1,
+        help="Run N processes sharing the subscriptions' groups, "
+        "restarting one that dies; SIGTERM drains them all",
+    ),
 ]
 ReloadOption = Annotated[
     bool,
-    typer.Option("--reload", help="Development: restart the worker(s) when a .py file under "
-                 "the current directory changes (needs eventbus[reload])"),
+    typer.Option(
+        "--reload",
+        help="Development: restart the worker(s) when a .py file under "
+        "the current directory changes (needs eventbus[reload])",
+    ),
 ]
 SupervisorFdOption = Annotated[int | None, typer.Option("--supervisor-fd", hidden=True)]
 # A worker of `--workers N --metrics-port M`: count for the supervisor's /metrics, serve none.
@@ -66,8 +83,10 @@ class ServeOptions:
 def require_prometheus(metrics_port: int | None) -> None:
     """Exit 3, naming the extra, when ``--metrics-port`` is given without prometheus-client."""
     if metrics_port is not None and importlib.util.find_spec("prometheus_client") is None:
-        fail(f"--metrics-port needs prometheus-client, which is not installed: "
-             f"{PROMETHEUS_EXTRA}", EXIT_UNKNOWN_SCHEME)
+        fail(
+            f"--metrics-port needs prometheus-client, which is not installed: {PROMETHEUS_EXTRA}",
+            EXIT_UNKNOWN_SCHEME,
+        )
 
 
 def count_for_metrics(bus: EventBus) -> None:
@@ -92,12 +111,14 @@ def label_worker(index: int) -> None:
         handler.addFilter(tag)
 
 
-async def serve_with_probes(bus: EventBus, options: ServeOptions,
-                            serve: Callable[[EventBus], Awaitable[int]]) -> int:
+async def serve_with_probes(
+    bus: EventBus, options: ServeOptions, serve: Callable[[EventBus], Awaitable[int]]
+) -> int:
     """``serve(bus)`` with the probe and metrics ports open around it (they answer from
     before the bus starts until it has stopped: ``/readyz`` says 503 meanwhile)."""
-    async with serve_probes(bus, health_port=options.health_port,
-                            metrics_port=options.metrics_port, host=options.host) as probes:
+    async with serve_probes(
+        bus, health_port=options.health_port, metrics_port=options.metrics_port, host=options.host
+    ) as probes:
         if options.supervisor_fd is not None:
             _link_to_supervisor(options.supervisor_fd, probes.health_port)
         return await serve(bus)

@@ -61,9 +61,19 @@ class WorkerPlan:
     reload: bool = False
 
     def argv(self, index: int, fd: int) -> list[str]:
-        argv = [sys.executable, "-m", "eventbus", "run", self.target,
-                "--log-level", self.log_level, "--worker-index", str(index),
-                "--supervisor-fd", str(fd)]
+        argv = [
+            sys.executable,
+            "-m",
+            "eventbus",
+            "run",
+            self.target,
+            "--log-level",
+            self.log_level,
+            "--worker-index",
+            str(index),
+            "--supervisor-fd",
+            str(fd),
+        ]
         if self.url is not None:
             argv += ["--url", self.url]
         if self.health_port is not None:
@@ -117,16 +127,27 @@ class Supervisor:
         routes: dict[str, Route] | None = None
         if self.plan.health_port is not None:
             routes = {LIVEZ: self._livez, READYZ: self._readyz}
-        async with serve_probes(None, health_port=self.plan.health_port,
-                                metrics_port=self.plan.metrics_port, host=self.plan.host,
-                                health=routes) as self.probes:
-            log.info("supervising %d worker(s) of %s%s", len(self.workers), self.plan.target,
-                     " (reloading on changes)" if self.plan.reload else "")
+        async with serve_probes(
+            None,
+            health_port=self.plan.health_port,
+            metrics_port=self.plan.metrics_port,
+            host=self.plan.host,
+            health=routes,
+        ) as self.probes:
+            log.info(
+                "supervising %d worker(s) of %s%s",
+                len(self.workers),
+                self.plan.target,
+                " (reloading on changes)" if self.plan.reload else "",
+            )
             keepers = [asyncio.create_task(self._keep(w)) for w in self.workers]
             watcher = asyncio.create_task(self._watch()) if self.plan.reload else None
             await self._stopping.wait()
-            log.warning("%s received: draining %d worker(s)",
-                        signal.Signals(self._signals[0]).name, len(self.workers))
+            log.warning(
+                "%s received: draining %d worker(s)",
+                signal.Signals(self._signals[0]).name,
+                len(self.workers),
+            )
             for worker in self.workers:
                 worker.signal(signal.SIGTERM)
             if watcher is not None:
@@ -147,8 +168,7 @@ class Supervisor:
         if len(self._signals) == 1:
             self._stopping.set()
         else:
-            log.warning("%s received again: forcing the workers' exit",
-                        signal.Signals(signum).name)
+            log.warning("%s received again: forcing the workers' exit", signal.Signals(signum).name)
             for worker in self.workers:
                 worker.signal(signal.SIGTERM)
 
@@ -172,11 +192,19 @@ class Supervisor:
             if lived >= STEADY_AFTER:
                 delays = iter(RESTART)
             delay = next(delays)
-            log.error("worker %d (pid %d) %s after %.1fs; restarting it in %.1fs",
-                      worker.index, worker.process.pid, describe_exit(code), lived, delay)
+            log.error(
+                "worker %d (pid %d) %s after %.1fs; restarting it in %.1fs",
+                worker.index,
+                worker.process.pid,
+                describe_exit(code),
+                lived,
+                delay,
+            )
             worker.reloaded.clear()
-            waits = [asyncio.ensure_future(self._stopping.wait()),
-                     asyncio.ensure_future(worker.reloaded.wait())]
+            waits = [
+                asyncio.ensure_future(self._stopping.wait()),
+                asyncio.ensure_future(worker.reloaded.wait()),
+            ]
             try:
                 await asyncio.wait(waits, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
             finally:
@@ -190,8 +218,11 @@ class Supervisor:
         ours, theirs = socket.socketpair()
         try:
             worker.process = await asyncio.create_subprocess_exec(
-                *self.plan.argv(worker.index, theirs.fileno()), env=self.env,
-                pass_fds=(theirs.fileno(),), start_new_session=True)
+                *self.plan.argv(worker.index, theirs.fileno()),
+                env=self.env,
+                pass_fds=(theirs.fileno(),),
+                start_new_session=True,
+            )
         finally:
             theirs.close()
         worker.link, worker.probe_port = ours, None
@@ -220,8 +251,9 @@ class Supervisor:
     async def _watch(self) -> None:
         from watchfiles import PythonFilter, awatch
 
-        async for changes in awatch(self.cwd, watch_filter=PythonFilter(),
-                                    stop_event=self._stopping):
+        async for changes in awatch(
+            self.cwd, watch_filter=PythonFilter(), stop_event=self._stopping
+        ):
             names = sorted({path.removeprefix(self.cwd) for _, path in changes})
             log.warning("reloading: %s changed", ", ".join(names[:5]))
             for worker in self.workers:
@@ -244,13 +276,16 @@ class Supervisor:
         if not running or worker.probe_port is None:
             return {**state, "detail": "starting" if running else "not running"}
         try:
-            status, body = await asyncio.wait_for(_get(worker.probe_port, READYZ),
-                                                  PROBE_TIMEOUT)
+            status, body = await asyncio.wait_for(_get(worker.probe_port, READYZ), PROBE_TIMEOUT)
             answer = json.loads(body)
         except (OSError, TimeoutError, ValueError) as exc:
             return {**state, "detail": f"its /readyz did not answer ({type(exc).__name__})"}
-        return {**state, "ok": status == 200, "detail": answer.get("detail", ""),
-                "subscriptions": answer.get("subscriptions", [])}
+        return {
+            **state,
+            "ok": status == 200,
+            "detail": answer.get("detail", ""),
+            "subscriptions": answer.get("subscriptions", []),
+        }
 
 
 async def _get(port: int, path: str) -> tuple[int, bytes]:
@@ -287,8 +322,10 @@ def run_workers(plan: WorkerPlan, check: Callable[[], object]) -> int:
     ``$PROMETHEUS_MULTIPROC_DIR`` is set, since prometheus-client reads it on import.
     """
     if plan.reload and not _has("watchfiles"):
-        fail(f"--reload needs watchfiles, which is not installed: {RELOAD_EXTRA}",
-             EXIT_UNKNOWN_SCHEME)
+        fail(
+            f"--reload needs watchfiles, which is not installed: {RELOAD_EXTRA}",
+            EXIT_UNKNOWN_SCHEME,
+        )
     own_dir = None
     if plan.metrics_port is not None and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         own_dir = tempfile.mkdtemp(prefix="eventbus-metrics-")

@@ -11,12 +11,22 @@ from typing import Any
 from eventbus._deprecation import renamed
 
 _PACKAGE = (  # re-exported by eventbus.deadletters
-    "DLQ_EXTENSIONS", "UNDECODABLE_TYPE", "DeadLetterRecord", "dead_letter",
-    "dead_letter_envelope", "dead_letter_undecodable", "publish_dead_letter",
+    "DLQ_EXTENSIONS",
+    "UNDECODABLE_TYPE",
+    "DeadLetterRecord",
+    "dead_letter",
+    "dead_letter_envelope",
+    "dead_letter_undecodable",
+    "publish_dead_letter",
 )
 _LETTERS = (  # only in eventbus.deadletters.letters
-    "MAX_MESSAGE", "MAX_REASON", "MAX_TRACEBACK", "Logger", "decode_headers",
-    "encode_headers", "shrink_stages",
+    "MAX_MESSAGE",
+    "MAX_REASON",
+    "MAX_TRACEBACK",
+    "Logger",
+    "decode_headers",
+    "encode_headers",
+    "shrink_stages",
 )
 _CONTRACT = ("broker_dedupe_id", "replaying")  # eventbus.adapter_names
 

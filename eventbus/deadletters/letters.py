@@ -117,14 +117,19 @@ def shrink_stages(dead: Envelope, limit: int) -> Iterator[tuple[Envelope, str]]:
             yield cut, f"traceback truncated to its last {room} characters"
         yield bare, "traceback dropped"
     kept = {k: v for k, v in ext.items() if k in DLQ_EXTENSIONS and k != "dlqmessage"}
-    dropped = [name for name, present in (
-        ("traceback", tb is not None),
-        ("message", "dlqmessage" in ext),
-        ("data", bool(dead.data)),
-        ("extensions", any(k not in DLQ_EXTENSIONS for k in ext)),
-    ) if present]
-    reference = _with(dead, dropped, data=b"", datacontenttype=None, dataschema=None,
-                      extensions=kept)
+    dropped = [
+        name
+        for name, present in (
+            ("traceback", tb is not None),
+            ("message", "dlqmessage" in ext),
+            ("data", bool(dead.data)),
+            ("extensions", any(k not in DLQ_EXTENSIONS for k in ext)),
+        )
+        if present
+    ]
+    reference = _with(
+        dead, dropped, data=b"", datacontenttype=None, dataschema=None, extensions=kept
+    )
     yield reference, f"only a reference kept (dropped: {', '.join(dropped) or 'nothing'})"
 
 
@@ -162,7 +167,10 @@ async def publish_dead_letter(
         if change:
             logger.warning(
                 "dead letter of event %s was over the %d-byte limit of %s: %s",
-                dead.id, limit, target, change,
+                dead.id,
+                limit,
+                target,
+                change,
             )
         return candidate
     detail = f" ({refused})" if refused is not None else ""
@@ -196,8 +204,15 @@ async def dead_letter(
     transport: Mapping[str, str] | None = None,
 ) -> Envelope:
     """Build the dead letter of ``envelope`` and publish it (see :func:`publish_dead_letter`)."""
-    dead = dead_letter_envelope(envelope, reason=reason, topic=topic, group=group,
-                                attempts=attempts, exc=exc, transport=transport)
+    dead = dead_letter_envelope(
+        envelope,
+        reason=reason,
+        topic=topic,
+        group=group,
+        attempts=attempts,
+        exc=exc,
+        transport=transport,
+    )
     return await publish_dead_letter(adapter, dead, topic=topic, group=group, logger=logger)
 
 
@@ -242,8 +257,12 @@ async def dead_letter_undecodable(adapter: Adapter, delivery: Delivery) -> Envel
         datacontenttype="application/octet-stream",
     )
     return await dead_letter(
-        adapter, wrapper, reason=f"undecodable: {delivery.decode_error}",
-        topic=delivery.topic, group=delivery.group, attempts=delivery.attempt,
+        adapter,
+        wrapper,
+        reason=f"undecodable: {delivery.decode_error}",
+        topic=delivery.topic,
+        group=delivery.group,
+        attempts=delivery.attempt,
         transport=transport,
     )
 

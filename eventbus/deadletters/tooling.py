@@ -1,5 +1,8 @@
 """List, show, replay and purge dead letters.
 
+(Over 400 lines on purpose: list, replay and purge, which share the marker protocol they
+must agree on.)
+
 Dead letters of ``topic`` for ``group`` live on ``<topic>.<group>.dlq``. Listing
 browses that topic with :meth:`Adapter.read`, which leaves nothing behind on the
 broker (no consumer group, no commit, no topic). Replay publishes each original
@@ -123,7 +126,8 @@ class DeadLetters:
             return await self._list_by_consuming(topic, group, limit)
         letters = await self._browse(topic, group, limit if everything else None)
         letters = [
-            letter for letter in letters
+            letter
+            for letter in letters
             if (include_replayed or not letter.replayed) and (include_purged or not letter.purged)
         ]
         return letters if limit is None else letters[:limit]
@@ -167,13 +171,21 @@ class DeadLetters:
         """
         if not self.adapter.capabilities.browse:
             return await self._settle_by_consuming(
-                topic, group, limit, ids, progress, to_topic=to_topic, purge=False,
+                topic,
+                group,
+                limit,
+                ids,
+                progress,
+                to_topic=to_topic,
+                purge=False,
                 to_group=to_group,
             )
         letters = await self._browse(topic, group, None)
         todo = [
-            letter for letter in letters
-            if letter.state == "pending" and letter.replayable  # raw bytes/references: not events
+            letter
+            for letter in letters
+            if letter.state == "pending"
+            and letter.replayable  # raw bytes/references: not events
             and (ids is None or any(letter.matches(i) for i in ids))
         ][:limit]
         group_route = self._group_route(to_group, to_topic)
@@ -224,13 +236,14 @@ class DeadLetters:
             )
         letters = await self._browse(topic, group, None)
         todo = [
-            letter for letter in letters
+            letter
+            for letter in letters
             if not letter.purged and (ids is None or any(letter.matches(i) for i in ids))
         ][:limit]
         # Markers go out in batches: one publish per letter is slow on a remote broker,
         # one publish of thousands may exceed its batch limit.
         for start in range(0, len(todo), _MARKER_BATCH):
-            batch = todo[start:start + _MARKER_BATCH]
+            batch = todo[start : start + _MARKER_BATCH]
             await self.adapter.publish(
                 replayed_topic(topic, group), [_marker(PURGED_TYPE, letter) for letter in batch]
             )
@@ -296,8 +309,9 @@ class DeadLetters:
     ) -> tuple[Subscription, _Deliveries]:
         # Always the one replay group: a new group per call would be left behind on
         # the broker, each queueing every later dead letter forever.
-        options = SubscribeOptions(group=REPLAY_GROUP, prefetch=max(1, min(limit or 256, 256)),
-                                   start_from="earliest")
+        options = SubscribeOptions(
+            group=REPLAY_GROUP, prefetch=max(1, min(limit or 256, 256)), start_from="earliest"
+        )
         subscription = await self.adapter.subscribe(dlq_topic(topic, group), options)
         deliveries: _Deliveries = []
         iterator = aiter(subscription)
@@ -309,9 +323,7 @@ class DeadLetters:
             deliveries.append(delivery)
         return subscription, deliveries
 
-    async def _list_by_consuming(
-        self, topic: str, group: str, limit: int | None
-    ) -> _Letters:
+    async def _list_by_consuming(self, topic: str, group: str, limit: int | None) -> _Letters:
         subscription, deliveries = await self._collect(topic, group, limit)
         try:
             return [
@@ -355,8 +367,9 @@ class DeadLetters:
         try:
             for done, (delivery, record) in enumerate(wanted, 1):
                 if not purge and record.undecodable:
-                    await self.adapter.publish_raw(to_topic or record.topic or topic,
-                                                   record.raw or b"", record.raw_headers)
+                    await self.adapter.publish_raw(
+                        to_topic or record.topic or topic, record.raw or b"", record.raw_headers
+                    )
                 elif not purge and group_route:
                     await self.adapter.publish_to_group(
                         record.topic or topic, record.group or group, [record.original]
@@ -386,8 +399,12 @@ def _listed(record: ReadRecord, envelope: Envelope, marks: set[str] | None) -> L
     base = DeadLetterRecord.from_envelope(envelope)
     values: dict[str, Any] = {f.name: getattr(base, f.name) for f in fields(DeadLetterRecord)}
     marks = marks or set()
-    return ListedDeadLetter(**values, message_id=record.message_id,
-                            replayed=REPLAYED_TYPE in marks, purged=PURGED_TYPE in marks)
+    return ListedDeadLetter(
+        **values,
+        message_id=record.message_id,
+        replayed=REPLAYED_TYPE in marks,
+        purged=PURGED_TYPE in marks,
+    )
 
 
 def _marker(kind: str, letter: ListedDeadLetter, destination: str | None = None) -> Envelope:

@@ -12,7 +12,11 @@ from typing import Any
 from eventbus._deprecation import renamed
 
 _PACKAGE = (  # re-exported by eventbus.deadletters
-    "PURGED_TYPE", "REPLAYED_TYPE", "REPLAY_GROUP", "DeadLetters", "ListedDeadLetter",
+    "PURGED_TYPE",
+    "REPLAYED_TYPE",
+    "REPLAY_GROUP",
+    "DeadLetters",
+    "ListedDeadLetter",
     "replayed_topic",
 )
 _TOOLING = ("Progress", "State")  # only in eventbus.deadletters.tooling
@@ -21,8 +25,16 @@ _TOOLING = ("Progress", "State")  # only in eventbus.deadletters.tooling
 def __getattr__(name: str) -> Any:
     import importlib
 
-    home = ("eventbus.deadletters" if name in _PACKAGE
-            else "eventbus.deadletters.tooling" if name in _TOOLING else "")
-    table = ({name: (f"{home}.{name}", lambda: getattr(importlib.import_module(home), name))}
-             if home else {})
+    home = (
+        "eventbus.deadletters"
+        if name in _PACKAGE
+        else "eventbus.deadletters.tooling"
+        if name in _TOOLING
+        else ""
+    )
+    table = (
+        {name: (f"{home}.{name}", lambda: getattr(importlib.import_module(home), name))}
+        if home
+        else {}
+    )
     return renamed(__name__, name, table)

@@ -127,8 +127,13 @@ class Observer:
         """A batch handler is called with the events of ``contexts``; returns a mark."""
         return None
 
-    def end_batch(self, contexts: Sequence[Context], mark: object, failed: Collection[int],
-                  failure: BaseException | None) -> None:
+    def end_batch(
+        self,
+        contexts: Sequence[Context],
+        mark: object,
+        failed: Collection[int],
+        failure: BaseException | None,
+    ) -> None:
         """The batch call returned: ``failed`` are the indexes handled again one by one
         (each then passes :meth:`begin`/:meth:`end`), ``failure`` what it raised."""
 

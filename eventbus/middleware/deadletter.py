@@ -24,8 +24,13 @@ from eventbus.middleware.base import Next, RedeliveryRequested
 __all__ = ["DeadLetter"]
 
 # What a dead letter is moved to eventbus.deadletters; the old names work for one release.
-_MOVED = ("DLQ_EXTENSIONS", "UNDECODABLE_TYPE", "dead_letter_envelope",
-          "dead_letter_undecodable", "dlq_topic")
+_MOVED = (
+    "DLQ_EXTENSIONS",
+    "UNDECODABLE_TYPE",
+    "dead_letter_envelope",
+    "dead_letter_undecodable",
+    "dlq_topic",
+)
 
 
 def __getattr__(name: str) -> Any:
@@ -79,5 +84,8 @@ class DeadLetter:
         note(ctx, "dead_letter", exc, attempt=attempts, target=target)
         ctx.logger.error(
             "dead-lettered after %d attempt(s) to %s: %s: %s",
-            attempts, target, type(exc).__name__, exc,
+            attempts,
+            target,
+            type(exc).__name__,
+            exc,
         )

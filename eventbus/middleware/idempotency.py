@@ -190,7 +190,11 @@ class Idempotency:
             ctx.logger.error(
                 "event handled, but idempotency store %s could not mark it done (%s: %s); "
                 "acknowledged anyway. A duplicate arriving after the %.0fs lease would "
-                "run again", type(self.store).__name__, type(exc).__name__, exc, self.lease,
+                "run again",
+                type(self.store).__name__,
+                type(exc).__name__,
+                exc,
+                self.lease,
                 exc_info=exc,
             )
             return
@@ -198,7 +202,8 @@ class Idempotency:
             ctx.logger.warning(
                 "the handler outlived its %.0fs idempotency lease, so another delivery "
                 "may have run it too; marked done anyway. Raise Idempotency.lease above "
-                "the slowest handler", self.lease,
+                "the slowest handler",
+                self.lease,
             )
 
     async def _release(self, ctx: Context, key: str, owner: str) -> None:
@@ -210,5 +215,8 @@ class Idempotency:
             ctx.logger.error(
                 "idempotency store %s could not release the claim after a failure "
                 "(%s: %s); redeliveries wait for the %.0fs lease to end",
-                type(self.store).__name__, type(exc).__name__, exc, self.lease,
+                type(self.store).__name__,
+                type(exc).__name__,
+                exc,
+                self.lease,
             )

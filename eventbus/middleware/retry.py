@@ -149,13 +149,19 @@ class Retry:
             if local >= per_delivery:
                 ctx.logger.warning(
                     "attempt %d failed (%s: %s); broker redelivery in %.2fs",
-                    attempt, type(exc).__name__, exc, delay,
+                    attempt,
+                    type(exc).__name__,
+                    exc,
+                    delay,
                 )
                 note(ctx, "redelivery", exc, attempt=attempt, delay=delay)
                 raise RedeliveryRequested(delay, f"attempt {attempt} failed") from exc
             ctx.logger.info(
                 "attempt %d failed (%s: %s); retrying in %.2fs",
-                attempt, type(exc).__name__, exc, delay,
+                attempt,
+                type(exc).__name__,
+                exc,
+                delay,
             )
             note(ctx, "retry", exc, attempt=attempt, delay=delay)
             await asyncio.sleep(delay)

@@ -19,8 +19,7 @@ CREATE TABLE IF NOT EXISTS eventbus_idempotency (
 )
 """
 _INDEX = (
-    "CREATE INDEX IF NOT EXISTS eventbus_idempotency_expires "
-    "ON eventbus_idempotency (expires_at)"
+    "CREATE INDEX IF NOT EXISTS eventbus_idempotency_expires ON eventbus_idempotency (expires_at)"
 )
 
 

@@ -19,18 +19,18 @@ from eventbus.patterns.sagas import *  # noqa: F403  (sagas: its __all__)
 # Renamed for one vocabulary (exceptions end in Error, SQL in capitals); the old
 # spelling warns for one release.
 _RENAMED: Renamed = {
-    "SqlSagaStore": ("eventbus.patterns.sagas.SQLSagaStore",
-                     lambda: _sagas.SQLSagaStore),
-    "SagaNotFound": ("eventbus.patterns.sagas.SagaNotFoundError",
-                     lambda: _sagas.SagaNotFoundError),
-    "SagaAlreadyExists": ("eventbus.patterns.sagas.SagaAlreadyExistsError",
-                     lambda: _sagas.SagaAlreadyExistsError),
-    "StepFailed": ("eventbus.patterns.sagas.StepFailedError",
-                     lambda: _sagas.StepFailedError),
-    "SqlSequenceStore": ("eventbus.patterns.ordering.SQLSequenceStore",
-                     lambda: _ordering.SQLSequenceStore),
-    "EarlyEvent": ("eventbus.patterns.ordering.EarlyEventError",
-                     lambda: _ordering.EarlyEventError),
+    "SqlSagaStore": ("eventbus.patterns.sagas.SQLSagaStore", lambda: _sagas.SQLSagaStore),
+    "SagaNotFound": ("eventbus.patterns.sagas.SagaNotFoundError", lambda: _sagas.SagaNotFoundError),
+    "SagaAlreadyExists": (
+        "eventbus.patterns.sagas.SagaAlreadyExistsError",
+        lambda: _sagas.SagaAlreadyExistsError,
+    ),
+    "StepFailed": ("eventbus.patterns.sagas.StepFailedError", lambda: _sagas.StepFailedError),
+    "SqlSequenceStore": (
+        "eventbus.patterns.ordering.SQLSequenceStore",
+        lambda: _ordering.SQLSequenceStore,
+    ),
+    "EarlyEvent": ("eventbus.patterns.ordering.EarlyEventError", lambda: _ordering.EarlyEventError),
 }
 
 

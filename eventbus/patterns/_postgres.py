@@ -35,8 +35,12 @@ try:
     import asyncpg
 
     _DRIVER_ERRORS: tuple[type[BaseException], ...] = (
-        asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError,
-        OSError, TimeoutError)
+        asyncpg.PostgresError,
+        asyncpg.InterfaceError,
+        asyncpg.InternalClientError,
+        OSError,
+        TimeoutError,
+    )
 except ImportError:  # pragma: no cover - depends on the install
     asyncpg = None
     _DRIVER_ERRORS = (OSError, TimeoutError)
@@ -110,13 +114,18 @@ class PostgresDatabase(Database):
         limits = self.timeouts
         try:
             self._pool = await asyncpg.create_pool(
-                self._dsn, min_size=self._sizes[0], max_size=self._sizes[1],
-                command_timeout=limits.command, timeout=limits.connect or 3600.0,
-                max_inactive_connection_lifetime=limits.idle or 0.0)
+                self._dsn,
+                min_size=self._sizes[0],
+                max_size=self._sizes[1],
+                command_timeout=limits.command,
+                timeout=limits.connect or 3600.0,
+                max_inactive_connection_lifetime=limits.idle or 0.0,
+            )
         except _DRIVER_ERRORS as exc:
             raise DatabaseError(
                 f"cannot connect to {self._where} ({mask_url(self.url)}): "
-                f"{type(exc).__name__}: {exc}") from exc
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Transaction]:
@@ -173,7 +182,8 @@ class PostgresDatabase(Database):
                 raise DatabaseError(
                     f"{self._where} did not answer a BEGIN within ping_timeout="
                     f"{self.timeouts.ping}s; the server or the network to it is down "
-                    "or overloaded") from exc
+                    "or overloaded"
+                ) from exc
             except _DRIVER_ERRORS as exc:
                 _drop(conn)
                 if attempt == 2:

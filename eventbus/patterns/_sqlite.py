@@ -154,7 +154,8 @@ class SQLiteDatabase(Database):
                 f"this task already has a transaction open on SQLite file {self._path!r} "
                 "through another Database object; SQLite has one writer per file, so this "
                 "one would wait for it forever. Share one Database object (a transaction "
-                "opened inside another of the same object joins it), or finish the first")
+                "opened inside another of the same object joins it), or finish the first"
+            )
         conn = await self._begin()
         self._owner = task
         if task is not None and self._file:

@@ -43,12 +43,14 @@ class IntegrationEvents:
         self.registry = registry
         self._mappers: dict[str, Mapper] = {}
 
-    def maps(self, domain: type[D]) -> Callable[[Callable[[D], Event | None]],
-                                                 Callable[[D], Event | None]]:
+    def maps(
+        self, domain: type[D]
+    ) -> Callable[[Callable[[D], Event | None]], Callable[[D], Event | None]]:
         """Decorator: ``fn(domain_event)`` returns the integration event (or ``None``)."""
         if not (isinstance(domain, type) and issubclass(domain, Event)):
             raise ConfigurationError(
-                f"IntegrationEvents.maps() takes an Event class, not {domain!r}")
+                f"IntegrationEvents.maps() takes an Event class, not {domain!r}"
+            )
         name = domain.event_type()
         if name in self._mappers:
             raise ConfigurationError(f"domain event {name!r} already has an integration mapping")
@@ -69,7 +71,8 @@ class IntegrationEvents:
         if result is not None and not isinstance(result, Event):
             raise ConfigurationError(
                 f"the integration mapping of {event.event_type()!r} returned "
-                f"{type(result).__name__}; it must return an Event or None")
+                f"{type(result).__name__}; it must return an Event or None"
+            )
         return result
 
     def _map(self, topic: str, envelope: Envelope) -> tuple[str, Envelope] | None:
@@ -82,11 +85,13 @@ class IntegrationEvents:
             return None
         if topic == type(domain).default_topic():
             topic = public.default_topic()
-        return topic, envelope.evolve(type=public.event_type(), dataversion=public.data_version(),
-                                      data=public.to_bytes())
+        return topic, envelope.evolve(
+            type=public.event_type(), dataversion=public.data_version(), data=public.to_bytes()
+        )
 
-    async def middleware(self, topic: str, envelopes: Sequence[Envelope],
-                         call_next: PublishNext) -> None:
+    async def middleware(
+        self, topic: str, envelopes: Sequence[Envelope], call_next: PublishNext
+    ) -> None:
         """Publish middleware replacing mapped domain events by their integration events
         (before an outbox, so the outbox stores what is published)."""
         if not any(e.type in self._mappers for e in envelopes):

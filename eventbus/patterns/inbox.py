@@ -45,8 +45,9 @@ class Inbox:
     handling go into it, in the same transaction.
     """
 
-    def __init__(self, db: Database, *, table: str = "eventbus_inbox",
-                 outbox: Outbox | None = None) -> None:
+    def __init__(
+        self, db: Database, *, table: str = "eventbus_inbox", outbox: Outbox | None = None
+    ) -> None:
         if outbox is not None and outbox.db is not db:
             raise ConfigurationError(
                 "Inbox(outbox=...) needs the outbox on the same Database object as the "
@@ -63,8 +64,10 @@ class Inbox:
         real = real_type(self.db.dialect)
         async with self.db.transaction() as tx:
             await ready(tx, KINDS["inbox"], self.table, self.db.url)
-            await tx.execute(f"CREATE TABLE IF NOT EXISTS {self.table} "
-                             f"(key TEXT PRIMARY KEY, handled_at {real} NOT NULL)")
+            await tx.execute(
+                f"CREATE TABLE IF NOT EXISTS {self.table} "
+                f"(key TEXT PRIMARY KEY, handled_at {real} NOT NULL)"
+            )
 
     @asynccontextmanager
     async def handle(self, ctx: Context) -> AsyncIterator[Transaction | None]:
@@ -84,7 +87,10 @@ class Inbox:
         async with self.db.transaction() as tx:
             fresh = await tx.execute(
                 f"INSERT INTO {self.table} (key, handled_at) VALUES ($1, $2) "
-                "ON CONFLICT (key) DO NOTHING", key, time.time())
+                "ON CONFLICT (key) DO NOTHING",
+                key,
+                time.time(),
+            )
             if not fresh:
                 ctx.logger.info("inbox: event already handled; skipped")
                 yield None
@@ -119,7 +125,8 @@ class Inbox:
         """Forget ids handled more than ``older_than`` seconds ago (keep it longer
         than the broker's redelivery horizon); returns how many."""
         async with self.db.transaction() as tx:
-            return int(await tx.execute(f"DELETE FROM {self.table} WHERE handled_at < $1",
-                                        time.time() - older_than))
-
-
+            return int(
+                await tx.execute(
+                    f"DELETE FROM {self.table} WHERE handled_at < $1", time.time() - older_than
+                )
+            )

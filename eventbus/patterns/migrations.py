@@ -70,8 +70,10 @@ class Migrated:
 
     def __str__(self) -> str:
         if self.changed:
-            return (f"{self.table} ({self.kind}): migrated from version {self.from_version} "
-                    f"to version {self.to_version}")
+            return (
+                f"{self.table} ({self.kind}): migrated from version {self.from_version} "
+                f"to version {self.to_version}"
+            )
         return f"{self.table} ({self.kind}): at version {self.to_version}, nothing to do"
 
 
@@ -89,12 +91,16 @@ async def migrate(db: Database) -> list[Migrated]:
         for table, (name, version) in sorted(recorded.items()):
             if version > SCHEMA_VERSION:
                 raise SchemaVersionError(name, table, version, db.url)
-        plan = {table: (KINDS[name], version) for table, (name, version) in recorded.items()
-                if table in tables and name in KINDS}
+        plan = {
+            table: (KINDS[name], version)
+            for table, (name, version) in recorded.items()
+            if table in tables and name in KINDS
+        }
         for table, found in _unrecorded(tables, set(recorded)).items():
             plan[table] = (found, 1)
-        gone = {table for table, (name, _) in recorded.items()
-                if table not in tables and name in KINDS}
+        gone = {
+            table for table, (name, _) in recorded.items() if table not in tables and name in KINDS
+        }
         if not plan and not gone:
             return []
         await create_versions_table(tx)
@@ -118,10 +124,13 @@ async def _tables(tx: Transaction) -> dict[str, set[str]]:
             "SELECT c.table_name, c.column_name FROM information_schema.columns c "
             "JOIN information_schema.tables t ON t.table_schema = c.table_schema "
             "AND t.table_name = c.table_name WHERE c.table_schema = current_schema() "
-            "AND t.table_type = 'BASE TABLE'")
+            "AND t.table_type = 'BASE TABLE'"
+        )
     else:
-        rows = await tx.fetch("SELECT m.name, p.name FROM sqlite_master m, "
-                              "pragma_table_info(m.name) p WHERE m.type = 'table'")
+        rows = await tx.fetch(
+            "SELECT m.name, p.name FROM sqlite_master m, "
+            "pragma_table_info(m.name) p WHERE m.type = 'table'"
+        )
     tables: dict[str, set[str]] = {}
     for table, column in rows:
         tables.setdefault(str(table), set()).add(str(column))
@@ -157,34 +166,50 @@ async def _outbox_2(tx: Transaction, table: str) -> None:
     # The claim columns of a relay that publishes outside its transaction (defect 12);
     # failed_at/error too, for an outbox of the commits before 45f13ef that lacked them.
     real = real_type(tx.dialect)
-    await ensure_columns(tx, table, required=KINDS["outbox"].columns, optional={
-        "failed_at": real, "error": "TEXT", "claimed_by": "TEXT", "claimed_until": real})
+    await ensure_columns(
+        tx,
+        table,
+        required=KINDS["outbox"].columns,
+        optional={"failed_at": real, "error": "TEXT", "claimed_by": "TEXT", "claimed_until": real},
+    )
 
 
 async def _saga_store_2(tx: Transaction, table: str) -> None:
     # Messages a committed change still has to send (defect 4), and the indexes of an
     # orchestrator's tick that keeps to its own saga type (defect 3).
-    await ensure_columns(tx, table, required=KINDS["saga store"].columns,
-                         optional={"outgoing": "TEXT"})
-    await tx.execute(f"CREATE INDEX IF NOT EXISTS {table}_type_status ON {table} "
-                     "(saga_type, status, deadline)")
-    await tx.execute(f"CREATE INDEX IF NOT EXISTS {table}_outgoing ON {table} (saga_type) "
-                     "WHERE outgoing IS NOT NULL")
+    await ensure_columns(
+        tx, table, required=KINDS["saga store"].columns, optional={"outgoing": "TEXT"}
+    )
+    await tx.execute(
+        f"CREATE INDEX IF NOT EXISTS {table}_type_status ON {table} (saga_type, status, deadline)"
+    )
+    await tx.execute(
+        f"CREATE INDEX IF NOT EXISTS {table}_outgoing ON {table} (saga_type) "
+        "WHERE outgoing IS NOT NULL"
+    )
 
 
 async def _projections_2(tx: Transaction, table: str) -> None:
     real = real_type(tx.dialect)
     # The rebuild's fence (defect 1): every checkpoint starts at generation 0.
-    await ensure_columns(tx, table, required=KINDS["projections"].columns,
-                         optional={"generation": "BIGINT NOT NULL DEFAULT 0"})
+    await ensure_columns(
+        tx,
+        table,
+        required=KINDS["projections"].columns,
+        optional={"generation": "BIGINT NOT NULL DEFAULT 0"},
+    )
     # When a bus-fed id was seen, so cleanup() can prune by age (defect 18). Ids seen
     # before are dated by the migration: kept a whole retention from now. The column
     # keeps a default so the release before, still running during an upgrade, can
     # insert without it (PostgreSQL: the time of each insert; SQLite takes only a
     # constant there).
     now = "extract(epoch from now())" if tx.dialect == "postgres" else f"{time.time():.6f}"
-    await ensure_columns(tx, "eventbus_projection_seen", required=("name", "event_id"),
-                         optional={"seen_at": f"{real} NOT NULL DEFAULT {now}"})
+    await ensure_columns(
+        tx,
+        "eventbus_projection_seen",
+        required=("name", "event_id"),
+        optional={"seen_at": f"{real} NOT NULL DEFAULT {now}"},
+    )
     # Stored events a projection parked (defect 10), with their envelope.
     await create_parked_table_2(tx, "eventbus_projection_parked", envelope=True)
 

@@ -42,9 +42,20 @@ from dataclasses import dataclass
 from eventbus.errors import ConfigurationError, mask_url
 from eventbus.patterns.sql import Transaction, blob_type, real_type
 
-__all__ = ["KINDS", "SCHEMA_VERSION", "VERSIONS_TABLE", "SchemaVersionError", "TableKind",
-           "TableSchemaError", "ensure_columns", "lock_schema", "missing_columns", "ready",
-           "recorded_versions", "table_columns"]
+__all__ = [
+    "KINDS",
+    "SCHEMA_VERSION",
+    "VERSIONS_TABLE",
+    "SchemaVersionError",
+    "TableKind",
+    "TableSchemaError",
+    "ensure_columns",
+    "lock_schema",
+    "missing_columns",
+    "ready",
+    "recorded_versions",
+    "table_columns",
+]
 
 SCHEMA_VERSION = 2
 """The schema version of the patterns' tables this eventbus reads and writes."""
@@ -53,8 +64,9 @@ VERSIONS_TABLE = "eventbus_schema_versions"
 
 # One key for every eventbus schema change in a PostgreSQL database: setups and
 # migrations take turns (SQLite's BEGIN IMMEDIATE already admits one writer).
-_LOCK_KEY = int.from_bytes(hashlib.blake2b(b"eventbus schema", digest_size=8).digest(),
-                           "big", signed=True)
+_LOCK_KEY = int.from_bytes(
+    hashlib.blake2b(b"eventbus schema", digest_size=8).digest(), "big", signed=True
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,25 +81,61 @@ class TableKind:
     fixed_table: str | None = None
 
 
-KINDS: dict[str, TableKind] = {kind.name: kind for kind in (
-    TableKind("event store", ("position", "stream_id", "version", "event_id", "type",
-                              "time_us", "envelope"),
-              ("{table}_snapshots", "{table}_checkpoints")),
-    TableKind("outbox", ("seq", "event_id", "topic", "stream", "partition_key", "envelope",
-                         "created_at", "sent_at")),
-    TableKind("inbox", ("key", "handled_at")),
-    TableKind("saga store", ("saga_id", "saga_type", "status", "step", "data", "deadline",
-                             "to_compensate", "compensated", "attempts", "retry_at", "reason",
-                             "version")),
-    TableKind("sequence store", ("scope", "entity_id", "applied"), ("{table}_parked",)),
-    TableKind("projections", ("name", "position"), ("eventbus_projection_seen",),
-              fixed_table="eventbus_projections"),
-    # The sqlite:// and postgres:// brokers' log (eventbus.sqlbroker.provision).
-    TableKind("message log", ("id", "topic", "only_group", "msg_key", "headers", "body",
-                              "published_at"),
-              ("eventbus_topics", "eventbus_groups", "eventbus_pending"),
-              fixed_table="eventbus_messages"),
-)}
+KINDS: dict[str, TableKind] = {
+    kind.name: kind
+    for kind in (
+        TableKind(
+            "event store",
+            ("position", "stream_id", "version", "event_id", "type", "time_us", "envelope"),
+            ("{table}_snapshots", "{table}_checkpoints"),
+        ),
+        TableKind(
+            "outbox",
+            (
+                "seq",
+                "event_id",
+                "topic",
+                "stream",
+                "partition_key",
+                "envelope",
+                "created_at",
+                "sent_at",
+            ),
+        ),
+        TableKind("inbox", ("key", "handled_at")),
+        TableKind(
+            "saga store",
+            (
+                "saga_id",
+                "saga_type",
+                "status",
+                "step",
+                "data",
+                "deadline",
+                "to_compensate",
+                "compensated",
+                "attempts",
+                "retry_at",
+                "reason",
+                "version",
+            ),
+        ),
+        TableKind("sequence store", ("scope", "entity_id", "applied"), ("{table}_parked",)),
+        TableKind(
+            "projections",
+            ("name", "position"),
+            ("eventbus_projection_seen",),
+            fixed_table="eventbus_projections",
+        ),
+        # The sqlite:// and postgres:// brokers' log (eventbus.sqlbroker.provision).
+        TableKind(
+            "message log",
+            ("id", "topic", "only_group", "msg_key", "headers", "body", "published_at"),
+            ("eventbus_topics", "eventbus_groups", "eventbus_pending"),
+            fixed_table="eventbus_messages",
+        ),
+    )
+}
 """Every kind of table group the patterns own, by name."""
 
 
@@ -105,20 +153,25 @@ class SchemaVersionError(ConfigurationError):
     """A pattern's table is at a schema version this eventbus does not use: an older
     one (run ``eventbus db migrate``) or a newer one (upgrade eventbus)."""
 
-    def __init__(self, kind: str, table: str, version: int, url: str, *,
-                 unrecorded: bool = False) -> None:
+    def __init__(
+        self, kind: str, table: str, version: int, url: str, *, unrecorded: bool = False
+    ) -> None:
         self.table, self.kind, self.version = table, kind, version
         where = f"{kind} table {table!r} is at schema version {version}"
         if version > SCHEMA_VERSION:
-            message = (f"{where}, newer than this eventbus knows ({SCHEMA_VERSION}): a later "
-                       "release migrated it; upgrade eventbus to that release or later "
-                       "(a schema is never migrated back down)")
+            message = (
+                f"{where}, newer than this eventbus knows ({SCHEMA_VERSION}): a later "
+                "release migrated it; upgrade eventbus to that release or later "
+                "(a schema is never migrated back down)"
+            )
         else:
             made = " (made before eventbus recorded schema versions)" if unrecorded else ""
-            message = (f"{where}{made} and this eventbus needs version {SCHEMA_VERSION}: run "
-                       f"`eventbus db migrate {mask_url(url)}` (it upgrades every eventbus "
-                       "table of that database in place, keeps their rows, and is safe to "
-                       "run from several instances at once), then start again")
+            message = (
+                f"{where}{made} and this eventbus needs version {SCHEMA_VERSION}: run "
+                f"`eventbus db migrate {mask_url(url)}` (it upgrades every eventbus "
+                "table of that database in place, keeps their rows, and is safe to "
+                "run from several instances at once), then start again"
+            )
         super().__init__(message)
 
 
@@ -133,9 +186,11 @@ async def lock_schema(tx: Transaction) -> None:
 async def create_versions_table(tx: Transaction) -> None:
     """Create ``eventbus_schema_versions`` if it is missing."""
     real = real_type(tx.dialect)
-    await tx.execute(f"CREATE TABLE IF NOT EXISTS {VERSIONS_TABLE} (table_name TEXT PRIMARY "
-                     f"KEY, kind TEXT NOT NULL, version INTEGER NOT NULL, migrated_at {real} "
-                     "NOT NULL)")
+    await tx.execute(
+        f"CREATE TABLE IF NOT EXISTS {VERSIONS_TABLE} (table_name TEXT PRIMARY "
+        f"KEY, kind TEXT NOT NULL, version INTEGER NOT NULL, migrated_at {real} "
+        "NOT NULL)"
+    )
 
 
 async def create_parked_table_2(tx: Transaction, table: str, *, envelope: bool) -> None:
@@ -177,7 +232,12 @@ async def record_version(tx: Transaction, kind: str, table: str, version: int) -
     await tx.execute(
         f"INSERT INTO {VERSIONS_TABLE} (table_name, kind, version, migrated_at) "
         "VALUES ($1, $2, $3, $4) ON CONFLICT (table_name) DO UPDATE SET kind = $2, "
-        "version = $3, migrated_at = $4", table, kind, version, time.time())
+        "version = $3, migrated_at = $4",
+        table,
+        kind,
+        version,
+        time.time(),
+    )
 
 
 async def ready(tx: Transaction, kind: TableKind, table: str, url: str) -> None:
@@ -188,8 +248,9 @@ async def ready(tx: Transaction, kind: TableKind, table: str, url: str) -> None:
     the command to run with it, its password masked)."""
     await lock_schema(tx)
     await create_versions_table(tx)
-    row = await tx.fetchrow(f"SELECT kind, version FROM {VERSIONS_TABLE} "
-                            "WHERE table_name = $1", table)
+    row = await tx.fetchrow(
+        f"SELECT kind, version FROM {VERSIONS_TABLE} WHERE table_name = $1", table
+    )
     if row is None:
         found = await table_columns(tx, table)
         if not found:
@@ -200,8 +261,10 @@ async def ready(tx: Transaction, kind: TableKind, table: str, url: str) -> None:
     if str(row[0]) != kind.name:
         raise TableSchemaError(
             f"table {table!r} is recorded as eventbus's {row[0]} table, not a {kind.name} "
-            f"table: give the {kind.name} another table (table=...)", table=table,
-            missing=())
+            f"table: give the {kind.name} another table (table=...)",
+            table=table,
+            missing=(),
+        )
     if int(row[1]) != SCHEMA_VERSION:
         raise SchemaVersionError(kind.name, table, int(row[1]), url)
 
@@ -213,7 +276,10 @@ def _refuse_foreign(table: str, kind: TableKind, found: Collection[str]) -> None
             f"table {table!r} exists but has no column(s) {', '.join(lacking)}: it is no "
             f"{kind.name} table of eventbus. Point the pattern at another table "
             "(table=...), or rename this one and let setup() create a fresh table, then "
-            "copy the rows you need", table=table, missing=lacking)
+            "copy the rows you need",
+            table=table,
+            missing=lacking,
+        )
 
 
 async def table_columns(tx: Transaction, table: str) -> set[str]:
@@ -221,7 +287,9 @@ async def table_columns(tx: Transaction, table: str) -> set[str]:
     if tx.dialect == "postgres":
         rows = await tx.fetch(
             "SELECT column_name FROM information_schema.columns "
-            "WHERE table_schema = current_schema() AND table_name = $1", table)
+            "WHERE table_schema = current_schema() AND table_name = $1",
+            table,
+        )
     else:
         rows = await tx.fetch("SELECT name FROM pragma_table_info($1)", table)
     return {str(row[0]) for row in rows}
@@ -234,8 +302,9 @@ async def missing_columns(tx: Transaction, table: str, expected: Collection[str]
     return [name for name in expected if name not in found]
 
 
-async def ensure_columns(tx: Transaction, table: str, *, required: Collection[str],
-                         optional: Mapping[str, str]) -> list[str]:
+async def ensure_columns(
+    tx: Transaction, table: str, *, required: Collection[str], optional: Mapping[str, str]
+) -> list[str]:
     """Make ``table`` (which exists) have the columns a migration step adds.
 
     ``required`` columns must be there already: :class:`TableSchemaError` when one
@@ -252,7 +321,9 @@ async def ensure_columns(tx: Transaction, table: str, *, required: Collection[st
             "made by eventbus, or by a release this version cannot upgrade. Point the "
             "pattern at another table (table=...), or rename this one and let setup() "
             "create a fresh table, then copy the rows you need",
-            table=table, missing=lacking)
+            table=table,
+            missing=lacking,
+        )
     added = [name for name in optional if name not in found]
     exists = " IF NOT EXISTS" if tx.dialect == "postgres" else ""
     for name in added:

@@ -123,8 +123,13 @@ class Timeouts:
     busy: float = _BUSY
 
 
-_TIMEOUT_OPTIONS = {"command_timeout": "command", "connect_timeout": "connect",
-                    "idle_timeout": "idle", "ping_timeout": "ping", "busy_timeout": "busy"}
+_TIMEOUT_OPTIONS = {
+    "command_timeout": "command",
+    "connect_timeout": "connect",
+    "idle_timeout": "idle",
+    "ping_timeout": "ping",
+    "busy_timeout": "busy",
+}
 
 
 def split_options(url: str) -> tuple[str, Timeouts]:
@@ -147,7 +152,8 @@ def split_options(url: str) -> tuple[str, Timeouts]:
         if not seconds >= 0:  # also NaN
             raise ConfigurationError(
                 f"{key}={value!r} in database URL {mask_url(url)}: give seconds as a "
-                "number >= 0 (0 turns the limit off)")
+                "number >= 0 (0 turns the limit off)"
+            )
         values[_TIMEOUT_OPTIONS[key]] = seconds
     busy = values.pop("busy", _BUSY)
     limits: dict[str, Any] = {name: seconds or None for name, seconds in values.items()}
@@ -235,8 +241,7 @@ _SQLITE_UNIQUE = ("SQLITE_CONSTRAINT_UNIQUE", "SQLITE_CONSTRAINT_PRIMARYKEY")
 # PostgreSQL SQLSTATE classes (the first two characters) of statements refused for
 # what they say; every other class (connection, resources, locks, serialization,
 # shutdown, timeouts, internal errors) is the database's state.
-_PG_STATEMENT = {"09", "0A", "21", "22", "26", "27", "2F", "34", "38", "39", "3F", "42",
-                 "54", "P0"}
+_PG_STATEMENT = {"09", "0A", "21", "22", "26", "27", "2F", "34", "38", "39", "3F", "42", "54", "P0"}
 _PG_INTEGRITY = {"23", "44"}
 _PG_INFRA_CODES = {"42501"}  # insufficient privilege: the deployment, not the message
 
@@ -250,15 +255,21 @@ def sqlite_error(exc: BaseException, what: str = "SQLite") -> SQLError:
     if name in _SQLITE_UNIQUE:
         return UniqueViolationError(text)
     if name.startswith("SQLITE_CONSTRAINT") or (
-            not name and isinstance(exc, sqlite3.IntegrityError)):
+        not name and isinstance(exc, sqlite3.IntegrityError)
+    ):
         return IntegrityError(text)
     if name.startswith(_SQLITE_STATEMENT):
         return StatementError(text)
     if name:
         return DatabaseError(text)
     closed = "closed" in str(exc) or "no active connection" in str(exc)
-    if isinstance(exc, sqlite3.ProgrammingError | sqlite3.InterfaceError | sqlite3.DataError
-                  | OverflowError) and not closed:
+    if (
+        isinstance(
+            exc,
+            sqlite3.ProgrammingError | sqlite3.InterfaceError | sqlite3.DataError | OverflowError,
+        )
+        and not closed
+    ):
         return StatementError(text)  # binding errors: wrong arguments for the statement
     return DatabaseError(text)
 
@@ -274,8 +285,10 @@ def postgres_error(exc: BaseException, where: str = "PostgreSQL") -> SQLError:
     if state[:2] in _PG_STATEMENT and state not in _PG_INFRA_CODES:
         return StatementError(text)
     if isinstance(exc, TimeoutError):
-        return DatabaseError(f"{where} did not answer in time (raise command_timeout in "
-                             f"the URL if the statement is slow by nature): {exc or 'timeout'}")
+        return DatabaseError(
+            f"{where} did not answer in time (raise command_timeout in "
+            f"the URL if the statement is slow by nature): {exc or 'timeout'}"
+        )
     if not state and "argument" in str(exc) and not isinstance(exc, OSError):
         return StatementError(text)  # the client refused the arguments (count, type)
     return DatabaseError(text)
@@ -284,7 +297,7 @@ def postgres_error(exc: BaseException, where: str = "PostgreSQL") -> SQLError:
 # Renamed for one vocabulary (exceptions end in Error, SQL in capitals); the old
 # spelling warns for one release.
 _RENAMED: Renamed = {
-    "UniqueViolation": ("eventbus.patterns.sql.UniqueViolationError", lambda: UniqueViolationError),
+    "UniqueViolation": ("eventbus.patterns.sql.UniqueViolationError", lambda: UniqueViolationError)
 }
 
 

@@ -46,8 +46,7 @@ class Acks:
 
     def ids(self, gid: int) -> list[int]:
         """The acked rows of group ``gid`` still to renew (their delete is not committed)."""
-        return [m for acks in (self.pending, self.deleting) for m, g in acks.items()
-                if g == gid]
+        return [m for acks in (self.pending, self.deleting) for m, g in acks.items() if g == gid]
 
     def take(self) -> dict[int, int]:
         """The acks not yet in a transaction, for one about to start."""
@@ -77,9 +76,13 @@ class Acks:
         for mid in acks:
             self.deleting.pop(mid, None)
         if lost:
-            log.info("%d ack(s) on %s/%s came after the lease ended: another consumer of "
-                     "the group may run those messages again", lost, self.owner.topic,
-                     self.owner.group)
+            log.info(
+                "%d ack(s) on %s/%s came after the lease ended: another consumer of "
+                "the group may run those messages again",
+                lost,
+                self.owner.topic,
+                self.owner.group,
+            )
 
     async def _flush(self) -> None:
         """Delete acked rows no claim took along."""
@@ -102,14 +105,25 @@ class Acks:
                 if sub.closed:
                     # Nobody renews them any more: their leases end and the group gets
                     # them again (at-least-once); retrying for ever would leak this task.
-                    log.info("%d ack(s) of %s/%s after close could not be written (%s); "
-                             "those messages come back when their lease ends",
-                             len(self.pending), sub.topic, sub.group, exc)
+                    log.info(
+                        "%d ack(s) of %s/%s after close could not be written (%s); "
+                        "those messages come back when their lease ends",
+                        len(self.pending),
+                        sub.topic,
+                        sub.group,
+                        exc,
+                    )
                     self.pending.clear()
                     return
-                log.log(logging.WARNING if failures == 3 else logging.DEBUG,
-                        "deleting %d acked message(s) of %s/%s failed (%s: %s); trying again",
-                        len(acks), sub.topic, sub.group, type(exc).__name__, exc)
+                log.log(
+                    logging.WARNING if failures == 3 else logging.DEBUG,
+                    "deleting %d acked message(s) of %s/%s failed (%s: %s); trying again",
+                    len(acks),
+                    sub.topic,
+                    sub.group,
+                    type(exc).__name__,
+                    exc,
+                )
                 await asyncio.sleep(min(2.0, 0.05 * 2 ** min(failures, 6)))
                 continue
             failures = 0
@@ -124,7 +138,12 @@ class Acks:
         try:
             await asyncio.wait_for(asyncio.shield(task), timeout)
         except Exception as exc:
-            log.info("%d ack(s) of %s/%s not committed at close (%s); those messages come "
-                     "back when their lease ends", len(self.pending), self.owner.topic,
-                     self.owner.group, exc)
+            log.info(
+                "%d ack(s) of %s/%s not committed at close (%s); those messages come "
+                "back when their lease ends",
+                len(self.pending),
+                self.owner.topic,
+                self.owner.group,
+                exc,
+            )
             task.cancel()

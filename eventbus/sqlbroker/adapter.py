@@ -119,16 +119,20 @@ class SqlAdapter(Adapter):
             # The connect timeout is the dialect's own (a driver timeout, a lock wait that
             # ends by itself); this bound only catches what ignores it.
             self._hub = await asyncio.wait_for(
-                Hub.acquire(self.url, s, self.make_waker, self.notifier(), self.pool_size,
-                            self.prepare()), s.connect_timeout * 1.5 + 1.0)
+                Hub.acquire(
+                    self.url, s, self.make_waker, self.notifier(), self.pool_size, self.prepare()
+                ),
+                s.connect_timeout * 1.5 + 1.0,
+            )
         except TimeoutError as exc:
             raise BrokerConnectionError(
                 f"{s.where} did not answer within connect_timeout={s.connect_timeout:g}s "
-                f"({s.masked_url}); {self.connect_hint()}") from exc
+                f"({s.masked_url}); {self.connect_hint()}"
+            ) from exc
         except (DatabaseError, OSError) as exc:
             raise BrokerConnectionError(
-                f"cannot use {s.where} as the broker ({s.masked_url}): {exc}; "
-                f"{self.connect_hint()}") from exc
+                f"cannot use {s.where} as the broker ({s.masked_url}): {exc}; {self.connect_hint()}"
+            ) from exc
 
     def connect_hint(self) -> str:
         """What to check when connecting failed."""
@@ -140,7 +144,8 @@ class SqlAdapter(Adapter):
         if self._hub is None:
             raise BrokerConnectionError(
                 f"{type(self).__name__} for {self.settings.masked_url} is not connected; call "
-                "connect() (or start the bus) first")
+                "connect() (or start the bus) first"
+            )
         return self._hub
 
     async def close(self) -> None:
@@ -150,8 +155,9 @@ class SqlAdapter(Adapter):
             try:
                 await asyncio.wait_for(subscription.close(), 10.0)
             except Exception as exc:
-                log.warning("closing a subscription of %s failed: %s", self.settings.masked_url,
-                            exc)
+                log.warning(
+                    "closing a subscription of %s failed: %s", self.settings.masked_url, exc
+                )
         self._subscriptions.clear()
         hub, self._hub = self._hub, None
         if hub is not None:
@@ -180,16 +186,16 @@ class SqlAdapter(Adapter):
         if rows:
             await self._send(topic, None, rows)
 
-    async def publish_to_group(self, topic: str, group: str,
-                               envelopes: Sequence[Envelope]) -> None:
+    async def publish_to_group(self, topic: str, group: str, envelopes: Sequence[Envelope]) -> None:
         """Insert ``envelopes`` into the topic's log marked for ``group`` alone: the other
         groups pass over them, and ``read()`` does not list them."""
         rows = self._rows(topic, envelopes)
         if rows:
             await self._send(topic, group, rows)
 
-    async def publish_raw(self, topic: str, payload: bytes,
-                          headers: Mapping[str, bytes] | None = None) -> None:
+    async def publish_raw(
+        self, topic: str, payload: bytes, headers: Mapping[str, bytes] | None = None
+    ) -> None:
         """Store ``payload`` as a message's body with ``headers`` as its headers, as a
         producer that does not speak CloudEvents would write it."""
         stored, size = codec.encode_raw(payload, headers)
@@ -197,7 +203,8 @@ class SqlAdapter(Adapter):
         if size > limit:
             raise MessageTooLargeError(
                 f"a raw message of {size} bytes is over the {limit}-byte limit of "
-                f"{type(self).__name__} on topic {topic!r}; nothing was sent")
+                f"{type(self).__name__} on topic {topic!r}; nothing was sent"
+            )
         await self._send(topic, None, [(None, stored, payload)])
 
     async def _send(self, topic: str, group: str | None, rows: Rows) -> None:
@@ -208,14 +215,16 @@ class SqlAdapter(Adapter):
         except DatabaseError as exc:
             raise BrokerConnectionError(
                 f"{self.settings.where} did not take {len(rows)} message(s) for topic "
-                f"{topic!r} ({self.settings.masked_url}): {exc}") from exc
+                f"{topic!r} ({self.settings.masked_url}): {exc}"
+            ) from exc
         except SQLError as exc:
             # The statement itself was refused (text the database cannot store in a
             # topic, group or key, say): sending it again gets the same answer, so it
             # is a permanent refusal, not an outage the bus would retry.
             raise ConfigurationError(
                 f"{self.settings.where} refused {len(rows)} message(s) for topic {topic!r}: "
-                f"{exc}; check the topic, group and key names") from exc
+                f"{exc}; check the topic, group and key names"
+            ) from exc
 
     async def _require_topic(self, topic: str, doing: str) -> None:
         """With ``provision=false``, refuse a topic nobody created (ProvisioningError)."""
@@ -227,13 +236,15 @@ class SqlAdapter(Adapter):
                 exists = await hub.sql.topic_exists(tx, topic)
         except DatabaseError as exc:
             raise BrokerConnectionError(
-                f"cannot look up topic {topic!r} on {self.settings.masked_url}: {exc}") from exc
+                f"cannot look up topic {topic!r} on {self.settings.masked_url}: {exc}"
+            ) from exc
         if not exists:
             raise ProvisioningError(
                 f"topic {topic!r} does not exist in {self.settings.where} and the URL says "
                 f"provision=false, so it is not created ({doing}); create it by publishing "
                 "to it once with provision=true (a role that may write it), or drop "
-                "provision=false")
+                "provision=false"
+            )
         self._topics_seen.add(topic)
 
     def before_write(self) -> None:
@@ -249,11 +260,13 @@ class SqlAdapter(Adapter):
         try:
             async with hub.db.transaction() as tx:
                 gid, position = await hub.sql.join(
-                    tx, topic, options.group, 0 if options.start_from == "earliest" else None)
+                    tx, topic, options.group, 0 if options.start_from == "earliest" else None
+                )
         except DatabaseError as exc:
             raise BrokerConnectionError(
                 f"cannot join group {options.group!r} of topic {topic!r} on "
-                f"{self.settings.masked_url}: {exc}") from exc
+                f"{self.settings.masked_url}: {exc}"
+            ) from exc
         subscription = SqlSubscription(self, hub, topic, options, gid, position)
         subscription.start()
         self._subscriptions.add(subscription)
@@ -267,20 +280,26 @@ class SqlAdapter(Adapter):
         try:
             async with hub.db.transaction() as tx:
                 exists = await hub.sql.topic_exists(tx, topic)
-                rows = await hub.sql.read(tx, topic, None if limit is None else max(0, limit)) \
-                    if exists else []
+                rows = (
+                    await hub.sql.read(tx, topic, None if limit is None else max(0, limit))
+                    if exists
+                    else []
+                )
         except DatabaseError as exc:
             raise BrokerConnectionError(
-                f"cannot read topic {topic!r} on {self.settings.masked_url}: {exc}") from exc
+                f"cannot read topic {topic!r} on {self.settings.masked_url}: {exc}"
+            ) from exc
         if not exists:
             raise TopicNotFoundError(
                 f"topic {topic!r} does not exist on {self.settings.where}: nothing was ever "
-                "published to it or subscribed; check the name (reading creates nothing)")
+                "published to it or subscribed; check the name (reading creates nothing)"
+            )
         records = []
         for message_id, headers, body in rows:
             envelope, error, _ = codec.decode(headers, body)
-            records.append(ReadRecord(topic, str(message_id), envelope,
-                                      None if envelope else body, error))
+            records.append(
+                ReadRecord(topic, str(message_id), envelope, None if envelope else body, error)
+            )
         return records
 
     # -- health ---------------------------------------------------------------------------------
@@ -290,8 +309,12 @@ class SqlAdapter(Adapter):
         s = self.settings
         info = {"database": s.where, "dialect": s.dialect}
         if self._hub is None:
-            return HealthReport(False, f"{type(self).__name__} for {s.masked_url} is not "
-                                "connected; call connect() (or start the bus) first", info)
+            return HealthReport(
+                False,
+                f"{type(self).__name__} for {s.masked_url} is not "
+                "connected; call connect() (or start the bus) first",
+                info,
+            )
         waker = self._hub.waker
         bound = (self.capabilities.half_open_bound or 5.0) + 1.0
         try:

@@ -47,8 +47,9 @@ def encode_raw(payload: bytes, headers: Mapping[str, bytes] | None) -> tuple[str
     return json.dumps(stored, separators=(",", ":"), ensure_ascii=False), size
 
 
-def decode(headers: str, body: bytes) -> tuple[Envelope | None, str | None,
-                                                dict[str, bytes] | None]:
+def decode(
+    headers: str, body: bytes
+) -> tuple[Envelope | None, str | None, dict[str, bytes] | None]:
     """``(envelope, None, None)`` for a CloudEvent; ``(None, why, headers as bytes)``
     for anything else, so its dead letter keeps the headers it arrived with."""
     try:

@@ -1,5 +1,7 @@
 """A subscription of a SQL broker: one consumer of a group, claiming with leases.
 
+(Over 400 lines on purpose: one subscription whose fetch, lease and settle steps share its state.)
+
 - **Fetching** is one transaction: lease the group's claimable pending rows (due,
   and each its key's head), move new messages of the topic's log into the group's
   pending rows when that was not enough (advancing the group's position), lease
@@ -63,12 +65,26 @@ class SqlDelivery(Delivery):
 
     __slots__ = ("_counted", "_gid", "_id", "_lost", "_sub")
 
-    def __init__(self, sub: SqlSubscription, gid: int, message_id: int, attempt: int,
-                 headers: str, body: bytes) -> None:
+    def __init__(
+        self,
+        sub: SqlSubscription,
+        gid: int,
+        message_id: int,
+        attempt: int,
+        headers: str,
+        body: bytes,
+    ) -> None:
         envelope, error, raw_headers = codec.decode(headers, body)
-        super().__init__(topic=sub.topic, group=sub.group, envelope=envelope, attempt=attempt,
-                         message_id=str(message_id), raw=None if envelope else body,
-                         decode_error=error, raw_headers=raw_headers)
+        super().__init__(
+            topic=sub.topic,
+            group=sub.group,
+            envelope=envelope,
+            attempt=attempt,
+            message_id=str(message_id),
+            raw=None if envelope else body,
+            decode_error=error,
+            raw_headers=raw_headers,
+        )
         self._sub = sub
         self._gid = gid
         self._id = message_id
@@ -95,8 +111,15 @@ class SqlDelivery(Delivery):
 class SqlSubscription(Subscription):
     """One consumer of ``options.group`` on ``topic``."""
 
-    def __init__(self, adapter: SqlAdapter, hub: Hub, topic: str, options: SubscribeOptions,
-                 gid: int, position: int) -> None:
+    def __init__(
+        self,
+        adapter: SqlAdapter,
+        hub: Hub,
+        topic: str,
+        options: SubscribeOptions,
+        gid: int,
+        position: int,
+    ) -> None:
         self.adapter = adapter
         self.hub = hub
         self.topic = topic
@@ -173,7 +196,8 @@ class SqlSubscription(Subscription):
         except DatabaseError as exc:
             raise ConnectionLostError(
                 f"fetching from topic {self.topic!r} as group {self.group!r} on "
-                f"{self.hub.settings.masked_url} failed: {exc}; subscribing again") from exc
+                f"{self.hub.settings.masked_url} failed: {exc}; subscribing again"
+            ) from exc
         if got >= room:
             self._dirty = True  # a full fetch: more may be waiting
         return got
@@ -191,24 +215,31 @@ class SqlSubscription(Subscription):
                 lost = await self._acks.delete(tx, acks)
                 claimed = await sql.claim(tx, gid, self.owner, room, self.lease)
                 if len(claimed) < room:
-                    moved = await sql.refill(tx, gid, self.topic, self.group,
-                                             max(room, REFILL_BATCH))
+                    moved = await sql.refill(
+                        tx, gid, self.topic, self.group, max(room, REFILL_BATCH)
+                    )
                     if moved is None:
                         gone = True
                     elif moved == BUSY:
                         busy = True
                     elif moved:
                         self.position = moved
-                        claimed += await sql.claim(tx, gid, self.owner, room - len(claimed),
-                                                   self.lease)
+                        claimed += await sql.claim(
+                            tx, gid, self.owner, room - len(claimed), self.lease
+                        )
                 vanished = [m.id for m in claimed if m.body is None]
                 if vanished:
                     # Retention deleted them while a refill was moving them (a group far
                     # behind): nothing is left to deliver.
                     await sql.forget(tx, gid, vanished)
                     claimed = [m for m in claimed if m.body is not None]
-                    log.warning("%d message(s) of %s/%s were deleted by retention before "
-                                "the group took them", len(vanished), self.topic, self.group)
+                    log.warning(
+                        "%d message(s) of %s/%s were deleted by retention before "
+                        "the group took them",
+                        len(vanished),
+                        self.topic,
+                        self.group,
+                    )
                 if not claimed and not gone:
                     # Only when idle: a consumer that got work fetches again as it
                     # settles it, so a timer would not matter.
@@ -226,8 +257,10 @@ class SqlSubscription(Subscription):
             self._due = None
         if gone:
             await self._recreate_group()
-        adopted = [SqlDelivery(self, gid, m.id, m.attempts, m.headers or "", m.body or b"")
-                   for m in claimed]
+        adopted = [
+            SqlDelivery(self, gid, m.id, m.attempts, m.headers or "", m.body or b"")
+            for m in claimed
+        ]
         if self._closed:  # closed while this claim ran: hand it all back
             await self._release([], [d._id for d in adopted], gid)
             return 0
@@ -241,9 +274,14 @@ class SqlSubscription(Subscription):
         to, so nothing published while it was gone is skipped. What the deleted group
         held (its pending rows) went with it; messages of it still here are run, and
         settling them is a no-op."""
-        log.warning("group %s of topic %s is gone on %s (deleted underneath); creating it "
-                    "again at position %d", self.group, self.topic,
-                    self.hub.settings.masked_url, self.position)
+        log.warning(
+            "group %s of topic %s is gone on %s (deleted underneath); creating it "
+            "again at position %d",
+            self.group,
+            self.topic,
+            self.hub.settings.masked_url,
+            self.position,
+        )
         async with self.hub.db.transaction() as tx:
             self.gid, _ = await self.hub.sql.join(tx, self.topic, self.group, self.position)
         self._held.clear()  # nothing of the old group can be renewed any more
@@ -265,22 +303,29 @@ class SqlSubscription(Subscription):
         """Nack ``delivery`` (``how="nack"``); a failure lets it go (see the module docs)."""
         self._held.pop(delivery._id, None)  # never renewed again, whatever happens
         try:
-            done = await self.hub.settler.submit((how, delivery._gid, delivery._id,
-                                                  self.owner, delay))
+            done = await self.hub.settler.submit(
+                (how, delivery._gid, delivery._id, self.owner, delay)
+            )
         except DatabaseError as exc:
             raise BrokerConnectionError(
                 f"could not {how} message {delivery._id} of topic {self.topic!r} group "
                 f"{self.group!r} on {self.hub.settings.masked_url}: {exc}; it comes back "
-                f"once its lease ({self.lease:g}s) ends") from exc
+                f"once its lease ({self.lease:g}s) ends"
+            ) from exc
         finally:
             if delivery._counted:
                 delivery._counted = False
                 self._out -= 1
             self.wake()
         if not done:
-            log.info("%s of message %s on %s/%s came after its lease ended: another "
-                     "consumer of the group may run it again", how, delivery._id, self.topic,
-                     self.group)
+            log.info(
+                "%s of message %s on %s/%s came after its lease ended: another "
+                "consumer of the group may run it again",
+                how,
+                delivery._id,
+                self.topic,
+                self.group,
+            )
 
     # -- leases ---------------------------------------------------------------------------------
 
@@ -300,13 +345,24 @@ class SqlSubscription(Subscription):
                 raise
             except Exception as exc:
                 if started - renewed < self.lease:
-                    log.info("renewing the leases of %d message(s) on %s/%s failed (%s); "
-                             "trying again", len(ids), self.topic, self.group, exc)
+                    log.info(
+                        "renewing the leases of %d message(s) on %s/%s failed (%s); trying again",
+                        len(ids),
+                        self.topic,
+                        self.group,
+                        exc,
+                    )
                     continue
                 kept = set()
-                log.warning("the leases of %d message(s) on %s/%s could not be renewed for "
-                            "%.1fs (%s): other consumers may take them now", len(ids),
-                            self.topic, self.group, started - renewed, exc)
+                log.warning(
+                    "the leases of %d message(s) on %s/%s could not be renewed for "
+                    "%.1fs (%s): other consumers may take them now",
+                    len(ids),
+                    self.topic,
+                    self.group,
+                    started - renewed,
+                    exc,
+                )
             else:
                 renewed = started
             for mid in ids:
@@ -332,11 +388,13 @@ class SqlSubscription(Subscription):
         except DatabaseError as exc:
             raise BrokerConnectionError(
                 f"cannot read the backlog of group {self.group!r} of topic {self.topic!r} on "
-                f"{self.hub.settings.masked_url}: {exc}") from exc
+                f"{self.hub.settings.masked_url}: {exc}"
+            ) from exc
         if count is None:
             raise TopicNotFoundError(
                 f"group {self.group!r} of topic {self.topic!r} no longer exists on "
-                f"{self.hub.settings.masked_url} (deleted?)")
+                f"{self.hub.settings.masked_url} (deleted?)"
+            )
         return count
 
     # -- closing --------------------------------------------------------------------------------
@@ -359,9 +417,15 @@ class SqlSubscription(Subscription):
         try:
             await asyncio.wait_for(self._release(out, buffered, self.gid), 5.0)
         except Exception as exc:  # their leases end anyway; then the group gets them
-            log.info("could not hand %d message(s) of %s/%s back at close (%s: %s); they "
-                     "come back when their lease ends", len(out) + len(buffered), self.topic,
-                     self.group, type(exc).__name__, exc)
+            log.info(
+                "could not hand %d message(s) of %s/%s back at close (%s: %s); they "
+                "come back when their lease ends",
+                len(out) + len(buffered),
+                self.topic,
+                self.group,
+                type(exc).__name__,
+                exc,
+            )
         self.adapter.forget(self)
 
     async def _release(self, out: list[int], buffered: list[int], gid: int) -> None:

@@ -59,8 +59,12 @@ class Batcher(Generic[Op, R]):
     every operation of it with the same error (nothing of it was committed).
     """
 
-    def __init__(self, hub: Hub, run: Callable[[Transaction, list[Op]], Awaitable[list[R]]],
-                 after: Callable[[list[Op]], None] | None = None) -> None:
+    def __init__(
+        self,
+        hub: Hub,
+        run: Callable[[Transaction, list[Op]], Awaitable[list[R]]],
+        after: Callable[[list[Op]], None] | None = None,
+    ) -> None:
         self._hub = hub
         self._run = run
         self._after = after
@@ -114,10 +118,16 @@ class Hub:
 
     # Per event loop (a loop's id may be reused once it is gone; the loop itself is not).
     _hubs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, Hub]] = (
-        weakref.WeakKeyDictionary())
+        weakref.WeakKeyDictionary()
+    )
 
-    def __init__(self, key: str, settings: SqlSettings, db: Database,
-                 notify: Callable[[Transaction, set[str]], Awaitable[None]] | None) -> None:
+    def __init__(
+        self,
+        key: str,
+        settings: SqlSettings,
+        db: Database,
+        notify: Callable[[Transaction, set[str]], Awaitable[None]] | None,
+    ) -> None:
         self.key = key
         self.settings = settings
         self.db = db
@@ -136,11 +146,15 @@ class Hub:
     # -- sharing -------------------------------------------------------------------------------
 
     @classmethod
-    async def acquire(cls, url: str, settings: SqlSettings,
-                      make_waker: Callable[[Hub], Waker],
-                      notify: Callable[[Transaction, set[str]], Awaitable[None]] | None = None,
-                      pool_size: int = 1,
-                      prepare: Callable[[], Awaitable[None]] | None = None) -> Hub:
+    async def acquire(
+        cls,
+        url: str,
+        settings: SqlSettings,
+        make_waker: Callable[[Hub], Waker],
+        notify: Callable[[Transaction, set[str]], Awaitable[None]] | None = None,
+        pool_size: int = 1,
+        prepare: Callable[[], Awaitable[None]] | None = None,
+    ) -> Hub:
         """The hub of ``url`` in this event loop, opened (tables created) on first use.
 
         ``prepare`` creates the tables on a connection of its own instead of the hub's
@@ -151,8 +165,9 @@ class Hub:
         if hub is None or hub._closed:
             if prepare is not None:
                 await prepare()
-            db = await Database.connect(settings.database_url, min_size=1,
-                                        max_size=max(1, pool_size))
+            db = await Database.connect(
+                settings.database_url, min_size=1, max_size=max(1, pool_size)
+            )
             try:
                 if prepare is None:
                     await provision(db, create=settings.provision, where=settings.where)
@@ -280,9 +295,14 @@ class Hub:
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
-                    log.warning("retention of topic %s on %s failed (%s: %s); trying again "
-                                "in %gs", topic, s.masked_url, type(exc).__name__, exc,
-                                s.retention_interval)
+                    log.warning(
+                        "retention of topic %s on %s failed (%s: %s); trying again in %gs",
+                        topic,
+                        s.masked_url,
+                        type(exc).__name__,
+                        exc,
+                        s.retention_interval,
+                    )
 
     async def expire(self, topic: str, max_age: float | None, max_messages: int | None) -> int:
         """Apply retention to ``topic`` now, in batches; returns how many were deleted."""
@@ -295,8 +315,12 @@ class Hub:
                 break
             await asyncio.sleep(0)
         if total:
-            log.info("retention deleted %d message(s) of topic %s on %s", total, topic,
-                     self.settings.masked_url)
+            log.info(
+                "retention deleted %d message(s) of topic %s on %s",
+                total,
+                topic,
+                self.settings.masked_url,
+            )
         return total
 
 
@@ -314,8 +338,6 @@ async def _close_quietly(db: Database) -> None:
         await asyncio.wait_for(db.close(), 10.0)
     except Exception as exc:  # closing must end, whatever the database does
         log.info("closing the database connection failed: %s: %s", type(exc).__name__, exc)
-
-
 
 
 __all__ = ["Batcher", "Hub", "Publish", "Settle", "Waker"]

@@ -31,8 +31,11 @@ MAIN_TABLE = "eventbus_messages"
 def _ddl(dialect: str) -> list[str]:
     pg = dialect == "postgres"
     real, blob = real_type(dialect), blob_type(dialect)
-    serial = ("BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY" if pg
-              else "INTEGER PRIMARY KEY AUTOINCREMENT")
+    serial = (
+        "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY"
+        if pg
+        else "INTEGER PRIMARY KEY AUTOINCREMENT"
+    )
     rowid = "" if pg else " WITHOUT ROWID"
     return [
         "CREATE TABLE IF NOT EXISTS eventbus_topics (name TEXT PRIMARY KEY, "
@@ -77,7 +80,8 @@ async def provision(db: Database, *, create: bool = True, where: str = "") -> No
                 f"the broker's table(s) {', '.join(missing)} do not exist in "
                 f"{where or 'the database'} and the URL says provision=false, so they are "
                 "not created; create them by connecting once with provision=true (as a role "
-                "that may create tables), or drop provision=false")
+                "that may create tables), or drop provision=false"
+            )
         return
     async with db.transaction() as tx:
         await ready(tx, KINDS["message log"], MAIN_TABLE, db.url)

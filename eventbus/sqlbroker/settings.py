@@ -34,14 +34,7 @@ from urllib.parse import urlencode
 
 from eventbus.adapter import StartFrom
 from eventbus.errors import mask_url
-from eventbus.url_options import (
-    OptionParser,
-    integer,
-    parse_options,
-    query_pairs,
-    seconds,
-    shared,
-)
+from eventbus.url_options import OptionParser, integer, parse_options, query_pairs, seconds, shared
 
 Dialect = Literal["sqlite", "postgres"]
 
@@ -59,10 +52,16 @@ COMMON: dict[str, OptionParser] = {
 }
 
 TIMEOUTS: dict[str, OptionParser] = {
-    name: seconds(0.0, inclusive=True, allowed="must be zero (no limit) or a positive number "
-                  "of seconds")
-    for name in ("command_timeout", "connect_timeout", "idle_timeout", "ping_timeout",
-                 "busy_timeout")
+    name: seconds(
+        0.0, inclusive=True, allowed="must be zero (no limit) or a positive number of seconds"
+    )
+    for name in (
+        "command_timeout",
+        "connect_timeout",
+        "idle_timeout",
+        "ping_timeout",
+        "busy_timeout",
+    )
 }
 """The database layer's own timeout options (:func:`eventbus.patterns.sql.split_options`)."""
 
@@ -96,9 +95,16 @@ class SqlSettings:
         return self.extra.get(name, default)
 
 
-def parse_url(url: str, *, dialect: Dialect, name: str, where: Callable[[str], str],
-              own: Mapping[str, OptionParser], passthrough: Mapping[str, OptionParser],
-              secrets: tuple[str, ...] = ()) -> SqlSettings:
+def parse_url(
+    url: str,
+    *,
+    dialect: Dialect,
+    name: str,
+    where: Callable[[str], str],
+    own: Mapping[str, OptionParser],
+    passthrough: Mapping[str, OptionParser],
+    secrets: tuple[str, ...] = (),
+) -> SqlSettings:
     """Split ``url`` into the broker's options (:data:`COMMON` and ``own``) and the
     database URL (its path plus the ``passthrough`` options, which the driver or
     the database layer reads). Unknown options, options given twice and bad values
@@ -116,5 +122,12 @@ def parse_url(url: str, *, dialect: Dialect, name: str, where: Callable[[str], s
     connect = values.get("connect_timeout", 10.0) or math.inf
     if "max_age" in common and math.isinf(common["max_age"]):
         common["max_age"] = math.inf
-    return SqlSettings(dialect=dialect, masked_url=shown, database_url=database_url,
-                       where=where(base), connect_timeout=connect, extra=extra, **common)
+    return SqlSettings(
+        dialect=dialect,
+        masked_url=shown,
+        database_url=database_url,
+        where=where(base),
+        connect_timeout=connect,
+        extra=extra,
+        **common,
+    )

@@ -64,12 +64,19 @@ class SQLiteAdapter(SqlAdapter):
             raise InvalidURLError(
                 f"{', '.join(tls)} in SQLite URL {mask_url(url)!r}: a SQLite file is opened "
                 "locally, with no connection to secure; drop the option (a server database "
-                "with TLS is postgresql://...?tls_ca=...)")
+                "with TLS is postgresql://...?tls_ca=...)"
+            )
         settings = parse_url(
-            url, dialect="sqlite", name="SQLite", where=_where,
-            own={"poll_interval": seconds(0.001, inclusive=True),
-                 "health_timeout": seconds(0.05, inclusive=True)},
-            passthrough={name: TIMEOUTS[name] for name in ("busy_timeout", "connect_timeout")})
+            url,
+            dialect="sqlite",
+            name="SQLite",
+            where=_where,
+            own={
+                "poll_interval": seconds(0.001, inclusive=True),
+                "health_timeout": seconds(0.05, inclusive=True),
+            },
+            passthrough={name: TIMEOUTS[name] for name in ("busy_timeout", "connect_timeout")},
+        )
         return settings
 
     @property
@@ -83,8 +90,12 @@ class SQLiteAdapter(SqlAdapter):
         return float(self.settings.option("health_timeout", HEALTH_TIMEOUT))
 
     def make_waker(self, hub: Hub) -> Waker:
-        return FileWatcher(hub, self.path, float(self.settings.option(
-            "poll_interval", POLL_INTERVAL)), self.half_open_bound() or HEALTH_TIMEOUT)
+        return FileWatcher(
+            hub,
+            self.path,
+            float(self.settings.option("poll_interval", POLL_INTERVAL)),
+            self.half_open_bound() or HEALTH_TIMEOUT,
+        )
 
     def prepare(self) -> Callable[[], Awaitable[None]] | None:
         # The tables are created on a connection of its own whose lock wait ends by itself
@@ -100,16 +111,17 @@ class SQLiteAdapter(SqlAdapter):
         async def create_tables() -> None:
             db = await Database.connect(url)
             try:
-                await provision(db, create=self.settings.provision,
-                                where=self.settings.where)
+                await provision(db, create=self.settings.provision, where=self.settings.where)
             finally:
                 await db.close()
 
         return create_tables
 
     def connect_hint(self) -> str:
-        return ("check that the directory exists and is writable, and that no other process "
-                "holds the database's write lock")
+        return (
+            "check that the directory exists and is writable, and that no other process "
+            "holds the database's write lock"
+        )
 
     def before_write(self) -> None:
         # A publish from inside a transaction this task holds on the same file (the
@@ -121,7 +133,8 @@ class SQLiteAdapter(SqlAdapter):
                 f"publishing to {self.settings.where} from inside a transaction open on the "
                 "same SQLite file would wait for itself (one writer per file): publish after "
                 "the transaction commits, or through the transactional outbox "
-                "(eventbus.patterns.outbox), which stores the event in that transaction")
+                "(eventbus.patterns.outbox), which stores the event in that transaction"
+            )
 
 
 def _where(base: str) -> str:
@@ -130,7 +143,8 @@ def _where(base: str) -> str:
         raise InvalidURLError(
             f"{mask_url(base)} names no file: the SQLite broker lives in a file every process "
             "opens (sqlite:///relative/path.db or sqlite:////absolute/path.db); use memory:// "
-            "for a broker inside one process")
+            "for a broker inside one process"
+        )
     return f"SQLite database {os.path.abspath(path)}"
 
 
@@ -155,8 +169,9 @@ class FileWatcher:
         import aiosqlite
 
         try:
-            self._conn = await aiosqlite.connect(self.path, timeout=self.lock_timeout,
-                                                 isolation_level=None)
+            self._conn = await aiosqlite.connect(
+                self.path, timeout=self.lock_timeout, isolation_level=None
+            )
         except (sqlite3.Error, OSError) as exc:
             raise DatabaseError(f"cannot open SQLite database {self.path!r}: {exc}") from exc
         self._task = asyncio.create_task(self._watch())
@@ -196,7 +211,8 @@ class FileWatcher:
     async def _changed(self, topics: list[str]) -> list[str]:
         marks = ", ".join("?" for _ in topics)
         rows = await self._conn.execute_fetchall(
-            f"SELECT name, version FROM eventbus_topics WHERE name IN ({marks})", topics)
+            f"SELECT name, version FROM eventbus_topics WHERE name IN ({marks})", topics
+        )
         changed = []
         for name, version in rows:
             if self._versions.get(name) != version:
@@ -214,11 +230,13 @@ class FileWatcher:
                 await conn.execute("BEGIN IMMEDIATE")
             except sqlite3.OperationalError as exc:
                 if "locked" in str(exc) or "busy" in str(exc):
-                    return (f"SQLite database {self.shown} is locked: another "
-                            f"connection has held its write lock for over "
-                            f"{self.lock_timeout:g}s, so nothing can be published or settled "
-                            "until it commits (a stuck process, a long migration or backup, "
-                            "a shell left inside BEGIN?)")
+                    return (
+                        f"SQLite database {self.shown} is locked: another "
+                        f"connection has held its write lock for over "
+                        f"{self.lock_timeout:g}s, so nothing can be published or settled "
+                        "until it commits (a stuck process, a long migration or backup, "
+                        "a shell left inside BEGIN?)"
+                    )
                 return f"SQLite database {self.path!r} does not answer: {exc}"
             except sqlite3.Error as exc:
                 return f"SQLite database {self.path!r} does not answer: {exc}"

@@ -37,12 +37,17 @@ _NEED_PYTEST = {"ConformanceSuite", "on_topic"}
 _RENAMED: Renamed = {
     "NO_DELAY_RETRY": (
         "without_delays(RetryPolicy(max_attempts=3, in_process_attempts=3))",
-        lambda: _direct()._no_delay_retry()),
+        lambda: _direct()._no_delay_retry(),
+    ),
     "immediate_retry": (
         "without_delays(RetryPolicy(max_attempts=..., in_process_attempts=...))",
-        lambda: _direct()._immediate_retry),
-    "Inbox": ("eventbus.testing.Collector (the test helper; eventbus.patterns.Inbox is "
-              "the transactional inbox)", lambda: Collector),
+        lambda: _direct()._immediate_retry,
+    ),
+    "Inbox": (
+        "eventbus.testing.Collector (the test helper; eventbus.patterns.Inbox is "
+        "the transactional inbox)",
+        lambda: Collector,
+    ),
 }
 
 

@@ -50,10 +50,7 @@ class Collector(Generic[T]):
         return len(self.items)
 
     async def wait(
-        self,
-        condition: Callable[[list[T]], bool],
-        what: str,
-        timeout: float = DEFAULT_WAIT,
+        self, condition: Callable[[list[T]], bool], what: str, timeout: float = DEFAULT_WAIT
     ) -> list[T]:
         """Return the items once ``condition(items)`` holds; fail after ``timeout`` seconds."""
         loop = asyncio.get_running_loop()

@@ -34,8 +34,9 @@ class TestPublisher:
         self.envelopes: list[Envelope] = []
         self.topics: list[str] = []
 
-    async def publish(self, message: Message, *, topic: str | None = None,
-                      **options: Unpack[PublishOptions]) -> Envelope:
+    async def publish(
+        self, message: Message, *, topic: str | None = None, **options: Unpack[PublishOptions]
+    ) -> Envelope:
         """Record ``message`` and return the envelope publishing it would send."""
         envelope = build_envelope(message, self.source, **options)
         self.messages.append(message)
@@ -83,38 +84,46 @@ def handler_context(
     else:
         envelope = build_envelope(event, source, parent=parent if parent else None)
         where = topic or event.default_topic()
-    delivery = _TestDelivery(topic=where, group=group, envelope=envelope, attempt=attempt,
-                             message_id="test")
-    ctx = Context(publisher or TestPublisher(source), delivery, envelope,
-                  previous_attempts=attempt - 1)
+    delivery = _TestDelivery(
+        topic=where, group=group, envelope=envelope, attempt=attempt, message_id="test"
+    )
+    ctx = Context(
+        publisher or TestPublisher(source), delivery, envelope, previous_attempts=attempt - 1
+    )
     if isinstance(event, Message):
         ctx.event = event
     return ctx
 
 
-
-
 def _no_delay_retry() -> RetryPolicy:
-    return RetryPolicy(max_attempts=3, in_process_attempts=3, initial_delay=0.0,
-                       max_delay=0.0, jitter=0.0)
+    return RetryPolicy(
+        max_attempts=3, in_process_attempts=3, initial_delay=0.0, max_delay=0.0, jitter=0.0
+    )
 
 
-def _immediate_retry(max_attempts: int = 3, *, in_process_attempts: int | None = None,
-                     **options: Any) -> RetryPolicy:
-    return RetryPolicy(max_attempts=max_attempts,
-                       in_process_attempts=in_process_attempts or max_attempts,
-                       initial_delay=0.0, max_delay=0.0, jitter=0.0, **options)
+def _immediate_retry(
+    max_attempts: int = 3, *, in_process_attempts: int | None = None, **options: Any
+) -> RetryPolicy:
+    return RetryPolicy(
+        max_attempts=max_attempts,
+        in_process_attempts=in_process_attempts or max_attempts,
+        initial_delay=0.0,
+        max_delay=0.0,
+        jitter=0.0,
+        **options,
+    )
 
 
 # Three spellings of "a retry policy without waits" became one, ``without_delays``.
 _RENAMED: Renamed = {
     "NO_DELAY_RETRY": (
         "eventbus.testing.without_delays(RetryPolicy(max_attempts=3, in_process_attempts=3))",
-        _no_delay_retry),
+        _no_delay_retry,
+    ),
     "immediate_retry": (
-        "eventbus.testing.without_delays(RetryPolicy(max_attempts=..., "
-        "in_process_attempts=...))",
-        lambda: _immediate_retry),
+        "eventbus.testing.without_delays(RetryPolicy(max_attempts=..., in_process_attempts=...))",
+        lambda: _immediate_retry,
+    ),
 }
 
 

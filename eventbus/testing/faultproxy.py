@@ -1,5 +1,7 @@
 """A TCP proxy that breaks the path to a broker on demand, for reconnect tests.
 
+(Over 400 lines on purpose: one proxy whose faults share its listener and links.)
+
 Clients connect to the proxy instead of the broker; the proxy forwards bytes
 both ways and, when asked, drops every connection, refuses new ones for a
 while, or delays every forwarded chunk. The broker itself is never touched.
@@ -244,7 +246,8 @@ class FaultProxy:
         # just cut, say) must not cancel the fault half-way on the proxy's loop, e.g. a
         # refusal that closed the listener but never scheduled its reopening.
         return await asyncio.shield(
-            asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, loop)))
+            asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, loop))
+        )
 
     def _call_sync(self, coro: Coroutine[Any, Any, _T]) -> _T:
         loop = self._require_loop()
@@ -314,7 +317,8 @@ class FaultProxy:
         early = self._refuse_until - time.monotonic()
         if early > 0:  # a longer refusal was asked for meanwhile
             self._reopen_handle = asyncio.get_running_loop().call_later(
-                early, self._schedule_reopen)
+                early, self._schedule_reopen
+            )
             return
         # The port was ours a moment ago; if something holds it now, keep trying
         # (loudly) until it is free or the proxy stops: giving up would leave
@@ -328,8 +332,12 @@ class FaultProxy:
             except OSError as exc:
                 if not warned and time.monotonic() - started > 5:
                     warned = True
-                    _log.warning("FaultProxy cannot listen on %s:%s again (%s); still trying",
-                                 self.listen_host, self._listen_port, exc)
+                    _log.warning(
+                        "FaultProxy cannot listen on %s:%s again (%s); still trying",
+                        self.listen_host,
+                        self._listen_port,
+                        exc,
+                    )
                 await asyncio.sleep(0.1)
 
     async def _set_latency(self, seconds: float) -> None:
@@ -343,7 +351,8 @@ class FaultProxy:
             self._thaw_handle = None
         if seconds is not None:
             self._thaw_handle = asyncio.get_running_loop().call_later(
-                max(0.0, seconds), self._flowing.set)
+                max(0.0, seconds), self._flowing.set
+            )
 
     async def _thaw(self) -> None:
         assert self._flowing is not None

@@ -53,8 +53,9 @@ def without_delays(policy: RetryPolicy | None = None) -> RetryPolicy:
         bus = create_bus(retry=without_delays(RetryPolicy(max_attempts=3,
                                                           in_process_attempts=3)))
     """
-    return dataclasses.replace(policy or RetryPolicy(), initial_delay=0.0, max_delay=0.0,
-                               jitter=0.0)
+    return dataclasses.replace(
+        policy or RetryPolicy(), initial_delay=0.0, max_delay=0.0, jitter=0.0
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,8 +94,12 @@ class TestBus:
 
     __test__ = False  # not a pytest test class despite its name
 
-    def __init__(self, *buses: EventBus, timeout: float = DEFAULT_DRAIN_TIMEOUT,
-                 keep_retry_delays: bool = False) -> None:
+    def __init__(
+        self,
+        *buses: EventBus,
+        timeout: float = DEFAULT_DRAIN_TIMEOUT,
+        keep_retry_delays: bool = False,
+    ) -> None:
         if not buses:
             raise ConfigurationError("TestBus() needs at least one EventBus")
         self.buses = buses
@@ -185,8 +190,10 @@ class TestBus:
         def note(arg: Any, ctx: Any, error: BaseException | None) -> None:
             # A batch handler gets a list of events and a list of contexts: one call each.
             pairs = zip(arg, ctx, strict=True) if isinstance(ctx, list) else [(arg, ctx)]
-            calls.extend(HandlerCall(user_fn, event, c.envelope, c.topic, c.group, c.attempt,
-                                     error) for event, c in pairs)
+            calls.extend(
+                HandlerCall(user_fn, event, c.envelope, c.topic, c.group, c.attempt, error)
+                for event, c in pairs
+            )
 
         async def record(arg: Any, ctx: Any) -> None:
             try:
@@ -239,9 +246,11 @@ class TestBus:
             health = await bus.health()
             if not health.ok:
                 lines.append(f"bus {bus.source!r}: {health.detail}")
-        return (f"drain() gave up after {limit:.1f}s with {len(items)} message(s) not settled "
-                "(a handler still running or hung, a redelivery not yet due, a dead "
-                "subscription):\n  " + "\n  ".join(lines))
+        return (
+            f"drain() gave up after {limit:.1f}s with {len(items)} message(s) not settled "
+            "(a handler still running or hung, a redelivery not yet due, a dead "
+            "subscription):\n  " + "\n  ".join(lines)
+        )
 
     # -- what happened ------------------------------------------------------------------
 

@@ -42,7 +42,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         ADAPTER_OPTION,
         default=None,
         help="module:name of the adapter class (or factory) to build it with, instead of "
-             f"the URL scheme's installed adapter (default: ${ADAPTER_VARIABLE})",
+        f"the URL scheme's installed adapter (default: ${ADAPTER_VARIABLE})",
     )
 
 

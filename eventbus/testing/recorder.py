@@ -37,8 +37,10 @@ class Pending:
     owed: int = 1  # the same envelope published again (a duplicate) is owed twice
 
     def describe(self) -> str:
-        return (f"topic {self.topic!r} group {self.group!r}: event {self.envelope.id} "
-                f"({self.envelope.type}), {self.deliveries} delivery(ies), {self.last}")
+        return (
+            f"topic {self.topic!r} group {self.group!r}: event {self.envelope.id} "
+            f"({self.envelope.type}), {self.deliveries} delivery(ies), {self.last}"
+        )
 
 
 @dataclass
@@ -167,9 +169,15 @@ class _RecordingDelivery(Delivery):
     __slots__ = ("_inner", "_recorder")
 
     def __init__(self, inner: Delivery, recorder: Recorder) -> None:
-        super().__init__(topic=inner.topic, group=inner.group, envelope=inner.envelope,
-                         attempt=inner.attempt, message_id=inner.message_id, raw=inner.raw,
-                         decode_error=inner.decode_error)
+        super().__init__(
+            topic=inner.topic,
+            group=inner.group,
+            envelope=inner.envelope,
+            attempt=inner.attempt,
+            message_id=inner.message_id,
+            raw=inner.raw,
+            decode_error=inner.decode_error,
+        )
         self._inner = inner
         self._recorder = recorder
 

@@ -43,7 +43,8 @@ def create_bus(bus_url: str | None = None, store: EventStore | None = None) -> E
     # A rejection is the order's answer, not a glitch: no retries, straight to the
     # error reply (and the dead-letter queue, where every failed command goes).
     order_commands(store or MemoryEventStore()).serve(
-        bus, retry=RetryPolicy(give_up_on=(OrderRejectedError,)))
+        bus, retry=RetryPolicy(give_up_on=(OrderRejectedError,))
+    )
     return bus
 
 

@@ -12,9 +12,7 @@ class PlaceOrder(
     customer: str
 
 
-class AddItem(
-    Command, type="cqrs-shop.add-item", topic="cqrs-shop.commands.add-item", version=1
-):
+class AddItem(Command, type="cqrs-shop.add-item", topic="cqrs-shop.commands.add-item", version=1):
     order_id: str
     sku: str
     qty: int
@@ -27,31 +25,23 @@ class ConfirmOrder(
     order_id: str
 
 
-class OrderPlaced(
-    Event, type="cqrs-shop.order-placed", topic="cqrs-shop.orders", version=1
-):
+class OrderPlaced(Event, type="cqrs-shop.order-placed", topic="cqrs-shop.orders", version=1):
     order_id: str
     customer: str
 
 
-class ItemAdded(
-    Event, type="cqrs-shop.item-added", topic="cqrs-shop.orders", version=1
-):
+class ItemAdded(Event, type="cqrs-shop.item-added", topic="cqrs-shop.orders", version=1):
     order_id: str
     sku: str
     qty: int
     price_cents: int
 
 
-class OrderConfirmed(
-    Event, type="cqrs-shop.order-confirmed", topic="cqrs-shop.orders", version=1
-):
+class OrderConfirmed(Event, type="cqrs-shop.order-confirmed", topic="cqrs-shop.orders", version=1):
     order_id: str
 
 
-class Accepted(
-    Event, type="cqrs-shop.accepted", topic="cqrs-shop.replies", version=1
-):
+class Accepted(Event, type="cqrs-shop.accepted", topic="cqrs-shop.replies", version=1):
     """The reply to every shop command: the order's new version and the store
     position of its last event (what a client waits for to read its own write)."""
 

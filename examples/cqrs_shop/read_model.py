@@ -39,33 +39,47 @@ class OrderSummaries(Projection):
 
     async def apply(self, event: Message, tx: Transaction) -> None:
         if isinstance(event, OrderPlaced):
-            await tx.execute("INSERT INTO shop_order_summaries VALUES ($1, $2, 'open', 0, 0)",
-                             event.order_id, event.customer)
+            await tx.execute(
+                "INSERT INTO shop_order_summaries VALUES ($1, $2, 'open', 0, 0)",
+                event.order_id,
+                event.customer,
+            )
         elif isinstance(event, ItemAdded):
             await tx.execute(
                 "UPDATE shop_order_summaries SET items = items + $2, "
                 "total_cents = total_cents + $3 WHERE order_id = $1",
-                event.order_id, event.qty, event.qty * event.price_cents)
+                event.order_id,
+                event.qty,
+                event.qty * event.price_cents,
+            )
         elif isinstance(event, OrderConfirmed):
-            row = await tx.fetchrow("UPDATE shop_order_summaries SET status = 'confirmed' "
-                                    "WHERE order_id = $1 RETURNING customer, total_cents",
-                                    event.order_id)
+            row = await tx.fetchrow(
+                "UPDATE shop_order_summaries SET status = 'confirmed' "
+                "WHERE order_id = $1 RETURNING customer, total_cents",
+                event.order_id,
+            )
             assert row is not None, f"confirmed order {event.order_id} was never placed"
             await tx.execute(
                 "INSERT INTO shop_customer_totals VALUES ($1, 1, $2) ON CONFLICT (customer) "
                 "DO UPDATE SET orders = shop_customer_totals.orders + 1, "
                 "spent_cents = shop_customer_totals.spent_cents + excluded.spent_cents",
-                row[0], row[1])
+                row[0],
+                row[1],
+            )
 
     async def order(self, order_id: str) -> OrderSummary | None:
         async with self.db.transaction() as tx:
-            row = await tx.fetchrow("SELECT order_id, customer, status, items, total_cents "
-                                    "FROM shop_order_summaries WHERE order_id = $1", order_id)
+            row = await tx.fetchrow(
+                "SELECT order_id, customer, status, items, total_cents "
+                "FROM shop_order_summaries WHERE order_id = $1",
+                order_id,
+            )
         return None if row is None else OrderSummary(*row)
 
     async def customer(self, customer: str) -> tuple[int, int]:
         """(confirmed orders, cents spent)."""
         async with self.db.transaction() as tx:
-            row = await tx.fetchrow("SELECT orders, spent_cents FROM shop_customer_totals "
-                                    "WHERE customer = $1", customer)
+            row = await tx.fetchrow(
+                "SELECT orders, spent_cents FROM shop_customer_totals WHERE customer = $1", customer
+            )
         return (0, 0) if row is None else (int(row[0]), int(row[1]))

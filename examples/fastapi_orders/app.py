@@ -23,8 +23,11 @@ from eventbus.probes import readiness
 class OrderSubmitted(Event, type="example.api.order-submitted", topic="api-orders"):
     """A customer submitted an order through the API."""
 
-    model_config = ConfigDict(json_schema_extra={
-        "examples": [{"order_id": "o-1", "customer_id": "c-9", "total_cents": 1250}]})
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"order_id": "o-1", "customer_id": "c-9", "total_cents": 1250}]
+        }
+    )
     order_id: str
     customer_id: str
     total_cents: int

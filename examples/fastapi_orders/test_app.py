@@ -27,12 +27,14 @@ async def test_a_submitted_order_is_published_and_read_back(
     client: tuple[httpx.AsyncClient, TestBus],
 ) -> None:
     http, tb = client
-    answer = await http.post("/orders", json={"order_id": "o-1", "customer_id": "c-9",
-                                              "total_cents": 1250})
+    answer = await http.post(
+        "/orders", json={"order_id": "o-1", "customer_id": "c-9", "total_cents": 1250}
+    )
     assert answer.status_code == 202
     await tb.drain()
     assert tb.published(OrderSubmitted) == [
-        OrderSubmitted(order_id="o-1", customer_id="c-9", total_cents=1250)]
+        OrderSubmitted(order_id="o-1", customer_id="c-9", total_cents=1250)
+    ]
     assert tb.published_envelopes()[0].id == answer.json()["event_id"]
     assert (await http.get("/orders/o-1")).json() == {"order_id": "o-1", "status": "submitted"}
 

@@ -220,8 +220,9 @@ async def run_saga(
     requests = list(requests) if requests is not None else default_orders()
     # The request id is chosen here and becomes every event's correlation id.
     flows = [Flow(request, correlation_id=str(uuid.uuid4())) for request in requests]
-    monitor = FlowMonitor({flow.correlation_id: flow for flow in flows}, echo,
-                          show_trace=tracing is not None)
+    monitor = FlowMonitor(
+        {flow.correlation_id: flow for flow in flows}, echo, show_trace=tracing is not None
+    )
     monitor_bus = _bus(url, "saga-demo", tracing)
     # A fresh group reading from the earliest: it sees the whole flow, whatever the timing.
     monitor_bus.subscribe(
@@ -250,9 +251,14 @@ async def run_saga(
     return run
 
 
-async def _run_flows(run: SagaRun, buses: list[EventBus], order_bus: EventBus,
-                     timeout: float, with_services: bool,
-                     show: tuple[stories.LogWatch, Echo] | None) -> None:
+async def _run_flows(
+    run: SagaRun,
+    buses: list[EventBus],
+    order_bus: EventBus,
+    timeout: float,
+    with_services: bool,
+    show: tuple[stories.LogWatch, Echo] | None,
+) -> None:
     async with AsyncExitStack() as stack:
         for bus in buses:
             await stack.enter_async_context(bus)
@@ -271,7 +277,8 @@ async def _run_flows(run: SagaRun, buses: list[EventBus], order_bus: EventBus,
                 f"{len(stuck)} saga(s) did not end within {timeout:.1f}s: "
                 + "; ".join(
                     f"order {f.request.order_id} (corr {f.correlation_id[:8]}) stopped after "
-                    f"{f.last_event()}" for f in stuck
+                    f"{f.last_event()}"
+                    for f in stuck
                 )
                 + ("" if with_services else " — are the three services running on this broker?")
             )
@@ -319,15 +326,19 @@ def _tracing() -> tuple[Tracing, Callable[[str], int]]:
     except ModuleNotFoundError as missing:
         raise SystemExit(
             f"error: --trace needs the OpenTelemetry SDK ({missing.name} is missing): "
-            'pip install "eventbus[otel]" opentelemetry-sdk') from None
+            'pip install "eventbus[otel]" opentelemetry-sdk'
+        ) from None
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
 
     def spans_in(trace_id: str) -> int:
         wanted = int(trace_id, 16)
-        return sum(1 for span in exporter.get_finished_spans()
-                   if span.context is not None and span.context.trace_id == wanted)
+        return sum(
+            1
+            for span in exporter.get_finished_spans()
+            if span.context is not None and span.context.trace_id == wanted
+        )
 
     return Tracing(provider), spans_in
 
@@ -349,8 +360,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     tracing, spans_in = _tracing() if args.trace else (None, None)
     try:
-        run = asyncio.run(run_saga(with_services=not args.external, timeout=args.timeout,
-                                   tracing=tracing))
+        run = asyncio.run(
+            run_saga(with_services=not args.external, timeout=args.timeout, tracing=tracing)
+        )
     except SagaTimeoutError as exc:
         print(f"FAILED: {exc}", file=sys.stderr)
         return 1

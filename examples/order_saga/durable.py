@@ -63,8 +63,7 @@ log = logging.getLogger("order_saga.durable")
 SCHEMA = [
     "CREATE TABLE IF NOT EXISTS orders (order_id TEXT PRIMARY KEY, status TEXT NOT NULL, "
     "total_cents INTEGER NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS charges (order_id TEXT PRIMARY KEY, amount_cents INTEGER "
-    "NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS charges (order_id TEXT PRIMARY KEY, amount_cents INTEGER NOT NULL)",
     # No unique key on purpose: a refund applied twice would show as two rows.
     "CREATE TABLE IF NOT EXISTS refunds (order_id TEXT NOT NULL, amount_cents INTEGER NOT NULL)",
     "CREATE TABLE IF NOT EXISTS stock (sku TEXT PRIMARY KEY, on_hand INTEGER NOT NULL)",
@@ -84,8 +83,11 @@ async def create_schema(db: Database) -> None:
         for statement in SCHEMA:
             await tx.execute(statement)
         for sku, on_hand in STOCK.items():
-            await tx.execute("INSERT INTO stock (sku, on_hand) VALUES ($1, $2) "
-                             "ON CONFLICT (sku) DO NOTHING", sku, on_hand)
+            await tx.execute(
+                "INSERT INTO stock (sku, on_hand) VALUES ($1, $2) ON CONFLICT (sku) DO NOTHING",
+                sku,
+                on_hand,
+            )
     await SQLSequenceStore(db).setup()
     for name in SERVICES:
         await Outbox(db, table=outbox_table(name)).setup()
@@ -152,8 +154,14 @@ class _CrashTestInbox(Inbox):
         self.service.committed()
 
 
-def build(name: str, url: str, db: Database, run: str, crashes: dict[str, int] | None = None,
-          start_from: Literal["earliest", "latest"] = "earliest") -> Service:
+def build(
+    name: str,
+    url: str,
+    db: Database,
+    run: str,
+    crashes: dict[str, int] | None = None,
+    start_from: Literal["earliest", "latest"] = "earliest",
+) -> Service:
     """The service ``name`` on broker ``url``, keeping state in ``db`` (tables made by
     :func:`create_schema`)."""
     outbox = Outbox(db, table=outbox_table(name))
@@ -164,10 +172,17 @@ def build(name: str, url: str, db: Database, run: str, crashes: dict[str, int] |
     service = Service(name, db, bus, outbox, relay, dict(crashes or {}))
     # The inbox's transaction also takes the outbox's rows: one commit for all.
     inbox = _CrashTestInbox(service, inbox_table(name))
-    flow = Choreography(bus, group=name, key=lambda e: e.order_id, topic=topic_of(run),
-                        inbox=inbox, start_from=start_from)
-    {"order-service": _order, "payment-service": _payment,
-     "inventory-service": _inventory}[name](service, flow)
+    flow = Choreography(
+        bus,
+        group=name,
+        key=lambda e: e.order_id,
+        topic=topic_of(run),
+        inbox=inbox,
+        start_from=start_from,
+    )
+    {"order-service": _order, "payment-service": _payment, "inventory-service": _inventory}[name](
+        service, flow
+    )
     return service
 
 
@@ -178,15 +193,17 @@ def _order(service: Service, flow: Choreography) -> None:
     @flow.step(InventoryReserved)
     async def complete(event: InventoryReserved, ctx: Context) -> OrderCompleted:
         tx = service.tx(ctx, "complete")
-        await tx.execute("UPDATE orders SET status = 'completed' WHERE order_id = $1",
-                         event.order_id)
+        await tx.execute(
+            "UPDATE orders SET status = 'completed' WHERE order_id = $1", event.order_id
+        )
         return OrderCompleted(order_id=event.order_id)
 
     @flow.step(PaymentRefunded)
     async def cancel(event: PaymentRefunded, ctx: Context) -> OrderCancelled:
         tx = service.tx(ctx, "cancel")
-        await tx.execute("UPDATE orders SET status = 'cancelled' WHERE order_id = $1",
-                         event.order_id)
+        await tx.execute(
+            "UPDATE orders SET status = 'cancelled' WHERE order_id = $1", event.order_id
+        )
         return OrderCancelled(order_id=event.order_id, reason=event.reason)
 
 
@@ -194,50 +211,73 @@ def _payment(service: Service, flow: Choreography) -> None:
     @flow.step(OrderPlaced)
     async def charge(event: OrderPlaced, ctx: Context) -> PaymentCharged:
         tx = service.tx(ctx, "charge")
-        await tx.execute("INSERT INTO charges (order_id, amount_cents) VALUES ($1, $2)",
-                         event.order_id, event.total_cents)
-        return PaymentCharged(order_id=event.order_id, payment_id=f"pay-{event.order_id}",
-                              amount_cents=event.total_cents, lines=event.lines)
+        await tx.execute(
+            "INSERT INTO charges (order_id, amount_cents) VALUES ($1, $2)",
+            event.order_id,
+            event.total_cents,
+        )
+        return PaymentCharged(
+            order_id=event.order_id,
+            payment_id=f"pay-{event.order_id}",
+            amount_cents=event.total_cents,
+            lines=event.lines,
+        )
 
     @flow.compensation(InventoryReservationFailed)
     async def refund(event: InventoryReservationFailed, ctx: Context) -> PaymentRefunded:
         tx = service.tx(ctx, "refund")
-        amount = await tx.fetchval("SELECT amount_cents FROM charges WHERE order_id = $1",
-                                   event.order_id)
-        await tx.execute("INSERT INTO refunds (order_id, amount_cents) VALUES ($1, $2)",
-                         event.order_id, amount)
-        return PaymentRefunded(order_id=event.order_id, payment_id=f"pay-{event.order_id}",
-                               amount_cents=amount, reason=event.reason)
+        amount = await tx.fetchval(
+            "SELECT amount_cents FROM charges WHERE order_id = $1", event.order_id
+        )
+        await tx.execute(
+            "INSERT INTO refunds (order_id, amount_cents) VALUES ($1, $2)", event.order_id, amount
+        )
+        return PaymentRefunded(
+            order_id=event.order_id,
+            payment_id=f"pay-{event.order_id}",
+            amount_cents=amount,
+            reason=event.reason,
+        )
 
 
 def _inventory(service: Service, flow: Choreography) -> None:
-    @flow.step(PaymentCharged, failed=lambda e, why: InventoryReservationFailed(
-        order_id=e.order_id, reason=why))
+    @flow.step(
+        PaymentCharged,
+        failed=lambda e, why: InventoryReservationFailed(order_id=e.order_id, reason=why),
+    )
     async def reserve(event: PaymentCharged, ctx: Context) -> InventoryReserved:
         tx = service.tx(ctx, "reserve")
         lock = " FOR UPDATE" if tx.dialect == "postgres" else ""
         for line in event.lines:
-            on_hand = await tx.fetchval(f"SELECT on_hand FROM stock WHERE sku = $1{lock}",
-                                        line.sku)
+            on_hand = await tx.fetchval(f"SELECT on_hand FROM stock WHERE sku = $1{lock}", line.sku)
             if (on_hand or 0) < line.quantity:
                 raise StepFailedError(f"out of stock: {line.sku}")
         for line in event.lines:
-            await tx.execute("UPDATE stock SET on_hand = on_hand - $2 WHERE sku = $1",
-                             line.sku, line.quantity)
-        await tx.execute("INSERT INTO reservations (order_id, lines) VALUES ($1, $2)",
-                         event.order_id, json.dumps([line.model_dump() for line in event.lines]))
+            await tx.execute(
+                "UPDATE stock SET on_hand = on_hand - $2 WHERE sku = $1", line.sku, line.quantity
+            )
+        await tx.execute(
+            "INSERT INTO reservations (order_id, lines) VALUES ($1, $2)",
+            event.order_id,
+            json.dumps([line.model_dump() for line in event.lines]),
+        )
         return InventoryReserved(order_id=event.order_id, reservation_id=f"res-{event.order_id}")
 
 
-async def place_order(db: Database, outbox: Outbox, bus: EventBus, run: str, order_id: str,
-                      lines: Sequence[OrderLine]) -> None:
+async def place_order(
+    db: Database, outbox: Outbox, bus: EventBus, run: str, order_id: str, lines: Sequence[OrderLine]
+) -> None:
     """The order service's front door: the order row and OrderPlaced in one transaction."""
     total = sum(line.quantity * line.unit_price_cents for line in lines)
     async with outbox.unit_of_work() as tx:
-        await tx.execute("INSERT INTO orders (order_id, status, total_cents) VALUES "
-                         "($1, 'placed', $2)", order_id, total)
-        event = OrderPlaced(order_id=order_id, customer_id="c", lines=list(lines),
-                            total_cents=total)
+        await tx.execute(
+            "INSERT INTO orders (order_id, status, total_cents) VALUES ($1, 'placed', $2)",
+            order_id,
+            total,
+        )
+        event = OrderPlaced(
+            order_id=order_id, customer_id="c", lines=list(lines), total_cents=total
+        )
         await bus.publish(event, topic=topic_of(run)(OrderPlaced), key=order_id)
 
 
@@ -246,15 +286,24 @@ async def serve(name: str) -> None:
     db = await Database.connect(os.environ["ORDER_SAGA_DATABASE_URL"])
     crash = os.environ.get("ORDER_SAGA_CRASH", "")
     start_from = "latest" if os.environ.get("ORDER_SAGA_START_FROM") == "latest" else "earliest"
-    service = build(name, os.environ.get("EVENTBUS_URL", "memory://"), db,
-                    os.environ.get("ORDER_SAGA_RUN", ""), parse_crashes(crash),
-                    start_from)
+    service = build(
+        name,
+        os.environ.get("EVENTBUS_URL", "memory://"),
+        db,
+        os.environ.get("ORDER_SAGA_RUN", ""),
+        parse_crashes(crash),
+        start_from,
+    )
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     async with service.bus, service.relay:
         async with db.transaction() as tx:
-            await tx.execute("INSERT INTO ready (service, pid) VALUES ($1, $2) ON CONFLICT "
-                             "(service) DO UPDATE SET pid = $2", name, os.getpid())
+            await tx.execute(
+                "INSERT INTO ready (service, pid) VALUES ($1, $2) ON CONFLICT "
+                "(service) DO UPDATE SET pid = $2",
+                name,
+                os.getpid(),
+            )
         await stop.wait()
     await db.close()
 

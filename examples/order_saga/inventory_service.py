@@ -59,8 +59,12 @@ def register(bus: EventBus, stock: Stock | None = None) -> Stock:
 
     # Out of stock is the step's business failure: the helper publishes the
     # compensating InventoryReservationFailed, and the payment service refunds.
-    @flow.step(PaymentCharged, failed=lambda event, reason: InventoryReservationFailed(
-        order_id=event.order_id, reason=reason))
+    @flow.step(
+        PaymentCharged,
+        failed=lambda event, reason: InventoryReservationFailed(
+            order_id=event.order_id, reason=reason
+        ),
+    )
     async def reserve(event: PaymentCharged, ctx: Context) -> InventoryReserved:
         try:
             reservation_id = stock.reserve(event.order_id, event.lines)

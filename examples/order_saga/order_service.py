@@ -70,8 +70,12 @@ def register(bus: EventBus, orders: Orders | None = None) -> Orders:
     bus.publishes(OrderPlaced)  # by Orders.place: the saga's first step (AsyncAPI)
     # The stage jumps (no stage 1 or 2 here): apply across the gap, skip what is stale.
     guard = Resequencer("order-status", orders.stages, on_gap="apply")
-    flow = Choreography(bus, group=SERVICE, key=lambda event: event.order_id,
-                        guard=(guard, lambda event: STAGE[type(event)]))
+    flow = Choreography(
+        bus,
+        group=SERVICE,
+        key=lambda event: event.order_id,
+        guard=(guard, lambda event: STAGE[type(event)]),
+    )
 
     @flow.step(InventoryReserved)
     async def complete(event: InventoryReserved, ctx: Context) -> OrderCompleted:

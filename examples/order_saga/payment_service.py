@@ -52,9 +52,11 @@ class PaymentGateway:
         self.attempts[order_id] = self.attempts.get(order_id, 0) + 1
         if order_id in self.flaky and self.attempts[order_id] == 1:
             if self.echo is not None:
-                self.echo(f"[corr {ctx.correlation_id[:8]}] {SERVICE:<18} payment gateway "
-                          f"timed out on attempt {ctx.attempt} for order={order_id}; the "
-                          "retry middleware runs the handler again")
+                self.echo(
+                    f"[corr {ctx.correlation_id[:8]}] {SERVICE:<18} payment gateway "
+                    f"timed out on attempt {ctx.attempt} for order={order_id}; the "
+                    "retry middleware runs the handler again"
+                )
             raise GatewayTimeoutError(f"payment gateway timed out charging order {order_id}")
 
 
@@ -81,8 +83,12 @@ def register(bus: EventBus, ledger: Ledger | None = None) -> Ledger:
             existing = ledger.charges[event.order_id] = Charge(
                 payment_id=f"pay-{uuid.uuid4().hex[:8]}", amount_cents=event.total_cents
             )
-        return PaymentCharged(order_id=event.order_id, payment_id=existing.payment_id,
-                              amount_cents=existing.amount_cents, lines=event.lines)
+        return PaymentCharged(
+            order_id=event.order_id,
+            payment_id=existing.payment_id,
+            amount_cents=existing.amount_cents,
+            lines=event.lines,
+        )
 
     @flow.compensation(InventoryReservationFailed)
     async def refund(event: InventoryReservationFailed, ctx: Context) -> PaymentRefunded | None:
@@ -91,8 +97,12 @@ def register(bus: EventBus, ledger: Ledger | None = None) -> Ledger:
             ctx.logger.warning("no charge for order %s; nothing to refund", event.order_id)
             return None
         charged.refunded = True
-        return PaymentRefunded(order_id=event.order_id, payment_id=charged.payment_id,
-                               amount_cents=charged.amount_cents, reason=event.reason)
+        return PaymentRefunded(
+            order_id=event.order_id,
+            payment_id=charged.payment_id,
+            amount_cents=charged.amount_cents,
+            reason=event.reason,
+        )
 
     return ledger
 

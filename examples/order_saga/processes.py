@@ -33,15 +33,21 @@ from eventbus.patterns.sql import Database
 from examples.order_saga import demo, inventory_service, order_service, payment_service
 
 ROOT = Path(__file__).resolve().parents[2]
-SERVICES = {"order-service": order_service, "payment-service": payment_service,
-            "inventory-service": inventory_service}
+SERVICES = {
+    "order-service": order_service,
+    "payment-service": payment_service,
+    "inventory-service": inventory_service,
+}
 
 
 def groups_of(url: str) -> set[tuple[str, str]]:
     """The (topic, group) pairs the three services subscribe to (built, not started)."""
     os.environ["EVENTBUS_URL"] = url
-    return {(spec.topic, spec.group) for module in SERVICES.values()
-            for spec in module.create_bus().subscriptions}
+    return {
+        (spec.topic, spec.group)
+        for module in SERVICES.values()
+        for spec in module.create_bus().subscriptions
+    }
 
 
 async def wait_joined(url: str, expected: set[tuple[str, str]], timeout: float) -> None:
@@ -50,8 +56,7 @@ async def wait_joined(url: str, expected: set[tuple[str, str]], timeout: float) 
     while True:
         joined: set[tuple[str, str]] = set()
         try:
-            async with await Database.connect(url.partition("?")[0]) as db, \
-                    db.transaction() as tx:
+            async with await Database.connect(url.partition("?")[0]) as db, db.transaction() as tx:
                 rows = await tx.fetch("SELECT topic, name FROM eventbus_groups")
                 joined = {(str(topic), str(name)) for topic, name in rows}
         except Exception:  # the tables are not there yet
@@ -59,21 +64,30 @@ async def wait_joined(url: str, expected: set[tuple[str, str]], timeout: float) 
         if expected <= joined:
             return
         if time.monotonic() > deadline:
-            raise demo.SagaTimeout(f"the services did not subscribe within {timeout:g}s; "
-                                   f"missing: {sorted(expected - joined)}")
+            raise demo.SagaTimeout(
+                f"the services did not subscribe within {timeout:g}s; "
+                f"missing: {sorted(expected - joined)}"
+            )
         await asyncio.sleep(0.1)
 
 
 def start(url: str, logs: Path) -> dict[str, subprocess.Popen[bytes]]:
     """Each service's log goes to ``logs/<service>.log`` (shown if something fails)."""
-    env = {**os.environ, "EVENTBUS_URL": url,
-           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    env = {
+        **os.environ,
+        "EVENTBUS_URL": url,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
     processes = {}
     for name, module in SERVICES.items():
         with open(logs / f"{name}.log", "wb") as log:
             processes[name] = subprocess.Popen(
                 [sys.executable, "-m", "eventbus", "run", f"{module.__name__}:create_bus"],
-                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+                cwd=ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
     return processes
 
 
@@ -126,16 +140,22 @@ def run(url: str, timeout: float) -> int:
             return 1
     print()
     for flow in saga.flows:
-        print(f"order {flow.request.order_id}: {flow.outcome} as expected "
-              f"({len(flow.events)} events across three processes, corr "
-              f"{flow.correlation_id[:8]})")
+        print(
+            f"order {flow.request.order_id}: {flow.outcome} as expected "
+            f"({len(flow.events)} events across three processes, corr "
+            f"{flow.correlation_id[:8]})"
+        )
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--url", default="", help="sqlite:///file.db (default: a fresh "
-                        "temporary one) or any broker URL every process reaches")
+    parser.add_argument(
+        "--url",
+        default="",
+        help="sqlite:///file.db (default: a fresh "
+        "temporary one) or any broker URL every process reaches",
+    )
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds per saga")
     args = parser.parse_args(argv)
     if args.url:

@@ -56,35 +56,48 @@ class LogWatch(logging.Handler):
 
 def _about(event_id: str, group: str, text: str) -> Predicate:
     def matches(record: logging.LogRecord) -> bool:
-        return (getattr(record, "event_id", None) == event_id
-                and getattr(record, "group", None) == group and text in record.getMessage())
+        return (
+            getattr(record, "event_id", None) == event_id
+            and getattr(record, "group", None) == group
+            and text in record.getMessage()
+        )
+
     return matches
 
 
-async def duplicate_skipped(watch: LogWatch, bus: EventBus, placed: Envelope, echo: Echo,
-                            timeout: float) -> None:
+async def duplicate_skipped(
+    watch: LogWatch, bus: EventBus, placed: Envelope, echo: Echo, timeout: float
+) -> None:
     """Deliver ``placed`` (an OrderPlaced already handled) again: idempotency skips it."""
     skipped = watch.expect(_about(placed.id, payment_service.SERVICE, "duplicate"))
     await bus.publish_envelopes(OrderPlaced.default_topic(), [placed])
     await asyncio.wait_for(skipped, timeout)
-    echo(f"[corr {(placed.correlationid or '?')[:8]}] {payment_service.SERVICE:<18} "
-         f"duplicate delivery of OrderPlaced (id {placed.id[:8]}) skipped by idempotency: "
-         "the customer is not charged twice")
+    echo(
+        f"[corr {(placed.correlationid or '?')[:8]}] {payment_service.SERVICE:<18} "
+        f"duplicate delivery of OrderPlaced (id {placed.id[:8]}) skipped by idempotency: "
+        "the customer is not charged twice"
+    )
 
 
-async def poison_dead_lettered(watch: LogWatch, bus: EventBus, echo: Echo,
-                               timeout: float) -> None:
+async def poison_dead_lettered(watch: LogWatch, bus: EventBus, echo: Echo, timeout: float) -> None:
     """Publish an OrderPlaced whose data is incomplete: it is dead-lettered at once."""
-    poison = Envelope.create(type=OrderPlaced.event_type(), source="saga-demo",
-                             data=json.dumps({"order_id": "ord-poison"}).encode())
+    poison = Envelope.create(
+        type=OrderPlaced.event_type(),
+        source="saga-demo",
+        data=json.dumps({"order_id": "ord-poison"}).encode(),
+    )
     group = payment_service.SERVICE
     dead = watch.expect(_about(poison.id, group, "dead-lettered"))
     await bus.publish_envelopes(OrderPlaced.default_topic(), [poison])
     await asyncio.wait_for(dead, timeout)
     letters = await DeadLetters(bus.adapter).list(OrderPlaced.default_topic(), group)
     (letter,) = [letter for letter in letters if letter.envelope.id == poison.id]
-    echo(f"[corr {(poison.correlationid or poison.id)[:8]}] {group:<18} poison OrderPlaced "
-         f"(id {poison.id[:8]}) dead-lettered after {letter.attempts} attempt: "
-         f"{letter.exception.rsplit('.', 1)[-1]}: {letter.reason.rsplit(': ', 1)[-1][:70]}")
-    echo(f"{'':16}dead-letter queue {OrderPlaced.default_topic()}.{group}.dlq now holds it "
-         f"(on a real broker: eventbus dlq list {OrderPlaced.default_topic()} {group})")
+    echo(
+        f"[corr {(poison.correlationid or poison.id)[:8]}] {group:<18} poison OrderPlaced "
+        f"(id {poison.id[:8]}) dead-lettered after {letter.attempts} attempt: "
+        f"{letter.exception.rsplit('.', 1)[-1]}: {letter.reason.rsplit(': ', 1)[-1][:70]}"
+    )
+    echo(
+        f"{'':16}dead-letter queue {OrderPlaced.default_topic()}.{group}.dlq now holds it "
+        f"(on a real broker: eventbus dlq list {OrderPlaced.default_topic()} {group})"
+    )

@@ -52,6 +52,5 @@ async def test_a_bad_amount_is_dead_lettered() -> None:
 
 @pytest.mark.asyncio
 async def test_the_handler_alone() -> None:
-    published = await call_handler(charge, OrderPlaced(order_id="o-5", amount_cents=100),
-                                   attempt=2)
+    published = await call_handler(charge, OrderPlaced(order_id="o-5", amount_cents=100), attempt=2)
     assert published == [PaymentCharged(order_id="o-5", amount_cents=100)]

@@ -78,10 +78,16 @@ def make_bus() -> EventBus:
         # A short lease: a claim left by a killed process blocks its event only this long.
         options["idempotency"] = Idempotency(store, lease=float(env.get("CHAOS_LEASE", "5")))
     # in_process_attempts=1: every retry goes back through the broker, as after a crash.
-    retry = RetryPolicy(max_attempts=MAX_ATTEMPTS, in_process_attempts=1,
-                        initial_delay=0.05, jitter=0.0)
-    bus = EventBus.from_env(source="chaos", retry=retry, warn_after=None,
-                            shutdown_timeout=float(env.get("CHAOS_SHUTDOWN", "10")), **options)
+    retry = RetryPolicy(
+        max_attempts=MAX_ATTEMPTS, in_process_attempts=1, initial_delay=0.05, jitter=0.0
+    )
+    bus = EventBus.from_env(
+        source="chaos",
+        retry=retry,
+        warn_after=None,
+        shutdown_timeout=float(env.get("CHAOS_SHUTDOWN", "10")),
+        **options,
+    )
 
     start = cast("Literal['earliest', 'latest']", env.get("CHAOS_START", "earliest"))
 
@@ -105,8 +111,7 @@ def make_bus() -> EventBus:
     return bus
 
 
-def _soak(bus: EventBus, topic: str, group: str, start: str, log: str,
-          expect: int) -> EventBus:
+def _soak(bus: EventBus, topic: str, group: str, start: str, log: str, expect: int) -> EventBus:
     seen = bytearray(expect)
     counts = [0, 0]  # distinct, runs
 
@@ -118,8 +123,9 @@ def _soak(bus: EventBus, topic: str, group: str, start: str, log: str,
         finally:
             os.close(fd)
 
-    @bus.subscribe(on_topic(topic), group=group,
-                   start_from=cast("Literal['earliest', 'latest']", start))
+    @bus.subscribe(
+        on_topic(topic), group=group, start_from=cast("Literal['earliest', 'latest']", start)
+    )
     async def handle(event: ChaosEvent) -> None:
         counts[1] += 1
         if not seen[event.seq]:

@@ -35,11 +35,17 @@ class ConsumerStartError(AssertionError):
 class Consumer:
     """One ``eventbus run`` process of the chaos app, its stderr kept in ``log_path``."""
 
-    def __init__(self, url: str, topic: str, group: str, journal: Path, workdir: Path,
-                 **options: str) -> None:
-        self.env = {**os.environ, "EVENTBUS_URL": url, "CHAOS_TOPIC": topic,
-                    "CHAOS_GROUP": group, "CHAOS_LOG": str(journal),
-                    **{f"CHAOS_{name.upper()}": value for name, value in options.items()}}
+    def __init__(
+        self, url: str, topic: str, group: str, journal: Path, workdir: Path, **options: str
+    ) -> None:
+        self.env = {
+            **os.environ,
+            "EVENTBUS_URL": url,
+            "CHAOS_TOPIC": topic,
+            "CHAOS_GROUP": group,
+            "CHAOS_LOG": str(journal),
+            **{f"CHAOS_{name.upper()}": value for name, value in options.items()},
+        }
         self.workdir = workdir
         self.process: asyncio.subprocess.Process | None = None
         self.log_path: Path = workdir / "consumer-0.log"
@@ -60,9 +66,17 @@ class Consumer:
         self.log_path = self.workdir / f"consumer-{id(self)}-{self.runs}.log"
         with self.log_path.open("wb") as log:
             self.process = await asyncio.create_subprocess_exec(
-                eventbus_binary(), "run", "integration_tests.chaos.app:bus",
-                "--log-level", "info", env=self.env, stdin=asyncio.subprocess.DEVNULL,
-                stdout=log, stderr=log, cwd=ROOT)
+                eventbus_binary(),
+                "run",
+                "integration_tests.chaos.app:bus",
+                "--log-level",
+                "info",
+                env=self.env,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                cwd=ROOT,
+            )
         if wait_ready:
             await self.ready()
 
@@ -78,7 +92,8 @@ class Consumer:
         raise ConsumerStartError(
             f"consumer (pid {self.pid}) did not subscribe within {timeout:.0f}s "
             f"(exit {self.process.returncode if self.process else '?'}); its log:\n"
-            f"{self.log_tail()}")
+            f"{self.log_tail()}"
+        )
 
     def log_tail(self, size: int = 3000) -> str:
         with contextlib.suppress(OSError):
@@ -147,8 +162,9 @@ class Journal:
     def starts(self) -> Counter[int]:
         return Counter(line.seq for line in self.lines() if line.mark == "S")
 
-    async def wait_handled(self, expected: set[int], timeout: float,
-                           progress: float | None = None) -> float:
+    async def wait_handled(
+        self, expected: set[int], timeout: float, progress: float | None = None
+    ) -> float:
         """Wait until every event of ``expected`` ran to its end; returns the time taken.
 
         ``progress``: fail early when nothing new ended for that many seconds (a stall).
@@ -168,5 +184,6 @@ class Journal:
                 why = f"no progress for {progress:.0f}s" if stalled else f"{timeout:.0f}s"
                 raise AssertionError(
                     f"{len(missing)} of {len(expected)} events never handled ({why}); "
-                    f"first missing: {sorted(missing)[:10]}")
+                    f"first missing: {sorted(missing)[:10]}"
+                )
             await asyncio.sleep(0.1)

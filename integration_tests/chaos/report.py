@@ -61,9 +61,12 @@ class Report:
         directory = reports_dir()
         directory.mkdir(parents=True, exist_ok=True)
         path = directory / f"{profile}.jsonl"
-        header = {"profile": profile, "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-                  "machine": f"{platform.system()} {platform.machine()}, "
-                             f"{os.cpu_count()} cores", "python": platform.python_version()}
+        header = {
+            "profile": profile,
+            "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+            "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores",
+            "python": platform.python_version(),
+        }
         path.write_text(json.dumps({"header": header}) + "\n")
         yield cls(path, profile)
 

@@ -24,22 +24,20 @@ def unique(kind: str) -> str:
     return f"chaos-{kind}-{uuid4().hex[:10]}"
 
 
-async def publish(bus: EventBus, topic: str, seqs: Iterable[int],
-                  keys: int = 0) -> set[int]:
+async def publish(bus: EventBus, topic: str, seqs: Iterable[int], keys: int = 0) -> set[int]:
     """Publish ``seqs`` (keyed ``k<seq % keys>`` when ``keys``); the confirmed ones."""
     event_cls = on_topic(topic)
     confirmed: set[int] = set()
     batch = list(seqs)
     for start in range(0, len(batch), CHUNK):
-        part = batch[start:start + CHUNK]
+        part = batch[start : start + CHUNK]
         if keys:
             # One publish per key keeps a key's events in order on every broker.
             by_key: dict[str, list[int]] = {}
             for seq in part:
                 by_key.setdefault(f"k{seq % keys}", []).append(seq)
             for key, seqs_of_key in by_key.items():
-                await bus.publish_many([event_cls(seq=s, key=key) for s in seqs_of_key],
-                                       key=key)
+                await bus.publish_many([event_cls(seq=s, key=key) for s in seqs_of_key], key=key)
         else:
             await bus.publish_many([event_cls(seq=s) for s in part])
         confirmed.update(part)
@@ -49,8 +47,15 @@ async def publish(bus: EventBus, topic: str, seqs: Iterable[int],
 class Fleet:
     """Consumer processes of one (topic, group) writing one journal."""
 
-    def __init__(self, target: ChaosTarget, workdir: Path, *, topic: str | None = None,
-                 group: str | None = None, **options: str) -> None:
+    def __init__(
+        self,
+        target: ChaosTarget,
+        workdir: Path,
+        *,
+        topic: str | None = None,
+        group: str | None = None,
+        **options: str,
+    ) -> None:
         url = target.url
         options = {"start": target.start_from, **options}
         self.url = url
@@ -63,8 +68,14 @@ class Fleet:
         self.rng = random.Random(int.from_bytes(os.urandom(4), "big"))
 
     async def spawn(self, wait_ready: bool = True, **options: str) -> Consumer:
-        consumer = Consumer(self.url, self.topic, self.group, self.journal.path, self.workdir,
-                            **{**self.options, **options})
+        consumer = Consumer(
+            self.url,
+            self.topic,
+            self.group,
+            self.journal.path,
+            self.workdir,
+            **{**self.options, **options},
+        )
         self.consumers.append(consumer)
         await consumer.start(wait_ready)
         return consumer
@@ -73,8 +84,9 @@ class Fleet:
         await asyncio.gather(*(c.close() for c in self.consumers))
 
     def logs(self) -> str:
-        return "\n".join(f"--- consumer {i} ---\n{c.log_tail(1500)}"
-                         for i, c in enumerate(self.consumers))
+        return "\n".join(
+            f"--- consumer {i} ---\n{c.log_tail(1500)}" for i, c in enumerate(self.consumers)
+        )
 
 
 @contextlib.asynccontextmanager
@@ -118,8 +130,14 @@ class Trickle:
     remembers when each publish was confirmed (a failed or timed-out publish is not
     confirmed, and not counted: the scenario promises nothing for it)."""
 
-    def __init__(self, bus: EventBus, topic: str, first: int, every: float = 0.02,
-                 publish_timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        bus: EventBus,
+        topic: str,
+        first: int,
+        every: float = 0.02,
+        publish_timeout: float = 10.0,
+    ) -> None:
         self.bus = bus
         self.event_cls = on_topic(topic)
         self.next = first
@@ -145,8 +163,9 @@ class Trickle:
         while not self._stop.is_set():
             seq, self.next = self.next, self.next + 1
             try:
-                await asyncio.wait_for(self.bus.publish(self.event_cls(seq=seq)),
-                                       self.publish_timeout)
+                await asyncio.wait_for(
+                    self.bus.publish(self.event_cls(seq=seq)), self.publish_timeout
+                )
             except Exception:  # refused, timed out, connection lost: not confirmed
                 self.failed += 1
             else:
@@ -155,14 +174,18 @@ class Trickle:
                 await asyncio.wait_for(self._stop.wait(), self.every)
 
 
-async def first_end_after(journal: Journal, seqs: set[int] | None, moment: float,
-                          timeout: float) -> float:
+async def first_end_after(
+    journal: Journal, seqs: set[int] | None, moment: float, timeout: float
+) -> float:
     """Seconds from ``moment`` to the first handler end after it (of one of ``seqs`` if
     given): how long the consumer took to make progress again."""
     deadline = time.monotonic() + timeout
     while True:
-        ends = [line.at for line in journal.lines() if line.mark == "E" and line.at >= moment
-                and (seqs is None or line.seq in seqs)]
+        ends = [
+            line.at
+            for line in journal.lines()
+            if line.mark == "E" and line.at >= moment and (seqs is None or line.seq in seqs)
+        ]
         if ends:
             return round(min(ends) - moment, 2)
         assert time.monotonic() < deadline, f"no progress within {timeout:.0f}s of the fault"

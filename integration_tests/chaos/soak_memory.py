@@ -41,8 +41,17 @@ async def soak(events: int, every: float) -> None:
     async def report() -> None:
         while True:
             rss, fds = sample(os.getpid())
-            print(json.dumps({"t": round(time.monotonic() - started, 2), "handled": handled[0],
-                              "rss_mib": round(rss, 1), "fds": fds}), flush=True)
+            print(
+                json.dumps(
+                    {
+                        "t": round(time.monotonic() - started, 2),
+                        "handled": handled[0],
+                        "rss_mib": round(rss, 1),
+                        "fds": fds,
+                    }
+                ),
+                flush=True,
+            )
             await asyncio.sleep(every)
 
     async with bus:
@@ -58,8 +67,16 @@ async def soak(events: int, every: float) -> None:
             await bus.publish_many([event_cls(seq=s) for s in range(start, end)])
         await asyncio.wait_for(done.wait(), 600)
         reporter.cancel()
-    print(json.dumps({"total": handled[0], "runs": handled[1],
-                      "seconds": round(time.monotonic() - started, 1)}), flush=True)
+    print(
+        json.dumps(
+            {
+                "total": handled[0],
+                "runs": handled[1],
+                "seconds": round(time.monotonic() - started, 1),
+            }
+        ),
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

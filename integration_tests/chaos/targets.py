@@ -93,5 +93,4 @@ def chaos_target(name: str) -> ChaosTarget:
     lease = base.short_lease
     url = lease.url if lease is not None else base.url
     bound = lease.seconds if lease is not None else NO_LEASE_BOUND
-    return ChaosTarget(name=name, url=url, lease=bound, base=base,
-                       scale=SCALE.get(name, 1.0))
+    return ChaosTarget(name=name, url=url, lease=bound, base=base, scale=SCALE.get(name, 1.0))

@@ -23,10 +23,10 @@ from integration_tests.chaos.targets import ChaosTarget
 # A broker the scenario cannot restart on its data, and why (docs/reliability.md).
 NOT_RESTARTABLE = {
     "sqs": "moto_server keeps queues and messages in memory only, so a restart forgets "
-           "them (SQS stores messages durably; the conformance restart case is a declared "
-           "moto limit too)",
+    "them (SQS stores messages durably; the conformance restart case is a declared "
+    "moto limit too)",
     "sqlite": "SQLite has no server process to restart: the log is the file, and a commit "
-              "is on disk when it returns (the crash scenarios kill its only processes)",
+    "is on disk when it returns (the crash scenarios kill its only processes)",
 }
 
 
@@ -35,12 +35,14 @@ def applies(name: str, long: bool) -> bool:
 
 
 @pytest.mark.timeout(900)
-def test_broker_restart_mid_stream(target: ChaosTarget, long: bool, report: Report,
-                                   workdir: Path) -> None:
+def test_broker_restart_mid_stream(
+    target: ChaosTarget, long: bool, report: Report, workdir: Path
+) -> None:
     restart = target.base.restart
     assert restart is not None, (
         f"{target.name}: the harness could not start a private broker to restart "
-        "(the shared one is never restarted)")
+        "(the shared one is never restarted)"
+    )
     count = target.count(300)
     restarts = 3 if long else 1
 
@@ -86,15 +88,25 @@ def test_broker_restart_mid_stream(target: ChaosTarget, long: bool, report: Repo
                 raise AssertionError(f"{exc}\n{crew.logs()}") from exc
             ends = journal.ends()
             return Result(
-                scenario="broker-restart", broker=target.name, events=len(confirmed),
-                faults="broker stopped and started on its data", fault_count=restarts,
-                lost=len(confirmed - ends.keys()), duplicates=duplicates(ends, confirmed),
-                recovery_s=recovery, seconds=round(time.monotonic() - started, 1),
+                scenario="broker-restart",
+                broker=target.name,
+                events=len(confirmed),
+                faults="broker stopped and started on its data",
+                fault_count=restarts,
+                lost=len(confirmed - ends.keys()),
+                duplicates=duplicates(ends, confirmed),
+                recovery_s=recovery,
+                seconds=round(time.monotonic() - started, 1),
                 extra={"restart_s": downtime, "publishes_not_confirmed": trickle.failed},
                 notes="recovery_s: broker back to the first event published after it "
-                      "handled" + ("; PostgreSQL's hook ends every session and refuses "
-                                   "connections (the server is shared)"
-                                   if target.name == "postgres" else ""))
+                "handled"
+                + (
+                    "; PostgreSQL's hook ends every session and refuses "
+                    "connections (the server is shared)"
+                    if target.name == "postgres"
+                    else ""
+                ),
+            )
 
     result = asyncio.run(scenario())
     report.add(result)

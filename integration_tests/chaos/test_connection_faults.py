@@ -27,8 +27,9 @@ PAUSE_S = 1.0  # events flowing between two faults
 
 
 @pytest.mark.timeout(1200)
-def test_cuts_and_freezes_under_load(target: ChaosTarget, long: bool, report: Report,
-                                     workdir: Path) -> None:
+def test_cuts_and_freezes_under_load(
+    target: ChaosTarget, long: bool, report: Report, workdir: Path
+) -> None:
     faults = target.base.faults
     assert faults is not None, f"{target.name} has no fault injector"
     cycles = 10 if long else 1
@@ -45,13 +46,11 @@ def test_cuts_and_freezes_under_load(target: ChaosTarget, long: bool, report: Re
                 recovery: list[float] = []
                 for _ in range(cycles):
                     await _cut(faults)
-                    recovery.append(await first_end_after(journal, None, time.monotonic(),
-                                                          180.0))
+                    recovery.append(await first_end_after(journal, None, time.monotonic(), 180.0))
                     await asyncio.sleep(PAUSE_S)
                     await faults.freeze(FREEZE_S)
                     await asyncio.sleep(FREEZE_S)
-                    recovery.append(await first_end_after(journal, None, time.monotonic(),
-                                                          180.0))
+                    recovery.append(await first_end_after(journal, None, time.monotonic(), 180.0))
                     await asyncio.sleep(PAUSE_S)
                 await trickle.stop()
             confirmed = set(trickle.confirmed)
@@ -61,15 +60,19 @@ def test_cuts_and_freezes_under_load(target: ChaosTarget, long: bool, report: Re
                 raise AssertionError(f"{exc}\n{crew.logs()}") from exc
             ends = journal.ends()
             return Result(
-                scenario="cuts-and-freezes", broker=target.name, events=len(confirmed),
+                scenario="cuts-and-freezes",
+                broker=target.name,
+                events=len(confirmed),
                 faults=f"connections cut, then frozen {FREEZE_S:g}s, alternately"
-                       + (" (SQLite: write lock held 1s, then frozen)"
-                          if target.name == "sqlite" else ""),
-                fault_count=2 * cycles, lost=len(confirmed - ends.keys()),
-                duplicates=duplicates(ends, confirmed), recovery_s=recovery,
+                + (" (SQLite: write lock held 1s, then frozen)" if target.name == "sqlite" else ""),
+                fault_count=2 * cycles,
+                lost=len(confirmed - ends.keys()),
+                duplicates=duplicates(ends, confirmed),
+                recovery_s=recovery,
                 seconds=round(time.monotonic() - started, 1),
                 extra={"publishes_not_confirmed": trickle.failed},
-                notes="recovery_s: each fault's end to the next event handled")
+                notes="recovery_s: each fault's end to the next event handled",
+            )
 
     result = asyncio.run(scenario())
     report.add(result)

@@ -40,8 +40,9 @@ def kills_for(target: ChaosTarget, long: bool) -> int:
 
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize("idempotent", [False, True], ids=["plain", "idempotent"])
-def test_crash_restart(target: ChaosTarget, idempotent: bool, long: bool, report: Report,
-                       workdir: Path) -> None:
+def test_crash_restart(
+    target: ChaosTarget, idempotent: bool, long: bool, report: Report, workdir: Path
+) -> None:
     count = target.count(300)
     # With idempotency the figure is the window per kill: one kill says it in the short
     # profile (and keeps it within its time budget).
@@ -59,11 +60,13 @@ def test_crash_restart(target: ChaosTarget, idempotent: bool, long: bool, report
         # idempotency middleware declares (docs/reliability.md).
         assert result.duplicates <= kills, (
             f"{result.duplicates} effects repeated over {kills} kill(s) with the "
-            "idempotency middleware on Redis")
+            "idempotency middleware on Redis"
+        )
 
 
-async def crash_restart(target: ChaosTarget, workdir: Path, name: str, count: int,
-                        kills: int, options: dict[str, str]) -> Result:
+async def crash_restart(
+    target: ChaosTarget, workdir: Path, name: str, count: int, kills: int, options: dict[str, str]
+) -> Result:
     """Publish ``count`` events, SIGKILL the consumer ``kills`` times at random points of
     the stream (restarting it each time), wait until every event was handled."""
     async with fleet(target, workdir, **options) as crew:
@@ -92,15 +95,26 @@ async def crash_restart(target: ChaosTarget, workdir: Path, name: str, count: in
         dup = duplicates(ends, confirmed)
         idempotent = "idempotency" in options
         return Result(
-            scenario=name, broker=target.name, events=count,
-            faults="SIGKILL of the consumer process", fault_count=kills,
-            lost=len(confirmed - ends.keys()), duplicates=dup,
-            recovery_s=recovery, seconds=round(time.monotonic() - started, 1),
-            extra={"duplicates_per_kill": round(dup / kills, 1),
-                   "runs_started": sum(journal.starts().values())},
-            notes=("effects (handler ends) with the idempotency middleware on Redis"
-                   if idempotent else "handler runs to the end") +
-                  "; recovery_s: kill to the restarted process's first event handled")
+            scenario=name,
+            broker=target.name,
+            events=count,
+            faults="SIGKILL of the consumer process",
+            fault_count=kills,
+            lost=len(confirmed - ends.keys()),
+            duplicates=dup,
+            recovery_s=recovery,
+            seconds=round(time.monotonic() - started, 1),
+            extra={
+                "duplicates_per_kill": round(dup / kills, 1),
+                "runs_started": sum(journal.starts().values()),
+            },
+            notes=(
+                "effects (handler ends) with the idempotency middleware on Redis"
+                if idempotent
+                else "handler runs to the end"
+            )
+            + "; recovery_s: kill to the restarted process's first event handled",
+        )
 
 
 async def _handled_at_least(ends: object, goal: int, timeout: float) -> None:

@@ -25,8 +25,10 @@ from integration_tests.chaos.test_crash_restart import crash_restart
 
 # Per broker: (label, URL options, at most this share of the events re-run or None).
 CADENCES: dict[str, list[tuple[str, str, float | None]]] = {
-    "kafka": [("defaults", "", None),
-              ("max_uncommitted=40", "commit_every=20&max_uncommitted=40", 0.05)],
+    "kafka": [
+        ("defaults", "", None),
+        ("max_uncommitted=40", "commit_every=20&max_uncommitted=40", 0.05),
+    ]
 }
 
 
@@ -35,8 +37,9 @@ def applies(name: str, long: bool) -> bool:
 
 
 @pytest.mark.timeout(900)
-def test_duplicate_rate_after_a_crash(target: ChaosTarget, long: bool, report: Report,
-                                      workdir: Path) -> None:
+def test_duplicate_rate_after_a_crash(
+    target: ChaosTarget, long: bool, report: Report, workdir: Path
+) -> None:
     # The same count on every broker (the figure is per kill), but a quarter on moto.
     count = (3000 if long else 1000) // (4 if target.name == "sqs" else 1)
     kills = 3 if long else 1
@@ -44,12 +47,15 @@ def test_duplicate_rate_after_a_crash(target: ChaosTarget, long: bool, report: R
     for label, options, bound in CADENCES.get(target.name, [("defaults", "", None)]):
         chosen = target.with_options(options) if options else target
         (workdir / label).mkdir()
-        result = asyncio.run(crash_restart(chosen, workdir / label, "duplicate-rate", count,
-                                           kills, {"delay": "0"}))
+        result = asyncio.run(
+            crash_restart(chosen, workdir / label, "duplicate-rate", count, kills, {"delay": "0"})
+        )
         result.extra["cadence"] = label
         report.add(result)
         assert result.lost == 0
         if bound is not None and result.duplicates > bound * count:
-            failures.append(f"{label}: {result.duplicates} of {count} events re-run after "
-                            f"{kills} kill(s), over {bound:.0%}")
+            failures.append(
+                f"{label}: {result.duplicates} of {count} events re-run after "
+                f"{kills} kill(s), over {bound:.0%}"
+            )
     assert not failures, failures

@@ -26,14 +26,18 @@ SIGNAL_GRACE = 0.02  # seconds from kill(2) to the process's loop running its ha
 
 
 @pytest.mark.timeout(600)
-def test_sigterm_during_a_burst(target: ChaosTarget, long: bool, report: Report,
-                                workdir: Path) -> None:
+def test_sigterm_during_a_burst(
+    target: ChaosTarget, long: bool, report: Report, workdir: Path
+) -> None:
     count = target.count(400)
     signals = 3 if long else 1
 
     async def scenario() -> Result:
-        options = {"delay": f"{HANDLER_S:g}", "concurrency": str(CONCURRENCY),
-                   "shutdown": f"{SHUTDOWN_TIMEOUT:g}"}
+        options = {
+            "delay": f"{HANDLER_S:g}",
+            "concurrency": str(CONCURRENCY),
+            "shutdown": f"{SHUTDOWN_TIMEOUT:g}",
+        }
         async with fleet(target, workdir, **options) as crew:
             # Subscribed before the burst: RabbitMQ refuses what no group would store.
             consumer = await crew.spawn()
@@ -61,25 +65,35 @@ def test_sigterm_during_a_burst(target: ChaosTarget, long: bool, report: Report,
                 exits.append(round(time.monotonic() - signalled, 2))
                 assert code == 0, f"exit {code} after SIGTERM (round {round_})\n{crew.logs()}"
                 mine = [line for line in journal.lines() if line.pid == consumer.pid]
-                late += [line.seq for line in mine
-                         if line.mark == "S" and line.at > signalled + SIGNAL_GRACE]
+                late += [
+                    line.seq
+                    for line in mine
+                    if line.mark == "S" and line.at > signalled + SIGNAL_GRACE
+                ]
                 ended = {line.seq for line in mine if line.mark == "E"}
                 cut += [line.seq for line in mine if line.mark == "S" and line.seq not in ended]
             await crew.spawn()
             await journal.wait_handled(confirmed, timeout=300.0, progress=90.0)
             ends = journal.ends()
             return Result(
-                scenario="graceful-shutdown", broker=target.name, events=count,
-                faults="SIGTERM during a burst (concurrency 4)", fault_count=signals,
-                lost=len(confirmed - ends.keys()), duplicates=duplicates(ends, confirmed),
-                recovery_s=exits, seconds=round(time.monotonic() - started, 1),
+                scenario="graceful-shutdown",
+                broker=target.name,
+                events=count,
+                faults="SIGTERM during a burst (concurrency 4)",
+                fault_count=signals,
+                lost=len(confirmed - ends.keys()),
+                duplicates=duplicates(ends, confirmed),
+                recovery_s=exits,
+                seconds=round(time.monotonic() - started, 1),
                 extra={"started_after_signal": len(late), "cut_off": len(cut)},
-                notes="recovery_s: seconds from SIGTERM to exit 0")
+                notes="recovery_s: seconds from SIGTERM to exit 0",
+            )
 
     result = asyncio.run(scenario())
     report.add(result)
     assert result.extra["started_after_signal"] == 0, (
-        f"{result.extra['started_after_signal']} handler run(s) started after SIGTERM")
+        f"{result.extra['started_after_signal']} handler run(s) started after SIGTERM"
+    )
     assert result.extra["cut_off"] == 0, f"{result.extra['cut_off']} handler run(s) cut off"
     assert max(result.recovery_s) <= SHUTDOWN_TIMEOUT + 5.0
     assert result.lost == 0

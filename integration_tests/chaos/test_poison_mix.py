@@ -79,8 +79,9 @@ def test_poison_mix(target: ChaosTarget, long: bool, report: Report, workdir: Pa
             copies = [0]
             listener = EventBus.from_url(target.url, dead_letter=False)
 
-            @listener.subscribe(dlq_topic(crew.topic, crew.group), group=unique("dlq"),
-                                start_from=target.start_from)  # type: ignore[arg-type]
+            @listener.subscribe(
+                dlq_topic(crew.topic, crew.group), group=unique("dlq"), start_from=target.start_from
+            )  # type: ignore[arg-type]
             async def keep(envelope: Envelope) -> None:
                 copies[0] += 1
                 name = envelope.data.hex() if envelope.type == UNDECODABLE_TYPE else envelope.id
@@ -93,8 +94,9 @@ def test_poison_mix(target: ChaosTarget, long: bool, report: Report, workdir: Pa
             async with listener, EventBus.from_url(target.url) as publisher:
                 event_cls = on_topic(crew.topic)
 
-                class Invalid(Event, type=ChaosEvent.event_type(), topic=crew.topic,
-                              register=False):
+                class Invalid(
+                    Event, type=ChaosEvent.event_type(), topic=crew.topic, register=False
+                ):
                     seq: str  # not an int: the consumer's validation refuses it
 
                 batch: list[Event] = []
@@ -122,19 +124,29 @@ def test_poison_mix(target: ChaosTarget, long: bool, report: Report, workdir: Pa
             ends = crew.journal.ends()
             found, collateral = _classify(letters.values())
             return Result(
-                scenario="poison-mix", broker=target.name, events=count,
+                scenario="poison-mix",
+                broker=target.name,
+                events=count,
                 faults="1% undecodable, 1% invalid, 1% always failing, 0.1% killing",
-                fault_count=len(kinds), lost=len(good - ends.keys() - collateral),
-                duplicates=duplicates(ends, good), recovery_s=[],
+                fault_count=len(kinds),
+                lost=len(good - ends.keys() - collateral),
+                duplicates=duplicates(ends, good),
+                recovery_s=[],
                 seconds=round(time.monotonic() - started, 1),
-                extra={"sent": {k: sum(1 for v in kinds.values() if v == k)
-                                for k in ("raw", "invalid", "fail", "kill")}
-                       | {"raw": raw_sent},
-                       "dead_lettered": found, "process_restarts": restarts,
-                       "good_dead_lettered": len(collateral),
-                       "dead_letter_copies": copies[0] - len(letters)},
+                extra={
+                    "sent": {
+                        k: sum(1 for v in kinds.values() if v == k)
+                        for k in ("raw", "invalid", "fail", "kill")
+                    }
+                    | {"raw": raw_sent},
+                    "dead_lettered": found,
+                    "process_restarts": restarts,
+                    "good_dead_lettered": len(collateral),
+                    "dead_letter_copies": copies[0] - len(letters),
+                },
                 notes="good_dead_lettered: good events fetched by the processes the killing "
-                      "event ended, dead-lettered with it (RunsExhaustedError)")
+                "event ended, dead-lettered with it (RunsExhaustedError)",
+            )
 
     result = asyncio.run(scenario())
     report.add(result)
@@ -142,11 +154,18 @@ def test_poison_mix(target: ChaosTarget, long: bool, report: Report, workdir: Pa
     if target.name not in ACKS_LAG:
         assert result.extra["good_dead_lettered"] <= PREFETCH * result.extra["sent"]["kill"]
     assert result.extra["dead_lettered"] == result.extra["sent"], (
-        f"sent {result.extra['sent']}, dead-lettered {result.extra['dead_lettered']}")
+        f"sent {result.extra['sent']}, dead-lettered {result.extra['dead_lettered']}"
+    )
 
 
-async def _until_settled(ends: object, letters: dict[str, Envelope], good: set[int],
-                         expected: int, timeout: float = 600.0, progress: float = 120.0) -> None:
+async def _until_settled(
+    ends: object,
+    letters: dict[str, Envelope],
+    good: set[int],
+    expected: int,
+    timeout: float = 600.0,
+    progress: float = 120.0,
+) -> None:
     """Wait until every good event is handled or dead-lettered and ``expected`` poison
     letters arrived; fail on a stall (nothing new for ``progress`` seconds)."""
     start = last = time.monotonic()
@@ -163,7 +182,8 @@ async def _until_settled(ends: object, letters: dict[str, Envelope], good: set[i
         missing = sorted(good - handled.keys() - collateral)
         assert now - last < progress and now - start < timeout, (
             f"stalled: {len(missing)} good events neither handled nor dead-lettered "
-            f"(first {missing[:10]}); {poison} of {expected} poison letters")
+            f"(first {missing[:10]}); {poison} of {expected} poison letters"
+        )
         await asyncio.sleep(0.2)
 
 

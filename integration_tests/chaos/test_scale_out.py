@@ -32,8 +32,9 @@ SLACK = 10.0  # seconds on top of the lease: a rebalance, a restart of polling, 
 
 
 @pytest.mark.timeout(900)
-def test_scale_out_and_kill_one(target: ChaosTarget, long: bool, report: Report,
-                                workdir: Path) -> None:
+def test_scale_out_and_kill_one(
+    target: ChaosTarget, long: bool, report: Report, workdir: Path
+) -> None:
     count = target.count(600)
 
     async def scenario() -> Result:
@@ -47,8 +48,10 @@ def test_scale_out_and_kill_one(target: ChaosTarget, long: bool, report: Report,
                 assert time.monotonic() - started < 300, f"stream not handled\n{crew.logs()}"
                 await asyncio.sleep(0.02)
             pids = {m.pid for m in members}
-            shares = {pid: sum(1 for line in journal.lines()
-                               if line.pid == pid and line.mark == "E") for pid in pids}
+            shares = {
+                pid: sum(1 for line in journal.lines() if line.pid == pid and line.mark == "E")
+                for pid in pids
+            }
             victim = max(members, key=lambda m: shares[m.pid])
             await victim.kill()
             await victim.wait(10.0)
@@ -61,29 +64,43 @@ def test_scale_out_and_kill_one(target: ChaosTarget, long: bool, report: Report,
             lines = journal.lines()
             takeover = 0.0
             for seq in orphans:
-                by_others = [line.at for line in lines
-                             if line.seq == seq and line.mark == "E" and line.pid != victim.pid]
+                by_others = [
+                    line.at
+                    for line in lines
+                    if line.seq == seq and line.mark == "E" and line.pid != victim.pid
+                ]
                 takeover = max(takeover, min(by_others) - killed)
             ends = journal.ends()
             return Result(
-                scenario="scale-out", broker=target.name, events=count,
-                faults=f"SIGKILL of 1 of {MEMBERS} consumers", fault_count=1,
-                lost=len(confirmed - ends.keys()), duplicates=duplicates(ends, confirmed),
-                recovery_s=[round(takeover, 2)], seconds=round(time.monotonic() - started, 1),
-                extra={"shares_before_kill": sorted(shares.values()),
-                       "orphans": len(orphans), "lease_s": target.lease,
-                       "order_inversions": _inversions(lines)},
+                scenario="scale-out",
+                broker=target.name,
+                events=count,
+                faults=f"SIGKILL of 1 of {MEMBERS} consumers",
+                fault_count=1,
+                lost=len(confirmed - ends.keys()),
+                duplicates=duplicates(ends, confirmed),
+                recovery_s=[round(takeover, 2)],
+                seconds=round(time.monotonic() - started, 1),
+                extra={
+                    "shares_before_kill": sorted(shares.values()),
+                    "orphans": len(orphans),
+                    "lease_s": target.lease,
+                    "order_inversions": _inversions(lines),
+                },
                 notes="recovery_s: kill to the last of its unfinished events handled by "
-                      "another member")
+                "another member",
+            )
 
     result = asyncio.run(scenario())
     report.add(result)
     assert result.lost == 0
     assert all(share > 0 for share in result.extra["shares_before_kill"]), (
-        f"the work was not shared: {result.extra['shares_before_kill']}")
+        f"the work was not shared: {result.extra['shares_before_kill']}"
+    )
     assert result.recovery_s[0] <= target.lease + SLACK, (
         f"the killed member's work was taken over after {result.recovery_s[0]}s, over the "
-        f"{target.lease}s lease (+{SLACK}s)")
+        f"{target.lease}s lease (+{SLACK}s)"
+    )
     if target.name in ORDER_ACROSS_HANDOVER:
         assert result.extra["order_inversions"] == 0
 

@@ -54,8 +54,14 @@ def test_soak(broker: str, long: bool, report: Report, workdir: Path) -> None:
 
 async def _memory(events: int, every: float) -> tuple[list[dict[str, float]], int]:
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "integration_tests.chaos.soak_memory", str(events), str(every),
-        stdout=asyncio.subprocess.PIPE, cwd=ROOT)
+        sys.executable,
+        "-m",
+        "integration_tests.chaos.soak_memory",
+        str(events),
+        str(every),
+        stdout=asyncio.subprocess.PIPE,
+        cwd=ROOT,
+    )
     assert process.stdout is not None
     samples, total = [], 0
     async for raw in process.stdout:
@@ -68,8 +74,9 @@ async def _memory(events: int, every: float) -> tuple[list[dict[str, float]], in
     return samples, total
 
 
-async def _real(target: ChaosTarget, events: int,
-                workdir: Path) -> tuple[list[dict[str, float]], int]:
+async def _real(
+    target: ChaosTarget, events: int, workdir: Path
+) -> tuple[list[dict[str, float]], int]:
     async with fleet(target, workdir, expect=str(events)) as crew:
         consumer = await crew.spawn()
         progress = crew.journal.path
@@ -86,8 +93,14 @@ async def _real(target: ChaosTarget, events: int,
         async def sampler() -> None:
             while True:
                 rss, fds = sample(consumer.pid)
-                samples.append({"t": round(time.monotonic() - started, 2),
-                                "handled": handled(), "rss_mib": round(rss, 1), "fds": fds})
+                samples.append(
+                    {
+                        "t": round(time.monotonic() - started, 2),
+                        "handled": handled(),
+                        "rss_mib": round(rss, 1),
+                        "fds": fds,
+                    }
+                )
                 await asyncio.sleep(1.0)
 
         task = asyncio.create_task(sampler())
@@ -98,7 +111,8 @@ async def _real(target: ChaosTarget, events: int,
                         assert consumer.running, crew.logs()
                         await asyncio.sleep(0.05)
                     await publisher.publish_many(
-                        [event_cls(seq=s) for s in range(start, min(events, start + 1000))])
+                        [event_cls(seq=s) for s in range(start, min(events, start + 1000))]
+                    )
             deadline = time.monotonic() + 600
             while True:
                 if handled() >= events or time.monotonic() > deadline:
@@ -120,11 +134,21 @@ def _judge(broker: str, events: int, samples: list[dict[str, float]], total: int
     first_rate = (half["handled"] - warm["handled"]) / max(0.001, half["t"] - warm["t"])
     last_rate = (end["handled"] - half["handled"]) / max(0.001, end["t"] - half["t"])
     return Result(
-        scenario="soak", broker=broker, events=events, faults="none (a million events)",
-        lost=events - total, seconds=samples[-1]["t"],
-        extra={"rss_warm_mib": warm["rss_mib"], "rss_max_mib": max(s["rss_mib"] for s in after),
-               "rss_growth_mib": round(rss_growth, 1), "fd_growth": fd_growth,
-               "events_per_s_25_50": round(first_rate), "events_per_s_50_90": round(last_rate),
-               "throughput_ratio": round(last_rate / max(1.0, first_rate), 2),
-               "samples": [[s["t"], s["handled"], s["rss_mib"], s["fds"]] for s in samples]},
-        notes="RSS and descriptors of the consumer process, sampled every second")
+        scenario="soak",
+        broker=broker,
+        events=events,
+        faults="none (a million events)",
+        lost=events - total,
+        seconds=samples[-1]["t"],
+        extra={
+            "rss_warm_mib": warm["rss_mib"],
+            "rss_max_mib": max(s["rss_mib"] for s in after),
+            "rss_growth_mib": round(rss_growth, 1),
+            "fd_growth": fd_growth,
+            "events_per_s_25_50": round(first_rate),
+            "events_per_s_50_90": round(last_rate),
+            "throughput_ratio": round(last_rate / max(1.0, first_rate), 2),
+            "samples": [[s["t"], s["handled"], s["rss_mib"], s["fds"]] for s in samples],
+        },
+        notes="RSS and descriptors of the consumer process, sampled every second",
+    )

@@ -127,8 +127,7 @@ def _url_for(name: str, host: str, port: int) -> str:
 
 
 def _start_kafka_process(
-    advertised_port: int | None = None,
-    before_ready: Callable[[int], None] | None = None,
+    advertised_port: int | None = None, before_ready: Callable[[int], None] | None = None
 ) -> tuple[processes.LocalProcess, str]:
     """The first Kafka build of :func:`processes.kafka_flavours` that starts."""
     problems: list[str] = []

@@ -133,8 +133,14 @@ def ensure_jars() -> Path:
         target.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(lib, ignore_errors=True)
         (target / "pom.xml").write_text(_POM.format(kafka=KAFKA_VERSION, log4j=LOG4J_VERSION))
-        argv = [mvn, "-q", "-B", "dependency:copy-dependencies", "-DincludeScope=runtime",
-                f"-DoutputDirectory={lib}"]
+        argv = [
+            mvn,
+            "-q",
+            "-B",
+            "dependency:copy-dependencies",
+            "-DincludeScope=runtime",
+            f"-DoutputDirectory={lib}",
+        ]
         try:
             done = subprocess.run(
                 argv, cwd=target, capture_output=True, text=True, timeout=MAVEN_TIMEOUT
@@ -163,9 +169,7 @@ def _cluster_id() -> str:
             return cluster
 
 
-def server_properties(
-    *, data: Path, port: int, controller_port: int, advertised_port: int
-) -> str:
+def server_properties(*, data: Path, port: int, controller_port: int, advertised_port: int) -> str:
     """A single-node broker+controller for tests: replication 1, no join delay, small
     segments, and short minimum session timeouts so tests may ask for fast groups."""
     return f"""process.roles=broker,controller
@@ -206,18 +210,30 @@ def prepare(workdir: Path, *, port: int, controller_port: int, advertised_port: 
     config = workdir / "server.properties"
     config.write_text(
         server_properties(
-            data=workdir / "data", port=port, controller_port=controller_port,
+            data=workdir / "data",
+            port=port,
+            controller_port=controller_port,
             advertised_port=advertised_port,
         )
     )
     log_config = workdir / "log4j2.properties"
     log_config.write_text(_LOG4J2)
     classpath = f"{lib}/*"
-    jvm = [java, "-Xms256m", "-Xmx1g", "-XX:+UseSerialGC", "-Djava.awt.headless=true",
-           f"-Dlog4j2.configurationFile={log_config}", "-cp", classpath]
+    jvm = [
+        java,
+        "-Xms256m",
+        "-Xmx1g",
+        "-XX:+UseSerialGC",
+        "-Djava.awt.headless=true",
+        f"-Dlog4j2.configurationFile={log_config}",
+        "-cp",
+        classpath,
+    ]
     formatted = subprocess.run(
         [*jvm, "kafka.tools.StorageTool", "format", "-t", _cluster_id(), "-c", str(config)],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     if formatted.returncode != 0:
         raise KafkaDistributionError(

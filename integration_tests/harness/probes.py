@@ -143,10 +143,7 @@ def describe(exc: BaseException) -> str:
 
 
 def wait_ready(
-    name: str,
-    url: str,
-    timeout: float,
-    alive: Callable[[], str | None] = lambda: None,
+    name: str, url: str, timeout: float, alive: Callable[[], str | None] = lambda: None
 ) -> None:
     """Probe until the broker answers or ``timeout`` passes.
 

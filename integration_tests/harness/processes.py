@@ -170,8 +170,21 @@ def start_redis() -> LocalProcess:
     port = free_port()
     workdir = Path(tempfile.mkdtemp(prefix="eventbus-redis-"))
     # AOF with an fsync per write: restart() brings back every acknowledged write.
-    argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-            "--appendonly", "yes", "--appendfsync", "always", "--dir", str(workdir)]
+    argv = [
+        binary,
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "yes",
+        "--appendfsync",
+        "always",
+        "--dir",
+        str(workdir),
+    ]
     proc = LocalProcess("redis", argv, f"redis://127.0.0.1:{port}/0", workdir=workdir)
     proc.start()
     return proc

@@ -40,8 +40,13 @@ def topic_deleter(endpoint: harness.Endpoint) -> Callable[[str, str], Awaitable[
     return delete
 
 
-def kafka_target(name: str, endpoint: harness.Endpoint, proxy: harness.FaultProxy,
-                 scale: float, limits: Mapping[str, str]) -> BrokerTarget:
+def kafka_target(
+    name: str,
+    endpoint: harness.Endpoint,
+    proxy: harness.FaultProxy,
+    scale: float,
+    limits: Mapping[str, str],
+) -> BrokerTarget:
     """The :class:`BrokerTarget` of ``kafka`` (Apache) or ``tansu``."""
     url = harness.client_url(endpoint)
     lease = _TANSU_LEASE if endpoint.flavour == "tansu" else _APACHE_LEASE

@@ -40,8 +40,7 @@ def with_options(url: str, **options: object) -> str:
 
 def ping(n: int, key: str | None = None, **attributes: Any) -> Envelope:
     return Envelope.create(
-        type="test.ping", source="kafka-tests", data=b'{"n":%d}' % n, partitionkey=key,
-        **attributes,
+        type="test.ping", source="kafka-tests", data=b'{"n":%d}' % n, partitionkey=key, **attributes
     )
 
 
@@ -53,8 +52,11 @@ def number(delivery: Delivery) -> int:
 class Collector:
     """Iterates a subscription in the background; tests wait on what arrived."""
 
-    def __init__(self, subscription: Subscription,
-                 on_delivery: Callable[[Delivery], Awaitable[None]] | None = None) -> None:
+    def __init__(
+        self,
+        subscription: Subscription,
+        on_delivery: Callable[[Delivery], Awaitable[None]] | None = None,
+    ) -> None:
         self.subscription = subscription
         self.items: list[Delivery] = []
         self._changed = asyncio.Event()
@@ -68,8 +70,9 @@ class Collector:
                 await self._on_delivery(delivery)
             self._changed.set()
 
-    async def wait(self, predicate: Callable[[list[Delivery]], bool], what: str,
-                   timeout: float = 30.0) -> list[Delivery]:
+    async def wait(
+        self, predicate: Callable[[list[Delivery]], bool], what: str, timeout: float = 30.0
+    ) -> list[Delivery]:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while not predicate(self.items):
@@ -104,16 +107,26 @@ def test_round_trip_keeps_every_attribute(kafka_url: str) -> None:
         await adapter.connect()
         topic, group = unique("rt"), unique("g")
         sent = Envelope.create(
-            type="com.example.order.placed", source="https://example.com/orders",
+            type="com.example.order.placed",
+            source="https://example.com/orders",
             time=datetime(2024, 5, 6, 7, 8, 9, 123456, tzinfo=UTC),
-            data='{"order":"A-1","note":"café"}'.encode(), subject="order/A-1",
-            dataschema="https://schemas.example.com/order/2", dataversion=2,
-            correlationid="corr-1", causationid="cause-1", partitionkey="order-A-1",
+            data='{"order":"A-1","note":"café"}'.encode(),
+            subject="order/A-1",
+            dataschema="https://schemas.example.com/order/2",
+            dataversion=2,
+            correlationid="corr-1",
+            causationid="cause-1",
+            partitionkey="order-A-1",
             traceparent="00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-            tracestate="vendor=opaque", extensions={"tenant": "acme", "priority": "5"},
+            tracestate="vendor=opaque",
+            extensions={"tenant": "acme", "priority": "5"},
         )
-        binary = Envelope.create(type="blob", source="s", data=bytes(range(256)),
-                                 datacontenttype="application/octet-stream")
+        binary = Envelope.create(
+            type="blob",
+            source="s",
+            data=bytes(range(256)),
+            datacontenttype="application/octet-stream",
+        )
         empty = Envelope.create(type="empty", source="s", data=b"", datacontenttype=None)
         collector = Collector(await adapter.subscribe(topic, SubscribeOptions(group=group)))
         await adapter.publish(topic, [sent, binary, empty])
@@ -142,10 +155,12 @@ def test_same_key_same_partition_in_order(kafka_url: str) -> None:
         )
         per_key = 15
         # Concurrent publishes of interleaved keys: they share producer batches.
-        await asyncio.gather(*(
-            adapter.publish(topic, [ping(k * per_key + i, key) for i in range(per_key)])
-            for k, key in enumerate(keys)
-        ))
+        await asyncio.gather(
+            *(
+                adapter.publish(topic, [ping(k * per_key + i, key) for i in range(per_key)])
+                for k, key in enumerate(keys)
+            )
+        )
         got = await collector.wait_count(len(keys) * per_key)
         for k, key in enumerate(keys):
             mine = [d for d in got if d.envelope is not None and d.envelope.partitionkey == key]
@@ -209,8 +224,7 @@ def test_nack_with_delay_comes_back_later_without_blocking(kafka_url: str) -> No
             else:
                 await delivery.ack()
 
-        collector = Collector(await adapter.subscribe(topic, SubscribeOptions(group=group)),
-                              settle)
+        collector = Collector(await adapter.subscribe(topic, SubscribeOptions(group=group)), settle)
         sent = [ping(i, "same-key") for i in range(3)]
         await adapter.publish(topic, sent)
         got = await collector.wait(
@@ -244,8 +258,9 @@ def test_oversize_raises_and_sends_nothing(kafka_url: str) -> None:
         adapter = KafkaAdapter(with_options(kafka_url, max_message_bytes=limit))
         assert adapter.capabilities.max_message_bytes == limit
         topic, group = unique("big"), unique("g")
-        collector = Collector(await adapter.subscribe(topic, SubscribeOptions(group=group)),
-                              ack_all)
+        collector = Collector(
+            await adapter.subscribe(topic, SubscribeOptions(group=group)), ack_all
+        )
         big = Envelope.create(type="big", source="s", data=b"x" * limit)
         with pytest.raises(MessageTooLargeError) as raised:
             await adapter.publish(topic, [ping(1), big, ping(2)])
@@ -305,10 +320,8 @@ def test_two_groups_each_get_everything(kafka_url: str) -> None:
     async def scenario() -> None:
         adapter = KafkaAdapter(kafka_url)
         topic = unique("fanout")
-        a = Collector(await adapter.subscribe(topic, SubscribeOptions(group=unique("a"))),
-                      ack_all)
-        b = Collector(await adapter.subscribe(topic, SubscribeOptions(group=unique("b"))),
-                      ack_all)
+        a = Collector(await adapter.subscribe(topic, SubscribeOptions(group=unique("a"))), ack_all)
+        b = Collector(await adapter.subscribe(topic, SubscribeOptions(group=unique("b"))), ack_all)
         count = 40
         await asyncio.gather(*(adapter.publish(topic, [ping(i, f"k{i}")]) for i in range(count)))
         for collector in (a, b):
@@ -326,8 +339,7 @@ def test_competing_consumers_split_partitions(kafka_url: str) -> None:
         adapter = KafkaAdapter(kafka_url)
         topic, group = unique("compete"), unique("g")
         first = Collector(await adapter.subscribe(topic, SubscribeOptions(group=group)), ack_all)
-        second = Collector(await adapter.subscribe(topic, SubscribeOptions(group=group)),
-                           ack_all)
+        second = Collector(await adapter.subscribe(topic, SubscribeOptions(group=group)), ack_all)
         count = 60
         await adapter.publish(topic, [ping(i, f"key-{i}") for i in range(count)])
         both = lambda _: len(first.items) + len(second.items) >= count  # noqa: E731
@@ -360,8 +372,7 @@ def test_rebalance_mid_stream_loses_nothing(kafka_url: str) -> None:
         await first.wait(lambda _: len(handled) >= 10, "the first messages")
         second = Collector(await adapter.subscribe(topic, options), slow_ack)  # rebalance
         await adapter.publish(topic, [ping(i, f"key-{i}") for i in range(count // 2, count)])
-        await first.wait(lambda _: set(handled) >= set(range(count)), "every message",
-                         timeout=60)
+        await first.wait(lambda _: set(handled) >= set(range(count)), "every message", timeout=60)
         await first.close()  # a second rebalance: the survivor takes every partition
         await adapter.publish(topic, [ping(1000, "after")])
         await second.wait(lambda _: 1000 in handled, "a message after the first left")
@@ -377,8 +388,11 @@ def test_start_from_latest_and_earliest(kafka_url: str) -> None:
         topic = unique("start")
         await adapter.publish(topic, [ping(1)])
         latest = Collector(await adapter.subscribe(topic, SubscribeOptions(group=unique("l"))))
-        earliest = Collector(await adapter.subscribe(
-            topic, SubscribeOptions(group=unique("e"), start_from="earliest")))
+        earliest = Collector(
+            await adapter.subscribe(
+                topic, SubscribeOptions(group=unique("e"), start_from="earliest")
+            )
+        )
         await adapter.publish(topic, [ping(2)])
         assert [number(d) for d in await latest.wait_count(1)] == [2]
         # Unkeyed: 1 and 2 may sit on different partitions, so in either order.

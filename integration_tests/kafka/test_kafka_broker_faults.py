@@ -51,7 +51,8 @@ def skip_on_tansu(endpoint: harness.Endpoint, reason: str) -> None:
 
 async def delete_topic(url: str, topic: str) -> None:
     admin = AIOKafkaAdminClient(
-        bootstrap_servers=list(KafkaSettings.from_url(url).bootstrap_servers))
+        bootstrap_servers=list(KafkaSettings.from_url(url).bootstrap_servers)
+    )
     await admin.start()
     try:
         await admin.delete_topics([topic])
@@ -71,7 +72,8 @@ async def backlog_becomes(subscription: Subscription, expected: int, timeout: fl
 
 
 def test_backlog_counts_what_could_be_handed_out_now(
-        kafka_url: str, kafka_endpoint: harness.Endpoint) -> None:
+    kafka_url: str, kafka_endpoint: harness.Endpoint
+) -> None:
     """Log end minus position: everything unread at first, less what was handed out;
     a record waiting in a retry topic for its delay is not counted."""
     skip_on_tansu(kafka_endpoint, TANSU_LIST_OFFSETS)
@@ -80,7 +82,8 @@ def test_backlog_counts_what_could_be_handed_out_now(
         adapter = KafkaAdapter(with_options(kafka_url, partitions=1))
         topic, group = unique("backlog"), unique("g")
         subscription = await adapter.subscribe(
-            topic, SubscribeOptions(group=group, prefetch=2, start_from="earliest"))
+            topic, SubscribeOptions(group=group, prefetch=2, start_from="earliest")
+        )
         assert await subscription.backlog() == 0
         await adapter.publish(topic, [ping(i, "k") for i in range(10)])
         await backlog_becomes(subscription, 10)  # nothing iterated, nothing fetched
@@ -97,7 +100,8 @@ def test_backlog_counts_what_could_be_handed_out_now(
 
 
 def test_a_topic_deleted_underneath_a_group_is_consumed_again_losing_nothing_after(
-        kafka_url: str, kafka_endpoint: harness.Endpoint) -> None:
+    kafka_url: str, kafka_endpoint: harness.Endpoint
+) -> None:
     """The topic is deleted while the group consumes it; a producer keeps publishing.
     Every event whose publish was confirmed after the deletion is handled, and health
     says ok after. (A record the producer had routed to a partition the new topic does
@@ -109,8 +113,11 @@ def test_a_topic_deleted_underneath_a_group_is_consumed_again_losing_nothing_aft
         event_cls = on_topic(Ping, unique("deleted"))
         handled: Collector[int] = Collector("handled")
         bus = EventBus(KafkaAdapter(kafka_url), source="deleted", shutdown_timeout=5)
-        publisher = EventBus(KafkaAdapter(with_options(kafka_url, request_timeout=4)),
-                             source="deleted-pub", publish_timeout=10)
+        publisher = EventBus(
+            KafkaAdapter(with_options(kafka_url, request_timeout=4)),
+            source="deleted-pub",
+            publish_timeout=10,
+        )
 
         @bus.subscribe(event_cls, group=unique("g"))
         async def handle(event: Ping) -> None:
@@ -138,8 +145,11 @@ def test_a_topic_deleted_underneath_a_group_is_consumed_again_losing_nothing_aft
                     confirmed.append(seq)
                 await asyncio.sleep(0.3)
             assert len(confirmed) >= 6, f"most publishes failed: only {confirmed} confirmed"
-            await handled.wait(lambda seqs: set(confirmed) <= set(seqs),
-                               "every event published after the deletion", timeout=60)
+            await handled.wait(
+                lambda seqs: set(confirmed) <= set(seqs),
+                "every event published after the deletion",
+                timeout=60,
+            )
             health = await bus.health()
             assert health.ok, health
 
@@ -152,14 +162,12 @@ def test_a_frozen_connection_turns_health_false_and_the_group_resumes_after_the_
     proxy accepts and never answers): health() turns false within the declared bound;
     after the thaw, events published are handled."""
     endpoint, proxy = harness.require_faulty("kafka")
-    url = with_options(harness.client_url(endpoint), request_timeout=4,
-                       connect_timeout=2)
+    url = with_options(harness.client_url(endpoint), request_timeout=4, connect_timeout=2)
 
     async def scenario() -> None:
         event_cls = on_topic(Ping, unique("frozen"))
         handled: Collector[int] = Collector("handled")
-        bus = EventBus(KafkaAdapter(url), source="frozen", shutdown_timeout=5,
-                       publish_timeout=60)
+        bus = EventBus(KafkaAdapter(url), source="frozen", shutdown_timeout=5, publish_timeout=60)
         bound = bus.adapter.capabilities.half_open_bound
         assert bound == 4.0, bound
 
@@ -182,16 +190,19 @@ def test_a_frozen_connection_turns_health_false_and_the_group_resumes_after_the_
             for seq in (1, 2, 3):
                 with contextlib.suppress(BrokerConnectionError):
                     await bus.publish(event_cls(seq=seq))
-            await handled.wait(lambda seqs: {1, 2, 3} <= set(seqs),
-                               "the events published after the thaw", timeout=60)
+            await handled.wait(
+                lambda seqs: {1, 2, 3} <= set(seqs),
+                "the events published after the thaw",
+                timeout=60,
+            )
             assert (await bus.health()).ok
 
     run(scenario, timeout=110)
 
 
 def test_a_partition_of_a_topic_created_again_is_read_from_its_start(
-        kafka_url: str, kafka_endpoint: harness.Endpoint,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    kafka_url: str, kafka_endpoint: harness.Endpoint, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The topic is deleted and at once created again (a script, or a producer with
     broker-side auto-creation) with another partition count, and records go to the new
     topic before the consumer fetches again. The rebalance that follows hands partition
@@ -215,7 +226,8 @@ def test_a_partition_of_a_topic_created_again_is_read_from_its_start(
         await asyncio.sleep(2)
         await delete_topic(kafka_url, topic)
         admin = AIOKafkaAdminClient(
-            bootstrap_servers=list(KafkaSettings.from_url(kafka_url).bootstrap_servers))
+            bootstrap_servers=list(KafkaSettings.from_url(kafka_url).bootstrap_servers)
+        )
         await admin.start()
         try:
             for _ in range(50):  # the deletion completes asynchronously
@@ -245,7 +257,8 @@ def test_a_partition_of_a_topic_created_again_is_read_from_its_start(
 
 
 def test_a_partition_added_to_the_topic_is_read_from_its_start(
-        kafka_url: str, kafka_endpoint: harness.Endpoint) -> None:
+    kafka_url: str, kafka_endpoint: harness.Endpoint
+) -> None:
     """A running group (start_from latest) on a topic that gets a second partition: the
     records written to it before the consumer noticed (its next metadata refresh) are
     consumed, not skipped as if the group were new."""
@@ -255,25 +268,27 @@ def test_a_partition_added_to_the_topic_is_read_from_its_start(
         url = with_options(kafka_url, partitions=1, metadata_max_age=1)
         adapter = KafkaAdapter(url)
         topic, group = unique("grown"), unique("g")
-        member = Pump(await adapter.subscribe(topic, SubscribeOptions(group=group)),
-                           ack_all)
+        member = Pump(await adapter.subscribe(topic, SubscribeOptions(group=group)), ack_all)
         await adapter.publish(topic, [ping(0)])
         await member.wait_count(1)
         admin = AIOKafkaAdminClient(
-            bootstrap_servers=list(KafkaSettings.from_url(kafka_url).bootstrap_servers))
+            bootstrap_servers=list(KafkaSettings.from_url(kafka_url).bootstrap_servers)
+        )
         await admin.start()
         try:
             await admin.create_partitions({topic: NewPartitions(total_count=2)})
         finally:
             await admin.close()
         producer = AIOKafkaProducer(
-            bootstrap_servers=list(KafkaSettings.from_url(kafka_url).bootstrap_servers))
+            bootstrap_servers=list(KafkaSettings.from_url(kafka_url).bootstrap_servers)
+        )
         await producer.start()
         try:
             for n in (1, 2, 3):
                 record = encode(ping(n))
-                await producer.send_and_wait(topic, record.value, headers=record.headers,
-                                             partition=1)
+                await producer.send_and_wait(
+                    topic, record.value, headers=record.headers, partition=1
+                )
         finally:
             await producer.stop()
         got = await member.wait(lambda items: len(items) >= 4, "the new partition's records")

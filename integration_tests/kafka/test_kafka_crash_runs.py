@@ -36,8 +36,8 @@ TANSU_DROPS_COMMIT_METADATA = (
 
 
 def test_a_broker_that_drops_commit_metadata_is_named_once(
-        kafka_url: str, kafka_endpoint: harness.Endpoint,
-        caplog: pytest.LogCaptureFixture) -> None:
+    kafka_url: str, kafka_endpoint: harness.Endpoint, caplog: pytest.LogCaptureFixture
+) -> None:
     """On a broker without commit metadata the first counted record says so (one
     warning); on Apache Kafka nothing is said."""
 
@@ -45,8 +45,9 @@ def test_a_broker_that_drops_commit_metadata_is_named_once(
         adapter = KafkaAdapter(with_options(kafka_url, partitions=1))
         topic, group = unique("metadata"), unique("g")
         await adapter.publish(topic, [ping(0), ping(1)])
-        member = Collector(await adapter.subscribe(
-            topic, SubscribeOptions(group=group, start_from="earliest")))
+        member = Collector(
+            await adapter.subscribe(topic, SubscribeOptions(group=group, start_from="earliest"))
+        )
         for delivery in await member.wait_count(2):
             await delivery.ack()
         await member.close()
@@ -61,7 +62,8 @@ def test_a_broker_that_drops_commit_metadata_is_named_once(
 
 
 def test_runs_that_never_settled_are_counted_by_the_next_member(
-        kafka_url: str, kafka_endpoint: harness.Endpoint) -> None:
+    kafka_url: str, kafka_endpoint: harness.Endpoint
+) -> None:
     """Three members in turn get the record at the committed offset and end without
     settling it: they see attempts 1, 2, 3; the fourth sees 4, settles it, and the record
     after it comes as attempt 1 (an offset past the first clears the count)."""

@@ -26,8 +26,12 @@ LIMIT = 8192
 
 
 def binary_event(size: int) -> Envelope:
-    return Envelope.create(type="test.blob", source="kafka-tests", data=os.urandom(size),
-                           datacontenttype="application/octet-stream")
+    return Envelope.create(
+        type="test.blob",
+        source="kafka-tests",
+        data=os.urandom(size),
+        datacontenttype="application/octet-stream",
+    )
 
 
 def test_a_binary_event_keeps_its_data_in_a_dead_letter_that_fits(kafka_url: str) -> None:
@@ -38,8 +42,12 @@ def test_a_binary_event_keeps_its_data_in_a_dead_letter_that_fits(kafka_url: str
     async def scenario() -> None:
         url = with_options(kafka_url, partitions=1, max_message_bytes=LIMIT)
         topic, group = unique("dlq-size"), unique("g")
-        bus = EventBus(KafkaAdapter(url), source="dlq-size", shutdown_timeout=5,
-                       retry=RetryPolicy(max_attempts=1))
+        bus = EventBus(
+            KafkaAdapter(url),
+            source="dlq-size",
+            shutdown_timeout=5,
+            retry=RetryPolicy(max_attempts=1),
+        )
 
         @bus.subscribe(topic, group=group)
         async def handle(envelope: Envelope) -> None:
@@ -60,8 +68,9 @@ def test_a_binary_event_keeps_its_data_in_a_dead_letter_that_fits(kafka_url: str
     run(scenario)
 
 
-async def _wait_letters(dead: DeadLetters, topic: str, group: str,
-                        count: int) -> list[ListedDeadLetter]:
+async def _wait_letters(
+    dead: DeadLetters, topic: str, group: str, count: int
+) -> list[ListedDeadLetter]:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + 30
     while True:

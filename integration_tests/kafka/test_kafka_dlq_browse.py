@@ -36,13 +36,20 @@ def unique(prefix: str) -> str:
 
 
 def event(n: int, key: str | None = None) -> Envelope:
-    return Envelope.create(type="test.browse", source="kafka-tests", data=b'{"n":%d}' % n,
-                           partitionkey=key)
+    return Envelope.create(
+        type="test.browse", source="kafka-tests", data=b'{"n":%d}' % n, partitionkey=key
+    )
 
 
 def letter(topic: str, group: str, n: int) -> Envelope:
-    return dead_letter_envelope(event(n, key=f"k{n}"), reason="ValueError: boom", topic=topic,
-                                group=group, attempts=3, exc=ValueError("boom"))
+    return dead_letter_envelope(
+        event(n, key=f"k{n}"),
+        reason="ValueError: boom",
+        topic=topic,
+        group=group,
+        attempts=3,
+        exc=ValueError("boom"),
+    )
 
 
 async def broker_state(adapter: KafkaAdapter) -> tuple[set[str], set[str]]:
@@ -96,11 +103,14 @@ def test_read_browses_every_partition_to_the_end_and_creates_nothing(kafka_url: 
             assert records[-1].raw == b"not a cloudevent" and records[-1].decode_error
             assert len({r.message_id for r in records}) == 7
             assert [r.envelope.partitionkey for r in records if r.envelope] == [
-                f"key-{n}" for n in range(6)]
+                f"key-{n}" for n in range(6)
+            ]
             assert [r.message_id for r in await adapter.read(topic, limit=3)] == [
-                r.message_id for r in records[:3]]
+                r.message_id for r in records[:3]
+            ]
             assert [r.message_id for r in await adapter.read(topic)] == [
-                r.message_id for r in records]  # reading consumed nothing
+                r.message_id for r in records
+            ]  # reading consumed nothing
 
             missing = unique("no-such-topic")
             with pytest.raises(TopicNotFoundError, match=f"{missing!r} does not exist"):
@@ -140,8 +150,9 @@ def test_dead_letters_list_creates_no_group_or_topic_and_shows_replays(kafka_url
             assert await browser.replay(topic, group, limit=2, to_group=False) == 2
             listed = await browser.list(topic, group)
             assert [r.replayed for r in listed] == [True, True, False]
-            assert [r.envelope.id for r in await browser.list(
-                topic, group, include_replayed=False)] == [letters[2].id]
+            assert [
+                r.envelope.id for r in await browser.list(topic, group, include_replayed=False)
+            ] == [letters[2].id]
             assert await browser.replay(topic, group, to_group=False) == 1
             assert await browser.replay(topic, group, to_group=False) == 0
             assert all(r.replayed for r in await browser.list(topic, group))

@@ -62,7 +62,8 @@ def test_failed_nack_publish_falls_back_to_local_redelivery(
         await adapter.publish(topic, [ping(i, "one-key") for i in range(5)])
         await collector.wait(
             lambda items: any(number(d) == 0 and d.attempt == 2 for d in items),
-            "the record whose nack could not be re-published", timeout=20,
+            "the record whose nack could not be re-published",
+            timeout=20,
         )
         assert not failures, "the retry publish was never attempted"
         assert "redeliver" in caplog.text, "the fallback was not logged"
@@ -141,8 +142,10 @@ def test_rebalance_drops_unstarted_work_of_lost_partitions_and_keeps_returning_o
         assert kept and moved and not kept & moved, (kept, moved)
 
         async def everything_once() -> None:
-            await second.wait(lambda _: len(handled) + len(second.items) >= count,
-                              "every message between both members")
+            await second.wait(
+                lambda _: len(handled) + len(second.items) >= count,
+                "every message between both members",
+            )
 
         await everything_once()
         for delivery in second.items:
@@ -150,8 +153,9 @@ def test_rebalance_drops_unstarted_work_of_lost_partitions_and_keeps_returning_o
             await delivery.ack()
         # Give A a chance to (wrongly) get its kept partition's records again.
         await adapter.publish(topic, [ping(100 + i, f"key-{i}") for i in range(count)])
-        await first.wait(lambda items: len(items) + len(second.items) >= 2 * count,
-                         "the second batch")
+        await first.wait(
+            lambda items: len(items) + len(second.items) >= 2 * count, "the second batch"
+        )
         again = [d for d in first.items[count:] if number(d) < count]
         assert not again, f"A got its kept records again: {[number(d) for d in again]}"
         assert sorted(handled) == list(range(count)), "lost or doubled across the rebalance"
@@ -204,7 +208,8 @@ def test_a_group_continues_where_its_former_shared_kafka_group_stopped(kafka_url
         await adapter.publish(topic, [ping(i, "k") for i in range(4)])
         former = AIOKafkaConsumer(
             bootstrap_servers=list(KafkaSettings.from_url(kafka_url).bootstrap_servers),
-            group_id=group, enable_auto_commit=False,
+            group_id=group,
+            enable_auto_commit=False,
         )
         await former.start()
         try:
@@ -237,12 +242,12 @@ def test_a_long_nack_delay_does_not_hold_up_short_ones(kafka_url: str) -> None:
             else:
                 await delivery.ack()
 
-        collector = Collector(await adapter.subscribe(topic, SubscribeOptions(group=group)),
-                              settle)
+        collector = Collector(await adapter.subscribe(topic, SubscribeOptions(group=group)), settle)
         await adapter.publish(topic, [ping(0, "k"), ping(1, "k")])
         got = await collector.wait(
             lambda items: any(number(d) == 1 and d.attempt == 2 for d in items),
-            "the short retry", timeout=10,
+            "the short retry",
+            timeout=10,
         )
         retried = next(d for d in got if d.attempt == 2)
         assert number(retried) == 1
@@ -267,8 +272,7 @@ def test_a_delay_beyond_the_longest_tier_is_still_honoured(kafka_url: str) -> No
             else:
                 await delivery.ack()
 
-        collector = Collector(await adapter.subscribe(topic, SubscribeOptions(group=group)),
-                              settle)
+        collector = Collector(await adapter.subscribe(topic, SubscribeOptions(group=group)), settle)
         await adapter.publish(topic, [ping(0)])
         got = await collector.wait_count(2, timeout=15)
         assert [(number(d), d.attempt) for d in got] == [(0, 1), (0, 2)]
@@ -285,8 +289,9 @@ def test_a_handler_slower_than_max_poll_interval_keeps_its_partition(kafka_url: 
     member does not get the record a second time; later records flow afterwards."""
 
     async def scenario() -> None:
-        adapter = KafkaAdapter(with_options(
-            kafka_url, partitions=1, max_poll_interval=2, rebalance_grace=0))
+        adapter = KafkaAdapter(
+            with_options(kafka_url, partitions=1, max_poll_interval=2, rebalance_grace=0)
+        )
         topic, group = unique("slow"), unique("g")
         options = SubscribeOptions(group=group, prefetch=1)
         seen: list[tuple[int, int]] = []
@@ -325,8 +330,10 @@ def test_a_committed_offset_deleted_by_retention_restarts_at_the_earliest_record
     deleted those records) reads on from the earliest retained record, even though
     new groups start from the latest: it never silently skips the backlog."""
     if kafka_endpoint.flavour == "tansu":
-        pytest.skip("Tansu has no DeleteRecords, so retention cannot be simulated; "
-                    "Apache Kafka runs this case")
+        pytest.skip(
+            "Tansu has no DeleteRecords, so retention cannot be simulated; "
+            "Apache Kafka runs this case"
+        )
     from aiokafka import TopicPartition
     from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
     from eventbus_kafka import KafkaSettings
@@ -341,7 +348,8 @@ def test_a_committed_offset_deleted_by_retention_restarts_at_the_earliest_record
         await first.close()  # the group committed offset 1
         await adapter.publish(topic, [ping(i, "k") for i in range(1, 5)])
         admin = AIOKafkaAdminClient(
-            bootstrap_servers=list(KafkaSettings.from_url(kafka_url).bootstrap_servers))
+            bootstrap_servers=list(KafkaSettings.from_url(kafka_url).bootstrap_servers)
+        )
         await admin.start()
         try:  # what retention does: the log now starts at offset 3
             await admin.delete_records({TopicPartition(topic, 0): RecordsToDelete(3)})
@@ -361,17 +369,23 @@ def test_static_membership_compression_and_isolation(kafka_url: str) -> None:
     membership (distinct instance ids), gzip-compressed records, read_committed."""
 
     async def scenario() -> None:
-        adapter = KafkaAdapter(with_options(
-            kafka_url, group_instance_id="billing-1", compression_type="gzip",
-            isolation_level="read_committed"))
+        adapter = KafkaAdapter(
+            with_options(
+                kafka_url,
+                group_instance_id="billing-1",
+                compression_type="gzip",
+                isolation_level="read_committed",
+            )
+        )
         topic, group = unique("static"), unique("g")
         options = SubscribeOptions(group=group)
-        members = [Collector(await adapter.subscribe(topic, options), ack_all)
-                   for _ in range(2)]
+        members = [Collector(await adapter.subscribe(topic, options), ack_all) for _ in range(2)]
         count = 30
         await adapter.publish(topic, [ping(i, f"key-{i}") for i in range(count)])
-        await members[0].wait(lambda _: sum(len(m.items) for m in members) >= count,
-                              "every record between both members")
+        await members[0].wait(
+            lambda _: sum(len(m.items) for m in members) >= count,
+            "every record between both members",
+        )
         seen = sorted(number(d) for m in members for d in m.items)
         assert seen == list(range(count))
         for member in members:
@@ -406,8 +420,7 @@ def test_a_retry_record_over_the_size_limit_is_not_sent_but_redelivered(
             else:
                 await delivery.ack()
 
-        collector = Collector(await adapter.subscribe(topic, SubscribeOptions(group=group)),
-                              settle)
+        collector = Collector(await adapter.subscribe(topic, SubscribeOptions(group=group)), settle)
         await adapter.publish(topic, [big])
         got = await collector.wait_count(2, timeout=15)
         assert [d.attempt for d in got] == [1, 2]

@@ -49,11 +49,11 @@ def test_an_event_with_a_binary_foreign_header_is_handled(kafka_url: str) -> Non
             topic = event_cls.default_topic()
             binary = encode(bus.envelope_for(event_cls(seq=1), key="k-1"))
             headers = [(n, v) for n, v in binary.headers if n != "ce_partitionkey"]
-            await adapter.send_record(topic, binary.key, binary.value,
-                                      [*headers, *TRACE.items()])
+            await adapter.send_record(topic, binary.key, binary.value, [*headers, *TRACE.items()])
             structured = encode(bus.envelope_for(event_cls(seq=2)), structured=True)
-            await adapter.publish_raw(topic, structured.value,
-                                      {**dict(structured.headers), **TRACE})
+            await adapter.publish_raw(
+                topic, structured.value, {**dict(structured.headers), **TRACE}
+            )
             await seen.wait(lambda items: len(items) >= 2, "both events", timeout=20)
             assert sorted(seen.items) == [(1, "k-1"), (2, None)], seen.items
             with pytest.raises(TopicNotFoundError):
@@ -63,7 +63,8 @@ def test_an_event_with_a_binary_foreign_header_is_handled(kafka_url: str) -> Non
 
 
 def test_a_foreign_record_is_dead_lettered_with_its_headers_and_offset_and_replays_raw(
-        kafka_url: str) -> None:
+    kafka_url: str,
+) -> None:
     async def scenario() -> None:
         topic, group = unique("foreign-raw"), unique("g")
         raw = b"\x00\x01 not a cloudevent " + uuid.uuid4().bytes
@@ -95,8 +96,9 @@ def test_a_foreign_record_is_dead_lettered_with_its_headers_and_offset_and_repla
     run(scenario)
 
 
-async def _wait_letters(dead: DeadLetters, topic: str, group: str,
-                        count: int) -> list[ListedDeadLetter]:
+async def _wait_letters(
+    dead: DeadLetters, topic: str, group: str, count: int
+) -> list[ListedDeadLetter]:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + 30
     while True:

@@ -48,11 +48,15 @@ def with_options(url: str, **options: object) -> str:
 def order(n: int = 1, **attributes: Any) -> Envelope:
     attributes.setdefault("partitionkey", f"order-A-{n}")
     return Envelope.create(
-        type="com.example.order.placed", source="https://example.com/orders",
-        data=json.dumps({"order": f"A-{n}", "note": "café"}, separators=(",", ":"),
-                        ensure_ascii=False).encode(),
-        subject=f"order/A-{n}", correlationid="corr-1",
-        extensions={"tenant": "acme"}, **attributes,
+        type="com.example.order.placed",
+        source="https://example.com/orders",
+        data=json.dumps(
+            {"order": f"A-{n}", "note": "café"}, separators=(",", ":"), ensure_ascii=False
+        ).encode(),
+        subject=f"order/A-{n}",
+        correlationid="corr-1",
+        extensions={"tenant": "acme"},
+        **attributes,
     )
 
 
@@ -88,8 +92,7 @@ def test_our_structured_record_is_read_by_both_sdks() -> None:
     assert legacy["tenant"] == "acme" and legacy["partitionkey"] == "order-A-1"
     assert legacy.get_data() == {"order": "A-1", "note": "café"}
     core = core_kafka.from_structured(
-        core_kafka.KafkaMessage(headers=headers, key=record.key, value=record.value),
-        JSONFormat(),
+        core_kafka.KafkaMessage(headers=headers, key=record.key, value=record.value), JSONFormat()
     )
     assert core.get_id() == sent.id and core.get_source() == sent.source
     assert core.get_data() == {"order": "A-1", "note": "café"}
@@ -97,8 +100,13 @@ def test_our_structured_record_is_read_by_both_sdks() -> None:
 
 def test_sdk_structured_record_is_read_as_the_same_event() -> None:
     event = sdk_http.CloudEvent(
-        {"type": "com.example.sdk", "source": "/sdk", "id": "sdk-1", "subject": "s",
-         "partitionkey": "k-1"},
+        {
+            "type": "com.example.sdk",
+            "source": "/sdk",
+            "id": "sdk-1",
+            "subject": "s",
+            "partitionkey": "k-1",
+        },
         {"n": 1},
     )
     message = sdk_kafka.to_structured(event)
@@ -107,7 +115,11 @@ def test_sdk_structured_record_is_read_as_the_same_event() -> None:
     assert got.error is None and got.envelope is not None, got.error
     envelope = got.envelope
     assert (envelope.id, envelope.type, envelope.source, envelope.subject) == (
-        "sdk-1", "com.example.sdk", "/sdk", "s")
+        "sdk-1",
+        "com.example.sdk",
+        "/sdk",
+        "s",
+    )
     assert envelope.partitionkey == "k-1"
     assert json.loads(envelope.data) == {"n": 1}
 
@@ -118,8 +130,12 @@ def test_sdk_structured_record_is_read_as_the_same_event() -> None:
 async def _raw_records(url: str, topic: str, n: int) -> list[Any]:
     """The first ``n`` records of ``topic`` as a plain aiokafka consumer sees them."""
     bootstrap = KafkaSettings.from_url(url).bootstrap_servers
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=list(bootstrap),
-                                auto_offset_reset="earliest", enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=list(bootstrap),
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
     await consumer.start()
     try:
         records: list[Any] = []
@@ -167,6 +183,7 @@ def test_structured_mode_round_trip_and_wire_form(kafka_url: str) -> None:
 @pytest.mark.timeout(120)
 def test_lone_publish_does_not_wait_for_linger(kafka_url: str) -> None:
     """A publish with nothing else in flight is sent at once, not after ``linger``."""
+
     async def scenario() -> None:
         adapter = KafkaAdapter(with_options(kafka_url, linger=3))
         topic = f"lone-{uuid.uuid4().hex[:10]}"
@@ -189,6 +206,7 @@ def test_large_publish_keeps_keys_on_their_partition_in_order(kafka_url: str) ->
     """A publish of many records goes out as whole batches (eventbus_kafka.publish):
     keyed records land where a small, record-by-record publish puts the same key,
     in order; unkeyed ones are spread over the partitions."""
+
     async def scenario() -> None:
         adapter = KafkaAdapter(with_options(kafka_url, partitions=4))
         topic = f"batched-{uuid.uuid4().hex[:10]}"
@@ -206,8 +224,11 @@ def test_large_publish_keeps_keys_on_their_partition_in_order(kafka_url: str) ->
             assert len(where[key.encode()]) == 1, f"{key} spread over {where[key.encode()]}"
         assert len(where[None]) > 1, "unkeyed records all went to one partition"
         for key in keys:
-            subjects = [json.loads(r.value)["order"] for r in records if r.key == key.encode()
-                        and int(json.loads(r.value)["order"][2:]) >= 100]
+            subjects = [
+                json.loads(r.value)["order"]
+                for r in records
+                if r.key == key.encode() and int(json.loads(r.value)["order"][2:]) >= 100
+            ]
             numbers = [int(s[2:]) for s in subjects]
             assert numbers == sorted(numbers), f"{key} out of order: {numbers}"
         await adapter.close()

@@ -22,8 +22,7 @@ from integration_tests.kafka.test_kafka_adapter import run, unique, with_options
 pytestmark = [pytest.mark.broker("kafka"), pytest.mark.timeout(120)]
 
 
-def test_a_handler_outliving_max_poll_interval_runs_once_on_an_inline_bus(
-        kafka_url: str) -> None:
+def test_a_handler_outliving_max_poll_interval_runs_once_on_an_inline_bus(kafka_url: str) -> None:
     """Two buses in one group, ``concurrency=1``, a 3 s poll interval, one record on a
     one-partition topic and a 7.5 s handler: it runs once, and a record published
     after it is handled too (the member kept its partition and goes on)."""
@@ -34,8 +33,10 @@ def test_a_handler_outliving_max_poll_interval_runs_once_on_an_inline_bus(
         group = unique("g")
         runs: Collector[tuple[str, int, float]] = Collector("runs")
         started = time.monotonic()
-        buses = [EventBus(KafkaAdapter(url), source=f"slow-{name}", shutdown_timeout=10)
-                 for name in ("a", "b")]
+        buses = [
+            EventBus(KafkaAdapter(url), source=f"slow-{name}", shutdown_timeout=10)
+            for name in ("a", "b")
+        ]
 
         def member(name: str, bus: EventBus) -> None:
             @bus.subscribe(event_cls, group=group, concurrency=1)
@@ -52,8 +53,11 @@ def test_a_handler_outliving_max_poll_interval_runs_once_on_an_inline_bus(
             await runs.wait(lambda items: len(items) >= 1, "the slow record", timeout=20)
             await asyncio.sleep(9)  # the slow run and then some
             await buses[0].publish(event_cls(seq=1))
-            await runs.wait(lambda items: any(seq == 1 for _, seq, _ in items),
-                            "a record after the slow one", timeout=30)
+            await runs.wait(
+                lambda items: any(seq == 1 for _, seq, _ in items),
+                "a record after the slow one",
+                timeout=30,
+            )
             slow = [item for item in runs.items if item[1] == 0]
             assert len(slow) == 1, f"the slow handler ran {len(slow)} times: {runs.items}"
         finally:

@@ -66,7 +66,8 @@ def test_the_names_of_0_1_still_work_with_a_deprecation_warning() -> None:
         s = KafkaSettings.from_url(
             "kafka://k?client_id=orders&create_topics=false&retry_tiers=5,30"
             "&session_timeout_ms=6000&heartbeat_interval_ms=1000&linger_ms=0"
-            "&security_protocol=SSL&ssl_cafile=/ca.pem&ssl_certfile=/c.pem&ssl_keyfile=/k.pem")
+            "&security_protocol=SSL&ssl_cafile=/ca.pem&ssl_certfile=/c.pem&ssl_keyfile=/k.pem"
+        )
     assert len(warned) == 1
     assert (s.client_name, s.provision, s.delay_tiers) == ("orders", False, (5, 30))
     assert (s.session_timeout, s.heartbeat_interval, s.linger) == (6.0, 1.0, 0.0)
@@ -123,7 +124,10 @@ def test_retry_delay_tiers() -> None:
     tiers = KafkaSettings.from_url("kafka://k?delay_tiers=0.5,2").delay_tiers
     # Whole seconds name their retry topic as in 0.1; a fraction keeps its digits.
     assert [retry_topic("t", "g", tier) for tier in (*tiers, 10)] == [
-        "t.g.retry.0.5s", "t.g.retry.2s", "t.g.retry.10s"]
+        "t.g.retry.0.5s",
+        "t.g.retry.2s",
+        "t.g.retry.10s",
+    ]
 
 
 @pytest.mark.parametrize(
@@ -149,28 +153,32 @@ def test_credentials_and_sasl_settings_must_agree(url: str) -> None:
 
 def test_plus_in_a_query_password_is_kept() -> None:
     s = KafkaSettings.from_url(
-        "kafka://k?security_protocol=SASL_SSL&sasl_username=u&sasl_password=a+b%2Bc")
+        "kafka://k?security_protocol=SASL_SSL&sasl_username=u&sasl_password=a+b%2Bc"
+    )
     assert s.sasl_password == "a+b+c"
 
 
 def test_client_settings_are_validated() -> None:
     s = KafkaSettings.from_url(
         "kafka://k?compression_type=gzip&isolation_level=read_committed"
-        "&group_instance_id=billing-1&max_poll_interval=600")
+        "&group_instance_id=billing-1&max_poll_interval=600"
+    )
     assert (s.compression_type, s.isolation_level) == ("gzip", "read_committed")
     assert (s.group_instance_id, s.max_poll_interval) == ("billing-1", 600)
     defaults = KafkaSettings.from_url("kafka://k")
     assert (defaults.compression_type, defaults.isolation_level) == (None, "read_uncommitted")
-    for bad in ("compression_type=brotli", "isolation_level=dirty", "max_poll_interval=0",
-                "group_instance_id="):
+    for bad in (
+        "compression_type=brotli",
+        "isolation_level=dirty",
+        "max_poll_interval=0",
+        "group_instance_id=",
+    ):
         with pytest.raises(InvalidURLError) as raised:
             KafkaSettings.from_url(f"kafka://k?{bad}")
         assert bad.split("=")[0] in str(raised.value) and "\n" not in str(raised.value)
 
 
-def test_compression_without_its_library_is_a_clear_error(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_compression_without_its_library_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     import aiokafka.codec
 
     monkeypatch.setattr(aiokafka.codec, "has_zstd", lambda: False)
@@ -179,8 +187,9 @@ def test_compression_without_its_library_is_a_clear_error(
     assert "zstandard" in str(raised.value)
 
 
-def test_a_failed_commit_is_a_warning(caplog: pytest.LogCaptureFixture,
-                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_failed_commit_is_a_warning(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A commit the broker refused means duplicates after a restart: say so at WARNING."""
     import asyncio
 
@@ -222,7 +231,11 @@ def test_adapter_is_found_by_scheme_with_honest_capabilities() -> None:
     assert isinstance(adapter, KafkaAdapter)
     caps = adapter.capabilities
     assert (caps.persistent, caps.consumer_groups, caps.fanout, caps.ordering) == (
-        True, True, True, "per_key")
+        True,
+        True,
+        True,
+        "per_key",
+    )
     assert (caps.redelivery, caps.native_delay, caps.native_dead_letter) == (True, False, False)
     assert (caps.replay, caps.headers, caps.max_message_bytes) == (True, True, 5000)
     assert caps.dedupe_window is None and caps.reconnect is True
@@ -233,10 +246,17 @@ def test_adapter_is_found_by_scheme_with_honest_capabilities() -> None:
 
 def full_envelope() -> Envelope:
     return Envelope.create(
-        type="com.example.order.placed", source="https://example.com/orders",
-        time=datetime(2024, 5, 6, 7, 8, 9, 123456, tzinfo=UTC), data=b'{"a":1}',
-        subject="order/A-1", dataschema="https://s/2", dataversion=2, correlationid="c",
-        causationid="x", partitionkey="order-A-1", traceparent="00-ab-cd-01",
+        type="com.example.order.placed",
+        source="https://example.com/orders",
+        time=datetime(2024, 5, 6, 7, 8, 9, 123456, tzinfo=UTC),
+        data=b'{"a":1}',
+        subject="order/A-1",
+        dataschema="https://s/2",
+        dataversion=2,
+        correlationid="c",
+        causationid="x",
+        partitionkey="order-A-1",
+        traceparent="00-ab-cd-01",
         extensions={"tenant": "acme"},
     )
 
@@ -260,8 +280,9 @@ def test_decode_round_trip_and_transport_headers() -> None:
     record = encode(env)
     decoded = decode(record.key, record.value, record.headers)
     assert decoded.envelope == env and decoded.error is None and decoded.attempt == 1
-    again = retry_headers([*record.headers, (ATTEMPT_HEADER, b"2")], attempt=3,
-                          not_before_ms=123, origin="orders")
+    again = retry_headers(
+        [*record.headers, (ATTEMPT_HEADER, b"2")], attempt=3, not_before_ms=123, origin="orders"
+    )
     names = [n for n, _ in again]
     assert names.count(ATTEMPT_HEADER) == 1
     retried = decode(record.key, record.value, again)
@@ -315,15 +336,16 @@ def test_official_sdk_reads_ours_and_we_read_theirs() -> None:
 
     env = full_envelope()
     record = encode(env)
-    message = kafka.KafkaMessage(headers=dict(record.headers), key=record.key,
-                                 value=record.value)
+    message = kafka.KafkaMessage(headers=dict(record.headers), key=record.key, value=record.value)
     event = kafka.from_binary(message, data_unmarshaller=lambda b: b)
     # The SDK hands the record key back as it got it (bytes).
     assert event["id"] == env.id and event["partitionkey"] in ("order-A-1", b"order-A-1")
     assert event["tenant"] == "acme" and event.data == b'{"a":1}'
 
-    theirs = CloudEvent({"type": "t", "source": "s", "partitionkey": "k1",
-                         "datacontenttype": "application/json"}, {"b": 2})
+    theirs = CloudEvent(
+        {"type": "t", "source": "s", "partitionkey": "k1", "datacontenttype": "application/json"},
+        {"b": 2},
+    )
     out = kafka.to_binary(theirs)
     decoded = decode(out.key, out.value, list(out.headers.items()))
     assert decoded.envelope is not None, decoded.error
@@ -352,8 +374,10 @@ def test_commit_point_is_the_settled_prefix() -> None:
 def test_a_bad_value_names_the_option_the_value_and_what_is_allowed() -> None:
     with pytest.raises(InvalidURLError) as raised:
         KafkaSettings.from_url("kafka://k?partitions=x")
-    assert str(raised.value) == ("option partitions='x' in Kafka URL 'kafka://k?partitions=x' "
-                                 "is invalid: must be an integer >= 1")
+    assert str(raised.value) == (
+        "option partitions='x' in Kafka URL 'kafka://k?partitions=x' "
+        "is invalid: must be an integer >= 1"
+    )
     # Case-folded choices, as before: security_protocol upper, isolation_level lower.
     s = KafkaSettings.from_url("kafka://k?security_protocol=ssl&isolation_level=READ_COMMITTED")
     assert (s.security_protocol, s.isolation_level) == ("SSL", "read_committed")

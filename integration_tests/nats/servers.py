@@ -23,8 +23,12 @@ def private_server(*, max_payload: int | None = None) -> Iterator[processes.Loca
         lines.append(f"max_payload: {max_payload}")
     lines.append(f"jetstream {{ store_dir: {workdir / 'js'!s} }}")
     (workdir / "nats.conf").write_text("\n".join(lines) + "\n")
-    proc = processes.LocalProcess("nats", [binary, "-c", str(workdir / "nats.conf")],
-                                  f"nats://127.0.0.1:{port}", workdir=workdir)
+    proc = processes.LocalProcess(
+        "nats",
+        [binary, "-c", str(workdir / "nats.conf")],
+        f"nats://127.0.0.1:{port}",
+        workdir=workdir,
+    )
     proc.start()
     try:
         yield proc

@@ -91,7 +91,8 @@ def nats_target(name: str) -> BrokerTarget:
         # Core NATS keeps nothing for a group and takes nothing back: no such hooks.
         delete_underneath=_deleter(url) if jetstream else None,
         short_lease=ShortLease(f"{url}&ack_wait={SHORT_ACK_WAIT:g}", SHORT_ACK_WAIT)
-        if jetstream else None,
+        if jetstream
+        else None,
     )
 
 

@@ -47,8 +47,9 @@ def unique(prefix: str) -> str:
 
 
 def ping(n: int, size: int = 0) -> Envelope:
-    return Envelope.create(type="test.ping", source="nats-tests",
-                           data=b'{"n":%d,"pad":"%s"}' % (n, b"x" * size))
+    return Envelope.create(
+        type="test.ping", source="nats-tests", data=b'{"n":%d,"pad":"%s"}' % (n, b"x" * size)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -77,8 +78,10 @@ def test_connect_fails_fast_with_masked_url() -> None:
     port = processes.free_port()  # nothing listens here
 
     async def scenario() -> None:
-        for adapter in (NatsAdapter(f"nats://bob:hunter2@127.0.0.1:{port}?connect_timeout=1"),
-                        NatsCoreAdapter(f"nats+core://bob:hunter2@127.0.0.1:{port}?connect_timeout=1")):
+        for adapter in (
+            NatsAdapter(f"nats://bob:hunter2@127.0.0.1:{port}?connect_timeout=1"),
+            NatsCoreAdapter(f"nats+core://bob:hunter2@127.0.0.1:{port}?connect_timeout=1"),
+        ):
             started = time.monotonic()
             with pytest.raises(BrokerConnectionError) as raised:
                 await adapter.connect()
@@ -92,9 +95,12 @@ def test_connect_fails_fast_with_masked_url() -> None:
 def test_oversize_refused_before_anything_is_sent(nats_url: str) -> None:
     async def scenario() -> None:
         topic = unique("big")
-        for adapter in (NatsAdapter(nats_url + "?max_message_bytes=2000"),
-                        NatsCoreAdapter(nats_url.replace("nats://", "nats+core://")
-                                        + "?max_message_bytes=2000")):
+        for adapter in (
+            NatsAdapter(nats_url + "?max_message_bytes=2000"),
+            NatsCoreAdapter(
+                nats_url.replace("nats://", "nats+core://") + "?max_message_bytes=2000"
+            ),
+        ):
             await adapter.connect()
             with pytest.raises(MessageTooLargeError) as raised:
                 await adapter.publish(topic, [ping(1), ping(2, size=3000)])
@@ -121,8 +127,11 @@ def test_partial_batch_failure_names_the_index(nats_url: str) -> None:
         await adapter.connect()
         nc = await nats.connect(nats_url)
         js = nc.jetstream()
-        await js.add_stream(StreamConfig(name=f"EB_{topic}", subjects=[topic], max_msgs=2,
-                                         discard=DiscardPolicy.NEW))
+        await js.add_stream(
+            StreamConfig(
+                name=f"EB_{topic}", subjects=[topic], max_msgs=2, discard=DiscardPolicy.NEW
+            )
+        )
         batch = [ping(0), ping(1), ping(2)]
         with pytest.raises(BatchPublishError) as raised:
             await adapter.publish(topic, batch)
@@ -224,9 +233,16 @@ def test_cloudevents_sdk_interop(nats_url: str) -> None:
         adapter = NatsAdapter(nats_url)
         await adapter.connect()
         subscription = await adapter.subscribe(topic, SubscribeOptions(group="g"))
-        theirs = CloudEvent(attributes={"id": "sdk-1", "type": "com.example.made",
-                                        "source": "/sdk", "datacontenttype": "application/json",
-                                        "subject": "s1"}, data={"n": 1})
+        theirs = CloudEvent(
+            attributes={
+                "id": "sdk-1",
+                "type": "com.example.made",
+                "source": "/sdk",
+                "datacontenttype": "application/json",
+                "subject": "s1",
+            },
+            data={"n": 1},
+        )
         message = ce_http.to_binary(theirs, JSONFormat())
         nc = await nats.connect(nats_url)
         await nc.jetstream().publish(topic, message.body, headers=dict(message.headers))
@@ -234,7 +250,11 @@ def test_cloudevents_sdk_interop(nats_url: str) -> None:
         assert delivery.envelope is not None, delivery.decode_error
         envelope = delivery.envelope
         assert (envelope.id, envelope.type, envelope.source, envelope.subject) == (
-            "sdk-1", "com.example.made", "/sdk", "s1")
+            "sdk-1",
+            "com.example.made",
+            "/sdk",
+            "s1",
+        )
         assert envelope.data == message.body
         await delivery.ack()
         ours = ping(7)
@@ -242,10 +262,14 @@ def test_cloudevents_sdk_interop(nats_url: str) -> None:
         stored = (await adapter.read(topic))[-1]
         assert stored.envelope == ours
         raw = await nc.jetstream().get_msg(f"EB_{topic}", 2)
-        event = ce_http.from_binary(ce_http.HTTPMessage(headers=dict(raw.headers or {}),
-                                                        body=raw.data or b""), JSONFormat())
+        event = ce_http.from_binary(
+            ce_http.HTTPMessage(headers=dict(raw.headers or {}), body=raw.data or b""), JSONFormat()
+        )
         assert (event.get_id(), event.get_type(), event.get_source()) == (
-            ours.id, "test.ping", "nats-tests")
+            ours.id,
+            "test.ping",
+            "nats-tests",
+        )
         await nc.close()
         await adapter.close()
 

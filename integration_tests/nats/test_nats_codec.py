@@ -47,9 +47,16 @@ def run(scenario: Coroutine[Any, Any, None], timeout: float = 60.0) -> None:
 
 
 def structured(event_type: str, order_id: str) -> bytes:
-    return json.dumps({"specversion": "1.0", "id": str(uuid.uuid4()), "source": "/legacy",
-                       "type": event_type, "datacontenttype": "application/json",
-                       "data": {"order_id": order_id}}).encode()
+    return json.dumps(
+        {
+            "specversion": "1.0",
+            "id": str(uuid.uuid4()),
+            "source": "/legacy",
+            "type": event_type,
+            "datacontenttype": "application/json",
+            "data": {"order_id": order_id},
+        }
+    ).encode()
 
 
 async def until(predicate: Any, timeout: float = 10.0) -> None:
@@ -62,8 +69,9 @@ async def until(predicate: Any, timeout: float = 10.0) -> None:
 
 
 @pytest.mark.parametrize("scheme", ["nats", "nats+core"])
-def test_headerless_structured_event_is_handled(nats_endpoint: harness.Endpoint,
-                                                scheme: str) -> None:
+def test_headerless_structured_event_is_handled(
+    nats_endpoint: harness.Endpoint, scheme: str
+) -> None:
     """A JSON CloudEvent as the whole payload is an event with or without headers
     (no headers, a foreign header only, or content-type application/cloudevents);
     only a payload that is not one is dead-lettered, with its headers."""
@@ -84,10 +92,14 @@ def test_headerless_structured_event_is_handled(nats_endpoint: harness.Endpoint,
         async with bus:
             dead = DeadLetters(bus.adapter)
             await publish(topic, structured(order.event_type(), "no-headers"))
-            await publish(topic, structured(order.event_type(), "foreign-header"),
-                          headers={"x-trace": "abc"})
-            await publish(topic, structured(order.event_type(), "structured-ct"),
-                          headers={"Content-Type": "application/cloudevents+json"})
+            await publish(
+                topic, structured(order.event_type(), "foreign-header"), headers={"x-trace": "abc"}
+            )
+            await publish(
+                topic,
+                structured(order.event_type(), "structured-ct"),
+                headers={"Content-Type": "application/cloudevents+json"},
+            )
             await publish(topic, b"plain text, not an event", headers={"x-trace": "abc"})
             await nc.flush()
             await until(lambda: len(handled) == 3)
@@ -124,28 +136,58 @@ def test_binary_mode_read_by_the_binding(nats_endpoint: harness.Endpoint) -> Non
         @bus.subscribe(order, group="g")
         async def on_order(event: Any, ctx: Context) -> None:
             envelope = ctx.envelope
-            seen.append((event.order_id, envelope.subject, envelope.datacontenttype,
-                         dict(envelope.extensions)))
+            seen.append(
+                (
+                    event.order_id,
+                    envelope.subject,
+                    envelope.datacontenttype,
+                    dict(envelope.extensions),
+                )
+            )
 
         nc = await nats.connect(f"nats://{address}")
         js = nc.jetstream()
 
         def headers(order_id: str, **more: str) -> dict[str, str]:
-            return {"ce-specversion": "1.0", "ce-id": order_id, "ce-source": "/go",
-                    "ce-type": order.event_type(), **more}
+            return {
+                "ce-specversion": "1.0",
+                "ce-id": order_id,
+                "ce-source": "/go",
+                "ce-type": order.event_type(),
+                **more,
+            }
 
         async with bus:
             dead = DeadLetters(bus.adapter)
             body = json.dumps({"order_id": "a"}).encode()
-            await js.publish(topic, body, headers=headers(
-                "a", **{"ce-datacontenttype": "application/json",
+            await js.publish(
+                topic,
+                body,
+                headers=headers(
+                    "a",
+                    **{
+                        "ce-datacontenttype": "application/json",
                         "ce-subject": "Euro%20%E2%82%AC%20%F0%9F%98%80",
-                        "ce-note": '"two words \\"quoted\\""'}))
-            await js.publish(topic, json.dumps({"order_id": "b"}).encode(), headers={
-                "CE-SpecVersion": "1.0", "Ce-Id": "b", "ce-SOURCE": "/go",
-                "CE-TYPE": order.event_type(), "Content-Type": "application/json"})
-            await js.publish(topic, json.dumps({"order_id": "d"}).encode(),
-                             headers=headers("d", **{"ce-subject": "bad%C0%A0"}))
+                        "ce-note": '"two words \\"quoted\\""',
+                    },
+                ),
+            )
+            await js.publish(
+                topic,
+                json.dumps({"order_id": "b"}).encode(),
+                headers={
+                    "CE-SpecVersion": "1.0",
+                    "Ce-Id": "b",
+                    "ce-SOURCE": "/go",
+                    "CE-TYPE": order.event_type(),
+                    "Content-Type": "application/json",
+                },
+            )
+            await js.publish(
+                topic,
+                json.dumps({"order_id": "d"}).encode(),
+                headers=headers("d", **{"ce-subject": "bad%C0%A0"}),
+            )
             await until(lambda: len(seen) == 2)
             letters: list[Any] = []
             for _ in range(100):
@@ -182,16 +224,18 @@ def test_what_eventbus_writes_is_the_binding(nats_endpoint: harness.Endpoint) ->
         assert headers["ce-datacontenttype"] == "application/json"
         assert headers["ce-subject"] == "Euro%20%E2%82%AC%20%F0%9F%98%80"
         assert all(value.isascii() for value in headers.values())
-        event = ce_http.from_binary(ce_http.HTTPMessage(headers=headers, body=raw.data or b""),
-                                    JSONFormat())
+        event = ce_http.from_binary(
+            ce_http.HTTPMessage(headers=headers, body=raw.data or b""), JSONFormat()
+        )
         assert (event.get_id(), event.get_subject()) == (sent.id, EURO)
 
     run(scenario())
 
 
 @pytest.mark.parametrize("scheme", ["nats", "nats+core"])
-def test_foreign_binary_header_beside_an_event_is_ignored(nats_endpoint: harness.Endpoint,
-                                                          scheme: str) -> None:
+def test_foreign_binary_header_beside_an_event_is_ignored(
+    nats_endpoint: harness.Endpoint, scheme: str
+) -> None:
     """A binary-mode event with a foreign header that is not UTF-8 (a tracing
     interceptor's) is handled; publish_raw carries header values byte for byte and
     refuses what NATS cannot carry (a line break) before sending."""
@@ -208,9 +252,17 @@ def test_foreign_binary_header_beside_an_event_is_ignored(nats_endpoint: harness
             handled.append(event.order_id)
 
         async with bus:
-            await bus.adapter.publish_raw(topic, json.dumps({"order_id": "c"}).encode(), {
-                "ce-specversion": b"1.0", "ce-id": b"c-1", "ce-source": b"/go",
-                "ce-type": order.event_type().encode(), "x-bin": b"\xff\xfe\x00"})
+            await bus.adapter.publish_raw(
+                topic,
+                json.dumps({"order_id": "c"}).encode(),
+                {
+                    "ce-specversion": b"1.0",
+                    "ce-id": b"c-1",
+                    "ce-source": b"/go",
+                    "ce-type": order.event_type().encode(),
+                    "x-bin": b"\xff\xfe\x00",
+                },
+            )
             await until(lambda: handled == ["c"])
             with pytest.raises(ConfigurationError, match="line break"):
                 await bus.adapter.publish_raw(topic, b"x", {"x-bad": b"a\r\nb"})

@@ -56,14 +56,14 @@ def test_wrong_port_fails_at_once_saying_refused(scheme: str) -> None:
 
 
 @pytest.mark.parametrize("scheme", ["nats", "nats+core"])
-def test_clean_shutdown_logs_no_reconnect(nats_endpoint: harness.Endpoint, scheme: str,
-                                          caplog: pytest.LogCaptureFixture) -> None:
+def test_clean_shutdown_logs_no_reconnect(
+    nats_endpoint: harness.Endpoint, scheme: str, caplog: pytest.LogCaptureFixture
+) -> None:
     """#18 defect 7: stopping a bus is not a lost connection: nothing says
     "lost its connection; reconnecting" and nothing above INFO is logged."""
 
     async def scenario() -> None:
-        bus = EventBus.from_url(f"{scheme}://{nats_endpoint.host}:{nats_endpoint.port}",
-                                source="t")
+        bus = EventBus.from_url(f"{scheme}://{nats_endpoint.host}:{nats_endpoint.port}", source="t")
         got = asyncio.Event()
 
         @bus.subscribe(Tick, group="g")
@@ -78,8 +78,9 @@ def test_clean_shutdown_logs_no_reconnect(nats_endpoint: harness.Endpoint, schem
         run(scenario())
     said = [r.getMessage() for r in caplog.records if r.name.startswith("eventbus.nats")]
     assert not [m for m in said if "reconnecting" in m or "lost" in m], said
-    assert not [r for r in caplog.records if r.levelno > logging.INFO
-                and r.name.startswith("eventbus")], caplog.records
+    assert not [
+        r for r in caplog.records if r.levelno > logging.INFO and r.name.startswith("eventbus")
+    ], caplog.records
 
 
 def test_silent_endpoint_fails_within_connect_timeout() -> None:
@@ -90,8 +91,10 @@ def test_silent_endpoint_fails_within_connect_timeout() -> None:
         server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
         try:
-            for adapter in (NatsAdapter(f"nats://127.0.0.1:{port}?connect_timeout=2"),
-                            NatsCoreAdapter(f"nats+core://127.0.0.1:{port}?connect_timeout=2")):
+            for adapter in (
+                NatsAdapter(f"nats://127.0.0.1:{port}?connect_timeout=2"),
+                NatsCoreAdapter(f"nats+core://127.0.0.1:{port}?connect_timeout=2"),
+            ):
                 started = time.monotonic()
                 with pytest.raises(BrokerConnectionError) as raised:
                     await adapter.connect()
@@ -107,7 +110,8 @@ def test_silent_endpoint_fails_within_connect_timeout() -> None:
 
 @pytest.mark.parametrize("scheme", ["nats", "nats+core"])
 def test_half_open_connection_replaced_within_the_declared_bound(
-        nats_endpoint: harness.Endpoint, scheme: str, caplog: pytest.LogCaptureFixture) -> None:
+    nats_endpoint: harness.Endpoint, scheme: str, caplog: pytest.LogCaptureFixture
+) -> None:
     """The path goes silent without closing (a frozen proxy): within the declared
     half_open_bound (ping_interval x (max_pings_out + 1), 6 s by default) the adapter
     has dropped the connection to reconnect, health says so meanwhile, and after the
@@ -135,8 +139,10 @@ def test_half_open_connection_replaced_within_the_declared_bound(
                 await _until(lambda: got == [0], 10)
                 await proxy.freeze()
                 frozen = time.monotonic()
-                await _until(lambda: any("lost its connection" in r.getMessage()
-                                         for r in caplog.records), bound + 3)
+                await _until(
+                    lambda: any("lost its connection" in r.getMessage() for r in caplog.records),
+                    bound + 3,
+                )
                 noticed = time.monotonic() - frozen
                 assert noticed <= bound + 1.5, f"noticed after {noticed:.1f}s (bound {bound}s)"
                 assert not (await bus.adapter.health()).ok
@@ -164,7 +170,8 @@ async def _until(predicate: Any, timeout: float) -> None:
 
 
 def test_a_late_pong_after_a_timed_out_health_check_keeps_the_connection_reading(
-        nats_endpoint: harness.Endpoint) -> None:
+    nats_endpoint: harness.Endpoint,
+) -> None:
     """health() on core NATS waits a second for a PONG; when the path was silent
     longer, the PONG arrives after the wait gave up. nats-py then resolves the
     cancelled wait, its read loop dies (InvalidStateError) and the connection reads
@@ -180,8 +187,9 @@ def test_a_late_pong_after_a_timed_out_health_check_keeps_the_connection_reading
 
         try:
             sub = EventBus.from_url(f"nats+core://127.0.0.1:{proxy.port}", source="s")
-            pub = EventBus.from_url(f"nats+core://{nats_endpoint.host}:{nats_endpoint.port}",
-                                    source="p")
+            pub = EventBus.from_url(
+                f"nats+core://{nats_endpoint.host}:{nats_endpoint.port}", source="p"
+            )
             got: list[int] = []
 
             @sub.subscribe(Note, group="g")

@@ -29,7 +29,8 @@ def run(scenario: Coroutine[Any, Any, None], timeout: float = 90.0) -> None:
 
 
 def test_slow_core_subscriber_buffers_within_its_bounds(
-        nats_endpoint: harness.Endpoint, caplog: pytest.LogCaptureFixture) -> None:
+    nats_endpoint: harness.Endpoint, caplog: pytest.LogCaptureFixture
+) -> None:
     address = f"{nats_endpoint.host}:{nats_endpoint.port}"
     topic = f"nats.core.buffer.{uuid.uuid4().hex[:8]}"
 
@@ -55,8 +56,11 @@ def test_slow_core_subscriber_buffers_within_its_bounds(
             buffered, dropped = int(info["buffered_bytes"]), int(info["dropped"])
         assert buffered <= 1048576, info
         assert dropped >= 3000, info
-        warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING
-                  and "dropping" in r.getMessage()]
+        warned = [
+            r.getMessage()
+            for r in caplog.records
+            if r.levelno == logging.WARNING and "dropping" in r.getMessage()
+        ]
         assert warned and topic in warned[0], warned
 
     with caplog.at_level(logging.INFO, logger="eventbus.nats"):

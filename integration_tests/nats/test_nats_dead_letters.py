@@ -39,7 +39,8 @@ async def until(predicate: Callable[[], Awaitable[bool]], timeout: float = 15.0)
 
 @pytest.mark.parametrize("to_group", [None, False], ids=["to-group", "whole-topic"])
 def test_replayed_event_failing_again_is_a_second_letter(
-        nats_endpoint: harness.Endpoint, to_group: bool | None) -> None:
+    nats_endpoint: harness.Endpoint, to_group: bool | None
+) -> None:
     """Fail, dead-letter, replay (to the group, or to the whole topic: a plain
     publish of the same event id within the duplicate window), fail again: the
     handler runs twice and the second failure is a second pending letter."""
@@ -49,8 +50,11 @@ def test_replayed_event_failing_again_is_a_second_letter(
         order_id: str
 
     async def scenario() -> None:
-        bus = EventBus.from_url(f"nats://{nats_endpoint.host}:{nats_endpoint.port}",
-                                source="t", retry=RetryPolicy(max_attempts=1))
+        bus = EventBus.from_url(
+            f"nats://{nats_endpoint.host}:{nats_endpoint.port}",
+            source="t",
+            retry=RetryPolicy(max_attempts=1),
+        )
         runs: list[int] = []
 
         @bus.subscribe(Charge, group="billing")
@@ -64,8 +68,7 @@ def test_replayed_event_failing_again_is_a_second_letter(
 
             async def pending() -> list[Any]:
                 with contextlib.suppress(TopicNotFoundError):
-                    return [x for x in await dead.list(topic, "billing")
-                            if x.state == "pending"]
+                    return [x for x in await dead.list(topic, "billing") if x.state == "pending"]
                 return []
 
             async def one_pending() -> bool:

@@ -46,8 +46,12 @@ def test_server_max_payload_is_the_limit(scheme: str) -> None:
         blob: str
 
     async def scenario(url: str) -> None:
-        bus = EventBus.from_url(url, source="t", publish_timeout=3.0,
-                                retry=RetryPolicy(max_attempts=2, initial_delay=0.05))
+        bus = EventBus.from_url(
+            url,
+            source="t",
+            publish_timeout=3.0,
+            retry=RetryPolicy(max_attempts=2, initial_delay=0.05),
+        )
         runs: list[float] = []
 
         @bus.subscribe(Big, group="g")
@@ -90,8 +94,9 @@ def test_stream_max_msg_size_is_checked_before_sending(nats_endpoint: harness.En
         url = f"nats://{nats_endpoint.host}:{nats_endpoint.port}"
         topic = f"nats-limits-{uuid.uuid4().hex[:10]}"
         nc = await nats.connect(url)
-        await nc.jetstream().add_stream(StreamConfig(name=f"EB_{topic}", subjects=[topic],
-                                                     max_msg_size=1000))
+        await nc.jetstream().add_stream(
+            StreamConfig(name=f"EB_{topic}", subjects=[topic], max_msg_size=1000)
+        )
         adapter = NatsAdapter(url)
         await adapter.connect()
         small = Envelope.create(type="t", source="s", data=b"{}")

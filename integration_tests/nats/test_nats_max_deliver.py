@@ -58,7 +58,8 @@ class FlakyStore(MemoryIdempotencyStore):
 
 
 def test_store_outage_longer_than_max_deliver_ends_handled_once(
-        nats_endpoint: harness.Endpoint) -> None:
+    nats_endpoint: harness.Endpoint,
+) -> None:
     """max_deliver=3 above max_attempts=2, as the docs advise, and a store failing
     the first 7 claims: the message is handled once when the store answers, not
     dead-lettered, not dropped; the handler sees the real delivery count."""
@@ -71,8 +72,11 @@ def test_store_outage_longer_than_max_deliver_ends_handled_once(
     async def scenario() -> None:
         store = FlakyStore(outage=7)
         bus = EventBus.from_url(
-            f"nats://{address}?max_deliver=3", source="t", retry=RetryPolicy(max_attempts=2),
-            redelivery_backoff=Backoff(initial=0.05, max_delay=0.2, jitter=0.0))
+            f"nats://{address}?max_deliver=3",
+            source="t",
+            retry=RetryPolicy(max_attempts=2),
+            redelivery_backoff=Backoff(initial=0.05, max_delay=0.2, jitter=0.0),
+        )
         handled: list[tuple[int, int]] = []
         letters: list[Envelope] = []
         done = asyncio.Event()
@@ -98,7 +102,8 @@ def test_store_outage_longer_than_max_deliver_ends_handled_once(
 
 
 def test_a_message_never_settled_keeps_coming_back_past_max_deliver(
-        nats_endpoint: harness.Endpoint) -> None:
+    nats_endpoint: harness.Endpoint,
+) -> None:
     """Nacked at every delivery (as a crashing consumer leaves it): with
     max_deliver=2 it still comes back, attempt after attempt, on this group only."""
     url = f"nats://{nats_endpoint.host}:{nats_endpoint.port}?max_deliver=2"

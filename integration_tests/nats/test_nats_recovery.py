@@ -52,7 +52,8 @@ def job_class(topic: str) -> type[Event]:
 
 
 def test_consumer_deleted_underneath_is_created_again_where_the_group_was(
-        nats_endpoint: harness.Endpoint, caplog: pytest.LogCaptureFixture) -> None:
+    nats_endpoint: harness.Endpoint, caplog: pytest.LogCaptureFixture
+) -> None:
     """A "latest" group's consumer deleted while it works through a backlog: every
     message, those published while it was gone included, is handled, within a few
     seconds (no stall watch needed: stall_after is left at its 60 s)."""
@@ -124,7 +125,8 @@ def test_memory_storage_server_crash_and_restart(caplog: pytest.LogCaptureFixtur
 
 
 def test_backlog_counts_what_waits_and_reports_a_missing_consumer(
-        nats_endpoint: harness.Endpoint) -> None:
+    nats_endpoint: harness.Endpoint,
+) -> None:
     """backlog() is the consumer's num_pending (plus the group route's): messages not
     yet sent to any member; TopicNotFoundError once the consumer is deleted."""
     url = f"nats://{nats_endpoint.host}:{nats_endpoint.port}"
@@ -135,12 +137,14 @@ def test_backlog_counts_what_waits_and_reports_a_missing_consumer(
         await adapter.connect()
         subscription = await adapter.subscribe(topic, SubscribeOptions(group="g", prefetch=1))
         assert await subscription.backlog() == 0
-        await adapter.publish(topic, [Envelope.create(type="t", source="s", data=b"{}")
-                                      for _ in range(3)])
+        await adapter.publish(
+            topic, [Envelope.create(type="t", source="s", data=b"{}") for _ in range(3)]
+        )
         await asyncio.sleep(0.5)  # the member takes one (its prefetch)
         assert await subscription.backlog() == 2
-        await adapter.publish_to_group(topic, "g", [Envelope.create(type="t", source="s",
-                                                                    data=b"{}")])
+        await adapter.publish_to_group(
+            topic, "g", [Envelope.create(type="t", source="s", data=b"{}")]
+        )
         await asyncio.sleep(0.5)  # the route member takes it at once (its own prefetch)
         assert await subscription.backlog() == 2
         js = adapter.client.jetstream()

@@ -35,27 +35,30 @@ def test_schemes_pick_the_adapter() -> None:
     assert jetstream.capabilities.dedupe_window == 30.0
 
 
-@pytest.mark.parametrize(("url", "names"), [
-    ("nats://h?bogus=1", ["bogus", "accepts"]),
-    ("nats://h?ack_wait=0", ["ack_wait"]),
-    ("nats://h?ack_wait=0.5", ["ack_wait", "1 second"]),
-    ("nats://h?storage=disk", ["storage", "file or memory"]),
-    ("nats://h?start_from=middle", ["start_from", "earliest or latest"]),
-    ("nats://h?max_deliver=0", ["max_deliver", "-1"]),
-    ("nats://h?max_deliver=1", ["max_deliver", "at least 2", "carried over"]),
-    ("nats://h?ping_interval=0", ["ping_interval"]),
-    ("nats://h?max_pings_out=0", ["max_pings_out", ">= 1"]),
-    ("nats://h?replicas=0", ["replicas"]),
-    ("nats://h?stream_prefix=a.b", ["stream_prefix"]),
-    ("nats://h?tls=true&tls_cert=/c.pem", ["tls_cert", "tls_key"]),
-    ("nats://h?ack_wait=5&ack_wait=6", ["ack_wait", "twice"]),
-    ("nats+core://h?ack_wait=5", ["ack_wait", "JetStream only"]),
-    ("nats+core://h?dedupe_window=5", ["dedupe_window", "JetStream only"]),
-    ("nats://h?pending_msgs=5", ["pending_msgs", "core NATS only"]),
-    ("nats+core://h?pending_bytes=0", ["pending_bytes", ">= 1"]),
-    ("nats://h:99999", ["port"]),
-    ("amqp://h", ["nats://"]),
-])
+@pytest.mark.parametrize(
+    ("url", "names"),
+    [
+        ("nats://h?bogus=1", ["bogus", "accepts"]),
+        ("nats://h?ack_wait=0", ["ack_wait"]),
+        ("nats://h?ack_wait=0.5", ["ack_wait", "1 second"]),
+        ("nats://h?storage=disk", ["storage", "file or memory"]),
+        ("nats://h?start_from=middle", ["start_from", "earliest or latest"]),
+        ("nats://h?max_deliver=0", ["max_deliver", "-1"]),
+        ("nats://h?max_deliver=1", ["max_deliver", "at least 2", "carried over"]),
+        ("nats://h?ping_interval=0", ["ping_interval"]),
+        ("nats://h?max_pings_out=0", ["max_pings_out", ">= 1"]),
+        ("nats://h?replicas=0", ["replicas"]),
+        ("nats://h?stream_prefix=a.b", ["stream_prefix"]),
+        ("nats://h?tls=true&tls_cert=/c.pem", ["tls_cert", "tls_key"]),
+        ("nats://h?ack_wait=5&ack_wait=6", ["ack_wait", "twice"]),
+        ("nats+core://h?ack_wait=5", ["ack_wait", "JetStream only"]),
+        ("nats+core://h?dedupe_window=5", ["dedupe_window", "JetStream only"]),
+        ("nats://h?pending_msgs=5", ["pending_msgs", "core NATS only"]),
+        ("nats+core://h?pending_bytes=0", ["pending_bytes", ">= 1"]),
+        ("nats://h:99999", ["port"]),
+        ("amqp://h", ["nats://"]),
+    ],
+)
 def test_invalid_options_name_the_option(url: str, names: list[str]) -> None:
     text = error_of(url)
     for name in names:
@@ -106,10 +109,15 @@ def test_shared_names_and_their_deprecated_forms() -> None:
 def test_core_nats_accepts_the_shared_options() -> None:
     """start_from and provision are shared: core NATS takes them (it stores nothing, so
     they change nothing there) instead of refusing a URL that works on nats://."""
-    s = NatsSettings.from_url("nats+core://h?start_from=earliest&provision=false"
-                              "&client_name=x&connect_timeout=2")
+    s = NatsSettings.from_url(
+        "nats+core://h?start_from=earliest&provision=false&client_name=x&connect_timeout=2"
+    )
     assert (s.start_from, s.provision, s.client_name, s.connect_timeout) == (
-        "earliest", False, "x", 2.0)
+        "earliest",
+        False,
+        "x",
+        2.0,
+    )
 
 
 def test_url_start_from_is_the_adapters_default_for_new_groups() -> None:
@@ -136,12 +144,14 @@ def test_settings_made_in_code() -> None:
 
 def test_bad_values_say_what_is_allowed() -> None:
     assert error_of("nats://h?replicas=x").endswith(
-        "option replicas='x' in NATS URL 'nats://h?replicas=x' is invalid: "
-        "must be an integer >= 1")
+        "option replicas='x' in NATS URL 'nats://h?replicas=x' is invalid: must be an integer >= 1"
+    )
     assert "max_age='nan'" in error_of("nats://h?max_age=nan")  # NaN is no duration
     assert NatsSettings.from_url("nats://h?max_age=0").max_age == 0.0
     assert [NatsSettings.from_url(f"nats://h?max_deliver={n}").max_deliver for n in (-1, 3)] == [
-        -1, 3]
+        -1,
+        3,
+    ]
 
 
 def test_half_open_bound_comes_from_the_ping_settings() -> None:

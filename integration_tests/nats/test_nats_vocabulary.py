@@ -142,8 +142,9 @@ def test_a_client_of_your_own_is_used_as_it_is(nats_url: str, core: bool) -> Non
     async def scenario() -> None:
         topic = f"nats.vocab.own.{uuid.uuid4().hex[:8]}"
         nc = await nats.connect(nats_url, name="mine")
-        settings = NatsSettings.from_url(nats_url.replace("nats://", "nats+core://")
-                                         if core else nats_url)
+        settings = NatsSettings.from_url(
+            nats_url.replace("nats://", "nats+core://") if core else nats_url
+        )
         adapter = (NatsCoreAdapter if core else NatsAdapter)(settings=settings, client=nc)
         try:
             await adapter.connect()

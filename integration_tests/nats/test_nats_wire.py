@@ -47,8 +47,11 @@ def test_parser_reads_what_nats_py_reads(raw: bytes) -> None:
 def test_header_block_turns_line_breaks_into_spaces() -> None:
     block = header_block({"ce-id": "1", "ce-subject": " a\r\nb\n", "x": "y"})
     assert block == b"NATS/1.0\r\nce-id: 1\r\nce-subject: a  b\r\nx: y\r\n\r\n"
-    assert _parse_header_lines(block[len(b"NATS/1.0\r\n"):]) == {
-        "ce-id": "1", "ce-subject": "a  b", "x": "y"}
+    assert _parse_header_lines(block[len(b"NATS/1.0\r\n") :]) == {
+        "ce-id": "1",
+        "ce-subject": "a  b",
+        "x": "y",
+    }
 
 
 def run(scenario: Coroutine[Any, Any, None], timeout: float = 30.0) -> None:
@@ -58,7 +61,8 @@ def run(scenario: Coroutine[Any, Any, None], timeout: float = 30.0) -> None:
 @pytest.mark.broker("nats")
 @pytest.mark.parametrize("scheme", ["nats", "nats+core"])
 def test_a_value_with_a_line_break_does_not_break_the_batch(
-        nats_endpoint: harness.Endpoint, scheme: str) -> None:
+    nats_endpoint: harness.Endpoint, scheme: str
+) -> None:
     """A header value with CR/LF is percent-encoded (the CloudEvents NATS binding), so
     it arrives as it was sent, and the rest of the batch written in the same buffer
     arrives intact and in order."""
@@ -68,11 +72,18 @@ def test_a_value_with_a_line_break_does_not_break_the_batch(
         topic = f"wire-{uuid.uuid4().hex[:10]}"
         adapter = NatsAdapter(url) if scheme == "nats" else NatsCoreAdapter(url)
         await adapter.connect()
-        subscription = await adapter.subscribe(topic, SubscribeOptions(
-            group="g", prefetch=16, start_from="earliest"))
-        batch = [Envelope.create(type="t", source="s", data=b'{"n":%d}' % n,
-                                 subject="line\r\nbreak" if n == 1 else f"s{n}")
-                 for n in range(4)]
+        subscription = await adapter.subscribe(
+            topic, SubscribeOptions(group="g", prefetch=16, start_from="earliest")
+        )
+        batch = [
+            Envelope.create(
+                type="t",
+                source="s",
+                data=b'{"n":%d}' % n,
+                subject="line\r\nbreak" if n == 1 else f"s{n}",
+            )
+            for n in range(4)
+        ]
         await adapter.publish(topic, batch)
         got = []
         async for delivery in subscription:

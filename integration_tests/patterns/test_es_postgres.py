@@ -40,25 +40,33 @@ class NaiveStore:
 
     async def setup(self) -> None:
         async with self.db.transaction() as tx:
-            await tx.execute("CREATE TABLE naive (position BIGSERIAL PRIMARY KEY, "
-                             "stream_id TEXT NOT NULL, version INT NOT NULL, "
-                             "UNIQUE (stream_id, version))")
+            await tx.execute(
+                "CREATE TABLE naive (position BIGSERIAL PRIMARY KEY, "
+                "stream_id TEXT NOT NULL, version INT NOT NULL, "
+                "UNIQUE (stream_id, version))"
+            )
 
-    async def append_in(self, tx: Transaction, stream_id: str, events: list[Envelope],
-                        expected_version: int) -> None:
+    async def append_in(
+        self, tx: Transaction, stream_id: str, events: list[Envelope], expected_version: int
+    ) -> None:
         for offset, _ in enumerate(events, start=1):
-            await tx.execute("INSERT INTO naive (stream_id, version) VALUES ($1, $2)",
-                             stream_id, expected_version + offset)
+            await tx.execute(
+                "INSERT INTO naive (stream_id, version) VALUES ($1, $2)",
+                stream_id,
+                expected_version + offset,
+            )
 
-    async def append(self, stream_id: str, events: list[Envelope], expected_version: int
-                     ) -> None:
+    async def append(self, stream_id: str, events: list[Envelope], expected_version: int) -> None:
         async with self.db.transaction() as tx:
             await self.append_in(tx, stream_id, events, expected_version)
 
     async def read_all(self, after: int = 0, limit: int = 500) -> list[SimpleNamespace]:
         async with self.db.transaction() as tx:
-            rows = await tx.fetch("SELECT position FROM naive WHERE position > $1 "
-                                  "ORDER BY position LIMIT $2", after, limit)
+            rows = await tx.fetch(
+                "SELECT position FROM naive WHERE position > $1 ORDER BY position LIMIT $2",
+                after,
+                limit,
+            )
         return [SimpleNamespace(position=row[0]) for row in rows]
 
 
@@ -113,7 +121,8 @@ async def test_a_refused_event_is_parked_and_the_other_streams_flow(postgres_url
 
 
 async def test_a_silent_database_shows_in_health_and_stop_returns_in_time(
-        postgres_url: str) -> None:
+    postgres_url: str,
+) -> None:
     """Defect 14 for the followers: when the link to PostgreSQL goes silent the relay
     and a projection report the failure in health() within the URL's timeouts
     (instead of ok while hanging), and stop(timeout=...) returns in time."""
@@ -127,8 +136,7 @@ async def test_a_silent_database_shows_in_health_and_stop_returns_in_time(
     host_port = f"{parts.hostname}:{parts.port or 5432}"
     with FaultProxy(parts.hostname or "127.0.0.1", parts.port or 5432) as proxy:
         url = postgres_url.replace(host_port, f"127.0.0.1:{proxy.port}")
-        db = await Database.connect(
-            f"{url}?ping_timeout=0.5&connect_timeout=0.5&command_timeout=1")
+        db = await Database.connect(f"{url}?ping_timeout=0.5&connect_timeout=0.5&command_timeout=1")
         store = SQLEventStore(db)
         await store.setup()
         totals = Totals(db, name="totals", poll_interval=0.05)

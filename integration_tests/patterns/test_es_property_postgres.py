@@ -24,5 +24,6 @@ def world(postgres_url: str) -> Iterator[cases.World]:
 @cases.SETTINGS
 @given(plan=cases.steps, every=cases.snapshot_every)
 def test_read_model_equals_replay_under_any_interleaving(
-        world: cases.World, plan: list[list[Any]], every: int) -> None:
+    world: cases.World, plan: list[list[Any]], every: int
+) -> None:
     world.run(cases.check_case(world, plan, every))

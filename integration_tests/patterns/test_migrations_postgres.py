@@ -16,8 +16,9 @@ pytestmark = [pytest.mark.asyncio, pytest.mark.broker("postgres")]
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.__name__.removeprefix("check_"))
-async def test_migrations_on_postgres(case: Callable[[str], Awaitable[None]],
-                                      postgres_url: str) -> None:
+async def test_migrations_on_postgres(
+    case: Callable[[str], Awaitable[None]], postgres_url: str
+) -> None:
     await case(postgres_url)
 
 
@@ -28,7 +29,8 @@ async def test_more_instances_at_once_on_postgres(postgres_url: str) -> None:
 async def test_a_migrated_database_has_the_tables_of_a_new_one(postgres_url: str) -> None:
     async with postgres.fresh_database() as fresh_url:
         await migration_cases.check_a_migrated_database_has_the_tables_of_a_new_one(
-            postgres_url, fresh_url)
+            postgres_url, fresh_url
+        )
 
 
 async def test_the_command_from_several_processes_at_once(postgres_url: str) -> None:

@@ -20,7 +20,7 @@ from integration_tests.harness.endpoints import Endpoint
 
 ROOT = Path(__file__).resolve().parents[2]
 
-CONSUMER = textwrap.dedent('''
+CONSUMER = textwrap.dedent("""
     import asyncio, os, signal, sys
     from eventbus import Context, Event, EventBus
     from eventbus.patterns import Inbox
@@ -56,7 +56,7 @@ CONSUMER = textwrap.dedent('''
         await db.close()
 
     asyncio.run(main())
-''')
+""")
 
 
 class Charged(Event, type="test.crash.charged", topic="test-crash-unused", version=1):
@@ -64,10 +64,13 @@ class Charged(Event, type="test.crash.charged", topic="test-crash-unused", versi
 
 
 async def start_consumer(script: Path, *args: str) -> asyncio.subprocess.Process:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get(
-        "PYTHONPATH", "")])}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
     child = await asyncio.create_subprocess_exec(
-        sys.executable, str(script), *args, env=env, stdout=asyncio.subprocess.PIPE)
+        sys.executable, str(script), *args, env=env, stdout=asyncio.subprocess.PIPE
+    )
     assert child.stdout is not None
     line = await asyncio.wait_for(child.stdout.readline(), 60)
     assert line.strip() == b"ready", line

@@ -26,7 +26,7 @@ from tests.bus_support import until as wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 
-RELAY = textwrap.dedent('''
+RELAY = textwrap.dedent("""
     import asyncio, os, signal, sys
     from eventbus import EventBus
     from eventbus.patterns.outbox import Outbox, OutboxRelay
@@ -57,7 +57,7 @@ RELAY = textwrap.dedent('''
         await db.close()
 
     asyncio.run(main())
-''')
+""")
 
 
 class Charged(Event, type="test.relay-crash.charged", topic="test-relay-crash", version=1):
@@ -65,8 +65,10 @@ class Charged(Event, type="test.relay-crash.charged", topic="test-relay-crash", 
 
 
 async def run_relay(script: Path, *args: str) -> int:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get(
-        "PYTHONPATH", "")])}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
     child = await asyncio.create_subprocess_exec(sys.executable, str(script), *args, env=env)
     return await asyncio.wait_for(child.wait(), 60)
 
@@ -88,11 +90,16 @@ async def test_a_relay_killed_before_marking_sent_republishes_and_the_consumer_d
     async with await Database.connect(postgres_url) as db:
         outbox = Outbox(db, table="eventbus_outbox_crash")
         await outbox.setup()
-        bus = EventBus(rabbitmq_endpoint.url, source="billing",
-                       publish_middleware=[outbox.middleware])
+        bus = EventBus(
+            rabbitmq_endpoint.url, source="billing", publish_middleware=[outbox.middleware]
+        )
 
-        @bus.subscribe(topic, group=f"g-{uuid.uuid4().hex[:8]}", middleware=[count],
-                       idempotency=MemoryIdempotencyStore())
+        @bus.subscribe(
+            topic,
+            group=f"g-{uuid.uuid4().hex[:8]}",
+            middleware=[count],
+            idempotency=MemoryIdempotencyStore(),
+        )
         async def charge(event: Charged) -> None:
             handled.append(event.order_id)
 

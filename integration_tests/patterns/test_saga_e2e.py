@@ -35,8 +35,11 @@ ROOT = Path(__file__).resolve().parents[2]
 ORDERS = 6
 FAILING = {1, 4}  # these orders ask for a lamp (none in stock): refunded and cancelled
 BROKERS = ["kafka", "rabbitmq", "nats", "redis", "sqs"]
-STEPS = {"order-service": ["complete", "cancel"], "payment-service": ["charge"],
-         "inventory-service": ["reserve"]}
+STEPS = {
+    "order-service": ["complete", "cancel"],
+    "payment-service": ["charge"],
+    "inventory-service": ["reserve"],
+}
 
 
 def _lines(i: int) -> list[OrderLine]:
@@ -86,15 +89,22 @@ class Services:
     def start(self, name: str) -> None:
         env = dict(self.env)
         # A crash not yet fired is armed again in the restarted process.
-        crashes = {step: n for step, n in self.crashes_planned.get(name, {}).items()
-                   if not self.fired(name, step)}
+        crashes = {
+            step: n
+            for step, n in self.crashes_planned.get(name, {}).items()
+            if not self.fired(name, step)
+        }
         if crashes:
             env["ORDER_SAGA_CRASH"] = ",".join(f"{step}:{n}" for step, n in crashes.items())
         log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 - closed in stop()
         self.files.append(log)
         self.procs[name] = subprocess.Popen(
             [sys.executable, "-m", "examples.order_saga.durable", name],
-            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
 
     def kill(self, name: str) -> None:
         proc = self.procs[name]
@@ -127,8 +137,9 @@ class Services:
             log.close()
 
     def output(self) -> str:
-        return "\n".join(f"--- {p.name}\n{p.read_text()[-2500:]}"
-                         for p in sorted(self.logs.glob("*.log")))
+        return "\n".join(
+            f"--- {p.name}\n{p.read_text()[-2500:]}" for p in sorted(self.logs.glob("*.log"))
+        )
 
 
 async def _wait_ready(db: Database, services: Services, timeout: float) -> None:
@@ -148,8 +159,11 @@ async def _settled(db: Database) -> tuple[bool, dict[str, str]]:
         status = dict(await tx.fetch("SELECT order_id, status FROM orders"))
         unsent = 0
         for name in durable.SERVICES:
-            unsent += int(await tx.fetchval(
-                f"SELECT count(*) FROM {durable.outbox_table(name)} WHERE sent_at IS NULL"))
+            unsent += int(
+                await tx.fetchval(
+                    f"SELECT count(*) FROM {durable.outbox_table(name)} WHERE sent_at IS NULL"
+                )
+            )
     done = all(s in ("completed", "cancelled") for s in status.values())
     return done and unsent == 0, status
 
@@ -158,10 +172,8 @@ async def check_final_state(db: Database, order_ids: list[str], note: str) -> No
     """No order half-done; every charge, reservation and refund applied exactly once."""
     async with db.transaction() as tx:
         status = dict(await tx.fetch("SELECT order_id, status FROM orders"))
-        charges = dict(await tx.fetch(
-            "SELECT order_id, count(*) FROM charges GROUP BY order_id"))
-        refunds = dict(await tx.fetch(
-            "SELECT order_id, count(*) FROM refunds GROUP BY order_id"))
+        charges = dict(await tx.fetch("SELECT order_id, count(*) FROM charges GROUP BY order_id"))
+        refunds = dict(await tx.fetch("SELECT order_id, count(*) FROM refunds GROUP BY order_id"))
         reserved = {r[0] for r in await tx.fetch("SELECT order_id FROM reservations")}
         books = await tx.fetchval("SELECT on_hand FROM stock WHERE sku = 'book'")
     for i, order_id in enumerate(order_ids):
@@ -169,7 +181,8 @@ async def check_final_state(db: Database, order_ids: list[str], note: str) -> No
         assert status[order_id] == want, f"{order_id}: {status[order_id]} ({note})"
         assert charges.get(order_id) == 1, f"{order_id} charged {charges.get(order_id)}x"
         assert refunds.get(order_id, 0) == (1 if i in FAILING else 0), (
-            f"{order_id} refunded {refunds.get(order_id, 0)}x ({note})")
+            f"{order_id} refunded {refunds.get(order_id, 0)}x ({note})"
+        )
         assert (order_id in reserved) == (i not in FAILING), f"{order_id} reservation ({note})"
     completed = ORDERS - len(FAILING)
     assert books == durable.STOCK["book"] - 2 * completed, f"book stock {books} ({note})"
@@ -179,8 +192,9 @@ async def _place_all(db: Database, url: str, run: str) -> list[str]:
     from eventbus import EventBus
 
     outbox = Outbox(db, table=durable.outbox_table("order-service"))
-    front = EventBus.from_url(url, source="order-front-door",
-                              publish_middleware=[outbox.middleware])
+    front = EventBus.from_url(
+        url, source="order-front-door", publish_middleware=[outbox.middleware]
+    )
     order_ids = [f"o{i}-{run}" for i in range(ORDERS)]
     for i, order_id in enumerate(order_ids):
         await durable.place_order(db, outbox, front, run, order_id, _lines(i))
@@ -189,16 +203,20 @@ async def _place_all(db: Database, url: str, run: str) -> list[str]:
 
 @pytest.mark.asyncio
 @pytest.mark.parametrize("broker", BROKERS)
-async def test_order_saga_survives_sigkill(broker: str, postgres_url: str,
-                                           tmp_path: Path) -> None:
+async def test_order_saga_survives_sigkill(broker: str, postgres_url: str, tmp_path: Path) -> None:
     url = broker_url(broker)
     seed = int(os.environ.get("EVENTBUS_SAGA_SEED") or random.randrange(10**6))
     rng = random.Random(seed)
     run = uuid.uuid4().hex[:8]
-    env = {**os.environ, "EVENTBUS_URL": url, "ORDER_SAGA_DATABASE_URL": postgres_url,
-           "ORDER_SAGA_RUN": run, "PYTHONPATH": str(ROOT),
-           # SQS keeps no history for a new queue; the services subscribe before any order.
-           "ORDER_SAGA_START_FROM": "latest" if broker == "sqs" else "earliest"}
+    env = {
+        **os.environ,
+        "EVENTBUS_URL": url,
+        "ORDER_SAGA_DATABASE_URL": postgres_url,
+        "ORDER_SAGA_RUN": run,
+        "PYTHONPATH": str(ROOT),
+        # SQS keeps no history for a new queue; the services subscribe before any order.
+        "ORDER_SAGA_START_FROM": "latest" if broker == "sqs" else "earliest",
+    }
     services = Services(env, tmp_path, rng)
     async with await Database.connect(postgres_url) as db:
         await durable.create_schema(db)
@@ -224,8 +242,10 @@ async def test_order_saga_survives_sigkill(broker: str, postgres_url: str,
                 services.revive()
                 done, status = await _settled(db)
                 await asyncio.sleep(0.2)
-            note = (f"seed {seed}, {broker}, crashes {crashes}, {services.kills} kills, "
-                    f"{services.crashes} self-crashes")
+            note = (
+                f"seed {seed}, {broker}, crashes {crashes}, {services.kills} kills, "
+                f"{services.crashes} self-crashes"
+            )
             assert done, f"orders not settled: {status} ({note})\n{services.output()}"
             await check_final_state(db, order_ids, note)
             # The chaos happened: processes really died mid-flow.

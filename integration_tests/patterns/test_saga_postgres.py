@@ -24,15 +24,15 @@ async def test_saga_on_postgres(case: Callable[[str], Awaitable[None]], postgres
 
 
 @pytest.mark.asyncio
-async def test_saga_parks_on_postgres(postgres_url: str,
-                                      caplog: pytest.LogCaptureFixture) -> None:
+async def test_saga_parks_on_postgres(postgres_url: str, caplog: pytest.LogCaptureFixture) -> None:
     await check_a_compensation_that_keeps_failing_parks_the_saga(postgres_url, caplog)
 
 
 @pytest.mark.asyncio
 @pytest.mark.parametrize("case", ORDERING_CASES, ids=lambda c: c.__name__.removeprefix("check_"))
-async def test_resequencer_on_postgres(case: Callable[[SequenceStore], Awaitable[None]],
-                                          postgres_url: str) -> None:
+async def test_resequencer_on_postgres(
+    case: Callable[[SequenceStore], Awaitable[None]], postgres_url: str
+) -> None:
     async with await Database.connect(postgres_url) as db:
         await case(SQLSequenceStore(db))
 

@@ -70,8 +70,9 @@ async def test_a_silent_link_fails_in_time_and_cancels_at_once(postgres_url: str
     host, port = host_port.split(":")
     with FaultProxy(host, int(port)) as proxy:
         proxied = postgres_url.replace(host_port, f"127.0.0.1:{proxy.port}")
-        db = await Database.connect(f"{proxied}?ping_timeout=0.5&connect_timeout=0.5"
-                                    "&command_timeout=60")
+        db = await Database.connect(
+            f"{proxied}?ping_timeout=0.5&connect_timeout=0.5&command_timeout=60"
+        )
         try:
             async with db.transaction() as tx:
                 assert await tx.fetchval("SELECT 1") == 1

@@ -5,12 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from eventbus.testing.patterns import (
-    EventStoreSuite,
-    EventStoreTarget,
-    OutboxSuite,
-    OutboxTarget,
-)
+from eventbus.testing.patterns import EventStoreSuite, EventStoreTarget, OutboxSuite, OutboxTarget
 from tests.patterns.stores import event_store_target as event_store_at
 from tests.patterns.stores import outbox_target as outbox_at
 

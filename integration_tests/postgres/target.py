@@ -57,20 +57,24 @@ def _database() -> tuple[str, str, FaultProxy]:
         try:
             asyncio.run(_admin(f'CREATE DATABASE "{name}"'))
         except Exception as exc:
-            message = (f"PostgreSQL is not reachable at {postgres.server_url()} ({exc}); run "
-                       "`sudo bash .ci/start-brokers` or set EVENTBUS_TEST_POSTGRES_URL")
+            message = (
+                f"PostgreSQL is not reachable at {postgres.server_url()} ({exc}); run "
+                "`sudo bash .ci/start-brokers` or set EVENTBUS_TEST_POSTGRES_URL"
+            )
             if "postgres" in harness.endpoints.required_brokers():
                 pytest.fail(f"{message}\n(required by EVENTBUS_REQUIRE_BROKERS)", pytrace=False)
             pytest.skip(message)
-        atexit.register(lambda: asyncio.run(
-            _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')))
+        atexit.register(
+            lambda: asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        )
         server = urlsplit(postgres.server_url())
         proxy = FaultProxy(server.hostname or "127.0.0.1", server.port or 5432).start()
         atexit.register(proxy.stop)
         direct = urlunsplit(server._replace(path=f"/{name}"))
         netloc = server.netloc.rsplit("@", 1)
-        through = f"{netloc[0]}@127.0.0.1:{proxy.port}" if len(netloc) == 2 \
-            else f"127.0.0.1:{proxy.port}"
+        through = (
+            f"{netloc[0]}@127.0.0.1:{proxy.port}" if len(netloc) == 2 else f"127.0.0.1:{proxy.port}"
+        )
         url = urlunsplit(server._replace(netloc=through, path=f"/{name}", query=OPTIONS))
         _made = (url, direct, proxy)
     return _made
@@ -97,8 +101,10 @@ def restart_hook(name: str, proxy: FaultProxy) -> Callable[[], Awaitable[None]]:
 
     async def restart() -> None:
         await proxy.refuse_connections(RESTART_REFUSAL)
-        await _admin("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE "
-                     f"datname = '{name}' AND pid <> pg_backend_pid()")
+        await _admin(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE "
+            f"datname = '{name}' AND pid <> pg_backend_pid()"
+        )
         await asyncio.sleep(RESTART_REFUSAL)
 
     return restart

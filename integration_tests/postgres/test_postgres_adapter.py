@@ -29,8 +29,7 @@ pytestmark = pytest.mark.asyncio
 
 
 def _event(n: int, key: str | None = None) -> Envelope:
-    return Envelope.create(type="test.job", source="tests", data=str(n).encode(),
-                           partitionkey=key)
+    return Envelope.create(type="test.job", source="tests", data=str(n).encode(), partitionkey=key)
 
 
 async def _adapter(url: str, name: str, options: str = "") -> PostgresAdapter:
@@ -41,17 +40,17 @@ async def _adapter(url: str, name: str, options: str = "") -> PostgresAdapter:
     return adapter
 
 
-
-
 async def test_consumers_in_separate_pools_compete_once_and_keep_key_order(
-        postgres_url: str) -> None:
+    postgres_url: str,
+) -> None:
     adapters = [await _adapter(postgres_url, f"member{i}") for i in range(3)]
     got: list[Delivery] = []
     all_in = asyncio.Event()
 
     async def consume(adapter: PostgresAdapter) -> None:
-        subscription = await adapter.subscribe("jobs", SubscribeOptions(
-            "workers", prefetch=8, start_from="earliest"))
+        subscription = await adapter.subscribe(
+            "jobs", SubscribeOptions("workers", prefetch=8, start_from="earliest")
+        )
         async for delivery in subscription:
             got.append(delivery)
             await asyncio.sleep(0.002)
@@ -68,8 +67,9 @@ async def test_consumers_in_separate_pools_compete_once_and_keep_key_order(
         numbers = [int(d.envelope.data) for d in got if d.envelope]
         assert Counter(numbers) == Counter(range(300)), "lost or duplicated within a group"
         for key in keys:
-            mine = [int(d.envelope.data) for d in got if d.envelope and
-                    d.envelope.partitionkey == key]
+            mine = [
+                int(d.envelope.data) for d in got if d.envelope and d.envelope.partitionkey == key
+            ]
             assert mine == sorted(mine), f"{key} out of order: {mine[:10]}"
     finally:
         for task in tasks:
@@ -98,15 +98,16 @@ async def test_notify_wakes_another_process_at_once(postgres_url: str) -> None:
         await producer.close()
 
 
-async def test_listening_connection_comes_back_after_the_server_ends_it(
-        postgres_url: str) -> None:
+async def test_listening_connection_comes_back_after_the_server_ends_it(postgres_url: str) -> None:
     consumer = await _adapter(postgres_url, "listener", "&idle_poll=60&ping_interval=0.5")
     producer = await _adapter(postgres_url, "sender")
     admin = await asyncpg.connect(postgres_url)
     try:
         subscription = await consumer.subscribe("t", SubscribeOptions("g"))
-        await admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                            "WHERE application_name = 'listener' AND query LIKE 'LISTEN%'")
+        await admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE application_name = 'listener' AND query LIKE 'LISTEN%'"
+        )
         for _ in range(50):  # noticed (termination or ping) and listening again
             await asyncio.sleep(0.1)
             if (await consumer.health()).ok:
@@ -174,8 +175,10 @@ async def test_statement_refusals_are_permanent(postgres_url: str) -> None:
 
 
 async def test_malformed_urls_never_show_the_password() -> None:
-    for url in ("postgresql://app:s3cr3t-pw@db:notaport/shop",
-                "postgresql://app:s3cr3t-pw@db:5432/shop?pool_size=0"):
+    for url in (
+        "postgresql://app:s3cr3t-pw@db:notaport/shop",
+        "postgresql://app:s3cr3t-pw@db:5432/shop?pool_size=0",
+    ):
         with pytest.raises(InvalidURLError) as error:
             adapter_from_url(url)
         assert "s3cr3t" not in str(error.value) and "\n" not in str(error.value)

@@ -20,8 +20,9 @@ async def main(url: str, topic: str, group: str, log_path: str) -> None:
     class Boom(Event, type="tests.rabbitmq.crash.boom", topic=topic):
         n: int
 
-    bus = EventBus.from_url(url, source="crash-tests", warn_after=None,
-                            retry=RetryPolicy(max_attempts=MAX_ATTEMPTS))
+    bus = EventBus.from_url(
+        url, source="crash-tests", warn_after=None, retry=RetryPolicy(max_attempts=MAX_ATTEMPTS)
+    )
 
     @bus.subscribe(Boom, group=group)
     async def handle(event: Boom, ctx: Context) -> None:

@@ -60,8 +60,13 @@ def conformance_node() -> Node:
         proxy = FaultProxy(parts.hostname or "127.0.0.1", parts.port or 5672).start()
         atexit.register(proxy.stop)
         netloc = f"{parts.username}:{parts.password}@{parts.hostname}:{proxy.port}"
-        _node = Node(urlunsplit(parts._replace(netloc=netloc)), proxy, process.restart,
-                     process.url, _controller(process))
+        _node = Node(
+            urlunsplit(parts._replace(netloc=netloc)),
+            proxy,
+            process.restart,
+            process.url,
+            _controller(process),
+        )
         return _node
 
 
@@ -72,8 +77,9 @@ def _controller(process: processes.LocalProcess) -> Callable[..., str]:
     command = [binary, "-n", env["RABBITMQ_NODENAME"]]
 
     def ctl(*args: str) -> str:
-        done = subprocess.run([*command, *args], env=env, capture_output=True, text=True,
-                              timeout=60, check=False)
+        done = subprocess.run(
+            [*command, *args], env=env, capture_output=True, text=True, timeout=60, check=False
+        )
         if done.returncode != 0:
             raise RuntimeError(f"rabbitmqctl {' '.join(args)} failed: {done.stderr.strip()}")
         return done.stdout

@@ -41,8 +41,12 @@ def with_options(url: str, **options: object) -> str:
 
 
 def ping(n: int) -> Envelope:
-    return Envelope.create(type="test.ping", source="rabbitmq-tests", data=b'{"n":%d}' % n,
-                           datacontenttype="application/json")
+    return Envelope.create(
+        type="test.ping",
+        source="rabbitmq-tests",
+        data=b'{"n":%d}' % n,
+        datacontenttype="application/json",
+    )
 
 
 async def next_delivery(subscription: Subscription, timeout: float = 15.0) -> Delivery:
@@ -97,13 +101,22 @@ def test_official_sdk_messages_reach_a_typed_handler_and_ours_parse_with_it(url:
             channel = await connection.channel()
             exchange = await channel.get_exchange(topic)
             # Theirs -> our typed handler.
-            sdk = rabbitmq.to_binary_event(CloudEvent(
-                attributes={"type": "shop.order.placed", "source": "/sdk",
-                            "datacontenttype": "application/json"},
-                data={"order_id": "o-1", "amount": 7}))
-            await exchange.publish(aio_pika.Message(sdk.body, headers=dict(sdk.headers),
-                                                    content_type=sdk.content_type),
-                                   routing_key="shop.order.placed")
+            sdk = rabbitmq.to_binary_event(
+                CloudEvent(
+                    attributes={
+                        "type": "shop.order.placed",
+                        "source": "/sdk",
+                        "datacontenttype": "application/json",
+                    },
+                    data={"order_id": "o-1", "amount": 7},
+                )
+            )
+            await exchange.publish(
+                aio_pika.Message(
+                    sdk.body, headers=dict(sdk.headers), content_type=sdk.content_type
+                ),
+                routing_key="shop.order.placed",
+            )
             event = await asyncio.wait_for(got.get(), 15)
             assert (event.order_id, event.amount) == ("o-1", 7)
             # Ours -> the SDK's from_binary.
@@ -111,9 +124,13 @@ def test_official_sdk_messages_reach_a_typed_handler_and_ours_parse_with_it(url:
             await queue.bind(exchange, "#")
             sent = await bus.publish(Order(order_id="o-2", amount=9), topic=topic)
             raw = await _get(queue)
-            parsed = rabbitmq.from_binary_event(rabbitmq.RabbitMQMessage(
-                headers={k: str(v) for k, v in (raw.headers or {}).items()},
-                content_type=raw.content_type, body=raw.body))
+            parsed = rabbitmq.from_binary_event(
+                rabbitmq.RabbitMQMessage(
+                    headers={k: str(v) for k, v in (raw.headers or {}).items()},
+                    content_type=raw.content_type,
+                    body=raw.body,
+                )
+            )
             assert parsed.get_id() == sent.id and parsed.get_type() == "shop.order.placed"
             assert parsed.get_data() == {"order_id": "o-2", "amount": 9}
             assert raw.delivery_mode == aio_pika.DeliveryMode.PERSISTENT
@@ -174,8 +191,9 @@ def test_reject_moves_the_message_to_the_group_dead_letter_queue(url: str) -> No
             delivery = await next_delivery(subscription)
             await delivery.reject()
             channel = await connection.channel()
-            parked = await channel.declare_queue(f"{topic}.{group}.dlq/eventbus-dlq-replay",
-                                                 passive=True)
+            parked = await channel.declare_queue(
+                f"{topic}.{group}.dlq/eventbus-dlq-replay", passive=True
+            )
             raw = await _get(parked)
             assert raw.headers["ce-id"] == sent.id
         finally:
@@ -187,7 +205,8 @@ def test_reject_moves_the_message_to_the_group_dead_letter_queue(url: str) -> No
 
 @pytest.mark.parametrize("queue_type", ["classic", "quorum"])
 def test_each_return_of_an_unsettled_message_counts_as_the_next_attempt(
-        url: str, queue_type: str) -> None:
+    url: str, queue_type: str
+) -> None:
     """A consumer that goes away without settling (to the broker, a process that died
     in the handler) gives the message back; each return counts, so the attempt is a real
     count across crashes (#18 defect 13): quorum queues by the broker's
@@ -297,7 +316,8 @@ def test_single_active_consumer_gives_the_group_one_consumer_at_a_time(url: str)
             await adapter.publish(topic, [ping(n) for n in range(6)])
             got = [await next_delivery(first) for _ in range(6)]
             assert [d.envelope.data for d in got if d.envelope] == [
-                b'{"n":%d}' % n for n in range(6)]
+                b'{"n":%d}' % n for n in range(6)
+            ]
             for delivery in got:
                 await delivery.ack()
             with pytest.raises(TimeoutError):  # the standby consumer got nothing
@@ -381,7 +401,6 @@ def test_publish_to_group_reaches_that_group_alone(url: str) -> None:
             await adapter.close()
 
     run(scenario)
-
 
 
 @pytest.mark.parametrize("queue_type", ["classic", "quorum"])

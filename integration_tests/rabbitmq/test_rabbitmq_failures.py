@@ -19,11 +19,7 @@ from eventbus_rabbitmq import RabbitMQAdapter
 from eventbus import Event, EventBus
 from eventbus.adapter import SubscribeOptions
 from eventbus.deadletters import DeadLetters
-from eventbus.errors import (
-    BrokerConnectionError,
-    ConfigurationError,
-    TopicNotFoundError,
-)
+from eventbus.errors import BrokerConnectionError, ConfigurationError, TopicNotFoundError
 from eventbus.testing.faultproxy import FaultProxy
 from integration_tests.rabbitmq import crash_consumer
 from integration_tests.rabbitmq.test_rabbitmq_adapter import (
@@ -39,7 +35,8 @@ pytestmark = [pytest.mark.broker("rabbitmq"), pytest.mark.timeout(180)]
 
 @pytest.mark.parametrize("queue_type", ["classic", "quorum"])
 def test_a_message_that_kills_its_process_is_dead_lettered_after_max_attempts(
-        rabbitmq_url: str, queue_type: str, tmp_path: Path) -> None:
+    rabbitmq_url: str, queue_type: str, tmp_path: Path
+) -> None:
     """Each consumer process dies in the handler (os._exit): the message comes back
     after every crash; after max_attempts runs the next process dead-letters it
     (RunsExhaustedError) without running it again (#18 defect 13)."""
@@ -63,8 +60,18 @@ def test_a_message_that_kills_its_process_is_dead_lettered_after_max_attempts(
     exits = []
     for _ in range(crash_consumer.MAX_ATTEMPTS + 2):
         done = subprocess.run(
-            [sys.executable, "-m", "integration_tests.rabbitmq.crash_consumer", url, topic,
-             group, str(runs_log)], timeout=60, check=False)
+            [
+                sys.executable,
+                "-m",
+                "integration_tests.rabbitmq.crash_consumer",
+                url,
+                topic,
+                group,
+                str(runs_log),
+            ],
+            timeout=60,
+            check=False,
+        )
         exits.append(done.returncode)
         if done.returncode == 0:
             break
@@ -78,8 +85,9 @@ def test_a_message_that_kills_its_process_is_dead_lettered_after_max_attempts(
             letters = await DeadLetters(adapter).list(topic, group)
         finally:
             await adapter.close()
-        assert [letter.exception for letter in letters] == [
-            "eventbus.errors.RunsExhaustedError"], letters
+        assert [letter.exception for letter in letters] == ["eventbus.errors.RunsExhaustedError"], (
+            letters
+        )
         assert letters[0].attempts == crash_consumer.MAX_ATTEMPTS
 
     run(dead_letters)
@@ -96,9 +104,24 @@ def test_eventbus_publish_to_a_silent_endpoint_exits_within_its_bounds(tmp_path:
     try:
         started = time.monotonic()
         done = subprocess.run(
-            [sys.executable, "-m", "eventbus", "publish", "orders", "--type", "order.placed",
-             "--data", "{}", "--url", f"amqp://app:topsecret@127.0.0.1:{port}/?connect_timeout=2"],
-            capture_output=True, text=True, timeout=60, cwd=tmp_path)
+            [
+                sys.executable,
+                "-m",
+                "eventbus",
+                "publish",
+                "orders",
+                "--type",
+                "order.placed",
+                "--data",
+                "{}",
+                "--url",
+                f"amqp://app:topsecret@127.0.0.1:{port}/?connect_timeout=2",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=tmp_path,
+        )
         took = time.monotonic() - started
     finally:
         listener.close()
@@ -135,8 +158,9 @@ def test_connect_to_a_silent_endpoint_fails_in_time_and_close_returns() -> None:
                 await adapter.close()
                 assert time.monotonic() - started < 1.0
             assert accepted, "the test's listener was never reached"
-            leftovers = [t for t in asyncio.all_tasks()
-                         if "aio_pika" in repr(t) or "aiormq" in repr(t)]
+            leftovers = [
+                t for t in asyncio.all_tasks() if "aio_pika" in repr(t) or "aiormq" in repr(t)
+            ]
             assert not leftovers, f"tasks left running after a failed connect: {leftovers}"
         finally:
             for writer in accepted:
@@ -147,7 +171,8 @@ def test_connect_to_a_silent_endpoint_fails_in_time_and_close_returns() -> None:
 
 
 def test_a_dead_letter_list_of_a_typo_says_no_such_topic_and_creates_nothing(
-        rabbitmq_url: str) -> None:
+    rabbitmq_url: str,
+) -> None:
     """``DeadLetters.list`` (and ``eventbus dlq list``) of a topic or group that never
     dead-lettered anything: TopicNotFoundError, exit 8, and no exchange or queue left
     behind on the broker (#18 defect 17)."""
@@ -164,15 +189,21 @@ def test_a_dead_letter_list_of_a_typo_says_no_such_topic_and_creates_nothing(
     run(scenario)
     done = subprocess.run(
         [sys.executable, "-m", "eventbus", "dlq", "list", topic, group, "--url", rabbitmq_url],
-        capture_output=True, text=True, timeout=60, check=False)
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert done.returncode == 8, (done.returncode, done.stdout, done.stderr)
     assert "no such dead-letter topic" in done.stderr + done.stdout
 
     async def nothing_created() -> None:
         connection = await aio_pika.connect(rabbitmq_url)
         try:
-            for kind, name in (("exchange", f"{topic}.{group}.dlq"),
-                               ("queue", f"{topic}.{group}.dlq/eventbus-dlq-replay")):
+            for kind, name in (
+                ("exchange", f"{topic}.{group}.dlq"),
+                ("queue", f"{topic}.{group}.dlq/eventbus-dlq-replay"),
+            ):
                 channel = await connection.channel()
                 with pytest.raises(aiormq.exceptions.ChannelNotFoundEntity):
                     if kind == "exchange":
@@ -185,8 +216,7 @@ def test_a_dead_letter_list_of_a_typo_says_no_such_topic_and_creates_nothing(
     run(nothing_created)
 
 
-def test_a_replay_reaches_a_quorum_group_from_a_url_without_queue_type(
-        rabbitmq_url: str) -> None:
+def test_a_replay_reaches_a_quorum_group_from_a_url_without_queue_type(rabbitmq_url: str) -> None:
     """``publish_to_group`` (what ``eventbus dlq replay`` uses) from a process whose URL
     lacks queue_type=quorum: the group's queue exists, so it is used as it is; where a
     declaration is refused for its arguments, the error is a ConfigurationError naming
@@ -243,8 +273,9 @@ def test_a_connection_frozen_past_the_half_open_bound_is_replaced(rabbitmq_url: 
         n: int
 
     async def scenario() -> None:
-        bus = EventBus.from_url(url, source="frozen-tests", warn_after=None, stall_after=None,
-                                shutdown_timeout=1)
+        bus = EventBus.from_url(
+            url, source="frozen-tests", warn_after=None, stall_after=None, shutdown_timeout=1
+        )
         got: asyncio.Queue[int] = asyncio.Queue()
 
         @bus.subscribe(Tick, group="g")
@@ -264,7 +295,8 @@ def test_a_connection_frozen_past_the_half_open_bound_is_replaced(rabbitmq_url: 
             assert not health.ok and time.monotonic() - frozen_at < 3, health
             while proxy.open_connections <= before:  # a new dial: it gave the old one up
                 assert time.monotonic() - frozen_at < bound + 3, (
-                    f"no reconnect within {bound:g}s of a frozen connection")
+                    f"no reconnect within {bound:g}s of a frozen connection"
+                )
                 await asyncio.sleep(0.2)
             await proxy.thaw()
             async with EventBus.from_url(rabbitmq_url, source="frozen-tests") as publisher:
@@ -292,8 +324,7 @@ def test_backlog_counts_the_ready_messages_of_the_group_queue(rabbitmq_url: str)
         standby = RabbitMQAdapter(with_options(rabbitmq_url, single_active_consumer="true"))
         connection = await aio_pika.connect(rabbitmq_url)
         try:
-            subscription = await adapter.subscribe(topic, SubscribeOptions(group=group,
-                                                                           prefetch=1))
+            subscription = await adapter.subscribe(topic, SubscribeOptions(group=group, prefetch=1))
             assert await subscription.backlog() == 0
             await adapter.publish(topic, [ping(n) for n in range(3)])
             first = await next_delivery(subscription)  # 1 in flight (prefetch 1), 2 ready
@@ -326,8 +357,9 @@ def test_a_group_queue_deleted_underneath_is_declared_again(rabbitmq_url: str) -
         n: int
 
     async def scenario() -> None:
-        bus = EventBus.from_url(rabbitmq_url, source="deleted-tests", warn_after=None,
-                                stall_after=None)  # the adapter alone, no stall watch
+        bus = EventBus.from_url(
+            rabbitmq_url, source="deleted-tests", warn_after=None, stall_after=None
+        )  # the adapter alone, no stall watch
         got: asyncio.Queue[int] = asyncio.Queue()
 
         @bus.subscribe(Note, group="g")
@@ -349,7 +381,8 @@ def test_a_group_queue_deleted_underneath_is_declared_again(rabbitmq_url: str) -
 
 
 def test_a_foreign_message_keeps_its_headers_and_id_and_replays_as_it_came(
-        rabbitmq_url: str) -> None:
+    rabbitmq_url: str,
+) -> None:
     """publish_raw's headers are AMQP headers (text as long strings, other bytes as byte
     arrays, content-type the property); an undecodable delivery gives them back as
     raw_headers (no broker or adapter transport headers among them) with the
@@ -361,8 +394,11 @@ def test_a_foreign_message_keeps_its_headers_and_id_and_replays_as_it_came(
         connection = await aio_pika.connect(rabbitmq_url)
         try:
             subscription = await adapter.subscribe(topic, SubscribeOptions(group=group))
-            headers = {"x-trace": b"\xff\x00\xfe", "x-kind": b"order-created",
-                       "content-type": b"text/plain"}
+            headers = {
+                "x-trace": b"\xff\x00\xfe",
+                "x-kind": b"order-created",
+                "content-type": b"text/plain",
+            }
             await adapter.publish_raw(topic, b"\x00not an event", headers)
             mine = await next_delivery(subscription)
             assert mine.envelope is None and mine.raw == b"\x00not an event"
@@ -370,8 +406,10 @@ def test_a_foreign_message_keeps_its_headers_and_id_and_replays_as_it_came(
             await mine.ack()
             channel = await connection.channel()  # a foreign producer, with its own id
             exchange = await channel.get_exchange(topic)
-            await exchange.publish(aio_pika.Message(b"legacy", headers={"x-v": 2},
-                                                    message_id="legacy-7"), routing_key="k")
+            await exchange.publish(
+                aio_pika.Message(b"legacy", headers={"x-v": 2}, message_id="legacy-7"),
+                routing_key="k",
+            )
             theirs = await next_delivery(subscription)
             assert theirs.message_id == "legacy-7" and theirs.raw_headers == {"x-v": b"2"}
             await subscription.close()  # unsettled: a classic redelivery is counted ...

@@ -33,7 +33,8 @@ def memory_alarm(node: Node) -> Iterator[None]:
 
 
 def test_a_handler_publishing_during_a_memory_alarm_never_stops_other_consumers(
-        private_node: Node) -> None:
+    private_node: Node,
+) -> None:
     """During a memory alarm a handler's publish waits, but the other subscription's
     acks still flow and it drains its whole backlog (#18 defect 14): publishing and
     consuming do not share a connection."""
@@ -86,7 +87,8 @@ def test_a_handler_publishing_during_a_memory_alarm_never_stops_other_consumers(
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(all_drained.wait(), 15)
                 assert sorted(drained) == list(range(backlog)), (
-                    f"{len(drained)}/{backlog} drained during the alarm")
+                    f"{len(drained)}/{backlog} drained during the alarm"
+                )
                 # ... and every ack reached the broker: the queue is empty.
                 probe = RabbitMQAdapter(url)
                 try:
@@ -124,8 +126,9 @@ def test_start_during_a_memory_alarm_returns(private_node: Node) -> None:
             await setup.close()
         async with EventBus.from_url(url, source="setup", warn_after=None) as bus:
             await bus.publish(Relay(n=0))  # waiting for the service
-        bus = EventBus.from_url(url, source="svc", warn_after=None, shutdown_timeout=1,
-                                start_timeout=20)
+        bus = EventBus.from_url(
+            url, source="svc", warn_after=None, shutdown_timeout=1, start_timeout=20
+        )
         relayed = asyncio.Event()
 
         @bus.subscribe(Relay, group="g")
@@ -150,7 +153,8 @@ def test_start_during_a_memory_alarm_returns(private_node: Node) -> None:
 
 
 def test_a_message_over_the_brokers_max_message_size_is_too_large_at_once(
-        private_node: Node) -> None:
+    private_node: Node,
+) -> None:
     """The broker's max_message_size below the adapter's max_message_bytes: its refusal
     is MessageTooLargeError at once through bus.publish (not a BrokerConnectionError
     after publish_timeout of retries), and the adapter refuses the next one over the

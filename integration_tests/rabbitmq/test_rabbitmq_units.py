@@ -13,17 +13,29 @@ from eventbus.errors import InvalidURLError
 
 def full_envelope() -> Envelope:
     return Envelope.create(
-        type="shop.order.placed", source="/shop", data=b'{"a":1}',
-        datacontenttype="application/json", subject="order-1", partitionkey="order-A-1",
-        correlationid="c-1", extensions={"tenant": "acme"}, dataversion=2,
+        type="shop.order.placed",
+        source="/shop",
+        data=b'{"a":1}',
+        datacontenttype="application/json",
+        subject="order-1",
+        partitionkey="order-A-1",
+        correlationid="c-1",
+        extensions={"tenant": "acme"},
+        dataversion=2,
     )
 
 
 def test_url_parts_and_vhost_from_the_path() -> None:
-    s = RabbitMQSettings.from_url("amqps://app:s%40cret@mq.example.com/orders%2Fprod"
-                                  "?queue_type=quorum&tls_ca=/ca.pem")
+    s = RabbitMQSettings.from_url(
+        "amqps://app:s%40cret@mq.example.com/orders%2Fprod?queue_type=quorum&tls_ca=/ca.pem"
+    )
     assert (s.host, s.port, s.tls, s.username, s.password) == (
-        "mq.example.com", 5671, True, "app", "s@cret")
+        "mq.example.com",
+        5671,
+        True,
+        "app",
+        "s@cret",
+    )
     assert s.vhost == "orders/prod" and s.queue_type == "quorum" and s.tls_ca == "/ca.pem"
     assert "s@cret" not in repr(s) and "cret" not in s.masked_url
     default = RabbitMQSettings.from_url("amqp://localhost")
@@ -101,8 +113,12 @@ def test_encode_is_the_rabbitmq_binding_binary_mode() -> None:
 def test_transport_and_unknown_headers_never_poison() -> None:
     env = full_envelope()
     message = encode(env)
-    headers = {**message.headers, "x-death": [{"count": 1, "queue": "q"}],
-               "x-binary": b"\xff\xfe", "x-delivery-count": 2}
+    headers = {
+        **message.headers,
+        "x-death": [{"count": 1, "queue": "q"}],
+        "x-binary": b"\xff\xfe",
+        "x-delivery-count": 2,
+    }
     again = retry_headers(headers, attempt=3, not_before_ms=5)
     assert "x-death" not in again and again[ATTEMPT_HEADER] == 3
     assert "x-delivery-count" not in again  # the copy would count it again
@@ -111,8 +127,7 @@ def test_transport_and_unknown_headers_never_poison() -> None:
 
 
 @pytest.mark.parametrize(
-    "headers",
-    [None, {"ce-specversion": b"\xff"}, {"ce-specversion": "1.0", "ce-id": "1"}],
+    "headers", [None, {"ce-specversion": b"\xff"}, {"ce-specversion": "1.0", "ce-id": "1"}]
 )
 def test_undecodable_messages_never_raise(headers: dict[str, object] | None) -> None:
     decoded = decode(headers, None, b"\x00junk")
@@ -126,14 +141,24 @@ def test_official_sdk_binding_reads_ours_and_we_read_theirs() -> None:
     env = full_envelope()
     ours = encode(env)
     event = rabbitmq.from_binary_event(
-        rabbitmq.RabbitMQMessage(headers=ours.headers, content_type=ours.content_type,
-                                 body=ours.body))
+        rabbitmq.RabbitMQMessage(
+            headers=ours.headers, content_type=ours.content_type, body=ours.body
+        )
+    )
     assert event.get_id() == env.id and event.get_type() == env.type
     assert event.get_extension("tenant") == "acme" and event.get_data() == {"a": 1}
 
-    theirs = rabbitmq.to_binary_event(CloudEvent(
-        attributes={"type": "t", "source": "/s", "datacontenttype": "application/json",
-                    "subject": "x"}, data={"b": 2}))
+    theirs = rabbitmq.to_binary_event(
+        CloudEvent(
+            attributes={
+                "type": "t",
+                "source": "/s",
+                "datacontenttype": "application/json",
+                "subject": "x",
+            },
+            data={"b": 2},
+        )
+    )
     decoded = decode(theirs.headers, theirs.content_type, theirs.body)
     assert decoded.envelope is not None, decoded.error
     assert decoded.envelope.type == "t" and decoded.envelope.subject == "x"
@@ -145,8 +170,7 @@ def test_delay_tiers_are_seconds_and_name_their_queues_in_milliseconds() -> None
     are the same whether its URL says delay_tiers_ms=50,1000 or delay_tiers=0.05,1."""
     s = RabbitMQSettings.from_url("amqp://h/?delay_tiers=0.05,1,60")
     assert s.delay_tiers == (0.05, 1, 60)
-    assert delay_queues(s, "t", "g") == ["t/g/delay-50ms", "t/g/delay-1000ms",
-                                         "t/g/delay-60000ms"]
+    assert delay_queues(s, "t", "g") == ["t/g/delay-50ms", "t/g/delay-1000ms", "t/g/delay-60000ms"]
     with pytest.warns(DeprecationWarning, match=r"delay_tiers_ms -> delay_tiers"):
         old = RabbitMQSettings.from_url("amqp://h/?delay_tiers_ms=60000,50,1000")
     assert old.delay_tiers == s.delay_tiers  # 0.1 sorted them: still so under the old name
@@ -155,10 +179,10 @@ def test_delay_tiers_are_seconds_and_name_their_queues_in_milliseconds() -> None
 def test_the_names_of_0_1_still_work_with_a_deprecation_warning() -> None:
     with pytest.warns(DeprecationWarning) as warned:
         s = RabbitMQSettings.from_url(
-            "amqps://h/?cafile=/ca.pem&certfile=/c.pem&keyfile=/k.pem&verify=false")
+            "amqps://h/?cafile=/ca.pem&certfile=/c.pem&keyfile=/k.pem&verify=false"
+        )
     assert len(warned) == 1 and "cafile -> tls_ca" in str(warned[0].message)
-    assert (s.tls_ca, s.tls_cert, s.tls_key, s.tls_verify) == (
-        "/ca.pem", "/c.pem", "/k.pem", False)
+    assert (s.tls_ca, s.tls_cert, s.tls_key, s.tls_verify) == ("/ca.pem", "/c.pem", "/k.pem", False)
 
 
 def test_a_message_accepted_by_publish_still_fits_when_parked_for_a_retry() -> None:
@@ -174,5 +198,7 @@ def test_a_repeated_option_means_its_last_value() -> None:
     assert RabbitMQSettings.from_url("amqp://h/?heartbeat=x&heartbeat=5").heartbeat == 5
     with pytest.raises(InvalidURLError) as info:
         RabbitMQSettings.from_url("amqp://h/?heartbeat=5&heartbeat=3601")
-    assert str(info.value) == ("option heartbeat='3601' in RabbitMQ URL 'amqp://h/?heartbeat=5"
-                               "&heartbeat=3601' is invalid: must be an integer from 0 to 3600")
+    assert str(info.value) == (
+        "option heartbeat='3601' in RabbitMQ URL 'amqp://h/?heartbeat=5"
+        "&heartbeat=3601' is invalid: must be an integer from 0 to 3600"
+    )

@@ -25,12 +25,17 @@ SCRIPT = """
 
 
 def test_publishing_on_a_bus_never_started_leaves_nothing_pending_at_exit(
-        rabbitmq_url: str) -> None:
+    rabbitmq_url: str,
+) -> None:
     separator = "&" if "?" in rabbitmq_url else "?"
     url = f"{rabbitmq_url}{separator}mandatory=false"  # no group: nothing to route to
     done = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(SCRIPT), url, f"unstarted-{uuid.uuid4().hex}"],
-        capture_output=True, text=True, timeout=60, check=False)
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.startswith("published ")
     assert "Task was destroyed" not in done.stderr, done.stderr[-3000:]

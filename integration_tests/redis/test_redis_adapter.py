@@ -28,9 +28,13 @@ def run(scenario: Callable[[], Awaitable[None]]) -> None:
 
 
 def envelope(n: int, data: bytes | None = None) -> Envelope:
-    return Envelope(id=uuid.uuid4().hex, type="test.redis", source="tests",
-                    time=datetime.datetime.now(datetime.UTC),
-                    data=data if data is not None else str(n).encode())
+    return Envelope(
+        id=uuid.uuid4().hex,
+        type="test.redis",
+        source="tests",
+        time=datetime.datetime.now(datetime.UTC),
+        data=data if data is not None else str(n).encode(),
+    )
 
 
 def name(kind: str) -> str:
@@ -45,21 +49,24 @@ async def next_delivery(subscription: Subscription, timeout: float = 10.0) -> De
 # -- settings ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("url", "words"), [
-    ("redis+streams://h/0?bogus=1", ["bogus", "accepts only"]),
-    ("redis://h/0?maxlen=5", ["maxlen", "Streams"]),
-    ("redis+streams://h/0?sharded=true", ["sharded", "Pub/Sub"]),
-    ("redis+streams://h/0?maxlen=-1", ["maxlen", ">= 0"]),
-    ("redis+streams://h/0?block=soon", ["block", "seconds"]),
-    ("redis://h/0?sharded=maybe", ["sharded", "'true' or 'false'"]),
-    ("redis://h/0?tls_ca=/ca.pem", ["tls_ca", "rediss://"]),
-    ("rediss://h/0?tls_verify=sometimes", ["tls_verify", "true or false"]),
-    ("redis+streams://h/abc", ["database", "number"]),
-    ("redis+streams://h/0?start_from=middle", ["start_from", "earliest"]),
-    ("redis://h/0?connect_timeout=nan", ["connect_timeout", ">= 0.1"]),
-    ("redis://h/0?ping_interval=0", ["ping_interval", ">= 0.1"]),
-    ("redis+streams://h/0?ping_timeout=1", ["ping_timeout", "Pub/Sub"]),
-])
+@pytest.mark.parametrize(
+    ("url", "words"),
+    [
+        ("redis+streams://h/0?bogus=1", ["bogus", "accepts only"]),
+        ("redis://h/0?maxlen=5", ["maxlen", "Streams"]),
+        ("redis+streams://h/0?sharded=true", ["sharded", "Pub/Sub"]),
+        ("redis+streams://h/0?maxlen=-1", ["maxlen", ">= 0"]),
+        ("redis+streams://h/0?block=soon", ["block", "seconds"]),
+        ("redis://h/0?sharded=maybe", ["sharded", "'true' or 'false'"]),
+        ("redis://h/0?tls_ca=/ca.pem", ["tls_ca", "rediss://"]),
+        ("rediss://h/0?tls_verify=sometimes", ["tls_verify", "true or false"]),
+        ("redis+streams://h/abc", ["database", "number"]),
+        ("redis+streams://h/0?start_from=middle", ["start_from", "earliest"]),
+        ("redis://h/0?connect_timeout=nan", ["connect_timeout", ">= 0.1"]),
+        ("redis://h/0?ping_interval=0", ["ping_interval", ">= 0.1"]),
+        ("redis+streams://h/0?ping_timeout=1", ["ping_timeout", "Pub/Sub"]),
+    ],
+)
 def test_bad_settings_fail_with_one_line_naming_the_option(url: str, words: list[str]) -> None:
     with pytest.raises(InvalidURLError) as caught:
         adapter_from_url(url)
@@ -74,14 +81,17 @@ def test_a_blank_option_is_no_option_and_the_last_value_counts() -> None:
     assert (settings.maxlen, settings.block) == (1_000_000, 0.05)
 
 
-@pytest.mark.parametrize(("url", "bound"), [
-    ("redis://h/0", 10.0),  # ping_interval + ping_timeout
-    ("redis://h/0?ping_interval=1&ping_timeout=0.5", 5.0),  # never under connect_timeout
-    ("redis://h/0?ping_interval=1&ping_timeout=0.5&connect_timeout=1", 1.5),
-    ("redis://h/0?ping_interval=inf", None),  # no ping: nothing noticed
-    ("redis+streams://h/0", 10.0),  # read_timeout: socket_timeout
-    ("redis+streams://h/0?block=0.2&socket_timeout=1", 5.2),  # block + 5 s
-])
+@pytest.mark.parametrize(
+    ("url", "bound"),
+    [
+        ("redis://h/0", 10.0),  # ping_interval + ping_timeout
+        ("redis://h/0?ping_interval=1&ping_timeout=0.5", 5.0),  # never under connect_timeout
+        ("redis://h/0?ping_interval=1&ping_timeout=0.5&connect_timeout=1", 1.5),
+        ("redis://h/0?ping_interval=inf", None),  # no ping: nothing noticed
+        ("redis+streams://h/0", 10.0),  # read_timeout: socket_timeout
+        ("redis+streams://h/0?block=0.2&socket_timeout=1", 5.2),  # block + 5 s
+    ],
+)
 def test_half_open_bound_follows_the_settings(url: str, bound: float | None) -> None:
     assert adapter_from_url(url).capabilities.half_open_bound == pytest.approx(bound)
 
@@ -109,8 +119,9 @@ def test_settings_repr_and_a_locals_capturing_traceback_never_show_the_password(
         try:
             await adapter.connect()
         except Exception as exc:
-            return "".join(traceback.TracebackException.from_exception(
-                exc, capture_locals=True).format())
+            return "".join(
+                traceback.TracebackException.from_exception(exc, capture_locals=True).format()
+            )
         finally:
             await adapter.close()
         raise AssertionError("connected to a closed port")
@@ -267,7 +278,8 @@ def test_a_new_group_starts_from_earliest_or_latest(
         try:
             await adapter.publish(topic, [envelope(0, b"old")])
             subscription = await adapter.subscribe(
-                topic, SubscribeOptions(group="g", start_from=start_from))  # type: ignore[arg-type]
+                topic, SubscribeOptions(group="g", start_from=start_from)
+            )  # type: ignore[arg-type]
             await adapter.publish(topic, [envelope(1, b"new")])
             delivery = await next_delivery(subscription)
             assert delivery.envelope is not None and delivery.envelope.data == expected
@@ -384,9 +396,12 @@ def test_concurrent_publishes_share_one_round_trip() -> None:
 
     async def scenario() -> None:
         batcher = pipeline_batcher(Client())  # type: ignore[arg-type]
-        replies = await asyncio.gather(*(
-            batcher.submit([lambda p, i=i: p.echo(f"a{i}"), lambda p, i=i: p.echo(f"b{i}")])
-            for i in range(5)))
+        replies = await asyncio.gather(
+            *(
+                batcher.submit([lambda p, i=i: p.echo(f"a{i}"), lambda p, i=i: p.echo(f"b{i}")])
+                for i in range(5)
+            )
+        )
         assert replies == [[f"a{i}", f"b{i}"] for i in range(5)]
         assert len(pipes) == 1
 
@@ -432,7 +447,8 @@ def test_acks_are_confirmed_by_close_and_unsettled_entries_come_back_at_once(
             await subscription.close()
             pending = await raw.xpending_range(topic, "g", "-", "+", 10)
             assert [p["message_id"].decode() for p in pending] == [
-                unsettled.message_id.split("/", 1)[1]]
+                unsettled.message_id.split("/", 1)[1]
+            ]
             started = time.monotonic()
             taker = await second.subscribe(topic, SubscribeOptions(group="g"))
             again = await next_delivery(taker)
@@ -484,17 +500,28 @@ def test_pubsub_reads_a_structured_event_written_by_the_cloudevents_sdk(redis_ur
         adapter = RedisPubSubAdapter(redis_url)
         await adapter.connect()
         topic = name("sdk")
-        event = CloudEvent(attributes={
-            "id": "sdk-1", "type": "com.example.sdk", "source": "/sdk", "specversion": "1.0",
-            "datacontenttype": "application/json", "subject": "s1",
-            "time": datetime.datetime.now(datetime.UTC)}, data={"a": 1})
+        event = CloudEvent(
+            attributes={
+                "id": "sdk-1",
+                "type": "com.example.sdk",
+                "source": "/sdk",
+                "specversion": "1.0",
+                "datacontenttype": "application/json",
+                "subject": "s1",
+                "time": datetime.datetime.now(datetime.UTC),
+            },
+            data={"a": 1},
+        )
         try:
             subscription = await adapter.subscribe(topic, SubscribeOptions(group="g"))
             await adapter.publish_raw(topic, JSONFormat().write(event))
             delivery = await next_delivery(subscription)
             assert delivery.envelope is not None, delivery.decode_error
             assert (delivery.envelope.id, delivery.envelope.type, delivery.envelope.subject) == (
-                "sdk-1", "com.example.sdk", "s1")
+                "sdk-1",
+                "com.example.sdk",
+                "s1",
+            )
             assert delivery.envelope.data == b'{"a":1}'
         finally:
             await adapter.close()
@@ -502,19 +529,23 @@ def test_pubsub_reads_a_structured_event_written_by_the_cloudevents_sdk(redis_ur
     run(scenario)
 
 
-@pytest.mark.parametrize("args", [
-    ("XADD", "t", "MAXLEN", "~", 1000, "*", "ce_id", "é", "body", b"\x00\xff"),
-    ("XGROUP CREATE", "t", "g", "$", "MKSTREAM"),
-    (b"CLIENT SETNAME", "eventbus"),
-    ("ZADD", "k", 1.5, "m"),  # a float: redis-py's own packer
-    ("SET", "k", memoryview(b"v")),
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("XADD", "t", "MAXLEN", "~", 1000, "*", "ce_id", "é", "body", b"\x00\xff"),
+        ("XGROUP CREATE", "t", "g", "$", "MKSTREAM"),
+        (b"CLIENT SETNAME", "eventbus"),
+        ("ZADD", "k", 1.5, "m"),  # a float: redis-py's own packer
+        ("SET", "k", memoryview(b"v")),
+    ],
+)
 def test_the_fast_packer_writes_what_redis_py_writes(args: tuple[Any, ...]) -> None:
     from eventbus_redis.connection import FastConnection
     from redis.asyncio.connection import Connection
 
     assert b"".join(FastConnection().pack_command(*args)) == b"".join(
-        Connection().pack_command(*args))
+        Connection().pack_command(*args)
+    )
 
 
 def test_deliveries_of_a_closed_subscription_are_stale(streams_url: str) -> None:

@@ -31,9 +31,15 @@ def run(scenario: Callable[[], Awaitable[None]]) -> None:
 
 
 def envelope(n: int, **extra: str) -> Envelope:
-    return Envelope(id=uuid.uuid4().hex, type="test.bulk", source="tests",
-                    time=datetime.datetime.now(datetime.UTC),
-                    data=b'{"n":%d}' % n, datacontenttype="application/json", **extra)
+    return Envelope(
+        id=uuid.uuid4().hex,
+        type="test.bulk",
+        source="tests",
+        time=datetime.datetime.now(datetime.UTC),
+        data=b'{"n":%d}' % n,
+        datacontenttype="application/json",
+        **extra,
+    )
 
 
 def name(kind: str) -> str:
@@ -103,8 +109,7 @@ def test_pubsub_batch_arrives_in_order(redis_url: str) -> None:
         topic = name("pubsub")
         batch = [envelope(n) for n in range(50)]
         try:
-            subscription = await adapter.subscribe(topic, SubscribeOptions(group="g",
-                                                                           prefetch=100))
+            subscription = await adapter.subscribe(topic, SubscribeOptions(group="g", prefetch=100))
             await adapter.publish(topic, batch)
             got = []
             async for delivery in subscription:
@@ -120,40 +125,52 @@ def test_pubsub_batch_arrives_in_order(redis_url: str) -> None:
     run(scenario)
 
 
-@pytest.mark.parametrize("data, content_type", [
-    (b'{"n":1,"s":"\\u00e9 \\" ,\\"data\\":"}', "application/json"),
-    (b'{ "spaced" : [1, 2] }', "application/json"),  # not compact: kept byte for byte
-    (b"[1,2]", None),
-    (b"not json", "application/json"),  # data_base64
-    (b"plain text", "text/plain"),
-    (b"\x00\xff", "application/octet-stream"),
-    (b"", "application/json"),
-])
-def test_pubsub_codec_round_trips_and_reads_the_core_codec(data: bytes,
-                                                           content_type: str | None) -> None:
-    sent = Envelope(id="1", type="t", source="s", time=datetime.datetime.now(datetime.UTC),
-                    data=data, datacontenttype=content_type, subject='x,"data":{',
-                    extensions={"tenant": "a"})
+@pytest.mark.parametrize(
+    "data, content_type",
+    [
+        (b'{"n":1,"s":"\\u00e9 \\" ,\\"data\\":"}', "application/json"),
+        (b'{ "spaced" : [1, 2] }', "application/json"),  # not compact: kept byte for byte
+        (b"[1,2]", None),
+        (b"not json", "application/json"),  # data_base64
+        (b"plain text", "text/plain"),
+        (b"\x00\xff", "application/octet-stream"),
+        (b"", "application/json"),
+    ],
+)
+def test_pubsub_codec_round_trips_and_reads_the_core_codec(
+    data: bytes, content_type: str | None
+) -> None:
+    sent = Envelope(
+        id="1",
+        type="t",
+        source="s",
+        time=datetime.datetime.now(datetime.UTC),
+        data=data,
+        datacontenttype=content_type,
+        subject='x,"data":{',
+        extensions={"tenant": "a"},
+    )
     mine = encode_message(sent)
     decoded = decode_message(mine)
     assert (decoded.envelope, decoded.error) == (sent, None)
     core = decode_structured(mine)  # any structured reader gets the same event
     assert core.id == sent.id and core.subject == sent.subject
     assert decode_message(encode_structured(sent)).envelope == decode_structured(
-        encode_structured(sent))
+        encode_structured(sent)
+    )
 
 
 def test_pubsub_codec_reads_data_that_is_not_last() -> None:
     """Another writer may put members after ``data``: the full reader takes them."""
-    doc = (b'{"specversion":"1.0","id":"1","source":"s","type":"t",'
-           b'"data":{"a":1},"subject":"late"}')
+    doc = b'{"specversion":"1.0","id":"1","source":"s","type":"t","data":{"a":1},"subject":"late"}'
     envelope, error = decode_message(doc)[:2]
     assert error is None and envelope is not None
     assert (envelope.subject, envelope.data) == ("late", b'{"a":1}')
 
 
 def test_pubsub_burst_is_read_from_the_buffer_and_other_replies_still_handled(
-        redis_url: str) -> None:
+    redis_url: str,
+) -> None:
     """A burst's messages after the first come from the connection's buffer (the
     installed redis-py still has the internals this relies on), and a reply that is
     not a message (a PONG on the subscribed connection) goes to redis-py."""
@@ -174,8 +191,7 @@ def test_pubsub_burst_is_read_from_the_buffer_and_other_replies_still_handled(
 
         try:
             PubSubSubscription._buffered = counting  # type: ignore[method-assign]
-            subscription = await adapter.subscribe(topic, SubscribeOptions(group="g",
-                                                                           prefetch=100))
+            subscription = await adapter.subscribe(topic, SubscribeOptions(group="g", prefetch=100))
             assert isinstance(subscription, PubSubSubscription)
             batch = [envelope(n) for n in range(20)]
             await adapter.publish(topic, batch[:10])
@@ -216,8 +232,9 @@ def test_streams_reads_wait_for_a_quarter_of_the_prefetch(streams_url: str) -> N
 
         client.xreadgroup = recording  # type: ignore[method-assign]
         try:
-            subscription = await adapter.subscribe(topic, SubscribeOptions(
-                group="g", prefetch=16, start_from="earliest"))
+            subscription = await adapter.subscribe(
+                topic, SubscribeOptions(group="g", prefetch=16, start_from="earliest")
+            )
             batch = [envelope(n) for n in range(160)]
             await adapter.publish(topic, batch)
             seen = 0

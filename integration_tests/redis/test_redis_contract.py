@@ -78,7 +78,7 @@ def test_pubsub_refuses_a_second_live_member_of_a_group(redis_url: str) -> None:
 
 
 def test_streams_route_keeps_what_was_sent_before_the_group_subscribed(
-    streams_url: str, redis_url: str,
+    streams_url: str, redis_url: str
 ) -> None:
     """publish_to_group before the group's first subscription: delivered once it
     subscribes (its route group starts from the first entry), as the topic's, and

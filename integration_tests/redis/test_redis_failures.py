@@ -35,8 +35,9 @@ def port_of(url: str) -> int:
     return int(url.rsplit(":", 1)[1].split("/")[0])
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], within: float,
-                     what: str | Callable[[], str]) -> float:
+async def eventually(
+    check: Callable[[], Awaitable[bool]], within: float, what: str | Callable[[], str]
+) -> float:
     """Seconds until ``check()`` held (polled); fails after ``within`` seconds saying
     ``what`` (called then, if a function, to show the state at the end)."""
     started = time.monotonic()
@@ -59,11 +60,15 @@ def test_a_failed_nack_lets_the_entry_go_and_frees_its_prefetch_slot(redis_url: 
         proxy = FaultProxy("127.0.0.1", port_of(redis_url)).start()
         topic = name("nack")
         event = on_topic(Ping, topic)
-        url = (f"redis+streams://127.0.0.1:{proxy.port}/0"
-               "?claim_idle=1&claim_interval=0.2&block=0.2")
-        bus = EventBus.from_url(url, source="tests", prefetch_per_worker=1,
-                                retry=RetryPolicy(max_attempts=5, in_process_attempts=1,
-                                                  initial_delay=0.1, max_delay=0.1))
+        url = f"redis+streams://127.0.0.1:{proxy.port}/0?claim_idle=1&claim_interval=0.2&block=0.2"
+        bus = EventBus.from_url(
+            url,
+            source="tests",
+            prefetch_per_worker=1,
+            retry=RetryPolicy(
+                max_attempts=5, in_process_attempts=1, initial_delay=0.1, max_delay=0.1
+            ),
+        )
         runs: list[int] = []
         handled: list[int] = []
         started = asyncio.Event()
@@ -90,8 +95,13 @@ def test_a_failed_nack_lets_the_entry_go_and_frees_its_prefetch_slot(redis_url: 
                 async def both() -> bool:
                     return sorted(handled) == [1, 2]
 
-                await eventually(both, 15, lambda: f"redelivered and the next one handled "
-                                 f"(runs={runs}, handled={handled})")
+                await eventually(
+                    both,
+                    15,
+                    lambda: (
+                        f"redelivered and the next one handled (runs={runs}, handled={handled})"
+                    ),
+                )
                 assert runs[-1] >= 2  # the delivery count from the reclaim
         finally:
             await raw.delete(topic, delay_key(topic, "g"))
@@ -114,8 +124,9 @@ def test_a_silent_pubsub_connection_is_noticed_and_replaced(redis_url: str) -> N
         topic = name("silent")
         event = on_topic(Ping, topic)
         consumer = EventBus.from_url(
-            f"redis://127.0.0.1:{proxy.port}/0?ping_interval=1&ping_timeout=1"
-            "&connect_timeout=1", source="tests")
+            f"redis://127.0.0.1:{proxy.port}/0?ping_interval=1&ping_timeout=1&connect_timeout=1",
+            source="tests",
+        )
         publisher = EventBus.from_url(redis_url, source="tests")  # straight to Redis
         got: list[int] = []
 
@@ -168,8 +179,8 @@ def test_a_streams_read_on_a_silent_connection_does_not_hang(
         topic = name("silent-read")
         event = on_topic(Ping, topic)
         consumer = EventBus.from_url(
-            f"redis+streams://127.0.0.1:{proxy.port}/0?block=0.2&socket_timeout=1",
-            source="tests")
+            f"redis+streams://127.0.0.1:{proxy.port}/0?block=0.2&socket_timeout=1", source="tests"
+        )
         publisher = EventBus.from_url(streams_url, source="tests")
         got: list[int] = []
 
@@ -251,9 +262,7 @@ def test_a_group_deleted_underneath_is_created_again_where_it_was(
 # -- backlog() ---------------------------------------------------------------------------
 
 
-def test_backlog_counts_what_the_group_could_be_given_now(
-    streams_url: str, redis_url: str
-) -> None:
+def test_backlog_counts_what_the_group_could_be_given_now(streams_url: str, redis_url: str) -> None:
     """Undelivered entries (lag), pending entries idle past claim_idle, due delayed
     retries; not entries held by a live consumer nor delayed retries still waiting.
     A deleted group raises TopicNotFoundError."""

@@ -28,8 +28,9 @@ def name(kind: str) -> str:
     return f"test-redis-foreign-{kind}-{uuid.uuid4().hex[:8]}"
 
 
-async def letters_of(dead: DeadLetters, topic: str, group: str, count: int
-                     ) -> list[ListedDeadLetter]:
+async def letters_of(
+    dead: DeadLetters, topic: str, group: str, count: int
+) -> list[ListedDeadLetter]:
     """The dead letters of ``topic``/``group`` once there are ``count`` of them."""
     letters: list[ListedDeadLetter] = []
     for _ in range(100):
@@ -130,16 +131,26 @@ def test_a_valid_event_with_a_binary_foreign_field_is_handled(
         try:
             async with bus:
                 binary_mode: dict[str | bytes, str | bytes] = dict(
-                    encode_fields(bus.envelope_for(event(seq=1)))[0])
+                    encode_fields(bus.envelope_for(event(seq=1)))[0]
+                )
                 binary_mode[b"x-b3-trace"] = b"\xff\xfe\x00\x81"
                 await raw.xadd(topic, binary_mode)
-                structured = json.dumps({
-                    "specversion": "1.0", "id": uuid.uuid4().hex, "source": "/other",
-                    "type": Ping.event_type(), "datacontenttype": "application/json",
-                    "time": datetime.datetime.now(datetime.UTC).isoformat(),
-                    "data": {"seq": 2}}).encode()
-                await bus.adapter.publish_raw(topic, structured, {
-                    "content-type": b"application/cloudevents+json", "x-b3-trace": b"\xc3\x28"})
+                structured = json.dumps(
+                    {
+                        "specversion": "1.0",
+                        "id": uuid.uuid4().hex,
+                        "source": "/other",
+                        "type": Ping.event_type(),
+                        "datacontenttype": "application/json",
+                        "time": datetime.datetime.now(datetime.UTC).isoformat(),
+                        "data": {"seq": 2},
+                    }
+                ).encode()
+                await bus.adapter.publish_raw(
+                    topic,
+                    structured,
+                    {"content-type": b"application/cloudevents+json", "x-b3-trace": b"\xc3\x28"},
+                )
                 for _ in range(100):
                     if sorted(handled) == [1, 2]:
                         break

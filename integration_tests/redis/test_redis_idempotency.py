@@ -60,7 +60,8 @@ def test_concurrent_claims_from_two_stores_claim_each_id_once(redis_url: str) ->
         stores = [RedisIdempotencyStore(redis_url, prefix=prefix) for _ in range(2)]
         try:
             results = await asyncio.gather(
-                *(store.claim(key, 60) for key in keys for store in stores))
+                *(store.claim(key, 60) for key in keys for store in stores)
+            )
             return [r.status for r in results]
         finally:
             for store in stores:
@@ -68,7 +69,7 @@ def test_concurrent_claims_from_two_stores_claim_each_id_once(redis_url: str) ->
 
     statuses = asyncio.run(scenario())
     for index in range(len(keys)):
-        pair = sorted(s.value for s in statuses[2 * index:2 * index + 2])
+        pair = sorted(s.value for s in statuses[2 * index : 2 * index + 2])
         assert pair == ["claimed", "in_progress"], keys[index]
 
 
@@ -127,9 +128,10 @@ class _LoseTheClaimReply:
                 await writer.drain()
 
         try:
-            await asyncio.wait([asyncio.ensure_future(upstream()),
-                                asyncio.ensure_future(downstream())],
-                               return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(
+                [asyncio.ensure_future(upstream()), asyncio.ensure_future(downstream())],
+                return_when=asyncio.FIRST_COMPLETED,
+            )
         finally:
             writer.transport.abort()
             up_writer.transport.abort()
@@ -146,11 +148,15 @@ def test_a_claim_whose_reply_was_lost_is_still_ours(redis_url: str) -> None:
     async def scenario() -> None:
         proxy = _LoseTheClaimReply(int(redis_url.rsplit(":", 1)[1].split("/")[0]))
         await proxy.start()
-        store = RedisIdempotencyStore(f"redis://127.0.0.1:{proxy.port}/0",
-                                      prefix=f"test:{uuid.uuid4().hex}:")
+        store = RedisIdempotencyStore(
+            f"redis://127.0.0.1:{proxy.port}/0", prefix=f"test:{uuid.uuid4().hex}:"
+        )
         lease = 8.0
-        bus = EventBus(f"memory://lost-claim-{uuid.uuid4().hex[:8]}", source="tests",
-                       idempotency=Idempotency(store, lease=lease, retry_delay=0.5))
+        bus = EventBus(
+            f"memory://lost-claim-{uuid.uuid4().hex[:8]}",
+            source="tests",
+            idempotency=Idempotency(store, lease=lease, retry_delay=0.5),
+        )
         event = on_topic(Ping, f"test-redis-idem-{uuid.uuid4().hex[:8]}")
         started: list[float] = []
         handled = asyncio.Event()
@@ -168,7 +174,8 @@ def test_a_claim_whose_reply_was_lost_is_still_ours(redis_url: str) -> None:
             assert proxy.cut, "the claim's reply was never dropped"
             assert started[0] - published < 3.0, (
                 f"handled {started[0] - published:.1f}s after publishing: the lost reply "
-                "made the store see its own claim as another run's")
+                "made the store see its own claim as another run's"
+            )
             assert len(started) == 1
         finally:
             await store.close()

@@ -40,12 +40,12 @@ def ping(n: int) -> Envelope:
 
 
 def test_durations_are_seconds_and_the_ms_names_still_work_with_one_warning() -> None:
-    s = RedisSettings.from_url("redis+streams://h/0?block=0.5&claim_idle=2.5"
-                               "&claim_interval=0.25")
+    s = RedisSettings.from_url("redis+streams://h/0?block=0.5&claim_idle=2.5&claim_interval=0.25")
     assert (s.block, s.claim_idle, s.claim_interval) == (0.5, 2.5, 0.25)
     with pytest.warns(DeprecationWarning) as warned:
-        old = RedisSettings.from_url("redis+streams://h/0?block_ms=500&claim_idle_ms=2500"
-                                     "&claim_interval_ms=250")
+        old = RedisSettings.from_url(
+            "redis+streams://h/0?block_ms=500&claim_idle_ms=2500&claim_interval_ms=250"
+        )
     assert len(warned) == 1
     text = str(warned[0].message)
     assert "block_ms -> block (seconds)" in text and "claim_idle_ms -> claim_idle" in text
@@ -54,26 +54,30 @@ def test_durations_are_seconds_and_the_ms_names_still_work_with_one_warning() ->
 
 def test_the_tls_names_of_01_still_work_with_one_warning() -> None:
     with pytest.warns(DeprecationWarning) as warned:
-        s = RedisSettings.from_url("rediss://h/0?ssl_ca_certs=/ca.pem&ssl_certfile=/c.pem"
-                                   "&ssl_keyfile=/k.pem&ssl_cert_reqs=none")
+        s = RedisSettings.from_url(
+            "rediss://h/0?ssl_ca_certs=/ca.pem&ssl_certfile=/c.pem"
+            "&ssl_keyfile=/k.pem&ssl_cert_reqs=none"
+        )
     assert len(warned) == 1 and "ssl_cert_reqs -> tls_verify" in str(warned[0].message)
-    assert (s.tls_ca, s.tls_cert, s.tls_key, s.tls_verify) == (
-        "/ca.pem", "/c.pem", "/k.pem", False)
+    assert (s.tls_ca, s.tls_cert, s.tls_key, s.tls_verify) == ("/ca.pem", "/c.pem", "/k.pem", False)
     with pytest.warns(DeprecationWarning):
         assert RedisSettings.from_url("rediss://h/0?ssl_cert_reqs=optional").tls_verify
 
 
 @pytest.mark.filterwarnings("ignore:option 'ssl_ca_certs':DeprecationWarning")
-@pytest.mark.parametrize(("url", "words"), [
-    ("redis://h/0?tls_ca=/ca.pem", ["tls_ca", "TLS", "rediss://"]),
-    ("redis+streams://h/0?ssl_ca_certs=/ca.pem", ["tls_ca", "rediss+streams://"]),
-    ("rediss://h/0?tls_cert=/c.pem", ["tls_cert", "tls_key"]),
-    ("redis+streams://h/0?block=inf", ["block", "finite"]),
-    ("redis+streams://h/0?claim_idle=0.01", ["claim_idle", ">= 0.1"]),
-    ("redis+streams://h/0?block=1&block_ms=50&claim_idle=x", ["claim_idle"]),
-    ("redis://h/0?block=1", ["block", "Streams"]),
-    ("redis://h/0?claim_idle_ms=100", ["claim_idle_ms", "Streams"]),
-])
+@pytest.mark.parametrize(
+    ("url", "words"),
+    [
+        ("redis://h/0?tls_ca=/ca.pem", ["tls_ca", "TLS", "rediss://"]),
+        ("redis+streams://h/0?ssl_ca_certs=/ca.pem", ["tls_ca", "rediss+streams://"]),
+        ("rediss://h/0?tls_cert=/c.pem", ["tls_cert", "tls_key"]),
+        ("redis+streams://h/0?block=inf", ["block", "finite"]),
+        ("redis+streams://h/0?claim_idle=0.01", ["claim_idle", ">= 0.1"]),
+        ("redis+streams://h/0?block=1&block_ms=50&claim_idle=x", ["claim_idle"]),
+        ("redis://h/0?block=1", ["block", "Streams"]),
+        ("redis://h/0?claim_idle_ms=100", ["claim_idle_ms", "Streams"]),
+    ],
+)
 def test_bad_shared_options_are_refused_in_one_line(url: str, words: list[str]) -> None:
     with pytest.raises(InvalidURLError) as raised:
         RedisSettings.from_url(url)
@@ -84,8 +88,7 @@ def test_bad_shared_options_are_refused_in_one_line(url: str, words: list[str]) 
 
 
 def test_settings_made_in_code() -> None:
-    s = RedisSettings(mode="streams", host="redis.internal", client_name="billing",
-                      claim_idle=5)
+    s = RedisSettings(mode="streams", host="redis.internal", client_name="billing", claim_idle=5)
     assert s.masked_url == "redis+streams://redis.internal:6379/0"
     adapter = RedisStreamsAdapter(settings=s)
     assert adapter.settings is s and adapter.capabilities.lease
@@ -100,8 +103,7 @@ def test_settings_made_in_code() -> None:
 
 def test_the_urls_start_from_is_the_adapters_default_for_new_groups() -> None:
     """The core applies it (eventbus.adapter.start_from_for); Pub/Sub takes it too."""
-    assert RedisStreamsAdapter("redis+streams://h/0?start_from=earliest").start_from == \
-        "earliest"
+    assert RedisStreamsAdapter("redis+streams://h/0?start_from=earliest").start_from == "earliest"
     assert RedisStreamsAdapter("redis+streams://h/0").start_from is None
     assert RedisPubSubAdapter("redis://h/0?start_from=earliest").start_from == "earliest"
 
@@ -203,11 +205,11 @@ def test_client_name_is_the_connections_name(streams_url: str) -> None:
 
 def test_a_given_client_is_used_as_it_is_and_left_open(streams_url: str) -> None:
     async def scenario() -> None:
-        client: Any = Redis.from_url(streams_url.replace("redis+streams://", "redis://", 1),
-                                     client_name="mine")
+        client: Any = Redis.from_url(
+            streams_url.replace("redis+streams://", "redis://", 1), client_name="mine"
+        )
         topic = name("given")
-        adapter = RedisStreamsAdapter(settings=RedisSettings.from_url(streams_url),
-                                      client=client)
+        adapter = RedisStreamsAdapter(settings=RedisSettings.from_url(streams_url), client=client)
         try:
             await adapter.connect()
             assert adapter.client is client

@@ -40,12 +40,14 @@ SQLITE_LIMITS: dict[str, str] = {
         "a SQLite database is a file each process opens itself: there is no connection "
         "to drop (the write lock held by another connection, the way a SQLite file stops "
         "answering, is what the refusal, settle-failure, freeze and silent-endpoint cases "
-        "hold)"),
+        "hold)"
+    ),
     "test_broker_restart_loses_nothing_acknowledged": (
         "SQLite has no server process to restart: the log is the file, and a commit is on "
         "disk when publish() returns (WAL, synchronous=FULL); a consumer process killed and "
         "started again is what the crash-loop case and the CLI workflow test "
-        "(integration_tests/sqlite/test_sqlite_cli.py) check"),
+        "(integration_tests/sqlite/test_sqlite_cli.py) check"
+    ),
 }
 
 
@@ -86,8 +88,9 @@ class WriteLockFaults:
             self._until = max(self._until, until)
             if self._thread is None or not self._thread.is_alive():
                 self._held.clear()
-                self._thread = threading.Thread(target=self._run, daemon=True,
-                                                name="sqlite-write-lock")
+                self._thread = threading.Thread(
+                    target=self._run, daemon=True, name="sqlite-write-lock"
+                )
                 self._thread.start()
         if not await asyncio.to_thread(self._held.wait, 30.0):
             raise AssertionError(f"could not take the write lock of {self.path} in 30s")

@@ -56,18 +56,31 @@ def test_run_publish_sigkill_restart_and_dlq_list(tmp_path: Path) -> None:
     (tmp_path / "cliflow_app.py").write_text(APP)
     log = tmp_path / "handled.log"
     url = f"sqlite:///{tmp_path / 'app.db'}?lease=2"
-    env = {**os.environ, "EVENTBUS_URL": url, "HANDLED_LOG": str(log),
-           "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    env = {
+        **os.environ,
+        "EVENTBUS_URL": url,
+        "HANDLED_LOG": str(log),
+        "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+    }
     eventbus = [sys.executable, "-m", "eventbus"]
 
     def start_worker() -> subprocess.Popen[bytes]:
-        return subprocess.Popen([*eventbus, "run", "cliflow_app:bus"], env=env, cwd=tmp_path,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        return subprocess.Popen(
+            [*eventbus, "run", "cliflow_app:bus"],
+            env=env,
+            cwd=tmp_path,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
 
     def publish(data: str) -> str:
-        done = subprocess.run([*eventbus, "publish", "jobs", "--type", "cliflow.job",
-                               "--data", data], env=env, cwd=tmp_path, capture_output=True,
-                              timeout=60)
+        done = subprocess.run(
+            [*eventbus, "publish", "jobs", "--type", "cliflow.job", "--data", data],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            timeout=60,
+        )
         assert done.returncode == 0, done.stderr.decode()
         return done.stdout.decode().strip()
 
@@ -83,28 +96,34 @@ def test_run_publish_sigkill_restart_and_dlq_list(tmp_path: Path) -> None:
         worker.send_signal(signal.SIGKILL)  # mid-stream: no ack, no cleanup
         assert worker.wait(10) == -signal.SIGKILL
         worker = start_worker()
-        _wait(lambda: set(_handled(log)) >= set(range(JOBS)), "every job after the restart",
-              90)
+        _wait(lambda: set(_handled(log)) >= set(range(JOBS)), "every job after the restart", 90)
         worker.send_signal(signal.SIGTERM)
         assert worker.wait(30) == 0, worker.stderr.read().decode() if worker.stderr else ""
     finally:
         if worker.poll() is None:
             worker.kill()
             worker.wait()
-    listed = subprocess.run([*eventbus, "dlq", "list", "jobs", "workers", "--json"], env=env,
-                            cwd=tmp_path, capture_output=True, timeout=60)
+    listed = subprocess.run(
+        [*eventbus, "dlq", "list", "jobs", "workers", "--json"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        timeout=60,
+    )
     assert listed.returncode == 0, listed.stderr.decode()
     letters = [json.loads(line) for line in listed.stdout.decode().splitlines() if line]
     assert [letter["id"] for letter in letters] == [poison_id], letters
     assert "SchemaError" in letters[0]["reason"], letters[0]["reason"]
 
 
-@pytest.mark.parametrize("command", [["publish", "jobs", "--type", "t"],
-                                     ["dlq", "list", "jobs", "workers"]])
+@pytest.mark.parametrize(
+    "command", [["publish", "jobs", "--type", "t"], ["dlq", "list", "jobs", "workers"]]
+)
 def test_cli_names_a_missing_directory(tmp_path: Path, command: list[str]) -> None:
     """A sqlite:// URL whose directory does not exist fails with one line naming it."""
     url = f"sqlite:///{tmp_path / 'nowhere' / 'app.db'}"
-    done = subprocess.run([sys.executable, "-m", "eventbus", *command, "--url", url],
-                          capture_output=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "eventbus", *command, "--url", url], capture_output=True, timeout=60
+    )
     assert done.returncode != 0
     assert "nowhere" in done.stderr.decode(), done.stderr.decode()

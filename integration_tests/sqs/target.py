@@ -22,7 +22,8 @@ def delete_underneath(url: str) -> Callable[[str, str], Awaitable[None]]:
 
     async def delete(topic: str, group: str) -> None:
         async with aioboto3.Session().client(
-                "sqs", region_name=settings.region, endpoint_url=settings.endpoint_url) as sqs:
+            "sqs", region_name=settings.region, endpoint_url=settings.endpoint_url
+        ) as sqs:
             queue = await sqs.get_queue_url(QueueName=names.queue_name(topic, group))
             await sqs.delete_queue(QueueUrl=queue["QueueUrl"])
 
@@ -31,5 +32,6 @@ def delete_underneath(url: str) -> Callable[[str, str], Awaitable[None]]:
 
 def short_lease(base: str, options: str) -> ShortLease:
     """``base`` with ``options`` and a visibility timeout of a few seconds."""
-    return ShortLease(f"{base}&{options}&visibility_timeout={SHORT_VISIBILITY}",
-                      float(SHORT_VISIBILITY))
+    return ShortLease(
+        f"{base}&{options}&visibility_timeout={SHORT_VISIBILITY}", float(SHORT_VISIBILITY)
+    )

@@ -74,8 +74,14 @@ def test_partial_batch_failure_names_the_indexes(sqs_url: str) -> None:
             # SNS refusing the first entry of each request, as it does per entry.
             first = kwargs["PublishBatchRequestEntries"][0]["Id"]
             reply["Successful"] = [s for s in reply["Successful"] if s["Id"] != first]
-            reply["Failed"] = [{"Id": first, "Code": "InvalidParameter", "SenderFault": True,
-                                "Message": "refused for the test"}]
+            reply["Failed"] = [
+                {
+                    "Id": first,
+                    "Code": "InvalidParameter",
+                    "SenderFault": True,
+                    "Message": "refused for the test",
+                }
+            ]
             return reply
 
         sns.publish_batch = half_refused
@@ -225,8 +231,9 @@ def test_redrive_policy_follows_max_receive_count(sqs_url: str) -> None:
         try:
             sub = await adapter.subscribe(topic, SubscribeOptions(group="g"))
             sqs = adapter.sqs_client()
-            reply = await sqs.get_queue_attributes(QueueUrl=sub.queue_url,
-                                                   AttributeNames=["RedrivePolicy"])
+            reply = await sqs.get_queue_attributes(
+                QueueUrl=sub.queue_url, AttributeNames=["RedrivePolicy"]
+            )
             policy = json.loads(reply["Attributes"]["RedrivePolicy"])
             assert int(policy["maxReceiveCount"]) == 5
             assert policy["deadLetterTargetArn"].endswith("-redrive")
@@ -251,10 +258,12 @@ def test_interop_with_the_cloudevents_sdk(sqs_url: str) -> None:
             sent = _event(key="k1")
             await adapter.publish(topic, [sent])
             reply = await adapter.sqs_client().receive_message(
-                QueueUrl=sub.queue_url, WaitTimeSeconds=5)
+                QueueUrl=sub.queue_url, WaitTimeSeconds=5
+            )
             read = from_json(reply["Messages"][0]["Body"])
             await adapter.sqs_client().delete_message(
-                QueueUrl=sub.queue_url, ReceiptHandle=reply["Messages"][0]["ReceiptHandle"])
+                QueueUrl=sub.queue_url, ReceiptHandle=reply["Messages"][0]["ReceiptHandle"]
+            )
             sub = await adapter.subscribe(topic, SubscribeOptions(group="g"))
             assert (read["id"], read["type"], read["partitionkey"]) == (sent.id, sent.type, "k1")
             # The SDK -> ours.
@@ -271,8 +280,9 @@ def test_interop_with_the_cloudevents_sdk(sqs_url: str) -> None:
     asyncio.run(body())
 
 
-def test_nack_beyond_12_hours_is_capped_and_said(sqs_url: str,
-                                                 caplog: pytest.LogCaptureFixture) -> None:
+def test_nack_beyond_12_hours_is_capped_and_said(
+    sqs_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
     async def body() -> None:
         adapter = SqsAdapter(sqs_url)
         await adapter.connect()
@@ -298,8 +308,10 @@ def test_message_whose_visibility_lapsed_unhanded_is_not_run(sqs_url: str) -> No
     # A receive caught by the outage may never get its reply (seen once in a dozen
     # runs: the receiver logged no failure through the whole refusal); it ends at
     # read_timeout, which must stay well within the 15 s wait below (default 30 s).
-    url = (f"{endpoint.url}&wait_seconds=1&visibility_timeout=3&connect_timeout=1"
-           "&read_timeout=4&max_attempts=1")
+    url = (
+        f"{endpoint.url}&wait_seconds=1&visibility_timeout=3&connect_timeout=1"
+        "&read_timeout=4&max_attempts=1"
+    )
 
     async def body() -> None:
         adapter, publisher = SqsAdapter(url), SqsAdapter(sqs_url)
@@ -313,8 +325,8 @@ def test_message_whose_visibility_lapsed_unhanded_is_not_run(sqs_url: str) -> No
             sqs = publisher.sqs_client()
             for _ in range(100):
                 reply = await sqs.get_queue_attributes(
-                    QueueUrl=sub.queue_url,
-                    AttributeNames=["ApproximateNumberOfMessagesNotVisible"])
+                    QueueUrl=sub.queue_url, AttributeNames=["ApproximateNumberOfMessagesNotVisible"]
+                )
                 if reply["Attributes"]["ApproximateNumberOfMessagesNotVisible"] == "1":
                     break
                 await asyncio.sleep(0.1)

@@ -55,9 +55,12 @@ def test_last_receive_before_the_redrive_is_sent_anew(sqs_url: str) -> None:
         event_cls = on_topic(Ping, topic)
         attempts: Collector[int] = Collector("attempts")
         store = _DownStore(outage=4)
-        bus = EventBus(SqsAdapter(f"{sqs_url}&max_receive_count=2"), source="sqs-redrive",
-                       idempotency=store, redelivery_backoff=Backoff(initial=0.05,
-                                                                     max_delay=0.2, jitter=0.0))
+        bus = EventBus(
+            SqsAdapter(f"{sqs_url}&max_receive_count=2"),
+            source="sqs-redrive",
+            idempotency=store,
+            redelivery_backoff=Backoff(initial=0.05, max_delay=0.2, jitter=0.0),
+        )
 
         @bus.subscribe(event_cls, group=group)
         async def handle(event: Ping, ctx: Context) -> None:
@@ -78,8 +81,10 @@ def test_last_receive_before_the_redrive_is_sent_anew(sqs_url: str) -> None:
 async def _held(sqs: Any, prefix: str) -> dict[str, int]:
     held = {}
     for url in (await sqs.list_queues(QueueNamePrefix=prefix)).get("QueueUrls", []):
-        attributes = (await sqs.get_queue_attributes(QueueUrl=url, AttributeNames=[
-            "ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]))
+        attributes = await sqs.get_queue_attributes(
+            QueueUrl=url,
+            AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+        )
         held[url.rsplit("/", 1)[1]] = sum(int(v) for v in attributes["Attributes"].values())
     return held
 
@@ -97,8 +102,13 @@ def test_messages_given_back_unrun_spend_no_retry_budget(sqs_url: str) -> None:
         event_cls = on_topic(Ping, topic)
         hold = asyncio.Event()
         done: Collector[int] = Collector("done")
-        bus = EventBus(SqsAdapter(url), source="sqs-unrun", prefetch_per_worker=4,
-                       retry=RetryPolicy(max_attempts=1), stall_after=None)
+        bus = EventBus(
+            SqsAdapter(url),
+            source="sqs-unrun",
+            prefetch_per_worker=4,
+            retry=RetryPolicy(max_attempts=1),
+            stall_after=None,
+        )
 
         @bus.subscribe(event_cls, group=group)  # one worker: the others wait unfetched
         async def work(event: Ping) -> None:
@@ -114,8 +124,11 @@ def test_messages_given_back_unrun_spend_no_retry_budget(sqs_url: str) -> None:
             await proxy.refuse_connections(5.0)  # their visibility lapses unextended
             await asyncio.sleep(5.5)
             hold.set()
-            await done.wait(lambda seqs: {0, 1, 2, 3} <= set(seqs),
-                            "every message handled, none dead-lettered", timeout=60)
+            await done.wait(
+                lambda seqs: {0, 1, 2, 3} <= set(seqs),
+                "every message handled, none dead-lettered",
+                timeout=60,
+            )
             letters = await DeadLetters(bus.adapter).list(topic, group)
             assert letters == [], [x.reason for x in letters]
 
@@ -140,7 +153,8 @@ def test_receives_given_back_at_close_do_not_count_as_runs(sqs_url: str) -> None
             for _ in range(100):  # received (in flight), never iterated
                 reply = await sqs.get_queue_attributes(
                     QueueUrl=first.queue_url,  # type: ignore[attr-defined]
-                    AttributeNames=["ApproximateNumberOfMessagesNotVisible"])
+                    AttributeNames=["ApproximateNumberOfMessagesNotVisible"],
+                )
                 if reply["Attributes"]["ApproximateNumberOfMessagesNotVisible"] == "1":
                     break
                 await asyncio.sleep(0.1)

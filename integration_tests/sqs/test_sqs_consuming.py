@@ -43,10 +43,12 @@ def test_visibility_comes_from_the_url_not_the_existing_queue(sqs_url: str) -> N
     topic, group = _names("vis")
 
     async def body() -> None:
-        async with aioboto3.Session().client("sqs", region_name="us-east-1",
-                                             endpoint_url=_endpoint(sqs_url)) as sqs:
-            await sqs.create_queue(QueueName=f"{topic}--{group}",
-                                   Attributes={"VisibilityTimeout": "1"})
+        async with aioboto3.Session().client(
+            "sqs", region_name="us-east-1", endpoint_url=_endpoint(sqs_url)
+        ) as sqs:
+            await sqs.create_queue(
+                QueueName=f"{topic}--{group}", Attributes={"VisibilityTimeout": "1"}
+            )
         event_cls = on_topic(Ping, topic)
         runs: Collector[int] = Collector("runs")
         done: Collector[int] = Collector("done")
@@ -115,8 +117,9 @@ def test_deleted_queue_that_may_not_be_created_fails_the_subscription(sqs_url: s
         await maker.connect()
         await (await maker.subscribe(topic, SubscribeOptions(group=group))).close()
         event_cls = on_topic(Ping, topic)
-        bus = EventBus(SqsAdapter(f"{sqs_url}&provision=false"), source="sqs-dead",
-                       stall_after=None)
+        bus = EventBus(
+            SqsAdapter(f"{sqs_url}&provision=false"), source="sqs-dead", stall_after=None
+        )
 
         @bus.subscribe(event_cls, group=group)
         async def handle(event: Ping) -> None:
@@ -130,8 +133,9 @@ def test_deleted_queue_that_may_not_be_created_fails_the_subscription(sqs_url: s
                     break
                 await asyncio.sleep(0.1)
             sqs = maker.sqs_client()
-            await sqs.delete_queue(QueueUrl=(await sqs.get_queue_url(
-                QueueName=f"{topic}--{group}"))["QueueUrl"])
+            await sqs.delete_queue(
+                QueueUrl=(await sqs.get_queue_url(QueueName=f"{topic}--{group}"))["QueueUrl"]
+            )
             with pytest.raises(SubscriptionFailedError, match="does not exist"):
                 await asyncio.wait_for(run, 30)
         finally:
@@ -155,8 +159,7 @@ def test_stale_deliveries_free_their_prefetch_slots(sqs_url: str) -> None:
         hold, resume = asyncio.Event(), asyncio.Event()
         started: Collector[int] = Collector("started")
         done: Collector[int] = Collector("done")
-        bus = EventBus(SqsAdapter(url), source="sqs-leak", prefetch_per_worker=2,
-                       stall_after=None)
+        bus = EventBus(SqsAdapter(url), source="sqs-leak", prefetch_per_worker=2, stall_after=None)
 
         @bus.subscribe(event_cls, group=group, concurrency=3)  # prefetch 6
         async def work(event: Ping) -> None:
@@ -175,12 +178,18 @@ def test_stale_deliveries_free_their_prefetch_slots(sqs_url: str) -> None:
             await proxy.refuse_connections(5.0)  # heartbeats fail: the leases lapse
             await asyncio.sleep(5.5)
             hold.set()
-            await done.wait(lambda seqs: set(range(6)) <= set(seqs),
-                            "all six handled (the stale ones redelivered)", timeout=60)
+            await done.wait(
+                lambda seqs: set(range(6)) <= set(seqs),
+                "all six handled (the stale ones redelivered)",
+                timeout=60,
+            )
             # Three unkeyed handlers that wait: all three must run at once.
             await bus.publish_many([event_cls(seq=100 + n) for n in range(3)])
-            await started.wait(lambda seqs: sum(s >= 100 for s in seqs) == 3,
-                               "three handlers at once (concurrency=3)", timeout=20)
+            await started.wait(
+                lambda seqs: sum(s >= 100 for s in seqs) == 3,
+                "three handlers at once (concurrency=3)",
+                timeout=20,
+            )
             resume.set()
 
     try:
@@ -189,8 +198,9 @@ def test_stale_deliveries_free_their_prefetch_slots(sqs_url: str) -> None:
         time.sleep(0.5)
 
 
-def test_settled_messages_are_never_heartbeated(sqs_url: str,
-                                                caplog: pytest.LogCaptureFixture) -> None:
+def test_settled_messages_are_never_heartbeated(
+    sqs_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
     """Defect 28: the delete of a settled message may still be on its way when the
     heartbeat runs; the heartbeat must not extend it (SQS answers ReceiptHandleIsInvalid
     once the delete landed, which was logged as a failed extension)."""
@@ -251,7 +261,6 @@ def test_fifo_batches_of_one_key_are_sent_in_order(sqs_url: str) -> None:
         assert not inversions, f"handled out of order at {inversions[:5]}"
 
     asyncio.run(body())
-
 
 
 def test_backlog_counts_visible_messages_only(sqs_url: str) -> None:

@@ -39,9 +39,16 @@ async def _held(sqs: Any, prefix: str) -> dict[str, int]:
     delayed): what the broker keeps, read with the raw client."""
     held = {}
     for url in (await sqs.list_queues(QueueNamePrefix=prefix)).get("QueueUrls", []):
-        attributes = (await sqs.get_queue_attributes(QueueUrl=url, AttributeNames=[
-            "ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible",
-            "ApproximateNumberOfMessagesDelayed"]))["Attributes"]
+        attributes = (
+            await sqs.get_queue_attributes(
+                QueueUrl=url,
+                AttributeNames=[
+                    "ApproximateNumberOfMessages",
+                    "ApproximateNumberOfMessagesNotVisible",
+                    "ApproximateNumberOfMessagesDelayed",
+                ],
+            )
+        )["Attributes"]
         held[url.rsplit("/", 1)[1]] = sum(int(v) for v in attributes.values())
     return held
 
@@ -111,10 +118,12 @@ def test_dlq_tooling_lists_replays_and_purges(sqs_url: str, fifo: bool) -> None:
             # Listing hands every letter back: a second listing shows them again.
             assert len(await dead.list(topic, group)) == 3
             listed = await asyncio.to_thread(
-                cli.invoke, app, ["dlq", "list", topic, group, "--json", "--url", url])
+                cli.invoke, app, ["dlq", "list", topic, group, "--json", "--url", url]
+            )
             assert listed.exit_code == 0, listed.output
             assert {json.loads(line)["id"] for line in listed.stdout.splitlines()} == set(
-                ids.values())
+                ids.values()
+            )
 
             failing.discard(1)
             assert await dead.replay(topic, group, ids=[ids[1]]) == 1
@@ -122,7 +131,8 @@ def test_dlq_tooling_lists_replays_and_purges(sqs_url: str, fifo: bool) -> None:
             assert {x.envelope.id for x in await dead.list(topic, group)} == {ids[2], ids[3]}
 
             purged = await asyncio.to_thread(
-                cli.invoke, app, ["dlq", "purge", topic, group, "--yes", "--url", url])
+                cli.invoke, app, ["dlq", "purge", topic, group, "--yes", "--url", url]
+            )
             assert purged.exit_code == 0, purged.output
             assert await dead.list(topic, group) == []
             assert handled.items == [1]
@@ -144,7 +154,8 @@ def test_dlq_tooling_on_a_typo_group_creates_nothing(sqs_url: str) -> None:
                 await DeadLetters(adapter).list(topic, group + "-typo")
             before = await _held(adapter.sqs_client(), topic)
             result = await asyncio.to_thread(
-                cli.invoke, app, ["dlq", "list", topic + "x", group, "--url", sqs_url])
+                cli.invoke, app, ["dlq", "list", topic + "x", group, "--url", sqs_url]
+            )
             assert result.exit_code == 8, result.output
             after = await _held(adapter.sqs_client(), topic)
             assert sorted(after) == sorted(before), "asking created a queue"
@@ -175,8 +186,11 @@ async def _until_listed(dead: DeadLetters, topic: str, group: str, count: int) -
     raise AssertionError(f"only {len(letters)} of {count} dead letters listed")
 
 
-@pytest.mark.parametrize("options", ["topology=queue", "fifo=true&topology=queue", ""],
-                         ids=["queue", "queue-fifo", "sns-text-headers"])
+@pytest.mark.parametrize(
+    "options",
+    ["topology=queue", "fifo=true&topology=queue", ""],
+    ids=["queue", "queue-fifo", "sns-text-headers"],
+)
 def test_foreign_message_keeps_payload_attributes_and_id(sqs_url: str, options: str) -> None:
     """A message that is no CloudEvent is dead-lettered with its bytes, its message
     attributes (as header bytes) and SQS's MessageId, and replays as it arrived.
@@ -199,14 +213,14 @@ def test_foreign_message_keeps_payload_attributes_and_id(sqs_url: str, options: 
             pass
 
         async with bus:
-            payload = b"\x00\xff{\"order\": 42, not a cloudevent"
+            payload = b'\x00\xff{"order": 42, not a cloudevent'
             await bus.adapter.publish_raw(topic, payload, headers)
             dead = DeadLetters(bus.adapter)
-            letter, = await _until_listed(dead, topic, group, 1)
+            (letter,) = await _until_listed(dead, topic, group, 1)
             assert letter.undecodable and letter.raw == payload
             assert letter.raw_headers == headers
             assert letter.broker_message_id  # SQS's MessageId
             assert await dead.replay(topic, group) == 1
-            again, = await _until_listed(dead, topic, group, 1)
+            (again,) = await _until_listed(dead, topic, group, 1)
             assert again.raw == payload and again.raw_headers == headers
             assert again.failed_at != letter.failed_at

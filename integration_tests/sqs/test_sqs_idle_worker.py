@@ -25,8 +25,7 @@ from eventbus.testing.conformance import Collector, Ping, on_topic
 pytestmark = pytest.mark.broker("sqs")
 
 
-def test_idle_worker_takes_next_message_while_its_last_delete_is_in_flight(
-        sqs_url: str) -> None:
+def test_idle_worker_takes_next_message_while_its_last_delete_is_in_flight(sqs_url: str) -> None:
     async def body() -> None:
         run = uuid.uuid4().hex[:10]
         event_cls = on_topic(Ping, f"sqs-idle-t-{run}")
@@ -77,9 +76,11 @@ def test_idle_worker_takes_next_message_while_its_last_delete_is_in_flight(
             # has been received.
             armed = True
             await bus.publish(event_cls(seq=2))
-            await finished.wait(lambda items: 2 in items,
-                                "message 2 to run on the worker that finished message 1 "
-                                "while message 0 is stuck", timeout=8.0)
+            await finished.wait(
+                lambda items: 2 in items,
+                "message 2 to run on the worker that finished message 1 while message 0 is stuck",
+                timeout=8.0,
+            )
             release.set()
             await finished.wait_count(3)
         finally:

@@ -22,24 +22,28 @@ def test_harness_url_is_plain_http_to_the_emulator() -> None:
 
 def test_remote_endpoint_defaults_to_https_and_aws_needs_a_region() -> None:
     assert SqsSettings.from_url("sqs://sqs.example.com?region=eu-west-1").endpoint_url == (
-        "https://sqs.example.com")
+        "https://sqs.example.com"
+    )
     assert SqsSettings.from_url("sqs://?region=eu-west-1").endpoint_url is None
     with pytest.raises(InvalidURLError, match="names no region"):
         SqsSettings.from_url("sqs://")
 
 
-@pytest.mark.parametrize(("url", "words"), [
-    ("sqs://h:1?region=us-east-1&nosuch=1", "unknown option 'nosuch'"),
-    ("sqs://h:1?region=us-east-1&wait_seconds=21", "wait_seconds='21'"),
-    ("sqs://h:1?region=us-east-1&fifo=maybe", "use true or false"),
-    ("sqs://h:1?region=Mars", "AWS region name"),
-    ("sqs://?region=us-east-1&endpoint_scheme=http", "no host"),
-    ("sqs://h:1?region=us-east-1&endpoint_scheme=ftp", "use http or https"),
-    ("sqs://h:1?region=us-east-1&topology=mesh", "use sns"),
-    ("sqs://h:1?region=us-east-1&max_message_bytes=300000", "max_message_bytes"),
-    ("sqs://h:1?region=us-east-1&wait_seconds=20&read_timeout=10", "above wait_seconds"),
-    ("sqs://h:1?region=us-east-1&fifo=true&fifo=false", "given twice"),
-])
+@pytest.mark.parametrize(
+    ("url", "words"),
+    [
+        ("sqs://h:1?region=us-east-1&nosuch=1", "unknown option 'nosuch'"),
+        ("sqs://h:1?region=us-east-1&wait_seconds=21", "wait_seconds='21'"),
+        ("sqs://h:1?region=us-east-1&fifo=maybe", "use true or false"),
+        ("sqs://h:1?region=Mars", "AWS region name"),
+        ("sqs://?region=us-east-1&endpoint_scheme=http", "no host"),
+        ("sqs://h:1?region=us-east-1&endpoint_scheme=ftp", "use http or https"),
+        ("sqs://h:1?region=us-east-1&topology=mesh", "use sns"),
+        ("sqs://h:1?region=us-east-1&max_message_bytes=300000", "max_message_bytes"),
+        ("sqs://h:1?region=us-east-1&wait_seconds=20&read_timeout=10", "above wait_seconds"),
+        ("sqs://h:1?region=us-east-1&fifo=true&fifo=false", "given twice"),
+    ],
+)
 def test_bad_options_are_one_line_errors_naming_them(url: str, words: str) -> None:
     with pytest.raises(InvalidURLError) as info:
         SqsSettings.from_url(url)
@@ -53,8 +57,10 @@ def test_credentials_in_the_url_are_refused_without_showing_them() -> None:
 
 
 def test_names_aws_refuses_map_to_distinct_allowed_names() -> None:
-    a, b = physical_name("orders.g1.dlq", MAX_QUEUE_NAME, False), physical_name(
-        "orders_g1_dlq", MAX_QUEUE_NAME, False)
+    a, b = (
+        physical_name("orders.g1.dlq", MAX_QUEUE_NAME, False),
+        physical_name("orders_g1_dlq", MAX_QUEUE_NAME, False),
+    )
     assert a != b and "." not in a
     long = physical_name("x" * 200, MAX_QUEUE_NAME, True)
     assert len(long) <= MAX_QUEUE_NAME and long.endswith(".fifo")
@@ -85,9 +91,14 @@ def test_an_event_wrapped_by_sns_without_raw_delivery_is_not_poison() -> None:
     from eventbus.envelope import Envelope
 
     sent = Envelope.create(type="t.wrapped", source="tests", data=b'{"a":1}')
-    wrapped = json.dumps({"Type": "Notification", "MessageId": "m1",
-                          "TopicArn": "arn:aws:sns:us-east-1:123456789012:t",
-                          "Message": encode(sent)})
+    wrapped = json.dumps(
+        {
+            "Type": "Notification",
+            "MessageId": "m1",
+            "TopicArn": "arn:aws:sns:us-east-1:123456789012:t",
+            "Message": encode(sent),
+        }
+    )
     decoded = decode({"Body": wrapped})
     assert decoded.error is None and decoded.envelope is not None
     assert decoded.envelope.id == sent.id

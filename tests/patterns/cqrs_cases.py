@@ -39,8 +39,10 @@ class Totals(Projection):
     handles = (ItemAdded,)
 
     async def create_tables(self, tx: Transaction) -> None:
-        await tx.execute("CREATE TABLE IF NOT EXISTS cqrs_totals (order_id TEXT PRIMARY KEY, "
-                         "qty BIGINT NOT NULL, lines BIGINT NOT NULL)")
+        await tx.execute(
+            "CREATE TABLE IF NOT EXISTS cqrs_totals (order_id TEXT PRIMARY KEY, "
+            "qty BIGINT NOT NULL, lines BIGINT NOT NULL)"
+        )
 
     async def clear(self, tx: Transaction) -> None:
         await tx.execute("DELETE FROM cqrs_totals")
@@ -50,7 +52,10 @@ class Totals(Projection):
         await tx.execute(
             "INSERT INTO cqrs_totals (order_id, qty, lines) VALUES ($1, $2, 1) "
             "ON CONFLICT (order_id) DO UPDATE SET qty = cqrs_totals.qty + excluded.qty, "
-            "lines = cqrs_totals.lines + 1", event.order_id, event.qty)
+            "lines = cqrs_totals.lines + 1",
+            event.order_id,
+            event.qty,
+        )
 
 
 @asynccontextmanager
@@ -70,8 +75,8 @@ async def opened(url: str) -> AsyncIterator[tuple[Database, SQLEventStore, Total
 async def add(store: SQLEventStore, order: str, *qtys: int) -> list[StoredEvent]:
     bus = EventBus(source="test")
     return await store.append(
-        order, [bus.envelope_for(ItemAdded(order_id=order, qty=q), parent=None) for q in qtys],
-        None)
+        order, [bus.envelope_for(ItemAdded(order_id=order, qty=q), parent=None) for q in qtys], None
+    )
 
 
 async def read(db: Database) -> dict[str, tuple[int, int]]:
@@ -87,13 +92,17 @@ async def crash_on(db: Database, table: str, when: str) -> None:
         if db.dialect == "sqlite":
             await tx.execute(
                 f"CREATE TRIGGER crash BEFORE {'UPDATE' if 'position' in when else 'INSERT'} "
-                f"ON {table} WHEN {when} BEGIN SELECT RAISE(ABORT, 'simulated crash'); END")
+                f"ON {table} WHEN {when} BEGIN SELECT RAISE(ABORT, 'simulated crash'); END"
+            )
         else:
-            await tx.execute("CREATE OR REPLACE FUNCTION crash() RETURNS trigger AS $$ "
-                             "BEGIN RAISE EXCEPTION 'simulated crash'; END $$ LANGUAGE plpgsql")
+            await tx.execute(
+                "CREATE OR REPLACE FUNCTION crash() RETURNS trigger AS $$ "
+                "BEGIN RAISE EXCEPTION 'simulated crash'; END $$ LANGUAGE plpgsql"
+            )
             await tx.execute(
                 f"CREATE TRIGGER crash BEFORE {'UPDATE' if 'position' in when else 'INSERT'} "
-                f"ON {table} FOR EACH ROW WHEN ({when}) EXECUTE FUNCTION crash()")
+                f"ON {table} FOR EACH ROW WHEN ({when}) EXECUTE FUNCTION crash()"
+            )
 
 
 async def recover(db: Database, table: str) -> None:
@@ -257,11 +266,14 @@ async def check_rebuild_fences_a_stale_projector(url: str) -> None:
         await totals.catch_up(store)
         await add(store, "o1", 100)
         await add(store, "o2", 200)
-        expected = {"o0": (1 + 4 + 7 + 10, 4), "o1": (2 + 5 + 8 + 100, 4),
-                    "o2": (3 + 6 + 9 + 200, 4)}
+        expected = {
+            "o0": (1 + 4 + 7 + 10, 4),
+            "o1": (2 + 5 + 8 + 100, 4),
+            "o2": (3 + 6 + 9 + 200, 4),
+        }
         slow = PausingStore(store)
         other = Totals(db, name="totals")
-        stale = asyncio.create_task(other.catch_up(slow))   # reads 11..12, then stalls
+        stale = asyncio.create_task(other.catch_up(slow))  # reads 11..12, then stalls
         await slow.read.wait()
         rebuilding = SlowClear(db, name="totals")
         rebuilding.resume = slow.go
@@ -297,12 +309,13 @@ async def check_bus_fed_apply_failure_is_not_swallowed(url: str) -> None:
         first = bus.envelope_for(ItemAdded(order_id="a", qty=1), parent=None)
         clash = bus.envelope_for(ItemAdded(order_id="a", qty=2), parent=None)
         assert await view.handle(first) is True
-        assert await view.handle(first) is False      # a redelivery
+        assert await view.handle(first) is False  # a redelivery
         with pytest.raises(UniqueViolationError):
             await view.handle(clash)
         async with db.transaction() as tx:
-            seen = await tx.fetchval("SELECT count(*) FROM eventbus_projection_seen "
-                                     "WHERE event_id = $1", clash.id)
+            seen = await tx.fetchval(
+                "SELECT count(*) FROM eventbus_projection_seen WHERE event_id = $1", clash.id
+            )
         assert seen == 0, "the failed event was recorded as applied"
 
 
@@ -335,15 +348,15 @@ async def check_failing_events_are_parked(url: str) -> None:
     an operator retries it once fixed, or skips it."""
     async with opened(url) as (db, store, _):
         legacy = Envelope.create(type="cqrs-test.retired", source="old", data=b"{}")
-        await store.append("legacy", [legacy], 0)                 # 1: undecodable
-        await add(store, "bug", 1)                                # 2: apply() fails
-        await add(store, "ok", 5)                                 # 3
-        await add(store, "bug", 2)                                # 4: held behind 2
+        await store.append("legacy", [legacy], 0)  # 1: undecodable
+        await add(store, "bug", 1)  # 2: apply() fails
+        await add(store, "ok", 5)  # 3
+        await add(store, "bug", 2)  # 4: held behind 2
         view = Fragile(db, name="fragile", park_after=2, poll_interval=0.05)
         await view.setup()
         with pytest.raises(ValueError, match="bug"):
-            await view.catch_up(store)                            # attempt 1 of 2
-        assert await view.catch_up(store) == 1                    # parks 2, applies 3
+            await view.catch_up(store)  # attempt 1 of 2
+        assert await view.catch_up(store) == 1  # parks 2, applies 3
         assert await read(db) == {"ok": (5, 1)}
         assert await view.position() == 4
         await view.start(store)
@@ -352,20 +365,22 @@ async def check_failing_events_are_parked(url: str) -> None:
         assert view.health().ok and view.health().parked == 2
         parked = await view.parked()
         assert [(p.position, p.stream_id, p.held_by) for p in parked] == [
-            (2, "bug", None), (4, "bug", 2)]
+            (2, "bug", None),
+            (4, "bug", 2),
+        ]
         assert "cannot project order 'bug'" in parked[0].error
         with pytest.raises(ConfigurationError, match="waits behind position 2"):
             await view.retry_parked(4)
         with pytest.raises(ValueError):
-            await view.retry_parked(2)                            # not fixed yet
+            await view.retry_parked(2)  # not fixed yet
         assert [p.position for p in await view.parked()] == [2, 4]
         view.fixed = True
-        assert await view.retry_parked(2) == 2                    # it, then 4, in order
+        assert await view.retry_parked(2) == 2  # it, then 4, in order
         assert await read(db) == {"bug": (3, 2), "ok": (11, 2)}
         await view.stop()
         undecodable = Everything(db, name="everything")
         await undecodable.setup()
-        await undecodable.catch_up(store)                         # parked at once
+        await undecodable.catch_up(store)  # parked at once
         assert [p.position for p in await undecodable.parked()] == [1]
         assert await undecodable.skip_parked(1) == 0
         assert await undecodable.parked() == []
@@ -376,8 +391,7 @@ async def check_seen_ids_pruned_by_age(url: str) -> None:
     and cleanup(older_than) forgets the old ones (as Collector.cleanup does)."""
     async with opened(url) as (_, _, totals):
         bus = EventBus(source="test")
-        sent = [bus.envelope_for(ItemAdded(order_id="a", qty=1), parent=None)
-                for _ in range(3)]
+        sent = [bus.envelope_for(ItemAdded(order_id="a", qty=1), parent=None) for _ in range(3)]
         for envelope in sent:
             assert await totals.handle(envelope)
         assert await totals.cleanup(older_than=3600) == 0

@@ -41,8 +41,13 @@ from tests.patterns.snapshot_support import same, state
 
 CASES = 200
 STREAMS = 3
-SETTINGS = settings(max_examples=CASES, deadline=None, derandomize=True, database=None,
-                    suppress_health_check=list(HealthCheck))
+SETTINGS = settings(
+    max_examples=CASES,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=list(HealthCheck),
+)
 
 
 class Added(Event, type="es-prop.added", topic="es-prop.counters"):
@@ -76,8 +81,10 @@ class Totals(Projection):
         self.clear_pause = 0.0
 
     async def create_tables(self, tx: Transaction) -> None:
-        await tx.execute(f"CREATE TABLE IF NOT EXISTS {self.table} (counter TEXT PRIMARY KEY, "
-                         "total BIGINT NOT NULL, n BIGINT NOT NULL, history TEXT NOT NULL)")
+        await tx.execute(
+            f"CREATE TABLE IF NOT EXISTS {self.table} (counter TEXT PRIMARY KEY, "
+            "total BIGINT NOT NULL, n BIGINT NOT NULL, history TEXT NOT NULL)"
+        )
 
     async def clear(self, tx: Transaction) -> None:
         await tx.execute(f"DELETE FROM {self.table}")
@@ -91,7 +98,10 @@ class Totals(Projection):
             f"INSERT INTO {t} (counter, total, n, history) VALUES ($1, $2, 1, $3) "
             f"ON CONFLICT (counter) DO UPDATE SET total = {t}.total + excluded.total, "
             f"n = {t}.n + 1, history = {t}.history || excluded.history",
-            event.counter, event.amount, f"{event.amount},")
+            event.counter,
+            event.amount,
+            f"{event.amount},",
+        )
 
     async def rows(self) -> dict[str, tuple[int, int, str]]:
         async with self.db.transaction() as tx:
@@ -115,6 +125,7 @@ class Reader:
 
 
 # -- the generated cases ---------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Append:
@@ -141,8 +152,11 @@ class Rebuild:
 
 pauses = st.sampled_from([0.0, 0.0, 0.002, 0.01])
 operations = st.one_of(
-    st.builds(Append, st.integers(0, STREAMS - 1),
-              st.lists(st.integers(-5, 9), min_size=1, max_size=3).map(tuple)),
+    st.builds(
+        Append,
+        st.integers(0, STREAMS - 1),
+        st.lists(st.integers(-5, 9), min_size=1, max_size=3).map(tuple),
+    ),
     st.builds(Load, st.integers(0, STREAMS - 1)),
     st.builds(CatchUp, st.integers(0, 1), pauses),
     st.builds(Rebuild, st.integers(0, 1), pauses),
@@ -218,8 +232,11 @@ async def check_case(world: World, plan: list[list[Any]], every: int) -> None:
             replayed = await repo.replay(f"s{stream}")
         except StreamNotFoundError:
             continue
-        expected[f"s{stream}"] = (replayed.total, len(replayed.history),
-                                  "".join(f"{a}," for a in replayed.history))
+        expected[f"s{stream}"] = (
+            replayed.total,
+            len(replayed.history),
+            "".join(f"{a}," for a in replayed.history),
+        )
         await check_load(repo, f"s{stream}")
     assert await projectors[0].rows() == expected, f"case {n}: read model != replay"
     assert await projectors[1].position() == await store.last_position()
@@ -249,4 +266,3 @@ async def check_load(repo: Repository[Counter], stream: str) -> None:
         return
     replayed = await Repository(repo.store, Counter).load(stream, version=loaded.version)
     assert same(state(loaded), state(replayed)), (state(loaded), state(replayed))
-

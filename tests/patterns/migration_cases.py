@@ -50,13 +50,16 @@ class Counts(Projection):
     """Events by class (the read model the earlier release's projection made)."""
 
     async def create_tables(self, tx: Transaction) -> None:
-        await tx.execute("CREATE TABLE IF NOT EXISTS migrated_counts "
-                         "(event TEXT PRIMARY KEY, n INTEGER)")
+        await tx.execute(
+            "CREATE TABLE IF NOT EXISTS migrated_counts (event TEXT PRIMARY KEY, n INTEGER)"
+        )
 
     async def apply(self, event: object, tx: Transaction) -> None:
-        await tx.execute("INSERT INTO migrated_counts (event, n) VALUES ($1, 1) "
-                         "ON CONFLICT (event) DO UPDATE SET n = migrated_counts.n + 1",
-                         type(event).__name__)
+        await tx.execute(
+            "INSERT INTO migrated_counts (event, n) VALUES ($1, 1) "
+            "ON CONFLICT (event) DO UPDATE SET n = migrated_counts.n + 1",
+            type(event).__name__,
+        )
 
 
 def patterns(db: Database) -> dict[str, Callable[[], Awaitable[None]]]:
@@ -113,8 +116,7 @@ async def check_migrate_keeps_the_data_and_the_patterns_work_on_it(url: str) -> 
         await _outbox_relays_the_old_rows(db)
         await _saga_ticks(db)
         inbox = Inbox(db)
-        assert await inbox.handled(handler_context(HANDLED, topic=INBOX_TOPIC,
-                                                   group=INBOX_GROUP))
+        assert await inbox.handled(handler_context(HANDLED, topic=INBOX_TOPIC, group=INBOX_GROUP))
         sequences = SQLSequenceStore(db)
         assert [s.event_id for s in await sequences.stale("stock")] == [KEPT_STALE_ID]
         async with sequences.unit_of_work() as session:
@@ -140,8 +142,12 @@ async def _event_store_and_projection(db: Database) -> None:
     # The id the earlier release saw is kept for the retention, counted from the migration.
     assert await counts.cleanup(older_than=3600) == 0
     async with db.transaction() as tx:
-        assert await tx.fetchval("SELECT count(*) FROM eventbus_projection_seen "
-                                 "WHERE event_id = $1", V1_SEEN_ID) == 1
+        assert (
+            await tx.fetchval(
+                "SELECT count(*) FROM eventbus_projection_seen WHERE event_id = $1", V1_SEEN_ID
+            )
+            == 1
+        )
 
 
 async def _outbox_relays_the_old_rows(db: Database) -> None:
@@ -158,8 +164,10 @@ async def _outbox_relays_the_old_rows(db: Database) -> None:
             assert await outbox.pending() == 1
             assert await OutboxRelay(outbox, bus).publish_pending() == 1
             assert await outbox.pending() == 0
-        assert sorted(await seen.wait_count(2, WAIT)) == ["shop-waiting-since-v1",
-                                                          "waiting-since-v1"]
+        assert sorted(await seen.wait_count(2, WAIT)) == [
+            "shop-waiting-since-v1",
+            "waiting-since-v1",
+        ]
 
 
 async def _saga_ticks(db: Database) -> None:
@@ -171,8 +179,10 @@ async def _saga_ticks(db: Database) -> None:
     async def undo(ctx: SagaContext) -> None:
         undone.append(ctx.step)
 
-    definition = SagaDefinition("v1-order", [SagaStep("credit", nothing, undo),
-                                             SagaStep("charge", nothing, undo, timeout=10.0)])
+    definition = SagaDefinition(
+        "v1-order",
+        [SagaStep("credit", nothing, undo), SagaStep("charge", nothing, undo, timeout=10.0)],
+    )
     bus = EventBus(f"memory://{uuid.uuid4()}", source="v2")
     orchestrator = SagaOrchestrator(definition, SQLSagaStore(db), bus, clock=lambda: 2_000.0)
     async with bus:
@@ -189,7 +199,8 @@ async def check_migrate_twice_changes_nothing_the_second_time(url: str) -> None:
         second = await migrate(db)
         assert changed(first) and not changed(second)
         assert {r.table: (r.from_version, r.to_version) for r in second} == {
-            t: (SCHEMA_VERSION, SCHEMA_VERSION) for t in V1_GROUPS}
+            t: (SCHEMA_VERSION, SCHEMA_VERSION) for t in V1_GROUPS
+        }
         async with db.transaction() as tx:
             assert await tx.fetchval("SELECT count(*) FROM eventbus_events") == 3
             assert await tx.fetchval("SELECT count(*) FROM eventbus_outbox") == 2
@@ -214,9 +225,17 @@ async def check_setup_on_an_empty_database_makes_the_current_version(url: str) -
     when several instances set up at once; `migrate` then has nothing to do."""
     dbs = [await Database.connect(url) for _ in range(3)]
     try:
-        await asyncio.wait_for(asyncio.gather(*(
-            setup() for db in dbs for table, setup in patterns(db).items()
-            if table != SHOP_OUTBOX)), 60)
+        await asyncio.wait_for(
+            asyncio.gather(
+                *(
+                    setup()
+                    for db in dbs
+                    for table, setup in patterns(db).items()
+                    if table != SHOP_OUTBOX
+                )
+            ),
+            60,
+        )
         expected = {t: SCHEMA_VERSION for t in V1_GROUPS if t != SHOP_OUTBOX}
         assert await versions(dbs[0]) == expected
         assert not changed(await migrate(dbs[0]))
@@ -232,12 +251,17 @@ async def check_a_newer_version_is_refused(url: str) -> None:
     async with await Database.connect(url) as db:
         await migrate(db)
         async with db.transaction() as tx:
-            await tx.execute(f"UPDATE {VERSIONS_TABLE} SET version = $1 "
-                             "WHERE table_name = 'eventbus_inbox'", SCHEMA_VERSION + 1)
-            await tx.execute(f"UPDATE {VERSIONS_TABLE} SET version = 1 "
-                             "WHERE table_name = 'eventbus_outbox'")
-        with pytest.raises(SchemaVersionError, match=re.escape(
-                f"'eventbus_inbox' is at schema version {SCHEMA_VERSION + 1}")) as refused:
+            await tx.execute(
+                f"UPDATE {VERSIONS_TABLE} SET version = $1 WHERE table_name = 'eventbus_inbox'",
+                SCHEMA_VERSION + 1,
+            )
+            await tx.execute(
+                f"UPDATE {VERSIONS_TABLE} SET version = 1 WHERE table_name = 'eventbus_outbox'"
+            )
+        with pytest.raises(
+            SchemaVersionError,
+            match=re.escape(f"'eventbus_inbox' is at schema version {SCHEMA_VERSION + 1}"),
+        ) as refused:
             await Inbox(db).setup()
         assert "upgrade eventbus" in str(refused.value)
         assert refused.value.version == SCHEMA_VERSION + 1
@@ -256,31 +280,46 @@ async def columns_and_indexes(db: Database, tables: list[str]) -> dict[str, obje
                 columns = await tx.fetch(
                     "SELECT column_name, data_type, is_nullable FROM information_schema."
                     "columns WHERE table_schema = current_schema() AND table_name = $1 "
-                    "ORDER BY column_name", table)
-                indexes = await tx.fetch("SELECT indexname FROM pg_indexes WHERE "
-                                         "tablename = $1 ORDER BY 1", table)
+                    "ORDER BY column_name",
+                    table,
+                )
+                indexes = await tx.fetch(
+                    "SELECT indexname FROM pg_indexes WHERE tablename = $1 ORDER BY 1", table
+                )
             else:
-                columns = await tx.fetch("SELECT name, type, \"notnull\" FROM "
-                                         "pragma_table_info($1) ORDER BY name", table)
-                indexes = await tx.fetch("SELECT name FROM pragma_index_list($1) "
-                                         "ORDER BY name", table)
+                columns = await tx.fetch(
+                    'SELECT name, type, "notnull" FROM pragma_table_info($1) ORDER BY name', table
+                )
+                indexes = await tx.fetch(
+                    "SELECT name FROM pragma_index_list($1) ORDER BY name", table
+                )
             shape[table] = (columns, indexes)
     return shape
 
 
-TABLES = ["eventbus_events", "eventbus_events_snapshots", "eventbus_events_checkpoints",
-          "eventbus_events_parked", "eventbus_outbox", "eventbus_inbox", "eventbus_sagas",
-          "eventbus_sequences", "eventbus_sequences_parked", "eventbus_projections",
-          "eventbus_projection_seen", "eventbus_projection_parked"]
+TABLES = [
+    "eventbus_events",
+    "eventbus_events_snapshots",
+    "eventbus_events_checkpoints",
+    "eventbus_events_parked",
+    "eventbus_outbox",
+    "eventbus_inbox",
+    "eventbus_sagas",
+    "eventbus_sequences",
+    "eventbus_sequences_parked",
+    "eventbus_projections",
+    "eventbus_projection_seen",
+    "eventbus_projection_parked",
+]
 
 
-async def check_a_migrated_database_has_the_tables_of_a_new_one(v1_url: str,
-                                                                fresh_url: str) -> None:
+async def check_a_migrated_database_has_the_tables_of_a_new_one(
+    v1_url: str, fresh_url: str
+) -> None:
     """Migrating the earlier release's tables gives the columns and indexes that
     setup() makes on an empty database."""
     await make_v1(v1_url)
-    async with await Database.connect(v1_url) as old, \
-            await Database.connect(fresh_url) as new:
+    async with await Database.connect(v1_url) as old, await Database.connect(fresh_url) as new:
         await migrate(old)
         for setup in patterns(new).values():
             await setup()
@@ -313,8 +352,9 @@ async def check_an_outbox_older_than_the_release_is_migrated_too(url: str) -> No
             for statement in pre_release_outbox_ddl(db.dialect, table):
                 await tx.execute(statement)
         outbox = Outbox(db, table=table)
-        bus = EventBus(f"memory://{uuid.uuid4()}", source="orders",
-                       publish_middleware=[outbox.middleware])
+        bus = EventBus(
+            f"memory://{uuid.uuid4()}", source="orders", publish_middleware=[outbox.middleware]
+        )
         seen: Seen[str] = Seen()
 
         @bus.subscribe(OrderPlaced, group="billing")

@@ -61,8 +61,11 @@ def v1_ddl(dialect: str) -> list[str]:
     """The tables and indexes of every pattern, as 45f13ef's setup() created them."""
     blob = "BYTEA" if dialect == "postgres" else "BLOB"
     real = "DOUBLE PRECISION" if dialect == "postgres" else "REAL"
-    seq = "seq BIGSERIAL PRIMARY KEY" if dialect == "postgres" else (
-        "seq INTEGER PRIMARY KEY AUTOINCREMENT")
+    seq = (
+        "seq BIGSERIAL PRIMARY KEY"
+        if dialect == "postgres"
+        else ("seq INTEGER PRIMARY KEY AUTOINCREMENT")
+    )
     t = "eventbus_events"
     statements = [
         # eventbus/patterns/eventsourcing/sql_store.py
@@ -133,60 +136,108 @@ def v1_ddl(dialect: str) -> list[str]:
 
 
 def _event(event: Event, stream: str) -> Envelope:
-    return Envelope.create(type=event.event_type(), source="v1", subject=stream,
-                           partitionkey=stream, data=event.model_dump_json().encode())
+    return Envelope.create(
+        type=event.event_type(),
+        source="v1",
+        subject=stream,
+        partitionkey=stream,
+        data=event.model_dump_json().encode(),
+    )
 
 
 async def _events(tx: Transaction) -> None:
-    rows = [("acc-1", 1, Opened(owner="ada")), ("acc-1", 2, Deposited(amount=10)),
-            ("acc-2", 1, Opened(owner="bo"))]
+    rows = [
+        ("acc-1", 1, Opened(owner="ada")),
+        ("acc-1", 2, Deposited(amount=10)),
+        ("acc-2", 1, Opened(owner="bo")),
+    ]
     for position, (stream, version, event) in enumerate(rows, start=1):
         envelope = _event(event, stream)
         await tx.execute(
             "INSERT INTO eventbus_events (position, stream_id, version, event_id, type, "
-            "time_us, envelope) VALUES ($1, $2, $3, $4, $5, $6, $7)", position, stream,
-            version, envelope.id, envelope.type, int(envelope.time.timestamp() * 1e6),
-            encode_structured(envelope))
+            "time_us, envelope) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            position,
+            stream,
+            version,
+            envelope.id,
+            envelope.type,
+            int(envelope.time.timestamp() * 1e6),
+            encode_structured(envelope),
+        )
     # The plain JSON snapshots of that release (int keys and tuples did not survive it).
-    await tx.execute("INSERT INTO eventbus_events_snapshots (stream_id, version, type, "
-                     "schema, state) VALUES ($1, $2, $3, $4, $5)", "acc-1", 2, "Ledger", 1,
-                     json.dumps({"owner": "ada", "balance": 10}).encode())
-    await tx.execute("INSERT INTO eventbus_events_checkpoints (name, position) VALUES "
-                     "('relay', 1)")
+    await tx.execute(
+        "INSERT INTO eventbus_events_snapshots (stream_id, version, type, "
+        "schema, state) VALUES ($1, $2, $3, $4, $5)",
+        "acc-1",
+        2,
+        "Ledger",
+        1,
+        json.dumps({"owner": "ada", "balance": 10}).encode(),
+    )
+    await tx.execute("INSERT INTO eventbus_events_checkpoints (name, position) VALUES ('relay', 1)")
 
 
 async def _outbox(tx: Transaction, table: str, order_id: str, sent: bool) -> None:
     envelope = _event(OrderPlaced(order_id=order_id), order_id)
     await tx.execute(
         f"INSERT INTO {table} (event_id, topic, stream, partition_key, envelope, created_at, "
-        "sent_at) VALUES ($1, $2, $3, $4, $5, $6, $7)", envelope.id, "migrate-test.orders",
-        order_id, order_id, encode_structured(envelope), time.time(),
-        time.time() if sent else None)
+        "sent_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        envelope.id,
+        "migrate-test.orders",
+        order_id,
+        order_id,
+        encode_structured(envelope),
+        time.time(),
+        time.time() if sent else None,
+    )
 
 
 async def _the_rest(tx: Transaction) -> None:
     # A projection that had applied position 1, its read model, and a bus-fed id.
     await tx.execute("CREATE TABLE migrated_counts (event TEXT PRIMARY KEY, n INTEGER)")
     await tx.execute("INSERT INTO migrated_counts (event, n) VALUES ('Opened', 1)")
-    await tx.execute("INSERT INTO eventbus_projections (name, position) VALUES "
-                     "('counts', 1)")
-    await tx.execute("INSERT INTO eventbus_projection_seen (name, event_id) VALUES "
-                     "('counts', $1)", V1_SEEN_ID)
+    await tx.execute("INSERT INTO eventbus_projections (name, position) VALUES ('counts', 1)")
+    await tx.execute(
+        "INSERT INTO eventbus_projection_seen (name, event_id) VALUES ('counts', $1)", V1_SEEN_ID
+    )
     # A saga waiting on its second step's reply, overdue at the clock of the test.
     await tx.execute(
         "INSERT INTO eventbus_sagas (saga_id, saga_type, status, step, data, deadline, "
         "to_compensate, compensated, attempts, retry_at, reason, version) VALUES "
-        "($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)", "o-1", "v1-order", "running",
-        1, json.dumps({"total": 42}), 1_000.0, json.dumps([]), json.dumps([]), 0, None, None,
-        2)
-    await tx.execute("INSERT INTO eventbus_inbox (key, handled_at) VALUES ($1, $2)",
-                     idempotency_key(INBOX_TOPIC, INBOX_GROUP, HANDLED.id), time.time())
-    await tx.execute("INSERT INTO eventbus_sequences (scope, entity_id, applied) VALUES "
-                     "('stock', 'sku-1', 3)")
+        "($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+        "o-1",
+        "v1-order",
+        "running",
+        1,
+        json.dumps({"total": 42}),
+        1_000.0,
+        json.dumps([]),
+        json.dumps([]),
+        0,
+        None,
+        None,
+        2,
+    )
+    await tx.execute(
+        "INSERT INTO eventbus_inbox (key, handled_at) VALUES ($1, $2)",
+        idempotency_key(INBOX_TOPIC, INBOX_GROUP, HANDLED.id),
+        time.time(),
+    )
+    await tx.execute(
+        "INSERT INTO eventbus_sequences (scope, entity_id, applied) VALUES ('stock', 'sku-1', 3)"
+    )
     await tx.execute(
         "INSERT INTO eventbus_sequences_parked (scope, entity_id, sequence, applied, "
         "event_type, event_id, data, parked_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-        "stock", "sku-1", 2, 3, "test.stock", KEPT_STALE_ID, "{}", time.time())
+        "stock",
+        "sku-1",
+        2,
+        3,
+        "test.stock",
+        KEPT_STALE_ID,
+        "{}",
+        time.time(),
+    )
 
 
 async def make_v1(url: str) -> None:

@@ -109,8 +109,9 @@ class Ledger(Aggregate):
     def _moved(self, event: Moved) -> None:
         scores = dict(self.address.scores) if self.address else {}
         scores[len(scores)] = float(self.count)
-        self.address = Address(street=event.street, number=event.number,
-                               tags=tuple(event.tags), scores=scores)
+        self.address = Address(
+            street=event.street, number=event.number, tags=tuple(event.tags), scores=scores
+        )
 
 
 def state(aggregate: Aggregate) -> dict[str, Any]:
@@ -125,7 +126,8 @@ def same(a: Any, b: Any) -> bool:
     if isinstance(a, dict):
         keys = {k: k for k in b}
         return len(a) == len(b) and all(
-            k in keys and same(k, keys[k]) and same(v, b[k]) for k, v in a.items())
+            k in keys and same(k, keys[k]) and same(v, b[k]) for k, v in a.items()
+        )
     if isinstance(a, list | tuple):
         return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
     if isinstance(a, set | frozenset):
@@ -135,8 +137,12 @@ def same(a: Any, b: Any) -> bool:
     if dataclasses.is_dataclass(a):
         return same(a.__dict__, b.__dict__)
     if isinstance(a, datetime):
-        return a == b and a.utcoffset() == b.utcoffset() and a.fold == b.fold \
+        return (
+            a == b
+            and a.utcoffset() == b.utcoffset()
+            and a.fold == b.fold
             and str(a.tzinfo) == str(b.tzinfo)
+        )
     if isinstance(a, Decimal):
         return str(a) == str(b)
     if isinstance(a, float):

@@ -34,7 +34,9 @@ async def check_round_trip(url: str) -> None:
             await tx.executemany("INSERT INTO t (id, n) VALUES ($1, $2)", [("b", 2), ("c", 3)])
         async with db.transaction() as tx:
             assert await tx.fetch("SELECT id, n FROM t WHERE n >= $1 ORDER BY n", 2) == [
-                ("b", 2), ("c", 3)]
+                ("b", 2),
+                ("c", 3),
+            ]
             assert await tx.fetchrow("SELECT n FROM t WHERE id = $1", "zz") is None
             assert await tx.fetchval("SELECT count(*) FROM t") == 3
             assert await tx.execute("UPDATE t SET n = n + $1 WHERE n > $2", 10, 1) == 2
@@ -98,8 +100,9 @@ async def check_refused_statements_are_not_infrastructure(url: str) -> None:
     forever. Inside the block the error is already ours, so a caller can catch it."""
     async with await Database.connect(url) as db:
         async with db.transaction() as tx:
-            await tx.execute("CREATE TABLE acct (id TEXT PRIMARY KEY, "
-                             "cents INTEGER NOT NULL CHECK (cents >= 0))")
+            await tx.execute(
+                "CREATE TABLE acct (id TEXT PRIMARY KEY, cents INTEGER NOT NULL CHECK (cents >= 0))"
+            )
             await tx.execute("CREATE TABLE line (acct TEXT NOT NULL REFERENCES acct (id))")
             await tx.execute("INSERT INTO acct VALUES ('a', 1)")
         refused = {
@@ -133,12 +136,15 @@ async def check_refused_statement_is_dead_lettered(url: str) -> None:
     reply (not a redelivery forever and a request timing out)."""
     async with await Database.connect(url) as db:
         async with db.transaction() as tx:
-            await tx.execute("CREATE TABLE acct (id TEXT PRIMARY KEY, "
-                             "cents INTEGER NOT NULL CHECK (cents >= 0))")
+            await tx.execute(
+                "CREATE TABLE acct (id TEXT PRIMARY KEY, cents INTEGER NOT NULL CHECK (cents >= 0))"
+            )
             await tx.execute("INSERT INTO acct VALUES ('a', 100)")
-        bus = EventBus(f"memory://sql-{uuid.uuid4().hex[:8]}", source="ledger",
-                       retry=RetryPolicy(max_attempts=2, in_process_attempts=1,
-                                         initial_delay=0.01))
+        bus = EventBus(
+            f"memory://sql-{uuid.uuid4().hex[:8]}",
+            source="ledger",
+            retry=RetryPolicy(max_attempts=2, in_process_attempts=1, initial_delay=0.01),
+        )
         runs = 0
         dead = asyncio.Event()
 
@@ -147,8 +153,7 @@ async def check_refused_statement_is_dead_lettered(url: str) -> None:
             nonlocal runs
             runs += 1
             async with db.transaction() as tx:
-                await tx.execute("UPDATE acct SET cents = cents - $1 WHERE id = 'a'",
-                                 command.cents)
+                await tx.execute("UPDATE acct SET cents = cents - $1 WHERE id = 'a'", command.cents)
             return "debited"
 
         @bus.subscribe(f"{Debit.default_topic()}.ledger.dlq", group="ops")
@@ -168,13 +173,16 @@ async def check_busy_database_is_infrastructure(url: str) -> None:
     database's state, not the message's: DatabaseError, an InfrastructureError."""
     if url.startswith("sqlite"):
         sep = "&" if "?" in url else "?"
+
         async def insert(waiter: Database) -> None:  # another process, in effect
             async with waiter.transaction() as other:
                 await other.execute("INSERT INTO busy VALUES (1)")
 
-        async with await Database.connect(url) as holder, \
-                await Database.connect(f"{url}{sep}busy_timeout=0.1") as waiter, \
-                holder.transaction() as tx:
+        async with (
+            await Database.connect(url) as holder,
+            await Database.connect(f"{url}{sep}busy_timeout=0.1") as waiter,
+            holder.transaction() as tx,
+        ):
             await tx.execute("CREATE TABLE busy (n INTEGER)")
             with pytest.raises(DatabaseError) as info:
                 await asyncio.create_task(insert(waiter))
@@ -224,8 +232,10 @@ async def check_options_are_not_server_settings(url: str) -> None:
     """Defect 14: the timeouts are URL options of eventbus (not passed on to the
     driver), and a value that is not a number is refused with the option named."""
     sep = "&" if "?" in url else "?"
-    tuned = (f"{url}{sep}command_timeout=5&connect_timeout=5&idle_timeout=60"
-             "&ping_timeout=2&busy_timeout=5")
+    tuned = (
+        f"{url}{sep}command_timeout=5&connect_timeout=5&idle_timeout=60"
+        "&ping_timeout=2&busy_timeout=5"
+    )
     async with await Database.connect(tuned) as db, db.transaction() as tx:
         assert await tx.fetchval("SELECT 1") == 1
     with pytest.raises(ConfigurationError, match="command_timeout"):

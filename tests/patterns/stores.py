@@ -38,8 +38,9 @@ def outbox_target(url: str) -> OutboxTarget:
 @asynccontextmanager
 async def open_store(url: str) -> AsyncIterator[EventStore]:
     """A store set up at ``url`` (``memory://`` for the in-memory one), closed after."""
-    store: EventStore = MemoryEventStore() if url == "memory://" else (
-        await SQLEventStore.connect(url))
+    store: EventStore = (
+        MemoryEventStore() if url == "memory://" else (await SQLEventStore.connect(url))
+    )
     await store.setup()
     try:
         yield store

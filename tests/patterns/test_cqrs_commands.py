@@ -59,8 +59,10 @@ async def test_dispatch_returns_the_result_or_raises_the_error() -> None:
 async def test_exactly_one_handler_per_command_type() -> None:
     commands, _ = stock_commands()
     with pytest.raises(DuplicateHandlerError, match="already has a handler"):
+
         @commands.handler(Reserve)
         async def again(command: Reserve) -> None: ...
+
     with pytest.raises(NoHandlerError, match="no handler for command"):
         await CommandBus().dispatch(Reserve(sku="x", qty=1))
     with pytest.raises(ConfigurationError, match="takes a Command class"):
@@ -73,11 +75,14 @@ async def test_the_same_handlers_serve_remote_send_and_request() -> None:
     commands.serve()
     async with bus:
         assert await commands.request(Reserve(sku="apple", qty=1), timeout=5) == Reserved(
-            sku="apple", left=2)
+            sku="apple", left=2
+        )
         with pytest.raises(RequestFailedError) as failed:
             await commands.request(Reserve(sku="apple", qty=9), timeout=5)
         assert (failed.value.error_type, failed.value.error_message) == (
-            "ValueError", "only 2 apple left")
+            "ValueError",
+            "only 2 apple left",
+        )
         assert await commands.request(Release(sku="pear"), timeout=5) is None
         await commands.send(Release(sku="plum"))
         await asyncio.wait_for(released["plum"].wait(), 5)
@@ -144,9 +149,13 @@ async def test_a_retried_failure_sends_no_reply_the_final_outcome_does() -> None
     requester gets the reply of the attempt that succeeded, not the first error."""
     from eventbus import Context, RetryPolicy
 
-    bus = EventBus("memory://", source=f"flaky-{uuid.uuid4().hex[:6]}",
-                   retry=RetryPolicy(max_attempts=3, in_process_attempts=1,
-                                     initial_delay=0.01, max_delay=0.05, jitter=0.0))
+    bus = EventBus(
+        "memory://",
+        source=f"flaky-{uuid.uuid4().hex[:6]}",
+        retry=RetryPolicy(
+            max_attempts=3, in_process_attempts=1, initial_delay=0.01, max_delay=0.05, jitter=0.0
+        ),
+    )
 
     @bus.subscribe(Flaky)
     async def flaky(command: Flaky, ctx: Context) -> int:
@@ -170,13 +179,15 @@ async def test_a_duplicate_request_skipped_by_idempotency_sends_no_second_reply(
     seen = asyncio.Event()
     runs: list[str] = []
 
-    async def keep_requests(topic: str, envelopes: Sequence[Envelope],
-                            call_next: PublishNext) -> None:
+    async def keep_requests(
+        topic: str, envelopes: Sequence[Envelope], call_next: PublishNext
+    ) -> None:
         requests_sent.extend(envelopes)
         await call_next(topic, envelopes)
 
-    async def keep_replies(topic: str, envelopes: Sequence[Envelope],
-                           call_next: PublishNext) -> None:
+    async def keep_replies(
+        topic: str, envelopes: Sequence[Envelope], call_next: PublishNext
+    ) -> None:
         replies.extend(envelopes)
         await call_next(topic, envelopes)
 
@@ -186,8 +197,13 @@ async def test_a_duplicate_request_skipped_by_idempotency_sends_no_second_reply(
         if len(runs) == 2:
             seen.set()
 
-    server = EventBus("memory://", source="idem-server", publish_middleware=[keep_replies],
-                      middleware=[count_deliveries], idempotency=MemoryIdempotencyStore())
+    server = EventBus(
+        "memory://",
+        source="idem-server",
+        publish_middleware=[keep_replies],
+        middleware=[count_deliveries],
+        idempotency=MemoryIdempotencyStore(),
+    )
 
     @server.subscribe(Flaky)
     async def once(command: Flaky) -> int:
@@ -214,14 +230,14 @@ async def test_a_dead_letter_of_a_request_is_not_answered_again() -> None:
     replies: list[Envelope] = []
     letters: asyncio.Queue[Envelope] = asyncio.Queue()
 
-    async def keep_replies(topic: str, envelopes: Sequence[Envelope],
-                           call_next: PublishNext) -> None:
+    async def keep_replies(
+        topic: str, envelopes: Sequence[Envelope], call_next: PublishNext
+    ) -> None:
         replies.extend(envelopes)
         await call_next(topic, envelopes)
 
     topic = Flaky.default_topic()
-    server = EventBus("memory://", source="dlq-server",
-                      retry=RetryPolicy(give_up_on=(KeyError,)))
+    server = EventBus("memory://", source="dlq-server", retry=RetryPolicy(give_up_on=(KeyError,)))
 
     @server.subscribe(Flaky, group="dlq-test")
     async def fail(command: Flaky) -> int:

@@ -16,8 +16,9 @@ class LineItem(pydantic.BaseModel, frozen=True):
     price_cents: int
 
 
-class CheckoutCompleted(Event, type="test.design.checkout-completed", topic="test-design-internal",
-                        version=1):
+class CheckoutCompleted(
+    Event, type="test.design.checkout-completed", topic="test-design-internal", version=1
+):
     order_id: str
     customer_id: str
     card_number: str
@@ -25,15 +26,17 @@ class CheckoutCompleted(Event, type="test.design.checkout-completed", topic="tes
     items: tuple[LineItem, ...]
 
 
-class CheckoutCompletedPublic(Event, type="test.design.checkout-completed.public",
-                              topic="test-design-public", version=1):
+class CheckoutCompletedPublic(
+    Event, type="test.design.checkout-completed.public", topic="test-design-public", version=1
+):
     order_id: str
     customer_id: str
     total_cents: int
 
 
-class CartAbandoned(Event, type="test.design.cart-abandoned", topic="test-design-internal",
-                    version=1):
+class CartAbandoned(
+    Event, type="test.design.cart-abandoned", topic="test-design-internal", version=1
+):
     cart_id: str
 
 
@@ -46,8 +49,11 @@ def declared() -> IntegrationEvents:
 
     @integration.maps(CheckoutCompleted)
     def _public(event: CheckoutCompleted) -> CheckoutCompletedPublic:
-        return CheckoutCompletedPublic(order_id=event.order_id, customer_id=event.customer_id,
-                                       total_cents=sum(i.price_cents for i in event.items))
+        return CheckoutCompletedPublic(
+            order_id=event.order_id,
+            customer_id=event.customer_id,
+            total_cents=sum(i.price_cents for i in event.items),
+        )
 
     @integration.maps(CartAbandoned)
     def _internal(event: CartAbandoned) -> None:
@@ -57,9 +63,13 @@ def declared() -> IntegrationEvents:
 
 
 def checkout() -> CheckoutCompleted:
-    return CheckoutCompleted(order_id="o-1", customer_id="c-9", card_number="4111 1111",
-                             address="1 Main St", items=(LineItem(sku="a", price_cents=250),
-                                                         LineItem(sku="b", price_cents=100)))
+    return CheckoutCompleted(
+        order_id="o-1",
+        customer_id="c-9",
+        card_number="4111 1111",
+        address="1 Main St",
+        items=(LineItem(sku="a", price_cents=250), LineItem(sku="b", price_cents=100)),
+    )
 
 
 @pytest.mark.asyncio
@@ -91,7 +101,8 @@ async def test_other_services_receive_only_the_integration_event() -> None:
 def test_explicit_mapping_and_unmapped_events() -> None:
     integration = declared()
     assert integration.to_integration(checkout()) == CheckoutCompletedPublic(
-        order_id="o-1", customer_id="c-9", total_cents=350)
+        order_id="o-1", customer_id="c-9", total_cents=350
+    )
     assert integration.to_integration(CartAbandoned(cart_id="c")) is None
     other = CheckoutCompletedPublic(order_id="x", customer_id="y", total_cents=1)
     assert integration.to_integration(other) is other  # no mapping: published as it is

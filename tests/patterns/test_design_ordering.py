@@ -62,7 +62,11 @@ def test_a_gap_that_never_fills_is_given_up_after_max_parked() -> None:
 
 def test_classify() -> None:
     assert [classify(4, n) for n in (3, 4, 5, 7)] == [
-        Verdict.STALE, Verdict.STALE, Verdict.APPLY, Verdict.EARLY]
+        Verdict.STALE,
+        Verdict.STALE,
+        Verdict.APPLY,
+        Verdict.EARLY,
+    ]
 
 
 def test_bad_options_are_refused() -> None:

@@ -19,8 +19,11 @@ class Frozen(Event, type="es-test.frozen"):
 
 @pytest.mark.asyncio
 async def test_an_event_without_an_applier_names_the_decorator_to_add() -> None:
-    with pytest.raises(ConfigurationError, match=r"Account has no method for Frozen.*"
-                                                 r"@applies\(Frozen\)"):
+    with pytest.raises(
+        ConfigurationError,
+        match=r"Account has no method for Frozen.*"
+        r"@applies\(Frozen\)",
+    ):
         Account("a").record(Frozen(reason="x"))
 
 

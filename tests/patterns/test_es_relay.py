@@ -36,8 +36,9 @@ class Wire:
         self.hang: str | None = None
         self.hung = asyncio.Event()
 
-    async def __call__(self, topic: str, envelopes: Sequence[Envelope], call_next: PublishNext
-                       ) -> None:
+    async def __call__(
+        self, topic: str, envelopes: Sequence[Envelope], call_next: PublishNext
+    ) -> None:
         if self.hang == "before":
             self.hung.set()
             await asyncio.Event().wait()
@@ -58,8 +59,13 @@ async def test_a_killed_relay_loses_nothing(store_url: str, killed: str) -> None
     handled: list[str] = []
     everything = asyncio.Event()
 
-    @bus.subscribe(Opened, Deposited, group="ledger", start_from="earliest",
-                   idempotency=MemoryIdempotencyStore())
+    @bus.subscribe(
+        Opened,
+        Deposited,
+        group="ledger",
+        start_from="earliest",
+        idempotency=MemoryIdempotencyStore(),
+    )
     async def ledger(event: Opened | Deposited, ctx: Context) -> None:
         if isinstance(event, Opened) and event.owner == "sentinel":
             everything.set()  # published after the relay's events: they were all handled
@@ -140,8 +146,9 @@ async def test_relay_shows_a_failure_in_health(store_url: str) -> None:
         account = Account("a")
         account.open("cy")
         await Repository(store, Account).save(account)
-        relay = EventRelay(store, bus, name="down",
-                           backoff=Backoff(initial=0.01, max_delay=0.01, jitter=0))
+        relay = EventRelay(
+            store, bus, name="down", backoff=Backoff(initial=0.01, max_delay=0.01, jitter=0)
+        )
         with pytest.raises(ConnectionError):
             await relay.run_once()
         async with relay:
@@ -169,8 +176,9 @@ class Refuse:
         self.ids: set[str] = set()
         self.sent: list[str] = []
 
-    async def __call__(self, topic: str, envelopes: Sequence[Envelope], call_next: PublishNext
-                       ) -> None:
+    async def __call__(
+        self, topic: str, envelopes: Sequence[Envelope], call_next: PublishNext
+    ) -> None:
         for envelope in envelopes:
             if envelope.id in self.ids:
                 raise MessageTooLargeError(f"event {envelope.id} is too large")
@@ -191,13 +199,14 @@ async def test_a_refused_event_is_parked_and_the_other_streams_flow(store_url: s
         bad = Account("bad")
         bad.open("big")
         bad.deposit(1)
-        stored = await accounts.save(bad)            # positions 1 (refused), 2 (held)
+        stored = await accounts.save(bad)  # positions 1 (refused), 2 (held)
         refuse.ids.add(stored[0].id)
         good = Account("good")
         good.open("small")
-        stored += await accounts.save(good)          # position 3: another stream
-        relay = EventRelay(store, bus, name="parking",
-                           backoff=Backoff(initial=0.01, max_delay=0.01, jitter=0))
+        stored += await accounts.save(good)  # position 3: another stream
+        relay = EventRelay(
+            store, bus, name="parking", backoff=Backoff(initial=0.01, max_delay=0.01, jitter=0)
+        )
         async with relay:
             await relay.wait_until(stored[-1].position, timeout=5)
             health = relay.health()
@@ -209,10 +218,10 @@ async def test_a_refused_event_is_parked_and_the_other_streams_flow(store_url: s
         with pytest.raises(ConfigurationError, match="waits behind position 1"):
             await relay.retry_parked(2)
         with pytest.raises(MessageTooLargeError):
-            await relay.retry_parked(1)             # not fixed yet: still parked
+            await relay.retry_parked(1)  # not fixed yet: still parked
         assert [p.position for p in await relay.parked()] == [1, 2]
 
-        refuse.ids.clear()                           # the cause is fixed
+        refuse.ids.clear()  # the cause is fixed
         assert await relay.retry_parked(1) == 2
         assert refuse.sent == [stored[2].id, stored[0].id, stored[1].id]
         assert await relay.parked() == [] and relay.health().parked == 0
@@ -225,8 +234,8 @@ async def test_a_refused_event_is_parked_and_the_other_streams_flow(store_url: s
         after = await accounts.load("good")
         after.deposit(6)
         held = await accounts.save(after)
-        await relay.run_once()                       # a later batch: still held
+        await relay.run_once()  # a later batch: still held
         assert [p.position for p in await relay.parked()] == [4, 5]
-        assert await relay.skip_parked(4) == 1       # dropped; the held one follows
+        assert await relay.skip_parked(4) == 1  # dropped; the held one follows
         assert refuse.sent[-1] == held[0].id and skipped[0].id not in refuse.sent
         assert await relay.parked() == []

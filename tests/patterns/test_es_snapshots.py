@@ -30,14 +30,7 @@ from eventbus.patterns.eventsourcing import (
     applies,
 )
 from eventbus.patterns.eventsourcing.snapshots import Snapshot
-from tests.patterns.snapshot_support import (
-    Booked,
-    Kind,
-    Ledger,
-    Moved,
-    same,
-    state,
-)
+from tests.patterns.snapshot_support import Booked, Kind, Ledger, Moved, same, state
 from tests.patterns.stores import open_store
 
 
@@ -60,8 +53,9 @@ class Shelf(Aggregate):
         self.last = (event.sku, event.qty)
 
 
-async def loaded_and_replayed(store: EventStore, cls: type[Aggregate], id: str,
-                              events: list[Event], every: int) -> tuple[Any, Any]:
+async def loaded_and_replayed(
+    store: EventStore, cls: type[Aggregate], id: str, events: list[Event], every: int
+) -> tuple[Any, Any]:
     """Save ``events`` one save at a time (snapshots every ``every``), then load
     through the latest snapshot and replay from the first event. Every snapshot
     taken on the way must restore, as exactly the replay up to its version (a
@@ -104,14 +98,34 @@ async def test_custom_types_round_trip_exactly() -> None:
     dataclasses, sets, bytes: the snapshot's state is the replayed state."""
     paris = ZoneInfo("Europe/Paris")
     events: list[Event] = [
-        Booked(key=1, label="a", amount=Decimal("1.10"), kind=Kind.CREDIT, ref=uuid.uuid4(),
-               at=datetime(2024, 3, 31, 1, 30, tzinfo=paris), ratio=0.1),
+        Booked(
+            key=1,
+            label="a",
+            amount=Decimal("1.10"),
+            kind=Kind.CREDIT,
+            ref=uuid.uuid4(),
+            at=datetime(2024, 3, 31, 1, 30, tzinfo=paris),
+            ratio=0.1,
+        ),
         Moved(street="Rue", number=None, tags=["x", "y"]),
-        Booked(key=2, label="b", amount=Decimal("-3E+2"), kind=Kind.DEBIT, ref=uuid.uuid4(),
-               at=datetime(2024, 4, 1, 12, 0, 0, 123456, tzinfo=timezone(timedelta(hours=-3))),
-               ratio=1e308),
-        Booked(key=1, label="a", amount=Decimal("0.005"), kind=Kind.CREDIT, ref=uuid.uuid4(),
-               at=datetime(2024, 4, 2, tzinfo=UTC), ratio=-0.0),
+        Booked(
+            key=2,
+            label="b",
+            amount=Decimal("-3E+2"),
+            kind=Kind.DEBIT,
+            ref=uuid.uuid4(),
+            at=datetime(2024, 4, 1, 12, 0, 0, 123456, tzinfo=timezone(timedelta(hours=-3))),
+            ratio=1e308,
+        ),
+        Booked(
+            key=1,
+            label="a",
+            amount=Decimal("0.005"),
+            kind=Kind.CREDIT,
+            ref=uuid.uuid4(),
+            at=datetime(2024, 4, 2, tzinfo=UTC),
+            ratio=-0.0,
+        ),
     ]
     loaded, replayed = await loaded_and_replayed(MemoryEventStore(), Ledger, "l", events, 2)
     assert same(state(loaded), state(replayed))
@@ -171,8 +185,10 @@ class ShelfV2(Shelf):
     @staticmethod
     def upcast_snapshot_v1_v2(old: dict[str, Any]) -> dict[str, Any]:
         ShelfV2.upcasts += 1
-        return {"dozens": {sku: divmod(n, 12) for sku, n in old["stock"].items()},
-                "last": old["last"]}
+        return {
+            "dozens": {sku: divmod(n, 12) for sku, n in old["stock"].items()},
+            "last": old["last"],
+        }
 
 
 @pytest.mark.asyncio
@@ -191,11 +207,13 @@ async def test_an_older_snapshot_is_upcast() -> None:
 
 @pytest.mark.asyncio
 async def test_a_snapshot_that_cannot_be_restored_is_replayed_over(
-        caplog: pytest.LogCaptureFixture) -> None:
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     store = MemoryEventStore()
     await loaded_and_replayed(store, Shelf, "s", [Stocked(sku=1, qty=1)] * 2, 2)
-    await store.save_snapshot(Snapshot("s", 2, "Shelf", 1,
-                                       b'{"$exact":1,"stock":{"$nope":1},"last":[1,1]}'))
+    await store.save_snapshot(
+        Snapshot("s", 2, "Shelf", 1, b'{"$exact":1,"stock":{"$nope":1},"last":[1,1]}')
+    )
     with caplog.at_level(logging.WARNING):
         loaded = await Repository(store, Shelf, snapshot_every=2).load("s")
     assert loaded.stock == {1: 2} and "replaying its events instead" in caplog.text
@@ -209,29 +227,50 @@ async def test_state_without_an_exact_form_is_refused_naming_it() -> None:
         shelf.snapshot_state()
 
 
-zones = st.sampled_from([UTC, timezone(timedelta(hours=5, minutes=30)),
-                         ZoneInfo("Europe/Paris"), ZoneInfo("America/New_York")])
+zones = st.sampled_from(
+    [
+        UTC,
+        timezone(timedelta(hours=5, minutes=30)),
+        ZoneInfo("Europe/Paris"),
+        ZoneInfo("America/New_York"),
+    ]
+)
 bookings = st.builds(
-    Booked, key=st.integers(-3, 3), label=st.text(max_size=3),
-    amount=st.decimals(allow_nan=False, allow_infinity=False, places=3,
-                       min_value=-1000, max_value=1000),
-    kind=st.sampled_from(Kind), ref=st.uuids(),
-    at=st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1),
-                    timezones=zones),
-    ratio=st.floats(allow_nan=False, allow_infinity=False))
-moves = st.builds(Moved, street=st.text(max_size=4), number=st.none() | st.integers(),
-                  tags=st.lists(st.text(max_size=2), max_size=3))
+    Booked,
+    key=st.integers(-3, 3),
+    label=st.text(max_size=3),
+    amount=st.decimals(
+        allow_nan=False, allow_infinity=False, places=3, min_value=-1000, max_value=1000
+    ),
+    kind=st.sampled_from(Kind),
+    ref=st.uuids(),
+    at=st.datetimes(
+        min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1), timezones=zones
+    ),
+    ratio=st.floats(allow_nan=False, allow_infinity=False),
+)
+moves = st.builds(
+    Moved,
+    street=st.text(max_size=4),
+    number=st.none() | st.integers(),
+    tags=st.lists(st.text(max_size=2), max_size=3),
+)
 
 
-@settings(max_examples=150, deadline=None, derandomize=True, database=None,
-          suppress_health_check=[HealthCheck.too_slow])
-@given(events=st.lists(bookings | moves, min_size=1, max_size=12),
-       every=st.integers(1, 5))
+@settings(
+    max_examples=150,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+@given(events=st.lists(bookings | moves, min_size=1, max_size=12), every=st.integers(1, 5))
 def test_snapshot_equals_replay_for_any_event_sequence(events: list[Event], every: int) -> None:
     """Property: for any sequence of events and any snapshot interval, loading via
     the latest snapshot gives exactly the state a full replay gives."""
     loaded, replayed = asyncio.run(
-        loaded_and_replayed(MemoryEventStore(), Ledger, "p", events, every))
+        loaded_and_replayed(MemoryEventStore(), Ledger, "p", events, every)
+    )
     assert same(state(loaded), state(replayed)), (state(loaded), state(replayed))
     assert same(state(loaded), state(_recorded(events)))
 

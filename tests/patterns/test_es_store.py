@@ -16,8 +16,7 @@ from tests.patterns.stores import event_store_target as target_at
 
 @pytest.fixture(params=["memory", "sqlite"])
 def event_store_target(request: pytest.FixtureRequest, tmp_path: Path) -> EventStoreTarget:
-    return target_at("memory://" if request.param == "memory"
-                     else f"sqlite:///{tmp_path}/es.db")
+    return target_at("memory://" if request.param == "memory" else f"sqlite:///{tmp_path}/es.db")
 
 
 class TestEventStore(EventStoreSuite):
@@ -28,8 +27,9 @@ def test_the_suite_fails_a_store_that_lets_two_writers_win() -> None:
     """A third-party store that ignores the expected version is caught by the suite."""
 
     class Careless(MemoryEventStore):
-        async def append(self, stream_id: str, events: Sequence[Envelope],
-                         expected_version: int | None) -> list[StoredEvent]:
+        async def append(
+            self, stream_id: str, events: Sequence[Envelope], expected_version: int | None
+        ) -> list[StoredEvent]:
             return await super().append(stream_id, events, None)
 
     careless = Careless()

@@ -26,15 +26,15 @@ CASES: list[Callable[[str], Awaitable[None]]] = [
 
 @pytest.mark.asyncio
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.__name__.removeprefix("check_"))
-async def test_migrations_on_sqlite(case: Callable[[str], Awaitable[None]],
-                                    tmp_path: Path) -> None:
+async def test_migrations_on_sqlite(case: Callable[[str], Awaitable[None]], tmp_path: Path) -> None:
     await case(f"sqlite:///{tmp_path / 'app.db'}")
 
 
 @pytest.mark.asyncio
 async def test_a_migrated_database_has_the_tables_of_a_new_one(tmp_path: Path) -> None:
     await migration_cases.check_a_migrated_database_has_the_tables_of_a_new_one(
-        f"sqlite:///{tmp_path / 'old.db'}", f"sqlite:///{tmp_path / 'new.db'}")
+        f"sqlite:///{tmp_path / 'old.db'}", f"sqlite:///{tmp_path / 'new.db'}"
+    )
 
 
 def test_every_kind_has_a_step_from_every_earlier_version() -> None:

@@ -116,8 +116,9 @@ async def test_the_resequencer_on_sqlite_waits_applies_and_keeps_stale(tmp_path:
 
 
 async def test_an_early_event_is_handed_back_then_applied_when_waiting_is_over() -> None:
-    sequencer = Resequencer("view", wait=Backoff(initial=0.5, max_delay=0.5, jitter=0.0),
-                            max_waits=2)
+    sequencer = Resequencer(
+        "view", wait=Backoff(initial=0.5, max_delay=0.5, jitter=0.0), max_waits=2
+    )
     ran: list[int] = []
 
     async def run() -> None:
@@ -133,12 +134,14 @@ async def test_an_early_event_is_handed_back_then_applied_when_waiting_is_over()
 
 
 async def test_the_old_names_import_with_a_warning_naming_the_new_one() -> None:
-    for module, name in [("eventbus.patterns", "OrderingGuard"),
-                         ("eventbus.patterns", "SequenceGuard"),
-                         ("eventbus.patterns.ordering", "OrderingGuard"),
-                         ("eventbus.patterns.sagas", "SequenceGuard"),
-                         ("eventbus.patterns.sagas", "ParkedEvent"),
-                         ("eventbus.patterns.sagas.ordering", "SequenceGuard")]:
+    for module, name in [
+        ("eventbus.patterns", "OrderingGuard"),
+        ("eventbus.patterns", "SequenceGuard"),
+        ("eventbus.patterns.ordering", "OrderingGuard"),
+        ("eventbus.patterns.sagas", "SequenceGuard"),
+        ("eventbus.patterns.sagas", "ParkedEvent"),
+        ("eventbus.patterns.sagas.ordering", "SequenceGuard"),
+    ]:
         with pytest.warns(DeprecationWarning, match=r"eventbus\.patterns\.ordering\."):
             getattr(importlib.import_module(module), name)
     with warnings.catch_warnings():

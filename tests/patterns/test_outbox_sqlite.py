@@ -37,9 +37,18 @@ def test_permanent_refusals(error: Exception) -> None:
     assert is_permanent_refusal(error)
 
 
-@pytest.mark.parametrize("error", [
-    BrokerConnectionError("down"), ConnectionLostError("dropped"), PublishError("no confirm"),
-    InfrastructureError("store"), TimeoutError(), OSError("reset"), RuntimeError("?")])
+@pytest.mark.parametrize(
+    "error",
+    [
+        BrokerConnectionError("down"),
+        ConnectionLostError("dropped"),
+        PublishError("no confirm"),
+        InfrastructureError("store"),
+        TimeoutError(),
+        OSError("reset"),
+        RuntimeError("?"),
+    ],
+)
 def test_failures_worth_retrying(error: Exception) -> None:
     assert not is_permanent_refusal(error)
 

@@ -48,8 +48,9 @@ async def test_only_the_commands_handler_group_replies() -> None:
     logged: Collector[str] = Collector()
     replies: list[Envelope] = []
 
-    async def keep_replies(topic: str, envelopes: Sequence[Envelope],
-                           call_next: PublishNext) -> None:
+    async def keep_replies(
+        topic: str, envelopes: Sequence[Envelope], call_next: PublishNext
+    ) -> None:
         replies.extend(envelopes)
         await call_next(topic, envelopes)
 

@@ -51,8 +51,9 @@ async def test_a_failed_step_compensates_and_a_late_success_is_skipped() -> None
         assert len(tb.published(PaymentRefunded)) == 1
         # A reservation that turns up after the order was cancelled (a replayed or
         # late event) is stale: the order stays cancelled, nothing is completed.
-        await buses[2].publish(InventoryReserved(order_id=order_id, reservation_id="r-late"),
-                               key=order_id)
+        await buses[2].publish(
+            InventoryReserved(order_id=order_id, reservation_id="r-late"), key=order_id
+        )
         await tb.drain()
     assert orders.status[order_id] == "cancelled"
     assert tb.published(OrderCompleted) == []
@@ -66,20 +67,23 @@ async def test_steps_publish_what_they_return_keyed_and_caused_by_the_trigger() 
 
     @flow.step(PaymentCharged)
     async def react(event: PaymentCharged, ctx: Context) -> list[InventoryReserved]:
-        return [InventoryReserved(order_id=event.order_id, reservation_id=f"r{i}")
-                for i in range(2)]
+        return [
+            InventoryReserved(order_id=event.order_id, reservation_id=f"r{i}") for i in range(2)
+        ]
 
     @flow.step(InventoryReservationFailed)
     async def no_failure_event(event: InventoryReservationFailed, ctx: Context) -> None:
         raise StepFailedError("nothing to publish for this one")
 
     async with TestBus(bus) as tb:
-        sent = await bus.publish(PaymentCharged(order_id="o1", payment_id="p", amount_cents=1,
-                                                lines=[]))
+        sent = await bus.publish(
+            PaymentCharged(order_id="o1", payment_id="p", amount_cents=1, lines=[])
+        )
         await bus.publish(InventoryReservationFailed(order_id="o2", reason="x"))
         await tb.drain()
-        envelopes = [e for e in tb.published_envelopes()
-                     if e.type == InventoryReserved.event_type()]
+        envelopes = [
+            e for e in tb.published_envelopes() if e.type == InventoryReserved.event_type()
+        ]
     assert [e.partitionkey for e in envelopes] == ["o1", "o1"]
     assert all(e.causationid == sent.id and e.correlationid == sent.id for e in envelopes)
     # A StepFailedError with no failure event declared is an error like any other: dead-lettered.
@@ -90,8 +94,9 @@ async def test_steps_publish_what_they_return_keyed_and_caused_by_the_trigger() 
 async def test_a_topic_map_gives_the_flow_its_own_topics_and_dispatches_by_type() -> None:
     run = uuid.uuid4().hex[:6]
     bus = EventBus(source="svc")
-    flow = Choreography(bus, group="svc", key=lambda e: e.order_id,
-                        topic=lambda cls: f"{cls.default_topic()}-{run}")
+    flow = Choreography(
+        bus, group="svc", key=lambda e: e.order_id, topic=lambda cls: f"{cls.default_topic()}-{run}"
+    )
     seen: list[str] = []
 
     @flow.step(InventoryReserved)
@@ -104,14 +109,17 @@ async def test_a_topic_map_gives_the_flow_its_own_topics_and_dispatches_by_type(
         seen.append("failed")
 
     async with TestBus(bus) as tb:
-        await bus.publish(InventoryReserved(order_id="o1", reservation_id="r"),
-                          topic=f"inventory-{run}")
-        await bus.publish(InventoryReservationFailed(order_id="o2", reason="x"),
-                          topic=f"inventory-{run}")
+        await bus.publish(
+            InventoryReserved(order_id="o1", reservation_id="r"), topic=f"inventory-{run}"
+        )
+        await bus.publish(
+            InventoryReservationFailed(order_id="o2", reason="x"), topic=f"inventory-{run}"
+        )
         await tb.drain()
     assert seen == ["reserved", "failed"]
     assert [e.type for e in tb.published_envelopes(f"orders-{run}")] == [
-        OrderCompleted.event_type()]
+        OrderCompleted.event_type()
+    ]
 
 
 @pytest.mark.asyncio
@@ -139,8 +147,9 @@ async def test_with_an_inbox_a_redelivered_event_is_handled_once(tmp_path: Path)
             tx = transaction_of(ctx)
             assert tx is not None
             await tx.execute("INSERT INTO refunds (order_id) VALUES ($1)", event.order_id)
-            return PaymentRefunded(order_id=event.order_id, payment_id="p", amount_cents=1,
-                                   reason=event.reason)
+            return PaymentRefunded(
+                order_id=event.order_id, payment_id="p", amount_cents=1, reason=event.reason
+            )
 
         async with TestBus(bus) as tb:
             failed = bus.envelope_for(InventoryReservationFailed(order_id="o1", reason="x"))

@@ -29,23 +29,19 @@ from eventbus.patterns.sagas import (
 from eventbus.patterns.sql import Database
 
 
-class ChargeRequested(Event, type="test.saga.charge_requested", topic="test-saga",
-                      register=False):
+class ChargeRequested(Event, type="test.saga.charge_requested", topic="test-saga", register=False):
     order_id: str
 
 
-class ShipRequested(Event, type="test.saga.ship_requested", topic="test-saga",
-                      register=False):
+class ShipRequested(Event, type="test.saga.ship_requested", topic="test-saga", register=False):
     order_id: str
 
 
-class SagaDone(Event, type="test.saga.done", topic="test-saga",
-                      register=False):
+class SagaDone(Event, type="test.saga.done", topic="test-saga", register=False):
     order_id: str
 
 
-class RefundRequested(Event, type="test.saga.refund_requested", topic="test-saga",
-                      register=False):
+class RefundRequested(Event, type="test.saga.refund_requested", topic="test-saga", register=False):
     order_id: str
 
 
@@ -76,8 +72,10 @@ class World:
         if self.url is not None:
             self.db = await Database.connect(self.url)
             async with self.db.transaction() as tx:
-                await tx.execute("CREATE TABLE IF NOT EXISTS saga_effects "
-                                 "(saga_id TEXT NOT NULL, what TEXT NOT NULL)")
+                await tx.execute(
+                    "CREATE TABLE IF NOT EXISTS saga_effects "
+                    "(saga_id TEXT NOT NULL, what TEXT NOT NULL)"
+                )
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -96,13 +94,15 @@ class World:
             self.sent.extend(envelopes)
 
         bus = EventBus(f"memory://{uuid.uuid4()}", publish_middleware=[record])
-        return SagaOrchestrator(self.definition(), store, bus, clock=self.clock,
-                                compensation_attempts=attempts)
+        return SagaOrchestrator(
+            self.definition(), store, bus, clock=self.clock, compensation_attempts=attempts
+        )
 
     async def effect(self, ctx: SagaContext, what: str) -> None:
         if ctx.tx is not None:
-            await ctx.tx.execute("INSERT INTO saga_effects (saga_id, what) VALUES ($1, $2)",
-                                 ctx.saga_id, what)
+            await ctx.tx.execute(
+                "INSERT INTO saga_effects (saga_id, what) VALUES ($1, $2)", ctx.saga_id, what
+            )
         else:
             self.effects.append((ctx.saga_id, what))
 
@@ -110,8 +110,13 @@ class World:
         if self.db is None:
             return self.effects.count((saga_id, what))
         async with self.db.transaction() as tx:
-            return int(await tx.fetchval("SELECT count(*) FROM saga_effects WHERE saga_id = $1 "
-                                         "AND what = $2", saga_id, what))
+            return int(
+                await tx.fetchval(
+                    "SELECT count(*) FROM saga_effects WHERE saga_id = $1 AND what = $2",
+                    saga_id,
+                    what,
+                )
+            )
 
     def definition(self) -> SagaDefinition:
         async def reserve_credit(ctx: SagaContext) -> None:
@@ -147,11 +152,15 @@ class World:
         async def done(ctx: SagaContext) -> None:
             await ctx.publish(SagaDone(order_id=ctx.saga_id))
 
-        return SagaDefinition("test-order", [
-            Step("credit", reserve_credit, release_credit),
-            Step("charge", charge, refund, timeout=10.0),
-            Step("ship", ship, None, timeout=10.0),
-        ], on_completed=done)
+        return SagaDefinition(
+            "test-order",
+            [
+                Step("credit", reserve_credit, release_credit),
+                Step("charge", charge, refund, timeout=10.0),
+                Step("ship", ship, None, timeout=10.0),
+            ],
+            on_completed=done,
+        )
 
     def types_sent(self) -> list[str]:
         return [e.type.rsplit(".", 1)[-1] for e in self.sent]
@@ -208,8 +217,9 @@ async def check_racing_starts_create_one_saga(url: str | None) -> None:
         shared = MemorySagaStore()
         first, second = w.orchestrator(w.store(shared)), w2.orchestrator(w2.store(shared))
         await first.store.setup()
-        a, b = await asyncio.gather(first.start("o-4", {"by": "a"}),
-                                    second.start("o-4", {"by": "b"}))
+        a, b = await asyncio.gather(
+            first.start("o-4", {"by": "a"}), second.start("o-4", {"by": "b"})
+        )
         # The same saga (the winner's data); versions may differ by the write that
         # records its messages as sent.
         assert a.saga_id == b.saga_id and a.data == b.data
@@ -227,8 +237,9 @@ async def check_concurrent_replies_advance_once(url: str | None) -> None:
         await first.start("o-5")
         # Both load the saga before either saves (on PostgreSQL; elsewhere writers queue).
         w.barrier = w2.barrier = asyncio.Barrier(2)
-        await asyncio.gather(first.step_succeeded("o-5", "charge"),
-                             second.step_succeeded("o-5", "charge"))
+        await asyncio.gather(
+            first.step_succeeded("o-5", "charge"), second.step_succeeded("o-5", "charge")
+        )
         assert await w.count("o-5", "ship requested") == 1
         state = await first.get("o-5")
         assert state is not None and state.step == 2
@@ -281,7 +292,8 @@ async def check_timeout_survives_a_restart(url: str | None) -> None:
 
 
 async def check_a_compensation_that_keeps_failing_parks_the_saga(
-        url: str | None, caplog: pytest.LogCaptureFixture) -> None:
+    url: str | None, caplog: pytest.LogCaptureFixture
+) -> None:
     async with World(url) as w:
         w.fail_compensation["charge"] = 10**6
         orch = w.orchestrator(w.store(), attempts=3)
@@ -299,8 +311,9 @@ async def check_a_compensation_that_keeps_failing_parks_the_saga(
         assert state.status == "parked" and state.attempts == 3
         assert "unreachable" in (state.reason or "")
         assert [s.saga_id for s in await orch.parked()] == ["o-9"]
-        assert any(r.levelno == logging.ERROR and "parked" in r.getMessage()
-                   for r in caplog.records)
+        assert any(
+            r.levelno == logging.ERROR and "parked" in r.getMessage() for r in caplog.records
+        )
         assert await w.count("o-9", "credit released") == 0  # never past the stuck step
         w.fail_compensation["charge"] = 0
         state = await orch.resume("o-9")
@@ -317,6 +330,7 @@ async def check_each_orchestrator_drives_only_its_own_saga_type(url: str | None)
         def undo(what: str) -> StepAction:
             async def compensation(ctx: SagaContext) -> None:
                 ran.append(f"{what}({ctx.saga_id})")
+
             return compensation
 
         async def noop(ctx: SagaContext) -> None:
@@ -325,13 +339,28 @@ async def check_each_orchestrator_drives_only_its_own_saga_type(url: str | None)
         store = w.store()
         await store.setup()
         bus = EventBus(f"memory://{uuid.uuid4()}")
-        orders = SagaOrchestrator(SagaDefinition("type-order", [
-            Step("reserve", noop, undo("order.release")),
-            Step("charge", noop, undo("order.refund"), timeout=3600)]), store, bus,
-            clock=w.clock, compensation_attempts=1)
-        shipping = SagaOrchestrator(SagaDefinition("type-shipping", [
-            Step("book", noop, undo("shipping.cancel"), timeout=1)]), store, bus,
-            clock=w.clock, compensation_attempts=1)
+        orders = SagaOrchestrator(
+            SagaDefinition(
+                "type-order",
+                [
+                    Step("reserve", noop, undo("order.release")),
+                    Step("charge", noop, undo("order.refund"), timeout=3600),
+                ],
+            ),
+            store,
+            bus,
+            clock=w.clock,
+            compensation_attempts=1,
+        )
+        shipping = SagaOrchestrator(
+            SagaDefinition(
+                "type-shipping", [Step("book", noop, undo("shipping.cancel"), timeout=1)]
+            ),
+            store,
+            bus,
+            clock=w.clock,
+            compensation_attempts=1,
+        )
         await shipping.start("ship-1")
         await orders.start("order-1")
         w.clock.now += 10  # the booking's reply is overdue, the charge's is not
@@ -345,15 +374,15 @@ async def check_each_orchestrator_drives_only_its_own_saga_type(url: str | None)
             await orders.start("ship-1")
         await shipping.tick()
         assert ran == ["shipping.cancel(ship-1)"]
-        assert [s.saga_id for s in await store.by_status("compensated", saga_type="type-shipping")
-                ] == ["ship-1"]
+        assert [
+            s.saga_id for s in await store.by_status("compensated", saga_type="type-shipping")
+        ] == ["ship-1"]
         assert await store.by_status("compensated", saga_type="type-order") == []
         assert await store.retry_due(w.clock.now, saga_type="type-order") == []
         assert (await orders.get("order-1")).status == "running"  # type: ignore[union-attr]
 
 
-async def check_a_compensation_is_done_only_once_its_messages_went_out(
-        url: str | None) -> None:
+async def check_a_compensation_is_done_only_once_its_messages_went_out(url: str | None) -> None:
     """A compensation whose publish fails is not recorded as done: its messages stay
     with the saga and go out on the retry, and its effect is not applied twice
     (issue #19, defect 4)."""
@@ -396,14 +425,18 @@ async def check_messages_of_a_committed_change_are_sent_by_tick(url: str | None)
         assert w.sent[0].correlationid == "o-11"
 
 
-CASES = [check_success_runs_the_steps_in_order, check_failure_compensates_in_reverse_order,
-         check_a_failing_action_compensates_what_ran, check_racing_starts_create_one_saga,
-         check_concurrent_replies_advance_once,
-         check_compensation_applied_once_across_crash_and_replay,
-         check_timeout_survives_a_restart,
-         check_each_orchestrator_drives_only_its_own_saga_type,
-         check_a_compensation_is_done_only_once_its_messages_went_out,
-         check_messages_of_a_committed_change_are_sent_by_tick]
+CASES = [
+    check_success_runs_the_steps_in_order,
+    check_failure_compensates_in_reverse_order,
+    check_a_failing_action_compensates_what_ran,
+    check_racing_starts_create_one_saga,
+    check_concurrent_replies_advance_once,
+    check_compensation_applied_once_across_crash_and_replay,
+    check_timeout_survives_a_restart,
+    check_each_orchestrator_drives_only_its_own_saga_type,
+    check_a_compensation_is_done_only_once_its_messages_went_out,
+    check_messages_of_a_committed_change_are_sent_by_tick,
+]
 
 
 @pytest.mark.asyncio
@@ -417,7 +450,8 @@ async def test_saga(case: object, store: str, tmp_path: Path) -> None:
 @pytest.mark.asyncio
 @pytest.mark.parametrize("store", ["memory", "sqlite"])
 async def test_saga_parks_when_compensation_keeps_failing(
-        store: str, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    store: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     url = None if store == "memory" else f"sqlite:///{tmp_path / 'sagas.db'}"
     await check_a_compensation_that_keeps_failing_parks_the_saga(url, caplog)
 
@@ -432,10 +466,16 @@ async def test_a_failing_on_compensated_hook_is_retried_then_parked() -> None:
 
     clock = Clock()
     orch = SagaOrchestrator(
-        SagaDefinition("hooked", [Step("a", step, step), Step("b", step, None, timeout=1)],
-                       on_compensated=broken_hook),
-        MemorySagaStore(), EventBus(f"memory://{uuid.uuid4()}"), clock=clock,
-        compensation_attempts=2)
+        SagaDefinition(
+            "hooked",
+            [Step("a", step, step), Step("b", step, None, timeout=1)],
+            on_compensated=broken_hook,
+        ),
+        MemorySagaStore(),
+        EventBus(f"memory://{uuid.uuid4()}"),
+        clock=clock,
+        compensation_attempts=2,
+    )
     await orch.start("h-1")
     await orch.step_failed("h-1", "b", "no")
     for _ in range(4):
@@ -455,11 +495,15 @@ async def test_the_run_loop_times_out_a_step_on_the_real_clock() -> None:
     async def undo(ctx: SagaContext) -> None:
         undone.append(ctx.saga_id)
 
-    orch = SagaOrchestrator(SagaDefinition("loop", [Step("ask", ask, undo, timeout=0.05)]),
-                            MemorySagaStore(), EventBus(f"memory://{uuid.uuid4()}"))
+    orch = SagaOrchestrator(
+        SagaDefinition("loop", [Step("ask", ask, undo, timeout=0.05)]),
+        MemorySagaStore(),
+        EventBus(f"memory://{uuid.uuid4()}"),
+    )
     await orch.start("l-1")
     loop = asyncio.create_task(orch.run(interval=0.02))
     try:
+
         async def compensated() -> None:
             while undone != ["l-1"]:  # noqa: ASYNC110 - the loop task changes it
                 await asyncio.sleep(0.01)

@@ -23,23 +23,33 @@ from eventbus.patterns.sql import Database
 from eventbus.testing import TestBus
 
 
-class StockLevelChanged(Event, type="test.ordering.stock_level_changed",
-                        topic="test-ordering", register=False):
+class StockLevelChanged(
+    Event, type="test.ordering.stock_level_changed", topic="test-ordering", register=False
+):
     sku: str
     version: int
     level: int
 
 
 # Each sku's versions, in the order they are published (the broker keeps that order).
-REORDERED = [("mug", 1), ("mug", 3), ("lamp", 2), ("mug", 2), ("mug", 3), ("lamp", 1),
-             ("mug", 5), ("mug", 4), ("lamp", 3)]
+REORDERED = [
+    ("mug", 1),
+    ("mug", 3),
+    ("lamp", 2),
+    ("mug", 2),
+    ("mug", 3),
+    ("lamp", 1),
+    ("mug", 5),
+    ("mug", 4),
+    ("lamp", 3),
+]
 
 
-async def run_reordered(store: SequenceStore, on_stale: str) -> tuple[list[tuple[str, int]],
-                                                                      Resequencer]:
+async def run_reordered(
+    store: SequenceStore, on_stale: str
+) -> tuple[list[tuple[str, int]], Resequencer]:
     await store.setup()
-    guard = Resequencer("stock-view", store, on_gap="apply",
-                        on_stale=on_stale)  # type: ignore[arg-type]
+    guard = Resequencer("stock-view", store, on_gap="apply", on_stale=on_stale)  # type: ignore[arg-type]
     applied: list[tuple[str, int]] = []
     bus = EventBus(source="stock")
 
@@ -50,8 +60,9 @@ async def run_reordered(store: SequenceStore, on_stale: str) -> tuple[list[tuple
 
     async with TestBus(bus) as tb:
         for sku, version in REORDERED:
-            await bus.publish(StockLevelChanged(sku=sku, version=version, level=version * 10),
-                              key=sku)
+            await bus.publish(
+                StockLevelChanged(sku=sku, version=version, level=version * 10), key=sku
+            )
         await tb.drain()
     return applied, guard
 
@@ -67,9 +78,12 @@ async def check_stale_events_are_kept(store: SequenceStore) -> None:
     assert applied == [("mug", 1), ("mug", 3), ("lamp", 2), ("mug", 5), ("lamp", 3)]
     parked = await guard.stale_events()
     assert sorted((p.entity_id, p.sequence, p.applied) for p in parked) == [
-        ("lamp", 1, 2), ("mug", 2, 3), ("mug", 3, 3), ("mug", 4, 5)]
-    assert all(p.event_type == "test.ordering.stock_level_changed" and p.event_id
-               for p in parked)
+        ("lamp", 1, 2),
+        ("mug", 2, 3),
+        ("mug", 3, 3),
+        ("mug", 4, 5),
+    ]
+    assert all(p.event_type == "test.ordering.stock_level_changed" and p.event_id for p in parked)
     assert '"level":20' in next(p.data for p in parked if p.sequence == 2)
 
 
@@ -123,6 +137,7 @@ async def check_an_early_event_waits_and_leaves_nothing_behind(store: SequenceSt
     def run(n: int) -> Callable[[], Awaitable[None]]:
         async def handler() -> None:
             ran.append(n)
+
         return handler
 
     with pytest.raises(EarlyEventError):
@@ -131,10 +146,13 @@ async def check_an_early_event_waits_and_leaves_nothing_behind(store: SequenceSt
     assert not await guard.apply("e", 1, run(1)) and ran == [1, 2]
 
 
-CASES = [check_stale_events_are_ignored, check_stale_events_are_kept,
-         check_an_early_event_waits_and_leaves_nothing_behind,
-         check_a_failing_handler_does_not_advance,
-         check_two_consumers_of_one_entity_apply_it_once]
+CASES = [
+    check_stale_events_are_ignored,
+    check_stale_events_are_kept,
+    check_an_early_event_waits_and_leaves_nothing_behind,
+    check_a_failing_handler_does_not_advance,
+    check_two_consumers_of_one_entity_apply_it_once,
+]
 
 
 @pytest.mark.asyncio

@@ -23,8 +23,9 @@ from eventbus.patterns.sagas import (
 from eventbus.patterns.sql import Database
 
 
-class ReserveStock(Event, type="test.saga_outbox.reserve", topic="test-saga-outbox",
-                   register=False):
+class ReserveStock(
+    Event, type="test.saga_outbox.reserve", topic="test-saga-outbox", register=False
+):
     order_id: str
 
 
@@ -46,9 +47,14 @@ async def check_saga_state_and_its_messages_commit_together(url: str) -> None:
                 raise RuntimeError("second step failed after publishing")
 
         orch = SagaOrchestrator(
-            SagaDefinition("stock", [Step("reserve", reserve, None, timeout=60),
-                                     Step("confirm", fragile, None)]),
-            store, bus, transactional_publish=True)
+            SagaDefinition(
+                "stock",
+                [Step("reserve", reserve, None, timeout=60), Step("confirm", fragile, None)],
+            ),
+            store,
+            bus,
+            transactional_publish=True,
+        )
         await orch.start("s-1")
         assert await outbox.pending() == 1  # the command waits in the outbox, with the state
         broken.add("s-1")
@@ -72,6 +78,7 @@ async def test_transactional_publish_without_an_outbox_is_refused(tmp_path: Path
     """transactional_publish=True publishes at once, trusting an outbox to hold the
     message until the saga's change commits; without one the command would leave for
     state that may roll back (issue #19, defect 16). Refused at construction."""
+
     async def step(ctx: SagaContext) -> None:
         await ctx.publish(ReserveStock(order_id=ctx.saga_id))
 
@@ -85,8 +92,16 @@ async def test_transactional_publish_without_an_outbox_is_refused(tmp_path: Path
         with pytest.raises(ConfigurationError, match="no outbox"):
             SagaOrchestrator(definition, MemorySagaStore(), routed, transactional_publish=True)
         with pytest.raises(ConfigurationError, match=r"outbox\.middleware"):
-            SagaOrchestrator(definition, SQLSagaStore(db, unit_of_work=outbox.unit_of_work),
-                             plain, transactional_publish=True)
-        SagaOrchestrator(definition, SQLSagaStore(db, unit_of_work=outbox.unit_of_work),
-                         routed, transactional_publish=True)
+            SagaOrchestrator(
+                definition,
+                SQLSagaStore(db, unit_of_work=outbox.unit_of_work),
+                plain,
+                transactional_publish=True,
+            )
+        SagaOrchestrator(
+            definition,
+            SQLSagaStore(db, unit_of_work=outbox.unit_of_work),
+            routed,
+            transactional_publish=True,
+        )
         SagaOrchestrator(definition, SQLSagaStore(db), plain)  # the default holds messages

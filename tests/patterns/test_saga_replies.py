@@ -15,19 +15,20 @@ from eventbus.patterns.sagas import (
 from eventbus.testing import TestBus
 
 
-class ChargeCard(Event, type="test.replies.charge_card", topic="test-replies-pay",
-                 register=False):
+class ChargeCard(Event, type="test.replies.charge_card", topic="test-replies-pay", register=False):
     order_id: str
     cents: int
 
 
-class CardCharged(Event, type="test.replies.card_charged", topic="test-replies-saga",
-                  register=False):
+class CardCharged(
+    Event, type="test.replies.card_charged", topic="test-replies-saga", register=False
+):
     order_id: str
 
 
-class CardDeclined(Event, type="test.replies.card_declined", topic="test-replies-saga",
-                   register=False):
+class CardDeclined(
+    Event, type="test.replies.card_declined", topic="test-replies-saga", register=False
+):
     order_id: str
     why: str
 
@@ -51,13 +52,20 @@ async def test_replies_on_the_bus_advance_or_compensate_the_saga() -> None:
         await ctx.publish(ChargeCard(order_id=ctx.saga_id, cents=ctx.data["cents"]))
 
     orchestrator = SagaOrchestrator(
-        SagaDefinition("pay", [Step("hold", hold, release),
-                               Step("charge", charge, None, timeout=30)]),
-        MemorySagaStore(), saga_bus)
+        SagaDefinition(
+            "pay", [Step("hold", hold, release), Step("charge", charge, None, timeout=30)]
+        ),
+        MemorySagaStore(),
+        saga_bus,
+    )
     saga_bus.subscribe(CardCharged, group="saga")(
-        orchestrator.reply_handler("charge", saga_id=lambda e: e.order_id))
-    saga_bus.subscribe(CardDeclined, group="saga")(orchestrator.reply_handler(
-        "charge", saga_id=lambda e: e.order_id, succeeded=False, reason=lambda e: e.why))
+        orchestrator.reply_handler("charge", saga_id=lambda e: e.order_id)
+    )
+    saga_bus.subscribe(CardDeclined, group="saga")(
+        orchestrator.reply_handler(
+            "charge", saga_id=lambda e: e.order_id, succeeded=False, reason=lambda e: e.why
+        )
+    )
 
     @payments.subscribe(ChargeCard, group="payments")
     async def pay(event: ChargeCard, ctx: Context) -> None:
@@ -75,6 +83,7 @@ async def test_replies_on_the_bus_advance_or_compensate_the_saga() -> None:
     assert big is not None and big.status == "compensated" and "limit" in (big.reason or "")
     assert undone == ["big"]
     # The command carried the saga's id as correlation, and the reply kept it.
-    [command] = [e for e in tb.published_envelopes("test-replies-pay")
-                 if e.correlationid == "small"]
+    [command] = [
+        e for e in tb.published_envelopes("test-replies-pay") if e.correlationid == "small"
+    ]
     assert command.type == "test.replies.charge_card"

@@ -76,8 +76,7 @@ async def test_options_are_not_server_settings(sqlite_url: str) -> None:
 
 
 @pytest.mark.asyncio
-async def test_cancelled_while_waiting_to_begin_leaves_the_database_usable(
-        sqlite_url: str) -> None:
+async def test_cancelled_while_waiting_to_begin_leaves_the_database_usable(sqlite_url: str) -> None:
     """Defect 2: a task cancelled while its BEGIN IMMEDIATE waits for another
     connection's write lock (a handler timeout) leaves no transaction open behind
     it: this Database works afterwards and the file is not write-locked."""
@@ -123,15 +122,18 @@ async def test_cancelled_while_waiting_to_begin_leaves_the_database_usable(
 
 @pytest.mark.asyncio
 async def test_a_nested_transaction_through_another_database_object_fails_at_once(
-        sqlite_url: str) -> None:
+    sqlite_url: str,
+) -> None:
     """Defect 13, the other way to nest on SQLite: two Database objects on one file
     (a store opened by URL beside the inbox's database). The inner BEGIN would wait
     for the outer's write lock, its own task's, for busy_timeout and then be
     redelivered forever; it fails at once instead, saying what to do."""
     from eventbus.errors import ConfigurationError
 
-    async with await Database.connect(sqlite_url) as first, \
-            await Database.connect(sqlite_url) as second:
+    async with (
+        await Database.connect(sqlite_url) as first,
+        await Database.connect(sqlite_url) as second,
+    ):
         async with first.transaction() as tx:
             await tx.execute("CREATE TABLE t (n INTEGER)")
             with pytest.raises(ConfigurationError, match="Share one Database object"):

@@ -19,9 +19,14 @@ def test_the_page_s_test_file_passes_both_suites(tmp_path: Path) -> None:
     (block,) = [b for b in blocks(PAGE) if b.marker == "file"]
     (tmp_path / block.note).write_text(block.code)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                           block.note], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", block.note],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     passed = int(re.search(r"(\d+) passed", done.stdout).group(1))  # type: ignore[union-attr]
     assert passed >= 29 and "skipped" not in done.stdout, done.stdout[-2000:]

@@ -21,8 +21,7 @@ pytestmark = pytest.mark.asyncio
 
 
 def _event(n: int, key: str | None = None) -> Envelope:
-    return Envelope.create(type="test.job", source="tests", data=b'{"n": %d}' % n,
-                           partitionkey=key)
+    return Envelope.create(type="test.job", source="tests", data=b'{"n": %d}' % n, partitionkey=key)
 
 
 def _n(delivery: Delivery) -> int:
@@ -44,7 +43,8 @@ async def _next(subscription: Subscription, timeout: float = 5.0) -> Delivery:
 
 
 async def test_crashed_consumers_messages_come_back_after_the_lease_counted(
-        adapter: SQLiteAdapter) -> None:
+    adapter: SQLiteAdapter,
+) -> None:
     """A consumer that vanishes without closing (its process killed) keeps its lease
     until it ends; then another consumer of the group gets the message, attempt 2."""
     first = await adapter.subscribe("jobs", SubscribeOptions("g", start_from="earliest"))
@@ -85,8 +85,7 @@ async def test_a_key_is_held_across_consumers_until_settled(adapter: SQLiteAdapt
         task.cancel()
 
 
-async def test_nack_delay_holds_its_key_and_survives_the_consumer(
-        adapter: SQLiteAdapter) -> None:
+async def test_nack_delay_holds_its_key_and_survives_the_consumer(adapter: SQLiteAdapter) -> None:
     """nack(delay) is stored in the row: the message comes back after the delay to any
     consumer of the group (this one closed meanwhile), before its key's next message."""
     first = await adapter.subscribe("t", SubscribeOptions("g", start_from="earliest"))
@@ -105,11 +104,11 @@ async def test_nack_delay_holds_its_key_and_survives_the_consumer(
 
 
 async def test_close_hands_back_what_never_reached_a_handler_uncounted(
-        adapter: SQLiteAdapter) -> None:
+    adapter: SQLiteAdapter,
+) -> None:
     """Messages fetched into the buffer but never handed out go back at close without
     their delivery being counted (a resubscribing consumer must not look like a crash)."""
-    first = await adapter.subscribe("t", SubscribeOptions("g", prefetch=8,
-                                                          start_from="earliest"))
+    first = await adapter.subscribe("t", SubscribeOptions("g", prefetch=8, start_from="earliest"))
     await adapter.publish("t", [_event(n) for n in range(4)])
     handed = await _next(first)
     await first.close()
@@ -153,14 +152,14 @@ async def test_retention_by_age(tmp_path: Path) -> None:
             if len(await adapter.read("t")) == 1:
                 break
             await asyncio.sleep(0.05)
-        assert [r.envelope.data for r in await adapter.read("t") if r.envelope] == [
-            _event(2).data]
+        assert [r.envelope.data for r in await adapter.read("t") if r.envelope] == [_event(2).data]
     finally:
         await adapter.close()
 
 
 async def test_publish_to_group_is_not_browsed_and_reaches_that_group(
-        adapter: SQLiteAdapter) -> None:
+    adapter: SQLiteAdapter,
+) -> None:
     a = await adapter.subscribe("t", SubscribeOptions("a"))
     await adapter.subscribe("t", SubscribeOptions("b"))
     await adapter.publish_to_group("t", "a", [_event(5)])
@@ -194,8 +193,7 @@ async def test_foreign_headers_survive_byte_for_byte(adapter: SQLiteAdapter) -> 
     assert delivery.message_id
 
 
-async def test_publish_inside_a_transaction_on_the_same_file_is_refused(
-        tmp_path: Path) -> None:
+async def test_publish_inside_a_transaction_on_the_same_file_is_refused(tmp_path: Path) -> None:
     """One writer per file: a publish waiting on the task's own open transaction would
     wait for itself; it is refused at once."""
     url = f"sqlite:///{tmp_path / 'app.db'}"
@@ -221,25 +219,28 @@ async def test_tables_are_recorded_for_db_migrate(adapter: SQLiteAdapter) -> Non
     finally:
         await db.close()
     assert [(r.table, r.kind, r.changed) for r in results] == [
-        ("eventbus_messages", "message log", False)]
+        ("eventbus_messages", "message log", False)
+    ]
 
 
-@pytest.mark.parametrize(("url", "words"), [
-    ("sqlite://", "names no file"),
-    ("sqlite://:memory:", "memory://"),
-    ("sqlite:///x.db?lease=0.1", "lease='0.1'"),
-    ("sqlite:///x.db?max_messages=0", "max_messages='0'"),
-    ("sqlite:///x.db?poll=1", "unknown option 'poll'"),
-    ("sqlite:///x.db?lease=1&lease=2", "lease"),
-])
+@pytest.mark.parametrize(
+    ("url", "words"),
+    [
+        ("sqlite://", "names no file"),
+        ("sqlite://:memory:", "memory://"),
+        ("sqlite:///x.db?lease=0.1", "lease='0.1'"),
+        ("sqlite:///x.db?max_messages=0", "max_messages='0'"),
+        ("sqlite:///x.db?poll=1", "unknown option 'poll'"),
+        ("sqlite:///x.db?lease=1&lease=2", "lease"),
+    ],
+)
 async def test_bad_urls_are_one_line_errors(url: str, words: str) -> None:
     with pytest.raises(InvalidURLError, match=words) as error:
         adapter_from_url(url)
     assert "\n" not in str(error.value)
 
 
-async def test_relative_and_absolute_paths(tmp_path: Path,
-                                           monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_relative_and_absolute_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     relative = adapter_from_url("sqlite:///here.db")
     absolute = adapter_from_url(f"sqlite:///{tmp_path}/there.db")

@@ -61,8 +61,13 @@ class KafkaAdapter(ProducerConnection, Adapter):
 
     schemes = ("kafka",)
 
-    def __init__(self, url: str | None = None, *, settings: KafkaSettings | None = None,
-                 client: AIOKafkaProducer | None = None) -> None:
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        settings: KafkaSettings | None = None,
+        client: AIOKafkaProducer | None = None,
+    ) -> None:
         """``KafkaAdapter(url)``, or ``KafkaAdapter(settings=..., client=...)``: settings
         made in code, and optionally a producer you configured and started yourself,
         used as it is (its options win over the settings' producer options) and never
@@ -210,8 +215,7 @@ class KafkaAdapter(ProducerConnection, Adapter):
             if len(records) >= BATCH_MIN:
                 failures = await send_batched(producer, topic, records, self._partition_locks)
             else:
-                failures = await send_each(producer, topic, records,
-                                           lambda: self._publishing == 1)
+                failures = await send_each(producer, topic, records, lambda: self._publishing == 1)
         finally:
             self._publishing -= 1
         if not failures:
@@ -224,8 +228,9 @@ class KafkaAdapter(ProducerConnection, Adapter):
         errors = {i: self._failure(topic, envelopes[i], exc) for i, exc in failures.items()}
         raise BatchPublishError.partial(errors, len(records), f"Kafka topic {topic!r}")
 
-    def _failure(self, topic: str, envelope: Envelope | None, exc: BaseException,
-                 what: str = "") -> Exception:
+    def _failure(
+        self, topic: str, envelope: Envelope | None, exc: BaseException, what: str = ""
+    ) -> Exception:
         """The eventbus error for a produce of ``envelope`` (or ``what``) that failed."""
         what = what or (f"event {envelope.id} ({envelope.type})" if envelope else "a record")
         what = f"publishing {what} to {topic!r} on Kafka at {self.settings.masked_url}"
@@ -259,14 +264,18 @@ class KafkaAdapter(ProducerConnection, Adapter):
             )
         producer = await self._ready_producer()
         await self._provisioner.ensure([topic])
-        with map_exceptions(_classify, on_error=self._forget_if_gone(topic), what=(
-                f"a record to {topic!r} on Kafka at {self.settings.masked_url}")):
+        with map_exceptions(
+            _classify,
+            on_error=self._forget_if_gone(topic),
+            what=(f"a record to {topic!r} on Kafka at {self.settings.masked_url}"),
+        ):
             await producer.send_and_wait(topic, value, key=key, headers=headers)
 
     def _forget_if_gone(self, topic: str) -> Callable[[Exception], None]:
         def forget(exc: Exception) -> None:
             if isinstance(exc, UnknownTopicOrPartitionError):
                 self._provisioner.forget(topic)  # deleted underneath: the retry creates it
+
         return forget
 
     # -- subscribing ---------------------------------------------------------------------
@@ -288,9 +297,7 @@ class KafkaAdapter(ProducerConnection, Adapter):
         self._subscriptions.add(subscription)
         return subscription
 
-    async def publish_to_group(
-        self, topic: str, group: str, envelopes: Sequence[Envelope]
-    ) -> None:
+    async def publish_to_group(self, topic: str, group: str, envelopes: Sequence[Envelope]) -> None:
         """Deliver ``envelopes`` to ``group`` alone, through that group's shortest
         retry topic (``<topic>.<group>.retry.<tier>s``), due at once: only the
         group's own consumers read it, so the topic's other groups never see them.

@@ -44,8 +44,10 @@ async def read_topic(
     )
     stall = settings.request_timeout
     try:
-        with map_exceptions({(KafkaError, OSError): BrokerConnectionError}, what=(
-                f"reading topic {topic!r} on Kafka at {settings.masked_url}")):
+        with map_exceptions(
+            {(KafkaError, OSError): BrokerConnectionError},
+            what=(f"reading topic {topic!r} on Kafka at {settings.masked_url}"),
+        ):
             await asyncio.wait_for(consumer.start(), settings.connect_timeout)
             records = await _read(consumer, topic, partitions, limit, stall)
     finally:
@@ -61,8 +63,7 @@ async def read_topic(
 
 
 async def _read(
-    consumer: AIOKafkaConsumer, topic: str, partitions: list[int], limit: int | None,
-    stall: float,
+    consumer: AIOKafkaConsumer, topic: str, partitions: list[int], limit: int | None, stall: float
 ) -> list[Any]:
     tps = [TopicPartition(topic, p) for p in partitions]
     consumer.assign(tps)

@@ -135,14 +135,24 @@ def decode(
             envelope: Envelope | None = decode_structured(value or b"")
         else:
             text_key = None
-            if key is not None and _PARTITIONKEY_HEADER not in cloud and not any(
-                    n.lower() == _PARTITIONKEY_HEADER for n in cloud):
+            if (
+                key is not None
+                and _PARTITIONKEY_HEADER not in cloud
+                and not any(n.lower() == _PARTITIONKEY_HEADER for n in cloud)
+            ):
                 text_key = _text_key(key)
             envelope = decode_binary(cloud, value, KAFKA_PREFIX, key=text_key)
     except Exception as exc:  # any unreadable record is poison, never a consumer crash
         # Bytes that are no CloudEvent: their dead letter keeps the value and headers.
-        return Decoded(None, f"{type(exc).__name__}: {exc}", value or b"",
-                       foreign_headers(headers), attempt, not_before, origin)
+        return Decoded(
+            None,
+            f"{type(exc).__name__}: {exc}",
+            value or b"",
+            foreign_headers(headers),
+            attempt,
+            not_before,
+            origin,
+        )
     return Decoded(envelope, None, None, None, attempt, not_before, origin)
 
 
@@ -160,8 +170,11 @@ def _text_headers(headers: Sequence[tuple[str, bytes | None]]) -> dict[str, str 
             cloud[name] = raw.decode() if raw else ""
         except (UnicodeDecodeError, AttributeError):
             lowered = name.lower()
-            if lowered.startswith(KAFKA_PREFIX) or lowered == "content-type" or (
-                    name in _TRANSPORT_HEADERS):
+            if (
+                lowered.startswith(KAFKA_PREFIX)
+                or lowered == "content-type"
+                or (name in _TRANSPORT_HEADERS)
+            ):
                 cloud[name] = raw if isinstance(raw, bytes) else str(raw).encode()
     return cloud
 
@@ -170,8 +183,7 @@ def _headerless_structured(cloud: dict[str, str | bytes], value: bytes | None) -
     """A JSON CloudEvent with no CloudEvents headers at all: structured mode."""
     if not value or value[:1] != b"{" or b'"specversion"' not in value:
         return False
-    return not any(n.lower().startswith(KAFKA_PREFIX) or n.lower() == "content-type"
-                   for n in cloud)
+    return not any(n.lower().startswith(KAFKA_PREFIX) or n.lower() == "content-type" for n in cloud)
 
 
 def retry_headers(

@@ -35,9 +35,12 @@ _CONNECTION_ERRORS = (
 
 
 # Whatever fails while connecting: the broker is not there, or not for these credentials.
-_UNREACHABLE: ExceptionMap = {Exception: (
-    BrokerConnectionError,
-    "check that the bootstrap servers are reachable and the credentials are right")}
+_UNREACHABLE: ExceptionMap = {
+    Exception: (
+        BrokerConnectionError,
+        "check that the bootstrap servers are reachable and the credentials are right",
+    )
+}
 
 
 def transient(exc: BaseException) -> bool:
@@ -46,7 +49,8 @@ def transient(exc: BaseException) -> bool:
     UnknownTopicOrPartition), which aiokafka gave up retrying. Publishing again is
     the answer, so it is a BrokerConnectionError, never a permanent refusal."""
     return isinstance(exc, _CONNECTION_ERRORS) or (
-        isinstance(exc, KafkaError) and bool(getattr(exc, "retriable", False)))
+        isinstance(exc, KafkaError) and bool(getattr(exc, "retriable", False))
+    )
 
 
 def half_open_bound(settings: KafkaSettings) -> float:
@@ -94,7 +98,9 @@ class ProducerConnection:
                 "Kafka at %s has no idempotent producer (%s: %s); publishing without "
                 "it, so a produce request retried after a lost reply may write a "
                 "record twice. Set enable_idempotence=false to silence this.",
-                s.masked_url, type(exc).__name__, exc,
+                s.masked_url,
+                type(exc).__name__,
+                exc,
             )
             idempotent = False
             try:
@@ -130,5 +136,8 @@ class ProducerConnection:
 
     def _connect_error(self, exc: Exception) -> Exception:
         s = self.settings
-        return translate(exc, _UNREACHABLE, what=(
-            f"connecting to Kafka at {s.masked_url} (within {s.connect_timeout:g}s)"))
+        return translate(
+            exc,
+            _UNREACHABLE,
+            what=(f"connecting to Kafka at {s.masked_url} (within {s.connect_timeout:g}s)"),
+        )

@@ -110,10 +110,21 @@ class KafkaSubscription(PollKeeper, RunCounter, TopicWatch, Subscription):
         self._commit_lock = asyncio.Lock()
         # Group membership: start offsets and rebalances (rebalance.py).
         self.rebalance = RebalanceTracker(
-            adapter, self.consumer, topic, options, start_from=self.start_from,
-            retry_tiers=self.retry_tiers, logs=self._logs, ready=self._ready,
-            held=self._held, wake=self._wake, dirty=self._dirty,
-            commit_lock=self._commit_lock, commit=self.commit, closed=self._is_closed)
+            adapter,
+            self.consumer,
+            topic,
+            options,
+            start_from=self.start_from,
+            retry_tiers=self.retry_tiers,
+            logs=self._logs,
+            ready=self._ready,
+            held=self._held,
+            wake=self._wake,
+            dirty=self._dirty,
+            commit_lock=self._commit_lock,
+            commit=self.commit,
+            closed=self._is_closed,
+        )
         self._housekeeper: asyncio.Task[None] | None = None
         self._keeper: asyncio.Task[None] | None = None
         self._watcher: asyncio.Task[None] | None = None
@@ -128,24 +139,27 @@ class KafkaSubscription(PollKeeper, RunCounter, TopicWatch, Subscription):
     async def start(self, timeout: float) -> None:
         """Join the group; return once the first assignment's start offsets are pinned."""
         masked = self.adapter.settings.masked_url
-        self.consumer.subscribe([self.topic, *self.retry_tiers],
-                                listener=Listener(self.rebalance))
+        self.consumer.subscribe([self.topic, *self.retry_tiers], listener=Listener(self.rebalance))
         self._housekeeper = asyncio.create_task(self._housekeeping())
         failures: ExceptionMap = {
-            TimeoutError: (BrokerConnectionError, f"no partition assignment within "
-                                                  f"{timeout:.0f}s"),
+            TimeoutError: (BrokerConnectionError, f"no partition assignment within {timeout:.0f}s"),
             (KafkaError, OSError): BrokerConnectionError,
         }
         try:
-            with map_exceptions(failures, what=(
+            with map_exceptions(
+                failures,
+                what=(
                     f"subscribing to {self.topic!r} as group {self.options.group!r} on Kafka "
-                    f"at {masked}")):
+                    f"at {masked}"
+                ),
+            ):
                 # start() bootstraps and joins the group (waiting for the first
                 # assignment); then the housekeeper pins the start offsets of it.
                 await asyncio.wait_for(self.consumer.start(), timeout)
                 await asyncio.wait_for(self.rebalance.assigned.wait(), timeout)
-            self._keeper = asyncio.create_task(self._keep_membership(
-                keeper_tick(self.adapter.settings.max_poll_interval)))
+            self._keeper = asyncio.create_task(
+                self._keep_membership(keeper_tick(self.adapter.settings.max_poll_interval))
+            )
             self._watcher = asyncio.create_task(self._watch_topic())
         except Exception:
             await self.close()
@@ -169,8 +183,9 @@ class KafkaSubscription(PollKeeper, RunCounter, TopicWatch, Subscription):
             task.cancel()
         if tasks:
             cancelled |= await best_effort(what, asyncio.gather(*tasks, return_exceptions=True))
-        cancelled |= await best_effort(f"{what}: final commit",
-                                       asyncio.wait_for(self.commit(final=True), COMMIT_TIMEOUT))
+        cancelled |= await best_effort(
+            f"{what}: final commit", asyncio.wait_for(self.commit(final=True), COMMIT_TIMEOUT)
+        )
         cancelled |= await best_effort(f"{what}: leaving the group", self.consumer.stop())
         # When stop() was interrupted (by aiokafka's own CancelledError) it skipped
         # closing the client's connections; close them, or their sockets leak.
@@ -191,8 +206,9 @@ class KafkaSubscription(PollKeeper, RunCounter, TopicWatch, Subscription):
         if self._settled - self._commit_started >= self.adapter.settings.commit_every:
             self._commit_due.set()
 
-    def redeliver_locally(self, delivery: KafkaDelivery, delay: float,
-                          error: BaseException | None) -> None:
+    def redeliver_locally(
+        self, delivery: KafkaDelivery, delay: float, error: BaseException | None
+    ) -> None:
         """Keep a delivery whose nack could not be re-published; hand it out after ``delay``."""
         log_, entry = delivery._log, delivery._entry
         entry.handed_out = False
@@ -202,14 +218,19 @@ class KafkaSubscription(PollKeeper, RunCounter, TopicWatch, Subscription):
         log.warning(
             "could not re-publish message %s of %r (group %r) to its retry topic (%s); "
             "it stays uncommitted and this consumer will redeliver it in %.1fs",
-            delivery.message_id, self.topic, self.options.group,
-            f"{type(error).__name__}: {error}" if error else "cancelled", delay,
+            delivery.message_id,
+            self.topic,
+            self.options.group,
+            f"{type(error).__name__}: {error}" if error else "cancelled",
+            delay,
         )
-        self._hold_locally(delivery._record, log_, entry, int((time.time() + delay) * 1000),
-                           delivery.attempt + 1)
+        self._hold_locally(
+            delivery._record, log_, entry, int((time.time() + delay) * 1000), delivery.attempt + 1
+        )
 
-    def _hold_locally(self, record: Any, log_: PartitionLog, entry: Entry, due_ms: int,
-                      attempt: int) -> None:
+    def _hold_locally(
+        self, record: Any, log_: PartitionLog, entry: Entry, due_ms: int, attempt: int
+    ) -> None:
         self._sequence += 1
         heapq.heappush(self._local, (due_ms, self._sequence, record, log_, entry, attempt))
         self._wake.set()
@@ -219,18 +240,30 @@ class KafkaSubscription(PollKeeper, RunCounter, TopicWatch, Subscription):
         tiers = self.adapter.settings.delay_tiers
         return retry_topic(self.topic, self.options.group, pick_tier(delay, tiers))
 
-    async def _forward(self, record: Any, log_: PartitionLog, entry: Entry,
-                       not_before_ms: int) -> None:
+    async def _forward(
+        self, record: Any, log_: PartitionLog, entry: Entry, not_before_ms: int
+    ) -> None:
         """Pass a record its tier released early (a delay beyond the longest tier) on."""
         remaining = (not_before_ms - time.time() * 1000) / 1000
         try:
-            await self.adapter.send_record(self.retry_topic_for(remaining), record.key,
-                                           record.value, list(record.headers or ()))
+            await self.adapter.send_record(
+                self.retry_topic_for(remaining),
+                record.key,
+                record.value,
+                list(record.headers or ()),
+            )
         except Exception as exc:
             attempt = decode(record.key, record.value, record.headers or ()).attempt
-            log.warning("could not forward retry record %s/%s/%s (%s: %s); this consumer "
-                        "will redeliver it in %.1fs", record.topic, record.partition,
-                        record.offset, type(exc).__name__, exc, remaining)
+            log.warning(
+                "could not forward retry record %s/%s/%s (%s: %s); this consumer "
+                "will redeliver it in %.1fs",
+                record.topic,
+                record.partition,
+                record.offset,
+                type(exc).__name__,
+                exc,
+                remaining,
+            )
             self._hold_locally(record, log_, entry, not_before_ms, attempt)
             return
         if log_.settle(entry):
@@ -240,8 +273,7 @@ class KafkaSubscription(PollKeeper, RunCounter, TopicWatch, Subscription):
         self._outstanding -= 1
         self._wake.set()
 
-    async def commit(self, only: set[TopicPartition] | None = None,
-                     final: bool = False) -> None:
+    async def commit(self, only: set[TopicPartition] | None = None, final: bool = False) -> None:
         """Commit the settled prefix of every owned partition (or of ``only``).
 
         ``final`` (a revoke, the close): nothing more starts here, so a partition with
@@ -276,7 +308,9 @@ class KafkaSubscription(PollKeeper, RunCounter, TopicWatch, Subscription):
                 log.warning(
                     "could not commit offsets of group %r on %r (%s: %s); retrying, and "
                     "until a commit succeeds a restart or rebalance redelivers what was "
-                    "handled since the last one", self.options.group, self.topic,
+                    "handled since the last one",
+                    self.options.group,
+                    self.topic,
                     type(exc).__name__,
                     str(exc).strip().splitlines()[0] if str(exc) else "timed out",
                 )
@@ -343,11 +377,17 @@ class KafkaSubscription(PollKeeper, RunCounter, TopicWatch, Subscription):
                 continue
             self._resume_fetching()
             try:
-                with map_exceptions({KafkaError: ConnectionLostError}, what=(
+                with map_exceptions(
+                    {KafkaError: ConnectionLostError},
+                    what=(
                         f"consuming {self.topic!r} as group {self.options.group!r} on Kafka at "
-                        f"{self.adapter.settings.masked_url}"), hint="subscribing again"):
-                    batch = await self._poll(int(min(wait, 1.0) * 1000),
-                                             prefetch - self._outstanding)
+                        f"{self.adapter.settings.masked_url}"
+                    ),
+                    hint="subscribing again",
+                ):
+                    batch = await self._poll(
+                        int(min(wait, 1.0) * 1000), prefetch - self._outstanding
+                    )
             except ConsumerStoppedError:
                 return
             if not self._closed:
@@ -367,13 +407,17 @@ class KafkaSubscription(PollKeeper, RunCounter, TopicWatch, Subscription):
         if self._settled - self._commit_started >= settings.commit_every:
             await asyncio.sleep(0)
         bound = settings.max_uncommitted
-        if bound and self._settled - self._commit_covered >= bound \
-                and not self._commit_idle.is_set():
+        if (
+            bound
+            and self._settled - self._commit_covered >= bound
+            and not self._commit_idle.is_set()
+        ):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._commit_idle.wait(), COMMIT_TIMEOUT)
 
-    def _hand_out(self, record: Any, log_: PartitionLog, entry: Entry,
-                  attempt: int | None = None) -> Delivery:
+    def _hand_out(
+        self, record: Any, log_: PartitionLog, entry: Entry, attempt: int | None = None
+    ) -> Delivery:
         delivery = KafkaDelivery(self, record, log_, entry, attempt, entry.earlier_runs)
         entry.handed_out = True
         entry.started = False
@@ -397,8 +441,11 @@ class KafkaSubscription(PollKeeper, RunCounter, TopicWatch, Subscription):
                 continue
             for record in records:
                 entry = log_.add(record.offset, record)
-                due = 0 if tier is None else release_at(
-                    record, not_before(record, NOT_BEFORE_HEADER), tier, now_ms)
+                due = (
+                    0
+                    if tier is None
+                    else release_at(record, not_before(record, NOT_BEFORE_HEADER), tier, now_ms)
+                )
                 if held is not None:
                     held.append((record, log_, entry, due))
                 elif due > now_ms:

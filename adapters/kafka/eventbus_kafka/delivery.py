@@ -43,8 +43,15 @@ class KafkaDelivery(Delivery):
 
     __slots__ = ("_dropped", "_entry", "_log", "_owner", "_record")
 
-    def __init__(self, owner: KafkaSubscription, record: Any, log_: PartitionLog,
-                 entry: Entry, attempt: int | None = None, earlier_runs: int = 0) -> None:
+    def __init__(
+        self,
+        owner: KafkaSubscription,
+        record: Any,
+        log_: PartitionLog,
+        entry: Entry,
+        attempt: int | None = None,
+        earlier_runs: int = 0,
+    ) -> None:
         decoded = decode(record.key, record.value, record.headers or ())
         super().__init__(
             decoded,

@@ -49,13 +49,15 @@ class PollKeeper:
     def _accept(self, batch: dict[TopicPartition, list[Any]]) -> None:
         raise NotImplementedError
 
-    async def _poll(self, timeout_ms: int, max_records: int | None = None
-                    ) -> dict[TopicPartition, list[Any]]:
+    async def _poll(
+        self, timeout_ms: int, max_records: int | None = None
+    ) -> dict[TopicPartition, list[Any]]:
         """``getmany`` with the keeper told that a poll is in progress."""
         self._polls += 1
         try:
             batch: dict[TopicPartition, list[Any]] = await self.consumer.getmany(
-                timeout_ms=timeout_ms, max_records=max_records)
+                timeout_ms=timeout_ms, max_records=max_records
+            )
             return batch
         finally:
             self._polls -= 1
@@ -83,5 +85,4 @@ class PollKeeper:
         """Undo the keeper's pause (partitions held for a retry stay paused)."""
         if self._paused_while_busy:
             self._paused_while_busy = False
-            self.consumer.resume(
-                *(tp for tp in self.consumer.assignment() if tp not in self._held))
+            self.consumer.resume(*(tp for tp in self.consumer.assignment() if tp not in self._held))

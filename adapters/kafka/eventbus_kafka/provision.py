@@ -93,8 +93,9 @@ class TopicProvisioner:
             NewTopic(t, self.settings.partitions, self.settings.replication, topic_configs=configs)
             for t in topics
         ]
-        with map_exceptions(_UNREACHABLE, what=(
-                f"creating topics {topics} on Kafka at {self.settings.masked_url}")):
+        with map_exceptions(
+            _UNREACHABLE, what=(f"creating topics {topics} on Kafka at {self.settings.masked_url}")
+        ):
             response = await admin.create_topics(new)
         for topic, code, message in _topic_errors(response):
             if code in (0, TOPIC_ALREADY_EXISTS):
@@ -118,8 +119,10 @@ class TopicProvisioner:
         if self._admin is None:
             admin = AIOKafkaAdminClient(**self._client_options)
             try:
-                with map_exceptions(_UNREACHABLE, what=(
-                        f"starting the admin client on Kafka at {self.settings.masked_url}")):
+                with map_exceptions(
+                    _UNREACHABLE,
+                    what=(f"starting the admin client on Kafka at {self.settings.masked_url}"),
+                ):
                     await admin.start()
             except BaseException:
                 await _close_quietly(admin)
@@ -144,12 +147,18 @@ class TopicProvisioner:
         """Every topic the cluster reports, with its partition ids (one metadata request
         for all topics: naming a missing one makes brokers with auto-creation create it)."""
         admin = await self._admin_client()
-        with map_exceptions(_UNREACHABLE, what=(
-                f"reading the topic metadata of Kafka at {self.settings.masked_url}")):
-            topics = await asyncio.wait_for(admin.describe_topics(None),
-                                            self.settings.request_timeout)
-        return {item["topic"]: sorted(int(p["partition"]) for p in item["partitions"])
-                for item in topics if item["error_code"] == 0}
+        with map_exceptions(
+            _UNREACHABLE,
+            what=(f"reading the topic metadata of Kafka at {self.settings.masked_url}"),
+        ):
+            topics = await asyncio.wait_for(
+                admin.describe_topics(None), self.settings.request_timeout
+            )
+        return {
+            item["topic"]: sorted(int(p["partition"]) for p in item["partitions"])
+            for item in topics
+            if item["error_code"] == 0
+        }
 
     async def group_offsets(
         self, group: str, partitions: list[TopicPartition]

@@ -71,15 +71,16 @@ async def send_batched(
         for index in indexes:
             key, value, headers, _ = records[index]
             if builder.append(key=key, value=value, timestamp=None, headers=headers) is None:
-                await _submit(producer, topic, partition, builder, in_batch, pending, failures,
-                              locks)
+                await _submit(
+                    producer, topic, partition, builder, in_batch, pending, failures, locks
+                )
                 builder, in_batch = producer.create_batch(), []
                 # An empty batch takes any record, whatever its size (aiokafka's rule);
                 # should that ever change, the record fails instead of going missing.
-                if builder.append(key=key, value=value, timestamp=None,
-                                  headers=headers) is None:
+                if builder.append(key=key, value=value, timestamp=None, headers=headers) is None:
                     failures[index] = MessageSizeTooLargeError(
-                        f"a record of {len(value)} bytes does not fit an empty batch")
+                        f"a record of {len(value)} bytes does not fit an empty batch"
+                    )
                     continue
             in_batch.append(index)
         await _submit(producer, topic, partition, builder, in_batch, pending, failures, locks)
@@ -90,9 +91,16 @@ async def send_batched(
     return failures
 
 
-async def _submit(producer: AIOKafkaProducer, topic: str, partition: int, builder: Any,
-                  indexes: list[int], pending: list[tuple[Any, list[int]]],
-                  failures: dict[int, BaseException], locks: Locks) -> None:
+async def _submit(
+    producer: AIOKafkaProducer,
+    topic: str,
+    partition: int,
+    builder: Any,
+    indexes: list[int],
+    pending: list[tuple[Any, list[int]]],
+    failures: dict[int, BaseException],
+    locks: Locks,
+) -> None:
     if not indexes:
         return
     # Closed, the batch is complete: the sender takes it without lingering.
@@ -110,8 +118,7 @@ async def _submit(producer: AIOKafkaProducer, topic: str, partition: int, builde
 
 
 async def send_each(
-    producer: AIOKafkaProducer, topic: str, records: Sequence[Record],
-    alone: Callable[[], bool],
+    producer: AIOKafkaProducer, topic: str, records: Sequence[Record], alone: Callable[[], bool]
 ) -> dict[int, BaseException]:
     """``send()`` record by record; ``alone``: no other publish in flight, send now."""
     futures: list[Any] = []

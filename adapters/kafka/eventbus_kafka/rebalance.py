@@ -74,12 +74,24 @@ class RebalanceTracker:
     suspended by a revoke, and what tells a topic created anew.
     """
 
-    def __init__(self, adapter: KafkaAdapter, consumer: AIOKafkaConsumer, topic: str,
-                 options: SubscribeOptions, *, start_from: str, retry_tiers: dict[str, float],
-                 logs: dict[TopicPartition, PartitionLog], ready: Ready, held: Held,
-                 wake: asyncio.Event, dirty: asyncio.Event, commit_lock: asyncio.Lock,
-                 commit: Callable[..., Awaitable[None]],
-                 closed: Callable[[], bool]) -> None:
+    def __init__(
+        self,
+        adapter: KafkaAdapter,
+        consumer: AIOKafkaConsumer,
+        topic: str,
+        options: SubscribeOptions,
+        *,
+        start_from: str,
+        retry_tiers: dict[str, float],
+        logs: dict[TopicPartition, PartitionLog],
+        ready: Ready,
+        held: Held,
+        wake: asyncio.Event,
+        dirty: asyncio.Event,
+        commit_lock: asyncio.Lock,
+        commit: Callable[..., Awaitable[None]],
+        closed: Callable[[], bool],
+    ) -> None:
         self.adapter = adapter
         self.consumer = consumer
         self.topic = topic
@@ -137,11 +149,14 @@ class RebalanceTracker:
         # from the start, whatever start_from says.
         recreated = self.adapter.recreated
         later = self.assigned.is_set()
-        earliest = [tp for tp in fresh
-                    if self.start_from == "earliest" or later or tp.topic in recreated]
+        earliest = [
+            tp for tp in fresh if self.start_from == "earliest" or later or tp.topic in recreated
+        ]
         latest = [tp for tp in fresh if tp not in earliest]
-        for wanted, find in ((earliest, self.consumer.beginning_offsets),
-                             (latest, self.consumer.end_offsets)):
+        for wanted, find in (
+            (earliest, self.consumer.beginning_offsets),
+            (latest, self.consumer.end_offsets),
+        ):
             if not wanted:
                 continue
             try:  # one ListOffsets request for all of them
@@ -164,9 +179,13 @@ class RebalanceTracker:
                 try:
                     await self.consumer.commit(pins)
                 except (KafkaError, ConsumerStoppedError) as exc:
-                    log.warning("could not commit the start offsets of group %r on %r "
-                                "(%s); a new group falls back to the earliest record",
-                                self.options.group, self.topic, type(exc).__name__)
+                    log.warning(
+                        "could not commit the start offsets of group %r on %r "
+                        "(%s); a new group falls back to the earliest record",
+                        self.options.group,
+                        self.topic,
+                        type(exc).__name__,
+                    )
         self.assigned.set()
 
     def _forget_fetched(self, tp: TopicPartition) -> None:
@@ -182,16 +201,24 @@ class RebalanceTracker:
         group = self.options.group
         try:
             found = await asyncio.wait_for(
-                self.adapter.group_offsets(group, partitions), COMMIT_TIMEOUT)
+                self.adapter.group_offsets(group, partitions), COMMIT_TIMEOUT
+            )
         except Exception as exc:  # no such group, or no admin rights: start as configured
             log.debug("no offsets of the former Kafka group %r: %s", group, exc)
             return {}
-        offsets = {tp: meta.offset for tp, meta in found.items()
-                   if tp in partitions and meta is not None and meta.offset >= 0}
+        offsets = {
+            tp: meta.offset
+            for tp, meta in found.items()
+            if tp in partitions and meta is not None and meta.offset >= 0
+        }
         if offsets:
-            log.info("group %r on %r starts where the former Kafka group %r stopped: %s",
-                     group, self.topic, group,
-                     {f"{tp.topic}/{tp.partition}": o for tp, o in offsets.items()})
+            log.info(
+                "group %r on %r starts where the former Kafka group %r stopped: %s",
+                group,
+                self.topic,
+                group,
+                {f"{tp.topic}/{tp.partition}": o for tp, o in offsets.items()},
+            )
         return offsets
 
     def on_assigned(self, assigned: set[TopicPartition]) -> None:
@@ -245,8 +272,12 @@ class RebalanceTracker:
             self._missing.discard(topic)
             self._counts[topic] = len(partitions)
         for topic in anew:
-            log.warning("topic %r was deleted and created again underneath group %r; "
-                        "reading it from its start", topic, self.options.group)
+            log.warning(
+                "topic %r was deleted and created again underneath group %r; "
+                "reading it from its start",
+                topic,
+                self.options.group,
+            )
             self.adapter.topic_deleted(topic)
         return anew
 
@@ -280,8 +311,10 @@ class RebalanceTracker:
             log_.suspended = True
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.adapter.settings.rebalance_grace
-        while not self._closed() and loop.time() < deadline and any(
-            log_.in_flight for log_ in logs.values()
+        while (
+            not self._closed()
+            and loop.time() < deadline
+            and any(log_.in_flight for log_ in logs.values())
         ):
             self._wake.clear()
             with contextlib.suppress(TimeoutError):

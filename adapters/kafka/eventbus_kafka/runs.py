@@ -74,7 +74,7 @@ def runs_from(metadata: str | None) -> int:
     if not metadata or not metadata.startswith(RUNS_PREFIX):
         return 0
     try:
-        return max(0, int(metadata[len(RUNS_PREFIX):]))
+        return max(0, int(metadata[len(RUNS_PREFIX) :]))
     except ValueError:
         return 0
 
@@ -88,8 +88,7 @@ class RunCounter:
     consumer: AIOKafkaConsumer
     _commit_lock: asyncio.Lock
 
-    async def commit(self, only: set[TopicPartition] | None = None,
-                     final: bool = False) -> None:
+    async def commit(self, only: set[TopicPartition] | None = None, final: bool = False) -> None:
         raise NotImplementedError
 
     async def _count_head_run(self, record: Any, log_: PartitionLog, entry: Entry) -> int:
@@ -108,29 +107,41 @@ class RunCounter:
         async with self._commit_lock:
             try:
                 await self.consumer.commit(
-                    {tp: OffsetAndMetadata(record.offset, runs_metadata(earlier + 1))})
+                    {tp: OffsetAndMetadata(record.offset, runs_metadata(earlier + 1))}
+                )
             except (KafkaError, ConsumerStoppedError) as exc:
-                log.warning("could not record run %d of %s/%s/%s in the group's commit (%s: "
-                            "%s); a crash in this run will not be counted", earlier + 1,
-                            record.topic, record.partition, record.offset,
-                            type(exc).__name__, exc)
+                log.warning(
+                    "could not record run %d of %s/%s/%s in the group's commit (%s: "
+                    "%s); a crash in this run will not be counted",
+                    earlier + 1,
+                    record.topic,
+                    record.partition,
+                    record.offset,
+                    type(exc).__name__,
+                    exc,
+                )
                 return earlier
         log_.counted = entry
         log_.committed = record.offset  # a commit of the same offset would clear the count
         if self.adapter.keeps_commit_metadata is None:
             await self._check_metadata_kept(tp, earlier + 1)
         if earlier:
-            log.warning("record %s/%s/%s of group %r starts its run %d: %d earlier run(s) "
-                        "ended without settling it (the process crashed or was killed)",
-                        record.topic, record.partition, record.offset, self.options.group,
-                        earlier + 1, earlier)
+            log.warning(
+                "record %s/%s/%s of group %r starts its run %d: %d earlier run(s) "
+                "ended without settling it (the process crashed or was killed)",
+                record.topic,
+                record.partition,
+                record.offset,
+                self.options.group,
+                earlier + 1,
+                earlier,
+            )
         return earlier
 
     async def _committed(self, tp: TopicPartition) -> OffsetAndMetadata | None:
         group = kafka_group_id(self.options.group, self.topic)
         try:
-            found = await asyncio.wait_for(
-                self.adapter.group_offsets(group, [tp]), COMMIT_TIMEOUT)
+            found = await asyncio.wait_for(self.adapter.group_offsets(group, [tp]), COMMIT_TIMEOUT)
         except Exception as exc:  # unknown: run it uncounted rather than hold it up
             log.debug("could not read the committed offset of %s: %s", tp, exc)
             return None
@@ -150,7 +161,9 @@ class RunCounter:
                 "%r), where this adapter counts the runs of a record across crashes: a "
                 "record whose handler kills the process is redelivered forever instead of "
                 "being dead-lettered after max_attempts. Apache Kafka keeps it.",
-                self.adapter.settings.masked_url, committed.metadata)
+                self.adapter.settings.masked_url,
+                committed.metadata,
+            )
 
     def careful_window(self) -> int:
         """Records after a crashed owner's commit that may have started uncounted:

@@ -166,16 +166,26 @@ class KafkaSettings:
             values["sasl_username"] = username
         if password is not None:
             values["sasl_password"] = password
-        values.update(parse_options(
-            query_pairs(parts.query, plus_is_space=False), _OPTIONS,
-            name="Kafka", shown=masked_, secrets=("sasl_password",), renamed=RENAMED,
-        ))
+        values.update(
+            parse_options(
+                query_pairs(parts.query, plus_is_space=False),
+                _OPTIONS,
+                name="Kafka",
+                shown=masked_,
+                secrets=("sasl_password",),
+                renamed=RENAMED,
+            )
+        )
         if "max_message_bytes" in values:
             values["max_message_bytes_set"] = True
         _check_sasl(values, masked_)
-        check_tls(values, tls=values.get("security_protocol", "PLAINTEXT") in ("SSL", "SASL_SSL"),
-                  name="Kafka", shown=masked_,
-                  use="set security_protocol=SSL (or SASL_SSL with a login)")
+        check_tls(
+            values,
+            tls=values.get("security_protocol", "PLAINTEXT") in ("SSL", "SASL_SSL"),
+            name="Kafka",
+            shown=masked_,
+            use="set security_protocol=SSL (or SASL_SSL with a login)",
+        )
         return cls(**values)
 
 
@@ -226,8 +236,10 @@ def _compression(raw: str) -> str:
 
     value = choice(*COMPRESSION_TYPES, fold=str.lower)(raw)
     if not getattr(aiokafka.codec, f"has_{value}")():
-        raise ValueError(f"{value} needs the Python package {_COMPRESSION_PACKAGES[value]}; "
-                         "install it or choose another compression")
+        raise ValueError(
+            f"{value} needs the Python package {_COMPRESSION_PACKAGES[value]}; "
+            "install it or choose another compression"
+        )
     return value
 
 
@@ -269,9 +281,18 @@ RENAMED: dict[str, Renamed] = {
     "ssl_certfile": Renamed("tls_cert"),
     "ssl_keyfile": Renamed("tls_key"),
     "retry_tiers": Renamed("delay_tiers"),
-    **{f"{name}_ms": Renamed(name, from_milliseconds(integer(low)), "seconds")
-       for name, low in (("linger", 0), ("request_timeout", 1), ("session_timeout", 1),
-                         ("heartbeat_interval", 1), ("rebalance_timeout", 1),
-                         ("max_poll_interval", 1), ("metadata_max_age", 1000),
-                         ("commit_interval", 1), ("rebalance_grace", 0))},
+    **{
+        f"{name}_ms": Renamed(name, from_milliseconds(integer(low)), "seconds")
+        for name, low in (
+            ("linger", 0),
+            ("request_timeout", 1),
+            ("session_timeout", 1),
+            ("heartbeat_interval", 1),
+            ("rebalance_timeout", 1),
+            ("max_poll_interval", 1),
+            ("metadata_max_age", 1000),
+            ("commit_interval", 1),
+            ("rebalance_grace", 0),
+        )
+    },
 }

@@ -87,8 +87,9 @@ class TopicWatch:
                 now = await self.adapter.topic_partitions(topic)
             except BrokerConnectionError:
                 return  # the cluster does not answer: an outage, reported elsewhere
-            if now is None or any(tp.partition not in now for tp in partitions
-                                  if tp.topic == topic):
+            if now is None or any(
+                tp.partition not in now for tp in partitions if tp.topic == topic
+            ):
                 self._lost = self._deleted(topic)
                 self._wake.set()
                 return
@@ -110,17 +111,21 @@ class TopicWatch:
         owned = self.consumer.assignment()
         # No partition of the topic here: other members have them, or it is gone.
         if not any(tp.topic == self.topic for tp in owned) and (
-                not await self.adapter.topic_exists(self.topic)):
+            not await self.adapter.topic_exists(self.topic)
+        ):
             raise self._deleted()
         ready = sum(1 for item in self._ready if not (item[1].revoked or item[1].suspended))
         assigned = [tp for tp in owned if tp not in self._held]
         if not assigned:
             return ready
         try:
-            with map_exceptions({(KafkaError, ConsumerStoppedError, TimeoutError):
-                                 BrokerConnectionError}, what=(
+            with map_exceptions(
+                {(KafkaError, ConsumerStoppedError, TimeoutError): BrokerConnectionError},
+                what=(
                     f"reading the log end offsets of {self.topic!r} for group "
-                    f"{self.options.group!r} on Kafka at {self.adapter.settings.masked_url}")):
+                    f"{self.options.group!r} on Kafka at {self.adapter.settings.masked_url}"
+                ),
+            ):
                 lag = await self._lag(assigned)
         except BrokerConnectionError as exc:
             if not await self.adapter.topic_exists(self.topic):
@@ -134,8 +139,11 @@ class TopicWatch:
         timeout = self.adapter.settings.request_timeout
         ends = await asyncio.wait_for(self.consumer.end_offsets(assigned), timeout)
         now_ms = int(time.time() * 1000)
-        cutoffs = {tp: now_ms - round(self.retry_tiers[tp.topic] * 1000)
-                   for tp in assigned if tp.topic in self.retry_tiers}
+        cutoffs = {
+            tp: now_ms - round(self.retry_tiers[tp.topic] * 1000)
+            for tp in assigned
+            if tp.topic in self.retry_tiers
+        }
         due = {}
         if cutoffs:
             found = await asyncio.wait_for(self.consumer.offsets_for_times(cutoffs), timeout)

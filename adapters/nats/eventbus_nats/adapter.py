@@ -24,13 +24,7 @@ from nats.js import JetStreamContext
 from nats.js.api import RawStreamMsg
 from nats.js.errors import NotFoundError
 
-from eventbus.adapter import (
-    Capabilities,
-    HealthReport,
-    ReadRecord,
-    SubscribeOptions,
-    Subscription,
-)
+from eventbus.adapter import Capabilities, HealthReport, ReadRecord, SubscribeOptions, Subscription
 from eventbus.adapters_util import map_exceptions
 from eventbus.envelope import Envelope
 from eventbus.errors import BrokerConnectionError, TopicNotFoundError
@@ -63,8 +57,13 @@ class NatsAdapter(NatsAdapterBase):
     role = "JetStream adapter"
     other_kind = "NatsAdapter is JetStream only; use NatsCoreAdapter for {}"
 
-    def __init__(self, url: str | None = None, *, settings: NatsSettings | None = None,
-                 client: Client | None = None) -> None:
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        settings: NatsSettings | None = None,
+        client: Client | None = None,
+    ) -> None:
         super().__init__(url, settings, client)
         s = self.settings
         self.capabilities = Capabilities(
@@ -117,7 +116,7 @@ class NatsAdapter(NatsAdapterBase):
             {Exception: BrokerConnectionError},
             what=f"asking JetStream for the account at {s.masked_url}",
             hint="NATS answered but JetStream did not: start nats-server with -js, or use "
-                 "nats+core:// for core NATS (at-most-once)",
+            "nats+core:// for core NATS (at-most-once)",
         ):
             await js.account_info()
         self._learn_limits(client)
@@ -128,12 +127,14 @@ class NatsAdapter(NatsAdapterBase):
         (unless it is a client the user gave)."""
         # Together: each waits up to fetch_timeout for its open pull requests.
         subscriptions = list(self._subscriptions)
-        results = await asyncio.gather(*(sub.close() for sub in subscriptions),
-                                       return_exceptions=True)
+        results = await asyncio.gather(
+            *(sub.close() for sub in subscriptions), return_exceptions=True
+        )
         for subscription, result in zip(subscriptions, results, strict=True):
             if isinstance(result, Exception):
-                log.warning("closing a NATS subscription of %s failed: %s",
-                            subscription.topic, result)
+                log.warning(
+                    "closing a NATS subscription of %s failed: %s", subscription.topic, result
+                )
         self._subscriptions.clear()
         for task in self._background:
             task.cancel()
@@ -147,21 +148,28 @@ class NatsAdapter(NatsAdapterBase):
         try:
             js = await self._ready()
             if not self.client.is_connected:
-                return HealthReport(False, f"NATS at {s.masked_url} is not connected "
-                                    "(reconnecting)")
+                return HealthReport(
+                    False, f"NATS at {s.masked_url} is not connected (reconnecting)"
+                )
             # Bounded well below request_timeout: a health probe must answer while
             # the client has not yet noticed a dropped connection (the request would
             # otherwise wait in the reconnect buffer).
             info = await asyncio.wait_for(js.account_info(), min(1.0, s.request_timeout))
         except Exception as exc:
-            return HealthReport(False, f"NATS JetStream at {s.masked_url}: "
-                                f"{type(exc).__name__}: {exc}")
-        return HealthReport(True, f"NATS JetStream at {s.masked_url} answered", {
-            "server": str(self.client.connected_url.netloc if self.client.connected_url
-                          else ""),
-            "streams": str(info.streams),
-            "consumers": str(info.consumers),
-        })
+            return HealthReport(
+                False, f"NATS JetStream at {s.masked_url}: {type(exc).__name__}: {exc}"
+            )
+        return HealthReport(
+            True,
+            f"NATS JetStream at {s.masked_url} answered",
+            {
+                "server": str(
+                    self.client.connected_url.netloc if self.client.connected_url else ""
+                ),
+                "streams": str(info.streams),
+                "consumers": str(info.consumers),
+            },
+        )
 
     # -- publishing --------------------------------------------------------------------
 
@@ -177,8 +185,7 @@ class NatsAdapter(NatsAdapterBase):
         """Store ``payload`` with ``headers`` as NATS headers, byte for byte."""
         await self.publisher.publish_raw(topic, payload, headers)
 
-    async def publish_to_group(self, topic: str, group: str,
-                               envelopes: Sequence[Envelope]) -> None:
+    async def publish_to_group(self, topic: str, group: str, envelopes: Sequence[Envelope]) -> None:
         """Deliver ``envelopes`` to ``group`` of ``topic`` alone, through the route
         stream (see :mod:`eventbus_nats.group_route`)."""
         await self.publisher.publish_to_group(topic, group, envelopes)
@@ -190,25 +197,31 @@ class NatsAdapter(NatsAdapterBase):
         if new) on ``topic``'s stream; returns once the consumer exists."""
         js = await self._ready()
         stream = await self._provisioner.ensure_stream(js, topic)
-        how = await self._provisioner.ensure_consumer(js, stream, options.group,
-                                                      options.start_from)
+        how = await self._provisioner.ensure_consumer(js, stream, options.group, options.start_from)
         consumer = self._provisioner.consumer_name(options.group)
         if how is not None:
-            log.debug("JetStream consumer %r of group %r on stream %r created %s", consumer,
-                      options.group, stream, how)
+            log.debug(
+                "JetStream consumer %r of group %r on stream %r created %s",
+                consumer,
+                options.group,
+                stream,
+                how,
+            )
         subscription = JetStreamSubscription(self, topic, stream, consumer, options)
         await subscription.start()
         self._subscriptions.add(subscription)
         try:
-            route = await self._subscribe_route(js, topic,
-                                                replace(options, prefetch=ROUTE_PREFETCH))
+            route = await self._subscribe_route(
+                js, topic, replace(options, prefetch=ROUTE_PREFETCH)
+            )
         except BaseException:
             await subscription.close()
             raise
         return _GroupSubscription(subscription, route, topic)
 
-    async def _subscribe_route(self, js: JetStreamContext, topic: str,
-                               options: SubscribeOptions) -> JetStreamSubscription:
+    async def _subscribe_route(
+        self, js: JetStreamContext, topic: str, options: SubscribeOptions
+    ) -> JetStreamSubscription:
         """The group's member on its route (what :meth:`publish_to_group` sent it)."""
         consumer = await self._routes.ensure_consumer(js, topic, options.group)
         route = JetStreamSubscription(self, topic, self._routes.stream, consumer, options)
@@ -233,10 +246,12 @@ class NatsAdapter(NatsAdapterBase):
         name = self._provisioner.stream_name(topic)
         records: list[ReadRecord] = []
         with map_exceptions(
-            {NotFoundError: (TopicNotFoundError, "check the name (reading creates nothing)"),
-             CONNECTION_ERRORS: BrokerConnectionError},
+            {
+                NotFoundError: (TopicNotFoundError, "check the name (reading creates nothing)"),
+                CONNECTION_ERRORS: BrokerConnectionError,
+            },
             what=f"reading topic {topic!r} (JetStream stream {name!r}) on NATS at "
-                 f"{self.settings.masked_url}",
+            f"{self.settings.masked_url}",
         ):
             info = await js.stream_info(name)
             seq, last = info.state.first_seq, info.state.last_seq
@@ -247,11 +262,11 @@ class NatsAdapter(NatsAdapterBase):
                     seq += 1
                     continue
                 decoded = decode(_headers_of(raw), raw.data or b"")
-                records.append(ReadRecord(topic, f"{name}/{seq}", decoded.envelope,
-                                          decoded.raw, decoded.error))
+                records.append(
+                    ReadRecord(topic, f"{name}/{seq}", decoded.envelope, decoded.raw, decoded.error)
+                )
                 seq += 1
         return records
-
 
 
 def _headers_of(raw: RawStreamMsg) -> dict[str, str] | None:
@@ -260,7 +275,7 @@ def _headers_of(raw: RawStreamMsg) -> dict[str, str] | None:
     if not raw.hdrs:
         return raw.headers
     block = base64.b64decode(raw.hdrs)
-    return parse_header_lines(block[block.find(b"\r\n") + 2:])
+    return parse_header_lines(block[block.find(b"\r\n") + 2 :])
 
 
 class _GroupSubscription(WithGroupRoute):

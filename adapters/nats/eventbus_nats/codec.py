@@ -169,8 +169,11 @@ def raw_headers(headers: Mapping[str, str] | None) -> dict[str, bytes] | None:
     ``Nats-Msg-Id`` would be dropped by the duplicate window."""
     if not headers:
         return None
-    return {name: value.encode("utf-8", "surrogateescape") for name, value in headers.items()
-            if not name.lower().startswith(("nats-", "eventbus-"))}
+    return {
+        name: value.encode("utf-8", "surrogateescape")
+        for name, value in headers.items()
+        if not name.lower().startswith(("nats-", "eventbus-"))
+    }
 
 
 _TOKEN = re.compile(r"[!-9;-~]+")  # printable ASCII but ':' (a header name)
@@ -187,11 +190,13 @@ def raw_block(topic: str, headers: Mapping[str, bytes] | None) -> bytes:
         if not _TOKEN.fullmatch(name):
             raise ConfigurationError(
                 f"header name {name!r} for {topic!r} cannot travel in NATS: use printable "
-                "ASCII without spaces or ':'")
+                "ASCII without spaces or ':'"
+            )
         if b"\r" in value or b"\n" in value:
             raise ConfigurationError(
                 f"header {name!r} for {topic!r} holds a line break, which NATS cannot carry "
-                "in a header value; encode it first")
+                "in a header value; encode it first"
+            )
         lines.append(name.encode() + b": " + value + b"\r\n")
     lines.append(b"\r\n")
     return b"".join(lines)
@@ -203,4 +208,5 @@ def check_raw_size(topic: str, block: bytes, payload: bytes, limit: int) -> None
     if size > limit:
         raise MessageTooLargeError(
             f"raw message of {size} bytes (headers and payload) to {topic!r} is over the "
-            f"{limit}-byte limit; nothing was sent")
+            f"{limit}-byte limit; nothing was sent"
+        )

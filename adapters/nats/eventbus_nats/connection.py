@@ -39,12 +39,17 @@ from .wire import FastClient
 log = logging.getLogger("eventbus.nats")
 
 CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
-    nats_errors.ConnectionClosedError, nats_errors.TimeoutError, nats_errors.NoRespondersError,
-    nats_errors.OutboundBufferLimitError, TimeoutError, OSError)
+    nats_errors.ConnectionClosedError,
+    nats_errors.TimeoutError,
+    nats_errors.NoRespondersError,
+    nats_errors.OutboundBufferLimitError,
+    TimeoutError,
+    OSError,
+)
 """The server out of reach: no answer, a closed connection, a full reconnect buffer."""
 
 CLIENT_ERRORS: dict[type[BaseException] | tuple[type[BaseException], ...], Mapped] = {
-    (nats_errors.Error, *CONNECTION_ERRORS): BrokerConnectionError,
+    (nats_errors.Error, *CONNECTION_ERRORS): BrokerConnectionError
 }
 """Anything nats-py raises, as the connection failing (what core NATS sends and
 subscribes with: it has no refusal of its own)."""
@@ -57,8 +62,11 @@ def jetstream_errors(exc: Exception) -> Mapped | None:
     ``503`` while the server elects a leader, a closed connection) is the server out
     of reach, retried as a :class:`BrokerConnectionError`."""
     if isinstance(exc, BadRequestError):
-        return (ProvisioningError, "change what the server refused (the stream or consumer "
-                "an operator set up, or the account's limits) or the topic")
+        return (
+            ProvisioningError,
+            "change what the server refused (the stream or consumer "
+            "an operator set up, or the account's limits) or the topic",
+        )
     if isinstance(exc, APIError | nats_errors.Error | CONNECTION_ERRORS):
         return BrokerConnectionError
     return None
@@ -67,15 +75,18 @@ def jetstream_errors(exc: Exception) -> Mapped | None:
 def _why(exc: BaseException, settings: NatsSettings) -> Mapped:
     """The error of a failed first connect, with a phrase saying why."""
     if isinstance(exc, ConnectionRefusedError):
-        return (BrokerConnectionError,
-                "the connection was refused: is nats-server running there?")
+        return (BrokerConnectionError, "the connection was refused: is nats-server running there?")
     if isinstance(exc, asyncio.TimeoutError | TimeoutError):
-        return (BrokerConnectionError,
-                f"the server did not answer within connect_timeout={settings.connect_timeout:g}s "
-                "(it accepts TCP but does not speak NATS, or the path drops packets)")
+        return (
+            BrokerConnectionError,
+            f"the server did not answer within connect_timeout={settings.connect_timeout:g}s "
+            "(it accepts TCP but does not speak NATS, or the path drops packets)",
+        )
     if isinstance(exc, nats_errors.AuthorizationError) or "authorization" in str(exc).lower():
-        return (BrokerConnectionError,
-                "the server refused the credentials (authorization violation)")
+        return (
+            BrokerConnectionError,
+            "the server refused the credentials (authorization violation)",
+        )
     return BrokerConnectionError
 
 
@@ -103,9 +114,13 @@ async def open_connection(settings: NatsSettings, what: str) -> FastClient:
             now = time.monotonic()
             if now - slow_reported[0] > 10.0:
                 slow_reported[0] = now
-                log.warning("NATS %s at %s: nats-py dropped a message for a slow subscription "
-                            "on %r (its pending limits were reached)", what,
-                            settings.masked_url, exc.subject)
+                log.warning(
+                    "NATS %s at %s: nats-py dropped a message for a slow subscription "
+                    "on %r (its pending limits were reached)",
+                    what,
+                    settings.masked_url,
+                    exc.subject,
+                )
             return
         log.debug("NATS %s at %s: %s: %s", what, settings.masked_url, type(exc).__name__, exc)
 
@@ -113,11 +128,14 @@ async def open_connection(settings: NatsSettings, what: str) -> FastClient:
         if client.closing:
             log.debug("NATS %s closed its connection to %s", what, settings.masked_url)
         elif client.is_closed:
-            log.warning("NATS %s: the connection to %s was closed and will not be "
-                        "re-established (%s)", what, settings.masked_url, client.last_error)
+            log.warning(
+                "NATS %s: the connection to %s was closed and will not be re-established (%s)",
+                what,
+                settings.masked_url,
+                client.last_error,
+            )
         else:
-            log.info("NATS %s lost its connection to %s; reconnecting", what,
-                     settings.masked_url)
+            log.info("NATS %s lost its connection to %s; reconnecting", what, settings.masked_url)
 
     async def on_reconnected() -> None:
         log.info("NATS %s reconnected to %s", what, settings.masked_url)
@@ -147,16 +165,19 @@ async def open_connection(settings: NatsSettings, what: str) -> FastClient:
     if settings.nkey_seed is not None:
         options["nkeys_seed"] = settings.nkey_seed
     if settings.tls:
-        options["tls"] = tls_context(settings.tls_ca, settings.tls_cert, settings.tls_key,
-                                     settings.tls_verify)
+        options["tls"] = tls_context(
+            settings.tls_ca, settings.tls_cert, settings.tls_key, settings.tls_verify
+        )
     connected = False
     connecting = asyncio.ensure_future(client.connect(**options))
     failed = asyncio.ensure_future(all_failed.wait())
     try:
         # A safety net above connect_timeout per server, for what the error count misses.
         done, _ = await asyncio.wait(
-            {connecting, failed}, timeout=settings.connect_timeout * len(settings.servers) + 0.5,
-            return_when=asyncio.FIRST_COMPLETED)
+            {connecting, failed},
+            timeout=settings.connect_timeout * len(settings.servers) + 0.5,
+            return_when=asyncio.FIRST_COMPLETED,
+        )
     finally:
         failed.cancel()
     if connecting in done and connecting.exception() is None:
@@ -173,8 +194,11 @@ async def open_connection(settings: NatsSettings, what: str) -> FastClient:
     if not isinstance(exc, Exception):  # no error at all: the safety net's timeout
         exc = TimeoutError()
     servers = "" if len(settings.servers) == 1 else f" (all {len(settings.servers)} servers failed)"
-    raise translate(exc, lambda e: _why(e, settings),
-                    what=f"connecting to NATS at {settings.masked_url}{servers}") from exc
+    raise translate(
+        exc,
+        lambda e: _why(e, settings),
+        what=f"connecting to NATS at {settings.masked_url}{servers}",
+    ) from exc
 
 
 def message_limit(settings: NatsSettings, client: Client, what: str) -> int:
@@ -184,8 +208,14 @@ def message_limit(settings: NatsSettings, client: Client, what: str) -> int:
     limit = settings.max_message_bytes
     server = client.max_payload
     if server and server < limit:
-        log.info("NATS %s: the server at %s takes messages of at most %d bytes (max_payload); "
-                 "max_message_bytes=%d lowered to that", what, settings.masked_url, server, limit)
+        log.info(
+            "NATS %s: the server at %s takes messages of at most %d bytes (max_payload); "
+            "max_message_bytes=%d lowered to that",
+            what,
+            settings.masked_url,
+            server,
+            limit,
+        )
         limit = server
     return limit
 
@@ -226,7 +256,8 @@ class Connection:
         if self._client is None:
             raise BrokerConnectionError(
                 f"the NATS {self.what} for {self.settings.masked_url} is not connected; call "
-                "connect() (or start the bus) first")
+                "connect() (or start the bus) first"
+            )
         return self._client
 
     @property
@@ -246,9 +277,9 @@ class Connection:
             raise BrokerConnectionError(
                 f"the nats-py client given to the NATS {self.what} for "
                 f"{self.settings.masked_url} is not connected; connect it first (the "
-                "adapter uses it as it is)")
-        client = given if given is not None else await open_connection(
-            self.settings, self.what)
+                "adapter uses it as it is)"
+            )
+        client = given if given is not None else await open_connection(self.settings, self.what)
         try:
             await prepare(client)
         except BaseException:
@@ -286,8 +317,9 @@ class NatsAdapterBase(Adapter):
     #: The error for settings of the other kind, formatted with the masked URL.
     other_kind: ClassVar[str]
 
-    def __init__(self, url: str | None, settings: NatsSettings | None,
-                 client: Client | None) -> None:
+    def __init__(
+        self, url: str | None, settings: NatsSettings | None, client: Client | None
+    ) -> None:
         s = settings_from(url, settings, NatsSettings, type(self).__name__)
         super().__init__(s.url or s.masked_url)
         self.settings = s
@@ -312,5 +344,7 @@ class NatsAdapterBase(Adapter):
     def _learn_limits(self, client: Client) -> None:
         """The largest message and the half-open bound, from the connected ``client``."""
         self.capabilities = replace(
-            self.capabilities, max_message_bytes=message_limit(self.settings, client, self.role),
-            half_open_bound=self._connection.half_open_bound(client))
+            self.capabilities,
+            max_message_bytes=message_limit(self.settings, client, self.role),
+            half_open_bound=self._connection.half_open_bound(client),
+        )

@@ -59,10 +59,13 @@ class JetStreamDelivery(Delivery):
 
     def __init__(self, owner: JetStreamSubscription, msg: Msg) -> None:
         delivered, sequence = ack_facts(msg)
-        super().__init__(decode(msg.headers, msg.data), topic=owner.topic,
-                         group=owner.options.group,
-                         attempt=delivered + delivered_before(msg.headers),
-                         message_id=f"{owner.stream}/{sequence}")
+        super().__init__(
+            decode(msg.headers, msg.data),
+            topic=owner.topic,
+            group=owner.options.group,
+            attempt=delivered + delivered_before(msg.headers),
+            message_id=f"{owner.stream}/{sequence}",
+        )
         self._owner = owner
         self._msg = msg
         self.handed_at = time.monotonic()
@@ -76,8 +79,9 @@ class JetStreamDelivery(Delivery):
     async def _ack(self) -> None:
         # +ACK written straight into the connection's buffer (what Msg.ack does,
         # without its subject validation and command formatting per message).
-        await self._answer(write(self._owner.adapter.client, [ack_command(self._msg.reply)], 1, 4),
-                           "ack")
+        await self._answer(
+            write(self._owner.adapter.client, [ack_command(self._msg.reply)], 1, 4), "ack"
+        )
 
     async def _nack(self, delay: float) -> None:
         await self._answer(self._msg.nak(delay=delay if delay > 0 else None), "nak")
@@ -91,9 +95,16 @@ class JetStreamDelivery(Delivery):
         except Exception as exc:
             # Never left without an owner: the subscription stops keeping it alive,
             # so the server redelivers it after ack_wait.
-            log.warning("%s of message %s on %r group %r failed (%s: %s); the server "
-                        "redelivers it after ack_wait", what, self.message_id, self.topic,
-                        self.group, type(exc).__name__, exc)
+            log.warning(
+                "%s of message %s on %r group %r failed (%s: %s); the server "
+                "redelivers it after ack_wait",
+                what,
+                self.message_id,
+                self.topic,
+                self.group,
+                type(exc).__name__,
+                exc,
+            )
             self._owner.release(self)
             raise
         self._owner.release(self)
@@ -102,8 +113,14 @@ class JetStreamDelivery(Delivery):
 class JetStreamSubscription(Subscription):
     """One member of ``options.group`` consuming ``topic``'s stream."""
 
-    def __init__(self, adapter: NatsAdapter, topic: str, stream: str, consumer: str,
-                 options: SubscribeOptions) -> None:
+    def __init__(
+        self,
+        adapter: NatsAdapter,
+        topic: str,
+        stream: str,
+        consumer: str,
+        options: SubscribeOptions,
+    ) -> None:
         self.adapter = adapter
         self.topic = topic
         self.stream = stream
@@ -179,8 +196,9 @@ class JetStreamSubscription(Subscription):
         now = time.monotonic()
         if now - self._last_problem > 5.0:
             self._last_problem = now
-            log.info("pull consumer %s/%s of topic %r: %s", self.stream, self.consumer,
-                     self.topic, what)
+            log.info(
+                "pull consumer %s/%s of topic %r: %s", self.stream, self.consumer, self.topic, what
+            )
             self.adapter.keeper.check_soon(self, what)
 
     def _look_if_due(self) -> None:
@@ -233,8 +251,9 @@ class JetStreamSubscription(Subscription):
             if (room >= low_water or (room > 0 and credit == 0)) and nc.is_connected:
                 request = {"batch": room, "expires": int(expires * 1e9)}
                 try:
-                    await nc.publish(self._next_subject, json.dumps(request).encode(),
-                                     reply=self._inbox)
+                    await nc.publish(
+                        self._next_subject, json.dumps(request).encode(), reply=self._inbox
+                    )
                     now = time.monotonic()
                     self._requests.append([now + expires, room])
                     if self._waiting_since is None:
@@ -339,10 +358,15 @@ class JetStreamSubscription(Subscription):
         while self._ready:
             await self._give_back(self._ready.popleft()[0])
         if self._carrying:
-            log.error("%d message(s) of %r group %r at their last delivery (max_deliver=%d) "
-                      "could not be carried over before the subscription closed: the server "
-                      "will not deliver them again (raise max_deliver, or leave it unlimited)",
-                      len(self._carrying), self.topic, self.options.group, self._max_deliver)
+            log.error(
+                "%d message(s) of %r group %r at their last delivery (max_deliver=%d) "
+                "could not be carried over before the subscription closed: the server "
+                "will not deliver them again (raise max_deliver, or leave it unlimited)",
+                len(self._carrying),
+                self.topic,
+                self.options.group,
+                self._max_deliver,
+            )
         for delivery in list(self._held):
             if delivery.settled is None:
                 with contextlib.suppress(Exception):

@@ -32,11 +32,7 @@ from eventbus.adapter import (
 )
 from eventbus.adapters_util import map_exceptions
 from eventbus.envelope import Envelope
-from eventbus.errors import (
-    ConnectionLostError,
-    MessageTooLargeError,
-    TopicNotFoundError,
-)
+from eventbus.errors import ConnectionLostError, MessageTooLargeError, TopicNotFoundError
 
 from .codec import check_raw_size, decode, encode_block, raw_block
 from .connection import CLIENT_ERRORS, NatsAdapterBase
@@ -58,15 +54,19 @@ class NatsCoreAdapter(NatsAdapterBase):
     """Core NATS through nats-py: ``nats+core://host:4222[?options]`` (at-most-once)."""
 
     schemes = ("nats+core",)
-    stronger = ("nats:// (JetStream: a durable stream per topic, explicit acks and "
-                "redelivery)")
+    stronger = "nats:// (JetStream: a durable stream per topic, explicit acks and redelivery)"
 
     jetstream = False
     role = "core adapter"
     other_kind = "NatsCoreAdapter is core NATS only; use NatsAdapter for {}"
 
-    def __init__(self, url: str | None = None, *, settings: NatsSettings | None = None,
-                 client: Client | None = None) -> None:
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        settings: NatsSettings | None = None,
+        client: Client | None = None,
+    ) -> None:
         """``NatsCoreAdapter(url)``, or ``NatsCoreAdapter(settings=..., client=nc)`` with
         a nats-py client you connected yourself (used as it is, never closed here).
 
@@ -114,18 +114,23 @@ class NatsCoreAdapter(NatsAdapterBase):
         try:
             client = await self._ready()
             if not client.is_connected:
-                return HealthReport(False, f"NATS at {s.masked_url} is not connected "
-                                    "(reconnecting)")
+                return HealthReport(
+                    False, f"NATS at {s.masked_url} is not connected (reconnecting)"
+                )
             await client.flush(1)  # a PING answered within a second
         except Exception as exc:
             return HealthReport(False, f"NATS at {s.masked_url}: {type(exc).__name__}: {exc}")
         subscriptions = list(self._subscriptions)
-        return HealthReport(True, f"NATS at {s.masked_url} answered a PING", {
-            "mode": "core (at-most-once)",
-            # Waiting for slow handlers, and dropped past pending_msgs/pending_bytes.
-            "buffered_bytes": str(sum(sub.buffered_bytes for sub in subscriptions)),
-            "dropped": str(sum(sub.dropped for sub in subscriptions)),
-        })
+        return HealthReport(
+            True,
+            f"NATS at {s.masked_url} answered a PING",
+            {
+                "mode": "core (at-most-once)",
+                # Waiting for slow handlers, and dropped past pending_msgs/pending_bytes.
+                "buffered_bytes": str(sum(sub.buffered_bytes for sub in subscriptions)),
+                "dropped": str(sum(sub.dropped for sub in subscriptions)),
+            },
+        )
 
     async def publish(self, topic: str, envelopes: Sequence[Envelope]) -> None:
         """Write every message, then one PING/PONG: the server has read them all.
@@ -150,8 +155,9 @@ class NatsCoreAdapter(NatsAdapterBase):
             return
         await self._send(client, topic, commands, size, largest)
 
-    async def _send(self, client: Client, topic: str, commands: list[bytes], size: int,
-                    largest: int) -> None:
+    async def _send(
+        self, client: Client, topic: str, commands: list[bytes], size: int, largest: int
+    ) -> None:
         # One buffer for the whole batch, then one PING/PONG.
         if client.max_payload and largest > client.max_payload:
             # The server would drop the connection for it (a server reached after a
@@ -159,10 +165,14 @@ class NatsCoreAdapter(NatsAdapterBase):
             raise MessageTooLargeError(
                 f"a message of {largest} bytes to {topic!r} is over the {client.max_payload}-"
                 f"byte max_payload of the NATS server at {self.settings.masked_url}; nothing "
-                "was sent. Keep events small: reference large data by id or URL.")
-        with map_exceptions(CLIENT_ERRORS, what=f"sending {len(commands)} message(s) to "
-                                                f"{topic!r} on NATS at {self.settings.masked_url}",
-                            hint="the server did not confirm them; publish again"):
+                "was sent. Keep events small: reference large data by id or URL."
+            )
+        with map_exceptions(
+            CLIENT_ERRORS,
+            what=f"sending {len(commands)} message(s) to "
+            f"{topic!r} on NATS at {self.settings.masked_url}",
+            hint="the server did not confirm them; publish again",
+        ):
             await write(client, commands, len(commands), size)
             await client.flush(_whole(self.settings.publish_timeout))
 
@@ -175,8 +185,13 @@ class NatsCoreAdapter(NatsAdapterBase):
         client = await self._ready()
         block = raw_block(topic, headers)
         check_raw_size(topic, block, payload, self.capabilities.max_message_bytes)
-        await self._send(client, topic, [hpub(topic, "", block, payload)], len(payload),
-                         len(block) + len(payload))
+        await self._send(
+            client,
+            topic,
+            [hpub(topic, "", block, payload)],
+            len(payload),
+            len(block) + len(payload),
+        )
 
     async def read(self, topic: str, *, limit: int | None = None) -> list[ReadRecord]:
         """Nothing to read: core NATS stores no message (TopicNotFoundError, always)."""
@@ -184,7 +199,8 @@ class NatsCoreAdapter(NatsAdapterBase):
         raise TopicNotFoundError(
             f"core NATS stores nothing, so there is no message of {topic!r} to read at "
             f"{self.settings.masked_url} (dead letters published here reached only whoever "
-            "listened then); use nats:// (JetStream) to keep them")
+            "listened then); use nats:// (JetStream) to keep them"
+        )
 
     async def subscribe(self, topic: str, options: SubscribeOptions) -> Subscription:
         """Join queue group ``options.group`` on subject ``topic``; returns once the
@@ -192,8 +208,9 @@ class NatsCoreAdapter(NatsAdapterBase):
         check_subject(topic)
         await self._ready()
         subscription = CoreSubscription(self, topic, options)
-        with map_exceptions(CLIENT_ERRORS, what=f"subscribing to {topic!r} on NATS at "
-                                                f"{self.settings.masked_url}"):
+        with map_exceptions(
+            CLIENT_ERRORS, what=f"subscribing to {topic!r} on NATS at {self.settings.masked_url}"
+        ):
             try:
                 await subscription.start()
             except BaseException:
@@ -212,9 +229,13 @@ class CoreDelivery(Delivery):
     __slots__ = ("_msg", "_owner")
 
     def __init__(self, owner: CoreSubscription, msg: Msg, number: int, attempt: int) -> None:
-        super().__init__(decode(msg.headers, msg.data), topic=owner.topic,
-                         group=owner.options.group, attempt=attempt,
-                         message_id=f"{owner.topic}/{number}")
+        super().__init__(
+            decode(msg.headers, msg.data),
+            topic=owner.topic,
+            group=owner.options.group,
+            attempt=attempt,
+            message_id=f"{owner.topic}/{number}",
+        )
         self._owner = owner
         self._msg = msg
 
@@ -260,9 +281,13 @@ class CoreSubscription(Subscription):
         client = self.adapter.client
         # nats-py's own queue before the callback gets the same bounds (the callback
         # only moves a message into _ready, so it stays near empty).
-        self._sub = await client.subscribe(self.topic, queue=self.options.group, cb=self._on_msg,
-                                           pending_msgs_limit=self._max_msgs,
-                                           pending_bytes_limit=self._max_bytes)
+        self._sub = await client.subscribe(
+            self.topic,
+            queue=self.options.group,
+            cb=self._on_msg,
+            pending_msgs_limit=self._max_msgs,
+            pending_bytes_limit=self._max_bytes,
+        )
         # The server knows of the subscription once it answered a PING sent after it.
         await client.flush(max(1, math.ceil(self.adapter.settings.request_timeout)))
 
@@ -288,12 +313,20 @@ class CoreSubscription(Subscription):
             "core NATS subscription to %r (group %r) is slower than its publishers: %d "
             "message(s) waiting (%d bytes; pending_msgs=%d, pending_bytes=%d), dropping %d "
             "arrival(s) (%d in all; at-most-once: the server never sends them again); use "
-            "nats:// (JetStream) to keep them, or more members", self.topic,
-            self.options.group, len(self._ready), self.buffered_bytes, self._max_msgs,
-            self._max_bytes, new, self.dropped)
+            "nats:// (JetStream) to keep them, or more members",
+            self.topic,
+            self.options.group,
+            len(self._ready),
+            self.buffered_bytes,
+            self._max_msgs,
+            self._max_bytes,
+            new,
+            self.dropped,
+        )
 
     def redeliver_later(self, msg: Msg, attempt: int, delay: float) -> None:
         """Hand ``msg`` out again after ``delay`` seconds (local, in-memory redelivery)."""
+
         def due() -> None:
             self._timers.discard(handle)
             if not self._closed:
@@ -320,7 +353,8 @@ class CoreSubscription(Subscription):
             if self.adapter.client.is_closed:
                 raise ConnectionLostError(
                     f"core NATS subscription to {self.topic!r} lost its connection to "
-                    f"{self.adapter.settings.masked_url}")
+                    f"{self.adapter.settings.masked_url}"
+                )
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(1.0):  # no task per wait (wait_for makes one)
@@ -335,19 +369,30 @@ class CoreSubscription(Subscription):
         for handle in self._timers:
             handle.cancel()
         if self._timers:
-            log.info("core NATS subscription to %r closed with %d nacked message(s) waiting "
-                     "for local redelivery; they are dropped (at-most-once)", self.topic,
-                     len(self._timers))
+            log.info(
+                "core NATS subscription to %r closed with %d nacked message(s) waiting "
+                "for local redelivery; they are dropped (at-most-once)",
+                self.topic,
+                len(self._timers),
+            )
         self._timers.clear()
         if self._sub is not None:
             with contextlib.suppress(Exception):
                 await self._sub.unsubscribe()
         if self._ready:
-            log.info("core NATS subscription to %r closed with %d message(s) not handed "
-                     "out; they are dropped (at-most-once)", self.topic, len(self._ready))
+            log.info(
+                "core NATS subscription to %r closed with %d message(s) not handed "
+                "out; they are dropped (at-most-once)",
+                self.topic,
+                len(self._ready),
+            )
         if self.dropped:
-            log.info("core NATS subscription to %r dropped %d message(s) in all while it was "
-                     "slower than its publishers", self.topic, self.dropped)
+            log.info(
+                "core NATS subscription to %r dropped %d message(s) in all while it was "
+                "slower than its publishers",
+                self.topic,
+                self.dropped,
+            )
         self._ready.clear()
         self.buffered_bytes = 0
         self.adapter.forget(self)

@@ -41,12 +41,7 @@ from typing import TYPE_CHECKING
 
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import (
-    AckPolicy,
-    ConsumerConfig,
-    DeliverPolicy,
-    RetentionPolicy,
-)
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, RetentionPolicy
 from nats.js.errors import BadRequestError, NotFoundError
 
 from eventbus.adapters_util import map_exceptions
@@ -90,16 +85,18 @@ class GroupRoutes:
             return self.stream
         s = self.settings
         with map_exceptions(
-                jetstream_errors, what=f"setting up the route stream {self.stream!r} on NATS "
-                                       f"at {s.masked_url}"):
+            jetstream_errors,
+            what=f"setting up the route stream {self.stream!r} on NATS at {s.masked_url}",
+        ):
             async with self._lock:
                 if self._ready:
                     return self.stream
                 try:
                     await js.stream_info(self.stream)
                 except NotFoundError:
-                    config = stream_config(s, self.stream, f"{s.stream_prefix}_REPLAY.>",
-                                           RetentionPolicy.WORK_QUEUE)
+                    config = stream_config(
+                        s, self.stream, f"{s.stream_prefix}_REPLAY.>", RetentionPolicy.WORK_QUEUE
+                    )
                     try:
                         await js.add_stream(config)
                     except BadRequestError:
@@ -113,24 +110,30 @@ class GroupRoutes:
         stream = await self.ensure_stream(js)
         name = self.consumer(topic, group)
         s = self.settings
-        with map_exceptions(jetstream_errors, what=f"setting up the route consumer {name!r} "
-                                                   f"of group {group!r} on NATS at "
-                                                   f"{s.masked_url}"):
+        with map_exceptions(
+            jetstream_errors,
+            what=f"setting up the route consumer {name!r} "
+            f"of group {group!r} on NATS at "
+            f"{s.masked_url}",
+        ):
             try:
                 await js.consumer_info(stream, name)
             except NotFoundError:
-                await js.add_consumer(stream, ConsumerConfig(
-                    durable_name=name,
-                    description=f"eventbus group {group} of topic {topic}: messages for it "
-                                "alone",
-                    deliver_policy=DeliverPolicy.ALL,
-                    ack_policy=AckPolicy.EXPLICIT,
-                    ack_wait=s.ack_wait,
-                    max_deliver=s.max_deliver,
-                    filter_subject=self.subject(topic, group),
-                    max_ack_pending=-1,
-                    max_waiting=512,
-                ))
+                await js.add_consumer(
+                    stream,
+                    ConsumerConfig(
+                        durable_name=name,
+                        description=f"eventbus group {group} of topic {topic}: messages for it "
+                        "alone",
+                        deliver_policy=DeliverPolicy.ALL,
+                        ack_policy=AckPolicy.EXPLICIT,
+                        ack_wait=s.ack_wait,
+                        max_deliver=s.max_deliver,
+                        filter_subject=self.subject(topic, group),
+                        max_ack_pending=-1,
+                        max_waiting=512,
+                    ),
+                )
         return name
 
 
@@ -153,9 +156,11 @@ def copy_block(msg: Msg, before: int, stream: str, sequence: str) -> tuple[bytes
     PubAck stores one copy."""
     # The server's own headers (Nats-Expected-Stream would refuse the copy) and the
     # old count are left out.
-    headers = {name: value.encode("utf-8", "surrogateescape")
-               for name, value in (msg.headers or {}).items()
-               if not name.lower().startswith("nats-") and name != DELIVERED}
+    headers = {
+        name: value.encode("utf-8", "surrogateescape")
+        for name, value in (msg.headers or {}).items()
+        if not name.lower().startswith("nats-") and name != DELIVERED
+    }
     headers[DELIVERED] = str(before).encode()
     headers[MSG_ID] = f"eventbus-carry.{stream}.{sequence}.{before}".encode()
     return raw_block(stream, headers), msg.data or b""
@@ -174,19 +179,35 @@ async def carry_over(sub: JetStreamSubscription) -> None:
         try:
             await routes.ensure_stream(await adapter._ready())
             (failure,) = await adapter.publisher.pubacks().publish(
-                routes.subject(sub.topic, sub.options.group), [(block, body)],
-                adapter.settings.publish_timeout)
+                routes.subject(sub.topic, sub.options.group),
+                [(block, body)],
+                adapter.settings.publish_timeout,
+            )
             if failure is not None:
                 raise failure
             await write(adapter.client, [ack_command(msg.reply)], 1, 4)
         except Exception as exc:
-            log.warning("message %s/%s of %r group %r reached max_deliver=%d and could not "
-                        "be carried over yet (%s: %s); kept, trying again", sub.stream,
-                        sequence, sub.topic, sub.options.group, sub._max_deliver,
-                        type(exc).__name__, exc)
+            log.warning(
+                "message %s/%s of %r group %r reached max_deliver=%d and could not "
+                "be carried over yet (%s: %s); kept, trying again",
+                sub.stream,
+                sequence,
+                sub.topic,
+                sub.options.group,
+                sub._max_deliver,
+                type(exc).__name__,
+                exc,
+            )
             await asyncio.sleep(1.0)
             continue
         sub._carrying.popleft()
-        log.info("message %s/%s of %r group %r reached max_deliver=%d: carried over to a "
-                 "fresh copy on the group's route (%d deliveries so far)", sub.stream,
-                 sequence, sub.topic, sub.options.group, sub._max_deliver, before)
+        log.info(
+            "message %s/%s of %r group %r reached max_deliver=%d: carried over to a "
+            "fresh copy on the group's route (%d deliveries so far)",
+            sub.stream,
+            sequence,
+            sub.topic,
+            sub.options.group,
+            sub._max_deliver,
+            before,
+        )

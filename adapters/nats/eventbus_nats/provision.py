@@ -73,8 +73,7 @@ _BAD_SUBJECT = re.compile(r"[\s*>]|^\.|\.$|\.\.")
 
 def encode_name(text: str) -> str:
     """``text`` as a legal stream/consumer name, injective: ``a.b`` -> ``a_2Eb``."""
-    return "".join(c if _SAFE.match(c) else "".join(f"_{b:02X}" for b in c.encode())
-                   for c in text)
+    return "".join(c if _SAFE.match(c) else "".join(f"_{b:02X}" for b in c.encode()) for c in text)
 
 
 def check_subject(topic: str) -> str:
@@ -105,8 +104,9 @@ class Floor:
     created: datetime.datetime | None
 
 
-def stream_config(s: NatsSettings, name: str, subject: str, retention: RetentionPolicy,
-                  **limits: Any) -> StreamConfig:
+def stream_config(
+    s: NatsSettings, name: str, subject: str, retention: RetentionPolicy, **limits: Any
+) -> StreamConfig:
     """The config of a stream the adapter creates (a topic's, or the group routes'):
     the settings' storage, replicas, age and message size, old messages discarded
     first, and ``limits`` of its own."""
@@ -173,8 +173,10 @@ class Provisioner:
         subject = check_subject(topic)
         s = self.settings
         with map_exceptions(
-                jetstream_errors, what=f"setting up the JetStream stream {name!r} of topic "
-                                       f"{topic!r} on NATS at {s.masked_url}"):
+            jetstream_errors,
+            what=f"setting up the JetStream stream {name!r} of topic "
+            f"{topic!r} on NATS at {s.masked_url}",
+        ):
             async with self._lock:
                 if name in self._streams:
                     return name
@@ -187,14 +189,25 @@ class Provisioner:
                             f"NATS at {s.masked_url} and provision=false; create it (subject "
                             f"{subject!r}) or set provision=true to let the adapter"
                         ) from None
-                    info = await self._add_stream(js, name, stream_config(
-                        s, name, subject, RetentionPolicy.LIMITS, max_bytes=s.max_bytes,
-                        max_msgs=s.max_msgs, duplicate_window=s.dedupe_window))
+                    info = await self._add_stream(
+                        js,
+                        name,
+                        stream_config(
+                            s,
+                            name,
+                            subject,
+                            RetentionPolicy.LIMITS,
+                            max_bytes=s.max_bytes,
+                            max_msgs=s.max_msgs,
+                            duplicate_window=s.dedupe_window,
+                        ),
+                    )
                 self._streams[name] = StreamFacts(info.config.max_msg_size or -1, info.created)
         return name
 
-    async def _add_stream(self, js: JetStreamContext, name: str,
-                          config: StreamConfig) -> StreamInfo:
+    async def _add_stream(
+        self, js: JetStreamContext, name: str, config: StreamConfig
+    ) -> StreamInfo:
         """Create the stream (or take the one created meanwhile by another process)."""
         try:
             info = await js.add_stream(config)
@@ -223,8 +236,9 @@ class Provisioner:
             max_waiting=512,
         )
 
-    async def ensure_consumer(self, js: JetStreamContext, stream: str, group: str,
-                              start_from: str) -> str | None:
+    async def ensure_consumer(
+        self, js: JetStreamContext, stream: str, group: str, start_from: str
+    ) -> str | None:
         """Make sure the durable consumer of ``group`` on ``stream`` exists; returns
         ``None`` when it did, else how it was created (for the log).
 
@@ -236,8 +250,10 @@ class Provisioner:
         name = self.consumer_name(group)
         lock = self._consumer_locks.setdefault((stream, name), asyncio.Lock())
         with map_exceptions(
-                jetstream_errors, what=f"setting up the consumer {name!r} of group {group!r} "
-                                       f"on stream {stream!r} at {self.settings.masked_url}"):
+            jetstream_errors,
+            what=f"setting up the consumer {name!r} of group {group!r} "
+            f"on stream {stream!r} at {self.settings.masked_url}",
+        ):
             async with lock:
                 try:
                     self.note(stream, await js.consumer_info(stream, name))
@@ -258,8 +274,9 @@ class Provisioner:
                 self.note(stream, info)
                 return how
 
-    def _config_at_floor(self, stream: str, group: str,
-                         start_from: str) -> tuple[ConsumerConfig, str]:
+    def _config_at_floor(
+        self, stream: str, group: str, start_from: str
+    ) -> tuple[ConsumerConfig, str]:
         config = self.consumer_config(group, start_from)
         floor = self._floors.get((stream, config.durable_name or ""))
         if floor is None:
@@ -268,8 +285,10 @@ class Provisioner:
         created = facts.created if facts is not None else None
         if floor.created is not None and created is not None and floor.created != created:
             config.deliver_policy = DeliverPolicy.ALL
-            return config, ("from the start of the stream, which was re-created since the "
-                            "group was last seen (storage lost on a restart?)")
+            return config, (
+                "from the start of the stream, which was re-created since the "
+                "group was last seen (storage lost on a restart?)"
+            )
         config.deliver_policy = DeliverPolicy.BY_START_SEQUENCE
         config.opt_start_seq = floor.seq + 1
         return config, f"from stream sequence {floor.seq + 1}, after the last one acknowledged"
@@ -288,16 +307,21 @@ class ConsumerKeeper:
         adapter = self.adapter
         timeout = min(adapter.settings.request_timeout, 5.0)
         with map_exceptions(
-            {NotFoundError: (TopicNotFoundError, "it is gone: it is created again where the "
-                             "group was"),
-             Exception: BrokerConnectionError},
+            {
+                NotFoundError: (
+                    TopicNotFoundError,
+                    "it is gone: it is created again where the group was",
+                ),
+                Exception: BrokerConnectionError,
+            },
             what=f"looking at the JetStream consumer {subscription.consumer!r} of group "
-                 f"{subscription.options.group!r} on stream {subscription.stream!r} (topic "
-                 f"{subscription.topic!r}) at {adapter.settings.masked_url}",
+            f"{subscription.options.group!r} on stream {subscription.stream!r} (topic "
+            f"{subscription.topic!r}) at {adapter.settings.masked_url}",
         ):
             js = await adapter._ready()
             info: ConsumerInfo = await js.consumer_info(
-                subscription.stream, subscription.consumer, timeout=timeout)
+                subscription.stream, subscription.consumer, timeout=timeout
+            )
         if not subscription.is_route:
             adapter._provisioner.note(subscription.stream, info)
         return info
@@ -308,8 +332,7 @@ class ConsumerKeeper:
             await self.info(subscription)
             return False
         except BrokerConnectionError as exc:
-            log.debug("could not look at the consumer of %s (%s): %s", subscription.topic,
-                      why, exc)
+            log.debug("could not look at the consumer of %s (%s): %s", subscription.topic, why, exc)
             return False
         except TopicNotFoundError:
             pass
@@ -330,20 +353,34 @@ class ConsumerKeeper:
                 adapter._provisioner.forget()  # the stream too may be new
                 stream = await adapter._provisioner.ensure_stream(js, subscription.topic)
                 how = await adapter._provisioner.ensure_consumer(
-                    js, stream, group, subscription.options.start_from)
+                    js, stream, group, subscription.options.start_from
+                )
         except Exception as exc:
-            log.warning("the JetStream consumer of group %r on topic %r is gone (%s) and could "
-                        "not be created again yet (%s: %s); trying again", group,
-                        subscription.topic, why, type(exc).__name__, exc)
+            log.warning(
+                "the JetStream consumer of group %r on topic %r is gone (%s) and could "
+                "not be created again yet (%s: %s); trying again",
+                group,
+                subscription.topic,
+                why,
+                type(exc).__name__,
+                exc,
+            )
             return False
         if how is not None:
-            log.warning("the JetStream consumer %r of group %r on stream %r was gone (%s); "
-                        "created again %s", subscription.consumer, group, subscription.stream,
-                        why, how)
+            log.warning(
+                "the JetStream consumer %r of group %r on stream %r was gone (%s); "
+                "created again %s",
+                subscription.consumer,
+                group,
+                subscription.stream,
+                why,
+                how,
+            )
         return True
 
     def check_soon(self, subscription: JetStreamSubscription, why: str) -> None:
         """:meth:`check` in the background (a status message said something is wrong)."""
+
         async def check() -> None:
             await self.check(subscription, why)
 

@@ -91,13 +91,17 @@ class JetStreamPublisher:
         if any(isinstance(e, NotFoundError | NoRespondersError) for e in failures.values()):
             self.adapter._provisioner.forget()  # the stream may be gone: check it next time
         if len(failures) == len(messages) and all(
-                isinstance(exc, CONNECTION_ERRORS) for exc in failures.values()):
+            isinstance(exc, CONNECTION_ERRORS) for exc in failures.values()
+        ):
             first = next(iter(failures.values()))
             assert isinstance(first, Exception)
-            raise translate(first, {Exception: BrokerConnectionError},
-                            what=f"confirming {len(messages)} message(s) to {topic!r} within "
-                                 f"{timeout:g}s at {self.adapter.settings.masked_url}",
-                            hint="none was confirmed; publish again") from first
+            raise translate(
+                first,
+                {Exception: BrokerConnectionError},
+                what=f"confirming {len(messages)} message(s) to {topic!r} within "
+                f"{timeout:g}s at {self.adapter.settings.masked_url}",
+                hint="none was confirmed; publish again",
+            ) from first
         errors = {i: self._publish_error(topic, envelopes[i], exc) for i, exc in failures.items()}
         raise BatchPublishError.partial(errors, len(messages), f"NATS subject {topic!r}")
 
@@ -108,8 +112,14 @@ class JetStreamPublisher:
             self._pubacks = PubAcks(client)
         return self._pubacks
 
-    def _check_stream_limit(self, topic: str, stream: str, envelopes: Sequence[Envelope],
-                            messages: Sequence[tuple[bytes, bytes]], largest: int) -> None:
+    def _check_stream_limit(
+        self,
+        topic: str,
+        stream: str,
+        envelopes: Sequence[Envelope],
+        messages: Sequence[tuple[bytes, bytes]],
+        largest: int,
+    ) -> None:
         """A stream an operator set up with a smaller ``max_msg_size`` refuses more:
         say so before anything is sent, as for the adapter's own limit."""
         stream_limit = self.adapter._provisioner.max_msg_size(stream)
@@ -122,10 +132,12 @@ class JetStreamPublisher:
                     f"event {envelope.id} ({envelope.type}) is {size} bytes, over the "
                     f"{stream_limit}-byte max_msg_size of JetStream stream {stream!r} "
                     f"(topic {topic!r}); nothing was sent. Keep events small, or raise the "
-                    "stream's max_msg_size")
+                    "stream's max_msg_size"
+                )
 
-    def _publish_error(self, topic: str, envelope: Envelope | None,
-                       exc: BaseException) -> Exception:
+    def _publish_error(
+        self, topic: str, envelope: Envelope | None, exc: BaseException
+    ) -> Exception:
         what = "raw bytes" if envelope is None else f"event {envelope.id} ({envelope.type})"
         what = f"publishing {what} to {topic!r} on NATS at {self.adapter.settings.masked_url}"
         if isinstance(exc, Exception):
@@ -148,7 +160,8 @@ class JetStreamPublisher:
         if stream_limit is not None:
             check_raw_size(topic, block, payload, stream_limit)
         (failure,) = await self.pubacks().publish(
-            topic, [(block, payload)], self.adapter.settings.publish_timeout)
+            topic, [(block, payload)], self.adapter.settings.publish_timeout
+        )
         if failure is None:
             return
         if isinstance(failure, NotFoundError | NoRespondersError):
@@ -162,8 +175,7 @@ class JetStreamPublisher:
         if pubacks is not None:
             await pubacks.close()
 
-    async def publish_to_group(self, topic: str, group: str,
-                               envelopes: Sequence[Envelope]) -> None:
+    async def publish_to_group(self, topic: str, group: str, envelopes: Sequence[Envelope]) -> None:
         """Deliver ``envelopes`` to ``group`` of ``topic`` alone, through the route stream
         (see :mod:`eventbus_nats.group_route`); returns once every PubAck arrived.
 
@@ -186,13 +198,17 @@ class JetStreamPublisher:
         subject = self.adapter._routes.subject(topic, group)
         timeout = self.adapter.settings.publish_timeout
         results = await asyncio.gather(
-            *(js.publish(subject, body, timeout=timeout, headers=headers)
-              for headers, body in messages),
-            return_exceptions=True)
+            *(
+                js.publish(subject, body, timeout=timeout, headers=headers)
+                for headers, body in messages
+            ),
+            return_exceptions=True,
+        )
         failures = {i: r for i, r in enumerate(results) if isinstance(r, BaseException)}
         if not failures:
             return
         self.adapter._routes.forget()
         errors = {i: self._publish_error(topic, envelopes[i], exc) for i, exc in failures.items()}
-        raise BatchPublishError.partial(errors, len(messages),
-                                        f"group {group!r} of NATS subject {topic!r}")
+        raise BatchPublishError.partial(
+            errors, len(messages), f"group {group!r} of NATS subject {topic!r}"
+        )

@@ -107,8 +107,10 @@ class NatsSettings:
         # already applied them, so a parsed URL never fails here).
         shown = self.masked_url
         if self.scheme not in SCHEMES:
-            raise InvalidURLError(f"scheme {self.scheme!r} of NatsSettings is neither of "
-                                  f"{SCHEMES}; use 'nats' (JetStream) or 'nats+core'")
+            raise InvalidURLError(
+                f"scheme {self.scheme!r} of NatsSettings is neither of "
+                f"{SCHEMES}; use 'nats' (JetStream) or 'nats+core'"
+            )
         given = {name: True for name in TLS_OPTIONS if getattr(self, name) not in (None, True)}
         check_tls(given, tls=self.tls, name="NATS", shown=shown, use="set tls=True")
 
@@ -179,8 +181,13 @@ def _check(values: dict[str, Any], seen: set[str], shown: str) -> None:
         )
     # 0.1 selected TLS by a CA or a client certificate alone; the shared rule (one for
     # every adapter) refuses TLS options without TLS selected, naming tls=true.
-    check_tls(values, tls=bool(values.get("tls")), name="NATS", shown=shown,
-              use="add tls=true (the servers are then reached over TLS)")
+    check_tls(
+        values,
+        tls=bool(values.get("tls")),
+        name="NATS",
+        shown=shown,
+        use="add tls=true (the servers are then reached over TLS)",
+    )
     if values.get("token") and values.get("user"):
         raise InvalidURLError(f"give either user:password or a token in {shown!r}, not both")
     if values.get("ack_wait", 30.0) < 1.0:
@@ -201,7 +208,7 @@ def masked(url: str) -> str:
     shown = mask_query(mask_url(url), "password", "token")
     match = re.match(r"^([a-z+]+://)([^@/:]+)@", shown)
     if match and match.group(2) != "***":
-        shown = f"{match.group(1)}***@{shown[match.end():]}"
+        shown = f"{match.group(1)}***@{shown[match.end() :]}"
     return shown
 
 
@@ -236,7 +243,8 @@ _OPTIONS: dict[str, OptionParser] = {
     "storage": choice("file", "memory"),
     "replicas": integer(1),
     "max_age": seconds(
-        inclusive=True, allowed="must be zero (no limit) or a positive number of seconds"),
+        inclusive=True, allowed="must be zero (no limit) or a positive number of seconds"
+    ),
     "max_bytes": _limit,
     "max_msgs": _limit,
     "dedupe_window": seconds(),
@@ -254,5 +262,15 @@ _CORE_ONLY = {"pending_msgs", "pending_bytes"}
 # start_from and provision are accepted by core NATS too (the shared vocabulary): it
 # stores nothing, so a group gets what is published once it subscribed, and there is
 # nothing to create.
-_JETSTREAM_ONLY = {"stream_prefix", "storage", "replicas", "max_age", "max_bytes", "max_msgs",
-                   "dedupe_window", "ack_wait", "max_deliver", "fetch_timeout"}
+_JETSTREAM_ONLY = {
+    "stream_prefix",
+    "storage",
+    "replicas",
+    "max_age",
+    "max_bytes",
+    "max_msgs",
+    "dedupe_window",
+    "ack_wait",
+    "max_deliver",
+    "fetch_timeout",
+}

@@ -52,8 +52,16 @@ def header_block(headers: Mapping[str, str]) -> bytes:
     """
     text = _HEAD + "".join([f"{name}: {value}\r\n" for name, value in headers.items()]) + _CRLF
     if text.count("\n") != len(headers) + 2 or text.count("\r") != len(headers) + 2:
-        text = _HEAD + "".join([f"{name.strip()}: {value.strip().translate(_NEWLINES)}\r\n"
-                                for name, value in headers.items()]) + _CRLF
+        text = (
+            _HEAD
+            + "".join(
+                [
+                    f"{name.strip()}: {value.strip().translate(_NEWLINES)}\r\n"
+                    for name, value in headers.items()
+                ]
+            )
+            + _CRLF
+        )
     return text.encode()
 
 
@@ -131,8 +139,9 @@ async def write(client: Client, commands: Sequence[bytes], count: int, size: int
         raise nats_errors.ConnectionDrainingError
     data = b"".join(commands)
     if not client.is_connected and (
-            client._max_pending_size <= 0
-            or len(data) + client._pending_data_size > client._max_pending_size):
+        client._max_pending_size <= 0
+        or len(data) + client._pending_data_size > client._max_pending_size
+    ):
         raise nats_errors.OutboundBufferLimitError
     client.stats["out_msgs"] += count
     client.stats["out_bytes"] += size
@@ -144,8 +153,12 @@ async def write(client: Client, commands: Sequence[bytes], count: int, size: int
 def hpub(subject: str, reply: str, block: bytes, payload: bytes) -> bytes:
     """One ``HPUB`` command."""
     size = len(block)
-    return (f"HPUB {subject} {reply} {size} {size + len(payload)}\r\n".encode()
-            + block + payload + b"\r\n")
+    return (
+        f"HPUB {subject} {reply} {size} {size + len(payload)}\r\n".encode()
+        + block
+        + payload
+        + b"\r\n"
+    )
 
 
 def pub(subject: str, reply: str, payload: bytes) -> bytes:
@@ -228,8 +241,9 @@ class PubAcks:
         if batch.due == 0 and not batch.future.done():
             batch.future.set_result(None)
 
-    async def publish(self, subject: str, messages: Sequence[tuple[bytes, bytes]],
-                      timeout: float) -> list[BaseException | None]:
+    async def publish(
+        self, subject: str, messages: Sequence[tuple[bytes, bytes]], timeout: float
+    ) -> list[BaseException | None]:
         """Publish ``(header block, body)`` pairs; each one's error or ``None`` (acked).
 
         A message without a PubAck within ``timeout`` gets nats-py's TimeoutError.
@@ -239,12 +253,14 @@ class PubAcks:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         batch = _Batch(len(messages), future)
         prefix = f"{inbox}.{batch_id}."
-        commands = [hpub(subject, prefix + str(i), block, body)
-                    for i, (block, body) in enumerate(messages)]
+        commands = [
+            hpub(subject, prefix + str(i), block, body) for i, (block, body) in enumerate(messages)
+        ]
         self._batches[batch_id] = batch
         try:
-            await write(self.client, commands, len(commands),
-                                    sum(len(body) for _, body in messages))
+            await write(
+                self.client, commands, len(commands), sum(len(body) for _, body in messages)
+            )
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(future, timeout)
         finally:

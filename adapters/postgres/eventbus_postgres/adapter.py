@@ -54,13 +54,20 @@ class PostgresAdapter(SqlAdapter):
 
     def make_waker(self, hub: Hub) -> Waker:
         dsn, timeouts = split_options(self.settings.database_url)
-        return Listener(hub, dsn, timeouts.connect or 3600.0,
-                        float(self.settings.option("ping_interval", PING_INTERVAL)),
-                        self.ping_timeout, self.settings.where)
+        return Listener(
+            hub,
+            dsn,
+            timeouts.connect or 3600.0,
+            float(self.settings.option("ping_interval", PING_INTERVAL)),
+            self.ping_timeout,
+            self.settings.where,
+        )
 
     def notifier(self) -> Callable[[Transaction, set[str]], Awaitable[None]] | None:
         return notify
 
     def connect_hint(self) -> str:
-        return ("check that PostgreSQL is reachable, that the user, password and database "
-                "are right, and that the user may create tables (on first use)")
+        return (
+            "check that PostgreSQL is reachable, that the user, password and database "
+            "are right, and that the user may create tables (on first use)"
+        )

@@ -45,8 +45,15 @@ async def notify(tx: Transaction, topics: set[str]) -> None:
 class Listener:
     """The hub's :class:`~eventbus.sqlbroker.hub.Waker` on PostgreSQL."""
 
-    def __init__(self, hub: Hub, dsn: str, connect_timeout: float, ping_interval: float,
-                 ping_timeout: float, where: str) -> None:
+    def __init__(
+        self,
+        hub: Hub,
+        dsn: str,
+        connect_timeout: float,
+        ping_interval: float,
+        ping_timeout: float,
+        where: str,
+    ) -> None:
         self.hub = hub
         self.dsn = dsn
         self.connect_timeout = connect_timeout
@@ -112,9 +119,11 @@ class Listener:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                self._problem = (f"{self.where} did not answer a ping within "
-                                 f"{self.ping_timeout:g}s ({type(exc).__name__}); the "
-                                 "connection is replaced")
+                self._problem = (
+                    f"{self.where} did not answer a ping within "
+                    f"{self.ping_timeout:g}s ({type(exc).__name__}); the "
+                    "connection is replaced"
+                )
                 log.warning("%s (waited %.1fs)", self._problem, time.monotonic() - started)
                 self._lost.set()
 

@@ -57,8 +57,9 @@ DRIVER: dict[str, OptionParser] = {
     "sslkey": text,
     "sslpassword": text,
     "passfile": text,
-    "target_session_attrs": choice("any", "primary", "standby", "prefer-standby",
-                                   "read-write", "read-only"),
+    "target_session_attrs": choice(
+        "any", "primary", "standby", "prefer-standby", "read-write", "read-only"
+    ),
     "application_name": text,
 }
 """asyncpg's own DSN options that are passed through (anything else asyncpg would take as
@@ -67,26 +68,43 @@ a server setting, silently: refused here instead)."""
 
 def parse_settings(url: str) -> SqlSettings:
     """Validate a ``postgres://`` URL; InvalidURLError names the option and what is allowed."""
-    timeouts = {name: TIMEOUTS[name] for name in
-                ("command_timeout", "connect_timeout", "idle_timeout", "ping_timeout")}
+    timeouts = {
+        name: TIMEOUTS[name]
+        for name in ("command_timeout", "connect_timeout", "idle_timeout", "ping_timeout")
+    }
     settings = parse_url(
-        url, dialect="postgres", name="PostgreSQL", where=_where,
-        own={"pool_size": integer(1, 100), "ping_interval": seconds(0.1, inclusive=True),
-             **shared(*TLS_OPTIONS)},
-        passthrough={**timeouts, **DRIVER}, secrets=("sslpassword",))
+        url,
+        dialect="postgres",
+        name="PostgreSQL",
+        where=_where,
+        own={
+            "pool_size": integer(1, 100),
+            "ping_interval": seconds(0.1, inclusive=True),
+            **shared(*TLS_OPTIONS),
+        },
+        passthrough={**timeouts, **DRIVER},
+        secrets=("sslpassword",),
+    )
     settings = _shared_to_libpq(url, settings)
     if "command_timeout" not in {key for key, _ in query_pairs(url.partition("?")[2])}:
         # A broker's statements are short: one stuck on a dead link gives up sooner
         # than the database layer's default (30 s).
         joiner = "&" if "?" in settings.database_url else "?"
-        settings = replace(settings, database_url=(
-            f"{settings.database_url}{joiner}command_timeout={COMMAND_TIMEOUT:g}"))
+        settings = replace(
+            settings,
+            database_url=(f"{settings.database_url}{joiner}command_timeout={COMMAND_TIMEOUT:g}"),
+        )
     return settings
 
 
 # The shared option -> the libpq option it sets.
-_TWINS = {"tls_ca": "sslrootcert", "tls_cert": "sslcert", "tls_key": "sslkey",
-          "tls_verify": "sslmode", "client_name": "application_name"}
+_TWINS = {
+    "tls_ca": "sslrootcert",
+    "tls_cert": "sslcert",
+    "tls_key": "sslkey",
+    "tls_verify": "sslmode",
+    "client_name": "application_name",
+}
 
 
 def _shared_to_libpq(url: str, settings: SqlSettings) -> SqlSettings:
@@ -99,7 +117,8 @@ def _shared_to_libpq(url: str, settings: SqlSettings) -> SqlSettings:
         if _TWINS[option] in given:
             raise InvalidURLError(
                 f"PostgreSQL URL {shown!r} gives both {option} and {_TWINS[option]}, which "
-                f"say the same thing; keep {option} (the name every eventbus adapter takes)")
+                f"say the same thing; keep {option} (the name every eventbus adapter takes)"
+            )
     # TLS is selected by any tls_* option here (libpq has no scheme for it).
     check_tls(values, tls=True, name="PostgreSQL", shown=shown, use="")
     added: list[tuple[str, str]] = []
@@ -107,14 +126,14 @@ def _shared_to_libpq(url: str, settings: SqlSettings) -> SqlSettings:
         if option in values:
             added.append((_TWINS[option], str(values[option])))
     if any(option in values for option in TLS_OPTIONS) and "sslmode" not in given:
-        added.append(("sslmode", "require" if values.get("tls_verify") is False
-                      else "verify-full"))
+        added.append(("sslmode", "require" if values.get("tls_verify") is False else "verify-full"))
     if not added:
         return settings
     joiner = "&" if "?" in settings.database_url else "?"
     extra = {key: value for key, value in settings.extra.items() if key not in TLS_OPTIONS}
-    return replace(settings, database_url=f"{settings.database_url}{joiner}{urlencode(added)}",
-                   extra=extra)
+    return replace(
+        settings, database_url=f"{settings.database_url}{joiner}{urlencode(added)}", extra=extra
+    )
 
 
 def _where(base: str) -> str:
@@ -122,7 +141,9 @@ def _where(base: str) -> str:
         parts = urlsplit(base)
         port = parts.port or 5432
     except ValueError as exc:
-        raise InvalidURLError(f"PostgreSQL URL {mask_url(base)} is malformed: {exc}; use "
-                              "postgresql://user:password@host:5432/database") from None
+        raise InvalidURLError(
+            f"PostgreSQL URL {mask_url(base)} is malformed: {exc}; use "
+            "postgresql://user:password@host:5432/database"
+        ) from None
     database = parts.path.lstrip("/") or "(the user's default database)"
     return f"PostgreSQL at {parts.hostname or 'localhost'}:{port}/{database}"

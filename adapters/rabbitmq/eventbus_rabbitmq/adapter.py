@@ -66,8 +66,14 @@ HEALTH_TIMEOUT = 1.0
 # How long a message returned unroutable by a topic that routed before is sent again.
 UNROUTABLE_GRACE = 3.0
 SUBSCRIBE_ATTEMPTS = 8
-_TRANSIENT = (AMQPConnectionError, ConnectionClosed, ChannelInvalidStateError, RuntimeError,
-              TimeoutError, OSError)
+_TRANSIENT = (
+    AMQPConnectionError,
+    ConnectionClosed,
+    ChannelInvalidStateError,
+    RuntimeError,
+    TimeoutError,
+    OSError,
+)
 
 
 class RabbitMQAdapter(Adapter):
@@ -78,8 +84,13 @@ class RabbitMQAdapter(Adapter):
 
     schemes = ("amqp", "amqps")
 
-    def __init__(self, url: str | None = None, *, settings: RabbitMQSettings | None = None,
-                 client: AbstractRobustConnection | None = None) -> None:
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        settings: RabbitMQSettings | None = None,
+        client: AbstractRobustConnection | None = None,
+    ) -> None:
         """``RabbitMQAdapter(url)``, or ``RabbitMQAdapter(settings=..., client=...)``:
         settings made in code, and optionally an aio-pika robust connection you opened
         yourself, used as it is for publishing and consuming (so a memory alarm that
@@ -153,18 +164,25 @@ class RabbitMQAdapter(Adapter):
             if link is None or link.is_closed:
                 raise BrokerConnectionError(
                     f"the publishing connection to RabbitMQ at {self.settings.masked_url}"
-                    " is down; reconnecting, publish again")
+                    " is down; reconnecting, publish again"
+                )
             self._channel = None
             self._exchanges.clear()
         connection = await self._publisher.open()
         s = self.settings
-        with map_exceptions({Exception: BrokerConnectionError}, hint="try again",
-                            scrub=s.scrub, chain=False, what=(
-                f"opening a channel on RabbitMQ at {s.masked_url} (within "
-                f"{s.connect_timeout:g}s)")):
+        with map_exceptions(
+            {Exception: BrokerConnectionError},
+            hint="try again",
+            scrub=s.scrub,
+            chain=False,
+            what=(
+                f"opening a channel on RabbitMQ at {s.masked_url} (within {s.connect_timeout:g}s)"
+            ),
+        ):
             channel = await asyncio.wait_for(
                 connection.channel(publisher_confirms=True, on_return_raises=s.mandatory),
-                s.connect_timeout)
+                s.connect_timeout,
+            )
         self._channel = channel
         return channel
 
@@ -175,8 +193,9 @@ class RabbitMQAdapter(Adapter):
             try:
                 await subscription.close()
             except Exception as exc:
-                log.warning("closing a RabbitMQ subscription failed: %s", one_line(
-                    self.settings, exc))
+                log.warning(
+                    "closing a RabbitMQ subscription failed: %s", one_line(self.settings, exc)
+                )
         self._subscriptions.clear()
         self._channel = None
         self._exchanges.clear()
@@ -197,19 +216,29 @@ class RabbitMQAdapter(Adapter):
             links.append(self._consumer)
         for link in links:
             connection = link.connection
-            if connection is None or connection.is_closed or (
-                    link is self._publisher and channel.is_closed):
-                return HealthReport(False, f"the {link.role} connection to RabbitMQ at "
-                                    f"{s.masked_url} is down; reconnecting", info)
+            if (
+                connection is None
+                or connection.is_closed
+                or (link is self._publisher and channel.is_closed)
+            ):
+                return HealthReport(
+                    False,
+                    f"the {link.role} connection to RabbitMQ at "
+                    f"{s.masked_url} is down; reconnecting",
+                    info,
+                )
             try:
                 await link.probe(HEALTH_TIMEOUT)
             except (Exception, asyncio.CancelledError) as exc:
                 if isinstance(exc, asyncio.CancelledError) and _cancelling():
                     raise
                 return HealthReport(
-                    False, f"RabbitMQ at {s.masked_url} did not answer on the {link.role} "
+                    False,
+                    f"RabbitMQ at {s.masked_url} did not answer on the {link.role} "
                     f"connection within {HEALTH_TIMEOUT:g}s ({one_line(s, exc)}); a "
-                    "connection that stays silent is reconnected", info)
+                    "connection that stays silent is reconnected",
+                    info,
+                )
         return HealthReport(True, f"RabbitMQ at {s.masked_url} answered", info)
 
     # -- publishing --------------------------------------------------------------------
@@ -234,7 +263,8 @@ class RabbitMQAdapter(Adapter):
             channel = await self._publishing_channel()
             if self.settings.provision:
                 exchange = await asyncio.wait_for(
-                    declare_exchange(channel, topic), self.settings.publish_timeout)
+                    declare_exchange(channel, topic), self.settings.publish_timeout
+                )
             else:
                 await require(await self._publisher.open(), self.settings, exchanges=[topic])
                 exchange = await channel.get_exchange(topic, ensure=False)
@@ -249,9 +279,7 @@ class RabbitMQAdapter(Adapter):
         exchange = await self._guarded(topic, self._exchange(topic))
         await self._send_all(topic, envelopes, messages, exchange, None)
 
-    async def publish_to_group(
-        self, topic: str, group: str, envelopes: Sequence[Envelope]
-    ) -> None:
+    async def publish_to_group(self, topic: str, group: str, envelopes: Sequence[Envelope]) -> None:
         """Deliver ``envelopes`` to ``group``'s queue alone (through the default
         exchange), so no other group of ``topic`` sees them; the group is declared
         if new. Same confirms and size rules as :meth:`publish`.
@@ -265,8 +293,9 @@ class RabbitMQAdapter(Adapter):
         channel = await self._guarded(topic, self._publishing_channel())
         await self._guarded(topic, self._ensure_group(topic, group))
         try:
-            await self._send_all(topic, envelopes, messages, channel.default_exchange,
-                                 work_queue(topic, group))
+            await self._send_all(
+                topic, envelopes, messages, channel.default_exchange, work_queue(topic, group)
+            )
         except PublishError:
             self._groups.discard((topic, group))  # gone? the next call declares it again
             raise
@@ -292,19 +321,31 @@ class RabbitMQAdapter(Adapter):
         for envelope in envelopes:
             encoded = encode(envelope)
             self.check_size(topic, envelope, encoded.size)
-            messages.append(Message(
-                encoded.body, headers=encoded.headers, content_type=encoded.content_type,
-                delivery_mode=DeliveryMode.PERSISTENT, message_id=envelope.id,
-                type=envelope.type,
-            ))
+            messages.append(
+                Message(
+                    encoded.body,
+                    headers=encoded.headers,
+                    content_type=encoded.content_type,
+                    delivery_mode=DeliveryMode.PERSISTENT,
+                    message_id=envelope.id,
+                    type=envelope.type,
+                )
+            )
         return messages
 
-    async def _send_all(self, topic: str, envelopes: Sequence[Envelope],
-                        messages: list[Message], exchange: AbstractExchange,
-                        routing_key: str | None) -> None:
+    async def _send_all(
+        self,
+        topic: str,
+        envelopes: Sequence[Envelope],
+        messages: list[Message],
+        exchange: AbstractExchange,
+        routing_key: str | None,
+    ) -> None:
         results = await asyncio.gather(
-            *(self._send(exchange, message, routing_key or message.type or topic)
-              for message in messages),
+            *(
+                self._send(exchange, message, routing_key or message.type or topic)
+                for message in messages
+            ),
             return_exceptions=True,
         )
         failures = {i: r for i, r in enumerate(results) if isinstance(r, BaseException)}
@@ -318,8 +359,10 @@ class RabbitMQAdapter(Adapter):
                 raise first
             what = f"{len(messages)} message(s)" if len(messages) > 1 else _event(envelopes[0])
             raise publish_error(self.settings, topic, what, first)
-        errors = {i: publish_error(self.settings, topic, _event(envelopes[i]), exc)
-                  for i, exc in failures.items()}
+        errors = {
+            i: publish_error(self.settings, topic, _event(envelopes[i]), exc)
+            for i, exc in failures.items()
+        }
         raise BatchPublishError.partial(errors, len(messages), f"RabbitMQ topic {topic!r}")
 
     async def _send(self, exchange: AbstractExchange, message: Message, key: str) -> None:
@@ -327,8 +370,7 @@ class RabbitMQAdapter(Adapter):
         # wraps the coroutine in one), which is a sizeable share of a publish's CPU.
         async with asyncio.timeout(self.settings.publish_timeout):
             try:
-                await exchange.publish(message, routing_key=key,
-                                       mandatory=self.settings.mandatory)
+                await exchange.publish(message, routing_key=key, mandatory=self.settings.mandatory)
             except ReturnedError:
                 if exchange.name not in self._routed:
                     raise
@@ -365,8 +407,7 @@ class RabbitMQAdapter(Adapter):
         try:
             channel = await self._publishing_channel()
             async with asyncio.timeout(self.settings.publish_timeout):
-                await channel.default_exchange.publish(message, routing_key=queue,
-                                                       mandatory=True)
+                await channel.default_exchange.publish(message, routing_key=queue, mandatory=True)
         except Exception as exc:
             self._learn(exc)
             raise publish_error(self.settings, queue, "a message", exc) from None
@@ -418,12 +459,17 @@ class RabbitMQAdapter(Adapter):
                     # A quorum queue declared a moment ago may not have its replica
                     # running yet: the broker then closes the connection with
                     # INTERNAL_ERROR on basic.consume; the robust connection comes back.
-                    log.info("subscribing to %s as %s failed (%s); trying again",
-                             topic, options.group, one_line(self.settings, exc))
+                    log.info(
+                        "subscribing to %s as %s failed (%s); trying again",
+                        topic,
+                        options.group,
+                        one_line(self.settings, exc),
+                    )
                     await asyncio.sleep(next(delays))
                     continue
-                raise subscribe_error(self.settings, topic, options.group,
-                                      subscription.queue_name, exc) from None
+                raise subscribe_error(
+                    self.settings, topic, options.group, subscription.queue_name, exc
+                ) from None
         self._subscriptions.add(subscription)
         return subscription
 

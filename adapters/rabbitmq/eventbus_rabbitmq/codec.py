@@ -94,8 +94,14 @@ def decode(headers: Mapping[str, Any] | None, content_type: str | None, body: by
             cloud["content-type"] = content_type
         envelope = decode_binary(cloud, body, CE_PREFIX)
     except Exception as exc:  # any unreadable message is poison, never a consumer crash
-        return Decoded(None, f"{type(exc).__name__}: {exc}", body,
-                       raw_headers(headers, content_type), attempt, not_before)
+        return Decoded(
+            None,
+            f"{type(exc).__name__}: {exc}",
+            body,
+            raw_headers(headers, content_type),
+            attempt,
+            not_before,
+        )
     return Decoded(envelope, None, None, None, attempt, not_before)
 
 
@@ -104,8 +110,11 @@ _BROKER_HEADERS = ("x-death", "x-delivery-count", "x-first-death-", "x-last-deat
 
 
 def _producer_headers(headers: Mapping[str, Any] | None) -> dict[str, Any]:
-    return {k: v for k, v in (headers or {}).items()
-            if k not in _TRANSPORT_HEADERS and not k.startswith(_BROKER_HEADERS)}
+    return {
+        k: v
+        for k, v in (headers or {}).items()
+        if k not in _TRANSPORT_HEADERS and not k.startswith(_BROKER_HEADERS)
+    }
 
 
 def retry_headers(
@@ -151,19 +160,30 @@ def raw_message(payload: bytes, headers: Mapping[str, bytes] | None) -> Message:
             table[name] = bytes(value).decode("utf-8")
         except UnicodeDecodeError:  # anything else as a byte array, kept exactly
             table[name] = bytearray(value)
-    return Message(payload, headers=table or None, content_type=content_type,
-                   delivery_mode=DeliveryMode.PERSISTENT)
+    return Message(
+        payload,
+        headers=table or None,
+        content_type=content_type,
+        delivery_mode=DeliveryMode.PERSISTENT,
+    )
 
 
 def copy_message(message: AbstractIncomingMessage, headers: Mapping[str, Any]) -> Message:
     """A persistent copy of a consumed message with ``headers``, every property kept but
     ``user_id`` (the broker checks it against the connection's user)."""
     return Message(
-        message.body, headers=dict(headers), content_type=message.content_type,
-        content_encoding=message.content_encoding, delivery_mode=DeliveryMode.PERSISTENT,
-        priority=message.priority, correlation_id=message.correlation_id,
-        reply_to=message.reply_to, expiration=message.expiration,
-        message_id=message.message_id, timestamp=message.timestamp, type=message.type,
+        message.body,
+        headers=dict(headers),
+        content_type=message.content_type,
+        content_encoding=message.content_encoding,
+        delivery_mode=DeliveryMode.PERSISTENT,
+        priority=message.priority,
+        correlation_id=message.correlation_id,
+        reply_to=message.reply_to,
+        expiration=message.expiration,
+        message_id=message.message_id,
+        timestamp=message.timestamp,
+        type=message.type,
         app_id=message.app_id,
     )
 

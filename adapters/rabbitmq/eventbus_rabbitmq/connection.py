@@ -41,9 +41,12 @@ def one_line(settings: RabbitMQSettings, exc: BaseException) -> str:
 
 
 # Whatever fails while connecting: the broker is not there, or not for these credentials.
-_UNREACHABLE: ExceptionMap = {Exception: (
-    BrokerConnectionError,
-    "check the host, port, vhost and credentials, and that the port speaks AMQP")}
+_UNREACHABLE: ExceptionMap = {
+    Exception: (
+        BrokerConnectionError,
+        "check the host, port, vhost and credentials, and that the port speaks AMQP",
+    )
+}
 
 
 def half_open_bound(settings: RabbitMQSettings) -> float | None:
@@ -60,8 +63,9 @@ class Link:
     """The ``role`` ("publish" or "consume") connection: opened on first use, or the
     ``given`` one (the user's, used as it is and never closed here)."""
 
-    def __init__(self, settings: RabbitMQSettings, role: str,
-                 given: AbstractRobustConnection | None = None) -> None:
+    def __init__(
+        self, settings: RabbitMQSettings, role: str, given: AbstractRobustConnection | None = None
+    ) -> None:
         self.settings = settings
         self.role = role
         self.given = given
@@ -76,23 +80,33 @@ class Link:
     async def _connect(self) -> AbstractRobustConnection:
         s = self.settings
         url = make_url(
-            host=s.host, port=s.port, login=s.username, password=s.password,
-            virtualhost=s.vhost, ssl=s.tls, heartbeat=s.heartbeat,
-            reconnect_interval=s.reconnect_interval, auth=s.auth_mechanism.lower(),
+            host=s.host,
+            port=s.port,
+            login=s.username,
+            password=s.password,
+            virtualhost=s.vhost,
+            ssl=s.tls,
+            heartbeat=s.heartbeat,
+            reconnect_interval=s.reconnect_interval,
+            auth=s.auth_mechanism.lower(),
         )
-        context = tls_context(s.tls_ca, s.tls_cert, s.tls_key, s.tls_verify) \
-            if s.tls else None
+        context = tls_context(s.tls_ca, s.tls_cert, s.tls_key, s.tls_verify) if s.tls else None
         connection = RobustConnection(
-            url, ssl_context=context,
+            url,
+            ssl_context=context,
             client_properties={"connection_name": f"{s.client_name} ({self.role})"},
         )
         try:
             # No chain: the client's exceptions may quote the URL it built.
-            with map_exceptions(_UNREACHABLE, scrub=s.scrub, chain=False, what=(
-                    f"connecting to RabbitMQ at {s.masked_url} (within "
-                    f"{s.connect_timeout:g}s)")):
-                await asyncio.wait_for(connection.connect(timeout=s.connect_timeout),
-                                       s.connect_timeout)
+            with map_exceptions(
+                _UNREACHABLE,
+                scrub=s.scrub,
+                chain=False,
+                what=(f"connecting to RabbitMQ at {s.masked_url} (within {s.connect_timeout:g}s)"),
+            ):
+                await asyncio.wait_for(
+                    connection.connect(timeout=s.connect_timeout), s.connect_timeout
+                )
         except BaseException:
             await discard(connection)
             raise
@@ -140,8 +154,7 @@ async def discard(connection: AbstractRobustConnection) -> None:
     except (Exception, asyncio.CancelledError) as exc:
         log.warning("closing a RabbitMQ connection failed: %s: %s", type(exc).__name__, exc)
         current = asyncio.current_task()
-        if isinstance(exc, asyncio.CancelledError) and current is not None and \
-                current.cancelling():
+        if isinstance(exc, asyncio.CancelledError) and current is not None and current.cancelling():
             raise
 
 

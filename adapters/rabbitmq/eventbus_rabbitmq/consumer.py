@@ -72,8 +72,14 @@ class RabbitMQDelivery(Delivery):
 
     __slots__ = ("_generation", "_message", "_owner")
 
-    def __init__(self, owner: RabbitMQSubscription, message: AbstractIncomingMessage,
-                 generation: int, decoded: Decoded, attempt: int) -> None:
+    def __init__(
+        self,
+        owner: RabbitMQSubscription,
+        message: AbstractIncomingMessage,
+        generation: int,
+        decoded: Decoded,
+        attempt: int,
+    ) -> None:
         super().__init__(
             decoded,
             topic=owner.topic,
@@ -97,8 +103,9 @@ class RabbitMQDelivery(Delivery):
         if not self.stale:
             return False
         # The channel this came on is gone: the broker has already requeued it.
-        log.info("%s of %s skipped: its channel closed, the broker redelivers it",
-                 what, self.message_id)
+        log.info(
+            "%s of %s skipped: its channel closed, the broker redelivers it", what, self.message_id
+        )
         return True
 
     async def _ack(self) -> None:
@@ -117,7 +124,9 @@ class RabbitMQDelivery(Delivery):
         except Exception as exc:
             log.warning(
                 "re-publishing %s for redelivery in %.3fs failed (%s); nacking it with "
-                "requeue so the broker redelivers it now", self.message_id, delay,
+                "requeue so the broker redelivers it now",
+                self.message_id,
+                delay,
                 one_line(self._owner.adapter.settings, exc),
             )
             await self._message.nack(requeue=True)
@@ -152,18 +161,28 @@ class RabbitMQSubscription(Subscription):
         and :class:`TopicNotFoundError` says so without creating anything."""
         connection = await self.adapter.consuming_connection()
         settings = self.adapter.settings
-        if self.options.group == REPLAY_GROUP and await queue_depth(
-                connection, self.queue_name, settings.connect_timeout) is None:
+        if (
+            self.options.group == REPLAY_GROUP
+            and await queue_depth(connection, self.queue_name, settings.connect_timeout) is None
+        ):
             raise TopicNotFoundError(
                 f"no such dead-letter topic {self.topic!r} on RabbitMQ at "
                 f"{settings.masked_url}: its queue {self.queue_name!r} does not exist, so "
                 "nothing was ever dead-lettered for that topic and group; check the topic "
-                "and group names (nothing was created)")
+                "and group names (nothing was created)"
+            )
         if not settings.provision and self.options.group != REPLAY_GROUP:
             dead = dlq_topic(self.topic, self.options.group)
-            await require(connection, settings, exchanges=[self.topic, dead], queues=[
-                self.queue_name, work_queue(dead, REPLAY_GROUP),
-                *delay_queues(settings, self.topic, self.options.group)])
+            await require(
+                connection,
+                settings,
+                exchanges=[self.topic, dead],
+                queues=[
+                    self.queue_name,
+                    work_queue(dead, REPLAY_GROUP),
+                    *delay_queues(settings, self.topic, self.options.group),
+                ],
+            )
         channel = await connection.channel(publisher_confirms=False)
         self._channel = channel
         channel.close_callbacks.add(self._on_channel_close)
@@ -171,8 +190,7 @@ class RabbitMQSubscription(Subscription):
         if self.options.group == REPLAY_GROUP or not settings.provision:
             self._queue = await channel.declare_queue(self.queue_name, passive=True)
         else:
-            self._queue = await declare_group(channel, settings, self.topic,
-                                              self.options.group)
+            self._queue = await declare_group(channel, settings, self.topic, self.options.group)
         self._tag = await self._queue.consume(self._on_message, no_ack=False)
 
     def _on_channel_close(self, _: Any, exc: BaseException | None = None) -> None:
@@ -191,7 +209,9 @@ class RabbitMQSubscription(Subscription):
                 "than the broker's consumer_timeout (%s); every unsettled message of the "
                 "channel is redelivered, so a handler that slow runs twice. Raise "
                 "consumer_timeout on the broker above the slowest handler",
-                self.queue_name, one_line(self.adapter.settings, exc))
+                self.queue_name,
+                one_line(self.adapter.settings, exc),
+            )
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         self._buffer.put_nowait((self.generation, message, None))
@@ -204,8 +224,9 @@ class RabbitMQSubscription(Subscription):
         else:
             tier = pick_tier(delay, self.adapter.settings.delay_tiers)
             queue = await self._tier(round(tier * 1000))
-        headers = retry_headers(message.headers, attempt=attempt,
-                                not_before_ms=int(time.time() * 1000) + delay_ms)
+        headers = retry_headers(
+            message.headers, attempt=attempt, not_before_ms=int(time.time() * 1000) + delay_ms
+        )
         await self.adapter.publish_to_queue(queue, copy_message(message, headers))
 
     async def _tier(self, tier_ms: int) -> str:
@@ -213,8 +234,9 @@ class RabbitMQSubscription(Subscription):
         if name is None:
             assert self._channel is not None
             if self.adapter.settings.provision:
-                name = await declare_delay_tier(self._channel, self.topic, self.options.group,
-                                                tier_ms)
+                name = await declare_delay_tier(
+                    self._channel, self.topic, self.options.group, tier_ms
+                )
             else:  # checked to exist when the subscription started
                 name = delay_queue(self.topic, self.options.group, tier_ms)
             self._tiers[tier_ms] = name
@@ -229,16 +251,22 @@ class RabbitMQSubscription(Subscription):
         if self.adapter.settings.single_active_consumer:
             return None
         settings = self.adapter.settings
-        with map_exceptions({Exception: BrokerConnectionError}, scrub=settings.scrub,
-                            chain=False, what=(
+        with map_exceptions(
+            {Exception: BrokerConnectionError},
+            scrub=settings.scrub,
+            chain=False,
+            what=(
                 f"counting the messages of queue {self.queue_name!r} on RabbitMQ at "
-                f"{settings.masked_url} (within {BACKLOG_TIMEOUT:g}s)")):
+                f"{settings.masked_url} (within {BACKLOG_TIMEOUT:g}s)"
+            ),
+        ):
             connection = await self.adapter.consuming_connection()
             depth = await queue_depth(connection, self.queue_name, BACKLOG_TIMEOUT)
         if depth is None:
             raise TopicNotFoundError(
                 f"the queue {self.queue_name!r} of group {self.options.group!r} on "
-                f"{self.topic!r} was deleted on RabbitMQ; subscribing again declares it")
+                f"{self.topic!r} was deleted on RabbitMQ; subscribing again declares it"
+            )
         return depth
 
     async def close(self) -> None:
@@ -270,8 +298,9 @@ class RabbitMQSubscription(Subscription):
             if delivery is not None:
                 yield delivery
 
-    async def _delivery(self, generation: int, message: AbstractIncomingMessage,
-                        known: int | None) -> RabbitMQDelivery | None:
+    async def _delivery(
+        self, generation: int, message: AbstractIncomingMessage, known: int | None
+    ) -> RabbitMQDelivery | None:
         decoded = decode(message.headers, message.content_type, message.body)
         wait_ms = decoded.not_before_ms - int(time.time() * 1000)
         if wait_ms > 50:
@@ -280,8 +309,11 @@ class RabbitMQSubscription(Subscription):
                 await self.park(message, decoded.attempt, wait_ms / 1000)
                 await message.ack()
             except Exception as exc:
-                log.warning("re-parking %s failed (%s); handing it out early",
-                            message.delivery_tag, one_line(self.adapter.settings, exc))
+                log.warning(
+                    "re-parking %s failed (%s); handing it out early",
+                    message.delivery_tag,
+                    one_line(self.adapter.settings, exc),
+                )
             else:
                 return None
         headers = message.headers or {}
@@ -307,8 +339,9 @@ class RabbitMQSubscription(Subscription):
             attempt = decoded.attempt
         return RabbitMQDelivery(self, message, generation, decoded, attempt)
 
-    async def _recount(self, generation: int, message: AbstractIncomingMessage,
-                       attempt: int) -> None:
+    async def _recount(
+        self, generation: int, message: AbstractIncomingMessage, attempt: int
+    ) -> None:
         """Put a classic queue's redelivery back on the queue carrying ``attempt``, then
         ack the original: the copy arrives as a fresh delivery whose attempt header
         counts every run so far, across process crashes.
@@ -321,25 +354,37 @@ class RabbitMQSubscription(Subscription):
         hold = self._holds[token] = asyncio.Event()
         try:
             try:
-                await self.adapter.publish_to_queue(self.queue_name, copy_message(
-                    message, recounted(message.headers, attempt, token)))
+                await self.adapter.publish_to_queue(
+                    self.queue_name,
+                    copy_message(message, recounted(message.headers, attempt, token)),
+                )
             except Exception as exc:
-                log.warning("counting the redelivery of %s (attempt %d) on the queue failed "
-                            "(%s); handing it out as attempt %d", self.queue_name, attempt,
-                            one_line(self.adapter.settings, exc), attempt)
+                log.warning(
+                    "counting the redelivery of %s (attempt %d) on the queue failed "
+                    "(%s); handing it out as attempt %d",
+                    self.queue_name,
+                    attempt,
+                    one_line(self.adapter.settings, exc),
+                    attempt,
+                )
                 self._buffer.put_nowait((generation, message, attempt))
                 return
             try:
                 await message.ack()
                 # A round trip on the same channel: the broker handles a channel's
                 # frames in order, so once this is answered the ack has been taken.
-                await asyncio.wait_for(message.channel.basic_qos(
-                    prefetch_count=max(1, self.options.prefetch)), CLOSE_TIMEOUT)
+                await asyncio.wait_for(
+                    message.channel.basic_qos(prefetch_count=max(1, self.options.prefetch)),
+                    CLOSE_TIMEOUT,
+                )
             except Exception as exc:
                 # The channel went: the original comes back as well, and is counted
                 # again; the copy is a duplicate, which idempotency absorbs.
-                log.info("acking %s after counting its redelivery failed (%s)",
-                         self.queue_name, one_line(self.adapter.settings, exc))
+                log.info(
+                    "acking %s after counting its redelivery failed (%s)",
+                    self.queue_name,
+                    one_line(self.adapter.settings, exc),
+                )
         finally:
             hold.set()
             # Kept a while for a copy that arrives late; then forgotten.

@@ -71,21 +71,19 @@ async def declare_group(
     dead = dlq_topic(topic, group)
     dead_exchange = await declare_exchange(channel, dead)
     parked = await channel.declare_queue(
-        work_queue(dead, REPLAY_GROUP), durable=True,
+        work_queue(dead, REPLAY_GROUP),
+        durable=True,
         arguments=queue_arguments(settings, dead, REPLAY_GROUP),
     )
     await parked.bind(dead_exchange, "#")
     queue = await channel.declare_queue(
-        work_queue(topic, group), durable=True,
-        arguments=queue_arguments(settings, topic, group),
+        work_queue(topic, group), durable=True, arguments=queue_arguments(settings, topic, group)
     )
     await queue.bind(exchange, "#")
     return queue
 
 
-async def declare_delay_tier(
-    channel: AbstractChannel, topic: str, group: str, tier_ms: int
-) -> str:
+async def declare_delay_tier(channel: AbstractChannel, topic: str, group: str, tier_ms: int) -> str:
     """The delay queue of ``tier_ms`` for ``group``; returns its name."""
     name = delay_queue(topic, group, tier_ms)
     await channel.declare_queue(
@@ -100,10 +98,10 @@ async def declare_delay_tier(
     return name
 
 
-
 @contextlib.asynccontextmanager
-async def scratch_channel(connection: AbstractConnection,
-                          timeout: float) -> AsyncIterator[AbstractChannel]:
+async def scratch_channel(
+    connection: AbstractConnection, timeout: float
+) -> AsyncIterator[AbstractChannel]:
     """A short-lived channel of its own, not registered for recovery: a refused
     declaration (404, PRECONDITION_FAILED) closes its channel, which must not be one
     that consumes or publishes. Everything inside runs within ``timeout``."""
@@ -123,15 +121,24 @@ def delay_queues(settings: RabbitMQSettings, topic: str, group: str) -> list[str
     return [delay_queue(topic, group, round(tier * 1000)) for tier in settings.delay_tiers]
 
 
-async def require(connection: AbstractConnection, settings: RabbitMQSettings, *,
-                  exchanges: Sequence[str] = (), queues: Sequence[str] = ()) -> None:
+async def require(
+    connection: AbstractConnection,
+    settings: RabbitMQSettings,
+    *,
+    exchanges: Sequence[str] = (),
+    queues: Sequence[str] = (),
+) -> None:
     """With ``provision=false``: raise :class:`ProvisioningError` naming every exchange
     and queue of these that does not exist (passive declares: nothing is created)."""
     timeout = settings.publish_timeout
-    missing = [f"exchange {name!r}" for name in exchanges
-               if not await exchange_exists(connection, name, timeout)]
-    missing += [f"queue {name!r}" for name in queues
-                if await queue_depth(connection, name, timeout) is None]
+    missing = [
+        f"exchange {name!r}"
+        for name in exchanges
+        if not await exchange_exists(connection, name, timeout)
+    ]
+    missing += [
+        f"queue {name!r}" for name in queues if await queue_depth(connection, name, timeout) is None
+    ]
     if missing:
         raise ProvisioningError(
             f"{', '.join(missing)} do{'es' if len(missing) == 1 else ''} not exist on "

@@ -50,14 +50,19 @@ def learn_limit(capabilities: Capabilities, exc: BaseException, where: str) -> C
     limit = server_size_limit(exc)
     if limit is None or limit >= capabilities.max_message_bytes:
         return capabilities
-    log.warning("RabbitMQ at %s refuses messages over %d bytes (its max_message_size); "
-                "max_message_bytes lowered from %d to match", where, limit,
-                capabilities.max_message_bytes)
+    log.warning(
+        "RabbitMQ at %s refuses messages over %d bytes (its max_message_size); "
+        "max_message_bytes lowered from %d to match",
+        where,
+        limit,
+        capabilities.max_message_bytes,
+    )
     return dataclasses.replace(capabilities, max_message_bytes=limit)
 
 
-def precondition_error(settings: RabbitMQSettings, queue: str,
-                       exc: ChannelPreconditionFailed) -> ProvisioningError:
+def precondition_error(
+    settings: RabbitMQSettings, queue: str, exc: ChannelPreconditionFailed
+) -> ProvisioningError:
     """A declaration of ``queue`` refused because it exists with other arguments."""
     error = ProvisioningError(
         f"RabbitMQ refused to declare queue {queue!r}: it exists with other arguments "
@@ -70,20 +75,21 @@ def precondition_error(settings: RabbitMQSettings, queue: str,
     return error
 
 
-def publish_error(settings: RabbitMQSettings, topic: str, what: str,
-                  exc: BaseException) -> Exception:
+def publish_error(
+    settings: RabbitMQSettings, topic: str, what: str, exc: BaseException
+) -> Exception:
     """The eventbus error for a publish of ``what`` to ``topic`` that failed with ``exc``
     (what the broker refused for good is told apart from an outage: see the module)."""
     if isinstance(exc, EventBusError):
         return exc
     what = f"publishing {what} to {topic!r} on RabbitMQ at {settings.masked_url}"
     if not isinstance(exc, Exception):  # the confirm never came: cut short
-        error = BrokerConnectionError(f"{what} was not confirmed ({type(exc).__name__}); "
-                                      "publish again")
+        error = BrokerConnectionError(
+            f"{what} was not confirmed ({type(exc).__name__}); publish again"
+        )
         error.__cause__ = exc
         return error
-    return translate(exc, lambda e: _publish_refusal(e, topic), scrub=settings.scrub,
-                     what=what)
+    return translate(exc, lambda e: _publish_refusal(e, topic), scrub=settings.scrub, what=what)
 
 
 def _publish_refusal(exc: Exception, topic: str) -> Mapped:
@@ -92,27 +98,32 @@ def _publish_refusal(exc: Exception, topic: str) -> Mapped:
         return MessageTooLargeError, (
             f"over the broker's max_message_size ({limit} bytes); nothing was stored. Keep "
             "events small, or raise max_message_size on the broker; this adapter now "
-            f"refuses messages over {limit} bytes before sending")
+            f"refuses messages over {limit} bytes before sending"
+        )
     if isinstance(exc, ChannelAccessRefused):
         return ProvisioningError, (
             f"the broker does not let this user declare or write to exchange {topic!r}; "
-            "grant the permission, or declare it yourself and set provision=false")
+            "grant the permission, or declare it yourself and set provision=false"
+        )
     if isinstance(exc, ChannelPreconditionFailed):
         return PublishError, "the broker refused it; sending it again will not help"
     if isinstance(exc, ReturnedError):
         return PublishError, (
             f"returned: no queue is bound to exchange {topic!r} (no group has subscribed "
             "yet), so it was not stored; subscribe a group first, or set mandatory=false "
-            "to drop such messages silently")
+            "to drop such messages silently"
+        )
     if isinstance(exc, DeliveryError):
         return PublishError, "the broker refused (nacked) it; publish again"
     return BrokerConnectionError, (
         "not confirmed: the connection is down or slow (a memory or disk alarm blocks "
-        "publishing too); publish again")
+        "publishing too); publish again"
+    )
 
 
-def subscribe_error(settings: RabbitMQSettings, topic: str, group: str, queue: str,
-                    exc: Exception) -> Exception:
+def subscribe_error(
+    settings: RabbitMQSettings, topic: str, group: str, queue: str, exc: Exception
+) -> Exception:
     """The eventbus error for a subscribe of ``group`` to ``topic`` that failed with
     ``exc``: what it may not declare or finds declared otherwise is a provisioning
     error (for good), anything else the connection's (subscribing again may help)."""
@@ -124,9 +135,14 @@ def subscribe_error(settings: RabbitMQSettings, topic: str, group: str, queue: s
             return ProvisioningError, (
                 f"the broker does not let this user declare queue {queue!r} or its "
                 "exchanges; grant the permission, or declare them yourself and set "
-                "provision=false")
+                "provision=false"
+            )
         return BrokerConnectionError, "subscribing again"
 
-    return translate(exc, refusal, scrub=settings.scrub, chain=False, what=(
-        f"subscribing to {topic!r} as group {group!r} on RabbitMQ at "
-        f"{settings.masked_url}"))
+    return translate(
+        exc,
+        refusal,
+        scrub=settings.scrub,
+        chain=False,
+        what=(f"subscribing to {topic!r} as group {group!r} on RabbitMQ at {settings.masked_url}"),
+    )

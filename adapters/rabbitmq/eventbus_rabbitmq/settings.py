@@ -137,10 +137,16 @@ class RabbitMQSettings:
             values["username"] = unquote(parts.username)
             values["password"] = unquote(parts.password or "")
         # A repeated option has always meant its last value here: keep it so.
-        values.update(parse_options(
-            query_pairs(parts.query), _OPTIONS, name="RabbitMQ", shown=masked, repeated="last",
-            renamed=RENAMED,
-        ))
+        values.update(
+            parse_options(
+                query_pairs(parts.query),
+                _OPTIONS,
+                name="RabbitMQ",
+                shown=masked,
+                repeated="last",
+                renamed=RENAMED,
+            )
+        )
         check_tls(values, tls=tls, name="RabbitMQ", shown=masked, use="use amqps://")
         if values.get("auth_mechanism") == "EXTERNAL" and not (tls and values.get("tls_cert")):
             raise InvalidURLError(
@@ -178,8 +184,9 @@ def _tiers_ms(raw: str) -> tuple[float, ...]:
 
 
 _OPTIONS: dict[str, OptionParser] = {
-    **shared("start_from", "client_name", "provision", "connect_timeout", "delay_tiers",
-             *TLS_OPTIONS),
+    **shared(
+        "start_from", "client_name", "provision", "connect_timeout", "delay_tiers", *TLS_OPTIONS
+    ),
     "queue_type": choice("classic", "quorum"),
     "single_active_consumer": strict_flag,
     "mandatory": strict_flag,

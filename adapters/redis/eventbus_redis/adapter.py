@@ -66,18 +66,23 @@ class RedisAdapter(Adapter):
     never closed by the adapter.
     """
 
-    def __init__(self, url: str | None = None, *, settings: RedisSettings | None = None,
-                 client: Redis | None = None) -> None:
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        settings: RedisSettings | None = None,
+        client: Redis | None = None,
+    ) -> None:
         s = settings_from(url, settings, RedisSettings, type(self).__name__)
         super().__init__(s.url or s.masked_url)
         self.settings = s
         self.start_from = s.start_from
-        if client is not None and client.connection_pool.connection_kwargs.get(
-                "decode_responses"):
+        if client is not None and client.connection_pool.connection_kwargs.get("decode_responses"):
             raise ConfigurationError(
                 f"the redis-py client given to {type(self).__name__} for {s.masked_url} "
                 "decodes replies (decode_responses=True), but stream entries and messages "
-                "are bytes to the adapter: give it a client made with decode_responses=False")
+                "are bytes to the adapter: give it a client made with decode_responses=False"
+            )
         self._given = client
         self._client: Redis | None = None
         self._batcher: Batcher | None = None
@@ -160,31 +165,49 @@ class RedisAdapter(Adapter):
         s = self.settings
         info = {"mode": s.mode, "server": f"{s.host}:{s.port}/{s.db}"}
         if self._client is None:
-            return HealthReport(False, f"Redis adapter for {s.masked_url} is not connected; "
-                                "call connect() (or start the bus) first", info)
+            return HealthReport(
+                False,
+                f"Redis adapter for {s.masked_url} is not connected; "
+                "call connect() (or start the bus) first",
+                info,
+            )
         for subscription in list(self._subscriptions):
             late = getattr(subscription, "overdue", lambda: None)()
             if late is not None:
-                return HealthReport(False, (
-                    f"a read of stream {subscription.topic!r} as group "
-                    f"{subscription.group!r} on Redis at {s.masked_url} has had no answer "
-                    f"for {late + s.read_timeout:.1f}s (read_timeout {s.read_timeout:g}s): "
-                    "the connection stopped answering; redis-py is replacing it"), info)
+                return HealthReport(
+                    False,
+                    (
+                        f"a read of stream {subscription.topic!r} as group "
+                        f"{subscription.group!r} on Redis at {s.masked_url} has had no answer "
+                        f"for {late + s.read_timeout:.1f}s (read_timeout {s.read_timeout:g}s): "
+                        "the connection stopped answering; redis-py is replacing it"
+                    ),
+                    info,
+                )
         try:
             await self._ping()
         except Exception as exc:
-            return HealthReport(False, f"Redis at {s.masked_url} does not answer: "
-                                f"{type(exc).__name__}: {exc or 'timed out'}", info)
+            return HealthReport(
+                False,
+                f"Redis at {s.masked_url} does not answer: "
+                f"{type(exc).__name__}: {exc or 'timed out'}",
+                info,
+            )
         return HealthReport(True, f"Redis at {s.masked_url} answered PING", info)
 
-    async def send(self, topic: str, envelopes: Sequence[Envelope],
-                   commands: list[Command], counts: list[int] | None = None) -> None:
+    async def send(
+        self,
+        topic: str,
+        envelopes: Sequence[Envelope],
+        commands: list[Command],
+        counts: list[int] | None = None,
+    ) -> None:
         """Send one command per envelope (pipelined; or a command per ``counts[i]``
         envelopes, see ``bulk``) and raise for those Redis refused."""
         with map_exceptions(
             CLIENT_ERRORS,
             what=f"publishing {len(envelopes) or len(commands)} message(s) to {topic!r} on "
-                 f"Redis at {self.settings.masked_url}",
+            f"Redis at {self.settings.masked_url}",
             hint="none was confirmed; publish them again",
         ):
             replies = await self.batcher.submit(commands)
@@ -200,15 +223,18 @@ class RedisAdapter(Adapter):
                         f"stream {topic!r} does not exist on Redis at "
                         f"{self.settings.masked_url} and provision=false: {what} was not "
                         "added; create the stream (XGROUP CREATE <stream> <group> $ "
-                        "MKSTREAM) or set provision=true")
+                        "MKSTREAM) or set provision=true"
+                    )
                     continue
-                error = PublishError(f"Redis refused {what} to {topic!r}: "
-                                     f"{type(reply).__name__}: {reply}")
+                error = PublishError(
+                    f"Redis refused {what} to {topic!r}: {type(reply).__name__}: {reply}"
+                )
                 error.__cause__ = reply
                 failures[index] = error
         if failures:
             if len(failures) == len(replies) and all(
-                    isinstance(f, ProvisioningError) for f in failures.values()):
+                isinstance(f, ProvisioningError) for f in failures.values()
+            ):
                 raise next(iter(failures.values()))
             raise BatchPublishError.partial(failures, len(replies), f"Redis topic {topic!r}")
 
@@ -223,8 +249,13 @@ class RedisStreamsAdapter(RedisAdapter):
 
     schemes = ("redis+streams", "rediss+streams")
 
-    def __init__(self, url: str | None = None, *, settings: RedisSettings | None = None,
-                 client: Redis | None = None) -> None:
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        settings: RedisSettings | None = None,
+        client: Redis | None = None,
+    ) -> None:
         super().__init__(url, settings=settings, client=client)
         if self.settings.mode != "streams":
             raise ValueError(f"{self.settings.masked_url} is a Pub/Sub URL")
@@ -253,11 +284,13 @@ class RedisStreamsAdapter(RedisAdapter):
             raw_publish=True,
         )
 
-    def _xadd(self, topic: str, fields: dict[Any, Any], *, create: bool = True
-              ) -> Callable[[Pipeline], Any]:
+    def _xadd(
+        self, topic: str, fields: dict[Any, Any], *, create: bool = True
+    ) -> Callable[[Pipeline], Any]:
         maxlen, nomkstream = self.settings.maxlen or None, not create
-        return lambda pipe: pipe.xadd(topic, fields, maxlen=maxlen, approximate=True,
-                                      nomkstream=nomkstream)
+        return lambda pipe: pipe.xadd(
+            topic, fields, maxlen=maxlen, approximate=True, nomkstream=nomkstream
+        )
 
     async def publish(self, topic: str, envelopes: Sequence[Envelope]) -> None:
         """XADD each envelope (binary mode: attributes as fields); the reply confirms it.
@@ -268,8 +301,13 @@ class RedisStreamsAdapter(RedisAdapter):
         """
         maxlen, create = self.settings.maxlen, self.settings.provision
         if len(envelopes) < 2:
-            head: tuple[Any, ...] = ("XADD", topic, *(() if create else ("NOMKSTREAM",)),
-                                     *(("MAXLEN", "~", maxlen) if maxlen else ()), "*")
+            head: tuple[Any, ...] = (
+                "XADD",
+                topic,
+                *(() if create else ("NOMKSTREAM",)),
+                *(("MAXLEN", "~", maxlen) if maxlen else ()),
+                "*",
+            )
         else:
             head = ()
         limit = self.capabilities.max_message_bytes
@@ -281,10 +319,16 @@ class RedisStreamsAdapter(RedisAdapter):
             commands.append(args)
         if not head:
             step = MAX_PER_SCRIPT
-            parts = [commands[i:i + step] for i in range(0, len(commands), step)]
-            await self.send(topic, envelopes,
-                            [xadd_many(topic, maxlen, part, create=create)  # type: ignore[arg-type]
-                             for part in parts], [len(p) for p in parts])
+            parts = [commands[i : i + step] for i in range(0, len(commands), step)]
+            await self.send(
+                topic,
+                envelopes,
+                [
+                    xadd_many(topic, maxlen, part, create=create)  # type: ignore[arg-type]
+                    for part in parts
+                ],
+                [len(p) for p in parts],
+            )
             return
         await self.send(topic, envelopes, commands)
 
@@ -296,12 +340,14 @@ class RedisStreamsAdapter(RedisAdapter):
         undecodable dead letter is replayed as it arrived (``provision=false``: to an
         existing stream only)."""
         fields = raw_fields(payload, headers)
-        size = fields_size({name.decode("utf-8", "replace"): value
-                            for name, value in fields.items()})
+        size = fields_size(
+            {name.decode("utf-8", "replace"): value for name, value in fields.items()}
+        )
         if size > self.capabilities.max_message_bytes:
             raise MessageTooLargeError(
                 f"a raw entry of {size} bytes is over the {self.capabilities.max_message_bytes}"
-                f"-byte limit of {type(self).__name__} on topic {topic!r}; nothing was sent")
+                f"-byte limit of {type(self).__name__} on topic {topic!r}; nothing was sent"
+            )
         await self.send(topic, [], [self._xadd(topic, fields, create=self.settings.provision)])
 
     async def subscribe(self, topic: str, options: SubscribeOptions) -> Subscription:
@@ -313,8 +359,7 @@ class RedisStreamsAdapter(RedisAdapter):
         """Remember ``subscription`` so :meth:`close` closes it."""
         self._subscriptions.add(subscription)
 
-    async def publish_to_group(self, topic: str, group: str,
-                               envelopes: Sequence[Envelope]) -> None:
+    async def publish_to_group(self, topic: str, group: str, envelopes: Sequence[Envelope]) -> None:
         """XADD ``envelopes`` to ``group``'s route stream of ``topic``: that group's
         consumers alone read it. Same size checks and confirmation as :meth:`publish`."""
         key = route_key(topic, group)
@@ -328,11 +373,17 @@ class RedisStreamsAdapter(RedisAdapter):
     async def read(self, topic: str, *, limit: int | None = None) -> list[ReadRecord]:
         """XRANGE from the oldest retained entry; no group is created or touched."""
         client: Any = self.client  # redis-py's reply types are too narrow
-        with map_exceptions(CLIENT_ERRORS,
-                            what=f"reading {topic!r} on Redis at {self.settings.masked_url}"):
+        with map_exceptions(
+            CLIENT_ERRORS, what=f"reading {topic!r} on Redis at {self.settings.masked_url}"
+        ):
             exists = await client.exists(topic)
-            entries = [] if not exists else await client.xrange(
-                topic, "-", "+", count=None if limit is None else max(0, limit) or 1)
+            entries = (
+                []
+                if not exists
+                else await client.xrange(
+                    topic, "-", "+", count=None if limit is None else max(0, limit) or 1
+                )
+            )
         if not exists:
             raise TopicNotFoundError(
                 f"stream {topic!r} does not exist on Redis at {self.settings.masked_url}: "
@@ -344,7 +395,13 @@ class RedisStreamsAdapter(RedisAdapter):
         for entry_id, fields in entries:
             decoded = decode_fields(fields)
             message_id = f"{topic}/{entry_id.decode()}"
-            records.append(ReadRecord(topic, message_id, decoded.envelope,
-                                      None if decoded.envelope else decoded.raw,
-                                      decoded.error))
+            records.append(
+                ReadRecord(
+                    topic,
+                    message_id,
+                    decoded.envelope,
+                    None if decoded.envelope else decoded.raw,
+                    decoded.error,
+                )
+            )
         return records

@@ -56,8 +56,12 @@ def encode_args(envelope: Envelope, head: tuple[Any, ...]) -> tuple[tuple[Any, .
     for item in headers.items():
         args += item
     args += (BODY_FIELD, body)
-    size = (ENTRY_OVERHEAD + PER_FIELD_OVERHEAD * (len(headers) + 1) + len(BODY_FIELD)
-            + binary_size(headers, body))
+    size = (
+        ENTRY_OVERHEAD
+        + PER_FIELD_OVERHEAD * (len(headers) + 1)
+        + len(BODY_FIELD)
+        + binary_size(headers, body)
+    )
     return tuple(args), size
 
 
@@ -82,10 +86,14 @@ def decode_fields(fields: Mapping[bytes, bytes]) -> Decoded:
     body = fields.get(_BODY, b"")
     try:
         headers: Mapping[str, str | bytes] = {
-            name.decode(): value.decode() for name, value in fields.items() if name != _BODY}
+            name.decode(): value.decode() for name, value in fields.items() if name != _BODY
+        }
     except (UnicodeDecodeError, AttributeError):
-        headers = {name.decode("utf-8", "replace"): value for name, value in fields.items()
-                   if name != _BODY}
+        headers = {
+            name.decode("utf-8", "replace"): value
+            for name, value in fields.items()
+            if name != _BODY
+        }
     try:
         return Decoded(decode_binary(headers, body, PREFIX), raw=body)
     except DecodeError as exc:
@@ -97,8 +105,11 @@ def decode_fields(fields: Mapping[bytes, bytes]) -> Decoded:
 def other_fields(fields: Mapping[bytes, bytes]) -> dict[str, bytes]:
     """Every field of an entry but ``body``, values as they are; a name that is not
     UTF-8 keeps its bytes as surrogates (:func:`field_name` gives them back)."""
-    return {name.decode("utf-8", "surrogateescape"): value
-            for name, value in fields.items() if name != _BODY}
+    return {
+        name.decode("utf-8", "surrogateescape"): value
+        for name, value in fields.items()
+        if name != _BODY
+    }
 
 
 def field_name(name: str) -> bytes:
@@ -167,14 +178,17 @@ def _decode_usual(payload: bytes) -> Envelope | None:
     cut = payload.find(_DATA)
     if cut < 0 or not payload.endswith(b"}"):
         return None
-    data = payload[cut + len(_DATA):-1]
+    data = payload[cut + len(_DATA) : -1]
     try:
         attributes = from_json(payload[:cut] + b"}")
         from_json(data)  # exactly one JSON value: "data" was the last member
     except ValueError:
         return None
-    if type(attributes) is not dict or "data_base64" in attributes or not all(
-            type(value) is str for value in attributes.values()):
+    if (
+        type(attributes) is not dict
+        or "data_base64" in attributes
+        or not all(type(value) is str for value in attributes.values())
+    ):
         return None
     if not is_json_content_type(attributes.get("datacontenttype")):
         return None

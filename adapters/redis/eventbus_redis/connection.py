@@ -48,11 +48,17 @@ def group_errors(exc: Exception) -> Mapped | None:
     :class:`ProvisioningError`; anything else is Redis out of reach."""
     text = str(exc)
     if isinstance(exc, ResponseError) and "requires the key to exist" in text:
-        return (ProvisioningError, "the stream does not exist and provision=false: create it "
-                "(XGROUP CREATE <stream> <group> $ MKSTREAM) or set provision=true")
+        return (
+            ProvisioningError,
+            "the stream does not exist and provision=false: create it "
+            "(XGROUP CREATE <stream> <group> $ MKSTREAM) or set provision=true",
+        )
     if isinstance(exc, ResponseError) and text.startswith("WRONGTYPE"):
-        return (ProvisioningError, "the topic's key holds another type than a stream: use "
-                "another topic, or remove the key")
+        return (
+            ProvisioningError,
+            "the topic's key holds another type than a stream: use "
+            "another topic, or remove the key",
+        )
     if isinstance(exc, RedisError | CONNECTION_ERRORS):
         return BrokerConnectionError
     return None
@@ -100,9 +106,13 @@ def new_client(s: RedisSettings) -> Redis:
         "client_name": s.client_name,
     }
     if s.tls:
-        options.update(ssl=True, ssl_ca_certs=s.tls_ca, ssl_certfile=s.tls_cert,
-                       ssl_keyfile=s.tls_key,
-                       ssl_cert_reqs="required" if s.tls_verify else "none")
+        options.update(
+            ssl=True,
+            ssl_ca_certs=s.tls_ca,
+            ssl_certfile=s.tls_cert,
+            ssl_keyfile=s.tls_key,
+            ssl_cert_reqs="required" if s.tls_verify else "none",
+        )
     client = Redis(**options)
     # Connections are made lazily, so the pool can still be given the faster class.
     client.connection_pool.connection_class = FastSSLConnection if s.tls else FastConnection

@@ -69,10 +69,16 @@ class StreamDelivery(Delivery):
 
     __slots__ = ("_entry_id", "_owner")
 
-    def __init__(self, owner: StreamSubscription, entry_id: bytes,
-                 fields: dict[bytes, bytes], attempt: int) -> None:
-        super().__init__(decode_fields(fields), topic=owner.topic, group=owner.group,
-                         attempt=attempt, message_id=f"{owner.topic}/{entry_id.decode()}")
+    def __init__(
+        self, owner: StreamSubscription, entry_id: bytes, fields: dict[bytes, bytes], attempt: int
+    ) -> None:
+        super().__init__(
+            decode_fields(fields),
+            topic=owner.topic,
+            group=owner.group,
+            attempt=attempt,
+            message_id=f"{owner.topic}/{entry_id.decode()}",
+        )
         self._owner = owner
         self._entry_id = entry_id
 
@@ -97,8 +103,14 @@ class StreamSubscription(Subscription):
     """One consumer of ``options.group`` on the stream ``topic``, which is created if
     missing when ``provision`` (by default the adapter's ``provision`` setting)."""
 
-    def __init__(self, adapter: RedisStreamsAdapter, topic: str, options: SubscribeOptions,
-                 *, provision: bool | None = None) -> None:
+    def __init__(
+        self,
+        adapter: RedisStreamsAdapter,
+        topic: str,
+        options: SubscribeOptions,
+        *,
+        provision: bool | None = None,
+    ) -> None:
         self.adapter = adapter
         self.topic = topic
         self.group = options.group
@@ -133,14 +145,20 @@ class StreamSubscription(Subscription):
     async def start(self) -> None:
         """Create the group if new (from the first entry or the end), start the tasks."""
         with map_exceptions(group_errors, what=self._joining()):
-            await ensure_group(self._client, self.topic, self.group,
-                               "0" if self.start_from == "earliest" else "$",
-                               create=self.provision)
+            await ensure_group(
+                self._client,
+                self.topic,
+                self.group,
+                "0" if self.start_from == "earliest" else "$",
+                create=self.provision,
+            )
             info = await group_info(self._client, self.topic, self.group)
             if info is not None:
                 self.resume_from = bytes(info["last-delivered-id"])
-        self._tasks = [asyncio.create_task(self._read_loop()),
-                       asyncio.create_task(self._claim_loop())]
+        self._tasks = [
+            asyncio.create_task(self._read_loop()),
+            asyncio.create_task(self._claim_loop()),
+        ]
 
     async def _recreate_group(self) -> None:
         """The group (or the whole stream) was deleted underneath: create it again.
@@ -154,17 +172,24 @@ class StreamSubscription(Subscription):
         Entries the old group had delivered and not acknowledged are not pending in
         the new one: an ack or nack of them is a no-op.
         """
-        log.warning("group %s of stream %s is gone on Redis (deleted, or Redis lost it); "
-                    "creating it again from entry %s", self.group, self.topic,
-                    self.resume_from.decode())
+        log.warning(
+            "group %s of stream %s is gone on Redis (deleted, or Redis lost it); "
+            "creating it again from entry %s",
+            self.group,
+            self.topic,
+            self.resume_from.decode(),
+        )
         with map_exceptions(group_errors, what=self._joining()):
-            await ensure_group(self._client, self.topic, self.group, self.resume_from,
-                               create=self.provision)
+            await ensure_group(
+                self._client, self.topic, self.group, self.resume_from, create=self.provision
+            )
         self._autoclaim_from = b"0-0"
 
     def _joining(self) -> str:
-        return (f"joining group {self.group!r} of stream {self.topic!r} on Redis at "
-                f"{self.adapter.settings.masked_url}")
+        return (
+            f"joining group {self.group!r} of stream {self.topic!r} on Redis at "
+            f"{self.adapter.settings.masked_url}"
+        )
 
     async def close(self) -> None:
         """Stop reading and hand every unsettled entry back to the group at once."""
@@ -179,8 +204,13 @@ class StreamSubscription(Subscription):
             try:
                 await asyncio.wait_for(asyncio.shield(self._ack_task), 5.0)
             except Exception as exc:  # unconfirmed acks: those entries come back later
-                log.info("%d acks of %s/%s not confirmed at close: %s", len(self._acking),
-                         self.topic, self.group, exc)
+                log.info(
+                    "%d acks of %s/%s not confirmed at close: %s",
+                    len(self._acking),
+                    self.topic,
+                    self.group,
+                    exc,
+                )
                 self._ack_task.cancel()
         self._buffer.clear()
         # Entries waiting out a nack delay stay in the delay set: whoever takes them
@@ -188,12 +218,26 @@ class StreamSubscription(Subscription):
         ids = list(self._unsettled)
         if ids:
             try:
-                await asyncio.wait_for(self._client.xclaim(
-                    self.topic, self.group, self.consumer, 0, ids,
-                    idle=GIVE_BACK_IDLE_MS, justid=True), 5.0)
+                await asyncio.wait_for(
+                    self._client.xclaim(
+                        self.topic,
+                        self.group,
+                        self.consumer,
+                        0,
+                        ids,
+                        idle=GIVE_BACK_IDLE_MS,
+                        justid=True,
+                    ),
+                    5.0,
+                )
             except Exception as exc:  # they come back after claim_idle anyway
-                log.info("could not hand %d entries of %s/%s back: %s", len(ids),
-                         self.topic, self.group, exc)
+                log.info(
+                    "could not hand %d entries of %s/%s back: %s",
+                    len(ids),
+                    self.topic,
+                    self.group,
+                    exc,
+                )
         self.adapter.forget(self)
 
     # -- settling ----------------------------------------------------------------
@@ -234,7 +278,8 @@ class StreamSubscription(Subscription):
         due_ms = int((time.time() + delay) * 1000)
         try:
             await self.adapter.batcher.one(
-                lambda pipe: pipe.zadd(self.delay_key, {entry_id: due_ms}))
+                lambda pipe: pipe.zadd(self.delay_key, {entry_id: due_ms})
+            )
         except BaseException:
             self._settled(entry_id)
             raise
@@ -290,8 +335,7 @@ class StreamSubscription(Subscription):
                 continue  # trimmed away, or already ours and out
             self._unsettled.add(entry_id)
             self._waiting.pop(entry_id, None)
-            self._buffer.append(StreamDelivery(self, entry_id, fields,
-                                               attempts.get(entry_id, 1)))
+            self._buffer.append(StreamDelivery(self, entry_id, fields, attempts.get(entry_id, 1)))
         self._changed.set()
 
     async def _attempts(self, ids: list[bytes]) -> dict[bytes, int]:
@@ -329,7 +373,8 @@ class StreamSubscription(Subscription):
                 self._reading_since = time.monotonic()
                 try:
                     reply = await self._client.xreadgroup(
-                        self.group, self.consumer, {self.topic: ">"}, count=room, block=block)
+                        self.group, self.consumer, {self.topic: ">"}, count=room, block=block
+                    )
                 finally:
                     self._reading_since = None
                 failures = 0
@@ -348,14 +393,25 @@ class StreamSubscription(Subscription):
             try:
                 await self._recreate_group()
             except Exception as again:
-                log.warning("creating group %s of stream %s again failed (%s: %s); "
-                            "retrying", self.group, self.topic, type(again).__name__, again)
+                log.warning(
+                    "creating group %s of stream %s again failed (%s: %s); retrying",
+                    self.group,
+                    self.topic,
+                    type(again).__name__,
+                    again,
+                )
             else:
                 return
         else:
-            log.log(logging.WARNING if failures == 3 else logging.DEBUG,
-                    "%s stream %s as group %s failed (%s: %s); retrying", doing, self.topic,
-                    self.group, type(exc).__name__, exc)
+            log.log(
+                logging.WARNING if failures == 3 else logging.DEBUG,
+                "%s stream %s as group %s failed (%s: %s); retrying",
+                doing,
+                self.topic,
+                self.group,
+                type(exc).__name__,
+                exc,
+            )
         await asyncio.sleep(min(2.0, 0.05 * 2 ** min(failures, 6)))
 
     async def _claim_loop(self) -> None:
@@ -384,8 +440,9 @@ class StreamSubscription(Subscription):
             wake = min([next_autoclaim, next_refresh, *self._waiting.values()])
             self._claim_now.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._claim_now.wait(),
-                                       max(0.0, wake - time.monotonic()) + 0.005)
+                await asyncio.wait_for(
+                    self._claim_now.wait(), max(0.0, wake - time.monotonic()) + 0.005
+                )
 
     def _waiting_due(self, now: float) -> bool:
         return any(due <= now for due in self._waiting.values())
@@ -409,8 +466,8 @@ class StreamSubscription(Subscription):
     async def _autoclaim(self) -> None:
         idle = int(self.adapter.settings.claim_idle * 1000)  # XAUTOCLAIM takes ms
         reply = await self._client.xautoclaim(
-            self.topic, self.group, self.consumer, idle, self._autoclaim_from,
-            count=self._room())
+            self.topic, self.group, self.consumer, idle, self._autoclaim_from, count=self._room()
+        )
         self._autoclaim_from = reply[0]
         entries = [e for e in reply[1] if e[1] is not None and e[0] not in self._unsettled]
         if entries:
@@ -420,6 +477,4 @@ class StreamSubscription(Subscription):
         """Reset the idle time of what we hold, so nobody reclaims it while we work."""
         ids = list(self._unsettled | self._acking | set(self._waiting))
         if ids:
-            await self._client.xclaim(self.topic, self.group, self.consumer, 0, ids,
-                                      justid=True)
-
+            await self._client.xclaim(self.topic, self.group, self.consumer, 0, ids, justid=True)

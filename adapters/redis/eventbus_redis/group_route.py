@@ -37,8 +37,9 @@ def route_key(topic: str, group: str) -> str:
     return f"eventbus:replay:{group}:{topic}"
 
 
-async def subscribe_with_route(adapter: RedisStreamsAdapter, topic: str,
-                               options: SubscribeOptions) -> Subscription:
+async def subscribe_with_route(
+    adapter: RedisStreamsAdapter, topic: str, options: SubscribeOptions
+) -> Subscription:
     """One consumer of ``options.group`` on ``topic`` and one on the group's route."""
     from .consumer import StreamSubscription
 
@@ -47,9 +48,12 @@ async def subscribe_with_route(adapter: RedisStreamsAdapter, topic: str,
     adapter.track(main)
     # From the route's first entry: what was sent before the group subscribed waits.
     # The route stream is the adapter's own, so it is created whatever ``provision`` says.
-    route = StreamSubscription(adapter, route_key(topic, options.group),
-                               replace(options, prefetch=ROUTE_PREFETCH, start_from="earliest"),
-                               provision=True)
+    route = StreamSubscription(
+        adapter,
+        route_key(topic, options.group),
+        replace(options, prefetch=ROUTE_PREFETCH, start_from="earliest"),
+        provision=True,
+    )
     try:
         await route.start()
     except BaseException:

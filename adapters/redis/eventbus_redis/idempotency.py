@@ -54,15 +54,23 @@ class RedisIdempotencyStore:
     TLS options are used); or pass a ready ``client``. Keys are ``prefix + key``.
     """
 
-    def __init__(self, url: str = "redis://127.0.0.1:6379/0", *, client: Redis | None = None,
-                 prefix: str = "eventbus:idem:") -> None:
+    def __init__(
+        self,
+        url: str = "redis://127.0.0.1:6379/0",
+        *,
+        client: Redis | None = None,
+        prefix: str = "eventbus:idem:",
+    ) -> None:
         self.prefix = prefix
         if client is None:
             from .adapter import RedisStreamsAdapter
             from .pubsub import RedisPubSubAdapter
 
-            adapter_class = (RedisStreamsAdapter if RedisSettings.from_url(url).mode == "streams"
-                             else RedisPubSubAdapter)
+            adapter_class = (
+                RedisStreamsAdapter
+                if RedisSettings.from_url(url).mode == "streams"
+                else RedisPubSubAdapter
+            )
             client = adapter_class(url).new_client()
             self._owns_client = True
         else:

@@ -34,13 +34,16 @@ def member_channel(topic: str, group: str) -> str:
     return f"eventbus:members:{group}:{topic}"
 
 
-async def refuse_second_member(adapter: RedisPubSubAdapter, subscription: PubSubSubscription,
-                               started: set[tuple[str, str]]) -> None:
+async def refuse_second_member(
+    adapter: RedisPubSubAdapter, subscription: PubSubSubscription, started: set[tuple[str, str]]
+) -> None:
     """Raise GuaranteeUnavailableError if ``subscription``'s group has another live member."""
     topic, group = subscription.topic, subscription.options.group
-    here = [other for other in adapter.live_subscriptions()
-            if other is not subscription and other.topic == topic
-            and other.options.group == group]
+    here = [
+        other
+        for other in adapter.live_subscriptions()
+        if other is not subscription and other.topic == topic and other.options.group == group
+    ]
     members = 1 + len(here)
     if not here and (topic, group) not in started and not adapter.settings.sharded:
         client: Any = adapter.client
@@ -48,9 +51,14 @@ async def refuse_second_member(adapter: RedisPubSubAdapter, subscription: PubSub
             replies = await client.pubsub_numsub(member_channel(topic, group))
             members = max(members, int(replies[0][1]))
         except Exception as exc:  # a refused command must not stop the service
-            log.warning("could not count the members of group %r on Redis channel %r "
-                        "(%s: %s); competing consumers are not checked", group, topic,
-                        type(exc).__name__, exc)
+            log.warning(
+                "could not count the members of group %r on Redis channel %r "
+                "(%s: %s); competing consumers are not checked",
+                group,
+                topic,
+                type(exc).__name__,
+                exc,
+            )
     started.add((topic, group))
     if members > 1:
         broker = adapter.settings.masked_url
@@ -60,5 +68,7 @@ async def refuse_second_member(adapter: RedisPubSubAdapter, subscription: PubSub
             "so members of a group would not compete, each would handle every message. "
             f"Use {adapter.stronger} instead for competing consumers, or give each "
             "subscriber its own group if every one should get every message",
-            topic=topic, broker=broker, instead=adapter.stronger,
+            topic=topic,
+            broker=broker,
+            instead=adapter.stronger,
         )

@@ -42,8 +42,9 @@ if TYPE_CHECKING:
     from .consumer import StreamSubscription
 
 
-async def ensure_group(client: Any, topic: str, group: str, start: str | bytes, *,
-                       create: bool = True) -> None:
+async def ensure_group(
+    client: Any, topic: str, group: str, start: str | bytes, *, create: bool = True
+) -> None:
     """Create ``group`` on the stream ``topic`` (and the stream if missing, unless not
     ``create``) from entry ``start`` (``0``, ``$`` or an entry id); a group that
     exists keeps its position. A missing stream not to be created raises Redis's
@@ -75,8 +76,9 @@ def gone(exc: ResponseError) -> bool:
 def backlog_errors(exc: Exception) -> Mapped | None:
     """A backlog query's failure: the group or its stream gone is TopicNotFoundError
     (nothing is consumed until it is created again), anything else Redis out of reach."""
-    if isinstance(exc, ResponseError) and ("no such key" in str(exc).lower()
-                                           or "NOGROUP" in str(exc)):
+    if isinstance(exc, ResponseError) and (
+        "no such key" in str(exc).lower() or "NOGROUP" in str(exc)
+    ):
         return (TopicNotFoundError, "deleted? nothing is consumed until it is created again")
     if isinstance(exc, RedisError | CONNECTION_ERRORS):
         return BrokerConnectionError
@@ -92,14 +94,16 @@ async def stream_backlog(subscription: StreamSubscription) -> int:
     """The backlog of ``subscription``'s group (see the module's docstring)."""
     topic, group = subscription.topic, subscription.group
     client: Any = subscription.adapter.client
-    where = f"group {group!r} of stream {topic!r} on Redis at " \
-            f"{subscription.adapter.settings.masked_url}"
+    where = (
+        f"group {group!r} of stream {topic!r} on Redis at "
+        f"{subscription.adapter.settings.masked_url}"
+    )
     with map_exceptions(backlog_errors, what=f"reading the backlog of {where}"):
         info = await group_info(client, topic, group)
         if info is None:
             raise TopicNotFoundError(
-                f"{where} does not exist (deleted?): nothing is consumed until it is "
-                "created again")
+                f"{where} does not exist (deleted?): nothing is consumed until it is created again"
+            )
         lag = info.get("lag")
         if lag is None:
             last = info["last-delivered-id"]

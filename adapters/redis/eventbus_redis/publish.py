@@ -92,12 +92,12 @@ return out
 """
 
 
-def xadd_many(stream: str, maxlen: int, entries: Sequence[Sequence[Any]], *,
-              create: bool = True) -> tuple[Any, ...]:
+def xadd_many(
+    stream: str, maxlen: int, entries: Sequence[Sequence[Any]], *, create: bool = True
+) -> tuple[Any, ...]:
     """One EVAL adding ``entries`` (each a flat field/value sequence) to ``stream``; with
     ``create=False`` a missing stream is left missing (each reply ``None``)."""
-    args: list[Any] = ["EVAL", XADD_MANY if create else XADD_MANY_EXISTING, 1, stream,
-                       maxlen or ""]
+    args: list[Any] = ["EVAL", XADD_MANY if create else XADD_MANY_EXISTING, 1, stream, maxlen or ""]
     for fields in entries:
         args.append(len(fields))
         args += fields
@@ -116,7 +116,10 @@ def expand(replies: Sequence[Any], counts: Sequence[int]) -> list[Any]:
         if isinstance(reply, list) and len(reply) == count:
             out += reply
         else:  # the whole script failed (or answered oddly): every message with it
-            error = reply if isinstance(reply, BaseException) else RuntimeError(
-                f"unexpected reply to a batched publish: {reply!r:.200}")
+            error = (
+                reply
+                if isinstance(reply, BaseException)
+                else RuntimeError(f"unexpected reply to a batched publish: {reply!r:.200}")
+            )
             out += [error] * count
     return out

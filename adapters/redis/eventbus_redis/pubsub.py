@@ -60,11 +60,18 @@ class RedisPubSubAdapter(RedisAdapter):
     """
 
     schemes = ("redis", "rediss")
-    stronger = ("redis+streams:// (Redis Streams: consumer groups whose members compete, "
-                "XACK and redelivery)")
+    stronger = (
+        "redis+streams:// (Redis Streams: consumer groups whose members compete, "
+        "XACK and redelivery)"
+    )
 
-    def __init__(self, url: str | None = None, *, settings: RedisSettings | None = None,
-                 client: Redis | None = None) -> None:
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        settings: RedisSettings | None = None,
+        client: Redis | None = None,
+    ) -> None:
         super().__init__(url, settings=settings, client=client)
         if self.settings.mode != "pubsub":
             raise ValueError(f"{self.settings.masked_url} is a Streams URL")
@@ -109,9 +116,13 @@ class RedisPubSubAdapter(RedisAdapter):
             await self.send(topic, envelopes, [(command, topic, body) for body in bodies])
             return
         step = MAX_PER_SCRIPT
-        parts = [bodies[i:i + step] for i in range(0, len(bodies), step)]
-        await self.send(topic, envelopes, [publish_many(topic, part) for part in parts],
-                        [len(part) for part in parts])
+        parts = [bodies[i : i + step] for i in range(0, len(bodies), step)]
+        await self.send(
+            topic,
+            envelopes,
+            [publish_many(topic, part) for part in parts],
+            [len(part) for part in parts],
+        )
 
     def _publish_command(self, topic: str, body: bytes) -> Callable[[Pipeline], Any]:
         if self.settings.sharded:
@@ -127,12 +138,14 @@ class RedisPubSubAdapter(RedisAdapter):
             raise UnsupportedOperationError(
                 f"Redis Pub/Sub has no headers: cannot publish {sorted(headers)} with a "
                 f"message to channel {topic!r} (use redis+streams://, whose entries have "
-                "fields)")
+                "fields)"
+            )
         if len(payload) > self.capabilities.max_message_bytes:
             raise MessageTooLargeError(
                 f"a raw message of {len(payload)} bytes is over the "
                 f"{self.capabilities.max_message_bytes}-byte limit of {type(self).__name__} "
-                f"on channel {topic!r}; nothing was sent")
+                f"on channel {topic!r}; nothing was sent"
+            )
         await self.send(topic, [], [self._publish_command(topic, payload)])
 
     async def subscribe(self, topic: str, options: SubscribeOptions) -> Subscription:
@@ -184,11 +197,16 @@ class PubSubDelivery(Delivery):
 
     __slots__ = ("_owner", "_payload")
 
-    def __init__(self, owner: PubSubSubscription, payload: bytes, number: int,
-                 attempt: int = 1) -> None:
-        super().__init__(decode_message(payload), topic=owner.topic,
-                         group=owner.options.group, attempt=attempt,
-                         message_id=f"{owner.topic}/{owner.instance}/{number}")
+    def __init__(
+        self, owner: PubSubSubscription, payload: bytes, number: int, attempt: int = 1
+    ) -> None:
+        super().__init__(
+            decode_message(payload),
+            topic=owner.topic,
+            group=owner.options.group,
+            attempt=attempt,
+            message_id=f"{owner.topic}/{owner.instance}/{number}",
+        )
         self._owner = owner
         self._payload = payload
 
@@ -210,8 +228,7 @@ class PubSubDelivery(Delivery):
 class PubSubSubscription(Subscription):
     """Iterates the messages of one channel."""
 
-    def __init__(self, adapter: RedisPubSubAdapter, topic: str, options: SubscribeOptions
-                 ) -> None:
+    def __init__(self, adapter: RedisPubSubAdapter, topic: str, options: SubscribeOptions) -> None:
         self.adapter = adapter
         self.topic = topic
         self.options = options
@@ -233,9 +250,13 @@ class PubSubSubscription(Subscription):
         s = self.adapter.settings
         self._pubsub = self.adapter.client.pubsub()
         try:
-            with map_exceptions(CLIENT_ERRORS, what=(
+            with map_exceptions(
+                CLIENT_ERRORS,
+                what=(
                     f"subscribing to channel {self.topic!r} on Redis at {s.masked_url} "
-                    f"(within connect_timeout, {s.connect_timeout:g}s)")):
+                    f"(within connect_timeout, {s.connect_timeout:g}s)"
+                ),
+            ):
                 # Bounded as a whole: on a silent endpoint redis-py's own retries of the
                 # connection handshake would take minutes.
                 async with asyncio.timeout(s.connect_timeout):
@@ -263,8 +284,7 @@ class PubSubSubscription(Subscription):
         self._outstanding -= 1
         self._slot_free.set()
 
-    def redeliver_later(self, payload: bytes, message_id: str, attempt: int, delay: float
-                        ) -> None:
+    def redeliver_later(self, payload: bytes, message_id: str, attempt: int, delay: float) -> None:
         """Hand ``payload`` out again after ``delay`` seconds (local redelivery)."""
         number = int(message_id.rsplit("/", 1)[-1])
 
@@ -279,8 +299,9 @@ class PubSubSubscription(Subscription):
 
     async def __aiter__(self) -> AsyncIterator[Delivery]:
         prefetch = max(1, self.options.prefetch)
-        kinds: tuple[str, bytes] = (("smessage", b"smessage") if self.adapter.settings.sharded
-                                    else ("message", b"message"))
+        kinds: tuple[str, bytes] = (
+            ("smessage", b"smessage") if self.adapter.settings.sharded else ("message", b"message")
+        )
         while not self._closed:
             if self._outstanding >= prefetch:
                 self._slot_free.clear()
@@ -301,7 +322,8 @@ class PubSubSubscription(Subscription):
                 if payload is None:
                     asked = time.monotonic()
                     message = await self._pubsub.get_message(
-                        timeout=0.05 if self._timers else self._wait(asked))
+                        timeout=0.05 if self._timers else self._wait(asked)
+                    )
                     if message is None:
                         await self._keep_alive(asked)
                         continue
@@ -314,11 +336,15 @@ class PubSubSubscription(Subscription):
             except (RedisError, OSError, AttributeError, TimeoutError) as exc:
                 if self._closed:  # closed under our feet: the iteration just ends
                     return
-                raise translate(exc, {Exception: ConnectionLostError}, what=(
-                    f"the Pub/Sub connection of channel {self.topic!r} on Redis at "
-                    f"{self.adapter.settings.masked_url}"), hint=(
-                    "messages published until it is back are lost (Pub/Sub keeps nothing)"
-                )) from exc
+                raise translate(
+                    exc,
+                    {Exception: ConnectionLostError},
+                    what=(
+                        f"the Pub/Sub connection of channel {self.topic!r} on Redis at "
+                        f"{self.adapter.settings.masked_url}"
+                    ),
+                    hint=("messages published until it is back are lost (Pub/Sub keeps nothing)"),
+                ) from exc
             if self._closed:
                 continue
             self._number += 1

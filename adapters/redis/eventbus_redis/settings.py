@@ -99,8 +99,9 @@ class RedisSettings:
         # Settings made in code get the checks a URL gets in from_url (which has
         # already applied them, so a parsed URL never fails here).
         if self.mode not in ("pubsub", "streams"):
-            raise InvalidURLError(f"mode {self.mode!r} of RedisSettings is neither 'pubsub' "
-                                  "nor 'streams'")
+            raise InvalidURLError(
+                f"mode {self.mode!r} of RedisSettings is neither 'pubsub' nor 'streams'"
+            )
         given = {name: True for name in TLS_OPTIONS if getattr(self, name) not in (None, True)}
         check_tls(given, tls=self.tls, name="Redis", shown=self.masked_url, use="set tls=True")
 
@@ -110,8 +111,9 @@ class RedisSettings:
         code, the scheme, host, port and database)."""
         if self.url:
             return mask_url(self.url)
-        scheme = ("rediss" if self.tls else "redis") + ("+streams" if self.mode == "streams"
-                                                        else "")
+        scheme = ("rediss" if self.tls else "redis") + (
+            "+streams" if self.mode == "streams" else ""
+        )
         return f"{scheme}://{self.host}:{self.port}/{self.db}"
 
     @property
@@ -159,9 +161,12 @@ class RedisSettings:
 
         # parse_qs semantics, as always here: a blank value is no value, the last one counts.
         options = parse_options(
-            query_pairs(parts.query, keep_blank=False), parsers,
-            name=f"Redis {'Streams' if streams else 'Pub/Sub'}", shown=masked,
-            repeated="last", unknown_hint=wrong_mode,
+            query_pairs(parts.query, keep_blank=False),
+            parsers,
+            name=f"Redis {'Streams' if streams else 'Pub/Sub'}",
+            shown=masked,
+            repeated="last",
+            unknown_hint=wrong_mode,
             renamed=RENAMED if streams else _COMMON_RENAMED,
         )
         # Neither error quotes what the parser read: when a password holds "/", "?" or
@@ -171,14 +176,21 @@ class RedisSettings:
         except ValueError:
             raise InvalidURLError(
                 f"port in {masked!r} is not a number; if the password holds '/', '?' or "
-                "'#', percent-encode them (%2F, %3F, %23)") from None
+                "'#', percent-encode them (%2F, %3F, %23)"
+            ) from None
         path = parts.path.strip("/")
         if path and not path.isdigit():
             raise InvalidURLError(
                 f"database in {masked!r} must be a number (/0); if the password holds '/', "
-                "'?' or '#', percent-encode them (%2F, %3F, %23)")
-        check_tls(options, tls=tls, name="Redis", shown=masked,
-                  use="use rediss:// (Pub/Sub) or rediss+streams:// (Streams)")
+                "'?' or '#', percent-encode them (%2F, %3F, %23)"
+            )
+        check_tls(
+            options,
+            tls=tls,
+            name="Redis",
+            shown=masked,
+            use="use rediss:// (Pub/Sub) or rediss+streams:// (Streams)",
+        )
         return cls(
             url=url,
             mode=mode,
@@ -211,8 +223,13 @@ def _verify(raw: str) -> bool:
 
 
 _COMMON: dict[str, OptionParser] = {
-    **shared("client_name", "provision", "start_from", *TLS_OPTIONS,
-             connect_timeout=seconds(0.1, inclusive=True)),
+    **shared(
+        "client_name",
+        "provision",
+        "start_from",
+        *TLS_OPTIONS,
+        connect_timeout=seconds(0.1, inclusive=True),
+    ),
     "max_message_bytes": integer(1),
     "socket_timeout": seconds(0.1, inclusive=True),
 }
@@ -232,11 +249,14 @@ _COMMON_RENAMED: dict[str, Renamed] = {
     "ssl_ca_certs": Renamed("tls_ca"),
     "ssl_certfile": Renamed("tls_cert"),
     "ssl_keyfile": Renamed("tls_key"),
-    "ssl_cert_reqs": Renamed("tls_verify", _verify, "true for required or optional, false "
-                                                    "for none"),
+    "ssl_cert_reqs": Renamed(
+        "tls_verify", _verify, "true for required or optional, false for none"
+    ),
 }
 RENAMED: dict[str, Renamed] = {
     **_COMMON_RENAMED,
-    **{f"{name}_ms": Renamed(name, from_milliseconds(integer(low)), "seconds")
-       for name, low in (("block", 10), ("claim_idle", 100), ("claim_interval", 10))},
+    **{
+        f"{name}_ms": Renamed(name, from_milliseconds(integer(low)), "seconds")
+        for name, low in (("block", 10), ("claim_idle", 100), ("claim_interval", 10))
+    },
 }

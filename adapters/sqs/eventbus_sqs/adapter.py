@@ -65,8 +65,13 @@ class SqsAdapter(Adapter):
 
     schemes = ("sqs",)
 
-    def __init__(self, url: str | None = None, *, settings: SqsSettings | None = None,
-                 client: aioboto3.Session | None = None) -> None:
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        settings: SqsSettings | None = None,
+        client: aioboto3.Session | None = None,
+    ) -> None:
         """``SqsAdapter(url)``, or ``SqsAdapter(settings=..., client=...)``: settings made
         in code, and optionally an ``aioboto3.Session`` of your own (credentials from
         somewhere other than the default chain), from which the adapter opens its
@@ -139,20 +144,35 @@ class SqsAdapter(Adapter):
             s = self.settings
             stack = contextlib.AsyncExitStack()
             try:
-                with map_exceptions(_connect_failure, what=(
+                with map_exceptions(
+                    _connect_failure,
+                    what=(
                         f"connecting to SQS at {s.endpoint_url or f'AWS region {s.region}'} "
-                        f"({s.masked_url})")):
+                        f"({s.masked_url})"
+                    ),
+                ):
                     session = self._session or aioboto3.Session()
                     clients: dict[str, Any] = {}
                     # "probe" answers health(): one attempt, so a broker that refuses
                     # connections shows at once rather than after the retries' backoff.
-                    for name, service, attempts in (("sqs", "sqs", None), ("sns", "sns", None),
-                                                    ("sts", "sts", None), ("probe", "sqs", 1)):
-                        clients[name] = await stack.enter_async_context(session.client(
-                            service, region_name=s.region, endpoint_url=s.endpoint_url,
-                            config=self._config(attempts), verify=self._verify()))
-                    await asyncio.wait_for(clients["sqs"].list_queues(MaxResults=1),
-                                           s.connect_timeout * 2)
+                    for name, service, attempts in (
+                        ("sqs", "sqs", None),
+                        ("sns", "sns", None),
+                        ("sts", "sts", None),
+                        ("probe", "sqs", 1),
+                    ):
+                        clients[name] = await stack.enter_async_context(
+                            session.client(
+                                service,
+                                region_name=s.region,
+                                endpoint_url=s.endpoint_url,
+                                config=self._config(attempts),
+                                verify=self._verify(),
+                            )
+                        )
+                    await asyncio.wait_for(
+                        clients["sqs"].list_queues(MaxResults=1), s.connect_timeout * 2
+                    )
             except BaseException:
                 with contextlib.suppress(Exception):
                     await stack.aclose()
@@ -175,19 +195,23 @@ class SqsAdapter(Adapter):
         if name not in self._clients:
             raise BrokerConnectionError(
                 f"the SQS adapter for {self.settings.masked_url} is not connected; call "
-                "connect() (or start the bus) first")
+                "connect() (or start the bus) first"
+            )
         return self._clients[name]
 
     async def close(self) -> None:
         """Close every subscription (unsettled messages go back), then the clients."""
         for subscription in list(self._subscriptions):
             try:
-                await asyncio.wait_for(subscription.close(),
-                                       self.settings.wait_seconds + 5.0)
+                await asyncio.wait_for(subscription.close(), self.settings.wait_seconds + 5.0)
             except (TimeoutError, Exception) as exc:
-                log.warning("closing an SQS subscription of topic %r did not finish (%s: %s); "
-                            "its unsettled messages come back when their visibility lapses",
-                            subscription.topic, type(exc).__name__, exc)
+                log.warning(
+                    "closing an SQS subscription of topic %r did not finish (%s: %s); "
+                    "its unsettled messages come back when their visibility lapses",
+                    subscription.topic,
+                    type(exc).__name__,
+                    exc,
+                )
         self._subscriptions.clear()
         stack, self._stack, self._clients = self._stack, None, {}
         if stack is not None:
@@ -199,15 +223,24 @@ class SqsAdapter(Adapter):
     async def health(self) -> HealthReport:
         """One cheap request (ListQueues, one result) within ``connect_timeout``."""
         s = self.settings
-        info = {"region": str(s.region), "endpoint": s.endpoint_url or "aws",
-                "topology": s.topology, "fifo": str(s.fifo).lower()}
+        info = {
+            "region": str(s.region),
+            "endpoint": s.endpoint_url or "aws",
+            "topology": s.topology,
+            "fifo": str(s.fifo).lower(),
+        }
         try:
             await self._ready()
-            await asyncio.wait_for(self._clients["probe"].list_queues(MaxResults=1),
-                                   s.connect_timeout)
+            await asyncio.wait_for(
+                self._clients["probe"].list_queues(MaxResults=1), s.connect_timeout
+            )
         except Exception as exc:
-            return HealthReport(False, f"SQS at {s.endpoint_url or s.region} did not answer: "
-                                f"{type(exc).__name__}: {exc or 'timed out'}", info)
+            return HealthReport(
+                False,
+                f"SQS at {s.endpoint_url or s.region} did not answer: "
+                f"{type(exc).__name__}: {exc or 'timed out'}",
+                info,
+            )
         return HealthReport(True, f"SQS at {s.endpoint_url or s.region} answered", info)
 
     # -- publishing --------------------------------------------------------------------
@@ -223,12 +256,12 @@ class SqsAdapter(Adapter):
         entries = self._publisher.entries(envelopes, bodies)
         await self._ready()
         send = await self._sender(topic, envelopes)
-        failures = await self._publisher.send(topic, entries, [body_size(b, {}) for b in bodies],
-                                              send)
+        failures = await self._publisher.send(
+            topic, entries, [body_size(b, {}) for b in bodies], send
+        )
         self._publisher.raise_failures(topic, envelopes, failures)
 
-    async def publish_to_group(self, topic: str, group: str,
-                               envelopes: Sequence[Envelope]) -> None:
+    async def publish_to_group(self, topic: str, group: str, envelopes: Sequence[Envelope]) -> None:
         """Send straight to ``group``'s queue (SendMessageBatch), bypassing the SNS topic,
         so no other group sees them: how a dead letter is replayed to the group that
         failed it. Same size rules and per-index failures as :meth:`publish`.
@@ -240,9 +273,12 @@ class SqsAdapter(Adapter):
             self.check_size(topic, envelope, body_size(body, {}))
         if not bodies:
             return
-        entries = [self._publisher.entry(body, {}, envelope,
-                                         f"{envelope.id}-replay-{uuid.uuid4().hex[:12]}")
-                   for envelope, body in zip(envelopes, bodies, strict=True)]
+        entries = [
+            self._publisher.entry(
+                body, {}, envelope, f"{envelope.id}-replay-{uuid.uuid4().hex[:12]}"
+            )
+            for envelope, body in zip(envelopes, bodies, strict=True)
+        ]
         await self._ready()
         try:
             url = await self._provisioner.queue_url(self._clients["sqs"], topic, group)
@@ -250,8 +286,9 @@ class SqsAdapter(Adapter):
             raise
         except Exception as exc:
             raise self._publisher.error(topic, exc) from exc
-        failures = await self._publisher.send(topic, entries, [body_size(b, {}) for b in bodies],
-                                              self._publisher.via_queue(url))
+        failures = await self._publisher.send(
+            topic, entries, [body_size(b, {}) for b in bodies], self._publisher.via_queue(url)
+        )
         self._publisher.raise_failures(topic, envelopes, failures)
 
     async def _sender(self, topic: str, envelopes: Sequence[Envelope] = ()) -> Send:
@@ -288,9 +325,11 @@ class SqsAdapter(Adapter):
                 raise PublishError(f"raw message to {topic!r}: {exc}; nothing was sent") from exc
         size = body_size(body, attributes)
         if size > self.settings.max_message_bytes:
-            raise MessageTooLargeError(f"raw payload of {len(payload)} bytes to {topic!r} is "
-                                       f"{size} bytes with its attributes, over the SQS limit "
-                                       f"of {self.settings.max_message_bytes}; nothing was sent")
+            raise MessageTooLargeError(
+                f"raw payload of {len(payload)} bytes to {topic!r} is "
+                f"{size} bytes with its attributes, over the SQS limit "
+                f"of {self.settings.max_message_bytes}; nothing was sent"
+            )
         await self._ready()
         entry = self._publisher.entry(body, attributes, None, uuid.uuid4().hex)
         send = await self._sender(topic)
@@ -315,11 +354,16 @@ class SqsAdapter(Adapter):
                 f"group {options.group!r} of topic {topic!r} asked to start from the earliest "
                 "message (in subscribe() or the URL's start_from), but SQS/SNS keeps no "
                 "history: a new group's queue receives what is published after it exists; "
-                "subscribe with start_from='latest' and drop start_from=earliest from the URL")
+                "subscribe with start_from='latest' and drop start_from=earliest from the URL"
+            )
         await self._ready()
-        with map_exceptions(_provisioning_failure, what=(
+        with map_exceptions(
+            _provisioning_failure,
+            what=(
                 f"provisioning the queue of group {options.group!r} on topic {topic!r} at "
-                f"{self.settings.masked_url}")):
+                f"{self.settings.masked_url}"
+            ),
+        ):
             if options.start_from == "earliest":
                 url = await self._provisioner.find_storage(self._clients["sqs"], topic)
             else:
@@ -345,7 +389,8 @@ def _connect_failure(exc: Exception) -> Mapped:
         return BrokerConnectionError, (
             "no AWS credentials found in the standard chain; set AWS_PROFILE or "
             "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, or run with an instance or container "
-            "role")
+            "role"
+        )
     return BrokerConnectionError, "check the endpoint, the region and the credentials"
 
 
@@ -357,4 +402,5 @@ def _provisioning_failure(exc: Exception) -> Mapped:
         return BrokerConnectionError, "subscribing again with backoff"
     return ProvisioningError, (
         f"refused ({error_code(exc) or type(exc).__name__}); check the IAM permissions in "
-        "docs/adapters/sqs.md")
+        "docs/adapters/sqs.md"
+    )

@@ -75,12 +75,16 @@ def header_attributes(headers: Mapping[str, bytes]) -> dict[str, Any]:
     SQS cannot carry (a name it refuses, an empty value, more than it allows)."""
     attributes: dict[str, Any] = {}
     for name, value in headers.items():
-        if not _ATTRIBUTE_NAME.match(name) or name.lower().startswith(("aws.", "amazon.")) \
-                or name in OWN_ATTRIBUTES:
+        if (
+            not _ATTRIBUTE_NAME.match(name)
+            or name.lower().startswith(("aws.", "amazon."))
+            or name in OWN_ATTRIBUTES
+        ):
             raise ValueError(
                 f"header {name!r} cannot be an SQS message attribute name (letters, digits, "
                 "'_', '-', '.', not starting with AWS. or Amazon., and not "
-                f"{sorted(OWN_ATTRIBUTES)})")
+                f"{sorted(OWN_ATTRIBUTES)})"
+            )
         if not value:
             raise ValueError(f"header {name!r} is empty; SQS refuses empty attribute values")
         try:
@@ -92,8 +96,10 @@ def header_attributes(headers: Mapping[str, bytes]) -> dict[str, Any]:
         else:
             attributes[name] = {"DataType": "Binary", "BinaryValue": bytes(value)}
     if len(attributes) > MAX_ATTRIBUTES - 1:  # one is kept for the body marker
-        raise ValueError(f"{len(attributes)} headers; SQS carries at most "
-                         f"{MAX_ATTRIBUTES - 1} beside eventbus's own")
+        raise ValueError(
+            f"{len(attributes)} headers; SQS carries at most "
+            f"{MAX_ATTRIBUTES - 1} beside eventbus's own"
+        )
     return attributes
 
 
@@ -119,8 +125,12 @@ def decode(message: dict[str, Any]) -> Decoded:
     try:
         raw = base64.b64decode(body) if marker == BASE64 else body.encode("utf-8")
     except ValueError as exc:
-        return Decoded(None, f"DecodeError: body marked base64 is not ({exc})",
-                       body.encode("utf-8"), foreign_headers(attributes))
+        return Decoded(
+            None,
+            f"DecodeError: body marked base64 is not ({exc})",
+            body.encode("utf-8"),
+            foreign_headers(attributes),
+        )
     try:
         return Decoded(decode_structured(raw))
     except Exception as exc:  # any unreadable body is poison, never a consumer crash
@@ -144,7 +154,11 @@ def _sns_notification(raw: bytes) -> bytes | None:
         doc = json.loads(raw)
     except ValueError:
         return None
-    if isinstance(doc, dict) and doc.get("Type") == "Notification" and isinstance(
-            doc.get("Message"), str) and "TopicArn" in doc:
+    if (
+        isinstance(doc, dict)
+        and doc.get("Type") == "Notification"
+        and isinstance(doc.get("Message"), str)
+        and "TopicArn" in doc
+    ):
         return str(doc["Message"]).encode("utf-8")
     return None

@@ -57,8 +57,9 @@ SYSTEM_ATTRIBUTES = ["ApproximateReceiveCount", "MessageGroupId"]
 class SqsSubscription(Subscription):
     """Consumes one queue; see the module docstring for the guarantees."""
 
-    def __init__(self, adapter: SqsAdapter, topic: str, queue_url: str,
-                 options: SubscribeOptions) -> None:
+    def __init__(
+        self, adapter: SqsAdapter, topic: str, queue_url: str, options: SubscribeOptions
+    ) -> None:
         self.adapter = adapter
         self.topic = topic
         self.queue_url = queue_url
@@ -82,11 +83,14 @@ class SqsSubscription(Subscription):
         self.where = f"SQS queue {queue_url} (topic {topic!r}, group {options.group!r})"
         self._deletes = settle_batcher(
             lambda entries: sqs.delete_message_batch(QueueUrl=queue_url, Entries=entries),
-            f"deleting a message on {self.where}")
+            f"deleting a message on {self.where}",
+        )
         self._visibility = settle_batcher(
             lambda entries: sqs.change_message_visibility_batch(
-                QueueUrl=queue_url, Entries=entries),
-            f"changing a message's visibility on {self.where}")
+                QueueUrl=queue_url, Entries=entries
+            ),
+            f"changing a message's visibility on {self.where}",
+        )
 
     def start(self) -> None:
         for index in range(self.settings.receivers):
@@ -128,8 +132,13 @@ class SqsSubscription(Subscription):
                     return
                 failures += 1
                 delay = min(5.0, 0.1 * 2 ** min(failures, 6))
-                log.warning("receiving from %s failed (%s: %s); retrying in %.1fs",
-                            self.where, type(exc).__name__, exc, delay)
+                log.warning(
+                    "receiving from %s failed (%s: %s); retrying in %.1fs",
+                    self.where,
+                    type(exc).__name__,
+                    exc,
+                    delay,
+                )
                 await asyncio.sleep(delay)
                 continue
             failures = 0
@@ -153,12 +162,14 @@ class SqsSubscription(Subscription):
             self.adapter.forget_group(self.topic, self.options.group)
             error = ConnectionLostError(
                 f"{self.where} no longer exists (deleted underneath?); subscribing again "
-                "creates it anew (provision=true) or fails saying it is missing")
+                "creates it anew (provision=true) or fails saying it is missing"
+            )
         else:
             error = EventBusError(
                 f"receiving from {self.where} was refused: {type(exc).__name__}: {exc}; this "
                 "is not an outage: check the queue's permissions (sqs:ReceiveMessage), its "
-                "KMS key and the credentials")
+                "KMS key and the credentials"
+            )
         error.__cause__ = exc
         if self._failure is None:
             self._failure = error
@@ -173,8 +184,12 @@ class SqsSubscription(Subscription):
             if self._ready:
                 message = self._ready.popleft()
                 if self.drop_if_lapsed(str(message["ReceiptHandle"])):
-                    log.info("dropping a message of topic %r group %r whose visibility "
-                             "lapsed before it was handed out", self.topic, self.options.group)
+                    log.info(
+                        "dropping a message of topic %r group %r whose visibility "
+                        "lapsed before it was handed out",
+                        self.topic,
+                        self.options.group,
+                    )
                     self.adapter.unrun.add(str(message.get("MessageId", "")))
                     continue
                 yield SqsDelivery(self, message)
@@ -187,10 +202,16 @@ class SqsSubscription(Subscription):
         in flight nor delayed. On FIFO, visible messages may wait behind an in-flight one
         of their message group, so they count only when nothing is in flight."""
         with map_exceptions(_backlog_failure, what=f"counting the messages of {self.where}"):
-            reply = await asyncio.wait_for(self.adapter.probe_client().get_queue_attributes(
-                QueueUrl=self.queue_url, AttributeNames=[
-                    "ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]),
-                self.settings.connect_timeout)
+            reply = await asyncio.wait_for(
+                self.adapter.probe_client().get_queue_attributes(
+                    QueueUrl=self.queue_url,
+                    AttributeNames=[
+                        "ApproximateNumberOfMessages",
+                        "ApproximateNumberOfMessagesNotVisible",
+                    ],
+                ),
+                self.settings.connect_timeout,
+            )
         attributes = reply.get("Attributes", {})
         visible = int(attributes.get("ApproximateNumberOfMessages", 0))
         if self.settings.fifo and int(attributes.get("ApproximateNumberOfMessagesNotVisible", 0)):
@@ -239,9 +260,13 @@ class SqsSubscription(Subscription):
         receipt = delivery.receipt
         seconds = math.ceil(delay)  # SQS counts whole seconds; never come back early
         if seconds > MAX_VISIBILITY_SECONDS:
-            log.warning("nack delay %.0fs on topic %r group %r is over SQS's 12-hour maximum; "
-                        "the message comes back after 12 hours", delay, self.topic,
-                        self.options.group)
+            log.warning(
+                "nack delay %.0fs on topic %r group %r is over SQS's 12-hour maximum; "
+                "the message comes back after 12 hours",
+                delay,
+                self.topic,
+                self.options.group,
+            )
             seconds = MAX_VISIBILITY_SECONDS
         self._let_go(receipt)  # no more heartbeats: SQS owns the message again
         limit = self.settings.max_receive_count
@@ -251,9 +276,14 @@ class SqsSubscription(Subscription):
             await self._visibility.one({"ReceiptHandle": receipt, "VisibilityTimeout": seconds})
         except Exception as exc:
             # Never leave it without an owner: it comes back when its visibility lapses.
-            log.warning("could not hand a message of topic %r group %r back to SQS (%s); it is "
-                        "redelivered when its visibility timeout (%ss) lapses", self.topic,
-                        self.options.group, exc, self.settings.visibility_timeout)
+            log.warning(
+                "could not hand a message of topic %r group %r back to SQS (%s); it is "
+                "redelivered when its visibility timeout (%ss) lapses",
+                self.topic,
+                self.options.group,
+                exc,
+                self.settings.visibility_timeout,
+            )
 
     async def delete_now(self, receipt: str) -> None:
         """Delete a message this consumer already let go of (redrive: sent anew)."""
@@ -267,15 +297,22 @@ class SqsSubscription(Subscription):
             now = time.monotonic()
             # A lapsed lease is never renewed: SQS may have handed the message to
             # another consumer meanwhile (moto even accepts the late extension).
-            due = [r for r, at in self._beating.items()
-                   if now - at >= every and not self.lease_lapsed(r)]
+            due = [
+                r
+                for r, at in self._beating.items()
+                if now - at >= every and not self.lease_lapsed(r)
+            ]
             if not due:
                 continue
             for receipt in due:
                 self._beating[receipt] = now
             results = await asyncio.gather(
-                *(self._visibility.one({"ReceiptHandle": r, "VisibilityTimeout": timeout})
-                  for r in due), return_exceptions=True)
+                *(
+                    self._visibility.one({"ReceiptHandle": r, "VisibilityTimeout": timeout})
+                    for r in due
+                ),
+                return_exceptions=True,
+            )
             self._beaten(due, results, now + timeout)
 
     def _beaten(self, due: list[str], results: list[Any], until: float) -> None:
@@ -295,13 +332,22 @@ class SqsSubscription(Subscription):
             else:
                 failed.append(result)
         if lost:
-            log.warning("%d message(s) of topic %r group %r lapsed before their visibility "
-                        "was extended; SQS redelivers them (to whichever consumer asks)",
-                        lost, self.topic, self.options.group)
+            log.warning(
+                "%d message(s) of topic %r group %r lapsed before their visibility "
+                "was extended; SQS redelivers them (to whichever consumer asks)",
+                lost,
+                self.topic,
+                self.options.group,
+            )
         if failed and not self._beat_failing:
-            log.warning("extending the visibility of %d message(s) of topic %r group %r "
-                        "failed (%s); retrying each second until it lapses", len(failed),
-                        self.topic, self.options.group, failed[0])
+            log.warning(
+                "extending the visibility of %d message(s) of topic %r group %r "
+                "failed (%s); retrying each second until it lapses",
+                len(failed),
+                self.topic,
+                self.options.group,
+                failed[0],
+            )
         elif not failed and self._beat_failing:
             log.info("extending visibilities on %s works again", self.where)
         self._beat_failing = bool(failed)
@@ -336,17 +382,28 @@ class SqsSubscription(Subscription):
             # Unsettled messages go back now rather than when their visibility lapses;
             # within connect_timeout, so a close on a silent path still ends in time.
             try:
-                results = await asyncio.wait_for(asyncio.gather(
-                    *(self._visibility.one({"ReceiptHandle": r, "VisibilityTimeout": 0})
-                      for r in receipts), return_exceptions=True),
-                    self.settings.connect_timeout)
+                results = await asyncio.wait_for(
+                    asyncio.gather(
+                        *(
+                            self._visibility.one({"ReceiptHandle": r, "VisibilityTimeout": 0})
+                            for r in receipts
+                        ),
+                        return_exceptions=True,
+                    ),
+                    self.settings.connect_timeout,
+                )
             except TimeoutError as exc:
                 results = [exc]
             failed = [r for r in results if isinstance(r, BaseException)]
             if failed:
-                log.info("%d unsettled message(s) of topic %r group %r come back when their "
-                         "visibility lapses (%s)", len(failed), self.topic, self.options.group,
-                         failed[0])
+                log.info(
+                    "%d unsettled message(s) of topic %r group %r come back when their "
+                    "visibility lapses (%s)",
+                    len(failed),
+                    self.topic,
+                    self.options.group,
+                    failed[0],
+                )
         self.adapter.forget(self)
 
     @property

@@ -37,23 +37,38 @@ log = logging.getLogger("eventbus.sqs")
 Failure = Literal["transient", "gone", "permanent"]
 
 # A queue that no longer exists (deleted underneath, or never made with provision=false).
-GONE_CODES = frozenset({"AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist",
-                        "NonExistentQueue"})
+GONE_CODES = frozenset(
+    {"AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist", "NonExistentQueue"}
+)
 # Answers that say "not now" rather than "no": throttling, the service's own trouble,
 # and AWS's 60 s wait before a deleted queue's name may be used again.
-TRANSIENT_CODES = frozenset({
-    "Throttling", "ThrottlingException", "RequestThrottled", "ServiceUnavailable",
-    "InternalError", "InternalFailure", "RequestTimeout", "KMS.ThrottlingException",
-    "KmsThrottled", "AWS.SimpleQueueService.QueueDeletedRecently", "QueueDeletedRecently",
-})
+TRANSIENT_CODES = frozenset(
+    {
+        "Throttling",
+        "ThrottlingException",
+        "RequestThrottled",
+        "ServiceUnavailable",
+        "InternalError",
+        "InternalFailure",
+        "RequestTimeout",
+        "KMS.ThrottlingException",
+        "KmsThrottled",
+        "AWS.SimpleQueueService.QueueDeletedRecently",
+        "QueueDeletedRecently",
+    }
+)
 
 
 # Per-entry answers saying the receipt handle no longer names a message this consumer
 # holds: it was deleted, or its visibility lapsed and SQS may have handed it out again.
-LOST_RECEIPT_CODES = frozenset({
-    "ReceiptHandleIsInvalid", "InvalidReceiptHandle", "MessageNotInflight",
-    "AWS.SimpleQueueService.MessageNotInflight",
-})
+LOST_RECEIPT_CODES = frozenset(
+    {
+        "ReceiptHandleIsInvalid",
+        "InvalidReceiptHandle",
+        "MessageNotInflight",
+        "AWS.SimpleQueueService.MessageNotInflight",
+    }
+)
 
 
 class SettleError(BrokerConnectionError):
@@ -86,12 +101,18 @@ def settle_batcher(call: BatchCall, what: str) -> TurnBatcher[Entry, None]:
         for i in range(len(entries)):
             failure = failed.get(str(i))
             code = "" if failure is None else str(failure.get("Code", ""))
-            outcomes.append(None if failure is None else SettleError(
-                f"{what} failed: {code}: {failure.get('Message')}", code))
+            outcomes.append(
+                None
+                if failure is None
+                else SettleError(f"{what} failed: {code}: {failure.get('Message')}", code)
+            )
         return outcomes
 
-    return TurnBatcher(send, max_items=10, fail=lambda exc: SettleError(
-        f"{what} failed: {type(exc).__name__}: {exc}"))
+    return TurnBatcher(
+        send,
+        max_items=10,
+        fail=lambda exc: SettleError(f"{what} failed: {type(exc).__name__}: {exc}"),
+    )
 
 
 def error_code(exc: BaseException) -> str:
@@ -215,13 +236,20 @@ async def send_anew(subscription: SqsSubscription, delivery: SqsDelivery, delay:
     attributes[RECEIVES_ATTRIBUTE] = {"DataType": "Number", "StringValue": str(delivery.attempt)}
     where = f"topic {subscription.topic!r} group {subscription.options.group!r}"
     if len(attributes) > MAX_ATTRIBUTES:
-        log.warning("message %s of %s is on its last receive before the redrive policy "
-                    "moves it, but carries %d attributes, so its receive count cannot be "
-                    "added; it is handed back and SQS redrives it on its next receive",
-                    delivery.message_id, where, len(attributes) - 1)
+        log.warning(
+            "message %s of %s is on its last receive before the redrive policy "
+            "moves it, but carries %d attributes, so its receive count cannot be "
+            "added; it is handed back and SQS redrives it on its next receive",
+            delivery.message_id,
+            where,
+            len(attributes) - 1,
+        )
         return False
-    entry: dict[str, Any] = {"QueueUrl": subscription.queue_url, "MessageBody": message["Body"],
-                             "MessageAttributes": attributes}
+    entry: dict[str, Any] = {
+        "QueueUrl": subscription.queue_url,
+        "MessageBody": message["Body"],
+        "MessageAttributes": attributes,
+    }
     if subscription.settings.fifo:
         system = message.get("Attributes", {}) or {}
         entry["MessageGroupId"] = system.get("MessageGroupId") or delivery.message_id
@@ -231,19 +259,33 @@ async def send_anew(subscription: SqsSubscription, delivery: SqsDelivery, delay:
     try:
         await subscription.adapter.sqs_client().send_message(**entry)
     except Exception as exc:
-        log.warning("message %s of %s is on its last receive before the redrive policy moves "
-                    "it; sending it anew failed (%s: %s), so it is handed back and SQS "
-                    "redrives it on its next receive", delivery.message_id, where,
-                    type(exc).__name__, exc)
+        log.warning(
+            "message %s of %s is on its last receive before the redrive policy moves "
+            "it; sending it anew failed (%s: %s), so it is handed back and SQS "
+            "redrives it on its next receive",
+            delivery.message_id,
+            where,
+            type(exc).__name__,
+            exc,
+        )
         return False
     try:
         await subscription.delete_now(delivery.receipt)
     except Exception as exc:
-        log.warning("message %s of %s was sent anew on its last receive, but deleting the "
-                    "old copy failed (%s); that copy goes to the redrive queue on its next "
-                    "receive (a duplicate of the new one)", delivery.message_id, where, exc)
-    log.info("message %s of %s came back on its last receive before the redrive policy "
-             "(max_receive_count=%d): sent anew, carrying its %d receive(s)",
-             delivery.message_id, where, subscription.settings.max_receive_count,
-             delivery.attempt)
+        log.warning(
+            "message %s of %s was sent anew on its last receive, but deleting the "
+            "old copy failed (%s); that copy goes to the redrive queue on its next "
+            "receive (a duplicate of the new one)",
+            delivery.message_id,
+            where,
+            exc,
+        )
+    log.info(
+        "message %s of %s came back on its last receive before the redrive policy "
+        "(max_receive_count=%d): sent anew, carrying its %d receive(s)",
+        delivery.message_id,
+        where,
+        subscription.settings.max_receive_count,
+        delivery.attempt,
+    )
     return True

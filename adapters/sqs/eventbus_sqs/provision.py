@@ -102,8 +102,7 @@ class Provisioner:
         await self.subscribe_queue(clients["sns"], sqs, arn, url)
         return url
 
-    async def dead_letter_storage(self, clients: dict[str, Any], topic: str,
-                                  group: str) -> str:
+    async def dead_letter_storage(self, clients: dict[str, Any], topic: str, group: str) -> str:
         """Where dead letters of ``group`` on ``topic`` are kept: created with the group
         (found, with provision=false); its URL."""
         dead, sqs = dlq_topic(topic, group), clients["sqs"]
@@ -141,7 +140,8 @@ class Provisioner:
                 raise TopicNotFoundError(
                     f"no such dead-letter topic {topic!r} on SQS (queue {name!r} does not "
                     "exist): nothing was ever dead-lettered there, or the topic or group is "
-                    "misspelt; nothing was created") from exc
+                    "misspelt; nothing was created"
+                ) from exc
             raise
         url = str(reply["QueueUrl"])
         self._queues[name] = url
@@ -163,8 +163,11 @@ class Provisioner:
             return arn
         name = self.topic_name(topic)
         if self.settings.provision:
-            attributes = {"FifoTopic": "true", "ContentBasedDeduplication": "false"} \
-                if self.settings.fifo else {}
+            attributes = (
+                {"FifoTopic": "true", "ContentBasedDeduplication": "false"}
+                if self.settings.fifo
+                else {}
+            )
             reply = await sns.create_topic(Name=name, Attributes=attributes)
             arn = str(reply["TopicArn"])
         else:
@@ -189,8 +192,9 @@ class Provisioner:
 
     # -- queues ------------------------------------------------------------------------
 
-    async def queue_url(self, sqs: Any, topic: str, group: str | None, *,
-                        redrive: bool = True) -> str:
+    async def queue_url(
+        self, sqs: Any, topic: str, group: str | None, *, redrive: bool = True
+    ) -> str:
         """The queue of ``group`` on ``topic`` (or of ``topic`` in queue topology)."""
         name = self.queue_name(topic, group)
         url = self._queues.get(name)
@@ -201,20 +205,28 @@ class Provisioner:
         else:
             attributes = self._queue_attributes()
             if self.settings.max_receive_count and redrive:
-                dead = await self._create_queue(sqs, physical_name(
-                    name.removesuffix(".fifo") + "-redrive", MAX_QUEUE_NAME, self.settings.fifo
-                ), {k: v for k, v in attributes.items() if k != "VisibilityTimeout"})
-                attributes["RedrivePolicy"] = json.dumps({
-                    "deadLetterTargetArn": await self.queue_arn(sqs, dead),
-                    "maxReceiveCount": str(self.settings.max_receive_count),
-                })
+                dead = await self._create_queue(
+                    sqs,
+                    physical_name(
+                        name.removesuffix(".fifo") + "-redrive", MAX_QUEUE_NAME, self.settings.fifo
+                    ),
+                    {k: v for k, v in attributes.items() if k != "VisibilityTimeout"},
+                )
+                attributes["RedrivePolicy"] = json.dumps(
+                    {
+                        "deadLetterTargetArn": await self.queue_arn(sqs, dead),
+                        "maxReceiveCount": str(self.settings.max_receive_count),
+                    }
+                )
             url = await self._create_queue(sqs, name, attributes)
         self._queues[name] = url
         return url
 
     def _queue_attributes(self) -> dict[str, str]:
-        attributes = {"VisibilityTimeout": str(self.settings.visibility_timeout),
-                      "MessageRetentionPeriod": str(14 * 24 * 3600)}
+        attributes = {
+            "VisibilityTimeout": str(self.settings.visibility_timeout),
+            "MessageRetentionPeriod": str(14 * 24 * 3600),
+        }
         if self.settings.fifo:
             attributes |= {"FifoQueue": "true", "ContentBasedDeduplication": "false"}
         return attributes
@@ -227,8 +239,11 @@ class Provisioner:
                 raise
             # Created earlier with other attributes (an older visibility timeout, say):
             # use it as it is rather than fail, and say so.
-            log.warning("SQS queue %s exists with other attributes than %s; using it as it is",
-                        name, attributes)
+            log.warning(
+                "SQS queue %s exists with other attributes than %s; using it as it is",
+                name,
+                attributes,
+            )
             reply = await sqs.get_queue_url(QueueName=name)
         return str(reply["QueueUrl"])
 
@@ -261,18 +276,25 @@ class Provisioner:
             queue_arn = await self.queue_arn(sqs, queue_url)
             policy = {
                 "Version": "2012-10-17",
-                "Statement": [{
-                    "Sid": "eventbus-sns-to-sqs",
-                    "Effect": "Allow",
-                    "Principal": {"Service": "sns.amazonaws.com"},
-                    "Action": "sqs:SendMessage",
-                    "Resource": queue_arn,
-                    "Condition": {"ArnEquals": {"aws:SourceArn": topic_arn}},
-                }],
+                "Statement": [
+                    {
+                        "Sid": "eventbus-sns-to-sqs",
+                        "Effect": "Allow",
+                        "Principal": {"Service": "sns.amazonaws.com"},
+                        "Action": "sqs:SendMessage",
+                        "Resource": queue_arn,
+                        "Condition": {"ArnEquals": {"aws:SourceArn": topic_arn}},
+                    }
+                ],
             }
-            await sqs.set_queue_attributes(QueueUrl=queue_url,
-                                           Attributes={"Policy": json.dumps(policy)})
-            await sns.subscribe(TopicArn=topic_arn, Protocol="sqs", Endpoint=queue_arn,
-                                Attributes={"RawMessageDelivery": "true"},
-                                ReturnSubscriptionArn=True)
+            await sqs.set_queue_attributes(
+                QueueUrl=queue_url, Attributes={"Policy": json.dumps(policy)}
+            )
+            await sns.subscribe(
+                TopicArn=topic_arn,
+                Protocol="sqs",
+                Endpoint=queue_arn,
+                Attributes={"RawMessageDelivery": "true"},
+                ReturnSubscriptionArn=True,
+            )
             self._subscribed.add((topic_arn, queue_url))

@@ -60,8 +60,9 @@ class Publisher:
         self.adapter = adapter
         self.fifo = adapter.settings.fifo
 
-    def entry(self, body: str, attributes: dict[str, Any], envelope: Envelope | None,
-              dedupe: str) -> Entry:
+    def entry(
+        self, body: str, attributes: dict[str, Any], envelope: Envelope | None, dedupe: str
+    ) -> Entry:
         """One message to send. FIFO: ``dedupe`` is its MessageDeduplicationId; its
         MessageGroupId is the partition key (no key means no order asked for, so the
         dedupe id spreads such messages). Dead letters keep no order among themselves
@@ -79,11 +80,14 @@ class Publisher:
     def entries(self, envelopes: Sequence[Envelope], bodies: Sequence[str]) -> list[Entry]:
         # A dead letter is a new message: the id the broker dedupes on names the
         # failure too, so the same event failing again after a replay is kept.
-        return [self.entry(body, {}, envelope, broker_dedupe_id(envelope))
-                for envelope, body in zip(envelopes, bodies, strict=True)]
+        return [
+            self.entry(body, {}, envelope, broker_dedupe_id(envelope))
+            for envelope, body in zip(envelopes, bodies, strict=True)
+        ]
 
-    async def send(self, topic: str, entries: list[Entry], sizes: list[int],
-                   send: Send) -> dict[int, Exception]:
+    async def send(
+        self, topic: str, entries: list[Entry], sizes: list[int], send: Send
+    ) -> dict[int, Exception]:
         """Send ``entries`` in batches; the indexes that failed and why."""
         batches: list[list[int]] = [[]]
         total = 0
@@ -109,7 +113,8 @@ class Publisher:
                 if earlier is not None:
                     failures[i] = type(earlier)(
                         f"not sent: an earlier event of its message group was not confirmed "
-                        f"({earlier}); sending it first would break the group's order")
+                        f"({earlier}); sending it first would break the group's order"
+                    )
                 else:
                     todo.append((i, entries[i]))
             if not todo:
@@ -154,18 +159,28 @@ class Publisher:
     def error(self, topic: str, exc: BaseException) -> Exception:
         """A failed request as the error the bus acts on: an outage or a refusal."""
         if isinstance(exc, EventBusError) or not isinstance(exc, Exception):
-            return exc if isinstance(exc, Exception) else PublishError(
-                f"publishing to {topic!r} was cut short ({type(exc).__name__})")
+            return (
+                exc
+                if isinstance(exc, Exception)
+                else PublishError(f"publishing to {topic!r} was cut short ({type(exc).__name__})")
+            )
         settings = self.adapter.settings
-        return translate(exc, _publish_failure, what=(
-            f"publishing to {topic!r} on SQS/SNS at {settings.endpoint_url or settings.region}"))
+        return translate(
+            exc,
+            _publish_failure,
+            what=(
+                f"publishing to {topic!r} on SQS/SNS at {settings.endpoint_url or settings.region}"
+            ),
+        )
 
-    def raise_failures(self, topic: str, envelopes: Sequence[Envelope | None],
-                       failures: dict[int, Exception]) -> None:
+    def raise_failures(
+        self, topic: str, envelopes: Sequence[Envelope | None], failures: dict[int, Exception]
+    ) -> None:
         if not failures:
             return
         if len(failures) == len(envelopes) and all(
-                isinstance(e, BrokerConnectionError) for e in failures.values()):
+            isinstance(e, BrokerConnectionError) for e in failures.values()
+        ):
             raise next(iter(failures.values()))
         if len(envelopes) == 1 and envelopes[0] is None:
             raise failures[0]
@@ -181,23 +196,30 @@ class Publisher:
     def via_queue(self, url: str) -> Send:
         """Batches sent straight to the queue at ``url`` (SendMessageBatch)."""
         sqs = self.adapter.sqs_client()
-        return self._via(lambda entries: sqs.send_message_batch(QueueUrl=url, Entries=entries),
-                         "MessageBody")
+        return self._via(
+            lambda entries: sqs.send_message_batch(QueueUrl=url, Entries=entries), "MessageBody"
+        )
 
     def via_topic(self, arn: str) -> Send:
         """Batches published to the SNS topic ``arn`` (PublishBatch)."""
         sns = self.adapter.sns_client()
-        return self._via(lambda entries: sns.publish_batch(
-            TopicArn=arn, PublishBatchRequestEntries=entries), "Message")
+        return self._via(
+            lambda entries: sns.publish_batch(TopicArn=arn, PublishBatchRequestEntries=entries),
+            "Message",
+        )
 
-    def _via(self, call: Callable[[list[dict[str, Any]]], Awaitable[dict[str, Any]]],
-             body: str) -> Send:
+    def _via(
+        self, call: Callable[[list[dict[str, Any]]], Awaitable[dict[str, Any]]], body: str
+    ) -> Send:
         """A sender of batches through ``call``, the body under the request's ``body`` key."""
 
         async def send(batch: Batch) -> dict[int, Exception]:
-            reply = await call([{"Id": str(i), body: e["body"],
-                                 **{k: v for k, v in e.items() if k != "body"}}
-                                for i, e in batch])
+            reply = await call(
+                [
+                    {"Id": str(i), body: e["body"], **{k: v for k, v in e.items() if k != "body"}}
+                    for i, e in batch
+                ]
+            )
             return self.failed(reply)
 
         return send
@@ -207,6 +229,7 @@ def _publish_failure(exc: Exception) -> Mapped:
     """An outage (publish again) or a refusal (SQS/SNS answered no: it stays no)."""
     code = exc.response.get("Error", {}).get("Code") if isinstance(exc, ClientError) else None
     if code in TRANSIENT_CODES or isinstance(
-            exc, EndpointConnectionError | BotoCoreError | OSError | TimeoutError):
+        exc, EndpointConnectionError | BotoCoreError | OSError | TimeoutError
+    ):
         return BrokerConnectionError
     return PublishError

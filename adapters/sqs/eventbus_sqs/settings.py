@@ -121,14 +121,14 @@ class SqsSettings:
             # The parser's own text quotes the part it could not read: never shown.
             raise InvalidURLError(
                 f"cannot parse SQS URL {shown!r}: the host or port is malformed; use "
-                "sqs://[host:port]?region=REGION") from None
+                "sqs://[host:port]?region=REGION"
+            ) from None
         if parts.scheme != "sqs":
             raise InvalidURLError(
                 f"the SQS adapter got {shown!r}; use sqs://[host:port]?region=REGION"
             )
         values: dict[str, Any] = {"url": url}
-        values.update(parse_options(query_pairs(parts.query), _OPTIONS, name="SQS",
-                                    shown=shown))
+        values.update(parse_options(query_pairs(parts.query), _OPTIONS, name="SQS", shown=shown))
         scheme: str | None = values.pop("endpoint_scheme", None)
         host = parts.hostname
         if host:
@@ -147,9 +147,13 @@ class SqsSettings:
                     f"SQS URL {shown!r} names no region; add ?region=REGION (e.g. eu-west-1)"
                 )
             values["region"] = "us-east-1"
-        check_tls(values, tls=str(values.get("endpoint_url", "https://")).startswith("https"),
-                  name="SQS", shown=shown,
-                  use="talk to AWS itself (no host) or set endpoint_scheme=https")
+        check_tls(
+            values,
+            tls=str(values.get("endpoint_url", "https://")).startswith("https"),
+            name="SQS",
+            shown=shown,
+            use="talk to AWS itself (no host) or set endpoint_scheme=https",
+        )
         settings = cls(**values)
         if settings.max_message_bytes > MAX_SQS_MESSAGE_BYTES:
             raise InvalidURLError(
@@ -190,11 +194,15 @@ _OPTIONS: dict[str, OptionParser] = {
     **shared("start_from", "client_name", "provision", "connect_timeout", *TLS_OPTIONS),
     "region": _region,
     "endpoint_scheme": choice("http", "https"),
-    "topology": choice("sns", "queue", words="use sns (topic fan-out to a queue per group) "
-                       "or queue (one queue per topic)"),
+    "topology": choice(
+        "sns",
+        "queue",
+        words="use sns (topic fan-out to a queue per group) or queue (one queue per topic)",
+    ),
     "fifo": flag,
-    "prefix": pattern(r"[A-Za-z0-9_-]{0,40}",
-                      "use up to 40 letters, digits, hyphens or underscores"),
+    "prefix": pattern(
+        r"[A-Za-z0-9_-]{0,40}", "use up to 40 letters, digits, hyphens or underscores"
+    ),
     "visibility_timeout": integer(3, MAX_VISIBILITY_SECONDS),
     "wait_seconds": integer(0, 20),
     "receivers": integer(1, 32),

@@ -53,7 +53,11 @@ class BusFeed:
         async with self.db.transaction() as tx:
             fresh = await tx.execute(
                 f"INSERT INTO {SEEN} (name, event_id, seen_at) VALUES ($1, $2, $3) "
-                "ON CONFLICT (name, event_id) DO NOTHING", self.name, envelope.id, time.time())
+                "ON CONFLICT (name, event_id) DO NOTHING",
+                self.name,
+                envelope.id,
+                time.time(),
+            )
             if not fresh:
                 return False
             await self.apply(self.registry.decode(envelope), tx)
@@ -65,19 +69,25 @@ class BusFeed:
         it longer than the broker's redelivery horizon: a redelivery of a forgotten
         id is applied again); returns how many."""
         async with self.db.transaction() as tx:
-            return int(await tx.execute(
-                f"DELETE FROM {SEEN} WHERE name = $1 AND seen_at < $2", self.name,
-                time.time() - older_than))
+            return int(
+                await tx.execute(
+                    f"DELETE FROM {SEEN} WHERE name = $1 AND seen_at < $2",
+                    self.name,
+                    time.time() - older_than,
+                )
+            )
 
-    def subscribe(self, bus: EventBus, *classes: type[Message], group: str | None = None,
-                  **options: Any) -> None:
+    def subscribe(
+        self, bus: EventBus, *classes: type[Message], group: str | None = None, **options: Any
+    ) -> None:
         """Feed the projection from ``bus``: its handler for ``classes`` (default
         :attr:`handles`) in ``group`` (default ``projection-<name>``)."""
         targets = classes or self.handles
         if not targets:
             raise ConfigurationError(
                 f"projection {self.name!r}: name the event classes to subscribe to "
-                "(subscribe(bus, OrderPlaced, ...) or the class attribute handles)")
+                "(subscribe(bus, OrderPlaced, ...) or the class attribute handles)"
+            )
 
         async def project(envelope: Envelope) -> None:
             await self.handle(envelope)
@@ -91,7 +101,9 @@ class BusFeed:
             while True:
                 async with self.db.transaction() as tx:
                     if await tx.fetchval(
-                            f"SELECT 1 FROM {SEEN} WHERE name = $1 AND event_id = $2",
-                            self.name, event_id):
+                        f"SELECT 1 FROM {SEEN} WHERE name = $1 AND event_id = $2",
+                        self.name,
+                        event_id,
+                    ):
                         return
                 await self._wait_moved()

@@ -34,24 +34,35 @@ async def create_table(tx: Transaction) -> None:
 
 async def held_streams(tx: Transaction, name: str) -> dict[str, int]:
     """The streams projection ``name`` holds: stream id -> its earliest parked position."""
-    rows = await tx.fetch(f"SELECT stream_id, MIN(position) FROM {PARKED} WHERE name = $1 "
-                          "GROUP BY stream_id", name)
+    rows = await tx.fetch(
+        f"SELECT stream_id, MIN(position) FROM {PARKED} WHERE name = $1 GROUP BY stream_id", name
+    )
     return {str(stream): int(head) for stream, head in rows}
 
 
-async def park(tx: Transaction, name: str, stored: StoredEvent, error: str,
-               held_by: int | None = None) -> None:
+async def park(
+    tx: Transaction, name: str, stored: StoredEvent, error: str, held_by: int | None = None
+) -> None:
     """Record ``stored`` as parked by projection ``name`` (again: no change)."""
     await tx.execute(
         f"INSERT INTO {PARKED} (name, {_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, "
-        "$10) ON CONFLICT (name, position) DO NOTHING", name, stored.position,
-        stored.stream_id, stored.version, stored.id, stored.envelope.type,
-        error if held_by is None else held_message(held_by), held_by, time.time(),
-        encode_structured(stored.envelope))
+        "$10) ON CONFLICT (name, position) DO NOTHING",
+        name,
+        stored.position,
+        stored.stream_id,
+        stored.version,
+        stored.id,
+        stored.envelope.type,
+        error if held_by is None else held_message(held_by),
+        held_by,
+        time.time(),
+        encode_structured(stored.envelope),
+    )
 
 
-async def parked(tx: Transaction, name: str, stream_id: str | None = None
-                 ) -> list[ParkedStoredEvent]:
+async def parked(
+    tx: Transaction, name: str, stream_id: str | None = None
+) -> list[ParkedStoredEvent]:
     """Projection ``name``'s parked events (of one stream), in position order."""
     sql = f"SELECT {_COLUMNS} FROM {PARKED} WHERE name = $1"
     args: list[object] = [name]
@@ -62,9 +73,18 @@ async def parked(tx: Transaction, name: str, stream_id: str | None = None
 
 
 def _parked(name: str, r: Row) -> ParkedStoredEvent:
-    return ParkedStoredEvent(name, int(r[0]), r[1], int(r[2]), r[3], r[4], r[5],
-                             None if r[6] is None else int(r[6]), float(r[7]),
-                             decode_structured(bytes(r[8])))
+    return ParkedStoredEvent(
+        name,
+        int(r[0]),
+        r[1],
+        int(r[2]),
+        r[3],
+        r[4],
+        r[5],
+        None if r[6] is None else int(r[6]),
+        float(r[7]),
+        decode_structured(bytes(r[8])),
+    )
 
 
 async def release(projection: Projection, position: int, *, apply_head: bool) -> int:
@@ -79,16 +99,19 @@ async def release(projection: Projection, position: int, *, apply_head: bool) ->
     async with projection.db.transaction() as tx:
         await projection._lock_checkpoint(tx)
         stream_id = await tx.fetchval(
-            f"SELECT stream_id FROM {PARKED} WHERE name = $1 AND position = $2", name, position)
+            f"SELECT stream_id FROM {PARKED} WHERE name = $1 AND position = $2", name, position
+        )
         if stream_id is None:
-            raise LookupError(f"projection {name!r} has no parked event at position "
-                              f"{position}; see parked()")
+            raise LookupError(
+                f"projection {name!r} has no parked event at position {position}; see parked()"
+            )
         queue = await parked(tx, name, str(stream_id))
         if queue[0].position != position:
             raise ConfigurationError(
                 f"projection {name!r}: the event at position {position} waits behind "
                 f"position {queue[0].position} of stream {stream_id!r}; retry or skip that "
-                "one first")
+                "one first"
+            )
         for row in queue:
             if row.position == position and not apply_head:
                 await _forget(tx, name, position)
@@ -109,8 +132,14 @@ async def release(projection: Projection, position: int, *, apply_head: bool) ->
                 if row.position == position:
                     failed = exc
                 else:
-                    log.error("projection %s: held event at position %d failed (%s); it now "
-                              "heads stream %r", name, row.position, error, row.stream_id)
+                    log.error(
+                        "projection %s: held event at position %d failed (%s); it now "
+                        "heads stream %r",
+                        name,
+                        row.position,
+                        error,
+                        row.stream_id,
+                    )
                 break
     if failed is not None:
         raise failed
@@ -123,9 +152,19 @@ async def _forget(tx: Transaction, name: str, position: int) -> None:
 
 async def _regroup(tx: Transaction, name: str, head: ParkedStoredEvent, error: str) -> None:
     """``head`` failed again: it heads its stream now, the later ones wait behind it."""
-    await tx.execute(f"UPDATE {PARKED} SET error = $3, held_by = NULL, parked_at = $4 "
-                     "WHERE name = $1 AND position = $2", name, head.position, error,
-                     time.time())
-    await tx.execute(f"UPDATE {PARKED} SET held_by = $3, error = $4 WHERE name = $1 AND "
-                     "stream_id = $2 AND position > $3", name, head.stream_id, head.position,
-                     held_message(head.position))
+    await tx.execute(
+        f"UPDATE {PARKED} SET error = $3, held_by = NULL, parked_at = $4 "
+        "WHERE name = $1 AND position = $2",
+        name,
+        head.position,
+        error,
+        time.time(),
+    )
+    await tx.execute(
+        f"UPDATE {PARKED} SET held_by = $3, error = $4 WHERE name = $1 AND "
+        "stream_id = $2 AND position > $3",
+        name,
+        head.stream_id,
+        head.position,
+        held_message(head.position),
+    )

@@ -57,7 +57,8 @@ class CommandBus:
         if not (isinstance(command, type) and issubclass(command, Command)):
             raise ConfigurationError(
                 f"handler() takes a Command class, not {command!r}; events go to "
-                "EventBus.subscribe, where many handlers may listen")
+                "EventBus.subscribe, where many handlers may listen"
+            )
 
         def register(fn: F) -> F:
             name = command.event_type()
@@ -65,7 +66,8 @@ class CommandBus:
                 raise DuplicateHandlerError(
                     f"command {name!r} already has a handler "
                     f"({self._handlers[name][1].__qualname__}); {fn.__qualname__} cannot be "
-                    "a second: a command has exactly one handler")
+                    "a second: a command has exactly one handler"
+                )
             self._handlers[name] = (command, fn)
             return fn
 
@@ -78,7 +80,8 @@ class CommandBus:
             raise NoHandlerError(
                 f"no handler for command {command.event_type()!r} in this process; "
                 "register one with @commands.handler(...), or send() it to the service "
-                "that handles it")
+                "that handles it"
+            )
         return found[1]
 
     async def dispatch(self, command: Command) -> Any:
@@ -95,8 +98,7 @@ class CommandBus:
         forget; ``EventBus.send``)."""
         return await self._bus("send()").send(command, **options)
 
-    async def request(self, command: Command, *, timeout: float = 30.0,
-                      **options: Any) -> Any:
+    async def request(self, command: Command, *, timeout: float = 30.0, **options: Any) -> Any:
         """Send ``command`` over the broker and return its handler's reply
         (``EventBus.request``: raises its error or a timeout)."""
         return await self._bus("request()").request(command, timeout=timeout, **options)

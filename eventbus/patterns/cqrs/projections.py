@@ -1,5 +1,8 @@
 """Projections: read models kept up to date from events, exactly once per event.
 
+(Over 400 lines on purpose: one projector whose checkpoint, fencing and rebuild rules
+are read together.)
+
 A projection writes its read model and its checkpoint **in the same database
 transaction**, so a crash anywhere in between leaves both as they were: the event
 is applied again on restart, once. Two feeds:
@@ -103,8 +106,16 @@ class Projection(BusFeed):
 
     handles: ClassVar[tuple[type[Message], ...]] = ()
 
-    def __init__(self, db: Database, *, name: str, registry: Registry = registry,
-                 batch: int = 200, poll_interval: float = 0.5, park_after: int = 3) -> None:
+    def __init__(
+        self,
+        db: Database,
+        *,
+        name: str,
+        registry: Registry = registry,
+        batch: int = 200,
+        poll_interval: float = 0.5,
+        park_after: int = 3,
+    ) -> None:
         if not name:
             raise ConfigurationError("a projection needs a name: it keys its checkpoint")
         if park_after < 1:
@@ -146,14 +157,21 @@ class Projection(BusFeed):
         real = real_type(self.db.dialect)
         async with self.db.transaction() as tx:
             await ready(tx, KINDS["projections"], CHECKPOINTS, self.db.url)
-            await tx.execute(f"CREATE TABLE IF NOT EXISTS {CHECKPOINTS} (name TEXT PRIMARY KEY, "
-                             "position BIGINT NOT NULL, generation BIGINT NOT NULL DEFAULT 0)")
-            await tx.execute(f"CREATE TABLE IF NOT EXISTS {SEEN} (name TEXT NOT NULL, "
-                             f"event_id TEXT NOT NULL, seen_at {real} NOT NULL, "
-                             "PRIMARY KEY (name, event_id))")
+            await tx.execute(
+                f"CREATE TABLE IF NOT EXISTS {CHECKPOINTS} (name TEXT PRIMARY KEY, "
+                "position BIGINT NOT NULL, generation BIGINT NOT NULL DEFAULT 0)"
+            )
+            await tx.execute(
+                f"CREATE TABLE IF NOT EXISTS {SEEN} (name TEXT NOT NULL, "
+                f"event_id TEXT NOT NULL, seen_at {real} NOT NULL, "
+                "PRIMARY KEY (name, event_id))"
+            )
             await _parked.create_table(tx)
-            await tx.execute(f"INSERT INTO {CHECKPOINTS} (name, position) VALUES ($1, 0) "
-                             "ON CONFLICT (name) DO NOTHING", self.name)
+            await tx.execute(
+                f"INSERT INTO {CHECKPOINTS} (name, position) VALUES ($1, 0) "
+                "ON CONFLICT (name) DO NOTHING",
+                self.name,
+            )
             await self.create_tables(tx)
 
     def wants(self, event_type: str) -> bool:
@@ -169,10 +187,13 @@ class Projection(BusFeed):
         async with self.db.transaction() as tx:
             row = await tx.fetchrow(
                 f"SELECT position, generation, (SELECT count(*) FROM {_parked.PARKED} "
-                f"WHERE name = $1) FROM {CHECKPOINTS} WHERE name = $1", self.name)
+                f"WHERE name = $1) FROM {CHECKPOINTS} WHERE name = $1",
+                self.name,
+            )
         if row is None:
             raise ConfigurationError(
-                f"projection {self.name!r} has no checkpoint row: call setup() first")
+                f"projection {self.name!r} has no checkpoint row: call setup() first"
+            )
         self._position, self._parked = int(row[0]), int(row[2])
         return self._position, int(row[1])
 
@@ -181,10 +202,12 @@ class Projection(BusFeed):
         # PostgreSQL; SQLite's BEGIN IMMEDIATE already admits one writer.
         lock = " FOR UPDATE" if tx.dialect == "postgres" else ""
         row = await tx.fetchrow(
-            f"SELECT position, generation FROM {CHECKPOINTS} WHERE name = $1{lock}", self.name)
+            f"SELECT position, generation FROM {CHECKPOINTS} WHERE name = $1{lock}", self.name
+        )
         if row is None:
             raise ConfigurationError(
-                f"projection {self.name!r} has no checkpoint row: call setup() first")
+                f"projection {self.name!r} has no checkpoint row: call setup() first"
+            )
         return int(row[0]), int(row[1])
 
     # -- fed from the event store ----------------------------------------------------
@@ -212,8 +235,9 @@ class Projection(BusFeed):
             if after == page[-1].position and len(page) < self.batch:
                 return applied
 
-    async def _apply_or_park(self, page: list[StoredEvent], after: int, generation: int
-                             ) -> tuple[int, int] | None:
+    async def _apply_or_park(
+        self, page: list[StoredEvent], after: int, generation: int
+    ) -> tuple[int, int] | None:
         try:
             return await self._apply_page(page, after, generation)
         except _EventFailedError as failed:
@@ -222,8 +246,7 @@ class Projection(BusFeed):
             stored = failed.stored
             if isinstance(error, InfrastructureError):
                 raise error from None
-            attempts = self._attempts[stored.position] = \
-                self._attempts.get(stored.position, 0) + 1
+            attempts = self._attempts[stored.position] = self._attempts.get(stored.position, 0) + 1
             if attempts < self.park_after and not isinstance(error, PoisonMessageError):
                 raise error from None
         # It failed for good: apply what precedes it, park it, move past it.
@@ -232,15 +255,28 @@ class Projection(BusFeed):
         outcome = await self._apply_page(upto, after, generation, park=(stored.position, reason))
         self._attempts.pop(stored.position, None)
         if outcome is not None:
-            log.error("projection %s: event %s (position %d, stream %r) failed %d time(s) "
-                      "(%s); it is parked and its stream waits behind it: fix the cause and "
-                      "call retry_parked(%d), or skip_parked(%d)", self.name, stored.id,
-                      stored.position, stored.stream_id, attempts, reason, stored.position,
-                      stored.position)
+            log.error(
+                "projection %s: event %s (position %d, stream %r) failed %d time(s) "
+                "(%s); it is parked and its stream waits behind it: fix the cause and "
+                "call retry_parked(%d), or skip_parked(%d)",
+                self.name,
+                stored.id,
+                stored.position,
+                stored.stream_id,
+                attempts,
+                reason,
+                stored.position,
+                stored.position,
+            )
         return outcome
 
-    async def _apply_page(self, page: list[StoredEvent], after: int, generation: int,
-                          park: tuple[int, str] | None = None) -> tuple[int, int] | None:
+    async def _apply_page(
+        self,
+        page: list[StoredEvent],
+        after: int,
+        generation: int,
+        park: tuple[int, str] | None = None,
+    ) -> tuple[int, int] | None:
         """Apply ``page`` (read from position ``after`` at ``generation``) with the
         checkpoint; ``None`` when the checkpoint is not where the page starts."""
         applied = 0
@@ -263,8 +299,9 @@ class Projection(BusFeed):
                         raise _EventFailedError(stored) from exc
                     applied += 1
             last = page[-1].position
-            await tx.execute(f"UPDATE {CHECKPOINTS} SET position = $2 WHERE name = $1",
-                             self.name, last)
+            await tx.execute(
+                f"UPDATE {CHECKPOINTS} SET position = $2 WHERE name = $1", self.name, last
+            )
         self._position = max(self._position, last)
         self._moved.set()
         return applied, last
@@ -278,8 +315,11 @@ class Projection(BusFeed):
         async with self.db.transaction() as tx:
             await self._lock_checkpoint(tx)
             await self.clear(tx)
-            await tx.execute(f"UPDATE {CHECKPOINTS} SET position = 0, generation = generation "
-                             "+ 1 WHERE name = $1", self.name)
+            await tx.execute(
+                f"UPDATE {CHECKPOINTS} SET position = 0, generation = generation "
+                "+ 1 WHERE name = $1",
+                self.name,
+            )
             await tx.execute(f"DELETE FROM {SEEN} WHERE name = $1", self.name)
             await tx.execute(f"DELETE FROM {_parked.PARKED} WHERE name = $1", self.name)
         self._position = 0
@@ -331,8 +371,7 @@ class Projection(BusFeed):
         """Follow the store in the background: catch up, then poll every
         ``poll_interval`` seconds (at once when :meth:`wait_until` is waiting)."""
         if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._follow(store),
-                                             name=f"projection-{self.name}")
+            self._task = asyncio.create_task(self._follow(store), name=f"projection-{self.name}")
 
     async def _follow(self, store: EventStore) -> None:
         failures = 0
@@ -345,8 +384,12 @@ class Projection(BusFeed):
                 # half-applied, the transaction rolled back.
                 failures += 1
                 self._error = f"{type(exc).__name__}: {exc}"
-                log.error("projection %s failed at position %d (%s); retrying",
-                          self.name, self._position, self._error)
+                log.error(
+                    "projection %s failed at position %d (%s); retrying",
+                    self.name,
+                    self._position,
+                    self._error,
+                )
                 await asyncio.sleep(_BACKOFF.delay(failures))
                 continue
             self._wake.clear()
@@ -363,5 +406,6 @@ class Projection(BusFeed):
         """Whether the follow task runs, its position, its last error and how many
         events it parked."""
         running = self._task is not None and not self._task.done()
-        return ProjectionHealth(running and not self._error, running, self._position,
-                                self._error, self._parked)
+        return ProjectionHealth(
+            running and not self._error, running, self._position, self._error, self._parked
+        )

@@ -108,7 +108,8 @@ class Aggregate:
         except ValidationError as exc:
             raise ConfigurationError(
                 f"{type(event).__name__} ({event.event_type()!r}) cannot be read back from "
-                f"its own JSON, so a load could not replay it: {exc}") from exc
+                f"its own JSON, so a load could not replay it: {exc}"
+            ) from exc
         self.apply(as_stored)
         self._pending.append(event)
         self._envelopes.clear()
@@ -129,8 +130,11 @@ class Aggregate:
     def snapshot_state(self) -> bytes:
         """The state as bytes for a snapshot (see the class docs); override it and
         :meth:`restore_state` together for a state of your own form."""
-        state = {k: v for k, v in vars(self).items()
-                 if not k.startswith("_") and k not in ("id", "version")}
+        state = {
+            k: v
+            for k, v in vars(self).items()
+            if not k.startswith("_") and k not in ("id", "version")
+        }
         model = self.state_model
         if model is None:
             return encode_state(state)
@@ -138,14 +142,16 @@ class Aggregate:
         if missing:
             raise ConfigurationError(
                 f"{type(self).__name__}.state_model {model.__name__} has no field for "
-                f"{sorted(missing)}: a snapshot would lose them; add the fields")
+                f"{sorted(missing)}: a snapshot would lose them; add the fields"
+            )
         try:
             # strict: a value the model would convert would not come back as it was
             return model.model_validate(state, strict=True).model_dump_json().encode()
         except ValidationError as exc:
             raise ConfigurationError(
                 f"{type(self).__name__} state does not match its state_model "
-                f"{model.__name__}: {exc}") from exc
+                f"{model.__name__}: {exc}"
+            ) from exc
 
     def restore_state(self, state: bytes) -> None:
         """Set the state from :meth:`snapshot_state`'s bytes."""
@@ -163,12 +169,13 @@ class Aggregate:
         """A snapshot's state taken at ``snapshot_version`` ``schema``, brought to the
         class's current one by its ``upcast_snapshot_vN_vM`` methods; ``None`` when
         a step is missing (the snapshot is then ignored)."""
-        steps = [getattr(cls, f"upcast_snapshot_v{v}_v{v + 1}", None)
-                 for v in range(schema, cls.snapshot_version)]
+        steps = [
+            getattr(cls, f"upcast_snapshot_v{v}_v{v + 1}", None)
+            for v in range(schema, cls.snapshot_version)
+        ]
         if not steps or any(step is None for step in steps):
             return None
-        data: dict[str, Any] = decode_state(state) if cls.state_model is None \
-            else json.loads(state)
+        data: dict[str, Any] = decode_state(state) if cls.state_model is None else json.loads(state)
         for step in steps:
             data = step(data)  # type: ignore[misc]
         if cls.state_model is None:

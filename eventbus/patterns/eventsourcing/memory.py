@@ -83,7 +83,7 @@ class MemoryEventStore:
 
     async def read_all(self, after: int = 0, limit: int = 500) -> list[StoredEvent]:
         """See :meth:`EventStore.read_all`."""
-        return self._log[max(after, 0): max(after, 0) + limit]
+        return self._log[max(after, 0) : max(after, 0) + limit]
 
     async def last_position(self) -> int:
         """See :meth:`EventStore.last_position`."""
@@ -119,7 +119,8 @@ class MemoryEventStore:
         kept = self._parked.setdefault(name, {})
         for parked in events:
             kept[parked.position] = replace(
-                parked, envelope=self._log[parked.position - 1].envelope)
+                parked, envelope=self._log[parked.position - 1].envelope
+            )
 
     async def parked(self, name: str) -> list[ParkedStoredEvent]:
         """See :meth:`ParkingStore.parked`."""

@@ -45,11 +45,22 @@ class ParkedStoredEvent:
     envelope: Envelope | None = field(default=None, repr=False, compare=False)
 
     @classmethod
-    def of(cls, name: str, stored: StoredEvent, error: str,
-           held_by: int | None = None) -> ParkedStoredEvent:
+    def of(
+        cls, name: str, stored: StoredEvent, error: str, held_by: int | None = None
+    ) -> ParkedStoredEvent:
         """The parked form of ``stored`` (now)."""
-        return cls(name, stored.position, stored.stream_id, stored.version, stored.id,
-                   stored.envelope.type, error, held_by, time.time(), stored.envelope)
+        return cls(
+            name,
+            stored.position,
+            stored.stream_id,
+            stored.version,
+            stored.id,
+            stored.envelope.type,
+            error,
+            held_by,
+            time.time(),
+            stored.envelope,
+        )
 
     def stored(self) -> StoredEvent:
         """The event as the store holds it."""
@@ -71,13 +82,17 @@ def heads(rows: Sequence[ParkedStoredEvent]) -> dict[str, int]:
     return found
 
 
-def regroup(rows: Sequence[ParkedStoredEvent], new_head: ParkedStoredEvent,
-            error: str) -> list[ParkedStoredEvent]:
+def regroup(
+    rows: Sequence[ParkedStoredEvent], new_head: ParkedStoredEvent, error: str
+) -> list[ParkedStoredEvent]:
     """``rows`` (one stream's parked events, in order) after ``new_head`` failed with
     ``error``: it becomes the head and the rows after it wait behind it."""
     out = [replace(new_head, error=error, held_by=None, parked_at=time.time())]
-    out += [replace(row, held_by=new_head.position, error=held_message(new_head.position))
-            for row in rows if row.position > new_head.position]
+    out += [
+        replace(row, held_by=new_head.position, error=held_message(new_head.position))
+        for row in rows
+        if row.position > new_head.position
+    ]
     return out
 
 

@@ -131,8 +131,9 @@ class EventRelay:
             self._moved.notify_all()
         return len(page)
 
-    async def _publish_page(self, page: list[StoredEvent], held: dict[str, int],
-                            parked: list[ParkedStoredEvent]) -> None:
+    async def _publish_page(
+        self, page: list[StoredEvent], held: dict[str, int], parked: list[ParkedStoredEvent]
+    ) -> None:
         """Publish ``page`` in order, consecutive events for one topic in one call;
         events of held streams, and events refused for good, go to ``parked``."""
         run: list[StoredEvent] = []
@@ -155,8 +156,13 @@ class EventRelay:
         if run:
             await self._publish_run(topic, run, held, parked)
 
-    async def _publish_run(self, topic: str, run: list[StoredEvent], held: dict[str, int],
-                           parked: list[ParkedStoredEvent]) -> None:
+    async def _publish_run(
+        self,
+        topic: str,
+        run: list[StoredEvent],
+        held: dict[str, int],
+        parked: list[ParkedStoredEvent],
+    ) -> None:
         try:
             await self.bus.publish_envelopes(topic, [s.envelope for s in run])
             self._published += len(run)
@@ -174,8 +180,9 @@ class EventRelay:
             except _REFUSED as exc:
                 self._refuse(stored, exc, held, parked)
 
-    def _park_if_held(self, stored: StoredEvent, held: dict[str, int],
-                      parked: list[ParkedStoredEvent]) -> bool:
+    def _park_if_held(
+        self, stored: StoredEvent, held: dict[str, int], parked: list[ParkedStoredEvent]
+    ) -> bool:
         """Whether ``stored``'s stream is held; if so it joins ``parked``, behind the
         stream's earliest parked event, and is not published."""
         if stored.stream_id not in held:
@@ -184,15 +191,28 @@ class EventRelay:
         parked.append(ParkedStoredEvent.of(self.name, stored, held_message(head), head))
         return True
 
-    def _refuse(self, stored: StoredEvent, exc: Exception, held: dict[str, int],
-                parked: list[ParkedStoredEvent]) -> None:
+    def _refuse(
+        self,
+        stored: StoredEvent,
+        exc: Exception,
+        held: dict[str, int],
+        parked: list[ParkedStoredEvent],
+    ) -> None:
         error = f"{type(exc).__name__}: {exc}"
         parked.append(ParkedStoredEvent.of(self.name, stored, error))
         held[stored.stream_id] = stored.position
-        log.error("event relay %r: event %s (position %d, stream %r) cannot be published "
-                  "(%s); it is parked and its stream waits behind it: fix the cause and call "
-                  "retry_parked(%d), or skip_parked(%d)", self.name, stored.id,
-                  stored.position, stored.stream_id, error, stored.position, stored.position)
+        log.error(
+            "event relay %r: event %s (position %d, stream %r) cannot be published "
+            "(%s); it is parked and its stream waits behind it: fix the cause and call "
+            "retry_parked(%d), or skip_parked(%d)",
+            self.name,
+            stored.id,
+            stored.position,
+            stored.stream_id,
+            error,
+            stored.position,
+            stored.position,
+        )
 
     # -- parked events -----------------------------------------------------------------
 
@@ -227,30 +247,38 @@ class EventRelay:
             stream = queue[0].stream_id
             if not publish_head:
                 await self._parking.unpark(self.name, [position])
-                log.warning("event relay %r: parked event %s (position %d, stream %r) skipped "
-                            "for good", self.name, queue[0].event_id, position, stream)
+                log.warning(
+                    "event relay %r: parked event %s (position %d, stream %r) skipped for good",
+                    self.name,
+                    queue[0].event_id,
+                    position,
+                    stream,
+                )
                 queue = queue[1:]
             while queue:
                 for row in queue:
                     stored = row.stored()
                     try:
-                        await self.bus.publish_envelopes(self._topic_for(stored),
-                                                         [stored.envelope])
+                        await self.bus.publish_envelopes(self._topic_for(stored), [stored.envelope])
                     except _REFUSED as exc:
                         error = f"{type(exc).__name__}: {exc}"
                         await self._parking.park(self.name, regroup(queue, row, error))
                         if row.position == position:
                             raise
-                        log.error("event relay %r: held event at position %d was refused "
-                                  "(%s); it now heads stream %r", self.name, row.position,
-                                  error, stream)
+                        log.error(
+                            "event relay %r: held event at position %d was refused "
+                            "(%s); it now heads stream %r",
+                            self.name,
+                            row.position,
+                            error,
+                            stream,
+                        )
                         return published
                     await self._parking.unpark(self.name, [row.position])
                     published += 1
                     self._published += 1
                 # Events the relay parked behind this stream meanwhile (another process).
-                queue = [p for p in await self._parking.parked(self.name)
-                         if p.stream_id == stream]
+                queue = [p for p in await self._parking.parked(self.name) if p.stream_id == stream]
             self._parked = len(await self._parking.parked(self.name))
         return published
 
@@ -260,14 +288,17 @@ class EventRelay:
         rows = await self._parking.parked(self.name)
         target = next((p for p in rows if p.position == position), None)
         if target is None:
-            raise LookupError(f"event relay {self.name!r} has no parked event at position "
-                              f"{position}; see parked()")
+            raise LookupError(
+                f"event relay {self.name!r} has no parked event at position "
+                f"{position}; see parked()"
+            )
         queue = [p for p in rows if p.stream_id == target.stream_id]
         if queue[0].position != position:
             raise ConfigurationError(
                 f"event relay {self.name!r}: the event at position {position} waits behind "
                 f"position {queue[0].position} of stream {target.stream_id!r}; retry or skip "
-                "that one first")
+                "that one first"
+            )
         return queue
 
     async def run(self) -> None:
@@ -284,8 +315,13 @@ class EventRelay:
                 self._failures += 1
                 self._error = f"{type(exc).__name__}: {exc}"
                 delay = self._backoff.delay(self._failures)
-                log.warning("event relay %r failed (attempt %d, retrying in %.2fs): %s",
-                            self.name, self._failures, delay, self._error)
+                log.warning(
+                    "event relay %r failed (attempt %d, retrying in %.2fs): %s",
+                    self.name,
+                    self._failures,
+                    delay,
+                    self._error,
+                )
                 await asyncio.sleep(delay)
                 continue
             if count < self.batch:
@@ -328,10 +364,15 @@ class EventRelay:
         else:
             state = "backing_off" if self._failures else "running"
         return RelayHealth(
-            ok=state == "running", state=state, published=self._published,
-            consecutive_failures=self._failures, last_error=self._error,
-            last_success=self._last_success, checkpoint=self._checkpoint,
-            parked=self._parked)
+            ok=state == "running",
+            state=state,
+            published=self._published,
+            consecutive_failures=self._failures,
+            last_error=self._error,
+            last_success=self._last_success,
+            checkpoint=self._checkpoint,
+            parked=self._parked,
+        )
 
     async def __aenter__(self) -> EventRelay:
         await self.start()
@@ -344,6 +385,5 @@ class EventRelay:
 def _refused_for_good(exc: Exception) -> bool:
     """Whether publishing ``exc``'s events one at a time could tell the refused one."""
     if isinstance(exc, BatchPublishError):
-        return bool(exc.failures) and all(
-            isinstance(e, _REFUSED) for e in exc.failures.values())
+        return bool(exc.failures) and all(isinstance(e, _REFUSED) for e in exc.failures.values())
     return isinstance(exc, _REFUSED)

@@ -48,8 +48,7 @@ class Repository(Generic[A]):
         self.source = source
         self.registry = registry
 
-    async def load(self, id: str, *, version: int | None = None,
-                   at: datetime | None = None) -> A:
+    async def load(self, id: str, *, version: int | None = None, at: datetime | None = None) -> A:
         """The aggregate ``id`` now, as of event ``version``, or as of time ``at``
         (the events whose time is not later than ``at``).
 
@@ -66,8 +65,7 @@ class Repository(Generic[A]):
             restored = self._restore(snapshot) if snapshot is not None else None
             if restored is not None:
                 aggregate, after = restored, restored.version
-        events = await self.store.read_stream(id, after_version=after, to_version=version,
-                                              until=at)
+        events = await self.store.read_stream(id, after_version=after, to_version=version, until=at)
         for stored in events:
             aggregate.apply(self._decode(stored))
             if aggregate.version != stored.version:
@@ -78,8 +76,9 @@ class Repository(Generic[A]):
         if aggregate.version == 0:
             when = f" as of version {version}" if version is not None else ""
             when += f" as of {at.isoformat()}" if at is not None else ""
-            raise StreamNotFoundError(f"no {self.aggregate.__name__} {id!r}{when}: its "
-                                      "stream has no events")
+            raise StreamNotFoundError(
+                f"no {self.aggregate.__name__} {id!r}{when}: its stream has no events"
+            )
         return aggregate
 
     def _restore(self, snapshot: Snapshot) -> A | None:
@@ -97,14 +96,24 @@ class Repository(Generic[A]):
                 return None
             aggregate.restore_state(state)
         except LegacyStateError:
-            log.info("snapshot of %s %r at version %d is in an earlier, inexact form; "
-                     "replaying its events (the next snapshot replaces it)", cls.__name__,
-                     snapshot.stream_id, snapshot.version)
+            log.info(
+                "snapshot of %s %r at version %d is in an earlier, inexact form; "
+                "replaying its events (the next snapshot replaces it)",
+                cls.__name__,
+                snapshot.stream_id,
+                snapshot.version,
+            )
             return None
         except Exception as exc:
-            log.warning("snapshot of %s %r at version %d cannot be restored (%s: %s); "
-                        "replaying its events instead", cls.__name__, snapshot.stream_id,
-                        snapshot.version, type(exc).__name__, exc)
+            log.warning(
+                "snapshot of %s %r at version %d cannot be restored (%s: %s); "
+                "replaying its events instead",
+                cls.__name__,
+                snapshot.stream_id,
+                snapshot.version,
+                type(exc).__name__,
+                exc,
+            )
             return None
         aggregate.version = snapshot.version
         return aggregate
@@ -114,7 +123,8 @@ class Repository(Generic[A]):
             return stored.decode(self.registry)
         except SchemaError as exc:
             raise SchemaError(
-                f"stream {stored.stream_id!r} version {stored.version}: {exc}") from exc
+                f"stream {stored.stream_id!r} version {stored.version}: {exc}"
+            ) from exc
 
     async def save(self, aggregate: A) -> list[StoredEvent]:
         """Append the aggregate's pending events at the version it was loaded at.
@@ -128,7 +138,8 @@ class Repository(Generic[A]):
             return []
         if not aggregate._envelopes:
             aggregate._envelopes = build_envelopes(
-                pending, self.source, key=aggregate.id, subject=aggregate.id)
+                pending, self.source, key=aggregate.id, subject=aggregate.id
+            )
         expected = aggregate.version - len(pending)
         stored = await self.store.append(aggregate.id, aggregate._envelopes, expected)
         aggregate._mark_saved()
@@ -140,13 +151,24 @@ class Repository(Generic[A]):
         # The events are committed; a snapshot is only a cache, so failing to write
         # one is logged and the next crossing tries again.
         try:
-            await self.store.save_snapshot(Snapshot(  # type: ignore[attr-defined]
-                aggregate.id, aggregate.version, aggregate.snapshot_type,
-                aggregate.snapshot_version, aggregate.snapshot_state()))
+            await self.store.save_snapshot(  # type: ignore[attr-defined]
+                Snapshot(
+                    aggregate.id,
+                    aggregate.version,
+                    aggregate.snapshot_type,
+                    aggregate.snapshot_version,
+                    aggregate.snapshot_state(),
+                )
+            )
         except Exception as exc:
-            log.warning("snapshot of %s %r at version %d failed: %s: %s",
-                        type(aggregate).__name__, aggregate.id, aggregate.version,
-                        type(exc).__name__, exc)
+            log.warning(
+                "snapshot of %s %r at version %d failed: %s: %s",
+                type(aggregate).__name__,
+                aggregate.id,
+                aggregate.version,
+                type(exc).__name__,
+                exc,
+            )
 
     async def replay(self, id: str) -> A:
         """Rebuild the aggregate from all its events, ignoring snapshots."""

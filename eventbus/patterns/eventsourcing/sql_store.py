@@ -1,5 +1,7 @@
 """The event store on SQLite or PostgreSQL, through :mod:`eventbus.patterns.sql`.
 
+(Over 400 lines on purpose: one store class whose SQL and its concurrency rules are read together.)
+
 Optimistic concurrency is the database's: ``UNIQUE (stream_id, version)`` lets
 only one of two appends at the same expected version insert its rows. Rows go
 in with ``ON CONFLICT DO NOTHING`` and the store compares the rows inserted with
@@ -78,11 +80,13 @@ class SQLEventStore:
     ``await SQLEventStore.connect(url)`` opens one that :meth:`close` closes.
     """
 
-    def __init__(self, db: Database, *, table: str = "eventbus_events",
-                 owns_database: bool = False) -> None:
+    def __init__(
+        self, db: Database, *, table: str = "eventbus_events", owns_database: bool = False
+    ) -> None:
         if not _NAME.match(table):
             raise ConfigurationError(
-                f"table name {table!r} must be lower-case letters, digits and _ (at most 41)")
+                f"table name {table!r} must be lower-case letters, digits and _ (at most 41)"
+            )
         self.db = db
         self.table = table
         self._owns = owns_database
@@ -143,7 +147,10 @@ class SQLEventStore:
             return await self.append_in(tx, stream_id, events, expected_version)
 
     async def append_in(
-        self, tx: Transaction, stream_id: str, events: Sequence[Envelope],
+        self,
+        tx: Transaction,
+        stream_id: str,
+        events: Sequence[Envelope],
         expected_version: int | None,
     ) -> list[StoredEvent]:
         """:meth:`append` inside your own transaction of this store's database, so
@@ -162,34 +169,49 @@ class SQLEventStore:
         if expected_version is None:
             position, start = await tx.fetchrow(  # type: ignore[misc]
                 f"SELECT (SELECT COALESCE(MAX(position), 0) FROM {t}), "
-                f"(SELECT COALESCE(MAX(version), 0) FROM {t} WHERE stream_id = $1)", stream_id)
+                f"(SELECT COALESCE(MAX(version), 0) FROM {t} WHERE stream_id = $1)",
+                stream_id,
+            )
         else:
             start = expected_version
             position, found = await tx.fetchrow(  # type: ignore[misc]
                 f"SELECT (SELECT COALESCE(MAX(position), 0) FROM {t}), "
                 f"(SELECT COUNT(*) FROM {t} WHERE stream_id = $1 AND version = $2)",
-                stream_id, start)
+                stream_id,
+                start,
+            )
             if start > 0 and not found:
-                raise ConcurrencyError(stream_id, expected_version,
-                                       await self._version_below(tx, stream_id, position))
-        stored = [StoredEvent(position + i, stream_id, start + i, envelope)
-                  for i, envelope in enumerate(events, start=1)]
+                raise ConcurrencyError(
+                    stream_id, expected_version, await self._version_below(tx, stream_id, position)
+                )
+        stored = [
+            StoredEvent(position + i, stream_id, start + i, envelope)
+            for i, envelope in enumerate(events, start=1)
+        ]
         inserted = 0
         for chunk in range(0, len(stored), _ROWS_PER_INSERT):
-            rows = stored[chunk:chunk + _ROWS_PER_INSERT]
+            rows = stored[chunk : chunk + _ROWS_PER_INSERT]
             marks = ", ".join(
                 "(" + ", ".join(f"${7 * r + c}" for c in range(1, 8)) + ")"
-                for r in range(len(rows)))
+                for r in range(len(rows))
+            )
             args: list[Any] = []
             for row in rows:
-                args += [row.position, row.stream_id, row.version, row.envelope.id,
-                         row.envelope.type, _micros(row.envelope.time),
-                         encode_structured(row.envelope)]
+                args += [
+                    row.position,
+                    row.stream_id,
+                    row.version,
+                    row.envelope.id,
+                    row.envelope.type,
+                    _micros(row.envelope.time),
+                    encode_structured(row.envelope),
+                ]
             # The unique constraints decide, not a read before: a concurrent append
             # at the same version, or an event id already stored, leaves rows out,
             # and the count says so.
             inserted += await tx.execute(
-                f"INSERT INTO {t} ({_COLUMNS}) VALUES {marks} ON CONFLICT DO NOTHING", *args)
+                f"INSERT INTO {t} ({_COLUMNS}) VALUES {marks} ON CONFLICT DO NOTHING", *args
+            )
         if inserted == len(stored):
             return stored
         known = await self._known(tx, [e.id for e in events], position)
@@ -199,26 +221,35 @@ class SQLEventStore:
                 order = {e.id: i for i, e in enumerate(events)}
                 return sorted(known, key=lambda k: order[k.id])
             raise duplicate_error(stream_id, len(known), len(events))
-        raise ConcurrencyError(stream_id, expected_version,
-                               await self._version_below(tx, stream_id, position))
+        raise ConcurrencyError(
+            stream_id, expected_version, await self._version_below(tx, stream_id, position)
+        )
 
     async def _version_below(self, tx: Transaction, stream_id: str, position: int) -> int:
         """The stream's version without rows after ``position`` (this append's, which
         roll back)."""
         value = await tx.fetchval(
             f"SELECT COALESCE(MAX(version), 0) FROM {self.table} "
-            "WHERE stream_id = $1 AND position <= $2", stream_id, position)
+            "WHERE stream_id = $1 AND position <= $2",
+            stream_id,
+            position,
+        )
         return int(value)
 
     async def _known(self, tx: Transaction, ids: list[str], below: int) -> list[StoredEvent]:
         """The events of ``ids`` stored before this append (position <= ``below``)."""
         found: list[StoredEvent] = []
         for chunk in range(0, len(ids), 500):
-            part = ids[chunk:chunk + 500]
+            part = ids[chunk : chunk + 500]
             marks = ", ".join(f"${i}" for i in range(2, len(part) + 2))
-            found += _rows(await tx.fetch(
-                f"SELECT position, stream_id, version, envelope FROM {self.table} "
-                f"WHERE position <= $1 AND event_id IN ({marks})", below, *part))
+            found += _rows(
+                await tx.fetch(
+                    f"SELECT position, stream_id, version, envelope FROM {self.table} "
+                    f"WHERE position <= $1 AND event_id IN ({marks})",
+                    below,
+                    *part,
+                )
+            )
         return found
 
     # -- reading ---------------------------------------------------------------------
@@ -233,14 +264,19 @@ class SQLEventStore:
     ) -> list[StoredEvent]:
         """See :meth:`EventStore.read_stream`."""
         last = _LAST if to_version is None else to_version
-        sql = (f"SELECT position, stream_id, version, envelope FROM {self.table} "
-               "WHERE stream_id = $1 AND version > $2 AND version <= $3")
+        sql = (
+            f"SELECT position, stream_id, version, envelope FROM {self.table} "
+            "WHERE stream_id = $1 AND version > $2 AND version <= $3"
+        )
         args: list[Any] = [stream_id, after_version, last]
         if until is not None:
             # Only the leading events up to ``until`` count; a later event followed
             # by an earlier one stops there (see _leading_until).
-            sql += " AND version < COALESCE((SELECT MIN(version) FROM " + self.table + \
-                " WHERE stream_id = $1 AND version > $2 AND time_us > $4), $3 + 1)"
+            sql += (
+                " AND version < COALESCE((SELECT MIN(version) FROM "
+                + self.table
+                + " WHERE stream_id = $1 AND version > $2 AND time_us > $4), $3 + 1)"
+            )
             args.append(_micros(until))
         async with self.db.transaction() as tx:
             rows = _rows(await tx.fetch(sql + " ORDER BY version", *args))
@@ -251,15 +287,21 @@ class SQLEventStore:
         async with self.db.transaction() as tx:
             value = await tx.fetchval(
                 f"SELECT COALESCE(MAX(version), 0) FROM {self.table} WHERE stream_id = $1",
-                stream_id)
+                stream_id,
+            )
         return int(value)
 
     async def read_all(self, after: int = 0, limit: int = 500) -> list[StoredEvent]:
         """See :meth:`EventStore.read_all` (gap-safe: module docs)."""
         async with self.db.transaction() as tx:
-            return _rows(await tx.fetch(
-                f"SELECT position, stream_id, version, envelope FROM {self.table} "
-                "WHERE position > $1 ORDER BY position LIMIT $2", after, limit))
+            return _rows(
+                await tx.fetch(
+                    f"SELECT position, stream_id, version, envelope FROM {self.table} "
+                    "WHERE position > $1 ORDER BY position LIMIT $2",
+                    after,
+                    limit,
+                )
+            )
 
     async def last_position(self) -> int:
         """See :meth:`EventStore.last_position`."""
@@ -272,7 +314,8 @@ class SQLEventStore:
         """See :meth:`EventStore.get_checkpoint`."""
         async with self.db.transaction() as tx:
             value = await tx.fetchval(
-                f"SELECT position FROM {self.table}_checkpoints WHERE name = $1", name)
+                f"SELECT position FROM {self.table}_checkpoints WHERE name = $1", name
+            )
         return 0 if value is None else int(value)
 
     async def set_checkpoint(self, name: str, position: int) -> None:
@@ -280,7 +323,10 @@ class SQLEventStore:
         async with self.db.transaction() as tx:
             await tx.execute(
                 f"INSERT INTO {self.table}_checkpoints (name, position) VALUES ($1, $2) "
-                "ON CONFLICT (name) DO UPDATE SET position = excluded.position", name, position)
+                "ON CONFLICT (name) DO UPDATE SET position = excluded.position",
+                name,
+                position,
+            )
 
     async def save_snapshot(self, snapshot: Snapshot) -> None:
         """Keep ``snapshot`` (replacing one of the same stream and version)."""
@@ -289,8 +335,12 @@ class SQLEventStore:
                 f"INSERT INTO {self.table}_snapshots (stream_id, version, type, schema, state) "
                 "VALUES ($1, $2, $3, $4, $5) ON CONFLICT (stream_id, version) DO UPDATE "
                 "SET type = excluded.type, schema = excluded.schema, state = excluded.state",
-                snapshot.stream_id, snapshot.version, snapshot.type, snapshot.schema,
-                snapshot.state)
+                snapshot.stream_id,
+                snapshot.version,
+                snapshot.type,
+                snapshot.schema,
+                snapshot.state,
+            )
 
     async def load_snapshot(
         self, stream_id: str, max_version: int | None = None
@@ -300,7 +350,9 @@ class SQLEventStore:
             row = await tx.fetchrow(
                 f"SELECT version, type, schema, state FROM {self.table}_snapshots "
                 "WHERE stream_id = $1 AND version <= $2 ORDER BY version DESC LIMIT 1",
-                stream_id, _LAST if max_version is None else max_version)
+                stream_id,
+                _LAST if max_version is None else max_version,
+            )
         if row is None:
             return None
         return Snapshot(stream_id, int(row[0]), row[1], int(row[2]), bytes(row[3]))
@@ -315,8 +367,21 @@ class SQLEventStore:
                 "event_id, type, error, held_by, parked_at) VALUES ($1, $2, $3, $4, $5, $6, "
                 "$7, $8, $9) ON CONFLICT (name, position) DO UPDATE SET error = "
                 "excluded.error, held_by = excluded.held_by, parked_at = excluded.parked_at",
-                [(name, p.position, p.stream_id, p.version, p.event_id, p.type, p.error,
-                  p.held_by, p.parked_at) for p in events])
+                [
+                    (
+                        name,
+                        p.position,
+                        p.stream_id,
+                        p.version,
+                        p.event_id,
+                        p.type,
+                        p.error,
+                        p.held_by,
+                        p.parked_at,
+                    )
+                    for p in events
+                ],
+            )
 
     async def parked(self, name: str) -> list[ParkedStoredEvent]:
         """See :meth:`ParkingStore.parked`."""
@@ -325,17 +390,32 @@ class SQLEventStore:
             rows = await tx.fetch(
                 f"SELECT p.position, p.stream_id, p.version, p.event_id, p.type, p.error, "
                 f"p.held_by, p.parked_at, e.envelope FROM {t}_parked p JOIN {t} e "
-                "ON e.position = p.position WHERE p.name = $1 ORDER BY p.position", name)
-        return [ParkedStoredEvent(name, int(r[0]), r[1], int(r[2]), r[3], r[4], r[5],
-                            None if r[6] is None else int(r[6]), float(r[7]),
-                            decode_structured(bytes(r[8]))) for r in rows]
+                "ON e.position = p.position WHERE p.name = $1 ORDER BY p.position",
+                name,
+            )
+        return [
+            ParkedStoredEvent(
+                name,
+                int(r[0]),
+                r[1],
+                int(r[2]),
+                r[3],
+                r[4],
+                r[5],
+                None if r[6] is None else int(r[6]),
+                float(r[7]),
+                decode_structured(bytes(r[8])),
+            )
+            for r in rows
+        ]
 
     async def unpark(self, name: str, positions: Sequence[int]) -> None:
         """See :meth:`ParkingStore.unpark`."""
         async with self.db.transaction() as tx:
             await tx.executemany(
                 f"DELETE FROM {self.table}_parked WHERE name = $1 AND position = $2",
-                [(name, position) for position in positions])
+                [(name, position) for position in positions],
+            )
 
     async def close(self) -> None:
         """Close the database when this store opened it."""
@@ -344,5 +424,4 @@ class SQLEventStore:
 
 
 def _rows(rows: list[Row]) -> list[StoredEvent]:
-    return [StoredEvent(int(r[0]), r[1], int(r[2]), decode_structured(bytes(r[3])))
-            for r in rows]
+    return [StoredEvent(int(r[0]), r[1], int(r[2]), decode_structured(bytes(r[3]))) for r in rows]

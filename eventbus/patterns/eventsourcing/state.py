@@ -72,8 +72,10 @@ def decode_state(data: bytes) -> dict[str, Any]:
     if not isinstance(decoded, dict):
         raise ValueError("a snapshot state is a JSON object")
     if decoded.pop(_MARK, None) != 1:
-        raise LegacyStateError("a snapshot in the plain JSON of an earlier eventbus "
-                               "(int keys and tuples did not survive it)")
+        raise LegacyStateError(
+            "a snapshot in the plain JSON of an earlier eventbus "
+            "(int keys and tuples did not survive it)"
+        )
     return decoded
 
 
@@ -122,7 +124,8 @@ def _encode_scalar(value: Any) -> Any:
     raise StateEncodingError(
         f"a {type(value).__module__}.{type(value).__qualname__} has no exact snapshot form; "
         "declare the aggregate's state_model (a pydantic model), or override "
-        "snapshot_state() and restore_state()")
+        "snapshot_state() and restore_state()"
+    )
 
 
 def _zone(tz: tzinfo | None, moment: datetime | None) -> Any:
@@ -140,8 +143,10 @@ def _zone(tz: tzinfo | None, moment: datetime | None) -> Any:
         return ["fixed", [offset.days, offset.seconds, offset.microseconds], custom]
     if isinstance(tz, TzInfo) and offset is not None:
         return ["pydantic", offset.total_seconds()]
-    raise StateEncodingError(f"time zone {tz!r} ({type(tz).__qualname__}) has no exact "
-                             "snapshot form; use ZoneInfo or datetime.timezone")
+    raise StateEncodingError(
+        f"time zone {tz!r} ({type(tz).__qualname__}) has no exact "
+        "snapshot form; use ZoneInfo or datetime.timezone"
+    )
 
 
 def _unzone(spec: Any) -> tzinfo | None:
@@ -161,7 +166,8 @@ def _path(cls: type) -> str:
     if "<locals>" in cls.__qualname__:
         raise StateEncodingError(
             f"{path} is defined inside a function, so a snapshot could not import it "
-            "back; define it at module level")
+            "back; define it at module level"
+        )
     return path
 
 
@@ -170,8 +176,11 @@ def _import(path: str, kind: str) -> Any:
     found: Any = importlib.import_module(module)
     for part in qualname.split("."):
         found = getattr(found, part)
-    fits = {"enum": lambda c: issubclass(c, Enum), "model": lambda c: issubclass(c, BaseModel),
-            "dataclass": dataclasses.is_dataclass}
+    fits = {
+        "enum": lambda c: issubclass(c, Enum),
+        "model": lambda c: issubclass(c, BaseModel),
+        "dataclass": dataclasses.is_dataclass,
+    }
     if not (isinstance(found, type) and fits[kind](found)):
         raise ValueError(f"{path} in a snapshot is not a class of kind {kind}")
     return found
@@ -218,4 +227,3 @@ def _decode_scalar(tag: str, data: Any) -> Any:
     if tag == "$bytes":
         return base64.b64decode(data)
     raise ValueError(f"unknown tag {tag!r} in a snapshot state")
-

@@ -77,8 +77,10 @@ class EarlyEventError(RedeliveryRequested, EventBusError):
     after ``delay`` seconds (raised by :meth:`Resequencer.apply` with ``on_gap="wait"``)."""
 
     def __init__(self, entity_id: str, sequence: int, expected: int, delay: float) -> None:
-        super().__init__(delay, f"{entity_id}: sequence {sequence} came before {expected}; "
-                                f"redelivered in {delay:.2f}s")
+        super().__init__(
+            delay,
+            f"{entity_id}: sequence {sequence} came before {expected}; redelivered in {delay:.2f}s",
+        )
         self.entity_id = entity_id
         self.sequence = sequence
         self.expected = expected
@@ -99,14 +101,22 @@ class Resequencer:
     count), ``max_waits`` bounds them.
     """
 
-    def __init__(self, scope: str, store: SequenceStore | None = None, *,
-                 on_gap: GapPolicy = "wait", on_stale: StalePolicy = "ignore",
-                 first: int = 1, wait: Backoff | None = None, max_waits: int = 10) -> None:
-        if on_gap not in ("wait", "apply") or on_stale not in ("ignore", "keep") \
-                or max_waits < 1:
+    def __init__(
+        self,
+        scope: str,
+        store: SequenceStore | None = None,
+        *,
+        on_gap: GapPolicy = "wait",
+        on_stale: StalePolicy = "ignore",
+        first: int = 1,
+        wait: Backoff | None = None,
+        max_waits: int = 10,
+    ) -> None:
+        if on_gap not in ("wait", "apply") or on_stale not in ("ignore", "keep") or max_waits < 1:
             raise ConfigurationError(
                 f"Resequencer({scope!r}) needs on_gap 'wait' or 'apply', on_stale 'ignore' "
-                f"or 'keep' and max_waits >= 1; got {on_gap!r}, {on_stale!r}, {max_waits}")
+                f"or 'keep' and max_waits >= 1; got {on_gap!r}, {on_stale!r}, {max_waits}"
+            )
         self.scope = scope
         self.store: SequenceStore = store or MemorySequenceStore()
         self.on_gap: GapPolicy = on_gap
@@ -117,21 +127,33 @@ class Resequencer:
         self.stale = 0
         """How many stale events were not applied (for metrics and tests)."""
 
-    def __call__(self, *, entity: Callable[[Any], str], sequence: Callable[[Any], int]
-                 ) -> Callable[[GuardedHandler[E]], GuardedHandler[E]]:
+    def __call__(
+        self, *, entity: Callable[[Any], str], sequence: Callable[[Any], int]
+    ) -> Callable[[GuardedHandler[E]], GuardedHandler[E]]:
         """Decorate an ``(event, ctx)`` handler: it runs for an entity's events in
         sequence, once each."""
+
         def decorate(fn: GuardedHandler[E]) -> GuardedHandler[E]:
             @functools.wraps(fn)
             async def guarded(event: E, ctx: Context) -> None:
-                await self.apply(entity(event), sequence(event), lambda: fn(event, ctx),
-                                 event=event, ctx=ctx)
+                await self.apply(
+                    entity(event), sequence(event), lambda: fn(event, ctx), event=event, ctx=ctx
+                )
+
             return guarded
+
         return decorate
 
-    async def apply(self, entity_id: str, sequence: int, handler: Callable[[], Awaitable[None]],
-                    *, event: Any = None, ctx: Context | None = None,
-                    tx: Transaction | None = None) -> bool:
+    async def apply(
+        self,
+        entity_id: str,
+        sequence: int,
+        handler: Callable[[], Awaitable[None]],
+        *,
+        event: Any = None,
+        ctx: Context | None = None,
+        tx: Transaction | None = None,
+    ) -> bool:
         """Run ``handler`` if ``sequence`` is the entity's next; returns whether it ran.
 
         Raises :class:`EarlyEventError` for an early event under ``on_gap="wait"`` (let it
@@ -140,8 +162,7 @@ class Resequencer:
         the new mark commit together.
         """
         if tx is not None:
-            return await self._apply(self.store.join(tx), entity_id, sequence, handler,
-                                     event, ctx)
+            return await self._apply(self.store.join(tx), entity_id, sequence, handler, event, ctx)
         async with self.store.unit_of_work() as session:
             return await self._apply(session, entity_id, sequence, handler, event, ctx)
 
@@ -156,9 +177,15 @@ class Resequencer:
         """The stale events kept (``on_stale="keep"``), oldest first."""
         return await self.store.stale(self.scope)
 
-    async def _apply(self, session: SequenceSession, entity_id: str, sequence: int,
-                     handler: Callable[[], Awaitable[None]], event: Any,
-                     ctx: Context | None) -> bool:
+    async def _apply(
+        self,
+        session: SequenceSession,
+        entity_id: str,
+        sequence: int,
+        handler: Callable[[], Awaitable[None]],
+        event: Any,
+        ctx: Context | None,
+    ) -> bool:
         last = await session.last(self.scope, entity_id)
         if last is not None and sequence <= last:
             await self._stale(session, entity_id, sequence, last, event, ctx)
@@ -170,34 +197,60 @@ class Resequencer:
         await session.advance(self.scope, entity_id, sequence)
         return True
 
-    def _early(self, entity_id: str, sequence: int, expected: int,
-               ctx: Context | None) -> None:
+    def _early(self, entity_id: str, sequence: int, expected: int, ctx: Context | None) -> None:
         """Raise EarlyEventError, unless the event came back ``max_waits`` times already."""
         deliveries = ctx.delivery.attempt if ctx is not None else 1
         if deliveries <= self.max_waits:
             raise EarlyEventError(entity_id, sequence, expected, self.wait.delay(deliveries))
-        log.warning("%s: %s waited %d deliveries for sequence %d; applying %d without it "
-                    "(it is stale if it comes)", self.scope, entity_id, deliveries,
-                    expected, sequence)
+        log.warning(
+            "%s: %s waited %d deliveries for sequence %d; applying %d without it "
+            "(it is stale if it comes)",
+            self.scope,
+            entity_id,
+            deliveries,
+            expected,
+            sequence,
+        )
 
-    async def _stale(self, session: SequenceSession, entity_id: str, sequence: int,
-                     last: int, event: Any, ctx: Context | None) -> None:
+    async def _stale(
+        self,
+        session: SequenceSession,
+        entity_id: str,
+        sequence: int,
+        last: int,
+        event: Any,
+        ctx: Context | None,
+    ) -> None:
         self.stale += 1
         event_type = ctx.envelope.type if ctx is not None else type(event).__name__
-        log.info("%s: stale %s for %s (sequence %d, already at %d) %s", self.scope,
-                 event_type, entity_id, sequence, last,
-                 "kept" if self.on_stale == "keep" else "ignored")
+        log.info(
+            "%s: stale %s for %s (sequence %d, already at %d) %s",
+            self.scope,
+            event_type,
+            entity_id,
+            sequence,
+            last,
+            "kept" if self.on_stale == "keep" else "ignored",
+        )
         if self.on_stale == "keep":
             data = event.model_dump_json() if hasattr(event, "model_dump_json") else ""
-            await session.keep(StaleEvent(
-                self.scope, entity_id, sequence, last, event_type,
-                ctx.envelope.id if ctx is not None else "", data))
+            await session.keep(
+                StaleEvent(
+                    self.scope,
+                    entity_id,
+                    sequence,
+                    last,
+                    event_type,
+                    ctx.envelope.id if ctx is not None else "",
+                    data,
+                )
+            )
 
 
 # Renamed for one vocabulary (exceptions end in Error, SQL in capitals); the old
 # spelling warns for one release.
 _RENAMED: Renamed = {
-    "EarlyEvent": ("eventbus.patterns.ordering.EarlyEventError", lambda: EarlyEventError),
+    "EarlyEvent": ("eventbus.patterns.ordering.EarlyEventError", lambda: EarlyEventError)
 }
 
 

@@ -26,10 +26,10 @@ log = logging.getLogger("eventbus.ordering")
 
 _RENAMED = {
     "OrderingGuard": "eventbus.patterns.ordering.Resequencer (a bus handler decorated "
-                     "with it; on_gap='wait' is what 'park' meant)",
+    "with it; on_gap='wait' is what 'park' meant)",
     "SequenceGuard": "eventbus.patterns.ordering.Resequencer(scope, store, "
-                     "on_gap='apply'); on_stale='park' is now 'keep', parked() is "
-                     "stale_events()",
+    "on_gap='apply'); on_stale='park' is now 'keep', parked() is "
+    "stale_events()",
     "ParkedEvent": "eventbus.patterns.ordering.StaleEvent",
 }
 
@@ -37,19 +37,31 @@ _RENAMED = {
 def deprecated(name: str) -> object:
     """The deprecated ``name``, with a DeprecationWarning naming what replaces it
     (for the modules' ``__getattr__``)."""
-    warnings.warn(f"{name} is deprecated and goes in the next release; use "
-                  f"{_RENAMED[name]}", DeprecationWarning, stacklevel=3)
-    return {"OrderingGuard": OrderingGuard, "SequenceGuard": SequenceGuard,
-            "ParkedEvent": StaleEvent}[name]
+    warnings.warn(
+        f"{name} is deprecated and goes in the next release; use {_RENAMED[name]}",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+    return {
+        "OrderingGuard": OrderingGuard,
+        "SequenceGuard": SequenceGuard,
+        "ParkedEvent": StaleEvent,
+    }[name]
 
 
 class SequenceGuard(Resequencer):
     """Deprecated: ``Resequencer(scope, store, on_gap="apply")``."""
 
-    def __init__(self, scope: str, store: SequenceStore | None = None, *,
-                 on_stale: Literal["ignore", "park"] = "ignore") -> None:
-        super().__init__(scope, store, on_gap="apply",
-                         on_stale="keep" if on_stale == "park" else "ignore")
+    def __init__(
+        self,
+        scope: str,
+        store: SequenceStore | None = None,
+        *,
+        on_stale: Literal["ignore", "park"] = "ignore",
+    ) -> None:
+        super().__init__(
+            scope, store, on_gap="apply", on_stale="keep" if on_stale == "park" else "ignore"
+        )
 
     @property
     def ignored(self) -> int:
@@ -70,8 +82,7 @@ class OrderingGuard(Generic[T]):
     before the guard stops waiting for the gap, logs a warning and applies them.
     """
 
-    def __init__(self, *, on_gap: Literal["park", "skip"] = "park",
-                 max_parked: int = 1000) -> None:
+    def __init__(self, *, on_gap: Literal["park", "skip"] = "park", max_parked: int = 1000) -> None:
         if on_gap not in ("park", "skip") or max_parked < 1:
             raise ConfigurationError(
                 f"OrderingGuard needs on_gap 'park' or 'skip' and max_parked >= 1, "
@@ -107,8 +118,12 @@ class OrderingGuard(Generic[T]):
         if verdict is Verdict.STALE or sequence in self._parked.get(entity, {}):
             self.stale += 1
             self._bounced.pop((entity, sequence), None)
-            log.debug("ignored stale event %s of %s (applied up to %s, or already held)",
-                      sequence, entity, last)
+            log.debug(
+                "ignored stale event %s of %s (applied up to %s, or already held)",
+                sequence,
+                entity,
+                last,
+            )
             return []
         if verdict is Verdict.EARLY and self.on_gap == "park":
             if current_envelope.get() is not None:
@@ -119,7 +134,11 @@ class OrderingGuard(Generic[T]):
                 return []
             log.warning(
                 "%s: %d events parked waiting for sequence %d; applying them without it "
-                "(it will be ignored as stale if it comes)", entity, len(parked), last + 1)
+                "(it will be ignored as stale if it comes)",
+                entity,
+                len(parked),
+                last + 1,
+            )
             return self._release(entity, min(parked) - 1)
         self._bounced.pop((entity, sequence), None)
         self._last[entity] = sequence
@@ -131,8 +150,13 @@ class OrderingGuard(Generic[T]):
         times = self._bounced[(entity, sequence)] = self._bounced.get((entity, sequence), 0) + 1
         if times <= self.max_parked:
             raise EarlyEventError(entity, sequence, last + 1, min(2.0, 0.05 * 2 ** (times - 1)))
-        log.warning("%s: sequence %d came back %d times waiting for %d; applying it without "
-                    "it", entity, sequence, times, last + 1)
+        log.warning(
+            "%s: sequence %d came back %d times waiting for %d; applying it without it",
+            entity,
+            sequence,
+            times,
+            last + 1,
+        )
         self._bounced.pop((entity, sequence), None)
         self._last[entity] = sequence
         return [item, *self._release(entity, sequence)]

@@ -117,23 +117,39 @@ class _SqlSession:
         # Create the row first so there is always one to lock (PostgreSQL FOR UPDATE).
         await self._tx.execute(
             f"INSERT INTO {self._table} (scope, entity_id, applied) VALUES ($1, $2, NULL) "
-            "ON CONFLICT (scope, entity_id) DO NOTHING", scope, entity_id)
+            "ON CONFLICT (scope, entity_id) DO NOTHING",
+            scope,
+            entity_id,
+        )
         lock = " FOR UPDATE" if self._tx.dialect == "postgres" else ""
         value = await self._tx.fetchval(
             f"SELECT applied FROM {self._table} WHERE scope = $1 AND entity_id = $2{lock}",
-            scope, entity_id)
+            scope,
+            entity_id,
+        )
         return None if value is None else int(value)
 
     async def advance(self, scope: str, entity_id: str, sequence: int) -> None:
-        await self._tx.execute(f"UPDATE {self._table} SET applied = $3 WHERE scope = $1 "
-                               "AND entity_id = $2", scope, entity_id, sequence)
+        await self._tx.execute(
+            f"UPDATE {self._table} SET applied = $3 WHERE scope = $1 AND entity_id = $2",
+            scope,
+            entity_id,
+            sequence,
+        )
 
     async def keep(self, event: StaleEvent) -> None:
         await self._tx.execute(
             f"INSERT INTO {self._table}_parked (scope, entity_id, sequence, applied, event_type, "
             "event_id, data, parked_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-            event.scope, event.entity_id, event.sequence, event.applied, event.event_type,
-            event.event_id, event.data, time.time())
+            event.scope,
+            event.entity_id,
+            event.sequence,
+            event.applied,
+            event.event_type,
+            event.event_id,
+            event.data,
+            time.time(),
+        )
 
 
 class SQLSequenceStore:
@@ -143,9 +159,13 @@ class SQLSequenceStore:
     so the handler's own writes and publishes share the guard's transaction.
     """
 
-    def __init__(self, db: Database, *, table: str = "eventbus_sequences",
-                 unit_of_work: Callable[[], AbstractAsyncContextManager[Transaction]] | None = None
-                 ) -> None:
+    def __init__(
+        self,
+        db: Database,
+        *,
+        table: str = "eventbus_sequences",
+        unit_of_work: Callable[[], AbstractAsyncContextManager[Transaction]] | None = None,
+    ) -> None:
         self.db = db
         self.table = table
         self._unit_of_work = unit_of_work or db.transaction
@@ -158,14 +178,17 @@ class SQLSequenceStore:
         real = real_type(self.db.dialect)
         async with self.db.transaction() as tx:
             await ready(tx, KINDS["sequence store"], self.table, self.db.url)
-            await tx.execute(f"CREATE TABLE IF NOT EXISTS {self.table} (scope TEXT NOT NULL, "
-                             "entity_id TEXT NOT NULL, applied BIGINT, "
-                             "PRIMARY KEY (scope, entity_id))")
+            await tx.execute(
+                f"CREATE TABLE IF NOT EXISTS {self.table} (scope TEXT NOT NULL, "
+                "entity_id TEXT NOT NULL, applied BIGINT, "
+                "PRIMARY KEY (scope, entity_id))"
+            )
             await tx.execute(
                 f"CREATE TABLE IF NOT EXISTS {self.table}_parked (scope TEXT NOT NULL, "
                 "entity_id TEXT NOT NULL, sequence BIGINT NOT NULL, applied BIGINT NOT NULL, "
                 f"event_type TEXT NOT NULL, event_id TEXT NOT NULL, data TEXT NOT NULL, "
-                f"parked_at {real} NOT NULL)")
+                f"parked_at {real} NOT NULL)"
+            )
 
     @asynccontextmanager
     async def unit_of_work(self) -> AsyncIterator[SequenceSession]:
@@ -182,14 +205,16 @@ class SQLSequenceStore:
         async with self.db.transaction() as tx:
             rows = await tx.fetch(
                 f"SELECT scope, entity_id, sequence, applied, event_type, event_id, data FROM "
-                f"{self.table}_parked WHERE scope = $1 ORDER BY parked_at, sequence", scope)
+                f"{self.table}_parked WHERE scope = $1 ORDER BY parked_at, sequence",
+                scope,
+            )
         return [StaleEvent(r[0], r[1], int(r[2]), int(r[3]), r[4], r[5], r[6]) for r in rows]
 
 
 # Renamed for one vocabulary (exceptions end in Error, SQL in capitals); the old
 # spelling warns for one release.
 _RENAMED: Renamed = {
-    "SqlSequenceStore": ("eventbus.patterns.ordering.SQLSequenceStore", lambda: SQLSequenceStore),
+    "SqlSequenceStore": ("eventbus.patterns.ordering.SQLSequenceStore", lambda: SQLSequenceStore)
 }
 
 

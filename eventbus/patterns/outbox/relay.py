@@ -59,6 +59,7 @@ from eventbus.tasks import stop_task
 
 log = logging.getLogger("eventbus.outbox")
 
+
 class OutboxRelay:
     """Publishes an :class:`Outbox`'s rows through ``bus``'s adapter.
 
@@ -95,8 +96,13 @@ class OutboxRelay:
         streams_per_batch: int = 32,
         lease: float = 60.0,
     ) -> None:
-        if (batch_size < 1 or poll_interval <= 0 or retention < 0 or streams_per_batch < 1
-                or not lease > 0):
+        if (
+            batch_size < 1
+            or poll_interval <= 0
+            or retention < 0
+            or streams_per_batch < 1
+            or not lease > 0
+        ):
             raise ConfigurationError(
                 "OutboxRelay needs batch_size >= 1, poll_interval > 0, retention >= 0, "
                 f"streams_per_batch >= 1 and lease > 0; got {batch_size}, {poll_interval}, "
@@ -134,8 +140,14 @@ class OutboxRelay:
         """
         token = uuid.uuid4().hex
         started = time.monotonic()
-        rows = await claims.claim(self.outbox.db, self.outbox.table, token, self.lease,
-                                  self.batch_size, self.streams_per_batch)
+        rows = await claims.claim(
+            self.outbox.db,
+            self.outbox.table,
+            token,
+            self.lease,
+            self.batch_size,
+            self.streams_per_batch,
+        )
         if not rows:
             return 0
         # Stop publishing well before the lease ends: another relay may take the rows
@@ -152,8 +164,9 @@ class OutboxRelay:
             self._published += len(sent)
         return len(sent)
 
-    async def _publish(self, rows: Sequence[Row], deadline: float, sent: list[Any],
-                       refused: dict[Any, str]) -> None:
+    async def _publish(
+        self, rows: Sequence[Row], deadline: float, sent: list[Any], refused: dict[Any, str]
+    ) -> None:
         """Publish ``rows`` in order, adding each to ``sent`` once the broker confirmed
         it, or to ``refused`` (``seq -> error``) when the broker refused it for good;
         the rows of a refused row's stream behind it are neither (they wait, so the
@@ -163,8 +176,9 @@ class OutboxRelay:
         for topic, group in groupby(rows, key=lambda row: str(row[1])):
             batch = [row for row in group if row[3] not in held]
             try:
-                await self._send(topic, [decode_structured(bytes(row[2])) for row in batch],
-                                 deadline)
+                await self._send(
+                    topic, [decode_structured(bytes(row[2])) for row in batch], deadline
+                )
                 sent += [row[0] for row in batch]
             except Exception as exc:
                 if not is_permanent_refusal(exc):
@@ -172,8 +186,15 @@ class OutboxRelay:
                 # One of them cannot ever go out: find it, one row at a time.
                 await self._one_by_one(topic, batch, deadline, sent, refused, held)
 
-    async def _one_by_one(self, topic: str, batch: list[Row], deadline: float,
-                          sent: list[Any], refused: dict[Any, str], held: set[str]) -> None:
+    async def _one_by_one(
+        self,
+        topic: str,
+        batch: list[Row],
+        deadline: float,
+        sent: list[Any],
+        refused: dict[Any, str],
+        held: set[str],
+    ) -> None:
         for seq, _, stored, stream in batch:
             if stream in held:
                 continue
@@ -189,7 +210,14 @@ class OutboxRelay:
                     "%s: outbox row %s (topic %r, stream %r) was refused for good "
                     "(%s); it is parked and its stream waits behind it: fix it and "
                     "call Outbox.retry_failed(%s), or Outbox.discard(%s)",
-                    self.name, seq, topic, stream, refused[seq], seq, seq)
+                    self.name,
+                    seq,
+                    topic,
+                    stream,
+                    refused[seq],
+                    seq,
+                    seq,
+                )
 
     async def _send(self, topic: str, envelopes: list[Envelope], deadline: float) -> None:
         left = deadline - time.monotonic()
@@ -197,7 +225,8 @@ class OutboxRelay:
             raise PublishError(
                 f"outbox relay {self.name}: the claim on this batch is nearly over "
                 f"(lease {self.lease:g}s); {len(envelopes)} row(s) on topic {topic!r} are "
-                "released unsent and taken again by the next batch")
+                "released unsent and taken again by the next batch"
+            )
         timeout = min(self.bus.publish_timeout, left)
         try:
             await asyncio.wait_for(self.bus.adapter.publish(topic, envelopes), timeout)
@@ -210,9 +239,12 @@ class OutboxRelay:
     async def cleanup(self) -> int:
         """Delete rows sent more than ``retention`` seconds ago; returns how many."""
         async with self.outbox.db.transaction() as tx:
-            return int(await tx.execute(
-                f"DELETE FROM {self.outbox.table} WHERE sent_at IS NOT NULL AND sent_at < $1",
-                time.time() - self.retention))
+            return int(
+                await tx.execute(
+                    f"DELETE FROM {self.outbox.table} WHERE sent_at IS NOT NULL AND sent_at < $1",
+                    time.time() - self.retention,
+                )
+            )
 
     # -- the loop ----------------------------------------------------------------------
 
@@ -237,8 +269,9 @@ class OutboxRelay:
                 await self._failed(exc)
                 continue
             if self._failures:
-                log.info("%s: publishing again after %d failed attempt(s)",
-                         self.name, self._failures)
+                log.info(
+                    "%s: publishing again after %d failed attempt(s)", self.name, self._failures
+                )
             self._failures, self._last_error = 0, None
             self._last_success = time.time()
             self._state = "running"
@@ -253,7 +286,11 @@ class OutboxRelay:
         # Every failure is logged; the first and every tenth with the traceback.
         log.warning(
             "%s: batch failed (%s); attempt %d, retrying in %.2fs. Rows stay unsent "
-            "until a batch succeeds", self.name, self._last_error, self._failures, delay,
+            "until a batch succeeds",
+            self.name,
+            self._last_error,
+            self._failures,
+            delay,
             exc_info=exc if self._failures % 10 == 1 else None,
         )
         stopping = asyncio.ensure_future(self._stopping.wait())
@@ -265,11 +302,16 @@ class OutboxRelay:
     async def _idle(self, seconds: float | None = None) -> None:
         """Wait ``seconds`` (default ``poll_interval``), less when rows are written or
         the relay is asked to stop."""
-        waits = [asyncio.ensure_future(self.outbox.written.wait()),
-                 asyncio.ensure_future(self._stopping.wait())]
+        waits = [
+            asyncio.ensure_future(self.outbox.written.wait()),
+            asyncio.ensure_future(self._stopping.wait()),
+        ]
         try:
-            await asyncio.wait(waits, timeout=self.poll_interval if seconds is None else seconds,
-                               return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(
+                waits,
+                timeout=self.poll_interval if seconds is None else seconds,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
         finally:
             for waiter in waits:
                 waiter.cancel()
@@ -289,8 +331,12 @@ class OutboxRelay:
         exc = task.exception()
         self._state = "dead"
         self._last_error = f"{type(exc).__name__}: {exc}" if exc else "the loop returned"
-        log.error("%s: the relay loop ended (%s); outbox rows are no longer published. "
-                  "Restart the relay", self.name, self._last_error, exc_info=exc)
+        log.error(
+            "%s: the relay loop ended (%s); outbox rows are no longer published. Restart the relay",
+            self.name,
+            self._last_error,
+            exc_info=exc,
+        )
 
     async def stop(self, timeout: float = 10.0) -> None:
         """Let the batch in flight finish (up to ``timeout`` seconds, then cancel it:
@@ -306,8 +352,9 @@ class OutboxRelay:
         """Whether the relay is publishing, and the last error when it is not."""
         running = self._task is not None and not self._task.done()
         ok = running and self._failures == 0
-        return RelayHealth(ok, self._state, self._published, self._failures,
-                           self._last_error, self._last_success)
+        return RelayHealth(
+            ok, self._state, self._published, self._failures, self._last_error, self._last_success
+        )
 
     async def __aenter__(self) -> OutboxRelay:
         await self.start()

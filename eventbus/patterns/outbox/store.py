@@ -117,12 +117,15 @@ class Outbox:
                 f"topic TEXT NOT NULL, stream TEXT NOT NULL, partition_key TEXT, "
                 f"envelope {columns[1]} NOT NULL, created_at {real} NOT NULL, "
                 f"sent_at {real}, failed_at {real}, error TEXT, claimed_by TEXT, "
-                f"claimed_until {real})")
+                f"claimed_until {real})"
+            )
             # The relay reads the unsent head of each stream; cleanup reads sent rows.
-            await tx.execute(f"CREATE INDEX IF NOT EXISTS {t}_unsent ON {t} (stream, seq) "
-                             "WHERE sent_at IS NULL")
-            await tx.execute(f"CREATE INDEX IF NOT EXISTS {t}_sent ON {t} (sent_at) "
-                             "WHERE sent_at IS NOT NULL")
+            await tx.execute(
+                f"CREATE INDEX IF NOT EXISTS {t}_unsent ON {t} (stream, seq) WHERE sent_at IS NULL"
+            )
+            await tx.execute(
+                f"CREATE INDEX IF NOT EXISTS {t}_sent ON {t} (sent_at) WHERE sent_at IS NOT NULL"
+            )
 
     @asynccontextmanager
     async def unit_of_work(self) -> AsyncIterator[Transaction]:
@@ -180,26 +183,35 @@ class Outbox:
         The relay parks such a row and holds the rest of its stream behind it, so
         the stream's order is kept; :meth:`retry_failed` or :meth:`discard` it."""
         async with self.db.transaction() as tx:
-            rows = await tx.fetch(f"SELECT seq, event_id, error FROM {self.table} "
-                                  "WHERE failed_at IS NOT NULL AND sent_at IS NULL ORDER BY seq")
+            rows = await tx.fetch(
+                f"SELECT seq, event_id, error FROM {self.table} "
+                "WHERE failed_at IS NOT NULL AND sent_at IS NULL ORDER BY seq"
+            )
         return [(int(seq), str(event_id), str(error)) for seq, event_id, error in rows]
 
     async def retry_failed(self, seq: int) -> bool:
         """Let the relay try parked row ``seq`` (and its stream) again."""
         async with self.db.transaction() as tx:
-            changed = await tx.execute(f"UPDATE {self.table} SET failed_at = NULL, error = NULL "
-                                       "WHERE seq = $1 AND failed_at IS NOT NULL", seq)
+            changed = await tx.execute(
+                f"UPDATE {self.table} SET failed_at = NULL, error = NULL "
+                "WHERE seq = $1 AND failed_at IS NOT NULL",
+                seq,
+            )
         return bool(changed == 1)
 
     async def discard(self, seq: int) -> bool:
         """Give up on parked row ``seq``: delete it, releasing its stream."""
         async with self.db.transaction() as tx:
-            changed = await tx.execute(f"DELETE FROM {self.table} WHERE seq = $1 "
-                                       "AND failed_at IS NOT NULL AND sent_at IS NULL", seq)
+            changed = await tx.execute(
+                f"DELETE FROM {self.table} WHERE seq = $1 "
+                "AND failed_at IS NOT NULL AND sent_at IS NULL",
+                seq,
+            )
         return bool(changed == 1)
 
     async def pending(self) -> int:
         """How many rows wait to be published."""
         async with self.db.transaction() as tx:
-            return int(await tx.fetchval(f"SELECT count(*) FROM {self.table} "
-                                         "WHERE sent_at IS NULL"))
+            return int(
+                await tx.fetchval(f"SELECT count(*) FROM {self.table} WHERE sent_at IS NULL")
+            )

@@ -5,11 +5,7 @@
 from typing import Any
 
 from eventbus._deprecation import Renamed, renamed
-from eventbus.patterns.ordering.stores import (
-    MemorySequenceStore,
-    SequenceStore,
-    SQLSequenceStore,
-)
+from eventbus.patterns.ordering.stores import MemorySequenceStore, SequenceStore, SQLSequenceStore
 from eventbus.patterns.sagas.choreography import Choreography, StepFailedError, transaction_of
 from eventbus.patterns.sagas.definition import SagaContext, SagaDefinition, Step, StepAction
 from eventbus.patterns.sagas.orchestrator import SagaOrchestrator
@@ -60,8 +56,10 @@ __all__ = [
 _RENAMED: Renamed = {
     "SqlSagaStore": ("eventbus.patterns.sagas.SQLSagaStore", lambda: SQLSagaStore),
     "SagaNotFound": ("eventbus.patterns.sagas.SagaNotFoundError", lambda: SagaNotFoundError),
-    "SagaAlreadyExists": ("eventbus.patterns.sagas.SagaAlreadyExistsError",
-                          lambda: SagaAlreadyExistsError),
+    "SagaAlreadyExists": (
+        "eventbus.patterns.sagas.SagaAlreadyExistsError",
+        lambda: SagaAlreadyExistsError,
+    ),
     "StepFailed": ("eventbus.patterns.sagas.StepFailedError", lambda: StepFailedError),
     "SqlSequenceStore": ("eventbus.patterns.ordering.SQLSequenceStore", lambda: SQLSequenceStore),
 }

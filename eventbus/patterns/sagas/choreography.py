@@ -80,16 +80,23 @@ def transaction_of(ctx: Context) -> Transaction | None:
 class Choreography:
     """One service's steps and compensations of a choreographed saga, on ``bus``."""
 
-    def __init__(self, bus: EventBus, *, group: str, key: Callable[[Any], str] | None = None,
-                 unit_of_work: UnitOfWork | None = None,
-                 guard: tuple[Resequencer, Callable[[Any], int]] | None = None,
-                 start_from: Literal["earliest", "latest"] = "earliest",
-                 topic: Callable[[type[Message]], str] | None = None,
-                 inbox: Inbox | None = None) -> None:
+    def __init__(
+        self,
+        bus: EventBus,
+        *,
+        group: str,
+        key: Callable[[Any], str] | None = None,
+        unit_of_work: UnitOfWork | None = None,
+        guard: tuple[Resequencer, Callable[[Any], int]] | None = None,
+        start_from: Literal["earliest", "latest"] = "earliest",
+        topic: Callable[[type[Message]], str] | None = None,
+        inbox: Inbox | None = None,
+    ) -> None:
         if inbox is not None and unit_of_work is not None:
             raise ConfigurationError(
                 f"Choreography(group={group!r}) takes an inbox or a unit_of_work, not both: "
-                "give the inbox the outbox (Inbox(db, outbox=outbox)) to have both")
+                "give the inbox the outbox (Inbox(db, outbox=outbox)) to have both"
+            )
         self.bus = bus
         self.inbox = inbox
         self.topic = topic
@@ -100,8 +107,9 @@ class Choreography:
         self.guard = guard
         self.start_from = start_from
 
-    def step(self, trigger: type[E], *, failed: Callable[[E, str], Message] | None = None
-             ) -> Callable[[StepHandler[E]], StepHandler[E]]:
+    def step(
+        self, trigger: type[E], *, failed: Callable[[E, str], Message] | None = None
+    ) -> Callable[[StepHandler[E]], StepHandler[E]]:
         """Subscribe a forward step on ``trigger``; ``failed`` builds the event published
         when it raises :class:`StepFailedError`."""
         return self._subscribe(trigger, failed, compensating=False)
@@ -111,8 +119,9 @@ class Choreography:
         service's step (refund, release) and returns the event saying so."""
         return self._subscribe(trigger, None, compensating=True)
 
-    def _subscribe(self, trigger: type[E], failed: Callable[[E, str], Message] | None,
-                   compensating: bool) -> Callable[[StepHandler[E]], StepHandler[E]]:
+    def _subscribe(
+        self, trigger: type[E], failed: Callable[[E, str], Message] | None, compensating: bool
+    ) -> Callable[[StepHandler[E]], StepHandler[E]]:
         def decorate(fn: StepHandler[E]) -> StepHandler[E]:
             async def run(event: E, ctx: Context) -> None:
                 async with self._transaction(ctx) as tx:
@@ -123,10 +132,14 @@ class Choreography:
                         if self.guard is not None:
                             guard, sequence = self.guard
                             entity = self.key(event) if self.key is not None else ctx.envelope.id
-                            await guard.apply(entity, sequence(event),
-                                              lambda: self._run(fn, event, ctx, failed,
-                                                                compensating),
-                                              event=event, ctx=ctx, tx=tx)
+                            await guard.apply(
+                                entity,
+                                sequence(event),
+                                lambda: self._run(fn, event, ctx, failed, compensating),
+                                event=event,
+                                ctx=ctx,
+                                tx=tx,
+                            )
                         else:
                             await self._run(fn, event, ctx, failed, compensating)
                     finally:
@@ -134,13 +147,15 @@ class Choreography:
 
             run.__name__ = run.__qualname__ = fn.__name__
             # What a step returns is published: its annotation declares it (AsyncAPI).
-            self.bus.publishes(*returned_messages(fn),
-                               *(returned_messages(failed) if failed is not None else ()))
+            self.bus.publishes(
+                *returned_messages(fn), *(returned_messages(failed) if failed is not None else ())
+            )
             if self.topic is None:
                 self.bus.subscribe(trigger, group=self.group, start_from=self.start_from)(run)
             else:
                 self._route(self.topic(trigger), trigger, run)
             return fn
+
         return decorate
 
     def _transaction(self, ctx: Context) -> AbstractAsyncContextManager[Transaction | None]:
@@ -165,8 +180,14 @@ class Choreography:
             self.bus.subscribe(topic, group=self.group, start_from=self.start_from)(dispatch)
         routes.append((trigger, run))
 
-    async def _run(self, fn: StepHandler[E], event: E, ctx: Context,
-                   failed: Callable[[E, str], Message] | None, compensating: bool) -> None:
+    async def _run(
+        self,
+        fn: StepHandler[E],
+        event: E,
+        ctx: Context,
+        failed: Callable[[E, str], Message] | None,
+        compensating: bool,
+    ) -> None:
         key = self.key(event) if self.key is not None else None
         try:
             produced = await fn(event, ctx)
@@ -174,8 +195,14 @@ class Choreography:
             if failed is None:
                 raise
             produced = failed(event, exc.reason)
-            logger.info("%s: step %s failed for %s: %s; publishing %s", self.group,
-                        fn.__name__, key, exc.reason, type(produced).__name__)
+            logger.info(
+                "%s: step %s failed for %s: %s; publishing %s",
+                self.group,
+                fn.__name__,
+                key,
+                exc.reason,
+                type(produced).__name__,
+            )
         if compensating:
             logger.info("%s: compensated %s for %s", self.group, fn.__name__, key)
         if produced is None:
@@ -188,7 +215,7 @@ class Choreography:
 # Renamed for one vocabulary (exceptions end in Error, SQL in capitals); the old
 # spelling warns for one release.
 _RENAMED: Renamed = {
-    "StepFailed": ("eventbus.patterns.sagas.StepFailedError", lambda: StepFailedError),
+    "StepFailed": ("eventbus.patterns.sagas.StepFailedError", lambda: StepFailedError)
 }
 
 

@@ -18,8 +18,9 @@ class SagaContext:
     """What a step's action or compensation gets: the saga, its data, a way to publish,
     and (on SQL stores) the transaction its own writes should use."""
 
-    def __init__(self, state: SagaState, step: str, session: SagaSession,
-                 publisher: SagaPublisher) -> None:
+    def __init__(
+        self, state: SagaState, step: str, session: SagaSession, publisher: SagaPublisher
+    ) -> None:
         self.state = state
         self.step = step
         self.session = session
@@ -40,8 +41,9 @@ class SagaContext:
         """The database transaction the saga's change runs in (``None`` in memory)."""
         return self.session.tx
 
-    async def publish(self, message: Message, *, topic: str | None = None,
-                      **options: Unpack[PublishOptions]) -> Envelope | None:
+    async def publish(
+        self, message: Message, *, topic: str | None = None, **options: Unpack[PublishOptions]
+    ) -> Envelope | None:
         """Publish as part of this saga change (sent only if the change commits)."""
         if current_envelope.get() is None and "parent" not in options:
             options.setdefault("correlation_id", self.state.saga_id)

@@ -1,5 +1,8 @@
 """Orchestrated sagas: one coordinator runs the steps, and undoes them when one fails.
 
+(Over 400 lines on purpose: one coordinator whose step, timeout and compensation paths
+share its state and are read together.)
+
 ::
 
     saga = SagaDefinition("order", [
@@ -73,10 +76,17 @@ class SagaOrchestrator:
     id, every change by the saga's version (a loser reloads and decides again).
     """
 
-    def __init__(self, definition: SagaDefinition, store: SagaStore, bus: EventBus, *,
-                 transactional_publish: bool = False, compensation_attempts: int = 5,
-                 compensation_backoff: Backoff | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        definition: SagaDefinition,
+        store: SagaStore,
+        bus: EventBus,
+        *,
+        transactional_publish: bool = False,
+        compensation_attempts: int = 5,
+        compensation_backoff: Backoff | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         if transactional_publish:
             check_outbox(definition.saga_type, store, bus)
         self.definition = definition
@@ -110,8 +120,13 @@ class SagaOrchestrator:
         except _ActionFailedError as exc:
             publisher.discard()
             # Nothing of that unit of work happened: the saga is recorded as failed.
-            state = SagaState(saga_id, self.definition.saga_type, dict(data or {}),
-                              status="compensating", reason=str(exc))
+            state = SagaState(
+                saga_id,
+                self.definition.saga_type,
+                dict(data or {}),
+                status="compensating",
+                reason=str(exc),
+            )
             try:
                 async with self.store.unit_of_work() as session:
                     await session.insert(state)
@@ -122,13 +137,15 @@ class SagaOrchestrator:
             return await self._get(saga_id)
         return await self._deliver(saga_id, publisher.held) or state
 
-    async def step_succeeded(self, saga_id: str, step: str,
-                             data: Mapping[str, Any] | None = None) -> SagaState:
+    async def step_succeeded(
+        self, saga_id: str, step: str, data: Mapping[str, Any] | None = None
+    ) -> SagaState:
         """The reply for ``step`` came back good: merge ``data``, run the next step(s).
 
         A reply for a step the saga is not waiting on (a duplicate, or one after a
         timeout) is ignored.
         """
+
         async def change(session: SagaSession, state: SagaState, pub: SagaPublisher) -> bool:
             if not self._waiting_on(state, step):
                 return False
@@ -143,13 +160,15 @@ class SagaOrchestrator:
             return await self._change(saga_id, change)
         except _ActionFailedError as exc:
             # ``step`` succeeded, the next one's action failed: undo ``step`` and before.
-            return await self._begin_compensation(saga_id, str(exc), include_current=True,
-                                                  expected_step=step)
+            return await self._begin_compensation(
+                saga_id, str(exc), include_current=True, expected_step=step
+            )
 
     async def step_failed(self, saga_id: str, step: str, reason: str) -> SagaState:
         """The reply for ``step`` says it failed (and did nothing): undo the steps before it."""
-        return await self._begin_compensation(saga_id, f"step {step!r} failed: {reason}",
-                                              include_current=False, expected_step=step)
+        return await self._begin_compensation(
+            saga_id, f"step {step!r} failed: {reason}", include_current=False, expected_step=step
+        )
 
     async def tick(self) -> None:
         """Time out overdue steps, retry due compensations and send the messages of
@@ -167,8 +186,12 @@ class SagaOrchestrator:
             step = self.definition.steps[state.step].name
             with self._logged(saga_id, "timing out"):
                 await self._begin_compensation(
-                    saga_id, f"step {step!r} timed out", include_current=True,
-                    expected_step=step, overdue_at=now)
+                    saga_id,
+                    f"step {step!r} timed out",
+                    include_current=True,
+                    expected_step=step,
+                    overdue_at=now,
+                )
         for saga_id in await self.store.retry_due(now, saga_type=mine):
             with self._logged(saga_id, "retrying"):
                 await self._compensate(saga_id)
@@ -179,8 +202,11 @@ class SagaOrchestrator:
             try:
                 await self.tick()
             except Exception:
-                logger.exception("saga %s: timeout/retry pass failed; trying again in %.1fs",
-                                 self.definition.saga_type, interval)
+                logger.exception(
+                    "saga %s: timeout/retry pass failed; trying again in %.1fs",
+                    self.definition.saga_type,
+                    interval,
+                )
             await asyncio.sleep(interval)
 
     async def parked(self) -> list[SagaState]:
@@ -189,6 +215,7 @@ class SagaOrchestrator:
 
     async def resume(self, saga_id: str) -> SagaState:
         """Retry a parked saga's compensation (after a person fixed the cause)."""
+
         async def change(session: SagaSession, state: SagaState, pub: SagaPublisher) -> bool:
             if state.status != "parked":
                 return False
@@ -203,8 +230,7 @@ class SagaOrchestrator:
         """The saga's stored state, or ``None`` (also when ``saga_id`` is a saga of
         another type in the same store)."""
         state = await self.store.get(saga_id)
-        return state if state is not None and state.saga_type == self.definition.saga_type \
-            else None
+        return state if state is not None and state.saga_type == self.definition.saga_type else None
 
     # -- internals ---------------------------------------------------------------------
 
@@ -216,16 +242,22 @@ class SagaOrchestrator:
         try:
             yield
         except Exception as exc:
-            logger.warning("saga %s: %s it failed (%s: %s); the next tick tries again",
-                           saga_id, doing, type(exc).__name__, exc)
+            logger.warning(
+                "saga %s: %s it failed (%s: %s); the next tick tries again",
+                saga_id,
+                doing,
+                type(exc).__name__,
+                exc,
+            )
 
     async def _deliver(self, saga_id: str, outgoing: list[dict[str, str]]) -> SagaState | None:
         return await deliver(self.bus, self.store, self.definition.saga_type, saga_id, outgoing)
 
     def _waiting_on(self, state: SagaState, step: str) -> bool:
         steps = self.definition.steps
-        return (state.status == "running" and state.step < len(steps)
-                and steps[state.step].name == step)
+        return (
+            state.status == "running" and state.step < len(steps) and steps[state.step].name == step
+        )
 
     async def _get(self, saga_id: str) -> SagaState:
         return self._own(saga_id, await self.store.get(saga_id))
@@ -243,11 +275,13 @@ class SagaOrchestrator:
             raise SagaNotFoundError(
                 f"no saga {saga_id!r} of type {mine!r}: that id is a saga of type "
                 f"{state.saga_type!r} in the same store; use its own orchestrator, or "
-                "another id (ids are unique across the saga types of one store)")
+                "another id (ids are unique across the saga types of one store)"
+            )
         return state
 
-    async def _change(self, saga_id: str, change: Change, *,
-                      send_pending: bool = True) -> SagaState:
+    async def _change(
+        self, saga_id: str, change: Change, *, send_pending: bool = True
+    ) -> SagaState:
         """Load, change and save the saga in one unit of work; on a version conflict
         (another instance saved first) reload and decide again.
 
@@ -281,8 +315,9 @@ class SagaOrchestrator:
             return await self._deliver(saga_id, publisher.held) or state
         raise SagaConcurrencyError(f"saga {saga_id!r} kept changing under this orchestrator")
 
-    async def _advance(self, session: SagaSession, state: SagaState,
-                       publisher: SagaPublisher) -> None:
+    async def _advance(
+        self, session: SagaSession, state: SagaState, publisher: SagaPublisher
+    ) -> None:
         """Run steps from ``state.step`` until one waits for a reply or all are done."""
         steps = self.definition.steps
         while state.step < len(steps):
@@ -294,12 +329,21 @@ class SagaOrchestrator:
             state.step += 1
         state.status, state.deadline = "completed", None
         if self.definition.on_completed is not None:
-            await self._call(self.definition.on_completed, state, "on_completed", session,
-                             publisher, action=True)
+            await self._call(
+                self.definition.on_completed, state, "on_completed", session, publisher, action=True
+            )
         logger.info("saga %s completed", state.saga_id)
 
-    async def _call(self, fn: StepAction, state: SagaState, step: str, session: SagaSession,
-                    publisher: SagaPublisher, *, action: bool) -> None:
+    async def _call(
+        self,
+        fn: StepAction,
+        state: SagaState,
+        step: str,
+        session: SagaSession,
+        publisher: SagaPublisher,
+        *,
+        action: bool,
+    ) -> None:
         try:
             await fn(SagaContext(state, step, session, publisher))
         except (SagaConcurrencyError, SagaAlreadyExistsError):
@@ -309,9 +353,15 @@ class SagaOrchestrator:
                 raise _ActionFailedError(step, exc) from exc
             raise
 
-    async def _begin_compensation(self, saga_id: str, reason: str, *, include_current: bool,
-                                  expected_step: str | None,
-                                  overdue_at: float | None = None) -> SagaState:
+    async def _begin_compensation(
+        self,
+        saga_id: str,
+        reason: str,
+        *,
+        include_current: bool,
+        expected_step: str | None,
+        overdue_at: float | None = None,
+    ) -> SagaState:
         async def change(session: SagaSession, state: SagaState, pub: SagaPublisher) -> bool:
             if state.status != "running":
                 return False  # already ending (a duplicate failure, or a late reply)
@@ -321,8 +371,11 @@ class SagaOrchestrator:
             if overdue_at is not None and (state.deadline is None or state.deadline > overdue_at):
                 return False  # its reply arrived meanwhile
             ran = [s.name for s in steps[: state.step + (1 if include_current else 0)]]
-            state.to_compensate = [name for name in reversed(ran)
-                                   if self.definition.by_name[name].compensation is not None]
+            state.to_compensate = [
+                name
+                for name in reversed(ran)
+                if self.definition.by_name[name].compensation is not None
+            ]
             state.status, state.deadline, state.reason = "compensating", None, reason
             state.attempts, state.retry_at = 0, None
             await session.update(state)
@@ -345,8 +398,14 @@ class SagaOrchestrator:
                 if not state.to_compensate:
                     state.status, state.retry_at = "compensated", None
                     if self.definition.on_compensated is not None:
-                        await self._call(self.definition.on_compensated, state,
-                                         "on_compensated", session, pub, action=False)
+                        await self._call(
+                            self.definition.on_compensated,
+                            state,
+                            "on_compensated",
+                            session,
+                            pub,
+                            action=False,
+                        )
                     await session.update(state)
                     logger.info("saga %s compensated (%s)", saga_id, state.reason)
                     done = True
@@ -382,18 +441,30 @@ class SagaOrchestrator:
             # message the broker refuses for good is, like a failing compensation.
             cause = error.__cause__ if isinstance(error, SagaPublishError) else None
             unsent = cause is not None and not is_permanent_refusal(cause)
-            what = (f"sending a compensation's messages failed: {type(cause).__name__}: "
-                    f"{cause}" if cause is not None
-                    else f"compensation of step {step!r} failed: {type(error).__name__}: "
-                    f"{error}")
+            what = (
+                f"sending a compensation's messages failed: {type(cause).__name__}: {cause}"
+                if cause is not None
+                else f"compensation of step {step!r} failed: {type(error).__name__}: {error}"
+            )
             if state.attempts >= self.compensation_attempts and not unsent:
                 state.status, state.retry_at, state.reason = "parked", None, what
-                logger.error("saga %s parked after %d attempts: %s; fix the cause, then "
-                             "resume it (SagaOrchestrator.resume)", saga_id, state.attempts, what)
+                logger.error(
+                    "saga %s parked after %d attempts: %s; fix the cause, then "
+                    "resume it (SagaOrchestrator.resume)",
+                    saga_id,
+                    state.attempts,
+                    what,
+                )
             else:
                 state.retry_at = self.clock() + self.compensation_backoff.delay(state.attempts)
-                logger.warning("saga %s: %s (attempt %d of %d); retrying at %.3f", saga_id,
-                               what, state.attempts, self.compensation_attempts, state.retry_at)
+                logger.warning(
+                    "saga %s: %s (attempt %d of %d); retrying at %.3f",
+                    saga_id,
+                    what,
+                    state.attempts,
+                    self.compensation_attempts,
+                    state.retry_at,
+                )
             await session.update(state)
             return True
 
@@ -402,19 +473,25 @@ class SagaOrchestrator:
     # -- wiring replies from the bus ------------------------------------------------------
 
     def reply_handler(
-        self, step: str, *, saga_id: Callable[[Any], str], succeeded: bool = True,
+        self,
+        step: str,
+        *,
+        saga_id: Callable[[Any], str],
+        succeeded: bool = True,
         data: Callable[[Any], Mapping[str, Any]] | None = None,
         reason: Callable[[Any], str] | None = None,
     ) -> Callable[[Any], Awaitable[None]]:
         """A handler to subscribe for a reply event of ``step``::
 
-            bus.subscribe(PaymentCharged, group="order-saga")(
-                orchestrator.reply_handler("charge", saga_id=lambda e: e.order_id))
+        bus.subscribe(PaymentCharged, group="order-saga")(
+            orchestrator.reply_handler("charge", saga_id=lambda e: e.order_id))
         """
+
         async def handle(event: Any) -> None:
             if succeeded:
-                await self.step_succeeded(saga_id(event), step,
-                                          data(event) if data is not None else None)
+                await self.step_succeeded(
+                    saga_id(event), step, data(event) if data is not None else None
+                )
             else:
                 why = reason(event) if reason is not None else type(event).__name__
                 await self.step_failed(saga_id(event), step, why)

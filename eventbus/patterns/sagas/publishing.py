@@ -49,16 +49,20 @@ class SagaPublisher:
     """The saga whose change this is; held messages are written into its state."""
     held: list[dict[str, str]] = field(default_factory=list)
 
-    async def publish(self, message: Message, *, topic: str | None = None,
-                      **options: Unpack[PublishOptions]) -> Envelope | None:
+    async def publish(
+        self, message: Message, *, topic: str | None = None, **options: Unpack[PublishOptions]
+    ) -> Envelope | None:
         """Publish ``message``; returns the envelope when published now, else ``None``."""
         if self.transactional:
             return await self.bus.publish(message, topic=topic, **options)
         # Built now: its cause is the message being handled now, not whatever runs
         # when it is sent, and a resend after a failure keeps its id.
         envelope = self.bus.envelope_for(message, **options)
-        item = {"topic": topic or message.default_topic(), "id": envelope.id,
-                "envelope": encode_structured(envelope).decode("utf-8")}
+        item = {
+            "topic": topic or message.default_topic(),
+            "id": envelope.id,
+            "envelope": encode_structured(envelope).decode("utf-8"),
+        }
         self.held.append(item)
         if self.state is not None:
             self.state.outgoing.append(item)
@@ -89,18 +93,21 @@ def check_outbox(saga_type: str, store: SagaStore, bus: EventBus) -> None:
             "before the saga's change commits, and sent even if it rolls back. Give the "
             "store the outbox's unit of work (SQLSagaStore(db, unit_of_work="
             "outbox.unit_of_work)), or leave transactional_publish=False (messages are "
-            "held until the change commits)")
+            "held until the change commits)"
+        )
     if outbox.middleware not in bus.publish_middleware:
         raise ConfigurationError(
             f"SagaOrchestrator({saga_type!r}, transactional_publish=True): the bus does "
             f"not route publishes into the store's outbox (table {outbox.table!r}), so "
             "they would go straight to the broker before the saga's change commits. Add "
             "outbox.middleware to the bus (EventBus(..., publish_middleware=[..., "
-            "outbox.middleware]))")
+            "outbox.middleware]))"
+        )
 
 
-async def deliver(bus: EventBus, store: SagaStore, saga_type: str, saga_id: str,
-                  outgoing: list[dict[str, str]]) -> SagaState | None:
+async def deliver(
+    bus: EventBus, store: SagaStore, saga_type: str, saga_id: str, outgoing: list[dict[str, str]]
+) -> SagaState | None:
     """Send messages a committed change stored with the saga, then drop them from its
     state; returns that state (``None`` when there was nothing to send).
 
@@ -112,13 +119,19 @@ async def deliver(bus: EventBus, store: SagaStore, saga_type: str, saga_id: str,
     try:
         await send_outgoing(bus, outgoing)
     except Exception as exc:
-        logger.warning("saga %s: %d message(s) not sent (%s: %s); kept with the saga",
-                       saga_id, len(outgoing), type(exc).__name__, exc)
+        logger.warning(
+            "saga %s: %d message(s) not sent (%s: %s); kept with the saga",
+            saga_id,
+            len(outgoing),
+            type(exc).__name__,
+            exc,
+        )
         raise SagaPublishError(
             f"saga {saga_id!r} ({saga_type}): its change was saved, but publishing its "
             f"{len(outgoing)} message(s) failed ({type(exc).__name__}: {exc}); they are "
             "kept with the saga and sent again, with the same ids, before its next change "
-            "or by tick()") from exc
+            "or by tick()"
+        ) from exc
     return await forget_sent(store, saga_id, {item["id"] for item in outgoing})
 
 

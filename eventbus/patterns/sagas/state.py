@@ -1,5 +1,8 @@
 """A saga's persisted state, and the stores that keep it (memory, SQLite, PostgreSQL).
 
+(Over 400 lines on purpose: the saga state and its three stores (memory, SQLite,
+PostgreSQL) that must agree statement by statement.)
+
 Every change to a saga goes through a *session* of its store: load, insert or
 update inside one unit of work. ``update`` is optimistic: it names the version it
 read and fails with :class:`SagaConcurrencyError` when another orchestrator moved
@@ -111,19 +114,22 @@ class SagaStore(Protocol):
     async def get(self, saga_id: str) -> SagaState | None:
         """The saga as stored now, or ``None``."""
 
-    async def overdue(self, now: float, limit: int = 100, *,
-                      saga_type: str | None = None) -> list[str]:
+    async def overdue(
+        self, now: float, limit: int = 100, *, saga_type: str | None = None
+    ) -> list[str]:
         """Ids of running sagas (of ``saga_type``, when given) whose step deadline is at
         or before ``now``. Several saga types may share one store: an orchestrator
         passes its own type, so it never drives another type's sagas."""
 
-    async def retry_due(self, now: float, limit: int = 100, *,
-                        saga_type: str | None = None) -> list[str]:
+    async def retry_due(
+        self, now: float, limit: int = 100, *, saga_type: str | None = None
+    ) -> list[str]:
         """Ids of sagas (of ``saga_type``, when given) compensating, or holding
         messages a committed change could not send yet, whose next attempt is due."""
 
-    async def by_status(self, status: SagaStatus, limit: int = 100, *,
-                        saga_type: str | None = None) -> list[SagaState]:
+    async def by_status(
+        self, status: SagaStatus, limit: int = 100, *, saga_type: str | None = None
+    ) -> list[SagaState]:
         """Sagas in ``status`` (of ``saga_type``, when given); ``"parked"`` lists the
         ones that need a person."""
 
@@ -152,7 +158,8 @@ class _MemorySession:
         current = self._writes.get(state.saga_id) or self._rows.get(state.saga_id)
         if current is None or current.version != state.version:
             raise SagaConcurrencyError(
-                f"saga {state.saga_id!r} changed since version {state.version} was read")
+                f"saga {state.saga_id!r} changed since version {state.version} was read"
+            )
         state.version += 1
         self._writes[state.saga_id] = copy.deepcopy(state)
 
@@ -186,22 +193,31 @@ class MemorySagaStore:
         row = self._rows.get(saga_id)
         return copy.deepcopy(row) if row is not None else None
 
-    async def overdue(self, now: float, limit: int = 100, *,
-                      saga_type: str | None = None) -> list[str]:
+    async def overdue(
+        self, now: float, limit: int = 100, *, saga_type: str | None = None
+    ) -> list[str]:
         """Running sagas (of ``saga_type``) past their step deadline."""
-        return [s.saga_id for s in self._of(saga_type) if s.status == "running"
-                and s.deadline is not None and s.deadline <= now][:limit]
+        return [
+            s.saga_id
+            for s in self._of(saga_type)
+            if s.status == "running" and s.deadline is not None and s.deadline <= now
+        ][:limit]
 
-    async def retry_due(self, now: float, limit: int = 100, *,
-                        saga_type: str | None = None) -> list[str]:
+    async def retry_due(
+        self, now: float, limit: int = 100, *, saga_type: str | None = None
+    ) -> list[str]:
         """Sagas (of ``saga_type``) compensating or with messages still to send, whose
         next attempt is due."""
-        return [s.saga_id for s in self._of(saga_type)
-                if (s.status == "compensating" or s.outgoing)
-                and (s.retry_at is None or s.retry_at <= now)][:limit]
+        return [
+            s.saga_id
+            for s in self._of(saga_type)
+            if (s.status == "compensating" or s.outgoing)
+            and (s.retry_at is None or s.retry_at <= now)
+        ][:limit]
 
-    async def by_status(self, status: SagaStatus, limit: int = 100, *,
-                        saga_type: str | None = None) -> list[SagaState]:
+    async def by_status(
+        self, status: SagaStatus, limit: int = 100, *, saga_type: str | None = None
+    ) -> list[SagaState]:
         """Sagas in ``status`` (of ``saga_type``)."""
         return [copy.deepcopy(s) for s in self._of(saga_type) if s.status == status][:limit]
 
@@ -211,8 +227,10 @@ class MemorySagaStore:
 
 # -- SQL (SQLite and PostgreSQL) ---------------------------------------------------
 
-_COLUMNS = ("saga_id, saga_type, status, step, data, deadline, to_compensate, "
-            "compensated, attempts, retry_at, reason, version, outgoing")
+_COLUMNS = (
+    "saga_id, saga_type, status, step, data, deadline, to_compensate, "
+    "compensated, attempts, retry_at, reason, version, outgoing"
+)
 
 
 def _table_sql(table: str, dialect: str) -> list[str]:
@@ -231,7 +249,7 @@ def _table_sql(table: str, dialect: str) -> list[str]:
             retry_at {real},
             reason TEXT,
             version INTEGER NOT NULL,
-            outgoing TEXT)""",
+            outgoing TEXT)"""
     ]
 
 
@@ -240,26 +258,46 @@ def _index_sql(table: str) -> list[str]:
         f"CREATE INDEX IF NOT EXISTS {table}_status ON {table} (status, deadline)",
         # What an orchestrator's tick asks: its own type's overdue or due sagas, and
         # those with messages still to send.
-        f"CREATE INDEX IF NOT EXISTS {table}_type_status ON {table} "
-        "(saga_type, status, deadline)",
+        f"CREATE INDEX IF NOT EXISTS {table}_type_status ON {table} (saga_type, status, deadline)",
         f"CREATE INDEX IF NOT EXISTS {table}_outgoing ON {table} (saga_type) "
         "WHERE outgoing IS NOT NULL",
     ]
 
 
 def _row(state: SagaState) -> tuple[Any, ...]:
-    return (state.saga_id, state.saga_type, state.status, state.step, json.dumps(state.data),
-            state.deadline, json.dumps(state.to_compensate), json.dumps(state.compensated),
-            state.attempts, state.retry_at, state.reason, state.version,
-            json.dumps(state.outgoing) if state.outgoing else None)
+    return (
+        state.saga_id,
+        state.saga_type,
+        state.status,
+        state.step,
+        json.dumps(state.data),
+        state.deadline,
+        json.dumps(state.to_compensate),
+        json.dumps(state.compensated),
+        state.attempts,
+        state.retry_at,
+        state.reason,
+        state.version,
+        json.dumps(state.outgoing) if state.outgoing else None,
+    )
 
 
 def _state(row: tuple[Any, ...]) -> SagaState:
     return SagaState(
-        saga_id=row[0], saga_type=row[1], status=row[2], step=row[3], data=json.loads(row[4]),
-        deadline=row[5], to_compensate=json.loads(row[6]), compensated=json.loads(row[7]),
-        attempts=row[8], retry_at=row[9], reason=row[10], version=row[11],
-        outgoing=json.loads(row[12]) if row[12] else [])
+        saga_id=row[0],
+        saga_type=row[1],
+        status=row[2],
+        step=row[3],
+        data=json.loads(row[4]),
+        deadline=row[5],
+        to_compensate=json.loads(row[6]),
+        compensated=json.loads(row[7]),
+        attempts=row[8],
+        retry_at=row[9],
+        reason=row[10],
+        version=row[11],
+        outgoing=json.loads(row[12]) if row[12] else [],
+    )
 
 
 class _SqlSession:
@@ -270,7 +308,8 @@ class _SqlSession:
 
     async def load(self, saga_id: str) -> SagaState | None:
         row = await self._tx.fetchrow(
-            f"SELECT {_COLUMNS} FROM {self._table} WHERE saga_id = $1", saga_id)
+            f"SELECT {_COLUMNS} FROM {self._table} WHERE saga_id = $1", saga_id
+        )
         return _state(row) if row is not None else None
 
     async def insert(self, state: SagaState) -> None:
@@ -278,7 +317,9 @@ class _SqlSession:
         try:
             await self._tx.execute(
                 f"INSERT INTO {self._table} ({_COLUMNS}) VALUES "
-                "($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)", *_row(state))
+                "($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+                *_row(state),
+            )
         except UniqueViolationError as exc:
             raise SagaAlreadyExistsError(f"saga {state.saga_id!r} already exists") from exc
 
@@ -288,11 +329,16 @@ class _SqlSession:
             f"UPDATE {self._table} SET status = $2, step = $3, data = $4, deadline = $5, "
             "to_compensate = $6, compensated = $7, attempts = $8, retry_at = $9, reason = $10, "
             "outgoing = $12, version = version + 1 WHERE saga_id = $1 AND version = $11",
-            state.saga_id, *values[2:11], state.version, values[12])
+            state.saga_id,
+            *values[2:11],
+            state.version,
+            values[12],
+        )
         if changed != 1:
             raise SagaConcurrencyError(
                 f"saga {state.saga_id!r} changed since version {state.version} was read "
-                "(another orchestrator advanced it); reload and decide again")
+                "(another orchestrator advanced it); reload and decide again"
+            )
         state.version += 1
 
 
@@ -310,8 +356,14 @@ class SQLSagaStore:
     with ``outbox.unit_of_work`` itself it is found without being named.
     """
 
-    def __init__(self, db: Database, *, table: str = "eventbus_sagas",
-                 unit_of_work: UnitOfWork | None = None, outbox: Outbox | None = None) -> None:
+    def __init__(
+        self,
+        db: Database,
+        *,
+        table: str = "eventbus_sagas",
+        unit_of_work: UnitOfWork | None = None,
+        outbox: Outbox | None = None,
+    ) -> None:
         self.db = db
         self.table = table
         self._unit_of_work: UnitOfWork = unit_of_work or db.transaction
@@ -345,34 +397,50 @@ class SQLSagaStore:
         async with self.db.transaction() as tx:
             return await _SqlSession(tx, self.table).load(saga_id)
 
-    async def overdue(self, now: float, limit: int = 100, *,
-                      saga_type: str | None = None) -> list[str]:
+    async def overdue(
+        self, now: float, limit: int = 100, *, saga_type: str | None = None
+    ) -> list[str]:
         """Running sagas (of ``saga_type``) past their step deadline."""
         return await self._ids("status = 'running' AND deadline <= $1", now, limit, saga_type)
 
-    async def retry_due(self, now: float, limit: int = 100, *,
-                        saga_type: str | None = None) -> list[str]:
+    async def retry_due(
+        self, now: float, limit: int = 100, *, saga_type: str | None = None
+    ) -> list[str]:
         """Sagas (of ``saga_type``) compensating or with messages still to send, whose
         next attempt is due."""
         return await self._ids(
             "(status = 'compensating' OR outgoing IS NOT NULL) "
-            "AND (retry_at IS NULL OR retry_at <= $1)", now, limit, saga_type)
+            "AND (retry_at IS NULL OR retry_at <= $1)",
+            now,
+            limit,
+            saga_type,
+        )
 
-    async def by_status(self, status: SagaStatus, limit: int = 100, *,
-                        saga_type: str | None = None) -> list[SagaState]:
+    async def by_status(
+        self, status: SagaStatus, limit: int = 100, *, saga_type: str | None = None
+    ) -> list[SagaState]:
         """Sagas in ``status`` (of ``saga_type``)."""
         of_type, args = _of_type(saga_type)
         async with self.db.transaction() as tx:
-            rows = await tx.fetch(f"SELECT {_COLUMNS} FROM {self.table} WHERE status = $1"
-                                  f"{of_type} ORDER BY saga_id LIMIT $2", status, limit, *args)
+            rows = await tx.fetch(
+                f"SELECT {_COLUMNS} FROM {self.table} WHERE status = $1"
+                f"{of_type} ORDER BY saga_id LIMIT $2",
+                status,
+                limit,
+                *args,
+            )
         return [_state(row) for row in rows]
 
-    async def _ids(self, where: str, now: float, limit: int,
-                   saga_type: str | None) -> list[str]:
+    async def _ids(self, where: str, now: float, limit: int, saga_type: str | None) -> list[str]:
         of_type, args = _of_type(saga_type)
         async with self.db.transaction() as tx:
-            rows = await tx.fetch(f"SELECT saga_id FROM {self.table} WHERE {where}{of_type} "
-                                  "ORDER BY saga_id LIMIT $2", now, limit, *args)
+            rows = await tx.fetch(
+                f"SELECT saga_id FROM {self.table} WHERE {where}{of_type} "
+                "ORDER BY saga_id LIMIT $2",
+                now,
+                limit,
+                *args,
+            )
         return [row[0] for row in rows]
 
 
@@ -386,8 +454,10 @@ def _of_type(saga_type: str | None) -> tuple[str, tuple[str, ...]]:
 _RENAMED: Renamed = {
     "SqlSagaStore": ("eventbus.patterns.sagas.SQLSagaStore", lambda: SQLSagaStore),
     "SagaNotFound": ("eventbus.patterns.sagas.SagaNotFoundError", lambda: SagaNotFoundError),
-    "SagaAlreadyExists": ("eventbus.patterns.sagas.SagaAlreadyExistsError",
-                          lambda: SagaAlreadyExistsError),
+    "SagaAlreadyExists": (
+        "eventbus.patterns.sagas.SagaAlreadyExistsError",
+        lambda: SagaAlreadyExistsError,
+    ),
 }
 
 

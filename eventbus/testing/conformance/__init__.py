@@ -74,8 +74,11 @@ class ConformanceSuite(
 
 
 _RENAMED: Renamed = {
-    "Inbox": ("eventbus.testing.Collector (the test helper; eventbus.patterns.Inbox is "
-              "the transactional inbox)", lambda: Collector),
+    "Inbox": (
+        "eventbus.testing.Collector (the test helper; eventbus.patterns.Inbox is "
+        "the transactional inbox)",
+        lambda: Collector,
+    )
 }
 
 

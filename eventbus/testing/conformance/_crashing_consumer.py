@@ -27,12 +27,24 @@ CRASH_EXIT = 17
 """The exit code of a run that crashed on purpose."""
 
 
-async def _consume(url: str, topic: str, group: str, runs: str, max_attempts: int,
-                   start_from: str, adapter: str = "") -> None:
-    policy = RetryPolicy(max_attempts=max_attempts, in_process_attempts=1,
-                         initial_delay=0.01, jitter=0.0)
-    bus = EventBus(import_adapter(adapter)(url) if adapter else url,
-                   source="eventbus.conformance.crasher", retry=policy, shutdown_timeout=1.0)
+async def _consume(
+    url: str,
+    topic: str,
+    group: str,
+    runs: str,
+    max_attempts: int,
+    start_from: str,
+    adapter: str = "",
+) -> None:
+    policy = RetryPolicy(
+        max_attempts=max_attempts, in_process_attempts=1, initial_delay=0.01, jitter=0.0
+    )
+    bus = EventBus(
+        import_adapter(adapter)(url) if adapter else url,
+        source="eventbus.conformance.crasher",
+        retry=policy,
+        shutdown_timeout=1.0,
+    )
 
     @bus.subscribe(topic, group=group, start_from=cast(StartFrom, start_from))
     async def crash(envelope: Envelope) -> None:

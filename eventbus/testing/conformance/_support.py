@@ -154,8 +154,14 @@ class Case:
         self._buses.append(bus)
         return bus
 
-    async def consumer(self, subject: str | type[Message], handler: Callable[..., Awaitable[None]],
-                       *, bus: EventBus | None = None, **subscribe: Any) -> EventBus:
+    async def consumer(
+        self,
+        subject: str | type[Message],
+        handler: Callable[..., Awaitable[None]],
+        *,
+        bus: EventBus | None = None,
+        **subscribe: Any,
+    ) -> EventBus:
         """``bus`` (by default a new one from :meth:`bus`), started with ``handler``
         subscribed to ``subject`` (a topic or an event class); ``subscribe`` are the
         subscription's options, ``group=`` among them."""
@@ -246,12 +252,10 @@ class Capability:
     persistent = Requirement("persistent", lambda _, caps: caps.persistent)
     consumer_groups = Requirement("consumer_groups", lambda _, caps: caps.consumer_groups)
     fanout = Requirement("fanout", lambda _, caps: caps.fanout)
-    per_key_ordering = Requirement("ordering=per_key",
-                                   lambda _, caps: caps.ordering == "per_key")
+    per_key_ordering = Requirement("ordering=per_key", lambda _, caps: caps.ordering == "per_key")
     redelivery = Requirement("redelivery", lambda _, caps: caps.redelivery)
     replay = Requirement("replay", lambda _, caps: caps.replay)
-    dedupe_window = Requirement("dedupe_window",
-                                lambda _, caps: caps.dedupe_window is not None)
+    dedupe_window = Requirement("dedupe_window", lambda _, caps: caps.dedupe_window is not None)
     no_dedupe_window = Requirement(
         "delivery of a republished event id (it has a dedupe_window that drops the copy; "
         "test_dedupe_window_drops_republished_copy covers that instead)",
@@ -261,12 +265,14 @@ class Capability:
         "fault hooks (target.faults/faulty_url)",
         lambda target, _: target.faults is not None and target.faulty_url is not None,
     )
-    restart_hook = Requirement("a restart hook (target.restart)",
-                               lambda target, _: target.restart is not None)
+    restart_hook = Requirement(
+        "a restart hook (target.restart)", lambda target, _: target.restart is not None
+    )
     freeze = Requirement(
         "a freeze fault (target.faults.freeze: a half-open path)",
-        lambda target, _: target.faulty_url is not None
-        and callable(getattr(target.faults, "freeze", None)),
+        lambda target, _: (
+            target.faulty_url is not None and callable(getattr(target.faults, "freeze", None))
+        ),
     )
     out_of_process = Requirement(
         "a broker other processes can reach (it lives inside the test process), and an "
@@ -276,7 +282,9 @@ class Capability:
     )
     lease = Requirement(
         "a lease it keeps alive (capabilities.lease: none, or one no client can extend, "
-        "as its adapter page says)", lambda _, caps: caps.lease)
+        "as its adapter page says)",
+        lambda _, caps: caps.lease,
+    )
     no_redelivery = Requirement(
         "a refusal to test (it redelivers, so it accepts delivery='at_least_once': "
         "test_explicit_at_least_once_accepted covers that)",
@@ -289,12 +297,17 @@ class Capability:
     )
     group_route = Requirement(
         "a per-group route (capabilities.group_route: dead letters are replayed to the "
-        "whole topic)", lambda _, caps: caps.group_route)
+        "whole topic)",
+        lambda _, caps: caps.group_route,
+    )
     browse = Requirement(
         "browsing without consuming (capabilities.browse: eventbus dlq reads the DLQ as "
-        "a consumer group)", lambda _, caps: caps.browse)
+        "a consumer group)",
+        lambda _, caps: caps.browse,
+    )
     raw_publish = Requirement(
-        "publishing raw bytes (capabilities.raw_publish)", lambda _, caps: caps.raw_publish)
+        "publishing raw bytes (capabilities.raw_publish)", lambda _, caps: caps.raw_publish
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -124,8 +124,9 @@ class BasicsCases:
         await got.wait_count(count)
         assert _seqs(got.items) == list(range(count))
 
-    @case(requires(Capability.replay,
-                   "a new group must be able to start from the earliest message"))
+    @case(
+        requires(Capability.replay, "a new group must be able to start from the earliest message")
+    )
     async def test_new_subscriber_receives_history(self, run: Case) -> None:
         """A group created after messages were published, with ``start_from="earliest"``,
         receives them all."""
@@ -204,6 +205,6 @@ class BasicsCases:
 
         await consumer.start()
         await (await run.publisher()).publish(event_cls(seq=1, note="typed"))
-        (event, topic, seen_group, attempt), = await got.wait_count(1)
+        ((event, topic, seen_group, attempt),) = await got.wait_count(1)
         assert isinstance(event, Ping) and event.note == "typed"
         assert (topic, seen_group, attempt) == (event_cls.default_topic(), group, 1)

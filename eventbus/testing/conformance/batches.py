@@ -14,8 +14,9 @@ from eventbus.testing.conformance._events import Ping, on_topic, record_batches
 from eventbus.testing.conformance._support import QUIET, Case, case
 
 # One in-process run per delivery, then broker redelivery: the budget is spent fast.
-BATCH_RETRY = RetryPolicy(max_attempts=3, in_process_attempts=1, initial_delay=0.02,
-                          max_delay=0.2, jitter=0.0)
+BATCH_RETRY = RetryPolicy(
+    max_attempts=3, in_process_attempts=1, initial_delay=0.02, max_delay=0.2, jitter=0.0
+)
 
 
 def _seqs(dead: list[Envelope]) -> list[int]:
@@ -32,8 +33,9 @@ class BatchCases:
         batch returned nothing comes back (all were acked)."""
         event_cls = on_topic(Ping, run.topic())
         batches: Collector[list[int]] = Collector("batches")
-        await run.consumer(event_cls, record_batches(batches), group=run.group(),
-                           batch=4, batch_timeout=0.05)
+        await run.consumer(
+            event_cls, record_batches(batches), group=run.group(), batch=4, batch_timeout=0.05
+        )
         count = run.count(10, minimum=6)
         await (await run.publisher()).publish_many([event_cls(seq=i) for i in range(count)])
         await batches.wait(lambda items: sum(map(len, items)) >= count, f"{count} events")
@@ -42,23 +44,23 @@ class BatchCases:
         assert sorted(seen) == list(range(count)), f"events seen {seen}"
         assert all(1 <= len(batch) <= 4 for batch in batches.items), batches.items
         assert any(len(batch) > 1 for batch in batches.items), (
-            f"no batch held more than one event: {batches.items}")
+            f"no batch held more than one event: {batches.items}"
+        )
 
     @case()
     async def test_partial_batch_runs_after_batch_timeout(self, run: Case) -> None:
         """A batch that never fills runs once ``batch_timeout`` has passed."""
         event_cls = on_topic(Ping, run.topic())
         batches: Collector[list[int]] = Collector("batches")
-        await run.consumer(event_cls, record_batches(batches), group=run.group(),
-                           batch=1000, batch_timeout=0.1)
+        await run.consumer(
+            event_cls, record_batches(batches), group=run.group(), batch=1000, batch_timeout=0.1
+        )
         await (await run.publisher()).publish_many([event_cls(seq=i) for i in range(3)])
         await batches.wait(lambda items: sum(map(len, items)) >= 3, "3 events")
         assert sorted(s for b in batches.items for s in b) == [0, 1, 2]
 
     @case()
-    async def test_batch_item_failed_retries_and_dead_letters_only_those(
-        self, run: Case
-    ) -> None:
+    async def test_batch_item_failed_retries_and_dead_letters_only_those(self, run: Case) -> None:
         """``BatchItemFailed(indexes)``: the other events are acked and never run again;
         each named event is retried on its own (a list of one) and, failing every time,
         dead-lettered after ``max_attempts`` runs, the batch run counting as the first."""
@@ -84,7 +86,8 @@ class BatchCases:
         await asyncio.sleep(QUIET)
         assert _seqs(dead) == failing
         assert all(e.extensions["dlqattempts"] == "3" for e in dead), [
-            e.extensions["dlqattempts"] for e in dead]
+            e.extensions["dlqattempts"] for e in dead
+        ]
         assert all("refused by the store" in e.extensions["dlqreason"] for e in dead)
         for seq in range(count):
             expected = 3 if seq in failing else 1
@@ -114,7 +117,7 @@ class BatchCases:
         await (await run.publisher()).publish_many([event_cls(seq=i) for i in range(count)])
         good = [i for i in range(count) if i != 2]
         await handled.wait(lambda items: set(items) >= set(good), "every good event")
-        dead, = await dlq.wait_count(1)
+        (dead,) = await dlq.wait_count(1)
         await asyncio.sleep(QUIET)
         assert _seqs([dead]) == [2]
         assert dead.extensions["dlqattempts"] == "3"

@@ -35,7 +35,7 @@ class CloudEventsCases:
             correlation_id="flow-123",
             extensions={"tenant": "acme", "region": "eu1"},
         )
-        (event, envelope), = await received.wait_count(1)
+        ((event, envelope),) = await received.wait_count(1)
         assert isinstance(event, event_cls)
         assert event.model_dump() == {"seq": 7, "key": "k-1", "note": "hello"}
         assert envelope == sent, f"envelope changed in transit:\nsent {sent}\ngot  {envelope}"
@@ -69,10 +69,23 @@ class CloudEventsCases:
             extensions={"tenant": "acme", "priority": "5", "comexampleflag": "true"},
         )
         await (await run.publisher()).publish_envelopes(topic, [sent])
-        got, = await received.wait_count(1)
-        for name in ("id", "type", "source", "specversion", "datacontenttype", "dataschema",
-                     "subject", "dataversion", "correlationid", "causationid",
-                     "partitionkey", "traceparent", "tracestate", "data"):
+        (got,) = await received.wait_count(1)
+        for name in (
+            "id",
+            "type",
+            "source",
+            "specversion",
+            "datacontenttype",
+            "dataschema",
+            "subject",
+            "dataversion",
+            "correlationid",
+            "causationid",
+            "partitionkey",
+            "traceparent",
+            "tracestate",
+            "data",
+        ):
             assert getattr(got, name) == getattr(sent, name), f"{name} changed in transit"
         assert got.time == sent.time, f"time lost precision: sent {sent.time}, got {got.time}"
         assert dict(got.extensions) == dict(sent.extensions)

@@ -78,8 +78,7 @@ class DeadLetterCases:
         sent = await (await run.publisher()).publish(event_cls(seq=7))
         await runs.wait_count(3)
         reader = await run.connected_adapter()
-        letters = await letters_of(reader, topic, group, lambda xs: len(xs) >= 1,
-                                   "the dead letter")
+        letters = await letters_of(reader, topic, group, lambda xs: len(xs) >= 1, "the dead letter")
         assert [x.envelope.id for x in letters] == [sent.id]
         assert letters[0].reason.startswith("RuntimeError") and letters[0].attempts == 3
 
@@ -94,22 +93,28 @@ class DeadLetterCases:
         await run.consumer(event_cls, _failing(runs), group=group)
         sent = await (await run.publisher()).publish(event_cls(seq=8))
         reader = await run.connected_adapter()
-        first, = await letters_of(reader, topic, group, lambda xs: len(xs) >= 1,
-                                  "the first dead letter")
+        (first,) = await letters_of(
+            reader, topic, group, lambda xs: len(xs) >= 1, "the first dead letter"
+        )
         assert await DeadLetters(reader, idle=0.5).replay(topic, group) == 1
         await runs.wait_count(6, timeout=WAIT * 2)
         again = await letters_of(
-            reader, topic, group,
+            reader,
+            topic,
+            group,
             lambda xs: any(x.failed_at != first.failed_at for x in xs),
-            "a second dead letter after the replay failed again", timeout=WAIT * 2,
+            "a second dead letter after the replay failed again",
+            timeout=WAIT * 2,
         )
         assert [x.envelope.id for x in again] == [sent.id], (
             "after a replay that failed again exactly one letter is pending, for the "
             f"same event: {[(x.envelope.id, x.failed_at) for x in again]}"
         )
 
-    @case(requires(Capability.raw_publish, "a foreign producer's bytes are published raw"),
-          timeout=90.0)
+    @case(
+        requires(Capability.raw_publish, "a foreign producer's bytes are published raw"),
+        timeout=90.0,
+    )
     async def test_foreign_message_keeps_its_payload_and_metadata(self, run: Case) -> None:
         """Bytes from a producer that does not speak CloudEvents go to the DLQ with their
         payload, their transport headers (foreign binary values included) and the broker's
@@ -119,9 +124,11 @@ class DeadLetterCases:
         topic, group = event_cls.default_topic(), run.group()
         handled: Collector[int] = Collector("handler")
         bus = await run.consumer(event_cls, record_seqs(handled), group=group)
-        payload = b"\x00\xff{\"order\": 42, not a cloudevent"
-        headers: dict[str, bytes] | None = {"x-foreign-trace": b"\xff\x00\xfe",
-                                            "x-kind": b"order-created"}
+        payload = b'\x00\xff{"order": 42, not a cloudevent'
+        headers: dict[str, bytes] | None = {
+            "x-foreign-trace": b"\xff\x00\xfe",
+            "x-kind": b"order-created",
+        }
         try:
             await bus.adapter.publish_raw(topic, payload, headers)
         except UnsupportedOperationError as exc:
@@ -130,20 +137,28 @@ class DeadLetterCases:
             assert "header" in str(exc).lower(), exc
             headers = None  # a broker without headers: the payload alone
             await bus.adapter.publish_raw(topic, payload)
-        structured = Envelope.create(type=Ping.event_type(), source="foreign-producer",
-                                     data=Ping(seq=2).to_bytes())
-        extra = None if headers is None else {
-            "content-type": b"application/cloudevents+json; charset=utf-8",
-            "x-foreign-trace": b"\xfe\xff\x01",
-        }
+        structured = Envelope.create(
+            type=Ping.event_type(), source="foreign-producer", data=Ping(seq=2).to_bytes()
+        )
+        extra = (
+            None
+            if headers is None
+            else {
+                "content-type": b"application/cloudevents+json; charset=utf-8",
+                "x-foreign-trace": b"\xfe\xff\x01",
+            }
+        )
         await bus.adapter.publish_raw(topic, encode_structured(structured), extra)
-        await handled.wait(lambda seqs: 2 in seqs, "the structured CloudEvent with a "
-                           "foreign binary header to be handled")
+        await handled.wait(
+            lambda seqs: 2 in seqs,
+            "the structured CloudEvent with a foreign binary header to be handled",
+        )
         if not run.caps.persistent:
             return  # nothing kept to list: the letter went to a DLQ subject/channel
         reader = await run.connected_adapter()
-        letter, = await letters_of(reader, topic, group, lambda xs: len(xs) >= 1,
-                                   "the foreign message's dead letter")
+        (letter,) = await letters_of(
+            reader, topic, group, lambda xs: len(xs) >= 1, "the foreign message's dead letter"
+        )
         assert letter.undecodable and letter.raw == payload, letter.envelope.data[:80]
         assert letter.reason.startswith("undecodable")
         assert letter.broker_message_id, "the dead letter lost the broker's message id"
@@ -152,9 +167,13 @@ class DeadLetterCases:
             for name, value in headers.items():
                 assert kept.get(name) == value, f"header {name!r} lost: {sorted(kept)}"
         assert await DeadLetters(reader, idle=0.5).replay(topic, group) == 1
-        again = await letters_of(reader, topic, group,
-                                 lambda xs: any(x.failed_at != letter.failed_at for x in xs),
-                                 "the replayed bytes to fail again as they arrived")
+        again = await letters_of(
+            reader,
+            topic,
+            group,
+            lambda xs: any(x.failed_at != letter.failed_at for x in xs),
+            "the replayed bytes to fail again as they arrived",
+        )
         assert [x.raw for x in again if x.undecodable] == [payload]
 
     @case(
@@ -173,22 +192,37 @@ class DeadLetterCases:
         start_from = "earliest" if run.caps.replay else "latest"
         with tempfile.TemporaryDirectory() as scratch:
             runs_file = os.path.join(scratch, "runs")
-            spawn = _Spawner(url, topic, group, runs_file, max_attempts, start_from,
-                             run.target.adapter_path() or "")
+            spawn = _Spawner(
+                url,
+                topic,
+                group,
+                runs_file,
+                max_attempts,
+                start_from,
+                run.target.adapter_path() or "",
+            )
             try:
                 await spawn.start(wait_ready=True)
                 publisher = await run.publisher()
-                sent = await publisher.publish_envelopes(topic, [Envelope.create(
-                    type=Ping.event_type(), source="conformance", data=Ping(seq=9).to_bytes())])
+                sent = await publisher.publish_envelopes(
+                    topic,
+                    [
+                        Envelope.create(
+                            type=Ping.event_type(),
+                            source="conformance",
+                            data=Ping(seq=9).to_bytes(),
+                        )
+                    ],
+                )
                 reader = await run.connected_adapter()
-                letters = await spawn.until_dead_lettered(
-                    reader, run, topic, group, max_attempts)
+                letters = await spawn.until_dead_lettered(reader, run, topic, group, max_attempts)
             finally:
                 await spawn.kill()
             runs = spawn.runs()
         assert runs == [sent[0].id] * max_attempts, (
-            f"the handler ran {len(runs)} time(s), expected exactly {max_attempts}")
-        letter, = letters
+            f"the handler ran {len(runs)} time(s), expected exactly {max_attempts}"
+        )
+        (letter,) = letters
         assert letter.envelope.id == sent[0].id
         assert letter.exception.endswith("RunsExhaustedError"), letter.reason
         assert letter.attempts == max_attempts
@@ -197,27 +231,47 @@ class DeadLetterCases:
 class _Spawner:
     """Runs the crashing consumer (:mod:`._crashing_consumer`) process after process."""
 
-    def __init__(self, url: str, topic: str, group: str, runs_file: str, max_attempts: int,
-                 start_from: str, adapter: str = "") -> None:
-        self.argv = [sys.executable, "-m", "eventbus.testing.conformance._crashing_consumer",
-                     url, topic, group, runs_file, str(max_attempts), start_from,
-                     *([adapter] if adapter else [])]
+    def __init__(
+        self,
+        url: str,
+        topic: str,
+        group: str,
+        runs_file: str,
+        max_attempts: int,
+        start_from: str,
+        adapter: str = "",
+    ) -> None:
+        self.argv = [
+            sys.executable,
+            "-m",
+            "eventbus.testing.conformance._crashing_consumer",
+            url,
+            topic,
+            group,
+            runs_file,
+            str(max_attempts),
+            start_from,
+            *([adapter] if adapter else []),
+        ]
         self.runs_file = runs_file
         self.process: asyncio.subprocess.Process | None = None
         self.crashes = 0
 
     async def start(self, wait_ready: bool = False) -> None:
         self.process = await asyncio.create_subprocess_exec(
-            *self.argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
+            *self.argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL
+        )
         if wait_ready:
             assert self.process.stdout is not None
             line = await asyncio.wait_for(self.process.stdout.readline(), 60 * PATIENCE)
             if line.strip() != b"ready":
                 raise AssertionError(
-                    f"the crashing consumer did not start (exit {await self.process.wait()})")
+                    f"the crashing consumer did not start (exit {await self.process.wait()})"
+                )
 
-    async def until_dead_lettered(self, reader: Adapter, run: Case, topic: str, group: str,
-                                  max_attempts: int) -> list[ListedDeadLetter]:
+    async def until_dead_lettered(
+        self, reader: Adapter, run: Case, topic: str, group: str, max_attempts: int
+    ) -> list[ListedDeadLetter]:
         """Restart the consumer after each crash until the message is dead-lettered."""
         deadline = time.monotonic() + 200 * PATIENCE
         while time.monotonic() < deadline:
@@ -231,16 +285,24 @@ class _Spawner:
                 self.crashes += 1
                 assert self.crashes <= max_attempts, (
                     f"the message ran {self.crashes} times: it was redelivered past "
-                    f"max_attempts={max_attempts} instead of being dead-lettered")
+                    f"max_attempts={max_attempts} instead of being dead-lettered"
+                )
                 await self.start()
                 continue
             if self.crashes >= max_attempts:
                 with contextlib.suppress(AssertionError):
-                    return await letters_of(reader, topic, group, lambda xs: len(xs) >= 1,
-                                            "the crash-looping message", timeout=1.0)
+                    return await letters_of(
+                        reader,
+                        topic,
+                        group,
+                        lambda xs: len(xs) >= 1,
+                        "the crash-looping message",
+                        timeout=1.0,
+                    )
         raise AssertionError(
             f"no dead letter after {self.crashes} crash(es) within the case's time; runs "
-            f"recorded: {len(self.runs())}")
+            f"recorded: {len(self.runs())}"
+        )
 
     async def kill(self) -> None:
         process = self.process

@@ -11,8 +11,12 @@ from eventbus.testing.conformance._support import QUIET, Capability, Case, case,
 class DedupeCases:
     """A publish retried after a lost confirmation does not deliver the event twice."""
 
-    @case(requires(Capability.dedupe_window,
-                   "the broker must drop a copy of an event id republished within its window"))
+    @case(
+        requires(
+            Capability.dedupe_window,
+            "the broker must drop a copy of an event id republished within its window",
+        )
+    )
     async def test_dedupe_window_drops_republished_copy(self, run: Case) -> None:
         """Adapter level: an envelope published again within ``dedupe_window`` (alone,
         batched with a new event, and from a second connection, as a retrying
@@ -20,7 +24,8 @@ class DedupeCases:
         still arrives, so the broker drops only the repeated id."""
         window = run.caps.dedupe_window
         assert window is not None and window >= 1.0, (
-            f"dedupe_window={window}: a window under a second cannot cover a retried publish")
+            f"dedupe_window={window}: a window under a second cannot cover a retried publish"
+        )
         adapter = await run.connected_adapter()
         topic, group = run.topic(), run.group()
         collector = await run.collect(adapter, topic, group)
@@ -36,6 +41,7 @@ class DedupeCases:
         await asyncio.sleep(QUIET)  # a copy that got through would arrive within this
         ids = [d.envelope.id if d.envelope else d.decode_error for d in collector.inbox.items]
         assert sorted(ids, key=str) == sorted([first.id, second.id]), (
-            f"expected each id once within the {window:g}s window, got {ids}")
+            f"expected each id once within the {window:g}s window, got {ids}"
+        )
         for delivery in collector.inbox.items:
             await delivery.ack()

@@ -41,7 +41,7 @@ class FailureCases:
         collector = await run.collect(adapter, topic, group)
         sent = _ping(1)
         await adapter.publish(topic, [sent])
-        first, = await collector.inbox.wait_count(1)
+        (first,) = await collector.inbox.wait_count(1)
         assert first.envelope == sent and first.attempt == 1
         await first.nack()
         second = (await collector.inbox.wait_count(2))[1]
@@ -59,7 +59,7 @@ class FailureCases:
         topic, group = run.topic(), run.group()
         collector = await run.collect(adapter, topic, group)
         await adapter.publish(topic, [_ping(1)])
-        delivery, = await collector.inbox.wait_count(1)
+        (delivery,) = await collector.inbox.wait_count(1)
         await delivery.ack()
         await delivery.ack()
         assert delivery.settled == "ack"
@@ -106,8 +106,7 @@ class FailureCases:
         unchanged (id, data, key, extensions) plus why: reason, exception, attempts,
         topic, group, failure time and traceback."""
         event_cls, topic, group, dlq = await run.watched_ping()
-        policy = RetryPolicy(max_attempts=3, in_process_attempts=2, initial_delay=0.01,
-                             jitter=0.0)
+        policy = RetryPolicy(max_attempts=3, in_process_attempts=2, initial_delay=0.01, jitter=0.0)
         attempts: Collector[int] = Collector("attempts")
         bus = run.bus()
 
@@ -120,7 +119,7 @@ class FailureCases:
         sent = await (await run.publisher()).publish(
             event_cls(seq=42), key="k-42", extensions={"tenant": "acme"}
         )
-        dead, = await dlq.wait_count(1)
+        (dead,) = await dlq.wait_count(1)
         assert attempts.items == [1, 2, 3]
         assert (dead.id, dead.type, dead.data) == (sent.id, sent.type, sent.data)
         assert dead.partitionkey == "k-42" and dead.correlationid == sent.correlationid
@@ -141,8 +140,9 @@ class FailureCases:
         event_cls, topic, group, dlq = await run.watched_ping()
         recorder = Recorder()
         handled: Collector[int] = Collector("handler")
-        await run.consumer(event_cls, record_seqs(handled), group=group,
-                           bus=run.bus(middleware=[recorder]))
+        await run.consumer(
+            event_cls, record_seqs(handled), group=group, bus=run.bus(middleware=[recorder])
+        )
         poison = {
             "unknown type": Envelope.create(
                 type=f"conformance.unknown.{run.run_id}", source="conformance", data=b"{}"
@@ -182,7 +182,7 @@ class FailureCases:
         await bus.adapter.publish_raw(topic, raw)
         await bus.publish(event_cls(seq=1))
         await handled.wait_count(1)
-        dead, = await dlq.wait_count(1)
+        (dead,) = await dlq.wait_count(1)
         assert dead.type == UNDECODABLE_TYPE and dead.data == raw
         assert dead.extensions["dlqreason"].startswith("undecodable")
         assert dead.extensions["dlqattempts"] == "1"
@@ -194,8 +194,7 @@ class FailureCases:
         from the broker no sooner than ``d`` after the first failed."""
         delay = 0.6
         event_cls = on_topic(Ping, run.topic())
-        policy = RetryPolicy(max_attempts=2, in_process_attempts=1, initial_delay=delay,
-                             jitter=0.0)
+        policy = RetryPolicy(max_attempts=2, in_process_attempts=1, initial_delay=delay, jitter=0.0)
         loop = asyncio.get_running_loop()
         runs: Collector[tuple[int, int, float]] = Collector("attempts")
         bus = run.bus()
@@ -217,8 +216,7 @@ class FailureCases:
         """A handler exceeding the subscription ``timeout`` is cancelled and counts as a
         failure: retried, then dead-lettered as HandlerTimeoutError."""
         event_cls, _, group, dlq = await run.watched_ping()
-        policy = RetryPolicy(max_attempts=2, in_process_attempts=1, initial_delay=0.01,
-                             jitter=0.0)
+        policy = RetryPolicy(max_attempts=2, in_process_attempts=1, initial_delay=0.01, jitter=0.0)
         started: Collector[int] = Collector("started")
         bus = run.bus()
 
@@ -229,7 +227,7 @@ class FailureCases:
 
         await bus.start()
         sent = await (await run.publisher()).publish(event_cls(seq=1))
-        dead, = await dlq.wait_count(1)
+        (dead,) = await dlq.wait_count(1)
         assert dead.id == sent.id
         assert dead.extensions["dlqexception"].endswith("HandlerTimeoutError")
         assert dead.extensions["dlqattempts"] == "2"

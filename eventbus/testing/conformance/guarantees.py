@@ -113,8 +113,7 @@ class GuaranteeCases:
         process, then a redelivery) claims again and succeeds; exactly one run
         succeeds, nothing is dead-lettered, and a later duplicate is skipped."""
         event_cls, topic, group, dlq = await run.watched_ping()
-        policy = RetryPolicy(max_attempts=3, in_process_attempts=1, initial_delay=0.02,
-                             jitter=0.0)
+        policy = RetryPolicy(max_attempts=3, in_process_attempts=1, initial_delay=0.02, jitter=0.0)
         attempts: Collector[int] = Collector("attempts")
         succeeded: Collector[int] = Collector("successes")
         bus = run.bus(idempotency=MemoryIdempotencyStore())
@@ -145,8 +144,9 @@ class GuaranteeCases:
         event_cls, _, group, dlq = await run.watched_ping()
         store = _FlakyStore(failures=2)
         runs: Collector[int] = Collector("handler")
-        await run.consumer(event_cls, record_seqs(runs), group=group,
-                           bus=run.bus(idempotency=store))
+        await run.consumer(
+            event_cls, record_seqs(runs), group=group, bus=run.bus(idempotency=store)
+        )
         await (await run.publisher()).publish(event_cls(seq=7))
         await runs.wait_count(1)
         await asyncio.sleep(QUIET)
@@ -154,8 +154,10 @@ class GuaranteeCases:
         assert runs.items == [7], f"handler runs: {runs.items}"
         assert not dlq.items, f"dead-lettered during a store outage: {_reasons(dlq)}"
 
-    @case(requires(Capability.redelivery, "the held copy comes back to find the lease expired"),
-          requires(Capability.no_dedupe_window, "the case publishes one event id twice"))
+    @case(
+        requires(Capability.redelivery, "the held copy comes back to find the lease expired"),
+        requires(Capability.no_dedupe_window, "the case publishes one event id twice"),
+    )
     async def test_idempotency_expired_lease_can_be_taken(self, run: Case) -> None:
         """A claim whose lease has expired (its handler is stuck) no longer blocks a
         redelivery: the copy that comes back after the lease claims and runs while

@@ -47,7 +47,7 @@ class LifecycleCases:
         collector = await run.collect(adapter, topic, group)
         publisher = await run.publisher()
         await publisher.publish(on_topic(Ping, topic)(seq=1))
-        delivery, = await collector.inbox.wait_count(1)
+        (delivery,) = await collector.inbox.wait_count(1)
         assert delivery.envelope is not None
         await delivery.ack()
 
@@ -163,8 +163,9 @@ class LifecycleCases:
         await run.target.faults.drop_connections()
         for seq in range(count, 2 * count):
             await publisher.publish(event_cls(seq=seq))
-        await got.wait(lambda items: set(items) >= set(range(2 * count)), "both batches",
-                       timeout=30.0)
+        await got.wait(
+            lambda items: set(items) >= set(range(2 * count)), "both batches", timeout=30.0
+        )
 
     @case(requires(Capability.fault_hooks, "the case makes the broker refuse connections"))
     async def test_publish_retries_while_refused(self, run: Case) -> None:
@@ -178,8 +179,9 @@ class LifecycleCases:
         for seq in range(count, 2 * count):
             await publisher.publish(event_cls(seq=seq))
         await refusal
-        await got.wait(lambda items: set(items) >= set(range(2 * count)), "both batches",
-                       timeout=30.0)
+        await got.wait(
+            lambda items: set(items) >= set(range(2 * count)), "both batches", timeout=30.0
+        )
 
 
 async def _flowing_through_faults(
@@ -190,8 +192,9 @@ async def _flowing_through_faults(
     assert run.target.faulty_url is not None
     event_cls = on_topic(Ping, run.topic())
     got: Collector[int] = Collector("handler")
-    await run.consumer(event_cls, record_seqs(got), group=run.group(),
-                       bus=run.bus(run.target.faulty_url))
+    await run.consumer(
+        event_cls, record_seqs(got), group=run.group(), bus=run.bus(run.target.faulty_url)
+    )
     publisher = await run.publisher(run.target.faulty_url)
     await publisher.publish_many([event_cls(seq=i) for i in range(count)])
     await got.wait(lambda items: set(items) >= set(range(count)), "the first batch")

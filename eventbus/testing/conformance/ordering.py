@@ -65,25 +65,30 @@ async def _ordered_run(run: Case, retry: RetryPolicy | None) -> None:
 class OrderingCases:
     """Parallel where allowed, ordered where promised."""
 
-    @case(requires(Capability.per_key_ordering,
-                   "the case checks that one key's messages keep order"))
+    @case(
+        requires(Capability.per_key_ordering, "the case checks that one key's messages keep order")
+    )
     async def test_in_order_per_key(self, run: Case) -> None:
         """With several workers, the messages of each partition key are handled in the
         order they were published, one at a time, while different keys overlap."""
         await _ordered_run(run, retry=None)
 
-    @case(requires(Capability.per_key_ordering,
-                   "the case checks that retries keep one key's messages in order"))
+    @case(
+        requires(
+            Capability.per_key_ordering,
+            "the case checks that retries keep one key's messages in order",
+        )
+    )
     async def test_in_order_per_key_under_retries(self, run: Case) -> None:
         """Handlers failing on every third message and succeeding on the in-process
         retry keep each key's order: a retrying message holds its key, not its worker's
         other keys (different keys still overlap)."""
-        policy = RetryPolicy(max_attempts=3, in_process_attempts=3, initial_delay=0.005,
-                             jitter=0.0)
+        policy = RetryPolicy(max_attempts=3, in_process_attempts=3, initial_delay=0.005, jitter=0.0)
         await _ordered_run(run, retry=policy)
 
-    @case(requires(Capability.per_key_ordering,
-                   "later messages of a key must wait for earlier ones"))
+    @case(
+        requires(Capability.per_key_ordering, "later messages of a key must wait for earlier ones")
+    )
     async def test_unfinished_key_holds_later_same_key(self, run: Case) -> None:
         """While a message of key K is still being handled, later K messages wait
         (watched for a bounded grace period) and other keys keep flowing; once it
@@ -140,8 +145,10 @@ class OrderingCases:
         await started.wait_count(1)
         for seq in (1, 2):
             await publisher.publish(event_cls(seq=seq))
-            await finished.wait(_contains(seq), f"message {seq} to finish on the idle "
-                                "worker while message 0 is stuck")
+            await finished.wait(
+                _contains(seq),
+                f"message {seq} to finish on the idle worker while message 0 is stuck",
+            )
         release.set()
         await finished.wait_count(3)
 

@@ -92,16 +92,21 @@ class RequestCases:
         plain = await client.request(ask(n=4, mode="plain"), timeout=WAIT, reply_type=dict)
         assert plain == {"n": 4, "doubled": 8}, f"plain reply: {plain!r}"
         replies = await asyncio.gather(
-            *(client.request(ask(n=n), timeout=WAIT, reply_type=Answer) for n in range(20)))
+            *(client.request(ask(n=n), timeout=WAIT, reply_type=Answer) for n in range(20))
+        )
         assert [r.n for r in replies] == [2 * n for n in range(20)], (
-            f"replies went to the wrong requests: {[r.n for r in replies]}")
+            f"replies went to the wrong requests: {[r.n for r in replies]}"
+        )
         assert len(client_spy.subscribed) == 1, (
-            f"one reply subscription per bus, got {client_spy.subscribed}")
+            f"one reply subscription per bus, got {client_spy.subscribed}"
+        )
         assert set(client_spy.published) == {ask.default_topic()}, (
-            f"requests went only to the command topic, got {set(client_spy.published)}")
+            f"requests went only to the command topic, got {set(client_spy.published)}"
+        )
         assert set(server_spy.published) == set(client_spy.subscribed), (
             f"every reply went to the one reply topic {client_spy.subscribed}, "
-            f"got {set(server_spy.published)}")
+            f"got {set(server_spy.published)}"
+        )
 
     @case()
     async def test_request_error_reply_and_dead_letter(self, run: Case) -> None:

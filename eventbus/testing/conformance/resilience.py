@@ -33,8 +33,9 @@ FAST_REDELIVERY = Backoff(initial=0.05, max_delay=0.3, jitter=0.0)
 """Redelivery delays after infrastructure failures, short so the cases finish quickly."""
 
 
-async def _publish_until_handled(bus: EventBus, event_cls: type[Ping], handled: Collector[int],
-                                 first: int, timeout: float) -> int:
+async def _publish_until_handled(
+    bus: EventBus, event_cls: type[Ping], handled: Collector[int], first: int, timeout: float
+) -> int:
     """Publish ``first``, ``first + 1``... one a second until one of them is handled (a
     subscription that recovers by itself may miss what went out before it was back, on a
     broker that keeps nothing for an absent group); return the seq that got through."""
@@ -45,11 +46,16 @@ async def _publish_until_handled(bus: EventBus, event_cls: type[Ping], handled: 
             await bus.publish(event_cls(seq=seq))
         seq += 1
         with contextlib.suppress(AssertionError):
-            got = await handled.wait(lambda items: any(s >= first for s in items),
-                                     "a message after the fault", timeout=1.0)
+            got = await handled.wait(
+                lambda items: any(s >= first for s in items),
+                "a message after the fault",
+                timeout=1.0,
+            )
             return min(s for s in got if s >= first)
-    raise AssertionError(f"no message published after the fault was handled within "
-                         f"{timeout:.0f}s (published seqs {first}..{seq - 1})")
+    raise AssertionError(
+        f"no message published after the fault was handled within "
+        f"{timeout:.0f}s (published seqs {first}..{seq - 1})"
+    )
 
 
 class _FlakyStore(MemoryIdempotencyStore):
@@ -71,8 +77,13 @@ class ResilienceCases:
     """A fault in the broker, the connection or the infrastructure never leaves a
     subscription idle while its broker holds messages, and never reports ok meanwhile."""
 
-    @case(requires(Capability.persistent, "the broker keeps resources for a group that "
-                   "can be deleted underneath it"), timeout=120.0)
+    @case(
+        requires(
+            Capability.persistent,
+            "the broker keeps resources for a group that can be deleted underneath it",
+        ),
+        timeout=120.0,
+    )
     async def test_resource_deleted_underneath_recovered_or_reported(self, run: Case) -> None:
         """The group's consumer, queue, stream or consumer group is deleted on the broker
         while subscribed: messages published afterwards are all handled (the adapter or the
@@ -80,13 +91,16 @@ class ResilienceCases:
         (``health()`` not ok) — never "running" and idle."""
         delete = run.target.delete_underneath
         if delete is None:
-            pytest.fail(f"{run.target.name} keeps group resources on the broker (persistent) "
-                        "but its target declares no delete_underneath hook")
+            pytest.fail(
+                f"{run.target.name} keeps group resources on the broker (persistent) "
+                "but its target declares no delete_underneath hook"
+            )
         event_cls = on_topic(Ping, run.topic())
         topic, group = event_cls.default_topic(), run.group()
         handled: Collector[int] = Collector("handler")
-        bus = await run.consumer(event_cls, record_seqs(handled), group=group,
-                                 bus=run.bus(stall_after=2.0))
+        bus = await run.consumer(
+            event_cls, record_seqs(handled), group=group, bus=run.bus(stall_after=2.0)
+        )
         publisher = await run.publisher()
         await publisher.publish(event_cls(seq=0))
         await handled.wait_count(1)
@@ -97,16 +111,18 @@ class ResilienceCases:
             health = await bus.health()
             assert not health.ok, (
                 "after its resources were deleted the subscription handles nothing, yet "
-                f"health() says ok: {health.subscriptions}")
+                f"health() says ok: {health.subscriptions}"
+            )
             return
         later = list(range(1000, 1005))
         await publisher.publish_many([event_cls(seq=s) for s in later])
-        await handled.wait(lambda items: set(later) <= set(items),
-                           f"every message published after the recovery (from {seq} on)")
+        await handled.wait(
+            lambda items: set(later) <= set(items),
+            f"every message published after the recovery (from {seq} on)",
+        )
         assert (await bus.health()).ok
 
-    @case(requires(Capability.freeze, "the fault proxy freezes the connection"),
-          timeout=120.0)
+    @case(requires(Capability.freeze, "the fault proxy freezes the connection"), timeout=120.0)
     async def test_half_open_connection_detected(self, run: Case) -> None:
         """The path to the broker stops forwarding without closing (``faults.freeze()``):
         ``health()`` turns false within the adapter's declared ``half_open_bound`` and
@@ -115,12 +131,15 @@ class ResilienceCases:
         assert faults is not None and url is not None
         event_cls = on_topic(Ping, run.topic())
         handled: Collector[int] = Collector("handler")
-        bus = await run.consumer(event_cls, record_seqs(handled), group=run.group(),
-                                 bus=run.bus(url, stall_after=2.0))
+        bus = await run.consumer(
+            event_cls, record_seqs(handled), group=run.group(), bus=run.bus(url, stall_after=2.0)
+        )
         bound = bus.adapter.capabilities.half_open_bound
         if bound is None:
-            pytest.fail(f"{run.target.name}: the adapter declares no half_open_bound; every "
-                        "adapter must notice a half-open connection within a stated bound")
+            pytest.fail(
+                f"{run.target.name}: the adapter declares no half_open_bound; every "
+                "adapter must notice a half-open connection within a stated bound"
+            )
         publisher = await run.publisher()
         await publisher.publish(event_cls(seq=0))
         await handled.wait_count(1)
@@ -132,18 +151,24 @@ class ResilienceCases:
                 if time.monotonic() - frozen_at > limit:
                     raise AssertionError(
                         f"health() still ok {limit:.0f}s into a half-open connection; the "
-                        f"adapter declares it notices one within {bound:g}s")
+                        f"adapter declares it notices one within {bound:g}s"
+                    )
                 await asyncio.sleep(0.2)
         finally:
             await faults.thaw()
         seq = await _publish_until_handled(publisher, event_cls, handled, 1, 60 * PATIENCE)
         later = list(range(1000, 1005))
         await publisher.publish_many([event_cls(seq=s) for s in later])
-        await handled.wait(lambda items: set(later) <= set(items),
-                           f"every message published after the thaw (from {seq} on)")
+        await handled.wait(
+            lambda items: set(later) <= set(items),
+            f"every message published after the thaw (from {seq} on)",
+        )
 
-    @case(requires(Capability.fault_hooks, "the connection is cut while a handler runs"),
-          requires(Capability.redelivery, "the message must come back"), timeout=120.0)
+    @case(
+        requires(Capability.fault_hooks, "the connection is cut while a handler runs"),
+        requires(Capability.redelivery, "the message must come back"),
+        timeout=120.0,
+    )
     async def test_failed_settle_releases_the_message(self, run: Case) -> None:
         """The connection is refused for longer than a client retries a call while a handler
         fails, so its nack (and an ack) cannot reach the broker: the message comes back and
@@ -172,11 +197,18 @@ class ResilienceCases:
         await runs.wait_count(1)
         await asyncio.sleep(OUTAGE + 0.5)  # the refusal is over; publish the rest
         await publisher.publish_many([event_cls(seq=s) for s in (1, 2, 3)])
-        await done.wait(lambda items: {0, 1, 2, 3} <= set(items),
-                        "the failed message again and every later one", timeout=WAIT * 3)
+        await done.wait(
+            lambda items: {0, 1, 2, 3} <= set(items),
+            "the failed message again and every later one",
+            timeout=WAIT * 3,
+        )
 
-    @case(requires(Capability.redelivery, "the message goes back to the broker while the "
-                   "store is down"), timeout=90.0)
+    @case(
+        requires(
+            Capability.redelivery, "the message goes back to the broker while the store is down"
+        ),
+        timeout=90.0,
+    )
     async def test_infrastructure_failure_spends_no_delivery_budget(self, run: Case) -> None:
         """An idempotency store down for more claims than ``max_attempts`` leaves the
         message with the broker (redelivered, never run, never dead-lettered, never dropped
@@ -184,8 +216,12 @@ class ResilienceCases:
         event_cls, _, group, dlq = await run.watched_ping()
         store = _FlakyStore(outage=5)  # FAST_RETRY allows 3 attempts
         handled: Collector[int] = Collector("handler")
-        await run.consumer(event_cls, record_seqs(handled), group=group,
-                           bus=run.bus(idempotency=store, redelivery_backoff=FAST_REDELIVERY))
+        await run.consumer(
+            event_cls,
+            record_seqs(handled),
+            group=group,
+            bus=run.bus(idempotency=store, redelivery_backoff=FAST_REDELIVERY),
+        )
         await (await run.publisher()).publish(event_cls(seq=5))
         await handled.wait_count(1, timeout=WAIT * 3)
         await asyncio.sleep(QUIET)
@@ -202,8 +238,9 @@ class ResilienceCases:
         existed is ``TopicNotFoundError`` and creates nothing."""
         event_cls = on_topic(Ping, run.topic())
         handled: Collector[int] = Collector("handler")
-        bus = await run.consumer(event_cls, record_seqs(handled), group=run.group(),
-                                 bus=run.bus(publish_timeout=30.0))
+        bus = await run.consumer(
+            event_cls, record_seqs(handled), group=run.group(), bus=run.bus(publish_timeout=30.0)
+        )
         limit = bus.adapter.capabilities.max_message_bytes  # as learned at connect
         for seq, size in ((1, limit + 1), (2, max(0, limit - 2048))):
             started = time.monotonic()
@@ -214,7 +251,8 @@ class ResilienceCases:
             finally:
                 took = time.monotonic() - started
                 assert took < 10 * PATIENCE, (
-                    f"publishing {size} bytes took {took:.1f}s: a refusal retried as an outage")
+                    f"publishing {size} bytes took {took:.1f}s: a refusal retried as an outage"
+                )
             assert seq == 2, f"an event of {size} bytes passed a {limit}-byte limit"
             await handled.wait(lambda items: 2 in items, "the event just under the limit")
         reader = await run.connected_adapter()
@@ -224,8 +262,7 @@ class ResilienceCases:
             with pytest.raises(TopicNotFoundError):
                 await dead.list(missing, "nobody")
 
-    @case(requires(Capability.freeze, "the fault proxy makes a silent endpoint"),
-          timeout=90.0)
+    @case(requires(Capability.freeze, "the fault proxy makes a silent endpoint"), timeout=90.0)
     async def test_silent_endpoint_fails_connect_in_time(self, run: Case) -> None:
         """An endpoint that accepts TCP and never speaks the protocol (the proxy frozen
         before connecting): a bus on it fails ``start()`` with ``BrokerConnectionError``
@@ -244,28 +281,33 @@ class ResilienceCases:
             took = time.monotonic() - started
             assert took < 25 * PATIENCE, (
                 f"connecting to a silent endpoint took {took:.1f}s to fail (the adapter's "
-                "connect timeout, not the bus's start_timeout, must end it)")
+                "connect timeout, not the bus's start_timeout, must end it)"
+            )
             started = time.monotonic()
             await asyncio.wait_for(bus.stop(timeout=2.0), 30 * PATIENCE)
             assert time.monotonic() - started < 5 * PATIENCE, "stop() hung"
         finally:
             await faults.thaw()
 
-    @case(requires(Capability.lease, "the broker takes a delivery back after a lease"),
-          timeout=120.0)
+    @case(
+        requires(Capability.lease, "the broker takes a delivery back after a lease"), timeout=120.0
+    )
     async def test_slow_handler_outliving_the_lease_runs_once(self, run: Case) -> None:
         """A handler running well past the broker's lease (poll interval, visibility
         timeout, ack wait, claim time) on a group of two members runs once: the adapter
         keeps its delivery alive, so neither member gets it again meanwhile."""
         lease = run.target.short_lease
         if lease is None:
-            pytest.fail(f"{run.target.name} declares a lease but its target gives no "
-                        "short_lease URL to test it with")
+            pytest.fail(
+                f"{run.target.name} declares a lease but its target gives no "
+                "short_lease URL to test it with"
+            )
         event_cls = on_topic(Ping, run.topic())
         group = run.group()
         runs: Collector[tuple[str, int]] = Collector("handler runs")
         finished: Collector[int] = Collector("finished")
         hold = 2.5 * lease.seconds
+
         def slow(name: str) -> Callable[[Ping, Context], Awaitable[None]]:
             async def handle(event: Ping, ctx: Context) -> None:
                 runs.add((name, ctx.delivery.attempt))
@@ -281,4 +323,5 @@ class ResilienceCases:
         await asyncio.sleep(lease.seconds * 1.5)
         assert len(runs.items) == 1, (
             f"a {hold:.1f}s handler on a {lease.seconds:g}s lease ran {len(runs.items)} "
-            f"times: {runs.items}")
+            f"times: {runs.items}"
+        )

@@ -31,11 +31,7 @@ multiplies every wait, as it does the conformance suite's.
 
 from __future__ import annotations
 
-from eventbus.testing.patterns.event_store import (
-    EventStoreCases,
-    EventStoreSuite,
-    EventStoreTarget,
-)
+from eventbus.testing.patterns.event_store import EventStoreCases, EventStoreSuite, EventStoreTarget
 from eventbus.testing.patterns.inbox import InboxCases
 from eventbus.testing.patterns.outbox import OutboxCases, OutboxTarget
 from eventbus.testing.patterns.relay_faults import RelayFaultCases

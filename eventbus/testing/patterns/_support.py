@@ -53,6 +53,7 @@ async def _bounded(case: Coroutine[Any, Any, None], name: str, timeout: float) -
 
 async def wait_until(check: Callable[[], bool], timeout: float = WAIT) -> None:
     """Return once ``check()`` holds (state kept by other tasks); fail after ``timeout``."""
+
     async def poll() -> None:
         while not check():  # noqa: ASYNC110 - the state lives in other tasks' counters
             await asyncio.sleep(0.01)

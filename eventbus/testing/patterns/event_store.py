@@ -1,6 +1,9 @@
 """The event store contract as a suite: every case an event store must pass, memory,
 SQLite and PostgreSQL alike, and a third-party store too.
 
+(Over 400 lines on purpose: one contract suite: its cases are read as the event store's
+specification.)
+
 Subclass :class:`EventStoreSuite` in a test module (named ``Test...``) next to an
 ``event_store_target`` fixture returning an :class:`EventStoreTarget`::
 
@@ -50,8 +53,16 @@ from eventbus.patterns.eventsourcing import (
 )
 from eventbus.testing.patterns._support import store_case
 
-__all__ = ["Account", "Deposited", "EventStoreCases", "EventStoreSuite", "EventStoreTarget",
-           "Opened", "envs", "gap_safe_reader"]
+__all__ = [
+    "Account",
+    "Deposited",
+    "EventStoreCases",
+    "EventStoreSuite",
+    "EventStoreTarget",
+    "Opened",
+    "envs",
+    "gap_safe_reader",
+]
 
 
 @dataclass(frozen=True)
@@ -121,12 +132,15 @@ async def opened(target: EventStoreTarget) -> AsyncIterator[EventStore]:
 
 def envs(n: int, stream: str = "s") -> list[Envelope]:
     """``n`` fresh envelopes of the suite's ``Deposited`` event."""
-    return [Envelope.create(type="es-test.deposited", source="t", data=b'{"amount":%d}' % i,
-                            subject=stream) for i in range(n)]
+    return [
+        Envelope.create(
+            type="es-test.deposited", source="t", data=b'{"amount":%d}' % i, subject=stream
+        )
+        for i in range(n)
+    ]
 
 
-async def gap_safe_reader(target: EventStoreTarget, writers: int = 4,
-                          appends: int = 12) -> None:
+async def gap_safe_reader(target: EventStoreTarget, writers: int = 4, appends: int = 12) -> None:
     """Writers on their own connections commit late (they pause inside the append
     transaction); a reader polling read_all meanwhile must end with exactly the
     store's contents, in order, with nothing skipped."""
@@ -162,8 +176,7 @@ async def gap_safe_reader(target: EventStoreTarget, writers: int = 4,
 
         polling = asyncio.create_task(read())
         try:
-            await asyncio.wait_for(
-                asyncio.gather(*(write(i, s) for i, s in enumerate(stores))), 60)
+            await asyncio.wait_for(asyncio.gather(*(write(i, s) for i, s in enumerate(stores))), 60)
             finished.set()
             await asyncio.wait_for(polling, 30)
         finally:
@@ -182,6 +195,7 @@ def _versioned_registry(with_upcaster: bool) -> tuple[Registry, type[Event]]:
 
     registry.register(Renamed)
     if with_upcaster:
+
         @registry.upcaster("es-test.renamed", from_version=1)
         def _v1(data: dict[str, object]) -> dict[str, object]:
             return {"full_name": f"{data['first']} {data['last']}"}
@@ -200,10 +214,15 @@ class EventStoreCases:
             b = await store.append("b", envs(1), 0)
             a2 = await store.append("a", envs(1), 2)
             assert [(s.position, s.stream_id, s.version) for s in a + b + a2] == [
-                (1, "a", 1), (2, "a", 2), (3, "b", 1), (4, "a", 3)]
+                (1, "a", 1),
+                (2, "a", 2),
+                (3, "b", 1),
+                (4, "a", 3),
+            ]
             assert [s.version for s in await store.read_stream("a")] == [1, 2, 3]
-            assert [s.version for s in await store.read_stream("a", after_version=1,
-                                                               to_version=2)] == [2]
+            assert [
+                s.version for s in await store.read_stream("a", after_version=1, to_version=2)
+            ] == [2]
             assert await store.stream_version("a") == 3 and await store.stream_version("zz") == 0
             everything = await store.read_all()
             assert [s.position for s in everything] == [1, 2, 3, 4]
@@ -228,11 +247,13 @@ class EventStoreCases:
             await store.append("acc", envs(1), 0)
             # Some writers have a connection of their own (another process would).
             async with AsyncExitStack() as handles:
-                others = [await handles.enter_async_context(opened(event_store_target))
-                          for _ in range(2)]
+                others = [
+                    await handles.enter_async_context(opened(event_store_target)) for _ in range(2)
+                ]
                 writers = [store, *others, store, *others][:5]
                 results = await asyncio.gather(
-                    *(w.append("acc", envs(2), 1) for w in writers), return_exceptions=True)
+                    *(w.append("acc", envs(2), 1) for w in writers), return_exceptions=True
+                )
             wins = [r for r in results if not isinstance(r, BaseException)]
             losses = [r for r in results if isinstance(r, BaseException)]
             assert len(wins) == 1, results
@@ -257,8 +278,9 @@ class EventStoreCases:
             first = await store.append("s", batch, 0)
             await store.append("t", envs(1), 0)
             again = await store.append("s", batch, 0)  # a retry: same ids, same answer
-            assert [(s.position, s.version) for s in again] == [(s.position, s.version)
-                                                                 for s in first]
+            assert [(s.position, s.version) for s in again] == [
+                (s.position, s.version) for s in first
+            ]
             assert await store.last_position() == 4
             with pytest.raises(DuplicateEventError, match="1 of the 2 event ids"):
                 await store.append("s", [batch[0], *envs(1)], 3)
@@ -354,7 +376,6 @@ class EventStoreCases:
             Account.applied = 0
             assert (await no_snapshots.load("snap")).balance == 28 and Account.applied == 8
 
-
     @store_case()
     async def test_upcasting_on_load(self, event_store_target: EventStoreTarget) -> None:
         registry, renamed = _versioned_registry(with_upcaster=True)
@@ -370,13 +391,20 @@ class EventStoreCases:
                 self.name = event.full_name  # type: ignore[attr-defined]
 
         async with opened(event_store_target) as store:
-            old = Envelope.create(type="es-test.renamed", source="t", dataversion=1,
-                                  data=b'{"first":"Ada","last":"Lovelace"}')
+            old = Envelope.create(
+                type="es-test.renamed",
+                source="t",
+                dataversion=1,
+                data=b'{"first":"Ada","last":"Lovelace"}',
+            )
             await store.append("p", [old], 0)
             person = await Repository(store, Person, registry=registry).load("p")
             assert person.name == "Ada Lovelace"
-            with pytest.raises(SchemaError, match=r"stream 'p' version 1: .*no upcaster from "
-                                                  r"version 1.*registry.upcaster"):
+            with pytest.raises(
+                SchemaError,
+                match=r"stream 'p' version 1: .*no upcaster from "
+                r"version 1.*registry.upcaster",
+            ):
                 await Repository(store, Person, registry=bare_registry).load("p")
 
     @store_case()
@@ -385,8 +413,10 @@ class EventStoreCases:
         commit or roll back with the caller's other rows."""
         async with opened(event_store_target) as store:
             if not hasattr(store, "append_in") or not hasattr(store, "db"):
-                pytest.skip(f"{event_store_target.name}: the store has no transactions to join "
-                            "(no db and append_in(tx, ...))")
+                pytest.skip(
+                    f"{event_store_target.name}: the store has no transactions to join "
+                    "(no db and append_in(tx, ...))"
+                )
             db = store.db
             async with db.transaction() as tx:
                 await tx.execute("CREATE TABLE es_side (id TEXT PRIMARY KEY)")

@@ -45,8 +45,7 @@ class InboxCases:
     """The inbox, on the target's database."""
 
     @store_case()
-    async def test_lost_ack_redelivers_and_applies_once(
-            self, outbox_target: OutboxTarget) -> None:
+    async def test_lost_ack_redelivers_and_applies_once(self, outbox_target: OutboxTarget) -> None:
         """The handler's write commits, then the ack is lost (the process died before
         it): the broker redelivers, and the inbox skips the effect already applied."""
         db, inbox = await open_inbox(outbox_target)
@@ -74,13 +73,15 @@ class InboxCases:
         await db.close()
 
     @store_case()
-    async def test_failed_attempt_leaves_nothing(
-            self, outbox_target: OutboxTarget) -> None:
+    async def test_failed_attempt_leaves_nothing(self, outbox_target: OutboxTarget) -> None:
         """A handler that wrote and then failed is retried from a clean slate: its first
         write rolled back with the inbox record, so the effect is applied once."""
         db, inbox = await open_inbox(outbox_target)
-        bus = EventBus(memory_url(), source="ledger",
-                       retry=RetryPolicy(max_attempts=3, initial_delay=0.0, max_delay=0.0))
+        bus = EventBus(
+            memory_url(),
+            source="ledger",
+            retry=RetryPolicy(max_attempts=3, initial_delay=0.0, max_delay=0.0),
+        )
         done: Collector[int] = Collector()
 
         @bus.subscribe(OrderPlaced, group="ledger")
@@ -99,13 +100,18 @@ class InboxCases:
 
     @store_case()
     async def test_inbox_and_outbox_share_the_transaction(
-            self, outbox_target: OutboxTarget) -> None:
+        self, outbox_target: OutboxTarget
+    ) -> None:
         """With ``outbox=``, the handler's write, its published command and the handled
         id commit together; a failed attempt drops all three."""
         db, inbox = await open_inbox(outbox_target, outbox=True)
         assert inbox.outbox is not None
-        bus = EventBus(memory_url(), source="ledger", publish_middleware=[inbox.outbox.middleware],
-                       retry=RetryPolicy(max_attempts=3, initial_delay=0.0, max_delay=0.0))
+        bus = EventBus(
+            memory_url(),
+            source="ledger",
+            publish_middleware=[inbox.outbox.middleware],
+            retry=RetryPolicy(max_attempts=3, initial_delay=0.0, max_delay=0.0),
+        )
         shipped: Collector[ShipOrder] = Collector()
 
         @bus.subscribe(OrderPlaced, group="ledger")

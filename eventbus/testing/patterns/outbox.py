@@ -1,6 +1,8 @@
 """The transactional outbox's contract as a suite: what an outbox and its relay must
 do on a database, SQLite and PostgreSQL alike, and on a database of your own.
 
+(Over 400 lines on purpose: one contract suite: its cases are read as the outbox's specification.)
+
 An outbox works on a :class:`~eventbus.patterns.sql.Database`; a third-party
 backend is another implementation of it (another driver, a database speaking one
 of its dialects) or an :class:`~eventbus.patterns.outbox.Outbox` subclass. Subclass
@@ -43,8 +45,15 @@ from eventbus.patterns.sql import Database
 from eventbus.testing.collector import Collector
 from eventbus.testing.patterns._support import WAIT, Records, memory_url, store_case, wait_until
 
-__all__ = ["OrderPlaced", "OutboxCases", "OutboxTarget", "ShipOrder", "count", "open_outbox",
-           "outbox_bus"]
+__all__ = [
+    "OrderPlaced",
+    "OutboxCases",
+    "OutboxTarget",
+    "ShipOrder",
+    "count",
+    "open_outbox",
+    "outbox_bus",
+]
 
 
 def _outbox(db: Database, table: str) -> Outbox:
@@ -196,20 +205,26 @@ class OutboxCases:
 
     @store_case()
     async def test_relay_death_republishes_and_consumer_dedupes(
-            self, outbox_target: OutboxTarget) -> None:
+        self, outbox_target: OutboxTarget
+    ) -> None:
         """Rows published but not marked sent (the relay died) go out again; the
         consumer's idempotency middleware runs the handler once per event."""
         db, outbox, bus = await open_outbox_with_bus(outbox_target)
         deliveries: Counter[str] = Counter()
         handled: Collector[str] = Collector()
 
-        async def count_deliveries(ctx: Context, call_next: Callable[[Context], Awaitable[None]]
-                                   ) -> None:
+        async def count_deliveries(
+            ctx: Context, call_next: Callable[[Context], Awaitable[None]]
+        ) -> None:
             deliveries[ctx.envelope.id] += 1
             await call_next(ctx)
 
-        @bus.subscribe(OrderPlaced, group="billing", middleware=[count_deliveries],
-                       idempotency=MemoryIdempotencyStore())
+        @bus.subscribe(
+            OrderPlaced,
+            group="billing",
+            middleware=[count_deliveries],
+            idempotency=MemoryIdempotencyStore(),
+        )
         async def charge(event: OrderPlaced) -> None:
             handled.add(event.order_id)
 
@@ -234,7 +249,8 @@ class OutboxCases:
 
     @store_case()
     async def test_two_relays_publish_each_row_once_in_order(
-            self, outbox_target: OutboxTarget) -> None:
+        self, outbox_target: OutboxTarget
+    ) -> None:
         """Two relays on separate connections: every row published exactly once, each
         key's rows in the order they were written."""
         rows, keys = 300, 12
@@ -264,8 +280,10 @@ class OutboxCases:
                         await bus.publish(OrderPlaced(order_id=key, n=n), key=key)
             second = await outbox_target.connect()
             other = outbox_target.outbox(second, outbox.table)
-            relays = [OutboxRelay(outbox, bus, batch_size=7, poll_interval=0.01, name="relay-1"),
-                      OutboxRelay(other, bus, batch_size=7, poll_interval=0.01, name="relay-2")]
+            relays = [
+                OutboxRelay(outbox, bus, batch_size=7, poll_interval=0.01, name="relay-1"),
+                OutboxRelay(other, bus, batch_size=7, poll_interval=0.01, name="relay-2"),
+            ]
             async with relays[0], relays[1]:
                 await wait_until(lambda: sum(ids.values()) >= rows)
                 await asyncio.sleep(0.1)  # a double publish would arrive now
@@ -360,12 +378,16 @@ class OutboxCases:
 
     @store_case()
     async def test_a_refused_row_is_parked_and_holds_only_its_stream(
-            self, outbox_target: OutboxTarget) -> None:
+        self, outbox_target: OutboxTarget
+    ) -> None:
         """A row the broker refuses for good (too large) is parked with the rest of its
         stream behind it; other streams go on; discarding it releases the stream."""
         db, outbox = await open_outbox(outbox_target)
-        bus = EventBus(f"{memory_url()}?max_message_bytes=4000", source="orders",
-                       publish_middleware=[outbox.middleware])
+        bus = EventBus(
+            f"{memory_url()}?max_message_bytes=4000",
+            source="orders",
+            publish_middleware=[outbox.middleware],
+        )
         seen: Collector[tuple[str, int]] = Collector()
 
         @bus.subscribe(OrderPlaced, group="audit")
@@ -374,8 +396,13 @@ class OutboxCases:
 
         async with bus:
             async with outbox.unit_of_work():
-                for key, n, size in (("a", 1, 1), ("b", 1, 1), ("a", 2, 10_000), ("b", 2, 1),
-                                     ("a", 3, 1)):
+                for key, n, size in (
+                    ("a", 1, 1),
+                    ("b", 1, 1),
+                    ("a", 2, 10_000),
+                    ("b", 2, 1),
+                    ("a", 3, 1),
+                ):
                     await bus.publish(OrderPlaced(order_id=key * size, n=n), key=key)
             relay = OutboxRelay(outbox, bus)
             with Records("eventbus.outbox") as logs:

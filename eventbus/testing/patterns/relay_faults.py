@@ -59,7 +59,8 @@ class RelayFaultCases:
     @pytest.mark.parametrize("refusal", PERMANENT, ids=lambda e: type(e).__name__)
     @store_case()
     async def test_a_permanent_refusal_parks_only_its_row(
-            self, outbox_target: OutboxTarget, refusal: Exception) -> None:
+        self, outbox_target: OutboxTarget, refusal: Exception
+    ) -> None:
         """Whatever the broker refuses for good (not only "too large") is parked with its
         stream behind it; other keys go out (defect 11)."""
         db, outbox, bus = await open_outbox_with_bus(outbox_target)
@@ -88,12 +89,17 @@ class RelayFaultCases:
 
     @store_case()
     async def test_an_unresponsive_broker_blocks_no_database_write(
-            self, outbox_target: OutboxTarget) -> None:
+        self, outbox_target: OutboxTarget
+    ) -> None:
         """The relay publishes outside any transaction: while the broker does not answer,
         the application's own units of work go on at once (defect 12)."""
         db, outbox = await open_outbox(outbox_target)
-        bus = EventBus(memory_url(), source="orders", publish_timeout=3.0,
-                       publish_middleware=[outbox.middleware])
+        bus = EventBus(
+            memory_url(),
+            source="orders",
+            publish_timeout=3.0,
+            publish_middleware=[outbox.middleware],
+        )
         seen = billed_orders(bus)
 
         real = bus.adapter.publish
@@ -124,7 +130,8 @@ class RelayFaultCases:
 
     @store_case()
     async def test_a_dead_relays_claim_comes_back_after_its_lease(
-            self, outbox_target: OutboxTarget) -> None:
+        self, outbox_target: OutboxTarget
+    ) -> None:
         """Rows claimed by a relay that died (it never marked or released them) wait for
         the claim's lease, then any relay takes them (defect 12)."""
         db, outbox, bus = await open_outbox_with_bus(outbox_target)
@@ -136,9 +143,11 @@ class RelayFaultCases:
                 await bus.publish(OrderPlaced(order_id="o-2"), key="o-2")
             # What a relay killed after claiming leaves behind: its lease, nothing else.
             async with db.transaction() as tx:
-                await tx.execute(f"UPDATE {outbox.table} SET claimed_by = 'dead-relay', "
-                                 "claimed_until = $1 WHERE partition_key = 'o-1'",
-                                 time.time() + 0.5)
+                await tx.execute(
+                    f"UPDATE {outbox.table} SET claimed_by = 'dead-relay', "
+                    "claimed_until = $1 WHERE partition_key = 'o-1'",
+                    time.time() + 0.5,
+                )
             relay = OutboxRelay(outbox, bus)
             assert await relay.publish_pending() == 1  # o-2 only: o-1 is still claimed
             assert await seen.wait_count(1, WAIT) == ["o-2"]
