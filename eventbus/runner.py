@@ -1,7 +1,6 @@
 """One consumer of a (topic, group): fetch, dispatch by type to handlers, settle.
 
-A :class:`Runner` is composed of four parts, each a class with its collaborators
-passed in:
+A :class:`Runner` is composed of four parts, each a class given its collaborators:
 
 - :class:`~eventbus.supervision.Supervision`: the fetch loop, re-subscribing with
   backoff, dying for good, the stall watch and the subscription's health;
@@ -13,8 +12,7 @@ passed in:
 - :class:`~eventbus.invocation.Invocation`: handler lookup, decoding, run counting,
   and the middleware chain (composed, or fused when its layers allow).
 
-The runner itself builds them and runs each delivery through invocation and
-settlement (:meth:`Runner.handle`).
+The runner builds them; :meth:`Runner.handle` takes a delivery through invocation and settlement.
 """
 
 from __future__ import annotations
