@@ -327,3 +327,31 @@ def test_a_refusal_ends_even_when_its_caller_is_cancelled_half_way(
         writer.close()
 
     asyncio.run(main())
+
+
+def test_a_refusal_whose_reopening_went_missing_still_ends(proxy: FaultProxy) -> None:
+    # Whatever path may lose a refusal's scheduled end, the proxy listens again once
+    # the refusal is over (CI saw the RabbitMQ proxy refuse for minutes after one).
+    proxy.refuse_connections_sync(0.2)
+
+    async def lose_the_reopening() -> None:
+        handle = proxy._reopen_handle
+        assert handle is not None
+        handle.cancel()
+        proxy._reopen_handle = None
+
+    proxy._call_sync(lose_the_reopening())
+
+    async def main() -> None:
+        deadline = time.monotonic() + 3
+        while True:
+            try:
+                reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "the refusal never ended"
+                await asyncio.sleep(0.05)
+        assert await roundtrip(reader, writer, b"back") == b"back"
+        writer.close()
+
+    asyncio.run(main())

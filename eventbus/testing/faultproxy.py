@@ -95,6 +95,7 @@ class FaultProxy:
         # Set while forwarding; cleared by freeze(). Made on the proxy's loop.
         self._flowing: asyncio.Event | None = None
         self._thaw_handle: asyncio.TimerHandle | None = None
+        self._keeper: asyncio.Task[None] | None = None
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -126,6 +127,10 @@ class FaultProxy:
                 loop.close()
                 return
             ready.set()
+            # Belt and braces: whatever path a refusal's end may miss, the listener is
+            # back within half a second of it (a proxy refusing for good fails every
+            # later test of its broker).
+            self._keeper = loop.create_task(self._keep_listening())
             try:
                 loop.run_forever()
             finally:
@@ -266,7 +271,24 @@ class FaultProxy:
         if self._listen_port == 0:
             self._listen_port = int(self._server.sockets[0].getsockname()[1])
 
+    async def _keep_listening(self) -> None:
+        while not self._stopped:
+            await asyncio.sleep(0.5)
+            refusing = time.monotonic() < self._refuse_until
+            serving = self._server is not None and self._server.is_serving()
+            if self._stopped or refusing or serving:
+                continue
+            _log.warning(
+                "FaultProxy on port %s was not listening after its refusal ended; listening again",
+                self._listen_port,
+            )
+            self._server = None
+            with contextlib.suppress(OSError):
+                await self._listen()
+
     async def _shutdown(self) -> None:
+        if self._keeper is not None:
+            self._keeper.cancel()
         if self._reopen_handle is not None:
             self._reopen_handle.cancel()
         await self._close_listener()
