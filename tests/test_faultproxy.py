@@ -86,6 +86,21 @@ async def wait_for(predicate: object, timeout: float = 5) -> None:
         await asyncio.sleep(0.01)
 
 
+async def forwards_again(proxy: FaultProxy, timeout: float, failure: str) -> None:
+    """Connect until the proxy listens again (``failure`` after ``timeout`` s), then
+    check that it forwards."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+            break
+        except OSError:
+            assert time.monotonic() < deadline, failure
+            await asyncio.sleep(0.05)
+    assert await roundtrip(reader, writer, b"back") == b"back"
+    writer.close()
+
+
 def test_implements_fault_injector(proxy: FaultProxy) -> None:
     assert isinstance(proxy, FaultInjector)
     assert proxy.port > 0
@@ -280,16 +295,7 @@ def test_reopens_once_a_port_taken_during_a_refusal_is_free_again(proxy: FaultPr
     squatter.close()
 
     async def main() -> None:
-        deadline = time.monotonic() + 5
-        while True:
-            try:
-                reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "the proxy never listened again"
-                await asyncio.sleep(0.05)
-        assert await roundtrip(reader, writer, b"back") == b"back"
-        writer.close()
+        await forwards_again(proxy, 5, "the proxy never listened again")
 
     asyncio.run(main())
 
@@ -315,16 +321,7 @@ def test_a_refusal_ends_even_when_its_caller_is_cancelled_half_way(
         caller.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await caller
-        deadline = time.monotonic() + 5
-        while True:
-            try:
-                reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "the refusal never ended"
-                await asyncio.sleep(0.05)
-        assert await roundtrip(reader, writer, b"back") == b"back"
-        writer.close()
+        await forwards_again(proxy, 5, "the refusal never ended")
 
     asyncio.run(main())
 
@@ -343,15 +340,6 @@ def test_a_refusal_whose_reopening_went_missing_still_ends(proxy: FaultProxy) ->
     proxy._call_sync(lose_the_reopening())
 
     async def main() -> None:
-        deadline = time.monotonic() + 3
-        while True:
-            try:
-                reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "the refusal never ended"
-                await asyncio.sleep(0.05)
-        assert await roundtrip(reader, writer, b"back") == b"back"
-        writer.close()
+        await forwards_again(proxy, 3, "the refusal never ended")
 
     asyncio.run(main())
