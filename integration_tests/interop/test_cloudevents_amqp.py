@@ -27,13 +27,7 @@ from eventbus.deadletters import DeadLetters
 from eventbus.errors import TopicNotFoundError
 from eventbus.testing.conformance import on_topic
 from integration_tests import harness
-from integration_tests.interop.cloudevents_peer import (
-    Order,
-    assert_read_by_eventbus,
-    run,
-    sdk_event,
-    unique,
-)
+from integration_tests.interop import cloudevents_peer as peer
 from integration_tests.interop.test_cloudevents_rabbitmq import sent_by_aio_pika
 
 pytestmark = [pytest.mark.broker("rabbitmq"), pytest.mark.timeout(120)]
@@ -45,7 +39,7 @@ def test_sdk_amqp_binary_event_is_read_by_eventbus(
 ) -> None:
     """The SDK's ``cloudEvents_`` properties with ``time`` as AMQP milliseconds; the
     same with the ``cloudEvents:`` separator and ``time`` as its canonical text."""
-    url, topic, sent = rabbitmq_endpoint.url, unique("interop.amqp.sdk"), sdk_event()
+    url, topic, sent = rabbitmq_endpoint.url, peer.unique("interop.amqp.sdk"), peer.sdk_event()
     message = ce_amqp.to_binary(sent, JSONFormat())
     properties: dict[str, Any] = dict(message.application_properties)
     assert isinstance(properties["cloudEvents_time"], int)  # native: ms since the epoch
@@ -59,8 +53,8 @@ def test_sdk_amqp_binary_event_is_read_by_eventbus(
         headers=properties,
         content_type=message.properties["content-type"],
     )
-    envelope, event = run(lambda: sent_by_aio_pika(url, topic, outgoing))
-    assert_read_by_eventbus(envelope, event, sent)
+    envelope, event = peer.run(lambda: sent_by_aio_pika(url, topic, outgoing))
+    peer.assert_read_by_eventbus(envelope, event, sent)
 
 
 def test_a_message_that_is_no_cloudevent_is_dead_lettered_naming_its_headers(
@@ -68,14 +62,14 @@ def test_a_message_that_is_no_cloudevent_is_dead_lettered_naming_its_headers(
 ) -> None:
     """Plain JSON with a producer's own headers: dead-lettered, the reason says no
     binding's specversion was there and lists the header names it saw."""
-    url, topic, group = rabbitmq_endpoint.url, unique("interop.amqp.foreign"), "g"
+    url, topic, group = rabbitmq_endpoint.url, peer.unique("interop.amqp.foreign"), "g"
     foreign = {"traceparent": "00-" + "a" * 32 + "-" + "b" * 16 + "-01", "x-tenant": "acme"}
 
     async def scenario() -> list[Any]:
         bus = EventBus.from_url(url, source="interop")
 
-        @bus.subscribe(on_topic(Order, topic), group=group)
-        async def on_order(event: Order) -> None:
+        @bus.subscribe(on_topic(peer.Order, topic), group=group)
+        async def on_order(event: peer.Order) -> None:
             raise AssertionError("a foreign message reached the handler")
 
         connection = await aio_pika.connect(url)
@@ -100,7 +94,7 @@ def test_a_message_that_is_no_cloudevent_is_dead_lettered_naming_its_headers(
         finally:
             await connection.close()
 
-    letters = run(scenario)
+    letters = peer.run(scenario)
     assert len(letters) == 1
     reason = letters[0].reason
     assert "cloudEvents_specversion" in reason and "ce-specversion" in reason, reason

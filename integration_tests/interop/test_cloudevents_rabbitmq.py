@@ -18,23 +18,14 @@ from cloudevents.core.formats.json import JSONFormat
 
 from eventbus import Envelope, EventBus
 from integration_tests import harness
-from integration_tests.interop.cloudevents_peer import (
-    Order,
-    assert_read_by_eventbus,
-    assert_read_by_sdk,
-    handled_by_eventbus,
-    publish_sample,
-    run,
-    sdk_event,
-    unique,
-)
+from integration_tests.interop import cloudevents_peer as peer
 
 pytestmark = [pytest.mark.broker("rabbitmq"), pytest.mark.timeout(120)]
 
 
 async def sent_by_aio_pika(
     url: str, topic: str, message: aio_pika.Message
-) -> tuple[Envelope, Order]:
+) -> tuple[Envelope, peer.Order]:
     """What eventbus's handler gets from ``message`` published by aio-pika to the
     topic's exchange (declared as the adapter declares it)."""
     connection = await aio_pika.connect(url)
@@ -45,7 +36,7 @@ async def sent_by_aio_pika(
         await exchange.publish(message, routing_key=topic)
 
     try:
-        return await handled_by_eventbus(url, topic, send)
+        return await peer.handled_by_eventbus(url, topic, send)
     finally:
         await connection.close()
 
@@ -71,37 +62,33 @@ async def taken_by_aio_pika(
         await connection.close()
 
 
-def test_sdk_binary_event_is_read_by_eventbus(rabbitmq_endpoint: harness.Endpoint) -> None:
-    """``ce-`` headers as UTF-8 text, the content type as the property."""
-    url, topic, sent = rabbitmq_endpoint.url, unique("interop.rabbitmq.sdk"), sdk_event()
-    message = ce_rabbitmq.to_binary(sent, JSONFormat())
+@pytest.mark.parametrize("mode", ["binary", "structured"])
+def test_sdk_event_is_read_by_eventbus(rabbitmq_endpoint: harness.Endpoint, mode: str) -> None:
+    """Binary: ``ce-`` headers as UTF-8 text, the content type as the property.
+    Structured: the JSON event format as the body, ``application/cloudevents+json``."""
+    url, topic, sent = (
+        rabbitmq_endpoint.url,
+        peer.unique(f"interop.rabbitmq.{mode}"),
+        peer.sdk_event(),
+    )
+    write = ce_rabbitmq.to_binary if mode == "binary" else ce_rabbitmq.to_structured
+    message = write(sent, JSONFormat())
     outgoing = aio_pika.Message(
         message.body, headers=dict(message.headers), content_type=message.content_type
     )
-    envelope, event = run(lambda: sent_by_aio_pika(url, topic, outgoing))
-    assert_read_by_eventbus(envelope, event, sent)
-
-
-def test_sdk_structured_event_is_read_by_eventbus(rabbitmq_endpoint: harness.Endpoint) -> None:
-    """The JSON event format as the body, ``application/cloudevents+json``."""
-    url, topic, sent = rabbitmq_endpoint.url, unique("interop.rabbitmq.structured"), sdk_event()
-    message = ce_rabbitmq.to_structured(sent, JSONFormat())
-    outgoing = aio_pika.Message(
-        message.body, headers=dict(message.headers), content_type=message.content_type
-    )
-    envelope, event = run(lambda: sent_by_aio_pika(url, topic, outgoing))
-    assert_read_by_eventbus(envelope, event, sent)
+    envelope, event = peer.run(lambda: sent_by_aio_pika(url, topic, outgoing))
+    peer.assert_read_by_eventbus(envelope, event, sent)
 
 
 def test_eventbus_event_is_read_by_the_sdk(rabbitmq_endpoint: harness.Endpoint) -> None:
-    url, topic = rabbitmq_endpoint.url, unique("interop.rabbitmq.eventbus")
+    url, topic = rabbitmq_endpoint.url, peer.unique("interop.rabbitmq.eventbus")
 
     async def scenario() -> tuple[Envelope, AbstractIncomingMessage]:
         bus = EventBus.from_url(url, source="interop")
         async with bus:
-            return await taken_by_aio_pika(url, topic, lambda: publish_sample(bus, topic))
+            return await taken_by_aio_pika(url, topic, lambda: peer.publish_sample(bus, topic))
 
-    sent, received = run(scenario)
+    sent, received = peer.run(scenario)
     headers: dict[str, Any] = dict(received.headers or {})
     event = ce_rabbitmq.from_binary(
         ce_rabbitmq.RabbitMQMessage(
@@ -109,4 +96,4 @@ def test_eventbus_event_is_read_by_the_sdk(rabbitmq_endpoint: harness.Endpoint) 
         ),
         JSONFormat(),
     )
-    assert_read_by_sdk(event, sent)
+    peer.assert_read_by_sdk(event, sent)
