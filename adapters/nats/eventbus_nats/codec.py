@@ -48,9 +48,7 @@ _FRAMING = len("NATS/1.0\r\n\r\n")
 _NEEDS_ENCODING = re.compile(r"[^\x21\x23\x24\x26-\x7e]")
 _SAFE = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) not in '"%')
 _QUOTED_PAIR = re.compile(r"\\(.)")
-# What no binding encoder leaves in a value: a character outside printable ASCII,
-# a space or '"' (outside a double-quoted value), a '%' not starting a %XX escape.
-_NOT_ENCODED = re.compile(r"[^\x21\x23-\x7e]|%(?![0-9A-Fa-f]{2})")
+_STRAY_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
 
 
 def wire_size(headers: Mapping[str, str], body: bytes) -> int:
@@ -158,12 +156,22 @@ def percent_encoded(values: Iterable[str]) -> bool:
     """False when a value holds what no binding encoder writes (a raw space or
     ``"`` outside a double-quoted value, a character outside printable ASCII, a
     ``%`` not starting a ``%XX`` escape): the writer took values as they are."""
-    for value in values:
-        if len(value) >= 2 and value[0] == '"' and value[-1] == '"':
-            continue  # the quoted form of older binding versions: unquoted, then decoded
-        if _NOT_ENCODED.search(value):
-            return False
-    return True
+    values = list(values)
+    joined = "!".join(values)  # '!' is printable and no hex digit: a stray '%' shows
+    if '"' not in joined:
+        return _encoded(joined)
+    return all(
+        (len(value) >= 2 and value[0] == '"' and value[-1] == '"')  # older binding versions
+        or _encoded(value)
+        for value in values
+    )
+
+
+def _encoded(text: str) -> bool:
+    """Only printable ASCII but space and '"', and every '%' starting a %XX escape."""
+    if not text.isascii() or not text.isprintable() or " " in text or '"' in text:
+        return False
+    return "%" not in text or _STRAY_PERCENT.search(text) is None
 
 
 def unescape(name: str, value: str) -> str:
