@@ -1,1 +1,0 @@
-"""Interop with other producers and consumers on the same real brokers."""
