@@ -98,45 +98,55 @@ def nats_headers_of(message: ce_http.HTTPMessage) -> dict[str, str]:
 
 
 async def sent_by_nats_py(
-    url: str, topic: str, body: bytes, headers: dict[str, str]
+    scheme: str, address: str, topic: str, body: bytes, headers: dict[str, str]
 ) -> tuple[Envelope, Order]:
-    """What eventbus's handler gets from a message nats-py publishes to JetStream."""
-    nc = await nats.connect(url)
+    """What eventbus's handler (``scheme``: JetStream or core NATS) gets from a
+    message nats-py publishes (to JetStream, or to the core subject)."""
+    nc = await nats.connect(f"nats://{address}")
 
     async def send() -> None:
-        await nc.jetstream().publish(topic, body, headers=dict(headers))
+        if scheme == "nats":
+            await nc.jetstream().publish(topic, body, headers=dict(headers))
+        else:
+            await nc.publish(topic, body, headers=dict(headers))
+            await nc.flush()
 
     try:
-        return await handled_by_eventbus(url, topic, send)
+        return await handled_by_eventbus(f"{scheme}://{address}", topic, send)
     finally:
         await nc.close()
 
 
+@pytest.mark.parametrize("scheme", ["nats", "nats+core"])
 @pytest.mark.parametrize("shape", ["nats", "http"])
-def test_sdk_binary_event_is_read_by_eventbus(nats_endpoint: harness.Endpoint, shape: str) -> None:
+def test_sdk_binary_event_is_read_by_eventbus(
+    nats_endpoint: harness.Endpoint, shape: str, scheme: str
+) -> None:
     """The SDK's percent-encoded headers (the NATS binding's ``ce-datacontenttype``,
-    or as the HTTP binding has it, ``content-type``) sent by nats-py to JetStream:
-    the handler gets the subject, the extension and the data decoded."""
-    url = f"nats://{nats_endpoint.host}:{nats_endpoint.port}"
+    or as the HTTP binding has it, ``content-type``) sent by nats-py to JetStream
+    or core NATS: the handler gets the subject, the extension and the data decoded."""
+    address = f"{nats_endpoint.host}:{nats_endpoint.port}"
     topic = unique("interop.nats.sdk")
     sent = sdk_event()
     message = ce_http.to_binary(sent, JSONFormat())
     headers = nats_headers_of(message) if shape == "nats" else dict(message.headers)
     assert headers["ce-subject"] == "Euro%20%E2%82%AC"  # the SDK encodes as the binding says
 
-    envelope, event = run(lambda: sent_by_nats_py(url, topic, message.body, headers))
+    envelope, event = run(lambda: sent_by_nats_py(scheme, address, topic, message.body, headers))
     assert_read_by_eventbus(envelope, event, sent)
 
 
 def test_sdk_structured_event_is_read_by_eventbus(nats_endpoint: harness.Endpoint) -> None:
     """Structured mode (3.2): the SDK's JSON event format as the payload, with
     Content-Type application/cloudevents+json."""
-    url = f"nats://{nats_endpoint.host}:{nats_endpoint.port}"
+    address = f"{nats_endpoint.host}:{nats_endpoint.port}"
     topic = unique("interop.nats.structured")
     sent = sdk_event()
     message = ce_http.to_structured(sent, JSONFormat())
 
-    envelope, event = run(lambda: sent_by_nats_py(url, topic, message.body, message.headers))
+    envelope, event = run(
+        lambda: sent_by_nats_py("nats", address, topic, message.body, message.headers)
+    )
     assert_read_by_eventbus(envelope, event, sent)
 
 
@@ -194,20 +204,21 @@ def test_unencoded_values_are_taken_as_they_are(nats_endpoint: harness.Endpoint)
 # -- eventbus writes, SDK (and the spec's text) reads -------------------------------------
 
 
+@pytest.mark.parametrize("scheme", ["nats", "nats+core"])
 def test_eventbus_binary_event_is_read_by_the_spec_and_the_sdk(
-    nats_endpoint: harness.Endpoint,
+    nats_endpoint: harness.Endpoint, scheme: str
 ) -> None:
     """What eventbus publishes, as a plain nats-py subscriber receives it: every
     ``ce-`` value is exactly the binding's encoding of the attribute (no more, no
     less), the content type is ``ce-datacontenttype`` and nothing says structured;
     the spec reader and the SDK's HTTP binding read the same event back."""
-    url = f"nats://{nats_endpoint.host}:{nats_endpoint.port}"
+    address = f"{nats_endpoint.host}:{nats_endpoint.port}"
     topic = unique("interop.nats.eventbus")
 
     async def scenario() -> None:
-        nc = await nats.connect(url)
+        nc = await nats.connect(f"nats://{address}")
         sub = await nc.subscribe(topic)
-        bus = EventBus.from_url(url, source="interop")
+        bus = EventBus.from_url(f"{scheme}://{address}", source="interop")
         try:
             async with bus:
                 sent = await publish_sample(bus, topic)
