@@ -7,13 +7,18 @@
   header, is read as structured too (a producer from before NATS headers, or a
   bridge); only a payload that is not a structured CloudEvent then is poison.
 - **Header names** (3.1.3.1): every attribute, ``datacontenttype`` included, is
-  ``ce-<name>``; names are case-insensitive. ``content-type`` is written as well
-  (the HTTP-style readers, the Go SDK's among them, take it from there) and read
-  when ``ce-datacontenttype`` is absent.
+  ``ce-<name>``; names are case-insensitive. ``content-type`` is not written (in
+  the binding it only says "structured"); it is read as the data's content type
+  when ``ce-datacontenttype`` is absent (HTTP-shaped writers, eventbus before the
+  binding).
 - **Header values** (3.1.3.2): written percent-encoded where the binding says
   (space, ``"``, ``%`` and anything outside printable ASCII); read by undoing a
   double-quoted string, then one round of percent-decoding; a value that is not
   UTF-8 is refused. Values that need none of this (nearly all) cost one scan.
+- **Writers that did not percent-encode** (eventbus before it followed the
+  binding, the Go SDK): a message with a ``ce-`` value that no binding encoder
+  writes (a raw space, a character outside printable ASCII, a ``%`` not starting
+  a ``%XX`` escape) was not percent-encoded, so its values are taken as they are.
 - Only ``ce-`` headers and ``content-type`` are read as text: a foreign header
   (a tracing interceptor's binary value) never makes a valid event poison.
 """
@@ -21,7 +26,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from urllib.parse import quote, unquote_to_bytes
 
 from eventbus import codec
@@ -43,6 +48,7 @@ _FRAMING = len("NATS/1.0\r\n\r\n")
 _NEEDS_ENCODING = re.compile(r"[^\x21\x23\x24\x26-\x7e]")
 _SAFE = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) not in '"%')
 _QUOTED_PAIR = re.compile(r"\\(.)")
+_STRAY_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
 
 
 def wire_size(headers: Mapping[str, str], body: bytes) -> int:
@@ -54,9 +60,10 @@ def wire_size(headers: Mapping[str, str], body: bytes) -> int:
 
 
 def encode(envelope: Envelope) -> tuple[dict[str, str], bytes]:
-    """Binary-mode headers and body of ``envelope`` (values percent-encoded)."""
+    """Binary-mode headers and body of ``envelope`` (values percent-encoded,
+    ``datacontenttype`` as ``ce-datacontenttype``)."""
     headers, body = codec.encode_binary(envelope, HEADER_PREFIX)
-    content_type = headers.get(CONTENT_TYPE)
+    content_type = headers.pop(CONTENT_TYPE, None)
     if content_type is not None:
         headers[DATACONTENTTYPE] = content_type
     if _NEEDS_ENCODING.search("".join(headers.values())):
@@ -123,20 +130,48 @@ def _structured(body: bytes, why_not_binary: str) -> Envelope:
 
 def _attributes(headers: Mapping[str, str]) -> dict[str, str]:
     """The ``ce-`` headers (lower-cased names, values decoded) and the content type
-    (``ce-datacontenttype``, else ``content-type``); every other header dropped."""
-    out: dict[str, str] = {}
+    (``ce-datacontenttype``, else ``content-type``); every other header dropped.
+
+    Values are decoded by the binding unless one of them shows the writer did not
+    percent-encode (:func:`percent_encoded`): then all are taken as they are."""
+    cloud: dict[str, str] = {}
     content_type: str | None = None
     for name, value in headers.items():
         lowered = name.lower()
-        if lowered == DATACONTENTTYPE:
-            out[CONTENT_TYPE] = unescape(name, value)
-        elif lowered.startswith(HEADER_PREFIX):
-            out[lowered] = unescape(name, value)
+        if lowered.startswith(HEADER_PREFIX):
+            cloud[lowered] = value
         elif lowered == CONTENT_TYPE:
             content_type = _strict_text(name, value)
+    decode = unescape if percent_encoded(cloud.values()) else _strict_text
+    out = {
+        CONTENT_TYPE if name == DATACONTENTTYPE else name: decode(name, value)
+        for name, value in cloud.items()
+    }
     if content_type is not None:
         out.setdefault(CONTENT_TYPE, content_type)
     return out
+
+
+def percent_encoded(values: Iterable[str]) -> bool:
+    """False when a value holds what no binding encoder writes (a raw space or
+    ``"`` outside a double-quoted value, a character outside printable ASCII, a
+    ``%`` not starting a ``%XX`` escape): the writer took values as they are."""
+    values = list(values)
+    joined = "!".join(values)  # '!' is printable and no hex digit: a stray '%' shows
+    if '"' not in joined:
+        return _encoded(joined)
+    return all(
+        (len(value) >= 2 and value[0] == '"' and value[-1] == '"')  # older binding versions
+        or _encoded(value)
+        for value in values
+    )
+
+
+def _encoded(text: str) -> bool:
+    """Only printable ASCII but space and '"', and every '%' starting a %XX escape."""
+    if not text.isascii() or not text.isprintable() or " " in text or '"' in text:
+        return False
+    return "%" not in text or _STRAY_PERCENT.search(text) is None
 
 
 def unescape(name: str, value: str) -> str:

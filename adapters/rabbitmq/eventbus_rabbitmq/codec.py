@@ -7,6 +7,12 @@ facts (attempt, not-before time) use ``x-eventbus-*`` headers, which CloudEvents
 readers ignore; the broker's own headers (``x-death``, ``x-delivery-count``) are
 read for the attempt count and never decoded as attributes.
 
+Read as well: the CloudEvents AMQP binding's application properties (AMQP 1.0
+clients through RabbitMQ, the SDK's ``amqp`` binding), named ``cloudEvents_<name>``
+or ``cloudEvents:<name>``, with native AMQP values (a timestamp, or a long of
+milliseconds, for ``time``; booleans and integers as their canonical text). A
+``ce-`` header wins over the same attribute under an AMQP prefix.
+
 Decoding never raises: an unreadable message becomes a
 :class:`~eventbus.adapter.Decoded` with ``envelope=None``, the reason, its body and
 the producer's headers, so one bad message cannot kill a consumer and its dead letter
@@ -17,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from aio_pika import DeliveryMode, Message
@@ -24,10 +31,17 @@ from aio_pika.abc import AbstractIncomingMessage
 
 from eventbus.adapter import Decoded
 from eventbus.codec import decode_binary, encode_binary
-from eventbus.envelope import Envelope
+from eventbus.envelope import Envelope, format_time
+from eventbus.errors import DecodeError
 
 CE_PREFIX = "ce-"
 """Attribute header prefix of the CloudEvents RabbitMQ binding."""
+AMQP_PREFIXES = ("cloudEvents_", "cloudEvents:")
+"""Application-property prefixes of the CloudEvents AMQP binding (read only)."""
+_AMQP_LOWER = tuple(prefix.lower() for prefix in AMQP_PREFIXES)
+_AMQP_SKIP = len(AMQP_PREFIXES[0])
+REASON_NAMES_LIMIT = 300
+"""Most characters of header names a dead letter's reason lists."""
 ATTEMPT_HEADER = "x-eventbus-attempt"
 NOT_BEFORE_HEADER = "x-eventbus-not-before"
 RECOUNT_HEADER = "x-eventbus-recount"
@@ -76,11 +90,13 @@ def encode(envelope: Envelope) -> AmqpMessage:
 def decode(headers: Mapping[str, Any] | None, content_type: str | None, body: bytes) -> Decoded:
     """Read a consumed message; never raises.
 
-    Only ``ce-`` headers are decoded: a header the binding does not define (the
-    broker's ``x-death`` table, a producer's binary header) never makes a valid
-    CloudEvent poison.
+    Only ``ce-`` headers and the AMQP binding's properties are decoded: a header
+    the bindings do not define (the broker's ``x-death`` table, a producer's binary
+    header) never makes a valid CloudEvent poison. A message that is no CloudEvent
+    says so, naming the headers it had.
     """
     cloud: dict[str, str] = {}
+    amqp: dict[str, str] = {}
     attempt, not_before = 1, 0
     try:
         for name, value in (headers or {}).items():
@@ -88,10 +104,20 @@ def decode(headers: Mapping[str, Any] | None, content_type: str | None, body: by
                 attempt = max(1, _int(value, 1))
             elif name == NOT_BEFORE_HEADER:
                 not_before = _int(value, 0)
-            elif name.lower().startswith(CE_PREFIX):
-                cloud[name] = _text(value)
+            else:
+                lowered = name.lower()
+                if lowered.startswith(CE_PREFIX):
+                    cloud[lowered] = _text(value)
+                elif lowered.startswith(_AMQP_LOWER):
+                    attribute = lowered[_AMQP_SKIP:]
+                    amqp[CE_PREFIX + attribute] = _amqp_text(attribute, value)
+        for name, text in amqp.items():
+            cloud.setdefault(name, text)
         if content_type is not None:
             cloud["content-type"] = content_type
+        structured = (content_type or "").lower().startswith("application/cloudevents")
+        if not structured and "ce-specversion" not in cloud:
+            raise DecodeError(not_a_cloudevent(headers, content_type))
         envelope = decode_binary(cloud, body, CE_PREFIX)
     except Exception as exc:  # any unreadable message is poison, never a consumer crash
         return Decoded(
@@ -192,6 +218,38 @@ def recounted(headers: Mapping[str, Any] | None, attempt: int, token: str) -> di
     """The producer's ``headers`` with the attempt header set to ``attempt`` and the
     recount mark (``x-eventbus-not-before`` dropped: the message is due already)."""
     return {**_producer_headers(headers), ATTEMPT_HEADER: attempt, RECOUNT_HEADER: token}
+
+
+def not_a_cloudevent(headers: Mapping[str, Any] | None, content_type: str | None) -> str:
+    """Why a message is no CloudEvent, naming the headers it had (names only, at most
+    :data:`REASON_NAMES_LIMIT` characters of them)."""
+    names = sorted(str(name) for name in _producer_headers(headers))
+    listed: list[str] = []
+    size = 0
+    for name in names:
+        size += len(name) + 2
+        if size > REASON_NAMES_LIMIT:
+            listed.append(f"... {len(names) - len(listed)} more")
+            break
+        listed.append(name)
+    return (
+        "not a CloudEvent: no ce-specversion header (RabbitMQ binding) nor "
+        "cloudEvents_specversion / cloudEvents:specversion (AMQP binding), and content "
+        f"type {content_type!r} is not application/cloudevents (structured mode); "
+        f"headers: [{', '.join(listed)}]"
+    )
+
+
+def _amqp_text(attribute: str, value: Any) -> str:
+    """An AMQP binding value as its canonical CloudEvents text: ``time`` as a
+    timestamp or a long of milliseconds since the epoch; booleans ``true``/``false``."""
+    if isinstance(value, datetime):
+        return format_time(value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int) and attribute == "time":
+        return format_time(datetime.fromtimestamp(value / 1000, tz=UTC))
+    return _text(value)
 
 
 def _text(value: Any) -> str:

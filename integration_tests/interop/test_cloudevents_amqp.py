@@ -1,0 +1,101 @@
+"""The CloudEvents AMQP binding's messages (AMQP 1.0 clients, the SDK's ``amqp``
+binding) through a real RabbitMQ, read by eventbus (issue #21): attributes as
+``cloudEvents_``/``cloudEvents:`` application properties (AMQP 0-9-1 headers to
+aio-pika, which sends them), ``time`` as a native timestamp or as text; and a
+message that is no CloudEvent dead-lettered with a reason naming its headers.
+
+eventbus writes the RabbitMQ binding (``ce-`` headers), which the SDK's
+``rabbitmq`` binding reads (test_cloudevents_rabbitmq.py); a reader of the AMQP
+binding alone looks for ``cloudEvents_`` properties and finds none: that
+direction is not offered (docs/wire-format.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from typing import Any
+
+import aio_pika
+import pytest
+from cloudevents.core.bindings import amqp as ce_amqp
+from cloudevents.core.formats.json import JSONFormat
+
+from eventbus import EventBus
+from eventbus.deadletters import DeadLetters
+from eventbus.errors import TopicNotFoundError
+from eventbus.testing.conformance import on_topic
+from integration_tests import harness
+from integration_tests.interop import cloudevents_peer as peer
+from integration_tests.interop.test_cloudevents_rabbitmq import sent_by_aio_pika
+
+pytestmark = [pytest.mark.broker("rabbitmq"), pytest.mark.timeout(120)]
+
+
+@pytest.mark.parametrize("prefix", ["cloudEvents_", "cloudEvents:"])
+def test_sdk_amqp_binary_event_is_read_by_eventbus(
+    rabbitmq_endpoint: harness.Endpoint, prefix: str
+) -> None:
+    """The SDK's ``cloudEvents_`` properties with ``time`` as AMQP milliseconds; the
+    same with the ``cloudEvents:`` separator and ``time`` as its canonical text."""
+    url, topic, sent = rabbitmq_endpoint.url, peer.unique("interop.amqp.sdk"), peer.sdk_event()
+    message = ce_amqp.to_binary(sent, JSONFormat())
+    properties: dict[str, Any] = dict(message.application_properties)
+    assert isinstance(properties["cloudEvents_time"], int)  # native: ms since the epoch
+    if prefix == "cloudEvents:":
+        properties = {
+            prefix + name.removeprefix("cloudEvents_"): value for name, value in properties.items()
+        }
+        properties["cloudEvents:time"] = "2026-05-06T07:08:09.123Z"
+    outgoing = aio_pika.Message(
+        message.application_data,
+        headers=properties,
+        content_type=message.properties["content-type"],
+    )
+    envelope, event = peer.run(lambda: sent_by_aio_pika(url, topic, outgoing))
+    peer.assert_read_by_eventbus(envelope, event, sent)
+
+
+def test_a_message_that_is_no_cloudevent_is_dead_lettered_naming_its_headers(
+    rabbitmq_endpoint: harness.Endpoint,
+) -> None:
+    """Plain JSON with a producer's own headers: dead-lettered, the reason says no
+    binding's specversion was there and lists the header names it saw."""
+    url, topic, group = rabbitmq_endpoint.url, peer.unique("interop.amqp.foreign"), "g"
+    foreign = {"traceparent": "00-" + "a" * 32 + "-" + "b" * 16 + "-01", "x-tenant": "acme"}
+
+    async def scenario() -> list[Any]:
+        bus = EventBus.from_url(url, source="interop")
+
+        @bus.subscribe(on_topic(peer.Order, topic), group=group)
+        async def on_order(event: peer.Order) -> None:
+            raise AssertionError("a foreign message reached the handler")
+
+        connection = await aio_pika.connect(url)
+        try:
+            async with bus:
+                channel = await connection.channel()
+                exchange = await channel.declare_exchange(
+                    topic, aio_pika.ExchangeType.TOPIC, durable=True
+                )
+                body = json.dumps({"order_id": "f", "note": "x"}).encode()
+                await exchange.publish(
+                    aio_pika.Message(body, headers=foreign, content_type="application/json"),
+                    routing_key=topic,
+                )
+                for _ in range(200):
+                    with contextlib.suppress(TopicNotFoundError):
+                        letters = await DeadLetters(bus.adapter).list(topic, group)
+                        if letters:
+                            return letters
+                    await asyncio.sleep(0.05)
+                raise AssertionError("not dead-lettered")
+        finally:
+            await connection.close()
+
+    letters = peer.run(scenario)
+    assert len(letters) == 1
+    reason = letters[0].reason
+    assert "cloudEvents_specversion" in reason and "ce-specversion" in reason, reason
+    assert "headers: [traceparent, x-tenant]" in reason, reason
