@@ -29,6 +29,7 @@ from eventbus.errors import (
     UsageError,
 )
 from eventbus.events import Command, Message
+from eventbus.wire import WireFormat, publish_encoded
 
 PUBLISH_BACKOFF = Backoff(initial=0.05, max_delay=1.0)
 
@@ -274,14 +275,22 @@ def _raise_failures(
 
 
 async def publish_with_retry(
-    adapter: Adapter, topic: str, envelopes: Sequence[Envelope], timeout: float
+    adapter: Adapter,
+    topic: str,
+    envelopes: Sequence[Envelope],
+    timeout: float,
+    wire: WireFormat | None = None,
 ) -> None:
-    """Publish, retrying with backoff while the connection is down, for up to ``timeout``."""
+    """Publish, retrying with backoff while the connection is down, for up to ``timeout``;
+    as CloudEvents, or laid out by ``wire`` (:mod:`eventbus.wire`) when given."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     for delay in PUBLISH_BACKOFF:
         try:
-            await adapter.publish(topic, envelopes)
+            if wire is None:
+                await adapter.publish(topic, envelopes)
+            else:
+                await publish_encoded(adapter, topic, envelopes, wire)
             return
         except BrokerConnectionError:
             if loop.time() + delay > deadline:
