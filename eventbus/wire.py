@@ -147,6 +147,10 @@ class Plain:
       ``traceparent`` gives its trace id, and is kept as the envelope's traceparent);
     - **source** from the header ``source_header``, else ``source``, else the topic.
 
+    A Redis Streams entry has fields, not a body: its ``body`` field is the body, and
+    an entry without one has its fields as the data (``{"order_id": "7"}``, values
+    as text: a model field typed ``int`` accepts ``"7"``).
+
     Publishing, the body is the event's data and the headers are ``content-type``,
     ``id_header`` (the event id), the first correlation header (the correlation id),
     ``traceparent`` when the event has one, and ``type_header`` when given.
@@ -164,6 +168,10 @@ class Plain:
 
     def decode(self, raw: bytes, headers: Mapping[str, bytes], incoming: Incoming) -> Envelope:
         text = {name.lower(): _text(value) for name, value in headers.items()}
+        if not raw and headers and "streams" in incoming.broker:
+            # A Redis Streams entry without a body field: its fields are the data (as
+            # FastStream reads such an entry), their values text.
+            raw = json.dumps({name: _text(value) for name, value in headers.items()}).encode()
         try:
             body = json.loads(raw)
         except ValueError as exc:
