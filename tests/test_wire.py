@@ -334,3 +334,14 @@ def test_a_user_supplied_wire_format() -> None:
 def test_uuid_ids_are_text() -> None:
     envelope = Plain().decode(b"{}", {}, Incoming("t", default_type="x"))
     uuid.UUID(envelope.id)
+
+
+def test_a_streams_entry_without_body_has_its_fields_as_the_data() -> None:
+    """``XADD orders * order_id 7 parcels 2``: no ``body`` field, the fields are the data
+    (values as text); elsewhere an empty body is no JSON."""
+    fields = {"order_id": b"7", "parcels": b"2"}
+    incoming = Incoming("orders", default_type=Shipped.event_type(), broker="redis+streams")
+    envelope = Plain().decode(b"", fields, incoming)
+    assert Shipped.model_validate_json(envelope.data) == Shipped(order_id="7", parcels=2)
+    with pytest.raises(DecodeError, match="not JSON"):
+        Plain().decode(b"", fields, Incoming("orders", default_type="x", broker="kafka"))
