@@ -111,6 +111,7 @@ class Runner:
             handle=self.handle,
             nack=self.settlement.nack,
             run_batch=batches.run if batches is not None else None,
+            decode=self.foreign.read if spec.wire is not None else None,
         )
         self.supervision = Supervision(
             adapter,

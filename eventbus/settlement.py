@@ -26,6 +26,9 @@ REDELIVERY_BACKOFF = Backoff(initial=1.0, max_delay=30.0)
 """Delays of redeliveries after failures outside the handler, by delivery count."""
 
 
+_TRIED = "not a CloudEvent "
+
+
 class ForeignMessages:
     """Reads what the adapter could not read as a CloudEvent with the subscription's
     wire format (:mod:`eventbus.wire`), or says how to accept it when it has none."""
@@ -40,8 +43,13 @@ class ForeignMessages:
 
     def read(self, delivery: Delivery) -> Envelope | None:
         """The envelope of ``delivery``'s raw bytes, set on it; ``None`` (its
-        ``decode_error`` saying why) when it is to be dead-lettered."""
+        ``decode_error`` saying why) when it is to be dead-lettered. Read once: the
+        lanes read a delivery before routing it, the runner before running it."""
         wire = self.wire
+        if delivery.envelope is not None:
+            return delivery.envelope
+        if (delivery.decode_error or "").startswith(_TRIED):
+            return None  # read already, and unreadable
         if wire is None:
             if delivery.raw is not None:
                 delivery.decode_error = (
@@ -57,7 +65,7 @@ class ForeignMessages:
             envelope = wire.decode(delivery.raw or b"", delivery.raw_headers or {}, incoming)
         except Exception as exc:
             delivery.decode_error = (
-                f"not a CloudEvent ({delivery.decode_error}), nor readable as wire format "
+                f"{_TRIED}({delivery.decode_error}), nor readable as wire format "
                 f"{getattr(wire, 'name', type(wire).__name__)!r}: {type(exc).__name__}: {exc}"
             )
             return None

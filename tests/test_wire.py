@@ -345,3 +345,31 @@ def test_a_streams_entry_without_body_has_its_fields_as_the_data() -> None:
     assert Shipped.model_validate_json(envelope.data) == Shipped(order_id="7", parcels=2)
     with pytest.raises(DecodeError, match="not JSON"):
         Plain().decode(b"", fields, Incoming("orders", default_type="x", broker="kafka"))
+
+
+def test_plain_messages_are_read_before_batching_and_routing() -> None:
+    """A batch subscription gets plain messages in one batch (read before batching, not
+    one by one as undecodable ones); concurrency > 1 routes them like any other."""
+
+    async def scenario() -> None:
+        url, topic = memory_url(), Shipped.default_topic()
+        batches: Collector[list[str]] = Collector()
+        routed: Collector[str] = Collector()
+        bus = EventBus(url)
+
+        @bus.subscribe(Shipped, group="batch", wire_format="plain", batch=3, batch_timeout=1)
+        async def in_batches(events: list[Shipped]) -> None:
+            batches.add([e.order_id for e in events])
+
+        @bus.subscribe(Shipped, group="lanes", wire_format="plain", concurrency=2)
+        async def in_lanes(event: Shipped) -> None:
+            routed.add(event.order_id)
+
+        async with bus:
+            adapter = MemoryAdapter(url)
+            for n in range(3):
+                await adapter.publish_raw(topic, b'{"order_id": "b%d"}' % n)
+            assert await batches.wait_count(1) == [["b0", "b1", "b2"]]
+            assert sorted(await routed.wait_count(3)) == ["b0", "b1", "b2"]
+
+    run(scenario)
