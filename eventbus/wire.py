@@ -145,7 +145,10 @@ class Plain:
     - **time** from the header ``time_header`` (RFC 3339) when given, else now;
     - **correlation** from the first of ``correlation_headers`` present (a W3C
       ``traceparent`` gives its trace id, and is kept as the envelope's traceparent);
-    - **source** from the header ``source_header``, else ``source``, else the topic.
+    - **source** from the header ``source_header``, else ``source``, else the topic;
+    - **partition key** from the header ``key_header`` when given: without one a plain
+      message has no key, so a subscription with ``concurrency`` > 1 does not keep
+      such messages in order.
 
     A Redis Streams entry has fields, not a body: its ``body`` field is the body, and
     an entry without one has its fields as the data (``{"order_id": "7"}``, values
@@ -153,7 +156,8 @@ class Plain:
 
     Publishing, the body is the event's data and the headers are ``content-type``,
     ``id_header`` (the event id), the first correlation header (the correlation id),
-    ``traceparent`` when the event has one, and ``type_header`` when given.
+    ``traceparent`` when the event has one, and ``type_header`` and ``key_header``
+    when given.
     """
 
     type_header: str | None = None
@@ -164,6 +168,7 @@ class Plain:
     correlation_headers: tuple[str, ...] = ("correlation_id", "traceparent")
     source_header: str | None = None
     source: str | None = None
+    key_header: str | None = None
     name: str = "plain"
 
     def decode(self, raw: bytes, headers: Mapping[str, bytes], incoming: Incoming) -> Envelope:
@@ -194,6 +199,8 @@ class Plain:
             or incoming.topic,
             "datacontenttype": text.get("content-type") or JSON,
         }
+        if self.key_header and text.get(self.key_header.lower()):
+            attributes["partitionkey"] = text[self.key_header.lower()]
         if self.time_header and text.get(self.time_header.lower()):
             attributes["time"] = text[self.time_header.lower()]
         for name in self.correlation_headers:
@@ -248,6 +255,8 @@ class Plain:
             headers["traceparent"] = envelope.traceparent.encode()
         if self.type_header:
             headers[self.type_header] = envelope.type.encode()
+        if self.key_header and envelope.partitionkey:
+            headers[self.key_header] = envelope.partitionkey.encode()
         return WireMessage(envelope.data, headers, envelope.partitionkey)
 
 

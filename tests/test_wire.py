@@ -373,3 +373,12 @@ def test_plain_messages_are_read_before_batching_and_routing() -> None:
             assert sorted(await routed.wait_count(3)) == ["b0", "b1", "b2"]
 
     run(scenario)
+
+
+def test_key_header_gives_plain_messages_their_partition_key_both_ways() -> None:
+    wire = Plain(key_header="x-key")
+    incoming = Incoming("t", default_type="x")
+    assert wire.decode(b"{}", {"x-key": b"k-1"}, incoming).partitionkey == "k-1"
+    assert Plain().decode(b"{}", {"x-key": b"k-1"}, incoming).partitionkey is None
+    envelope = Envelope.create(type="x", source="s", data=b"{}", partitionkey="k-2")
+    assert wire.encode(envelope, "kafka").headers["x-key"] == b"k-2"
