@@ -10,6 +10,7 @@ import uuid
 import pytest
 
 from eventbus import (
+    Command,
     ConfigurationError,
     Context,
     Envelope,
@@ -382,3 +383,24 @@ def test_key_header_gives_plain_messages_their_partition_key_both_ways() -> None
     assert Plain().decode(b"{}", {"x-key": b"k-1"}, incoming).partitionkey is None
     envelope = Envelope.create(type="x", source="s", data=b"{}", partitionkey="k-2")
     assert wire.encode(envelope, "kafka").headers["x-key"] == b"k-2"
+
+
+class Quote(Command, type="test.wire.quote", topic="test-wire-quotes"):
+    order_id: str
+
+
+def test_requests_stay_cloudevents_on_a_plain_bus() -> None:
+    """A bus whose default is plain still sends commands of ``request()`` and their
+    replies as CloudEvents: the reply address is an attribute plain would drop."""
+
+    async def scenario() -> None:
+        bus = EventBus(memory_url(), wire_format="plain")
+
+        @bus.subscribe(Quote)
+        async def quote(command: Quote) -> int:
+            return 42
+
+        async with bus:
+            assert await bus.request(Quote(order_id="q"), timeout=5) == 42
+
+    run(scenario)
