@@ -189,12 +189,18 @@ def _topic(name: str) -> str:
     return f"fs-{name}-{uuid.uuid4().hex[:8]}"
 
 
-@pytest.mark.parametrize("name", list(PEERS))
-def test_faststream_publishes_eventbus_handles(name: str) -> None:
+def _cases() -> list[Any]:
+    return [
+        pytest.param(name, marks=pytest.mark.broker(peer.broker)) for name, peer in PEERS.items()
+    ]
+
+
+@pytest.mark.parametrize("name", _cases())
+def test_faststream_publishes_eventbus_handles(name: str, request: pytest.FixtureRequest) -> None:
     """A FastStream service's ``OrderPlaced`` reaches an eventbus typed handler with
     its correlation id, with the subscription's ``wire_format`` as the one option."""
     peer = PEERS[name]
-    endpoint = harness.require(peer.broker)
+    endpoint: harness.Endpoint = request.getfixturevalue(f"{peer.broker}_endpoint")
 
     async def scenario() -> None:
         event_cls = on_topic(OrderPlaced, _topic(name))
@@ -222,12 +228,12 @@ def test_faststream_publishes_eventbus_handles(name: str) -> None:
     run(scenario)
 
 
-@pytest.mark.parametrize("name", list(PEERS))
-def test_eventbus_publishes_faststream_handles(name: str) -> None:
+@pytest.mark.parametrize("name", _cases())
+def test_eventbus_publishes_faststream_handles(name: str, request: pytest.FixtureRequest) -> None:
     """eventbus's ``publish(wire_format=...)`` reaches a FastStream subscriber as the
     event's JSON, with the correlation id in FastStream's ``correlation_id``."""
     peer = PEERS[name]
-    endpoint = harness.require(peer.broker)
+    endpoint: harness.Endpoint = request.getfixturevalue(f"{peer.broker}_endpoint")
 
     async def scenario() -> None:
         event_cls = on_topic(OrderPlaced, _topic(name))

@@ -74,10 +74,11 @@ def _topic(name: str) -> str:
     return f"raw-{name}-{uuid.uuid4().hex[:8]}"
 
 
-def test_aiokafka_producer() -> None:
+@pytest.mark.broker("kafka")
+def test_aiokafka_producer(kafka_endpoint: harness.Endpoint) -> None:
     from aiokafka import AIOKafkaProducer
 
-    endpoint = harness.require("kafka")
+    endpoint = kafka_endpoint
     topic = _topic("kafka")
 
     async def produce() -> None:
@@ -94,10 +95,11 @@ def test_aiokafka_producer() -> None:
     run(scenario)
 
 
-def test_aio_pika_producer() -> None:
+@pytest.mark.broker("rabbitmq")
+def test_aio_pika_producer(rabbitmq_endpoint: harness.Endpoint) -> None:
     import aio_pika
 
-    endpoint = harness.require("rabbitmq")
+    endpoint = rabbitmq_endpoint
     topic = _topic("rabbitmq")
 
     async def produce() -> None:
@@ -117,10 +119,11 @@ def test_aio_pika_producer() -> None:
 
 
 @pytest.mark.parametrize("jetstream", [True, False], ids=["jetstream", "core"])
-def test_nats_py_producer(jetstream: bool) -> None:
+@pytest.mark.broker("nats")
+def test_nats_py_producer(jetstream: bool, nats_endpoint: harness.Endpoint) -> None:
     import nats
 
-    endpoint = harness.require("nats")
+    endpoint = nats_endpoint
     server = f"nats://{endpoint.host}:{endpoint.port}"
     topic = _topic("nats")
 
@@ -147,10 +150,13 @@ def test_nats_py_producer(jetstream: bool) -> None:
     [{"body": json.dumps(BODY)}, {"order_id": "raw-1", "amount": "5"}],
     ids=["body-field", "fields-as-data"],
 )
-def test_redis_py_streams_producer(fields: dict[str, str]) -> None:
+@pytest.mark.broker("redis")
+def test_redis_py_streams_producer(
+    fields: dict[str, str], redis_endpoint: harness.Endpoint
+) -> None:
     import redis.asyncio as redis
 
-    endpoint = harness.require("redis")
+    endpoint = redis_endpoint
     topic = _topic("streams")
 
     async def produce() -> None:
@@ -167,10 +173,11 @@ def test_redis_py_streams_producer(fields: dict[str, str]) -> None:
     run(scenario)
 
 
-def test_redis_py_pubsub_producer() -> None:
+@pytest.mark.broker("redis")
+def test_redis_py_pubsub_producer(redis_endpoint: harness.Endpoint) -> None:
     import redis.asyncio as redis
 
-    endpoint = harness.require("redis")
+    endpoint = redis_endpoint
     topic = _topic("pubsub")
 
     async def produce() -> None:
@@ -187,10 +194,11 @@ def test_redis_py_pubsub_producer() -> None:
     run(scenario)
 
 
-def test_boto3_sns_producer(sqs_url: str) -> None:
+@pytest.mark.broker("sqs")
+def test_boto3_sns_producer(sqs_url: str, sqs_endpoint: harness.Endpoint) -> None:
     import boto3
 
-    endpoint = harness.require("sqs")
+    endpoint = sqs_endpoint
     topic = _topic("sqs")
 
     async def produce() -> None:
