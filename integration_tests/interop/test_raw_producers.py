@@ -78,11 +78,12 @@ def _topic(name: str) -> str:
 def test_aiokafka_producer(kafka_endpoint: harness.Endpoint) -> None:
     from aiokafka import AIOKafkaProducer
 
-    endpoint = kafka_endpoint
     topic = _topic("kafka")
 
     async def produce() -> None:
-        producer = AIOKafkaProducer(bootstrap_servers=f"{endpoint.host}:{endpoint.port}")
+        producer = AIOKafkaProducer(
+            bootstrap_servers=f"{kafka_endpoint.host}:{kafka_endpoint.port}"
+        )
         await producer.start()
         try:
             await producer.send_and_wait(topic, json.dumps(BODY).encode())
@@ -90,7 +91,7 @@ def test_aiokafka_producer(kafka_endpoint: harness.Endpoint) -> None:
             await producer.stop()
 
     async def scenario() -> None:
-        check(await consume_plain(harness.client_url(endpoint), topic, produce), stable=True)
+        check(await consume_plain(harness.client_url(kafka_endpoint), topic, produce), stable=True)
 
     run(scenario)
 
@@ -99,11 +100,10 @@ def test_aiokafka_producer(kafka_endpoint: harness.Endpoint) -> None:
 def test_aio_pika_producer(rabbitmq_endpoint: harness.Endpoint) -> None:
     import aio_pika
 
-    endpoint = rabbitmq_endpoint
     topic = _topic("rabbitmq")
 
     async def produce() -> None:
-        connection = await aio_pika.connect(endpoint.url)
+        connection = await aio_pika.connect(rabbitmq_endpoint.url)
         try:
             channel = await connection.channel()
             exchange = await channel.get_exchange(topic)  # eventbus's, of the topic
@@ -113,7 +113,7 @@ def test_aio_pika_producer(rabbitmq_endpoint: harness.Endpoint) -> None:
 
     async def scenario() -> None:
         # aio-pika gives each message a message_id: the event id, the same in both groups.
-        check(await consume_plain(endpoint.url, topic, produce), stable=True)
+        check(await consume_plain(rabbitmq_endpoint.url, topic, produce), stable=True)
 
     run(scenario)
 
@@ -123,8 +123,7 @@ def test_aio_pika_producer(rabbitmq_endpoint: harness.Endpoint) -> None:
 def test_nats_py_producer(jetstream: bool, nats_endpoint: harness.Endpoint) -> None:
     import nats
 
-    endpoint = nats_endpoint
-    server = f"nats://{endpoint.host}:{endpoint.port}"
+    server = f"nats://{nats_endpoint.host}:{nats_endpoint.port}"
     topic = _topic("nats")
 
     async def produce() -> None:
@@ -156,18 +155,17 @@ def test_redis_py_streams_producer(
 ) -> None:
     import redis.asyncio as redis
 
-    endpoint = redis_endpoint
     topic = _topic("streams")
 
     async def produce() -> None:
-        client = redis.Redis.from_url(endpoint.url)
+        client = redis.Redis.from_url(redis_endpoint.url)
         try:
             await client.xadd(topic, fields)  # type: ignore[arg-type]
         finally:
             await client.aclose()
 
     async def scenario() -> None:
-        url = endpoint.url.replace("redis://", "redis+streams://", 1)
+        url = redis_endpoint.url.replace("redis://", "redis+streams://", 1)
         check(await consume_plain(url, topic, produce), stable=True)
 
     run(scenario)
@@ -177,11 +175,10 @@ def test_redis_py_streams_producer(
 def test_redis_py_pubsub_producer(redis_endpoint: harness.Endpoint) -> None:
     import redis.asyncio as redis
 
-    endpoint = redis_endpoint
     topic = _topic("pubsub")
 
     async def produce() -> None:
-        client = redis.Redis.from_url(endpoint.url)
+        client = redis.Redis.from_url(redis_endpoint.url)
         try:
             await client.publish(topic, json.dumps(BODY))
         finally:
@@ -189,7 +186,7 @@ def test_redis_py_pubsub_producer(redis_endpoint: harness.Endpoint) -> None:
 
     async def scenario() -> None:
         # Pub/Sub has no groups: one subscription (a second member would be refused).
-        check(await consume_plain(endpoint.url, topic, produce, groups=1), stable=False)
+        check(await consume_plain(redis_endpoint.url, topic, produce, groups=1), stable=False)
 
     run(scenario)
 
@@ -198,14 +195,13 @@ def test_redis_py_pubsub_producer(redis_endpoint: harness.Endpoint) -> None:
 def test_boto3_sns_producer(sqs_url: str, sqs_endpoint: harness.Endpoint) -> None:
     import boto3
 
-    endpoint = sqs_endpoint
     topic = _topic("sqs")
 
     async def produce() -> None:
         def publish() -> None:
             sns = boto3.client(
                 "sns",
-                endpoint_url=f"http://{endpoint.host}:{endpoint.port}",
+                endpoint_url=f"http://{sqs_endpoint.host}:{sqs_endpoint.port}",
                 region_name="us-east-1",
             )
             arn = sns.create_topic(Name=topic)["TopicArn"]  # eventbus's topic, as it is
