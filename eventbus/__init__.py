@@ -73,6 +73,7 @@ from eventbus.middleware import (
 )
 from eventbus.requests import ReplyTypeError, RequestError, RequestFailedError, RequestTimeoutError
 from eventbus.runner import SubscriptionHealth
+from eventbus.wire import FastStream, Plain, WireFormat, WireMessage
 
 if TYPE_CHECKING:
     from eventbus.middleware.sqlite_store import SQLiteIdempotencyStore
@@ -101,6 +102,7 @@ __all__ = [
     "Event",
     "EventBus",
     "EventBusError",
+    "FastStream",
     "GuaranteeUnavailableError",
     "HandlerCancelledError",
     "HandlerTimeoutError",
@@ -117,6 +119,7 @@ __all__ = [
     "MessageTooLargeError",
     "Middleware",
     "Next",
+    "Plain",
     "PoisonMessageError",
     "ProvisioningError",
     "PublishError",
@@ -142,6 +145,8 @@ __all__ = [
     "UnknownSchemeError",
     "UnsupportedOperationError",
     "UsageError",
+    "WireFormat",
+    "WireMessage",
     "registry",
 ]
 # The one place the version is written: hatch reads it for eventbus and its five adapters.

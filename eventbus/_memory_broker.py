@@ -388,6 +388,7 @@ class MemoryBroker:
 
 class MemoryDelivery(Delivery):
     __slots__ = ("_item", "_owner")
+    stable_id = True  # message_id is the offset: the same on every redelivery
 
     def __init__(self, owner: MemorySubscription, item: Item, topic: str) -> None:
         # The base class's fields set here directly: its keyword __init__ costs as

@@ -168,6 +168,11 @@ class Delivery(abc.ABC):
         "topic",
     )
 
+    stable_id: ClassVar[bool] = False
+    """True when ``message_id`` names the same message on every redelivery (an offset,
+    a stream entry id, a broker-assigned id), so a message that is not a CloudEvent can
+    be given an event id derived from it (:class:`eventbus.wire.Plain`)."""
+
     def __init__(
         self,
         decoded: Decoded | None = None,
@@ -418,7 +423,12 @@ class Adapter(abc.ABC):
         )
 
     async def publish_raw(
-        self, topic: str, payload: bytes, headers: Mapping[str, bytes] | None = None
+        self,
+        topic: str,
+        payload: bytes,
+        headers: Mapping[str, bytes] | None = None,
+        *,
+        key: str | None = None,
     ) -> None:
         """Put arbitrary bytes on ``topic`` with transport ``headers``, bypassing the codec.
 
@@ -430,6 +440,12 @@ class Adapter(abc.ABC):
         :class:`~eventbus.errors.UnsupportedOperationError` when headers are given.
         Adapters that can't publish raw bytes at all leave this raising, so the
         conformance cases that need it are skipped with the reason.
+
+        ``key`` is the partition key, as an envelope's ``partitionkey`` is for
+        :meth:`publish` (Kafka's record key, a FIFO queue's message group, the memory
+        and SQL brokers' key); brokers that order a whole topic (NATS, RabbitMQ, Redis)
+        take it and need nothing of it. A plain publish (:mod:`eventbus.wire`) goes out
+        this way.
         """
         from eventbus.errors import UnsupportedOperationError
 

@@ -45,6 +45,7 @@ from eventbus.registry_adapters import adapter_from_url
 from eventbus.requests import Requester, reply_step
 from eventbus.runner import Runner, SubscriptionHealth
 from eventbus.spec import DeliveryMode, Handler, SubscriptionSpec, check_targets, resolve_delivery
+from eventbus.wire import WireFormatOption, resolve_wire_format
 
 if TYPE_CHECKING:
     from eventbus.context import PublishOptions
@@ -99,6 +100,7 @@ class EventBus:
         stall_after: float | None = 60.0,
         redelivery_backoff: Backoff | None = None,
         start_timeout: float = 30.0,
+        wire_format: WireFormatOption = "cloudevents",
     ) -> None:
         self.adapter = adapter_from_url(adapter) if isinstance(adapter, str) else adapter
         self.source = source
@@ -125,6 +127,8 @@ class EventBus:
         self.stall_after = stall_after
         self.redelivery_backoff = redelivery_backoff
         self.start_timeout = start_timeout
+        # How subscriptions read, and publishes write, unless they say otherwise.
+        self.wire_format = resolve_wire_format(wire_format, "EventBus(...)")
         self._specs: dict[tuple[str, str], SubscriptionSpec] = {}
         self._command_groups: dict[str, str] = {}
         self._runners: list[Runner] = []
@@ -164,6 +168,7 @@ class EventBus:
         idempotency: IdempotencyStore | Idempotency | None = None,
         batch: int | None = None,
         batch_timeout: float | None = None,
+        wire_format: WireFormatOption | None = None,
     ) -> Callable[[F], F]:
         """Decorator: call the function for each message of the given classes or topics.
 
@@ -198,6 +203,10 @@ class EventBus:
           dead-lettered, one by one; any other exception has every event of the
           batch retried on its own (see :mod:`eventbus.batching`). Needs one event
           class, at-least-once delivery, and no idempotency.
+        - ``wire_format``: how to read a message that is not a CloudEvent (default: the
+          bus's): ``"cloudevents"`` dead-letters it, ``"plain"`` reads its body as the
+          event's data, ``"faststream"`` also FastStream's Redis frames, or your own
+          :class:`~eventbus.wire.WireFormat`. CloudEvents are read whatever it says.
 
         Subscribe before ``start()``. Several handlers may share a (topic, group)
         when they give it the same options; different ones raise ConfigurationError.
@@ -212,6 +221,11 @@ class EventBus:
             )
         mode: DeliveryMode = delivery or "at_least_once"
         check_batch(targets, batch, batch_timeout, mode, idempotency)
+        wire = (
+            self.wire_format
+            if wire_format is None
+            else resolve_wire_format(wire_format, "subscribe(...)")
+        )
 
         def decorate(fn: F) -> F:
             self._refuse_when_started(targets)
@@ -245,6 +259,7 @@ class EventBus:
                     idempotency=idempotency,
                     batch=batch,
                     batch_timeout=batch_timeout if batch is not None else None,
+                    wire=wire,
                 )
                 spec = self._specs.get((topic, chosen))
                 if spec is None:
@@ -336,17 +351,26 @@ class EventBus:
         )
 
     async def publish(
-        self, message: Message, *, topic: str | None = None, **options: Unpack[PublishOptions]
+        self,
+        message: Message,
+        *,
+        topic: str | None = None,
+        wire_format: WireFormatOption | None = None,
+        **options: Unpack[PublishOptions],
     ) -> Envelope:
         """Publish ``message``; returns its envelope once the broker has confirmed it.
 
         Options: ``key`` (partition key: same key, same order), ``parent`` (the
         envelope that caused it; defaults to the one being handled, ``None`` starts
         a new flow), ``correlation_id``, ``subject``, ``extensions``. The bus's
-        ``publish_middleware`` runs around it.
+        ``publish_middleware`` runs around it. ``wire_format`` (default: the bus's)
+        writes it as a CloudEvent, or as ``"plain"`` data for a consumer that is not
+        eventbus (see :mod:`eventbus.wire`).
         """
         envelope = self.envelope_for(message, **options)
-        (sent,) = await self.publish_envelopes(topic or message.default_topic(), [envelope])
+        (sent,) = await self.publish_envelopes(
+            topic or message.default_topic(), [envelope], wire_format=wire_format
+        )
         return sent
 
     async def send(self, command: Command, **options: Unpack[PublishOptions]) -> Envelope:
@@ -411,6 +435,7 @@ class EventBus:
         messages: Sequence[Message],
         *,
         topic: str | None = None,
+        wire_format: WireFormatOption | None = None,
         **options: Unpack[PublishOptions],
     ) -> list[Envelope]:
         """Publish a batch (one broker round trip per topic).
@@ -420,21 +445,36 @@ class EventBus:
         indexes into ``messages``, ``envelopes`` what to republish with the same ids.
         """
         envelopes = build_envelopes(messages, self.source, **options)
-        return await publish_batch(self.publish_envelopes, messages, envelopes, topic)
 
-    async def publish_envelopes(self, topic: str, envelopes: Sequence[Envelope]) -> list[Envelope]:
+        async def publish(target: str, batch: Sequence[Envelope]) -> list[Envelope]:
+            return await self.publish_envelopes(target, batch, wire_format=wire_format)
+
+        return await publish_batch(publish, messages, envelopes, topic)
+
+    async def publish_envelopes(
+        self,
+        topic: str,
+        envelopes: Sequence[Envelope],
+        *,
+        wire_format: WireFormatOption | None = None,
+    ) -> list[Envelope]:
         """Publish ready envelopes through the publish middleware; returns them as sent.
 
         A middleware may replace envelopes (tracing headers): when the broker got as
         many as were given, those are returned; otherwise (an outbox kept them) the
-        envelopes given are.
+        envelopes given are. ``wire_format`` as for :meth:`publish`.
         """
+        wire = (
+            self.wire_format
+            if wire_format is None
+            else resolve_wire_format(wire_format, "publish(...)")
+        )
         if not self._started and self._closer is None:
             await self._close_at_loop_end()
         sent: list[Envelope] = list(envelopes)
 
         async def to_broker(target: str, final: Sequence[Envelope]) -> None:
-            await publish_with_retry(self.adapter, target, final, self.publish_timeout)
+            await publish_with_retry(self.adapter, target, final, self.publish_timeout, wire)
             if len(final) == len(sent):
                 sent[:] = final
 

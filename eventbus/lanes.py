@@ -65,7 +65,9 @@ class Lanes:
 
     ``nack`` gives a delivery back when a ``CancelledError`` escaped the chain
     without its lane being cancelled; ``runs`` learns of every delivery dropped
-    unhandled (it was seen, it did not run).
+    unhandled (it was seen, it did not run). ``decode`` reads a delivery that is not a
+    CloudEvent with the subscription's wire format before it is routed or batched, so
+    its key and type count there (``None``: none, the runner reads it when it runs).
     """
 
     def __init__(
@@ -77,8 +79,10 @@ class Lanes:
         handle: Callable[[Delivery], Awaitable[None]],
         nack: Callable[[Delivery, float], Awaitable[None]],
         run_batch: Callable[[list[Delivery]], Awaitable[None]] | None = None,
+        decode: Callable[[Delivery], object] | None = None,
     ) -> None:
         self.spec = spec
+        self._decode = decode
         self.progress = progress
         self.runs = runs
         self._handle = handle
@@ -165,9 +169,12 @@ class Lanes:
                 if progress.stopping:
                     return
         elif self.spec.batch is not None:
+            decode = self._decode
             async for delivery in subscription:
                 progress.ticks += 1
                 self.held += 1
+                if delivery.envelope is None and decode is not None:
+                    decode(delivery)
                 self._batches.add(delivery)
         else:
             async for delivery in subscription:
@@ -178,6 +185,8 @@ class Lanes:
         self.progress.ticks += 1
         self.held += 1
         lanes = self._lanes
+        if delivery.envelope is None and self._decode is not None:
+            self._decode(delivery)
         key = delivery.envelope.partitionkey if delivery.envelope is not None else None
         if len(lanes) == 1:
             index = 0

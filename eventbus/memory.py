@@ -250,7 +250,12 @@ class MemoryAdapter(Adapter):
         self.broker.append_to_group(topic, group, entries)
 
     async def publish_raw(
-        self, topic: str, payload: bytes, headers: Mapping[str, bytes] | None = None
+        self,
+        topic: str,
+        payload: bytes,
+        headers: Mapping[str, bytes] | None = None,
+        *,
+        key: str | None = None,
     ) -> None:
         """Store ``payload`` as the body of a message with ``headers`` (a foreign
         producer's, kept as bytes): it decodes only if it is a CloudEvent (binary-mode
@@ -265,7 +270,7 @@ class MemoryAdapter(Adapter):
             )
         stored = tuple((name, bytes(value)) for name, value in (headers or {}).items())
         self.broker.append(
-            topic, (None, payload, stored or None, None, self.settings.mode == "structured")
+            topic, (key, payload, stored or None, None, self.settings.mode == "structured")
         )
 
     async def subscribe(self, topic: str, options: SubscribeOptions) -> Subscription:

@@ -181,7 +181,11 @@ class Requester:
         self._pending[envelope.id] = future
         try:
             async with asyncio.timeout(timeout):
-                await self._bus.publish_envelopes(command.default_topic(), [envelope])
+                # Always a CloudEvent, whatever the bus's wire format: the reply
+                # address travels as an attribute (replyto).
+                await self._bus.publish_envelopes(
+                    command.default_topic(), [envelope], wire_format="cloudevents"
+                )
                 reply = await future
         except TimeoutError as exc:
             self._remember_timed_out(envelope.id)
@@ -387,7 +391,7 @@ class ReplyStep:
 
     async def _publish(self, ctx: Context, reply_to: str, envelope: Envelope) -> None:
         try:
-            await self.bus.publish_envelopes(reply_to, [envelope])
+            await self.bus.publish_envelopes(reply_to, [envelope], wire_format="cloudevents")
         except Exception as exc:
             ctx.logger.warning(
                 "reply to request %s on %s not sent (%s: %s); the requester will time out",

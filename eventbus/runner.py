@@ -30,7 +30,7 @@ from eventbus.invocation import Invocation
 from eventbus.lanes import Lanes, Progress
 from eventbus.middleware.base import Middleware, RedeliveryRequested
 from eventbus.runs import counter_for
-from eventbus.settlement import REDELIVERY_BACKOFF, Settlement
+from eventbus.settlement import REDELIVERY_BACKOFF, ForeignMessages, Settlement
 from eventbus.spec import SubscriptionSpec
 from eventbus.supervision import SubscriptionHealth, SubscriptionState, Supervision
 from eventbus.watchdog import SlowHandlerWatch
@@ -85,6 +85,7 @@ class Runner:
             spec, registry, self.runs, middleware, stopping=self._is_stopping
         )
         observers = self.invocation.observers
+        self.foreign = ForeignMessages(spec, adapter.url)
         self.settlement = Settlement(
             adapter,
             dead_letter=dead_letter,
@@ -110,6 +111,7 @@ class Runner:
             handle=self.handle,
             nack=self.settlement.nack,
             run_batch=batches.run if batches is not None else None,
+            decode=self.foreign.read if spec.wire is not None else None,
         )
         self.supervision = Supervision(
             adapter,
@@ -168,8 +170,10 @@ class Runner:
         envelope = delivery.envelope
         try:
             if envelope is None:
-                await self.settlement.undecodable(delivery)
-                return
+                envelope = self.foreign.read(delivery)
+                if envelope is None:
+                    await self.settlement.undecodable(delivery)
+                    return
             previous = self._seen(delivery)
             if self.spec.mode == "at_most_once":
                 await delivery.ack()

@@ -17,11 +17,60 @@ from eventbus.adapter import Adapter, Delivery
 from eventbus.backoff import Backoff
 from eventbus.deadletters import dead_letter_undecodable
 from eventbus.envelope import Envelope
+from eventbus.spec import SubscriptionSpec
+from eventbus.wire import Incoming
 
 log = logging.getLogger("eventbus.runner")
 
 REDELIVERY_BACKOFF = Backoff(initial=1.0, max_delay=30.0)
 """Delays of redeliveries after failures outside the handler, by delivery count."""
+
+
+_TRIED = "not a CloudEvent "
+
+
+class ForeignMessages:
+    """Reads what the adapter could not read as a CloudEvent with the subscription's
+    wire format (:mod:`eventbus.wire`), or says how to accept it when it has none."""
+
+    def __init__(self, spec: SubscriptionSpec, url: str) -> None:
+        self.wire = spec.wire
+        self.topic = spec.topic
+        self.broker = url.partition("://")[0]
+        # The class subscribed, when there is one: the type of a message saying none.
+        only = spec.handlers if spec.catch_all is None and len(spec.handlers) == 1 else {}
+        self.default_type = next(iter(only), None)
+
+    def read(self, delivery: Delivery) -> Envelope | None:
+        """The envelope of ``delivery``'s raw bytes, set on it; ``None`` (its
+        ``decode_error`` saying why) when it is to be dead-lettered. Read once: the
+        lanes read a delivery before routing it, the runner before running it."""
+        wire = self.wire
+        if delivery.envelope is not None:
+            return delivery.envelope
+        if (delivery.decode_error or "").startswith(_TRIED):
+            return None  # read already, and unreadable
+        if wire is None:
+            if delivery.raw is not None:
+                delivery.decode_error = (
+                    f"{delivery.decode_error}; this subscription reads CloudEvents only: "
+                    "subscribe with wire_format='plain' (or 'faststream') to accept "
+                    "messages whose body is the event's data"
+                )
+            return None
+        incoming = Incoming(
+            delivery.topic, delivery.message_id, delivery.stable_id, self.default_type, self.broker
+        )
+        try:
+            envelope = wire.decode(delivery.raw or b"", delivery.raw_headers or {}, incoming)
+        except Exception as exc:
+            delivery.decode_error = (
+                f"{_TRIED}({delivery.decode_error}), nor readable as wire format "
+                f"{getattr(wire, 'name', type(wire).__name__)!r}: {type(exc).__name__}: {exc}"
+            )
+            return None
+        delivery.envelope = envelope
+        return envelope
 
 
 class Settlement:

@@ -24,6 +24,7 @@ from eventbus.events import Command, Event, Message
 from eventbus.middleware.base import Middleware
 from eventbus.middleware.idempotency import Idempotency, IdempotencyStore
 from eventbus.middleware.retry import RetryPolicy
+from eventbus.wire import WireFormat
 
 DeliveryMode = Guarantee
 HandlerFn = Callable[..., Awaitable[Any]]  # a command handler may return a reply
@@ -223,6 +224,7 @@ class SubscriptionSpec:
     batch_timeout: float | None = None
     delivery: DeliveryMode | None = None  # as asked; None = the broker's strongest
     guarantee: DeliveryMode = "at_least_once"  # what the broker and ``mode`` give
+    wire: WireFormat | None = None  # how to read what is not a CloudEvent; None: dead-letter it
 
     @property
     def batch_handler(self) -> Handler | None:
@@ -269,6 +271,7 @@ class SubscriptionSpec:
             "idempotency": self.idempotency,
             "batch": self.batch,
             "batch_timeout": self.batch_timeout,
+            "wire_format": self.wire,
         }
 
     def check_same_options(self, wanted: SubscriptionSpec, fn: HandlerFn) -> None:

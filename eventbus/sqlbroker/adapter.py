@@ -194,7 +194,12 @@ class SqlAdapter(Adapter):
             await self._send(topic, group, rows)
 
     async def publish_raw(
-        self, topic: str, payload: bytes, headers: Mapping[str, bytes] | None = None
+        self,
+        topic: str,
+        payload: bytes,
+        headers: Mapping[str, bytes] | None = None,
+        *,
+        key: str | None = None,
     ) -> None:
         """Store ``payload`` as a message's body with ``headers`` as its headers, as a
         producer that does not speak CloudEvents would write it."""
@@ -205,7 +210,7 @@ class SqlAdapter(Adapter):
                 f"a raw message of {size} bytes is over the {limit}-byte limit of "
                 f"{type(self).__name__} on topic {topic!r}; nothing was sent"
             )
-        await self._send(topic, None, [(None, stored, payload)])
+        await self._send(topic, None, [(key, stored, payload)])
 
     async def _send(self, topic: str, group: str | None, rows: Rows) -> None:
         self.before_write()

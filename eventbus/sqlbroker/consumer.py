@@ -64,6 +64,7 @@ class SqlDelivery(Delivery):
     """One claimed message: settled through its subscription."""
 
     __slots__ = ("_counted", "_gid", "_id", "_lost", "_sub")
+    stable_id = True  # message_id is the row id: the same on every redelivery
 
     def __init__(
         self,

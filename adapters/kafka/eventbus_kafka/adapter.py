@@ -241,12 +241,18 @@ class KafkaAdapter(ProducerConnection, Adapter):
         return translate(exc, _classify, what=what)
 
     async def publish_raw(
-        self, topic: str, payload: bytes, headers: Mapping[str, bytes] | None = None
+        self,
+        topic: str,
+        payload: bytes,
+        headers: Mapping[str, bytes] | None = None,
+        *,
+        key: str | None = None,
     ) -> None:
-        """Send ``payload`` as one record with no key and ``headers`` as its record headers,
-        bypassing the codec: how a foreign producer's record looks, and how a dead
-        letter of one is replayed."""
-        await self.send_record(topic, None, payload, list((headers or {}).items()))
+        """Send ``payload`` as one record with ``headers`` as its record headers and
+        ``key`` (UTF-8) as its key, bypassing the codec: how a foreign producer's record
+        looks, how a dead letter of one is replayed, and how a plain publish goes out."""
+        record_key = key.encode() if key is not None else None
+        await self.send_record(topic, record_key, payload, list((headers or {}).items()))
 
     async def send_record(
         self, topic: str, key: bytes | None, value: bytes | None, headers: Headers

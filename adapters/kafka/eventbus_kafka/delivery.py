@@ -42,6 +42,7 @@ class KafkaDelivery(Delivery):
     """A consumed record; settling it marks its offset done (and nack re-publishes)."""
 
     __slots__ = ("_dropped", "_entry", "_log", "_owner", "_record")
+    stable_id = True  # message_id is the offset: the same on every redelivery
 
     def __init__(
         self,

@@ -180,7 +180,12 @@ class NatsAdapter(NatsAdapterBase):
         await self.publisher.publish(topic, envelopes)
 
     async def publish_raw(
-        self, topic: str, payload: bytes, headers: Mapping[str, bytes] | None = None
+        self,
+        topic: str,
+        payload: bytes,
+        headers: Mapping[str, bytes] | None = None,
+        *,
+        key: str | None = None,
     ) -> None:
         """Store ``payload`` with ``headers`` as NATS headers, byte for byte."""
         await self.publisher.publish_raw(topic, payload, headers)

@@ -56,6 +56,7 @@ class JetStreamDelivery(Delivery):
     """A message from a pull consumer; settling it answers the server at once."""
 
     __slots__ = ("_msg", "_owner", "handed_at")
+    stable_id = True  # message_id is the stream sequence: the same on every redelivery
 
     def __init__(self, owner: JetStreamSubscription, msg: Msg) -> None:
         delivered, sequence = ack_facts(msg)

@@ -177,7 +177,12 @@ class NatsCoreAdapter(NatsAdapterBase):
             await client.flush(_whole(self.settings.publish_timeout))
 
     async def publish_raw(
-        self, topic: str, payload: bytes, headers: Mapping[str, bytes] | None = None
+        self,
+        topic: str,
+        payload: bytes,
+        headers: Mapping[str, bytes] | None = None,
+        *,
+        key: str | None = None,
     ) -> None:
         """Send ``payload`` with ``headers`` as NATS headers, byte for byte (how a
         foreign producer's message looks)."""

@@ -147,7 +147,12 @@ class JetStreamPublisher:
         return error
 
     async def publish_raw(
-        self, topic: str, payload: bytes, headers: Mapping[str, bytes] | None = None
+        self,
+        topic: str,
+        payload: bytes,
+        headers: Mapping[str, bytes] | None = None,
+        *,
+        key: str | None = None,
     ) -> None:
         """Store ``payload`` with ``headers`` as NATS headers, byte for byte (how a
         foreign producer's message looks; how an undecodable dead letter replays)."""

@@ -413,7 +413,12 @@ class RabbitMQAdapter(Adapter):
             raise publish_error(self.settings, queue, "a message", exc) from None
 
     async def publish_raw(
-        self, topic: str, payload: bytes, headers: Mapping[str, bytes] | None = None
+        self,
+        topic: str,
+        payload: bytes,
+        headers: Mapping[str, bytes] | None = None,
+        *,
+        key: str | None = None,
     ) -> None:
         """Publish ``payload`` as a producer that does not speak CloudEvents would:
         ``headers`` become AMQP headers (``content-type`` the message property), and

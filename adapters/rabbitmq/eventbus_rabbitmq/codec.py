@@ -173,14 +173,24 @@ def raw_headers(headers: Mapping[str, Any] | None, content_type: str | None) -> 
     return kept
 
 
+# AMQP message properties a producer sets, kept beside the headers of a message that is
+# not a CloudEvent (FastStream sets correlation_id and message_id) and put back.
+PROPERTIES = ("correlation_id", "message_id", "type", "app_id")
+
+
 def raw_message(payload: bytes, headers: Mapping[str, bytes] | None) -> Message:
     """A persistent message of ``payload`` whose AMQP headers are ``headers`` (bytes, as
-    a foreign producer's binary header travels); ``content-type`` becomes the property."""
+    a foreign producer's binary header travels); ``content-type`` and the
+    :data:`PROPERTIES` (text) become the message properties."""
     table: dict[str, Any] = {}
     content_type: str | None = None
+    properties: dict[str, str] = {}
     for name, value in (headers or {}).items():
         if name == "content-type":
             content_type = bytes(value).decode("utf-8", "replace")
+            continue
+        if name in PROPERTIES:
+            properties[name] = bytes(value).decode("utf-8", "replace")
             continue
         try:  # text travels as an AMQP long string, as other producers send it
             table[name] = bytes(value).decode("utf-8")
@@ -191,6 +201,7 @@ def raw_message(payload: bytes, headers: Mapping[str, bytes] | None) -> Message:
         headers=table or None,
         content_type=content_type,
         delivery_mode=DeliveryMode.PERSISTENT,
+        **properties,  # type: ignore[arg-type]
     )
 
 

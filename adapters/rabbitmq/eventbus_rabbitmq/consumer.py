@@ -45,7 +45,7 @@ from eventbus.adapter import (
 from eventbus.adapters_util import map_exceptions, pick_tier
 from eventbus.errors import BrokerConnectionError, TopicNotFoundError
 
-from .codec import RECOUNT_HEADER, copy_message, decode, recounted, retry_headers
+from .codec import PROPERTIES, RECOUNT_HEADER, copy_message, decode, recounted, retry_headers
 from .connection import CLOSE_TIMEOUT, one_line
 from .provision import (
     declare_delay_tier,
@@ -92,6 +92,13 @@ class RabbitMQDelivery(Delivery):
         self._owner = owner
         self._message = message
         self._generation = generation
+        if self.envelope is None:  # not a CloudEvent: its properties beside its headers
+            kept = dict(self.raw_headers or {})
+            for name in PROPERTIES:
+                value = getattr(message, name, None)
+                if value and name not in kept:
+                    kept[name] = str(value).encode()
+            self.raw_headers = kept
 
     @property
     def stale(self) -> bool:

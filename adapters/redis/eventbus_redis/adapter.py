@@ -333,7 +333,12 @@ class RedisStreamsAdapter(RedisAdapter):
         await self.send(topic, envelopes, commands)
 
     async def publish_raw(
-        self, topic: str, payload: bytes, headers: Mapping[str, bytes] | None = None
+        self,
+        topic: str,
+        payload: bytes,
+        headers: Mapping[str, bytes] | None = None,
+        *,
+        key: str | None = None,
     ) -> None:
         """XADD an entry of ``headers`` as fields and ``payload`` as its ``body`` field,
         as another client would write it (see :func:`.codec.raw_fields`); how an

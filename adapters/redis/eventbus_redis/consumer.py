@@ -68,6 +68,7 @@ class StreamDelivery(Delivery):
     """One stream entry handed to this consumer."""
 
     __slots__ = ("_entry_id", "_owner")
+    stable_id = True  # message_id is the entry id: the same on every redelivery
 
     def __init__(
         self, owner: StreamSubscription, entry_id: bytes, fields: dict[bytes, bytes], attempt: int

@@ -130,7 +130,12 @@ class RedisPubSubAdapter(RedisAdapter):
         return lambda pipe: pipe.publish(topic, body)
 
     async def publish_raw(
-        self, topic: str, payload: bytes, headers: Mapping[str, bytes] | None = None
+        self,
+        topic: str,
+        payload: bytes,
+        headers: Mapping[str, bytes] | None = None,
+        *,
+        key: str | None = None,
     ) -> None:
         """PUBLISH ``payload`` as it is; Pub/Sub carries no headers, so giving any
         raises UnsupportedOperationError."""

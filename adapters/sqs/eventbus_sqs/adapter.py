@@ -49,7 +49,7 @@ from .codec import body_for_bytes, body_size, encode, header_attributes
 from .consumer import SqsSubscription
 from .delivery import Unrun, classify, error_code
 from .provision import Provisioner
-from .publish import Publisher, Send, is_dead_letter
+from .publish import Publisher, Send, fifo_id, is_dead_letter
 from .settings import SqsSettings
 
 log = logging.getLogger("eventbus.sqs")
@@ -312,11 +312,17 @@ class SqsAdapter(Adapter):
             raise self._publisher.error(topic, exc) from exc
 
     async def publish_raw(
-        self, topic: str, payload: bytes, headers: Mapping[str, bytes] | None = None
+        self,
+        topic: str,
+        payload: bytes,
+        headers: Mapping[str, bytes] | None = None,
+        *,
+        key: str | None = None,
     ) -> None:
         """Send ``payload`` as a message body as it is, ``headers`` as SQS message
         attributes (text as ``String``, other bytes as ``Binary``): a foreign producer's
-        message, or an undecodable dead letter replayed as it arrived."""
+        message, or an undecodable dead letter replayed as it arrived. On a FIFO queue
+        ``key`` is the MessageGroupId (messages of one key in order)."""
         body, attributes = body_for_bytes(payload)
         if headers:
             try:
@@ -332,6 +338,8 @@ class SqsAdapter(Adapter):
             )
         await self._ready()
         entry = self._publisher.entry(body, attributes, None, uuid.uuid4().hex)
+        if key is not None and "MessageGroupId" in entry:
+            entry["MessageGroupId"] = fifo_id(key)
         send = await self._sender(topic)
         failures = await self._publisher.send(topic, [entry], [size], send)
         self._publisher.raise_failures(topic, [None], failures)

@@ -176,6 +176,7 @@ class SqsDelivery(Delivery):
     the receives this adapter gave back without handing the message out (:class:`Unrun`)."""
 
     __slots__ = ("_owner", "_receipt", "message", "receives")
+    stable_id = True  # message_id is SQS's MessageId: the same on every redelivery
 
     def __init__(self, owner: SqsSubscription, message: dict[str, Any]) -> None:
         system = message.get("Attributes", {}) or {}

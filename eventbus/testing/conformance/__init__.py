@@ -44,6 +44,7 @@ from eventbus.testing.conformance.contract import ContractCases
 from eventbus.testing.conformance.deadletters import DeadLetterCases
 from eventbus.testing.conformance.dedupe import DedupeCases
 from eventbus.testing.conformance.failures import FailureCases
+from eventbus.testing.conformance.foreign import ForeignCases
 from eventbus.testing.conformance.groups import GroupCases
 from eventbus.testing.conformance.guarantees import GuaranteeCases
 from eventbus.testing.conformance.lifecycle import LifecycleCases
@@ -68,6 +69,7 @@ class ConformanceSuite(
     RequestCases,
     ContractCases,
     DeadLetterCases,
+    ForeignCases,
     ResilienceCases,
 ):
     """Every conformance case; subclass it (as ``Test...``) next to a ``target`` fixture."""
