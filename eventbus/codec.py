@@ -141,6 +141,7 @@ def binary_headers(
     return out
 
 
+_REQUIRED = ("specversion", "id", "source", "type", "time", "dataversion")
 _OPTIONAL = (
     "dataschema",
     "subject",
@@ -150,14 +151,14 @@ _OPTIONAL = (
     "traceparent",
     "tracestate",
 )
+_ATTRIBUTE_NAMES = (*_REQUIRED, *_OPTIONAL)
 _NAME_CACHE: dict[str, dict[str, str]] = {}
 
 
 def _header_names(prefix: str) -> dict[str, str]:
     names = _NAME_CACHE.get(prefix)
     if names is None:
-        base = ("specversion", "id", "source", "type", "time", "dataversion", *_OPTIONAL)
-        names = _NAME_CACHE[prefix] = {name: prefix + name for name in base}
+        names = _NAME_CACHE[prefix] = {name: prefix + name for name in _ATTRIBUTE_NAMES}
     return names
 
 
@@ -230,29 +231,12 @@ def encode_binary_sized(envelope: Envelope, prefix: str) -> tuple[dict[str, str]
     return headers, body, len(body) + (len(text) if text.isascii() else len(text.encode("utf-8")))
 
 
+# encode_binary's header names per prefix, in the order of _ATTRIBUTE_NAMES.
 _ENCODE_NAMES: dict[str, tuple[str, ...]] = {}
 
 
 def _encode_names(prefix: str) -> tuple[str, ...]:
-    table = _header_names(prefix)
-    names = _ENCODE_NAMES[prefix] = tuple(
-        table[name]
-        for name in (
-            "specversion",
-            "id",
-            "source",
-            "type",
-            "time",
-            "dataversion",
-            "dataschema",
-            "subject",
-            "correlationid",
-            "causationid",
-            "partitionkey",
-            "traceparent",
-            "tracestate",
-        )
-    )
+    names = _ENCODE_NAMES[prefix] = tuple(_header_names(prefix).values())
     return names
 
 
@@ -260,9 +244,6 @@ def binary_size(headers: Mapping[str, str], body: bytes) -> int:
     """Bytes of a binary-mode message: the body plus every header name and value (UTF-8)."""
     text = "".join(headers) + "".join(headers.values())
     return len(body) + (len(text) if text.isascii() else len(text.encode("utf-8")))
-
-
-_ATTRIBUTE_NAMES = ("specversion", "id", "source", "type", "time", "dataversion", *_OPTIONAL)
 
 
 def _decode_own_dict(
@@ -350,22 +331,7 @@ _LAYOUTS: dict[
     str, dict[tuple[str, ...], Callable[[tuple[str | None, ...]], tuple[Any, ...]] | Literal[False]]
 ] = {}
 _MAX_LAYOUTS = 256
-_FIELD_ORDER = (
-    "specversion",
-    "id",
-    "source",
-    "type",
-    "time",
-    "dataversion",
-    "content-type",
-    "dataschema",
-    "subject",
-    "correlationid",
-    "causationid",
-    "partitionkey",
-    "traceparent",
-    "tracestate",
-)
+_FIELD_ORDER = (*_REQUIRED, "content-type", *_OPTIONAL)
 
 
 def _layout(
@@ -460,12 +426,7 @@ def _decode_binary(
         attrs["datacontenttype"] = content_type
     if key is not None:
         attrs["partitionkey"] = key
-    try:
-        return Envelope.from_text_attributes(attrs, body or b"")
-    except KeyError as exc:
-        raise DecodeError(f"CloudEvent lacks the required attribute {exc.args[0]!r}") from exc
-    except (ValueError, TypeError) as exc:
-        raise DecodeError(f"CloudEvent has an unreadable attribute ({exc})") from exc
+    return _build(attrs, body or b"", Envelope.from_text_attributes)
 
 
 def _text(name: str, raw: str | bytes) -> str:
@@ -479,9 +440,15 @@ def _text(name: str, raw: str | bytes) -> str:
     return str(raw)
 
 
-def _build(attrs: dict[str, Any], data: bytes) -> Envelope:
+def _build(
+    attrs: dict[str, Any],
+    data: bytes,
+    make: Callable[[dict[str, Any], bytes], Envelope] = Envelope.from_attributes,
+) -> Envelope:
+    """``make(attrs, data)``, its errors said as the :class:`DecodeError` of an unreadable
+    CloudEvent."""
     try:
-        return Envelope.from_attributes(attrs, data)
+        return make(attrs, data)
     except KeyError as exc:
         raise DecodeError(f"CloudEvent lacks the required attribute {exc.args[0]!r}") from exc
     except (ValueError, TypeError) as exc:

@@ -368,7 +368,7 @@ def _assemble(
     return envelope  # type: ignore[return-value]
 
 
-# -- deprecated: the former fast constructors, for one release ------------------------------
+# -- the publishing fast paths (also the former public fast constructors, deprecated) -------
 
 
 def _build(
@@ -386,6 +386,9 @@ def _build(
     tracestate: str | None,
     extensions: Mapping[str, str],
 ) -> Envelope:
+    """A published message's envelope: JSON data, CloudEvents 1.0, no schema. The one
+    :func:`_assemble` call of :func:`eventbus.publishing.build_envelope` and of
+    :func:`_build_many`."""
     return _assemble(
         id,
         type,
@@ -421,21 +424,21 @@ def _build_many(
     tracestate: str | None,
     extensions: Mapping[str, str] | None,
 ) -> list[Envelope]:
+    """:func:`_build` for each message of a batch (``eventbus.publishing.build_envelopes``):
+    each envelope gets its own copy of the extensions, and no correlation id makes each
+    envelope its own flow (its id)."""
     return [
-        _assemble(
+        _build(
             id,
             type,
             source,
             time,
             data,
-            JSON,
-            None,
-            subject,
-            SPEC_VERSION,
             dataversion,
+            partitionkey,
+            subject,
             correlationid or id,
             causationid,
-            partitionkey,
             traceparent,
             tracestate,
             dict(extensions) if extensions else {},

@@ -12,10 +12,9 @@ from eventbus.adapter import Adapter
 from eventbus.backoff import Backoff
 from eventbus.context import INHERIT, ParentOption, current_envelope
 from eventbus.envelope import (
-    JSON,
-    SPEC_VERSION,
     Envelope,
-    _assemble,
+    _build,
+    _build_many,
     new_id,
     new_ids,
     utcnow,
@@ -93,49 +92,41 @@ def build_envelope(
     ``publish``'s first step."""
     if not isinstance(message, Message):
         raise not_a_message(message)
-    if parent is INHERIT:
-        parent = current_envelope.get()
-    if extensions:
-        for name in extensions:
-            validate_extension_name(name)
+    correlation, causation, traceparent, tracestate = _lineage(parent, correlation_id, extensions)
     event_id = new_id()
-    if parent is None:
-        return _assemble(
-            event_id,
-            message.event_type(),
-            source,
-            utcnow(),
-            message.to_bytes(),
-            JSON,
-            None,
-            subject,
-            SPEC_VERSION,
-            message.data_version(),
-            correlation_id or event_id,
-            None,
-            key,
-            None,
-            None,
-            dict(extensions) if extensions else {},
-        )
-    return _assemble(
+    return _build(
         event_id,
         message.event_type(),
         source,
         utcnow(),
         message.to_bytes(),
-        JSON,
-        None,
-        subject,
-        SPEC_VERSION,
         message.data_version(),
-        correlation_id or parent.correlationid or parent.id,
-        parent.id,
         key,
-        parent.traceparent,
-        parent.tracestate,
+        subject,
+        correlation or event_id,
+        causation,
+        traceparent,
+        tracestate,
         dict(extensions) if extensions else {},
     )
+
+
+def _lineage(
+    parent: ParentOption, correlation_id: str | None, extensions: dict[str, str] | None
+) -> tuple[str | None, str | None, str | None, str | None]:
+    """What every envelope of one publish call takes from its parent (the envelope being
+    handled, unless ``parent`` names one or is ``None``): the correlation id (``None``:
+    each envelope's own id), the causation id, traceparent and tracestate. Checks the
+    extension names first."""
+    if parent is INHERIT:
+        parent = current_envelope.get()
+    if extensions:
+        for name in extensions:
+            validate_extension_name(name)
+    if parent is None:
+        return correlation_id, None, None, None
+    correlation = correlation_id or parent.correlationid or parent.id
+    return correlation, parent.id, parent.traceparent, parent.tracestate
 
 
 def build_envelopes(
@@ -156,23 +147,10 @@ def build_envelopes(
     for message in messages:
         if not isinstance(message, Message):
             raise not_a_message(message, "publish_many")
-    if parent is INHERIT:
-        parent = current_envelope.get()
-    if extensions:
-        for name in extensions:
-            validate_extension_name(name)
+    correlation, causation, traceparent, tracestate = _lineage(parent, correlation_id, extensions)
     if not messages:
         return []
     ids = new_ids(len(messages)) if len(messages) != 1 else [new_id()]
-    now = utcnow()
-    correlation: str | None
-    if parent is not None:
-        correlation = correlation_id or parent.correlationid or parent.id
-        causation: str | None = parent.id
-        traceparent, tracestate = parent.traceparent, parent.tracestate
-    else:
-        correlation, causation = correlation_id, None
-        traceparent = tracestate = None
     kind = type(messages[0])
     bodies: list[bytes]
     if all(type(message) is kind for message in messages):
@@ -189,29 +167,21 @@ def build_envelopes(
         types = [message.event_type() for message in messages]
         versions = [message.data_version() for message in messages]
         bodies = [message.to_bytes() for message in messages]
-    # Each envelope gets its own copy of the extensions; no correlation id makes each
-    # envelope its own flow (its id).
-    return [
-        _assemble(
-            id,
-            type,
-            source,
-            now,
-            data,
-            JSON,
-            None,
-            subject,
-            SPEC_VERSION,
-            version,
-            correlation or id,
-            causation,
-            key,
-            traceparent,
-            tracestate,
-            dict(extensions) if extensions else {},
-        )
-        for id, type, version, data in zip(ids, types, versions, bodies, strict=True)
-    ]
+    return _build_many(
+        ids,
+        types,
+        versions,
+        bodies,
+        source,
+        utcnow(),
+        key,
+        subject,
+        correlation,
+        causation,
+        traceparent,
+        tracestate,
+        extensions,
+    )
 
 
 async def publish_batch(
