@@ -12,6 +12,7 @@ from eventbus.adapter import Adapter
 from eventbus.backoff import Backoff
 from eventbus.context import INHERIT, ParentOption, current_envelope
 from eventbus.envelope import (
+    JSON,
     Envelope,
     _build,
     _build_many,
@@ -28,6 +29,7 @@ from eventbus.errors import (
     UsageError,
 )
 from eventbus.events import Command, Message
+from eventbus.payloads import PayloadFormat, encode_payload
 
 PUBLISH_BACKOFF = Backoff(initial=0.05, max_delay=1.0)
 
@@ -85,21 +87,28 @@ def build_envelope(
     correlation_id: str | None = None,
     subject: str | None = None,
     extensions: dict[str, str] | None = None,
+    payload_format: str | PayloadFormat | None = None,
 ) -> Envelope:
     """The envelope for ``message`` from ``source`` (see ``EventBus.envelope_for``).
 
     The one-message case of :func:`build_envelopes`, written out: it is every
-    ``publish``'s first step."""
+    ``publish``'s first step. ``payload_format``: the bus's default, for a class
+    that names none (:mod:`eventbus.payloads`; ``None`` is JSON)."""
     if not isinstance(message, Message):
         raise not_a_message(message)
     correlation, causation, traceparent, tracestate = _lineage(parent, correlation_id, extensions)
     event_id = new_id()
-    return _build(
+    spec = type(message).__payload_format__ or payload_format
+    if spec is None:
+        data, content_type, schema = message.to_bytes(), JSON, None
+    else:
+        data, content_type, schema = encode_payload(message, spec)
+    envelope = _build(
         event_id,
         message.event_type(),
         source,
         utcnow(),
-        message.to_bytes(),
+        data,
         message.data_version(),
         key,
         subject,
@@ -109,6 +118,9 @@ def build_envelope(
         tracestate,
         dict(extensions) if extensions else {},
     )
+    if content_type is JSON:
+        return envelope
+    return envelope.evolve(datacontenttype=content_type, dataschema=schema)
 
 
 def _lineage(
@@ -138,6 +150,7 @@ def build_envelopes(
     correlation_id: str | None = None,
     subject: str | None = None,
     extensions: dict[str, str] | None = None,
+    payload_format: str | PayloadFormat | None = None,
 ) -> list[Envelope]:
     """One envelope per message, as :func:`build_envelope` builds each.
 
@@ -153,6 +166,20 @@ def build_envelopes(
     ids = new_ids(len(messages)) if len(messages) != 1 else [new_id()]
     kind = type(messages[0])
     bodies: list[bytes]
+    if payload_format is not None or any(type(m).__payload_format__ for m in messages):
+        return _build_formatted(
+            messages,
+            ids,
+            source,
+            key,
+            subject,
+            correlation,
+            causation,
+            traceparent,
+            tracestate,
+            extensions,
+            payload_format,
+        )
     if all(type(message) is kind for message in messages):
         # One class (the common case): its type and version looked up once, and
         # its serializer called directly unless the class has its own to_bytes.
@@ -182,6 +209,47 @@ def build_envelopes(
         tracestate,
         extensions,
     )
+
+
+def _build_formatted(
+    messages: Sequence[Message],
+    ids: list[str],
+    source: str,
+    key: str | None,
+    subject: str | None,
+    correlation: str | None,
+    causation: str | None,
+    traceparent: str | None,
+    tracestate: str | None,
+    extensions: dict[str, str] | None,
+    payload_format: str | PayloadFormat | None,
+) -> list[Envelope]:
+    """:func:`build_envelopes` when a message's class or the bus names a payload format."""
+    encoded = [
+        encode_payload(message, type(message).__payload_format__ or payload_format or "json")
+        for message in messages
+    ]
+    envelopes = _build_many(
+        ids,
+        [message.event_type() for message in messages],
+        [message.data_version() for message in messages],
+        [data for data, _, _ in encoded],
+        source,
+        utcnow(),
+        key,
+        subject,
+        correlation,
+        causation,
+        traceparent,
+        tracestate,
+        extensions,
+    )
+    return [
+        envelope
+        if content_type is JSON
+        else envelope.evolve(datacontenttype=content_type, dataschema=schema)
+        for envelope, (_, content_type, schema) in zip(envelopes, encoded, strict=True)
+    ]
 
 
 async def publish_batch(

@@ -93,7 +93,7 @@ def require(module: str, extra: str, what: str) -> Any:
     except ImportError as exc:
         raise ConfigurationError(
             f"{what} needs {module.split('.')[0]!r}, which is not installed: "
-            f"pip install 'eventbus[{extra}]'"
+            f'pip install "eventbus[{extra}]"'
         ) from exc
 
 

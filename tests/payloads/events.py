@@ -5,7 +5,8 @@ The guide and ``examples/`` declare ``str``, ``int``, ``float``, ``bool``, ``lis
 ``tuple[OrderLine, ...]``) and ``set[str]``; ``Decimal``, ``datetime``, ``UUID`` and
 enums are what events of a shop carry besides. ``AllTypes`` has each of them, and
 ``sample()`` values that would show a lossy encoding (an int past 32 bits, a float
-with no short decimal form, microseconds, non-ASCII text, a decimal's trailing zero).
+with no short decimal form, microseconds, non-ASCII text, a decimal's digits past a
+float's and its trailing zero).
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ class AllTypes(Event, register=False):
     counts: dict[str, int]
     labels: dict[str, str]
     note: str | None = None
-    retries: int | None = None
+    retries: int | None  # nullable but required: None must come back as None
     lines: list[Line]
     more_lines: tuple[Line, ...]
     flags: set[str]
@@ -72,7 +73,7 @@ def sample(cls: type[AllTypes], n: int = 0, **changes: Any) -> AllTypes:
         "amount_cents": 2**40 + n,
         "ratio": 0.1 + n,
         "paid": n % 2 == 0,
-        "total": Decimal("12.50"),
+        "total": Decimal("1234567890.123456789010"),
         "placed_at": dt.datetime(2026, 12, 6, 10, 11, 12, 345678 + n, tzinfo=dt.UTC),
         "customer": uuid.UUID(int=12345678901234567890 + n),
         "method": Method.bank_transfer,
