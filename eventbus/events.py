@@ -199,9 +199,8 @@ class Registry:
         event = f"{envelope.id} ({envelope.type} v{envelope.dataversion})"
         if envelope.dataversion > cls.data_version():
             return self._upcast(envelope, cls, {})  # raises: newer than this service knows
-        same = envelope.dataversion == cls.data_version()
         try:
-            data = read_payload(envelope.data, content_type, envelope.dataschema, cls, same, event)
+            data = read_payload(envelope.data, content_type, envelope.dataschema, cls, event)
         except SchemaError as exc:
             if str(exc).startswith("event "):
                 raise

@@ -62,15 +62,14 @@ class PayloadFormat:
         """The data bytes and the ``dataschema`` (or ``None``) for ``message``."""
         raise NotImplementedError
 
-    def decode(
-        self, data: bytes, dataschema: str | None, reader: type[Message] | None
-    ) -> dict[str, Any]:
-        """The writer's data as Python values; raise :class:`SchemaError` when unreadable.
-
-        ``reader`` is the class decoded to when the writer's data version is its own
-        (a format with schemas may resolve the writer's into the reader's), ``None``
-        when older: the registry upcasts the dict afterwards."""
+    def decode(self, data: bytes, dataschema: str | None) -> dict[str, Any]:
+        """The writer's data as Python values (of the writer's data version: the
+        registry upcasts them afterwards); raise :class:`SchemaError` when unreadable."""
         raise NotImplementedError
+
+    def learn(self, cls: type[Message]) -> None:
+        """Called before decoding data for ``cls``: a format with schemas knows the
+        reader class's from then on (the writer's may be the same)."""
 
     def reads(self, media: str) -> bool:
         """Whether this format decodes data of media type ``media`` (lowercase, no
@@ -173,15 +172,9 @@ def encode_payload(message: Message, spec: str | PayloadFormat) -> tuple[bytes, 
 
 
 def read_payload(
-    data: bytes,
-    content_type: str,
-    dataschema: str | None,
-    cls: type[Message],
-    same_version: bool,
-    event: str,
+    data: bytes, content_type: str, dataschema: str | None, cls: type[Message], event: str
 ) -> dict[str, Any]:
-    """Decode non-JSON ``data`` by its content type into the writer's data, for ``cls``
-    (``same_version``: the writer's data version is ``cls``'s).
+    """Decode non-JSON ``data`` by its content type into the writer's data, for ``cls``.
 
     Raises :class:`SchemaError` (the message is dead-lettered) for a content type no
     format reads, a missing extra, or data the format cannot read. ``event`` names
@@ -190,7 +183,8 @@ def read_payload(
     media = media_type(content_type)
     fmt = _reader(media, dataschema, cls, event)
     try:
-        return fmt.decode(data, dataschema, cls if same_version else None)
+        fmt.learn(cls)
+        return fmt.decode(data, dataschema)
     except ConfigurationError as exc:
         raise SchemaError(f"event {event} cannot be decoded here: {exc}") from exc
 

@@ -6,17 +6,17 @@ writer's schema by its Avro fingerprint (CRC-64-AVRO of the parsing canonical fo
 
     dataschema: urn:avro:crc-64-avro:5b2c0e1e9f0a1c3d
 
-A reader resolves that fingerprint from the schemas it knows: those of the classes it
-has encoded or decoded (derived on first use), of every registered class with an Avro
-format, and those given to :func:`register_schema` (an old version's class or its
-schema, kept to read data written before an upgrade). When the writer's version is
-the reader's but the schemas differ (a field added with a default), Avro's own schema
-resolution reads the data into the reader's schema; when the versions differ, the data
-is read with the writer's schema and the registry's upcasters take it from there.
+A reader resolves that fingerprint from the schemas it knows: those of the classes
+it has encoded or decoded to (derived on first use), and those given to
+:func:`register_schema` (an old version's class or its schema, kept to read data
+written before an upgrade). The data is read with the writer's schema into a dict;
+the registry's upcasters take it from the writer's data version to the reader's, and
+pydantic validates it (a field added with a default gets its default), as for JSON.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 from typing import TYPE_CHECKING, Any
@@ -67,6 +67,12 @@ class AvroFormat(PayloadFormat):
         self._by_id.setdefault(schema_id, parsed)
         return parsed, schema_id
 
+    def learn(self, cls: type[Message]) -> None:
+        if cls not in self._by_class:
+            # A reader class with no Avro schema may still read the writer's data.
+            with contextlib.suppress(ConfigurationError):
+                self.schema(cls)
+
     def encode(self, message: Message) -> tuple[bytes, str | None]:
         cls = type(message)
         parsed, schema_id = self.schema(cls)
@@ -80,21 +86,15 @@ class AvroFormat(PayloadFormat):
             ) from exc
         return out.getvalue(), schema_id
 
-    def decode(
-        self, data: bytes, dataschema: str | None, reader: type[Message] | None
-    ) -> dict[str, Any]:
+    def decode(self, data: bytes, dataschema: str | None) -> dict[str, Any]:
         if not dataschema:
             raise SchemaError(
                 "Avro data without dataschema: the writer's schema is unknown, and Avro "
                 "binary data cannot be read without it"
             )
         writer = self._writer(dataschema)
-        resolve = None
-        if reader is not None:  # same version: Avro resolves the writer's into ours
-            schema, schema_id = self.schema(reader)
-            resolve = schema if schema_id != dataschema else None
         try:
-            value = self._fastavro.schemaless_reader(io.BytesIO(data), writer, resolve)
+            value = self._fastavro.schemaless_reader(io.BytesIO(data), writer, None)
         except Exception as exc:  # a truncated record, or schemas that do not resolve
             raise SchemaError(
                 f"Avro data does not read with its schema {dataschema}: {exc!r}"
@@ -106,26 +106,12 @@ class AvroFormat(PayloadFormat):
     def _writer(self, dataschema: str) -> Any:
         found = self._by_id.get(dataschema)
         if found is None:
-            self._learn_registered()
-            found = self._by_id.get(dataschema)
-        if found is None:
             raise SchemaError(
                 f"unknown Avro writer schema {dataschema}: no class here has it; keep the "
                 "writer's schema known with eventbus.payloads.avro.register_schema(OldClass) "
                 "(a class declared with register=False) or register_schema(its .avsc JSON)"
             )
         return found
-
-    def _learn_registered(self) -> None:
-        from eventbus.events import registry  # the registry imports this package
-
-        for cls in registry.classes():
-            spec = cls.__payload_format__
-            if spec == self.name or spec is self:
-                try:
-                    self.schema(cls)
-                except ConfigurationError:
-                    continue  # its own publish or decode reports that
 
 
 def _format() -> AvroFormat:

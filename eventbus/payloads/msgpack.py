@@ -45,9 +45,7 @@ class MsgPackFormat(PayloadFormat):
                 "field a type msgpack carries or a pydantic field_serializer"
             ) from exc
 
-    def decode(
-        self, data: bytes, dataschema: str | None, reader: type[Message] | None
-    ) -> dict[str, Any]:
+    def decode(self, data: bytes, dataschema: str | None) -> dict[str, Any]:
         try:
             value = self._decode(data)
         except self._errors as exc:

@@ -81,9 +81,7 @@ class ProtobufFormat(PayloadFormat):
             ) from exc
         return proto.SerializeToString(), self.dataschema
 
-    def decode(
-        self, data: bytes, dataschema: str | None, reader: type[Message] | None
-    ) -> dict[str, Any]:
+    def decode(self, data: bytes, dataschema: str | None) -> dict[str, Any]:
         if dataschema is not None and dataschema != self.dataschema:
             raise SchemaError(
                 f"protobuf data of {dataschema} cannot be read as {self.dataschema}: "
