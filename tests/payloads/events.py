@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict
 
 from eventbus import Event
 
-PROTO = Path(__file__).with_name("all_types.proto")
+HERE = Path(__file__).parent
 
 
 class Method(enum.StrEnum):
@@ -93,19 +93,20 @@ def sample(cls: type[AllTypes], n: int = 0, **changes: Any) -> AllTypes:
 
 
 @functools.cache
-def proto_module() -> ModuleType:
-    """``all_types_pb2``, generated now from all_types.proto by grpcio-tools' protoc."""
+def proto_module(stem: str = "all_types") -> ModuleType:
+    """``<stem>_pb2``, generated now from tests/payloads/<stem>.proto by grpcio-tools'
+    protoc."""
     from grpc_tools import protoc  # type: ignore[import-untyped]
 
     out = tempfile.mkdtemp(prefix="eventbus-proto-")
     include = str(Path(protoc.__file__).parent / "_proto")
     code = protoc.main(
-        ["protoc", f"-I{PROTO.parent}", f"-I{include}", f"--python_out={out}", PROTO.name]
+        ["protoc", f"-I{HERE}", f"-I{include}", f"--python_out={out}", f"{stem}.proto"]
     )
-    assert code == 0, f"protoc failed on {PROTO}"
+    assert code == 0, f"protoc failed on {HERE / stem}.proto"
     sys.path.insert(0, out)
     try:
-        return importlib.import_module("all_types_pb2")
+        return importlib.import_module(f"{stem}_pb2")
     finally:
         sys.path.remove(out)
 
