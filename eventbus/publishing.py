@@ -166,7 +166,10 @@ def build_envelopes(
     ids = new_ids(len(messages)) if len(messages) != 1 else [new_id()]
     kind = type(messages[0])
     bodies: list[bytes]
-    if payload_format is not None or any(type(m).__payload_format__ for m in messages):
+    same = all(type(message) is kind for message in messages)
+    if payload_format is not None or (
+        kind.__payload_format__ if same else any(type(m).__payload_format__ for m in messages)
+    ):
         return _build_formatted(
             messages,
             ids,
@@ -180,7 +183,7 @@ def build_envelopes(
             extensions,
             payload_format,
         )
-    if all(type(message) is kind for message in messages):
+    if same:
         # One class (the common case): its type and version looked up once, and
         # its serializer called directly unless the class has its own to_bytes.
         types: Sequence[str] = [kind.event_type()] * len(messages)
