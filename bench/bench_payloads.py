@@ -66,7 +66,7 @@ class Every(AllTypes, type="bench.payloads.all", register=False):
 
 def workloads(n: int) -> dict[str, tuple[list[Event], dict[str, str | PayloadFormat]]]:
     """Each event kind -> ``n`` distinct events and the spec of each format for it."""
-    guide, every = proto_module("guide"), proto_module()
+    protos = proto_module()
     lines = [OrderLine(sku=f"sku-{i}", quantity=i + 1, unit_price_cents=250 * i) for i in range(3)]
     shop: list[Event] = [Shop(order_id=f"ord-{i:08d}", amount_cents=i % 10_000) for i in range(n)]
     saga: list[Event] = [
@@ -76,9 +76,9 @@ def workloads(n: int) -> dict[str, tuple[list[Event], dict[str, str | PayloadFor
     alls: list[Event] = [sample(Every, i % 1000) for i in range(n)]
     named: dict[str, str | PayloadFormat] = {"json": "json", "msgpack": "msgpack", "avro": "avro"}
     return {
-        "shop": (shop, {**named, "protobuf": ProtobufFormat(guide.ShopOrderPlaced)}),
-        "saga": (saga, {**named, "protobuf": ProtobufFormat(guide.SagaOrderPlaced)}),
-        "all types": (alls, {**named, "protobuf": ProtobufFormat(every.AllTypes)}),
+        "shop": (shop, {**named, "protobuf": ProtobufFormat(protos.ShopOrderPlaced)}),
+        "saga": (saga, {**named, "protobuf": ProtobufFormat(protos.SagaOrderPlaced)}),
+        "all types": (alls, {**named, "protobuf": ProtobufFormat(protos.AllTypes)}),
     }
 
 

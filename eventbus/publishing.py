@@ -167,27 +167,24 @@ def build_envelopes(
     kind = type(messages[0])
     bodies: list[bytes]
     same = all(type(message) is kind for message in messages)
-    if payload_format is not None or (
+    formatted = payload_format is not None or (
         kind.__payload_format__ if same else any(type(m).__payload_format__ for m in messages)
-    ):
-        return _build_formatted(
-            messages,
-            ids,
-            source,
-            key,
-            subject,
-            correlation,
-            causation,
-            traceparent,
-            tracestate,
-            extensions,
-            payload_format,
-        )
-    if same:
+    )
+    encoded: list[tuple[bytes, str, str | None]] = []
+    if formatted:
+        # A class or the bus names a payload format: each message's own encoding.
+        encoded = [
+            encode_payload(message, type(message).__payload_format__ or payload_format or "json")
+            for message in messages
+        ]
+        types: Sequence[str] = [message.event_type() for message in messages]
+        versions: Sequence[int] = [message.data_version() for message in messages]
+        bodies = [data for data, _, _ in encoded]
+    elif same:
         # One class (the common case): its type and version looked up once, and
         # its serializer called directly unless the class has its own to_bytes.
-        types: Sequence[str] = [kind.event_type()] * len(messages)
-        versions: Sequence[int] = [kind.data_version()] * len(messages)
+        types = [kind.event_type()] * len(messages)
+        versions = [kind.data_version()] * len(messages)
         if kind.to_bytes is Message.to_bytes:
             to_json = kind.__pydantic_serializer__.to_json
             bodies = [to_json(message) for message in messages]
@@ -197,7 +194,7 @@ def build_envelopes(
         types = [message.event_type() for message in messages]
         versions = [message.data_version() for message in messages]
         bodies = [message.to_bytes() for message in messages]
-    return _build_many(
+    envelopes = _build_many(
         ids,
         types,
         versions,
@@ -212,41 +209,8 @@ def build_envelopes(
         tracestate,
         extensions,
     )
-
-
-def _build_formatted(
-    messages: Sequence[Message],
-    ids: list[str],
-    source: str,
-    key: str | None,
-    subject: str | None,
-    correlation: str | None,
-    causation: str | None,
-    traceparent: str | None,
-    tracestate: str | None,
-    extensions: dict[str, str] | None,
-    payload_format: str | PayloadFormat | None,
-) -> list[Envelope]:
-    """:func:`build_envelopes` when a message's class or the bus names a payload format."""
-    encoded = [
-        encode_payload(message, type(message).__payload_format__ or payload_format or "json")
-        for message in messages
-    ]
-    envelopes = _build_many(
-        ids,
-        [message.event_type() for message in messages],
-        [message.data_version() for message in messages],
-        [data for data, _, _ in encoded],
-        source,
-        utcnow(),
-        key,
-        subject,
-        correlation,
-        causation,
-        traceparent,
-        tracestate,
-        extensions,
-    )
+    if not encoded:
+        return envelopes
     return [
         envelope
         if content_type is JSON

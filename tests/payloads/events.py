@@ -23,9 +23,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
-
 from eventbus import Event
+from examples.order_saga.events import OrderLine
 
 HERE = Path(__file__).parent
 
@@ -34,14 +33,6 @@ class Method(enum.StrEnum):
     card = "card"
     cash = "cash"
     bank_transfer = "bank_transfer"
-
-
-class Line(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
-    sku: str
-    quantity: int
-    unit_price_cents: int
 
 
 class AllTypes(Event, register=False):
@@ -60,11 +51,11 @@ class AllTypes(Event, register=False):
     labels: dict[str, str]
     note: str | None = None
     retries: int | None  # nullable but required: None must come back as None
-    lines: list[Line]
-    more_lines: tuple[Line, ...]
+    lines: list[OrderLine]
+    more_lines: tuple[OrderLine, ...]
     flags: set[str]
-    first: Line
-    gift: Line | None = None
+    first: OrderLine
+    gift: OrderLine | None = None
 
 
 def sample(cls: type[AllTypes], n: int = 0, **changes: Any) -> AllTypes:
@@ -82,10 +73,10 @@ def sample(cls: type[AllTypes], n: int = 0, **changes: Any) -> AllTypes:
         "labels": {"tier": "gold", "région": "Île"},
         "note": "fragile",
         "retries": None,
-        "lines": [Line(sku="s-1", quantity=2, unit_price_cents=150)],
-        "more_lines": (Line(sku="s-2", quantity=1, unit_price_cents=99),),
+        "lines": [OrderLine(sku="s-1", quantity=2, unit_price_cents=150)],
+        "more_lines": (OrderLine(sku="s-2", quantity=1, unit_price_cents=99),),
         "flags": {"urgent", "gift"},
-        "first": Line(sku="s-0", quantity=1, unit_price_cents=1),
+        "first": OrderLine(sku="s-0", quantity=1, unit_price_cents=1),
         "gift": None,
     }
     values.update(changes)
@@ -93,20 +84,19 @@ def sample(cls: type[AllTypes], n: int = 0, **changes: Any) -> AllTypes:
 
 
 @functools.cache
-def proto_module(stem: str = "all_types") -> ModuleType:
-    """``<stem>_pb2``, generated now from tests/payloads/<stem>.proto by grpcio-tools'
-    protoc."""
+def proto_module() -> ModuleType:
+    """``all_types_pb2``, generated now from all_types.proto by grpcio-tools' protoc."""
     from grpc_tools import protoc  # type: ignore[import-untyped]
 
     out = tempfile.mkdtemp(prefix="eventbus-proto-")
     include = str(Path(protoc.__file__).parent / "_proto")
     code = protoc.main(
-        ["protoc", f"-I{HERE}", f"-I{include}", f"--python_out={out}", f"{stem}.proto"]
+        ["protoc", f"-I{HERE}", f"-I{include}", f"--python_out={out}", "all_types.proto"]
     )
-    assert code == 0, f"protoc failed on {HERE / stem}.proto"
+    assert code == 0, f"protoc failed on {HERE / 'all_types.proto'}"
     sys.path.insert(0, out)
     try:
-        return importlib.import_module(f"{stem}_pb2")
+        return importlib.import_module("all_types_pb2")
     finally:
         sys.path.remove(out)
 
