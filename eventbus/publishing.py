@@ -100,7 +100,7 @@ def build_envelope(
     event_id = new_id()
     spec = type(message).__payload_format__ or payload_format
     if spec is None:
-        data, content_type, schema = message.to_bytes(), JSON, None
+        data = message.to_bytes()  # JSON, the default: nothing more to say
     else:
         data, content_type, schema = encode_payload(message, spec)
     envelope = _build(
@@ -118,7 +118,7 @@ def build_envelope(
         tracestate,
         dict(extensions) if extensions else {},
     )
-    if content_type is JSON:
+    if spec is None or content_type is JSON:
         return envelope
     return envelope.evolve(datacontenttype=content_type, dataschema=schema)
 
