@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from eventbus.errors import ConfigurationError, SchemaError
 from eventbus.payloads import PayloadFormat, format_named, require
-from eventbus.payloads.avro_schema import model_schema, to_avro
+from eventbus.payloads.avro_schema import converter, model_schema
 
 if TYPE_CHECKING:
     from eventbus.events import Message
@@ -45,6 +45,7 @@ class AvroFormat(PayloadFormat):
         self._fastavro = require("fastavro", "avro", "the avro payload format")
         # class -> (parsed schema, dataschema); dataschema -> parsed schema
         self._by_class: dict[type[Message], tuple[Any, str]] = {}
+        self._converters: dict[type[Message], Any] = {}
         self._by_id: dict[str, Any] = {}
 
     def schema(self, cls: type[Message]) -> tuple[Any, str]:
@@ -77,7 +78,13 @@ class AvroFormat(PayloadFormat):
         cls = type(message)
         parsed, schema_id = self.schema(cls)
         out = io.BytesIO()
-        record = to_avro(cls.__pydantic_serializer__.to_python(message))
+        record = cls.__pydantic_serializer__.to_python(message)
+        try:
+            convert = self._converters[cls]
+        except KeyError:
+            convert = self._converters[cls] = converter(cls)
+        if convert is not None:
+            record = convert(record)
         try:
             self._fastavro.schemaless_writer(out, parsed, record)
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
