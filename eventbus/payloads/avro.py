@@ -19,11 +19,13 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from eventbus.errors import ConfigurationError, SchemaError
 from eventbus.payloads import PayloadFormat, format_named, require
-from eventbus.payloads.avro_schema import converter, model_schema
+from eventbus.payloads.avro_schema import model_schema
+from eventbus.payloads.convert import converter
 
 if TYPE_CHECKING:
     from eventbus.events import Message
@@ -82,7 +84,9 @@ class AvroFormat(PayloadFormat):
         try:
             convert = self._converters[cls]
         except KeyError:
-            convert = self._converters[cls] = converter(cls)
+            # fastavro takes the rest as dumped (str enums, UUIDs, datetimes, sets).
+            convert = converter(cls, as_text=(Decimal,), enum_values=False)
+            self._converters[cls] = convert
         if convert is not None:
             record = convert(record)
         try:

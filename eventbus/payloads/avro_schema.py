@@ -26,7 +26,7 @@ import re
 import types
 import typing
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
 
@@ -166,74 +166,3 @@ def _plain_type(avro: Any) -> Any:
 
 def _default_type(value: object) -> str:
     return {bool: "boolean", int: "long", float: "double", str: "string"}[type(value)]
-
-
-Convert = Callable[[Any], Any]
-
-
-def converter(model: type[BaseModel]) -> Convert | None:
-    """What turns pydantic's Python-mode dump of ``model`` into the values fastavro
-    writes (a ``Decimal`` as its text, an enum that is not a ``str`` or ``int`` as its
-    value), touching only the fields that need it; ``None`` when none does."""
-    return _convert(model, set())
-
-
-def _convert(annotation: Any, seen: set[type]) -> Convert | None:
-    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
-    if origin is typing.Annotated:
-        return _convert(args[0], seen)
-    if origin in (typing.Union, types.UnionType):
-        members = [_convert(arg, seen) for arg in args]
-        return to_avro if any(members) else None
-    if origin in _ARRAYS and args:
-        item = _convert(args[0], seen)
-        return None if item is None else (lambda value: [item(x) for x in value])
-    if origin in (dict, Mapping) and len(args) == 2:
-        each = _convert(args[1], seen)
-        return None if each is None else (lambda value: {k: each(v) for k, v in value.items()})
-    if not isinstance(annotation, type):
-        return None
-    if issubclass(annotation, Decimal):
-        return str
-    if issubclass(annotation, enum.Enum) and not issubclass(annotation, str | int):
-        return _value
-    if issubclass(annotation, BaseModel):
-        if annotation in seen:
-            return to_avro  # a recursive model: the generic walk
-        seen.add(annotation)
-        fields = {
-            name: convert
-            for name, info in annotation.model_fields.items()
-            if (convert := _convert(info.annotation, seen)) is not None
-        }
-        if not fields:
-            return None
-
-        def record(value: dict[str, Any]) -> dict[str, Any]:
-            out = dict(value)
-            for name, convert in fields.items():
-                if out.get(name) is not None:
-                    out[name] = convert(out[name])
-            return out
-
-        return record
-    return None
-
-
-def _value(member: enum.Enum) -> Any:
-    return member.value
-
-
-def to_avro(value: Any) -> Any:
-    """Any value of a Python-mode dump, in the shape fastavro writes: enums as their
-    values, decimals as text, sets and tuples as lists (for unions, where the
-    annotation does not say which member a value is)."""
-    if isinstance(value, dict):
-        return {key: to_avro(item) for key, item in value.items()}
-    if isinstance(value, list | tuple | set | frozenset):
-        return [to_avro(item) for item in value]
-    if isinstance(value, enum.Enum):
-        return value.value
-    if isinstance(value, Decimal):
-        return str(value)
-    return value
