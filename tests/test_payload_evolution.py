@@ -130,3 +130,36 @@ def test_data_newer_than_the_reader_says_so_before_reading_it() -> None:
     registry.register(PlacedV2)
     with pytest.raises(SchemaError, match=r"version 3, newer than this service knows \(2\)"):
         registry.decode(envelope)
+
+
+def test_protobuf_data_is_upcast_from_the_writers_message_with_python_values() -> None:
+    from eventbus.payloads.protobuf import ProtobufFormat
+    from tests.payloads.events import proto_module
+
+    messages = proto_module()
+    line, order = ProtobufFormat(messages.Line), ProtobufFormat(messages.ShopOrderPlaced)
+    kind = "payloads.pb-evolving"
+
+    class LineV1(Event, type=kind, version=1, register=False, payload_format=line):
+        sku: str
+        quantity: int
+        unit_price_cents: int
+
+    class OrderV2(Event, type=kind, version=2, register=False, payload_format=order):
+        order_id: str
+        amount_cents: int
+
+    registry = Registry()
+    registry.register(OrderV2)
+
+    @registry.upcaster(kind, from_version=1)
+    def _line_to_order(data: dict[str, Any]) -> dict[str, Any]:
+        # int64 fields arrive as ints, as JSON's would (not the JSON mapping's text)
+        return {
+            "order_id": data["sku"],
+            "amount_cents": data["quantity"] * data["unit_price_cents"],
+        }
+
+    old = EventBus("memory://").envelope_for(LineV1(sku="o-9", quantity=3, unit_price_cents=2**33))
+    assert old.dataschema == "urn:protobuf:eventbus.tests.v1.Line"
+    assert registry.decode(old) == OrderV2(order_id="o-9", amount_cents=3 * 2**33)

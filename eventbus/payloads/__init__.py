@@ -71,9 +71,9 @@ class PayloadFormat:
         """Called before decoding data for ``cls``: a format with schemas knows the
         reader class's from then on (the writer's may be the same)."""
 
-    def reads(self, media: str) -> bool:
+    def reads(self, media: str, dataschema: str | None = None) -> bool:
         """Whether this format decodes data of media type ``media`` (lowercase, no
-        parameters)."""
+        parameters) written with ``dataschema``."""
         return media == self.content_type or media in self.accepts
 
     def __repr__(self) -> str:
@@ -191,7 +191,7 @@ def read_payload(
 
 def _reader(media: str, dataschema: str | None, cls: type[Message], event: str) -> PayloadFormat:
     own = cls.__payload_format__
-    if own is not None and not isinstance(own, str) and own.reads(media):
+    if own is not None and not isinstance(own, str) and own.reads(media, dataschema):
         return own
     name = _BUILTIN_MEDIA.get(media)
     if name is not None:

@@ -16,7 +16,8 @@ name (its own event class's, or any other ``ProtobufFormat`` created in the proc
 The model and the ``.proto`` meet through protobuf's JSON mapping: the model's data
 is given to the generated class's constructor (decimals and UUIDs as text, enums as
 their values; what it refuses goes through ``json_format.ParseDict``, whose error
-names the field) and read back with ``MessageToDict``, field names kept. So a
+names the field) and read back field by field, as ``MessageToDict`` would but with
+Python values (int64 as int, a Timestamp as an aware datetime). So a
 ``.proto`` field has the model field's name and a type that takes its JSON value:
 ``string`` for str, Decimal and UUID, ``google.protobuf.Timestamp`` for an aware
 datetime, ``int64``/``int32``, ``double``, ``bool``, ``repeated``, ``map<string, X>``,
@@ -27,7 +28,10 @@ publishing, never silently dropped.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from datetime import UTC
 from decimal import Decimal
+from functools import partial
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
@@ -65,11 +69,7 @@ class ProtobufFormat(PayloadFormat):
         self.message_class = message_class
         self._converters: dict[type[Message], Convert | None] = {}
         self.dataschema = SCHEMA_PREFIX + descriptor.full_name
-        # The fields that have presence (``optional`` scalars, messages): unset, they
-        # read as None, so an ``X | None`` model field gets its None back.
-        self._present = [
-            field.name for field in descriptor.fields if getattr(field, "has_presence", False)
-        ]
+        self._read = _reader(descriptor, self._json)
         _BOUND.setdefault(self.dataschema, self)
 
     def __repr__(self) -> str:
@@ -102,6 +102,9 @@ class ProtobufFormat(PayloadFormat):
                 "of that name and a type that takes its JSON value"
             ) from exc
 
+    def reads(self, media: str, dataschema: str | None = None) -> bool:
+        return media in MEDIA_TYPES and dataschema in (None, self.dataschema)
+
     def decode(self, data: bytes, dataschema: str | None) -> dict[str, Any]:
         if dataschema is not None and dataschema != self.dataschema:
             raise SchemaError(
@@ -113,13 +116,73 @@ class ProtobufFormat(PayloadFormat):
             proto.ParseFromString(data)
         except Exception as exc:  # google.protobuf.message.DecodeError and kin
             raise SchemaError(f"data is not a protobuf {self.dataschema}: {exc}") from exc
-        value: dict[str, Any] = self._json.MessageToDict(
-            proto, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
-        )
-        for name in self._present:
-            if name not in value:
-                value[name] = None
-        return value
+        return self._read(proto)
+
+
+# -- reading a message into the model's data -------------------------------------------
+#
+# What MessageToDict gives, but with Python values where the JSON mapping has text
+# (int64 as int, Timestamp as an aware datetime, bytes as bytes), so upcasters see the
+# values JSON data would give them, and several times faster (a plan made once per
+# message type). An unset field with presence (``optional``, a message) reads as None.
+
+_PLAIN, _PRESENT, _LIST, _MAP = range(4)
+_READERS: dict[str, Callable[[Any], dict[str, Any]]] = {}
+
+
+def _reader(descriptor: Any, json_format: Any) -> Callable[[Any], dict[str, Any]]:
+    found = _READERS.get(descriptor.full_name)
+    if found is not None:
+        return found
+    plan: list[tuple[str, int, Callable[[Any], Any] | None]] = []
+
+    def read(message: Any) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name, kind, convert in plan:
+            value = getattr(message, name)
+            if kind == _PLAIN:
+                out[name] = value if convert is None else convert(value)
+            elif kind == _PRESENT:
+                present = message.HasField(name)
+                out[name] = None if not present else value if convert is None else convert(value)
+            elif kind == _LIST:
+                out[name] = list(value) if convert is None else [convert(v) for v in value]
+            else:
+                out[name] = (
+                    dict(value) if convert is None else {k: convert(v) for k, v in value.items()}
+                )
+        return out
+
+    _READERS[descriptor.full_name] = read  # before the fields: a message may nest itself
+    for field in descriptor.fields:
+        entry = field.message_type
+        if entry is not None and entry.GetOptions().map_entry:
+            plan.append((field.name, _MAP, _value(entry.fields_by_name["value"], json_format)))
+        elif field.is_repeated:
+            plan.append((field.name, _LIST, _value(field, json_format)))
+        else:
+            kind = _PRESENT if field.has_presence else _PLAIN
+            plan.append((field.name, kind, _value(field, json_format)))
+    return read
+
+
+def _value(field: Any, json_format: Any) -> Callable[[Any], Any] | None:
+    """How one value of ``field`` is read (``None``: as it is, a Python scalar)."""
+    kind = field.message_type
+    if kind is not None:
+        if kind.full_name == "google.protobuf.Timestamp":
+            return partial(_timestamp, tz=UTC)
+        if kind.full_name.startswith("google.protobuf."):  # Struct, Duration, wrappers...
+            return partial(json_format.MessageToDict, preserving_proto_field_name=True)
+        return _reader(kind, json_format)
+    if field.enum_type is not None:
+        names = {value.number: value.name for value in field.enum_type.values}
+        return lambda number: names.get(number, number)
+    return None
+
+
+def _timestamp(value: Any, tz: Any) -> Any:
+    return value.ToDatetime(tzinfo=tz)
 
 
 def _find(media: str, dataschema: str | None) -> PayloadFormat | None:
