@@ -246,3 +246,17 @@ def test_a_field_avro_cannot_type_fails_the_publish_naming_it() -> None:
 
     with pytest.raises(ConfigurationError, match=r"Loose\.extra: typing\.Any has no Avro type"):
         EventBus("memory://").envelope_for(Loose(extra={"a": 1}))
+
+
+def test_the_asyncapi_document_gives_each_message_its_content_type() -> None:
+    from eventbus.asyncapi import asyncapi_document
+
+    bus = EventBus("memory://", payload_format="msgpack")
+    bus.publishes(Tally, TallyJson, FORMATS["avro"], FORMATS["protobuf"])
+    messages = asyncapi_document(bus)["components"]["messages"]
+    assert sorted(m["contentType"] for m in messages.values()) == [
+        "application/avro",
+        "application/json",
+        "application/msgpack",
+        "application/protobuf",
+    ]

@@ -34,6 +34,7 @@ __all__ = [
     "JSON_NAME",
     "PayloadFormat",
     "check_format",
+    "content_type_of",
     "encode_payload",
     "format_named",
     "media_type",
@@ -154,6 +155,22 @@ def check_format(spec: object, where: str, *, per_class: bool) -> str | PayloadF
         f"{where}: payload_format={spec!r} is not a payload format: use one of "
         f"{', '.join(repr(n) for n in BUILTIN_FORMATS)}, or a PayloadFormat instance"
     )
+
+
+_CONTENT_TYPES = {
+    "json": "application/json",
+    "msgpack": "application/msgpack",
+    "avro": "application/avro",
+}
+
+
+def content_type_of(cls: type[Message], default: str | PayloadFormat | None = None) -> str:
+    """The ``datacontenttype`` ``cls`` is published with (``default``: the bus's
+    format), without importing the format's library."""
+    spec = cls.__payload_format__ or default
+    if spec is None:
+        return _CONTENT_TYPES["json"]
+    return _CONTENT_TYPES[spec] if isinstance(spec, str) else spec.content_type
 
 
 def _resolve(spec: str | PayloadFormat) -> PayloadFormat | None:
