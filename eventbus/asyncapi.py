@@ -33,6 +33,7 @@ from urllib.parse import unquote, urlsplit
 from pydantic.json_schema import models_json_schema
 
 from eventbus.events import Command, Message
+from eventbus.payloads import content_type_of
 
 if TYPE_CHECKING:
     from eventbus.bus import EventBus
@@ -79,7 +80,12 @@ def asyncapi_document(
     classes = _unique([*(c for _, handled in subscribed for c in handled), *bus.published])
 
     schemas, payloads = _schemas(classes)
-    messages = {_message_id(c): _message(c, payloads[c], prefix, scheme) for c in classes}
+    messages = {
+        _message_id(c): _message(
+            c, payloads[c], prefix, scheme, content_type_of(c, bus.payload_format)
+        )
+        for c in classes
+    }
 
     topics = _unique(
         [*(spec.topic for spec, _ in subscribed), *(c.default_topic() for c in bus.published)]
@@ -169,13 +175,13 @@ def _schemas(classes: list[type[Message]]) -> tuple[dict[str, Any], dict[type[Me
 
 
 def _message(
-    cls: type[Message], payload: dict[str, Any], prefix: str | None, scheme: str
+    cls: type[Message], payload: dict[str, Any], prefix: str | None, scheme: str, content_type: str
 ) -> dict[str, Any]:
     version = cls.data_version()
     message: dict[str, Any] = {
         "name": cls.event_type(),
         "title": cls.__name__,
-        "contentType": "application/json",
+        "contentType": content_type,
         "payload": payload,
         "x-eventbus-type": cls.event_type(),
         "x-eventbus-version": version,
@@ -188,8 +194,13 @@ def _message(
     if prefix is None:
         message["description"] = (
             "Carried in CloudEvents structured mode: the body is the CloudEvents JSON "
-            "envelope (application/cloudevents+json) with this payload as its `data`, "
-            f'`type` {cls.event_type()!r} and `dataversion` "{version}".'
+            "envelope (application/cloudevents+json) with this payload as its "
+            + (
+                "`data`, "
+                if content_type == "application/json"
+                else f"`data_base64` ({content_type}), "
+            )
+            + f'`type` {cls.event_type()!r} and `dataversion` "{version}".'
         )
     else:
         headers = _headers(cls, prefix)

@@ -34,6 +34,7 @@ from eventbus.middleware.base import Middleware, PublishMiddleware, compose_publ
 from eventbus.middleware.chain import ChainDefaults, build_chain, check_middleware
 from eventbus.middleware.idempotency import Idempotency, IdempotencyStore
 from eventbus.middleware.retry import RetryPolicy
+from eventbus.payloads import PayloadFormat, check_format
 from eventbus.publishing import (
     build_envelope,
     build_envelopes,
@@ -101,8 +102,11 @@ class EventBus:
         redelivery_backoff: Backoff | None = None,
         start_timeout: float = 30.0,
         wire_format: WireFormatOption = "cloudevents",
+        payload_format: str | PayloadFormat | None = None,
     ) -> None:
         self.adapter = adapter_from_url(adapter) if isinstance(adapter, str) else adapter
+        # How events of a class that names no payload_format are encoded (None: JSON).
+        self.payload_format = check_format(payload_format, "EventBus(...)", per_class=False)
         self.source = source
         check_middleware(middleware, "EventBus(...)")
         self.middleware = list(middleware)
@@ -348,6 +352,7 @@ class EventBus:
             correlation_id=correlation_id,
             subject=subject,
             extensions=extensions,
+            payload_format=self.payload_format,
         )
 
     async def publish(
@@ -444,7 +449,9 @@ class EventBus:
         out) raises :class:`BatchPublishError`: ``failures`` and ``succeeded`` are
         indexes into ``messages``, ``envelopes`` what to republish with the same ids.
         """
-        envelopes = build_envelopes(messages, self.source, **options)
+        envelopes = build_envelopes(
+            messages, self.source, payload_format=self.payload_format, **options
+        )
 
         async def publish(target: str, batch: Sequence[Envelope]) -> list[Envelope]:
             return await self.publish_envelopes(target, batch, wire_format=wire_format)

@@ -5,6 +5,9 @@
     class OrderPlaced(Event, type="order.placed", topic="orders", version=2):
         order_id: str
 
+    class StockCounted(Event, type="stock.counted", payload_format="avro"):
+        sku: str
+
     @registry.upcaster("order.placed", from_version=1)
     def _v1_to_v2(data: dict) -> dict:
         return {**data, "order_id": data.pop("id")}
@@ -14,12 +17,16 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from eventbus.envelope import Envelope
+from eventbus.codec import is_json_content_type
+from eventbus.envelope import JSON, Envelope
 from eventbus.errors import ConfigurationError, SchemaError
+
+if TYPE_CHECKING:
+    from eventbus.payloads import PayloadFormat
 
 Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
 
@@ -29,7 +36,9 @@ class Message(BaseModel):
 
     Class keywords: ``type`` (stable name stored with every message; defaults to
     the class name, so give one explicitly before you rename classes), ``topic``
-    (where it is published by default) and ``version`` (the data version).
+    (where it is published by default), ``version`` (the data version) and
+    ``payload_format`` (how its data is encoded: ``"json"``, the default, ``"msgpack"``,
+    ``"avro"`` or a :class:`~eventbus.payloads.PayloadFormat`; see :mod:`eventbus.payloads`).
     """
 
     model_config = ConfigDict(frozen=True)
@@ -38,6 +47,7 @@ class Message(BaseModel):
     __topic__: ClassVar[str] = ""
     __version__: ClassVar[int] = 1
     __kind__: ClassVar[str] = "message"
+    __payload_format__: ClassVar[str | PayloadFormat | None] = None
 
     def __init_subclass__(
         cls,
@@ -46,11 +56,17 @@ class Message(BaseModel):
         topic: str | None = None,
         version: int = 1,
         register: bool = True,
+        payload_format: str | PayloadFormat | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init_subclass__(**kwargs)
         if cls.__name__ in ("Event", "Command") and cls.__module__ == __name__:
             return
+        if payload_format is not None:
+            from eventbus.payloads import check_format
+
+            where = f"class {cls.__name__}"
+            cls.__payload_format__ = check_format(payload_format, where, per_class=True)
         cls.__event_type__ = type or cls.__name__
         cls.__topic__ = topic or cls.__dict__.get("__topic__", "") or cls.__event_type__
         cls.__version__ = version
@@ -73,7 +89,7 @@ class Message(BaseModel):
         return cls.__version__
 
     def to_bytes(self) -> bytes:
-        """The JSON encoding of the model's data."""
+        """The JSON encoding of the model's data (whatever its ``payload_format``)."""
         return self.__pydantic_serializer__.to_json(self)
 
 
@@ -135,7 +151,8 @@ class Registry:
         """Turn an envelope into its typed message, upcasting old versions.
 
         Raises :class:`SchemaError` (a poison message) for an unknown type, a
-        version with no upcaster path, undecodable JSON or data that fails validation.
+        version with no upcaster path, undecodable data or data that fails validation.
+        Data that is not JSON is read by its ``datacontenttype`` (:mod:`eventbus.payloads`).
         """
         cls = cls or self._classes.get(envelope.type)
         if cls is None:
@@ -144,6 +161,14 @@ class Registry:
                 "registered for it; import the module that defines it"
             )
         version, target = envelope.dataversion, cls.data_version()
+        content_type = envelope.datacontenttype
+        if (
+            content_type is not JSON
+            and content_type is not None
+            and content_type != JSON
+            and not is_json_content_type(content_type)
+        ):
+            return self._decode_other(envelope, cls, content_type)
         if version == target and envelope.data:
             # The common case: pydantic-core parses and validates in one pass.
             direct = self._direct_json.get(cls)
@@ -165,6 +190,26 @@ class Registry:
             raise SchemaError(
                 f"event {envelope.id} ({envelope.type}) data is not JSON: {exc}"
             ) from exc
+        return self._upcast(envelope, cls, data)
+
+    def _decode_other(self, envelope: Envelope, cls: type[Message], content_type: str) -> Message:
+        """Decode data of another payload format (msgpack, Avro, protobuf) into ``cls``."""
+        from eventbus.payloads import read_payload
+
+        event = f"{envelope.id} ({envelope.type} v{envelope.dataversion})"
+        if envelope.dataversion > cls.data_version():
+            return self._upcast(envelope, cls, {})  # raises: newer than this service knows
+        try:
+            data = read_payload(envelope.data, content_type, envelope.dataschema, cls, event)
+        except SchemaError as exc:
+            if str(exc).startswith("event "):
+                raise
+            raise SchemaError(f"event {event}: {exc}") from exc
+        return self._upcast(envelope, cls, data)
+
+    def _upcast(self, envelope: Envelope, cls: type[Message], data: dict[str, Any]) -> Message:
+        """``data`` of ``envelope``'s version brought to ``cls``'s by the upcasters."""
+        version, target = envelope.dataversion, cls.data_version()
         if version > target:
             raise SchemaError(
                 f"event {envelope.id} has {envelope.type!r} version {version}, newer than "

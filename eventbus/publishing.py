@@ -12,6 +12,7 @@ from eventbus.adapter import Adapter
 from eventbus.backoff import Backoff
 from eventbus.context import INHERIT, ParentOption, current_envelope
 from eventbus.envelope import (
+    JSON,
     Envelope,
     _build,
     _build_many,
@@ -28,6 +29,7 @@ from eventbus.errors import (
     UsageError,
 )
 from eventbus.events import Command, Message
+from eventbus.payloads import PayloadFormat, encode_payload
 from eventbus.wire import WireFormat, publish_encoded
 
 PUBLISH_BACKOFF = Backoff(initial=0.05, max_delay=1.0)
@@ -86,21 +88,28 @@ def build_envelope(
     correlation_id: str | None = None,
     subject: str | None = None,
     extensions: dict[str, str] | None = None,
+    payload_format: str | PayloadFormat | None = None,
 ) -> Envelope:
     """The envelope for ``message`` from ``source`` (see ``EventBus.envelope_for``).
 
     The one-message case of :func:`build_envelopes`, written out: it is every
-    ``publish``'s first step."""
+    ``publish``'s first step. ``payload_format``: the bus's default, for a class
+    that names none (:mod:`eventbus.payloads`; ``None`` is JSON)."""
     if not isinstance(message, Message):
         raise not_a_message(message)
     correlation, causation, traceparent, tracestate = _lineage(parent, correlation_id, extensions)
     event_id = new_id()
-    return _build(
+    spec = type(message).__payload_format__ or payload_format
+    if spec is None:
+        data = message.to_bytes()  # JSON, the default: nothing more to say
+    else:
+        data, content_type, schema = encode_payload(message, spec)
+    envelope = _build(
         event_id,
         message.event_type(),
         source,
         utcnow(),
-        message.to_bytes(),
+        data,
         message.data_version(),
         key,
         subject,
@@ -110,6 +119,9 @@ def build_envelope(
         tracestate,
         dict(extensions) if extensions else {},
     )
+    if spec is None or content_type is JSON:
+        return envelope
+    return envelope.evolve(datacontenttype=content_type, dataschema=schema)
 
 
 def _lineage(
@@ -139,6 +151,7 @@ def build_envelopes(
     correlation_id: str | None = None,
     subject: str | None = None,
     extensions: dict[str, str] | None = None,
+    payload_format: str | PayloadFormat | None = None,
 ) -> list[Envelope]:
     """One envelope per message, as :func:`build_envelope` builds each.
 
@@ -154,11 +167,25 @@ def build_envelopes(
     ids = new_ids(len(messages)) if len(messages) != 1 else [new_id()]
     kind = type(messages[0])
     bodies: list[bytes]
-    if all(type(message) is kind for message in messages):
+    same = all(type(message) is kind for message in messages)
+    formatted = payload_format is not None or (
+        kind.__payload_format__ if same else any(type(m).__payload_format__ for m in messages)
+    )
+    encoded: list[tuple[bytes, str, str | None]] = []
+    if formatted:
+        # A class or the bus names a payload format: each message's own encoding.
+        encoded = [
+            encode_payload(message, type(message).__payload_format__ or payload_format or "json")
+            for message in messages
+        ]
+        types: Sequence[str] = [message.event_type() for message in messages]
+        versions: Sequence[int] = [message.data_version() for message in messages]
+        bodies = [data for data, _, _ in encoded]
+    elif same:
         # One class (the common case): its type and version looked up once, and
         # its serializer called directly unless the class has its own to_bytes.
-        types: Sequence[str] = [kind.event_type()] * len(messages)
-        versions: Sequence[int] = [kind.data_version()] * len(messages)
+        types = [kind.event_type()] * len(messages)
+        versions = [kind.data_version()] * len(messages)
         if kind.to_bytes is Message.to_bytes:
             to_json = kind.__pydantic_serializer__.to_json
             bodies = [to_json(message) for message in messages]
@@ -168,7 +195,7 @@ def build_envelopes(
         types = [message.event_type() for message in messages]
         versions = [message.data_version() for message in messages]
         bodies = [message.to_bytes() for message in messages]
-    return _build_many(
+    envelopes = _build_many(
         ids,
         types,
         versions,
@@ -183,6 +210,14 @@ def build_envelopes(
         tracestate,
         extensions,
     )
+    if not encoded:
+        return envelopes
+    return [
+        envelope
+        if content_type is JSON
+        else envelope.evolve(datacontenttype=content_type, dataschema=schema)
+        for envelope, (_, content_type, schema) in zip(envelopes, encoded, strict=True)
+    ]
 
 
 async def publish_batch(

@@ -1,5 +1,6 @@
 """The library, its probes and its AsyncAPI generator import without the optional extras
-(prometheus-client, OpenTelemetry, FastAPI, PyYAML, watchfiles); what needs one names it."""
+(prometheus-client, OpenTelemetry, FastAPI, PyYAML, watchfiles, msgspec, fastavro,
+protobuf); what needs one names it."""
 
 from __future__ import annotations
 
@@ -10,7 +11,10 @@ import textwrap
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-HIDDEN = ("prometheus_client", "opentelemetry", "fastapi", "starlette", "yaml", "watchfiles")
+HIDDEN = (
+    *("prometheus_client", "opentelemetry", "fastapi", "starlette", "yaml", "watchfiles"),
+    *("msgspec", "fastavro", "google"),
+)
 
 
 def without_extras(tmp_path: Path) -> dict[str, str]:
@@ -65,3 +69,38 @@ def test_commands_needing_an_extra_name_it(tmp_path: Path) -> None:
         tmp_path, "-m", "eventbus", "run", "examples.testing.shop:bus", "--metrics-port", "0"
     )
     assert ran.returncode == 3 and 'pip install "eventbus[prometheus]"' in ran.stderr, ran.stderr
+
+
+def test_payload_formats_need_their_extra_only_when_used(tmp_path: Path) -> None:
+    code = textwrap.dedent("""
+        from eventbus import Envelope, Event, EventBus, registry
+        from eventbus.errors import ConfigurationError, SchemaError
+
+        class Tally(Event, type="tally", payload_format="msgpack"):
+            n: int
+
+        class Count(Event, type="count", payload_format="avro"):
+            n: int
+
+        for message in (Tally(n=1), Count(n=1)):
+            try:
+                EventBus("memory://").envelope_for(message)
+            except ConfigurationError as exc:
+                print(exc)
+        avro = Envelope.create(type="count", source="t", datacontenttype="application/avro")
+        try:
+            registry.decode(avro)
+        except SchemaError as exc:
+            print(exc)
+        from eventbus.payloads.protobuf import ProtobufFormat
+        try:
+            ProtobufFormat(Count)
+        except ConfigurationError as exc:
+            print(exc)
+    """)
+    ran = python(tmp_path, "-c", code)
+    assert ran.returncode == 0, ran.stderr
+    lines = ran.stdout.splitlines()
+    assert len(lines) == 4, ran.stdout
+    for line, extra in zip(lines, ("msgpack", "avro", "avro", "protobuf"), strict=True):
+        assert f'pip install "eventbus[{extra}]"' in line, line

@@ -1,0 +1,1 @@
+"""Interop with other producers and consumers on the same real brokers."""
