@@ -299,13 +299,19 @@ class BatchRun:
 
 def begin_batch(observers: Sequence[Any], contexts: Sequence[Context]) -> list[object]:
     """The observers' ``begin_batch``, outermost first; their marks for :func:`end_batch`."""
+    return begin_each(observers, "begin_batch", contexts, None)
+
+
+def begin_each(observers: Sequence[Any], step: str, arg: object, failed: object) -> list[object]:
+    """Each observer's ``step(arg)`` (``begin`` or ``begin_batch``), outermost first:
+    their marks, with ``failed`` for each that raised (logged, and the work goes on)."""
     marks: list[object] = []
     for observer in observers:
         try:
-            marks.append(observer.begin_batch(contexts))
+            marks.append(getattr(observer, step)(arg))
         except Exception as exc:
-            marks.append(None)
-            _observer_failed(observer, "begin_batch", exc)
+            marks.append(failed)
+            observer_failed(observer, step, exc)
     return marks
 
 
@@ -321,13 +327,20 @@ def end_batch(
         try:
             observer.end_batch(contexts, mark, failed, failure)
         except Exception as exc:
-            _observer_failed(observer, "end_batch", exc)
+            observer_failed(observer, "end_batch", exc)
 
 
-def _observer_failed(observer: object, step: str, exc: Exception) -> None:
-    # Watching must never change what happens to a batch: log, and go on.
+def observer_failed(observer: object, step: str, exc: Exception, what: str = "batch") -> None:
+    """Log that ``observer`` raised in ``step``. Watching must never change what happens
+    to a message or a batch (``what``): it is handled as if the observer were not there."""
     log.error(
-        "observer %r failed in %s (%s: %s)", observer, step, type(exc).__name__, exc, exc_info=exc
+        "observer %r failed in %s (%s: %s); the %s is handled as if it were not there",
+        observer,
+        step,
+        type(exc).__name__,
+        exc,
+        what,
+        exc_info=exc,
     )
 
 
