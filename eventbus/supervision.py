@@ -99,6 +99,15 @@ class Supervision:
         self._fetch_task: asyncio.Task[None] | None = None
         self._stall_task: asyncio.Task[None] | None = None
 
+    def _log(
+        self, level: int, text: str, *args: object, exc_info: BaseException | None = None
+    ) -> None:
+        """Log ``text`` about this subscription: its topic and group fill the first two
+        ``%s``, then ``args``; the record names the caller's line."""
+        log.log(
+            level, text, self.spec.topic, self.spec.group, *args, exc_info=exc_info, stacklevel=2
+        )
+
     def health(self) -> SubscriptionHealth:
         """This subscription's state and, unless running, the last error."""
         error = None if self.error is None else f"{type(self.error).__name__}: {self.error}"
@@ -127,13 +136,7 @@ class Supervision:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            log.debug(
-                "backlog of %s/%s not read: %s: %s",
-                self.spec.topic,
-                self.spec.group,
-                type(exc).__name__,
-                exc,
-            )
+            self._log(logging.DEBUG, "backlog of %s/%s not read: %s: %s", type(exc).__name__, exc)
             return None
 
     async def subscribe(self) -> None:
@@ -198,11 +201,9 @@ class Supervision:
                 return
             delay = next(delays)
             self.state, self.error = "reconnecting", error
-            log.log(
+            self._log(
                 logging.WARNING if connection else logging.ERROR,
                 "subscription %s/%s failed (%s: %s); re-subscribing in %.2fs",
-                self.spec.topic,
-                self.spec.group,
                 type(error).__name__,
                 error,
                 delay,
@@ -233,11 +234,7 @@ class Supervision:
             if progress.ticks != seen or not self.lanes.idle():
                 seen, self._idle_since, self._backlog = progress.ticks, now, None
                 if self.state == "stalled":
-                    log.info(
-                        "subscription %s/%s is making progress again",
-                        self.spec.topic,
-                        self.spec.group,
-                    )
+                    self._log(logging.INFO, "subscription %s/%s is making progress again")
                     self.state, self.error = "running", None
                 continue
             if now - self._idle_since < stall_after or self.state not in ("running", "stalled"):
@@ -282,11 +279,10 @@ class Supervision:
 
     def _die(self, error: Exception, failures: int) -> None:
         self.state, self.error = "dead", error
-        log.error(
+        self._log(
+            logging.ERROR,
             "subscription %s/%s is dead for good after %d failure(s) in a row: %s: %s; "
             "nothing more is consumed until the service restarts",
-            self.spec.topic,
-            self.spec.group,
             max(1, failures),
             type(error).__name__,
             error,
@@ -303,10 +299,9 @@ class Supervision:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            log.warning(
+            self._log(
+                logging.WARNING,
                 "closing the failed subscription %s/%s raised %s: %s",
-                self.spec.topic,
-                self.spec.group,
                 type(exc).__name__,
                 exc,
             )
@@ -321,10 +316,8 @@ class Supervision:
             done, _ = await asyncio.wait({task}, timeout=0.5)
             if done:
                 return
-        log.warning(
-            "%s/%s: fetching did not stop when cancelled; closing the subscription",
-            self.spec.topic,
-            self.spec.group,
+        self._log(
+            logging.WARNING, "%s/%s: fetching did not stop when cancelled; closing the subscription"
         )
         await self._drop_subscription()
         await asyncio.gather(task, return_exceptions=True)
@@ -342,11 +335,10 @@ class Supervision:
             # message goes back to the broker, as a lane's would.
             _, pending = await asyncio.wait({self._fetch_task}, timeout=timeout)
             if pending:
-                log.warning(
+                self._log(
+                    logging.WARNING,
                     "%s/%s: the handler is still busy after %.1fs; its message "
                     "goes back to the broker",
-                    self.spec.topic,
-                    self.spec.group,
                     timeout,
                 )
         await self._stop_fetching(self._fetch_task)
