@@ -14,7 +14,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Literal
 
 from eventbus.adapter import Adapter, SubscribeOptions, Subscription, start_from_for
@@ -57,6 +57,10 @@ class SubscriptionHealth:
     held: int = 0
 
 
+_RECONNECT = Backoff(initial=0.05, max_delay=2.0)
+
+
+@dataclass(eq=False, repr=False)
 class Supervision:
     """Subscribes ``spec`` on ``adapter`` and keeps the subscription alive, handing its
     deliveries to ``lanes``.
@@ -68,36 +72,24 @@ class Supervision:
     broker holds messages for the group, that count as a stall.
     """
 
-    def __init__(
-        self,
-        adapter: Adapter,
-        spec: SubscriptionSpec,
-        progress: Progress,
-        lanes: Lanes,
-        *,
-        prefetch: int = 8,
-        reconnect: Backoff | None = None,
-        max_failures: int = 5,
-        on_dead: Callable[[], None] | None = None,
-        stall_after: float | None = 60.0,
-    ) -> None:
-        self.adapter = adapter
-        self.spec = spec
-        self.progress = progress
-        self.lanes = lanes
-        self.prefetch = prefetch
-        self.reconnect = reconnect or Backoff(initial=0.05, max_delay=2.0)
-        self.max_failures = max_failures
-        self.on_dead = on_dead
-        self.stall_after = stall_after
-        self.state: SubscriptionState = "starting"
-        self.error: BaseException | None = None
-        self._idle_since = 0.0
-        self._backlog: int | None = None
-        self._window = 0  # the prefetch asked for
-        self._subscription: Subscription | None = None
-        self._fetch_task: asyncio.Task[None] | None = None
-        self._stall_task: asyncio.Task[None] | None = None
+    adapter: Adapter
+    spec: SubscriptionSpec
+    progress: Progress
+    lanes: Lanes
+    _: KW_ONLY
+    prefetch: int = 8
+    reconnect: Backoff | None = None  # None: _RECONNECT (0.05 s, growing to 2 s)
+    max_failures: int = 5
+    on_dead: Callable[[], None] | None = None
+    stall_after: float | None = 60.0
+    state: SubscriptionState = field(default="starting", init=False)
+    error: BaseException | None = field(default=None, init=False)
+    _idle_since: float = field(default=0.0, init=False)
+    _backlog: int | None = field(default=None, init=False)
+    _window: int = field(default=0, init=False)  # the prefetch asked for
+    _subscription: Subscription | None = field(default=None, init=False)
+    _fetch_task: asyncio.Task[None] | None = field(default=None, init=False)
+    _stall_task: asyncio.Task[None] | None = field(default=None, init=False)
 
     def _log(
         self, level: int, text: str, *args: object, exc_info: BaseException | None = None
@@ -166,7 +158,7 @@ class Supervision:
         return await self.adapter.subscribe(self.spec.topic, options)
 
     async def _fetch(self) -> None:
-        delays = iter(self.reconnect)
+        delays = iter(self.reconnect or _RECONNECT)
         failures = 0  # consecutive failures other than connection errors
         progress = self.progress
         while True:
@@ -191,7 +183,7 @@ class Supervision:
                 return
             if progress.progressed:
                 # This subscription got work done before failing: a new series.
-                failures, delays = 0, iter(self.reconnect)
+                failures, delays = 0, iter(self.reconnect or _RECONNECT)
             connection = isinstance(error, BrokerConnectionError)
             failures += 0 if connection else 1
             self._lost()
