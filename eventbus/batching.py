@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Collection, Sequence
+from dataclasses import KW_ONLY, dataclass
 from typing import TYPE_CHECKING, Any
 
 from eventbus.adapter import Delivery
@@ -145,6 +146,7 @@ class BatchCollector:
         return batch
 
 
+@dataclass(eq=False, repr=False)
 class BatchRun:
     """Runs the batches of one subscription (see the module doc), settling each event.
 
@@ -155,26 +157,15 @@ class BatchRun:
     (the chain's observing layers) watch each batch call.
     """
 
-    def __init__(
-        self,
-        spec: SubscriptionSpec,
-        registry: Registry,
-        runs: RunCounter,
-        publisher: Publisher,
-        *,
-        handle: Callable[[Delivery], Awaitable[None]],
-        ack: Callable[[Delivery], Awaitable[None]],
-        stopping: Callable[[], bool],
-        observers: Sequence[Any] = (),
-    ) -> None:
-        self.spec = spec
-        self.observers = observers
-        self.registry = registry
-        self.runs = runs
-        self.publisher = publisher
-        self._handle = handle
-        self._ack = ack
-        self._stopping = stopping
+    spec: SubscriptionSpec
+    registry: Registry
+    runs: RunCounter
+    publisher: Publisher
+    _: KW_ONLY
+    handle: Callable[[Delivery], Awaitable[None]]
+    ack: Callable[[Delivery], Awaitable[None]]
+    stopping: Callable[[], bool]
+    observers: Sequence[Any] = ()
 
     async def run(self, deliveries: list[Delivery]) -> None:
         """Run one batch of deliveries, settling each of them."""
@@ -190,12 +181,12 @@ class BatchRun:
                 or envelope.type != handler.message_class.event_type()
             ):
                 # Poison, another type, or a redelivery (it failed before): on its own.
-                await self._handle(delivery)
+                await self.handle(delivery)
                 continue
             try:
                 event = self.registry.decode(envelope, handler.message_class)
             except Exception:
-                await self._handle(delivery)  # fails again there, and is dead-lettered
+                await self.handle(delivery)  # fails again there, and is dead-lettered
                 continue
             ready.append(delivery)
             events.append(event)
@@ -225,9 +216,9 @@ class BatchRun:
                 continue
             assert delivery.envelope is not None
             self.runs.finished(delivery.envelope.id)
-            await self._ack(delivery)
+            await self.ack(delivery)
         for index in sorted(failed):
-            await self._handle(ready[index])
+            await self.handle(ready[index])
 
     async def _call(
         self, handler: Any, events: list[Any], contexts: list[Context]
@@ -275,7 +266,7 @@ class BatchRun:
             return set(exc.indexes), exc
         except asyncio.CancelledError as exc:
             if _cancelling():
-                if self._stopping():
+                if self.stopping():
                     for ctx in contexts:
                         self.runs.not_ran(ctx.envelope.id)
                 raise
