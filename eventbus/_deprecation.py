@@ -4,8 +4,11 @@ A module lists its renamed names and forwards its ``__getattr__`` here::
 
     _RENAMED = {"SagaNotFound": ("SagaNotFoundError", lambda: SagaNotFoundError)}
 
-    def __getattr__(name: str) -> Any:
+    def getattr_(name: str) -> Any:
         return renamed(__name__, name, _RENAMED)
+
+A module whose names moved to other modules takes its ``__getattr__`` from
+:func:`moved`, which imports each from its new home when it is read.
 
 The old name is the same object as the new one (``except SagaNotFound`` still
 catches), so only the spelling is deprecated, not the behaviour.
@@ -13,8 +16,9 @@ catches), so only the spelling is deprecated, not the behaviour.
 
 from __future__ import annotations
 
+import importlib
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 Renamed = Mapping[str, tuple[str, Callable[[], Any]]]
@@ -34,3 +38,19 @@ def renamed(module: str, name: str, table: Renamed) -> Any:
         stacklevel=3,  # the line that read the old name: renamed <- __getattr__ <- caller
     )
     return get()
+
+
+def moved(module: str, homes: Mapping[str, Iterable[str]]) -> Callable[[str], Any]:
+    """A ``__getattr__`` for ``module``, whose names moved: ``homes`` maps each new home
+    module to the names it holds now. Reading one warns (see :func:`renamed`) naming
+    it in its new home, and imports it from there only then."""
+    where = {name: home for home, names in homes.items() for name in names}
+
+    def getattr_(name: str) -> Any:
+        home = where.get(name)
+        table: Renamed = {}
+        if home is not None:
+            table = {name: (f"{home}.{name}", lambda: getattr(importlib.import_module(home), name))}
+        return renamed(module, name, table)
+
+    return getattr_

@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Collection, Sequence
+from dataclasses import KW_ONLY, dataclass
 from typing import TYPE_CHECKING, Any
 
 from eventbus.adapter import Delivery
@@ -145,6 +146,7 @@ class BatchCollector:
         return batch
 
 
+@dataclass(eq=False, repr=False)
 class BatchRun:
     """Runs the batches of one subscription (see the module doc), settling each event.
 
@@ -155,26 +157,15 @@ class BatchRun:
     (the chain's observing layers) watch each batch call.
     """
 
-    def __init__(
-        self,
-        spec: SubscriptionSpec,
-        registry: Registry,
-        runs: RunCounter,
-        publisher: Publisher,
-        *,
-        handle: Callable[[Delivery], Awaitable[None]],
-        ack: Callable[[Delivery], Awaitable[None]],
-        stopping: Callable[[], bool],
-        observers: Sequence[Any] = (),
-    ) -> None:
-        self.spec = spec
-        self.observers = observers
-        self.registry = registry
-        self.runs = runs
-        self.publisher = publisher
-        self._handle = handle
-        self._ack = ack
-        self._stopping = stopping
+    spec: SubscriptionSpec
+    registry: Registry
+    runs: RunCounter
+    publisher: Publisher
+    _: KW_ONLY
+    handle: Callable[[Delivery], Awaitable[None]]
+    ack: Callable[[Delivery], Awaitable[None]]
+    stopping: Callable[[], bool]
+    observers: Sequence[Any] = ()
 
     async def run(self, deliveries: list[Delivery]) -> None:
         """Run one batch of deliveries, settling each of them."""
@@ -190,12 +181,12 @@ class BatchRun:
                 or envelope.type != handler.message_class.event_type()
             ):
                 # Poison, another type, or a redelivery (it failed before): on its own.
-                await self._handle(delivery)
+                await self.handle(delivery)
                 continue
             try:
                 event = self.registry.decode(envelope, handler.message_class)
             except Exception:
-                await self._handle(delivery)  # fails again there, and is dead-lettered
+                await self.handle(delivery)  # fails again there, and is dead-lettered
                 continue
             ready.append(delivery)
             events.append(event)
@@ -225,9 +216,9 @@ class BatchRun:
                 continue
             assert delivery.envelope is not None
             self.runs.finished(delivery.envelope.id)
-            await self._ack(delivery)
+            await self.ack(delivery)
         for index in sorted(failed):
-            await self._handle(ready[index])
+            await self.handle(ready[index])
 
     async def _call(
         self, handler: Any, events: list[Any], contexts: list[Context]
@@ -275,7 +266,7 @@ class BatchRun:
             return set(exc.indexes), exc
         except asyncio.CancelledError as exc:
             if _cancelling():
-                if self._stopping():
+                if self.stopping():
                     for ctx in contexts:
                         self.runs.not_ran(ctx.envelope.id)
                 raise
@@ -299,13 +290,19 @@ class BatchRun:
 
 def begin_batch(observers: Sequence[Any], contexts: Sequence[Context]) -> list[object]:
     """The observers' ``begin_batch``, outermost first; their marks for :func:`end_batch`."""
+    return begin_each(observers, "begin_batch", contexts, None)
+
+
+def begin_each(observers: Sequence[Any], step: str, arg: object, failed: object) -> list[object]:
+    """Each observer's ``step(arg)`` (``begin`` or ``begin_batch``), outermost first:
+    their marks, with ``failed`` for each that raised (logged, and the work goes on)."""
     marks: list[object] = []
     for observer in observers:
         try:
-            marks.append(observer.begin_batch(contexts))
+            marks.append(getattr(observer, step)(arg))
         except Exception as exc:
-            marks.append(None)
-            _observer_failed(observer, "begin_batch", exc)
+            marks.append(failed)
+            observer_failed(observer, step, exc)
     return marks
 
 
@@ -321,13 +318,20 @@ def end_batch(
         try:
             observer.end_batch(contexts, mark, failed, failure)
         except Exception as exc:
-            _observer_failed(observer, "end_batch", exc)
+            observer_failed(observer, "end_batch", exc)
 
 
-def _observer_failed(observer: object, step: str, exc: Exception) -> None:
-    # Watching must never change what happens to a batch: log, and go on.
+def observer_failed(observer: object, step: str, exc: Exception, what: str = "batch") -> None:
+    """Log that ``observer`` raised in ``step``. Watching must never change what happens
+    to a message or a batch (``what``): it is handled as if the observer were not there."""
     log.error(
-        "observer %r failed in %s (%s: %s)", observer, step, type(exc).__name__, exc, exc_info=exc
+        "observer %r failed in %s (%s: %s); the %s is handled as if it were not there",
+        observer,
+        step,
+        type(exc).__name__,
+        exc,
+        what,
+        exc_info=exc,
     )
 
 

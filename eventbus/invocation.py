@@ -23,7 +23,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from eventbus.batching import run_alone
+from eventbus.batching import begin_each, observer_failed, run_alone
 from eventbus.context import Context
 from eventbus.errors import HandlerCancelledError, SchemaError
 from eventbus.events import Registry
@@ -209,14 +209,7 @@ class Watchers:
             _observer_failed(self.observers[0], "end", exc)
 
     def _begin_all(self, ctx: Context) -> object:
-        marks: list[object] = []
-        for observer in self.observers:
-            try:
-                marks.append(observer.begin(ctx))
-            except Exception as exc:
-                marks.append(_FAILED)
-                _observer_failed(observer, "begin", exc)
-        return marks
+        return begin_each(self.observers, "begin", ctx, _FAILED)
 
     def _end_all(self, ctx: Context, mark: object, failure: BaseException | None) -> None:
         marks: Any = mark
@@ -234,15 +227,7 @@ _FAILED = object()  # the mark of an observer whose begin() raised: its end() is
 
 
 def _observer_failed(observer: object, step: str, exc: Exception) -> None:
-    # Watching must never change what happens to a message: log, and go on.
-    log.error(
-        "observer %r failed in %s (%s: %s); the message is handled as if it were not there",
-        observer,
-        step,
-        type(exc).__name__,
-        exc,
-        exc_info=exc,
-    )
+    observer_failed(observer, step, exc, "message")
 
 
 def cancelling() -> bool:

@@ -24,7 +24,7 @@ import logging
 import zlib
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 
 from eventbus.adapter import Delivery, Subscription
 from eventbus.batching import BatchCollector
@@ -60,6 +60,7 @@ class Progress:
         self.progressed = False
 
 
+@dataclass(eq=False, repr=False)
 class Lanes:
     """Routes one subscription's deliveries to ``handle`` (or, batched, ``run_batch``).
 
@@ -70,24 +71,17 @@ class Lanes:
     its key and type count there (``None``: none, the runner reads it when it runs).
     """
 
-    def __init__(
-        self,
-        spec: SubscriptionSpec,
-        progress: Progress,
-        runs: RunCounter,
-        *,
-        handle: Callable[[Delivery], Awaitable[None]],
-        nack: Callable[[Delivery, float], Awaitable[None]],
-        run_batch: Callable[[list[Delivery]], Awaitable[None]] | None = None,
-        decode: Callable[[Delivery], object] | None = None,
-    ) -> None:
-        self.spec = spec
-        self._decode = decode
-        self.progress = progress
-        self.runs = runs
-        self._handle = handle
-        self._nack = nack
-        self._run_batch = run_batch
+    spec: SubscriptionSpec
+    progress: Progress
+    runs: RunCounter
+    _: KW_ONLY
+    handle: Callable[[Delivery], Awaitable[None]]
+    nack: Callable[[Delivery, float], Awaitable[None]]
+    run_batch: Callable[[list[Delivery]], Awaitable[None]] | None = None
+    decode: Callable[[Delivery], object] | None = None
+
+    def __post_init__(self) -> None:
+        spec = self.spec
         # One lane without key routing to do: the fetch loop runs each delivery
         # itself (no queue, no task switch), finishing it before taking the next.
         self.inline = max(1, spec.concurrency) == 1 and spec.batch is None
@@ -151,7 +145,7 @@ class Lanes:
                 progress.ticks += 1
                 self.held += 1
                 try:
-                    await self._handle(delivery)
+                    await self.handle(delivery)
                 except asyncio.CancelledError:
                     if cancelling():
                         raise
@@ -162,14 +156,14 @@ class Lanes:
                         delivery.topic,
                         delivery.group,
                     )
-                    await self._nack(delivery, 1.0)
+                    await self.nack(delivery, 1.0)
                 finally:
                     self.busy = False
                     self.held -= 1
                 if progress.stopping:
                     return
         elif self.spec.batch is not None:
-            decode = self._decode
+            decode = self.decode
             async for delivery in subscription:
                 progress.ticks += 1
                 self.held += 1
@@ -185,8 +179,8 @@ class Lanes:
         self.progress.ticks += 1
         self.held += 1
         lanes = self._lanes
-        if delivery.envelope is None and self._decode is not None:
-            self._decode(delivery)
+        if delivery.envelope is None and self.decode is not None:
+            self.decode(delivery)
         key = delivery.envelope.partitionkey if delivery.envelope is not None else None
         if len(lanes) == 1:
             index = 0
@@ -264,7 +258,7 @@ class Lanes:
                     )
                     continue
                 self.progress.progressed = True
-                await self._handle(delivery)
+                await self.handle(delivery)
             except asyncio.CancelledError:
                 if cancelling():
                     raise
@@ -277,7 +271,7 @@ class Lanes:
                     delivery.topic,
                     delivery.group,
                 )
-                await self._nack(delivery, 1.0)
+                await self.nack(delivery, 1.0)
             finally:
                 self.held -= 1
                 self._lane_done(index)
@@ -295,8 +289,8 @@ class Lanes:
             if not live:
                 return
             self.progress.progressed = True
-            assert self._run_batch is not None  # batches are only collected with it
-            await self._run_batch(live)
+            assert self.run_batch is not None  # batches are only collected with it
+            await self.run_batch(live)
         except asyncio.CancelledError:
             if cancelling():
                 raise
@@ -306,7 +300,7 @@ class Lanes:
                 self.spec.group,
             )
             for delivery in batch:
-                await self._nack(delivery, 1.0)
+                await self.nack(delivery, 1.0)
         finally:
             self.held -= len(batch)
             self._lane_done(index)

@@ -14,7 +14,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Literal
 
 from eventbus.adapter import Adapter, SubscribeOptions, Subscription, start_from_for
@@ -57,6 +57,10 @@ class SubscriptionHealth:
     held: int = 0
 
 
+_RECONNECT = Backoff(initial=0.05, max_delay=2.0)
+
+
+@dataclass(eq=False, repr=False)
 class Supervision:
     """Subscribes ``spec`` on ``adapter`` and keeps the subscription alive, handing its
     deliveries to ``lanes``.
@@ -68,36 +72,33 @@ class Supervision:
     broker holds messages for the group, that count as a stall.
     """
 
-    def __init__(
-        self,
-        adapter: Adapter,
-        spec: SubscriptionSpec,
-        progress: Progress,
-        lanes: Lanes,
-        *,
-        prefetch: int = 8,
-        reconnect: Backoff | None = None,
-        max_failures: int = 5,
-        on_dead: Callable[[], None] | None = None,
-        stall_after: float | None = 60.0,
+    adapter: Adapter
+    spec: SubscriptionSpec
+    progress: Progress
+    lanes: Lanes
+    _: KW_ONLY
+    prefetch: int = 8
+    reconnect: Backoff | None = None  # None: _RECONNECT (0.05 s, growing to 2 s)
+    max_failures: int = 5
+    on_dead: Callable[[], None] | None = None
+    stall_after: float | None = 60.0
+    state: SubscriptionState = field(default="starting", init=False)
+    error: BaseException | None = field(default=None, init=False)
+    _idle_since: float = field(default=0.0, init=False)
+    _backlog: int | None = field(default=None, init=False)
+    _window: int = field(default=0, init=False)  # the prefetch asked for
+    _subscription: Subscription | None = field(default=None, init=False)
+    _fetch_task: asyncio.Task[None] | None = field(default=None, init=False)
+    _stall_task: asyncio.Task[None] | None = field(default=None, init=False)
+
+    def _log(
+        self, level: int, text: str, *args: object, exc_info: BaseException | None = None
     ) -> None:
-        self.adapter = adapter
-        self.spec = spec
-        self.progress = progress
-        self.lanes = lanes
-        self.prefetch = prefetch
-        self.reconnect = reconnect or Backoff(initial=0.05, max_delay=2.0)
-        self.max_failures = max_failures
-        self.on_dead = on_dead
-        self.stall_after = stall_after
-        self.state: SubscriptionState = "starting"
-        self.error: BaseException | None = None
-        self._idle_since = 0.0
-        self._backlog: int | None = None
-        self._window = 0  # the prefetch asked for
-        self._subscription: Subscription | None = None
-        self._fetch_task: asyncio.Task[None] | None = None
-        self._stall_task: asyncio.Task[None] | None = None
+        """Log ``text`` about this subscription: its topic and group fill the first two
+        ``%s``, then ``args``; the record names the caller's line."""
+        log.log(
+            level, text, self.spec.topic, self.spec.group, *args, exc_info=exc_info, stacklevel=2
+        )
 
     def health(self) -> SubscriptionHealth:
         """This subscription's state and, unless running, the last error."""
@@ -127,13 +128,7 @@ class Supervision:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            log.debug(
-                "backlog of %s/%s not read: %s: %s",
-                self.spec.topic,
-                self.spec.group,
-                type(exc).__name__,
-                exc,
-            )
+            self._log(logging.DEBUG, "backlog of %s/%s not read: %s: %s", type(exc).__name__, exc)
             return None
 
     async def subscribe(self) -> None:
@@ -163,7 +158,7 @@ class Supervision:
         return await self.adapter.subscribe(self.spec.topic, options)
 
     async def _fetch(self) -> None:
-        delays = iter(self.reconnect)
+        delays = iter(self.reconnect or _RECONNECT)
         failures = 0  # consecutive failures other than connection errors
         progress = self.progress
         while True:
@@ -188,7 +183,7 @@ class Supervision:
                 return
             if progress.progressed:
                 # This subscription got work done before failing: a new series.
-                failures, delays = 0, iter(self.reconnect)
+                failures, delays = 0, iter(self.reconnect or _RECONNECT)
             connection = isinstance(error, BrokerConnectionError)
             failures += 0 if connection else 1
             self._lost()
@@ -198,11 +193,9 @@ class Supervision:
                 return
             delay = next(delays)
             self.state, self.error = "reconnecting", error
-            log.log(
+            self._log(
                 logging.WARNING if connection else logging.ERROR,
                 "subscription %s/%s failed (%s: %s); re-subscribing in %.2fs",
-                self.spec.topic,
-                self.spec.group,
                 type(error).__name__,
                 error,
                 delay,
@@ -233,11 +226,7 @@ class Supervision:
             if progress.ticks != seen or not self.lanes.idle():
                 seen, self._idle_since, self._backlog = progress.ticks, now, None
                 if self.state == "stalled":
-                    log.info(
-                        "subscription %s/%s is making progress again",
-                        self.spec.topic,
-                        self.spec.group,
-                    )
+                    self._log(logging.INFO, "subscription %s/%s is making progress again")
                     self.state, self.error = "running", None
                 continue
             if now - self._idle_since < stall_after or self.state not in ("running", "stalled"):
@@ -282,11 +271,10 @@ class Supervision:
 
     def _die(self, error: Exception, failures: int) -> None:
         self.state, self.error = "dead", error
-        log.error(
+        self._log(
+            logging.ERROR,
             "subscription %s/%s is dead for good after %d failure(s) in a row: %s: %s; "
             "nothing more is consumed until the service restarts",
-            self.spec.topic,
-            self.spec.group,
             max(1, failures),
             type(error).__name__,
             error,
@@ -303,10 +291,9 @@ class Supervision:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            log.warning(
+            self._log(
+                logging.WARNING,
                 "closing the failed subscription %s/%s raised %s: %s",
-                self.spec.topic,
-                self.spec.group,
                 type(exc).__name__,
                 exc,
             )
@@ -321,10 +308,8 @@ class Supervision:
             done, _ = await asyncio.wait({task}, timeout=0.5)
             if done:
                 return
-        log.warning(
-            "%s/%s: fetching did not stop when cancelled; closing the subscription",
-            self.spec.topic,
-            self.spec.group,
+        self._log(
+            logging.WARNING, "%s/%s: fetching did not stop when cancelled; closing the subscription"
         )
         await self._drop_subscription()
         await asyncio.gather(task, return_exceptions=True)
@@ -342,11 +327,10 @@ class Supervision:
             # message goes back to the broker, as a lane's would.
             _, pending = await asyncio.wait({self._fetch_task}, timeout=timeout)
             if pending:
-                log.warning(
+                self._log(
+                    logging.WARNING,
                     "%s/%s: the handler is still busy after %.1fs; its message "
                     "goes back to the broker",
-                    self.spec.topic,
-                    self.spec.group,
                     timeout,
                 )
         await self._stop_fetching(self._fetch_task)

@@ -36,6 +36,7 @@ Ids = Annotated[
     typer.Option("--id", help="Only this letter (event id or DLQ position); repeatable"),
 ]
 Yes = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation")]
+Limit = Annotated[int | None, typer.Option(help="At most this many")]
 
 
 def letter_json(letter: ListedDeadLetter) -> dict[str, Any]:
@@ -211,7 +212,7 @@ def dlq_replay(
     topic: Topic,
     group: Group,
     ids: Ids = None,
-    limit: Annotated[int | None, typer.Option(help="At most this many")] = None,
+    limit: Limit = None,
     to_topic: Annotated[str | None, typer.Option(help="Publish here instead")] = None,
     whole_topic: Annotated[
         bool,
@@ -274,7 +275,7 @@ def dlq_purge(
     topic: Topic,
     group: Group,
     ids: Ids = None,
-    limit: Annotated[int | None, typer.Option(help="At most this many")] = None,
+    limit: Limit = None,
     yes: Yes = False,
     url: UrlOption = None,
 ) -> None:

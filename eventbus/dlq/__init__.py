@@ -7,34 +7,19 @@ renamed to ``eventbus/deadletters/tooling.py`` and carries edits made to it on o
 branches over to the new path.
 """
 
-from typing import Any
+from eventbus._deprecation import moved
 
-from eventbus._deprecation import renamed
-
-_PACKAGE = (  # re-exported by eventbus.deadletters
-    "PURGED_TYPE",
-    "REPLAYED_TYPE",
-    "REPLAY_GROUP",
-    "DeadLetters",
-    "ListedDeadLetter",
-    "replayed_topic",
+__getattr__ = moved(
+    __name__,
+    {
+        "eventbus.deadletters": (
+            "PURGED_TYPE",
+            "REPLAYED_TYPE",
+            "REPLAY_GROUP",
+            "DeadLetters",
+            "ListedDeadLetter",
+            "replayed_topic",
+        ),
+        "eventbus.deadletters.tooling": ("Progress", "State"),
+    },
 )
-_TOOLING = ("Progress", "State")  # only in eventbus.deadletters.tooling
-
-
-def __getattr__(name: str) -> Any:
-    import importlib
-
-    home = (
-        "eventbus.deadletters"
-        if name in _PACKAGE
-        else "eventbus.deadletters.tooling"
-        if name in _TOOLING
-        else ""
-    )
-    table = (
-        {name: (f"{home}.{name}", lambda: getattr(importlib.import_module(home), name))}
-        if home
-        else {}
-    )
-    return renamed(__name__, name, table)

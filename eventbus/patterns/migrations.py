@@ -157,6 +157,12 @@ def _unrecorded(tables: dict[str, set[str]], recorded: set[str]) -> dict[str, Ta
 # (that change is the later step's).
 
 
+async def _gains(tx: Transaction, table: str, kind: str, **columns: str) -> None:
+    """``table``, a ``kind`` table (its required columns are checked), gains the
+    ``columns`` (name=SQL type) it lacks."""
+    await ensure_columns(tx, table, required=KINDS[kind].columns, optional=columns)
+
+
 async def _event_store_2(tx: Transaction, table: str) -> None:
     # Events a relay or a projection could not handle, parked (issue #19, defect 10).
     await create_parked_table_2(tx, f"{table}_parked", envelope=False)
@@ -166,20 +172,15 @@ async def _outbox_2(tx: Transaction, table: str) -> None:
     # The claim columns of a relay that publishes outside its transaction (defect 12);
     # failed_at/error too, for an outbox of the commits before 45f13ef that lacked them.
     real = real_type(tx.dialect)
-    await ensure_columns(
-        tx,
-        table,
-        required=KINDS["outbox"].columns,
-        optional={"failed_at": real, "error": "TEXT", "claimed_by": "TEXT", "claimed_until": real},
+    await _gains(
+        tx, table, "outbox", failed_at=real, error="TEXT", claimed_by="TEXT", claimed_until=real
     )
 
 
 async def _saga_store_2(tx: Transaction, table: str) -> None:
     # Messages a committed change still has to send (defect 4), and the indexes of an
     # orchestrator's tick that keeps to its own saga type (defect 3).
-    await ensure_columns(
-        tx, table, required=KINDS["saga store"].columns, optional={"outgoing": "TEXT"}
-    )
+    await _gains(tx, table, "saga store", outgoing="TEXT")
     await tx.execute(
         f"CREATE INDEX IF NOT EXISTS {table}_type_status ON {table} (saga_type, status, deadline)"
     )
@@ -192,12 +193,7 @@ async def _saga_store_2(tx: Transaction, table: str) -> None:
 async def _projections_2(tx: Transaction, table: str) -> None:
     real = real_type(tx.dialect)
     # The rebuild's fence (defect 1): every checkpoint starts at generation 0.
-    await ensure_columns(
-        tx,
-        table,
-        required=KINDS["projections"].columns,
-        optional={"generation": "BIGINT NOT NULL DEFAULT 0"},
-    )
+    await _gains(tx, table, "projections", generation="BIGINT NOT NULL DEFAULT 0")
     # When a bus-fed id was seen, so cleanup() can prune by age (defect 18). Ids seen
     # before are dated by the migration: kept a whole retention from now. The column
     # keeps a default so the release before, still running during an upgrade, can

@@ -12,11 +12,11 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-from eventbus.codec import decode_structured, encode_structured
+from eventbus.codec import encode_structured
 from eventbus.errors import ConfigurationError, InfrastructureError
 from eventbus.patterns.eventsourcing.parking import ParkedStoredEvent, held_message
 from eventbus.patterns.schema import create_parked_table_2
-from eventbus.patterns.sql import Row, Transaction
+from eventbus.patterns.sql import Transaction
 
 if TYPE_CHECKING:
     from eventbus.patterns.cqrs.projections import Projection
@@ -44,18 +44,11 @@ async def park(
     tx: Transaction, name: str, stored: StoredEvent, error: str, held_by: int | None = None
 ) -> None:
     """Record ``stored`` as parked by projection ``name`` (again: no change)."""
+    error = error if held_by is None else held_message(held_by)
     await tx.execute(
         f"INSERT INTO {PARKED} (name, {_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, "
         "$10) ON CONFLICT (name, position) DO NOTHING",
-        name,
-        stored.position,
-        stored.stream_id,
-        stored.version,
-        stored.id,
-        stored.envelope.type,
-        error if held_by is None else held_message(held_by),
-        held_by,
-        time.time(),
+        *ParkedStoredEvent.of(name, stored, error, held_by).row(),
         encode_structured(stored.envelope),
     )
 
@@ -69,22 +62,10 @@ async def parked(
     if stream_id is not None:
         sql += " AND stream_id = $2"
         args.append(stream_id)
-    return [_parked(name, row) for row in await tx.fetch(sql + " ORDER BY position", *args)]
-
-
-def _parked(name: str, r: Row) -> ParkedStoredEvent:
-    return ParkedStoredEvent(
-        name,
-        int(r[0]),
-        r[1],
-        int(r[2]),
-        r[3],
-        r[4],
-        r[5],
-        None if r[6] is None else int(r[6]),
-        float(r[7]),
-        decode_structured(bytes(r[8])),
-    )
+    return [
+        ParkedStoredEvent.from_row(name, row)
+        for row in await tx.fetch(sql + " ORDER BY position", *args)
+    ]
 
 
 async def release(projection: Projection, position: int, *, apply_head: bool) -> int:

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
-from typing import Protocol, runtime_checkable
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Protocol, runtime_checkable
 
+from eventbus.codec import decode_structured
 from eventbus.envelope import Envelope
 from eventbus.patterns.eventsourcing.store import StoredEvent
 
@@ -61,6 +62,29 @@ class ParkedStoredEvent:
             time.time(),
             stored.envelope,
         )
+
+    @classmethod
+    def from_row(cls, name: str, r: Sequence[Any]) -> ParkedStoredEvent:
+        """Follower ``name``'s parked event read from a parked-table row: :meth:`row`'s
+        columns but the name, then the envelope in structured mode."""
+        return cls(
+            name,
+            int(r[0]),
+            r[1],
+            int(r[2]),
+            r[3],
+            r[4],
+            r[5],
+            None if r[6] is None else int(r[6]),
+            float(r[7]),
+            decode_structured(bytes(r[8])),
+        )
+
+    def row(self) -> tuple[Any, ...]:
+        """Its parked-table columns: every field but the envelope, in declaration order
+        (``name, position, stream_id, version, event_id, type, error, held_by,
+        parked_at``)."""
+        return tuple(getattr(self, f.name) for f in fields(self) if f.name != "envelope")
 
     def stored(self) -> StoredEvent:
         """The event as the store holds it."""

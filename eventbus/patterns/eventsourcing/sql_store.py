@@ -367,20 +367,7 @@ class SQLEventStore:
                 "event_id, type, error, held_by, parked_at) VALUES ($1, $2, $3, $4, $5, $6, "
                 "$7, $8, $9) ON CONFLICT (name, position) DO UPDATE SET error = "
                 "excluded.error, held_by = excluded.held_by, parked_at = excluded.parked_at",
-                [
-                    (
-                        name,
-                        p.position,
-                        p.stream_id,
-                        p.version,
-                        p.event_id,
-                        p.type,
-                        p.error,
-                        p.held_by,
-                        p.parked_at,
-                    )
-                    for p in events
-                ],
+                [p.row() for p in events],
             )
 
     async def parked(self, name: str) -> list[ParkedStoredEvent]:
@@ -393,21 +380,7 @@ class SQLEventStore:
                 "ON e.position = p.position WHERE p.name = $1 ORDER BY p.position",
                 name,
             )
-        return [
-            ParkedStoredEvent(
-                name,
-                int(r[0]),
-                r[1],
-                int(r[2]),
-                r[3],
-                r[4],
-                r[5],
-                None if r[6] is None else int(r[6]),
-                float(r[7]),
-                decode_structured(bytes(r[8])),
-            )
-            for r in rows
-        ]
+        return [ParkedStoredEvent.from_row(name, r) for r in rows]
 
     async def unpark(self, name: str, positions: Sequence[int]) -> None:
         """See :meth:`ParkingStore.unpark`."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from eventbus._deprecation import Renamed, renamed
+from eventbus.patterns.ordering.guard import _RENAMED as _GUARD_RENAMED
 from eventbus.patterns.ordering.guard import (
     EarlyEventError,
     GapPolicy,
@@ -23,6 +24,7 @@ from eventbus.patterns.ordering.guard import (
     Verdict,
     classify,
 )
+from eventbus.patterns.ordering.stores import _RENAMED as _STORES_RENAMED
 from eventbus.patterns.ordering.stores import (
     MemorySequenceStore,
     SequenceSession,
@@ -46,12 +48,9 @@ __all__ = [
 ]
 
 
-# Renamed for one vocabulary (exceptions end in Error, SQL in capitals); the old
-# spelling warns for one release.
-_RENAMED: Renamed = {
-    "SqlSequenceStore": ("eventbus.patterns.ordering.SQLSequenceStore", lambda: SQLSequenceStore),
-    "EarlyEvent": ("eventbus.patterns.ordering.EarlyEventError", lambda: EarlyEventError),
-}
+# The names its modules renamed for one vocabulary (exceptions end in Error, SQL in
+# capitals) warn here too, for one release.
+_RENAMED: Renamed = {**_STORES_RENAMED, **_GUARD_RENAMED}
 
 
 def __getattr__(name: str) -> Any:

@@ -191,22 +191,24 @@ class Outbox:
 
     async def retry_failed(self, seq: int) -> bool:
         """Let the relay try parked row ``seq`` (and its stream) again."""
-        async with self.db.transaction() as tx:
-            changed = await tx.execute(
-                f"UPDATE {self.table} SET failed_at = NULL, error = NULL "
-                "WHERE seq = $1 AND failed_at IS NOT NULL",
-                seq,
-            )
-        return bool(changed == 1)
+        return await self._change_parked(
+            f"UPDATE {self.table} SET failed_at = NULL, error = NULL "
+            "WHERE seq = $1 AND failed_at IS NOT NULL",
+            seq,
+        )
 
     async def discard(self, seq: int) -> bool:
         """Give up on parked row ``seq``: delete it, releasing its stream."""
+        return await self._change_parked(
+            f"DELETE FROM {self.table} WHERE seq = $1 "
+            "AND failed_at IS NOT NULL AND sent_at IS NULL",
+            seq,
+        )
+
+    async def _change_parked(self, sql: str, seq: int) -> bool:
+        """Run ``sql`` on parked row ``seq``; True when it changed that row."""
         async with self.db.transaction() as tx:
-            changed = await tx.execute(
-                f"DELETE FROM {self.table} WHERE seq = $1 "
-                "AND failed_at IS NOT NULL AND sent_at IS NULL",
-                seq,
-            )
+            changed = await tx.execute(sql, seq)
         return bool(changed == 1)
 
     async def pending(self) -> int:

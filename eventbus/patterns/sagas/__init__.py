@@ -5,11 +5,14 @@
 from typing import Any
 
 from eventbus._deprecation import Renamed, renamed
+from eventbus.patterns.ordering.stores import _RENAMED as _STORES_RENAMED
 from eventbus.patterns.ordering.stores import MemorySequenceStore, SequenceStore, SQLSequenceStore
+from eventbus.patterns.sagas.choreography import _RENAMED as _CHOREOGRAPHY_RENAMED
 from eventbus.patterns.sagas.choreography import Choreography, StepFailedError, transaction_of
 from eventbus.patterns.sagas.definition import SagaContext, SagaDefinition, Step, StepAction
 from eventbus.patterns.sagas.orchestrator import SagaOrchestrator
 from eventbus.patterns.sagas.publishing import SagaPublisher
+from eventbus.patterns.sagas.state import _RENAMED as _STATE_RENAMED
 from eventbus.patterns.sagas.state import (
     MemorySagaStore,
     SagaAlreadyExistsError,
@@ -51,18 +54,9 @@ __all__ = [
 ]
 
 
-# Renamed for one vocabulary (exceptions end in Error, SQL in capitals); the old
-# spelling warns for one release.
-_RENAMED: Renamed = {
-    "SqlSagaStore": ("eventbus.patterns.sagas.SQLSagaStore", lambda: SQLSagaStore),
-    "SagaNotFound": ("eventbus.patterns.sagas.SagaNotFoundError", lambda: SagaNotFoundError),
-    "SagaAlreadyExists": (
-        "eventbus.patterns.sagas.SagaAlreadyExistsError",
-        lambda: SagaAlreadyExistsError,
-    ),
-    "StepFailed": ("eventbus.patterns.sagas.StepFailedError", lambda: StepFailedError),
-    "SqlSequenceStore": ("eventbus.patterns.ordering.SQLSequenceStore", lambda: SQLSequenceStore),
-}
+# The names its modules renamed for one vocabulary (exceptions end in Error, SQL in
+# capitals) warn here too, for one release.
+_RENAMED: Renamed = {**_STATE_RENAMED, **_CHOREOGRAPHY_RENAMED, **_STORES_RENAMED}
 
 
 def __getattr__(name: str) -> Any:

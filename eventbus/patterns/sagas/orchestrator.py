@@ -40,6 +40,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
+from dataclasses import KW_ONLY, dataclass
 from typing import Any
 
 from eventbus.backoff import Backoff
@@ -69,6 +70,10 @@ class _ActionFailedError(Exception):
 Change = Callable[[SagaSession, SagaState, SagaPublisher], Awaitable[bool]]
 
 
+_COMPENSATION_BACKOFF = Backoff(initial=1.0, max_delay=60.0)
+
+
+@dataclass(eq=False, repr=False)
 class SagaOrchestrator:
     """Runs sagas of one :class:`SagaDefinition` on a :class:`SagaStore`.
 
@@ -76,26 +81,20 @@ class SagaOrchestrator:
     id, every change by the saga's version (a loser reloads and decides again).
     """
 
-    def __init__(
-        self,
-        definition: SagaDefinition,
-        store: SagaStore,
-        bus: EventBus,
-        *,
-        transactional_publish: bool = False,
-        compensation_attempts: int = 5,
-        compensation_backoff: Backoff | None = None,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        if transactional_publish:
-            check_outbox(definition.saga_type, store, bus)
-        self.definition = definition
-        self.store = store
-        self.bus = bus
-        self.transactional_publish = transactional_publish
-        self.compensation_attempts = compensation_attempts
-        self.compensation_backoff = compensation_backoff or Backoff(initial=1.0, max_delay=60.0)
-        self.clock = clock
+    definition: SagaDefinition
+    store: SagaStore
+    bus: EventBus
+    _: KW_ONLY
+    transactional_publish: bool = False
+    compensation_attempts: int = 5
+    compensation_backoff: Backoff | None = None  # None: _COMPENSATION_BACKOFF
+    clock: Callable[[], float] = time.time
+
+    def __post_init__(self) -> None:
+        if self.transactional_publish:
+            check_outbox(self.definition.saga_type, self.store, self.bus)
+        if self.compensation_backoff is None:
+            self.compensation_backoff = _COMPENSATION_BACKOFF
 
     # -- the saga's life ---------------------------------------------------------------
 
@@ -456,7 +455,9 @@ class SagaOrchestrator:
                     what,
                 )
             else:
-                state.retry_at = self.clock() + self.compensation_backoff.delay(state.attempts)
+                state.retry_at = self.clock() + (
+                    self.compensation_backoff or _COMPENSATION_BACKOFF
+                ).delay(state.attempts)
                 logger.warning(
                     "saga %s: %s (attempt %d of %d); retrying at %.3f",
                     saga_id,

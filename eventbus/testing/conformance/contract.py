@@ -15,6 +15,7 @@ import asyncio
 
 import pytest
 
+from eventbus.bus import EventBus
 from eventbus.errors import GuaranteeUnavailableError
 from eventbus.testing.collector import Collector
 from eventbus.testing.conformance._events import Ping, on_topic, record_seqs
@@ -53,11 +54,7 @@ class ContractCases:
             if len(attempts) == 1:
                 raise RuntimeError("the first run fails; the message must come back")
 
-        await bus.start()
-        await (await run.publisher()).publish(event_cls(seq=5))
-        await attempts.wait_count(2)
-        (health,) = (await bus.health()).subscriptions
-        assert health.delivery == "at_least_once"
+        assert await _started_delivery(run, bus, event_cls(seq=5), attempts, 2) == "at_least_once"
 
     @case(requires(Capability.no_redelivery, "it must refuse an explicit at-least-once"))
     async def test_explicit_at_least_once_refused_at_start(self, run: Case) -> None:
@@ -77,11 +74,7 @@ class ContractCases:
         assert error.broker and "at_least_once" in str(error), str(error)
         assert not bus.subscriptions, "the refused subscription was registered"
         bus.subscribe(event_cls, group=group)(record_seqs(got))
-        await bus.start()
-        await (await run.publisher()).publish(event_cls(seq=3))
-        await got.wait_count(1)
-        (health,) = (await bus.health()).subscriptions
-        assert health.delivery == "at_most_once"
+        assert await _started_delivery(run, bus, event_cls(seq=3), got, 1) == "at_most_once"
 
     @case(requires(Capability.no_consumer_groups, "it must refuse competing consumers"))
     async def test_second_member_of_a_group_refused_at_start(self, run: Case) -> None:
@@ -122,3 +115,15 @@ class ContractCases:
         await asyncio.sleep(3 * QUIET)  # a leak to the other group would arrive by now
         assert got[bystander].items == [1], f"the other group got {got[bystander].items}"
         assert sorted(got[chosen].items) == [1, 2], f"the chosen group got {got[chosen].items}"
+
+
+async def _started_delivery(
+    run: Case, bus: EventBus, event: Ping, runs: Collector[int], count: int
+) -> str:
+    """Start ``bus``, publish ``event`` and wait for ``count`` handler runs: the delivery
+    guarantee its one subscription's health reports then."""
+    await bus.start()
+    await (await run.publisher()).publish(event)
+    await runs.wait_count(count)
+    (health,) = (await bus.health()).subscriptions
+    return health.delivery

@@ -53,6 +53,28 @@ async def letters_of(
         await asyncio.sleep(0.3)
 
 
+async def replayed_again(
+    adapter: Adapter,
+    topic: str,
+    group: str,
+    letter: ListedDeadLetter,
+    what: str,
+    patience: float = 1.0,
+) -> list[ListedDeadLetter]:
+    """Replay ``letter``, the one dead letter of ``topic``/``group``, and return its
+    pending dead letters once one failed after the replay (within ``patience`` times
+    the usual wait)."""
+    assert await DeadLetters(adapter, idle=0.5).replay(topic, group) == 1
+    return await letters_of(
+        adapter,
+        topic,
+        group,
+        lambda xs: any(x.failed_at != letter.failed_at for x in xs),
+        what,
+        timeout=WAIT * patience,
+    )
+
+
 def _failing(runs: Collector[int]) -> Callable[[Ping, Context], Awaitable[None]]:
     async def handle(event: Ping, ctx: Context) -> None:
         runs.add(ctx.attempt)
@@ -96,16 +118,10 @@ class DeadLetterCases:
         (first,) = await letters_of(
             reader, topic, group, lambda xs: len(xs) >= 1, "the first dead letter"
         )
-        assert await DeadLetters(reader, idle=0.5).replay(topic, group) == 1
-        await runs.wait_count(6, timeout=WAIT * 2)
-        again = await letters_of(
-            reader,
-            topic,
-            group,
-            lambda xs: any(x.failed_at != first.failed_at for x in xs),
-            "a second dead letter after the replay failed again",
-            timeout=WAIT * 2,
+        again = await replayed_again(
+            reader, topic, group, first, "a second dead letter after the replay failed again", 2
         )
+        await runs.wait_count(6, timeout=WAIT * 2)
         assert [x.envelope.id for x in again] == [sent.id], (
             "after a replay that failed again exactly one letter is pending, for the "
             f"same event: {[(x.envelope.id, x.failed_at) for x in again]}"
@@ -166,13 +182,8 @@ class DeadLetterCases:
             kept = letter.raw_headers
             for name, value in headers.items():
                 assert kept.get(name) == value, f"header {name!r} lost: {sorted(kept)}"
-        assert await DeadLetters(reader, idle=0.5).replay(topic, group) == 1
-        again = await letters_of(
-            reader,
-            topic,
-            group,
-            lambda xs: any(x.failed_at != letter.failed_at for x in xs),
-            "the replayed bytes to fail again as they arrived",
+        again = await replayed_again(
+            reader, topic, group, letter, "the replayed bytes to fail again as they arrived"
         )
         assert [x.raw for x in again if x.undecodable] == [payload]
 

@@ -55,18 +55,13 @@ class GroupCases:
         bus_g, bus_h = run.bus(), run.bus()
         group_g = run.group()
 
-        @bus_g.subscribe(ping_cls, group=group_g)
-        async def on_ping(event: Ping) -> None:
-            pings.add(event.seq)
+        bus_g.subscribe(ping_cls, group=group_g)(record_seqs(pings))
 
         @bus_g.subscribe(pong_cls, group=group_g)
         async def on_pong(event: Pong) -> None:
             pongs.add(event.seq)
 
-        @bus_h.subscribe(ping_cls, group=run.group())
-        async def on_ping_h(event: Ping) -> None:
-            other.add(event.seq)
-
+        bus_h.subscribe(ping_cls, group=run.group())(record_seqs(other))
         await bus_g.start()
         await bus_h.start()
         publisher = await run.publisher()
@@ -89,14 +84,8 @@ class GroupCases:
         second: Collector[int] = Collector("running group")
         bus_a, bus_b = run.bus(), run.bus()
 
-        @bus_a.subscribe(event_cls, group=run.group())
-        async def on_a(event: Ping) -> None:
-            first.add(event.seq)
-
-        @bus_b.subscribe(event_cls, group=run.group())
-        async def on_b(event: Ping) -> None:
-            second.add(event.seq)
-
+        bus_a.subscribe(event_cls, group=run.group())(record_seqs(first))
+        bus_b.subscribe(event_cls, group=run.group())(record_seqs(second))
         await bus_a.start()
         await bus_b.start()
         publisher = await run.publisher()

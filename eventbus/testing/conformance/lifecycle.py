@@ -96,14 +96,8 @@ class LifecycleCases:
             await release.wait()
             first_done.add(event.seq)
 
-        @second.subscribe(event_cls, group=group)
-        async def fast(event: Ping) -> None:
-            later_done.add(event.seq)
-
-        await first.start()
-        count = run.count(10)
-        await (await run.publisher()).publish_many([event_cls(seq=i) for i in range(count)])
-        await started.wait_count(2)
+        second.subscribe(event_cls, group=group)(record_seqs(later_done))
+        count = await _two_started(run, first, event_cls, started, 10)
         stopping = asyncio.create_task(first.stop(timeout=10.0))
         await asyncio.sleep(QUIET)  # the stop must wait for the running handlers
         assert not stopping.done(), "stop() returned while handlers were still running"
@@ -138,14 +132,8 @@ class LifecycleCases:
                 await asyncio.sleep(30)
             finished.add(event.seq)
 
-        @second.subscribe(event_cls, group=group)
-        async def fast(event: Ping) -> None:
-            finished.add(event.seq)
-
-        await first.start()
-        count = run.count(6)
-        await (await run.publisher()).publish_many([event_cls(seq=i) for i in range(count)])
-        await started.wait_count(2)
+        second.subscribe(event_cls, group=group)(record_seqs(finished))
+        count = await _two_started(run, first, event_cls, started, 6)
         await first.stop(timeout=0.2)
         slow = False
         assert finished.items == []
@@ -182,6 +170,18 @@ class LifecycleCases:
         await got.wait(
             lambda items: set(items) >= set(range(2 * count)), "both batches", timeout=30.0
         )
+
+
+async def _two_started(
+    run: Case, first: EventBus, event_cls: type[Ping], started: Collector[int], count: int
+) -> int:
+    """Start ``first`` and publish ``run.count(count)`` events to it; return that number
+    once two of its handlers have started."""
+    await first.start()
+    count = run.count(count)
+    await (await run.publisher()).publish_many([event_cls(seq=i) for i in range(count)])
+    await started.wait_count(2)
+    return count
 
 
 async def _flowing_through_faults(

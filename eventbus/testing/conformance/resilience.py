@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import pytest
 
@@ -58,6 +59,9 @@ async def _publish_until_handled(
     )
 
 
+T = TypeVar("T")
+
+
 class _FlakyStore(MemoryIdempotencyStore):
     """An idempotency store whose first ``outage`` claims fail, like a store that is down."""
 
@@ -89,12 +93,12 @@ class ResilienceCases:
         while subscribed: messages published afterwards are all handled (the adapter or the
         bus's stall watch provisions again), or the subscription is visibly failed
         (``health()`` not ok) — never "running" and idle."""
-        delete = run.target.delete_underneath
-        if delete is None:
-            pytest.fail(
-                f"{run.target.name} keeps group resources on the broker (persistent) "
-                "but its target declares no delete_underneath hook"
-            )
+        delete = _declared(
+            run,
+            run.target.delete_underneath,
+            "keeps group resources on the broker (persistent) but its target declares no "
+            "delete_underneath hook",
+        )
         event_cls = on_topic(Ping, run.topic())
         topic, group = event_cls.default_topic(), run.group()
         handled: Collector[int] = Collector("handler")
@@ -296,12 +300,11 @@ class ResilienceCases:
         """A handler running well past the broker's lease (poll interval, visibility
         timeout, ack wait, claim time) on a group of two members runs once: the adapter
         keeps its delivery alive, so neither member gets it again meanwhile."""
-        lease = run.target.short_lease
-        if lease is None:
-            pytest.fail(
-                f"{run.target.name} declares a lease but its target gives no "
-                "short_lease URL to test it with"
-            )
+        lease = _declared(
+            run,
+            run.target.short_lease,
+            "declares a lease but its target gives no short_lease URL to test it with",
+        )
         event_cls = on_topic(Ping, run.topic())
         group = run.group()
         runs: Collector[tuple[str, int]] = Collector("handler runs")
@@ -325,3 +328,11 @@ class ResilienceCases:
             f"a {hold:.1f}s handler on a {lease.seconds:g}s lease ran {len(runs.items)} "
             f"times: {runs.items}"
         )
+
+
+def _declared(run: Case, hook: T | None, missing: str) -> T:
+    """``hook`` (what ``run``'s target gives a case), or the case fails: the target is
+    named, then ``missing`` says what it lacks."""
+    if hook is None:
+        pytest.fail(f"{run.target.name} {missing}")
+    return hook

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from eventbus import Context, EventBus, RetryPolicy
 from eventbus.middleware.base import RedeliveryRequested
@@ -34,6 +35,17 @@ async def open_inbox(target: OutboxTarget, outbox: bool = False) -> tuple[Databa
         await tx.execute("CREATE TABLE IF NOT EXISTS totals (id TEXT PRIMARY KEY, n INTEGER)")
         await tx.execute("INSERT INTO totals (id, n) VALUES ('orders', 0)")
     return db, inbox
+
+
+def retrying_ledger(**options: Any) -> EventBus:
+    """The ``ledger`` service's bus on the memory broker, retrying a failed handler at
+    once (three attempts in all); ``options`` go to :class:`EventBus` too."""
+    return EventBus(
+        memory_url(),
+        source="ledger",
+        retry=RetryPolicy(max_attempts=3, initial_delay=0.0, max_delay=0.0),
+        **options,
+    )
 
 
 async def total(db: Database) -> int:
@@ -77,11 +89,7 @@ class InboxCases:
         """A handler that wrote and then failed is retried from a clean slate: its first
         write rolled back with the inbox record, so the effect is applied once."""
         db, inbox = await open_inbox(outbox_target)
-        bus = EventBus(
-            memory_url(),
-            source="ledger",
-            retry=RetryPolicy(max_attempts=3, initial_delay=0.0, max_delay=0.0),
-        )
+        bus = retrying_ledger()
         done: Collector[int] = Collector()
 
         @bus.subscribe(OrderPlaced, group="ledger")
@@ -106,12 +114,7 @@ class InboxCases:
         id commit together; a failed attempt drops all three."""
         db, inbox = await open_inbox(outbox_target, outbox=True)
         assert inbox.outbox is not None
-        bus = EventBus(
-            memory_url(),
-            source="ledger",
-            publish_middleware=[inbox.outbox.middleware],
-            retry=RetryPolicy(max_attempts=3, initial_delay=0.0, max_delay=0.0),
-        )
+        bus = retrying_ledger(publish_middleware=[inbox.outbox.middleware])
         shipped: Collector[ShipOrder] = Collector()
 
         @bus.subscribe(OrderPlaced, group="ledger")
