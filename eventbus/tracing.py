@@ -29,7 +29,9 @@ A message whose trace its producer did not sample gets no span of its own here (
 a ``ParentBased`` sampler, the SDK's default, decides anyway), only its context made
 current so what the handler calls stays in that unsampled trace; this saves the
 SDK's cost of an unsampled span. ``Tracing(respect_parent_sampling=False)`` asks
-the sampler for every message instead.
+the sampler for every message instead. A publish that starts a new trace asks the
+SDK's sampler first and, when it drops the trace, writes a fresh ``traceparent``
+(not sampled) without making a span; a sampled trace gets its spans as ever.
 """
 
 from __future__ import annotations
@@ -77,6 +79,7 @@ _SYSTEMS = {"amqp": "rabbitmq", "amqps": "rabbitmq", "sqs": "aws_sqs", "rediss":
 _TRACEPARENT = re.compile(r"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?$")
 _ROOT = otel_context.Context()  # no parent: a new trace, whatever the task's context holds
 _NO_STATE = TraceState()
+_FLAGS = {f"{flags:02x}": TraceFlags(flags) for flags in range(256)}  # by their two hex digits
 
 
 def messaging_system(url: str) -> str:
@@ -101,17 +104,82 @@ def _span_context(traceparent: str | None, tracestate: str | None) -> SpanContex
     if not trace_id or not span_id:
         return None
     state = TraceState.from_header([tracestate]) if tracestate else _NO_STATE
-    return SpanContext(
-        trace_id, span_id, is_remote=True, trace_flags=TraceFlags(int(flags, 16)), trace_state=state
-    )
+    return SpanContext(trace_id, span_id, True, _FLAGS[flags], state)  # is_remote: True
 
 
 def _traceparent(span_context: SpanContext) -> tuple[str, str | None]:
+    state = span_context.trace_state
     return (
         f"00-{span_context.trace_id:032x}-{span_context.span_id:016x}-"
-        f"{span_context.trace_flags:02x}",
-        span_context.trace_state.to_header() or None,
+        f"{int(span_context.trace_flags):02x}",
+        (state.to_header() or None) if state else None,  # an empty one: no header to write
     )
+
+
+class _RootSampling:
+    """The SDK tracer's sampler asked for a new trace before any span is made: a
+    dropped trace costs a fresh ``traceparent`` only, and a recorded one gets its span
+    from ``start_span`` with the trace id the sampler was asked about (handed over by
+    the tracer's id generator, wrapped here; the SDK's samplers decide by trace id,
+    so they decide the same again)."""
+
+    def __init__(self, tracer: Any) -> None:
+        self.tracer = tracer
+        self.sampler = tracer.sampler
+        self.ids = _HandedOver(tracer.id_generator)
+        tracer.id_generator = self.ids  # this tracer is ours alone (get_tracer makes one)
+        random_ids = getattr(self.ids.inner, "is_trace_id_random", None)
+        self.flags = f"{0x02 if random_ids is not None and random_ids() else 0:02x}"
+
+    @classmethod
+    def of(cls, tracer: object) -> _RootSampling | None:
+        """For an SDK tracer (a sampler and an id generator to ask), else ``None``."""
+        sdk: Any = tracer
+        if callable(getattr(getattr(sdk, "sampler", None), "should_sample", None)) and callable(
+            getattr(getattr(sdk, "id_generator", None), "generate_trace_id", None)
+        ):
+            return cls(sdk)
+        return None
+
+    def dropped(self, name: str, attributes: dict[str, Any]) -> tuple[str, str | None] | None:
+        """A new trace's ``(traceparent, tracestate)`` when the sampler drops it; ``None``
+        when it records it (or the tracer is disabled): then ``start_span`` runs next."""
+        enabled = getattr(self.tracer, "_is_enabled", None)
+        if enabled is not None and not enabled():
+            return None
+        ids = self.ids
+        trace_id = ids.inner.generate_trace_id()
+        result = self.sampler.should_sample(_ROOT, trace_id, name, SpanKind.PRODUCER, attributes)
+        if result.decision.is_recording():
+            ids.handed = trace_id  # start_span's trace, as decided
+            return None
+        state = result.trace_state
+        return (
+            f"00-{trace_id:032x}-{ids.inner.generate_span_id():016x}-{self.flags}",
+            (state.to_header() or None) if state else None,
+        )
+
+
+class _HandedOver:
+    """An id generator giving the trace id handed to it once, else its inner one's."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.handed: int | None = None
+
+    def generate_trace_id(self) -> int:
+        handed = self.handed
+        if handed is None:
+            return int(self.inner.generate_trace_id())
+        self.handed = None
+        return handed
+
+    def generate_span_id(self) -> int:
+        return int(self.inner.generate_span_id())
+
+    def is_trace_id_random(self) -> bool:
+        random_ids = getattr(self.inner, "is_trace_id_random", None)
+        return bool(random_ids is not None and random_ids())
 
 
 def _stamped(envelope: Envelope, traceparent: str, tracestate: str | None) -> Envelope:
@@ -156,14 +224,12 @@ class Tracing:
         self._on = tracer_provider is not None and not isinstance(
             tracer_provider, NoOpTracerProvider
         )
-        # The context last read from an envelope (a batch's messages share one), and
-        # the OpenTelemetry context with it as the parent.
-        self._last: tuple[str | None, str | None, SpanContext | None, otel_context.Context] = (
-            None,
-            None,
-            None,
-            _ROOT,
-        )
+        # The context last read from an envelope (a batch's messages share one), the
+        # OpenTelemetry context with it as the parent, and whether it is not sampled.
+        self._last: tuple[
+            str | None, str | None, SpanContext | None, otel_context.Context, bool
+        ] = (None, None, None, _ROOT, False)
+        self.roots = _RootSampling.of(self.tracer) if self._on else None
 
     def instrument(self, bus: EventBus) -> EventBus:
         """Trace ``bus``'s publishes and handlings (call before ``start()``); returns it.
@@ -188,6 +254,8 @@ class Tracing:
         if isinstance(trace.get_tracer_provider(), ProxyTracerProvider | NoOpTracerProvider):
             return False
         self._on = True  # a global provider, once set, stays set
+        self.tracer = trace.get_tracer("eventbus", __version__)  # its own, not the proxy
+        self.roots = _RootSampling.of(self.tracer)
         return True
 
     def parent_of(self, envelope: Envelope) -> tuple[SpanContext | None, otel_context.Context]:
@@ -200,7 +268,8 @@ class Tracing:
         parent = (
             _ROOT if found is None else trace.set_span_in_context(NonRecordingSpan(found), _ROOT)
         )
-        self._last = (envelope.traceparent, envelope.tracestate, found, parent)
+        unsampled = found is not None and not found.trace_flags.sampled
+        self._last = (envelope.traceparent, envelope.tracestate, found, parent, unsampled)
         return found, parent
 
 
@@ -225,15 +294,16 @@ class ProcessSpans(Observer):
         return base
 
     def begin(self, ctx: Context) -> object:
-        if not self.tracing.active():
+        tracing = self.tracing
+        if not (tracing._on or tracing.active()):
             return None
         envelope = ctx.envelope
-        parent, parent_context = self.tracing.parent_of(envelope)
-        if (
-            parent is not None
-            and not parent.trace_flags.sampled
-            and self.tracing.respect_parent_sampling
-        ):
+        last = tracing._last  # parent_of(), its common case inlined: this runs per message
+        if envelope.traceparent != last[0] or envelope.tracestate != last[1]:
+            tracing.parent_of(envelope)
+            last = tracing._last
+        parent_context = last[3]
+        if last[4] and tracing.respect_parent_sampling:
             # Unsampled upstream: no span, but what the handler calls stays unsampled.
             return (None, otel_context.attach(parent_context))
         span = self.tracing.tracer.start_span(
@@ -416,11 +486,17 @@ class SendSpans:
                 links.append(Link(carried))  # built in another trace (a saga's held message)
         else:
             carried, parent_context = tracing.parent_of(first)
-            if (
-                carried is not None
-                and not carried.trace_flags.sampled
-                and tracing.respect_parent_sampling
-            ):
+            if carried is None:
+                # A new trace: when the sampler drops it, a traceparent without a span.
+                roots = tracing.roots
+                dropped = roots.dropped(f"send {topic}", self._base(topic)) if roots else None
+                if dropped is not None:
+                    traceparent, tracestate = dropped
+                    await call_next(
+                        topic, [_stamped(e, traceparent, tracestate) for e in envelopes]
+                    )
+                    return
+            elif not carried.trace_flags.sampled and tracing.respect_parent_sampling:
                 await call_next(topic, envelopes)  # they carry it already
                 return
         span = tracing.tracer.start_span(
