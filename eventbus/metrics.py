@@ -214,7 +214,10 @@ class Handled(Observer):
         return found
 
     def begin(self, ctx: Context) -> object:
-        flow = self._flow(ctx.topic, ctx.group, ctx.envelope.type)
+        key = (ctx.topic, ctx.group, ctx.envelope.type)
+        flow = self._flows.get(key)  # _flow(), its common case inlined: this runs per message
+        if flow is None:
+            flow = self._flow(*key)
         flow.subscription.in_flight += 1
         if ctx.delivery.attempt > 1:
             flow.redelivered += 1
