@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Collection, Sequence
+from threading import get_ident
 from typing import TYPE_CHECKING, Any
 
 try:
@@ -192,7 +193,7 @@ class _RootSampling:
         trace_id = ids.inner.generate_trace_id()
         result = self.sampler.should_sample(_ROOT, trace_id, name, SpanKind.PRODUCER, attributes)
         if result.decision.is_recording():
-            ids.handed = trace_id  # start_span's trace, as decided
+            ids.hand(trace_id)  # start_span's trace, as decided
             return None
         state = result.trace_state
         return (
@@ -202,18 +203,23 @@ class _RootSampling:
 
 
 class _HandedOver:
-    """An id generator giving the trace id handed to it once, else its inner one's."""
+    """An id generator giving the trace id handed to it once, to the thread that
+    handed it (another thread starting a span on the same tracer meanwhile gets a
+    fresh one), else its inner one's."""
 
     def __init__(self, inner: Any) -> None:
         self.inner = inner
-        self.handed: int | None = None
+        self.handed: tuple[int, int] | None = None  # (thread, trace id)
+
+    def hand(self, trace_id: int) -> None:
+        self.handed = (get_ident(), trace_id)
 
     def generate_trace_id(self) -> int:
         handed = self.handed
-        if handed is None:
-            return int(self.inner.generate_trace_id())
-        self.handed = None
-        return handed
+        if handed is not None and handed[0] == get_ident():
+            self.handed = None
+            return handed[1]
+        return int(self.inner.generate_trace_id())
 
     def generate_span_id(self) -> int:
         return int(self.inner.generate_span_id())

@@ -5,6 +5,7 @@ on unchanged to what its handler publishes."""
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
@@ -126,3 +127,19 @@ def test_an_unsampled_message_gets_no_span_and_hands_its_trace_on() -> None:
             assert not sampled(envelope.traceparent)
 
     run(scenario)
+
+
+def test_a_handed_over_trace_id_goes_to_the_thread_that_handed_it() -> None:
+    from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
+
+    from eventbus.tracing import _HandedOver
+
+    ids = _HandedOver(RandomIdGenerator())
+    ids.hand(42)
+    other: list[int] = []
+    thread = threading.Thread(target=lambda: other.append(ids.generate_trace_id()))
+    thread.start()
+    thread.join()
+    assert other != [42]  # a span another thread started meanwhile: a trace of its own
+    assert ids.generate_trace_id() == 42
+    assert ids.generate_trace_id() != 42  # once
