@@ -12,16 +12,9 @@ from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.context import Context as OtelContext
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import TracerProvider, sampling
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.sdk.trace.sampling import (
-    ALWAYS_OFF,
-    Decision,
-    ParentBased,
-    Sampler,
-    SamplingResult,
-)
 from opentelemetry.trace import Link, SpanContext, SpanKind
 from opentelemetry.util.types import Attributes
 
@@ -38,7 +31,7 @@ class Shipped(Event, type="test.sampling.shipped", topic="test-sampling-shipment
     n: int
 
 
-class EvenTraces(Sampler):
+class EvenTraces(sampling.Sampler):
     """Records the traces whose id is even (decided by the id, as the SDK's samplers
     are), and remembers every trace id it was asked about."""
 
@@ -54,9 +47,12 @@ class EvenTraces(Sampler):
         attributes: Attributes = None,
         links: Sequence[Link] | None = None,
         trace_state: Any = None,
-    ) -> SamplingResult:
+    ) -> sampling.SamplingResult:
         self.asked.append(trace_id)
-        return SamplingResult(Decision.RECORD_AND_SAMPLE if trace_id % 2 == 0 else Decision.DROP)
+        decision = sampling.Decision
+        return sampling.SamplingResult(
+            decision.RECORD_AND_SAMPLE if trace_id % 2 == 0 else decision.DROP
+        )
 
     def get_description(self) -> str:
         return "EvenTraces"
@@ -96,12 +92,12 @@ def test_a_new_trace_is_decided_once_and_a_recorded_one_keeps_its_id() -> None:
 def test_an_unsampled_message_gets_no_span_and_hands_its_trace_on() -> None:
     async def scenario() -> None:
         url = memory_url()
-        orders = Tracing(TracerProvider(sampler=ALWAYS_OFF)).instrument(
+        orders = Tracing(TracerProvider(sampler=sampling.ALWAYS_OFF)).instrument(
             EventBus(url, source="orders")
         )
         exporter = InMemorySpanExporter()
         # Records whatever starts a trace here, follows the parent's decision otherwise.
-        provider = TracerProvider(sampler=ParentBased(EvenTraces()))
+        provider = TracerProvider(sampler=sampling.ParentBased(EvenTraces()))
         provider.add_span_processor(SimpleSpanProcessor(exporter))
         shipping = Tracing(provider).instrument(EventBus(url, source="shipping"))
         shipped = Collector[Envelope]()
