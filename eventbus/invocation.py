@@ -189,6 +189,9 @@ class Watchers:
         if len(self.observers) == 1:  # the common case: one call each, no list
             self.begin = self._begin_one
             self.end = self._end_one
+        elif len(self.observers) == 2:  # metrics and tracing: no loop either
+            self.begin = self._begin_two
+            self.end = self._end_two
         else:
             self.begin = self._begin_all
             self.end = self._end_all
@@ -207,6 +210,34 @@ class Watchers:
             self.observers[0].end(ctx, mark, failure)
         except Exception as exc:
             _observer_failed(self.observers[0], "end", exc)
+
+    def _begin_two(self, ctx: Context) -> object:
+        outer, inner = self.observers
+        try:
+            first = outer.begin(ctx)
+        except Exception as exc:
+            first = _FAILED
+            _observer_failed(outer, "begin", exc)
+        try:
+            return (first, inner.begin(ctx))
+        except Exception as exc:
+            _observer_failed(inner, "begin", exc)
+            return (first, _FAILED)
+
+    def _end_two(self, ctx: Context, mark: object, failure: BaseException | None) -> None:
+        outer, inner = self.observers
+        marks: Any = mark
+        first, second = marks
+        if second is not _FAILED:
+            try:
+                inner.end(ctx, second, failure)
+            except Exception as exc:
+                _observer_failed(inner, "end", exc)
+        if first is not _FAILED:
+            try:
+                outer.end(ctx, first, failure)
+            except Exception as exc:
+                _observer_failed(outer, "end", exc)
 
     def _begin_all(self, ctx: Context) -> object:
         return begin_each(self.observers, "begin", ctx, _FAILED)

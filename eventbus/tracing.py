@@ -29,13 +29,16 @@ A message whose trace its producer did not sample gets no span of its own here (
 a ``ParentBased`` sampler, the SDK's default, decides anyway), only its context made
 current so what the handler calls stays in that unsampled trace; this saves the
 SDK's cost of an unsampled span. ``Tracing(respect_parent_sampling=False)`` asks
-the sampler for every message instead.
+the sampler for every message instead. A publish that starts a new trace asks the
+SDK's sampler first and, when it drops the trace, writes a fresh ``traceparent``
+(not sampled) without making a span; a sampled trace gets its spans as ever.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Collection, Sequence
+from threading import get_ident
 from typing import TYPE_CHECKING, Any
 
 try:
@@ -77,6 +80,15 @@ _SYSTEMS = {"amqp": "rabbitmq", "amqps": "rabbitmq", "sqs": "aws_sqs", "rediss":
 _TRACEPARENT = re.compile(r"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?$")
 _ROOT = otel_context.Context()  # no parent: a new trace, whatever the task's context holds
 _NO_STATE = TraceState()
+# A valid version-00 traceparent whose sampled flag (the low bit) is clear.
+_UNSAMPLED = re.compile(r"00-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f][02468ace]")
+_FLAGS = {f"{flags:02x}": TraceFlags(flags) for flags in range(256)}  # by their two hex digits
+
+
+# An envelope's (traceparent, tracestate) as read: the context (None: none, or
+# malformed; a _Carried: not sampled, parsed when asked), the OpenTelemetry context
+# with it as the parent, and whether its trace is not sampled.
+_Read = tuple[str | None, str | None, "SpanContext | _Carried | None", otel_context.Context, bool]
 
 
 def messaging_system(url: str) -> str:
@@ -101,42 +113,151 @@ def _span_context(traceparent: str | None, tracestate: str | None) -> SpanContex
     if not trace_id or not span_id:
         return None
     state = TraceState.from_header([tracestate]) if tracestate else _NO_STATE
-    return SpanContext(
-        trace_id, span_id, is_remote=True, trace_flags=TraceFlags(int(flags, 16)), trace_state=state
-    )
+    return SpanContext(trace_id, span_id, True, _FLAGS[flags], state)  # is_remote: True
 
 
 def _traceparent(span_context: SpanContext) -> tuple[str, str | None]:
+    state = span_context.trace_state
     return (
         f"00-{span_context.trace_id:032x}-{span_context.span_id:016x}-"
-        f"{span_context.trace_flags:02x}",
-        span_context.trace_state.to_header() or None,
+        f"{int(span_context.trace_flags):02x}",
+        (state.to_header() or None) if state else None,  # an empty one: no header to write
     )
 
 
-def _stamped(envelope: Envelope, traceparent: str, tracestate: str | None) -> Envelope:
-    """``envelope`` carrying the given trace context (a copy: envelopes never change)."""
-    if envelope.traceparent == traceparent and envelope.tracestate == tracestate:
-        return envelope
-    e = envelope
-    return _assemble(
-        e.id,
-        e.type,
-        e.source,
-        e.time,
-        e.data,
-        e.datacontenttype,
-        e.dataschema,
-        e.subject,
-        e.specversion,
-        e.dataversion,
-        e.correlationid,
-        e.causationid,
-        e.partitionkey,
-        traceparent,
-        tracestate,
-        e.extensions,
-    )
+class _Carried(NonRecordingSpan):
+    """The remote parent of a message whose trace is not sampled, made current while
+    its handler runs: its span context is parsed from the ``traceparent`` when
+    something first asks for it (a publish, the handler's own instrumentation), not
+    for every message (~1.5 us each)."""
+
+    def __init__(self, traceparent: str, tracestate: str | None) -> None:
+        # NonRecordingSpan's __init__ takes the parsed context; set later here.
+        self.carried = (traceparent, tracestate)
+        self._context: SpanContext | None = None  # type: ignore[assignment]
+
+    def get_span_context(self) -> SpanContext:
+        found = self._context
+        if found is None:
+            found = _span_context(*self.carried)
+            assert found is not None  # _UNSAMPLED matched it: a valid context
+            self._context = found
+        return found
+
+    def __repr__(self) -> str:
+        return f"_Carried({self.get_span_context()!r})"
+
+
+def _in_context(span: Span) -> otel_context.Context:
+    """An OpenTelemetry context holding ``span`` as the parent, and nothing else."""
+    return trace.set_span_in_context(span, _ROOT)
+
+
+class _RootSampling:
+    """The SDK tracer's sampler asked for a new trace before any span is made: a
+    dropped trace costs a fresh ``traceparent`` only, and a recorded one gets its span
+    from ``start_span`` with the trace id the sampler was asked about (handed over by
+    the tracer's id generator, wrapped here; the SDK's samplers decide by trace id,
+    so they decide the same again)."""
+
+    def __init__(self, tracer: Any) -> None:
+        self.tracer = tracer
+        self.sampler = tracer.sampler
+        # The SDK's switch for a tracer turned off by its configurator (private: honoured
+        # while the SDK has it, as start_span does).
+        self.enabled = getattr(tracer, "_is_enabled", None)
+        ids = tracer.id_generator
+        if not isinstance(ids, _HandedOver):  # the provider's tracer "eventbus" is shared
+            ids = tracer.id_generator = _HandedOver(ids)  # by every Tracing on it
+        self.ids: _HandedOver = ids
+        random_ids = getattr(self.ids.inner, "is_trace_id_random", None)
+        self.flags = f"{0x02 if random_ids is not None and random_ids() else 0:02x}"
+
+    @classmethod
+    def of(cls, tracer: object) -> _RootSampling | None:
+        """For an SDK tracer (a sampler and an id generator to ask), else ``None``."""
+        sdk: Any = tracer
+        if callable(getattr(getattr(sdk, "sampler", None), "should_sample", None)) and callable(
+            getattr(getattr(sdk, "id_generator", None), "generate_trace_id", None)
+        ):
+            return cls(sdk)
+        return None
+
+    def dropped(self, name: str, attributes: dict[str, Any]) -> tuple[str, str | None] | None:
+        """A new trace's ``(traceparent, tracestate)`` when the sampler drops it; ``None``
+        when it records it (or the tracer is disabled): then ``start_span`` runs next."""
+        enabled = self.enabled
+        if enabled is not None and not enabled():
+            return None
+        ids = self.ids
+        trace_id = ids.inner.generate_trace_id()
+        result = self.sampler.should_sample(_ROOT, trace_id, name, SpanKind.PRODUCER, attributes)
+        if result.decision.is_recording():
+            ids.hand(trace_id)  # start_span's trace, as decided
+            return None
+        state = result.trace_state
+        return (
+            f"00-{trace_id:032x}-{ids.inner.generate_span_id():016x}-{self.flags}",
+            (state.to_header() or None) if state else None,
+        )
+
+
+class _HandedOver:
+    """An id generator giving the trace id handed to it once, to the thread that
+    handed it (another thread starting a span on the same tracer meanwhile gets a
+    fresh one), else its inner one's."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.handed: tuple[int, int] | None = None  # (thread, trace id)
+
+    def hand(self, trace_id: int) -> None:
+        self.handed = (get_ident(), trace_id)
+
+    def generate_trace_id(self) -> int:
+        handed = self.handed
+        if handed is not None and handed[0] == get_ident():
+            self.handed = None
+            return handed[1]
+        return int(self.inner.generate_trace_id())
+
+    def generate_span_id(self) -> int:
+        return int(self.inner.generate_span_id())
+
+    def is_trace_id_random(self) -> bool:
+        random_ids = getattr(self.inner, "is_trace_id_random", None)
+        return bool(random_ids is not None and random_ids())
+
+
+def _stamped(
+    envelopes: Sequence[Envelope], traceparent: str, tracestate: str | None
+) -> list[Envelope]:
+    """``envelopes`` carrying the given trace context (copies: envelopes never change;
+    one already carrying it is kept). Runs per message published: one loop, no call
+    per envelope but the copy's."""
+    return [
+        e
+        if e.traceparent == traceparent and e.tracestate == tracestate
+        else _assemble(
+            e.id,
+            e.type,
+            e.source,
+            e.time,
+            e.data,
+            e.datacontenttype,
+            e.dataschema,
+            e.subject,
+            e.specversion,
+            e.dataversion,
+            e.correlationid,
+            e.causationid,
+            e.partitionkey,
+            traceparent,
+            tracestate,
+            e.extensions,
+        )
+        for e in envelopes
+    ]
 
 
 class Tracing:
@@ -156,14 +277,9 @@ class Tracing:
         self._on = tracer_provider is not None and not isinstance(
             tracer_provider, NoOpTracerProvider
         )
-        # The context last read from an envelope (a batch's messages share one), and
-        # the OpenTelemetry context with it as the parent.
-        self._last: tuple[str | None, str | None, SpanContext | None, otel_context.Context] = (
-            None,
-            None,
-            None,
-            _ROOT,
-        )
+        # The context last read from an envelope (a batch's messages share one).
+        self._last: _Read = (None, None, None, _ROOT, False)
+        self.roots = _RootSampling.of(self.tracer) if self._on else None
 
     def instrument(self, bus: EventBus) -> EventBus:
         """Trace ``bus``'s publishes and handlings (call before ``start()``); returns it.
@@ -188,20 +304,38 @@ class Tracing:
         if isinstance(trace.get_tracer_provider(), ProxyTracerProvider | NoOpTracerProvider):
             return False
         self._on = True  # a global provider, once set, stays set
+        self.tracer = trace.get_tracer("eventbus", __version__)  # its own, not the proxy
+        self.roots = _RootSampling.of(self.tracer)
         return True
 
     def parent_of(self, envelope: Envelope) -> tuple[SpanContext | None, otel_context.Context]:
         """The trace context ``envelope`` carries (``None``: none, or malformed), and an
         OpenTelemetry context holding it as the parent (an empty one when ``None``)."""
+        last = self.read(envelope)
+        found = last[2]
+        if isinstance(found, _Carried):
+            found = found.get_span_context()
+        return found, last[3]
+
+    def read(self, envelope: Envelope) -> _Read:
+        """What ``envelope`` carries, as :meth:`parent_of` answers, kept for the next
+        envelope (a batch's messages share theirs). A version-00 context whose trace is
+        not sampled is parsed only once something asks for it: most handlings need only
+        to know that no span will be made (see :class:`_Carried`)."""
         last = self._last
-        if envelope.traceparent == last[0] and envelope.tracestate == last[1]:
-            return last[2], last[3]
-        found = _span_context(envelope.traceparent, envelope.tracestate)
-        parent = (
-            _ROOT if found is None else trace.set_span_in_context(NonRecordingSpan(found), _ROOT)
-        )
-        self._last = (envelope.traceparent, envelope.tracestate, found, parent)
-        return found, parent
+        traceparent, tracestate = envelope.traceparent, envelope.tracestate
+        if traceparent == last[0] and tracestate == last[1]:
+            return last
+        if traceparent and _UNSAMPLED.fullmatch(traceparent):
+            carried = _Carried(traceparent, tracestate)
+            last = (traceparent, tracestate, carried, _in_context(carried), True)
+        else:
+            found = _span_context(traceparent, tracestate)
+            parent = _ROOT if found is None else _in_context(NonRecordingSpan(found))
+            unsampled = found is not None and not found.trace_flags.sampled
+            last = (traceparent, tracestate, found, parent, unsampled)
+        self._last = last
+        return last
 
 
 class ProcessSpans(Observer):
@@ -225,15 +359,15 @@ class ProcessSpans(Observer):
         return base
 
     def begin(self, ctx: Context) -> object:
-        if not self.tracing.active():
+        tracing = self.tracing
+        if not (tracing._on or tracing.active()):
             return None
         envelope = ctx.envelope
-        parent, parent_context = self.tracing.parent_of(envelope)
-        if (
-            parent is not None
-            and not parent.trace_flags.sampled
-            and self.tracing.respect_parent_sampling
-        ):
+        last = tracing._last  # read(), its common case inlined: this runs per message
+        if envelope.traceparent != last[0] or envelope.tracestate != last[1]:
+            last = tracing.read(envelope)
+        parent_context = last[3]
+        if last[4] and tracing.respect_parent_sampling:
             # Unsampled upstream: no span, but what the handler calls stays unsampled.
             return (None, otel_context.attach(parent_context))
         span = self.tracing.tracer.start_span(
@@ -403,7 +537,15 @@ class SendSpans:
         if not envelopes or not tracing.active():
             await call_next(topic, envelopes)
             return
-        current = trace.get_current_span().get_span_context()
+        current_span = trace.get_current_span()
+        if type(current_span) is _Carried and tracing.respect_parent_sampling:
+            # In the handler of a message whose trace is not sampled: that trace goes on,
+            # as it came (what _traceparent() would write again, without parsing it).
+            traceparent, tracestate = current_span.carried
+            if tracestate is None:  # else written as parsed: TraceState may normalise it
+                await call_next(topic, _stamped(envelopes, traceparent, None))
+                return
+        current = current_span.get_span_context()
         first = envelopes[0]
         links: list[Link] = []
         if current.is_valid:
@@ -415,12 +557,19 @@ class SendSpans:
             if carried is not None and carried.trace_id != current.trace_id:
                 links.append(Link(carried))  # built in another trace (a saga's held message)
         else:
-            carried, parent_context = tracing.parent_of(first)
-            if (
-                carried is not None
-                and not carried.trace_flags.sampled
-                and tracing.respect_parent_sampling
-            ):
+            if first.traceparent is None:  # the common case: nothing to read
+                carried, parent_context = None, _ROOT
+            else:
+                carried, parent_context = tracing.parent_of(first)
+            if carried is None:
+                # A new trace: when the sampler drops it, a traceparent without a span.
+                roots = tracing.roots
+                dropped = roots.dropped(f"send {topic}", self._base(topic)) if roots else None
+                if dropped is not None:
+                    traceparent, tracestate = dropped
+                    await call_next(topic, _stamped(envelopes, traceparent, tracestate))
+                    return
+            elif not carried.trace_flags.sampled and tracing.respect_parent_sampling:
                 await call_next(topic, envelopes)  # they carry it already
                 return
         span = tracing.tracer.start_span(
@@ -453,4 +602,4 @@ class SendSpans:
     @staticmethod
     def _stamp(envelopes: Sequence[Envelope], context: SpanContext) -> list[Envelope]:
         traceparent, tracestate = _traceparent(context)
-        return [_stamped(envelope, traceparent, tracestate) for envelope in envelopes]
+        return _stamped(envelopes, traceparent, tracestate)

@@ -192,6 +192,25 @@ def test_labels_stay_bounded() -> None:
     run(scenario)
 
 
+def test_each_single_publish_is_counted_by_its_type() -> None:
+    async def scenario() -> None:
+        registry = CollectorRegistry()
+        bus = Metrics(registry=registry).instrument(EventBus(memory_url(), source="m"))
+        async with bus:
+            for n in range(2):
+                await bus.publish(Booked(n=n))
+            await bus.publish_envelopes(TOPIC, [Envelope.create(type="x.unknown", source="x")])
+        samples = scrape(registry)
+        kind = Booked.event_type()
+        assert value(samples, "eventbus_published_total", topic=TOPIC, type=kind, outcome="ok") == 2
+        assert (
+            value(samples, "eventbus_published_total", topic=TOPIC, type="other", outcome="ok") == 1
+        )
+        assert value(samples, "eventbus_publish_duration_seconds_count", topic=TOPIC) == 3
+
+    run(scenario)
+
+
 def test_gauges_follow_the_running_bus() -> None:
     async def scenario() -> None:
         registry = CollectorRegistry()
