@@ -1,25 +1,8 @@
 """Deprecated: use :mod:`eventbus.deadletters` (``DeadLetters`` and what it reads and
-writes). The names of this module keep working for one release; reading one warns
-once, naming its new home.
-
-A package rather than a ``dlq.py`` file, so that git still sees the old file as
-renamed to ``eventbus/deadletters/tooling.py`` and carries edits made to it on other
-branches over to the new path.
-"""
+writes). Reading a name warns once, naming its new home (the table is
+``eventbus.deadletters._moved.DLQ``)."""
 
 from eventbus._deprecation import moved
+from eventbus.deadletters._moved import DLQ
 
-__getattr__ = moved(
-    __name__,
-    {
-        "eventbus.deadletters": (
-            "PURGED_TYPE",
-            "REPLAYED_TYPE",
-            "REPLAY_GROUP",
-            "DeadLetters",
-            "ListedDeadLetter",
-            "replayed_topic",
-        ),
-        "eventbus.deadletters.tooling": ("Progress", "State"),
-    },
-)
+__getattr__ = moved(__name__, DLQ)
