@@ -9,7 +9,15 @@ import uuid
 
 import pytest
 
-from eventbus import Context, Event, EventBus, MemoryAdapter, MessageTooLargeError, RetryPolicy
+from eventbus import (
+    Context,
+    Event,
+    EventBus,
+    MemoryAdapter,
+    MessageTooLargeError,
+    Plain,
+    RetryPolicy,
+)
 from eventbus.deadletters import DeadLetters
 from eventbus.errors import ConfigurationError
 from eventbus.testing import (
@@ -311,3 +319,41 @@ async def test_a_drain_timeout_caught_in_the_block_still_leaves_at_once() -> Non
         with pytest.raises(DrainTimeoutError):
             await tb.drain(timeout=0.2)
     assert time.monotonic() - started < 3.0
+
+
+class KitShipped(Event, type="test.kit.shipped", topic="test-kit-shipments"):
+    order_id: str
+
+
+class KitReturned(Event, type="test.kit.returned", topic="test-kit-shipments"):
+    order_id: str
+
+
+@pytest.mark.asyncio
+async def test_a_foreign_message_reaches_a_plain_subscription_as_it_would_in_production() -> None:
+    """The kit's recording broker hands on every transport fact of a delivery: the
+    headers a plain subscription reads its type and correlation from, and the stable
+    position its event id is derived from (the same in every group)."""
+    bus = EventBus("memory://")
+    seen: list[tuple[str, Event, str, str | None]] = []
+    both = asyncio.Event()
+    for group in ("a", "b"):
+
+        @bus.subscribe(
+            KitShipped, KitReturned, group=group, wire_format=Plain(type_header="x-type")
+        )
+        async def handle(event: KitShipped | KitReturned, ctx: Context) -> None:
+            seen.append((ctx.group, event, ctx.envelope.id, ctx.envelope.correlationid))
+            if len(seen) == 2:
+                both.set()
+
+    async with TestBus(bus) as tb:
+        headers = {"x-type": b"test.kit.returned", "correlation_id": b"corr-7"}
+        await tb.bus.adapter.publish_raw("test-kit-shipments", b'{"order_id": "r-1"}', headers)
+        await asyncio.wait_for(both.wait(), 5)
+    assert {(g, e) for g, e, _, _ in seen} == {
+        ("a", KitReturned(order_id="r-1")),
+        ("b", KitReturned(order_id="r-1")),
+    }
+    assert len({envelope_id for _, _, envelope_id, _ in seen}) == 1, seen
+    assert {correlation for *_, correlation in seen} == {"corr-7"}

@@ -167,17 +167,16 @@ class _RecordingDelivery(Delivery):
     """The broker's delivery, settled through it, with each settlement recorded."""
 
     __slots__ = ("_inner", "_recorder")
+    # It wraps memory deliveries only (RecordingAdapter is a MemoryAdapter), whose
+    # message_id is the offset: the same on every redelivery.
+    stable_id = True
 
     def __init__(self, inner: Delivery, recorder: Recorder) -> None:
-        super().__init__(
-            topic=inner.topic,
-            group=inner.group,
-            envelope=inner.envelope,
-            attempt=inner.attempt,
-            message_id=inner.message_id,
-            raw=inner.raw,
-            decode_error=inner.decode_error,
-        )
+        # Every transport fact of the broker's delivery (raw headers included: a plain
+        # wire format reads its type and correlation there), settled afresh.
+        for name in Delivery.__slots__:
+            setattr(self, name, getattr(inner, name))
+        self._settled = None
         self._inner = inner
         self._recorder = recorder
 
