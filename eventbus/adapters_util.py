@@ -10,7 +10,9 @@ Not part of the adapter contract itself (:mod:`eventbus.adapter`), just tools:
 - :func:`tls_context`: an ``ssl.SSLContext`` from the shared ``tls_*`` URL options;
 - :func:`open_once`: a connection (producer, channel) opened on first use, once;
 - :func:`settings_from`: an adapter's settings from ``XAdapter(url)`` or
-  ``XAdapter(settings=...)``, with the one error for neither or both.
+  ``XAdapter(settings=...)``, with the one error for neither or both;
+- :class:`ConfiguredAdapter`: the base whose constructor every adapter shares,
+  ``XAdapter(url)`` or ``XAdapter(settings=..., client=...)``, built on it.
 
 The URL options themselves are parsed with :mod:`eventbus.url_options`; tasks are
 stopped with :func:`eventbus.tasks.stop_task`.
@@ -18,12 +20,14 @@ stopped with :func:`eventbus.tasks.stop_task`.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import ssl
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import Generic, Protocol, Self, TypeVar
 
+from eventbus.adapter import Adapter, StartFrom
 from eventbus.errors import EventBusError
 
 Mapped = type[EventBusError] | tuple[type[EventBusError], str]
@@ -48,6 +52,21 @@ class FromURL(Protocol):
 
 
 S = TypeVar("S", bound=FromURL)
+
+
+class AdapterSettings(FromURL, Protocol):
+    """What :class:`ConfiguredAdapter` reads of an adapter's settings."""
+
+    @property
+    def url(self) -> str: ...
+    @property
+    def masked_url(self) -> str: ...
+    @property
+    def start_from(self) -> StartFrom | None: ...
+
+
+A = TypeVar("A", bound=AdapterSettings)
+C = TypeVar("C")
 
 
 async def open_once(
@@ -78,6 +97,44 @@ def settings_from(url: str | None, settings: S | None, settings_type: type[S], a
             f"{adapter} takes a URL or settings={settings_type.__name__}(...) (one of them)"
         )
     return settings if settings is not None else settings_type.from_url(url or "")
+
+
+class ConfiguredAdapter(Adapter, Generic[A, C]):
+    """The constructor every adapter shares: ``XAdapter(url)``, or
+    ``XAdapter(settings=XSettings(...), client=...)`` with settings made in code and,
+    optionally, a client the application configured (used as it is, never closed by
+    the adapter).
+
+    A subclass names its settings class in ``settings_type`` and builds the rest in
+    :meth:`_setup`, which runs once ``settings`` and ``start_from`` are set (an adapter
+    whose settings may not fit it, a Streams URL given to the Pub/Sub adapter, refuses
+    them there). Neither URL nor settings, or both, is the :func:`settings_from` error.
+
+    ::
+
+        class KafkaAdapter(ConfiguredAdapter[KafkaSettings, AIOKafkaProducer]):
+            settings_type = KafkaSettings
+
+            def _setup(self, client: AIOKafkaProducer | None) -> None:
+                self.capabilities = Capabilities(...)
+                self._producer = client
+    """
+
+    settings_type: type[A]
+    settings: A
+
+    def __init__(
+        self, url: str | None = None, *, settings: A | None = None, client: C | None = None
+    ) -> None:
+        s = settings_from(url, settings, self.settings_type, type(self).__name__)
+        super().__init__(s.url or s.masked_url)
+        self.settings = s
+        self.start_from = s.start_from
+        self._setup(client)
+
+    @abc.abstractmethod
+    def _setup(self, client: C | None) -> None:
+        """Build what the adapter needs from ``self.settings`` and the given ``client``."""
 
 
 def translate(

@@ -37,7 +37,6 @@ from eventbus.errors import ConnectionLostError, MessageTooLargeError, TopicNotF
 from .codec import check_raw_size, decode, encode_block, raw_block
 from .connection import CLIENT_ERRORS, NatsAdapterBase
 from .provision import check_subject
-from .settings import NatsSettings
 from .wire import hpub, write
 
 log = logging.getLogger("eventbus.nats")
@@ -51,7 +50,13 @@ def _whole(seconds: float) -> int:
 
 
 class NatsCoreAdapter(NatsAdapterBase):
-    """Core NATS through nats-py: ``nats+core://host:4222[?options]`` (at-most-once)."""
+    """Core NATS through nats-py: ``nats+core://host:4222[?options]`` (at-most-once).
+
+    ``NatsCoreAdapter(url)``, or ``NatsCoreAdapter(settings=..., client=nc)`` with a
+    nats-py client you connected yourself (used as it is, never closed here). Nothing
+    is stored: a group gets what is published once it is subscribed, whatever
+    start_from says.
+    """
 
     schemes = ("nats+core",)
     stronger = "nats:// (JetStream: a durable stream per topic, explicit acks and redelivery)"
@@ -60,19 +65,8 @@ class NatsCoreAdapter(NatsAdapterBase):
     role = "core adapter"
     other_kind = "NatsCoreAdapter is core NATS only; use NatsAdapter for {}"
 
-    def __init__(
-        self,
-        url: str | None = None,
-        *,
-        settings: NatsSettings | None = None,
-        client: Client | None = None,
-    ) -> None:
-        """``NatsCoreAdapter(url)``, or ``NatsCoreAdapter(settings=..., client=nc)`` with
-        a nats-py client you connected yourself (used as it is, never closed here).
-
-        Nothing is stored: a group gets what is published once it is subscribed,
-        whatever start_from says."""
-        super().__init__(url, settings, client)
+    def _setup(self, client: Client | None) -> None:
+        super()._setup(client)
         s = self.settings
         self.capabilities = Capabilities(
             persistent=False,  # nothing is stored: no subscriber, no message

@@ -41,7 +41,6 @@ from .codec import decode_message, encode_message
 from .connection import CLIENT_ERRORS
 from .members import member_channel, refuse_second_member
 from .publish import MAX_PER_SCRIPT, publish_many
-from .settings import RedisSettings
 
 log = logging.getLogger("eventbus.redis")
 
@@ -65,14 +64,8 @@ class RedisPubSubAdapter(RedisAdapter):
         "XACK and redelivery)"
     )
 
-    def __init__(
-        self,
-        url: str | None = None,
-        *,
-        settings: RedisSettings | None = None,
-        client: Redis | None = None,
-    ) -> None:
-        super().__init__(url, settings=settings, client=client)
+    def _setup(self, client: Redis | None) -> None:
+        super()._setup(client)
         if self.settings.mode != "pubsub":
             raise ValueError(f"{self.settings.masked_url} is a Streams URL")
         self._started_groups: set[tuple[str, str]] = set()
