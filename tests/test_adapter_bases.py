@@ -1,16 +1,18 @@
 """The toolkit's shared adapter pieces: the constructor every adapter has
-(``ConfiguredAdapter``)."""
+(``ConfiguredAdapter``) and the delivery of an at-most-once broker with its in-process
+redelivery (``AtMostOnceDelivery``, ``Redeliveries``)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Self
 
 import pytest
 
-from eventbus.adapter import HealthReport, StartFrom, SubscribeOptions, Subscription
-from eventbus.adapters_util import ConfiguredAdapter
+from eventbus.adapter import Decoded, HealthReport, StartFrom, SubscribeOptions, Subscription
+from eventbus.adapters_util import AtMostOnceDelivery, ConfiguredAdapter, Redeliveries
 from eventbus.envelope import Envelope
 
 # -- ConfiguredAdapter ------------------------------------------------------------------------
@@ -60,3 +62,58 @@ def test_an_adapter_is_made_from_a_url_or_from_settings_and_a_client() -> None:
 def test_neither_or_both_of_url_and_settings_is_the_one_error(given: dict[str, object]) -> None:
     with pytest.raises(TypeError, match=r"_Adapter takes a URL or settings=_Settings\(\.\.\.\)"):
         _Adapter(**given)  # type: ignore[arg-type]
+
+
+# -- AtMostOnceDelivery, Redeliveries ---------------------------------------------------------
+
+
+class _Subscription:
+    def __init__(self) -> None:
+        self.topic = "t"
+        self.options = SubscribeOptions(group="g")
+        self.free = 0
+        self.again: list[tuple[int, float]] = []
+
+    def release(self) -> None:
+        self.free += 1
+
+
+class _Delivery(AtMostOnceDelivery[_Subscription]):
+    def _again(self, delay: float) -> None:
+        self._owner.again.append((self.attempt + 1, delay))
+
+
+def _delivery(owner: _Subscription) -> _Delivery:
+    decoded = Decoded(Envelope.create(type="t", source="s"))
+    return _Delivery(owner, decoded, attempt=2, message_id="t/7")
+
+
+def test_settling_an_at_most_once_delivery_frees_its_slot_and_a_nack_hands_it_out_again() -> None:
+    async def scenario() -> None:
+        owner = _Subscription()
+        first, second, third = _delivery(owner), _delivery(owner), _delivery(owner)
+        assert (first.topic, first.group, first.message_id) == ("t", "g", "t/7")
+        await first.ack()
+        await second.reject()
+        assert (owner.free, owner.again) == (2, [])
+        await third.nack(0.5)
+        assert (owner.free, owner.again) == (3, [(3, 0.5)])
+
+    asyncio.run(scenario())
+
+
+def test_redeliveries_come_after_their_delay_and_close_drops_those_waiting() -> None:
+    async def scenario() -> None:
+        redeliveries = Redeliveries()
+        due: list[str] = []
+        redeliveries.later(0.01, lambda: due.append("soon"))
+        redeliveries.later(5.0, lambda: due.append("late"))
+        assert len(redeliveries) == 2
+        await asyncio.sleep(0.05)
+        assert (due, len(redeliveries)) == (["soon"], 1)
+        assert redeliveries.drop() == 1  # the late one, never handed out
+        redeliveries.later(0.0, lambda: due.append("after close"))
+        await asyncio.sleep(0.02)
+        assert (due, len(redeliveries)) == (["soon"], 0)
+
+    asyncio.run(scenario())

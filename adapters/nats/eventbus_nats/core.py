@@ -30,7 +30,7 @@ from eventbus.adapter import (
     SubscribeOptions,
     Subscription,
 )
-from eventbus.adapters_util import map_exceptions
+from eventbus.adapters_util import AtMostOnceDelivery, Redeliveries, map_exceptions
 from eventbus.envelope import Envelope
 from eventbus.errors import ConnectionLostError, MessageTooLargeError, TopicNotFoundError
 
@@ -217,35 +217,20 @@ class NatsCoreAdapter(NatsAdapterBase):
         self._subscriptions.discard(subscription)
 
 
-class CoreDelivery(Delivery):
+class CoreDelivery(AtMostOnceDelivery["CoreSubscription"]):
     """A core NATS message: there is nothing to tell the server when it is settled."""
 
-    __slots__ = ("_msg", "_owner")
+    __slots__ = ("_msg",)
 
     def __init__(self, owner: CoreSubscription, msg: Msg, number: int, attempt: int) -> None:
+        message_id = f"{owner.topic}/{number}"
         super().__init__(
-            decode(msg.headers, msg.data),
-            topic=owner.topic,
-            group=owner.options.group,
-            attempt=attempt,
-            message_id=f"{owner.topic}/{number}",
+            owner, decode(msg.headers, msg.data), attempt=attempt, message_id=message_id
         )
-        self._owner = owner
         self._msg = msg
 
-    async def _ack(self) -> None:
-        self._owner.release()
-
-    async def _nack(self, delay: float) -> None:
-        # The server cannot redeliver (capabilities.redelivery is False, so the bus
-        # retries in process and dead-letters rather than nacking). A nack that still
-        # comes (a duplicate held back by the idempotency store) is redelivered by
-        # this subscription after ``delay``: kept in memory, lost if the process ends.
-        self._owner.release()
+    def _again(self, delay: float) -> None:
         self._owner.redeliver_later(self._msg, self.attempt + 1, delay)
-
-    async def _reject(self) -> None:
-        self._owner.release()
 
 
 class CoreSubscription(Subscription):
@@ -264,7 +249,7 @@ class CoreSubscription(Subscription):
         self._reported_at = 0.0
         self._max_msgs = adapter.settings.pending_msgs
         self._max_bytes = adapter.settings.pending_bytes
-        self._timers: set[asyncio.TimerHandle] = set()
+        self._redeliveries = Redeliveries()
         self._unsettled = 0
         self._count = 0
         self._wake = asyncio.Event()
@@ -322,14 +307,11 @@ class CoreSubscription(Subscription):
         """Hand ``msg`` out again after ``delay`` seconds (local, in-memory redelivery)."""
 
         def due() -> None:
-            self._timers.discard(handle)
-            if not self._closed:
-                self.buffered_bytes += len(msg.data)
-                self._ready.append((msg, attempt))
-                self._wake.set()
+            self.buffered_bytes += len(msg.data)
+            self._ready.append((msg, attempt))
+            self._wake.set()
 
-        handle = asyncio.get_running_loop().call_later(delay, due)
-        self._timers.add(handle)
+        self._redeliveries.later(delay, due)
 
     def release(self) -> None:
         self._unsettled -= 1
@@ -360,16 +342,14 @@ class CoreSubscription(Subscription):
             return
         self._closed = True
         self._wake.set()
-        for handle in self._timers:
-            handle.cancel()
-        if self._timers:
+        waiting = self._redeliveries.drop()
+        if waiting:
             log.info(
                 "core NATS subscription to %r closed with %d nacked message(s) waiting "
                 "for local redelivery; they are dropped (at-most-once)",
                 self.topic,
-                len(self._timers),
+                waiting,
             )
-        self._timers.clear()
         if self._sub is not None:
             with contextlib.suppress(Exception):
                 await self._sub.unsubscribe()
