@@ -10,20 +10,29 @@ Not part of the adapter contract itself (:mod:`eventbus.adapter`), just tools:
 - :func:`tls_context`: an ``ssl.SSLContext`` from the shared ``tls_*`` URL options;
 - :func:`open_once`: a connection (producer, channel) opened on first use, once;
 - :func:`settings_from`: an adapter's settings from ``XAdapter(url)`` or
-  ``XAdapter(settings=...)``, with the one error for neither or both.
+  ``XAdapter(settings=...)``, with the one error for neither or both;
+- :class:`ConfiguredAdapter`: the base whose constructor every adapter shares,
+  ``XAdapter(url)`` or ``XAdapter(settings=..., client=...)``, built on it;
+- :class:`AtMostOnceDelivery` and :class:`Redeliveries`: the delivery of a broker that
+  keeps nothing once it sent a message, and the nacked ones it hands out again itself.
 
 The URL options themselves are parsed with :mod:`eventbus.url_options`; tasks are
 stopped with :func:`eventbus.tasks.stop_task`.
+
+Over 400 lines on purpose: the toolkit an adapter author reads is this one module,
+and each piece in it is short and stands alone.
 """
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import ssl
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import Generic, Protocol, Self, TypeVar
 
+from eventbus.adapter import Adapter, Decoded, Delivery, StartFrom, SubscribeOptions
 from eventbus.errors import EventBusError
 
 Mapped = type[EventBusError] | tuple[type[EventBusError], str]
@@ -48,6 +57,34 @@ class FromURL(Protocol):
 
 
 S = TypeVar("S", bound=FromURL)
+
+
+class AdapterSettings(FromURL, Protocol):
+    """What :class:`ConfiguredAdapter` reads of an adapter's settings."""
+
+    @property
+    def url(self) -> str: ...
+    @property
+    def masked_url(self) -> str: ...
+    @property
+    def start_from(self) -> StartFrom | None: ...
+
+
+A = TypeVar("A", bound=AdapterSettings)
+C = TypeVar("C")
+
+
+class Owner(Protocol):
+    """The subscription an :class:`AtMostOnceDelivery` came from."""
+
+    topic: str
+    options: SubscribeOptions
+
+    def release(self) -> None:
+        """One delivery handed out is settled: its prefetch slot is free."""
+
+
+Sub = TypeVar("Sub", bound=Owner)
 
 
 async def open_once(
@@ -78,6 +115,127 @@ def settings_from(url: str | None, settings: S | None, settings_type: type[S], a
             f"{adapter} takes a URL or settings={settings_type.__name__}(...) (one of them)"
         )
     return settings if settings is not None else settings_type.from_url(url or "")
+
+
+class ConfiguredAdapter(Adapter, Generic[A, C]):
+    """The constructor every adapter shares: ``XAdapter(url)``, or
+    ``XAdapter(settings=XSettings(...), client=...)`` with settings made in code and,
+    optionally, a client the application configured (used as it is, never closed by
+    the adapter).
+
+    A subclass names its settings class in ``settings_type`` and builds the rest in
+    :meth:`_setup`, which runs once ``settings`` and ``start_from`` are set (an adapter
+    whose settings may not fit it, a Streams URL given to the Pub/Sub adapter, refuses
+    them there). Neither URL nor settings, or both, is the :func:`settings_from` error.
+
+    ::
+
+        class KafkaAdapter(ConfiguredAdapter[KafkaSettings, AIOKafkaProducer]):
+            settings_type = KafkaSettings
+
+            def _setup(self, client: AIOKafkaProducer | None) -> None:
+                self.capabilities = Capabilities(...)
+                self._producer = client
+    """
+
+    settings_type: type[A]
+    settings: A
+
+    def __init__(
+        self, url: str | None = None, *, settings: A | None = None, client: C | None = None
+    ) -> None:
+        s = settings_from(url, settings, self.settings_type, type(self).__name__)
+        super().__init__(s.url or s.masked_url)
+        self.settings = s
+        self.start_from = s.start_from
+        self._setup(client)
+
+    @abc.abstractmethod
+    def _setup(self, client: C | None) -> None:
+        """Build what the adapter needs from ``self.settings`` and the given ``client``."""
+
+
+class AtMostOnceDelivery(Delivery, Generic[Sub]):
+    """A message of a broker that forgets it once sent (core NATS, Redis Pub/Sub).
+
+    Acking or rejecting it only frees its prefetch slot in the subscription it came
+    from (``owner.release()``). The bus does not nack on such a broker (its
+    ``capabilities.redelivery`` is false: it retries in process and dead-letters), but
+    a nack that still comes (a duplicate held back by the idempotency store) frees the
+    slot and hands the message out again from this process after the delay
+    (:meth:`_again`, through the subscription's :class:`Redeliveries`): kept in
+    memory, lost if the process ends.
+    """
+
+    __slots__ = ("_owner",)
+
+    def __init__(self, owner: Sub, decoded: Decoded, *, attempt: int, message_id: str) -> None:
+        super().__init__(
+            decoded,
+            topic=owner.topic,
+            group=owner.options.group,
+            attempt=attempt,
+            message_id=message_id,
+        )
+        self._owner = owner
+
+    async def _ack(self) -> None:
+        self._owner.release()
+
+    async def _nack(self, delay: float) -> None:
+        self._owner.release()
+        self._again(delay)
+
+    async def _reject(self) -> None:
+        self._owner.release()
+
+    @abc.abstractmethod
+    def _again(self, delay: float) -> None:
+        """Hand this message out again, as its next attempt, after ``delay`` seconds."""
+
+
+class Redeliveries:
+    """The nacked messages an at-most-once subscription hands out again itself (the
+    broker keeps nothing to redeliver): each waits in memory for its delay; at close
+    :meth:`drop` forgets them, and any nacked after it.
+
+    ::
+
+        self._again = Redeliveries()
+        self._again.later(delay, lambda: self._ready.append(message))  # on nack
+        dropped = self._again.drop()  # on close: how many were still waiting
+    """
+
+    def __init__(self) -> None:
+        self._waiting: set[asyncio.TimerHandle] = set()
+        self._dropped = False
+
+    def __len__(self) -> int:
+        """How many are waiting."""
+        return len(self._waiting)
+
+    def later(self, delay: float, due: Callable[[], object]) -> None:
+        """Call ``due()`` (which hands the message out again) after ``delay`` seconds,
+        unless :meth:`drop` comes first."""
+        if self._dropped:
+            return
+
+        def fire() -> None:
+            self._waiting.discard(handle)
+            due()
+
+        handle = asyncio.get_running_loop().call_later(delay, fire)
+        self._waiting.add(handle)
+
+    def drop(self) -> int:
+        """Forget every waiting message, and any asked for from now on; how many
+        were waiting."""
+        self._dropped = True
+        for handle in self._waiting:
+            handle.cancel()
+        dropped = len(self._waiting)
+        self._waiting.clear()
+        return dropped
 
 
 def translate(

@@ -23,15 +23,8 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import MessageSizeTooLargeError, UnknownTopicOrPartitionError
 from aiokafka.structs import OffsetAndMetadata, TopicPartition
 
-from eventbus.adapter import (
-    Adapter,
-    Capabilities,
-    HealthReport,
-    ReadRecord,
-    SubscribeOptions,
-    Subscription,
-)
-from eventbus.adapters_util import Mapped, map_exceptions, settings_from, tls_context, translate
+from eventbus.adapter import Capabilities, HealthReport, ReadRecord, SubscribeOptions, Subscription
+from eventbus.adapters_util import ConfiguredAdapter, Mapped, map_exceptions, tls_context, translate
 from eventbus.envelope import Envelope
 from eventbus.errors import (
     BatchPublishError,
@@ -53,30 +46,20 @@ from .settings import KafkaSettings
 log = logging.getLogger("eventbus.kafka")
 
 
-class KafkaAdapter(ProducerConnection, Adapter):
+class KafkaAdapter(ProducerConnection, ConfiguredAdapter[KafkaSettings, AIOKafkaProducer]):
     """Kafka through aiokafka: ``kafka://host:port[,host:port][?options]``.
 
-    See ``docs/adapters/kafka.md`` for every option and the delivery guarantees.
+    ``KafkaAdapter(url)``, or ``KafkaAdapter(settings=..., client=...)``: settings made
+    in code, and optionally a producer you configured and started yourself, used as it
+    is (its options win over the settings' producer options) and never stopped by the
+    adapter. Consumers and the admin client always come from the settings' connection
+    options. See ``docs/adapters/kafka.md`` for every option and the delivery guarantees.
     """
 
     schemes = ("kafka",)
+    settings_type = KafkaSettings
 
-    def __init__(
-        self,
-        url: str | None = None,
-        *,
-        settings: KafkaSettings | None = None,
-        client: AIOKafkaProducer | None = None,
-    ) -> None:
-        """``KafkaAdapter(url)``, or ``KafkaAdapter(settings=..., client=...)``: settings
-        made in code, and optionally a producer you configured and started yourself,
-        used as it is (its options win over the settings' producer options) and never
-        stopped by the adapter. Consumers and the admin client always come from the
-        settings' connection options."""
-        settings = settings_from(url, settings, KafkaSettings, type(self).__name__)
-        super().__init__(settings.url or settings.masked_url)
-        self.settings = settings
-        self.start_from = settings.start_from
+    def _setup(self, client: AIOKafkaProducer | None) -> None:
         self.capabilities = Capabilities(
             persistent=True,
             consumer_groups=True,

@@ -36,7 +36,6 @@ from .consumer import JetStreamSubscription
 from .group_route import GroupRoutes
 from .provision import ConsumerKeeper, Provisioner, check_subject
 from .publish import JetStreamPublisher
-from .settings import NatsSettings
 from .wire import parse_header_lines
 
 log = logging.getLogger("eventbus.nats")
@@ -57,14 +56,8 @@ class NatsAdapter(NatsAdapterBase):
     role = "JetStream adapter"
     other_kind = "NatsAdapter is JetStream only; use NatsCoreAdapter for {}"
 
-    def __init__(
-        self,
-        url: str | None = None,
-        *,
-        settings: NatsSettings | None = None,
-        client: Client | None = None,
-    ) -> None:
-        super().__init__(url, settings, client)
+    def _setup(self, client: Client | None) -> None:
+        super()._setup(client)
         s = self.settings
         self.capabilities = Capabilities(
             persistent=True,

@@ -29,8 +29,7 @@ from nats import errors as nats_errors
 from nats.aio.client import Client
 from nats.js.errors import APIError, BadRequestError
 
-from eventbus.adapter import Adapter
-from eventbus.adapters_util import Mapped, open_once, settings_from, tls_context, translate
+from eventbus.adapters_util import ConfiguredAdapter, Mapped, open_once, tls_context, translate
 from eventbus.errors import BrokerConnectionError, ProvisioningError
 
 from .settings import NatsSettings
@@ -304,7 +303,7 @@ class Connection:
         return self.settings.half_open_bound
 
 
-class NatsAdapterBase(Adapter):
+class NatsAdapterBase(ConfiguredAdapter[NatsSettings, Client]):
     """What :class:`~eventbus_nats.NatsAdapter` (JetStream) and
     :class:`~eventbus_nats.NatsCoreAdapter` share: settings from a URL or made in code
     (of their own kind of NATS), the one connection (:class:`Connection`: given, or
@@ -317,15 +316,12 @@ class NatsAdapterBase(Adapter):
     #: The error for settings of the other kind, formatted with the masked URL.
     other_kind: ClassVar[str]
 
-    def __init__(
-        self, url: str | None, settings: NatsSettings | None, client: Client | None
-    ) -> None:
-        s = settings_from(url, settings, NatsSettings, type(self).__name__)
-        super().__init__(s.url or s.masked_url)
-        self.settings = s
+    settings_type = NatsSettings
+
+    def _setup(self, client: Client | None) -> None:
+        s = self.settings
         if s.jetstream != self.jetstream:  # the registry maps each scheme to its class
             raise BrokerConnectionError(self.other_kind.format(s.masked_url))
-        self.start_from = s.start_from
         self._connection = Connection(s, client, self.role)
 
     @property

@@ -30,14 +30,13 @@ from eventbus.adapter import (
     SubscribeOptions,
     Subscription,
 )
-from eventbus.adapters_util import map_exceptions
+from eventbus.adapters_util import AtMostOnceDelivery, Redeliveries, map_exceptions
 from eventbus.envelope import Envelope
 from eventbus.errors import ConnectionLostError, MessageTooLargeError, TopicNotFoundError
 
 from .codec import check_raw_size, decode, encode_block, raw_block
 from .connection import CLIENT_ERRORS, NatsAdapterBase
 from .provision import check_subject
-from .settings import NatsSettings
 from .wire import hpub, write
 
 log = logging.getLogger("eventbus.nats")
@@ -51,7 +50,13 @@ def _whole(seconds: float) -> int:
 
 
 class NatsCoreAdapter(NatsAdapterBase):
-    """Core NATS through nats-py: ``nats+core://host:4222[?options]`` (at-most-once)."""
+    """Core NATS through nats-py: ``nats+core://host:4222[?options]`` (at-most-once).
+
+    ``NatsCoreAdapter(url)``, or ``NatsCoreAdapter(settings=..., client=nc)`` with a
+    nats-py client you connected yourself (used as it is, never closed here). Nothing
+    is stored: a group gets what is published once it is subscribed, whatever
+    start_from says.
+    """
 
     schemes = ("nats+core",)
     stronger = "nats:// (JetStream: a durable stream per topic, explicit acks and redelivery)"
@@ -60,19 +65,8 @@ class NatsCoreAdapter(NatsAdapterBase):
     role = "core adapter"
     other_kind = "NatsCoreAdapter is core NATS only; use NatsAdapter for {}"
 
-    def __init__(
-        self,
-        url: str | None = None,
-        *,
-        settings: NatsSettings | None = None,
-        client: Client | None = None,
-    ) -> None:
-        """``NatsCoreAdapter(url)``, or ``NatsCoreAdapter(settings=..., client=nc)`` with
-        a nats-py client you connected yourself (used as it is, never closed here).
-
-        Nothing is stored: a group gets what is published once it is subscribed,
-        whatever start_from says."""
-        super().__init__(url, settings, client)
+    def _setup(self, client: Client | None) -> None:
+        super()._setup(client)
         s = self.settings
         self.capabilities = Capabilities(
             persistent=False,  # nothing is stored: no subscriber, no message
@@ -228,35 +222,20 @@ class NatsCoreAdapter(NatsAdapterBase):
         self._subscriptions.discard(subscription)
 
 
-class CoreDelivery(Delivery):
+class CoreDelivery(AtMostOnceDelivery["CoreSubscription"]):
     """A core NATS message: there is nothing to tell the server when it is settled."""
 
-    __slots__ = ("_msg", "_owner")
+    __slots__ = ("_msg",)
 
     def __init__(self, owner: CoreSubscription, msg: Msg, number: int, attempt: int) -> None:
+        message_id = f"{owner.topic}/{number}"
         super().__init__(
-            decode(msg.headers, msg.data),
-            topic=owner.topic,
-            group=owner.options.group,
-            attempt=attempt,
-            message_id=f"{owner.topic}/{number}",
+            owner, decode(msg.headers, msg.data), attempt=attempt, message_id=message_id
         )
-        self._owner = owner
         self._msg = msg
 
-    async def _ack(self) -> None:
-        self._owner.release()
-
-    async def _nack(self, delay: float) -> None:
-        # The server cannot redeliver (capabilities.redelivery is False, so the bus
-        # retries in process and dead-letters rather than nacking). A nack that still
-        # comes (a duplicate held back by the idempotency store) is redelivered by
-        # this subscription after ``delay``: kept in memory, lost if the process ends.
-        self._owner.release()
+    def _again(self, delay: float) -> None:
         self._owner.redeliver_later(self._msg, self.attempt + 1, delay)
-
-    async def _reject(self) -> None:
-        self._owner.release()
 
 
 class CoreSubscription(Subscription):
@@ -275,7 +254,7 @@ class CoreSubscription(Subscription):
         self._reported_at = 0.0
         self._max_msgs = adapter.settings.pending_msgs
         self._max_bytes = adapter.settings.pending_bytes
-        self._timers: set[asyncio.TimerHandle] = set()
+        self._redeliveries = Redeliveries()
         self._unsettled = 0
         self._count = 0
         self._wake = asyncio.Event()
@@ -333,14 +312,11 @@ class CoreSubscription(Subscription):
         """Hand ``msg`` out again after ``delay`` seconds (local, in-memory redelivery)."""
 
         def due() -> None:
-            self._timers.discard(handle)
-            if not self._closed:
-                self.buffered_bytes += len(msg.data)
-                self._ready.append((msg, attempt))
-                self._wake.set()
+            self.buffered_bytes += len(msg.data)
+            self._ready.append((msg, attempt))
+            self._wake.set()
 
-        handle = asyncio.get_running_loop().call_later(delay, due)
-        self._timers.add(handle)
+        self._redeliveries.later(delay, due)
 
     def release(self) -> None:
         self._unsettled -= 1
@@ -371,16 +347,14 @@ class CoreSubscription(Subscription):
             return
         self._closed = True
         self._wake.set()
-        for handle in self._timers:
-            handle.cancel()
-        if self._timers:
+        waiting = self._redeliveries.drop()
+        if waiting:
             log.info(
                 "core NATS subscription to %r closed with %d nacked message(s) waiting "
                 "for local redelivery; they are dropped (at-most-once)",
                 self.topic,
-                len(self._timers),
+                waiting,
             )
-        self._timers.clear()
         if self._sub is not None:
             with contextlib.suppress(Exception):
                 await self._sub.unsubscribe()

@@ -34,8 +34,8 @@ from aiormq.exceptions import (
 )
 from aiormq.exceptions import PublishError as ReturnedError
 
-from eventbus.adapter import Adapter, Capabilities, HealthReport, SubscribeOptions, Subscription
-from eventbus.adapters_util import map_exceptions, open_once, settings_from
+from eventbus.adapter import Capabilities, HealthReport, SubscribeOptions, Subscription
+from eventbus.adapters_util import ConfiguredAdapter, map_exceptions, open_once
 from eventbus.backoff import Backoff
 from eventbus.envelope import Envelope
 from eventbus.errors import (
@@ -76,30 +76,20 @@ _TRANSIENT = (
 )
 
 
-class RabbitMQAdapter(Adapter):
+class RabbitMQAdapter(ConfiguredAdapter[RabbitMQSettings, AbstractRobustConnection]):
     """RabbitMQ through aio-pika: ``amqp[s]://user:pass@host:port/vhost[?options]``.
 
-    See ``docs/adapters/rabbitmq.md`` for every option and the delivery guarantees.
+    ``RabbitMQAdapter(url)``, or ``RabbitMQAdapter(settings=..., client=...)``: settings
+    made in code, and optionally an aio-pika robust connection you opened yourself, used
+    as it is for publishing and consuming (so a memory alarm that blocks its publishing
+    blocks its acks too, see connection.py) and never closed by the adapter. See
+    ``docs/adapters/rabbitmq.md`` for every option and the delivery guarantees.
     """
 
     schemes = ("amqp", "amqps")
+    settings_type = RabbitMQSettings
 
-    def __init__(
-        self,
-        url: str | None = None,
-        *,
-        settings: RabbitMQSettings | None = None,
-        client: AbstractRobustConnection | None = None,
-    ) -> None:
-        """``RabbitMQAdapter(url)``, or ``RabbitMQAdapter(settings=..., client=...)``:
-        settings made in code, and optionally an aio-pika robust connection you opened
-        yourself, used as it is for publishing and consuming (so a memory alarm that
-        blocks its publishing blocks its acks too, see connection.py) and never closed
-        by the adapter."""
-        settings = settings_from(url, settings, RabbitMQSettings, type(self).__name__)
-        super().__init__(settings.url or settings.masked_url)
-        self.settings = settings
-        self.start_from = settings.start_from
+    def _setup(self, client: AbstractRobustConnection | None) -> None:
         self.capabilities = Capabilities(
             persistent=True,
             consumer_groups=True,

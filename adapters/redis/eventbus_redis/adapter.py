@@ -30,15 +30,8 @@ from redis.asyncio.client import Pipeline
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
-from eventbus.adapter import (
-    Adapter,
-    Capabilities,
-    HealthReport,
-    ReadRecord,
-    SubscribeOptions,
-    Subscription,
-)
-from eventbus.adapters_util import map_exceptions, settings_from
+from eventbus.adapter import Capabilities, HealthReport, ReadRecord, SubscribeOptions, Subscription
+from eventbus.adapters_util import ConfiguredAdapter, map_exceptions
 from eventbus.envelope import Envelope
 from eventbus.errors import (
     BatchPublishError,
@@ -58,7 +51,7 @@ from .settings import RedisSettings
 log = logging.getLogger("eventbus.redis")
 
 
-class RedisAdapter(Adapter):
+class RedisAdapter(ConfiguredAdapter[RedisSettings, Redis]):
     """What both Redis modes share: the client, connecting, health, pipelined sending.
 
     Made from a URL, or from ``settings=`` and optionally ``client=``: a redis-py
@@ -66,17 +59,10 @@ class RedisAdapter(Adapter):
     never closed by the adapter.
     """
 
-    def __init__(
-        self,
-        url: str | None = None,
-        *,
-        settings: RedisSettings | None = None,
-        client: Redis | None = None,
-    ) -> None:
-        s = settings_from(url, settings, RedisSettings, type(self).__name__)
-        super().__init__(s.url or s.masked_url)
-        self.settings = s
-        self.start_from = s.start_from
+    settings_type = RedisSettings
+
+    def _setup(self, client: Redis | None) -> None:
+        s = self.settings
         if client is not None and client.connection_pool.connection_kwargs.get("decode_responses"):
             raise ConfigurationError(
                 f"the redis-py client given to {type(self).__name__} for {s.masked_url} "
@@ -249,14 +235,8 @@ class RedisStreamsAdapter(RedisAdapter):
 
     schemes = ("redis+streams", "rediss+streams")
 
-    def __init__(
-        self,
-        url: str | None = None,
-        *,
-        settings: RedisSettings | None = None,
-        client: Redis | None = None,
-    ) -> None:
-        super().__init__(url, settings=settings, client=client)
+    def _setup(self, client: Redis | None) -> None:
+        super()._setup(client)
         if self.settings.mode != "streams":
             raise ValueError(f"{self.settings.masked_url} is a Pub/Sub URL")
         self.capabilities = Capabilities(

@@ -27,7 +27,7 @@ from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
 
 from eventbus.adapter import Capabilities, Delivery, ReadRecord, SubscribeOptions, Subscription
-from eventbus.adapters_util import map_exceptions, translate
+from eventbus.adapters_util import AtMostOnceDelivery, Redeliveries, map_exceptions, translate
 from eventbus.envelope import Envelope
 from eventbus.errors import (
     ConnectionLostError,
@@ -41,7 +41,6 @@ from .codec import decode_message, encode_message
 from .connection import CLIENT_ERRORS
 from .members import member_channel, refuse_second_member
 from .publish import MAX_PER_SCRIPT, publish_many
-from .settings import RedisSettings
 
 log = logging.getLogger("eventbus.redis")
 
@@ -65,14 +64,8 @@ class RedisPubSubAdapter(RedisAdapter):
         "XACK and redelivery)"
     )
 
-    def __init__(
-        self,
-        url: str | None = None,
-        *,
-        settings: RedisSettings | None = None,
-        client: Redis | None = None,
-    ) -> None:
-        super().__init__(url, settings=settings, client=client)
+    def _setup(self, client: Redis | None) -> None:
+        super()._setup(client)
         if self.settings.mode != "pubsub":
             raise ValueError(f"{self.settings.masked_url} is a Streams URL")
         self._started_groups: set[tuple[str, str]] = set()
@@ -197,37 +190,21 @@ class RedisPubSubAdapter(RedisAdapter):
         return [s for s in self._subscriptions if isinstance(s, PubSubSubscription)]
 
 
-class PubSubDelivery(Delivery):
-    """A received Pub/Sub message; ack, nack and reject only free its prefetch slot."""
+class PubSubDelivery(AtMostOnceDelivery["PubSubSubscription"]):
+    """A received Pub/Sub message; ack, nack and reject only free its prefetch slot
+    (Redis keeps nothing: a nacked one is handed out again by this process)."""
 
-    __slots__ = ("_owner", "_payload")
+    __slots__ = ("_payload",)
 
     def __init__(
         self, owner: PubSubSubscription, payload: bytes, number: int, attempt: int = 1
     ) -> None:
-        super().__init__(
-            decode_message(payload),
-            topic=owner.topic,
-            group=owner.options.group,
-            attempt=attempt,
-            message_id=f"{owner.topic}/{owner.instance}/{number}",
-        )
-        self._owner = owner
+        message_id = f"{owner.topic}/{owner.instance}/{number}"
+        super().__init__(owner, decode_message(payload), attempt=attempt, message_id=message_id)
         self._payload = payload
 
-    async def _ack(self) -> None:
-        self._owner.release()
-
-    async def _nack(self, delay: float) -> None:
-        # Redis keeps nothing to redeliver, so this subscription hands the message
-        # out again itself after the delay (the bus asks for it when, say, an
-        # idempotency claim is held by a duplicate). It is lost if the process
-        # stops first: Pub/Sub is at most once.
-        self._owner.release()
+    def _again(self, delay: float) -> None:
         self._owner.redeliver_later(self._payload, self.message_id, self.attempt + 1, delay)
-
-    async def _reject(self) -> None:
-        self._owner.release()
 
 
 class PubSubSubscription(Subscription):
@@ -244,7 +221,7 @@ class PubSubSubscription(Subscription):
         self._slot_free = asyncio.Event()
         self._number = 0
         self._again: list[PubSubDelivery] = []
-        self._timers: set[asyncio.TimerHandle] = set()
+        self._redeliveries = Redeliveries()
         # Liveness of the subscribe connection (see the module's docstring).
         self._heard = True  # something arrived since the last silent read
         self._silent_since = time.monotonic()
@@ -294,13 +271,10 @@ class PubSubSubscription(Subscription):
         number = int(message_id.rsplit("/", 1)[-1])
 
         def due() -> None:
-            self._timers.discard(timer)
-            if not self._closed:
-                self._again.append(PubSubDelivery(self, payload, number, attempt))
-                self._slot_free.set()
+            self._again.append(PubSubDelivery(self, payload, number, attempt))
+            self._slot_free.set()
 
-        timer = asyncio.get_running_loop().call_later(delay, due)
-        self._timers.add(timer)
+        self._redeliveries.later(delay, due)
 
     async def __aiter__(self) -> AsyncIterator[Delivery]:
         prefetch = max(1, self.options.prefetch)
@@ -327,7 +301,7 @@ class PubSubSubscription(Subscription):
                 if payload is None:
                     asked = time.monotonic()
                     message = await self._pubsub.get_message(
-                        timeout=0.05 if self._timers else self._wait(asked)
+                        timeout=0.05 if self._redeliveries else self._wait(asked)
                     )
                     if message is None:
                         await self._keep_alive(asked)
@@ -419,9 +393,7 @@ class PubSubSubscription(Subscription):
         if self._closed:
             return
         self._closed = True
-        for timer in self._timers:
-            timer.cancel()
-        self._timers.clear()
+        self._redeliveries.drop()
         self._again.clear()
         pubsub, self._pubsub = self._pubsub, None
         self.adapter.forget(self)

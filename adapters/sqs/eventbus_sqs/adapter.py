@@ -27,14 +27,13 @@ from botocore.exceptions import NoCredentialsError
 
 from eventbus.adapter import (
     REPLAY_GROUP,
-    Adapter,
     Capabilities,
     HealthReport,
     SubscribeOptions,
     Subscription,
     dlq_topic,
 )
-from eventbus.adapters_util import Mapped, map_exceptions, settings_from
+from eventbus.adapters_util import ConfiguredAdapter, Mapped, map_exceptions
 from eventbus.envelope import Envelope
 from eventbus.errors import (
     BrokerConnectionError,
@@ -57,29 +56,20 @@ log = logging.getLogger("eventbus.sqs")
 FIFO_DEDUPE_SECONDS = 300.0
 
 
-class SqsAdapter(Adapter):
+class SqsAdapter(ConfiguredAdapter[SqsSettings, aioboto3.Session]):
     """AWS SQS with SNS fan-out: ``sqs://[host:port]?region=REGION[&options]``.
 
-    See ``docs/adapters/sqs.md`` for every option, the topology and the guarantees.
+    ``SqsAdapter(url)``, or ``SqsAdapter(settings=..., client=...)``: settings made in
+    code, and optionally an ``aioboto3.Session`` of your own (credentials from somewhere
+    other than the default chain), from which the adapter opens its clients. See
+    ``docs/adapters/sqs.md`` for every option, the topology and the guarantees.
     """
 
     schemes = ("sqs",)
+    settings_type = SqsSettings
 
-    def __init__(
-        self,
-        url: str | None = None,
-        *,
-        settings: SqsSettings | None = None,
-        client: aioboto3.Session | None = None,
-    ) -> None:
-        """``SqsAdapter(url)``, or ``SqsAdapter(settings=..., client=...)``: settings made
-        in code, and optionally an ``aioboto3.Session`` of your own (credentials from
-        somewhere other than the default chain), from which the adapter opens its
-        clients."""
-        settings = settings_from(url, settings, SqsSettings, type(self).__name__)
-        super().__init__(settings.url or settings.masked_url)
-        self.settings = s = settings
-        self.start_from = s.start_from
+    def _setup(self, client: aioboto3.Session | None) -> None:
+        s = self.settings
         self._session = client
         self.capabilities = Capabilities(
             persistent=True,
