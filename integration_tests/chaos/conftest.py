@@ -18,6 +18,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if here in Path(str(item.fspath)).parents:
             item.add_marker(pytest.mark.chaos)
+    # The clusters run in the long profile only (CI's short profile has no time for
+    # them): deselected, not skipped, as pytest -m would.
+    if not long_profile(config):
+        clusters = [item for item in items if item.get_closest_marker("cluster")]
+        if clusters:
+            config.hook.pytest_deselected(items=clusters)
+            items[:] = [item for item in items if item not in clusters]
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
