@@ -9,6 +9,7 @@ import pytest
 
 from integration_tests.chaos.report import Report
 from integration_tests.chaos.targets import NAMES, ChaosTarget, chaos_target, long_profile
+from integration_tests.harness.clusters import STARTERS, Cluster, start_cluster
 
 _targets: dict[str, ChaosTarget] = {}
 
@@ -61,6 +62,17 @@ def target(request: pytest.FixtureRequest, long: bool) -> ChaosTarget:
     if long:
         return ChaosTarget(built.name, built.url, built.lease, built.base, built.scale * 10)
     return built
+
+
+@pytest.fixture(scope="session", params=list(STARTERS))
+def cluster(request: pytest.FixtureRequest) -> Iterator[Cluster]:
+    """A three-member cluster (long profile only: see pytest_collection_modifyitems),
+    one at a time: pytest tears one broker's down before it starts the next."""
+    started = start_cluster(str(request.param))
+    try:
+        yield started
+    finally:
+        started.close()
 
 
 @pytest.fixture
