@@ -266,7 +266,17 @@ def start_redis_sentinel_cluster() -> RedisSentinelCluster:
     return cluster
 
 
-STARTERS = {"nats": start_nats_cluster, "redis": start_redis_sentinel_cluster}
+def _rabbitmq() -> Cluster:
+    from .cluster_rabbitmq import start_rabbitmq_cluster
+
+    return start_rabbitmq_cluster()
+
+
+STARTERS = {
+    "nats": start_nats_cluster,
+    "redis": start_redis_sentinel_cluster,
+    "rabbitmq": _rabbitmq,
+}
 
 
 def start_cluster(name: str) -> Cluster:
