@@ -121,11 +121,15 @@ NOT_RUN = {
     ("broker-restart", "sqs"): "moto_server keeps queues in memory only, so a restart "
     "forgets them (SQS stores messages durably; a declared moto limit in the "
     "conformance suite too)",
-    ("cluster-node-failure", "rabbitmq-cluster"): "FAILS in the long profile: "
-    "after the queue leader's node is SIGKILLed, no publish of the scenario's "
-    "publisher was confirmed within 120 s in 3 of 3 runs (its connection to the killed "
-    "node made no reconnect attempt for 2 minutes), while the same kill from a plain "
-    "script recovered in under 2 s; open",
+    ("cluster-node-failure", "rabbitmq-cluster"): "FAILS in the long profile (4 of 4 "
+    "runs): after the quorum queue's leader node is SIGKILLed, no publish is confirmed "
+    "within 120 s. The publishing connection is on a live node (reconnected there if it "
+    "was on the killed one) and `quorum_status` shows a new leader with both survivors' "
+    "logs committed, yet RabbitMQ 3.10.8 nacks every publish of that channel "
+    "(`Basic.Nack`, measured for 40 s); a channel opened anew after a nack gets no "
+    "confirm at all. Standalone scripts doing the same kill recovered in under 2 s "
+    "in 2 of 5 tries. "
+    "Open: not yet known whether the broker or the client holds it",
     ("cluster-node-failure", "kafka-cluster"): "not built yet (three KRaft brokers, "
     "replication factor 3, `min.insync.replicas=2`)",
     ("broker-restart", "sqlite"): "SQLite has no server process: the log is the file, "
