@@ -91,7 +91,9 @@ SCENARIOS: dict[str, tuple[str, str]] = {
         "Node failure on a cluster",
         "Three-member clusters on loopback (long profile only): NATS JetStream with "
         "`replicas=3`, Redis primary + replica + three Sentinels, RabbitMQ with quorum "
-        "queues. A consumer process and a publisher reach every member through the "
+        "queues, Apache Kafka (KRaft, replication factor 3, `min.insync.replicas=2`, "
+        "`acks=all` with idempotence). A consumer process and a publisher reach "
+        "every member through the "
         "adapter's multi-address URL; the member leading the topic's data (RabbitMQ: "
         "the queue leader, then the node the consumer is connected to) is SIGKILLed "
         "mid-stream and started again on its data, twice. Asserted: every confirmed "
@@ -130,8 +132,6 @@ NOT_RUN = {
     "confirm at all. Standalone scripts doing the same kill recovered in under 2 s "
     "in 2 of 5 tries. "
     "Open: not yet known whether the broker or the client holds it",
-    ("cluster-node-failure", "kafka-cluster"): "not built yet (three KRaft brokers, "
-    "replication factor 3, `min.insync.replicas=2`)",
     ("broker-restart", "sqlite"): "SQLite has no server process: the log is the file, "
     "a commit is on disk when it returns, and the crash scenarios kill its only "
     "processes",
@@ -285,9 +285,9 @@ def render(runs: list[tuple[str, dict[str, Any], list[dict[str, Any]]]]) -> str:
         "broker the harness has, with small event counts; the long one "
         "(`pytest integration_tests/chaos --chaos-long` or `EVENTBUS_CHAOS=long`) runs "
         "ten times the events, more faults, the soak of 1,000,000 events on memory, "
-        "Kafka and NATS, and the three-member clusters (marker `cluster`: NATS and "
-        "Redis with Sentinel pass; RabbitMQ's runs and fails, Apache Kafka's is not "
-        "built yet: see the node-failure table).",
+        "Kafka and NATS, and the three-member clusters (marker `cluster`: NATS, Redis "
+        "with Sentinel and Apache Kafka pass; RabbitMQ's runs and fails: see the "
+        "node-failure table).",
         "",
         "Every process is a real `eventbus run` of `integration_tests/chaos/app.py`, "
         "whose handlers append one line per start and end to a journal (one `O_APPEND` "

@@ -272,10 +272,17 @@ def _rabbitmq() -> Cluster:
     return start_rabbitmq_cluster()
 
 
+def _kafka() -> Cluster:
+    from .cluster_kafka import start_kafka_cluster
+
+    return start_kafka_cluster()
+
+
 STARTERS = {
     "nats": start_nats_cluster,
     "redis": start_redis_sentinel_cluster,
     "rabbitmq": _rabbitmq,
+    "kafka": _kafka,
 }
 
 
