@@ -6,7 +6,8 @@ Nothing acknowledged is lost: every confirmed publish is handled (before, during
 after each fault). Recovery: from the kill to the first event published after it
 handled. Duplicates: handler runs to the end beyond the first. The clusters come
 from :mod:`integration_tests.harness.clusters`, one at a time (a session fixture per
-broker, torn down before the next one starts).
+broker, torn down before the next one starts). On each cluster the crash-restart
+scenario runs too (the consumer process SIGKILLed, the cluster untouched).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from eventbus.testing import BrokerTarget
 from integration_tests.chaos.report import Report, Result
 from integration_tests.chaos.scenario import Trickle, duplicates, first_end_after, fleet, publish
 from integration_tests.chaos.targets import ChaosTarget
+from integration_tests.chaos.test_crash_restart import crash_restart
 from integration_tests.harness.clusters import Cluster
 
 EVENTS = 2000
@@ -37,9 +39,25 @@ def test_cluster_node_failure(cluster: Cluster, report: Report, workdir: Path) -
     assert result.lost == 0, result
 
 
-async def node_failure(cluster: Cluster, workdir: Path) -> Result:
+@pytest.mark.timeout(900)
+def test_cluster_crash_restart(cluster: Cluster, report: Report, workdir: Path) -> None:
+    """The consumer process SIGKILLed three times (the cluster untouched): the same
+    scenario as on a single node, through the multi-address URL."""
+    options = {"delay": "0.002"}
+    result = asyncio.run(crash_restart(on(cluster), workdir, "crash-restart", 1000, 3, options))
+    report.add(result)
+    assert result.lost == 0, result
+
+
+def on(cluster: Cluster) -> ChaosTarget:
+    """The chaos target of ``cluster`` (its URL names every member)."""
     name = f"{cluster.name}-cluster"
-    target = ChaosTarget(name, cluster.url, 5.0, BrokerTarget(name, cluster.url), 1.0)
+    return ChaosTarget(name, cluster.url, 5.0, BrokerTarget(name, cluster.url), 1.0)
+
+
+async def node_failure(cluster: Cluster, workdir: Path) -> Result:
+    target = on(cluster)
+    name = target.name
     async with fleet(target, workdir, delay="0.005") as crew:
         await crew.spawn()
         async with EventBus.from_url(cluster.url) as publisher:
