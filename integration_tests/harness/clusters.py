@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -51,9 +52,10 @@ class Cluster(abc.ABC):
         ``consumers``: the pids of the scenario's consumer processes."""
 
     def close(self) -> None:
-        """Stop every member and remove its data."""
+        """Stop every member and remove its data (and the cluster's temp dir)."""
         for member in self.members:
             member.close()
+        shutil.rmtree(self.workdir, ignore_errors=True)
 
     def describe(self) -> str:
         return f"{self.name} cluster of {len(self.members)} ({self.url})"
