@@ -9,6 +9,7 @@ import pytest
 
 from integration_tests.chaos.report import Report
 from integration_tests.chaos.targets import NAMES, ChaosTarget, chaos_target, long_profile
+from integration_tests.harness.clusters import STARTERS, Cluster, start_cluster
 
 _targets: dict[str, ChaosTarget] = {}
 
@@ -18,6 +19,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if here in Path(str(item.fspath)).parents:
             item.add_marker(pytest.mark.chaos)
+    # The clusters run in the long profile only (CI's short profile has no time for
+    # them): deselected, not skipped, as pytest -m would.
+    if not long_profile(config):
+        clusters = [item for item in items if item.get_closest_marker("cluster")]
+        if clusters:
+            config.hook.pytest_deselected(items=clusters)
+            items[:] = [item for item in items if item not in clusters]
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -54,6 +62,17 @@ def target(request: pytest.FixtureRequest, long: bool) -> ChaosTarget:
     if long:
         return ChaosTarget(built.name, built.url, built.lease, built.base, built.scale * 10)
     return built
+
+
+@pytest.fixture(scope="session", params=list(STARTERS))
+def cluster(request: pytest.FixtureRequest) -> Iterator[Cluster]:
+    """A three-member cluster (long profile only: see pytest_collection_modifyitems),
+    one at a time: pytest tears one broker's down before it starts the next."""
+    started = start_cluster(str(request.param))
+    try:
+        yield started
+    finally:
+        started.close()
 
 
 @pytest.fixture

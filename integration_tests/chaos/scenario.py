@@ -83,6 +83,24 @@ class Fleet:
     async def close(self) -> None:
         await asyncio.gather(*(c.close() for c in self.consumers))
 
+    async def handled(
+        self, confirmed: set[int], timeout: float = 300.0, progress: float = 120.0
+    ) -> dict[int, int]:
+        """Wait until every event of ``confirmed`` was handled (failing with the
+        consumers' logs); how many times each event's handler ran to its end."""
+        try:
+            await self.journal.wait_handled(confirmed, timeout=timeout, progress=progress)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{self.logs()}") from exc
+        return self.journal.ends()
+
+    async def more_handled(self, count: int, timeout: float = 300.0) -> None:
+        """Wait until ``count`` more events than now ran to their end."""
+        floor, start = len(self.journal.ends()), time.monotonic()
+        while len(self.journal.ends()) < floor + count:
+            assert time.monotonic() - start < timeout, f"stuck\n{self.logs()}"
+            await asyncio.sleep(0.02)
+
     def logs(self) -> str:
         return "\n".join(
             f"--- consumer {i} ---\n{c.log_tail(1500)}" for i, c in enumerate(self.consumers)
@@ -158,6 +176,13 @@ class Trickle:
 
     def confirmed_after(self, moment: float) -> set[int]:
         return {seq for seq, at in self.confirmed.items() if at >= moment}
+
+    async def wait_confirmed_after(self, moment: float, timeout: float = 120.0) -> set[int]:
+        """The publishes confirmed after ``moment``, once there is at least one."""
+        while not (after := self.confirmed_after(moment)):
+            assert time.monotonic() - moment < timeout, "no publish confirmed after the fault"
+            await asyncio.sleep(0.1)
+        return after
 
     async def _run(self) -> None:
         while not self._stop.is_set():

@@ -74,12 +74,18 @@ class LocalProcess:
             return "(no output captured)"
         return text[-LOG_TAIL:].strip() or "(no output)"
 
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
     def _exit_reason(self) -> str | None:
         if self._proc is not None and self._proc.poll() is not None:
             return f"exited with code {self._proc.returncode}"
         return None
 
-    def start(self) -> None:
+    def start(self, wait: bool = True) -> None:
+        """Start the process; by default wait until its readiness probe answers
+        (a cluster member starts with ``wait=False``: it answers once a quorum is up)."""
         if self._proc is not None and self._proc.poll() is None:
             return
         with self.log_path.open("ab") as log:
@@ -98,6 +104,11 @@ class LocalProcess:
         with _lock:
             if self not in _running:
                 _running.append(self)
+        if wait:
+            self.ready()
+
+    def ready(self) -> None:
+        """Wait until the readiness probe answers; stop the process if it never does."""
         try:
             wait_ready(self.name, self.url, self.ready_timeout, self._exit_reason)
         except Exception as exc:
@@ -119,6 +130,14 @@ class LocalProcess:
                 return
             except subprocess.TimeoutExpired:
                 continue
+
+    def kill(self) -> None:
+        """SIGKILL the process tree (a crashed node: nothing flushed, nothing closed)."""
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10.0)
 
     def restart(self) -> None:
         """Stop and start again on the same port(s) and data directory."""

@@ -11,6 +11,9 @@ returns; cancelling the call (a timeout) leaves that task retrying for ever, and
 swallows the cancellation of the event loop's shutdown. :class:`Link` builds the
 connection itself so a first connect that does not finish in ``connect_timeout`` closes
 it, reconnect task included.
+
+With several nodes in the URL (a cluster), the first connect tries each in turn and
+:class:`NodeRotatingConnection` makes every reconnect attempt go to the next node.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from aio_pika import RobustConnection
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 from aio_pika.connection import make_url
 from aiormq import Connection as AmqpConnection
+from yarl import URL
 
 from eventbus.adapters_util import ExceptionMap, map_exceptions, open_once, tls_context
 from eventbus.errors import BrokerConnectionError
@@ -59,6 +63,35 @@ def half_open_bound(settings: RabbitMQSettings) -> float | None:
     return float((beat + 1) * AmqpConnection.HEARTBEAT_GRACE_MULTIPLIER + max(1, beat // 2))
 
 
+class NodeRotatingConnection(RobustConnection):
+    """A robust connection that tries the next node of ``urls`` at each reconnect
+    attempt (round robin), so losing the node it was connected to moves it to another.
+
+    aio-pika (9.x, 10.x) clears ``transport`` at the start of every connection
+    attempt; that is where the URL is moved on. ``test_rabbitmq_cluster_urls`` pins it.
+    """
+
+    def __init__(self, urls: list[URL], start: int, **kwargs: object) -> None:
+        self._urls = urls
+        self._node = start
+        self._attempts = -1  # the constructor's own clearing is no attempt
+        super().__init__(urls[start], **kwargs)  # type: ignore[arg-type]
+
+    @property  # type: ignore[override]
+    def transport(self) -> object:
+        return self.__dict__.get("_transport")
+
+    @transport.setter
+    def transport(self, value: object) -> None:
+        urls = getattr(self, "_urls", None)
+        if value is None and urls is not None and not getattr(self, "_close_called", False):
+            if self._attempts:
+                self._node = (self._node + 1) % len(urls)
+                self.url = urls[self._node]
+            self._attempts += 1
+        self.__dict__["_transport"] = value
+
+
 class Link:
     """The ``role`` ("publish" or "consume") connection: opened on first use, or the
     ``given`` one (the user's, used as it is and never closed here)."""
@@ -78,31 +111,54 @@ class Link:
         return await open_once(self._lock, lambda: self.connection, self._connect)
 
     async def _connect(self) -> AbstractRobustConnection:
+        """Connect to the first node that answers (each within ``connect_timeout``)."""
+        nodes = len(self.settings.addresses)
+        for start in range(nodes):
+            try:
+                return await self._connect_to(start)
+            except BrokerConnectionError:
+                if start == nodes - 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def _connect_to(self, start: int) -> AbstractRobustConnection:
         s = self.settings
-        url = make_url(
-            host=s.host,
-            port=s.port,
-            login=s.username,
-            password=s.password,
-            virtualhost=s.vhost,
-            ssl=s.tls,
-            heartbeat=s.heartbeat,
-            reconnect_interval=s.reconnect_interval,
-            auth=s.auth_mechanism.lower(),
-        )
+        urls = [
+            make_url(
+                host=host,
+                port=port,
+                login=s.username,
+                password=s.password,
+                virtualhost=s.vhost,
+                ssl=s.tls,
+                heartbeat=s.heartbeat,
+                reconnect_interval=s.reconnect_interval,
+                auth=s.auth_mechanism.lower(),
+            )
+            for host, port in s.addresses
+        ]
         context = tls_context(s.tls_ca, s.tls_cert, s.tls_key, s.tls_verify) if s.tls else None
-        connection = RobustConnection(
-            url,
-            ssl_context=context,
-            client_properties={"connection_name": f"{s.client_name} ({self.role})"},
-        )
+        properties = {"connection_name": f"{s.client_name} ({self.role})"}
+        connection: RobustConnection
+        if len(urls) == 1:
+            connection = RobustConnection(
+                urls[0], ssl_context=context, client_properties=properties
+            )
+        else:
+            connection = NodeRotatingConnection(
+                urls, start, ssl_context=context, client_properties=properties
+            )
         try:
             # No chain: the client's exceptions may quote the URL it built.
             with map_exceptions(
                 _UNREACHABLE,
                 scrub=s.scrub,
                 chain=False,
-                what=(f"connecting to RabbitMQ at {s.masked_url} (within {s.connect_timeout:g}s)"),
+                what=(
+                    f"connecting to RabbitMQ at {s.masked_url}"
+                    + (f" (node {start + 1} of {len(urls)})" if len(urls) > 1 else "")
+                    + f" (within {s.connect_timeout:g}s)"
+                ),
             ):
                 await asyncio.wait_for(
                     connection.connect(timeout=s.connect_timeout), s.connect_timeout

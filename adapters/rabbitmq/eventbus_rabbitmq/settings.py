@@ -2,7 +2,10 @@
 
 Shape::
 
-    amqp[s]://[user:password@]host[:port][/vhost][?option=value&...]
+    amqp[s]://[user:password@]host[:port][,host[:port]...][/vhost][?option=value&...]
+
+Several hosts are the nodes of one cluster: the first connect tries them in turn,
+and a lost connection is re-established to the next one.
 
 The virtual host is the URL path, percent-decoded (``/`` is ``%2F``; an empty path
 is the default vhost ``/``). Every error message masks the password.
@@ -22,6 +25,7 @@ from eventbus.url_options import (
     Renamed,
     check_tls,
     choice,
+    host_ports,
     integer,
     parse_options,
     query_pairs,
@@ -53,6 +57,8 @@ class RabbitMQSettings:
 
     host: str = "127.0.0.1"
     port: int = 0  # 0: AMQP's own (5671 with TLS, else 5672)
+    # Further nodes of the cluster (host:port), tried after host:port in turn.
+    more_hosts: tuple[str, ...] = ()
     tls: bool = False
     url: str = field(default="", repr=False)
     username: str = "guest"
@@ -88,6 +94,15 @@ class RabbitMQSettings:
             object.__setattr__(self, "port", 5671 if self.tls else 5672)
 
     @property
+    def addresses(self) -> list[tuple[str, int]]:
+        """``(host, port)`` of every node to try: ``host:port`` first."""
+        out = [(self.host, self.port)]
+        for server in self.more_hosts:
+            host, _, port = server.rpartition(":")
+            out.append((host.strip("[]"), int(port)))
+        return out
+
+    @property
     def masked_url(self) -> str:
         """The URL with its password masked, for messages and logs (for settings made
         in code, ``amqp[s]://host:port/vhost`` without the login)."""
@@ -117,6 +132,15 @@ class RabbitMQSettings:
         if not parts.hostname:
             raise InvalidURLError(f"{masked!r} names no host; use amqp://host:5672/vhost")
         tls = parts.scheme == "amqps"
+        netloc = parts.netloc.rpartition("@")[2]
+        more: tuple[str, ...] = ()
+        if "," in netloc:
+            nodes = host_ports(
+                netloc, default_port=5671 if tls else 5672, name="RabbitMQ", shown=masked
+            )
+            first, more = nodes[0], nodes[1:]
+            login, at, _ = parts.netloc.rpartition("@")
+            parts = parts._replace(netloc=login + at + first)
         try:
             port = parts.port or (5671 if tls else 5672)
         except ValueError:
@@ -130,6 +154,7 @@ class RabbitMQSettings:
             "url": url,
             "host": parts.hostname,
             "port": port,
+            "more_hosts": more,
             "tls": tls,
             "vhost": unquote(path) or "/",
         }

@@ -84,7 +84,10 @@ class RedisAdapter(ConfiguredAdapter[RedisSettings, Redis]):
         """The client every command goes through: the given one, else one of its own."""
         if self._client is None:
             self._client = self._given if self._given is not None else self.new_client()
-            self._batcher = pipeline_batcher(self._client)
+            s = self.settings
+            self._batcher = pipeline_batcher(
+                self._client, wait_replicas=s.wait_replicas, wait_timeout=s.wait_timeout
+            )
         return self._client
 
     @property
@@ -149,7 +152,7 @@ class RedisAdapter(ConfiguredAdapter[RedisSettings, Redis]):
         no consumer's read has gone unanswered (a connection that stopped answering
         without closing, see ``RedisSettings.half_open_bound``)."""
         s = self.settings
-        info = {"mode": s.mode, "server": f"{s.host}:{s.port}/{s.db}"}
+        info = {"mode": s.mode, "server": s.server}
         if self._client is None:
             return HealthReport(
                 False,

@@ -22,6 +22,7 @@ import hiredis
 from redis.asyncio import Redis
 from redis.asyncio.connection import Connection, SSLConnection
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel, SentinelManagedConnection, SentinelManagedSSLConnection
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
@@ -90,6 +91,14 @@ class FastSSLConnection(_HiredisPacking, SSLConnection):
     pass
 
 
+class FastSentinelConnection(_HiredisPacking, SentinelManagedConnection):
+    pass
+
+
+class FastSentinelSSLConnection(_HiredisPacking, SentinelManagedSSLConnection):
+    pass
+
+
 def new_client(s: RedisSettings) -> Redis:
     """A client with the settings ``s``: every reply within ``read_timeout``, connection
     errors and timeouts retried with backoff on a new connection."""
@@ -113,9 +122,32 @@ def new_client(s: RedisSettings) -> Redis:
             ssl_keyfile=s.tls_key,
             ssl_cert_reqs="required" if s.tls_verify else "none",
         )
+    if s.sentinel is not None:
+        return _sentinel_client(s, options)
     client = Redis(**options)
     # Connections are made lazily, so the pool can still be given the faster class.
     client.connection_pool.connection_class = FastSSLConnection if s.tls else FastConnection
+    return client
+
+
+def _sentinel_client(s: RedisSettings, options: dict[str, Any]) -> Redis:
+    """A client of the primary the Sentinels of ``s`` name: each new connection asks
+    them where it is, and one that finds a demoted primary (``READONLY``) is dropped and
+    retried, so the client follows a failover. The Sentinels are asked without the
+    login (Sentinel's own ``requirepass`` is not supported)."""
+    sentinels = []
+    for server in s.sentinels:
+        host, _, port = server.rpartition(":")
+        sentinels.append((host.strip("[]"), int(port)))
+    del options["host"], options["port"]
+    manager = Sentinel(  # type: ignore[no-untyped-call]
+        sentinels,
+        sentinel_kwargs={"socket_connect_timeout": s.connect_timeout, "socket_timeout": 2.0},
+        **options,
+    )
+    client: Redis = manager.master_for(s.sentinel or "", redis_class=Redis)
+    pool = client.connection_pool
+    pool.connection_class = FastSentinelSSLConnection if s.tls else FastSentinelConnection
     return client
 
 

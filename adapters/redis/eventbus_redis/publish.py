@@ -28,6 +28,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from eventbus.adapters_util import TurnBatcher
 
@@ -41,11 +42,17 @@ Batcher = TurnBatcher[Command, Any]
 """Commands of concurrent callers gathered into shared pipelines."""
 
 
-def pipeline_batcher(client: Redis, max_commands: int = 2000) -> Batcher:
+def pipeline_batcher(
+    client: Redis, max_commands: int = 2000, wait_replicas: int = 0, wait_timeout: float = 1.0
+) -> Batcher:
     """The :data:`Batcher` of ``client``: each turn's commands (at most ``max_commands``
     a round trip) as one pipeline; a command Redis refused gets its error in its
     place, an error of the round trip itself (the connection lost past redis-py's
-    retries) is raised to every caller of that round trip."""
+    retries) is raised to every caller of that round trip.
+
+    ``wait_replicas``: each pipeline ends with ``WAIT wait_replicas wait_timeout``;
+    fewer replicas confirming its writes within ``wait_timeout`` is an error of the
+    round trip (what the primary acknowledged alone a failover can lose)."""
 
     async def send(commands: list[Command]) -> list[Any]:
         pipe = client.pipeline(transaction=False)
@@ -54,7 +61,17 @@ def pipeline_batcher(client: Redis, max_commands: int = 2000) -> Batcher:
                 pipe.execute_command(*command)
             else:
                 command(pipe)  # type: ignore[operator]
+        if wait_replicas:
+            pipe.execute_command("WAIT", wait_replicas, int(wait_timeout * 1000))
         replies: list[Any] = await pipe.execute(raise_on_error=False)
+        if wait_replicas:
+            confirmed = replies.pop()
+            if not isinstance(confirmed, int) or confirmed < wait_replicas:
+                raise RedisConnectionError(
+                    f"WAIT: {confirmed} of wait_replicas={wait_replicas} replica(s) confirmed "
+                    f"the writes within wait_timeout={wait_timeout:g}s (a failover could "
+                    "lose them)"
+                )
         return replies
 
     return TurnBatcher(send, max_items=max_commands)

@@ -1,5 +1,9 @@
 """``redis[s][+streams]://[user:password@]host[:port][/db][?options]``, parsed and validated.
 
+With ``sentinel=<master name>`` the hosts are Redis Sentinels, several allowed
+(``redis+streams://s1:26379,s2:26379/0?sentinel=mymaster``): the client asks them
+for the primary of that name and asks again after a failover.
+
 Every option is validated here, with a one-line error naming the option and
 what it accepts; an option this adapter does not know is an error, never ignored.
 
@@ -28,8 +32,10 @@ from eventbus.url_options import (
     check_tls,
     choice,
     from_milliseconds,
+    host_ports,
     integer,
     parse_options,
+    pattern,
     query_pairs,
     seconds,
     shared,
@@ -45,6 +51,7 @@ SCHEMES: dict[str, tuple[Mode, bool]] = {
     "rediss+streams": ("streams", True),
 }
 DEFAULT_MAX_MESSAGE_BYTES = 1024 * 1024
+SENTINEL_PORT = 26379
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +75,10 @@ class RedisSettings:
     username: str | None = None
     password: str | None = field(default=None, repr=False)
     url: str = field(default="", repr=False)
+    # Sentinel: the primary's name, and the Sentinels (host:port) that know it; the
+    # host and port above are then unused.
+    sentinel: str | None = None
+    sentinels: tuple[str, ...] = ()
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     connect_timeout: float = 5.0
     socket_timeout: float = 10.0
@@ -87,6 +98,9 @@ class RedisSettings:
     provision: bool = True
     # Streams only.
     maxlen: int = 1_000_000
+    # WAIT for this many replicas after each round trip (0: no WAIT), at most wait_timeout.
+    wait_replicas: int = 0
+    wait_timeout: float = 1.0
     block: float = 1.0
     claim_idle: float = 30.0
     claim_interval: float = 1.0
@@ -104,6 +118,11 @@ class RedisSettings:
             )
         given = {name: True for name in TLS_OPTIONS if getattr(self, name) not in (None, True)}
         check_tls(given, tls=self.tls, name="Redis", shown=self.masked_url, use="set tls=True")
+        if self.sentinel is not None and not self.sentinels:
+            raise InvalidURLError(
+                f"RedisSettings(sentinel={self.sentinel!r}) names no Sentinel; give "
+                "sentinels=('host:26379', ...)"
+            )
 
     @property
     def masked_url(self) -> str:
@@ -115,6 +134,14 @@ class RedisSettings:
             "+streams" if self.mode == "streams" else ""
         )
         return f"{scheme}://{self.host}:{self.port}/{self.db}"
+
+    @property
+    def server(self) -> str:
+        """Where the data is, for health reports: ``host:port/db``, or the primary's
+        name and its Sentinels."""
+        if self.sentinel is not None:
+            return f"{self.sentinel} via Sentinel {','.join(self.sentinels)}/{self.db}"
+        return f"{self.host}:{self.port}/{self.db}"
 
     @property
     def read_timeout(self) -> float:
@@ -171,8 +198,25 @@ class RedisSettings:
         )
         # Neither error quotes what the parser read: when a password holds "/", "?" or
         # "#", the "port" and the "database" are pieces of it.
+        sentinels: tuple[str, ...] = ()
+        if "sentinel" in options:
+            netloc = parts.netloc.rpartition("@")[2]
+            sentinels = host_ports(
+                netloc, default_port=SENTINEL_PORT, name="Redis Sentinel", shown=masked
+            )
+            if not sentinels:
+                raise InvalidURLError(
+                    f"Redis URL {masked!r} names no Sentinel; use "
+                    "redis+streams://s1:26379,s2:26379/0?sentinel=<primary name>"
+                )
+        elif "," in parts.netloc.rpartition("@")[2]:
+            raise InvalidURLError(
+                f"Redis URL {masked!r} names several hosts without sentinel=<primary name>: "
+                "several hosts are the Sentinels of one primary (Redis Cluster is not "
+                "supported)"
+            )
         try:
-            port = parts.port or 6379
+            port = 6379 if sentinels else parts.port or 6379
         except ValueError:
             raise InvalidURLError(
                 f"port in {masked!r} is not a number; if the password holds '/', '?' or "
@@ -195,7 +239,8 @@ class RedisSettings:
             url=url,
             mode=mode,
             tls=tls,
-            host=parts.hostname or "127.0.0.1",
+            host=(parts.hostname or "127.0.0.1") if not sentinels else "127.0.0.1",
+            sentinels=sentinels,
             port=port,
             db=int(path or 0),
             username=unquote(parts.username) if parts.username else None,
@@ -232,9 +277,12 @@ _COMMON: dict[str, OptionParser] = {
     ),
     "max_message_bytes": integer(1),
     "socket_timeout": seconds(0.1, inclusive=True),
+    "sentinel": pattern(r"[^\s,]{1,200}", "use the primary's name the Sentinels know"),
 }
 _STREAMS: dict[str, OptionParser] = {
     "maxlen": integer(0),
+    "wait_replicas": integer(0),
+    "wait_timeout": _finite(seconds(0.001, inclusive=True)),
     "block": _finite(seconds(0.01, inclusive=True)),
     "claim_idle": _finite(seconds(0.1, inclusive=True)),
     "claim_interval": _finite(seconds(0.01, inclusive=True)),
