@@ -7,7 +7,8 @@ message that is no CloudEvent dead-lettered with a reason naming its headers.
 And written by eventbus with ``binding=amqp``: ``cloudEvents_`` properties instead
 of ``ce-`` headers, taken from the exchange by aio-pika and read by the SDK's
 ``amqp`` binding, every attribute equal; and a bus with the option handling its
-own messages. (By default eventbus writes the RabbitMQ binding, which the SDK's
+own messages, a failing one retried through the broker's delay queues and then
+dead-lettered. (By default eventbus writes the RabbitMQ binding, which the SDK's
 ``rabbitmq`` binding reads: test_cloudevents_rabbitmq.py.)
 """
 
@@ -24,7 +25,7 @@ from aio_pika.abc import AbstractIncomingMessage
 from cloudevents.core.bindings import amqp as ce_amqp
 from cloudevents.core.formats.json import JSONFormat
 
-from eventbus import Context, Envelope, EventBus
+from eventbus import Context, Envelope, EventBus, RetryPolicy
 from eventbus.deadletters import DeadLetters
 from eventbus.errors import TopicNotFoundError
 from eventbus.testing.conformance import on_topic
@@ -164,3 +165,40 @@ def test_a_bus_with_binding_amqp_handles_its_own_messages(
     assert envelope == sent
     assert (event.order_id, event.note) == ("o-2", peer.NOTE)
     assert envelope.subject == peer.SUBJECT and envelope.extensions["city"] == peer.CITY
+
+
+def test_binding_amqp_messages_are_retried_through_the_broker_then_dead_lettered(
+    rabbitmq_endpoint: harness.Endpoint,
+) -> None:
+    """A failing handler on a ``binding=amqp`` bus: every redelivery through the
+    delay queues is read again from its ``cloudEvents_`` headers (three runs), then
+    the dead letter holds the event with its non-ASCII values and the reason."""
+    url, topic = with_amqp_binding(rabbitmq_endpoint.url), peer.unique("interop.amqp.retry")
+    runs: list[str] = []
+
+    async def scenario() -> tuple[Envelope, list[Any]]:
+        policy = RetryPolicy(max_attempts=3, in_process_attempts=1, initial_delay=0.05, jitter=0)
+        bus = EventBus.from_url(url, source="interop", retry=policy)
+
+        @bus.subscribe(on_topic(peer.Order, topic), group="g")
+        async def on_order(event: peer.Order, ctx: Context) -> None:
+            runs.append(ctx.envelope.subject or "")
+            raise RuntimeError("inventory down")
+
+        async with bus:
+            sent = await peer.publish_sample(bus, topic)
+            for _ in range(400):
+                with contextlib.suppress(TopicNotFoundError):
+                    letters = await DeadLetters(bus.adapter).list(topic, "g")
+                    if letters:
+                        return sent, letters
+                await asyncio.sleep(0.05)
+            raise AssertionError(f"not dead-lettered after {len(runs)} runs")
+
+    sent, letters = peer.run(scenario)
+    assert runs == [peer.SUBJECT] * 3
+    (letter,) = letters
+    assert letter.attempts == 3 and "inventory down" in letter.message, letter
+    assert letter.envelope.id == sent.id and letter.envelope.data == sent.data
+    assert letter.envelope.subject == peer.SUBJECT
+    assert letter.envelope.extensions["city"] == peer.CITY
