@@ -76,6 +76,9 @@ def asyncapi_document(
     url = urlsplit(bus.adapter.url)
     scheme = url.scheme
     prefix = _HEADER_PREFIX.get(scheme)
+    # RabbitMQ's binding=amqp writes the AMQP binding's properties instead of ce-.
+    if prefix == "ce-" and getattr(getattr(bus.adapter, "settings", None), "binding", "") == "amqp":
+        prefix = "cloudEvents_"
     subscribed = [(spec, _handled(bus, spec)) for spec in bus.subscriptions]
     classes = _unique([*(c for _, handled in subscribed for c in handled), *bus.published])
 

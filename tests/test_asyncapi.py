@@ -262,6 +262,16 @@ def test_amqp_and_nats_bindings() -> None:
     )
 
 
+def test_amqp_binding_headers_follow_the_rabbitmq_binding_option() -> None:
+    """``binding=amqp`` publishes ``cloudEvents_`` headers: the document says so."""
+    for url, prefix in ((URLS["amqp"], "ce-"), (URLS["amqp"] + "?binding=amqp", "cloudEvents_")):
+        document = asyncapi_document(stock_service(url))
+        assert_valid(document)
+        message = document["components"]["messages"]["test.asyncapi.items-reserved"]
+        headers = message["headers"]["properties"]
+        assert headers[prefix + "type"]["const"] == "test.asyncapi.items-reserved", headers
+
+
 def resolve(document: dict[str, Any], ref: dict[str, Any]) -> dict[str, Any]:
     """Follow a local ``$ref`` (``#/a/b``) in ``document``."""
     if "$ref" not in ref:

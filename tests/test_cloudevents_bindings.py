@@ -9,6 +9,7 @@ which covers every attribute and data shape through ``eventbus.codec``.
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,9 +22,10 @@ from cloudevents.core.formats.json import JSONFormat
 from cloudevents.core.v1.event import CloudEvent
 from eventbus_kafka import codec as kafka_codec
 from eventbus_nats import codec as nats_codec
+from eventbus_rabbitmq import RabbitMQSettings
 from eventbus_rabbitmq import codec as rabbitmq_codec
 
-from eventbus import Envelope
+from eventbus import Envelope, InvalidURLError
 
 SUBJECT = "Euro \u20ac \U0001f600"
 CITY = "Z\u00fcrich/Gen\u00e8ve"
@@ -195,6 +197,54 @@ def test_rabbitmq_foreign_message_reason_lists_header_names_bounded() -> None:
     assert "x-header-000-" in reason and "more]" in reason and "x-death" not in reason
     assert "v" * 10 not in reason  # names only
     assert len(reason) < rabbitmq_codec.REASON_NAMES_LIMIT + 400
+
+
+# -- binding=amqp: eventbus writes the AMQP binding's properties ----------------------------
+
+
+def amqp_message(ours: rabbitmq_codec.AmqpMessage) -> ce_amqp.AMQPMessage:
+    """What an AMQP binding reader gets: the headers as application properties."""
+    properties = {} if ours.content_type is None else {"content-type": ours.content_type}
+    return ce_amqp.AMQPMessage(properties, dict(ours.headers), ours.body)
+
+
+def test_binding_amqp_is_read_by_the_sdks_amqp_binding() -> None:
+    """Every attribute under ``cloudEvents_`` as an AMQP string, ``time`` as its
+    canonical text (microseconds kept), no ``ce-`` header; the SDK reads them all."""
+    exact = WHEN.replace(microsecond=123456)
+    ours = rabbitmq_codec.encode(dataclasses.replace(envelope(), time=exact), "amqp")
+    assert all(name.startswith("cloudEvents_") for name in ours.headers), ours.headers
+    assert all(isinstance(value, str) for value in ours.headers.values())
+    assert ours.headers["cloudEvents_subject"] == SUBJECT  # UTF-8 text as it is
+    assert ours.headers["cloudEvents_time"] == "2026-05-06T07:08:09.123456Z"
+    event = ce_amqp.from_binary(amqp_message(ours), JSON)
+    assert event.get_time() == exact
+    assert event.get_source() == "https://eventbus.example/orders"
+    assert event.get_type() == "com.example.order" and event.get_specversion() == "1.0"
+    assert event.get_extension("dataversion") == "1"
+    exact_ms = rabbitmq_codec.encode(envelope(), "amqp")
+    assert_envelope_read(ce_amqp.from_binary(amqp_message(exact_ms), JSON))
+
+
+@pytest.mark.parametrize("prefix", ["cloudEvents_", "cloudEvents:"])
+def test_binding_amqp_is_read_back_by_eventbus_under_either_separator(prefix: str) -> None:
+    ours = rabbitmq_codec.encode(envelope(), "amqp")
+    headers = {prefix + n.removeprefix("cloudEvents_"): v for n, v in ours.headers.items()}
+    decoded = rabbitmq_codec.decode(headers, ours.content_type, ours.body)
+    assert decoded.envelope == envelope(), decoded.error
+
+
+def test_binding_defaults_to_rabbitmq_and_a_bad_one_names_the_choices() -> None:
+    assert RabbitMQSettings.from_url("amqp://mq/").binding == "rabbitmq"
+    assert RabbitMQSettings.from_url("amqp://mq/?binding=amqp").binding == "amqp"
+    assert "ce-id" in rabbitmq_codec.encode(envelope()).headers
+    with pytest.raises(InvalidURLError) as caught:
+        RabbitMQSettings.from_url("amqp://mq/?binding=amqp10")
+    message = str(caught.value)
+    assert "binding='amqp10'" in message and "use rabbitmq or amqp" in message
+    assert "\n" not in message
+    with pytest.raises(ValueError, match="use rabbitmq or amqp"):
+        RabbitMQSettings(binding="AMQP")  # type: ignore[arg-type]
 
 
 # -- Kafka ---------------------------------------------------------------------------------

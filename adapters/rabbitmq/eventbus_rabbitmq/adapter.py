@@ -309,7 +309,7 @@ class RabbitMQAdapter(ConfiguredAdapter[RabbitMQSettings, AbstractRobustConnecti
     def _encode_all(self, topic: str, envelopes: Sequence[Envelope]) -> list[Message]:
         messages: list[Message] = []
         for envelope in envelopes:
-            encoded = encode(envelope)
+            encoded = encode(envelope, self.settings.binding)
             self.check_size(topic, envelope, encoded.size)
             messages.append(
                 Message(

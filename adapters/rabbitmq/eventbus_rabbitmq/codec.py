@@ -13,6 +13,14 @@ or ``cloudEvents:<name>``, with native AMQP values (a timestamp, or a long of
 milliseconds, for ``time``; booleans and integers as their canonical text). A
 ``ce-`` header wins over the same attribute under an AMQP prefix.
 
+Written instead of ``ce-`` headers with ``binding=amqp``: the AMQP binding's
+``cloudEvents_`` properties (the separator the spec prefers, for JMS), every value
+an AMQP string. eventbus's attributes are all strings or URIs (``dataversion`` and
+extensions included) but ``time``, which goes as its canonical RFC 3339 text: the
+spec allows it beside the native timestamp, every reader must accept it, and AMQP
+0-9-1 has no millisecond timestamp (its ``timestamp`` field holds whole seconds),
+so the native form would drop the sub-second part.
+
 Decoding never raises: an unreadable message becomes a
 :class:`~eventbus.adapter.Decoded` with ``envelope=None``, the reason, its body and
 the producer's headers, so one bad message cannot kill a consumer and its dead letter
@@ -34,10 +42,12 @@ from eventbus.codec import decode_binary, encode_binary
 from eventbus.envelope import Envelope, format_time
 from eventbus.errors import DecodeError
 
+from .settings import Binding
+
 CE_PREFIX = "ce-"
 """Attribute header prefix of the CloudEvents RabbitMQ binding."""
 AMQP_PREFIXES = ("cloudEvents_", "cloudEvents:")
-"""Application-property prefixes of the CloudEvents AMQP binding (read only)."""
+"""Application-property prefixes of the CloudEvents AMQP binding (the first is written)."""
 _AMQP_LOWER = tuple(prefix.lower() for prefix in AMQP_PREFIXES)
 _AMQP_SKIP = len(AMQP_PREFIXES[0])
 REASON_NAMES_LIMIT = 300
@@ -80,9 +90,12 @@ def message_size(headers: Mapping[str, Any], content_type: str | None, body: byt
     return size
 
 
-def encode(envelope: Envelope) -> AmqpMessage:
-    """The binary-mode message for ``envelope`` (``content-type`` moves to the property)."""
-    headers, body = encode_binary(envelope, CE_PREFIX)
+def encode(envelope: Envelope, binding: Binding = "rabbitmq") -> AmqpMessage:
+    """The binary-mode message for ``envelope`` (``content-type`` moves to the property),
+    its attributes as ``ce-`` headers or, for ``binding="amqp"``, ``cloudEvents_``
+    properties."""
+    prefix = AMQP_PREFIXES[0] if binding == "amqp" else CE_PREFIX
+    headers, body = encode_binary(envelope, prefix)
     content_type = headers.pop("content-type", None)
     return AmqpMessage(dict(headers), content_type, body)
 

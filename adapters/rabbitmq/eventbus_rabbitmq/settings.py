@@ -43,6 +43,10 @@ BROKER_MAX_MESSAGE_BYTES = 128 * 1024 * 1024
 DEFAULT_DELAY_TIERS = (0.05, 0.2, 1, 5, 30, 120, 600, 3600)
 
 QueueType = Literal["classic", "quorum"]
+Binding = Literal["rabbitmq", "amqp"]
+"""The CloudEvents binding a publisher writes: ``rabbitmq`` (``ce-`` headers, the
+SDK's ``rabbitmq`` binding) or ``amqp`` (``cloudEvents_`` properties). Both are read."""
+BINDINGS: tuple[Binding, ...] = ("rabbitmq", "amqp")
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,8 +92,12 @@ class RabbitMQSettings:
     # Where a new group starts when its subscription does not say; a queue holds only
     # what arrived after it was declared, so "earliest" starts there too.
     start_from: StartFrom | None = None
+    # The CloudEvents binding published messages follow (consumers read both).
+    binding: Binding = "rabbitmq"
 
     def __post_init__(self) -> None:
+        if self.binding not in BINDINGS:
+            raise ValueError(f"RabbitMQSettings(binding={self.binding!r}): use rabbitmq or amqp")
         if self.port == 0:
             object.__setattr__(self, "port", 5671 if self.tls else 5672)
 
@@ -220,6 +228,7 @@ _OPTIONS: dict[str, OptionParser] = {
     "publish_timeout": seconds(),
     "reconnect_interval": seconds(),
     "auth_mechanism": choice("PLAIN", "EXTERNAL"),
+    "binding": choice(*BINDINGS),
 }
 
 # The names of 0.1, still parsed (with a DeprecationWarning) until eventbus 0.2.
