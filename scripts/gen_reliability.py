@@ -100,7 +100,11 @@ SCENARIOS: dict[str, tuple[str, str]] = {
         "the queue leader, then the node the consumer is connected to) is SIGKILLed "
         "mid-stream and started again on its data, twice. Asserted: every confirmed "
         "publish handled. Recovery: the kill to the first event published after it "
-        "handled.",
+        "handled. RabbitMQ 3.10 leaves a channel that first routed to a quorum queue "
+        "while its leader's node was dying nacking that queue's publishes until the "
+        "node is back; the adapter publishes on a new channel after a nack "
+        "(`publishes_not_confirmed`: those nacked or cut off meanwhile, not counted as "
+        "confirmed).",
     ),
     "failover-window": (
         "Redis: what a failover loses",
@@ -125,15 +129,6 @@ NOT_RUN = {
     ("broker-restart", "sqs"): "moto_server keeps queues in memory only, so a restart "
     "forgets them (SQS stores messages durably; a declared moto limit in the "
     "conformance suite too)",
-    ("cluster-node-failure", "rabbitmq-cluster"): "FAILS in the long profile (4 of 4 "
-    "runs): after the quorum queue's leader node is SIGKILLed, no publish is confirmed "
-    "within 120 s. The publishing connection is on a live node (reconnected there if it "
-    "was on the killed one) and `quorum_status` shows a new leader with both survivors' "
-    "logs committed, yet RabbitMQ 3.10.8 nacks every publish of that channel "
-    "(`Basic.Nack`, measured for 40 s); a channel opened anew after a nack gets no "
-    "confirm at all. Standalone scripts doing the same kill recovered in under 2 s "
-    "in 2 of 5 tries. "
-    "Open: not yet known whether the broker or the client holds it",
     ("broker-restart", "sqlite"): "SQLite has no server process: the log is the file, "
     "a commit is on disk when it returns, and the crash scenarios kill its only "
     "processes",
@@ -288,8 +283,7 @@ def render(runs: list[tuple[str, dict[str, Any], list[dict[str, Any]]]]) -> str:
         "(`pytest integration_tests/chaos --chaos-long` or `EVENTBUS_CHAOS=long`) runs "
         "ten times the events, more faults, the soak of 1,000,000 events on memory, "
         "Kafka and NATS, and the three-member clusters (marker `cluster`: NATS, Redis "
-        "with Sentinel and Apache Kafka pass; RabbitMQ's runs and fails: see the "
-        "node-failure table).",
+        "with Sentinel, RabbitMQ and Apache Kafka).",
         "",
         "Every process is a real `eventbus run` of `integration_tests/chaos/app.py`, "
         "whose handlers append one line per start and end to a journal (one `O_APPEND` "

@@ -23,7 +23,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from aio_pika import DeliveryMode, Message
+from aio_pika import DeliveryMode, Exchange, Message
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnection
 from aiormq.exceptions import (
     AMQPConnectionError,
@@ -31,6 +31,7 @@ from aiormq.exceptions import (
     ChannelInvalidStateError,
     ChannelPreconditionFailed,
     ConnectionClosed,
+    DeliveryError,
 )
 from aiormq.exceptions import PublishError as ReturnedError
 
@@ -47,7 +48,7 @@ from eventbus.errors import (
 )
 
 from .codec import encode, message_size, raw_message
-from .connection import Link, half_open_bound, one_line
+from .connection import Link, close_quietly, half_open_bound, one_line
 from .consumer import RabbitMQSubscription
 from .provision import (
     declare_exchange,
@@ -125,6 +126,7 @@ class RabbitMQAdapter(ConfiguredAdapter[RabbitMQSettings, AbstractRobustConnecti
         self._groups: set[tuple[str, str]] = set()
         self._routed: set[str] = set()  # exchanges a message was routed from
         self._subscriptions: set[RabbitMQSubscription] = set()
+        self._retired: set[asyncio.Task[None]] = set()  # channels closing after a nack
 
     # -- connections -------------------------------------------------------------------
 
@@ -176,6 +178,37 @@ class RabbitMQAdapter(ConfiguredAdapter[RabbitMQSettings, AbstractRobustConnecti
         self._channel = channel
         return channel
 
+    def _retire(self, channel: AbstractChannel) -> None:
+        """After the broker nacked a publish on ``channel``: the next publish opens a
+        new publishing channel, and this one is closed.
+
+        RabbitMQ 3.10 keeps, per channel, a client of each quorum queue it routes to,
+        made from the queue's record when the channel first routes there. A channel that
+        first publishes while the queue's leader node has just died (its record still
+        names that node) nacks every later publish to the queue for as long as that
+        node stays down (its first enqueue asks the dead node, fails, and never asks
+        another). A new channel reads the record again, by then naming the new leader.
+        A nack for another reason (a full queue with ``x-overflow=reject-publish``)
+        costs one channel open."""
+        if channel is not self._channel:
+            return  # retired already (a batch's other nacks), or not the publishing one
+        log.warning(
+            "RabbitMQ at %s nacked a publish; the next publish goes on a new channel "
+            "(a quorum queue's leader may have moved)",
+            self.settings.masked_url,
+        )
+        self._channel = None
+        self._exchanges.clear()
+        task = asyncio.get_running_loop().create_task(self._close_later(channel))
+        self._retired.add(task)
+        task.add_done_callback(self._retired.discard)
+
+    async def _close_later(self, channel: AbstractChannel) -> None:
+        """Close a retired channel once the confirms of what it still carries are in
+        (within ``publish_timeout``); closing it at once would fail those publishes."""
+        await asyncio.sleep(self.settings.publish_timeout)
+        await close_quietly(channel)
+
     async def close(self) -> None:
         """Close every subscription (unsettled messages go back), then the connections;
         each step is bounded, so close() returns even when the broker does not answer."""
@@ -187,6 +220,8 @@ class RabbitMQAdapter(ConfiguredAdapter[RabbitMQSettings, AbstractRobustConnecti
                     "closing a RabbitMQ subscription failed: %s", one_line(self.settings, exc)
                 )
         self._subscriptions.clear()
+        for task in list(self._retired):
+            task.cancel()  # their channels close with the connection
         self._channel = None
         self._exchanges.clear()
         self._groups.clear()
@@ -365,6 +400,10 @@ class RabbitMQAdapter(ConfiguredAdapter[RabbitMQSettings, AbstractRobustConnecti
                 if exchange.name not in self._routed:
                     raise
                 await self._send_again(exchange, message, key)
+            except DeliveryError:
+                if isinstance(exchange, Exchange):  # always: aio-pika's, with its channel
+                    self._retire(exchange.channel)
+                raise
             else:
                 self._routed.add(exchange.name)
 
@@ -397,7 +436,15 @@ class RabbitMQAdapter(ConfiguredAdapter[RabbitMQSettings, AbstractRobustConnecti
         try:
             channel = await self._publishing_channel()
             async with asyncio.timeout(self.settings.publish_timeout):
-                await channel.default_exchange.publish(message, routing_key=queue, mandatory=True)
+                try:
+                    await channel.default_exchange.publish(
+                        message, routing_key=queue, mandatory=True
+                    )
+                except ReturnedError:
+                    raise
+                except DeliveryError:
+                    self._retire(channel)
+                    raise
         except Exception as exc:
             self._learn(exc)
             raise publish_error(self.settings, queue, "a message", exc) from None

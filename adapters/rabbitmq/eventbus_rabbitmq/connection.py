@@ -186,7 +186,7 @@ class Link:
             except BaseException:
                 # A late reply must not answer the next probe's question.
                 self._probe = None
-                asyncio.get_running_loop().create_task(_close_quietly(channel))
+                asyncio.get_running_loop().create_task(close_quietly(channel))
                 raise
 
     async def close(self) -> None:
@@ -195,7 +195,7 @@ class Link:
         connection, probe, self._probe = self.connection, self._probe, None
         if self.given is not None:
             if probe is not None:
-                await _close_quietly(probe)
+                await close_quietly(probe)
             return
         self.connection = None
         if connection is not None:
@@ -214,6 +214,6 @@ async def discard(connection: AbstractRobustConnection) -> None:
             raise
 
 
-async def _close_quietly(channel: AbstractChannel) -> None:
+async def close_quietly(channel: AbstractChannel) -> None:
     with contextlib.suppress(Exception, asyncio.CancelledError):
         await asyncio.wait_for(channel.close(), CLOSE_TIMEOUT)
