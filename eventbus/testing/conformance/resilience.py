@@ -184,11 +184,16 @@ class ResilienceCases:
         runs: Collector[tuple[int, int]] = Collector("handler runs")
         done: Collector[int] = Collector("handled")
         bus = run.bus(url, prefetch_per_worker=1, redelivery_backoff=FAST_REDELIVERY)
+        # The refusal waits for the publish to be confirmed: cut before its confirm
+        # arrived, the publisher would send the event again (as it should), and the
+        # copy, a new message, would cut the connection again.
+        confirmed = asyncio.Event()
 
         @bus.subscribe(event_cls, group=run.group(), concurrency=1)
         async def handle(event: Ping, ctx: Context) -> None:
             runs.add((event.seq, ctx.attempt))
             if event.seq == 0 and ctx.attempt == 1:
+                await confirmed.wait()
                 # Longer than a client's own retries of a failed call (redis-py's ~7 s),
                 # so the settle really fails instead of being retried through.
                 await faults.refuse_connections(OUTAGE)
@@ -198,6 +203,7 @@ class ResilienceCases:
         await bus.start()
         publisher = await run.publisher(run.target.url)
         await publisher.publish(event_cls(seq=0))
+        confirmed.set()
         await runs.wait_count(1)
         await asyncio.sleep(OUTAGE + 0.5)  # the refusal is over; publish the rest
         await publisher.publish_many([event_cls(seq=s) for s in (1, 2, 3)])
