@@ -69,8 +69,11 @@ def conformance_matrix(reports: list[Path]) -> str:
     results: dict[str, dict[str, str]] = defaultdict(dict)
     brokers: list[str] = []
     totals: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    started: list[str] = []
     for report in reports:
-        for case in ET.parse(report).getroot().iter("testcase"):
+        root = ET.parse(report).getroot()
+        started += [s.get("timestamp", "") for s in root.iter("testsuite") if s.get("timestamp")]
+        for case in root.iter("testcase"):
             classname, name = case.get("classname", ""), case.get("name", "")
             if "Conformance" not in classname:
                 continue
@@ -91,7 +94,9 @@ def conformance_matrix(reports: list[Path]) -> str:
                 cell, kind = "pass", "passed"
             results[test][broker] = cell
             totals[broker][kind] += 1
-    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    # The run's own start (pytest writes it in the report), not the time this ran.
+    when = datetime.fromisoformat(min(started)) if started else datetime.now(UTC)
+    stamp = when.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
     out = [
         "# Conformance matrix",
         "",
