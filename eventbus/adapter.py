@@ -15,7 +15,7 @@ import abc
 import time
 from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar, Literal, NamedTuple
+from typing import Any, ClassVar, Literal, NamedTuple
 
 # The names an adapter needs of dead letters and their replay, importable from here.
 from eventbus.adapter_names import REPLAY_GROUP as REPLAY_GROUP
@@ -23,6 +23,8 @@ from eventbus.adapter_names import broker_dedupe_id as broker_dedupe_id
 from eventbus.adapter_names import dlq_topic as dlq_topic
 from eventbus.envelope import Envelope
 from eventbus.errors import DeliveryAlreadySettledError
+from eventbus.raw_message import RawMessage as RawMessage
+from eventbus.raw_message import accept_old_form
 
 Ordering = Literal["none", "per_key"]
 StartFrom = Literal["earliest", "latest"]
@@ -422,34 +424,35 @@ class Adapter(abc.ABC):
             f"{type(self).__name__} cannot deliver to one group of topic {topic!r}"
         )
 
-    async def publish_raw(
-        self,
-        topic: str,
-        payload: bytes,
-        headers: Mapping[str, bytes] | None = None,
-        *,
-        key: str | None = None,
-    ) -> None:
-        """Put arbitrary bytes on ``topic`` with transport ``headers``, bypassing the codec.
+    async def publish_raw(self, topic: str, message: RawMessage) -> None:
+        """Put ``message``'s bytes on ``topic`` with its transport headers, bypassing the
+        codec.
 
         This is how a message of a producer that does not speak CloudEvents looks,
         and how ``eventbus dlq replay`` puts an undecodable dead letter back as it
-        arrived. ``headers`` become the broker's own headers (Kafka record headers,
+        arrived. ``message.headers`` become the broker's own headers (Kafka record headers,
         AMQP properties, NATS headers, Streams fields, SQS message attributes); an
         adapter whose broker has none raises
         :class:`~eventbus.errors.UnsupportedOperationError` when headers are given.
         Adapters that can't publish raw bytes at all leave this raising, so the
         conformance cases that need it are skipped with the reason.
 
-        ``key`` is the partition key, as an envelope's ``partitionkey`` is for
+        ``message.key`` is the partition key, as an envelope's ``partitionkey`` is for
         :meth:`publish` (Kafka's record key, a FIFO queue's message group, the memory
         and SQL brokers' key); brokers that order a whole topic (NATS, RabbitMQ, Redis)
         take it and need nothing of it. A plain publish (:mod:`eventbus.wire`) goes out
-        this way.
+        this way. The old form, ``publish_raw(topic, payload, headers, key=key)``, works
+        for one release with a DeprecationWarning (:mod:`eventbus.raw_message`).
         """
         from eventbus.errors import UnsupportedOperationError
 
         raise UnsupportedOperationError(f"{type(self).__name__} cannot publish raw bytes")
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__.get("publish_raw")
+        if own is not None and not hasattr(own, "__accepts_old_form__"):
+            cls.publish_raw = accept_old_form(cls, own)  # type: ignore[method-assign, assignment]
 
     def check_size(self, topic: str, envelope: Envelope, size: int) -> None:
         """Raise MessageTooLargeError if ``size`` bytes exceed the broker maximum."""

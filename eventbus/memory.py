@@ -22,7 +22,7 @@ reconnect cases through :meth:`MemoryBroker.drop_connections`, and its
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import islice
 from typing import Literal
@@ -51,6 +51,7 @@ from eventbus.adapter import (
 )
 from eventbus.envelope import Envelope
 from eventbus.errors import InvalidURLError, TopicNotFoundError, UnsupportedOperationError
+from eventbus.raw_message import RawMessage
 from eventbus.url_options import (
     OptionParser,
     choice,
@@ -249,20 +250,14 @@ class MemoryAdapter(Adapter):
             entries.append(entry)
         self.broker.append_to_group(topic, group, entries)
 
-    async def publish_raw(
-        self,
-        topic: str,
-        payload: bytes,
-        headers: Mapping[str, bytes] | None = None,
-        *,
-        key: str | None = None,
-    ) -> None:
-        """Store ``payload`` as the body of a message with ``headers`` (a foreign
-        producer's, kept as bytes): it decodes only if it is a CloudEvent (binary-mode
+    async def publish_raw(self, topic: str, message: RawMessage) -> None:
+        """Store ``message``'s payload as the body of a message with its headers (a
+        foreign producer's, kept as bytes): it decodes only if it is a CloudEvent (binary-mode
         ``ce_`` headers, or a structured one: in structured mode, or with a
         ``content-type`` of ``application/cloudevents+json``)."""
         self.broker.check_reachable(self.url)
         await self.broker.wait_answer(self.url, HALF_OPEN_BOUND)
+        payload, headers = message.payload, message.headers
         if headers and self.settings.mode == "structured":
             raise UnsupportedOperationError(
                 f"memory broker {self.broker.name!r} runs in structured mode (no headers); "
@@ -270,7 +265,7 @@ class MemoryAdapter(Adapter):
             )
         stored = tuple((name, bytes(value)) for name, value in (headers or {}).items())
         self.broker.append(
-            topic, (key, payload, stored or None, None, self.settings.mode == "structured")
+            topic, (message.key, payload, stored or None, None, self.settings.mode == "structured")
         )
 
     async def subscribe(self, topic: str, options: SubscribeOptions) -> Subscription:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from eventbus.adapter import (
     Adapter,
@@ -31,6 +31,7 @@ from eventbus.errors import (
     TopicNotFoundError,
 )
 from eventbus.patterns.sql import DatabaseError, SQLError, Transaction
+from eventbus.raw_message import RawMessage
 from eventbus.sqlbroker import codec
 from eventbus.sqlbroker.consumer import SqlSubscription
 from eventbus.sqlbroker.hub import Hub, Waker
@@ -193,24 +194,17 @@ class SqlAdapter(Adapter):
         if rows:
             await self._send(topic, group, rows)
 
-    async def publish_raw(
-        self,
-        topic: str,
-        payload: bytes,
-        headers: Mapping[str, bytes] | None = None,
-        *,
-        key: str | None = None,
-    ) -> None:
-        """Store ``payload`` as a message's body with ``headers`` as its headers, as a
+    async def publish_raw(self, topic: str, message: RawMessage) -> None:
+        """Store ``message``'s payload as a message's body with its headers, as a
         producer that does not speak CloudEvents would write it."""
-        stored, size = codec.encode_raw(payload, headers)
+        stored, size = codec.encode_raw(message.payload, message.headers)
         limit = self.capabilities.max_message_bytes
         if size > limit:
             raise MessageTooLargeError(
                 f"a raw message of {size} bytes is over the {limit}-byte limit of "
                 f"{type(self).__name__} on topic {topic!r}; nothing was sent"
             )
-        await self._send(topic, None, [(key, stored, payload)])
+        await self._send(topic, None, [(message.key, stored, message.payload)])
 
     async def _send(self, topic: str, group: str | None, rows: Rows) -> None:
         self.before_write()

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
@@ -33,6 +33,7 @@ from eventbus.errors import (
     PublishError,
     TopicNotFoundError,
 )
+from eventbus.raw_message import RawMessage
 
 from .browse import read_topic
 from .codec import Headers, encode_parts, record_size, retry_headers
@@ -223,19 +224,14 @@ class KafkaAdapter(ProducerConnection, ConfiguredAdapter[KafkaSettings, AIOKafka
             return error
         return translate(exc, _classify, what=what)
 
-    async def publish_raw(
-        self,
-        topic: str,
-        payload: bytes,
-        headers: Mapping[str, bytes] | None = None,
-        *,
-        key: str | None = None,
-    ) -> None:
-        """Send ``payload`` as one record with ``headers`` as its record headers and
-        ``key`` (UTF-8) as its key, bypassing the codec: how a foreign producer's record
-        looks, how a dead letter of one is replayed, and how a plain publish goes out."""
-        record_key = key.encode() if key is not None else None
-        await self.send_record(topic, record_key, payload, list((headers or {}).items()))
+    async def publish_raw(self, topic: str, message: RawMessage) -> None:
+        """Send ``message``'s payload as one record with its headers as record headers
+        and its key (UTF-8) as the record key, bypassing the codec: how a foreign
+        producer's record looks, how a dead letter of one is replayed, and how a plain
+        publish goes out."""
+        key = message.key.encode() if message.key is not None else None
+        headers = list((message.headers or {}).items())
+        await self.send_record(topic, key, message.payload, headers)
 
     async def send_record(
         self, topic: str, key: bytes | None, value: bytes | None, headers: Headers

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 
 from nats.aio.client import Client
@@ -29,6 +29,7 @@ from eventbus.adapters_util import map_exceptions
 from eventbus.envelope import Envelope
 from eventbus.errors import BrokerConnectionError, TopicNotFoundError
 from eventbus.group_route import ROUTE_PREFETCH, WithGroupRoute
+from eventbus.raw_message import RawMessage
 
 from .codec import decode
 from .connection import CONNECTION_ERRORS, NatsAdapterBase
@@ -172,16 +173,9 @@ class NatsAdapter(NatsAdapterBase):
         :meth:`JetStreamPublisher.publish <eventbus_nats.publish.JetStreamPublisher.publish>`)."""
         await self.publisher.publish(topic, envelopes)
 
-    async def publish_raw(
-        self,
-        topic: str,
-        payload: bytes,
-        headers: Mapping[str, bytes] | None = None,
-        *,
-        key: str | None = None,
-    ) -> None:
-        """Store ``payload`` with ``headers`` as NATS headers, byte for byte."""
-        await self.publisher.publish_raw(topic, payload, headers)
+    async def publish_raw(self, topic: str, message: RawMessage) -> None:
+        """Store ``message``'s payload with its headers as NATS headers, byte for byte."""
+        await self.publisher.publish_raw(topic, message)
 
     async def publish_to_group(self, topic: str, group: str, envelopes: Sequence[Envelope]) -> None:
         """Deliver ``envelopes`` to ``group`` of ``topic`` alone, through the route

@@ -16,7 +16,7 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Sequence
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -33,6 +33,7 @@ from eventbus.adapter import (
 from eventbus.adapters_util import AtMostOnceDelivery, Redeliveries, map_exceptions
 from eventbus.envelope import Envelope
 from eventbus.errors import ConnectionLostError, MessageTooLargeError, TopicNotFoundError
+from eventbus.raw_message import RawMessage
 
 from .codec import check_raw_size, decode, encode_block, raw_block
 from .connection import CLIENT_ERRORS, NatsAdapterBase
@@ -170,19 +171,13 @@ class NatsCoreAdapter(NatsAdapterBase):
             await write(client, commands, len(commands), size)
             await client.flush(_whole(self.settings.publish_timeout))
 
-    async def publish_raw(
-        self,
-        topic: str,
-        payload: bytes,
-        headers: Mapping[str, bytes] | None = None,
-        *,
-        key: str | None = None,
-    ) -> None:
-        """Send ``payload`` with ``headers`` as NATS headers, byte for byte (how a
-        foreign producer's message looks)."""
+    async def publish_raw(self, topic: str, message: RawMessage) -> None:
+        """Send ``message``'s payload with its headers as NATS headers, byte for byte
+        (how a foreign producer's message looks)."""
         check_subject(topic)
         client = await self._ready()
-        block = raw_block(topic, headers)
+        payload = message.payload
+        block = raw_block(topic, message.headers)
         check_raw_size(topic, block, payload, self.capabilities.max_message_bytes)
         await self._send(
             client,

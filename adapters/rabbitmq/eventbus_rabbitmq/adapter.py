@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from aio_pika import DeliveryMode, Exchange, Message
@@ -46,6 +46,7 @@ from eventbus.errors import (
     MessageTooLargeError,
     PublishError,
 )
+from eventbus.raw_message import RawMessage
 
 from .codec import encode, message_size, raw_message
 from .connection import Link, close_quietly, half_open_bound, one_line
@@ -449,22 +450,15 @@ class RabbitMQAdapter(ConfiguredAdapter[RabbitMQSettings, AbstractRobustConnecti
             self._learn(exc)
             raise publish_error(self.settings, queue, "a message", exc) from None
 
-    async def publish_raw(
-        self,
-        topic: str,
-        payload: bytes,
-        headers: Mapping[str, bytes] | None = None,
-        *,
-        key: str | None = None,
-    ) -> None:
-        """Publish ``payload`` as a producer that does not speak CloudEvents would:
-        ``headers`` become AMQP headers (``content-type`` the message property), and
-        a foreign message's dead letter is replayed this way, as it arrived."""
-        message = raw_message(payload, headers)
-        self.check_raw_size(topic, message)
+    async def publish_raw(self, topic: str, message: RawMessage) -> None:
+        """Publish ``message``'s payload as a producer that does not speak CloudEvents
+        would: its headers become AMQP headers (``content-type`` the message property),
+        and a foreign message's dead letter is replayed this way, as it arrived."""
+        amqp_message = raw_message(message.payload, message.headers)
+        self.check_raw_size(topic, amqp_message)
         exchange = await self._guarded(topic, self._exchange(topic))
         try:
-            await self._send(exchange, message, topic)
+            await self._send(exchange, amqp_message, topic)
         except Exception as exc:
             self._learn(exc)
             raise publish_error(self.settings, topic, "a raw message", exc) from None

@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from redis.asyncio import Redis
@@ -41,6 +41,7 @@ from eventbus.errors import (
     PublishError,
     TopicNotFoundError,
 )
+from eventbus.raw_message import RawMessage
 
 from .codec import decode_fields, encode_args, encode_fields, fields_size, raw_fields
 from .connection import CLIENT_ERRORS, new_client, quiet_close
@@ -315,19 +316,12 @@ class RedisStreamsAdapter(RedisAdapter):
             return
         await self.send(topic, envelopes, commands)
 
-    async def publish_raw(
-        self,
-        topic: str,
-        payload: bytes,
-        headers: Mapping[str, bytes] | None = None,
-        *,
-        key: str | None = None,
-    ) -> None:
-        """XADD an entry of ``headers`` as fields and ``payload`` as its ``body`` field,
-        as another client would write it (see :func:`.codec.raw_fields`); how an
-        undecodable dead letter is replayed as it arrived (``provision=false``: to an
-        existing stream only)."""
-        fields = raw_fields(payload, headers)
+    async def publish_raw(self, topic: str, message: RawMessage) -> None:
+        """XADD an entry of ``message``'s headers as fields and its payload as the
+        ``body`` field, as another client would write it (see :func:`.codec.raw_fields`);
+        how an undecodable dead letter is replayed as it arrived (``provision=false``: to
+        an existing stream only)."""
+        fields = raw_fields(message.payload, message.headers)
         size = fields_size(
             {name.decode("utf-8", "replace"): value for name, value in fields.items()}
         )

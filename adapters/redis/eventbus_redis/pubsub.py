@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 from redis.asyncio import Redis
@@ -35,6 +35,7 @@ from eventbus.errors import (
     TopicNotFoundError,
     UnsupportedOperationError,
 )
+from eventbus.raw_message import RawMessage
 
 from .adapter import RedisAdapter
 from .codec import decode_message, encode_message
@@ -122,16 +123,10 @@ class RedisPubSubAdapter(RedisAdapter):
             return lambda pipe: pipe.spublish(topic, body)
         return lambda pipe: pipe.publish(topic, body)
 
-    async def publish_raw(
-        self,
-        topic: str,
-        payload: bytes,
-        headers: Mapping[str, bytes] | None = None,
-        *,
-        key: str | None = None,
-    ) -> None:
-        """PUBLISH ``payload`` as it is; Pub/Sub carries no headers, so giving any
-        raises UnsupportedOperationError."""
+    async def publish_raw(self, topic: str, message: RawMessage) -> None:
+        """PUBLISH ``message``'s payload as it is; Pub/Sub carries no headers, so giving
+        any raises UnsupportedOperationError."""
+        payload, headers = message.payload, message.headers
         if headers:
             raise UnsupportedOperationError(
                 f"Redis Pub/Sub has no headers: cannot publish {sorted(headers)} with a "

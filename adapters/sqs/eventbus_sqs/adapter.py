@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import aioboto3
@@ -43,6 +43,7 @@ from eventbus.errors import (
     PublishError,
     UnsupportedOperationError,
 )
+from eventbus.raw_message import RawMessage
 
 from .codec import body_for_bytes, body_size, encode, header_attributes
 from .consumer import SqsSubscription
@@ -301,18 +302,12 @@ class SqsAdapter(ConfiguredAdapter[SqsSettings, aioboto3.Session]):
         except Exception as exc:
             raise self._publisher.error(topic, exc) from exc
 
-    async def publish_raw(
-        self,
-        topic: str,
-        payload: bytes,
-        headers: Mapping[str, bytes] | None = None,
-        *,
-        key: str | None = None,
-    ) -> None:
-        """Send ``payload`` as a message body as it is, ``headers`` as SQS message
-        attributes (text as ``String``, other bytes as ``Binary``): a foreign producer's
-        message, or an undecodable dead letter replayed as it arrived. On a FIFO queue
-        ``key`` is the MessageGroupId (messages of one key in order)."""
+    async def publish_raw(self, topic: str, message: RawMessage) -> None:
+        """Send ``message``'s payload as a message body as it is, its headers as SQS
+        message attributes (text as ``String``, other bytes as ``Binary``): a foreign
+        producer's message, or an undecodable dead letter replayed as it arrived. On a
+        FIFO queue its key is the MessageGroupId (messages of one key in order)."""
+        payload, headers, key = message.payload, message.headers, message.key
         body, attributes = body_for_bytes(payload)
         if headers:
             try:
