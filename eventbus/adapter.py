@@ -14,7 +14,7 @@ from __future__ import annotations
 import abc
 import time
 from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Literal, NamedTuple
 
 # The names an adapter needs of dead letters and their replay, importable from here.
@@ -68,6 +68,17 @@ class Capabilities:
 
     The last three default to false: a third-party adapter claims them by declaring
     them (and the conformance cases that need them then run on it).
+
+    Rather than restating all seventeen, an adapter may start from one of the two
+    documented sets below, :attr:`DURABLE` or :attr:`EPHEMERAL`, and
+    declare only where its broker differs, each with its reason::
+
+        self.capabilities = replace(
+            Capabilities.DURABLE,
+            max_message_bytes=settings.max_message_bytes,
+            half_open_bound=settings.half_open_bound,
+            native_delay=False,  # the client waits out a delay, not the broker
+        )
     """
 
     persistent: bool
@@ -87,6 +98,53 @@ class Capabilities:
     browse: bool = False
     group_route: bool = False
     raw_publish: bool = False
+
+    DURABLE: ClassVar[Capabilities]
+    """The claims of a broker that keeps messages for its consumer groups: persistent,
+    grouped, fanned out to every group, in order per key, redelivered with a native delay,
+    replayable from the earliest, with headers, reconnecting, leased (an unsettled delivery
+    comes back after a lease the adapter keeps alive), browsable, routable to one group and
+    taking raw bytes; no broker dead-letter queue, no duplicate window, 1 MiB, no half-open
+    bound. A starting point, not a promise: an adapter built on it declares each difference
+    (``dataclasses.replace``), and the conformance suite tests every claim it keeps."""
+
+    EPHEMERAL: ClassVar[Capabilities]
+    """The claims of a broker that stores nothing (a message reaches whoever listens when
+    it is sent): as :attr:`DURABLE` but not persistent, no order, no redelivery nor
+    delay, no replay, no lease, no per-group route; the rest (groups, headers, browse, raw
+    bytes, reconnecting) as there, which an adapter declares where it differs."""
+
+
+Capabilities.DURABLE = Capabilities(
+    persistent=True,
+    consumer_groups=True,
+    fanout=True,
+    ordering="per_key",
+    redelivery=True,
+    native_delay=True,
+    native_dead_letter=False,
+    replay=True,
+    headers=True,
+    max_message_bytes=1024 * 1024,
+    dedupe_window=None,
+    reconnect=True,
+    lease=True,
+    half_open_bound=None,
+    browse=True,
+    group_route=True,
+    raw_publish=True,
+)
+
+Capabilities.EPHEMERAL = replace(
+    Capabilities.DURABLE,
+    persistent=False,
+    ordering="none",
+    redelivery=False,
+    native_delay=False,
+    replay=False,
+    lease=False,
+    group_route=False,
+)
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,7 +23,7 @@ reconnect cases through :meth:`MemoryBroker.drop_connections`, and its
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import islice
 from typing import Literal
 from urllib.parse import urlsplit
@@ -131,21 +131,15 @@ class MemoryAdapter(Adapter):
         self.broker = MemoryBroker.named(self.settings.name)
         if self.settings.max_messages is not None:
             self.broker.max_messages = self.settings.max_messages
-        self.capabilities = Capabilities(
-            persistent=True,
-            consumer_groups=True,
-            fanout=True,
-            ordering="per_key",
-            redelivery=True,
-            native_delay=True,
-            native_dead_letter=False,
-            replay=True,
-            headers=self.settings.mode == "binary",
+        # A durable broker, in process, except:
+        self.capabilities = replace(
+            Capabilities.DURABLE,
             max_message_bytes=self.settings.max_message_bytes,
             half_open_bound=HALF_OPEN_BOUND,
-            browse=True,
-            group_route=True,
-            raw_publish=True,
+            headers=self.settings.mode == "binary",  # structured mode: no headers
+            # No lease: an unsettled delivery is held until it is settled, its
+            # subscription closes or its connection is found dead.
+            lease=False,
         )
         self._subscriptions: list[MemorySubscription] = []
         self._state: Literal["new", "connected", "closed"] = "new"

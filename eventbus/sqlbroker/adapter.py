@@ -13,6 +13,7 @@ import abc
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
 
 from eventbus.adapter import (
     Adapter,
@@ -54,30 +55,18 @@ class SqlAdapter(Adapter):
         self.start_from = self.settings.start_from
         # provision=false: topics known to exist (asked once each, then remembered).
         self._topics_seen: set[str] = set()
-        self.capabilities = Capabilities(
-            persistent=True,
-            consumer_groups=True,
-            fanout=True,
-            # A key's next message goes out once the one before it is settled, whichever
-            # consumer of the group holds it (the claim takes only a key's head).
-            ordering="per_key",
-            redelivery=True,
-            # The delay is stored in the row (available_at): it survives the consumer
-            # and holds its key; consumers wake when it is due, without polling.
-            native_delay=True,
-            native_dead_letter=False,
-            replay=True,
-            headers=True,
+        # A durable broker, every claim of it kept: per-key order (a key's next message
+        # goes out once the one before it is settled, whichever consumer of the group
+        # holds it: the claim takes only a key's head); a native delay (stored in the
+        # row, available_at: it survives the consumer and holds its key; consumers wake
+        # when it is due, without polling); a lease (a claim leases rows for `lease`
+        # seconds, renewed while the handler runs); browse (read() selects rows without
+        # claiming them); a group route (a row for that group only); raw bytes (a
+        # payload is stored as given).
+        self.capabilities = replace(
+            Capabilities.DURABLE,
             max_message_bytes=self.settings.max_message_bytes,
-            dedupe_window=None,
-            reconnect=True,
-            lease=True,
             half_open_bound=self.half_open_bound(),
-            # read() selects rows without claiming them; a group's route is a row for
-            # that group only; a raw payload is stored as given.
-            browse=True,
-            group_route=True,
-            raw_publish=True,
         )
         self._hub: Hub | None = None
         self._subscriptions: set[SqlSubscription] = set()

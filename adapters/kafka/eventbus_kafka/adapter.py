@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
@@ -61,29 +62,17 @@ class KafkaAdapter(ProducerConnection, ConfiguredAdapter[KafkaSettings, AIOKafka
     settings_type = KafkaSettings
 
     def _setup(self, client: AIOKafkaProducer | None) -> None:
-        self.capabilities = Capabilities(
-            persistent=True,
-            consumer_groups=True,
-            fanout=True,
-            ordering="per_key",
-            redelivery=True,
+        # A durable broker (per-key order by partition; lease: a member that does not
+        # poll for max_poll_interval leaves its group and its partitions, unsettled
+        # records and all, go to another member; the subscription keeps polling while
+        # handlers run, eventbus_kafka.keepalive), except:
+        self.capabilities = replace(
+            Capabilities.DURABLE,
+            max_message_bytes=self.settings.max_message_bytes,
+            half_open_bound=half_open_bound(self.settings),
             # nack(delay) goes through a retry topic, but the waiting is done by the
             # client (pause + timer), not by the broker: not native.
             native_delay=False,
-            native_dead_letter=False,
-            replay=True,
-            headers=True,
-            max_message_bytes=self.settings.max_message_bytes,
-            dedupe_window=None,
-            reconnect=True,
-            # A member that does not poll for max_poll_interval leaves its group and
-            # its partitions (and unsettled records) go to another member; the
-            # subscription keeps polling while handlers run (eventbus_kafka.keepalive).
-            lease=True,
-            half_open_bound=half_open_bound(self.settings),
-            browse=True,
-            group_route=True,
-            raw_publish=True,
         )
         self._producer: AIOKafkaProducer | None = client
         self._own_producer = client is None

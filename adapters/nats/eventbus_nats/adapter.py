@@ -60,30 +60,16 @@ class NatsAdapter(NatsAdapterBase):
     def _setup(self, client: Client | None) -> None:
         super()._setup(client)
         s = self.settings
-        self.capabilities = Capabilities(
-            persistent=True,
-            consumer_groups=True,
-            fanout=True,
+        # A durable broker (native delay: -NAK {"delay": ...}, the server holds it back;
+        # no DLQ stream, the bus publishes dead letters; lease: a message not acked
+        # within ack_wait goes to another member, and members send in_progress every
+        # ack_wait / 3 while they hold it), except:
+        self.capabilities = replace(
+            self._with_limits(Capabilities.DURABLE),
             # Members of a group pull from one consumer and redeliveries go back into
             # it: no per-key order.
             ordering="none",
-            redelivery=True,
-            native_delay=True,  # -NAK {"delay": ...}: the server holds it back
-            native_dead_letter=False,  # no DLQ stream; the bus publishes dead letters
-            replay=True,
-            headers=True,
-            max_message_bytes=s.max_message_bytes,
-            dedupe_window=s.dedupe_window,
-            reconnect=True,
-            # A message not acked within ack_wait goes to another member; members
-            # send in_progress every ack_wait / 3 while they hold it.
-            lease=True,
-            # PINGs every ping_interval; max_pings_out unanswered in a row mark the
-            # connection stale: nats-py drops it and reconnects (health() fails meanwhile).
-            half_open_bound=self._connection.half_open_bound(),
-            browse=True,
-            group_route=True,
-            raw_publish=True,
+            dedupe_window=s.dedupe_window,  # the stream's duplicate window
         )
         self._js: JetStreamContext | None = None
         self._provisioner = Provisioner(s)

@@ -68,27 +68,9 @@ class NatsCoreAdapter(NatsAdapterBase):
 
     def _setup(self, client: Client | None) -> None:
         super()._setup(client)
-        s = self.settings
-        self.capabilities = Capabilities(
-            persistent=False,  # nothing is stored: no subscriber, no message
-            consumer_groups=True,  # queue groups
-            fanout=True,
-            ordering="none",
-            redelivery=False,  # at-most-once: the server never sends a message again
-            native_delay=False,
-            native_dead_letter=False,
-            replay=False,
-            headers=True,
-            max_message_bytes=s.max_message_bytes,
-            dedupe_window=None,
-            reconnect=True,
-            # PINGs every ping_interval; max_pings_out unanswered in a row mark the
-            # connection stale: nats-py drops it and reconnects (health() fails meanwhile).
-            half_open_bound=self._connection.half_open_bound(),
-            browse=True,
-            group_route=False,
-            raw_publish=True,
-        )
+        # A broker that stores nothing (no subscriber, no message; at-most-once: the
+        # server never sends a message again), with groups (queue groups) and headers.
+        self.capabilities = self._with_limits(Capabilities.EPHEMERAL)
         self._subscriptions: set[CoreSubscription] = set()
 
     async def _ready(self) -> Client:

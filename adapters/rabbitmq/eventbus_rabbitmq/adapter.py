@@ -21,6 +21,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 from aio_pika import DeliveryMode, Exchange, Message
@@ -92,30 +93,22 @@ class RabbitMQAdapter(ConfiguredAdapter[RabbitMQSettings, AbstractRobustConnecti
     settings_type = RabbitMQSettings
 
     def _setup(self, client: AbstractRobustConnection | None) -> None:
-        self.capabilities = Capabilities(
-            persistent=True,
-            consumer_groups=True,
-            fanout=True,
-            # A queue hands one consumer its messages in order; the bus's key lanes
-            # keep each key in order among workers (single_active_consumer=true keeps
-            # one consumer per group active, for order across a group's instances).
-            ordering="per_key",
-            redelivery=True,
-            native_delay=True,  # TTL delay-tier queues: the broker does the waiting
+        # A durable broker (per-key order: a queue hands one consumer its messages in
+        # order, the bus's key lanes keep each key in order among workers, and
+        # single_active_consumer=true keeps one consumer per group active, for order
+        # across a group's instances; native delay: TTL delay-tier queues, the broker
+        # does the waiting), except:
+        self.capabilities = replace(
+            Capabilities.DURABLE,
+            max_message_bytes=self.settings.max_message_bytes,
+            half_open_bound=half_open_bound(self.settings),
             native_dead_letter=True,  # reject() dead-letters to <topic>.<group>.dlq
             replay=False,  # a queue holds only what arrived after it was declared
-            headers=True,
-            max_message_bytes=self.settings.max_message_bytes,
-            dedupe_window=None,
-            reconnect=True,
             # RabbitMQ's consumer_timeout cannot be extended by a client (no "in
             # progress" in AMQP 0-9-1, no per-queue timeout before 3.12): a handler
             # outliving it is redelivered; see docs/adapters/rabbitmq.md.
             lease=False,
-            half_open_bound=half_open_bound(self.settings),
-            browse=False,
-            group_route=True,
-            raw_publish=True,
+            browse=False,  # reading a queue consumes it
         )
         # Publishing and consuming on separate connections: a memory alarm blocks
         # the publishing one, and must not stop the consumers' acks (connection.py).

@@ -23,6 +23,7 @@ import contextlib
 import logging
 import uuid
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 from redis.asyncio import Redis
@@ -243,29 +244,18 @@ class RedisStreamsAdapter(RedisAdapter):
         super()._setup(client)
         if self.settings.mode != "streams":
             raise ValueError(f"{self.settings.masked_url} is a Pub/Sub URL")
-        self.capabilities = Capabilities(
-            persistent=True,
-            consumer_groups=True,
-            fanout=True,
+        # A durable broker (lease: a pending entry idle past claim_idle is reclaimed by
+        # XAUTOCLAIM; each consumer keeps what it holds fresh while handlers run),
+        # except:
+        self.capabilities = replace(
+            Capabilities.DURABLE,
+            max_message_bytes=self.settings.max_message_bytes,
+            half_open_bound=self.settings.half_open_bound,
             # One stream is one ordered log, but the consumers of a group compete
             # for its entries and a redelivery comes back after later ones.
             ordering="none",
-            redelivery=True,
             # The delay is kept by Redis (a sorted set) but waited out by polling.
             native_delay=False,
-            native_dead_letter=False,
-            replay=True,
-            headers=True,
-            max_message_bytes=self.settings.max_message_bytes,
-            dedupe_window=None,
-            reconnect=True,
-            # A pending entry idle past claim_idle is reclaimed by XAUTOCLAIM; each
-            # consumer keeps what it holds fresh while handlers run.
-            lease=True,
-            half_open_bound=self.settings.half_open_bound,
-            browse=True,
-            group_route=True,
-            raw_publish=True,
         )
 
     def _xadd(

@@ -20,6 +20,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 from redis.asyncio import Redis
@@ -70,24 +71,13 @@ class RedisPubSubAdapter(RedisAdapter):
         if self.settings.mode != "pubsub":
             raise ValueError(f"{self.settings.masked_url} is a Streams URL")
         self._started_groups: set[tuple[str, str]] = set()
-        self.capabilities = Capabilities(
-            persistent=False,
-            consumer_groups=False,
-            fanout=True,
-            ordering="none",
-            redelivery=False,
-            native_delay=False,
-            native_dead_letter=False,
-            replay=False,
-            headers=False,
+        # A broker that stores nothing (a channel reaches whoever is subscribed), except:
+        self.capabilities = replace(
+            Capabilities.EPHEMERAL,
             max_message_bytes=self.settings.max_message_bytes,
-            dedupe_window=None,
-            reconnect=True,
-            lease=False,
             half_open_bound=self.settings.half_open_bound,
-            browse=True,
-            group_route=False,
-            raw_publish=True,
+            consumer_groups=False,  # every subscriber gets every message (see .members)
+            headers=False,  # a message is its payload alone
         )
 
     async def publish(self, topic: str, envelopes: Sequence[Envelope]) -> None:
