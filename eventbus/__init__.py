@@ -23,7 +23,14 @@ import aiosqlite.
 from typing import TYPE_CHECKING, Any
 
 from eventbus._sync_handlers import SyncContext
-from eventbus.adapter import Adapter, Capabilities, Delivery, SubscribeOptions, Subscription
+from eventbus.adapter import (
+    Adapter,
+    Capabilities,
+    Delivery,
+    RawMessage,
+    SubscribeOptions,
+    Subscription,
+)
 from eventbus.backoff import Backoff
 from eventbus.batching import BatchItemFailed
 from eventbus.bus import BusHealth, EventBus
@@ -127,6 +134,7 @@ __all__ = [
     "PublishNext",
     "PublishOptions",
     "Publisher",
+    "RawMessage",
     "Registry",
     "ReplyTypeError",
     "RequestError",

@@ -14,8 +14,8 @@ from __future__ import annotations
 import abc
 import time
 from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import ClassVar, Literal, NamedTuple
+from dataclasses import dataclass, field, replace
+from typing import Any, ClassVar, Literal, NamedTuple
 
 # The names an adapter needs of dead letters and their replay, importable from here.
 from eventbus.adapter_names import REPLAY_GROUP as REPLAY_GROUP
@@ -23,6 +23,8 @@ from eventbus.adapter_names import broker_dedupe_id as broker_dedupe_id
 from eventbus.adapter_names import dlq_topic as dlq_topic
 from eventbus.envelope import Envelope
 from eventbus.errors import DeliveryAlreadySettledError
+from eventbus.raw_message import RawMessage as RawMessage
+from eventbus.raw_message import accept_old_form
 
 Ordering = Literal["none", "per_key"]
 StartFrom = Literal["earliest", "latest"]
@@ -66,6 +68,17 @@ class Capabilities:
 
     The last three default to false: a third-party adapter claims them by declaring
     them (and the conformance cases that need them then run on it).
+
+    Rather than restating all seventeen, an adapter may start from one of the two
+    documented sets below, :attr:`DURABLE` or :attr:`EPHEMERAL`, and
+    declare only where its broker differs, each with its reason::
+
+        self.capabilities = replace(
+            Capabilities.DURABLE,
+            max_message_bytes=settings.max_message_bytes,
+            half_open_bound=settings.half_open_bound,
+            native_delay=False,  # the client waits out a delay, not the broker
+        )
     """
 
     persistent: bool
@@ -85,6 +98,53 @@ class Capabilities:
     browse: bool = False
     group_route: bool = False
     raw_publish: bool = False
+
+    DURABLE: ClassVar[Capabilities]
+    """The claims of a broker that keeps messages for its consumer groups: persistent,
+    grouped, fanned out to every group, in order per key, redelivered with a native delay,
+    replayable from the earliest, with headers, reconnecting, leased (an unsettled delivery
+    comes back after a lease the adapter keeps alive), browsable, routable to one group and
+    taking raw bytes; no broker dead-letter queue, no duplicate window, 1 MiB, no half-open
+    bound. A starting point, not a promise: an adapter built on it declares each difference
+    (``dataclasses.replace``), and the conformance suite tests every claim it keeps."""
+
+    EPHEMERAL: ClassVar[Capabilities]
+    """The claims of a broker that stores nothing (a message reaches whoever listens when
+    it is sent): as :attr:`DURABLE` but not persistent, no order, no redelivery nor
+    delay, no replay, no lease, no per-group route; the rest (groups, headers, browse, raw
+    bytes, reconnecting) as there, which an adapter declares where it differs."""
+
+
+Capabilities.DURABLE = Capabilities(
+    persistent=True,
+    consumer_groups=True,
+    fanout=True,
+    ordering="per_key",
+    redelivery=True,
+    native_delay=True,
+    native_dead_letter=False,
+    replay=True,
+    headers=True,
+    max_message_bytes=1024 * 1024,
+    dedupe_window=None,
+    reconnect=True,
+    lease=True,
+    half_open_bound=None,
+    browse=True,
+    group_route=True,
+    raw_publish=True,
+)
+
+Capabilities.EPHEMERAL = replace(
+    Capabilities.DURABLE,
+    persistent=False,
+    ordering="none",
+    redelivery=False,
+    native_delay=False,
+    replay=False,
+    lease=False,
+    group_route=False,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -422,34 +482,35 @@ class Adapter(abc.ABC):
             f"{type(self).__name__} cannot deliver to one group of topic {topic!r}"
         )
 
-    async def publish_raw(
-        self,
-        topic: str,
-        payload: bytes,
-        headers: Mapping[str, bytes] | None = None,
-        *,
-        key: str | None = None,
-    ) -> None:
-        """Put arbitrary bytes on ``topic`` with transport ``headers``, bypassing the codec.
+    async def publish_raw(self, topic: str, message: RawMessage) -> None:
+        """Put ``message``'s bytes on ``topic`` with its transport headers, bypassing the
+        codec.
 
         This is how a message of a producer that does not speak CloudEvents looks,
         and how ``eventbus dlq replay`` puts an undecodable dead letter back as it
-        arrived. ``headers`` become the broker's own headers (Kafka record headers,
+        arrived. ``message.headers`` become the broker's own headers (Kafka record headers,
         AMQP properties, NATS headers, Streams fields, SQS message attributes); an
         adapter whose broker has none raises
         :class:`~eventbus.errors.UnsupportedOperationError` when headers are given.
         Adapters that can't publish raw bytes at all leave this raising, so the
         conformance cases that need it are skipped with the reason.
 
-        ``key`` is the partition key, as an envelope's ``partitionkey`` is for
+        ``message.key`` is the partition key, as an envelope's ``partitionkey`` is for
         :meth:`publish` (Kafka's record key, a FIFO queue's message group, the memory
         and SQL brokers' key); brokers that order a whole topic (NATS, RabbitMQ, Redis)
         take it and need nothing of it. A plain publish (:mod:`eventbus.wire`) goes out
-        this way.
+        this way. The old form, ``publish_raw(topic, payload, headers, key=key)``, works
+        for one release with a DeprecationWarning (:mod:`eventbus.raw_message`).
         """
         from eventbus.errors import UnsupportedOperationError
 
         raise UnsupportedOperationError(f"{type(self).__name__} cannot publish raw bytes")
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__.get("publish_raw")
+        if own is not None and not hasattr(own, "__accepts_old_form__"):
+            cls.publish_raw = accept_old_form(cls, own)  # type: ignore[method-assign, assignment]
 
     def check_size(self, topic: str, envelope: Envelope, size: int) -> None:
         """Raise MessageTooLargeError if ``size`` bytes exceed the broker maximum."""

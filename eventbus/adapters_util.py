@@ -134,7 +134,7 @@ class ConfiguredAdapter(Adapter, Generic[A, C]):
             settings_type = KafkaSettings
 
             def _setup(self, client: AIOKafkaProducer | None) -> None:
-                self.capabilities = Capabilities(...)
+                self.capabilities = replace(Capabilities.DURABLE, native_delay=False, ...)
                 self._producer = client
     """
 

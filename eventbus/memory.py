@@ -22,8 +22,8 @@ reconnect cases through :meth:`MemoryBroker.drop_connections`, and its
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from itertools import islice
 from typing import Literal
 from urllib.parse import urlsplit
@@ -51,6 +51,7 @@ from eventbus.adapter import (
 )
 from eventbus.envelope import Envelope
 from eventbus.errors import InvalidURLError, TopicNotFoundError, UnsupportedOperationError
+from eventbus.raw_message import RawMessage
 from eventbus.url_options import (
     OptionParser,
     choice,
@@ -130,21 +131,15 @@ class MemoryAdapter(Adapter):
         self.broker = MemoryBroker.named(self.settings.name)
         if self.settings.max_messages is not None:
             self.broker.max_messages = self.settings.max_messages
-        self.capabilities = Capabilities(
-            persistent=True,
-            consumer_groups=True,
-            fanout=True,
-            ordering="per_key",
-            redelivery=True,
-            native_delay=True,
-            native_dead_letter=False,
-            replay=True,
-            headers=self.settings.mode == "binary",
+        # A durable broker, in process, except:
+        self.capabilities = replace(
+            Capabilities.DURABLE,
             max_message_bytes=self.settings.max_message_bytes,
             half_open_bound=HALF_OPEN_BOUND,
-            browse=True,
-            group_route=True,
-            raw_publish=True,
+            headers=self.settings.mode == "binary",  # structured mode: no headers
+            # No lease: an unsettled delivery is held until it is settled, its
+            # subscription closes or its connection is found dead.
+            lease=False,
         )
         self._subscriptions: list[MemorySubscription] = []
         self._state: Literal["new", "connected", "closed"] = "new"
@@ -249,20 +244,14 @@ class MemoryAdapter(Adapter):
             entries.append(entry)
         self.broker.append_to_group(topic, group, entries)
 
-    async def publish_raw(
-        self,
-        topic: str,
-        payload: bytes,
-        headers: Mapping[str, bytes] | None = None,
-        *,
-        key: str | None = None,
-    ) -> None:
-        """Store ``payload`` as the body of a message with ``headers`` (a foreign
-        producer's, kept as bytes): it decodes only if it is a CloudEvent (binary-mode
+    async def publish_raw(self, topic: str, message: RawMessage) -> None:
+        """Store ``message``'s payload as the body of a message with its headers (a
+        foreign producer's, kept as bytes): it decodes only if it is a CloudEvent (binary-mode
         ``ce_`` headers, or a structured one: in structured mode, or with a
         ``content-type`` of ``application/cloudevents+json``)."""
         self.broker.check_reachable(self.url)
         await self.broker.wait_answer(self.url, HALF_OPEN_BOUND)
+        payload, headers = message.payload, message.headers
         if headers and self.settings.mode == "structured":
             raise UnsupportedOperationError(
                 f"memory broker {self.broker.name!r} runs in structured mode (no headers); "
@@ -270,7 +259,7 @@ class MemoryAdapter(Adapter):
             )
         stored = tuple((name, bytes(value)) for name, value in (headers or {}).items())
         self.broker.append(
-            topic, (key, payload, stored or None, None, self.settings.mode == "structured")
+            topic, (message.key, payload, stored or None, None, self.settings.mode == "structured")
         )
 
     async def subscribe(self, topic: str, options: SubscribeOptions) -> Subscription:

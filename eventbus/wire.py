@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 from eventbus._faststream_frame import is_frame, pack_frame, unpack_frame
 from eventbus.envelope import JSON, Envelope
 from eventbus.errors import ConfigurationError, DecodeError, UnsupportedOperationError
+from eventbus.raw_message import RawMessage
 
 if TYPE_CHECKING:
     from eventbus.adapter import Adapter
@@ -326,8 +327,8 @@ async def publish_encoded(
     for envelope in envelopes:
         message = wire.encode(envelope, broker)
         try:
-            await adapter.publish_raw(topic, message.body, message.headers, key=message.key)
+            await adapter.publish_raw(topic, RawMessage(message.body, message.headers, message.key))
         except UnsupportedOperationError:
             if not message.headers or adapter.capabilities.headers:
                 raise
-            await adapter.publish_raw(topic, message.body, None, key=message.key)
+            await adapter.publish_raw(topic, RawMessage(message.body, key=message.key))

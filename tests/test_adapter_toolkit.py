@@ -4,8 +4,10 @@ contexts, Decoded -> Delivery, stopping a task, and the names adapters import.""
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import logging
 import ssl
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -249,6 +251,20 @@ def test_browse_group_route_and_raw_publish_are_claimed_by_declaring_them() -> N
         max_message_bytes=1024,
     )
     assert (caps.browse, caps.group_route, caps.raw_publish) == (False, False, False)
+
+
+def test_the_capability_table_in_the_docs_is_what_every_adapter_declares() -> None:
+    """docs/semantics.md's table (``make docs`` writes it) against each adapter's claims,
+    read as the script reads them: a claim changed by a base set (``Capabilities.DURABLE``,
+    ``EPHEMERAL``) or a difference an adapter no longer declares shows here."""
+    script = Path(__file__).resolve().parent.parent / "scripts" / "gen_docs.py"
+    spec = importlib.util.spec_from_file_location("gen_docs_under_test", script)
+    assert spec is not None and spec.loader is not None
+    gen_docs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen_docs)
+    text = (script.parent.parent / "docs" / "semantics.md").read_text(encoding="utf-8")
+    documented = text[text.index(gen_docs.BEGIN) + len(gen_docs.BEGIN) : text.index(gen_docs.END)]
+    assert documented.strip() == gen_docs.capability_table().strip()
 
 
 # -- stop_task --------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from eventbus import (
     MemoryIdempotencyStore,
     RetryPolicy,
 )
+from eventbus.adapter import RawMessage
 from eventbus.testing import TestBus
 from tests.bus_support import (
     Collector,
@@ -88,7 +89,7 @@ def test_poison_events_are_dead_lettered_at_once() -> None:
                 type="test.bus.order-placed", source="x", data=b'{"order_id": 5}'
             )
             await adapter.publish(topic, [unknown, invalid])
-            await adapter.publish_raw(topic, b"\x00 definitely not a cloudevent")
+            await adapter.publish_raw(topic, RawMessage(b"\x00 definitely not a cloudevent"))
             dead = await dead_letters(url, topic, "g", 3)
         assert calls.items == []
         reasons = sorted(d.extensions["dlqreason"].split(":")[0] for d in dead)

@@ -18,7 +18,14 @@ import pytest
 from typer.testing import CliRunner
 
 from eventbus import Context, Envelope, Event, EventBus, MemoryAdapter, RetryPolicy
-from eventbus.adapter import Adapter, HealthReport, ReadRecord, SubscribeOptions, Subscription
+from eventbus.adapter import (
+    Adapter,
+    HealthReport,
+    RawMessage,
+    ReadRecord,
+    SubscribeOptions,
+    Subscription,
+)
 from eventbus.cli import _common as cli_common
 from eventbus.cli import app
 from eventbus.deadletters import DeadLetters, ListedDeadLetter, dead_letter_envelope, dlq_topic
@@ -360,7 +367,7 @@ def test_memory_read_browses_a_topic_without_consuming_it() -> None:
         await adapter.connect()
         sent = [Envelope.create(type="t", source="s", data=b"%d" % i) for i in range(3)]
         await adapter.publish("browse", sent[:2])
-        await adapter.publish_raw("browse", b"not a cloudevent")
+        await adapter.publish_raw("browse", RawMessage(b"not a cloudevent"))
         await adapter.publish("browse", sent[2:])
         records = await adapter.read("browse")
         assert [r.envelope.id if r.envelope else None for r in records] == [

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import pytest
 
 from eventbus import DeadLetters, Envelope, Event, EventBus, MemoryAdapter, RetryPolicy, codec
-from eventbus.adapter import Adapter, ReadRecord
+from eventbus.adapter import Adapter, RawMessage, ReadRecord
 from eventbus.adapter_names import broker_dedupe_id
 from eventbus.deadletters import (
     DLQ_EXTENSIONS,
@@ -425,7 +425,7 @@ def test_oversize_undecodable_bytes_reach_the_dlq_as_a_reference() -> None:
             raise AssertionError("never called for undecodable bytes")
 
         async with bus:
-            await MemoryAdapter(url).publish_raw(topic, b"\x00" * (LIMIT - 100))
+            await MemoryAdapter(url).publish_raw(topic, RawMessage(b"\x00" * (LIMIT - 100)))
             (dead,) = await dead_letters(url, topic, "g", 1)
         assert dead.type == UNDECODABLE_TYPE and dead.data == b""
         assert dead.extensions["dlqreason"].startswith("undecodable")

@@ -14,7 +14,7 @@ import pytest
 
 from eventbus import Envelope, InvalidURLError, MemoryAdapter, MessageTooLargeError, codec
 from eventbus._memory_broker import DEFAULT_MAX_MESSAGES
-from eventbus.adapter import Delivery, SubscribeOptions, Subscription
+from eventbus.adapter import Delivery, RawMessage, SubscribeOptions, Subscription
 from eventbus.errors import BrokerConnectionError, ConnectionLostError, DeliveryAlreadySettledError
 
 WAIT = 5.0
@@ -337,7 +337,7 @@ def test_raw_bytes_arrive_as_undecodable_deliveries() -> None:
     async def scenario() -> None:
         adapter, topic = fresh()
         consumer = await reader(adapter, topic, "g")
-        await adapter.publish_raw(topic, b"\x00junk")
+        await adapter.publish_raw(topic, RawMessage(b"\x00junk"))
         delivery = await consumer.next()
         assert delivery.envelope is None and delivery.raw == b"\x00junk"
         assert delivery.decode_error
@@ -401,7 +401,7 @@ def test_refuse_connections_refuses_until_it_expires() -> None:
         for attempt in (
             adapter.connect(),
             adapter.publish(topic, [env(1)]),
-            adapter.publish_raw(topic, b"x"),
+            adapter.publish_raw(topic, RawMessage(b"x")),
             adapter.subscribe(topic, SubscribeOptions(group="g")),
         ):
             with pytest.raises(BrokerConnectionError, match="refusing connections"):
@@ -565,7 +565,7 @@ def test_raw_structured_cloudevent_decodes_in_structured_mode_only() -> None:
             adapter = MemoryAdapter(f"memory://{uuid.uuid4()}?mode={mode}")
             topic = f"topic-{uuid.uuid4()}"
             consumer = await reader(adapter, topic, "g")
-            await adapter.publish_raw(topic, payload)
+            await adapter.publish_raw(topic, RawMessage(payload))
             delivery = await consumer.next()
             if readable:
                 assert delivery.envelope == sent and delivery.decode_error is None

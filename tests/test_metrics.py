@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from eventbus import Envelope, Event, EventBus, RetryPolicy
+from eventbus.adapter import RawMessage
 from eventbus.metrics import Metrics
 from tests.bus_support import Collector, memory_url, run, until
 
@@ -259,7 +260,7 @@ def test_undecodable_messages_count_as_dead_letters() -> None:
         async def handle(event: Booked) -> None: ...
 
         async with bus:
-            await bus.adapter.publish_raw(TOPIC, b"\x00 not json", {})
+            await bus.adapter.publish_raw(TOPIC, RawMessage(b"\x00 not json", {}))
             await until(
                 lambda: (
                     value(

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from eventbus import BatchItemFailed, Context, Event, EventBus, RetryPolicy
-from eventbus.adapter import Delivery
+from eventbus.adapter import Delivery, RawMessage
 from eventbus.incidents import Incident, incidents
 from eventbus.middleware import Next, RedeliveryRequested
 from eventbus.middleware.base import Observer
@@ -174,7 +174,7 @@ def test_a_poison_message_is_seen_dead_lettered() -> None:
                 raise AssertionError("never runs")
 
             async with bus2:
-                await bus2.adapter.publish_raw(raw, b"not a cloudevent", {})
+                await bus2.adapter.publish_raw(raw, RawMessage(b"not a cloudevent", {}))
                 await until(lambda: recorder.undecodable_seen != [])
         [dead] = seen.incidents
         assert dead.kind == "dead_letter" and dead.error_type == "SchemaError"

@@ -26,7 +26,7 @@ from eventbus import (
 )
 from eventbus import _memory_broker as memory_broker
 from eventbus import settlement as settlement_module
-from eventbus.adapter import HealthReport
+from eventbus.adapter import HealthReport, RawMessage
 from eventbus.backoff import Backoff
 from eventbus.errors import ConnectionLostError, SubscriptionFailedError
 from eventbus.middleware import Next
@@ -60,7 +60,7 @@ def test_undecodable_message_is_rejected_not_dead_lettered_when_dead_letters_are
         with Records("eventbus") as logs:
             async with bus:
                 adapter = MemoryAdapter(url)
-                await adapter.publish_raw(topic, b"\x00 not a cloudevent")
+                await adapter.publish_raw(topic, RawMessage(b"\x00 not a cloudevent"))
                 good = Envelope.create(type="test.runner.job", source="t", data=b'{"n": 7}')
                 await adapter.publish(topic, [good])
                 assert await handled.wait_count(1) == [7]

@@ -18,6 +18,7 @@ from eventbus import (
     Plain,
     RetryPolicy,
 )
+from eventbus.adapter import RawMessage
 from eventbus.deadletters import DeadLetters
 from eventbus.errors import ConfigurationError
 from eventbus.testing import (
@@ -349,7 +350,9 @@ async def test_a_foreign_message_reaches_a_plain_subscription_as_it_would_in_pro
 
     async with TestBus(bus) as tb:
         headers = {"x-type": b"test.kit.returned", "correlation_id": b"corr-7"}
-        await tb.bus.adapter.publish_raw("test-kit-shipments", b'{"order_id": "r-1"}', headers)
+        await tb.bus.adapter.publish_raw(
+            "test-kit-shipments", RawMessage(b'{"order_id": "r-1"}', headers)
+        )
         await asyncio.wait_for(both.wait(), 5)
     assert {(g, e) for g, e, _, _ in seen} == {
         ("a", KitReturned(order_id="r-1")),

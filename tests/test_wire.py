@@ -22,6 +22,7 @@ from eventbus import (
     SubscribeOptions,
 )
 from eventbus._faststream_frame import pack_frame, unpack_frame
+from eventbus.adapter import RawMessage
 from eventbus.errors import DecodeError
 from eventbus.wire import Incoming
 from tests.bus_support import Collector, dead_letters, memory_url, run
@@ -51,7 +52,9 @@ def test_plain_json_without_headers_reaches_a_typed_handler() -> None:
                 seen.add((ctx.group, event, ctx.envelope))
 
         async with bus:
-            await MemoryAdapter(url).publish_raw(Shipped.default_topic(), b'{"order_id": "o-1"}')
+            await MemoryAdapter(url).publish_raw(
+                Shipped.default_topic(), RawMessage(b'{"order_id": "o-1"}')
+            )
             got = await seen.wait_count(2)
         assert {g for g, _, _ in got} == {"a", "b"}
         assert all(event == Shipped(order_id="o-1") for _, event, _ in got)
@@ -77,7 +80,9 @@ def test_a_cloudevent_is_still_handled_on_a_plain_subscription() -> None:
 
         async with bus:
             sent = await bus.publish(Shipped(order_id="ce"), wire_format="cloudevents")
-            await MemoryAdapter(url).publish_raw(Shipped.default_topic(), b'{"order_id": "p"}')
+            await MemoryAdapter(url).publish_raw(
+                Shipped.default_topic(), RawMessage(b'{"order_id": "p"}')
+            )
             first, second = await seen.wait_count(2)
         assert first.id == sent.id and first.source == "eventbus"
         assert json.loads(second.data) == {"order_id": "p"}
@@ -100,8 +105,8 @@ def test_undecodable_plain_message_is_dead_lettered_with_its_bytes_and_reason() 
 
         async with bus:
             adapter = MemoryAdapter(url)
-            await adapter.publish_raw(topic, b"\x00not json at all")
-            await adapter.publish_raw(topic, b'{"parcels": "many"}')
+            await adapter.publish_raw(topic, RawMessage(b"\x00not json at all"))
+            await adapter.publish_raw(topic, RawMessage(b'{"parcels": "many"}'))
             dead = await dead_letters(url, topic, "g", 2)
         assert handled.items == []
         raw = next(d for d in dead if d.type == "eventbus.undecodable")
@@ -124,7 +129,7 @@ def test_cloudevents_subscription_says_how_to_accept_plain_messages() -> None:
         async def handle(event: Shipped) -> None: ...
 
         async with bus:
-            await MemoryAdapter(url).publish_raw(topic, b'{"order_id": "o"}')
+            await MemoryAdapter(url).publish_raw(topic, RawMessage(b'{"order_id": "o"}'))
             (dead,) = await dead_letters(url, topic, "g", 1)
         assert "wire_format='plain'" in dead.extensions["dlqreason"]
 
@@ -152,7 +157,9 @@ def test_the_type_from_a_header_or_field_picks_the_handler(
             seen.add(event)
 
         async with bus:
-            await MemoryAdapter(url).publish_raw(topic, json.dumps(body).encode(), headers)
+            await MemoryAdapter(url).publish_raw(
+                topic, RawMessage(json.dumps(body).encode(), headers)
+            )
             (event,) = await seen.wait_count(1)
         assert isinstance(event, Returned) and event.order_id == "r"
 
@@ -168,7 +175,7 @@ def test_several_classes_and_no_type_is_dead_lettered_saying_what_to_name() -> N
         async def handle(event: Shipped | Returned) -> None: ...
 
         async with bus:
-            await MemoryAdapter(url).publish_raw(topic, b'{"order_id": "o"}')
+            await MemoryAdapter(url).publish_raw(topic, RawMessage(b'{"order_id": "o"}'))
             (dead,) = await dead_letters(url, topic, "g", 1)
         reason = dead.extensions["dlqreason"]
         assert "cannot tell the event type" in reason and "type_header" in reason
@@ -325,7 +332,7 @@ def test_a_user_supplied_wire_format() -> None:
             seen.add(event)
 
         async with bus:
-            await MemoryAdapter(url).publish_raw(Shipped.default_topic(), b"o-5,3")
+            await MemoryAdapter(url).publish_raw(Shipped.default_topic(), RawMessage(b"o-5,3"))
             (event,) = await seen.wait_count(1)
         assert event == Shipped(order_id="o-5", parcels=3)
 
@@ -369,7 +376,7 @@ def test_plain_messages_are_read_before_batching_and_routing() -> None:
         async with bus:
             adapter = MemoryAdapter(url)
             for n in range(3):
-                await adapter.publish_raw(topic, b'{"order_id": "b%d"}' % n)
+                await adapter.publish_raw(topic, RawMessage(b'{"order_id": "b%d"}' % n))
             assert await batches.wait_count(1) == [["b0", "b1", "b2"]]
             assert sorted(await routed.wait_count(3)) == ["b0", "b1", "b2"]
 

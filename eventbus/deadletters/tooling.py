@@ -38,6 +38,7 @@ from eventbus.adapter_names import REPLAY_GROUP, dlq_topic, replaying
 from eventbus.deadletters.letters import DeadLetterRecord
 from eventbus.envelope import Envelope
 from eventbus.errors import TopicNotFoundError, UnsupportedOperationError
+from eventbus.raw_message import RawMessage
 
 REPLAYED_TYPE = "eventbus.dlq.replayed"
 """Type of the marker ``replay`` publishes for each letter it republished."""
@@ -195,7 +196,8 @@ class DeadLetters:
             if letter.undecodable:
                 # Bytes that never were an event go back as they arrived, headers and
                 # all, to the whole topic (a group route carries events only).
-                await self.adapter.publish_raw(destination, letter.raw or b"", letter.raw_headers)
+                raw = RawMessage(letter.raw or b"", letter.raw_headers)
+                await self.adapter.publish_raw(destination, raw)
             elif group_route:
                 with replaying(letter.message_id or letter.failed_at):
                     await self.adapter.publish_to_group(
@@ -367,9 +369,8 @@ class DeadLetters:
         try:
             for done, (delivery, record) in enumerate(wanted, 1):
                 if not purge and record.undecodable:
-                    await self.adapter.publish_raw(
-                        to_topic or record.topic or topic, record.raw or b"", record.raw_headers
-                    )
+                    raw = RawMessage(record.raw or b"", record.raw_headers)
+                    await self.adapter.publish_raw(to_topic or record.topic or topic, raw)
                 elif not purge and group_route:
                     await self.adapter.publish_to_group(
                         record.topic or topic, record.group or group, [record.original]

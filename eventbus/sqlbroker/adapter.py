@@ -12,7 +12,8 @@ from __future__ import annotations
 import abc
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
 
 from eventbus.adapter import (
     Adapter,
@@ -31,6 +32,7 @@ from eventbus.errors import (
     TopicNotFoundError,
 )
 from eventbus.patterns.sql import DatabaseError, SQLError, Transaction
+from eventbus.raw_message import RawMessage
 from eventbus.sqlbroker import codec
 from eventbus.sqlbroker.consumer import SqlSubscription
 from eventbus.sqlbroker.hub import Hub, Waker
@@ -53,30 +55,18 @@ class SqlAdapter(Adapter):
         self.start_from = self.settings.start_from
         # provision=false: topics known to exist (asked once each, then remembered).
         self._topics_seen: set[str] = set()
-        self.capabilities = Capabilities(
-            persistent=True,
-            consumer_groups=True,
-            fanout=True,
-            # A key's next message goes out once the one before it is settled, whichever
-            # consumer of the group holds it (the claim takes only a key's head).
-            ordering="per_key",
-            redelivery=True,
-            # The delay is stored in the row (available_at): it survives the consumer
-            # and holds its key; consumers wake when it is due, without polling.
-            native_delay=True,
-            native_dead_letter=False,
-            replay=True,
-            headers=True,
+        # A durable broker, every claim of it kept: per-key order (a key's next message
+        # goes out once the one before it is settled, whichever consumer of the group
+        # holds it: the claim takes only a key's head); a native delay (stored in the
+        # row, available_at: it survives the consumer and holds its key; consumers wake
+        # when it is due, without polling); a lease (a claim leases rows for `lease`
+        # seconds, renewed while the handler runs); browse (read() selects rows without
+        # claiming them); a group route (a row for that group only); raw bytes (a
+        # payload is stored as given).
+        self.capabilities = replace(
+            Capabilities.DURABLE,
             max_message_bytes=self.settings.max_message_bytes,
-            dedupe_window=None,
-            reconnect=True,
-            lease=True,
             half_open_bound=self.half_open_bound(),
-            # read() selects rows without claiming them; a group's route is a row for
-            # that group only; a raw payload is stored as given.
-            browse=True,
-            group_route=True,
-            raw_publish=True,
         )
         self._hub: Hub | None = None
         self._subscriptions: set[SqlSubscription] = set()
@@ -193,24 +183,17 @@ class SqlAdapter(Adapter):
         if rows:
             await self._send(topic, group, rows)
 
-    async def publish_raw(
-        self,
-        topic: str,
-        payload: bytes,
-        headers: Mapping[str, bytes] | None = None,
-        *,
-        key: str | None = None,
-    ) -> None:
-        """Store ``payload`` as a message's body with ``headers`` as its headers, as a
+    async def publish_raw(self, topic: str, message: RawMessage) -> None:
+        """Store ``message``'s payload as a message's body with its headers, as a
         producer that does not speak CloudEvents would write it."""
-        stored, size = codec.encode_raw(payload, headers)
+        stored, size = codec.encode_raw(message.payload, message.headers)
         limit = self.capabilities.max_message_bytes
         if size > limit:
             raise MessageTooLargeError(
                 f"a raw message of {size} bytes is over the {limit}-byte limit of "
                 f"{type(self).__name__} on topic {topic!r}; nothing was sent"
             )
-        await self._send(topic, None, [(key, stored, payload)])
+        await self._send(topic, None, [(message.key, stored, message.payload)])
 
     async def _send(self, topic: str, group: str | None, rows: Rows) -> None:
         self.before_write()

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from eventbus import Envelope, Event, EventBus
+from eventbus.adapter import RawMessage
 from eventbus.deadletters import UNDECODABLE_TYPE, dlq_topic
 from eventbus.errors import UnsupportedOperationError
 from integration_tests.chaos.app import KILL_EXIT, MAX_ATTEMPTS, ChaosEvent, on_topic
@@ -106,7 +107,9 @@ def test_poison_mix(target: ChaosTarget, long: bool, report: Report, workdir: Pa
                         await publisher.publish_many(batch)
                         batch = []
                         with contextlib.suppress(UnsupportedOperationError):
-                            await publisher.adapter.publish_raw(crew.topic, RAW + b"%d" % seq)
+                            await publisher.adapter.publish_raw(
+                                crew.topic, RawMessage(RAW + b"%d" % seq)
+                            )
                             raw_sent += 1
                     elif kind == "invalid":
                         batch.append(Invalid(seq=f"bad-{seq}"))

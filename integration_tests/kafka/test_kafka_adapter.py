@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from eventbus_kafka import KafkaAdapter
 
-from eventbus.adapter import Delivery, SubscribeOptions, Subscription
+from eventbus.adapter import Delivery, RawMessage, SubscribeOptions, Subscription
 from eventbus.envelope import Envelope
 from eventbus.errors import BrokerConnectionError, MessageTooLargeError
 
@@ -303,7 +303,7 @@ def test_undecodable_record_is_a_delivery_not_a_crash(kafka_url: str) -> None:
         collector = Collector(
             await adapter.subscribe(topic, SubscribeOptions(group=unique("g"))), ack_all
         )
-        await adapter.publish_raw(topic, b"\xffnot a cloudevent")
+        await adapter.publish_raw(topic, RawMessage(b"\xffnot a cloudevent"))
         await adapter.publish(topic, [ping(1)])
         got = await collector.wait_count(2)
         poison = next(d for d in got if d.envelope is None)

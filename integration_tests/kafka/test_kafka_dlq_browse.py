@@ -20,6 +20,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from eventbus_kafka import KafkaAdapter
 from eventbus_kafka.codec import encode
 
+from eventbus.adapter import RawMessage
 from eventbus.deadletters import DeadLetters, dead_letter_envelope, dlq_topic
 from eventbus.envelope import Envelope
 from eventbus.errors import TopicNotFoundError
@@ -92,7 +93,7 @@ def test_read_browses_every_partition_to_the_end_and_creates_nothing(kafka_url: 
                 # A lone publish is sent at once (no linger) and can come back
                 # within the same millisecond: keep the timestamps distinct.
                 await next_millisecond()
-            await adapter.publish_raw(topic, b"not a cloudevent")
+            await adapter.publish_raw(topic, RawMessage(b"not a cloudevent"))
             _, groups_before = await broker_state(adapter)
 
             started = time.monotonic()

@@ -18,6 +18,7 @@ from eventbus_kafka import KafkaAdapter
 from eventbus_kafka.codec import encode
 
 from eventbus import Context, DeadLetters, EventBus
+from eventbus.adapter import RawMessage
 from eventbus.deadletters import ListedDeadLetter
 from eventbus.errors import TopicNotFoundError
 from eventbus.testing.conformance import Collector, Ping, on_topic
@@ -52,7 +53,7 @@ def test_an_event_with_a_binary_foreign_header_is_handled(kafka_url: str) -> Non
             await adapter.send_record(topic, binary.key, binary.value, [*headers, *TRACE.items()])
             structured = encode(bus.envelope_for(event_cls(seq=2)), structured=True)
             await adapter.publish_raw(
-                topic, structured.value, {**dict(structured.headers), **TRACE}
+                topic, RawMessage(structured.value, {**dict(structured.headers), **TRACE})
             )
             await seen.wait(lambda items: len(items) >= 2, "both events", timeout=20)
             assert sorted(seen.items) == [(1, "k-1"), (2, None)], seen.items
@@ -77,7 +78,7 @@ def test_a_foreign_record_is_dead_lettered_with_its_headers_and_offset_and_repla
 
         async with bus:
             adapter = bus.adapter
-            await adapter.publish_raw(topic, raw, TRACE)
+            await adapter.publish_raw(topic, RawMessage(raw, TRACE))
             dead = DeadLetters(adapter)
             letters = await _wait_letters(dead, topic, group, 1)
             letter = letters[0]

@@ -23,6 +23,7 @@ from cloudevents.core.bindings import http as ce_http
 from cloudevents.core.formats.json import JSONFormat
 
 from eventbus import Context, Event, EventBus
+from eventbus.adapter import RawMessage
 from eventbus.deadletters import DeadLetters
 from eventbus.errors import ConfigurationError, TopicNotFoundError
 from integration_tests import harness
@@ -256,17 +257,19 @@ def test_foreign_binary_header_beside_an_event_is_ignored(
         async with bus:
             await bus.adapter.publish_raw(
                 topic,
-                json.dumps({"order_id": "c"}).encode(),
-                {
-                    "ce-specversion": b"1.0",
-                    "ce-id": b"c-1",
-                    "ce-source": b"/go",
-                    "ce-type": order.event_type().encode(),
-                    "x-bin": b"\xff\xfe\x00",
-                },
+                RawMessage(
+                    json.dumps({"order_id": "c"}).encode(),
+                    {
+                        "ce-specversion": b"1.0",
+                        "ce-id": b"c-1",
+                        "ce-source": b"/go",
+                        "ce-type": order.event_type().encode(),
+                        "x-bin": b"\xff\xfe\x00",
+                    },
+                ),
             )
             await until(lambda: handled == ["c"])
             with pytest.raises(ConfigurationError, match="line break"):
-                await bus.adapter.publish_raw(topic, b"x", {"x-bad": b"a\r\nb"})
+                await bus.adapter.publish_raw(topic, RawMessage(b"x", {"x-bad": b"a\r\nb"}))
 
     run(scenario())

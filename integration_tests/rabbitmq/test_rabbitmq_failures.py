@@ -17,7 +17,7 @@ import pytest
 from eventbus_rabbitmq import RabbitMQAdapter
 
 from eventbus import Event, EventBus
-from eventbus.adapter import SubscribeOptions
+from eventbus.adapter import RawMessage, SubscribeOptions
 from eventbus.deadletters import DeadLetters
 from eventbus.errors import BrokerConnectionError, ConfigurationError, TopicNotFoundError
 from eventbus.testing.faultproxy import FaultProxy
@@ -400,7 +400,7 @@ def test_a_foreign_message_keeps_its_headers_and_id_and_replays_as_it_came(
                 "x-kind": b"order-created",
                 "content-type": b"text/plain",
             }
-            await adapter.publish_raw(topic, b"\x00not an event", headers)
+            await adapter.publish_raw(topic, RawMessage(b"\x00not an event", headers))
             mine = await next_delivery(subscription)
             assert mine.envelope is None and mine.raw == b"\x00not an event"
             # The message properties a producer sets come beside its headers (#21):

@@ -16,7 +16,7 @@ import pytest
 from eventbus_redis import RedisPubSubAdapter, RedisSettings, RedisStreamsAdapter
 from redis.asyncio import Redis
 
-from eventbus.adapter import Delivery, SubscribeOptions, Subscription
+from eventbus.adapter import Delivery, RawMessage, SubscribeOptions, Subscription
 from eventbus.envelope import Envelope
 from eventbus.errors import BatchPublishError, InvalidURLError, MessageTooLargeError
 from eventbus.registry_adapters import adapter_from_url
@@ -514,7 +514,7 @@ def test_pubsub_reads_a_structured_event_written_by_the_cloudevents_sdk(redis_ur
         )
         try:
             subscription = await adapter.subscribe(topic, SubscribeOptions(group="g"))
-            await adapter.publish_raw(topic, JSONFormat().write(event))
+            await adapter.publish_raw(topic, RawMessage(JSONFormat().write(event)))
             delivery = await next_delivery(subscription)
             assert delivery.envelope is not None, delivery.decode_error
             assert (delivery.envelope.id, delivery.envelope.type, delivery.envelope.subject) == (

@@ -15,6 +15,7 @@ from eventbus_redis import RedisPubSubAdapter, RedisStreamsAdapter
 from redis.asyncio import Redis
 
 from eventbus import EventBus
+from eventbus.adapter import RawMessage
 from eventbus.deadletters import DeadLetters, ListedDeadLetter
 from eventbus.errors import UnsupportedOperationError
 from eventbus.testing.conformance import Ping, on_topic
@@ -92,9 +93,11 @@ def test_publish_raw_writes_the_headers_as_fields_and_the_payload_as_body(
         raw = Redis.from_url(redis_url)
         await adapter.connect()
         try:
-            await adapter.publish_raw(topic, b"\x00payload", {"x-trace": b"\xff\x01", "k": b"v"})
-            await adapter.publish_raw(topic, b"", {"only": b"fields"})
-            await adapter.publish_raw(topic, b"just bytes")
+            await adapter.publish_raw(
+                topic, RawMessage(b"\x00payload", {"x-trace": b"\xff\x01", "k": b"v"})
+            )
+            await adapter.publish_raw(topic, RawMessage(b"", {"only": b"fields"}))
+            await adapter.publish_raw(topic, RawMessage(b"just bytes"))
             entries = [dict(fields) for _, fields in await raw.xrange(topic)]
             assert entries == [
                 {b"x-trace": b"\xff\x01", b"k": b"v", b"body": b"\x00payload"},
@@ -148,8 +151,13 @@ def test_a_valid_event_with_a_binary_foreign_field_is_handled(
                 ).encode()
                 await bus.adapter.publish_raw(
                     topic,
-                    structured,
-                    {"content-type": b"application/cloudevents+json", "x-b3-trace": b"\xc3\x28"},
+                    RawMessage(
+                        structured,
+                        {
+                            "content-type": b"application/cloudevents+json",
+                            "x-b3-trace": b"\xc3\x28",
+                        },
+                    ),
                 )
                 for _ in range(100):
                     if sorted(handled) == [1, 2]:
@@ -170,7 +178,7 @@ def test_pubsub_publish_raw_refuses_headers(redis_url: str) -> None:
         await adapter.connect()
         try:
             with pytest.raises(UnsupportedOperationError, match="no headers"):
-                await adapter.publish_raw(name("raw"), b"x", {"a": b"1"})
+                await adapter.publish_raw(name("raw"), RawMessage(b"x", {"a": b"1"}))
         finally:
             await adapter.close()
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from eventbus.adapter import Delivery, SubscribeOptions, Subscription
+from eventbus.adapter import Delivery, RawMessage, SubscribeOptions, Subscription
 from eventbus.envelope import Envelope
 from eventbus.errors import ConfigurationError, InvalidURLError, TopicNotFoundError
 from eventbus.patterns.sql import Database
@@ -186,7 +186,7 @@ async def test_backlog_counts_due_messages_not_held_keys(adapter: SQLiteAdapter)
 async def test_foreign_headers_survive_byte_for_byte(adapter: SQLiteAdapter) -> None:
     sub = await adapter.subscribe("t", SubscribeOptions("g"))
     headers = {"x-binary": b"\xff\x00\xfe", "x-text": b"caf\xc3\xa9"}
-    await adapter.publish_raw("t", b"\x00not a cloudevent", headers)
+    await adapter.publish_raw("t", RawMessage(b"\x00not a cloudevent", headers))
     delivery = await _next(sub)
     assert delivery.envelope is None and delivery.raw == b"\x00not a cloudevent"
     assert delivery.raw_headers == headers

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
@@ -33,6 +34,7 @@ from eventbus.errors import (
     PublishError,
     TopicNotFoundError,
 )
+from eventbus.raw_message import RawMessage
 
 from .browse import read_topic
 from .codec import Headers, encode_parts, record_size, retry_headers
@@ -60,29 +62,17 @@ class KafkaAdapter(ProducerConnection, ConfiguredAdapter[KafkaSettings, AIOKafka
     settings_type = KafkaSettings
 
     def _setup(self, client: AIOKafkaProducer | None) -> None:
-        self.capabilities = Capabilities(
-            persistent=True,
-            consumer_groups=True,
-            fanout=True,
-            ordering="per_key",
-            redelivery=True,
+        # A durable broker (per-key order by partition; lease: a member that does not
+        # poll for max_poll_interval leaves its group and its partitions, unsettled
+        # records and all, go to another member; the subscription keeps polling while
+        # handlers run, eventbus_kafka.keepalive), except:
+        self.capabilities = replace(
+            Capabilities.DURABLE,
+            max_message_bytes=self.settings.max_message_bytes,
+            half_open_bound=half_open_bound(self.settings),
             # nack(delay) goes through a retry topic, but the waiting is done by the
             # client (pause + timer), not by the broker: not native.
             native_delay=False,
-            native_dead_letter=False,
-            replay=True,
-            headers=True,
-            max_message_bytes=self.settings.max_message_bytes,
-            dedupe_window=None,
-            reconnect=True,
-            # A member that does not poll for max_poll_interval leaves its group and
-            # its partitions (and unsettled records) go to another member; the
-            # subscription keeps polling while handlers run (eventbus_kafka.keepalive).
-            lease=True,
-            half_open_bound=half_open_bound(self.settings),
-            browse=True,
-            group_route=True,
-            raw_publish=True,
         )
         self._producer: AIOKafkaProducer | None = client
         self._own_producer = client is None
@@ -223,19 +213,14 @@ class KafkaAdapter(ProducerConnection, ConfiguredAdapter[KafkaSettings, AIOKafka
             return error
         return translate(exc, _classify, what=what)
 
-    async def publish_raw(
-        self,
-        topic: str,
-        payload: bytes,
-        headers: Mapping[str, bytes] | None = None,
-        *,
-        key: str | None = None,
-    ) -> None:
-        """Send ``payload`` as one record with ``headers`` as its record headers and
-        ``key`` (UTF-8) as its key, bypassing the codec: how a foreign producer's record
-        looks, how a dead letter of one is replayed, and how a plain publish goes out."""
-        record_key = key.encode() if key is not None else None
-        await self.send_record(topic, record_key, payload, list((headers or {}).items()))
+    async def publish_raw(self, topic: str, message: RawMessage) -> None:
+        """Send ``message``'s payload as one record with its headers as record headers
+        and its key (UTF-8) as the record key, bypassing the codec: how a foreign
+        producer's record looks, how a dead letter of one is replayed, and how a plain
+        publish goes out."""
+        key = message.key.encode() if message.key is not None else None
+        headers = list((message.headers or {}).items())
+        await self.send_record(topic, key, message.payload, headers)
 
     async def send_record(
         self, topic: str, key: bytes | None, value: bytes | None, headers: Headers

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 
 from nats.aio.client import Client
@@ -29,6 +29,7 @@ from eventbus.adapters_util import map_exceptions
 from eventbus.envelope import Envelope
 from eventbus.errors import BrokerConnectionError, TopicNotFoundError
 from eventbus.group_route import ROUTE_PREFETCH, WithGroupRoute
+from eventbus.raw_message import RawMessage
 
 from .codec import decode
 from .connection import CONNECTION_ERRORS, NatsAdapterBase
@@ -59,30 +60,16 @@ class NatsAdapter(NatsAdapterBase):
     def _setup(self, client: Client | None) -> None:
         super()._setup(client)
         s = self.settings
-        self.capabilities = Capabilities(
-            persistent=True,
-            consumer_groups=True,
-            fanout=True,
+        # A durable broker (native delay: -NAK {"delay": ...}, the server holds it back;
+        # no DLQ stream, the bus publishes dead letters; lease: a message not acked
+        # within ack_wait goes to another member, and members send in_progress every
+        # ack_wait / 3 while they hold it), except:
+        self.capabilities = replace(
+            self._with_limits(Capabilities.DURABLE),
             # Members of a group pull from one consumer and redeliveries go back into
             # it: no per-key order.
             ordering="none",
-            redelivery=True,
-            native_delay=True,  # -NAK {"delay": ...}: the server holds it back
-            native_dead_letter=False,  # no DLQ stream; the bus publishes dead letters
-            replay=True,
-            headers=True,
-            max_message_bytes=s.max_message_bytes,
-            dedupe_window=s.dedupe_window,
-            reconnect=True,
-            # A message not acked within ack_wait goes to another member; members
-            # send in_progress every ack_wait / 3 while they hold it.
-            lease=True,
-            # PINGs every ping_interval; max_pings_out unanswered in a row mark the
-            # connection stale: nats-py drops it and reconnects (health() fails meanwhile).
-            half_open_bound=self._connection.half_open_bound(),
-            browse=True,
-            group_route=True,
-            raw_publish=True,
+            dedupe_window=s.dedupe_window,  # the stream's duplicate window
         )
         self._js: JetStreamContext | None = None
         self._provisioner = Provisioner(s)
@@ -172,16 +159,9 @@ class NatsAdapter(NatsAdapterBase):
         :meth:`JetStreamPublisher.publish <eventbus_nats.publish.JetStreamPublisher.publish>`)."""
         await self.publisher.publish(topic, envelopes)
 
-    async def publish_raw(
-        self,
-        topic: str,
-        payload: bytes,
-        headers: Mapping[str, bytes] | None = None,
-        *,
-        key: str | None = None,
-    ) -> None:
-        """Store ``payload`` with ``headers`` as NATS headers, byte for byte."""
-        await self.publisher.publish_raw(topic, payload, headers)
+    async def publish_raw(self, topic: str, message: RawMessage) -> None:
+        """Store ``message``'s payload with its headers as NATS headers, byte for byte."""
+        await self.publisher.publish_raw(topic, message)
 
     async def publish_to_group(self, topic: str, group: str, envelopes: Sequence[Envelope]) -> None:
         """Deliver ``envelopes`` to ``group`` of ``topic`` alone, through the route

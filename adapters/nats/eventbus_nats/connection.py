@@ -29,6 +29,7 @@ from nats import errors as nats_errors
 from nats.aio.client import Client
 from nats.js.errors import APIError, BadRequestError
 
+from eventbus.adapter import Capabilities
 from eventbus.adapters_util import ConfiguredAdapter, Mapped, open_once, tls_context, translate
 from eventbus.errors import BrokerConnectionError, ProvisioningError
 
@@ -336,6 +337,17 @@ class NatsAdapterBase(ConfiguredAdapter[NatsSettings, Client]):
     @abc.abstractmethod
     async def _ready(self) -> object:
         """The open connection (JetStream: its context), opened once."""
+
+    def _with_limits(self, claims: Capabilities) -> Capabilities:
+        """``claims`` with the connection's facts before it is open: the settings' largest
+        message, and the half-open bound (PINGs every ping_interval; max_pings_out
+        unanswered in a row mark the connection stale: nats-py drops it and reconnects,
+        health() failing meanwhile). :meth:`_learn_limits` updates both once connected."""
+        return replace(
+            claims,
+            max_message_bytes=self.settings.max_message_bytes,
+            half_open_bound=self._connection.half_open_bound(),
+        )
 
     def _learn_limits(self, client: Client) -> None:
         """The largest message and the half-open bound, from the connected ``client``."""

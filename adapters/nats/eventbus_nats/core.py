@@ -16,7 +16,7 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Sequence
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -33,6 +33,7 @@ from eventbus.adapter import (
 from eventbus.adapters_util import AtMostOnceDelivery, Redeliveries, map_exceptions
 from eventbus.envelope import Envelope
 from eventbus.errors import ConnectionLostError, MessageTooLargeError, TopicNotFoundError
+from eventbus.raw_message import RawMessage
 
 from .codec import check_raw_size, decode, encode_block, raw_block
 from .connection import CLIENT_ERRORS, NatsAdapterBase
@@ -67,27 +68,9 @@ class NatsCoreAdapter(NatsAdapterBase):
 
     def _setup(self, client: Client | None) -> None:
         super()._setup(client)
-        s = self.settings
-        self.capabilities = Capabilities(
-            persistent=False,  # nothing is stored: no subscriber, no message
-            consumer_groups=True,  # queue groups
-            fanout=True,
-            ordering="none",
-            redelivery=False,  # at-most-once: the server never sends a message again
-            native_delay=False,
-            native_dead_letter=False,
-            replay=False,
-            headers=True,
-            max_message_bytes=s.max_message_bytes,
-            dedupe_window=None,
-            reconnect=True,
-            # PINGs every ping_interval; max_pings_out unanswered in a row mark the
-            # connection stale: nats-py drops it and reconnects (health() fails meanwhile).
-            half_open_bound=self._connection.half_open_bound(),
-            browse=True,
-            group_route=False,
-            raw_publish=True,
-        )
+        # A broker that stores nothing (no subscriber, no message; at-most-once: the
+        # server never sends a message again), with groups (queue groups) and headers.
+        self.capabilities = self._with_limits(Capabilities.EPHEMERAL)
         self._subscriptions: set[CoreSubscription] = set()
 
     async def _ready(self) -> Client:
@@ -170,19 +153,13 @@ class NatsCoreAdapter(NatsAdapterBase):
             await write(client, commands, len(commands), size)
             await client.flush(_whole(self.settings.publish_timeout))
 
-    async def publish_raw(
-        self,
-        topic: str,
-        payload: bytes,
-        headers: Mapping[str, bytes] | None = None,
-        *,
-        key: str | None = None,
-    ) -> None:
-        """Send ``payload`` with ``headers`` as NATS headers, byte for byte (how a
-        foreign producer's message looks)."""
+    async def publish_raw(self, topic: str, message: RawMessage) -> None:
+        """Send ``message``'s payload with its headers as NATS headers, byte for byte
+        (how a foreign producer's message looks)."""
         check_subject(topic)
         client = await self._ready()
-        block = raw_block(topic, headers)
+        payload = message.payload
+        block = raw_block(topic, message.headers)
         check_raw_size(topic, block, payload, self.capabilities.max_message_bytes)
         await self._send(
             client,

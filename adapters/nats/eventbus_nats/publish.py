@@ -10,7 +10,7 @@ server's ``max_payload``) and the stream's own ``max_msg_size``.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from nats.errors import NoRespondersError
@@ -25,6 +25,7 @@ from eventbus.errors import (
     MessageTooLargeError,
     PublishError,
 )
+from eventbus.raw_message import RawMessage
 
 from .codec import check_raw_size, encode, encode_block, raw_block, wire_size
 from .connection import CONNECTION_ERRORS
@@ -146,19 +147,13 @@ class JetStreamPublisher:
         error.__cause__ = exc
         return error
 
-    async def publish_raw(
-        self,
-        topic: str,
-        payload: bytes,
-        headers: Mapping[str, bytes] | None = None,
-        *,
-        key: str | None = None,
-    ) -> None:
-        """Store ``payload`` with ``headers`` as NATS headers, byte for byte (how a
-        foreign producer's message looks; how an undecodable dead letter replays)."""
+    async def publish_raw(self, topic: str, message: RawMessage) -> None:
+        """Store ``message``'s payload with its headers as NATS headers, byte for byte
+        (how a foreign producer's message looks; how an undecodable dead letter replays)."""
         check_subject(topic)
         js = await self.adapter._ready()
-        block = raw_block(topic, headers)
+        payload = message.payload
+        block = raw_block(topic, message.headers)
         check_raw_size(topic, block, payload, self.adapter.capabilities.max_message_bytes)
         stream = await self.adapter._provisioner.ensure_stream(js, topic)
         stream_limit = self.adapter._provisioner.max_msg_size(stream)

@@ -20,7 +20,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 from aio_pika import DeliveryMode, Exchange, Message
@@ -46,6 +47,7 @@ from eventbus.errors import (
     MessageTooLargeError,
     PublishError,
 )
+from eventbus.raw_message import RawMessage
 
 from .codec import encode, message_size, raw_message
 from .connection import Link, close_quietly, half_open_bound, one_line
@@ -91,30 +93,22 @@ class RabbitMQAdapter(ConfiguredAdapter[RabbitMQSettings, AbstractRobustConnecti
     settings_type = RabbitMQSettings
 
     def _setup(self, client: AbstractRobustConnection | None) -> None:
-        self.capabilities = Capabilities(
-            persistent=True,
-            consumer_groups=True,
-            fanout=True,
-            # A queue hands one consumer its messages in order; the bus's key lanes
-            # keep each key in order among workers (single_active_consumer=true keeps
-            # one consumer per group active, for order across a group's instances).
-            ordering="per_key",
-            redelivery=True,
-            native_delay=True,  # TTL delay-tier queues: the broker does the waiting
+        # A durable broker (per-key order: a queue hands one consumer its messages in
+        # order, the bus's key lanes keep each key in order among workers, and
+        # single_active_consumer=true keeps one consumer per group active, for order
+        # across a group's instances; native delay: TTL delay-tier queues, the broker
+        # does the waiting), except:
+        self.capabilities = replace(
+            Capabilities.DURABLE,
+            max_message_bytes=self.settings.max_message_bytes,
+            half_open_bound=half_open_bound(self.settings),
             native_dead_letter=True,  # reject() dead-letters to <topic>.<group>.dlq
             replay=False,  # a queue holds only what arrived after it was declared
-            headers=True,
-            max_message_bytes=self.settings.max_message_bytes,
-            dedupe_window=None,
-            reconnect=True,
             # RabbitMQ's consumer_timeout cannot be extended by a client (no "in
             # progress" in AMQP 0-9-1, no per-queue timeout before 3.12): a handler
             # outliving it is redelivered; see docs/adapters/rabbitmq.md.
             lease=False,
-            half_open_bound=half_open_bound(self.settings),
-            browse=False,
-            group_route=True,
-            raw_publish=True,
+            browse=False,  # reading a queue consumes it
         )
         # Publishing and consuming on separate connections: a memory alarm blocks
         # the publishing one, and must not stop the consumers' acks (connection.py).
@@ -449,22 +443,15 @@ class RabbitMQAdapter(ConfiguredAdapter[RabbitMQSettings, AbstractRobustConnecti
             self._learn(exc)
             raise publish_error(self.settings, queue, "a message", exc) from None
 
-    async def publish_raw(
-        self,
-        topic: str,
-        payload: bytes,
-        headers: Mapping[str, bytes] | None = None,
-        *,
-        key: str | None = None,
-    ) -> None:
-        """Publish ``payload`` as a producer that does not speak CloudEvents would:
-        ``headers`` become AMQP headers (``content-type`` the message property), and
-        a foreign message's dead letter is replayed this way, as it arrived."""
-        message = raw_message(payload, headers)
-        self.check_raw_size(topic, message)
+    async def publish_raw(self, topic: str, message: RawMessage) -> None:
+        """Publish ``message``'s payload as a producer that does not speak CloudEvents
+        would: its headers become AMQP headers (``content-type`` the message property),
+        and a foreign message's dead letter is replayed this way, as it arrived."""
+        amqp_message = raw_message(message.payload, message.headers)
+        self.check_raw_size(topic, amqp_message)
         exchange = await self._guarded(topic, self._exchange(topic))
         try:
-            await self._send(exchange, message, topic)
+            await self._send(exchange, amqp_message, topic)
         except Exception as exc:
             self._learn(exc)
             raise publish_error(self.settings, topic, "a raw message", exc) from None

@@ -22,7 +22,8 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 from redis.asyncio import Redis
@@ -41,6 +42,7 @@ from eventbus.errors import (
     PublishError,
     TopicNotFoundError,
 )
+from eventbus.raw_message import RawMessage
 
 from .codec import decode_fields, encode_args, encode_fields, fields_size, raw_fields
 from .connection import CLIENT_ERRORS, new_client, quiet_close
@@ -242,29 +244,18 @@ class RedisStreamsAdapter(RedisAdapter):
         super()._setup(client)
         if self.settings.mode != "streams":
             raise ValueError(f"{self.settings.masked_url} is a Pub/Sub URL")
-        self.capabilities = Capabilities(
-            persistent=True,
-            consumer_groups=True,
-            fanout=True,
+        # A durable broker (lease: a pending entry idle past claim_idle is reclaimed by
+        # XAUTOCLAIM; each consumer keeps what it holds fresh while handlers run),
+        # except:
+        self.capabilities = replace(
+            Capabilities.DURABLE,
+            max_message_bytes=self.settings.max_message_bytes,
+            half_open_bound=self.settings.half_open_bound,
             # One stream is one ordered log, but the consumers of a group compete
             # for its entries and a redelivery comes back after later ones.
             ordering="none",
-            redelivery=True,
             # The delay is kept by Redis (a sorted set) but waited out by polling.
             native_delay=False,
-            native_dead_letter=False,
-            replay=True,
-            headers=True,
-            max_message_bytes=self.settings.max_message_bytes,
-            dedupe_window=None,
-            reconnect=True,
-            # A pending entry idle past claim_idle is reclaimed by XAUTOCLAIM; each
-            # consumer keeps what it holds fresh while handlers run.
-            lease=True,
-            half_open_bound=self.settings.half_open_bound,
-            browse=True,
-            group_route=True,
-            raw_publish=True,
         )
 
     def _xadd(
@@ -315,19 +306,12 @@ class RedisStreamsAdapter(RedisAdapter):
             return
         await self.send(topic, envelopes, commands)
 
-    async def publish_raw(
-        self,
-        topic: str,
-        payload: bytes,
-        headers: Mapping[str, bytes] | None = None,
-        *,
-        key: str | None = None,
-    ) -> None:
-        """XADD an entry of ``headers`` as fields and ``payload`` as its ``body`` field,
-        as another client would write it (see :func:`.codec.raw_fields`); how an
-        undecodable dead letter is replayed as it arrived (``provision=false``: to an
-        existing stream only)."""
-        fields = raw_fields(payload, headers)
+    async def publish_raw(self, topic: str, message: RawMessage) -> None:
+        """XADD an entry of ``message``'s headers as fields and its payload as the
+        ``body`` field, as another client would write it (see :func:`.codec.raw_fields`);
+        how an undecodable dead letter is replayed as it arrived (``provision=false``: to
+        an existing stream only)."""
+        fields = raw_fields(message.payload, message.headers)
         size = fields_size(
             {name.decode("utf-8", "replace"): value for name, value in fields.items()}
         )

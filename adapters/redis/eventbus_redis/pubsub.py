@@ -19,7 +19,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 from redis.asyncio import Redis
@@ -35,6 +36,7 @@ from eventbus.errors import (
     TopicNotFoundError,
     UnsupportedOperationError,
 )
+from eventbus.raw_message import RawMessage
 
 from .adapter import RedisAdapter
 from .codec import decode_message, encode_message
@@ -69,24 +71,13 @@ class RedisPubSubAdapter(RedisAdapter):
         if self.settings.mode != "pubsub":
             raise ValueError(f"{self.settings.masked_url} is a Streams URL")
         self._started_groups: set[tuple[str, str]] = set()
-        self.capabilities = Capabilities(
-            persistent=False,
-            consumer_groups=False,
-            fanout=True,
-            ordering="none",
-            redelivery=False,
-            native_delay=False,
-            native_dead_letter=False,
-            replay=False,
-            headers=False,
+        # A broker that stores nothing (a channel reaches whoever is subscribed), except:
+        self.capabilities = replace(
+            Capabilities.EPHEMERAL,
             max_message_bytes=self.settings.max_message_bytes,
-            dedupe_window=None,
-            reconnect=True,
-            lease=False,
             half_open_bound=self.settings.half_open_bound,
-            browse=True,
-            group_route=False,
-            raw_publish=True,
+            consumer_groups=False,  # every subscriber gets every message (see .members)
+            headers=False,  # a message is its payload alone
         )
 
     async def publish(self, topic: str, envelopes: Sequence[Envelope]) -> None:
@@ -122,16 +113,10 @@ class RedisPubSubAdapter(RedisAdapter):
             return lambda pipe: pipe.spublish(topic, body)
         return lambda pipe: pipe.publish(topic, body)
 
-    async def publish_raw(
-        self,
-        topic: str,
-        payload: bytes,
-        headers: Mapping[str, bytes] | None = None,
-        *,
-        key: str | None = None,
-    ) -> None:
-        """PUBLISH ``payload`` as it is; Pub/Sub carries no headers, so giving any
-        raises UnsupportedOperationError."""
+    async def publish_raw(self, topic: str, message: RawMessage) -> None:
+        """PUBLISH ``message``'s payload as it is; Pub/Sub carries no headers, so giving
+        any raises UnsupportedOperationError."""
+        payload, headers = message.payload, message.headers
         if headers:
             raise UnsupportedOperationError(
                 f"Redis Pub/Sub has no headers: cannot publish {sorted(headers)} with a "

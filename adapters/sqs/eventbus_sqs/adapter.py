@@ -18,7 +18,8 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import aioboto3
@@ -43,6 +44,7 @@ from eventbus.errors import (
     PublishError,
     UnsupportedOperationError,
 )
+from eventbus.raw_message import RawMessage
 
 from .codec import body_for_bytes, body_size, encode, header_attributes
 from .consumer import SqsSubscription
@@ -71,29 +73,23 @@ class SqsAdapter(ConfiguredAdapter[SqsSettings, aioboto3.Session]):
     def _setup(self, client: aioboto3.Session | None) -> None:
         s = self.settings
         self._session = client
-        self.capabilities = Capabilities(
-            persistent=True,
-            consumer_groups=True,
-            fanout=s.topology == "sns",
-            ordering="per_key" if s.fifo else "none",
-            redelivery=True,
-            native_delay=True,
-            native_dead_letter=False,
-            replay=False,
-            headers=False,
+        # A durable broker (native delay: DelaySeconds and the visibility timeout;
+        # lease: a received message stays hidden for visibility_timeout unless
+        # extended), except:
+        self.capabilities = replace(
+            Capabilities.DURABLE,
             max_message_bytes=s.max_message_bytes,
-            dedupe_window=FIFO_DEDUPE_SECONDS if s.fifo else None,
-            reconnect=True,
-            # A received message stays hidden for visibility_timeout unless extended.
-            lease=True,
             # HTTP keeps no session to ping: health() asks SQS each time within
             # connect_timeout, so a path that stopped answering shows at once; every
             # request gives up on a silent connection after read_timeout and the next
             # one opens a new connection.
             half_open_bound=s.connect_timeout,
-            browse=False,
-            group_route=True,
-            raw_publish=True,
+            fanout=s.topology == "sns",  # topology=queue: one queue, every subscriber competes
+            ordering="per_key" if s.fifo else "none",  # a FIFO queue's message groups
+            dedupe_window=FIFO_DEDUPE_SECONDS if s.fifo else None,
+            replay=False,  # a queue holds only what arrived after it was created
+            headers=False,  # structured mode in the body (SQS allows only 10 attributes)
+            browse=False,  # receiving a message is consuming it
         )
         self._clients: dict[str, Any] = {}
         self._stack: contextlib.AsyncExitStack | None = None
@@ -301,18 +297,12 @@ class SqsAdapter(ConfiguredAdapter[SqsSettings, aioboto3.Session]):
         except Exception as exc:
             raise self._publisher.error(topic, exc) from exc
 
-    async def publish_raw(
-        self,
-        topic: str,
-        payload: bytes,
-        headers: Mapping[str, bytes] | None = None,
-        *,
-        key: str | None = None,
-    ) -> None:
-        """Send ``payload`` as a message body as it is, ``headers`` as SQS message
-        attributes (text as ``String``, other bytes as ``Binary``): a foreign producer's
-        message, or an undecodable dead letter replayed as it arrived. On a FIFO queue
-        ``key`` is the MessageGroupId (messages of one key in order)."""
+    async def publish_raw(self, topic: str, message: RawMessage) -> None:
+        """Send ``message``'s payload as a message body as it is, its headers as SQS
+        message attributes (text as ``String``, other bytes as ``Binary``): a foreign
+        producer's message, or an undecodable dead letter replayed as it arrived. On a
+        FIFO queue its key is the MessageGroupId (messages of one key in order)."""
+        payload, headers, key = message.payload, message.headers, message.key
         body, attributes = body_for_bytes(payload)
         if headers:
             try:

@@ -18,6 +18,7 @@ from eventbus.context import Context
 from eventbus.deadletters import DeadLetters, ListedDeadLetter
 from eventbus.envelope import Envelope
 from eventbus.errors import TopicNotFoundError, UnsupportedOperationError
+from eventbus.raw_message import RawMessage
 from eventbus.testing.collector import PATIENCE, Collector
 from eventbus.testing.conformance._crashing_consumer import CRASH_EXIT
 from eventbus.testing.conformance._events import Ping, on_topic, record_seqs
@@ -146,13 +147,13 @@ class DeadLetterCases:
             "x-kind": b"order-created",
         }
         try:
-            await bus.adapter.publish_raw(topic, payload, headers)
+            await bus.adapter.publish_raw(topic, RawMessage(payload, headers))
         except UnsupportedOperationError as exc:
             # Some brokers carry raw headers without CloudEvents binary mode (SQS message
             # attributes), others none at all (Redis Pub/Sub): those refuse the headers.
             assert "header" in str(exc).lower(), exc
             headers = None  # a broker without headers: the payload alone
-            await bus.adapter.publish_raw(topic, payload)
+            await bus.adapter.publish_raw(topic, RawMessage(payload))
         structured = Envelope.create(
             type=Ping.event_type(), source="foreign-producer", data=Ping(seq=2).to_bytes()
         )
@@ -164,7 +165,7 @@ class DeadLetterCases:
                 "x-foreign-trace": b"\xfe\xff\x01",
             }
         )
-        await bus.adapter.publish_raw(topic, encode_structured(structured), extra)
+        await bus.adapter.publish_raw(topic, RawMessage(encode_structured(structured), extra))
         await handled.wait(
             lambda seqs: 2 in seqs,
             "the structured CloudEvent with a foreign binary header to be handled",

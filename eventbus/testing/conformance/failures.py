@@ -14,6 +14,7 @@ from eventbus.deadletters import UNDECODABLE_TYPE
 from eventbus.envelope import Envelope, parse_time
 from eventbus.errors import DeliveryAlreadySettledError
 from eventbus.middleware.retry import RetryPolicy
+from eventbus.raw_message import RawMessage
 from eventbus.testing.collector import Collector
 from eventbus.testing.conformance._events import Ping, on_topic, record_seqs
 from eventbus.testing.conformance._support import QUIET, Capability, Case, Recorder, case, requires
@@ -179,7 +180,7 @@ class FailureCases:
         handled: Collector[int] = Collector("handler")
         bus = await run.consumer(event_cls, record_seqs(handled), group=group)
         raw = b"\x00\xffthis is not a CloudEvent{"
-        await bus.adapter.publish_raw(topic, raw)
+        await bus.adapter.publish_raw(topic, RawMessage(raw))
         await bus.publish(event_cls(seq=1))
         await handled.wait_count(1)
         (dead,) = await dlq.wait_count(1)
