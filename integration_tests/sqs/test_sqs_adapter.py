@@ -12,7 +12,7 @@ import pytest
 from eventbus_sqs import ProvisioningError, SqsAdapter
 from eventbus_sqs.delivery import SqsDelivery
 
-from eventbus.adapter import Delivery, SubscribeOptions
+from eventbus.adapter import Delivery, RawMessage, SubscribeOptions
 from eventbus.envelope import Envelope
 from eventbus.errors import BatchPublishError, MessageTooLargeError
 from integration_tests import harness
@@ -55,7 +55,7 @@ def test_oversize_refused_before_sending(sqs_url: str) -> None:
             # The whole call is refused before any request: not even the small one went.
             await _nothing(subscription, 2.5)
             with pytest.raises(MessageTooLargeError):
-                await adapter.publish_raw(topic, b"y" * (256 * 1024 + 1))
+                await adapter.publish_raw(topic, RawMessage(b"y" * (256 * 1024 + 1)))
         finally:
             await adapter.close()
 
@@ -268,7 +268,7 @@ def test_interop_with_the_cloudevents_sdk(sqs_url: str) -> None:
             assert (read["id"], read["type"], read["partitionkey"]) == (sent.id, sent.type, "k1")
             # The SDK -> ours.
             theirs = CloudEvent({"type": "sdk.made", "source": "sdk", "id": "sdk-1"}, {"a": 1})
-            await adapter.publish_raw(topic, to_json(theirs))
+            await adapter.publish_raw(topic, RawMessage(to_json(theirs)))
             delivery = await _next(sub)
             while delivery.envelope is not None and delivery.envelope.id != "sdk-1":
                 delivery = await _next(sub)

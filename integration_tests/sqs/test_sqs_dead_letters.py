@@ -18,7 +18,7 @@ import pytest
 from eventbus_sqs import SqsAdapter
 from typer.testing import CliRunner
 
-from eventbus import EventBus, RetryPolicy
+from eventbus import EventBus, RawMessage, RetryPolicy
 from eventbus.cli import app
 from eventbus.deadletters import DeadLetters
 from eventbus.errors import TopicNotFoundError
@@ -214,7 +214,7 @@ def test_foreign_message_keeps_payload_attributes_and_id(sqs_url: str, options: 
 
         async with bus:
             payload = b'\x00\xff{"order": 42, not a cloudevent'
-            await bus.adapter.publish_raw(topic, payload, headers)
+            await bus.adapter.publish_raw(topic, RawMessage(payload, headers))
             dead = DeadLetters(bus.adapter)
             (letter,) = await _until_listed(dead, topic, group, 1)
             assert letter.undecodable and letter.raw == payload
