@@ -270,6 +270,9 @@ CHECKS: dict[str, Callable[[argparse.Namespace], Awaitable[list[Target]]]] = {
 
 
 async def main_async(args: argparse.Namespace) -> int:
+    # Before anything runs: read later, the load would count this bench's own work.
+    guard = LoadGuard.read(override=args.ignore_load)
+    print(guard.describe(), file=sys.stderr)
     targets: list[Target] = []
     for name in args.brokers:
         print(f"\n=== {name} ===", file=sys.stderr)
@@ -280,17 +283,19 @@ async def main_async(args: argparse.Namespace) -> int:
             targets.append(
                 Target(name, f"run failed: {type(exc).__name__}: {exc}"[:90], [], [], None)
             )
-    guard = LoadGuard.read(override=args.ignore_load)  # after the runs: what they ran under
     verdicts: list[Verdict] = [judge(t, guard) for t in targets]
     print(
         f"\nissue 24 targets: {args.events} events (SQS {min(args.events, args.sqs_events)}), "
         f"median of {args.repeat} interleaved repeats (best beside it)"
     )
     print(render(verdicts, guard))
+    after = os.getloadavg()[0]
+    print(f"(load average after the runs: {after:.2f}, this bench's own work included)")
     runner.write_json(
         args.json,
         {
-            "load_average": guard.load,
+            "load_average_before": guard.load,
+            "load_average_after": after,
             "ignore_load": args.ignore_load,
             "repeat": args.repeat,
             "events": args.events,

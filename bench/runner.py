@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
+import os
 import statistics
 import sys
 import time
@@ -192,10 +193,18 @@ def select(contenders: Iterable[Contender], only: str) -> list[Contender]:
     return [c for c in contenders if not only or only in c.name]
 
 
+LOAD_BEFORE_RUNS: list[float] = []
+"""The 1-minute load average read before this process's first run: what the load guard
+judges. Read later, it would count the bench's own work (a broker and this process
+keep both cores busy), and a quiet machine would always look loaded."""
+
+
 async def run(
     contenders: Sequence[Contender], events: Sequence[Tick], *, repeat: int, warmup: bool = True
 ) -> list[Result]:
     """Warm every contender up once on N/10 events, then ``repeat`` interleaved timed runs."""
+    if not LOAD_BEFORE_RUNS:
+        LOAD_BEFORE_RUNS.append(os.getloadavg()[0])
     results = [Result(c.name, len(events), c.ours) for c in contenders]
     if warmup:
         for contender in contenders:  # imports, connections, lazy setup, caches
@@ -303,8 +312,12 @@ def check(
 
 
 def load_guard(args: Any) -> LoadGuard:
-    """The load guard for a bench's ``--check``, overridden by ``--ignore-load``."""
-    return LoadGuard.read(override=bool(getattr(args, "ignore_load", False)))
+    """The load guard for a bench's ``--check`` on the load before the first run
+    (:data:`LOAD_BEFORE_RUNS`; now, if nothing ran), overridden by ``--ignore-load``."""
+    override = bool(getattr(args, "ignore_load", False))
+    if LOAD_BEFORE_RUNS:
+        return LoadGuard(LOAD_BEFORE_RUNS[0], override=override)
+    return LoadGuard.read(override=override)
 
 
 def write_json(path: str | None, payload: dict[str, Any]) -> None:

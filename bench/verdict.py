@@ -59,14 +59,19 @@ class LoadGuard:
     def describe(self) -> str:
         """One line for the table's header: the load and what it means for the verdicts."""
         if not self.loaded:
-            return f"load average {self.load:.2f} (1 min) <= {self.limit:g}: verdicts given"
+            return (
+                f"load average {self.load:.2f} (1 min, before the runs) <= {self.limit:g}: "
+                "verdicts given"
+            )
         if self.override:
             return (
-                f"load average {self.load:.2f} (1 min) > {self.limit:g}, guard OVERRIDDEN "
+                f"load average {self.load:.2f} (1 min, before the runs) > {self.limit:g}, "
+                "guard OVERRIDDEN "
                 "(--ignore-load): verdicts below are for development, not for the issue"
             )
         return (
-            f"load average {self.load:.2f} (1 min) > {self.limit:g}: no verdicts on a loaded "
+            f"load average {self.load:.2f} (1 min, before the runs) > {self.limit:g}: no "
+            "verdicts on a loaded "
             "machine (figures shown; rerun when it is quiet, or --ignore-load to judge anyway)"
         )
 

@@ -3,6 +3,8 @@ and the fair contenders' CloudEvents headers against what eventbus writes."""
 
 from __future__ import annotations
 
+import argparse
+import asyncio
 import sys
 from pathlib import Path
 
@@ -100,7 +102,7 @@ def test_render_one_line_per_target_under_the_load_line() -> None:
         judge(Target("sqs", "p99", [4.0], None, None, higher=False, unit="ms"), QUIET),
     ]
     lines = render(verdicts, QUIET).splitlines()
-    assert lines[0].startswith("load average 0.40 (1 min) <= 1.5")
+    assert lines[0].startswith("load average 0.40 (1 min, before the runs) <= 1.5")
     assert lines[1].split()[:2] == ["broker", "target"]
     row = lines[2]
     assert row.startswith("kafka ")
@@ -131,6 +133,25 @@ def test_runner_check_reads_the_median_and_the_guard(capsys: pytest.CaptureFixtu
     assert "no verdict" in capsys.readouterr().out
     short = [_result("eventbus", [1.0], ours=True), _result("raw", [1.0])]
     assert runner.check(short, [("raw", 0.8)], guard=QUIET) == 2
+
+
+def test_the_guard_judges_the_load_before_the_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bench's own work (a broker and this process on both cores) must not make a
+    quiet machine look loaded: the load is read before the first run, not at the check."""
+    loads = iter([(0.3, 0.3, 0.3)])
+    monkeypatch.setattr(runner.os, "getloadavg", lambda: next(loads, (4.0, 4.0, 4.0)))
+    monkeypatch.setattr(runner, "LOAD_BEFORE_RUNS", [])
+
+    async def contender(events: object) -> runner.Timing:
+        return runner.Timing(1.0, 0.5, 0.1)
+
+    contenders = [runner.Contender("eventbus", contender, ours=True)]
+    asyncio.run(runner.run(contenders, runner.make_events(3), repeat=3, warmup=False))
+    asyncio.run(runner.run(contenders, runner.make_events(3), repeat=3, warmup=False))
+    guard = runner.load_guard(argparse.Namespace(ignore_load=False))
+    assert guard.load == 0.3
+    assert guard.allows
+    assert runner.load_guard(argparse.Namespace(ignore_load=True)).override
 
 
 @pytest.mark.parametrize(
