@@ -8,7 +8,7 @@ VENV := .venv
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: demo test lint typecheck docs-check bench bench-kafka bench-nats bench-profile setup clean docs
+.PHONY: demo test lint typecheck docs-check bench bench-kafka bench-nats bench-profile bench-check setup clean docs
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)
@@ -62,6 +62,11 @@ bench-kafka: setup
 
 bench-nats: setup
 	$(VENV)/bin/python bench/bench_nats.py
+
+## Issue 24's targets on every broker (memory, Kafka, RabbitMQ, NATS, Redis, SQS), one table:
+## median of 3 interleaved repeats; no verdict above load average 1.5. Not part of `make test`.
+bench-check: setup
+	$(VENV)/bin/python bench/bench_check.py
 
 ## Per-stage costs and lone-publish latency (memory and Kafka), then RSS over 1M events on memory.
 bench-profile: setup

@@ -56,10 +56,10 @@ async def throughput(
         f"python {platform.python_version()}, {versions}",
         results,
         targets=targets,
-        references=[kafka.RAW, kafka.FASTSTREAM, kafka.FASTSTREAM_QUIET],
+        references=[kafka.FAIR, kafka.RAW, kafka.FASTSTREAM, kafka.FASTSTREAM_QUIET],
     )
     payload["throughput"] = [r.as_dict() for r in results]
-    return runner.check(results, targets) if args.check else 0
+    return runner.check(results, targets, guard=runner.load_guard(args)) if args.check else 0
 
 
 async def stage_table(

@@ -62,7 +62,10 @@ async def throughput(args: argparse.Namespace, payload: dict[str, Any]) -> int:
         # (idempotency, no codec, batch) are shown beside it, not held to them.
         checked = [r for r in results if not r.ours or r.name == memory.EVENTBUS or not args.check]
         return runner.check(
-            checked, [(memory.FASTSTREAM, target)], TARGET_RATE if args.check else 0.0
+            checked,
+            [(memory.FASTSTREAM, target)],
+            TARGET_RATE if args.check else 0.0,
+            guard=runner.load_guard(args),
         )
     return 0
 

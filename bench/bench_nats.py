@@ -58,11 +58,11 @@ async def main_async(args: argparse.Namespace) -> int:
             f"{versions}",
             results,
             targets=targets,
-            references=[nats_bench.RAW, nats_bench.FASTSTREAM],
+            references=[nats_bench.FAIR, nats_bench.RAW, nats_bench.FASTSTREAM],
         )
         payload[mode] = [r.as_dict() for r in results]
         if args.check:
-            status |= runner.check(results, targets)
+            status |= runner.check(results, targets, guard=runner.load_guard(args))
     runner.write_json(args.json, payload)
     return status
 

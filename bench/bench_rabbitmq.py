@@ -42,7 +42,7 @@ async def main_async(args: argparse.Namespace) -> int:
         f"python {platform.python_version()}, {versions}",
         results,
         targets=targets,
-        references=[rabbitmq.RAW, rabbitmq.FASTSTREAM, rabbitmq.FASTSTREAM_QUIET],
+        references=[rabbitmq.FAIR, rabbitmq.RAW, rabbitmq.FASTSTREAM, rabbitmq.FASTSTREAM_QUIET],
     )
     payload: dict[str, Any] = {
         "bench": "rabbitmq",
@@ -50,7 +50,7 @@ async def main_async(args: argparse.Namespace) -> int:
         "throughput": [r.as_dict() for r in results],
     }
     runner.write_json(args.json, payload)
-    return runner.check(results, targets) if args.check else 0
+    return runner.check(results, targets, guard=runner.load_guard(args)) if args.check else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

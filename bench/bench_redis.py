@@ -54,10 +54,11 @@ async def main_async(args: argparse.Namespace) -> int:
             f"{platform.python_version()}, {versions}",
             results,
             targets=targets,
+            references=[f"{contenders_redis.FAIR} {mode}", f"{contenders_redis.RAW} {mode}"],
         )
         payload[mode] = [r.as_dict() for r in results]
         if args.check:
-            status |= runner.check(results, targets)
+            status |= runner.check(results, targets, guard=runner.load_guard(args))
     runner.write_json(args.json, payload)
     return status
 

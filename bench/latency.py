@@ -14,6 +14,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 from runner import Tick, make_events, percentile
 
@@ -25,9 +26,16 @@ def warmup_for(round_trips: int) -> int:
 
 
 async def bus_latency(
-    url: str, topic: str, round_trips: int, *, concurrency: int = 1, timeout: float = 60.0
+    url: str,
+    topic: str,
+    round_trips: int,
+    *,
+    concurrency: int = 1,
+    timeout: float = 60.0,
+    start_from: Literal["earliest", "latest"] = "earliest",
 ) -> list[float]:
-    """Seconds per lone ``bus.publish`` -> handler, ``round_trips`` samples."""
+    """Seconds per lone ``bus.publish`` -> handler, ``round_trips`` samples (``start_from``
+    "latest" where the broker keeps no history, SQS)."""
     warmup = warmup_for(round_trips)
     events = make_events(warmup + round_trips)
     arrived: asyncio.Queue[float] = asyncio.Queue()
@@ -37,7 +45,7 @@ async def bus_latency(
         topic,
         group=f"bench-latency-{uuid.uuid4().hex[:12]}",
         concurrency=concurrency,
-        start_from="earliest",
+        start_from=start_from,
     )
     async def handle(event: Tick) -> None:
         arrived.put_nowait(time.perf_counter())

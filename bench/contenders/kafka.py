@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import fair
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from runner import PROBE, Contender, Counter, Tick, Timing, chunks
@@ -28,6 +29,7 @@ from eventbus import Envelope, EventBus
 EVENTBUS = "eventbus"
 EVENTBUS_STRUCTURED = "eventbus (mode=structured)"
 RAW = "raw aiokafka (pipelined)"
+FAIR = "raw aiokafka + CloudEvents headers"
 FASTSTREAM = "faststream (defaults)"
 FASTSTREAM_QUIET = "faststream (logger=None)"
 
@@ -179,21 +181,32 @@ def raw_consumer(broker: Broker, topic: str, group: str) -> AIOKafkaConsumer:
 
 
 async def raw_consume(
-    consumer: AIOKafkaConsumer, seen: Callable[[Tick], None], done: asyncio.Event
+    consumer: AIOKafkaConsumer,
+    seen: Callable[[Tick], None],
+    done: asyncio.Event,
+    *,
+    headers: bool = False,
 ) -> None:
-    """getmany(100 ms), validate each value into ``Tick``, commit after each batch."""
+    """getmany(100 ms), validate each value into ``Tick``, commit after each batch;
+    with ``headers``, each record's CloudEvents headers read and checked first."""
     while not done.is_set():
         batches = await consumer.getmany(timeout_ms=100)
         for records in batches.values():
             for record in records:
-                seen(Tick.model_validate_json(record.value))
+                if headers:
+                    seen(fair.read_binary(record.headers, record.value, fair.KAFKA))
+                else:
+                    seen(Tick.model_validate_json(record.value))
         if batches:
             await consumer.commit()
 
 
-async def raw_case(broker: Broker, events: Sequence[Tick]) -> Timing:
-    """AIOKafkaProducer futures gathered; a getmany() loop that commits after each batch."""
-    name = RAW
+async def raw_case(broker: Broker, events: Sequence[Tick], *, headers: bool = False) -> Timing:
+    """AIOKafkaProducer futures gathered; a getmany() loop that commits after each batch.
+
+    ``headers``: the fair contender, every record sent with a new event's CloudEvents
+    headers (``fair.header_list``) and read back through them."""
+    name = FAIR if headers else RAW
     topic = await broker.new_topic("raw")
     group = f"bench-raw-{uuid.uuid4().hex[:12]}"
     counter = Counter(len(events))
@@ -201,12 +214,21 @@ async def raw_case(broker: Broker, events: Sequence[Tick]) -> Timing:
     consumer = raw_consumer(broker, topic, group)
     await producer.start()
     await consumer.start()
-    consuming = asyncio.create_task(raw_consume(consumer, counter.see, counter.done))
+    consuming = asyncio.create_task(
+        raw_consume(consumer, counter.see, counter.done, headers=headers)
+    )
     try:
-        await producer.send_and_wait(topic, PROBE.to_bytes())
+        probe_headers = fair.header_list(fair.KAFKA) if headers else None
+        await producer.send_and_wait(topic, PROBE.to_bytes(), headers=probe_headers)
         await counter.wait_probe(name, broker.timeout)
         counter.start()
-        futures = [await producer.send(topic, event.to_bytes()) for event in events]
+        if headers:
+            futures = [
+                await producer.send(topic, event.to_bytes(), headers=fair.header_list(fair.KAFKA))
+                for event in events
+            ]
+        else:
+            futures = [await producer.send(topic, event.to_bytes()) for event in events]
         await asyncio.gather(*futures)
         counter.mark_published()
         await counter.wait_done(name, broker.timeout)
@@ -299,6 +321,7 @@ def contenders(broker: Broker, *, chunk: int, concurrency: int) -> list[Contende
             ),
             ours=True,
         ),
+        Contender(FAIR, lambda ev: raw_case(broker, ev, headers=True)),
         Contender(RAW, lambda ev: raw_case(broker, ev)),
         Contender(FASTSTREAM, lambda ev: faststream_case(broker, ev, chunk=chunk, access_log=True)),
         Contender(

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import fair
 import nats
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StreamConfig
 from runner import PROBE, Contender, Counter, Tick, Timing, chunks
@@ -30,6 +31,7 @@ from eventbus import EventBus
 
 EVENTBUS = "eventbus"
 RAW = "raw nats-py (pipelined)"
+FAIR = "raw nats-py + CloudEvents headers"
 FASTSTREAM = "faststream (defaults)"
 
 
@@ -98,10 +100,25 @@ async def eventbus_case(
     return counter.timing()
 
 
-async def raw_case(server: Server, events: Sequence[Tick], *, chunk: int) -> Timing:
+async def raw_case(
+    server: Server, events: Sequence[Tick], *, chunk: int, headers: bool = False
+) -> Timing:
     """JetStream: js.publish_async for every event, all PubAck futures gathered; a pull
     consumer fetching batches of 256, validating and acking each. Core: publish +
-    flush per chunk, a queue subscription validating each."""
+    flush per chunk, a queue subscription validating each.
+
+    ``headers``: the fair contender, every message sent with a new event's ``ce-``
+    headers (``fair.NATS``) and read back through them."""
+    name = FAIR if headers else RAW
+
+    def read(msg: Any) -> Tick:
+        if headers:
+            return fair.read_binary((msg.headers or {}).items(), msg.data, fair.NATS)
+        return Tick.model_validate_json(msg.data)
+
+    def wire() -> dict[str, str] | None:
+        return fair.headers(fair.NATS) if headers else None
+
     subject = fresh("raw")
     counter = Counter(len(events))
     nc = await nats.connect(server.plain_url)
@@ -126,36 +143,36 @@ async def raw_case(server: Server, events: Sequence[Tick], *, chunk: int) -> Tim
                     except nats.errors.TimeoutError:
                         continue
                     for msg in msgs:
-                        counter.see(Tick.model_validate_json(msg.data))
+                        counter.see(read(msg))
                         await msg.ack()
 
             task = asyncio.create_task(consume())
-            await js.publish(subject, PROBE.to_bytes())
-            await counter.wait_probe(RAW, server.timeout)
+            await js.publish(subject, PROBE.to_bytes(), headers=wire())
+            await counter.wait_probe(name, server.timeout)
             counter.start()
 
             # nats-py's pipelined publish: publish_async returns the PubAck future at
             # once (at most 4,000 in flight by default), all of them awaited together.
             # Cheaper per message than gathering js.publish requests (~46 against ~75
             # us of CPU per event, publish and consume, in one run).
-            futures = [await js.publish_async(subject, body) for body in bodies]
+            futures = [await js.publish_async(subject, body, headers=wire()) for body in bodies]
             await asyncio.gather(*futures)
         else:
 
             async def on_msg(msg: Any) -> None:
-                counter.see(Tick.model_validate_json(msg.data))
+                counter.see(read(msg))
 
             await nc.subscribe(subject, queue="g", cb=on_msg)
             await nc.flush()
-            await nc.publish(subject, PROBE.to_bytes())
-            await counter.wait_probe(RAW, server.timeout)
+            await nc.publish(subject, PROBE.to_bytes(), headers=wire())
+            await counter.wait_probe(name, server.timeout)
             counter.start()
             for part in chunks(bodies, chunk):
                 for body in part:
-                    await nc.publish(subject, body)
+                    await nc.publish(subject, body, headers=wire())
                 await nc.flush()
         counter.mark_published()
-        await counter.wait_done(RAW, server.timeout)
+        await counter.wait_done(name, server.timeout)
     finally:
         if task is not None:
             task.cancel()
@@ -210,6 +227,7 @@ def contenders(server: Server, *, chunk: int, concurrency: int) -> list[Contende
             lambda ev: eventbus_case(server, ev, chunk=chunk, concurrency=concurrency),
             ours=True,
         ),
+        Contender(FAIR, lambda ev: raw_case(server, ev, chunk=chunk, headers=True)),
         Contender(RAW, lambda ev: raw_case(server, ev, chunk=chunk)),
         Contender(FASTSTREAM, lambda ev: faststream_case(server, ev, chunk=chunk)),
     ]

@@ -17,12 +17,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import aio_pika
+import fair
 from runner import PROBE, Contender, Counter, Tick, Timing, chunks
 
 from eventbus import EventBus
 
 EVENTBUS = "eventbus"
 RAW = "raw aio-pika (pipelined)"
+FAIR = "raw aio-pika + CloudEvents headers"
 FASTSTREAM = "faststream (defaults)"
 FASTSTREAM_QUIET = "faststream (logger=None)"
 
@@ -64,8 +66,12 @@ async def eventbus_case(
     return counter.timing()
 
 
-async def raw_case(broker: Broker, events: Sequence[Tick]) -> Timing:
-    """Confirmed publishes gathered; a consumer callback that validates and acks."""
+async def raw_case(broker: Broker, events: Sequence[Tick], *, headers: bool = False) -> Timing:
+    """Confirmed publishes gathered; a consumer callback that validates and acks.
+
+    ``headers``: the fair contender, every message sent with a new event's ``ce-``
+    headers (``fair.RABBITMQ``) and read back through them."""
+    name = FAIR if headers else RAW
     topic = new_topic("raw")
     counter = Counter(len(events))
     connection = await aio_pika.connect_robust(broker.url)
@@ -80,7 +86,10 @@ async def raw_case(broker: Broker, events: Sequence[Tick]) -> Timing:
         await queue.bind(topic, "#")
 
         async def on_message(message: aio_pika.abc.AbstractIncomingMessage) -> None:
-            counter.see(Tick.model_validate_json(message.body))
+            if headers:
+                counter.see(fair.read_binary(message.headers.items(), message.body, fair.RABBITMQ))
+            else:
+                counter.see(Tick.model_validate_json(message.body))
             await message.ack()
 
         await queue.consume(on_message)
@@ -89,6 +98,7 @@ async def raw_case(broker: Broker, events: Sequence[Tick]) -> Timing:
             await exchange.publish(
                 aio_pika.Message(
                     event.to_bytes(),
+                    headers=fair.headers(fair.RABBITMQ) if headers else None,
                     content_type="application/json",
                     delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
                 ),
@@ -97,11 +107,11 @@ async def raw_case(broker: Broker, events: Sequence[Tick]) -> Timing:
             )
 
         await send(PROBE)
-        await counter.wait_probe(RAW, broker.timeout)
+        await counter.wait_probe(name, broker.timeout)
         counter.start()
         await asyncio.gather(*(send(event) for event in events))
         counter.mark_published()
-        await counter.wait_done(RAW, broker.timeout)
+        await counter.wait_done(name, broker.timeout)
     finally:
         await connection.close()
     return counter.timing()
@@ -165,6 +175,7 @@ def contenders(broker: Broker, *, chunk: int, concurrency: int) -> list[Contende
             lambda ev: eventbus_case(broker, ev, chunk=chunk, concurrency=concurrency),
             ours=True,
         ),
+        Contender(FAIR, lambda ev: raw_case(broker, ev, headers=True)),
         Contender(RAW, lambda ev: raw_case(broker, ev)),
         Contender(FASTSTREAM, lambda ev: faststream_case(broker, ev, chunk=chunk, access_log=True)),
         Contender(

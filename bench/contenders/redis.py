@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import fair
 from redis.asyncio import Redis
 from runner import PROBE, Contender, Counter, Tick, Timing, chunks
 
@@ -26,6 +27,7 @@ from eventbus import EventBus
 Mode = Literal["streams", "pubsub"]
 EVENTBUS = "eventbus"
 RAW = "raw redis-py (pipelined)"
+FAIR = "raw redis-py + CloudEvents"
 FASTSTREAM = "faststream (defaults)"
 FASTSTREAM_GATHER = 50
 
@@ -73,9 +75,16 @@ async def eventbus_case(
     return counter.timing()
 
 
-async def raw_case(broker: Broker, mode: Mode, events: Sequence[Tick], *, chunk: int) -> Timing:
+async def raw_case(
+    broker: Broker, mode: Mode, events: Sequence[Tick], *, chunk: int, cloudevents: bool = False
+) -> Timing:
     """Pipelined XADD/PUBLISH of each chunk, gathered; an XREADGROUP (or pubsub) loop that
-    validates every event and XACKs each batch in one call."""
+    validates every event and XACKs each batch in one call.
+
+    ``cloudevents``: the fair contender, what the Redis adapter writes built by hand:
+    Streams, a new event's ``ce_`` fields beside ``body`` (``fair.REDIS_STREAMS``);
+    Pub/Sub, the structured JSON document (``fair.structured``); each read back."""
+    name = f"{FAIR if cloudevents else RAW} {mode}"
     topic = broker.new_topic("raw")
     counter = Counter(len(events))
     client = Redis.from_url(broker.url)
@@ -95,30 +104,38 @@ async def raw_case(broker: Broker, mode: Mode, events: Sequence[Tick], *, chunk:
                 reply = await reader.xreadgroup(group, "c1", {topic: ">"}, count=500, block=100)
                 for _, entries in reply or ():
                     for _, fields in entries:
-                        counter.see(Tick.model_validate_json(fields[b"body"]))
+                        body = fields.pop(b"body")
+                        if cloudevents:
+                            counter.see(fair.read_binary(fields.items(), body, fair.REDIS_STREAMS))
+                        else:
+                            counter.see(Tick.model_validate_json(body))
                     await reader.xack(topic, group, *(entry_id for entry_id, _ in entries))
             else:
                 message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.1)
-                if message is not None:
+                if message is not None and cloudevents:
+                    counter.see(fair.read_structured(message["data"]))
+                elif message is not None:
                     counter.see(Tick.model_validate_json(message["data"]))
 
     async def send(part: Sequence[Tick]) -> None:
         pipe = client.pipeline(transaction=False)
         for event in part:
             if mode == "streams":
-                pipe.xadd(topic, {"body": event.to_bytes()}, maxlen=1_000_000, approximate=True)
+                fields: dict[Any, Any] = fair.headers(fair.REDIS_STREAMS) if cloudevents else {}
+                fields["body"] = event.to_bytes()
+                pipe.xadd(topic, fields, maxlen=1_000_000, approximate=True)
             else:
-                pipe.publish(topic, event.to_bytes())
+                pipe.publish(topic, fair.structured(event) if cloudevents else event.to_bytes())
         await pipe.execute()
 
     consuming = asyncio.create_task(consume())
     try:
         await send([PROBE])
-        await counter.wait_probe(RAW, broker.timeout)
+        await counter.wait_probe(name, broker.timeout)
         counter.start()
         await asyncio.gather(*(send(part) for part in chunks(events, chunk)))
         counter.mark_published()
-        await counter.wait_done(RAW, broker.timeout)
+        await counter.wait_done(name, broker.timeout)
     finally:
         consuming.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -196,6 +213,9 @@ def contenders(broker: Broker, mode: Mode, *, chunk: int, concurrency: int) -> l
             f"{EVENTBUS} {mode}",
             lambda ev: eventbus_case(broker, mode, ev, chunk=chunk, concurrency=concurrency),
             ours=True,
+        ),
+        Contender(
+            f"{FAIR} {mode}", lambda ev: raw_case(broker, mode, ev, chunk=chunk, cloudevents=True)
         ),
         Contender(f"{RAW} {mode}", lambda ev: raw_case(broker, mode, ev, chunk=chunk)),
         Contender(

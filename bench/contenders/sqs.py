@@ -22,12 +22,14 @@ from pathlib import Path
 from typing import Any
 
 import aioboto3
+import fair
 from runner import PROBE, Contender, Counter, Tick, Timing, chunks
 
 from eventbus import EventBus
 
 EVENTBUS = "eventbus"
 RAW = "raw aioboto3 (batched)"
+FAIR = "raw aioboto3 + CloudEvents"
 
 
 @dataclass(frozen=True)
@@ -91,12 +93,15 @@ async def eventbus_case(
     return counter.timing()
 
 
-async def _raw_consume(sqs: Any, queue: str, counter: Counter) -> None:
+async def _raw_consume(sqs: Any, queue: str, counter: Counter, cloudevents: bool) -> None:
     while not counter.done.is_set():
         reply = await sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10, WaitTimeSeconds=1)
         messages = reply.get("Messages", [])
         for message in messages:
-            counter.see(Tick.model_validate_json(message["Body"]))
+            if cloudevents:
+                counter.see(fair.read_structured(message["Body"]))
+            else:
+                counter.see(Tick.model_validate_json(message["Body"]))
         if messages:
             await sqs.delete_message_batch(
                 QueueUrl=queue,
@@ -107,8 +112,12 @@ async def _raw_consume(sqs: Any, queue: str, counter: Counter) -> None:
             )
 
 
-async def raw_case(broker: Broker, events: Sequence[Tick]) -> Timing:
-    """PublishBatch requests gathered; receivers that validate and batch-delete."""
+async def raw_case(broker: Broker, events: Sequence[Tick], *, cloudevents: bool = False) -> Timing:
+    """PublishBatch requests gathered; receivers that validate and batch-delete.
+
+    ``cloudevents``: the fair contender, each body the structured-mode document the
+    SQS adapter sends (``fair.structured``, built by hand per event) and read back."""
+    contender = FAIR if cloudevents else RAW
     name = f"bench-raw-{uuid.uuid4().hex[:12]}"
     counter = Counter(len(events))
     session = aioboto3.Session()
@@ -144,13 +153,15 @@ async def raw_case(broker: Broker, events: Sequence[Tick]) -> Timing:
             Attributes={"RawMessageDelivery": "true"},
         )
         receivers = [
-            asyncio.create_task(_raw_consume(sqs, queue, counter)) for _ in range(broker.receivers)
+            asyncio.create_task(_raw_consume(sqs, queue, counter, cloudevents))
+            for _ in range(broker.receivers)
         ]
         try:
-            await sns.publish(TopicArn=arn, Message=PROBE.to_bytes().decode())
-            await counter.wait_probe(RAW, broker.timeout)
+            encode = fair.structured if cloudevents else Tick.to_bytes
+            await sns.publish(TopicArn=arn, Message=encode(PROBE).decode())
+            await counter.wait_probe(contender, broker.timeout)
             counter.start()
-            bodies = [event.to_bytes().decode() for event in events]
+            bodies = [encode(event).decode() for event in events]
             await asyncio.gather(
                 *(
                     sns.publish_batch(
@@ -163,7 +174,7 @@ async def raw_case(broker: Broker, events: Sequence[Tick]) -> Timing:
                 )
             )
             counter.mark_published()
-            await counter.wait_done(RAW, broker.timeout)
+            await counter.wait_done(contender, broker.timeout)
         finally:
             for task in receivers:
                 task.cancel()
@@ -180,5 +191,6 @@ def contenders(broker: Broker, *, chunk: int, concurrency: int) -> list[Contende
             lambda ev: eventbus_case(broker, ev, chunk=chunk, concurrency=concurrency),
             ours=True,
         ),
+        Contender(FAIR, lambda ev: raw_case(broker, ev, cloudevents=True)),
         Contender(RAW, lambda ev: raw_case(broker, ev)),
     ]
