@@ -35,7 +35,8 @@ class SubscriptionHealth:
 
     ``running``: fetching; ``stalled``: it received nothing for ``stall_after``
     seconds while the broker holds ``backlog`` messages for its group (it subscribes
-    again each time; ``error`` says what it saw); ``reconnecting``: its subscription
+    again each time; ``error`` says what it saw) until it makes progress or the broker
+    answers that nothing waits for the group; ``reconnecting``: its subscription
     failed and it is subscribing again with backoff (``error`` says why); ``dead``: it
     gave up for good (``error`` says why) and consumes nothing any more; ``stopped``:
     the bus stopped it. ``delivery`` is the guarantee it runs with (``at_least_once``
@@ -225,9 +226,7 @@ class Supervision:
             now = time.monotonic()
             if progress.ticks != seen or not self.lanes.idle():
                 seen, self._idle_since, self._backlog = progress.ticks, now, None
-                if self.state == "stalled":
-                    self._log(logging.INFO, "subscription %s/%s is making progress again")
-                    self.state, self.error = "running", None
+                self._stall_over("it is making progress again")
                 continue
             if now - self._idle_since < stall_after or self.state not in ("running", "stalled"):
                 continue
@@ -245,6 +244,14 @@ class Supervision:
             else:
                 self._backlog = backlog
                 if not backlog:
+                    # Nothing waits for the group: whatever the stall was (a backlog
+                    # read that went unanswered during a freeze, say), it is over. An
+                    # idle subscription makes no progress that could end it (#28).
+                    self._stall_over(
+                        "the broker answers and holds nothing for the group"
+                        if backlog == 0
+                        else "the broker answers (the adapter cannot count its backlog)"
+                    )
                     continue
                 why = f"the broker holds {backlog} message(s) for the group"
             if progress.ticks != seen or not self.lanes.idle() or progress.stopping:
@@ -256,6 +263,12 @@ class Supervision:
             log.warning("%s", error)
             self.state, self.error = "stalled", error
             await self._resubscribe()
+
+    def _stall_over(self, why: str) -> None:
+        """A stalled subscription is running again (``why`` says how that is known)."""
+        if self.state == "stalled":
+            self._log(logging.INFO, "subscription %s/%s is no longer stalled: %s", why)
+            self.state, self.error = "running", None
 
     async def _resubscribe(self) -> None:
         """Start fetching over on a new subscription (the adapter provisions again)."""

@@ -95,6 +95,61 @@ def test_a_quiet_subscription_with_nothing_waiting_is_not_stalled() -> None:
     run(scenario)
 
 
+class _Unanswered(Subscription):
+    """A subscription that consumes as usual, whose backlog query fails while its
+    adapter is not ``answering``: Redis Streams on a frozen connection, where the
+    blocking read just waits and the stall watch's query goes unanswered."""
+
+    def __init__(self, real: Subscription, adapter: _Unanswering) -> None:
+        self.real = real
+        self.adapter = adapter
+
+    async def __aiter__(self) -> AsyncIterator[Delivery]:
+        async for delivery in self.real:
+            yield delivery
+
+    async def close(self) -> None:
+        await self.real.close()
+
+    async def backlog(self) -> int | None:
+        if not self.adapter.answering:
+            raise BrokerConnectionError("the broker did not answer (frozen)")
+        return await self.real.backlog()
+
+
+class _Unanswering(MemoryAdapter):
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.answering = True
+        self.subscribed = 0
+
+    async def subscribe(self, topic: str, options: SubscribeOptions) -> Subscription:
+        self.subscribed += 1
+        return _Unanswered(await super().subscribe(topic, options), self)
+
+
+def test_a_stall_from_an_unanswered_backlog_ends_once_the_broker_answers_with_none() -> None:
+    """An idle subscription whose backlog query goes unanswered is reported stalled and
+    subscribes again; once the broker answers that nothing waits for the group, it is
+    running again, though an idle group makes no progress to end the stall (#28:
+    /readyz stayed 503 for good after a freeze of Redis)."""
+
+    async def scenario() -> None:
+        adapter = _Unanswering(memory_url())
+        bus = EventBus(adapter, stall_after=0.2)
+        bus.subscribe(OrderPlaced, group="billing")(_ignore)
+        async with bus:
+            adapter.answering = False
+            await until(lambda: bus._runners[0].health().state == "stalled", timeout=5)
+            adapter.answering = True
+            await until(lambda: bus._runners[0].health().state == "running", timeout=5)
+            health = await bus.health()
+            assert health.ok, health.detail
+            assert adapter.subscribed >= 2, "the stall did not subscribe again"
+
+    run(scenario)
+
+
 async def _ignore(event: OrderPlaced) -> None:
     pass
 

@@ -27,9 +27,13 @@ from eventbus.middleware.idempotency import ClaimResult, MemoryIdempotencyStore
 from eventbus.testing.collector import PATIENCE, Collector
 from eventbus.testing.conformance._events import Ping, on_topic, record_seqs
 from eventbus.testing.conformance._support import QUIET, WAIT, Capability, Case, case, requires
+from eventbus.testing.target import FaultInjector
 
 OUTAGE = 9.0
 """Seconds the settle-failure case refuses connections."""
+IDLE_FREEZE = 10.0
+"""Seconds the idle-freeze case freezes the path: past its ``stall_after`` (2 s), one
+look and the stall watch's 5 s wait for the backlog, so that read goes unanswered."""
 FAST_REDELIVERY = Backoff(initial=0.05, max_delay=0.3, jitter=0.0)
 """Redelivery delays after infrastructure failures, short so the cases finish quickly."""
 
@@ -57,6 +61,21 @@ async def _publish_until_handled(
         f"no message published after the fault was handled within "
         f"{timeout:.0f}s (published seqs {first}..{seq - 1})"
     )
+
+
+async def _consumer_behind_faults(
+    run: Case,
+) -> tuple[FaultInjector, type[Ping], Collector[int], EventBus]:
+    """The target's fault hooks, and a started bus on its faulty URL (stall watch after
+    2 s) whose handler records the seqs of a new topic's events in the collector."""
+    faults, url = run.target.faults, run.target.faulty_url
+    assert faults is not None and url is not None
+    event_cls = on_topic(Ping, run.topic())
+    handled: Collector[int] = Collector("handler")
+    bus = await run.consumer(
+        event_cls, record_seqs(handled), group=run.group(), bus=run.bus(url, stall_after=2.0)
+    )
+    return faults, event_cls, handled, bus
 
 
 T = TypeVar("T")
@@ -131,13 +150,7 @@ class ResilienceCases:
         """The path to the broker stops forwarding without closing (``faults.freeze()``):
         ``health()`` turns false within the adapter's declared ``half_open_bound`` and
         recovers after ``thaw()``; messages published then are all handled."""
-        faults, url = run.target.faults, run.target.faulty_url
-        assert faults is not None and url is not None
-        event_cls = on_topic(Ping, run.topic())
-        handled: Collector[int] = Collector("handler")
-        bus = await run.consumer(
-            event_cls, record_seqs(handled), group=run.group(), bus=run.bus(url, stall_after=2.0)
-        )
+        faults, event_cls, handled, bus = await _consumer_behind_faults(run)
         bound = bus.adapter.capabilities.half_open_bound
         if bound is None:
             pytest.fail(
@@ -167,6 +180,31 @@ class ResilienceCases:
             lambda items: set(later) <= set(items),
             f"every message published after the thaw (from {seq} on)",
         )
+
+    @case(requires(Capability.freeze, "the fault proxy freezes the connection"), timeout=120.0)
+    async def test_idle_subscription_running_again_after_a_freeze(self, run: Case) -> None:
+        """A subscription with nothing to consume, its path frozen long enough for the stall
+        watch's backlog query to go unanswered (so it may be reported stalled and subscribe
+        again): after ``thaw()``, with still nothing published, ``health()`` is ok and the
+        subscription ``running`` within a bounded time. An idle group makes no progress,
+        so a stall that only progress could end outlived the freeze for good (#28)."""
+        faults, _, handled, bus = await _consumer_behind_faults(run)
+        await faults.freeze()
+        try:
+            await asyncio.sleep(IDLE_FREEZE)
+        finally:
+            await faults.thaw()
+        thawed_at = time.monotonic()
+        limit = 30 * PATIENCE
+        while not (health := await bus.health()).ok:
+            if time.monotonic() - thawed_at > limit:
+                raise AssertionError(
+                    f"{limit:.0f}s after the thaw of a {IDLE_FREEZE:g}s freeze, with nothing "
+                    f"published, health() is still not ok: {health.detail}"
+                )
+            await asyncio.sleep(0.2)
+        assert [s.state for s in health.subscriptions] == ["running"], health.subscriptions
+        assert not handled.items, f"nothing was published, yet handled {handled.items}"
 
     @case(
         requires(Capability.fault_hooks, "the connection is cut while a handler runs"),
