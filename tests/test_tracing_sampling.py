@@ -10,6 +10,7 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
+import pytest
 from opentelemetry import trace
 from opentelemetry.context import Context as OtelContext
 from opentelemetry.sdk.trace import TracerProvider, sampling
@@ -139,3 +140,76 @@ def test_a_handed_over_trace_id_goes_to_the_thread_that_handed_it() -> None:
     assert other != [42]  # a span another thread started meanwhile: a trace of its own
     assert ids.generate_trace_id() == 42
     assert ids.generate_trace_id() != 42  # once
+
+
+class Listed:
+    """An id generator giving the trace ids listed, in turn (span ids: counted)."""
+
+    def __init__(self, trace_ids: list[int]) -> None:
+        self.trace_ids = iter(trace_ids)
+        self.span_ids = iter(range(1, 1 << 62))
+
+    def generate_trace_id(self) -> int:
+        return next(self.trace_ids)
+
+    def generate_span_id(self) -> int:
+        return next(self.span_ids)
+
+    def is_trace_id_random(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda rate: sampling.ParentBased(sampling.TraceIdRatioBased(rate)),
+        sampling.ParentBasedTraceIdRatio,
+        sampling.TraceIdRatioBased,
+    ],
+    ids=["ParentBased(TraceIdRatioBased)", "ParentBasedTraceIdRatio", "TraceIdRatioBased"],
+)
+@pytest.mark.parametrize("rate", [0.0, 0.01, 0.5, 1.0])
+def test_the_sdk_ratio_sampler_is_answered_as_it_answers(make: Any, rate: float) -> None:
+    """For exactly the SDK's ratio samplers a new trace's decision is read from its
+    id's low bits without asking the sampler: the same decision for every id, those
+    at the bound and with any high bits included."""
+    import random
+
+    from eventbus.tracing import _RootSampling
+
+    sampler = make(rate)
+    bound = sampling.TraceIdRatioBased(rate).bound
+    rng = random.Random(22)
+    low = [0, 1, bound - 1, bound, bound + 1, (1 << 64) - 1] + [
+        rng.getrandbits(64) for _ in range(300)
+    ]
+    trace_ids = [
+        (high << 64) | (value & ((1 << 64) - 1))
+        for value in low
+        for high in (0, 1, rng.getrandbits(64))
+        if (high << 64) | (value & ((1 << 64) - 1))
+    ]
+    provider = TracerProvider(sampler=sampler, id_generator=Listed(trace_ids))
+    roots = _RootSampling.of(provider.get_tracer("test"))
+    assert roots is not None and roots.bound == bound  # the fast path is taken
+    for trace_id in trace_ids:
+        expected = sampler.should_sample(OtelContext(), trace_id, "send t", SpanKind.PRODUCER)
+        dropped = roots.dropped("send t", {})
+        if expected.decision.is_sampled():
+            assert dropped is None, f"{trace_id:032x} is sampled at {rate}"
+            assert roots.ids.generate_trace_id() == trace_id  # handed to start_span
+        else:
+            assert dropped is not None, f"{trace_id:032x} is dropped at {rate}"
+            assert dropped[0][3:35] == f"{trace_id:032x}" and not sampled(dropped[0])
+            assert dropped[1] is None  # a new trace has no trace state
+
+
+def test_another_sampler_is_asked_as_ever() -> None:
+    from eventbus.tracing import _RootSampling
+
+    class Mine(sampling.TraceIdRatioBased):
+        pass
+
+    for sampler in (Mine(0.5), sampling.ParentBased(Mine(0.5)), EvenTraces()):
+        roots = _RootSampling.of(TracerProvider(sampler=sampler).get_tracer("test"))
+        assert roots is not None and roots.bound is None
