@@ -36,8 +36,10 @@ SDK's sampler first and, when it drops the trace, writes a fresh ``traceparent``
 
 from __future__ import annotations
 
+import random
 import re
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
+from contextvars import ContextVar
 from threading import get_ident
 from typing import TYPE_CHECKING, Any
 
@@ -45,6 +47,7 @@ try:
     from opentelemetry import context as otel_context
     from opentelemetry import trace
     from opentelemetry.trace import (
+        INVALID_SPAN_CONTEXT,
         Link,
         NonRecordingSpan,
         NoOpTracerProvider,
@@ -57,6 +60,7 @@ try:
         TraceFlags,
         TraceState,
     )
+    from opentelemetry.trace.propagation import _SPAN_KEY
 except ModuleNotFoundError as missing:  # the `otel` extra, not the library
     raise ModuleNotFoundError(
         f"eventbus.tracing needs opentelemetry-api, which the library alone does not install "
@@ -131,10 +135,11 @@ class _Carried(NonRecordingSpan):
     something first asks for it (a publish, the handler's own instrumentation), not
     for every message (~1.5 us each)."""
 
+    _context: SpanContext | None = None  # type: ignore[assignment]  # parsed when asked
+
     def __init__(self, traceparent: str, tracestate: str | None) -> None:
         # NonRecordingSpan's __init__ takes the parsed context; set later here.
         self.carried = (traceparent, tracestate)
-        self._context: SpanContext | None = None  # type: ignore[assignment]
 
     def get_span_context(self) -> SpanContext:
         found = self._context
@@ -149,8 +154,44 @@ class _Carried(NonRecordingSpan):
 
 
 def _in_context(span: Span) -> otel_context.Context:
-    """An OpenTelemetry context holding ``span`` as the parent, and nothing else."""
-    return trace.set_span_in_context(span, _ROOT)
+    """An OpenTelemetry context holding ``span`` as the parent, and nothing else (what
+    ``trace.set_span_in_context(span, _ROOT)`` makes, without its two calls)."""
+    return otel_context.Context({_SPAN_KEY: span})
+
+
+def _context_variable() -> ContextVar[otel_context.Context] | None:
+    """The context variable holding OpenTelemetry's current context, when its runtime
+    context is (as by default) exactly the API's ``ContextVarsRuntimeContext``: its
+    ``attach``, ``detach`` and ``get_current`` are this variable's ``set``, ``reset``
+    and ``get`` behind two calls each, which the per-message steps here skip.
+    ``None`` for another runtime context (``OTEL_PYTHON_CONTEXT``), used through the
+    API as ever."""
+    from opentelemetry.context.contextvars_context import ContextVarsRuntimeContext
+
+    runtime = getattr(otel_context, "_RUNTIME_CONTEXT", None)
+    variable = getattr(runtime, "_current_context", None)
+    if type(runtime) is ContextVarsRuntimeContext and isinstance(variable, ContextVar):
+        return variable
+    return None
+
+
+_CURRENT = _context_variable()
+
+
+def _attach(context: otel_context.Context) -> object:
+    """``otel_context.attach``; inlined where it runs per message."""
+    return otel_context.attach(context) if _CURRENT is None else _CURRENT.set(context)
+
+
+def _detach(token: Any) -> None:
+    """``otel_context.detach``: a token that cannot be reset is logged by it, as ever."""
+    if _CURRENT is None:
+        otel_context.detach(token)
+        return
+    try:
+        _CURRENT.reset(token)
+    except Exception:  # used already, or from another context: as the API reports it
+        otel_context.detach(token)
 
 
 class _RootSampling:
@@ -173,6 +214,8 @@ class _RootSampling:
         random_ids = getattr(self.ids.inner, "is_trace_id_random", None)
         self.flags = f"{0x02 if random_ids is not None and random_ids() else 0:02x}"
         self.bound = _ratio_bound(self.sampler)
+        # The SDK's RandomIdGenerator is random.getrandbits behind a call: asked directly.
+        self.random_bits = _random_bits(self.ids.inner)
 
     @classmethod
     def of(cls, tracer: object) -> _RootSampling | None:
@@ -184,22 +227,37 @@ class _RootSampling:
             return cls(sdk)
         return None
 
-    def dropped(self, name: str, attributes: dict[str, Any]) -> tuple[str, str | None] | None:
-        """A new trace's ``(traceparent, tracestate)`` when the sampler drops it; ``None``
-        when it records it (or the tracer is disabled): then ``start_span`` runs next."""
+    def dropped(
+        self, topic: str, attributes: Callable[[str], dict[str, Any]]
+    ) -> tuple[str, str | None] | None:
+        """A new trace's ``(traceparent, tracestate)`` when the sampler drops the span
+        ``send <topic>`` (with the ``attributes`` of the topic); ``None`` when it records
+        it (or the tracer is disabled): then ``start_span`` runs next."""
         enabled = self.enabled
         if enabled is not None and not enabled():
             return None
         ids = self.ids
-        trace_id = ids.inner.generate_trace_id()
         bound = self.bound
         if bound is not None:  # the SDK's TraceIdRatioBased decides (see _ratio_bound)
-            if trace_id & _LOW_64 < bound:
+            random_bits = self.random_bits
+            trace_id = random_bits(128) if random_bits else ids.inner.generate_trace_id()
+            if trace_id & _LOW_64 < bound and trace_id:
                 ids.hand(trace_id)
                 return None
-            # Its answer carries the parent's trace state: a new trace has none.
-            return (f"00-{trace_id:032x}-{ids.inner.generate_span_id():016x}-{self.flags}", None)
-        result = self.sampler.should_sample(_ROOT, trace_id, name, SpanKind.PRODUCER, attributes)
+            span_id = random_bits(64) if random_bits else ids.inner.generate_span_id()
+            if trace_id and span_id:  # else (2**-64) asked again, as the SDK's generator does
+                # Its answer carries the parent's trace state: a new trace has none. (The
+                # ids' hex by bytes.hex: a third of a zero-padded format's cost.)
+                return (
+                    f"00-{trace_id.to_bytes(16, 'big').hex()}-"
+                    f"{span_id.to_bytes(8, 'big').hex()}-{self.flags}",
+                    None,
+                )
+            return self.dropped(topic, attributes)
+        trace_id = ids.inner.generate_trace_id()
+        result = self.sampler.should_sample(
+            _ROOT, trace_id, f"send {topic}", SpanKind.PRODUCER, attributes(topic)
+        )
         if result.decision.is_recording():
             ids.hand(trace_id)  # start_span's trace, as decided
             return None
@@ -232,6 +290,16 @@ def _ratio_bound(sampler: object) -> int | None:
     if getattr(sampler, "TRACE_ID_LIMIT", None) != _LOW_64 or not isinstance(bound, int):
         return None  # not the SDK's rule as read here
     return bound
+
+
+def _random_bits(ids: object) -> Callable[[int], int] | None:
+    """``random.getrandbits`` when ``ids`` is exactly the SDK's ``RandomIdGenerator``
+    (whose ids it draws, asking again for an all-zero one), else ``None``."""
+    try:
+        from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
+    except ImportError:
+        return None
+    return random.getrandbits if type(ids) is RandomIdGenerator else None
 
 
 class _HandedOver:
@@ -401,7 +469,13 @@ class ProcessSpans(Observer):
         parent_context = last[3]
         if last[4] and tracing.respect_parent_sampling:
             # Unsampled upstream: no span, but what the handler calls stays unsampled.
-            return (None, otel_context.attach(parent_context))
+            current = _CURRENT  # _attach(), inlined
+            return (
+                None,
+                otel_context.attach(parent_context)
+                if current is None
+                else current.set(parent_context),
+            )
         span = self.tracing.tracer.start_span(
             f"process {ctx.topic}",
             context=parent_context,
@@ -412,7 +486,7 @@ class ProcessSpans(Observer):
             if not span.get_span_context().is_valid:
                 return None  # nothing records or propagates (no SDK configured)
             # Not sampled: nothing to write down, but its context goes on.
-            return (None, otel_context.attach(trace.set_span_in_context(span)))
+            return (None, _attach(trace.set_span_in_context(span)))
         # What only a recorded span needs, set once it is known to be one.
         attributes: dict[str, Any] = {
             "messaging.message.id": envelope.id,
@@ -422,7 +496,7 @@ class ProcessSpans(Observer):
         if ctx.delivery.attempt > 1:
             attributes["eventbus.delivery.attempt"] = ctx.delivery.attempt
         span.set_attributes(attributes)
-        return (span, otel_context.attach(trace.set_span_in_context(span)))
+        return (span, _attach(trace.set_span_in_context(span)))
 
     def end(self, ctx: Context, mark: object, failure: BaseException | None) -> None:
         if mark is None:
@@ -430,7 +504,7 @@ class ProcessSpans(Observer):
         span: Span | None
         token: object
         span, token = mark  # type: ignore[misc]
-        otel_context.detach(token)  # type: ignore[arg-type]
+        _detach(token)
         if span is None:
             return
         _finish(span, ctx, failure)
@@ -453,7 +527,7 @@ class ProcessSpans(Observer):
             attributes=attributes,
             links=links,
         )
-        return (span, otel_context.attach(trace.set_span_in_context(span)))
+        return (span, _attach(trace.set_span_in_context(span)))
 
     def end_batch(
         self,
@@ -467,7 +541,7 @@ class ProcessSpans(Observer):
         span: Span
         token: object
         span, token = mark  # type: ignore[misc]
-        otel_context.detach(token)  # type: ignore[arg-type]
+        _detach(token)
         if failed:
             span.set_attribute("eventbus.batch.failed_count", len(failed))
         if failure is not None:
@@ -566,10 +640,13 @@ class SendSpans:
         self, topic: str, envelopes: Sequence[Envelope], call_next: PublishNext
     ) -> None:
         tracing = self.tracing
-        if not envelopes or not tracing.active():
+        if not envelopes or not (tracing._on or tracing.active()):
             await call_next(topic, envelopes)
             return
-        current_span = trace.get_current_span()
+        variable = _CURRENT  # trace.get_current_span(), inlined: this runs per publish
+        current_span = (
+            trace.get_current_span() if variable is None else variable.get().get(_SPAN_KEY)
+        )
         if type(current_span) is _Carried and tracing.respect_parent_sampling:
             # In the handler of a message whose trace is not sampled: that trace goes on,
             # as it came (what _traceparent() would write again, without parsing it).
@@ -577,7 +654,11 @@ class SendSpans:
             if tracestate is None:  # else written as parsed: TraceState may normalise it
                 await call_next(topic, _stamped(envelopes, traceparent, None))
                 return
-        current = current_span.get_span_context()
+        current = (
+            current_span.get_span_context()
+            if current_span is not None and isinstance(current_span, Span)
+            else INVALID_SPAN_CONTEXT
+        )
         first = envelopes[0]
         links: list[Link] = []
         if current.is_valid:
@@ -596,7 +677,7 @@ class SendSpans:
             if carried is None:
                 # A new trace: when the sampler drops it, a traceparent without a span.
                 roots = tracing.roots
-                dropped = roots.dropped(f"send {topic}", self._base(topic)) if roots else None
+                dropped = roots.dropped(topic, self._base) if roots else None
                 if dropped is not None:
                     traceparent, tracestate = dropped
                     await call_next(topic, _stamped(envelopes, traceparent, tracestate))

@@ -194,7 +194,7 @@ def test_the_sdk_ratio_sampler_is_answered_as_it_answers(make: Any, rate: float)
     assert roots is not None and roots.bound == bound  # the fast path is taken
     for trace_id in trace_ids:
         expected = sampler.should_sample(OtelContext(), trace_id, "send t", SpanKind.PRODUCER)
-        dropped = roots.dropped("send t", {})
+        dropped = roots.dropped("t", lambda topic: {})
         if expected.decision.is_sampled():
             assert dropped is None, f"{trace_id:032x} is sampled at {rate}"
             assert roots.ids.generate_trace_id() == trace_id  # handed to start_span
@@ -213,3 +213,34 @@ def test_another_sampler_is_asked_as_ever() -> None:
     for sampler in (Mine(0.5), sampling.ParentBased(Mine(0.5)), EvenTraces()):
         roots = _RootSampling.of(TracerProvider(sampler=sampler).get_tracer("test"))
         assert roots is not None and roots.bound is None
+
+
+def test_the_sdk_random_ids_are_drawn_as_its_generator_draws_them() -> None:
+    """With exactly the SDK's RandomIdGenerator, ``random.getrandbits`` is asked
+    directly: the same ids, in the same order, as the generator gives, and the
+    traceparent written with them."""
+    import random
+
+    from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
+
+    from eventbus.tracing import _RootSampling
+
+    sampler = sampling.ParentBased(sampling.TraceIdRatioBased(0.5))
+    provider = TracerProvider(sampler=sampler)
+    roots = _RootSampling.of(provider.get_tracer("test"))
+    assert roots is not None and roots.random_bits is not None  # the direct path
+    random.seed(22)
+    got, handed = [], []
+    for _ in range(200):
+        got.append(roots.dropped("t", lambda topic: {}))
+        if got[-1] is None:  # recorded: start_span takes the trace id handed to it
+            handed.append(roots.ids.generate_trace_id())
+    random.seed(22)
+    ids = RandomIdGenerator()
+    for answer in got:
+        trace_id = ids.generate_trace_id()
+        if sampler.should_sample(OtelContext(), trace_id, "send t").decision.is_sampled():
+            assert answer is None and handed.pop(0) == trace_id
+        else:
+            assert answer == (f"00-{trace_id:032x}-{ids.generate_span_id():016x}-02", None)
+    assert not handed and {answer is None for answer in got} == {True, False}
