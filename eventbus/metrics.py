@@ -292,6 +292,7 @@ class Published:
     def __init__(self, store: Store, registry: Registry) -> None:
         self.store = store
         self.registry = registry
+        self._known: set[str] = set()  # types the registry has a class for (it only grows)
 
     async def __call__(
         self, topic: str, envelopes: Sequence[Envelope], call_next: PublishNext
@@ -306,7 +307,7 @@ class Published:
 
     def _count(self, topic: str, envelopes: Sequence[Envelope], ended: str, elapsed: float) -> None:
         store = self.store
-        label = store.topic_label(topic)
+        label = topic if topic in store.topics else store.topic_label(topic)
         durations = store.publish_durations.get(label)
         if durations is None:
             durations = store.publish_durations[label] = Histogram(store.bounds)
@@ -317,7 +318,12 @@ class Published:
         published = store.published
         if len(envelopes) == 1:  # one publish(): no tally of the types
             kind = envelopes[0].type
-            key = (label, kind if self.registry.get(kind) is not None else OTHER, ended)
+            if kind not in self._known:
+                if self.registry.get(kind) is None:
+                    kind = OTHER
+                else:
+                    self._known.add(kind)
+            key = (label, kind, ended)
             published[key] = published.get(key, 0) + 1
             return
         kinds: dict[str, int] = {}

@@ -216,7 +216,18 @@ def compose_publish(middleware: Sequence[PublishMiddleware], publish: PublishNex
 
 
 def _bind_publish(layer: PublishMiddleware, inner: PublishNext) -> PublishNext:
-    async def step(topic: str, envelopes: Sequence[Envelope]) -> None:
-        await layer(topic, envelopes, inner)
+    return _PublishStep(layer, inner)
 
-    return step
+
+class _PublishStep:
+    """One publish layer bound to the rest (a plain call returning the layer's
+    coroutine, as :class:`_Step`: no coroutine of its own per publish)."""
+
+    __slots__ = ("inner", "layer")
+
+    def __init__(self, layer: PublishMiddleware, inner: PublishNext) -> None:
+        self.layer = layer
+        self.inner = inner
+
+    def __call__(self, topic: str, envelopes: Sequence[Envelope]) -> Awaitable[None]:
+        return self.layer(topic, envelopes, self.inner)
