@@ -237,6 +237,9 @@ class _RootSampling:
         if enabled is not None and not enabled():
             return None
         ids = self.ids
+        handed = ids.handed
+        if handed is not None and handed[0] == get_ident():
+            return None  # decided (to record) before the envelopes were built: start_span's
         bound = self.bound
         if bound is not None:  # the SDK's TraceIdRatioBased decides (see _ratio_bound)
             random_bits = self.random_bits
@@ -269,6 +272,7 @@ class _RootSampling:
 
 
 _LOW_64 = (1 << 64) - 1
+_new_span = object.__new__
 
 
 def _ratio_bound(sampler: object) -> int | None:
@@ -390,7 +394,9 @@ class Tracing:
         """
         system = messaging_system(bus.adapter.url)
         bus.middleware.insert(0, ProcessSpans(self, system))
-        bus.publish_middleware.insert(0, SendSpans(self, system))
+        send = SendSpans(self, system)
+        bus.publish_middleware.insert(0, send)
+        bus.trace_root = send.new_trace
         return bus
 
     def active(self) -> bool:
@@ -427,7 +433,8 @@ class Tracing:
         if traceparent == last[0] and tracestate == last[1]:
             return last
         if traceparent and _UNSAMPLED.fullmatch(traceparent):
-            carried = _Carried(traceparent, tracestate)
+            carried = _new_span(_Carried)  # _Carried(traceparent, tracestate), without a call
+            carried.carried = (traceparent, tracestate)
             last = (traceparent, tracestate, carried, _in_context(carried), True)
         else:
             found = _span_context(traceparent, tracestate)
@@ -622,6 +629,27 @@ class SendSpans:
         self.tracing = tracing
         self.system = system
         self._bases: dict[str, dict[str, Any]] = {}
+        self._fresh: str | None = None  # the traceparent new_trace() wrote last
+
+    def new_trace(self, topic: str) -> tuple[str, str | None] | None:
+        """What the envelopes of a publish to ``topic`` that take no trace context from
+        their parent carry, decided before they are built (``EventBus.trace_root``):
+        outside any span, a new trace the sampler drops gets its ``traceparent`` here
+        and the envelopes go on as built (no copy to carry it); ``None`` leaves it to
+        the publish step (a current span, no SDK, or a trace to record, whose id the
+        sampler was asked about is handed to ``start_span``)."""
+        tracing = self.tracing
+        roots = tracing.roots
+        if roots is None or not (tracing._on or tracing.active()):
+            return None
+        variable = _CURRENT
+        span = trace.get_current_span() if variable is None else variable.get().get(_SPAN_KEY)
+        if span is not None and isinstance(span, Span) and span.get_span_context().is_valid:
+            return None  # a child of the current span: the publish step's
+        dropped = roots.dropped(topic, self._base)
+        if dropped is not None:
+            self._fresh = dropped[0]
+        return dropped
 
     def _base(self, topic: str) -> dict[str, Any]:
         base = self._bases.get(topic)
@@ -670,8 +698,11 @@ class SendSpans:
             if carried is not None and carried.trace_id != current.trace_id:
                 links.append(Link(carried))  # built in another trace (a saga's held message)
         else:
-            if first.traceparent is None:  # the common case: nothing to read
+            if first.traceparent is None:  # nothing to read
                 carried, parent_context = None, _ROOT
+            elif first.traceparent is self._fresh:  # the common case: new_trace() wrote it
+                await call_next(topic, envelopes)  # a dropped trace: no span, no copy
+                return
             else:
                 carried, parent_context = tracing.parent_of(first)
             if carried is None:

@@ -244,3 +244,47 @@ def test_the_sdk_random_ids_are_drawn_as_its_generator_draws_them() -> None:
         else:
             assert answer == (f"00-{trace_id:032x}-{ids.generate_span_id():016x}-02", None)
     assert not handed and {answer is None for answer in got} == {True, False}
+
+
+def test_a_dropped_new_trace_is_built_into_the_envelopes_not_copied_in(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Outside any span, a publish's new trace is decided before its envelopes are
+    built: a dropped one is built in (no envelope copied to carry it, no traceparent
+    parsed on the way), one trace per publish call, each as the sampler decided."""
+    import eventbus.tracing as tracing_module
+
+    calls: Counter[str] = Counter()
+    for name in ("_stamped", "_span_context"):
+        original = getattr(tracing_module, name)
+
+        def counted(*args: Any, _name: str = name, _original: Any = original) -> Any:
+            calls[_name] += 1
+            return _original(*args)
+
+        monkeypatch.setattr(tracing_module, name, counted)
+
+    async def scenario() -> None:
+        exporter = InMemorySpanExporter()
+        sampler = sampling.ParentBased(sampling.TraceIdRatioBased(0.5))
+        provider = TracerProvider(sampler=sampler)
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
+        bus = Tracing(provider).instrument(EventBus(memory_url(), source="orders"))
+        async with bus:
+            lone = [await bus.publish(Placed(n=n)) for n in range(40)]
+            many = [await bus.publish_many([Placed(n=n), Placed(n=-n)]) for n in range(20)]
+        recorded = {span.context.trace_id for span in exporter.get_finished_spans()}
+        dropped = 0
+        for sent in [[envelope] for envelope in lone] + many:
+            assert len({e.traceparent for e in sent}) == 1  # one trace per call
+            traceparent = sent[0].traceparent
+            assert traceparent is not None
+            trace_id = int(traceparent[3:35], 16)
+            decision = sampler.should_sample(OtelContext(), trace_id, "send").decision
+            assert sampled(traceparent) == decision.is_sampled() == (trace_id in recorded)
+            dropped += not decision.is_sampled()
+        assert 0 < dropped < 60
+        assert calls["_stamped"] == len(recorded)  # only a recorded span's context is stamped
+        assert calls["_span_context"] == 0
+
+    run(scenario)
