@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import random
 import re
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from contextvars import ContextVar
 from threading import get_ident
 from typing import TYPE_CHECKING, Any
@@ -470,8 +470,23 @@ class ProcessSpans(Observer):
         if not (tracing._on or tracing.active()):
             return None
         envelope = ctx.envelope
-        last = tracing._last  # read(), its common case inlined: this runs per message
-        if envelope.traceparent != last[0] or envelope.tracestate != last[1]:
+        last = tracing._last  # read(), its common cases inlined: this runs per message
+        traceparent, tracestate = envelope.traceparent, envelope.tracestate
+        if traceparent != last[0] or tracestate != last[1]:
+            current = _CURRENT
+            if (
+                current is not None
+                and traceparent
+                and tracing.respect_parent_sampling
+                and _UNSAMPLED.fullmatch(traceparent)
+            ):
+                # Unsampled upstream (each message its own trace, as lone publishes give):
+                # no span, but what the handler calls stays in that trace, unsampled.
+                carried = _new_span(_Carried)  # as read() makes it, without its calls
+                carried.carried = (traceparent, tracestate)
+                parent_context = otel_context.Context({_SPAN_KEY: carried})
+                tracing._last = (traceparent, tracestate, carried, parent_context, True)
+                return (None, current.set(parent_context))
             last = tracing.read(envelope)
         parent_context = last[3]
         if last[4] and tracing.respect_parent_sampling:
@@ -511,7 +526,14 @@ class ProcessSpans(Observer):
         span: Span | None
         token: object
         span, token = mark  # type: ignore[misc]
-        _detach(token)
+        current = _CURRENT  # _detach(), inlined
+        if current is None:
+            otel_context.detach(token)  # type: ignore[arg-type]
+        else:
+            try:
+                current.reset(token)  # type: ignore[arg-type]
+            except Exception:  # used already, or from another context: as the API reports it
+                otel_context.detach(token)  # type: ignore[arg-type]
         if span is None:
             return
         _finish(span, ctx, failure)
@@ -664,17 +686,34 @@ class SendSpans:
             }
         return base
 
-    async def __call__(
+    def __call__(
         self, topic: str, envelopes: Sequence[Envelope], call_next: PublishNext
-    ) -> None:
+    ) -> Awaitable[None]:
+        """A plain call: where nothing is to be done (tracing off, or the envelopes built
+        carrying a new trace the sampler dropped) it hands back ``call_next``'s own
+        awaitable, without a coroutine of its own; else :meth:`_send`'s."""
         tracing = self.tracing
         if not envelopes or not (tracing._on or tracing.active()):
-            await call_next(topic, envelopes)
-            return
+            return call_next(topic, envelopes)
         variable = _CURRENT  # trace.get_current_span(), inlined: this runs per publish
         current_span = (
             trace.get_current_span() if variable is None else variable.get().get(_SPAN_KEY)
         )
+        if current_span is None:  # outside any span (with the context variable read)
+            traceparent = envelopes[0].traceparent
+            if traceparent is not None and traceparent is self._fresh:
+                return call_next(topic, envelopes)  # new_trace() wrote it: dropped, no span
+        return self._send(topic, envelopes, call_next, current_span)
+
+    async def _send(
+        self,
+        topic: str,
+        envelopes: Sequence[Envelope],
+        call_next: PublishNext,
+        current_span: object,
+    ) -> None:
+        """The publish's ``send`` span, or the trace its envelopes are to carry."""
+        tracing = self.tracing
         if type(current_span) is _Carried and tracing.respect_parent_sampling:
             # In the handler of a message whose trace is not sampled: that trace goes on,
             # as it came (what _traceparent() would write again, without parsing it).
@@ -700,8 +739,8 @@ class SendSpans:
         else:
             if first.traceparent is None:  # nothing to read
                 carried, parent_context = None, _ROOT
-            elif first.traceparent is self._fresh:  # the common case: new_trace() wrote it
-                await call_next(topic, envelopes)  # a dropped trace: no span, no copy
+            elif first.traceparent is self._fresh:  # new_trace() wrote it: see __call__
+                await call_next(topic, envelopes)
                 return
             else:
                 carried, parent_context = tracing.parent_of(first)

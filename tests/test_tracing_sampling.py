@@ -251,7 +251,8 @@ def test_a_dropped_new_trace_is_built_into_the_envelopes_not_copied_in(
 ) -> None:
     """Outside any span, a publish's new trace is decided before its envelopes are
     built: a dropped one is built in (no envelope copied to carry it, no traceparent
-    parsed on the way), one trace per publish call, each as the sampler decided."""
+    parsed on the way, no coroutine of the publish step's own), one trace per publish
+    call, each as the sampler decided."""
     import eventbus.tracing as tracing_module
 
     calls: Counter[str] = Counter()
@@ -263,6 +264,13 @@ def test_a_dropped_new_trace_is_built_into_the_envelopes_not_copied_in(
             return _original(*args)
 
         monkeypatch.setattr(tracing_module, name, counted)
+    send = tracing_module.SendSpans._send
+
+    def sending(*args: Any) -> Any:
+        calls["_send"] += 1
+        return send(*args)
+
+    monkeypatch.setattr(tracing_module.SendSpans, "_send", sending)
 
     async def scenario() -> None:
         exporter = InMemorySpanExporter()
@@ -285,6 +293,31 @@ def test_a_dropped_new_trace_is_built_into_the_envelopes_not_copied_in(
             dropped += not decision.is_sampled()
         assert 0 < dropped < 60
         assert calls["_stamped"] == len(recorded)  # only a recorded span's context is stamped
+        assert calls["_send"] == len(recorded)  # a dropped one is passed on by __call__
         assert calls["_span_context"] == 0
 
     run(scenario)
+
+
+@pytest.mark.parametrize("traceparent", [None, "00-" + "3" * 32 + "-" + "4" * 16 + "-00"])
+def test_a_handling_leaves_the_context_as_it_found_it(traceparent: str | None) -> None:
+    """The consumer step makes the message's context current (set on OpenTelemetry's
+    context variable directly) and puts the one before back when the handling ends."""
+    from types import SimpleNamespace
+
+    from opentelemetry import context as otel_context
+
+    from eventbus.tracing import ProcessSpans
+
+    steps = ProcessSpans(Tracing(TracerProvider(sampler=sampling.ALWAYS_OFF)), "memory")
+    envelope = Envelope.create(type="t", source="s", traceparent=traceparent)
+    ctx: Any = SimpleNamespace(envelope=envelope, topic="t", group="g")
+    before = otel_context.get_current()
+    for _ in range(2):  # the second time from what the step read last
+        mark = steps.begin(ctx)
+        inside = trace.get_current_span().get_span_context()
+        assert inside.is_valid and not inside.trace_flags.sampled
+        if traceparent is not None:
+            assert f"{inside.trace_id:032x}" == traceparent[3:35]
+        steps.end(ctx, mark, None)
+        assert otel_context.get_current() is before
