@@ -207,6 +207,9 @@ class _Step:
         return self.layer(ctx, self.inner)
 
 
+_new_step = object.__new__
+
+
 def compose_publish(middleware: Sequence[PublishMiddleware], publish: PublishNext) -> PublishNext:
     """Wrap ``publish`` in publish ``middleware``, the first element outermost."""
     step = publish
@@ -216,7 +219,12 @@ def compose_publish(middleware: Sequence[PublishMiddleware], publish: PublishNex
 
 
 def _bind_publish(layer: PublishMiddleware, inner: PublishNext) -> PublishNext:
-    return _PublishStep(layer, inner)
+    # Bound per publish call (the innermost step is that call's own): made without an
+    # __init__ call.
+    step = _new_step(_PublishStep)
+    step.layer = layer
+    step.inner = inner
+    return step
 
 
 class _PublishStep:
@@ -225,9 +233,8 @@ class _PublishStep:
 
     __slots__ = ("inner", "layer")
 
-    def __init__(self, layer: PublishMiddleware, inner: PublishNext) -> None:
-        self.layer = layer
-        self.inner = inner
+    layer: PublishMiddleware
+    inner: PublishNext
 
     def __call__(self, topic: str, envelopes: Sequence[Envelope]) -> Awaitable[None]:
         return self.layer(topic, envelopes, self.inner)
