@@ -1,7 +1,8 @@
 """OpenTelemetry tracing: a producer span per publish, a consumer span per handling.
 
 (Over 400 lines on purpose: one observer and the messaging conventions it writes, kept
-beside each other.)
+beside each other, with the cheap paths for unsampled traces that must answer as the
+SDK would, each beside the general path it shortens.)
 
 Needs ``opentelemetry-api`` (``pip install eventbus[otel]``); the service brings the
 SDK and its exporter. ::
@@ -30,8 +31,11 @@ a ``ParentBased`` sampler, the SDK's default, decides anyway), only its context 
 current so what the handler calls stays in that unsampled trace; this saves the
 SDK's cost of an unsampled span. ``Tracing(respect_parent_sampling=False)`` asks
 the sampler for every message instead. A publish that starts a new trace asks the
-SDK's sampler first and, when it drops the trace, writes a fresh ``traceparent``
-(not sampled) without making a span; a sampled trace gets its spans as ever.
+SDK's sampler first (before ``EventBus.publish``/``publish_many`` build the envelopes,
+through ``EventBus.trace_root``, so a dropped trace is built in, not copied in) and,
+when it drops the trace, writes a fresh ``traceparent`` (not sampled) without making
+a span; a sampled trace gets its spans as ever. Exactly the SDK's ratio sampler is
+answered from the trace id's low bits, as it answers (see ``_ratio_bound``).
 """
 
 from __future__ import annotations
