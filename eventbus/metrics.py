@@ -292,6 +292,10 @@ class Published:
     def __init__(self, store: Store, registry: Registry) -> None:
         self.store = store
         self.registry = registry
+        self._known: set[str] = set()  # types the registry has a class for (it only grows)
+        # A lone publish's (publish durations, published key) by (topic, type), once
+        # counted by _count: a known type to a topic whose label is settled.
+        self._lone: dict[tuple[str, str], tuple[Histogram, tuple[str, str, str]]] = {}
 
     async def __call__(
         self, topic: str, envelopes: Sequence[Envelope], call_next: PublishNext
@@ -302,11 +306,20 @@ class Published:
         except BaseException:
             self._count(topic, envelopes, "error", time.perf_counter() - started)
             raise
-        self._count(topic, envelopes, "ok", time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        if len(envelopes) == 1:  # _count(), a lone publish counted before, inlined
+            found = self._lone.get((topic, envelopes[0].type))
+            if found is not None and self.store.otel is None:
+                durations, key = found
+                durations.counts[bisect_left(durations.bounds, elapsed)] += 1
+                durations.total += elapsed
+                self.store.published[key] += 1
+                return
+        self._count(topic, envelopes, "ok", elapsed)
 
     def _count(self, topic: str, envelopes: Sequence[Envelope], ended: str, elapsed: float) -> None:
         store = self.store
-        label = store.topic_label(topic)
+        label = topic if topic in store.topics else store.topic_label(topic)
         durations = store.publish_durations.get(label)
         if durations is None:
             durations = store.publish_durations[label] = Histogram(store.bounds)
@@ -317,8 +330,17 @@ class Published:
         published = store.published
         if len(envelopes) == 1:  # one publish(): no tally of the types
             kind = envelopes[0].type
-            key = (label, kind if self.registry.get(kind) is not None else OTHER, ended)
+            if kind not in self._known:
+                if self.registry.get(kind) is None:
+                    kind = OTHER
+                else:
+                    self._known.add(kind)
+            key = (label, kind, ended)
             published[key] = published.get(key, 0) + 1
+            if kind is not OTHER and ended == "ok" and label in (topic, REPLIES):
+                if len(self._lone) > 1000:  # topics made up per message: keep it bounded
+                    self._lone.clear()
+                self._lone[(topic, kind)] = (durations, key)
             return
         kinds: dict[str, int] = {}
         for envelope in envelopes:

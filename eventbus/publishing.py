@@ -34,6 +34,10 @@ from eventbus.wire import WireFormat, publish_encoded
 
 PUBLISH_BACKOFF = Backoff(initial=0.05, max_delay=1.0)
 
+TraceRoot = Callable[[str], "tuple[str, str | None] | None"]
+"""Asked with a topic for the ``(traceparent, tracestate)`` of envelopes to it that take
+none from their parent, before they are built (``EventBus.trace_root``); ``None``: none."""
+
 
 def not_a_message(
     value: object, call: str = "publish", wanted: type[Message] = Message
@@ -89,15 +93,24 @@ def build_envelope(
     subject: str | None = None,
     extensions: dict[str, str] | None = None,
     payload_format: str | PayloadFormat | None = None,
+    trace_root: TraceRoot | None = None,
+    topic: str | None = None,
 ) -> Envelope:
     """The envelope for ``message`` from ``source`` (see ``EventBus.envelope_for``).
 
     The one-message case of :func:`build_envelopes`, written out: it is every
     ``publish``'s first step. ``payload_format``: the bus's default, for a class
-    that names none (:mod:`eventbus.payloads`; ``None`` is JSON)."""
+    that names none (:mod:`eventbus.payloads`; ``None`` is JSON). ``trace_root``:
+    asked with ``topic`` (the publish's) for the trace context when the parent gives
+    none (tracing decides a new trace there, so the envelope is built carrying it,
+    not copied to carry it)."""
     if not isinstance(message, Message):
         raise not_a_message(message)
     correlation, causation, traceparent, tracestate = _lineage(parent, correlation_id, extensions)
+    if traceparent is None and trace_root is not None and topic is not None:
+        started = trace_root(topic)
+        if started is not None:
+            traceparent, tracestate = started
     event_id = new_id()
     spec = type(message).__payload_format__ or payload_format
     if spec is None:
@@ -152,11 +165,15 @@ def build_envelopes(
     subject: str | None = None,
     extensions: dict[str, str] | None = None,
     payload_format: str | PayloadFormat | None = None,
+    trace_root: TraceRoot | None = None,
+    topic: str | None = None,
 ) -> list[Envelope]:
     """One envelope per message, as :func:`build_envelope` builds each.
 
     What the batch shares is worked out once: the parent, the extension names,
     the time (one publish call, one time) and the random bits of the ids.
+    ``trace_root`` is asked as :func:`build_envelope` asks it, when the batch goes to
+    one topic (``topic``, else its one class's).
     """
     for message in messages:
         if not isinstance(message, Message):
@@ -168,6 +185,11 @@ def build_envelopes(
     kind = type(messages[0])
     bodies: list[bytes]
     same = all(type(message) is kind for message in messages)
+    if traceparent is None and trace_root is not None:
+        target = topic if topic is not None else kind.default_topic() if same else None
+        started = trace_root(target) if target is not None else None
+        if started is not None:
+            traceparent, tracestate = started
     formatted = payload_format is not None or (
         kind.__payload_format__ if same else any(type(m).__payload_format__ for m in messages)
     )

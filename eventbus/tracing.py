@@ -1,7 +1,8 @@
 """OpenTelemetry tracing: a producer span per publish, a consumer span per handling.
 
 (Over 400 lines on purpose: one observer and the messaging conventions it writes, kept
-beside each other.)
+beside each other, with the cheap paths for unsampled traces that must answer as the
+SDK would, each beside the general path it shortens.)
 
 Needs ``opentelemetry-api`` (``pip install eventbus[otel]``); the service brings the
 SDK and its exporter. ::
@@ -30,14 +31,19 @@ a ``ParentBased`` sampler, the SDK's default, decides anyway), only its context 
 current so what the handler calls stays in that unsampled trace; this saves the
 SDK's cost of an unsampled span. ``Tracing(respect_parent_sampling=False)`` asks
 the sampler for every message instead. A publish that starts a new trace asks the
-SDK's sampler first and, when it drops the trace, writes a fresh ``traceparent``
-(not sampled) without making a span; a sampled trace gets its spans as ever.
+SDK's sampler first (before ``EventBus.publish``/``publish_many`` build the envelopes,
+through ``EventBus.trace_root``, so a dropped trace is built in, not copied in) and,
+when it drops the trace, writes a fresh ``traceparent`` (not sampled) without making
+a span; a sampled trace gets its spans as ever. Exactly the SDK's ratio sampler is
+answered from the trace id's low bits, as it answers (see ``_ratio_bound``).
 """
 
 from __future__ import annotations
 
+import random
 import re
-from collections.abc import Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
+from contextvars import ContextVar
 from threading import get_ident
 from typing import TYPE_CHECKING, Any
 
@@ -45,6 +51,7 @@ try:
     from opentelemetry import context as otel_context
     from opentelemetry import trace
     from opentelemetry.trace import (
+        INVALID_SPAN_CONTEXT,
         Link,
         NonRecordingSpan,
         NoOpTracerProvider,
@@ -57,6 +64,7 @@ try:
         TraceFlags,
         TraceState,
     )
+    from opentelemetry.trace.propagation import _SPAN_KEY
 except ModuleNotFoundError as missing:  # the `otel` extra, not the library
     raise ModuleNotFoundError(
         f"eventbus.tracing needs opentelemetry-api, which the library alone does not install "
@@ -131,10 +139,11 @@ class _Carried(NonRecordingSpan):
     something first asks for it (a publish, the handler's own instrumentation), not
     for every message (~1.5 us each)."""
 
+    _context: SpanContext | None = None  # type: ignore[assignment]  # parsed when asked
+
     def __init__(self, traceparent: str, tracestate: str | None) -> None:
         # NonRecordingSpan's __init__ takes the parsed context; set later here.
         self.carried = (traceparent, tracestate)
-        self._context: SpanContext | None = None  # type: ignore[assignment]
 
     def get_span_context(self) -> SpanContext:
         found = self._context
@@ -149,8 +158,44 @@ class _Carried(NonRecordingSpan):
 
 
 def _in_context(span: Span) -> otel_context.Context:
-    """An OpenTelemetry context holding ``span`` as the parent, and nothing else."""
-    return trace.set_span_in_context(span, _ROOT)
+    """An OpenTelemetry context holding ``span`` as the parent, and nothing else (what
+    ``trace.set_span_in_context(span, _ROOT)`` makes, without its two calls)."""
+    return otel_context.Context({_SPAN_KEY: span})
+
+
+def _context_variable() -> ContextVar[otel_context.Context] | None:
+    """The context variable holding OpenTelemetry's current context, when its runtime
+    context is (as by default) exactly the API's ``ContextVarsRuntimeContext``: its
+    ``attach``, ``detach`` and ``get_current`` are this variable's ``set``, ``reset``
+    and ``get`` behind two calls each, which the per-message steps here skip.
+    ``None`` for another runtime context (``OTEL_PYTHON_CONTEXT``), used through the
+    API as ever."""
+    from opentelemetry.context.contextvars_context import ContextVarsRuntimeContext
+
+    runtime = getattr(otel_context, "_RUNTIME_CONTEXT", None)
+    variable = getattr(runtime, "_current_context", None)
+    if type(runtime) is ContextVarsRuntimeContext and isinstance(variable, ContextVar):
+        return variable
+    return None
+
+
+_CURRENT = _context_variable()
+
+
+def _attach(context: otel_context.Context) -> object:
+    """``otel_context.attach``; inlined where it runs per message."""
+    return otel_context.attach(context) if _CURRENT is None else _CURRENT.set(context)
+
+
+def _detach(token: Any) -> None:
+    """``otel_context.detach``: a token that cannot be reset is logged by it, as ever."""
+    if _CURRENT is None:
+        otel_context.detach(token)
+        return
+    try:
+        _CURRENT.reset(token)
+    except Exception:  # used already, or from another context: as the API reports it
+        otel_context.detach(token)
 
 
 class _RootSampling:
@@ -172,6 +217,9 @@ class _RootSampling:
         self.ids: _HandedOver = ids
         random_ids = getattr(self.ids.inner, "is_trace_id_random", None)
         self.flags = f"{0x02 if random_ids is not None and random_ids() else 0:02x}"
+        self.bound = _ratio_bound(self.sampler)
+        # The SDK's RandomIdGenerator is random.getrandbits behind a call: asked directly.
+        self.random_bits = _random_bits(self.ids.inner)
 
     @classmethod
     def of(cls, tracer: object) -> _RootSampling | None:
@@ -183,15 +231,40 @@ class _RootSampling:
             return cls(sdk)
         return None
 
-    def dropped(self, name: str, attributes: dict[str, Any]) -> tuple[str, str | None] | None:
-        """A new trace's ``(traceparent, tracestate)`` when the sampler drops it; ``None``
-        when it records it (or the tracer is disabled): then ``start_span`` runs next."""
+    def dropped(
+        self, topic: str, attributes: Callable[[str], dict[str, Any]]
+    ) -> tuple[str, str | None] | None:
+        """A new trace's ``(traceparent, tracestate)`` when the sampler drops the span
+        ``send <topic>`` (with the ``attributes`` of the topic); ``None`` when it records
+        it (or the tracer is disabled): then ``start_span`` runs next."""
         enabled = self.enabled
         if enabled is not None and not enabled():
             return None
         ids = self.ids
+        handed = ids.handed
+        if handed is not None and handed[0] == get_ident():
+            return None  # decided (to record) before the envelopes were built: start_span's
+        bound = self.bound
+        if bound is not None:  # the SDK's TraceIdRatioBased decides (see _ratio_bound)
+            random_bits = self.random_bits
+            trace_id = random_bits(128) if random_bits else ids.inner.generate_trace_id()
+            if trace_id & _LOW_64 < bound and trace_id:
+                ids.hand(trace_id)
+                return None
+            span_id = random_bits(64) if random_bits else ids.inner.generate_span_id()
+            if trace_id and span_id:  # else (2**-64) asked again, as the SDK's generator does
+                # Its answer carries the parent's trace state: a new trace has none. (The
+                # ids' hex by bytes.hex: a third of a zero-padded format's cost.)
+                return (
+                    f"00-{trace_id.to_bytes(16, 'big').hex()}-"
+                    f"{span_id.to_bytes(8, 'big').hex()}-{self.flags}",
+                    None,
+                )
+            return self.dropped(topic, attributes)
         trace_id = ids.inner.generate_trace_id()
-        result = self.sampler.should_sample(_ROOT, trace_id, name, SpanKind.PRODUCER, attributes)
+        result = self.sampler.should_sample(
+            _ROOT, trace_id, f"send {topic}", SpanKind.PRODUCER, attributes(topic)
+        )
         if result.decision.is_recording():
             ids.hand(trace_id)  # start_span's trace, as decided
             return None
@@ -200,6 +273,41 @@ class _RootSampling:
             f"00-{trace_id:032x}-{ids.inner.generate_span_id():016x}-{self.flags}",
             (state.to_header() or None) if state else None,
         )
+
+
+_LOW_64 = (1 << 64) - 1
+_new_span = object.__new__
+
+
+def _ratio_bound(sampler: object) -> int | None:
+    """When a new trace is decided by exactly the SDK's ``TraceIdRatioBased`` (itself,
+    or the root of exactly its ``ParentBased`` or ``ParentBasedTraceIdRatio``, the
+    classes ``OTEL_TRACES_SAMPLER`` names), the bound its ``should_sample`` compares
+    the trace id's low 64 bits with: the same decision without its dozen calls and
+    ``SamplingResult`` (~2 us per new trace). ``None`` for any other sampler (a
+    subclass included), which is asked as ever."""
+    try:
+        from opentelemetry.sdk.trace import sampling
+    except ImportError:  # an SDK tracer without the SDK's samplers
+        return None
+    if type(sampler) in (sampling.ParentBased, sampling.ParentBasedTraceIdRatio):
+        sampler = getattr(sampler, "_root", None)  # its sampler for a trace without parent
+    if type(sampler) is not sampling.TraceIdRatioBased:
+        return None
+    bound = getattr(sampler, "bound", None)
+    if getattr(sampler, "TRACE_ID_LIMIT", None) != _LOW_64 or not isinstance(bound, int):
+        return None  # not the SDK's rule as read here
+    return bound
+
+
+def _random_bits(ids: object) -> Callable[[int], int] | None:
+    """``random.getrandbits`` when ``ids`` is exactly the SDK's ``RandomIdGenerator``
+    (whose ids it draws, asking again for an all-zero one), else ``None``."""
+    try:
+        from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
+    except ImportError:
+        return None
+    return random.getrandbits if type(ids) is RandomIdGenerator else None
 
 
 class _HandedOver:
@@ -290,7 +398,9 @@ class Tracing:
         """
         system = messaging_system(bus.adapter.url)
         bus.middleware.insert(0, ProcessSpans(self, system))
-        bus.publish_middleware.insert(0, SendSpans(self, system))
+        send = SendSpans(self, system)
+        bus.publish_middleware.insert(0, send)
+        bus.trace_root = send.new_trace
         return bus
 
     def active(self) -> bool:
@@ -327,7 +437,8 @@ class Tracing:
         if traceparent == last[0] and tracestate == last[1]:
             return last
         if traceparent and _UNSAMPLED.fullmatch(traceparent):
-            carried = _Carried(traceparent, tracestate)
+            carried = _new_span(_Carried)  # _Carried(traceparent, tracestate), without a call
+            carried.carried = (traceparent, tracestate)
             last = (traceparent, tracestate, carried, _in_context(carried), True)
         else:
             found = _span_context(traceparent, tracestate)
@@ -363,13 +474,34 @@ class ProcessSpans(Observer):
         if not (tracing._on or tracing.active()):
             return None
         envelope = ctx.envelope
-        last = tracing._last  # read(), its common case inlined: this runs per message
-        if envelope.traceparent != last[0] or envelope.tracestate != last[1]:
+        last = tracing._last  # read(), its common cases inlined: this runs per message
+        traceparent, tracestate = envelope.traceparent, envelope.tracestate
+        if traceparent != last[0] or tracestate != last[1]:
+            current = _CURRENT
+            if (
+                current is not None
+                and traceparent
+                and tracing.respect_parent_sampling
+                and _UNSAMPLED.fullmatch(traceparent)
+            ):
+                # Unsampled upstream (each message its own trace, as lone publishes give):
+                # no span, but what the handler calls stays in that trace, unsampled.
+                carried = _new_span(_Carried)  # as read() makes it, without its calls
+                carried.carried = (traceparent, tracestate)
+                parent_context = otel_context.Context({_SPAN_KEY: carried})
+                tracing._last = (traceparent, tracestate, carried, parent_context, True)
+                return (None, current.set(parent_context))
             last = tracing.read(envelope)
         parent_context = last[3]
         if last[4] and tracing.respect_parent_sampling:
             # Unsampled upstream: no span, but what the handler calls stays unsampled.
-            return (None, otel_context.attach(parent_context))
+            current = _CURRENT  # _attach(), inlined
+            return (
+                None,
+                otel_context.attach(parent_context)
+                if current is None
+                else current.set(parent_context),
+            )
         span = self.tracing.tracer.start_span(
             f"process {ctx.topic}",
             context=parent_context,
@@ -380,7 +512,7 @@ class ProcessSpans(Observer):
             if not span.get_span_context().is_valid:
                 return None  # nothing records or propagates (no SDK configured)
             # Not sampled: nothing to write down, but its context goes on.
-            return (None, otel_context.attach(trace.set_span_in_context(span)))
+            return (None, _attach(trace.set_span_in_context(span)))
         # What only a recorded span needs, set once it is known to be one.
         attributes: dict[str, Any] = {
             "messaging.message.id": envelope.id,
@@ -390,7 +522,7 @@ class ProcessSpans(Observer):
         if ctx.delivery.attempt > 1:
             attributes["eventbus.delivery.attempt"] = ctx.delivery.attempt
         span.set_attributes(attributes)
-        return (span, otel_context.attach(trace.set_span_in_context(span)))
+        return (span, _attach(trace.set_span_in_context(span)))
 
     def end(self, ctx: Context, mark: object, failure: BaseException | None) -> None:
         if mark is None:
@@ -398,7 +530,14 @@ class ProcessSpans(Observer):
         span: Span | None
         token: object
         span, token = mark  # type: ignore[misc]
-        otel_context.detach(token)  # type: ignore[arg-type]
+        current = _CURRENT  # _detach(), inlined
+        if current is None:
+            otel_context.detach(token)  # type: ignore[arg-type]
+        else:
+            try:
+                current.reset(token)  # type: ignore[arg-type]
+            except Exception:  # used already, or from another context: as the API reports it
+                otel_context.detach(token)  # type: ignore[arg-type]
         if span is None:
             return
         _finish(span, ctx, failure)
@@ -421,7 +560,7 @@ class ProcessSpans(Observer):
             attributes=attributes,
             links=links,
         )
-        return (span, otel_context.attach(trace.set_span_in_context(span)))
+        return (span, _attach(trace.set_span_in_context(span)))
 
     def end_batch(
         self,
@@ -435,7 +574,7 @@ class ProcessSpans(Observer):
         span: Span
         token: object
         span, token = mark  # type: ignore[misc]
-        otel_context.detach(token)  # type: ignore[arg-type]
+        _detach(token)
         if failed:
             span.set_attribute("eventbus.batch.failed_count", len(failed))
         if failure is not None:
@@ -516,6 +655,27 @@ class SendSpans:
         self.tracing = tracing
         self.system = system
         self._bases: dict[str, dict[str, Any]] = {}
+        self._fresh: str | None = None  # the traceparent new_trace() wrote last
+
+    def new_trace(self, topic: str) -> tuple[str, str | None] | None:
+        """What the envelopes of a publish to ``topic`` that take no trace context from
+        their parent carry, decided before they are built (``EventBus.trace_root``):
+        outside any span, a new trace the sampler drops gets its ``traceparent`` here
+        and the envelopes go on as built (no copy to carry it); ``None`` leaves it to
+        the publish step (a current span, no SDK, or a trace to record, whose id the
+        sampler was asked about is handed to ``start_span``)."""
+        tracing = self.tracing
+        roots = tracing.roots
+        if roots is None or not (tracing._on or tracing.active()):
+            return None
+        variable = _CURRENT
+        span = trace.get_current_span() if variable is None else variable.get().get(_SPAN_KEY)
+        if span is not None and isinstance(span, Span) and span.get_span_context().is_valid:
+            return None  # a child of the current span: the publish step's
+        dropped = roots.dropped(topic, self._base)
+        if dropped is not None:
+            self._fresh = dropped[0]
+        return dropped
 
     def _base(self, topic: str) -> dict[str, Any]:
         base = self._bases.get(topic)
@@ -530,14 +690,34 @@ class SendSpans:
             }
         return base
 
-    async def __call__(
+    def __call__(
         self, topic: str, envelopes: Sequence[Envelope], call_next: PublishNext
-    ) -> None:
+    ) -> Awaitable[None]:
+        """A plain call: where nothing is to be done (tracing off, or the envelopes built
+        carrying a new trace the sampler dropped) it hands back ``call_next``'s own
+        awaitable, without a coroutine of its own; else :meth:`_send`'s."""
         tracing = self.tracing
-        if not envelopes or not tracing.active():
-            await call_next(topic, envelopes)
-            return
-        current_span = trace.get_current_span()
+        if not envelopes or not (tracing._on or tracing.active()):
+            return call_next(topic, envelopes)
+        variable = _CURRENT  # trace.get_current_span(), inlined: this runs per publish
+        current_span = (
+            trace.get_current_span() if variable is None else variable.get().get(_SPAN_KEY)
+        )
+        if current_span is None:  # outside any span (with the context variable read)
+            traceparent = envelopes[0].traceparent
+            if traceparent is not None and traceparent is self._fresh:
+                return call_next(topic, envelopes)  # new_trace() wrote it: dropped, no span
+        return self._send(topic, envelopes, call_next, current_span)
+
+    async def _send(
+        self,
+        topic: str,
+        envelopes: Sequence[Envelope],
+        call_next: PublishNext,
+        current_span: object,
+    ) -> None:
+        """The publish's ``send`` span, or the trace its envelopes are to carry."""
+        tracing = self.tracing
         if type(current_span) is _Carried and tracing.respect_parent_sampling:
             # In the handler of a message whose trace is not sampled: that trace goes on,
             # as it came (what _traceparent() would write again, without parsing it).
@@ -545,7 +725,11 @@ class SendSpans:
             if tracestate is None:  # else written as parsed: TraceState may normalise it
                 await call_next(topic, _stamped(envelopes, traceparent, None))
                 return
-        current = current_span.get_span_context()
+        current = (
+            current_span.get_span_context()
+            if current_span is not None and isinstance(current_span, Span)
+            else INVALID_SPAN_CONTEXT
+        )
         first = envelopes[0]
         links: list[Link] = []
         if current.is_valid:
@@ -557,14 +741,17 @@ class SendSpans:
             if carried is not None and carried.trace_id != current.trace_id:
                 links.append(Link(carried))  # built in another trace (a saga's held message)
         else:
-            if first.traceparent is None:  # the common case: nothing to read
+            if first.traceparent is None:  # nothing to read
                 carried, parent_context = None, _ROOT
+            elif first.traceparent is self._fresh:  # new_trace() wrote it: see __call__
+                await call_next(topic, envelopes)
+                return
             else:
                 carried, parent_context = tracing.parent_of(first)
             if carried is None:
                 # A new trace: when the sampler drops it, a traceparent without a span.
                 roots = tracing.roots
-                dropped = roots.dropped(f"send {topic}", self._base(topic)) if roots else None
+                dropped = roots.dropped(topic, self._base) if roots else None
                 if dropped is not None:
                     traceparent, tracestate = dropped
                     await call_next(topic, _stamped(envelopes, traceparent, tracestate))

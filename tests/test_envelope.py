@@ -505,3 +505,49 @@ def test_the_old_fast_constructors_still_work_and_warn_naming_the_new_way() -> N
         )
         == public
     )
+
+
+@pytest.mark.parametrize("parent", PARENTS)
+@pytest.mark.parametrize("started", [None, ("00-" + "1" * 32 + "-" + "2" * 16 + "-00", None)])
+def test_a_trace_decided_before_the_build_is_built_in(
+    parent: Envelope | None, started: tuple[str, str | None] | None
+) -> None:
+    """A tracing ``trace_root``'s answer is what an envelope carries when its parent
+    gives no trace context (built in, as a parent's would be); it is asked only then,
+    and only with a topic."""
+    asked: list[str] = []
+
+    def root(topic: str) -> tuple[str, str | None] | None:
+        asked.append(topic)
+        return started
+
+    carrier = None
+    if parent is not None and parent.traceparent is None and started is not None:
+        carrier = parent.evolve(traceparent=started[0], tracestate=started[1])
+    elif parent is None and started is not None:
+        carrier = Envelope.create(
+            type="p", source="s", traceparent=started[0], tracestate=started[1]
+        )
+    one = build_envelope(Placed(n=1), "svc", parent=parent, trace_root=root, topic="t")
+    general = _general(Placed(n=1), "svc", one, parent=carrier or parent)
+    if parent is None:  # the carrier stands in for the trace context only
+        general = general.evolve(causationid=None, correlationid=one.id)
+    _same(one, general)
+    batch = [Placed(n=2), Placed(n=3)]
+    for built in (
+        build_envelopes(batch, "svc", parent=parent, trace_root=root),  # one class: its topic
+        build_envelopes(batch, "svc", parent=parent, trace_root=root, topic="t"),
+    ):
+        for envelope in built:
+            assert (envelope.traceparent, envelope.tracestate) == (
+                (one.traceparent, one.tracestate)
+            )
+    wanted = [] if parent is not None and parent.traceparent else ["t", Placed.default_topic(), "t"]
+    assert asked == wanted
+    assert build_envelope(Placed(n=1), "svc", parent=parent, trace_root=root).traceparent == (
+        parent.traceparent if parent is not None else None
+    )  # no topic: not asked
+    mixed = build_envelopes([Placed(n=1), Versioned(n=2)], "svc", parent=parent, trace_root=root)
+    assert asked == wanted and {e.traceparent for e in mixed} == {
+        parent.traceparent if parent is not None else None
+    }  # two classes, no topic: not asked either

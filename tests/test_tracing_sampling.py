@@ -10,6 +10,7 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
+import pytest
 from opentelemetry import trace
 from opentelemetry.context import Context as OtelContext
 from opentelemetry.sdk.trace import TracerProvider, sampling
@@ -139,3 +140,184 @@ def test_a_handed_over_trace_id_goes_to_the_thread_that_handed_it() -> None:
     assert other != [42]  # a span another thread started meanwhile: a trace of its own
     assert ids.generate_trace_id() == 42
     assert ids.generate_trace_id() != 42  # once
+
+
+class Listed:
+    """An id generator giving the trace ids listed, in turn (span ids: counted)."""
+
+    def __init__(self, trace_ids: list[int]) -> None:
+        self.trace_ids = iter(trace_ids)
+        self.span_ids = iter(range(1, 1 << 62))
+
+    def generate_trace_id(self) -> int:
+        return next(self.trace_ids)
+
+    def generate_span_id(self) -> int:
+        return next(self.span_ids)
+
+    def is_trace_id_random(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda rate: sampling.ParentBased(sampling.TraceIdRatioBased(rate)),
+        sampling.ParentBasedTraceIdRatio,
+        sampling.TraceIdRatioBased,
+    ],
+    ids=["ParentBased(TraceIdRatioBased)", "ParentBasedTraceIdRatio", "TraceIdRatioBased"],
+)
+@pytest.mark.parametrize("rate", [0.0, 0.01, 0.5, 1.0])
+def test_the_sdk_ratio_sampler_is_answered_as_it_answers(make: Any, rate: float) -> None:
+    """For exactly the SDK's ratio samplers a new trace's decision is read from its
+    id's low bits without asking the sampler: the same decision for every id, those
+    at the bound and with any high bits included."""
+    import random
+
+    from eventbus.tracing import _RootSampling
+
+    sampler = make(rate)
+    bound = sampling.TraceIdRatioBased(rate).bound
+    rng = random.Random(22)
+    low = [0, 1, bound - 1, bound, bound + 1, (1 << 64) - 1] + [
+        rng.getrandbits(64) for _ in range(300)
+    ]
+    trace_ids = [
+        (high << 64) | (value & ((1 << 64) - 1))
+        for value in low
+        for high in (0, 1, rng.getrandbits(64))
+        if (high << 64) | (value & ((1 << 64) - 1))
+    ]
+    provider = TracerProvider(sampler=sampler, id_generator=Listed(trace_ids))
+    roots = _RootSampling.of(provider.get_tracer("test"))
+    assert roots is not None and roots.bound == bound  # the fast path is taken
+    for trace_id in trace_ids:
+        expected = sampler.should_sample(OtelContext(), trace_id, "send t", SpanKind.PRODUCER)
+        dropped = roots.dropped("t", lambda topic: {})
+        if expected.decision.is_sampled():
+            assert dropped is None, f"{trace_id:032x} is sampled at {rate}"
+            assert roots.ids.generate_trace_id() == trace_id  # handed to start_span
+        else:
+            assert dropped is not None, f"{trace_id:032x} is dropped at {rate}"
+            assert dropped[0][3:35] == f"{trace_id:032x}" and not sampled(dropped[0])
+            assert dropped[1] is None  # a new trace has no trace state
+
+
+def test_another_sampler_is_asked_as_ever() -> None:
+    from eventbus.tracing import _RootSampling
+
+    class Mine(sampling.TraceIdRatioBased):
+        pass
+
+    for sampler in (Mine(0.5), sampling.ParentBased(Mine(0.5)), EvenTraces()):
+        roots = _RootSampling.of(TracerProvider(sampler=sampler).get_tracer("test"))
+        assert roots is not None and roots.bound is None
+
+
+def test_the_sdk_random_ids_are_drawn_as_its_generator_draws_them() -> None:
+    """With exactly the SDK's RandomIdGenerator, ``random.getrandbits`` is asked
+    directly: the same ids, in the same order, as the generator gives, and the
+    traceparent written with them."""
+    import random
+
+    from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
+
+    from eventbus.tracing import _RootSampling
+
+    sampler = sampling.ParentBased(sampling.TraceIdRatioBased(0.5))
+    provider = TracerProvider(sampler=sampler)
+    roots = _RootSampling.of(provider.get_tracer("test"))
+    assert roots is not None and roots.random_bits is not None  # the direct path
+    random.seed(22)
+    got, handed = [], []
+    for _ in range(200):
+        got.append(roots.dropped("t", lambda topic: {}))
+        if got[-1] is None:  # recorded: start_span takes the trace id handed to it
+            handed.append(roots.ids.generate_trace_id())
+    random.seed(22)
+    ids = RandomIdGenerator()
+    for answer in got:
+        trace_id = ids.generate_trace_id()
+        if sampler.should_sample(OtelContext(), trace_id, "send t").decision.is_sampled():
+            assert answer is None and handed.pop(0) == trace_id
+        else:
+            assert answer == (f"00-{trace_id:032x}-{ids.generate_span_id():016x}-02", None)
+    assert not handed and {answer is None for answer in got} == {True, False}
+
+
+def test_a_dropped_new_trace_is_built_into_the_envelopes_not_copied_in(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Outside any span, a publish's new trace is decided before its envelopes are
+    built: a dropped one is built in (no envelope copied to carry it, no traceparent
+    parsed on the way, no coroutine of the publish step's own), one trace per publish
+    call, each as the sampler decided."""
+    import eventbus.tracing as tracing_module
+
+    calls: Counter[str] = Counter()
+    for name in ("_stamped", "_span_context"):
+        original = getattr(tracing_module, name)
+
+        def counted(*args: Any, _name: str = name, _original: Any = original) -> Any:
+            calls[_name] += 1
+            return _original(*args)
+
+        monkeypatch.setattr(tracing_module, name, counted)
+    send = tracing_module.SendSpans._send
+
+    def sending(*args: Any) -> Any:
+        calls["_send"] += 1
+        return send(*args)
+
+    monkeypatch.setattr(tracing_module.SendSpans, "_send", sending)
+
+    async def scenario() -> None:
+        exporter = InMemorySpanExporter()
+        sampler = sampling.ParentBased(sampling.TraceIdRatioBased(0.5))
+        provider = TracerProvider(sampler=sampler)
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
+        bus = Tracing(provider).instrument(EventBus(memory_url(), source="orders"))
+        async with bus:
+            lone = [await bus.publish(Placed(n=n)) for n in range(40)]
+            many = [await bus.publish_many([Placed(n=n), Placed(n=-n)]) for n in range(20)]
+        recorded = {span.context.trace_id for span in exporter.get_finished_spans()}
+        dropped = 0
+        for sent in [[envelope] for envelope in lone] + many:
+            assert len({e.traceparent for e in sent}) == 1  # one trace per call
+            traceparent = sent[0].traceparent
+            assert traceparent is not None
+            trace_id = int(traceparent[3:35], 16)
+            decision = sampler.should_sample(OtelContext(), trace_id, "send").decision
+            assert sampled(traceparent) == decision.is_sampled() == (trace_id in recorded)
+            dropped += not decision.is_sampled()
+        assert 0 < dropped < 60
+        assert calls["_stamped"] == len(recorded)  # only a recorded span's context is stamped
+        assert calls["_send"] == len(recorded)  # a dropped one is passed on by __call__
+        assert calls["_span_context"] == 0
+
+    run(scenario)
+
+
+@pytest.mark.parametrize("traceparent", [None, "00-" + "3" * 32 + "-" + "4" * 16 + "-00"])
+def test_a_handling_leaves_the_context_as_it_found_it(traceparent: str | None) -> None:
+    """The consumer step makes the message's context current (set on OpenTelemetry's
+    context variable directly) and puts the one before back when the handling ends."""
+    from types import SimpleNamespace
+
+    from opentelemetry import context as otel_context
+
+    from eventbus.tracing import ProcessSpans
+
+    steps = ProcessSpans(Tracing(TracerProvider(sampler=sampling.ALWAYS_OFF)), "memory")
+    envelope = Envelope.create(type="t", source="s", traceparent=traceparent)
+    ctx: Any = SimpleNamespace(envelope=envelope, topic="t", group="g")
+    before = otel_context.get_current()
+    for _ in range(2):  # the second time from what the step read last
+        mark = steps.begin(ctx)
+        inside = trace.get_current_span().get_span_context()
+        assert inside.is_valid and not inside.trace_flags.sampled
+        if traceparent is not None:
+            assert f"{inside.trace_id:032x}" == traceparent[3:35]
+        steps.end(ctx, mark, None)
+        assert otel_context.get_current() is before

@@ -207,6 +207,9 @@ class _Step:
         return self.layer(ctx, self.inner)
 
 
+_new_step = object.__new__
+
+
 def compose_publish(middleware: Sequence[PublishMiddleware], publish: PublishNext) -> PublishNext:
     """Wrap ``publish`` in publish ``middleware``, the first element outermost."""
     step = publish
@@ -216,7 +219,22 @@ def compose_publish(middleware: Sequence[PublishMiddleware], publish: PublishNex
 
 
 def _bind_publish(layer: PublishMiddleware, inner: PublishNext) -> PublishNext:
-    async def step(topic: str, envelopes: Sequence[Envelope]) -> None:
-        await layer(topic, envelopes, inner)
-
+    # Bound per publish call (the innermost step is that call's own): made without an
+    # __init__ call.
+    step = _new_step(_PublishStep)
+    step.layer = layer
+    step.inner = inner
     return step
+
+
+class _PublishStep:
+    """One publish layer bound to the rest (a plain call returning the layer's
+    coroutine, as :class:`_Step`: no coroutine of its own per publish)."""
+
+    __slots__ = ("inner", "layer")
+
+    layer: PublishMiddleware
+    inner: PublishNext
+
+    def __call__(self, topic: str, envelopes: Sequence[Envelope]) -> Awaitable[None]:
+        return self.layer(topic, envelopes, self.inner)
