@@ -1,5 +1,8 @@
 """The SQS adapter: SNS topics fanning out to one SQS queue per group, through aioboto3.
 
+(Over 400 lines: connection, capabilities, publishing and subscribing of one adapter;
+the parts that stand alone live in publish, provision, consumer and delivery.)
+
 Example::
 
     adapter = SqsAdapter("sqs://?region=eu-west-1")
@@ -92,7 +95,9 @@ class SqsAdapter(ConfiguredAdapter[SqsSettings, aioboto3.Session]):
             # one opens a new connection.
             half_open_bound=s.connect_timeout,
             browse=False,
-            group_route=True,
+            # Queue topology has one queue per topic that every group shares: no route
+            # to one group (a replay goes to that queue, i.e. the whole topic).
+            group_route=s.topology == "sns",
             raw_publish=True,
         )
         self._clients: dict[str, Any] = {}
@@ -176,6 +181,11 @@ class SqsAdapter(ConfiguredAdapter[SqsSettings, aioboto3.Session]):
     def sns_client(self) -> Any:
         """The connected SNS client."""
         return self._client("sns")
+
+    @property
+    def provisioner(self) -> Provisioner:
+        """What this adapter found or created (its publisher drops a deleted queue)."""
+        return self._provisioner
 
     def probe_client(self) -> Any:
         """The SQS client that tries once (health, backlog): an answer or not, at once."""
