@@ -58,7 +58,14 @@ MOTO_LIMITS: dict[str, str] = {
 }
 
 # ElasticMQ (harness/sqs_emulators.py): where it differs from SQS (docs/adapters/sqs.md).
-ELASTICMQ_LIMITS: dict[str, str] = {}
+ELASTICMQ_LIMITS: dict[str, str] = {
+    "test_broker_restart_loses_nothing_acknowledged": (
+        "ElasticMQ (messages on disk in H2, even with WRITE_DELAY=0) may lose a send it "
+        "acknowledged as it was being stopped: in 4 of 11 runs one message confirmed within "
+        "0.2 s after the stop signal was in the queue neither visible nor in flight after "
+        "the restart (AWS stores a message durably before it answers); 7 runs passed"
+    )
+}
 
 # Message counts of heavy cases, scaled per broker: slow brokers get fewer
 # messages rather than a skipped case.
