@@ -86,6 +86,7 @@ class Supervision:
     state: SubscriptionState = field(default="starting", init=False)
     error: BaseException | None = field(default=None, init=False)
     _idle_since: float = field(default=0.0, init=False)
+    _stalled_at: int = field(default=0, init=False)  # progress.ticks when it stalled
     _backlog: int | None = field(default=None, init=False)
     _window: int = field(default=0, init=False)  # the prefetch asked for
     _subscription: Subscription | None = field(default=None, init=False)
@@ -103,6 +104,10 @@ class Supervision:
 
     def health(self) -> SubscriptionHealth:
         """This subscription's state and, unless running, the last error."""
+        if self.state == "stalled" and self.progress.ticks != self._stalled_at:
+            # Deliveries came since the stall: running again now, not at the watch's
+            # next look (up to 10 s away).
+            self._stall_over("it is making progress again")
         error = None if self.error is None else f"{type(self.error).__name__}: {self.error}"
         idle = 0.0 if not self._idle_since else time.monotonic() - self._idle_since
         return SubscriptionHealth(
@@ -261,7 +266,7 @@ class Supervision:
                 f"{now - self._idle_since:.1f}s while {why}; subscribing again"
             )
             log.warning("%s", error)
-            self.state, self.error = "stalled", error
+            self.state, self.error, self._stalled_at = "stalled", error, progress.ticks
             await self._resubscribe()
 
     def _stall_over(self, why: str) -> None:

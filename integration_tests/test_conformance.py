@@ -57,6 +57,16 @@ MOTO_LIMITS: dict[str, str] = {
     ),
 }
 
+# ElasticMQ (harness/sqs_emulators.py): where it differs from SQS (docs/adapters/sqs.md).
+ELASTICMQ_LIMITS: dict[str, str] = {
+    "test_broker_restart_loses_nothing_acknowledged": (
+        "ElasticMQ (messages on disk in H2, even with WRITE_DELAY=0) may lose a send it "
+        "acknowledged as it was being stopped: in 4 of 11 runs one message confirmed within "
+        "0.2 s after the stop signal was in the queue neither visible nor in flight after "
+        "the restart (AWS stores a message durably before it answers); 7 runs passed"
+    )
+}
+
 # Message counts of heavy cases, scaled per broker: slow brokers get fewer
 # messages rather than a skipped case.
 SCALE = {"kafka": 0.25, "tansu": 0.25}
@@ -75,6 +85,9 @@ TARGETS: dict[str, tuple[str, str | None]] = {
     "nats-core": ("nats", None),
     "sqs": ("sqs", None),
     "sqs-fifo": ("sqs", None),
+    # The SQS adapter on ElasticMQ too (#25; harness/sqs_emulators.py): SQS without SNS,
+    # so the adapter's queue topology.
+    "sqs-elasticmq": ("elasticmq", None),
     "sqlite": ("sqlite", None),
     "postgres": ("postgres", None),
 }
@@ -85,7 +98,11 @@ TARGETS: dict[str, tuple[str, str | None]] = {
 # messages for one visibility timeout, as on AWS; 10 s keeps that recovery
 # within the reconnect cases' 30 s wait (the heartbeat still covers long handlers).
 SQS_BASE = "wait_seconds=1"
-SQS_OPTIONS = {"sqs": SQS_BASE, "sqs-fifo": f"{SQS_BASE}&fifo=true"}
+SQS_OPTIONS = {
+    "sqs": SQS_BASE,
+    "sqs-fifo": f"{SQS_BASE}&fifo=true",
+    "sqs-elasticmq": f"{SQS_BASE}&topology=queue",
+}
 SQS_VISIBILITY = "visibility_timeout=10"
 
 
@@ -105,7 +122,7 @@ def _target(name: str) -> BrokerTarget:
     if broker == "postgres":  # a database of its own, through a fault proxy
         return postgres_target(name)
     endpoint, proxy = harness.require_faulty(broker, flavour)
-    if broker == "sqs":
+    if broker in ("sqs", "elasticmq"):
         return _sqs_target(name, endpoint, proxy)
     return kafka_target(
         name,
@@ -161,7 +178,7 @@ def _sqs_target(name: str, endpoint: harness.Endpoint, proxy: harness.FaultProxy
         scale=SCALE.get(name, 1.0),
         # SQS FIFO's dedupe window (declared: dedupe_window=300) skips the cases that
         # publish one event id twice through Capability.no_dedupe_window.
-        limits=MOTO_LIMITS,
+        limits=ELASTICMQ_LIMITS if name == "sqs-elasticmq" else MOTO_LIMITS,
         restart=endpoint.restart,
         delete_underneath=sqs_targets.delete_underneath(url),
         short_lease=sqs_targets.short_lease(endpoint.url, SQS_OPTIONS[name]),

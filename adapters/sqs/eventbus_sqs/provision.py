@@ -154,6 +154,12 @@ class Provisioner:
         urls = {self._queues.pop(name) for name in names if name in self._queues}
         self._subscribed = {pair for pair in self._subscribed if pair[1] not in urls}
 
+    def forget_queue(self, url: str) -> None:
+        """Drop the cached queue at ``url`` (a send found it deleted underneath), so the
+        next use provisions it again (or, with provision=false, says it is missing)."""
+        self._queues = {name: known for name, known in self._queues.items() if known != url}
+        self._subscribed = {pair for pair in self._subscribed if pair[1] != url}
+
     # -- topics ------------------------------------------------------------------------
 
     async def topic_arn(self, sns: Any, sts: Any, topic: str) -> str:

@@ -27,7 +27,7 @@ from eventbus.errors import (
     PublishError,
 )
 
-from .delivery import TRANSIENT_CODES
+from .delivery import GONE_CODES, TRANSIENT_CODES, error_code
 from .settings import MAX_SQS_MESSAGE_BYTES
 
 if TYPE_CHECKING:
@@ -194,11 +194,27 @@ class Publisher:
         raise BatchPublishError.partial(errors, len(envelopes), f"SQS/SNS topic {topic!r}")
 
     def via_queue(self, url: str) -> Send:
-        """Batches sent straight to the queue at ``url`` (SendMessageBatch)."""
+        """Batches sent straight to the queue at ``url`` (SendMessageBatch). A queue
+        deleted underneath (the topic's queue in queue topology, a group's on a replay)
+        is an outage: its cached URL is dropped, so the bus's publish retry provisions
+        it again (or, with provision=false, reports it missing)."""
         sqs = self.adapter.sqs_client()
-        return self._via(
-            lambda entries: sqs.send_message_batch(QueueUrl=url, Entries=entries), "MessageBody"
-        )
+        provisioner = self.adapter.provisioner
+
+        async def call(entries: list[dict[str, Any]]) -> dict[str, Any]:
+            try:
+                reply: dict[str, Any] = await sqs.send_message_batch(QueueUrl=url, Entries=entries)
+            except ClientError as exc:
+                if error_code(exc) not in GONE_CODES:
+                    raise
+                provisioner.forget_queue(url)
+                raise BrokerConnectionError(
+                    f"SQS queue {url} no longer exists (deleted underneath?); it is "
+                    "looked up, or provisioned, again on the next try"
+                ) from exc
+            return reply
+
+        return self._via(call, "MessageBody")
 
     def via_topic(self, arn: str) -> Send:
         """Batches published to the SNS topic ``arn`` (PublishBatch)."""

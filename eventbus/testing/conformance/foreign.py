@@ -45,7 +45,7 @@ class ForeignCases:
         reason = dead.extensions["dlqreason"]
         assert "wire format 'plain'" in reason and "not JSON" in reason, reason
 
-    @case(_RAW)
+    @case(_RAW, requires(Capability.fanout, "a plain and a CloudEvents-only group both read it"))
     async def test_plain_publish_goes_out_raw_with_its_key(self, run: Case) -> None:
         """``publish(wire_format="plain", key=...)`` sends each event's JSON through
         ``publish_raw(topic, RawMessage(..., key=...))``; a plain subscription reads them
