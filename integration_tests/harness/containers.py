@@ -26,8 +26,16 @@ IMAGES = {
     "redis": "redis:7",
     "nats": "nats:2.10",
     "sqs": "localstack/localstack:3.8",
+    "elasticmq": "softwaremill/elasticmq-native:1.6.11",
 }
-PORTS = {"kafka": 9092, "rabbitmq": 5672, "redis": 6379, "nats": 4222, "sqs": 4566}
+PORTS = {
+    "kafka": 9092,
+    "rabbitmq": 5672,
+    "redis": 6379,
+    "nats": 4222,
+    "sqs": 4566,
+    "elasticmq": 9324,
+}
 
 _engine_checked = False
 _engine_problem: str | None = None
@@ -85,6 +93,7 @@ def broker_url(name: str, host: str, port: int) -> str:
         "redis": f"redis://{host}:{port}/0",
         "nats": f"nats://{host}:{port}",
         "sqs": f"sqs://{host}:{port}?region=us-east-1",
+        "elasticmq": f"sqs://{host}:{port}?region=us-east-1",
     }[name]
 
 
