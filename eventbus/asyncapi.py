@@ -10,7 +10,9 @@ Also ``eventbus asyncapi app:bus [--format yaml|json]``. What goes in:
 - **messages**: one per event or command class, under its stable type name, with the
   class's JSON schema (pydantic's; shared models under ``components/schemas``), its data
   version (``x-eventbus-version``), its docstring, the CloudEvents attributes it travels
-  with as headers (named as the broker's binding names them), and examples: the model's
+  with as headers (named as the broker's binding names them; none in CloudEvents
+  structured mode, ``?mode=structured`` or a broker without headers, where the
+  description says the body is the CloudEvents JSON document), and examples: the model's
   own (``json_schema_extra={"examples": [...]}``), else one built from its fields'
   ``examples``;
 - **operations**: ``receive`` per subscription (topic, group), ``send`` per topic of the
@@ -76,9 +78,13 @@ def asyncapi_document(
     url = urlsplit(bus.adapter.url)
     scheme = url.scheme
     prefix = _HEADER_PREFIX.get(scheme)
+    settings = getattr(bus.adapter, "settings", None)
     # RabbitMQ's binding=amqp writes the AMQP binding's properties instead of ce-.
-    if prefix == "ce-" and getattr(getattr(bus.adapter, "settings", None), "binding", "") == "amqp":
+    if prefix == "ce-" and getattr(settings, "binding", "") == "amqp":
         prefix = "cloudEvents_"
+    # ?mode=structured (Kafka, memory): one JSON document per message, no ce_ headers.
+    if getattr(settings, "mode", "binary") == "structured":
+        prefix = None
     subscribed = [(spec, _handled(bus, spec)) for spec in bus.subscriptions]
     classes = _unique([*(c for _, handled in subscribed for c in handled), *bus.published])
 

@@ -280,3 +280,16 @@ def resolve(document: dict[str, Any], ref: dict[str, Any]) -> dict[str, Any]:
     for part in ref["$ref"].removeprefix("#/").split("/"):
         node = node[part.replace("~1", "/").replace("~0", "~")]
     return resolve(document, node)
+
+
+@pytest.mark.parametrize(
+    "url", [URLS["kafka"] + "&mode=structured", "memory://stock?mode=structured"]
+)
+def test_structured_mode_is_documented_as_one_json_document_without_headers(url: str) -> None:
+    """``mode=structured`` sends no ``ce_`` headers: the document must not promise any."""
+    document = asyncapi_document(stock_service(url))
+    assert_valid(document)
+    message = document["components"]["messages"]["test.asyncapi.items-reserved"]
+    assert "headers" not in message, message["headers"]
+    assert "application/cloudevents+json" in message["description"]
+    assert all("headers" not in example for example in message["examples"])
