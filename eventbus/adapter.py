@@ -523,3 +523,9 @@ class Adapter(abc.ABC):
                 f"{limit}-byte limit of {type(self).__name__} on topic {topic!r}; nothing "
                 "was sent. Keep events small: reference large data by id or URL."
             )
+
+
+# The base's own publish_raw takes the old call form too (one release), so an adapter
+# that cannot publish raw bytes answers an old-form call with UnsupportedOperationError,
+# as it answers the new form, not with a TypeError about its arguments.
+Adapter.publish_raw = accept_old_form(Adapter, Adapter.publish_raw)  # type: ignore[method-assign, assignment]

@@ -12,7 +12,12 @@ import pytest
 from eventbus.adapter import Adapter, RawMessage, SubscribeOptions, Subscription
 from eventbus.adapters_util import ExceptionMap, map_exceptions
 from eventbus.envelope import Envelope
-from eventbus.errors import BrokerConnectionError, MessageTooLargeError, PublishError
+from eventbus.errors import (
+    BrokerConnectionError,
+    MessageTooLargeError,
+    PublishError,
+    UnsupportedOperationError,
+)
 from eventbus.memory import MemoryAdapter
 from tests.bus_support import memory_url, run
 
@@ -126,6 +131,21 @@ def test_the_old_publish_raw_call_form_warns_and_still_publishes() -> None:
         assert record.raw == b"\x00bytes"
 
     run(scenario)
+
+
+def test_an_adapter_without_raw_publishing_refuses_both_call_forms_the_same_way() -> None:
+    """The base ``publish_raw`` (an adapter that cannot publish raw bytes) answers the old
+    call form with UnsupportedOperationError too, not a TypeError about its arguments."""
+    adapter = MemoryAdapter(memory_url())
+    base: Any = Adapter.publish_raw
+    for call in (
+        lambda: base(adapter, "t", RawMessage(b"body")),
+        lambda: base(adapter, "t", b"body", {"h": b"1"}, key="k"),
+    ):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            with pytest.raises(UnsupportedOperationError, match="cannot publish raw bytes"):
+                asyncio.run(call())
 
 
 def test_headers_or_a_key_beside_a_raw_message_are_refused() -> None:
