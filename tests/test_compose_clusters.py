@@ -186,3 +186,26 @@ def test_without_an_engine_the_container_only_way_says_why(monkeypatch: pytest.M
     monkeypatch.setattr(compose, "engine_problem", lambda: "no container engine (test)")
     with pytest.raises(RuntimeError, match=r"no container engine \(test\).*leaves out process"):
         clusters.start_cluster("nats")
+
+
+def test_a_container_cluster_that_fails_falls_back_to_processes_with_a_warning(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An engine answers but the compose services do not start (say, a port taken):
+    the cluster runs as local processes, and the warning says why."""
+    if compose.installed_version("nats") is None:
+        pytest.skip("no nats-server on this machine")
+
+    def refuse(name: str) -> clusters.Cluster:
+        raise compose.ComposeError("port 4223 is already allocated")
+
+    monkeypatch.delenv("EVENTBUS_TEST_METHODS", raising=False)
+    monkeypatch.setattr(compose, "engine_problem", lambda: None)
+    monkeypatch.setattr(compose, "start_cluster", refuse)
+    with pytest.warns(UserWarning, match="port 4223 is already allocated.*local processes"):
+        started = clusters.start_cluster("nats")
+    try:
+        assert started.how == "process"
+        assert all(member.running for member in started.members)
+    finally:
+        started.close()
