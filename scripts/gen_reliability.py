@@ -182,6 +182,57 @@ delivery, said here (and in [semantics](semantics.md)) rather than hidden:
   redeliver a dead member's unsettled messages after those the survivors took.
 """
 
+CONTAINERS = """\
+## The clusters with a container engine
+
+The figures above come from clusters of local processes (the machine's Debian
+packages; Apache Kafka's jars from Maven Central on the JDK). When a container engine
+answers and `docker compose` is installed, the harness runs the same clusters from
+the `cluster` profile of `docker-compose.yml` instead, falling back to local
+processes (with a warning saying why) if they do not start. The profile's images
+carry the versions the process path runs and its settings (three Kafka brokers, each
+a KRaft controller, replication factor 3, `min.insync.replicas=2`; three RabbitMQ
+nodes clustered by classic-config peer discovery; three NATS JetStream servers
+routed to each other; a Redis primary, its replica and three Sentinels);
+`tests/test_compose_clusters.py` checks the file against the harness. A node
+failure is `docker compose kill -s SIGKILL` on the member's container, the restart
+`docker compose start` (the same container, on its data). Not yet measured this way:
+the machine these figures come from has no container engine.
+
+```sh
+pytest integration_tests/chaos --chaos-long -m cluster   # containers if an engine answers
+EVENTBUS_TEST_METHODS=process pytest integration_tests/chaos --chaos-long -m cluster
+EVENTBUS_TEST_METHODS=container pytest integration_tests/chaos --chaos-long -m cluster
+```
+
+The last one fails, naming why, instead of falling back. The harness's compose
+project is `eventbus-clusters`: each cluster is created blank when its scenarios
+start and removed with its volumes when they end, one at a time, since the ports
+are fixed. `docker compose up` alone still starts only the single brokers. To run
+a cluster by hand (under each, an eventbus URL naming every member; the harness adds
+its short timeouts to these):
+
+```sh
+docker compose --profile cluster up -d --wait kafka-1 kafka-2 kafka-3
+#   kafka://127.0.0.1:19092,127.0.0.1:19093,127.0.0.1:19094?replication=3
+docker compose --profile cluster up -d --wait rabbitmq-1 rabbitmq-2 rabbitmq-3
+#   amqp://guest:guest@127.0.0.1:5673,127.0.0.1:5674,127.0.0.1:5675/?queue_type=quorum
+docker compose --profile cluster up -d --wait nats-1 nats-2 nats-3
+#   nats://127.0.0.1:4223,127.0.0.1:4224,127.0.0.1:4225?replicas=3
+docker compose --profile cluster up -d --wait redis-net redis-r1 redis-r2 \\
+    redis-sentinel-1 redis-sentinel-2 redis-sentinel-3
+#   redis+streams://127.0.0.1:26380,127.0.0.1:26381,127.0.0.1:26382/0?sentinel=mymaster
+docker compose --profile cluster kill -s SIGKILL kafka-2   # a node failure,
+docker compose --profile cluster start kafka-2             # and its restart
+docker compose --profile cluster down -v
+```
+
+Sentinels hand clients the address they know a node by, so the Redis services share
+one network namespace (`redis-net`'s, which publishes the ports): `127.0.0.1:6380`
+is the primary inside it and on the host alike. Every port is published and
+advertised on 127.0.0.1, so the engine must run on the machine of the tests.
+"""
+
 
 def load(profile: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     path = REPORTS / f"{profile}.jsonl"
@@ -309,7 +360,7 @@ def render(runs: list[tuple[str, dict[str, Any], list[dict[str, Any]]]]) -> str:
                     out += [f"![RSS during the soak on {r['broker']}](reliability/{name})", ""]
     for scenario, found in by_scenario.items():  # a scenario this script does not know
         out += [f"## {scenario}", "", table(found, scenario), ""]
-    out.append(DECLARED)
+    out += [DECLARED, CONTAINERS]
     return "\n".join(out)
 
 

@@ -11,10 +11,11 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 from . import kafka_dist
-from .clusters import MEMBERS, Cluster, _start_all
+from .clusters import MEMBERS, Cluster, Member, _start_all
 from .processes import LocalProcess, free_port
 
 REPLICATED = {
@@ -26,12 +27,15 @@ REPLICATED = {
 }
 
 
+HEAP = ("-Xms128m", "-Xmx512m")  # three JVMs share a small machine
+
+
 class KafkaCluster(Cluster):
     """Brokers ``1..3``; :meth:`victim` is the leader of the topic's partition 0."""
 
     name = "kafka"
 
-    def __init__(self, members: list[LocalProcess], url: str, workdir: Path) -> None:
+    def __init__(self, members: Sequence[Member], url: str, workdir: Path) -> None:
         super().__init__(members, url, workdir)
         self.ports = [int(m.url.rpartition(":")[2]) for m in members]
 
@@ -56,7 +60,13 @@ class KafkaCluster(Cluster):
         raise AssertionError(f"topic {topic!r} has no partition leader")
 
 
-def _config(text: str, node: int, voters: str) -> str:
+def kafka_url(ports: Sequence[int]) -> str:
+    hosts = ",".join(f"127.0.0.1:{p}" for p in ports)
+    return f"kafka://{hosts}?replication={MEMBERS}&partitions=1&enable_idempotence=true"
+
+
+def cluster_properties(text: str, node: int, voters: str) -> str:
+    """Broker ``node``'s config: the single-node ``text`` with :data:`REPLICATED`."""
     for old, new in REPLICATED.items():
         text = text.replace(old, new)
     text = text.replace("node.id=1", f"node.id={node}")
@@ -84,12 +94,11 @@ def start_kafka_cluster() -> KafkaCluster:
             controller_port=controllers[i],
             advertised_port=ports[i],
         )
-        config.write_text(_config(single, i + 1, voters))
+        config.write_text(cluster_properties(single, i + 1, voters))
         (home / "log4j2.properties").write_text(kafka_dist._LOG4J2)
         jvm = [
             java,
-            "-Xms128m",
-            "-Xmx512m",
+            *HEAP,
             "-XX:+UseSerialGC",
             "-Djava.awt.headless=true",
             f"-Dlog4j2.configurationFile={home / 'log4j2.properties'}",
@@ -107,6 +116,4 @@ def start_kafka_cluster() -> KafkaCluster:
         argv = [*jvm, "kafka.Kafka", str(config)]
         members.append(LocalProcess("kafka", argv, url, workdir=home, ready_timeout=120.0))
     _start_all(members)
-    hosts = ",".join(f"127.0.0.1:{p}" for p in ports)
-    url = f"kafka://{hosts}?replication=3&partitions=1&enable_idempotence=true"
-    return KafkaCluster(members, url, workdir)
+    return KafkaCluster(members, kafka_url(ports), workdir)

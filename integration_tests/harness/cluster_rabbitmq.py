@@ -9,13 +9,14 @@ Debian's wrapper, for the reason :func:`processes.start_rabbitmq` gives.
 from __future__ import annotations
 
 import asyncio
-import re
+import json
 import secrets
 import subprocess
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
-from .clusters import MEMBERS, Cluster, _start_all
+from .clusters import MEMBERS, Cluster, Member, _start_all
 from .processes import LocalProcess, _require_binary, free_port
 
 CTL = "/usr/lib/rabbitmq/bin/rabbitmqctl"
@@ -27,25 +28,34 @@ class RabbitMQCluster(Cluster):
 
     name = "rabbitmq"
 
-    def __init__(self, members: list[LocalProcess], url: str, workdir: Path) -> None:
+    def __init__(
+        self, members: Sequence[Member], url: str, workdir: Path, nodes: list[str], ports: list[int]
+    ) -> None:
         super().__init__(members, url, workdir)
-        self.nodes = [m.env["RABBITMQ_NODENAME"] for m in members]
-        self.ports = [int(m.env["RABBITMQ_NODE_PORT"]) for m in members]
+        self.nodes = nodes
+        self.ports = ports  # the AMQP port of each node, as clients reach it
+
+    def ctl_command(self, index: int, args: Sequence[str]) -> tuple[list[str], dict[str, str]]:
+        """The argv and environment of ``rabbitmqctl args`` on node ``index``."""
+        member = self.members[index]
+        assert isinstance(member, LocalProcess)
+        return [CTL, "-n", self.nodes[index], *args], member.env
 
     def ctl(self, index: int, *args: str, timeout: float = 60.0) -> str:
         """``rabbitmqctl -n <node index> args`` with that node's cookie; its output."""
-        member = self.members[index]
+        argv, env = self.ctl_command(index, args)
         done = subprocess.run(
-            [CTL, "-n", self.nodes[index], *args],
-            env=member.env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
+            argv, env=env, capture_output=True, text=True, timeout=timeout, check=False
         )
         if done.returncode:
             raise RuntimeError(f"rabbitmqctl {' '.join(args)} on {self.nodes[index]}: {done}")
         return done.stdout
+
+    def check_formed(self) -> None:
+        """Every node runs in one cluster (as node 0 sees it), else AssertionError."""
+        status = json.loads(self.ctl(0, "cluster_status", "--formatter", "json"))
+        missing = [node for node in self.nodes if node not in status["running_nodes"]]
+        assert not missing, f"{missing} not running in the cluster: {status}"
 
     def leader(self, queue: str) -> int:
         """The node leading quorum queue ``queue``."""
@@ -107,18 +117,21 @@ def start_rabbitmq_cluster() -> RabbitMQCluster:
         url = f"amqp://guest:guest@127.0.0.1:{port}/"
         members.append(LocalProcess("rabbitmq", [binary], url, env=env, workdir=home))
     _start_all(members)
-    cluster = RabbitMQCluster(members, "", workdir)
+    nodes = [m.env["RABBITMQ_NODENAME"] for m in members]
+    ports = [int(m.env["RABBITMQ_NODE_PORT"]) for m in members]
+    cluster = RabbitMQCluster(members, rabbitmq_url(ports), workdir, nodes, ports)
     try:
         for i in range(1, MEMBERS):
             cluster.ctl(i, "stop_app")
             cluster.ctl(i, "join_cluster", cluster.nodes[0])
             cluster.ctl(i, "start_app")
-        status = cluster.ctl(0, "cluster_status")
-        running = re.findall(r"rabbit-c\d-\d+@localhost", status.split("Running Nodes")[1])
-        assert len(set(running)) >= MEMBERS, status
+        cluster.check_formed()
     except BaseException:
         cluster.close()
         raise
-    hosts = ",".join(f"127.0.0.1:{p}" for p in cluster.ports)
-    cluster.url = f"amqp://guest:guest@{hosts}/?queue_type=quorum"
     return cluster
+
+
+def rabbitmq_url(ports: Sequence[int]) -> str:
+    hosts = ",".join(f"127.0.0.1:{p}" for p in ports)
+    return f"amqp://guest:guest@{hosts}/?queue_type=quorum"

@@ -6,6 +6,12 @@ data directories under a temp dir), so a member can be SIGKILLed
 ``url`` is the eventbus URL naming every member; :meth:`Cluster.victim` says which
 member a node-failure fault should kill (the one leading the topic's data).
 
+:func:`start_cluster` prefers containers when a container engine answers (the
+``cluster`` profile of ``docker-compose.yml``, :mod:`.cluster_compose`: a member is
+then a container, killed with ``docker kill`` and started again with ``docker
+start``) and falls back to local processes; ``EVENTBUS_TEST_METHODS`` limits the
+ways as for single brokers (``container``, ``process``).
+
 Only the chaos suite's long profile starts them (``integration_tests/chaos``,
 ``test_cluster_failure.py``): one cluster at a time, torn down at its end.
 """
@@ -14,25 +20,83 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import os
 import shutil
 import tempfile
 import time
+import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Protocol
 
 from .processes import LocalProcess, ProcessStartError, _require_binary, free_port
 
 MEMBERS = 3
 
+# The settings both ways of running a cluster share (docker-compose.yml's cluster
+# profile has the same; tests/test_compose_clusters.py compares them).
+NATS_CLUSTER_NAME = "eventbus"
+REDIS_PRIMARY_NAME = "mymaster"
+SENTINEL_QUORUM = 2
+SENTINEL_SETTINGS = {"down-after-milliseconds": 1000, "failover-timeout": 5000}
+# Every write on disk before it is acknowledged; a full sync starts at once (the
+# default waits 5 s for more replicas).
+REDIS_DATA_FLAGS = (
+    *("--save", "", "--appendonly", "yes", "--appendfsync", "always"),
+    *("--repl-diskless-sync-delay", "0"),
+)
+
+
+class Member(Protocol):
+    """One cluster member: a :class:`LocalProcess` or a container
+    (:class:`.cluster_compose.ContainerMember`)."""
+
+    url: str
+
+    @property
+    def running(self) -> bool: ...
+
+    def start(self, wait: bool = True) -> None: ...
+
+    def ready(self) -> None: ...
+
+    def kill(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def nats_url(ports: Sequence[int]) -> str:
+    hosts = ",".join(f"127.0.0.1:{p}" for p in ports)
+    return f"nats://{hosts}?replicas={MEMBERS}&ack_wait=5"
+
+
+def redis_url(sentinel_ports: Sequence[int]) -> str:
+    hosts = ",".join(f"127.0.0.1:{p}" for p in sentinel_ports)
+    return f"redis+streams://{hosts}/0?sentinel={REDIS_PRIMARY_NAME}&claim_idle=5"
+
+
+def sentinel_conf(port: int, primary_port: int) -> list[str]:
+    """The lines of a Sentinel's config (``bind`` and ``dir`` aside)."""
+    name = REDIS_PRIMARY_NAME
+    return [
+        f"port {port}",
+        f"sentinel monitor {name} 127.0.0.1 {primary_port} {SENTINEL_QUORUM}",
+        *(f"sentinel {key} {name} {value}" for key, value in SENTINEL_SETTINGS.items()),
+    ]
+
 
 class Cluster(abc.ABC):
-    """Three members of one broker; ``url`` reaches all of them."""
+    """Three members of one broker; ``url`` reaches all of them. ``how``: ``process``
+    or ``container``; ``cleanups`` run at :meth:`close`, after the members'."""
 
     name: str
 
-    def __init__(self, members: list[LocalProcess], url: str, workdir: Path) -> None:
+    def __init__(self, members: Sequence[Member], url: str, workdir: Path) -> None:
         self.members = members
         self.url = url
         self.workdir = workdir
+        self.how = "process"
+        self.cleanups: list[Callable[[], None]] = []
 
     def kill(self, index: int) -> None:
         """SIGKILL member ``index`` (nothing flushed, nothing closed)."""
@@ -55,13 +119,15 @@ class Cluster(abc.ABC):
         """Stop every member and remove its data (and the cluster's temp dir)."""
         for member in self.members:
             member.close()
+        for cleanup in self.cleanups:
+            cleanup()
         shutil.rmtree(self.workdir, ignore_errors=True)
 
     def describe(self) -> str:
-        return f"{self.name} cluster of {len(self.members)} ({self.url})"
+        return f"{self.name} cluster of {len(self.members)}, {self.how} ({self.url})"
 
 
-def _start_all(members: list[LocalProcess]) -> None:
+def _start_all(members: Sequence[Member]) -> None:
     """Start every member at once (none answers before a quorum is up), then wait."""
     try:
         for member in members:
@@ -118,14 +184,14 @@ def start_nats_cluster() -> NatsCluster:
             binary,
             *("-a", "127.0.0.1", "-p", str(ports[i]), "-n", f"n{i + 1}"),
             *("-js", "-sd", str(home / "js")),
-            *("--cluster_name", "eventbus", "--cluster", f"nats://127.0.0.1:{routes[i]}"),
+            *("--cluster_name", NATS_CLUSTER_NAME),
+            *("--cluster", f"nats://127.0.0.1:{routes[i]}"),
             *("--routes", others),
         ]
         url = f"nats://127.0.0.1:{ports[i]}"
         members.append(LocalProcess("nats", argv, url, workdir=home, ready_timeout=60.0))
     _start_all(members)
-    hosts = ",".join(f"127.0.0.1:{p}" for p in ports)
-    return NatsCluster(members, f"nats://{hosts}?replicas=3&ack_wait=5", workdir)
+    return NatsCluster(members, nats_url(ports), workdir)
 
 
 class RedisSentinelCluster(Cluster):
@@ -136,10 +202,10 @@ class RedisSentinelCluster(Cluster):
     """
 
     name = "redis"
-    primary_name = "mymaster"
+    primary_name = REDIS_PRIMARY_NAME
 
     def __init__(
-        self, members: list[LocalProcess], sentinels: list[LocalProcess], url: str, workdir: Path
+        self, members: Sequence[Member], sentinels: Sequence[Member], url: str, workdir: Path
     ) -> None:
         super().__init__(members, url, workdir)
         self.sentinels = sentinels
@@ -237,33 +303,25 @@ def start_redis_sentinel_cluster() -> RedisSentinelCluster:
         home.mkdir()
         argv = [
             binary,
-            *("--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", str(home)),
-            *("--appendonly", "yes", "--appendfsync", "always"),
-            # A full sync starts at once (the default waits 5 s for more replicas).
-            *("--repl-diskless-sync-delay", "0"),
+            *("--port", str(port), "--bind", "127.0.0.1", "--dir", str(home)),
+            *REDIS_DATA_FLAGS,
         ]
         if i:
             argv += ["--replicaof", "127.0.0.1", str(ports[0])]
         members.append(LocalProcess("redis", argv, f"redis://127.0.0.1:{port}/0", workdir=home))
-    sentinels, addresses = [], []
+    sentinels, sentinel_ports = [], []
     for i in range(MEMBERS):
         home = workdir / f"s{i + 1}"
         home.mkdir()
         port = free_port()
-        (home / "sentinel.conf").write_text(
-            f"port {port}\nbind 127.0.0.1\ndir {home}\n"
-            f"sentinel monitor {RedisSentinelCluster.primary_name} 127.0.0.1 {ports[0]} 2\n"
-            f"sentinel down-after-milliseconds {RedisSentinelCluster.primary_name} 1000\n"
-            f"sentinel failover-timeout {RedisSentinelCluster.primary_name} 5000\n"
-        )
+        lines = [*sentinel_conf(port, ports[0]), "bind 127.0.0.1", f"dir {home}"]
+        (home / "sentinel.conf").write_text("\n".join(lines) + "\n")
         argv = [sentinel_binary, str(home / "sentinel.conf")]
         url = f"redis://127.0.0.1:{port}/0"
         sentinels.append(LocalProcess("redis", argv, url, workdir=home))
-        addresses.append(f"127.0.0.1:{port}")
+        sentinel_ports.append(port)
     _start_all(members + sentinels)
-    name = RedisSentinelCluster.primary_name
-    url = f"redis+streams://{','.join(addresses)}/0?sentinel={name}&claim_idle=5"
-    cluster = RedisSentinelCluster(members, sentinels, url, workdir)
+    cluster = RedisSentinelCluster(members, sentinels, redis_url(sentinel_ports), workdir)
     cluster.wait_replicated()  # a failover before the first full sync would lose it all
     return cluster
 
@@ -289,5 +347,25 @@ STARTERS = {
 
 
 def start_cluster(name: str) -> Cluster:
-    """Start the three-member cluster of broker ``name`` (see :data:`STARTERS`)."""
+    """Start the three-member cluster of broker ``name``: in containers when an engine
+    answers (:mod:`.cluster_compose`), else as local processes (:data:`STARTERS`)."""
+    from . import cluster_compose
+    from .endpoints import _methods
+    from .probes import describe
+
+    methods = _methods()
+    problem = "EVENTBUS_TEST_METHODS leaves out container"
+    if "container" in methods:
+        problem = cluster_compose.engine_problem() or ""
+        if not problem:
+            try:
+                return cluster_compose.start_cluster(name)
+            except Exception as exc:
+                problem = f"the container cluster did not start: {describe(exc)}"
+                warnings.warn(f"{name} cluster: {problem}; running local processes", stacklevel=2)
+    if "process" not in methods:
+        raise RuntimeError(
+            f"no {name} cluster: {problem}, and EVENTBUS_TEST_METHODS="
+            f"{os.environ.get('EVENTBUS_TEST_METHODS')} leaves out process"
+        )
     return STARTERS[name]()
