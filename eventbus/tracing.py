@@ -160,7 +160,7 @@ class _Carried(NonRecordingSpan):
 def _in_context(span: Span) -> otel_context.Context:
     """An OpenTelemetry context holding ``span`` as the parent, and nothing else (what
     ``trace.set_span_in_context(span, _ROOT)`` makes, without its two calls)."""
-    return otel_context.Context({_SPAN_KEY: span})
+    return _OtelContext({_SPAN_KEY: span})
 
 
 def _context_variable() -> ContextVar[otel_context.Context] | None:
@@ -230,6 +230,7 @@ def _stamped(
 
 
 _new_span = object.__new__
+_OtelContext = otel_context.Context
 
 
 class Tracing:
@@ -353,7 +354,7 @@ class ProcessSpans(Observer):
                 # no span, but what the handler calls stays in that trace, unsampled.
                 carried = _new_span(_Carried)  # as read() makes it, without its calls
                 carried.carried = (traceparent, tracestate)
-                parent_context = otel_context.Context({_SPAN_KEY: carried})
+                parent_context = _OtelContext({_SPAN_KEY: carried})
                 tracing._last = (traceparent, tracestate, carried, parent_context, True)
                 return (None, current.set(parent_context))
             last = tracing.read(envelope)

@@ -43,6 +43,8 @@ class _RootSampling:
         # The SDK's switch for a tracer turned off by its configurator (private: honoured
         # while the SDK has it, as start_span does).
         self.enabled = getattr(tracer, "_is_enabled", None)
+        # Exactly the SDK's _is_enabled reads its tracer's config: read here, without it.
+        self.configured = tracer if _reads_config(tracer) else None
         ids = tracer.id_generator
         if not isinstance(ids, _HandedOver):  # the provider's tracer "eventbus" is shared
             ids = tracer.id_generator = _HandedOver(ids)  # by every Tracing on it
@@ -69,8 +71,11 @@ class _RootSampling:
         """A new trace's ``(traceparent, tracestate)`` when the sampler drops the span
         ``send <topic>`` (with the ``attributes`` of the topic); ``None`` when it records
         it (or the tracer is disabled): then ``start_span`` runs next."""
-        enabled = self.enabled
-        if enabled is not None and not enabled():
+        configured = self.configured
+        if configured is not None:
+            if not configured._tracer_config.is_enabled:
+                return None
+        elif self.enabled is not None and not self.enabled():
             return None
         ids = self.ids
         handed = ids.handed
@@ -112,6 +117,18 @@ class _RootSampling:
 
 
 _LOW_64 = (1 << 64) - 1
+
+
+def _reads_config(tracer: object) -> bool:
+    """Whether ``tracer._is_enabled()`` is exactly the SDK's, which answers
+    ``tracer._tracer_config.is_enabled`` (a frame per new trace saved by reading it)."""
+    try:
+        from opentelemetry.sdk.trace import Tracer
+    except ImportError:
+        return False
+    method = getattr(type(tracer), "_is_enabled", None)
+    config = getattr(tracer, "_tracer_config", None)
+    return method is Tracer._is_enabled and isinstance(getattr(config, "is_enabled", None), bool)
 
 
 def _ratio_bound(sampler: object) -> int | None:

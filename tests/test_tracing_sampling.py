@@ -377,3 +377,26 @@ def test_a_consumer_here_knows_the_unsampled_traceparents_written_here(
         roots_module._WRITTEN.clear()
 
     run(scenario)
+
+
+def test_a_tracer_its_provider_turns_off_writes_no_new_trace() -> None:
+    """The SDK's tracer configurator may turn the tracer off (and on) while the bus
+    runs: a new trace is then neither decided nor written, as ``start_span`` would."""
+    from opentelemetry.sdk.trace import _default_tracer_configurator, _disable_tracer_configurator
+
+    async def scenario() -> None:
+        provider = TracerProvider(sampler=sampling.ParentBased(sampling.TraceIdRatioBased(0.0)))
+        tracing = Tracing(provider)
+        assert tracing.roots is not None and tracing.roots.configured is not None  # read
+        bus = tracing.instrument(EventBus(memory_url(), source="orders"))
+        async with bus:
+            before = await bus.publish(Placed(n=1))
+            provider._set_tracer_configurator(tracer_configurator=_disable_tracer_configurator)
+            off = await bus.publish(Placed(n=2))
+            provider._set_tracer_configurator(tracer_configurator=_default_tracer_configurator)
+            after = await bus.publish(Placed(n=3))
+        assert before.traceparent is not None and not sampled(before.traceparent)
+        assert off.traceparent is None
+        assert after.traceparent is not None and not sampled(after.traceparent)
+
+    run(scenario)
