@@ -48,9 +48,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from bisect import bisect_left
 from collections.abc import Collection, Sequence
+from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 from eventbus.adapter import Delivery
@@ -221,13 +221,13 @@ class Handled(Observer):
         flow.subscription.in_flight += 1
         if ctx.delivery.attempt > 1:
             flow.redelivered += 1
-        return (flow, time.perf_counter())
+        return (flow, perf_counter())
 
     def end(self, ctx: Context, mark: object, failure: BaseException | None) -> None:
         flow: Flow
         started: float
         flow, started = mark  # type: ignore[misc]
-        elapsed = time.perf_counter() - started
+        elapsed = perf_counter() - started
         flow.subscription.in_flight -= 1
         duration = flow.duration  # Histogram.observe, inlined: this runs per message
         duration.counts[bisect_left(duration.bounds, elapsed)] += 1
@@ -255,7 +255,7 @@ class Handled(Observer):
         first = contexts[0]
         flow = self._flow(first.topic, first.group, first.envelope.type)
         flow.subscription.in_flight += len(contexts)
-        return (flow, time.perf_counter())
+        return (flow, perf_counter())
 
     def end_batch(
         self,
@@ -267,7 +267,7 @@ class Handled(Observer):
         flow: Flow
         started: float
         flow, started = mark  # type: ignore[misc]
-        elapsed = time.perf_counter() - started
+        elapsed = perf_counter() - started
         flow.subscription.in_flight -= len(contexts)
         flow.duration.observe(elapsed)
         if self.store.otel is not None:
@@ -300,13 +300,13 @@ class Published:
     async def __call__(
         self, topic: str, envelopes: Sequence[Envelope], call_next: PublishNext
     ) -> None:
-        started = time.perf_counter()
+        started = perf_counter()
         try:
             await call_next(topic, envelopes)
         except BaseException:
-            self._count(topic, envelopes, "error", time.perf_counter() - started)
+            self._count(topic, envelopes, "error", perf_counter() - started)
             raise
-        elapsed = time.perf_counter() - started
+        elapsed = perf_counter() - started
         if len(envelopes) == 1:  # _count(), a lone publish counted before, inlined
             found = self._lone.get((topic, envelopes[0].type))
             if found is not None and self.store.otel is None:

@@ -35,16 +35,15 @@ SDK's sampler first (before ``EventBus.publish``/``publish_many`` build the enve
 through ``EventBus.trace_root``, so a dropped trace is built in, not copied in) and,
 when it drops the trace, writes a fresh ``traceparent`` (not sampled) without making
 a span; a sampled trace gets its spans as ever. Exactly the SDK's ratio sampler is
-answered from the trace id's low bits, as it answers (see ``_ratio_bound``).
+answered from the trace id's low bits, as it answers (:mod:`eventbus.tracing_roots`,
+where a new trace is decided).
 """
 
 from __future__ import annotations
 
-import random
 import re
-from collections.abc import Awaitable, Callable, Collection, Sequence
+from collections.abc import Awaitable, Collection, Sequence
 from contextvars import ContextVar
-from threading import get_ident
 from typing import TYPE_CHECKING, Any
 
 try:
@@ -78,6 +77,8 @@ from eventbus.context import Context
 from eventbus.envelope import Envelope, _assemble
 from eventbus.incidents import dead_lettered, incidents, outcome
 from eventbus.middleware.base import Observer, PublishNext
+from eventbus.tracing_roots import _ROOT, _WRITTEN, _RootSampling
+from eventbus.tracing_roots import _HandedOver as _HandedOver  # where it was, for its tests
 
 if TYPE_CHECKING:
     from eventbus.bus import EventBus
@@ -86,7 +87,6 @@ __all__ = ["Tracing", "messaging_system"]
 
 _SYSTEMS = {"amqp": "rabbitmq", "amqps": "rabbitmq", "sqs": "aws_sqs", "rediss": "redis"}
 _TRACEPARENT = re.compile(r"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?$")
-_ROOT = otel_context.Context()  # no parent: a new trace, whatever the task's context holds
 _NO_STATE = TraceState()
 # A valid version-00 traceparent whose sampled flag (the low bit) is clear.
 _UNSAMPLED = re.compile(r"00-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f][02468ace]")
@@ -160,7 +160,7 @@ class _Carried(NonRecordingSpan):
 def _in_context(span: Span) -> otel_context.Context:
     """An OpenTelemetry context holding ``span`` as the parent, and nothing else (what
     ``trace.set_span_in_context(span, _ROOT)`` makes, without its two calls)."""
-    return otel_context.Context({_SPAN_KEY: span})
+    return _OtelContext({_SPAN_KEY: span})
 
 
 def _context_variable() -> ContextVar[otel_context.Context] | None:
@@ -198,145 +198,6 @@ def _detach(token: Any) -> None:
         otel_context.detach(token)
 
 
-class _RootSampling:
-    """The SDK tracer's sampler asked for a new trace before any span is made: a
-    dropped trace costs a fresh ``traceparent`` only, and a recorded one gets its span
-    from ``start_span`` with the trace id the sampler was asked about (handed over by
-    the tracer's id generator, wrapped here; the SDK's samplers decide by trace id,
-    so they decide the same again)."""
-
-    def __init__(self, tracer: Any) -> None:
-        self.tracer = tracer
-        self.sampler = tracer.sampler
-        # The SDK's switch for a tracer turned off by its configurator (private: honoured
-        # while the SDK has it, as start_span does).
-        self.enabled = getattr(tracer, "_is_enabled", None)
-        ids = tracer.id_generator
-        if not isinstance(ids, _HandedOver):  # the provider's tracer "eventbus" is shared
-            ids = tracer.id_generator = _HandedOver(ids)  # by every Tracing on it
-        self.ids: _HandedOver = ids
-        random_ids = getattr(self.ids.inner, "is_trace_id_random", None)
-        self.flags = f"{0x02 if random_ids is not None and random_ids() else 0:02x}"
-        self.bound = _ratio_bound(self.sampler)
-        # The SDK's RandomIdGenerator is random.getrandbits behind a call: asked directly.
-        self.random_bits = _random_bits(self.ids.inner)
-
-    @classmethod
-    def of(cls, tracer: object) -> _RootSampling | None:
-        """For an SDK tracer (a sampler and an id generator to ask), else ``None``."""
-        sdk: Any = tracer
-        if callable(getattr(getattr(sdk, "sampler", None), "should_sample", None)) and callable(
-            getattr(getattr(sdk, "id_generator", None), "generate_trace_id", None)
-        ):
-            return cls(sdk)
-        return None
-
-    def dropped(
-        self, topic: str, attributes: Callable[[str], dict[str, Any]]
-    ) -> tuple[str, str | None] | None:
-        """A new trace's ``(traceparent, tracestate)`` when the sampler drops the span
-        ``send <topic>`` (with the ``attributes`` of the topic); ``None`` when it records
-        it (or the tracer is disabled): then ``start_span`` runs next."""
-        enabled = self.enabled
-        if enabled is not None and not enabled():
-            return None
-        ids = self.ids
-        handed = ids.handed
-        if handed is not None and handed[0] == get_ident():
-            return None  # decided (to record) before the envelopes were built: start_span's
-        bound = self.bound
-        if bound is not None:  # the SDK's TraceIdRatioBased decides (see _ratio_bound)
-            random_bits = self.random_bits
-            trace_id = random_bits(128) if random_bits else ids.inner.generate_trace_id()
-            if trace_id & _LOW_64 < bound and trace_id:
-                ids.hand(trace_id)
-                return None
-            span_id = random_bits(64) if random_bits else ids.inner.generate_span_id()
-            if trace_id and span_id:  # else (2**-64) asked again, as the SDK's generator does
-                # Its answer carries the parent's trace state: a new trace has none. (The
-                # ids' hex by bytes.hex: a third of a zero-padded format's cost.)
-                return (
-                    f"00-{trace_id.to_bytes(16, 'big').hex()}-"
-                    f"{span_id.to_bytes(8, 'big').hex()}-{self.flags}",
-                    None,
-                )
-            return self.dropped(topic, attributes)
-        trace_id = ids.inner.generate_trace_id()
-        result = self.sampler.should_sample(
-            _ROOT, trace_id, f"send {topic}", SpanKind.PRODUCER, attributes(topic)
-        )
-        if result.decision.is_recording():
-            ids.hand(trace_id)  # start_span's trace, as decided
-            return None
-        state = result.trace_state
-        return (
-            f"00-{trace_id:032x}-{ids.inner.generate_span_id():016x}-{self.flags}",
-            (state.to_header() or None) if state else None,
-        )
-
-
-_LOW_64 = (1 << 64) - 1
-_new_span = object.__new__
-
-
-def _ratio_bound(sampler: object) -> int | None:
-    """When a new trace is decided by exactly the SDK's ``TraceIdRatioBased`` (itself,
-    or the root of exactly its ``ParentBased`` or ``ParentBasedTraceIdRatio``, the
-    classes ``OTEL_TRACES_SAMPLER`` names), the bound its ``should_sample`` compares
-    the trace id's low 64 bits with: the same decision without its dozen calls and
-    ``SamplingResult`` (~2 us per new trace). ``None`` for any other sampler (a
-    subclass included), which is asked as ever."""
-    try:
-        from opentelemetry.sdk.trace import sampling
-    except ImportError:  # an SDK tracer without the SDK's samplers
-        return None
-    if type(sampler) in (sampling.ParentBased, sampling.ParentBasedTraceIdRatio):
-        sampler = getattr(sampler, "_root", None)  # its sampler for a trace without parent
-    if type(sampler) is not sampling.TraceIdRatioBased:
-        return None
-    bound = getattr(sampler, "bound", None)
-    if getattr(sampler, "TRACE_ID_LIMIT", None) != _LOW_64 or not isinstance(bound, int):
-        return None  # not the SDK's rule as read here
-    return bound
-
-
-def _random_bits(ids: object) -> Callable[[int], int] | None:
-    """``random.getrandbits`` when ``ids`` is exactly the SDK's ``RandomIdGenerator``
-    (whose ids it draws, asking again for an all-zero one), else ``None``."""
-    try:
-        from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
-    except ImportError:
-        return None
-    return random.getrandbits if type(ids) is RandomIdGenerator else None
-
-
-class _HandedOver:
-    """An id generator giving the trace id handed to it once, to the thread that
-    handed it (another thread starting a span on the same tracer meanwhile gets a
-    fresh one), else its inner one's."""
-
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
-        self.handed: tuple[int, int] | None = None  # (thread, trace id)
-
-    def hand(self, trace_id: int) -> None:
-        self.handed = (get_ident(), trace_id)
-
-    def generate_trace_id(self) -> int:
-        handed = self.handed
-        if handed is not None and handed[0] == get_ident():
-            self.handed = None
-            return handed[1]
-        return int(self.inner.generate_trace_id())
-
-    def generate_span_id(self) -> int:
-        return int(self.inner.generate_span_id())
-
-    def is_trace_id_random(self) -> bool:
-        random_ids = getattr(self.inner, "is_trace_id_random", None)
-        return bool(random_ids is not None and random_ids())
-
-
 def _stamped(
     envelopes: Sequence[Envelope], traceparent: str, tracestate: str | None
 ) -> list[Envelope]:
@@ -366,6 +227,10 @@ def _stamped(
         )
         for e in envelopes
     ]
+
+
+_new_span = object.__new__
+_OtelContext = otel_context.Context
 
 
 class Tracing:
@@ -482,13 +347,14 @@ class ProcessSpans(Observer):
                 current is not None
                 and traceparent
                 and tracing.respect_parent_sampling
-                and _UNSAMPLED.fullmatch(traceparent)
+                and (traceparent in _WRITTEN or _UNSAMPLED.fullmatch(traceparent))
             ):
+                _WRITTEN.discard(traceparent)  # read: the set keeps what is yet to be
                 # Unsampled upstream (each message its own trace, as lone publishes give):
                 # no span, but what the handler calls stays in that trace, unsampled.
                 carried = _new_span(_Carried)  # as read() makes it, without its calls
                 carried.carried = (traceparent, tracestate)
-                parent_context = otel_context.Context({_SPAN_KEY: carried})
+                parent_context = _OtelContext({_SPAN_KEY: carried})
                 tracing._last = (traceparent, tracestate, carried, parent_context, True)
                 return (None, current.set(parent_context))
             last = tracing.read(envelope)

@@ -212,18 +212,14 @@ _new_step = object.__new__
 
 def compose_publish(middleware: Sequence[PublishMiddleware], publish: PublishNext) -> PublishNext:
     """Wrap ``publish`` in publish ``middleware``, the first element outermost."""
+    # Bound per publish call (the innermost step is that call's own): each step made
+    # here, without an __init__ call or a call per layer.
     step = publish
     for layer in reversed(middleware):
-        step = _bind_publish(layer, step)
-    return step
-
-
-def _bind_publish(layer: PublishMiddleware, inner: PublishNext) -> PublishNext:
-    # Bound per publish call (the innermost step is that call's own): made without an
-    # __init__ call.
-    step = _new_step(_PublishStep)
-    step.layer = layer
-    step.inner = inner
+        bound = _new_step(_PublishStep)
+        bound.layer = layer
+        bound.inner = step
+        step = bound
     return step
 
 
