@@ -77,7 +77,7 @@ from eventbus.context import Context
 from eventbus.envelope import Envelope, _assemble
 from eventbus.incidents import dead_lettered, incidents, outcome
 from eventbus.middleware.base import Observer, PublishNext
-from eventbus.tracing_roots import _ROOT, _WRITTEN, _RootSampling
+from eventbus.tracing_roots import _ROOT, _RootSampling
 from eventbus.tracing_roots import _HandedOver as _HandedOver  # where it was, for its tests
 
 if TYPE_CHECKING:
@@ -347,9 +347,8 @@ class ProcessSpans(Observer):
                 current is not None
                 and traceparent
                 and tracing.respect_parent_sampling
-                and (traceparent in _WRITTEN or _UNSAMPLED.fullmatch(traceparent))
+                and _UNSAMPLED.fullmatch(traceparent)
             ):
-                _WRITTEN.discard(traceparent)  # read: the set keeps what is yet to be
                 # Unsampled upstream (each message its own trace, as lone publishes give):
                 # no span, but what the handler calls stays in that trace, unsampled.
                 carried = _new_span(_Carried)  # as read() makes it, without its calls

@@ -1,8 +1,7 @@
 """Tracing's new traces decided before any span is made (see :mod:`eventbus.tracing`).
 
 The SDK tracer's sampler is asked for a new trace before the envelopes of a publish are
-built: a dropped trace costs a fresh ``traceparent`` (remembered in :data:`_WRITTEN`, so
-a consumer in this process knows it without the W3C match), a recorded one gets its
+built: a dropped trace costs a fresh ``traceparent``, a recorded one gets its
 span from ``start_span`` with the trace id the sampler was asked about. Exactly the
 SDK's ratio sampler and random id generator are answered as they answer, without their
 calls (see :func:`_ratio_bound`, :func:`_random_bits`).
@@ -21,13 +20,6 @@ from opentelemetry.trace import SpanKind
 __all__: list[str] = []
 
 _ROOT = otel_context.Context()  # no parent: a new trace, whatever the task's context holds
-# The last traceparents of dropped new traces written here (_RootSampling.dropped), each
-# a valid version-00 one whose sampled flag is clear by construction: a consumer in this
-# process (eventbus.tracing.ProcessSpans) recognises one by a set lookup (~600
-# instructions) instead of the W3C match (~3,700), and takes it out. Bounded (messages
-# consumed elsewhere stay): emptied when full; a header not found is matched as ever.
-_WRITTEN: set[str] = set()
-_WRITTEN_MAX = 4096
 
 
 class _RootSampling:
@@ -96,10 +88,6 @@ class _RootSampling:
                     f"00-{trace_id.to_bytes(16, 'big').hex()}-"
                     f"{span_id.to_bytes(8, 'big').hex()}-{self.flags}"
                 )
-                written = _WRITTEN
-                if len(written) >= _WRITTEN_MAX:
-                    written.clear()
-                written.add(traceparent)
                 return (traceparent, None)
             return self.dropped(topic, attributes)
         trace_id = ids.inner.generate_trace_id()

@@ -323,62 +323,6 @@ def test_a_handling_leaves_the_context_as_it_found_it(traceparent: str | None) -
         assert otel_context.get_current() is before
 
 
-def test_a_consumer_here_knows_the_unsampled_traceparents_written_here(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """A dropped new trace's ``traceparent`` is remembered where it is written, and a
-    consumer in the same process takes it as a valid unsampled context by a set lookup,
-    without the W3C match, and forgets it; what is never consumed here stays bounded."""
-    import eventbus.tracing as tracing_module
-    import eventbus.tracing_roots as roots_module
-
-    matched: list[str] = []
-    pattern = tracing_module._UNSAMPLED
-
-    class Counting:
-        def fullmatch(self, text: str) -> Any:
-            matched.append(text)
-            return pattern.fullmatch(text)
-
-    monkeypatch.setattr(tracing_module, "_UNSAMPLED", Counting())
-    roots_module._WRITTEN.clear()  # one set, read by the consumer, written by the producer
-
-    async def scenario() -> None:
-        drop_all = sampling.ParentBased(sampling.TraceIdRatioBased(0.0))
-        bus = Tracing(TracerProvider(sampler=drop_all)).instrument(
-            EventBus(memory_url(), source="orders")
-        )
-        seen = Collector[SpanContext]()
-
-        @bus.subscribe(Placed, group="shipping")
-        async def ship(event: Placed) -> None:
-            seen.add(trace.get_current_span().get_span_context())
-
-        async with bus:
-            placed = [await bus.publish(Placed(n=n)) for n in range(5)]
-            inside = await seen.wait_count(5)
-        written = [e.traceparent for e in placed]
-        assert all(t is not None and not sampled(t) for t in written)
-        assert matched == []  # each one known, not matched
-        assert not roots_module._WRITTEN  # and forgotten once read
-        assert sorted(f"{c.trace_id:032x}-{c.span_id:016x}" for c in inside) == sorted(
-            t[3:52] for t in written if t is not None
-        )
-        assert not any(c.trace_flags.sampled for c in inside)
-
-        monkeypatch.setattr(roots_module, "_WRITTEN_MAX", 3)
-        quiet = Tracing(TracerProvider(sampler=drop_all)).instrument(
-            EventBus(memory_url(), source="orders")
-        )
-        async with quiet:  # nobody here consumes these
-            last = [await quiet.publish(Placed(n=n)) for n in range(7)]
-        assert 0 < len(roots_module._WRITTEN) <= 3
-        assert last[-1].traceparent in roots_module._WRITTEN
-        roots_module._WRITTEN.clear()
-
-    run(scenario)
-
-
 def test_a_tracer_its_provider_turns_off_writes_no_new_trace() -> None:
     """The SDK's tracer configurator may turn the tracer off (and on) while the bus
     runs: a new trace is then neither decided nor written, as ``start_span`` would."""
