@@ -147,7 +147,7 @@ delivery, said here (and in [semantics](semantics.md)) rather than hidden:
   fetched (0-15 in the figures). Kafka keeps one committed offset per partition: a kill
   re-runs what was settled since the last finished commit, the handling rate times
   the commit latency. With handlers doing nothing that is 10-25% of a 1,000-event
-  stream per kill with the defaults (commits pipelined, at about 7% more CPU per
+  stream per kill with the defaults (commits pipelined, at about 4% more CPU per
   event; what is left is the round trip, on Kafka 4.x mostly the broker's 5 ms
   linger);
   `max_uncommitted=40` (with `commit_every=20`) keeps it under 5% at about half the
