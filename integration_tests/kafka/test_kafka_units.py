@@ -54,7 +54,7 @@ def test_the_commit_cadence_is_set_by_the_url() -> None:
     """The commit cadence's trade-off (docs/adapters/kafka.md, "Commits") is a user's
     choice: defaults keep throughput, max_uncommitted bounds what a crash re-runs."""
     s = KafkaSettings.from_url("kafka://k")
-    assert (s.commit_interval, s.commit_every, s.max_uncommitted) == (0.1, 1000, 0)
+    assert (s.commit_interval, s.commit_every, s.max_uncommitted) == (0.1, 32, 0)
     s = KafkaSettings.from_url("kafka://k?commit_every=20&max_uncommitted=40")
     assert (s.commit_every, s.max_uncommitted) == (20, 40)
     with pytest.raises(InvalidURLError, match="commit_every"):

@@ -3,7 +3,8 @@
 - Offsets are committed manually, only ever the contiguous prefix of settled
   records per partition (:mod:`eventbus_kafka.offsets`), in batches (every
   ``commit_every`` settled records or ``commit_interval``, whichever comes
-  first) and always on revoke and close.
+  first; one in flight, the next started as soon as it is done) and always on
+  revoke and close.
 - ``nack(delay)`` re-publishes the record to the retry topic of its delay tier
   (:mod:`eventbus_kafka.provision`) with a not-before time and marks the original
   done, so its partition is not blocked. A retry record that is not due yet is
@@ -54,6 +55,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("eventbus.kafka")
 
+# While a commit is in flight, the hand-outs between two yields of the event loop: its
+# response is read within about this many records of arriving (docs/adapters/kafka.md,
+# "Commits"); each yield costs a pass of the event loop.
+YIELD_EVERY = 8
+
 
 class KafkaSubscription(PollKeeper, RunCounter, TopicWatch, Subscription):
     """One group member consuming ``topic`` and its retry topic."""
@@ -103,6 +109,11 @@ class KafkaSubscription(PollKeeper, RunCounter, TopicWatch, Subscription):
         # last commit started, and when the last one that succeeded started.
         self._commit_due = asyncio.Event()  # commit_every records settled since a commit
         self._settled = 0
+        # Hand-outs, and how many into a commit in flight to start yielding every
+        # YIELD_EVERY of them (_keep_pace_with_commits).
+        self._handed = 0
+        self._commit_handed = 0
+        self._yield_after = 0
         self._commit_started = 0
         self._commit_covered = 0
         self._commit_idle = asyncio.Event()
@@ -300,6 +311,7 @@ class KafkaSubscription(PollKeeper, RunCounter, TopicWatch, Subscription):
                 return
             self._commit_started = settled
             self._commit_idle.clear()
+            self._commit_handed = self._handed
             try:
                 # Bounded: aiokafka retries a retriable error (a partition gone with its
                 # topic: UnknownTopicOrPartition) for ever, holding the commit lock.
@@ -319,6 +331,10 @@ class KafkaSubscription(PollKeeper, RunCounter, TopicWatch, Subscription):
                 return
             finally:
                 self._commit_idle.set()
+                # Yield from three quarters of this commit's hand-outs on in the next
+                # (_keep_pace_with_commits): the figure shrinks whenever the response
+                # was in before the yields began (read late), and grows when it was not.
+                self._yield_after = (self._handed - self._commit_handed) * 3 // 4
             self._commit_covered = settled
             for tp, meta in offsets.items():
                 self._logs[tp].committed = meta.offset
@@ -395,16 +411,26 @@ class KafkaSubscription(PollKeeper, RunCounter, TopicWatch, Subscription):
 
     async def _keep_pace_with_commits(self) -> None:
         """Let commits keep pace with handling. Fast handlers never yield the loop within
-        a fetched batch, so no commit would start until the batch is done: once
-        ``commit_every`` records are settled since the last commit started, yield once
-        so the housekeeper can start one. With ``max_uncommitted`` set, also hold the
+        a fetched batch, so without this no commit would start, nor would the response
+        of one in flight be read, until the batch is done. So: once ``commit_every``
+        records are settled since the last commit started and none is in flight, yield
+        once so the housekeeper starts one; while one is in flight, yield every
+        ``YIELD_EVERY`` hand-outs so its response is read (and the next one started)
+        within a few records of arriving. With ``max_uncommitted`` set, also hold the
         hand-out while that many settled records are not covered by a finished commit
         and one is in flight: a crash then re-runs at most about that many, at the
         cost of throughput when handlers outrun the commit round trip. A commit that
         cannot advance (an earlier record still running) holds nothing: it is not in
         flight."""
         settings = self.adapter.settings
-        if self._settled - self._commit_started >= settings.commit_every:
+        self._handed += 1
+        if self._commit_idle.is_set():
+            if self._settled - self._commit_started >= settings.commit_every:
+                await asyncio.sleep(0)
+        elif (
+            self._handed - self._commit_handed >= self._yield_after
+            and self._handed % YIELD_EVERY == 0
+        ):
             await asyncio.sleep(0)
         bound = settings.max_uncommitted
         if (

@@ -167,11 +167,13 @@ class RunCounter:
 
     def careful_window(self) -> int:
         """Records after a crashed owner's commit that may have started uncounted:
-        ``max_uncommitted`` when set (it bounds them), else up to ``CAREFUL_RECORDS``
-        (one commit round trip each), and what was handed out on top. A killing record
-        further on (commits that lagged more) is reached at one record per restart."""
+        ``max_uncommitted`` when set (it bounds them), else ``CAREFUL_RECORDS`` (one
+        commit round trip each; a small ``commit_every`` bounds nothing: the lag is the
+        handling rate times the commit round trip), and what was handed out on top. A
+        killing record further on (commits that lagged more) is reached at one record
+        per restart."""
         settings = self.adapter.settings
-        settled = settings.max_uncommitted or min(settings.commit_every, CAREFUL_RECORDS)
+        settled = settings.max_uncommitted or CAREFUL_RECORDS
         return settled + max(1, self.options.prefetch)
 
     async def commit_if_counted(self, log_: PartitionLog, entry: Entry) -> None:
