@@ -420,15 +420,16 @@ class MemoryDelivery(Delivery):
     async def ack(self) -> None:
         # Delivery.ack without its coroutines (_settle_with, _ack) or the frozen
         # check: with no freeze ever injected (frozen_until 0) the settle cannot
-        # fail, and this runs once per handled message. Same rules otherwise.
+        # fail, and this runs once per handled message. Same rules otherwise. (So
+        # the step to patch for a slow or failing ack is this method, not _ack.)
         owner = self._owner
         if owner.broker.frozen_until:
             await Delivery.ack(self)  # the general path, whose settle may fail
             return
         settled = self._settled
         if settled is None:
-            self._settled = "ack"
             owner.finish(self._item, None)
+            self._settled = "ack"  # after: a settle that raised is not recorded
         elif settled != "ack":
             self._settle("ack")  # raises DeliveryAlreadySettledError, naming both
 
