@@ -418,16 +418,20 @@ class MemoryDelivery(Delivery):
         return str(_entry(self._item)[OFFSET])
 
     async def ack(self) -> None:
-        # Delivery.ack without its extra coroutine (_settle_with); same rules.
-        if self._owner.broker.frozen_until:
+        # Delivery.ack without its coroutines (_settle_with, _ack) or the frozen
+        # check: with no freeze ever injected (frozen_until 0) the settle cannot
+        # fail, and this runs once per handled message. Same rules otherwise. (So
+        # the step to patch for a slow or failing ack is this method, not _ack.)
+        owner = self._owner
+        if owner.broker.frozen_until:
             await Delivery.ack(self)  # the general path, whose settle may fail
             return
-        if self._settle("ack"):
-            try:
-                await self._ack()
-            except BaseException:
-                self._settled = None
-                raise
+        settled = self._settled
+        if settled is None:
+            owner.finish(self._item, None)
+            self._settled = "ack"  # after: a settle that raised is not recorded
+        elif settled != "ack":
+            self._settle("ack")  # raises DeliveryAlreadySettledError, naming both
 
     async def _ack(self) -> None:
         self._owner.check_answering()

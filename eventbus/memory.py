@@ -211,11 +211,10 @@ class MemoryAdapter(Adapter):
             # encode() written out for the default mode: once per published message,
             # each built as its whole stored entry (offsets are broker-wide, so the
             # ones a refused batch took leave a gap, as other topics' do).
-            encode_sized = codec.encode_binary_sized
             next_offset = self.broker.next_offset
             whole: list[Entry] = []
-            for envelope in envelopes:
-                headers, body, size = encode_sized(envelope, HEADER_PREFIX)
+            encoded = codec.encode_binary_sized_many(envelopes, HEADER_PREFIX)
+            for envelope, (headers, body, size) in zip(envelopes, encoded, strict=True):
                 if size > limit:
                     self.check_size(topic, envelope, size)  # raises, naming the event
                 whole.append((next_offset(), envelope.partitionkey, body, headers, None, False))

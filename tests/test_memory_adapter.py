@@ -252,6 +252,17 @@ def test_settling_is_idempotent_and_exclusive() -> None:
         with pytest.raises(DeliveryAlreadySettledError):
             await delivery.reject()
         assert await consumer.nothing_more()  # acked once, never redelivered
+        # The other way round: ack (its own fast path here) after a nack refuses too,
+        # and does not settle the requeued message a second time.
+        await adapter.publish(topic, [env(2)])
+        second = await consumer.next()
+        await second.nack()
+        with pytest.raises(DeliveryAlreadySettledError, match="already nacked"):
+            await second.ack()
+        assert second.settled == "nack"
+        again = await consumer.next()  # the nack stood: redelivered
+        assert again.attempt == 2
+        await again.ack()
         await adapter.close()
 
     run(scenario)
