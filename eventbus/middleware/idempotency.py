@@ -64,7 +64,7 @@ def new_owner() -> str:
     return os.urandom(16).hex()
 
 
-_CLAIMED_DONE = ClaimResult(Claim.DONE)
+_DONE = ClaimResult(Claim.DONE)
 _IN_PROGRESS = ClaimResult(Claim.IN_PROGRESS)
 
 
@@ -116,21 +116,22 @@ class MemoryIdempotencyStore:
         self._entries: dict[str, tuple[bool, float, str]] = {}
         self._owners = map(str, itertools.count(1))
 
-    def claim_now(self, key: str, lease: float) -> ClaimResult:
-        """:meth:`claim`, as a plain call."""
+    def claim_now(self, key: str, lease: float) -> str | ClaimResult:
+        """:meth:`claim`, as a plain call; a new claim is its owner token alone (no
+        ``ClaimResult`` made per message)."""
         entries = self._entries
         now = time.monotonic()
         record = entries.get(key)
         if record is not None:
             if record[1] > now:
-                return _CLAIMED_DONE if record[0] else _IN_PROGRESS
+                return _DONE if record[0] else _IN_PROGRESS
             del entries[key]  # expired: claimed again as new (the newest entry)
         owner = next(self._owners)
         entries[key] = (False, now + lease, owner)
         if len(entries) > self.max_entries:
             while len(entries) > self.max_entries:
                 del entries[next(iter(entries))]
-        return ClaimResult(Claim.CLAIMED, owner)
+        return owner
 
     def complete_now(self, key: str, owner: str, ttl: float) -> bool:
         """:meth:`complete`, as a plain call."""
@@ -147,7 +148,8 @@ class MemoryIdempotencyStore:
         return True
 
     async def claim(self, key: str, lease: float) -> ClaimResult:
-        return self.claim_now(key, lease)
+        claim = self.claim_now(key, lease)
+        return ClaimResult(Claim.CLAIMED, claim) if isinstance(claim, str) else claim
 
     async def complete(self, key: str, owner: str, ttl: float) -> bool:
         return self.complete_now(key, owner, ttl)
@@ -201,19 +203,14 @@ class Idempotency:
                 f"({type(exc).__name__}: {exc}); the handler did not run and the message "
                 "goes back to the broker to be tried when the store answers again"
             ) from exc
-        status = claim.status
-        if status is not Claim.CLAIMED:
-            if status is Claim.DONE:
-                ctx.logger.info("duplicate of an event already handled; skipped")
+        owner: str
+        if type(claim) is str:
+            owner = claim
+        else:
+            claimed = self._owner(ctx, claim)
+            if claimed is None:
                 return
-            raise RedeliveryRequested(self.retry_delay, "a duplicate is being handled now")
-        owner = claim.owner
-        if owner is None:
-            raise IdempotencyStoreError(
-                f"idempotency store {type(self.store).__name__} claimed event "
-                f"{ctx.envelope.id} on topic {ctx.topic!r} group {ctx.group!r} without an "
-                "owner token; fix the store: ClaimResult(Claim.CLAIMED, owner) is required"
-            )
+            owner = claimed
         try:
             await call_next(ctx)
         except BaseException:
@@ -246,6 +243,23 @@ class Idempotency:
                 "the slowest handler",
                 self.lease,
             )
+
+    def _owner(self, ctx: Context, claim: ClaimResult) -> str | None:
+        """The owner token of a new claim; ``None`` for an id already handled (skip it);
+        raises for one being handled now (redeliver later) or a claim without a token."""
+        status = claim.status
+        if status is Claim.DONE:
+            ctx.logger.info("duplicate of an event already handled; skipped")
+            return None
+        if status is Claim.IN_PROGRESS:
+            raise RedeliveryRequested(self.retry_delay, "a duplicate is being handled now")
+        if claim.owner is None:
+            raise IdempotencyStoreError(
+                f"idempotency store {type(self.store).__name__} claimed event "
+                f"{ctx.envelope.id} on topic {ctx.topic!r} group {ctx.group!r} without an "
+                "owner token; fix the store: ClaimResult(Claim.CLAIMED, owner) is required"
+            )
+        return claim.owner
 
     async def _release(self, ctx: Context, key: str, owner: str) -> None:
         try:
