@@ -52,27 +52,84 @@ def is_json_content_type(content_type: str | None) -> bool:
 
 
 def encode_structured(envelope: Envelope) -> bytes:
-    """One JSON document holding the attributes and the data (``data`` or ``data_base64``)."""
-    doc: dict[str, Any] = dict(envelope.attributes())
-    if envelope.data:
-        if is_json_content_type(envelope.datacontenttype):
-            value, exact = _inline_json(envelope.data)
-            if exact:
-                doc["data"] = value
-            else:
-                doc["data_base64"] = base64.b64encode(envelope.data).decode("ascii")
-        elif (envelope.datacontenttype or "").startswith("text/"):
-            try:
-                doc["data"] = envelope.data.decode("utf-8")
-            except UnicodeDecodeError:
-                doc["data_base64"] = base64.b64encode(envelope.data).decode("ascii")
-        else:
-            doc["data_base64"] = base64.b64encode(envelope.data).decode("ascii")
-    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    """One JSON document holding the attributes and the data (``data`` or ``data_base64``).
+
+    Data that is compact JSON already (what the JSON payload format writes) is spliced
+    in as it is, after the serialized attributes, not parsed into the document and
+    serialized a second time: the bytes are the same as ``json.dumps`` of the whole
+    document (``_inline_json`` inlines only data that a compact re-dump reproduces
+    byte for byte, and ``data`` is the document's last member either way).
+    """
+    attributes = envelope.attributes()
+    data = envelope.data
+    if not data:
+        return _compact_json(attributes)
+    if is_json_content_type(envelope.datacontenttype):
+        if _inline_json(data)[1]:
+            return b"".join((_compact_json(attributes)[:-1], b',"data":', data, b"}"))
+        attributes["data_base64"] = base64.b64encode(data).decode("ascii")
+    elif (envelope.datacontenttype or "").startswith("text/"):
+        try:
+            attributes["data"] = data.decode("utf-8")
+        except UnicodeDecodeError:
+            attributes["data_base64"] = base64.b64encode(data).decode("ascii")
+    else:
+        attributes["data_base64"] = base64.b64encode(data).decode("ascii")
+    return _compact_json(attributes)
+
+
+def _make_compact_encoder() -> Callable[[Any], str]:
+    """``json.dumps(value, separators=(",", ":"), ensure_ascii=False)``, made once.
+
+    ``json.dumps`` with options builds a ``JSONEncoder`` and its C encoder on every
+    call, which costs more than encoding a small document; this builds them once
+    and calls the C encoder as ``JSONEncoder.iterencode`` does (the same output).
+    Without the C accelerator it is the encoder's ``encode``.
+    """
+    encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:
+        return encoder.encode
+    try:
+        chunks = make(
+            None,
+            encoder.default,
+            json.encoder.encode_basestring,
+            None,
+            ":",
+            ",",
+            False,
+            False,
+            True,
+        )
+    except TypeError:  # another signature: the plain encoder
+        return encoder.encode
+    join = "".join
+    return lambda value: join(chunks(value, 0))
+
+
+_compact_text = _make_compact_encoder()
+_raw_decode = json.JSONDecoder().raw_decode
 
 
 def _compact_json(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return _compact_text(value).encode("utf-8")
+
+
+def _parse_json(raw: bytes | str) -> Any:
+    """``json.loads(raw)``: UTF-8 text that is one JSON value from its first character
+    to its last is parsed directly; anything else (a BOM, another encoding, white
+    space around the value, an error to report) goes through ``json.loads`` itself.
+    ``json.loads`` detects the encoding of bytes in Python on every call."""
+    if isinstance(raw, str | bytes | bytearray):
+        try:
+            text = raw if isinstance(raw, str) else raw.decode("utf-8")
+            value, end = _raw_decode(text)
+            if end == len(text):
+                return value
+        except ValueError:  # UnicodeDecodeError included
+            pass
+    return json.loads(raw)
 
 
 def _inline_json(data: bytes) -> tuple[Any, bool]:
@@ -83,7 +140,7 @@ def _inline_json(data: bytes) -> tuple[Any, bool]:
     JSON) travels as ``data_base64`` so the envelope's bytes survive exactly.
     """
     try:
-        value = json.loads(data)
+        value = _parse_json(data)
     except ValueError:
         return None, False
     return value, _compact_json(value) == data
@@ -92,7 +149,7 @@ def _inline_json(data: bytes) -> tuple[Any, bool]:
 def decode_structured(payload: bytes | str) -> Envelope:
     """Parse a structured-mode CloudEvent; raise :class:`DecodeError` saying what is wrong."""
     try:
-        doc = json.loads(payload)
+        doc = _parse_json(payload)
     except (ValueError, UnicodeDecodeError) as exc:
         raise DecodeError(f"not a structured CloudEvent: body is not JSON ({exc})") from exc
     if not isinstance(doc, dict):
@@ -109,7 +166,9 @@ def decode_structured(payload: bytes | str) -> Envelope:
             data = value.encode("utf-8")
         else:
             data = _compact_json(value)
-    return _build(doc, data)
+    # Our own documents' attributes, read by lookups (as binary mode's headers are).
+    envelope = _decode_own_dict(doc, data, "", None, content_type_name="datacontenttype")
+    return envelope if envelope is not None else _build(doc, data)
 
 
 def binary_headers(
@@ -319,24 +378,31 @@ def binary_size(headers: Mapping[str, str], body: bytes) -> int:
 
 
 def _decode_own_dict(
-    headers: dict[str, Any], body: bytes | None, prefix: str, key: str | None, text: bool = False
+    headers: dict[str, Any],
+    body: bytes | None,
+    prefix: str,
+    key: str | None,
+    text: bool = False,
+    content_type_name: str = "content-type",
 ) -> Envelope | None:
     """The common case read by lookups: text values under the exact prefix, no
     extensions and no structured content type. ``None`` when the headers are
     anything else; the general reader then takes them (and its errors apply).
-    ``text``: the caller knows every value is a ``str`` (it stored them)."""
+    ``text``: the caller knows every value is a ``str`` (it stored them).
+    ``content_type_name``: where the content type is (a structured document's
+    attributes, prefix ``""``, have it as ``datacontenttype``)."""
     if not text:
         try:
             "".join(headers.values())  # raises unless every value is text
         except TypeError:
             return None
-    layouts = _LAYOUTS.get(prefix)
+    layouts = _LAYOUTS.get((prefix, content_type_name))
     if layouts is None:
-        layouts = _LAYOUTS[prefix] = {}
+        layouts = _LAYOUTS[prefix, content_type_name] = {}
     names = tuple(headers)
     pick = layouts.get(names)
     if pick is None:
-        pick = _layout(names, prefix)
+        pick = _layout(names, prefix, content_type_name)
         if len(layouts) < _MAX_LAYOUTS:
             layouts[names] = pick
     if pick is False:
@@ -400,17 +466,18 @@ need the general reader (for callers that call that one then)."""
 # appended after them), or False when a name is not one this fast path reads.
 # Messages from one codec come in a handful of layouts, so this stays small.
 _LAYOUTS: dict[
-    str, dict[tuple[str, ...], Callable[[tuple[str | None, ...]], tuple[Any, ...]] | Literal[False]]
+    tuple[str, str],
+    dict[tuple[str, ...], Callable[[tuple[str | None, ...]], tuple[Any, ...]] | Literal[False]],
 ] = {}
 _MAX_LAYOUTS = 256
 _FIELD_ORDER = (*_REQUIRED, "content-type", *_OPTIONAL)
 
 
 def _layout(
-    names: tuple[str, ...], prefix: str
+    names: tuple[str, ...], prefix: str, content_type_name: str
 ) -> Callable[[tuple[str | None, ...]], tuple[Any, ...]] | Literal[False]:
     wanted = {
-        name if name == "content-type" else prefix + name: index
+        content_type_name if name == "content-type" else prefix + name: index
         for index, name in enumerate(_FIELD_ORDER)
     }
     if not set(names) <= wanted.keys():

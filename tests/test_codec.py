@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import pytest
@@ -133,6 +134,57 @@ def test_structured_round_trip_per_content_type(
     if field == "data_base64":
         assert base64.b64decode(doc["data_base64"]) == data
     assert_same(decode_structured(encode_structured(sent)), sent)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b'{"order":"A-1","items":[1,2,3],"note":"caf\xc3\xa9"}',
+        b'{"a":"line\\nbreak","b":null,"c":[true,false],"d":-1.5}',
+        b'"just a string"',
+        b"[]",
+        b"7",
+        b'{"a": 1}',  # not compact: base64, not spliced
+        b'{"a":1e5}',  # a re-dump would write 100000.0: base64
+        b'{"a":1,"a":2}',  # duplicate keys: base64
+        b"",
+    ],
+)
+def test_structured_document_is_the_one_json_dumps_writes(data: bytes) -> None:
+    """The document with JSON data spliced in is byte for byte what serializing the
+    whole document at once writes (the wire format other readers see)."""
+    sent = full_envelope(data=data)
+    doc: dict[str, object] = dict(sent.attributes())
+    if data:
+        value = json.loads(data)
+        if json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode() == data:
+            doc["data"] = value
+        else:
+            doc["data_base64"] = base64.b64encode(data).decode("ascii")
+    expected = json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
+    assert encode_structured(sent) == expected
+
+
+@pytest.mark.parametrize(
+    "wrap",
+    [
+        lambda doc: b"  " + doc + b"\n",  # white space around the document
+        lambda doc: b"\xef\xbb\xbf" + doc,  # a UTF-8 byte order mark
+        lambda doc: doc.decode().encode("utf-16"),  # another encoding json.loads detects
+        lambda doc: doc.decode(),  # text, not bytes
+    ],
+)
+def test_structured_decode_reads_what_json_loads_reads(
+    wrap: Callable[[bytes], bytes | str],
+) -> None:
+    sent = full_envelope()
+    assert_same(decode_structured(wrap(encode_structured(sent))), sent)
+
+
+@pytest.mark.parametrize("tail", [b" x", b"{}", b"\x00", b"\xff"])
+def test_structured_decode_refuses_what_follows_the_document(tail: bytes) -> None:
+    with pytest.raises(DecodeError, match="not JSON"):
+        decode_structured(encode_structured(full_envelope()) + tail)
 
 
 def test_structured_without_data_has_no_data_member() -> None:

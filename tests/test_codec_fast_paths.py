@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import base64
+
 import pytest
 
-from eventbus import Envelope, codec
+from eventbus import DecodeError, Envelope, codec
 from eventbus.envelope import utcnow
 
 
@@ -21,11 +23,12 @@ def test_encode_binary_sized_counts_what_binary_size_counts(
     assert size == codec.binary_size(headers, body)
 
 
-def test_decode_binary_dict_reads_every_layout_as_decode_binary_does() -> None:
+def layouts() -> tuple[Envelope, ...]:
+    """Envelopes with every attribute, with the fewest, with an extension, with text data."""
     full = Envelope.create(
         type="t.full",
         source="s",
-        data=b"{}",
+        data=b'{"a":[1,"x"]}',
         subject="sub",
         dataschema="urn:x",
         partitionkey="k",
@@ -33,10 +36,16 @@ def test_decode_binary_dict_reads_every_layout_as_decode_binary_does() -> None:
         traceparent="00-a-b-01",
         tracestate="x=1",
         correlationid="corr",
+        dataversion=3,
     )
     bare = Envelope.create(type="t.bare", source="s", datacontenttype=None)
     extended = Envelope.create(type="t.ext", source="s", extra="1")
-    for envelope in (full, bare, extended, full, bare):  # the second time from the cache
+    text = Envelope.create(type="t.text", source="s", data=b"hi", datacontenttype="text/plain")
+    return (full, bare, extended, text, full, bare)  # the second time from the cache
+
+
+def test_decode_binary_dict_reads_every_layout_as_decode_binary_does() -> None:
+    for envelope in layouts():
         headers, body = codec.encode_binary(envelope, "ce_")
         assert codec.decode_binary_dict(headers, body, "ce_") == envelope
         reordered = dict(reversed(list(headers.items())))
@@ -75,3 +84,35 @@ def test_encode_binary_sized_many_gives_each_envelope_what_encode_binary_sized_g
                 alone = codec.encode_binary_sized(envelope, prefix)
                 assert (headers, body, size) == alone
                 assert list(headers) == list(alone[0])  # the same names in the same order
+
+
+def test_decode_structured_reads_every_layout_as_the_general_reader_does() -> None:
+    for envelope in layouts():
+        assert codec.decode_structured(codec.encode_structured(envelope)) == envelope
+        reordered = dict(reversed(list(envelope.attributes().items())))
+        general = Envelope.from_attributes(reordered, envelope.data)
+        data_base64 = base64.b64encode(envelope.data).decode()
+        encoded = codec._compact_json({**reordered, "data_base64": data_base64})
+        assert codec.decode_structured(encoded) == general == envelope
+
+
+@pytest.mark.parametrize(
+    ("name", "value"), [("dataversion", "two"), ("time", "yesterday"), ("id", "")]
+)
+def test_decode_structured_reports_what_the_general_reader_reports(
+    name: str, value: object
+) -> None:
+    attributes: dict[str, object] = dict(Envelope.create(type="t.bad", source="s").attributes())
+    attributes[name] = value
+    with pytest.raises(DecodeError) as fast:
+        codec.decode_structured(codec._compact_json(attributes))
+    with pytest.raises(DecodeError) as general:
+        codec._build(attributes, b"")
+    assert str(fast.value) == str(general.value)
+
+
+def test_decode_structured_reads_json_typed_attributes_as_the_general_reader_does() -> None:
+    attributes: dict[str, object] = dict(Envelope.create(type="t.int", source="s").attributes())
+    attributes["dataversion"] = 2  # a number, not text: not the fast path's to read
+    decoded = codec.decode_structured(codec._compact_json(attributes))
+    assert decoded == codec._build(attributes, b"") and decoded.dataversion == 2

@@ -16,11 +16,13 @@ already happened.
 from __future__ import annotations
 
 import asyncio
+import itertools
+import os
 import time
-import uuid
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from enum import Enum
-from typing import Protocol
+from typing import Any, Protocol
 
 from eventbus.context import Context
 from eventbus.errors import IdempotencyStoreError
@@ -57,8 +59,13 @@ def idempotency_key(topic: str, group: str, event_id: str) -> str:
 
 
 def new_owner() -> str:
-    """A fresh owner token for a claim."""
-    return uuid.uuid4().hex
+    """A fresh owner token for a claim: 32 random hex digits (as ``uuid4().hex``
+    without building the UUID object)."""
+    return os.urandom(16).hex()
+
+
+_DONE = ClaimResult(Claim.DONE)
+_IN_PROGRESS = ClaimResult(Claim.IN_PROGRESS)
 
 
 class IdempotencyStore(Protocol):
@@ -90,50 +97,65 @@ class IdempotencyStore(Protocol):
         """Release connections and threads; the bus calls it when it stops."""
 
 
-@dataclass(slots=True)
-class _Record:
-    done: bool
-    expires: float
-    owner: str
-
-
 class MemoryIdempotencyStore:
     """Per-process store; right for tests and single-instance services.
 
     It remembers at most ``max_entries`` ids: past that the oldest are forgotten
     first (a very late duplicate of a forgotten id would run again), so memory
     stays bounded whatever the TTL.
+
+    It answers without I/O, so besides the store protocol's coroutines it has plain
+    ``claim_now``/``complete_now``/``release_now`` methods that :class:`Idempotency`
+    calls instead (no coroutine per step; same results). Owner tokens need only be
+    unique within this store (it lives in one process): a counter, not random bytes.
     """
 
     def __init__(self, max_entries: int = 1_000_000) -> None:
         self.max_entries = max_entries
-        # Insertion-ordered: the first entries are the oldest.
-        self._entries: dict[str, _Record] = {}
+        # key -> (done, expires, owner). Insertion-ordered: the first entries are the oldest.
+        self._entries: dict[str, tuple[bool, float, str]] = {}
+        self._owners = map(str, itertools.count(1))
 
-    async def claim(self, key: str, lease: float) -> ClaimResult:
+    def claim_now(self, key: str, lease: float) -> str | ClaimResult:
+        """:meth:`claim`, as a plain call; a new claim is its owner token alone (no
+        ``ClaimResult`` made per message)."""
+        entries = self._entries
         now = time.monotonic()
-        record = self._entries.get(key)
-        if record is not None and record.expires > now:
-            return ClaimResult(Claim.DONE if record.done else Claim.IN_PROGRESS)
-        owner = new_owner()
-        self._entries.pop(key, None)
-        self._entries[key] = _Record(False, now + lease, owner)
-        while len(self._entries) > self.max_entries:
-            del self._entries[next(iter(self._entries))]
-        return ClaimResult(Claim.CLAIMED, owner)
+        record = entries.get(key)
+        if record is not None:
+            if record[1] > now:
+                return _DONE if record[0] else _IN_PROGRESS
+            del entries[key]  # expired: claimed again as new (the newest entry)
+        owner = next(self._owners)
+        entries[key] = (False, now + lease, owner)
+        if len(entries) > self.max_entries:
+            while len(entries) > self.max_entries:
+                del entries[next(iter(entries))]
+        return owner
 
-    async def complete(self, key: str, owner: str, ttl: float) -> bool:
+    def complete_now(self, key: str, owner: str, ttl: float) -> bool:
+        """:meth:`complete`, as a plain call."""
         record = self._entries.pop(key, None)
-        owned = record is not None and not record.done and record.owner == owner
-        self._entries[key] = _Record(True, time.monotonic() + ttl, owner)
-        return owned
+        self._entries[key] = (True, time.monotonic() + ttl, owner)
+        return record is not None and not record[0] and record[2] == owner
 
-    async def release(self, key: str, owner: str) -> bool:
+    def release_now(self, key: str, owner: str) -> bool:
+        """:meth:`release`, as a plain call."""
         record = self._entries.get(key)
-        if record is None or record.done or record.owner != owner:
+        if record is None or record[0] or record[2] != owner:
             return False
         del self._entries[key]
         return True
+
+    async def claim(self, key: str, lease: float) -> ClaimResult:
+        claim = self.claim_now(key, lease)
+        return ClaimResult(Claim.CLAIMED, claim) if isinstance(claim, str) else claim
+
+    async def complete(self, key: str, owner: str, ttl: float) -> bool:
+        return self.complete_now(key, owner, ttl)
+
+    async def release(self, key: str, owner: str) -> bool:
+        return self.release_now(key, owner)
 
     async def close(self) -> None:
         """Nothing to release; here so every store can be closed the same way."""
@@ -153,11 +175,27 @@ class Idempotency:
     lease: float = 60.0
     ttl: float = 7 * 24 * 3600.0
     retry_delay: float = 0.5
+    # A store that answers without I/O (MemoryIdempotencyStore) has plain-call twins of
+    # claim/complete/release: called instead, no coroutine per step.
+    _now: tuple[Callable[..., Any], Callable[..., Any], Callable[..., Any]] | None = field(
+        init=False, repr=False, compare=False, default=None
+    )
+
+    def __post_init__(self) -> None:
+        names = ("claim", "complete", "release")
+        if all(_has_twin(self.store, name) for name in names):
+            twins = tuple(getattr(self.store, f"{name}_now") for name in names)
+            object.__setattr__(self, "_now", twins)
 
     async def __call__(self, ctx: Context, call_next: Next) -> None:
-        key = idempotency_key(ctx.topic, ctx.group, ctx.envelope.id)
+        key = f"{ctx.topic}:{ctx.group}:{ctx.envelope.id}"  # idempotency_key(), inlined
+        now = self._now
         try:
-            claim = await self.store.claim(key, self.lease)
+            claim = (
+                now[0](key, self.lease)
+                if now is not None
+                else await self.store.claim(key, self.lease)
+            )
         except Exception as exc:
             raise IdempotencyStoreError(
                 f"idempotency store {type(self.store).__name__} could not claim event "
@@ -165,25 +203,25 @@ class Idempotency:
                 f"({type(exc).__name__}: {exc}); the handler did not run and the message "
                 "goes back to the broker to be tried when the store answers again"
             ) from exc
-        if claim.status is Claim.DONE:
-            ctx.logger.info("duplicate of an event already handled; skipped")
-            return
-        if claim.status is Claim.IN_PROGRESS:
-            raise RedeliveryRequested(self.retry_delay, "a duplicate is being handled now")
-        owner = claim.owner
-        if owner is None:
-            raise IdempotencyStoreError(
-                f"idempotency store {type(self.store).__name__} claimed event "
-                f"{ctx.envelope.id} on topic {ctx.topic!r} group {ctx.group!r} without an "
-                "owner token; fix the store: ClaimResult(Claim.CLAIMED, owner) is required"
-            )
+        owner: str
+        if type(claim) is str:
+            owner = claim
+        else:
+            claimed = self._owner(ctx, claim)
+            if claimed is None:
+                return
+            owner = claimed
         try:
             await call_next(ctx)
         except BaseException:
             await asyncio.shield(self._release(ctx, key, owner))
             raise
         try:
-            owned = await self.store.complete(key, owner, self.ttl)
+            owned = (
+                now[1](key, owner, self.ttl)
+                if now is not None
+                else await self.store.complete(key, owner, self.ttl)
+            )
         except Exception as exc:
             # The effect happened: acknowledging is right, dead-lettering or
             # redelivering would repeat it. The claim stays until its lease ends.
@@ -206,9 +244,29 @@ class Idempotency:
                 self.lease,
             )
 
+    def _owner(self, ctx: Context, claim: ClaimResult) -> str | None:
+        """The owner token of a new claim; ``None`` for an id already handled (skip it);
+        raises for one being handled now (redeliver later) or a claim without a token."""
+        status = claim.status
+        if status is Claim.DONE:
+            ctx.logger.info("duplicate of an event already handled; skipped")
+            return None
+        if status is Claim.IN_PROGRESS:
+            raise RedeliveryRequested(self.retry_delay, "a duplicate is being handled now")
+        if claim.owner is None:
+            raise IdempotencyStoreError(
+                f"idempotency store {type(self.store).__name__} claimed event "
+                f"{ctx.envelope.id} on topic {ctx.topic!r} group {ctx.group!r} without an "
+                "owner token; fix the store: ClaimResult(Claim.CLAIMED, owner) is required"
+            )
+        return claim.owner
+
     async def _release(self, ctx: Context, key: str, owner: str) -> None:
         try:
-            await self.store.release(key, owner)
+            if self._now is not None:
+                self._now[2](key, owner)
+            else:
+                await self.store.release(key, owner)
         except Exception as exc:
             # The handler's own failure is what matters to retry and dead-letter;
             # the claim simply holds until its lease ends.
@@ -220,3 +278,13 @@ class Idempotency:
                 exc,
                 self.lease,
             )
+
+
+def _has_twin(store: object, name: str) -> bool:
+    """Whether ``store``'s ``name`` coroutine method has a plain-call twin ``<name>_now``
+    defined beside it (by the same class: a subclass that overrides ``claim`` alone,
+    a store that fails in tests, keeps its override called)."""
+    for klass in type(store).__mro__:
+        if name in vars(klass):
+            return callable(vars(klass).get(f"{name}_now"))
+    return False

@@ -130,9 +130,13 @@ def decode(
         text = cloud.pop(ORIGIN_HEADER, None)
         origin = text.decode("utf-8", "replace") if isinstance(text, bytes) else text
     try:
-        if _SPECVERSION_HEADER not in cloud and _headerless_structured(cloud, value):
-            # The CloudEvents SDK's Kafka structured mode sets no content-type header.
+        if len(cloud) == 1 and cloud.get("content-type") == STRUCTURED_CONTENT_TYPE:
+            # Our structured mode's record (its one header): what decode_binary reads
+            # it as, without looking for binary-mode headers first.
             envelope: Envelope | None = decode_structured(value or b"")
+        elif _SPECVERSION_HEADER not in cloud and _headerless_structured(cloud, value):
+            # The CloudEvents SDK's Kafka structured mode sets no content-type header.
+            envelope = decode_structured(value or b"")
         else:
             text_key = None
             if (
