@@ -104,16 +104,17 @@ class Supervision:
 
     def health(self) -> SubscriptionHealth:
         """This subscription's state and, unless running, the last error."""
-        if self.state == "stalled" and self.progress.ticks != self._stalled_at:
-            # Deliveries came since the stall: running again now, not at the watch's
-            # next look (up to 10 s away).
-            self._stall_over("it is making progress again")
-        error = None if self.error is None else f"{type(self.error).__name__}: {self.error}"
+        state, failure = self.state, self.error
+        if state == "stalled" and self.progress.ticks != self._stalled_at:
+            # Deliveries came since the stall: reported running now (a read changes
+            # nothing; the watch records and logs it at its next look, within 10 s).
+            state, failure = "running", None
+        error = None if failure is None else f"{type(failure).__name__}: {failure}"
         idle = 0.0 if not self._idle_since else time.monotonic() - self._idle_since
         return SubscriptionHealth(
             self.spec.topic,
             self.spec.group,
-            self.state,
+            state,
             error,
             self.spec.guarantee,
             self._backlog,
