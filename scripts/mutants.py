@@ -110,7 +110,11 @@ def drop_release_on_failure() -> None:
     async def release(self: Any, *args: Any, **kwargs: Any) -> Any:
         return False  # "did not hold the claim": nothing released
 
+    def release_now(self: Any, *args: Any, **kwargs: Any) -> Any:
+        return False  # the memory store's plain-call twin, which the middleware calls
+
     idempotency.MemoryIdempotencyStore.release = release  # type: ignore[method-assign]
+    idempotency.MemoryIdempotencyStore.release_now = release_now  # type: ignore[method-assign]
     sqlite_store.SQLiteIdempotencyStore.release = release  # type: ignore[method-assign]
 
 
