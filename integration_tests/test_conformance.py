@@ -67,10 +67,12 @@ MOTO_LIMITS: dict[str, str] = {
 # ElasticMQ (harness/sqs_emulators.py): where it differs from SQS (docs/adapters/sqs.md).
 ELASTICMQ_LIMITS: dict[str, str] = {
     "test_broker_restart_loses_nothing_acknowledged": (
-        "ElasticMQ (messages on disk in H2, even with WRITE_DELAY=0) may lose a send it "
-        "acknowledged as it was being stopped: in 4 of 11 runs one message confirmed within "
-        "0.2 s after the stop signal was in the queue neither visible nor in flight after "
-        "the restart (AWS stores a message durably before it answers); 7 runs passed"
+        "the harness keeps ElasticMQ's messages in memory, so a restart forgets them (AWS "
+        "stores a message durably before it answers). ElasticMQ 1.6.11's H2 message "
+        "storage is off because it races with receives: a write failing on a message "
+        "received meanwhile leaves its SendMessage unanswered for 21 s, then HTTP 503, and "
+        "the SDK sends the message again (harness/sqs_emulators.py); with it on, this case "
+        "also lost a send acknowledged as ElasticMQ stopped in 4 of 11 runs"
     )
 }
 

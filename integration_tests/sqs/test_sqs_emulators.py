@@ -1,4 +1,10 @@
-"""What keeps goaws out of the conformance suite, checked on the goaws the harness runs (#25).
+"""The SQS emulators besides moto, as the harness runs them (#25).
+
+The ElasticMQ the harness runs keeps its queues on disk and its messages in memory:
+its H2 message storage races with receives (harness/sqs_emulators.py), so the broker
+restart case is declared an ElasticMQ limit; the first test holds that configuration.
+
+What keeps goaws out of the conformance suite, checked on the goaws the harness runs.
 
 goaws is the SNS fan-out emulator asked for besides moto, but v0.4.5 (the newest the Go
 module proxy serves here) cannot serve any current AWS SDK: it reads only the Query
@@ -27,6 +33,21 @@ def _client(service: str, url: str) -> object:
     return boto3.client(
         service, endpoint_url=endpoint, region_name=region, config=config, **aws_credentials()
     )
+
+
+def test_elasticmq_restart_keeps_queues_and_forgets_messages() -> None:
+    elasticmq = harness.require("elasticmq")
+    if elasticmq.restart is None:
+        pytest.skip("EVENTBUS_TEST_ELASTICMQ_URL names an ElasticMQ the harness does not run")
+    sqs = _client("sqs", elasticmq.url)
+    url = sqs.create_queue(QueueName="eventbus-elasticmq-restart")["QueueUrl"]  # type: ignore[attr-defined]
+    sqs.purge_queue(QueueUrl=url)  # type: ignore[attr-defined]
+    sqs.send_message(QueueUrl=url, MessageBody="before the restart")  # type: ignore[attr-defined]
+    elasticmq.restart()
+    sqs = _client("sqs", elasticmq.url)
+    assert sqs.get_queue_url(QueueName="eventbus-elasticmq-restart")["QueueUrl"]  # type: ignore[attr-defined]
+    reply = sqs.receive_message(QueueUrl=url, WaitTimeSeconds=1)  # type: ignore[attr-defined]
+    assert not reply.get("Messages"), "ElasticMQ kept a message: is its H2 storage on again?"
 
 
 def test_goaws_answers_sns_but_not_the_sqs_json_protocol_nor_publish_batch() -> None:
