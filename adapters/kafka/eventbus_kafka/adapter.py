@@ -38,7 +38,7 @@ from eventbus.raw_message import RawMessage
 
 from .browse import read_topic
 from .codec import Headers, encode_parts, record_size, retry_headers
-from .connection import ProducerConnection, half_open_bound, transient
+from .connection import ProducerConnection, half_open_bound, producer_state_lost, transient
 from .consumer import KafkaSubscription
 from .delivery import best_effort
 from .provision import TopicProvisioner, retry_topic, retry_topics
@@ -76,6 +76,7 @@ class KafkaAdapter(ProducerConnection, ConfiguredAdapter[KafkaSettings, AIOKafka
         )
         self._producer: AIOKafkaProducer | None = client
         self._own_producer = client is None
+        self._retired: set[asyncio.Task[None]] = set()
         self._structured = self.settings.mode == "structured"
         # publish() calls between queueing their records and their acks: a lone one
         # does not wait for linger (see publish.send_now).
@@ -145,6 +146,9 @@ class KafkaAdapter(ProducerConnection, ConfiguredAdapter[KafkaSettings, AIOKafka
             step = producer.stop() if self._own_producer else producer.flush()
             cancelled |= await best_effort("stopping the Kafka producer", step)
         cancelled |= await best_effort("closing the admin client", self._provisioner.close())
+        if self._retired:  # producers dropped (drop_producer), still stopping
+            retired = asyncio.gather(*self._retired, return_exceptions=True)
+            cancelled |= await best_effort("stopping dropped Kafka producers", retired)
         if cancelled:
             raise asyncio.CancelledError
 
@@ -193,6 +197,10 @@ class KafkaAdapter(ProducerConnection, ConfiguredAdapter[KafkaSettings, AIOKafka
             self._publishing -= 1
         if not failures:
             return
+        for exc in failures.values():
+            if producer_state_lost(exc):
+                self.drop_producer(producer, exc)
+                break
         if any(isinstance(exc, UnknownTopicOrPartitionError) for exc in failures.values()):
             self._provisioner.forget(topic)  # deleted underneath: the retry creates it
         if len(failures) == len(records) and all(transient(e) for e in failures.values()):
@@ -240,15 +248,17 @@ class KafkaAdapter(ProducerConnection, ConfiguredAdapter[KafkaSettings, AIOKafka
         await self._provisioner.ensure([topic])
         with map_exceptions(
             _classify,
-            on_error=self._forget_if_gone(topic),
+            on_error=self._after_refusal(topic, producer),
             what=(f"a record to {topic!r} on Kafka at {self.settings.masked_url}"),
         ):
             await producer.send_and_wait(topic, value, key=key, headers=headers)
 
-    def _forget_if_gone(self, topic: str) -> Callable[[Exception], None]:
+    def _after_refusal(self, topic: str, producer: AIOKafkaProducer) -> Callable[[Exception], None]:
         def forget(exc: Exception) -> None:
             if isinstance(exc, UnknownTopicOrPartitionError):
                 self._provisioner.forget(topic)  # deleted underneath: the retry creates it
+            elif producer_state_lost(exc):
+                self.drop_producer(producer, exc)
 
         return forget
 

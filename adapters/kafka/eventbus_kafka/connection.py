@@ -10,11 +10,15 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import (
+    InvalidProducerEpoch,
     KafkaConnectionError,
     KafkaError,
     KafkaTimeoutError,
     NodeNotReadyError,
+    OutOfOrderSequenceNumber,
+    ProducerFenced,
     RequestTimedOutError,
+    UnknownProducerId,
 )
 
 from eventbus.adapters_util import ExceptionMap, open_once, translate
@@ -43,13 +47,36 @@ _UNREACHABLE: ExceptionMap = {
 }
 
 
+# The broker refuses the idempotent producer's state: its sequence numbers (a batch that
+# took numbers never reached the log: it expired, or was refused, after it was sent, as
+# a broker restart under load makes happen; aiokafka numbers on past the gap, so every
+# later batch to that partition is refused the same way, for good), or its producer id
+# or epoch (forgotten or fenced by the broker). A new producer (a new id, numbered from
+# 0) is the cure: ProducerConnection.drop_producer.
+_PRODUCER_STATE_ERRORS = (
+    OutOfOrderSequenceNumber,
+    UnknownProducerId,
+    InvalidProducerEpoch,
+    ProducerFenced,
+)
+
+
+def producer_state_lost(exc: BaseException) -> bool:
+    """Whether the broker refused the producer itself (see ``_PRODUCER_STATE_ERRORS``)."""
+    return isinstance(exc, _PRODUCER_STATE_ERRORS)
+
+
 def transient(exc: BaseException) -> bool:
     """A failure that goes away by itself: no connection, or an error Kafka marks
     retriable (a leader moving, a topic being deleted or created: NotLeaderForPartition,
-    UnknownTopicOrPartition), which aiokafka gave up retrying. Publishing again is
-    the answer, so it is a BrokerConnectionError, never a permanent refusal."""
-    return isinstance(exc, _CONNECTION_ERRORS) or (
-        isinstance(exc, KafkaError) and bool(getattr(exc, "retriable", False))
+    UnknownTopicOrPartition), which aiokafka gave up retrying, or a producer the broker
+    no longer accepts (replaced by a new one: ``ProducerConnection.drop_producer``).
+    Publishing again is the answer, so it is a BrokerConnectionError, never a
+    permanent refusal."""
+    return (
+        isinstance(exc, _CONNECTION_ERRORS)
+        or (isinstance(exc, KafkaError) and bool(getattr(exc, "retriable", False)))
+        or isinstance(exc, _PRODUCER_STATE_ERRORS)
     )
 
 
@@ -70,13 +97,51 @@ class ProducerConnection:
     settings: KafkaSettings
     idempotent: bool | None
     _producer: AIOKafkaProducer | None
+    _own_producer: bool
     _connect_lock: asyncio.Lock
+    _retired: set[asyncio.Task[None]]  # producers dropped, stopping in the background
 
     def client_options(self) -> dict[str, Any]:
         raise NotImplementedError
 
     async def _ready_producer(self) -> AIOKafkaProducer:
         return await open_once(self._connect_lock, lambda: self._producer, self._open_producer)
+
+    def drop_producer(self, broken: AIOKafkaProducer, exc: BaseException) -> None:
+        """Forget ``broken``, whose state the broker refused (:func:`producer_state_lost`):
+        the next publish opens a new producer, so the bus's publish retry goes out
+        through it. The old one stops in the background: its pending batches fail as
+        this one did, and their publishes are retried the same way. A producer given to
+        the adapter is its owner's: only logged."""
+        if self._producer is not broken:
+            return  # dropped already: another publish saw the same refusal
+        if not self._own_producer:
+            log.error(
+                "Kafka at %s refused the producer given to the adapter (%s: %s); every "
+                "later publish through it may be refused the same way: replace it",
+                self.settings.masked_url,
+                type(exc).__name__,
+                exc,
+            )
+            return
+        self._producer = None
+        log.warning(
+            "Kafka at %s refused the producer's state (%s: %s: a batch that took sequence "
+            "numbers never reached the log, or the broker forgot the producer id); "
+            "opening a new producer, and the refused publishes go out through it",
+            self.settings.masked_url,
+            type(exc).__name__,
+            exc,
+        )
+        task = asyncio.get_running_loop().create_task(self._stop_dropped(broken))
+        self._retired.add(task)
+        task.add_done_callback(self._retired.discard)
+
+    async def _stop_dropped(self, producer: AIOKafkaProducer) -> None:
+        try:
+            await producer.stop()
+        except Exception as exc:  # its batches failed already; nothing else to tell
+            log.info("stopping a dropped Kafka producer: %s: %s", type(exc).__name__, exc)
 
     async def _open_producer(self) -> AIOKafkaProducer:
         s = self.settings
