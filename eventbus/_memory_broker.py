@@ -378,6 +378,11 @@ class MemoryBroker:
             for group in topic.groups.values():
                 group.notify()
 
+    async def heal(self) -> None:
+        """Fault hook: end a refusal and a freeze now."""
+        self.refuse_until = 0.0
+        await self.thaw()
+
     def delete_group(self, topic_name: str, group_name: str) -> None:
         """Fault hook: delete a group underneath its consumers, with what it held (as
         deleting a queue or consumer on a real broker does)."""

@@ -6,6 +6,7 @@ import asyncio
 
 import pytest
 
+from eventbus import EventBus
 from eventbus.memory import MemoryAdapter
 from eventbus.testing import BrokerTarget, ConformanceSuite
 
@@ -61,3 +62,35 @@ def test_a_missing_capability_skips_with_its_reason() -> None:
     assert str(skipped.value) == (
         "bare lacks fault hooks (target.faults/faulty_url): the case drops the broker connections"
     )
+
+
+def test_a_case_that_fails_mid_fault_leaves_the_next_a_working_broker(target: BrokerTarget) -> None:
+    """A case that fails (or ends) while its refusal or freeze is in force heals the
+    target as it closes (``faults.heal()``), so the next case does not start on a broker
+    that still refuses: one failing case stays one failure."""
+    from eventbus.testing.conformance._support import Case
+
+    async def failing_case() -> None:
+        run = Case(target, MemoryAdapter(target.url).capabilities, "test_fails_mid_fault")
+        try:
+            assert target.faults is not None
+            await target.faults.freeze()
+            await target.faults.refuse_connections(60.0)
+        finally:
+            await run.aclose()
+
+    async def next_case() -> None:
+        bus = EventBus(target.url)
+        await asyncio.wait_for(bus.start(), 2.0)  # refused for 60 s without the heal
+        await bus.stop()
+
+    async def restore() -> None:  # without heal(): this test's failure stays its own
+        assert target.faults is not None
+        await target.faults.thaw()
+        await target.faults.refuse_connections(0.0)
+
+    try:
+        asyncio.run(failing_case())
+        asyncio.run(next_case())
+    finally:
+        asyncio.run(restore())

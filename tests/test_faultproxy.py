@@ -343,3 +343,33 @@ def test_a_refusal_whose_reopening_went_missing_still_ends(proxy: FaultProxy) ->
         await forwards_again(proxy, 3, "the refusal never ended")
 
     asyncio.run(main())
+
+
+def test_heal_ends_a_refusal_a_freeze_and_latency_at_once(proxy: FaultProxy) -> None:
+    """What a case that failed mid-fault leaves behind is gone after heal(): the proxy
+    listens again within a moment (not after the refusal's 60 s), forwards what a
+    freeze held back, and adds no latency."""
+
+    async def case() -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+        await proxy.set_latency(0.5)
+        await proxy.freeze()
+        writer.write(b"held")
+        await writer.drain()
+        await proxy.heal()
+        assert not proxy.frozen
+        assert await asyncio.wait_for(reader.readexactly(4), 5) == b"held"
+        writer.close()
+
+        await proxy.refuse_connections(60.0)
+        with pytest.raises(OSError):
+            await asyncio.open_connection("127.0.0.1", proxy.port)
+        await proxy.heal()
+        await forwards_again(proxy, 0.3, "heal() left the refusal in force")
+        reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+        started = time.monotonic()
+        assert await roundtrip(reader, writer, b"quick") == b"quick"
+        assert time.monotonic() - started < 0.4, "heal() left the latency in force"
+        writer.close()
+
+    asyncio.run(case())

@@ -205,6 +205,13 @@ class FaultProxy:
         """Forward again, on the same connections, whatever a freeze held back."""
         await self._call(self._thaw())
 
+    async def heal(self) -> None:
+        """End every fault now: no refusal (listening again at once), no freeze (what it
+        held back flows), no latency. Open connections stay open. The conformance suite
+        calls it when a case ends, so a case that fails mid-fault leaves the next one a
+        working path."""
+        await self._call(self._heal())
+
     @property
     def frozen(self) -> bool:
         """Whether a :meth:`freeze` is in force."""
@@ -231,6 +238,10 @@ class FaultProxy:
     def thaw_sync(self) -> None:
         """Blocking form of :meth:`thaw`."""
         self._call_sync(self._thaw())
+
+    def heal_sync(self) -> None:
+        """Blocking form of :meth:`heal`."""
+        self._call_sync(self._heal())
 
     # -- internals (run on the proxy's loop) ---------------------------------
 
@@ -361,6 +372,16 @@ class FaultProxy:
                         exc,
                     )
                 await asyncio.sleep(0.1)
+
+    async def _heal(self) -> None:
+        self._latency = 0.0
+        await self._thaw()
+        self._refuse_until = 0.0
+        if self._reopen_handle is not None:
+            self._reopen_handle.cancel()
+            self._reopen_handle = None
+        if self._server is None and not self._stopped:
+            await self._reopen()
 
     async def _set_latency(self, seconds: float) -> None:
         self._latency = max(0.0, seconds)

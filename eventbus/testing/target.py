@@ -20,6 +20,10 @@ class FaultInjector(Protocol):
 
     The memory adapter implements it in-process; real brokers get it from the
     TCP fault proxy (:mod:`eventbus.testing.faultproxy`) placed in front of them.
+
+    An injector may also have ``async def heal()``, ending every fault at once (a
+    refusal, a freeze): the suite calls it, when there is one, as each case ends, so
+    a case that fails mid-fault does not leave the next case a broken path.
     """
 
     async def drop_connections(self) -> None:

@@ -83,6 +83,10 @@ class WriteLockFaults:
         if thread is not None:
             await asyncio.to_thread(thread.join, 30.0)
 
+    async def heal(self) -> None:
+        """End a hold now (the conformance suite calls it when a case ends)."""
+        await self.thaw()
+
     async def _hold(self, until: float) -> None:
         with self._guard:
             self._until = max(self._until, until)
