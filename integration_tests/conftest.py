@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 import pytest_asyncio
 
+from eventbus.testing.faultproxy import heal_all
 from integration_tests import harness
 from integration_tests.harness import postgres
 
@@ -19,6 +20,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="run the chaos scenarios' long profile (integration_tests/chaos; "
         "also EVENTBUS_CHAOS=long)",
     )
+
+
+@pytest.fixture(autouse=True)
+def _faults_end_with_their_test() -> Iterator[None]:
+    """A test that ends, or fails, while a fault proxy refuses, is frozen or slowed
+    leaves the brokers behind that proxy working for the tests after it (the
+    conformance suite heals its own target too; this covers every other test)."""
+    yield
+    heal_all()
 
 
 @pytest.fixture(scope="session")

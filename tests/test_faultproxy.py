@@ -373,3 +373,26 @@ def test_heal_ends_a_refusal_a_freeze_and_latency_at_once(proxy: FaultProxy) -> 
         writer.close()
 
     asyncio.run(case())
+
+
+def test_heal_all_heals_every_running_proxy_and_skips_stopped_ones(echo: EchoServer) -> None:
+    """What the integration tests' autouse fixture calls after each test."""
+    from eventbus.testing.faultproxy import heal_all
+
+    first = FaultProxy("127.0.0.1", echo.port).start()
+    second = FaultProxy("127.0.0.1", echo.port).start()
+    gone = FaultProxy("127.0.0.1", echo.port).start()
+    try:
+        first.freeze_sync()
+        second.refuse_connections_sync(60.0)
+        gone.stop()
+        heal_all()
+        assert not first.frozen
+
+        async def reachable() -> None:
+            await forwards_again(second, 0.3, "heal_all() left a refusal in force")
+
+        asyncio.run(reachable())
+    finally:
+        first.stop()
+        second.stop()

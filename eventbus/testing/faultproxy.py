@@ -31,18 +31,32 @@ import contextlib
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Coroutine
 from types import TracebackType
 from typing import Any, TypeVar
 
 from eventbus.testing.ports import stable_port
 
-__all__ = ["FaultProxy"]
+__all__ = ["FaultProxy", "heal_all"]
 
 _T = TypeVar("_T")
 _log = logging.getLogger(__name__)
 
 _CHUNK = 64 * 1024
+
+# Every proxy of this process that is running (for heal_all).
+_running: weakref.WeakSet[FaultProxy] = weakref.WeakSet()
+
+
+def heal_all() -> None:
+    """:meth:`FaultProxy.heal` every running proxy of this process: a test fixture's
+    teardown, so a test that ends (or fails) while a fault is in force does not leave
+    it to the tests after it. Blocking; not from a proxy's own thread."""
+    for proxy in list(_running):
+        loop = proxy._loop
+        if not proxy._stopped and loop is not None and loop.is_running():
+            proxy.heal_sync()
 
 
 class _Link:
@@ -144,10 +158,12 @@ class FaultProxy:
         ready.wait()
         if failure:
             raise failure[0]
+        _running.add(self)
         return self
 
     def stop(self) -> None:
         """Close the listener and every connection, then end the proxy thread."""
+        _running.discard(self)
         if self._stopped or self._thread is None or self._loop is None:
             self._stopped = True
             return
