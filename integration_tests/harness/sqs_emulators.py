@@ -63,7 +63,7 @@ _ELASTICMQ_POM = """<project xmlns="http://maven.apache.org/POM/4.0.0">
 # races with a receive of the message it is writing. Its writer then fails
 # (IllegalArgumentException from DBMessage.from: a null string in a list it writes
 # as JSON, in ElasticMQ's log), the SendMessage gets no reply for 21 s, then HTTP 503, and the SDK
-# sends the message again: a second copy of a message sent once. Seen in 7 of 240
+# sends the message again: a second copy of a message sent once. Seen in 7 of 305
 # runs of eight topics at once on a loaded machine (0 of 160 with it off), and once
 # in a full CI run.
 _ELASTICMQ_CONF = """include classpath("application.conf")
