@@ -145,3 +145,133 @@ def test_a_single_record_send_refused_for_its_producer_is_an_outage_then_goes_ou
             await adapter.close()
 
     asyncio.run(main())
+
+
+def _the_failure(error: Exception) -> Exception:
+    """The one message's error of a publish that failed (a batch of one reports it in
+    ``failures``)."""
+    from eventbus.errors import BatchPublishError
+
+    if isinstance(error, BatchPublishError):
+        (only,) = error.failures.values()
+        return only
+    return error
+
+
+def test_a_given_producer_refused_for_its_state_is_a_publish_error_not_an_outage(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A producer given to the adapter (``client=``) is its owner's: the adapter cannot
+    replace it, so publishing again through it is refused the same way for good. The
+    refusal is a PublishError at once (a BrokerConnectionError would have the bus retry
+    the same refused producer until ``publish_timeout``), logged at ERROR, and the
+    producer is kept."""
+    from aiokafka import AIOKafkaProducer
+    from eventbus_kafka import KafkaSettings
+
+    from eventbus import EventBus, Message
+    from eventbus.errors import PublishError
+    from eventbus.raw_message import RawMessage
+
+    topic = f"idem-given-{uuid.uuid4().hex[:10]}"
+    url = _url(_apache(), "partitions=1")
+
+    class GivenTick(Message, type="test.idempotence.given"):
+        n: int
+
+    async def main() -> float:
+        producer = AIOKafkaProducer(
+            bootstrap_servers=list(KafkaSettings.from_url(url).bootstrap_servers),
+            enable_idempotence=True,
+        )
+        await producer.start()
+        try:
+            adapter = KafkaAdapter(settings=KafkaSettings.from_url(url), client=producer)
+            bus = EventBus(adapter, source="tests", publish_timeout=30.0)
+            async with bus:
+                await bus.publish(GivenTick(n=1), topic=topic)
+                _skip_a_sequence_number(adapter, topic)
+                started = asyncio.get_running_loop().time()
+                with pytest.raises(PublishError) as info:
+                    await bus.publish(GivenTick(n=2), topic=topic)
+                took = asyncio.get_running_loop().time() - started
+                refused = _the_failure(info.value)
+                assert not isinstance(refused, BrokerConnectionError), refused
+                assert "OutOfOrderSequenceNumber" in str(refused)
+                assert "replace it" in str(refused)
+                with pytest.raises(PublishError, match="OutOfOrderSequenceNumber") as raw:
+                    await adapter.publish_raw(topic, RawMessage(b"three"))
+                assert not isinstance(raw.value, BrokerConnectionError)
+                assert adapter._producer is producer, "the given producer was dropped"
+            return took
+        finally:
+            await producer.stop()
+
+    with caplog.at_level(logging.ERROR, logger="eventbus.kafka"):
+        took = asyncio.run(main())
+    assert took < 10.0, f"the refused publish was retried for {took:.1f}s"
+    assert any(
+        r.levelno == logging.ERROR and "refused the producer given" in r.getMessage()
+        for r in caplog.records
+    )
+
+
+def test_a_batch_refused_on_one_partition_fails_only_there_and_goes_out_again() -> None:
+    """A batch whose records go to two partitions, one of them past a sequence gap: the
+    records for that partition fail (worth publishing again, a BrokerConnectionError
+    each), the others are confirmed, the producer is replaced, and republishing the
+    failed ones through the adapter goes out."""
+    from eventbus.errors import BatchPublishError
+
+    topic = f"idem-part-{uuid.uuid4().hex[:10]}"
+
+    async def main() -> None:
+        adapter = KafkaAdapter(_url(_apache(), "partitions=2"))
+        try:
+            await adapter.connect()
+            envelopes = [
+                Envelope.create(
+                    type="test.idempotence", source="tests", data=b"{}", partitionkey=f"k{i}"
+                )
+                for i in range(40)
+            ]
+            await adapter.publish(topic, envelopes)  # both partitions have a sequence now
+            first = adapter._producer
+            _skip_a_sequence_number(adapter, topic)  # partition 0 only
+            with pytest.raises(BatchPublishError) as info:
+                await adapter.publish(topic, envelopes)
+            failed = info.value.failures
+            assert failed and len(failed) < len(envelopes), failed
+            assert all(isinstance(e, BrokerConnectionError) for e in failed.values())
+            assert adapter._producer is not first, "the refused producer was kept"
+            await adapter.publish(topic, [envelopes[i] for i in failed])
+        finally:
+            await adapter.close()
+
+    asyncio.run(main())
+
+
+def test_close_right_after_a_producer_was_dropped_waits_for_it_to_stop() -> None:
+    """``close()`` while a dropped producer is still stopping in the background: the
+    adapter waits for it, so nothing of it is left running (no pending task)."""
+    from eventbus.raw_message import RawMessage
+
+    topic = f"idem-close-{uuid.uuid4().hex[:10]}"
+
+    async def main() -> None:
+        adapter = KafkaAdapter(_url(_apache(), "partitions=1"))
+        await adapter.connect()
+        await adapter.publish_raw(topic, RawMessage(b"one"))
+        dropped = adapter._producer
+        assert dropped is not None
+        _skip_a_sequence_number(adapter, topic)
+        with pytest.raises(BrokerConnectionError):
+            await adapter.publish_raw(topic, RawMessage(b"two"))
+        assert adapter._retired, "the dropped producer is not stopping in the background"
+        await adapter.close()
+        assert not adapter._retired
+        assert dropped._closed, "the dropped producer was left running"
+        others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        assert not others, others
+
+    asyncio.run(main())

@@ -76,6 +76,8 @@ class KafkaAdapter(ProducerConnection, ConfiguredAdapter[KafkaSettings, AIOKafka
         )
         self._producer: AIOKafkaProducer | None = client
         self._own_producer = client is None
+        # A producer given to the adapter is not replaced: its state refused is for good.
+        self._classify = _classify if client is None else _classify_given
         self._retired: set[asyncio.Task[None]] = set()
         self._structured = self.settings.mode == "structured"
         # publish() calls between queueing their records and their acks: a lone one
@@ -203,11 +205,16 @@ class KafkaAdapter(ProducerConnection, ConfiguredAdapter[KafkaSettings, AIOKafka
                 break
         if any(isinstance(exc, UnknownTopicOrPartitionError) for exc in failures.values()):
             self._provisioner.forget(topic)  # deleted underneath: the retry creates it
-        if len(failures) == len(records) and all(transient(e) for e in failures.values()):
+        if len(failures) == len(records) and all(self._worth_again(e) for e in failures.values()):
             first = next(iter(failures.values()))
             raise self._failure(topic, None, first, f"{len(records)} message(s)") from first
         errors = {i: self._failure(topic, envelopes[i], exc) for i, exc in failures.items()}
         raise BatchPublishError.partial(errors, len(records), f"Kafka topic {topic!r}")
+
+    def _worth_again(self, exc: BaseException) -> bool:
+        """Whether publishing again can succeed: a transient failure, unless it is the
+        refused state of a producer given to the adapter (see :func:`_classify_given`)."""
+        return transient(exc) and (self._own_producer or not producer_state_lost(exc))
 
     def _failure(
         self, topic: str, envelope: Envelope | None, exc: BaseException, what: str = ""
@@ -219,7 +226,7 @@ class KafkaAdapter(ProducerConnection, ConfiguredAdapter[KafkaSettings, AIOKafka
             error = PublishError(f"{what} was not confirmed ({type(exc).__name__})")
             error.__cause__ = exc
             return error
-        return translate(exc, _classify, what=what)
+        return translate(exc, self._classify, what=what)
 
     async def publish_raw(self, topic: str, message: RawMessage) -> None:
         """Send ``message``'s payload as one record with its headers as record headers
@@ -247,7 +254,7 @@ class KafkaAdapter(ProducerConnection, ConfiguredAdapter[KafkaSettings, AIOKafka
         producer = await self._ready_producer()
         await self._provisioner.ensure([topic])
         with map_exceptions(
-            _classify,
+            self._classify,
             on_error=self._after_refusal(topic, producer),
             what=(f"a record to {topic!r} on Kafka at {self.settings.masked_url}"),
         ):
@@ -372,3 +379,15 @@ def _classify(exc: Exception) -> Mapped:
     if transient(exc):
         return BrokerConnectionError, "publish again once the broker answers"
     return PublishError, "the broker refused it"
+
+
+def _classify_given(exc: Exception) -> Mapped:
+    """:func:`_classify` for a producer given to the adapter (``client=``): the adapter
+    cannot replace it, so a refusal of its state is for good, not worth publishing
+    again through it."""
+    if producer_state_lost(exc):
+        return PublishError, (
+            "the broker refused the producer given to the adapter (client=...), and "
+            "refuses it again on every publish: replace it"
+        )
+    return _classify(exc)

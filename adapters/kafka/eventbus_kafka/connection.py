@@ -76,7 +76,7 @@ def transient(exc: BaseException) -> bool:
     return (
         isinstance(exc, _CONNECTION_ERRORS)
         or (isinstance(exc, KafkaError) and bool(getattr(exc, "retriable", False)))
-        or isinstance(exc, _PRODUCER_STATE_ERRORS)
+        or producer_state_lost(exc)
     )
 
 
