@@ -25,8 +25,8 @@ demo: $(UV)
 	$(VENV)/bin/python -m examples.order_saga.processes
 
 lint: setup
-	$(VENV)/bin/ruff format --check eventbus adapters tests integration_tests examples bench scripts
-	$(VENV)/bin/ruff check eventbus adapters tests integration_tests examples bench scripts/check_layers.py
+	$(VENV)/bin/ruff format --check conftest.py eventbus adapters tests integration_tests examples bench scripts
+	$(VENV)/bin/ruff check conftest.py eventbus adapters tests integration_tests examples bench scripts/check_layers.py scripts/test_shards.py
 	@# The import graph against the layers of docs/architecture.md and adapters/README.md.
 	$(VENV)/bin/python scripts/check_layers.py
 
@@ -43,9 +43,11 @@ docs-check: setup
 
 ## Lint, type-check, unit tests, conformance on memory and on every real broker, mutants.
 test: lint typecheck docs-check
-	@# coverage run, not pytest --cov: our pytest plugin imports eventbus before pytest-cov starts.
-	$(VENV)/bin/python -m coverage run --source=eventbus -m pytest -q -ra \
-		--junitxml=.reports/junit.xml
+	@# The suite's shards at once (scripts/test_shards.py; which test runs in which: conftest.py),
+	@# each under coverage run, not pytest --cov: our pytest plugin imports eventbus before
+	@# pytest-cov starts.
+	$(VENV)/bin/python scripts/test_shards.py
+	$(VENV)/bin/python -m coverage combine -q
 	$(VENV)/bin/python -m coverage report --fail-under=90
 	@# Deliberate bugs in the core that the conformance suite must catch (fails if one survives).
 	$(VENV)/bin/python scripts/mutants.py
@@ -74,4 +76,4 @@ bench-profile: setup
 	$(VENV)/bin/python bench/bench_memory.py --rss
 
 clean:
-	rm -rf $(VENV) $(TOOLS) .pytest_cache .mypy_cache .ruff_cache .coverage
+	rm -rf $(VENV) $(TOOLS) .pytest_cache .mypy_cache .ruff_cache .coverage .coverage.*
