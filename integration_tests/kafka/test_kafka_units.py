@@ -413,3 +413,35 @@ def test_a_structured_event_with_a_foreign_binary_header_is_read() -> None:
 def test_a_non_utf8_cloudevents_header_is_still_poison() -> None:
     decoded = decode(None, b"x", [*MINIMAL[:-1], ("ce_type", b"\xff\xfe"), TRACING])
     assert decoded.envelope is None and "ce_type" in (decoded.error or "")
+
+
+# -- shutdown steps ---------------------------------------------------------------------
+
+
+def test_a_slow_or_cut_short_shutdown_step_says_which_and_how_long(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A close that stalls names the step: one that finished late is logged with its
+    time, one cut short by the caller's cancellation too (and reported as cancelled);
+    a quick one logs nothing."""
+    import asyncio
+
+    from eventbus_kafka import delivery
+
+    monkeypatch.setattr(delivery, "SLOW_STEP", 0.05)
+
+    async def main() -> bool:
+        assert not await delivery.best_effort("quick step", asyncio.sleep(0))
+        assert not await delivery.best_effort("slow step", asyncio.sleep(0.1))
+        stuck = asyncio.ensure_future(delivery.best_effort("stuck step", asyncio.sleep(30)))
+        try:
+            return await asyncio.wait_for(stuck, 0.1)
+        except TimeoutError:
+            return True
+
+    with caplog.at_level(logging.WARNING, logger="eventbus.kafka"):
+        assert asyncio.run(main())
+    said = [r.getMessage() for r in caplog.records]
+    assert not any("quick step" in m for m in said), said
+    assert any(m.startswith("slow step took 0.") for m in said), said
+    assert any(m.startswith("stuck step: cut short after 0.") for m in said), said

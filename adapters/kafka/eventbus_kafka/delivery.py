@@ -26,16 +26,26 @@ async def best_effort(what: str, step: Awaitable[Any]) -> bool:
     out of ``Fetcher.close()`` when the broker is unreachable) is a failure of the
     step like any other, so shutdown goes on to the next step.
     """
+    started = time.monotonic()
     try:
         await step
     except asyncio.CancelledError:
         task = asyncio.current_task()
         if task is not None and task.cancelling():
+            log.warning("%s: cut short after %.1fs", what, time.monotonic() - started)
             return True
         log.warning("%s: the Kafka client was interrupted (CancelledError); going on", what)
     except Exception as exc:  # best effort: the session expires, the broker may be down
         log.warning("%s failed (%s: %s); going on", what, type(exc).__name__, exc)
+    else:
+        took = time.monotonic() - started
+        if took > SLOW_STEP:  # a close that stalls says where
+            log.warning("%s took %.1fs", what, took)
     return False
+
+
+SLOW_STEP = 2.0
+"""Seconds after which a shutdown step that finished is logged as slow."""
 
 
 class KafkaDelivery(Delivery):
