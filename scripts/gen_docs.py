@@ -33,6 +33,27 @@ SAMPLE_URLS = {
     "postgres": "postgresql://127.0.0.1:5432/eventbus",
 }
 BEGIN, END = "<!-- capabilities:begin -->", "<!-- capabilities:end -->"
+# The matrix's columns: memory, then the real brokers as the suite lists its targets
+# (integration_tests/test_conformance.py), whatever order the report holds them in (make
+# test's shards run them side by side); any other target after them, as it came.
+COLUMNS = (
+    "memory",
+    "memory-structured",
+    "memory-log",
+    "kafka",
+    "tansu",
+    "rabbitmq",
+    "rabbitmq-quorum",
+    "redis-streams",
+    "redis-pubsub",
+    "nats",
+    "nats-core",
+    "sqs",
+    "sqs-fifo",
+    "sqs-elasticmq",
+    "sqlite",
+    "postgres",
+)
 
 
 def capability_table() -> str:
@@ -94,6 +115,7 @@ def conformance_matrix(reports: list[Path]) -> str:
                 cell, kind = "pass", "passed"
             results[test][broker] = cell
             totals[broker][kind] += 1
+    brokers.sort(key=lambda b: COLUMNS.index(b) if b in COLUMNS else len(COLUMNS))
     # The run's own start (pytest writes it in the report), not the time this ran.
     when = datetime.fromisoformat(min(started)) if started else datetime.now(UTC)
     stamp = when.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")

@@ -94,6 +94,7 @@ def merge_junit(shards: list[Shard]) -> None:
     suite = ET.SubElement(merged, "testsuite", name="pytest")
     totals = dict.fromkeys(("errors", "failures", "skipped", "tests"), 0)
     took = 0.0
+    started: list[str] = []
     for shard in shards:
         if not shard.junit.exists():
             continue
@@ -101,10 +102,13 @@ def merge_junit(shards: list[Shard]) -> None:
             for key in totals:
                 totals[key] += int(found.get(key, "0"))
             took = max(took, float(found.get("time", "0")))
+            started += [found.get("timestamp", "")] if found.get("timestamp") else []
             suite.extend(list(found))
     for key, value in totals.items():
         suite.set(key, str(value))
     suite.set("time", f"{took:.3f}")
+    if started:  # the run's start (gen_docs.py dates the matrix by it)
+        suite.set("timestamp", min(started))
     ET.ElementTree(merged).write(REPORTS / "junit.xml", encoding="utf-8", xml_declaration=True)
 
 

@@ -87,7 +87,7 @@ def test_the_shards_junit_reports_merge_into_one(
     runner = _load(ROOT / "scripts" / "test_shards.py", "eventbus_test_shards_runner")
     monkeypatch.setattr(runner, "REPORTS", tmp_path)
 
-    def report(name: str, cases: list[str], failures: int, took: float) -> Path:
+    def report(name: str, cases: list[str], failures: int, took: float, at: str) -> Path:
         path = tmp_path / f"junit-{name}.xml"
         suites = ET.Element("testsuites")
         suite = ET.SubElement(
@@ -99,6 +99,7 @@ def test_the_shards_junit_reports_merge_into_one(
             skipped="1",
             tests=str(len(cases)),
             time=str(took),
+            timestamp=at,
         )
         for case in cases:
             ET.SubElement(suite, "testcase", classname="m", name=case, time="1.0")
@@ -110,10 +111,43 @@ def test_the_shards_junit_reports_merge_into_one(
             self.junit = junit
 
     runner.merge_junit(
-        [Done(report("a", ["t1", "t2"], 1, 30.0)), Done(report("b", ["t3"], 0, 50.0))]
+        [
+            Done(report("a", ["t1", "t2"], 1, 30.0, "2026-12-07T00:46:10")),
+            Done(report("b", ["t3"], 0, 50.0, "2026-12-07T00:46:02")),
+        ]
     )
     merged = ET.parse(tmp_path / "junit.xml").getroot()
     (suite,) = merged.iter("testsuite")
     assert [case.get("name") for case in suite.iter("testcase")] == ["t1", "t2", "t3"]
     assert (suite.get("tests"), suite.get("failures"), suite.get("skipped")) == ("3", "1", "2")
     assert suite.get("time") == "50.000"  # side by side: the longest shard
+    assert suite.get("timestamp") == "2026-12-07T00:46:02"  # the run's start
+
+
+def test_the_conformance_matrix_keeps_its_columns_whichever_shard_ran_first(tmp_path: Path) -> None:
+    """The shards put the SQS and Kafka targets first in the merged report; the matrix
+    keeps memory first and the suite's order of targets, a third party's after them."""
+    gen_docs = _load(ROOT / "scripts" / "gen_docs.py", "eventbus_gen_docs_columns")
+    suites = ET.Element("testsuites")
+    suite = ET.SubElement(suites, "testsuite", name="pytest", timestamp="2026-12-07T00:46:02")
+    for classname, target in [
+        ("integration_tests.test_conformance.TestConformance", "sqs"),
+        ("integration_tests.test_conformance.TestConformance", "kafka"),
+        ("tests.test_x.TestMyBrokerConformance", "mybroker"),
+        ("tests.test_conformance_memory.TestMemoryConformance", "memory"),
+        ("integration_tests.test_conformance.TestConformance", "rabbitmq"),
+    ]:
+        ET.SubElement(suite, "testcase", classname=classname, name=f"test_a[{target}]")
+    report = tmp_path / "junit.xml"
+    ET.ElementTree(suites).write(report)
+    matrix = gen_docs.conformance_matrix([report])
+    header = next(line for line in matrix.splitlines() if line.startswith("| case |"))
+    assert header == "| case | memory | kafka | rabbitmq | sqs | mybroker |"
+
+
+def test_the_matrix_columns_are_the_suites_targets() -> None:
+    from integration_tests.test_conformance import TARGETS
+
+    gen_docs = _load(ROOT / "scripts" / "gen_docs.py", "eventbus_gen_docs_targets")
+    memory = {"memory", "memory-structured", "memory-log"}
+    assert [c for c in gen_docs.COLUMNS if c not in memory] == list(TARGETS)
