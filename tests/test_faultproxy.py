@@ -396,3 +396,22 @@ def test_heal_all_heals_every_running_proxy_and_skips_stopped_ones(echo: EchoSer
     finally:
         first.stop()
         second.stop()
+
+
+def test_stopping_while_it_tries_to_listen_again_leaves_no_task_pending(echo: EchoServer) -> None:
+    """Stopped while a refusal's end keeps trying to listen again (its port held by
+    another socket), the proxy ends that attempt with it: no task of its loop is left
+    pending (each would be reported as "Task was destroyed but it is pending!")."""
+    proxy = FaultProxy("127.0.0.1", echo.port).start()
+    squatter = socket.socket()
+    try:
+        proxy.refuse_connections_sync(0.2)
+        squatter.bind(("127.0.0.1", proxy.port))
+        time.sleep(0.6)  # the refusal is over: the proxy tries to listen, and cannot
+        assert proxy._background, "no attempt to listen again is running"
+        proxy.stop()
+    finally:
+        squatter.close()
+    loop = proxy._loop
+    assert loop is not None and loop.is_closed()
+    assert not [t for t in asyncio.all_tasks(loop) if not t.done()]

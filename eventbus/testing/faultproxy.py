@@ -318,6 +318,12 @@ class FaultProxy:
             self._keeper.cancel()
         if self._reopen_handle is not None:
             self._reopen_handle.cancel()
+        # An attempt to listen again still running (its port held) ends here, not with
+        # the loop closed under it ("Task was destroyed but it is pending!").
+        attempts = list(self._background)
+        for task in attempts:
+            task.cancel()
+        await asyncio.gather(*attempts, return_exceptions=True)
         await self._close_listener()
         await self._drop()
 
