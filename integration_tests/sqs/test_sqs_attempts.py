@@ -140,7 +140,9 @@ def test_messages_given_back_unrun_spend_no_retry_budget(sqs_url: str) -> None:
 
 def test_receives_given_back_at_close_do_not_count_as_runs(sqs_url: str) -> None:
     """A message received but still buffered when its subscription closes goes back
-    unrun: the next subscription of the same adapter sees attempt 1, not 2."""
+    unrun: the next subscription sees attempt 1, not 2, whether of the same adapter or
+    of one made anew in the same process (a bus restarted, or several of one service
+    stopping at once and passing the message around)."""
     topic, group = _names("close")
 
     async def body() -> None:
@@ -162,7 +164,19 @@ def test_receives_given_back_at_close_do_not_count_as_runs(sqs_url: str) -> None
             second = await adapter.subscribe(topic, SubscribeOptions(group=group))
             delivery = await _first(second)
             assert delivery.attempt == 1, "a receive given back unrun was counted as a run"
-            await delivery.ack()
+            await second.close()  # handed out: the bus counts this one, not the adapter
+            fresh = SqsAdapter(sqs_url)
+            await fresh.connect()
+            try:
+                third = await fresh.subscribe(topic, SubscribeOptions(group=group))
+                again = await _first(third)
+                assert again.attempt == 2, (
+                    f"attempt {again.attempt} after one receive given back unread and one "
+                    "handed out: a new adapter of the same queue did not know the first"
+                )
+                await again.ack()
+            finally:
+                await fresh.close()
         finally:
             await adapter.close()
 

@@ -51,8 +51,8 @@ from eventbus.raw_message import RawMessage
 
 from .codec import body_for_bytes, body_size, encode, header_attributes
 from .consumer import SqsSubscription
-from .delivery import Unrun, classify, error_code
-from .provision import Provisioner
+from .delivery import classify, error_code
+from .provision import Provisioner, again_if_unreadable
 from .publish import Publisher, Send, fifo_id, is_dead_letter
 from .settings import SqsSettings
 
@@ -102,7 +102,6 @@ class SqsAdapter(ConfiguredAdapter[SqsSettings, aioboto3.Session]):
         self._connect_lock = asyncio.Lock()
         self._provisioner = Provisioner(s)
         self._publisher = Publisher(self)
-        self.unrun = Unrun()  # receives given back unrun, for Delivery.attempt
         self._subscriptions: set[SqsSubscription] = set()
 
     # -- connection --------------------------------------------------------------------
@@ -356,17 +355,18 @@ class SqsAdapter(ConfiguredAdapter[SqsSettings, aioboto3.Session]):
                 "subscribe with start_from='latest' and drop start_from=earliest from the URL"
             )
         await self._ready()
-        with map_exceptions(
-            _provisioning_failure,
-            what=(
-                f"provisioning the queue of group {options.group!r} on topic {topic!r} at "
-                f"{self.settings.masked_url}"
-            ),
-        ):
+        what = (
+            f"provisioning the queue of group {options.group!r} on topic {topic!r} at "
+            f"{self.settings.masked_url}"
+        )
+        with map_exceptions(_provisioning_failure, what=what):
             if options.start_from == "earliest":
                 url = await self._provisioner.find_storage(self._clients["sqs"], topic)
             else:
-                url = await self._provisioner.declare_group(self._clients, topic, options.group)
+                url = await again_if_unreadable(
+                    lambda: self._provisioner.declare_group(self._clients, topic, options.group),
+                    what,
+                )
         subscription = SqsSubscription(self, topic, url, options)
         subscription.start()
         self._subscriptions.add(subscription)

@@ -42,6 +42,7 @@ from eventbus.errors import (
     EventBusError,
     TopicNotFoundError,
 )
+from eventbus.given_back import given_back
 
 from .delivery import SettleError, SqsDelivery, classify, send_anew, settle_batcher
 from .settings import MAX_VISIBILITY_SECONDS
@@ -64,6 +65,9 @@ class SqsSubscription(Subscription):
         self.topic = topic
         self.queue_url = queue_url
         self.options = options
+        # Receives given back unread, for Delivery.attempt; shared by every
+        # subscription of this queue in the process (a bus started anew keeps it).
+        self.unread = given_back(f"sqs {queue_url}")
         self.settings = adapter.settings
         self._ready: deque[dict[str, Any]] = deque()
         self._held = 0  # prefetch slots taken: received (or being received), not let go
@@ -190,7 +194,7 @@ class SqsSubscription(Subscription):
                         self.topic,
                         self.options.group,
                     )
-                    self.adapter.unrun.add(str(message.get("MessageId", "")))
+                    self.unread.add(str(message.get("MessageId", "")))
                     continue
                 yield SqsDelivery(self, message)
                 continue
@@ -373,7 +377,7 @@ class SqsSubscription(Subscription):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         for message in self._ready:  # received, never handed out: they did not run
-            self.adapter.unrun.add(str(message.get("MessageId", "")))
+            self.unread.add(str(message.get("MessageId", "")))
         self._ready.clear()
         receipts = [r for r in self._unsettled if r in self._beating]
         self._unsettled.clear()

@@ -17,11 +17,11 @@ the redrive queue.
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
 from botocore.exceptions import BotoCoreError, ClientError
+from botocore.parsers import ResponseParserError
 
 from eventbus.adapter import Delivery
 from eventbus.adapters_util import TurnBatcher
@@ -125,7 +125,8 @@ def error_code(exc: BaseException) -> str:
 def classify(exc: BaseException) -> Failure:
     """What an error of an SQS call means for whoever keeps calling.
 
-    ``transient``: no answer, a dropped connection, throttling, a 5xx: call again.
+    ``transient``: no answer, a dropped connection, throttling, a 5xx, a reply that
+    could not be read (an HTML error page from the server or a proxy): call again.
     ``gone``: the queue does not exist (any more). ``permanent``: SQS answered no
     (access denied, a KMS key disabled, a bad parameter), and will answer no again.
     """
@@ -137,29 +138,9 @@ def classify(exc: BaseException) -> Failure:
         if code in TRANSIENT_CODES or "Throttl" in code or int(status or 0) >= 500:
             return "transient"
         return "permanent"
-    if isinstance(exc, BotoCoreError | OSError | TimeoutError):
+    if isinstance(exc, BotoCoreError | ResponseParserError | OSError | TimeoutError):
         return "transient"
     return "permanent"
-
-
-class Unrun:
-    """Receives of a message this adapter gave back without handing it to anyone
-    (closing with it still buffered, or its visibility lapsed before its turn), by
-    MessageId: ``ApproximateReceiveCount`` counts them, yet its handler never ran, and
-    the bus's crash-loop budget takes every receive it did not see for a run."""
-
-    LIMIT = 10_000
-
-    def __init__(self) -> None:
-        self._counts: OrderedDict[str, int] = OrderedDict()
-
-    def add(self, message_id: str) -> None:
-        self._counts[message_id] = self._counts.pop(message_id, 0) + 1
-        while len(self._counts) > self.LIMIT:
-            self._counts.popitem(last=False)
-
-    def of(self, message_id: str) -> int:
-        return self._counts.get(message_id, 0)
 
 
 def _count(text: object, default: int) -> int:
@@ -173,7 +154,8 @@ class SqsDelivery(Delivery):
     """A received message. ``attempt`` is SQS's ``ApproximateReceiveCount`` (plus the
     receives of earlier copies, when the message was sent anew on its last receive
     before the redrive policy would move it: see ``SqsSubscription.release``), less
-    the receives this adapter gave back without handing the message out (:class:`Unrun`)."""
+    the receives given back unread by a subscription of this queue in this process
+    (:mod:`eventbus.given_back`)."""
 
     __slots__ = ("_owner", "_receipt", "message", "receives")
     stable_id = True  # message_id is SQS's MessageId: the same on every redelivery
@@ -188,7 +170,7 @@ class SqsDelivery(Delivery):
             decode(message),
             topic=owner.topic,
             group=owner.options.group,
-            attempt=max(1, earlier + self.receives - owner.adapter.unrun.of(message_id)),
+            attempt=max(1, earlier + self.receives - owner.unread.of(message_id)),
             message_id=message_id,
         )
         self.message = message

@@ -8,6 +8,9 @@ never share a queue, and the mapping is the same in every process.
 Provisioning is idempotent (CreateTopic, CreateQueue and Subscribe return the
 existing resource) and cached per adapter. With ``provision=false`` nothing is
 created: a missing resource is a one-line :class:`ProvisioningError` naming it.
+A reply botocore could not read (an HTML error page where SQS answers in XML or JSON)
+is never retried by botocore's own retries, which read the status from the parsed
+reply; :func:`again_if_unreadable` runs the idempotent steps again instead.
 
 A group is declared with the storage of its dead letters: SNS discards what is
 published to a topic no queue is subscribed to, so the DLQ topic
@@ -23,7 +26,10 @@ import hashlib
 import json
 import logging
 import re
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from botocore.parsers import ResponseParserError
 
 from eventbus.adapter import REPLAY_GROUP, dlq_topic
 
@@ -40,6 +46,35 @@ _NOT_ALLOWED = re.compile(r"[^A-Za-z0-9_-]")
 MAX_QUEUE_NAME = 80
 MAX_TOPIC_NAME = 256
 GROUP_SEPARATOR = "--"
+UNREADABLE_ATTEMPTS = 3
+"""Runs of a provisioning step whose reply could not be read, before giving up."""
+
+T = TypeVar("T")
+
+
+async def again_if_unreadable(step: Callable[[], Awaitable[T]], what: str) -> T:
+    """``await step()``, run again (up to :data:`UNREADABLE_ATTEMPTS` in all, 0.2 s, then
+    0.4 s apart) while its reply could not be read: a server error answered with an HTML
+    page (moto_server's "500 Internal Server Error" when two threads race in its SNS
+    backend, a proxy's error page) gets no retry from botocore. ``step`` must be
+    idempotent, as provisioning is. Anything else, and the last failure, is raised."""
+    for attempt in range(1, UNREADABLE_ATTEMPTS + 1):
+        try:
+            return await step()
+        except ResponseParserError as exc:
+            if attempt == UNREADABLE_ATTEMPTS:
+                raise
+            delay = 0.2 * attempt
+            log.warning(
+                "%s: the reply could not be read (%s); trying again in %.1fs (%d of %d)",
+                what,
+                str(exc).splitlines()[0][:200],
+                delay,
+                attempt + 1,
+                UNREADABLE_ATTEMPTS,
+            )
+            await asyncio.sleep(delay)
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def physical_name(name: str, limit: int, fifo: bool) -> str:
