@@ -276,6 +276,14 @@ class Delivery(abc.ABC):
         """
         return False
 
+    def given_back_unread(self) -> None:
+        """The bus never got this delivery: a layer between the adapter's subscription
+        and the bus (:class:`~eventbus.group_route.WithGroupRoute`) still held it when the
+        subscription closed, and the subscription gives it back. An adapter whose
+        ``attempt`` comes from the broker's delivery count records it as given back
+        unread (:mod:`eventbus.given_back`), so it spends none of the crash-loop budget;
+        the default does nothing (nothing counted it)."""
+
     @property
     def settled(self) -> str | None:
         """``"ack"``, ``"nack"``, ``"reject"`` or ``None`` while unsettled."""

@@ -40,11 +40,15 @@ class WithGroupRoute(Subscription):
         self._wake = asyncio.Event()
         self._error: BaseException | None = None
         self._running = 0
+        self._closing = False
         self._pumps: list[asyncio.Task[None]] = []
 
     async def _pump(self, source: Subscription, relabel: bool) -> None:
         try:
             async for delivery in source:
+                if self._closing:  # handed out by the source as it closes: never ours
+                    delivery.given_back_unread()
+                    continue
                 if relabel:
                     delivery.topic = self.topic  # the route's own name is an implementation detail
                 self._ready.append(delivery)
@@ -84,7 +88,14 @@ class WithGroupRoute(Subscription):
         return (main or 0) + (route or 0)
 
     async def close(self) -> None:
-        """Close both sources (each gives back what it holds unsettled), stop pumping."""
+        """Close both sources (each gives back what it holds unsettled), stop pumping.
+
+        What was pumped here and never taken by the bus is marked given back unread
+        first (:meth:`~eventbus.adapter.Delivery.given_back_unread`), before its source
+        hands it back: the bus never saw it, so no handler ran it."""
+        self._closing = True
+        while self._ready:
+            self._ready.popleft().given_back_unread()
         results = await asyncio.gather(
             self.main.close(), self.route.close(), return_exceptions=True
         )
