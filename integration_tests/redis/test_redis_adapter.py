@@ -464,6 +464,114 @@ def test_acks_are_confirmed_by_close_and_unsettled_entries_come_back_at_once(
     run(scenario)
 
 
+def test_entries_fetched_ahead_and_given_back_unread_are_not_attempts(
+    streams_url: str, redis_url: str
+) -> None:
+    """Subscriptions of fresh adapters (as of buses stopping one after another) each
+    fetch an entry ahead, into their buffer, and close without handing it out: its
+    delivery count grows with each, yet the next delivery is still attempt 1."""
+
+    async def scenario() -> None:
+        topic, rounds = name("unread"), 4
+        raw = Redis.from_url(redis_url)
+        options = SubscribeOptions(group="g", start_from="earliest")
+
+        async def delivered() -> int:
+            pending = await raw.xpending_range(topic, "g", "-", "+", 1)
+            return int(pending[0]["times_delivered"]) if pending else 0
+
+        try:
+            for round_ in range(1, rounds + 1):
+                adapter = RedisStreamsAdapter(streams_url)
+                await adapter.connect()
+                try:
+                    subscription = await adapter.subscribe(topic, options)
+                    if round_ == 1:
+                        await adapter.publish(topic, [envelope(0)])
+                    deadline = time.monotonic() + 10
+                    while await delivered() < round_:  # fetched ahead, never iterated
+                        assert time.monotonic() < deadline, f"round {round_}: not fetched"
+                        await asyncio.sleep(0.02)
+                    await subscription.close()
+                finally:
+                    await adapter.close()
+            last = RedisStreamsAdapter(streams_url)
+            await last.connect()
+            try:
+                delivery = await next_delivery(await last.subscribe(topic, options))
+                assert await delivered() == rounds + 1  # Redis counted every fetch
+                assert delivery.attempt == 1, (
+                    f"attempt {delivery.attempt} after {rounds} subscriptions gave the "
+                    "entry back unread: their fetches were counted as runs"
+                )
+                await delivery.ack()
+            finally:
+                await last.close()
+        finally:
+            await raw.delete(topic)
+            await raw.aclose()
+
+    run(scenario)
+
+
+def test_entries_the_bus_never_took_are_given_back_unread(streams_url: str, redis_url: str) -> None:
+    """The subscription the bus iterates merges the topic with the group's route
+    (``WithGroupRoute``), pumping entries ahead of the bus. Closed with one taken by the
+    bus and one still pumped, not taken: the next consumer sees the one taken on its
+    second attempt, the other on its first."""
+
+    async def scenario() -> None:
+        topic = name("pumped")
+        raw = Redis.from_url(redis_url)
+        options = SubscribeOptions(group="g", start_from="earliest")
+
+        async def delivered() -> dict[str, int]:
+            pending = await raw.xpending_range(topic, "g", "-", "+", 10)
+            return {p["message_id"].decode(): int(p["times_delivered"]) for p in pending}
+
+        try:
+            adapter = RedisStreamsAdapter(streams_url)
+            await adapter.connect()
+            try:
+                subscription = await adapter.subscribe(topic, options)
+                await adapter.publish(topic, [envelope(0), envelope(1)])
+                iterator = subscription.__aiter__()
+                taken = await asyncio.wait_for(anext(iterator), 10)
+                deadline = time.monotonic() + 10
+                while len(await delivered()) < 2:  # the second fetched too
+                    assert time.monotonic() < deadline, "the second entry was not fetched"
+                    await asyncio.sleep(0.02)
+                await asyncio.sleep(0.2)  # and pumped past the adapter
+                await subscription.close()
+            finally:
+                await adapter.close()
+            last = RedisStreamsAdapter(streams_url)
+            await last.connect()
+            try:
+                again = await last.subscribe(topic, options)
+                attempts = {}
+                for _ in range(2):
+                    delivery = await next_delivery(again)
+                    assert delivery.envelope is not None
+                    attempts[delivery.envelope.id] = delivery.attempt
+                    await delivery.ack()
+                await again.close()
+            finally:
+                await last.close()
+            assert taken.envelope is not None
+            other = next(i for i in attempts if i != taken.envelope.id)
+            assert attempts[taken.envelope.id] == 2, "the entry the bus took may have run"
+            assert attempts[other] == 1, (
+                f"attempt {attempts[other]} for an entry the bus never took: its fetch "
+                "was counted as a run"
+            )
+        finally:
+            await raw.delete(topic)
+            await raw.aclose()
+
+    run(scenario)
+
+
 def test_an_unknown_or_non_utf8_field_does_not_make_a_valid_event_poison(
     streams_url: str, redis_url: str
 ) -> None:

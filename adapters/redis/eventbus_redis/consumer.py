@@ -8,7 +8,8 @@
   settling), and keeps this consumer's own unsettled entries fresh (XCLAIM
   JUSTID resets their idle time without counting a delivery) so a slow handler
   is not reclaimed mid-run.
-- The attempt of a redelivered entry is its delivery count from XPENDING.
+- The attempt of a redelivered entry is its delivery count from XPENDING, less the
+  deliveries given back unread (fetched ahead, never handed out: see :mod:`.attempts`).
 - Connection errors are retried by the client and then by the tasks, with the
   same consumer name, so the entries it holds stay its own across a reconnect.
 - ``close()`` hands unsettled entries back at once (XCLAIM IDLE very large), so
@@ -41,6 +42,7 @@ from redis.exceptions import ResponseError
 from eventbus.adapter import Delivery, SubscribeOptions, Subscription
 from eventbus.adapters_util import map_exceptions
 
+from .attempts import Attempts
 from .codec import decode_fields
 from .connection import group_errors
 from .provision import ensure_group, gone, group_info, stream_backlog
@@ -82,6 +84,10 @@ class StreamDelivery(Delivery):
         )
         self._owner = owner
         self._entry_id = entry_id
+
+    def given_back_unread(self) -> None:
+        """Held past the adapter when its subscription closed; the bus never had it."""
+        self._owner.attempts.gave_back([self._entry_id])
 
     @property
     def stale(self) -> bool:
@@ -125,6 +131,7 @@ class StreamSubscription(Subscription):
         # redis-py's stubs type replies too narrowly to be useful here.
         self._client: Any = adapter.client
         self._take_due = self._client.register_script(TAKE_DUE)
+        self.attempts = Attempts(self._client, adapter.settings, topic, options.group)
         self._buffer: deque[StreamDelivery] = deque()
         self._unsettled: set[bytes] = set()  # handed out (or buffered), not settled
         self._waiting: dict[bytes, float] = {}  # nacked by us -> due (monotonic)
@@ -213,6 +220,8 @@ class StreamSubscription(Subscription):
                     exc,
                 )
                 self._ack_task.cancel()
+        # Fetched and never handed out: no handler started them (see .attempts).
+        self.attempts.gave_back(delivery._entry_id for delivery in self._buffer)
         self._buffer.clear()
         # Entries waiting out a nack delay stay in the delay set: whoever takes them
         # when due claims them, so handing them back now would cut the delay short.
@@ -339,20 +348,6 @@ class StreamSubscription(Subscription):
             self._buffer.append(StreamDelivery(self, entry_id, fields, attempts.get(entry_id, 1)))
         self._changed.set()
 
-    async def _attempts(self, ids: list[bytes]) -> dict[bytes, int]:
-        """Each entry's delivery count from XPENDING (the attempt it is on now)."""
-        if not ids:
-            return {}
-        pipe = self._client.pipeline(transaction=False)
-        for entry_id in ids:
-            pipe.xpending_range(self.topic, self.group, entry_id, entry_id, 1)
-        replies = await pipe.execute(raise_on_error=False)
-        out = {}
-        for entry_id, reply in zip(ids, replies, strict=True):
-            if isinstance(reply, list) and reply:
-                out[entry_id] = max(1, int(reply[0]["times_delivered"]))
-        return out
-
     # -- background tasks -------------------------------------------------------------
 
     async def _wait_for_room(self) -> int:
@@ -462,7 +457,7 @@ class StreamSubscription(Subscription):
         # Counts as a delivery (no JUSTID): the delivery count is the attempt.
         entries = await self._client.xclaim(self.topic, self.group, self.consumer, 0, due)
         entries = [e for e in entries if e[1] is not None]
-        self._accept(entries, await self._attempts([e[0] for e in entries]))
+        self._accept(entries, await self.attempts.of_claimed([e[0] for e in entries]))
 
     async def _autoclaim(self) -> None:
         idle = int(self.adapter.settings.claim_idle * 1000)  # XAUTOCLAIM takes ms
@@ -472,7 +467,7 @@ class StreamSubscription(Subscription):
         self._autoclaim_from = reply[0]
         entries = [e for e in reply[1] if e[1] is not None and e[0] not in self._unsettled]
         if entries:
-            self._accept(entries, await self._attempts([e[0] for e in entries]))
+            self._accept(entries, await self.attempts.of_claimed([e[0] for e in entries]))
 
     async def _refresh(self) -> None:
         """Reset the idle time of what we hold, so nobody reclaims it while we work."""
