@@ -19,6 +19,9 @@
   counted here (:meth:`RabbitMQSubscription._recount`): re-published to the queue
   with the attempt header + 1 (confirmed), the original acked, and the copy handed
   out when it arrives.
+- The broker's count also grows for messages fetched ahead and given back unread (the
+  subscription or its channel closed while they were still buffered): those are
+  recorded by message id (:mod:`eventbus.given_back`) and taken off that count.
 """
 
 from __future__ import annotations
@@ -34,19 +37,14 @@ from typing import TYPE_CHECKING, Any
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 from aiormq.exceptions import ChannelPreconditionFailed
 
-from eventbus.adapter import (
-    REPLAY_GROUP,
-    Decoded,
-    Delivery,
-    SubscribeOptions,
-    Subscription,
-    dlq_topic,
-)
+from eventbus.adapter import REPLAY_GROUP, Delivery, SubscribeOptions, Subscription, dlq_topic
 from eventbus.adapters_util import map_exceptions, pick_tier
 from eventbus.errors import BrokerConnectionError, TopicNotFoundError
+from eventbus.given_back import given_back
 
-from .codec import PROPERTIES, RECOUNT_HEADER, copy_message, decode, recounted, retry_headers
+from .codec import RECOUNT_HEADER, copy_message, decode, recounted, retry_headers
 from .connection import CLOSE_TIMEOUT, one_line
+from .delivery import RabbitMQDelivery
 from .provision import (
     declare_delay_tier,
     declare_group,
@@ -67,80 +65,6 @@ BACKLOG_TIMEOUT = 5.0
 _Item = tuple[int, AbstractIncomingMessage, int | None]
 
 
-class RabbitMQDelivery(Delivery):
-    """A consumed message; settling it acks, rejects or re-parks it."""
-
-    __slots__ = ("_generation", "_message", "_owner")
-
-    def __init__(
-        self,
-        owner: RabbitMQSubscription,
-        message: AbstractIncomingMessage,
-        generation: int,
-        decoded: Decoded,
-        attempt: int,
-    ) -> None:
-        super().__init__(
-            decoded,
-            topic=owner.topic,
-            group=owner.options.group,
-            attempt=attempt,
-            # The producer's id where it set one (ours: the event id), else the
-            # delivery's place on this channel.
-            message_id=message.message_id or f"{owner.queue_name}/{message.delivery_tag}",
-        )
-        self._owner = owner
-        self._message = message
-        self._generation = generation
-        if self.envelope is None:  # not a CloudEvent: its properties beside its headers
-            kept = dict(self.raw_headers or {})
-            for name in PROPERTIES:
-                value = getattr(message, name, None)
-                if value and name not in kept:
-                    kept[name] = str(value).encode()
-            self.raw_headers = kept
-
-    @property
-    def stale(self) -> bool:
-        """True once the channel this came on has closed: the broker owns it again
-        (and redelivers it), so the bus drops it unrun."""
-        return self._generation != self._owner.generation
-
-    def _stale(self, what: str) -> bool:
-        if not self.stale:
-            return False
-        # The channel this came on is gone: the broker has already requeued it.
-        log.info(
-            "%s of %s skipped: its channel closed, the broker redelivers it", what, self.message_id
-        )
-        return True
-
-    async def _ack(self) -> None:
-        if not self._stale("ack"):
-            await self._message.ack()
-
-    async def _reject(self) -> None:
-        if not self._stale("reject"):
-            await self._message.reject(requeue=False)
-
-    async def _nack(self, delay: float) -> None:
-        if self._stale("nack"):
-            return
-        try:
-            await self._owner.park(self._message, self.attempt + 1, delay)
-        except Exception as exc:
-            log.warning(
-                "re-publishing %s for redelivery in %.3fs failed (%s); nacking it with "
-                "requeue so the broker redelivers it now",
-                self.message_id,
-                delay,
-                one_line(self._owner.adapter.settings, exc),
-            )
-            await self._message.nack(requeue=True)
-            return
-        await self._message.ack()
-
-
 class RabbitMQSubscription(Subscription):
     """One consumer of ``<topic>/<group>`` on a channel of its own."""
 
@@ -149,6 +73,13 @@ class RabbitMQSubscription(Subscription):
         self.topic = topic
         self.options = options
         self.queue_name = work_queue(topic, options.group)
+        settings = adapter.settings
+        # Messages given back unread, for Delivery.attempt: shared by every
+        # subscription of this queue in the process (a bus started anew keeps it).
+        self.unread = given_back(
+            f"rabbitmq {settings.host}:{settings.port} vhost {settings.vhost!r} "
+            f"queue {self.queue_name}"
+        )
         self.generation = 0
         self._buffer: asyncio.Queue[_Item | None] = asyncio.Queue()
         self._channel: AbstractChannel | None = None
@@ -203,13 +134,7 @@ class RabbitMQSubscription(Subscription):
     def _on_channel_close(self, _: Any, exc: BaseException | None = None) -> None:
         # Everything delivered on the old channel is the broker's again.
         self.generation += 1
-        kept: list[_Item | None] = []
-        while not self._buffer.empty():
-            item = self._buffer.get_nowait()
-            if item is None:
-                kept.append(item)
-        for item in kept:
-            self._buffer.put_nowait(item)
+        self._give_back_buffered()
         if isinstance(exc, ChannelPreconditionFailed) and "timed out" in str(exc):
             log.warning(
                 "RabbitMQ closed the channel of %s: a delivery stayed unacknowledged longer "
@@ -221,7 +146,30 @@ class RabbitMQSubscription(Subscription):
             )
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
-        self._buffer.put_nowait((self.generation, message, None))
+        if self._closed:  # came as the consumer was cancelled: the broker takes it back
+            self._give_back(message)
+        else:
+            self._buffer.put_nowait((self.generation, message, None))
+
+    def _give_back(self, message: AbstractIncomingMessage) -> None:
+        """``message`` goes back to the broker unread: no handler saw this delivery, yet
+        a quorum queue's ``x-delivery-count`` counts it. A message with no id to know it
+        by again (a foreign producer's) is not recorded."""
+        if message.message_id:
+            self.unread.add(message.message_id)
+
+    def _give_back_buffered(self) -> None:
+        """Drop the buffered messages (their channel closed or is closing), recording
+        them as given back unread; the end-of-iteration mark stays."""
+        kept: list[_Item | None] = []
+        while not self._buffer.empty():
+            item = self._buffer.get_nowait()
+            if item is None:
+                kept.append(item)
+            else:
+                self._give_back(item[1])
+        for item in kept:
+            self._buffer.put_nowait(item)
 
     async def park(self, message: AbstractIncomingMessage, attempt: int, delay: float) -> None:
         """Re-publish ``message`` to come back after ``delay`` seconds as ``attempt``."""
@@ -291,12 +239,15 @@ class RabbitMQSubscription(Subscription):
                     await asyncio.wait_for(self._queue.cancel(self._tag), CLOSE_TIMEOUT)
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await asyncio.wait_for(channel.close(), CLOSE_TIMEOUT)
+        self._give_back_buffered()  # if the channel's close callback did not run
         self.adapter.forget(self)
 
     async def __aiter__(self) -> AsyncIterator[Delivery]:
         while not self._closed:
             item = await self._buffer.get()
             if item is None or self._closed:
+                if item is not None:  # taken as the subscription closed: not handed out
+                    self._give_back(item[1])
                 return
             generation, message, attempt = item
             if generation != self.generation:
@@ -335,7 +286,8 @@ class RabbitMQSubscription(Subscription):
         if known is not None:
             attempt = known
         elif isinstance(redeliveries, int):  # quorum queues count broker redeliveries
-            attempt = decoded.attempt + redeliveries
+            given_back_unread = self.unread.of(message.message_id) if message.message_id else 0
+            attempt = decoded.attempt + max(0, redeliveries - given_back_unread)
         elif message.redelivered:
             # A classic queue says only "delivered before": count it on the message.
             task = asyncio.create_task(self._recount(generation, message, decoded.attempt + 1))

@@ -1,0 +1,75 @@
+"""Messages a subscription fetched ahead and gave back unread, against the real broker.
+
+A quorum queue's ``x-delivery-count`` grows each time a consumer's channel closes
+holding a message, whether or not anyone read it; ``Delivery.attempt`` must not take
+such returns for runs of the handler (:mod:`eventbus.given_back`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from eventbus_rabbitmq import RabbitMQAdapter
+
+from eventbus.adapter import SubscribeOptions, Subscription
+from integration_tests.rabbitmq.test_rabbitmq_adapter import (
+    next_delivery,
+    ping,
+    run,
+    unique,
+    with_options,
+)
+
+pytestmark = [pytest.mark.broker("rabbitmq"), pytest.mark.timeout(120)]
+
+
+async def fetched_ahead(subscription: Subscription, timeout: float = 15.0) -> None:
+    """Return once the broker has handed every ready message of the group's queue to a
+    consumer (none left ready), that is to ``subscription``'s buffer."""
+    async with asyncio.timeout(timeout):
+        while await subscription.backlog():  # noqa: ASYNC110 - the broker signals nothing
+            await asyncio.sleep(0.05)
+        # One more round trip on the consuming connection, behind the deliveries.
+        await subscription.backlog()
+
+
+def test_messages_given_back_unread_are_not_counted_as_runs(rabbitmq_url: str) -> None:
+    """Subscriptions closed (each with its own adapter, as buses stopping one after
+    another) while holding prefetched messages nobody read give them back; the broker
+    counts each return, yet the next delivery of each is still attempt 1."""
+    url = with_options(rabbitmq_url, queue_type="quorum")
+    returns = 4  # more than the default max_attempts (3)
+
+    async def scenario() -> None:
+        topic, group = unique("unread"), unique("g")
+        sent = [ping(n) for n in range(3)]
+        adapter = RabbitMQAdapter(url)
+        try:  # the group's queue, then the messages: none delivered yet
+            await (await adapter.subscribe(topic, SubscribeOptions(group=group))).close()
+            await adapter.publish(topic, sent)
+        finally:
+            await adapter.close()
+        for _ in range(returns):
+            adapter = RabbitMQAdapter(url)
+            try:
+                subscription = await adapter.subscribe(topic, SubscribeOptions(group=group))
+                await fetched_ahead(subscription)
+                await subscription.close()  # unread: back to the broker
+            finally:
+                await adapter.close()
+        adapter = RabbitMQAdapter(url)
+        try:
+            subscription = await adapter.subscribe(topic, SubscribeOptions(group=group))
+            deliveries = [await next_delivery(subscription) for _ in sent]
+            assert sorted(d.envelope.id for d in deliveries if d.envelope) == sorted(
+                e.id for e in sent
+            )
+            attempts = [d.attempt for d in deliveries]
+            assert attempts == [1, 1, 1], f"given back unread, counted as runs: {attempts}"
+            for delivery in deliveries:
+                await delivery.ack()
+        finally:
+            await adapter.close()
+
+    run(scenario)
