@@ -45,6 +45,19 @@ class GivenBack:
         while len(self._counts) > self.LIMIT:
             self._counts.popitem(last=False)
 
+    def take(self, message_id: str) -> bool:
+        """Use up one give-back of ``message_id``: True when there was one. For a broker
+        that only flags a redelivery (a classic RabbitMQ queue) rather than counting
+        them: a flagged redelivery that takes one was caused by a give-back, not a run."""
+        count = self._counts.get(message_id, 0)
+        if count <= 0:
+            return False
+        if count == 1:
+            del self._counts[message_id]
+        else:
+            self._counts[message_id] = count - 1
+        return True
+
     def of(self, message_id: str) -> int:
         """How many of the message's deliveries so far were given back unread here."""
         return self._counts.get(message_id, 0) if self._counts else 0

@@ -17,6 +17,16 @@ def test_counts_each_give_back_per_message() -> None:
     assert (record.of("m1"), record.of("m2"), record.of("m3")) == (2, 1, 0)
 
 
+def test_take_uses_up_one_give_back_at_a_time() -> None:
+    record = GivenBack()
+    record.add("m1")
+    record.add("m1")
+    assert record.take("m1") and record.of("m1") == 1
+    assert record.take("m1") and record.of("m1") == 0
+    assert not record.take("m1")
+    assert not record.take("never")
+
+
 def test_forgets_the_ids_touched_longest_ago(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(GivenBack, "LIMIT", 3)
     record = GivenBack()

@@ -1,8 +1,9 @@
 """Messages a subscription fetched ahead and gave back unread, against the real broker.
 
 A quorum queue's ``x-delivery-count`` grows each time a consumer's channel closes
-holding a message, whether or not anyone read it; ``Delivery.attempt`` must not take
-such returns for runs of the handler (:mod:`eventbus.given_back`).
+holding a message, whether or not anyone read it, and a classic queue flags the message
+redelivered (which the adapter counts on the message itself); ``Delivery.attempt`` must
+not take such returns for runs of the handler (:mod:`eventbus.given_back`).
 """
 
 from __future__ import annotations
@@ -34,11 +35,15 @@ async def fetched_ahead(subscription: Subscription, timeout: float = 15.0) -> No
         await subscription.backlog()
 
 
-def test_messages_given_back_unread_are_not_counted_as_runs(rabbitmq_url: str) -> None:
+@pytest.mark.parametrize("queue_type", ["quorum", "classic"])
+def test_messages_given_back_unread_are_not_counted_as_runs(
+    rabbitmq_url: str, queue_type: str
+) -> None:
     """Subscriptions closed (each with its own adapter, as buses stopping one after
     another) while holding prefetched messages nobody read give them back; the broker
-    counts each return, yet the next delivery of each is still attempt 1."""
-    url = with_options(rabbitmq_url, queue_type="quorum")
+    counts (quorum) or flags (classic) each return, yet the next delivery of each is
+    still attempt 1."""
+    url = with_options(rabbitmq_url, queue_type=queue_type)
     returns = 4  # more than the default max_attempts (3)
 
     async def scenario() -> None:

@@ -21,7 +21,9 @@
   out when it arrives.
 - The broker's count also grows for messages fetched ahead and given back unread (the
   subscription or its channel closed while they were still buffered): those are
-  recorded by message id (:mod:`eventbus.given_back`) and taken off that count.
+  recorded by message id (:mod:`eventbus.given_back`) and taken off that count; a
+  classic queue's flagged redelivery of such a message uses one of them up instead of
+  being counted.
 """
 
 from __future__ import annotations
@@ -288,6 +290,10 @@ class RabbitMQSubscription(Subscription):
         elif isinstance(redeliveries, int):  # quorum queues count broker redeliveries
             given_back_unread = self.unread.of(message.message_id) if message.message_id else 0
             attempt = decoded.attempt + max(0, redeliveries - given_back_unread)
+        elif message.redelivered and message.message_id and self.unread.take(message.message_id):
+            # Delivered before, to a subscription of this process that gave it back
+            # unread: no run to count.
+            attempt = decoded.attempt
         elif message.redelivered:
             # A classic queue says only "delivered before": count it on the message.
             task = asyncio.create_task(self._recount(generation, message, decoded.attempt + 1))
