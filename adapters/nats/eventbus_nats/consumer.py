@@ -6,13 +6,19 @@
   handed out and unsettled.
 - ``ack`` is ``+ACK``, ``nack(delay)`` is ``-NAK {"delay": ...}`` (the server waits,
   not the client), ``reject`` is ``+TERM`` (the bus has dead-lettered it already).
-  The attempt number is the server's delivery count from the message metadata.
+  The attempt number is the server's delivery count from the message metadata,
+  less the deliveries given back unread (see ``close()``).
 - Every ``ack_wait / 3`` seconds each held message (waiting or with a running
   handler) gets ``+WPI`` (in progress), so a slow handler is not redelivered
   mid-run while the member lives.
 - ``close()`` stops asking, waits for its open requests to expire (at most
   ``fetch_timeout``) so no message is left on an inbox nobody reads, then naks
   everything it holds and not settled: it comes back at once to another member.
+  A message at its last delivery (``max_deliver``) is never given back: what it
+  still holds of those (arriving meanwhile too) gets one last, bounded attempt to
+  be carried over to the group's route (:mod:`eventbus_nats.group_route`).
+  What it fetched and never handed out is recorded as given back unread
+  (:mod:`eventbus.given_back`), so those deliveries spend no crash-loop budget.
 - A live consumer answers every expired pull request (a 408 status); when
   requests go unanswered for ``_SILENCE`` seconds, and every ``_LOOK_EVERY``
   seconds anyway, the member has the :class:`~eventbus_nats.provision.ConsumerKeeper`
@@ -36,9 +42,10 @@ from nats.aio.subscription import Subscription as NatsSub
 
 from eventbus.adapter import Delivery, SubscribeOptions, Subscription
 from eventbus.errors import ConnectionLostError
+from eventbus.given_back import given_back
 
 from .codec import decode
-from .group_route import carry_over, delivered_before
+from .group_route import carry_left_over, carry_over, delivered_before
 from .wire import ack_command, ack_facts, write
 
 if TYPE_CHECKING:
@@ -59,17 +66,21 @@ class JetStreamDelivery(Delivery):
     stable_id = True  # message_id is the stream sequence: the same on every redelivery
 
     def __init__(self, owner: JetStreamSubscription, msg: Msg) -> None:
-        delivered, sequence = ack_facts(msg)
+        counted, message_id = owner.counted(msg)
         super().__init__(
             decode(msg.headers, msg.data),
             topic=owner.topic,
             group=owner.options.group,
-            attempt=delivered + delivered_before(msg.headers),
-            message_id=f"{owner.stream}/{sequence}",
+            attempt=delivered_before(msg.headers) + counted,
+            message_id=message_id,
         )
         self._owner = owner
         self._msg = msg
         self.handed_at = time.monotonic()
+
+    def given_back_unread(self) -> None:
+        """Held past the adapter when its subscription closed; the bus never had it."""
+        self._owner._unread(self._msg)
 
     @property
     def stale(self) -> bool:
@@ -128,6 +139,9 @@ class JetStreamSubscription(Subscription):
         self.consumer = consumer
         self.options = options
         self.prefetch = max(1, options.prefetch)
+        # Deliveries of this consumer fetched and given back unread, by message_id;
+        # shared by every member in the process (a bus started anew keeps it).
+        self.unread = given_back(f"nats {adapter.settings.masked_url} {stream} {consumer}")
         self._ready: deque[list[Any]] = deque()  # [msg, last kept alive]
         self._held: set[JetStreamDelivery] = set()
         self._requests: deque[list[float]] = deque()  # [deadline, messages still due]
@@ -181,13 +195,14 @@ class JetStreamSubscription(Subscription):
             head[1] -= 1
             if head[1] <= 0:
                 self._requests.popleft()
+        if self._max_deliver > 0 and ack_facts(msg)[0] >= self._max_deliver:
+            # Never given back, even closing: the server would not deliver it again.
+            self._carrying.append([msg, time.monotonic()])
+            if not self._closed and (self._carrier is None or self._carrier.done()):
+                self._carrier = asyncio.create_task(carry_over(self))
+            return
         if self._closed:
             await self._give_back(msg)
-            return
-        if self._max_deliver > 0 and ack_facts(msg)[0] >= self._max_deliver:
-            self._carrying.append([msg, time.monotonic()])
-            if self._carrier is None or self._carrier.done():
-                self._carrier = asyncio.create_task(carry_over(self))
             return
         self._ready.append([msg, time.monotonic()])
         self._arrived.set()
@@ -306,6 +321,7 @@ class JetStreamSubscription(Subscription):
                     # Not kept alive for a whole ack_wait (the connection was down):
                     # its lease is gone and the server has handed it out again.
                     log.debug("dropping a message of %s whose ack_wait expired", self.topic)
+                    self._unread(msg)
                     continue
                 delivery = JetStreamDelivery(self, msg)
                 self._held.add(delivery)
@@ -329,14 +345,28 @@ class JetStreamSubscription(Subscription):
         self._arrived.set()
         self._changed.set()
 
+    def counted(self, msg: Msg) -> tuple[int, str]:
+        """The deliveries of ``msg`` so far that may have run (the server's count less
+        those given back unread, at least 1) and its message_id (the stream sequence)."""
+        delivered, sequence = ack_facts(msg)
+        message_id = f"{self.stream}/{sequence}"
+        return max(1, delivered - self.unread.of(message_id)), message_id
+
+    def _unread(self, msg: Msg) -> None:
+        """``msg`` was fetched and goes back without being handed out: it did not run."""
+        self.unread.add(f"{self.stream}/{ack_facts(msg)[1]}")
+
     async def _give_back(self, msg: Msg) -> None:
+        """Nak a message never handed out (buffered, or arriving after close)."""
+        self._unread(msg)
         try:
             await msg.nak()
         except Exception as exc:  # the server redelivers after ack_wait anyway
             log.debug("giving back a message of %s failed: %s", self.topic, exc)
 
     async def close(self) -> None:
-        """Stop asking, let open requests expire, nak everything held and unsettled."""
+        """Stop asking, let open requests expire, nak everything held and unsettled but
+        last deliveries (``max_deliver``): those get a last, bounded carry-over."""
         if self._closed:
             return
         self._closed = True
@@ -359,15 +389,7 @@ class JetStreamSubscription(Subscription):
         while self._ready:
             await self._give_back(self._ready.popleft()[0])
         if self._carrying:
-            log.error(
-                "%d message(s) of %r group %r at their last delivery (max_deliver=%d) "
-                "could not be carried over before the subscription closed: the server "
-                "will not deliver them again (raise max_deliver, or leave it unlimited)",
-                len(self._carrying),
-                self.topic,
-                self.options.group,
-                self._max_deliver,
-            )
+            await carry_left_over(self)
         for delivery in list(self._held):
             if delivery.settled is None:
                 with contextlib.suppress(Exception):

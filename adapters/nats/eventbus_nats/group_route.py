@@ -25,16 +25,20 @@ vanish, never handled and never dead-lettered. So a member that receives a
 message's last delivery does not hand it out: it publishes a copy (same headers
 and body) to the group's route, with ``Eventbus-Delivered`` saying how many
 deliveries came before, then acknowledges the original (:func:`carry_over`).
-``Delivery.attempt`` is that count plus the server's, so the bus's retry budget
+``Delivery.attempt`` is that count plus the server's (both less the deliveries
+given back unread, see :mod:`eventbus.given_back`), so the bus's retry budget
 (and its crash-loop guard) keeps counting across copies, and the bus, not the
 server, decides when to give up. A copy that cannot be published yet (the server
-unreachable) is kept alive and tried again; it is lost only if the member closes
-first, which is logged.
+unreachable) is kept alive and tried again. A member that closes holding such a
+message (or receiving one from a pull request still open as it closes) makes one
+last attempt, bounded in time (:func:`carry_left_over`); only what that could not
+carry over is lost, which is logged.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
@@ -59,6 +63,9 @@ log = logging.getLogger("eventbus.nats")
 
 DELIVERED = "Eventbus-Delivered"
 """Header of a carried-over copy: deliveries of the message before this copy."""
+
+CARRY_AT_CLOSE = 5.0
+"""Seconds a closing member spends at most carrying over what it still holds."""
 
 
 class GroupRoutes:
@@ -166,28 +173,35 @@ def copy_block(msg: Msg, before: int, stream: str, sequence: str) -> tuple[bytes
     return raw_block(stream, headers), msg.data or b""
 
 
-async def carry_over(sub: JetStreamSubscription) -> None:
+async def carry_over(sub: JetStreamSubscription, until: float | None = None) -> None:
     """Carry each message at its last delivery over to a fresh copy on the group's
-    route, then acknowledge it; retried while the server does not confirm."""
+    route, then acknowledge it; retried while the server does not confirm, as long
+    as ``sub`` is open, or, closing, until ``until`` (a time of the running loop)."""
     adapter = sub.adapter
     routes = adapter._routes
-    while sub._carrying and not sub._closed:
+    loop = asyncio.get_running_loop()
+    while sub._carrying and (until is not None or not sub._closed):
+        timeout = adapter.settings.publish_timeout
+        if until is not None:
+            timeout = min(timeout, until - loop.time())
+            if timeout <= 0:
+                return
         msg = sub._carrying[0][0]
-        delivered, sequence = ack_facts(msg)
-        before = delivered_before(msg.headers) + delivered - 1
+        sequence = ack_facts(msg)[1]
+        # This delivery is not handed out; those given back unread did not run either.
+        before = delivered_before(msg.headers) + sub.counted(msg)[0] - 1
         block, body = copy_block(msg, before, sub.stream, sequence)
         try:
             await routes.ensure_stream(await adapter._ready())
             (failure,) = await adapter.publisher.pubacks().publish(
-                routes.subject(sub.topic, sub.options.group),
-                [(block, body)],
-                adapter.settings.publish_timeout,
+                routes.subject(sub.topic, sub.options.group), [(block, body)], timeout
             )
             if failure is not None:
                 raise failure
             await write(adapter.client, [ack_command(msg.reply)], 1, 4)
         except Exception as exc:
-            log.warning(
+            log.log(
+                logging.WARNING if until is None else logging.DEBUG,
                 "message %s/%s of %r group %r reached max_deliver=%d and could not "
                 "be carried over yet (%s: %s); kept, trying again",
                 sub.stream,
@@ -198,7 +212,7 @@ async def carry_over(sub: JetStreamSubscription) -> None:
                 type(exc).__name__,
                 exc,
             )
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(1.0 if until is None else 0.2)
             continue
         sub._carrying.popleft()
         log.info(
@@ -210,4 +224,28 @@ async def carry_over(sub: JetStreamSubscription) -> None:
             sub.options.group,
             sub._max_deliver,
             before,
+        )
+
+
+async def carry_left_over(sub: JetStreamSubscription) -> None:
+    """``sub`` is closing (its carrier stopped): one last attempt to carry over what it
+    still holds at its last delivery, for at most ``CARRY_AT_CLOSE`` seconds (and
+    ``publish_timeout``); what is left is logged, the server will not deliver it again."""
+    adapter = sub.adapter
+    settings = adapter.settings
+    if adapter._connection.is_open and not adapter.client.is_closed:
+        loop = asyncio.get_running_loop()
+        until = loop.time() + min(CARRY_AT_CLOSE, settings.publish_timeout)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout_at(until):  # connecting, or a write, may block too
+                await carry_over(sub, until)
+    if sub._carrying:
+        log.error(
+            "%d message(s) of %r group %r at their last delivery (max_deliver=%d) "
+            "could not be carried over before the subscription closed: the server "
+            "will not deliver them again (raise max_deliver, or leave it unlimited)",
+            len(sub._carrying),
+            sub.topic,
+            sub.options.group,
+            sub._max_deliver,
         )

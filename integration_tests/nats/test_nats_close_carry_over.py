@@ -1,0 +1,226 @@
+"""A message at its last delivery is not lost when its subscription closes.
+
+With ``max_deliver`` set, a member receiving a message's last delivery carries it
+over to a fresh copy on the group's route (:mod:`eventbus_nats.group_route`) and
+never gives it back: the server would not deliver it again. ``close()`` keeps
+that promise for what it still holds of those, and for what arrives from a pull
+request still open as it closes: one last attempt, bounded in time, to carry it
+over; only what that cannot carry over (the server unreachable) is lost, logged
+at ERROR, and ``close()`` still ends in bounded time.
+
+Each test has its own ``stream_prefix``, so its route stream is its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Coroutine
+from contextlib import asynccontextmanager
+from typing import Any
+
+import nats
+import pytest
+from eventbus_nats import NatsAdapter
+from nats.js import JetStreamContext
+
+from eventbus.adapter import Delivery, SubscribeOptions, Subscription
+from eventbus.envelope import Envelope
+from integration_tests import harness
+
+pytestmark = [pytest.mark.broker("nats"), pytest.mark.timeout(120)]
+
+GROUP = "g"
+
+
+def run(scenario: Coroutine[Any, Any, None], timeout: float = 90.0) -> None:
+    asyncio.run(asyncio.wait_for(scenario, timeout))
+
+
+async def next_delivery(subscription: Subscription, timeout: float = 10.0) -> Delivery:
+    iterator: Any = subscription.__aiter__()
+    return await asyncio.wait_for(iterator.__anext__(), timeout)
+
+
+async def until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while not predicate():
+        if loop.time() > end:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+def options(**query: object) -> str:
+    """A private ``stream_prefix`` and ``max_deliver=2`` (the second delivery is the
+    last), plus ``query``."""
+    values = {"stream_prefix": f"CL{uuid.uuid4().hex[:8]}", "max_deliver": 2, **query}
+    return "&".join(f"{name}={value}" for name, value in values.items())
+
+
+@asynccontextmanager
+async def jetstream(url: str) -> AsyncIterator[JetStreamContext]:
+    """A plain client's JetStream; the test's streams are deleted at the end."""
+    prefix = url.split("stream_prefix=")[1].split("&")[0]
+    nc = await nats.connect(url.split("?")[0])
+    try:
+        yield nc.jetstream()
+    finally:
+        js = nc.jetstream()
+        for name in await js.streams_info():
+            if name.config.name.startswith(prefix):
+                await js.delete_stream(name.config.name)
+        await nc.close()
+
+
+async def set_route_max_msg_size(js: JetStreamContext, adapter: NatsAdapter, size: int) -> None:
+    """The route stream refuses (``size`` 1) or takes (``-1``) the carried-over copy."""
+    info = await js.stream_info(adapter._routes.stream)
+    info.config.max_msg_size = size
+    await js.update_stream(info.config)
+
+
+async def from_the_route(url: str, topic: str, sent: Envelope) -> Delivery:
+    """The message, as a fresh adapter's member of the group gets it: the copy on the
+    group's route (the server never delivers the original again)."""
+    adapter = NatsAdapter(url)
+    await adapter.connect()
+    try:
+        subscription = await adapter.subscribe(topic, SubscribeOptions(group=GROUP))
+        try:
+            delivery = await next_delivery(subscription)
+        except TimeoutError:
+            raise AssertionError("the message at its last delivery was lost at close") from None
+        assert delivery.envelope is not None and delivery.envelope.id == sent.id
+        assert delivery.message_id.startswith(f"{adapter._routes.stream}/")
+        await delivery.ack()
+        await subscription.close()
+        return delivery
+    finally:
+        await adapter.close()
+
+
+def test_a_last_delivery_arriving_as_the_subscription_closes_is_carried_over(
+    nats_endpoint: harness.Endpoint,
+) -> None:
+    """The first delivery is nacked with a delay and the subscription closed at once,
+    while its next pull request is open (``fetch_timeout=3``): the last delivery
+    arrives during ``close()``. It is carried over, not naked (the server would not
+    deliver it again), and a fresh member of the group gets the copy."""
+    address = f"nats://{nats_endpoint.host}:{nats_endpoint.port}"
+    url = f"{address}?{options(fetch_timeout=3)}"
+    topic = f"nats-closecarry-{uuid.uuid4().hex[:8]}"
+
+    async def scenario() -> None:
+        async with jetstream(url):
+            adapter = NatsAdapter(url)
+            await adapter.connect()
+            subscription: Any = await adapter.subscribe(
+                topic, SubscribeOptions(group=GROUP, prefetch=1)
+            )
+            member = subscription.main
+            sent = Envelope.create(type="t", source="s", data=b"{}")
+            await adapter.publish(topic, [sent])
+            first = await next_delivery(subscription)
+            assert first.attempt == 1
+            await first.nack(1.0)  # the server holds it back a second
+            # Its room freed, the member asks again: the request is open for 3s.
+            await until(lambda: member._credit() > 0, 5.0, "a pull request after the nack")
+            assert not member._carrying and not member._ready
+            started = time.monotonic()
+            await subscription.close()
+            assert time.monotonic() - started > 0.5, "closed before the last delivery came"
+            await adapter.close()
+            copy = await from_the_route(url, topic, sent)
+            assert copy.attempt == 2  # the first ran (nacked); the last did not
+            assert not member._carrying
+
+    run(scenario())
+
+
+def test_a_last_delivery_held_for_carrying_over_at_close_is_carried_over(
+    nats_endpoint: harness.Endpoint, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The route refuses the copy (its ``max_msg_size`` lowered), so the member
+    holds the last delivery and tries again each second; the route takes it again
+    and the subscription is closed before the next try: ``close()`` carries it over."""
+    address = f"nats://{nats_endpoint.host}:{nats_endpoint.port}"
+    url = f"{address}?{options(fetch_timeout=0.2)}"
+    topic = f"nats-closecarry-{uuid.uuid4().hex[:8]}"
+
+    def refused() -> bool:
+        return any("could not be carried over yet" in r.getMessage() for r in caplog.records)
+
+    async def scenario() -> None:
+        async with jetstream(url) as js:
+            adapter = NatsAdapter(url)
+            await adapter.connect()
+            subscription: Any = await adapter.subscribe(
+                topic, SubscribeOptions(group=GROUP, prefetch=1)
+            )
+            member = subscription.main
+            sent = Envelope.create(type="t", source="s", data=b"{}")
+            await adapter.publish(topic, [sent])
+            first = await next_delivery(subscription)
+            await set_route_max_msg_size(js, adapter, 1)
+            await first.nack()  # the last delivery comes back at once
+            await until(refused, 10.0, "the route to refuse the copy")
+            await set_route_max_msg_size(js, adapter, -1)
+            # The carrier sleeps a second before trying again; close() waits at
+            # most fetch_timeout + 0.25s for its pull requests, then stops it.
+            assert len(member._carrying) == 1, "not held for carrying over"
+            await subscription.close()
+            await adapter.close()
+            copy = await from_the_route(url, topic, sent)
+            assert copy.attempt == 2
+            assert not member._carrying
+        assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+    with caplog.at_level(logging.DEBUG, logger="eventbus.nats"):
+        run(scenario())
+
+
+def test_close_ends_in_bounded_time_holding_a_last_delivery_it_cannot_carry_over(
+    nats_endpoint: harness.Endpoint, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Holding a last delivery the route refuses, the member loses the server: its
+    last attempt at close is bounded (well under ``publish_timeout``), and what it
+    could not carry over is logged at ERROR."""
+    proxy = harness.FaultProxy(nats_endpoint.host, nats_endpoint.port).start()
+    direct = f"nats://{nats_endpoint.host}:{nats_endpoint.port}"
+    query = options(fetch_timeout=0.2, publish_timeout=30)
+    url = f"nats://127.0.0.1:{proxy.port}?{query}"
+    topic = f"nats-closecarry-{uuid.uuid4().hex[:8]}"
+
+    def refused() -> bool:
+        return any("could not be carried over yet" in r.getMessage() for r in caplog.records)
+
+    async def scenario() -> None:
+        async with jetstream(f"{direct}?{query}") as js:
+            adapter = NatsAdapter(url)
+            await adapter.connect()
+            subscription: Any = await adapter.subscribe(
+                topic, SubscribeOptions(group=GROUP, prefetch=1)
+            )
+            sent = Envelope.create(type="t", source="s", data=b"{}")
+            await adapter.publish(topic, [sent])
+            first = await next_delivery(subscription)
+            await set_route_max_msg_size(js, adapter, 1)
+            await first.nack()
+            await until(refused, 10.0, "the route to refuse the copy")
+            await set_route_max_msg_size(js, adapter, -1)
+            await proxy.refuse_connections(30.0)
+            started = time.monotonic()
+            await asyncio.wait_for(adapter.close(), 20.0)
+            took = time.monotonic() - started
+            assert took < 12.0, f"close() took {took:.1f}s"
+            lost = [r for r in caplog.records if r.levelno >= logging.ERROR]
+            assert lost and "could not be carried over" in lost[0].getMessage()
+
+    try:
+        with caplog.at_level(logging.DEBUG, logger="eventbus.nats"):
+            run(scenario())
+    finally:
+        proxy.stop()
