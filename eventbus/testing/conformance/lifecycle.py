@@ -3,15 +3,27 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 
 from eventbus.adapter import Delivery, SubscribeOptions, Subscription
 from eventbus.bus import EventBus
+from eventbus.context import Context
 from eventbus.testing.collector import Collector
 from eventbus.testing.conformance._events import Ping, on_topic, record_seqs
-from eventbus.testing.conformance._support import QUIET, Capability, Case, case, requires
+from eventbus.testing.conformance._support import (
+    FAST_RETRY,
+    QUIET,
+    WAIT,
+    Capability,
+    Case,
+    case,
+    requires,
+)
 
 GROUPS = "competing consumers within a group and fan-out across groups"
 PERSISTENT = "unhandled messages must wait for the group's next consumer"
+FETCH_AHEAD = 1.0
+"""Seconds a subscription is left open, unread, for an adapter that fetches ahead to do so."""
 
 
 class LifecycleCases:
@@ -75,6 +87,75 @@ class LifecycleCases:
         await asyncio.gather(*(bus.stop(timeout=2.0) for bus in buses))
         await run.consumer(event_cls, record_seqs(handled), group=group)
         await handled.wait(lambda items: set(items) >= set(range(count)), "every message")
+
+    @case(
+        requires(Capability.consumer_groups, GROUPS),
+        requires(Capability.persistent, PERSISTENT),
+        timeout=90.0,
+    )
+    async def test_fetched_and_given_back_unrun_spends_no_budget(self, run: Case) -> None:
+        """A consumer closed while holding messages it fetched ahead and never handed to
+        a handler gives them back unrun. When that happens to one message more times than
+        ``max_attempts`` (consumers closing one after another, each with its own adapter,
+        as when several stop at once and pass it around), the next consumer still runs
+        it, once, and does not dead-letter it as a crash loop: the broker's delivery
+        count grew, yet no handler ever started on it."""
+        event_cls, topic, group, dlq = await run.watched_ping()
+        handled: Collector[tuple[int, int]] = Collector("handled (seq, attempt)")
+
+        async def record(event: Ping, ctx: Context) -> None:
+            handled.add((event.seq, ctx.attempt))
+
+        # The group exists, and has settled a message, before the one passed around.
+        first = await run.consumer(event_cls, record, group=group)
+        await (await run.publisher()).publish(event_cls(seq=0))
+        await handled.wait_count(1)
+        await first.stop()
+        await (await run.publisher()).publish(event_cls(seq=1))
+        for _ in range(FAST_RETRY.max_attempts + 1):
+            adapter = await run.connected_adapter()
+            subscription = await adapter.subscribe(topic, SubscribeOptions(group=group))
+            await asyncio.sleep(FETCH_AHEAD)  # time to fetch; nothing takes it from here
+            await subscription.close()
+            await adapter.close()
+        await run.consumer(event_cls, record, group=group)
+        await handled.wait(lambda items: len(items) >= 2, "the message given back unrun")
+        await asyncio.sleep(QUIET)
+        seqs = [seq for seq, _ in handled.items]
+        assert seqs == [0, 1], f"handled {handled.items}; dead letters: {len(dlq.items)}"
+        assert not dlq.items, "a message no handler ever started was dead-lettered"
+
+    @case(
+        requires(Capability.consumer_groups, GROUPS),
+        requires(Capability.persistent, PERSISTENT),
+        timeout=120.0,
+    )
+    async def test_stopped_while_busy_again_and_again_spends_no_budget(self, run: Case) -> None:
+        """A busy service stopped more times than ``max_attempts`` (each time its handler
+        cut short by the shutdown timeout and the rest of what it fetched still waiting,
+        in the bus or the adapter) loses nothing to the crash-loop guard: the next
+        consumer handles every message and dead-letters none. Through buses, as a
+        service runs them; the case above holds the adapter alone."""
+        event_cls, _, group, dlq = await run.watched_ping()
+        handled: Collector[int] = Collector("handled")
+        first = await run.consumer(event_cls, record_seqs(handled), group=group)
+        await (await run.publisher()).publish(event_cls(seq=0))
+        await handled.wait_count(1)
+        await first.stop()
+        count = 5
+        await (await run.publisher()).publish_many([event_cls(seq=i) for i in range(1, count)])
+        for _ in range(FAST_RETRY.max_attempts + 1):
+            started = asyncio.Event()
+            bus = run.bus()
+            bus.subscribe(event_cls, group=group, concurrency=1)(_stuck(started))
+            await bus.start()
+            await asyncio.wait_for(started.wait(), WAIT)
+            await asyncio.sleep(FETCH_AHEAD)  # the rest fetched, waiting behind it
+            await bus.stop(timeout=0.2)
+        await run.consumer(event_cls, record_seqs(handled), group=group)
+        await handled.wait(lambda items: set(items) >= set(range(count)), "every message")
+        await asyncio.sleep(QUIET)
+        assert not dlq.items, f"dead-lettered {[e.id for e in dlq.items]}: none ever ran"
 
     @case(requires(Capability.consumer_groups, GROUPS), requires(Capability.persistent, PERSISTENT))
     async def test_graceful_shutdown_finishes_in_flight(self, run: Case) -> None:
@@ -199,6 +280,16 @@ async def _flowing_through_faults(
     await publisher.publish_many([event_cls(seq=i) for i in range(count)])
     await got.wait(lambda items: set(items) >= set(range(count)), "the first batch")
     return event_cls, got, publisher
+
+
+def _stuck(started: asyncio.Event) -> Callable[[Ping], Awaitable[None]]:
+    """A handler that says it started, then runs until the shutdown timeout cuts it short."""
+
+    async def stuck(event: Ping) -> None:
+        started.set()
+        await asyncio.Event().wait()
+
+    return stuck
 
 
 async def _first(subscription: Subscription, iterating: asyncio.Event) -> Delivery | None:
