@@ -283,6 +283,7 @@ class Delivery(abc.ABC):
         ``attempt`` comes from the broker's delivery count records it as given back
         unread (:mod:`eventbus.given_back`), so it spends none of the crash-loop budget;
         the default does nothing (nothing counted it)."""
+        return None
 
     @property
     def settled(self) -> str | None:
