@@ -58,6 +58,11 @@ class GivenBack:
             self._counts[message_id] = count - 1
         return True
 
+    def forget(self, message_id: str) -> None:
+        """The broker message is settled for good (acked, rejected, or replaced by a copy
+        whose count starts anew): its give-backs say nothing about a later one."""
+        self._counts.pop(message_id, None)
+
     def of(self, message_id: str) -> int:
         """How many of the message's deliveries so far were given back unread here."""
         return self._counts.get(message_id, 0) if self._counts else 0

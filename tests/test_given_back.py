@@ -27,6 +27,14 @@ def test_take_uses_up_one_give_back_at_a_time() -> None:
     assert not record.take("never")
 
 
+def test_forget_drops_a_settled_message() -> None:
+    record = GivenBack()
+    record.add("m1")
+    record.forget("m1")
+    record.forget("never")
+    assert record.of("m1") == 0
+
+
 def test_forgets_the_ids_touched_longest_ago(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(GivenBack, "LIMIT", 3)
     record = GivenBack()

@@ -78,3 +78,46 @@ def test_messages_given_back_unread_are_not_counted_as_runs(
             await adapter.close()
 
     run(scenario)
+
+
+def test_a_settled_message_leaves_no_give_back_to_a_later_copy(rabbitmq_url: str) -> None:
+    """Given back unread once, then nacked (the adapter parks a copy, whose quorum count
+    starts anew, and acks the original): a crash of the copy's run counts in full, the
+    earlier give-back is not taken off it."""
+    url = with_options(rabbitmq_url, queue_type="quorum")
+
+    async def scenario() -> None:
+        topic, group = unique("settled"), unique("g")
+        options = SubscribeOptions(group=group)
+        adapter = RabbitMQAdapter(url)
+        try:
+            await (await adapter.subscribe(topic, options)).close()
+            await adapter.publish(topic, [ping(1)])
+            unread = await adapter.subscribe(topic, options)
+            await fetched_ahead(unread)
+            await unread.close()  # given back unread: no run
+        finally:
+            await adapter.close()
+        adapter = RabbitMQAdapter(url)
+        try:
+            subscription = await adapter.subscribe(topic, options)
+            first = await next_delivery(subscription)
+            assert first.attempt == 1
+            await first.nack()  # a failed run: a copy parked as attempt 2
+            copy = await next_delivery(subscription)
+            assert copy.attempt == 2
+            await subscription.close()  # the copy's run ends with its process
+        finally:
+            await adapter.close()
+        adapter = RabbitMQAdapter(url)
+        try:
+            again = await next_delivery(await adapter.subscribe(topic, options))
+            assert again.attempt == 3, (
+                f"attempt {again.attempt}: the give-back of the settled original was taken "
+                "off the copy's count"
+            )
+            await again.ack()
+        finally:
+            await adapter.close()
+
+    run(scenario)

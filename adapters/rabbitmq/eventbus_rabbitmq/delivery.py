@@ -67,13 +67,22 @@ class RabbitMQDelivery(Delivery):
         )
         return True
 
+    def _done(self) -> None:
+        """This broker message is gone from the queue (acked, rejected, or replaced by a
+        parked copy whose x-delivery-count starts at 0): what was given back of it
+        unread must not be taken off a later copy's count."""
+        if self._message.message_id:
+            self._owner.unread.forget(self._message.message_id)
+
     async def _ack(self) -> None:
         if not self._stale("ack"):
             await self._message.ack()
+            self._done()
 
     async def _reject(self) -> None:
         if not self._stale("reject"):
             await self._message.reject(requeue=False)
+            self._done()
 
     async def _nack(self, delay: float) -> None:
         if self._stale("nack"):
@@ -91,3 +100,4 @@ class RabbitMQDelivery(Delivery):
             await self._message.nack(requeue=True)
             return
         await self._message.ack()
+        self._done()
