@@ -151,3 +151,16 @@ def test_the_matrix_columns_are_the_suites_targets() -> None:
     gen_docs = _load(ROOT / "scripts" / "gen_docs.py", "eventbus_gen_docs_targets")
     memory = {"memory", "memory-structured", "memory-log"}
     assert [c for c in gen_docs.COLUMNS if c not in memory] == list(TARGETS)
+
+
+def test_every_suite_target_is_in_the_shard_of_its_broker() -> None:
+    """The targets whose broker the ``sqs-kafka`` shard's harness starts for itself
+    (Kafka, Tansu, moto, ElasticMQ) are that shard's, every other target ``others``': a
+    target added or renamed in the suite cannot fall into the wrong shard unnoticed."""
+    from integration_tests.test_conformance import TARGETS
+
+    own = {"kafka", "sqs", "elasticmq"}
+    for target, (broker, _) in TARGETS.items():
+        expected = "sqs-kafka" if broker in own else "others"
+        got = shards.shard_of(f"{CONFORMANCE}[{target}]", {"target": target})
+        assert got == expected, f"{target} (broker {broker}) is in {got}, not {expected}"
