@@ -1,9 +1,10 @@
 """The test suite's shards: parts of it that run at once (``scripts/test_shards.py``).
 
 Most of the suite waits on brokers, timers and redeliveries, so ``make test`` runs it
-as two pytest processes at once, split by the brokers they use. With
-``EVENTBUS_TEST_SHARD`` set, this process runs only that shard's tests (the others are
-deselected); unset, it runs them all, as ever.
+as two pytest processes at once, split by the brokers they use. With ``--shard NAME``,
+this process runs only that shard's tests (the others are deselected); without it, it
+runs them all, as ever. An option, not an environment variable, so a test that runs
+pytest again (``scripts/mutants.py``, a suite on an example) never inherits it.
 
 - ``sqs-kafka``: the conformance suite on the SQS targets (moto, FIFO, ElasticMQ) and
   on Kafka and Tansu, and ``integration_tests/sqs`` and ``integration_tests/kafka``.
@@ -20,7 +21,6 @@ above names another.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 
 import pytest
@@ -41,14 +41,24 @@ def shard_of(nodeid: str, params: Mapping[str, object]) -> str:
     return "others"
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--shard",
+        default="",
+        metavar="NAME",
+        help=f"run only this shard's tests ({', '.join(SHARDS)}); scripts/test_shards.py "
+        "runs them all at once",
+    )
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    shard = os.environ.get("EVENTBUS_TEST_SHARD", "").strip()
+    shard = str(config.getoption("shard") or "").strip()
     if not shard:
         return
     if shard not in SHARDS:
         raise pytest.UsageError(
-            f"EVENTBUS_TEST_SHARD={shard!r} names no shard; the shards are {', '.join(SHARDS)} "
-            "(unset it to run every test)"
+            f"--shard {shard!r} names no shard; the shards are {', '.join(SHARDS)} "
+            "(leave it out to run every test)"
         )
     keep: list[pytest.Item] = []
     drop: list[pytest.Item] = []

@@ -223,7 +223,6 @@ def run_one(mutant: Mutant) -> Result:
             *mutant.node_ids,
         ]
         env = {**os.environ, "EVENTBUS_CONFORMANCE_PATIENCE": PATIENCE}
-        env.pop("EVENTBUS_TEST_SHARD", None)  # its own cases, whichever shard runs this
         started = time.monotonic()
         done = subprocess.run(
             command, cwd=ROOT, env=env, capture_output=True, text=True, check=False

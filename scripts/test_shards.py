@@ -77,12 +77,12 @@ def start(name: str, extra: list[str]) -> Shard:
         "-p",
         "no:cacheprovider",  # two sessions would write one cache
         f"--junitxml={junit}",
+        f"--shard={name}",
         *extra,
     ]
-    env = {**os.environ, "EVENTBUS_TEST_SHARD": name}
     with log.open("wb") as out:
         process = subprocess.Popen(
-            command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
         )
     print(f"[shards] {name}: started (pid {process.pid}), output in {log.relative_to(ROOT)}")
     return Shard(name, process, log, junit, time.monotonic())
