@@ -65,7 +65,7 @@ class GivenBack:
 
     def of(self, message_id: str) -> int:
         """How many of the message's deliveries so far were given back unread here."""
-        return self._counts.get(message_id, 0) if self._counts else 0
+        return self._counts.get(message_id, 0)
 
 
 _scopes: OrderedDict[str, GivenBack] = OrderedDict()
