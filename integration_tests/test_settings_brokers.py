@@ -105,10 +105,14 @@ def test_the_subscription_wins_over_the_url_and_the_url_is_the_default(name: str
             await eager.publish_envelopes(topic, [envelope(2)])
             for key in seen:
                 await seen[key].wait_for(2)
+            await seen["default"].wait_for(1)
+            await seen["earliest"].wait_for(1)
             await asyncio.sleep(1.0)  # room for a wrong late delivery of 1 to show
-        assert seen["default"].items == [1, 2]
+        # Sorted: 1 and 2 carry no key, so a Kafka topic of several partitions may hand
+        # them out in either order; which events each group read is what is checked here.
+        assert sorted(seen["default"].items) == [1, 2]
         assert seen["latest"].items == [2]
-        assert seen["earliest"].items == [1, 2]
+        assert sorted(seen["earliest"].items) == [1, 2]
 
     run(scenario)
 
