@@ -509,7 +509,11 @@ class EventBus:
             if len(final) == len(sent):
                 sent[:] = final
 
-        await compose_publish(self.publish_middleware, to_broker)(topic, list(envelopes))
+        layers = self.publish_middleware
+        if not layers:
+            await to_broker(topic, list(envelopes))
+        else:  # the outermost layer called directly: no step of its own per publish
+            await layers[0](topic, list(envelopes), compose_publish(layers[1:], to_broker))
         return sent
 
     async def _close_at_loop_end(self) -> None:

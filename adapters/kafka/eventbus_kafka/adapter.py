@@ -212,9 +212,10 @@ class KafkaAdapter(ProducerConnection, ConfiguredAdapter[KafkaSettings, AIOKafka
         raise BatchPublishError.partial(errors, len(records), f"Kafka topic {topic!r}")
 
     def _worth_again(self, exc: BaseException) -> bool:
-        """Whether publishing again can succeed: a transient failure, unless it is the
-        refused state of a producer given to the adapter (see :func:`_classify_given`)."""
-        return transient(exc) and (self._own_producer or not producer_state_lost(exc))
+        """Whether publishing again can succeed: what this adapter's classification
+        calls a lost connection (one rule: :func:`_classify`, or :func:`_classify_given`
+        for a producer given to the adapter, whose refused state is for good)."""
+        return isinstance(exc, Exception) and self._classify(exc)[0] is BrokerConnectionError
 
     def _failure(
         self, topic: str, envelope: Envelope | None, exc: BaseException, what: str = ""
