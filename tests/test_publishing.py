@@ -77,6 +77,45 @@ def test_publish_middleware_runs_around_every_publish_and_may_change_envelopes()
     run(scenario)
 
 
+def test_several_publish_middlewares_run_first_outermost_each_once() -> None:
+    """The first of ``publish_middleware`` is outermost (the bus calls it directly), the
+    last innermost; each runs once per publish and sees what the one outside it passed
+    on, and the broker gets what the innermost passed on."""
+
+    async def scenario() -> None:
+        calls: list[str] = []
+
+        def layer(name: str) -> Any:
+            async def step(topic: str, envelopes: Sequence[Envelope], call_next: Any) -> None:
+                seen = ",".join(e.extensions.get("path", "") for e in envelopes)
+                calls.append(f"{name} in {seen or '-'}")
+                await call_next(
+                    topic,
+                    [
+                        e.evolve(extensions={"path": e.extensions.get("path", "") + name})
+                        for e in envelopes
+                    ],
+                )
+                calls.append(f"{name} out")
+
+            return step
+
+        bus = EventBus(memory_url(), publish_middleware=[layer("a"), layer("b"), layer("c")])
+        received: Collector[Envelope] = Collector()
+
+        @bus.subscribe(Pinged, group="g")
+        async def collect(event: Pinged, ctx: Context) -> None:
+            received.add(ctx.envelope)
+
+        async with bus:
+            sent = await bus.publish(Pinged(n=1))
+            (got,) = await received.wait_count(1)
+        assert calls == ["a in -", "b in a", "c in ab", "c out", "b out", "a out"]
+        assert sent.extensions == got.extensions == {"path": "abc"}
+
+    run(scenario)
+
+
 def test_publish_middleware_may_keep_messages_instead_of_sending_them() -> None:
     async def scenario() -> None:
         outbox: list[Envelope] = []
