@@ -215,7 +215,10 @@ class KafkaAdapter(ProducerConnection, ConfiguredAdapter[KafkaSettings, AIOKafka
         """Whether publishing again can succeed: what this adapter's classification
         calls a lost connection (one rule: :func:`_classify`, or :func:`_classify_given`
         for a producer given to the adapter, whose refused state is for good)."""
-        return isinstance(exc, Exception) and self._classify(exc)[0] is BrokerConnectionError
+        if not isinstance(exc, Exception):
+            return False  # a send cut short (cancelled): not confirmed, not retried here
+        mapped = self._classify(exc)
+        return (mapped[0] if isinstance(mapped, tuple) else mapped) is BrokerConnectionError
 
     def _failure(
         self, topic: str, envelope: Envelope | None, exc: BaseException, what: str = ""
