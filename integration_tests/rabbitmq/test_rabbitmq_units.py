@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 from eventbus_rabbitmq import RabbitMQAdapter, RabbitMQSettings
 from eventbus_rabbitmq.codec import ATTEMPT_HEADER, decode, encode, message_size, retry_headers
@@ -62,7 +64,13 @@ def test_url_parts_and_vhost_from_the_path() -> None:
     ],
 )
 def test_bad_options_are_one_line_errors_naming_the_option(url: str, names: str) -> None:
-    with pytest.raises(InvalidURLError) as info:
+    # A 0.1 name is still read (with its DeprecationWarning) before the value is refused.
+    deprecated = (
+        pytest.warns(DeprecationWarning, match="cafile -> tls_ca")
+        if "cafile=" in url
+        else contextlib.nullcontext()
+    )
+    with deprecated, pytest.raises(InvalidURLError) as info:
         RabbitMQAdapter(url)
     message = str(info.value)
     assert names in message and "\n" not in message
