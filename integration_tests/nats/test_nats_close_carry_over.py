@@ -17,7 +17,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -26,31 +26,14 @@ import pytest
 from eventbus_nats import NatsAdapter
 from nats.js import JetStreamContext
 
-from eventbus.adapter import Delivery, SubscribeOptions, Subscription
+from eventbus.adapter import Delivery, SubscribeOptions
 from eventbus.envelope import Envelope
 from integration_tests import harness
+from integration_tests.nats.support import next_delivery, run, until
 
 pytestmark = [pytest.mark.broker("nats"), pytest.mark.timeout(120)]
 
 GROUP = "g"
-
-
-def run(scenario: Coroutine[Any, Any, None], timeout: float = 90.0) -> None:
-    asyncio.run(asyncio.wait_for(scenario, timeout))
-
-
-async def next_delivery(subscription: Subscription, timeout: float = 10.0) -> Delivery:
-    iterator: Any = subscription.__aiter__()
-    return await asyncio.wait_for(iterator.__anext__(), timeout)
-
-
-async def until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while not predicate():
-        if loop.time() > end:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 def options(**query: object) -> str:

@@ -13,10 +13,11 @@ import pytest
 from eventbus_nats import NatsAdapter
 
 from eventbus import EventBus
-from eventbus.adapter import Delivery, SubscribeOptions, Subscription
+from eventbus.adapter import SubscribeOptions
 from eventbus.envelope import Envelope
 from eventbus.errors import GuaranteeUnavailableError
 from integration_tests import harness
+from integration_tests.nats.support import next_delivery
 
 pytestmark = [pytest.mark.broker("nats"), pytest.mark.timeout(120)]
 
@@ -27,11 +28,6 @@ def run(scenario: Coroutine[Any, Any, None], timeout: float = 60.0) -> None:
 
 def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
-
-
-async def next_delivery(subscription: Subscription, timeout: float = 10.0) -> Delivery:
-    iterator: Any = subscription.__aiter__()
-    return await asyncio.wait_for(iterator.__anext__(), timeout)
 
 
 @pytest.fixture(scope="module")

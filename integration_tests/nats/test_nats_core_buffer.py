@@ -13,19 +13,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Coroutine
-from typing import Any
 
 import pytest
 
 from eventbus import Event, EventBus
 from integration_tests import harness
+from integration_tests.nats.support import run
 
 pytestmark = [pytest.mark.broker("nats"), pytest.mark.timeout(120)]
-
-
-def run(scenario: Coroutine[Any, Any, None], timeout: float = 90.0) -> None:
-    asyncio.run(asyncio.wait_for(scenario, timeout))
 
 
 def test_slow_core_subscriber_buffers_within_its_bounds(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -20,12 +20,9 @@ from eventbus.deadletters import DeadLetters
 from eventbus.errors import TopicNotFoundError
 from eventbus.middleware.retry import RetryPolicy
 from integration_tests import harness
+from integration_tests.nats.support import run
 
 pytestmark = [pytest.mark.broker("nats"), pytest.mark.timeout(120)]
-
-
-def run(scenario: Coroutine[Any, Any, None], timeout: float = 90.0) -> None:
-    asyncio.run(asyncio.wait_for(scenario, timeout))
 
 
 async def until(predicate: Callable[[], Awaitable[bool]], timeout: float = 15.0) -> None:

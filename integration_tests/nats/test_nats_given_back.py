@@ -11,9 +11,7 @@ takes along (``Eventbus-Delivered``).
 
 from __future__ import annotations
 
-import asyncio
 import uuid
-from collections.abc import Callable, Coroutine
 from functools import partial
 from typing import Any
 
@@ -21,31 +19,14 @@ import pytest
 from eventbus_nats import NatsAdapter
 from eventbus_nats.wire import ack_facts
 
-from eventbus.adapter import Delivery, SubscribeOptions, Subscription
+from eventbus.adapter import SubscribeOptions, Subscription
 from eventbus.envelope import Envelope
 from integration_tests import harness
+from integration_tests.nats.support import next_delivery, run, until
 
 pytestmark = [pytest.mark.broker("nats"), pytest.mark.timeout(120)]
 
 ROUNDS = 4
-
-
-def run(scenario: Coroutine[Any, Any, None], timeout: float = 90.0) -> None:
-    asyncio.run(asyncio.wait_for(scenario, timeout))
-
-
-async def next_delivery(subscription: Subscription, timeout: float = 10.0) -> Delivery:
-    iterator: Any = subscription.__aiter__()
-    return await asyncio.wait_for(iterator.__anext__(), timeout)
-
-
-async def until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while not predicate():
-        if loop.time() > end:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 def fetched(subscription: Subscription) -> bool:

@@ -14,14 +14,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import Coroutine
-from typing import Any
 
 import pytest
 from eventbus_nats import NatsAdapter
 
 from eventbus import Context, Event, EventBus
-from eventbus.adapter import Delivery, SubscribeOptions, Subscription
+from eventbus.adapter import SubscribeOptions
 from eventbus.backoff import Backoff
 from eventbus.deadletters import dlq_topic
 from eventbus.envelope import Envelope
@@ -29,17 +27,9 @@ from eventbus.errors import IdempotencyStoreError
 from eventbus.middleware.idempotency import ClaimResult, MemoryIdempotencyStore
 from eventbus.middleware.retry import RetryPolicy
 from integration_tests import harness
+from integration_tests.nats.support import next_delivery, run
 
 pytestmark = [pytest.mark.broker("nats"), pytest.mark.timeout(120)]
-
-
-def run(scenario: Coroutine[Any, Any, None], timeout: float = 90.0) -> None:
-    asyncio.run(asyncio.wait_for(scenario, timeout))
-
-
-async def next_delivery(subscription: Subscription, timeout: float = 10.0) -> Delivery:
-    iterator: Any = subscription.__aiter__()
-    return await asyncio.wait_for(iterator.__anext__(), timeout)
 
 
 class FlakyStore(MemoryIdempotencyStore):

@@ -14,7 +14,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from typing import Any
 
 import nats
@@ -27,12 +27,9 @@ from eventbus.envelope import Envelope
 from eventbus.errors import TopicNotFoundError
 from integration_tests import harness
 from integration_tests.nats.servers import crash, private_server
+from integration_tests.nats.support import run
 
 pytestmark = [pytest.mark.broker("nats"), pytest.mark.timeout(120)]
-
-
-def run(scenario: Coroutine[Any, Any, None], timeout: float = 90.0) -> None:
-    asyncio.run(asyncio.wait_for(scenario, timeout))
 
 
 async def until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
