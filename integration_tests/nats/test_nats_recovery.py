@@ -14,7 +14,6 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 import nats
@@ -27,18 +26,9 @@ from eventbus.envelope import Envelope
 from eventbus.errors import TopicNotFoundError
 from integration_tests import harness
 from integration_tests.nats.servers import crash, private_server
-from integration_tests.nats.support import run
+from integration_tests.nats.support import run, until
 
 pytestmark = [pytest.mark.broker("nats"), pytest.mark.timeout(120)]
-
-
-async def until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while not predicate():
-        if loop.time() > end:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 def job_class(topic: str) -> type[Event]:
