@@ -143,6 +143,25 @@ def test_memory_store_forgets_the_oldest_ids_past_max_entries() -> None:
     run(scenario)
 
 
+def test_memory_store_forgets_done_ids_before_a_claim_held_now() -> None:
+    async def scenario() -> None:
+        store = MemoryIdempotencyStore(max_entries=2)
+        held = await store.claim("held", lease=60)  # the oldest entry, its handler running
+        assert held.owner is not None
+        for key in ("b", "c"):
+            claim = await store.claim(key, lease=60)
+            assert claim.owner is not None
+            await store.complete(key, claim.owner, ttl=60)
+        # Past the bound the oldest done id went ("b"), not the claim held now: a
+        # duplicate of "held" arriving while it runs is still held back.
+        assert (await store.claim("held", lease=60)).status is Claim.IN_PROGRESS
+        assert (await store.claim("c", lease=60)).status is Claim.DONE
+        assert (await store.claim("b", lease=60)).status is Claim.CLAIMED
+        assert await store.complete("held", held.owner, ttl=60)
+
+    run(scenario)
+
+
 def _rows(path: Path) -> set[str]:
     with sqlite3.connect(path) as db:
         return {row[0] for row in db.execute("SELECT key FROM eventbus_idempotency")}

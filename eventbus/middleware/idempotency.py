@@ -100,9 +100,10 @@ class IdempotencyStore(Protocol):
 class MemoryIdempotencyStore:
     """Per-process store; right for tests and single-instance services.
 
-    It remembers at most ``max_entries`` ids: past that the oldest are forgotten
-    first (a very late duplicate of a forgotten id would run again), so memory
-    stays bounded whatever the TTL.
+    It remembers at most ``max_entries`` ids: past that the oldest handled ones are
+    forgotten first, then the oldest claims (a very late duplicate of a forgotten id
+    would run again), so memory stays bounded whatever the TTL: ~60 bytes per id
+    besides its key.
 
     It answers without I/O, so besides the store protocol's coroutines it has plain
     ``claim_now``/``complete_now``/``release_now`` methods that :class:`Idempotency`
@@ -112,39 +113,60 @@ class MemoryIdempotencyStore:
 
     def __init__(self, max_entries: int = 1_000_000) -> None:
         self.max_entries = max_entries
-        # key -> (done, expires, owner). Insertion-ordered: the first entries are the oldest.
-        self._entries: dict[str, tuple[bool, float, str]] = {}
+        # Done ids: key -> when forgotten, a plain float (a tuple per id made the
+        # memory broker's idempotent path ~10% slower in CPU time). Insertion-ordered,
+        # so the first entries are the oldest.
+        self._done: dict[str, float] = {}
+        # Claims held now: key -> (lease end, owner). A key is in one dict at most.
+        self._claims: dict[str, tuple[float, str]] = {}
         self._owners = map(str, itertools.count(1))
 
     def claim_now(self, key: str, lease: float) -> str | ClaimResult:
         """:meth:`claim`, as a plain call; a new claim is its owner token alone (no
         ``ClaimResult`` made per message)."""
-        entries = self._entries
         now = time.monotonic()
-        record = entries.get(key)
-        if record is not None:
-            if record[1] > now:
-                return _DONE if record[0] else _IN_PROGRESS
-            del entries[key]  # expired: claimed again as new (the newest entry)
+        done = self._done
+        expires = done.get(key)
+        if expires is not None:
+            if expires > now:
+                return _DONE
+            del done[key]  # the ttl ended: claimed again as new
+        claims = self._claims
+        held = claims.get(key)
+        if held is not None:
+            if held[0] > now:
+                return _IN_PROGRESS
+            del claims[key]  # the lease ended: claimed again (the newest entry)
         owner = next(self._owners)
-        entries[key] = (False, now + lease, owner)
-        if len(entries) > self.max_entries:
-            while len(entries) > self.max_entries:
-                del entries[next(iter(entries))]
+        claims[key] = (now + lease, owner)
+        if len(done) + len(claims) > self.max_entries:
+            self._forget()
         return owner
+
+    def _forget(self) -> None:
+        """Forget the oldest ids past ``max_entries``: done ones first, then claims
+        (few: each is completed or released when its handler ends)."""
+        done, claims = self._done, self._claims
+        while done and len(done) + len(claims) > self.max_entries:
+            del done[next(iter(done))]
+        while len(claims) > self.max_entries:
+            del claims[next(iter(claims))]
 
     def complete_now(self, key: str, owner: str, ttl: float) -> bool:
         """:meth:`complete`, as a plain call."""
-        record = self._entries.pop(key, None)
-        self._entries[key] = (True, time.monotonic() + ttl, owner)
-        return record is not None and not record[0] and record[2] == owner
+        held = self._claims.pop(key, None)
+        done = self._done
+        if held is None:
+            done.pop(key, None)  # done before, with no claim held: now the newest entry
+        done[key] = time.monotonic() + ttl
+        return held is not None and held[1] == owner
 
     def release_now(self, key: str, owner: str) -> bool:
         """:meth:`release`, as a plain call."""
-        record = self._entries.get(key)
-        if record is None or record[0] or record[2] != owner:
+        held = self._claims.get(key)
+        if held is None or held[1] != owner:
             return False
-        del self._entries[key]
+        del self._claims[key]
         return True
 
     async def claim(self, key: str, lease: float) -> ClaimResult:
