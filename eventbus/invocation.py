@@ -9,7 +9,11 @@ and counts the run. Around it, the middleware chain runs in one of two ways:
   the handler directly, and only a failure goes to the layers' ``recover`` steps,
   innermost first, exactly as their ``__call__`` would have passed it on. The
   layers' classes are never imported here: only what they declare is read
-  (:mod:`eventbus.middleware.base`).
+  (:mod:`eventbus.middleware.base`);
+- *fused around a guard*, when one layer besides those ``guards`` with plain calls
+  (idempotency over the memory store): one coroutine (``_guarded``) calls its
+  ``enter``, the handler, the failure-only layers' ``recover`` steps inside it, then
+  its ``leave`` or ``abandon`` and the ``recover`` steps outside it.
 
 Layers that declare ``observes`` (tracing, metrics) at the front of the chain are
 taken out of it either way: the runner calls their ``begin``/``end`` around the
@@ -28,10 +32,12 @@ from eventbus.context import Context
 from eventbus.errors import HandlerCancelledError, SchemaError
 from eventbus.events import Registry
 from eventbus.middleware.base import (
+    SKIP,
     Middleware,
     Next,
     acts_only_on_failure,
     compose,
+    guard_steps,
     observes,
     refusal_step,
     sets_current_envelope,
@@ -74,7 +80,15 @@ class Invocation:
         self.watcher: Watchers | None = Watchers(self.observers) if watching else None
         layers = layers[watching:]
         self.chain: Next = compose(layers, self.invoke)
-        self.fused = all(acts_only_on_failure(layer) for layer in layers)
+        # One layer may guard the rest with plain calls (idempotency over the memory store).
+        guarding = [
+            (index, steps) for index, layer in enumerate(layers) if (steps := guard_steps(layer))
+        ]
+        self.guarded = len(guarding) == 1
+        self.fused = all(
+            acts_only_on_failure(layer) or (self.guarded and index == guarding[0][0])
+            for index, layer in enumerate(layers)
+        )
         self._layers = layers
         # What each layer passes a retry on to: the layers inside it, then the handler.
         self._inner = [compose(layers[index + 1 :], self.invoke) for index in range(len(layers))]
@@ -87,15 +101,79 @@ class Invocation:
             if self.fused
             else ()
         )
+        self.guarded = self.guarded and self.fused
+        if self.guarded:
+            # Fused around the guard: the runner calls this as it calls a composed chain.
+            self._guard_at, (self._enter, self._leave, self._abandon) = guarding[0]
+            self._outer_refusals = tuple(r for r in self.refusals if r[0] < self._guard_at)
+            self._inner_refusals = tuple(r for r in self.refusals if r[0] > self._guard_at)
+            self.chain = self._guarded
 
-    def refusal(self, ctx: Context) -> tuple[Exception, int] | None:
+    def refusal(
+        self, ctx: Context, refusals: Sequence[tuple[int, Any]] | None = None
+    ) -> tuple[Exception, int] | None:
         """Fused: the failure a layer raises before the handler runs, and how many
         layers (outermost first) are outside it to recover; ``None`` to run."""
-        for index, refuse in self.refusals:
+        for index, refuse in self.refusals if refusals is None else refusals:
             failure = refuse(ctx)
             if failure is not None:
                 return failure, index
         return None
+
+    async def _guarded(self, ctx: Context) -> None:
+        """The fused path around a guarding layer, as the composed chain would run:
+        the layers outside it may refuse, its ``enter`` decides, the handler runs, and
+        a failure goes to the recover steps inside the guard, then to its ``abandon``
+        and to the recover steps outside it."""
+        at = self._guard_at
+        if ctx.previous_attempts and self._outer_refusals:
+            refused = self.refusal(ctx, self._outer_refusals)
+            if refused is not None:
+                await self.recover(ctx, *refused)
+                return
+        try:
+            token = self._enter(ctx)
+        except Exception as exc:
+            if at == 0:
+                raise
+            await self._recover(ctx, exc, at - 1)
+            return
+        if token is SKIP:
+            return
+        try:
+            failure: Exception | None = None
+            refused = None
+            try:
+                if ctx.previous_attempts and self._inner_refusals:
+                    refused = self.refusal(ctx, self._inner_refusals)
+                call = self.prepare(ctx) if refused is None else None
+                if call is not None:
+                    ctx.result = await call
+            except asyncio.CancelledError as exc:
+                failure = self.cancelled(ctx, exc)
+                failure.__cause__ = exc
+            except Exception as exc:
+                failure = exc
+            if refused is not None:
+                failure, top = refused[0], refused[1] - 1
+            else:
+                top = len(self._layers) - 1
+            if failure is not None:
+                # To the recover steps inside the guard, as the layer that failed
+                # raises it (with a traceback); what escapes them is abandoned below.
+                try:
+                    raise failure
+                except Exception as exc:
+                    if top == at:
+                        raise
+                    await self._recover(ctx, exc, top, at + 1)
+        except BaseException as exc:
+            self._abandon(ctx, token)
+            if at == 0 or not isinstance(exc, Exception):
+                raise
+            await self._recover(ctx, exc, at - 1)
+            return
+        self._leave(ctx, token)
 
     async def recover(self, ctx: Context, failure: Exception, outside: int | None = None) -> None:
         """Fused: hand ``failure`` to the ``recover`` steps of the ``outside`` outermost
@@ -112,15 +190,17 @@ class Invocation:
         except Exception as exc:
             await self._recover(ctx, exc, index - 1)
 
-    async def _recover(self, ctx: Context, failure: Exception, index: int) -> None:
+    async def _recover(self, ctx: Context, failure: Exception, index: int, last: int = 0) -> None:
+        """``recover`` of layer ``index``, then of each layer outside it down to ``last``
+        while they raise; raises what escapes layer ``last``."""
         layer: Any = self._layers[index]
         try:
             await layer.recover(ctx, self._inner[index], failure)
         except Exception as exc:
-            if index == 0:
+            if index == last:
                 raise
             # Inside the except block, as the outer layer's __call__ runs its recover.
-            await self._recover(ctx, exc, index - 1)
+            await self._recover(ctx, exc, index - 1, last)
 
     async def invoke(self, ctx: Context) -> None:
         """The innermost step: pick the handler by type, decode, call."""

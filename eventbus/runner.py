@@ -129,7 +129,7 @@ class Runner:
         self._watch = SlowHandlerWatch(warn_after) if warn_after else None
         # handle() runs once per message: the steps it takes, looked up once here.
         self._correlate = self.invocation.correlate
-        self._fused = self.invocation.fused
+        self._fused = self.invocation.fused and not self.invocation.guarded
         self._refusals = self.invocation.refusals
         self._prepare = self.invocation.prepare
         self._chain = self.invocation.chain

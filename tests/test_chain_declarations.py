@@ -4,23 +4,12 @@ failure) gives exactly what the composed chain gives."""
 
 from __future__ import annotations
 
-import asyncio
 import uuid
-from collections.abc import Awaitable, Callable
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import pytest
 
-from eventbus import (
-    Command,
-    Context,
-    Event,
-    EventBus,
-    MemoryAdapter,
-    MemoryIdempotencyStore,
-    registry,
-)
-from eventbus.backoff import Backoff
+from eventbus import Context, Event, EventBus, MemoryAdapter, MemoryIdempotencyStore, registry
 from eventbus.envelope import Envelope
 from eventbus.middleware import (
     ChainDefaults,
@@ -30,113 +19,18 @@ from eventbus.middleware import (
     Next,
     RedeliveryRequested,
     Retry,
-    RetryPolicy,
     build_chain,
     correlation,
 )
 from eventbus.requests import ReplyStep, reply_step, with_replies
 from eventbus.runner import Runner
 from eventbus.spec import Handler, SubscriptionSpec
-from tests.bus_support import (
-    Collector,
-    FakeDelivery,
-    dead_letters,
-    dlq_size,
-    memory_url,
-    run,
-    until,
-)
-
-POLICY = RetryPolicy(
-    max_attempts=3, in_process_attempts=2, initial_delay=0.0, max_delay=0.0, jitter=0.0
-)
-
-
-class Charge(Command, type="test.declarations.charge", topic="test-declarations-charges"):
-    n: int
+from tests.bus_support import Collector, FakeDelivery, memory_url, run, until
+from tests.chain_support import BEHAVIOURS, POLICY, Charge, outcome
 
 
 class Charged(Event, type="test.declarations.charged", topic="test-declarations-charged"):
     n: int
-
-
-async def passing(ctx: Context, call_next: Next) -> None:
-    """Declares nothing: a chain holding it runs composed, one coroutine per layer."""
-    await call_next(ctx)
-
-
-Behaviour = Callable[[int], Awaitable[None]]
-
-
-async def _succeeds(attempt: int) -> None:
-    return None
-
-
-async def _fails_once(attempt: int) -> None:
-    if attempt == 1:
-        raise ValueError("first run fails")
-
-
-async def _always_fails(attempt: int) -> None:
-    raise ValueError(f"run {attempt} fails")
-
-
-async def _cancelled(attempt: int) -> None:
-    other = asyncio.create_task(asyncio.sleep(10))
-    other.cancel()
-    await other  # a CancelledError the handler did not ask for: its failure
-
-
-BEHAVIOURS: dict[str, Behaviour] = {
-    "succeeds": _succeeds,
-    "fails once": _fails_once,
-    "always fails": _always_fails,
-    "cancelled": _cancelled,
-}
-
-
-async def _outcome(
-    behaviour: Behaviour, attempt: int, *, composed: bool, dead_letter: bool, envelope: Envelope
-) -> tuple[Any, ...]:
-    """What one delivery comes to through a fresh runner on a broker of its own:
-    settlements, the attempts the handler saw, and the dead letters (without their
-    traceback, whose frames differ, and time)."""
-    url, topic = memory_url(), "test-declarations-charges"
-    adapter = MemoryAdapter(url)
-    await adapter.connect()
-    seen: list[int] = []
-
-    async def handle(event: Charge, ctx: Context) -> None:
-        seen.append(ctx.attempt)
-        await behaviour(ctx.attempt)
-
-    spec = SubscriptionSpec(topic=topic, group="g")
-    spec.add(Handler.wrap(handle, Charge))
-    defaults = ChainDefaults(
-        middleware=[passing] if composed else (), retry=POLICY, dead_letter=dead_letter
-    )
-    runner = Runner(
-        adapter,
-        spec,
-        middleware=build_chain(spec, adapter, defaults),
-        registry=registry,
-        publisher=EventBus(url),
-        redelivery_backoff=Backoff(initial=1.0, jitter=0.0),
-    )
-    assert runner.invocation.fused is not composed  # the two paths under test
-    delivery = FakeDelivery(envelope, attempt, topic=topic, group="g")
-    await runner.handle(delivery)
-    count = dlq_size(url, topic, "g")
-    letters = await dead_letters(url, topic, "g", count) if count else []
-    await adapter.close()
-    return (
-        delivery.calls,
-        seen,
-        [
-            {k: v for k, v in letter.extensions.items() if k not in ("dlqtraceback", "dlqfailedat")}
-            for letter in letters
-        ],
-    )
 
 
 @pytest.mark.parametrize("name", list(BEHAVIOURS))
@@ -150,7 +44,7 @@ def test_the_fused_path_settles_and_dead_letters_as_the_composed_chain(
     async def scenario() -> None:
         envelope = Envelope.create(type=Charge.event_type(), source="t", data=b'{"n": 1}')
         outcomes = [
-            await _outcome(
+            await outcome(
                 BEHAVIOURS[name],
                 attempt,
                 composed=composed,
@@ -170,7 +64,9 @@ def test_the_fused_path_dead_letters_poison_as_the_composed_chain() -> None:
             type=Charge.event_type(), source="t", data=b'{"n": "not a number"}'
         )
         outcomes = [
-            await _outcome(_succeeds, 1, composed=composed, dead_letter=True, envelope=envelope)
+            await outcome(
+                BEHAVIOURS["succeeds"], 1, composed=composed, dead_letter=True, envelope=envelope
+            )
             for composed in (False, True)
         ]
         assert outcomes[0] == outcomes[1]

@@ -29,6 +29,15 @@ changes nothing (it never imports the layer's class to find out):
   and calls the ``recover`` steps, innermost first, only for a failure. See
   :class:`RecoveringLayer`.
 
+- ``guards = True``: the layer decides before the steps inside it whether they run,
+  and settles after them (``Idempotency``). Its ``guard_steps()`` returns three plain
+  calls, or ``None`` when this instance cannot answer without I/O (its ``__call__`` is
+  then composed as any layer's): ``enter(ctx)`` returns a token, or :data:`SKIP` for a
+  message that must not run (it is acknowledged), or raises the failure the layers
+  outside it get; ``leave(ctx, token)`` once the steps inside succeeded; ``abandon(
+  ctx, token)`` once a failure escaped them, before the layers outside recover. A
+  chain whose other layers act only on failure stays fused around one such layer.
+
 - ``observes = True``: the layer only watches the handling (a span, a timer) and
   never changes its outcome: it starts something in ``begin(ctx)`` and ends it in
   ``end(ctx, mark, failure)`` with what escaped the steps inside it (see
@@ -61,6 +70,11 @@ Next = Callable[[Context], Awaitable[None]]
 Middleware = Callable[[Context, Next], Awaitable[None]]
 PublishNext = Callable[[str, Sequence[Envelope]], Awaitable[None]]
 PublishMiddleware = Callable[[str, Sequence[Envelope], PublishNext], Awaitable[None]]
+
+
+SKIP = object()
+"""What a guarding layer's ``enter`` returns for a message the steps inside it must
+not run (an id already handled): the message is acknowledged as handled."""
 
 
 class RedeliveryRequested(Exception):
@@ -173,6 +187,15 @@ def sets_current_envelope(layer: object) -> bool:
 def observes(layer: object) -> bool:
     """Whether ``layer`` declares it only watches the handling (see :class:`Observer`)."""
     return _declared(layer, "observes")
+
+
+def guard_steps(layer: object) -> tuple[Callable[..., Any], ...] | None:
+    """``(enter, leave, abandon)`` of a layer that declares ``guards`` and can give
+    them as plain calls now, else ``None``."""
+    if not _declared(layer, "guards"):
+        return None
+    steps: Any = getattr(layer, "guard_steps", None)
+    return steps() if callable(steps) else None
 
 
 def refusal_step(layer: object) -> Callable[[Context], Exception | None] | None:

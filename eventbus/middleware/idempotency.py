@@ -22,11 +22,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 from eventbus.context import Context
 from eventbus.errors import IdempotencyStoreError
-from eventbus.middleware.base import Next, RedeliveryRequested
+from eventbus.middleware.base import SKIP, Next, RedeliveryRequested
 
 
 class Claim(Enum):
@@ -203,6 +203,10 @@ class Idempotency:
         init=False, repr=False, compare=False, default=None
     )
 
+    # The runner may call this layer's steps itself (eventbus.middleware.base): when
+    # the store answers without I/O, guard_steps() gives them as plain calls.
+    guards: ClassVar[bool] = True
+
     def __post_init__(self) -> None:
         names = ("claim", "complete", "release")
         if all(_has_twin(self.store, name) for name in names):
@@ -219,12 +223,7 @@ class Idempotency:
                 else await self.store.claim(key, self.lease)
             )
         except Exception as exc:
-            raise IdempotencyStoreError(
-                f"idempotency store {type(self.store).__name__} could not claim event "
-                f"{ctx.envelope.id} on topic {ctx.topic!r} group {ctx.group!r} "
-                f"({type(exc).__name__}: {exc}); the handler did not run and the message "
-                "goes back to the broker to be tried when the store answers again"
-            ) from exc
+            raise self._claim_failed(ctx, exc) from exc
         owner: str
         if type(claim) is str:
             owner = claim
@@ -245,26 +244,79 @@ class Idempotency:
                 else await self.store.complete(key, owner, self.ttl)
             )
         except Exception as exc:
-            # The effect happened: acknowledging is right, dead-lettering or
-            # redelivering would repeat it. The claim stays until its lease ends.
-            ctx.logger.error(
-                "event handled, but idempotency store %s could not mark it done (%s: %s); "
-                "acknowledged anyway. A duplicate arriving after the %.0fs lease would "
-                "run again",
-                type(self.store).__name__,
-                type(exc).__name__,
-                exc,
-                self.lease,
-                exc_info=exc,
-            )
+            self._complete_failed(ctx, exc)
             return
         if not owned:
-            ctx.logger.warning(
-                "the handler outlived its %.0fs idempotency lease, so another delivery "
-                "may have run it too; marked done anyway. Raise Idempotency.lease above "
-                "the slowest handler",
-                self.lease,
-            )
+            self._outlived(ctx)
+
+    def guard_steps(
+        self,
+    ) -> tuple[Callable[..., Any], Callable[..., Any], Callable[..., Any]] | None:
+        """``(enter, leave, abandon)`` as plain calls, for the runner to call around the
+        handler instead of this layer's coroutine (see :mod:`eventbus.middleware.base`);
+        ``None`` when the store does I/O (its coroutines are awaited in ``__call__``)."""
+        if self._now is None:
+            return None
+        return (self._enter, self._leave, self._abandon)
+
+    def _enter(self, ctx: Context) -> tuple[str, str] | object:
+        """``__call__`` up to ``call_next``: the claim's (key, owner), or ``SKIP``."""
+        key = f"{ctx.topic}:{ctx.group}:{ctx.envelope.id}"
+        try:
+            claim = self._now[0](key, self.lease)  # type: ignore[index]
+        except Exception as exc:
+            raise self._claim_failed(ctx, exc) from exc
+        if type(claim) is str:
+            return (key, claim)
+        owner = self._owner(ctx, claim)
+        return SKIP if owner is None else (key, owner)
+
+    def _leave(self, ctx: Context, token: tuple[str, str]) -> None:
+        """``__call__`` after ``call_next`` returned: mark the id done."""
+        try:
+            owned = self._now[1](token[0], token[1], self.ttl)  # type: ignore[index]
+        except Exception as exc:
+            self._complete_failed(ctx, exc)
+            return
+        if not owned:
+            self._outlived(ctx)
+
+    def _abandon(self, ctx: Context, token: tuple[str, str]) -> None:
+        """``__call__`` once ``call_next`` raised: release the claim."""
+        try:
+            self._now[2](token[0], token[1])  # type: ignore[index]
+        except Exception as exc:
+            self._release_failed(ctx, exc)
+
+    def _claim_failed(self, ctx: Context, exc: Exception) -> IdempotencyStoreError:
+        return IdempotencyStoreError(
+            f"idempotency store {type(self.store).__name__} could not claim event "
+            f"{ctx.envelope.id} on topic {ctx.topic!r} group {ctx.group!r} "
+            f"({type(exc).__name__}: {exc}); the handler did not run and the message "
+            "goes back to the broker to be tried when the store answers again"
+        )
+
+    def _complete_failed(self, ctx: Context, exc: Exception) -> None:
+        # The effect happened: acknowledging is right, dead-lettering or
+        # redelivering would repeat it. The claim stays until its lease ends.
+        ctx.logger.error(
+            "event handled, but idempotency store %s could not mark it done (%s: %s); "
+            "acknowledged anyway. A duplicate arriving after the %.0fs lease would "
+            "run again",
+            type(self.store).__name__,
+            type(exc).__name__,
+            exc,
+            self.lease,
+            exc_info=exc,
+        )
+
+    def _outlived(self, ctx: Context) -> None:
+        ctx.logger.warning(
+            "the handler outlived its %.0fs idempotency lease, so another delivery "
+            "may have run it too; marked done anyway. Raise Idempotency.lease above "
+            "the slowest handler",
+            self.lease,
+        )
 
     def _owner(self, ctx: Context, claim: ClaimResult) -> str | None:
         """The owner token of a new claim; ``None`` for an id already handled (skip it);
@@ -290,16 +342,19 @@ class Idempotency:
             else:
                 await self.store.release(key, owner)
         except Exception as exc:
-            # The handler's own failure is what matters to retry and dead-letter;
-            # the claim simply holds until its lease ends.
-            ctx.logger.error(
-                "idempotency store %s could not release the claim after a failure "
-                "(%s: %s); redeliveries wait for the %.0fs lease to end",
-                type(self.store).__name__,
-                type(exc).__name__,
-                exc,
-                self.lease,
-            )
+            self._release_failed(ctx, exc)
+
+    def _release_failed(self, ctx: Context, exc: Exception) -> None:
+        # The handler's own failure is what matters to retry and dead-letter;
+        # the claim simply holds until its lease ends.
+        ctx.logger.error(
+            "idempotency store %s could not release the claim after a failure "
+            "(%s: %s); redeliveries wait for the %.0fs lease to end",
+            type(self.store).__name__,
+            type(exc).__name__,
+            exc,
+            self.lease,
+        )
 
 
 def _has_twin(store: object, name: str) -> bool:
