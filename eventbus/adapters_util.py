@@ -263,7 +263,8 @@ def translate(
     chosen = _choose(exc, mapping)
     if chosen is None:
         return exc
-    ours, own_hint = chosen if isinstance(chosen, tuple) else (chosen, hint)
+    ours = error_class(chosen)
+    own_hint = chosen[1] if isinstance(chosen, tuple) else hint
     said = " ".join(str(exc).split())  # one line, whatever the client wrote
     if scrub is not None:
         said = scrub(said)
@@ -278,6 +279,11 @@ def translate(
     else:
         error.__suppress_context__ = True
     return error
+
+
+def error_class(mapped: Mapped) -> type[EventBusError]:
+    """The eventbus error class of a mapping's value (a class, or a class and a hint)."""
+    return mapped[0] if isinstance(mapped, tuple) else mapped
 
 
 def _choose(exc: Exception, mapping: ExceptionMap | Classifier) -> Mapped | None:

@@ -25,7 +25,14 @@ from aiokafka.errors import MessageSizeTooLargeError, UnknownTopicOrPartitionErr
 from aiokafka.structs import OffsetAndMetadata, TopicPartition
 
 from eventbus.adapter import Capabilities, HealthReport, ReadRecord, SubscribeOptions, Subscription
-from eventbus.adapters_util import ConfiguredAdapter, Mapped, map_exceptions, tls_context, translate
+from eventbus.adapters_util import (
+    ConfiguredAdapter,
+    Mapped,
+    error_class,
+    map_exceptions,
+    tls_context,
+    translate,
+)
 from eventbus.envelope import Envelope
 from eventbus.errors import (
     BatchPublishError,
@@ -217,8 +224,7 @@ class KafkaAdapter(ProducerConnection, ConfiguredAdapter[KafkaSettings, AIOKafka
         for a producer given to the adapter, whose refused state is for good)."""
         if not isinstance(exc, Exception):
             return False  # a send cut short (cancelled): not confirmed, not retried here
-        mapped = self._classify(exc)
-        return (mapped[0] if isinstance(mapped, tuple) else mapped) is BrokerConnectionError
+        return error_class(self._classify(exc)) is BrokerConnectionError
 
     def _failure(
         self, topic: str, envelope: Envelope | None, exc: BaseException, what: str = ""
