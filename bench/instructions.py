@@ -5,6 +5,7 @@
     python bench/instructions.py --events 4000                 # publish_many, every case
     python bench/instructions.py --single --events 2000 --case off --case "tracing 1%"
     python bench/instructions.py --single --events 2000 --freeze-gc
+    python bench/instructions.py --freeze-gc --case off --case idempotency
 
 CPU time on a shared machine swings with what else runs (the same case gave 11 and
 15 us per event minutes apart); the number of instructions the process executes
@@ -38,13 +39,26 @@ from pathlib import Path
 import bench_observability as bench
 import runner
 
+from eventbus import EventBus, MemoryIdempotencyStore
+
 HERE = Path(__file__).resolve()
 DEFAULT_CASES = ["off", "metrics", "tracing, no SDK", "tracing 1%", "metrics + tracing 1%"]
 
 
+def _idempotent(bus: EventBus) -> EventBus:
+    """The default chain with idempotency over the memory store (issue 24's case)."""
+    bus.idempotency = MemoryIdempotencyStore()
+    return bus
+
+
+def cases() -> dict[str, bench.Instrument]:
+    """``bench_observability.py``'s cases, and ``idempotency`` (no observer)."""
+    return {**bench.cases(), "idempotency": _idempotent}
+
+
 def count(args: argparse.Namespace) -> None:
     """Under valgrind: each case's warm-up, then its timed run inside ``sys.call_tracing``."""
-    made = bench.cases()
+    made = cases()
     events = runner.make_events(args.events)
     for name in args.cases:
         make = made[name]
@@ -72,9 +86,9 @@ def main() -> int:
     parser.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.cases = args.cases or DEFAULT_CASES
-    unknown = set(args.cases) - set(bench.cases())
+    unknown = set(args.cases) - set(cases())
     if unknown:
-        parser.error(f"unknown case(s) {sorted(unknown)}; cases: {', '.join(bench.cases())}")
+        parser.error(f"unknown case(s) {sorted(unknown)}; cases: {', '.join(cases())}")
     if args.inside:
         count(args)
         return 0
