@@ -29,7 +29,8 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from . import containers, kafka_dist
+from . import containers, versions
+from .versions import PACKAGE_VERSIONS
 from .cluster_kafka import KafkaCluster, kafka_url
 from .cluster_rabbitmq import RabbitMQCluster, rabbitmq_url
 from .clusters import MEMBERS, Cluster, NatsCluster, RedisSentinelCluster, nats_url, redis_url
@@ -43,14 +44,12 @@ UP_TIMEOUT = 900.0  # the first run pulls the images
 READY_TIMEOUT = {"kafka": 120.0, "rabbitmq": 120.0, "nats": 60.0, "redis": 60.0}
 LOG_LINES = 40
 
-# Debian 12's packages, which .ci/start-brokers installs and the process path runs
-# (:func:`installed_version` reads what a machine has).
-PACKAGE_VERSIONS = {"nats": "2.9.10", "rabbitmq": "3.10.8", "redis": "7.0.15"}
+# The process path's versions (:func:`installed_version` reads what a machine has).
 IMAGES = {
-    "kafka": f"apache/kafka:{kafka_dist.KAFKA_VERSION}",
-    "rabbitmq": f"rabbitmq:{PACKAGE_VERSIONS['rabbitmq']}",
-    "nats": f"nats:{PACKAGE_VERSIONS['nats']}-alpine",  # a shell for the healthcheck
-    "redis": f"redis:{PACKAGE_VERSIONS['redis']}",
+    "kafka": versions.KAFKA_IMAGE,
+    "rabbitmq": versions.RABBITMQ_IMAGE,
+    "nats": versions.NATS_IMAGE,
+    "redis": versions.REDIS_IMAGE,
 }
 
 # The host ports of the members (each one also the port inside, except RabbitMQ's).

@@ -14,19 +14,21 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from . import versions
 from .probes import describe, wait_ready
 from .processes import free_port
 
 ENGINE_TIMEOUT = 3.0
 READY_TIMEOUT = 120.0
 
+# The versions the process path runs (docker-compose.yml's single brokers, the same).
 IMAGES = {
-    "kafka": "apache/kafka:4.1.1",
-    "rabbitmq": "rabbitmq:3.13-management",
-    "redis": "redis:7",
-    "nats": "nats:2.10",
-    "sqs": "localstack/localstack:3.8",
-    "elasticmq": "softwaremill/elasticmq-native:1.6.11",
+    "kafka": versions.KAFKA_IMAGE,
+    "rabbitmq": f"{versions.RABBITMQ_IMAGE}-management",
+    "redis": versions.REDIS_IMAGE,
+    "nats": versions.NATS_IMAGE,
+    "sqs": versions.LOCALSTACK_IMAGE,
+    "elasticmq": versions.ELASTICMQ_IMAGE,
 }
 PORTS = {
     "kafka": 9092,
