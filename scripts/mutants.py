@@ -83,24 +83,19 @@ def ack_before_handling() -> None:
 
 
 def dead_letter_duplicates() -> None:
-    """A duplicate of an event already handled raises instead of being skipped."""
-    from eventbus.middleware.idempotency import Idempotency
+    """A duplicate of an event already handled raises instead of being skipped (in the
+    step both of idempotency's paths share: the composed ``__call__`` and the plain
+    calls the runner makes over the memory store)."""
+    from eventbus.middleware.idempotency import Claim, Idempotency
 
-    original = Idempotency.__call__
+    original = Idempotency._owner
 
-    async def __call__(self: Any, ctx: Any, call_next: Any) -> None:
-        ran = False
-
-        async def tracked(inner: Any) -> None:
-            nonlocal ran
-            ran = True
-            await call_next(inner)
-
-        await original(self, ctx, tracked)
-        if not ran:
+    def _owner(self: Any, ctx: Any, claim: Any) -> Any:
+        if claim.status is Claim.DONE:
             raise RuntimeError("mutant: a duplicate of a handled event is an error")
+        return original(self, ctx, claim)
 
-    Idempotency.__call__ = __call__  # type: ignore[method-assign]
+    Idempotency._owner = _owner  # type: ignore[method-assign]
 
 
 def drop_release_on_failure() -> None:

@@ -30,7 +30,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from . import containers, versions
-from .versions import PACKAGE_VERSIONS
 from .cluster_kafka import KafkaCluster, kafka_url
 from .cluster_rabbitmq import RabbitMQCluster, rabbitmq_url
 from .clusters import MEMBERS, Cluster, NatsCluster, RedisSentinelCluster, nats_url, redis_url

@@ -26,7 +26,7 @@ from eventbus.context import Context
 from eventbus.deadletters import dlq_topic
 from eventbus.envelope import Envelope
 from eventbus.events import Message
-from eventbus.middleware.base import Next, RedeliveryRequested
+from eventbus.middleware.base import Observer, RedeliveryRequested
 from eventbus.middleware.retry import RetryPolicy
 from eventbus.testing.collector import DEFAULT_WAIT, PATIENCE, Collector
 from eventbus.testing.conformance._events import Ping, on_topic
@@ -63,26 +63,25 @@ class Seen:
     outcome: str
 
 
-class Recorder:
+class Recorder(Observer):
     """Bus-wide middleware that records every delivery entering the chain and how it left.
 
     It sits outside dead-letter, idempotency and retry, so it sees duplicates that
     are skipped and messages that are dead-lettered (outcome ``"ok"``: settled by ack)
-    as well as redelivery requests (outcome ``"redeliver"``).
+    as well as redelivery requests (outcome ``"redeliver"``). It only watches (an
+    :class:`~eventbus.middleware.base.Observer`), so the chain it watches runs as a
+    service's does: fused, idempotency over the memory store included.
     """
 
     def __init__(self) -> None:
         self.seen: Collector[Seen] = Collector("recorder")
 
-    async def __call__(self, ctx: Context, call_next: Next) -> None:
-        outcome = "ok"
-        try:
-            await call_next(ctx)
-        except BaseException as exc:
-            outcome = "redeliver" if isinstance(exc, RedeliveryRequested) else "error"
-            raise
-        finally:
-            self.seen.add(Seen(ctx.envelope.id, ctx.envelope.type, ctx.delivery.attempt, outcome))
+    def end(self, ctx: Context, mark: object, failure: BaseException | None) -> None:
+        if failure is None:
+            outcome = "ok"
+        else:
+            outcome = "redeliver" if isinstance(failure, RedeliveryRequested) else "error"
+        self.seen.add(Seen(ctx.envelope.id, ctx.envelope.type, ctx.delivery.attempt, outcome))
 
     def settled(self, event_id: str) -> int:
         """How many deliveries of ``event_id`` left the chain to be acked."""
