@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from integration_tests.harness import cluster_compose as compose
-from integration_tests.harness import cluster_kafka, clusters, kafka_dist
+from integration_tests.harness import cluster_kafka, clusters, kafka_dist, versions
 
 ROOT = Path(__file__).resolve().parents[1]
 FILE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
@@ -170,13 +170,13 @@ def test_redis_primary_replica_and_sentinels_match_the_process_path() -> None:
         ], service
 
 
-@pytest.mark.parametrize("broker", sorted(compose.PACKAGE_VERSIONS))
+@pytest.mark.parametrize("broker", sorted(versions.PACKAGE_VERSIONS))
 def test_the_pinned_versions_are_those_installed(broker: str) -> None:
     """The process path runs the machine's packages: the images name their versions."""
     installed = compose.installed_version(broker)
     if installed is None:
         pytest.skip(f"no {broker} package on this machine")
-    assert installed == compose.PACKAGE_VERSIONS[broker]
+    assert installed == versions.PACKAGE_VERSIONS[broker]
 
 
 def test_without_an_engine_the_container_only_way_says_why(monkeypatch: pytest.MonkeyPatch) -> None:
