@@ -13,7 +13,7 @@ import pytest
 from eventbus import MemoryIdempotencyStore
 from eventbus.context import Context
 from eventbus.envelope import Envelope
-from eventbus.middleware import Claim, Next
+from eventbus.middleware import Claim, Middleware, Next
 from tests.bus_support import run
 from tests.chain_support import BEHAVIOURS, Charge, outcome
 
@@ -74,6 +74,35 @@ async def _after(store: MemoryIdempotencyStore, key: str) -> Claim:
     return (await store.claim(key, lease=60)).status
 
 
+async def _both(
+    state: str,
+    name: str,
+    attempt: int,
+    *,
+    dead_letter: bool = True,
+    middleware: tuple[Middleware, ...] = (),
+) -> list[tuple[Any, ...]]:
+    """One delivery, guarded then composed, each on a store in ``state``: what it came
+    to (see :func:`tests.chain_support.outcome`) and what the next delivery finds."""
+    envelope = Envelope.create(type=Charge.event_type(), source="t", data=b'{"n": 1}')
+    key = f"{TOPIC_GROUP}:{envelope.id}"
+    outcomes = []
+    for composed in (False, True):
+        store = MemoryIdempotencyStore()
+        STATES[state](store, key)
+        came = await outcome(
+            BEHAVIOURS[name],
+            attempt,
+            composed=composed,
+            dead_letter=dead_letter,
+            envelope=envelope,
+            store=store,
+            middleware=middleware,
+        )
+        outcomes.append((*came, await _after(store, key)))
+    return outcomes
+
+
 @pytest.mark.parametrize("state", list(STATES))
 @pytest.mark.parametrize("name", list(BEHAVIOURS))
 @pytest.mark.parametrize("attempt", [1, 3, 4])
@@ -82,22 +111,8 @@ def test_the_guarded_path_settles_dead_letters_and_remembers_as_the_composed_cha
     state: str, name: str, attempt: int, dead_letter: bool
 ) -> None:
     async def scenario() -> None:
-        envelope = Envelope.create(type=Charge.event_type(), source="t", data=b'{"n": 1}')
-        key = f"{TOPIC_GROUP}:{envelope.id}"
-        outcomes = []
-        for composed in (False, True):
-            store = MemoryIdempotencyStore()
-            STATES[state](store, key)
-            came = await outcome(
-                BEHAVIOURS[name],
-                attempt,
-                composed=composed,
-                dead_letter=dead_letter,
-                envelope=envelope,
-                store=store,
-            )
-            outcomes.append((*came, await _after(store, key)))
-        assert outcomes[0] == outcomes[1]
+        guarded, composed = await _both(state, name, attempt, dead_letter=dead_letter)
+        assert guarded == composed
 
     run(scenario)
 
@@ -162,25 +177,10 @@ class Refuser:
 @pytest.mark.parametrize("attempt", [1, 3])
 def test_a_layer_outside_the_guard_refuses_before_it_claims(state: str, attempt: int) -> None:
     async def scenario() -> None:
-        envelope = Envelope.create(type=Charge.event_type(), source="t", data=b'{"n": 1}')
-        key = f"{TOPIC_GROUP}:{envelope.id}"
-        outcomes = []
-        for composed in (False, True):
-            store = MemoryIdempotencyStore()
-            STATES[state](store, key)
-            came = await outcome(
-                BEHAVIOURS["succeeds"],
-                attempt,
-                composed=composed,
-                dead_letter=True,
-                envelope=envelope,
-                store=store,
-                middleware=(Refuser(),),
-            )
-            outcomes.append((*came, await _after(store, key)))
-        assert outcomes[0] == outcomes[1]
+        guarded, composed = await _both(state, "succeeds", attempt, middleware=(Refuser(),))
+        assert guarded == composed
         if attempt == 3:  # refused outside the guard: never claimed, so still not done
-            assert outcomes[0][1] == [] and outcomes[0][3] is {"fresh": Claim.CLAIMED}.get(
+            assert guarded[1] == [] and guarded[3] is {"fresh": Claim.CLAIMED}.get(
                 state, Claim.DONE
             )
 
