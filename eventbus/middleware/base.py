@@ -35,8 +35,9 @@ changes nothing (it never imports the layer's class to find out):
   then composed as any layer's): ``enter(ctx)`` returns a token, or :data:`SKIP` for a
   message that must not run (it is acknowledged), or raises the failure the layers
   outside it get; ``leave(ctx, token)`` once the steps inside succeeded; ``abandon(
-  ctx, token)`` once a failure escaped them, before the layers outside recover. A
-  chain whose other layers act only on failure stays fused around one such layer.
+  ctx, token)`` once a failure escaped them, before the layers outside recover
+  (neither of the two may raise: they report their own failures). A chain whose
+  other layers act only on failure stays fused around one such layer.
 
 - ``observes = True``: the layer only watches the handling (a span, a timer) and
   never changes its outcome: it starts something in ``begin(ctx)`` and ends it in
