@@ -50,11 +50,12 @@ def count(case: str, events: int, chunk: int, single: bool) -> tuple[Any, Any]:
         return tracer
 
     timed = bench.one_run(ticks, make, chunk=chunk, single=single)
+    previous = sys.gettrace()  # a coverage run's tracer, say: put back after
     sys.settrace(tracer)
     try:
         asyncio.run(timed)
     finally:
-        sys.settrace(None)
+        sys.settrace(previous)
     return opcodes, calls
 
 
