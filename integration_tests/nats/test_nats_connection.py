@@ -8,8 +8,6 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Coroutine
-from typing import Any
 
 import pytest
 from eventbus_nats import NatsAdapter, NatsCoreAdapter
@@ -18,6 +16,7 @@ from eventbus import Event, EventBus
 from eventbus.errors import BrokerConnectionError
 from integration_tests import harness
 from integration_tests.harness import processes
+from integration_tests.nats.support import run, until
 
 pytestmark = [pytest.mark.broker("nats"), pytest.mark.timeout(120)]
 
@@ -26,10 +25,6 @@ TAG = uuid.uuid4().hex[:8]
 
 class Tick(Event, type=f"test.nats.conn.tick.{TAG}", topic=f"nats.conn.{TAG}"):
     n: int
-
-
-def run(scenario: Coroutine[Any, Any, None], timeout: float = 60.0) -> None:
-    asyncio.run(asyncio.wait_for(scenario, timeout))
 
 
 @pytest.mark.parametrize("scheme", ["nats", "nats+core"])
@@ -136,12 +131,13 @@ def test_half_open_connection_replaced_within_the_declared_bound(
                 bound = bus.adapter.capabilities.half_open_bound
                 assert bound == 6.0
                 await bus.publish(Beat(n=0))
-                await _until(lambda: got == [0], 10)
+                await until(lambda: got == [0], 10, "the first beat")
                 await proxy.freeze()
                 frozen = time.monotonic()
-                await _until(
+                await until(
                     lambda: any("lost its connection" in r.getMessage() for r in caplog.records),
                     bound + 3,
+                    "the lost connection to be logged",
                 )
                 noticed = time.monotonic() - frozen
                 assert noticed <= bound + 1.5, f"noticed after {noticed:.1f}s (bound {bound}s)"
@@ -158,15 +154,6 @@ def test_half_open_connection_replaced_within_the_declared_bound(
 
     with caplog.at_level(logging.INFO, logger="eventbus.nats"):
         run(scenario(), timeout=90)
-
-
-async def _until(predicate: Any, timeout: float) -> None:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while not predicate():
-        if loop.time() > end:
-            raise AssertionError(f"timed out after {timeout:.1f}s")
-        await asyncio.sleep(0.05)
 
 
 def test_a_late_pong_after_a_timed_out_health_check_keeps_the_connection_reading(
@@ -202,7 +189,7 @@ def test_a_late_pong_after_a_timed_out_health_check_keeps_the_connection_reading
                 await proxy.thaw()
                 await asyncio.sleep(0.5)  # the late PONG arrives
                 await pub.publish_many([Note(n=n) for n in range(5)])
-                await _until(lambda: len(got) == 5, 3)
+                await until(lambda: len(got) == 5, 3, "five notes")
                 assert (await sub.adapter.health()).ok
         finally:
             proxy.stop()
