@@ -65,7 +65,31 @@ async def fs_consumer(
 
     broker.subscriber(*args, **kwargs)(handle)
     await broker.start()
+    if peer.broker == "nats":
+        # nats-py queues the SUB and returns; on core NATS a message published before
+        # the server has it is dropped (no stream keeps it). A flush is a PING the
+        # server answers after every command before it, the SUB included.
+        await broker.connection.flush(5)
+    elif kwargs.get("channel"):
+        # redis-py sends SUBSCRIBE without reading its reply: wait until the server
+        # counts this subscriber on the channel (eventbus's own group is the other one).
+        await _until_subscribed(endpoint, kwargs["channel"], 2)
     return broker
+
+
+async def _until_subscribed(endpoint: harness.Endpoint, channel: str, count: int) -> None:
+    import redis.asyncio as aioredis
+
+    client = aioredis.Redis.from_url(endpoint.url)
+    try:
+        for _ in range(500):
+            [(_, subscribers)] = await client.pubsub_numsub(channel)
+            if subscribers >= count:
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError(f"FastStream's subscriber never reached channel {channel}")
+    finally:
+        await client.aclose()
 
 
 def _kafka(endpoint: harness.Endpoint) -> Any:
