@@ -218,6 +218,7 @@ def test_eventbus_binary_event_is_read_by_the_spec_and_the_sdk(
     async def scenario() -> None:
         nc = await nats.connect(f"nats://{address}")
         sub = await nc.subscribe(topic)
+        await nc.flush()  # the server has the SUB before anything is published
         bus = EventBus.from_url(f"{scheme}://{address}", source="interop")
         try:
             async with bus:
