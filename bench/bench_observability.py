@@ -15,8 +15,8 @@ instrumented with:
 
 - ``off``: nothing (``EventBus(url)``);
 - ``metrics``: ``Metrics(registry=<fresh prometheus registry>).instrument(bus)``;
-- ``tracing, no SDK``: ``Tracing(NoOpTracerProvider())``: tracing installed, nothing
-  configured to record;
+- ``tracing, no SDK``: ``Tracing()`` with OpenTelemetry's global provider never set
+  (nothing configured to record): tracing installed, waiting for a provider;
 - ``tracing 1%``: the SDK with ``ParentBased(TraceIdRatioBased(0.01))`` and a
   ``BatchSpanProcessor`` to an exporter that drops the spans (a production set-up
   without the network);
@@ -61,7 +61,6 @@ Instrument = Callable[[EventBus], EventBus]
 
 def cases() -> dict[str, Instrument]:
     """Every case by name: how it instruments a bus (imports only when asked)."""
-    from opentelemetry import trace
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
     from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
@@ -87,7 +86,7 @@ def cases() -> dict[str, Instrument]:
     return {
         "off": lambda bus: bus,
         "metrics": metrics,
-        "tracing, no SDK": Tracing(trace.NoOpTracerProvider()).instrument,
+        "tracing, no SDK": Tracing().instrument,  # the global provider, never set here
         "tracing 1%": Tracing(one_percent).instrument,
         "tracing 100%": Tracing(sampled).instrument,
         "metrics + tracing 1%": lambda bus: metrics(Tracing(one_percent).instrument(bus)),

@@ -30,7 +30,7 @@ from eventbus.errors import (
     mask_url,
 )
 from eventbus.events import Command, Message, Registry, registry
-from eventbus.middleware.base import Middleware, PublishMiddleware, compose_publish
+from eventbus.middleware.base import Middleware, PublishMiddleware, PublishObserver, compose_publish
 from eventbus.middleware.chain import ChainDefaults, build_chain, check_middleware
 from eventbus.middleware.idempotency import Idempotency, IdempotencyStore
 from eventbus.middleware.retry import RetryPolicy
@@ -512,8 +512,25 @@ class EventBus:
         layers = self.publish_middleware
         if not layers:
             await to_broker(topic, list(envelopes))
-        else:  # the outermost layer called directly: no step of its own per publish
-            await layers[0](topic, list(envelopes), compose_publish(layers[1:], to_broker))
+            return sent
+        first = layers[0]
+        if not isinstance(first, PublishObserver):
+            # the outermost layer called directly: no step of its own per publish
+            inner = to_broker if len(layers) == 1 else compose_publish(layers[1:], to_broker)
+            await first(topic, list(envelopes), inner)
+            return sent
+        # An observer outermost (metrics): its before/after here, without its coroutine.
+        mark = first.before(topic, envelopes)
+        try:
+            if len(layers) == 1:
+                await to_broker(topic, list(envelopes))
+            else:
+                inner = to_broker if len(layers) == 2 else compose_publish(layers[2:], to_broker)
+                await layers[1](topic, list(envelopes), inner)
+        except BaseException as exc:
+            first.after(topic, envelopes, mark, exc)
+            raise
+        first.after(topic, envelopes, mark, None)
         return sent
 
     async def _close_at_loop_end(self) -> None:

@@ -58,7 +58,7 @@ from eventbus.context import NO_RESULT, Context
 from eventbus.envelope import Envelope
 from eventbus.events import Registry
 from eventbus.incidents import incidents, outcome
-from eventbus.middleware.base import Observer, PublishNext
+from eventbus.middleware.base import Observer, PublishObserver
 
 if TYPE_CHECKING:
     from eventbus.bus import EventBus
@@ -286,7 +286,7 @@ class Handled(Observer):
             flow.outcomes["error"] += 1
 
 
-class Published:
+class Published(PublishObserver):
     """The publishing side of :class:`Metrics` on one bus (publish middleware)."""
 
     def __init__(self, store: Store, registry: Registry) -> None:
@@ -297,16 +297,16 @@ class Published:
         # counted by _count: a known type to a topic whose label is settled.
         self._lone: dict[tuple[str, str], tuple[Histogram, tuple[str, str, str]]] = {}
 
-    async def __call__(
-        self, topic: str, envelopes: Sequence[Envelope], call_next: PublishNext
+    def before(self, topic: str, envelopes: Sequence[Envelope]) -> object:
+        return perf_counter()
+
+    def after(
+        self, topic: str, envelopes: Sequence[Envelope], mark: object, failure: BaseException | None
     ) -> None:
-        started = perf_counter()
-        try:
-            await call_next(topic, envelopes)
-        except BaseException:
-            self._count(topic, envelopes, "error", perf_counter() - started)
-            raise
-        elapsed = perf_counter() - started
+        elapsed = perf_counter() - mark  # type: ignore[operator]
+        if failure is not None:
+            self._count(topic, envelopes, "error", elapsed)
+            return
         if len(envelopes) == 1:  # _count(), a lone publish counted before, inlined
             found = self._lone.get((topic, envelopes[0].type))
             if found is not None and self.store.otel is None:

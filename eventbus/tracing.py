@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Awaitable, Collection, Sequence
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from typing import TYPE_CHECKING, Any
 
 try:
@@ -76,7 +76,7 @@ from eventbus.adapter import Delivery
 from eventbus.context import Context
 from eventbus.envelope import Envelope, _assemble
 from eventbus.incidents import dead_lettered, incidents, outcome
-from eventbus.middleware.base import Observer, PublishNext
+from eventbus.middleware.base import Observer, PublishNext, leading_publish_observers
 from eventbus.tracing_roots import _ROOT, _RootSampling
 from eventbus.tracing_roots import _HandedOver as _HandedOver  # where it was, for its tests
 
@@ -230,6 +230,13 @@ def _stamped(
 
 
 _new_span = object.__new__
+# The API's global tracer provider, None until one is set (a service configuring the
+# SDK sets it; one named by $OTEL_PYTHON_TRACER_PROVIDER is set by the first
+# get_tracer_provider(), which trace.get_tracer() in Tracing() makes): read per
+# message while nothing records, instead of asking get_tracer_provider(). Where a
+# version of the API has no such variable, getattr() answers the module: asked as ever.
+_GLOBAL = "_TRACER_PROVIDER"
+_Token = Token
 _OtelContext = otel_context.Context
 
 
@@ -259,12 +266,17 @@ class Tracing:
 
         Adds the consumer step first in ``bus.middleware`` (right after correlation, so
         its span covers retries and the dead letter) and the producer step first in
-        ``bus.publish_middleware`` (so an outbox stores envelopes with their context).
+        ``bus.publish_middleware`` (so an outbox stores envelopes with their context),
+        after any :class:`~eventbus.middleware.base.PublishObserver` leading it (metrics).
         """
+        if isinstance(self._provider, NoOpTracerProvider):
+            return bus  # a provider that never records: nothing to install, nothing to cost
         system = messaging_system(bus.adapter.url)
         bus.middleware.insert(0, ProcessSpans(self, system))
         send = SendSpans(self, system)
-        bus.publish_middleware.insert(0, send)
+        # First but for the observers there (metrics: they only watch, and outermost
+        # the bus runs them without a coroutine of theirs).
+        bus.publish_middleware.insert(leading_publish_observers(bus.publish_middleware), send)
         bus.trace_root = send.new_trace
         return bus
 
@@ -321,6 +333,9 @@ class ProcessSpans(Observer):
         self.tracing = tracing
         self.system = system
         self._bases: dict[tuple[str, str], dict[str, Any]] = {}
+        # The context variable, when an unsampled parent's context may be set on it
+        # directly (begin()'s short cut; its mark is then the variable's token alone).
+        self._quick = _CURRENT if tracing.respect_parent_sampling else None
 
     def _base(self, topic: str, group: str) -> dict[str, Any]:
         base = self._bases.get((topic, group))
@@ -336,37 +351,29 @@ class ProcessSpans(Observer):
 
     def begin(self, ctx: Context) -> object:
         tracing = self.tracing
-        if not (tracing._on or tracing.active()):
-            return None
+        if not (tracing._on or (getattr(trace, _GLOBAL, trace) is not None and tracing.active())):
+            return None  # no SDK set up: the API's global provider unset, not even asked
         envelope = ctx.envelope
         last = tracing._last  # read(), its common cases inlined: this runs per message
         traceparent, tracestate = envelope.traceparent, envelope.tracestate
         if traceparent != last[0] or tracestate != last[1]:
-            current = _CURRENT
-            if (
-                current is not None
-                and traceparent
-                and tracing.respect_parent_sampling
-                and _UNSAMPLED.fullmatch(traceparent)
-            ):
+            quick = self._quick
+            if quick is not None and traceparent and _UNSAMPLED.fullmatch(traceparent):
                 # Unsampled upstream (each message its own trace, as lone publishes give):
                 # no span, but what the handler calls stays in that trace, unsampled.
                 carried = _new_span(_Carried)  # as read() makes it, without its calls
                 carried.carried = (traceparent, tracestate)
                 parent_context = _OtelContext({_SPAN_KEY: carried})
                 tracing._last = (traceparent, tracestate, carried, parent_context, True)
-                return (None, current.set(parent_context))
+                return quick.set(parent_context)  # a token alone: see end()
             last = tracing.read(envelope)
         parent_context = last[3]
         if last[4] and tracing.respect_parent_sampling:
             # Unsampled upstream: no span, but what the handler calls stays unsampled.
-            current = _CURRENT  # _attach(), inlined
-            return (
-                None,
-                otel_context.attach(parent_context)
-                if current is None
-                else current.set(parent_context),
-            )
+            quick = self._quick
+            if quick is not None:
+                return quick.set(parent_context)
+            return (None, otel_context.attach(parent_context))
         span = self.tracing.tracer.start_span(
             f"process {ctx.topic}",
             context=parent_context,
@@ -391,6 +398,12 @@ class ProcessSpans(Observer):
 
     def end(self, ctx: Context, mark: object, failure: BaseException | None) -> None:
         if mark is None:
+            return
+        if type(mark) is _Token:  # begin()'s short cut: an unsampled parent's context
+            try:
+                self._quick.reset(mark)  # type: ignore[union-attr]
+            except Exception:  # used already, or from another context: as the API reports it
+                otel_context.detach(mark)
             return
         span: Span | None
         token: object
@@ -531,8 +544,12 @@ class SendSpans:
         sampler was asked about is handed to ``start_span``)."""
         tracing = self.tracing
         roots = tracing.roots
-        if roots is None or not (tracing._on or tracing.active()):
-            return None
+        if roots is None:  # set once a tracer that can record is known (_on)
+            if getattr(trace, _GLOBAL, trace) is None or not tracing.active():
+                return None  # no SDK set up (see ProcessSpans.begin)
+            if tracing.roots is None:
+                return None
+            roots = tracing.roots
         variable = _CURRENT
         span = trace.get_current_span() if variable is None else variable.get().get(_SPAN_KEY)
         if span is not None and isinstance(span, Span) and span.get_span_context().is_valid:
@@ -561,8 +578,15 @@ class SendSpans:
         """A plain call: where nothing is to be done (tracing off, or the envelopes built
         carrying a new trace the sampler dropped) it hands back ``call_next``'s own
         awaitable, without a coroutine of its own; else :meth:`_send`'s."""
+        if envelopes and envelopes[0].traceparent is self._fresh is not None:
+            # new_trace() wrote it (a dropped new trace): no span, outside any span.
+            variable = _CURRENT
+            if variable is not None and variable.get().get(_SPAN_KEY) is None:
+                return call_next(topic, envelopes)
         tracing = self.tracing
-        if not envelopes or not (tracing._on or tracing.active()):
+        if not envelopes or not (
+            tracing._on or (getattr(trace, _GLOBAL, trace) is not None and tracing.active())
+        ):
             return call_next(topic, envelopes)
         variable = _CURRENT  # trace.get_current_span(), inlined: this runs per publish
         current_span = (

@@ -46,6 +46,14 @@ class _RootSampling:
         self.bound = _ratio_bound(self.sampler)
         # The SDK's RandomIdGenerator is random.getrandbits behind a call: asked directly.
         self.random_bits = _random_bits(self.ids.inner)
+        # (the SDK tracer's config, the ratio bound, "-" + the flags) when a new trace
+        # is decided by exactly the SDK's config, ratio sampler and random ids: what
+        # quick() needs, else None (then dropped() decides every time).
+        self.quick: tuple[Any, int, str] | None = (
+            (self.configured, self.bound, f"-{self.flags}")
+            if self.configured is not None and self.bound is not None and self.random_bits
+            else None
+        )
 
     @classmethod
     def of(cls, tracer: object) -> _RootSampling | None:
@@ -63,6 +71,31 @@ class _RootSampling:
         """A new trace's ``(traceparent, tracestate)`` when the sampler drops the span
         ``send <topic>`` (with the ``attributes`` of the topic); ``None`` when it records
         it (or the tracer is disabled): then ``start_span`` runs next."""
+        quick = self.quick
+        if quick is not None and self.ids.handed is None:
+            config, bound, flags = quick
+            if config._tracer_config.is_enabled:
+                # Both ids in one draw: the SDK's generator asks getrandbits(128), then
+                # (64) for the span, and Mersenne Twister gives (192) as those two
+                # draws' words in the same order: the trace id is the low 128 bits (a
+                # recorded trace's span id is handed to start_span with it).
+                bits = _getrandbits(192)
+                trace_id = bits & _LOW_128
+                span_id = bits >> 128
+                if trace_id and span_id:  # else (2**-64) decided again, drawn again
+                    if trace_id & _LOW_64 < bound:  # recorded: start_span's two ids
+                        self.ids.hand(trace_id, span_id)
+                        return None
+                    ids = bits.to_bytes(24, "big").hex()  # the span id's hex first
+                    return (f"00-{ids[16:]}-{ids[:16]}{flags}", None)
+        return self._decided(topic, attributes)
+
+    def _decided(
+        self, topic: str, attributes: Callable[[str], dict[str, Any]]
+    ) -> tuple[str, str | None] | None:
+        """A new trace's ``(traceparent, tracestate)`` when the sampler drops the span
+        ``send <topic>`` (with the ``attributes`` of the topic); ``None`` when it records
+        it (or the tracer is disabled), without :attr:`quick`'s short cut."""
         configured = self.configured
         if configured is not None:
             if not configured._tracer_config.is_enabled:
@@ -89,7 +122,7 @@ class _RootSampling:
                     f"{span_id.to_bytes(8, 'big').hex()}-{self.flags}"
                 )
                 return (traceparent, None)
-            return self.dropped(topic, attributes)
+            return self._decided(topic, attributes)
         trace_id = ids.inner.generate_trace_id()
         result = self.sampler.should_sample(
             _ROOT, trace_id, f"send {topic}", SpanKind.PRODUCER, attributes(topic)
@@ -105,6 +138,8 @@ class _RootSampling:
 
 
 _LOW_64 = (1 << 64) - 1
+_LOW_128 = (1 << 128) - 1
+_getrandbits = random.getrandbits
 
 
 def _reads_config(tracer: object) -> bool:
@@ -153,23 +188,31 @@ def _random_bits(ids: object) -> Callable[[int], int] | None:
 class _HandedOver:
     """An id generator giving the trace id handed to it once, to the thread that
     handed it (another thread starting a span on the same tracer meanwhile gets a
-    fresh one), else its inner one's."""
+    fresh one), else its inner one's; and the span id handed with it, to the next
+    span id asked for by that thread once the trace id was taken."""
 
     def __init__(self, inner: Any) -> None:
         self.inner = inner
-        self.handed: tuple[int, int] | None = None  # (thread, trace id)
+        self.handed: tuple[int, int, int | None] | None = None  # (thread, trace id, span id)
+        self.span: tuple[int, int] | None = None  # (thread, span id), the trace id taken
 
-    def hand(self, trace_id: int) -> None:
-        self.handed = (get_ident(), trace_id)
+    def hand(self, trace_id: int, span_id: int | None = None) -> None:
+        self.handed = (get_ident(), trace_id, span_id)
 
     def generate_trace_id(self) -> int:
         handed = self.handed
         if handed is not None and handed[0] == get_ident():
             self.handed = None
+            if handed[2] is not None:
+                self.span = (handed[0], handed[2])
             return handed[1]
         return int(self.inner.generate_trace_id())
 
     def generate_span_id(self) -> int:
+        span = self.span
+        if span is not None and span[0] == get_ident():
+            self.span = None
+            return span[1]
         return int(self.inner.generate_span_id())
 
     def is_trace_id_random(self) -> bool:

@@ -233,14 +233,15 @@ def test_the_sdk_random_ids_are_drawn_as_its_generator_draws_them() -> None:
     got, handed = [], []
     for _ in range(200):
         got.append(roots.dropped("t", lambda topic: {}))
-        if got[-1] is None:  # recorded: start_span takes the trace id handed to it
-            handed.append(roots.ids.generate_trace_id())
+        if got[-1] is None:  # recorded: start_span takes the two ids handed to it
+            handed.append((roots.ids.generate_trace_id(), roots.ids.generate_span_id()))
     random.seed(22)
     ids = RandomIdGenerator()
     for answer in got:
         trace_id = ids.generate_trace_id()
         if sampler.should_sample(OtelContext(), trace_id, "send t").decision.is_sampled():
-            assert answer is None and handed.pop(0) == trace_id
+            # start_span draws the span's id right after the trace's
+            assert answer is None and handed.pop(0) == (trace_id, ids.generate_span_id())
         else:
             assert answer == (f"00-{trace_id:032x}-{ids.generate_span_id():016x}-02", None)
     assert not handed and {answer is None for answer in got} == {True, False}

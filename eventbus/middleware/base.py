@@ -165,6 +165,49 @@ class Observer:
         self.end(ctx, mark, None)
 
 
+class PublishObserver:
+    """Base of a publish middleware layer that watches publishing without changing it
+    (metrics): subclasses implement :meth:`before` and :meth:`after`.
+
+    As the outermost layer of ``bus.publish_middleware`` the bus calls them around the
+    rest of the publish itself, in its own coroutine (none of the layer's per publish);
+    elsewhere its ``__call__`` does the same. Neither is expected to raise: what they
+    raise fails the publish, as any middleware's error does.
+    """
+
+    def before(self, topic: str, envelopes: Sequence[Envelope]) -> object:
+        """A publish of ``envelopes`` to ``topic`` starts; returns a mark for :meth:`after`."""
+        return None
+
+    def after(
+        self, topic: str, envelopes: Sequence[Envelope], mark: object, failure: BaseException | None
+    ) -> None:
+        """The publish ended: ``failure`` is what the layers inside raised (``None``:
+        the broker confirmed it, or a layer inside kept it, as an outbox does)."""
+
+    async def __call__(
+        self, topic: str, envelopes: Sequence[Envelope], call_next: PublishNext
+    ) -> None:
+        mark = self.before(topic, envelopes)
+        try:
+            await call_next(topic, envelopes)
+        except BaseException as exc:
+            self.after(topic, envelopes, mark, exc)
+            raise
+        self.after(topic, envelopes, mark, None)
+
+
+def leading_publish_observers(middleware: Sequence[PublishMiddleware]) -> int:
+    """How many of the first layers of ``middleware`` are :class:`PublishObserver`: a
+    layer that changes what is published (tracing's) goes in after them."""
+    count = 0
+    for layer in middleware:
+        if not isinstance(layer, PublishObserver):
+            break
+        count += 1
+    return count
+
+
 def _declared(layer: object, name: str) -> bool:
     """Whether the class of ``layer`` that defines ``__call__`` declares ``name = True``
     (a plain function declares nothing)."""

@@ -1,0 +1,135 @@
+"""PublishObserver: a publish layer that only watches. Outermost, the bus calls its
+``before``/``after`` itself; anywhere else its ``__call__`` does the same. Either way
+it sees every publish once, in order around the layers inside it, with the failure
+they raised; and tracing's producer step goes in after the observers leading the list."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+
+from eventbus import Envelope, Event, EventBus, PublishError
+from eventbus.middleware.base import PublishObserver, leading_publish_observers
+from tests.bus_support import memory_url, run
+
+
+class Pinged(Event, type="test.publish-observer.pinged", topic="test-publish-observer"):
+    n: int
+
+
+class Watch(PublishObserver):
+    def __init__(self, name: str, calls: list[str]) -> None:
+        self.name = name
+        self.calls = calls
+
+    def before(self, topic: str, envelopes: Sequence[Envelope]) -> object:
+        self.calls.append(f"{self.name} before {len(envelopes)}")
+        return f"mark-{self.name}"
+
+    def after(self, topic: str, envelopes: Sequence[Envelope], mark: object, failure: Any) -> None:
+        ended = "ok" if failure is None else type(failure).__name__
+        self.calls.append(f"{self.name} after {mark} {ended}")
+
+
+def layer(name: str, calls: list[str], fail: bool = False) -> Any:
+    async def step(topic: str, envelopes: Sequence[Envelope], call_next: Any) -> None:
+        calls.append(f"{name} in")
+        if fail:
+            raise PublishError(f"{name} refused")
+        await call_next(topic, envelopes)
+        calls.append(f"{name} out")
+
+    return step
+
+
+@pytest.mark.parametrize("inner", [0, 1, 2])
+def test_an_outermost_observer_sees_each_publish_around_the_layers_inside(inner: int) -> None:
+    async def scenario() -> None:
+        calls: list[str] = []
+        layers = [layer(f"l{i}", calls) for i in range(inner)]
+        bus = EventBus(memory_url(), publish_middleware=[Watch("w", calls), *layers])
+        async with bus:
+            await bus.publish(Pinged(n=1))
+            await bus.publish_many([Pinged(n=2), Pinged(n=3)])
+        one = [f"l{i} in" for i in range(inner)] + [f"l{i} out" for i in reversed(range(inner))]
+        assert calls == [
+            "w before 1",
+            *one,
+            "w after mark-w ok",
+            "w before 2",
+            *one,
+            "w after mark-w ok",
+        ]
+
+    run(scenario)
+
+
+def test_an_observer_inside_another_layer_runs_through_its_call() -> None:
+    async def scenario() -> None:
+        calls: list[str] = []
+        bus = EventBus(
+            memory_url(),
+            publish_middleware=[layer("outer", calls), Watch("w", calls), layer("inner", calls)],
+        )
+        async with bus:
+            await bus.publish(Pinged(n=1))
+        assert calls == [
+            "outer in",
+            "w before 1",
+            "inner in",
+            "inner out",
+            "w after mark-w ok",
+            "outer out",
+        ]
+
+    run(scenario)
+
+
+@pytest.mark.parametrize("outermost", [True, False])
+def test_an_observer_sees_what_the_layers_inside_raised_and_the_publish_fails(
+    outermost: bool,
+) -> None:
+    async def scenario() -> None:
+        calls: list[str] = []
+        watch = Watch("w", calls)
+        refuse = layer("refuse", calls, fail=True)
+        layers = [watch, refuse] if outermost else [layer("outer", calls), watch, refuse]
+        bus = EventBus(memory_url(), publish_middleware=layers)
+        async with bus:
+            with pytest.raises(PublishError, match="refuse refused"):
+                await bus.publish(Pinged(n=1))
+        assert calls[-2:] == ["refuse in", "w after mark-w PublishError"]
+
+    run(scenario)
+
+
+def test_tracing_goes_in_after_the_observers_leading_the_publish_layers() -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+    from prometheus_client import CollectorRegistry
+
+    from eventbus.metrics import Metrics, Published
+    from eventbus.tracing import SendSpans, Tracing
+
+    for order in ("metrics first", "tracing first"):
+        bus = EventBus(memory_url(), publish_middleware=[layer("user", [])])
+        metrics, tracing = Metrics(registry=CollectorRegistry()), Tracing(TracerProvider())
+        if order == "metrics first":
+            tracing.instrument(metrics.instrument(bus))
+        else:
+            metrics.instrument(tracing.instrument(bus))
+        kinds = [type(step) for step in bus.publish_middleware]
+        assert kinds[:2] == [Published, SendSpans], order
+        assert leading_publish_observers(bus.publish_middleware) == 1
+
+
+def test_a_tracing_that_never_records_installs_nothing() -> None:
+    from opentelemetry.trace import NoOpTracerProvider
+
+    from eventbus.tracing import Tracing
+
+    bus = EventBus(memory_url())
+    chain, publishing = list(bus.middleware), list(bus.publish_middleware)
+    assert Tracing(NoOpTracerProvider()).instrument(bus) is bus
+    assert (bus.middleware, bus.publish_middleware, bus.trace_root) == (chain, publishing, None)
