@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 
@@ -50,3 +51,33 @@ async def stop_task(
     if not task.cancelled():
         task.exception()  # retrieved: it was reported where it happened
     return True
+
+
+CLOSE_GRACE = 3.0
+"""Seconds a subscription's background tasks have to end once cancelled at close."""
+
+
+async def stop_tasks(
+    tasks: Sequence[asyncio.Future[Any] | None],
+    *,
+    what: str,
+    log: logging.Logger,
+    timeout: float | None = None,
+) -> None:
+    """:func:`stop_task` for each of ``tasks`` at once, each named in the warning by its
+    task name: an adapter's close, so that one task held inside a broker client past
+    its cancellation is left behind, said so, and does not use up the close's time
+    (its commit or hand-back of what was fetched comes next). ``timeout`` defaults to
+    :data:`CLOSE_GRACE`, read when called."""
+    bound = CLOSE_GRACE if timeout is None else timeout
+    await asyncio.gather(
+        *(
+            stop_task(task, timeout=bound, what=f"{what}: {_name(task)}", log=log)
+            for task in tasks
+            if task is not None
+        )
+    )
+
+
+def _name(task: asyncio.Future[Any]) -> str:
+    return task.get_name() if isinstance(task, asyncio.Task) else repr(task)

@@ -8,6 +8,7 @@ back, the group's committed position moves on, shutdown finishes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import Any
@@ -431,3 +432,77 @@ def test_a_retry_record_over_the_size_limit_is_not_sent_but_redelivered(
 
     caplog.set_level(logging.WARNING, "eventbus.kafka")
     run(scenario)
+
+
+def test_a_task_held_past_its_cancellation_does_not_hold_the_bus_stop(
+    kafka_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A subscription's background task that does not end once cancelled (held inside
+    the Kafka client: a CI run on Tansu spent the test's whole 10 s close there) is
+    named in a warning after the grace and left behind; the bus's stop goes on to the
+    final commit, so what the handler acknowledged is not handled again."""
+    from eventbus import Event, EventBus, tasks
+    from eventbus.testing.conformance import on_topic
+
+    class Pinged(Event, type="test.kafka.held-task", topic="unused"):
+        n: int
+
+    monkeypatch.setattr(tasks, "CLOSE_GRACE", 0.3)
+    topic, group = unique("heldtask"), unique("g")
+    event_cls = on_topic(Pinged, topic)
+    url = with_options(kafka_url, partitions=1)
+
+    async def held() -> None:
+        # What a client swallowing the cancellation does: held on, until cancelled again.
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(30)
+        await asyncio.sleep(30)
+
+    async def scenario() -> None:
+        seen: list[int] = []
+        bus = EventBus(url, source="t", shutdown_timeout=5)
+
+        @bus.subscribe(event_cls, group=group)
+        async def handle(event: Pinged) -> None:
+            seen.append(event.n)
+
+        await bus.start()
+        await bus.publish(event_cls(n=1))
+        for _ in range(300):
+            if seen:
+                break
+            await asyncio.sleep(0.05)
+        assert seen == [1]
+        [subscription] = [
+            s
+            for s in bus.adapter._subscriptions
+            if s.topic == topic  # type: ignore[attr-defined]
+        ]
+        stuck = asyncio.create_task(held(), name="stuck-in-the-client")
+        subscription._watcher.cancel()
+        subscription._watcher = stuck
+        started = time.monotonic()
+        await asyncio.wait_for(bus.stop(), 10)
+        took = time.monotonic() - started
+        assert took < 8, took
+        stuck.cancel()
+
+        again: list[int] = []
+        second = EventBus(url, source="t")
+
+        @second.subscribe(event_cls, group=group)
+        async def handle_again(event: Pinged) -> None:
+            again.append(event.n)
+
+        async with second:
+            await second.publish(event_cls(n=2))
+            for _ in range(300):
+                if again:
+                    break
+                await asyncio.sleep(0.05)
+        assert again == [2], "the final commit was skipped: the acknowledged event came back"
+
+    caplog.set_level(logging.WARNING, "eventbus.kafka")
+    run(scenario)
+    warned = [r.getMessage() for r in caplog.records if "stuck-in-the-client" in r.getMessage()]
+    assert len(warned) == 1 and "still finishing a call 0.3s after stop()" in warned[0], warned

@@ -43,6 +43,7 @@ from aiokafka.structs import OffsetAndMetadata
 from eventbus.adapter import Delivery, SubscribeOptions, Subscription
 from eventbus.adapters_util import ExceptionMap, map_exceptions, pick_tier
 from eventbus.errors import BrokerConnectionError, ConnectionLostError
+from eventbus.tasks import stop_tasks
 
 from .codec import NOT_BEFORE_HEADER, decode
 from .delivery import KafkaDelivery, best_effort
@@ -154,7 +155,9 @@ class KafkaSubscription(PollKeeper, RunCounter, TopicWatch, Subscription):
         """Join the group; return once the first assignment's start offsets are pinned."""
         masked = self.adapter.settings.masked_url
         self.consumer.subscribe([self.topic, *self.retry_tiers], listener=Listener(self.rebalance))
-        self._housekeeper = asyncio.create_task(self._housekeeping())
+        self._housekeeper = asyncio.create_task(
+            self._housekeeping(), name=f"eventbus-kafka-housekeeper[{self.topic}]"
+        )
         failures: ExceptionMap = {
             TimeoutError: (BrokerConnectionError, f"no partition assignment within {timeout:.0f}s"),
             (KafkaError, OSError): BrokerConnectionError,
@@ -172,9 +175,12 @@ class KafkaSubscription(PollKeeper, RunCounter, TopicWatch, Subscription):
                 await asyncio.wait_for(self.consumer.start(), timeout)
                 await asyncio.wait_for(self.rebalance.assigned.wait(), timeout)
             self._keeper = asyncio.create_task(
-                self._keep_membership(keeper_tick(self.adapter.settings.max_poll_interval))
+                self._keep_membership(keeper_tick(self.adapter.settings.max_poll_interval)),
+                name=f"eventbus-kafka-keeper[{self.topic}]",
             )
-            self._watcher = asyncio.create_task(self._watch_topic())
+            self._watcher = asyncio.create_task(
+                self._watch_topic(), name=f"eventbus-kafka-topic-watch[{self.topic}]"
+            )
         except Exception:
             await self.close()
             raise
@@ -193,10 +199,8 @@ class KafkaSubscription(PollKeeper, RunCounter, TopicWatch, Subscription):
         what = f"closing the consumer of {self.topic!r} (group {self.options.group!r})"
         cancelled = False
         tasks = [t for t in (self._housekeeper, self._keeper, self._watcher) if t is not None]
-        for task in tasks:
-            task.cancel()
         if tasks:
-            cancelled |= await best_effort(what, asyncio.gather(*tasks, return_exceptions=True))
+            cancelled |= await best_effort(what, stop_tasks(tasks, what=what, log=log))
         cancelled |= await best_effort(
             f"{what}: final commit", asyncio.wait_for(self.commit(final=True), COMMIT_TIMEOUT)
         )

@@ -43,6 +43,7 @@ from nats.aio.subscription import Subscription as NatsSub
 from eventbus.adapter import Delivery, SubscribeOptions, Subscription
 from eventbus.errors import ConnectionLostError
 from eventbus.given_back import given_back
+from eventbus.tasks import stop_tasks
 
 from .codec import decode
 from .group_route import carry_left_over, carry_over, delivered_before
@@ -379,10 +380,8 @@ class JetStreamSubscription(Subscription):
             self._answered.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._answered.wait(), 0.05)
-        tasks = [*self._tasks, *(t for t in (self._looking, self._carrier) if t is not None)]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        tasks = [*self._tasks, self._looking, self._carrier]
+        await stop_tasks(tasks, what=f"closing the subscription to {self.topic!r}", log=log)
         if self._inbox_sub is not None:
             with contextlib.suppress(Exception):
                 await self._inbox_sub.unsubscribe()

@@ -41,6 +41,7 @@ from redis.exceptions import ResponseError
 
 from eventbus.adapter import Delivery, SubscribeOptions, Subscription
 from eventbus.adapters_util import map_exceptions
+from eventbus.tasks import stop_tasks
 
 from .attempts import Attempts
 from .codec import decode_fields
@@ -205,9 +206,7 @@ class StreamSubscription(Subscription):
             return
         self._closed = True
         self._changed.set()
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await stop_tasks(self._tasks, what=f"closing the subscription to {self.topic!r}", log=log)
         if self._ack_task is not None:
             try:
                 await asyncio.wait_for(asyncio.shield(self._ack_task), 5.0)
