@@ -24,10 +24,15 @@ from typing import Any
 import nats
 import pytest
 from eventbus_nats import NatsAdapter
+from eventbus_nats.consumer import JetStreamSubscription
+from eventbus_nats.wire import ack_facts
 from nats.js import JetStreamContext
 
+from eventbus import Context, Event, EventBus
 from eventbus.adapter import Delivery, SubscribeOptions
+from eventbus.backoff import Backoff
 from eventbus.envelope import Envelope
+from eventbus.middleware.retry import RetryPolicy
 from integration_tests import harness
 from integration_tests.nats.support import next_delivery, run, until
 
@@ -207,3 +212,106 @@ def test_close_ends_in_bounded_time_holding_a_last_delivery_it_cannot_carry_over
             run(scenario())
     finally:
         proxy.stop()
+
+
+def test_a_last_delivery_still_queued_in_the_client_at_close_is_carried_over(
+    nats_endpoint: harness.Endpoint, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The last delivery reaches nats-py's queue for the member's inbox, but is not read
+    yet when ``close()`` stops waiting for its pull request (its reading held 2s here,
+    past ``fetch_timeout`` + 0.25s, as a busy event loop would hold it): ``close()``
+    drains the inbox, so the message is read and carried over, not dropped with the
+    subscription (``unsubscribe()`` discards what the client queues)."""
+    address = f"nats://{nats_endpoint.host}:{nats_endpoint.port}"
+    url = f"{address}?{options(fetch_timeout=1)}"
+    topic = f"nats-closecarry-{uuid.uuid4().hex[:8]}"
+    read = JetStreamSubscription._on_msg
+    held: list[float] = []
+
+    async def slow_to_read_the_last(self: JetStreamSubscription, msg: Any) -> None:
+        if (msg.reply or "").startswith("$JS.ACK.") and ack_facts(msg)[0] >= 2:
+            held.append(time.monotonic())
+            await asyncio.sleep(2.0)
+        await read(self, msg)
+
+    monkeypatch.setattr(JetStreamSubscription, "_on_msg", slow_to_read_the_last)
+
+    async def scenario() -> None:
+        async with jetstream(url):
+            adapter = NatsAdapter(url)
+            await adapter.connect()
+            subscription: Any = await adapter.subscribe(
+                topic, SubscribeOptions(group=GROUP, prefetch=1)
+            )
+            member = subscription.main
+            sent = Envelope.create(type="t", source="s", data=b"{}")
+            await adapter.publish(topic, [sent])
+            first = await next_delivery(subscription)
+            await first.nack(0.3)  # back in 0.3s, into the pull request open for 1s
+            await until(lambda: member._credit() > 0, 5.0, "a pull request after the nack")
+            await subscription.close()
+            assert held, "the last delivery did not come during close()"
+            await adapter.close()
+            copy = await from_the_route(url, topic, sent)
+            assert copy.attempt == 2
+            assert not member._carrying
+
+    run(scenario())
+
+
+def test_a_bus_stopped_with_a_last_delivery_still_queued_in_the_client_loses_nothing(
+    nats_endpoint: harness.Endpoint, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same, as a service runs it: the handler fails once and the bus asks the
+    broker for the message again in 0.3s (``max_deliver=2``: that is its last
+    delivery), and the bus is stopped at once; the last delivery reaches the
+    client's queue unread while it stops. A second bus of the group handles it."""
+    address = f"nats://{nats_endpoint.host}:{nats_endpoint.port}"
+    url = f"{address}?{options(fetch_timeout=1)}"
+    topic = f"nats-closecarry-{uuid.uuid4().hex[:8]}"
+    read = JetStreamSubscription._on_msg
+    held: list[float] = []
+
+    async def slow_to_read_the_last(self: JetStreamSubscription, msg: Any) -> None:
+        if (msg.reply or "").startswith("$JS.ACK.") and ack_facts(msg)[0] >= 2:
+            held.append(time.monotonic())
+            await asyncio.sleep(2.0)
+        await read(self, msg)
+
+    monkeypatch.setattr(JetStreamSubscription, "_on_msg", slow_to_read_the_last)
+
+    class Pay(Event, type=f"test.{topic}", topic=topic):
+        n: int
+
+    def service() -> EventBus:
+        return EventBus.from_url(
+            url,
+            source="t",
+            retry=RetryPolicy(max_attempts=3, in_process_attempts=1),
+            redelivery_backoff=Backoff(initial=0.3, max_delay=0.3, jitter=0.0),
+        )
+
+    async def scenario() -> None:
+        async with jetstream(url):
+            first, second = service(), service()
+            failed = asyncio.Event()
+            handled: list[int] = []
+
+            @first.subscribe(Pay, group=GROUP)
+            async def fails_once(event: Pay, ctx: Context) -> None:
+                failed.set()
+                raise RuntimeError("fails on its first run")
+
+            @second.subscribe(Pay, group=GROUP)
+            async def pay(event: Pay, ctx: Context) -> None:
+                handled.append(ctx.delivery.attempt)
+
+            async with first:
+                await first.publish(Pay(n=1))
+                await asyncio.wait_for(failed.wait(), 10.0)
+            assert held, "the last delivery did not come while the bus stopped"
+            async with second:
+                await until(lambda: bool(handled), 15.0, "the second bus to handle it")
+            assert handled == [2]
+
+    run(scenario())

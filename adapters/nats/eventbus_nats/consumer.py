@@ -12,7 +12,8 @@
   handler) gets ``+WPI`` (in progress), so a slow handler is not redelivered
   mid-run while the member lives.
 - ``close()`` stops asking, waits for its open requests to expire (at most
-  ``fetch_timeout``) so no message is left on an inbox nobody reads, then naks
+  ``fetch_timeout``) so no message is left on an inbox nobody reads, drains the
+  inbox (what nats-py still queues for it is read, not dropped), then naks
   everything it holds and not settled: it comes back at once to another member.
   A message at its last delivery (``max_deliver``) is never given back: what it
   still holds of those (arriving meanwhile too) gets one last, bounded attempt to
@@ -40,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription as NatsSub
 
+from eventbus import tasks
 from eventbus.adapter import Delivery, SubscribeOptions, Subscription
 from eventbus.errors import ConnectionLostError
 from eventbus.given_back import given_back
@@ -365,6 +367,32 @@ class JetStreamSubscription(Subscription):
         except Exception as exc:  # the server redelivers after ack_wait anyway
             log.debug("giving back a message of %s failed: %s", self.topic, exc)
 
+    async def _drain_inbox(self, sub: NatsSub) -> None:
+        """Stop the inbox's subscription, passing what nats-py still queues for it
+        through :meth:`_on_msg` first (closed: given back, or kept to be carried over
+        at its last delivery): ``unsubscribe()`` would drop it, and a last delivery
+        dropped is never delivered again. Bounded by ``CLOSE_GRACE``; what is still
+        queued then is said in a warning."""
+        client = self.adapter.client
+        if client.is_connected:
+            try:
+                await asyncio.wait_for(sub.drain(), tasks.CLOSE_GRACE)  # type: ignore[no-untyped-call]
+                return
+            except TimeoutError:
+                pass
+            except Exception as exc:  # closed or draining meanwhile: unsubscribe instead
+                log.debug("draining the inbox of %s failed: %s", self.topic, exc)
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
+        if sub.pending_msgs:
+            log.warning(
+                "closing the subscription to %r: %d message(s) the client still held "
+                "were not read (they come back after ack_wait; a last delivery of "
+                "max_deliver does not)",
+                self.topic,
+                sub.pending_msgs,
+            )
+
     async def close(self) -> None:
         """Stop asking, let open requests expire, nak everything held and unsettled but
         last deliveries (``max_deliver``): those get a last, bounded carry-over."""
@@ -383,8 +411,7 @@ class JetStreamSubscription(Subscription):
         tasks = [*self._tasks, self._looking, self._carrier]
         await stop_tasks(tasks, what=f"closing the subscription to {self.topic!r}", log=log)
         if self._inbox_sub is not None:
-            with contextlib.suppress(Exception):
-                await self._inbox_sub.unsubscribe()
+            await self._drain_inbox(self._inbox_sub)
         while self._ready:
             await self._give_back(self._ready.popleft()[0])
         if self._carrying:
