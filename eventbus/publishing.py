@@ -312,7 +312,8 @@ async def publish_with_retry(
     as CloudEvents, or laid out by ``wire`` (:mod:`eventbus.wire`) when given."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    for delay in PUBLISH_BACKOFF:
+    failed = 0
+    while True:
         try:
             if wire is None:
                 await adapter.publish(topic, envelopes)
@@ -320,6 +321,10 @@ async def publish_with_retry(
                 await publish_encoded(adapter, topic, envelopes, wire)
             return
         except BrokerConnectionError:
+            # The delay only once an attempt failed: a publish that goes through (nearly
+            # every one) computes none (iterating the backoff computed the first one).
+            failed += 1
+            delay = PUBLISH_BACKOFF.delay(failed)
             if loop.time() + delay > deadline:
                 raise
             await asyncio.sleep(delay)

@@ -284,3 +284,40 @@ def test_one_topic_batch_returns_the_envelopes_as_sent() -> None:
         assert [e.subject for e in sent] == ["stamped", "stamped"]
 
     run(scenario)
+
+
+def test_a_publish_refused_by_a_lost_connection_is_tried_again_after_growing_delays(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each failed attempt waits the publish backoff's next delay (0.05s, doubling,
+    +-10%), and a publish that goes through at once waits none."""
+    from eventbus import publishing
+
+    waited: list[float] = []
+
+    async def no_wait(delay: float) -> None:
+        waited.append(delay)
+
+    class Flaky(MemoryAdapter):
+        failures = 3
+
+        async def publish(self, topic: str, envelopes: Sequence[Envelope]) -> None:
+            if self.failures:
+                self.failures -= 1
+                raise BrokerConnectionError("connection lost (injected)")
+            await super().publish(topic, envelopes)
+
+    async def scenario() -> None:
+        adapter = Flaky(memory_url())
+        envelope = Envelope.create(type="t", source="s", data=b"{}")
+        monkeypatch.setattr(publishing.asyncio, "sleep", no_wait)
+        await publishing.publish_with_retry(adapter, "t", [envelope], timeout=30.0)
+        assert len(waited) == 3
+        for delay, expected in zip(waited, (0.05, 0.1, 0.2), strict=True):
+            assert expected * 0.9 <= delay <= expected * 1.1, waited
+        waited.clear()
+        await publishing.publish_with_retry(adapter, "t", [envelope], timeout=30.0)
+        assert waited == []
+        await adapter.close()
+
+    run(scenario)
