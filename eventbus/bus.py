@@ -503,16 +503,16 @@ class EventBus:
         if not self._started and self._closer is None:
             await self._close_at_loop_end()
         sent: list[Envelope] = list(envelopes)
+        layers = self.publish_middleware
+        if not layers:  # nothing may replace them: what is sent is what was given
+            await publish_with_retry(self.adapter, topic, sent, self.publish_timeout, wire)
+            return sent
 
         async def to_broker(target: str, final: Sequence[Envelope]) -> None:
             await publish_with_retry(self.adapter, target, final, self.publish_timeout, wire)
             if len(final) == len(sent):
                 sent[:] = final
 
-        layers = self.publish_middleware
-        if not layers:
-            await to_broker(topic, list(envelopes))
-            return sent
         first = layers[0]
         if not isinstance(first, PublishObserver):
             # the outermost layer called directly: no step of its own per publish
