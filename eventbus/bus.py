@@ -507,30 +507,39 @@ class EventBus:
         if not layers:  # nothing may replace them: what is sent is what was given
             await publish_with_retry(self.adapter, topic, sent, self.publish_timeout, wire)
             return sent
+        first = layers[0]
+        observer = first if isinstance(first, PublishObserver) else None
+        if observer is not None and len(layers) == 1:
+            # An observer alone (metrics): its before/after here, around the broker's
+            # publish, without a coroutine of its own; it replaces nothing.
+            mark = observer.before(topic, envelopes)
+            try:
+                await publish_with_retry(self.adapter, topic, sent, self.publish_timeout, wire)
+            except BaseException as exc:
+                observer.after(topic, envelopes, mark, exc)
+                raise
+            observer.after(topic, envelopes, mark, None)
+            return sent
 
         async def to_broker(target: str, final: Sequence[Envelope]) -> None:
             await publish_with_retry(self.adapter, target, final, self.publish_timeout, wire)
             if len(final) == len(sent):
                 sent[:] = final
 
-        first = layers[0]
-        if not isinstance(first, PublishObserver):
+        if observer is None:
             # the outermost layer called directly: no step of its own per publish
             inner = to_broker if len(layers) == 1 else compose_publish(layers[1:], to_broker)
             await first(topic, list(envelopes), inner)
             return sent
-        # An observer outermost (metrics): its before/after here, without its coroutine.
-        mark = first.before(topic, envelopes)
+        # An observer outermost, then layers that may replace the envelopes (tracing).
+        mark = observer.before(topic, envelopes)
         try:
-            if len(layers) == 1:
-                await to_broker(topic, list(envelopes))
-            else:
-                inner = to_broker if len(layers) == 2 else compose_publish(layers[2:], to_broker)
-                await layers[1](topic, list(envelopes), inner)
+            inner = to_broker if len(layers) == 2 else compose_publish(layers[2:], to_broker)
+            await layers[1](topic, list(envelopes), inner)
         except BaseException as exc:
-            first.after(topic, envelopes, mark, exc)
+            observer.after(topic, envelopes, mark, exc)
             raise
-        first.after(topic, envelopes, mark, None)
+        observer.after(topic, envelopes, mark, None)
         return sent
 
     async def _close_at_loop_end(self) -> None:

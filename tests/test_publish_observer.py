@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from eventbus import Envelope, Event, EventBus, PublishError
+from eventbus import Envelope, Event, EventBus, MessageTooLargeError, PublishError
 from eventbus.middleware.base import PublishObserver, leading_publish_observers
 from tests.bus_support import memory_url, run
 
@@ -101,6 +101,28 @@ def test_an_observer_sees_what_the_layers_inside_raised_and_the_publish_fails(
             with pytest.raises(PublishError, match="refuse refused"):
                 await bus.publish(Pinged(n=1))
         assert calls[-2:] == ["refuse in", "w after mark-w PublishError"]
+
+    run(scenario)
+
+
+def test_an_observer_alone_sees_the_broker_refuse_and_the_publish_fails() -> None:
+    """No layer inside it: the bus calls the broker between before and after (its
+    shortest path), and a publish the broker refuses is still seen as failed."""
+
+    async def scenario() -> None:
+        calls: list[str] = []
+        url = memory_url()
+        bus = EventBus(f"{url}?max_message_bytes=300", publish_middleware=[Watch("w", calls)])
+        async with bus:
+            await bus.publish(Pinged(n=1))
+            with pytest.raises(MessageTooLargeError):
+                await bus.publish(Pinged(n=10**400))  # over the 300 bytes
+        assert calls == [
+            "w before 1",
+            "w after mark-w ok",
+            "w before 1",
+            "w after mark-w MessageTooLargeError",
+        ]
 
     run(scenario)
 
