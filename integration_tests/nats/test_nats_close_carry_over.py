@@ -23,7 +23,7 @@ from typing import Any
 
 import nats
 import pytest
-from eventbus_nats import NatsAdapter
+from eventbus_nats import NatsAdapter, group_route
 from eventbus_nats.consumer import JetStreamSubscription
 from eventbus_nats.wire import ack_facts
 from nats.js import JetStreamContext
@@ -315,3 +315,55 @@ def test_a_bus_stopped_with_a_last_delivery_still_queued_in_the_client_loses_not
             assert handled == [2]
 
     run(scenario())
+
+
+def test_a_copy_confirmed_at_close_is_not_reported_lost_when_the_ack_is_cut_short(
+    nats_endpoint: harness.Endpoint,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Closing, the member carries a held last delivery over: the route confirms the
+    copy, then acknowledging the original blocks past the close's bound (its write held
+    here). The message is carried over (a member of the group gets the copy), so no
+    ERROR says it was lost: the server does not deliver a last delivery again, acked
+    or not, and the copy is what counts."""
+    address = f"nats://{nats_endpoint.host}:{nats_endpoint.port}"
+    url = f"{address}?{options(fetch_timeout=0.2)}"
+    topic = f"nats-closecarry-{uuid.uuid4().hex[:8]}"
+    monkeypatch.setattr(group_route, "CARRY_AT_CLOSE", 1.0)
+    original = group_route.write
+
+    async def ack_held(client: Any, commands: Any, count: int, size: int) -> None:
+        if b"+ACK" in commands[0]:
+            await asyncio.sleep(30.0)
+        await original(client, commands, count, size)
+
+    def refused() -> bool:
+        return any("could not be carried over yet" in r.getMessage() for r in caplog.records)
+
+    async def scenario() -> None:
+        async with jetstream(url) as js:
+            adapter = NatsAdapter(url)
+            await adapter.connect()
+            subscription: Any = await adapter.subscribe(
+                topic, SubscribeOptions(group=GROUP, prefetch=1)
+            )
+            member = subscription.main
+            sent = Envelope.create(type="t", source="s", data=b"{}")
+            await adapter.publish(topic, [sent])
+            first = await next_delivery(subscription)
+            await set_route_max_msg_size(js, adapter, 1)
+            await first.nack()  # the last delivery comes back at once
+            await until(refused, 10.0, "the route to refuse the copy")
+            await set_route_max_msg_size(js, adapter, -1)
+            assert len(member._carrying) == 1, "not held for carrying over"
+            monkeypatch.setattr(group_route, "write", ack_held)
+            await subscription.close()
+            await adapter.close()
+            copy = await from_the_route(url, topic, sent)
+            assert copy.attempt == 2
+        lost = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+        assert not lost, lost
+
+    with caplog.at_level(logging.DEBUG, logger="eventbus.nats"):
+        run(scenario())

@@ -198,7 +198,6 @@ async def carry_over(sub: JetStreamSubscription, until: float | None = None) -> 
             )
             if failure is not None:
                 raise failure
-            await write(adapter.client, [ack_command(msg.reply)], 1, 4)
         except Exception as exc:
             log.log(
                 logging.WARNING if until is None else logging.DEBUG,
@@ -214,7 +213,14 @@ async def carry_over(sub: JetStreamSubscription, until: float | None = None) -> 
             )
             await asyncio.sleep(1.0 if until is None else 0.2)
             continue
+        # The copy is confirmed: carried over, whatever becomes of the original's ack
+        # (the server does not deliver a last delivery again, acked or not). Taken off
+        # the list first, so a close cut short during the ack does not report it lost.
         sub._carrying.popleft()
+        try:
+            await write(adapter.client, [ack_command(msg.reply)], 1, 4)
+        except Exception as exc:
+            log.debug("acknowledging %s/%s after its copy failed: %s", sub.stream, sequence, exc)
         log.info(
             "message %s/%s of %r group %r reached max_deliver=%d: carried over to a "
             "fresh copy on the group's route (%d deliveries so far)",
