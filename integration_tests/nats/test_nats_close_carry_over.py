@@ -90,6 +90,43 @@ async def from_the_route(url: str, topic: str, sent: Envelope) -> Delivery:
         await adapter.close()
 
 
+def read_the_last_delivery_late(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """Members read a message's second delivery (the last, ``max_deliver=2``) from
+    nats-py's queue 2s late, as a busy event loop would; returns when each came."""
+    read = JetStreamSubscription._on_msg
+    held: list[float] = []
+
+    async def slow_to_read_the_last(self: JetStreamSubscription, msg: Any) -> None:
+        if (msg.reply or "").startswith("$JS.ACK.") and ack_facts(msg)[0] >= 2:
+            held.append(time.monotonic())
+            await asyncio.sleep(2.0)
+        await read(self, msg)
+
+    monkeypatch.setattr(JetStreamSubscription, "_on_msg", slow_to_read_the_last)
+    return held
+
+
+async def a_last_delivery_held(
+    js: JetStreamContext, adapter: NatsAdapter, subscription: Any, caplog: pytest.LogCaptureFixture
+) -> Envelope:
+    """Publish one message and nack its first delivery while the route refuses the copy
+    (its ``max_msg_size`` lowered): the member holds the last delivery, trying again
+    each second; the route then takes copies again. Returns the message published."""
+
+    def refused() -> bool:
+        return any("could not be carried over yet" in r.getMessage() for r in caplog.records)
+
+    sent = Envelope.create(type="t", source="s", data=b"{}")
+    await adapter.publish(subscription.main.topic, [sent])
+    first = await next_delivery(subscription)
+    await set_route_max_msg_size(js, adapter, 1)
+    await first.nack()  # the last delivery comes back at once
+    await until(refused, 10.0, "the route to refuse the copy")
+    await set_route_max_msg_size(js, adapter, -1)
+    assert len(subscription.main._carrying) == 1, "not held for carrying over"
+    return sent
+
+
 def test_a_last_delivery_arriving_as_the_subscription_closes_is_carried_over(
     nats_endpoint: harness.Endpoint,
 ) -> None:
@@ -138,9 +175,6 @@ def test_a_last_delivery_held_for_carrying_over_at_close_is_carried_over(
     url = f"{address}?{options(fetch_timeout=0.2)}"
     topic = f"nats-closecarry-{uuid.uuid4().hex[:8]}"
 
-    def refused() -> bool:
-        return any("could not be carried over yet" in r.getMessage() for r in caplog.records)
-
     async def scenario() -> None:
         async with jetstream(url) as js:
             adapter = NatsAdapter(url)
@@ -149,16 +183,9 @@ def test_a_last_delivery_held_for_carrying_over_at_close_is_carried_over(
                 topic, SubscribeOptions(group=GROUP, prefetch=1)
             )
             member = subscription.main
-            sent = Envelope.create(type="t", source="s", data=b"{}")
-            await adapter.publish(topic, [sent])
-            first = await next_delivery(subscription)
-            await set_route_max_msg_size(js, adapter, 1)
-            await first.nack()  # the last delivery comes back at once
-            await until(refused, 10.0, "the route to refuse the copy")
-            await set_route_max_msg_size(js, adapter, -1)
+            sent = await a_last_delivery_held(js, adapter, subscription, caplog)
             # The carrier sleeps a second before trying again; close() waits at
             # most fetch_timeout + 0.25s for its pull requests, then stops it.
-            assert len(member._carrying) == 1, "not held for carrying over"
             await subscription.close()
             await adapter.close()
             copy = await from_the_route(url, topic, sent)
@@ -182,9 +209,6 @@ def test_close_ends_in_bounded_time_holding_a_last_delivery_it_cannot_carry_over
     url = f"nats://127.0.0.1:{proxy.port}?{query}"
     topic = f"nats-closecarry-{uuid.uuid4().hex[:8]}"
 
-    def refused() -> bool:
-        return any("could not be carried over yet" in r.getMessage() for r in caplog.records)
-
     async def scenario() -> None:
         async with jetstream(f"{direct}?{query}") as js:
             adapter = NatsAdapter(url)
@@ -192,13 +216,7 @@ def test_close_ends_in_bounded_time_holding_a_last_delivery_it_cannot_carry_over
             subscription: Any = await adapter.subscribe(
                 topic, SubscribeOptions(group=GROUP, prefetch=1)
             )
-            sent = Envelope.create(type="t", source="s", data=b"{}")
-            await adapter.publish(topic, [sent])
-            first = await next_delivery(subscription)
-            await set_route_max_msg_size(js, adapter, 1)
-            await first.nack()
-            await until(refused, 10.0, "the route to refuse the copy")
-            await set_route_max_msg_size(js, adapter, -1)
+            await a_last_delivery_held(js, adapter, subscription, caplog)
             await proxy.refuse_connections(30.0)
             started = time.monotonic()
             await asyncio.wait_for(adapter.close(), 20.0)
@@ -225,16 +243,7 @@ def test_a_last_delivery_still_queued_in_the_client_at_close_is_carried_over(
     address = f"nats://{nats_endpoint.host}:{nats_endpoint.port}"
     url = f"{address}?{options(fetch_timeout=1)}"
     topic = f"nats-closecarry-{uuid.uuid4().hex[:8]}"
-    read = JetStreamSubscription._on_msg
-    held: list[float] = []
-
-    async def slow_to_read_the_last(self: JetStreamSubscription, msg: Any) -> None:
-        if (msg.reply or "").startswith("$JS.ACK.") and ack_facts(msg)[0] >= 2:
-            held.append(time.monotonic())
-            await asyncio.sleep(2.0)
-        await read(self, msg)
-
-    monkeypatch.setattr(JetStreamSubscription, "_on_msg", slow_to_read_the_last)
+    held = read_the_last_delivery_late(monkeypatch)
 
     async def scenario() -> None:
         async with jetstream(url):
@@ -269,16 +278,7 @@ def test_a_bus_stopped_with_a_last_delivery_still_queued_in_the_client_loses_not
     address = f"nats://{nats_endpoint.host}:{nats_endpoint.port}"
     url = f"{address}?{options(fetch_timeout=1)}"
     topic = f"nats-closecarry-{uuid.uuid4().hex[:8]}"
-    read = JetStreamSubscription._on_msg
-    held: list[float] = []
-
-    async def slow_to_read_the_last(self: JetStreamSubscription, msg: Any) -> None:
-        if (msg.reply or "").startswith("$JS.ACK.") and ack_facts(msg)[0] >= 2:
-            held.append(time.monotonic())
-            await asyncio.sleep(2.0)
-        await read(self, msg)
-
-    monkeypatch.setattr(JetStreamSubscription, "_on_msg", slow_to_read_the_last)
+    held = read_the_last_delivery_late(monkeypatch)
 
     class Pay(Event, type=f"test.{topic}", topic=topic):
         n: int
@@ -338,9 +338,6 @@ def test_a_copy_confirmed_at_close_is_not_reported_lost_when_the_ack_is_cut_shor
             await asyncio.sleep(30.0)
         await original(client, commands, count, size)
 
-    def refused() -> bool:
-        return any("could not be carried over yet" in r.getMessage() for r in caplog.records)
-
     async def scenario() -> None:
         async with jetstream(url) as js:
             adapter = NatsAdapter(url)
@@ -348,15 +345,7 @@ def test_a_copy_confirmed_at_close_is_not_reported_lost_when_the_ack_is_cut_shor
             subscription: Any = await adapter.subscribe(
                 topic, SubscribeOptions(group=GROUP, prefetch=1)
             )
-            member = subscription.main
-            sent = Envelope.create(type="t", source="s", data=b"{}")
-            await adapter.publish(topic, [sent])
-            first = await next_delivery(subscription)
-            await set_route_max_msg_size(js, adapter, 1)
-            await first.nack()  # the last delivery comes back at once
-            await until(refused, 10.0, "the route to refuse the copy")
-            await set_route_max_msg_size(js, adapter, -1)
-            assert len(member._carrying) == 1, "not held for carrying over"
+            sent = await a_last_delivery_held(js, adapter, subscription, caplog)
             monkeypatch.setattr(group_route, "write", ack_held)
             await subscription.close()
             await adapter.close()
