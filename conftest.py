@@ -6,7 +6,7 @@ this process runs only that shard's tests (the others are deselected); without i
 runs them all, as ever. An option, not an environment variable, so a test that runs
 pytest again (``scripts/mutants.py``, a suite on an example) never inherits it.
 
-- ``sqs-kafka``: the conformance suite on the SQS targets (moto, FIFO, ElasticMQ) and
+- ``sqs-kafka``: the conformance suite on the SQS targets (moto, FIFO, ElasticMQ, its FIFO) and
   on Kafka and Tansu, and ``integration_tests/sqs`` and ``integration_tests/kafka``.
   Each of these brokers is a process the shard's harness starts for itself (on ports
   of its own), so nothing the other shard does (a restart, a fault, a flood) reaches
@@ -28,7 +28,7 @@ import pytest
 SHARDS = ("sqs-kafka", "others")
 """The shards, in the order ``scripts/test_shards.py`` starts them."""
 
-_OWN_BROKER_TARGETS = ("sqs", "sqs-fifo", "sqs-elasticmq", "kafka", "tansu")
+_OWN_BROKER_TARGETS = ("sqs", "sqs-fifo", "sqs-elasticmq", "sqs-elasticmq-fifo", "kafka", "tansu")
 _OWN_BROKER_FOLDERS = ("integration_tests/sqs/", "integration_tests/kafka/")
 
 

@@ -97,6 +97,7 @@ TARGETS: dict[str, tuple[str, str | None]] = {
     # The SQS adapter on ElasticMQ too (#25; harness/sqs_emulators.py): SQS without SNS,
     # so the adapter's queue topology.
     "sqs-elasticmq": ("elasticmq", None),
+    "sqs-elasticmq-fifo": ("elasticmq", None),
     "sqlite": ("sqlite", None),
     "postgres": ("postgres", None),
 }
@@ -111,6 +112,7 @@ SQS_OPTIONS = {
     "sqs": SQS_BASE,
     "sqs-fifo": f"{SQS_BASE}&fifo=true",
     "sqs-elasticmq": f"{SQS_BASE}&topology=queue",
+    "sqs-elasticmq-fifo": f"{SQS_BASE}&topology=queue&fifo=true",
 }
 SQS_VISIBILITY = "visibility_timeout=10"
 
@@ -187,7 +189,7 @@ def _sqs_target(name: str, endpoint: harness.Endpoint, proxy: harness.FaultProxy
         scale=SCALE.get(name, 1.0),
         # SQS FIFO's dedupe window (declared: dedupe_window=300) skips the cases that
         # publish one event id twice through Capability.no_dedupe_window.
-        limits=ELASTICMQ_LIMITS if name == "sqs-elasticmq" else MOTO_LIMITS,
+        limits=ELASTICMQ_LIMITS if name.startswith("sqs-elasticmq") else MOTO_LIMITS,
         restart=endpoint.restart,
         delete_underneath=sqs_targets.delete_underneath(url),
         short_lease=sqs_targets.short_lease(endpoint.url, SQS_OPTIONS[name]),

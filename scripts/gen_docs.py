@@ -51,6 +51,7 @@ COLUMNS = (
     "sqs",
     "sqs-fifo",
     "sqs-elasticmq",
+    "sqs-elasticmq-fifo",
     "sqlite",
     "postgres",
 )

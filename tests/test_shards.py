@@ -28,7 +28,9 @@ shards = _load(ROOT / "conftest.py", "eventbus_test_shards_conftest")
 CONFORMANCE = "integration_tests/test_conformance.py::TestConformance::test_x"
 
 
-@pytest.mark.parametrize("target", ["sqs", "sqs-fifo", "sqs-elasticmq", "kafka", "tansu"])
+@pytest.mark.parametrize(
+    "target", ["sqs", "sqs-fifo", "sqs-elasticmq", "sqs-elasticmq-fifo", "kafka", "tansu"]
+)
 def test_conformance_on_a_broker_the_shard_starts_itself_is_in_sqs_kafka(target: str) -> None:
     assert shards.shard_of(f"{CONFORMANCE}[{target}]", {"target": target}) == "sqs-kafka"
 
