@@ -408,8 +408,8 @@ class JetStreamSubscription(Subscription):
             self._answered.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._answered.wait(), 0.05)
-        tasks = [*self._tasks, self._looking, self._carrier]
-        await stop_tasks(tasks, what=f"closing the subscription to {self.topic!r}", log=log)
+        background = [*self._tasks, self._looking, self._carrier]
+        await stop_tasks(background, what=f"closing the subscription to {self.topic!r}", log=log)
         if self._inbox_sub is not None:
             await self._drain_inbox(self._inbox_sub)
         while self._ready:
