@@ -30,7 +30,13 @@ from eventbus.errors import (
     mask_url,
 )
 from eventbus.events import Command, Message, Registry, registry
-from eventbus.middleware.base import Middleware, PublishMiddleware, PublishObserver, compose_publish
+from eventbus.middleware.base import (
+    Middleware,
+    PassingPublishLayer,
+    PublishMiddleware,
+    PublishObserver,
+    compose_publish,
+)
 from eventbus.middleware.chain import ChainDefaults, build_chain, check_middleware
 from eventbus.middleware.idempotency import Idempotency, IdempotencyStore
 from eventbus.middleware.retry import RetryPolicy
@@ -504,12 +510,21 @@ class EventBus:
             await self._close_at_loop_end()
         sent: list[Envelope] = list(envelopes)
         layers = self.publish_middleware
-        if not layers:  # nothing may replace them: what is sent is what was given
+        count = len(layers)
+        if 0 < count < 3:
+            last = layers[-1]
+            if (
+                isinstance(last, PassingPublishLayer)
+                and (count == 1 or isinstance(layers[0], PublishObserver))
+                and last.passes(topic, envelopes)
+            ):
+                count -= 1  # it would only hand them on (tracing, a dropped new trace)
+        if not count:  # nothing may replace them: what is sent is what was given
             await publish_with_retry(self.adapter, topic, sent, self.publish_timeout, wire)
             return sent
         first = layers[0]
         observer = first if isinstance(first, PublishObserver) else None
-        if observer is not None and len(layers) == 1:
+        if observer is not None and count == 1:
             # An observer alone (metrics): its before/after here, around the broker's
             # publish, without a coroutine of its own; it replaces nothing.
             mark = observer.before(topic, envelopes)

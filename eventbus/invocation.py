@@ -76,8 +76,16 @@ class Invocation:
         while watching < len(layers) and observes(layers[watching]):
             watching += 1
         self.observers: tuple[Any, ...] = layers[:watching]
-        # What the runner calls around the rest: begin(ctx) -> mark, end(ctx, mark, failure).
-        self.watcher: Watchers | None = Watchers(self.observers) if watching else None
+        # What the runner calls around the rest: begin(ctx) -> mark, end(ctx, mark,
+        # failure); a lone observer itself (the runner guards its calls, see
+        # watch_failed), several as one (Watchers, which guards each).
+        self.watcher: Any = (
+            None
+            if not watching
+            else self.observers[0]
+            if watching == 1
+            else Watchers(self.observers)
+        )
         layers = layers[watching:]
         self.chain: Next = compose(layers, self.invoke)
         # One layer may guard the rest with plain calls (idempotency over the memory store).
@@ -259,37 +267,20 @@ class Invocation:
 
 
 class Watchers:
-    """A chain's leading observers called as one: ``begin`` outermost first, ``end``
-    innermost first, each guarded (an observer that raises is logged and skipped)."""
+    """A chain's leading observers (two or more) called as one: ``begin`` outermost
+    first, ``end`` innermost first, each guarded (an observer that raises is logged and
+    skipped). A lone observer is called by the runner itself (see :func:`watch_failed`)."""
 
     __slots__ = ("begin", "end", "observers")
 
     def __init__(self, observers: Sequence[Any]) -> None:
         self.observers = tuple(observers)
-        if len(self.observers) == 1:  # the common case: one call each, no list
-            self.begin = self._begin_one
-            self.end = self._end_one
-        elif len(self.observers) == 2:  # metrics and tracing: no loop either
+        if len(self.observers) == 2:  # metrics and tracing: no loop
             self.begin = self._begin_two
             self.end = self._end_two
         else:
             self.begin = self._begin_all
             self.end = self._end_all
-
-    def _begin_one(self, ctx: Context) -> object:
-        try:
-            return self.observers[0].begin(ctx)
-        except Exception as exc:
-            _observer_failed(self.observers[0], "begin", exc)
-            return _FAILED
-
-    def _end_one(self, ctx: Context, mark: object, failure: BaseException | None) -> None:
-        if mark is _FAILED:
-            return
-        try:
-            self.observers[0].end(ctx, mark, failure)
-        except Exception as exc:
-            _observer_failed(self.observers[0], "end", exc)
 
     def _begin_two(self, ctx: Context) -> object:
         outer, inner = self.observers
@@ -335,10 +326,19 @@ class Watchers:
 
 
 _FAILED = object()  # the mark of an observer whose begin() raised: its end() is not called
+WATCH_FAILED = _FAILED
 
 
 def _observer_failed(observer: object, step: str, exc: Exception) -> None:
     observer_failed(observer, step, exc, "message")
+
+
+def watch_failed(observer: object, step: str, exc: Exception) -> object:
+    """A lone observer's ``begin`` or ``end``, called by the runner, raised ``exc``:
+    logged, and the handling goes on; returns :data:`WATCH_FAILED`, the mark that
+    tells the runner not to call its ``end``."""
+    _observer_failed(observer, step, exc)
+    return _FAILED
 
 
 def cancelling() -> bool:

@@ -26,7 +26,7 @@ from eventbus.backoff import Backoff
 from eventbus.batching import BatchRun
 from eventbus.context import Publisher, current_envelope, handler_context
 from eventbus.events import Registry
-from eventbus.invocation import Invocation
+from eventbus.invocation import WATCH_FAILED, Invocation, watch_failed
 from eventbus.lanes import Lanes, Progress
 from eventbus.middleware.base import Middleware, RedeliveryRequested
 from eventbus.runs import counter_for
@@ -185,7 +185,12 @@ class Runner:
                 token = current_envelope.set(envelope) if self._correlate else None
                 # Observing layers (tracing, metrics) around the rest of the chain.
                 watcher = self._watcher
-                mark = watcher.begin(ctx) if watcher is not None else None
+                mark = None
+                if watcher is not None:
+                    try:
+                        mark = watcher.begin(ctx)
+                    except Exception as exc:  # an observer's failure is not the handling's
+                        mark = watch_failed(watcher, "begin", exc)
                 try:
                     if not self._fused:
                         await self._chain(ctx)
@@ -213,12 +218,18 @@ class Runner:
                         elif failure is not None:
                             await self.invocation.recover(ctx, failure)
                 except BaseException as escaped:
-                    if watcher is not None:
-                        watcher.end(ctx, mark, escaped)
+                    if watcher is not None and mark is not WATCH_FAILED:
+                        try:
+                            watcher.end(ctx, mark, escaped)
+                        except Exception as exc:
+                            watch_failed(watcher, "end", exc)
                     raise
                 else:
-                    if watcher is not None:
-                        watcher.end(ctx, mark, None)
+                    if watcher is not None and mark is not WATCH_FAILED:
+                        try:
+                            watcher.end(ctx, mark, None)
+                        except Exception as exc:
+                            watch_failed(watcher, "end", exc)
                 finally:
                     if token is not None:
                         current_envelope.reset(token)

@@ -76,7 +76,12 @@ from eventbus.adapter import Delivery
 from eventbus.context import Context
 from eventbus.envelope import Envelope, _assemble
 from eventbus.incidents import dead_lettered, incidents, outcome
-from eventbus.middleware.base import Observer, PublishNext, leading_publish_observers
+from eventbus.middleware.base import (
+    Observer,
+    PassingPublishLayer,
+    PublishNext,
+    leading_publish_observers,
+)
 from eventbus.tracing_roots import _ROOT, _RootSampling
 from eventbus.tracing_roots import _HandedOver as _HandedOver  # where it was, for its tests
 
@@ -525,7 +530,7 @@ def _failed(span: Span, failure: BaseException, *, record: bool) -> None:
     span.set_status(Status(StatusCode.ERROR, f"{type(failure).__name__}: {failure}"))
 
 
-class SendSpans:
+class SendSpans(PassingPublishLayer):
     """The producer side of :class:`Tracing` on one bus: publish middleware making a
     ``send`` span per publish and writing its context into the envelopes."""
 
@@ -571,6 +576,21 @@ class SendSpans:
                 "messaging.operation.name": "publish",
             }
         return base
+
+    def passes(self, topic: str, envelopes: Sequence[Envelope]) -> bool:
+        """Whether :meth:`__call__` would only hand the envelopes on: they carry the
+        new trace :meth:`new_trace` wrote (the sampler dropped it) and no span is
+        current, or nothing can record (no SDK set up), or there are none. The bus
+        then publishes them without calling this layer."""
+        if not envelopes:
+            return True
+        if envelopes[0].traceparent is self._fresh is not None:
+            variable = _CURRENT
+            return variable is not None and variable.get().get(_SPAN_KEY) is None
+        tracing = self.tracing
+        return not (
+            tracing._on or (getattr(trace, _GLOBAL, trace) is not None and tracing.active())
+        )
 
     def __call__(
         self, topic: str, envelopes: Sequence[Envelope], call_next: PublishNext

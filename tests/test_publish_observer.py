@@ -1,7 +1,9 @@
 """PublishObserver: a publish layer that only watches. Outermost, the bus calls its
 ``before``/``after`` itself; anywhere else its ``__call__`` does the same. Either way
 it sees every publish once, in order around the layers inside it, with the failure
-they raised; and tracing's producer step goes in after the observers leading the list."""
+they raised; and tracing's producer step goes in after the observers leading the list.
+PassingPublishLayer: a last layer the bus does not call for a publish it would only
+hand on."""
 
 from __future__ import annotations
 
@@ -11,8 +13,8 @@ from typing import Any
 import pytest
 
 from eventbus import Envelope, Event, EventBus, MessageTooLargeError, PublishError
-from eventbus.middleware.base import PublishObserver, leading_publish_observers
-from tests.bus_support import memory_url, run
+from eventbus.middleware.base import PassingPublishLayer, PublishObserver, leading_publish_observers
+from tests.bus_support import Collector, memory_url, run
 
 
 class Pinged(Event, type="test.publish-observer.pinged", topic="test-publish-observer"):
@@ -155,3 +157,67 @@ def test_a_tracing_that_never_records_installs_nothing() -> None:
     chain, publishing = list(bus.middleware), list(bus.publish_middleware)
     assert Tracing(NoOpTracerProvider()).instrument(bus) is bus
     assert (bus.middleware, bus.publish_middleware, bus.trace_root) == (chain, publishing, None)
+
+
+class Passing(PassingPublishLayer):
+    """A layer that passes the publishes whose first event's ``n`` is even."""
+
+    def __init__(self, calls: list[str]) -> None:
+        self.calls = calls
+
+    def passes(self, topic: str, envelopes: Sequence[Envelope]) -> bool:
+        self.calls.append(f"asked {len(envelopes)}")
+        return Pinged.model_validate_json(envelopes[0].data).n % 2 == 0
+
+    async def __call__(self, topic: str, envelopes: Sequence[Envelope], call_next: Any) -> None:
+        self.calls.append("passing in")
+        await call_next(topic, envelopes)
+
+
+@pytest.mark.parametrize("before", ["nothing", "an observer", "a layer", "two observers"])
+def test_a_layer_that_passes_a_publish_is_not_called_for_it(before: str) -> None:
+    """Last, behind nothing but observers, a layer that says it would only hand a
+    publish on is not called for it (the envelopes still reach the broker); behind
+    a layer that may change the publish (or the context it is asked in), it is called
+    as any layer, without being asked."""
+
+    async def scenario() -> None:
+        calls: list[str] = []
+        leading = {
+            "nothing": [],
+            "an observer": [Watch("w", calls)],
+            "a layer": [layer("l", calls)],
+            "two observers": [Watch("w", calls), Watch("v", calls)],
+        }[before]
+        url = memory_url()
+        bus = EventBus(url, publish_middleware=[*leading, Passing(calls)])
+        got = Collector[int]()
+
+        @bus.subscribe(Pinged, group="g")
+        async def handle(event: Pinged) -> None:
+            got.add(event.n)
+
+        async with bus:
+            await bus.publish(Pinged(n=2))  # passed
+            await bus.publish_many([Pinged(n=1), Pinged(n=4)])  # not passed
+            await got.wait_count(3)
+        asked = before in ("nothing", "an observer")  # the shapes the bus shortens
+        watched = {"an observer": ["w"], "two observers": ["w", "v"]}.get(before, [])
+        expected = [
+            *(["asked 1"] if asked else []),  # as the publish starts: observers change nothing
+            *(f"{w} before 1" for w in watched),
+            *(["l in"] if before == "a layer" else []),
+            *([] if asked else ["passing in"]),
+            *(["l out"] if before == "a layer" else []),
+            *(f"{w} after mark-{w} ok" for w in reversed(watched)),
+            *(["asked 2"] if asked else []),
+            *(f"{w} before 2" for w in watched),
+            *(["l in"] if before == "a layer" else []),
+            "passing in",
+            *(["l out"] if before == "a layer" else []),
+            *(f"{w} after mark-{w} ok" for w in reversed(watched)),
+        ]
+        assert calls == expected
+        assert sorted(got.items) == [1, 2, 4]
+
+    run(scenario)

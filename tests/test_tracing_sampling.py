@@ -300,6 +300,33 @@ def test_a_dropped_new_trace_is_built_into_the_envelopes_not_copied_in(
     run(scenario)
 
 
+def test_a_dropped_new_trace_published_again_inside_a_span_joins_that_span() -> None:
+    """The publish step is passed over only while it would do nothing: an envelope
+    built carrying a new trace the sampler dropped, published again inside a recorded
+    span, gets a ``send`` span, a child of that span, and carries its context."""
+
+    async def scenario() -> None:
+        exporter = InMemorySpanExporter()
+        provider = TracerProvider(sampler=sampling.ParentBased(sampling.TraceIdRatioBased(0.0)))
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
+        bus = Tracing(provider).instrument(EventBus(memory_url(), source="orders"))
+        requests = TracerProvider().get_tracer("test")  # samples every trace
+        async with bus:
+            first = await bus.publish(Placed(n=1))  # a new trace, dropped: no span
+            with requests.start_as_current_span("request") as request:
+                (again,) = await bus.publish_envelopes(Placed.default_topic(), [first])
+        assert first.traceparent is not None and not sampled(first.traceparent)
+        parent = request.get_span_context()
+        (send,) = exporter.get_finished_spans()
+        assert send.name == f"send {Placed.default_topic()}"
+        assert send.parent is not None and send.parent.span_id == parent.span_id
+        assert send.context is not None and send.context.trace_id == parent.trace_id
+        assert again.traceparent is not None and sampled(again.traceparent)
+        assert again.traceparent[:53] == f"00-{parent.trace_id:032x}-{send.context.span_id:016x}-"
+
+    run(scenario)
+
+
 @pytest.mark.parametrize("traceparent", [None, "00-" + "3" * 32 + "-" + "4" * 16 + "-00"])
 def test_a_handling_leaves_the_context_as_it_found_it(traceparent: str | None) -> None:
     """The consumer step makes the message's context current (set on OpenTelemetry's

@@ -197,6 +197,20 @@ class PublishObserver:
         self.after(topic, envelopes, mark, None)
 
 
+class PassingPublishLayer:
+    """Base of a publish middleware layer that, for some publishes, only hands the
+    envelopes on unchanged (tracing's, for a new trace its sampler dropped): it says so
+    in :meth:`passes`, asked as the publish starts. When it is the only layer, or
+    the second behind a :class:`PublishObserver`, the bus then publishes without
+    calling it (no call of its own, no step of the bus's for the broker); elsewhere it
+    is called as any layer (those before it may change the publish), and not asked.
+    Subclasses implement ``__call__`` as any publish middleware does."""
+
+    def passes(self, topic: str, envelopes: Sequence[Envelope]) -> bool:
+        """Whether a call now for these envelopes would only hand them on unchanged."""
+        return False
+
+
 def leading_publish_observers(middleware: Sequence[PublishMiddleware]) -> int:
     """How many of the first layers of ``middleware`` are :class:`PublishObserver`: a
     layer that changes what is published (tracing's) goes in after them."""
