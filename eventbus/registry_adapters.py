@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import difflib
 import re
+import sys
 from importlib.metadata import entry_points
+from typing import Any
 from urllib.parse import urlsplit
 
 from eventbus.adapter import Adapter
@@ -60,8 +62,31 @@ SCHEME_ALIASES = {
 
 
 def installed_schemes() -> list[str]:
-    """The URL schemes an adapter is installed for (``memory`` always is)."""
-    return sorted({entry.name for entry in entry_points(group=ENTRY_POINT_GROUP)} | {"memory"})
+    """The URL schemes an adapter is installed for (``memory`` always is), as last
+    scanned (a scheme looked up and not found scans again)."""
+    return sorted({*_registered(), "memory"})
+
+
+# The group's entry points by name as last scanned, with what the scan read: the
+# entry_points function and sys.path (another of either scans again).
+_scanned: tuple[object, tuple[str, ...], dict[str, Any]] | None = None
+
+
+def _registered(*, again: bool = False) -> dict[str, Any]:
+    """The adapters' entry points by scheme (the first of a name wins). Scanning the
+    installed distributions reads hundreds of metadata files (~7 ms here, once per
+    ``EventBus(url)``): the scan is kept, and made ``again`` when a scheme is not in
+    it (a distribution installed since)."""
+    global _scanned
+    scanned = _scanned
+    path = tuple(sys.path)
+    if not again and scanned is not None and scanned[0] is entry_points and scanned[1] == path:
+        return scanned[2]
+    found: dict[str, Any] = {}
+    for entry in entry_points(group=ENTRY_POINT_GROUP):
+        found.setdefault(entry.name, entry)
+    _scanned = (entry_points, path, found)
+    return found
 
 
 def adapter_class(scheme: str, url: str | None = None) -> type[Adapter]:
@@ -72,14 +97,16 @@ def adapter_class(scheme: str, url: str | None = None) -> type[Adapter]:
     install it from there; for a name that is not ours but close to one
     (``rabbitmq``, ``redis-streams``, ``kafak``) the scheme meant, shown on ``url``.
     """
-    for entry in entry_points(group=ENTRY_POINT_GROUP):
-        if entry.name == scheme:
-            loaded = entry.load()
-            if not (isinstance(loaded, type) and issubclass(loaded, Adapter)):
-                raise UnknownSchemeError(
-                    f"entry point {entry.value!r} for scheme {scheme!r} is not an Adapter"
-                )
-            return loaded
+    entry = _registered().get(scheme)
+    if entry is None and scheme != "memory":
+        entry = _registered(again=True).get(scheme)  # installed since the last scan?
+    if entry is not None:
+        loaded = entry.load()
+        if not (isinstance(loaded, type) and issubclass(loaded, Adapter)):
+            raise UnknownSchemeError(
+                f"entry point {entry.value!r} for scheme {scheme!r} is not an Adapter"
+            )
+        return loaded
     if scheme == "memory":  # the core adapter works even when not installed as a dist
         from eventbus.memory import MemoryAdapter
 

@@ -3,6 +3,8 @@ adapters found through entry points."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from eventbus import (
@@ -177,5 +179,39 @@ def test_entry_points_pick_the_adapter_and_memory_works_without_them(
     assert adapter_class("memory") is MemoryAdapter  # not installed as a dist: still there
 
 
+def test_the_installed_adapters_are_scanned_once_and_again_for_a_scheme_not_found(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Scanning the installed distributions costs ~7 ms: kept for every bus after the
+    first, scanned again for a scheme it does not have (installed since) and when
+    sys.path changes."""
+    installed = [_EntryPoint("fake", _FakeAdapter)]
+    scans: list[str] = []
+
+    def scanning(group: str) -> list[_EntryPoint]:
+        scans.append(group)
+        return list(installed)
+
+    monkeypatch.setattr(registry_adapters, "entry_points", scanning)
+    for _ in range(3):
+        assert adapter_class("fake") is _FakeAdapter
+        assert adapter_class("memory") is MemoryAdapter  # the core's, no scan of its own
+    assert scans == ["eventbus.adapters"]
+    installed.append(_EntryPoint("late", _LateAdapter))  # pip install meanwhile
+    assert adapter_class("late") is _LateAdapter
+    assert adapter_class("late") is _LateAdapter
+    assert len(scans) == 2
+    with pytest.raises(UnknownSchemeError, match="'never'"):
+        adapter_class("never")  # each miss looks again: not found, not remembered
+    assert len(scans) == 3
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert adapter_class("fake") is _FakeAdapter
+    assert len(scans) == 4
+
+
 class _FakeAdapter(MemoryAdapter):
     """An adapter class an entry point can name."""
+
+
+class _LateAdapter(MemoryAdapter):
+    """An adapter installed after the first scan."""
