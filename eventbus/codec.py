@@ -15,9 +15,12 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from operator import itemgetter
 from typing import Any, Literal
+
+import pydantic_core
 
 from eventbus.envelope import (
     CORE_ATTRIBUTES,
@@ -57,16 +60,16 @@ def encode_structured(envelope: Envelope) -> bytes:
     Data that is compact JSON already (what the JSON payload format writes) is spliced
     in as it is, after the serialized attributes, not parsed into the document and
     serialized a second time: the bytes are the same as ``json.dumps`` of the whole
-    document (``_inline_json`` inlines only data that a compact re-dump reproduces
+    document (``_inlines`` admits only data that a compact re-dump reproduces
     byte for byte, and ``data`` is the document's last member either way).
     """
     attributes = envelope.attributes()
     data = envelope.data
     if not data:
-        return _compact_json(attributes)
+        return _text_object_json(attributes)
     if is_json_content_type(envelope.datacontenttype):
-        if _inline_json(data)[1]:
-            return b"".join((_compact_json(attributes)[:-1], b',"data":', data, b"}"))
+        if _inlines(data):
+            return b"".join((_text_object_json(attributes)[:-1], b',"data":', data, b"}"))
         attributes["data_base64"] = base64.b64encode(data).decode("ascii")
     elif (envelope.datacontenttype or "").startswith("text/"):
         try:
@@ -75,7 +78,18 @@ def encode_structured(envelope: Envelope) -> bytes:
             attributes["data_base64"] = base64.b64encode(data).decode("ascii")
     else:
         attributes["data_base64"] = base64.b64encode(data).decode("ascii")
-    return _compact_json(attributes)
+    return _text_object_json(attributes)
+
+
+def _text_object_json(attributes: dict[str, str]) -> bytes:
+    """:func:`_compact_json` of an object whose values are all text, by pydantic-core's
+    serializer (~6x faster here): for text it writes the same bytes as the json module
+    (every code point checked, tests/test_codec_fast_paths.py). Text it cannot encode
+    (a lone surrogate) goes through the json module, which raises as it always has."""
+    try:
+        return _to_json(attributes)
+    except ValueError:
+        return _compact_json(attributes)
 
 
 def _make_compact_encoder() -> Callable[[Any], str]:
@@ -109,6 +123,9 @@ def _make_compact_encoder() -> Callable[[Any], str]:
 
 
 _compact_text = _make_compact_encoder()
+_from_json = pydantic_core.from_json
+_to_json = pydantic_core.to_json
+_FLOAT = re.compile(rb"[0-9][.eE]")  # where a JSON number may be a float
 _raw_decode = json.JSONDecoder().raw_decode
 
 
@@ -132,24 +149,47 @@ def _parse_json(raw: bytes | str) -> Any:
     return json.loads(raw)
 
 
-def _inline_json(data: bytes) -> tuple[Any, bool]:
-    """The parsed JSON of ``data`` and whether embedding it as ``data`` is lossless.
+def _parse_document(payload: bytes | str) -> Any:
+    """:func:`_parse_json` of a structured CloudEvent, by pydantic-core's parser (~2x
+    faster here): it gives the same values as the json module (floats included,
+    checked on random and edge-case numbers in tests/test_codec_fast_paths.py). What
+    it refuses (a byte-order mark, invalid UTF-8, malformed JSON) is parsed by the
+    json module, which reads it, or raises its own error, as it always has."""
+    try:
+        return _from_json(payload)
+    except ValueError:
+        return _parse_json(payload)
+
+
+def _inlines(data: bytes) -> bool:
+    """Whether embedding ``data`` as the document's ``data`` is lossless.
 
     The reader re-serialises inline JSON compactly, so only data already in that
     form comes back byte for byte; anything else (whitespace, escapes, invalid
     JSON) travels as ``data_base64`` so the envelope's bytes survive exactly.
+
+    Data with no float in it (no digit followed by ``.``, ``e`` or ``E`` anywhere) is
+    parsed and written again by pydantic-core (~2x faster than the json module): for
+    such JSON both parse the same values and write the same bytes (they differ only
+    in how they write some floats). What pydantic-core refuses is asked of the json
+    module, which answers (or raises) as it always has.
     """
+    if _FLOAT.search(data) is None:
+        try:
+            return bool(_to_json(_from_json(data)) == data)
+        except ValueError:
+            pass
     try:
         value = _parse_json(data)
     except ValueError:
-        return None, False
-    return value, _compact_json(value) == data
+        return False
+    return _compact_json(value) == data
 
 
 def decode_structured(payload: bytes | str) -> Envelope:
     """Parse a structured-mode CloudEvent; raise :class:`DecodeError` saying what is wrong."""
     try:
-        doc = _parse_json(payload)
+        doc = _parse_document(payload)
     except (ValueError, UnicodeDecodeError) as exc:
         raise DecodeError(f"not a structured CloudEvent: body is not JSON ({exc})") from exc
     if not isinstance(doc, dict):

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import base64
+import random
+import re
+import struct
+from typing import Any
 
+import pydantic_core
 import pytest
 
 from eventbus import DecodeError, Envelope, codec
@@ -116,3 +121,104 @@ def test_decode_structured_reads_json_typed_attributes_as_the_general_reader_doe
     attributes["dataversion"] = 2  # a number, not text: not the fast path's to read
     decoded = codec.decode_structured(codec._compact_json(attributes))
     assert decoded == codec._build(attributes, b"") and decoded.dataversion == 2
+
+
+# -- structured mode by pydantic-core: the same bytes and values as the json module --------
+
+
+def _reference_inlines(data: bytes) -> bool:
+    """What ``_inlines`` answered when it asked the json module alone."""
+    try:
+        value = codec._parse_json(data)
+    except ValueError:
+        return False
+    return codec._compact_json(value) == data
+
+
+def _answer(call: Any, *args: Any) -> Any:
+    try:
+        return ("returned", call(*args))
+    except Exception as exc:  # the same exception type, or the same answer
+        return ("raised", type(exc))
+
+
+_SMALL_FLOATS = [1.5212603486793025e-05, 6.389814116186164e-05, -7.1850441006303285e-09, 1e-7]
+_DATA = [
+    b'{"seq":1,"order_id":"ord-00000001","amount_cents":1,"tags":["a","b"]}',
+    b"{}",
+    b"[]",
+    b'""',
+    b"null",
+    b"[true,false,null]",
+    b'{"a":[1,2,{"b":null,"c":true}],"":-1}',
+    b'{"a": 1}',  # white space
+    b' {"a":1}',
+    b'{"a":1}\n',
+    b'{"a":1,"a":2}',  # a duplicate key
+    b'"\\u00e9"',  # an escape the writer would not use
+    b'"\\ud83d\\ude00"',
+    b'"\\ud800"',  # a lone surrogate, escaped
+    b'"\xed\xa0\x80"',  # one as (invalid) UTF-8 bytes
+    b"\xef\xbb\xbf{}",  # a byte-order mark
+    b'{"a":1',
+    b"not json",
+    b'"a\nb"',  # a raw control character in a string
+    '"é✓\x7f \u2028"'.encode(),
+    b'"\\u0000\\u001f\\n\\t\\"\\\\"',
+    b"[-0,0,-1]",
+    b"[NaN,Infinity,-Infinity]",
+    b"1" * 4300,
+    b"1" * 4301,  # past the json module's limit on an integer's digits
+    b"[" * 300 + b"]" * 300,  # deeper than pydantic-core parses
+    b'{"price":"12.50","v":"1e5"}',  # floats' marks in text
+    b"[1.0,0.1,100.0,1e+16,1e16,12.5]",
+    b"[1E5,1e5,-0.0,0.0]",
+    *(f"[{value!r}]".encode() for value in _SMALL_FLOATS),  # the json module's form
+    *(pydantic_core.to_json([value]) for value in _SMALL_FLOATS),  # pydantic-core's
+]
+
+
+@pytest.mark.parametrize("data", _DATA, ids=range(len(_DATA)))
+def test_structured_inlines_the_data_the_json_module_inlined(data: bytes) -> None:
+    """Data is spliced into the document exactly when the reader's compact re-dump
+    gives it back byte for byte, whichever parser answered (pydantic-core's floats
+    are written differently: such data never takes its path)."""
+    assert _answer(codec._inlines, data) == _answer(_reference_inlines, data)
+
+
+@pytest.mark.parametrize("data", _DATA, ids=range(len(_DATA)))
+def test_structured_documents_parse_as_the_json_module_parses_them(data: bytes) -> None:
+    document = b'{"id":"1","data":' + data + b"}"
+    got, expected = _answer(codec._parse_document, document), _answer(codec._parse_json, document)
+    assert repr(got) == repr(expected)  # repr: NaN equal to NaN, -0.0 apart from 0.0
+    if got[0] == "raised":  # the json module's own error, as the reader reports it
+        with pytest.raises(expected[1]) as raised:
+            codec._parse_json(document)
+        with pytest.raises(got[1], match=re.escape(str(raised.value))):
+            codec._parse_document(document)
+
+
+def test_random_floats_parse_as_the_json_module_parses_them() -> None:
+    rng = random.Random(24)
+    doubles = (struct.unpack("<d", struct.pack("<Q", rng.getrandbits(64)))[0] for _ in range(3000))
+    numbers = [repr(value) for value in doubles if value == value and abs(value) != float("inf")]
+    for _ in range(3000):  # long mantissas, exponents past either end
+        whole, fraction = rng.randint(0, 10 ** rng.randint(1, 30)), rng.randint(0, 10**20)
+        sign, exponent = rng.choice(["", "-"]), rng.randint(-340, 320)
+        numbers.append(f"{sign}{whole}.{fraction}e{exponent}")
+    document = ("[" + ",".join(numbers) + "]").encode()
+    assert repr(codec._parse_document(document)) == repr(codec._parse_json(document))
+
+
+def test_a_text_object_is_written_as_the_json_module_writes_it() -> None:
+    """Every code point, in values and in keys: the attributes' document written by
+    pydantic-core is the json module's, byte for byte; a lone surrogate raises as the
+    json module raises."""
+    points = [chr(point) for point in range(0x110000) if not 0xD800 <= point <= 0xDFFF]
+    chunks = ["".join(points[start : start + 4096]) for start in range(0, len(points), 4096)]
+    values = {f"k{index}": chunk for index, chunk in enumerate(chunks)}
+    keys = {chunk: "v" for chunk in chunks}
+    for attributes in (values, keys, {"id": "1", "type": "t"}, {}):
+        assert codec._text_object_json(attributes) == codec._compact_json(attributes)
+    with pytest.raises(UnicodeEncodeError):
+        codec._text_object_json({"subject": "a\ud800"})
