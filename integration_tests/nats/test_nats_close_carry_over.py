@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -28,7 +29,7 @@ from eventbus_nats.consumer import JetStreamSubscription
 from eventbus_nats.wire import ack_facts
 from nats.js import JetStreamContext
 
-from eventbus import Context, Event, EventBus
+from eventbus import Context, Event, EventBus, tasks
 from eventbus.adapter import Delivery, SubscribeOptions
 from eventbus.backoff import Backoff
 from eventbus.envelope import Envelope
@@ -356,3 +357,55 @@ def test_a_copy_confirmed_at_close_is_not_reported_lost_when_the_ack_is_cut_shor
 
     with caplog.at_level(logging.DEBUG, logger="eventbus.nats"):
         run(scenario())
+
+
+def test_a_drain_past_its_bound_ends_the_close_and_says_what_the_client_held(
+    nats_endpoint: harness.Endpoint,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """nats-py's drain of a member's inbox that does not end within ``CLOSE_GRACE``
+    (here: the first message's reading never ends, so the four queued behind it are
+    never read) does not hold ``close()``: past the bound it unsubscribes, and a
+    warning counts the messages the client still held (they come back after
+    ``ack_wait``) instead of saying nothing."""
+    address = f"nats://{nats_endpoint.host}:{nats_endpoint.port}"
+    url = f"{address}?{options(fetch_timeout=1)}"
+    topic = f"nats-closebound-{uuid.uuid4().hex[:8]}"
+    read = JetStreamSubscription._on_msg
+    reading: list[Any] = []
+
+    async def never_done_with_the_first(self: JetStreamSubscription, msg: Any) -> None:
+        if (msg.reply or "").startswith("$JS.ACK.") and not reading:
+            reading.append(msg)
+            await asyncio.sleep(60)  # cancelled when the subscription goes
+        await read(self, msg)
+
+    monkeypatch.setattr(JetStreamSubscription, "_on_msg", never_done_with_the_first)
+
+    async def scenario() -> None:
+        async with jetstream(url):
+            adapter = NatsAdapter(url)
+            await adapter.connect()
+            subscription: Any = await adapter.subscribe(
+                topic, SubscribeOptions(group=GROUP, prefetch=5)
+            )
+            member = subscription.main
+            await adapter.publish(
+                topic, [Envelope.create(type="t", source="s", data=b"{}") for _ in range(5)]
+            )
+            inbox = member._inbox_sub
+            await until(lambda: reading and inbox.pending_msgs == 4, 10.0, "4 queued behind")
+            started = time.monotonic()
+            with caplog.at_level(logging.WARNING, logger="eventbus_nats"):
+                await subscription.close()
+            took = time.monotonic() - started
+            await adapter.close()
+            # The pull request's wait (fetch_timeout + 0.25 s), then the drain's bound.
+            assert tasks.CLOSE_GRACE <= took < tasks.CLOSE_GRACE + 4.0, took
+            warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+            said = [re.search(r"(\d+) message\(s\) the client still held", m) for m in warnings]
+            # The four messages, and any status the server sent meanwhile (also unread).
+            assert [int(m.group(1)) for m in said if m and int(m.group(1)) >= 4], warnings
+
+    run(scenario())
