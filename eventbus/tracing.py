@@ -598,15 +598,7 @@ class SendSpans(PassingPublishLayer):
         """A plain call: where nothing is to be done (tracing off, or the envelopes built
         carrying a new trace the sampler dropped) it hands back ``call_next``'s own
         awaitable, without a coroutine of its own; else :meth:`_send`'s."""
-        if envelopes and envelopes[0].traceparent is self._fresh is not None:
-            # new_trace() wrote it (a dropped new trace): no span, outside any span.
-            variable = _CURRENT
-            if variable is not None and variable.get().get(_SPAN_KEY) is None:
-                return call_next(topic, envelopes)
-        tracing = self.tracing
-        if not envelopes or not (
-            tracing._on or (getattr(trace, _GLOBAL, trace) is not None and tracing.active())
-        ):
+        if self.passes(topic, envelopes):  # the bus asks first where it can
             return call_next(topic, envelopes)
         variable = _CURRENT  # trace.get_current_span(), inlined: this runs per publish
         current_span = (
