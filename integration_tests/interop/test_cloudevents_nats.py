@@ -18,6 +18,7 @@ import nats
 import pytest
 from cloudevents.core.bindings import http as ce_http
 from cloudevents.core.formats.json import JSONFormat
+from eventbus_nats.wire import flush
 
 from eventbus import Context, Envelope, EventBus
 from eventbus.testing.conformance import on_topic
@@ -218,7 +219,7 @@ def test_eventbus_binary_event_is_read_by_the_spec_and_the_sdk(
     async def scenario() -> None:
         nc = await nats.connect(f"nats://{address}")
         sub = await nc.subscribe(topic)
-        await nc.flush()  # the server has the SUB before anything is published
+        await flush(nc, 5)  # the server has the SUB before anything is published
         bus = EventBus.from_url(f"{scheme}://{address}", source="interop")
         try:
             async with bus:

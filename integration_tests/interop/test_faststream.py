@@ -67,9 +67,11 @@ async def fs_consumer(
     await broker.start()
     if peer.broker == "nats":
         # nats-py queues the SUB and returns; on core NATS a message published before
-        # the server has it is dropped (no stream keeps it). A flush is a PING the
-        # server answers after every command before it, the SUB included.
-        await broker.connection.flush(5)
+        # the server has it is dropped (no stream keeps it). nats-py's own flush() can
+        # send its PING ahead of that SUB: eventbus's flush writes the SUB first.
+        from eventbus_nats.wire import flush
+
+        await flush(broker.connection, 5)
     elif kwargs.get("channel"):
         # redis-py sends SUBSCRIBE without reading its reply: wait until the server
         # counts this subscriber on the channel (eventbus's own group is the other one).

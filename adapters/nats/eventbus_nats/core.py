@@ -38,7 +38,7 @@ from eventbus.raw_message import RawMessage
 from .codec import check_raw_size, decode, encode_block, raw_block
 from .connection import CLIENT_ERRORS, NatsAdapterBase
 from .provision import check_subject
-from .wire import hpub, write
+from .wire import flush, hpub, write
 
 log = logging.getLogger("eventbus.nats")
 
@@ -94,7 +94,7 @@ class NatsCoreAdapter(NatsAdapterBase):
                 return HealthReport(
                     False, f"NATS at {s.masked_url} is not connected (reconnecting)"
                 )
-            await client.flush(1)  # a PING answered within a second
+            await flush(client, 1)  # a PING answered within a second
         except Exception as exc:
             return HealthReport(False, f"NATS at {s.masked_url}: {type(exc).__name__}: {exc}")
         subscriptions = list(self._subscriptions)
@@ -151,7 +151,7 @@ class NatsCoreAdapter(NatsAdapterBase):
             hint="the server did not confirm them; publish again",
         ):
             await write(client, commands, len(commands), size)
-            await client.flush(_whole(self.settings.publish_timeout))
+            await flush(client, _whole(self.settings.publish_timeout))
 
     async def publish_raw(self, topic: str, message: RawMessage) -> None:
         """Send ``message``'s payload with its headers as NATS headers, byte for byte
@@ -250,7 +250,7 @@ class CoreSubscription(Subscription):
             pending_bytes_limit=self._max_bytes,
         )
         # The server knows of the subscription once it answered a PING sent after it.
-        await client.flush(max(1, math.ceil(self.adapter.settings.request_timeout)))
+        await flush(client, max(1, math.ceil(self.adapter.settings.request_timeout)))
 
     async def _on_msg(self, msg: Msg) -> None:
         if self._closed:

@@ -114,6 +114,24 @@ class BasicsCases:
             assert _seqs(inbox.items) == [number * 1000 + i for i in range(count)]
 
     @case()
+    async def test_subscribed_when_start_returns(self, run: Case) -> None:
+        """When ``start()`` returns, every subscription of the bus is on the broker: an
+        event published at once, from another connection (a publisher already started),
+        reaches its handler, on a broker that keeps nothing for a subscriber not there yet
+        too. Several topics, so that several subscriptions are set up in one start."""
+        publisher = await run.publisher()
+        topics = [on_topic(Ping, run.topic()) for _ in range(run.count(6, minimum=3))]
+        got: Collector[Ping] = Collector("the handlers")
+        bus = run.bus()
+        for cls in topics:
+            bus.subscribe(cls, group=run.group())(record_events(got))
+        await bus.start()
+        for number, cls in enumerate(topics):
+            await publisher.publish(cls(seq=number))
+        await got.wait_count(len(topics))
+        assert _seqs(got.items) == list(range(len(topics)))
+
+    @case()
     async def test_publisher_close_flushes(self, run: Case) -> None:
         """Publishes confirmed just before the publishing bus stops are not lost: a
         subscriber on another bus receives every one."""
