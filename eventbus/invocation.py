@@ -11,9 +11,11 @@ and counts the run. Around it, the middleware chain runs in one of two ways:
   layers' classes are never imported here: only what they declare is read
   (:mod:`eventbus.middleware.base`);
 - *fused around a guard*, when one layer besides those ``guards`` with plain calls
-  (idempotency over the memory store): one coroutine (``_guarded``) calls its
-  ``enter``, the handler, the failure-only layers' ``recover`` steps inside it, then
-  its ``leave`` or ``abandon`` and the ``recover`` steps outside it.
+  (idempotency over the memory store): its ``enter``, the handler, the failure-only
+  layers' ``recover`` steps inside it, then its ``leave`` or ``abandon`` and the
+  ``recover`` steps outside it, in one coroutine (``_guarded``); for a first delivery
+  the runner calls ``enter``, the handler and ``leave`` itself (no coroutine of
+  ours between them) and hands only a failure here (``guarded_failed``).
 
 Layers that declare ``observes`` (tracing, metrics) at the front of the chain are
 taken out of it either way: the runner calls their ``begin``/``end`` around the
@@ -110,9 +112,13 @@ class Invocation:
             else ()
         )
         self.guarded = self.guarded and self.fused
+        # The guard's (enter, leave) plain calls, for the runner to call around a first
+        # delivery's handler itself (a failure then goes to guarded_failed()).
+        self.guard: tuple[Callable[..., Any], Callable[..., Any]] | None = None
         if self.guarded:
             # Fused around the guard: the runner calls this as it calls a composed chain.
             self._guard_at, (self._enter, self._leave, self._abandon) = guarding[0]
+            self.guard = (self._enter, self._leave)
             self._outer_refusals = tuple(r for r in self.refusals if r[0] < self._guard_at)
             self._inner_refusals = tuple(r for r in self.refusals if r[0] > self._guard_at)
             self.chain = self._guarded
@@ -132,8 +138,8 @@ class Invocation:
         """The fused path around a guarding layer, as the composed chain would run:
         the layers outside it may refuse, its ``enter`` decides, the handler runs, and
         a failure goes to the recover steps inside the guard, then to its ``abandon``
-        and to the recover steps outside it."""
-        at = self._guard_at
+        and to the recover steps outside it. (The runner takes a first delivery's
+        success path itself, with :attr:`guard`: no layer refuses one.)"""
         if ctx.previous_attempts and self._outer_refusals:
             refused = self.refusal(ctx, self._outer_refusals)
             if refused is not None:
@@ -142,39 +148,58 @@ class Invocation:
         try:
             token = self._enter(ctx)
         except Exception as exc:
-            if at == 0:
-                raise
-            await self._recover(ctx, exc, at - 1)
+            await self.guard_refused(ctx, exc)
             return
         if token is SKIP:
             return
         try:
-            failure: Exception | None = None
-            refused = None
-            try:
-                if ctx.previous_attempts and self._inner_refusals:
-                    refused = self.refusal(ctx, self._inner_refusals)
-                call = self.prepare(ctx) if refused is None else None
-                if call is not None:
-                    ctx.result = await call
-            except asyncio.CancelledError as exc:
-                failure = self.cancelled(ctx, exc)
-                failure.__cause__ = exc
-            except Exception as exc:
-                failure = exc
-            if refused is not None:
-                failure, top = refused[0], refused[1] - 1
+            if ctx.previous_attempts and self._inner_refusals:
+                refused = self.refusal(ctx, self._inner_refusals)
+                if refused is not None:
+                    await self.guarded_failed(ctx, token, refused[0], refused[1] - 1)
+                    return
+            call = self.prepare(ctx)
+            if call is not None:
+                ctx.result = await call
+        except BaseException as exc:
+            await self.guarded_failed(ctx, token, exc)
+            return
+        self._leave(ctx, token)
+
+    async def guard_refused(self, ctx: Context, failure: Exception) -> None:
+        """The guard's ``enter`` raised ``failure``: to the recover steps outside it."""
+        at = self._guard_at
+        if at == 0:
+            raise failure
+        await self._recover(ctx, failure, at - 1)
+
+    async def guarded_failed(
+        self, ctx: Context, token: Any, raised: BaseException, top: int | None = None
+    ) -> None:
+        """What ran inside the guard (entered with ``token``) raised ``raised``: the
+        recover steps inside the guard from ``top`` (the innermost by default; for a
+        refusal, the layer outside the refusing one), then the guard's ``abandon`` and,
+        for what escapes, the recover steps outside it; ``leave`` if one recovered."""
+        at = self._guard_at
+        try:
+            failure: Exception
+            if isinstance(raised, asyncio.CancelledError):
+                failure = self.cancelled(ctx, raised)  # re-raises it if this task is cancelled
+                failure.__cause__ = raised
+            elif isinstance(raised, Exception):
+                failure = raised
             else:
+                raise raised
+            if top is None:
                 top = len(self._layers) - 1
-            if failure is not None:
-                # To the recover steps inside the guard, as the layer that failed
-                # raises it (with a traceback); what escapes them is abandoned below.
-                try:
-                    raise failure
-                except Exception as exc:
-                    if top == at:
-                        raise
-                    await self._recover(ctx, exc, top, at + 1)
+            # To the recover steps inside the guard, as the layer that failed raises it
+            # (with a traceback); what escapes them is abandoned below.
+            try:
+                raise failure
+            except Exception as exc:
+                if top == at:
+                    raise
+                await self._recover(ctx, exc, top, at + 1)
         except BaseException as exc:
             self._abandon(ctx, token)
             if at == 0 or not isinstance(exc, Exception):

@@ -28,7 +28,7 @@ from eventbus.context import Publisher, current_envelope, handler_context
 from eventbus.events import Registry
 from eventbus.invocation import WATCH_FAILED, Invocation, watch_failed
 from eventbus.lanes import Lanes, Progress
-from eventbus.middleware.base import Middleware, RedeliveryRequested
+from eventbus.middleware.base import SKIP, Middleware, RedeliveryRequested
 from eventbus.runs import counter_for
 from eventbus.settlement import REDELIVERY_BACKOFF, ForeignMessages, Settlement
 from eventbus.spec import SubscriptionSpec
@@ -130,6 +130,7 @@ class Runner:
         # handle() runs once per message: the steps it takes, looked up once here.
         self._correlate = self.invocation.correlate
         self._fused = self.invocation.fused and not self.invocation.guarded
+        self._guard = self.invocation.guard
         self._refusals = self.invocation.refusals
         self._prepare = self.invocation.prepare
         self._chain = self.invocation.chain
@@ -192,7 +193,26 @@ class Runner:
                     except Exception as exc:  # an observer's failure is not the handling's
                         mark = watch_failed(watcher, "begin", exc)
                 try:
-                    if not self._fused:
+                    guard = self._guard
+                    if guard is not None and not ctx.previous_attempts:
+                        # Fused around a guard, a first delivery (no layer refuses one):
+                        # its enter, the handler and its leave called here, one
+                        # coroutine less; a failure goes to the invocation's steps.
+                        try:
+                            entered = guard[0](ctx)
+                        except Exception as exc:
+                            await self.invocation.guard_refused(ctx, exc)
+                        else:
+                            if entered is not SKIP:
+                                try:
+                                    call = self._prepare(ctx)
+                                    if call is not None:
+                                        ctx.result = await call
+                                except BaseException as exc:
+                                    await self.invocation.guarded_failed(ctx, entered, exc)
+                                else:
+                                    guard[1](ctx, entered)
+                    elif not self._fused:
                         await self._chain(ctx)
                     else:
                         # The chain's layers act only on failure: call the handler
