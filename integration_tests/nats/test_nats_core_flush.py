@@ -54,11 +54,25 @@ def late_flusher(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[bytes], 
     yield kinds.append
 
 
-def _event(topic: str) -> type[Event]:
+def _buses(
+    endpoint: harness.Endpoint,
+) -> tuple[type[Event], EventBus, EventBus, asyncio.Queue[Event]]:
+    """An event class on a topic of its own, a publishing bus, and a subscribing bus
+    (its own connection) whose handler puts each event it gets on the queue."""
+    topic = f"nats.core.flush.{uuid.uuid4().hex[:8]}"
+
     class Note(Event, type=f"test.{topic}", topic=topic):
         n: int
 
-    return Note
+    url = f"nats+core://{endpoint.host}:{endpoint.port}"
+    publisher, subscriber = EventBus(url, source="p"), EventBus(url, source="s")
+    got: asyncio.Queue[Event] = asyncio.Queue()
+
+    @subscriber.subscribe(Note, group="g")
+    async def handle(event: Note) -> None:
+        await got.put(event)
+
+    return Note, publisher, subscriber, got
 
 
 def test_a_core_subscription_is_on_the_server_when_start_returns(
@@ -66,19 +80,10 @@ def test_a_core_subscription_is_on_the_server_when_start_returns(
 ) -> None:
     """A publisher already connected publishes the moment the subscriber's start()
     returns: the handler gets the event, although the flusher would send its SUB late."""
-    url = f"nats+core://{nats_endpoint.host}:{nats_endpoint.port}"
-    note = _event(f"nats.core.flush.{uuid.uuid4().hex[:8]}")
     late_flusher(b"SUB ")
 
     async def scenario() -> None:
-        publisher = EventBus(url, source="p")
-        subscriber = EventBus(url, source="s")
-        got: asyncio.Queue[Event] = asyncio.Queue()
-
-        @subscriber.subscribe(note, group="g")
-        async def handle(event: Event) -> None:
-            await got.put(event)
-
+        note, publisher, subscriber, got = _buses(nats_endpoint)
         async with publisher, subscriber:
             await publisher.publish(note(n=1))
             event = await asyncio.wait_for(got.get(), LATE)
@@ -93,18 +98,9 @@ def test_a_core_publish_has_reached_the_server_when_it_returns(
     """publish() returns once the server has read the message (its PONG came after
     it), not while the message still waits in the client: a subscriber gets it well
     before the flusher would have sent it."""
-    url = f"nats+core://{nats_endpoint.host}:{nats_endpoint.port}"
-    note = _event(f"nats.core.flush.{uuid.uuid4().hex[:8]}")
 
     async def scenario() -> None:
-        publisher = EventBus(url, source="p")
-        subscriber = EventBus(url, source="s")
-        got: asyncio.Queue[Event] = asyncio.Queue()
-
-        @subscriber.subscribe(note, group="g")
-        async def handle(event: Event) -> None:
-            await got.put(event)
-
+        note, publisher, subscriber, got = _buses(nats_endpoint)
         async with subscriber, publisher:
             late_flusher(b"HPUB ")
             await publisher.publish(note(n=2))
