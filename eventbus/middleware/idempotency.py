@@ -336,11 +336,11 @@ class Idempotency:
         return claim.owner
 
     async def _release(self, ctx: Context, key: str, owner: str) -> None:
+        if self._now is not None:
+            self._abandon(ctx, (key, owner))
+            return
         try:
-            if self._now is not None:
-                self._now[2](key, owner)
-            else:
-                await self.store.release(key, owner)
+            await self.store.release(key, owner)
         except Exception as exc:
             self._release_failed(ctx, exc)
 
