@@ -64,6 +64,13 @@ async def jetstream(url: str) -> AsyncIterator[JetStreamContext]:
         await nc.close()
 
 
+async def member_of_the_group(url: str, topic: str, prefetch: int) -> tuple[NatsAdapter, Any]:
+    """A connected adapter and its subscription to ``topic`` as :data:`GROUP`."""
+    adapter = NatsAdapter(url)
+    await adapter.connect()
+    return adapter, await adapter.subscribe(topic, SubscribeOptions(group=GROUP, prefetch=prefetch))
+
+
 async def set_route_max_msg_size(js: JetStreamContext, adapter: NatsAdapter, size: int) -> None:
     """The route stream refuses (``size`` 1) or takes (``-1``) the carried-over copy."""
     info = await js.stream_info(adapter._routes.stream)
@@ -141,11 +148,7 @@ def test_a_last_delivery_arriving_as_the_subscription_closes_is_carried_over(
 
     async def scenario() -> None:
         async with jetstream(url):
-            adapter = NatsAdapter(url)
-            await adapter.connect()
-            subscription: Any = await adapter.subscribe(
-                topic, SubscribeOptions(group=GROUP, prefetch=1)
-            )
+            adapter, subscription = await member_of_the_group(url, topic, 1)
             member = subscription.main
             sent = Envelope.create(type="t", source="s", data=b"{}")
             await adapter.publish(topic, [sent])
@@ -178,11 +181,7 @@ def test_a_last_delivery_held_for_carrying_over_at_close_is_carried_over(
 
     async def scenario() -> None:
         async with jetstream(url) as js:
-            adapter = NatsAdapter(url)
-            await adapter.connect()
-            subscription: Any = await adapter.subscribe(
-                topic, SubscribeOptions(group=GROUP, prefetch=1)
-            )
+            adapter, subscription = await member_of_the_group(url, topic, 1)
             member = subscription.main
             sent = await a_last_delivery_held(js, adapter, subscription, caplog)
             # The carrier sleeps a second before trying again; close() waits at
@@ -212,11 +211,7 @@ def test_close_ends_in_bounded_time_holding_a_last_delivery_it_cannot_carry_over
 
     async def scenario() -> None:
         async with jetstream(f"{direct}?{query}") as js:
-            adapter = NatsAdapter(url)
-            await adapter.connect()
-            subscription: Any = await adapter.subscribe(
-                topic, SubscribeOptions(group=GROUP, prefetch=1)
-            )
+            adapter, subscription = await member_of_the_group(url, topic, 1)
             await a_last_delivery_held(js, adapter, subscription, caplog)
             await proxy.refuse_connections(30.0)
             started = time.monotonic()
@@ -248,11 +243,7 @@ def test_a_last_delivery_still_queued_in_the_client_at_close_is_carried_over(
 
     async def scenario() -> None:
         async with jetstream(url):
-            adapter = NatsAdapter(url)
-            await adapter.connect()
-            subscription: Any = await adapter.subscribe(
-                topic, SubscribeOptions(group=GROUP, prefetch=1)
-            )
+            adapter, subscription = await member_of_the_group(url, topic, 1)
             member = subscription.main
             sent = Envelope.create(type="t", source="s", data=b"{}")
             await adapter.publish(topic, [sent])
@@ -341,11 +332,7 @@ def test_a_copy_confirmed_at_close_is_not_reported_lost_when_the_ack_is_cut_shor
 
     async def scenario() -> None:
         async with jetstream(url) as js:
-            adapter = NatsAdapter(url)
-            await adapter.connect()
-            subscription: Any = await adapter.subscribe(
-                topic, SubscribeOptions(group=GROUP, prefetch=1)
-            )
+            adapter, subscription = await member_of_the_group(url, topic, 1)
             sent = await a_last_delivery_held(js, adapter, subscription, caplog)
             monkeypatch.setattr(group_route, "write", ack_held)
             await subscription.close()
@@ -385,11 +372,7 @@ def test_a_drain_past_its_bound_ends_the_close_and_says_what_the_client_held(
 
     async def scenario() -> None:
         async with jetstream(url):
-            adapter = NatsAdapter(url)
-            await adapter.connect()
-            subscription: Any = await adapter.subscribe(
-                topic, SubscribeOptions(group=GROUP, prefetch=5)
-            )
+            adapter, subscription = await member_of_the_group(url, topic, 5)
             member = subscription.main
             await adapter.publish(
                 topic, [Envelope.create(type="t", source="s", data=b"{}") for _ in range(5)]
