@@ -152,17 +152,19 @@ class Invocation:
             return
         if token is SKIP:
             return
+        refused = None
         try:
             if ctx.previous_attempts and self._inner_refusals:
                 refused = self.refusal(ctx, self._inner_refusals)
-                if refused is not None:
-                    await self.guarded_failed(ctx, token, refused[0], refused[1] - 1)
-                    return
-            call = self.prepare(ctx)
-            if call is not None:
-                ctx.result = await call
+            if refused is None:
+                call = self.prepare(ctx)
+                if call is not None:
+                    ctx.result = await call
         except BaseException as exc:
             await self.guarded_failed(ctx, token, exc)
+            return
+        if refused is not None:  # outside the try: what escapes its recovery goes up
+            await self.guarded_failed(ctx, token, refused[0], refused[1] - 1)
             return
         self._leave(ctx, token)
 
